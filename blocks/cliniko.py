@@ -1,0 +1,51 @@
+"""The ClinikoAccount block: a clinic's Cliniko API key (secret) and how to reach the API.
+
+Register once: ``prefect block register -m blocks.cliniko``; save one per clinic, e.g.
+``ClinikoAccount(api_key="...-au2", contact_email="ops@clinic.example").save("acme-cliniko")``,
+and name it in the clinic's config (``cliniko.account: acme-cliniko``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+
+class ClinikoAccount(Block):
+    _block_type_name = "Cliniko Account"
+    _block_type_slug = "cliniko-account"
+    _description = (
+        "A Cliniko API key (its suffix names the shard) and a contact for the User-Agent."
+    )
+
+    api_key: SecretStr = Field(description="Cliniko API key, e.g. 'MS0xLTk...-au2'.")
+    contact_email: str = Field(
+        description="Who Cliniko should contact about this integration (sent in the User-Agent)."
+    )
+    base_url: str | None = Field(
+        None,
+        description="Override the API base URL (the sandbox, a proxy). Default: derived from the key's shard.",
+    )
+    requests_per_minute: int = Field(
+        200,
+        ge=1,
+        description="Cliniko's per-user rate limit; shared by every integration of the user.",
+    )
+
+    @classmethod
+    def from_env(cls) -> ClinikoAccount:
+        """For the demo and one-off runs: CLINIKO_API_KEY, CLINIKO_CONTACT, CLINIKO_BASE_URL."""
+        key = os.environ.get("CLINIKO_API_KEY")
+        if not key:
+            raise RuntimeError(
+                "CLINIKO_API_KEY is not set. Set it (and CLINIKO_CONTACT), or save a ClinikoAccount "
+                "block and name it in the clinic's config under cliniko.account."
+            )
+        return cls(
+            api_key=SecretStr(key),
+            contact_email=os.environ.get("CLINIKO_CONTACT", "ops@localhost"),
+            base_url=os.environ.get("CLINIKO_BASE_URL") or None,
+            requests_per_minute=int(os.environ.get("CLINIKO_REQUESTS_PER_MINUTE", "200")),
+        )

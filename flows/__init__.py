@@ -1,0 +1,1 @@
+"""Deployable Prefect flows: thin wiring, parameters and artifacts. The rules live in ``tasks/``."""

@@ -1,0 +1,32 @@
+"""Process-wide defaults that must be in place before Prefect is imported.
+
+Prefect's telemetry reaches for the internet and its ephemeral server needs more than the default
+20 s to start on a loaded 2-core box (../shared/reference/prefect.md §1). Values already in the
+environment win, so an operator can point at a real server with PREFECT_API_URL.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULTS = {
+    "PREFECT_HOME": str(PROJECT_ROOT / ".prefect"),
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
+    # The CLI prints its own summaries; Prefect's state chatter belongs in the UI.
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+}
+
+
+def apply_defaults() -> None:
+    for key, value in DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def data_dir() -> Path:
+    """Where clinic databases and the outbox live unless a clinic's config says otherwise."""
+    return Path(os.environ.get("RELAY_DATA_DIR", PROJECT_ROOT / "data"))

@@ -1,0 +1,2 @@
+"""Local stand-ins for Cliniko, Postmark and Twilio: the embedded default, the integration-test peer
+and the benchmark target. Served over real HTTP on 127.0.0.1."""

@@ -1,0 +1,55 @@
+"""The Cliniko resources we sync, as data: one row per resource, not a function each.
+
+API facts (../shared/reference/cliniko-api.md): list endpoints hide archived rows (and appointments
+hide cancelled ones) unless asked with ``q[]=<field>:*``; inactive practitioners live on their own
+path; ids are 64-bit integers sent as strings; foreign keys are links. Dimensions come before facts
+so an appointment never points at a type or practitioner we have not loaded.
+
+Adding a resource is one line here: its raw table, watermark and reconciliation follow from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Resource:
+    name: str  # raw table name, and the key of the list in Cliniko's response
+    paths: tuple[str, ...]  # list endpoints; each has its own watermark, all land in one table
+    include_hidden: tuple[str, ...] = ()  # q[] fields to ask with ":*" so hidden rows come back
+    # Old documented payloads (referral sources, 2022) carry no id: key those on a link instead.
+    fallback_key_link: str | None = None
+
+    @property
+    def table(self) -> str:
+        return f"raw.{self.name}"
+
+
+RESOURCES: tuple[Resource, ...] = (
+    # Dimensions first.
+    Resource("businesses", ("/businesses",)),
+    Resource("practitioners", ("/practitioners", "/practitioners/inactive")),
+    Resource("appointment_types", ("/appointment_types",), ("archived_at",)),
+    Resource("concession_types", ("/concession_types",)),
+    Resource("referral_source_types", ("/referral_source_types",)),
+    Resource("patients", ("/patients",), ("archived_at",)),
+    Resource("referral_sources", ("/referral_sources",), fallback_key_link="patient"),
+    # Facts.
+    Resource(
+        "individual_appointments", ("/individual_appointments",), ("cancelled_at", "archived_at")
+    ),
+    Resource("group_appointments", ("/group_appointments",), ("archived_at",)),
+    # /attendees documents no archived_at/cancelled_at filter (asking would be a 400); it lists
+    # every attendance, cancelled ones with cancelled_at set.
+    Resource("attendees", ("/attendees",)),
+)
+
+BY_NAME = {r.name: r for r in RESOURCES}
+
+
+def get(name: str) -> Resource:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"Unknown Cliniko resource '{name}'. Known: {', '.join(BY_NAME)}") from None

@@ -1,0 +1,125 @@
+"""A clinic's DuckDB file: opening it safely, its schemas, and transactions.
+
+DuckDB lets one process write a file, and a read-only open fails while a writer holds it. So every
+open goes through an advisory lock file beside the database: writers take it exclusively (a second
+tick for the same clinic waits, then fails clearly), readers share it. Tables in ``raw`` and
+``state`` are created here; ``staging``/``marts``/``segments`` belong to the SQL model runner.
+
+Timestamps are TIMESTAMPTZ and every connection runs in UTC, so comparisons never depend on the
+machine's time zone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+
+from tasks.errors import UserFacingError
+from tasks.resources import RESOURCES
+
+SCHEMA_DIR = Path(__file__).parent / "schema"
+SCHEMAS = ("raw", "state", "staging", "marts", "segments")
+
+
+class DatabaseBusy(UserFacingError):
+    """Another process holds the clinic's database for writing."""
+
+
+def raw_table_ddl(table: str) -> str:
+    # id is Cliniko's 64-bit id; payload is exactly what Cliniko sent (never lose a field);
+    # removed_at is set by the id reconciliation when Cliniko stops returning the row (hard delete).
+    return f"""
+        CREATE TABLE IF NOT EXISTS {table} (
+            id          BIGINT PRIMARY KEY,
+            updated_at  TIMESTAMPTZ,
+            payload     JSON NOT NULL,
+            synced_at   TIMESTAMPTZ NOT NULL,
+            removed_at  TIMESTAMPTZ
+        )"""
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create every schema and table this code relies on. Idempotent; safe on every open."""
+    for schema in SCHEMAS:
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    for resource in RESOURCES:
+        con.execute(raw_table_ddl(resource.table))
+    for ddl in sorted(SCHEMA_DIR.glob("*.sql")):
+        con.execute(ddl.read_text(encoding="utf-8"))
+
+
+def _configure(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("SET TimeZone = 'UTC'")
+
+
+@contextlib.contextmanager
+def _file_lock(db_path: Path, exclusive: bool, wait_seconds: float) -> Iterator[None]:
+    lock_path = db_path.with_name(db_path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    deadline = time.monotonic() + wait_seconds
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise DatabaseBusy(
+                        f"{db_path} is in use by another run (waited {wait_seconds:.0f}s). "
+                        "A tick or sync for this clinic is still going; wait for it to finish "
+                        "or stop it, then try again."
+                    ) from None
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextlib.contextmanager
+def open_db(
+    db_path: str | Path, *, read_only: bool = False, wait_seconds: float = 600.0
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open a clinic database (creating it and its tables when writable), holding the lock."""
+    path = Path(db_path)
+    if read_only and not path.exists():
+        raise FileNotFoundError(
+            f"No database at {path}. Run a sync first (relay sync --clinic <clinic>)."
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(path, exclusive=not read_only, wait_seconds=wait_seconds):
+        con = duckdb.connect(str(path), read_only=read_only)
+        try:
+            _configure(con)
+            if not read_only:
+                ensure_schema(con)
+            yield con
+        finally:
+            con.close()
+
+
+def memory_db() -> duckdb.DuckDBPyConnection:
+    """An in-memory database with every table: for unit tests and dry runs."""
+    con = duckdb.connect(":memory:")
+    _configure(con)
+    ensure_schema(con)
+    return con
+
+
+@contextlib.contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """All or nothing: commit on success, roll back on any exception (including KeyboardInterrupt)."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    else:
+        con.execute("COMMIT")

@@ -1,0 +1,65 @@
+"""The clinic database: every table exists on open, one writer at a time, transactions are atomic."""
+
+import threading
+
+import pytest
+
+from tasks import warehouse
+from tasks.resources import RESOURCES
+
+
+def test_opening_creates_every_raw_and_state_table(tmp_path):
+    db = tmp_path / "c.duckdb"
+    with warehouse.open_db(db) as con:
+        tables = {
+            f"{s}.{t}"
+            for s, t in con.execute(
+                "SELECT table_schema, table_name FROM information_schema.tables"
+            ).fetchall()
+        }
+    assert {r.table for r in RESOURCES} <= tables
+    assert {"state.sync_watermarks", "state.quarantine", "state.sync_runs"} <= tables
+
+
+def test_a_second_writer_waits_then_fails_clearly(tmp_path):
+    db = tmp_path / "c.duckdb"
+    with (
+        warehouse.open_db(db),
+        pytest.raises(warehouse.DatabaseBusy, match="in use by another run"),
+    ):
+        # flock is per open file description, so a second open in this process contends too.
+        with warehouse.open_db(db, wait_seconds=0.3):
+            pass
+
+
+def test_a_writer_gets_in_once_the_first_one_closes(tmp_path):
+    db = tmp_path / "c.duckdb"
+    release = threading.Event()
+    opened = threading.Event()
+
+    def first():
+        with warehouse.open_db(db):
+            opened.set()
+            release.wait(5)
+
+    t = threading.Thread(target=first)
+    t.start()
+    opened.wait(5)
+    release.set()
+    with warehouse.open_db(db, wait_seconds=10) as con:
+        assert con.execute("SELECT 1").fetchone() == (1,)
+    t.join()
+
+
+def test_a_failed_transaction_leaves_nothing_behind():
+    con = warehouse.memory_db()
+    with pytest.raises(RuntimeError), warehouse.transaction(con):
+        con.execute("INSERT INTO raw.patients VALUES (1, now(), '{}', now(), NULL)")
+        raise RuntimeError("boom")
+    assert con.execute("SELECT count(*) FROM raw.patients").fetchone() == (0,)
+
+
+def test_read_only_open_of_a_missing_database_says_to_sync_first(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Run a sync first"):
+        with warehouse.open_db(tmp_path / "missing.duckdb", read_only=True):
+            pass
