@@ -38,7 +38,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 bench: $(STAMP)  ## benchmarks; each prints its figures
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH)
 
 # Re-resolve the lock from pyproject.toml (needs the package registry).
 lock:
