@@ -47,6 +47,23 @@ class SyncSettings(_Section):
     stale_after_minutes: int = Field(20, ge=1)
 
 
+class MarketingListSettings(_Section):
+    """Who is on the email and SMS marketing lists (PRODUCT.md §2; read by sql/marts)."""
+
+    # Patients seen (or created) within this many months; 'all' keeps everyone.
+    active_patient_limit: Literal[6, 12, 18, 24, "all"] = 24
+    # At most this many subscribed emails (a trial account's 250); none = no cap.
+    size_cap: int | None = Field(None, ge=1)
+    # Which people a cap keeps first: the most recently seen, or the longest-standing patients.
+    cap_keeps: Literal["most_recent_visit", "earliest_created"] = "most_recent_visit"
+    # Only add patients whose Cliniko accepted_email_marketing is true.
+    honour_cliniko_email_opt_in: bool = False
+
+    @property
+    def active_patient_months(self) -> int | None:
+        return None if self.active_patient_limit == "all" else int(self.active_patient_limit)
+
+
 class ClinicConfig(_Section):
     clinic: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     name: str
@@ -55,6 +72,7 @@ class ClinicConfig(_Section):
     database: Path | None = None
     cliniko: ClinikoSettings = ClinikoSettings()
     sync: SyncSettings = SyncSettings()
+    marketing_list: MarketingListSettings = MarketingListSettings()
 
     # Where the file was read from; relative paths in it are resolved against this folder.
     source: Path | None = Field(None, exclude=True)

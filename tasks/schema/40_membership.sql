@@ -1,0 +1,61 @@
+-- Model builds and membership history: written only by the model runner, inside the build's
+-- transaction, so they always describe the models that are in place.
+
+-- One row per build attempt. A successful build's row commits with its models; a failed build
+-- rolls everything back and then records its failure here. Planning and sending refuse to run
+-- unless the latest row is 'succeeded' (see tasks.models.latest_build).
+CREATE TABLE IF NOT EXISTS state.model_builds (
+    build_id      VARCHAR PRIMARY KEY,
+    started_at    TIMESTAMPTZ NOT NULL,
+    finished_at   TIMESTAMPTZ NOT NULL,
+    status        VARCHAR NOT NULL CHECK (status IN ('succeeded', 'failed')),
+    failed_file   VARCHAR,             -- sql/... file that broke the build (model or data test)
+    error         VARCHAR,             -- DuckDB's message or the failing test's row count
+    summary       JSON                 -- counts only: rows per model, audience sizes, joins/leaves
+);
+
+-- What the models may read about the build in progress: its clock and the clinic's list
+-- settings (from clinic.yaml). One row, replaced at the start of each build; models read values
+-- from here instead of having user text pasted into SQL.
+CREATE TABLE IF NOT EXISTS state.build_context (
+    build_id                 VARCHAR NOT NULL,
+    built_at                 TIMESTAMPTZ NOT NULL,
+    country                  VARCHAR NOT NULL,   -- ISO 3166 alpha-2: how phone numbers are read
+    active_patient_months    INTEGER,            -- NULL = all patients
+    list_size_cap            INTEGER,            -- NULL = no cap
+    honour_email_opt_in      BOOLEAN NOT NULL,   -- honour Cliniko's accepted_email_marketing
+    cap_order                VARCHAR NOT NULL    -- which people a cap keeps first
+);
+
+-- Every audience the runner has recorded: the two marketing lists and each segment.
+CREATE TABLE IF NOT EXISTS state.audiences (
+    audience        VARCHAR PRIMARY KEY,   -- 'email_marketing_list' | 'sms_marketing_list' | 'segments.<name>'
+    first_build_id  VARCHAR NOT NULL,
+    first_built_at  TIMESTAMPTZ NOT NULL,
+    retired_at      TIMESTAMPTZ            -- its model was deleted; members dropped without events
+);
+
+-- Who is in each audience after the latest successful build.
+CREATE TABLE IF NOT EXISTS state.audience_members (
+    audience    VARCHAR NOT NULL,
+    member_key  VARCHAR NOT NULL,      -- email (email list), E.164 mobile (SMS list), patient_id (segments)
+    patient_id  BIGINT,
+    joined_at   TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (audience, member_key)
+);
+
+-- Append-only: who joined or left each audience, and when. Journeys start from these events.
+-- 'initial' marks the members an audience had when it was first built: they did not "just
+-- join", so journeys must not treat them as entries (no backfill).
+CREATE SEQUENCE IF NOT EXISTS state.membership_event_seq;
+
+CREATE TABLE IF NOT EXISTS state.membership_events (
+    event_id     BIGINT PRIMARY KEY DEFAULT nextval('state.membership_event_seq'),
+    build_id     VARCHAR NOT NULL,
+    audience     VARCHAR NOT NULL,
+    member_key   VARCHAR NOT NULL,
+    patient_id   BIGINT,
+    event        VARCHAR NOT NULL CHECK (event IN ('joined', 'left')),
+    initial      BOOLEAN NOT NULL DEFAULT false,
+    occurred_at  TIMESTAMPTZ NOT NULL
+);
