@@ -1,0 +1,83 @@
+"""SQL helpers the models may call: macros for Cliniko's payload quirks, Python UDFs for phones
+and emails. Registered on every connection that builds or previews models.
+
+Cliniko quirks (../shared/reference/cliniko-api.md): empty values arrive as "" or null, foreign
+keys as {"links": {"self": ".../patients/82"}} (the id is the last path segment), 64-bit ids as
+strings. Phone numbers are read with ``phonenumbers`` in the clinic's country; emails are checked
+for syntax only with ``email-validator`` (no DNS: builds must not touch the network).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import duckdb
+import phonenumbers
+from duckdb.sqltypes import BOOLEAN, VARCHAR
+from email_validator import EmailNotValidError, validate_email
+
+MACROS = (
+    # "" and whitespace-only mean "no value" in Cliniko payloads.
+    "CREATE OR REPLACE TEMP MACRO cliniko_text(v) AS nullif(trim(v), '')",
+    "CREATE OR REPLACE TEMP MACRO cliniko_timestamp(v) AS try_cast(nullif(trim(v), '') AS TIMESTAMPTZ)",
+    "CREATE OR REPLACE TEMP MACRO cliniko_date(v) AS try_cast(nullif(trim(v), '') AS DATE)",
+    "CREATE OR REPLACE TEMP MACRO cliniko_bool(v) AS try_cast(v AS BOOLEAN)",
+    # The id at the end of a link URL, ignoring a query string: ".../patients/82?x=1" -> 82.
+    "CREATE OR REPLACE TEMP MACRO cliniko_link_id(url) AS "
+    r"try_cast(regexp_extract(url, '/(\d+)/?(\?.*)?$', 1) AS BIGINT)",
+)
+
+_MOBILE_TYPES = {
+    phonenumbers.PhoneNumberType.MOBILE,
+    phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE,
+}
+
+
+@functools.lru_cache(maxsize=65536)
+def mobile_e164(number: str | None, country: str | None) -> str | None:
+    """A mobile number as typed in Cliniko -> E.164, or None when it is not a valid mobile.
+
+    Numbers without a country prefix are read in ``country``; Cliniko often stores Australian
+    mobiles as "61444444444" (country code without "+"), so that form is tried too.
+    """
+    if number is None:
+        return None
+    for candidate in (number, "+" + number.strip()):
+        try:
+            parsed = phonenumbers.parse(candidate, country)
+        except phonenumbers.NumberParseException:
+            continue
+        if (
+            phonenumbers.is_valid_number(parsed)
+            and phonenumbers.number_type(parsed) in _MOBILE_TYPES
+        ):
+            return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return None
+
+
+@functools.lru_cache(maxsize=65536)
+def email_is_valid(email: str) -> bool:
+    try:
+        validate_email(email, check_deliverability=False)
+    except EmailNotValidError:
+        return False
+    return True
+
+
+def register(con: duckdb.DuckDBPyConnection) -> None:
+    """Make the macros and UDFs available on ``con`` (idempotent)."""
+    for macro in MACROS:
+        con.execute(macro)
+    registered = {
+        row[0]
+        for row in con.execute(
+            "SELECT function_name FROM duckdb_functions() WHERE function_name IN "
+            "('relay_mobile_e164', 'relay_email_is_valid')"
+        ).fetchall()
+    }
+    if "relay_mobile_e164" not in registered:
+        con.create_function(
+            "relay_mobile_e164", mobile_e164, [VARCHAR, VARCHAR], VARCHAR, null_handling="special"
+        )
+    if "relay_email_is_valid" not in registered:
+        con.create_function("relay_email_is_valid", email_is_valid, [VARCHAR], BOOLEAN)
