@@ -1,0 +1,520 @@
+"""Incremental sync of Cliniko into ``raw.*``: one paging mechanism for every resource in
+``tasks.resources``, resumable after a kill at any moment.
+
+How a path is read (cliniko-api.md §5): ``sort=updated_at&q[]=updated_at:>=<cursor>`` plus the
+resource's hidden-row filters. After each page the cursor moves to the page's largest
+``updated_at`` and page 1 is asked again, keyset-style, so a row updated mid-run (which jumps to
+the end of the order) can never shift an unread row onto a page already read. Only when a whole
+page shares the cursor's second do we follow ``links.next`` within it. A run starts at the
+watermark minus the overlap; rows seen twice are recognised (same ``updated_at`` and payload) and
+left alone.
+
+Each page is written in ONE transaction together with the watermark it justifies, so a kill
+anywhere loses nothing (the watermark never passes an uncommitted row) and duplicates nothing
+(rows are upserted by id). Malformed records go to ``state.quarantine`` with a reason that names
+the problem, never the value. A reconciliation is the same sweep from the beginning, and then marks
+rows Cliniko no longer returns as removed (hard deletes); rows are never deleted here.
+
+Before anything is written, the first page of every path is fetched (those requests are needed
+anyway), so a bad key or a missing permission fails the run with nothing half-written.
+
+Plain functions, no Prefect: ``flows/sync.py`` wraps them; ``python -m tasks.extract`` runs a sync
+without Prefect (tests kill it with -9; the benchmark measures it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import resource as _rusage
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import orjson
+
+from tasks import resources as _resources
+from tasks.cliniko import ClinikoClient, Pace, Page
+from tasks.resources import RESOURCES, Resource
+from tasks.warehouse import open_db, transaction
+
+MAX_BIGINT = 2**63 - 1
+
+Row = tuple[int, datetime | None, str]  # id, updated_at, payload exactly as sent (JSON text)
+
+
+# --- Loading: Cliniko records -> rows -----------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """One page, parsed: rows to upsert, records to quarantine, and where the cursor may move."""
+
+    rows: list[Row]
+    quarantined: list[tuple[str, str, str]]  # record key as sent, reason (no values), payload
+    seen_ids: list[int]  # every id Cliniko returned, loadable or not (for reconciliation)
+    max_updated_at: datetime | None
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _as_id(value: object) -> int:
+    if isinstance(value, bool):
+        raise _Malformed("id is not an integer")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and value.isascii() and value.isdigit():
+        number = int(value)
+    else:
+        raise _Malformed("id is missing or not an integer")
+    if not 0 < number <= MAX_BIGINT:
+        raise _Malformed("id is outside the 64-bit range")
+    return number
+
+
+def _link_id(record: dict, link: str) -> int:
+    try:
+        url = record[link]["links"]["self"]
+        return _as_id(url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1])
+    except (KeyError, TypeError, AttributeError):
+        raise _Malformed(f"no id and no {link} link to key it on") from None
+
+
+def parse_timestamp(value: object, name: str = "updated_at") -> datetime | None:
+    """Cliniko's UTC timestamps; ``""`` and null both mean none."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise _Malformed(f"{name} is not a timestamp string")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise _Malformed(f"{name} is not an ISO 8601 timestamp") from None
+    if parsed.tzinfo is None:
+        raise _Malformed(f"{name} has no time zone")
+    return parsed.astimezone(UTC)
+
+
+def _record_key(resource: Resource, record: object, payload: str) -> str:
+    """How a quarantined record is named: its id (or key link) as sent, else a digest of it."""
+    if isinstance(record, dict):
+        sent = record.get("id")
+        if sent is None and resource.fallback_key_link:
+            link = record.get(resource.fallback_key_link)
+            if isinstance(link, dict) and isinstance(link.get("links"), dict):
+                sent = link["links"].get("self")
+        if isinstance(sent, str | int) and not isinstance(sent, bool):
+            return str(sent)[:200]
+    return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def parse_records(resource: Resource, records: list) -> Batch:
+    """Turn a page's records into rows; anything unloadable is set aside with its reason."""
+    by_id: dict[int, Row] = {}
+    quarantined: list[tuple[str, str, str]] = []
+    seen: list[int] = []
+    newest: datetime | None = None
+    for record in records:
+        payload = orjson.dumps(record).decode()
+        record_id: int | None = None
+        try:
+            if not isinstance(record, dict):
+                raise _Malformed("record is not a JSON object")
+            if resource.fallback_key_link and record.get("id") is None:
+                record_id = _link_id(record, resource.fallback_key_link)
+            else:
+                record_id = _as_id(record.get("id"))
+            seen.append(record_id)
+            updated_at = parse_timestamp(record.get("updated_at"))
+        except _Malformed as problem:
+            quarantined.append((_record_key(resource, record, payload), str(problem), payload))
+            updated_at = _parseable_updated_at(record)
+        else:
+            by_id[record_id] = (record_id, updated_at, payload)
+        if updated_at is not None and (newest is None or updated_at > newest):
+            newest = updated_at
+    return Batch(list(by_id.values()), quarantined, seen, newest)
+
+
+def _parseable_updated_at(record: object) -> datetime | None:
+    """A quarantined record may still tell the cursor how far the page reached."""
+    try:
+        return parse_timestamp(record.get("updated_at")) if isinstance(record, dict) else None
+    except _Malformed:
+        return None
+
+
+# --- Writing: one page, one transaction ---------------------------------------------------------
+
+
+@dataclass
+class PageResult:
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    quarantined: int = 0
+
+
+def write_batch(
+    con: duckdb.DuckDBPyConnection,
+    resource: Resource,
+    path: str,
+    batch: Batch,
+    synced_at: datetime,
+) -> PageResult:
+    """Upsert a page's rows, record its quarantine, and advance the path's watermark: atomically."""
+    result = PageResult(quarantined=len(batch.quarantined))
+    with transaction(con):
+        changed = _changed_rows(con, resource, batch.rows, result)
+        if changed:
+            con.execute(
+                f"INSERT OR REPLACE INTO {resource.table} "
+                "SELECT unnest($ids), unnest($updated), unnest($payloads)::JSON, $now, NULL",
+                {
+                    "ids": [r[0] for r in changed],
+                    "updated": [r[1] for r in changed],
+                    "payloads": [r[2] for r in changed],
+                    "now": synced_at,
+                },
+            )
+        if batch.quarantined:
+            con.executemany(
+                "INSERT INTO state.quarantine VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (resource, record_key) DO UPDATE SET reason = excluded.reason, "
+                "payload = excluded.payload, last_seen = excluded.last_seen",
+                [
+                    (resource.name, k, why, p, synced_at, synced_at)
+                    for k, why, p in batch.quarantined
+                ],
+            )
+        if batch.rows:
+            # A good copy clears an earlier quarantine of the same record.
+            con.execute(
+                "DELETE FROM state.quarantine WHERE resource = $resource "
+                "AND record_key IN (SELECT unnest($keys))",
+                {"resource": resource.name, "keys": [str(r[0]) for r in batch.rows]},
+            )
+        if batch.max_updated_at is not None:
+            con.execute(
+                "INSERT INTO state.sync_watermarks VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (resource, path) DO UPDATE SET "
+                "watermark = greatest(watermark, excluded.watermark), updated_at = excluded.updated_at",
+                [resource.name, path, batch.max_updated_at, synced_at],
+            )
+    return result
+
+
+def _changed_rows(
+    con: duckdb.DuckDBPyConnection, resource: Resource, rows: list[Row], result: PageResult
+) -> list[Row]:
+    """Rows that are new, differ from our copy, or come back after being marked removed."""
+    if not rows:
+        return []
+    ids = ",".join(str(r[0]) for r in rows)  # integers we parsed ourselves: safe to inline
+    held = {
+        row_id: (updated_at, payload, removed_at)
+        for row_id, updated_at, payload, removed_at in con.execute(
+            f"SELECT id, updated_at, payload, removed_at FROM {resource.table} WHERE id IN ({ids})"
+        ).fetchall()
+    }
+    changed = []
+    for row in rows:
+        ours = held.get(row[0])
+        if ours is None:
+            result.new += 1
+        elif ours[0] != row[1] or ours[1] != row[2] or ours[2] is not None:
+            result.updated += 1
+        else:
+            result.unchanged += 1
+            continue
+        changed.append(row)
+    return changed
+
+
+def watermark(con: duckdb.DuckDBPyConnection, resource: str, path: str) -> datetime | None:
+    found = con.execute(
+        "SELECT watermark FROM state.sync_watermarks WHERE resource = ? AND path = ?",
+        [resource, path],
+    ).fetchone()
+    return found[0] if found else None
+
+
+# --- Reading: the one paging mechanism ----------------------------------------------------------
+
+
+def format_cursor(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def list_params(resource: Resource, cursor: datetime | None) -> list[tuple[str, str]]:
+    params = [("sort", "updated_at")]
+    params += [("q[]", f"{hidden}:*") for hidden in resource.include_hidden]
+    if cursor is not None:
+        params.append(("q[]", f"updated_at:>={format_cursor(cursor)}"))
+    return params
+
+
+@dataclass
+class ResourceCounts:
+    """What a run did for one resource: counts only, safe to log, return and publish."""
+
+    resource: str
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    quarantined: int = 0
+    removed: int = 0
+    pages: int = 0
+    requests: int = 0
+    rate_limited: int = 0
+    seconds: float = 0.0
+    expected: int = 0  # rows Cliniko announced (total_entries of each path's first page)
+    watermark: str | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.new + self.updated + self.unchanged + self.quarantined
+
+
+ProgressCallback = Callable[[ResourceCounts], None]
+
+
+@dataclass
+class Sync:
+    """One sync run over every resource: ``open()`` first (fails before any write), then
+    ``sync_resource()`` for each, in ``RESOURCES`` order (dimensions before facts).
+
+    ``full=True`` reads every path from the beginning and then marks rows Cliniko no longer returns
+    as removed: the periodic reconciliation.
+    """
+
+    con: duckdb.DuckDBPyConnection
+    client: ClinikoClient
+    overlap: timedelta = timedelta(minutes=5)
+    full: bool = False
+    on_page: ProgressCallback | None = None
+    resources: tuple[Resource, ...] = RESOURCES
+    counts: dict[str, ResourceCounts] = field(default_factory=dict)
+    _first: dict[str, tuple[datetime | None, Page]] = field(default_factory=dict)
+
+    def open(self) -> dict[str, ResourceCounts]:
+        """Ask for the first page of every path before writing anything."""
+        for resource in self.resources:
+            counts = self.counts.setdefault(resource.name, ResourceCounts(resource.name))
+            for path in resource.paths:
+                cursor = self._start_cursor(resource, path)
+                with self._measure(counts):
+                    page = self.client.get_page(path, resource.name, list_params(resource, cursor))
+                self._first[path] = (cursor, page)
+                counts.expected += page.total_entries or len(page.records)
+        return self.counts
+
+    def sync_resource(self, name: str) -> ResourceCounts:
+        resource = _resources.get(name)
+        counts = self.counts[name]
+        seen: set[int] = set()
+        for path in resource.paths:
+            self._sync_path(resource, path, counts, seen)
+        if self.full:
+            with self._measure(counts):
+                counts.removed = mark_removed(self.con, resource, seen, datetime.now(UTC))
+        latest = [watermark(self.con, name, p) for p in resource.paths]
+        known = [w for w in latest if w is not None]
+        counts.watermark = format_cursor(max(known)) if known else None
+        return counts
+
+    def run(self) -> dict[str, ResourceCounts]:
+        self.open()
+        for resource in self.resources:
+            self.sync_resource(resource.name)
+        return self.counts
+
+    def _start_cursor(self, resource: Resource, path: str) -> datetime | None:
+        if self.full:
+            return None
+        mark = watermark(self.con, resource.name, path)
+        return mark - self.overlap if mark is not None else None
+
+    def _sync_path(
+        self, resource: Resource, path: str, counts: ResourceCounts, seen: set[int]
+    ) -> None:
+        cursor, page = self._first.pop(path)
+        while True:
+            with self._measure(counts):
+                batch = parse_records(resource, page.records)
+                done = write_batch(self.con, resource, path, batch, datetime.now(UTC))
+            seen.update(batch.seen_ids)
+            counts.pages += 1
+            counts.new += done.new
+            counts.updated += done.updated
+            counts.unchanged += done.unchanged
+            counts.quarantined += done.quarantined
+            if self.on_page:
+                self.on_page(counts)
+            if not page.next_url:
+                return
+            moved = _floor_second(batch.max_updated_at)
+            with self._measure(counts):
+                if moved is not None and (cursor is None or moved > cursor):
+                    cursor = moved  # keyset: page 1 again from the furthest row committed
+                    params = list_params(resource, cursor)
+                    page = self.client.get_page(path, resource.name, params)
+                else:  # the whole page shares the cursor's second: go on within it
+                    page = self.client.get_page(page.next_url, resource.name)
+
+    class _Measure:
+        def __init__(self, client: ClinikoClient, counts: ResourceCounts) -> None:
+            self.client, self.counts = client, counts
+
+        def __enter__(self) -> None:
+            self.started = time.perf_counter()
+            self.requests = self.client.stats.requests
+            self.limited = self.client.stats.rate_limited
+
+        def __exit__(self, *exc: object) -> None:
+            self.counts.seconds += time.perf_counter() - self.started
+            self.counts.requests += self.client.stats.requests - self.requests
+            self.counts.rate_limited += self.client.stats.rate_limited - self.limited
+
+    def _measure(self, counts: ResourceCounts) -> Sync._Measure:
+        return Sync._Measure(self.client, counts)
+
+
+def _floor_second(moment: datetime | None) -> datetime | None:
+    return moment.replace(microsecond=0) if moment is not None else None
+
+
+def mark_removed(
+    con: duckdb.DuckDBPyConnection, resource: Resource, seen: set[int], now: datetime
+) -> int:
+    """After a full sweep: rows we hold that Cliniko no longer returns were hard-deleted there."""
+    with transaction(con):
+        marked = con.execute(
+            f"UPDATE {resource.table} SET removed_at = $now "
+            "WHERE removed_at IS NULL AND id NOT IN (SELECT unnest($seen::BIGINT[]))",
+            {"now": now, "seen": sorted(seen)},
+        ).fetchone()
+    return marked[0] if marked else 0
+
+
+# --- Run records --------------------------------------------------------------------------------
+
+
+def reconcile_due(con: duckdb.DuckDBPyConnection, every_hours: float, now: datetime) -> bool:
+    """True when no reconciliation has completed in the last ``every_hours`` (or ever)."""
+    last = con.execute(
+        "SELECT max(started_at) FROM state.sync_runs WHERE kind = 'reconcile' AND status = 'completed'"
+    ).fetchone()[0]
+    return last is None or now - last >= timedelta(hours=every_hours)
+
+
+def start_run(con: duckdb.DuckDBPyConnection, kind: str) -> str:
+    run_id = uuid.uuid4().hex
+    con.execute(
+        "INSERT INTO state.sync_runs (run_id, kind, started_at, status) VALUES (?, ?, ?, 'running')",
+        [run_id, kind, datetime.now(UTC)],
+    )
+    return run_id
+
+
+def finish_run(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    counts: dict[str, ResourceCounts],
+    error: BaseException | None = None,
+) -> None:
+    """Close the run record. ``error`` is stored by message: ours never carry personal data."""
+    summary = orjson.dumps({name: asdict(c) for name, c in counts.items()}).decode()
+    con.execute(
+        "UPDATE state.sync_runs SET finished_at = ?, status = ?, summary = ?, error = ? "
+        "WHERE run_id = ?",
+        [
+            datetime.now(UTC),
+            "failed" if error else "completed",
+            summary,
+            f"{type(error).__name__}: {error}"[:2000] if error else None,
+            run_id,
+        ],
+    )
+
+
+def run_sync(
+    con: duckdb.DuckDBPyConnection,
+    client: ClinikoClient,
+    *,
+    overlap: timedelta = timedelta(minutes=5),
+    reconcile: bool = False,
+    on_page: ProgressCallback | None = None,
+) -> dict[str, ResourceCounts]:
+    """A whole run, recorded in ``state.sync_runs``. The flow does the same step by step."""
+    run_id = start_run(con, "reconcile" if reconcile else "incremental")
+    sync = Sync(con, client, overlap=overlap, full=reconcile, on_page=on_page)
+    try:
+        sync.run()
+    except BaseException as exc:
+        finish_run(con, run_id, sync.counts, exc)
+        raise
+    finish_run(con, run_id, sync.counts)
+    return sync.counts
+
+
+# --- Plain entry point (no Prefect): tests and benchmarks run this in a subprocess --------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tasks.extract --db PATH``; credentials from CLINIKO_API_KEY, CLINIKO_BASE_URL,
+    CLINIKO_CONTACT. Prints one JSON line of counts (and the process's peak memory)."""
+    parser = argparse.ArgumentParser(prog="python -m tasks.extract", description=main.__doc__)
+    parser.add_argument("--db", type=Path, required=True)
+    parser.add_argument("--reconcile", action="store_true")
+    parser.add_argument("--overlap-minutes", type=float, default=5.0)
+    parser.add_argument("--requests", type=float, default=200, help="rate limit: requests ...")
+    parser.add_argument("--per-seconds", type=float, default=60.0, help="... per window")
+    parser.add_argument("--no-rate-limit", action="store_true")
+    parser.add_argument("--retry-initial", type=float, default=0.5)
+    args = parser.parse_args(argv)
+
+    from tasks.cliniko import Retry
+
+    client = ClinikoClient(
+        os.environ.get("CLINIKO_API_KEY", ""),
+        os.environ.get("CLINIKO_CONTACT", "ops@localhost"),
+        os.environ.get("CLINIKO_BASE_URL") or None,
+        pace=None if args.no_rate_limit else Pace(args.requests, args.per_seconds),
+        retry=Retry(initial_seconds=args.retry_initial),
+    )
+    started = time.perf_counter()
+    with client, open_db(args.db) as con:
+        counts = run_sync(
+            con,
+            client,
+            overlap=timedelta(minutes=args.overlap_minutes),
+            reconcile=args.reconcile,
+        )
+    report = {
+        "seconds": time.perf_counter() - started,
+        "requests": client.stats.requests,
+        "rate_limited": client.stats.rate_limited,
+        "peak_rss_mb": _rusage.getrusage(_rusage.RUSAGE_SELF).ru_maxrss / 1024,
+        "resources": {name: asdict(c) for name, c in counts.items()},
+    }
+    sys.stdout.write(orjson.dumps(report).decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    from tasks.errors import UserFacingError
+
+    try:
+        sys.exit(main())
+    except UserFacingError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(2)
