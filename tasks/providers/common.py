@@ -1,0 +1,122 @@
+"""The interface every provider implements, and the outcomes dispatch records.
+
+A provider gets a batch of rendered messages and returns one :class:`Outcome` per message, in
+order. It never raises for a message's own problem (that is an outcome); it raises
+:class:`ProviderUnavailable` only when it is certain nothing in the batch went (bad credentials,
+for instance), so dispatch can put the batch back and stop.
+
+Outcome kinds, and what decides between them:
+- ``sent``: the provider accepted it (and gave an id);
+- ``failed``: permanently refused (invalid address, opted out...); ``suppress`` says whether the
+  address must also be suppressed, and for what scope;
+- ``retry``: certainly not taken (rate limit, 5xx, no connection made): planned again, later;
+- ``unknown``: it may have gone (a timeout after the request was sent): never resent automatically;
+- ``pending`` (reconciliation only): too early to decide; leave the row as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal, Protocol
+
+import requests
+import urllib3
+
+from tasks.ledger import Channel, LedgerRow, Purpose
+from tasks.templates import Rendered, RenderedEmail
+
+OutcomeKind = Literal["sent", "failed", "retry", "unknown", "pending"]
+
+
+class ProviderUnavailable(Exception):
+    """Nothing in the batch went and more would not either (e.g. rejected credentials).
+
+    The message names the provider and the setting to fix; never a recipient.
+    """
+
+
+@dataclass(frozen=True)
+class Suppress:
+    scope: Literal["all", "marketing"]
+    reason: str  # a state.suppressions reason: stop | invalid_address | hard_bounce ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: OutcomeKind
+    provider_message_id: str | None = None
+    error_code: str | None = None
+    reason: str | None = None  # words for the ledger; never personal data
+    suppress: Suppress | None = None
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    message_id: int
+    send_key: str
+    channel: Channel
+    purpose: Purpose
+    tag: str  # the source name: groups messages in the provider's UI
+    to: str = dataclasses.field(repr=False)
+    content: Rendered = dataclasses.field(repr=False)
+
+    @property
+    def content_hash(self) -> str:
+        return content_hash(self.content)
+
+
+def content_hash(content: Rendered) -> str:
+    """What was sent, as a digest: lets reconciliation recognise a provider's record of it."""
+    if isinstance(content, RenderedEmail):
+        parts = [content.subject, content.html, content.text]
+    else:
+        parts = [content.text]
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
+
+
+def metadata_key(send_key: str) -> str:
+    """The send key as providers store it: Postmark metadata values are at most 80 characters."""
+    if len(send_key) <= 80:
+        return send_key
+    return "sha256:" + hashlib.sha256(send_key.encode("utf-8")).hexdigest()[:64]
+
+
+def request_never_sent(exc: BaseException) -> bool:
+    """True only when the connection was never made, so the provider cannot have the request.
+
+    A reset or disconnect after connecting is not this: the request may have arrived.
+    """
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    if not isinstance(exc, requests.ConnectionError):
+        return False
+    reason = exc.args[0] if exc.args else None
+    reason = getattr(reason, "reason", reason)  # urllib3 MaxRetryError wraps the cause
+    return isinstance(
+        reason, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError
+    )
+
+
+class Provider(Protocol):
+    name: str
+    batch_size: int
+
+    def send(self, messages: Sequence[OutgoingMessage]) -> list[Outcome]:
+        """Send and report one outcome per message, in order."""
+        ...
+
+    def reconcile(
+        self, rows: Sequence[LedgerRow], now: datetime, settle: timedelta
+    ) -> list[Outcome]:
+        """For rows a dead run left ``sending`` (or marked ``unknown``): did they go?
+
+        ``sent`` when the provider has the message; ``retry`` only when it certainly does not;
+        ``unknown`` when nobody can tell; ``pending`` when it is too early to say (``settle``).
+        """
+        ...
+
+    def close(self) -> None: ...

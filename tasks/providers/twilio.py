@@ -1,0 +1,190 @@
+"""Twilio Programmable Messaging through the twilio client 9.x (../shared/reference/providers.md §2).
+
+Odd things about this API and client, and what we do about them:
+- No base-URL setting: a redirecting http client sends every request to ``base_url`` instead
+  (the sandbox, a proxy), after the client has built its edge/region host.
+- No idempotency for message creation: a timeout after the request went may or may not have
+  created the SMS, so it is recorded ``unknown`` and never resent automatically. Reconciliation
+  lists messages to that number since the attempt and matches the body's digest.
+- Errors: ``TwilioRestException`` (and the RFC 9457 ``TwilioServiceException``, not a subclass)
+  carry ``.code`` and ``.status``. 21610 = the number replied STOP; 21211 invalid number;
+  21614 not a mobile; 20429 / 429 / 5xx = come back later; 20003 = bad credentials.
+- Only E.164 numbers are sent (dispatch checks before anything is claimed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from twilio.base.exceptions import TwilioException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client
+
+from tasks.ledger import LedgerRow
+from tasks.providers.common import (
+    Outcome,
+    OutgoingMessage,
+    ProviderUnavailable,
+    Suppress,
+    request_never_sent,
+)
+from tasks.templates import RenderedSms
+
+# Allowance for clock difference between us and Twilio when matching a message to an attempt.
+CLOCK_SKEW = timedelta(minutes=2)
+
+
+class RedirectingHttpClient(TwilioHttpClient):
+    """Sends every request to ``base_url`` (scheme + host), keeping Twilio's path and query."""
+
+    def __init__(self, base_url: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._base = urlsplit(base_url)
+
+    def request(self, method, url, *args, **kwargs):
+        u = urlsplit(url)
+        url = urlunsplit((self._base.scheme, self._base.netloc, u.path, u.query, u.fragment))
+        return super().request(method, url, *args, **kwargs)
+
+
+@dataclass(frozen=True)
+class TwilioSettings:
+    account_sid: str
+    auth_token: str = field(repr=False)
+    from_number: str | None = None
+    messaging_service_sid: str | None = None
+    base_url: str | None = None
+    timeout: float = 15.0
+
+    def __post_init__(self) -> None:
+        if not (self.from_number or self.messaging_service_sid):
+            raise ValueError("Twilio needs a from number or a messaging service SID")
+
+
+def _error_outcome(exc: TwilioException) -> Outcome:
+    code = getattr(exc, "code", None)
+    status = getattr(exc, "status", 0) or 0
+    if code == 21610:
+        return Outcome(
+            "failed", error_code="21610", reason="twilio: recipient replied STOP",
+            suppress=Suppress("all", "stop"),
+        )  # fmt: skip
+    if code in (21211, 21614):
+        what = "not a valid number" if code == 21211 else "not a mobile number"
+        return Outcome(
+            "failed", error_code=str(code), reason=f"twilio: {what}",
+            suppress=Suppress("all", "invalid_address"),
+        )  # fmt: skip
+    if code == 20429 or status == 429 or status >= 500:
+        return Outcome("retry", error_code=str(code or status), reason="twilio: busy")
+    if code == 20003 or status == 401:
+        raise ProviderUnavailable(
+            "Twilio rejected the account SID or auth token (20003). Check the TwilioAccount block."
+        )
+    return Outcome(
+        "failed", error_code=str(code or status), reason=f"twilio: error {code or status}"
+    )
+
+
+class TwilioProvider:
+    name = "twilio"
+    # one HTTP call per SMS; a smaller claim keeps fewer rows in doubt if the run dies
+    batch_size = 50
+
+    def __init__(self, settings: TwilioSettings) -> None:
+        self.settings = settings
+        http = (
+            RedirectingHttpClient(settings.base_url, timeout=settings.timeout)
+            if settings.base_url
+            else TwilioHttpClient(timeout=settings.timeout)
+        )
+        self.client = Client(settings.account_sid, settings.auth_token, http_client=http)
+        if settings.messaging_service_sid:
+            self._sender = {"messaging_service_sid": settings.messaging_service_sid}
+        else:
+            self._sender = {"from_": settings.from_number}
+
+    def send(self, messages: Sequence[OutgoingMessage]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for msg in messages:
+            assert isinstance(msg.content, RenderedSms)
+            outcome = self._send_one(msg.to, msg.content.text)
+            outcomes.append(outcome)
+            if outcome.kind in ("retry", "unknown"):
+                break  # the provider is struggling: leave the rest untouched for later
+        rest = len(messages) - len(outcomes)
+        outcomes.extend([Outcome("retry", reason="twilio: not attempted (provider busy)")] * rest)
+        return outcomes
+
+    def _send_one(self, to: str, body: str) -> Outcome:
+        try:
+            created = self.client.messages.create(to=to, body=body, **self._sender)
+        except TwilioException as exc:
+            return _error_outcome(exc)
+        except requests.RequestException as exc:
+            if request_never_sent(exc):
+                return Outcome("retry", reason="twilio: could not connect")
+            return Outcome("unknown", reason=f"twilio: {type(exc).__name__} after sending")
+        return Outcome("sent", provider_message_id=created.sid)
+
+    def reconcile(
+        self, rows: Sequence[LedgerRow], now: datetime, settle: timedelta
+    ) -> list[Outcome]:
+        """Match each row to a message Twilio holds: same number, same body, created since the
+        attempt. Found → sent. Not found → ``unknown`` for a person (Twilio cannot say "never
+        received" reliably enough to resend); within ``settle`` of the attempt → ``pending``.
+        """
+        used: set[str] = set()
+        by_number: dict[str, list] = {}
+        outcomes = []
+        for row in rows:
+            if not (row.to_address and row.content_hash and row.sending_at):
+                outcomes.append(Outcome("unknown", reason="reconcile: attempt not recorded"))
+                continue
+            try:
+                if row.to_address not in by_number:
+                    by_number[row.to_address] = self._recent_to(row.to_address, row.sending_at)
+            except (TwilioException, requests.RequestException):
+                outcomes.append(Outcome("pending", reason="twilio: message list unavailable"))
+                continue
+            match = next(
+                (
+                    m
+                    for m in by_number[row.to_address]
+                    if m.sid not in used
+                    and m.date_created is not None
+                    and m.date_created >= row.sending_at - CLOCK_SKEW
+                    and hashlib.sha256((m.body or "").encode("utf-8")).hexdigest()
+                    == row.content_hash
+                ),
+                None,
+            )
+            if match is not None:
+                used.add(match.sid)
+                outcomes.append(Outcome("sent", provider_message_id=match.sid, reason="reconciled"))
+            elif row.status == "sending" and now - row.sending_at >= settle:
+                outcomes.append(
+                    Outcome("unknown", reason="reconcile: no matching message at Twilio; review")
+                )
+            else:
+                outcomes.append(Outcome("pending"))
+        return outcomes
+
+    def _recent_to(self, number: str, since: datetime) -> list:
+        # Newest first; queued messages have no date_sent yet, so filter on date_created here.
+        found = []
+        for m in self.client.messages.stream(to=number, page_size=100):
+            if m.date_created is not None and m.date_created < since - CLOCK_SKEW * 5:
+                break
+            found.append(m)
+        return found
+
+    def close(self) -> None:
+        session = getattr(self.client.http_client, "session", None)
+        if session is not None:
+            session.close()

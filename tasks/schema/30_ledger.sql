@@ -1,0 +1,44 @@
+-- The message ledger: the only way a message leaves. One row per message the system means to send,
+-- keyed by a deterministic send key so planning twice plans once. Written only by tasks/ledger.py.
+--
+--   planned -> sending -> sent | failed | unknown        planned -> cancelled | skipped
+--   sending -> planned   (retry later: the provider certainly did not take it)
+--   unknown -> sent      (a provider lookup later confirmed it went)
+--
+-- `sending` is committed before the provider is called, so a crash leaves evidence, never a
+-- silent resend. Timestamps are UTC; the address is filled at send time for audit and stays here.
+
+CREATE SEQUENCE IF NOT EXISTS state.message_seq;
+
+CREATE TABLE IF NOT EXISTS state.messages (
+    message_id          BIGINT PRIMARY KEY DEFAULT nextval('state.message_seq'),
+    send_key            VARCHAR NOT NULL UNIQUE,   -- source kind:name:patient:occasion
+    source_kind         VARCHAR NOT NULL CHECK (source_kind IN ('trigger', 'journey', 'campaign')),
+    source_name         VARCHAR NOT NULL,
+    patient_id          BIGINT NOT NULL,
+    appointment_id      BIGINT,
+    channel             VARCHAR NOT NULL CHECK (channel IN ('email', 'sms')),
+    purpose             VARCHAR NOT NULL CHECK (purpose IN ('transactional', 'marketing')),
+    template            VARCHAR NOT NULL,
+    due_at              TIMESTAMPTZ NOT NULL,
+    expires_at          TIMESTAMPTZ,               -- end of the grace window; later = skipped
+    status              VARCHAR NOT NULL DEFAULT 'planned' CHECK (status IN
+                            ('planned', 'sending', 'sent', 'failed', 'unknown', 'cancelled', 'skipped')),
+    status_reason       VARCHAR,                   -- why, in words without personal data
+    attempts            INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at     TIMESTAMPTZ,               -- set when a provider asked us to come back later
+    claim_id            VARCHAR,                   -- the dispatch run that set `sending`
+    provider            VARCHAR,                   -- outbox | postmark | twilio
+    provider_message_id VARCHAR,
+    error_code          VARCHAR,
+    to_address          VARCHAR,
+    content_hash        VARCHAR,                   -- sha256 of what was sent: matches provider records
+    planned_at          TIMESTAMPTZ NOT NULL,
+    sending_at          TIMESTAMPTZ,
+    sent_at             TIMESTAMPTZ,
+    failed_at           TIMESTAMPTZ,
+    unknown_at          TIMESTAMPTZ,
+    cancelled_at        TIMESTAMPTZ,
+    skipped_at          TIMESTAMPTZ,
+    updated_at          TIMESTAMPTZ NOT NULL
+);
