@@ -8,9 +8,15 @@ and name it in the clinic's config (``cliniko.account: acme-cliniko``).
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
+
+from tasks.errors import UserFacingError
+
+if TYPE_CHECKING:
+    from tasks.cliniko import ClinikoClient
 
 
 class ClinikoAccount(Block):
@@ -39,7 +45,7 @@ class ClinikoAccount(Block):
         """For the demo and one-off runs: CLINIKO_API_KEY, CLINIKO_CONTACT, CLINIKO_BASE_URL."""
         key = os.environ.get("CLINIKO_API_KEY")
         if not key:
-            raise RuntimeError(
+            raise UserFacingError(
                 "CLINIKO_API_KEY is not set. Set it (and CLINIKO_CONTACT), or save a ClinikoAccount "
                 "block and name it in the clinic's config under cliniko.account."
             )
@@ -48,4 +54,15 @@ class ClinikoAccount(Block):
             contact_email=os.environ.get("CLINIKO_CONTACT", "ops@localhost"),
             base_url=os.environ.get("CLINIKO_BASE_URL") or None,
             requests_per_minute=int(os.environ.get("CLINIKO_REQUESTS_PER_MINUTE", "200")),
+        )
+
+    def get_client(self) -> ClinikoClient:
+        """A client paced under this account's rate limit (shared by every client of the key)."""
+        from tasks.cliniko import ClinikoClient, Pace
+
+        return ClinikoClient(
+            self.api_key.get_secret_value(),
+            self.contact_email,
+            self.base_url,
+            pace=Pace(requests=self.requests_per_minute, per_seconds=60.0),
         )

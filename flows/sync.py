@@ -1,0 +1,153 @@
+"""The Cliniko sync flow: Cliniko -> raw.* in the clinic's DuckDB, one task per resource.
+
+Thin wiring around ``tasks.extract`` (where the paging, transactions and reconciliation live).
+Tasks take the open connection and client, so they run with ``cache_policy=NONE`` and return
+counts only: Prefect may persist results, and a result must never hold a patient's data.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NONE
+
+from blocks.cliniko import ClinikoAccount
+from tasks import extract
+from tasks.config import ClinicConfig, ConfigError, load_clinic
+from tasks.resources import RESOURCES
+from tasks.warehouse import open_db
+
+
+def cliniko_account(config: ClinicConfig) -> ClinikoAccount:
+    """The clinic's Cliniko credentials: a saved block, or the environment for the demo."""
+    if config.cliniko.account == "env":
+        return ClinikoAccount.from_env()
+    try:
+        return ClinikoAccount.load(config.cliniko.account)
+    except ValueError:
+        raise ConfigError(
+            f"clinic '{config.clinic}': cliniko.account names the ClinikoAccount block "
+            f"'{config.cliniko.account}', which is not saved on this Prefect server. Save it "
+            "(see blocks/cliniko.py) or set cliniko.account: env."
+        ) from None
+
+
+@task(cache_policy=NONE)
+def check_access(sync: extract.Sync) -> dict[str, int]:
+    """First page of every resource before any write: a bad key or permission stops us here."""
+    return {name: counts.expected for name, counts in sync.open().items()}
+
+
+@task(cache_policy=NONE, task_run_name="sync-{resource}")
+def sync_resource(sync: extract.Sync, resource: str) -> dict:
+    counts = sync.sync_resource(resource)
+    get_run_logger().info(
+        "%s: %d new, %d updated, %d quarantined, %d removed; %d requests (%d rate-limited)",
+        resource,
+        counts.new,
+        counts.updated,
+        counts.quarantined,
+        counts.removed,
+        counts.requests,
+        counts.rate_limited,
+    )
+    return asdict(counts)
+
+
+class SyncProgress:
+    """A Prefect progress artifact and, on a terminal, a progress bar, both counting rows."""
+
+    EVERY_SECONDS = 2.0  # each artifact update is an API call: not one per page
+
+    def __init__(self, sync: extract.Sync) -> None:
+        self.sync = sync
+        self.expected = 0
+        self.artifact = None
+        self.bar = None
+        self._last = 0.0
+
+    def start(self, expected: dict[str, int]) -> None:
+        self.expected = max(1, sum(expected.values()))
+        self.artifact = create_progress_artifact(0.0, description="Cliniko sync: rows read")
+        if sys.stdout.isatty():
+            from rich.progress import Progress
+
+            self.bar = Progress()
+            self.bar.start()
+            self._bar_task = self.bar.add_task("Cliniko sync", total=self.expected)
+
+    def page(self, counts: extract.ResourceCounts) -> None:
+        done = min(self.expected, sum(c.rows for c in self.sync.counts.values()))
+        if self.bar:
+            self.bar.update(self._bar_task, completed=done, description=counts.resource)
+        now = time.monotonic()
+        if self.artifact and now - self._last >= self.EVERY_SECONDS:
+            self._last = now
+            update_progress_artifact(self.artifact, 100.0 * done / self.expected)
+
+    def finish(self, completed: bool) -> None:
+        if self.bar:
+            self.bar.stop()
+        if self.artifact and completed:
+            update_progress_artifact(self.artifact, 100.0)
+
+
+def summary_markdown(clinic: str, kind: str, counts: dict[str, extract.ResourceCounts]) -> str:
+    """Counts per resource, nothing else: this is published where anyone with the UI can read it."""
+    lines = [
+        f"# Cliniko sync: {clinic} ({kind})",
+        "",
+        "| resource | new | updated | unchanged | quarantined | removed | requests | 429s | seconds | watermark |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for c in counts.values():
+        lines.append(
+            f"| {c.resource} | {c.new} | {c.updated} | {c.unchanged} | {c.quarantined} | "
+            f"{c.removed} | {c.requests} | {c.rate_limited} | {c.seconds:.1f} | {c.watermark or '-'} |"
+        )
+    total = sum(c.requests for c in counts.values())
+    lines += ["", f"{total} requests in all."]
+    return "\n".join(lines)
+
+
+@flow(name="cliniko-sync")
+def cliniko_sync(clinic: str = "demo", reconcile: bool = False) -> dict[str, dict]:
+    """Bring the clinic's DuckDB copy of Cliniko up to date; reconcile ids when asked or due."""
+    config = load_clinic(clinic)
+    account = cliniko_account(config)
+    with account.get_client() as client, open_db(config.database_path) as con:
+        full = reconcile or extract.reconcile_due(
+            con, config.sync.reconcile_every_hours, datetime.now(UTC)
+        )
+        kind = "reconcile" if full else "incremental"
+        run_id = extract.start_run(con, kind)
+        sync = extract.Sync(
+            con, client, overlap=timedelta(minutes=config.sync.overlap_minutes), full=full
+        )
+        progress = SyncProgress(sync)
+        sync.on_page = progress.page
+        try:
+            progress.start(check_access(sync))
+            for resource in RESOURCES:
+                sync_resource(sync, resource.name)
+        except BaseException as exc:
+            progress.finish(completed=False)
+            extract.finish_run(con, run_id, sync.counts, exc)
+            raise
+        progress.finish(completed=True)
+        extract.finish_run(con, run_id, sync.counts)
+    create_markdown_artifact(
+        summary_markdown(config.clinic, kind, sync.counts),
+        key=f"cliniko-sync-{config.clinic.replace('_', '-')}",
+        description=f"Cliniko sync of {config.clinic}: rows and requests per resource",
+    )
+    return {name: asdict(c) for name, c in sync.counts.items()}
