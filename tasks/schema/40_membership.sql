@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS state.build_context (
     build_id                 VARCHAR NOT NULL,
     built_at                 TIMESTAMPTZ NOT NULL,
     country                  VARCHAR NOT NULL,   -- ISO 3166 alpha-2: how phone numbers are read
+    clinic_time_zone         VARCHAR NOT NULL,   -- IANA; for businesses Cliniko sent none for
     active_patient_months    INTEGER,            -- NULL = all patients
     list_size_cap            INTEGER,            -- NULL = no cap
     honour_email_opt_in      BOOLEAN NOT NULL,   -- honour Cliniko's accepted_email_marketing
@@ -58,4 +59,11 @@ CREATE TABLE IF NOT EXISTS state.membership_events (
     event        VARCHAR NOT NULL CHECK (event IN ('joined', 'left')),
     initial      BOOLEAN NOT NULL DEFAULT false,
     occurred_at  TIMESTAMPTZ NOT NULL
+);
+
+-- Incremental models remember what they were built from: a changed SQL file (or country, which
+-- changes how phones are read) rebuilds them in full instead of merging onto stale rows.
+CREATE TABLE IF NOT EXISTS state.model_fingerprints (
+    model        VARCHAR PRIMARY KEY,
+    fingerprint  VARCHAR NOT NULL
 );

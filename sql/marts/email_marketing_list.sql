@@ -1,0 +1,208 @@
+-- The email marketing list (PRODUCT.md §2, seed 002): one row per distinct email address
+-- (trimmed, lower-case) with its status and the reason, by these rules in this order:
+--   invalid       the address fails a syntax check
+--   bounced       a hard bounce, 5 soft bounces (counted since the address was last lifted),
+--                 or a suppression for a bounce/invalid address (state.suppressions)
+--   unsubscribed  a current suppression (unsubscribe link, spam complaint, import, operator)
+--   archived      the patient is archived (or merged away) in Cliniko
+--   not_opted_in  clinic.yaml honours Cliniko's accepted_email_marketing and it is not true
+--   removed       was on the list, now outside the active-patient limit ("Deleted"); comes
+--                 back when the patient qualifies again
+--   inactive      outside the active-patient limit and never on the list
+--   over_cap      within every rule but beyond clinic.yaml's size_cap
+--   subscribed    on the list: marketing email may go here
+-- A shared address appears once, for the patient who qualifies best (by the order above), then
+-- was seen most recently, then has the oldest record; patients_sharing says how many share it.
+-- The cap keeps people in clinic.yaml's cap_keeps order: most_recent_visit (last seen first)
+-- or earliest_created (oldest patient records first); ties go to the lower patient_id.
+-- Columns: email, patient_id, greeting_name, first_name, last_seen_at, patients_sharing,
+--   soft_bounces, status, reason.
+with
+
+patients as (
+    select * from marts.patients
+    where email_normalised is not null
+),
+
+settings as (
+    select * from state.build_context
+),
+
+email_suppressions as (
+    select * from state.suppressions
+    where channel = 'email'
+),
+
+email_bounces as (
+    select * from state.email_bounces
+),
+
+previous_members as (
+    select distinct member_key as email
+    from state.membership_events
+    where audience = 'email_marketing_list' and event = 'joined'
+),
+
+latest_suppression as (
+    select address as email, action, reason
+    from email_suppressions
+    qualify row_number() over (
+        partition by address order by occurred_at desc, suppression_id desc
+    ) = 1
+),
+
+last_lift as (
+    select address as email, max(occurred_at) as lifted_at
+    from email_suppressions
+    where action = 'lift'
+    group by address
+),
+
+bounce_counts as (
+    select
+        email_bounces.email,
+        count(*) filter (where kind = 'hard') as hard_bounces,
+        count(*) filter (where kind = 'soft') as soft_bounces,
+        count(*) filter (where kind = 'spam_complaint') as spam_complaints
+    from email_bounces
+    left join last_lift on last_lift.email = email_bounces.email
+    where email_bounces.bounced_at > coalesce(last_lift.lifted_at, '-infinity'::timestamptz)
+    group by email_bounces.email
+),
+
+patient_rules as (
+    select
+        patients.*,
+        case
+            when not patients.email_is_valid then 'invalid'
+            when patients.is_archived then 'archived'
+            when settings.honour_email_opt_in
+                and patients.accepted_email_marketing is distinct from true then 'not_opted_in'
+            when settings.active_patient_months is not null
+                and patients.last_seen_at
+                    < settings.built_at - to_months(settings.active_patient_months) then 'lapsed'
+            else 'eligible'
+        end as patient_rule
+    from patients
+    cross join settings
+),
+
+one_per_email as (
+    select
+        *,
+        count(*) over (partition by email_normalised) as patients_sharing
+    from patient_rules
+    qualify row_number() over (
+        partition by email_normalised
+        order by
+            list_position(
+                ['eligible', 'lapsed', 'not_opted_in', 'archived', 'invalid'], patient_rule
+            ),
+            last_seen_at desc nulls last,
+            created_at nulls last,
+            patient_id
+    ) = 1
+),
+
+with_address as (
+    select
+        one_per_email.*,
+        coalesce(bounce_counts.hard_bounces, 0) as hard_bounces,
+        coalesce(bounce_counts.soft_bounces, 0) as soft_bounces,
+        coalesce(bounce_counts.spam_complaints, 0) as spam_complaints,
+        latest_suppression.action = 'suppress' as is_suppressed,
+        latest_suppression.reason as suppression_reason,
+        previous_members.email is not null as was_on_list
+    from one_per_email
+    left join bounce_counts on bounce_counts.email = one_per_email.email_normalised
+    left join latest_suppression
+        on latest_suppression.email = one_per_email.email_normalised
+    left join previous_members on previous_members.email = one_per_email.email_normalised
+),
+
+ruled as (
+    select
+        *,
+        case
+            when patient_rule = 'invalid' then 'invalid'
+            when hard_bounces > 0 or soft_bounces >= 5
+                or (is_suppressed and suppression_reason in
+                    ('hard_bounce', 'soft_bounce_limit', 'invalid_address')) then 'bounced'
+            when is_suppressed or spam_complaints > 0 then 'unsubscribed'
+            when patient_rule = 'archived' then 'archived'
+            when patient_rule = 'not_opted_in' then 'not_opted_in'
+            when patient_rule = 'lapsed' and was_on_list then 'removed'
+            when patient_rule = 'lapsed' then 'inactive'
+            else 'qualifies'
+        end as rule_status
+    from with_address
+),
+
+capped as (
+    select
+        ruled.*,
+        case
+            when rule_status <> 'qualifies' then null
+            else row_number() over (
+                partition by rule_status = 'qualifies'
+                order by
+                    case when settings.cap_order = 'most_recent_visit' then last_seen_at end
+                        desc nulls last,
+                    case when settings.cap_order = 'earliest_created' then created_at end
+                        nulls last,
+                    patient_id
+            )
+        end as cap_position,
+        settings.list_size_cap,
+        settings.active_patient_months
+    from ruled
+    cross join settings
+),
+
+final as (
+    select
+        email_normalised as email,
+        patient_id,
+        greeting_name,
+        first_name,
+        last_seen_at,
+        patients_sharing,
+        soft_bounces,
+        case
+            when rule_status <> 'qualifies' then rule_status
+            when list_size_cap is not null and cap_position > list_size_cap then 'over_cap'
+            else 'subscribed'
+        end as status,
+        case rule_status
+            when 'invalid' then 'the email address is not valid'
+            when 'bounced' then
+                case
+                    when hard_bounces > 0 then 'hard bounce'
+                    when soft_bounces >= 5 then soft_bounces || ' soft bounces'
+                    else 'suppressed: ' || suppression_reason
+                end
+            when 'unsubscribed' then
+                case
+                    when is_suppressed then 'suppressed: ' || suppression_reason
+                    else 'spam complaint'
+                end
+            when 'archived' then 'patient archived in Cliniko'
+            when 'not_opted_in' then 'accepted_email_marketing is not true in Cliniko'
+            when 'removed' then
+                'last seen ' || strftime(last_seen_at, '%Y-%m-%d') || ', outside the '
+                || active_patient_months || '-month active-patient limit'
+            when 'inactive' then
+                'last seen ' || strftime(last_seen_at, '%Y-%m-%d') || ', outside the '
+                || active_patient_months || '-month active-patient limit'
+            else
+                case
+                    when list_size_cap is not null and cap_position > list_size_cap then
+                        'beyond the list size cap of ' || list_size_cap
+                    when active_patient_months is null then 'patient (active-patient limit: all)'
+                    else 'seen within the last ' || active_patient_months || ' months'
+                end
+        end as reason
+    from capped
+)
+
+select * from final

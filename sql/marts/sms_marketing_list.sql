@@ -1,0 +1,82 @@
+-- The SMS marketing list (PRODUCT.md §2, seed 003): one row per distinct valid mobile number
+-- (E.164). Reminders and one-off SMS ignore it; marketing SMS go only to 'subscribed' rows.
+-- Statuses, in this order:
+--   opted_out     a current SMS suppression (STOP reply, carrier opt-out, operator)
+--   archived      the patient is archived (or merged away) in Cliniko
+--   no_consent    accepted_sms_marketing is not true (NULL = no answer = no consent)
+--   subscribed    accepted_sms_marketing is true and nothing above applies
+-- A shared number appears once, for the patient who qualifies best, then seen most recently.
+-- Patients whose mobile cannot be read are not here: see marts.patients (mobile_e164 NULL).
+-- Columns: mobile_e164, patient_id, greeting_name, first_name, patients_sharing, status, reason.
+with
+
+patients as (
+    select * from marts.patients
+    where mobile_e164 is not null
+),
+
+sms_suppressions as (
+    select * from state.suppressions
+    where channel = 'sms'
+),
+
+latest_suppression as (
+    select address as mobile_e164, action, reason
+    from sms_suppressions
+    qualify row_number() over (
+        partition by address order by occurred_at desc, suppression_id desc
+    ) = 1
+),
+
+patient_rules as (
+    select
+        *,
+        case
+            when is_archived then 'archived'
+            when accepted_sms_marketing is distinct from true then 'no_consent'
+            else 'consented'
+        end as patient_rule
+    from patients
+),
+
+one_per_mobile as (
+    select
+        *,
+        count(*) over (partition by mobile_e164) as patients_sharing
+    from patient_rules
+    qualify row_number() over (
+        partition by mobile_e164
+        order by
+            list_position(['consented', 'no_consent', 'archived'], patient_rule),
+            last_seen_at desc nulls last,
+            created_at nulls last,
+            patient_id
+    ) = 1
+),
+
+final as (
+    select
+        one_per_mobile.mobile_e164,
+        one_per_mobile.patient_id,
+        one_per_mobile.greeting_name,
+        one_per_mobile.first_name,
+        one_per_mobile.patients_sharing,
+        case
+            when latest_suppression.action = 'suppress' then 'opted_out'
+            when patient_rule = 'archived' then 'archived'
+            when patient_rule = 'no_consent' then 'no_consent'
+            else 'subscribed'
+        end as status,
+        case
+            when latest_suppression.action = 'suppress'
+                then 'suppressed: ' || latest_suppression.reason
+            when patient_rule = 'archived' then 'patient archived in Cliniko'
+            when patient_rule = 'no_consent' then 'accepted_sms_marketing is not true in Cliniko'
+            else 'accepted SMS marketing in Cliniko'
+        end as reason
+    from one_per_mobile
+    left join latest_suppression
+        on latest_suppression.mobile_e164 = one_per_mobile.mobile_e164
+)
+
+select * from final

@@ -1,0 +1,17 @@
+-- Age group: 45 to 64 (whole years at the build; patients without a date of birth are in none).
+-- Over every live (not archived) patient; marketing sends reach only those also on a marketing
+-- list (the planner joins the list). Columns: patient_id, age.
+with
+
+patients as (
+    select * from marts.patients
+    where not is_archived
+),
+
+members as (
+    select patients.patient_id, patients.age
+    from patients
+    where patients.age between 45 and 64
+)
+
+select * from members

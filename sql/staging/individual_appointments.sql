@@ -1,0 +1,52 @@
+-- config: materialized=incremental, unique_key=appointment_id, cursor=loaded_at
+-- One row per Cliniko individual appointment (cancelled, archived and deleted ones too), typed.
+-- Incremental: each build re-reads only the appointments the sync wrote since the last build.
+with
+
+source as (
+    select id, payload, synced_at, removed_at from raw.individual_appointments
+),
+
+parsed as (
+    select
+        id,
+        synced_at,
+        removed_at,
+        json_transform(payload, '{
+            "created_at": "VARCHAR", "updated_at": "VARCHAR", "starts_at": "VARCHAR",
+            "ends_at": "VARCHAR", "cancelled_at": "VARCHAR", "cancellation_reason": "VARCHAR",
+            "archived_at": "VARCHAR", "deleted_at": "VARCHAR", "did_not_arrive": "VARCHAR",
+            "patient_arrived": "VARCHAR", "booking_ip_address": "VARCHAR",
+            "patient": {"links": {"self": "VARCHAR"}},
+            "practitioner": {"links": {"self": "VARCHAR"}},
+            "business": {"links": {"self": "VARCHAR"}},
+            "appointment_type": {"links": {"self": "VARCHAR"}}
+        }') as p
+    from source
+),
+
+renamed as (
+    select
+        id as appointment_id,
+        cliniko_link_id(p.patient.links.self) as patient_id,
+        cliniko_link_id(p.practitioner.links.self) as practitioner_id,
+        cliniko_link_id(p.business.links.self) as business_id,
+        cliniko_link_id(p.appointment_type.links.self) as appointment_type_id,
+        cliniko_timestamp(p.starts_at) as starts_at,
+        cliniko_timestamp(p.ends_at) as ends_at,
+        cliniko_timestamp(p.created_at) as created_at,
+        cliniko_timestamp(p.updated_at) as updated_at,
+        cliniko_timestamp(p.cancelled_at) as cancelled_at,
+        try_cast(cliniko_text(p.cancellation_reason) as integer) as cancellation_reason,
+        cliniko_timestamp(p.archived_at) as archived_at,
+        cliniko_timestamp(p.deleted_at) as deleted_at,
+        removed_at,
+        coalesce(cliniko_bool(p.did_not_arrive), false) as did_not_arrive,
+        coalesce(cliniko_bool(p.patient_arrived), false) as patient_arrived,
+        cliniko_text(p.booking_ip_address) is not null as booked_online,
+        synced_at,
+        greatest(synced_at, removed_at) as loaded_at
+    from parsed
+)
+
+select * from renamed

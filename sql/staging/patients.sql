@@ -1,0 +1,90 @@
+-- config: materialized=incremental, unique_key=patient_id, cursor=loaded_at
+-- One row per Cliniko patient ever synced (archived, merged and deleted ones too), typed.
+-- Parsing phones and emails is the costly part of a build, so this model is incremental: each
+-- build re-reads only patients the sync wrote since the last build (loaded_at).
+-- mobile_e164: the first "Mobile" number, read in the clinic's country (clinic.yaml `country`),
+-- NULL when missing or not a valid mobile. email_is_valid: syntax only (no DNS lookups).
+with
+
+source as (
+    select id, payload, synced_at, removed_at from raw.patients
+),
+
+build_context as (
+    select country from state.build_context
+),
+
+parsed as (
+    select
+        id,
+        synced_at,
+        removed_at,
+        json_transform(payload, '{
+            "created_at": "VARCHAR", "updated_at": "VARCHAR", "archived_at": "VARCHAR",
+            "deleted_at": "VARCHAR", "merged_at": "VARCHAR",
+            "merged_with_patient": {"links": {"self": "VARCHAR"}},
+            "title": "VARCHAR", "first_name": "VARCHAR", "last_name": "VARCHAR",
+            "preferred_first_name": "VARCHAR", "email": "VARCHAR", "date_of_birth": "VARCHAR",
+            "sex": "VARCHAR", "gender_identity": "VARCHAR", "pronouns": "VARCHAR",
+            "patient_phone_numbers": [{"phone_type": "VARCHAR", "number": "VARCHAR"}],
+            "accepted_email_marketing": "VARCHAR", "accepted_sms_marketing": "VARCHAR",
+            "accepted_privacy_policy": "VARCHAR", "reminder_type": "VARCHAR",
+            "receives_confirmation_emails": "VARCHAR", "time_zone": "VARCHAR",
+            "country_code": "VARCHAR", "city": "VARCHAR", "state": "VARCHAR",
+            "post_code": "VARCHAR", "occupation": "VARCHAR", "referral_source": "VARCHAR",
+            "concession_type": {"links": {"self": "VARCHAR"}}
+        }') as p
+    from source
+),
+
+renamed as (
+    select
+        id as patient_id,
+        cliniko_timestamp(p.created_at) as created_at,
+        cliniko_timestamp(p.updated_at) as updated_at,
+        cliniko_timestamp(p.archived_at) as archived_at,
+        cliniko_timestamp(p.deleted_at) as deleted_at,
+        removed_at,
+        cliniko_timestamp(p.merged_at) as merged_at,
+        cliniko_link_id(p.merged_with_patient.links.self) as merged_into_patient_id,
+        cliniko_text(p.title) as title,
+        cliniko_text(p.first_name) as first_name,
+        cliniko_text(p.last_name) as last_name,
+        cliniko_text(p.preferred_first_name) as preferred_first_name,
+        cliniko_text(p.email) as email,
+        cliniko_date(p.date_of_birth) as date_of_birth,
+        cliniko_text(p.sex) as sex,
+        cliniko_text(p.gender_identity) as gender_identity,
+        cliniko_text(p.pronouns) as pronouns,
+        cliniko_text(
+            list_filter(p.patient_phone_numbers, lambda n: lower(trim(n.phone_type)) = 'mobile')[1].number
+        ) as mobile_number,
+        cliniko_bool(p.accepted_email_marketing) as accepted_email_marketing,
+        cliniko_bool(p.accepted_sms_marketing) as accepted_sms_marketing,
+        cliniko_bool(p.accepted_privacy_policy) as accepted_privacy_policy,
+        cliniko_text(p.reminder_type) as reminder_type,
+        cliniko_bool(p.receives_confirmation_emails) as receives_confirmation_emails,
+        cliniko_text(p.time_zone) as time_zone,
+        upper(cliniko_text(p.country_code)) as country_code,
+        cliniko_text(p.city) as city,
+        cliniko_text(p.state) as state,
+        cliniko_text(p.post_code) as post_code,
+        cliniko_text(p.occupation) as occupation,
+        cliniko_text(p.referral_source) as referral_source_text,
+        cliniko_link_id(p.concession_type.links.self) as concession_type_id,
+        synced_at,
+        greatest(synced_at, removed_at) as loaded_at
+    from parsed
+),
+
+contacts_checked as (
+    select
+        renamed.*,
+        lower(email) as email_normalised,
+        relay_email_is_valid(email) as email_is_valid,
+        relay_mobile_e164(mobile_number, build_context.country) as mobile_e164
+    from renamed
+    cross join build_context
+)
+
+select * from contacts_checked

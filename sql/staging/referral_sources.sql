@@ -1,0 +1,39 @@
+-- One row per referred patient: how they came to the clinic. Old payloads carry no id, so the
+-- patient (from its link, or the raw key the sync used) identifies the row.
+with
+
+source as (
+    select id, payload, removed_at from raw.referral_sources
+),
+
+parsed as (
+    select
+        id,
+        removed_at,
+        json_transform(payload, '{
+            "id": "VARCHAR", "notes": "VARCHAR", "subcategory": "VARCHAR",
+            "referrer_type": "VARCHAR",
+            "patient": {"links": {"self": "VARCHAR"}},
+            "referrer": {"links": {"self": "VARCHAR"}},
+            "referral_source_type": {"links": {"self": "VARCHAR"}},
+            "created_at": "VARCHAR", "updated_at": "VARCHAR"
+        }') as p
+    from source
+),
+
+renamed as (
+    select
+        coalesce(cliniko_link_id(p.patient.links.self), id) as patient_id,
+        try_cast(cliniko_text(p.id) as bigint) as referral_source_id,
+        cliniko_link_id(p.referral_source_type.links.self) as referral_source_type_id,
+        cliniko_text(p.referrer_type) as referrer_type,
+        cliniko_link_id(p.referrer.links.self) as referrer_id,
+        cliniko_text(p.subcategory) as subcategory,
+        cliniko_text(p.notes) as notes,
+        cliniko_timestamp(p.created_at) as created_at,
+        cliniko_timestamp(p.updated_at) as updated_at,
+        removed_at
+    from parsed
+)
+
+select * from renamed

@@ -1,0 +1,36 @@
+-- Everyone subscribed to SMS marketing accepted it in Cliniko, is not archived, and has not
+-- opted out since; one row per number.
+with
+
+sms_list as (
+    select * from marts.sms_marketing_list
+),
+
+patients as (
+    select * from marts.patients
+),
+
+latest_suppression as (
+    select address, action
+    from state.suppressions
+    where channel = 'sms'
+    qualify row_number() over (
+        partition by address order by occurred_at desc, suppression_id desc
+    ) = 1
+)
+
+select sms_list.patient_id
+from sms_list
+left join patients on patients.patient_id = sms_list.patient_id
+left join latest_suppression on latest_suppression.address = sms_list.mobile_e164
+where sms_list.status = 'subscribed'
+    and (patients.patient_id is null
+        or patients.accepted_sms_marketing is distinct from true
+        or patients.is_archived
+        or patients.mobile_e164 is distinct from sms_list.mobile_e164
+        or latest_suppression.action = 'suppress')
+union all
+select min(patient_id)
+from sms_list
+group by mobile_e164
+having count(*) > 1
