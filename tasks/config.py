@@ -64,6 +64,39 @@ class MarketingListSettings(_Section):
         return None if self.active_patient_limit == "all" else int(self.active_patient_limit)
 
 
+class SenderSettings(_Section):
+    """Who messages come from; also the ``clinic`` variables templates see."""
+
+    name: str | None = Field(None, description="Display name; default: the clinic's name.")
+    email: str = Field("hello@clinic.example", description="From address of outbox email.")
+    reply_to: str | None = None
+    phone: str = ""
+    website: str = ""
+    address: str = ""
+
+
+class ProvidersSettings(_Section):
+    """Where messages go. Credentials live in Prefect blocks (or env vars), never here."""
+
+    email: str = Field(
+        "outbox",
+        description=(
+            "'outbox' (files under data/outbox/<clinic>/), 'env' (POSTMARK_SERVER_TOKEN, "
+            "POSTMARK_FROM, POSTMARK_BASE_URL), or the name of a saved PostmarkServer block."
+        ),
+    )
+    sms: str = Field(
+        "outbox",
+        description=(
+            "'outbox', 'env' (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_FROM or "
+            "TWILIO_MESSAGING_SERVICE_SID, TWILIO_BASE_URL), or a saved TwilioAccount block name."
+        ),
+    )
+    sender: SenderSettings = SenderSettings()
+    # Marketing email links here (plus RFC 8058 one-click headers); the token is appended.
+    unsubscribe_url: str = Field("http://127.0.0.1:8765/unsubscribe", pattern=r"^https?://")
+
+
 class ClinicConfig(_Section):
     clinic: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     name: str
@@ -73,6 +106,7 @@ class ClinicConfig(_Section):
     cliniko: ClinikoSettings = ClinikoSettings()
     sync: SyncSettings = SyncSettings()
     marketing_list: MarketingListSettings = MarketingListSettings()
+    providers: ProvidersSettings = ProvidersSettings()
 
     # Where the file was read from; relative paths in it are resolved against this folder.
     source: Path | None = Field(None, exclude=True)

@@ -45,6 +45,7 @@ _SETTINGS_CODES = {10: "the server token was rejected", 11: "the server token la
 class PostmarkSettings:
     server_token: str = field(repr=False)
     from_address: str
+    reply_to: str | None = None
     transactional_stream: str = "outbound"
     marketing_stream: str = "broadcast"
     base_url: str | None = None
@@ -98,6 +99,7 @@ class PostmarkProvider:
         marketing = msg.purpose == "marketing"
         return {
             "From": self.settings.from_address,
+            **({"ReplyTo": self.settings.reply_to} if self.settings.reply_to else {}),
             "To": msg.to,
             "Subject": content.subject,
             "HtmlBody": content.html,
