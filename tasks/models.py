@@ -4,7 +4,7 @@ An analyst's contract (sql/README.md): one SELECT per file; model name = file na
 folder; dependencies are read from the SQL itself (DuckDB lists the tables a query reads, with CTE
 names already left out); ``raw.*`` and ``state.*`` are sources. A ``-- config:`` header line picks
 the materialisation: ``table`` (default), ``view``, or ``incremental`` with a ``unique_key`` and a
-``cursor`` column (only source rows whose cursor is at or after the newest one already built are
+``cursor`` column (only source rows whose cursor is after the newest one already built are
 re-read, so a tick's cost follows the changes, not the history).
 
 A build is atomic: every model, every data test and the membership history run inside one DuckDB
@@ -475,14 +475,16 @@ class ModelBuild:
         return con.execute(f"SELECT count(*) FROM {rel}").fetchone()[0]
 
     def _merge(self, model: Model, rel: str) -> None:
-        """Re-read only the source rows whose cursor is at or after the newest already built
-        (at, not after: rows written in the same instant as the last build are read again), then
-        replace those keys. Idempotent, so a re-run after a crash is safe."""
+        """Re-read only the source rows whose cursor is after the newest already built, then
+        replace those keys. Strictly after: a sync run stamps all its rows with one synced_at,
+        and re-reading ">=" would re-parse a whole backfill on every build until a newer row
+        came. Safe because a sync and a build never overlap (the database's writer lock) and a
+        later sync run stamps later times; `relay models build --full-refresh` re-reads all."""
         con, key, cursor = self.con, f'"{model.unique_key}"', f'"{model.cursor}"'
         since = con.execute(f"SELECT max({cursor}) FROM {rel}").fetchone()[0]
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE relay_delta AS SELECT * FROM ({model.sql}) "
-            f"WHERE {cursor} >= ? OR ? IS NULL",
+            f"WHERE {cursor} > ? OR ? IS NULL",
             [since, since],
         )
         con.execute(f"DELETE FROM {rel} WHERE {key} IN (SELECT {key} FROM relay_delta)")

@@ -1,0 +1,231 @@
+"""Model build benchmark (issue 3 §4): a generated clinic of 100,000 patients and 2,000,000
+appointments, written straight into raw.* with SQL (payloads shaped like Cliniko's), then:
+
+- full build of every model          target <= 20 s
+- rebuild after a 5-minute change set target <= 2 s   (a few hundred changed/new rows)
+- peak memory (RSS of the process)   target <= 2 GB
+
+Each phase runs in its own process so its peak RSS is its own. ``python -m bench models``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+PATIENTS = int(os.environ.get("BENCH_PATIENTS", 100_000))
+APPOINTMENTS = int(os.environ.get("BENCH_APPOINTMENTS", 2_000_000))
+CHANGED_PATIENTS, CHANGED_APPOINTMENTS, NEW_APPOINTMENTS = 150, 250, 100
+NOW = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+MEMORY_LIMIT = "1GB"  # DuckDB's buffer manager; Python, UDFs and the process add the rest
+
+API = "https://api.au1.cliniko.com/v1"
+
+# Types, practitioners, businesses: a small multi-site physio clinic with seed 000's admin type.
+DIMENSIONS_SQL = f"""
+INSERT INTO raw.businesses SELECT i, TIMESTAMPTZ '2020-01-01', json_object(
+    'id', i::VARCHAR, 'business_name', 'Site ' || i, 'country_code', 'AU',
+    'time_zone_identifier', CASE WHEN i = 3 THEN 'Australia/Perth' ELSE 'Australia/Melbourne' END,
+    'created_at', '2020-01-01T00:00:00Z', 'updated_at', '2020-01-01T00:00:00Z',
+    'archived_at', '', 'deleted_at', NULL), $now, NULL FROM range(1, 4) t(i);
+INSERT INTO raw.practitioners SELECT i, TIMESTAMPTZ '2020-01-01', json_object(
+    'id', i::VARCHAR, 'first_name', 'Prac', 'last_name', 'Titioner ' || i, 'active', i <> 8,
+    'designation', 'Physiotherapist', 'user', json_object('links', json_object('self',
+    '{API}/users/' || i)), 'created_at', '2020-01-01T00:00:00Z'), $now, NULL
+    FROM range(1, 9) t(i);
+INSERT INTO raw.appointment_types SELECT i, TIMESTAMPTZ '2020-01-01', json_object(
+    'id', i::VARCHAR,
+    'name', CASE WHEN i = 12 THEN 'Admin - Insurance Patient' ELSE 'Type ' || i END,
+    'category', CASE WHEN i = 12 THEN 'Admin Only' WHEN i <= 6 THEN 'Physiotherapy'
+        ELSE 'Pilates' END,
+    'duration_in_minutes', 30, 'max_attendees', CASE WHEN i IN (10, 11) THEN 8 ELSE 1 END,
+    'archived_at', CASE WHEN i = 9 THEN '2024-01-01T00:00:00Z' ELSE '' END,
+    'created_at', '2020-01-01T00:00:00Z'), $now, NULL FROM range(1, 13) t(i);
+"""
+
+PATIENTS_SQL = f"""
+INSERT INTO raw.patients
+SELECT i, created + INTERVAL 1 DAY, json_object(
+    'id', i::VARCHAR, 'title', 'Ms', 'first_name', 'First' || i, 'last_name', 'Last' || i,
+    'preferred_first_name', CASE WHEN i % 7 = 0 THEN 'Pref' || i ELSE '' END,
+    'email', CASE WHEN i % 25 = 0 THEN NULL WHEN i % 97 = 0 THEN 'broken@@example'
+        ELSE 'person' || (i % 96000) || '@example.com' END,
+    'date_of_birth', strftime(DATE '1940-01-01' + (hash(i) % 25000)::INTEGER, '%Y-%m-%d'),
+    'patient_phone_numbers', json_array(
+        json_object('phone_type', 'Mobile',
+            'number', CASE WHEN i % 31 = 0 THEN '12345' ELSE '04' || lpad((hash(i * 7) %
+                100000000)::VARCHAR, 8, '0') END),
+        json_object('phone_type', 'Home', 'number', '03 9999 ' || lpad((i % 10000)::VARCHAR,
+            4, '0'))),
+    'accepted_email_marketing', CASE WHEN i % 5 = 0 THEN NULL ELSE i % 3 <> 0 END,
+    'accepted_sms_marketing', i % 2 = 0, 'accepted_privacy_policy', true,
+    'reminder_type', 'SMS & Email', 'receives_confirmation_emails', true,
+    'time_zone', 'Australia/Melbourne', 'country_code', 'AU', 'address_1', i || ' Smith St',
+    'city', 'Melbourne', 'state', 'Victoria', 'post_code', '3000', 'sex', 'Female',
+    'archived_at', CASE WHEN i % 40 = 0 THEN '2025-06-01T00:00:00Z' ELSE '' END,
+    'deleted_at', '', 'created_at', strftime(created, '%Y-%m-%dT%H:%M:%SZ'),
+    'updated_at', strftime(created + INTERVAL 1 DAY, '%Y-%m-%dT%H:%M:%SZ'),
+    'concession_type', NULL, 'custom_fields', NULL,
+    'links', json_object('self', '{API}/patients/' || i)), $now, NULL
+FROM (SELECT i, TIMESTAMPTZ '2018-01-01' + to_seconds((hash(i) % 270000000)::BIGINT) AS created
+      FROM range(1, $patients + 1) t(i));
+"""
+
+APPOINTMENTS_SQL = f"""
+INSERT INTO raw.individual_appointments
+SELECT i, starts + INTERVAL 1 HOUR, json_object(
+    'id', i::VARCHAR, 'created_at', strftime(starts - INTERVAL 14 DAY, '%Y-%m-%dT%H:%M:%SZ'),
+    'updated_at', strftime(starts + INTERVAL 1 HOUR, '%Y-%m-%dT%H:%M:%SZ'),
+    'starts_at', strftime(starts, '%Y-%m-%dT%H:%M:%SZ'),
+    'ends_at', strftime(starts + INTERVAL 30 MINUTE, '%Y-%m-%dT%H:%M:%SZ'),
+    'cancelled_at', CASE WHEN h % 100 < 8 THEN strftime(starts - INTERVAL 1 DAY,
+        '%Y-%m-%dT%H:%M:%SZ') ELSE NULL END,
+    'cancellation_reason', CASE WHEN h % 100 < 8 THEN 50 ELSE NULL END,
+    'did_not_arrive', h % 100 BETWEEN 8 AND 10, 'patient_arrived', starts < $now AND h % 3 <> 0,
+    'archived_at', CASE WHEN h % 500 = 0 THEN '2025-01-01T00:00:00Z' ELSE '' END,
+    'deleted_at', NULL, 'notes', NULL, 'booking_ip_address', NULL, 'patient_name', 'x',
+    'email_reminder_sent', true, 'sms_reminder_sent', false,
+    'patient', json_object('links', json_object('self', '{API}/patients/' || patient)),
+    'practitioner', json_object('links', json_object('self', '{API}/practitioners/' ||
+        (1 + h % 8))),
+    'business', json_object('links', json_object('self', '{API}/businesses/' || (1 + h % 3))),
+    'appointment_type', json_object('links', json_object('self', '{API}/appointment_types/' ||
+        (1 + (h // 7) % 12))),
+    'links', json_object('self', '{API}/individual_appointments/' || i)), $now, NULL
+FROM (SELECT i, hash(i) AS h, 1 + hash(i * 31) % $patients AS patient,
+             TIMESTAMPTZ '2022-11-22' + to_seconds((hash(i * 17) % 135000000)::BIGINT) AS starts
+      FROM range(1, $appointments + 1) t(i));
+"""
+
+CHANGE_SET_SQL = f"""
+UPDATE raw.patients SET synced_at = $later, updated_at = $later,
+    payload = json_merge_patch(payload, json_object('email', 'changed' || id || '@example.com',
+        'accepted_sms_marketing', true))
+WHERE id IN (SELECT 1 + hash(i * 13) % $patients FROM range($changed_patients) t(i));
+UPDATE raw.individual_appointments SET synced_at = $later, updated_at = $later,
+    payload = json_merge_patch(payload, json_object('cancelled_at', '2026-11-22T08:58:00Z'))
+WHERE id IN (SELECT 1 + hash(i * 11) % $appointments FROM range($changed_appointments) t(i));
+INSERT INTO raw.individual_appointments
+SELECT $appointments + i, $later, json_object('id', ($appointments + i)::VARCHAR,
+    'created_at', '2026-11-22T08:57:00Z', 'updated_at', '2026-11-22T08:57:00Z',
+    'starts_at', '2026-12-01T01:00:00Z', 'ends_at', '2026-12-01T01:30:00Z',
+    'cancelled_at', NULL, 'did_not_arrive', false, 'patient_arrived', false, 'archived_at', '',
+    'patient', json_object('links', json_object('self', '{API}/patients/' || (1 + i * 37))),
+    'practitioner', json_object('links', json_object('self', '{API}/practitioners/1')),
+    'business', json_object('links', json_object('self', '{API}/businesses/1')),
+    'appointment_type', json_object('links', json_object('self', '{API}/appointment_types/2'))),
+    $later, NULL
+FROM range(1, $new_appointments + 1) t(i);
+"""
+
+
+def _params(sql: str, **values) -> dict:
+    return {k: v for k, v in values.items() if f"${k}" in sql}
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def generate(db: Path) -> dict:
+    from tasks.warehouse import open_db
+
+    started = time.perf_counter()
+    with open_db(db) as con:
+        con.execute("SET enable_progress_bar = false")
+        values = dict(now=NOW, patients=PATIENTS, appointments=APPOINTMENTS)
+        for sql in (DIMENSIONS_SQL, PATIENTS_SQL, APPOINTMENTS_SQL):
+            for statement in filter(str.strip, sql.split(";\n")):
+                con.execute(statement, _params(statement, **values))
+        con.execute("CHECKPOINT")
+    return {"seconds": time.perf_counter() - started}
+
+
+def build_phase(db: Path, change: bool) -> dict:
+    from tasks import models
+    from tasks.warehouse import open_db
+
+    with open_db(db) as con:
+        con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+        con.execute("SET enable_progress_bar = false")
+        if change:
+            later = NOW.replace(minute=5)
+            values = dict(
+                later=later,
+                patients=PATIENTS,
+                appointments=APPOINTMENTS,
+                changed_patients=CHANGED_PATIENTS,
+                changed_appointments=CHANGED_APPOINTMENTS,
+                new_appointments=NEW_APPOINTMENTS,
+            )
+            for statement in filter(str.strip, CHANGE_SET_SQL.split(";\n")):
+                con.execute(statement, _params(statement, **values))
+            now = later
+        else:
+            now = NOW
+        started = time.perf_counter()
+        result = models.build(con, models.ListSettings(), now=now)
+        seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": _peak_rss_mb(),
+        "email_list": result.audiences["email_marketing_list"]["size"],
+        "appointments": result.rows["marts.appointments"],
+    }
+
+
+def _child(phase: str, db: Path) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.models", phase, str(db)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"bench phase '{phase}' failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="relay-bench-models-") as tmp:
+        db = Path(os.environ.get("BENCH_DB", Path(tmp) / "bench.duckdb"))
+        print(f"generating {PATIENTS:,} patients and {APPOINTMENTS:,} appointments ...", flush=True)
+        gen = _child("generate", db)
+        print(f"  generated in {gen['seconds']:.1f}s")
+        full = _child("full", db)
+        print(
+            f"full build:      {full['seconds']:6.2f} s   (target <= 20 s)   "
+            f"{full['appointments']:,} appointments, email list {full['email_list']:,}"
+        )
+        again = _child("unchanged", db)
+        print(f"rebuild, no changes:          {again['seconds']:6.2f} s   (target <= 2 s)")
+        inc = _child("change", db)
+        print(
+            f"rebuild after {CHANGED_PATIENTS} patients + "
+            f"{CHANGED_APPOINTMENTS + NEW_APPOINTMENTS} appointments changed: "
+            f"{inc['seconds']:6.2f} s   (target <= 2 s)"
+        )
+        peak = max(full["peak_rss_mb"], again["peak_rss_mb"], inc["peak_rss_mb"])
+        print(
+            f"peak memory (RSS of a build process): {peak:,.0f} MB   (target <= 2,048 MB; "
+            f"DuckDB memory_limit {MEMORY_LIMIT})"
+        )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3:
+        phase, path = sys.argv[1], Path(sys.argv[2])
+        if phase == "generate":
+            figures = generate(path)
+        else:
+            figures = build_phase(path, change=phase == "change")
+        print(json.dumps(figures))
+    else:
+        main()

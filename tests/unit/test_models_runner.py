@@ -1,0 +1,268 @@
+"""The model runner on small hand-written projects: discovery, order, materialisation, and what
+happens when a model, a reference or a data test is wrong (clear errors, last good tables kept)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from tasks import models
+from tasks.warehouse import memory_db
+
+NOW = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+SETTINGS = models.ListSettings()
+
+
+@pytest.fixture
+def con():
+    c = memory_db()
+    for pid, email in [(1, "ann@example.com"), (2, "bob@example.com")]:
+        c.execute(
+            "INSERT INTO raw.patients VALUES (?, NULL, ?, ?, NULL)",
+            [pid, json.dumps({"id": str(pid), "email": email}), NOW],
+        )
+    yield c
+    c.close()
+
+
+def write(root: Path, files: dict[str, str]) -> Path:
+    for name, sql in files.items():
+        path = root / "sql" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if sql is None:
+            path.unlink()
+        else:
+            path.write_text(sql)
+    return root / "sql"
+
+
+GOOD = {
+    "staging/people.sql": "select id as patient_id, payload->>'email' as email from raw.patients",
+    "marts/people.sql": "select patient_id, upper(email) as email from staging.people",
+    "segments/everyone.sql": "select patient_id from marts.people",
+}
+
+
+def build(con, sql_dir, **kw):
+    return models.build(con, SETTINGS, sql_dir=sql_dir, now=NOW, **kw)
+
+
+def count(con, relation: str) -> int:
+    return con.execute(f"SELECT count(*) FROM {relation}").fetchone()[0]
+
+
+def test_models_are_built_in_the_order_their_sql_reads_each_other(con, tmp_path):
+    sql_dir = write(
+        tmp_path,
+        {
+            # alphabetically 'a_last' would come first; it reads the other mart, so it is built after
+            "marts/a_last.sql": "with x as (select * from marts.b_first) select * from x",
+            "marts/b_first.sql": "select * from staging.people",
+            "staging/people.sql": GOOD["staging/people.sql"],
+        },
+    )
+    project = models.discover(con, sql_dir)
+    assert models.relations(project.models) == [
+        "staging.people",
+        "marts.b_first",
+        "marts.a_last",
+    ]
+    assert project.model("marts.a_last").depends_on == ("marts.b_first",)
+    result = build(con, sql_dir)
+    assert result.rows["marts.a_last"] == 2
+
+
+def test_a_header_line_makes_a_view_and_a_later_change_makes_it_a_table(con, tmp_path):
+    sql_dir = write(
+        tmp_path,
+        {**GOOD, "marts/people.sql": "-- config: materialized=view\n" + GOOD["marts/people.sql"]},
+    )
+    build(con, sql_dir)
+    kinds = con.execute(
+        "SELECT table_type FROM information_schema.tables WHERE table_schema = 'marts'"
+    ).fetchall()
+    assert kinds == [("VIEW",)]
+    write(tmp_path, GOOD)
+    build(con, sql_dir)
+    kinds = con.execute(
+        "SELECT table_type FROM information_schema.tables WHERE table_schema = 'marts'"
+    ).fetchall()
+    assert kinds == [("BASE TABLE",)]
+
+
+def test_a_broken_model_fails_the_build_naming_its_file_and_keeps_every_last_good_table(
+    con, tmp_path
+):
+    sql_dir = write(tmp_path, GOOD)
+    build(con, sql_dir)
+    con.execute(
+        'INSERT INTO raw.patients VALUES (3, NULL, \'{"email": "cy@example.com"}\', now(), NULL)'
+    )
+    write(tmp_path, {"marts/people.sql": "select patient_id, no_such_column from staging.people"})
+    with pytest.raises(models.BuildFailed) as failed:
+        build(con, sql_dir)
+    message = str(failed.value)
+    assert "sql/marts/people.sql" in message and "no_such_column" in message
+    # Upstream staging, the broken mart and the downstream segment are all as before.
+    assert count(con, "staging.people") == 2
+    assert count(con, "marts.people") == 2
+    assert count(con, "segments.everyone") == 2
+    latest = models.latest_build(con)
+    assert (latest["status"], latest["failed_file"]) == ("failed", "sql/marts/people.sql")
+    with pytest.raises(Exception, match="failed in sql/marts/people.sql"):
+        models.require_good_build(con)
+
+
+def test_a_data_error_is_reported_without_the_value_that_caused_it(con, tmp_path):
+    sql_dir = write(
+        tmp_path,
+        {"marts/bad_cast.sql": "select cast(payload->>'email' as integer) as n from raw.patients"},
+    )
+    with pytest.raises(models.BuildFailed) as failed:
+        build(con, sql_dir)
+    assert "sql/marts/bad_cast.sql" in str(failed.value)
+    assert "example.com" not in str(failed.value)
+    stored = con.execute("SELECT error FROM state.model_builds").fetchone()[0]
+    assert "Conversion" in stored and "example.com" not in stored
+
+
+def test_a_cycle_is_reported_with_the_files_that_form_it(con, tmp_path):
+    sql_dir = write(
+        tmp_path,
+        {
+            "marts/one.sql": "select * from marts.two",
+            "marts/two.sql": "select * from marts.one",
+        },
+    )
+    with pytest.raises(
+        models.ModelError,
+        match="cycle: sql/marts/one.sql -> sql/marts/two.sql -> sql/marts/one.sql",
+    ):
+        models.discover(con, sql_dir)
+
+
+def test_a_reference_to_an_unknown_table_names_the_file_and_the_table(con, tmp_path):
+    sql_dir = write(tmp_path, {**GOOD, "segments/typo.sql": "select patient_id from marts.peple"})
+    with pytest.raises(
+        models.ModelError,
+        match=r"sql/segments/typo.sql: reads marts.peple, which does not exist \(there is no file sql/marts/peple.sql\)",
+    ):
+        build(con, sql_dir)
+    assert models.latest_build(con) is None  # nothing was started
+
+
+def test_a_table_without_its_schema_is_refused(con, tmp_path):
+    sql_dir = write(tmp_path, {"marts/x.sql": "with p as (select 1) select * from p, patients"})
+    with pytest.raises(models.ModelError, match="reads 'patients' without a schema"):
+        models.discover(con, sql_dir)
+
+
+def test_a_file_with_two_statements_is_refused(con, tmp_path):
+    sql_dir = write(tmp_path, {"marts/x.sql": "select 1; select 2"})
+    with pytest.raises(models.ModelError, match="exactly one SELECT"):
+        models.discover(con, sql_dir)
+
+
+def test_an_unreadable_config_line_is_refused_with_an_example(con, tmp_path):
+    sql_dir = write(tmp_path, {"marts/x.sql": "-- config: materialized=incremental\nselect 1 as a"})
+    with pytest.raises(models.ModelError, match="needs unique_key= and cursor="):
+        models.discover(con, sql_dir)
+    write(tmp_path, {"marts/x.sql": "-- config: materialised=view\nselect 1 as a"})
+    with pytest.raises(
+        models.ModelError, match="cannot read '-- config:' item 'materialised=view'"
+    ):
+        models.discover(con, sql_dir)
+
+
+def test_a_failing_data_test_fails_the_build_with_its_count_and_file(con, tmp_path):
+    sql_dir = write(tmp_path, GOOD)
+    build(con, sql_dir)
+    write(
+        tmp_path,
+        {
+            "marts/people.sql": "select patient_id, null as email from staging.people",
+            "tests/people_have_email.sql": "select patient_id from marts.people where email is null",
+        },
+    )
+    with pytest.raises(
+        models.BuildFailed,
+        match=r"sql/tests/people_have_email.sql: data test failed: 2 offending row",
+    ):
+        build(con, sql_dir)
+    assert con.execute("SELECT count(email) FROM marts.people").fetchone()[0] == 2
+    # The last good models are still in place, and they pass the new test.
+    assert models.run_tests(con, sql_dir) == {"sql/tests/people_have_email.sql": 0}
+
+
+def test_a_segment_must_return_each_patient_once(con, tmp_path):
+    sql_dir = write(
+        tmp_path,
+        {**GOOD, "segments/twice.sql": "select patient_id from marts.people union all select 1"},
+    )
+    with pytest.raises(
+        models.BuildFailed, match="sql/segments/twice.sql: 1 value.*patient_id must be unique"
+    ):
+        build(con, sql_dir)
+    write(tmp_path, {"segments/twice.sql": "select email from marts.people"})
+    with pytest.raises(models.BuildFailed, match="must return a column named patient_id"):
+        build(con, sql_dir)
+
+
+def test_deleting_a_model_file_drops_its_table_and_retires_its_segment(con, tmp_path):
+    sql_dir = write(tmp_path, GOOD)
+    build(con, sql_dir)
+    write(tmp_path, {"segments/everyone.sql": None})
+    build(con, sql_dir)
+    with pytest.raises(duckdb.CatalogException):
+        count(con, "segments.everyone")
+    retired = con.execute(
+        "SELECT retired_at FROM state.audiences WHERE audience = 'segments.everyone'"
+    ).fetchone()[0]
+    assert retired is not None
+    left = con.execute(
+        "SELECT count(*) FROM state.membership_events WHERE event = 'left'"
+    ).fetchone()[0]
+    assert left == 0  # a deleted segment is not everyone leaving it
+
+
+def test_an_incremental_model_merges_new_rows_and_rebuilds_when_its_sql_changes(con, tmp_path):
+    incremental = (
+        "-- config: materialized=incremental, unique_key=patient_id, cursor=synced_at\n"
+        "select id as patient_id, payload->>'email' as email, synced_at from raw.patients"
+    )
+    sql_dir = write(tmp_path, {"staging/people.sql": incremental})
+    build(con, sql_dir)
+    con.execute(
+        'UPDATE raw.patients SET payload = \'{"email": "ann2@example.com"}\', '
+        "synced_at = synced_at + INTERVAL 1 MINUTE WHERE id = 1"
+    )
+    con.execute(
+        'UPDATE raw.patients SET payload = \'{"email": "unseen@example.com"}\' WHERE id = 2'
+    )
+    build(con, sql_dir)
+    emails = dict(con.execute("SELECT patient_id, email FROM staging.people").fetchall())
+    assert emails == {1: "ann2@example.com", 2: "bob@example.com"}
+    write(tmp_path, {"staging/people.sql": incremental.replace("as email", "as email_address")})
+    build(con, sql_dir)
+    emails = dict(con.execute("SELECT patient_id, email_address FROM staging.people").fetchall())
+    assert emails == {1: "ann2@example.com", 2: "unseen@example.com"}
+
+
+def test_a_successful_build_records_counts_only(con, tmp_path):
+    sql_dir = write(tmp_path, GOOD)
+    result = build(con, sql_dir)
+    summary = con.execute(
+        "SELECT summary FROM state.model_builds WHERE status = 'succeeded'"
+    ).fetchone()[0]
+    assert "example.com" not in summary and "EXAMPLE.COM" not in summary
+    assert json.loads(summary)["audiences"]["segments.everyone"] == {
+        "size": 2,
+        "joined": 2,
+        "left": 0,
+    }
+    assert result.audiences == json.loads(summary)["audiences"]
+    assert models.require_good_build(con)["build_id"] == result.build_id
