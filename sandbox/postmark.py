@@ -4,21 +4,30 @@ joins endpoint paths to the root, so a path prefix would be dropped).
 - ``POST /email`` and ``POST /email/batch`` (per-item ``ErrorCode``; HTTP 200 even when items fail)
 - ``GET /messages/outbound`` with ``count``/``offset``/``recipient``/``tag``/``metadata_<key>``
   filters, and ``/messages/outbound/{id}/details``
-- ``GET /bounces`` (and ``/bounces/``), ``GET /message-streams/{stream}/suppressions/dump``
+- ``GET /bounces`` (and ``/bounces/``) with ``type``/``emailFilter``/``fromdate``/``todate``
+  filters, ``GET /message-streams/{stream}/suppressions/dump`` with ``fromdate``/``todate``/
+  ``EmailAddress``/``SuppressionReason`` filters
 
 Recipients trigger errors, like Twilio's magic numbers: anything in ``inactive`` gets 406 (and is
 listed as a hard bounce and a suppression), anything in ``invalid`` or without an ``@`` gets 300.
 ``faults`` injects 5xx, 429, slowness and "timeout after receipt". ``accepted`` records every
 message accepted, so tests can assert each send key arrived at most once.
+
+Feedback: ``bounce(email, "SoftBounce")`` records a bounce of any Postmark type (a hard bounce or
+spam complaint also deactivates the address and suppresses it on its stream, as Postmark does);
+``suppress(email, stream)`` records a suppression such as a recipient's own unsubscribe.
+Addresses in ``inactive`` are listed as hard bounces with ids derived from the address (stable).
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import threading
 import uuid
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -33,6 +42,33 @@ INVALID = frozenset({"invalid@postmark-sandbox.test"})
 
 def _error(code: int, message: str, status: int = 422) -> JSONResponse:
     return JSONResponse({"ErrorCode": code, "Message": message}, status_code=status)
+
+
+BOUNCE_TYPE_CODES = {"HardBounce": 1, "Transient": 2, "Unsubscribe": 16, "SoftBounce": 4096,
+                     "SpamComplaint": 512, "ManuallyDeactivated": 1024, "DnsError": 8192}  # fmt: skip
+
+
+def _stamp(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _parse_stamp(text: str) -> datetime:
+    at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _in_dates(at: str, q, low: str, high: str) -> bool:
+    """Postmark's fromdate/todate: inclusive; a bare date covers its whole day."""
+    when = _parse_stamp(at)
+    if q.get(low) and when < _parse_stamp(q[low]):
+        return False
+    if q.get(high):
+        end = _parse_stamp(q[high])
+        if len(q[high]) == 10:
+            end += timedelta(days=1)
+            return when < end
+        return when <= end
+    return True
 
 
 class PostmarkSandbox:
@@ -50,6 +86,9 @@ class PostmarkSandbox:
         self.accepted: list[dict] = []  # every message accepted, in order
         self.rejected: list[dict] = []  # {"To", "ErrorCode", "send_key"} for each refused item
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
+        self.bounces: list[dict] = []  # recorded with bounce(), as GET /bounces returns them
+        self.suppressions: list[dict] = []  # recorded with suppress(), each with its stream
+        self._bounce_ids = itertools.count(1_000_000)
         self._lock = threading.Lock()
         self.app = Starlette(
             routes=[
@@ -74,6 +113,49 @@ class PostmarkSandbox:
 
     def serve(self) -> ThreadedServer:
         return ThreadedServer(self.app)
+
+    # -- feedback to report -----------------------------------------------------------------
+
+    def bounce(
+        self,
+        email: str,
+        type: str = "HardBounce",
+        *,
+        stream: str = "outbound",
+        at: datetime | None = None,
+        message_id: str | None = None,
+    ) -> int:
+        """Record a bounce of a Postmark type; returns its ID."""
+        at = at or datetime.now(UTC)
+        deactivates = type in ("HardBounce", "SpamComplaint")
+        with self._lock:
+            bounce_id = next(self._bounce_ids)
+            self.bounces.append(
+                {"ID": bounce_id, "Type": type, "TypeCode": BOUNCE_TYPE_CODES.get(type, 0),
+                 "Email": email, "Inactive": deactivates, "CanActivate": deactivates,
+                 "BouncedAt": _stamp(at), "MessageStream": stream,
+                 "MessageID": message_id or str(uuid.uuid4()), "DumpAvailable": False}
+            )  # fmt: skip
+        if deactivates:
+            self.inactive.add(email.lower())
+            self.suppress(email, stream, reason=type, at=at)
+        return bounce_id
+
+    def suppress(
+        self,
+        email: str,
+        stream: str,
+        *,
+        reason: str = "ManualSuppression",
+        origin: str = "Recipient",
+        at: datetime | None = None,
+    ) -> None:
+        """Record a suppression on a stream (ManualSuppression + Recipient = they unsubscribed)."""
+        with self._lock:
+            self.suppressions.append(
+                {"EmailAddress": email, "SuppressionReason": reason, "Origin": origin,
+                 "CreatedAt": _stamp(at or datetime.now(UTC)), "_stream": stream}
+            )  # fmt: skip
 
     # -- the API ----------------------------------------------------------------------------
 
@@ -197,9 +279,12 @@ class PostmarkSandbox:
             return early
         q = request.query_params
         count, offset = int(q.get("count", 100)), int(q.get("offset", 0))
-        bounces = [
+        with self._lock:
+            recorded = list(self.bounces)
+        explicit = {b["Email"].lower() for b in recorded}
+        legacy = [
             {
-                "ID": 1000 + i,
+                "ID": int(hashlib.sha256(email.encode()).hexdigest()[:8], 16),
                 "Type": "HardBounce",
                 "TypeCode": 1,
                 "Email": email,
@@ -208,8 +293,16 @@ class PostmarkSandbox:
                 "BouncedAt": "2026-01-01T00:00:00Z",
                 "MessageStream": "outbound",
             }
-            for i, email in enumerate(sorted(self.inactive))
-            if not q.get("emailFilter") or q["emailFilter"].lower() in email
+            for email in sorted(self.inactive - explicit)
+        ]
+        bounces = [
+            b
+            for b in sorted(
+                legacy + recorded, key=lambda b: (b["BouncedAt"], b["ID"]), reverse=True
+            )
+            if (not q.get("emailFilter") or q["emailFilter"].lower() in b["Email"].lower())
+            and (not q.get("type") or b["Type"] == q["type"])
+            and _in_dates(b["BouncedAt"], q, "fromdate", "todate")
         ]
         return JSONResponse(
             {"TotalCount": len(bounces), "Bounces": bounces[offset : offset + count]}
@@ -219,16 +312,25 @@ class PostmarkSandbox:
         _, early = await self._guard(request)
         if early is not None:
             return early
-        return JSONResponse(
+        q, stream = request.query_params, request.path_params["stream"]
+        with self._lock:
+            # an address deactivated by bounce() is suppressed on its own stream only
+            explicit = {s["EmailAddress"].lower() for s in self.suppressions}
+            recorded = [s for s in self.suppressions if s["_stream"] == stream]
+        legacy = [
             {
-                "Suppressions": [
-                    {
-                        "EmailAddress": email,
-                        "SuppressionReason": "HardBounce",
-                        "Origin": "Recipient",
-                        "CreatedAt": "2026-01-01T00:00:00Z",
-                    }
-                    for email in sorted(self.inactive)
-                ]
+                "EmailAddress": email,
+                "SuppressionReason": "HardBounce",
+                "Origin": "Recipient",
+                "CreatedAt": "2026-01-01T00:00:00Z",
             }
-        )
+            for email in sorted(self.inactive - explicit)
+        ]
+        found = [
+            {k: v for k, v in s.items() if not k.startswith("_")}
+            for s in legacy + recorded
+            if (not q.get("EmailAddress") or s["EmailAddress"].lower() == q["EmailAddress"].lower())
+            and (not q.get("SuppressionReason") or s["SuppressionReason"] == q["SuppressionReason"])
+            and _in_dates(s["CreatedAt"], q, "fromdate", "todate")
+        ]
+        return JSONResponse({"Suppressions": found})

@@ -5,6 +5,11 @@ Recipients trigger errors like Twilio's test-credential magic numbers: ``+150055
 STOP (21610), ``+15005550001`` is invalid (21211), ``+15005550009`` is not a mobile (21614), and so
 does anything in the sets you pass; a To that is not E.164 is 21211. ``faults`` injects 5xx, 429
 (code 20429), slowness and "timeout after receipt". ``accepted`` records every message created.
+
+Replies: ``receive(from_, "STOP")`` records an inbound message (direction ``inbound``) that the
+Messages list returns with the rest, newest first, filtered by To, From and DateSent (``DateSent>``
+and ``DateSent<`` take a day or a full UTC time). As at Twilio, a STOP blocks later sends to that
+number (21610) and a START lifts the block.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -30,6 +35,8 @@ AUTH_TOKEN = "sandbox-twilio-token"
 STOPPED = frozenset({"+15005550004"})
 INVALID = frozenset({"+15005550001"})
 LANDLINE = frozenset({"+15005550009"})
+OPT_OUT = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
+OPT_IN = frozenset({"START", "YES", "UNSTOP"})
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 BASE = "/2010-04-01/Accounts/{sid}"
 
@@ -57,6 +64,7 @@ class TwilioSandbox:
         self.stopped, self.invalid, self.landline = set(stopped), set(invalid), set(landline)
         self.faults = Faults()
         self.accepted: list[dict] = []
+        self.inbound: list[dict] = []  # replies from patients, recorded with receive()
         self.rejected: list[dict] = []
         self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
@@ -74,6 +82,30 @@ class TwilioSandbox:
 
     def serve(self) -> ThreadedServer:
         return ThreadedServer(self.app)
+
+    def receive(
+        self, from_: str, body: str, *, to: str = "+61400000000", at: datetime | None = None
+    ) -> str:
+        """A patient's SMS to our number; returns its SID."""
+        at = at or datetime.now(UTC)
+        stamp = format_datetime(at.astimezone(UTC), usegmt=True)
+        sid = "SM" + uuid.uuid4().hex
+        message = {
+            "sid": sid, "account_sid": self.account_sid, "to": to, "from": from_, "body": body,
+            "status": "received", "num_segments": "1", "direction": "inbound",
+            "date_created": stamp, "date_updated": stamp, "date_sent": stamp,
+            "error_code": None, "error_message": None, "price": None,
+            "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json", "_created": at,
+        }  # fmt: skip
+        keyword = body.strip().upper()
+        with self._lock:
+            self.inbound.append(message)
+            # Twilio's default opt-out handling: later sends to a number that said STOP get 21610
+            if keyword in OPT_OUT:
+                self.stopped.add(from_)
+            elif keyword in OPT_IN:
+                self.stopped.discard(from_)
+        return sid
 
     def _authorised(self, request: Request) -> bool:
         expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
@@ -143,28 +175,33 @@ class TwilioSandbox:
         q = request.query_params
         size = min(int(q.get("PageSize", 50)), 1000)
         page = int(q.get("Page", 0))
+        after, before = _day_or_time(q.get("DateSent>")), _day_or_time(q.get("DateSent<"))
         with self._lock:
             found = [
                 m
-                for m in reversed(self.accepted)
+                for m in sorted(self.accepted + self.inbound, key=lambda m: m["_created"])[::-1]
                 if (not q.get("To") or m["to"] == q["To"])
                 and (not q.get("From") or m["from"] == q["From"])
+                and (after is None or (m["date_sent"] and m["_created"] >= after))
+                and (before is None or (m["date_sent"] and m["_created"] <= before))
             ]
         chunk = found[page * size : (page + 1) * size]
         path = request.url.path
         more = (page + 1) * size < len(found)
-        filters = "".join(f"&{k}={v}" for k, v in q.items() if k in ("To", "From"))
+        filters = {k: v for k, v in q.items() if k in ("To", "From", "DateSent>", "DateSent<")}
+
+        def page_uri(n: int) -> str:
+            return f"{path}?{urlencode({**filters, 'PageSize': size, 'Page': n})}"
+
         return JSONResponse(
             {
                 "messages": [_public(m) for m in chunk],
                 "page": page,
                 "page_size": size,
-                "first_page_uri": f"{path}?PageSize={size}&Page=0{filters}",
-                "next_page_uri": f"{path}?PageSize={size}&Page={page + 1}{filters}"
-                if more
-                else None,
+                "first_page_uri": page_uri(0),
+                "next_page_uri": page_uri(page + 1) if more else None,
                 "previous_page_uri": None,
-                "uri": f"{path}?PageSize={size}&Page={page}{filters}",
+                "uri": page_uri(page),
                 "start": page * size,
                 "end": page * size + len(chunk),
             }
@@ -178,6 +215,14 @@ class TwilioSandbox:
             if m["sid"] == request.path_params["msid"]:
                 return JSONResponse(_public(m))
         return _error(20404, "The requested resource was not found", 404)
+
+
+def _day_or_time(text: str | None) -> datetime | None:
+    """``2026-03-01`` (start of that UTC day) or ``2026-03-01T09:00:00Z``."""
+    if not text:
+        return None
+    at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def _public(message: dict) -> dict:
