@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,8 +59,18 @@ def _configure(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("SET TimeZone = 'UTC'")
 
 
+# Databases a ``hold`` in this process has locked: opens of them pass through the lock.
+_held: set[Path] = set()
+_held_guard = threading.Lock()
+
+
 @contextlib.contextmanager
 def _file_lock(db_path: Path, exclusive: bool, wait_seconds: float) -> Iterator[None]:
+    with _held_guard:
+        held_here = db_path.resolve() in _held
+    if held_here:
+        yield
+        return
     lock_path = db_path.with_name(db_path.name + ".lock")
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
@@ -102,6 +113,23 @@ def open_db(
             yield con
         finally:
             con.close()
+
+
+@contextlib.contextmanager
+def hold(db_path: str | Path, *, wait_seconds: float = 600.0) -> Iterator[None]:
+    """Keep a clinic's database to this process across several opens: a tick's steps each open
+    it, and no other run may slip in between them. Opens in this process pass through; other
+    processes wait (or get DatabaseBusy), as they would for one long open."""
+    path = Path(db_path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(path, exclusive=True, wait_seconds=wait_seconds):
+        with _held_guard:
+            _held.add(path)
+        try:
+            yield
+        finally:
+            with _held_guard:
+                _held.discard(path)
 
 
 def memory_db() -> duckdb.DuckDBPyConnection:

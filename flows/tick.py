@@ -1,0 +1,154 @@
+"""The tick: one flow run per clinic that runs the whole pipeline, each step a subflow in the UI.
+
+    sync -> models -> plan -> journeys -> dispatch -> feedback -> summary
+
+A failed step stops the steps that depend on it. The circuit breaker (tasks/tick.py) holds
+planning, journeys and dispatch when the sync failed or the data is older than the clinic's
+``sync.stale_after_minutes``. The clinic's database stays with this run from the first step to
+the summary (tasks.warehouse.hold), so no other run of the clinic slips in between steps; the
+deployment's concurrency limit of 1 keeps a second tick queued rather than blocked on the lock.
+
+A step whose flow module is not in this install yet is shown as "not installed" and skipped.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+from prefect.context import FlowRunContext
+from prefect.events import emit_event
+
+from tasks import tick
+from tasks.config import ClinicConfig, load_clinic
+from tasks.tick import ABSENT, COMPLETED, FAILED, HELD, Step, Summary
+from tasks.warehouse import hold, open_db
+
+# step -> (module, flow): the step flows, each also deployable and runnable on its own.
+STEP_FLOWS = {
+    "sync": ("flows.sync", "cliniko_sync"),
+    "models": ("flows.models", "build_models"),
+    "plan": ("flows.plan", "plan_messages"),
+    "journeys": ("flows.journeys", "run_journeys"),
+    "dispatch": ("flows.dispatch", "dispatch_messages"),
+    "feedback": ("flows.feedback", "pull_feedback"),
+}
+
+
+class TickFailed(RuntimeError):
+    """A step of the tick failed (the summary artifact says which, and what was held)."""
+
+
+def step_flow(step: str):
+    """The step's flow, or None while its module is not in this install."""
+    module, name = STEP_FLOWS[step]
+    if importlib.util.find_spec(module) is None:
+        return None
+    return getattr(importlib.import_module(module), name)
+
+
+def run_step(
+    summary: Summary, step: str, *, needs: tuple[Step, ...] = (), held: str | None = None, **params
+) -> tuple[Step, object]:
+    """Run one step as a subflow unless a step it needs did not complete or the breaker is open.
+    Returns what became of it, and its result (counts) when it completed."""
+    blocked = next((s for s in needs if s.status in (FAILED, HELD)), None)
+    the_flow = step_flow(step)
+    result = None
+    if blocked:
+        outcome = Step(step, HELD, f"{blocked.name} {blocked.status}")
+    elif held:
+        outcome = Step(step, HELD, "circuit breaker")
+    elif the_flow is None:
+        outcome = Step(step, ABSENT, f"{STEP_FLOWS[step][0]} is not in this install yet")
+    else:
+        started = time.monotonic()
+        state = the_flow(return_state=True, **params)
+        seconds = time.monotonic() - started
+        if state.is_completed():
+            outcome, result = Step(step, COMPLETED, seconds=seconds), state.result()
+        else:
+            why = (state.message or state.name).removeprefix("Flow run encountered an exception: ")
+            outcome = Step(step, FAILED, why, seconds)
+    summary.steps.append(outcome)
+    if outcome.status != COMPLETED:
+        get_run_logger().warning("%s %s: %s", step, outcome.status, outcome.reason)
+    return outcome, result
+
+
+@task(cache_policy=NONE)
+def check_breaker(config: ClinicConfig, sync: Step) -> tuple[str, str | None]:
+    """How fresh the data is, and why planning and sending must wait (None: they may go ahead).
+    An open breaker is also an event (relay.sync.stale) that alerts match."""
+    with open_db(config.database_path) as con:
+        fresh = tick.freshness(con, datetime.now(UTC))
+    reason = tick.breaker(sync, fresh, config.sync.stale_after_minutes)
+    if reason:
+        get_run_logger().warning("Planning and sending held for %s: %s", config.clinic, reason)
+        emit_event(
+            event="relay.sync.stale",
+            resource={"prefect.resource.id": f"relay.clinic.{config.clinic}"},
+            payload={"clinic": config.clinic, "reason": reason},
+        )
+    return fresh.describe(), reason
+
+
+@task(cache_policy=NONE)
+def publish_summary(config: ClinicConfig, summary: Summary) -> dict:
+    with open_db(config.database_path) as con:
+        tick.collect(con, summary)
+    create_markdown_artifact(
+        tick.markdown(summary),
+        key=f"tick-{config.clinic.replace('_', '-')}",
+        description=f"Tick of {config.clinic}: steps, data freshness and counts",
+    )
+    return asdict(summary)
+
+
+def late_reason(max_lateness_minutes: float) -> str | None:
+    run = FlowRunContext.get().flow_run
+    return tick.too_late(
+        run.expected_start_time,
+        datetime.now(UTC),
+        bool(run.auto_scheduled),
+        timedelta(minutes=max_lateness_minutes),
+    )
+
+
+@flow(name="clinic-tick", flow_run_name="tick-{clinic}")
+def clinic_tick(clinic: str = "demo", reconcile: bool = False, max_lateness_minutes: float = 10):
+    """The clinic's whole pipeline once: sync, models, plan, journeys, dispatch, feedback, summary.
+
+    ``reconcile`` makes the sync list every id (hard deletes); ``max_lateness_minutes``: a
+    scheduled tick starting later than this does nothing, as the next one is already due.
+    """
+    config = load_clinic(clinic)
+    if late := late_reason(max_lateness_minutes):
+        get_run_logger().info("Skipped: %s", late)
+        return {"clinic": config.clinic, "skipped": late}
+
+    summary = Summary(config.clinic, datetime.now(UTC))
+    with hold(config.database_path):
+        sync, synced = run_step(summary, "sync", clinic=clinic, reconcile=reconcile)
+        summary.rows_synced = tick.rows_synced(synced)
+        models, _ = run_step(summary, "models", clinic=clinic, needs=(sync,))
+        summary.freshness, summary.held = check_breaker(config, sync)
+        plan, _ = run_step(summary, "plan", clinic=clinic, needs=(models,), held=summary.held)
+        run_step(summary, "journeys", clinic=clinic, needs=(models,), held=summary.held)
+        run_step(summary, "dispatch", clinic=clinic, needs=(plan,), held=summary.held)
+        run_step(summary, "feedback", clinic=clinic)
+        result = publish_summary(config, summary)
+
+    if summary.failed:
+        raise TickFailed(
+            f"{config.clinic}: "
+            + "; ".join(f"{s.name} failed ({s.reason[:300]})" for s in summary.failed)
+            + (f". Planning and sending held: {summary.held}" if summary.held else "")
+        )
+    return result

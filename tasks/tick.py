@@ -1,0 +1,226 @@
+"""The tick's own rules: when is a tick too late to bother, when is the data too old to act on, and
+what one tick did, in counts.
+
+A tick (flows/tick.py) runs the step flows in order. Two things are decided here rather than in a
+step: the circuit breaker (no planning or sending from data a failed or stale sync left behind:
+a cancelled appointment we have not seen yet must not get its reminder), and the summary, read
+from the clinic's database after the steps, so it does not depend on what each step returns.
+Everything here is counts and reasons: the summary is published in the Prefect UI.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import duckdb
+
+# Step outcomes, as the summary shows them.
+COMPLETED, FAILED, HELD, ABSENT = "completed", "failed", "held", "not installed"
+
+
+@dataclass
+class Step:
+    """What became of one step of a tick; ``reason`` says why it failed or did not run."""
+
+    name: str
+    status: str
+    reason: str = ""
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """When the data was last known to match Cliniko: the start of the last completed sync."""
+
+    as_of: datetime | None
+    now: datetime
+
+    @property
+    def age(self) -> timedelta | None:
+        return None if self.as_of is None else self.now - self.as_of
+
+    def describe(self) -> str:
+        if self.as_of is None:
+            return "never synced"
+        minutes = self.age.total_seconds() / 60
+        return f"as of {self.as_of:%Y-%m-%d %H:%M:%S} UTC ({minutes:.1f} min old)"
+
+
+def freshness(con: duckdb.DuckDBPyConnection, now: datetime) -> Freshness:
+    as_of = con.execute(
+        "SELECT max(started_at) FROM state.sync_runs WHERE status = 'completed'"
+    ).fetchone()[0]
+    return Freshness(as_of, now)
+
+
+def breaker(sync: Step, fresh: Freshness, stale_after_minutes: int) -> str | None:
+    """Why planning and sending must wait this tick, or None when they may go ahead."""
+    reasons = []
+    if sync.status != COMPLETED:
+        reasons.append(f"the sync {sync.status}")
+    if fresh.age is None:
+        reasons.append("the clinic has never been synced")
+    elif fresh.age > timedelta(minutes=stale_after_minutes):
+        reasons.append(
+            f"the data is {fresh.age.total_seconds() / 60:.0f} minutes old "
+            f"(sync.stale_after_minutes is {stale_after_minutes})"
+        )
+    return "; ".join(reasons) or None
+
+
+def too_late(
+    expected_start: datetime | None, now: datetime, auto_scheduled: bool, max_lateness: timedelta
+) -> str | None:
+    """A scheduled tick that starts long after its time (the worker was down, or ticks queued
+    behind a slow one) does nothing: a newer tick is already scheduled, and each tick catches up
+    on everything since the last, so running the backlog would only delay the fresh one. Runs a
+    person asked for always run."""
+    if not auto_scheduled or expected_start is None:
+        return None
+    late = now - expected_start
+    if late <= max_lateness:
+        return None
+    return (
+        f"this scheduled tick starts {late.total_seconds() / 60:.0f} minutes late "
+        f"(more than {max_lateness.total_seconds() / 60:.0f}); the next tick catches up"
+    )
+
+
+@dataclass
+class Summary:
+    """Counts of one tick, for the artifact and the flow's result. No personal data."""
+
+    clinic: str
+    started_at: datetime
+    steps: list[Step] = field(default_factory=list)
+    held: str | None = None
+    freshness: str = ""
+    rows_synced: dict[str, int] = field(default_factory=dict)
+    model_build: dict = field(default_factory=dict)
+    audiences: dict[str, dict[str, int]] = field(default_factory=dict)
+    messages: dict[str, dict[str, int]] = field(default_factory=dict)
+    backlog: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[Step]:
+        return [s for s in self.steps if s.status == FAILED]
+
+
+def rows_synced(sync_result: dict[str, dict] | None) -> dict[str, int]:
+    """Per resource, rows new + updated + removed in this tick's sync."""
+    if not sync_result:
+        return {}
+    return {
+        name: c.get("new", 0) + c.get("updated", 0) + c.get("removed", 0)
+        for name, c in sync_result.items()
+    }
+
+
+def collect(con: duckdb.DuckDBPyConnection, summary: Summary) -> Summary:
+    """Fill the summary from what the steps left in the database since the tick started."""
+    since = summary.started_at
+    build = con.execute(
+        "SELECT build_id, status, failed_file, summary FROM state.model_builds "
+        "WHERE started_at >= ? ORDER BY started_at DESC LIMIT 1",
+        [since],
+    ).fetchone()
+    if build:
+        build_id, status, failed_file, detail = build
+        detail = json.loads(detail) if isinstance(detail, str) else (detail or {})
+        summary.model_build = {
+            "status": status,
+            "models": len(detail.get("rows") or {}),
+            "tests_passed": detail.get("tests_passed", 0),
+            "failed_file": failed_file,
+        }
+        changes = dict.fromkeys(
+            (r[0] for r in con.execute("SELECT audience FROM state.audiences").fetchall()), None
+        )
+        for audience, joined, left in con.execute(
+            "SELECT audience, count(*) FILTER (WHERE event = 'joined' AND NOT initial), "
+            "count(*) FILTER (WHERE event = 'left') FROM state.membership_events "
+            "WHERE build_id = ? GROUP BY audience",
+            [build_id],
+        ).fetchall():
+            changes[audience] = (joined, left)
+        sizes = dict(
+            con.execute(
+                "SELECT audience, count(*) FROM state.audience_members GROUP BY audience"
+            ).fetchall()
+        )
+        summary.audiences = {
+            a: {"size": sizes.get(a, 0), "joined": (c or (0, 0))[0], "left": (c or (0, 0))[1]}
+            for a, c in sorted(changes.items())
+        }
+    moments = {
+        "planned": "planned_at",
+        "sent": "sent_at",
+        "skipped": "skipped_at",
+        "cancelled": "cancelled_at",
+        "failed": "failed_at",
+        "unknown": "unknown_at",
+    }
+    for outcome, column in moments.items():
+        reason = (
+            "'-'" if outcome in ("planned", "sent") else "coalesce(error_code, status_reason, '-')"
+        )
+        rows = con.execute(
+            f"SELECT {reason}, count(*) FROM state.messages WHERE {column} >= ? GROUP BY 1 ORDER BY 1",
+            [since],
+        ).fetchall()
+        if rows:
+            summary.messages[outcome] = dict(rows)
+    summary.backlog = dict(
+        con.execute(
+            "SELECT status, count(*) FROM state.messages "
+            "WHERE status IN ('planned', 'sending', 'unknown') GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    )
+    return summary
+
+
+def markdown(s: Summary) -> str:
+    """The tick's artifact: steps, freshness, the breaker, then counts."""
+    icon = {COMPLETED: "✅", FAILED: "❌", HELD: "⏸", ABSENT: "➖"}
+    lines = [
+        f"# Tick: {s.clinic}",
+        "",
+        f"Started {s.started_at:%Y-%m-%d %H:%M:%S} UTC. Data {s.freshness}.",
+    ]
+    if s.held:
+        lines += ["", f"**Planning and sending held:** {s.held}."]
+    lines += ["", "| step | outcome | seconds | why |", "|---|---|---:|---|"]
+    for step in s.steps:
+        why = step.reason.replace("|", "/").replace("\n", " ")[:200]
+        lines.append(
+            f"| {step.name} | {icon.get(step.status, '')} {step.status} | {step.seconds:.1f} | {why} |"
+        )
+    if s.rows_synced:
+        changed = ", ".join(f"{k} {v}" for k, v in s.rows_synced.items() if v) or "no changes"
+        lines += ["", f"**Rows synced:** {sum(s.rows_synced.values())} ({changed})."]
+    if s.model_build:
+        b = s.model_build
+        where = f"; failed in {b['failed_file']}" if b.get("failed_file") else ""
+        lines += [
+            "",
+            f"**Models:** {b['status']}, {b['models']} built, "
+            f"{b['tests_passed']} data tests passed{where}.",
+        ]
+    if s.audiences:
+        lines += ["", "| list / segment | size | joined | left |", "|---|---:|---:|---:|"]
+        for name, a in s.audiences.items():
+            lines.append(f"| {name} | {a['size']} | {a['joined']} | {a['left']} |")
+    lines += ["", "| messages | reason | count |", "|---|---|---:|"]
+    if not s.messages:
+        lines.append("| none this tick | | 0 |")
+    for outcome, reasons in s.messages.items():
+        for reason, n in reasons.items():
+            lines.append(f"| {outcome} | {reason} | {n} |")
+    if s.backlog:
+        lines += [
+            "",
+            "Waiting in the ledger: " + ", ".join(f"{n} {k}" for k, n in s.backlog.items()) + ".",
+        ]
+    return "\n".join(lines)
