@@ -32,7 +32,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -169,22 +169,28 @@ def write_batch(
     path: str,
     batch: Batch,
     synced_at: datetime,
+    quarantine: set[str],
 ) -> PageResult:
-    """Upsert a page's rows, record its quarantine, and advance the path's watermark: atomically."""
+    """Upsert a page's rows, record its quarantine, and advance the path's watermark: atomically.
+
+    ``quarantine`` holds the keys quarantined for this resource (``quarantined_keys``); it is kept
+    up to date here so a page costs no quarantine query unless a record on it is, or was, bad.
+    """
     result = PageResult(quarantined=len(batch.quarantined))
     with transaction(con):
-        changed = _changed_rows(con, resource, batch.rows, result)
-        if changed:
-            con.execute(
-                f"INSERT OR REPLACE INTO {resource.table} "
-                "SELECT unnest($ids), unnest($updated), unnest($payloads)::JSON, $now, NULL",
-                {
-                    "ids": [r[0] for r in changed],
-                    "updated": [r[1] for r in changed],
-                    "payloads": [r[2] for r in changed],
-                    "now": synced_at,
-                },
-            )
+        new, changed = _split_rows(con, resource, batch.rows, result)
+        for verb, rows in (("INSERT", new), ("INSERT OR REPLACE", changed)):
+            if rows:
+                con.execute(
+                    f"{verb} INTO {resource.table} "
+                    "SELECT unnest($ids), unnest($updated), unnest($payloads), $now, NULL",
+                    {
+                        "ids": [r[0] for r in rows],
+                        "updated": [r[1] for r in rows],
+                        "payloads": [r[2] for r in rows],
+                        "now": synced_at,
+                    },
+                )
         if batch.quarantined:
             con.executemany(
                 "INSERT INTO state.quarantine VALUES (?, ?, ?, ?, ?, ?) "
@@ -195,29 +201,51 @@ def write_batch(
                     for k, why, p in batch.quarantined
                 ],
             )
-        if batch.rows:
-            # A good copy clears an earlier quarantine of the same record.
+        cleared = [str(r[0]) for r in batch.rows if str(r[0]) in quarantine]
+        if cleared:  # a good copy clears an earlier quarantine of the same record
             con.execute(
                 "DELETE FROM state.quarantine WHERE resource = $resource "
                 "AND record_key IN (SELECT unnest($keys))",
-                {"resource": resource.name, "keys": [str(r[0]) for r in batch.rows]},
+                {"resource": resource.name, "keys": cleared},
             )
         if batch.max_updated_at is not None:
-            con.execute(
-                "INSERT INTO state.sync_watermarks VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (resource, path) DO UPDATE SET "
-                "watermark = greatest(watermark, excluded.watermark), updated_at = excluded.updated_at",
-                [resource.name, path, batch.max_updated_at, synced_at],
-            )
+            _advance_watermark(con, resource.name, path, batch.max_updated_at, synced_at)
+    quarantine.difference_update(cleared)
+    quarantine.update(k for k, _, _ in batch.quarantined)
     return result
 
 
-def _changed_rows(
+def _advance_watermark(
+    con: duckdb.DuckDBPyConnection, resource: str, path: str, seen: datetime, now: datetime
+) -> None:
+    # An UPDATE is measurably cheaper than an upsert, and a path has its row after its first page.
+    updated = con.execute(
+        "UPDATE state.sync_watermarks SET watermark = greatest(watermark, $seen), updated_at = $now "
+        "WHERE resource = $resource AND path = $path",
+        {"seen": seen, "now": now, "resource": resource, "path": path},
+    ).fetchone()
+    if not updated or updated[0] == 0:
+        con.execute(
+            "INSERT INTO state.sync_watermarks VALUES (?, ?, ?, ?)", [resource, path, seen, now]
+        )
+
+
+def quarantined_keys(con: duckdb.DuckDBPyConnection, resource: Resource) -> set[str]:
+    return {
+        key
+        for (key,) in con.execute(
+            "SELECT record_key FROM state.quarantine WHERE resource = ?", [resource.name]
+        ).fetchall()
+    }
+
+
+def _split_rows(
     con: duckdb.DuckDBPyConnection, resource: Resource, rows: list[Row], result: PageResult
-) -> list[Row]:
-    """Rows that are new, differ from our copy, or come back after being marked removed."""
+) -> tuple[list[Row], list[Row]]:
+    """(rows we do not hold, rows that differ from ours or come back after being marked removed);
+    rows identical to ours are left alone. A plain INSERT of the new ones is cheaper than upserting."""
     if not rows:
-        return []
+        return [], []
     ids = ",".join(str(r[0]) for r in rows)  # integers we parsed ourselves: safe to inline
     held = {
         row_id: (updated_at, payload, removed_at)
@@ -225,18 +253,17 @@ def _changed_rows(
             f"SELECT id, updated_at, payload, removed_at FROM {resource.table} WHERE id IN ({ids})"
         ).fetchall()
     }
-    changed = []
+    new, changed = [], []
     for row in rows:
         ours = held.get(row[0])
         if ours is None:
-            result.new += 1
+            new.append(row)
         elif ours[0] != row[1] or ours[1] != row[2] or ours[2] is not None:
-            result.updated += 1
+            changed.append(row)
         else:
             result.unchanged += 1
-            continue
-        changed.append(row)
-    return changed
+    result.new, result.updated = len(new), len(changed)
+    return new, changed
 
 
 def watermark(con: duckdb.DuckDBPyConnection, resource: str, path: str) -> datetime | None:
@@ -287,23 +314,30 @@ class ResourceCounts:
 ProgressCallback = Callable[[ResourceCounts], None]
 
 
-@dataclass
 class Sync:
     """One sync run over every resource: ``open()`` first (fails before any write), then
     ``sync_resource()`` for each, in ``RESOURCES`` order (dimensions before facts).
 
     ``full=True`` reads every path from the beginning and then marks rows Cliniko no longer returns
-    as removed: the periodic reconciliation.
+    as removed: the periodic reconciliation. (A plain class, not a dataclass, so Prefect does not
+    walk its pages when it is passed to a task.)
     """
 
-    con: duckdb.DuckDBPyConnection
-    client: ClinikoClient
-    overlap: timedelta = timedelta(minutes=5)
-    full: bool = False
-    on_page: ProgressCallback | None = None
-    resources: tuple[Resource, ...] = RESOURCES
-    counts: dict[str, ResourceCounts] = field(default_factory=dict)
-    _first: dict[str, tuple[datetime | None, Page]] = field(default_factory=dict)
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        client: ClinikoClient,
+        *,
+        overlap: timedelta = timedelta(minutes=5),
+        full: bool = False,
+        on_page: ProgressCallback | None = None,
+        resources: tuple[Resource, ...] = RESOURCES,
+    ) -> None:
+        self.con, self.client = con, client
+        self.overlap, self.full, self.on_page = overlap, full, on_page
+        self.resources = resources
+        self.counts: dict[str, ResourceCounts] = {}
+        self._first: dict[str, tuple[datetime | None, Page]] = {}
 
     def open(self) -> dict[str, ResourceCounts]:
         """Ask for the first page of every path before writing anything."""
@@ -321,8 +355,9 @@ class Sync:
         resource = _resources.get(name)
         counts = self.counts[name]
         seen: set[int] = set()
+        quarantine = quarantined_keys(self.con, resource)
         for path in resource.paths:
-            self._sync_path(resource, path, counts, seen)
+            self._sync_path(resource, path, counts, seen, quarantine)
         if self.full:
             with self._measure(counts):
                 counts.removed = mark_removed(self.con, resource, seen, datetime.now(UTC))
@@ -344,13 +379,18 @@ class Sync:
         return mark - self.overlap if mark is not None else None
 
     def _sync_path(
-        self, resource: Resource, path: str, counts: ResourceCounts, seen: set[int]
+        self,
+        resource: Resource,
+        path: str,
+        counts: ResourceCounts,
+        seen: set[int],
+        quarantine: set[str],
     ) -> None:
         cursor, page = self._first.pop(path)
         while True:
             with self._measure(counts):
                 batch = parse_records(resource, page.records)
-                done = write_batch(self.con, resource, path, batch, datetime.now(UTC))
+                done = write_batch(self.con, resource, path, batch, datetime.now(UTC), quarantine)
             seen.update(batch.seen_ids)
             counts.pages += 1
             counts.new += done.new

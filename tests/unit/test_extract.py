@@ -30,6 +30,12 @@ def con():
     c.close()
 
 
+def write(con, batch, now=NOW):
+    return extract.write_batch(
+        con, PATIENTS, "/patients", batch, now, extract.quarantined_keys(con, PATIENTS)
+    )
+
+
 def rows(con, table="raw.patients"):
     return con.execute(
         f"SELECT id, updated_at, payload, removed_at FROM {table} ORDER BY id"
@@ -93,7 +99,7 @@ def test_the_cursor_may_move_past_a_quarantined_record_with_a_readable_timestamp
 
 def test_a_page_and_its_watermark_are_written_together(con):
     batch = extract.parse_records(PATIENTS, [patient("1"), patient("2", "2026-03-01T12:00:00Z")])
-    result = extract.write_batch(con, PATIENTS, "/patients", batch, NOW)
+    result = write(con, batch)
     assert (result.new, result.updated, result.unchanged) == (2, 0, 0)
     assert [r[0] for r in rows(con)] == [1, 2]
     assert extract.watermark(con, "patients", "/patients") == datetime(2026, 3, 1, 12, tzinfo=UTC)
@@ -104,7 +110,7 @@ def test_a_failed_write_leaves_neither_rows_nor_watermark(con):
     con.execute("DROP TABLE state.quarantine")  # make the transaction fail after the rows
     batch.quarantined.append(("k", "reason", "{}"))
     with pytest.raises(duckdb.CatalogException):
-        extract.write_batch(con, PATIENTS, "/patients", batch, NOW)
+        write(con, batch)
     assert rows(con) == []
     assert extract.watermark(con, "patients", "/patients") is None
 
@@ -112,27 +118,25 @@ def test_a_failed_write_leaves_neither_rows_nor_watermark(con):
 def test_the_watermark_never_moves_back(con):
     newer = extract.parse_records(PATIENTS, [patient("1", "2026-03-01T12:00:00Z")])
     older = extract.parse_records(PATIENTS, [patient("2", "2026-03-01T08:00:00Z")])
-    extract.write_batch(con, PATIENTS, "/patients", newer, NOW)
-    extract.write_batch(con, PATIENTS, "/patients", older, NOW)
+    write(con, newer)
+    write(con, older)
     assert extract.watermark(con, "patients", "/patients") == datetime(2026, 3, 1, 12, tzinfo=UTC)
 
 
 def test_a_row_seen_again_unchanged_is_not_counted_or_rewritten(con):
     batch = extract.parse_records(PATIENTS, [patient("1")])
-    extract.write_batch(con, PATIENTS, "/patients", batch, NOW)
-    again = extract.write_batch(con, PATIENTS, "/patients", batch, NOW + timedelta(hours=1))
+    write(con, batch)
+    again = write(con, batch, NOW + timedelta(hours=1))
     assert (again.new, again.updated, again.unchanged) == (0, 0, 1)
     assert con.execute("SELECT synced_at FROM raw.patients").fetchone()[0] == NOW
 
 
 def test_a_changed_row_replaces_ours_without_duplicating(con):
-    extract.write_batch(
-        con, PATIENTS, "/patients", extract.parse_records(PATIENTS, [patient("1")]), NOW
-    )
+    write(con, extract.parse_records(PATIENTS, [patient("1")]))
     changed = extract.parse_records(
         PATIENTS, [patient("1", "2026-03-01T10:00:00Z", first_name="Bea")]
     )
-    result = extract.write_batch(con, PATIENTS, "/patients", changed, NOW)
+    result = write(con, changed)
     assert (result.new, result.updated) == (0, 1)
     ((_, _, payload, _),) = rows(con)
     assert orjson.loads(payload)["first_name"] == "Bea"
@@ -140,28 +144,28 @@ def test_a_changed_row_replaces_ours_without_duplicating(con):
 
 def test_a_good_copy_clears_the_quarantine(con):
     bad = extract.parse_records(PATIENTS, [patient("9", updated="garbled")])
-    extract.write_batch(con, PATIENTS, "/patients", bad, NOW)
+    write(con, bad)
     assert con.execute("SELECT record_key, reason FROM state.quarantine").fetchall() == [
         ("9", "updated_at is not an ISO 8601 timestamp")
     ]
     good = extract.parse_records(PATIENTS, [patient("9")])
-    extract.write_batch(con, PATIENTS, "/patients", good, NOW)
+    write(con, good)
     assert con.execute("SELECT count(*) FROM state.quarantine").fetchone() == (0,)
 
 
 def test_reconciliation_marks_rows_cliniko_stopped_returning_and_never_deletes(con):
     batch = extract.parse_records(PATIENTS, [patient("1"), patient("2"), patient("3")])
-    extract.write_batch(con, PATIENTS, "/patients", batch, NOW)
-    assert extract.mark_removed(con, PATIENTS, {1, 3}, NOW) == 1
-    assert [(r[0], r[3]) for r in rows(con)] == [(1, None), (2, NOW), (3, None)]
-    assert extract.mark_removed(con, PATIENTS, {1, 3}, NOW) == 0  # already marked
+    write(con, batch)
+    assert extract.mark_removed(con, PATIENTS, {1, 3}) == 1
+    assert [(r[0], r[3]) for r in rows(con)] == [(1, None), (2), (3, None)]
+    assert extract.mark_removed(con, PATIENTS, {1, 3}) == 0  # already marked
 
 
 def test_a_removed_row_that_comes_back_is_unmarked(con):
     batch = extract.parse_records(PATIENTS, [patient("1")])
-    extract.write_batch(con, PATIENTS, "/patients", batch, NOW)
-    extract.mark_removed(con, PATIENTS, set(), NOW)
-    result = extract.write_batch(con, PATIENTS, "/patients", batch, NOW)
+    write(con, batch)
+    extract.mark_removed(con, PATIENTS, set())
+    result = write(con, batch)
     assert result.updated == 1
     assert rows(con)[0][3] is None
 
@@ -178,9 +182,9 @@ def test_the_list_query_asks_for_hidden_rows_and_changes_since_the_cursor():
 
 
 def test_reconciliation_is_due_when_none_completed_recently(con):
-    assert extract.reconcile_due(con, 24, NOW)
+    assert extract.reconcile_due(con, 24)
     run = extract.start_run(con, "reconcile")
-    assert extract.reconcile_due(con, 24, NOW)  # still running: not done
+    assert extract.reconcile_due(con, 24)  # still running: not done
     extract.finish_run(con, run, {})
     assert not extract.reconcile_due(con, 24, datetime.now(UTC))
     assert extract.reconcile_due(con, 24, datetime.now(UTC) + timedelta(hours=25))
