@@ -156,15 +156,15 @@ def test_a_good_copy_clears_the_quarantine(con):
 def test_reconciliation_marks_rows_cliniko_stopped_returning_and_never_deletes(con):
     batch = extract.parse_records(PATIENTS, [patient("1"), patient("2"), patient("3")])
     write(con, batch)
-    assert extract.mark_removed(con, PATIENTS, {1, 3}) == 1
+    assert extract.mark_removed(con, PATIENTS, {1, 3}, NOW) == 1
     assert [(r[0], r[3]) for r in rows(con)] == [(1, None), (2), (3, None)]
-    assert extract.mark_removed(con, PATIENTS, {1, 3}) == 0  # already marked
+    assert extract.mark_removed(con, PATIENTS, {1, 3}, NOW) == 0  # already marked
 
 
 def test_a_removed_row_that_comes_back_is_unmarked(con):
     batch = extract.parse_records(PATIENTS, [patient("1")])
     write(con, batch)
-    extract.mark_removed(con, PATIENTS, set())
+    extract.mark_removed(con, PATIENTS, set(), NOW)
     result = write(con, batch)
     assert result.updated == 1
     assert rows(con)[0][3] is None
@@ -182,9 +182,9 @@ def test_the_list_query_asks_for_hidden_rows_and_changes_since_the_cursor():
 
 
 def test_reconciliation_is_due_when_none_completed_recently(con):
-    assert extract.reconcile_due(con, 24)
+    assert extract.reconcile_due(con, 24, NOW)
     run = extract.start_run(con, "reconcile")
-    assert extract.reconcile_due(con, 24)  # still running: not done
+    assert extract.reconcile_due(con, 24, NOW)  # still running: not done
     extract.finish_run(con, run, {})
     assert not extract.reconcile_due(con, 24, datetime.now(UTC))
     assert extract.reconcile_due(con, 24, datetime.now(UTC) + timedelta(hours=25))
