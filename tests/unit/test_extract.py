@@ -157,7 +157,7 @@ def test_reconciliation_marks_rows_cliniko_stopped_returning_and_never_deletes(c
     batch = extract.parse_records(PATIENTS, [patient("1"), patient("2"), patient("3")])
     write(con, batch)
     assert extract.mark_removed(con, PATIENTS, {1, 3}, NOW) == 1
-    assert [(r[0], r[3]) for r in rows(con)] == [(1, None), (2), (3, None)]
+    assert [(r[0], r[3]) for r in rows(con)] == [(1, None), (2, NOW), (3, None)]
     assert extract.mark_removed(con, PATIENTS, {1, 3}, NOW) == 0  # already marked
 
 
