@@ -125,6 +125,26 @@ def demo_command(
     typer.echo("  " + ", ".join(f"{n} {name}" for name, n in held.items()))
 
 
+@app.command("sandbox")
+def sandbox_command(
+    port: int = typer.Option(8765, help="Port on 127.0.0.1 (0 picks a free one)."),
+    seed: int = typer.Option(1, help="Same seed and size, same clinic."),
+    patients: int = typer.Option(500, help="Size of the generated clinic."),
+    speed: float = typer.Option(None, help="Run the clinic's clock at this many times real time."),
+    rate_limit: int = typer.Option(None, help="Requests per minute per key (Cliniko: 200)."),
+) -> None:
+    """Serve a generated Cliniko clinic (the sandbox API) until Ctrl-C."""
+    from sandbox.cliniko.__main__ import serve
+
+    def announce(server) -> None:
+        typer.echo(f"Cliniko sandbox: {server.base_url}")
+        typer.echo(f"API key:         {server.clinic.api_key}")
+        typer.echo(f"Admin:           {server.admin_url}/stats, /advance?seconds=N, /faults (POST)")
+        typer.echo("Ctrl-C stops it.")
+
+    serve(announce, port=port, seed=seed, patients=patients, speed=speed, rate_limit=rate_limit)
+
+
 def main() -> None:
     from tasks.errors import UserFacingError
 

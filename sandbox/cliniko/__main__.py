@@ -9,9 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import orjson
+
+if TYPE_CHECKING:
+    from sandbox.cliniko.server import SandboxServer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,39 +35,64 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def serve(
+    announce: Callable[[SandboxServer], None],
+    *,
+    port: int = 0,
+    seed: int = 1,
+    patients: int = 500,
+    appointments_per_patient: float = 15.0,
+    start: datetime | None = None,
+    shard: str = "au1",
+    rate_limit: int | None = None,
+    window_seconds: float = 60.0,
+    speed: float | None = None,
+) -> None:
+    """Generate a clinic, serve it, call ``announce(server)`` once ready, run until Ctrl-C."""
     from sandbox.cliniko import RateLimit, SandboxClinic, SandboxServer
 
-    args = parse_args(argv)
-    start = (
-        datetime.fromisoformat(args.start)
-        if args.start
-        else datetime.now(UTC).replace(microsecond=0)
-    )
     clinic = SandboxClinic.generate(
-        seed=args.seed,
-        patients=args.patients,
-        start=start.astimezone(UTC),
-        appointments_per_patient=args.appointments_per_patient,
-        shard=args.shard,
+        seed=seed,
+        patients=patients,
+        start=(start or datetime.now(UTC).replace(microsecond=0)).astimezone(UTC),
+        appointments_per_patient=appointments_per_patient,
+        shard=shard,
     )
-    limit = None if args.rate_limit is None else RateLimit(args.rate_limit, args.window_seconds)
-    with SandboxServer(
-        clinic, rate_limit=limit, port=args.port, auto_advance_speed=args.speed
-    ) as server:
-        ready = {
-            "base_url": server.base_url,
-            "api_key": clinic.api_key,
-            "admin_url": server.admin_url,
-            "rows": {name: len(table) for name, table in clinic.tables.items()},
-        }
-        sys.stdout.write(orjson.dumps(ready).decode() + "\n")
-        sys.stdout.flush()
+    limit = None if rate_limit is None else RateLimit(rate_limit, window_seconds)
+    with SandboxServer(clinic, rate_limit=limit, port=port, auto_advance_speed=speed) as server:
+        announce(server)
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
+
+
+def _announce_json(server: SandboxServer) -> None:
+    ready = {
+        "base_url": server.base_url,
+        "api_key": server.clinic.api_key,
+        "admin_url": server.admin_url,
+        "rows": {name: len(table) for name, table in server.clinic.tables.items()},
+    }
+    sys.stdout.write(orjson.dumps(ready).decode() + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    serve(
+        _announce_json,
+        port=args.port,
+        seed=args.seed,
+        patients=args.patients,
+        appointments_per_patient=args.appointments_per_patient,
+        start=datetime.fromisoformat(args.start) if args.start else None,
+        shard=args.shard,
+        rate_limit=args.rate_limit,
+        window_seconds=args.window_seconds,
+        speed=args.speed,
+    )
 
 
 if __name__ == "__main__":

@@ -238,7 +238,7 @@ class SandboxClinic:
                 rec["updated_at"] = fmt_ts(now)
                 served = dict(rec)
                 if i % 2 == 0:
-                    served["id"] = f"{row_id}x"
+                    served["id"] = f"x{row_id}"
                 else:
                     served["updated_at"] = "2026-13-45T25:61:00Z"
                 table.put(rec, body=dump(served))
@@ -270,7 +270,7 @@ class SandboxClinic:
             values.remove(value)
 
     def heal(self, resource: str, rec: dict) -> None:
-        self._malformed[resource].discard(f"{rec['id']}x")
+        self._malformed[resource].discard(f"x{rec['id']}")
         self._malformed[resource].discard(str(rec["id"]))
 
 
@@ -1105,4 +1105,4 @@ class _Changes:
         if self.c.tables[resource].remove(row_id):
             self.c._hard_deleted[resource].add(row_id)
             self.c._malformed[resource].discard(str(row_id))
-            self.c._malformed[resource].discard(f"{row_id}x")
+            self.c._malformed[resource].discard(f"x{row_id}")
