@@ -77,6 +77,9 @@ class Skip:
 
 
 Prepare = Callable[[LedgerRow], Ready | Skip]
+# Holds back rows that may not go yet (frequency cap, quiet hours: tasks/marketing_gate.py):
+# defers or skips them itself and returns the rows that may go now.
+Gate = Callable[[duckdb.DuckDBPyConnection, list[LedgerRow], datetime], list[LedgerRow]]
 
 
 @dataclass
@@ -292,6 +295,7 @@ def dispatch(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     settle: timedelta = DEFAULT_SETTLE,
     max_batches: int | None = None,
+    gate: Gate | None = None,
 ) -> DispatchResult:
     """Send every due message once. ``providers`` maps a channel (email, sms) to its provider."""
     result = DispatchResult()
@@ -303,7 +307,7 @@ def dispatch(
         for channel, provider in providers.items():
             _dispatch_channel(
                 con, channel, provider, prepare, templates, unsubscribe, clock, claim_id,
-                result, max_batches,
+                result, max_batches, gate,
             )  # fmt: skip
     finally:
         with _live_lock:
@@ -324,6 +328,7 @@ def _dispatch_channel(
     claim_id: str,
     result: DispatchResult,
     max_batches: int | None,
+    gate: Gate | None = None,
 ) -> None:
     batches = 0
     while max_batches is None or batches < max_batches:
@@ -332,6 +337,8 @@ def _dispatch_channel(
         rows = ledger.due(con, now, channel=channel, limit=provider.batch_size)
         if not rows:
             return
+        if gate is not None:
+            rows = gate(con, rows, now)
         messages, decided = _prepare_batch(con, rows, prepare, templates, unsubscribe, now)
         try:
             with transaction(con):
