@@ -1,0 +1,66 @@
+"""The real Prefect flow, once (ephemeral server, ~10 s): it syncs, records the run, and publishes
+a summary and a progress artifact that carry counts and no personal data."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+import pytest
+
+from tasks.warehouse import open_db
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_flow_syncs_and_its_artifacts_carry_no_personal_data(tmp_path, monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from flows.sync import cliniko_sync
+    from sandbox.cliniko import SandboxClinic, SandboxServer
+
+    db = tmp_path / "flowtest.duckdb"
+    config = tmp_path / "clinic.yaml"
+    config.write_text(
+        f"clinic: flowtest\nname: Flow test\ndatabase: {db}\ncliniko:\n  account: env\n",
+        encoding="utf-8",
+    )
+    clinic = SandboxClinic.generate(
+        seed=3, patients=60, start=datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    )
+    with SandboxServer(clinic, rate_limit=None) as server:
+        monkeypatch.setenv("CLINIKO_API_KEY", clinic.api_key)
+        monkeypatch.setenv("CLINIKO_BASE_URL", server.base_url)
+        monkeypatch.setenv("CLINIKO_CONTACT", "tests@example.com")
+        monkeypatch.setenv("CLINIKO_REQUESTS_PER_MINUTE", "100000")
+        state = cliniko_sync(clinic=str(config), return_state=True)
+        patients = clinic.snapshot("patients", server.base_url).values()
+
+    assert state.is_completed()
+    counts = state.result()
+    assert counts["patients"]["new"] == len(patients)
+    with open_db(db, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM raw.patients").fetchone()[0] == len(patients)
+        assert con.execute("SELECT kind, status FROM state.sync_runs").fetchall() == [
+            ("reconcile", "completed")  # the first run of a clinic is a full sweep
+        ]
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    by_type = {a.type: a for a in artifacts}
+    assert set(by_type) >= {"markdown", "progress"}
+    assert by_type["progress"].data == 100.0
+    summary = by_type["markdown"].data
+    assert "| patients |" in summary and "| individual_appointments |" in summary
+
+    personal = set()
+    for p in patients:
+        personal |= {p["first_name"], p["last_name"], p["email"]}
+        personal |= {phone["number"] for phone in p["patient_phone_numbers"] or []}
+    words = set(re.split(r"[^\w@.+-]+", summary))
+    assert not (words & {value for value in personal if value}), "personal data in the artifact"
