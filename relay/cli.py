@@ -69,6 +69,50 @@ def _print_sync(counts: dict[str, dict]) -> None:
     typer.echo(f"  {sum(c['requests'] for c in counts.values())} requests in all")
 
 
+@app.command("serve")
+def serve_command(
+    port: int = typer.Option(4200, help="Port of the Prefect server and its UI on 127.0.0.1."),
+    every: float = typer.Option(2.0, help="Minutes between the demo clinic's ticks."),
+    patients: int = typer.Option(500, help="Size of the generated sandbox clinic."),
+    seed: int = typer.Option(1, help="Seed of the generated clinic."),
+    speed: float = typer.Option(10.0, help="How much faster than real time the sandbox runs."),
+) -> None:
+    """Prefect server + UI, the sandbox Cliniko with its clock running, and the demo clinic's
+    ticks on a schedule: open the UI and watch. Starts from a fresh demo database; Ctrl-C stops
+    everything."""
+    from relay.serve import serve_demo
+
+    serve_demo(port, every, patients, seed, speed, typer.echo)
+
+
+alerts_app = typer.Typer(help="Notifications when runs fail or the data goes stale.")
+app.add_typer(alerts_app, name="alerts")
+
+
+@alerts_app.command("create")
+def alerts_create_command(
+    webhook_url: str = typer.Option(
+        ..., help="Where notifications are POSTed as JSON {subject, body} (Slack, ntfy, ...)."
+    ),
+    block: str = typer.Option("relay-alerts", help="Name of the notification block to save."),
+    quiet_minutes: int = typer.Option(30, help="Alert when no tick completed for this long."),
+) -> None:
+    """Create (or replace) the Prefect automations that notify on failed or crashed runs, on a
+    stale or failed sync, and when ticks stop. Needs PREFECT_API_URL (a running server)."""
+    import os
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise typer.BadParameter(
+            "set PREFECT_API_URL to your Prefect server (e.g. http://127.0.0.1:4200/api); "
+            "automations live on the server"
+        )
+    from relay.alerts import create_alerts
+
+    for name in create_alerts(webhook_url, block, quiet_minutes):
+        typer.echo(f"created automation: {name}")
+    typer.echo(f"notifications go through the CustomWebhookNotificationBlock '{block}'")
+
+
 @app.command("demo")
 def demo_command(
     patients: int = typer.Option(500, help="Size of the generated sandbox clinic."),
@@ -123,6 +167,43 @@ def demo_command(
         }
     typer.secho(f"Done. {config.database_path} now holds:", bold=True)
     typer.echo("  " + ", ".join(f"{n} {name}" for name, n in held.items()))
+
+
+@app.command("outbox")
+def outbox_command(
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<clinic>/clinic.yaml)."),
+    limit: int = typer.Option(20, help="How many of the newest messages to list."),
+    open_: str = typer.Option(
+        None, "--open", help="Open one message: its send key (or the start of its file name)."
+    ),
+) -> None:
+    """List the messages the local outbox holds (newest first), or open one."""
+    import webbrowser
+
+    from tasks.config import load_clinic
+    from tasks.errors import UserFacingError
+    from tasks.providers.outbox import list_messages, outbox_dir, write_index
+
+    folder = outbox_dir(load_clinic(clinic).clinic)
+    messages = list_messages(folder)
+    if open_:
+        match = [m for m in messages if m["send_key"] == open_ or m["stem"].startswith(open_)]
+        if len(match) != 1:
+            raise UserFacingError(
+                f"{len(match)} outbox messages match {open_!r}; give a full send key "
+                "(listed by 'relay outbox')."
+            )
+        path = folder / match[0]["file"]
+        typer.echo(str(path))
+        webbrowser.open(path.as_uri())
+        return
+    index = write_index(folder)
+    # Send keys and file names only: subjects and addresses stay in the files.
+    for m in messages[:limit]:
+        typer.echo(
+            f"{m['written_at'][:19]}  {m['channel']:5}  {m['send_key']}  {folder / m['file']}"
+        )
+    typer.echo(f"{len(messages)} messages in {folder}; all of them: {index}")
 
 
 @app.command("sandbox")

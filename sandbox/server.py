@@ -60,9 +60,10 @@ class ThreadedServer:
 class Fault:
     """What the next ``times`` matching requests get.
 
-    kind: ``5xx`` (a non-JSON 503 page), ``429`` (rate limited), ``slow`` (answer after
-    ``delay`` seconds), ``timeout_after_receipt`` (process the request, then wait ``delay``
-    before answering: the client times out although the provider acted on it).
+    kind: ``5xx`` (a non-JSON 503 page), ``429`` (rate limited), ``slow`` (wait ``delay``
+    seconds, then process), ``slow_reply`` (process, then wait ``delay`` before answering: the
+    provider has acted while the client still waits), ``timeout_after_receipt`` (the same with a
+    delay longer than the client's timeout: the client gives up although the provider acted).
     """
 
     kind: str
@@ -79,7 +80,7 @@ class Faults:
         self._faults: list[Fault] = []
 
     def add(self, kind: str, times: int = 1, delay: float = 0.0, path_prefix: str = "/") -> None:
-        if kind not in ("5xx", "429", "slow", "timeout_after_receipt"):
+        if kind not in ("5xx", "429", "slow", "slow_reply", "timeout_after_receipt"):
             raise ValueError(f"unknown fault kind {kind!r}")
         with self._lock:
             self._faults.append(Fault(kind, times, delay, path_prefix))
@@ -113,5 +114,5 @@ async def before(fault: Fault | None, rate_limited: JSONResponse) -> Response | 
 
 
 async def after(fault: Fault | None) -> None:
-    if fault is not None and fault.kind == "timeout_after_receipt":
+    if fault is not None and fault.kind in ("slow_reply", "timeout_after_receipt"):
         await asyncio.sleep(fault.delay)

@@ -1,0 +1,269 @@
+"""Postmark and Twilio providers against the sandboxes, over real HTTP, through the real clients.
+
+Each provider answer maps to one ledger outcome: sent, failed (with or without a suppression),
+retry later (the provider certainly did not take it) or unknown (it may have).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sandbox.postmark import PostmarkSandbox
+from sandbox.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioSandbox
+from tasks.ledger import LedgerRow
+from tasks.providers.common import OutgoingMessage, ProviderUnavailable, Suppress, content_hash
+from tasks.providers.postmark import PostmarkProvider, PostmarkSettings
+from tasks.providers.twilio import TwilioProvider, TwilioSettings
+from tasks.templates import RenderedEmail, RenderedSms, sms_size, unsubscribe_headers
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture
+def postmark():
+    sandbox = PostmarkSandbox()
+    with sandbox.serve() as server:
+        sandbox.url = server.url
+        yield sandbox
+
+
+@pytest.fixture
+def twilio():
+    sandbox = TwilioSandbox()
+    with sandbox.serve() as server:
+        sandbox.url = server.url
+        yield sandbox
+
+
+def pm_provider(sandbox, **kw) -> PostmarkProvider:
+    settings = dict(server_token=sandbox.server_token, from_address="Demo <hello@demo.example>",
+                    base_url=sandbox.url, timeout=0.5)  # fmt: skip
+    return PostmarkProvider(PostmarkSettings(**{**settings, **kw}))
+
+
+def tw_provider(sandbox, **kw) -> TwilioProvider:
+    settings = dict(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, from_number="+61400000000",
+                    base_url=sandbox.url, timeout=0.5)  # fmt: skip
+    return TwilioProvider(TwilioSettings(**{**settings, **kw}))
+
+
+def email(i: int, to: str, *, marketing: bool = False) -> OutgoingMessage:
+    headers = unsubscribe_headers(f"https://relay.example/u/{i}") if marketing else {}
+    return OutgoingMessage(
+        message_id=i, send_key=f"trigger:t:{i}:x", channel="email",
+        purpose="marketing" if marketing else "transactional", tag="t", to=to,
+        content=RenderedEmail(subject=f"S{i}", html=f"<p>{i}</p>", text=str(i), headers=headers),
+    )  # fmt: skip
+
+
+def sms(i: int, to: str) -> OutgoingMessage:
+    text = f"Reminder number {i}"
+    return OutgoingMessage(
+        message_id=i, send_key=f"trigger:r:{i}:x", channel="sms", purpose="transactional",
+        tag="r", to=to, content=RenderedSms(text=text, size=sms_size(text)),
+    )  # fmt: skip
+
+
+def as_row(msg: OutgoingMessage, status: str, provider: str, sending_at: datetime) -> LedgerRow:
+    return LedgerRow(
+        message_id=msg.message_id, send_key=msg.send_key, source_kind="trigger",
+        source_name=msg.tag, patient_id=msg.message_id, appointment_id=None,
+        channel=msg.channel, purpose=msg.purpose, template="t", due_at=sending_at,
+        expires_at=None, status=status, status_reason=None, attempts=1, next_attempt_at=None,
+        claim_id="dead", provider=provider, provider_message_id=None, error_code=None,
+        to_address=msg.to, content_hash=content_hash(msg.content), sending_at=sending_at,
+        sent_at=None,
+    )  # fmt: skip
+
+
+# -- Postmark ---------------------------------------------------------------------------------
+
+
+def test_postmark_accepts_a_batch_with_the_send_key_in_metadata_and_the_right_stream(postmark):
+    provider = pm_provider(postmark)
+    outcomes = provider.send([email(1, "a@example.com"), email(2, "b@example.com", marketing=True)])
+    assert [o.kind for o in outcomes] == ["sent", "sent"]
+    first, second = postmark.accepted
+    assert first["MessageID"] == outcomes[0].provider_message_id
+    assert first["Metadata"] == {"send_key": "trigger:t:1:x"}
+    assert (first["MessageStream"], second["MessageStream"]) == ("outbound", "broadcast")
+    assert first["TrackLinks"] == "None" and first["Headers"] == []
+    headers = {h["Name"]: h["Value"] for h in second["Headers"]}
+    assert headers == {
+        "List-Unsubscribe": "<https://relay.example/u/2>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+    assert postmark.requests == [("POST", "/email/batch")]
+
+
+def test_postmark_batches_hold_at_most_500_messages(postmark):
+    outcomes = pm_provider(postmark, timeout=10).send(
+        [email(i, f"p{i}@example.com") for i in range(1001)]
+    )
+    assert [o.kind for o in outcomes] == ["sent"] * 1001
+    assert postmark.requests == [("POST", "/email/batch")] * 3
+
+
+def test_a_406_from_postmark_fails_the_message_and_suppresses_the_address(postmark):
+    outcomes = pm_provider(postmark).send(
+        [
+            email(1, "inactive@postmark-sandbox.test"),
+            email(2, "inactive@postmark-sandbox.test", marketing=True),
+            email(3, "fine@example.com"),
+        ]
+    )
+    transactional, marketing, fine = outcomes
+    assert (transactional.kind, transactional.error_code) == ("failed", "406")
+    assert transactional.suppress == Suppress("all", "hard_bounce")
+    assert marketing.suppress == Suppress("marketing", "hard_bounce")
+    assert fine.kind == "sent"
+
+
+def test_a_300_invalid_recipient_fails_the_message_and_marks_the_address_invalid(postmark):
+    (outcome,) = pm_provider(postmark).send([email(1, "invalid@postmark-sandbox.test")])
+    assert (outcome.kind, outcome.error_code) == ("failed", "300")
+    assert outcome.suppress == Suppress("all", "invalid_address")
+    assert "invalid@" not in (outcome.reason or "")
+
+
+@pytest.mark.parametrize("fault", ["5xx", "429"])
+def test_a_busy_postmark_is_retried_later_and_nothing_went(postmark, fault):
+    postmark.faults.add(fault)
+    outcomes = pm_provider(postmark).send([email(1, "a@example.com"), email(2, "b@example.com")])
+    assert [o.kind for o in outcomes] == ["retry", "retry"]
+    assert postmark.accepted == []
+
+
+def test_a_failed_batch_leaves_later_batches_unsent(postmark):
+    postmark.faults.add("5xx", path_prefix="/email/batch")
+    provider = pm_provider(postmark, timeout=10)
+    outcomes = provider.send([email(i, f"p{i}@example.com") for i in range(600)])
+    assert {o.kind for o in outcomes} == {"retry"}
+    assert postmark.requests == [("POST", "/email/batch")]
+
+
+def test_a_postmark_timeout_after_the_request_arrived_is_unknown_never_retried(postmark):
+    postmark.faults.add("timeout_after_receipt", delay=1.5)
+    (outcome,) = pm_provider(postmark).send([email(1, "a@example.com")])
+    assert outcome.kind == "unknown"
+    assert postmark.send_key_counts() == {"trigger:t:1:x": 1}
+
+
+def test_no_postmark_server_listening_is_a_retry():
+    provider = PostmarkProvider(
+        PostmarkSettings(
+            server_token="t", from_address="x@example.com", base_url="http://127.0.0.1:9"
+        )
+    )
+    (outcome,) = provider.send([email(1, "a@example.com")])
+    assert outcome.kind == "retry"
+
+
+def test_a_rejected_postmark_token_stops_the_run_with_what_to_fix(postmark):
+    with pytest.raises(ProviderUnavailable, match="PostmarkServer block"):
+        pm_provider(postmark, server_token="wrong").send([email(1, "a@example.com")])
+
+
+def test_postmark_reconciliation_finds_what_went_and_resends_only_what_never_arrived(postmark):
+    provider = pm_provider(postmark)
+    went, lost = email(1, "a@example.com"), email(2, "b@example.com")
+    provider.send([went])
+    long_ago = NOW - timedelta(minutes=10)
+    outcomes = provider.reconcile(
+        [as_row(went, "sending", "postmark", long_ago), as_row(lost, "sending", "postmark", long_ago),
+         as_row(lost, "sending", "postmark", NOW), as_row(lost, "unknown", "postmark", long_ago)],
+        NOW, timedelta(minutes=5),
+    )  # fmt: skip
+    assert [o.kind for o in outcomes] == ["sent", "retry", "pending", "pending"]
+    assert outcomes[0].provider_message_id == postmark.accepted[0]["MessageID"]
+
+
+def test_postmark_lists_bounces_and_suppressions_through_postmarker(postmark):
+    client = pm_provider(postmark).client
+    (bounce,) = client.bounces.all(inactive="true")
+    assert (bounce.Email, bounce.Inactive) == ("inactive@postmark-sandbox.test", True)
+    dump = client.call("GET", "/message-streams/outbound/suppressions/dump")
+    assert dump["Suppressions"][0]["EmailAddress"] == "inactive@postmark-sandbox.test"
+
+
+# -- Twilio -----------------------------------------------------------------------------------
+
+
+def test_twilio_sends_from_the_number_and_returns_the_sid(twilio):
+    (outcome,) = tw_provider(twilio).send([sms(1, "+61412345678")])
+    (received,) = twilio.accepted
+    assert outcome.kind == "sent" and outcome.provider_message_id == received["sid"]
+    assert (received["to"], received["from"], received["body"]) == (
+        "+61412345678", "+61400000000", "Reminder number 1",
+    )  # fmt: skip
+
+
+def test_twilio_can_send_through_a_messaging_service(twilio):
+    service = "MG" + "1" * 32
+    tw_provider(twilio, from_number=None, messaging_service_sid=service).send(
+        [sms(1, "+61412345678")]
+    )
+    assert twilio.accepted[0]["messaging_service_sid"] == service
+
+
+@pytest.mark.parametrize(
+    ("number", "code", "suppress"),
+    [
+        ("+15005550004", "21610", Suppress("all", "stop")),
+        ("+15005550001", "21211", Suppress("all", "invalid_address")),
+        ("+15005550009", "21614", Suppress("all", "invalid_address")),
+    ],
+)
+def test_twilio_refusals_fail_the_message_and_suppress_the_number(twilio, number, code, suppress):
+    (outcome,) = tw_provider(twilio).send([sms(1, number)])
+    assert (outcome.kind, outcome.error_code, outcome.suppress) == ("failed", code, suppress)
+    assert twilio.accepted == []
+
+
+@pytest.mark.parametrize(("fault", "code"), [("429", "20429"), ("5xx", "503")])
+def test_a_busy_twilio_is_retried_later_and_the_rest_of_the_batch_waits(twilio, fault, code):
+    twilio.faults.add(fault)
+    outcomes = tw_provider(twilio).send([sms(1, "+61412345678"), sms(2, "+61412345679")])
+    assert [o.kind for o in outcomes] == ["retry", "retry"]
+    assert outcomes[0].error_code == code
+    assert twilio.accepted == [] and len(twilio.requests) == 1
+
+
+def test_a_twilio_timeout_after_sending_is_unknown_and_not_resent(twilio):
+    twilio.faults.add("timeout_after_receipt", delay=1.5)
+    outcomes = tw_provider(twilio).send([sms(1, "+61412345678"), sms(2, "+61412345679")])
+    assert [o.kind for o in outcomes] == ["unknown", "retry"]
+    assert len(twilio.accepted) == 1
+
+
+def test_no_twilio_server_listening_is_a_retry():
+    provider = TwilioProvider(
+        TwilioSettings(
+            ACCOUNT_SID, AUTH_TOKEN, from_number="+61400000000", base_url="http://127.0.0.1:9"
+        )
+    )
+    (outcome,) = provider.send([sms(1, "+61412345678")])
+    assert outcome.kind == "retry"
+
+
+def test_wrong_twilio_credentials_stop_the_run_with_what_to_fix(twilio):
+    with pytest.raises(ProviderUnavailable, match="TwilioAccount block"):
+        tw_provider(twilio, auth_token="wrong").send([sms(1, "+61412345678")])
+
+
+def test_twilio_reconciliation_matches_number_and_body_else_asks_a_person(twilio):
+    provider = tw_provider(twilio)
+    went, lost = sms(1, "+61412345678"), sms(2, "+61412345678")
+    sending_at = NOW - timedelta(minutes=10)
+    provider.send([went])
+    outcomes = provider.reconcile(
+        [as_row(went, "sending", "twilio", sending_at), as_row(lost, "sending", "twilio", sending_at),
+         as_row(lost, "sending", "twilio", NOW)],
+        NOW, timedelta(minutes=5),
+    )  # fmt: skip
+    assert [o.kind for o in outcomes] == ["sent", "unknown", "pending"]
+    assert outcomes[0].provider_message_id == twilio.accepted[0]["sid"]
