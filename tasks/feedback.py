@@ -5,8 +5,8 @@ transaction together with its cursor (state.feedback_cursors), keyed on the prov
 so a pull killed at any moment loses nothing and counts nothing twice: the next pull re-reads
 from the old cursor and the keys drop what is already in.
 
-- **Postmark bounces** (``GET /bounces``, read one day at a time, since Postmark filters by day in
-  its own time zone and pages at most 10,000 deep). Each bounce is kept once in
+- **Postmark bounces** (``GET /bounces`` from the day before the cursor: Postmark filters by day,
+  in US Eastern time; a window too big for one query, 10,000 deep, is read day by day). Each bounce is kept once in
   ``state.email_bounces``, the one record the email marketing list counts. A hard bounce
   suppresses the address for everything; a spam complaint suppresses it (everything when it came
   from transactional mail, marketing otherwise); the fifth soft bounce since the address was last
@@ -59,8 +59,10 @@ SOFT_BOUNCE_LIMIT = 5
 FIRST_PULL_DAYS = 45
 # Re-read this much before the cursor: providers filter by whole days, Postmark in US Eastern time.
 OVERLAP = timedelta(days=1)
-# Postmark pages at most this deep into one query.
+# Postmark pages at most this deep into one bounce query; a suppression dump is read whole, and
+# one that returns this many may have been cut short (the window is then read day by day).
 POSTMARK_MAX_ITEMS = 10_000
+POSTMARK_DUMP_LIMIT = 500
 
 # Twilio's default opt-out and opt-in words (a reply that is exactly one of them).
 OPT_OUT_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
@@ -109,36 +111,39 @@ def _advance(
     )
 
 
-def _take(
+def _new_keys(
+    con: duckdb.DuckDBPyConnection, provider: str, feed: str, keys: list[str]
+) -> set[str]:
+    """Which of these provider item keys no earlier pull took."""
+    taken = con.execute(
+        "SELECT item_key FROM state.feedback_items WHERE provider = ? AND feed = ? "
+        "AND item_key IN (SELECT unnest(?::VARCHAR[]))",
+        [provider, feed, keys],
+    ).fetchall()
+    return set(keys) - {k for (k,) in taken}
+
+
+def _record_items(
     con: duckdb.DuckDBPyConnection,
     provider: str,
     feed: str,
-    item_key: str,
-    occurred_at: datetime | None,
+    items: list[tuple[str, str, datetime]],
     now: datetime,
-) -> bool:
-    """Claim an item by its provider key: False when an earlier pull already took it."""
-    return bool(
-        con.execute(
-            """
-            INSERT INTO state.feedback_items (provider, feed, item_key, outcome, occurred_at,
-                                              recorded_at)
-            VALUES (?, ?, ?, 'taken', ?, ?)
-            ON CONFLICT DO NOTHING RETURNING item_key
-            """,
-            [provider, feed, item_key, occurred_at, now],
-        ).fetchall()
-    )
-
-
-def _outcome(
-    con: duckdb.DuckDBPyConnection, provider: str, feed: str, item_key: str, outcome: str
 ) -> None:
+    """Mark items taken, with what each did: (key, outcome, occurred_at)."""
+    if not items:
+        return
+    keys, outcomes, times = (list(c) for c in zip(*items, strict=True))
     con.execute(
-        "UPDATE state.feedback_items SET outcome = ? WHERE provider = ? AND feed = ? "
-        "AND item_key = ?",
-        [outcome, provider, feed, item_key],
-    )
+        """
+        INSERT INTO state.feedback_items (provider, feed, item_key, outcome, occurred_at,
+                                          recorded_at)
+        SELECT $provider, $feed, unnest($keys::VARCHAR[]), unnest($outcomes::VARCHAR[]),
+               unnest($times::TIMESTAMPTZ[]), $now
+        """,
+        {"provider": provider, "feed": feed, "keys": keys, "outcomes": outcomes,
+         "times": times, "now": now},
+    )  # fmt: skip
 
 
 def _digest(*parts: str) -> str:
@@ -152,33 +157,76 @@ def pull_days(last: datetime | None, now: datetime) -> list[date]:
     return [start + timedelta(days=i) for i in range((now.date() - start).days + 1)]
 
 
-def _suppressed(
-    con: duckdb.DuckDBPyConnection, channel: ledger.Channel, address: str, scope: Scope
-) -> bool:
-    """Is the address already suppressed for this scope (or more)?"""
-    purpose = "transactional" if scope == "all" else "marketing"
-    return bool(ledger.suppressed_addresses(con, channel, [address], purpose))
+class Book:
+    """The suppression state of the addresses one pull touches: read once, kept current in
+    memory while the pull decides item by item, written in one statement.
 
+    The state of an address per scope is its latest row (as ledger.suppressed_addresses reads
+    it); 'all' covers 'marketing' too.
+    """
 
-def _suppress_once(
-    con: duckdb.DuckDBPyConnection,
-    *,
-    channel: ledger.Channel,
-    address: str,
-    scope: Scope,
-    reason: str,
-    source: str,
-    evidence: str,
-    occurred_at: datetime,
-) -> bool:
-    """Add a suppression unless one already covers it; True when a row was added."""
-    if _suppressed(con, channel, address, scope):
-        return False
-    ledger.add_suppression(
-        con, channel=channel, address=address, scope=scope, reason=reason, source=source,
-        evidence=evidence, occurred_at=occurred_at,
-    )  # fmt: skip
-    return True
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, channel: ledger.Channel, addresses: set[str]
+    ) -> None:
+        self.channel = channel
+        self.rows: list[tuple] = []
+        self.latest: dict[tuple[str, str], tuple[str, datetime]] = {}
+        for address, scope, action, at in con.execute(
+            """
+            SELECT address, scope, action, occurred_at FROM state.suppressions
+            WHERE channel = $channel AND address IN (SELECT unnest($addresses::VARCHAR[]))
+            QUALIFY row_number() OVER (PARTITION BY address, scope
+                                       ORDER BY occurred_at DESC, suppression_id DESC) = 1
+            """,
+            {"channel": channel, "addresses": sorted(addresses)},
+        ).fetchall():
+            self.latest[(address, scope)] = (action, at)
+
+    def suppressed(self, address: str, scope: Scope) -> bool:
+        scopes = ("all",) if scope == "all" else ("all", "marketing")
+        return any(self.latest.get((address, s), ("lift",))[0] == "suppress" for s in scopes)
+
+    def _add(self, address, action, scope, reason, source, evidence, at) -> None:
+        self.rows.append((address, action, reason, scope, source, evidence, at))
+        previous = self.latest.get((address, scope))
+        if previous is None or at >= previous[1]:
+            self.latest[(address, scope)] = (action, at)
+
+    def suppress(
+        self, address: str, scope: Scope, reason: str, source: str, evidence: str, at: datetime
+    ) -> bool:
+        """Suppress unless something already covers it; True when a row was added."""
+        if self.suppressed(address, scope):
+            return False
+        self._add(address, "suppress", scope, reason, source, evidence, at)
+        return True
+
+    def lift(self, address: str, reason: str, source: str, evidence: str, at: datetime) -> int:
+        """Lift every scope the address is suppressed in; how many."""
+        scopes = sorted(
+            s
+            for (a, s), (action, _) in self.latest.items()
+            if a == address and action == "suppress"
+        )
+        for scope in scopes:
+            self._add(address, "lift", scope, reason, source, evidence, at)
+        return len(scopes)
+
+    def write(self, con: duckdb.DuckDBPyConnection) -> None:
+        if not self.rows:
+            return
+        cols = [list(c) for c in zip(*self.rows, strict=True)]
+        con.execute(
+            """
+            INSERT INTO state.suppressions (channel, address, action, reason, scope, source,
+                                            evidence, occurred_at, recorded_at)
+            SELECT $channel, unnest($a::VARCHAR[]), unnest($b::VARCHAR[]), unnest($c::VARCHAR[]),
+                   unnest($d::VARCHAR[]), unnest($e::VARCHAR[]), unnest($f::VARCHAR[]),
+                   unnest($g::TIMESTAMPTZ[]), now()
+            """,
+            {"channel": self.channel, **dict(zip("abcdefg", cols, strict=True))},
+        )
+        self.rows = []
 
 
 def _parse_time(value: Any) -> datetime:
@@ -200,25 +248,33 @@ class PostmarkStreams:
         return "all" if stream == self.transactional else "marketing"
 
 
-def _by_day(fetch, days: list[date], what: str) -> list[dict]:
-    """Call ``fetch(day)`` for each day; a provider error means nothing of this feed is recorded."""
+def _read_window(fetch, days: list[date], limit: int, what: str) -> list[dict]:
+    """``fetch(first_day, last_day)`` for the whole window, or day by day when the window holds
+    as many items as one query returns (``limit``: it may have been cut short). A provider error
+    means nothing of this feed is recorded this time."""
     import requests
     from postmarker.exceptions import ClientError
 
-    items: list[dict] = []
-    for day in days:
+    def read(first: date, last: date) -> list[dict]:
         try:
-            found = fetch(day.isoformat())
+            return fetch(first.isoformat(), last.isoformat())
         except (ClientError, requests.RequestException, KeyError, ValueError) as exc:
+            code = f": {exc.error_code}" if isinstance(exc, ClientError) else ""
             raise FeedbackUnavailable(
-                f"Postmark {what} could not be read ({type(exc).__name__}"
-                f"{': ' + str(exc.error_code) if isinstance(exc, ClientError) else ''}); "
-                "nothing from it was recorded, the next pull tries again."
+                f"Postmark {what} could not be read ({type(exc).__name__}{code}); nothing from "
+                "it was recorded, the next pull tries again."
             ) from None
-        if len(found) >= POSTMARK_MAX_ITEMS:
+
+    items = read(days[0], days[-1])
+    if len(items) < limit or len(days) == 1:
+        return items
+    items = []
+    for day in days:
+        found = read(day, day)
+        if len(found) >= limit:
             raise FeedbackUnavailable(
-                f"Postmark {what}: {day} has {POSTMARK_MAX_ITEMS}+ items, more than one query "
-                "can page through; read that day from Postmark's UI and import it."
+                f"Postmark {what}: {day} alone has {limit} or more items, more than one query "
+                "returns; export that day from Postmark and import it."
             )
         items.extend(found)
     return items
@@ -229,80 +285,85 @@ def pull_postmark_bounces(
 ) -> Counter:
     """New bounces into state.email_bounces, with the suppressions they call for."""
     days = pull_days(cursor(con, "postmark", "bounces"), now)
-    bounces = _by_day(
-        lambda day: [b.as_dict() for b in client.bounces.all(count=None, fromdate=day, todate=day)],
+    bounces = _read_window(
+        lambda first, last: [
+            b.as_dict()
+            for b in client.bounces.all(count=POSTMARK_MAX_ITEMS, fromdate=first, todate=last)
+        ],
         days,
+        POSTMARK_MAX_ITEMS,
         "bounces",
     )
     bounces.sort(key=lambda b: (_parse_time(b["BouncedAt"]), int(b["ID"])))
-    counts: Counter = Counter()
+    known = {
+        k
+        for (k,) in con.execute(
+            "SELECT bounce_id FROM state.email_bounces WHERE bounce_id IN "
+            "(SELECT unnest(?::VARCHAR[]))",
+            [[str(b["ID"]) for b in bounces]],
+        ).fetchall()
+    }
+    new = [b for b in bounces if str(b["ID"]) not in known]
+    counts: Counter = Counter(f"bounces_{BOUNCE_KINDS.get(b['Type'], 'other')}" for b in new)
     with transaction(con):
-        new_soft: set[str] = set()
-        newest = None
-        for b in bounces:
-            at = _parse_time(b["BouncedAt"])
-            newest = max(newest or at, at)
-            email = ledger.normalise_address("email", b["Email"])
-            bounce_id, kind = str(b["ID"]), BOUNCE_KINDS.get(b["Type"], "other")
-            added = con.execute(
-                "INSERT INTO state.email_bounces VALUES (?, ?, ?, ?, 'postmark') "
-                "ON CONFLICT DO NOTHING RETURNING bounce_id",
-                [bounce_id, email, kind, at],
-            ).fetchall()
-            if not added:
-                continue
+        if new:
+            rows = [
+                (str(b["ID"]), ledger.normalise_address("email", b["Email"]),
+                 BOUNCE_KINDS.get(b["Type"], "other"), _parse_time(b["BouncedAt"]),
+                 b.get("MessageID"), b.get("MessageStream"), b["Type"])
+                for b in new
+            ]  # fmt: skip
+            cols = dict(zip("abcdefg", ([list(c) for c in zip(*rows, strict=True)]), strict=True))
             con.execute(
-                "INSERT INTO state.email_bounce_messages VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [bounce_id, b.get("MessageID"), b.get("MessageStream"), b["Type"]],
+                "INSERT INTO state.email_bounces SELECT unnest($a::VARCHAR[]), "
+                "unnest($b::VARCHAR[]), unnest($c::VARCHAR[]), unnest($d::TIMESTAMPTZ[]), "
+                "'postmark'",
+                {k: cols[k] for k in "abcd"},
             )
-            counts[f"bounces_{kind}"] += 1
-            stream = b.get("MessageStream")
-            evidence = f"postmark bounce {bounce_id} ({b['Type']}, stream {stream})"
-            if kind == "hard":
-                reason, scope = "hard_bounce", "all"
-            elif kind == "spam_complaint":
-                reason, scope = "spam_complaint", streams.scope(stream)
-            else:
-                if kind == "soft":
-                    new_soft.add(email)
-                continue
-            if _suppress_once(
-                con, channel="email", address=email, scope=scope, reason=reason,
-                source="postmark", evidence=evidence, occurred_at=at,
-            ):  # fmt: skip
-                counts[f"suppressed_{reason}"] += 1
-        counts["suppressed_soft_bounce_limit"] += _soft_bounce_limits(con, sorted(new_soft))
-        _advance(con, "postmark", "bounces", newest, sum(
-            n for k, n in counts.items() if k.startswith("bounces_")
-        ), now)  # fmt: skip
+            con.execute(
+                "INSERT INTO state.email_bounce_messages SELECT unnest($a::VARCHAR[]), "
+                "unnest($e::VARCHAR[]), unnest($f::VARCHAR[]), unnest($g::VARCHAR[])",
+                {k: cols[k] for k in "aefg"},
+            )
+            book = Book(con, "email", set(cols["b"]))
+            for bounce_id, email, kind, at, _, stream, type_ in rows:
+                if kind == "hard":
+                    reason, scope = "hard_bounce", "all"
+                elif kind == "spam_complaint":
+                    reason, scope = "spam_complaint", streams.scope(stream)
+                else:
+                    continue
+                evidence = f"postmark bounce {bounce_id} ({type_}, stream {stream})"
+                if book.suppress(email, scope, reason, "postmark", evidence, at):
+                    counts[f"suppressed_{reason}"] += 1
+            soft = sorted({email for _, email, kind, *_ in rows if kind == "soft"})
+            counts["suppressed_soft_bounce_limit"] += _soft_bounce_limits(con, book, soft)
+            book.write(con)
+        newest = max((_parse_time(b["BouncedAt"]) for b in bounces), default=None)
+        _advance(con, "postmark", "bounces", newest, len(new), now)
     return +counts
 
 
-def _soft_bounce_limits(con: duckdb.DuckDBPyConnection, emails: list[str]) -> int:
+def _soft_bounce_limits(con: duckdb.DuckDBPyConnection, book: Book, emails: list[str]) -> int:
     """Suppress (marketing) the addresses whose soft bounces since their last lift reached the
     limit, evidenced by the bounce that reached it."""
     if not emails:
         return 0
     reached = con.execute(
         """
-        SELECT c.email, c.soft_bounces,
-               (SELECT arg_max(b.bounce_id, b.bounced_at) FROM state.email_bounces b
-                WHERE b.email = c.email AND b.kind = 'soft') AS last_id,
-               (SELECT max(b.bounced_at) FROM state.email_bounces b
-                WHERE b.email = c.email AND b.kind = 'soft') AS last_at
+        SELECT c.email, c.soft_bounces, arg_max(b.bounce_id, b.bounced_at), max(b.bounced_at)
         FROM state.email_bounce_counts c
+        JOIN state.email_bounces b ON b.email = c.email AND b.kind = 'soft'
         WHERE c.email IN (SELECT unnest($emails::VARCHAR[])) AND c.soft_bounces >= $limit
+        GROUP BY ALL
         """,
         {"emails": emails, "limit": SOFT_BOUNCE_LIMIT},
     ).fetchall()
-    added = 0
-    for email, n, last_id, last_at in reached:
-        added += _suppress_once(
-            con, channel="email", address=email, scope="marketing", reason="soft_bounce_limit",
-            source="postmark", evidence=f"postmark: {n} soft bounces, the last bounce {last_id}",
-            occurred_at=last_at,
-        )  # fmt: skip
-    return added
+    return sum(
+        book.suppress(email, "marketing", "soft_bounce_limit", "postmark",
+                      f"postmark: {n} soft bounces, the last bounce {last_id}", last_at)
+        for email, n, last_id, last_at in reached
+    )  # fmt: skip
 
 
 def pull_postmark_suppressions(
@@ -312,38 +373,40 @@ def pull_postmark_suppressions(
     feed = f"suppressions:{stream}"
     days = pull_days(cursor(con, "postmark", feed), now)
     path = f"/message-streams/{stream}/suppressions/dump"
-    entries = _by_day(
-        lambda day: client.call("GET", path, fromdate=day, todate=day).get("Suppressions") or [],
+    entries = _read_window(
+        lambda first, last: (
+            client.call("GET", path, fromdate=first, todate=last).get("Suppressions") or []
+        ),
         days,
+        POSTMARK_DUMP_LIMIT,
         f"suppressions of stream {stream!r}",
     )
     entries.sort(key=lambda s: _parse_time(s["CreatedAt"]))
+    for entry in entries:
+        entry["_email"] = ledger.normalise_address("email", entry["EmailAddress"])
+        entry["_key"] = _digest(stream, entry["_email"], entry["CreatedAt"])
+    fresh = _new_keys(con, "postmark", feed, [e["_key"] for e in entries])
+    new = list({e["_key"]: e for e in entries if e["_key"] in fresh}.values())
     scope = streams.scope(stream)
     counts: Counter = Counter()
     with transaction(con):
-        newest, taken = None, 0
-        for s in entries:
-            at = _parse_time(s["CreatedAt"])
-            newest = max(newest or at, at)
-            email = ledger.normalise_address("email", s["EmailAddress"])
-            key = _digest(stream, email, s["CreatedAt"])
-            if not _take(con, "postmark", feed, key, at, now):
-                continue
-            taken += 1
-            reason = DUMP_REASONS.get(s.get("SuppressionReason"))
+        book = Book(con, "email", {e["_email"] for e in new})
+        items = []
+        for e in new:
+            at = _parse_time(e["CreatedAt"])
+            reason = DUMP_REASONS.get(e.get("SuppressionReason"))
             if reason is None:  # ManualSuppression: the recipient's own unsubscribe, or ours
-                reason = "unsubscribed" if s.get("Origin") == "Recipient" else "manual"
+                reason = "unsubscribed" if e.get("Origin") == "Recipient" else "manual"
+            evidence = (f"postmark suppression on stream {stream} ({e.get('SuppressionReason')}, "
+                        f"origin {e.get('Origin')})")  # fmt: skip
             this_scope: Scope = "all" if reason == "hard_bounce" else scope
-            added = _suppress_once(
-                con, channel="email", address=email, scope=this_scope, reason=reason,
-                source="postmark",
-                evidence=f"postmark suppression on stream {stream} ({s.get('SuppressionReason')}, "
-                f"origin {s.get('Origin')})",
-                occurred_at=at,
-            )  # fmt: skip
-            _outcome(con, "postmark", feed, key, "suppress" if added else "already")
+            added = book.suppress(e["_email"], this_scope, reason, "postmark", evidence, at)
+            items.append((e["_key"], "suppress" if added else "already", at))
             counts[f"suppressed_{reason}" if added else "already_suppressed"] += 1
-        _advance(con, "postmark", feed, newest, taken, now)
+        book.write(con)
+        _record_items(con, "postmark", feed, items, now)
+        newest = max((_parse_time(e["CreatedAt"]) for e in entries), default=None)
+        _advance(con, "postmark", feed, newest, len(new), now)
     return +counts
 
 
@@ -386,34 +449,35 @@ def pull_twilio_replies(
             "was recorded, the next pull tries again."
         ) from None
     messages.sort(key=lambda m: (m.date_sent or m.date_created, m.sid))
+    fresh = _new_keys(con, "twilio", "inbound", [m.sid for m in messages])
+    new = [m for m in messages if m.sid in fresh]
     counts: Counter = Counter()
     with transaction(con):
-        newest, taken = None, 0
-        for m in messages:
+        book = Book(con, "sms", {ledger.normalise_address("sms", m.from_ or "") for m in new})
+        items = []
+        for m in new:
             at = m.date_sent or m.date_created
-            newest = max(newest or at, at)
-            if not _take(con, "twilio", "inbound", m.sid, at, now):
-                continue
-            taken += 1
             keyword = reply_keyword(m.body)
             phone = ledger.normalise_address("sms", m.from_ or "")
+            evidence = f"twilio inbound {m.sid}"
             if keyword is None or not phone:
-                _outcome(con, "twilio", "inbound", m.sid, "ignored")
-                counts["replies_other"] += 1
-                continue
-            if keyword == "stop":
-                added = _suppress_once(
-                    con, channel="sms", address=phone, scope="all", reason="stop",
-                    source="twilio", evidence=f"twilio inbound {m.sid}", occurred_at=at,
-                )  # fmt: skip
-                _outcome(con, "twilio", "inbound", m.sid, "suppress" if added else "already")
-                counts["sms_stop" if added else "sms_stop_already"] += 1
+                outcome, counted = "ignored", "replies_other"
+            elif keyword == "stop":
+                added = book.suppress(phone, "all", "stop", "twilio", evidence, at)
+                outcome, counted = (
+                    ("suppress", "sms_stop") if added else ("already", "sms_stop_already")
+                )
             else:
-                lifted = lift(con, "sms", phone, reason="opt_in", source="twilio",
-                              evidence=f"twilio inbound {m.sid}", occurred_at=at)  # fmt: skip
-                _outcome(con, "twilio", "inbound", m.sid, "lift" if lifted else "ignored")
-                counts["sms_start" if lifted else "sms_start_not_suppressed"] += 1
-        _advance(con, "twilio", "inbound", newest, taken, now)
+                lifted = book.lift(phone, "opt_in", "twilio", evidence, at)
+                outcome, counted = (
+                    ("lift", "sms_start") if lifted else ("ignored", "sms_start_not_suppressed")
+                )
+            items.append((m.sid, outcome, at))
+            counts[counted] += 1
+        book.write(con)
+        _record_items(con, "twilio", "inbound", items, now)
+        newest = max((m.date_sent or m.date_created for m in messages), default=None)
+        _advance(con, "twilio", "inbound", newest, len(new), now)
     return +counts
 
 
@@ -427,30 +491,12 @@ def lift(
     evidence: str,
     occurred_at: datetime,
 ) -> int:
-    """Add a 'lift' row for every scope the address is currently suppressed in; how many."""
+    """Lift every scope the address is currently suppressed in (a fresh opt-in); how many."""
     address = ledger.normalise_address(channel, address)
-    scopes = [
-        scope
-        for (scope,) in con.execute(
-            """
-            SELECT scope FROM state.suppressions WHERE channel = ? AND address = ?
-            QUALIFY row_number() OVER (PARTITION BY scope
-                                       ORDER BY occurred_at DESC, suppression_id DESC) = 1
-                AND action = 'suppress'
-            """,
-            [channel, address],
-        ).fetchall()
-    ]
-    for scope in scopes:
-        con.execute(
-            """
-            INSERT INTO state.suppressions (channel, address, action, reason, scope, source,
-                                            evidence, occurred_at, recorded_at)
-            VALUES (?, ?, 'lift', ?, ?, ?, ?, ?, ?)
-            """,
-            [channel, address, reason, scope, source, evidence, occurred_at, occurred_at],
-        )
-    return len(scopes)
+    book = Book(con, channel, {address})
+    lifted = book.lift(address, reason, source, evidence, occurred_at)
+    book.write(con)
+    return lifted
 
 
 # --- unsubscribe clicks ------------------------------------------------------------------------
@@ -507,48 +553,47 @@ def drain_unsubscribes(con: duckdb.DuckDBPyConnection, inbox: Path, now: datetim
                 counts["clicks_unreadable"] += 1  # a line cut short by a crash mid-write
         if not clicks:
             return counts
+        fresh = _new_keys(con, "unsubscribe_link", "clicks", [c["click"] for c in clicks])
+        new = [c for c in clicks if c["click"] in fresh]
         with transaction(con):
-            newest, taken = None, 0
-            for click in clicks:
+            addresses = _message_addresses(con, new)
+            books = {ch: Book(con, ch, {a for (_, c), a in addresses.items() if c == ch})
+                     for ch in ("email", "sms")}  # fmt: skip
+            items = []
+            for click in new:
                 at = _parse_time(click["at"])
-                newest = max(newest or at, at)
-                if not _take(con, "unsubscribe_link", "clicks", click["click"], at, now):
-                    continue
-                taken += 1
-                outcome = record_unsubscribe(
-                    con, click["patient_id"], click["message_id"], click["channel"], at,
-                    evidence=f"unsubscribe link, message {click['message_id']}",
-                )  # fmt: skip
-                _outcome(con, "unsubscribe_link", "clicks", click["click"], outcome)
+                address = addresses.get((click["message_id"], click["channel"]))
+                if address is None or address[0] != click["patient_id"]:
+                    outcome = "unmatched"  # no such message for that patient: nothing to do
+                else:
+                    added = books[click["channel"]].suppress(
+                        address[1], "marketing", "unsubscribed", "unsubscribe_link",
+                        f"unsubscribe link, message {click['message_id']}", at,
+                    )  # fmt: skip
+                    outcome = "suppress" if added else "already"
+                items.append((click["click"], outcome, at))
                 counts[f"unsubscribe_{outcome}"] += 1
-            _advance(con, "unsubscribe_link", "clicks", newest, taken, now)
+            for book in books.values():
+                book.write(con)
+            _record_items(con, "unsubscribe_link", "clicks", items, now)
+            newest = max((_parse_time(c["at"]) for c in clicks), default=None)
+            _advance(con, "unsubscribe_link", "clicks", newest, len(new), now)
         os.truncate(inbox, 0)
     return +counts
 
 
-def record_unsubscribe(
-    con: duckdb.DuckDBPyConnection,
-    patient_id: int,
-    message_id: int,
-    channel: str,
-    at: datetime,
-    *,
-    evidence: str,
-) -> str:
-    """Suppress (marketing) the address the message went to: 'suppress', 'already' or
-    'unmatched' (no such message for that patient: nothing to suppress)."""
-    row = con.execute(
-        "SELECT to_address FROM state.messages WHERE message_id = ? AND patient_id = ? "
-        "AND channel = ? AND to_address IS NOT NULL",
-        [message_id, patient_id, channel],
-    ).fetchone()
-    if row is None:
-        return "unmatched"
-    added = _suppress_once(
-        con, channel=channel, address=row[0], scope="marketing", reason="unsubscribed",
-        source="unsubscribe_link", evidence=evidence, occurred_at=at,
-    )  # fmt: skip
-    return "suppress" if added else "already"
+def _message_addresses(
+    con: duckdb.DuckDBPyConnection, clicks: list[dict]
+) -> dict[tuple[int, str], tuple[int, str]]:
+    """(message id, channel) -> (patient id, the address it went to), from the ledger."""
+    if not clicks:
+        return {}
+    rows = con.execute(
+        "SELECT message_id, channel, patient_id, to_address FROM state.messages "
+        "WHERE message_id IN (SELECT unnest(?::BIGINT[])) AND to_address IS NOT NULL",
+        [sorted({int(c["message_id"]) for c in clicks})],
+    ).fetchall()
+    return {(m, ch): (p, ledger.normalise_address(ch, a)) for m, ch, p, a in rows}
 
 
 # --- CSV import --------------------------------------------------------------------------------
@@ -637,13 +682,12 @@ def import_unsubscribes(
             "the valid ones with --skip-invalid."
         )
     with transaction(con):
+        book = Book(con, "email", {email for _, email in valid})
         for line, email in valid:
-            added = _suppress_once(
-                con, channel="email", address=email, scope="marketing", reason="unsubscribed",
-                source="csv_import", evidence=f"{path.name} line {line}", occurred_at=now,
-            )  # fmt: skip
-            if added:
+            if book.suppress(email, "marketing", "unsubscribed", "csv_import",
+                             f"{path.name} line {line}", now):  # fmt: skip
                 result.imported += 1
             else:
                 result.already += 1
+        book.write(con)
     return result

@@ -238,18 +238,15 @@ def test_a_file_without_an_email_column_is_refused_with_what_to_name_it(con, tmp
         feedback.import_unsubscribes(con, path, NOW)
 
 
-def test_an_import_that_fails_halfway_writes_nothing(con, tmp_path, monkeypatch):
+def test_an_import_that_fails_before_its_commit_writes_nothing(con, tmp_path, monkeypatch):
     path = write_csv(tmp_path, MAILCHIMP)
-    calls = []
+    real = feedback.Book.write
 
-    def failing_second_insert(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("disk full")
-        return real(*args, **kwargs)
+    def written_then_killed(book, con):
+        real(book, con)
+        raise KeyboardInterrupt
 
-    real = ledger.add_suppression
-    monkeypatch.setattr(ledger, "add_suppression", failing_second_insert)
-    with pytest.raises(RuntimeError):
+    monkeypatch.setattr(feedback.Book, "write", written_then_killed)
+    with pytest.raises(KeyboardInterrupt):
         feedback.import_unsubscribes(con, path, NOW)
     assert suppression_rows(con) == []
