@@ -19,7 +19,7 @@ import math
 import random
 import threading
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -64,6 +64,7 @@ CHANGE_RATES = {
     "merges": 0.15,
     "hard_deletes": 0.3,
 }
+CANCEL_NOTES = (None, "Called the clinic", "Cancelled online", "Left a voicemail")
 REMINDER_TYPES = (("SMS & Email", 55), ("SMS", 20), ("Email", 15), ("None", 10))
 
 
@@ -487,22 +488,27 @@ class _Generator:
         else:
             business = home
             prac = c.catalogue.practitioner(rng, business, type_.category, starts)
-        appt, att = book_individual(
-            c,
-            rng,
-            p,
-            type_,
-            starts,
-            booked,
-            business,
-            prac.id,
-            online=not tag and rng.random() < 0.3,
-        )
+        outcome, reminders = records.Outcome(updated=booked), (False, False)
         if not tag:
-            settle_history(c, rng, appt, att, self.now, p)
+            outcome = history_outcome(
+                rng, booked, starts, starts + type_.minutes * MINUTE, self.now
+            )
+            if outcome.arrived is not None:  # reminders went out before a marked visit
+                kind = p["reminder_type"]
+                reminders = ("Email" in kind, "SMS" in kind)
+        online = not tag and rng.random() < 0.3
+        appt, att = book_individual(
+            c, rng, p, type_, starts, booked, business, prac.id, online, outcome, reminders
+        )
         # Final from here on: keep the served bytes, not the dicts (memory at 300,000 rows).
-        self.out["individual_appointments"].append(Row(appt))
-        self.out["attendees"].append(Row(att))
+        times = {
+            "created": booked,
+            "updated": outcome.updated,
+            "archived": outcome.archived,
+            "cancelled": outcome.cancelled,
+        }
+        self.out["individual_appointments"].append(Row.of(appt, starts=starts, **times))
+        self.out["attendees"].append(Row.of(att, **times))
 
     def _attend_class(self, p: dict, business: Business, around: int) -> None:
         rng, c = self.rng, self.c
@@ -703,6 +709,8 @@ def book_individual(
     business: int,
     practitioner: int,
     online: bool,
+    outcome: records.Outcome | None = None,
+    reminders: tuple[bool, bool] = (False, False),
 ) -> tuple[dict, dict]:
     """A new individual appointment and its attendee row (Cliniko lists both)."""
     pid = int(p["id"])
@@ -718,54 +726,57 @@ def book_individual(
         business_id=business,
         type_id=type_.id,
         online=online,
+        outcome=outcome,
+        reminders=reminders,
     )
     att_id = c.new_id(booked)
-    att = records.attendee(id=att_id, created=booked, booking_id=aid, patient_id=pid, online=online)
+    att = records.attendee(
+        id=att_id, created=booked, booking_id=aid, patient_id=pid, online=online, outcome=outcome
+    )
     c.relate(c._appointments_of, pid, aid)
     c.relate(c._attendances_of, pid, att_id)
     c.relate(c._attendees_at, aid, att_id)
     return appt, att
 
 
-def settle_history(
-    c: SandboxClinic, rng: random.Random, appt: dict, att: dict, now: int, p: dict
-) -> None:
-    """Give a generated appointment the outcome it would have by ``now``."""
-    starts, created = parse_int(appt["starts_at"]), parse_int(appt["created_at"])
-    ends = parse_int(appt["ends_at"])
+def history_outcome(
+    rng: random.Random, created: int, starts: int, ends: int, now: int
+) -> records.Outcome:
+    """The outcome a generated appointment has by ``now``: most past visits attended, some
+    missed, cancelled (a few then archived) or never marked; a few future ones cancelled."""
     roll = rng.random()
-    updated = created
     if starts > now:
         if roll < 0.07:
-            updated = cancel(appt, att, rng, rng.randint(created, now))
-    elif roll < 0.10:
-        updated = cancel(appt, att, rng, rng.randint(created, max(created, min(starts, now))))
+            return _cancelled(rng, rng.randint(created, now))
+        return records.Outcome(updated=created)
+    if roll < 0.10:
+        cancelled = _cancelled(rng, rng.randint(created, max(created, min(starts, now))))
         if rng.random() < 0.15:
-            updated = archive(appt, att, min(now, updated + rng.randint(0, 30 * DAY)))
-    elif roll < 0.82:
-        updated = min(now, ends + rng.randint(0, 4 * 3600))
-        appt["patient_arrived"] = att["arrived"] = True
-        reminders_sent(appt, p)
-    elif roll < 0.87:
-        updated = min(now, ends + rng.randint(0, 2 * DAY))
-        appt["did_not_arrive"] = True
-        att["arrived"] = False
-        reminders_sent(appt, p)
-    elif roll < 0.89:
-        updated = archive(appt, att, min(now, starts + rng.randint(0, 30 * DAY)))
-    # else: never marked (many clinics do not mark arrivals)
-    appt["updated_at"] = att["updated_at"] = fmt_ts(max(updated, created))
+            archived = min(now, cancelled.updated + rng.randint(0, 30 * DAY))
+            return replace(cancelled, archived=archived, updated=archived)
+        return cancelled
+    if roll < 0.82:
+        return records.Outcome(
+            updated=max(created, min(now, ends + rng.randint(0, 4 * 3600))), arrived=True
+        )
+    if roll < 0.87:
+        return records.Outcome(
+            updated=max(created, min(now, ends + rng.randint(0, 2 * DAY))), arrived=False
+        )
+    if roll < 0.89:
+        archived = max(created, min(now, starts + rng.randint(0, 30 * DAY)))
+        return records.Outcome(updated=archived, archived=archived)
+    return records.Outcome(updated=created)  # never marked (many clinics do not mark arrivals)
 
 
-def reminders_sent(appt: dict, p: dict) -> None:
-    kind = p["reminder_type"]
-    appt["email_reminder_sent"] = "Email" in kind
-    appt["sms_reminder_sent"] = "SMS" in kind
+def _cancelled(rng: random.Random, at: int) -> records.Outcome:
+    reason = rng.choice(tuple(records.CANCELLATION_REASONS))
+    return records.Outcome(updated=at, cancelled=at, reason=reason, note=rng.choice(CANCEL_NOTES))
 
 
 def cancel(appt: dict, att: dict | None, rng: random.Random, at: int) -> int:
     reason = rng.choice(tuple(records.CANCELLATION_REASONS))
-    note = rng.choice((None, "Called the clinic", "Cancelled online", "Left a voicemail"))
+    note = rng.choice(CANCEL_NOTES)
     for rec in (appt, att) if att is not None else (appt,):
         rec["cancelled_at"] = fmt_ts(at)
         rec["cancellation_reason"] = reason

@@ -9,6 +9,8 @@ patients (as in the patients example) and ``null`` elsewhere. All people are fak
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sandbox.cliniko.store import fmt_ts, link
 
 CANCELLATION_REASONS = {
@@ -182,6 +184,19 @@ STREETS = [
     "Hill",
     "Bridge",
 ]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Where a booking stands: when it last changed, and whether it was cancelled, archived,
+    attended (True), missed (False) or not marked (None)."""
+
+    updated: int
+    cancelled: int | None = None
+    reason: int | None = None
+    note: str | None = None
+    archived: int | None = None
+    arrived: bool | None = None
 
 
 def _ts(value: int | None, empty: object = None) -> object:
@@ -450,34 +465,37 @@ def individual_appointment(
     business_id: int,
     type_id: int,
     online: bool,
+    outcome: Outcome | None = None,
+    reminders: tuple[bool, bool] = (False, False),  # (email sent, SMS sent)
 ) -> dict:
+    o = outcome or Outcome(updated=created)
     return {
         "id": str(id),
         "created_at": fmt_ts(created),
-        "updated_at": fmt_ts(created),
-        "archived_at": None,
+        "updated_at": fmt_ts(o.updated),
+        "archived_at": _ts(o.archived),
         "booking_ip_address": f"203.0.113.{id % 250 + 1}" if online else None,
-        "cancellation_note": None,
-        "cancellation_reason": None,
-        "cancellation_reason_description": "",
+        "cancellation_note": o.note,
+        "cancellation_reason": o.reason,
+        "cancellation_reason_description": CANCELLATION_REASONS.get(o.reason, ""),
         "conflicts": link(f"individual_appointments/{id}/conflicts"),
-        "did_not_arrive": False,
-        "email_reminder_sent": False,
+        "did_not_arrive": o.arrived is False,
+        "email_reminder_sent": reminders[0],
         "invoice_status": None,
         "notes": None,
         "online_booking_policy_accepted": True if online else None,
-        "patient_arrived": False,
+        "patient_arrived": o.arrived is True,
         "patient_name": patient_name,
         "repeat_rule": {},
         "repeats": None,
         "repeated_from": None,
-        "sms_reminder_sent": False,
+        "sms_reminder_sent": reminders[1],
         "telehealth_url": f"https://sandbox.cliniko.test/telehealth/{id}",
         "treatment_note_status": None,
         "deleted_at": None,
         "starts_at": fmt_ts(starts),
         "ends_at": fmt_ts(starts + minutes * 60),
-        "cancelled_at": None,
+        "cancelled_at": _ts(o.cancelled),
         "appointment_type": link(f"appointment_types/{type_id}"),
         "business": link(f"businesses/{business_id}"),
         "practitioner": link(f"practitioners/{practitioner_id}"),
@@ -521,17 +539,26 @@ def group_appointment(
     }
 
 
-def attendee(*, id: int, created: int, booking_id: int, patient_id: int, online: bool) -> dict:
+def attendee(
+    *,
+    id: int,
+    created: int,
+    booking_id: int,
+    patient_id: int,
+    online: bool,
+    outcome: Outcome | None = None,
+) -> dict:
+    o = outcome or Outcome(updated=created)
     return {
         "id": str(id),
         "created_at": fmt_ts(created),
-        "updated_at": fmt_ts(created),
-        "archived_at": None,
-        "arrived": None,
+        "updated_at": fmt_ts(o.updated),
+        "archived_at": _ts(o.archived),
+        "arrived": o.arrived,
         "booking_ip_address": f"198.51.100.{id % 250 + 1}" if online else None,
-        "cancellation_note": None,
-        "cancellation_reason": None,
-        "cancellation_reason_description": "",
+        "cancellation_note": o.note,
+        "cancellation_reason": o.reason,
+        "cancellation_reason_description": CANCELLATION_REASONS.get(o.reason, ""),
         "email_reminder_sent": False,
         "invoice_status": None,
         "notes": None,
@@ -541,7 +568,7 @@ def attendee(*, id: int, created: int, booking_id: int, patient_id: int, online:
         "sms_reminder_sent": False,
         "treatment_note_status": None,
         "deleted_at": None,
-        "cancelled_at": None,
+        "cancelled_at": _ts(o.cancelled),
         "booking": link(f"bookings/{booking_id}"),
         "patient": link(f"patients/{patient_id}"),
         "invoices": link(f"attendees/{id}/invoices"),

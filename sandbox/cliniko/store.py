@@ -102,6 +102,24 @@ class Row:
         self.cancelled_at = parse_ts(rec.get("cancelled_at"))
         self.starts_at = parse_ts(rec.get("starts_at"))
 
+    @classmethod
+    def of(
+        cls,
+        rec: dict,
+        *,
+        created: int,
+        updated: int,
+        archived: int | None = None,
+        cancelled: int | None = None,
+        starts: int | None = None,
+    ) -> Row:
+        """A row whose timestamps the caller already knows (bulk generation skips parsing)."""
+        row = cls.__new__(cls)
+        row.id, row.body = int(rec["id"]), dump(rec)
+        row.created_at, row.updated_at = created, updated
+        row.archived_at, row.cancelled_at, row.starts_at = archived, cancelled, starts
+        return row
+
     def record(self) -> dict:
         return orjson.loads(self.body)
 
