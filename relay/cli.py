@@ -118,8 +118,9 @@ def demo_command(
     patients: int = typer.Option(500, help="Size of the generated sandbox clinic."),
     seed: int = typer.Option(1, help="Seed of the generated clinic (same seed, same clinic)."),
 ) -> None:
-    """The whole pipeline against the built-in Cliniko sandbox: no accounts, nothing leaves this
-    machine. Starts from a fresh demo database each time."""
+    """The whole pipeline against the built-in Cliniko sandbox (no accounts needed).
+
+    Nothing leaves this machine; the demo database starts afresh each time."""
     import os
     from datetime import UTC, datetime, timedelta
 
@@ -152,7 +153,7 @@ def demo_command(
         _print_sync(cliniko_sync(clinic="demo"))
 
         changes = clinic.advance(timedelta(minutes=5))
-        happened = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in changes.items() if n)
+        happened = ", ".join(f"{kind.replace('_', ' ')} {n}" for kind, n in changes.items() if n)
         typer.secho("3. Five minutes later in the clinic: " + (happened or "nothing"), bold=True)
 
         typer.secho("4. Incremental sync (only what changed)", bold=True)
