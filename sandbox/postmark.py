@@ -36,8 +36,8 @@ from starlette.routing import Route
 
 from sandbox.server import Faults, ThreadedServer, after, before
 
-INACTIVE = frozenset({"inactive@postmark-sandbox.test"})
-INVALID = frozenset({"invalid@postmark-sandbox.test"})
+INACTIVE = frozenset({"inactive@sandbox.example.com"})
+INVALID = frozenset({"invalid@sandbox.example.com"})
 
 
 def _error(code: int, message: str, status: int = 422) -> JSONResponse:

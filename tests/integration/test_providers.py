@@ -111,8 +111,8 @@ def test_postmark_batches_hold_at_most_500_messages(postmark):
 def test_a_406_from_postmark_fails_the_message_and_suppresses_the_address(postmark):
     outcomes = pm_provider(postmark).send(
         [
-            email(1, "inactive@postmark-sandbox.test"),
-            email(2, "inactive@postmark-sandbox.test", marketing=True),
+            email(1, "inactive@sandbox.example.com"),
+            email(2, "inactive@sandbox.example.com", marketing=True),
             email(3, "fine@example.com"),
         ]
     )
@@ -124,7 +124,7 @@ def test_a_406_from_postmark_fails_the_message_and_suppresses_the_address(postma
 
 
 def test_a_300_invalid_recipient_fails_the_message_and_marks_the_address_invalid(postmark):
-    (outcome,) = pm_provider(postmark).send([email(1, "invalid@postmark-sandbox.test")])
+    (outcome,) = pm_provider(postmark).send([email(1, "invalid@sandbox.example.com")])
     assert (outcome.kind, outcome.error_code) == ("failed", "300")
     assert outcome.suppress == Suppress("all", "invalid_address")
     assert "invalid@" not in (outcome.reason or "")
@@ -185,9 +185,9 @@ def test_postmark_reconciliation_finds_what_went_and_resends_only_what_never_arr
 def test_postmark_lists_bounces_and_suppressions_through_postmarker(postmark):
     client = pm_provider(postmark).client
     (bounce,) = client.bounces.all(inactive="true")
-    assert (bounce.Email, bounce.Inactive) == ("inactive@postmark-sandbox.test", True)
+    assert (bounce.Email, bounce.Inactive) == ("inactive@sandbox.example.com", True)
     dump = client.call("GET", "/message-streams/outbound/suppressions/dump")
-    assert dump["Suppressions"][0]["EmailAddress"] == "inactive@postmark-sandbox.test"
+    assert dump["Suppressions"][0]["EmailAddress"] == "inactive@sandbox.example.com"
 
 
 # -- Twilio -----------------------------------------------------------------------------------

@@ -1,0 +1,213 @@
+"""Dispatch end to end: a real DuckDB file, the sandboxes over HTTP, the real client libraries.
+
+Every provider answer ends in the ledger state it should, with suppressions where the address is
+dead or opted out, and nothing is sent twice across reruns.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sandbox.postmark import PostmarkSandbox
+from sandbox.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioSandbox
+from tasks import ledger
+from tasks.config import ClinicConfig
+from tasks.dispatch import Ready, Unsubscribe, clinic_details, dispatch, providers_for
+from tasks.ledger import PlannedMessage, make_send_key
+from tasks.providers.postmark import PostmarkProvider, PostmarkSettings
+from tasks.providers.twilio import TwilioProvider, TwilioSettings
+from tasks.templates import Templates, build_context
+from tasks.warehouse import open_db
+
+pytestmark = pytest.mark.integration
+
+START = datetime.now(UTC).replace(microsecond=0)
+ADDRESS = {
+    1: ("ok@example.com", "+61412000001"),
+    2: ("inactive@sandbox.example.com", "+15005550004"),  # 406 / 21610 STOP
+    3: ("invalid@sandbox.example.com", "+15005550001"),  # 300 / 21211
+    4: ("also-ok@example.com", "+15005550009"),  # fine / 21614 landline
+}
+
+
+@pytest.fixture
+def sandboxes():
+    postmark, twilio = PostmarkSandbox(), TwilioSandbox()
+    with postmark.serve() as pm, twilio.serve() as tw:
+        postmark.url, twilio.url = pm.url, tw.url
+        yield postmark, twilio
+
+
+def providers(postmark, twilio, timeout=5.0):
+    return {
+        "email": PostmarkProvider(
+            PostmarkSettings(postmark.server_token, "Demo <hello@demo.example>",
+                             base_url=postmark.url, timeout=timeout)
+        ),
+        "sms": TwilioProvider(
+            TwilioSettings(ACCOUNT_SID, AUTH_TOKEN, from_number="+61400000000",
+                           base_url=twilio.url, timeout=timeout)
+        ),
+    }  # fmt: skip
+
+
+def prepare(row):
+    email, phone = ADDRESS[row.patient_id]
+    context = build_context(
+        clinic={"name": "Demo", "phone": "03 9000 0000", "website": "https://demo.example",
+                "address": "1 St", "email": "hello@demo.example"},
+        first_name=f"Pat{row.patient_id}", appointment_starts_at=START + timedelta(days=1),
+        time_zone="Australia/Melbourne", appointment_type="Follow-up",
+        practitioner="Dr Who", business="Richmond",
+    )  # fmt: skip
+    return Ready(to=email if row.channel == "email" else phone, context=context)
+
+
+def plan(con, patient_id, channel, *, purpose="transactional", source=None):
+    template = {("email", "transactional"): "welcome", ("email", "marketing"): "recall",
+                ("sms", "transactional"): "reminder-24h", ("sms", "marketing"): "promo-sms"}  # fmt: skip
+    source = source or f"{channel}-{purpose}"
+    message = PlannedMessage(
+        send_key=make_send_key("trigger", source, patient_id, "appointment:1"),
+        source_kind="trigger", source_name=source, patient_id=patient_id, channel=channel,
+        purpose=purpose, template=template[channel, purpose], due_at=START,
+        expires_at=START + timedelta(days=1), appointment_id=1,
+    )  # fmt: skip
+    ledger.insert_planned(con, [message], START)
+    return message.send_key
+
+
+def run(con, postmark, twilio, at=START, **kw):
+    return dispatch(
+        con, providers=providers(postmark, twilio, **kw), prepare=prepare, templates=Templates(),
+        unsubscribe=Unsubscribe("demo", "https://relay.example/u", b"k"), clock=lambda: at,
+    )  # fmt: skip
+
+
+def suppressions(con):
+    return con.execute(
+        "SELECT channel, address, scope, reason, source FROM state.suppressions ORDER BY 1, 2, 3"
+    ).fetchall()
+
+
+def test_each_provider_answer_ends_in_the_right_state_with_suppressions(tmp_path, sandboxes):
+    postmark, twilio = sandboxes
+    with open_db(tmp_path / "c.duckdb") as con:
+        keys = {(p, ch): plan(con, p, ch) for p in ADDRESS for ch in ("email", "sms")}
+        marketing_inactive = plan(con, 2, "email", purpose="marketing")
+        result = run(con, postmark, twilio)
+
+        def row(p, ch):
+            return ledger.get(con, keys[p, ch])
+
+        assert row(1, "email").status == row(4, "email").status == "sent"
+        assert row(1, "sms").status == "sent"
+        assert (row(2, "email").status, row(2, "email").error_code) == ("failed", "406")
+        assert (row(3, "email").status, row(3, "email").error_code) == ("failed", "300")
+        assert [row(p, "sms").error_code for p in (2, 3, 4)] == ["21610", "21211", "21614"]
+        assert ledger.get(con, marketing_inactive).status == "failed"
+        assert row(1, "email").provider_message_id == postmark.accepted[0]["MessageID"]
+        assert row(1, "sms").provider_message_id == twilio.accepted[0]["sid"]
+        assert suppressions(con) == [
+            ("email", "inactive@sandbox.example.com", "all", "hard_bounce", "postmark"),
+            ("email", "inactive@sandbox.example.com", "marketing", "hard_bounce", "postmark"),
+            ("email", "invalid@sandbox.example.com", "all", "invalid_address", "postmark"),
+            ("sms", "+15005550001", "all", "invalid_address", "twilio"),
+            ("sms", "+15005550004", "all", "stop", "twilio"),
+            ("sms", "+15005550009", "all", "invalid_address", "twilio"),
+        ]
+        assert (result.counts["sent"], result.counts["failed"], result.counts["suppressed"]) == (
+            3,
+            6,
+            6,
+        )
+
+        # a later message to a suppressed address is skipped before any provider call
+        again = plan(con, 2, "sms", source="another-reminder")
+        requests_before = len(twilio.requests)
+        run(con, postmark, twilio, at=START + timedelta(minutes=1))
+        assert ledger.get(con, again).status_reason == "address suppressed (transactional)"
+        assert len(twilio.requests) == requests_before
+
+
+def test_marketing_goes_on_the_broadcast_stream_and_transactional_on_outbound(tmp_path, sandboxes):
+    postmark, twilio = sandboxes
+    with open_db(tmp_path / "c.duckdb") as con:
+        plan(con, 1, "email", purpose="marketing")
+        plan(con, 1, "email")
+        run(con, postmark, twilio)
+    streams = {m["Tag"]: m["MessageStream"] for m in postmark.accepted}
+    assert streams == {"email-marketing": "broadcast", "email-transactional": "outbound"}
+    marketing = next(m for m in postmark.accepted if m["Tag"] == "email-marketing")
+    headers = {h["Name"] for h in marketing["Headers"]}
+    assert headers == {"List-Unsubscribe", "List-Unsubscribe-Post"}
+
+
+def test_a_busy_provider_is_tried_again_on_a_later_run_and_sends_once(tmp_path, sandboxes):
+    postmark, twilio = sandboxes
+    postmark.faults.add("429")
+    twilio.faults.add("5xx")
+    with open_db(tmp_path / "c.duckdb") as con:
+        email, sms = plan(con, 1, "email"), plan(con, 1, "sms")
+        first = run(con, postmark, twilio)
+        assert first.counts["retry"] == 2
+        for key in (email, sms):
+            row = ledger.get(con, key)
+            assert (row.status, row.attempts) == ("planned", 1)
+            assert row.next_attempt_at == START + timedelta(minutes=1)
+        run(con, postmark, twilio, at=START + timedelta(seconds=30))  # too early: waits
+        assert ledger.get(con, email).status == "planned"
+        run(con, postmark, twilio, at=START + timedelta(minutes=1))
+        assert ledger.get(con, email).status == ledger.get(con, sms).status == "sent"
+        assert ledger.get(con, sms).attempts == 2
+    assert postmark.send_key_counts() == {email: 1}
+    assert len(twilio.accepted) == 1
+
+
+def test_a_timeout_after_sending_is_unknown_and_a_rerun_does_not_resend(tmp_path, sandboxes):
+    postmark, twilio = sandboxes
+    twilio.faults.add("timeout_after_receipt", delay=1.5)
+    postmark.faults.add("timeout_after_receipt", delay=1.5)
+    with open_db(tmp_path / "c.duckdb") as con:
+        email, sms = plan(con, 1, "email"), plan(con, 1, "sms")
+        run(con, postmark, twilio, timeout=0.5)
+        assert ledger.get(con, email).status == ledger.get(con, sms).status == "unknown"
+        # the next run asks the providers: both confirm they have it
+        later = START + timedelta(minutes=10)
+        result = run(con, postmark, twilio, at=later)
+        assert result.counts["reconciled_sent"] == 2
+        assert ledger.get(con, email).provider_message_id == postmark.accepted[0]["MessageID"]
+        assert ledger.get(con, sms).provider_message_id == twilio.accepted[0]["sid"]
+    assert len(postmark.accepted) == len(twilio.accepted) == 1
+
+
+def test_the_clinic_config_can_point_both_channels_at_the_sandboxes(
+    tmp_path, sandboxes, monkeypatch, data_dir
+):
+    postmark, twilio = sandboxes
+    monkeypatch.setenv("POSTMARK_SERVER_TOKEN", postmark.server_token)
+    monkeypatch.setenv("POSTMARK_FROM", "Demo <hello@demo.example>")
+    monkeypatch.setenv("POSTMARK_BASE_URL", postmark.url)
+    monkeypatch.setenv("TWILIO_ACCOUNT_SID", ACCOUNT_SID)
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
+    monkeypatch.setenv("TWILIO_FROM", "+61400000000")
+    monkeypatch.setenv("TWILIO_BASE_URL", twilio.url)
+    cfg = ClinicConfig(clinic="t", name="Test Clinic", providers={"email": "env", "sms": "env"})
+    chosen = providers_for(cfg)
+    assert {c: p.name for c, p in chosen.items()} == {"email": "postmark", "sms": "twilio"}
+    assert clinic_details(cfg)["name"] == "Test Clinic"
+    with open_db(tmp_path / "c.duckdb") as con:
+        key = plan(con, 1, "sms")
+        dispatch(con, providers=chosen, prepare=prepare, templates=Templates(), clock=lambda: START)
+        assert ledger.get(con, key).status == "sent"
+    assert len(twilio.accepted) == 1
+
+
+def test_an_unknown_block_name_is_a_config_error_naming_the_setting(data_dir):
+    from tasks.config import ConfigError
+
+    cfg = ClinicConfig(clinic="t", name="T", providers={"email": "outbox", "sms": "env"})
+    with pytest.raises(ConfigError, match="providers.sms"):
+        providers_for(cfg)
