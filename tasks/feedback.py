@@ -557,7 +557,7 @@ def drain_unsubscribes(con: duckdb.DuckDBPyConnection, inbox: Path, now: datetim
         new = [c for c in clicks if c["click"] in fresh]
         with transaction(con):
             addresses = _message_addresses(con, new)
-            books = {ch: Book(con, ch, {a for (_, c), a in addresses.items() if c == ch})
+            books = {ch: Book(con, ch, {a for (_, c), (_, a) in addresses.items() if c == ch})
                      for ch in ("email", "sms")}  # fmt: skip
             items = []
             for click in new:
