@@ -1,0 +1,167 @@
+"""``relay serve``: watch the pipeline run in the Prefect UI, with no accounts and no setup.
+
+One process holds everything and stops it all on Ctrl-C: a local Prefect server (its UI on
+127.0.0.1), the sandbox Cliniko with its clock running (so the clinic keeps booking, cancelling
+and arriving), and the demo clinic's deployments served from here with ``prefect.serve`` (each
+run in its own subprocess, no work pool or worker needed). The prefect.yaml deployments are the
+same flows for a real install with a worker (docs/scaling.md).
+
+The server is also what tests and benchmarks start (``prefect_server``): the real thing, as an
+operator runs it, on a port of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+
+from tasks.errors import UserFacingError
+
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextlib.contextmanager
+def prefect_server(
+    port: int, *, home: Path | None = None, ui: bool = True, log: Path | None = None
+) -> Iterator[str]:
+    """Run ``prefect server start`` on 127.0.0.1:port until the block ends; yields the API URL.
+
+    Stopped with SIGTERM (the server exits in a few seconds; ../shared/reference/prefect.md §2).
+    """
+    if port_in_use(port):
+        raise UserFacingError(
+            f"Port {port} on 127.0.0.1 is already in use (another Prefect server?). "
+            "Stop it, or pick another port with --port."
+        )
+    env = {**os.environ, "PREFECT_UI_ENABLED": "true" if ui else "false"}
+    if home is not None:
+        env["PREFECT_HOME"] = str(home)
+    env.pop("PREFECT_API_URL", None)
+    api = f"http://127.0.0.1:{port}/api"
+    env["PREFECT_UI_URL"] = f"http://127.0.0.1:{port}"
+    log_path = log or Path(env.get("PREFECT_HOME", ".prefect")) / "server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as out:
+        proc = subprocess.Popen(
+            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not _healthy(api):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise UserFacingError(f"The Prefect server did not start; see {log_path}")
+                time.sleep(0.3)
+            yield api
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _healthy(api: str) -> bool:
+    try:
+        return httpx.get(f"{api}/health", timeout=2).json() is True
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
+def use_server(api: str) -> None:
+    """Point this process (and the runs it starts) at the server. Before Prefect is imported."""
+    os.environ["PREFECT_API_URL"] = api
+    os.environ["PREFECT_UI_URL"] = api.removesuffix("/api")
+
+
+def tick_deployment(clinic: str, every: timedelta, name: str | None = None):
+    """The clinic's tick as a served deployment, with the same limits as prefect.yaml's."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    from flows.tick import clinic_tick
+
+    return clinic_tick.to_deployment(
+        name=name or f"{clinic}-tick",
+        interval=every,
+        parameters={"clinic": clinic, "max_lateness_minutes": 2 * every.total_seconds() / 60},
+        concurrency_limit=ConcurrencyLimitConfig(
+            limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+        ),
+        description=f"{clinic}: the whole pipeline every {every.total_seconds() / 60:g} minutes",
+    )
+
+
+def on_demand_deployments() -> list:
+    """Flows run by a person with parameters (the campaign), when they are in this install."""
+    import importlib.util
+
+    if importlib.util.find_spec("flows.campaign") is None:
+        return []
+    from flows.campaign import send_campaign
+
+    return [send_campaign.to_deployment(name="demo-campaign", parameters={"clinic": "demo"})]
+
+
+def serve_demo(
+    port: int, every_minutes: float, patients: int, seed: int, speed: float, echo
+) -> None:
+    """Start everything, trigger the first tick at once, and serve until Ctrl-C."""
+    from sandbox.cliniko import SandboxClinic, SandboxServer
+    from tasks.config import load_clinic
+    from tasks.providers.outbox import outbox_dir
+
+    config = load_clinic("demo")
+    with prefect_server(port) as api:
+        use_server(api)
+        from prefect import serve
+        from prefect.client.orchestration import get_client
+
+        for stale in (config.database_path, config.database_path.with_suffix(".duckdb.wal")):
+            stale.unlink(missing_ok=True)
+        clinic = SandboxClinic.generate(
+            seed=seed, patients=patients, start=datetime.now(UTC).replace(second=0, microsecond=0)
+        )
+        with SandboxServer(clinic, rate_limit=None, auto_advance_speed=speed) as sandbox:
+            os.environ.update(
+                CLINIKO_API_KEY=clinic.api_key,
+                CLINIKO_BASE_URL=sandbox.base_url,
+                CLINIKO_CONTACT="demo@localhost",
+                CLINIKO_REQUESTS_PER_MINUTE="1200",
+            )
+            tick = tick_deployment("demo", timedelta(minutes=every_minutes))
+            deployments = [tick, *on_demand_deployments()]
+            tick_id = tick.apply()
+            with get_client(sync_client=True) as client:
+                client.create_flow_run_from_deployment(tick_id)
+            echo(
+                f"Prefect UI:   {api.removesuffix('/api')}  (Deployments, Runs, Artifacts)\n"
+                f"Sandbox:      {sandbox.base_url}  ({patients} patients, clock {speed:g}x)\n"
+                f"Ticks:        demo every {every_minutes:g} min; the first one starts now\n"
+                f"Outbox:       {outbox_dir('demo') / 'index.html'}\n"
+                "Ctrl-C stops everything."
+            )
+            serve(*deployments, limit=4, print_starting_message=False)
+    echo("Stopped: server, sandbox and runs.")

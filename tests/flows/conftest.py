@@ -1,0 +1,187 @@
+"""A real Prefect server for the behaviour that is Prefect's (deployments, schedules, concurrency).
+
+Started once per session on a free loopback port with its own PREFECT_HOME, as an operator would
+run it (`prefect server start`), not the in-process test harness: what we test is how our
+prefect.yaml and flows behave on a server. Deployments are made with `prefect deploy` from the
+project's prefect.yaml (plus copies of its tick entry for the test clinics, as docs/scaling.md
+tells an operator to add a clinic), and runs are executed by a real process worker.
+
+The sandbox Cliniko servers run in this process (threads); the flow runs reach them over HTTP.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """Yield an environment dict pointing at a fresh Prefect server; the server stops at the end."""
+    from relay.serve import free_port, prefect_server
+
+    home = tmp_path_factory.mktemp("prefect-server-home")
+    data = tmp_path_factory.mktemp("relay-data")
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "RELAY_DATA_DIR": str(data),
+        "PREFECT_WORKER_QUERY_SECONDS": "1",  # pick runs up within a second, not ten
+    }
+    with prefect_server(free_port(), home=home, ui=False) as api:
+        env["PREFECT_API_URL"] = api
+        yield env
+
+
+@pytest.fixture
+def prefect_cli(prefect_server):
+    """Run the prefect CLI from the project root against the test server; fail with its output."""
+    return lambda *args, timeout=120: _prefect_cli(prefect_server, *args, timeout=timeout)
+
+
+def _prefect_cli(env: dict, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [PREFECT, "--no-prompt", *args],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, (
+        f"prefect {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    )
+    return result
+
+
+@pytest.fixture(scope="session")
+def client(prefect_server):
+    """A Prefect client in this process, talking to the test server."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with (
+        temporary_settings({PREFECT_API_URL: prefect_server["PREFECT_API_URL"]}),
+        get_client(sync_client=True) as c,
+    ):
+        yield c
+
+
+@pytest.fixture(scope="session")
+def sandboxes():
+    """Two sandbox Cliniko accounts on 127.0.0.1: 'a' and 'b' (each its own server and key)."""
+    from sandbox.cliniko import SandboxClinic, SandboxServer
+
+    start = datetime.now(UTC).replace(microsecond=0)
+    clinics = {
+        name: SandboxClinic.generate(
+            seed=seed, patients=150, start=start, appointments_per_patient=6
+        )
+        for name, seed in (("a", 11), ("b", 12))
+    }
+    with (
+        SandboxServer(clinics["a"], rate_limit=None) as a,
+        SandboxServer(clinics["b"], rate_limit=None) as b,
+    ):
+        yield {"a": a, "b": b}
+
+
+def clinic_yaml(folder: Path, name: str, account: str, extra: str = "") -> Path:
+    """A clinic configuration with its own database and Cliniko block, like an operator's."""
+    path = folder / name / "clinic.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f"clinic: {name}\nname: Test clinic {name}\ndatabase: {folder / name / 'clinic.duckdb'}\n"
+        f"cliniko:\n  account: {account}\n{extra}",
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def clinics(prefect_server, client, sandboxes, tmp_path_factory):
+    """Test clinics, each with a ClinikoAccount block saved on the server:
+    alpha and beta (good keys), broken (a key Cliniko refuses), stale (Cliniko unreachable)."""
+    from pydantic import SecretStr
+
+    from blocks.cliniko import ClinikoAccount
+    from relay.serve import free_port
+
+    folder = tmp_path_factory.mktemp("clinics")
+    unreachable = f"http://127.0.0.1:{free_port()}/v1"
+    accounts = {
+        "alpha": (sandboxes["a"].clinic.api_key, sandboxes["a"].base_url),
+        "beta": (sandboxes["b"].clinic.api_key, sandboxes["b"].base_url),
+        "broken": ("sbx" + "0" * 32 + "-au1", sandboxes["b"].base_url),
+        "stale": (sandboxes["a"].clinic.api_key, unreachable),
+    }
+    paths = {}
+    for name, (key, url) in accounts.items():
+        ClinikoAccount(
+            api_key=SecretStr(key), contact_email="tests@example.com", base_url=url,
+            requests_per_minute=100000,
+        ).save(f"{name}-cliniko", overwrite=True)  # fmt: skip
+        paths[name] = clinic_yaml(folder, name, f"{name}-cliniko")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def deployed(prefect_server, clinics, tmp_path_factory):
+    """prefect.yaml deployed as documented, plus a copy of its demo-tick entry per test clinic."""
+    env = prefect_server
+    _prefect_cli(
+        env, "work-pool", "create", "local", "--type", "process", "--overwrite", timeout=60
+    )
+    _prefect_cli(env, "deploy", "--all", timeout=120)
+
+    project = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text(encoding="utf-8"))
+    tick = next(d for d in project["deployments"] if d["name"] == "demo-tick")
+    copies = []
+    for name, path in clinics.items():
+        entry = copy.deepcopy(tick)
+        entry["name"] = f"{name}-tick"
+        entry["parameters"] = {"clinic": str(path)}
+        entry.pop("schedules")  # run on demand in tests
+        copies.append(entry)
+    extra = tmp_path_factory.mktemp("deploy") / "prefect.yaml"
+    extra.write_text(yaml.safe_dump({**project, "deployments": copies}), encoding="utf-8")
+    _prefect_cli(env, "deploy", "--all", "--prefect-file", str(extra), timeout=120)
+    return env
+
+
+@pytest.fixture(scope="session")
+def worker(deployed, tmp_path_factory):
+    """A process worker on the 'local' pool; each flow run is its own subprocess."""
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [PREFECT, "worker", "start", "--pool", "local", "--limit", "6"],
+            env=deployed,
+            cwd=PROJECT_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield log
+        finally:
+            # The worker ignores SIGTERM for a long time; SIGINT stops it (prefect.md §2).
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

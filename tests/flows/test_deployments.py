@@ -1,0 +1,248 @@
+"""The deployments on a real Prefect server, run by a real process worker: prefect.yaml deploys
+what it promises, a tick runs the pipeline and publishes its summary, ticks of one clinic never
+overlap, a broken clinic fails alone (and an alert goes out), and stale data holds sending."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tasks.warehouse import open_db
+
+pytestmark = [pytest.mark.prefect]
+
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def run_deployment(client, name: str, **parameters):
+    """Create a run of deployment 'flow/name' now; returns its id."""
+    deployment = client.read_deployment_by_name(name)
+    return client.create_flow_run_from_deployment(deployment.id, parameters=parameters).id
+
+
+def wait_for(client, run_ids, timeout: float = 150.0, worker_log: Path | None = None):
+    """Wait until every run is final; returns the runs. Fails with the worker's log if not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = [client.read_flow_run(i) for i in run_ids]
+        if all(r.state and r.state.type.value in FINAL for r in runs):
+            return runs
+        if time.monotonic() > deadline:
+            tail = worker_log.read_text()[-3000:] if worker_log else ""
+            pytest.fail(
+                f"runs not finished: {[(r.name, r.state and r.state.name) for r in runs]}\n{tail}"
+            )
+        time.sleep(1)
+
+
+def api(env: dict) -> str:
+    return env["PREFECT_API_URL"]
+
+
+def events(env: dict, event: str) -> list[dict]:
+    """Events of one name the server has recorded."""
+    response = httpx.post(
+        f"{api(env)}/events/filter",
+        json={
+            "filter": {"event": {"name": [event]}, "occurred": {"since": "2000-01-01T00:00:00Z"}}
+        },
+        timeout=10,
+    )
+    response.raise_for_status()
+    return response.json()["events"]
+
+
+def deployment(env: dict, name: str) -> dict:
+    found = httpx.post(f"{api(env)}/deployments/filter", json={}, timeout=10).json()
+    return next(d for d in found if d["name"] == name)
+
+
+def artifact(client, run_id) -> str:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    found = client.read_artifacts(
+        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+    )
+    summaries = [a.data for a in found if a.key and a.key.startswith("tick-")]
+    assert len(summaries) == 1, f"expected one tick summary, got {len(summaries)}"
+    return summaries[0]
+
+
+def subflows(client, run_id) -> dict[str, str]:
+    """Step flow name -> final state name, for the subflow runs of a tick."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    runs = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])
+        )
+    )
+    names = {f.id: f.name for f in client.read_flows()}
+    return {names[r.flow_id]: r.state.name for r in runs}
+
+
+def states(client, run_id) -> list[str]:
+    return [s.name for s in client.read_flow_run_states(run_id)]
+
+
+def test_prefect_yaml_deploys_the_tick_every_five_minutes_one_at_a_time(deployed):
+    tick = deployment(deployed, "demo-tick")
+
+    assert tick["parameters"]["clinic"] == "demo"
+    assert tick["global_concurrency_limit"]["limit"] == 1
+    assert tick["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+    by_slug = {s["slug"]: s for s in tick["schedules"]}
+    assert by_slug["every-5-minutes"]["schedule"]["interval"] == 300.0
+    nightly = by_slug["nightly-reconcile"]
+    assert nightly["schedule"]["cron"] == "0 3 * * *"
+    assert nightly["parameters"]["reconcile"] is True
+    # The sync alone stays deployable, but only the tick runs on a schedule.
+    sync = deployment(deployed, "demo-sync")
+    assert [s["active"] for s in sync["schedules"]] == [False]
+
+
+def test_a_tick_runs_every_step_as_a_subflow_and_publishes_one_summary(client, worker, clinics):
+    run_id = run_deployment(client, "clinic-tick/alpha-tick")
+    (run,) = wait_for(client, [run_id], worker_log=worker)
+
+    assert run.state.name == "Completed", run.state.message
+    steps = subflows(client, run_id)
+    assert steps["cliniko-sync"] == "Completed"
+    assert all(state == "Completed" for state in steps.values()), steps
+    summary = artifact(client, run_id)
+    assert "| sync | ✅ completed |" in summary
+    assert "**Rows synced:**" in summary
+    with open_db(clinics["alpha"].parent / "clinic.duckdb", read_only=True) as con:
+        patients = con.execute("SELECT count(*) FROM raw.patients").fetchone()[0]
+        assert con.execute("SELECT status FROM state.sync_runs").fetchall() == [("completed",)]
+    assert patients > 0 and f"patients {patients}" in summary
+
+
+def test_two_ticks_of_one_clinic_requested_together_run_one_after_the_other(client, worker):
+    first = run_deployment(client, "clinic-tick/alpha-tick")
+    second = run_deployment(client, "clinic-tick/alpha-tick")
+    runs = wait_for(client, [first, second], worker_log=worker)
+
+    assert [r.state.name for r in runs] == ["Completed", "Completed"]
+    a, b = sorted(runs, key=lambda r: r.start_time)
+    assert a.end_time <= b.start_time, "two ticks of one clinic ran at the same time"
+    assert "AwaitingConcurrencySlot" in states(client, b.id)
+
+
+class Webhook:
+    """A notification endpoint on 127.0.0.1 that remembers what it was sent."""
+
+    def __init__(self) -> None:
+        self.received: list[dict] = []
+        self.arrived = threading.Condition()
+
+        async def hook(request):
+            with self.arrived:
+                self.received.append(json.loads(await request.body()))
+                self.arrived.notify_all()
+            return Response(status_code=204)
+
+        from sandbox.server import ThreadedServer
+
+        self.server = ThreadedServer(Starlette(routes=[Route("/hook", hook, methods=["POST"])]))
+
+    def wait(self, predicate, timeout: float = 60.0) -> list[dict]:
+        with self.arrived:
+            self.arrived.wait_for(lambda: any(predicate(m) for m in self.received), timeout)
+            return [m for m in self.received if predicate(m)]
+
+
+@pytest.fixture(scope="module")
+def webhook(deployed):
+    """`relay alerts create` against the test server, notifying a local webhook."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    hook = Webhook()
+    with hook.server:
+        relay = str(Path(sys.executable).with_name("relay"))
+        created = subprocess.run(
+            [relay, "alerts", "create", "--webhook-url", f"{hook.server.url}/hook"],
+            env=deployed,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert created.returncode == 0, created.stderr
+        assert created.stdout.count("created automation") == 3
+        yield hook
+
+
+def test_a_clinic_with_a_broken_key_fails_alone_and_an_alert_goes_out(client, worker, webhook):
+    good = run_deployment(client, "clinic-tick/beta-tick")
+    broken = run_deployment(client, "clinic-tick/broken-tick")
+    good_run, broken_run = wait_for(client, [good, broken], worker_log=worker)
+
+    assert good_run.state.name == "Completed", good_run.state.message
+    assert broken_run.state.name == "Failed"
+    assert "sync failed" in broken_run.state.message
+    assert subflows(client, broken)["cliniko-sync"] == "Failed"
+    # Separate processes, neither waiting for the other.
+    assert good_run.infrastructure_pid != broken_run.infrastructure_pid
+    assert "AwaitingConcurrencySlot" not in states(client, good) + states(client, broken)
+    assert "| sync | ✅ completed |" in artifact(client, good)
+    assert "| sync | ❌ failed |" in artifact(client, broken)
+
+    alerts = webhook.wait(lambda m: broken_run.name in m.get("subject", ""))
+    assert alerts and "Failed" in alerts[0]["subject"]
+    assert "sync failed" in alerts[0]["body"]
+
+
+def test_the_circuit_breaker_holds_planning_and_sending_when_the_sync_is_stale(
+    client, worker, clinics, webhook, prefect_server
+):
+    from tasks import ledger
+
+    db = clinics["stale"].parent / "clinic.duckdb"
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    with open_db(db) as con:
+        con.execute(
+            "INSERT INTO state.sync_runs VALUES ('earlier', 'incremental', ?, ?, 'completed', NULL, NULL)",
+            [an_hour_ago, an_hour_ago],
+        )
+        ledger.insert_planned(
+            con,
+            [
+                ledger.PlannedMessage(
+                    send_key=ledger.make_send_key("trigger", "reminder", 1, "appointment:1"),
+                    source_kind="trigger", source_name="reminder", patient_id=1,
+                    appointment_id=1, channel="sms", purpose="transactional",
+                    template="reminder-24h", due_at=an_hour_ago, expires_at=None,
+                )
+            ],
+            an_hour_ago,
+        )  # fmt: skip
+
+    run_id = run_deployment(client, "clinic-tick/stale-tick")
+    (run,) = wait_for(client, [run_id], worker_log=worker)
+
+    assert run.state.name == "Failed"
+    summary = artifact(client, run_id)
+    assert "**Planning and sending held:**" in summary and "minutes old" in summary
+    for step in ("plan", "dispatch"):
+        assert f"| {step} | ⏸ held |" in summary
+    steps = subflows(client, run_id)
+    assert set(steps) <= {"cliniko-sync", "feedback"}, "a held step ran"
+    with open_db(db, read_only=True) as con:
+        assert con.execute("SELECT status FROM state.messages").fetchall() == [("planned",)]
+    held = [
+        e for e in events(prefect_server, "relay.sync.stale") if e["payload"]["clinic"] == "stale"
+    ]
+    assert held and "minutes old" in held[0]["payload"]["reason"]
+    alerts = webhook.wait(lambda m: "sending held for stale" in m.get("subject", ""))
+    assert alerts and "minutes old" in alerts[0]["body"]
