@@ -1,0 +1,281 @@
+"""The generated clinic and its clock, without HTTP: the variety real Cliniko data has, records
+shaped like the official examples, determinism, and the changes ``advance`` makes."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from sandbox.cliniko.store import link_id, parse_ts
+from tests.sandbox.conftest import BASE, START, make_clinic
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "reference" / "cliniko-examples"
+RESOURCES = (
+    "businesses",
+    "practitioners",
+    "appointment_types",
+    "concession_types",
+    "referral_source_types",
+    "patients",
+    "referral_sources",
+    "individual_appointments",
+    "group_appointments",
+    "attendees",
+)
+T_START = int(START.timestamp())
+
+
+def ts(value) -> int | None:
+    return parse_ts(value)
+
+
+@pytest.fixture(scope="module")
+def data(shared_clinic) -> dict[str, dict[int, dict]]:
+    return {name: shared_clinic.snapshot(name, BASE) for name in RESOURCES}
+
+
+@pytest.mark.skipif(not EXAMPLES.is_dir(), reason="reference examples not checked out beside us")
+@pytest.mark.parametrize(
+    ("resource", "example"),
+    [
+        ("patients", "patients"),
+        ("individual_appointments", "individual_appointments"),
+        ("group_appointments", "group_appointments"),
+        ("attendees", "attendees"),
+        ("appointment_types", "appointment_types"),
+        ("businesses", "businesses"),
+        ("practitioners", "practitioners"),
+        ("concession_types", "concession_types"),
+        ("referral_sources", "referral_sources"),
+        ("referral_source_types", "referral_source_types"),
+    ],
+)
+def test_records_carry_every_field_of_the_official_example(data, resource, example):
+    documented = json.loads((EXAMPLES / f"{example}.json").read_text())["response"][resource][0]
+    for record in list(data[resource].values())[:50]:
+        assert set(documented) <= set(record), set(documented) - set(record)
+
+
+def test_ids_are_64_bit_strings_and_foreign_keys_are_links_that_resolve(data):
+    for rows in data.values():
+        for row_id, record in rows.items():
+            assert isinstance(record["id"], str) and int(record["id"]) == row_id < 2**63
+            assert record["links"]["self"].startswith(BASE + "/")
+    for appointment in data["individual_appointments"].values():
+        assert link_id(appointment["patient"]) in data["patients"]
+        assert link_id(appointment["practitioner"]) in data["practitioners"]
+        assert link_id(appointment["appointment_type"]) in data["appointment_types"]
+        assert link_id(appointment["business"]) in data["businesses"]
+    bookings = data["individual_appointments"].keys() | data["group_appointments"].keys()
+    for attendee in data["attendees"].values():
+        assert link_id(attendee["booking"]) in bookings
+        assert link_id(attendee["patient"]) in data["patients"]
+
+
+def test_businesses_span_time_zones_and_countries(data):
+    businesses = data["businesses"].values()
+    assert 2 <= len(businesses) <= 4
+    zones = {b["time_zone_identifier"] for b in businesses}
+    assert zones <= {
+        "Australia/Melbourne",
+        "Australia/Perth",
+        "Pacific/Auckland",
+        "Australia/Brisbane",
+    }
+    assert len(zones) >= 2
+    assert {b["country_code"] for b in businesses} <= {"AU", "NZ"}
+
+
+def test_appointment_types_include_the_admin_only_tagging_type_and_archived_types(data):
+    types = list(data["appointment_types"].values())
+    tag = next(t for t in types if t["name"] == "Admin - Insurance Patient")
+    assert tag["category"] == "Admin Only"
+    assert {t["category"] for t in types} >= {"Physiotherapy", "Massage", "Pilates", "Admin Only"}
+    assert any(t["archived_at"] for t in types)
+    tagged = [
+        a for a in data["individual_appointments"].values()
+        if link_id(a["appointment_type"]) == int(tag["id"])
+    ]  # fmt: skip
+    assert tagged, "some patients are tagged by booking them into the admin type (seed 000)"
+
+
+def test_practitioners_are_active_and_inactive(data):
+    assert Counter(p["active"] for p in data["practitioners"].values()).keys() == {True, False}
+
+
+def test_patients_have_the_variety_of_real_clinic_data(data):
+    patients = list(data["patients"].values())
+    emails = Counter(p["email"] for p in patients if p["email"] and "@" in p["email"])
+    assert emails.most_common(1)[0][1] >= 2, "families share an email address"
+    assert any(
+        p["email"] and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[a-z]+", p["email"], re.I)
+        for p in patients
+    )
+    assert any(not p["email"] for p in patients)
+    assert any(p["patient_phone_numbers"] == [] for p in patients)
+    assert any(
+        {n["phone_type"] for n in p["patient_phone_numbers"]} == {"Home"} for p in patients
+    ), "landline only"
+    mobiles = [
+        n["number"]
+        for p in patients
+        for n in p["patient_phone_numbers"]
+        if n["phone_type"] == "Mobile"
+    ]
+    assert any(m.startswith("+61") for m in mobiles)
+    assert any(m.startswith("61") for m in mobiles)
+    assert any(" " in m and m.startswith("04") for m in mobiles)
+    for flag in ("accepted_email_marketing", "accepted_sms_marketing"):
+        assert {p[flag] for p in patients} == {True, False, None}
+    assert any(p["preferred_first_name"] for p in patients)
+    assert any(p["date_of_birth"] is None for p in patients)
+    assert {p["reminder_type"] for p in patients} == {"SMS & Email", "SMS", "Email", "None"}
+    assert {type(p["archived_at"]) for p in patients} == {str, type(None)}, '"" and null both occur'
+    assert any(p["archived_at"] for p in patients)
+    assert any(p["deleted_at"] for p in patients)
+
+
+def test_a_merged_patient_is_archived_and_links_to_a_patient_who_exists(data):
+    merged = [p for p in data["patients"].values() if p.get("merged_at")]
+    assert merged
+    for p in merged:
+        assert p["archived_at"]
+        assert link_id(p["merged_with_patient"]) in data["patients"]
+
+
+def test_appointments_cover_three_years_of_history_and_eight_weeks_ahead(data):
+    appointments = list(data["individual_appointments"].values())
+    starts = [ts(a["starts_at"]) for a in appointments]
+    assert min(starts) < T_START - 2.5 * 365 * 86_400
+    assert T_START + 6 * 7 * 86_400 < max(starts) <= T_START + 9 * 7 * 86_400
+    assert all(ts(a["created_at"]) <= ts(a["updated_at"]) <= T_START for a in appointments)
+    assert any(a["patient_arrived"] for a in appointments)
+    assert any(a["did_not_arrive"] for a in appointments)
+    assert any(a["archived_at"] for a in appointments)
+    reasons = {a["cancellation_reason"] for a in appointments if a["cancelled_at"]}
+    assert reasons <= {10, 20, 30, 31, 40, 50, 60} and len(reasons) >= 5
+    future = [a for a in appointments if ts(a["starts_at"]) > T_START]
+    assert any(a["cancelled_at"] for a in future) and any(not a["cancelled_at"] for a in future)
+
+
+def test_classes_list_their_attendees_patient_ids(data):
+    classes = data["group_appointments"]
+    assert classes
+    booked: dict[int, set[str]] = {}
+    for attendee in data["attendees"].values():
+        booking = link_id(attendee["booking"])
+        if booking in classes and not attendee["cancelled_at"]:
+            booked.setdefault(booking, set()).add(str(link_id(attendee["patient"])))
+    assert any(len(ids) > 1 for ids in booked.values())
+    for class_id, group in classes.items():
+        assert set(group["patient_ids"]) == booked.get(class_id, set())
+        assert len(group["patient_ids"]) <= group["max_attendees"]
+
+
+def test_the_same_seed_and_size_make_the_same_clinic():
+    one, two = make_clinic(seed=11, patients=120), make_clinic(seed=11, patients=120)
+    other = make_clinic(seed=12, patients=120)
+    for resource in RESOURCES:
+        assert one.snapshot(resource, BASE) == two.snapshot(resource, BASE)
+    assert one.snapshot("patients", BASE) != other.snapshot("patients", BASE)
+    assert one.api_key == two.api_key and one.api_key.endswith("-au1")
+
+
+# ---- the clock ------------------------------------------------------------------------------
+
+
+def changed_rows(before: dict, after: dict) -> dict:
+    return {k: v for k, v in after.items() if before.get(k) != v}
+
+
+def test_advance_makes_every_kind_of_change_inside_the_interval():
+    clinic = make_clinic(seed=3)
+    before = {r: clinic.snapshot(r, BASE) for r in RESOURCES}
+    old = clinic.now
+    done = clinic.advance(timedelta(hours=6))
+    assert clinic.now == old + timedelta(hours=6)
+    assert all(n > 0 for n in done.values()), done
+    for resource in RESOURCES:
+        for record in changed_rows(before[resource], clinic.snapshot(resource, BASE)).values():
+            assert old.timestamp() < ts(record["updated_at"]) <= clinic.now.timestamp()
+
+
+def test_a_minute_of_a_500_patient_clinic_usually_books_someone():
+    clinic = make_clinic(seed=5, patients=500, appointments_per_patient=3)
+    minutes_with_bookings = sum(
+        clinic.advance(timedelta(minutes=1))["bookings"] > 0 for _ in range(20)
+    )
+    assert minutes_with_bookings >= 16
+
+
+def test_the_same_advances_make_the_same_changes():
+    one, two = make_clinic(seed=9, patients=100), make_clinic(seed=9, patients=100)
+    assert one.advance(timedelta(hours=2)) == two.advance(timedelta(hours=2))
+    assert one.snapshot("individual_appointments", BASE) == two.snapshot(
+        "individual_appointments", BASE
+    )
+
+
+def test_a_merge_repoints_the_merged_patients_bookings_to_the_survivor():
+    clinic = make_clinic(seed=4, patients=200)
+    merged_before = {k for k, p in clinic.snapshot("patients", BASE).items() if p.get("merged_at")}
+    assert clinic.advance(timedelta(hours=12))["merges"] > 0
+    patients = clinic.snapshot("patients", BASE)
+    merged_now = {
+        k: p for k, p in patients.items() if p.get("merged_at") and k not in merged_before
+    }
+    assert merged_now
+    appointments = clinic.snapshot("individual_appointments", BASE).values()
+    attendees = clinic.snapshot("attendees", BASE).values()
+    for row in (*appointments, *attendees):
+        assert link_id(row["patient"]) not in merged_now
+    for dup in merged_now.values():
+        assert dup["archived_at"] == dup["merged_at"] == dup["updated_at"]
+        survivor = link_id(dup["merged_with_patient"])
+        assert survivor in patients
+
+
+def test_hard_deleted_rows_vanish_and_are_reported():
+    clinic = make_clinic(seed=6, patients=200)
+    before = clinic.snapshot("individual_appointments", BASE)
+    assert clinic.advance(timedelta(hours=12))["hard_deletes"] > 0
+    gone = clinic.hard_deleted("individual_appointments")
+    assert gone & before.keys(), "rows synced earlier disappear (others are booked and deleted)"
+    assert not gone & clinic.snapshot("individual_appointments", BASE).keys()
+    attendees = clinic.snapshot("attendees", BASE).values()
+    assert not gone & {link_id(a["booking"]) for a in attendees}
+
+
+def test_malformed_rows_are_served_broken_and_move_up_the_change_feed():
+    clinic = make_clinic(seed=8, patients=100)
+    clinic.advance(timedelta(minutes=3))
+    keys = clinic.inject_malformed("patients", 4)
+    assert len(keys) == 4 and set(keys) == clinic.malformed("patients")
+    table = clinic.tables["patients"]
+    served = [table.rows[int(k.lstrip("x"))].record() for k in keys]
+    assert [s["id"] for s in served] == keys
+    assert any(not s["id"].isdigit() for s in served)
+    assert any(s["id"].isdigit() and ts_is_bad(s["updated_at"]) for s in served)
+    for k in keys:  # positioned at "now" in the change feed, and left out of the snapshot
+        assert table.rows[int(k.lstrip("x"))].updated_at == int(clinic.now.timestamp())
+    assert not {int(k.lstrip("x")) for k in keys} & clinic.snapshot("patients", BASE).keys()
+
+
+def ts_is_bad(value: str) -> bool:
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return True
+    return False
+
+
+def test_the_clock_refuses_to_go_backwards():
+    clinic = make_clinic(seed=1, patients=20)
+    with pytest.raises(ValueError):
+        clinic.advance(timedelta(seconds=-1))
+    assert clinic.now == START.astimezone(UTC)
