@@ -118,8 +118,9 @@ class Preview:
     template: str
     send_at: datetime
     segment_size: int
+    not_on_list: int  # in the segment, not subscribed to the channel's list
+    suppressed: int  # subscribed at the last build, suppressed since
     audience: int
-    suppressed: int
     status: str  # draft | confirmed | frozen | cancelled
     ledger: dict[str, int]  # message statuses once frozen
     # personal data: the operator's terminal only, never logs or Prefect results
@@ -135,8 +136,9 @@ class Preview:
             "channel": self.channel,
             "send_at": self.send_at.isoformat(),
             "segment_size": self.segment_size,
-            "audience": self.audience,
+            "not_on_list": self.not_on_list,
             "suppressed": self.suppressed,
+            "audience": self.audience,
             "status": self.status,
             "ledger": self.ledger,
         }
@@ -200,8 +202,9 @@ def preview(
         template=campaign.template,
         send_at=row[1] if row else scheduled_at(cfg, campaign, now),
         segment_size=size,
-        audience=len(kept),
+        not_on_list=size - len(kept) - suppressed,
         suppressed=suppressed,
+        audience=len(kept),
         status=_status(row),
         ledger=ledger_counts(con, name),
         sample=tuple(sample),
@@ -291,7 +294,11 @@ def freeze_due(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig, now: datetime)
         [now],
     ).fetchall()
     queued = {}
+    configured = {c.name for c in cfg.campaigns}
+    missing = [name for name, _ in due if name not in configured]
     for name, send_at in due:
+        if name in missing:
+            continue
         campaign = find(cfg, name)
         with transaction(con):
             queued[name] = _freeze(con, cfg, campaign, max(send_at, now), now)
@@ -300,6 +307,12 @@ def freeze_due(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig, now: datetime)
                 "WHERE campaign = ? AND audience_frozen_at IS NULL",
                 [now, queued[name], name],
             )
+    if missing:
+        raise CampaignError(
+            f"{cfg.source or cfg.clinic}: campaign(s) {', '.join(missing)} were confirmed but are "
+            "no longer under campaigns:, so they cannot be sent. Put them back, or run "
+            "`relay campaign cancel NAME`."
+        )
     return queued
 
 

@@ -39,6 +39,7 @@ class Clinic:
         self.config = config
         self._next_appointment = 1000
         self.payloads: dict[tuple[str, int], dict] = {}
+        self._written = START - timedelta(days=1)
         self._write("appointment_types", 1, {"id": "1", "name": "Consult", "category": "Physio"})
         self._write(
             "businesses",
@@ -54,9 +55,12 @@ class Clinic:
 
     def _write(self, table: str, id_: int, payload: dict) -> None:
         self.payloads[(table, id_)] = payload
+        # each write later than the last, as successive syncs stamp them: the models' incremental
+        # staging reads what was written after the previous build
+        self._written = max(self.now, self._written + timedelta(milliseconds=1))
         self.con.execute(
             f"INSERT OR REPLACE INTO raw.{table} VALUES (?, NULL, ?, ?, NULL)",
-            [id_, json.dumps(payload), self.now],
+            [id_, json.dumps(payload), self._written],
         )
 
     def patient(self, id_: int, *, email: str | None = "", mobile: str | None = None,

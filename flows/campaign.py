@@ -1,0 +1,45 @@
+"""The campaign flow: runs on demand with parameters (``relay campaign send NAME --confirm``, or a
+deployment run from the Prefect UI). Without ``confirm`` it only counts the audience; with it, it
+records the confirmation once and freezes the audience into the ledger when the campaign's time
+has come (otherwise the tick's journeys step does that at ``send_at``). Dispatch sends, throttled.
+
+Results and artifacts are counts only: the preview's sample belongs to ``relay campaign preview``
+in the operator's terminal, never to Prefect.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from tasks import campaigns, models
+from tasks.config import load_clinic
+from tasks.warehouse import open_db
+
+
+@flow(name="campaign", flow_run_name="campaign-{clinic}-{campaign}")
+def send_campaign(clinic: str, campaign: str, confirm: bool = False) -> dict:
+    """Count the campaign's audience; with ``confirm=True``, confirm it (once) and queue it."""
+    config = load_clinic(clinic)
+    now = datetime.now(UTC)
+    with open_db(config.database_path) as con:
+        models.require_good_build(con)
+        preview = campaigns.preview(con, config, campaign, now, sample_size=0).counts()
+        result = campaigns.confirm(con, config, campaign, now) if confirm else None
+    if result is None:
+        get_run_logger().info("campaign %s not confirmed: counted only", campaign)
+        return {"preview": preview, "confirmed": False}
+    create_markdown_artifact(
+        f"# Campaign {campaign}\n\nConfirmed ({result['confirmation_id']}) for "
+        f"{result['audience']} of {result['segment_size']} in segment {preview['segment']}; "
+        + (
+            f"{result['queued']} messages queued."
+            if result["queued"] is not None
+            else f"the audience is frozen and sent from {preview['send_at']}."
+        ),
+        key=f"campaign-{config.clinic}-{campaign}".replace("_", "-"),
+        description="Campaign confirmation (counts only)",
+    )
+    return {"preview": preview, "confirmed": True, **result}

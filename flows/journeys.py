@@ -1,0 +1,53 @@
+"""The journeys flow: one step of the tick (after the models build, before dispatch); also runs
+alone. It advances every journey in clinic.yaml and freezes the confirmed campaigns whose moment
+has come into the ledger; dispatch sends what is due.
+
+Thin wiring around ``tasks.journeys`` and ``tasks.campaigns``: the tasks take the open connection
+(``cache_policy=NONE``) and return counts per journey or campaign, never a patient.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NONE
+
+from tasks import campaigns, journeys, models
+from tasks.config import ClinicConfig, load_clinic
+from tasks.warehouse import open_db
+
+
+@task(cache_policy=NONE)
+def advance_journeys(con, config: ClinicConfig, now: datetime) -> dict[str, dict[str, int]]:
+    results = journeys.run_journeys(con, config, now)
+    for name, counts in results.items():
+        get_run_logger().info("journey %s: %s", name, counts or "nothing due")
+    return results
+
+
+@task(cache_policy=NONE)
+def freeze_due_campaigns(con, config: ClinicConfig, now: datetime) -> dict[str, int]:
+    queued = campaigns.freeze_due(con, config, now)
+    for name, n in queued.items():
+        get_run_logger().info("campaign %s: audience frozen, %d messages queued", name, n)
+    return queued
+
+
+@flow(name="journeys", flow_run_name="journeys-{clinic}")
+def run_journeys(clinic: str = "demo", now: datetime | None = None) -> dict:
+    """Advance the clinic's journeys and start its due campaigns. ``now`` is for replays/tests."""
+    config = load_clinic(clinic)
+    now = now or datetime.now(UTC)
+    with open_db(config.database_path) as con:
+        models.require_good_build(con)
+        advanced = advance_journeys(con, config, now)
+        frozen = freeze_due_campaigns(con, config, now)
+    create_table_artifact(
+        [{"journey": name, **counts} for name, counts in advanced.items()]
+        + [{"campaign": name, "queued": n} for name, n in frozen.items()],
+        key=f"journeys-{config.clinic.replace('_', '-')}",
+        description=f"Journeys and campaigns of {config.clinic} this run (counts only)",
+    )
+    return {"journeys": advanced, "campaigns": frozen}
