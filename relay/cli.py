@@ -156,8 +156,10 @@ def demo_command(
         happened = ", ".join(f"{kind.replace('_', ' ')} {n}" for kind, n in changes.items() if n)
         typer.secho("3. Five minutes later in the clinic: " + (happened or "nothing"), bold=True)
 
-        typer.secho("4. Incremental sync (only what changed)", bold=True)
-        _print_sync(cliniko_sync(clinic="demo"))
+        typer.secho("4. A tick: the whole pipeline once, as the schedule runs it", bold=True)
+        from flows.tick import clinic_tick, report
+
+        typer.echo(report(clinic_tick(clinic="demo", return_state=True)))
 
     with open_db(config.database_path, read_only=True) as con:
         held = {
