@@ -42,7 +42,19 @@ STEP_FLOWS = {
 
 
 class TickFailed(RuntimeError):
-    """A step of the tick failed (the summary artifact says which, and what was held)."""
+    """A step of the tick failed; ``report`` is the tick's summary (counts and reasons only)."""
+
+    def __init__(self, message: str, report: str = "") -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def report(state) -> str:
+    """The summary of a finished tick run (its return value, or its failure's), for a terminal."""
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, dict):
+        return outcome.get("report") or f"Skipped: {outcome.get('skipped')}"
+    return getattr(outcome, "report", None) or f"The tick failed: {outcome}"
 
 
 def step_flow(step: str):
@@ -103,12 +115,13 @@ def check_breaker(config: ClinicConfig, sync: Step) -> tuple[str, str | None]:
 def publish_summary(config: ClinicConfig, summary: Summary) -> dict:
     with open_db(config.database_path) as con:
         tick.collect(con, summary)
+    text = tick.markdown(summary)
     create_markdown_artifact(
-        tick.markdown(summary),
+        text,
         key=f"tick-{config.clinic.replace('_', '-')}",
         description=f"Tick of {config.clinic}: steps, data freshness and counts",
     )
-    return asdict(summary)
+    return {**asdict(summary), "report": text}
 
 
 def late_reason(max_lateness_minutes: float) -> str | None:
@@ -149,6 +162,7 @@ def clinic_tick(clinic: str = "demo", reconcile: bool = False, max_lateness_minu
         raise TickFailed(
             f"{config.clinic}: "
             + "; ".join(f"{s.name} failed ({s.reason[:300]})" for s in summary.failed)
-            + (f". Planning and sending held: {summary.held}" if summary.held else "")
+            + (f". Planning and sending held: {summary.held}" if summary.held else ""),
+            result["report"],
         )
     return result
