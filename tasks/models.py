@@ -3,9 +3,17 @@
 An analyst's contract (sql/README.md): one SELECT per file; model name = file name, schema =
 folder; dependencies are read from the SQL itself (DuckDB lists the tables a query reads, with CTE
 names already left out); ``raw.*`` and ``state.*`` are sources. A ``-- config:`` header line picks
-the materialisation: ``table`` (default), ``view``, or ``incremental`` with a ``unique_key`` and a
-``cursor`` column (only source rows whose cursor is after the newest one already built are
-re-read, so a tick's cost follows the changes, not the history).
+the materialisation: ``table`` (default), ``view``, or ``incremental`` with a ``key``.
+
+An incremental model selects what changed itself, with two DuckDB variables:
+``getvariable('changes_since')`` (raw rows written after it are new: the newest raw write the
+previous good build read) and ``getvariable('previous_built_at')`` (appointments that started
+since then changed status). Variables are constants to DuckDB, so a filter on ``synced_at`` skips
+unchanged storage without reading the JSON (a one-row table in a join would not). The runner
+deletes the existing rows whose key appears in that selection and inserts it, so a tick's cost
+follows the changes, not the history. When a model must be built in full (first build,
+``--full-refresh``, its SQL or the country changed) both are NULL while it runs and the same
+SELECT returns everything.
 
 A build is atomic: every model, every data test and the membership history run inside one DuckDB
 transaction. Anything failing rolls it all back, so the last good version of every model stays in
@@ -28,6 +36,7 @@ import duckdb
 from relay.env import PROJECT_ROOT
 from tasks import models_functions
 from tasks.errors import UserFacingError
+from tasks.resources import RESOURCES
 
 SQL_DIR = PROJECT_ROOT / "sql"
 MODEL_SCHEMAS = ("staging", "marts", "segments")
@@ -70,8 +79,7 @@ class Model:
     file: str  # path relative to the project, as shown in errors: sql/marts/patients.sql
     sql: str
     materialized: str = "table"
-    unique_key: str | None = None
-    cursor: str | None = None
+    key: tuple[str, ...] = ()  # incremental: new rows replace existing rows with the same key
     depends_on: tuple[str, ...] = ()  # qualified models and sources this model reads
 
     @property
@@ -166,11 +174,11 @@ def _parse_config(file: str, text: str) -> dict[str, str]:
             continue
         for item in filter(None, (p.strip() for p in match.group(1).split(","))):
             key, sep, value = (s.strip() for s in item.partition("="))
-            if not sep or not value or key not in ("materialized", "unique_key", "cursor"):
+            if not sep or not value or key not in ("materialized", "key"):
                 raise ModelError(
                     f"{file}: cannot read '-- config:' item '{item}'. Write e.g. "
-                    "'-- config: materialized=incremental, unique_key=patient_id, cursor=loaded_at' "
-                    "(keys: materialized, unique_key, cursor)."
+                    "'-- config: materialized=view' or "
+                    "'-- config: materialized=incremental, key=appointment_kind+appointment_id'."
                 )
             config[key] = value
     materialized = config.setdefault("materialized", "table")
@@ -178,9 +186,10 @@ def _parse_config(file: str, text: str) -> dict[str, str]:
         raise ModelError(
             f"{file}: materialized={materialized} is not one of {', '.join(MATERIALIZATIONS)}."
         )
-    if materialized == "incremental" and not (config.get("unique_key") and config.get("cursor")):
+    if materialized == "incremental" and not config.get("key"):
         raise ModelError(
-            f"{file}: an incremental model needs unique_key= and cursor= in its '-- config:' line."
+            f"{file}: an incremental model needs key= in its '-- config:' line (the column, or "
+            "columns joined by '+', whose rows a new selection replaces)."
         )
     return config
 
@@ -310,8 +319,7 @@ def discover(con: duckdb.DuckDBPyConnection, sql_dir: Path = SQL_DIR) -> Project
             file=file,
             sql=sql,
             materialized=config["materialized"],
-            unique_key=config.get("unique_key"),
-            cursor=config.get("cursor"),
+            key=tuple(c.strip() for c in config.get("key", "").split("+") if c.strip()),
             depends_on=depends_on,
         )
     sources = _source_tables(con)
@@ -348,6 +356,15 @@ def _existing_kind(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> st
         [schema, name, schema, name],
     ).fetchone()
     return row[0] if row else None
+
+
+def _data_high_water(con: duckdb.DuckDBPyConnection) -> datetime | None:
+    """The newest write the sync made to any raw table (a row stored, or marked removed)."""
+    union = " UNION ALL ".join(
+        f"SELECT max(synced_at) AS t FROM {r.table} UNION ALL SELECT max(removed_at) FROM {r.table}"
+        for r in RESOURCES
+    )
+    return con.execute(f"SELECT max(t) FROM ({union})").fetchone()[0]
 
 
 def _fingerprint(model: Model, settings: ListSettings) -> str:
@@ -390,6 +407,13 @@ class ModelBuild:
         models_functions.register(con)
         con.execute("BEGIN TRANSACTION")
         s = self.settings
+        previous = con.execute(
+            "SELECT data_high_water, built_at FROM state.model_builds "
+            "WHERE status = 'succeeded' ORDER BY finished_at DESC LIMIT 1"
+        ).fetchone()
+        self.changes_since, self.previous_built_at = previous or (None, None)
+        self.data_high_water = _data_high_water(con)
+        self._set_changes(self.changes_since, self.previous_built_at)
         con.execute("DELETE FROM state.build_context")
         con.execute(
             "INSERT INTO state.build_context VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -405,6 +429,10 @@ class ModelBuild:
             ],
         )
         self._drop_orphans()
+
+    def _set_changes(self, since: datetime | None, previous: datetime | None) -> None:
+        self.con.execute("SET VARIABLE changes_since = ?::TIMESTAMPTZ", [since])
+        self.con.execute("SET VARIABLE previous_built_at = ?::TIMESTAMPTZ", [previous])
 
     def _drop_orphans(self) -> None:
         """Tables and views whose file was deleted go too: nothing downstream may read a model
@@ -461,10 +489,19 @@ class ModelBuild:
                 "SELECT fingerprint FROM state.model_fingerprints WHERE model = ?",
                 [model.relation],
             ).fetchone()
-            if existing and not self.full_refresh and previous and previous[0] == fingerprint:
+            if (
+                existing
+                and not self.full_refresh
+                and self.changes_since is not None
+                and previous
+                and previous[0] == fingerprint
+            ):
                 self._merge(model, rel)
             else:
+                self._set_changes(None, None)
                 con.execute(f"CREATE OR REPLACE TABLE {rel} AS {model.sql}")
+                self._set_changes(self.changes_since, self.previous_built_at)
+                self._check_unique(rel, model.key)
             con.execute(
                 "INSERT OR REPLACE INTO state.model_fingerprints VALUES (?, ?)",
                 [model.relation, fingerprint],
@@ -475,42 +512,50 @@ class ModelBuild:
         return con.execute(f"SELECT count(*) FROM {rel}").fetchone()[0]
 
     def _merge(self, model: Model, rel: str) -> None:
-        """Re-read only the source rows whose cursor is after the newest already built, then
-        replace those keys. Strictly after: a sync run stamps all its rows with one synced_at,
-        and re-reading ">=" would re-parse a whole backfill on every build until a newer row
-        came. Safe because a sync and a build never overlap (the database's writer lock) and a
-        later sync run stamps later times; `relay models build --full-refresh` re-reads all."""
-        con, key, cursor = self.con, f'"{model.unique_key}"', f'"{model.cursor}"'
-        since = con.execute(f"SELECT max({cursor}) FROM {rel}").fetchone()[0]
+        """Replace the rows whose key the model's (changed-only) selection returns. Idempotent:
+        a crash before COMMIT leaves the previous rows, and the next build selects again."""
+        con = self.con
+        con.execute(f"CREATE OR REPLACE TEMP TABLE relay_delta AS {model.sql}")
+        self._check_unique("relay_delta", model.key)
+        match = " AND ".join(f't."{c}" IS NOT DISTINCT FROM d."{c}"' for c in model.key)
+        columns = ", ".join(f'"{c}"' for c in model.key)
         con.execute(
-            f"CREATE OR REPLACE TEMP TABLE relay_delta AS SELECT * FROM ({model.sql}) "
-            f"WHERE {cursor} > ? OR ? IS NULL",
-            [since, since],
+            f"DELETE FROM {rel} t USING (SELECT DISTINCT {columns} FROM relay_delta) d "
+            f"WHERE {match}"
         )
-        con.execute(f"DELETE FROM {rel} WHERE {key} IN (SELECT {key} FROM relay_delta)")
         con.execute(f"INSERT INTO {rel} BY NAME SELECT * FROM relay_delta")
         con.execute("DROP TABLE relay_delta")
 
     def _check_shape(self, model: Model, rel: str) -> None:
-        """Built-in checks the rest of the system relies on: unique keys and segment rows."""
-        key = model.unique_key or ("patient_id" if model.schema == "segments" else None)
-        if key is None:
-            return
+        """What the rest of the system relies on: key columns exist; a segment has one row per
+        patient_id."""
         columns = {
             r[0]
             for r in self.con.execute(f"SELECT name FROM pragma_table_info('{rel}')").fetchall()
         }
-        if key not in columns:
-            raise duckdb.BinderException(
-                f"the model must return a column named {key}"
-                + (" (one row per patient in the segment)" if model.schema == "segments" else "")
-            )
+        needed = list(model.key) + (["patient_id"] if model.schema == "segments" else [])
+        for column in needed:
+            if column not in columns:
+                raise duckdb.BinderException(
+                    f"the model must return a column named {column}"
+                    + (
+                        " (one row per patient in the segment)"
+                        if model.schema == "segments"
+                        else ""
+                    )
+                )
+        if model.schema == "segments":
+            self._check_unique(rel, ("patient_id",), "a segment has one row per patient")
+
+    def _check_unique(self, rel: str, key: tuple[str, ...], why: str = "") -> None:
+        columns = ", ".join(f'"{c}"' for c in key)
         duplicates = self.con.execute(
-            f'SELECT count(*) FROM (SELECT "{key}" FROM {rel} GROUP BY ALL HAVING count(*) > 1)'
+            f"SELECT count(*) FROM (SELECT {columns} FROM {rel} GROUP BY ALL HAVING count(*) > 1)"
         ).fetchone()[0]
         if duplicates:
             raise duckdb.ConstraintException(
-                f"{duplicates} value(s) of {key} appear on more than one row; {key} must be unique"
+                f"{duplicates} value(s) of {'+'.join(key)} appear on more than one row; "
+                + (why or "the key must be unique")
             )
 
     def run_tests(self) -> int:
@@ -537,8 +582,14 @@ class ModelBuild:
                 self.build_id, "tasks/models.py (membership)", _message(exc)
             ) from None
         self.con.execute(
-            "INSERT INTO state.model_builds VALUES (?, ?, now(), 'succeeded', NULL, NULL, ?)",
-            [self.build_id, self.started_at, json.dumps(self.result.summary())],
+            "INSERT INTO state.model_builds VALUES (?, ?, now(), 'succeeded', ?, ?, NULL, NULL, ?)",
+            [
+                self.build_id,
+                self.started_at,
+                self.result.built_at,
+                self.data_high_water,
+                json.dumps(self.result.summary()),
+            ],
         )
         self.con.execute("COMMIT")
         return self.result
@@ -547,8 +598,8 @@ class ModelBuild:
         """Roll back everything this build did, then record (on its own) that it failed."""
         self.con.execute("ROLLBACK")
         self.con.execute(
-            "INSERT INTO state.model_builds VALUES (?, ?, now(), 'failed', ?, ?, NULL)",
-            [self.build_id, self.started_at, failure.file, failure.detail],
+            "INSERT INTO state.model_builds VALUES (?, ?, now(), 'failed', ?, NULL, ?, ?, NULL)",
+            [self.build_id, self.started_at, self.result.built_at, failure.file, failure.detail],
         )
 
 

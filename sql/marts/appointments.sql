@@ -1,6 +1,12 @@
--- Every appointment of every known patient: individual appointments, plus one row per attendee
--- of a group appointment (class), with its type, category, business, practitioner and status.
--- Read by the planner (triggers) and by segments.
+-- config: materialized=incremental, key=appointment_kind+appointment_id
+-- Every appointment: individual appointments, plus one row per attendee of a group appointment
+-- (class), with its type, category, business, practitioner and status. Read by the planner
+-- (triggers) and by segments.
+--
+-- Incremental: a build recomputes only the patients whose appointments or patient record the
+-- sync changed, or who had an appointment start since the last build (upcoming -> past);
+-- everything when a type, business or practitioner changed. All of a patient's appointments
+-- are recomputed together because their sequence numbers depend on each other.
 --
 -- Columns:
 --   appointment_id        Cliniko's individual appointment id, or the attendee id for a class
@@ -12,7 +18,8 @@
 --   practitioner_id, practitioner_name
 --   starts_at, ends_at    UTC (TIMESTAMPTZ);  starts_at_local: wall-clock time at the business
 --   created_at, updated_at, cancelled_at, cancellation_reason, archived_at, deleted_at (UTC)
---   status                one of, by precedence: deleted > archived > cancelled >
+--   status                one of, by precedence: deleted (or its patient is deleted in Cliniko
+--                         or was never synced) > archived > cancelled >
 --                         did_not_arrive > arrived > upcoming (starts after the build) >
 --                         unmarked (past, neither arrived nor did-not-arrive)
 --   is_visit              status is arrived or unmarked: the patient (presumably) came
@@ -21,6 +28,7 @@
 --                         count too (seed 000): filter on category to leave them out.
 --   type_sequence_number  the same, per appointment type
 --   booked_online         Cliniko recorded a booking IP address
+--   refreshed_at          the build that last recomputed the row (its built_at)
 with
 
 individual_appointments as (
@@ -35,10 +43,8 @@ attendees as (
     select * from staging.attendees
 ),
 
--- Appointments of patients deleted in Cliniko go with them.
 patients as (
     select * from staging.patients
-    where deleted_at is null and removed_at is null
 ),
 
 appointment_types as (
@@ -55,6 +61,49 @@ practitioners as (
 
 build_context as (
     select built_at, clinic_time_zone from state.build_context
+),
+
+-- Which patients to recompute. changes_since is NULL on a full build: everyone.
+dimension_changed as (
+    select 1 from appointment_types where loaded_at > getvariable('changes_since')
+    union all
+    select 1 from businesses where loaded_at > getvariable('changes_since')
+    union all
+    select 1 from practitioners where loaded_at > getvariable('changes_since')
+),
+
+changed_patients as (
+    select patient_id from individual_appointments
+    where loaded_at > getvariable('changes_since')
+    union
+    select patient_id from individual_appointments
+    where starts_at > getvariable('previous_built_at')
+        and starts_at <= (select built_at from build_context)
+    union
+    select patient_id from attendees
+    where loaded_at > getvariable('changes_since')
+    union
+    select attendees.patient_id
+    from attendees
+    inner join group_appointments
+        on group_appointments.group_appointment_id = attendees.booking_id
+    where group_appointments.loaded_at > getvariable('changes_since')
+        or (group_appointments.starts_at > getvariable('previous_built_at')
+            and group_appointments.starts_at <= (select built_at from build_context))
+    union
+    select patient_id from patients
+    where loaded_at > getvariable('changes_since')
+    union
+    select merged_into_patient_id from patients
+    where loaded_at > getvariable('changes_since')
+),
+
+-- A merged-away patient's appointments are numbered with the surviving patient's.
+patients_in_scope as (
+    select distinct coalesce(patients.merged_into_patient_id, changed_patients.patient_id)
+        as patient_id
+    from changed_patients
+    left join patients on patients.patient_id = changed_patients.patient_id
 ),
 
 individual_rows as (
@@ -119,16 +168,26 @@ with_patient as (
     select
         all_rows.* replace (
             coalesce(patients.merged_into_patient_id, all_rows.patient_id) as patient_id
-        )
+        ),
+        patients.patient_id is null
+            or patients.deleted_at is not null
+            or patients.removed_at is not null as patient_deleted
     from all_rows
-    inner join patients on patients.patient_id = all_rows.patient_id
+    left join patients on patients.patient_id = all_rows.patient_id
+),
+
+in_scope as (
+    select * from with_patient
+    where getvariable('changes_since') is null
+        or exists (select 1 from dimension_changed)
+        or patient_id in (select patient_id from patients_in_scope)
 ),
 
 with_status as (
     select
-        with_patient.*,
+        in_scope.*,
         case
-            when deleted_at is not null then 'deleted'
+            when deleted_at is not null or patient_deleted then 'deleted'
             when archived_at is not null then 'archived'
             when cancelled_at is not null then 'cancelled'
             when did_not_arrive then 'did_not_arrive'
@@ -136,7 +195,7 @@ with_status as (
             when starts_at > build_context.built_at then 'upcoming'
             else 'unmarked'
         end as status
-    from with_patient
+    from in_scope
     cross join build_context
 ),
 
@@ -185,7 +244,8 @@ final as (
         numbered.is_visit,
         case when numbered.is_kept then numbered.kept_position end as sequence_number,
         case when numbered.is_kept then numbered.kept_type_position end as type_sequence_number,
-        numbered.booked_online
+        numbered.booked_online,
+        build_context.built_at as refreshed_at
     from numbered
     cross join build_context
     left join appointment_types

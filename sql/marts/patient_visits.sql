@@ -1,27 +1,115 @@
--- Visits per patient and appointment type: what "appointment type attended" segments read.
--- One row per (patient_id, appointment_type_id) the patient has any appointment of.
--- Columns: patient_id, appointment_type_id, appointment_type_name, category, visits (arrived or
--- past unmarked), appointments (kept: visits + upcoming), first_visit_at, last_visit_at,
--- next_appointment_at (UTC).
+-- config: materialized=incremental, key=patient_id
+-- Each patient's appointment history in one row: visit counts in total, per appointment type
+-- and per category, first/last visit and the next booking. marts.patients joins it.
+-- Incremental: recomputes the patients whose appointments this build refreshed, or whose
+-- patient record the sync changed (e.g. merged away: their appointments moved to another).
+--
+-- Columns:
+--   patient_id
+--   visit_count                 arrived or past unmarked appointments, every type
+--   appointment_count           kept appointments: visits + upcoming
+--   first_visit_at, last_visit_at (UTC)
+--   visits_by_appointment_type  MAP(appointment_type_id -> visits)
+--   visits_by_category          MAP(category -> visits), e.g. visits_by_category['Admin Only']
+--   next_appointment_id, next_appointment_kind, next_appointment_at (UTC),
+--   next_appointment_type_id
 with
+
+patients as (
+    select * from staging.patients
+),
 
 appointments as (
     select * from marts.appointments
+),
+
+build_context as (
+    select built_at from state.build_context
+),
+
+patients_in_scope as (
+    select patient_id from appointments
+    where getvariable('changes_since') is null
+        or refreshed_at = (select built_at from build_context)
+    union
+    select patient_id from patients
+    where getvariable('changes_since') is null
+        or loaded_at > getvariable('changes_since')
+),
+
+scoped_appointments as (
+    select * from appointments
+    where patient_id in (select patient_id from patients_in_scope)
 ),
 
 per_type as (
     select
         patient_id,
         appointment_type_id,
-        any_value(appointment_type_name) as appointment_type_name,
         any_value(category) as category,
-        count(*) filter (where is_visit) as visits,
-        count(*) filter (where status in ('arrived', 'unmarked', 'upcoming')) as appointments,
+        count(*) filter (where is_visit) as visits
+    from scoped_appointments
+    group by patient_id, appointment_type_id
+),
+
+by_type as (
+    select
+        patient_id,
+        map_from_entries(
+            list((appointment_type_id, visits)) filter (where visits > 0 and appointment_type_id is not null)
+        ) as visits_by_appointment_type
+    from per_type
+    group by patient_id
+),
+
+by_category as (
+    select
+        patient_id,
+        map_from_entries(list((category, visits))) as visits_by_category
+    from (
+        select patient_id, category, sum(visits)::bigint as visits
+        from per_type
+        where category is not null and visits > 0
+        group by patient_id, category
+    )
+    group by patient_id
+),
+
+totals as (
+    select
+        patient_id,
+        count(*) filter (where is_visit) as visit_count,
+        count(*) filter (where status in ('arrived', 'unmarked', 'upcoming')) as appointment_count,
         min(starts_at) filter (where is_visit) as first_visit_at,
         max(starts_at) filter (where is_visit) as last_visit_at,
-        min(starts_at) filter (where status = 'upcoming') as next_appointment_at
-    from appointments
-    group by patient_id, appointment_type_id
+        arg_min(appointment_id, starts_at) filter (where status = 'upcoming')
+            as next_appointment_id,
+        arg_min(appointment_kind, starts_at) filter (where status = 'upcoming')
+            as next_appointment_kind,
+        min(starts_at) filter (where status = 'upcoming') as next_appointment_at,
+        arg_min(appointment_type_id, starts_at) filter (where status = 'upcoming')
+            as next_appointment_type_id
+    from scoped_appointments
+    group by patient_id
+),
+
+final as (
+    select
+        patients_in_scope.patient_id,
+        coalesce(totals.visit_count, 0) as visit_count,
+        coalesce(totals.appointment_count, 0) as appointment_count,
+        totals.first_visit_at,
+        totals.last_visit_at,
+        coalesce(by_type.visits_by_appointment_type, map()) as visits_by_appointment_type,
+        coalesce(by_category.visits_by_category, map()) as visits_by_category,
+        totals.next_appointment_id,
+        totals.next_appointment_kind,
+        totals.next_appointment_at,
+        totals.next_appointment_type_id
+    from patients_in_scope
+    left join totals on totals.patient_id = patients_in_scope.patient_id
+    left join by_type on by_type.patient_id = patients_in_scope.patient_id
+    left join by_category on by_category.patient_id = patients_in_scope.patient_id
 )
 
-select * from per_type
+select * from final

@@ -20,16 +20,13 @@
 --   appointment_count     kept appointments (visits + upcoming)
 --   visits_by_appointment_type  MAP(appointment_type_id -> visits)
 --   visits_by_category          MAP(category -> visits), e.g. visits_by_category['Admin Only']
---   next_appointment_id, next_appointment_at (UTC), next_appointment_type_id
+--   next_appointment_id, next_appointment_kind, next_appointment_at (UTC),
+--   next_appointment_type_id
 with
 
 patients as (
     select * from staging.patients
     where deleted_at is null and removed_at is null
-),
-
-appointments as (
-    select * from marts.appointments
 ),
 
 patient_visits as (
@@ -38,45 +35,6 @@ patient_visits as (
 
 build_context as (
     select built_at from state.build_context
-),
-
-appointment_totals as (
-    select
-        patient_id,
-        count(*) filter (where is_visit) as visit_count,
-        count(*) filter (where status in ('arrived', 'unmarked', 'upcoming')) as appointment_count,
-        min(starts_at) filter (where is_visit) as first_visit_at,
-        max(starts_at) filter (where is_visit) as last_visit_at,
-        arg_min(appointment_id, starts_at) filter (where status = 'upcoming')
-            as next_appointment_id,
-        min(starts_at) filter (where status = 'upcoming') as next_appointment_at,
-        arg_min(appointment_type_id, starts_at) filter (where status = 'upcoming')
-            as next_appointment_type_id
-    from appointments
-    group by patient_id
-),
-
-visits_by_type as (
-    select
-        patient_id,
-        map_from_entries(
-            list((appointment_type_id, visits)) filter (where visits > 0)
-        ) as visits_by_appointment_type
-    from patient_visits
-    group by patient_id
-),
-
-visits_by_category as (
-    select
-        patient_id,
-        map_from_entries(list((category, visits))) as visits_by_category
-    from (
-        select patient_id, category, sum(visits)::bigint as visits
-        from patient_visits
-        where category is not null and visits > 0
-        group by patient_id, category
-    )
-    group by patient_id
 ),
 
 final as (
@@ -109,21 +67,20 @@ final as (
         patients.merged_at,
         patients.merged_into_patient_id,
         patients.archived_at is not null or patients.merged_at is not null as is_archived,
-        appointment_totals.first_visit_at,
-        appointment_totals.last_visit_at,
-        greatest(appointment_totals.last_visit_at, patients.created_at) as last_seen_at,
-        coalesce(appointment_totals.visit_count, 0) as visit_count,
-        coalesce(appointment_totals.appointment_count, 0) as appointment_count,
-        coalesce(visits_by_type.visits_by_appointment_type, map()) as visits_by_appointment_type,
-        coalesce(visits_by_category.visits_by_category, map()) as visits_by_category,
-        appointment_totals.next_appointment_id,
-        appointment_totals.next_appointment_at,
-        appointment_totals.next_appointment_type_id
+        patient_visits.first_visit_at,
+        patient_visits.last_visit_at,
+        greatest(patient_visits.last_visit_at, patients.created_at) as last_seen_at,
+        coalesce(patient_visits.visit_count, 0) as visit_count,
+        coalesce(patient_visits.appointment_count, 0) as appointment_count,
+        coalesce(patient_visits.visits_by_appointment_type, map()) as visits_by_appointment_type,
+        coalesce(patient_visits.visits_by_category, map()) as visits_by_category,
+        patient_visits.next_appointment_id,
+        patient_visits.next_appointment_kind,
+        patient_visits.next_appointment_at,
+        patient_visits.next_appointment_type_id
     from patients
     cross join build_context
-    left join appointment_totals on appointment_totals.patient_id = patients.patient_id
-    left join visits_by_type on visits_by_type.patient_id = patients.patient_id
-    left join visits_by_category on visits_by_category.patient_id = patients.patient_id
+    left join patient_visits on patient_visits.patient_id = patients.patient_id
 )
 
 select * from final

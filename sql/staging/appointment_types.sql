@@ -3,12 +3,13 @@
 with
 
 source as (
-    select id, payload, removed_at from raw.appointment_types
+    select id, payload, synced_at, removed_at from raw.appointment_types
 ),
 
 parsed as (
     select
         id,
+        synced_at,
         removed_at,
         json_transform(payload, '{
             "name": "VARCHAR", "category": "VARCHAR", "duration_in_minutes": "VARCHAR",
@@ -31,7 +32,8 @@ renamed as (
         cliniko_timestamp(p.created_at) as created_at,
         cliniko_timestamp(p.updated_at) as updated_at,
         cliniko_timestamp(p.archived_at) as archived_at,
-        removed_at
+        removed_at,
+        greatest(synced_at, removed_at) as loaded_at
     from parsed
 )
 

@@ -1,11 +1,16 @@
--- config: materialized=incremental, unique_key=attendee_id, cursor=loaded_at
+-- config: materialized=incremental, key=attendee_id
 -- One row per Cliniko attendee: a patient's place in a booking. Cliniko lists attendees of
 -- individual appointments here too; marts.appointments keeps only those of group appointments.
 -- arrived: true = arrived, false = did not arrive, NULL = not marked.
 with
 
+-- On an incremental build, only what the sync wrote since the last good build.
 source as (
-    select id, payload, synced_at, removed_at from raw.attendees
+    select id, payload, synced_at, removed_at
+    from raw.attendees
+    where getvariable('changes_since') is null
+        or synced_at > getvariable('changes_since')
+        or removed_at > getvariable('changes_since')
 ),
 
 parsed as (

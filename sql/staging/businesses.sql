@@ -3,12 +3,13 @@
 with
 
 source as (
-    select id, payload, removed_at from raw.businesses
+    select id, payload, synced_at, removed_at from raw.businesses
 ),
 
 parsed as (
     select
         id,
+        synced_at,
         removed_at,
         json_transform(payload, '{
             "business_name": "VARCHAR", "display_name": "VARCHAR", "label": "VARCHAR",
@@ -31,7 +32,8 @@ renamed as (
         cliniko_timestamp(p.updated_at) as updated_at,
         cliniko_timestamp(p.archived_at) as archived_at,
         cliniko_timestamp(p.deleted_at) as deleted_at,
-        removed_at
+        removed_at,
+        greatest(synced_at, removed_at) as loaded_at
     from parsed
 )
 

@@ -2,7 +2,7 @@
 with
 
 source as (
-    select id, payload, removed_at from raw.concession_types
+    select id, payload, synced_at, removed_at from raw.concession_types
 ),
 
 renamed as (
@@ -11,7 +11,8 @@ renamed as (
         cliniko_text(payload->>'name') as concession_type_name,
         cliniko_timestamp(payload->>'created_at') as created_at,
         cliniko_timestamp(payload->>'updated_at') as updated_at,
-        removed_at
+        removed_at,
+        greatest(synced_at, removed_at) as loaded_at
     from source
 )
 

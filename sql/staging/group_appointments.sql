@@ -1,9 +1,14 @@
--- config: materialized=incremental, unique_key=group_appointment_id, cursor=loaded_at
+-- config: materialized=incremental, key=group_appointment_id
 -- One row per Cliniko group appointment (a class); who attended lives in staging.attendees.
 with
 
+-- On an incremental build, only what the sync wrote since the last good build.
 source as (
-    select id, payload, synced_at, removed_at from raw.group_appointments
+    select id, payload, synced_at, removed_at
+    from raw.group_appointments
+    where getvariable('changes_since') is null
+        or synced_at > getvariable('changes_since')
+        or removed_at > getvariable('changes_since')
 ),
 
 parsed as (

@@ -1,10 +1,15 @@
--- config: materialized=incremental, unique_key=appointment_id, cursor=loaded_at
+-- config: materialized=incremental, key=appointment_id
 -- One row per Cliniko individual appointment (cancelled, archived and deleted ones too), typed.
 -- Incremental: each build re-reads only the appointments the sync wrote since the last build.
 with
 
+-- On an incremental build, only what the sync wrote since the last good build.
 source as (
-    select id, payload, synced_at, removed_at from raw.individual_appointments
+    select id, payload, synced_at, removed_at
+    from raw.individual_appointments
+    where getvariable('changes_since') is null
+        or synced_at > getvariable('changes_since')
+        or removed_at > getvariable('changes_since')
 ),
 
 parsed as (

@@ -1,4 +1,4 @@
--- config: materialized=incremental, unique_key=patient_id, cursor=loaded_at
+-- config: materialized=incremental, key=patient_id
 -- One row per Cliniko patient ever synced (archived, merged and deleted ones too), typed.
 -- Parsing phones and emails is the costly part of a build, so this model is incremental: each
 -- build re-reads only patients the sync wrote since the last build (loaded_at).
@@ -6,8 +6,13 @@
 -- NULL when missing or not a valid mobile. email_is_valid: syntax only (no DNS lookups).
 with
 
+-- On an incremental build, only what the sync wrote since the last good build.
 source as (
-    select id, payload, synced_at, removed_at from raw.patients
+    select id, payload, synced_at, removed_at
+    from raw.patients
+    where getvariable('changes_since') is null
+        or synced_at > getvariable('changes_since')
+        or removed_at > getvariable('changes_since')
 ),
 
 build_context as (

@@ -3,12 +3,13 @@
 with
 
 source as (
-    select id, payload, removed_at from raw.practitioners
+    select id, payload, synced_at, removed_at from raw.practitioners
 ),
 
 parsed as (
     select
         id,
+        synced_at,
         removed_at,
         json_transform(payload, '{
             "title": "VARCHAR", "first_name": "VARCHAR", "last_name": "VARCHAR",
@@ -37,7 +38,8 @@ renamed as (
         cliniko_link_id(p.user.links.self) as user_id,
         cliniko_timestamp(p.created_at) as created_at,
         cliniko_timestamp(p.updated_at) as updated_at,
-        removed_at
+        removed_at,
+        greatest(synced_at, removed_at) as loaded_at
     from parsed
 )
 

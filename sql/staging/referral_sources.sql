@@ -3,12 +3,13 @@
 with
 
 source as (
-    select id, payload, removed_at from raw.referral_sources
+    select id, payload, synced_at, removed_at from raw.referral_sources
 ),
 
 parsed as (
     select
         id,
+        synced_at,
         removed_at,
         json_transform(payload, '{
             "id": "VARCHAR", "notes": "VARCHAR", "subcategory": "VARCHAR",
@@ -32,7 +33,8 @@ renamed as (
         cliniko_text(p.notes) as notes,
         cliniko_timestamp(p.created_at) as created_at,
         cliniko_timestamp(p.updated_at) as updated_at,
-        removed_at
+        removed_at,
+        greatest(synced_at, removed_at) as loaded_at
     from parsed
 )
 

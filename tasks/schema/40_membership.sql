@@ -9,6 +9,10 @@ CREATE TABLE IF NOT EXISTS state.model_builds (
     started_at    TIMESTAMPTZ NOT NULL,
     finished_at   TIMESTAMPTZ NOT NULL,
     status        VARCHAR NOT NULL CHECK (status IN ('succeeded', 'failed')),
+    built_at      TIMESTAMPTZ,         -- the clock the models saw (state.build_context.built_at)
+    -- Newest raw.* write (synced_at or removed_at) the build read: the next build's incremental
+    -- models read only what the sync wrote after it.
+    data_high_water TIMESTAMPTZ,
     failed_file   VARCHAR,             -- sql/... file that broke the build (model or data test)
     error         VARCHAR,             -- DuckDB's message or the failing test's row count
     summary       JSON                 -- counts only: rows per model, audience sizes, joins/leaves
@@ -16,7 +20,8 @@ CREATE TABLE IF NOT EXISTS state.model_builds (
 
 -- What the models may read about the build in progress: its clock and the clinic's list
 -- settings (from clinic.yaml). One row, replaced at the start of each build; models read values
--- from here instead of having user text pasted into SQL.
+-- from here instead of having user text pasted into SQL. (Incremental models also read
+-- getvariable('changes_since') and getvariable('previous_built_at'): see tasks/models.py.)
 CREATE TABLE IF NOT EXISTS state.build_context (
     build_id                 VARCHAR NOT NULL,
     built_at                 TIMESTAMPTZ NOT NULL,

@@ -430,3 +430,62 @@ def test_staging_reads_only_what_the_sync_wrote_since_the_last_build(clinic):
     assert clinic.subscribed() == {"before@example.com"}
     models.build(clinic.con, models.ListSettings(), now=NOW, full_refresh=True)
     assert clinic.subscribed() == {"after@example.com"}
+
+
+def _snapshot(con, relation: str, order: str) -> list[tuple]:
+    # refreshed_at says which build recomputed a row: the one column that may differ
+    columns = "* EXCLUDE (refreshed_at)" if relation == "marts.appointments" else "*"
+    return con.execute(f"SELECT {columns} FROM {relation} ORDER BY {order}").fetchall()
+
+
+def test_incremental_builds_end_with_the_same_tables_as_a_full_rebuild(clinic):
+    for pid in range(1, 6):
+        clinic.patient(pid, mobile=f"04123456{pid:02d}", sms_opt_in=True)
+        clinic.visit(100 + pid, pid, days_ago=10 * pid)
+        clinic.appointment(200 + pid, pid, NOW + timedelta(hours=pid))
+    clinic.build()
+
+    later = NOW + timedelta(hours=3)  # appointments 201-203 have started since
+    clinic.appointment(204, 4, NOW + timedelta(hours=4), cancelled=True)
+    clinic.appointment(300, 5, NOW - timedelta(days=400), arrived=True)  # an earlier visit
+    clinic._write(
+        "patients",
+        2,
+        {
+            "id": "2",
+            "email": "patient2@example.com",
+            "archived_at": _ts(NOW),
+            "merged_at": _ts(NOW),
+            "merged_with_patient": _link("patients", 1),
+        },
+    )
+    clinic.con.execute("UPDATE raw.patients SET removed_at = ? WHERE id = 3", [clinic._tick()])
+    clinic.appointment_type(1, "Standard Consultation", "Physio (renamed)")
+    clinic.build(now=later)
+    incremental = {
+        "marts.appointments": _snapshot(clinic.con, "marts.appointments", "appointment_id"),
+        "marts.patients": _snapshot(clinic.con, "marts.patients", "patient_id"),
+        "marts.email_marketing_list": _snapshot(clinic.con, "marts.email_marketing_list", "email"),
+        "marts.sms_marketing_list": _snapshot(
+            clinic.con, "marts.sms_marketing_list", "mobile_e164"
+        ),
+    }
+    models.build(
+        clinic.con, models.ListSettings(active_patient_months=12), now=later, full_refresh=True
+    )
+    for relation, rows in incremental.items():
+        order = {"marts.appointments": "appointment_id", "marts.patients": "patient_id"}.get(
+            relation, "2"
+        )
+        assert _snapshot(clinic.con, relation, order) == rows, relation
+    # and the changes did land: merged visits moved to patient 1, the deleted patient is gone
+    moved = clinic.con.execute(
+        "SELECT patient_id, sequence_number FROM marts.appointments WHERE appointment_id = 102"
+    ).fetchone()
+    assert moved == (1, 1)
+    assert clinic.con.execute(
+        "SELECT status FROM marts.appointments WHERE appointment_id = 203"
+    ).fetchone() == ("deleted",)
+    assert clinic.con.execute(
+        "SELECT status FROM marts.appointments WHERE appointment_id = 201"
+    ).fetchone() == ("unmarked",)

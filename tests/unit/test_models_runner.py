@@ -169,7 +169,7 @@ def test_a_file_with_two_statements_is_refused(con, tmp_path):
 
 def test_an_unreadable_config_line_is_refused_with_an_example(con, tmp_path):
     sql_dir = write(tmp_path, {"marts/x.sql": "-- config: materialized=incremental\nselect 1 as a"})
-    with pytest.raises(models.ModelError, match="needs unique_key= and cursor="):
+    with pytest.raises(models.ModelError, match="needs key= in its '-- config:' line"):
         models.discover(con, sql_dir)
     write(tmp_path, {"marts/x.sql": "-- config: materialised=view\nselect 1 as a"})
     with pytest.raises(
@@ -204,7 +204,8 @@ def test_a_segment_must_return_each_patient_once(con, tmp_path):
         {**GOOD, "segments/twice.sql": "select patient_id from marts.people union all select 1"},
     )
     with pytest.raises(
-        models.BuildFailed, match="sql/segments/twice.sql: 1 value.*patient_id must be unique"
+        models.BuildFailed,
+        match="sql/segments/twice.sql: 1 value.*a segment has one row per patient",
     ):
         build(con, sql_dir)
     write(tmp_path, {"segments/twice.sql": "select email from marts.people"})
@@ -231,8 +232,9 @@ def test_deleting_a_model_file_drops_its_table_and_retires_its_segment(con, tmp_
 
 def test_an_incremental_model_merges_new_rows_and_rebuilds_when_its_sql_changes(con, tmp_path):
     incremental = (
-        "-- config: materialized=incremental, unique_key=patient_id, cursor=synced_at\n"
-        "select id as patient_id, payload->>'email' as email, synced_at from raw.patients"
+        "-- config: materialized=incremental, key=patient_id\n"
+        "select id as patient_id, payload->>'email' as email from raw.patients "
+        "where getvariable('changes_since') is null or synced_at > getvariable('changes_since')"
     )
     sql_dir = write(tmp_path, {"staging/people.sql": incremental})
     build(con, sql_dir)
