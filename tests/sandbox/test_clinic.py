@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from sandbox.cliniko.store import link_id, parse_ts
-from tests.sandbox.conftest import BASE, START, make_clinic
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "reference" / "cliniko-examples"
 RESOURCES = (
@@ -27,7 +26,9 @@ RESOURCES = (
     "group_appointments",
     "attendees",
 )
+START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 T_START = int(START.timestamp())
+BASE = "http://sandbox.test/v1"
 
 
 def ts(value) -> int | None:
@@ -177,7 +178,7 @@ def test_classes_list_their_attendees_patient_ids(data):
         assert len(group["patient_ids"]) <= group["max_attendees"]
 
 
-def test_the_same_seed_and_size_make_the_same_clinic():
+def test_the_same_seed_and_size_make_the_same_clinic(make_clinic):
     one, two = make_clinic(seed=11, patients=120), make_clinic(seed=11, patients=120)
     other = make_clinic(seed=12, patients=120)
     for resource in RESOURCES:
@@ -193,7 +194,7 @@ def changed_rows(before: dict, after: dict) -> dict:
     return {k: v for k, v in after.items() if before.get(k) != v}
 
 
-def test_advance_makes_every_kind_of_change_inside_the_interval():
+def test_advance_makes_every_kind_of_change_inside_the_interval(make_clinic):
     clinic = make_clinic(seed=3)
     before = {r: clinic.snapshot(r, BASE) for r in RESOURCES}
     old = clinic.now
@@ -205,7 +206,7 @@ def test_advance_makes_every_kind_of_change_inside_the_interval():
             assert old.timestamp() < ts(record["updated_at"]) <= clinic.now.timestamp()
 
 
-def test_a_minute_of_a_500_patient_clinic_usually_books_someone():
+def test_a_minute_of_a_500_patient_clinic_usually_books_someone(make_clinic):
     clinic = make_clinic(seed=5, patients=500, appointments_per_patient=3)
     minutes_with_bookings = sum(
         clinic.advance(timedelta(minutes=1))["bookings"] > 0 for _ in range(20)
@@ -213,7 +214,7 @@ def test_a_minute_of_a_500_patient_clinic_usually_books_someone():
     assert minutes_with_bookings >= 16
 
 
-def test_the_same_advances_make_the_same_changes():
+def test_the_same_advances_make_the_same_changes(make_clinic):
     one, two = make_clinic(seed=9, patients=100), make_clinic(seed=9, patients=100)
     assert one.advance(timedelta(hours=2)) == two.advance(timedelta(hours=2))
     assert one.snapshot("individual_appointments", BASE) == two.snapshot(
@@ -221,7 +222,7 @@ def test_the_same_advances_make_the_same_changes():
     )
 
 
-def test_a_merge_repoints_the_merged_patients_bookings_to_the_survivor():
+def test_a_merge_repoints_the_merged_patients_bookings_to_the_survivor(make_clinic):
     clinic = make_clinic(seed=4, patients=200)
     merged_before = {k for k, p in clinic.snapshot("patients", BASE).items() if p.get("merged_at")}
     assert clinic.advance(timedelta(hours=12))["merges"] > 0
@@ -240,7 +241,7 @@ def test_a_merge_repoints_the_merged_patients_bookings_to_the_survivor():
         assert survivor in patients
 
 
-def test_hard_deleted_rows_vanish_and_are_reported():
+def test_hard_deleted_rows_vanish_and_are_reported(make_clinic):
     clinic = make_clinic(seed=6, patients=200)
     before = clinic.snapshot("individual_appointments", BASE)
     assert clinic.advance(timedelta(hours=12))["hard_deletes"] > 0
@@ -251,7 +252,7 @@ def test_hard_deleted_rows_vanish_and_are_reported():
     assert not gone & {link_id(a["booking"]) for a in attendees}
 
 
-def test_malformed_rows_are_served_broken_and_move_up_the_change_feed():
+def test_malformed_rows_are_served_broken_and_move_up_the_change_feed(make_clinic):
     clinic = make_clinic(seed=8, patients=100)
     clinic.advance(timedelta(minutes=3))
     keys = clinic.inject_malformed("patients", 4)
@@ -274,7 +275,7 @@ def ts_is_bad(value: str) -> bool:
     return False
 
 
-def test_the_clock_refuses_to_go_backwards():
+def test_the_clock_refuses_to_go_backwards(make_clinic):
     clinic = make_clinic(seed=1, patients=20)
     with pytest.raises(ValueError):
         clinic.advance(timedelta(seconds=-1))

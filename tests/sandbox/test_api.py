@@ -1,0 +1,386 @@
+"""The sandbox over real HTTP, as a Cliniko client meets it: auth and shards, paging and links,
+filters and hidden rows, by-id reads, the rate limit, injected faults, and the admin endpoints."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from sandbox.cliniko import Faults, RateLimit, SandboxServer
+from sandbox.cliniko.store import link_id
+
+pytestmark = pytest.mark.integration
+
+UA = {"User-Agent": "clinic-relay tests (tests@example.com)"}
+FEED = [("sort", "updated_at"), ("q[]", "updated_at:>=2000-01-01T00:00:00Z")]
+EVERYTHING = {
+    "patients": [("q[]", "archived_at:*")],
+    "individual_appointments": [("q[]", "archived_at:*"), ("q[]", "cancelled_at:*")],
+    "group_appointments": [("q[]", "archived_at:*")],
+    "appointment_types": [("q[]", "archived_at:*")],
+}
+
+
+@pytest.fixture(scope="module")
+def server(shared_clinic):
+    with SandboxServer(shared_clinic, rate_limit=None) as running:
+        yield running
+
+
+@pytest.fixture
+def api(server, shared_clinic):
+    with httpx.Client(
+        base_url=server.base_url + "/", auth=(shared_clinic.api_key, ""), headers=UA
+    ) as client:
+        yield client
+
+
+def page_all(client: httpx.Client, path: str, params=()) -> list[dict]:
+    """Follow links.next from the first page, as a client does."""
+    resource = path.split("/")[0]
+    rows, response = [], client.get(path, params=[("per_page", 100), *params])
+    while True:
+        assert response.status_code == 200, response.text
+        body = response.json()
+        rows += body[resource]
+        if "next" not in body["links"]:
+            assert len(rows) == body["total_entries"]
+            return rows
+        response = client.get(body["links"]["next"])
+
+
+# ---- auth -----------------------------------------------------------------------------------
+
+
+def test_an_unknown_key_is_401(server):
+    response = httpx.get(server.base_url + "/patients", auth=("sbx-not-a-key-au1", ""), headers=UA)
+    assert response.status_code == 401
+
+
+def test_no_credentials_is_401(server):
+    assert httpx.get(server.base_url + "/patients", headers=UA).status_code == 401
+
+
+def test_a_valid_key_for_another_shard_is_401(server, shared_clinic):
+    body = shared_clinic.api_key.rsplit("-", 1)[0]
+    response = httpx.get(server.base_url + "/patients", auth=(f"{body}-uk2", ""), headers=UA)
+    assert response.status_code == 401
+    other = SandboxServer(shared_clinic, rate_limit=None, shard="au2")
+    with other:
+        refused = httpx.get(
+            other.base_url + "/patients", auth=(shared_clinic.api_key, ""), headers=UA
+        )
+    assert refused.status_code == 401
+
+
+def test_a_request_without_user_agent_is_403_and_says_why(server, shared_clinic):
+    response = httpx.get(
+        server.base_url + "/patients", auth=(shared_clinic.api_key, ""), headers={"User-Agent": ""}
+    )
+    assert response.status_code == 403
+    assert "User-Agent" in response.json()["message"]
+
+
+def test_restricted_keys_get_403_or_404_on_their_resources(server, make_clinic):
+    clinic = make_clinic(seed=2, patients=30)
+    key = clinic.add_key(
+        "sbxrestricted-au1", denied=("patients",), not_found=("appointment_types",)
+    )
+    with SandboxServer(clinic, rate_limit=None) as running:
+        get = lambda path: httpx.get(f"{running.base_url}/{path}", auth=(key, ""), headers=UA)  # noqa: E731
+        assert get("patients").status_code == 403
+        assert get("appointment_types").status_code == 404
+        assert get("businesses").status_code == 200
+
+
+# ---- paging, links, filters -----------------------------------------------------------------
+
+
+def test_pages_link_to_each_other_keeping_filters_and_sort(api, server):
+    params = [("per_page", 10), *FEED, ("q[]", "archived_at:*")]
+    first = api.get("patients", params=params).json()
+    assert "previous" not in first["links"]
+    assert len(first["patients"]) == 10 and first["total_entries"] > 10
+    second_url = first["links"]["next"]
+    assert second_url.startswith(server.base_url + "/patients?")
+    second = httpx.URL(second_url)
+    assert second.params["page"] == "2" and second.params["sort"] == "updated_at"
+    assert second.params.get_list("q[]") == ["updated_at:>=2000-01-01T00:00:00Z", "archived_at:*"]
+    body = api.get(second_url).json()
+    assert httpx.URL(body["links"]["previous"]).params["page"] == "1"
+    assert not {p["id"] for p in body["patients"]} & {p["id"] for p in first["patients"]}
+    last_page = -(-first["total_entries"] // 10)
+    last = api.get("patients", params=[*params, ("page", last_page)]).json()
+    assert "next" not in last["links"] and last["patients"]
+    beyond = api.get("patients", params=[*params, ("page", last_page + 1)]).json()
+    assert beyond["patients"] == [] and beyond["total_entries"] == first["total_entries"]
+
+
+def test_per_page_defaults_to_50_and_must_be_1_to_100(api):
+    assert len(api.get("attendees").json()["attendees"]) == 50
+    assert len(api.get("attendees", params={"per_page": 100}).json()["attendees"]) == 100
+    for bad in (0, 101, "ten"):
+        assert api.get("attendees", params={"per_page": bad}).status_code == 400
+    assert api.get("attendees", params={"page": 0}).status_code == 400
+
+
+def test_the_change_feed_is_ordered_by_updated_at_then_id(api):
+    rows = page_all(api, "individual_appointments", [*FEED, *EVERYTHING["individual_appointments"]])
+    keys = [(r["updated_at"], int(r["id"])) for r in rows]
+    assert keys == sorted(keys)
+
+
+def test_every_operator_over_http(api, shared_clinic):
+    everything = page_all(api, "individual_appointments", EVERYTHING["individual_appointments"])
+    middle = sorted(r["updated_at"] for r in everything)[len(everything) // 2]
+
+    def count(*qs: str) -> int:
+        params = [
+            ("per_page", 1),
+            *EVERYTHING["individual_appointments"],
+            *(("q[]", q) for q in qs),
+        ]
+        response = api.get("individual_appointments", params=params)
+        assert response.status_code == 200, response.text
+        return response.json()["total_entries"]
+
+    def expect(pred) -> int:
+        return sum(1 for r in everything if pred(r))
+
+    assert count(f"updated_at:>{middle}") == expect(lambda r: r["updated_at"] > middle)
+    assert count(f"updated_at:>={middle}") == expect(lambda r: r["updated_at"] >= middle)
+    assert count(f"updated_at:<{middle}") == expect(lambda r: r["updated_at"] < middle)
+    assert count(f"updated_at:<={middle}") == expect(lambda r: r["updated_at"] <= middle)
+    assert count("cancelled_at:?") == expect(lambda r: r["cancelled_at"])
+    assert count("cancelled_at:!?") == expect(lambda r: not r["cancelled_at"])
+    assert count("archived_at:*") == len(everything)
+    assert 0 < count("cancelled_at:?") < len(everything)
+    response = api.get("individual_appointments", params={"q[]": "patient_name:=Ann"})
+    assert response.status_code == 400
+    assert response.json() == {"message": "This column is not searchable."}
+
+
+def test_hidden_rows_come_back_only_when_asked_for(api):
+    visible = page_all(api, "patients")
+    everyone = page_all(api, "patients", EVERYTHING["patients"])
+    assert not any(p["archived_at"] for p in visible)
+    assert {p["id"] for p in visible} < {p["id"] for p in everyone}
+    plain = page_all(api, "individual_appointments")
+    assert not any(a["cancelled_at"] or a["archived_at"] for a in plain)
+    with_cancelled = page_all(api, "individual_appointments", [("q[]", "cancelled_at:*")])
+    assert any(a["cancelled_at"] for a in with_cancelled)
+    assert not any(a["archived_at"] for a in with_cancelled)
+
+
+def test_attendees_list_every_attendance_and_refuse_hidden_row_filters(api):
+    attendees = page_all(api, "attendees")
+    assert any(a["cancelled_at"] for a in attendees)
+    assert api.get("attendees", params={"q[]": "archived_at:*"}).status_code == 400
+
+
+def test_inactive_practitioners_have_their_own_path(api):
+    active = page_all(api, "practitioners")
+    inactive = page_all(api, "practitioners/inactive")
+    assert active and inactive
+    assert all(p["active"] for p in active) and not any(p["active"] for p in inactive)
+    assert not {p["id"] for p in active} & {p["id"] for p in inactive}
+
+
+def test_records_are_readable_by_id_hidden_ones_included(api, server):
+    archived = next(
+        p for p in page_all(api, "patients", EVERYTHING["patients"]) if p["archived_at"]
+    )
+    response = api.get(f"patients/{archived['id']}")
+    assert response.status_code == 200 and response.json() == archived
+    assert response.json()["links"]["self"] == f"{server.base_url}/patients/{archived['id']}"
+    inactive = page_all(api, "practitioners/inactive")[0]
+    assert api.get(f"practitioners/{inactive['id']}").json() == inactive
+    assert api.get("patients/123").status_code == 404
+    assert api.get("patients/not-a-number").status_code == 404
+    assert api.get("user").json()["role"] == "administrator"
+
+
+def test_snapshot_is_what_paging_everything_returns(api, server, shared_clinic):
+    for resource in ("patients", "individual_appointments", "attendees", "practitioners"):
+        served = page_all(api, resource, EVERYTHING.get(resource, ()))
+        if resource == "practitioners":
+            served += page_all(api, "practitioners/inactive")
+        assert {int(r["id"]): r for r in served} == shared_clinic.snapshot(
+            resource, server.base_url
+        )
+
+
+def test_the_same_seed_serves_the_same_pages(make_clinic):
+    pages = []
+    for _ in range(2):
+        clinic = make_clinic(seed=21, patients=60)
+        with SandboxServer(clinic, rate_limit=None) as running:
+            client = httpx.Client(auth=(clinic.api_key, ""), headers=UA)
+            response = client.get(running.base_url + "/individual_appointments", params=FEED)
+            pages.append(
+                [(r["id"], r["updated_at"]) for r in response.json()["individual_appointments"]]
+            )
+    assert pages[0] == pages[1] and pages[0]
+
+
+# ---- changes seen through the API ------------------------------------------------------------
+
+
+def test_merged_and_hard_deleted_records_as_a_sync_sees_them(make_clinic):
+    clinic = make_clinic(seed=4, patients=200)
+    with SandboxServer(clinic, rate_limit=None) as running:
+        client = httpx.Client(
+            base_url=running.base_url + "/", auth=(clinic.api_key, ""), headers=UA
+        )
+        since = clinic.now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        clinic.advance(timedelta(hours=12))
+        feed = [("sort", "updated_at"), ("q[]", f"updated_at:>{since}")]
+        patients = page_all(client, "patients", [*feed, *EVERYTHING["patients"]])
+        merged = [p for p in patients if p.get("merged_at")]
+        assert merged and all(p["archived_at"] for p in merged)
+        assert not any(p.get("merged_at") for p in page_all(client, "patients", feed))
+        merged_ids = {int(p["id"]) for p in merged}
+        appointments = page_all(
+            client, "individual_appointments", EVERYTHING["individual_appointments"]
+        )
+        assert not merged_ids & {link_id(a["patient"]) for a in appointments}
+        gone = clinic.hard_deleted("individual_appointments")
+        assert gone and not gone & {int(a["id"]) for a in appointments}
+        assert client.get(f"individual_appointments/{min(gone)}").status_code == 404
+
+
+# ---- rate limit and faults -------------------------------------------------------------------
+
+
+def test_over_the_limit_is_429_until_the_window_resets(shared_clinic):
+    limit = RateLimit(per_window=5, window_seconds=0.5)
+    with SandboxServer(shared_clinic, rate_limit=limit) as running:
+        client = httpx.Client(auth=(shared_clinic.api_key, ""), headers=UA)
+        statuses = [client.get(running.base_url + "/businesses") for _ in range(12)]
+        refused = [r for r in statuses if r.status_code == 429]
+        assert refused and len([r for r in statuses if r.status_code == 200]) <= 10
+        reset = float(refused[0].headers["X-RateLimit-Reset"])
+        assert "." in refused[0].headers["X-RateLimit-Reset"]  # windows under a minute
+        while time.time() < reset:
+            time.sleep(0.02)
+        assert client.get(running.base_url + "/businesses").status_code == 200
+        assert running.stats.rate_limited == len(refused)
+        assert [s for _, _, s in running.stats.log].count(429) == len(refused)
+
+
+def test_a_minute_window_resets_on_a_whole_epoch_second(shared_clinic):
+    with SandboxServer(
+        shared_clinic, rate_limit=RateLimit(per_window=1, window_seconds=60)
+    ) as running:
+        client = httpx.Client(auth=(shared_clinic.api_key, ""), headers=UA)
+        client.get(running.base_url + "/businesses")
+        refused = client.get(running.base_url + "/businesses")
+    assert refused.status_code == 429
+    reset = refused.headers["X-RateLimit-Reset"]
+    assert reset.isdigit() and int(reset) % 60 == 0 and int(reset) > time.time()
+
+
+def test_limits_are_per_key(make_clinic):
+    clinic = make_clinic(seed=2, patients=20)
+    other = clinic.add_key("sbxsecond-au1")
+    with SandboxServer(clinic, rate_limit=RateLimit(per_window=2, window_seconds=60)) as running:
+        url = running.base_url + "/businesses"
+        for _ in range(2):
+            assert httpx.get(url, auth=(clinic.api_key, ""), headers=UA).status_code == 200
+        assert httpx.get(url, auth=(clinic.api_key, ""), headers=UA).status_code == 429
+        assert httpx.get(url, auth=(other, ""), headers=UA).status_code == 200
+
+
+@pytest.fixture
+def faulty(shared_clinic):
+    with SandboxServer(shared_clinic, rate_limit=None) as running:
+        yield running, httpx.Client(auth=(shared_clinic.api_key, ""), headers=UA, timeout=5)
+
+
+def test_error_faults_answer_5xx(faulty):
+    running, client = faulty
+    running.faults = Faults(error_rate=1.0, seed=1)
+    statuses = {client.get(running.base_url + "/patients").status_code for _ in range(12)}
+    assert statuses <= {500, 502, 503} and len(statuses) >= 2
+    running.faults = Faults()
+    assert client.get(running.base_url + "/patients").status_code == 200
+
+
+def test_dropped_connections_end_without_a_full_answer(faulty):
+    running, client = faulty
+    running.faults = Faults(drop_rate=1.0, seed=2)
+    for _ in range(6):
+        with pytest.raises(httpx.TransportError):
+            client.get(running.base_url + "/patients")
+    assert running.stats.by_status.get(0) == 6
+
+
+def test_malformed_faults_answer_200_with_a_body_that_is_not_the_page(faulty):
+    running, client = faulty
+    running.faults = Faults(malformed_rate=1.0, seed=3)
+    for _ in range(6):
+        response = client.get(running.base_url + "/patients")
+        assert response.status_code == 200
+        with pytest.raises(ValueError):
+            response.json()
+
+
+def test_slow_faults_answer_late_but_correctly(faulty):
+    running, client = faulty
+    running.faults = Faults(slow_rate=1.0, slow_seconds=0.5, seed=4)
+    with pytest.raises(httpx.ReadTimeout):
+        client.get(running.base_url + "/businesses", timeout=0.05)
+    response = client.get(running.base_url + "/businesses", timeout=5)
+    assert response.status_code == 200 and response.json()["businesses"]
+
+
+def test_fault_rates_are_shares_of_requests(faulty):
+    running, client = faulty
+    running.faults = Faults(error_rate=0.3, seed=5)
+    statuses = [client.get(running.base_url + "/businesses").status_code for _ in range(60)]
+    assert 5 <= sum(s >= 500 for s in statuses) <= 35
+
+
+# ---- admin endpoints --------------------------------------------------------------------------
+
+
+def test_admin_endpoints_advance_report_and_reconfigure(make_clinic):
+    clinic = make_clinic(seed=2, patients=100)
+    with SandboxServer(clinic, rate_limit=None) as running:
+        admin = httpx.Client(base_url=running.admin_url + "/")
+        api = httpx.Client(auth=(clinic.api_key, ""), headers=UA)
+        before = clinic.now
+        answer = admin.post("advance", params={"seconds": 3600}).json()
+        assert clinic.now == before + timedelta(hours=1)
+        assert datetime.fromisoformat(answer["now"]) == clinic.now.astimezone(UTC)
+        assert answer["changes"]["bookings"] > 0
+        api.get(running.base_url + "/patients")
+        api.get(running.base_url + "/patients", params={"page": 2})
+        stats = admin.get("stats").json()
+        assert stats["requests"] == 2 and stats["by_path"] == {"/v1/patients": 2}
+        assert stats["by_status"] == {"200": 2} and len(stats["log"]) == 2
+        assert admin.post("faults", json={"error_rate": 1.0}).status_code == 200
+        assert api.get(running.base_url + "/patients").status_code >= 500
+        admin.post("faults", json={})
+        assert (
+            admin.post("rate_limit", json={"per_window": 1, "window_seconds": 60}).status_code
+            == 200
+        )
+        api.get(running.base_url + "/patients")
+        assert api.get(running.base_url + "/patients").status_code == 429
+        admin.post("rate_limit", json=None)
+        assert api.get(running.base_url + "/patients").status_code == 200
+        admin.post("reset_stats")
+        assert admin.get("stats").json()["requests"] == 0
+
+
+def test_auto_advance_moves_the_clock_with_real_time(make_clinic):
+    clinic = make_clinic(seed=2, patients=50)
+    start = clinic.now
+    with SandboxServer(clinic, rate_limit=None, auto_advance_speed=600):
+        while clinic.now == start:
+            time.sleep(0.05)
+    assert clinic.now > start
