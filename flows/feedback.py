@@ -1,0 +1,126 @@
+"""The feedback flow: bounces, provider suppressions, STOP/START replies and unsubscribe clicks
+into state.suppressions, then the report tables as artifacts. One step of the tick; also runs
+alone (``relay feedback``).
+
+Thin wiring around ``tasks.feedback`` and ``tasks.reports``. Each feed is a task that takes the
+open connection (``cache_policy=NONE``) and returns counts only. A feed that cannot be read
+records nothing and leaves its cursor; the others still run, and the flow fails at the end so
+the tick (and its alerts) show that feedback is not coming back.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NONE
+
+from tasks import feedback, reports
+from tasks.config import ClinicConfig, load_clinic
+from tasks.dispatch import providers_for
+from tasks.providers.postmark import PostmarkProvider
+from tasks.providers.twilio import TwilioProvider
+from tasks.warehouse import open_db
+
+# How many days of history the per-tick report artifacts show.
+ARTIFACT_DAYS = 14
+
+
+class FeedbackFailed(RuntimeError):
+    """One or more feeds could not be read this time (the message says which, and why)."""
+
+
+@task(cache_policy=NONE)
+def record_unsubscribe_clicks(con, config: ClinicConfig) -> dict[str, int]:
+    inbox = feedback.inbox_path(config.database_path)
+    return dict(feedback.drain_unsubscribes(con, inbox, datetime.now(UTC)))
+
+
+@task(cache_policy=NONE)
+def pull_postmark_bounces(con, provider: PostmarkProvider) -> dict[str, int]:
+    streams = feedback.PostmarkStreams(
+        provider.settings.transactional_stream, provider.settings.marketing_stream
+    )
+    return dict(feedback.pull_postmark_bounces(con, provider.client, streams, datetime.now(UTC)))
+
+
+@task(cache_policy=NONE, task_run_name="pull-postmark-suppressions-{stream}")
+def pull_postmark_suppressions(con, provider: PostmarkProvider, stream: str) -> dict[str, int]:
+    streams = feedback.PostmarkStreams(
+        provider.settings.transactional_stream, provider.settings.marketing_stream
+    )
+    return dict(
+        feedback.pull_postmark_suppressions(
+            con, provider.client, stream, streams, datetime.now(UTC)
+        )
+    )
+
+
+@task(cache_policy=NONE)
+def pull_twilio_replies(con, provider: TwilioProvider) -> dict[str, int]:
+    return dict(
+        feedback.pull_twilio_replies(
+            con, provider.client, provider.settings.from_number, datetime.now(UTC)
+        )
+    )
+
+
+@task(cache_policy=NONE)
+def publish_reports(con, config: ClinicConfig, pulled: dict[str, int]) -> None:
+    """Counts only: source names, days, statuses and numbers, never a person."""
+    report = reports.build_report(
+        con, config.clinic, config.time_zone, ARTIFACT_DAYS, datetime.now(UTC)
+    )
+    slug = config.clinic.replace("_", "-")
+    tables = [
+        ("feedback", [{"feed item": k, "count": n} for k, n in sorted(pulled.items())],
+         "what this pull recorded"),
+        ("messages", reports.message_rows(report), "messages per day per trigger/journey/campaign"),
+        ("lists", reports.list_rows(report), "list and segment joins and leaves per day"),
+        ("suppressions", reports.suppression_rows(report), "suppressions and opt-ins per day"),
+    ]  # fmt: skip
+    for name, rows, what in tables:
+        create_table_artifact(
+            rows or [{"none": f"nothing in the last {ARTIFACT_DAYS} days"}],
+            key=f"{name}-{slug}",
+            description=f"{config.clinic}: {what} (last {ARTIFACT_DAYS} days)",
+        )
+
+
+@flow(name="feedback")
+def pull_feedback(clinic: str = "demo") -> dict[str, int]:
+    """Pull what came back from the providers and the unsubscribe link; publish the reports."""
+    config = load_clinic(clinic)
+    logger = get_run_logger()
+    providers = providers_for(config)
+    pulled: Counter = Counter()
+    problems: list[str] = []
+    try:
+        with open_db(config.database_path) as con:
+            pulled.update(record_unsubscribe_clicks(con, config))
+            feeds = []
+            email, sms = providers["email"], providers["sms"]
+            if isinstance(email, PostmarkProvider):
+                feeds.append((pull_postmark_bounces, (email,)))
+                for stream in dict.fromkeys(
+                    (email.settings.transactional_stream, email.settings.marketing_stream)
+                ):
+                    feeds.append((pull_postmark_suppressions, (email, stream)))
+            if isinstance(sms, TwilioProvider):
+                feeds.append((pull_twilio_replies, (sms,)))
+            for feed, args in feeds:
+                try:
+                    pulled.update(feed(con, *args))
+                except feedback.FeedbackUnavailable as exc:
+                    problems.append(str(exc))
+                    logger.warning("%s", exc)
+            publish_reports(con, config, dict(pulled))
+    finally:
+        for provider in providers.values():
+            provider.close()
+    logger.info("feedback for %s: %s", config.clinic, dict(pulled) or "nothing new")
+    if problems:
+        raise FeedbackFailed(f"{config.clinic}: " + " ".join(problems))
+    return dict(pulled)

@@ -1,0 +1,180 @@
+"""Reports: per source and per local day, what went, bounced, failed or was skipped and why;
+how the lists grew and churned; an HTML page with charts and no personal data."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tasks import ledger, reports
+from tasks.ledger import PlannedMessage, make_send_key
+from tasks.warehouse import memory_db
+
+# 10 March 2026, 20:00 in Melbourne (UTC+11): the report's "today" is 10 March there.
+NOW = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
+TZ = "Australia/Melbourne"
+
+
+@pytest.fixture
+def con():
+    con = memory_db()
+    yield con
+    con.close()
+
+
+def message(con, patient_id, *, source=("trigger", "reminder-24h"), channel="email",
+            status="sent", at=NOW - timedelta(hours=1), reason=None, provider_id=None):  # fmt: skip
+    kind, name = source
+    key = make_send_key(kind, name, patient_id, f"o{patient_id}")
+    purpose = "transactional" if kind == "trigger" else "marketing"
+    ledger.insert_planned(con, [PlannedMessage(key, kind, name, patient_id, channel, purpose,
+                                               "t", at)], at - timedelta(days=1))  # fmt: skip
+    mid = ledger.get(con, key).message_id
+    if status in ("skipped", "cancelled"):
+        ledger.transition(con, [mid], "planned", status, at, values={"status_reason": [reason]})
+        return mid
+    ledger.transition(con, [mid], "planned", "sending", at,
+                      values={"to_address": [f"person{patient_id}@example.com"]})  # fmt: skip
+    values = {"status_reason": [reason]}
+    if status == "sent":
+        values["provider_message_id"] = [provider_id or f"pm-{patient_id}"]
+    ledger.transition(con, [mid], "sending", status, at, values=values)
+    return mid
+
+
+def bounce(con, bounce_id, provider_id, at, kind="hard"):
+    con.execute("INSERT INTO state.email_bounces VALUES (?, 'x@example.com', ?, ?, 'postmark')",
+                [bounce_id, kind, at])  # fmt: skip
+    con.execute("INSERT INTO state.email_bounce_messages VALUES (?, ?, 'outbound', 'HardBounce')",
+                [bounce_id, provider_id])  # fmt: skip
+
+
+def membership(con, audience, event, at, n, *, initial=False):
+    con.execute(
+        "INSERT INTO state.audiences VALUES (?, 'b0', ?, NULL) ON CONFLICT DO NOTHING",
+        [audience, at],
+    )
+    for i in range(n):
+        con.execute(
+            "INSERT INTO state.membership_events (build_id, audience, member_key, patient_id, "
+            "event, initial, occurred_at) VALUES ('b1', ?, ?, ?, ?, ?, ?)",
+            [audience, f"m{event}{i}@example.com", i, event, initial, at],
+        )
+        if event == "joined":
+            con.execute(
+                "INSERT INTO state.audience_members VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [audience, f"m{event}{i}@example.com", i, at],
+            )
+
+
+def build(con, days=7):
+    return reports.build_report(con, "demo", TZ, days, NOW)
+
+
+def test_messages_are_counted_per_source_per_outcome(con):
+    message(con, 1)
+    message(con, 2)
+    message(con, 3, status="failed", reason="twilio: not a mobile number")
+    message(con, 4, status="skipped", reason="past its grace window")
+    message(con, 5, source=("campaign", "spring"), status="skipped",
+            reason="address suppressed (marketing)")  # fmt: skip
+
+    totals = build(con).totals_by_source()
+
+    assert totals[("trigger", "reminder-24h")]["sent"] == 2
+    assert totals[("trigger", "reminder-24h")]["failed"] == 1
+    assert totals[("trigger", "reminder-24h")]["skipped"] == 1
+    assert totals[("campaign", "spring")]["skipped"] == 1
+
+
+def test_skips_and_failures_are_reported_with_their_reasons(con):
+    message(con, 1, status="skipped", reason="past its grace window")
+    message(con, 2, status="skipped", reason="past its grace window")
+    message(con, 3, status="failed", reason="postmark: inactive recipient")
+    reasons = build(con).reasons
+    assert reasons[("trigger", "reminder-24h", "skipped", "past its grace window")] == 2
+    assert reasons[("trigger", "reminder-24h", "failed", "postmark: inactive recipient")] == 1
+
+
+def test_a_bounce_counts_against_the_source_of_the_message_that_bounced(con):
+    message(con, 1, source=("journey", "new-patient"), provider_id="pm-A")
+    message(con, 2, source=("journey", "new-patient"), provider_id="pm-B")
+    bounce(con, "b1", "pm-A", NOW - timedelta(minutes=30))
+    bounce(con, "b2", "pm-unknown", NOW - timedelta(minutes=30))
+
+    totals = build(con).totals_by_source()[("journey", "new-patient")]
+    assert (totals["sent"], totals["bounced"]) == (2, 1)
+
+
+def test_days_are_the_clinics_local_days(con):
+    # 13:30 UTC on 9 March is 00:30 on 10 March in Melbourne
+    message(con, 1, at=datetime(2026, 3, 9, 13, 30, tzinfo=UTC))
+    message(con, 2, at=datetime(2026, 3, 9, 12, 30, tzinfo=UTC))
+    per_day = build(con).per_day()
+    assert per_day[datetime(2026, 3, 10).date()]["sent"] == 1
+    assert per_day[datetime(2026, 3, 9).date()]["sent"] == 1
+
+
+def test_messages_outside_the_window_are_left_out(con):
+    message(con, 1, at=NOW - timedelta(days=10))
+    message(con, 2)
+    report = build(con, days=7)
+    assert sum(d["sent"] for d in report.per_day().values()) == 1
+    assert report.first_day == datetime(2026, 3, 4).date()
+
+
+def test_list_growth_and_churn_leave_out_the_members_a_list_started_with(con):
+    membership(con, "email_marketing_list", "joined", NOW - timedelta(days=20), 50, initial=True)
+    membership(con, "email_marketing_list", "joined", NOW - timedelta(days=2), 3)
+    membership(con, "email_marketing_list", "left", NOW - timedelta(days=1), 2)
+    report = build(con)
+    assert reports.list_rows(report) == [
+        {"day": "2026-03-08", "audience": "email_marketing_list", "joined": 3, "left": 0},
+        {"day": "2026-03-09", "audience": "email_marketing_list", "joined": 0, "left": 2},
+    ]
+    assert report.list_sizes == {"email_marketing_list": 50}
+
+
+def test_suppressions_are_counted_by_reason_and_source(con):
+    for i in range(3):
+        ledger.add_suppression(con, channel="sms", address=f"+6140000000{i}", scope="all",
+                               reason="stop", source="twilio", evidence="t",
+                               occurred_at=NOW - timedelta(hours=2))  # fmt: skip
+    assert reports.suppression_rows(build(con)) == [
+        {"day": "2026-03-10", "channel": "sms", "action": "suppress", "reason": "stop",
+         "source": "twilio", "count": 3}
+    ]  # fmt: skip
+
+
+def test_the_html_report_has_charts_tables_and_no_personal_data(con):
+    message(con, 1, provider_id="pm-A")
+    message(con, 2, status="failed", reason="twilio: not a mobile number")
+    bounce(con, "b1", "pm-A", NOW - timedelta(minutes=30))
+    membership(con, "email_marketing_list", "joined", NOW - timedelta(days=2), 3)
+    ledger.add_suppression(con, channel="email", address="person9@example.com",
+                           scope="marketing", reason="unsubscribed", source="unsubscribe_link",
+                           evidence="t", occurred_at=NOW)  # fmt: skip
+
+    page = reports.render_html(build(con), "Demo <Physio>", NOW)
+
+    assert page.count("<svg") == 3  # outcomes, bounces, the email list's joins and leaves
+    assert "Demo &lt;Physio&gt;" in page and "<Physio>" not in page
+    assert "trigger:reminder-24h" in page and "twilio: not a mobile number" in page
+    assert not re.search(r"[\w.]+@example\.com", page), "an address reached the report"
+
+
+def test_an_empty_clinic_gives_a_report_that_says_so(con):
+    page = reports.render_html(build(con), "Demo", NOW)
+    assert "No messages in this period." in page
+    assert page.count("<svg") == 2
+
+
+def test_the_chart_draws_one_bar_per_day_and_outcome_with_a_height_for_its_count():
+    days = [datetime(2026, 3, d).date() for d in (1, 2)]
+    svg = reports.svg_bars(days, {"sent": [4, 2], "failed": [0, 1]}, title="t", height=136)
+    bars = re.findall(r'height="([\d.]+)" fill="[^"]+"><title>([^<]+)</title>', svg)
+    # plot height 136 - 28 - 36 = 72 for a top of 4: 18 per message
+    assert bars == [("72.0", "2026-03-01: 4 sent"), ("36.0", "2026-03-02: 2 sent"),
+                    ("18.0", "2026-03-02: 1 failed")]  # fmt: skip
