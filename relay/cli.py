@@ -229,6 +229,108 @@ def sandbox_command(
     serve(announce, port=port, seed=seed, patients=patients, speed=speed, rate_limit=rate_limit)
 
 
+@app.command("feedback")
+def feedback_command(
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<clinic>/clinic.yaml)."),
+) -> None:
+    """Pull bounces, provider suppressions, STOP/START replies and unsubscribe clicks now (the
+    feedback flow; the tick runs it every time)."""
+    from flows.feedback import pull_feedback
+
+    counts = pull_feedback(clinic=clinic)
+    for name, n in sorted(counts.items()):
+        typer.echo(f"  {name:<36}{n:>8}")
+    typer.echo("  nothing new" if not counts else f"  {sum(counts.values())} items recorded")
+
+
+@app.command("serve-unsubscribe")
+def serve_unsubscribe_command(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (put HTTPS in front)."),
+    port: int = typer.Option(8765, help="Port; providers.unsubscribe_url must reach it."),
+    clinic: list[str] = typer.Option(None, help="Clinics to serve (repeat); default: all."),
+) -> None:
+    """The unsubscribe endpoint marketing email links to: a confirmation page (GET) and RFC 8058
+    one-click unsubscribe (POST). Ctrl-C stops it."""
+    import uvicorn
+
+    from tasks.config import list_clinics, load_clinic
+    from tasks.unsubscribe_app import create_app
+
+    configs = {c.clinic: c for c in (load_clinic(name) for name in clinic or list_clinics())}
+    for config in configs.values():
+        typer.echo(f"  {config.clinic}: links {config.providers.unsubscribe_url}/<token>")
+    typer.echo(f"Serving unsubscribes on http://{host}:{port}")
+    uvicorn.run(create_app(configs), host=host, port=port, log_level="warning", access_log=False)
+
+
+@app.command("import-unsubscribes")
+def import_unsubscribes_command(
+    file: str = typer.Argument(..., help="CSV file, e.g. a Mailchimp 'unsubscribed' export."),
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<clinic>/clinic.yaml)."),
+    skip_invalid: bool = typer.Option(
+        False, "--skip-invalid", help="Import the valid addresses even if some are invalid."
+    ),
+) -> None:
+    """Unsubscribe every address in the file's email column from marketing email. All or
+    nothing: an invalid address stops the import (its line is named) unless --skip-invalid."""
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from tasks.config import load_clinic
+    from tasks.feedback import import_unsubscribes
+    from tasks.warehouse import open_db
+
+    config = load_clinic(clinic)
+    with open_db(config.database_path) as con:
+        result = import_unsubscribes(con, Path(file), datetime.now(UTC), skip_invalid=skip_invalid)
+    typer.echo(f"  email column: {result.column}")
+    for name, n in result.as_dict().items():
+        typer.echo(f"  {name.replace('_', ' '):<22}{n:>8}")
+    if result.invalid_lines:
+        typer.echo(f"  invalid on lines: {', '.join(map(str, result.invalid_lines[:20]))}")
+
+
+@app.command("report")
+def report_command(
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<clinic>/clinic.yaml)."),
+    days: int = typer.Option(30, min=1, max=3650, help="Days up to and including today."),
+    out: str = typer.Option("report.html", help="HTML file to write (open it in a browser)."),
+) -> None:
+    """Messages per trigger, journey and campaign per day; sent, bounced, failed, skipped and
+    why; list growth and churn; suppressions. Counts only, with charts."""
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    import duckdb
+
+    from tasks.config import load_clinic
+    from tasks.errors import UserFacingError
+    from tasks.reports import build_report, render_html
+    from tasks.warehouse import open_db
+
+    config = load_clinic(clinic)
+    now = datetime.now(UTC)
+    if not config.database_path.exists():
+        raise UserFacingError(f"No database at {config.database_path}: run a tick or a sync first.")
+    with open_db(config.database_path, read_only=True) as con:
+        try:
+            report = build_report(con, config.clinic, config.time_zone, days, now)
+        except duckdb.CatalogException:
+            raise UserFacingError(
+                f"{config.database_path} lacks the feedback tables (it predates them): run "
+                f"`relay feedback --clinic {config.clinic}` once, then the report."
+            ) from None
+    path = Path(out)
+    path.write_text(render_html(report, config.name, now), encoding="utf-8")
+    totals = report.per_day()
+    sent = sum(d["sent"] for d in totals.values())
+    typer.echo(f"  {report.first_day} to {report.last_day}: {sent} sent, "
+               f"{sum(d['bounced'] for d in totals.values())} bounced, "
+               f"{sum(d['failed'] for d in totals.values())} failed, "
+               f"{sum(d['skipped'] for d in totals.values())} skipped")  # fmt: skip
+    typer.echo(f"  wrote {path.resolve()}")
+
+
 def main() -> None:
     from tasks.errors import UserFacingError
 
