@@ -119,8 +119,15 @@ class Templates:
         paths.append(PROJECT_TEMPLATES)
         self.search_path = tuple(p.resolve() for p in paths)
         self.env = _environment(self.search_path)
+        # One lookup per part for this object's life (a dispatch run), not one file check per message.
+        self._compiled: dict[tuple[str, str], jinja2.Template] = {}
 
     def _part(self, name: str, part: str) -> jinja2.Template:
+        if (name, part) not in self._compiled:
+            self._compiled[name, part] = self._load(name, part)
+        return self._compiled[name, part]
+
+    def _load(self, name: str, part: str) -> jinja2.Template:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
             raise TemplateError(
                 f"template name {name!r}: use letters, digits, '-', '_' or '.' (it names a folder)"
