@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -132,6 +133,7 @@ def serve_demo(
     from sandbox.cliniko import SandboxClinic, SandboxServer
     from tasks.config import load_clinic
     from tasks.providers.outbox import outbox_dir
+    from tasks.unsubscribe_app import serving
 
     config = load_clinic("demo")
     with prefect_server(port) as api:
@@ -161,7 +163,10 @@ def serve_demo(
                 f"Sandbox:      {sandbox.base_url}  ({patients} patients, clock {speed:g}x)\n"
                 f"Ticks:        demo every {every_minutes:g} min; the first one starts now\n"
                 f"Outbox:       {outbox_dir('demo') / 'index.html'}\n"
+                f"Unsubscribe:  {config.providers.unsubscribe_url}/<token> (links in marketing)\n"
                 "Ctrl-C stops everything."
             )
-            serve(*deployments, limit=4, print_starting_message=False)
+            link = urlsplit(config.providers.unsubscribe_url)
+            with serving({"demo": config}, link.hostname or "127.0.0.1", link.port or 80):
+                serve(*deployments, limit=4, print_starting_message=False)
     echo("Stopped: server, sandbox and runs.")

@@ -17,9 +17,10 @@ records the click a few minutes later, before any further marketing is planned f
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -119,3 +120,13 @@ def create_app(
             Route(path + "/{token}", unsubscribe, methods=["POST"]),
         ]
     return Starlette(routes=routes)
+
+
+@contextlib.contextmanager
+def serving(clinics: Mapping[str, ClinicConfig], host: str, port: int) -> Iterator[str]:
+    """The endpoint on a background thread for the length of the block (``relay serve``);
+    yields its base URL."""
+    from sandbox.server import ThreadedServer
+
+    with ThreadedServer(create_app(clinics), host=host, port=port) as server:
+        yield server.url
