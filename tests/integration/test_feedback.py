@@ -7,18 +7,23 @@ marketing stops marketing only; suppressed for everything stops reminders too.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 
 from sandbox.postmark import PostmarkSandbox
+from sandbox.server import ThreadedServer
 from sandbox.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioSandbox
 from tasks import feedback, ledger
-from tasks.dispatch import Ready, dispatch
+from tasks.config import ClinicConfig
+from tasks.dispatch import Ready, Unsubscribe, dispatch
 from tasks.ledger import PlannedMessage, make_send_key
 from tasks.providers.postmark import PostmarkProvider, PostmarkSettings
 from tasks.providers.twilio import TwilioProvider, TwilioSettings
 from tasks.templates import Templates
+from tasks.unsubscribe_app import create_app
 from tasks.warehouse import memory_db, open_db
 
 pytestmark = pytest.mark.integration
@@ -348,3 +353,45 @@ def test_pulls_work_on_a_real_database_file_and_survive_reopening(tmp_path, post
         assert pull_bounces(con, postmark, NOW + timedelta(minutes=5)) == {}
         assert pull_replies(con, twilio, NOW + timedelta(minutes=5)) == {}
         assert blocked(con, PATIENT, "transactional") and blocked(con, MOBILE, "marketing", "sms")
+
+
+# --- the whole loop: a marketing email's one-click header stops the next one ------------------
+
+
+def test_the_one_click_header_of_a_sent_marketing_email_stops_the_next_one(tmp_path, postmark):
+    key = b"loop-test-key"
+    folder = tmp_path / "templates" / "news"
+    folder.mkdir(parents=True)
+    (folder / "subject.txt").write_text("Spring news")
+    (folder / "body.html").write_text('<p>News</p><a href="{{ unsubscribe_url }}">Unsubscribe</a>')
+    (folder / "body.txt").write_text("News. Unsubscribe: {{ unsubscribe_url }}")
+    clinic = ClinicConfig(clinic="demo", name="Demo", database=tmp_path / "demo.duckdb")
+
+    def send(campaign: str) -> str:
+        send_key = make_send_key("campaign", campaign, 7, "2026-03")
+        provider = PostmarkProvider(settings)  # dispatch closes it
+        with open_db(clinic.database_path) as con:
+            ledger.insert_planned(con, [PlannedMessage(send_key, "campaign", campaign, 7, "email",
+                                                       "marketing", "news", NOW)], NOW)  # fmt: skip
+            dispatch(con, providers={"email": provider},
+                     prepare=lambda row: Ready(to=PATIENT, context={}),
+                     templates=Templates(tmp_path), clock=lambda: NOW,
+                     unsubscribe=Unsubscribe("demo", f"{app.url}/unsubscribe", key))  # fmt: skip
+            return ledger.get(con, send_key).status
+
+    settings = PostmarkSettings(server_token=postmark.server_token, from_address="d@demo.example",
+                                base_url=postmark.client.root_api_url, timeout=5)  # fmt: skip
+    with ThreadedServer(create_app({"demo": clinic}, key=key, clock=lambda: NOW)) as app:
+        assert send("spring") == "sent"
+        headers = postmark.accepted[-1]["Headers"]
+        if isinstance(headers, list):
+            headers = {h["Name"]: h["Value"] for h in headers}
+        assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        link = re.fullmatch(r"<(.+)>", headers["List-Unsubscribe"])[1]
+
+        # what a mail client does for RFC 8058 one-click
+        reply = httpx.post(link, data={"List-Unsubscribe": "One-Click"}, timeout=10)
+        assert reply.status_code == 200
+
+        assert send("summer") == "skipped"
+    assert len(postmark.accepted) == 1
