@@ -6,8 +6,8 @@ so a pull killed at any moment loses nothing and counts nothing twice: the next 
 from the old cursor and the keys drop what is already in.
 
 - **Postmark bounces** (``GET /bounces`` from the day before the cursor: Postmark filters by day,
-  in US Eastern time; a window too big for one query, 10,000 deep, is read day by day). Each bounce is kept once in
-  ``state.email_bounces``, the one record the email marketing list counts. A hard bounce
+  in US Eastern time; a window too big for one query, 10,000 deep, is read day by day). Each
+  bounce is kept once in ``state.email_bounces``, the one record the email marketing list counts. A hard bounce
   suppresses the address for everything; a spam complaint suppresses it (everything when it came
   from transactional mail, marketing otherwise); the fifth soft bounce since the address was last
   lifted (``state.email_bounce_counts``, the list's own rule) suppresses it for marketing, so the
@@ -448,7 +448,11 @@ def pull_twilio_replies(
             f"Twilio's message list could not be read ({type(exc).__name__}); nothing from it "
             "was recorded, the next pull tries again."
         ) from None
-    messages.sort(key=lambda m: (m.date_sent or m.date_created, m.sid))
+
+    def when(m) -> datetime:
+        return m.date_sent or m.date_created or now
+
+    messages.sort(key=lambda m: (when(m), m.sid))
     fresh = _new_keys(con, "twilio", "inbound", [m.sid for m in messages])
     new = [m for m in messages if m.sid in fresh]
     counts: Counter = Counter()
@@ -456,7 +460,7 @@ def pull_twilio_replies(
         book = Book(con, "sms", {ledger.normalise_address("sms", m.from_ or "") for m in new})
         items = []
         for m in new:
-            at = m.date_sent or m.date_created
+            at = when(m)
             keyword = reply_keyword(m.body)
             phone = ledger.normalise_address("sms", m.from_ or "")
             evidence = f"twilio inbound {m.sid}"
@@ -476,7 +480,7 @@ def pull_twilio_replies(
             counts[counted] += 1
         book.write(con)
         _record_items(con, "twilio", "inbound", items, now)
-        newest = max((m.date_sent or m.date_created for m in messages), default=None)
+        newest = max((when(m) for m in messages), default=None)
         _advance(con, "twilio", "inbound", newest, len(new), now)
     return +counts
 
