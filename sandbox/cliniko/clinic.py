@@ -64,6 +64,7 @@ CHANGE_RATES = {
     "merges": 0.15,
     "hard_deletes": 0.3,
 }
+CATEGORY_MIX = (("Physiotherapy", 60), ("Massage", 22), ("Pilates", 18))
 CANCEL_NOTES = (None, "Called the clinic", "Cancelled online", "Left a voicemail")
 REMINDER_TYPES = (("SMS & Email", 55), ("SMS", 20), ("Email", 15), ("None", 10))
 
@@ -129,6 +130,7 @@ class SandboxClinic:
         self._class_hours = CLASS_HOURS[: max(2, min(len(CLASS_HOURS), patients // 2500 + 2))]
         self.user: dict = {}
         self.concession_ids: list[int] = []
+        self.referral_types: list[tuple[int, str | None, list[str] | None]] = []
         self.api_key = f"sbx{random.Random(f'{seed}:key').getrandbits(128):032x}-{shard}"
         self._keys[split_key(self.api_key)[0]] = KeyAccess()
 
@@ -265,11 +267,6 @@ class SandboxClinic:
     def relate(self, mapping: dict[int, list[int]], key: int, value: int) -> None:
         mapping.setdefault(key, []).append(value)
 
-    def unrelate(self, mapping: dict[int, list[int]], key: int, value: int) -> None:
-        values = mapping.get(key)
-        if values and value in values:
-            values.remove(value)
-
     def heal(self, resource: str, rec: dict) -> None:
         self._malformed[resource].discard(f"x{rec['id']}")
         self._malformed[resource].discard(str(rec["id"]))
@@ -294,6 +291,12 @@ class _Generator:
         self._staff(n_patients)
         self._lookups()
         self._patients(n_patients, per_patient)
+        for group in self.group_recs.values():  # a few past classes were archived
+            starts = parse_int(group["starts_at"])
+            if starts < self.now and self.rng.random() < 0.03:
+                archived = min(self.now, starts + self.rng.randint(0, 14) * DAY)
+                group["archived_at"] = fmt_ts(archived)
+                group["updated_at"] = fmt_ts(max(archived, parse_int(group["updated_at"])))
         self.out["group_appointments"] = list(self.group_recs.values())
         for name, recs in self.out.items():
             self.c.tables[name].load(recs)
@@ -406,7 +409,6 @@ class _Generator:
                 records.concession_type(id=c.new_id(created), created=created, name=name)
             )
         c.concession_ids = [int(r["id"]) for r in self.out["concession_types"]]
-        self.referral_types = []
         for name, referrer_type, subcategories in (
             ("Client", "Patient", None),
             ("Contact", "Contact", None),
@@ -415,7 +417,7 @@ class _Generator:
             ("Walk-in", None, None),
         ):
             tid = c.new_id(created)
-            self.referral_types.append((tid, referrer_type, subcategories))
+            c.referral_types.append((tid, referrer_type, subcategories))
             self.out["referral_source_types"].append(
                 records.referral_source_type(
                     id=tid,
@@ -437,7 +439,7 @@ class _Generator:
             pid = int(rec["id"])
             if rng.random() < 0.35:
                 self.out["referral_sources"].append(
-                    referral_for(c, rng, pid, created, people, self.referral_types)
+                    referral_for(c, rng, pid, created, people, c.referral_types)
                 )
         self._visits(people, per_patient)
         self._statuses(people)
@@ -455,7 +457,7 @@ class _Generator:
                 self._individual(
                     p, admin_type, created + rng.randint(60, 3600), created + 30, tag=True
                 )
-            category = _weighted(rng, (("Physiotherapy", 60), ("Massage", 22), ("Pilates", 18)))
+            category = _weighted(rng, CATEGORY_MIX)
             visits = max(1, round(rng.expovariate(1 / per_patient)))
             span_days = (horizon - created) / DAY
             gap_days = min(rng.uniform(7, 45), max(1.0, span_days / visits))
@@ -536,7 +538,7 @@ class _Generator:
             if roll < 0.04:
                 at = rng.randint(created, self.now)
                 p["archived_at"] = fmt_ts(at)
-                if roll < 0.006:
+                if roll < 0.015:
                     p["deleted_at"] = fmt_ts(at)
                 p["updated_at"] = fmt_ts(at)
         # Merged duplicates: a second record for a person, merged into the first.
@@ -592,7 +594,8 @@ def new_patient(
     c._home[pid] = business.id
     consent = ((True, 45), (False, 25), (None, 30))
     sex = rng.choice(("Female", "Male", "Female", "Male", None))
-    rec = records.patient(
+    concession = rng.choice(c.concession_ids) if rng.random() < 0.12 else None
+    return records.patient(
         id=pid,
         created=created,
         first=first,
@@ -608,12 +611,9 @@ def new_patient(
         reminder_type=_weighted(rng, REMINDER_TYPES),
         place=place,
         time_zone=place["tz"] if rng.random() < 0.7 else None,
-        concession_type_id=None,
+        concession_type_id=concession,
         legacy_blanks=legacy,
     )
-    if c.concession_ids and rng.random() < 0.12:
-        rec["concession_type"] = link(f"concession_types/{rng.choice(c.concession_ids)}")
-    return rec
 
 
 def _email(rng: random.Random, first: str, last: str) -> str | None:
@@ -883,6 +883,20 @@ class _Changes:
         recent = [self._rec("patients", i) for i in self._recent_patient_ids(5)]
         p = new_patient(c, rng, t, recent)
         self._put("patients", p)
+        pid = int(p["id"])
+        if rng.random() < 0.35:
+            self._put("referral_sources", referral_for(c, rng, pid, t, recent, c.referral_types))
+        if rng.random() < 0.6:  # most new patients book their first visit straight away
+            business = c.catalogue.business(c._home[pid])
+            category = _weighted(rng, CATEGORY_MIX)
+            type_ = c.catalogue.types_in(category)[0]
+            starts = appointment_slot(rng, business.place["tz"], t + rng.randint(0, 14) * DAY)
+            starts = max(starts, t + 3600)
+            prac = c.catalogue.practitioner(rng, business.id, category, starts)
+            online = rng.random() < 0.4
+            appt, att = book_individual(c, rng, p, type_, starts, t, business.id, prac.id, online)
+            self._put("individual_appointments", appt)
+            self._put("attendees", att)
         if rng.random() < 0.08:
             admin_type = c.catalogue.type_named(ADMIN_TAG_TYPE)
             admin = c.catalogue.admin_business()
@@ -921,7 +935,7 @@ class _Changes:
         if p is None:
             return 0
         business = c.catalogue.business(c._home[int(p["id"])])
-        category = _weighted(rng, (("Physiotherapy", 60), ("Massage", 25), ("Pilates", 15)))
+        category = _weighted(rng, CATEGORY_MIX)
         type_ = rng.choice(c.catalogue.types_in(category))
         starts = appointment_slot(rng, business.place["tz"], t + rng.randint(1, FUTURE_DAYS) * DAY)
         prac = c.catalogue.practitioner(rng, business.id, category, starts)
@@ -1103,6 +1117,8 @@ class _Changes:
                     self._delete("patients", pid)
                     return 1
             return 0
+        if roll < 0.3:
+            return self._remove_from_class(t)
         appt = self._future_appointment(t)
         if appt is None:
             return 0
@@ -1111,6 +1127,31 @@ class _Changes:
             self._delete("attendees", att_id)
         self._delete("individual_appointments", aid)
         return 1
+
+    def _remove_from_class(self, t: int) -> int:
+        """Someone taken off a future class: their attendance is deleted outright."""
+        c = self.c
+        classes = c.tables["group_appointments"]
+        index = classes.indexes["starts_at"]
+        lo = bisect_right(index, (t << 64) | ID_MASK)
+        for _ in range(10 if lo < len(index) else 0):
+            class_id = index[self.rng.randrange(lo, len(index))] & ID_MASK
+            attendees = [
+                a for a in c._attendees_at.get(class_id, []) if a in c.tables["attendees"].rows
+            ]
+            if not attendees:
+                continue
+            att_id = self.rng.choice(attendees)
+            patient = str(link_id(self._rec("attendees", att_id)["patient"]))
+            group = classes.record(class_id)
+            if patient in group["patient_ids"]:
+                group["patient_ids"].remove(patient)
+            group["updated_at"] = fmt_ts(t)
+            self._put("group_appointments", group)
+            c._attendees_at[class_id].remove(att_id)
+            self._delete("attendees", att_id)
+            return 1
+        return 0
 
     def _delete(self, resource: str, row_id: int) -> None:
         if self.c.tables[resource].remove(row_id):

@@ -165,10 +165,24 @@ def test_appointments_cover_three_years_of_history_and_eight_weeks_ahead(data):
 
 
 def test_classes_list_their_attendees_patient_ids(data):
-    classes = data["group_appointments"]
+    assert_classes_match_attendees(data["group_appointments"], data["attendees"])
+    assert any(c["archived_at"] for c in data["group_appointments"].values())
+
+
+def test_classes_still_match_their_attendees_after_a_busy_day(make_clinic):
+    clinic = make_clinic(seed=12, patients=300)
+    done = clinic.advance(timedelta(hours=24))
+    assert done["class_bookings"] and done["hard_deletes"] and done["merges"]
+    assert clinic.hard_deleted("attendees")
+    assert_classes_match_attendees(
+        clinic.snapshot("group_appointments", BASE), clinic.snapshot("attendees", BASE)
+    )
+
+
+def assert_classes_match_attendees(classes: dict, attendees: dict) -> None:
     assert classes
     booked: dict[int, set[str]] = {}
-    for attendee in data["attendees"].values():
+    for attendee in attendees.values():
         booking = link_id(attendee["booking"])
         if booking in classes and not attendee["cancelled_at"]:
             booked.setdefault(booking, set()).add(str(link_id(attendee["patient"])))
