@@ -31,9 +31,11 @@ def con():
 
 
 def write(con, batch, now=NOW):
-    return extract.write_batch(
-        con, PATIENTS, "/patients", batch, now, extract.quarantined_keys(con, PATIENTS)
-    )
+    """One page through a fresh writer, committed: what a run does with its last page."""
+    writer = extract.ResourceWriter(con, PATIENTS)
+    result = writer.add("/patients", batch, now)
+    writer.commit(now)
+    return result
 
 
 def rows(con, table="raw.patients"):

@@ -65,7 +65,9 @@ def test_every_documented_response_loads_or_is_knowingly_not_synced(path):
     con = warehouse.memory_db()
     batch = extract.parse_records(resource, records)
     assert batch.quarantined == [], f"{path.name}: {[(k, why) for k, why, _ in batch.quarantined]}"
-    extract.write_batch(con, resource, "/" + resource.name, batch, datetime.now(UTC), set())
+    writer = extract.ResourceWriter(con, resource)
+    writer.add("/" + resource.name, batch, datetime.now(UTC))
+    writer.commit(datetime.now(UTC))
 
     stored = con.execute(f"SELECT id, updated_at, payload FROM {resource.table}").fetchall()
     assert len(stored) == len({r[0] for r in batch.rows}) == len(records)
