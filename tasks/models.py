@@ -695,47 +695,59 @@ def record_membership(
         "INSERT INTO state.audiences SELECT audience, ?, ?, NULL FROM relay_new_audiences",
         [build_id, built_at],
     )
+    # One pass over members before and after: who joined, who left.
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE relay_changes AS
+        SELECT coalesce(c.audience, m.audience) AS audience,
+               coalesce(c.member_key, m.member_key) AS member_key,
+               coalesce(c.patient_id, m.patient_id) AS patient_id,
+               CASE WHEN m.member_key IS NULL THEN 'joined' ELSE 'left' END AS event
+        FROM relay_current c
+        FULL OUTER JOIN (SELECT * FROM state.audience_members WHERE audience IN ?) m
+            USING (audience, member_key)
+        WHERE c.member_key IS NULL OR m.member_key IS NULL
+        """,
+        [list(queries)],
+    )
     con.execute(
         """
         INSERT INTO state.membership_events
             (build_id, audience, member_key, patient_id, event, initial, occurred_at)
-        SELECT ?, c.audience, c.member_key, c.patient_id, 'joined',
-               c.audience IN (SELECT audience FROM relay_new_audiences), ?
-        FROM relay_current c
-        ANTI JOIN state.audience_members m USING (audience, member_key)
-        UNION ALL
-        SELECT ?, m.audience, m.member_key, m.patient_id, 'left', false, ?
-        FROM state.audience_members m
-        ANTI JOIN relay_current c USING (audience, member_key)
-        WHERE m.audience IN ?
+        SELECT ?, audience, member_key, patient_id, event,
+               event = 'joined' AND audience IN (SELECT audience FROM relay_new_audiences), ?
+        FROM relay_changes
         """,
-        [build_id, built_at, build_id, built_at, list(queries)],
+        [build_id, built_at],
     )
     con.execute(
-        "DELETE FROM state.audience_members m WHERE audience IN ? AND NOT EXISTS "
-        "(SELECT 1 FROM relay_current c WHERE c.audience = m.audience "
-        "AND c.member_key = m.member_key)",
-        [list(queries)],
+        "DELETE FROM state.audience_members m USING relay_changes c "
+        "WHERE c.event = 'left' AND m.audience = c.audience AND m.member_key = c.member_key"
     )
     con.execute(
-        "INSERT INTO state.audience_members SELECT c.audience, c.member_key, c.patient_id, ? "
-        "FROM relay_current c ANTI JOIN state.audience_members m USING (audience, member_key)",
+        "INSERT INTO state.audience_members SELECT audience, member_key, patient_id, ? "
+        "FROM relay_changes WHERE event = 'joined'",
         [built_at],
     )
     counts = con.execute(
         """
-        SELECT a.audience,
-               (SELECT count(*) FROM relay_current c WHERE c.audience = a.audience),
-               count(*) FILTER (WHERE e.event = 'joined'),
-               count(*) FILTER (WHERE e.event = 'left')
+        WITH sizes AS (SELECT audience, count(*) AS size FROM relay_current GROUP BY audience),
+        changes AS (
+            SELECT audience,
+                   count(*) FILTER (WHERE event = 'joined') AS joined,
+                   count(*) FILTER (WHERE event = 'left') AS left_
+            FROM relay_changes GROUP BY audience
+        )
+        SELECT a.audience, coalesce(size, 0), coalesce(joined, 0), coalesce(left_, 0)
         FROM (SELECT unnest(?) AS audience) a
-        LEFT JOIN state.membership_events e ON e.audience = a.audience AND e.build_id = ?
-        GROUP BY a.audience ORDER BY a.audience
+        LEFT JOIN sizes USING (audience)
+        LEFT JOIN changes USING (audience)
+        ORDER BY a.audience
         """,
-        [list(queries), build_id],
+        [list(queries)],
     ).fetchall()
-    con.execute("DROP TABLE relay_current")
-    con.execute("DROP TABLE relay_new_audiences")
+    for temp in ("relay_current", "relay_new_audiences", "relay_changes"):
+        con.execute(f"DROP TABLE {temp}")
     return {a: {"size": size, "joined": j, "left": left} for a, size, j, left in counts}
 
 

@@ -98,12 +98,25 @@ changed_patients as (
     where loaded_at > getvariable('changes_since')
 ),
 
--- A merged-away patient's appointments are numbered with the surviving patient's.
-patients_in_scope as (
+-- A merged-away patient's appointments are numbered with the surviving patient's: recompute
+-- the survivor, and with it every patient merged into it.
+survivors_in_scope as (
     select distinct coalesce(patients.merged_into_patient_id, changed_patients.patient_id)
         as patient_id
     from changed_patients
     left join patients on patients.patient_id = changed_patients.patient_id
+),
+
+patients_in_scope as (
+    select patient_id from survivors_in_scope
+    union
+    select patient_id from patients
+    where merged_into_patient_id in (select patient_id from survivors_in_scope)
+),
+
+rebuild_everyone as (
+    select getvariable('changes_since') is null or exists (select 1 from dimension_changed)
+        as flag
 ),
 
 individual_rows as (
@@ -127,6 +140,8 @@ individual_rows as (
         patient_arrived as arrived,
         booked_online
     from individual_appointments
+    where (select flag from rebuild_everyone)
+        or patient_id in (select patient_id from patients_in_scope)
 ),
 
 -- Cliniko lists attendees of individual appointments too; only a class's attendees add rows.
@@ -156,6 +171,8 @@ group_rows as (
     from attendees
     inner join group_appointments
         on group_appointments.group_appointment_id = attendees.booking_id
+    where (select flag from rebuild_everyone)
+        or attendees.patient_id in (select patient_id from patients_in_scope)
 ),
 
 all_rows as (
@@ -176,16 +193,9 @@ with_patient as (
     left join patients on patients.patient_id = all_rows.patient_id
 ),
 
-in_scope as (
-    select * from with_patient
-    where getvariable('changes_since') is null
-        or exists (select 1 from dimension_changed)
-        or patient_id in (select patient_id from patients_in_scope)
-),
-
 with_status as (
     select
-        in_scope.*,
+        with_patient.*,
         case
             when deleted_at is not null or patient_deleted then 'deleted'
             when archived_at is not null then 'archived'
@@ -195,7 +205,7 @@ with_status as (
             when starts_at > build_context.built_at then 'upcoming'
             else 'unmarked'
         end as status
-    from in_scope
+    from with_patient
     cross join build_context
 ),
 
