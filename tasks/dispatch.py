@@ -433,3 +433,21 @@ def providers_for(cfg: ClinicConfig) -> dict[str, Provider]:
         "email": load(PostmarkServer, cfg.providers.email, "email"),
         "sms": load(TwilioAccount, cfg.providers.sms, "sms"),
     }
+
+
+def dispatch_for_clinic(
+    con: duckdb.DuckDBPyConnection,
+    cfg: ClinicConfig,
+    prepare: Prepare,
+    *,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> DispatchResult:
+    """Dispatch with everything the clinic's configuration decides: providers, templates, links."""
+    return dispatch(
+        con,
+        providers=providers_for(cfg),
+        prepare=prepare,
+        templates=Templates(cfg.folder),
+        unsubscribe=Unsubscribe(cfg.clinic, cfg.providers.unsubscribe_url),
+        clock=clock,
+    )

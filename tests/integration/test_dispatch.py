@@ -55,14 +55,17 @@ def providers(postmark, twilio, timeout=5.0):
 
 def prepare(row):
     email, phone = ADDRESS[row.patient_id]
-    context = build_context(
+    return Ready(to=email if row.channel == "email" else phone, context=context_for(row))
+
+
+def context_for(row):
+    return build_context(
         clinic={"name": "Demo", "phone": "03 9000 0000", "website": "https://demo.example",
                 "address": "1 St", "email": "hello@demo.example"},
         first_name=f"Pat{row.patient_id}", appointment_starts_at=START + timedelta(days=1),
         time_zone="Australia/Melbourne", appointment_type="Follow-up",
         practitioner="Dr Who", business="Richmond",
     )  # fmt: skip
-    return Ready(to=email if row.channel == "email" else phone, context=context)
 
 
 def plan(con, patient_id, channel, *, purpose="transactional", source=None):
@@ -211,3 +214,55 @@ def test_an_unknown_block_name_is_a_config_error_naming_the_setting(data_dir):
     cfg = ClinicConfig(clinic="t", name="T", providers={"email": "outbox", "sms": "env"})
     with pytest.raises(ConfigError, match="providers.sms"):
         providers_for(cfg)
+
+
+def test_two_dispatch_runs_in_one_process_at_once_send_each_message_once(tmp_path, sandboxes):
+    import threading
+
+    postmark, twilio = sandboxes
+    postmark.faults.add("slow_reply", times=10**6, delay=0.02)
+    with open_db(tmp_path / "c.duckdb") as con:
+        for p in range(1, 300):
+            plan(con, p, "email", source="many")
+
+        def prepare_many(row):
+            return Ready(to=f"p{row.patient_id}@example.com", context=context_for(row))
+
+        errors: list[BaseException] = []
+
+        def one_run():
+            cursor = con.cursor()
+            provider = providers(postmark, twilio)["email"]
+            provider.batch_size = 20
+            try:
+                dispatch(cursor, providers={"email": provider}, prepare=prepare_many,
+                         templates=Templates(), clock=lambda: START)  # fmt: skip
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        runs = [threading.Thread(target=one_run) for _ in range(2)]
+        for t in runs:
+            t.start()
+        for t in runs:
+            t.join()
+        assert errors == []
+        dispatch(con, providers={"email": providers(postmark, twilio)["email"]},
+                 prepare=prepare_many, templates=Templates(), clock=lambda: START)  # fmt: skip
+        assert ledger.status_counts(con) == {"sent": 299}
+    assert max(postmark.send_key_counts().values()) == 1
+    assert len(postmark.accepted) == 299
+
+
+def test_rejected_credentials_put_the_batch_back_and_say_what_to_fix(tmp_path, sandboxes):
+    postmark, twilio = sandboxes
+    with open_db(tmp_path / "c.duckdb") as con:
+        key = plan(con, 1, "email")
+        postmark.server_token = "rotated"  # the block still holds the old token
+        stale = PostmarkProvider(
+            PostmarkSettings("old-token", "Demo <hello@demo.example>", base_url=postmark.url)
+        )
+        result = dispatch(con, providers={"email": stale}, prepare=prepare,
+                          templates=Templates(), clock=lambda: START)  # fmt: skip
+        row = ledger.get(con, key)
+    assert (row.status, row.status_reason) == ("planned", "provider unavailable")
+    assert any("PostmarkServer block" in p for p in result.problems)
