@@ -226,7 +226,12 @@ def _prepare_batch(
         if row.expires_at is not None and now > row.expires_at:
             decided["skipped"].append((row.message_id, "past its grace window"))
             continue
-        decision = prepare(row)
+        try:
+            decision = prepare(row)
+        except Exception as exc:
+            # One bad row must not block every later message; the type names the bug without
+            # repeating data that may be in the message.
+            decision = Skip(f"the re-check before sending failed ({type(exc).__name__})")
         if isinstance(decision, Skip):
             decided["cancelled" if decision.cancel else "skipped"].append(
                 (row.message_id, decision.reason)

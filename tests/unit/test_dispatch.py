@@ -271,3 +271,41 @@ def _outgoing(row, patients):
         purpose=row.purpose, tag=row.source_name, to=patients.address[row.patient_id],
         content=content,
     )  # fmt: skip
+
+
+def test_a_recheck_that_crashes_skips_that_message_and_the_rest_still_go(con, outbox, patients):
+    broken, fine = plan(con, 1), plan(con, 2)
+    real = patients.prepare
+
+    def prepare(row):
+        if row.patient_id == 1:
+            raise KeyError("pat1@example.com")
+        return real(row)
+
+    dispatch(con, providers={"email": outbox}, prepare=prepare, templates=Templates(),
+             clock=lambda: NOW)  # fmt: skip
+    row = ledger.get(con, broken)
+    assert (row.status, row.status_reason) == (
+        "skipped",
+        "the re-check before sending failed (KeyError)",
+    )
+    assert status(con, fine) == "sent"
+
+
+def test_relay_outbox_lists_send_keys_and_opens_one_by_key(con, outbox, patients, data_dir):
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+    from tasks.providers.outbox import outbox_dir
+
+    demo = OutboxProvider(outbox_dir("demo"), email_from="Demo <d@demo.example>", sms_from="Demo")
+    key = plan(con, 1)
+    run(con, demo, patients)
+    listed = CliRunner().invoke(app, ["outbox", "--clinic", "demo"])
+    assert listed.exit_code == 0 and key in listed.output
+    assert "pat1@" not in listed.output
+    assert (outbox_dir("demo") / "index.html").exists()
+    opened = CliRunner().invoke(app, ["outbox", "--clinic", "demo", "--open", key])
+    assert opened.output.strip().endswith(".eml")
+    missing = CliRunner().invoke(app, ["outbox", "--clinic", "demo", "--open", "no-such-key"])
+    assert missing.exit_code != 0
