@@ -11,14 +11,24 @@ another model below; unknown keys are refused so a typo is an error, not a silen
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from relay.env import PROJECT_ROOT, data_dir
 from tasks.errors import UserFacingError
+from tasks.triggers import Trigger, parse_triggers
 
 CLINICS_DIR = PROJECT_ROOT / "clinics"
 
@@ -107,6 +117,8 @@ class ClinicConfig(_Section):
     sync: SyncSettings = SyncSettings()
     marketing_list: MarketingListSettings = MarketingListSettings()
     providers: ProvidersSettings = ProvidersSettings()
+    # tasks/triggers.py: validated there, so errors name the trigger and the field.
+    triggers: Annotated[tuple[Trigger, ...], BeforeValidator(parse_triggers)] = ()
 
     # Where the file was read from; relative paths in it are resolved against this folder.
     source: Path | None = Field(None, exclude=True)
@@ -121,6 +133,53 @@ class ClinicConfig(_Section):
                 f"'{value}' is not an IANA time zone name (e.g. Australia/Sydney)"
             ) from None
         return value
+
+    @model_validator(mode="after")
+    def _trigger_templates(self) -> ClinicConfig:
+        """Render every trigger's template against the sample context: a missing variable or
+        file fails the load, so nothing is ever sent with a blank in it."""
+        from tasks.templates import TemplateError, Templates
+
+        templates = Templates(self.folder)
+        for i, trigger in enumerate(self.triggers):
+            try:
+                templates.validate(
+                    trigger.template, trigger.channel, marketing=trigger.purpose == "marketing"
+                )
+            except TemplateError as exc:
+                raise PydanticCustomError(
+                    "trigger_template",
+                    "triggers: trigger '{name}' (entry {n}): template: {problem}",
+                    {"name": trigger.name, "n": i + 1, "problem": str(exc)},
+                ) from None
+        return self
+
+    @model_validator(mode="after")
+    def _marketing_templates(self) -> ClinicConfig:
+        """Journey and campaign templates rendered as they will be: marketing, no appointment."""
+        from tasks.templates import SAMPLE_CLINIC, TemplateError, Templates, build_context
+
+        templates = Templates(self.folder)
+        context = build_context(
+            clinic=SAMPLE_CLINIC, first_name="Alexandra", preferred_first_name="Alex",
+            last_name="Sample", unsubscribe_url="https://relay.example/unsubscribe/SAMPLE",
+        )  # fmt: skip
+        uses = [
+            (f"journey '{j.name}' step {i + 1}", s.template, s.send)
+            for j in self.journeys
+            for i, s in enumerate(j.steps)
+            if isinstance(s, SendStep)
+        ] + [(f"campaign '{c.name}'", c.template, c.channel) for c in self.campaigns]
+        for where, template, channel in uses:
+            try:
+                templates.render(template, channel, context, marketing=True)
+            except TemplateError as exc:
+                raise PydanticCustomError(
+                    "marketing_template",
+                    "{where}: template: {problem}",
+                    {"where": where, "problem": str(exc)},
+                ) from None
+        return self
 
     @property
     def folder(self) -> Path:

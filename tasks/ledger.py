@@ -258,6 +258,28 @@ def reschedule(
         raise IllegalTransition(f"message {message_id} is not planned, so it cannot be moved")
 
 
+def amend(
+    con: duckdb.DuckDBPyConnection,
+    message_id: int,
+    *,
+    channel: Channel,
+    purpose: Purpose,
+    template: str,
+    now: datetime,
+) -> None:
+    """Its trigger was edited: a planned message goes out as the trigger now says. Refused past
+    planned (what went, went as it was)."""
+    moved = con.execute(
+        """
+        UPDATE state.messages SET channel = ?, purpose = ?, template = ?, updated_at = ?
+        WHERE message_id = ? AND status = 'planned' RETURNING message_id
+        """,
+        [channel, purpose, template, now, message_id],
+    ).fetchall()
+    if not moved:
+        raise IllegalTransition(f"message {message_id} is not planned, so it cannot be amended")
+
+
 def due(
     con: duckdb.DuckDBPyConnection,
     now: datetime,
