@@ -154,33 +154,6 @@ class ClinicConfig(_Section):
                 ) from None
         return self
 
-    @model_validator(mode="after")
-    def _marketing_templates(self) -> ClinicConfig:
-        """Journey and campaign templates rendered as they will be: marketing, no appointment."""
-        from tasks.templates import SAMPLE_CLINIC, TemplateError, Templates, build_context
-
-        templates = Templates(self.folder)
-        context = build_context(
-            clinic=SAMPLE_CLINIC, first_name="Alexandra", preferred_first_name="Alex",
-            last_name="Sample", unsubscribe_url="https://relay.example/unsubscribe/SAMPLE",
-        )  # fmt: skip
-        uses = [
-            (f"journey '{j.name}' step {i + 1}", s.template, s.send)
-            for j in self.journeys
-            for i, s in enumerate(j.steps)
-            if isinstance(s, SendStep)
-        ] + [(f"campaign '{c.name}'", c.template, c.channel) for c in self.campaigns]
-        for where, template, channel in uses:
-            try:
-                templates.render(template, channel, context, marketing=True)
-            except TemplateError as exc:
-                raise PydanticCustomError(
-                    "marketing_template",
-                    "{where}: template: {problem}",
-                    {"where": where, "problem": str(exc)},
-                ) from None
-        return self
-
     @property
     def folder(self) -> Path:
         return self.source.parent if self.source else CLINICS_DIR / self.clinic
