@@ -1,0 +1,196 @@
+"""Cliniko sync benchmark (issue 2 §5): request economy, pacing, throughput, memory, idle cost.
+
+Three processes, so the sync's memory is measured alone: this one (the conductor), a sandbox
+Cliniko (``python -m bench.sync serve``, driven over stdin) and the sync itself
+(``python -m tasks.extract``, exactly what tests kill with -9), which reports its own peak RSS.
+
+Size: ``BENCH_SYNC_PATIENTS`` (default 20,000 patients, ~15 appointments each = ~300,000).
+Compressed rate limit: ``BENCH_SYNC_WINDOW`` requests per ``BENCH_SYNC_WINDOW_SECONDS``
+(default 200 per 10 s, i.e. Cliniko's 200/min sped up 6x).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+
+from tasks.extract import format_cursor
+from tasks.resources import RESOURCES
+from tasks.warehouse import open_db
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+class Sandbox:
+    """The sandbox subprocess: one JSON command per line in, one JSON answer per line out."""
+
+    def __init__(self, patients: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.sync", "serve", str(patients)],
+            cwd=PROJECT_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        hello = self._read()
+        self.base_url, self.api_key = hello["base_url"], hello["api_key"]
+        self.generate_seconds = hello["generate_seconds"]
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the sandbox process died; see its output above")
+        return json.loads(line)
+
+    def ask(self, **command: object) -> dict:
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        self.ask(op="quit")
+        self.proc.wait(timeout=30)
+
+
+def serve(patients: int) -> None:
+    """The sandbox side: generate the clinic, serve it, obey commands from stdin."""
+    from sandbox.cliniko import RateLimit, SandboxClinic, SandboxServer
+
+    started = time.perf_counter()
+    clinic = SandboxClinic.generate(seed=20, patients=patients, start=START)
+    generated = time.perf_counter() - started
+    with SandboxServer(clinic, rate_limit=None) as server:
+        print(json.dumps({"base_url": server.base_url, "api_key": clinic.api_key,
+                          "generate_seconds": generated}), flush=True)  # fmt: skip
+        for line in sys.stdin:
+            command = json.loads(line)
+            answer: dict = {}
+            if command["op"] == "rate":
+                per = command.get("per_window")
+                server.rate_limit = RateLimit(per, command["window_seconds"]) if per else None
+            elif command["op"] == "reset":
+                server.reset_stats()
+            elif command["op"] == "stats":
+                log = server.stats.log
+                answer = {
+                    "requests": server.stats.requests,
+                    "rate_limited": server.stats.rate_limited,
+                    "times": [t for t, _, _ in log],
+                    "limited_times": [t for t, _, status in log if status == 429],
+                }
+            elif command["op"] == "quit":
+                print("{}", flush=True)
+                return
+            print(json.dumps(answer), flush=True)
+
+
+def run_sync(sandbox: Sandbox, db: Path, *extra: str) -> dict:
+    env = {**os.environ, "CLINIKO_API_KEY": sandbox.api_key, "CLINIKO_BASE_URL": sandbox.base_url,
+           "CLINIKO_CONTACT": "bench@localhost"}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "tasks.extract", "--db", str(db), *extra],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode:
+        raise RuntimeError(f"sync failed: {done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def minimum_requests(sandbox: Sandbox, since: dict[str, datetime] | None = None) -> tuple[int, int]:
+    """Σ ⌈rows/100⌉ over every path (one for an empty path), and the rows: asked of the sandbox
+    itself (per_page=1 and total_entries) while it has no rate limit. With ``since`` (per path),
+    only the rows a sync starting there must read."""
+    minimum = rows = 0
+    with httpx.Client(auth=(sandbox.api_key, ""), headers={"User-Agent": "bench"}) as http:
+        for resource in RESOURCES:
+            for path in resource.paths:
+                params = [("per_page", "1")] + [("q[]", f"{h}:*") for h in resource.include_hidden]
+                if since:
+                    params.append(("q[]", f"updated_at:>={format_cursor(since[path])}"))
+                total = http.get(sandbox.base_url + path, params=params).json()["total_entries"]
+                rows += total
+                minimum += max(1, math.ceil(total / 100))
+    return minimum, rows
+
+
+def overlap_starts(db: Path) -> dict[str, datetime]:
+    """Where an incremental sync of ``db`` starts reading each path: watermark − 5 min."""
+    with open_db(db, read_only=True) as con:
+        marks = con.execute("SELECT path, watermark FROM state.sync_watermarks").fetchall()
+    return {path: mark - timedelta(minutes=5) for path, mark in marks}
+
+
+def line(label: str, value: str, target: str, ok: bool) -> None:
+    print(f"  {label:<52} {value:>14}   target {target:<14} {'ok' if ok else 'MISSED'}", flush=True)
+
+
+def main() -> None:
+    patients = int(os.environ.get("BENCH_SYNC_PATIENTS", "20000"))
+    per_window = int(os.environ.get("BENCH_SYNC_WINDOW", "200"))
+    window = float(os.environ.get("BENCH_SYNC_WINDOW_SECONDS", "10"))
+    paths = sum(len(r.paths) for r in RESOURCES)
+
+    sandbox = Sandbox(patients)
+    print(
+        f"  sandbox: {patients} patients generated in {sandbox.generate_seconds:.0f}s", flush=True
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp:
+        minimum, rows = minimum_requests(sandbox)
+        print(f"  {rows} rows on {paths} paths; minimum requests for a backfill: {minimum}")
+
+        # 1. Backfill under a time-compressed rate limit, paced by the client.
+        sandbox.ask(op="rate", per_window=per_window, window_seconds=window)
+        sandbox.ask(op="reset")
+        paced = run_sync(sandbox, Path(tmp) / "paced.duckdb", "--requests", str(per_window),
+                         "--per-seconds", str(window))  # fmt: skip
+        stats = sandbox.ask(op="stats")
+        first, last = stats["times"][0], stats["times"][-1]
+        allowed = per_window / window
+        achieved = (len(stats["times"]) - 1) / (last - first)
+        late_429 = sum(1 for t in stats["limited_times"] if t > first + window)
+        ratio = paced["requests"] / minimum
+        line("requests made / minimum", f"{paced['requests']}/{minimum} = {ratio:.3f}", "<= 1.05",
+             ratio <= 1.05)  # fmt: skip
+        line(f"request rate vs allowed ({allowed:.0f}/s)", f"{achieved / allowed:.1%}", ">= 90%",
+             achieved >= 0.9 * allowed)  # fmt: skip
+        line("429s after the first window", str(late_429), "0", late_429 == 0)
+
+        # 2. Backfill with no rate limit: records per second from HTTP to committed rows.
+        sandbox.ask(op="rate", per_window=None, window_seconds=1)
+        db = Path(tmp) / "free.duckdb"
+        free = run_sync(sandbox, db, "--no-rate-limit")
+        committed = sum(c["new"] + c["updated"] for c in free["resources"].values())
+        speed = committed / free["seconds"]
+        line("records/s, no rate limit", f"{speed:,.0f}", ">= 5,000", speed >= 5000)
+        peak = max(paced["peak_rss_mb"], free["peak_rss_mb"])
+        line("peak RSS of the sync process (MB)", f"{peak:.0f}", "<= 300", peak <= 300)
+
+        # 3. Nothing changed: one request per path, unless the 5-minute overlap window itself
+        # holds more than a page of rows (it must be re-read: late commits, clock skew).
+        idle = run_sync(sandbox, db, "--no-rate-limit")
+        line("incremental sync, nothing changed: requests", str(idle["requests"]),
+             f"{paths} (1/path)", idle["requests"] == paths)  # fmt: skip
+        floor, in_window = minimum_requests(sandbox, overlap_starts(db))
+        print(f"  (the overlap window holds {in_window} rows on {paths} paths: at least {floor} "
+              "requests to re-read them)")  # fmt: skip
+    sandbox.close()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["serve"]:
+        serve(int(sys.argv[2]))
+    else:
+        main()
