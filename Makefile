@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 60
 
-.PHONY: install demo test test-unit lint format bench lock clean
+.PHONY: install demo serve deploy test test-unit lint format bench lock clean
 
 install: $(STAMP)
 
@@ -22,6 +22,14 @@ $(STAMP): requirements.lock pyproject.toml
 
 demo: $(STAMP)  ## sandbox Cliniko -> sync -> DuckDB, then print what was synced
 	$(VENV)/bin/relay demo
+
+serve: $(STAMP)  ## Prefect server + UI on 127.0.0.1:4200, sandbox Cliniko, the demo clinic ticking (Ctrl-C stops)
+	$(VENV)/bin/relay serve
+
+# Every deployment in prefect.yaml onto the 'local' process pool (needs PREFECT_API_URL; docs/scaling.md).
+deploy: $(STAMP)
+	$(VENV)/bin/prefect work-pool inspect local >/dev/null 2>&1 || $(VENV)/bin/prefect work-pool create local --type process
+	$(VENV)/bin/prefect --no-prompt deploy --all
 
 test: $(STAMP)  ## the whole suite: unit, integration (real HTTP), Prefect server tests
 	$(PY) -m pytest

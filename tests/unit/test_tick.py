@@ -1,0 +1,106 @@
+"""The tick's own rules: the circuit breaker, late ticks, the summary's counts, the held database."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+from tasks import ledger, tick, warehouse
+from tasks.tick import COMPLETED, FAILED, Freshness, Step, Summary
+
+NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+SYNCED = Step("sync", COMPLETED)
+
+
+def test_fresh_data_from_a_completed_sync_lets_planning_and_sending_go_ahead():
+    assert tick.breaker(SYNCED, Freshness(NOW - timedelta(minutes=3), NOW), 20) is None
+
+
+def test_a_failed_sync_holds_sending_even_when_the_last_good_data_is_recent():
+    reason = tick.breaker(Step("sync", FAILED), Freshness(NOW - timedelta(minutes=3), NOW), 20)
+    assert reason == "the sync failed"
+
+
+def test_data_older_than_the_clinics_threshold_holds_sending_and_says_how_old():
+    reason = tick.breaker(SYNCED, Freshness(NOW - timedelta(minutes=45), NOW), 20)
+    assert reason == "the data is 45 minutes old (sync.stale_after_minutes is 20)"
+
+
+def test_a_clinic_never_synced_holds_sending():
+    assert "never been synced" in tick.breaker(SYNCED, Freshness(None, NOW), 20)
+
+
+def test_a_scheduled_tick_far_behind_its_time_does_nothing_but_a_requested_one_runs():
+    late = NOW - timedelta(minutes=30)
+    limit = timedelta(minutes=10)
+    assert "30 minutes late" in tick.too_late(late, NOW, True, limit)
+    assert tick.too_late(late, NOW, False, limit) is None  # a person asked for it
+    assert tick.too_late(NOW - timedelta(minutes=4), NOW, True, limit) is None
+
+
+def _message(con, key: str, status: str, at: datetime, reason: str | None = None) -> None:
+    ledger.insert_planned(
+        con,
+        [
+            ledger.PlannedMessage(
+                send_key=ledger.make_send_key("trigger", "welcome", len(key), key),
+                source_kind="trigger", source_name="welcome", patient_id=len(key),
+                channel="email", purpose="transactional", template="welcome", due_at=at,
+            )
+        ],
+        at,
+    )  # fmt: skip
+    if status != "planned":
+        con.execute(
+            f"UPDATE state.messages SET status = ?, status_reason = ?, {status}_at = ?, "
+            "to_address = 'jane.citizen@example.com' WHERE send_key LIKE ?",
+            [status, reason, at, f"%:{key}"],
+        )
+
+
+def test_the_summary_counts_this_ticks_messages_by_outcome_and_reason_without_addresses():
+    con = warehouse.memory_db()
+    before = NOW - timedelta(minutes=5)
+    _message(con, "old", "sent", before)  # an earlier tick's
+    _message(con, "a", "sent", NOW)
+    _message(con, "bb", "skipped", NOW, "appointment cancelled")
+    _message(con, "ccc", "skipped", NOW, "appointment cancelled")
+    _message(con, "dddd", "planned", NOW)
+
+    summary = tick.collect(con, Summary("demo", NOW, steps=[SYNCED], freshness="as of now"))
+
+    assert summary.messages["sent"] == {"-": 1}
+    assert summary.messages["skipped"] == {"appointment cancelled": 2}
+    assert summary.messages["planned"] == {"-": 4}
+    assert summary.backlog == {"planned": 1}
+    text = tick.markdown(summary)
+    assert "| skipped | appointment cancelled | 2 |" in text
+    assert "jane" not in text and "example.com" not in text
+
+
+def test_a_held_database_is_this_processes_alone_until_released(tmp_path):
+    db = tmp_path / "clinic.duckdb"
+    other = [
+        sys.executable,
+        "-c",
+        f"from tasks import warehouse\nwith warehouse.open_db({str(db)!r}, wait_seconds=0.2): pass",
+    ]
+    with warehouse.hold(db):
+        with warehouse.open_db(db) as con:  # a step of the tick gets in
+            con.execute("SELECT 1")
+        with warehouse.open_db(db, read_only=True):
+            pass
+        refused = subprocess.run(other, capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0 and "DatabaseBusy" in refused.stderr
+    assert subprocess.run(other, capture_output=True, timeout=60).returncode == 0
+
+
+def test_markdown_says_why_a_step_did_not_run():
+    summary = Summary(
+        "demo", NOW, steps=[Step("sync", FAILED, "ClinikoAuthError: 401"), Step("plan", "held", "circuit breaker")],
+        held="the sync failed", freshness="never synced",
+    )  # fmt: skip
+    text = tick.markdown(summary)
+    assert "**Planning and sending held:** the sync failed." in text
+    assert "| sync | ❌ failed | 0.0 | ClinikoAuthError: 401 |" in text
