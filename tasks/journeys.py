@@ -520,28 +520,50 @@ def recipient(
 
 
 def prepare_marketing(
-    con: duckdb.DuckDBPyConnection, cfg: ClinicConfig, *, triggers: Prepare | None = None
+    con: duckdb.DuckDBPyConnection, cfg: ClinicConfig, *, triggers: Prepare
 ) -> Prepare:
-    """Dispatch's re-check for journey and campaign rows; trigger rows go to ``triggers``.
+    """Dispatch's re-check for journey and campaign rows; trigger rows go to ``triggers`` (the
+    planner's ``Preparer``). Dispatch takes one ``prepare`` for every row, so the tick's dispatch
+    passes this one: ``prepare_marketing(con, cfg, triggers=planning.Preparer(con, cfg))``.
 
     A journey message whose enrolment has ended, or a campaign message of a cancelled campaign,
     is cancelled; one whose patient left the list (or the campaign's segment) is skipped.
     """
     clinic = clinic_details(cfg)
+    configured = {j.name: j for j in cfg.journeys}
+
+    def journey_stop(row: LedgerRow) -> Skip | None:
+        """The enrolment ended, or the journey's exit rule holds now (a message held back by
+        the cap or quiet hours may outlive the step that queued it)."""
+        journey = configured.get(row.source_name)
+        if journey is None:
+            return Skip("journey removed from the configuration", cancel=True)
+        ended = con.execute(
+            "SELECT exit_reason FROM state.journey_enrolments "
+            "WHERE enrolment_id = ? AND status = 'exited'",
+            [_enrolment_of(row)],
+        ).fetchone()
+        if ended:
+            return Skip(f"journey ended before this step went: {ended[0]}", cancel=True)
+        segment = journey.entry.enters_segment
+        left = (
+            segment is not None
+            and journey.exit.leaves_segment
+            and not _members(con, f"segments.{segment}", [row.patient_id])
+        )
+        if left:
+            return Skip(
+                f"journey ended before this step went: left the segment {segment}", cancel=True
+            )
+        return None
 
     def prepare(row: LedgerRow) -> Ready | Skip:
         if row.source_kind == "trigger":
-            if triggers is None:
-                return Skip("no trigger planner in this dispatch run")
             return triggers(row)
         if row.source_kind == "journey":
-            ended = con.execute(
-                "SELECT exit_reason FROM state.journey_enrolments "
-                "WHERE enrolment_id = ? AND status = 'exited'",
-                [_enrolment_of(row)],
-            ).fetchone()
-            if ended:
-                return Skip(f"journey ended before this step went: {ended[0]}", cancel=True)
+            stop = journey_stop(row)
+            if stop is not None:
+                return stop
         else:
             stop = campaigns.recheck(con, cfg, row)
             if stop is not None:

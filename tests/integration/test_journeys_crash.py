@@ -71,6 +71,7 @@ def worker(db: str, postmark_url: str, progress: str) -> None:
     from tasks.warehouse import open_db
 
     journey_clinic = _helper()
+    no_triggers = journey_clinic.no_triggers
     cfg = config()
     done = Path(progress)
     first = int(done.read_text()) if done.exists() else 0
@@ -86,7 +87,7 @@ def worker(db: str, postmark_url: str, progress: str) -> None:
             email.batch_size = 7  # many small claims: more moments for the kill to land
             dispatch(
                 con, providers={"email": email},
-                prepare=journeys.prepare_marketing(con, cfg), templates=Templates(),
+                prepare=journeys.prepare_marketing(con, cfg, triggers=no_triggers), templates=Templates(),
                 unsubscribe=Unsubscribe("crash", "http://127.0.0.1:8765/u", b"crash-key"),
                 clock=lambda now=now: now, settle=timedelta(0), gate=Gate.from_config(cfg),
             )  # fmt: skip

@@ -87,20 +87,20 @@ def test_a_new_patient_gets_the_three_emails_spaced_by_the_waits_then_completes(
     clinic.tick(minutes=5)
     assert templates_sent(clinic, 1) == ["new-patient-welcome"]
 
-    clinic.tick(days=2, hours=23)  # not three days yet
+    clinic.tick(days=2, hours=23, build=False)  # not three days yet
     assert templates_sent(clinic, 1) == ["new-patient-welcome"]
-    clinic.tick(hours=1)
+    clinic.tick(hours=1, build=False)
     assert templates_sent(clinic, 1) == ["new-patient-welcome", "new-patient-tips"]
-    clinic.tick(days=6)
+    clinic.tick(days=6, build=False)
     assert len(templates_sent(clinic, 1)) == 2
-    clinic.tick(days=1)
+    clinic.tick(days=1, build=False)
     assert templates_sent(clinic, 1) == [
         "new-patient-welcome",
         "new-patient-tips",
         "new-patient-checkin",
     ]
     assert clinic.enrolments("new-patient") == [(1, "completed", None, 6)]
-    clinic.tick(days=30)
+    clinic.tick(days=30, build=False)
     assert len(templates_sent(clinic, 1)) == 3
 
 
@@ -131,17 +131,25 @@ def test_a_patient_who_leaves_the_segment_exits_the_journey_before_step_2():
 
 def test_a_failed_condition_ends_the_enrolment_and_later_steps_never_go():
     clinic = Clinic()
-    journey = {**NEW_PATIENT, "exit": {"leaves_segment": False}}
+    journey = {**NEW_PATIENT, "steps": [
+        NEW_PATIENT["steps"][0], {"wait": "3 days"},
+        {"only_if": "not_in_segment", "segment": "upcoming_appointment"},  # nothing booked yet
+        {"send": "email", "template": "new-patient-tips"},
+    ]}  # fmt: skip
     cfg = clinic.cfg(journeys=[journey])
     clinic.tick(cfg)
-    clinic.patient(1)
-    clinic.visit(1, days_ago=0.1)
+    for p in (1, 2):
+        clinic.patient(p)
+        clinic.visit(p, days_ago=0.1)
     clinic.tick(cfg, minutes=5)
-    clinic.patient(1, archived=True)  # out of "new" (and off the list) before the condition
-    clinic.tick(cfg, days=1)
-    clinic.patient(1)  # back on the list, still out of... no: restored, so still new
+    clinic.book(1, days_ahead=7)
     clinic.tick(cfg, days=3)
-    assert templates_sent(clinic, 1)[:1] == ["new-patient-welcome"]
+    assert sorted(clinic.enrolments("new-patient")) == [
+        (1, "exited", "step 3 condition not met: in the segment upcoming_appointment", 2),
+        (2, "completed", None, 4),
+    ]
+    assert templates_sent(clinic, 1) == ["new-patient-welcome"]
+    assert templates_sent(clinic, 2) == ["new-patient-welcome", "new-patient-tips"]
 
 
 def test_still_in_segment_condition_fails_when_the_patient_left_and_exit_on_leaving_is_off():
@@ -268,13 +276,15 @@ def test_a_birthday_email_goes_at_nine_on_the_local_birthday_in_the_clinics_time
     clinic.patient(2, born="1990-11-23")  # 23 Nov 09:00 NZDT = 22 Nov 20:00 UTC
     clinic.tick()
     clinic.now = datetime(2026, 11, 22, 19, 55, tzinfo=UTC)
-    clinic.tick()
+    clinic.tick(build=False)
     assert clinic.all_messages() == []
-    clinic.tick(minutes=5)  # 20:00 UTC = 09:00 on 23 November in Auckland
+    clinic.tick(minutes=5, build=False)  # 20:00 UTC = 09:00 on 23 November in Auckland
     assert [(p, t) for _, _, t, p in clinic.all_messages()] == [(2, "birthday")]
-    clinic.tick(hours=23, minutes=55)
+    clinic.tick(hours=23, minutes=55, build=False)
     assert clinic.all_messages()[-1][3] == 2
-    clinic.tick(minutes=5)  # 09:00 on 24 November in Auckland, still 23 November in UTC
+    clinic.tick(
+        minutes=5, build=False
+    )  # 09:00 on 24 November in Auckland, still 23 November in UTC
     assert [(p, t) for _, _, t, p in clinic.all_messages()] == [(2, "birthday"), (1, "birthday")]
 
 
@@ -285,8 +295,8 @@ def test_a_birthday_comes_back_next_year_but_not_twice_in_one_year():
     clinic.tick()  # 2 Nov 22:00 UTC = 3 Nov 09:00 in Melbourne: go-live, no backfill
     assert clinic.all_messages() == []
     clinic.tick(days=364)  # 1 Nov 2027 22:00 UTC = 2 Nov 2027 09:00 AEDT
-    clinic.tick(hours=1)
-    clinic.tick(days=1)
+    clinic.tick(hours=1, build=False)
+    clinic.tick(days=1, build=False)
     keys = [k for k, *_ in clinic.all_messages()]
     assert len(keys) == 1 and keys[0].startswith("journey:birthday:1:e")
     assert clinic.enrolments("birthday")[0][:2] == (1, "completed")
@@ -296,7 +306,7 @@ def test_a_birthday_journey_created_after_nine_waits_for_next_year():
     clinic = Clinic(journeys=[BIRTHDAY])
     clinic.patient(1, born="1985-11-03")
     clinic.tick(hours=1)  # 10:00 on the birthday: the journey goes live now
-    clinic.tick(hours=5)
+    clinic.tick(hours=5, build=False)
     assert clinic.all_messages() == []
 
 
@@ -322,3 +332,34 @@ def test_anniversaries_follow_the_local_calendar_across_a_dst_change():
         (4, datetime(2026, 4, 3, 22, 0, tzinfo=UTC)),  # AEDT, UTC+11
         (5, datetime(2026, 4, 4, 23, 0, tzinfo=UTC)),  # AEST, UTC+10
     ]
+
+
+# --- through dispatch: the gate and the re-check -----------------------------------------------
+
+
+def test_an_evening_journey_sms_waits_for_morning_and_is_cancelled_if_the_patient_exits_first(
+    tmp_path,
+):
+    sms_recall = {**RECALL, "steps": [{"send": "sms", "template": "promo-sms"}]}
+    clinic = Clinic(journeys=[sms_recall])
+    for p in (1, 2):
+        clinic.patient(p, mobile=f"041234567{p}", sms_opt_in=True)
+        clinic.visit(p, days_ago=89.6)
+    clinic.tick()  # 09:00 in Melbourne: go-live
+    clinic.tick(hours=12)  # 21:00: both enter the recall band
+    clinic.send(tmp_path)
+    held = clinic.messages(status="planned")
+    assert sorted((r.patient_id, r.status_reason) for r in held) == [
+        (1, "deferred: quiet hours"),
+        (2, "deferred: quiet hours"),
+    ]
+    clinic.book(1, days_ahead=5)
+    clinic.tick(hours=2)  # 23:00: patient 1 booked, left the band, exits
+    clinic.advance(hours=10)  # 09:00 the next morning
+    clinic.send(tmp_path)
+    assert [(r.patient_id, r.status_reason) for r in clinic.messages(status="cancelled")] == [
+        (1, "journey ended before this step went: left the segment recall_90_179")
+    ]
+    (sent,) = clinic.messages(status="sent")
+    assert (sent.patient_id, sent.sent_at) == (2, clinic.now)
+    assert len(list(tmp_path.glob("*.txt"))) == 1
