@@ -331,6 +331,132 @@ def report_command(
     typer.echo(f"  wrote {path.resolve()}")
 
 
+preview_app = typer.Typer(
+    help="See before switching on: who would get what, and when. Reads only; writes nothing.",
+    no_args_is_help=True,
+)
+app.add_typer(preview_app, name="preview")
+
+
+@preview_app.command("trigger")
+def preview_trigger_command(
+    name: str = typer.Argument(..., help="The trigger's name under triggers: in clinic.yaml."),
+    days: float = typer.Option(7, help="How many days ahead to show."),
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<name>/clinic.yaml)."),
+    limit: int = typer.Option(100, help="At most this many rows of the calendar (0: all)."),
+) -> None:
+    """The calendar of a trigger's messages: when, to whom, about which appointment, and whether
+    it would go or be skipped (and why). A trigger that is not live yet is shown as if switched
+    on now. Names and addresses are shown on this terminal only."""
+    from collections import Counter
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from tasks import models, planning
+    from tasks.config import load_clinic
+    from tasks.errors import UserFacingError
+    from tasks.warehouse import open_db
+
+    config = load_clinic(clinic)
+    trigger = next((t for t in config.triggers if t.name == name), None)
+    if trigger is None:
+        known = ", ".join(t.name for t in config.triggers) or "none"
+        raise UserFacingError(f"No trigger '{name}' in {config.source}. Triggers: {known}.")
+    now = datetime.now(UTC)
+    zone = ZoneInfo(config.time_zone)
+    with open_db(config.database_path, read_only=True) as con:
+        models.require_good_build(con)
+        went_live, rows = planning.preview(con, trigger, now, days)
+        typos = planning.unknown_references(con, trigger)
+    state = (
+        "live" if trigger.enabled and went_live < now else "not live: shown as if switched on now"
+    )
+    typer.secho(
+        f"Trigger {trigger.name}: {trigger.channel} '{trigger.template}' ({trigger.purpose}), "
+        f"{trigger.event}, {trigger.timing}; {state}",
+        bold=True,
+    )
+    typer.echo(f"  went live   {went_live.astimezone(zone):%Y-%m-%d %H:%M} {config.time_zone}")
+    for typo in typos:
+        typer.secho(f"  warning: {typo}", fg=typer.colors.YELLOW)
+    decisions = Counter(r.decision.split(":")[0] for r in rows)
+    typer.echo(
+        f"  next {days:g} days: {len(rows)} messages"
+        + (f" ({', '.join(f'{n} {d}' for d, n in decisions.most_common())})" if rows else "")
+    )
+    for r in rows[: limit or None]:
+        c = r.candidate
+        who = (
+            f"{c['preferred_first_name'] or c['first_name'] or '?'} {c['last_name'] or ''}".strip()
+        )
+        about = (
+            f"{c['appointment_type_name']} {c['starts_at'].astimezone(zone):%a %d %b %H:%M}"
+            if c["starts_at"] is not None
+            else "-"
+        )
+        typer.echo(
+            f"  {r.due_at.astimezone(zone):%a %d %b %H:%M}  patient {r.patient_id:<8} "
+            f"{who[:22]:<22} {str(c['address'] or '-')[:28]:<28} {about[:40]:<40} {r.decision}"
+        )
+    if limit and len(rows) > limit:
+        typer.echo(f"  ... {len(rows) - limit} more (--limit 0 shows all)")
+    typer.echo("Nothing was written. Switch it on with enabled: true in clinic.yaml.")
+
+
+@app.command("render")
+def render_command(
+    trigger_name: str = typer.Argument(..., metavar="TRIGGER", help="A trigger in clinic.yaml."),
+    patient: int = typer.Option(..., "--patient", help="The patient's Cliniko id."),
+    appointment: int = typer.Option(
+        None,
+        "--appointment",
+        help="Which of their appointments (default: the next one the "
+        "trigger applies to, else the latest).",
+    ),
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<name>/clinic.yaml)."),
+    out: str = typer.Option(None, help="Folder for the files (default: data/previews/<clinic>)."),
+) -> None:
+    """Render a trigger's message for one patient into files a person can open (.eml and .html
+    for email, .txt for SMS). Nothing is sent or recorded."""
+    from datetime import UTC, datetime
+    from email.utils import formataddr
+    from pathlib import Path
+
+    from relay.env import data_dir
+    from tasks import models, planning
+    from tasks.config import load_clinic
+    from tasks.errors import UserFacingError
+    from tasks.templates import Templates, render_to_file
+    from tasks.warehouse import open_db
+
+    config = load_clinic(clinic)
+    trigger = next((t for t in config.triggers if t.name == trigger_name), None)
+    if trigger is None:
+        known = ", ".join(t.name for t in config.triggers) or "none"
+        raise UserFacingError(f"No trigger '{trigger_name}' in {config.source}. Triggers: {known}.")
+    with open_db(config.database_path, read_only=True) as con:
+        models.require_good_build(con)
+        address, context, used = planning.context_for_patient(
+            con, config, trigger, patient, datetime.now(UTC), appointment
+        )
+    marketing = trigger.purpose == "marketing"
+    if marketing and trigger.channel == "email":
+        context["unsubscribe_url"] = config.providers.unsubscribe_url.rstrip("/") + "/PREVIEW"
+    sender = config.providers.sender
+    path = render_to_file(
+        Templates(config.folder),
+        trigger.template,
+        trigger.channel,
+        context,
+        Path(out) if out else data_dir() / "previews" / config.clinic,
+        marketing=marketing,
+        to=address or f"(no {'email' if trigger.channel == 'email' else 'mobile'} on file)",
+        sender=formataddr((sender.name or config.name, sender.email)),
+    )
+    typer.echo(f"Rendered {trigger.name} for patient {patient}, {used}:")
+    typer.echo(f"  {path.resolve()}")
+
+
 def main() -> None:
     from tasks.errors import UserFacingError
 

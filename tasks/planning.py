@@ -40,6 +40,7 @@ import duckdb
 from tasks import ledger
 from tasks.config import ClinicConfig
 from tasks.dispatch import Ready, Skip, clinic_details
+from tasks.errors import UserFacingError
 from tasks.ledger import LedgerRow, PlannedMessage
 from tasks.models import require_good_build
 from tasks.templates import build_context
@@ -847,3 +848,67 @@ def unknown_references(con: duckdb.DuckDBPyConnection, trigger: Trigger) -> list
                         f"{section}.{kind}: {ref!r} matches no appointment in the synced data"
                     )
     return problems
+
+
+# --- rendering one trigger's message for one patient (operator's `relay render`) -----------------
+
+
+def context_for_patient(
+    con: duckdb.DuckDBPyConnection,
+    config: ClinicConfig,
+    trigger: Trigger,
+    patient_id: int,
+    now: datetime,
+    appointment_id: int | None = None,
+) -> tuple[str | None, dict[str, Any], str]:
+    """(address, template context, which appointment was used) for rendering a sample message.
+
+    For an appointment trigger the appointment is the one given, else the patient's next one the
+    trigger's filters accept, else their latest such one. Nothing is written.
+    """
+    patient = con.execute(
+        "SELECT first_name, preferred_first_name, last_name, email, mobile_e164 "
+        "FROM marts.patients WHERE patient_id = ?",
+        [patient_id],
+    ).fetchone()
+    if patient is None:
+        raise UserFacingError(
+            f"No patient {patient_id} in the synced data of clinic '{config.clinic}'. "
+            "Check the id (Cliniko's patient id) or run a sync."
+        )
+    first, preferred, last, email, mobile = patient
+    candidate: dict[str, Any] = {
+        "first_name": first, "preferred_first_name": preferred, "last_name": last,
+        "starts_at": None, "business_time_zone": None, "appointment_type_name": None,
+        "practitioner_name": None, "business_name": None,
+    }  # fmt: skip
+    used = "no appointment (a patient trigger)"
+    if trigger.is_appointment_event:
+        params: dict[str, Any] = {"patient": patient_id, "now": now, "appointment": appointment_id}
+        chosen = (
+            "a.appointment_id = $appointment"
+            if appointment_id is not None
+            else _and(appointment_filters(trigger, "a", params))
+        )
+        row = run(
+            con,
+            f"""SELECT a.appointment_id, a.starts_at, a.business_time_zone,
+                       a.appointment_type_name, a.practitioner_name, a.business_name
+                FROM marts.appointments a
+                WHERE a.patient_id = $patient AND {chosen}
+                ORDER BY a.starts_at < $now, abs(epoch(a.starts_at) - epoch($now::TIMESTAMPTZ))
+                LIMIT 1""",
+            params,
+        ).fetchone()
+        if row is None:
+            which = f"appointment {appointment_id}" if appointment_id else "no appointment"
+            raise UserFacingError(
+                f"Patient {patient_id} has {which} that trigger '{trigger.name}' applies to. "
+                "Pass --appointment ID to render it for one of their appointments."
+            )
+        keys = ("starts_at", "business_time_zone", "appointment_type_name", "practitioner_name",
+                "business_name")  # fmt: skip
+        candidate.update(zip(keys, row[1:], strict=True))
+        used = f"appointment {row[0]} ({row[3]})"
+    address = email if trigger.channel == "email" else mobile
+    return address, template_context(clinic_details(config), candidate), used

@@ -1,0 +1,42 @@
+"""The planning flow: triggers -> planned messages in the ledger; one step of the tick (after the
+models build, before dispatch), and runnable alone.
+
+Thin wiring around ``tasks.planning``: the task takes the open connection (``cache_policy=NONE``)
+and returns counts per trigger, never a patient.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NONE
+
+from tasks import planning
+from tasks.config import ClinicConfig, load_clinic
+from tasks.warehouse import open_db
+
+
+@task(cache_policy=NONE)
+def plan_triggers(con, config: ClinicConfig, now: datetime) -> dict:
+    result = planning.plan(con, config, now)
+    for name, counts in sorted(result.counts.items()):
+        get_run_logger().info("trigger %s: %s", name, dict(counts))
+    return result.as_dict()
+
+
+@flow(name="plan-messages", flow_run_name="plan-{clinic}")
+def plan_messages(clinic: str = "demo", now: datetime | None = None) -> dict:
+    """Plan the clinic's trigger messages and re-check those planned. ``now``: replays and tests."""
+    config = load_clinic(clinic)
+    now = now or datetime.now(UTC)
+    with open_db(config.database_path) as con:
+        result = plan_triggers(con, config, now)
+    create_table_artifact(
+        [{"trigger": name, **counts} for name, counts in result["triggers"].items()]
+        or [{"trigger": "(none)", "planned": 0}],
+        key=f"plan-{config.clinic.replace('_', '-')}",
+        description=f"Trigger messages planned, moved, cancelled and skipped for {config.clinic}",
+    )
+    return result
