@@ -198,9 +198,10 @@ class PostmarkSandbox:
     async def _guard(self, request: Request):
         self.requests.append((request.method, request.url.path))
         fault = self.faults.take(request.url.path)
-        early = await before(fault, _error(429, "Rate limit exceeded.", 429))
+        unauthorised = _error(10, "Bad or missing Server API token.", 401)
+        early = await before(fault, _error(429, "Rate limit exceeded.", 429), unauthorised)
         if early is None and not self._authorised(request):
-            early = _error(10, "Bad or missing Server API token.", 401)
+            early = unauthorised
         return fault, early
 
     async def _email(self, request: Request):

@@ -62,7 +62,8 @@ class ThreadedServer:
 class Fault:
     """What the next ``times`` matching requests get.
 
-    kind: ``5xx`` (a non-JSON 503 page), ``429`` (rate limited), ``slow`` (wait ``delay``
+    kind: ``5xx`` (a non-JSON 503 page), ``429`` (rate limited), ``401`` (credentials refused,
+    as after a rotation), ``slow`` (wait ``delay``
     seconds, then process), ``slow_reply`` (process, then wait ``delay`` before answering: the
     provider has acted while the client still waits), ``timeout_after_receipt`` (the same with a
     delay longer than the client's timeout: the client gives up although the provider acted).
@@ -82,7 +83,7 @@ class Faults:
         self._faults: list[Fault] = []
 
     def add(self, kind: str, times: int = 1, delay: float = 0.0, path_prefix: str = "/") -> None:
-        if kind not in ("5xx", "429", "slow", "slow_reply", "timeout_after_receipt"):
+        if kind not in ("5xx", "429", "401", "slow", "slow_reply", "timeout_after_receipt"):
             raise ValueError(f"unknown fault kind {kind!r}")
         with self._lock:
             self._faults.append(Fault(kind, times, delay, path_prefix))
@@ -102,10 +103,14 @@ class Faults:
         return None
 
 
-async def before(fault: Fault | None, rate_limited: JSONResponse) -> Response | None:
+async def before(
+    fault: Fault | None, rate_limited: JSONResponse, unauthorised: JSONResponse
+) -> Response | None:
     """Apply a fault that acts before the request is processed; None means carry on."""
     if fault is None:
         return None
+    if fault.kind == "401":
+        return unauthorised
     if fault.kind == "5xx":
         return PlainTextResponse("Service Unavailable", status_code=503)
     if fault.kind == "429":

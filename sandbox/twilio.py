@@ -117,9 +117,10 @@ class TwilioSandbox:
     async def _guard(self, request: Request):
         self.requests.append((request.method, request.url.path))
         fault = self.faults.take(request.url.path)
-        early = await before(fault, _error(20429, "Too Many Requests", 429))
+        unauthorised = _error(20003, "Authenticate", 401)
+        early = await before(fault, _error(20429, "Too Many Requests", 429), unauthorised)
         if early is None and not self._authorised(request):
-            early = _error(20003, "Authenticate", 401)
+            early = unauthorised
         return fault, early
 
     async def _create(self, request: Request):

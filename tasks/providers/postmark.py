@@ -118,14 +118,17 @@ class PostmarkProvider:
         outcomes: list[Outcome] = []
         for start in range(0, len(messages), self.batch_size):
             chunk = messages[start : start + self.batch_size]
-            outcomes.extend(self._send_chunk(chunk))
-            if any(o.kind in ("retry", "unknown") for o in outcomes[-len(chunk) :]):
+            try:
+                results = self._send_chunk(chunk)
+            except ProviderUnavailable:
+                if not outcomes:
+                    raise
+                results = []  # earlier chunks went: report them; the next run meets the error
+            outcomes.extend(results)
+            if len(results) < len(chunk) or any(o.kind in ("retry", "unknown") for o in results):
                 # the provider is struggling: leave the rest for a later run, untouched
                 rest = len(messages) - len(outcomes)
-                outcomes.extend(
-                    [Outcome("retry", reason="postmark: not attempted (earlier batch failed)")]
-                    * rest
-                )
+                outcomes.extend([Outcome("retry", reason="postmark: not attempted")] * rest)
                 break
         return outcomes
 

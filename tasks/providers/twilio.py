@@ -113,7 +113,12 @@ class TwilioProvider:
         outcomes: list[Outcome] = []
         for msg in messages:
             assert isinstance(msg.content, RenderedSms)
-            outcome = self._send_one(msg.to, msg.content.text)
+            try:
+                outcome = self._send_one(msg.to, msg.content.text)
+            except ProviderUnavailable:
+                if not outcomes:
+                    raise
+                break  # what went is reported; the next run meets the error first and says so
             outcomes.append(outcome)
             if outcome.kind in ("retry", "unknown"):
                 break  # the provider is struggling: leave the rest untouched for later

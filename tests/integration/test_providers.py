@@ -267,3 +267,18 @@ def test_twilio_reconciliation_matches_number_and_body_else_asks_a_person(twilio
     )  # fmt: skip
     assert [o.kind for o in outcomes] == ["sent", "unknown", "pending"]
     assert outcomes[0].provider_message_id == twilio.accepted[0]["sid"]
+
+
+def test_credentials_rejected_midway_still_report_what_already_went(twilio):
+    """Raising would make dispatch put the whole batch back, and resend the first message."""
+    provider = tw_provider(twilio)
+    twilio.faults.add("slow", delay=0)  # the first request goes through as usual
+    twilio.faults.add("401")  # then the token is rotated under us
+    outcomes = provider.send(
+        [sms(1, "+61412345678"), sms(2, "+61412345679"), sms(3, "+6141234567")]
+    )
+    assert [o.kind for o in outcomes] == ["sent", "retry", "retry"]
+    assert len(twilio.accepted) == 1
+    twilio.faults.add("401")
+    with pytest.raises(ProviderUnavailable, match="TwilioAccount block"):
+        provider.send([sms(2, "+61412345679")])
