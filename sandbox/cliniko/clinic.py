@@ -473,6 +473,8 @@ class _Generator:
                     types = c.catalogue.types_in(category)
                     type_ = types[0] if k == 0 else rng.choice(types[1:] or types)
                     starts = appointment_slot(rng, tz, t)
+                    if starts < created:  # booked on the day they joined, for a later day
+                        starts = appointment_slot(rng, tz, t + DAY)
                     booked = max(created, starts - int(rng.expovariate(1 / (6 * DAY))))
                     self._individual(p, type_, starts, min(booked, self.now))
                 t += int(rng.expovariate(1 / gap_days) * DAY) + DAY
@@ -546,7 +548,7 @@ class _Generator:
         for survivor in rng.sample(survivors, len(survivors) // 100):
             created = parse_int(survivor["created_at"])
             dup = dict(survivor)
-            dup_created = rng.randint(created, self.now - DAY)
+            dup_created = rng.randint(created, max(created, self.now - DAY))
             merged_at = min(self.now, dup_created + rng.randint(3600, 30 * DAY))
             dup_id = c.new_id(dup_created)
             dup.update(

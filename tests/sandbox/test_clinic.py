@@ -192,6 +192,16 @@ def assert_classes_match_attendees(classes: dict, attendees: dict) -> None:
         assert len(group["patient_ids"]) <= group["max_attendees"]
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_any_seed_makes_a_consistent_clinic(make_clinic, seed):
+    clinic = make_clinic(seed=seed, patients=40 + seed * 7)
+    for resource in RESOURCES:
+        for record in clinic.snapshot(resource, BASE).values():
+            assert ts(record["created_at"]) <= ts(record["updated_at"]) <= T_START
+            if "starts_at" in record:
+                assert ts(record["created_at"]) <= ts(record["starts_at"])
+
+
 def test_the_same_seed_and_size_make_the_same_clinic(make_clinic):
     one, two = make_clinic(seed=11, patients=120), make_clinic(seed=11, patients=120)
     other = make_clinic(seed=12, patients=120)
