@@ -193,6 +193,13 @@ def reconcile(
             for r in ledger.in_status(con, "unknown", channel=channel)
             if r.sending_at and now - r.sending_at <= UNKNOWN_RECHECK
         ]
+        elsewhere = sum(1 for r in rows if r.status == "sending" and r.provider != provider.name)
+        if elsewhere:
+            result.problems.append(
+                f"{channel}: {elsewhere} messages were left sending through a provider this "
+                f"clinic no longer uses (now {provider.name}); they stay 'sending' until checked "
+                "by hand in that provider's account"
+            )
         rows = [r for r in rows if r.provider == provider.name]
         if not rows:
             continue
