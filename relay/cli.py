@@ -457,6 +457,90 @@ def render_command(
     typer.echo(f"  {path.resolve()}")
 
 
+models_app = typer.Typer(
+    help="The SQL models in sql/: build them into the clinic's database, and test them.",
+    no_args_is_help=True,
+)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("build")
+def models_build_command(
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<clinic>/clinic.yaml)."),
+    full_refresh: bool = typer.Option(
+        False, "--full-refresh", help="Rebuild incremental models from all raw rows."
+    ),
+) -> None:
+    """Build every model, run the data tests and record who joined or left each list and
+    segment: all or nothing. A failure names the file and keeps the last good models."""
+    from tasks import models
+    from tasks.config import load_clinic
+    from tasks.warehouse import open_db
+
+    config = load_clinic(clinic)
+    with open_db(config.database_path) as con:
+        result = models.build(
+            con, models.ListSettings.from_config(config), full_refresh=full_refresh
+        )
+    typer.echo(
+        f"Built {len(result.rows)} models for {clinic} ({result.build_id}); "
+        f"{result.tests_passed} data tests passed."
+    )
+    for audience, counts in result.audiences.items():
+        typer.echo(
+            f"  {audience:<45} {counts['size']:>8}  +{counts['joined']} -{counts['left']}"
+        )
+
+
+@models_app.command("test")
+def models_test_command(
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<clinic>/clinic.yaml)."),
+) -> None:
+    """Run sql/tests/*.sql against the models as last built (reads only)."""
+    from tasks import models
+    from tasks.config import load_clinic
+    from tasks.warehouse import open_db
+
+    config = load_clinic(clinic)
+    with open_db(config.database_path, read_only=True) as con:
+        failures = models.run_tests(con)
+    for file, rows in failures.items():
+        if rows:
+            typer.secho(f"FAIL {file}: {rows} offending row(s)", fg=typer.colors.RED)
+        else:
+            typer.echo(f"ok   {file}")
+    if any(failures.values()):
+        raise typer.Exit(1)
+
+
+@preview_app.command("segment")
+def preview_segment_command(
+    name: str = typer.Argument(..., help="The segment: sql/segments/<name>.sql."),
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<clinic>/clinic.yaml)."),
+    sample: int = typer.Option(10, help="How many members to show."),
+) -> None:
+    """A segment's size, who would join or leave it compared with the last build, and a sample,
+    from its file as it stands now. Nothing is written; names and emails stay on this terminal."""
+    from tasks import models
+    from tasks.config import load_clinic
+    from tasks.warehouse import open_db
+
+    config = load_clinic(clinic)
+    with open_db(config.database_path, read_only=True) as con:
+        models.require_good_build(con)
+        p = models.preview_segment(con, name, sample_size=sample)
+    typer.secho(f"{p.relation}: {p.size} patients", bold=True)
+    typer.echo(f"  on the email marketing list {p.on_email_list}; on the SMS list {p.on_sms_list}")
+    if p.recorded:
+        typer.echo(f"  since the last build: {p.joined} would join, {p.left} would leave")
+    else:
+        typer.echo("  new segment: its first build records these as initial members (no entries)")
+    if p.sample:
+        typer.secho("Sample (this terminal only):", bold=True)
+        for patient_id, greeting, email in p.sample:
+            typer.echo(f"  patient {patient_id:<12} {greeting or '':<16} {email or ''}")
+
+
 def main() -> None:
     from tasks.errors import UserFacingError
 
