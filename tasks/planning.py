@@ -900,11 +900,14 @@ def context_for_patient(
                 LIMIT 1""",
             params,
         ).fetchone()
-        if row is None:
-            which = f"appointment {appointment_id}" if appointment_id else "no appointment"
+        if row is None and appointment_id is not None:
             raise UserFacingError(
-                f"Patient {patient_id} has {which} that trigger '{trigger.name}' applies to. "
-                "Pass --appointment ID to render it for one of their appointments."
+                f"Patient {patient_id} has no appointment {appointment_id} in the synced data."
+            )
+        if row is None:
+            raise UserFacingError(
+                f"Patient {patient_id} has no appointment that trigger '{trigger.name}' applies "
+                "to. Pass --appointment ID to render it for one of their appointments."
             )
         keys = ("starts_at", "business_time_zone", "appointment_type_name", "practitioner_name",
                 "business_name")  # fmt: skip

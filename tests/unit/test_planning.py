@@ -834,3 +834,59 @@ def test_marketing_never_reaches_anyone_off_the_marketing_lists(patients, channe
             assert listed.get(patient_id) == ledger.normalise_address(channel, to)
     finally:
         clinic.con.close()
+
+
+# --- the operator's commands ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clinic_on_disk(tmp_path):
+    """A clinic folder with clinic.yaml and its DuckDB file, models built, as the CLI finds them."""
+    import yaml
+
+    from tasks.warehouse import open_db
+
+    triggers = [{"name": "reminder", "enabled": False, **REMINDER}]
+    (tmp_path / "clinic.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "clinic": "disk",
+                "name": "Disk Physio",
+                "database": "clinic.duckdb",
+                "triggers": triggers,
+            }
+        )  # fmt: skip
+    )
+    with open_db(tmp_path / "clinic.duckdb") as con:
+        c = Clinic(con)
+        c.patient(1, first_name="Robin")
+        c.appointment(10, 1, datetime.now(UTC) + 3 * DAY)
+        c.build(datetime.now(UTC))
+    return tmp_path / "clinic.yaml"
+
+
+def test_the_preview_command_prints_the_calendar_and_writes_nothing(clinic_on_disk):
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+
+    db = clinic_on_disk.parent / "clinic.duckdb"
+    before = db.stat().st_mtime_ns
+    out = CliRunner().invoke(app, ["preview", "trigger", "reminder", "--days", "7",
+                                   "--clinic", str(clinic_on_disk)])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert "next 7 days: 1 messages (1 send)" in out.output
+    assert "Robin Tester" in out.output and "+61412345678" in out.output
+    assert db.stat().st_mtime_ns == before
+
+
+def test_render_writes_a_triggers_message_for_a_patient_to_a_file(clinic_on_disk, tmp_path):
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+
+    out = CliRunner().invoke(app, ["render", "reminder", "--patient", "1", "--clinic",
+                                   str(clinic_on_disk), "--out", str(tmp_path / "r")])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    text = (tmp_path / "r" / "preview-reminder-24h-sms.txt").read_text()
+    assert "Hi Robin, a reminder of your Standard Consultation with Sam Example" in text
