@@ -453,6 +453,7 @@ def dispatch_for_clinic(
     prepare: Prepare,
     *,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    gate: Gate | None = None,
 ) -> DispatchResult:
     """Dispatch with everything the clinic's configuration decides: providers, templates, links."""
     return dispatch(
@@ -462,4 +463,5 @@ def dispatch_for_clinic(
         templates=Templates(cfg.folder),
         unsubscribe=Unsubscribe(cfg.clinic, cfg.providers.unsubscribe_url),
         clock=clock,
+        gate=gate,
     )
