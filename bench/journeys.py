@@ -53,7 +53,7 @@ def _state(con) -> None:
     ):
         names = set(re.findall(r"\$(\w+)", statement))
         con.execute(statement, {k: params[k] for k in names})
-    # 200,000 marketing messages sent over the last 30 days: what the cap counts against
+    # 200,000 marketing messages sent over the last 14 days (two each): what the cap counts
     con.execute(
         """
         INSERT INTO state.messages (send_key, source_kind, source_name, patient_id, channel,
@@ -61,7 +61,7 @@ def _state(con) -> None:
         SELECT 'campaign:old' || (i % 10) || ':' || (i % $n + 1) || ':' || i, 'campaign',
             'old' || (i % 10), i % $n + 1, 'email', 'marketing', 'recall-checkin', t, 'sent', t,
             t, t
-        FROM (SELECT i, $now - INTERVAL 30 DAY + INTERVAL 1 SECOND * (i * 12) AS t
+        FROM (SELECT i, $now - INTERVAL 1 MINUTE - INTERVAL 1 SECOND * (i * 6) AS t
               FROM range(200000) r(i))
         """,
         {"n": PATIENTS, "now": NOW},
@@ -131,7 +131,7 @@ def main() -> None:
     _timed(f"campaign freeze: {CAMPAIGN:,} patients into the ledger",
            lambda: campaigns.confirm(con, cfg, "recall", NOW)["queued"])  # fmt: skip
     gate = Gate.from_config(cfg)
-    at = NOW + timedelta(days=3, minutes=10)
+    at = NOW + timedelta(minutes=10)
     batch = ledger.due(con, at, channel="email", limit=500)
     _timed("marketing gate: one 500-message batch (cap + priority)",
            lambda: f"{len(gate(con, batch, at))} of {len(batch)} may go now")  # fmt: skip
