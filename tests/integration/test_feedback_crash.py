@@ -1,0 +1,159 @@
+"""kill -9 a feedback pull at random moments, pull again: every bounce, complaint, provider
+suppression and STOP is recorded exactly once, and the fifth soft bounce suppresses once.
+
+The sandboxes run in the test process; the pull runs in a subprocess (this file, run as a script)
+against a real DuckDB file, so a SIGKILL can land anywhere: mid-request, mid-transaction, between
+one feed's commit and the next feed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+NOW = datetime.now(UTC).replace(microsecond=0)
+ROUNDS = 6  # each round: new feedback at the providers, then a pull killed at a random moment
+HARD, SOFT, SOFT_FEW, COMPLAINTS, UNSUBSCRIBES, STOPS = 60, 60, 40, 10, 30, 60
+OUR_NUMBER = "+61400000000"
+
+
+def more_feedback(postmark, twilio, r: int) -> None:
+    """Round r's news. The SOFT addresses bounce once a round (their fifth comes in round 4);
+    the SOFT_FEW ones only in the first four rounds (never five)."""
+    at = NOW - timedelta(hours=6) + timedelta(minutes=10 * r)
+    for i in range(HARD):
+        postmark.bounce(f"hard{r}.{i}@example.com", "HardBounce", at=at + timedelta(seconds=i))
+    for i in range(SOFT):
+        postmark.bounce(f"soft{i}@example.com", "SoftBounce", stream="broadcast", at=at)
+    for i in range(SOFT_FEW if r < 4 else 0):
+        postmark.bounce(f"few{i}@example.com", "SoftBounce", stream="broadcast", at=at)
+    for i in range(COMPLAINTS):
+        postmark.bounce(f"complaint{r}.{i}@example.com", "SpamComplaint", stream="broadcast",
+                        at=at)  # fmt: skip
+    for i in range(UNSUBSCRIBES):
+        postmark.suppress(f"unsub{r}.{i}@example.com", "broadcast", at=at)
+    for i in range(STOPS):
+        twilio.receive(f"+614{r}{i:06d}", "STOP", to=OUR_NUMBER, at=at + timedelta(seconds=i))
+    for i in range(0, STOPS if r else 0, 4):  # a quarter of last round's came back
+        twilio.receive(f"+614{r - 1}{i:06d}", "START", to=OUR_NUMBER, at=at + timedelta(minutes=1))
+
+
+def worker(db: str, postmark_url: str, twilio_url: str) -> None:
+    """Every feed once, as the tick's feedback step pulls them."""
+    sys.path.insert(0, str(ROOT))
+    from sandbox.twilio import ACCOUNT_SID, AUTH_TOKEN
+    from tasks import feedback
+    from tasks.providers.postmark import PostmarkProvider, PostmarkSettings
+    from tasks.providers.twilio import TwilioProvider, TwilioSettings
+    from tasks.warehouse import open_db
+
+    postmark = PostmarkProvider(
+        PostmarkSettings("sandbox-postmark-token", "d@demo.example", base_url=postmark_url)
+    )
+    twilio = TwilioProvider(
+        TwilioSettings(ACCOUNT_SID, AUTH_TOKEN, from_number=OUR_NUMBER, base_url=twilio_url)
+    )
+    streams = feedback.PostmarkStreams()
+    now = datetime.now(UTC)
+    pulls = {
+        "bounces": lambda: feedback.pull_postmark_bounces(con, postmark.client, streams, now),
+        "outbound": lambda: feedback.pull_postmark_suppressions(
+            con, postmark.client, "outbound", streams, now
+        ),
+        "broadcast": lambda: feedback.pull_postmark_suppressions(
+            con, postmark.client, "broadcast", streams, now
+        ),
+        "replies": lambda: feedback.pull_twilio_replies(con, twilio.client, OUR_NUMBER, now),
+    }
+    with open_db(db) as con:
+        for name, pull in pulls.items():
+            print(f"pulling {name}", flush=True)  # the test kills us some time after this
+            pull()
+    print("done", flush=True)
+
+
+@pytest.fixture
+def sandboxes():
+    from sandbox.postmark import PostmarkSandbox
+    from sandbox.twilio import TwilioSandbox
+
+    postmark, twilio = PostmarkSandbox(inactive=set()), TwilioSandbox()
+    # every answer a little late, so a pull spends time both waiting and writing
+    postmark.faults.add("slow", times=10**6, delay=0.1)
+    twilio.faults.add("slow", times=10**6, delay=0.1)
+    with postmark.serve() as pm_server, twilio.serve() as tw_server:
+        postmark.url, twilio.url = pm_server.url, tw_server.url
+        yield postmark, twilio
+
+
+def spawn(db: Path, postmark, twilio) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, __file__, str(db), postmark.url, twilio.url],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_kill_9_during_feedback_pulls_then_pull_again_records_everything_once(tmp_path, sandboxes):
+    from tasks.warehouse import open_db
+
+    postmark, twilio = sandboxes
+    db = tmp_path / "clinic.duckdb"
+    rng = random.Random(int(os.environ.get("RELAY_CRASH_SEED", "11")))
+    killed_mid_pull = 0
+    for r in range(ROUNDS):
+        more_feedback(postmark, twilio, r)
+        proc = spawn(db, postmark, twilio)
+        target = f"pulling {rng.choice(['bounces', 'outbound', 'broadcast', 'replies'])}"
+        for line in proc.stdout:
+            if line.decode().strip() in (target, "done"):
+                break
+        time.sleep(rng.uniform(0.0, 0.4))  # into the request, or into the transaction
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate(timeout=120)
+        killed_mid_pull += b"done" not in out
+    final = spawn(db, postmark, twilio)
+    _, err = final.communicate(timeout=120)
+    assert final.returncode == 0, err.decode()[-3000:]
+    assert killed_mid_pull, "no kill landed while a pull was running: nothing was tested"
+
+    with open_db(db, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM state.email_bounces").fetchone() == (
+            ROUNDS * (HARD + SOFT + COMPLAINTS) + 4 * SOFT_FEW,
+        )
+        rows = dict(
+            con.execute(
+                "SELECT channel || ' ' || action || ' ' || reason, count(*) FROM state.suppressions "
+                "GROUP BY 1"
+            ).fetchall()
+        )
+        duplicates = con.execute(
+            "SELECT count(*) FROM (SELECT address, action, reason, count(*) AS n "
+            "FROM state.suppressions GROUP BY ALL HAVING n > 1)"
+        ).fetchone()
+    assert rows == {
+        "email suppress hard_bounce": ROUNDS * HARD,
+        "email suppress soft_bounce_limit": SOFT,
+        "email suppress spam_complaint": ROUNDS * COMPLAINTS,
+        "email suppress unsubscribed": ROUNDS * UNSUBSCRIBES,
+        "sms suppress stop": ROUNDS * STOPS,
+        "sms lift opt_in": (ROUNDS - 1) * len(range(0, STOPS, 4)),
+    }
+    assert duplicates == (0,)
+
+
+if __name__ == "__main__":
+    worker(*sys.argv[1:])
