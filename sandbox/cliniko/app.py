@@ -37,6 +37,10 @@ if TYPE_CHECKING:
     from sandbox.cliniko.server import SandboxServer
 
 JSON = "application/json; charset=utf-8"
+NO_USER_AGENT = "A User-Agent header is required: name your application and a contact email."
+UNAUTHORIZED = "Unauthorized: unknown API key, or a key for another shard."
+FORBIDDEN = "You do not have permission to access this resource."
+NOT_FOUND = "Not found."
 
 
 def _json(status: int, payload: object, headers: dict[str, str] | None = None) -> Response:
@@ -72,48 +76,35 @@ class ClinikoApp:
     # ---- the API --------------------------------------------------------------------------
 
     def _answer(self, request: Request, path: str) -> tuple[Response, str | None]:
+        """The response to an API request, and the fault (slow, drop) still to act out."""
         if not request.headers.get("user-agent"):
-            return _json(
-                403,
-                {
-                    "message": "A User-Agent header is required: name your application and a contact email."
-                },
-            ), None
+            return _json(403, {"message": NO_USER_AGENT}), None
         key = _basic_username(request.headers.get("authorization", ""))
         access = None if key is None else self.server.clinic.key_access(key, self.server.shard)
         if access is None:
-            return (
-                _json(
-                    401,
-                    {"message": "Unauthorized: unknown API key, or a key for another shard."},
-                    {"WWW-Authenticate": 'Basic realm="Cliniko API"'},
-                ),
-                None,
-            )
+            challenge = {"WWW-Authenticate": 'Basic realm="Cliniko API"'}
+            return _json(401, {"message": UNAUTHORIZED}, challenge), None
         limited = self._rate_limited(key)
         if limited is not None:
             return limited, None
+        if not path.startswith("/v1/"):
+            return _json(404, {"message": NOT_FOUND}), None
         route = path.removeprefix("/v1/").strip("/")
         resource = route.split("/", 1)[0]
         if resource in access.denied:
-            return _json(
-                403, {"message": "You do not have permission to access this resource."}
-            ), None
+            return _json(403, {"message": FORBIDDEN}), None
         if resource in access.not_found:
-            return _json(404, {"message": "Not found."}), None
+            return _json(404, {"message": NOT_FOUND}), None
         fault = self._fault()
+        rng = self.server.fault_rng
         if fault == "error":
-            status = self.server.fault_rng.choice((502, 503, 500))
+            status = rng.choice((502, 503, 500))
             body = b"<html><body><h1>%d</h1>Upstream trouble.</body></html>" % status
             return Response(body, status, media_type="text/html"), None
         response = self._route(request, route)
         if fault == "malformed" and response.status_code == 200:
-            body = response.body
-            garbage = (
-                body[: max(1, len(body) // 2)]
-                if self.server.fault_rng.random() < 0.5
-                else b"<html>Service temporarily unavailable</html>"
-            )
+            page = response.body
+            garbage = page[: len(page) // 2] if rng.random() < 0.5 else b"<html>Try again</html>"
             return Response(garbage, 200, media_type=JSON), None
         return response, fault
 
@@ -144,7 +135,7 @@ class ClinikoApp:
                 row = clinic.referral_source_of(int(parts[1]))
                 if row is not None:
                     return Response(row.body.replace(BASE_BYTES, base), media_type=JSON)
-        return _json(404, {"message": "Not found."})
+        return _json(404, {"message": NOT_FOUND})
 
     def _list(self, request: Request, route: str, base: bytes) -> Response:
         resource, field, value = PARTITIONS.get(route, (route, None, None))

@@ -4,11 +4,11 @@ Speed is the point: a benchmark pages 300,000 appointments at thousands of rows 
 row is stored once as the exact JSON bytes the API sends (links hold a base-URL placeholder that
 a page swaps for the server's URL in one pass) with its timestamps unpacked, and each sortable
 timestamp has a sorted index of ``(ts << 64) | id`` integers (ties broken by id) kept with
-bisect. The change-feed request ``sort=updated_at&q[]=updated_at:>=X`` with every hidden kind asked
-for (``archived_at:*``...) is answered from that index by bisection: the fast path. A query sorted on one
-indexed timestamp that leaves some rows hidden walks that index slice checking unpacked fields
-(no decoding). Any other query takes the general path (filter and sort in Python): correct, but it
-decodes and sorts the table.
+bisect. The change-feed request ``sort=updated_at&q[]=updated_at:>=X`` with every hidden kind
+asked for (``archived_at:*``...) is answered from that index by bisection: the fast path. A query
+sorted on one indexed timestamp that leaves some rows hidden walks that index slice, checking the
+unpacked fields (no decoding). Any other query takes the general path (filter and sort in
+Python): correct, but it decodes and sorts the table.
 
 Timestamps are whole UTC seconds (the API has 1-second resolution); empty ones are ``""`` in some
 rows and ``null`` in others, as in the official examples, and both mean "not set".

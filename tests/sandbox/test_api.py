@@ -90,10 +90,10 @@ def test_restricted_keys_get_403_or_404_on_their_resources(server, make_clinic):
         "sbxrestricted-au1", denied=("patients",), not_found=("appointment_types",)
     )
     with SandboxServer(clinic, rate_limit=None) as running:
-        get = lambda path: httpx.get(f"{running.base_url}/{path}", auth=(key, ""), headers=UA)  # noqa: E731
-        assert get("patients").status_code == 403
-        assert get("appointment_types").status_code == 404
-        assert get("businesses").status_code == 200
+        client = httpx.Client(base_url=running.base_url + "/", auth=(key, ""), headers=UA)
+        assert client.get("patients").status_code == 403
+        assert client.get("appointment_types").status_code == 404
+        assert client.get("businesses").status_code == 200
 
 
 # ---- paging, links, filters -----------------------------------------------------------------

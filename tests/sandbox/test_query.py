@@ -105,8 +105,8 @@ def test_string_date_and_array_operators_on_other_resources():
     classes = Table(SPECS["group_appointments"])
     classes.load(
         [
-            {"id": "1007", "created_at": fmt_ts(T0), "updated_at": fmt_ts(T0), "starts_at": fmt_ts(T0),
-             "archived_at": None, "patient_ids": ["41", "42"]},
+            {"id": "1007", "created_at": fmt_ts(T0), "updated_at": fmt_ts(T0),
+             "starts_at": fmt_ts(T0), "archived_at": None, "patient_ids": ["41", "42"]},
         ]
     )  # fmt: skip
     assert ids(classes, "patient_ids:~42", sort=None) == [7]
