@@ -655,9 +655,11 @@ def import_unsubscribes(
         raise ImportRefused(f"{path}: the file is empty.")
     column = _email_column(rows[0])
     if column is None:
+        # a first line holding an address is data, not a header: never echo it
+        shown = "" if any("@" in cell for cell in rows[0]) else f" ({', '.join(rows[0][:8])})"
         raise ImportRefused(
-            f"{path}: no email column in the header ({', '.join(rows[0][:8])}). Name it "
-            "'Email Address' or 'email' (as Mailchimp and most exports do)."
+            f"{path}: no email column in the first line{shown}. Start the file with a header "
+            "line naming the column 'Email Address' or 'email' (as Mailchimp exports do)."
         )
     result = ImportResult(column=rows[0][column].strip())
     seen: set[str] = set()

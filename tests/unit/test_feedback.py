@@ -232,6 +232,13 @@ def test_skip_invalid_imports_the_valid_rest_and_counts_the_invalid(con, tmp_pat
     assert (result.imported, result.invalid, result.invalid_lines) == (1, 1, [3])
 
 
+def test_a_file_without_a_header_is_refused_without_repeating_its_first_address(con, tmp_path):
+    path = write_csv(tmp_path, "ann@example.com,Ann\nbob@example.com,Bob\n")
+    with pytest.raises(feedback.ImportRefused, match="header line") as refused:
+        feedback.import_unsubscribes(con, path, NOW)
+    assert "ann@" not in str(refused.value)
+
+
 def test_a_file_without_an_email_column_is_refused_with_what_to_name_it(con, tmp_path):
     path = write_csv(tmp_path, "name,phone\nAnn,0400\n")
     with pytest.raises(feedback.ImportRefused, match="Email Address"):
