@@ -1,0 +1,113 @@
+"""The journeys and campaign flows in real Prefect (ephemeral server, once), and the campaign
+commands: results and artifacts carry counts, never a patient; a campaign is sent once."""
+
+from __future__ import annotations
+
+import importlib.util
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+JOURNEY = {
+    "name": "new-patient",
+    "entry": {"enters_segment": "new_patients"},
+    "steps": [{"send": "email", "template": "new-patient-welcome"}],
+}
+CAMPAIGN = {"name": "recall", "segment": "recall_90_179", "channel": "email",
+            "template": "recall-checkin"}  # fmt: skip
+
+
+def _helper():
+    spec = importlib.util.spec_from_file_location(
+        "journey_clinic", ROOT / "tests" / "unit" / "journey_clinic.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def clinic_file(tmp_path):
+    """A clinic.yaml and its DuckDB file: 3 patients in the recall band, 2 new after go-live."""
+    import duckdb
+
+    from tasks import journeys
+    from tasks.config import load_clinic
+    from tasks.warehouse import ensure_schema
+
+    db = tmp_path / "flows.duckdb"
+    path = tmp_path / "clinic.yaml"
+    path.write_text(
+        yaml.safe_dump({"clinic": "flows", "name": "Flow Physio", "database": str(db),
+                        "journeys": [JOURNEY], "campaigns": [CAMPAIGN]}),
+        encoding="utf-8",
+    )  # fmt: skip
+    con = duckdb.connect(str(db))
+    con.execute("SET TimeZone = 'UTC'")
+    ensure_schema(con)
+    clinic = _helper().Clinic(con)
+    for p in (1, 2, 3):
+        clinic.patient(p)
+        clinic.visit(p, days_ago=120)
+    clinic.build()
+    journeys.run_journeys(con, load_clinic(path), clinic.now)
+    for p in (4, 5):
+        clinic.patient(p)
+        clinic.visit(p, days_ago=0.1)
+    clinic.advance(minutes=5)
+    clinic.build()
+    con.close()
+    return path, db, clinic.now
+
+
+def test_the_flows_queue_journey_steps_and_a_confirmed_campaign_once(clinic_file, capsys):
+    from flows.campaign import send_campaign
+    from flows.journeys import run_journeys
+    from tasks.warehouse import open_db
+
+    path, db, now = clinic_file
+    result = run_journeys(clinic=str(path), now=now + timedelta(minutes=1))
+    assert result == {"journeys": {"new-patient": {"enrolled": 2, "queued": 2, "completed": 2}},
+                      "campaigns": {}}  # fmt: skip
+
+    counted = send_campaign(clinic=str(path), campaign="recall")
+    assert counted["confirmed"] is False and counted["preview"]["audience"] == 3
+    with open_db(db, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM state.campaigns").fetchone()[0] == 0
+
+    sent = send_campaign(clinic=str(path), campaign="recall", confirm=True)
+    assert (sent["audience"], sent["queued"]) == (3, 3)
+    for shown in (result, counted, sent):
+        assert "@example.com" not in str(shown) and "Name" not in str(shown)
+
+    again = send_campaign(clinic=str(path), campaign="recall", confirm=True, return_state=True)
+    assert again.is_failed() and "already confirmed" in again.message
+    with open_db(db, read_only=True) as con:
+        keys = [r[0] for r in con.execute("SELECT send_key FROM state.messages").fetchall()]
+    assert sorted(k for k in keys if k.startswith("campaign:")) == [
+        "campaign:recall:1:once", "campaign:recall:2:once", "campaign:recall:3:once"
+    ]  # fmt: skip
+
+
+def test_campaign_preview_shows_the_operator_a_sample_and_send_needs_confirm(clinic_file):
+    from relay.cli import app
+    from tasks.warehouse import open_db
+
+    path, db, _ = clinic_file
+    runner = CliRunner()
+    shown = runner.invoke(app, ["campaign", "preview", "recall", "--clinic", str(path)])
+    assert shown.exit_code == 0, shown.output
+    assert "segment     3 patients" in shown.output
+    assert "audience    3 messages" in shown.output
+    assert "patient1@example.com" in shown.output  # the operator's terminal, nowhere else
+    assert "subject     Time for a check-in, Name1?" in shown.output
+    refused = runner.invoke(app, ["campaign", "send", "recall", "--clinic", str(path)])
+    assert refused.exit_code == 1 and "add --confirm" in refused.output
+    with open_db(db, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM state.messages").fetchone()[0] == 0
