@@ -8,6 +8,7 @@ campaign rows are prepared by ``tasks.journeys``, trigger rows by the planner. C
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger, task
@@ -21,14 +22,15 @@ from tasks.warehouse import open_db
 
 
 @task(cache_policy=NONE)
-def recheck_planned(con, config: ClinicConfig) -> dict:
-    return planning.recheck(con, config, datetime.now(UTC)).as_dict()
+def recheck_planned(con, config: ClinicConfig, now: datetime) -> dict:
+    return planning.recheck(con, config, now).as_dict()
 
 
 @task(cache_policy=NONE)
-def send_due(con, config: ClinicConfig) -> dict:
-    prepare = journeys.prepare_marketing(con, config, triggers=planning.Preparer(con, config))
-    result = dispatch_for_clinic(con, config, prepare)
+def send_due(con, config: ClinicConfig, clock: Callable[[], datetime]) -> dict:
+    triggers = planning.Preparer(con, config, clock=clock)
+    prepare = journeys.prepare_marketing(con, config, triggers=triggers)
+    result = dispatch_for_clinic(con, config, prepare, clock=clock)
     logger = get_run_logger()
     logger.info("dispatch: %s", dict(result.counts) or "nothing due")
     for problem in result.problems:
@@ -37,12 +39,17 @@ def send_due(con, config: ClinicConfig) -> dict:
 
 
 @flow(name="dispatch-messages", flow_run_name="dispatch-{clinic}")
-def dispatch_messages(clinic: str = "demo") -> dict:
-    """Re-check the planned messages, then send every due one through its channel's provider."""
+def dispatch_messages(clinic: str = "demo", now: datetime | None = None) -> dict:
+    """Re-check the planned messages, then send every due one through its channel's provider.
+    ``now`` fixes the clock (the demo's sandbox clinic runs ahead of real time; replays)."""
     config = load_clinic(clinic)
+
+    def clock() -> datetime:
+        return now or datetime.now(UTC)
+
     with open_db(config.database_path) as con:
-        rechecked = recheck_planned(con, config)
-        sent = send_due(con, config)
+        rechecked = recheck_planned(con, config, clock())
+        sent = send_due(con, config, clock)
     create_table_artifact(
         [{"outcome": k, "messages": v} for k, v in sorted(sent["counts"].items())]
         or [{"outcome": "(nothing due)", "messages": 0}],

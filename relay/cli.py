@@ -161,6 +161,8 @@ def demo_command(
 
         typer.echo(report(clinic_tick(clinic="demo", return_state=True)))
 
+        _demo_sending(clinic)
+
     with open_db(config.database_path, read_only=True) as con:
         held = {
             r.name: con.execute(
@@ -170,6 +172,37 @@ def demo_command(
         }
     typer.secho(f"Done. {config.database_path} now holds:", bold=True)
     typer.echo("  " + ", ".join(f"{n} {name}" for name, n in held.items()))
+
+
+def _demo_sending(clinic) -> None:
+    """The demo's last step: the triggers went live in the tick; an hour of the (sandbox)
+    clinic later, what has come due is planned and sent to the local outbox."""
+    from datetime import timedelta
+
+    from flows.dispatch import dispatch_messages
+    from flows.models import build_models
+    from flows.plan import plan_messages
+    from flows.sync import cliniko_sync
+    from tasks.config import load_clinic
+    from tasks.providers.outbox import outbox_dir
+    from tasks.warehouse import open_db
+
+    clinic.advance(timedelta(hours=1))
+    later = clinic.now
+    typer.secho("5. An hour later in the clinic: sync, models, plan, send what is due", bold=True)
+    cliniko_sync(clinic="demo")
+    build_models(clinic="demo")
+    planned = plan_messages(clinic="demo", now=later)
+    sent = dispatch_messages(clinic="demo", now=later)
+    typer.echo(f"   planning: {planned['totals'] or 'nothing new'}; sending: {sent['counts']}")
+    config = load_clinic("demo")
+    with open_db(config.database_path, read_only=True) as con:
+        counts = con.execute(
+            "SELECT source_name, status, count(*) FROM state.messages GROUP BY ALL ORDER BY ALL"
+        ).fetchall()
+    for name, status, n in counts:
+        typer.echo(f"   {name:<26} {status:<10} {n:>5}")
+    typer.echo(f"   the outbox: {outbox_dir(config.clinic) / 'index.html'} (relay outbox lists it)")
 
 
 @app.command("outbox")
