@@ -33,10 +33,6 @@ email_suppressions as (
     where channel = 'email'
 ),
 
-email_bounces as (
-    select * from state.email_bounces
-),
-
 previous_members as (
     select distinct member_key as email
     from state.membership_events
@@ -51,23 +47,10 @@ latest_suppression as (
     ) = 1
 ),
 
-last_lift as (
-    select address as email, max(occurred_at) as lifted_at
-    from email_suppressions
-    where action = 'lift'
-    group by address
-),
-
+-- bounces since the address was last lifted, per kind: the same counts feedback uses to suppress
+-- at the fifth soft bounce (tasks/schema/60_feedback.sql)
 bounce_counts as (
-    select
-        email_bounces.email,
-        count(*) filter (where kind = 'hard') as hard_bounces,
-        count(*) filter (where kind = 'soft') as soft_bounces,
-        count(*) filter (where kind = 'spam_complaint') as spam_complaints
-    from email_bounces
-    left join last_lift on last_lift.email = email_bounces.email
-    where email_bounces.bounced_at > coalesce(last_lift.lifted_at, '-infinity'::timestamptz)
-    group by email_bounces.email
+    select * from state.email_bounce_counts
 ),
 
 patient_rules as (

@@ -257,3 +257,12 @@ def test_an_import_that_fails_before_its_commit_writes_nothing(con, tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         feedback.import_unsubscribes(con, path, NOW)
     assert suppression_rows(con) == []
+
+
+def test_the_email_list_and_feedback_agree_on_the_soft_bounce_limit_and_its_count():
+    """One count (state.email_bounce_counts) and one limit: the list model must read both."""
+    from relay.env import PROJECT_ROOT
+
+    model = (PROJECT_ROOT / "sql/marts/email_marketing_list.sql").read_text()
+    assert "from state.email_bounce_counts" in model
+    assert f"soft_bounces >= {feedback.SOFT_BOUNCE_LIMIT}" in model
