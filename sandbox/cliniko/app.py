@@ -30,6 +30,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from sandbox.cliniko.clinic import split_key
 from sandbox.cliniko.spec import PARTITIONS, SPECS
 from sandbox.cliniko.store import BASE_BYTES, QueryError, parse_filter, parse_sort, query
 
@@ -84,7 +85,7 @@ class ClinikoApp:
         if access is None:
             challenge = {"WWW-Authenticate": 'Basic realm="Cliniko API"'}
             return _json(401, {"message": UNAUTHORIZED}, challenge), None
-        limited = self._rate_limited(key)
+        limited = self._rate_limited(split_key(key)[0])  # per user: with or without the suffix
         if limited is not None:
             return limited, None
         if not path.startswith("/v1/"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -66,7 +66,6 @@ BUSINESS_NAMES = ("Physio & Pilates", "Sports Physiotherapy", "Health Studio", "
 
 ADMIN_CATEGORY = "Admin Only"
 ADMIN_TAG_TYPE = "Admin - Insurance Patient"
-GROUP = "group"
 
 # (category, name, minutes, max_attendees, online, colour, archived?)
 CATALOGUE = (
@@ -210,7 +209,3 @@ def class_slots_after(tz: str, ts: int, hours: tuple[int, ...]):
                 if start > ts:
                     yield start
         ordinal += 1
-
-
-def later(ts: int, days: float) -> int:
-    return ts + int(timedelta(days=days).total_seconds())
