@@ -18,6 +18,7 @@ from prefect.cache_policies import NONE
 from tasks import journeys, planning
 from tasks.config import ClinicConfig, load_clinic
 from tasks.dispatch import dispatch_for_clinic
+from tasks.marketing_gate import Gate
 from tasks.warehouse import open_db
 
 
@@ -30,7 +31,8 @@ def recheck_planned(con, config: ClinicConfig, now: datetime) -> dict:
 def send_due(con, config: ClinicConfig, clock: Callable[[], datetime]) -> dict:
     triggers = planning.Preparer(con, config, clock=clock)
     prepare = journeys.prepare_marketing(con, config, triggers=triggers)
-    result = dispatch_for_clinic(con, config, prepare, clock=clock)
+    gate = Gate.from_config(config)  # frequency cap and quiet hours for marketing
+    result = dispatch_for_clinic(con, config, prepare, clock=clock, gate=gate)
     logger = get_run_logger()
     logger.info("dispatch: %s", dict(result.counts) or "nothing due")
     for problem in result.problems:

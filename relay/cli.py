@@ -262,6 +262,106 @@ def sandbox_command(
     serve(announce, port=port, seed=seed, patients=patients, speed=speed, rate_limit=rate_limit)
 
 
+campaign_app = typer.Typer(
+    help="One-off marketing sends to a segment: preview, then send with --confirm.",
+    no_args_is_help=True,
+)
+app.add_typer(campaign_app, name="campaign")
+
+
+@campaign_app.command("preview")
+def campaign_preview_command(
+    name: str = typer.Argument(..., help="The campaign's name under campaigns: in clinic.yaml."),
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<name>/clinic.yaml)."),
+    sample: int = typer.Option(5, help="How many recipients to show."),
+) -> None:
+    """Who would get it, and how it reads. Nothing is queued or written. The sample is shown on
+    this terminal only."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from tasks import campaigns, models
+    from tasks.config import load_clinic
+    from tasks.templates import RenderedEmail
+    from tasks.warehouse import open_db
+
+    config = load_clinic(clinic)
+    campaign = campaigns.find(config, name)
+    with open_db(config.database_path) as con:
+        models.require_good_build(con)
+        p = campaigns.preview(con, config, name, datetime.now(UTC), sample_size=sample)
+    local = p.send_at.astimezone(ZoneInfo(config.time_zone))
+    minutes = -(-p.audience // campaign.per_minute)
+    typer.secho(f"Campaign {p.campaign}: {p.channel} '{p.template}' to segment {p.segment}", bold=True)  # fmt: skip
+    typer.echo(f"  send at     {local:%Y-%m-%d %H:%M} {config.time_zone} ({p.send_at:%H:%M} UTC)")
+    typer.echo(f"  segment     {p.segment_size} patients")
+    typer.echo(f"  not on the {p.channel} marketing list: {p.not_on_list}; suppressed since: {p.suppressed}")  # fmt: skip
+    typer.echo(f"  audience    {p.audience} messages, at most {campaign.per_minute} a minute "
+               f"(about {minutes} min); the frequency cap may hold some back")  # fmt: skip
+    typer.echo(f"  status      {p.status}" + (f"; messages: {p.ledger}" if p.ledger else ""))
+    if p.sample:
+        typer.secho("Sample (this terminal only):", bold=True)
+        for patient_id, first_name, address in p.sample:
+            typer.echo(f"  patient {patient_id:<10} {first_name:<16} {address}")
+    if p.template_problem:
+        typer.secho(f"The template does not render: {p.template_problem}", fg=typer.colors.RED)
+    elif isinstance(p.rendered, RenderedEmail):
+        typer.echo(f"  subject     {p.rendered.subject}")
+    elif p.rendered is not None:
+        typer.echo(f"  text        {p.rendered.text}")
+    if p.status == "draft":
+        typer.echo(f"To send it: relay campaign send {name} --clinic {clinic} --confirm")
+
+
+@campaign_app.command("send")
+def campaign_send_command(
+    name: str = typer.Argument(..., help="The campaign's name under campaigns: in clinic.yaml."),
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<name>/clinic.yaml)."),
+    confirm: bool = typer.Option(
+        False, "--confirm", help="Required: yes, send this campaign (once; it cannot be undone)."
+    ),
+) -> None:
+    """Confirm a campaign: its audience is frozen into the ledger at its send time (now if that
+    has passed) and dispatch sends it, throttled. A campaign is confirmed once."""
+    if not confirm:
+        typer.secho(
+            f"Nothing sent. Check it with `relay campaign preview {name} --clinic {clinic}`, "
+            "then add --confirm to send it.",
+            fg=typer.colors.YELLOW,
+        )
+        raise typer.Exit(1)
+    from flows.campaign import send_campaign
+
+    result = send_campaign(clinic=clinic, campaign=name, confirm=True)
+    typer.echo(
+        f"Confirmed {name} ({result['confirmation_id']}): {result['audience']} recipients; "
+        + (
+            f"{result['queued']} messages queued; dispatch sends them, "
+            f"throttled, from the next tick."
+            if result["queued"] is not None
+            else f"the audience is frozen and sent from {result['preview']['send_at']}."
+        )
+    )
+
+
+@campaign_app.command("cancel")
+def campaign_cancel_command(
+    name: str = typer.Argument(...),
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<name>/clinic.yaml)."),
+) -> None:
+    """Stop a confirmed campaign: nothing more of it goes (what went, went)."""
+    from datetime import UTC, datetime
+
+    from tasks import campaigns
+    from tasks.config import load_clinic
+    from tasks.warehouse import open_db
+
+    config = load_clinic(clinic)
+    with open_db(config.database_path) as con:
+        cancelled = campaigns.cancel(con, name, datetime.now(UTC))
+    typer.echo(f"Cancelled {name}: {cancelled} planned messages will not be sent.")
+
+
 @app.command("feedback")
 def feedback_command(
     clinic: str = typer.Option("demo", help="Clinic name (clinics/<clinic>/clinic.yaml)."),

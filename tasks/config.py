@@ -10,16 +10,21 @@ another model below; unknown keys are refused so a typo is an error, not a silen
 
 from __future__ import annotations
 
+import re
+from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -31,6 +36,7 @@ from tasks.errors import UserFacingError
 from tasks.triggers import Trigger, parse_triggers
 
 CLINICS_DIR = PROJECT_ROOT / "clinics"
+SEGMENTS_DIR = PROJECT_ROOT / "sql" / "segments"
 
 
 class ConfigError(UserFacingError, ValueError):
@@ -107,6 +113,202 @@ class ProvidersSettings(_Section):
     unsubscribe_url: str = Field("http://127.0.0.1:8765/unsubscribe", pattern=r"^https?://")
 
 
+# --- marketing: journeys, campaigns, frequency cap and quiet hours (PRODUCT.md §5, §6) ---------
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(minute|hour|day|week)s?\s*$", re.IGNORECASE)
+_UNITS = {"minute": 60, "hour": 3600, "day": 86400, "week": 7 * 86400}
+_SOURCE_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"  # part of every send key: no ':' and no spaces
+
+
+def _duration(value: object) -> object:
+    """'3 days', '12 hours', '90 minutes', '2 weeks' (a number of seconds also works)."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(f"'{value}' is not a duration; write e.g. '3 days' or '12 hours'")
+        return timedelta(seconds=int(match[1]) * _UNITS[match[2].lower()])
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+
+
+def _segment_name(name: str) -> str:
+    """A segment is a file sql/segments/<name>.sql; name it here so a typo fails at load."""
+    if not re.fullmatch(r"[a-z0-9_]+", name) or not (SEGMENTS_DIR / f"{name}.sql").is_file():
+        known = ", ".join(sorted(p.stem for p in SEGMENTS_DIR.glob("*.sql")))
+        raise ValueError(f"no segment '{name}' (sql/segments/{name}.sql); known: {known}")
+    return name
+
+
+SegmentName = Annotated[str, AfterValidator(_segment_name)]
+
+
+class JourneyEntry(_Section):
+    """Exactly one way in. Entries come from the membership history, after the journey went live."""
+
+    joins_list: Literal["email", "sms"] | None = None
+    enters_segment: SegmentName | None = None
+    exits_segment: SegmentName | None = None
+    # A DATE column of marts.patients (e.g. date_of_birth): its anniversary each year, at `at`
+    # in the clinic's time zone.
+    date_field: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_]*$")
+    at: time = time(9, 0)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> JourneyEntry:
+        kinds = [k for k in ENTRY_KINDS if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"give exactly one of {', '.join(ENTRY_KINDS)} (got {len(kinds)})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ENTRY_KINDS if getattr(self, k) is not None)
+
+
+ENTRY_KINDS = ("joins_list", "enters_segment", "exits_segment", "date_field")
+
+
+class SendStep(_Section):
+    send: Literal["email", "sms"]
+    template: str
+
+
+class WaitStep(_Section):
+    wait: Duration
+
+    @field_validator("wait")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("a wait must be longer than zero")
+        return value
+
+
+class ConditionStep(_Section):
+    """Go on only if this holds now; otherwise the enrolment ends here (exited)."""
+
+    only_if: Literal["still_in_segment", "in_segment", "not_in_segment"]
+    segment: SegmentName | None = None
+
+    @model_validator(mode="after")
+    def _needs_segment(self) -> ConditionStep:
+        if self.only_if != "still_in_segment" and self.segment is None:
+            raise ValueError(f"only_if: {self.only_if} needs a segment: <name>")
+        return self
+
+
+def _step_kind(value: object) -> str | None:
+    if isinstance(value, dict):
+        return next((k for k in ("send", "wait", "only_if") if k in value), None)
+    return {SendStep: "send", WaitStep: "wait", ConditionStep: "only_if"}.get(type(value))
+
+
+JourneyStep = Annotated[
+    Annotated[SendStep, Tag("send")]
+    | Annotated[WaitStep, Tag("wait")]
+    | Annotated[ConditionStep, Tag("only_if")],
+    Discriminator(
+        _step_kind,
+        custom_error_type="step_kind",
+        custom_error_message="a step is one of: send (with template), wait, only_if",
+    ),
+]
+
+
+class JourneyExit(_Section):
+    leaves_segment: bool = True  # enters_segment journeys: leaving that segment ends it
+    unsubscribes: bool = True  # off every list the journey sends on: it ends
+
+
+class Journey(_Section):
+    name: str = Field(pattern=_SOURCE_NAME)
+    entry: JourneyEntry
+    steps: list[JourneyStep] = Field(min_length=1)
+    exit: JourneyExit = JourneyExit()
+    # once: a patient goes through it once ever; after_leaving: again, once the previous
+    # enrolment has ended (a birthday journey needs this to come back every year).
+    reentry: Literal["once", "after_leaving"] = "once"
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Journey:
+        if not any(isinstance(s, SendStep) for s in self.steps):
+            raise ValueError("steps: a journey needs at least one send step")
+        still_in = [s for s in self.steps if getattr(s, "only_if", None) == "still_in_segment"]
+        if still_in and self.entry.enters_segment is None:
+            raise ValueError(
+                "steps: only_if: still_in_segment needs an enters_segment entry; "
+                "use only_if: in_segment with segment: <name>"
+            )
+        return self
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return tuple(sorted({s.send for s in self.steps if isinstance(s, SendStep)}))
+
+
+class Campaign(_Section):
+    name: str = Field(pattern=_SOURCE_NAME)
+    segment: SegmentName
+    channel: Literal["email", "sms"]
+    template: str
+    # When the audience is frozen and sending starts: a time without an offset is the clinic's
+    # local time. None: as soon as it is confirmed.
+    send_at: datetime | None = None
+    per_minute: int = Field(100, ge=1, description="Throttle: messages a minute at most.")
+
+
+class FrequencyCap(_Section):
+    messages: int = Field(2, ge=1)
+    days: int = Field(7, ge=1)
+
+
+class QuietHours(_Section):
+    """No marketing SMS between start and end, in the clinic's time zone."""
+
+    start: time = time(20, 0)
+    end: time = time(9, 0)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> QuietHours:
+        if self.start == self.end:
+            raise ValueError("start and end are equal; use quiet_hours: null for no quiet hours")
+        return self
+
+
+class MarketingSettings(_Section):
+    """Limits over every marketing message: journeys, campaigns and marketing triggers.
+
+    Reminders and other transactional messages are never held back by these.
+    """
+
+    frequency_cap: FrequencyCap | None = FrequencyCap()
+    # Which source goes first when more are due than the cap allows; the rest wait.
+    priority: tuple[Literal["trigger", "journey", "campaign"], ...] = (
+        "trigger",
+        "journey",
+        "campaign",
+    )
+    quiet_hours: QuietHours | None = QuietHours()
+
+    @field_validator("priority")
+    @classmethod
+    def _each_once(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if sorted(value) != ["campaign", "journey", "trigger"]:
+            raise ValueError("list trigger, journey and campaign, each once, first = first sent")
+        return value
+
+
+def _unique_names(items: list) -> list:
+    seen: set[str] = set()
+    for item in items:
+        if item.name in seen:
+            raise ValueError(f"the name '{item.name}' is used twice; names must be unique")
+        seen.add(item.name)
+    return items
+
+
 class ClinicConfig(_Section):
     clinic: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     name: str
@@ -117,6 +319,9 @@ class ClinicConfig(_Section):
     sync: SyncSettings = SyncSettings()
     marketing_list: MarketingListSettings = MarketingListSettings()
     providers: ProvidersSettings = ProvidersSettings()
+    journeys: Annotated[list[Journey], AfterValidator(_unique_names)] = []
+    campaigns: Annotated[list[Campaign], AfterValidator(_unique_names)] = []
+    marketing: MarketingSettings = MarketingSettings()
     # tasks/triggers.py: validated there, so errors name the trigger and the field.
     triggers: Annotated[tuple[Trigger, ...], BeforeValidator(parse_triggers)] = ()
 
@@ -154,6 +359,33 @@ class ClinicConfig(_Section):
                 ) from None
         return self
 
+    @model_validator(mode="after")
+    def _marketing_templates(self) -> ClinicConfig:
+        """Journey and campaign templates rendered as they will be: marketing, no appointment."""
+        from tasks.templates import SAMPLE_CLINIC, TemplateError, Templates, build_context
+
+        templates = Templates(self.folder)
+        context = build_context(
+            clinic=SAMPLE_CLINIC, first_name="Alexandra", preferred_first_name="Alex",
+            last_name="Sample", unsubscribe_url="https://relay.example/unsubscribe/SAMPLE",
+        )  # fmt: skip
+        uses = [
+            (f"journey '{j.name}' step {i + 1}", s.template, s.send)
+            for j in self.journeys
+            for i, s in enumerate(j.steps)
+            if isinstance(s, SendStep)
+        ] + [(f"campaign '{c.name}'", c.template, c.channel) for c in self.campaigns]
+        for where, template, channel in uses:
+            try:
+                templates.render(template, channel, context, marketing=True)
+            except TemplateError as exc:
+                raise PydanticCustomError(
+                    "marketing_template",
+                    "{where}: template: {problem}",
+                    {"where": where, "problem": str(exc)},
+                ) from None
+        return self
+
     @property
     def folder(self) -> Path:
         return self.source.parent if self.source else CLINICS_DIR / self.clinic
@@ -165,8 +397,16 @@ class ClinicConfig(_Section):
         return self.database if self.database.is_absolute() else self.folder / self.database
 
 
-def _describe(err: dict) -> str:
+def _describe(err: dict, raw: dict | None = None) -> str:
     where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    loc = err["loc"]
+    if raw and len(loc) > 1 and loc[0] in ("journeys", "campaigns") and isinstance(loc[1], int):
+        # name the entry, not just its position: "journeys[1] (birthday).steps.0.template"
+        entries = raw.get(loc[0])
+        entry = entries[loc[1]] if isinstance(entries, list) and loc[1] < len(entries) else None
+        name = entry.get("name") if isinstance(entry, dict) else None
+        rest = "".join(f".{p}" for p in loc[2:])
+        where = f"{loc[0]}[{loc[1]}]" + (f" ({name})" if name else "") + rest
     kind: Literal["missing", "extra_forbidden"] | str = err["type"]
     if kind == "missing":
         return f"{where}: required but missing"
@@ -197,7 +437,7 @@ def load_clinic(path_or_name: str | Path) -> ClinicConfig:
     try:
         return ClinicConfig(**raw, source=path.resolve())
     except ValidationError as exc:
-        problems = "\n  ".join(_describe(e) for e in exc.errors())
+        problems = "\n  ".join(_describe(e, raw) for e in exc.errors())
         raise ConfigError(f"{path}: invalid configuration:\n  {problems}") from None
 
 

@@ -300,6 +300,48 @@ def due(
     )
 
 
+def due_marketing(
+    con: duckdb.DuckDBPyConnection, now: datetime, patient_ids: Sequence[int]
+) -> list[LedgerRow]:
+    """Every marketing row of these patients that is due now, any channel (the frequency cap
+    weighs them together; tasks/marketing_gate.py)."""
+    return _rows(
+        con.execute(
+            f"""{_SELECT}
+            WHERE status = 'planned' AND purpose = 'marketing' AND due_at <= $now
+              AND (next_attempt_at IS NULL OR next_attempt_at <= $now)
+              AND patient_id IN (SELECT unnest($patients::BIGINT[]))
+            ORDER BY due_at, message_id""",
+            {"now": now, "patients": list(patient_ids)},
+        )
+    )
+
+
+def defer(
+    con: duckdb.DuckDBPyConnection,
+    ids: Sequence[int],
+    until: Sequence[datetime],
+    reasons: Sequence[str],
+    now: datetime,
+) -> list[int]:
+    """Hold planned messages back until later (frequency cap, quiet hours); ``due_at`` keeps
+    the moment they were planned for. Rows no longer planned are left alone."""
+    if not ids:
+        return []
+    moved = con.execute(
+        """
+        UPDATE state.messages AS m
+        SET next_attempt_at = v.until, status_reason = v.reason, updated_at = $now
+        FROM (SELECT unnest($ids::BIGINT[]) AS message_id, unnest($until::TIMESTAMPTZ[]) AS until,
+                     unnest($reasons::VARCHAR[]) AS reason) AS v
+        WHERE m.message_id = v.message_id AND m.status = 'planned'
+        RETURNING m.message_id
+        """,
+        {"ids": list(ids), "until": list(until), "reasons": list(reasons), "now": now},
+    ).fetchall()
+    return [r[0] for r in moved]
+
+
 def in_status(
     con: duckdb.DuckDBPyConnection, status: Status, *, channel: Channel | None = None
 ) -> list[LedgerRow]:
