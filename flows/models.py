@@ -68,10 +68,10 @@ def build_models(clinic: str = "demo", full_refresh: bool = False) -> dict:
         "Built %d models (%d data tests passed) for %s",
         len(result.rows),
         result.tests_passed,
-        clinic,
+        config.clinic,
     )
     create_table_artifact(
-        key=f"models-{clinic}",
+        key=f"models-{config.clinic.replace('_', '-')}",
         table=[
             {
                 "name": name,
