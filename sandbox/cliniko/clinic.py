@@ -126,6 +126,7 @@ class SandboxClinic:
         self._attendances_of: dict[int, list[int]] = {}  # patient -> attendees
         self._attendees_at: dict[int, list[int]] = {}  # booking (appointment or class) -> attendees
         self._referral_of: dict[int, int] = {}  # patient -> referral source
+        self._marked: set[int] = set()  # individual appointments marked arrived or not arrived
         self._classes: dict[tuple[int, int], int] = {}  # (business, starts) -> group appointment
         self._class_hours = CLASS_HOURS[: max(2, min(len(CLASS_HOURS), patients // 2500 + 2))]
         self.user: dict = {}
@@ -512,6 +513,8 @@ class _Generator:
             "cancelled": outcome.cancelled,
         }
         self.out["individual_appointments"].append(Row.of(appt, starts=starts, **times))
+        if outcome.arrived is not None:
+            c._marked.add(int(appt["id"]))
         self.out["attendees"].append(Row.of(att, **times))
 
     def _attend_class(self, p: dict, business: Business, around: int) -> None:
@@ -1011,23 +1014,18 @@ class _Changes:
         return 1
 
     def _due_unmarked(self, t: int) -> dict | None:
-        """An appointment that has started and nobody has marked yet (the most recent first)."""
+        """One of the latest appointments that have started and nobody has marked yet."""
         table = self.c.tables["individual_appointments"]
         index = table.indexes["starts_at"]
         hi = bisect_right(index, (t << 64) | ID_MASK)
-        candidates = []
-        for key in reversed(index[max(0, hi - 300) : hi]):
-            rec = table.record(key & ID_MASK)
-            if not (
-                rec["cancelled_at"]
-                or rec["archived_at"]
-                or rec["patient_arrived"]
-                or rec["did_not_arrive"]
-            ):
-                candidates.append(rec)
-                if len(candidates) >= 5:
+        marked, candidates = self.c._marked, []
+        for key in reversed(index[max(0, hi - 80) : hi]):  # bounded: marking is a recent job
+            row = table.rows[key & ID_MASK]
+            if row.cancelled_at is None and row.archived_at is None and row.id not in marked:
+                candidates.append(row.id)
+                if len(candidates) >= 3:
                     break
-        return self.rng.choice(candidates) if candidates else None
+        return table.record(self.rng.choice(candidates)) if candidates else None
 
     def _mark(self, t: int, arrived: bool) -> int:
         appt = self._due_unmarked(t)
@@ -1035,6 +1033,7 @@ class _Changes:
             return 0
         att = self._attendee_of(int(appt["id"]))
         appt["patient_arrived" if arrived else "did_not_arrive"] = True
+        self.c._marked.add(int(appt["id"]))
         appt["updated_at"] = fmt_ts(t)
         self._put("individual_appointments", appt)
         if att is not None:
