@@ -384,7 +384,19 @@ def _send(con, journey: Journey, index: int, step: SendStep, due: list, now: dat
     return counts
 
 
-def _advance(con: duckdb.DuckDBPyConnection, journey: Journey, now: datetime) -> Counter:
+def wait_until(start: datetime, wait: timedelta, zone: ZoneInfo) -> datetime:
+    """When a wait that starts now ends. Whole days (24 hours, 2 weeks...) are calendar days in
+    the clinic's time zone, so "wait 1 day" after a 09:00 email is 09:00 the next day across a
+    daylight-saving change; other waits are elapsed time."""
+    if wait % timedelta(days=1):
+        return start + wait
+    local = start.astimezone(zone).replace(tzinfo=None) + wait
+    return local.replace(tzinfo=zone).astimezone(UTC)
+
+
+def _advance(
+    con: duckdb.DuckDBPyConnection, journey: Journey, now: datetime, zone: ZoneInfo
+) -> Counter:
     """Run every due step of every active enrolment, a step index at a time (set-wise)."""
     counts: Counter = Counter()
     last = len(journey.steps)
@@ -411,7 +423,7 @@ def _advance(con: duckdb.DuckDBPyConnection, journey: Journey, now: datetime) ->
                 _move(con, ids, now, next_step=index + 1)
             elif isinstance(step, WaitStep):
                 _record_steps(con, index, "wait", [(e, "waited", None, None) for e in ids], now)
-                _move(con, ids, now, next_step=index + 1, next_at=now + step.wait)
+                _move(con, ids, now, next_step=index + 1, next_at=wait_until(now, step.wait, zone))
             else:
                 counts += _condition(con, journey, index, step, due, now)
         done = con.execute(
@@ -473,7 +485,7 @@ def run_journey(
             entries = _event_entries(con, journey, live_from, event_cursor, upto)
         counts = _enrol(con, journey, entries, now)
         counts += _apply_exit_rules(con, journey, now)
-        counts += _advance(con, journey, now)
+        counts += _advance(con, journey, now, ZoneInfo(cfg.time_zone))
         con.execute(
             "UPDATE state.journeys SET event_cursor = ?, moment_cursor = greatest(moment_cursor, ?), "
             "last_run_at = ? WHERE journey = ?",

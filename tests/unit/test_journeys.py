@@ -363,3 +363,17 @@ def test_an_evening_journey_sms_waits_for_morning_and_is_cancelled_if_the_patien
     (sent,) = clinic.messages(status="sent")
     assert (sent.patient_id, sent.sent_at) == (2, clinic.now)
     assert len(list(tmp_path.glob("*.txt"))) == 1
+
+
+def test_a_wait_of_whole_days_keeps_the_local_time_across_a_dst_change():
+    from zoneinfo import ZoneInfo
+
+    from tasks.journeys import wait_until
+
+    zone = ZoneInfo("Australia/Melbourne")  # clocks go back at 03:00 on 5 April 2026
+    saturday_nine = datetime(2026, 4, 3, 22, 0, tzinfo=UTC)  # Saturday 09:00 AEDT
+    sunday_nine = datetime(2026, 4, 4, 23, 0, tzinfo=UTC)  # Sunday 09:00 AEST: 25 hours later
+    assert wait_until(saturday_nine, timedelta(days=1), zone) == sunday_nine
+    assert wait_until(saturday_nine, timedelta(hours=18), zone) == datetime(
+        2026, 4, 4, 16, 0, tzinfo=UTC
+    )  # elapsed hours: 02:00 AEST on Sunday
