@@ -16,12 +16,12 @@ import phonenumbers
 from duckdb.sqltypes import BOOLEAN, VARCHAR
 from email_validator import EmailNotValidError, validate_email
 
+# Staging reads most fields with a typed json_transform, which already turns "" into NULL for
+# timestamps, booleans and numbers; these cover text, ->> reads and links.
 MACROS = (
     # "" and whitespace-only mean "no value" in Cliniko payloads.
     "CREATE OR REPLACE TEMP MACRO cliniko_text(v) AS nullif(trim(v), '')",
     "CREATE OR REPLACE TEMP MACRO cliniko_timestamp(v) AS try_cast(nullif(trim(v), '') AS TIMESTAMPTZ)",
-    "CREATE OR REPLACE TEMP MACRO cliniko_date(v) AS try_cast(nullif(trim(v), '') AS DATE)",
-    "CREATE OR REPLACE TEMP MACRO cliniko_bool(v) AS try_cast(v AS BOOLEAN)",
     # The id at the end of a link URL, ignoring a query string: ".../patients/82?x=1" -> 82.
     # (String splitting: a third of the cost of a regular expression over millions of links.)
     "CREATE OR REPLACE TEMP MACRO cliniko_link_id(url) AS "

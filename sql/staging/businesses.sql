@@ -14,8 +14,8 @@ parsed as (
         json_transform(payload, '{
             "business_name": "VARCHAR", "display_name": "VARCHAR", "label": "VARCHAR",
             "country_code": "VARCHAR", "time_zone_identifier": "VARCHAR",
-            "created_at": "VARCHAR", "updated_at": "VARCHAR",
-            "archived_at": "VARCHAR", "deleted_at": "VARCHAR"
+            "created_at": "TIMESTAMPTZ", "updated_at": "TIMESTAMPTZ",
+            "archived_at": "TIMESTAMPTZ", "deleted_at": "TIMESTAMPTZ"
         }') as p
     from source
 ),
@@ -28,10 +28,10 @@ renamed as (
             as display_name,
         upper(cliniko_text(p.country_code)) as country_code,
         cliniko_text(p.time_zone_identifier) as time_zone,
-        cliniko_timestamp(p.created_at) as created_at,
-        cliniko_timestamp(p.updated_at) as updated_at,
-        cliniko_timestamp(p.archived_at) as archived_at,
-        cliniko_timestamp(p.deleted_at) as deleted_at,
+        p.created_at as created_at,
+        p.updated_at as updated_at,
+        p.archived_at as archived_at,
+        p.deleted_at as deleted_at,
         removed_at,
         greatest(synced_at, removed_at) as loaded_at
     from parsed

@@ -14,9 +14,9 @@ parsed as (
         json_transform(payload, '{
             "title": "VARCHAR", "first_name": "VARCHAR", "last_name": "VARCHAR",
             "display_name": "VARCHAR", "label": "VARCHAR", "designation": "VARCHAR",
-            "active": "VARCHAR", "show_in_online_bookings": "VARCHAR",
+            "active": "BOOLEAN", "show_in_online_bookings": "BOOLEAN",
             "user": {"links": {"self": "VARCHAR"}},
-            "created_at": "VARCHAR", "updated_at": "VARCHAR"
+            "created_at": "TIMESTAMPTZ", "updated_at": "TIMESTAMPTZ"
         }') as p
     from source
 ),
@@ -33,11 +33,11 @@ renamed as (
             concat_ws(' ', cliniko_text(p.first_name), cliniko_text(p.last_name))
         ) as display_name,
         cliniko_text(p.designation) as designation,
-        cliniko_bool(p.active) as is_active,
-        cliniko_bool(p.show_in_online_bookings) as show_in_online_bookings,
+        p.active as is_active,
+        p.show_in_online_bookings as show_in_online_bookings,
         cliniko_link_id(p.user.links.self) as user_id,
-        cliniko_timestamp(p.created_at) as created_at,
-        cliniko_timestamp(p.updated_at) as updated_at,
+        p.created_at as created_at,
+        p.updated_at as updated_at,
         removed_at,
         greatest(synced_at, removed_at) as loaded_at
     from parsed

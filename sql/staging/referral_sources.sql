@@ -17,7 +17,7 @@ parsed as (
             "patient": {"links": {"self": "VARCHAR"}},
             "referrer": {"links": {"self": "VARCHAR"}},
             "referral_source_type": {"links": {"self": "VARCHAR"}},
-            "created_at": "VARCHAR", "updated_at": "VARCHAR"
+            "created_at": "TIMESTAMPTZ", "updated_at": "TIMESTAMPTZ"
         }') as p
     from source
 ),
@@ -31,8 +31,8 @@ renamed as (
         cliniko_link_id(p.referrer.links.self) as referrer_id,
         cliniko_text(p.subcategory) as subcategory,
         cliniko_text(p.notes) as notes,
-        cliniko_timestamp(p.created_at) as created_at,
-        cliniko_timestamp(p.updated_at) as updated_at,
+        p.created_at as created_at,
+        p.updated_at as updated_at,
         removed_at,
         greatest(synced_at, removed_at) as loaded_at
     from parsed
