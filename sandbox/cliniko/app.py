@@ -126,6 +126,11 @@ class ClinikoApp:
                 row = clinic.row(parts[0], row_id)
                 if row is not None:
                     return Response(row.body.replace(BASE_BYTES, base), media_type=JSON)
+        bookings = ("individual_appointments", "group_appointments")
+        if len(parts) == 3 and parts[0] in bookings and parts[2] == "attendees":
+            return self._list(
+                request, route, base, booking=int(parts[1]) if parts[1].isdigit() else -1
+            )
         if (
             len(parts) == 3
             and parts[0] == "patients"
@@ -138,8 +143,13 @@ class ClinikoApp:
                     return Response(row.body.replace(BASE_BYTES, base), media_type=JSON)
         return _json(404, {"message": NOT_FOUND})
 
-    def _list(self, request: Request, route: str, base: bytes) -> Response:
+    def _list(
+        self, request: Request, route: str, base: bytes, booking: int | None = None
+    ) -> Response:
+        """A list page; ``booking`` lists the attendees of one appointment or class."""
         resource, field, value = PARTITIONS.get(route, (route, None, None))
+        if booking is not None:
+            resource = "attendees"
         spec = SPECS[resource]
         params = request.query_params
         try:
@@ -148,6 +158,8 @@ class ClinikoApp:
             if page < 1 or not 1 <= per_page <= 100:
                 raise QueryError(400, "page must be 1 or more and per_page between 1 and 100.")
             filters = [parse_filter(spec, q) for q in params.getlist("q[]")]
+            if booking is not None:
+                filters.append(parse_filter(spec, f"booking_id:={booking}"))
             sort = parse_sort(spec, params.get("sort"))
         except QueryError as exc:
             return _json(exc.status, {"message": exc.message})

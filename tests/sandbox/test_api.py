@@ -40,7 +40,7 @@ def api(server, shared_clinic):
 
 def page_all(client: httpx.Client, path: str, params=()) -> list[dict]:
     """Follow links.next from the first page, as a client does."""
-    resource = path.split("/")[0]
+    resource = "attendees" if path.endswith("/attendees") else path.split("/")[0]
     rows, response = [], client.get(path, params=[("per_page", 100), *params])
     while True:
         assert response.status_code == 200, response.text
@@ -201,6 +201,18 @@ def test_records_are_readable_by_id_hidden_ones_included(api, server):
     assert api.get("patients/123").status_code == 404
     assert api.get("patients/not-a-number").status_code == 404
     assert api.get("user").json()["role"] == "administrator"
+
+
+def test_an_appointments_attendees_link_lists_its_attendances(api):
+    classes = page_all(api, "group_appointments", EVERYTHING["group_appointments"])
+    busy = max(classes, key=lambda c: len(c["patient_ids"]))
+    attendees = page_all(api, busy["attendees"]["links"]["self"].split("/v1/")[1])
+    assert {link_id(a["booking"]) for a in attendees} == {int(busy["id"])}
+    listed = {str(link_id(a["patient"])) for a in attendees if not a["cancelled_at"]}
+    assert listed == set(busy["patient_ids"]) and len(listed) > 1
+    appointment = page_all(api, "individual_appointments")[0]
+    mine = page_all(api, appointment["attendees"]["links"]["self"].split("/v1/")[1])
+    assert [link_id(a["patient"]) for a in mine] == [link_id(appointment["patient"])]
 
 
 def test_snapshot_is_what_paging_everything_returns(api, server, shared_clinic):
