@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from tasks import feedback
 from tasks.config import ClinicConfig
+from tasks.errors import UserFacingError
 from tasks.unsubscribe import InvalidToken, UnsubscribeClaim, verify
 from tasks.warehouse import DatabaseBusy, open_db
 
@@ -128,5 +129,12 @@ def serving(clinics: Mapping[str, ClinicConfig], host: str, port: int) -> Iterat
     yields its base URL."""
     from sandbox.server import ThreadedServer
 
-    with ThreadedServer(create_app(clinics), host=host, port=port) as server:
+    try:
+        server = ThreadedServer(create_app(clinics), host=host, port=port)
+    except OSError as exc:
+        raise UserFacingError(
+            f"The unsubscribe endpoint cannot listen on {host}:{port} ({exc.strerror}). Stop "
+            "whatever uses it (another relay serve?) or change providers.unsubscribe_url."
+        ) from None
+    with server:
         yield server.url

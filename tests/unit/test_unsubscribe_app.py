@@ -173,3 +173,18 @@ def test_during_a_tick_the_click_waits_in_the_inbox_and_the_next_pull_records_it
     assert suppressions(clinic) == [
         (ADDRESS, "suppress", "unsubscribed", "marketing", "unsubscribe_link")
     ]
+
+
+def test_serving_on_a_port_already_taken_says_what_to_change(clinic):
+    import socket
+
+    from tasks.errors import UserFacingError
+    from tasks.unsubscribe_app import serving
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(UserFacingError, match="providers.unsubscribe_url"):
+            with serving({"demo": clinic}, "127.0.0.1", port):
+                pass
