@@ -5,7 +5,10 @@ journey engine, campaigns and dispatch (through the local outbox) on top."""
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from pathlib import Path
 
 from tasks import journeys, ledger, models
@@ -19,6 +22,23 @@ from tasks.warehouse import memory_db
 API = "https://api.au1.cliniko.com/v1"
 START = datetime(2026, 11, 2, 22, 0, tzinfo=UTC)  # Tuesday 09:00 in Melbourne (AEDT)
 KEY = b"journey-tests-unsubscribe-key"
+
+
+# The segments these tests use: building only them (with every staging and mart model they read)
+# takes a fifth of the time of the whole project.
+SEGMENTS = ("new_patients", "recall_90_179", "upcoming_appointment")
+
+
+@cache
+def sql_dir() -> Path:
+    """The project's staging and marts models and the segments above, copied unchanged."""
+    folder = Path(tempfile.mkdtemp(prefix="journey-sql-"))
+    for layer in ("staging", "marts"):
+        shutil.copytree(models.SQL_DIR / layer, folder / layer)
+    (folder / "segments").mkdir()
+    for name in SEGMENTS:
+        shutil.copy(models.SQL_DIR / "segments" / f"{name}.sql", folder / "segments")
+    return folder
 
 
 def no_triggers(row):
@@ -116,7 +136,9 @@ class Clinic:
         )
 
     def build(self) -> None:
-        models.build(self.con, models.ListSettings(active_patient_months=24), now=self.now)
+        models.build(
+            self.con, models.ListSettings(active_patient_months=24), sql_dir=sql_dir(), now=self.now
+        )
 
     def advance(self, **delta) -> datetime:
         self.now += timedelta(**delta)
