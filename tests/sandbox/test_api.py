@@ -3,6 +3,9 @@ filters and hidden rows, by-id reads, the rate limit, injected faults, and the a
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -268,37 +271,40 @@ def test_merged_and_hard_deleted_records_as_a_sync_sees_them(make_clinic):
 
 
 def test_over_the_limit_is_429_until_the_window_resets(shared_clinic):
-    limit = RateLimit(per_window=5, window_seconds=0.5)
+    limit = RateLimit(per_window=5, window_seconds=2.0)
     with SandboxServer(shared_clinic, rate_limit=limit) as running:
         client = httpx.Client(auth=(shared_clinic.api_key, ""), headers=UA)
-        statuses = [client.get(running.base_url + "/businesses") for _ in range(12)]
-        refused = [r for r in statuses if r.status_code == 429]
-        assert refused and len([r for r in statuses if r.status_code == 200]) <= 10
-        reset = float(refused[0].headers["X-RateLimit-Reset"])
-        assert "." in refused[0].headers["X-RateLimit-Reset"]  # windows under a minute
+        statuses = []
+        while 429 not in statuses and len(statuses) < 100:
+            response = client.get(running.base_url + "/businesses")
+            statuses.append(response.status_code)
+        assert statuses[-6:] == [200] * 5 + [429]  # the 5 allowed are in the refused one's window
+        header = response.headers["X-RateLimit-Reset"]
+        assert "." in header  # windows shorter than a minute reset on fractions of a second
+        reset = float(header)
+        assert reset % 2.0 == 0
         while time.time() < reset:
-            time.sleep(0.02)
+            time.sleep(0.05)
         assert client.get(running.base_url + "/businesses").status_code == 200
-        assert running.stats.rate_limited == len(refused)
-        assert [s for _, _, s in running.stats.log].count(429) == len(refused)
+        assert running.stats.rate_limited == 1
+        assert [s for _, _, s in running.stats.log].count(429) == 1
 
 
-def test_a_minute_window_resets_on_a_whole_epoch_second(shared_clinic):
-    with SandboxServer(
-        shared_clinic, rate_limit=RateLimit(per_window=1, window_seconds=60)
-    ) as running:
+def test_a_window_of_a_minute_or_more_resets_on_a_whole_epoch_second(shared_clinic):
+    limit = RateLimit(per_window=1, window_seconds=3600)
+    with SandboxServer(shared_clinic, rate_limit=limit) as running:
         client = httpx.Client(auth=(shared_clinic.api_key, ""), headers=UA)
         client.get(running.base_url + "/businesses")
         refused = client.get(running.base_url + "/businesses")
     assert refused.status_code == 429
     reset = refused.headers["X-RateLimit-Reset"]
-    assert reset.isdigit() and int(reset) % 60 == 0 and int(reset) > time.time()
+    assert reset.isdigit() and int(reset) % 3600 == 0 and int(reset) > time.time()
 
 
 def test_limits_are_per_key(make_clinic):
     clinic = make_clinic(seed=2, patients=20)
     other = clinic.add_key("sbxsecond-au1")
-    with SandboxServer(clinic, rate_limit=RateLimit(per_window=2, window_seconds=60)) as running:
+    with SandboxServer(clinic, rate_limit=RateLimit(per_window=2, window_seconds=3600)) as running:
         url = running.base_url + "/businesses"
         for _ in range(2):
             assert httpx.get(url, auth=(clinic.api_key, ""), headers=UA).status_code == 200
@@ -378,7 +384,7 @@ def test_admin_endpoints_advance_report_and_reconfigure(make_clinic):
         assert api.get(running.base_url + "/patients").status_code >= 500
         admin.post("faults", json={})
         assert (
-            admin.post("rate_limit", json={"per_window": 1, "window_seconds": 60}).status_code
+            admin.post("rate_limit", json={"per_window": 1, "window_seconds": 3600}).status_code
             == 200
         )
         api.get(running.base_url + "/patients")
@@ -396,3 +402,20 @@ def test_auto_advance_moves_the_clock_with_real_time(make_clinic):
         while clinic.now == start:
             time.sleep(0.05)
     assert clinic.now > start
+
+
+def test_python_dash_m_serves_a_clinic_in_its_own_process_and_says_where():
+    command = [sys.executable, "-m", "sandbox.cliniko", "--port", "0", "--patients", "40"]
+    command += ["--rate-limit", "3", "--window-seconds", "3600", "--start", "2026-03-02T09:00:00Z"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        ready = json.loads(process.stdout.readline())
+        client = httpx.Client(auth=(ready["api_key"], ""), headers=UA)
+        statuses = [client.get(ready["base_url"] + "/businesses").status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+        stats = httpx.get(ready["admin_url"] + "/stats").json()
+        assert stats["by_path"] == {"/v1/businesses": 4} and stats["rate_limited"] == 1
+        assert ready["rows"]["patients"] >= 40
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
