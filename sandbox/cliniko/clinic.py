@@ -453,32 +453,45 @@ class _Generator:
         for p in people:
             pid, created = int(p["id"]), math.floor(parse(p["created_at"]))
             business = c.catalogue.business(c._home[pid])
-            tz = business.place["tz"]
             if rng.random() < 0.06:  # seed 000: tagged by booking the admin type on day one
                 self._individual(
                     p, admin_type, created + rng.randint(60, 3600), created + 30, tag=True
                 )
             category = _weighted(rng, CATEGORY_MIX)
             visits = max(1, round(rng.expovariate(1 / per_patient)))
-            span_days = (horizon - created) / DAY
-            gap_days = min(rng.uniform(7, 45), max(1.0, span_days / visits))
-            t = created + rng.randint(0, 10) * DAY
+            span_days = (self.now - created) / DAY  # fit the visits before now; a few go ahead
+            gap_days = min(rng.uniform(7, 45), max(0.5, span_days / visits - 1))
+            t, last = created + rng.randint(0, 10) * DAY, None
             for k in range(visits):
+                if t > self.now:
+                    break
+                self._visit(p, business, category, k, t)
+                t, last = t + int(rng.expovariate(1 / gap_days) * DAY) + DAY, t
+            if last is None or last < self.now - 60 * DAY:
+                continue
+            # Patients still coming have their next visit or two booked, up to eight weeks out.
+            for k in range(visits, visits + rng.choice((0, 1, 1, 2))):
+                t = max(t, self.now + rng.randint(1, 21) * DAY)
                 if t > horizon:
                     break
-                if t > self.now and rng.random() < 0.5:
-                    break  # most patients have at most one or two future bookings
-                if category == "Pilates" and k > 0 and rng.random() < 0.7:
-                    self._attend_class(p, business, t)
-                else:
-                    types = c.catalogue.types_in(category)
-                    type_ = types[0] if k == 0 else rng.choice(types[1:] or types)
-                    starts = appointment_slot(rng, tz, t)
-                    if starts < created:  # booked on the day they joined, for a later day
-                        starts = appointment_slot(rng, tz, t + DAY)
-                    booked = max(created, starts - int(rng.expovariate(1 / (6 * DAY))))
-                    self._individual(p, type_, starts, min(booked, self.now))
+                self._visit(p, business, category, k, t)
                 t += int(rng.expovariate(1 / gap_days) * DAY) + DAY
+
+    def _visit(self, p: dict, business: Business, category: str, k: int, t: int) -> None:
+        """The k-th visit of a patient, around ``t``: a class, or an individual appointment."""
+        rng, c = self.rng, self.c
+        if category == "Pilates" and k > 0 and rng.random() < 0.7:
+            self._attend_class(p, business, t)
+            return
+        created = parse_int(p["created_at"])
+        types = c.catalogue.types_in(category)
+        type_ = types[0] if k == 0 else rng.choice(types[1:] or types)
+        tz = business.place["tz"]
+        starts = appointment_slot(rng, tz, t)
+        if starts < created:  # booked on the day they joined, for a later day
+            starts = appointment_slot(rng, tz, t + DAY)
+        booked = max(created, starts - int(rng.expovariate(1 / (6 * DAY))))
+        self._individual(p, type_, starts, min(booked, self.now))
 
     def _individual(
         self, p: dict, type_: AppointmentType, starts: int, booked: int, tag: bool = False
