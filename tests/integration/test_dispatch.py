@@ -68,16 +68,20 @@ def context_for(row):
     )  # fmt: skip
 
 
-def plan(con, patient_id, channel, *, purpose="transactional", source=None):
+def planned(patient_id, channel, *, purpose="transactional", source=None) -> PlannedMessage:
     template = {("email", "transactional"): "welcome", ("email", "marketing"): "recall",
                 ("sms", "transactional"): "reminder-24h", ("sms", "marketing"): "promo-sms"}  # fmt: skip
     source = source or f"{channel}-{purpose}"
-    message = PlannedMessage(
+    return PlannedMessage(
         send_key=make_send_key("trigger", source, patient_id, "appointment:1"),
         source_kind="trigger", source_name=source, patient_id=patient_id, channel=channel,
         purpose=purpose, template=template[channel, purpose], due_at=START,
         expires_at=START + timedelta(days=1), appointment_id=1,
     )  # fmt: skip
+
+
+def plan(con, patient_id, channel, **kw):
+    message = planned(patient_id, channel, **kw)
     ledger.insert_planned(con, [message], START)
     return message.send_key
 
@@ -222,8 +226,9 @@ def test_two_dispatch_runs_in_one_process_at_once_send_each_message_once(tmp_pat
     postmark, twilio = sandboxes
     postmark.faults.add("slow_reply", times=10**6, delay=0.02)
     with open_db(tmp_path / "c.duckdb") as con:
-        for p in range(1, 300):
-            plan(con, p, "email", source="many")
+        ledger.insert_planned(
+            con, [planned(p, "email", source="many") for p in range(1, 300)], START
+        )
 
         def prepare_many(row):
             return Ready(to=f"p{row.patient_id}@example.com", context=context_for(row))
