@@ -27,6 +27,12 @@ def apply_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
+def clinics_dir() -> Path:
+    """Where clinic folders (clinics/<clinic>/clinic.yaml) live: the repo's clinics/, or
+    RELAY_CLINICS_DIR, e.g. a private repository of clinic configurations beside this one."""
+    return Path(os.environ.get("RELAY_CLINICS_DIR") or PROJECT_ROOT / "clinics")
+
+
 def data_dir() -> Path:
     """Where clinic databases and the outbox live unless a clinic's config says otherwise."""
     return Path(os.environ.get("RELAY_DATA_DIR", PROJECT_ROOT / "data"))

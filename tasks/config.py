@@ -31,11 +31,11 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from relay.env import PROJECT_ROOT, data_dir
+from relay.env import PROJECT_ROOT, clinics_dir, data_dir
 from tasks.errors import UserFacingError
 from tasks.triggers import Trigger, parse_triggers
 
-CLINICS_DIR = PROJECT_ROOT / "clinics"
+CLINICS_DIR = clinics_dir()
 SEGMENTS_DIR = PROJECT_ROOT / "sql" / "segments"
 
 

@@ -33,6 +33,7 @@ def prefect_server(tmp_path_factory):
 
     home = tmp_path_factory.mktemp("prefect-server-home")
     data = tmp_path_factory.mktemp("relay-data")
+    clinics = tmp_path_factory.mktemp("clinics")
     env = {
         **os.environ,
         "PREFECT_HOME": str(home),
@@ -40,6 +41,7 @@ def prefect_server(tmp_path_factory):
         "DO_NOT_TRACK": "1",
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "RELAY_DATA_DIR": str(data),
+        "RELAY_CLINICS_DIR": str(clinics),  # the test clinics, by name, as an operator's own
         "PREFECT_WORKER_QUERY_SECONDS": "1",  # pick runs up within a second, not ten
     }
     with prefect_server(free_port(), home=home, ui=False) as api:
@@ -113,7 +115,7 @@ def clinic_yaml(folder: Path, name: str, account: str, extra: str = "") -> Path:
 
 
 @pytest.fixture(scope="session")
-def clinics(prefect_server, client, sandboxes, tmp_path_factory):
+def clinics(prefect_server, client, sandboxes):
     """Test clinics, each with a ClinikoAccount block saved on the server:
     alpha and beta (good keys), broken (a key Cliniko refuses), stale (Cliniko unreachable)."""
     from pydantic import SecretStr
@@ -121,7 +123,7 @@ def clinics(prefect_server, client, sandboxes, tmp_path_factory):
     from blocks.cliniko import ClinikoAccount
     from relay.serve import free_port
 
-    folder = tmp_path_factory.mktemp("clinics")
+    folder = Path(prefect_server["RELAY_CLINICS_DIR"])
     unreachable = f"http://127.0.0.1:{free_port()}/v1"
     accounts = {
         "alpha": (sandboxes["a"].clinic.api_key, sandboxes["a"].base_url),
@@ -135,31 +137,48 @@ def clinics(prefect_server, client, sandboxes, tmp_path_factory):
             api_key=SecretStr(key), contact_email="tests@example.com", base_url=url,
             requests_per_minute=100000,
         ).save(f"{name}-cliniko", overwrite=True)  # fmt: skip
-        paths[name] = clinic_yaml(folder, name, f"{name}-cliniko")
+        paths[name] = clinic_yaml(
+            folder, name, f"{name}-cliniko", WELCOME if name == "alpha" else ""
+        )
     return paths
+
+
+# A welcome email for every booking: alpha's ledger rows are then exactly its new bookings.
+WELCOME = """triggers:
+  - name: welcome
+    enabled: true
+    event: appointment_booked
+    timing: immediately
+    channel: email
+    template: welcome
+    purpose: transactional
+"""
 
 
 @pytest.fixture(scope="session")
 def deployed(prefect_server, clinics, tmp_path_factory):
-    """prefect.yaml deployed as documented, plus a copy of its demo-tick entry per test clinic."""
+    """prefect.yaml deployed as documented (`prefect deploy --all`), with a copy of its demo-tick
+    entry per test clinic, as docs/scaling.md tells an operator to add a clinic. One deploy
+    command for all of it: each costs seconds of Prefect start-up."""
     env = prefect_server
     _prefect_cli(
         env, "work-pool", "create", "local", "--type", "process", "--overwrite", timeout=60
     )
-    _prefect_cli(env, "deploy", "--all", timeout=120)
-
     project = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text(encoding="utf-8"))
     tick = next(d for d in project["deployments"] if d["name"] == "demo-tick")
     copies = []
-    for name, path in clinics.items():
+    for name in clinics:
         entry = copy.deepcopy(tick)
         entry["name"] = f"{name}-tick"
-        entry["parameters"] = {"clinic": str(path)}
+        entry["parameters"] = {"clinic": name}
         entry.pop("schedules")  # run on demand in tests
         copies.append(entry)
-    extra = tmp_path_factory.mktemp("deploy") / "prefect.yaml"
-    extra.write_text(yaml.safe_dump({**project, "deployments": copies}), encoding="utf-8")
-    _prefect_cli(env, "deploy", "--all", "--prefect-file", str(extra), timeout=120)
+    combined = tmp_path_factory.mktemp("deploy") / "prefect.yaml"
+    combined.write_text(
+        yaml.safe_dump({**project, "deployments": project["deployments"] + copies}),
+        encoding="utf-8",
+    )
+    _prefect_cli(env, "deploy", "--all", "--prefect-file", str(combined), timeout=120)
     return env
 
 

@@ -116,18 +116,37 @@ def test_a_tick_runs_every_step_as_a_subflow_and_publishes_one_summary(client, w
 
     assert run.state.name == "Completed", run.state.message
     steps = subflows(client, run_id)
-    assert steps["cliniko-sync"] == "Completed"
-    assert all(state == "Completed" for state in steps.values()), steps
+    assert set(steps) == {
+        "cliniko-sync", "build-models", "plan-messages", "journeys", "dispatch-messages", "feedback"
+    }  # fmt: skip
+    assert set(steps.values()) == {"Completed"}, steps
     summary = artifact(client, run_id)
-    assert "| sync | ✅ completed |" in summary
-    assert "**Rows synced:**" in summary
     with open_db(clinics["alpha"].parent / "clinic.duckdb", read_only=True) as con:
         patients = con.execute("SELECT count(*) FROM raw.patients").fetchone()[0]
-        assert con.execute("SELECT status FROM state.sync_runs").fetchall() == [("completed",)]
-    assert patients > 0 and f"patients {patients}" in summary
+        # The welcome trigger went live with this tick: no welcome for bookings made before it.
+        assert con.execute("SELECT count(*) FROM state.messages").fetchone()[0] == 0
+    assert "| sync | ✅ completed |" in summary and f"patients {patients}" in summary
+    assert "**Models:** succeeded" in summary and "| email_marketing_list |" in summary
 
 
-def test_two_ticks_of_one_clinic_requested_together_run_one_after_the_other(client, worker):
+def book_now(clinic, n: int) -> list[int]:
+    """n appointments booked in the sandbox Cliniko now, as a receptionist would (through the
+    sandbox's own change engine); returns their ids."""
+    from sandbox.cliniko.clinic import _Changes
+
+    table = clinic.tables["individual_appointments"]
+    with clinic.lock:
+        before = set(table.rows)
+        changes, now = _Changes(clinic), int(time.time())
+        for _ in range(n):
+            changes.bookings(now)
+        return sorted(set(table.rows) - before)
+
+
+def test_two_ticks_requested_together_run_one_after_the_other_and_send_each_welcome_once(
+    client, worker, clinics, sandboxes, prefect_server
+):
+    booked = book_now(sandboxes["a"].clinic, 6)
     first = run_deployment(client, "clinic-tick/alpha-tick")
     second = run_deployment(client, "clinic-tick/alpha-tick")
     runs = wait_for(client, [first, second], worker_log=worker)
@@ -136,6 +155,19 @@ def test_two_ticks_of_one_clinic_requested_together_run_one_after_the_other(clie
     a, b = sorted(runs, key=lambda r: r.start_time)
     assert a.end_time <= b.start_time, "two ticks of one clinic ran at the same time"
     assert "AwaitingConcurrencySlot" in states(client, b.id)
+
+    with open_db(clinics["alpha"].parent / "clinic.duckdb", read_only=True) as con:
+        rows = con.execute(
+            "SELECT appointment_id, status, send_key FROM state.messages WHERE source_name = 'welcome'"
+        ).fetchall()
+    assert sorted(r[0] for r in rows) == booked  # one welcome per new booking, nothing else
+    sent = {key for _, status, key in rows if status == "sent"}
+    assert sent and {status for _, status, _ in rows} <= {"sent", "skipped"}  # skipped: no email
+    outbox = Path(prefect_server["RELAY_DATA_DIR"]) / "outbox" / "alpha"
+    written = [json.loads(p.read_text())["send_key"] for p in outbox.glob("*.json")]
+    assert sorted(written) == sorted(sent)  # each once
+    assert f"| sent | - | {len(sent)} |" in artifact(client, a.id)
+    assert "| none this tick | | 0 |" in artifact(client, b.id)
 
 
 class Webhook:
