@@ -282,3 +282,16 @@ def test_credentials_rejected_midway_still_report_what_already_went(twilio):
     twilio.faults.add("401")
     with pytest.raises(ProviderUnavailable, match="TwilioAccount block"):
         provider.send([sms(2, "+61412345679")])
+
+
+def test_a_send_key_longer_than_postmark_metadata_allows_is_sent_and_found_by_its_digest(postmark):
+    provider = pm_provider(postmark)
+    long_key = "journey:" + "a-very-long-journey-name-" * 4 + ":12345:step-3"
+    message = OutgoingMessage(
+        message_id=1, send_key=long_key, channel="email", purpose="transactional", tag="j",
+        to="a@example.com", content=RenderedEmail("S", "<p>h</p>", "h"),
+    )  # fmt: skip
+    (outcome,) = provider.send([message])
+    assert outcome.kind == "sent"
+    assert len(postmark.accepted[0]["Metadata"]["send_key"]) <= 80
+    assert provider.find_by_send_key(long_key) == outcome.provider_message_id
