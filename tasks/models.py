@@ -367,9 +367,20 @@ def _data_high_water(con: duckdb.DuckDBPyConnection) -> datetime | None:
     return con.execute(f"SELECT max(t) FROM ({union})").fetchone()[0]
 
 
-def _fingerprint(model: Model, settings: ListSettings) -> str:
-    # An incremental model is rebuilt in full when its SQL or the country (phone parsing) changes.
-    return hashlib.sha256(f"{model.sql}\n{settings.country}".encode()).hexdigest()
+def _fingerprint(model: Model, project: Project, settings: ListSettings) -> str:
+    """What an incremental model's rows were computed from: its SQL, the SQL of every model
+    upstream of it (a fixed staging model must not leave old rows in a mart) and the country
+    (how phones are read). A different fingerprint rebuilds the model in full."""
+    models = {m.relation: m for m in project.models}
+    seen, todo = set(), [model.relation]
+    while todo:
+        relation = todo.pop()
+        if relation in seen:
+            continue
+        seen.add(relation)
+        todo.extend(d for d in models[relation].depends_on if d in models)
+    text = "\n".join(models[r].sql for r in sorted(seen))
+    return hashlib.sha256(f"{text}\n{settings.country}".encode()).hexdigest()
 
 
 class ModelBuild:
@@ -484,7 +495,7 @@ class ModelBuild:
             con.execute(f"DROP VIEW {rel}")
             existing = None
         if model.materialized == "incremental":
-            fingerprint = _fingerprint(model, self.settings)
+            fingerprint = _fingerprint(model, self.project, self.settings)
             previous = con.execute(
                 "SELECT fingerprint FROM state.model_fingerprints WHERE model = ?",
                 [model.relation],

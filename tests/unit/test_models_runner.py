@@ -268,3 +268,18 @@ def test_a_successful_build_records_counts_only(con, tmp_path):
     }
     assert result.audiences == json.loads(summary)["audiences"]
     assert models.require_good_build(con)["build_id"] == result.build_id
+
+
+def test_changing_an_upstream_model_rebuilds_the_incremental_models_below_it(con, tmp_path):
+    staging = "select id as patient_id, payload->>'email' as email, synced_at from raw.patients"
+    mart = (
+        "-- config: materialized=incremental, key=patient_id\n"
+        "select patient_id, email from staging.people "
+        "where getvariable('changes_since') is null or synced_at > getvariable('changes_since')"
+    )
+    sql_dir = write(tmp_path, {"staging/people.sql": staging, "marts/people.sql": mart})
+    build(con, sql_dir)
+    write(tmp_path, {"staging/people.sql": staging.replace("->>'email'", "->>'email' || '!'")})
+    build(con, sql_dir)
+    emails = {r[0] for r in con.execute("SELECT email FROM marts.people").fetchall()}
+    assert emails == {"ann@example.com!", "bob@example.com!"}
