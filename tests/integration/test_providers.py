@@ -295,3 +295,29 @@ def test_a_send_key_longer_than_postmark_metadata_allows_is_sent_and_found_by_it
     assert outcome.kind == "sent"
     assert len(postmark.accepted[0]["Metadata"]["send_key"]) <= 80
     assert provider.find_by_send_key(long_key) == outcome.provider_message_id
+
+
+def test_the_blocks_build_providers_that_reach_the_sandboxes_and_hide_their_secrets(
+    postmark, twilio
+):
+    from pydantic import ValidationError
+
+    from blocks.postmark import PostmarkServer
+    from blocks.twilio import TwilioAccount
+
+    server = PostmarkServer(
+        server_token=postmark.server_token, from_address="Demo <hello@demo.example>",
+        base_url=postmark.url, track_links="HtmlAndText",
+    )  # fmt: skip
+    account = TwilioAccount(
+        account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, from_number="+61400000000",
+        base_url=twilio.url,
+    )  # fmt: skip
+    assert postmark.server_token not in repr(server) and AUTH_TOKEN not in repr(account)
+    pm, tw = server.provider(), account.provider()
+    assert postmark.server_token not in repr(pm.settings) and AUTH_TOKEN not in repr(tw.settings)
+    assert pm.send([email(1, "a@example.com")])[0].kind == "sent"
+    assert postmark.accepted[0]["TrackLinks"] == "HtmlAndText"
+    assert tw.send([sms(1, "+61412345678")])[0].kind == "sent"
+    with pytest.raises(ValidationError, match="from_number or messaging_service_sid"):
+        TwilioAccount(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN)
