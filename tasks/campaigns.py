@@ -12,9 +12,9 @@ The life of a campaign (``campaigns:`` in clinic.yaml):
    ``campaign:<name>:<patient>:once``, in the same transaction that marks the campaign frozen.
    Rows are spread over time (``per_minute``), which is how sending is throttled; dispatch sends
    whatever is due each tick, so a stopped run resumes where the ledger says.
-4. Just before each message goes, :func:`recheck` drops it if the campaign was cancelled or the
-   patient left the segment since the freeze; dispatch adds the suppression check and the marketing
-   gate adds the frequency cap and quiet hours.
+4. Just before each message goes, the re-check (tasks/journeys.py, ``MarketingPreparer``) drops
+   it if the campaign was cancelled or the patient left the segment since the freeze; dispatch
+   adds the suppression check and the marketing gate the frequency cap and quiet hours.
 
 Nothing here logs personal data. The preview's sample is for the operator's terminal only.
 """
@@ -31,9 +31,9 @@ import duckdb
 
 from tasks import ledger
 from tasks.config import Campaign, ClinicConfig
-from tasks.dispatch import Skip, clinic_details
+from tasks.dispatch import clinic_details
 from tasks.errors import UserFacingError
-from tasks.ledger import LedgerRow, PlannedMessage, make_send_key
+from tasks.ledger import PlannedMessage, make_send_key
 from tasks.templates import Rendered, TemplateError, Templates, build_context
 from tasks.warehouse import transaction
 
@@ -336,19 +336,3 @@ def cancel(con: duckdb.DuckDBPyConnection, name: str, now: datetime) -> int:
             ).fetchall()
         ]
         return len(ledger.cancel(con, ids, "campaign cancelled by an operator", now))
-
-
-def recheck(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig, row: LedgerRow) -> Skip | None:
-    """Just before a campaign message goes: still wanted?"""
-    found = con.execute(
-        "SELECT cancelled_at, segment FROM state.campaigns WHERE campaign = ?", [row.source_name]
-    ).fetchone()
-    if found is None or found[0] is not None:
-        return Skip("campaign cancelled", cancel=True)
-    still_in = con.execute(
-        "SELECT 1 FROM state.audience_members WHERE audience = ? AND patient_id = ?",
-        [f"segments.{found[1]}", row.patient_id],
-    ).fetchone()
-    if not still_in:
-        return Skip(f"left the segment {found[1]} after the audience was frozen")
-    return None

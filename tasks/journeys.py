@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 
-from tasks import campaigns, ledger
+from tasks import ledger
 from tasks.config import ClinicConfig, ConditionStep, Journey, SendStep, WaitStep
 from tasks.dispatch import Prepare, Ready, Skip, clinic_details
 from tasks.errors import UserFacingError
@@ -510,88 +510,101 @@ def run_journeys(
 
 # --- the re-check before sending ---------------------------------------------------------------
 
+_RECHECK = r"""
+SELECT m.message_id, m.channel, e.status, e.exit_reason,
+       seg.patient_id IS NOT NULL AS in_segment,
+       coalesce(el.email, sl.mobile_e164) AS address,
+       p.first_name, p.preferred_first_name, p.last_name
+FROM state.messages m
+LEFT JOIN state.journey_enrolments e
+    ON e.enrolment_id = TRY_CAST(regexp_extract(m.send_key, ':e(\d+):s\d+$', 1) AS BIGINT)
+LEFT JOIN (SELECT DISTINCT patient_id FROM state.audience_members WHERE audience = $audience) seg
+    ON seg.patient_id = m.patient_id
+LEFT JOIN marts.email_marketing_list el
+    ON m.channel = 'email' AND el.patient_id = m.patient_id AND el.status = 'subscribed'
+LEFT JOIN marts.sms_marketing_list sl
+    ON m.channel = 'sms' AND sl.patient_id = m.patient_id AND sl.status = 'subscribed'
+LEFT JOIN marts.patients p ON p.patient_id = m.patient_id
+WHERE m.source_kind = $kind AND m.source_name = $name AND m.status = 'planned'
+"""
 
-def recipient(
-    con: duckdb.DuckDBPyConnection, channel: str, patient_id: int
-) -> tuple[str, str, str | None, str | None] | None:
-    """(address, first name, preferred first name, last name) of a patient subscribed to the
-    channel's marketing list now, or None."""
-    list_table, column = (
-        ("marts.email_marketing_list", "email")
-        if channel == "email"
-        else ("marts.sms_marketing_list", "mobile_e164")
-    )
-    return con.execute(
-        f"""
-        SELECT l.{column}, p.first_name, p.preferred_first_name, p.last_name
-        FROM {list_table} l JOIN marts.patients p USING (patient_id)
-        WHERE l.patient_id = ? AND l.status = 'subscribed'
-        """,
-        [patient_id],
-    ).fetchone()
+
+class MarketingPreparer:
+    """Dispatch's ``prepare`` for every row: journey and campaign rows are re-checked here,
+    trigger rows by ``triggers`` (the planner's ``Preparer``). The tick's dispatch passes
+    ``prepare_marketing(con, cfg, triggers=planning.Preparer(con, cfg))``.
+
+    Per journey or campaign, all its planned messages are decided in one query the first time
+    one of them is asked about: the enrolment ended or the exit rule holds now (a message held
+    back by the cap or quiet hours may outlive the step that queued it) -> cancelled; a campaign
+    cancelled -> cancelled; left the campaign's segment since the freeze, or off the channel's
+    marketing list now -> skipped. Dispatch then checks suppressions and renders.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, cfg: ClinicConfig, triggers: Prepare):
+        self.con = con
+        self.triggers = triggers
+        self.journeys = {j.name: j for j in cfg.journeys}
+        self.clinic = clinic_details(cfg)
+        self._decisions: dict[tuple[str, str], dict[int, Ready | Skip]] = {}
+
+    def __call__(self, row: LedgerRow) -> Ready | Skip:
+        if row.source_kind == "trigger":
+            return self.triggers(row)
+        source = (row.source_kind, row.source_name)
+        if row.message_id not in self._decisions.get(source, {}):
+            self._decisions[source] = self._decide(*source)
+        return self._decisions[source].get(
+            row.message_id, Skip("no longer planned when it came to be sent")
+        )
+
+    def _decide(self, kind: str, name: str) -> dict[int, Ready | Skip]:
+        if kind == "journey":
+            journey = self.journeys.get(name)
+            segment = journey and journey.exit.leaves_segment and journey.entry.enters_segment
+            cancelled = journey is None
+            gone = "journey removed from the configuration"
+        else:
+            found = self.con.execute(
+                "SELECT segment, cancelled_at IS NOT NULL FROM state.campaigns WHERE campaign = ?",
+                [name],
+            ).fetchone()
+            segment, cancelled = found if found else (None, True)
+            gone = "campaign cancelled"
+        rows = self.con.execute(
+            _RECHECK, {"kind": kind, "name": name, "audience": f"segments.{segment}"}
+        ).fetchall()
+        decisions: dict[int, Ready | Skip] = {}
+        for message_id, channel, status, exit_reason, in_segment, address, *name in rows:
+            if cancelled:
+                decision = Skip(gone, cancel=True)
+            elif status == "exited":
+                decision = Skip(f"journey ended before this step went: {exit_reason}", cancel=True)
+            elif segment and not in_segment and kind == "journey":
+                decision = Skip(
+                    f"journey ended before this step went: left the segment {segment}",
+                    cancel=True,
+                )
+            elif segment and not in_segment:
+                decision = Skip(f"left the segment {segment} after the audience was frozen")
+            elif address is None:
+                decision = Skip(f"not on the {channel} marketing list")
+            else:
+                decision = Ready(
+                    to=address,
+                    context=build_context(
+                        clinic=self.clinic,
+                        first_name=name[0] or "there",
+                        preferred_first_name=name[1],
+                        last_name=name[2],
+                    ),  # fmt: skip
+                )
+            decisions[message_id] = decision
+        return decisions
 
 
 def prepare_marketing(
     con: duckdb.DuckDBPyConnection, cfg: ClinicConfig, *, triggers: Prepare
 ) -> Prepare:
-    """Dispatch's re-check for journey and campaign rows; trigger rows go to ``triggers`` (the
-    planner's ``Preparer``). Dispatch takes one ``prepare`` for every row, so the tick's dispatch
-    passes this one: ``prepare_marketing(con, cfg, triggers=planning.Preparer(con, cfg))``.
-
-    A journey message whose enrolment has ended, or a campaign message of a cancelled campaign,
-    is cancelled; one whose patient left the list (or the campaign's segment) is skipped.
-    """
-    clinic = clinic_details(cfg)
-    configured = {j.name: j for j in cfg.journeys}
-
-    def journey_stop(row: LedgerRow) -> Skip | None:
-        """The enrolment ended, or the journey's exit rule holds now (a message held back by
-        the cap or quiet hours may outlive the step that queued it)."""
-        journey = configured.get(row.source_name)
-        if journey is None:
-            return Skip("journey removed from the configuration", cancel=True)
-        ended = con.execute(
-            "SELECT exit_reason FROM state.journey_enrolments "
-            "WHERE enrolment_id = ? AND status = 'exited'",
-            [_enrolment_of(row)],
-        ).fetchone()
-        if ended:
-            return Skip(f"journey ended before this step went: {ended[0]}", cancel=True)
-        segment = journey.entry.enters_segment
-        left = (
-            segment is not None
-            and journey.exit.leaves_segment
-            and not _members(con, f"segments.{segment}", [row.patient_id])
-        )
-        if left:
-            return Skip(
-                f"journey ended before this step went: left the segment {segment}", cancel=True
-            )
-        return None
-
-    def prepare(row: LedgerRow) -> Ready | Skip:
-        if row.source_kind == "trigger":
-            return triggers(row)
-        if row.source_kind == "journey":
-            stop = journey_stop(row)
-            if stop is not None:
-                return stop
-        else:
-            stop = campaigns.recheck(con, cfg, row)
-            if stop is not None:
-                return stop
-        found = recipient(con, row.channel, row.patient_id)
-        if found is None:
-            return Skip(f"not on the {row.channel} marketing list")
-        address, first, preferred, last = found
-        return Ready(
-            to=address,
-            context=build_context(
-                clinic=clinic,
-                first_name=first or "there",
-                preferred_first_name=preferred,
-                last_name=last,
-            ),  # fmt: skip
-        )
-
-    return prepare
+    """The ``prepare`` the tick's dispatch uses: see :class:`MarketingPreparer`."""
+    return MarketingPreparer(con, cfg, triggers)
