@@ -348,16 +348,6 @@ def _message(exc: BaseException) -> str:
     return text
 
 
-def _existing_kind(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> str | None:
-    row = con.execute(
-        "SELECT 'table' FROM duckdb_tables() WHERE database_name = current_database() "
-        "AND schema_name = ? AND table_name = ? UNION ALL SELECT 'view' FROM duckdb_views() "
-        "WHERE database_name = current_database() AND schema_name = ? AND view_name = ?",
-        [schema, name, schema, name],
-    ).fetchone()
-    return row[0] if row else None
-
-
 def _data_high_water(con: duckdb.DuckDBPyConnection) -> datetime | None:
     """The newest write the sync made to any raw table (a row stored, or marked removed)."""
     union = " UNION ALL ".join(
@@ -440,6 +430,17 @@ class ModelBuild:
             ],
         )
         self._drop_orphans()
+        # Tables and views in place before this build (one catalog read, not one per model).
+        self.existing = {
+            f"{schema}.{name}": kind
+            for schema, name, kind in con.execute(
+                "SELECT schema_name, table_name, 'table' FROM duckdb_tables() "
+                "WHERE database_name = current_database() AND schema_name IN ? "
+                "UNION ALL SELECT schema_name, view_name, 'view' FROM duckdb_views() "
+                "WHERE database_name = current_database() AND schema_name IN ? AND NOT internal",
+                [list(MODEL_SCHEMAS), list(MODEL_SCHEMAS)],
+            ).fetchall()
+        }
 
     def _set_changes(self, since: datetime | None, previous: datetime | None) -> None:
         self.con.execute("SET VARIABLE changes_since = ?::TIMESTAMPTZ", [since])
@@ -485,7 +486,7 @@ class ModelBuild:
 
     def _materialise(self, model: Model) -> int | None:
         con, rel = self.con, f'"{model.schema}"."{model.name}"'
-        existing = _existing_kind(con, model.schema, model.name)
+        existing = self.existing.get(model.relation)
         if model.materialized == "view":
             if existing == "table":
                 con.execute(f"DROP TABLE {rel}")
@@ -540,11 +541,13 @@ class ModelBuild:
     def _check_shape(self, model: Model, rel: str) -> None:
         """What the rest of the system relies on: key columns exist; a segment has one row per
         patient_id."""
+        needed = list(model.key) + (["patient_id"] if model.schema == "segments" else [])
+        if not needed:
+            return
         columns = {
             r[0]
             for r in self.con.execute(f"SELECT name FROM pragma_table_info('{rel}')").fetchall()
         }
-        needed = list(model.key) + (["patient_id"] if model.schema == "segments" else [])
         for column in needed:
             if column not in columns:
                 raise duckdb.BinderException(
