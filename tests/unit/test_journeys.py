@@ -377,3 +377,48 @@ def test_a_wait_of_whole_days_keeps_the_local_time_across_a_dst_change():
     assert wait_until(saturday_nine, timedelta(hours=18), zone) == datetime(
         2026, 4, 4, 16, 0, tzinfo=UTC
     )  # elapsed hours: 02:00 AEST on Sunday
+
+
+# --- the other entries ---------------------------------------------------------------------------
+
+
+def test_joining_the_email_list_after_go_live_enrols_and_the_people_already_on_it_do_not():
+    welcome = {"name": "newsletter-welcome", "entry": {"joins_list": "email"},
+               "steps": [{"send": "email", "template": "new-patient-welcome"}]}  # fmt: skip
+    clinic = Clinic(journeys=[welcome])
+    clinic.patient(1)
+    clinic.tick()  # patient 1 is on the list from the first build: initial, not an entry
+    clinic.patient(2)  # a new patient with an email: joins the list at the next build
+    clinic.tick(minutes=5)
+    assert [(p, s) for p, s, *_ in clinic.enrolments("newsletter-welcome")] == [(2, "completed")]
+    assert [p for *_, p in clinic.all_messages()] == [2]
+
+
+def test_leaving_a_segment_can_be_the_entry():
+    missed = {"name": "we-miss-you", "entry": {"exits_segment": "upcoming_appointment"},
+              "steps": [{"send": "email", "template": "recall-checkin"}]}  # fmt: skip
+    clinic = Clinic(journeys=[missed])
+    for p in (1, 2):
+        clinic.patient(p)
+        clinic.visit(p, days_ago=30)
+    booked = clinic.book(1, days_ahead=3)
+    clinic.book(2, days_ahead=3)
+    clinic.tick()
+    clinic.cancel(booked)  # patient 1 cancels: leaves "upcoming appointment"
+    clinic.tick(minutes=5)
+    assert [p for *_, p in clinic.all_messages()] == [1]
+
+
+def test_a_queued_step_is_skipped_if_the_patient_is_off_the_list_when_it_would_go(tmp_path):
+    stay = {**NEW_PATIENT, "exit": {"leaves_segment": False, "unsubscribes": False}}
+    clinic = Clinic(journeys=[stay])
+    clinic.tick()
+    clinic.patient(1)
+    clinic.visit(1, days_ago=0.1)
+    clinic.tick(minutes=5)  # the welcome email is queued
+    clinic.patient(1, email="not an email")  # the address on file became unusable
+    clinic.advance(minutes=1)
+    clinic.build()
+    clinic.send(tmp_path)
+    (skipped,) = clinic.messages(status="skipped")
+    assert skipped.status_reason == "not on the email marketing list"
