@@ -19,9 +19,9 @@ Each tick, per journey, in one transaction:
    ``journey:<name>:<patient>:e<enrolment>:s<step>``; the step's record and the enrolment's
    progress commit with it, so a crash or a rerun never repeats a step or skips one.
 
-Messages leave through dispatch: :func:`prepare_marketing` is its re-check for journey and campaign
-rows (enrolment still running? still on the list?), and the marketing gate holds them to the
-frequency cap and quiet hours. Results are counts; nothing here logs personal data.
+Messages leave through dispatch: :class:`MarketingPreparer` is its re-check for journey and
+campaign rows (enrolment still running? still on the list?), and the marketing gate holds them to
+the frequency cap and quiet hours. Results are counts; nothing here logs personal data.
 """
 
 from __future__ import annotations
@@ -56,10 +56,6 @@ def _where(cfg: ClinicConfig, journey: Journey) -> str:
 
 def send_key(journey: str, patient_id: int, enrolment_id: int, step: int) -> str:
     return make_send_key("journey", journey, patient_id, f"e{enrolment_id}:s{step}")
-
-
-def _enrolment_of(row: LedgerRow) -> int:
-    return int(row.send_key.rsplit(":", 2)[1].removeprefix("e"))
 
 
 # --- go-live and removal -----------------------------------------------------------------------
