@@ -162,10 +162,6 @@ class JourneyEntry(_Section):
             raise ValueError(f"give exactly one of {', '.join(ENTRY_KINDS)} (got {len(kinds)})")
         return self
 
-    @property
-    def kind(self) -> str:
-        return next(k for k in ENTRY_KINDS if getattr(self, k) is not None)
-
 
 ENTRY_KINDS = ("joins_list", "enters_segment", "exits_segment", "date_field")
 
