@@ -976,7 +976,9 @@ class _Changes:
         def existing(class_id: int) -> dict | None:
             return groups.record(class_id) if class_id in groups.rows else None
 
-        _, group = find_class(c, rng, business, around, existing, t)
+        class_id, group = find_class(c, rng, business, around, existing, t)
+        if class_id not in groups.rows:  # a class put on the calendar just now
+            group["created_at"] = fmt_ts(t)
         group["updated_at"] = fmt_ts(t)
         att = join_class(c, rng, p, group, t)
         self._put("group_appointments", group)

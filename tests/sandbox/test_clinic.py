@@ -225,9 +225,14 @@ def test_advance_makes_every_kind_of_change_inside_the_interval(make_clinic):
     done = clinic.advance(timedelta(hours=6))
     assert clinic.now == old + timedelta(hours=6)
     assert all(n > 0 for n in done.values()), done
+    interval = (old.timestamp(), clinic.now.timestamp())
     for resource in RESOURCES:
-        for record in changed_rows(before[resource], clinic.snapshot(resource, BASE)).values():
-            assert old.timestamp() < ts(record["updated_at"]) <= clinic.now.timestamp()
+        for row_id, record in changed_rows(
+            before[resource], clinic.snapshot(resource, BASE)
+        ).items():
+            assert interval[0] < ts(record["updated_at"]) <= interval[1]
+            if row_id not in before[resource]:  # new rows were created in the interval too
+                assert interval[0] < ts(record["created_at"]) <= interval[1]
 
 
 def test_a_minute_of_a_500_patient_clinic_usually_books_someone(make_clinic):
