@@ -117,19 +117,18 @@ def clinic_yaml(folder: Path, name: str, account: str, extra: str = "") -> Path:
 @pytest.fixture(scope="session")
 def clinics(prefect_server, client, sandboxes):
     """Test clinics, each with a ClinikoAccount block saved on the server:
-    alpha and beta (good keys), broken (a key Cliniko refuses), stale (Cliniko unreachable)."""
+    alpha and beta (good keys), broken (a key Cliniko refuses), stale (its sync fails too, and
+    its last good data is an hour old: see make_stale)."""
     from pydantic import SecretStr
 
     from blocks.cliniko import ClinikoAccount
-    from relay.serve import free_port
 
     folder = Path(prefect_server["RELAY_CLINICS_DIR"])
-    unreachable = f"http://127.0.0.1:{free_port()}/v1"
     accounts = {
         "alpha": (sandboxes["a"].clinic.api_key, sandboxes["a"].base_url),
         "beta": (sandboxes["b"].clinic.api_key, sandboxes["b"].base_url),
         "broken": ("sbx" + "0" * 32 + "-au1", sandboxes["b"].base_url),
-        "stale": (sandboxes["a"].clinic.api_key, unreachable),
+        "stale": ("sbx" + "1" * 32 + "-au1", sandboxes["a"].base_url),
     }
     paths = {}
     for name, (key, url) in accounts.items():

@@ -110,66 +110,6 @@ def test_prefect_yaml_deploys_the_tick_every_five_minutes_one_at_a_time(deployed
     assert [s["active"] for s in sync["schedules"]] == [False]
 
 
-def test_a_tick_runs_every_step_as_a_subflow_and_publishes_one_summary(client, worker, clinics):
-    run_id = run_deployment(client, "clinic-tick/alpha-tick")
-    (run,) = wait_for(client, [run_id], worker_log=worker)
-
-    assert run.state.name == "Completed", run.state.message
-    steps = subflows(client, run_id)
-    assert set(steps) == {
-        "cliniko-sync", "build-models", "plan-messages", "journeys", "dispatch-messages", "feedback"
-    }  # fmt: skip
-    assert set(steps.values()) == {"Completed"}, steps
-    summary = artifact(client, run_id)
-    with open_db(clinics["alpha"].parent / "clinic.duckdb", read_only=True) as con:
-        patients = con.execute("SELECT count(*) FROM raw.patients").fetchone()[0]
-        # The welcome trigger went live with this tick: no welcome for bookings made before it.
-        assert con.execute("SELECT count(*) FROM state.messages").fetchone()[0] == 0
-    assert "| sync | ✅ completed |" in summary and f"patients {patients}" in summary
-    assert "**Models:** succeeded" in summary and "| email_marketing_list |" in summary
-
-
-def book_now(clinic, n: int) -> list[int]:
-    """n appointments booked in the sandbox Cliniko now, as a receptionist would (through the
-    sandbox's own change engine); returns their ids."""
-    from sandbox.cliniko.clinic import _Changes
-
-    table = clinic.tables["individual_appointments"]
-    with clinic.lock:
-        before = set(table.rows)
-        changes, now = _Changes(clinic), int(time.time())
-        for _ in range(n):
-            changes.bookings(now)
-        return sorted(set(table.rows) - before)
-
-
-def test_two_ticks_requested_together_run_one_after_the_other_and_send_each_welcome_once(
-    client, worker, clinics, sandboxes, prefect_server
-):
-    booked = book_now(sandboxes["a"].clinic, 6)
-    first = run_deployment(client, "clinic-tick/alpha-tick")
-    second = run_deployment(client, "clinic-tick/alpha-tick")
-    runs = wait_for(client, [first, second], worker_log=worker)
-
-    assert [r.state.name for r in runs] == ["Completed", "Completed"]
-    a, b = sorted(runs, key=lambda r: r.start_time)
-    assert a.end_time <= b.start_time, "two ticks of one clinic ran at the same time"
-    assert "AwaitingConcurrencySlot" in states(client, b.id)
-
-    with open_db(clinics["alpha"].parent / "clinic.duckdb", read_only=True) as con:
-        rows = con.execute(
-            "SELECT appointment_id, status, send_key FROM state.messages WHERE source_name = 'welcome'"
-        ).fetchall()
-    assert sorted(r[0] for r in rows) == booked  # one welcome per new booking, nothing else
-    sent = {key for _, status, key in rows if status == "sent"}
-    assert sent and {status for _, status, _ in rows} <= {"sent", "skipped"}  # skipped: no email
-    outbox = Path(prefect_server["RELAY_DATA_DIR"]) / "outbox" / "alpha"
-    written = [json.loads(p.read_text())["send_key"] for p in outbox.glob("*.json")]
-    assert sorted(written) == sorted(sent)  # each once
-    assert f"| sent | - | {len(sent)} |" in artifact(client, a.id)
-    assert "| none this tick | | 0 |" in artifact(client, b.id)
-
-
 class Webhook:
     """A notification endpoint on 127.0.0.1 that remembers what it was sent."""
 
@@ -215,32 +155,10 @@ def webhook(deployed):
         yield hook
 
 
-def test_a_clinic_with_a_broken_key_fails_alone_and_an_alert_goes_out(client, worker, webhook):
-    good = run_deployment(client, "clinic-tick/beta-tick")
-    broken = run_deployment(client, "clinic-tick/broken-tick")
-    good_run, broken_run = wait_for(client, [good, broken], worker_log=worker)
-
-    assert good_run.state.name == "Completed", good_run.state.message
-    assert broken_run.state.name == "Failed"
-    assert "sync failed" in broken_run.state.message
-    assert subflows(client, broken)["cliniko-sync"] == "Failed"
-    # Separate processes, neither waiting for the other.
-    assert good_run.infrastructure_pid != broken_run.infrastructure_pid
-    assert "AwaitingConcurrencySlot" not in states(client, good) + states(client, broken)
-    assert "| sync | ✅ completed |" in artifact(client, good)
-    assert "| sync | ❌ failed |" in artifact(client, broken)
-
-    alerts = webhook.wait(lambda m: broken_run.name in m.get("subject", ""))
-    assert alerts and "Failed" in alerts[0]["subject"]
-    assert "sync failed" in alerts[0]["body"]
-
-
-def test_the_circuit_breaker_holds_planning_and_sending_when_the_sync_is_stale(
-    client, worker, clinics, webhook, prefect_server
-):
+def make_stale(db: Path) -> None:
+    """A clinic last synced an hour ago, with a reminder due: what a Cliniko outage leaves."""
     from tasks import ledger
 
-    db = clinics["stale"].parent / "clinic.duckdb"
     an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
     with open_db(db) as con:
         con.execute(
@@ -260,8 +178,104 @@ def test_the_circuit_breaker_holds_planning_and_sending_when_the_sync_is_stale(
             an_hour_ago,
         )  # fmt: skip
 
-    run_id = run_deployment(client, "clinic-tick/stale-tick")
-    (run,) = wait_for(client, [run_id], worker_log=worker)
+
+@pytest.fixture(scope="module")
+def first_ticks(client, worker, webhook, clinics):
+    """One tick of every test clinic, all requested at once (alerts already set up): clinic
+    name -> its finished run. Different clinics' ticks run side by side, each in its process."""
+    make_stale(clinics["stale"].parent / "clinic.duckdb")
+    ids = {name: run_deployment(client, f"clinic-tick/{name}-tick") for name in clinics}
+    runs = wait_for(client, list(ids.values()), timeout=240, worker_log=worker)
+    return dict(zip(ids, runs, strict=True))
+
+
+def test_a_tick_runs_every_step_as_a_subflow_and_publishes_one_summary(
+    client, first_ticks, clinics
+):
+    run = first_ticks["alpha"]
+    run_id = run.id
+
+    assert run.state.name == "Completed", run.state.message
+    steps = subflows(client, run_id)
+    assert set(steps) == {
+        "cliniko-sync", "build-models", "plan-messages", "journeys", "dispatch-messages", "feedback"
+    }  # fmt: skip
+    assert set(steps.values()) == {"Completed"}, steps
+    summary = artifact(client, run_id)
+    with open_db(clinics["alpha"].parent / "clinic.duckdb", read_only=True) as con:
+        patients = con.execute("SELECT count(*) FROM raw.patients").fetchone()[0]
+        # The welcome trigger went live with this tick: no welcome for bookings made before it.
+        assert con.execute("SELECT count(*) FROM state.messages").fetchone()[0] == 0
+    assert "| sync | ✅ completed |" in summary and f"patients {patients}" in summary
+    assert "**Models:** succeeded" in summary and "| email_marketing_list |" in summary
+
+
+def book_now(clinic, n: int) -> list[int]:
+    """n appointments booked in the sandbox Cliniko now, as a receptionist would (through the
+    sandbox's own change engine); returns their ids."""
+    from sandbox.cliniko.clinic import _Changes
+
+    table = clinic.tables["individual_appointments"]
+    with clinic.lock:
+        before = set(table.rows)
+        changes, now = _Changes(clinic), int(time.time())
+        for _ in range(n):
+            changes.bookings(now)
+        return sorted(set(table.rows) - before)
+
+
+def test_two_ticks_requested_together_run_one_after_the_other_and_send_each_welcome_once(
+    client, worker, first_ticks, clinics, sandboxes, prefect_server
+):
+    booked = book_now(sandboxes["a"].clinic, 6)
+    first = run_deployment(client, "clinic-tick/alpha-tick")
+    second = run_deployment(client, "clinic-tick/alpha-tick")
+    runs = wait_for(client, [first, second], worker_log=worker)
+
+    assert [r.state.name for r in runs] == ["Completed", "Completed"]
+    a, b = sorted(runs, key=lambda r: r.start_time)
+    assert a.end_time <= b.start_time, "two ticks of one clinic ran at the same time"
+    assert "AwaitingConcurrencySlot" in states(client, b.id)
+
+    with open_db(clinics["alpha"].parent / "clinic.duckdb", read_only=True) as con:
+        rows = con.execute(
+            "SELECT appointment_id, status, send_key FROM state.messages WHERE source_name = 'welcome'"
+        ).fetchall()
+    assert sorted(r[0] for r in rows) == booked  # one welcome per new booking, nothing else
+    sent = {key for _, status, key in rows if status == "sent"}
+    assert sent and {status for _, status, _ in rows} <= {"sent", "skipped"}  # skipped: no email
+    outbox = Path(prefect_server["RELAY_DATA_DIR"]) / "outbox" / "alpha"
+    written = [json.loads(p.read_text())["send_key"] for p in outbox.glob("*.json")]
+    assert sorted(written) == sorted(sent)  # each once
+    assert f"| sent | - | {len(sent)} |" in artifact(client, a.id)
+    assert "| none this tick | | 0 |" in artifact(client, b.id)
+
+
+def test_a_clinic_with_a_broken_key_fails_alone_and_an_alert_goes_out(client, first_ticks, webhook):
+    good_run, broken_run = first_ticks["beta"], first_ticks["broken"]
+    good, broken = good_run.id, broken_run.id
+
+    assert good_run.state.name == "Completed", good_run.state.message
+    assert broken_run.state.name == "Failed"
+    assert "sync failed" in broken_run.state.message
+    assert subflows(client, broken)["cliniko-sync"] == "Failed"
+    # Separate processes, neither waiting for the other.
+    assert good_run.infrastructure_pid != broken_run.infrastructure_pid
+    assert "AwaitingConcurrencySlot" not in states(client, good) + states(client, broken)
+    assert "| sync | ✅ completed |" in artifact(client, good)
+    assert "| sync | ❌ failed |" in artifact(client, broken)
+
+    alerts = webhook.wait(lambda m: broken_run.name in m.get("subject", ""))
+    assert alerts and "Failed" in alerts[0]["subject"]
+    assert "sync failed" in alerts[0]["body"]
+
+
+def test_the_circuit_breaker_holds_planning_and_sending_when_the_sync_is_stale(
+    client, first_ticks, clinics, webhook, prefect_server
+):
+    db = clinics["stale"].parent / "clinic.duckdb"
+    run = first_ticks["stale"]
+    run_id = run.id
 
     assert run.state.name == "Failed"
     summary = artifact(client, run_id)
