@@ -125,6 +125,7 @@ def cliniko_sync(clinic: str = "demo", reconcile: bool = False) -> dict[str, dic
     config = load_clinic(clinic)
     account = cliniko_account(config)
     with account.get_client() as client, open_db(config.database_path) as con:
+        extract.bound_memory(con)
         full = reconcile or extract.reconcile_due(
             con, config.sync.reconcile_every_hours, datetime.now(UTC)
         )
