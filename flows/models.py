@@ -41,14 +41,12 @@ def build_models(clinic: str = "demo", full_refresh: bool = False) -> dict:
     config = load_clinic(clinic)
     logger = get_run_logger()
     with open_db(config.database_path) as con:
-        project = models.discover(con)
-        run = models.ModelBuild(
-            con, project, models.ListSettings.from_config(config), full_refresh=full_refresh
+        run = models.ModelBuild.prepare(
+            con, models.ListSettings.from_config(config), full_refresh=full_refresh
         )
-        run.start()
         try:
             states = {}
-            for model in project.models:
+            for model in run.project.models:
                 upstream = [states[d] for d in model.depends_on if d in states]
                 states[model.relation] = build_model.with_options(task_run_name=model.relation)(
                     run, model.relation, wait_for=upstream, return_state=True

@@ -608,12 +608,40 @@ class ModelBuild:
         self.con.execute("COMMIT")
         return self.result
 
+    @classmethod
+    def prepare(
+        cls,
+        con: duckdb.DuckDBPyConnection,
+        settings: ListSettings,
+        *,
+        sql_dir: Path = SQL_DIR,
+        now: datetime | None = None,
+        full_refresh: bool = False,
+    ) -> ModelBuild:
+        """Read the project and start a build. Files the runner cannot use (unknown table, cycle,
+        two statements...) fail the build before it touches anything, and that is recorded too:
+        planning waits for a good build either way."""
+        try:
+            project = discover(con, sql_dir)
+        except ModelError as exc:
+            named = re.search(r"sql/\S+?\.sql", str(exc))
+            cls(con, Project((), ()), settings, now=now)._record_failure(
+                named.group(0) if named else None, str(exc)
+            )
+            raise
+        run = cls(con, project, settings, now=now, full_refresh=full_refresh)
+        run.start()
+        return run
+
     def abort(self, failure: BuildFailed) -> None:
         """Roll back everything this build did, then record (on its own) that it failed."""
         self.con.execute("ROLLBACK")
+        self._record_failure(failure.file, failure.detail)
+
+    def _record_failure(self, file: str | None, message: str) -> None:
         self.con.execute(
             "INSERT INTO state.model_builds VALUES (?, ?, now(), 'failed', ?, NULL, ?, ?, NULL)",
-            [self.build_id, self.started_at, self.result.built_at, failure.file, failure.detail],
+            [self.build_id, self.started_at, self.result.built_at, file, message],
         )
 
 
@@ -635,13 +663,11 @@ def build(
     """Build every model, test it and record membership, all or nothing.
 
     Raises ModelError when the files cannot be used (nothing is touched) and BuildFailed when a
-    model or test fails (rolled back and recorded in state.model_builds).
+    model or test fails (rolled back); both are recorded in state.model_builds.
     """
-    project = discover(con, sql_dir)
-    run = ModelBuild(con, project, settings, now=now, full_refresh=full_refresh)
-    run.start()
+    run = ModelBuild.prepare(con, settings, sql_dir=sql_dir, now=now, full_refresh=full_refresh)
     try:
-        for model in project.models:
+        for model in run.project.models:
             run.run_model(model)
         run.run_tests()
         return run.finish()

@@ -146,13 +146,17 @@ def test_a_cycle_is_reported_with_the_files_that_form_it(con, tmp_path):
 
 
 def test_a_reference_to_an_unknown_table_names_the_file_and_the_table(con, tmp_path):
-    sql_dir = write(tmp_path, {**GOOD, "segments/typo.sql": "select patient_id from marts.peple"})
+    sql_dir = write(tmp_path, GOOD)
+    build(con, sql_dir)
+    write(tmp_path, {"segments/typo.sql": "select patient_id from marts.peple"})
     with pytest.raises(
         models.ModelError,
         match=r"sql/segments/typo.sql: reads marts.peple, which does not exist \(there is no file sql/marts/peple.sql\)",
     ):
         build(con, sql_dir)
-    assert models.latest_build(con) is None  # nothing was started
+    latest = models.latest_build(con)  # recorded as a failed build: planning waits
+    assert (latest["status"], latest["failed_file"]) == ("failed", "sql/segments/typo.sql")
+    assert count(con, "segments.everyone") == 2  # nothing was touched
 
 
 def test_a_table_without_its_schema_is_refused(con, tmp_path):
