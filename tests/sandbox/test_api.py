@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -265,6 +266,45 @@ def test_merged_and_hard_deleted_records_as_a_sync_sees_them(make_clinic):
         gone = clinic.hard_deleted("individual_appointments")
         assert gone and not gone & {int(a["id"]) for a in appointments}
         assert client.get(f"individual_appointments/{min(gone)}").status_code == 404
+
+
+def test_the_clinic_can_change_while_it_is_being_served(make_clinic):
+    """advance() in one thread while the server pages the change feed in its own."""
+    clinic = make_clinic(seed=14, patients=150)
+    stop, changes = threading.Event(), []
+
+    def keep_changing() -> None:
+        while not stop.wait(0.01):
+            changes.append(clinic.advance(timedelta(minutes=2)))
+
+    with SandboxServer(clinic, rate_limit=None) as running:
+        client = httpx.Client(
+            base_url=running.base_url + "/", auth=(clinic.api_key, ""), headers=UA
+        )
+        changer = threading.Thread(target=keep_changing)
+        changer.start()
+        try:
+            for _ in range(2):
+                rows = page_all_tolerant(client, "individual_appointments")
+                assert rows
+        finally:
+            stop.set()
+            changer.join()
+    assert changes
+    assert set(running.stats.by_status) == {200}
+
+
+def page_all_tolerant(client: httpx.Client, resource: str) -> list[dict]:
+    """Page the change feed while rows move (no total_entries check: it changes under us)."""
+    params = [("per_page", 100), *FEED, *EVERYTHING[resource]]
+    rows, response = [], client.get(resource, params=params)
+    while True:
+        assert response.status_code == 200
+        body = response.json()
+        rows += body[resource]
+        if "next" not in body["links"]:
+            return rows
+        response = client.get(body["links"]["next"])
 
 
 # ---- rate limit and faults -------------------------------------------------------------------
