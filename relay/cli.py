@@ -622,14 +622,26 @@ def models_build_command(
         result = models.build(
             con, models.ListSettings.from_config(config), full_refresh=full_refresh
         )
+        statuses = con.execute(
+            "SELECT status, count(*) FROM marts.email_marketing_list GROUP BY ALL ORDER BY 2 DESC"
+        ).fetchall()
+        by_limit = con.execute(
+            "SELECT active_patient_limit, list_size, is_current_setting "
+            "FROM marts.list_size_by_limit"
+        ).fetchall()
     typer.echo(
         f"Built {len(result.rows)} models for {clinic} ({result.build_id}); "
         f"{result.tests_passed} data tests passed."
     )
+    typer.echo("Email marketing list: " + ", ".join(f"{s} {n}" for s, n in statuses))
+    typer.echo(
+        "  size under each active-patient limit (months): "
+        + ", ".join(f"{limit}{'*' if current else ''} {size}" for limit, size, current in by_limit)
+        + "   (* = clinic.yaml)"
+    )
+    typer.echo("Audience sizes, joined and left since the last build:")
     for audience, counts in result.audiences.items():
-        typer.echo(
-            f"  {audience:<45} {counts['size']:>8}  +{counts['joined']} -{counts['left']}"
-        )
+        typer.echo(f"  {audience:<45} {counts['size']:>8}  +{counts['joined']} -{counts['left']}")
 
 
 @models_app.command("test")
