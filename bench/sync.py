@@ -143,6 +143,8 @@ def main() -> None:
     window = float(os.environ.get("BENCH_SYNC_WINDOW_SECONDS", "10"))
     paths = sum(len(r.paths) for r in RESOURCES)
 
+    print(f"  machine load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+          "(throughput and pacing figures suffer when other work shares them)")  # fmt: skip
     sandbox = Sandbox(patients)
     print(
         f"  sandbox: {patients} patients generated in {sandbox.generate_seconds:.0f}s", flush=True
@@ -187,6 +189,7 @@ def main() -> None:
         print(f"  (the overlap window holds {in_window} rows on {paths} paths: at least {floor} "
               "requests to re-read them)")  # fmt: skip
     sandbox.close()
+    print(f"  machine load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
