@@ -202,7 +202,7 @@ class ResourceWriter:
         self._previous_page: dict[int, str] = {}
         self._pending: dict[int, Row] = {}
         self._new: set[int] = set()
-        self._quarantined: list[tuple[str, str, str]] = []
+        self._quarantined: dict[str, tuple[str, str]] = {}  # key -> (reason, payload)
         self._cleared: set[str] = set()
         self._marks: dict[str, datetime] = {}
         self._since_commit = time.monotonic()
@@ -247,8 +247,12 @@ class ResourceWriter:
                     self._pending[row[0]] = row
                     result.updated += 1
         self._previous_page = {r[0]: r[2] for r in batch.rows}
-        self._quarantined += batch.quarantined
-        self._cleared |= {str(r[0]) for r in batch.rows} & self.quarantine
+        for key, reason, payload in batch.quarantined:
+            self._quarantined[key] = (reason, payload)
+            self._cleared.discard(key)
+        for key in {str(r[0]) for r in batch.rows} & (self.quarantine | self._quarantined.keys()):
+            self._quarantined.pop(key, None)  # a good copy clears an earlier quarantine
+            self._cleared.add(key)
         if batch.max_updated_at is not None:
             mark = self._marks.get(path)
             self._marks[path] = (
@@ -283,20 +287,22 @@ class ResourceWriter:
                     "INSERT INTO state.quarantine VALUES (?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (resource, record_key) DO UPDATE SET reason = excluded.reason, "
                     "payload = excluded.payload, last_seen = excluded.last_seen",
-                    [(self.resource.name, k, why, p, now, now) for k, why, p in self._quarantined],
+                    [
+                        (self.resource.name, key, reason, payload, now, now)
+                        for key, (reason, payload) in self._quarantined.items()
+                    ],
                 )
-            cleared = self._cleared - {k for k, _, _ in self._quarantined}
-            if cleared:  # a good copy clears an earlier quarantine of the same record
+            if self._cleared:
                 self.con.execute(
                     "DELETE FROM state.quarantine WHERE resource = $resource "
                     "AND record_key IN (SELECT unnest($keys))",
-                    {"resource": self.resource.name, "keys": sorted(cleared)},
+                    {"resource": self.resource.name, "keys": sorted(self._cleared)},
                 )
             for path, mark in self._marks.items():
                 _advance_watermark(self.con, self.resource.name, path, mark, now)
         self.held.update((i, _micros(r[1])) for i, r in self._pending.items())
-        self.quarantine = (self.quarantine - cleared) | {k for k, _, _ in self._quarantined}
-        self._pending, self._new, self._quarantined = {}, set(), []
+        self.quarantine = (self.quarantine - self._cleared) | self._quarantined.keys()
+        self._pending, self._new, self._quarantined = {}, set(), {}
         self._cleared, self._marks = set(), {}
         self._since_commit = time.monotonic()
 

@@ -155,6 +155,27 @@ def test_a_good_copy_clears_the_quarantine(con):
     assert con.execute("SELECT count(*) FROM state.quarantine").fetchone() == (0,)
 
 
+def test_within_one_commit_the_latest_copy_of_a_record_decides_its_quarantine(con):
+    writer = extract.ResourceWriter(con, PATIENTS)
+    writer.add("/patients", extract.parse_records(PATIENTS, [patient("9", "garbled")]), NOW)
+    writer.add("/patients", extract.parse_records(PATIENTS, [patient("9")]), NOW)
+    writer.add("/patients", extract.parse_records(PATIENTS, [patient("8")]), NOW)
+    writer.add("/patients", extract.parse_records(PATIENTS, [patient("8", "garbled")]), NOW)
+    writer.commit(NOW)
+    assert con.execute("SELECT record_key FROM state.quarantine").fetchall() == [("8",)]
+    assert [r[0] for r in rows(con)] == [8, 9]
+
+
+def test_pages_are_invisible_until_committed_and_then_arrive_with_their_watermark(con):
+    writer = extract.ResourceWriter(con, PATIENTS)
+    writer.FLUSH_SECONDS = float("inf")  # however slow this machine is today
+    writer.add("/patients", extract.parse_records(PATIENTS, [patient("1")]), NOW)
+    assert rows(con) == [] and extract.watermark(con, "patients", "/patients") is None
+    writer.commit(NOW)
+    assert len(rows(con)) == 1
+    assert extract.watermark(con, "patients", "/patients") == datetime(2026, 3, 1, 10, tzinfo=UTC)
+
+
 def test_reconciliation_marks_rows_cliniko_stopped_returning_and_never_deletes(con):
     batch = extract.parse_records(PATIENTS, [patient("1"), patient("2"), patient("3")])
     write(con, batch)
