@@ -64,7 +64,7 @@ APPOINTMENT_REFERENCES: dict[str, tuple[str | None, str]] = {
 # Cliniko's reminder_type -> the channels a patient accepts reminders on (NULL: Cliniko's default).
 REMINDER_CHANNELS = {"email": ["SMS & Email", "Email"], "sms": ["SMS & Email", "SMS"]}
 
-Scope = Literal["window", "planned"]
+Scope = Literal["window", "planned", "tick"]
 
 
 # --- the candidate query, built from fixed fragments ---------------------------------------------
@@ -175,7 +175,8 @@ def candidate_sql(
     """SQL listing the trigger's messages (one row per send key) and the parameters it binds.
 
     scope 'window': send moments in [went_live, until], still within grace at ``now``;
-    scope 'planned': exactly the occasions of the trigger's planned ledger rows (for re-checks).
+    scope 'planned': exactly the occasions of the trigger's planned ledger rows (for re-checks);
+    scope 'tick': both at once, flagged by ``in_window`` (the tick's one query per trigger).
     ``staged``: read the tick's slices made by :func:`stage` instead of the whole mart.
     Columns: send_key, patient_id, appointment_id, due_at, expires_at, audience_problem,
     due_problem, and what templates and previews show.
@@ -199,7 +200,7 @@ def candidate_sql(
         )
         # A necessary condition on plain columns, so the scan of two million appointments skips
         # most of them before anything is computed; the exact window is applied below.
-        if scope == "planned":
+        if scope == "planned" or staged:  # the staged slice holds only such rows already
             hint = "true"
         elif trigger.direction == "before":
             hint = "a.starts_at > $now AND a.starts_at <= $hint_hi"
@@ -219,6 +220,11 @@ def candidate_sql(
             else "true"
         )
         hint = "true" if scope == "planned" else "a.created_at BETWEEN $hint_lo AND $hint_hi"
+        if scope == "tick":
+            scope_filter, hint = (
+                f"({hint} OR a.patient_id IN ({planned_ids.format(col='patient_id')}))",
+                "true",
+            )
         events = _PATIENT_EVENT.format(scope=scope_filter, hint=hint)
 
     # Time arithmetic in epoch microseconds: TIMESTAMPTZ +/- INTERVAL goes through ICU's calendar
@@ -235,19 +241,22 @@ def candidate_sql(
     else:
         due, timing_filter, expires = "moment_us + $offset_us", "true", "due_us + $grace_us"
 
-    window = (
-        "due_us >= $went_live_us AND due_us <= $until_us AND expires_us > $now_us"
-        if scope == "window"
-        else "true"
-    )
-    if scope == "window":
+    in_window = "due_us >= $went_live_us AND due_us <= $until_us AND expires_us > $now_us"
+    planned_column = "appointment_id" if trigger.is_appointment_event else "patient_id"
+    window = {
+        "window": in_window,
+        "planned": "true",
+        "tick": f"({in_window}) OR {planned_column} IN ({planned_ids.format(col=planned_column)})",
+    }[scope]
+    if scope != "planned":
         params.update(went_live=None, until=None)
 
     ctes = [
         f"events AS ({events})",
         f"timed AS (SELECT *, {due} AS due_us FROM events WHERE {timing_filter})",
         f"scoped AS (SELECT *, {expires} AS expires_us FROM timed WHERE due_us IS NOT NULL)",
-        f"windowed AS (SELECT * FROM scoped WHERE {window})",
+        f"windowed AS (SELECT *, {in_window if scope != 'planned' else 'false'} AS in_window "
+        f"FROM scoped WHERE {window})",
     ]
     joins, wheres = [], []
 
@@ -306,7 +315,7 @@ def candidate_sql(
                    WHEN 'group' THEN 'attendance:' || w.appointment_id
                    WHEN 'individual' THEN 'appointment:' || w.appointment_id
                    ELSE 'patient' END AS send_key,
-               w.patient_id, w.appointment_id, w.appointment_kind,
+               w.patient_id, w.appointment_id, w.appointment_kind, w.in_window,
                make_timestamp(w.due_us)::TIMESTAMPTZ AS due_at,
                make_timestamp(w.expires_us)::TIMESTAMPTZ AS expires_at,
                {audience} AS audience_problem,
@@ -546,10 +555,12 @@ def plan(
             if t.name in live
         }
         stage(con, config.triggers, windows)
+        candidates = {}
         for trigger in config.triggers:
             if trigger.name in live:
-                result.add(trigger.name, "planned", _plan_new(con, trigger, windows[trigger.name]))
-        _recheck(con, config, now, result, staged=True)
+                candidates[trigger.name], planned = _plan_new(con, trigger, windows[trigger.name])
+                result.add(trigger.name, "planned", planned)
+        _recheck(con, config, now, result, staged=True, candidates=candidates)
         unstage(con)
     return result
 
@@ -601,16 +612,27 @@ def stage(
     )
 
 
-def _plan_new(con: duckdb.DuckDBPyConnection, trigger: Trigger, window: dict[str, Any]) -> int:
-    sql, params = candidate_sql(trigger, "window", staged=True)
+def _plan_new(
+    con: duckdb.DuckDBPyConnection, trigger: Trigger, window: dict[str, Any]
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """Insert the trigger's new messages; returns every candidate (new and already planned, by
+    send key, for the re-check that follows) and how many rows were new."""
+    sql, params = candidate_sql(trigger, "tick", staged=True)
     bind_window(params, trigger, **window)
-    rows = run(
+    cur = run(
         con,
-        f"SELECT c.send_key, c.patient_id, c.appointment_id, c.due_at, c.expires_at FROM ({sql}) c "
-        "ANTI JOIN state.messages m ON m.send_key = c.send_key",
+        f"SELECT c.*, m.send_key IS NOT NULL AS in_ledger FROM ({sql}) c "
+        "LEFT JOIN state.messages m ON m.send_key = c.send_key",
         params,
-    ).fetchall()
-    return ledger.insert_planned(
+    )
+    names = [d[0] for d in cur.description]
+    candidates = {r[0]: dict(zip(names, r, strict=True)) for r in cur.fetchall()}
+    rows = [
+        (c["send_key"], c["patient_id"], c["appointment_id"], c["due_at"], c["expires_at"])
+        for c in candidates.values()
+        if c["in_window"] and not c["in_ledger"]
+    ]
+    return candidates, ledger.insert_planned(
         con,
         (
             PlannedMessage(
@@ -657,15 +679,18 @@ def decide(
     now: datetime,
     *,
     staged: bool = False,
+    candidates: dict[str, dict[str, Any]] | None = None,
 ) -> dict[int, tuple[LedgerRow, Decision]]:
-    """Re-check these planned messages of the trigger against the marts as they are now."""
+    """Re-check these planned messages of the trigger against the marts as they are now
+    (``candidates``: the tick's query already answered, by send key)."""
     if not planned:
         return {}
-    sql, params = candidate_sql(trigger, "planned", staged=staged)
-    params["now"] = now
-    cur = run(con, sql, params)
-    names = [d[0] for d in cur.description]
-    candidates = {r[0]: dict(zip(names, r, strict=True)) for r in cur.fetchall()}
+    if candidates is None:
+        sql, params = candidate_sql(trigger, "planned", staged=staged)
+        params["now"] = now
+        cur = run(con, sql, params)
+        names = [d[0] for d in cur.description]
+        candidates = {r[0]: dict(zip(names, r, strict=True)) for r in cur.fetchall()}
     missing = [r for r in planned if r.send_key not in candidates]
     why_gone = _why_gone(con, trigger, missing, now) if missing else {}
 
@@ -748,6 +773,7 @@ def _recheck(
     result: PlanResult,
     *,
     staged: bool = False,
+    candidates: dict[str, dict[str, dict[str, Any]]] | None = None,
 ) -> None:
     enabled = {t.name: t for t in config.triggers if t.enabled}
     configured = {t.name for t in config.triggers}
@@ -764,8 +790,9 @@ def _recheck(
 
     for trigger in enabled.values():
         by_reason: dict[tuple[str, str], list[int]] = {}
+        known = (candidates or {}).get(trigger.name)
         for message_id, (row, decision) in decide(
-            con, trigger, planned.get(trigger.name, []), now, staged=staged
+            con, trigger, planned.get(trigger.name, []), now, staged=staged, candidates=known
         ).items():
             if decision.action in ("cancel", "skip"):
                 by_reason.setdefault((decision.action, decision.reason), []).append(message_id)
