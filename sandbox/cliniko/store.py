@@ -123,7 +123,10 @@ class Row:
         return row
 
     def record(self) -> dict:
-        return orjson.loads(self.body)
+        """The row's true record: a row served malformed still has its real id and updated_at."""
+        rec = orjson.loads(self.body)
+        rec["id"], rec["updated_at"] = str(self.id), fmt_ts(self.updated_at)
+        return rec
 
 
 class Table:
