@@ -63,7 +63,8 @@ build_context as (
     select built_at, clinic_time_zone from state.build_context
 ),
 
--- Which patients to recompute. changes_since is NULL on a full build: everyone.
+-- Which patients to recompute: everyone on a full build (changes_since is NULL) or when a
+-- type, business or practitioner changed; otherwise those whose rows the sync changed.
 dimension_changed as (
     select 1 from appointment_types where loaded_at > getvariable('changes_since')
     union all
@@ -72,7 +73,18 @@ dimension_changed as (
     select 1 from practitioners where loaded_at > getvariable('changes_since')
 ),
 
+rebuild_everyone as (
+    select getvariable('changes_since') is null or exists (select 1 from dimension_changed)
+        as flag
+),
+
 changed_patients as (
+    select patient_id from individual_appointments
+    where (select flag from rebuild_everyone)
+    union
+    select patient_id from attendees
+    where (select flag from rebuild_everyone)
+    union
     select patient_id from individual_appointments
     where loaded_at > getvariable('changes_since')
     union
@@ -114,11 +126,6 @@ patients_in_scope as (
     where merged_into_patient_id in (select patient_id from survivors_in_scope)
 ),
 
-rebuild_everyone as (
-    select getvariable('changes_since') is null or exists (select 1 from dimension_changed)
-        as flag
-),
-
 individual_rows as (
     select
         appointment_id,
@@ -140,8 +147,7 @@ individual_rows as (
         patient_arrived as arrived,
         booked_online
     from individual_appointments
-    where (select flag from rebuild_everyone)
-        or patient_id in (select patient_id from patients_in_scope)
+    where patient_id in (select patient_id from patients_in_scope)
 ),
 
 -- Cliniko lists attendees of individual appointments too; only a class's attendees add rows.
@@ -171,8 +177,7 @@ group_rows as (
     from attendees
     inner join group_appointments
         on group_appointments.group_appointment_id = attendees.booking_id
-    where (select flag from rebuild_everyone)
-        or attendees.patient_id in (select patient_id from patients_in_scope)
+    where attendees.patient_id in (select patient_id from patients_in_scope)
 ),
 
 all_rows as (
