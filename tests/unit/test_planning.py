@@ -7,6 +7,8 @@ like Cliniko's), then the models are built at ``now`` and the planner runs at ``
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import shutil
 import tempfile
@@ -890,3 +892,66 @@ def test_render_writes_a_triggers_message_for_a_patient_to_a_file(clinic_on_disk
     assert out.exit_code == 0, out.output
     text = (tmp_path / "r" / "preview-reminder-24h-sms.txt").read_text()
     assert "Hi Robin, a reminder of your Standard Consultation with Sam Example" in text
+
+
+# --- all or nothing, and the marketing path through dispatch ------------------------------------------
+
+
+def test_a_tick_that_fails_halfway_leaves_nothing_behind(clinic, monkeypatch):
+    clinic.trigger("welcome", **WELCOME)
+    clinic.trigger("reminder", **REMINDER)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + 30 * HOUR, type_id=ADMIN_TAG, created=NOW)
+    clinic.build(NOW)
+    real_insert = ledger.insert_planned
+    calls = []
+
+    def insert_then_die(con, messages, now):
+        calls.append(real_insert(con, messages, now))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as good as a kill between two triggers
+        return calls[-1]
+
+    monkeypatch.setattr(ledger, "insert_planned", insert_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        planning.plan(clinic.con, clinic.config, NOW)
+    assert calls[0] == 1  # the welcome was inserted, then rolled back with everything else
+    counts = clinic.con.execute(
+        "SELECT (SELECT count(*) FROM state.messages), (SELECT count(*) FROM state.trigger_activations)"
+    ).fetchone()
+    assert counts == (0, 0)
+
+
+def test_a_recall_reaches_a_subscriber_with_an_unsubscribe_link_and_nobody_else(clinic, tmp_path):
+    from tasks.dispatch import Unsubscribe, dispatch
+    from tasks.providers.outbox import OutboxProvider
+    from tasks.templates import Templates
+
+    clinic.trigger("recall", **{**RECALL, "grace": "2 days"})
+    live(clinic, NOW - 90 * DAY)
+    clinic.patient(1)
+    clinic.patient(2)
+    for patient in (1, 2):
+        clinic.appointment(10 + patient, patient, NOW - 42 * DAY - HOUR, type_id=INITIAL,
+                           arrived=True)  # fmt: skip
+    ledger.add_suppression(clinic.con, channel="email", address="patient2@example.com",
+                           scope="marketing", reason="unsubscribed", source="unsubscribe_link",
+                           evidence="test", occurred_at=NOW - 50 * DAY)  # fmt: skip
+    clinic.plan(NOW)
+    outbox = OutboxProvider(tmp_path, email_from="clinic@example.com", sms_from="Clinic")
+    result = dispatch(
+        clinic.con,
+        providers={"email": outbox},
+        prepare=planning.Preparer(clinic.con, clinic.config, clock=lambda: NOW),
+        templates=Templates(),
+        unsubscribe=Unsubscribe("test", "https://relay.example/unsubscribe", key=b"k" * 32),
+        clock=lambda: NOW,
+    )
+    assert result.counts["sent"] == 1
+    statuses = {r.patient_id: (r.status, r.status_reason) for r in clinic.messages()}
+    assert statuses[1] == ("sent", None)
+    assert statuses[2][0] == "skipped"
+    (eml,) = tmp_path.glob("*.eml")
+    mail = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+    assert mail["To"] == "patient1@example.com"
+    assert mail["List-Unsubscribe"].startswith("<https://relay.example/unsubscribe/")
