@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import duckdb
@@ -135,7 +135,9 @@ def _event_entries(
     return [(int(p), occasion, at) for p, occasion, at in rows]
 
 
-def _date_column_checked(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig, journey: Journey):
+def _date_column_checked(
+    con: duckdb.DuckDBPyConnection, cfg: ClinicConfig, journey: Journey
+) -> str:
     field = journey.entry.date_field
     kind = con.execute(
         "SELECT data_type FROM information_schema.columns "
@@ -151,7 +153,7 @@ def _date_column_checked(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig, jour
 
 
 def anniversaries(
-    since: datetime, until: datetime, at, zone: ZoneInfo
+    since: datetime, until: datetime, at: time, zone: ZoneInfo
 ) -> list[tuple[int, int, int, datetime]]:
     """(year, month, day, moment) of each local calendar day whose ``at`` o'clock, in ``zone``,
     falls in (since, until]. Computed on the local calendar, so a birthday is the patient's
@@ -334,7 +336,9 @@ def _move(
     )
 
 
-def _end(con, ids: list[int], status: str, reason: str | None, now: datetime) -> None:
+def _end(
+    con: duckdb.DuckDBPyConnection, ids: list[int], status: str, reason: str | None, now: datetime
+) -> None:
     con.execute(
         "UPDATE state.journey_enrolments SET status = $status, exit_reason = $reason, "
         "finished_at = $now, updated_at = $now WHERE enrolment_id IN (SELECT unnest($ids::BIGINT[]))",
@@ -342,7 +346,14 @@ def _end(con, ids: list[int], status: str, reason: str | None, now: datetime) ->
     )
 
 
-def _send(con, journey: Journey, index: int, step: SendStep, due: list, now: datetime) -> Counter:
+def _send(
+    con: duckdb.DuckDBPyConnection,
+    journey: Journey,
+    index: int,
+    step: SendStep,
+    due: list[tuple[int, int]],
+    now: datetime,
+) -> Counter:
     counts: Counter = Counter()
     on_list = _members(con, LIST_AUDIENCE[step.send], [p for _, p in due])
     messages = [
@@ -432,7 +443,14 @@ def _advance(
     return counts
 
 
-def _condition(con, journey: Journey, index: int, step: ConditionStep, due, now) -> Counter:
+def _condition(
+    con: duckdb.DuckDBPyConnection,
+    journey: Journey,
+    index: int,
+    step: ConditionStep,
+    due: list[tuple[int, int]],
+    now: datetime,
+) -> Counter:
     segment = journey.entry.enters_segment if step.only_if == "still_in_segment" else step.segment
     members = _members(con, f"segments.{segment}", [p for _, p in due])
     want_in = step.only_if != "not_in_segment"
