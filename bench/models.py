@@ -25,7 +25,8 @@ PATIENTS = int(os.environ.get("BENCH_PATIENTS", 100_000))
 APPOINTMENTS = int(os.environ.get("BENCH_APPOINTMENTS", 2_000_000))
 CHANGED_PATIENTS, CHANGED_APPOINTMENTS, NEW_APPOINTMENTS = 150, 250, 100
 NOW = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
-MEMORY_LIMIT = "1GB"  # DuckDB's buffer manager; Python, UDFs and the process add the rest
+# DuckDB's buffer manager ("none": DuckDB's default, 80% of RAM); Python and the UDFs add the rest
+MEMORY_LIMIT = os.environ.get("BENCH_MEMORY_LIMIT", "1GB")
 
 API = "https://api.au1.cliniko.com/v1"
 
@@ -154,7 +155,8 @@ def build_phase(db: Path, change: bool) -> dict:
     from tasks.warehouse import open_db
 
     with open_db(db) as con:
-        con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+        if MEMORY_LIMIT != "none":
+            con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
         con.execute("SET enable_progress_bar = false")
         if change:
             later = NOW.replace(minute=5)
