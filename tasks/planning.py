@@ -18,8 +18,9 @@ Each tick, in one transaction (a crash leaves the ledger as the last tick left i
    deleted, type changed...) -> cancelled; audience gone (unsubscribed, suppressed, consent or
    reminder preference withdrawn, no address) -> skipped; past its grace window -> skipped;
    appointment moved -> the message moves with it (the occasion is the appointment, so a
-   reschedule keeps one row). Conditions about "now" (no future appointment, not rebooked) are
-   judged when the message is due.
+   reschedule keeps one row; once a reminder went, moving the appointment sends no second one).
+   Conditions about "now" (no future appointment, not rebooked) are judged when the message is
+   due, since they can change either way before then.
 
 Dispatch then calls :class:`Preparer` (``prepare``) just before sending: the same re-check, plus
 the template context. All SQL is fixed text from this module; every value from the configuration
