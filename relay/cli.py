@@ -515,7 +515,7 @@ def preview_trigger_command(
     typer.echo(f"  went live   {went_live.astimezone(zone):%Y-%m-%d %H:%M} {config.time_zone}")
     for typo in typos:
         typer.secho(f"  warning: {typo}", fg=typer.colors.YELLOW)
-    decisions = Counter(r.decision.split(":")[0] for r in rows)
+    decisions = Counter(r.decision.split(":")[0].split(" (")[0] for r in rows)
     typer.echo(
         f"  next {days:g} days: {len(rows)} messages"
         + (f" ({', '.join(f'{n} {d}' for d, n in decisions.most_common())})" if rows else "")
