@@ -282,6 +282,7 @@ def campaign_preview_command(
 
     from tasks import campaigns, models
     from tasks.config import load_clinic
+    from tasks.marketing_gate import Gate
     from tasks.templates import RenderedEmail
     from tasks.warehouse import open_db
 
@@ -299,6 +300,12 @@ def campaign_preview_command(
     typer.echo(f"  audience    {p.audience} messages, at most {campaign.per_minute} a minute "
                f"(about {minutes} min); the frequency cap may hold some back")  # fmt: skip
     typer.echo(f"  status      {p.status}" + (f"; messages: {p.ledger}" if p.ledger else ""))
+    if p.channel == "sms" and Gate.from_config(config).is_quiet(p.send_at):
+        typer.secho(
+            "  send_at is in the quiet hours: every message waits for their end and then goes "
+            "at once; schedule an SMS campaign in the day to keep its throttle.",
+            fg=typer.colors.YELLOW,
+        )
     if p.sample:
         typer.secho("Sample (this terminal only):", bold=True)
         for patient_id, first_name, address in p.sample:
