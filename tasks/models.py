@@ -1,8 +1,8 @@
 """The SQL model runner: ``sql/**/*.sql`` -> tables in staging, marts and segments.
 
 An analyst's contract (sql/README.md): one SELECT per file; model name = file name, schema =
-folder; dependencies are read from the SQL itself (DuckDB lists the tables a query reads, with CTE
-names already left out); ``raw.*`` and ``state.*`` are sources. A ``-- config:`` header line picks
+folder; dependencies are read from the SQL itself (DuckDB's parse tree, json_serialize_sql:
+every table named with its schema, CTE names left out); ``raw.*`` and ``state.*`` are sources. A ``-- config:`` header line picks
 the materialisation: ``table`` (default), ``view``, or ``incremental`` with a ``key``.
 
 An incremental model selects what changed itself, with two DuckDB variables:
@@ -12,8 +12,8 @@ since then changed status). Variables are constants to DuckDB, so a filter on ``
 unchanged storage without reading the JSON (a one-row table in a join would not). The runner
 deletes the existing rows whose key appears in that selection and inserts it, so a tick's cost
 follows the changes, not the history. When a model must be built in full (first build,
-``--full-refresh``, its SQL or the country changed) both are NULL while it runs and the same
-SELECT returns everything.
+``--full-refresh``, its SQL, an upstream model's SQL or the country changed) both are NULL while
+it runs and the same SELECT returns everything.
 
 A build is atomic: every model, every data test and the membership history run inside one DuckDB
 transaction. Anything failing rolls it all back, so the last good version of every model stays in
@@ -40,7 +40,6 @@ from tasks.resources import RESOURCES
 
 SQL_DIR = PROJECT_ROOT / "sql"
 MODEL_SCHEMAS = ("staging", "marts", "segments")
-SOURCE_SCHEMAS = ("raw", "state")
 TESTS_FOLDER = "tests"
 MATERIALIZATIONS = ("table", "view", "incremental")
 
@@ -322,7 +321,7 @@ def discover(con: duckdb.DuckDBPyConnection, sql_dir: Path = SQL_DIR) -> Project
             key=tuple(c.strip() for c in config.get("key", "").split("+") if c.strip()),
             depends_on=depends_on,
         )
-    sources = _source_tables(con)
+    sources = _source_tables(con)  # raw.* and state.*
     for item in [*models.values(), *tests]:
         for dep in item.depends_on:
             if dep not in models and dep not in sources:
@@ -429,7 +428,6 @@ class ModelBuild:
                 s.cap_order,
             ],
         )
-        self._drop_orphans()
         # Tables and views in place before this build (one catalog read, not one per model).
         self.existing = {
             f"{schema}.{name}": kind
@@ -441,6 +439,7 @@ class ModelBuild:
                 [list(MODEL_SCHEMAS), list(MODEL_SCHEMAS)],
             ).fetchall()
         }
+        self._drop_orphans()
 
     def _set_changes(self, since: datetime | None, previous: datetime | None) -> None:
         self.con.execute("SET VARIABLE changes_since = ?::TIMESTAMPTZ", [since])
@@ -450,16 +449,11 @@ class ModelBuild:
         """Tables and views whose file was deleted go too: nothing downstream may read a model
         nobody maintains. A deleted segment's audience is retired without leave events."""
         known = {m.relation for m in self.project.models}
-        rows = self.con.execute(
-            "SELECT schema_name, table_name, 'TABLE' FROM duckdb_tables() "
-            "WHERE database_name = current_database() AND schema_name IN ?"
-            " UNION ALL SELECT schema_name, view_name, 'VIEW' FROM duckdb_views() "
-            "WHERE database_name = current_database() AND schema_name IN ? AND NOT internal",
-            [list(MODEL_SCHEMAS), list(MODEL_SCHEMAS)],
-        ).fetchall()
-        for schema, name, kind in rows:
-            if f"{schema}.{name}" not in known:
-                self.con.execute(f'DROP {kind} "{schema}"."{name}"')
+        for relation, kind in list(self.existing.items()):
+            if relation not in known:
+                schema, name = relation.split(".", 1)
+                self.con.execute(f'DROP {kind.upper()} "{schema}"."{name}"')
+                del self.existing[relation]
         retired = [
             r[0]
             for r in self.con.execute(
@@ -817,71 +811,3 @@ def require_good_build(con: duckdb.DuckDBPyConnection) -> dict:
             "planning waits for a good build. Fix the file and run `relay models build`."
         )
     return latest
-
-
-def relations(models: Iterable[Model]) -> list[str]:
-    return [m.relation for m in models]
-
-
-@dataclass
-class SegmentPreview:
-    """A segment as its file stands now, against the models of the last build. ``sample`` holds
-    names and emails: for the analyst's terminal only, never logs or artifacts."""
-
-    relation: str
-    size: int
-    on_email_list: int
-    on_sms_list: int
-    recorded: bool  # the audience has a membership history (built before)
-    joined: int  # would join, compared with the members recorded at the last build
-    left: int
-    sample: list[tuple[int, str | None, str | None]]
-
-
-def preview_segment(
-    con: duckdb.DuckDBPyConnection, name: str, *, sample_size: int = 10, sql_dir: Path = SQL_DIR
-) -> SegmentPreview:
-    """Run ``sql/segments/<name>.sql`` without writing anything and compare with its members."""
-    project = discover(con, sql_dir)
-    relation = f"segments.{name.removeprefix('segments.')}"
-    if relation not in {m.relation for m in project.segments}:
-        known = ", ".join(m.name for m in project.segments) or "none"
-        raise ModelError(f"No segment '{name}' (sql/segments/{name}.sql). Segments: {known}.")
-    segment = project.model(relation)
-    try:
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE relay_preview AS "
-            f"SELECT DISTINCT patient_id FROM ({segment.sql})"
-        )
-    except duckdb.Error as exc:
-        raise ModelError(f"{segment.file}: {_message(exc)}") from None
-    (size,) = con.execute("SELECT count(*) FROM relay_preview").fetchone()
-    on_email, on_sms = con.execute(
-        """
-        SELECT
-            (SELECT count(*) FROM marts.email_marketing_list
-             WHERE status = 'subscribed' AND patient_id IN (SELECT patient_id FROM relay_preview)),
-            (SELECT count(*) FROM marts.sms_marketing_list
-             WHERE status = 'subscribed' AND patient_id IN (SELECT patient_id FROM relay_preview))
-        """
-    ).fetchone()
-    recorded, joined, left = con.execute(
-        """
-        WITH members AS (
-            SELECT CAST(member_key AS BIGINT) AS patient_id FROM state.audience_members
-            WHERE audience = ?
-        )
-        SELECT
-            EXISTS (SELECT 1 FROM state.audiences WHERE audience = ? AND retired_at IS NULL),
-            (SELECT count(*) FROM relay_preview ANTI JOIN members USING (patient_id)),
-            (SELECT count(*) FROM members ANTI JOIN relay_preview USING (patient_id))
-        """,
-        [relation, relation],
-    ).fetchone()
-    sample = con.execute(
-        "SELECT p.patient_id, p.greeting_name, p.email FROM relay_preview s "
-        "JOIN marts.patients p USING (patient_id) ORDER BY p.patient_id LIMIT ?",
-        [sample_size],
-    ).fetchall()
-    con.execute("DROP TABLE relay_preview")
-    return SegmentPreview(relation, size, on_email, on_sms, recorded, joined, left, sample)

@@ -66,7 +66,7 @@ def test_models_are_built_in_the_order_their_sql_reads_each_other(con, tmp_path)
         },
     )
     project = models.discover(con, sql_dir)
-    assert models.relations(project.models) == [
+    assert [m.relation for m in project.models] == [
         "staging.people",
         "marts.b_first",
         "marts.a_last",
