@@ -180,6 +180,7 @@ def _demo_sending(clinic) -> None:
     from datetime import timedelta
 
     from flows.dispatch import dispatch_messages
+    from flows.journeys import run_journeys
     from flows.models import build_models
     from flows.plan import plan_messages
     from flows.sync import cliniko_sync
@@ -193,8 +194,12 @@ def _demo_sending(clinic) -> None:
     cliniko_sync(clinic="demo")
     build_models(clinic="demo")
     planned = plan_messages(clinic="demo", now=later)
+    journeyed = run_journeys(clinic="demo", now=later)["journeys"]
     sent = dispatch_messages(clinic="demo", now=later)
     typer.echo(f"   planning: {planned['totals'] or 'nothing new'}; sending: {sent['counts']}")
+    typer.echo(
+        f"   journeys: {', '.join(f'{j} {c}' for j, c in journeyed.items() if c) or 'no entries yet'}"
+    )
     config = load_clinic("demo")
     with open_db(config.database_path, read_only=True) as con:
         counts = con.execute(
