@@ -32,7 +32,6 @@ from sandbox.cliniko.world import (
     ADMIN_TAG_TYPE,
     BUSINESS_NAMES,
     CATALOGUE,
-    CLASS_HOURS,
     CLINICAL,
     DAY,
     DESIGNATION,
@@ -44,6 +43,7 @@ from sandbox.cliniko.world import (
     Staff,
     appointment_slot,
     class_slots_after,
+    class_timetable,
 )
 
 HISTORY_DAYS = 3 * 365
@@ -64,6 +64,7 @@ CHANGE_RATES = {
     "merges": 0.15,
     "hard_deletes": 0.3,
 }
+CLASS_SHARE = 0.7  # of a Pilates patient's visits after the first, the share that are classes
 CATEGORY_MIX = (("Physiotherapy", 60), ("Massage", 22), ("Pilates", 18))
 CANCEL_NOTES = (None, "Called the clinic", "Cancelled online", "Left a voicemail")
 REMINDER_TYPES = (("SMS & Email", 55), ("SMS", 20), ("Email", 15), ("None", 10))
@@ -128,7 +129,7 @@ class SandboxClinic:
         self._referral_of: dict[int, int] = {}  # patient -> referral source
         self._marked: set[int] = set()  # individual appointments marked arrived or not arrived
         self._classes: dict[tuple[int, int], int] = {}  # (business, starts) -> group appointment
-        self._class_hours = CLASS_HOURS[: max(2, min(len(CLASS_HOURS), patients // 2500 + 2))]
+        self._timetable: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # class days, hours
         self.user: dict = {}
         self.concession_ids: list[int] = []
         self.referral_types: list[tuple[int, str | None, list[str] | None]] = []
@@ -431,6 +432,13 @@ class _Generator:
 
     def _patients(self, n: int, per_patient: float) -> None:
         rng, c = self.rng, self.c
+        # Enough classes for the Pilates patients' visits to fill them a little over half.
+        pilates = dict(CATEGORY_MIX)["Pilates"] / sum(dict(CATEGORY_MIX).values())
+        weekly = n * pilates * per_patient * CLASS_SHARE / (HISTORY_DAYS / 7)
+        places = c.catalogue.types_in("Pilates", group=True)[0].max_attendees
+        c._timetable = class_timetable(
+            weekly / len(c.catalogue.clinical_businesses()) / (places * 0.6)
+        )
         history_start = self.now - HISTORY_DAYS * DAY
         created_times = sorted(rng.randint(history_start, self.now - 3600) for _ in range(n))
         people: list[dict] = []
@@ -480,7 +488,7 @@ class _Generator:
     def _visit(self, p: dict, business: Business, category: str, k: int, t: int) -> None:
         """The k-th visit of a patient, around ``t``: a class, or an individual appointment."""
         rng, c = self.rng, self.c
-        if category == "Pilates" and k > 0 and rng.random() < 0.7:
+        if category == "Pilates" and k > 0 and rng.random() < CLASS_SHARE:
             self._attend_class(p, business, t)
             return
         created = parse_int(p["created_at"])
@@ -817,7 +825,7 @@ def find_class(
     """The first class at ``business`` after ``around`` with a free place (created if new)."""
     tz = business.place["tz"]
     class_type = c.catalogue.types_in("Pilates", group=True)[0]
-    for starts in class_slots_after(tz, around, c._class_hours):
+    for starts in class_slots_after(tz, around, c._timetable):
         class_id = c._classes.get((business.id, starts))
         if class_id is None:
             created = min(now, starts - rng.randint(7, 60) * DAY)

@@ -7,6 +7,7 @@ Australian mobiles in the 0491 57x xxx block, landlines in 5550 xxxx, NZ mobiles
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from datetime import datetime
@@ -90,8 +91,9 @@ DESIGNATION = {
     "Pilates": "Pilates Instructor",
     ADMIN_CATEGORY: "Reception",
 }
-CLASS_DAYS = (0, 2, 5)  # Monday, Wednesday, Saturday
-CLASS_HOURS = (7, 18, 9, 17, 12, 19, 8, 16)  # the first n are used, n growing with clinic size
+# Class timetable: the first n days and hours are used, n growing with the demand for classes.
+CLASS_DAYS = (0, 2, 5, 1, 3, 4)  # Monday, Wednesday, Saturday, then the other weekdays
+CLASS_HOURS = (7, 18, 9, 17, 12, 19, 8, 16, 10, 13, 15, 20)
 
 
 @dataclass
@@ -199,12 +201,21 @@ def appointment_slot(rng: random.Random, tz: str, around: int) -> int:
     return local_epoch(tz, ordinal, rng.randint(8, 17), rng.choice((0, 15, 30, 45)))
 
 
-def class_slots_after(tz: str, ts: int, hours: tuple[int, ...]):
-    """Class start times after ``ts``, in order, on class days at the clinic's class hours."""
+def class_timetable(classes_per_week: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Class days and hours giving about ``classes_per_week`` classes (at least two)."""
+    wanted = max(2, math.ceil(classes_per_week))
+    days = min(len(CLASS_DAYS), wanted)
+    hours = min(len(CLASS_HOURS), math.ceil(wanted / days))
+    return CLASS_DAYS[:days], tuple(sorted(CLASS_HOURS[:hours]))
+
+
+def class_slots_after(tz: str, ts: int, timetable: tuple[tuple[int, ...], tuple[int, ...]]):
+    """Class start times after ``ts``, in order, on the timetable's days and hours."""
+    days, hours = timetable
     ordinal = local_ordinal(tz, ts)
     while True:
-        if datetime.fromordinal(ordinal).weekday() in CLASS_DAYS:
-            for hour in sorted(hours):
+        if datetime.fromordinal(ordinal).weekday() in days:
+            for hour in hours:
                 start = local_epoch(tz, ordinal, hour, 0)
                 if start > ts:
                     yield start
