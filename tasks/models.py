@@ -2,8 +2,9 @@
 
 An analyst's contract (sql/README.md): one SELECT per file; model name = file name, schema =
 folder; dependencies are read from the SQL itself (DuckDB's parse tree, json_serialize_sql:
-every table named with its schema, CTE names left out); ``raw.*`` and ``state.*`` are sources. A ``-- config:`` header line picks
-the materialisation: ``table`` (default), ``view``, or ``incremental`` with a ``key``.
+every table named with its schema, CTE names left out); ``raw.*`` and ``state.*`` are sources.
+A ``-- config:`` header line picks the materialisation: ``table`` (default), ``view``, or
+``incremental`` with a ``key``.
 
 An incremental model selects what changed itself, with two DuckDB variables:
 ``getvariable('changes_since')`` (raw rows written after it are new: the newest raw write the
@@ -811,3 +812,67 @@ def require_good_build(con: duckdb.DuckDBPyConnection) -> dict:
             "planning waits for a good build. Fix the file and run `relay models build`."
         )
     return latest
+
+
+@dataclass
+class SegmentPreview:
+    """A segment as its file stands now, against the models of the last build. ``sample`` holds
+    names and emails: for the analyst's terminal only, never logs or artifacts."""
+
+    relation: str
+    size: int
+    on_email_list: int
+    on_sms_list: int
+    recorded: bool  # the audience has a membership history (built before)
+    joined: int  # would join, compared with the members recorded at the last build
+    left: int
+    sample: list[tuple[int, str | None, str | None]]
+
+
+def preview_segment(
+    con: duckdb.DuckDBPyConnection, name: str, *, sample_size: int = 10, sql_dir: Path = SQL_DIR
+) -> SegmentPreview:
+    """Run ``sql/segments/<name>.sql`` without writing anything and compare with its members."""
+    project = discover(con, sql_dir)
+    relation = f"segments.{name.removeprefix('segments.')}"
+    if relation not in {m.relation for m in project.segments}:
+        known = ", ".join(m.name for m in project.segments) or "none"
+        raise ModelError(f"No segment '{name}' (sql/segments/{name}.sql). Segments: {known}.")
+    segment = project.model(relation)
+    try:
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE relay_preview AS "
+            f"SELECT DISTINCT patient_id FROM ({segment.sql})"
+        )
+    except duckdb.Error as exc:
+        raise ModelError(f"{segment.file}: {_message(exc)}") from None
+    (size,) = con.execute("SELECT count(*) FROM relay_preview").fetchone()
+    on_email, on_sms = con.execute(
+        """
+        SELECT
+            (SELECT count(*) FROM marts.email_marketing_list
+             WHERE status = 'subscribed' AND patient_id IN (SELECT patient_id FROM relay_preview)),
+            (SELECT count(*) FROM marts.sms_marketing_list
+             WHERE status = 'subscribed' AND patient_id IN (SELECT patient_id FROM relay_preview))
+        """
+    ).fetchone()
+    recorded, joined, left = con.execute(
+        """
+        WITH members AS (
+            SELECT CAST(member_key AS BIGINT) AS patient_id FROM state.audience_members
+            WHERE audience = ?
+        )
+        SELECT
+            EXISTS (SELECT 1 FROM state.audiences WHERE audience = ? AND retired_at IS NULL),
+            (SELECT count(*) FROM relay_preview ANTI JOIN members USING (patient_id)),
+            (SELECT count(*) FROM members ANTI JOIN relay_preview USING (patient_id))
+        """,
+        [relation, relation],
+    ).fetchone()
+    sample = con.execute(
+        "SELECT p.patient_id, p.greeting_name, p.email FROM relay_preview s "
+        "JOIN marts.patients p USING (patient_id) ORDER BY p.patient_id LIMIT ?",
+        [sample_size],
+    ).fetchall()
+    con.execute("DROP TABLE relay_preview")
+    return SegmentPreview(relation, size, on_email, on_sms, recorded, joined, left, sample)

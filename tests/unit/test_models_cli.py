@@ -1,0 +1,65 @@
+"""`relay models build|test` and `relay preview segment` on a small clinic database file."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from typer.testing import CliRunner
+
+from relay.cli import app
+from tasks.warehouse import open_db
+
+API = "https://api.au1.cliniko.com/v1"
+
+
+def make_clinic(tmp_path):
+    db = tmp_path / "cli.duckdb"
+    soon = (datetime.now(UTC) + timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    recent = (datetime.now(UTC) - timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with open_db(db) as con:
+        for pid in (1, 2):
+            patient = {"id": str(pid), "first_name": f"Ann{pid}", "email": f"ann{pid}@example.com",
+                       "created_at": recent}  # fmt: skip
+            con.execute(
+                "INSERT INTO raw.patients VALUES (?, NULL, ?, now(), NULL)",
+                [pid, json.dumps(patient)],
+            )
+        booking = {"id": "10", "starts_at": soon,
+                   "patient": {"links": {"self": f"{API}/patients/1"}}}  # fmt: skip
+        con.execute(
+            "INSERT INTO raw.individual_appointments VALUES (10, NULL, ?, now(), NULL)",
+            [json.dumps(booking)],
+        )
+    config = tmp_path / "clinic.yaml"
+    config.write_text(f"clinic: cli\nname: CLI\ndatabase: {db}\n", encoding="utf-8")
+    return str(config)
+
+
+def test_build_then_test_then_preview_a_segment(tmp_path):
+    clinic = make_clinic(tmp_path)
+    runner = CliRunner()
+
+    built = runner.invoke(app, ["models", "build", "--clinic", clinic])
+    assert built.exit_code == 0, built.output
+    assert "data tests passed" in built.output
+    assert "Email marketing list: subscribed 2" in built.output
+    assert "segments.upcoming_appointment" in built.output
+
+    tested = runner.invoke(app, ["models", "test", "--clinic", clinic])
+    assert tested.exit_code == 0 and "ok   sql/tests/" in tested.output
+
+    preview = runner.invoke(app, ["preview", "segment", "upcoming_appointment", "--clinic", clinic])
+    assert preview.exit_code == 0, preview.output
+    assert "segments.upcoming_appointment: 1 patients" in preview.output
+    assert "0 would join, 0 would leave" in preview.output
+    assert "ann1@example.com" in preview.output  # the sample: this terminal only
+
+
+def test_previewing_an_unknown_segment_lists_the_segments(tmp_path):
+    clinic = make_clinic(tmp_path)
+    runner = CliRunner()
+    runner.invoke(app, ["models", "build", "--clinic", clinic])
+    missing = runner.invoke(app, ["preview", "segment", "loyl", "--clinic", clinic])
+    assert missing.exit_code != 0
+    assert "No segment 'loyl'" in str(missing.exception) and "loyal" in str(missing.exception)
