@@ -141,9 +141,11 @@ def cliniko_sync(clinic: str = "demo", reconcile: bool = False) -> dict[str, dic
             for resource in RESOURCES:
                 sync_resource(sync, resource.name)
         except BaseException as exc:
+            sync.close()
             progress.finish(completed=False)
             extract.finish_run(con, run_id, sync.counts, exc)
             raise
+        sync.close()
         progress.finish(completed=True)
         extract.finish_run(con, run_id, sync.counts)
     create_markdown_artifact(

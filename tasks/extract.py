@@ -392,14 +392,19 @@ ProgressCallback = Callable[[ResourceCounts], None]
 
 class Sync:
     """One sync run over every resource: ``open()`` first (fails before any write), then
-    ``sync_resource()`` for each, in ``RESOURCES`` order (dimensions before facts).
+    ``sync_resource()`` for each, in ``RESOURCES`` order (dimensions before facts), then
+    ``close()``. ``run()`` does all three.
+
+    Reading and writing overlap: after ``open()`` one reader thread walks every path in order,
+    handing parsed pages to the writer (this thread) up to ``READ_AHEAD`` pages ahead, so requests
+    keep flowing at the paced rate through commits and from one resource to the next.
 
     ``full=True`` reads every path from the beginning and then marks rows Cliniko no longer returns
     as removed: the periodic reconciliation. (A plain class, not a dataclass, so Prefect does not
     walk its pages when it is passed to a task.)
     """
 
-    READ_AHEAD = 50  # pages (~8 MB): enough to keep requests flowing through a commit
+    READ_AHEAD = 50  # pages (~8 MB)
 
     def __init__(
         self,
@@ -414,72 +419,35 @@ class Sync:
         self.con, self.client = con, client
         self.overlap, self.full, self.on_page = overlap, full, on_page
         self.resources = resources
-        self.counts: dict[str, ResourceCounts] = {}
+        self.counts = {r.name: ResourceCounts(r.name) for r in resources}
         self._first: dict[str, tuple[datetime | None, Page]] = {}
+        self._pages: queue.Queue = queue.Queue(maxsize=self.READ_AHEAD)
+        self._stop = threading.Event()
+        self._reader: threading.Thread | None = None
 
     def open(self) -> dict[str, ResourceCounts]:
-        """Ask for the first page of every path before writing anything."""
+        """Ask for the first page of every path before writing anything, then start reading."""
         for resource in self.resources:
-            counts = self.counts.setdefault(resource.name, ResourceCounts(resource.name))
+            counts = self.counts[resource.name]
             for path in resource.paths:
                 cursor = self._start_cursor(resource, path)
-                with self._measure(counts):
-                    page = self.client.get_page(path, resource.name, list_params(resource, cursor))
+                started = time.perf_counter()
+                page = self._request(counts, path, resource.name, list_params(resource, cursor))
+                counts.seconds += time.perf_counter() - started
                 self._first[path] = (cursor, page)
                 counts.expected += page.total_entries or len(page.records)
+        self._reader = threading.Thread(target=self._read_all, name="cliniko-reader", daemon=True)
+        self._reader.start()
         return self.counts
 
     def sync_resource(self, name: str) -> ResourceCounts:
         resource = _resources.get(name)
         counts = self.counts[name]
+        started = time.perf_counter()
         seen: set[int] = set()
-        with self._measure(counts):
-            writer = ResourceWriter(self.con, resource)
-            for path in resource.paths:
-                self._sync_path(resource, path, counts, seen, writer)
-            if self.full:
-                counts.removed = mark_removed(self.con, resource, seen, datetime.now(UTC))
-        latest = [watermark(self.con, name, p) for p in resource.paths]
-        known = [w for w in latest if w is not None]
-        counts.watermark = format_cursor(max(known)) if known else None
-        return counts
-
-    def run(self) -> dict[str, ResourceCounts]:
-        self.open()
-        for resource in self.resources:
-            self.sync_resource(resource.name)
-        return self.counts
-
-    def _start_cursor(self, resource: Resource, path: str) -> datetime | None:
-        if self.full:
-            return None
-        mark = watermark(self.con, resource.name, path)
-        return mark - self.overlap if mark is not None else None
-
-    def _sync_path(
-        self,
-        resource: Resource,
-        path: str,
-        counts: ResourceCounts,
-        seen: set[int],
-        writer: ResourceWriter,
-    ) -> None:
-        """Write a path's pages as a reader thread fetches them: the reader keeps asking Cliniko
-        (at the paced rate) while a commit is under way, up to ``READ_AHEAD`` pages ahead."""
-        cursor, first = self._first.pop(path)
-        pages: queue.Queue = queue.Queue(maxsize=self.READ_AHEAD)
-        stop = threading.Event()
-        reader = threading.Thread(
-            target=self._read_path,
-            args=(resource, path, cursor, first, pages, stop),
-            name=f"cliniko-read{path.replace('/', '-')}",
-            daemon=True,
-        )
-        reader.start()
-        try:
-            while (batch := pages.get()) is not None:
-                if isinstance(batch, BaseException):
-                    raise batch
+        writer = ResourceWriter(self.con, resource)
+        for path in resource.paths:
+            while (batch := self._next_page(path)) is not None:
                 done = writer.add(path, batch, datetime.now(UTC))
                 if self.full:
                     seen.update(batch.seen_ids)
@@ -490,63 +458,90 @@ class Sync:
                 counts.quarantined += done.quarantined
                 if self.on_page:
                     self.on_page(counts)
-        finally:
-            stop.set()
-            reader.join()
-        writer.commit(datetime.now(UTC))
+            writer.commit(datetime.now(UTC))
+        if self.full:
+            counts.removed = mark_removed(self.con, resource, seen, datetime.now(UTC))
+        known = [w for p in resource.paths if (w := watermark(self.con, name, p)) is not None]
+        counts.watermark = format_cursor(max(known)) if known else None
+        counts.seconds += time.perf_counter() - started
+        return counts
 
-    def _read_path(
-        self,
-        resource: Resource,
-        path: str,
-        cursor: datetime | None,
-        page: Page,
-        out: queue.Queue,
-        stop: threading.Event,
-    ) -> None:
-        """The one paging mechanism: keyset on updated_at, next links only within one second.
-        Hands parsed pages to ``out``, then None; or the exception that stopped it."""
+    def close(self) -> None:
+        """Stop the reader (it may be waiting on a request or a full queue)."""
+        self._stop.set()
+        if self._reader is not None:
+            self._reader.join()
 
-        def hand_over(item: Batch | BaseException | None) -> bool:
-            while not stop.is_set():
-                try:
-                    out.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False  # the writer gave up (it failed): stop reading
-
+    def run(self) -> dict[str, ResourceCounts]:
         try:
-            while True:
-                batch = parse_records(resource, page.records)
-                if not hand_over(batch) or not page.next_url:
-                    break
-                moved = _floor_second(batch.max_updated_at)
-                if moved is not None and (cursor is None or moved > cursor):
-                    cursor = moved  # page 1 again, from the furthest row read
-                    page = self.client.get_page(path, resource.name, list_params(resource, cursor))
-                else:  # the whole page shares the cursor's second: go on within it
-                    page = self.client.get_page(page.next_url, resource.name)
-            hand_over(None)
-        except BaseException as exc:  # handed to the writer's thread, which raises it
-            hand_over(exc)
+            self.open()
+            for resource in self.resources:
+                self.sync_resource(resource.name)
+        finally:
+            self.close()
+        return self.counts
 
-    class _Measure:
-        def __init__(self, client: ClinikoClient, counts: ResourceCounts) -> None:
-            self.client, self.counts = client, counts
+    def _start_cursor(self, resource: Resource, path: str) -> datetime | None:
+        if self.full:
+            return None
+        mark = watermark(self.con, resource.name, path)
+        return mark - self.overlap if mark is not None else None
 
-        def __enter__(self) -> None:
-            self.started = time.perf_counter()
-            self.requests = self.client.stats.requests
-            self.limited = self.client.stats.rate_limited
+    def _request(self, counts: ResourceCounts, *ask) -> Page:
+        stats = self.client.stats
+        requests, limited = stats.requests, stats.rate_limited
+        try:
+            return self.client.get_page(*ask)
+        finally:
+            counts.requests += stats.requests - requests
+            counts.rate_limited += stats.rate_limited - limited
 
-        def __exit__(self, *exc: object) -> None:
-            self.counts.seconds += time.perf_counter() - self.started
-            self.counts.requests += self.client.stats.requests - self.requests
-            self.counts.rate_limited += self.client.stats.rate_limited - self.limited
+    def _next_page(self, path: str) -> Batch | None:
+        item = self._pages.get()
+        if isinstance(item, BaseException):
+            raise item
+        got, batch = item
+        if got != path:
+            raise RuntimeError(
+                f"sync_resource out of order: expected {path}, the reader is at {got}"
+            )
+        return batch
 
-    def _measure(self, counts: ResourceCounts) -> Sync._Measure:
-        return Sync._Measure(self.client, counts)
+    def _read_all(self) -> None:
+        """The one paging mechanism, for every path in turn: keyset on updated_at, next links
+        only within one second. Hands (path, page) to the writer, (path, None) at a path's end;
+        or the exception that stopped it."""
+        try:
+            for resource in self.resources:
+                counts = self.counts[resource.name]
+                for path in resource.paths:
+                    cursor, page = self._first.pop(path)
+                    while True:
+                        batch = parse_records(resource, page.records)
+                        if not self._hand_over((path, batch)):
+                            return
+                        if not page.next_url:
+                            break
+                        moved = _floor_second(batch.max_updated_at)
+                        if moved is not None and (cursor is None or moved > cursor):
+                            cursor = moved  # page 1 again, from the furthest row read
+                            ask = (path, resource.name, list_params(resource, cursor))
+                        else:  # the whole page shares the cursor's second: go on within it
+                            ask = (page.next_url, resource.name)
+                        page = self._request(counts, *ask)
+                    if not self._hand_over((path, None)):
+                        return
+        except BaseException as exc:  # raised again in the writer's thread
+            self._hand_over(exc)
+
+    def _hand_over(self, item: tuple[str, Batch | None] | BaseException) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._pages.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False  # closed (the writer failed or finished): stop reading
 
 
 def _floor_second(moment: datetime | None) -> datetime | None:
