@@ -479,7 +479,7 @@ class _Generator:
                 continue
             # Patients still coming have their next visit or two booked, up to eight weeks out.
             for k in range(visits, visits + rng.choice((0, 1, 1, 2))):
-                t = max(t, self.now + rng.randint(1, 21) * DAY)
+                t = max(t, self.now + int(rng.triangular(0.1, FUTURE_DAYS, 0.1) * DAY))
                 if t > horizon:
                     break
                 self._visit(p, business, category, k, t)
