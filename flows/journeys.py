@@ -46,7 +46,8 @@ def run_journeys(clinic: str = "demo", now: datetime | None = None) -> dict:
         frozen = freeze_due_campaigns(con, config, now)
     create_table_artifact(
         [{"journey": name, **counts} for name, counts in advanced.items()]
-        + [{"campaign": name, "queued": n} for name, n in frozen.items()],
+        + [{"campaign": name, "queued": n} for name, n in frozen.items()]
+        or [{"journey": "(none configured)"}],
         key=f"journeys-{config.clinic.replace('_', '-')}",
         description=f"Journeys and campaigns of {config.clinic} this run (counts only)",
     )
