@@ -780,10 +780,13 @@ patient_strategy = st.fixed_dictionaries(
         "mobile": st.sampled_from(["0412 345 678", "0412 000 111", None, "12345"]),
         "email_opt_in": st.sampled_from([True, False, None]),
         "sms_opt_in": st.sampled_from([True, False, None]),
-        "archived": st.booleans(),
-        "unsubscribed": st.booleans(),
-        "stopped": st.booleans(),
-        "appointment_days": st.lists(st.integers(-800, 3), min_size=0, max_size=3),
+        "archived": st.sampled_from([False, False, True]),
+        "unsubscribed": st.sampled_from([False, False, True]),
+        "stopped": st.sampled_from([False, False, True]),
+        # mostly near now (in the trigger's window), sometimes long ago
+        "appointment_days": st.lists(
+            st.one_of(st.integers(-4, 3), st.integers(-800, -5)), min_size=1, max_size=3
+        ),
     }
 )
 
