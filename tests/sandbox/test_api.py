@@ -252,7 +252,7 @@ def test_merged_and_hard_deleted_records_as_a_sync_sees_them(make_clinic):
             base_url=running.base_url + "/", auth=(clinic.api_key, ""), headers=UA
         )
         since = clinic.now.strftime("%Y-%m-%dT%H:%M:%SZ")
-        clinic.advance(timedelta(hours=12))
+        clinic.advance(timedelta(hours=6))
         feed = [("sort", "updated_at"), ("q[]", f"updated_at:>{since}")]
         patients = page_all(client, "patients", [*feed, *EVERYTHING["patients"]])
         merged = [p for p in patients if p.get("merged_at")]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -170,16 +171,6 @@ def test_classes_list_their_attendees_patient_ids(data):
     assert any(c["archived_at"] for c in data["group_appointments"].values())
 
 
-def test_classes_still_match_their_attendees_after_a_busy_day(make_clinic):
-    clinic = make_clinic(seed=12, patients=300)
-    done = clinic.advance(timedelta(hours=24))
-    assert done["class_bookings"] and done["hard_deletes"] and done["merges"]
-    assert clinic.hard_deleted("attendees")
-    assert_classes_match_attendees(
-        clinic.snapshot("group_appointments", BASE), clinic.snapshot("attendees", BASE)
-    )
-
-
 def assert_classes_match_attendees(classes: dict, attendees: dict) -> None:
     assert classes
     booked: dict[int, set[str]] = {}
@@ -219,20 +210,36 @@ def changed_rows(before: dict, after: dict) -> dict:
     return {k: v for k, v in after.items() if before.get(k) != v}
 
 
-def test_advance_makes_every_kind_of_change_inside_the_interval(make_clinic):
-    clinic = make_clinic(seed=3)
+@dataclass
+class Day:
+    clinic: object
+    before: dict[str, dict[int, dict]]  # every resource's snapshot before the day
+    after: dict[str, dict[int, dict]]
+    old: datetime
+    done: dict[str, int]
+
+
+@pytest.fixture(scope="module")
+def busy_day() -> Day:
+    """Twelve simulated hours of a 200-patient clinic (read-only for the tests that share it)."""
+    from sandbox.cliniko import SandboxClinic
+
+    clinic = SandboxClinic.generate(seed=4, patients=200, start=START)
     before = {r: clinic.snapshot(r, BASE) for r in RESOURCES}
     old = clinic.now
-    done = clinic.advance(timedelta(hours=6))
-    assert clinic.now == old + timedelta(hours=6)
-    assert all(n > 0 for n in done.values()), done
-    interval = (old.timestamp(), clinic.now.timestamp())
+    done = clinic.advance(timedelta(hours=12))
+    return Day(clinic, before, {r: clinic.snapshot(r, BASE) for r in RESOURCES}, old, done)
+
+
+def test_advance_makes_every_kind_of_change_inside_the_interval(busy_day):
+    assert busy_day.clinic.now == busy_day.old + timedelta(hours=12)
+    assert all(n > 0 for n in busy_day.done.values()), busy_day.done
+    interval = (busy_day.old.timestamp(), busy_day.clinic.now.timestamp())
     for resource in RESOURCES:
-        for row_id, record in changed_rows(
-            before[resource], clinic.snapshot(resource, BASE)
-        ).items():
+        before = busy_day.before[resource]
+        for row_id, record in changed_rows(before, busy_day.after[resource]).items():
             assert interval[0] < ts(record["updated_at"]) <= interval[1]
-            if row_id not in before[resource]:  # new rows were created in the interval too
+            if row_id not in before:  # new rows were created in the interval too
                 assert interval[0] < ts(record["created_at"]) <= interval[1]
 
 
@@ -252,34 +259,36 @@ def test_the_same_advances_make_the_same_changes(make_clinic):
     )
 
 
-def test_a_merge_repoints_the_merged_patients_bookings_to_the_survivor(make_clinic):
-    clinic = make_clinic(seed=4, patients=200)
-    merged_before = {k for k, p in clinic.snapshot("patients", BASE).items() if p.get("merged_at")}
-    assert clinic.advance(timedelta(hours=12))["merges"] > 0
-    patients = clinic.snapshot("patients", BASE)
+def test_a_merge_repoints_the_merged_patients_bookings_to_the_survivor(busy_day):
+    patients = busy_day.after["patients"]
     merged_now = {
-        k: p for k, p in patients.items() if p.get("merged_at") and k not in merged_before
+        k: p
+        for k, p in patients.items()
+        if p.get("merged_at") and not busy_day.before["patients"].get(k, {}).get("merged_at")
     }
     assert merged_now
-    appointments = clinic.snapshot("individual_appointments", BASE).values()
-    attendees = clinic.snapshot("attendees", BASE).values()
-    for row in (*appointments, *attendees):
+    appointments = busy_day.after["individual_appointments"].values()
+    for row in (*appointments, *busy_day.after["attendees"].values()):
         assert link_id(row["patient"]) not in merged_now
     for dup in merged_now.values():
         assert dup["archived_at"] == dup["merged_at"] == dup["updated_at"]
-        survivor = link_id(dup["merged_with_patient"])
-        assert survivor in patients
+        assert link_id(dup["merged_with_patient"]) in patients
 
 
-def test_hard_deleted_rows_vanish_and_are_reported(make_clinic):
-    clinic = make_clinic(seed=6, patients=200)
-    before = clinic.snapshot("individual_appointments", BASE)
-    assert clinic.advance(timedelta(hours=12))["hard_deletes"] > 0
-    gone = clinic.hard_deleted("individual_appointments")
+def test_hard_deleted_rows_vanish_and_are_reported(busy_day):
+    gone = busy_day.clinic.hard_deleted("individual_appointments")
+    before = busy_day.before["individual_appointments"]
     assert gone & before.keys(), "rows synced earlier disappear (others are booked and deleted)"
-    assert not gone & clinic.snapshot("individual_appointments", BASE).keys()
-    attendees = clinic.snapshot("attendees", BASE).values()
-    assert not gone & {link_id(a["booking"]) for a in attendees}
+    assert not gone & busy_day.after["individual_appointments"].keys()
+    assert not gone & {link_id(a["booking"]) for a in busy_day.after["attendees"].values()}
+    removed = busy_day.clinic.hard_deleted("attendees")
+    assert removed and not removed & busy_day.after["attendees"].keys()
+
+
+def test_classes_still_match_their_attendees_after_a_busy_day(busy_day):
+    assert_classes_match_attendees(
+        busy_day.after["group_appointments"], busy_day.after["attendees"]
+    )
 
 
 def test_malformed_rows_are_served_broken_and_move_up_the_change_feed(make_clinic):
