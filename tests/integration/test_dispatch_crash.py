@@ -69,6 +69,7 @@ def worker(db: str, postmark_url: str, twilio_url: str, first: str) -> None:
 
     providers = {"email": email, "sms": sms} if first == "email" else {"sms": sms, "email": email}
     with open_db(db) as con:
+        print("dispatching", flush=True)  # the test times its kill from here, not from startup
         dispatch(
             con, providers=providers, prepare=prepare, templates=Templates(), settle=timedelta(0)
         )
@@ -201,7 +202,8 @@ def test_kill_9_at_random_moments_then_rerun_sends_each_message_at_most_once(tmp
     kills = 0
     for attempt in range(12):
         proc = spawn(db, postmark, twilio, first=("email", "sms")[attempt % 2])
-        time.sleep(rng.uniform(0.6, 2.5))
+        proc.stdout.readline()  # imports done, database open: dispatch starts now
+        time.sleep(rng.uniform(0.0, 1.5))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
