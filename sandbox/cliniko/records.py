@@ -4,7 +4,8 @@ Same field names and nesting; ids are strings; foreign keys are ``{"links": {"se
 written against the ``BASE`` placeholder. A few current-API fields the 2022 examples lack are
 added (``archived_at`` on appointments and attendees, ``label``, ``country_code``,
 ``time_zone_identifier``, ``active``, ``id`` on referral sources). Empty timestamps are ``""`` on
-patients (as in the patients example) and ``null`` elsewhere. All people are fake.
+patients from the clinic's first year (as in the patients example) and ``null`` everywhere else,
+so a client meets both. All people are fake.
 """
 
 from __future__ import annotations
