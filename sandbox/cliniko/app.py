@@ -243,11 +243,15 @@ class ClinikoApp:
             server.reset_stats()
             return _json(200, {"ok": True})
         if action == "advance":
-            seconds = float(request.query_params.get("seconds", "60"))
-            changes = server.clinic.advance(timedelta(seconds=seconds))
+            try:
+                changes = server.clinic.advance(
+                    timedelta(seconds=float(request.query_params.get("seconds", "60")))
+                )
+            except ValueError as exc:  # not a number, or backwards
+                return _json(400, {"message": f"Bad seconds: {exc}"})
             return _json(200, {"now": server.clinic.now.isoformat(), "changes": changes})
         if action in ("faults", "rate_limit") and request.method == "POST":
-            from sandbox.cliniko.server import Faults, RateLimit
+            from sandbox.cliniko.server import Faults, RateLimit  # server.py imports this module
 
             try:
                 settings = orjson.loads(await request.body() or b"null")

@@ -415,6 +415,8 @@ def test_admin_endpoints_advance_report_and_reconfigure(make_clinic):
         assert clinic.now == before + timedelta(hours=1)
         assert datetime.fromisoformat(answer["now"]) == clinic.now.astimezone(UTC)
         assert answer["changes"]["bookings"] > 0
+        assert admin.post("advance", params={"seconds": -5}).status_code == 400
+        assert admin.post("advance", params={"seconds": "soon"}).status_code == 400
         api.get(running.base_url + "/patients")
         api.get(running.base_url + "/patients", params={"page": 2})
         stats = admin.get("stats").json()
