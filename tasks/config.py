@@ -169,6 +169,9 @@ ENTRY_KINDS = ("joins_list", "enters_segment", "exits_segment", "date_field")
 class SendStep(_Section):
     send: Literal["email", "sms"]
     template: str
+    # Skip the message (not send it late) if the frequency cap or quiet hours hold it longer
+    # than this, e.g. '1 day' for a birthday. None: it waits as long as it takes.
+    within: Duration | None = None
 
 
 class WaitStep(_Section):

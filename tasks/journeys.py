@@ -366,6 +366,7 @@ def _send(
             purpose="marketing",
             template=step.template,
             due_at=now,
+            expires_at=now + step.within if step.within else None,
         )
         for enrolment_id, patient_id in due
         if patient_id in on_list

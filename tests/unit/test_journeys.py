@@ -422,3 +422,21 @@ def test_a_queued_step_is_skipped_if_the_patient_is_off_the_list_when_it_would_g
     clinic.send(tmp_path)
     (skipped,) = clinic.messages(status="skipped")
     assert skipped.status_reason == "not on the email marketing list"
+
+
+def test_a_birthday_email_the_cap_would_hold_past_its_day_is_skipped_not_sent_late(tmp_path):
+    birthday = {**BIRTHDAY, "steps": [{"send": "email", "template": "birthday", "within": "1 day"}]}
+    clinic = Clinic(journeys=[birthday])
+    clinic.patient(1, born="1985-11-04")
+    clinic.tick()  # go-live the day before the birthday
+    for n in (1, 2):  # two promotions in the last two days: the cap is full for five more days
+        clinic.con.execute(
+            "INSERT INTO state.messages (send_key, source_kind, source_name, patient_id, channel, "
+            "purpose, template, due_at, status, planned_at, sent_at, updated_at) VALUES "
+            "(?, 'campaign', ?, 1, 'email', 'marketing', 'recall-checkin', ?, 'sent', ?, ?, ?)",
+            [f"campaign:promo{n}:1:once", f"promo{n}"] + [clinic.now - timedelta(days=n)] * 4,
+        )
+    clinic.tick(days=1, build=False)  # 09:00 on the birthday
+    clinic.send(tmp_path)
+    (skipped,) = clinic.messages(status="skipped", source_name="birthday")
+    assert skipped.status_reason == "frequency cap: could not go before its grace window ended"
