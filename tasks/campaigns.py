@@ -183,15 +183,15 @@ def preview(
     size, kept, suppressed = audience(con, cfg, campaign)
     # a spread-out sample, the same each time: every k-th patient
     step = max(1, len(kept) // max(1, sample_size))
-    picked = [p for p, _ in kept[::step][:sample_size]]
+    picked = kept[::step][:sample_size]
     sample, rendered, problem = [], None, None
-    for patient_id in picked:
+    for patient_id, address in picked:
         found = con.execute(
             "SELECT greeting_name FROM marts.patients WHERE patient_id = ?", [patient_id]
         ).fetchone()
-        sample.append((patient_id, found[0] if found else "", dict(kept)[patient_id]))
+        sample.append((patient_id, found[0] if found else "", address))
     try:
-        rendered = render_for(con, cfg, campaign, picked[0] if picked else None)
+        rendered = render_for(con, cfg, campaign, picked[0][0] if picked else None)
     except TemplateError as exc:
         problem = str(exc)
     row = _state(con, name)
