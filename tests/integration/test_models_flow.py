@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -51,15 +52,21 @@ def test_the_flow_builds_a_task_per_model_in_dependency_order_with_counts_only(t
         assert models.latest_build(con)["status"] == "succeeded"
 
     flow_run_id = state.state_details.flow_run_id
+    expected = {m.relation for m in project.models}
     with get_client(sync_client=True) as client:
-        task_runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=200
-        )
+        # Task run records reach the API asynchronously: read until every model's is there.
+        for _ in range(60):
+            task_runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=200
+            )
+            by_name = {t.name: t for t in task_runs}
+            if expected <= set(by_name):
+                break
+            time.sleep(0.5)
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
-    by_name = {t.name: t for t in task_runs}
-    assert {m.relation for m in project.models} <= set(by_name)
+    assert expected <= set(by_name)
     # marts.patients waits on the task runs of the models it reads: the edges of the DAG
     waits_on = {str(i.id) for i in by_name["marts.patients"].task_inputs.get("wait_for", [])}
     assert waits_on == {
