@@ -307,9 +307,10 @@ class ResourceWriter:
         self._since_commit = time.monotonic()
 
 
-def bound_memory(con: duckdb.DuckDBPyConnection, limit: str = "192MB") -> None:
-    """DuckDB caches up to 80% of RAM by default; a sync streams through its data, so a small
-    cache costs it little and keeps the process well under 300 MB (issue 2 §5)."""
+def bound_memory(con: duckdb.DuckDBPyConnection, limit: str = "64MB") -> None:
+    """DuckDB caches up to 80% of RAM by default, and the process grows by about what it may
+    cache. A sync streams through its data: measured on 150,000 rows, 64 MB kept the process at
+    210 MB (128 MB: 260 MB; unbounded: 630 MB at 570,000 rows) and was no slower."""
     con.execute(f"SET memory_limit = '{limit}'")
 
 
