@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 PATIENTS = int(os.environ.get("BENCH_PATIENTS", 100_000))
@@ -150,7 +150,9 @@ def generate(db: Path) -> dict:
     return {"seconds": time.perf_counter() - started}
 
 
-def build_phase(db: Path, change: bool) -> dict:
+def build_phase(db: Path, phase: str) -> dict:
+    """One build, each a 5-minute tick after the last: 'full' on the generated clinic,
+    'unchanged' with nothing synced since (only the clock moved), 'change' after a change set."""
     from tasks import models
     from tasks.warehouse import open_db
 
@@ -158,10 +160,10 @@ def build_phase(db: Path, change: bool) -> dict:
         if MEMORY_LIMIT != "none":
             con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
         con.execute("SET enable_progress_bar = false")
-        if change:
-            later = NOW.replace(minute=5)
+        now = NOW + timedelta(minutes=5 * ("full", "unchanged", "change").index(phase))
+        if phase == "change":
             values = dict(
-                later=later,
+                later=now - timedelta(minutes=1),
                 patients=PATIENTS,
                 appointments=APPOINTMENTS,
                 changed_patients=CHANGED_PATIENTS,
@@ -170,9 +172,6 @@ def build_phase(db: Path, change: bool) -> dict:
             )
             for statement in filter(str.strip, CHANGE_SET_SQL.split(";\n")):
                 con.execute(statement, _params(statement, **values))
-            now = later
-        else:
-            now = NOW
         started, cpu = time.perf_counter(), time.process_time()
         result = models.build(con, models.ListSettings(), now=now)
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
@@ -232,10 +231,7 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 3:
         phase, path = sys.argv[1], Path(sys.argv[2])
-        if phase == "generate":
-            figures = generate(path)
-        else:
-            figures = build_phase(path, change=phase == "change")
+        figures = generate(path) if phase == "generate" else build_phase(path, phase)
         print(json.dumps(figures))
     else:
         main()

@@ -28,7 +28,7 @@
 --                         count too (seed 000): filter on category to leave them out.
 --   type_sequence_number  the same, per appointment type
 --   booked_online         Cliniko recorded a booking IP address
---   refreshed_at          the build that last recomputed the row (its built_at)
+--   refreshed_by          the build that last recomputed the row (state.model_builds.build_id)
 with
 
 individual_appointments as (
@@ -60,7 +60,7 @@ practitioners as (
 ),
 
 build_context as (
-    select built_at, clinic_time_zone from state.build_context
+    select build_id, built_at, clinic_time_zone from state.build_context
 ),
 
 -- Which patients to recompute: everyone on a full build (changes_since is NULL) or when a
@@ -260,7 +260,7 @@ final as (
         case when numbered.is_kept then numbered.kept_position end as sequence_number,
         case when numbered.is_kept then numbered.kept_type_position end as type_sequence_number,
         numbered.booked_online,
-        build_context.built_at as refreshed_at
+        build_context.build_id as refreshed_by
     from numbered
     cross join build_context
     left join appointment_types

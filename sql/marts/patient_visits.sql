@@ -24,13 +24,13 @@ appointments as (
 ),
 
 build_context as (
-    select built_at from state.build_context
+    select build_id from state.build_context
 ),
 
 patients_in_scope as (
     select patient_id from appointments
     where getvariable('changes_since') is null
-        or refreshed_at = (select built_at from build_context)
+        or refreshed_by = (select build_id from build_context)
     union
     select patient_id from patients
     where getvariable('changes_since') is null

@@ -113,7 +113,7 @@ def test_models_over_a_synced_sandbox_clinic(tmp_path, server, clinic):
         assert sum(changes.values()) > 0
         after = {
             "marts.appointments": table(
-                con, "marts.appointments", "appointment_kind, appointment_id", "refreshed_at"
+                con, "marts.appointments", "appointment_kind, appointment_id", "refreshed_by"
             ),
             "marts.patients": table(con, "marts.patients", "patient_id"),
             "marts.email_marketing_list": table(con, "marts.email_marketing_list", "email"),
@@ -122,7 +122,7 @@ def test_models_over_a_synced_sandbox_clinic(tmp_path, server, clinic):
         # ... end exactly where a full rebuild from every raw row does.
         models.build(con, settings, now=clinic.now, full_refresh=True)
         assert after["marts.appointments"] == table(
-            con, "marts.appointments", "appointment_kind, appointment_id", "refreshed_at"
+            con, "marts.appointments", "appointment_kind, appointment_id", "refreshed_by"
         )
         assert after["marts.patients"] == table(con, "marts.patients", "patient_id")
         assert after["marts.email_marketing_list"] == table(

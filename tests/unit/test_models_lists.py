@@ -433,8 +433,8 @@ def test_staging_reads_only_what_the_sync_wrote_since_the_last_build(clinic):
 
 
 def _snapshot(con, relation: str, order: str) -> list[tuple]:
-    # refreshed_at says which build recomputed a row: the one column that may differ
-    columns = "* EXCLUDE (refreshed_at)" if relation == "marts.appointments" else "*"
+    # refreshed_by says which build recomputed a row: the one column that may differ
+    columns = "* EXCLUDE (refreshed_by)" if relation == "marts.appointments" else "*"
     return con.execute(f"SELECT {columns} FROM {relation} ORDER BY {order}").fetchall()
 
 
