@@ -1,0 +1,385 @@
+"""Tick benchmark (issue 6 §5): booking-to-welcome latency, the idle tick, ticks per minute.
+
+Everything is real except Cliniko: a Prefect server started here (its own home, a free port),
+the tick deployments served by ``prefect.serve`` in a subprocess (each run its own process, as
+in production), sandbox Cliniko servers in this process over HTTP, DuckDB files in a temp folder.
+
+1. Latency: a clinic of BENCH_TICK_LATENCY_PATIENTS (1,000) with a welcome email on every
+   booking, ticking every minute. Bookings are made in the sandbox at random moments; the
+   latency is the outbox file's written_at minus the booking time, over BENCH_TICK_BOOKINGS (20)
+   welcomes or more. Target: p95 <= 90 s.
+2. Idle tick: a clinic of BENCH_TICK_IDLE_PATIENTS (20,000) with the demo clinic's triggers,
+   journeys and campaigns. After its first (full) tick, BENCH_TICK_IDLE_RUNS (3) ticks with
+   nothing changed, each split into process start, our work (time inside task bodies: SQL,
+   HTTP, files) and Prefect (the rest of the run). Target: <= 5 s in all.
+3. Sustained: BENCH_TICK_CLINICS (5) clinics of 500 patients, their sandbox clocks running, ticking
+   every 60 s and then every 20 s, BENCH_TICK_MINUTES (3) minutes each: ticks completed per
+   minute, how late they started, and how many were skipped as too late.
+
+``python -m bench tick`` (about 20 minutes on a quiet 2-core machine); shrink it with the
+variables above, e.g. BENCH_TICK_IDLE_PATIENTS=2000 BENCH_TICK_MINUTES=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import yaml
+
+from relay.serve import _die_with_parent, free_port, prefect_server, use_server
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+WELCOME = {
+    "name": "welcome",
+    "enabled": True,
+    "event": "appointment_booked",
+    "timing": "immediately",
+    "channel": "email",
+    "template": "welcome",
+    "purpose": "transactional",
+}
+
+
+def setting(name: str, default: int) -> int:
+    return int(os.environ.get(f"BENCH_TICK_{name}", default))
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# --- set-up -----------------------------------------------------------------------------------
+
+
+def add_clinic(name: str, sandbox, **sections) -> None:
+    """A clinic folder with its own ClinikoAccount block, as an operator adds one."""
+    from pydantic import SecretStr
+
+    from blocks.cliniko import ClinikoAccount
+
+    ClinikoAccount(
+        api_key=SecretStr(sandbox.clinic.api_key),
+        contact_email="bench@localhost",
+        base_url=sandbox.base_url,
+        requests_per_minute=100_000,
+    ).save(f"{name}-cliniko", overwrite=True)
+    folder = Path(os.environ["RELAY_CLINICS_DIR"]) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"clinic": name, "name": f"Bench {name}", "cliniko": {"account": f"{name}-cliniko"}}
+    (folder / "clinic.yaml").write_text(yaml.safe_dump({**config, **sections}), encoding="utf-8")
+
+
+def demo_sections() -> dict:
+    """The demo clinic's triggers, journeys and campaigns: a realistic amount of planning."""
+    demo = yaml.safe_load((PROJECT_ROOT / "clinics/demo/clinic.yaml").read_text(encoding="utf-8"))
+    return {k: v for k, v in demo.items() if k in ("triggers", "journeys", "campaigns", "sync")}
+
+
+class Served:
+    """``prefect.serve`` of the named clinics' ticks every ``every`` seconds, in a subprocess."""
+
+    def __init__(self, every: float, clinics: list[str], suffix: str = "tick") -> None:
+        log = Path(os.environ["RELAY_DATA_DIR"]) / f"serve-{every:g}s-{time.time():.0f}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.log = log.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.tick", "serve", str(every), suffix, *clinics],
+            cwd=PROJECT_ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_child,
+        )
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)  # serve stops on Ctrl-C; kill only if it hangs
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def _child() -> None:
+    """In the served subprocess: Ctrl-C works (a background parent may ignore it), and it dies
+    with this process."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _die_with_parent()
+
+
+def _serve(every: str, suffix: str, clinics: list[str]) -> None:
+    from prefect import serve
+
+    from relay.serve import tick_deployment
+
+    interval = timedelta(seconds=float(every))
+    deployments = [tick_deployment(c, interval, name=f"{c}-{suffix}") for c in clinics]
+    serve(*deployments, print_starting_message=False)
+
+
+def tick_now(client, clinic: str, timeout: float = 1800) -> object:
+    """Run the clinic's tick deployment once, now, and wait for it to finish."""
+    from prefect.exceptions import ObjectNotFound
+
+    for _ in range(240):  # the served process registers its deployments in a few seconds
+        try:
+            deployment = client.read_deployment_by_name(f"clinic-tick/{clinic}-tick")
+            break
+        except ObjectNotFound:
+            time.sleep(0.5)
+    run_id = client.create_flow_run_from_deployment(deployment.id).id
+    deadline = time.monotonic() + timeout
+    while True:
+        run = client.read_flow_run(run_id)
+        if run.state.is_final():
+            return run
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{clinic}: tick not finished after {timeout:.0f}s")
+        time.sleep(0.5)
+
+
+def book_now(clinic) -> tuple[int, float]:
+    """One appointment booked in the sandbox now; its id and the wall-clock moment."""
+    from sandbox.cliniko.clinic import _Changes
+
+    table = clinic.tables["individual_appointments"]
+    with clinic.lock:
+        before = set(table.rows)
+        moment = time.time()
+        _Changes(clinic).bookings(int(moment))
+        new = set(table.rows) - before
+    return (new.pop(), float(int(moment))) if new else (0, moment)
+
+
+# --- 1. latency -------------------------------------------------------------------------------
+
+
+def latency(client) -> None:
+    from sandbox.cliniko import SandboxClinic, SandboxServer
+
+    patients, wanted = setting("LATENCY_PATIENTS", 1000), setting("BOOKINGS", 20)
+    print(f"1. Booking -> welcome in the outbox, ticks every 60 s ({patients} patients)")
+    clinic = SandboxClinic.generate(seed=21, patients=patients, start=datetime.now(UTC))
+    with SandboxServer(clinic, rate_limit=None, auto_advance_speed=1) as sandbox:
+        add_clinic("latency", sandbox, triggers=[WELCOME])
+        served = Served(60, ["latency"])
+        try:
+            first = tick_now(client, "latency")  # the first, full tick; the trigger goes live
+            print(
+                f"   first tick (full sync and build): {_seconds(first):.1f}s, {first.state.name}"
+            )
+            samples = _measure_welcomes(clinic, wanted)
+        finally:
+            served.stop()
+    if not samples:
+        print("   no welcome arrived: see the tick runs in the Prefect UI")
+        return
+    print(
+        f"   {len(samples)} welcomes: median {statistics.median(samples):.0f}s, "
+        f"p95 {pct(samples, 0.95):.0f}s, max {max(samples):.0f}s (target p95 <= 90 s)"
+    )
+
+
+def _measure_welcomes(clinic, wanted: int, limit_minutes: float = 12) -> list[float]:
+    from tasks.providers.outbox import outbox_dir
+
+    outbox = outbox_dir("latency")
+    booked: dict[int, float] = {}
+    latencies: dict[int, float] = {}
+    rng = random.Random(6)
+    deadline = time.monotonic() + limit_minutes * 60
+    next_booking = time.monotonic()
+    while len(latencies) < wanted and time.monotonic() < deadline:
+        if time.monotonic() >= next_booking and len(booked) < 3 * wanted:
+            appointment, moment = book_now(clinic)
+            booked[appointment] = moment
+            next_booking = time.monotonic() + rng.uniform(2, 10)
+        for path in outbox.glob("*.json") if outbox.exists() else ():
+            record = json.loads(path.read_text(encoding="utf-8"))
+            appointment = int(record["send_key"].rsplit(":", 1)[1])
+            if appointment in booked and appointment not in latencies:
+                written = datetime.fromisoformat(record["written_at"]).timestamp()
+                latencies[appointment] = written - booked[appointment]
+        time.sleep(0.5)
+    return list(latencies.values())
+
+
+def _seconds(run) -> float:
+    return (run.end_time - run.start_time).total_seconds()
+
+
+# --- 2. the idle tick -------------------------------------------------------------------------
+
+
+def idle(client) -> None:
+    from sandbox.cliniko import SandboxClinic, SandboxServer
+
+    patients, runs = setting("IDLE_PATIENTS", 20_000), setting("IDLE_RUNS", 3)
+    print(f"2. Idle tick on a {patients}-patient clinic")
+    started = time.monotonic()
+    clinic = SandboxClinic.generate(seed=22, patients=patients, start=datetime.now(UTC))
+    print(f"   generated the sandbox clinic in {time.monotonic() - started:.0f}s")
+    with SandboxServer(clinic, rate_limit=None) as sandbox:  # no clock: nothing changes
+        add_clinic("idle", sandbox, **demo_sections())
+        served = Served(3600, ["idle"])  # on demand only
+        try:
+            first = tick_now(client, "idle")
+            print(
+                f"   first tick (full sync, full build): {_seconds(first):.0f}s, {first.state.name}"
+            )
+            splits = [_split(client, tick_now(client, "idle")) for _ in range(runs)]
+        finally:
+            served.stop()
+    for name in ("total", "process start", "run", "our work", "Prefect"):
+        values = [s[name] for s in splits]
+        print(f"   {name:<14} median {statistics.median(values):5.2f}s  (runs: "
+              + ", ".join(f"{v:.2f}" for v in values) + ")")  # fmt: skip
+    print(
+        "   total = process start (spawn, imports) + run; run = our work + Prefect (target <= 5 s)"
+    )
+
+
+def _split(client, run) -> dict[str, float]:
+    """Where an idle tick's time goes, from the server's own record of the run and its tasks."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
+    )
+
+    pending = next(
+        s.timestamp for s in client.read_flow_run_states(run.id) if s.type.value == "PENDING"
+    )
+    subflows = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])
+        )
+    )
+    wrappers = {s.parent_task_run_id for s in subflows}
+    tasks = client.read_task_runs(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id, *(s.id for s in subflows)]))
+    )
+    ours = sum(t.total_run_time.total_seconds() for t in tasks if t.id not in wrappers)
+    spawn = (run.start_time - pending).total_seconds()
+    body = (run.end_time - run.start_time).total_seconds()
+    return {
+        "total": spawn + body,
+        "process start": spawn,
+        "run": body,
+        "our work": ours,
+        "Prefect": body - ours,
+    }
+
+
+# --- 3. sustained ticks per minute ------------------------------------------------------------
+
+
+def sustained(client) -> None:
+    from sandbox.cliniko import SandboxClinic, SandboxServer
+
+    count, minutes = setting("CLINICS", 5), setting("MINUTES", 3)
+    print(f"3. {count} clinics of 500 patients, clocks running, on one served process")
+    names = [f"clinic{i}" for i in range(count)]
+    sandboxes = [
+        SandboxServer(
+            SandboxClinic.generate(seed=30 + i, patients=500, start=datetime.now(UTC)),
+            rate_limit=None,
+            auto_advance_speed=1,
+        ).start()
+        for i in range(count)
+    ]
+    try:
+        for name, sandbox in zip(names, sandboxes, strict=True):
+            add_clinic(name, sandbox, **demo_sections())
+        served = Served(3600, names)
+        try:
+            for name in names:  # first, full ticks: not part of the steady state
+                tick_now(client, name)
+        finally:
+            served.stop()
+        for every in (60, 20):
+            _steady(client, names, every, minutes)
+    finally:
+        for sandbox in sandboxes:
+            sandbox.stop()
+
+
+def _steady(client, names: list[str], every: int, minutes: int) -> None:
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+    )
+
+    # Deployments of their own per rate (clinicN-every-20s), so one phase's schedule, pause on
+    # shutdown and runs never mix with another's.
+    suffix = f"every-{every}s"
+    served = Served(every, names, suffix)
+    # The measured window: runs due in `minutes` minutes, from one interval after serving starts
+    # (the first run is due then); one more interval afterwards to let the last ones start.
+    since = datetime.now(UTC) + timedelta(seconds=every)
+    until = since + timedelta(minutes=minutes)
+    time.sleep((until - datetime.now(UTC)).total_seconds() + every)
+    served.stop()
+    runs = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            expected_start_time=FlowRunFilterExpectedStartTime(after_=since, before_=until)
+        ),
+        deployment_filter=DeploymentFilter(
+            name=DeploymentFilterName(any_=[f"{n}-{suffix}" for n in names])
+        ),
+        limit=200,
+    )
+    finished = [r for r in runs if r.state.is_final() and r.start_time]
+    late = [(r.start_time - r.expected_start_time).total_seconds() for r in finished]
+    skipped = sum(1 for s in late if s > 2 * every)  # tick_deployment: max lateness 2 intervals
+    done = sum(
+        1 for r, s in zip(finished, late, strict=True) if r.state.is_completed() and s <= 2 * every
+    )
+    failed = sum(1 for r in finished if not r.state.is_completed())
+    waiting = len(runs) - len(finished)
+    asked = len(names) * 60 / every
+    print(
+        f"   every {every:>2}s ({asked:.0f} ticks/min asked): {done / minutes:.1f} ticks/min done, "
+        f"{skipped} skipped as late, {failed} failed, {waiting} still waiting; start lateness "
+        + (f"median {statistics.median(late):.0f}s, max {max(late):.0f}s" if late else "-")
+    )
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-tick-") as tmp:
+        root = Path(tmp)
+        os.environ.update(
+            RELAY_DATA_DIR=str(root / "data"),
+            RELAY_CLINICS_DIR=str(root / "clinics"),
+            PREFECT_HOME=str(root / "prefect"),
+            PREFECT_LOGGING_LEVEL="ERROR",
+        )
+        with prefect_server(free_port(), home=root / "prefect", ui=False) as api:
+            use_server(api)
+            from prefect.client.orchestration import get_client
+            from prefect.settings import PREFECT_API_URL, temporary_settings
+
+            with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+                parts = os.environ.get("BENCH_TICK_PARTS", "latency,idle,sustained").split(",")
+                for part in parts:
+                    {"latency": latency, "idle": idle, "sustained": sustained}[part](client)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["serve"]:
+        _serve(sys.argv[2], sys.argv[3], sys.argv[4:])
+    else:
+        main()
