@@ -114,7 +114,7 @@ WHERE id IN (SELECT 1 + hash(i * 13) % $patients FROM range($changed_patients) t
 UPDATE raw.individual_appointments SET synced_at = $later, updated_at = $later,
     payload = json_merge_patch(payload, json_object('cancelled_at', '2026-11-22T08:58:00Z'))
 WHERE id IN (SELECT 1 + hash(i * 11) % $appointments FROM range($changed_appointments) t(i));
-INSERT INTO raw.individual_appointments
+INSERT OR REPLACE INTO raw.individual_appointments
 SELECT $appointments + i, $later, json_object('id', ($appointments + i)::VARCHAR,
     'created_at', '2026-11-22T08:57:00Z', 'updated_at', '2026-11-22T08:57:00Z',
     'starts_at', '2026-12-01T01:00:00Z', 'ends_at', '2026-12-01T01:30:00Z',
