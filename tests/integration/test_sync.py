@@ -296,20 +296,22 @@ def test_kill_9_at_random_moments_then_rerun_loses_and_duplicates_nothing(db, cl
         "CLINIKO_BASE_URL": server.base_url,
         "CLINIKO_CONTACT": "tests@example.com",
     }
-    # Paced so a backfill takes a few seconds: long enough to be killed in the middle of it.
-    command = [sys.executable, "-m", "tasks.extract", "--db", str(db), "--requests", "40",
+    # Paced so a sync takes seconds: long enough to be killed in the middle of it, wherever it is
+    # (between requests, between pages, inside a commit). Kills until four have landed.
+    command = [sys.executable, "-m", "tasks.extract", "--db", str(db), "--requests", "12",
                "--per-seconds", "1", "--retry-initial", "0.05"]  # fmt: skip
     rng = random.Random(11)
-    kills = 0
-    for _ in range(6):
+    kills = rounds = 0
+    while kills < 4 and rounds < 12:
+        rounds += 1
         proc = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.8, 3.0))
+        time.sleep(rng.uniform(0.3, 3.0))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
-        clinic.advance(timedelta(minutes=rng.randint(1, 90)))
-    assert kills >= 3, "the sync finished before it could be killed: make it longer"
+        clinic.advance(timedelta(hours=rng.randint(1, 8)))
+    assert kills == 4, "the sync kept finishing before it could be killed: make it longer"
 
     finished = subprocess.run(command, env=env, cwd=PROJECT_ROOT, capture_output=True, timeout=120)
     assert finished.returncode == 0, finished.stderr.decode()[-2000:]
