@@ -61,6 +61,7 @@ def prefect_server(
     env.pop("PREFECT_API_URL", None)
     api = f"http://127.0.0.1:{port}/api"
     env["PREFECT_UI_URL"] = f"http://127.0.0.1:{port}"
+    env["PREFECT_UI_API_URL"] = api  # else the UI calls port 4200 whatever --port says
     log_path = log or Path(env.get("PREFECT_HOME", ".prefect")) / "server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as out:

@@ -183,7 +183,6 @@ def collect(con: duckdb.DuckDBPyConnection, summary: Summary) -> Summary:
 
 def markdown(s: Summary) -> str:
     """The tick's artifact: steps, freshness, the breaker, then counts."""
-    icon = {COMPLETED: "✅", FAILED: "❌", HELD: "⏸", ABSENT: "➖"}
     lines = [
         f"# Tick: {s.clinic}",
         "",
@@ -194,9 +193,7 @@ def markdown(s: Summary) -> str:
     lines += ["", "| step | outcome | seconds | why |", "|---|---|---:|---|"]
     for step in s.steps:
         why = step.reason.replace("|", "/").replace("\n", " ")[:200]
-        lines.append(
-            f"| {step.name} | {icon.get(step.status, '')} {step.status} | {step.seconds:.1f} | {why} |"
-        )
+        lines.append(f"| {step.name} | {step.status} | {step.seconds:.1f} | {why} |")
     if s.rows_synced:
         changed = ", ".join(f"{k} {v}" for k, v in s.rows_synced.items() if v) or "no changes"
         lines += ["", f"**Rows synced:** {sum(s.rows_synced.values())} ({changed})."]

@@ -206,7 +206,7 @@ def test_a_tick_runs_every_step_as_a_subflow_and_publishes_one_summary(
         patients = con.execute("SELECT count(*) FROM raw.patients").fetchone()[0]
         # The welcome trigger went live with this tick: no welcome for bookings made before it.
         assert con.execute("SELECT count(*) FROM state.messages").fetchone()[0] == 0
-    assert "| sync | ✅ completed |" in summary and f"patients {patients}" in summary
+    assert "| sync | completed |" in summary and f"patients {patients}" in summary
     assert "**Models:** succeeded" in summary and "| email_marketing_list |" in summary
 
 
@@ -262,8 +262,8 @@ def test_a_clinic_with_a_broken_key_fails_alone_and_an_alert_goes_out(client, fi
     # Separate processes, neither waiting for the other.
     assert good_run.infrastructure_pid != broken_run.infrastructure_pid
     assert "AwaitingConcurrencySlot" not in states(client, good) + states(client, broken)
-    assert "| sync | ✅ completed |" in artifact(client, good)
-    assert "| sync | ❌ failed |" in artifact(client, broken)
+    assert "| sync | completed |" in artifact(client, good)
+    assert "| sync | failed |" in artifact(client, broken)
 
     alerts = webhook.wait(lambda m: broken_run.name in m.get("subject", ""))
     assert alerts and "Failed" in alerts[0]["subject"]
@@ -281,7 +281,7 @@ def test_the_circuit_breaker_holds_planning_and_sending_when_the_sync_is_stale(
     summary = artifact(client, run_id)
     assert "**Planning and sending held:**" in summary and "minutes old" in summary
     for step in ("plan", "dispatch"):
-        assert f"| {step} | ⏸ held |" in summary
+        assert f"| {step} | held |" in summary
     steps = subflows(client, run_id)
     assert set(steps) <= {"cliniko-sync", "feedback"}, "a held step ran"
     with open_db(db, read_only=True) as con:

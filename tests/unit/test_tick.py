@@ -103,4 +103,4 @@ def test_markdown_says_why_a_step_did_not_run():
     )  # fmt: skip
     text = tick.markdown(summary)
     assert "**Planning and sending held:** the sync failed." in text
-    assert "| sync | ❌ failed | 0.0 | ClinikoAuthError: 401 |" in text
+    assert "| sync | failed | 0.0 | ClinikoAuthError: 401 |" in text
