@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import orjson
@@ -174,6 +175,18 @@ def test_reconciliation_marks_hard_deleted_rows_and_keeps_them(db, clinic, serve
     assert last == ("reconcile", "completed")
     assert sum(c.removed for c in counts.values()) > 0
     assert_mirrors(db, clinic, server)
+
+
+def test_a_429_is_waited_out_until_the_window_resets_not_retried_blindly(clinic, server):
+    from sandbox.cliniko import RateLimit
+
+    server.rate_limit = RateLimit(per_window=3, window_seconds=0.5)  # reset sent as a decimal
+    with client_for(server, clinic.api_key) as client:  # unpaced: only the 429s slow it down
+        for _ in range(12):
+            client.get_page("/businesses", "businesses")
+    statuses = [status for _, _, status in server.stats.log]
+    assert client.stats.rate_limited > 0 and statuses.count(200) == 12
+    assert all(not (a == b == 429) for a, b in pairwise(statuses)), statuses
 
 
 # --- Refusals: clear errors, nothing written --------------------------------------------------
