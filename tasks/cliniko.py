@@ -186,7 +186,7 @@ class Stats:
     requests: int = 0
     rate_limited: int = 0
     retried: int = 0
-    waited_seconds: float = 0.0
+    paced_seconds: float = 0.0  # waited for the limiter
     by_status: dict[int, int] = field(default_factory=dict)
 
 
@@ -272,7 +272,7 @@ class ClinikoClient:
     def _get_once(self, url: str, query: list[tuple[str, str]], key: str, path: str) -> Page:
         for _ in range(self.retry.max_rate_limited):
             if self.limiter:
-                self.stats.waited_seconds += self.limiter.acquire()
+                self.stats.paced_seconds += self.limiter.acquire()
             response = self._http.get(url, params=query or None)
             self.stats.requests += 1
             status = response.status_code

@@ -661,6 +661,8 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.perf_counter() - started,
         "requests": client.stats.requests,
         "rate_limited": client.stats.rate_limited,
+        "retried": client.stats.retried,
+        "paced_seconds": client.stats.paced_seconds,
         "peak_rss_mb": _rusage.getrusage(_rusage.RUSAGE_SELF).ru_maxrss / 1024,
         "resources": {name: asdict(c) for name, c in counts.items()},
     }
