@@ -296,7 +296,9 @@ class _Generator:
         for group in self.group_recs.values():  # a few past classes were archived
             starts = parse_int(group["starts_at"])
             if starts < self.now and self.rng.random() < 0.03:
-                archived = min(self.now, starts + self.rng.randint(0, 14) * DAY)
+                archived = starts + self.rng.randint(0, 14) * DAY
+                if archived > self.now:  # not archived yet
+                    continue
                 group["archived_at"] = fmt_ts(archived)
                 group["updated_at"] = fmt_ts(max(archived, parse_int(group["updated_at"])))
         self.out["group_appointments"] = list(self.group_recs.values())
@@ -499,7 +501,7 @@ class _Generator:
         if starts < created:  # booked on the day they joined, for a later day
             starts = appointment_slot(rng, tz, t + DAY)
         booked = max(created, starts - int(rng.expovariate(1 / (6 * DAY))))
-        self._individual(p, type_, starts, min(booked, self.now))
+        self._individual(p, type_, starts, self._booked_by_now(booked, created))
 
     def _individual(
         self, p: dict, type_: AppointmentType, starts: int, booked: int, tag: bool = False
@@ -538,20 +540,22 @@ class _Generator:
             c._marked.add(int(appt["id"]))
         self.out["attendees"].append(Row.of(att, **times))
 
+    def _booked_by_now(self, booked: int, created: int) -> int:
+        """A future visit is already in the calendar, so it was booked before now: spread such
+        bookings over the last three weeks rather than stamping them all with this second."""
+        if booked <= self.now:
+            return booked
+        return self.rng.randint(min(self.now, max(created, self.now - 21 * DAY)), self.now)
+
     def _attend_class(self, p: dict, business: Business, around: int) -> None:
         rng, c = self.rng, self.c
         class_id, group = find_class(c, rng, business, around, self.group_recs.get, self.now)
         if class_id not in self.group_recs:
             self.group_recs[class_id] = group
         group = self.group_recs[class_id]
-        booked = min(
-            self.now,
-            max(
-                parse_int(p["created_at"]),
-                parse_int(group["starts_at"]) - rng.randint(3600, 10 * DAY),
-            ),
-        )
-        att = join_class(c, rng, p, group, booked)
+        created = parse_int(p["created_at"])
+        booked = max(created, parse_int(group["starts_at"]) - rng.randint(3600, 10 * DAY))
+        att = join_class(c, rng, p, group, self._booked_by_now(booked, created))
         settle_attendance(c, rng, att, group, self.now)
         self.out["attendees"].append(Row(att))
 
@@ -573,7 +577,9 @@ class _Generator:
             created = parse_int(survivor["created_at"])
             dup = dict(survivor)
             dup_created = rng.randint(created, max(created, self.now - DAY))
-            merged_at = min(self.now, dup_created + rng.randint(3600, 30 * DAY))
+            merged_at = dup_created + rng.randint(3600, 30 * DAY)
+            if merged_at > self.now:  # merged recently: some time since the duplicate appeared
+                merged_at = rng.randint(dup_created, self.now)
             dup_id = c.new_id(dup_created)
             dup.update(
                 id=str(dup_id),
@@ -769,30 +775,34 @@ def history_outcome(
     rng: random.Random, created: int, starts: int, ends: int, now: int
 ) -> records.Outcome:
     """The outcome a generated appointment has by ``now``: most past visits attended, some
-    missed, cancelled (a few then archived) or never marked; a few future ones cancelled."""
+    missed, cancelled (a few then archived) or never marked; a few future ones cancelled.
+
+    An event whose moment would fall after ``now`` has not happened yet, so the row stays as it
+    was. Clamping such moments to ``now`` instead would stamp thousands of rows with the same
+    second, which no real clinic produces and which swells every sync's overlap window."""
     roll = rng.random()
+    unmarked = records.Outcome(updated=created)
     if starts > now:
         if roll < 0.07:
             return _cancelled(rng, rng.randint(created, now))
-        return records.Outcome(updated=created)
+        return unmarked
     if roll < 0.10:
         cancelled = _cancelled(rng, rng.randint(created, max(created, min(starts, now))))
         if rng.random() < 0.15:
-            archived = min(now, cancelled.updated + rng.randint(0, 30 * DAY))
-            return replace(cancelled, archived=archived, updated=archived)
+            archived = cancelled.updated + rng.randint(0, 30 * DAY)
+            if archived <= now:
+                return replace(cancelled, archived=archived, updated=archived)
         return cancelled
     if roll < 0.82:
-        return records.Outcome(
-            updated=max(created, min(now, ends + rng.randint(0, 4 * 3600))), arrived=True
-        )
+        marked = max(created, ends + rng.randint(0, 4 * 3600))
+        return records.Outcome(updated=marked, arrived=True) if marked <= now else unmarked
     if roll < 0.87:
-        return records.Outcome(
-            updated=max(created, min(now, ends + rng.randint(0, 2 * DAY))), arrived=False
-        )
+        marked = max(created, ends + rng.randint(0, 2 * DAY))
+        return records.Outcome(updated=marked, arrived=False) if marked <= now else unmarked
     if roll < 0.89:
-        archived = max(created, min(now, starts + rng.randint(0, 30 * DAY)))
-        return records.Outcome(updated=archived, archived=archived)
-    return records.Outcome(updated=created)  # never marked (many clinics do not mark arrivals)
+        archived = max(created, starts + rng.randint(0, 30 * DAY))
+        return records.Outcome(updated=archived, archived=archived) if archived <= now else unmarked
+    return unmarked  # never marked (many clinics do not mark arrivals)
 
 
 def _cancelled(rng: random.Random, at: int) -> records.Outcome:
@@ -828,7 +838,9 @@ def find_class(
     for starts in class_slots_after(tz, around, c._timetable):
         class_id = c._classes.get((business.id, starts))
         if class_id is None:
-            created = min(now, starts - rng.randint(7, 60) * DAY)
+            created = starts - rng.randint(7, 60) * DAY
+            if created > now:  # a class this week was put on the timetable some days ago
+                created = now - rng.randint(3600, 7 * DAY)
             class_id = c.new_id(created)
             c._classes[(business.id, starts)] = class_id
             prac = c.catalogue.practitioner(rng, business.id, "Pilates", starts)
@@ -875,8 +887,10 @@ def settle_attendance(
         group["patient_ids"].remove(att["patient"]["links"]["self"].rsplit("/", 1)[1])
         group["updated_at"] = fmt_ts(max(parse_int(group["updated_at"]), at))
     elif starts <= now:
-        att["arrived"] = roll < 0.9
-        att["updated_at"] = fmt_ts(min(now, ends + rng.randint(0, 3600)))
+        marked = ends + rng.randint(0, 3600)
+        if marked <= now:  # otherwise the roll has not been marked yet
+            att["arrived"] = roll < 0.9
+            att["updated_at"] = fmt_ts(marked)
 
 
 # ---- the change engine ----------------------------------------------------------------------
