@@ -14,7 +14,10 @@ import functools
 import duckdb
 import phonenumbers
 from duckdb.sqltypes import BOOLEAN, VARCHAR
-from email_validator import EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
+
+_PLAIN_EMAIL = r"^[A-Za-z0-9]+([._+-][A-Za-z0-9]+)*@([A-Za-z0-9]+(-[A-Za-z0-9]+)*\.)+[A-Za-z]{2,}$"
+_SPECIAL_USE = ", ".join(f"'{d}'" for d in SPECIAL_USE_DOMAIN_NAMES)
 
 # Staging reads most fields with a typed json_transform, which already turns "" into NULL for
 # timestamps, booleans and numbers; these cover text, ->> reads and links.
@@ -26,6 +29,15 @@ MACROS = (
     # (String splitting: a third of the cost of a regular expression over millions of links.)
     "CREATE OR REPLACE TEMP MACRO cliniko_link_id(url) AS "
     "try_cast(split_part(split_part(url, '?', 1), '/', -1) AS BIGINT)",
+    # Email syntax: addresses of the plainest form (ASCII dot-atoms, hyphens inside labels, a
+    # letters-only top-level domain that is not special-use, short enough that no length limit
+    # applies) are valid for email-validator too, and this regular expression proves it at a
+    # fraction of a Python call's cost; everything else is asked of email-validator. A full
+    # build checks 100,000 addresses, so this is most of a build's Python time saved.
+    "CREATE OR REPLACE TEMP MACRO relay_email_is_valid(email) AS CASE WHEN "
+    f"regexp_full_match(email, '{_PLAIN_EMAIL}') AND length(email) <= 64 "
+    f"AND lower(split_part(email, '.', -1)) NOT IN ({_SPECIAL_USE}) THEN true "
+    "ELSE relay_email_validator(email) END",
 )
 
 _MOBILE_TYPES = {
@@ -48,10 +60,9 @@ def mobile_e164(number: str | None, country: str | None) -> str | None:
             parsed = phonenumbers.parse(candidate, country)
         except phonenumbers.NumberParseException:
             continue
-        if (
-            phonenumbers.is_valid_number(parsed)
-            and phonenumbers.number_type(parsed) in _MOBILE_TYPES
-        ):
+        # number_type() is UNKNOWN for every number is_valid_number() rejects (it runs the same
+        # metadata match), so asking it alone gives the same answer at two thirds of the cost.
+        if phonenumbers.number_type(parsed) in _MOBILE_TYPES:
             return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     return None
 
@@ -68,18 +79,18 @@ def email_is_valid(email: str) -> bool:
 def register(con: duckdb.DuckDBPyConnection) -> None:
     """Make the macros and UDFs available on ``con`` (idempotent)."""
     con.execute("SET enable_progress_bar = false")
-    for macro in MACROS:
-        con.execute(macro)
     registered = {
         row[0]
         for row in con.execute(
             "SELECT function_name FROM duckdb_functions() WHERE function_name IN "
-            "('relay_mobile_e164', 'relay_email_is_valid')"
+            "('relay_mobile_e164', 'relay_email_validator')"
         ).fetchall()
     }
     if "relay_mobile_e164" not in registered:
         con.create_function(
             "relay_mobile_e164", mobile_e164, [VARCHAR, VARCHAR], VARCHAR, null_handling="special"
         )
-    if "relay_email_is_valid" not in registered:
-        con.create_function("relay_email_is_valid", email_is_valid, [VARCHAR], BOOLEAN)
+    if "relay_email_validator" not in registered:
+        con.create_function("relay_email_validator", email_is_valid, [VARCHAR], BOOLEAN)
+    for macro in MACROS:
+        con.execute(macro)
