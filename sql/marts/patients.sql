@@ -1,3 +1,4 @@
+-- config: materialized=view
 -- The entire database: one row per patient not deleted in Cliniko (archived and merged-away
 -- patients included, flagged), for transactional messages and as the base of the lists.
 --
@@ -22,65 +23,9 @@
 --   visits_by_category          MAP(category -> visits), e.g. visits_by_category['Admin Only']
 --   next_appointment_id, next_appointment_kind, next_appointment_at (UTC),
 --   next_appointment_type_id
-with
-
-patients as (
-    select * from staging.patients
-    where deleted_at is null and removed_at is null
-),
-
-patient_visits as (
-    select * from marts.patient_visits
-),
-
-build_context as (
-    select built_at from state.build_context
-),
-
-final as (
-    select
-        patients.patient_id,
-        patients.title,
-        patients.first_name,
-        patients.last_name,
-        patients.preferred_first_name,
-        coalesce(patients.preferred_first_name, patients.first_name) as greeting_name,
-        patients.email,
-        patients.email_normalised,
-        coalesce(patients.email_is_valid, false) as email_is_valid,
-        patients.mobile_number,
-        patients.mobile_e164,
-        patients.accepted_email_marketing,
-        patients.accepted_sms_marketing,
-        patients.accepted_privacy_policy,
-        patients.reminder_type,
-        patients.receives_confirmation_emails,
-        patients.time_zone,
-        patients.country_code,
-        patients.concession_type_id,
-        patients.date_of_birth,
-        date_part('year', age(build_context.built_at::date, patients.date_of_birth))::integer
-            as age,
-        patients.created_at,
-        patients.updated_at,
-        patients.archived_at,
-        patients.merged_at,
-        patients.merged_into_patient_id,
-        patients.archived_at is not null or patients.merged_at is not null as is_archived,
-        patient_visits.first_visit_at,
-        patient_visits.last_visit_at,
-        greatest(patient_visits.last_visit_at, patients.created_at) as last_seen_at,
-        coalesce(patient_visits.visit_count, 0) as visit_count,
-        coalesce(patient_visits.appointment_count, 0) as appointment_count,
-        coalesce(patient_visits.visits_by_appointment_type, map()) as visits_by_appointment_type,
-        coalesce(patient_visits.visits_by_category, map()) as visits_by_category,
-        patient_visits.next_appointment_id,
-        patient_visits.next_appointment_kind,
-        patient_visits.next_appointment_at,
-        patient_visits.next_appointment_type_id
-    from patients
-    cross join build_context
-    left join patient_visits on patient_visits.patient_id = patients.patient_id
-)
-
-select * from final
+--
+-- A view over marts.patient_rows, which a build keeps up to date incrementally: deleted
+-- patients are left out here.
+select * exclude (is_deleted)
+from marts.patient_rows
+where not is_deleted

@@ -67,12 +67,17 @@ def test_the_flow_builds_a_task_per_model_in_dependency_order_with_counts_only(t
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
     assert expected <= set(by_name)
-    # marts.patients waits on the task runs of the models it reads: the edges of the DAG
-    waits_on = {str(i.id) for i in by_name["marts.patients"].task_inputs.get("wait_for", [])}
-    assert waits_on == {
+
+    # each model waits on the task runs of the models it reads: the edges of the DAG
+    def waits_on(relation: str) -> set[str]:
+        return {str(i.id) for i in by_name[relation].task_inputs.get("wait_for", [])}
+
+    assert waits_on("marts.patient_rows") == {
         str(by_name["staging.patients"].id),
+        str(by_name["marts.appointments"].id),
         str(by_name["marts.patient_visits"].id),
     }
+    assert waits_on("marts.patients") == {str(by_name["marts.patient_rows"].id)}
 
     table = json.dumps([a.data for a in artifacts])
     assert "email_marketing_list" in table

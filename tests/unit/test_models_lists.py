@@ -489,3 +489,14 @@ def test_incremental_builds_end_with_the_same_tables_as_a_full_rebuild(clinic):
     assert clinic.con.execute(
         "SELECT status FROM marts.appointments WHERE appointment_id = 201"
     ).fetchone() == ("unmarked",)
+
+
+def test_an_incremental_build_ages_a_patient_on_their_birthday_without_a_sync(clinic):
+    # marts.patients is kept incrementally: a birthday changes a row nobody synced
+    clinic.patient(1, born="1980-11-23")
+    clinic.patient(2, born="1980-01-01")
+    clinic.build()
+    ages = "SELECT patient_id, age FROM marts.patients ORDER BY patient_id"
+    assert clinic.con.execute(ages).fetchall() == [(1, 45), (2, 46)]
+    clinic.build(now=NOW + timedelta(days=1))
+    assert clinic.con.execute(ages).fetchall() == [(1, 46), (2, 46)]
