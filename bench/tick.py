@@ -321,6 +321,8 @@ def _steady(client, names: list[str], every: int, minutes: int) -> None:
         DeploymentFilterName,
         FlowRunFilter,
         FlowRunFilterExpectedStartTime,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
     )
 
     # Deployments of their own per rate (clinicN-every-20s), so one phase's schedule, pause on
@@ -332,30 +334,68 @@ def _steady(client, names: list[str], every: int, minutes: int) -> None:
     since = datetime.now(UTC) + timedelta(seconds=every)
     until = since + timedelta(minutes=minutes)
     time.sleep((until - datetime.now(UTC)).total_seconds() + every)
-    served.stop()
-    runs = client.read_flow_runs(
+    ours = DeploymentFilter(name=DeploymentFilterName(any_=[f"{n}-{suffix}" for n in names]))
+    due = client.read_flow_runs(
         flow_run_filter=FlowRunFilter(
             expected_start_time=FlowRunFilterExpectedStartTime(after_=since, before_=until)
         ),
-        deployment_filter=DeploymentFilter(
-            name=DeploymentFilterName(any_=[f"{n}-{suffix}" for n in names])
-        ),
+        deployment_filter=ours,
         limit=200,
     )
+    # Stop scheduling, let the ticks under way finish (stopping serve would crash them), stop.
+    for name in names:
+        client.pause_deployment(client.read_deployment_by_name(f"clinic-tick/{name}-{suffix}").id)
+    busy = FlowRunFilter(
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["RUNNING", "PENDING"]))
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and client.read_flow_runs(
+        flow_run_filter=busy, deployment_filter=ours
+    ):
+        time.sleep(2)
+    served.stop()
+    runs = [r for r in (_reread(client, r.id) for r in due) if r is not None]
+    waiting = len(due) - len(runs)  # never started: deleted with the schedule on pause
     finished = [r for r in runs if r.state.is_final() and r.start_time]
     late = [(r.start_time - r.expected_start_time).total_seconds() for r in finished]
-    skipped = sum(1 for s in late if s > 2 * every)  # tick_deployment: max lateness 2 intervals
-    done = sum(
-        1 for r, s in zip(finished, late, strict=True) if r.state.is_completed() and s <= 2 * every
-    )
-    failed = sum(1 for r in finished if not r.state.is_completed())
-    waiting = len(runs) - len(finished)
+    summarised = _with_summary(client, [r.id for r in finished])  # a skipped tick publishes none
+    done = sum(1 for r in finished if r.state.is_completed() and r.id in summarised)
+    skipped = sum(1 for r in finished if r.state.is_completed() and r.id not in summarised)
+    failed = sorted(r.state.name for r in finished if not r.state.is_completed())
+    waiting += len(runs) - len(finished)
     asked = len(names) * 60 / every
     print(
         f"   every {every:>2}s ({asked:.0f} ticks/min asked): {done / minutes:.1f} ticks/min done, "
-        f"{skipped} skipped as late, {failed} failed, {waiting} still waiting; start lateness "
+        f"{skipped} skipped as late, {len(failed)} not completed {failed or ''}, {waiting} never "
+        "started; start lateness "
         + (f"median {statistics.median(late):.0f}s, max {max(late):.0f}s" if late else "-")
     )
+
+
+def _with_summary(client, run_ids: list) -> set:
+    """The runs among ``run_ids`` that published a tick summary (did the work)."""
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+
+    found = client.read_artifacts(
+        artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=run_ids), key=ArtifactFilterKey(like_="tick-")
+        ),
+        limit=200,
+    )
+    return {a.flow_run_id for a in found}
+
+
+def _reread(client, run_id):
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        return client.read_flow_run(run_id)
+    except ObjectNotFound:
+        return None
 
 
 def main() -> None:

@@ -73,10 +73,10 @@ def breaker(sync: Step, fresh: Freshness, stale_after_minutes: int) -> str | Non
 def too_late(
     expected_start: datetime | None, now: datetime, auto_scheduled: bool, max_lateness: timedelta
 ) -> str | None:
-    """A scheduled tick that starts long after its time (the worker was down, or ticks queued
-    behind a slow one) does nothing: a newer tick is already scheduled, and each tick catches up
-    on everything since the last, so running the backlog would only delay the fresh one. Runs a
-    person asked for always run."""
+    """Whether a scheduled tick starts long after its time (the worker was down, or ticks queued
+    behind a slow one). Such a tick gives way to a newer one already due (flows/tick.py), as each
+    tick catches up on everything since the last: running the backlog would only delay the
+    fresh one. Runs a person asked for always run."""
     if not auto_scheduled or expected_start is None:
         return None
     late = now - expected_start
@@ -84,7 +84,7 @@ def too_late(
         return None
     return (
         f"this scheduled tick starts {late.total_seconds() / 60:.0f} minutes late "
-        f"(more than {max_lateness.total_seconds() / 60:.0f}); the next tick catches up"
+        f"(more than {max_lateness.total_seconds() / 60:.0f})"
     )
 
 
