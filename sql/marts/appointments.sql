@@ -31,19 +31,23 @@
 --   refreshed_by          the build that last recomputed the row (state.model_builds.build_id)
 with
 
-individual_appointments as (
+-- Import CTEs of large tables are NOT MATERIALIZED: read more than once, DuckDB would
+-- otherwise copy the whole table first, and an incremental build would pay for millions
+-- of rows instead of the few its filters keep.
+
+individual_appointments as not materialized (
     select * from staging.individual_appointments
 ),
 
-group_appointments as (
+group_appointments as not materialized (
     select * from staging.group_appointments
 ),
 
-attendees as (
+attendees as not materialized (
     select * from staging.attendees
 ),
 
-patients as (
+patients as not materialized (
     select * from staging.patients
 ),
 

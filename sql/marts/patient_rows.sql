@@ -8,7 +8,11 @@
 -- previous build (birthdays). Columns: those of marts.patients, then is_deleted.
 with
 
-patients as (
+-- Import CTEs of large tables are NOT MATERIALIZED: read more than once, DuckDB would
+-- otherwise copy the whole table first, and an incremental build would pay for millions
+-- of rows instead of the few its filters keep.
+
+patients as not materialized (
     select * from staging.patients
 ),
 
@@ -16,7 +20,7 @@ patient_visits as (
     select * from marts.patient_visits
 ),
 
-appointments as (
+appointments as not materialized (
     select patient_id, refreshed_by from marts.appointments
 ),
 

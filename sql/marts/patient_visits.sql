@@ -15,11 +15,15 @@
 --   next_appointment_type_id
 with
 
-patients as (
+-- Import CTEs of large tables are NOT MATERIALIZED: read more than once, DuckDB would
+-- otherwise copy the whole table first, and an incremental build would pay for millions
+-- of rows instead of the few its filters keep.
+
+patients as not materialized (
     select * from staging.patients
 ),
 
-appointments as (
+appointments as not materialized (
     select * from marts.appointments
 ),
 
