@@ -1,23 +1,6 @@
 -- Recall band: last visit 180 or more days ago, and nothing booked since (no upcoming appointment).
 -- Over every live (not archived) patient; marketing sends reach only those also on a marketing
 -- list (the planner joins the list). Columns: patient_id, last_visit_at.
-with
-
-patients as (
-    select * from marts.patients
-    where not is_archived
-),
-
-build_context as (
-    select built_at from state.build_context
-),
-
-members as (
-    select patients.patient_id, patients.last_visit_at
-    from patients
-    cross join build_context
-    where patients.next_appointment_at is null
-        and patients.last_visit_at <= build_context.built_at - interval 180 days
-)
-
-select * from members
+select patient_id, last_visit_at
+from marts.recall_candidates
+where days_since_last_visit >= 180
