@@ -59,9 +59,12 @@ def _configure(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("SET TimeZone = 'UTC'")
 
 
-# Databases a ``hold`` in this process has locked: opens of them pass through the lock.
-_held: set[Path] = set()
+# Databases a ``hold`` in this process has locked, with the connection it keeps open: opens of
+# them pass through the lock and get a cursor of that connection.
+_held: dict[Path, duckdb.DuckDBPyConnection] = {}
 _held_guard = threading.Lock()
+# Database-wide settings a step may change (DuckDB has no per-cursor value for these).
+_DATABASE_SETTINGS = ("memory_limit", "threads")
 
 
 @contextlib.contextmanager
@@ -104,6 +107,22 @@ def open_db(
             f"No database at {path}. Run a sync first (relay sync --clinic <clinic>)."
         )
     path.parent.mkdir(parents=True, exist_ok=True)
+    with _held_guard:
+        held = _held.get(path.resolve())
+    if held is not None:
+        # Inside a hold: a cursor of the held connection (its own transactions and settings;
+        # one database instance, so no reopening and no second schema check per step).
+        cursor = held.cursor()
+        try:
+            _configure(cursor)
+            yield cursor
+        finally:
+            cursor.close()
+            # Some settings are the database's, not the cursor's (a sync bounds memory_limit):
+            # reset them so the next step starts as it would on a fresh open.
+            for setting in _DATABASE_SETTINGS:
+                held.execute(f"RESET GLOBAL {setting}")
+        return
     with _file_lock(path, exclusive=not read_only, wait_seconds=wait_seconds):
         con = duckdb.connect(str(path), read_only=read_only)
         try:
@@ -119,17 +138,29 @@ def open_db(
 def hold(db_path: str | Path, *, wait_seconds: float = 600.0) -> Iterator[None]:
     """Keep a clinic's database to this process across several opens: a tick's steps each open
     it, and no other run may slip in between them. Opens in this process pass through; other
-    processes wait (or get DatabaseBusy), as they would for one long open."""
+    processes wait (or get DatabaseBusy), as they would for one long open.
+
+    The database stays open for the whole hold (created and its tables checked once), and each
+    open inside it is a cursor of that connection: a tick's dozen opens cost one."""
     path = Path(db_path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(path, exclusive=True, wait_seconds=wait_seconds):
         with _held_guard:
-            _held.add(path)
+            if path in _held:
+                raise RuntimeError(f"{path} is already held by this process")
+        con = duckdb.connect(str(path))
         try:
-            yield
-        finally:
+            _configure(con)
+            ensure_schema(con)
             with _held_guard:
-                _held.discard(path)
+                _held[path] = con
+            try:
+                yield
+            finally:
+                with _held_guard:
+                    del _held[path]
+        finally:
+            con.close()
 
 
 def memory_db() -> duckdb.DuckDBPyConnection:

@@ -63,3 +63,21 @@ def test_read_only_open_of_a_missing_database_says_to_sync_first(tmp_path):
     with pytest.raises(FileNotFoundError, match="Run a sync first"):
         with warehouse.open_db(tmp_path / "missing.duckdb", read_only=True):
             pass
+
+
+def test_opens_inside_a_hold_share_one_database_and_start_from_its_settings(tmp_path):
+    db = tmp_path / "c.duckdb"
+    with warehouse.hold(db):
+        with warehouse.open_db(db) as con:
+            default = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+            con.execute("SET memory_limit = '64MB'")  # as a sync bounds its memory
+            con.execute("CREATE TABLE state.probe AS SELECT 1 AS x")
+        with warehouse.open_db(db, read_only=True) as con:
+            assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == default
+            assert con.execute("SELECT x FROM state.probe").fetchall() == [(1,)]
+            assert con.execute("SELECT current_setting('TimeZone')").fetchone()[0] == "UTC"
+        with pytest.raises(RuntimeError, match="already held"):
+            with warehouse.hold(db):
+                pass
+    with warehouse.open_db(db, read_only=True) as con:  # released: opens on its own again
+        assert con.execute("SELECT x FROM state.probe").fetchall() == [(1,)]
