@@ -67,6 +67,9 @@ class SyncProgress:
     """A Prefect progress artifact and, on a terminal, a progress bar, both counting rows."""
 
     EVERY_SECONDS = 2.0  # each artifact update is an API call: not one per page
+    # Below this many rows a sync takes seconds: no progress artifact or bar (three API calls
+    # an incremental sync every few minutes would pay for nothing to watch).
+    MIN_ROWS = 2_000
 
     def __init__(self, sync: extract.Sync) -> None:
         self.sync = sync
@@ -77,6 +80,8 @@ class SyncProgress:
 
     def start(self, expected: dict[str, int]) -> None:
         self.expected = max(1, sum(expected.values()))
+        if self.expected < self.MIN_ROWS:
+            return
         self.artifact = create_progress_artifact(0.0, description="Cliniko sync: rows read")
         if sys.stdout.isatty():
             from rich.progress import Progress

@@ -190,14 +190,9 @@ class ResourceWriter:
 
     def __init__(self, con: duckdb.DuckDBPyConnection, resource: Resource) -> None:
         self.con, self.resource = con, resource
-        self.held: dict[int, int | None] = {}
-        for chunk in _chunks(
-            con.execute(
-                f"SELECT id, CASE WHEN removed_at IS NULL THEN epoch_us(updated_at) ELSE {_REMOVED} "
-                f"END FROM {resource.table}"
-            )
-        ):
-            self.held.update(chunk)
+        # id -> updated_at of the rows we hold, read on the first page that has rows: an idle
+        # sync (every page empty) never pays for reading the whole table.
+        self._held: dict[int, int | None] | None = None
         self.quarantine = quarantined_keys(con, resource)
         self._previous_page: dict[int, str] = {}
         self._pending: dict[int, Row] = {}
@@ -207,17 +202,31 @@ class ResourceWriter:
         self._marks: dict[str, datetime] = {}
         self._since_commit = time.monotonic()
 
+    @property
+    def held(self) -> dict[int, int | None]:
+        if self._held is None:
+            self._held = {}
+            for chunk in _chunks(
+                self.con.execute(
+                    "SELECT id, CASE WHEN removed_at IS NULL THEN epoch_us(updated_at) ELSE "
+                    f"{_REMOVED} END FROM {self.resource.table}"
+                )
+            ):
+                self._held.update(chunk)
+        return self._held
+
     def add(self, path: str, batch: Batch, now: datetime) -> PageResult:
         """Take a page; commits when enough is buffered. Counts are final once committed."""
         result = PageResult(quarantined=len(batch.quarantined))
         unsure = []
+        held = self.held if batch.rows else {}
         for row in batch.rows:
             row_id, updated = row[0], _micros(row[1])
             pending = self._pending.get(row_id)
             if pending is not None:
                 ours_updated, ours_payload = _micros(pending[1]), pending[2]
-            elif row_id in self.held:
-                ours_updated, ours_payload = self.held[row_id], self._previous_page.get(row_id)
+            elif row_id in held:
+                ours_updated, ours_payload = held[row_id], self._previous_page.get(row_id)
             else:
                 self._pending[row_id] = row
                 self._new.add(row_id)
@@ -300,7 +309,8 @@ class ResourceWriter:
                 )
             for path, mark in self._marks.items():
                 _advance_watermark(self.con, self.resource.name, path, mark, now)
-        self.held.update((i, _micros(r[1])) for i, r in self._pending.items())
+        if self._held is not None:
+            self._held.update((i, _micros(r[1])) for i, r in self._pending.items())
         self.quarantine = (self.quarantine - self._cleared) | self._quarantined.keys()
         self._pending, self._new, self._quarantined = {}, set(), {}
         self._cleared, self._marks = set(), {}

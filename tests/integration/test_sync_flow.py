@@ -17,8 +17,12 @@ def test_the_flow_syncs_and_its_artifacts_carry_no_personal_data(tmp_path, monke
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    from flows.sync import cliniko_sync
+    from flows.sync import SyncProgress, cliniko_sync
     from sandbox.cliniko import SandboxClinic, SandboxServer
+
+    # A small clinic: its backfill reads more than 100 rows, an idle sync only the few in the
+    # overlap window (a real clinic's backfill is far above SyncProgress.MIN_ROWS).
+    monkeypatch.setattr(SyncProgress, "MIN_ROWS", 100)
 
     db = tmp_path / "flowtest.duckdb"
     config = tmp_path / "clinic.yaml"
@@ -36,14 +40,17 @@ def test_the_flow_syncs_and_its_artifacts_carry_no_personal_data(tmp_path, monke
         monkeypatch.setenv("CLINIKO_REQUESTS_PER_MINUTE", "100000")
         state = cliniko_sync(clinic=str(config), return_state=True)
         patients = clinic.snapshot("patients", server.base_url).values()
+        idle = cliniko_sync(clinic=str(config), return_state=True)  # nothing changed since
 
     assert state.is_completed()
     counts = state.result()
     assert counts["patients"]["new"] == len(patients)
     with open_db(db, read_only=True) as con:
         assert con.execute("SELECT count(*) FROM raw.patients").fetchone()[0] == len(patients)
-        assert con.execute("SELECT kind, status FROM state.sync_runs").fetchall() == [
-            ("reconcile", "completed")  # the first run of a clinic is a full sweep
+        runs = con.execute("SELECT kind, status FROM state.sync_runs ORDER BY started_at")
+        assert runs.fetchall() == [
+            ("reconcile", "completed"),  # the first run of a clinic is a full sweep
+            ("incremental", "completed"),
         ]
 
     with get_client(sync_client=True) as client:
@@ -52,6 +59,13 @@ def test_the_flow_syncs_and_its_artifacts_carry_no_personal_data(tmp_path, monke
                 flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
             )
         )
+        idle_artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[idle.state_details.flow_run_id])
+            )
+        )
+    # An idle sync reads nothing: its summary, and no progress artifact to watch.
+    assert idle.is_completed() and [a.type for a in idle_artifacts] == ["markdown"]
     by_type = {a.type: a for a in artifacts}
     assert set(by_type) >= {"markdown", "progress"}
     assert by_type["progress"].data == 100.0
