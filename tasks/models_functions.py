@@ -67,6 +67,27 @@ def mobile_e164(number: str | None, country: str | None) -> str | None:
     return None
 
 
+# Numbers read by relay_mobile_e164 since the runner last took them: (number, country) -> E.164.
+# The runner stores them in state.phone_numbers with the build (see take_parsed_mobiles).
+PHONE_PARSER = phonenumbers.__version__
+_parsed_mobiles: dict[tuple[str, str | None], str | None] = {}
+
+
+def _relay_mobile_e164(number: str | None, country: str | None) -> str | None:
+    """The SQL function: mobile_e164, remembering what it read for the phone memo."""
+    result = mobile_e164(number, country)
+    if number is not None and country is not None:
+        _parsed_mobiles[(number, country)] = result
+    return result
+
+
+def take_parsed_mobiles() -> list[tuple[str, str, str | None]]:
+    """The numbers read since the last call, as (number, country, mobile_e164); forgets them."""
+    items = [(n, c, e) for (n, c), e in _parsed_mobiles.items()]
+    _parsed_mobiles.clear()
+    return items
+
+
 @functools.lru_cache(maxsize=65536)
 def email_is_valid(email: str) -> bool:
     try:
@@ -88,7 +109,11 @@ def register(con: duckdb.DuckDBPyConnection) -> None:
     }
     if "relay_mobile_e164" not in registered:
         con.create_function(
-            "relay_mobile_e164", mobile_e164, [VARCHAR, VARCHAR], VARCHAR, null_handling="special"
+            "relay_mobile_e164",
+            _relay_mobile_e164,
+            [VARCHAR, VARCHAR],
+            VARCHAR,
+            null_handling="special",
         )
     if "relay_email_validator" not in registered:
         con.create_function("relay_email_validator", email_is_valid, [VARCHAR], BOOLEAN)

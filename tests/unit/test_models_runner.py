@@ -287,3 +287,77 @@ def test_changing_an_upstream_model_rebuilds_the_incremental_models_below_it(con
     build(con, sql_dir)
     emails = {r[0] for r in con.execute("SELECT email FROM marts.people").fetchall()}
     assert emails == {"ann@example.com!", "bob@example.com!"}
+
+
+def rows(con, relation: str) -> list[tuple]:
+    return sorted(con.execute(f"SELECT * FROM {relation}").fetchall(), key=repr)
+
+
+def test_a_rebuilt_table_changes_only_the_rows_that_changed(con, tmp_path):
+    sql_dir = write(tmp_path, GOOD)
+    build(con, sql_dir)
+    before = dict(con.execute("SELECT patient_id, rowid FROM marts.people").fetchall())
+    con.execute(
+        'INSERT INTO raw.patients VALUES (3, NULL, \'{"email": "cy@example.com"}\', now(), NULL)'
+    )
+    con.execute('UPDATE raw.patients SET payload = \'{"email": "ann2@example.com"}\' WHERE id = 1')
+    build(con, sql_dir)
+    assert rows(con, "marts.people") == [
+        (1, "ANN2@EXAMPLE.COM"),
+        (2, "BOB@EXAMPLE.COM"),
+        (3, "CY@EXAMPLE.COM"),
+    ]
+    after = dict(con.execute("SELECT patient_id, rowid FROM marts.people").fetchall())
+    # Bob's row was left where it was (a rewrite would have renumbered it); Ann's changed row
+    # and Cy's new one were appended.
+    assert after[2] == before[2]
+    assert after[1] > before[2] and after[3] > before[2]
+    assert rows(con, "segments.everyone") == [(1,), (2,), (3,)]
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        # duplicate rows: a set difference could not tell the copies apart
+        (
+            "select 1 as x union all select 1 union all select 2",
+            "select 1 as x union all select 2 union all select 2",
+        ),
+        # a column's type changes
+        ("select 1 as x", "select 1.5 as x"),
+        # columns renamed or reordered
+        ("select 1 as x, 2 as y", "select 2 as y, 1 as x"),
+        # nested columns (MAP, LIST, STRUCT) are compared by a rewrite
+        (
+            "select map([1], [2]) as m, [1, 2] as l, {'a': 1} as s",
+            "select map([1], [3]) as m, [1, 2] as l, {'a': 1} as s "
+            "union all select map([1], [2]), [1], {'a': 2}",
+        ),
+        # NULLs match NULLs: the unchanged row stays, the new one is added
+        (
+            "select null::int as x, 'a' as y",
+            "select null::int as x, 'a' as y union all select 1, null",
+        ),
+    ],
+)
+def test_a_rebuilt_table_holds_exactly_the_models_new_rows(con, tmp_path, first, second):
+    sql_dir = write(tmp_path, {"marts/t.sql": first})
+    build(con, sql_dir)
+    assert rows(con, "marts.t") == sorted(con.execute(first).fetchall(), key=repr)
+    write(tmp_path, {"marts/t.sql": second})
+    build(con, sql_dir)
+    assert rows(con, "marts.t") == sorted(con.execute(second).fetchall(), key=repr)
+    expected = [tuple(d[:2]) for d in con.execute(second).description]
+    got = [tuple(d[:2]) for d in con.execute("SELECT * FROM marts.t").description]
+    assert got == expected
+
+
+def test_a_failed_build_leaves_a_rebuilt_table_as_it_was(con, tmp_path):
+    sql_dir = write(tmp_path, {**GOOD, "marts/z_broken.sql": "select 1 as x"})
+    build(con, sql_dir)
+    con.execute('UPDATE raw.patients SET payload = \'{"email": "ann2@example.com"}\' WHERE id = 1')
+    write(tmp_path, {"marts/z_broken.sql": "select 1 / 0 as x, error('boom') as y"})
+    with pytest.raises(models.BuildFailed):
+        build(con, sql_dir)
+    assert rows(con, "marts.people") == [(1, "ANN@EXAMPLE.COM"), (2, "BOB@EXAMPLE.COM")]
+    assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary").fetchone()[0] == 0
