@@ -395,6 +395,7 @@ class ModelBuild:
         self.project = project
         self.settings = settings
         self.full_refresh = full_refresh
+        self.phones = models_functions.PhonePrefill([], settings.country)
         self.started_at = datetime.now(UTC)
         self.result = BuildResult(
             build_id=f"{self.started_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}",
@@ -436,6 +437,9 @@ class ModelBuild:
         con.execute(
             "DELETE FROM state.phone_numbers WHERE country <> ? OR parser <> ?",
             [s.country, models_functions.PHONE_PARSER],
+        )
+        self.phones = models_functions.PhonePrefill.start(
+            con, s.country, None if self.full_refresh else self.changes_since
         )
         # Tables and views in place before this build (one catalog read, not one per model).
         self.existing = {
@@ -481,6 +485,8 @@ class ModelBuild:
     def run_model(self, model: Model) -> int | None:
         """Materialise one model; returns its row count (None for a view)."""
         try:
+            if "state.phone_numbers" in model.depends_on:
+                self.phones.store(self.con)
             rows = self._materialise(model)
         except duckdb.Error as exc:
             raise BuildFailed(self.build_id, model.file, _message(exc)) from None
@@ -642,6 +648,7 @@ class ModelBuild:
             raise BuildFailed(
                 self.build_id, "tasks/models.py (membership)", _message(exc)
             ) from None
+        self.phones.cancel()
         self._remember_phone_numbers()
         self.con.execute(
             "INSERT INTO state.model_builds VALUES (?, ?, now(), 'succeeded', ?, ?, NULL, NULL, ?)",
@@ -705,6 +712,7 @@ class ModelBuild:
     def abort(self, failure: BuildFailed) -> None:
         """Roll back everything this build did, then record (on its own) that it failed."""
         self.con.execute("ROLLBACK")
+        self.phones.cancel()
         models_functions.take_parsed_mobiles()
         self._record_failure(failure.file, failure.detail)
 
@@ -749,6 +757,7 @@ def build(
         run.abort(failure)
         raise failure from None
     except BaseException:
+        run.phones.cancel()
         con.execute("ROLLBACK")
         raise
 

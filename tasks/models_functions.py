@@ -10,6 +10,12 @@ for syntax only with ``email-validator`` (no DNS: builds must not touch the netw
 from __future__ import annotations
 
 import functools
+import json
+import subprocess
+import sys
+import threading
+from datetime import datetime
+from pathlib import Path
 
 import duckdb
 import phonenumbers
@@ -88,6 +94,124 @@ def take_parsed_mobiles() -> list[tuple[str, str, str | None]]:
     return items
 
 
+# A build with at least this many mobile numbers not in state.phone_numbers reads them before
+# the models run, on every core (a Python function called by DuckDB runs one call at a time).
+PREFILL_MIN_NUMBERS = 5000
+
+# The numbers staging.patients reads (its first "Mobile" phone, as cliniko_text gives it), from
+# patients the sync wrote since ``since`` (all when NULL) and not yet in the memo. Reading them
+# here is only a head start: staging.patients still decides which number is a patient's, and
+# parses any it does not find in the memo, so if this query and the model ever disagree the
+# cost is a slower build, never a different answer (a memo row is phonenumbers' answer for that
+# number, whoever asked).
+_UNREAD_MOBILES = """
+SELECT DISTINCT number FROM (
+    SELECT cliniko_text(list_filter(
+        json_transform(payload, '{"patient_phone_numbers":
+            [{"phone_type": "VARCHAR", "number": "VARCHAR"}]}').patient_phone_numbers,
+        lambda n: lower(trim(n.phone_type)) = 'mobile')[1].number) AS number
+    FROM raw.patients
+    WHERE $since IS NULL OR synced_at > $since
+)
+WHERE number IS NOT NULL
+    AND number NOT IN (SELECT number FROM state.phone_numbers WHERE country = $country)
+"""
+
+
+class PhonePrefill:
+    """Mobile numbers no build has read yet, read by another process while the build goes on.
+
+    A build's largest single-threaded step was staging.patients calling phonenumbers for every
+    new number (100,000 on a first build): one core busy, the other idle. ``start`` lists the
+    numbers and hands them to a helper process; ``store`` (called before the first model that
+    reads state.phone_numbers) waits for it and writes the answers to the memo, so the numbers
+    are read on the other core while DuckDB builds the models before. Too few numbers (an
+    ordinary tick) start nothing: the model's function reads those. If the helper fails, nothing
+    is stored and the function reads them too: never a different answer, only a slower build.
+    """
+
+    def __init__(self, numbers: list[str], country: str):
+        self.numbers, self.country = numbers, country
+        self._helper = _Helper(numbers, country) if numbers else None
+
+    @classmethod
+    def start(
+        cls, con: duckdb.DuckDBPyConnection, country: str, since: datetime | None
+    ) -> PhonePrefill:
+        numbers = [
+            r[0]
+            for r in con.execute(_UNREAD_MOBILES, {"since": since, "country": country}).fetchall()
+        ]
+        return cls(numbers if len(numbers) >= PREFILL_MIN_NUMBERS else [], country)
+
+    def store(self, con: duckdb.DuckDBPyConnection) -> int:
+        """Wait for the helper and write what it read; returns how many numbers (0 if none)."""
+        helper, self._helper = self._helper, None
+        results = helper.result() if helper else None
+        if not results:
+            return 0
+        con.execute(
+            "INSERT OR IGNORE INTO state.phone_numbers SELECT unnest($numbers), $country, "
+            "$parser, unnest($results::VARCHAR[])",
+            {
+                "numbers": self.numbers,
+                "country": self.country,
+                "parser": PHONE_PARSER,
+                "results": results,
+            },
+        )
+        return len(results)
+
+    def cancel(self) -> None:
+        helper, self._helper = self._helper, None
+        if helper:
+            helper.cancel()
+
+
+class _Helper:
+    """mobile_e164 of each number in another Python process (``python -m
+    tasks.models_functions``), fed and read through pipes, so numbers never reach a log."""
+
+    def __init__(self, numbers: list[str], country: str):
+        self._out: list[str | None] | None = None
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._thread = threading.Thread(target=self._run, args=(numbers, country), daemon=True)
+        self._thread.start()
+
+    def _run(self, numbers: list[str], country: str) -> None:
+        try:
+            with self._lock:
+                if self._cancelled:
+                    return
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-m", "tasks.models_functions"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                    cwd=Path(__file__).resolve().parent.parent,
+                )
+            stdout, _ = self._proc.communicate(json.dumps({"country": country, "numbers": numbers}))
+            out = json.loads(stdout) if self._proc.returncode == 0 else None
+            if isinstance(out, list) and len(out) == len(numbers):
+                self._out = out
+        except (OSError, ValueError):
+            self._out = None
+
+    def result(self) -> list[str | None] | None:
+        self._thread.join()
+        return self._out
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            if self._proc and self._proc.poll() is None:
+                self._proc.kill()
+        self._thread.join()
+
+
 @functools.lru_cache(maxsize=65536)
 def email_is_valid(email: str) -> bool:
     try:
@@ -119,3 +243,8 @@ def register(con: duckdb.DuckDBPyConnection) -> None:
         con.create_function("relay_email_validator", email_is_valid, [VARCHAR], BOOLEAN)
     for macro in MACROS:
         con.execute(macro)
+
+
+if __name__ == "__main__":  # a parse_mobiles helper: {"country", "numbers"} in, results out
+    request = json.load(sys.stdin)
+    json.dump([mobile_e164(n, request["country"]) for n in request["numbers"]], sys.stdout)

@@ -144,3 +144,39 @@ def test_a_failed_build_remembers_no_number(con, parses, tmp_path):
     assert {n for n, _ in parses if n is not None} == set(memo(con)) != set()
     for number, e164 in staged(con).values():
         assert e164 == expected(number, "AU"), number
+
+
+@pytest.mark.parametrize("country", ["AU", "NZ"])
+def test_many_new_numbers_are_read_by_a_helper_process_with_the_same_answers(
+    con, parses, monkeypatch, country
+):
+    monkeypatch.setattr(models_functions, "PREFILL_MIN_NUMBERS", 1)
+    build(con, country)
+    assert [n for n, _ in parses if n is not None] == []  # the helper read them all
+    rows = staged(con)
+    for number, e164 in rows.values():
+        assert e164 == expected(number, country), number
+    numbers = {n for n, _ in rows.values() if n is not None}
+    assert memo(con) == {
+        n: (country, models_functions.PHONE_PARSER, expected(n, country)) for n in numbers
+    }
+
+
+def test_a_helper_that_cannot_run_leaves_the_numbers_to_the_model(con, parses, monkeypatch):
+    monkeypatch.setattr(models_functions, "PREFILL_MIN_NUMBERS", 1)
+    monkeypatch.setattr(models_functions.sys, "executable", "/nonexistent/python")
+    build(con)
+    rows = staged(con)
+    assert {n for n, _ in parses if n is not None} == {n for n, _ in rows.values() if n} != set()
+    for number, e164 in rows.values():
+        assert e164 == expected(number, "AU"), number
+
+
+def test_a_failed_build_stores_nothing_the_helper_read(con, monkeypatch, tmp_path):
+    monkeypatch.setattr(models_functions, "PREFILL_MIN_NUMBERS", 1)
+    sql_dir = tmp_path / "sql"
+    shutil.copytree(SQL_DIR, sql_dir)
+    (sql_dir / "marts" / "zz_broken.sql").write_text("select error('boom') as x")
+    with pytest.raises(models.BuildFailed):
+        models.build(con, models.ListSettings(), sql_dir=sql_dir, now=NOW)
+    assert memo(con) == {}
