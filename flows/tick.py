@@ -26,6 +26,7 @@ from prefect.context import FlowRunContext
 from prefect.events import emit_event
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
+from flows.settle import settle
 from tasks import tick
 from tasks.config import ClinicConfig, load_clinic
 from tasks.tick import ABSENT, COMPLETED, FAILED, HELD, Step, Summary
@@ -66,6 +67,10 @@ def step_flow(step: str):
     return getattr(importlib.import_module(module), name)
 
 
+# Steps that run many tasks (a task per resource, a task per model).
+SETTLE_AFTER = ("sync", "models")
+
+
 def run_step(
     summary: Summary, step: str, *, needs: tuple[Step, ...] = (), held: str | None = None, **params
 ) -> tuple[Step, object]:
@@ -83,6 +88,8 @@ def run_step(
     else:
         started = time.monotonic()
         state = the_flow(return_state=True, **params)
+        if step in SETTLE_AFTER:  # many tasks: let the server record them (flows/settle.py)
+            settle(state.state_details.flow_run_id)
         seconds = time.monotonic() - started
         if state.is_completed():
             outcome, result = Step(step, COMPLETED, seconds=seconds), state.result()
