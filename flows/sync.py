@@ -1,4 +1,5 @@
-"""The Cliniko sync flow: Cliniko -> raw.* in the clinic's DuckDB, one task per resource.
+"""The Cliniko sync flow: Cliniko -> raw.* in the clinic's DuckDB, a task per resource (one
+task for all of them when there is little to read, as on most ticks).
 
 Thin wiring around ``tasks.extract`` (where the paging, transactions and reconciliation live).
 Tasks take the open connection and client, so they run with ``cache_policy=NONE`` and return
@@ -7,6 +8,7 @@ counts only: Prefect may persist results, and a result must never hold a patient
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from dataclasses import asdict
@@ -19,6 +21,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NONE
+from prefect.exceptions import MissingContextError
 
 from blocks.cliniko import ClinikoAccount
 from tasks import extract
@@ -63,6 +66,13 @@ def sync_resource(sync: extract.Sync, resource: str) -> dict:
     return asdict(counts)
 
 
+@task(cache_policy=NONE, task_run_name="sync-all-resources")
+def sync_resources(sync: extract.Sync, resources: list[str]) -> dict:
+    """Every resource in one task, for a sync with little to read (an ordinary tick's): a task
+    per resource would cost the Prefect server more than the reading (docs/scaling.md)."""
+    return {resource: sync_resource.fn(sync, resource) for resource in resources}
+
+
 class SyncProgress:
     """A Prefect progress artifact and, on a terminal, a progress bar, both counting rows."""
 
@@ -97,13 +107,30 @@ class SyncProgress:
         now = time.monotonic()
         if self.artifact and now - self._last >= self.EVERY_SECONDS:
             self._last = now
-            update_progress_artifact(self.artifact, 100.0 * done / self.expected)
+            self._update(100.0 * done / self.expected)
 
     def finish(self, completed: bool) -> None:
         if self.bar:
             self.bar.stop()
         if self.artifact and completed:
-            update_progress_artifact(self.artifact, 100.0)
+            self._update(100.0)
+
+    def _update(self, percent: float) -> None:
+        """Progress is for watching, never a reason to fail or stall a sync: when the Prefect
+        server cannot take an update (after its client's retries), stop updating."""
+        try:
+            update_progress_artifact(self.artifact, percent)
+        except Exception as exc:  # noqa: BLE001 - any failure of the UI's progress bar
+            self.artifact = None
+            try:
+                logger = get_run_logger()
+            except MissingContextError:
+                logger = logging.getLogger(__name__)
+            logger.warning(
+                "The sync's progress artifact could not be updated (%s); the sync goes on "
+                "without it.",
+                type(exc).__name__,
+            )
 
 
 def summary_markdown(clinic: str, kind: str, counts: dict[str, extract.ResourceCounts]) -> str:
@@ -142,9 +169,14 @@ def cliniko_sync(clinic: str = "demo", reconcile: bool = False) -> dict[str, dic
         progress = SyncProgress(sync)
         sync.on_page = progress.page
         try:
-            progress.start(check_access(sync))
-            for resource in RESOURCES:
-                sync_resource(sync, resource.name)
+            expected = check_access(sync)
+            progress.start(expected)
+            names = [resource.name for resource in RESOURCES]
+            if full or sum(expected.values()) >= SyncProgress.MIN_ROWS:
+                for name in names:  # long work: a task per resource shows where it is
+                    sync_resource(sync, name)
+            else:
+                sync_resources(sync, names)
         except BaseException as exc:
             sync.close()
             progress.finish(completed=False)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from tasks.resources import RESOURCES
 from tasks.warehouse import open_db
 
 pytestmark = pytest.mark.integration
@@ -15,7 +16,12 @@ pytestmark = pytest.mark.integration
 
 def test_the_flow_syncs_and_its_artifacts_carry_no_personal_data(tmp_path, monkeypatch):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
 
     from flows.sync import SyncProgress, cliniko_sync
     from sandbox.cliniko import SandboxClinic, SandboxServer
@@ -64,8 +70,25 @@ def test_the_flow_syncs_and_its_artifacts_carry_no_personal_data(tmp_path, monke
                 flow_run_id=ArtifactFilterFlowRunId(any_=[idle.state_details.flow_run_id])
             )
         )
-    # An idle sync reads nothing: its summary, and no progress artifact to watch.
+        tasks = {
+            kind: sorted(
+                t.name
+                for t in client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(
+                        id=FlowRunFilterId(any_=[run.state_details.flow_run_id])
+                    )
+                )
+            )
+            for kind, run in (("first", state), ("idle", idle))
+        }
+    # An idle sync reads little: its summary, no progress artifact, one task for every resource.
     assert idle.is_completed() and [a.type for a in idle_artifacts] == ["markdown"]
+    assert len(tasks["idle"]) == 2 and tasks["idle"][0].startswith("check_access")
+    assert tasks["idle"][1] == "sync-all-resources"
+    # The first sync (a reconciliation) shows each resource as its own task.
+    assert f"sync-{RESOURCES[0].name}" in tasks["first"] and len(tasks["first"]) == 1 + len(
+        RESOURCES
+    )
     by_type = {a.type: a for a in artifacts}
     assert set(by_type) >= {"markdown", "progress"}
     assert by_type["progress"].data == 100.0
