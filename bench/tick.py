@@ -344,7 +344,7 @@ def _steady(client, names: list[str], every: int, minutes: int) -> None:
     )
     # Stop scheduling, let the ticks under way finish (stopping serve would crash them), stop.
     for name in names:
-        client.pause_deployment(client.read_deployment_by_name(f"clinic-tick/{name}-{suffix}").id)
+        _pause(client, f"clinic-tick/{name}-{suffix}")
     busy = FlowRunFilter(
         state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["RUNNING", "PENDING"]))
     )
@@ -370,6 +370,21 @@ def _steady(client, names: list[str], every: int, minutes: int) -> None:
         "started; start lateness "
         + (f"median {statistics.median(late):.0f}s, max {max(late):.0f}s" if late else "-")
     )
+
+
+def _pause(client, deployment: str, attempts: int = 5) -> None:
+    """Pause a deployment. A SQLite Prefect server busy recording five clinics' ticks can
+    refuse even Prefect's client after its own retries ("database is locked"); try again."""
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    for attempt in range(attempts):
+        try:
+            client.pause_deployment(client.read_deployment_by_name(deployment).id)
+            return
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code != 503 or attempt == attempts - 1:
+                raise
+            time.sleep(1)
 
 
 def _with_summary(client, run_ids: list) -> set:
