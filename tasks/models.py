@@ -562,16 +562,13 @@ class ModelBuild:
         con.execute(f"CREATE OR REPLACE TEMP TABLE relay_new AS {model.sql}")
         try:
             temp = self._columns("relay_new")
-            kept = self._columns(rel)
-            if not temp or temp != kept or any(_NESTED.search(t) for _, t in temp):
-                con.execute(f"CREATE OR REPLACE TABLE {rel} AS SELECT * FROM relay_new")
-                return
-            duplicates = con.execute(
-                "SELECT (SELECT count(*) FROM relay_new) "
-                "- (SELECT count(*) FROM (SELECT DISTINCT * FROM relay_new)), "
-                f"(SELECT count(*) FROM {rel}) - (SELECT count(*) FROM (SELECT DISTINCT * FROM {rel}))"
-            ).fetchone()
-            if any(duplicates):
+            if (
+                not temp
+                or temp != self._columns(rel)
+                or any(_NESTED.search(t) for _, t in temp)
+                or self._has_duplicate_rows("relay_new")
+                or self._has_duplicate_rows(rel)
+            ):
                 con.execute(f"CREATE OR REPLACE TABLE {rel} AS SELECT * FROM relay_new")
                 return
             same = " AND ".join(f'o."{c}" IS NOT DISTINCT FROM n."{c}"' for c, _ in temp)
@@ -584,6 +581,12 @@ class ModelBuild:
             )
         finally:
             con.execute("DROP TABLE relay_new")
+
+    def _has_duplicate_rows(self, rel: str) -> bool:
+        return self.con.execute(
+            f"SELECT (SELECT count(*) FROM {rel}) <> (SELECT count(*) FROM "
+            f"(SELECT DISTINCT * FROM {rel}))"
+        ).fetchone()[0]
 
     def _columns(self, rel: str) -> list[tuple[str, str]]:
         """A table's columns and their types, in order (from a query's description: a fraction
@@ -671,18 +674,13 @@ class ModelBuild:
             for number, country, e164 in models_functions.take_parsed_mobiles()
             if country == self.settings.country
         ]
-        if not parsed:
-            return
-        self.con.execute(
-            "INSERT OR IGNORE INTO state.phone_numbers "
-            "SELECT unnest(?), ?, ?, unnest(?::VARCHAR[])",
-            [
-                [n for n, _ in parsed],
+        if parsed:
+            models_functions.remember_mobiles(
+                self.con,
                 self.settings.country,
-                models_functions.PHONE_PARSER,
+                [n for n, _ in parsed],
                 [e for _, e in parsed],
-            ],
-        )
+            )
 
     @classmethod
     def prepare(

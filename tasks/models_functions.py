@@ -94,6 +94,17 @@ def take_parsed_mobiles() -> list[tuple[str, str, str | None]]:
     return items
 
 
+def remember_mobiles(
+    con: duckdb.DuckDBPyConnection, country: str, numbers: list[str], results: list[str | None]
+) -> None:
+    """Store phonenumbers' answers (``results[i]`` for ``numbers[i]``) in state.phone_numbers."""
+    con.execute(
+        "INSERT OR IGNORE INTO state.phone_numbers "
+        "SELECT unnest($numbers), $country, $parser, unnest($results::VARCHAR[])",
+        {"numbers": numbers, "country": country, "parser": PHONE_PARSER, "results": results},
+    )
+
+
 # A build with at least this many mobile numbers not in state.phone_numbers reads them before
 # the models run, on every core (a Python function called by DuckDB runs one call at a time).
 PREFILL_MIN_NUMBERS = 5000
@@ -150,16 +161,7 @@ class PhonePrefill:
         results = helper.result() if helper else None
         if not results:
             return 0
-        con.execute(
-            "INSERT OR IGNORE INTO state.phone_numbers SELECT unnest($numbers), $country, "
-            "$parser, unnest($results::VARCHAR[])",
-            {
-                "numbers": self.numbers,
-                "country": self.country,
-                "parser": PHONE_PARSER,
-                "results": results,
-            },
-        )
+        remember_mobiles(con, self.country, self.numbers, results)
         return len(results)
 
     def cancel(self) -> None:

@@ -69,11 +69,6 @@ _DATABASE_SETTINGS = ("memory_limit", "threads")
 
 @contextlib.contextmanager
 def _file_lock(db_path: Path, exclusive: bool, wait_seconds: float) -> Iterator[None]:
-    with _held_guard:
-        held_here = db_path.resolve() in _held
-    if held_here:
-        yield
-        return
     lock_path = db_path.with_name(db_path.name + ".lock")
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
@@ -144,10 +139,10 @@ def hold(db_path: str | Path, *, wait_seconds: float = 600.0) -> Iterator[None]:
     open inside it is a cursor of that connection: a tick's dozen opens cost one."""
     path = Path(db_path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
+    with _held_guard:
+        if path in _held:
+            raise RuntimeError(f"{path} is already held by this process")
     with _file_lock(path, exclusive=True, wait_seconds=wait_seconds):
-        with _held_guard:
-            if path in _held:
-                raise RuntimeError(f"{path} is already held by this process")
         con = duckdb.connect(str(path))
         try:
             _configure(con)
