@@ -24,6 +24,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.context import FlowRunContext
 from prefect.events import emit_event
+from prefect.exceptions import MissingResult
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from flows.settle import settle
@@ -71,6 +72,17 @@ def step_flow(step: str):
 SETTLE_AFTER = ("sync", "models")
 
 
+def _counts(state) -> object:
+    """A completed step's result (its counts), or None when Prefect no longer has it: a state
+    a SQLite server handed back after a retried write can lack its data (MissingResult). The
+    step did its work; the tick goes on without its counts rather than failing."""
+    try:
+        return state.result()
+    except MissingResult:
+        get_run_logger().warning("A step completed, but Prefect returned it without its counts.")
+        return None
+
+
 def run_step(
     summary: Summary, step: str, *, needs: tuple[Step, ...] = (), held: str | None = None, **params
 ) -> tuple[Step, object]:
@@ -92,7 +104,7 @@ def run_step(
             settle(state.state_details.flow_run_id)
         seconds = time.monotonic() - started
         if state.is_completed():
-            outcome, result = Step(step, COMPLETED, seconds=seconds), state.result()
+            outcome, result = Step(step, COMPLETED, seconds=seconds), _counts(state)
         else:
             why = (state.message or state.name).removeprefix("Flow run encountered an exception: ")
             outcome = Step(step, FAILED, why, seconds)

@@ -104,3 +104,19 @@ def test_markdown_says_why_a_step_did_not_run():
     text = tick.markdown(summary)
     assert "**Planning and sending held:** the sync failed." in text
     assert "| sync | failed | 0.0 | ClinikoAuthError: 401 |" in text
+
+
+def test_a_completed_step_prefect_returns_without_its_counts_still_counts_as_completed(
+    monkeypatch,
+):
+    from prefect.logging import disable_run_logger
+    from prefect.states import Completed
+
+    from flows import tick as tick_flow
+
+    monkeypatch.setattr(tick_flow, "step_flow", lambda step: lambda **kwargs: Completed(data=None))
+    summary = Summary("demo", NOW)
+    with disable_run_logger():
+        outcome, result = tick_flow.run_step(summary, "sync", clinic="demo")
+    assert outcome.status == COMPLETED and result is None
+    assert tick.rows_synced(result) == {}
