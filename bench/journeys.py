@@ -20,9 +20,10 @@ import re
 import time
 from datetime import UTC, datetime, timedelta
 
-from tasks import campaigns, journeys, ledger
 from tasks.config import ClinicConfig
-from tasks.marketing_gate import Gate
+from tasks.marketing import campaigns, journeys
+from tasks.messages import ledger
+from tasks.messages.gate import Gate
 from tasks.warehouse import memory_db
 
 PATIENTS, NEW, CAMPAIGN = 100_000, 5_000, 30_000

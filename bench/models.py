@@ -160,7 +160,7 @@ def generate(db: Path) -> dict:
 def build_phase(db: Path, phase: str) -> dict:
     """One build, each a 5-minute tick after the last: 'full' on the generated clinic,
     'unchanged' with nothing synced since (only the clock moved), 'change' after a change set."""
-    from tasks import models
+    from tasks.models import runner as models
     from tasks.warehouse import open_db
 
     with open_db(db) as con:

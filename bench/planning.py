@@ -47,7 +47,7 @@ TRIGGERS = [
 
 
 def _tick(db: Path, config, now) -> tuple[float, dict]:
-    from tasks import planning
+    from tasks.triggers import plan as planning
     from tasks.warehouse import open_db
 
     with open_db(db) as con:
@@ -58,7 +58,8 @@ def _tick(db: Path, config, now) -> tuple[float, dict]:
 
 
 def _prepare(db: Path, config, now) -> tuple[float, int]:
-    from tasks import ledger, planning
+    from tasks.messages import ledger
+    from tasks.triggers import plan as planning
     from tasks.warehouse import open_db
 
     with open_db(db) as con:

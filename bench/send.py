@@ -39,8 +39,8 @@ def _start(kind: str):
 
 
 def _plan(con, channel: str, template: str, count: int, now: datetime) -> None:
-    from tasks import ledger
-    from tasks.ledger import PlannedMessage, make_send_key
+    from tasks.messages import ledger
+    from tasks.messages.ledger import PlannedMessage, make_send_key
 
     ledger.insert_planned(
         con,
@@ -63,8 +63,8 @@ def _plan(con, channel: str, template: str, count: int, now: datetime) -> None:
 
 
 def _prepare(row):
-    from tasks.dispatch import Ready
-    from tasks.templates import build_context
+    from tasks.messages.dispatch import Ready
+    from tasks.messages.templates import build_context
 
     context = build_context(
         clinic={"name": "Bench Physio", "phone": "03 9000 0000", "website": "https://b.example",
@@ -82,10 +82,10 @@ def _prepare(row):
 
 def _run(kind: str, count: int, folder: Path) -> tuple[float, dict]:
     from sandbox.twilio import ACCOUNT_SID, AUTH_TOKEN
-    from tasks.dispatch import dispatch
+    from tasks.messages.dispatch import dispatch
+    from tasks.messages.templates import Templates
     from tasks.providers.postmark import PostmarkProvider, PostmarkSettings
     from tasks.providers.twilio import TwilioProvider, TwilioSettings
-    from tasks.templates import Templates
     from tasks.warehouse import open_db
 
     proc, url = _start(kind)

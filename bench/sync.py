@@ -2,7 +2,7 @@
 
 Three processes, so the sync's memory is measured alone: this one (the conductor), a sandbox
 Cliniko (``python -m bench.sync serve``, driven over stdin) and the sync itself
-(``python -m tasks.extract``, exactly what tests kill with -9), which reports its own peak RSS.
+(``python -m tasks.cliniko.sync``, exactly what tests kill with -9), which reports its own peak RSS.
 
 Size: ``BENCH_SYNC_PATIENTS`` (default 20,000 patients, ~15 appointments each = ~300,000).
 Compressed rate limit: ``BENCH_SYNC_WINDOW`` requests per ``BENCH_SYNC_WINDOW_SECONDS``
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import httpx
 
-from tasks.extract import format_cursor
-from tasks.resources import RESOURCES
+from tasks.cliniko.resources import RESOURCES
+from tasks.cliniko.sync import format_cursor
 from tasks.warehouse import open_db
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +98,7 @@ def run_sync(sandbox: Sandbox, db: Path, *extra: str) -> dict:
     env = {**os.environ, "CLINIKO_API_KEY": sandbox.api_key, "CLINIKO_BASE_URL": sandbox.base_url,
            "CLINIKO_CONTACT": "bench@localhost"}  # fmt: skip
     done = subprocess.run(
-        [sys.executable, "-m", "tasks.extract", "--db", str(db), *extra],
+        [sys.executable, "-m", "tasks.cliniko.sync", "--db", str(db), *extra],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,

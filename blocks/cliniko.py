@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr
 from tasks.errors import UserFacingError
 
 if TYPE_CHECKING:
-    from tasks.cliniko import ClinikoClient
+    from tasks.cliniko.client import ClinikoClient
 
 
 class ClinikoAccount(Block):
@@ -58,7 +58,7 @@ class ClinikoAccount(Block):
 
     def get_client(self) -> ClinikoClient:
         """A client paced under this account's rate limit (shared by every client of the key)."""
-        from tasks.cliniko import ClinikoClient, Pace
+        from tasks.cliniko.client import ClinikoClient, Pace
 
         return ClinikoClient(
             self.api_key.get_secret_value(),

@@ -14,8 +14,9 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from tasks import campaigns, models
 from tasks.config import load_clinic
+from tasks.marketing import campaigns
+from tasks.models import runner as models
 from tasks.warehouse import open_db
 
 

@@ -2,8 +2,8 @@
 one step of the tick (after planning and journeys), and runnable alone.
 
 Planned trigger messages are re-checked first, in the same database session, so what goes out
-matches the models as they are now; then ``tasks.dispatch`` claims, sends and records. Journey and
-campaign rows are prepared by ``tasks.journeys``, trigger rows by the planner. Counts only.
+matches the models as they are now; then ``tasks.messages.dispatch`` claims, sends and records. Journey and
+campaign rows are prepared by ``tasks.marketing.journeys``, trigger rows by the planner. Counts only.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
-from tasks import journeys, planning
 from tasks.config import ClinicConfig, load_clinic
-from tasks.dispatch import dispatch_for_clinic
-from tasks.marketing_gate import Gate
+from tasks.marketing import journeys
+from tasks.messages.dispatch import dispatch_for_clinic
+from tasks.messages.gate import Gate
+from tasks.triggers import plan as planning
 from tasks.warehouse import open_db
 
 

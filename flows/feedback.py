@@ -19,7 +19,7 @@ from prefect.cache_policies import NONE
 
 from tasks import feedback, reports
 from tasks.config import ClinicConfig, load_clinic
-from tasks.dispatch import providers_for
+from tasks.messages.dispatch import providers_for
 from tasks.providers.postmark import PostmarkProvider
 from tasks.providers.twilio import TwilioProvider
 from tasks.warehouse import open_db

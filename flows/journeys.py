@@ -2,7 +2,7 @@
 alone. It advances every journey in clinic.yaml and freezes the confirmed campaigns whose moment
 has come into the ledger; dispatch sends what is due.
 
-Thin wiring around ``tasks.journeys`` and ``tasks.campaigns``: the tasks take the open connection
+Thin wiring around ``tasks.marketing.journeys`` and ``tasks.marketing.campaigns``: the tasks take the open connection
 (``cache_policy=NONE``) and return counts per journey or campaign, never a patient.
 """
 
@@ -14,8 +14,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
-from tasks import campaigns, journeys, models
 from tasks.config import ClinicConfig, load_clinic
+from tasks.marketing import campaigns, journeys
+from tasks.models import runner as models
 from tasks.warehouse import open_db
 
 

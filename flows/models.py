@@ -1,7 +1,7 @@
 """The model build flow: sql/ -> staging, marts and segments in the clinic's DuckDB.
 
 Each model is its own Prefect task, waiting on the models its SQL reads, so a run shows the DAG.
-All of them run inside one transaction (tasks.models.ModelBuild): a failing model or data test
+All of them run inside one transaction (tasks.models.runner.ModelBuild): a failing model or data test
 rolls everything back, the last good tables stay, and the failure is recorded for the planner.
 Tasks return counts only; the artifact holds row counts and audience sizes, never patient data.
 """
@@ -12,8 +12,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
-from tasks import models
 from tasks.config import load_clinic
+from tasks.models import runner as models
 from tasks.warehouse import open_db
 
 

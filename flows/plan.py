@@ -1,7 +1,7 @@
 """The planning flow: triggers -> planned messages in the ledger; one step of the tick (after the
 models build, before dispatch), and runnable alone.
 
-Thin wiring around ``tasks.planning``: the task takes the open connection (``cache_policy=NONE``)
+Thin wiring around ``tasks.triggers.plan``: the task takes the open connection (``cache_policy=NONE``)
 and returns counts per trigger, never a patient.
 """
 
@@ -13,8 +13,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
-from tasks import planning
 from tasks.config import ClinicConfig, load_clinic
+from tasks.triggers import plan as planning
 from tasks.warehouse import open_db
 
 

@@ -1,7 +1,7 @@
 """The Cliniko sync flow: Cliniko -> raw.* in the clinic's DuckDB, a task per resource (one
 task for all of them when there is little to read, as on most ticks).
 
-Thin wiring around ``tasks.extract`` (where the paging, transactions and reconciliation live).
+Thin wiring around ``tasks.cliniko.sync`` (where the paging, transactions and reconciliation live).
 Tasks take the open connection and client, so they run with ``cache_policy=NONE`` and return
 counts only: Prefect may persist results, and a result must never hold a patient's data.
 """
@@ -24,9 +24,9 @@ from prefect.cache_policies import NONE
 from prefect.exceptions import MissingContextError
 
 from blocks.cliniko import ClinikoAccount
-from tasks import extract
+from tasks.cliniko import sync as extract
+from tasks.cliniko.resources import RESOURCES
 from tasks.config import ClinicConfig, ConfigError, load_clinic
-from tasks.resources import RESOURCES
 from tasks.warehouse import open_db
 
 

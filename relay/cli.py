@@ -126,8 +126,8 @@ def demo_command(
 
     from flows.sync import cliniko_sync
     from sandbox.cliniko import RateLimit, SandboxClinic, SandboxServer
+    from tasks.cliniko.resources import RESOURCES
     from tasks.config import load_clinic
-    from tasks.resources import RESOURCES
     from tasks.warehouse import open_db
 
     demo_rate = 1200  # requests/min: Cliniko allows 200; the demo need not wait that long
@@ -285,10 +285,11 @@ def campaign_preview_command(
     from datetime import UTC, datetime
     from zoneinfo import ZoneInfo
 
-    from tasks import campaigns, models
     from tasks.config import load_clinic
-    from tasks.marketing_gate import Gate
-    from tasks.templates import RenderedEmail
+    from tasks.marketing import campaigns
+    from tasks.messages.gate import Gate
+    from tasks.messages.templates import RenderedEmail
+    from tasks.models import runner as models
     from tasks.warehouse import open_db
 
     config = load_clinic(clinic)
@@ -364,8 +365,8 @@ def campaign_cancel_command(
     """Stop a confirmed campaign: nothing more of it goes (what went, went)."""
     from datetime import UTC, datetime
 
-    from tasks import campaigns
     from tasks.config import load_clinic
+    from tasks.marketing import campaigns
     from tasks.warehouse import open_db
 
     config = load_clinic(clinic)
@@ -399,7 +400,7 @@ def serve_unsubscribe_command(
     import uvicorn
 
     from tasks.config import list_clinics, load_clinic
-    from tasks.unsubscribe_app import create_app
+    from tasks.unsubscribe.app import create_app
 
     configs = {c.clinic: c for c in (load_clinic(name) for name in clinic or list_clinics())}
     for config in configs.values():
@@ -497,9 +498,10 @@ def preview_trigger_command(
     from datetime import UTC, datetime
     from zoneinfo import ZoneInfo
 
-    from tasks import models, planning
     from tasks.config import load_clinic
     from tasks.errors import UserFacingError
+    from tasks.models import runner as models
+    from tasks.triggers import plan as planning
     from tasks.warehouse import open_db
 
     config = load_clinic(clinic)
@@ -573,10 +575,11 @@ def render_command(
     from pathlib import Path
 
     from relay.env import data_dir
-    from tasks import models, planning
     from tasks.config import load_clinic
     from tasks.errors import UserFacingError
-    from tasks.templates import Templates, render_to_file
+    from tasks.messages.templates import Templates, render_to_file
+    from tasks.models import runner as models
+    from tasks.triggers import plan as planning
     from tasks.warehouse import open_db
 
     config = load_clinic(clinic)
@@ -625,8 +628,8 @@ def models_build_command(
 ) -> None:
     """Build every model, run the data tests and record who joined or left each list and
     segment: all or nothing. A failure names the file and keeps the last good models."""
-    from tasks import models
     from tasks.config import load_clinic
+    from tasks.models import runner as models
     from tasks.warehouse import open_db
 
     config = load_clinic(clinic)
@@ -661,8 +664,8 @@ def models_test_command(
     clinic: str = typer.Option("demo", help="Clinic name (clinics/<clinic>/clinic.yaml)."),
 ) -> None:
     """Run sql/tests/*.sql against the models as last built (reads only)."""
-    from tasks import models
     from tasks.config import load_clinic
+    from tasks.models import runner as models
     from tasks.warehouse import open_db
 
     config = load_clinic(clinic)
@@ -685,8 +688,8 @@ def preview_segment_command(
 ) -> None:
     """A segment's size, who would join or leave it compared with the last build, and a sample,
     from its file as it stands now. Nothing is written; names and emails stay on this terminal."""
-    from tasks import models
     from tasks.config import load_clinic
+    from tasks.models import runner as models
     from tasks.warehouse import open_db
 
     config = load_clinic(clinic)

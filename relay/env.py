@@ -8,9 +8,10 @@ environment win, so an operator can point at a real server with PREFECT_API_URL.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from tasks.paths import PROJECT_ROOT, clinics_dir, data_dir
+
+__all__ = ["PROJECT_ROOT", "apply_defaults", "clinics_dir", "data_dir"]
 
 DEFAULTS = {
     "PREFECT_HOME": str(PROJECT_ROOT / ".prefect"),
@@ -25,14 +26,3 @@ DEFAULTS = {
 def apply_defaults() -> None:
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
-
-
-def clinics_dir() -> Path:
-    """Where clinic folders (clinics/<clinic>/clinic.yaml) live: the repo's clinics/, or
-    RELAY_CLINICS_DIR, e.g. a private repository of clinic configurations beside this one."""
-    return Path(os.environ.get("RELAY_CLINICS_DIR") or PROJECT_ROOT / "clinics")
-
-
-def data_dir() -> Path:
-    """Where clinic databases and the outbox live unless a clinic's config says otherwise."""
-    return Path(os.environ.get("RELAY_DATA_DIR", PROJECT_ROOT / "data"))

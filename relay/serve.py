@@ -145,7 +145,7 @@ def serve_demo(
     from sandbox.cliniko import SandboxClinic, SandboxServer
     from tasks.config import load_clinic
     from tasks.providers.outbox import outbox_dir
-    from tasks.unsubscribe_app import serving
+    from tasks.unsubscribe.app import serving
 
     config = load_clinic("demo")
     with prefect_server(port) as api:

@@ -31,9 +31,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from relay.env import PROJECT_ROOT, clinics_dir, data_dir
 from tasks.errors import UserFacingError
-from tasks.triggers import Trigger, parse_triggers
+from tasks.paths import PROJECT_ROOT, clinics_dir, data_dir
+from tasks.triggers.definition import Trigger, parse_triggers
 
 CLINICS_DIR = clinics_dir()
 SEGMENTS_DIR = PROJECT_ROOT / "sql" / "segments"
@@ -321,7 +321,7 @@ class ClinicConfig(_Section):
     journeys: Annotated[list[Journey], AfterValidator(_unique_names)] = []
     campaigns: Annotated[list[Campaign], AfterValidator(_unique_names)] = []
     marketing: MarketingSettings = MarketingSettings()
-    # tasks/triggers.py: validated there, so errors name the trigger and the field.
+    # tasks/triggers/definition.py: validated there, so errors name the trigger and the field.
     triggers: Annotated[tuple[Trigger, ...], BeforeValidator(parse_triggers)] = ()
 
     # Where the file was read from; relative paths in it are resolved against this folder.
@@ -342,7 +342,7 @@ class ClinicConfig(_Section):
     def _trigger_templates(self) -> ClinicConfig:
         """Render every trigger's template against the sample context: a missing variable or
         file fails the load, so nothing is ever sent with a blank in it."""
-        from tasks.templates import TemplateError, Templates
+        from tasks.messages.templates import TemplateError, Templates
 
         templates = Templates(self.folder)
         for i, trigger in enumerate(self.triggers):
@@ -361,7 +361,7 @@ class ClinicConfig(_Section):
     @model_validator(mode="after")
     def _marketing_templates(self) -> ClinicConfig:
         """Journey and campaign templates rendered as they will be: marketing, no appointment."""
-        from tasks.templates import SAMPLE_CLINIC, TemplateError, Templates, build_context
+        from tasks.messages.templates import SAMPLE_CLINIC, TemplateError, Templates, build_context
 
         templates = Templates(self.folder)
         context = build_context(

@@ -47,9 +47,9 @@ from typing import Any, Literal
 import duckdb
 from email_validator import EmailNotValidError, validate_email
 
-from tasks import ledger
 from tasks.errors import UserFacingError
-from tasks.unsubscribe import UnsubscribeClaim
+from tasks.messages import ledger
+from tasks.unsubscribe.tokens import UnsubscribeClaim
 from tasks.warehouse import transaction
 
 # The list model's rule, read through state.email_bounce_counts: this many soft bounces since the

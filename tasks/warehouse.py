@@ -21,8 +21,8 @@ from pathlib import Path
 
 import duckdb
 
+from tasks.cliniko.resources import RESOURCES
 from tasks.errors import UserFacingError
-from tasks.resources import RESOURCES
 
 SCHEMA_DIR = Path(__file__).parent / "schema"
 SCHEMAS = ("raw", "state", "staging", "marts", "segments")

@@ -26,8 +26,8 @@ from typing import Literal, Protocol
 import requests
 import urllib3
 
-from tasks.ledger import Channel, LedgerRow, Purpose
-from tasks.templates import Rendered, RenderedEmail
+from tasks.messages.ledger import Channel, LedgerRow, Purpose
+from tasks.messages.templates import Rendered, RenderedEmail
 
 OutcomeKind = Literal["sent", "failed", "retry", "unknown", "pending"]
 

@@ -20,10 +20,10 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
-from relay.env import data_dir
-from tasks.ledger import LedgerRow
+from tasks.messages.ledger import LedgerRow
+from tasks.messages.templates import Rendered, RenderedEmail
+from tasks.paths import data_dir
 from tasks.providers.common import Outcome, OutgoingMessage
-from tasks.templates import Rendered, RenderedEmail
 
 
 def outbox_dir(clinic: str) -> Path:

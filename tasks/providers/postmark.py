@@ -21,7 +21,8 @@ import requests
 from postmarker.core import PostmarkClient
 from postmarker.exceptions import ClientError
 
-from tasks.ledger import LedgerRow
+from tasks.messages.ledger import LedgerRow
+from tasks.messages.templates import RenderedEmail
 from tasks.providers.common import (
     Outcome,
     OutgoingMessage,
@@ -30,7 +31,6 @@ from tasks.providers.common import (
     metadata_key,
     request_never_sent,
 )
-from tasks.templates import RenderedEmail
 
 DEFAULT_API = "https://api.postmarkapp.com/"
 # Whole-request codes meaning our settings are wrong, not the message: stop, put the batch back.

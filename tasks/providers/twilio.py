@@ -25,7 +25,8 @@ from twilio.base.exceptions import TwilioException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
-from tasks.ledger import LedgerRow
+from tasks.messages.ledger import LedgerRow
+from tasks.messages.templates import RenderedSms
 from tasks.providers.common import (
     Outcome,
     OutgoingMessage,
@@ -33,7 +34,6 @@ from tasks.providers.common import (
     Suppress,
     request_never_sent,
 )
-from tasks.templates import RenderedSms
 
 # Allowance for clock difference between us and Twilio when matching a message to an attempt.
 CLOCK_SKEW = timedelta(minutes=2)

@@ -1,5 +1,5 @@
 -- The message ledger: the only way a message leaves. One row per message the system means to send,
--- keyed by a deterministic send key so planning twice plans once. Written only by tasks/ledger.py.
+-- keyed by a deterministic send key so planning twice plans once. Written only by tasks/messages/ledger.py.
 --
 --   planned -> sending -> sent | failed | unknown        planned -> cancelled | skipped
 --   sending -> planned   (retry later: the provider certainly did not take it)

@@ -3,7 +3,7 @@
 
 -- One row per build attempt. A successful build's row commits with its models; a failed build
 -- rolls everything back and then records its failure here. Planning and sending refuse to run
--- unless the latest row is 'succeeded' (see tasks.models.latest_build).
+-- unless the latest row is 'succeeded' (see tasks.models.runner.latest_build).
 CREATE TABLE IF NOT EXISTS state.model_builds (
     build_id      VARCHAR PRIMARY KEY,
     started_at    TIMESTAMPTZ NOT NULL,
@@ -21,7 +21,7 @@ CREATE TABLE IF NOT EXISTS state.model_builds (
 -- What the models may read about the build in progress: its clock and the clinic's list
 -- settings (from clinic.yaml). One row, replaced at the start of each build; models read values
 -- from here instead of having user text pasted into SQL. (Incremental models also read
--- getvariable('changes_since') and getvariable('previous_built_at'): see tasks/models.py.)
+-- getvariable('changes_since') and getvariable('previous_built_at'): see tasks/models/runner.py.)
 CREATE TABLE IF NOT EXISTS state.build_context (
     build_id                 VARCHAR NOT NULL,
     built_at                 TIMESTAMPTZ NOT NULL,

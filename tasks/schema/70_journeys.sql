@@ -1,5 +1,5 @@
 -- Journeys and campaigns: what the marketing planner knows and must keep. Written only by
--- tasks/journeys.py and tasks/campaigns.py, inside transactions that also insert the ledger rows
+-- tasks/marketing/journeys.py and tasks/marketing/campaigns.py, inside transactions that also insert the ledger rows
 -- the progress stands for, so a crash rolls both back together (no step repeated or skipped).
 
 -- One row per journey the configuration has had. live_from is the go-live moment: entry events

@@ -157,7 +157,7 @@ def webhook(deployed):
 
 def make_stale(db: Path) -> None:
     """A clinic last synced an hour ago, with a reminder due: what a Cliniko outage leaves."""
-    from tasks import ledger
+    from tasks.messages import ledger
 
     an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
     with open_db(db) as con:

@@ -12,13 +12,13 @@ import pytest
 
 from sandbox.postmark import PostmarkSandbox
 from sandbox.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioSandbox
-from tasks import ledger
 from tasks.config import ClinicConfig
-from tasks.dispatch import Ready, Unsubscribe, clinic_details, dispatch, providers_for
-from tasks.ledger import PlannedMessage, make_send_key
+from tasks.messages import ledger
+from tasks.messages.dispatch import Ready, Unsubscribe, clinic_details, dispatch, providers_for
+from tasks.messages.ledger import PlannedMessage, make_send_key
+from tasks.messages.templates import Templates, build_context
 from tasks.providers.postmark import PostmarkProvider, PostmarkSettings
 from tasks.providers.twilio import TwilioProvider, TwilioSettings
-from tasks.templates import Templates, build_context
 from tasks.warehouse import open_db
 
 pytestmark = pytest.mark.integration

@@ -38,10 +38,10 @@ def worker(db: str, postmark_url: str, twilio_url: str, first: str) -> None:
     """One dispatch run, as a tick would do it: open the clinic database, send what is due."""
     sys.path.insert(0, str(ROOT))
     from sandbox.twilio import ACCOUNT_SID, AUTH_TOKEN
-    from tasks.dispatch import Ready, dispatch
+    from tasks.messages.dispatch import Ready, dispatch
+    from tasks.messages.templates import Templates, build_context
     from tasks.providers.postmark import PostmarkProvider, PostmarkSettings
     from tasks.providers.twilio import TwilioProvider, TwilioSettings
-    from tasks.templates import Templates, build_context
     from tasks.warehouse import open_db
 
     email = PostmarkProvider(
@@ -76,8 +76,8 @@ def worker(db: str, postmark_url: str, twilio_url: str, first: str) -> None:
 
 
 def plan_all(db: Path) -> None:
-    from tasks import ledger
-    from tasks.ledger import PlannedMessage, make_send_key
+    from tasks.messages import ledger
+    from tasks.messages.ledger import PlannedMessage, make_send_key
     from tasks.warehouse import open_db
 
     now = datetime.now(UTC) - timedelta(minutes=1)
@@ -149,7 +149,7 @@ def finish(proc: subprocess.Popen) -> None:
 
 
 def assert_at_most_once_and_accounted_for(db: Path, postmark, twilio) -> dict[str, int]:
-    from tasks import ledger
+    from tasks.messages import ledger
     from tasks.warehouse import open_db
 
     assert max(postmark.send_key_counts().values()) == 1

@@ -16,14 +16,15 @@ import pytest
 from sandbox.postmark import PostmarkSandbox
 from sandbox.server import ThreadedServer
 from sandbox.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioSandbox
-from tasks import feedback, ledger
+from tasks import feedback
 from tasks.config import ClinicConfig
-from tasks.dispatch import Ready, Unsubscribe, dispatch
-from tasks.ledger import PlannedMessage, make_send_key
+from tasks.messages import ledger
+from tasks.messages.dispatch import Ready, Unsubscribe, dispatch
+from tasks.messages.ledger import PlannedMessage, make_send_key
+from tasks.messages.templates import Templates
 from tasks.providers.postmark import PostmarkProvider, PostmarkSettings
 from tasks.providers.twilio import TwilioProvider, TwilioSettings
-from tasks.templates import Templates
-from tasks.unsubscribe_app import create_app
+from tasks.unsubscribe.app import create_app
 from tasks.warehouse import memory_db, open_db
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tasks import feedback
-from tasks.unsubscribe import UnsubscribeClaim
+from tasks.unsubscribe.tokens import UnsubscribeClaim
 from tasks.warehouse import open_db
 
 pytestmark = pytest.mark.integration

@@ -46,7 +46,7 @@ TICKS = [timedelta(minutes=5), timedelta(minutes=10)] + [
 
 def _helper():
     spec = importlib.util.spec_from_file_location(
-        "journey_clinic", ROOT / "tests" / "unit" / "journey_clinic.py"
+        "journey_clinic", ROOT / "tests" / "unit" / "marketing" / "journey_clinic.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -63,11 +63,11 @@ def config():
 def worker(db: str, postmark_url: str, progress: str) -> None:
     """Play the ticks from the first one not yet finished, as the scheduler would."""
     sys.path.insert(0, str(ROOT))
-    from tasks import campaigns, journeys
-    from tasks.dispatch import Unsubscribe, dispatch
-    from tasks.marketing_gate import Gate
+    from tasks.marketing import campaigns, journeys
+    from tasks.messages.dispatch import Unsubscribe, dispatch
+    from tasks.messages.gate import Gate
+    from tasks.messages.templates import Templates
     from tasks.providers.postmark import PostmarkProvider, PostmarkSettings
-    from tasks.templates import Templates
     from tasks.warehouse import open_db
 
     journey_clinic = _helper()
@@ -98,7 +98,7 @@ def setup_clinic(db: Path) -> None:
     """Go-live, then the entries, then the confirmed campaign: all before the first kill."""
     import duckdb
 
-    from tasks import campaigns, journeys
+    from tasks.marketing import campaigns, journeys
     from tasks.warehouse import ensure_schema
 
     con = duckdb.connect(str(db))

@@ -25,7 +25,7 @@ CAMPAIGN = {"name": "recall", "segment": "recall_90_179", "channel": "email",
 
 def _helper():
     spec = importlib.util.spec_from_file_location(
-        "journey_clinic", ROOT / "tests" / "unit" / "journey_clinic.py"
+        "journey_clinic", ROOT / "tests" / "unit" / "marketing" / "journey_clinic.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -37,8 +37,8 @@ def clinic_file(tmp_path):
     """A clinic.yaml and its DuckDB file: 3 patients in the recall band, 2 new after go-live."""
     import duckdb
 
-    from tasks import journeys
     from tasks.config import load_clinic
+    from tasks.marketing import journeys
     from tasks.warehouse import ensure_schema
 
     db = tmp_path / "flows.duckdb"

@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tasks import extract, models
-from tasks.cliniko import ClinikoClient, Retry
+from tasks.cliniko import sync as extract
+from tasks.cliniko.client import ClinikoClient, Retry
+from tasks.models import runner as models
 from tasks.warehouse import open_db
 
 pytestmark = pytest.mark.integration

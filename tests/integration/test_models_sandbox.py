@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tasks import extract, models
-from tasks.cliniko import ClinikoClient, Retry
+from tasks.cliniko import sync as extract
+from tasks.cliniko.client import ClinikoClient, Retry
 from tasks.config import load_clinic
+from tasks.models import runner as models
 from tasks.warehouse import open_db
 
 pytestmark = pytest.mark.integration

@@ -12,14 +12,17 @@ import pytest
 
 from sandbox.postmark import PostmarkSandbox
 from sandbox.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioSandbox
-from tasks import extract, ledger, models, planning
-from tasks.cliniko import ClinikoClient, Retry
+from tasks.cliniko import sync as extract
+from tasks.cliniko.client import ClinikoClient, Retry
 from tasks.config import load_clinic
-from tasks.dispatch import Unsubscribe, dispatch
+from tasks.messages import ledger
+from tasks.messages.dispatch import Unsubscribe, dispatch
+from tasks.messages.templates import Templates
+from tasks.models import runner as models
 from tasks.providers.outbox import OutboxProvider
 from tasks.providers.postmark import PostmarkProvider, PostmarkSettings
 from tasks.providers.twilio import TwilioProvider, TwilioSettings
-from tasks.templates import Templates
+from tasks.triggers import plan as planning
 from tasks.warehouse import open_db
 
 pytestmark = pytest.mark.integration

@@ -12,11 +12,11 @@ import pytest
 
 from sandbox.postmark import PostmarkSandbox
 from sandbox.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioSandbox
-from tasks.ledger import LedgerRow
+from tasks.messages.ledger import LedgerRow
+from tasks.messages.templates import RenderedEmail, RenderedSms, sms_size, unsubscribe_headers
 from tasks.providers.common import OutgoingMessage, ProviderUnavailable, Suppress, content_hash
 from tasks.providers.postmark import PostmarkProvider, PostmarkSettings
 from tasks.providers.twilio import TwilioProvider, TwilioSettings
-from tasks.templates import RenderedEmail, RenderedSms, sms_size, unsubscribe_headers
 
 pytestmark = pytest.mark.integration
 

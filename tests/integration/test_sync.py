@@ -20,8 +20,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tasks import extract
-from tasks.cliniko import (
+from tasks.cliniko import sync as extract
+from tasks.cliniko.client import (
     BadApiKey,
     ClinikoClient,
     GarbagePage,
@@ -30,7 +30,7 @@ from tasks.cliniko import (
     ResourceNotFound,
     Retry,
 )
-from tasks.resources import RESOURCES
+from tasks.cliniko.resources import RESOURCES
 from tasks.warehouse import open_db
 
 pytestmark = pytest.mark.integration
@@ -322,7 +322,7 @@ def test_kill_9_at_random_moments_then_rerun_loses_and_duplicates_nothing(db, cl
     }
     # Paced so a sync takes seconds: long enough to be killed in the middle of it, wherever it is
     # (between requests, between pages, inside a commit). Kills until four have landed.
-    command = [sys.executable, "-m", "tasks.extract", "--db", str(db), "--requests", "12",
+    command = [sys.executable, "-m", "tasks.cliniko.sync", "--db", str(db), "--requests", "12",
                "--per-seconds", "1", "--retry-initial", "0.05"]  # fmt: skip
     rng = random.Random(11)
     kills = rounds = 0

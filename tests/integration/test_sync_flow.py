@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tasks.resources import RESOURCES
+from tasks.cliniko.resources import RESOURCES
 from tasks.warehouse import open_db
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ import pytest
 
 from sandbox.cliniko.store import link_id, parse_ts
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "reference" / "cliniko-examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "cliniko-examples"
 RESOURCES = (
     "businesses",
     "practitioners",
@@ -42,7 +42,6 @@ def data(shared_clinic) -> dict[str, dict[int, dict]]:
     return {name: shared_clinic.snapshot(name, BASE) for name in RESOURCES}
 
 
-@pytest.mark.skipif(not EXAMPLES.is_dir(), reason="reference examples not checked out beside us")
 @pytest.mark.parametrize(
     ("resource", "example"),
     [

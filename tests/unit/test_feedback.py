@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tasks import feedback, ledger
-from tasks.ledger import PlannedMessage, make_send_key
-from tasks.unsubscribe import UnsubscribeClaim
+from tasks import feedback
+from tasks.messages import ledger
+from tasks.messages.ledger import PlannedMessage, make_send_key
+from tasks.unsubscribe.tokens import UnsubscribeClaim
 from tasks.warehouse import memory_db
 
 NOW = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)

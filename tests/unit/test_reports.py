@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tasks import ledger, reports
-from tasks.ledger import PlannedMessage, make_send_key
+from tasks import reports
+from tasks.messages import ledger
+from tasks.messages.ledger import PlannedMessage, make_send_key
 from tasks.warehouse import memory_db
 
 # 10 March 2026, 20:00 in Melbourne (UTC+11): the report's "today" is 10 March there.

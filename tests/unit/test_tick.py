@@ -6,7 +6,8 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 
-from tasks import ledger, tick, warehouse
+from tasks import tick, warehouse
+from tasks.messages import ledger
 from tasks.tick import COMPLETED, FAILED, Freshness, Step, Summary
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from tasks import warehouse
-from tasks.resources import RESOURCES
+from tasks.cliniko.resources import RESOURCES
 
 
 def test_opening_creates_every_raw_and_state_table(tmp_path):

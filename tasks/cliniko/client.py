@@ -1,0 +1,379 @@
+"""The Cliniko API client: one page at a time, paced under the rate limit, retried when that helps.
+
+API reference: ../shared/reference/cliniko-api.md (https://docs.api.cliniko.com). What is odd here:
+- The key names its shard (``...-au2``); the host is ``api.<shard>.cliniko.com``. A key sent to the
+  wrong shard gets 401, exactly like a wrong key, so the error says which shard the key names.
+- 200 requests/min per *user*, fixed window; over it, 429 with ``X-RateLimit-Reset`` (epoch seconds).
+- ``links.next`` is an absolute URL; we follow it only on the API host (the key goes with it).
+- Low roles get 403, or 404 on settings objects such as appointment types.
+
+The client knows nothing about our tables: ``tasks.cliniko.sync`` decides what to ask for and where it
+goes. Errors carry the resource path and host, never the key or anything from a record.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from hashlib import sha256
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from tasks.errors import UserFacingError
+
+DEFAULT_SHARD = "au1"
+SHARD_PATTERN = re.compile(r"-([a-z]{2}\d{1,2})$")
+PER_PAGE = 100  # Cliniko's maximum
+
+
+# --- Errors a person acts on -------------------------------------------------------------------
+
+
+class ClinikoError(UserFacingError):
+    """Cliniko refused or failed a request in a way retrying will not fix."""
+
+
+class BadApiKey(ClinikoError):
+    """401: the key is wrong, revoked, or sent to another shard's host."""
+
+
+class PermissionDenied(ClinikoError):
+    """403: the key's user may not read this resource (or the request lacked a User-Agent)."""
+
+
+class ResourceNotFound(ClinikoError):
+    """404: a low role cannot see the resource, or the base URL points somewhere else."""
+
+
+class ClinikoUnavailable(ClinikoError):
+    """Server errors, timeouts or dropped connections outlasted every retry."""
+
+
+class GarbagePage(ClinikoError):
+    """Cliniko kept answering 200 with a body that is not a list page (not JSON, no records)."""
+
+
+class _Transient(Exception):
+    """A failure worth another try (5xx, unreadable body). Internal: converted before it leaves."""
+
+    def __init__(self, what: str, garbage: bool = False) -> None:
+        super().__init__(what)
+        self.garbage = garbage
+
+
+# --- Shard and base URL -------------------------------------------------------------------------
+
+
+def shard_of(api_key: str) -> str:
+    """The shard a key names by its suffix (``...-uk2`` -> ``uk2``); Cliniko's default otherwise."""
+    match = SHARD_PATTERN.search(api_key.strip())
+    return match.group(1) if match else DEFAULT_SHARD
+
+
+def api_base_url(api_key: str) -> str:
+    return f"https://api.{shard_of(api_key)}.cliniko.com/v1"
+
+
+# --- Pacing -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pace:
+    """The server's allowance: ``requests`` per fixed window of ``per_seconds``."""
+
+    requests: float = 200
+    per_seconds: float = 60.0
+
+
+class RateLimiter:
+    """A token bucket shared by every client of one API key in this process.
+
+    Hand-written rather than a library because what matters is specific to Cliniko's fixed window:
+    the bucket refills at 95% of the allowed rate and holds a burst of at most 3% of a window, so
+    no window of the server can ever see more than ~98% of its allowance; after a 429 every client
+    of the key waits until the window resets (``hold_until``), which generic limiters (pyrate-limiter,
+    aiolimiter, limits) have no notion of. Blocking, thread-safe, and ~30 lines.
+
+    Tokens may go negative: a caller reserves its slot under the lock and sleeps outside it, so
+    waiting callers queue fairly in arrival order.
+    """
+
+    RATE_SHARE = 0.95
+    BURST_SHARE = 0.03
+
+    def __init__(
+        self,
+        pace: Pace,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.pace = pace
+        self.rate = self.RATE_SHARE * pace.requests / pace.per_seconds  # tokens per second
+        self.capacity = max(1.0, float(int(self.BURST_SHARE * pace.requests)))
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._tokens = self.capacity
+        self._updated = clock()
+
+    def acquire(self) -> float:
+        """Wait for a request slot; returns the seconds waited."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
+            self._updated = now
+            self._tokens -= 1.0
+            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+    def hold_until(self, monotonic_deadline: float) -> None:
+        """After a 429: no slot for anyone before the server's window resets, then refill from empty."""
+        with self._lock:
+            if monotonic_deadline > self._updated:
+                self._tokens = 0.0
+                self._updated = monotonic_deadline
+
+
+_limiters: dict[tuple[str, Pace], RateLimiter] = {}
+_limiters_lock = threading.Lock()
+
+
+def limiter_for(api_key: str, pace: Pace) -> RateLimiter:
+    """The process-wide limiter of a key (keyed on a digest, so the key itself is not kept here)."""
+    ident = (sha256(api_key.encode()).hexdigest(), pace)
+    with _limiters_lock:
+        if ident not in _limiters:
+            _limiters[ident] = RateLimiter(pace)
+        return _limiters[ident]
+
+
+# --- Pages --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Page:
+    records: list  # exactly the items Cliniko sent (normally dicts)
+    total_entries: int | None
+    next_url: str | None
+
+
+@dataclass
+class Retry:
+    """How hard to try before giving up on one page."""
+
+    attempts: int = 8
+    initial_seconds: float = 0.5
+    max_seconds: float = 30.0
+    max_rate_limited: int = 100  # 429 answers in a row for one request before giving up
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    rate_limited: int = 0
+    retried: int = 0
+    paced_seconds: float = 0.0  # waited for the limiter
+    by_status: dict[int, int] = field(default_factory=dict)
+
+
+class ClinikoClient:
+    """GET list pages from one Cliniko account.
+
+    ``get_page(path, params)`` asks for the first page of a list; ``get_page(page.next_url)``
+    follows Cliniko's own next link (checked to be on the API host). ``key`` is the list's key in
+    the response (``practitioners`` for ``/practitioners/inactive``).
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        contact: str,
+        base_url: str | None = None,
+        pace: Pace | None = Pace(),
+        retry: Retry | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        if not api_key or not api_key.strip():
+            raise BadApiKey("The Cliniko API key is empty. Set it in the ClinikoAccount block.")
+        self.shard = shard_of(api_key)
+        self.base_url = (base_url or api_base_url(api_key)).rstrip("/")
+        base = urlsplit(self.base_url)
+        self._origin = (base.scheme, base.netloc)
+        self.host = base.netloc
+        self.limiter = limiter_for(api_key, pace) if pace else None
+        self.retry = retry or Retry()
+        self.stats = Stats()
+        self._http = httpx.Client(
+            auth=(api_key.strip(), ""),
+            headers={
+                "Accept": "application/json",
+                "User-Agent": f"clinic-relay ({contact})",
+            },
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            follow_redirects=False,
+        )
+
+    def __enter__(self) -> ClinikoClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}{path}"
+
+    def get_page(
+        self,
+        path_or_url: str,
+        key: str,
+        params: Iterable[tuple[str, str]] = (),
+    ) -> Page:
+        """One list page; ``per_page`` is added to a path's first request (next links carry it)."""
+        if path_or_url.startswith("/"):
+            url = self.url(path_or_url)
+            query = [("per_page", str(PER_PAGE)), *params]
+        else:
+            self._check_on_api_host(path_or_url)
+            url, query = path_or_url, list(params)
+        path = urlsplit(url).path
+        retrying = Retrying(
+            stop=stop_after_attempt(self.retry.attempts),
+            wait=wait_exponential_jitter(
+                initial=self.retry.initial_seconds, max=self.retry.max_seconds
+            ),
+            retry=retry_if_exception_type((_Transient, httpx.TransportError)),
+            before_sleep=self._count_retry,
+        )
+        try:
+            return retrying(self._get_once, url, query, key, path)
+        except RetryError as exc:
+            raise self._gave_up(exc.last_attempt.exception(), path) from None
+
+    def _count_retry(self, _state: object) -> None:
+        self.stats.retried += 1
+
+    def _get_once(self, url: str, query: list[tuple[str, str]], key: str, path: str) -> Page:
+        for _ in range(self.retry.max_rate_limited):
+            if self.limiter:
+                self.stats.paced_seconds += self.limiter.acquire()
+            response = self._http.get(url, params=query or None)
+            self.stats.requests += 1
+            status = response.status_code
+            self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
+            if status != 429:
+                return self._read(response, key, path)
+            self.stats.rate_limited += 1
+            self._wait_for_reset(response)
+        raise ClinikoUnavailable(
+            f"Cliniko kept answering 429 (rate limited) for {path} on {self.host} "
+            f"{self.retry.max_rate_limited} times in a row. Another integration may be using this "
+            "user's allowance; lower requests_per_minute in the ClinikoAccount block or wait."
+        )
+
+    def _wait_for_reset(self, response: httpx.Response) -> None:
+        try:
+            delay = float(response.headers["X-RateLimit-Reset"]) - time.time()
+        except (KeyError, ValueError):
+            delay = self.limiter.pace.per_seconds if self.limiter else 1.0
+        # A skewed clock must neither spin nor stall the run: one window at most.
+        ceiling = self.limiter.pace.per_seconds if self.limiter else 60.0
+        delay = min(max(delay, 0.0), ceiling)
+        if self.limiter:
+            self.limiter.hold_until(time.monotonic() + delay)
+        else:
+            time.sleep(delay)
+
+    def _read(self, response: httpx.Response, key: str, path: str) -> Page:
+        status = response.status_code
+        if status == 200:
+            try:
+                body = orjson.loads(response.content)
+            except orjson.JSONDecodeError:
+                raise _Transient("not JSON", garbage=True) from None
+            if not isinstance(body, dict) or not isinstance(body.get(key), list):
+                raise _Transient(f"no '{key}' list", garbage=True)
+            links = body.get("links") if isinstance(body.get("links"), dict) else {}
+            total = body.get("total_entries")
+            return Page(
+                records=body[key],
+                total_entries=total if isinstance(total, int) else None,
+                next_url=links.get("next") or None,
+            )
+        if status >= 500:
+            raise _Transient(f"HTTP {status}")
+        raise self._refusal(response, path)
+
+    def _refusal(self, response: httpx.Response, path: str) -> ClinikoError:
+        status = response.status_code
+        said = _server_message(response)
+        if status == 401:
+            return BadApiKey(
+                f"Cliniko rejected the API key (401) at {self.host}. The key names shard "
+                f"'{self.shard}' (by its suffix; no suffix means au1) and this run asked "
+                f"{self.base_url}. Check the key in the ClinikoAccount block: it may be "
+                "mistyped or revoked, or its shard suffix may not match the account's region."
+            )
+        if status == 403:
+            return PermissionDenied(
+                f"Cliniko refused {path} (403) at {self.host}{said}. The key's user lacks "
+                f"permission to read {path.strip('/')}: give that user a role that can (an "
+                "administrator or reception role), or use a key of a user who has it."
+            )
+        if status == 404:
+            return ResourceNotFound(
+                f"Cliniko answered 404 for {path} at {self.host}{said}. Low roles get 404 on "
+                "settings objects such as appointment types: give the key's user a role that can "
+                f"read {path.strip('/')}, and check the base URL ({self.base_url})."
+            )
+        return ClinikoError(
+            f"Cliniko answered {status} for {path} at {self.host}{said}; this is not a "
+            "temporary error, so the run stops. Check the request against the API reference."
+        )
+
+    def _gave_up(self, last: BaseException | None, path: str) -> ClinikoError:
+        tries = self.retry.attempts
+        if isinstance(last, _Transient) and last.garbage:
+            return GarbagePage(
+                f"Cliniko sent an unreadable page for {path} ({last}) {tries} times in a row. "
+                "Nothing from that page was written and the sync position did not move; the next "
+                "run retries it. If it persists, check the base URL and Cliniko's status page."
+            )
+        what = str(last) if isinstance(last, _Transient) else type(last).__name__
+        return ClinikoUnavailable(
+            f"Cliniko did not answer {path} at {self.host} after {tries} tries (last: {what}). "
+            "Nothing from that page was written; the next run resumes where this one stopped."
+        )
+
+    def _check_on_api_host(self, url: str) -> None:
+        parts = urlsplit(url)
+        if (parts.scheme, parts.netloc) != self._origin:
+            raise ClinikoError(
+                f"Cliniko's next-page link points to {parts.scheme}://{parts.netloc}, not the "
+                f"API host {self.host}; refusing to send the key there. Check the base URL."
+            )
+
+
+def _server_message(response: httpx.Response) -> str:
+    """Cliniko's own short explanation (e.g. a missing User-Agent), when it gives one."""
+    try:
+        message = orjson.loads(response.content).get("message")
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
+    return f" ('{message[:160]}')" if isinstance(message, str) and message else ""

@@ -1,0 +1,467 @@
+"""Dispatch: due planned messages out through their channel's provider, each at most once.
+
+One run, per channel, batch by batch:
+
+1. **Reconcile** rows a dead run left ``sending`` (and recent ``unknown`` rows): ask the provider
+   whether it has them (tasks/providers/common.py, ``Provider.reconcile``). Never a blind resend.
+2. **Claim** due rows (``due_at`` and ``next_attempt_at`` passed). For each, the planner's
+   ``prepare(row)`` re-checks it just before sending (appointment cancelled? unsubscribed?) and
+   returns :class:`Ready` (address + template context) or :class:`Skip`. Then dispatch itself
+   skips what is past its grace window, has an unusable address, is suppressed (marketing:
+   suppressed for marketing or for all; transactional: for all) or fails to render.
+3. **Commit ``sending``** for what is left, in its own transaction, before any provider call.
+   The update only moves rows that are still ``planned``, so two runs cannot both claim a row.
+4. **Send**, then **record** each outcome in one transaction: sent, failed (+ a suppression when
+   the address is dead or opted out), retry later (planned again, with backoff), or unknown.
+
+Processes are serialised by the database lock (tasks/warehouse.py); within a process, claims by
+concurrent runs are told apart by ``claim_id``, so a live run's rows are never "reconciled".
+Nothing here logs or returns personal data: results are counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import formataddr
+from typing import Any
+
+import duckdb
+
+from tasks.config import ClinicConfig, ConfigError
+from tasks.messages import ledger
+from tasks.messages.ledger import Channel, LedgerRow
+from tasks.messages.templates import TemplateError, Templates
+from tasks.providers.common import (
+    Outcome,
+    OutgoingMessage,
+    Provider,
+    ProviderUnavailable,
+    content_hash,
+)
+from tasks.providers.outbox import OutboxProvider, outbox_dir
+from tasks.unsubscribe.tokens import sign, unsubscribe_url
+from tasks.warehouse import transaction
+
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+EMAIL = re.compile(r"^[^@\s\"<>,;]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,63}$")
+# Unknown rows are re-checked with the provider for this long (then they wait for a person).
+UNKNOWN_RECHECK = timedelta(days=2)
+# How long after an attempt before "the provider does not have it" is believed.
+DEFAULT_SETTLE = timedelta(minutes=5)
+
+_live_claims: set[str] = set()
+_live_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Send it: to this address, rendering the row's template with this context."""
+
+    to: str = field(repr=False)
+    context: Mapping[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Do not send. ``cancel`` when the occasion is gone (appointment cancelled), else skipped."""
+
+    reason: str
+    cancel: bool = False
+
+
+Prepare = Callable[[LedgerRow], Ready | Skip]
+# Holds back rows that may not go yet (frequency cap, quiet hours: tasks/messages/gate.py):
+# defers or skips them itself and returns the rows that may go now.
+Gate = Callable[[duckdb.DuckDBPyConnection, list[LedgerRow], datetime], list[LedgerRow]]
+
+
+@dataclass
+class DispatchResult:
+    """What a run did, in counts and ids only (safe for logs, artifacts and Prefect results)."""
+
+    counts: Counter = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)  # worded for the operator, no personal data
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"counts": dict(self.counts), "problems": list(self.problems)}
+
+
+def backoff(attempts: int) -> timedelta:
+    """1, 2, 4 ... minutes after each busy answer, at most an hour."""
+    return timedelta(minutes=min(60, 2 ** max(0, attempts - 1)))
+
+
+def address_problem(channel: Channel, address: str) -> str | None:
+    """A cheap shape check; the provider has the final word (Postmark answers 300 otherwise)."""
+    if channel == "sms":
+        return None if E164.match(address) else "the phone number on file is not E.164"
+    return None if EMAIL.match(address.strip()) else "the email address on file is not valid"
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    """How to build a marketing email's unsubscribe link for this clinic."""
+
+    clinic: str
+    base_url: str
+    key: bytes | None = None  # None: the installation's key (tasks/unsubscribe/tokens.py)
+
+    def url(self, row: LedgerRow) -> str:
+        token = sign(self.clinic, row.patient_id, row.message_id, row.channel, key=self.key)
+        return unsubscribe_url(self.base_url, token)
+
+
+def _record(
+    con: duckdb.DuckDBPyConnection,
+    rows: Sequence[LedgerRow],
+    addresses: Sequence[str | None],
+    outcomes: Sequence[Outcome],
+    provider: str,
+    now: datetime,
+    counts: Counter,
+    *,
+    retry_at_once: bool = False,
+) -> None:
+    """Write outcomes for rows now ``sending`` (or ``unknown``) in the caller's transaction."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, (row, outcome) in enumerate(zip(rows, outcomes, strict=True)):
+        if outcome.kind == "pending" or (row.status == "unknown" and outcome.kind != "sent"):
+            continue  # undecided, or an unknown row that only a confirmation may change
+        groups.setdefault((row.status, outcome.kind), []).append(i)
+
+    for (from_status, kind), idx in groups.items():
+        ids = [rows[i].message_id for i in idx]
+        reasons = [outcomes[i].reason for i in idx]
+        codes = [outcomes[i].error_code for i in idx]
+        if kind == "sent":
+            values = {"provider_message_id": [outcomes[i].provider_message_id for i in idx],
+                      "status_reason": reasons, "error_code": [None] * len(idx)}  # fmt: skip
+            ledger.transition(con, ids, from_status, "sent", now, values=values)
+        elif kind == "failed":
+            values = {"status_reason": reasons, "error_code": codes}
+            ledger.transition(con, ids, from_status, "failed", now, values=values)
+            for i in idx:
+                suppress, address = outcomes[i].suppress, addresses[i]
+                if suppress and address:
+                    ledger.add_suppression(
+                        con,
+                        channel=rows[i].channel,
+                        address=address,
+                        scope=suppress.scope,
+                        reason=suppress.reason,
+                        source=provider,
+                        evidence=f"{provider} error {outcomes[i].error_code}, "
+                        f"message {rows[i].message_id}",
+                        occurred_at=now,
+                    )
+                    counts["suppressed"] += 1
+        elif kind == "retry":
+            # the provider never had it: after a crash it may go at once; when busy, back off
+            later = [now if retry_at_once else now + backoff(rows[i].attempts) for i in idx]
+            values = {"next_attempt_at": later, "status_reason": reasons, "error_code": codes}
+            ledger.transition(con, ids, from_status, "planned", now, values=values)
+        else:  # unknown
+            values = {"status_reason": reasons, "error_code": codes}
+            ledger.transition(con, ids, from_status, "unknown", now, values=values)
+        counts[kind] += len(idx)
+
+
+def reconcile(
+    con: duckdb.DuckDBPyConnection,
+    providers: Mapping[str, Provider],
+    now: datetime,
+    *,
+    settle: timedelta = DEFAULT_SETTLE,
+    result: DispatchResult | None = None,
+) -> DispatchResult:
+    """Settle rows left ``sending`` by a run that is no longer alive, and recheck recent unknowns."""
+    result = result or DispatchResult()
+    with _live_lock:
+        live = set(_live_claims)
+    for channel, provider in providers.items():
+        rows = [
+            r for r in ledger.in_status(con, "sending", channel=channel) if r.claim_id not in live
+        ] + [
+            r
+            for r in ledger.in_status(con, "unknown", channel=channel)
+            if r.sending_at and now - r.sending_at <= UNKNOWN_RECHECK
+        ]
+        elsewhere = sum(1 for r in rows if r.status == "sending" and r.provider != provider.name)
+        if elsewhere:
+            result.problems.append(
+                f"{channel}: {elsewhere} messages were left sending through a provider this "
+                f"clinic no longer uses (now {provider.name}); they stay 'sending' until checked "
+                "by hand in that provider's account"
+            )
+        rows = [r for r in rows if r.provider == provider.name]
+        if not rows:
+            continue
+        outcomes = provider.reconcile(rows, now, settle)
+        before = Counter(result.counts)
+        with transaction(con):
+            _record(
+                con, rows, [r.to_address for r in rows], outcomes, provider.name, now,
+                result.counts, retry_at_once=True,
+            )  # fmt: skip
+        for kind in ("sent", "retry", "unknown"):
+            moved = result.counts[kind] - before[kind]
+            if moved:
+                result.counts[f"reconciled_{kind}"] += moved
+                result.counts[kind] -= moved
+    return result
+
+
+def _prepare_batch(
+    con: duckdb.DuckDBPyConnection,
+    rows: Sequence[LedgerRow],
+    prepare: Prepare,
+    templates: Templates,
+    unsubscribe: Unsubscribe | None,
+    now: datetime,
+) -> tuple[list[tuple[LedgerRow, OutgoingMessage]], dict[str, list[tuple[int, str]]]]:
+    """Decide each row: a message to send, or a reason not to (cancelled / skipped)."""
+    decided: dict[str, list[tuple[int, str]]] = {"cancelled": [], "skipped": []}
+    ready: list[tuple[LedgerRow, Ready]] = []
+    for row in rows:
+        if row.expires_at is not None and now > row.expires_at:
+            decided["skipped"].append((row.message_id, "past its grace window"))
+            continue
+        try:
+            decision = prepare(row)
+        except Exception as exc:
+            # One bad row must not block every later message; the type names the bug without
+            # repeating data that may be in the message.
+            decision = Skip(f"the re-check before sending failed ({type(exc).__name__})")
+        if isinstance(decision, Skip):
+            decided["cancelled" if decision.cancel else "skipped"].append(
+                (row.message_id, decision.reason)
+            )
+            continue
+        problem = address_problem(row.channel, decision.to)
+        if problem:
+            decided["skipped"].append((row.message_id, problem))
+            continue
+        ready.append((row, decision))
+
+    suppressed: set[tuple[str, str]] = set()
+    for purpose in ("transactional", "marketing"):
+        for channel in ("email", "sms"):
+            addresses = [d.to for r, d in ready if r.purpose == purpose and r.channel == channel]
+            for address in ledger.suppressed_addresses(con, channel, addresses, purpose):
+                suppressed.add((purpose, address))
+
+    messages: list[tuple[LedgerRow, OutgoingMessage]] = []
+    for row, decision in ready:
+        to = ledger.normalise_address(row.channel, decision.to)
+        if (row.purpose, to) in suppressed:
+            decided["skipped"].append((row.message_id, f"address suppressed ({row.purpose})"))
+            continue
+        marketing = row.purpose == "marketing"
+        context = dict(decision.context)
+        if marketing and row.channel == "email":
+            if unsubscribe is None:
+                decided["skipped"].append(
+                    (row.message_id, "marketing email but no unsubscribe URL is configured")
+                )
+                continue
+            context["unsubscribe_url"] = unsubscribe.url(row)
+        try:
+            content = templates.render(row.template, row.channel, context, marketing=marketing)
+        except TemplateError as exc:
+            decided["skipped"].append((row.message_id, f"not rendered: {exc}"[:500]))
+            continue
+        messages.append(
+            (
+                row,
+                OutgoingMessage(
+                    message_id=row.message_id,
+                    send_key=row.send_key,
+                    channel=row.channel,
+                    purpose=row.purpose,
+                    tag=row.source_name,
+                    to=to,
+                    content=content,
+                ),
+            )
+        )
+    return messages, decided
+
+
+def dispatch(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    providers: Mapping[str, Provider],
+    prepare: Prepare,
+    templates: Templates,
+    unsubscribe: Unsubscribe | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    settle: timedelta = DEFAULT_SETTLE,
+    max_batches: int | None = None,
+    gate: Gate | None = None,
+) -> DispatchResult:
+    """Send every due message once. ``providers`` maps a channel (email, sms) to its provider."""
+    result = DispatchResult()
+    claim_id = uuid.uuid4().hex
+    with _live_lock:
+        _live_claims.add(claim_id)
+    try:
+        reconcile(con, providers, clock(), settle=settle, result=result)
+        for channel, provider in providers.items():
+            _dispatch_channel(
+                con, channel, provider, prepare, templates, unsubscribe, clock, claim_id,
+                result, max_batches, gate,
+            )  # fmt: skip
+    finally:
+        with _live_lock:
+            _live_claims.discard(claim_id)
+        for provider in providers.values():
+            provider.close()
+    return result
+
+
+def _dispatch_channel(
+    con: duckdb.DuckDBPyConnection,
+    channel: str,
+    provider: Provider,
+    prepare: Prepare,
+    templates: Templates,
+    unsubscribe: Unsubscribe | None,
+    clock: Callable[[], datetime],
+    claim_id: str,
+    result: DispatchResult,
+    max_batches: int | None,
+    gate: Gate | None = None,
+) -> None:
+    batches = 0
+    while max_batches is None or batches < max_batches:
+        batches += 1
+        now = clock()
+        rows = ledger.due(con, now, channel=channel, limit=provider.batch_size)
+        if not rows:
+            return
+        if gate is not None:
+            rows = gate(con, rows, now)
+        messages, decided = _prepare_batch(con, rows, prepare, templates, unsubscribe, now)
+        try:
+            with transaction(con):
+                for status, items in decided.items():
+                    if items:
+                        ledger.transition(
+                            con, [i for i, _ in items], "planned", status, now,
+                            values={"status_reason": [r for _, r in items]},
+                        )  # fmt: skip
+                        result.counts[status] += len(items)
+                claimed = set(
+                    ledger.transition(
+                        con,
+                        [m.message_id for _, m in messages],
+                        "planned",
+                        "sending",
+                        now,
+                        values={
+                            "to_address": [m.to for _, m in messages],
+                            "content_hash": [content_hash(m.content) for _, m in messages],
+                            "provider": [provider.name] * len(messages),
+                            "claim_id": [claim_id] * len(messages),
+                            "status_reason": [None] * len(messages),
+                            "next_attempt_at": [None] * len(messages),
+                        },
+                        strict=False,
+                        count_attempt=True,
+                    )
+                )
+        except (duckdb.TransactionException, ledger.IllegalTransition):
+            # another run in this process moved these rows first: leave them to it
+            result.problems.append(f"{channel}: a concurrent run claimed the same messages")
+            return
+        batch = [(r, m) for r, m in messages if m.message_id in claimed]
+        if not batch:
+            continue
+        try:
+            outcomes = provider.send([m for _, m in batch])
+        except ProviderUnavailable as exc:
+            outcomes = [Outcome("retry", reason="provider unavailable")] * len(batch)
+            result.problems.append(f"{channel}: {exc}")
+        sending_rows = [
+            dataclasses.replace(r, status="sending", attempts=r.attempts + 1) for r, _ in batch
+        ]
+        with transaction(con):
+            _record(
+                con, sending_rows, [m.to for _, m in batch], outcomes, provider.name, clock(),
+                result.counts,
+            )  # fmt: skip
+        if all(o.kind in ("retry", "unknown") for o in outcomes):
+            result.problems.append(
+                f"{channel}: {provider.name} took nothing from the last batch; stopping until "
+                "the next run"
+            )
+            return
+
+
+def clinic_details(cfg: ClinicConfig) -> dict[str, str]:
+    """The ``clinic`` variables templates see, from the config's ``providers.sender``."""
+    sender = cfg.providers.sender
+    return {
+        "name": sender.name or cfg.name,
+        "email": sender.reply_to or sender.email,
+        "phone": sender.phone,
+        "website": sender.website,
+        "address": sender.address,
+    }
+
+
+def providers_for(cfg: ClinicConfig) -> dict[str, Provider]:
+    """The provider for each channel, as the clinic's ``providers:`` section says."""
+    sender = cfg.providers.sender
+    outbox = OutboxProvider(
+        outbox_dir(cfg.clinic),
+        email_from=formataddr((sender.name or cfg.name, sender.email)),
+        sms_from=sender.name or cfg.name,
+    )
+
+    def load(block_type: Any, name: str, setting: str) -> Provider:
+        if name == "outbox":
+            return outbox
+        try:
+            block = block_type.from_env() if name == "env" else block_type.load(name)
+        except (ValueError, RuntimeError) as exc:
+            raise ConfigError(
+                f"{cfg.source or cfg.clinic}: providers.{setting}: cannot load {name!r}: {exc}. "
+                f"Save a {block_type.__name__} block with that name, or use 'outbox'."
+            ) from None
+        return block.provider()
+
+    from blocks.postmark import PostmarkServer
+    from blocks.twilio import TwilioAccount
+
+    return {
+        "email": load(PostmarkServer, cfg.providers.email, "email"),
+        "sms": load(TwilioAccount, cfg.providers.sms, "sms"),
+    }
+
+
+def dispatch_for_clinic(
+    con: duckdb.DuckDBPyConnection,
+    cfg: ClinicConfig,
+    prepare: Prepare,
+    *,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    gate: Gate | None = None,
+) -> DispatchResult:
+    """Dispatch with everything the clinic's configuration decides: providers, templates, links."""
+    return dispatch(
+        con,
+        providers=providers_for(cfg),
+        prepare=prepare,
+        templates=Templates(cfg.folder),
+        unsubscribe=Unsubscribe(cfg.clinic, cfg.providers.unsubscribe_url),
+        clock=clock,
+        gate=gate,
+    )

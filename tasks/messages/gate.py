@@ -1,0 +1,182 @@
+"""The marketing gate: frequency cap and quiet hours, the last word on when marketing may go.
+
+Dispatch calls the gate with each batch of due rows, just before it re-checks and claims them
+(``dispatch(..., gate=Gate.from_config(cfg))``). The gate looks only at marketing rows (journeys,
+campaigns and marketing triggers alike); reminders and other transactional messages always pass.
+
+- **Quiet hours** (marketing SMS only, the clinic's time zone, default 20:00-09:00): a message due
+  in them waits for the end of the quiet hours, computed with zoneinfo on the local calendar, so
+  "09:00 tomorrow" stays 09:00 across a daylight-saving change.
+- **Frequency cap** (default: 2 marketing messages per 7 days per patient, any channel): messages
+  sent, being sent or of unknown outcome in the last N days count. When more are due than the
+  cap allows, the configured priority decides who goes (source kind, then the earlier due, then
+  the older row); the rest wait until the oldest counted message leaves the window, and are
+  weighed again then.
+
+Held rows are deferred, not dropped (``ledger.defer``: their ``due_at`` stays as planned); a row
+that could only go after its grace window (``expires_at``) is skipped instead, with the reason.
+Nothing here logs personal data; rows are identified by ids.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import duckdb
+
+from tasks.config import ClinicConfig, FrequencyCap, QuietHours
+from tasks.messages import ledger
+from tasks.messages.ledger import LedgerRow
+from tasks.warehouse import transaction
+
+QUIET_HOURS_CHANNELS = frozenset({"sms"})
+
+
+def _local_moment(day, at: time, zone: ZoneInfo) -> datetime:
+    """``at`` o'clock on ``day`` in ``zone``, as UTC. A time the clocks skip (DST gap) lands just
+    after the gap, as zoneinfo reads it with the offset in force before the change."""
+    return datetime.combine(day, at, tzinfo=zone).astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Gate:
+    time_zone: str
+    cap: FrequencyCap | None
+    priority: tuple[str, ...]
+    quiet_hours: QuietHours | None
+
+    @classmethod
+    def from_config(cls, cfg: ClinicConfig) -> Gate:
+        m = cfg.marketing
+        return cls(cfg.time_zone, m.frequency_cap, m.priority, m.quiet_hours)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.time_zone)
+
+    # --- quiet hours ---------------------------------------------------------------------------
+
+    def is_quiet(self, at: datetime) -> bool:
+        if self.quiet_hours is None:
+            return False
+        start, end = self.quiet_hours.start, self.quiet_hours.end
+        local = at.astimezone(self.zone).time()
+        if start > end:  # overnight, e.g. 20:00-09:00
+            return local >= start or local < end
+        return start <= local < end
+
+    def quiet_until(self, at: datetime) -> datetime:
+        """The end of the quiet hours ``at`` falls in (``at`` itself when it is not quiet)."""
+        if not self.is_quiet(at):
+            return at
+        local = at.astimezone(self.zone)
+        end = self.quiet_hours.end
+        day = local.date() + timedelta(days=1) if local.time() >= end else local.date()
+        return _local_moment(day, end, self.zone)
+
+    def held_by_quiet_hours(self, row: LedgerRow, now: datetime) -> bool:
+        return (
+            row.purpose == "marketing"
+            and row.channel in QUIET_HOURS_CHANNELS
+            and (self.is_quiet(now))
+        )
+
+    # --- frequency cap -------------------------------------------------------------------------
+
+    def _rank(self, row: LedgerRow) -> tuple:
+        return (self.priority.index(row.source_kind), row.due_at, row.message_id)
+
+    def _counted(
+        self, con: duckdb.DuckDBPyConnection, patients: Sequence[int], now: datetime
+    ) -> dict[int, list[datetime]]:
+        """Per patient, when each marketing message in the cap's window went (or started to)."""
+        window = timedelta(days=self.cap.days)
+        rows = con.execute(
+            """
+            SELECT patient_id, coalesce(sent_at, sending_at) AS went
+            FROM state.messages
+            WHERE purpose = 'marketing' AND status IN ('sending', 'sent', 'unknown')
+              AND patient_id IN (SELECT unnest($patients::BIGINT[]))
+              AND coalesce(sent_at, sending_at) > $since
+            ORDER BY went
+            """,
+            {"patients": list(patients), "since": now - window},
+        ).fetchall()
+        counted: dict[int, list[datetime]] = defaultdict(list)
+        for patient_id, went in rows:
+            counted[patient_id].append(went)
+        return counted
+
+    def _waiting(
+        self, con: duckdb.DuckDBPyConnection, patients: Sequence[int], now: datetime
+    ) -> list[LedgerRow]:
+        """Every marketing row of these patients that could go now, in any channel or batch."""
+        return [
+            r
+            for r in ledger.due_marketing(con, now, patients)
+            if not self.held_by_quiet_hours(r, now)
+        ]
+
+    def cap_holds(
+        self, con: duckdb.DuckDBPyConnection, rows: Sequence[LedgerRow], now: datetime
+    ) -> dict[int, datetime]:
+        """message_id -> when to weigh it again, for the rows the cap holds back now."""
+        if self.cap is None:
+            return {}
+        patients = sorted({r.patient_id for r in rows})
+        counted = self._counted(con, patients, now)
+        by_patient: dict[int, list[LedgerRow]] = defaultdict(list)
+        for row in self._waiting(con, patients, now):
+            by_patient[row.patient_id].append(row)
+        window = timedelta(days=self.cap.days)
+        holds: dict[int, datetime] = {}
+        for patient_id, waiting in by_patient.items():
+            free = self.cap.messages - len(counted[patient_id])
+            ranked = sorted(waiting, key=self._rank)
+            going = ranked[: max(0, free)]
+            # a slot frees when the oldest message in the window (or one going now) leaves it
+            went = sorted(counted[patient_id] + [now] * len(going))
+            for row in ranked[max(0, free) :]:
+                holds[row.message_id] = went[0] + window
+        return holds
+
+    # --- the hook ------------------------------------------------------------------------------
+
+    def __call__(
+        self, con: duckdb.DuckDBPyConnection, rows: list[LedgerRow], now: datetime
+    ) -> list[LedgerRow]:
+        """Dispatch's hook: defer (or skip) the marketing rows that may not go now; return the
+        rows that may."""
+        marketing = [r for r in rows if r.purpose == "marketing"]
+        if not marketing:
+            return rows
+        held: dict[int, tuple[datetime, str]] = {}
+        for row in marketing:
+            if self.held_by_quiet_hours(row, now):
+                held[row.message_id] = (self.quiet_until(now), "quiet hours")
+        open_rows = [r for r in marketing if r.message_id not in held]
+        for message_id, until in self.cap_holds(con, open_rows, now).items():
+            held[message_id] = (until, "frequency cap")
+        in_batch = {r.message_id: r for r in marketing}
+        deferred: list[tuple[int, datetime, str]] = []
+        skipped: dict[str, list[int]] = defaultdict(list)
+        for message_id, (until, why) in held.items():
+            row = in_batch.get(message_id)
+            if row is None:
+                continue  # another batch or channel: decided when dispatch gets there
+            if row.expires_at is not None and until > row.expires_at:
+                skipped[f"{why}: could not go before its grace window ended"].append(message_id)
+            else:
+                deferred.append((message_id, until, f"deferred: {why}"))
+        if deferred or skipped:
+            with transaction(con):
+                if deferred:
+                    ids, untils, reasons = zip(*deferred, strict=True)
+                    ledger.defer(con, ids, untils, reasons, now)
+                for reason, ids in skipped.items():
+                    ledger.skip(con, ids, reason, now)
+        return [r for r in rows if r.message_id not in held]

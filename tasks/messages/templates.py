@@ -1,0 +1,308 @@
+"""Message templates: Jinja2 files a clinic edits, rendered strictly.
+
+A template is a folder named after it, looked up first in the clinic's ``templates/`` folder, then
+in the project's ``templates/``:
+
+    <name>/subject.txt, <name>/body.html, <name>/body.txt     an email
+    <name>/sms.txt                                             an SMS
+
+Rules, checked when the configuration loads (every template is rendered against a sample context)
+and again on every real render:
+- a missing variable is an error (StrictUndefined), never a blank in a patient's message;
+- HTML is autoescaped (a patient called ``<b>`` stays text);
+- marketing email must carry ``{{ unsubscribe_url }}`` in both bodies; it also gets RFC 8058
+  one-click ``List-Unsubscribe`` headers;
+- marketing SMS must tell the patient how to opt out ("Reply STOP to opt out");
+- an SMS longer than one segment is a warning (GSM-7 vs UCS-2 counting).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import jinja2
+
+from tasks.errors import UserFacingError
+from tasks.paths import PROJECT_ROOT
+
+PROJECT_TEMPLATES = PROJECT_ROOT / "templates"
+EMAIL_PARTS = ("subject.txt", "body.html", "body.txt")
+SMS_PART = "sms.txt"
+
+# A marketing SMS must say how to stop, in words the carrier keyword handling understands.
+OPT_OUT = re.compile(r"\b(reply|text|txt|send|sms)\s+\"?(stop|unsubscribe|optout)\b", re.IGNORECASE)
+
+# GSM 03.38: the basic set costs one septet, the extension set two (escape + char).
+GSM_BASIC = set(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+GSM_EXTENDED = set("^{}\\[~]|€\f")
+
+
+class TemplateError(UserFacingError):
+    """A template that cannot be used: names the template, the file and what to change."""
+
+
+@dataclass(frozen=True)
+class SmsSize:
+    encoding: str  # "GSM-7" | "UCS-2"
+    units: int  # septets (GSM-7) or UTF-16 code units (UCS-2)
+    segments: int
+
+
+def sms_size(text: str) -> SmsSize:
+    """How many segments a carrier bills for this text (concatenated parts lose header room)."""
+    if all(c in GSM_BASIC or c in GSM_EXTENDED for c in text):
+        units = sum(2 if c in GSM_EXTENDED else 1 for c in text)
+        single, multi, encoding = 160, 153, "GSM-7"
+    else:
+        units = len(text.encode("utf-16-le")) // 2
+        single, multi, encoding = 70, 67, "UCS-2"
+    segments = 1 if units <= single else math.ceil(units / multi)
+    return SmsSize(encoding, units, segments)
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    subject: str = dataclasses.field(repr=False)
+    html: str = dataclasses.field(repr=False)
+    text: str = dataclasses.field(repr=False)
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class RenderedSms:
+    text: str = dataclasses.field(repr=False)
+    size: SmsSize = SmsSize("GSM-7", 0, 1)
+
+
+Rendered = RenderedEmail | RenderedSms
+
+
+def unsubscribe_headers(unsubscribe_url: str) -> dict[str, str]:
+    """RFC 8058 one-click: mail clients POST ``List-Unsubscribe=One-Click`` to the URL."""
+    return {
+        "List-Unsubscribe": f"<{unsubscribe_url}>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+
+
+@lru_cache(maxsize=32)
+def _environment(search_path: tuple[Path, ...]) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(p) for p in search_path]),
+        undefined=jinja2.StrictUndefined,
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
+        keep_trailing_newline=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+class Templates:
+    """The templates one clinic can use: its own folder first, then the project's examples."""
+
+    def __init__(self, clinic_folder: Path | None = None, *, extra: Sequence[Path] = ()) -> None:
+        paths = [*extra]
+        if clinic_folder is not None:
+            paths.append(clinic_folder / "templates")
+        paths.append(PROJECT_TEMPLATES)
+        self.search_path = tuple(p.resolve() for p in paths)
+        self.env = _environment(self.search_path)
+        # One lookup per part for this object's life (a dispatch run), not one file check per message.
+        self._compiled: dict[tuple[str, str], jinja2.Template] = {}
+
+    def _part(self, name: str, part: str) -> jinja2.Template:
+        if (name, part) not in self._compiled:
+            self._compiled[name, part] = self._load(name, part)
+        return self._compiled[name, part]
+
+    def _load(self, name: str, part: str) -> jinja2.Template:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise TemplateError(
+                f"template name {name!r}: use letters, digits, '-', '_' or '.' (it names a folder)"
+            )
+        try:
+            return self.env.get_template(f"{name}/{part}")
+        except jinja2.TemplateNotFound:
+            where = " or ".join(str(p / name / part) for p in self.search_path)
+            raise TemplateError(f"template {name!r}: no file {where}") from None
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(
+                f"template {name!r}: {exc.filename} line {exc.lineno}: {exc.message}"
+            ) from None
+
+    def _render(self, name: str, part: str, context: Mapping[str, Any]) -> str:
+        template = self._part(name, part)
+        try:
+            return template.render(context)
+        except jinja2.UndefinedError as exc:
+            # Jinja's message names the variable, never a value.
+            raise TemplateError(
+                f"template {name!r} ({part}): {exc.message}. Use only variables the context has "
+                "(patient, appointment, clinic, unsubscribe_url), or guard with {% if ... %}."
+            ) from None
+        except jinja2.TemplateError as exc:
+            raise TemplateError(f"template {name!r} ({part}): {type(exc).__name__}") from None
+
+    def render_email(
+        self, name: str, context: Mapping[str, Any], *, marketing: bool
+    ) -> RenderedEmail:
+        subject = " ".join(self._render(name, "subject.txt", context).split())
+        if not subject:
+            raise TemplateError(f"template {name!r}: subject.txt renders to an empty subject")
+        html = self._render(name, "body.html", context)
+        text = self._render(name, "body.txt", context)
+        headers: dict[str, str] = {}
+        if marketing:
+            url = context.get("unsubscribe_url")
+            if not url or url not in text or _html_attr(url) not in html:
+                raise TemplateError(
+                    f"template {name!r} is used for marketing, so body.html and body.txt must "
+                    "both include {{ unsubscribe_url }} (a working unsubscribe link is the law)."
+                )
+            headers = unsubscribe_headers(url)
+        return RenderedEmail(subject=subject, html=html, text=text, headers=headers)
+
+    def render_sms(self, name: str, context: Mapping[str, Any], *, marketing: bool) -> RenderedSms:
+        text = self._render(name, SMS_PART, context).strip()
+        if not text:
+            raise TemplateError(f"template {name!r}: sms.txt renders to an empty message")
+        if marketing and not OPT_OUT.search(text):
+            raise TemplateError(
+                f"template {name!r} is used for marketing SMS, so it must say how to opt out, "
+                "e.g. end it with 'Reply STOP to opt out'."
+            )
+        return RenderedSms(text=text, size=sms_size(text))
+
+    def render(
+        self, name: str, channel: str, context: Mapping[str, Any], *, marketing: bool
+    ) -> Rendered:
+        if channel == "email":
+            return self.render_email(name, context, marketing=marketing)
+        return self.render_sms(name, context, marketing=marketing)
+
+    def validate(self, name: str, channel: str, *, marketing: bool) -> list[str]:
+        """Render against the sample context; raise TemplateError, or return warnings to show."""
+        rendered = self.render(
+            name, channel, sample_context(marketing=marketing), marketing=marketing
+        )
+        if isinstance(rendered, RenderedSms) and rendered.size.segments > 1:
+            size = rendered.size
+            return [
+                f"template {name!r}: the sample SMS is {size.segments} segments "
+                f"({size.units} {size.encoding} units; one segment holds "
+                f"{160 if size.encoding == 'GSM-7' else 70}). Each segment is billed."
+                + (
+                    " Non-GSM characters (emoji, curly quotes) force UCS-2."
+                    if size.encoding == "UCS-2"
+                    else ""
+                )
+            ]
+        return []
+
+
+def _html_attr(url: str) -> str:
+    # the URL as it appears in autoescaped HTML (& becomes &amp;)
+    return str(jinja2.utils.markupsafe.escape(url))
+
+
+def build_context(
+    *,
+    clinic: Mapping[str, Any],
+    first_name: str,
+    preferred_first_name: str | None = None,
+    last_name: str | None = None,
+    appointment_starts_at: datetime | None = None,
+    time_zone: str | None = None,
+    appointment_type: str | None = None,
+    practitioner: str | None = None,
+    business: str | None = None,
+    unsubscribe_url: str | None = None,
+) -> dict[str, Any]:
+    """The variables every template sees. ``first_name`` is the preferred name when there is one.
+
+    The appointment's time is shown in ``time_zone`` (the business's, from Cliniko's
+    ``time_zone_identifier``); pass the UTC start and let this do the conversion.
+    """
+    context: dict[str, Any] = {
+        "patient": {
+            "first_name": (preferred_first_name or "").strip() or first_name,
+            "legal_first_name": first_name,
+            "last_name": last_name or "",
+        },
+        "clinic": dict(clinic),
+        "appointment": None,
+    }
+    if appointment_starts_at is not None:
+        if time_zone is None or appointment_starts_at.tzinfo is None:
+            raise ValueError("an appointment time needs a time zone and a timezone-aware start")
+        local = appointment_starts_at.astimezone(ZoneInfo(time_zone))
+        context["appointment"] = {
+            "starts_at": local,
+            "date": f"{local:%A} {local.day} {local:%B}",
+            "time": f"{local.hour % 12 or 12}:{local:%M} {'am' if local.hour < 12 else 'pm'}",
+            "type": appointment_type or "",
+            "practitioner": practitioner or "",
+            "business": business or "",
+        }
+    if unsubscribe_url is not None:
+        context["unsubscribe_url"] = unsubscribe_url
+    return context
+
+
+SAMPLE_CLINIC = {
+    "name": "Sample Physio",
+    "email": "hello@sample.example",
+    "phone": "03 9000 0000",
+    "website": "https://sample.example",
+    "address": "1 Sample St, Melbourne VIC 3000",
+}
+
+
+def sample_context(*, marketing: bool, clinic: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A context with every variable set: what templates are checked against at load time."""
+    return build_context(
+        clinic=clinic or SAMPLE_CLINIC,
+        first_name="Alexandra",
+        preferred_first_name="Alex",
+        last_name="Sample",
+        appointment_starts_at=datetime.fromisoformat("2026-03-03T22:30:00+00:00"),
+        time_zone="Australia/Melbourne",
+        appointment_type="Initial Consultation",
+        practitioner="Dr Sam Example",
+        business="Sample Physio Richmond",
+        unsubscribe_url="https://relay.example/unsubscribe/SAMPLE-TOKEN" if marketing else None,
+    )
+
+
+def render_to_file(
+    templates: Templates,
+    name: str,
+    channel: str,
+    context: Mapping[str, Any],
+    dest_dir: Path,
+    *,
+    marketing: bool,
+    to: str,
+    sender: str,
+) -> Path:
+    """Render a message into files a person can open (.eml + .html, or .txt) and return the main one.
+
+    For previews ("show me what this patient would get"); nothing is sent or recorded.
+    """
+    from tasks.providers.outbox import write_message_files
+
+    rendered = templates.render(name, channel, context, marketing=marketing)
+    stem = f"preview-{name}-{channel}"
+    return write_message_files(dest_dir, stem, rendered, to=to, sender=sender, send_key=stem)

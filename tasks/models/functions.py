@@ -1,0 +1,253 @@
+"""SQL helpers the models may call: macros for Cliniko's payload quirks, Python UDFs for phones
+and emails. Registered on every connection that builds or previews models.
+
+Cliniko quirks (../shared/reference/cliniko-api.md): empty values arrive as "" or null, foreign
+keys as {"links": {"self": ".../patients/82"}} (the id is the last path segment), 64-bit ids as
+strings. Phone numbers are read with ``phonenumbers`` in the clinic's country; emails are checked
+for syntax only with ``email-validator`` (no DNS: builds must not touch the network).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+import threading
+from datetime import datetime
+
+import duckdb
+import phonenumbers
+from duckdb.sqltypes import BOOLEAN, VARCHAR
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
+
+from tasks.paths import PROJECT_ROOT
+
+_PLAIN_EMAIL = r"^[A-Za-z0-9]+([._+-][A-Za-z0-9]+)*@([A-Za-z0-9]+(-[A-Za-z0-9]+)*\.)+[A-Za-z]{2,}$"
+_SPECIAL_USE = ", ".join(f"'{d}'" for d in SPECIAL_USE_DOMAIN_NAMES)
+
+# Staging reads most fields with a typed json_transform, which already turns "" into NULL for
+# timestamps, booleans and numbers; these cover text, ->> reads and links.
+MACROS = (
+    # "" and whitespace-only mean "no value" in Cliniko payloads.
+    "CREATE OR REPLACE TEMP MACRO cliniko_text(v) AS nullif(trim(v), '')",
+    "CREATE OR REPLACE TEMP MACRO cliniko_timestamp(v) AS try_cast(nullif(trim(v), '') AS TIMESTAMPTZ)",
+    # The id at the end of a link URL, ignoring a query string: ".../patients/82?x=1" -> 82.
+    # (String splitting: a third of the cost of a regular expression over millions of links.)
+    "CREATE OR REPLACE TEMP MACRO cliniko_link_id(url) AS "
+    "try_cast(split_part(split_part(url, '?', 1), '/', -1) AS BIGINT)",
+    # Email syntax: addresses of the plainest form (ASCII dot-atoms, hyphens inside labels, a
+    # letters-only top-level domain that is not special-use, short enough that no length limit
+    # applies) are valid for email-validator too, and this regular expression proves it at a
+    # fraction of a Python call's cost; everything else is asked of email-validator. A full
+    # build checks 100,000 addresses, so this is most of a build's Python time saved.
+    "CREATE OR REPLACE TEMP MACRO relay_email_is_valid(email) AS CASE WHEN "
+    f"regexp_full_match(email, '{_PLAIN_EMAIL}') AND length(email) <= 64 "
+    f"AND lower(split_part(email, '.', -1)) NOT IN ({_SPECIAL_USE}) THEN true "
+    "ELSE relay_email_validator(email) END",
+)
+
+_MOBILE_TYPES = {
+    phonenumbers.PhoneNumberType.MOBILE,
+    phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE,
+}
+
+
+@functools.lru_cache(maxsize=65536)
+def mobile_e164(number: str | None, country: str | None) -> str | None:
+    """A mobile number as typed in Cliniko -> E.164, or None when it is not a valid mobile.
+
+    Numbers without a country prefix are read in ``country``; Cliniko often stores Australian
+    mobiles as "61444444444" (country code without "+"), so that form is tried too.
+    """
+    if number is None:
+        return None
+    for candidate in (number, "+" + number.strip()):
+        try:
+            parsed = phonenumbers.parse(candidate, country)
+        except phonenumbers.NumberParseException:
+            continue
+        # number_type() is UNKNOWN for every number is_valid_number() rejects (it runs the same
+        # metadata match), so asking it alone gives the same answer at two thirds of the cost.
+        if phonenumbers.number_type(parsed) in _MOBILE_TYPES:
+            return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return None
+
+
+# Numbers read by relay_mobile_e164 since the runner last took them: (number, country) -> E.164.
+# The runner stores them in state.phone_numbers with the build (see take_parsed_mobiles).
+PHONE_PARSER = phonenumbers.__version__
+_parsed_mobiles: dict[tuple[str, str | None], str | None] = {}
+
+
+def _relay_mobile_e164(number: str | None, country: str | None) -> str | None:
+    """The SQL function: mobile_e164, remembering what it read for the phone memo."""
+    result = mobile_e164(number, country)
+    if number is not None and country is not None:
+        _parsed_mobiles[(number, country)] = result
+    return result
+
+
+def take_parsed_mobiles() -> list[tuple[str, str, str | None]]:
+    """The numbers read since the last call, as (number, country, mobile_e164); forgets them."""
+    items = [(n, c, e) for (n, c), e in _parsed_mobiles.items()]
+    _parsed_mobiles.clear()
+    return items
+
+
+def remember_mobiles(
+    con: duckdb.DuckDBPyConnection, country: str, numbers: list[str], results: list[str | None]
+) -> None:
+    """Store phonenumbers' answers (``results[i]`` for ``numbers[i]``) in state.phone_numbers."""
+    con.execute(
+        "INSERT OR IGNORE INTO state.phone_numbers "
+        "SELECT unnest($numbers), $country, $parser, unnest($results::VARCHAR[])",
+        {"numbers": numbers, "country": country, "parser": PHONE_PARSER, "results": results},
+    )
+
+
+# A build with at least this many mobile numbers not in state.phone_numbers reads them before
+# the models run, on every core (a Python function called by DuckDB runs one call at a time).
+PREFILL_MIN_NUMBERS = 5000
+
+# The numbers staging.patients reads (its first "Mobile" phone, as cliniko_text gives it), from
+# patients the sync wrote since ``since`` (all when NULL) and not yet in the memo. Reading them
+# here is only a head start: staging.patients still decides which number is a patient's, and
+# parses any it does not find in the memo, so if this query and the model ever disagree the
+# cost is a slower build, never a different answer (a memo row is phonenumbers' answer for that
+# number, whoever asked).
+_UNREAD_MOBILES = """
+SELECT DISTINCT number FROM (
+    SELECT cliniko_text(list_filter(
+        json_transform(payload, '{"patient_phone_numbers":
+            [{"phone_type": "VARCHAR", "number": "VARCHAR"}]}').patient_phone_numbers,
+        lambda n: lower(trim(n.phone_type)) = 'mobile')[1].number) AS number
+    FROM raw.patients
+    WHERE $since IS NULL OR synced_at > $since
+)
+WHERE number IS NOT NULL
+    AND number NOT IN (SELECT number FROM state.phone_numbers WHERE country = $country)
+"""
+
+
+class PhonePrefill:
+    """Mobile numbers no build has read yet, read by another process while the build goes on.
+
+    A build's largest single-threaded step was staging.patients calling phonenumbers for every
+    new number (100,000 on a first build): one core busy, the other idle. ``start`` lists the
+    numbers and hands them to a helper process; ``store`` (called before the first model that
+    reads state.phone_numbers) waits for it and writes the answers to the memo, so the numbers
+    are read on the other core while DuckDB builds the models before. Too few numbers (an
+    ordinary tick) start nothing: the model's function reads those. If the helper fails, nothing
+    is stored and the function reads them too: never a different answer, only a slower build.
+    """
+
+    def __init__(self, numbers: list[str], country: str):
+        self.numbers, self.country = numbers, country
+        self._helper = _Helper(numbers, country) if numbers else None
+
+    @classmethod
+    def start(
+        cls, con: duckdb.DuckDBPyConnection, country: str, since: datetime | None
+    ) -> PhonePrefill:
+        numbers = [
+            r[0]
+            for r in con.execute(_UNREAD_MOBILES, {"since": since, "country": country}).fetchall()
+        ]
+        return cls(numbers if len(numbers) >= PREFILL_MIN_NUMBERS else [], country)
+
+    def store(self, con: duckdb.DuckDBPyConnection) -> int:
+        """Wait for the helper and write what it read; returns how many numbers (0 if none)."""
+        helper, self._helper = self._helper, None
+        results = helper.result() if helper else None
+        if not results:
+            return 0
+        remember_mobiles(con, self.country, self.numbers, results)
+        return len(results)
+
+    def cancel(self) -> None:
+        helper, self._helper = self._helper, None
+        if helper:
+            helper.cancel()
+
+
+class _Helper:
+    """mobile_e164 of each number in another Python process (``python -m
+    tasks.models.functions``), fed and read through pipes, so numbers never reach a log."""
+
+    def __init__(self, numbers: list[str], country: str):
+        self._out: list[str | None] | None = None
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._thread = threading.Thread(target=self._run, args=(numbers, country), daemon=True)
+        self._thread.start()
+
+    def _run(self, numbers: list[str], country: str) -> None:
+        try:
+            with self._lock:
+                if self._cancelled:
+                    return
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-m", "tasks.models.functions"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                    cwd=PROJECT_ROOT,
+                )
+            stdout, _ = self._proc.communicate(json.dumps({"country": country, "numbers": numbers}))
+            out = json.loads(stdout) if self._proc.returncode == 0 else None
+            if isinstance(out, list) and len(out) == len(numbers):
+                self._out = out
+        except (OSError, ValueError):
+            self._out = None
+
+    def result(self) -> list[str | None] | None:
+        self._thread.join()
+        return self._out
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            if self._proc and self._proc.poll() is None:
+                self._proc.kill()
+        self._thread.join()
+
+
+@functools.lru_cache(maxsize=65536)
+def email_is_valid(email: str) -> bool:
+    try:
+        validate_email(email, check_deliverability=False)
+    except EmailNotValidError:
+        return False
+    return True
+
+
+def register(con: duckdb.DuckDBPyConnection) -> None:
+    """Make the macros and UDFs available on ``con`` (idempotent)."""
+    con.execute("SET enable_progress_bar = false")
+    registered = {
+        row[0]
+        for row in con.execute(
+            "SELECT function_name FROM duckdb_functions() WHERE function_name IN "
+            "('relay_mobile_e164', 'relay_email_validator')"
+        ).fetchall()
+    }
+    if "relay_mobile_e164" not in registered:
+        con.create_function(
+            "relay_mobile_e164",
+            _relay_mobile_e164,
+            [VARCHAR, VARCHAR],
+            VARCHAR,
+            null_handling="special",
+        )
+    if "relay_email_validator" not in registered:
+        con.create_function("relay_email_validator", email_is_valid, [VARCHAR], BOOLEAN)
+    for macro in MACROS:
+        con.execute(macro)
+
+
+if __name__ == "__main__":  # a parse_mobiles helper: {"country", "numbers"} in, results out
+    request = json.load(sys.stdin)
+    json.dump([mobile_e164(n, request["country"]) for n in request["numbers"]], sys.stdout)

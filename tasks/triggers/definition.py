@@ -1,0 +1,322 @@
+"""Triggers: declarative "send this template, on this channel, at this moment, to these people".
+
+A clinic writes them under ``triggers:`` in its clinic.yaml (PRODUCT.md §3; seeds 000, 001, 004):
+
+    - name: sms-reminder              # letters, digits, '-', '_': part of every send key
+      enabled: true                   # off by default: preview first, then switch on
+      event: before_appointment
+      timing: 24 hours before         # 'immediately' or 'N minutes|hours|days|weeks before|after'
+      last_minute: send               # booked after the planned moment: send at once, or skip
+      grace: 2 hours                  # later than this past its moment: skipped, not sent late
+      channel: sms
+      template: reminder-24h
+      purpose: transactional          # or marketing: reaches only the marketing lists
+      exclude: {categories: [Admin Only]}
+
+Events and the moment each is measured from:
+
+=====================  ==================================  =====================================
+event                  moment                              still true when sent?
+=====================  ==================================  =====================================
+appointment_booked     the appointment was created         not cancelled, archived or deleted
+before_appointment     the appointment starts (before)     kept (not cancelled, did-not-arrive)
+after_appointment      the appointment ends (attended)     attended: arrived, or past and not
+                                                           marked ('require_arrived' for arrived)
+cancelled              the appointment was cancelled       still cancelled
+did_not_arrive         the missed appointment ends         still marked did-not-arrive
+first_appointment      the patient's 1st appointment:      as before/after_appointment; counts
+nth_appointment (n)    starts (before) or ends (after)     kept appointments the filters accept
+patient_created        the patient was created             patient not archived
+=====================  ==================================  =====================================
+
+Filters are OR within a kind and AND across kinds. Names are matched without regard to case or
+surrounding spaces; a number is a Cliniko id. Nothing here reaches SQL as text: the planner
+(tasks/triggers/plan.py) binds every value as a parameter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+Event = Literal[
+    "appointment_booked",
+    "before_appointment",
+    "after_appointment",
+    "cancelled",
+    "did_not_arrive",
+    "first_appointment",
+    "nth_appointment",
+    "patient_created",
+]
+APPOINTMENT_EVENTS = frozenset(
+    {
+        "appointment_booked",
+        "before_appointment",
+        "after_appointment",
+        "cancelled",
+        "did_not_arrive",
+        "first_appointment",
+        "nth_appointment",
+    }
+)
+# Events whose timing may point either way from the appointment (before it starts, after it ends).
+EITHER_WAY_EVENTS = frozenset({"first_appointment", "nth_appointment"})
+
+_UNITS = {"minute": 60, "hour": 3600, "day": 86400, "week": 7 * 86400}
+_DURATION = re.compile(r"^\s*(\d+)\s*(minute|hour|day|week)s?\s*$", re.IGNORECASE)
+_TIMING = re.compile(r"^\s*(\d+)\s*(minute|hour|day|week)s?\s+(before|after)\s*$", re.IGNORECASE)
+MAX_OFFSET = timedelta(days=366)
+
+
+def parse_duration(text: str) -> timedelta:
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"'{text}' is not a duration: write e.g. '30 minutes', '2 hours', '1 day'")
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Ref = int | str  # a Cliniko id, or a name
+
+
+def _names(values: tuple[Ref, ...]) -> list[str]:
+    return sorted({v.strip().lower() for v in values if isinstance(v, str)})
+
+
+def _ids(values: tuple[Ref, ...]) -> list[int]:
+    return sorted({v for v in values if isinstance(v, int)})
+
+
+class Range(_Strict):
+    min: int | None = Field(None, ge=0)
+    max: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class AppointmentCount(Range):
+    """The patient's kept appointments (attended, past unmarked or upcoming), of any type or of
+    these types; cancelled and did-not-arrive ones do not count. Inclusive bounds."""
+
+    types: tuple[Ref, ...] = ()
+
+
+class Filters(_Strict):
+    appointment_types: tuple[Ref, ...] = ()
+    categories: tuple[str, ...] = ()
+    businesses: tuple[Ref, ...] = ()
+    practitioners: tuple[Ref, ...] = ()
+    appointment_count: AppointmentCount | None = None
+    age: Range | None = None  # whole years
+    # Checked when the message is due: no kept appointment starting later (other than this one).
+    no_future_appointment: bool = False
+    # cancelled / did_not_arrive only: no appointment booked after the cancellation (or miss).
+    not_rebooked_since_cancelling: bool = False
+
+
+class Exclusions(_Strict):
+    appointment_types: tuple[Ref, ...] = ()
+    categories: tuple[str, ...] = ()
+    businesses: tuple[Ref, ...] = ()
+
+
+class Trigger(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    description: str = ""
+    enabled: bool = False
+    event: Event
+    n: int | None = Field(None, ge=1, le=1000)  # nth_appointment only
+    timing: str = "immediately"
+    last_minute: Literal["send", "skip"] | None = None
+    grace: str = "1 day"
+    channel: Literal["email", "sms"]
+    template: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    purpose: Literal["transactional", "marketing"]
+    # Honour Cliniko's reminder_type (SMS / Email / SMS & Email / None); default: on for
+    # before_appointment (reminders), off for everything else.
+    respect_reminder_preference: bool | None = None
+    # after_appointment (and first/nth after): count only appointments Cliniko marked arrived;
+    # by default a past appointment nobody marked counts as attended (many clinics never mark).
+    require_arrived: bool = False
+    filters: Filters = Filters()
+    exclude: Exclusions = Exclusions()
+
+    @field_validator("timing")
+    @classmethod
+    def _timing(cls, value: str) -> str:
+        if value.strip().lower() == "immediately":
+            return "immediately"
+        match = _TIMING.match(value)
+        if not match:
+            raise ValueError(
+                f"'{value}' is not a timing: write 'immediately' or e.g. '5 minutes after', "
+                "'24 hours before', '6 weeks after'"
+            )
+        n, unit, direction = int(match.group(1)), match.group(2).lower(), match.group(3).lower()
+        if timedelta(seconds=n * _UNITS[unit]) > MAX_OFFSET:
+            raise ValueError(f"'{value}' is more than a year")
+        return f"{n} {unit}{'s' if n != 1 else ''} {direction}"
+
+    @field_validator("grace")
+    @classmethod
+    def _grace(cls, value: str) -> str:
+        grace = parse_duration(value)
+        if not timedelta(minutes=1) <= grace <= timedelta(days=30):
+            raise ValueError(f"'{value}': a grace window is between 1 minute and 30 days")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Trigger:
+        event, direction = self.event, self.direction
+        if event == "before_appointment" and direction != "before":
+            raise _field_error("timing", "before_appointment needs a timing 'N ... before'")
+        if event not in APPOINTMENT_EVENTS | {"patient_created"}:  # pragma: no cover (Literal)
+            raise _field_error("event", f"unknown event {event}")
+        if event not in EITHER_WAY_EVENTS | {"before_appointment"} and direction == "before":
+            raise _field_error(
+                "timing", f"{event} happens first and the message after it: use 'N ... after'"
+            )
+        if (event == "nth_appointment") != (self.n is not None):
+            raise _field_error("n", "n (which appointment: 2, 5, 10...) goes with nth_appointment")
+        if self.last_minute is not None and direction != "before":
+            raise _field_error("last_minute", "applies only to triggers timed 'before'")
+        if self.require_arrived and not (
+            event == "after_appointment" or (event in EITHER_WAY_EVENTS and direction != "before")
+        ):
+            raise _field_error("require_arrived", "applies only to 'after' appointment triggers")
+        if event == "patient_created":
+            for field in ("appointment_types", "categories", "businesses", "practitioners"):
+                if getattr(self.filters, field):
+                    raise _field_error(
+                        f"filters.{field}", "patient_created has no appointment to filter on"
+                    )
+            if any(getattr(self.exclude, f) for f in Exclusions.model_fields):
+                raise _field_error("exclude", "patient_created has no appointment to exclude")
+        if self.filters.not_rebooked_since_cancelling and event not in (
+            "cancelled",
+            "did_not_arrive",
+        ):
+            raise _field_error(
+                "filters.not_rebooked_since_cancelling", "goes with cancelled or did_not_arrive"
+            )
+        return self
+
+    # --- derived ------------------------------------------------------------------------------
+
+    @property
+    def direction(self) -> Literal["before", "after"]:
+        return "before" if self.timing.endswith("before") else "after"
+
+    @property
+    def offset(self) -> timedelta:
+        """How far the send moment is from the event's moment (always >= 0; see direction)."""
+        if self.timing == "immediately":
+            return timedelta(0)
+        n, unit, _ = self.timing.split()
+        return timedelta(seconds=int(n) * _UNITS[unit.rstrip("s")])
+
+    @property
+    def grace_window(self) -> timedelta:
+        return parse_duration(self.grace)
+
+    @property
+    def is_appointment_event(self) -> bool:
+        return self.event in APPOINTMENT_EVENTS
+
+    @property
+    def position(self) -> int | None:
+        """Which of the patient's (filtered) appointments this fires on: 1st, nth, or any."""
+        return 1 if self.event == "first_appointment" else self.n
+
+    @property
+    def honours_reminder_preference(self) -> bool:
+        if self.respect_reminder_preference is not None:
+            return self.respect_reminder_preference
+        return self.event == "before_appointment"
+
+    @property
+    def fingerprint(self) -> str:
+        """What decides who gets it and when: a change re-dates the go-live (see planning.py).
+
+        The name, description, template and enabled flag are left out: wording and switching
+        are not a new definition.
+        """
+        material = self.model_dump(
+            mode="json", exclude={"name", "description", "template", "enabled"}
+        )
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+    def definition_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+
+def _field_error(field: str, message: str) -> PydanticCustomError:
+    return PydanticCustomError(
+        "trigger_field", "{field}: {message}", {"field": field, "message": message}
+    )
+
+
+def describe_error(index: int, raw: Any, exc: ValidationError) -> str:
+    """One line per problem: which trigger (by name and position) and which field."""
+    name = raw.get("name") if isinstance(raw, dict) else None
+    who = f"trigger '{name}' (entry {index + 1})" if name else f"trigger entry {index + 1}"
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "trigger_field":
+            lines.append(f"{who}: {err['msg']}")
+        elif err["type"] == "missing":
+            lines.append(f"{who}: {loc}: required but missing")
+        elif err["type"] == "extra_forbidden":
+            lines.append(f"{who}: {loc}: unknown setting (check the spelling)")
+        else:
+            lines.append(f"{who}: {loc or '(entry)'}: {err['msg']}")
+    return "\n  ".join(lines)
+
+
+def parse_triggers(raw: Any) -> tuple[Trigger, ...]:
+    """Validate the ``triggers:`` list; errors name the trigger and the field."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list | tuple):
+        raise PydanticCustomError(
+            "triggers", "expected a list of triggers (each starts with '- name:')"
+        )
+    triggers, problems, seen = [], [], set()
+    for i, item in enumerate(raw):
+        if isinstance(item, Trigger):
+            trigger = item
+        else:
+            try:
+                trigger = Trigger.model_validate(item)
+            except ValidationError as exc:
+                problems.append(describe_error(i, item, exc))
+                continue
+        if trigger.name in seen:
+            problems.append(f"trigger '{trigger.name}' (entry {i + 1}): name: used twice")
+        seen.add(trigger.name)
+        triggers.append(trigger)
+    if problems:
+        raise PydanticCustomError("triggers", "{problems}", {"problems": "\n  ".join(problems)})
+    return tuple(triggers)
+
+
+def reference_lists(values: tuple[Ref, ...]) -> tuple[list[int], list[str]]:
+    """(ids, normalised names) for binding as SQL parameters."""
+    return _ids(values), _names(values)

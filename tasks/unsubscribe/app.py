@@ -1,0 +1,140 @@
+"""The unsubscribe endpoint: what a marketing email's unsubscribe link and headers point at.
+
+    GET  /unsubscribe/<token>   a confirmation page with one button (link scanners and mail
+                                previews follow GETs, so a GET never unsubscribes anyone)
+    POST /unsubscribe/<token>   RFC 8058 one-click (mail clients POST ``List-Unsubscribe=
+                                One-Click``) and the page's button: unsubscribes, says so
+
+The token is HMAC-signed (tasks/unsubscribe/tokens.py): a forged, altered or cut-short token gets 403
+with a plain message and nothing is recorded. The page shows no personal data, only the clinic's
+name and "you are unsubscribed".
+
+A valid click is first written to the clinic's unsubscribe inbox (a small file beside its
+database, fsynced), then recorded in the database at once if the database is free. During a tick
+the database belongs to the tick, so the answer cannot wait for it: the tick's feedback step
+records the click a few minutes later, before any further marketing is planned for the next tick.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from tasks import feedback
+from tasks.config import ClinicConfig
+from tasks.errors import UserFacingError
+from tasks.unsubscribe.tokens import InvalidToken, UnsubscribeClaim, verify
+from tasks.warehouse import DatabaseBusy, open_db
+
+log = logging.getLogger("relay.unsubscribe")
+
+# How long a click waits for the database before leaving it to the next feedback pull.
+DB_WAIT_SECONDS = 2.0
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="robots" content="noindex">
+<title>{title}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem;
+color:#222}}button{{font-size:1rem;padding:.6rem 1.2rem;cursor:pointer}}</style>
+</head><body>
+<h1>{title}</h1>
+{body}
+</body></html>
+"""
+
+
+def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(_PAGE.format(title=html.escape(title), body=body), status_code=status)
+
+
+def create_app(
+    clinics: Mapping[str, ClinicConfig],
+    *,
+    key: bytes | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Starlette:
+    """The endpoint for these clinics (a token names its clinic). ``key``: the HMAC key, by
+    default the installation's (tasks/unsubscribe/tokens.py)."""
+
+    def claim_of(request: Request) -> UnsubscribeClaim | Response:
+        try:
+            claim = verify(request.path_params["token"], key=key)
+        except InvalidToken as exc:
+            return PlainTextResponse(f"{exc}\n", status_code=403)
+        if claim.clinic not in clinics:
+            return PlainTextResponse(
+                "This unsubscribe link is for a clinic this server does not serve.\n",
+                status_code=404,
+            )
+        return claim
+
+    def confirm(request: Request) -> Response:
+        claim = claim_of(request)
+        if isinstance(claim, Response):
+            return claim
+        name = html.escape(clinics[claim.clinic].name)
+        return _page(
+            "Unsubscribe",
+            f"<p>Stop marketing email from {name}? Appointment reminders still arrive.</p>"
+            '<form method="post"><input type="hidden" name="List-Unsubscribe" '
+            'value="One-Click"><button type="submit">Unsubscribe</button></form>',
+        )
+
+    def unsubscribe(request: Request) -> Response:
+        claim = claim_of(request)
+        if isinstance(claim, Response):
+            return claim
+        config = clinics[claim.clinic]
+        now = clock()
+        inbox = feedback.inbox_path(config.database_path)
+        feedback.spool_unsubscribe(inbox, claim, now)
+        try:
+            with open_db(config.database_path, wait_seconds=DB_WAIT_SECONDS) as con:
+                feedback.drain_unsubscribes(con, inbox, now)
+        except DatabaseBusy:
+            log.info("%s: database busy; the click waits in the inbox", claim.clinic)
+        name = html.escape(config.name)
+        return _page(
+            "You are unsubscribed",
+            f"<p>You will get no more marketing email from {name}.</p>",
+        )
+
+    # Each clinic's links carry the path of its providers.unsubscribe_url.
+    paths = sorted(
+        {urlsplit(c.providers.unsubscribe_url).path.rstrip("/") for c in clinics.values()}
+    )
+    routes = []
+    for path in paths or ["/unsubscribe"]:
+        routes += [
+            Route(path + "/{token}", confirm, methods=["GET"]),
+            Route(path + "/{token}", unsubscribe, methods=["POST"]),
+        ]
+    return Starlette(routes=routes)
+
+
+@contextlib.contextmanager
+def serving(clinics: Mapping[str, ClinicConfig], host: str, port: int) -> Iterator[str]:
+    """The endpoint on a background thread for the length of the block (``relay serve``);
+    yields its base URL."""
+    from sandbox.server import ThreadedServer
+
+    try:
+        server = ThreadedServer(create_app(clinics), host=host, port=port)
+    except OSError as exc:
+        raise UserFacingError(
+            f"The unsubscribe endpoint cannot listen on {host}:{port} ({exc.strerror}). Stop "
+            "whatever uses it (another relay serve?) or change providers.unsubscribe_url."
+        ) from None
+    with server:
+        yield server.url

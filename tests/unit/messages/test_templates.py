@@ -1,0 +1,221 @@
+"""Templates render strictly: no blank where a variable was missing, and marketing rules enforced."""
+
+from __future__ import annotations
+
+import email
+from datetime import datetime
+from email import policy
+
+import pytest
+
+from tasks.messages.templates import (
+    TemplateError,
+    Templates,
+    build_context,
+    render_to_file,
+    sample_context,
+    sms_size,
+)
+from tasks.unsubscribe import tokens as unsubscribe
+
+EXAMPLES = [
+    ("welcome", "email", False),
+    ("reminder-24h", "sms", False),
+    ("recall", "email", True),
+    ("promo-sms", "sms", True),
+]
+
+
+def clinic_templates(tmp_path, files: dict[str, str]) -> Templates:
+    """A clinic folder with its own templates (they win over the project's examples)."""
+    for name, text in files.items():
+        path = tmp_path / "templates" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return Templates(tmp_path)
+
+
+@pytest.mark.parametrize(("name", "channel", "marketing"), EXAMPLES)
+def test_every_example_template_renders_against_the_sample_context(name, channel, marketing):
+    assert Templates().validate(name, channel, marketing=marketing) == []
+
+
+def test_a_missing_variable_is_an_error_naming_it_never_a_blank(tmp_path):
+    templates = clinic_templates(tmp_path, {"oops/sms.txt": "Hi {{ patient.nickname }}, see you"})
+    with pytest.raises(TemplateError, match="nickname"):
+        templates.validate("oops", "sms", marketing=False)
+
+
+def test_a_template_that_does_not_exist_says_where_it_was_looked_for(tmp_path):
+    with pytest.raises(TemplateError, match="no file .*nothing-here/sms.txt"):
+        Templates(tmp_path).validate("nothing-here", "sms", marketing=False)
+
+
+def test_a_syntax_error_names_the_file_and_line(tmp_path):
+    templates = clinic_templates(tmp_path, {"broken/sms.txt": "Hi\n{{ patient.first_name "})
+    with pytest.raises(TemplateError, match="line 2"):
+        templates.validate("broken", "sms", marketing=False)
+
+
+def test_the_clinics_own_template_wins_over_the_example(tmp_path):
+    templates = clinic_templates(
+        tmp_path, {"reminder-24h/sms.txt": "Ours, {{ patient.first_name }}"}
+    )
+    rendered = templates.render_sms(
+        "reminder-24h", sample_context(marketing=False), marketing=False
+    )
+    assert rendered.text == "Ours, Alex"
+
+
+def test_html_is_autoescaped_and_text_is_not(tmp_path):
+    templates = clinic_templates(
+        tmp_path,
+        {
+            "t/subject.txt": "For {{ patient.first_name }}",
+            "t/body.html": "<p>{{ patient.first_name }}</p>",
+            "t/body.txt": "{{ patient.first_name }}",
+        },
+    )
+    context = build_context(clinic={"name": "C"}, first_name="<b>Jo</b> & Co")
+    rendered = templates.render_email("t", context, marketing=False)
+    assert rendered.html == "<p>&lt;b&gt;Jo&lt;/b&gt; &amp; Co</p>"
+    assert rendered.text == "<b>Jo</b> & Co"
+
+
+def test_the_preferred_first_name_is_used_and_the_first_name_when_there_is_none():
+    with_preferred = build_context(clinic={}, first_name="Alexandra", preferred_first_name="Alex")
+    blank_preferred = build_context(clinic={}, first_name="Alexandra", preferred_first_name="  ")
+    assert with_preferred["patient"]["first_name"] == "Alex"
+    assert blank_preferred["patient"]["first_name"] == "Alexandra"
+
+
+def test_the_appointment_is_shown_in_the_business_time_zone_across_daylight_saving():
+    def local(utc: str, zone: str):
+        context = build_context(
+            clinic={}, first_name="A",
+            appointment_starts_at=datetime.fromisoformat(utc), time_zone=zone,
+        )  # fmt: skip
+        return context["appointment"]["date"], context["appointment"]["time"]
+
+    # Melbourne is UTC+11 in summer and UTC+10 in winter; Perth has no daylight saving.
+    assert local("2026-01-14T23:30:00+00:00", "Australia/Melbourne") == (
+        "Thursday 15 January",
+        "10:30 am",
+    )
+    assert local("2026-07-14T23:30:00+00:00", "Australia/Melbourne") == (
+        "Wednesday 15 July",
+        "9:30 am",
+    )
+    assert local("2026-07-14T05:00:00+00:00", "Australia/Perth") == ("Tuesday 14 July", "1:00 pm")
+
+
+def test_marketing_email_without_the_unsubscribe_link_is_refused(tmp_path):
+    templates = clinic_templates(
+        tmp_path,
+        {
+            "promo/subject.txt": "Sale",
+            "promo/body.html": "<p>Hi {{ patient.first_name }}</p>",
+            "promo/body.txt": "Hi {{ patient.first_name }} {{ unsubscribe_url }}",
+        },
+    )
+    with pytest.raises(TemplateError, match="unsubscribe_url"):
+        templates.validate("promo", "email", marketing=True)
+
+
+def test_marketing_email_carries_one_click_unsubscribe_headers():
+    context = sample_context(marketing=True)
+    rendered = Templates().render_email("recall", context, marketing=True)
+    assert rendered.headers == {
+        "List-Unsubscribe": f"<{context['unsubscribe_url']}>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+    assert context["unsubscribe_url"] in rendered.text
+    transactional = Templates().render_email(
+        "welcome", sample_context(marketing=False), marketing=False
+    )
+    assert transactional.headers == {}
+
+
+def test_marketing_sms_without_opt_out_text_is_refused(tmp_path):
+    templates = clinic_templates(
+        tmp_path, {"promo/sms.txt": "Hi {{ patient.first_name }}, 20% off!"}
+    )
+    with pytest.raises(TemplateError, match="opt out"):
+        templates.validate("promo", "sms", marketing=True)
+    assert templates.validate("promo", "sms", marketing=False) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding", "segments"),
+    [
+        ("a" * 160, "GSM-7", 1),
+        ("a" * 161, "GSM-7", 2),
+        ("a" * 306, "GSM-7", 2),
+        ("a" * 307, "GSM-7", 3),
+        ("€" * 80, "GSM-7", 1),  # extended characters cost two septets: 160
+        ("€" * 81, "GSM-7", 2),
+        ("é" * 160, "GSM-7", 1),  # é is in the basic GSM set
+        ("ê" * 70, "UCS-2", 1),  # ê is not: the whole message becomes UCS-2
+        ("ê" * 71, "UCS-2", 2),
+        ("😀" * 35, "UCS-2", 1),  # an emoji is two UTF-16 units
+        ("😀" * 36, "UCS-2", 2),
+    ],
+)
+def test_sms_segments_are_counted_as_carriers_bill_them(text, encoding, segments):
+    size = sms_size(text)
+    assert (size.encoding, size.segments) == (encoding, segments)
+
+
+def test_an_sms_over_one_segment_is_a_warning_not_an_error(tmp_path):
+    templates = clinic_templates(
+        tmp_path, {"long/sms.txt": "Hi {{ patient.first_name }} " + "x" * 170}
+    )
+    (warning,) = templates.validate("long", "sms", marketing=False)
+    assert "2 segments" in warning
+
+
+def test_a_message_renders_to_files_a_person_can_open(tmp_path):
+    path = render_to_file(
+        Templates(), "recall", "email", sample_context(marketing=True), tmp_path / "preview",
+        marketing=True, to="alex@sample.example", sender="Sample Physio <hello@sample.example>",
+    )  # fmt: skip
+    assert path.suffix == ".eml"
+    mail = email.message_from_bytes(path.read_bytes(), policy=policy.default)
+    assert mail["Subject"] == "Alex, time for a check-in?"
+    assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "Unsubscribe" in mail.get_body(("html",)).get_content()
+    assert path.with_suffix(".html").exists()
+    sms = render_to_file(
+        Templates(), "reminder-24h", "sms", sample_context(marketing=False), tmp_path / "preview",
+        marketing=False, to="+61400000000", sender="Sample",
+    )  # fmt: skip
+    assert "reminder of your Initial Consultation" in sms.read_text()
+
+
+def test_an_unsubscribe_token_verifies_and_a_tampered_one_does_not():
+    key = b"k" * 32
+    token = unsubscribe.sign("demo", 42, 7, "email", key=key)
+    claim = unsubscribe.verify(token, key=key)
+    assert (claim.clinic, claim.patient_id, claim.message_id, claim.channel) == (
+        "demo",
+        42,
+        7,
+        "email",
+    )
+    payload, mac = token.split(".")
+    forged = unsubscribe.sign("demo", 43, 7, "email", key=key).split(".")[0] + "." + mac
+    for bad in (forged, token[:-2], payload, "nonsense"):
+        with pytest.raises(unsubscribe.InvalidToken):
+            unsubscribe.verify(bad, key=key)
+    with pytest.raises(unsubscribe.InvalidToken):
+        unsubscribe.verify(token, key=b"another key")
+
+
+def test_without_a_configured_secret_one_is_generated_once_and_kept(data_dir, monkeypatch):
+    monkeypatch.delenv("RELAY_UNSUBSCRIBE_SECRET", raising=False)
+    first = unsubscribe.secret_key()
+    assert first == unsubscribe.secret_key()
+    path = data_dir / "secrets" / "unsubscribe.key"
+    assert path.stat().st_mode & 0o077 == 0
+    token = unsubscribe.sign("demo", 1, 2, "sms")
+    assert unsubscribe.verify(token).patient_id == 1

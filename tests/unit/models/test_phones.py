@@ -1,0 +1,183 @@
+"""The phone memo (state.phone_numbers): staging.patients reads each mobile with phonenumbers
+once; later builds, full ones too, look it up. It must always give phonenumbers' answer: for the
+clinic's country and phonenumbers version only, and nothing from a build that failed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tasks.models import functions as models_functions
+from tasks.models import runner as models
+from tasks.warehouse import memory_db
+
+NOW = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+SQL_DIR = Path(models.SQL_DIR)
+NUMBERS = [
+    "0412 345 678",  # AU mobile, national form
+    "61412345679",  # AU mobile without the "+"
+    "+61 412 345 670",
+    "03 9999 1234",  # landline: not a mobile
+    "12345",
+    "+64 21 123 4567",  # NZ mobile, international form
+    "021 123 4567",  # NZ mobile, national form: a mobile only when read in NZ
+    "0412 345 678",  # the same number on a second patient
+    "  ",
+    None,
+]
+# What staging.patients said before the memo: phonenumbers, uncached.
+PHONENUMBERS = models_functions.mobile_e164.__wrapped__
+
+
+@pytest.fixture
+def con():
+    c = memory_db()
+    for pid, number in enumerate(NUMBERS, start=1):
+        phones = [] if number is None else [{"phone_type": "Mobile", "number": number}]
+        payload = {"id": str(pid), "first_name": "P", "patient_phone_numbers": phones}
+        c.execute(
+            "INSERT INTO raw.patients VALUES (?, NULL, ?, ?, NULL)", [pid, json.dumps(payload), NOW]
+        )
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def parses(monkeypatch):
+    """Every number relay_mobile_e164 parses (memo misses), in order."""
+    seen: list[tuple[str | None, str | None]] = []
+
+    def counting(number, country):
+        seen.append((number, country))
+        return PHONENUMBERS(number, country)
+
+    monkeypatch.setattr(models_functions, "mobile_e164", counting)
+    return seen
+
+
+def build(con, country="AU", **kw):
+    return models.build(con, models.ListSettings(country=country), now=NOW, **kw)
+
+
+def staged(con) -> dict[int, tuple[str | None, str | None]]:
+    rows = con.execute("SELECT patient_id, mobile_number, mobile_e164 FROM staging.patients")
+    return {pid: (number, e164) for pid, number, e164 in rows.fetchall()}
+
+
+def memo(con) -> dict[str, tuple[str, str, str | None]]:
+    rows = con.execute("SELECT number, country, parser, mobile_e164 FROM state.phone_numbers")
+    return {n: (c, p, e) for n, c, p, e in rows.fetchall()}
+
+
+def expected(number: str | None, country: str) -> str | None:
+    return PHONENUMBERS(number, country)
+
+
+@pytest.mark.parametrize("country", ["AU", "NZ"])
+def test_every_mobile_is_phonenumbers_answer_and_is_remembered(con, parses, country):
+    build(con, country)
+    rows = staged(con)
+    assert len(rows) == len(NUMBERS)
+    for number, e164 in rows.values():
+        assert e164 == expected(number, country), number
+    numbers = {n for n, _ in rows.values() if n is not None}
+    assert memo(con) == {
+        n: (country, models_functions.PHONE_PARSER, expected(n, country)) for n in numbers
+    }
+    assert {n for n, _ in parses if n is not None} == numbers
+    assert rows[1] == ("0412 345 678", "+61412345678" if country == "AU" else None)
+
+
+def test_a_full_rebuild_looks_numbers_up_instead_of_parsing_them(con, parses):
+    build(con)
+    first = staged(con)
+    parses.clear()
+    build(con, full_refresh=True)
+    assert [n for n, _ in parses if n is not None] == []
+    assert staged(con) == first
+    new = {
+        "id": "99",
+        "patient_phone_numbers": [{"phone_type": "Mobile", "number": "0499 000 111"}],
+    }
+    con.execute(
+        "INSERT INTO raw.patients VALUES (99, NULL, ?, ?, NULL)",
+        [json.dumps(new), NOW.replace(hour=10)],
+    )
+    build(con, full_refresh=True)
+    assert [p for p in parses if p[0] is not None] == [("0499 000 111", "AU")]
+    assert staged(con)[99] == ("0499 000 111", "+61499000111")
+
+
+def test_a_country_change_reads_every_number_again(con, parses):
+    build(con, "AU")
+    parses.clear()
+    build(con, "NZ")
+    assert {c for c, _, _ in memo(con).values()} == {"NZ"}
+    assert {n for n, _ in parses if n is not None} == set(memo(con))
+    for number, e164 in staged(con).values():
+        assert e164 == expected(number, "NZ"), number
+    assert staged(con)[7] == ("021 123 4567", "+64211234567")
+
+
+def test_a_new_phonenumbers_version_reads_every_number_again(con, parses, monkeypatch):
+    build(con)
+    parses.clear()
+    monkeypatch.setattr(models_functions, "PHONE_PARSER", "next-version")
+    build(con, full_refresh=True)
+    assert {n for n, _ in parses if n is not None} == set(memo(con)) != set()
+    assert {p for _, p, _ in memo(con).values()} == {"next-version"}
+
+
+def test_a_failed_build_remembers_no_number(con, parses, tmp_path):
+    sql_dir = tmp_path / "sql"
+    shutil.copytree(SQL_DIR, sql_dir)
+    (sql_dir / "marts" / "zz_broken.sql").write_text("select error('boom') as x")
+    with pytest.raises(models.BuildFailed):
+        models.build(con, models.ListSettings(), sql_dir=sql_dir, now=NOW)
+    assert memo(con) == {}
+    (sql_dir / "marts" / "zz_broken.sql").unlink()
+    parses.clear()
+    models.build(con, models.ListSettings(), sql_dir=sql_dir, now=NOW)
+    assert {n for n, _ in parses if n is not None} == set(memo(con)) != set()
+    for number, e164 in staged(con).values():
+        assert e164 == expected(number, "AU"), number
+
+
+@pytest.mark.parametrize("country", ["AU", "NZ"])
+def test_many_new_numbers_are_read_by_a_helper_process_with_the_same_answers(
+    con, parses, monkeypatch, country
+):
+    monkeypatch.setattr(models_functions, "PREFILL_MIN_NUMBERS", 1)
+    build(con, country)
+    assert [n for n, _ in parses if n is not None] == []  # the helper read them all
+    rows = staged(con)
+    for number, e164 in rows.values():
+        assert e164 == expected(number, country), number
+    numbers = {n for n, _ in rows.values() if n is not None}
+    assert memo(con) == {
+        n: (country, models_functions.PHONE_PARSER, expected(n, country)) for n in numbers
+    }
+
+
+def test_a_helper_that_cannot_run_leaves_the_numbers_to_the_model(con, parses, monkeypatch):
+    monkeypatch.setattr(models_functions, "PREFILL_MIN_NUMBERS", 1)
+    monkeypatch.setattr(models_functions.sys, "executable", "/nonexistent/python")
+    build(con)
+    rows = staged(con)
+    assert {n for n, _ in parses if n is not None} == {n for n, _ in rows.values() if n} != set()
+    for number, e164 in rows.values():
+        assert e164 == expected(number, "AU"), number
+
+
+def test_a_failed_build_stores_nothing_the_helper_read(con, monkeypatch, tmp_path):
+    monkeypatch.setattr(models_functions, "PREFILL_MIN_NUMBERS", 1)
+    sql_dir = tmp_path / "sql"
+    shutil.copytree(SQL_DIR, sql_dir)
+    (sql_dir / "marts" / "zz_broken.sql").write_text("select error('boom') as x")
+    with pytest.raises(models.BuildFailed):
+        models.build(con, models.ListSettings(), sql_dir=sql_dir, now=NOW)
+    assert memo(con) == {}

@@ -1,0 +1,363 @@
+"""The model runner on small hand-written projects: discovery, order, materialisation, and what
+happens when a model, a reference or a data test is wrong (clear errors, last good tables kept)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from tasks.models import runner as models
+from tasks.warehouse import memory_db
+
+NOW = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+SETTINGS = models.ListSettings()
+
+
+@pytest.fixture
+def con():
+    c = memory_db()
+    for pid, email in [(1, "ann@example.com"), (2, "bob@example.com")]:
+        c.execute(
+            "INSERT INTO raw.patients VALUES (?, NULL, ?, ?, NULL)",
+            [pid, json.dumps({"id": str(pid), "email": email}), NOW],
+        )
+    yield c
+    c.close()
+
+
+def write(root: Path, files: dict[str, str]) -> Path:
+    for name, sql in files.items():
+        path = root / "sql" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if sql is None:
+            path.unlink()
+        else:
+            path.write_text(sql)
+    return root / "sql"
+
+
+GOOD = {
+    "staging/people.sql": "select id as patient_id, payload->>'email' as email from raw.patients",
+    "marts/people.sql": "select patient_id, upper(email) as email from staging.people",
+    "segments/everyone.sql": "select patient_id from marts.people",
+}
+
+
+def build(con, sql_dir, **kw):
+    return models.build(con, SETTINGS, sql_dir=sql_dir, now=NOW, **kw)
+
+
+def count(con, relation: str) -> int:
+    return con.execute(f"SELECT count(*) FROM {relation}").fetchone()[0]
+
+
+def test_models_are_built_in_the_order_their_sql_reads_each_other(con, tmp_path):
+    sql_dir = write(
+        tmp_path,
+        {
+            # alphabetically 'a_last' would come first; it reads the other mart, so it is built after
+            "marts/a_last.sql": "with x as (select * from marts.b_first) select * from x",
+            "marts/b_first.sql": "select * from staging.people",
+            "staging/people.sql": GOOD["staging/people.sql"],
+        },
+    )
+    project = models.discover(con, sql_dir)
+    assert [m.relation for m in project.models] == [
+        "staging.people",
+        "marts.b_first",
+        "marts.a_last",
+    ]
+    assert project.model("marts.a_last").depends_on == ("marts.b_first",)
+    result = build(con, sql_dir)
+    assert result.rows["marts.a_last"] == 2
+
+
+def test_a_header_line_makes_a_view_and_a_later_change_makes_it_a_table(con, tmp_path):
+    sql_dir = write(
+        tmp_path,
+        {**GOOD, "marts/people.sql": "-- config: materialized=view\n" + GOOD["marts/people.sql"]},
+    )
+    build(con, sql_dir)
+    kinds = con.execute(
+        "SELECT table_type FROM information_schema.tables WHERE table_schema = 'marts'"
+    ).fetchall()
+    assert kinds == [("VIEW",)]
+    write(tmp_path, GOOD)
+    build(con, sql_dir)
+    kinds = con.execute(
+        "SELECT table_type FROM information_schema.tables WHERE table_schema = 'marts'"
+    ).fetchall()
+    assert kinds == [("BASE TABLE",)]
+
+
+def test_a_broken_model_fails_the_build_naming_its_file_and_keeps_every_last_good_table(
+    con, tmp_path
+):
+    sql_dir = write(tmp_path, GOOD)
+    build(con, sql_dir)
+    con.execute(
+        'INSERT INTO raw.patients VALUES (3, NULL, \'{"email": "cy@example.com"}\', now(), NULL)'
+    )
+    write(tmp_path, {"marts/people.sql": "select patient_id, no_such_column from staging.people"})
+    with pytest.raises(models.BuildFailed) as failed:
+        build(con, sql_dir)
+    message = str(failed.value)
+    assert "sql/marts/people.sql" in message and "no_such_column" in message
+    # Upstream staging, the broken mart and the downstream segment are all as before.
+    assert count(con, "staging.people") == 2
+    assert count(con, "marts.people") == 2
+    assert count(con, "segments.everyone") == 2
+    latest = models.latest_build(con)
+    assert (latest["status"], latest["failed_file"]) == ("failed", "sql/marts/people.sql")
+    with pytest.raises(Exception, match="failed in sql/marts/people.sql"):
+        models.require_good_build(con)
+
+
+def test_a_data_error_is_reported_without_the_value_that_caused_it(con, tmp_path):
+    sql_dir = write(
+        tmp_path,
+        {"marts/bad_cast.sql": "select cast(payload->>'email' as integer) as n from raw.patients"},
+    )
+    with pytest.raises(models.BuildFailed) as failed:
+        build(con, sql_dir)
+    assert "sql/marts/bad_cast.sql" in str(failed.value)
+    assert "example.com" not in str(failed.value)
+    stored = con.execute("SELECT error FROM state.model_builds").fetchone()[0]
+    assert "Conversion" in stored and "example.com" not in stored
+
+
+def test_a_cycle_is_reported_with_the_files_that_form_it(con, tmp_path):
+    sql_dir = write(
+        tmp_path,
+        {
+            "marts/one.sql": "select * from marts.two",
+            "marts/two.sql": "select * from marts.one",
+        },
+    )
+    with pytest.raises(
+        models.ModelError,
+        match="cycle: sql/marts/one.sql -> sql/marts/two.sql -> sql/marts/one.sql",
+    ):
+        models.discover(con, sql_dir)
+
+
+def test_a_reference_to_an_unknown_table_names_the_file_and_the_table(con, tmp_path):
+    sql_dir = write(tmp_path, GOOD)
+    build(con, sql_dir)
+    write(tmp_path, {"segments/typo.sql": "select patient_id from marts.peple"})
+    with pytest.raises(
+        models.ModelError,
+        match=r"sql/segments/typo.sql: reads marts.peple, which does not exist \(there is no file sql/marts/peple.sql\)",
+    ):
+        build(con, sql_dir)
+    latest = models.latest_build(con)  # recorded as a failed build: planning waits
+    assert (latest["status"], latest["failed_file"]) == ("failed", "sql/segments/typo.sql")
+    assert count(con, "segments.everyone") == 2  # nothing was touched
+
+
+def test_a_table_without_its_schema_is_refused(con, tmp_path):
+    sql_dir = write(tmp_path, {"marts/x.sql": "with p as (select 1) select * from p, patients"})
+    with pytest.raises(models.ModelError, match="reads 'patients' without a schema"):
+        models.discover(con, sql_dir)
+
+
+def test_a_file_with_two_statements_is_refused(con, tmp_path):
+    sql_dir = write(tmp_path, {"marts/x.sql": "select 1; select 2"})
+    with pytest.raises(models.ModelError, match="exactly one SELECT"):
+        models.discover(con, sql_dir)
+
+
+def test_an_unreadable_config_line_is_refused_with_an_example(con, tmp_path):
+    sql_dir = write(tmp_path, {"marts/x.sql": "-- config: materialized=incremental\nselect 1 as a"})
+    with pytest.raises(models.ModelError, match="needs key= in its '-- config:' line"):
+        models.discover(con, sql_dir)
+    write(tmp_path, {"marts/x.sql": "-- config: materialised=view\nselect 1 as a"})
+    with pytest.raises(
+        models.ModelError, match="cannot read '-- config:' item 'materialised=view'"
+    ):
+        models.discover(con, sql_dir)
+
+
+def test_a_failing_data_test_fails_the_build_with_its_count_and_file(con, tmp_path):
+    sql_dir = write(tmp_path, GOOD)
+    build(con, sql_dir)
+    write(
+        tmp_path,
+        {
+            "marts/people.sql": "select patient_id, null as email from staging.people",
+            "tests/people_have_email.sql": "select patient_id from marts.people where email is null",
+        },
+    )
+    with pytest.raises(
+        models.BuildFailed,
+        match=r"sql/tests/people_have_email.sql: data test failed: 2 offending row",
+    ):
+        build(con, sql_dir)
+    assert con.execute("SELECT count(email) FROM marts.people").fetchone()[0] == 2
+    # The last good models are still in place, and they pass the new test.
+    assert models.run_tests(con, sql_dir) == {"sql/tests/people_have_email.sql": 0}
+
+
+def test_a_segment_must_return_each_patient_once(con, tmp_path):
+    sql_dir = write(
+        tmp_path,
+        {**GOOD, "segments/twice.sql": "select patient_id from marts.people union all select 1"},
+    )
+    with pytest.raises(
+        models.BuildFailed,
+        match="sql/segments/twice.sql: 1 value.*a segment has one row per patient",
+    ):
+        build(con, sql_dir)
+    write(tmp_path, {"segments/twice.sql": "select email from marts.people"})
+    with pytest.raises(models.BuildFailed, match="must return a column named patient_id"):
+        build(con, sql_dir)
+
+
+def test_deleting_a_model_file_drops_its_table_and_retires_its_segment(con, tmp_path):
+    sql_dir = write(tmp_path, GOOD)
+    build(con, sql_dir)
+    write(tmp_path, {"segments/everyone.sql": None})
+    build(con, sql_dir)
+    with pytest.raises(duckdb.CatalogException):
+        count(con, "segments.everyone")
+    retired = con.execute(
+        "SELECT retired_at FROM state.audiences WHERE audience = 'segments.everyone'"
+    ).fetchone()[0]
+    assert retired is not None
+    left = con.execute(
+        "SELECT count(*) FROM state.membership_events WHERE event = 'left'"
+    ).fetchone()[0]
+    assert left == 0  # a deleted segment is not everyone leaving it
+
+
+def test_an_incremental_model_merges_new_rows_and_rebuilds_when_its_sql_changes(con, tmp_path):
+    incremental = (
+        "-- config: materialized=incremental, key=patient_id\n"
+        "select id as patient_id, payload->>'email' as email from raw.patients "
+        "where getvariable('changes_since') is null or synced_at > getvariable('changes_since')"
+    )
+    sql_dir = write(tmp_path, {"staging/people.sql": incremental})
+    build(con, sql_dir)
+    con.execute(
+        'UPDATE raw.patients SET payload = \'{"email": "ann2@example.com"}\', '
+        "synced_at = synced_at + INTERVAL 1 MINUTE WHERE id = 1"
+    )
+    con.execute(
+        'UPDATE raw.patients SET payload = \'{"email": "unseen@example.com"}\' WHERE id = 2'
+    )
+    build(con, sql_dir)
+    emails = dict(con.execute("SELECT patient_id, email FROM staging.people").fetchall())
+    assert emails == {1: "ann2@example.com", 2: "bob@example.com"}
+    write(tmp_path, {"staging/people.sql": incremental.replace("as email", "as email_address")})
+    build(con, sql_dir)
+    emails = dict(con.execute("SELECT patient_id, email_address FROM staging.people").fetchall())
+    assert emails == {1: "ann2@example.com", 2: "unseen@example.com"}
+
+
+def test_a_successful_build_records_counts_only(con, tmp_path):
+    sql_dir = write(tmp_path, GOOD)
+    result = build(con, sql_dir)
+    summary = con.execute(
+        "SELECT summary FROM state.model_builds WHERE status = 'succeeded'"
+    ).fetchone()[0]
+    assert "example.com" not in summary and "EXAMPLE.COM" not in summary
+    assert json.loads(summary)["audiences"]["segments.everyone"] == {
+        "size": 2,
+        "joined": 2,
+        "left": 0,
+    }
+    assert result.audiences == json.loads(summary)["audiences"]
+    assert models.require_good_build(con)["build_id"] == result.build_id
+
+
+def test_changing_an_upstream_model_rebuilds_the_incremental_models_below_it(con, tmp_path):
+    staging = "select id as patient_id, payload->>'email' as email, synced_at from raw.patients"
+    mart = (
+        "-- config: materialized=incremental, key=patient_id\n"
+        "select patient_id, email from staging.people "
+        "where getvariable('changes_since') is null or synced_at > getvariable('changes_since')"
+    )
+    sql_dir = write(tmp_path, {"staging/people.sql": staging, "marts/people.sql": mart})
+    build(con, sql_dir)
+    write(tmp_path, {"staging/people.sql": staging.replace("->>'email'", "->>'email' || '!'")})
+    build(con, sql_dir)
+    emails = {r[0] for r in con.execute("SELECT email FROM marts.people").fetchall()}
+    assert emails == {"ann@example.com!", "bob@example.com!"}
+
+
+def rows(con, relation: str) -> list[tuple]:
+    return sorted(con.execute(f"SELECT * FROM {relation}").fetchall(), key=repr)
+
+
+def test_a_rebuilt_table_changes_only_the_rows_that_changed(con, tmp_path):
+    sql_dir = write(tmp_path, GOOD)
+    build(con, sql_dir)
+    before = dict(con.execute("SELECT patient_id, rowid FROM marts.people").fetchall())
+    con.execute(
+        'INSERT INTO raw.patients VALUES (3, NULL, \'{"email": "cy@example.com"}\', now(), NULL)'
+    )
+    con.execute('UPDATE raw.patients SET payload = \'{"email": "ann2@example.com"}\' WHERE id = 1')
+    build(con, sql_dir)
+    assert rows(con, "marts.people") == [
+        (1, "ANN2@EXAMPLE.COM"),
+        (2, "BOB@EXAMPLE.COM"),
+        (3, "CY@EXAMPLE.COM"),
+    ]
+    after = dict(con.execute("SELECT patient_id, rowid FROM marts.people").fetchall())
+    # Bob's row was left where it was (a rewrite would have renumbered it); Ann's changed row
+    # and Cy's new one were appended.
+    assert after[2] == before[2]
+    assert after[1] > before[2] and after[3] > before[2]
+    assert rows(con, "segments.everyone") == [(1,), (2,), (3,)]
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        # duplicate rows: a set difference could not tell the copies apart
+        (
+            "select 1 as x union all select 1 union all select 2",
+            "select 1 as x union all select 2 union all select 2",
+        ),
+        # a column's type changes
+        ("select 1 as x", "select 1.5 as x"),
+        # columns renamed or reordered
+        ("select 1 as x, 2 as y", "select 2 as y, 1 as x"),
+        # nested columns (MAP, LIST, STRUCT) are compared by a rewrite
+        (
+            "select map([1], [2]) as m, [1, 2] as l, {'a': 1} as s",
+            "select map([1], [3]) as m, [1, 2] as l, {'a': 1} as s "
+            "union all select map([1], [2]), [1], {'a': 2}",
+        ),
+        # NULLs match NULLs: the unchanged row stays, the new one is added
+        (
+            "select null::int as x, 'a' as y",
+            "select null::int as x, 'a' as y union all select 1, null",
+        ),
+    ],
+)
+def test_a_rebuilt_table_holds_exactly_the_models_new_rows(con, tmp_path, first, second):
+    sql_dir = write(tmp_path, {"marts/t.sql": first})
+    build(con, sql_dir)
+    assert rows(con, "marts.t") == sorted(con.execute(first).fetchall(), key=repr)
+    write(tmp_path, {"marts/t.sql": second})
+    build(con, sql_dir)
+    assert rows(con, "marts.t") == sorted(con.execute(second).fetchall(), key=repr)
+    expected = [tuple(d[:2]) for d in con.execute(second).description]
+    got = [tuple(d[:2]) for d in con.execute("SELECT * FROM marts.t").description]
+    assert got == expected
+
+
+def test_a_failed_build_leaves_a_rebuilt_table_as_it_was(con, tmp_path):
+    sql_dir = write(tmp_path, {**GOOD, "marts/z_broken.sql": "select 1 as x"})
+    build(con, sql_dir)
+    con.execute('UPDATE raw.patients SET payload = \'{"email": "ann2@example.com"}\' WHERE id = 1')
+    write(tmp_path, {"marts/z_broken.sql": "select 1 / 0 as x, error('boom') as y"})
+    with pytest.raises(models.BuildFailed):
+        build(con, sql_dir)
+    assert rows(con, "marts.people") == [(1, "ANN@EXAMPLE.COM"), (2, "BOB@EXAMPLE.COM")]
+    assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary").fetchone()[0] == 0

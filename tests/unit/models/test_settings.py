@@ -1,0 +1,66 @@
+"""The marketing-list settings in clinic.yaml: validated with errors naming the file and field,
+and handed to the models as values (never pasted into SQL)."""
+
+import pytest
+
+from tasks.config import ConfigError, load_clinic
+from tasks.models import runner as models
+
+
+def write(tmp_path, text):
+    path = tmp_path / "clinic.yaml"
+    path.write_text("clinic: x\nname: X\ncountry: NZ\ntime_zone: Pacific/Auckland\n" + text)
+    return path
+
+
+def test_the_settings_reach_the_models_as_typed_values(tmp_path):
+    config = load_clinic(
+        write(
+            tmp_path,
+            "marketing_list:\n  active_patient_limit: all\n  size_cap: 250\n"
+            "  cap_keeps: earliest_created\n  honour_cliniko_email_opt_in: true\n",
+        )
+    )
+    assert models.ListSettings.from_config(config) == models.ListSettings(
+        country="NZ",
+        clinic_time_zone="Pacific/Auckland",
+        active_patient_months=None,
+        list_size_cap=250,
+        honour_email_opt_in=True,
+        cap_order="earliest_created",
+    )
+
+
+def test_the_demo_clinic_keeps_two_years_of_patients_with_no_cap():
+    settings = models.ListSettings.from_config(load_clinic("demo"))
+    assert (settings.active_patient_months, settings.list_size_cap) == (24, None)
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("  active_patient_limit: 7\n", "marketing_list.active_patient_limit"),
+        ("  size_cap: 0\n", "marketing_list.size_cap: Input should be greater than or equal to 1"),
+        ("  cap_keeps: random\n", "marketing_list.cap_keeps"),
+        ("  honour_opt_in: true\n", "marketing_list.honour_opt_in: unknown setting"),
+    ],
+)
+def test_a_bad_list_setting_names_the_file_and_the_field(tmp_path, text, problem):
+    path = write(tmp_path, "marketing_list:\n" + text)
+    with pytest.raises(ConfigError) as err:
+        load_clinic(path)
+    assert str(path) in str(err.value)
+    assert problem in str(err.value)
+
+
+def test_a_quote_in_a_setting_cannot_reach_the_sql(tmp_path):
+    """Settings travel as bound parameters into state.build_context, so text is only text."""
+    from datetime import UTC, datetime
+
+    from tasks.warehouse import memory_db
+
+    con = memory_db()
+    settings = models.ListSettings(country="AU'; DROP TABLE raw.patients; --")
+    models.build(con, settings, now=datetime(2026, 11, 22, tzinfo=UTC))
+    assert con.execute("SELECT country FROM state.build_context").fetchone()[0] == settings.country
+    assert con.execute("SELECT count(*) FROM raw.patients").fetchone()[0] == 0

@@ -1,0 +1,158 @@
+"""Trigger configuration: what a clinic may write, and errors that name the file, trigger and field."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.config import ConfigError, load_clinic
+from tasks.triggers.definition import Trigger
+
+REMINDER = {
+    "name": "sms-reminder",
+    "event": "before_appointment",
+    "timing": "24 hours before",
+    "channel": "sms",
+    "template": "reminder-24h",
+    "purpose": "transactional",
+}
+
+
+def write_clinic(folder: Path, triggers: list[dict]) -> Path:
+    path = folder / "clinic.yaml"
+    path.write_text(
+        yaml.safe_dump({"clinic": "test", "name": "Test Physio", "triggers": triggers}),
+        encoding="utf-8",
+    )
+    return path
+
+
+def load_error(folder: Path, triggers: list[dict]) -> str:
+    with pytest.raises(ConfigError) as err:
+        load_clinic(write_clinic(folder, triggers))
+    return str(err.value)
+
+
+def test_the_demo_clinic_has_the_three_example_triggers():
+    triggers = {t.name: t for t in load_clinic("demo").triggers}
+    assert set(triggers) == {"welcome-insurance", "sms-reminder-24h", "recall-initial-consult"}
+    welcome = triggers["welcome-insurance"]
+    assert (welcome.event, welcome.offset) == ("appointment_booked", timedelta(minutes=5))
+    assert welcome.filters.appointment_types == ("Admin - Insurance Patient",)
+    reminder = triggers["sms-reminder-24h"]
+    assert (reminder.direction, reminder.offset, reminder.channel) == (
+        "before",
+        timedelta(days=1),
+        "sms",
+    )
+    assert reminder.exclude.categories == ("Admin Only",) and reminder.honours_reminder_preference
+    recall = triggers["recall-initial-consult"]
+    assert (recall.offset, recall.purpose) == (timedelta(weeks=6), "marketing")
+    assert recall.filters.no_future_appointment
+
+
+@pytest.mark.parametrize(
+    ("timing", "direction", "offset"),
+    [
+        ("immediately", "after", timedelta(0)),
+        ("5 minutes after", "after", timedelta(minutes=5)),
+        ("1 hour after", "after", timedelta(hours=1)),
+        ("24 Hours before", "before", timedelta(hours=24)),
+        ("3 days before", "before", timedelta(days=3)),
+        ("6 weeks after", "after", timedelta(weeks=6)),
+    ],
+)
+def test_timings(timing, direction, offset):
+    event = "before_appointment" if direction == "before" else "appointment_booked"
+    trigger = Trigger(**{**REMINDER, "event": event, "timing": timing})
+    assert (trigger.direction, trigger.offset) == (direction, offset)
+
+
+def test_a_trigger_is_off_until_switched_on():
+    assert Trigger(**REMINDER).enabled is False
+
+
+def test_an_error_names_the_file_the_trigger_and_the_field(tmp_path):
+    message = load_error(tmp_path, [REMINDER, {**REMINDER, "name": "second", "timing": "soon"}])
+    assert str(tmp_path / "clinic.yaml") in message
+    assert "trigger 'second' (entry 2): timing: " in message
+    assert "'soon' is not a timing" in message
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"timing": "24 hours after"}, "timing: before_appointment needs a timing 'N ... before'"),
+        ({"event": "cancelled"}, "timing: cancelled happens first and the message after it"),
+        ({"channel": "fax"}, "channel: Input should be 'email' or 'sms'"),
+        ({"purpose": "promo"}, "purpose: Input should be 'transactional' or 'marketing'"),
+        ({"filter": {}}, "filter: unknown setting"),
+        ({"last_minute": "later"}, "last_minute: Input should be 'send' or 'skip'"),
+        ({"grace": "forever"}, "grace: Value error, 'forever' is not a duration"),
+        ({"event": "nth_appointment"}, "n: n (which appointment"),
+        ({"name": "Has Spaces"}, "name: String should match pattern"),
+        ({"filters": {"age": {"min": 70, "max": 18}}}, "filters.age: Value error, min (70)"),
+        (
+            {"event": "patient_created", "timing": "immediately",
+             "filters": {"appointment_types": ["Initial"]}},
+            "filters.appointment_types: patient_created has no appointment to filter on",
+        ),
+        (
+            {"filters": {"not_rebooked_since_cancelling": True}},
+            "filters.not_rebooked_since_cancelling: goes with cancelled or did_not_arrive",
+        ),
+    ],
+)  # fmt: skip
+def test_invalid_triggers_are_refused_with_the_field_named(tmp_path, change, expected):
+    message = load_error(tmp_path, [{**REMINDER, **change}])
+    assert f"trigger '{change.get('name', 'sms-reminder')}' (entry 1)" in message
+    assert expected in message
+
+
+def test_a_missing_required_field_is_named(tmp_path):
+    entry = {k: v for k, v in REMINDER.items() if k != "channel"}
+    assert "trigger 'sms-reminder' (entry 1): channel: required but missing" in load_error(
+        tmp_path, [entry]
+    )
+
+
+def test_two_triggers_may_not_share_a_name(tmp_path):
+    assert "trigger 'sms-reminder' (entry 2): name: used twice" in load_error(
+        tmp_path, [REMINDER, REMINDER]
+    )
+
+
+def test_a_template_with_a_missing_variable_fails_the_load_so_nothing_is_sent(tmp_path):
+    (tmp_path / "templates" / "typo").mkdir(parents=True)
+    (tmp_path / "templates" / "typo" / "sms.txt").write_text(
+        "Hi {{ patient.frist_name }}, see you tomorrow"
+    )
+    message = load_error(tmp_path, [{**REMINDER, "template": "typo"}])
+    assert "trigger 'sms-reminder' (entry 1): template:" in message
+    assert "frist_name" in message
+
+
+def test_a_template_that_does_not_exist_fails_the_load(tmp_path):
+    message = load_error(tmp_path, [{**REMINDER, "template": "nowhere"}])
+    assert "trigger 'sms-reminder' (entry 1): template: template 'nowhere': no file" in message
+
+
+def test_a_marketing_sms_must_say_how_to_opt_out(tmp_path):
+    message = load_error(tmp_path, [{**REMINDER, "purpose": "marketing"}])
+    assert "must say how to opt out" in message
+
+
+def test_wording_and_switching_are_not_a_new_definition_but_timing_is():
+    base = Trigger(**REMINDER)
+    assert (
+        Trigger(**{**REMINDER, "template": "other", "enabled": True}).fingerprint
+        == base.fingerprint
+    )
+    assert Trigger(**{**REMINDER, "timing": "2 days before"}).fingerprint != base.fingerprint
+    assert (
+        Trigger(**{**REMINDER, "exclude": {"categories": ["Admin Only"]}}).fingerprint
+        != base.fingerprint
+    )

@@ -1,0 +1,962 @@
+"""Planning, shown on small hand-made clinics: raw rows -> the real models -> plan, at a fixed clock.
+
+Every event, timing, filter and exclusion of tasks/triggers/definition.py has a test here that reads as the
+behaviour a clinic expects. Raw rows are written the way the sync writes them (payloads shaped
+like Cliniko's), then the models are built at ``now`` and the planner runs at ``now``.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import shutil
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tasks.config import ClinicConfig
+from tasks.errors import UserFacingError
+from tasks.messages import ledger
+from tasks.messages.dispatch import Ready, Skip
+from tasks.models import runner as models
+from tasks.triggers import plan as planning
+from tasks.warehouse import memory_db, transaction
+
+NOW = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)  # 20:00 in Melbourne
+API = "https://api.au1.cliniko.com/v1"
+MIN, HOUR, DAY = timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
+
+INITIAL, STANDARD, ADMIN_TAG = 1, 2, 12
+MAIN, ADMIN_BUSINESS = 1, 2
+SAM, ALEX = 7, 8
+
+
+def _models_for_planning() -> Path:
+    """The real staging and marts files (linked, not copied): segments and data tests are other
+    tests' business, and leaving them out halves the time of each build."""
+    root = Path(tempfile.mkdtemp(prefix="relay-planning-sql-")) / "sql"
+    for folder in ("staging", "marts"):
+        (root / folder).mkdir(parents=True)
+        for path in (models.SQL_DIR / folder).glob("*.sql"):
+            (root / folder / path.name).symlink_to(path)
+    return root
+
+
+MODELS_DIR = _models_for_planning()
+
+
+def _link(resource: str, id_: int | None) -> dict | None:
+    return None if id_ is None else {"links": {"self": f"{API}/{resource}/{id_}"}}
+
+
+def _ts(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Clinic:
+    """A clinic in raw.*, with a clock: build() rebuilds the models, plan() runs a tick."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection | None = None):
+        self.con = con or memory_db()
+        self._synced = NOW - 30 * DAY
+        self._appointments: dict[int, dict] = {}
+        self._patients: dict[int, dict] = {}
+        self.triggers: list[dict] = []
+        self._write("businesses", MAIN, {"id": str(MAIN), "business_name": "Richmond",
+                    "time_zone_identifier": "Australia/Melbourne"})  # fmt: skip
+        self._write("businesses", ADMIN_BUSINESS, {"id": str(ADMIN_BUSINESS),
+                    "business_name": "Admin", "time_zone_identifier": "Australia/Melbourne"})  # fmt: skip
+        for id_, name, category in (
+            (INITIAL, "Initial Consultation", "Physiotherapy"),
+            (STANDARD, "Standard Consultation", "Physiotherapy"),
+            (ADMIN_TAG, "Admin - Insurance Patient", "Admin Only"),
+        ):
+            self._write(
+                "appointment_types", id_, {"id": str(id_), "name": name, "category": category}
+            )
+        for id_, first, last in ((SAM, "Sam", "Example"), (ALEX, "Alex", "Other")):
+            self._write(
+                "practitioners", id_, {"id": str(id_), "first_name": first, "last_name": last}
+            )
+
+    def _write(self, table: str, id_: int, payload: dict) -> None:
+        self._synced += timedelta(seconds=1)
+        self.con.execute(
+            f"INSERT OR REPLACE INTO raw.{table} VALUES (?, NULL, ?, ?, NULL)",
+            [id_, json.dumps(payload), self._synced],
+        )
+
+    def patient(self, id_: int, *, email: str | None = "", mobile: str | None = "0412 345 678",
+                created: datetime = NOW - 400 * DAY, reminder_type: str = "SMS & Email",
+                email_opt_in: bool | None = True, sms_opt_in: bool | None = True,
+                born: str = "1980-05-26", first_name: str | None = None, archived: bool = False,
+                ) -> int:  # fmt: skip
+        payload = {
+            "id": str(id_),
+            "first_name": first_name or f"Pat{id_}",
+            "last_name": "Tester",
+            "email": f"patient{id_}@example.com" if email == "" else email,
+            "created_at": _ts(created),
+            "archived_at": _ts(NOW - 3 * DAY) if archived else "",
+            "accepted_email_marketing": email_opt_in,
+            "accepted_sms_marketing": sms_opt_in,
+            "reminder_type": reminder_type,
+            "patient_phone_numbers": [{"phone_type": "Mobile", "number": mobile}] if mobile else [],
+            "date_of_birth": born,
+        }
+        self._patients[id_] = payload
+        self._write("patients", id_, payload)
+        return id_
+
+    def update_patient(self, id_: int, **changes) -> None:
+        self._patients[id_].update(changes)
+        self._write("patients", id_, self._patients[id_])
+
+    def appointment(self, id_: int, patient: int, starts: datetime, *, type_id: int = STANDARD,
+                    created: datetime | None = None, business: int = MAIN, practitioner: int = SAM,
+                    arrived: bool = False, did_not_arrive: bool = False,
+                    cancelled: datetime | None = None, minutes: int = 30) -> int:  # fmt: skip
+        payload = {
+            "id": str(id_),
+            "created_at": _ts(created or starts - 14 * DAY),
+            "starts_at": _ts(starts),
+            "ends_at": _ts(starts + minutes * MIN),
+            "cancelled_at": _ts(cancelled),
+            "did_not_arrive": did_not_arrive,
+            "patient_arrived": arrived,
+            "archived_at": None,
+            "patient": _link("patients", patient),
+            "appointment_type": _link("appointment_types", type_id),
+            "business": _link("businesses", business),
+            "practitioner": _link("practitioners", practitioner),
+        }
+        self._appointments[id_] = payload
+        self._write("individual_appointments", id_, payload)
+        return id_
+
+    def update_appointment(self, id_: int, **changes) -> None:
+        payload = self._appointments[id_]
+        for key, value in changes.items():
+            payload[key] = _ts(value) if isinstance(value, datetime) else value
+        self._write("individual_appointments", id_, payload)
+
+    def trigger(self, name: str, **definition) -> dict:
+        self.triggers = [t for t in self.triggers if t["name"] != name]
+        self.triggers.append({"name": name, "enabled": True, **definition})
+        return self.triggers[-1]
+
+    @property
+    def config(self) -> ClinicConfig:
+        return ClinicConfig(clinic="test", name="Test Physio", triggers=self.triggers)
+
+    def build(self, now: datetime, **settings) -> None:
+        settings = {"active_patient_months": 24, **settings}
+        models.build(self.con, models.ListSettings(**settings), sql_dir=MODELS_DIR, now=now)
+
+    def plan(self, now: datetime, *, build: bool = True) -> planning.PlanResult:
+        if build:
+            self.build(now)
+        return planning.plan(self.con, self.config, now)
+
+    def messages(self, trigger: str | None = None) -> list[ledger.LedgerRow]:
+        rows = []
+        for status in ledger.STATUSES:
+            rows += ledger.in_status(self.con, status)
+        return sorted(
+            (r for r in rows if trigger is None or r.source_name == trigger),
+            key=lambda r: r.message_id,
+        )
+
+    def one(self, trigger: str | None = None) -> ledger.LedgerRow:
+        rows = self.messages(trigger)
+        assert len(rows) == 1, rows
+        return rows[0]
+
+    def patients_messaged(self, trigger: str | None = None, status: str | None = None) -> set[int]:
+        return {
+            r.patient_id for r in self.messages(trigger) if status is None or r.status == status
+        }
+
+
+@pytest.fixture
+def clinic():
+    c = Clinic()
+    yield c
+    c.con.close()
+
+
+WELCOME = dict(event="appointment_booked", timing="5 minutes after", channel="email",
+               template="welcome", purpose="transactional",
+               filters={"appointment_types": ["Admin - Insurance Patient"]})  # fmt: skip
+REMINDER = dict(event="before_appointment", timing="24 hours before", channel="sms",
+                template="reminder-24h", purpose="transactional", grace="2 hours",
+                exclude={"categories": ["Admin Only"]})  # fmt: skip
+RECALL = dict(event="after_appointment", timing="6 weeks after", channel="email",
+              template="recall", purpose="marketing",
+              filters={"appointment_types": ["Initial Consultation"],
+                       "no_future_appointment": True})  # fmt: skip
+
+
+def live(clinic: Clinic, at: datetime = NOW - 60 * DAY) -> None:
+    """Record the clinic's triggers as live since ``at`` (what the first tick then did)."""
+    with transaction(clinic.con):
+        planning.activate(clinic.con, clinic.config.triggers, at)
+
+
+# --- seed 000: the dummy admin appointment -------------------------------------------------------
+
+
+def test_the_welcome_email_goes_5_minutes_after_the_insurance_tag_appointment_is_booked(clinic):
+    clinic.trigger("welcome", **WELCOME)
+    live(clinic)
+    clinic.patient(1)
+    clinic.patient(2)
+    booked = NOW - 2 * MIN
+    clinic.appointment(10, 1, NOW, type_id=ADMIN_TAG, created=booked, business=ADMIN_BUSINESS)
+    clinic.appointment(11, 2, NOW + DAY, type_id=STANDARD, created=booked)
+    clinic.plan(NOW)
+    row = clinic.one("welcome")
+    assert (row.patient_id, row.appointment_id, row.channel) == (1, 10, "email")
+    assert row.due_at == booked + 5 * MIN
+    assert row.send_key == "trigger:welcome:1:appointment:10"
+
+
+def test_a_broad_reminder_leaves_out_the_admin_only_category(clinic):
+    clinic.trigger("reminder", **REMINDER)
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + 20 * HOUR, type_id=ADMIN_TAG, business=ADMIN_BUSINESS)
+    clinic.appointment(11, 1, NOW + 30 * HOUR, type_id=STANDARD)
+    clinic.plan(NOW)
+    row = clinic.one("reminder")
+    assert row.appointment_id == 11
+    assert row.due_at == NOW + 6 * HOUR
+
+
+def test_excluding_the_admin_business_leaves_out_its_appointments(clinic):
+    clinic.trigger("reminder", **{**REMINDER, "exclude": {"businesses": ["admin"]}})
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + 30 * HOUR, type_id=STANDARD, business=ADMIN_BUSINESS)
+    clinic.appointment(11, 1, NOW + 31 * HOUR, type_id=STANDARD, business=MAIN)
+    clinic.plan(NOW)
+    assert [r.appointment_id for r in clinic.messages()] == [11]
+
+
+def test_excluding_an_appointment_type_by_its_cliniko_id(clinic):
+    clinic.trigger("reminder", **{**REMINDER, "exclude": {"appointment_types": [ADMIN_TAG]}})
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + 30 * HOUR, type_id=ADMIN_TAG)
+    clinic.appointment(11, 1, NOW + 31 * HOUR, type_id=INITIAL)
+    clinic.plan(NOW)
+    assert [r.appointment_id for r in clinic.messages()] == [11]
+
+
+# --- go-live: never a blast of history ------------------------------------------------------------
+
+
+def test_a_trigger_switched_on_does_not_fire_for_history(clinic):
+    clinic.patient(1)
+    clinic.patient(2)
+    clinic.appointment(10, 1, NOW - DAY, type_id=ADMIN_TAG, created=NOW - 2 * DAY)
+    clinic.appointment(11, 2, NOW + 3 * HOUR, created=NOW - 10 * DAY)  # its reminder moment passed
+    clinic.trigger("welcome", **{**WELCOME, "grace": "30 days"})
+    clinic.trigger("reminder", **{**REMINDER, "grace": "30 days"})
+    result = clinic.plan(NOW)
+    assert clinic.messages() == []
+    assert result.totals["planned"] == 0
+    clinic.appointment(12, 1, NOW + 3 * DAY, type_id=ADMIN_TAG, created=NOW + MIN)
+    clinic.plan(NOW + 10 * MIN)
+    assert [r.appointment_id for r in clinic.messages()] == [12]
+
+
+def test_an_after_trigger_looks_back_exactly_its_own_offset(clinic):
+    clinic.trigger("welcome", **WELCOME)
+    clinic.patient(1)
+    clinic.patient(2)
+    clinic.appointment(10, 1, NOW + DAY, type_id=ADMIN_TAG, created=NOW - 6 * MIN)
+    clinic.appointment(11, 2, NOW + DAY, type_id=ADMIN_TAG, created=NOW - 4 * MIN)
+    clinic.plan(NOW)
+    row = clinic.one()
+    assert (row.patient_id, row.due_at) == (2, NOW + MIN)
+
+
+def test_the_go_live_moment_is_recorded_once_not_taken_from_the_config(clinic):
+    clinic.trigger("welcome", **WELCOME)
+    clinic.plan(NOW - DAY)
+    clinic.plan(NOW)
+    rows = clinic.con.execute(
+        "SELECT went_live_at, ended_at FROM state.trigger_activations"
+    ).fetchall()
+    assert rows == [(NOW - DAY, None)]
+
+
+def test_switching_a_trigger_off_cancels_its_planned_messages_and_on_again_starts_afresh(clinic):
+    clinic.trigger("reminder", **REMINDER)
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + 30 * HOUR)
+    clinic.plan(NOW)
+    clinic.triggers[0]["enabled"] = False
+    clinic.plan(NOW + MIN)
+    row = clinic.one()
+    assert (row.status, row.status_reason) == ("cancelled", "trigger switched off")
+    clinic.appointment(11, 1, NOW + 40 * HOUR, created=NOW - DAY)  # booked while it was off
+    clinic.triggers[0]["enabled"] = True
+    clinic.plan(NOW + 2 * MIN)
+    assert {r.appointment_id: r.status for r in clinic.messages()} == {
+        10: "cancelled",
+        11: "planned",
+    }
+    went_live = clinic.con.execute(
+        "SELECT went_live_at FROM state.trigger_activations WHERE ended_at IS NULL"
+    ).fetchall()
+    assert went_live == [(NOW + 2 * MIN,)]
+
+
+def test_redefining_a_trigger_re_dates_its_go_live_and_re_checks_what_it_planned(clinic):
+    clinic.trigger("reminder", **REMINDER)
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + 30 * HOUR)
+    clinic.plan(NOW)
+    clinic.trigger("reminder", **{**REMINDER, "timing": "25 hours before", "channel": "email",
+                                  "template": "welcome"})  # fmt: skip
+    clinic.plan(NOW + MIN)
+    row = clinic.one()
+    # the same row (one message per occasion, whatever the edits), now by email and an hour earlier
+    assert (row.status, row.channel, row.template) == ("planned", "email", "welcome")
+    assert row.due_at == NOW + 5 * HOUR
+    live_rows = clinic.con.execute(
+        "SELECT went_live_at, ended_reason FROM state.trigger_activations ORDER BY went_live_at"
+    ).fetchall()
+    assert live_rows == [(NOW - 60 * DAY, "redefined"), (NOW + MIN, None)]
+
+
+# --- re-checks: cancelled, rescheduled, grace -----------------------------------------------------
+
+
+def test_a_reminder_is_cancelled_with_its_appointment(clinic):
+    clinic.trigger("reminder", **REMINDER)
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + 30 * HOUR)
+    clinic.plan(NOW)
+    assert clinic.one().status == "planned"
+    clinic.update_appointment(10, cancelled_at=NOW + MIN)
+    result = clinic.plan(NOW + 5 * MIN)
+    row = clinic.one()
+    assert (row.status, row.status_reason) == ("cancelled", "appointment cancelled")
+    assert result.totals["cancelled"] == 1
+
+
+def test_a_rescheduled_appointment_moves_its_reminder(clinic):
+    clinic.trigger("reminder", **REMINDER)
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + 30 * HOUR)
+    clinic.plan(NOW)
+    before = clinic.one()
+    clinic.update_appointment(10, starts_at=NOW + 40 * HOUR, ends_at=NOW + 40 * HOUR + 30 * MIN)
+    clinic.plan(NOW + 5 * MIN)
+    after = clinic.one()
+    assert after.message_id == before.message_id and after.status == "planned"
+    assert (after.due_at, after.expires_at) == (NOW + 16 * HOUR, NOW + 18 * HOUR)
+
+
+def test_a_reminder_moved_beyond_the_planning_horizon_stays_planned_and_moves(clinic):
+    clinic.trigger("reminder", **REMINDER)
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + 30 * HOUR)
+    clinic.plan(NOW)
+    clinic.update_appointment(10, starts_at=NOW + 20 * DAY, ends_at=NOW + 20 * DAY + 30 * MIN)
+    clinic.plan(NOW + 5 * MIN)
+    assert (clinic.one().status, clinic.one().due_at) == ("planned", NOW + 19 * DAY)
+
+
+def test_a_message_not_sent_within_its_grace_window_is_skipped(clinic):
+    clinic.trigger("welcome", **{**WELCOME, "grace": "1 hour"})
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + DAY, type_id=ADMIN_TAG, created=NOW)
+    clinic.plan(NOW)
+    clinic.plan(NOW + 2 * HOUR)
+    row = clinic.one()
+    assert (row.status, row.status_reason) == ("skipped", "past its grace window")
+
+
+def test_a_reminder_never_goes_after_its_appointment_has_started(clinic):
+    clinic.trigger("reminder", **{**REMINDER, "grace": "1 day"})
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + 2 * HOUR, created=NOW - 10 * DAY)
+    clinic.plan(NOW)
+    assert clinic.one().expires_at == NOW + 2 * HOUR
+    clinic.plan(NOW + 3 * HOUR)
+    assert clinic.one().status == "skipped"
+
+
+def test_planning_twice_plans_once(clinic):
+    clinic.trigger("reminder", **REMINDER)
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + 30 * HOUR)
+    first = clinic.plan(NOW)
+    second = clinic.plan(NOW + MIN, build=False)
+    assert (first.totals["planned"], second.totals["planned"]) == (1, 0)
+    assert len(clinic.messages()) == 1
+
+
+# --- last-minute bookings ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("last_minute", "expected"), [("send", [NOW - HOUR]), ("skip", [])])
+def test_a_booking_made_after_the_reminder_moment_is_reminded_at_once_or_skipped(
+    clinic, last_minute, expected
+):
+    clinic.trigger("reminder", **{**REMINDER, "last_minute": last_minute})
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + 3 * HOUR, created=NOW - HOUR)
+    clinic.plan(NOW)
+    assert [r.due_at for r in clinic.messages()] == expected
+
+
+# --- events ------------------------------------------------------------------------------------
+
+
+def test_the_recall_goes_six_weeks_after_an_attended_initial_consultation(clinic):
+    clinic.trigger("recall", **{**RECALL, "purpose": "transactional", "template": "welcome"})
+    live(clinic, NOW - 90 * DAY)
+    clinic.patient(1)
+    clinic.patient(2)
+    clinic.patient(3)
+    starts = NOW - 42 * DAY + HOUR
+    clinic.appointment(10, 1, starts, type_id=INITIAL, arrived=True)
+    clinic.appointment(11, 2, starts, type_id=INITIAL, did_not_arrive=True)
+    clinic.appointment(12, 3, starts, type_id=STANDARD, arrived=True)
+    clinic.plan(NOW)
+    row = clinic.one()
+    assert (row.patient_id, row.due_at) == (1, starts + 30 * MIN + 42 * DAY)
+
+
+def test_require_arrived_counts_only_appointments_marked_arrived(clinic):
+    clinic.trigger("followup", event="after_appointment", timing="1 hour after", channel="sms",
+                   template="reminder-24h", purpose="transactional", require_arrived=True)  # fmt: skip
+    live(clinic)
+    clinic.patient(1)
+    clinic.patient(2)
+    clinic.appointment(10, 1, NOW - 80 * MIN, arrived=True)
+    clinic.appointment(11, 2, NOW - 80 * MIN, arrived=False)
+    clinic.plan(NOW)  # the front desk may still mark patient 2 arrived before the message is due
+    assert clinic.patients_messaged(status="planned") == {1, 2}
+    clinic.plan(NOW + 15 * MIN)
+    statuses = {r.patient_id: (r.status, r.status_reason) for r in clinic.messages()}
+    assert statuses == {1: ("planned", None), 2: ("cancelled", "appointment not marked as arrived")}
+
+
+def test_an_unmarked_past_appointment_counts_as_attended_by_default(clinic):
+    clinic.trigger("followup", event="after_appointment", timing="1 hour after", channel="sms",
+                   template="reminder-24h", purpose="transactional")  # fmt: skip
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(11, 1, NOW - 80 * MIN, arrived=False)
+    clinic.plan(NOW)
+    assert clinic.patients_messaged() == {1}
+
+
+def test_a_cancellation_message_goes_unless_the_patient_rebooked(clinic):
+    clinic.trigger("sorry", event="cancelled", timing="2 hours after", channel="email",
+                   template="welcome", purpose="transactional",
+                   filters={"not_rebooked_since_cancelling": True})  # fmt: skip
+    live(clinic)
+    clinic.patient(1)
+    clinic.patient(2)
+    clinic.appointment(10, 1, NOW + 3 * DAY, cancelled=NOW - 90 * MIN)
+    clinic.appointment(11, 2, NOW + 3 * DAY, cancelled=NOW - 90 * MIN)
+    clinic.plan(NOW)
+    assert clinic.patients_messaged(status="planned") == {1, 2}
+    clinic.appointment(12, 2, NOW + 4 * DAY, created=NOW - 10 * MIN)  # patient 2 rebooked
+    clinic.plan(NOW + 40 * MIN)
+    statuses = {r.patient_id: (r.status, r.status_reason) for r in clinic.messages()}
+    assert statuses == {1: ("planned", None), 2: ("skipped", "rebooked since cancelling")}
+
+
+def test_a_cancellation_message_is_cancelled_when_the_appointment_is_uncancelled(clinic):
+    clinic.trigger("sorry", event="cancelled", timing="2 hours after", channel="email",
+                   template="welcome", purpose="transactional")  # fmt: skip
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + 3 * DAY, cancelled=NOW - 90 * MIN)
+    clinic.plan(NOW)
+    clinic.update_appointment(10, cancelled_at=None)
+    clinic.plan(NOW + MIN)
+    assert (clinic.one().status, clinic.one().status_reason) == (
+        "cancelled",
+        "appointment no longer cancelled",
+    )
+
+
+def test_a_did_not_arrive_message_goes_after_the_missed_appointment(clinic):
+    clinic.trigger("missed", event="did_not_arrive", timing="1 hour after", channel="sms",
+                   template="reminder-24h", purpose="transactional")  # fmt: skip
+    live(clinic)
+    clinic.patient(1)
+    clinic.patient(2)
+    clinic.appointment(10, 1, NOW - 2 * HOUR, did_not_arrive=True)
+    clinic.appointment(11, 2, NOW - 2 * HOUR, arrived=True)
+    clinic.plan(NOW)
+    row = clinic.one()
+    assert (row.patient_id, row.due_at) == (1, NOW - 90 * MIN + HOUR)
+
+
+def test_a_new_patient_message_goes_before_the_first_appointment_only(clinic):
+    clinic.trigger("first", event="first_appointment", timing="2 days before", channel="email",
+                   template="welcome", purpose="transactional",
+                   exclude={"categories": ["Admin Only"]})  # fmt: skip
+    live(clinic)
+    clinic.patient(1)
+    clinic.patient(2)
+    # patient 1: the admin tag does not make the clinical visit their second (seed 000)
+    clinic.appointment(9, 1, NOW - 10 * DAY, type_id=ADMIN_TAG, arrived=True)
+    clinic.appointment(10, 1, NOW + 36 * HOUR, type_id=INITIAL)
+    clinic.appointment(11, 2, NOW - 30 * DAY, type_id=INITIAL, arrived=True)
+    clinic.appointment(12, 2, NOW + 36 * HOUR, type_id=STANDARD)
+    clinic.plan(NOW)
+    assert [(r.patient_id, r.appointment_id) for r in clinic.messages()] == [(1, 10)]
+
+
+def test_the_nth_appointment_reached_fires_once_it_is_attended(clinic):
+    clinic.trigger("fifth", event="nth_appointment", n=3, timing="1 hour after",
+                   channel="email", template="welcome", purpose="transactional")  # fmt: skip
+    live(clinic)
+    clinic.patient(1)
+    for i, days in enumerate((20, 10, 0)):
+        clinic.appointment(10 + i, 1, NOW - days * DAY - 2 * HOUR, arrived=True)
+    clinic.appointment(20, 1, NOW - 15 * DAY, cancelled=NOW - 16 * DAY)  # cancelled: not counted
+    clinic.plan(NOW)
+    assert [r.appointment_id for r in clinic.messages()] == [12]
+
+
+def test_a_patient_created_message_goes_after_the_patient_is_added(clinic):
+    clinic.trigger("hello", event="patient_created", timing="10 minutes after", channel="email",
+                   template="welcome", purpose="transactional")  # fmt: skip
+    live(clinic)
+    clinic.patient(1, created=NOW - 5 * MIN)
+    clinic.patient(2, created=NOW - 300 * DAY)
+    clinic.plan(NOW)
+    row = clinic.one()
+    assert (row.patient_id, row.appointment_id, row.due_at) == (1, None, NOW + 5 * MIN)
+    assert row.send_key == "trigger:hello:1:patient"
+
+
+# --- filters (OR within a kind, AND across kinds) -------------------------------------------------
+
+
+def _reminder_for_each(clinic: Clinic, filters: dict) -> set[int]:
+    clinic.trigger("reminder", **{**REMINDER, "exclude": {}, "filters": filters})
+    live(clinic)
+    clinic.patient(1, born="1950-01-01")
+    clinic.patient(2, born="2000-01-01")
+    clinic.patient(3, born="2015-01-01")
+    clinic.appointment(10, 1, NOW + 30 * HOUR, type_id=INITIAL, practitioner=SAM)
+    clinic.appointment(11, 2, NOW + 30 * HOUR, type_id=STANDARD, practitioner=ALEX)
+    clinic.appointment(12, 3, NOW + 30 * HOUR, type_id=ADMIN_TAG, business=ADMIN_BUSINESS)
+    clinic.appointment(13, 2, NOW - 30 * DAY, type_id=STANDARD, arrived=True)
+    clinic.plan(NOW)
+    return clinic.patients_messaged()
+
+
+@pytest.mark.parametrize(
+    ("filters", "patients"),
+    [
+        ({"appointment_types": ["initial consultation "]}, {1}),
+        ({"appointment_types": ["Initial Consultation", STANDARD]}, {1, 2}),
+        ({"categories": ["Physiotherapy"]}, {1, 2}),
+        ({"businesses": ["Admin"]}, {3}),
+        ({"practitioners": ["Alex Other"]}, {2}),
+        ({"practitioners": [SAM], "categories": ["Physiotherapy"]}, {1}),
+        ({"age": {"min": 18, "max": 65}}, {2}),
+        ({"age": {"max": 17}}, {3}),
+        ({"appointment_count": {"min": 2}}, {2}),
+        ({"appointment_count": {"max": 1, "types": ["Standard Consultation"]}}, {1, 3}),
+    ],
+)
+def test_filters(clinic, filters, patients):
+    assert _reminder_for_each(clinic, filters) == patients
+
+
+def test_a_filter_value_is_data_never_sql(clinic):
+    clinic.trigger("reminder", **{**REMINDER, "filters": {"appointment_types": ["x') OR true --"]}})
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + 30 * HOUR)
+    clinic.plan(NOW)
+    assert clinic.messages() == []
+
+
+# --- the audience: preferences, addresses, marketing ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reminder_type", "channel", "reason"),
+    [
+        ("Email", "sms", "Cliniko reminder preference is Email"),
+        ("None", "sms", "Cliniko reminder preference is None"),
+        ("SMS", "email", "Cliniko reminder preference is SMS"),
+        ("SMS & Email", "sms", None),
+    ],
+)
+def test_a_reminder_respects_the_patients_cliniko_reminder_preference(
+    clinic, reminder_type, channel, reason
+):
+    template = "reminder-24h" if channel == "sms" else "welcome"
+    clinic.trigger("reminder", **{**REMINDER, "channel": channel, "template": template})
+    live(clinic)
+    clinic.patient(1, reminder_type=reminder_type)
+    clinic.appointment(10, 1, NOW + 30 * HOUR)
+    clinic.plan(NOW)
+    assert clinic.one().status == ("skipped" if reason else "planned")
+    assert clinic.one().status_reason == reason
+
+
+def test_no_mobile_on_file_is_skipped_with_the_reason(clinic):
+    clinic.trigger("reminder", **REMINDER)
+    live(clinic)
+    clinic.patient(1, mobile=None)
+    clinic.appointment(10, 1, NOW + 30 * HOUR)
+    clinic.plan(NOW)
+    assert clinic.one().status_reason == "no valid mobile number on file"
+
+
+def test_a_recall_is_skipped_when_a_future_appointment_is_booked_by_the_time_it_is_due(clinic):
+    clinic.trigger("recall", **{**RECALL, "grace": "2 days"})
+    live(clinic, NOW - 90 * DAY)
+    clinic.patient(1)
+    clinic.patient(2)
+    ended = NOW - 42 * DAY + 30 * MIN
+    clinic.appointment(10, 1, ended - 30 * MIN, type_id=INITIAL, arrived=True)
+    clinic.appointment(11, 2, ended - 30 * MIN, type_id=INITIAL, arrived=True)
+    clinic.appointment(12, 2, NOW + 5 * DAY)
+    clinic.plan(NOW - 10 * HOUR)  # planned ahead; judged when due
+    assert {r.status for r in clinic.messages()} == {"planned"}
+    clinic.plan(NOW + HOUR)
+    statuses = {r.patient_id: (r.status, r.status_reason) for r in clinic.messages()}
+    assert statuses == {1: ("planned", None), 2: ("skipped", "a future appointment is booked")}
+
+
+def test_marketing_is_skipped_for_a_patient_who_unsubscribed_after_it_was_planned(clinic):
+    clinic.trigger("recall", **RECALL)
+    live(clinic, NOW - 90 * DAY)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW - 42 * DAY + HOUR, type_id=INITIAL, arrived=True)
+    clinic.plan(NOW)
+    assert clinic.one().status == "planned"
+    ledger.add_suppression(clinic.con, channel="email", address="patient1@example.com",
+                           scope="marketing", reason="unsubscribed", source="unsubscribe_link",
+                           evidence="test", occurred_at=NOW)  # fmt: skip
+    clinic.plan(NOW + 5 * MIN)
+    assert clinic.one().status == "skipped"
+    assert clinic.one().status_reason.startswith("not subscribed to the email marketing list")
+
+
+def test_a_transactional_message_ignores_the_marketing_lists_but_not_a_hard_bounce(clinic):
+    clinic.trigger("welcome", **WELCOME)
+    live(clinic)
+    clinic.patient(1, email_opt_in=False)
+    clinic.patient(2)
+    ledger.add_suppression(clinic.con, channel="email", address="patient2@example.com",
+                           scope="all", reason="hard_bounce", source="postmark",
+                           evidence="test", occurred_at=NOW - DAY)  # fmt: skip
+    clinic.appointment(10, 1, NOW + DAY, type_id=ADMIN_TAG, created=NOW)
+    clinic.appointment(11, 2, NOW + DAY, type_id=ADMIN_TAG, created=NOW)
+    clinic.plan(NOW)
+    statuses = {r.patient_id: (r.status, r.status_reason) for r in clinic.messages()}
+    assert statuses == {1: ("planned", None), 2: ("skipped", "address suppressed (hard_bounce)")}
+
+
+# --- the model build guard -------------------------------------------------------------------
+
+
+def test_planning_refuses_to_run_on_a_failed_model_build(clinic, tmp_path):
+    clinic.trigger("reminder", **REMINDER)
+    clinic.build(NOW)
+    broken = tmp_path / "sql"
+    shutil.copytree(MODELS_DIR, broken, symlinks=True)
+    (broken / "marts" / "broken.sql").write_text("select error('a typo') as oops")
+    with pytest.raises(models.BuildFailed):
+        models.build(clinic.con, models.ListSettings(), sql_dir=broken, now=NOW + MIN)
+    with pytest.raises(UserFacingError, match="broken.sql"):
+        planning.plan(clinic.con, clinic.config, NOW + 2 * MIN)
+    assert clinic.con.execute("SELECT count(*) FROM state.trigger_activations").fetchone() == (0,)
+
+
+def test_planning_refuses_to_run_before_any_model_build(clinic):
+    clinic.trigger("reminder", **REMINDER)
+    with pytest.raises(UserFacingError, match="never been built"):
+        planning.plan(clinic.con, clinic.config, NOW)
+
+
+# --- prepare (just before sending) and preview ------------------------------------------------------
+
+
+def test_prepare_gives_the_address_and_the_appointment_in_the_business_time_zone(clinic):
+    clinic.trigger("reminder", **REMINDER)
+    live(clinic)
+    clinic.patient(1, first_name="Alexandra")
+    clinic.appointment(10, 1, NOW + 24 * HOUR, created=NOW - 5 * DAY)
+    clinic.plan(NOW)
+    decision = planning.Preparer(clinic.con, clinic.config, clock=lambda: NOW)(clinic.one())
+    assert isinstance(decision, Ready)
+    assert decision.to == "+61412345678"
+    appointment = decision.context["appointment"]
+    assert (appointment["time"], appointment["type"]) == ("8:00 pm", "Standard Consultation")
+    assert appointment["practitioner"] == "Sam Example"
+    assert decision.context["patient"]["first_name"] == "Alexandra"
+
+
+def test_prepare_cancels_a_message_whose_appointment_was_cancelled_since_the_last_tick(clinic):
+    clinic.trigger("reminder", **REMINDER)
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + 24 * HOUR, created=NOW - 5 * DAY)
+    clinic.plan(NOW)
+    clinic.update_appointment(10, cancelled_at=NOW)
+    clinic.build(NOW + MIN)
+    decision = planning.Preparer(clinic.con, clinic.config, clock=lambda: NOW + MIN)(clinic.one())
+    assert decision == Skip("appointment cancelled", cancel=True)
+
+
+def test_preview_shows_who_would_get_what_and_writes_nothing(clinic):
+    clinic.trigger("reminder", **{**REMINDER, "enabled": False})
+    clinic.patient(1)
+    clinic.patient(2, reminder_type="Email")
+    clinic.appointment(10, 1, NOW + 3 * DAY)
+    clinic.appointment(11, 2, NOW + 4 * DAY)
+    clinic.appointment(12, 1, NOW + 9 * DAY)
+    clinic.build(NOW)
+    before = clinic.con.execute(
+        "SELECT (SELECT count(*) FROM state.messages), "
+        "(SELECT count(*) FROM state.trigger_activations)"
+    ).fetchone()
+    went_live, rows = planning.preview(clinic.con, clinic.config.triggers[0], NOW, days=7)
+    assert went_live == NOW
+    assert [(r.appointment_id, r.decision) for r in rows] == [
+        (10, "send"),
+        (11, "skip: Cliniko reminder preference is Email"),
+    ]
+    assert rows[0].due_at == NOW + 2 * DAY
+    after = clinic.con.execute(
+        "SELECT (SELECT count(*) FROM state.messages), "
+        "(SELECT count(*) FROM state.trigger_activations)"
+    ).fetchone()
+    assert before == after == (0, 0)
+
+
+def test_unknown_filter_names_are_reported(clinic):
+    clinic.trigger("reminder", **{**REMINDER, "exclude": {"categories": ["Admin Only"]},
+                                  "filters": {"appointment_types": ["Inital Consult"]}})  # fmt: skip
+    clinic.patient(1)
+    clinic.appointment(9, 1, NOW - 3 * DAY, type_id=ADMIN_TAG)
+    clinic.appointment(10, 1, NOW + 3 * DAY)
+    clinic.build(NOW)
+    problems = planning.unknown_references(clinic.con, clinic.config.triggers[0])
+    assert problems == [
+        "filters.appointment_types: 'Inital Consult' matches no appointment in the synced data"
+    ]
+
+
+# --- marketing never reaches anyone off the marketing lists (property) -----------------------------
+
+patient_strategy = st.fixed_dictionaries(
+    {
+        "email": st.sampled_from(["", None, "not-an-email", "shared@example.com"]),
+        "mobile": st.sampled_from(["0412 345 678", "0412 000 111", None, "12345"]),
+        "email_opt_in": st.sampled_from([True, False, None]),
+        "sms_opt_in": st.sampled_from([True, False, None]),
+        "archived": st.sampled_from([False, False, True]),
+        "unsubscribed": st.sampled_from([False, False, True]),
+        "stopped": st.sampled_from([False, False, True]),
+        # mostly near now (in the trigger's window), sometimes long ago
+        "appointment_days": st.lists(
+            st.one_of(st.integers(-4, 3), st.integers(-800, -5)), min_size=1, max_size=3
+        ),
+    }
+)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    patients=st.lists(patient_strategy, min_size=1, max_size=6),
+    channel=st.sampled_from(["email", "sms"]),
+    honour_opt_in=st.booleans(),
+)
+def test_marketing_never_reaches_anyone_off_the_marketing_lists(patients, channel, honour_opt_in):
+    clinic = Clinic()
+    try:
+        template = "recall" if channel == "email" else "promo-sms"
+        clinic.trigger("promo", event="after_appointment", timing="1 day after", channel=channel,
+                       template=template, purpose="marketing", grace="30 days")  # fmt: skip
+        live(clinic, NOW - 5 * DAY)
+        for i, p in enumerate(patients, start=1):
+            clinic.patient(i, email=p["email"], mobile=p["mobile"], archived=p["archived"],
+                           email_opt_in=p["email_opt_in"], sms_opt_in=p["sms_opt_in"])  # fmt: skip
+            for k, days in enumerate(p["appointment_days"]):
+                clinic.appointment(100 * i + k, i, NOW + days * DAY - 2 * DAY, arrived=days < 0)
+            address = {"email": f"patient{i}@example.com" if p["email"] == "" else p["email"],
+                       "sms": "+61412345678" if p["mobile"] == "0412 345 678" else "+61412000111"}  # fmt: skip
+            if p["unsubscribed"] and address["email"]:
+                ledger.add_suppression(clinic.con, channel="email", address=address["email"],
+                                       scope="marketing", reason="unsubscribed", source="operator",
+                                       evidence="test", occurred_at=NOW - DAY)  # fmt: skip
+            if p["stopped"]:
+                ledger.add_suppression(clinic.con, channel="sms", address=address["sms"],
+                                       scope="marketing", reason="stop", source="twilio",
+                                       evidence="test", occurred_at=NOW - DAY)  # fmt: skip
+        clinic.build(NOW, honour_email_opt_in=honour_opt_in)
+        planning.plan(clinic.con, clinic.config, NOW)
+        preparer = planning.Preparer(clinic.con, clinic.config, clock=lambda: NOW + 3 * DAY)
+        ready = {}
+        for row in ledger.in_status(clinic.con, "planned"):
+            decision = preparer(row)
+            if isinstance(decision, Ready):
+                ready[row.patient_id] = decision.to
+        if channel == "email":
+            listed = dict(clinic.con.execute(
+                "SELECT patient_id, email FROM marts.email_marketing_list WHERE status = 'subscribed'"
+            ).fetchall())  # fmt: skip
+        else:
+            listed = dict(clinic.con.execute(
+                "SELECT patient_id, mobile_e164 FROM marts.sms_marketing_list WHERE status = 'subscribed'"
+            ).fetchall())  # fmt: skip
+        for patient_id, to in ready.items():
+            assert listed.get(patient_id) == ledger.normalise_address(channel, to)
+    finally:
+        clinic.con.close()
+
+
+# --- the operator's commands ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clinic_on_disk(tmp_path):
+    """A clinic folder with clinic.yaml and its DuckDB file, models built, as the CLI finds them."""
+    import yaml
+
+    from tasks.warehouse import open_db
+
+    triggers = [{"name": "reminder", "enabled": False, **REMINDER}]
+    (tmp_path / "clinic.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "clinic": "disk",
+                "name": "Disk Physio",
+                "database": "clinic.duckdb",
+                "triggers": triggers,
+            }
+        )  # fmt: skip
+    )
+    with open_db(tmp_path / "clinic.duckdb") as con:
+        c = Clinic(con)
+        c.patient(1, first_name="Robin")
+        c.appointment(10, 1, datetime.now(UTC) + 3 * DAY)
+        c.build(datetime.now(UTC))
+    return tmp_path / "clinic.yaml"
+
+
+def test_the_preview_command_prints_the_calendar_and_writes_nothing(clinic_on_disk):
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+
+    db = clinic_on_disk.parent / "clinic.duckdb"
+    before = db.stat().st_mtime_ns
+    out = CliRunner().invoke(app, ["preview", "trigger", "reminder", "--days", "7",
+                                   "--clinic", str(clinic_on_disk)])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert "next 7 days: 1 messages (1 send)" in out.output
+    assert "Robin Tester" in out.output and "+61412345678" in out.output
+    assert db.stat().st_mtime_ns == before
+
+
+def test_render_writes_a_triggers_message_for_a_patient_to_a_file(clinic_on_disk, tmp_path):
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+
+    out = CliRunner().invoke(app, ["render", "reminder", "--patient", "1", "--clinic",
+                                   str(clinic_on_disk), "--out", str(tmp_path / "r")])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    text = (tmp_path / "r" / "preview-reminder-24h-sms.txt").read_text()
+    assert "Hi Robin, a reminder of your Standard Consultation with Sam Example" in text
+
+
+# --- all or nothing, and the marketing path through dispatch ------------------------------------------
+
+
+def test_a_tick_that_fails_halfway_leaves_nothing_behind(clinic, monkeypatch):
+    clinic.trigger("welcome", **WELCOME)
+    clinic.trigger("reminder", **REMINDER)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + 30 * HOUR, type_id=ADMIN_TAG, created=NOW)
+    clinic.build(NOW)
+    real_insert = ledger.insert_planned
+    calls = []
+
+    def insert_then_die(con, messages, now):
+        calls.append(real_insert(con, messages, now))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as good as a kill between two triggers
+        return calls[-1]
+
+    monkeypatch.setattr(ledger, "insert_planned", insert_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        planning.plan(clinic.con, clinic.config, NOW)
+    assert calls[0] == 1  # the welcome was inserted, then rolled back with everything else
+    counts = clinic.con.execute(
+        "SELECT (SELECT count(*) FROM state.messages), (SELECT count(*) FROM state.trigger_activations)"
+    ).fetchone()
+    assert counts == (0, 0)
+
+
+def test_a_recall_reaches_a_subscriber_with_an_unsubscribe_link_and_nobody_else(clinic, tmp_path):
+    from tasks.messages.dispatch import Unsubscribe, dispatch
+    from tasks.messages.templates import Templates
+    from tasks.providers.outbox import OutboxProvider
+
+    clinic.trigger("recall", **{**RECALL, "grace": "2 days"})
+    live(clinic, NOW - 90 * DAY)
+    clinic.patient(1)
+    clinic.patient(2)
+    for patient in (1, 2):
+        clinic.appointment(10 + patient, patient, NOW - 42 * DAY - HOUR, type_id=INITIAL,
+                           arrived=True)  # fmt: skip
+    ledger.add_suppression(clinic.con, channel="email", address="patient2@example.com",
+                           scope="marketing", reason="unsubscribed", source="unsubscribe_link",
+                           evidence="test", occurred_at=NOW - 50 * DAY)  # fmt: skip
+    clinic.plan(NOW)
+    outbox = OutboxProvider(tmp_path, email_from="clinic@example.com", sms_from="Clinic")
+    result = dispatch(
+        clinic.con,
+        providers={"email": outbox},
+        prepare=planning.Preparer(clinic.con, clinic.config, clock=lambda: NOW),
+        templates=Templates(),
+        unsubscribe=Unsubscribe("test", "https://relay.example/unsubscribe", key=b"k" * 32),
+        clock=lambda: NOW,
+    )
+    assert result.counts["sent"] == 1
+    statuses = {r.patient_id: (r.status, r.status_reason) for r in clinic.messages()}
+    assert statuses[1] == ("sent", None)
+    assert statuses[2][0] == "skipped"
+    (eml,) = tmp_path.glob("*.eml")
+    mail = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+    assert mail["To"] == "patient1@example.com"
+    assert mail["List-Unsubscribe"].startswith("<https://relay.example/unsubscribe/")
