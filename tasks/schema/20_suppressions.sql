@@ -29,3 +29,15 @@ CREATE TABLE IF NOT EXISTS state.email_bounces (
     bounced_at  TIMESTAMPTZ NOT NULL,
     source      VARCHAR NOT NULL
 );
+
+-- The one reading of the history above: what is suppressed now, per channel, address and scope
+-- (the latest row of each decides; a 'lift' ends it). Python and the SQL models read this view,
+-- never their own window over state.suppressions.
+CREATE OR REPLACE VIEW state.current_suppressions AS
+SELECT channel, address, scope, reason, source, evidence, occurred_at
+FROM (
+    SELECT *, row_number() OVER (PARTITION BY channel, address, scope
+                                 ORDER BY occurred_at DESC, suppression_id DESC) AS recency
+    FROM state.suppressions
+)
+WHERE recency = 1 AND action = 'suppress';
