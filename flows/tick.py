@@ -23,6 +23,7 @@ from prefect.events import emit_event
 from prefect.exceptions import MissingResult
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
+from flows.artifacts import artifact_key
 from flows.dispatch import dispatch_messages
 from flows.feedback import pull_feedback
 from flows.journeys import run_journeys
@@ -129,7 +130,7 @@ def publish_summary(config: ClinicConfig, summary: Summary) -> dict:
     text = tick.markdown(summary)
     create_markdown_artifact(
         text,
-        key=f"tick-{config.clinic.replace('_', '-')}",
+        key=artifact_key("tick", config.clinic),
         description=f"Tick of {config.clinic}: steps, data freshness and counts",
     )
     return {**asdict(summary), "report": text}
