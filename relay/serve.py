@@ -48,7 +48,7 @@ def prefect_server(
 ) -> Iterator[str]:
     """Run ``prefect server start`` on 127.0.0.1:port until the block ends; yields the API URL.
 
-    Stopped with SIGTERM (the server exits in a few seconds; ../shared/reference/prefect.md §2).
+    Stopped with SIGTERM (the server exits in a few seconds; docs/reference.md, Prefect).
     """
     if port_in_use(port):
         raise UserFacingError(
