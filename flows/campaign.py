@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from flows.artifacts import artifact_key
 from tasks.config import load_clinic
 from tasks.marketing import campaigns
 from tasks.models import runner as models
@@ -40,7 +41,7 @@ def send_campaign(clinic: str, campaign: str, confirm: bool = False) -> dict:
             if result["queued"] is not None
             else f"the audience is frozen and sent from {preview['send_at']}."
         ),
-        key=f"campaign-{config.clinic}-{campaign}".replace("_", "-"),
+        key=artifact_key("campaign", config.clinic, campaign),
         description="Campaign confirmation (counts only)",
     )
     return {"preview": preview, "confirmed": True, **result}

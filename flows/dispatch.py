@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
+from flows.artifacts import artifact_key
 from tasks.config import ClinicConfig, load_clinic
 from tasks.marketing import journeys
 from tasks.messages.dispatch import dispatch_for_clinic
@@ -56,7 +57,7 @@ def dispatch_messages(clinic: str = "demo", now: datetime | None = None) -> dict
     create_table_artifact(
         [{"outcome": k, "messages": v} for k, v in sorted(sent["counts"].items())]
         or [{"outcome": "(nothing due)", "messages": 0}],
-        key=f"dispatch-{config.clinic.replace('_', '-')}",
+        key=artifact_key("dispatch", config.clinic),
         description=f"Messages sent, skipped and failed for {config.clinic} (counts only)",
     )
     return {"rechecked": rechecked["totals"], **sent}

@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
+from flows.artifacts import artifact_key
 from tasks import feedback, reports
 from tasks.config import ClinicConfig, load_clinic
 from tasks.messages.dispatch import providers_for
@@ -73,7 +74,6 @@ def publish_reports(con, config: ClinicConfig, pulled: dict[str, int]) -> None:
     report = reports.build_report(
         con, config.clinic, config.time_zone, ARTIFACT_DAYS, datetime.now(UTC)
     )
-    slug = config.clinic.replace("_", "-")
     tables = [
         ("feedback", [{"feed item": k, "count": n} for k, n in sorted(pulled.items())],
          "what this pull recorded"),
@@ -84,7 +84,7 @@ def publish_reports(con, config: ClinicConfig, pulled: dict[str, int]) -> None:
     for name, rows, what in tables:
         create_table_artifact(
             rows or [{"none": f"nothing in the last {ARTIFACT_DAYS} days"}],
-            key=f"{name}-{slug}",
+            key=artifact_key(name, config.clinic),
             description=f"{config.clinic}: {what} (last {ARTIFACT_DAYS} days)",
         )
 

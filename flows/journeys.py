@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
+from flows.artifacts import artifact_key
 from tasks.config import ClinicConfig, load_clinic
 from tasks.marketing import campaigns, journeys
 from tasks.models import runner as models
@@ -49,7 +50,7 @@ def run_journeys(clinic: str = "demo", now: datetime | None = None) -> dict:
         [{"journey": name, **counts} for name, counts in advanced.items()]
         + [{"campaign": name, "queued": n} for name, n in frozen.items()]
         or [{"journey": "(none configured)"}],
-        key=f"journeys-{config.clinic.replace('_', '-')}",
+        key=artifact_key("journeys", config.clinic),
         description=f"Journeys and campaigns of {config.clinic} this run (counts only)",
     )
     return {"journeys": advanced, "campaigns": frozen}

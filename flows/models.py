@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
+from flows.artifacts import artifact_key
 from tasks.config import load_clinic
 from tasks.models import runner as models
 from tasks.warehouse import open_db
@@ -69,7 +70,7 @@ def build_models(clinic: str = "demo", full_refresh: bool = False) -> dict:
         config.clinic,
     )
     create_table_artifact(
-        key=f"models-{config.clinic.replace('_', '-')}",
+        key=artifact_key("models", config.clinic),
         table=[
             {
                 "name": name,

@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
+from flows.artifacts import artifact_key
 from tasks.config import ClinicConfig, load_clinic
 from tasks.triggers import plan as planning
 from tasks.warehouse import open_db
@@ -36,7 +37,7 @@ def plan_messages(clinic: str = "demo", now: datetime | None = None) -> dict:
     create_table_artifact(
         [{"trigger": name, **counts} for name, counts in result["triggers"].items()]
         or [{"trigger": "(none)", "planned": 0}],
-        key=f"plan-{config.clinic.replace('_', '-')}",
+        key=artifact_key("plan", config.clinic),
         description=f"Trigger messages planned, moved, cancelled and skipped for {config.clinic}",
     )
     return result

@@ -24,6 +24,7 @@ from prefect.cache_policies import NONE
 from prefect.exceptions import MissingContextError
 
 from blocks.cliniko import ClinikoAccount
+from flows.artifacts import artifact_key
 from tasks.cliniko import sync as extract
 from tasks.cliniko.resources import RESOURCES
 from tasks.config import ClinicConfig, ConfigError, load_clinic
@@ -187,7 +188,7 @@ def cliniko_sync(clinic: str = "demo", reconcile: bool = False) -> dict[str, dic
         extract.finish_run(con, run_id, sync.counts)
     create_markdown_artifact(
         summary_markdown(config.clinic, kind, sync.counts),
-        key=f"cliniko-sync-{config.clinic.replace('_', '-')}",
+        key=artifact_key("cliniko-sync", config.clinic),
         description=f"Cliniko sync of {config.clinic}: rows and requests per resource",
     )
     return {name: asdict(c) for name, c in sync.counts.items()}

@@ -7,14 +7,10 @@ planning, journeys and dispatch when the sync failed or the data is older than t
 ``sync.stale_after_minutes``. The clinic's database stays with this run from the first step to
 the summary (tasks.warehouse.hold), so no other run of the clinic slips in between steps; the
 deployment's concurrency limit of 1 keeps a second tick queued rather than blocked on the lock.
-
-A step whose flow module is not in this install yet is shown as "not installed" and skipped.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -27,20 +23,27 @@ from prefect.events import emit_event
 from prefect.exceptions import MissingResult
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
+from flows.artifacts import artifact_key
+from flows.dispatch import dispatch_messages
+from flows.feedback import pull_feedback
+from flows.journeys import run_journeys
+from flows.models import build_models
+from flows.plan import plan_messages
 from flows.settle import settle
+from flows.sync import cliniko_sync
 from tasks import tick
 from tasks.config import ClinicConfig, load_clinic
-from tasks.tick import ABSENT, COMPLETED, FAILED, HELD, Step, Summary
+from tasks.tick import COMPLETED, FAILED, HELD, Step, Summary
 from tasks.warehouse import hold, open_db
 
-# step -> (module, flow): the step flows, each also deployable and runnable on its own.
+# step -> its flow, each also deployable and runnable on its own.
 STEP_FLOWS = {
-    "sync": ("flows.sync", "cliniko_sync"),
-    "models": ("flows.models", "build_models"),
-    "plan": ("flows.plan", "plan_messages"),
-    "journeys": ("flows.journeys", "run_journeys"),
-    "dispatch": ("flows.dispatch", "dispatch_messages"),
-    "feedback": ("flows.feedback", "pull_feedback"),
+    "sync": cliniko_sync,
+    "models": build_models,
+    "plan": plan_messages,
+    "journeys": run_journeys,
+    "dispatch": dispatch_messages,
+    "feedback": pull_feedback,
 }
 
 
@@ -58,14 +61,6 @@ def report(state) -> str:
     if isinstance(outcome, dict):
         return outcome.get("report") or f"Skipped: {outcome.get('skipped')}"
     return getattr(outcome, "report", None) or f"The tick failed: {outcome}"
-
-
-def step_flow(step: str):
-    """The step's flow, or None while its module is not in this install."""
-    module, name = STEP_FLOWS[step]
-    if importlib.util.find_spec(module) is None:
-        return None
-    return getattr(importlib.import_module(module), name)
 
 
 # Steps that run many tasks (a task per resource, a task per model).
@@ -89,17 +84,14 @@ def run_step(
     """Run one step as a subflow unless a step it needs did not complete or the breaker is open.
     Returns what became of it, and its result (counts) when it completed."""
     blocked = next((s for s in needs if s.status in (FAILED, HELD)), None)
-    the_flow = step_flow(step)
     result = None
     if blocked:
         outcome = Step(step, HELD, f"{blocked.name} {blocked.status}")
     elif held:
         outcome = Step(step, HELD, "circuit breaker")
-    elif the_flow is None:
-        outcome = Step(step, ABSENT, f"{STEP_FLOWS[step][0]} is not in this install yet")
     else:
         started = time.monotonic()
-        state = the_flow(return_state=True, **params)
+        state = STEP_FLOWS[step](return_state=True, **params)
         if step in SETTLE_AFTER:  # many tasks: let the server record them (flows/settle.py)
             settle(state.state_details.flow_run_id)
         seconds = time.monotonic() - started
@@ -138,7 +130,7 @@ def publish_summary(config: ClinicConfig, summary: Summary) -> dict:
     text = tick.markdown(summary)
     create_markdown_artifact(
         text,
-        key=f"tick-{config.clinic.replace('_', '-')}",
+        key=artifact_key("tick", config.clinic),
         description=f"Tick of {config.clinic}: steps, data freshness and counts",
     )
     return {**asdict(summary), "report": text}

@@ -1,7 +1,7 @@
 """Process-wide defaults that must be in place before Prefect is imported.
 
 Prefect's telemetry reaches for the internet and its ephemeral server needs more than the default
-20 s to start on a loaded 2-core box (../shared/reference/prefect.md §1). Values already in the
+20 s to start on a loaded 2-core box (docs/reference.md, Prefect). Values already in the
 environment win, so an operator can point at a real server with PREFECT_API_URL.
 """
 

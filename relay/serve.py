@@ -48,7 +48,7 @@ def prefect_server(
 ) -> Iterator[str]:
     """Run ``prefect server start`` on 127.0.0.1:port until the block ends; yields the API URL.
 
-    Stopped with SIGTERM (the server exits in a few seconds; ../shared/reference/prefect.md §2).
+    Stopped with SIGTERM (the server exits in a few seconds; docs/reference.md, Prefect).
     """
     if port_in_use(port):
         raise UserFacingError(
@@ -128,11 +128,7 @@ def tick_deployment(clinic: str, every: timedelta, name: str | None = None):
 
 
 def on_demand_deployments() -> list:
-    """Flows run by a person with parameters (the campaign), when they are in this install."""
-    import importlib.util
-
-    if importlib.util.find_spec("flows.campaign") is None:
-        return []
+    """Flows run by a person with parameters (the campaign)."""
     from flows.campaign import send_campaign
 
     return [send_campaign.to_deployment(name="demo-campaign", parameters={"clinic": "demo"})]

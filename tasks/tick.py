@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 import duckdb
 
 # Step outcomes, as the summary shows them.
-COMPLETED, FAILED, HELD, ABSENT = "completed", "failed", "held", "not installed"
+COMPLETED, FAILED, HELD = "completed", "failed", "held"
 
 
 @dataclass

@@ -4,6 +4,7 @@ injectable faults. See ``clinic`` for the data and its clock, ``app`` for the HT
 """
 
 from sandbox.cliniko.clinic import SandboxClinic
-from sandbox.cliniko.server import Faults, RateLimit, SandboxServer, Stats
+from sandbox.cliniko.controls import Faults, RateLimit, Stats
+from sandbox.cliniko.server import SandboxServer
 
 __all__ = ["Faults", "RateLimit", "SandboxClinic", "SandboxServer", "Stats"]

@@ -21,21 +21,20 @@ import asyncio
 import base64
 import binascii
 import math
+import random
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import urlencode
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from sandbox.cliniko.clinic import split_key
+from sandbox.cliniko.clinic import SandboxClinic, split_key
+from sandbox.cliniko.controls import Faults, RateLimit, Stats
 from sandbox.cliniko.spec import PARTITIONS, SPECS
 from sandbox.cliniko.store import BASE_BYTES, QueryError, parse_filter, parse_sort, query
-
-if TYPE_CHECKING:
-    from sandbox.cliniko.server import SandboxServer
 
 JSON = "application/json; charset=utf-8"
 NO_USER_AGENT = "A User-Agent header is required: name your application and a contact email."
@@ -48,10 +47,23 @@ def _json(status: int, payload: object, headers: dict[str, str] | None = None) -
     return Response(orjson.dumps(payload), status, headers, media_type=JSON)
 
 
+class Served(Protocol):
+    """What the app reads and turns on the server it answers for (a ``SandboxServer``)."""
+
+    clinic: SandboxClinic
+    shard: str
+    rate_limit: RateLimit | None
+    faults: Faults
+    fault_rng: random.Random
+    stats: Stats
+
+    def reset_stats(self) -> None: ...
+
+
 class ClinikoApp:
     """ASGI app over one ``SandboxServer`` (its clinic, limits, faults and stats)."""
 
-    def __init__(self, server: SandboxServer) -> None:
+    def __init__(self, server: Served) -> None:
         self.server = server
         self._windows: dict[str, tuple[int, int]] = {}  # key -> (window index, requests in it)
 
@@ -251,8 +263,6 @@ class ClinikoApp:
                 return _json(400, {"message": f"Bad seconds: {exc}"})
             return _json(200, {"now": server.clinic.now.isoformat(), "changes": changes})
         if action in ("faults", "rate_limit") and request.method == "POST":
-            from sandbox.cliniko.server import Faults, RateLimit  # server.py imports this module
-
             try:
                 settings = orjson.loads(await request.body() or b"null")
                 if action == "faults":

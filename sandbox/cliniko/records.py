@@ -1,4 +1,4 @@
-"""Payloads shaped like Cliniko's official examples (../shared/reference/cliniko-examples/).
+"""Payloads shaped like Cliniko's official examples (tests/fixtures/cliniko-examples/).
 
 Same field names and nesting; ids are strings; foreign keys are ``{"links": {"self": ...}}``
 written against the ``BASE`` placeholder. A few current-API fields the 2022 examples lack are

@@ -10,64 +10,13 @@ from __future__ import annotations
 import random
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 import uvicorn
 
 from sandbox.cliniko.app import ClinikoApp
 from sandbox.cliniko.clinic import SandboxClinic
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    """Cliniko's limit: ``per_window`` requests per key per fixed window (200 per 60 s).
-
-    Compress time for tests and benchmarks with a shorter window (e.g. 200 per 6 s)."""
-
-    per_window: int = 200
-    window_seconds: float = 60.0
-
-
-@dataclass(frozen=True)
-class Faults:
-    """Shares of requests answered badly: 5xx, slow, dropped connection, 200 with garbage."""
-
-    error_rate: float = 0.0
-    slow_rate: float = 0.0
-    slow_seconds: float = 1.0
-    drop_rate: float = 0.0
-    malformed_rate: float = 0.0
-    seed: int = 0
-
-
-@dataclass
-class Stats:
-    """What the server answered. ``log`` holds (monotonic time, path, status) per request;
-    status 0 means the connection was dropped without an answer."""
-
-    requests: int = 0
-    by_status: dict[int, int] = field(default_factory=dict)
-    by_path: dict[str, int] = field(default_factory=dict)
-    rate_limited: int = 0
-    log: list[tuple[float, str, int]] = field(default_factory=list)
-
-    def record(self, path: str, status: int) -> None:
-        self.requests += 1
-        self.by_status[status] = self.by_status.get(status, 0) + 1
-        self.by_path[path] = self.by_path.get(path, 0) + 1
-        if status == 429:
-            self.rate_limited += 1
-        self.log.append((time.monotonic(), path, status))
-
-    def as_dict(self) -> dict:
-        return {
-            "requests": self.requests,
-            "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
-            "by_path": dict(sorted(self.by_path.items())),
-            "rate_limited": self.rate_limited,
-            "log": [[round(t, 6), p, s] for t, p, s in self.log],
-        }
+from sandbox.cliniko.controls import Faults, RateLimit, Stats
 
 
 class SandboxServer:

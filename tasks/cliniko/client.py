@@ -1,6 +1,6 @@
 """The Cliniko API client: one page at a time, paced under the rate limit, retried when that helps.
 
-API reference: ../shared/reference/cliniko-api.md (https://docs.api.cliniko.com). What is odd here:
+API reference: https://docs.api.cliniko.com (facts we rely on: docs/reference.md). What is odd:
 - The key names its shard (``...-au2``); the host is ``api.<shard>.cliniko.com``. A key sent to the
   wrong shard gets 401, exactly like a wrong key, so the error says which shard the key names.
 - 200 requests/min per *user*, fixed window; over it, 429 with ``X-RateLimit-Reset`` (epoch seconds).

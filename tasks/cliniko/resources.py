@@ -1,6 +1,6 @@
 """The Cliniko resources we sync, as data: one row per resource, not a function each.
 
-API facts (../shared/reference/cliniko-api.md): list endpoints hide archived rows (and appointments
+API facts (docs/reference.md, Cliniko): list endpoints hide archived rows (and appointments
 hide cancelled ones) unless asked with ``q[]=<field>:*``; inactive practitioners live on their own
 path; ids are 64-bit integers sent as strings; foreign keys are links. Dimensions come before facts
 so an appointment never points at a type or practitioner we have not loaded.

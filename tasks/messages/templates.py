@@ -6,6 +6,12 @@ in the project's ``templates/``:
     <name>/subject.txt, <name>/body.html, <name>/body.txt     an email
     <name>/sms.txt                                             an SMS
 
+The example emails extend one layout, ``_layout/email.html`` (the HTML shell) and, for
+marketing, ``_layout/email.txt``: the unsubscribe footer is written there once and a template fills
+its ``content`` block (a transactional one overrides the ``footer`` block). A clinic's templates may
+extend it too, or override it in their own ``_layout/``; it is no template name of its own (a name
+starts with a letter or digit).
+
 Rules, checked when the configuration loads (every template is rendered against a sample context)
 and again on every real render:
 - a missing variable is an error (StrictUndefined), never a blank in a patient's message;

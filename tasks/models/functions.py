@@ -1,7 +1,7 @@
 """SQL helpers the models may call: macros for Cliniko's payload quirks, Python UDFs for phones
 and emails. Registered on every connection that builds or previews models.
 
-Cliniko quirks (../shared/reference/cliniko-api.md): empty values arrive as "" or null, foreign
+Cliniko quirks (docs/reference.md, Cliniko): empty values arrive as "" or null, foreign
 keys as {"links": {"self": ".../patients/82"}} (the id is the last path segment), 64-bit ids as
 strings. Phone numbers are read with ``phonenumbers`` in the clinic's country; emails are checked
 for syntax only with ``email-validator`` (no DNS: builds must not touch the network).

@@ -1,4 +1,4 @@
-"""Postmark through postmarker 1.0 (facts: ../shared/reference/providers.md §1).
+"""Postmark through postmarker 1.0 (https://postmarkapp.com/developer; facts: docs/reference.md).
 
 Odd things about this API and client, and what we do about them:
 - The batch endpoint answers HTTP 200 even when items fail: every item's ``ErrorCode`` is checked.

@@ -1,4 +1,4 @@
-"""Twilio Programmable Messaging through the twilio client 9.x (../shared/reference/providers.md §2).
+"""Twilio Programmable Messaging through the twilio client 9.x (facts: docs/reference.md).
 
 Odd things about this API and client, and what we do about them:
 - No base-URL setting: a redirecting http client sends every request to ``base_url`` instead

@@ -1,0 +1,63 @@
+"""The ``relay`` command: one entry point, a subcommand per job, read here as a table of contents.
+
+The commands live by group, one module each: ``pipeline`` (clinics, sync, models, feedback: the
+tick's steps by hand), ``demo`` (the sandbox and the demo), ``preview`` (see before switching on:
+preview, render), ``messages`` (outbox, campaigns, unsubscribes, the report) and ``server`` (the
+Prefect server and its alerts). A module imports ``tasks``, ``flows`` and ``sandbox`` inside each
+command so ``relay --help`` is instant; none imports this one.
+Errors meant for a person (bad config, bad key, busy database) are printed without a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+import relay  # noqa: F401  (applies the offline Prefect defaults first)
+from relay.cli import demo, messages, pipeline, preview, server
+
+app = typer.Typer(
+    name="relay",
+    help="Cliniko -> DuckDB -> lists and segments -> reminders and campaigns, on Prefect.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Cliniko -> DuckDB -> lists and segments -> reminders and campaigns, on Prefect."""
+
+
+# In the order `relay --help` lists them.
+app.command("clinics")(pipeline.clinics_command)
+app.command("sync")(pipeline.sync_command)
+app.command("serve")(server.serve_command)
+app.command("demo")(demo.demo_command)
+app.command("outbox")(messages.outbox_command)
+app.command("sandbox")(demo.sandbox_command)
+app.command("feedback")(pipeline.feedback_command)
+app.command("serve-unsubscribe")(messages.serve_unsubscribe_command)
+app.command("import-unsubscribes")(messages.import_unsubscribes_command)
+app.command("report")(messages.report_command)
+app.command("render")(preview.render_command)
+app.add_typer(server.alerts_app, name="alerts")
+app.add_typer(messages.campaign_app, name="campaign")
+app.add_typer(preview.preview_app, name="preview")
+app.add_typer(pipeline.models_app, name="models")
+
+
+def main() -> None:
+    from tasks.errors import UserFacingError
+
+    try:
+        app()
+    except UserFacingError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""The sandbox and the demo: a generated Cliniko clinic served locally, and the whole pipeline
+against it with no accounts."""
+
+from __future__ import annotations
+
+import typer
+
+from relay.cli.pipeline import print_sync
+
+
+def demo_command(
+    patients: int = typer.Option(500, help="Size of the generated sandbox clinic."),
+    seed: int = typer.Option(1, help="Seed of the generated clinic (same seed, same clinic)."),
+) -> None:
+    """The whole pipeline against the built-in Cliniko sandbox (no accounts needed).
+
+    Nothing leaves this machine; the demo database starts afresh each time."""
+    import os
+    from datetime import UTC, datetime, timedelta
+
+    from flows.sync import cliniko_sync
+    from sandbox.cliniko import RateLimit, SandboxClinic, SandboxServer
+    from tasks.cliniko.resources import RESOURCES
+    from tasks.config import load_clinic
+    from tasks.warehouse import open_db
+
+    demo_rate = 1200  # requests/min: Cliniko allows 200; the demo need not wait that long
+    config = load_clinic("demo")
+    for stale in (config.database_path, config.database_path.with_suffix(".duckdb.wal")):
+        stale.unlink(missing_ok=True)
+
+    typer.secho(f"1. Generating a sandbox Cliniko clinic ({patients} patients)", bold=True)
+    clinic = SandboxClinic.generate(
+        seed=seed, patients=patients, start=datetime.now(UTC).replace(second=0, microsecond=0)
+    )
+    limit = RateLimit(per_window=demo_rate, window_seconds=60.0)
+    with SandboxServer(clinic, rate_limit=limit, auto_advance_speed=60) as server:
+        typer.echo(f"   serving it at {server.base_url} (its clock runs 60x real time)")
+        os.environ.update(
+            CLINIKO_API_KEY=clinic.api_key,
+            CLINIKO_BASE_URL=server.base_url,
+            CLINIKO_CONTACT="demo@localhost",
+            CLINIKO_REQUESTS_PER_MINUTE=str(demo_rate),
+        )
+
+        typer.secho("2. Full sync into DuckDB (first run: every row)", bold=True)
+        print_sync(cliniko_sync(clinic="demo"))
+
+        changes = clinic.advance(timedelta(minutes=5))
+        happened = ", ".join(f"{kind.replace('_', ' ')} {n}" for kind, n in changes.items() if n)
+        typer.secho("3. Five minutes later in the clinic: " + (happened or "nothing"), bold=True)
+
+        typer.secho("4. A tick: the whole pipeline once, as the schedule runs it", bold=True)
+        from flows.tick import clinic_tick, report
+
+        typer.echo(report(clinic_tick(clinic="demo", return_state=True)))
+
+        _demo_sending(clinic)
+
+    with open_db(config.database_path, read_only=True) as con:
+        held = {
+            r.name: con.execute(
+                f"SELECT count(*) FROM {r.table} WHERE removed_at IS NULL"
+            ).fetchone()[0]
+            for r in RESOURCES
+        }
+    typer.secho(f"Done. {config.database_path} now holds:", bold=True)
+    typer.echo("  " + ", ".join(f"{n} {name}" for name, n in held.items()))
+
+
+def _demo_sending(clinic) -> None:
+    """The demo's last step: the triggers went live in the tick; an hour of the (sandbox)
+    clinic later, what has come due is planned and sent to the local outbox."""
+    from datetime import timedelta
+
+    from flows.dispatch import dispatch_messages
+    from flows.journeys import run_journeys
+    from flows.models import build_models
+    from flows.plan import plan_messages
+    from flows.sync import cliniko_sync
+    from tasks.config import load_clinic
+    from tasks.providers.outbox import outbox_dir
+    from tasks.warehouse import open_db
+
+    clinic.advance(timedelta(hours=1))
+    later = clinic.now
+    typer.secho("5. An hour later in the clinic: sync, models, plan, send what is due", bold=True)
+    cliniko_sync(clinic="demo")
+    build_models(clinic="demo")
+    planned = plan_messages(clinic="demo", now=later)
+    journeyed = run_journeys(clinic="demo", now=later)["journeys"]
+    sent = dispatch_messages(clinic="demo", now=later)
+    typer.echo(f"   planning: {planned['totals'] or 'nothing new'}; sending: {sent['counts']}")
+    typer.echo(
+        f"   journeys: {', '.join(f'{j} {c}' for j, c in journeyed.items() if c) or 'no entries yet'}"
+    )
+    config = load_clinic("demo")
+    with open_db(config.database_path, read_only=True) as con:
+        counts = con.execute(
+            "SELECT source_name, status, count(*) FROM state.messages GROUP BY ALL ORDER BY ALL"
+        ).fetchall()
+    for name, status, n in counts:
+        typer.echo(f"   {name:<26} {status:<10} {n:>5}")
+    typer.echo(f"   the outbox: {outbox_dir(config.clinic) / 'index.html'} (relay outbox lists it)")
+
+
+def sandbox_command(
+    port: int = typer.Option(8765, help="Port on 127.0.0.1 (0 picks a free one)."),
+    seed: int = typer.Option(1, help="Same seed and size, same clinic."),
+    patients: int = typer.Option(500, help="Size of the generated clinic."),
+    speed: float = typer.Option(None, help="Run the clinic's clock at this many times real time."),
+    rate_limit: int = typer.Option(None, help="Requests per minute per key (Cliniko: 200)."),
+) -> None:
+    """Serve a generated Cliniko clinic (the sandbox API) until Ctrl-C."""
+    from sandbox.cliniko.__main__ import serve
+
+    def announce(server) -> None:
+        typer.echo(f"Cliniko sandbox: {server.base_url}")
+        typer.echo(f"API key:         {server.clinic.api_key}")
+        typer.echo(f"Admin:           {server.admin_url}/stats, /advance?seconds=N, /faults (POST)")
+        typer.echo("Ctrl-C stops it.")
+
+    serve(announce, port=port, seed=seed, patients=patients, speed=speed, rate_limit=rate_limit)

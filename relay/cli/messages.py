@@ -1,0 +1,233 @@
+"""What was sent and what came back: the local outbox, campaigns, unsubscribes and the report."""
+
+from __future__ import annotations
+
+import typer
+
+
+def outbox_command(
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<clinic>/clinic.yaml)."),
+    limit: int = typer.Option(20, help="How many of the newest messages to list."),
+    open_: str = typer.Option(
+        None, "--open", help="Open one message: its send key (or the start of its file name)."
+    ),
+) -> None:
+    """List the messages the local outbox holds (newest first), or open one."""
+    import webbrowser
+
+    from tasks.config import load_clinic
+    from tasks.errors import UserFacingError
+    from tasks.providers.outbox import list_messages, outbox_dir, write_index
+
+    folder = outbox_dir(load_clinic(clinic).clinic)
+    messages = list_messages(folder)
+    if open_:
+        match = [m for m in messages if m["send_key"] == open_ or m["stem"].startswith(open_)]
+        if len(match) != 1:
+            raise UserFacingError(
+                f"{len(match)} outbox messages match {open_!r}; give a full send key "
+                "(listed by 'relay outbox')."
+            )
+        path = folder / match[0]["file"]
+        typer.echo(str(path))
+        webbrowser.open(path.as_uri())
+        return
+    index = write_index(folder)
+    # Send keys and file names only: subjects and addresses stay in the files.
+    for m in messages[:limit]:
+        typer.echo(
+            f"{m['written_at'][:19]}  {m['channel']:5}  {m['send_key']}  {folder / m['file']}"
+        )
+    typer.echo(f"{len(messages)} messages in {folder}; all of them: {index}")
+
+
+campaign_app = typer.Typer(
+    help="One-off marketing sends to a segment: preview, then send with --confirm.",
+    no_args_is_help=True,
+)
+
+
+@campaign_app.command("preview")
+def campaign_preview_command(
+    name: str = typer.Argument(..., help="The campaign's name under campaigns: in clinic.yaml."),
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<name>/clinic.yaml)."),
+    sample: int = typer.Option(5, help="How many recipients to show."),
+) -> None:
+    """Who would get it, and how it reads. Nothing is queued or written. The sample is shown on
+    this terminal only."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from tasks.config import load_clinic
+    from tasks.marketing import campaigns
+    from tasks.messages.gate import Gate
+    from tasks.messages.templates import RenderedEmail
+    from tasks.models import runner as models
+    from tasks.warehouse import open_db
+
+    config = load_clinic(clinic)
+    campaign = campaigns.find(config, name)
+    with open_db(config.database_path) as con:
+        models.require_good_build(con)
+        p = campaigns.preview(con, config, name, datetime.now(UTC), sample_size=sample)
+    local = p.send_at.astimezone(ZoneInfo(config.time_zone))
+    minutes = -(-p.audience // campaign.per_minute)
+    typer.secho(f"Campaign {p.campaign}: {p.channel} '{p.template}' to segment {p.segment}", bold=True)  # fmt: skip
+    typer.echo(f"  send at     {local:%Y-%m-%d %H:%M} {config.time_zone} ({p.send_at:%H:%M} UTC)")
+    typer.echo(f"  segment     {p.segment_size} patients")
+    typer.echo(f"  not on the {p.channel} marketing list: {p.not_on_list}; suppressed since: {p.suppressed}")  # fmt: skip
+    typer.echo(f"  audience    {p.audience} messages, at most {campaign.per_minute} a minute "
+               f"(about {minutes} min); the frequency cap may hold some back")  # fmt: skip
+    typer.echo(f"  status      {p.status}" + (f"; messages: {p.ledger}" if p.ledger else ""))
+    if p.channel == "sms" and Gate.from_config(config).is_quiet(p.send_at):
+        typer.secho(
+            "  send_at is in the quiet hours: every message waits for their end and then goes "
+            "at once; schedule an SMS campaign in the day to keep its throttle.",
+            fg=typer.colors.YELLOW,
+        )
+    if p.sample:
+        typer.secho("Sample (this terminal only):", bold=True)
+        for patient_id, first_name, address in p.sample:
+            typer.echo(f"  patient {patient_id:<10} {first_name:<16} {address}")
+    if p.template_problem:
+        typer.secho(f"The template does not render: {p.template_problem}", fg=typer.colors.RED)
+    elif isinstance(p.rendered, RenderedEmail):
+        typer.echo(f"  subject     {p.rendered.subject}")
+    elif p.rendered is not None:
+        typer.echo(f"  text        {p.rendered.text}")
+    if p.status == "draft":
+        typer.echo(f"To send it: relay campaign send {name} --clinic {clinic} --confirm")
+
+
+@campaign_app.command("send")
+def campaign_send_command(
+    name: str = typer.Argument(..., help="The campaign's name under campaigns: in clinic.yaml."),
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<name>/clinic.yaml)."),
+    confirm: bool = typer.Option(
+        False, "--confirm", help="Required: yes, send this campaign (once; it cannot be undone)."
+    ),
+) -> None:
+    """Confirm a campaign: its audience is frozen into the ledger at its send time (now if that
+    has passed) and dispatch sends it, throttled. A campaign is confirmed once."""
+    if not confirm:
+        typer.secho(
+            f"Nothing sent. Check it with `relay campaign preview {name} --clinic {clinic}`, "
+            "then add --confirm to send it.",
+            fg=typer.colors.YELLOW,
+        )
+        raise typer.Exit(1)
+    from flows.campaign import send_campaign
+
+    result = send_campaign(clinic=clinic, campaign=name, confirm=True)
+    typer.echo(
+        f"Confirmed {name} ({result['confirmation_id']}): {result['audience']} recipients; "
+        + (
+            f"{result['queued']} messages queued; dispatch sends them, "
+            f"throttled, from the next tick."
+            if result["queued"] is not None
+            else f"the audience is frozen and sent from {result['preview']['send_at']}."
+        )
+    )
+
+
+@campaign_app.command("cancel")
+def campaign_cancel_command(
+    name: str = typer.Argument(...),
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<name>/clinic.yaml)."),
+) -> None:
+    """Stop a confirmed campaign: nothing more of it goes (what went, went)."""
+    from datetime import UTC, datetime
+
+    from tasks.config import load_clinic
+    from tasks.marketing import campaigns
+    from tasks.warehouse import open_db
+
+    config = load_clinic(clinic)
+    with open_db(config.database_path) as con:
+        cancelled = campaigns.cancel(con, name, datetime.now(UTC))
+    typer.echo(f"Cancelled {name}: {cancelled} planned messages will not be sent.")
+
+
+def serve_unsubscribe_command(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (put HTTPS in front)."),
+    port: int = typer.Option(8765, help="Port; providers.unsubscribe_url must reach it."),
+    clinic: list[str] = typer.Option(None, help="Clinics to serve (repeat); default: all."),
+) -> None:
+    """The unsubscribe endpoint marketing email links to: a confirmation page (GET) and RFC 8058
+    one-click unsubscribe (POST). Ctrl-C stops it."""
+    import uvicorn
+
+    from tasks.config import list_clinics, load_clinic
+    from tasks.unsubscribe.app import create_app
+
+    configs = {c.clinic: c for c in (load_clinic(name) for name in clinic or list_clinics())}
+    for config in configs.values():
+        typer.echo(f"  {config.clinic}: links {config.providers.unsubscribe_url}/<token>")
+    typer.echo(f"Serving unsubscribes on http://{host}:{port}")
+    uvicorn.run(create_app(configs), host=host, port=port, log_level="warning", access_log=False)
+
+
+def import_unsubscribes_command(
+    file: str = typer.Argument(..., help="CSV file, e.g. a Mailchimp 'unsubscribed' export."),
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<clinic>/clinic.yaml)."),
+    skip_invalid: bool = typer.Option(
+        False, "--skip-invalid", help="Import the valid addresses even if some are invalid."
+    ),
+) -> None:
+    """Unsubscribe every address in the file's email column from marketing email. All or
+    nothing: an invalid address stops the import (its line is named) unless --skip-invalid."""
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from tasks.config import load_clinic
+    from tasks.feedback import import_unsubscribes
+    from tasks.warehouse import open_db
+
+    config = load_clinic(clinic)
+    with open_db(config.database_path) as con:
+        result = import_unsubscribes(con, Path(file), datetime.now(UTC), skip_invalid=skip_invalid)
+    typer.echo(f"  email column: {result.column}")
+    for name, n in result.as_dict().items():
+        typer.echo(f"  {name.replace('_', ' '):<22}{n:>8}")
+    if result.invalid_lines:
+        typer.echo(f"  invalid on lines: {', '.join(map(str, result.invalid_lines[:20]))}")
+
+
+def report_command(
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<clinic>/clinic.yaml)."),
+    days: int = typer.Option(30, min=1, max=3650, help="Days up to and including today."),
+    out: str = typer.Option("report.html", help="HTML file to write (open it in a browser)."),
+) -> None:
+    """Messages per trigger, journey and campaign per day; sent, bounced, failed, skipped and
+    why; list growth and churn; suppressions. Counts only, with charts."""
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    import duckdb
+
+    from tasks.config import load_clinic
+    from tasks.errors import UserFacingError
+    from tasks.reports import build_report, render_html
+    from tasks.warehouse import open_db
+
+    config = load_clinic(clinic)
+    now = datetime.now(UTC)
+    if not config.database_path.exists():
+        raise UserFacingError(f"No database at {config.database_path}: run a tick or a sync first.")
+    with open_db(config.database_path, read_only=True) as con:
+        try:
+            report = build_report(con, config.clinic, config.time_zone, days, now)
+        except duckdb.CatalogException:
+            raise UserFacingError(
+                f"{config.database_path} lacks the feedback tables (it predates them): run "
+                f"`relay feedback --clinic {config.clinic}` once, then the report."
+            ) from None
+    path = Path(out)
+    path.write_text(render_html(report, config.name, now), encoding="utf-8")
+    totals = report.per_day()
+    sent = sum(d["sent"] for d in totals.values())
+    typer.echo(f"  {report.first_day} to {report.last_day}: {sent} sent, "
+               f"{sum(d['bounced'] for d in totals.values())} bounced, "
+               f"{sum(d['failed'] for d in totals.values())} failed, "
+               f"{sum(d['skipped'] for d in totals.values())} skipped")  # fmt: skip
+    typer.echo(f"  wrote {path.resolve()}")

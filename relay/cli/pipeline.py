@@ -1,0 +1,126 @@
+"""The tick's steps by hand: the configured clinics, the sync, the SQL models, the feedback pull."""
+
+from __future__ import annotations
+
+import typer
+
+
+def clinics_command() -> None:
+    """List the configured clinics and check each configuration file."""
+    from tasks.config import ConfigError, list_clinics, load_clinic
+
+    failed = False
+    for name in list_clinics():
+        try:
+            cfg = load_clinic(name)
+        except ConfigError as exc:
+            failed = True
+            typer.secho(f"{name}: {exc}", fg=typer.colors.RED)
+            continue
+        typer.echo(f"{cfg.clinic}: {cfg.name} ({cfg.time_zone}) -> {cfg.database_path}")
+    if failed:
+        raise typer.Exit(2)
+
+
+def sync_command(
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<name>/clinic.yaml)."),
+    reconcile: bool = typer.Option(
+        False, "--reconcile", help="Also list every id and mark rows deleted in Cliniko."
+    ),
+) -> None:
+    """Bring the clinic's DuckDB copy of Cliniko up to date (the cliniko-sync flow)."""
+    from flows.sync import cliniko_sync
+
+    print_sync(cliniko_sync(clinic=clinic, reconcile=reconcile))
+
+
+def print_sync(counts: dict[str, dict]) -> None:
+    """Counts per resource: never a record's content."""
+    typer.echo(f"  {'resource':<24}{'new':>8}{'updated':>9}{'quarant.':>9}{'removed':>9}"
+               f"{'requests':>10}{'429s':>6}  watermark")  # fmt: skip
+    for name, c in counts.items():
+        typer.echo(
+            f"  {name:<24}{c['new']:>8}{c['updated']:>9}{c['quarantined']:>9}{c['removed']:>9}"
+            f"{c['requests']:>10}{c['rate_limited']:>6}  {c['watermark'] or '-'}"
+        )
+    typer.echo(f"  {sum(c['requests'] for c in counts.values())} requests in all")
+
+
+def feedback_command(
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<clinic>/clinic.yaml)."),
+) -> None:
+    """Pull bounces, provider suppressions, STOP/START replies and unsubscribe clicks now (the
+    feedback flow; the tick runs it every time)."""
+    from flows.feedback import pull_feedback
+
+    counts = pull_feedback(clinic=clinic)
+    for name, n in sorted(counts.items()):
+        typer.echo(f"  {name:<36}{n:>8}")
+    typer.echo("  nothing new" if not counts else f"  {sum(counts.values())} items recorded")
+
+
+models_app = typer.Typer(
+    help="The SQL models in sql/: build them into the clinic's database, and test them.",
+    no_args_is_help=True,
+)
+
+
+@models_app.command("build")
+def models_build_command(
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<clinic>/clinic.yaml)."),
+    full_refresh: bool = typer.Option(
+        False, "--full-refresh", help="Rebuild incremental models from all raw rows."
+    ),
+) -> None:
+    """Build every model, run the data tests and record who joined or left each list and
+    segment: all or nothing. A failure names the file and keeps the last good models."""
+    from tasks.config import load_clinic
+    from tasks.models import runner as models
+    from tasks.warehouse import open_db
+
+    config = load_clinic(clinic)
+    with open_db(config.database_path) as con:
+        result = models.build(
+            con, models.ListSettings.from_config(config), full_refresh=full_refresh
+        )
+        statuses = con.execute(
+            "SELECT status, count(*) FROM marts.email_marketing_list GROUP BY ALL ORDER BY 2 DESC"
+        ).fetchall()
+        by_limit = con.execute(
+            "SELECT active_patient_limit, list_size, is_current_setting "
+            "FROM marts.list_size_by_limit"
+        ).fetchall()
+    typer.echo(
+        f"Built {len(result.rows)} models for {clinic} ({result.build_id}); "
+        f"{result.tests_passed} data tests passed."
+    )
+    typer.echo("Email marketing list: " + ", ".join(f"{s} {n}" for s, n in statuses))
+    typer.echo(
+        "  size under each active-patient limit (months): "
+        + ", ".join(f"{limit}{'*' if current else ''} {size}" for limit, size, current in by_limit)
+        + "   (* = clinic.yaml)"
+    )
+    typer.echo("Audience sizes, joined and left since the last build:")
+    for audience, counts in result.audiences.items():
+        typer.echo(f"  {audience:<45} {counts['size']:>8}  +{counts['joined']} -{counts['left']}")
+
+
+@models_app.command("test")
+def models_test_command(
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<clinic>/clinic.yaml)."),
+) -> None:
+    """Run sql/tests/*.sql against the models as last built (reads only)."""
+    from tasks.config import load_clinic
+    from tasks.models import runner as models
+    from tasks.warehouse import open_db
+
+    config = load_clinic(clinic)
+    with open_db(config.database_path, read_only=True) as con:
+        failures = models.run_tests(con)
+    for file, rows in failures.items():
+        if rows:
+            typer.secho(f"FAIL {file}: {rows} offending row(s)", fg=typer.colors.RED)
+        else:
+            typer.echo(f"ok   {file}")
+    if any(failures.values()):
+        raise typer.Exit(1)

@@ -1,0 +1,172 @@
+"""See before switching on: a trigger's calendar, a segment's members, one patient's message.
+Reads only; writes nothing but the rendered files."""
+
+from __future__ import annotations
+
+import typer
+
+preview_app = typer.Typer(
+    help="See before switching on: who would get what, and when. Reads only; writes nothing.",
+    no_args_is_help=True,
+)
+
+
+@preview_app.command("trigger")
+def preview_trigger_command(
+    name: str = typer.Argument(..., help="The trigger's name under triggers: in clinic.yaml."),
+    days: float = typer.Option(7, help="How many days ahead to show."),
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<name>/clinic.yaml)."),
+    limit: int = typer.Option(100, help="At most this many rows of the calendar (0: all)."),
+) -> None:
+    """The calendar of a trigger's messages: when, to whom, about which appointment, and whether
+    it would go or be skipped (and why). A trigger that is not live yet is shown as if switched
+    on now. Names and addresses are shown on this terminal only."""
+    config, trigger = _clinic_and_trigger(clinic, name)
+    _print_calendar(config, trigger, days, limit)
+
+
+def _clinic_and_trigger(clinic: str, name: str):
+    """The clinic's configuration and its trigger ``name``; an unknown name lists the known ones."""
+    from tasks.config import load_clinic
+    from tasks.errors import UserFacingError
+
+    config = load_clinic(clinic)
+    trigger = next((t for t in config.triggers if t.name == name), None)
+    if trigger is None:
+        known = ", ".join(t.name for t in config.triggers) or "none"
+        raise UserFacingError(f"No trigger '{name}' in {config.source}. Triggers: {known}.")
+    return config, trigger
+
+
+def _print_calendar(config, trigger, days: float, limit: int) -> None:
+    """The trigger's messages over the next ``days``, as if it were live now."""
+    from collections import Counter
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from tasks.models import runner as models
+    from tasks.triggers import plan as planning
+    from tasks.warehouse import open_db
+
+    now = datetime.now(UTC)
+    zone = ZoneInfo(config.time_zone)
+    with open_db(config.database_path, read_only=True) as con:
+        models.require_good_build(con)
+        went_live, rows = planning.preview(con, trigger, now, days)
+        typos = planning.unknown_references(con, trigger)
+    if went_live < now:
+        state = "live"
+    elif trigger.enabled:
+        state = "enabled: goes live at the next tick (shown as if now)"
+    else:
+        state = "not enabled: shown as if switched on now"
+    typer.secho(
+        f"Trigger {trigger.name}: {trigger.channel} '{trigger.template}' ({trigger.purpose}), "
+        f"{trigger.event}, {trigger.timing}; {state}",
+        bold=True,
+    )
+    typer.echo(f"  went live   {went_live.astimezone(zone):%Y-%m-%d %H:%M} {config.time_zone}")
+    for typo in typos:
+        typer.secho(f"  warning: {typo}", fg=typer.colors.YELLOW)
+    decisions = Counter(r.decision.split(":")[0].split(" (")[0] for r in rows)
+    typer.echo(
+        f"  next {days:g} days: {len(rows)} messages"
+        + (f" ({', '.join(f'{n} {d}' for d, n in decisions.most_common())})" if rows else "")
+    )
+    for r in rows[: limit or None]:
+        c = r.candidate
+        who = (
+            f"{c['preferred_first_name'] or c['first_name'] or '?'} {c['last_name'] or ''}".strip()
+        )
+        about = (
+            f"{c['appointment_type_name']} {c['starts_at'].astimezone(zone):%a %d %b %H:%M}"
+            if c["starts_at"] is not None
+            else "-"
+        )
+        typer.echo(
+            f"  {r.due_at.astimezone(zone):%a %d %b %H:%M}  patient {r.patient_id:<19} "
+            f"{who[:22]:<22} {str(c['address'] or '-')[:28]:<28} {about[:44]:<44} {r.decision}"
+        )
+    if limit and len(rows) > limit:
+        typer.echo(f"  ... {len(rows) - limit} more (--limit 0 shows all)")
+    typer.echo(
+        "Nothing was written." + ("" if trigger.enabled else " Switch it on with enabled: true.")
+    )
+
+
+@preview_app.command("segment")
+def preview_segment_command(
+    name: str = typer.Argument(..., help="The segment: sql/segments/<name>.sql."),
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<clinic>/clinic.yaml)."),
+    sample: int = typer.Option(10, help="How many members to show."),
+) -> None:
+    """A segment's size, who would join or leave it compared with the last build, and a sample,
+    from its file as it stands now. Nothing is written; names and emails stay on this terminal."""
+    from tasks.config import load_clinic
+    from tasks.models import runner as models
+    from tasks.warehouse import open_db
+
+    config = load_clinic(clinic)
+    with open_db(config.database_path, read_only=True) as con:
+        models.require_good_build(con)
+        p = models.preview_segment(con, name, sample_size=sample)
+    typer.secho(f"{p.relation}: {p.size} patients", bold=True)
+    typer.echo(f"  on the email marketing list {p.on_email_list}; on the SMS list {p.on_sms_list}")
+    if p.recorded:
+        typer.echo(f"  since the last build: {p.joined} would join, {p.left} would leave")
+    else:
+        typer.echo("  new segment: its first build records these as initial members (no entries)")
+    if p.sample:
+        typer.secho("Sample (this terminal only):", bold=True)
+        for patient_id, greeting, email in p.sample:
+            typer.echo(f"  patient {patient_id:<12} {greeting or '':<16} {email or ''}")
+
+
+def render_command(
+    trigger_name: str = typer.Argument(..., metavar="TRIGGER", help="A trigger in clinic.yaml."),
+    patient: int = typer.Option(..., "--patient", help="The patient's Cliniko id."),
+    appointment: int = typer.Option(
+        None,
+        "--appointment",
+        help="Which of their appointments (default: the next one the "
+        "trigger applies to, else the latest).",
+    ),
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<name>/clinic.yaml)."),
+    out: str = typer.Option(None, help="Folder for the files (default: data/previews/<clinic>)."),
+) -> None:
+    """Render a trigger's message for one patient into files a person can open (.eml and .html
+    for email, .txt for SMS). Nothing is sent or recorded."""
+    from datetime import UTC, datetime
+    from email.utils import formataddr
+    from pathlib import Path
+
+    from relay.env import data_dir
+    from tasks.messages.templates import Templates, render_to_file
+    from tasks.models import runner as models
+    from tasks.triggers import plan as planning
+    from tasks.warehouse import open_db
+
+    config, trigger = _clinic_and_trigger(clinic, trigger_name)
+    with open_db(config.database_path, read_only=True) as con:
+        models.require_good_build(con)
+        address, context, used = planning.context_for_patient(
+            con, config, trigger, patient, datetime.now(UTC), appointment
+        )
+    marketing = trigger.purpose == "marketing"
+    if marketing and trigger.channel == "email":
+        context["unsubscribe_url"] = config.providers.unsubscribe_url.rstrip("/") + "/PREVIEW"
+    sender = config.providers.sender
+    path = render_to_file(
+        Templates(config.folder),
+        trigger.template,
+        trigger.channel,
+        context,
+        Path(out) if out else data_dir() / "previews" / config.clinic,
+        marketing=marketing,
+        to=address or f"(no {'email' if trigger.channel == 'email' else 'mobile'} on file)",
+        sender=formataddr((sender.name or config.name, sender.email))
+        if trigger.channel == "email"
+        else sender.name or config.name,
+    )
+    typer.echo(f"Rendered {trigger.name} for patient {patient}, {used}:")
+    typer.echo(f"  {path.resolve()}")

@@ -1,0 +1,48 @@
+"""The Prefect server with the demo ticking on it, and the alerts that tell a person when runs
+need them."""
+
+from __future__ import annotations
+
+import typer
+
+
+def serve_command(
+    port: int = typer.Option(4200, help="Port of the Prefect server and its UI on 127.0.0.1."),
+    every: float = typer.Option(2.0, help="Minutes between the demo clinic's ticks."),
+    patients: int = typer.Option(500, help="Size of the generated sandbox clinic."),
+    seed: int = typer.Option(1, help="Seed of the generated clinic."),
+    speed: float = typer.Option(10.0, help="How much faster than real time the sandbox runs."),
+) -> None:
+    """Prefect server + UI, the sandbox Cliniko with its clock running, and the demo clinic's
+    ticks on a schedule: open the UI and watch. Starts from a fresh demo database; Ctrl-C stops
+    everything."""
+    from relay.serve import serve_demo
+
+    serve_demo(port, every, patients, seed, speed, typer.echo)
+
+
+alerts_app = typer.Typer(help="Notifications when runs fail or the data goes stale.")
+
+
+@alerts_app.command("create")
+def alerts_create_command(
+    webhook_url: str = typer.Option(
+        ..., help="Where notifications are POSTed as JSON {subject, body} (Slack, ntfy, ...)."
+    ),
+    block: str = typer.Option("relay-alerts", help="Name of the notification block to save."),
+    quiet_minutes: int = typer.Option(30, help="Alert when no tick completed for this long."),
+) -> None:
+    """Create (or replace) the Prefect automations that notify on failed or crashed runs, on a
+    stale or failed sync, and when ticks stop. Needs PREFECT_API_URL (a running server)."""
+    import os
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise typer.BadParameter(
+            "set PREFECT_API_URL to your Prefect server (e.g. http://127.0.0.1:4200/api); "
+            "automations live on the server"
+        )
+    from relay.alerts import create_alerts
+
+    for name in create_alerts(webhook_url, block, quiet_minutes):
+        typer.echo(f"created automation: {name}")
+    typer.echo(f"notifications go through the CustomWebhookNotificationBlock '{block}'")
