@@ -705,6 +705,29 @@ def test_planning_refuses_to_run_before_any_model_build(clinic):
         planning.plan(clinic.con, clinic.config, NOW)
 
 
+def test_a_mart_built_before_is_kept_existed_has_it_filled_for_every_row_on_the_next_build(
+    clinic, tmp_path
+):
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW - 3 * DAY, arrived=True)
+    clinic.appointment(11, 1, NOW + 3 * DAY)
+    clinic.appointment(12, 1, NOW + 4 * DAY, cancelled=NOW - DAY)
+    before = tmp_path / "sql"
+    shutil.copytree(MODELS_DIR, before, symlinks=True)
+    mart = before / "marts" / "appointments.sql"
+    sql = mart.read_text()
+    mart.unlink()
+    mart.write_text(sql.replace("        numbered.is_kept,\n", ""))
+    models.build(clinic.con, models.ListSettings(), sql_dir=before, now=NOW)
+    columns = [r[0] for r in clinic.con.execute("DESCRIBE marts.appointments").fetchall()]
+    assert "is_kept" not in columns
+    clinic.build(NOW + MIN)  # the mart's SQL changed: rebuilt in full, not merged
+    kept = clinic.con.execute(
+        "SELECT appointment_id, is_kept FROM marts.appointments ORDER BY appointment_id"
+    ).fetchall()
+    assert kept == [(10, True), (11, True), (12, False)]
+
+
 # --- prepare (just before sending) and preview ------------------------------------------------------
 
 
