@@ -501,7 +501,7 @@ def preview_trigger_command(
     from tasks.config import load_clinic
     from tasks.errors import UserFacingError
     from tasks.models import runner as models
-    from tasks.triggers import plan as planning
+    from tasks.triggers import preview as planning
     from tasks.warehouse import open_db
 
     config = load_clinic(clinic)
@@ -579,7 +579,7 @@ def render_command(
     from tasks.errors import UserFacingError
     from tasks.messages.templates import Templates, render_to_file
     from tasks.models import runner as models
-    from tasks.triggers import plan as planning
+    from tasks.triggers import preview as planning
     from tasks.warehouse import open_db
 
     config = load_clinic(clinic)

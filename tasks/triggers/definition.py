@@ -31,7 +31,7 @@ patient_created        the patient was created             patient not archived
 
 Filters are OR within a kind and AND across kinds. Names are matched without regard to case or
 surrounding spaces; a number is a Cliniko id. Nothing here reaches SQL as text: the planner
-(tasks/triggers/plan.py) binds every value as a parameter.
+(tasks/triggers/query.py) binds every value as a parameter.
 """
 
 from __future__ import annotations
