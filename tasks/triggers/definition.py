@@ -252,7 +252,7 @@ class Trigger(_Strict):
 
     @property
     def fingerprint(self) -> str:
-        """What decides who gets it and when: a change re-dates the go-live (see planning.py).
+        """What decides who gets it and when: a change re-dates the go-live (see plan.py).
 
         The name, description, template and enabled flag are left out: wording and switching
         are not a new definition.
