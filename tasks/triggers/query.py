@@ -177,19 +177,19 @@ counts AS (
 
 FUTURE_APPOINTMENT = """\
 WHEN EXISTS (
-        SELECT 1 FROM marts.appointments f
-        WHERE f.patient_id = w.patient_id AND f.is_kept AND f.starts_at > $now
-          AND f.patient_id IN (SELECT patient_id FROM windowed)
-          AND f.appointment_id IS DISTINCT FROM w.appointment_id AND {exclusions})
-        THEN 'a future appointment is booked'"""
+            SELECT 1 FROM marts.appointments f
+            WHERE f.patient_id = w.patient_id AND f.is_kept AND f.starts_at > $now
+              AND f.patient_id IN (SELECT patient_id FROM windowed)
+              AND f.appointment_id IS DISTINCT FROM w.appointment_id AND {exclusions})
+            THEN 'a future appointment is booked'"""
 
 REBOOKED = """\
 WHEN EXISTS (
-        SELECT 1 FROM marts.appointments f
-        WHERE f.patient_id = w.patient_id AND f.is_kept
-          AND f.patient_id IN (SELECT patient_id FROM windowed)
-          AND f.created_at > coalesce(w.cancelled_at, w.starts_at) AND {exclusions})
-        THEN 'rebooked since cancelling'"""
+            SELECT 1 FROM marts.appointments f
+            WHERE f.patient_id = w.patient_id AND f.is_kept
+              AND f.patient_id IN (SELECT patient_id FROM windowed)
+              AND f.created_at > coalesce(w.cancelled_at, w.starts_at) AND {exclusions})
+            THEN 'rebooked since cancelling'"""
 
 IN_WINDOW = "due_us >= $went_live_us AND due_us <= $until_us AND expires_us > $now_us"
 
