@@ -59,12 +59,12 @@ def _tick(db: Path, config, now) -> tuple[float, dict]:
 
 def _prepare(db: Path, config, now) -> tuple[float, int]:
     from tasks.messages import ledger
-    from tasks.triggers import plan as planning
+    from tasks.triggers.prepare import Preparer
     from tasks.warehouse import open_db
 
     with open_db(db) as con:
         started = time.perf_counter()
-        preparer = planning.Preparer(con, config, clock=lambda: now)
+        preparer = Preparer(con, config, clock=lambda: now)
         due = ledger.due(con, now, limit=1_000_000)
         for row in due:
             preparer(row)

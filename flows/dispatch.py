@@ -21,6 +21,7 @@ from tasks.marketing import journeys
 from tasks.messages.dispatch import dispatch_for_clinic
 from tasks.messages.gate import Gate
 from tasks.triggers import plan as planning
+from tasks.triggers.prepare import Preparer
 from tasks.warehouse import open_db
 
 
@@ -31,7 +32,7 @@ def recheck_planned(con, config: ClinicConfig, now: datetime) -> dict:
 
 @task(cache_policy=NONE)
 def send_due(con, config: ClinicConfig, clock: Callable[[], datetime]) -> dict:
-    triggers = planning.Preparer(con, config, clock=clock)
+    triggers = Preparer(con, config, clock=clock)
     prepare = journeys.prepare_marketing(con, config, triggers=triggers)
     gate = Gate.from_config(config)  # frequency cap and quiet hours for marketing
     result = dispatch_for_clinic(con, config, prepare, clock=clock, gate=gate)

@@ -17,10 +17,18 @@ def preview_trigger_command(
     days: float = typer.Option(7, help="How many days ahead to show."),
     clinic: str = typer.Option("demo", help="Clinic name (clinics/<name>/clinic.yaml)."),
     limit: int = typer.Option(100, help="At most this many rows of the calendar (0: all)."),
+    sql: bool = typer.Option(False, "--sql", help="Print the trigger's query instead, to read."),
 ) -> None:
     """The calendar of a trigger's messages: when, to whom, about which appointment, and whether
     it would go or be skipped (and why). A trigger that is not live yet is shown as if switched
-    on now. Names and addresses are shown on this terminal only."""
+    on now. Names and addresses are shown on this terminal only. With --sql, the query itself
+    (no database needed)."""
+    if sql:
+        from tasks.config import load_clinic
+        from tasks.triggers.preview import trigger_sql
+
+        typer.echo(trigger_sql(load_clinic(clinic), name))
+        return
     config, trigger = _clinic_and_trigger(clinic, name)
     _print_calendar(config, trigger, days, limit)
 
@@ -28,14 +36,10 @@ def preview_trigger_command(
 def _clinic_and_trigger(clinic: str, name: str):
     """The clinic's configuration and its trigger ``name``; an unknown name lists the known ones."""
     from tasks.config import load_clinic
-    from tasks.errors import UserFacingError
+    from tasks.triggers.preview import trigger_named
 
     config = load_clinic(clinic)
-    trigger = next((t for t in config.triggers if t.name == name), None)
-    if trigger is None:
-        known = ", ".join(t.name for t in config.triggers) or "none"
-        raise UserFacingError(f"No trigger '{name}' in {config.source}. Triggers: {known}.")
-    return config, trigger
+    return config, trigger_named(config, name)
 
 
 def _print_calendar(config, trigger, days: float, limit: int) -> None:
@@ -45,7 +49,7 @@ def _print_calendar(config, trigger, days: float, limit: int) -> None:
     from zoneinfo import ZoneInfo
 
     from tasks.models import runner as models
-    from tasks.triggers import plan as planning
+    from tasks.triggers import preview as planning
     from tasks.warehouse import open_db
 
     now = datetime.now(UTC)
@@ -143,7 +147,7 @@ def render_command(
     from relay.env import data_dir
     from tasks.messages.templates import Templates, render_to_file
     from tasks.models import runner as models
-    from tasks.triggers import plan as planning
+    from tasks.triggers import preview as planning
     from tasks.warehouse import open_db
 
     config, trigger = _clinic_and_trigger(clinic, trigger_name)

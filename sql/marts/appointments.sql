@@ -23,6 +23,8 @@
 --                         did_not_arrive > arrived > upcoming (starts after the build) >
 --                         unmarked (past, neither arrived nor did-not-arrive)
 --   is_visit              status is arrived or unmarked: the patient (presumably) came
+--   is_kept               status is arrived, unmarked or upcoming: a kept appointment (what
+--                         triggers count and fire on; the one definition of "kept")
 --   sequence_number       1, 2, 3... over the patient's kept appointments (arrived, unmarked,
 --                         upcoming) by start time; NULL for the others. Admin "dummy" types
 --                         count too (seed 000): filter on category to leave them out.
@@ -261,6 +263,7 @@ final as (
         numbered.deleted_at,
         numbered.status,
         numbered.is_visit,
+        numbered.is_kept,
         case when numbered.is_kept then numbered.kept_position end as sequence_number,
         case when numbered.is_kept then numbered.kept_type_position end as type_sequence_number,
         numbered.booked_online,

@@ -31,7 +31,7 @@ patient_created        the patient was created             patient not archived
 
 Filters are OR within a kind and AND across kinds. Names are matched without regard to case or
 surrounding spaces; a number is a Cliniko id. Nothing here reaches SQL as text: the planner
-(tasks/triggers/plan.py) binds every value as a parameter.
+(tasks/triggers/query.py) binds every value as a parameter.
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ class Trigger(_Strict):
 
     @property
     def fingerprint(self) -> str:
-        """What decides who gets it and when: a change re-dates the go-live (see planning.py).
+        """What decides who gets it and when: a change re-dates the go-live (see plan.py).
 
         The name, description, template and enabled flag are left out: wording and switching
         are not a new definition.

@@ -23,6 +23,7 @@ from tasks.providers.outbox import OutboxProvider
 from tasks.providers.postmark import PostmarkProvider, PostmarkSettings
 from tasks.providers.twilio import TwilioProvider, TwilioSettings
 from tasks.triggers import plan as planning
+from tasks.triggers.prepare import Preparer
 from tasks.warehouse import open_db
 
 pytestmark = pytest.mark.integration
@@ -64,7 +65,7 @@ def send(con, config, providers, now: datetime):
     return dispatch(
         con,
         providers=providers,
-        prepare=planning.Preparer(con, config, clock=lambda: now),
+        prepare=Preparer(con, config, clock=lambda: now),
         templates=Templates(config.folder),
         unsubscribe=Unsubscribe(config.clinic, config.providers.unsubscribe_url),
         clock=lambda: now,

@@ -26,6 +26,8 @@ from tasks.messages import ledger
 from tasks.messages.dispatch import Ready, Skip
 from tasks.models import runner as models
 from tasks.triggers import plan as planning
+from tasks.triggers import preview
+from tasks.triggers.prepare import Preparer
 from tasks.warehouse import memory_db, transaction
 
 NOW = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)  # 20:00 in Melbourne
@@ -705,6 +707,29 @@ def test_planning_refuses_to_run_before_any_model_build(clinic):
         planning.plan(clinic.con, clinic.config, NOW)
 
 
+def test_a_mart_built_before_is_kept_existed_has_it_filled_for_every_row_on_the_next_build(
+    clinic, tmp_path
+):
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW - 3 * DAY, arrived=True)
+    clinic.appointment(11, 1, NOW + 3 * DAY)
+    clinic.appointment(12, 1, NOW + 4 * DAY, cancelled=NOW - DAY)
+    before = tmp_path / "sql"
+    shutil.copytree(MODELS_DIR, before, symlinks=True)
+    mart = before / "marts" / "appointments.sql"
+    sql = mart.read_text()
+    mart.unlink()
+    mart.write_text(sql.replace("        numbered.is_kept,\n", ""))
+    models.build(clinic.con, models.ListSettings(), sql_dir=before, now=NOW)
+    columns = [r[0] for r in clinic.con.execute("DESCRIBE marts.appointments").fetchall()]
+    assert "is_kept" not in columns
+    clinic.build(NOW + MIN)  # the mart's SQL changed: rebuilt in full, not merged
+    kept = clinic.con.execute(
+        "SELECT appointment_id, is_kept FROM marts.appointments ORDER BY appointment_id"
+    ).fetchall()
+    assert kept == [(10, True), (11, True), (12, False)]
+
+
 # --- prepare (just before sending) and preview ------------------------------------------------------
 
 
@@ -714,7 +739,7 @@ def test_prepare_gives_the_address_and_the_appointment_in_the_business_time_zone
     clinic.patient(1, first_name="Alexandra")
     clinic.appointment(10, 1, NOW + 24 * HOUR, created=NOW - 5 * DAY)
     clinic.plan(NOW)
-    decision = planning.Preparer(clinic.con, clinic.config, clock=lambda: NOW)(clinic.one())
+    decision = Preparer(clinic.con, clinic.config, clock=lambda: NOW)(clinic.one())
     assert isinstance(decision, Ready)
     assert decision.to == "+61412345678"
     appointment = decision.context["appointment"]
@@ -731,7 +756,7 @@ def test_prepare_cancels_a_message_whose_appointment_was_cancelled_since_the_las
     clinic.plan(NOW)
     clinic.update_appointment(10, cancelled_at=NOW)
     clinic.build(NOW + MIN)
-    decision = planning.Preparer(clinic.con, clinic.config, clock=lambda: NOW + MIN)(clinic.one())
+    decision = Preparer(clinic.con, clinic.config, clock=lambda: NOW + MIN)(clinic.one())
     assert decision == Skip("appointment cancelled", cancel=True)
 
 
@@ -747,7 +772,7 @@ def test_preview_shows_who_would_get_what_and_writes_nothing(clinic):
         "SELECT (SELECT count(*) FROM state.messages), "
         "(SELECT count(*) FROM state.trigger_activations)"
     ).fetchone()
-    went_live, rows = planning.preview(clinic.con, clinic.config.triggers[0], NOW, days=7)
+    went_live, rows = preview.preview(clinic.con, clinic.config.triggers[0], NOW, days=7)
     assert went_live == NOW
     assert [(r.appointment_id, r.decision) for r in rows] == [
         (10, "send"),
@@ -768,7 +793,7 @@ def test_unknown_filter_names_are_reported(clinic):
     clinic.appointment(9, 1, NOW - 3 * DAY, type_id=ADMIN_TAG)
     clinic.appointment(10, 1, NOW + 3 * DAY)
     clinic.build(NOW)
-    problems = planning.unknown_references(clinic.con, clinic.config.triggers[0])
+    problems = preview.unknown_references(clinic.con, clinic.config.triggers[0])
     assert problems == [
         "filters.appointment_types: 'Inital Consult' matches no appointment in the synced data"
     ]
@@ -823,7 +848,7 @@ def test_marketing_never_reaches_anyone_off_the_marketing_lists(patients, channe
                                        evidence="test", occurred_at=NOW - DAY)  # fmt: skip
         clinic.build(NOW, honour_email_opt_in=honour_opt_in)
         planning.plan(clinic.con, clinic.config, NOW)
-        preparer = planning.Preparer(clinic.con, clinic.config, clock=lambda: NOW + 3 * DAY)
+        preparer = Preparer(clinic.con, clinic.config, clock=lambda: NOW + 3 * DAY)
         ready = {}
         for row in ledger.in_status(clinic.con, "planned"):
             decision = preparer(row)
@@ -947,7 +972,7 @@ def test_a_recall_reaches_a_subscriber_with_an_unsubscribe_link_and_nobody_else(
     result = dispatch(
         clinic.con,
         providers={"email": outbox},
-        prepare=planning.Preparer(clinic.con, clinic.config, clock=lambda: NOW),
+        prepare=Preparer(clinic.con, clinic.config, clock=lambda: NOW),
         templates=Templates(),
         unsubscribe=Unsubscribe("test", "https://relay.example/unsubscribe", key=b"k" * 32),
         clock=lambda: NOW,

@@ -1,0 +1,204 @@
+"""The operator's read-only views of a trigger: its calendar (``relay preview trigger``), its SQL
+(``relay preview trigger NAME --sql``), filter values that match nothing (a typo in clinic.yaml),
+and one patient's message (``relay render``). Nothing here writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import duckdb
+
+from tasks.config import ClinicConfig
+from tasks.errors import UserFacingError
+from tasks.messages.dispatch import clinic_details
+from tasks.triggers.definition import Trigger
+from tasks.triggers.plan import went_live
+from tasks.triggers.prepare import template_context
+from tasks.triggers.query import (
+    APPOINTMENT_REFERENCES,
+    and_all,
+    appointment_filters,
+    bind_window,
+    candidate_query,
+    records,
+    run,
+)
+
+
+def trigger_named(config: ClinicConfig, name: str) -> Trigger:
+    """The clinic's trigger of this name, or an error listing the ones it has."""
+    trigger = next((t for t in config.triggers if t.name == name), None)
+    if trigger is None:
+        known = ", ".join(t.name for t in config.triggers) or "none"
+        raise UserFacingError(f"No trigger '{name}' in {config.source}. Triggers: {known}.")
+    return trigger
+
+
+def trigger_sql(config: ClinicConfig, trigger_name: str) -> str:
+    """The query ``relay preview trigger NAME`` runs, as text to read (``--sql``): a header saying
+    what each configuration parameter is bound to, then the SQL with its ``$parameters``. The
+    window's parameters ($now, $went_live, $until and the hints on the event's column) are bound
+    when it runs; ``$x_us`` is ``$x`` in epoch microseconds."""
+    trigger = trigger_named(config, trigger_name)
+    sql, params = candidate_query(trigger, "window")
+    bound = "\n".join(
+        f"--   ${name} = {value if isinstance(value, timedelta) else repr(value)}"
+        for name, value in params.items()
+        if value is not None
+    )
+    return (
+        f"-- Trigger '{trigger.name}' of clinic '{config.clinic}' ({config.source}): "
+        "the messages it would send, as `relay preview trigger` lists them.\n"
+        f"-- Parameters bound from the configuration:\n{bound}\n{sql}"
+    )
+
+
+@dataclass(frozen=True)
+class PreviewRow:
+    """One message the trigger would send (or skip): for the operator's terminal only."""
+
+    due_at: datetime
+    patient_id: int
+    appointment_id: int | None
+    decision: str  # 'send' | 'skip: <reason>' | ledger status
+    candidate: dict[str, Any] = field(repr=False)
+
+
+def preview(
+    con: duckdb.DuckDBPyConnection,
+    trigger: Trigger,
+    now: datetime,
+    days: float,
+) -> tuple[datetime, list[PreviewRow]]:
+    """Who would get what and when over the next ``days``: reads only, writes nothing.
+
+    A trigger that is not live (or is live under another definition) is previewed as if it went
+    live now. Returns (the go-live used, rows by send moment).
+    """
+    live_since = went_live(con, trigger) or now
+    sql, params = candidate_query(trigger, "window")
+    bind_window(params, trigger, now=now, went_live=live_since, until=now + timedelta(days=days))
+    rows = []
+    for c in records(
+        con,
+        f"SELECT c.*, m.status AS ledger_status, m.status_reason AS ledger_reason FROM ({sql}) c "
+        "LEFT JOIN state.messages m ON m.send_key = c.send_key ORDER BY c.due_at, c.patient_id",
+        params,
+    ):
+        if c["ledger_status"] and c["ledger_status"] != "planned":
+            decision = f"already {c['ledger_status']}" + (
+                f" ({c['ledger_reason']})" if c["ledger_reason"] else ""
+            )
+        elif c["audience_problem"]:
+            decision = f"skip: {c['audience_problem']}"
+        elif c["due_problem"]:
+            decision = f"skip if still so when due: {c['due_problem']}"
+        else:
+            decision = "send"
+        rows.append(PreviewRow(c["due_at"], c["patient_id"], c["appointment_id"], decision, c))
+    return live_since, rows
+
+
+def unknown_references(con: duckdb.DuckDBPyConnection, trigger: Trigger) -> list[str]:
+    """Filter values that match nothing in the synced data: usually a typo in clinic.yaml."""
+    problems = []
+    sections = [("filters", trigger.filters), ("exclude", trigger.exclude)]
+    for section, values in sections:
+        for kind in APPOINTMENT_REFERENCES:
+            refs = getattr(values, kind, ())
+            if not refs:
+                continue
+            id_col, name_col = APPOINTMENT_REFERENCES[kind]
+            table_names = {
+                r[0]
+                for r in con.execute(
+                    f"SELECT DISTINCT lower(trim({name_col})) FROM marts.appointments "
+                    f"WHERE {name_col} IS NOT NULL"
+                ).fetchall()
+            }
+            table_ids = (
+                {
+                    r[0]
+                    for r in con.execute(
+                        f"SELECT DISTINCT {id_col} FROM marts.appointments"
+                    ).fetchall()
+                }
+                if id_col
+                else set()
+            )
+            for ref in refs:
+                known = (
+                    ref in table_ids if isinstance(ref, int) else ref.strip().lower() in table_names
+                )
+                if not known:
+                    problems.append(
+                        f"{section}.{kind}: {ref!r} matches no appointment in the synced data"
+                    )
+    return problems
+
+
+def context_for_patient(
+    con: duckdb.DuckDBPyConnection,
+    config: ClinicConfig,
+    trigger: Trigger,
+    patient_id: int,
+    now: datetime,
+    appointment_id: int | None = None,
+) -> tuple[str | None, dict[str, Any], str]:
+    """(address, template context, which appointment was used) for rendering a sample message.
+
+    For an appointment trigger the appointment is the one given, else the patient's next one the
+    trigger's filters accept, else their latest such one. Nothing is written.
+    """
+    patient = con.execute(
+        "SELECT first_name, preferred_first_name, last_name, email, mobile_e164 "
+        "FROM marts.patients WHERE patient_id = ?",
+        [patient_id],
+    ).fetchone()
+    if patient is None:
+        raise UserFacingError(
+            f"No patient {patient_id} in the synced data of clinic '{config.clinic}'. "
+            "Check the id (Cliniko's patient id) or run a sync."
+        )
+    first, preferred, last, email, mobile = patient
+    candidate: dict[str, Any] = {
+        "first_name": first, "preferred_first_name": preferred, "last_name": last,
+        "starts_at": None, "business_time_zone": None, "appointment_type_name": None,
+        "practitioner_name": None, "business_name": None,
+    }  # fmt: skip
+    used = "no appointment (a patient trigger)"
+    if trigger.is_appointment_event:
+        params: dict[str, Any] = {"patient": patient_id, "now": now, "appointment": appointment_id}
+        chosen = (
+            "a.appointment_id = $appointment"
+            if appointment_id is not None
+            else and_all(appointment_filters(trigger, "a", params))
+        )
+        row = run(
+            con,
+            f"""SELECT a.appointment_id, a.starts_at, a.business_time_zone,
+                       a.appointment_type_name, a.practitioner_name, a.business_name
+                FROM marts.appointments a
+                WHERE a.patient_id = $patient AND {chosen}
+                ORDER BY a.starts_at < $now, abs(epoch(a.starts_at) - epoch($now::TIMESTAMPTZ))
+                LIMIT 1""",
+            params,
+        ).fetchone()
+        if row is None and appointment_id is not None:
+            raise UserFacingError(
+                f"Patient {patient_id} has no appointment {appointment_id} in the synced data."
+            )
+        if row is None:
+            raise UserFacingError(
+                f"Patient {patient_id} has no appointment that trigger '{trigger.name}' applies "
+                "to. Pass --appointment ID to render it for one of their appointments."
+            )
+        keys = ("starts_at", "business_time_zone", "appointment_type_name", "practitioner_name",
+                "business_name")  # fmt: skip
+        candidate.update(zip(keys, row[1:], strict=True))
+        used = f"appointment {row[0]} ({row[3]})"
+    address = email if trigger.channel == "email" else mobile
+    return address, template_context(clinic_details(config), candidate), used
