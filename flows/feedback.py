@@ -17,9 +17,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
+from blocks.resolve import providers_for
 from tasks import feedback, reports
 from tasks.config import ClinicConfig, load_clinic
-from tasks.messages.dispatch import providers_for
 from tasks.providers.postmark import PostmarkProvider
 from tasks.providers.twilio import TwilioProvider
 from tasks.warehouse import open_db

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
@@ -27,9 +27,33 @@ import requests
 import urllib3
 
 from tasks.messages.ledger import Channel, LedgerRow, Purpose
-from tasks.messages.templates import Rendered, RenderedEmail
 
 OutcomeKind = Literal["sent", "failed", "retry", "unknown", "pending"]
+
+
+# What templates render (tasks/messages/templates.py) and providers send.
+@dataclass(frozen=True)
+class SmsSize:
+    encoding: str  # "GSM-7" | "UCS-2"
+    units: int  # septets (GSM-7) or UTF-16 code units (UCS-2)
+    segments: int
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    subject: str = dataclasses.field(repr=False)
+    html: str = dataclasses.field(repr=False)
+    text: str = dataclasses.field(repr=False)
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class RenderedSms:
+    text: str = dataclasses.field(repr=False)
+    size: SmsSize = SmsSize("GSM-7", 0, 1)
+
+
+Rendered = RenderedEmail | RenderedSms
 
 
 class ProviderUnavailable(Exception):

@@ -21,9 +21,8 @@ from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
 from tasks.messages.ledger import LedgerRow
-from tasks.messages.templates import Rendered, RenderedEmail
 from tasks.paths import data_dir
-from tasks.providers.common import Outcome, OutgoingMessage
+from tasks.providers.common import Outcome, OutgoingMessage, Rendered, RenderedEmail
 
 
 def outbox_dir(clinic: str) -> Path:

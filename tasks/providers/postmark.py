@@ -22,11 +22,11 @@ from postmarker.core import PostmarkClient
 from postmarker.exceptions import ClientError
 
 from tasks.messages.ledger import LedgerRow
-from tasks.messages.templates import RenderedEmail
 from tasks.providers.common import (
     Outcome,
     OutgoingMessage,
     ProviderUnavailable,
+    RenderedEmail,
     Suppress,
     metadata_key,
     request_never_sent,

@@ -26,11 +26,11 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from tasks.messages.ledger import LedgerRow
-from tasks.messages.templates import RenderedSms
 from tasks.providers.common import (
     Outcome,
     OutgoingMessage,
     ProviderUnavailable,
+    RenderedSms,
     Suppress,
     request_never_sent,
 )
