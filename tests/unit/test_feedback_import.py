@@ -3,6 +3,7 @@ all or nothing."""
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,9 +18,8 @@ NOW = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
 
 @pytest.fixture
 def con():
-    con = memory_db()
-    yield con
-    con.close()
+    with contextlib.closing(memory_db()) as con:
+        yield con
 
 
 def marketing_blocked(con, address: str) -> bool:
