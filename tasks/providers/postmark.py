@@ -9,6 +9,10 @@ Odd things about this API and client, and what we do about them:
 - ``TrackLinks`` is passed explicitly (postmarker would otherwise send "None" for single sends).
 - No idempotency key exists. The send key travels in ``Metadata.send_key``, and reconciliation
   searches outbound messages by it (``GET /messages/outbound?metadata_send_key=``).
+- Feedback comes back two ways: ``GET /bounces`` (filtered by whole days in US Eastern time, at
+  most 10,000 deep) and each stream's suppression dump (how Postmark-managed unsubscribes and
+  manual suppressions come back). Both are read from a day before the cursor and recorded by
+  tasks/feedback.py.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ Odd things about this API and client, and what we do about them:
   carry ``.code`` and ``.status``. 21610 = the number replied STOP; 21211 invalid number;
   21614 not a mobile; 20429 / 429 / 5xx = come back later; 20003 = bad credentials.
 - Only E.164 numbers are sent (dispatch checks before anything is claimed).
+- Replies come back as inbound messages in the same Messages list: a reply that is just an
+  opt-out word (Twilio's defaults) suppresses the number, an opt-in word lifts it (recorded by
+  tasks/feedback.py). A 21610 at send time is recorded by dispatch.
 """
 
 from __future__ import annotations
