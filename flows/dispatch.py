@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
+from blocks.resolve import providers_for
 from flows.artifacts import artifact_key
 from tasks.config import ClinicConfig, load_clinic
 from tasks.marketing import journeys
@@ -35,7 +36,8 @@ def send_due(con, config: ClinicConfig, clock: Callable[[], datetime]) -> dict:
     triggers = Preparer(con, config, clock=clock)
     prepare = journeys.prepare_marketing(con, config, triggers=triggers)
     gate = Gate.from_config(config)  # frequency cap and quiet hours for marketing
-    result = dispatch_for_clinic(con, config, prepare, clock=clock, gate=gate)
+    providers = providers_for(config)
+    result = dispatch_for_clinic(con, config, prepare, providers=providers, clock=clock, gate=gate)
     logger = get_run_logger()
     logger.info("dispatch: %s", dict(result.counts) or "nothing due")
     for problem in result.problems:

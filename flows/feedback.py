@@ -2,9 +2,10 @@
 into state.suppressions, then the report tables as artifacts. One step of the tick; also runs
 alone (``relay feedback``).
 
-Thin wiring around ``tasks.feedback`` and ``tasks.reports``. Each feed is a task that takes the
-open connection (``cache_policy=NONE``) and returns counts only. A feed that cannot be read
-records nothing and leaves its cursor; the others still run, and the flow fails at the end so
+Thin wiring around ``tasks.feedback``, the providers' own feeds (``feedback_feeds``: the outbox
+has none) and ``tasks.reports``. Each feed is a task that takes the open connection
+(``cache_policy=NONE``) and returns counts only. A feed that cannot be read records nothing and
+leaves its cursor; the others still run, and the flow fails at the end so
 the tick (and its alerts) show that feedback is not coming back.
 """
 
@@ -17,12 +18,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
+from blocks.resolve import providers_for
 from flows.artifacts import artifact_key
 from tasks import feedback, reports
 from tasks.config import ClinicConfig, load_clinic
-from tasks.messages.dispatch import providers_for
-from tasks.providers.postmark import PostmarkProvider
-from tasks.providers.twilio import TwilioProvider
 from tasks.warehouse import open_db
 
 # How many days of history the per-tick report artifacts show.
@@ -39,33 +38,9 @@ def record_unsubscribe_clicks(con, config: ClinicConfig) -> dict[str, int]:
     return dict(feedback.drain_unsubscribes(con, inbox, datetime.now(UTC)))
 
 
-@task(cache_policy=NONE)
-def pull_postmark_bounces(con, provider: PostmarkProvider) -> dict[str, int]:
-    streams = feedback.PostmarkStreams(
-        provider.settings.transactional_stream, provider.settings.marketing_stream
-    )
-    return dict(feedback.pull_postmark_bounces(con, provider.client, streams, datetime.now(UTC)))
-
-
-@task(cache_policy=NONE, task_run_name="pull-postmark-suppressions-{stream}")
-def pull_postmark_suppressions(con, provider: PostmarkProvider, stream: str) -> dict[str, int]:
-    streams = feedback.PostmarkStreams(
-        provider.settings.transactional_stream, provider.settings.marketing_stream
-    )
-    return dict(
-        feedback.pull_postmark_suppressions(
-            con, provider.client, stream, streams, datetime.now(UTC)
-        )
-    )
-
-
-@task(cache_policy=NONE)
-def pull_twilio_replies(con, provider: TwilioProvider) -> dict[str, int]:
-    return dict(
-        feedback.pull_twilio_replies(
-            con, provider.client, provider.settings.from_number, datetime.now(UTC)
-        )
-    )
+@task(cache_policy=NONE, task_run_name="pull-{feed.name}")
+def pull_feed(con, feed: feedback.Feed) -> dict[str, int]:
+    return dict(feed.pull(con, datetime.now(UTC)))
 
 
 @task(cache_policy=NONE)
@@ -100,19 +75,11 @@ def pull_feedback(clinic: str = "demo") -> dict[str, int]:
     try:
         with open_db(config.database_path) as con:
             pulled.update(record_unsubscribe_clicks(con, config))
-            feeds = []
-            email, sms = providers["email"], providers["sms"]
-            if isinstance(email, PostmarkProvider):
-                feeds.append((pull_postmark_bounces, (email,)))
-                for stream in dict.fromkeys(
-                    (email.settings.transactional_stream, email.settings.marketing_stream)
-                ):
-                    feeds.append((pull_postmark_suppressions, (email, stream)))
-            if isinstance(sms, TwilioProvider):
-                feeds.append((pull_twilio_replies, (sms,)))
-            for feed, args in feeds:
+            limit = config.marketing_list.soft_bounce_limit
+            feeds = [f for p in providers.values() for f in p.feedback_feeds(limit)]
+            for feed in feeds:
                 try:
-                    pulled.update(feed(con, *args))
+                    pulled.update(pull_feed(con, feed))
                 except feedback.FeedbackUnavailable as exc:
                     problems.append(str(exc))
                     logger.warning("%s", exc)

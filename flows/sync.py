@@ -23,26 +23,12 @@ from prefect.artifacts import (
 from prefect.cache_policies import NONE
 from prefect.exceptions import MissingContextError
 
-from blocks.cliniko import ClinikoAccount
+from blocks.resolve import cliniko_account
 from flows.artifacts import artifact_key
 from tasks.cliniko import sync as extract
 from tasks.cliniko.resources import RESOURCES
-from tasks.config import ClinicConfig, ConfigError, load_clinic
+from tasks.config import load_clinic
 from tasks.warehouse import open_db
-
-
-def cliniko_account(config: ClinicConfig) -> ClinikoAccount:
-    """The clinic's Cliniko credentials: a saved block, or the environment for the demo."""
-    if config.cliniko.account == "env":
-        return ClinikoAccount.from_env()
-    try:
-        return ClinikoAccount.load(config.cliniko.account)
-    except ValueError:
-        raise ConfigError(
-            f"clinic '{config.clinic}': cliniko.account names the ClinikoAccount block "
-            f"'{config.cliniko.account}', which is not saved on this Prefect server. Save it "
-            "(see blocks/cliniko.py) or set cliniko.account: env."
-        ) from None
 
 
 @task(cache_policy=NONE)

@@ -74,6 +74,9 @@ class MarketingListSettings(_Section):
     cap_keeps: Literal["most_recent_visit", "earliest_created"] = "most_recent_visit"
     # Only add patients whose Cliniko accepted_email_marketing is true.
     honour_cliniko_email_opt_in: bool = False
+    # This many soft bounces since an address was last lifted take it off the email list (the
+    # list model) and stop marketing to it at once (the feedback pull).
+    soft_bounce_limit: int = Field(5, ge=1)
 
     @property
     def active_patient_months(self) -> int | None:

@@ -180,7 +180,7 @@ def import_unsubscribes_command(
     from pathlib import Path
 
     from tasks.config import load_clinic
-    from tasks.feedback import import_unsubscribes
+    from tasks.feedback_import import import_unsubscribes
     from tasks.warehouse import open_db
 
     config = load_clinic(clinic)

@@ -1,8 +1,9 @@
 -- The email marketing list (PRODUCT.md §2, seed 002): one row per distinct email address
 -- (trimmed, lower-case) with its status and the reason, by these rules in this order:
 --   invalid       the address fails a syntax check
---   bounced       a hard bounce, 5 soft bounces (counted since the address was last lifted),
---                 or a suppression for a bounce/invalid address (state.suppressions)
+--   bounced       a hard bounce, marketing_list.soft_bounce_limit soft bounces (counted since
+--                 the address was last lifted), or a current suppression for a bounce/invalid
+--                 address (state.current_suppressions)
 --   unsubscribed  a current suppression (unsubscribe link, spam complaint, import, operator)
 --   archived      the patient is archived (or merged away) in Cliniko
 --   not_opted_in  clinic.yaml honours Cliniko's accepted_email_marketing and it is not true
@@ -28,8 +29,14 @@ settings as (
     select * from state.build_context
 ),
 
+-- what is suppressed now, per address and scope (the one reading: tasks/schema/20_suppressions.sql)
 email_suppressions as (
-    select * from state.suppressions
+    select
+        address as email,
+        reason,
+        occurred_at,
+        reason in ('hard_bounce', 'soft_bounce_limit', 'invalid_address') as is_bounce
+    from state.current_suppressions
     where channel = 'email'
 ),
 
@@ -39,16 +46,19 @@ previous_members as (
     where audience = 'email_marketing_list' and event = 'joined'
 ),
 
-latest_suppression as (
-    select address as email, action, reason
+-- one row per suppressed address (any scope stops marketing): a bounce suppression names it
+-- before any other, then the newest
+address_suppression as (
+    select
+        email,
+        bool_or(is_bounce) as is_bounce_suppressed,
+        first(reason order by is_bounce desc, occurred_at desc, reason) as suppression_reason
     from email_suppressions
-    qualify row_number() over (
-        partition by address order by occurred_at desc, suppression_id desc
-    ) = 1
+    group by email
 ),
 
 -- bounces since the address was last lifted, per kind: the same counts feedback uses to suppress
--- at the fifth soft bounce (tasks/schema/60_feedback.sql)
+-- at the soft-bounce limit (tasks/schema/60_feedback.sql)
 bounce_counts as (
     select * from state.email_bounce_counts
 ),
@@ -93,13 +103,16 @@ with_address as (
         coalesce(bounce_counts.hard_bounces, 0) as hard_bounces,
         coalesce(bounce_counts.soft_bounces, 0) as soft_bounces,
         coalesce(bounce_counts.spam_complaints, 0) as spam_complaints,
-        latest_suppression.action = 'suppress' as is_suppressed,
-        latest_suppression.reason as suppression_reason,
-        previous_members.email is not null as was_on_list
+        address_suppression.email is not null as is_suppressed,
+        coalesce(address_suppression.is_bounce_suppressed, false) as is_bounce_suppressed,
+        address_suppression.suppression_reason,
+        previous_members.email is not null as was_on_list,
+        settings.soft_bounce_limit
     from one_per_email
+    cross join settings
     left join bounce_counts on bounce_counts.email = one_per_email.email_normalised
-    left join latest_suppression
-        on latest_suppression.email = one_per_email.email_normalised
+    left join address_suppression
+        on address_suppression.email = one_per_email.email_normalised
     left join previous_members on previous_members.email = one_per_email.email_normalised
 ),
 
@@ -108,9 +121,8 @@ ruled as (
         *,
         case
             when patient_rule = 'invalid' then 'invalid'
-            when hard_bounces > 0 or soft_bounces >= 5
-                or (is_suppressed and suppression_reason in
-                    ('hard_bounce', 'soft_bounce_limit', 'invalid_address')) then 'bounced'
+            when hard_bounces > 0 or soft_bounces >= soft_bounce_limit
+                or is_bounce_suppressed then 'bounced'
             when is_suppressed or spam_complaints > 0 then 'unsubscribed'
             when patient_rule = 'archived' then 'archived'
             when patient_rule = 'not_opted_in' then 'not_opted_in'
@@ -161,7 +173,7 @@ final as (
             when 'bounced' then
                 case
                     when hard_bounces > 0 then 'hard bounce'
-                    when soft_bounces >= 5 then soft_bounces || ' soft bounces'
+                    when soft_bounces >= soft_bounce_limit then soft_bounces || ' soft bounces'
                     else 'suppressed: ' || suppression_reason
                 end
             when 'unsubscribed' then

@@ -15,17 +15,17 @@ patients as (
     where mobile_e164 is not null
 ),
 
+-- what is suppressed now, per address and scope (the one reading: tasks/schema/20_suppressions.sql)
 sms_suppressions as (
-    select * from state.suppressions
+    select * from state.current_suppressions
     where channel = 'sms'
 ),
 
-latest_suppression as (
-    select address as mobile_e164, action, reason
+-- one row per suppressed number (any scope stops marketing), named by its newest suppression
+number_suppression as (
+    select address as mobile_e164, first(reason order by occurred_at desc, reason) as reason
     from sms_suppressions
-    qualify row_number() over (
-        partition by address order by occurred_at desc, suppression_id desc
-    ) = 1
+    group by address
 ),
 
 patient_rules as (
@@ -62,21 +62,21 @@ final as (
         one_per_mobile.first_name,
         one_per_mobile.patients_sharing,
         case
-            when latest_suppression.action = 'suppress' then 'opted_out'
+            when number_suppression.mobile_e164 is not null then 'opted_out'
             when patient_rule = 'archived' then 'archived'
             when patient_rule = 'no_consent' then 'no_consent'
             else 'subscribed'
         end as status,
         case
-            when latest_suppression.action = 'suppress'
-                then 'suppressed: ' || latest_suppression.reason
+            when number_suppression.mobile_e164 is not null
+                then 'suppressed: ' || number_suppression.reason
             when patient_rule = 'archived' then 'patient archived in Cliniko'
             when patient_rule = 'no_consent' then 'accepted_sms_marketing is not true in Cliniko'
             else 'accepted SMS marketing in Cliniko'
         end as reason
     from one_per_mobile
-    left join latest_suppression
-        on latest_suppression.mobile_e164 = one_per_mobile.mobile_e164
+    left join number_suppression
+        on number_suppression.mobile_e164 = one_per_mobile.mobile_e164
 )
 
 select * from final

@@ -10,26 +10,23 @@ patients as (
     select * from marts.patients
 ),
 
-latest_suppression as (
-    select address, action
-    from state.suppressions
+current_suppression as (
+    select distinct address
+    from state.current_suppressions
     where channel = 'email'
-    qualify row_number() over (
-        partition by address order by occurred_at desc, suppression_id desc
-    ) = 1
 ),
 
+-- hard bounces since the address was last lifted (an opt-in starts the count again)
 hard_bounced as (
-    select distinct email from state.email_bounces where kind = 'hard'
+    select email from state.email_bounce_counts where hard_bounces > 0
 )
 
 select subscribed.patient_id
 from subscribed
 left join patients on patients.patient_id = subscribed.patient_id
-left join latest_suppression on latest_suppression.address = subscribed.email
+left join current_suppression on current_suppression.address = subscribed.email
 where patients.patient_id is null
     or patients.is_archived
     or not patients.email_is_valid
-    or latest_suppression.action = 'suppress'
-    or (latest_suppression.address is null
-        and subscribed.email in (select email from hard_bounced))
+    or current_suppression.address is not null
+    or subscribed.email in (select email from hard_bounced)

@@ -10,25 +10,22 @@ patients as (
     select * from marts.patients
 ),
 
-latest_suppression as (
-    select address, action
-    from state.suppressions
+current_suppression as (
+    select distinct address
+    from state.current_suppressions
     where channel = 'sms'
-    qualify row_number() over (
-        partition by address order by occurred_at desc, suppression_id desc
-    ) = 1
 )
 
 select sms_list.patient_id
 from sms_list
 left join patients on patients.patient_id = sms_list.patient_id
-left join latest_suppression on latest_suppression.address = sms_list.mobile_e164
+left join current_suppression on current_suppression.address = sms_list.mobile_e164
 where sms_list.status = 'subscribed'
     and (patients.patient_id is null
         or patients.accepted_sms_marketing is distinct from true
         or patients.is_archived
         or patients.mobile_e164 is distinct from sms_list.mobile_e164
-        or latest_suppression.action = 'suppress')
+        or current_suppression.address is not null)
 union all
 select min(patient_id)
 from sms_list

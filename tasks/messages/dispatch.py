@@ -29,12 +29,11 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.utils import formataddr
 from typing import Any
 
 import duckdb
 
-from tasks.config import ClinicConfig, ConfigError
+from tasks.config import ClinicConfig
 from tasks.messages import ledger
 from tasks.messages.ledger import Channel, LedgerRow
 from tasks.messages.templates import TemplateError, Templates
@@ -45,7 +44,6 @@ from tasks.providers.common import (
     ProviderUnavailable,
     content_hash,
 )
-from tasks.providers.outbox import OutboxProvider, outbox_dir
 from tasks.unsubscribe.tokens import sign, unsubscribe_url
 from tasks.warehouse import transaction
 
@@ -417,48 +415,20 @@ def clinic_details(cfg: ClinicConfig) -> dict[str, str]:
     }
 
 
-def providers_for(cfg: ClinicConfig) -> dict[str, Provider]:
-    """The provider for each channel, as the clinic's ``providers:`` section says."""
-    sender = cfg.providers.sender
-    outbox = OutboxProvider(
-        outbox_dir(cfg.clinic),
-        email_from=formataddr((sender.name or cfg.name, sender.email)),
-        sms_from=sender.name or cfg.name,
-    )
-
-    def load(block_type: Any, name: str, setting: str) -> Provider:
-        if name == "outbox":
-            return outbox
-        try:
-            block = block_type.from_env() if name == "env" else block_type.load(name)
-        except (ValueError, RuntimeError) as exc:
-            raise ConfigError(
-                f"{cfg.source or cfg.clinic}: providers.{setting}: cannot load {name!r}: {exc}. "
-                f"Save a {block_type.__name__} block with that name, or use 'outbox'."
-            ) from None
-        return block.provider()
-
-    from blocks.postmark import PostmarkServer
-    from blocks.twilio import TwilioAccount
-
-    return {
-        "email": load(PostmarkServer, cfg.providers.email, "email"),
-        "sms": load(TwilioAccount, cfg.providers.sms, "sms"),
-    }
-
-
 def dispatch_for_clinic(
     con: duckdb.DuckDBPyConnection,
     cfg: ClinicConfig,
     prepare: Prepare,
     *,
+    providers: Mapping[str, Provider],
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     gate: Gate | None = None,
 ) -> DispatchResult:
-    """Dispatch with everything the clinic's configuration decides: providers, templates, links."""
+    """Dispatch with everything the clinic's configuration decides: templates, links; the
+    providers come resolved from it (``blocks.resolve.providers_for``: tasks never load blocks)."""
     return dispatch(
         con,
-        providers=providers_for(cfg),
+        providers=providers,
         prepare=prepare,
         templates=Templates(cfg.folder),
         unsubscribe=Unsubscribe(cfg.clinic, cfg.providers.unsubscribe_url),

@@ -24,11 +24,9 @@ and again on every real render:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -39,6 +37,7 @@ import jinja2
 
 from tasks.errors import UserFacingError
 from tasks.paths import PROJECT_ROOT
+from tasks.providers.common import Rendered, RenderedEmail, RenderedSms, SmsSize
 
 PROJECT_TEMPLATES = PROJECT_ROOT / "templates"
 EMAIL_PARTS = ("subject.txt", "body.html", "body.txt")
@@ -59,13 +58,6 @@ class TemplateError(UserFacingError):
     """A template that cannot be used: names the template, the file and what to change."""
 
 
-@dataclass(frozen=True)
-class SmsSize:
-    encoding: str  # "GSM-7" | "UCS-2"
-    units: int  # septets (GSM-7) or UTF-16 code units (UCS-2)
-    segments: int
-
-
 def sms_size(text: str) -> SmsSize:
     """How many segments a carrier bills for this text (concatenated parts lose header room)."""
     if all(c in GSM_BASIC or c in GSM_EXTENDED for c in text):
@@ -76,23 +68,6 @@ def sms_size(text: str) -> SmsSize:
         single, multi, encoding = 70, 67, "UCS-2"
     segments = 1 if units <= single else math.ceil(units / multi)
     return SmsSize(encoding, units, segments)
-
-
-@dataclass(frozen=True)
-class RenderedEmail:
-    subject: str = dataclasses.field(repr=False)
-    html: str = dataclasses.field(repr=False)
-    text: str = dataclasses.field(repr=False)
-    headers: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
-
-
-@dataclass(frozen=True)
-class RenderedSms:
-    text: str = dataclasses.field(repr=False)
-    size: SmsSize = SmsSize("GSM-7", 0, 1)
-
-
-Rendered = RenderedEmail | RenderedSms
 
 
 def unsubscribe_headers(unsubscribe_url: str) -> dict[str, str]:

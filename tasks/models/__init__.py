@@ -2,5 +2,5 @@
 data tests, build records) and the Python functions the SQL calls (``functions``: phone and
 email checks, the phone memo).
 
-May import: ``tasks.errors``, ``tasks.paths``, ``tasks.cliniko.resources``. Never imports ``sql/``
-as Python: the models are read as text."""
+May import: ``tasks.errors``, ``tasks.paths``, ``tasks.config``, ``tasks.cliniko.resources``.
+Never imports ``sql/`` as Python: the models are read as text."""

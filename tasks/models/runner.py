@@ -35,6 +35,7 @@ from pathlib import Path
 import duckdb
 
 from tasks.cliniko.resources import RESOURCES
+from tasks.config import MarketingListSettings
 from tasks.errors import UserFacingError
 from tasks.models import functions as models_functions
 from tasks.paths import PROJECT_ROOT
@@ -125,6 +126,7 @@ class ListSettings:
     list_size_cap: int | None = None
     honour_email_opt_in: bool = False
     cap_order: str = "most_recent_visit"
+    soft_bounce_limit: int = MarketingListSettings().soft_bounce_limit  # its one home: config
 
     @classmethod
     def from_config(cls, cfg) -> ListSettings:  # cfg: tasks.config.ClinicConfig
@@ -136,6 +138,7 @@ class ListSettings:
             list_size_cap=ml.size_cap,
             honour_email_opt_in=ml.honour_cliniko_email_opt_in,
             cap_order=ml.cap_keeps,
+            soft_bounce_limit=ml.soft_bounce_limit,
         )
 
 
@@ -420,7 +423,7 @@ class ModelBuild:
         self._set_changes(self.changes_since, self.previous_built_at)
         con.execute("DELETE FROM state.build_context")
         con.execute(
-            "INSERT INTO state.build_context VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO state.build_context VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 self.build_id,
                 self.result.built_at,
@@ -430,6 +433,7 @@ class ModelBuild:
                 s.list_size_cap,
                 s.honour_email_opt_in,
                 s.cap_order,
+                s.soft_bounce_limit,
             ],
         )
         # The phone memo keeps numbers read in this country by this phonenumbers version only.

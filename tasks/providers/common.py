@@ -3,7 +3,9 @@
 A provider gets a batch of rendered messages and returns one :class:`Outcome` per message, in
 order. It never raises for a message's own problem (that is an outcome); it raises
 :class:`ProviderUnavailable` only when it is certain nothing in the batch went (bad credentials,
-for instance), so dispatch can put the batch back and stop.
+for instance), so dispatch can put the batch back and stop. It also answers for what it sent
+(``reconcile``) and says what it reports back afterwards (``feedback_feeds``: bounces,
+suppressions, replies), which tasks/feedback.py records.
 
 Outcome kinds, and what decides between them:
 - ``sent``: the provider accepted it (and gave an id);
@@ -18,18 +20,45 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import requests
 import urllib3
 
 from tasks.messages.ledger import Channel, LedgerRow, Purpose
-from tasks.messages.templates import Rendered, RenderedEmail
+
+if TYPE_CHECKING:
+    from tasks.feedback import Feed
 
 OutcomeKind = Literal["sent", "failed", "retry", "unknown", "pending"]
+
+
+# What templates render (tasks/messages/templates.py) and providers send.
+@dataclass(frozen=True)
+class SmsSize:
+    encoding: str  # "GSM-7" | "UCS-2"
+    units: int  # septets (GSM-7) or UTF-16 code units (UCS-2)
+    segments: int
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    subject: str = dataclasses.field(repr=False)
+    html: str = dataclasses.field(repr=False)
+    text: str = dataclasses.field(repr=False)
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class RenderedSms:
+    text: str = dataclasses.field(repr=False)
+    size: SmsSize = SmsSize("GSM-7", 0, 1)
+
+
+Rendered = RenderedEmail | RenderedSms
 
 
 class ProviderUnavailable(Exception):
@@ -117,6 +146,12 @@ class Provider(Protocol):
         ``sent`` when the provider has the message; ``retry`` only when it certainly does not;
         ``unknown`` when nobody can tell; ``pending`` when it is too early to say (``settle``).
         """
+        ...
+
+    def feedback_feeds(self, soft_bounce_limit: int) -> list[Feed]:
+        """What this provider reports back after sending (bounces, suppressions, replies), as
+        feeds the feedback step pulls every tick; none for a provider that reports nothing.
+        ``soft_bounce_limit``: the clinic's marketing_list.soft_bounce_limit."""
         ...
 
     def close(self) -> None: ...

@@ -20,10 +20,10 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
+from tasks.feedback import Feed
 from tasks.messages.ledger import LedgerRow
-from tasks.messages.templates import Rendered, RenderedEmail
 from tasks.paths import data_dir
-from tasks.providers.common import Outcome, OutgoingMessage
+from tasks.providers.common import Outcome, OutgoingMessage, Rendered, RenderedEmail
 
 
 def outbox_dir(clinic: str) -> Path:
@@ -122,6 +122,9 @@ class OutboxProvider:
             else:
                 outcomes.append(Outcome("retry", reason="not in the outbox: the run stopped first"))
         return outcomes
+
+    def feedback_feeds(self, soft_bounce_limit: int) -> list[Feed]:
+        return []  # nothing comes back from files
 
     def close(self) -> None:
         if self._wrote:

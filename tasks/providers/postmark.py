@@ -9,28 +9,37 @@ Odd things about this API and client, and what we do about them:
 - ``TrackLinks`` is passed explicitly (postmarker would otherwise send "None" for single sends).
 - No idempotency key exists. The send key travels in ``Metadata.send_key``, and reconciliation
   searches outbound messages by it (``GET /messages/outbound?metadata_send_key=``).
+- Feedback comes back two ways: ``GET /bounces`` (filtered by whole days in US Eastern time, at
+  most 10,000 deep) and each stream's suppression dump (how Postmark-managed unsubscribes and
+  manual suppressions come back). Both are read from a day before the cursor and recorded by
+  tasks/feedback.py.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
+import duckdb
 import requests
 from postmarker.core import PostmarkClient
 from postmarker.exceptions import ClientError
 
-from tasks.messages.ledger import LedgerRow
-from tasks.messages.templates import RenderedEmail
+from tasks import feedback
+from tasks.feedback import Feed, FeedbackUnavailable, Scope
+from tasks.messages.ledger import LedgerRow, normalise_address
 from tasks.providers.common import (
     Outcome,
     OutgoingMessage,
     ProviderUnavailable,
+    RenderedEmail,
     Suppress,
     metadata_key,
     request_never_sent,
 )
+from tasks.warehouse import transaction
 
 DEFAULT_API = "https://api.postmarkapp.com/"
 # Whole-request codes meaning our settings are wrong, not the message: stop, put the batch back.
@@ -210,3 +219,147 @@ class PostmarkProvider:
 
     def close(self) -> None:
         self.client.session.close()
+
+    # --- feedback ---------------------------------------------------------------------------
+
+    def feedback_feeds(self, soft_bounce_limit: int) -> list[Feed]:
+        """Bounces (``GET /bounces``), then each stream's suppression dump: how Postmark-managed
+        unsubscribes and manual suppressions come back."""
+        feeds = [
+            Feed(
+                "postmark-bounces",
+                lambda con, now: self.pull_bounces(con, now, soft_bounce_limit=soft_bounce_limit),
+            )
+        ]
+        for stream in dict.fromkeys(
+            (self.settings.transactional_stream, self.settings.marketing_stream)
+        ):
+            feeds.append(
+                Feed(
+                    f"postmark-suppressions-{stream}",
+                    lambda con, now, stream=stream: self.pull_suppressions(con, stream, now),
+                )
+            )
+        return feeds
+
+    def _scope(self, stream: str | None) -> Scope:
+        """What a complaint or suppression on this stream stops: mail on the transactional
+        stream stops everything (Postmark would refuse it anyway), on another stream marketing."""
+        return "all" if stream == self.settings.transactional_stream else "marketing"
+
+    def pull_bounces(
+        self, con: duckdb.DuckDBPyConnection, now: datetime, *, soft_bounce_limit: int
+    ) -> Counter:
+        """Bounces from the day before the cursor (Postmark filters by day, in US Eastern time; a
+        window too big for one query is read day by day), recorded by tasks.feedback."""
+        days = feedback.pull_days(feedback.cursor(con, "postmark", "bounces"), now)
+        found = _read_window(
+            lambda first, last: [
+                b.as_dict()
+                for b in self.client.bounces.all(count=MAX_ITEMS, fromdate=first, todate=last)
+            ],
+            days,
+            MAX_ITEMS,
+            "bounces",
+        )
+        found.sort(key=lambda b: (feedback.parse_time(b["BouncedAt"]), int(b["ID"])))
+        bounces = [
+            feedback.Bounce(
+                bounce_id=str(b["ID"]),
+                email=normalise_address("email", b["Email"]),
+                kind=BOUNCE_KINDS.get(b["Type"], "other"),
+                at=feedback.parse_time(b["BouncedAt"]),
+                provider_message_id=b.get("MessageID"),
+                stream=b.get("MessageStream"),
+                type=b["Type"],
+                complaint_scope=self._scope(b.get("MessageStream")),
+            )
+            for b in found
+        ]
+        return feedback.record_bounces(
+            con, "postmark", bounces, now, soft_bounce_limit=soft_bounce_limit
+        )
+
+    def pull_suppressions(
+        self, con: duckdb.DuckDBPyConnection, stream: str, now: datetime
+    ) -> Counter:
+        """A stream's suppression dump (the generic ``client.call``: postmarker 1.0 has no
+        manager for it): Postmark-managed unsubscribes, complaints, manual blocks."""
+        feed = f"suppressions:{stream}"
+        days = feedback.pull_days(feedback.cursor(con, "postmark", feed), now)
+        path = f"/message-streams/{stream}/suppressions/dump"
+        entries = _read_window(
+            lambda first, last: (
+                self.client.call("GET", path, fromdate=first, todate=last).get("Suppressions") or []
+            ),
+            days,
+            DUMP_LIMIT,
+            f"suppressions of stream {stream!r}",
+        )
+        entries.sort(key=lambda s: feedback.parse_time(s["CreatedAt"]))
+        for entry in entries:
+            entry["_email"] = normalise_address("email", entry["EmailAddress"])
+            entry["_key"] = feedback.digest(stream, entry["_email"], entry["CreatedAt"])
+        fresh = feedback.new_keys(con, "postmark", feed, [e["_key"] for e in entries])
+        new = list({e["_key"]: e for e in entries if e["_key"] in fresh}.values())
+        scope = self._scope(stream)
+        counts: Counter = Counter()
+        with transaction(con):
+            book = feedback.Book(con, "email", {e["_email"] for e in new})
+            items = []
+            for e in new:
+                at = feedback.parse_time(e["CreatedAt"])
+                reason = DUMP_REASONS.get(e.get("SuppressionReason"))
+                if reason is None:  # ManualSuppression: the recipient's own unsubscribe, or ours
+                    reason = "unsubscribed" if e.get("Origin") == "Recipient" else "manual"
+                evidence = (f"postmark suppression on stream {stream} "
+                            f"({e.get('SuppressionReason')}, origin {e.get('Origin')})")  # fmt: skip
+                this_scope: Scope = "all" if reason == "hard_bounce" else scope
+                added = book.suppress(e["_email"], this_scope, reason, "postmark", evidence, at)
+                items.append((e["_key"], "suppress" if added else "already", at))
+                counts[f"suppressed_{reason}" if added else "already_suppressed"] += 1
+            book.write(con)
+            feedback.record_items(con, "postmark", feed, items, now)
+            newest = max((feedback.parse_time(e["CreatedAt"]) for e in entries), default=None)
+            feedback.advance(con, "postmark", feed, newest, len(new), now)
+        return +counts
+
+
+# --- feedback: bounces and suppression dumps ----------------------------------------------------
+
+# Postmark pages at most this deep into one bounce query; a suppression dump is read whole, and
+# one that returns this many may have been cut short (the window is then read day by day).
+MAX_ITEMS = 10_000
+DUMP_LIMIT = 500
+BOUNCE_KINDS = {"HardBounce": "hard", "SoftBounce": "soft", "SpamComplaint": "spam_complaint"}
+DUMP_REASONS = {"HardBounce": "hard_bounce", "SpamComplaint": "spam_complaint"}
+
+
+def _read_window(fetch, days: list[date], limit: int, what: str) -> list[dict]:
+    """``fetch(first_day, last_day)`` for the whole window, or day by day when the window holds
+    as many items as one query returns (``limit``: it may have been cut short). A provider error
+    means nothing of this feed is recorded this time."""
+
+    def read(first: date, last: date) -> list[dict]:
+        try:
+            return fetch(first.isoformat(), last.isoformat())
+        except (ClientError, requests.RequestException, KeyError, ValueError) as exc:
+            code = f": {exc.error_code}" if isinstance(exc, ClientError) else ""
+            raise FeedbackUnavailable(
+                f"Postmark {what} could not be read ({type(exc).__name__}{code}); nothing from "
+                "it was recorded, the next pull tries again."
+            ) from None
+
+    items = read(days[0], days[-1])
+    if len(items) < limit or len(days) == 1:
+        return items
+    items = []
+    for day in days:
+        found = read(day, day)
+        if len(found) >= limit:
+            raise FeedbackUnavailable(
+                f"Postmark {what}: {day} alone has {limit} or more items, more than one query "
+                "returns; export that day from Postmark and import it."
+            )
+        items.extend(found)
+    return items

@@ -10,30 +10,55 @@ Odd things about this API and client, and what we do about them:
   carry ``.code`` and ``.status``. 21610 = the number replied STOP; 21211 invalid number;
   21614 not a mobile; 20429 / 429 / 5xx = come back later; 20003 = bad credentials.
 - Only E.164 numbers are sent (dispatch checks before anything is claimed).
+- Replies come back as inbound messages in the same Messages list: a reply that is just an
+  opt-out word (Twilio's defaults) suppresses the number, an opt-in word lifts it (recorded by
+  tasks/feedback.py). A 21610 at send time is recorded by dispatch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
+import duckdb
 import requests
 from twilio.base.exceptions import TwilioException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
-from tasks.messages.ledger import LedgerRow
-from tasks.messages.templates import RenderedSms
+from tasks import feedback
+from tasks.feedback import Feed, FeedbackUnavailable
+from tasks.messages.ledger import LedgerRow, normalise_address
 from tasks.providers.common import (
     Outcome,
     OutgoingMessage,
     ProviderUnavailable,
+    RenderedSms,
     Suppress,
     request_never_sent,
 )
+from tasks.warehouse import transaction
+
+# Twilio's default opt-out and opt-in words (a reply that is exactly one of them).
+OPT_OUT_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
+OPT_IN_WORDS = frozenset({"START", "YES", "UNSTOP"})
+
+
+def reply_keyword(body: str | None) -> Literal["stop", "start"] | None:
+    """Twilio acts on a reply that is just the word (any case, stray spaces or punctuation)."""
+    word = re.sub(r"[\s.!]+", "", (body or "").upper())
+    if word in OPT_OUT_WORDS:
+        return "stop"
+    if word in OPT_IN_WORDS:
+        return "start"
+    return None
+
 
 # Allowance for clock difference between us and Twilio when matching a message to an attempt.
 CLOCK_SKEW = timedelta(minutes=2)
@@ -193,3 +218,70 @@ class TwilioProvider:
         session = getattr(self.client.http_client, "session", None)
         if session is not None:
             session.close()
+
+    # --- feedback ---------------------------------------------------------------------------
+
+    def feedback_feeds(self, soft_bounce_limit: int) -> list[Feed]:
+        """Replies: inbound messages from the Messages list (STOP and START words)."""
+        return [Feed("twilio-replies", self.pull_replies)]
+
+    def pull_replies(self, con: duckdb.DuckDBPyConnection, now: datetime) -> Counter:
+        """Inbound STOP/START words since the cursor, as suppress/lift rows for the sender's
+        number. An opt-out word suppresses the number for every SMS (Twilio itself blocks
+        further sends with 21610); an opt-in word lifts whatever suppressions it has.
+
+        Replies are messages to our sending number; with a messaging service (several numbers,
+        no ``from_number``) every inbound message is read.
+        """
+        number = self.settings.from_number
+        last = feedback.cursor(con, "twilio", "inbound")
+        since = feedback.pull_days(last, now)[0].isoformat()
+        try:
+            filters = {"to": number} if number else {}
+            messages = [
+                m
+                for m in self.client.messages.stream(
+                    date_sent_after=since, page_size=1000, **filters
+                )
+                if m.direction == "inbound"
+            ]
+        except (TwilioException, requests.RequestException) as exc:
+            raise FeedbackUnavailable(
+                f"Twilio's message list could not be read ({type(exc).__name__}); nothing from "
+                "it was recorded, the next pull tries again."
+            ) from None
+
+        def when(m) -> datetime:
+            return m.date_sent or m.date_created or now
+
+        messages.sort(key=lambda m: (when(m), m.sid))
+        fresh = feedback.new_keys(con, "twilio", "inbound", [m.sid for m in messages])
+        new = [m for m in messages if m.sid in fresh]
+        counts: Counter = Counter()
+        with transaction(con):
+            book = feedback.Book(con, "sms", {normalise_address("sms", m.from_ or "") for m in new})
+            items = []
+            for m in new:
+                at = when(m)
+                keyword = reply_keyword(m.body)
+                phone = normalise_address("sms", m.from_ or "")
+                evidence = f"twilio inbound {m.sid}"
+                if keyword is None or not phone:
+                    outcome, counted = "ignored", "replies_other"
+                elif keyword == "stop":
+                    added = book.suppress(phone, "all", "stop", "twilio", evidence, at)
+                    outcome, counted = (
+                        ("suppress", "sms_stop") if added else ("already", "sms_stop_already")
+                    )
+                else:
+                    lifted = book.lift(phone, "opt_in", "twilio", evidence, at)
+                    outcome, counted = (
+                        ("lift", "sms_start") if lifted else ("ignored", "sms_start_not_suppressed")
+                    )
+                items.append((m.sid, outcome, at))
+                counts[counted] += 1
+            book.write(con)
+            feedback.record_items(con, "twilio", "inbound", items, now)
+            newest = max((when(m) for m in messages), default=None)
+            feedback.advance(con, "twilio", "inbound", newest, len(new), now)
+        return +counts

@@ -30,8 +30,11 @@ CREATE TABLE IF NOT EXISTS state.build_context (
     active_patient_months    INTEGER,            -- NULL = all patients
     list_size_cap            INTEGER,            -- NULL = no cap
     honour_email_opt_in      BOOLEAN NOT NULL,   -- honour Cliniko's accepted_email_marketing
-    cap_order                VARCHAR NOT NULL    -- which people a cap keeps first
+    cap_order                VARCHAR NOT NULL,   -- which people a cap keeps first
+    soft_bounce_limit        INTEGER             -- this many soft bounces take an address off
 );
+-- Files made before soft_bounce_limit existed get it (NULL until their next build).
+ALTER TABLE state.build_context ADD COLUMN IF NOT EXISTS soft_bounce_limit INTEGER;
 
 -- Every audience the runner has recorded: the two marketing lists and each segment.
 CREATE TABLE IF NOT EXISTS state.audiences (

@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS state.email_bounce_messages (
 
 -- The bounces that count for an address: those since its latest lift (a fresh opt-in starts
 -- the count again). The email marketing list applies the same rule; feedback reads this view
--- to know when the fifth soft bounce arrives.
+-- to know when the clinic's marketing_list.soft_bounce_limit is reached.
 CREATE OR REPLACE VIEW state.email_bounce_counts AS
 WITH last_lift AS (
     SELECT address AS email, max(occurred_at) AS lifted_at

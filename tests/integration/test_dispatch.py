@@ -10,11 +10,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from blocks.resolve import providers_for
 from sandbox.postmark import PostmarkSandbox
 from sandbox.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioSandbox
 from tasks.config import ClinicConfig
 from tasks.messages import ledger
-from tasks.messages.dispatch import Ready, Unsubscribe, clinic_details, dispatch, providers_for
+from tasks.messages.dispatch import Ready, Unsubscribe, clinic_details, dispatch
 from tasks.messages.ledger import PlannedMessage, make_send_key
 from tasks.messages.templates import Templates, build_context
 from tasks.providers.postmark import PostmarkProvider, PostmarkSettings

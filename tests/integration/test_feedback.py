@@ -17,7 +17,7 @@ from sandbox.postmark import PostmarkSandbox
 from sandbox.server import ThreadedServer
 from sandbox.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioSandbox
 from tasks import feedback
-from tasks.config import ClinicConfig
+from tasks.config import ClinicConfig, MarketingListSettings
 from tasks.messages import ledger
 from tasks.messages.dispatch import Ready, Unsubscribe, dispatch
 from tasks.messages.ledger import PlannedMessage, make_send_key
@@ -30,7 +30,7 @@ from tasks.warehouse import memory_db, open_db
 pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
-STREAMS = feedback.PostmarkStreams("outbound", "broadcast")
+SOFT_BOUNCE_LIMIT = MarketingListSettings().soft_bounce_limit  # the clinic default: 5
 PATIENT = "pat@example.com"
 MOBILE = "+61411111111"
 OUR_NUMBER = "+61400000000"
@@ -51,6 +51,7 @@ def postmark():
             PostmarkSettings(server_token=sandbox.server_token, from_address="d@demo.example",
                              base_url=server.url, timeout=5)
         )  # fmt: skip
+        sandbox.provider = provider
         sandbox.client = provider.client
         yield sandbox
         provider.close()
@@ -65,21 +66,22 @@ def twilio():
                            from_number=OUR_NUMBER, base_url=server.url, timeout=5)
         )  # fmt: skip
         sandbox.provider = provider
+        sandbox.provider = provider
         sandbox.client = provider.client
         yield sandbox
         provider.close()
 
 
 def pull_bounces(con, postmark, now=NOW):
-    return feedback.pull_postmark_bounces(con, postmark.client, STREAMS, now)
+    return postmark.provider.pull_bounces(con, now, soft_bounce_limit=SOFT_BOUNCE_LIMIT)
 
 
 def pull_dump(con, postmark, stream, now=NOW):
-    return feedback.pull_postmark_suppressions(con, postmark.client, stream, STREAMS, now)
+    return postmark.provider.pull_suppressions(con, stream, now)
 
 
 def pull_replies(con, twilio, now=NOW):
-    return feedback.pull_twilio_replies(con, twilio.client, OUR_NUMBER, now)
+    return twilio.provider.pull_replies(con, now)
 
 
 def blocked(con, address, purpose, channel="email") -> bool:
@@ -126,6 +128,13 @@ def test_four_soft_bounces_keep_an_address_and_the_fifth_takes_it_off_marketing(
     assert blocked(con, PATIENT, "marketing")
     assert not blocked(con, PATIENT, "transactional"), "reminders still go after soft bounces"
     assert suppressions(con) == [("suppress", "soft_bounce_limit", "marketing")]
+
+
+def test_a_clinic_with_a_lower_soft_bounce_limit_loses_the_address_sooner(con, postmark):
+    soft_bounces(postmark, 3)
+    counts = postmark.provider.pull_bounces(con, NOW, soft_bounce_limit=3)
+    assert counts["suppressed_soft_bounce_limit"] == 1
+    assert blocked(con, PATIENT, "marketing") and not blocked(con, PATIENT, "transactional")
 
 
 def test_bounces_after_the_limit_add_no_more_suppressions(con, postmark):

@@ -51,7 +51,7 @@ def worker(db: str, postmark_url: str, twilio_url: str) -> None:
     """Every feed once, as the tick's feedback step pulls them."""
     sys.path.insert(0, str(ROOT))
     from sandbox.twilio import ACCOUNT_SID, AUTH_TOKEN
-    from tasks import feedback
+    from tasks.config import MarketingListSettings
     from tasks.providers.postmark import PostmarkProvider, PostmarkSettings
     from tasks.providers.twilio import TwilioProvider, TwilioSettings
     from tasks.warehouse import open_db
@@ -62,22 +62,13 @@ def worker(db: str, postmark_url: str, twilio_url: str) -> None:
     twilio = TwilioProvider(
         TwilioSettings(ACCOUNT_SID, AUTH_TOKEN, from_number=OUR_NUMBER, base_url=twilio_url)
     )
-    streams = feedback.PostmarkStreams()
     now = datetime.now(UTC)
-    pulls = {
-        "bounces": lambda: feedback.pull_postmark_bounces(con, postmark.client, streams, now),
-        "outbound": lambda: feedback.pull_postmark_suppressions(
-            con, postmark.client, "outbound", streams, now
-        ),
-        "broadcast": lambda: feedback.pull_postmark_suppressions(
-            con, postmark.client, "broadcast", streams, now
-        ),
-        "replies": lambda: feedback.pull_twilio_replies(con, twilio.client, OUR_NUMBER, now),
-    }
+    limit = MarketingListSettings().soft_bounce_limit
+    feeds = [*postmark.feedback_feeds(limit), *twilio.feedback_feeds(limit)]
     with open_db(db) as con:
-        for name, pull in pulls.items():
-            print(f"pulling {name}", flush=True)  # the test kills us some time after this
-            pull()
+        for feed in feeds:
+            print(f"pulling {feed.name}", flush=True)  # the test kills us some time after this
+            feed.pull(con, now)
     print("done", flush=True)
 
 
@@ -117,7 +108,9 @@ def test_kill_9_during_feedback_pulls_then_pull_again_records_everything_once(tm
     for r in range(ROUNDS):
         more_feedback(postmark, twilio, r)
         proc = spawn(db, postmark, twilio)
-        target = f"pulling {rng.choice(['bounces', 'outbound', 'broadcast', 'replies'])}"
+        feed = rng.choice(["postmark-bounces", "postmark-suppressions-outbound",
+                           "postmark-suppressions-broadcast", "twilio-replies"])  # fmt: skip
+        target = f"pulling {feed}"
         for line in proc.stdout:
             if line.decode().strip() in (target, "done"):
                 break

@@ -1,7 +1,8 @@
-"""Feedback that needs no provider: reply words, pull windows, unsubscribe clicks, CSV imports.
+"""Feedback that needs no provider: pull windows, cursors, lifts, unsubscribe clicks.
 
 The provider pulls (bounces, suppression dumps, Twilio replies) are exercised through the real
-clients against the sandboxes in tests/integration/test_feedback.py.
+clients against the sandboxes in tests/integration/test_feedback.py; reply words in
+tests/unit/providers/test_twilio.py; CSV imports in tests/unit/test_feedback_import.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tasks import feedback
+from tasks.config import ClinicConfig, MarketingListSettings
 from tasks.messages import ledger
 from tasks.messages.ledger import PlannedMessage, make_send_key
 from tasks.unsubscribe.tokens import UnsubscribeClaim
@@ -53,26 +55,6 @@ def suppression_rows(con):
     ).fetchall()
 
 
-# --- reply words -----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("body", ["STOP", "stop", " Stop. ", "STOPALL", "unsubscribe", "Cancel",
-                                  "END", "quit!"])  # fmt: skip
-def test_opt_out_words_in_any_case_stop_sms(body):
-    assert feedback.reply_keyword(body) == "stop"
-
-
-@pytest.mark.parametrize("body", ["START", "yes", "Unstop"])
-def test_opt_in_words_start_sms_again(body):
-    assert feedback.reply_keyword(body) == "start"
-
-
-@pytest.mark.parametrize("body", ["Please stop texting me on Sundays", "yes please", "", None,
-                                  "STOP IT"])  # fmt: skip
-def test_a_sentence_is_not_a_keyword(body):
-    assert feedback.reply_keyword(body) is None
-
-
 # --- pull windows ----------------------------------------------------------------------------
 
 
@@ -89,8 +71,8 @@ def test_a_later_pull_rereads_from_the_day_before_its_cursor():
 
 
 def test_a_cursor_only_moves_forward(con):
-    feedback._advance(con, "postmark", "bounces", NOW, 3, NOW)
-    feedback._advance(con, "postmark", "bounces", NOW - timedelta(days=3), 1, NOW)
+    feedback.advance(con, "postmark", "bounces", NOW, 3, NOW)
+    feedback.advance(con, "postmark", "bounces", NOW - timedelta(days=3), 1, NOW)
     assert feedback.cursor(con, "postmark", "bounces") == NOW
     assert con.execute("SELECT items FROM state.feedback_cursors").fetchone() == (4,)
 
@@ -182,88 +164,16 @@ def test_a_line_cut_short_by_a_crash_is_skipped_and_the_rest_recorded(con, tmp_p
     assert counts == {"unsubscribe_suppress": 1, "clicks_unreadable": 1}
 
 
-# --- CSV import -----------------------------------------------------------------------------
-
-
-def write_csv(tmp_path, text: str, name="unsubscribed_members.csv"):
-    path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-MAILCHIMP = (
-    "\ufeffEmail Address,First Name,Last Name,UNSUB_TIME\n"
-    "ann@example.com,Ann,A,2026-01-02 10:00:00\n"
-    "BOB@Example.com ,Bob,B,2026-01-03 10:00:00\n"
-    "ann@example.com,Ann,A,2026-01-04 10:00:00\n"
-    "\n"
-)
-
-
-def test_a_mailchimp_export_unsubscribes_each_address_once(con, tmp_path):
-    result = feedback.import_unsubscribes(con, write_csv(tmp_path, MAILCHIMP), NOW)
-
-    assert result.as_dict() == {"imported": 2, "already_unsubscribed": 0, "duplicate": 1,
-                                "invalid": 0}  # fmt: skip
-    assert result.column == "Email Address"
-    assert marketing_blocked(con, "ann@example.com") and marketing_blocked(con, "bob@example.com")
-    assert {r[5] for r in suppression_rows(con)} == {"csv_import"}
-    evidence = con.execute("SELECT evidence FROM state.suppressions ORDER BY 1").fetchall()
-    assert evidence == [("unsubscribed_members.csv line 2",), ("unsubscribed_members.csv line 3",)]
-
-
-def test_importing_the_same_file_again_adds_nothing(con, tmp_path):
-    path = write_csv(tmp_path, MAILCHIMP)
-    feedback.import_unsubscribes(con, path, NOW)
-    again = feedback.import_unsubscribes(con, path, NOW + timedelta(hours=1))
-    assert (again.imported, again.already) == (0, 2)
-    assert len(suppression_rows(con)) == 2
-
-
-def test_an_invalid_address_refuses_the_whole_file_naming_its_line(con, tmp_path):
-    path = write_csv(tmp_path, "email;name\nann@example.com;Ann\nnot-an-address;X\n")
-    with pytest.raises(feedback.ImportRefused, match=r"line\(s\) 3\. Nothing was imported"):
-        feedback.import_unsubscribes(con, path, NOW)
-    assert suppression_rows(con) == []
-
-
-def test_skip_invalid_imports_the_valid_rest_and_counts_the_invalid(con, tmp_path):
-    path = write_csv(tmp_path, "email;name\nann@example.com;Ann\nnot-an-address;X\n")
-    result = feedback.import_unsubscribes(con, path, NOW, skip_invalid=True)
-    assert (result.imported, result.invalid, result.invalid_lines) == (1, 1, [3])
-
-
-def test_a_file_without_a_header_is_refused_without_repeating_its_first_address(con, tmp_path):
-    path = write_csv(tmp_path, "ann@example.com,Ann\nbob@example.com,Bob\n")
-    with pytest.raises(feedback.ImportRefused, match="header line") as refused:
-        feedback.import_unsubscribes(con, path, NOW)
-    assert "ann@" not in str(refused.value)
-
-
-def test_a_file_without_an_email_column_is_refused_with_what_to_name_it(con, tmp_path):
-    path = write_csv(tmp_path, "name,phone\nAnn,0400\n")
-    with pytest.raises(feedback.ImportRefused, match="Email Address"):
-        feedback.import_unsubscribes(con, path, NOW)
-
-
-def test_an_import_that_fails_before_its_commit_writes_nothing(con, tmp_path, monkeypatch):
-    path = write_csv(tmp_path, MAILCHIMP)
-    real = feedback.Book.write
-
-    def written_then_killed(book, con):
-        real(book, con)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(feedback.Book, "write", written_then_killed)
-    with pytest.raises(KeyboardInterrupt):
-        feedback.import_unsubscribes(con, path, NOW)
-    assert suppression_rows(con) == []
-
-
 def test_the_email_list_and_feedback_agree_on_the_soft_bounce_limit_and_its_count():
-    """One count (state.email_bounce_counts) and one limit: the list model must read both."""
-    from relay.env import PROJECT_ROOT
+    """One count (state.email_bounce_counts) and one limit (marketing_list.soft_bounce_limit,
+    which the build hands the models in state.build_context): the list model must read both."""
+    from tasks.models.runner import ListSettings
+    from tasks.paths import PROJECT_ROOT
 
     model = (PROJECT_ROOT / "sql/marts/email_marketing_list.sql").read_text()
     assert "from state.email_bounce_counts" in model
-    assert f"soft_bounces >= {feedback.SOFT_BOUNCE_LIMIT}" in model
+    assert "soft_bounces >= soft_bounce_limit" in model
+    assert "settings.soft_bounce_limit" in model
+    config = ClinicConfig(clinic="t", name="T", marketing_list={"soft_bounce_limit": 3})
+    assert ListSettings.from_config(config).soft_bounce_limit == 3
+    assert ListSettings().soft_bounce_limit == MarketingListSettings().soft_bounce_limit == 5

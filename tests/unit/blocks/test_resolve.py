@@ -1,0 +1,36 @@
+"""blocks/resolve.py: a clinic's configuration becomes accounts and providers here, and only here
+(no Prefect server needed for the outbox and the environment)."""
+
+from __future__ import annotations
+
+import pytest
+
+from blocks.resolve import cliniko_account, providers_for
+from tasks.config import ClinicConfig
+from tasks.errors import UserFacingError
+
+
+def test_the_default_clinic_sends_both_channels_to_its_own_outbox(data_dir):
+    cfg = ClinicConfig(clinic="t", name="Test Clinic")
+    chosen = providers_for(cfg)
+    assert {c: p.name for c, p in chosen.items()} == {"email": "outbox", "sms": "outbox"}
+    assert chosen["email"] is chosen["sms"]
+    assert chosen["email"].folder == data_dir / "outbox" / "t"
+    assert chosen["email"].email_from == "Test Clinic <hello@clinic.example>"
+    assert chosen["sms"].sms_from == "Test Clinic"
+
+
+def test_cliniko_from_the_environment_reads_its_variables(monkeypatch):
+    monkeypatch.setenv("CLINIKO_API_KEY", "key-au2")
+    monkeypatch.setenv("CLINIKO_CONTACT", "ops@clinic.example")
+    monkeypatch.setenv("CLINIKO_BASE_URL", "http://127.0.0.1:1")
+    account = cliniko_account(ClinicConfig(clinic="t", name="T", cliniko={"account": "env"}))
+    assert account.api_key.get_secret_value() == "key-au2"
+    assert (account.contact_email, account.base_url) == ("ops@clinic.example", "http://127.0.0.1:1")
+    assert "key-au2" not in repr(account)
+
+
+def test_cliniko_from_an_empty_environment_says_what_to_set(monkeypatch):
+    monkeypatch.delenv("CLINIKO_API_KEY", raising=False)
+    with pytest.raises(UserFacingError, match="CLINIKO_API_KEY is not set.*cliniko.account"):
+        cliniko_account(ClinicConfig(clinic="t", name="T", cliniko={"account": "env"}))

@@ -1,0 +1,30 @@
+"""Each provider says what it reports back after sending; the feedback flow pulls exactly that."""
+
+from __future__ import annotations
+
+from tasks.providers.outbox import OutboxProvider
+from tasks.providers.postmark import PostmarkProvider, PostmarkSettings
+from tasks.providers.twilio import TwilioProvider, TwilioSettings
+
+
+def test_the_outbox_reports_nothing_back(tmp_path):
+    outbox = OutboxProvider(tmp_path, email_from="d@demo.example", sms_from="Demo")
+    assert outbox.feedback_feeds(5) == []
+
+
+def test_postmark_reports_bounces_and_each_streams_suppressions_once():
+    postmark = PostmarkProvider(PostmarkSettings("token", "d@demo.example"))
+    assert [f.name for f in postmark.feedback_feeds(5)] == [
+        "postmark-bounces", "postmark-suppressions-outbound", "postmark-suppressions-broadcast"
+    ]  # fmt: skip
+    same = PostmarkProvider(
+        PostmarkSettings("token", "d@demo.example", marketing_stream="outbound")
+    )
+    assert [f.name for f in same.feedback_feeds(5)] == [
+        "postmark-bounces", "postmark-suppressions-outbound"
+    ]  # fmt: skip
+
+
+def test_twilio_reports_replies():
+    twilio = TwilioProvider(TwilioSettings("AC" + "0" * 32, "token", from_number="+61400000000"))
+    assert [f.name for f in twilio.feedback_feeds(5)] == ["twilio-replies"]
