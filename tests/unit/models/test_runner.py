@@ -202,6 +202,22 @@ def test_a_failing_data_test_fails_the_build_with_its_count_and_file(con, tmp_pa
     assert models.run_tests(con, sql_dir) == {"sql/tests/people_have_email.sql": 0}
 
 
+# A data test that cannot run (a column that is not there): DuckDB refuses it only when it runs,
+# after every model was built.
+BROKEN_TEST = {"tests/people_broken.sql": "select patient_id from marts.people where no_such_col"}
+
+
+def test_a_broken_data_test_file_is_recorded_as_a_failed_build(con, tmp_path):
+    sql_dir = write(tmp_path, GOOD)
+    build(con, sql_dir)
+    write(tmp_path, {**GOOD, **BROKEN_TEST})
+    with pytest.raises(models.BuildFailed, match=r"sql/tests/people_broken.sql: .*no_such_col"):
+        build(con, sql_dir)
+    latest = models.latest_build(con)
+    assert (latest["status"], latest["failed_file"]) == ("failed", "sql/tests/people_broken.sql")
+    assert count(con, "segments.everyone") == 2  # the last good models stay
+
+
 def test_a_segment_must_return_each_patient_once(con, tmp_path):
     sql_dir = write(
         tmp_path,
