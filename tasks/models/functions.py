@@ -1,5 +1,6 @@
-"""SQL helpers the models may call: macros for Cliniko's payload quirks, Python UDFs for phones
-and emails. Registered on every connection that builds or previews models.
+"""SQL helpers the models may call: macros for Cliniko's payload quirks and for an incremental
+model's source rows, Python UDFs for phones and emails. Registered on every connection that
+builds or previews models.
 
 Cliniko quirks (../shared/reference/cliniko-api.md): empty values arrive as "" or null, foreign
 keys as {"links": {"self": ".../patients/82"}} (the id is the last path segment), 64-bit ids as
@@ -45,6 +46,18 @@ MACROS = (
     f"regexp_full_match(email, '{_PLAIN_EMAIL}') AND length(email) <= 64 "
     f"AND lower(split_part(email, '.', -1)) NOT IN ({_SPECIAL_USE}) THEN true "
     "ELSE relay_email_validator(email) END",
+    # An incremental staging model's source: the rows of a raw table the sync wrote since the
+    # last good build (getvariable('changes_since'); every row when it is NULL, a full build):
+    # rows stored since, and rows marked removed since. Two selections, each filtering one
+    # column, so DuckDB skips unchanged storage without reading the JSON (one OR over both
+    # columns reads it all). Used as `select * from raw_changes('raw.patients')`.
+    "CREATE OR REPLACE TEMP MACRO raw_changes(raw_table) AS TABLE "
+    "SELECT id, payload, synced_at, removed_at FROM query_table(raw_table) "
+    "WHERE getvariable('changes_since') IS NULL OR synced_at > getvariable('changes_since') "
+    "UNION ALL "
+    "SELECT id, payload, synced_at, removed_at FROM query_table(raw_table) "
+    "WHERE removed_at > getvariable('changes_since') "
+    "AND synced_at <= getvariable('changes_since')",
 )
 
 _MOBILE_TYPES = {

@@ -157,6 +157,14 @@ def _tables_read(con: duckdb.DuckDBPyConnection, file: str, sql: str) -> tuple[s
     }
     tables = set()
     for node in nodes:
+        if node.get("type") == "TABLE_FUNCTION":
+            # raw_changes('raw.patients') (tasks.models.functions) reads the table it names.
+            function = node.get("function") or {}
+            arguments = function.get("arguments") or [{}]
+            literal = (arguments[0].get("expression") or {}).get("literal") or {}
+            if function.get("function_name") == "raw_changes" and literal.get("kind") == "STRING":
+                tables.add(literal["text"].lower())
+            continue
         if node.get("type") != "BASE_TABLE":
             continue
         schema, table = node.get("schema_name", "").lower(), node["table_name"].lower()
