@@ -283,7 +283,7 @@ class ModelBuild:
             )
         except duckdb.Error as exc:
             raise BuildFailed(
-                self.build_id, "tasks/models/runner.py (membership)", _message(exc)
+                self.build_id, "tasks/models/membership.py", _message(exc)
             ) from None
         self.memo.keep(self.con)
         self.con.execute(

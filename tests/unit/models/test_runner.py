@@ -159,6 +159,21 @@ def test_a_reference_to_an_unknown_table_names_the_file_and_the_table(con, tmp_p
     assert count(con, "segments.everyone") == 2  # nothing was touched
 
 
+def test_a_model_reading_raw_changes_depends_on_the_raw_table_it_names(con, tmp_path):
+    sql_dir = write(
+        tmp_path,
+        {
+            "staging/people.sql": "-- config: materialized=incremental, key=patient_id\n"
+            "with source as (select * from raw_changes('raw.patients')) "
+            "select id as patient_id, payload->>'email' as email from source",
+        },
+    )
+    assert models.discover(con, sql_dir).model("staging.people").depends_on == ("raw.patients",)
+    write(tmp_path, {"staging/people.sql": "select * from raw_changes('raw.no_such')"})
+    with pytest.raises(models.ModelError, match="reads raw.no_such, which does not exist"):
+        models.discover(con, sql_dir)
+
+
 def test_a_table_without_its_schema_is_refused(con, tmp_path):
     sql_dir = write(tmp_path, {"marts/x.sql": "with p as (select 1) select * from p, patients"})
     with pytest.raises(models.ModelError, match="reads 'patients' without a schema"):
