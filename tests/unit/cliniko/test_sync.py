@@ -48,3 +48,20 @@ def test_a_failed_run_is_recorded_with_its_error(con):
     ).fetchone()
     assert status == "failed" and error == "ValueError: page 3 unreadable"
     assert orjson.loads(summary)["patients"]["new"] == 3
+
+
+def test_run_sync_records_a_failed_sweep_whoever_runs_it(con):
+    """The flow passes its own sweep (Prefect tasks around the same Sync methods): a failure in
+    it is recorded by run_sync as it is for Sync.run."""
+
+    def sweep(sync):
+        sync.counts["patients"].new = 2
+        raise RuntimeError("the reader stopped")
+
+    with pytest.raises(RuntimeError):
+        extract.run_sync(con, client=None, reconcile=True, sweep=sweep)
+    kind, status, summary, error = con.execute(
+        "SELECT kind, status, summary, error FROM state.sync_runs"
+    ).fetchone()
+    assert (kind, status, error) == ("reconcile", "failed", "RuntimeError: the reader stopped")
+    assert orjson.loads(summary)["patients"]["new"] == 2
