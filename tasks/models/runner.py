@@ -282,9 +282,7 @@ class ModelBuild:
                 self.con, self.project, self.build_id, self.result.built_at
             )
         except duckdb.Error as exc:
-            raise BuildFailed(
-                self.build_id, "tasks/models/membership.py", _message(exc)
-            ) from None
+            raise BuildFailed(self.build_id, "tasks/models/membership.py", _message(exc)) from None
         self.memo.keep(self.con)
         self.con.execute(
             "INSERT INTO state.model_builds VALUES (?, ?, now(), 'succeeded', ?, ?, NULL, NULL, ?)",
