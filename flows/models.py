@@ -1,8 +1,9 @@
 """The model build flow: sql/ -> staging, marts and segments in the clinic's DuckDB.
 
 Each model is its own Prefect task, waiting on the models its SQL reads, so a run shows the DAG.
-All of them run inside one transaction (tasks.models.runner.ModelBuild): a failing model or data test
-rolls everything back, the last good tables stay, and the failure is recorded for the planner.
+The build itself is ``tasks.models.runner.build``, the same function the CLI calls: one
+transaction, so a failing model or data test rolls everything back, the last good tables stay,
+and the failure is recorded for the planner, whoever started the build.
 Tasks return counts only; the artifact holds row counts and audience sizes, never patient data.
 """
 
@@ -36,33 +37,38 @@ def record_membership_and_commit(run: models.ModelBuild) -> dict[str, dict[str, 
     return run.finish().audiences
 
 
+class AsTasks(models.Steps):
+    """The build's steps as Prefect tasks; ``models.build`` runs them in order and records any
+    failure, as it does for the CLI."""
+
+    def model(self, run: models.ModelBuild, model: models.Model, upstream: list) -> object:
+        state = build_model.with_options(task_run_name=model.relation)(
+            run, model.relation, wait_for=upstream, return_state=True
+        )
+        if not state.is_completed():
+            raise state.result(raise_on_failure=False)
+        return state
+
+    def tests(self, run: models.ModelBuild) -> None:
+        run_data_tests(run)
+
+    def finish(self, run: models.ModelBuild) -> None:
+        record_membership_and_commit(run)
+
+
 @flow(name="build-models")
 def build_models(clinic: str = "demo", full_refresh: bool = False) -> dict:
     """Build, test and record membership for every model of ``clinic``, all or nothing."""
     config = load_clinic(clinic)
     logger = get_run_logger()
     with open_db(config.database_path) as con:
-        run = models.ModelBuild.prepare(
-            con, models.ListSettings.from_config(config), full_refresh=full_refresh
+        result = models.build(
+            con,
+            models.ListSettings.from_config(config),
+            full_refresh=full_refresh,
+            steps=AsTasks(),
         )
-        try:
-            states = {}
-            for model in run.project.models:
-                upstream = [states[d] for d in model.depends_on if d in states]
-                states[model.relation] = build_model.with_options(task_run_name=model.relation)(
-                    run, model.relation, wait_for=upstream, return_state=True
-                )
-                if not states[model.relation].is_completed():
-                    raise states[model.relation].result(raise_on_failure=False)
-            run_data_tests(run)
-            audiences = record_membership_and_commit(run)
-        except models.BuildFailed as failure:
-            run.abort(failure)
-            raise
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-    result = run.result
+    audiences = result.audiences
     logger.info(
         "Built %d models (%d data tests passed) for %s",
         len(result.rows),

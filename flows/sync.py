@@ -1,7 +1,8 @@
 """The Cliniko sync flow: Cliniko -> raw.* in the clinic's DuckDB, a task per resource (one
 task for all of them when there is little to read, as on most ticks).
 
-Thin wiring around ``tasks.cliniko.sync`` (where the paging, transactions and reconciliation live).
+Thin wiring around ``tasks.cliniko.sync.run_sync`` (where the paging, the run record and
+reconciliation live), the same function ``python -m tasks.cliniko.sync`` runs.
 Tasks take the open connection and client, so they run with ``cache_policy=NONE`` and return
 counts only: Prefect may persist results, and a result must never hold a patient's data.
 """
@@ -120,6 +121,28 @@ class SyncProgress:
             )
 
 
+def sweep_in_tasks(sync: extract.Sync) -> None:
+    """What ``Sync.run`` does, as Prefect tasks and with a progress artifact: the first page of
+    every path, then every resource (a task each when there is much to read)."""
+    progress = SyncProgress(sync)
+    sync.on_page = progress.page
+    try:
+        expected = check_access(sync)
+        progress.start(expected)
+        names = [resource.name for resource in RESOURCES]
+        if sync.full or sum(expected.values()) >= SyncProgress.MIN_ROWS:
+            for name in names:  # long work: a task per resource shows where it is
+                sync_resource(sync, name)
+        else:
+            sync_resources(sync, names)
+    except BaseException:
+        sync.close()
+        progress.finish(completed=False)
+        raise
+    sync.close()
+    progress.finish(completed=True)
+
+
 def summary_markdown(clinic: str, kind: str, counts: dict[str, extract.ResourceCounts]) -> str:
     """Counts per resource, nothing else: this is published where anyone with the UI can read it."""
     lines = [
@@ -148,33 +171,16 @@ def cliniko_sync(clinic: str = "demo", reconcile: bool = False) -> dict[str, dic
         full = reconcile or extract.reconcile_due(
             con, config.sync.reconcile_every_hours, datetime.now(UTC)
         )
-        kind = "reconcile" if full else "incremental"
-        run_id = extract.start_run(con, kind)
-        sync = extract.Sync(
-            con, client, overlap=timedelta(minutes=config.sync.overlap_minutes), full=full
+        counts = extract.run_sync(
+            con,
+            client,
+            overlap=timedelta(minutes=config.sync.overlap_minutes),
+            reconcile=full,
+            sweep=sweep_in_tasks,
         )
-        progress = SyncProgress(sync)
-        sync.on_page = progress.page
-        try:
-            expected = check_access(sync)
-            progress.start(expected)
-            names = [resource.name for resource in RESOURCES]
-            if full or sum(expected.values()) >= SyncProgress.MIN_ROWS:
-                for name in names:  # long work: a task per resource shows where it is
-                    sync_resource(sync, name)
-            else:
-                sync_resources(sync, names)
-        except BaseException as exc:
-            sync.close()
-            progress.finish(completed=False)
-            extract.finish_run(con, run_id, sync.counts, exc)
-            raise
-        sync.close()
-        progress.finish(completed=True)
-        extract.finish_run(con, run_id, sync.counts)
     create_markdown_artifact(
-        summary_markdown(config.clinic, kind, sync.counts),
+        summary_markdown(config.clinic, "reconcile" if full else "incremental", counts),
         key=artifact_key("cliniko-sync", config.clinic),
         description=f"Cliniko sync of {config.clinic}: rows and requests per resource",
     )
-    return {name: asdict(c) for name, c in sync.counts.items()}
+    return {name: asdict(c) for name, c in counts.items()}

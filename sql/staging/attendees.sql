@@ -4,18 +4,9 @@
 -- arrived: true = arrived, false = did not arrive, NULL = not marked.
 with
 
--- On an incremental build, only what the sync wrote since the last good build: rows stored
--- since, and rows marked removed since. Two selections, each filtering one column, so DuckDB
--- skips unchanged storage without reading the JSON (one OR over both columns reads it all).
+-- On an incremental build, only what the sync wrote since the last good build (sql/README.md).
 source as (
-    select id, payload, synced_at, removed_at
-    from raw.attendees
-    where getvariable('changes_since') is null or synced_at > getvariable('changes_since')
-    union all
-    select id, payload, synced_at, removed_at
-    from raw.attendees
-    where removed_at > getvariable('changes_since')
-        and synced_at <= getvariable('changes_since')
+    select * from raw_changes('raw.attendees')
 ),
 
 parsed as (

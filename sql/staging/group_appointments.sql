@@ -2,18 +2,9 @@
 -- One row per Cliniko group appointment (a class); who attended lives in staging.attendees.
 with
 
--- On an incremental build, only what the sync wrote since the last good build: rows stored
--- since, and rows marked removed since. Two selections, each filtering one column, so DuckDB
--- skips unchanged storage without reading the JSON (one OR over both columns reads it all).
+-- On an incremental build, only what the sync wrote since the last good build (sql/README.md).
 source as (
-    select id, payload, synced_at, removed_at
-    from raw.group_appointments
-    where getvariable('changes_since') is null or synced_at > getvariable('changes_since')
-    union all
-    select id, payload, synced_at, removed_at
-    from raw.group_appointments
-    where removed_at > getvariable('changes_since')
-        and synced_at <= getvariable('changes_since')
+    select * from raw_changes('raw.group_appointments')
 ),
 
 parsed as (

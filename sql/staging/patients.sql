@@ -7,18 +7,9 @@
 -- email_is_valid: syntax only (no DNS lookups).
 with
 
--- On an incremental build, only what the sync wrote since the last good build: rows stored
--- since, and rows marked removed since. Two selections, each filtering one column, so DuckDB
--- skips unchanged storage without reading the JSON (one OR over both columns reads it all).
+-- On an incremental build, only what the sync wrote since the last good build (sql/README.md).
 source as (
-    select id, payload, synced_at, removed_at
-    from raw.patients
-    where getvariable('changes_since') is null or synced_at > getvariable('changes_since')
-    union all
-    select id, payload, synced_at, removed_at
-    from raw.patients
-    where removed_at > getvariable('changes_since')
-        and synced_at <= getvariable('changes_since')
+    select * from raw_changes('raw.patients')
 ),
 
 build_context as (

@@ -1,5 +1,6 @@
-"""SQL helpers the models may call: macros for Cliniko's payload quirks, Python UDFs for phones
-and emails. Registered on every connection that builds or previews models.
+"""SQL helpers the models may call: macros for Cliniko's payload quirks and for an incremental
+model's source rows, Python UDFs for phones and emails. Registered on every connection that
+builds or previews models.
 
 Cliniko quirks (docs/reference.md, Cliniko): empty values arrive as "" or null, foreign
 keys as {"links": {"self": ".../patients/82"}} (the id is the last path segment), 64-bit ids as
@@ -45,6 +46,18 @@ MACROS = (
     f"regexp_full_match(email, '{_PLAIN_EMAIL}') AND length(email) <= 64 "
     f"AND lower(split_part(email, '.', -1)) NOT IN ({_SPECIAL_USE}) THEN true "
     "ELSE relay_email_validator(email) END",
+    # An incremental staging model's source: the rows of a raw table the sync wrote since the
+    # last good build (getvariable('changes_since'); every row when it is NULL, a full build):
+    # rows stored since, and rows marked removed since. Two selections, each filtering one
+    # column, so DuckDB skips unchanged storage without reading the JSON (one OR over both
+    # columns reads it all). Used as `select * from raw_changes('raw.patients')`.
+    "CREATE OR REPLACE TEMP MACRO raw_changes(raw_table) AS TABLE "
+    "SELECT id, payload, synced_at, removed_at FROM query_table(raw_table) "
+    "WHERE getvariable('changes_since') IS NULL OR synced_at > getvariable('changes_since') "
+    "UNION ALL "
+    "SELECT id, payload, synced_at, removed_at FROM query_table(raw_table) "
+    "WHERE removed_at > getvariable('changes_since') "
+    "AND synced_at <= getvariable('changes_since')",
 )
 
 _MOBILE_TYPES = {
@@ -74,8 +87,8 @@ def mobile_e164(number: str | None, country: str | None) -> str | None:
     return None
 
 
-# Numbers read by relay_mobile_e164 since the runner last took them: (number, country) -> E.164.
-# The runner stores them in state.phone_numbers with the build (see take_parsed_mobiles).
+# Numbers read by relay_mobile_e164 since a build last took them: (number, country) -> E.164.
+# A build stores them in state.phone_numbers when it commits (BuildMemo.keep).
 PHONE_PARSER = phonenumbers.__version__
 _parsed_mobiles: dict[tuple[str, str | None], str | None] = {}
 
@@ -213,6 +226,46 @@ class _Helper:
             if self._proc and self._proc.poll() is None:
                 self._proc.kill()
         self._thread.join()
+
+
+class BuildMemo:
+    """What the functions remember from build to build (the phone memo, state.phone_numbers),
+    as one build sees it. The runner calls it at fixed points without knowing what it keeps:
+    ``start`` inside the build's transaction, ``before_model`` before each model, ``keep`` just
+    before the commit, ``drop`` when the build is rolled back."""
+
+    def __init__(self, country: str):
+        self.country = country
+        self._prefill = PhonePrefill([], country)
+
+    def start(self, con: duckdb.DuckDBPyConnection, changes_since: datetime | None) -> None:
+        """Forget numbers read outside a build; start reading the new ones (``changes_since``:
+        patients the sync wrote since, all when None) on the other core when there are many."""
+        take_parsed_mobiles()
+        # The phone memo keeps numbers read in this country by this phonenumbers version only.
+        con.execute(
+            "DELETE FROM state.phone_numbers WHERE country <> ? OR parser <> ?",
+            [self.country, PHONE_PARSER],
+        )
+        self._prefill = PhonePrefill.start(con, self.country, changes_since)
+
+    def before_model(self, con: duckdb.DuckDBPyConnection, reads: tuple[str, ...]) -> None:
+        """The helper's numbers reach the memo before the first model that reads it."""
+        if "state.phone_numbers" in reads:
+            self._prefill.store(con)
+
+    def keep(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Store the numbers this build read in state.phone_numbers, with the build: a later
+        build (a full one too) looks them up instead of parsing them again."""
+        self._prefill.cancel()
+        parsed = [(n, e) for n, country, e in take_parsed_mobiles() if country == self.country]
+        if parsed:
+            remember_mobiles(con, self.country, [n for n, _ in parsed], [e for _, e in parsed])
+
+    def drop(self) -> None:
+        """The build rolled back: stop the helper, and remember nothing it read."""
+        self._prefill.cancel()
+        take_parsed_mobiles()
 
 
 @functools.lru_cache(maxsize=65536)

@@ -87,3 +87,39 @@ def test_the_flow_builds_a_task_per_model_in_dependency_order_with_counts_only(t
         personal |= {p["first_name"], p["last_name"], p["email"]}
     words = set(re.split(r"[^\w@.+-]+", table))
     assert not (words & {value for value in personal if value}), "personal data in the artifact"
+
+
+def test_the_flow_records_a_broken_data_test_file_as_a_failed_build(tmp_path, monkeypatch):
+    """The flow runs the same build as `relay models build` (tasks.models.runner.build): a data
+    test that cannot run fails the run, rolls back and is recorded, as it is without Prefect."""
+    from flows.models import build_models
+    from tasks.models import project
+
+    sql_dir = tmp_path / "sql"
+    for name, sql in {
+        "staging/people.sql": "select id as patient_id from raw.patients",
+        "tests/people_broken.sql": "select patient_id from staging.people where no_such_col",
+    }.items():
+        (sql_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (sql_dir / name).write_text(sql, encoding="utf-8")
+    monkeypatch.setattr(project, "SQL_DIR", sql_dir)
+    db = tmp_path / "flowtest.duckdb"
+    config = tmp_path / "clinic.yaml"
+    config.write_text(f"clinic: flowtest\nname: Flow test\ndatabase: {db}\n", encoding="utf-8")
+
+    state = build_models(clinic=str(config), return_state=True)
+
+    assert state.is_failed()
+    assert "sql/tests/people_broken.sql" in str(state.result(raise_on_failure=False))
+    with open_db(db, read_only=True) as con:
+        latest = models.latest_build(con)
+        assert (latest["status"], latest["failed_file"]) == (
+            "failed",
+            "sql/tests/people_broken.sql",
+        )
+        assert (
+            con.execute(
+                "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'staging'"
+            ).fetchone()[0]
+            == 0
+        )

@@ -31,6 +31,7 @@ from tasks.cliniko.client import (
     Retry,
 )
 from tasks.cliniko.resources import RESOURCES
+from tasks.cliniko.writer import ResourceWriter
 from tasks.warehouse import open_db
 
 pytestmark = pytest.mark.integration
@@ -113,9 +114,9 @@ def lookups(request, monkeypatch):
     """Both ways the sync learns which rows it holds: each page's ids looked up (incremental
     syncs), or the whole table read once (backfills and large change sets)."""
     if request.param == "whole table":
-        monkeypatch.setattr(extract.ResourceWriter, "LOOKUP_ROWS", 0)
+        monkeypatch.setattr(ResourceWriter, "LOOKUP_ROWS", 0)
     else:
-        monkeypatch.setattr(extract.ResourceWriter, "LOOKUP_ROWS", 10**9)
+        monkeypatch.setattr(ResourceWriter, "LOOKUP_ROWS", 10**9)
     return request.param
 
 

@@ -1,8 +1,7 @@
-"""Loading Cliniko records into raw.* and the bookkeeping around it, without a server."""
+"""The sync's bookkeeping, without a server: the list query, run records, when to reconcile."""
 
 from datetime import UTC, datetime, timedelta
 
-import duckdb
 import orjson
 import pytest
 
@@ -10,19 +9,7 @@ from tasks import warehouse
 from tasks.cliniko import resources
 from tasks.cliniko import sync as extract
 
-PATIENTS = resources.get("patients")
-REFERRALS = resources.get("referral_sources")
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-
-def patient(id_, updated="2026-03-01T10:00:00Z", **extra):
-    return {
-        "id": id_,
-        "updated_at": updated,
-        "first_name": "Ada",
-        "email": "ada@example.com",
-        **extra,
-    }
 
 
 @pytest.fixture
@@ -30,169 +17,6 @@ def con():
     c = warehouse.memory_db()
     yield c
     c.close()
-
-
-def write(con, batch, now=NOW):
-    """One page through a fresh writer, committed: what a run does with its last page."""
-    writer = extract.ResourceWriter(con, PATIENTS)
-    result = writer.add("/patients", batch, now)
-    writer.commit(now)
-    return result
-
-
-def rows(con, table="raw.patients"):
-    return con.execute(
-        f"SELECT id, updated_at, payload, removed_at FROM {table} ORDER BY id"
-    ).fetchall()
-
-
-def test_ids_are_bigint_whether_sent_as_string_or_number():
-    batch = extract.parse_records(PATIENTS, [patient("836447129235883061"), patient(7)])
-    assert [r[0] for r in batch.rows] == [836447129235883061, 7]
-
-
-def test_empty_timestamps_are_null_and_the_payload_is_kept_as_sent():
-    record = patient("5", updated="", archived_at="", custom={"nested": [1, None, "x"]})
-    (row,) = extract.parse_records(PATIENTS, [record]).rows
-    assert row[1] is None
-    assert orjson.loads(row[2]) == record
-
-
-def test_a_referral_source_without_an_id_is_keyed_on_its_patient():
-    record = {"patient": {"links": {"self": "https://api.au1.cliniko.com/v1/patients/123?x=1"}}}
-    (row,) = extract.parse_records(REFERRALS, [record]).rows
-    assert row[0] == 123
-
-
-@pytest.mark.parametrize(
-    ("record", "key", "reason"),
-    [
-        (patient("12ab"), "12ab", "id is missing or not an integer"),
-        (patient("99999999999999999999"), "99999999999999999999", "id is outside the 64-bit range"),
-        (
-            patient("44", updated="yesterday at noon"),
-            "44",
-            "updated_at is not an ISO 8601 timestamp",
-        ),
-        (patient("45", updated=1700000000), "45", "updated_at is not a timestamp string"),
-        (patient("46", updated="2026-03-01T10:00:00"), "46", "updated_at has no time zone"),
-    ],
-)
-def test_a_malformed_record_is_set_aside_with_a_reason_that_carries_no_values(record, key, reason):
-    batch = extract.parse_records(PATIENTS, [record, patient("1")])
-    assert [r[0] for r in batch.rows] == [1]
-    ((got_key, got_reason, payload),) = batch.quarantined
-    assert (got_key, got_reason) == (key, reason)
-    assert "Ada" not in got_reason and "example.com" not in got_reason
-    assert orjson.loads(payload) == record
-
-
-def test_a_record_that_is_not_an_object_is_named_by_a_digest():
-    batch = extract.parse_records(PATIENTS, ["just a string"])
-    ((key, reason, _),) = batch.quarantined
-    assert key.startswith("sha256:") and reason == "record is not a JSON object"
-
-
-def test_the_cursor_may_move_past_a_quarantined_record_with_a_readable_timestamp():
-    batch = extract.parse_records(
-        PATIENTS,
-        [patient("1", updated="2026-03-01T10:00:00Z"), patient("x", "2026-03-01T11:00:00Z")],
-    )
-    assert batch.max_updated_at == datetime(2026, 3, 1, 11, 0, tzinfo=UTC)
-
-
-def test_a_page_and_its_watermark_are_written_together(con):
-    batch = extract.parse_records(PATIENTS, [patient("1"), patient("2", "2026-03-01T12:00:00Z")])
-    result = write(con, batch)
-    assert (result.new, result.updated, result.unchanged) == (2, 0, 0)
-    assert [r[0] for r in rows(con)] == [1, 2]
-    assert extract.watermark(con, "patients", "/patients") == datetime(2026, 3, 1, 12, tzinfo=UTC)
-
-
-def test_a_failed_write_leaves_neither_rows_nor_watermark(con):
-    batch = extract.parse_records(PATIENTS, [patient("1")])
-    con.execute("DROP TABLE state.quarantine")  # make the transaction fail after the rows
-    batch.quarantined.append(("k", "reason", "{}"))
-    with pytest.raises(duckdb.CatalogException):
-        write(con, batch)
-    assert rows(con) == []
-    assert extract.watermark(con, "patients", "/patients") is None
-
-
-def test_the_watermark_never_moves_back(con):
-    newer = extract.parse_records(PATIENTS, [patient("1", "2026-03-01T12:00:00Z")])
-    older = extract.parse_records(PATIENTS, [patient("2", "2026-03-01T08:00:00Z")])
-    write(con, newer)
-    write(con, older)
-    assert extract.watermark(con, "patients", "/patients") == datetime(2026, 3, 1, 12, tzinfo=UTC)
-
-
-def test_a_row_seen_again_unchanged_is_not_counted_or_rewritten(con):
-    batch = extract.parse_records(PATIENTS, [patient("1")])
-    write(con, batch)
-    again = write(con, batch, NOW + timedelta(hours=1))
-    assert (again.new, again.updated, again.unchanged) == (0, 0, 1)
-    assert con.execute("SELECT synced_at FROM raw.patients").fetchone()[0] == NOW
-
-
-def test_a_changed_row_replaces_ours_without_duplicating(con):
-    write(con, extract.parse_records(PATIENTS, [patient("1")]))
-    changed = extract.parse_records(
-        PATIENTS, [patient("1", "2026-03-01T10:00:00Z", first_name="Bea")]
-    )
-    result = write(con, changed)
-    assert (result.new, result.updated) == (0, 1)
-    ((_, _, payload, _),) = rows(con)
-    assert orjson.loads(payload)["first_name"] == "Bea"
-
-
-def test_a_good_copy_clears_the_quarantine(con):
-    bad = extract.parse_records(PATIENTS, [patient("9", updated="garbled")])
-    write(con, bad)
-    assert con.execute("SELECT record_key, reason FROM state.quarantine").fetchall() == [
-        ("9", "updated_at is not an ISO 8601 timestamp")
-    ]
-    good = extract.parse_records(PATIENTS, [patient("9")])
-    write(con, good)
-    assert con.execute("SELECT count(*) FROM state.quarantine").fetchone() == (0,)
-
-
-def test_within_one_commit_the_latest_copy_of_a_record_decides_its_quarantine(con):
-    writer = extract.ResourceWriter(con, PATIENTS)
-    writer.add("/patients", extract.parse_records(PATIENTS, [patient("9", "garbled")]), NOW)
-    writer.add("/patients", extract.parse_records(PATIENTS, [patient("9")]), NOW)
-    writer.add("/patients", extract.parse_records(PATIENTS, [patient("8")]), NOW)
-    writer.add("/patients", extract.parse_records(PATIENTS, [patient("8", "garbled")]), NOW)
-    writer.commit(NOW)
-    assert con.execute("SELECT record_key FROM state.quarantine").fetchall() == [("8",)]
-    assert [r[0] for r in rows(con)] == [8, 9]
-
-
-def test_pages_are_invisible_until_committed_and_then_arrive_with_their_watermark(con):
-    writer = extract.ResourceWriter(con, PATIENTS)
-    writer.FLUSH_SECONDS = float("inf")  # however slow this machine is today
-    writer.add("/patients", extract.parse_records(PATIENTS, [patient("1")]), NOW)
-    assert rows(con) == [] and extract.watermark(con, "patients", "/patients") is None
-    writer.commit(NOW)
-    assert len(rows(con)) == 1
-    assert extract.watermark(con, "patients", "/patients") == datetime(2026, 3, 1, 10, tzinfo=UTC)
-
-
-def test_reconciliation_marks_rows_cliniko_stopped_returning_and_never_deletes(con):
-    batch = extract.parse_records(PATIENTS, [patient("1"), patient("2"), patient("3")])
-    write(con, batch)
-    assert extract.mark_removed(con, PATIENTS, {1, 3}, NOW) == 1
-    assert [(r[0], r[3]) for r in rows(con)] == [(1, None), (2, NOW), (3, None)]
-    assert extract.mark_removed(con, PATIENTS, {1, 3}, NOW) == 0  # already marked
-
-
-def test_a_removed_row_that_comes_back_is_unmarked(con):
-    batch = extract.parse_records(PATIENTS, [patient("1")])
-    write(con, batch)
-    extract.mark_removed(con, PATIENTS, set(), NOW)
-    result = write(con, batch)
-    assert result.updated == 1
-    assert rows(con)[0][3] is None
 
 
 def test_the_list_query_asks_for_hidden_rows_and_changes_since_the_cursor():
@@ -224,3 +48,20 @@ def test_a_failed_run_is_recorded_with_its_error(con):
     ).fetchone()
     assert status == "failed" and error == "ValueError: page 3 unreadable"
     assert orjson.loads(summary)["patients"]["new"] == 3
+
+
+def test_run_sync_records_a_failed_sweep_whoever_runs_it(con):
+    """The flow passes its own sweep (Prefect tasks around the same Sync methods): a failure in
+    it is recorded by run_sync as it is for Sync.run."""
+
+    def sweep(sync):
+        sync.counts["patients"].new = 2
+        raise RuntimeError("the reader stopped")
+
+    with pytest.raises(RuntimeError):
+        extract.run_sync(con, client=None, reconcile=True, sweep=sweep)
+    kind, status, summary, error = con.execute(
+        "SELECT kind, status, summary, error FROM state.sync_runs"
+    ).fetchone()
+    assert (kind, status, error) == ("reconcile", "failed", "RuntimeError: the reader stopped")
+    assert orjson.loads(summary)["patients"]["new"] == 2

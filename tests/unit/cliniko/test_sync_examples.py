@@ -14,7 +14,7 @@ import pytest
 
 from tasks import warehouse
 from tasks.cliniko import resources
-from tasks.cliniko import sync as extract
+from tasks.cliniko.writer import ResourceWriter, parse_records
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "fixtures" / "cliniko-examples"
 FILES = sorted(EXAMPLES.glob("*.json"))
@@ -65,9 +65,9 @@ def test_every_documented_response_loads_or_is_knowingly_not_synced(path):
     assert records, f"{path.name}: no records"
 
     con = warehouse.memory_db()
-    batch = extract.parse_records(resource, records)
+    batch = parse_records(resource, records)
     assert batch.quarantined == [], f"{path.name}: {[(k, why) for k, why, _ in batch.quarantined]}"
-    writer = extract.ResourceWriter(con, resource)
+    writer = ResourceWriter(con, resource)
     writer.add("/" + resource.name, batch, datetime.now(UTC))
     writer.commit(datetime.now(UTC))
 
@@ -85,4 +85,4 @@ def test_every_documented_response_loads_or_is_knowingly_not_synced(path):
 
 
 def _by_key(resource, records):
-    return sorted(records, key=lambda r: extract.parse_records(resource, [r]).rows[0][0])
+    return sorted(records, key=lambda r: parse_records(resource, [r]).rows[0][0])

@@ -159,6 +159,21 @@ def test_a_reference_to_an_unknown_table_names_the_file_and_the_table(con, tmp_p
     assert count(con, "segments.everyone") == 2  # nothing was touched
 
 
+def test_a_model_reading_raw_changes_depends_on_the_raw_table_it_names(con, tmp_path):
+    sql_dir = write(
+        tmp_path,
+        {
+            "staging/people.sql": "-- config: materialized=incremental, key=patient_id\n"
+            "with source as (select * from raw_changes('raw.patients')) "
+            "select id as patient_id, payload->>'email' as email from source",
+        },
+    )
+    assert models.discover(con, sql_dir).model("staging.people").depends_on == ("raw.patients",)
+    write(tmp_path, {"staging/people.sql": "select * from raw_changes('raw.no_such')"})
+    with pytest.raises(models.ModelError, match="reads raw.no_such, which does not exist"):
+        models.discover(con, sql_dir)
+
+
 def test_a_table_without_its_schema_is_refused(con, tmp_path):
     sql_dir = write(tmp_path, {"marts/x.sql": "with p as (select 1) select * from p, patients"})
     with pytest.raises(models.ModelError, match="reads 'patients' without a schema"):
@@ -200,6 +215,22 @@ def test_a_failing_data_test_fails_the_build_with_its_count_and_file(con, tmp_pa
     assert con.execute("SELECT count(email) FROM marts.people").fetchone()[0] == 2
     # The last good models are still in place, and they pass the new test.
     assert models.run_tests(con, sql_dir) == {"sql/tests/people_have_email.sql": 0}
+
+
+# A data test that cannot run (a column that is not there): DuckDB refuses it only when it runs,
+# after every model was built.
+BROKEN_TEST = {"tests/people_broken.sql": "select patient_id from marts.people where no_such_col"}
+
+
+def test_a_broken_data_test_file_is_recorded_as_a_failed_build(con, tmp_path):
+    sql_dir = write(tmp_path, GOOD)
+    build(con, sql_dir)
+    write(tmp_path, {**GOOD, **BROKEN_TEST})
+    with pytest.raises(models.BuildFailed, match=r"sql/tests/people_broken.sql: .*no_such_col"):
+        build(con, sql_dir)
+    latest = models.latest_build(con)
+    assert (latest["status"], latest["failed_file"]) == ("failed", "sql/tests/people_broken.sql")
+    assert count(con, "segments.everyone") == 2  # the last good models stay
 
 
 def test_a_segment_must_return_each_patient_once(con, tmp_path):

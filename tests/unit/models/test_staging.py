@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tasks.cliniko import resources
-from tasks.cliniko import sync as extract
+from tasks.cliniko.writer import ResourceWriter, parse_records
 from tasks.models import runner as models
 from tasks.warehouse import memory_db
 
@@ -30,8 +30,8 @@ def con():
         if resource is None or {"conflicts", "deleted"} & set(parts):
             continue
         records = doc["response"].get(resource.name, [doc["response"]])
-        writer = extract.ResourceWriter(c, resource)
-        writer.add("/" + resource.name, extract.parse_records(resource, records), NOW)
+        writer = ResourceWriter(c, resource)
+        writer.add("/" + resource.name, parse_records(resource, records), NOW)
         writer.commit(NOW)
     models.build(c, models.ListSettings(country="AU"), now=NOW)
     yield c

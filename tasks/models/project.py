@@ -1,0 +1,267 @@
+"""Reading the SQL project: every ``sql/**/*.sql`` file as a model or a data test, with the tables
+its SQL reads, in dependency order.
+
+An analyst's contract (sql/README.md): one SELECT per file; model name = file name, schema =
+folder; dependencies are read from the SQL itself (DuckDB's parse tree, json_serialize_sql:
+every table named with its schema, CTE names left out); ``raw.*`` and ``state.*`` are sources.
+A ``-- config:`` header line picks the materialisation: ``table`` (default), ``view``, or
+``incremental`` with a ``key``. Nothing here writes: a file the runner cannot use is refused
+before a build touches anything.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from tasks.errors import UserFacingError
+from tasks.paths import PROJECT_ROOT
+
+SQL_DIR = PROJECT_ROOT / "sql"
+MODEL_SCHEMAS = ("staging", "marts", "segments")
+TESTS_FOLDER = "tests"
+MATERIALIZATIONS = ("table", "view", "incremental")
+
+_CONFIG_LINE = re.compile(r"^--\s*config:(.*)$", re.IGNORECASE)
+
+
+class ModelError(UserFacingError):
+    """A model or data test file the runner cannot use; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Model:
+    schema: str
+    name: str
+    file: str  # path relative to the project, as shown in errors: sql/marts/patients.sql
+    sql: str
+    materialized: str = "table"
+    key: tuple[str, ...] = ()  # incremental: new rows replace existing rows with the same key
+    depends_on: tuple[str, ...] = ()  # qualified models and sources this model reads
+
+    @property
+    def relation(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True)
+class DataTest:
+    name: str
+    file: str
+    sql: str
+    depends_on: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Project:
+    models: tuple[Model, ...]  # in dependency order
+    tests: tuple[DataTest, ...]
+
+    def model(self, relation: str) -> Model:
+        for m in self.models:
+            if m.relation == relation:
+                return m
+        raise ModelError(
+            f"No model named {relation}. Models: {', '.join(m.relation for m in self.models)}"
+        )
+
+    @property
+    def segments(self) -> tuple[Model, ...]:
+        return tuple(m for m in self.models if m.schema == "segments")
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root.parent))
+    except ValueError:
+        return str(path)
+
+
+def _parse_config(file: str, text: str) -> dict[str, str]:
+    config: dict[str, str] = {}
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if not stripped.startswith("--"):
+            break  # the header ends at the first line of SQL
+        match = _CONFIG_LINE.match(stripped)
+        if not match:
+            continue
+        for item in filter(None, (p.strip() for p in match.group(1).split(","))):
+            key, sep, value = (s.strip() for s in item.partition("="))
+            if not sep or not value or key not in ("materialized", "key"):
+                raise ModelError(
+                    f"{file}: cannot read '-- config:' item '{item}'. Write e.g. "
+                    "'-- config: materialized=view' or "
+                    "'-- config: materialized=incremental, key=appointment_kind+appointment_id'."
+                )
+            config[key] = value
+    materialized = config.setdefault("materialized", "table")
+    if materialized not in MATERIALIZATIONS:
+        raise ModelError(
+            f"{file}: materialized={materialized} is not one of {', '.join(MATERIALIZATIONS)}."
+        )
+    if materialized == "incremental" and not config.get("key"):
+        raise ModelError(
+            f"{file}: an incremental model needs key= in its '-- config:' line (the column, or "
+            "columns joined by '+', whose rows a new selection replaces)."
+        )
+    return config
+
+
+def _single_select(con: duckdb.DuckDBPyConnection, file: str, text: str) -> str:
+    try:
+        statements = con.extract_statements(text)
+    except duckdb.Error as exc:
+        raise ModelError(f"{file}: {exc}") from None
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        raise ModelError(
+            f"{file}: must hold exactly one SELECT statement (found {len(statements)} "
+            "statement(s)); a model is one query: import CTEs, logical CTEs, a final select."
+        )
+    return text.strip().rstrip(";").strip()
+
+
+def _walk(node: object) -> Iterable[dict]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def _tables_read(con: duckdb.DuckDBPyConnection, file: str, sql: str) -> tuple[str, ...]:
+    """The tables ``sql`` reads, as schema.table, from DuckDB's parse tree (json_serialize_sql).
+
+    Parsing alone, no binding: a model's upstream tables need not exist yet (DuckDB's
+    get_table_names binds the query and fails on a JOIN ... USING over tables not yet built).
+    Unqualified names must be CTEs of the query; every table is named with its schema.
+    """
+    tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+    if tree.get("error"):
+        raise ModelError(f"{file}: {tree.get('error_message', 'cannot parse the SQL')}")
+    nodes = list(_walk(tree))
+    ctes = {
+        entry["key"].lower()
+        for node in nodes
+        if isinstance(node.get("cte_map"), dict)
+        for entry in node["cte_map"].get("map", [])
+    }
+    tables = set()
+    for node in nodes:
+        if node.get("type") == "TABLE_FUNCTION":
+            # raw_changes('raw.patients') (tasks.models.functions) reads the table it names.
+            function = node.get("function") or {}
+            arguments = function.get("arguments") or [{}]
+            literal = (arguments[0].get("expression") or {}).get("literal") or {}
+            if function.get("function_name") == "raw_changes" and literal.get("kind") == "STRING":
+                tables.add(literal["text"].lower())
+            continue
+        if node.get("type") != "BASE_TABLE":
+            continue
+        schema, table = node.get("schema_name", "").lower(), node["table_name"].lower()
+        if schema:
+            tables.add(f"{schema}.{table}")
+        elif table not in ctes:
+            raise ModelError(
+                f"{file}: reads '{table}' without a schema. Name it in full, e.g. "
+                f"staging.{table}, marts.{table} or raw.{table}."
+            )
+    return tuple(sorted(tables))
+
+
+def _source_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+    rows = con.execute(
+        "SELECT schema_name || '.' || table_name FROM duckdb_tables() "
+        "WHERE database_name = current_database() AND schema_name IN ('raw', 'state') "
+        "UNION ALL SELECT schema_name || '.' || view_name FROM duckdb_views() "
+        "WHERE database_name = current_database() AND schema_name IN ('raw', 'state')"
+    ).fetchall()
+    return {r[0].lower() for r in rows}
+
+
+def _order(models: dict[str, Model]) -> tuple[Model, ...]:
+    """Dependency order; a cycle is reported with the files that form it."""
+    ordered: list[Model] = []
+    state: dict[str, str] = {}  # relation -> 'visiting' | 'done'
+
+    def visit(relation: str, path: list[str]) -> None:
+        if state.get(relation) == "done":
+            return
+        if state.get(relation) == "visiting":
+            cycle = path[path.index(relation) :] + [relation]
+            raise ModelError(
+                "Models depend on each other in a cycle: "
+                + " -> ".join(models[r].file for r in cycle)
+                + ". Remove one of these references."
+            )
+        state[relation] = "visiting"
+        for dep in models[relation].depends_on:
+            if dep in models:
+                visit(dep, path + [relation])
+        state[relation] = "done"
+        ordered.append(models[relation])
+
+    for relation in sorted(models):
+        visit(relation, [])
+    return tuple(ordered)
+
+
+def discover(con: duckdb.DuckDBPyConnection, sql_dir: Path | None = None) -> Project:
+    """Read every model and data test under ``sql_dir`` (the project's sql/ unless given) and
+    check their references."""
+    sql_dir = sql_dir or SQL_DIR
+    files = sorted(sql_dir.glob("**/*.sql"))
+    models: dict[str, Model] = {}
+    tests: list[DataTest] = []
+    for path in files:
+        file = _relative(path, sql_dir)
+        folder = path.parent.relative_to(sql_dir).parts
+        kind = folder[0] if len(folder) == 1 else None
+        if kind not in (*MODEL_SCHEMAS, TESTS_FOLDER):
+            raise ModelError(
+                f"{file}: models live directly in sql/staging, sql/marts or sql/segments, and "
+                "data tests in sql/tests. Move the file."
+            )
+        name = path.stem.lower()
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+            raise ModelError(
+                f"{file}: a model's file name becomes its table name: use lower-case letters, "
+                "digits and underscores."
+            )
+        text = path.read_text(encoding="utf-8")
+        sql = _single_select(con, file, text)
+        depends_on = _tables_read(con, file, sql)
+        if kind == TESTS_FOLDER:
+            tests.append(DataTest(name=name, file=file, sql=sql, depends_on=depends_on))
+            continue
+        config = _parse_config(file, text)
+        models[f"{kind}.{name}"] = Model(
+            schema=kind,
+            name=name,
+            file=file,
+            sql=sql,
+            materialized=config["materialized"],
+            key=tuple(c.strip() for c in config.get("key", "").split("+") if c.strip()),
+            depends_on=depends_on,
+        )
+    sources = _source_tables(con)  # raw.* and state.*
+    for item in [*models.values(), *tests]:
+        for dep in item.depends_on:
+            if dep not in models and dep not in sources:
+                schema = dep.split(".", 1)[0]
+                hint = (
+                    f"there is no file sql/{schema}/{dep.split('.', 1)[1]}.sql"
+                    if schema in MODEL_SCHEMAS
+                    else "sources are the raw.* and state.* tables"
+                )
+                raise ModelError(f"{item.file}: reads {dep}, which does not exist ({hint}).")
+    return Project(models=_order(models), tests=tuple(tests))
