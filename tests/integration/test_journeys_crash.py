@@ -75,6 +75,7 @@ def worker(db: str, postmark_url: str, progress: str) -> None:
     cfg = config()
     done = Path(progress)
     first = int(done.read_text()) if done.exists() else 0
+    print("ready", flush=True)  # imports done: the kill window starts here, whatever the speed
     for index in range(first, len(TICKS)):
         now = journey_clinic.START + TICKS[index]
         with open_db(db) as con:
@@ -91,7 +92,10 @@ def worker(db: str, postmark_url: str, progress: str) -> None:
                 unsubscribe=Unsubscribe("crash", "http://127.0.0.1:8765/u", b"crash-key"),
                 clock=lambda now=now: now, settle=timedelta(0), gate=Gate.from_config(cfg),
             )  # fmt: skip
-        done.write_text(str(index + 1))
+        # atomically: a kill mid-write must not leave the harness an empty file to trip on
+        partial = done.with_suffix(".partial")
+        partial.write_text(str(index + 1))
+        os.replace(partial, done)
 
 
 def setup_clinic(db: Path) -> None:
@@ -153,8 +157,11 @@ def test_kill_9_during_journey_steps_and_a_campaign_send_then_rerun(tmp_path, po
     kills = 0
     while kills < 12:
         proc = spawn(db, postmark, progress)
+        assert proc.stdout.readline().strip() == b"ready", proc.stderr.read().decode()[-3000:]
         try:
-            proc.wait(timeout=rng.uniform(1.5, 4.0))
+            # each kill lands inside the ticks, not in Python's start-up, so a fast machine
+            # still gets killed mid-send as often as a slow one
+            proc.wait(timeout=rng.uniform(0.2, 1.5))
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
