@@ -32,8 +32,8 @@ import duckdb
 from tasks.config import Campaign, ClinicConfig
 from tasks.errors import UserFacingError
 from tasks.messages import ledger
-from tasks.messages.dispatch import clinic_details
 from tasks.messages.ledger import PlannedMessage, make_send_key
+from tasks.messages.prepare import clinic_details
 from tasks.messages.templates import Rendered, TemplateError, Templates, build_context
 from tasks.warehouse import transaction
 

@@ -36,8 +36,8 @@ import duckdb
 from tasks.config import ClinicConfig, ConditionStep, Journey, SendStep, WaitStep
 from tasks.errors import UserFacingError
 from tasks.messages import ledger
-from tasks.messages.dispatch import Prepare, Ready, Skip, clinic_details
 from tasks.messages.ledger import LedgerRow, PlannedMessage, make_send_key
+from tasks.messages.prepare import Prepare, Ready, Skip, clinic_details
 from tasks.messages.templates import build_context
 from tasks.warehouse import transaction
 

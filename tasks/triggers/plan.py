@@ -41,8 +41,8 @@ import duckdb
 from tasks.config import ClinicConfig
 from tasks.errors import UserFacingError
 from tasks.messages import ledger
-from tasks.messages.dispatch import Ready, Skip, clinic_details
 from tasks.messages.ledger import LedgerRow, PlannedMessage
+from tasks.messages.prepare import Ready, Skip, clinic_details
 from tasks.messages.templates import build_context
 from tasks.models.runner import require_good_build
 from tasks.triggers.definition import Trigger, reference_lists
