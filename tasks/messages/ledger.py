@@ -391,8 +391,8 @@ def suppressed_addresses(
 ) -> set[str]:
     """Which of these addresses must not get a message of this purpose right now.
 
-    An address's status per scope is its latest suppressions row. Scope 'all' stops everything;
-    'marketing' stops marketing only.
+    What is suppressed now is ``state.current_suppressions`` (tasks/schema/20_suppressions.sql).
+    Scope 'all' stops everything; 'marketing' stops marketing only.
     """
     wanted = sorted({normalise_address(channel, a) for a in addresses})
     if not wanted:
@@ -400,13 +400,9 @@ def suppressed_addresses(
     scopes = ["all", "marketing"] if purpose == "marketing" else ["all"]
     rows = con.execute(
         """
-        SELECT DISTINCT address FROM (
-            SELECT address, scope, action FROM state.suppressions
-            WHERE channel = $channel AND address IN (SELECT unnest($addresses::VARCHAR[]))
-            QUALIFY row_number() OVER (PARTITION BY address, scope
-                                       ORDER BY occurred_at DESC, suppression_id DESC) = 1
-        )
-        WHERE action = 'suppress' AND scope IN (SELECT unnest($scopes::VARCHAR[]))
+        SELECT DISTINCT address FROM state.current_suppressions
+        WHERE channel = $channel AND address IN (SELECT unnest($addresses::VARCHAR[]))
+          AND scope IN (SELECT unnest($scopes::VARCHAR[]))
         """,
         {"channel": channel, "addresses": wanted, "scopes": scopes},
     ).fetchall()
