@@ -122,6 +122,10 @@ class LedgerRow:
 
 _ROW_FIELDS = [f.name for f in dataclasses.fields(LedgerRow)]
 _SELECT = f"SELECT {', '.join(_ROW_FIELDS)} FROM state.messages"
+# A row is due when it is planned, its moment has come and it is not waiting for a retry.
+_DUE = (
+    "status = 'planned' AND due_at <= $now AND (next_attempt_at IS NULL OR next_attempt_at <= $now)"
+)
 
 
 def _rows(cur: duckdb.DuckDBPyConnection) -> list[LedgerRow]:
@@ -304,9 +308,7 @@ def due(
     return _rows(
         con.execute(
             f"""{_SELECT}
-            WHERE status = 'planned' AND due_at <= $now
-              AND (next_attempt_at IS NULL OR next_attempt_at <= $now)
-              AND ($channel IS NULL OR channel = $channel)
+            WHERE {_DUE} AND ($channel IS NULL OR channel = $channel)
             ORDER BY due_at, message_id LIMIT $limit""",
             {"now": now, "channel": channel, "limit": limit},
         )
@@ -321,8 +323,7 @@ def due_marketing(
     return _rows(
         con.execute(
             f"""{_SELECT}
-            WHERE status = 'planned' AND purpose = 'marketing' AND due_at <= $now
-              AND (next_attempt_at IS NULL OR next_attempt_at <= $now)
+            WHERE {_DUE} AND purpose = 'marketing'
               AND patient_id IN (SELECT unnest($patients::BIGINT[]))
             ORDER BY due_at, message_id""",
             {"now": now, "patients": list(patient_ids)},
