@@ -31,12 +31,12 @@ import duckdb
 
 from tasks.config import Campaign, ClinicConfig
 from tasks.errors import UserFacingError
-from tasks.marketing.recheck import SourcePreparer
+from tasks.marketing.recheck import SourcePreparer, marketing_context
 from tasks.messages import ledger
 from tasks.messages.channels import MARKETING_LISTS
 from tasks.messages.ledger import PlannedMessage, make_send_key
 from tasks.messages.prepare import Ready, Skip, clinic_details
-from tasks.messages.templates import Rendered, TemplateError, Templates, build_context
+from tasks.messages.templates import Rendered, TemplateError, Templates
 from tasks.warehouse import transaction
 
 
@@ -225,9 +225,9 @@ def render_for(
             [patient_id],
         ).fetchone()
     first, preferred, last = found or ("Alexandra", "Alex", "Sample")
-    context = build_context(
-        clinic=clinic_details(cfg), first_name=first or "there", preferred_first_name=preferred,
-        last_name=last, unsubscribe_url=f"{cfg.providers.unsubscribe_url.rstrip('/')}/PREVIEW",
+    context = marketing_context(
+        clinic_details(cfg), first, preferred, last,
+        unsubscribe_url=f"{cfg.providers.unsubscribe_url.rstrip('/')}/PREVIEW",
     )  # fmt: skip
     templates = Templates(cfg.folder)
     return templates.render(campaign.template, campaign.channel, context, marketing=True)

@@ -14,13 +14,14 @@ cursors, so each entry event is weighed exactly once.
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import duckdb
 
 from tasks.config import Journey
 from tasks.messages.channels import MARKETING_LISTS
+from tasks.messages.gate import local_moment
 
 # A date entry found later than this (the system was down on the day) is let go, not sent late.
 DATE_ENTRY_LATENESS = timedelta(days=1)
@@ -62,7 +63,7 @@ def anniversaries(
     days = []
     day = since.astimezone(zone).date()
     while day <= until.astimezone(zone).date():
-        moment = datetime.combine(day, at, tzinfo=zone).astimezone(UTC)
+        moment = local_moment(day, at, zone)
         if since < moment <= until:
             days.append((day.year, day.month, day.day, moment))
         day += timedelta(days=1)

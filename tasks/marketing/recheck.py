@@ -12,7 +12,9 @@ Dispatch then checks suppressions and renders.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import duckdb
 
@@ -102,10 +104,29 @@ class SourcePreparer:
             return Skip(f"not on the {message.channel} marketing list")
         return Ready(
             to=message.address,
-            context=build_context(
-                clinic=self.clinic,
-                first_name=message.first_name or "there",
-                preferred_first_name=message.preferred_first_name,
-                last_name=message.last_name,
+            context=marketing_context(
+                self.clinic,
+                message.first_name,
+                message.preferred_first_name,
+                message.last_name,
             ),
         )
+
+
+def marketing_context(
+    clinic: Mapping[str, str],
+    first_name: str | None,
+    preferred_first_name: str | None,
+    last_name: str | None,
+    *,
+    unsubscribe_url: str | None = None,
+) -> dict[str, Any]:
+    """What a journey or campaign template sees for this patient: sent, or previewed by an
+    operator (``relay campaign preview``). "there" when Cliniko has no first name."""
+    return build_context(
+        clinic=clinic,
+        first_name=first_name or "there",
+        preferred_first_name=preferred_first_name,
+        last_name=last_name,
+        unsubscribe_url=unsubscribe_url,
+    )
