@@ -25,10 +25,10 @@ from tasks.messages.prepare import Ready, Skip, clinic_details
 from tasks.messages.templates import build_context
 
 # Every channel's subscribed addresses, one row per list entry (tasks/messages/channels.py).
-_SUBSCRIBED = "\n    UNION ALL ".join(
-    f"SELECT '{channel}' AS channel, patient_id, {lists.address_column} AS address "
-    f"FROM {lists.table} WHERE status = 'subscribed'"
-    for channel, lists in MARKETING_LISTS.items()
+_SUBSCRIBED = "\n    UNION ALL\n    ".join(
+    f"SELECT '{channel}' AS channel, patient_id, {marketing_list.address_column} AS address "
+    f"FROM {marketing_list.table} WHERE status = 'subscribed'"
+    for channel, marketing_list in MARKETING_LISTS.items()
 )
 
 # A journey step's key ends ``:e<enrolment>:s<step>`` (tasks/marketing/steps.py, send_key).
