@@ -132,7 +132,7 @@ def postmark():
     from sandbox.postmark import PostmarkSandbox
 
     sandbox = PostmarkSandbox()
-    sandbox.faults.add("slow_reply", times=10**6, delay=0.06)  # slower than the kill window
+    sandbox.faults.add("slow_reply", times=10**6, delay=0.2)  # slower than the kill window
     with sandbox.serve() as server:
         sandbox.url = server.url
         yield sandbox
