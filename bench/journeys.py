@@ -24,6 +24,7 @@ from tasks.config import ClinicConfig
 from tasks.marketing import campaigns, journeys
 from tasks.messages import ledger
 from tasks.messages.gate import Gate
+from tasks.messages.prepare import by_source_kind
 from tasks.warehouse import memory_db
 
 PATIENTS, NEW, CAMPAIGN = 100_000, 5_000, 30_000
@@ -81,7 +82,9 @@ def _timed(label: str, fn):
 
 def prepare_rate(con, cfg, rows) -> str:
     """The re-check as dispatch runs it: a fresh preparer per run, asked row by row."""
-    prepare = journeys.prepare_marketing(con, cfg, triggers=lambda row: None)
+    prepare = by_source_kind(
+        {"journey": journeys.Preparer(con, cfg), "campaign": campaigns.Preparer(con, cfg)}
+    )
     started = time.perf_counter()
     ready = sum(1 for row in rows if type(prepare(row)).__name__ == "Ready")
     return f"{len(rows) / (time.perf_counter() - started):,.0f} rows/s ({ready} ready)"

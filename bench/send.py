@@ -63,7 +63,7 @@ def _plan(con, channel: str, template: str, count: int, now: datetime) -> None:
 
 
 def _prepare(row):
-    from tasks.messages.dispatch import Ready
+    from tasks.messages.prepare import Ready
     from tasks.messages.templates import build_context
 
     context = build_context(

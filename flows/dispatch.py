@@ -2,8 +2,9 @@
 one step of the tick (after planning and journeys), and runnable alone.
 
 Planned trigger messages are re-checked first, in the same database session, so what goes out
-matches the models as they are now; then ``tasks.messages.dispatch`` claims, sends and records. Journey and
-campaign rows are prepared by ``tasks.marketing.journeys``, trigger rows by the planner. Counts only.
+matches the models as they are now; then ``tasks.messages.dispatch`` claims, sends and records. Each
+row is re-checked by its own planner (trigger, journey or campaign: tasks/messages/prepare.py routes
+it). Counts only.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from prefect.cache_policies import NONE
 from blocks.resolve import providers_for
 from flows.artifacts import artifact_key
 from tasks.config import ClinicConfig, load_clinic
-from tasks.marketing import journeys
+from tasks.marketing import campaigns, journeys
 from tasks.messages.dispatch import dispatch_for_clinic
 from tasks.messages.gate import Gate
+from tasks.messages.prepare import by_source_kind
 from tasks.triggers import plan as planning
 from tasks.triggers.prepare import Preparer
 from tasks.warehouse import open_db
@@ -33,8 +35,13 @@ def recheck_planned(con, config: ClinicConfig, now: datetime) -> dict:
 
 @task(cache_policy=NONE)
 def send_due(con, config: ClinicConfig, clock: Callable[[], datetime]) -> dict:
-    triggers = Preparer(con, config, clock=clock)
-    prepare = journeys.prepare_marketing(con, config, triggers=triggers)
+    prepare = by_source_kind(
+        {
+            "trigger": Preparer(con, config, clock=clock),
+            "journey": journeys.Preparer(con, config),
+            "campaign": campaigns.Preparer(con, config),
+        }
+    )
     gate = Gate.from_config(config)  # frequency cap and quiet hours for marketing
     providers = providers_for(config)
     result = dispatch_for_clinic(con, config, prepare, providers=providers, clock=clock, gate=gate)

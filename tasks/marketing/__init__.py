@@ -1,4 +1,6 @@
-"""Marketing sequences: journeys (enrolment, steps, waits) and campaigns (one-off sends to a
-segment, confirmed by a person).
+"""Marketing sequences: journeys (``journeys``: go-live and the tick; ``enrolment``: entry and exit;
+``steps``: send, wait, condition) and campaigns (``campaigns``: one-off sends to a segment,
+confirmed by a person), each with its re-check before sending (``recheck``: what they share).
 
-May import: ``tasks.config``, ``tasks.messages``, ``tasks.models``, ``tasks.warehouse``."""
+May import: ``tasks.config``, ``tasks.errors``, ``tasks.messages``, ``tasks.models``,
+``tasks.warehouse``."""

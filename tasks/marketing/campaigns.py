@@ -12,9 +12,9 @@ The life of a campaign (``campaigns:`` in clinic.yaml):
    ``campaign:<name>:<patient>:once``, in the same transaction that marks the campaign frozen.
    Rows are spread over time (``per_minute``), which is how sending is throttled; dispatch sends
    whatever is due each tick, so a stopped run resumes where the ledger says.
-4. Just before each message goes, the re-check (tasks/marketing/journeys.py, ``MarketingPreparer``) drops
-   it if the campaign was cancelled or the patient left the segment since the freeze; dispatch
-   adds the suppression check and the marketing gate the frequency cap and quiet hours.
+4. Just before each message goes, the re-check (:class:`Preparer`) drops it if the campaign was
+   cancelled or the patient left the segment since the freeze; dispatch adds the suppression
+   check and the marketing gate the frequency cap and quiet hours.
 
 Nothing here logs personal data. The preview's sample is for the operator's terminal only.
 """
@@ -31,14 +31,13 @@ import duckdb
 
 from tasks.config import Campaign, ClinicConfig
 from tasks.errors import UserFacingError
+from tasks.marketing.recheck import SourcePreparer, marketing_context
 from tasks.messages import ledger
-from tasks.messages.dispatch import clinic_details
+from tasks.messages.channels import MARKETING_LISTS
 from tasks.messages.ledger import PlannedMessage, make_send_key
-from tasks.messages.templates import Rendered, TemplateError, Templates, build_context
+from tasks.messages.prepare import Ready, Skip, clinic_details
+from tasks.messages.templates import Rendered, TemplateError, Templates
 from tasks.warehouse import transaction
-
-LIST_TABLE = {"email": ("marts.email_marketing_list", "email"),
-              "sms": ("marts.sms_marketing_list", "mobile_e164")}  # fmt: skip
 
 
 class CampaignError(UserFacingError):
@@ -89,13 +88,14 @@ def audience(
     The audience: in the segment, subscribed to the channel's marketing list, not suppressed.
     """
     _segment_built(con, cfg, campaign)
-    table, column = LIST_TABLE[campaign.channel]
+    marketing_list = MARKETING_LISTS[campaign.channel]
     segment = f'segments."{campaign.segment}"'  # the name was checked against sql/segments/
     size = con.execute(f"SELECT count(*) FROM {segment}").fetchone()[0]
     rows = con.execute(
         f"""
-        SELECT s.patient_id, l.{column}
-        FROM {segment} s JOIN {table} l ON l.patient_id = s.patient_id AND l.status = 'subscribed'
+        SELECT s.patient_id, l.{marketing_list.address_column}
+        FROM {segment} s JOIN {marketing_list.table} l
+            ON l.patient_id = s.patient_id AND l.status = 'subscribed'
         ORDER BY s.patient_id
         """
     ).fetchall()
@@ -225,9 +225,9 @@ def render_for(
             [patient_id],
         ).fetchone()
     first, preferred, last = found or ("Alexandra", "Alex", "Sample")
-    context = build_context(
-        clinic=clinic_details(cfg), first_name=first or "there", preferred_first_name=preferred,
-        last_name=last, unsubscribe_url=f"{cfg.providers.unsubscribe_url.rstrip('/')}/PREVIEW",
+    context = marketing_context(
+        clinic_details(cfg), first, preferred, last,
+        unsubscribe_url=f"{cfg.providers.unsubscribe_url.rstrip('/')}/PREVIEW",
     )  # fmt: skip
     templates = Templates(cfg.folder)
     return templates.render(campaign.template, campaign.channel, context, marketing=True)
@@ -336,3 +336,32 @@ def cancel(con: duckdb.DuckDBPyConnection, name: str, now: datetime) -> int:
             ).fetchall()
         ]
         return len(ledger.cancel(con, ids, "campaign cancelled by an operator", now))
+
+
+# --- the re-check before sending ---------------------------------------------------------------
+
+
+class Preparer(SourcePreparer):
+    """Dispatch's re-check of campaign rows (tasks/marketing/recheck.py): the campaign cancelled
+    -> cancelled; left the campaign's segment since the freeze, or off the channel's marketing
+    list now -> skipped. Dispatch then checks suppressions and renders.
+    """
+
+    kind = "campaign"
+
+    def decide(self, name: str) -> dict[int, Ready | Skip]:
+        found = self.con.execute(
+            "SELECT segment, cancelled_at IS NOT NULL FROM state.campaigns WHERE campaign = ?",
+            [name],
+        ).fetchone()
+        segment, cancelled = found if found else (None, True)
+        decisions: dict[int, Ready | Skip] = {}
+        for message in self.planned(name, segment):
+            if cancelled:
+                decision = Skip("campaign cancelled", cancel=True)
+            elif segment and not message.in_segment:
+                decision = Skip(f"left the segment {segment} after the audience was frozen")
+            else:
+                decision = self.to_list_address(message)
+            decisions[message.message_id] = decision
+        return decisions

@@ -6,8 +6,8 @@ One run, per channel, batch by batch:
    whether it has them (tasks/providers/common.py, ``Provider.reconcile``). Never a blind resend.
 2. **Claim** due rows (``due_at`` and ``next_attempt_at`` passed). For each, the planner's
    ``prepare(row)`` re-checks it just before sending (appointment cancelled? unsubscribed?) and
-   returns :class:`Ready` (address + template context) or :class:`Skip`. Then dispatch itself
-   skips what is past its grace window, has an unusable address, is suppressed (marketing:
+   returns ``Ready`` (address + template context) or ``Skip`` (tasks/messages/prepare.py). Then
+   dispatch itself skips what is past its grace window, has an unusable address, is suppressed (marketing:
    suppressed for marketing or for all; transactional: for all) or fails to render.
 3. **Commit ``sending``** for what is left, in its own transaction, before any provider call.
    The update only moves rows that are still ``planned``, so two runs cannot both claim a row.
@@ -36,6 +36,7 @@ import duckdb
 from tasks.config import ClinicConfig
 from tasks.messages import ledger
 from tasks.messages.ledger import Channel, LedgerRow
+from tasks.messages.prepare import Prepare, Ready, Skip
 from tasks.messages.templates import TemplateError, Templates
 from tasks.providers.common import (
     Outcome,
@@ -58,23 +59,6 @@ _live_claims: set[str] = set()
 _live_lock = threading.Lock()
 
 
-@dataclass(frozen=True)
-class Ready:
-    """Send it: to this address, rendering the row's template with this context."""
-
-    to: str = field(repr=False)
-    context: Mapping[str, Any] = field(repr=False)
-
-
-@dataclass(frozen=True)
-class Skip:
-    """Do not send. ``cancel`` when the occasion is gone (appointment cancelled), else skipped."""
-
-    reason: str
-    cancel: bool = False
-
-
-Prepare = Callable[[LedgerRow], Ready | Skip]
 # Holds back rows that may not go yet (frequency cap, quiet hours: tasks/messages/gate.py):
 # defers or skips them itself and returns the rows that may go now.
 Gate = Callable[[duckdb.DuckDBPyConnection, list[LedgerRow], datetime], list[LedgerRow]]
@@ -401,18 +385,6 @@ def _dispatch_channel(
                 "the next run"
             )
             return
-
-
-def clinic_details(cfg: ClinicConfig) -> dict[str, str]:
-    """The ``clinic`` variables templates see, from the config's ``providers.sender``."""
-    sender = cfg.providers.sender
-    return {
-        "name": sender.name or cfg.name,
-        "email": sender.reply_to or sender.email,
-        "phone": sender.phone,
-        "website": sender.website,
-        "address": sender.address,
-    }
 
 
 def dispatch_for_clinic(

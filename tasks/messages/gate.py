@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import duckdb
@@ -36,9 +36,10 @@ from tasks.warehouse import transaction
 QUIET_HOURS_CHANNELS = frozenset({"sms"})
 
 
-def _local_moment(day, at: time, zone: ZoneInfo) -> datetime:
-    """``at`` o'clock on ``day`` in ``zone``, as UTC. A time the clocks skip (DST gap) lands just
-    after the gap, as zoneinfo reads it with the offset in force before the change."""
+def local_moment(day: date, at: time, zone: ZoneInfo) -> datetime:
+    """``at`` o'clock on ``day`` in ``zone``, as UTC (quiet hours here, a journey's date entries).
+    A time the clocks skip (DST gap) lands just after the gap, as zoneinfo reads it with the
+    offset in force before the change."""
     return datetime.combine(day, at, tzinfo=zone).astimezone(UTC)
 
 
@@ -76,7 +77,7 @@ class Gate:
         local = at.astimezone(self.zone)
         end = self.quiet_hours.end
         day = local.date() + timedelta(days=1) if local.time() >= end else local.date()
-        return _local_moment(day, end, self.zone)
+        return local_moment(day, end, self.zone)
 
     def held_by_quiet_hours(self, row: LedgerRow, now: datetime) -> bool:
         return (

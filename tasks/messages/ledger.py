@@ -122,6 +122,10 @@ class LedgerRow:
 
 _ROW_FIELDS = [f.name for f in dataclasses.fields(LedgerRow)]
 _SELECT = f"SELECT {', '.join(_ROW_FIELDS)} FROM state.messages"
+# A row is due when it is planned, its moment has come and it is not waiting for a retry.
+_DUE = (
+    "status = 'planned' AND due_at <= $now AND (next_attempt_at IS NULL OR next_attempt_at <= $now)"
+)
 
 
 def _rows(cur: duckdb.DuckDBPyConnection) -> list[LedgerRow]:
@@ -304,9 +308,7 @@ def due(
     return _rows(
         con.execute(
             f"""{_SELECT}
-            WHERE status = 'planned' AND due_at <= $now
-              AND (next_attempt_at IS NULL OR next_attempt_at <= $now)
-              AND ($channel IS NULL OR channel = $channel)
+            WHERE {_DUE} AND ($channel IS NULL OR channel = $channel)
             ORDER BY due_at, message_id LIMIT $limit""",
             {"now": now, "channel": channel, "limit": limit},
         )
@@ -321,8 +323,7 @@ def due_marketing(
     return _rows(
         con.execute(
             f"""{_SELECT}
-            WHERE status = 'planned' AND purpose = 'marketing' AND due_at <= $now
-              AND (next_attempt_at IS NULL OR next_attempt_at <= $now)
+            WHERE {_DUE} AND purpose = 'marketing'
               AND patient_id IN (SELECT unnest($patients::BIGINT[]))
             ORDER BY due_at, message_id""",
             {"now": now, "patients": list(patient_ids)},
@@ -391,8 +392,8 @@ def suppressed_addresses(
 ) -> set[str]:
     """Which of these addresses must not get a message of this purpose right now.
 
-    An address's status per scope is its latest suppressions row. Scope 'all' stops everything;
-    'marketing' stops marketing only.
+    What is suppressed now is ``state.current_suppressions`` (tasks/schema/20_suppressions.sql).
+    Scope 'all' stops everything; 'marketing' stops marketing only.
     """
     wanted = sorted({normalise_address(channel, a) for a in addresses})
     if not wanted:
@@ -400,13 +401,9 @@ def suppressed_addresses(
     scopes = ["all", "marketing"] if purpose == "marketing" else ["all"]
     rows = con.execute(
         """
-        SELECT DISTINCT address FROM (
-            SELECT address, scope, action FROM state.suppressions
-            WHERE channel = $channel AND address IN (SELECT unnest($addresses::VARCHAR[]))
-            QUALIFY row_number() OVER (PARTITION BY address, scope
-                                       ORDER BY occurred_at DESC, suppression_id DESC) = 1
-        )
-        WHERE action = 'suppress' AND scope IN (SELECT unnest($scopes::VARCHAR[]))
+        SELECT DISTINCT address FROM state.current_suppressions
+        WHERE channel = $channel AND address IN (SELECT unnest($addresses::VARCHAR[]))
+          AND scope IN (SELECT unnest($scopes::VARCHAR[]))
         """,
         {"channel": channel, "addresses": wanted, "scopes": scopes},
     ).fetchall()

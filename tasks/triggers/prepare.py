@@ -13,8 +13,8 @@ from typing import Any
 import duckdb
 
 from tasks.config import ClinicConfig
-from tasks.messages.dispatch import Ready, Skip, clinic_details
 from tasks.messages.ledger import LedgerRow
+from tasks.messages.prepare import Ready, Skip, clinic_details
 from tasks.messages.templates import build_context
 from tasks.triggers.definition import Trigger
 from tasks.triggers.plan import Decision, decide, planned_by_trigger
@@ -43,8 +43,6 @@ class Preparer:
         self._loaded: set[str] = set()
 
     def __call__(self, row: LedgerRow) -> Ready | Skip:
-        if row.source_kind != "trigger":
-            return Skip(f"no planner prepares {row.source_kind} messages here", cancel=False)
         trigger = self.triggers.get(row.source_name)
         if trigger is None:
             gone = (

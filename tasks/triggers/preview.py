@@ -13,7 +13,7 @@ import duckdb
 
 from tasks.config import ClinicConfig
 from tasks.errors import UserFacingError
-from tasks.messages.dispatch import clinic_details
+from tasks.messages.prepare import clinic_details
 from tasks.triggers.definition import Trigger
 from tasks.triggers.plan import went_live
 from tasks.triggers.prepare import template_context

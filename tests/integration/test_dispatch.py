@@ -15,8 +15,9 @@ from sandbox.postmark import PostmarkSandbox
 from sandbox.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioSandbox
 from tasks.config import ClinicConfig
 from tasks.messages import ledger
-from tasks.messages.dispatch import Ready, Unsubscribe, clinic_details, dispatch
+from tasks.messages.dispatch import Unsubscribe, dispatch
 from tasks.messages.ledger import PlannedMessage, make_send_key
+from tasks.messages.prepare import Ready, clinic_details
 from tasks.messages.templates import Templates, build_context
 from tasks.providers.postmark import PostmarkProvider, PostmarkSettings
 from tasks.providers.twilio import TwilioProvider, TwilioSettings

@@ -38,7 +38,8 @@ def worker(db: str, postmark_url: str, twilio_url: str, first: str) -> None:
     """One dispatch run, as a tick would do it: open the clinic database, send what is due."""
     sys.path.insert(0, str(ROOT))
     from sandbox.twilio import ACCOUNT_SID, AUTH_TOKEN
-    from tasks.messages.dispatch import Ready, dispatch
+    from tasks.messages.dispatch import dispatch
+    from tasks.messages.prepare import Ready
     from tasks.messages.templates import Templates, build_context
     from tasks.providers.postmark import PostmarkProvider, PostmarkSettings
     from tasks.providers.twilio import TwilioProvider, TwilioSettings

@@ -19,8 +19,9 @@ from sandbox.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioSandbox
 from tasks import feedback
 from tasks.config import ClinicConfig, MarketingListSettings
 from tasks.messages import ledger
-from tasks.messages.dispatch import Ready, Unsubscribe, dispatch
+from tasks.messages.dispatch import Unsubscribe, dispatch
 from tasks.messages.ledger import PlannedMessage, make_send_key
+from tasks.messages.prepare import Ready
 from tasks.messages.templates import Templates
 from tasks.providers.postmark import PostmarkProvider, PostmarkSettings
 from tasks.providers.twilio import TwilioProvider, TwilioSettings

@@ -66,6 +66,7 @@ def worker(db: str, postmark_url: str, progress: str) -> None:
     from tasks.marketing import campaigns, journeys
     from tasks.messages.dispatch import Unsubscribe, dispatch
     from tasks.messages.gate import Gate
+    from tasks.messages.prepare import by_source_kind
     from tasks.messages.templates import Templates
     from tasks.providers.postmark import PostmarkProvider, PostmarkSettings
     from tasks.warehouse import open_db
@@ -88,7 +89,10 @@ def worker(db: str, postmark_url: str, progress: str) -> None:
             email.batch_size = 7  # many small claims: more moments for the kill to land
             dispatch(
                 con, providers={"email": email},
-                prepare=journeys.prepare_marketing(con, cfg, triggers=no_triggers), templates=Templates(),
+                prepare=by_source_kind({"trigger": no_triggers,
+                                        "journey": journeys.Preparer(con, cfg),
+                                        "campaign": campaigns.Preparer(con, cfg)}),
+                templates=Templates(),
                 unsubscribe=Unsubscribe("crash", "http://127.0.0.1:8765/u", b"crash-key"),
                 clock=lambda now=now: now, settle=timedelta(0), gate=Gate.from_config(cfg),
             )  # fmt: skip
@@ -132,7 +136,7 @@ def postmark():
     from sandbox.postmark import PostmarkSandbox
 
     sandbox = PostmarkSandbox()
-    sandbox.faults.add("slow_reply", times=10**6, delay=0.06)  # slower than the kill window
+    sandbox.faults.add("slow_reply", times=10**6, delay=0.2)  # slower than the kill window
     with sandbox.serve() as server:
         sandbox.url = server.url
         yield sandbox

@@ -12,10 +12,11 @@ from functools import cache
 from pathlib import Path
 
 from tasks.config import ClinicConfig
-from tasks.marketing import journeys
+from tasks.marketing import campaigns, journeys
 from tasks.messages import ledger
 from tasks.messages.dispatch import dispatch
 from tasks.messages.gate import Gate
+from tasks.messages.prepare import by_source_kind
 from tasks.messages.templates import Templates
 from tasks.models import runner as models
 from tasks.providers.outbox import OutboxProvider
@@ -163,7 +164,13 @@ class Clinic:
         return dispatch(
             self.con,
             providers={"email": provider, "sms": provider},
-            prepare=journeys.prepare_marketing(self.con, cfg, triggers=no_triggers),
+            prepare=by_source_kind(
+                {
+                    "trigger": no_triggers,
+                    "journey": journeys.Preparer(self.con, cfg),
+                    "campaign": campaigns.Preparer(self.con, cfg),
+                }
+            ),
             templates=Templates(None),
             unsubscribe=Unsubscribe("test", "http://127.0.0.1:8765/unsubscribe", KEY),
             clock=lambda: self.now,

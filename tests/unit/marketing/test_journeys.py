@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tasks.marketing import journeys
+from tasks.marketing import steps as journey_steps
 from tasks.marketing.journeys import JourneyError
 
 _spec = importlib.util.spec_from_file_location(
@@ -254,7 +255,7 @@ def test_a_crash_inside_a_step_rolls_back_the_step_and_the_rerun_does_it_once(cl
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed mid-step")
 
-    monkeypatch.setattr(journeys, "_record_steps", crash)
+    monkeypatch.setattr(journey_steps, "_record_steps", crash)
     with pytest.raises(KeyboardInterrupt):
         journeys.run_journeys(clinic.con, clinic.cfg(), clinic.now)
     assert clinic.all_messages() == [] and clinic.enrolments("new-patient") == []
@@ -321,7 +322,7 @@ def test_a_date_field_that_is_not_a_date_column_is_a_clear_error():
 def test_anniversaries_follow_the_local_calendar_across_a_dst_change():
     from zoneinfo import ZoneInfo
 
-    from tasks.marketing.journeys import anniversaries
+    from tasks.marketing.enrolment import anniversaries
 
     zone = ZoneInfo("Australia/Melbourne")  # clocks go back at 03:00 on 5 April 2026
     since = datetime(2026, 4, 3, 21, 0, tzinfo=UTC)  # 08:00 on 4 April in Melbourne
@@ -368,7 +369,7 @@ def test_an_evening_journey_sms_waits_for_morning_and_is_cancelled_if_the_patien
 def test_a_wait_of_whole_days_keeps_the_local_time_across_a_dst_change():
     from zoneinfo import ZoneInfo
 
-    from tasks.marketing.journeys import wait_until
+    from tasks.marketing.steps import wait_until
 
     zone = ZoneInfo("Australia/Melbourne")  # clocks go back at 03:00 on 5 April 2026
     saturday_nine = datetime(2026, 4, 3, 22, 0, tzinfo=UTC)  # Saturday 09:00 AEDT

@@ -10,8 +10,9 @@ from email import policy
 import pytest
 
 from tasks.messages import ledger
-from tasks.messages.dispatch import Ready, Skip, Unsubscribe, dispatch, reconcile
+from tasks.messages.dispatch import Unsubscribe, dispatch, reconcile
 from tasks.messages.ledger import PlannedMessage, make_send_key
+from tasks.messages.prepare import Ready, Skip
 from tasks.messages.templates import Templates, build_context
 from tasks.providers.outbox import OutboxProvider, list_messages, stem_for
 from tasks.unsubscribe import tokens as unsubscribe

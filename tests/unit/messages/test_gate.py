@@ -9,9 +9,10 @@ import pytest
 
 from tasks.config import ClinicConfig, FrequencyCap, QuietHours
 from tasks.messages import ledger
-from tasks.messages.dispatch import Ready, dispatch
+from tasks.messages.dispatch import dispatch
 from tasks.messages.gate import Gate
 from tasks.messages.ledger import PlannedMessage, make_send_key
+from tasks.messages.prepare import Ready
 from tasks.messages.templates import Templates, build_context
 from tasks.providers.outbox import OutboxProvider
 from tasks.warehouse import memory_db

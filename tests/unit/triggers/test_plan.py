@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from tasks.config import ClinicConfig
 from tasks.errors import UserFacingError
 from tasks.messages import ledger
-from tasks.messages.dispatch import Ready, Skip
+from tasks.messages.prepare import Ready, Skip
 from tasks.models import runner as models
 from tasks.triggers import plan as planning
 from tasks.triggers import preview
