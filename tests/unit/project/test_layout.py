@@ -1,0 +1,121 @@
+"""The house rules of the layout, checked: arrows run one way, no cycles, no module too big.
+
+Read from the source with ``ast`` (nothing is imported), so a new module is checked as soon as
+it exists. The rules are README's "How it fits together".
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+PACKAGES = ("tasks", "flows", "blocks", "relay", "sandbox")
+MAX_LINES = 500  # for tasks/, flows/ and relay/
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """The project modules ``name`` imports, anywhere in the file (function-level too)."""
+    found: set[str] = set()
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                base = f"{base}.{node.module}" if node.module else base
+            # `from pkg import module` names the module; `from pkg import thing` names pkg
+            targets = [
+                f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names
+            ]
+        else:
+            continue
+        for target in targets:
+            while target and target not in MODULES:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
+
+
+def _reaches(start: str, goal: str) -> bool:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in GRAPH[todo.pop()]:
+            if nxt == goal:
+                return True
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return False
+
+
+def _is_package_of(a: str, b: str) -> bool:
+    return b.startswith(a + ".")
+
+
+def test_there_are_no_import_cycles():
+    cycles = sorted(
+        f"{a} -> {b}"
+        for a, targets in GRAPH.items()
+        for b in targets
+        # a package's __init__ naming its own modules is not a cycle in the sense that matters
+        if not _is_package_of(a, b) and not _is_package_of(b, a) and _reaches(b, a)
+    )
+    assert cycles == []
+
+
+@pytest.mark.parametrize("forbidden", ["flows", "relay", "blocks"])
+def test_tasks_imports_neither_flows_relay_nor_blocks(forbidden):
+    offenders = sorted(
+        f"{a} imports {b}"
+        for a, targets in GRAPH.items()
+        if a.split(".")[0] == "tasks"
+        for b in targets
+        if b.split(".")[0] == forbidden
+    )
+    assert offenders == []
+
+
+def test_flows_load_their_steps_by_import_not_importlib():
+    assert [p.name for p in (ROOT / "flows").glob("*.py") if "importlib" in p.read_text()] == []
+
+
+def test_no_module_of_tasks_flows_or_relay_is_over_500_lines():
+    long = sorted(
+        f"{p.relative_to(ROOT)}: {n} lines"
+        for name, p in MODULES.items()
+        if name.split(".")[0] in ("tasks", "flows", "relay")
+        and (n := len(p.read_text().splitlines())) > MAX_LINES
+    )
+    assert long == []
+
+
+def test_every_package_says_what_it_owns():
+    silent = sorted(
+        str(p.relative_to(ROOT))
+        for name, p in MODULES.items()
+        if p.name == "__init__.py" and name.split(".")[0] in PACKAGES and not ast.get_docstring(
+            ast.parse(p.read_text())
+        )
+    )
+    assert silent == []
