@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from sandbox.server import Faults, ThreadedServer, after, before
+from sandbox.server import Faults, ThreadedServer, after, guard
 
 INACTIVE = frozenset({"inactive@sandbox.example.com"})
 INVALID = frozenset({"invalid@sandbox.example.com"})
@@ -196,13 +196,10 @@ class PostmarkSandbox:
         return {"ErrorCode": code, "Message": message}
 
     async def _guard(self, request: Request):
-        self.requests.append((request.method, request.url.path))
-        fault = self.faults.take(request.url.path)
-        unauthorised = _error(10, "Bad or missing Server API token.", 401)
-        early = await before(fault, _error(429, "Rate limit exceeded.", 429), unauthorised)
-        if early is None and not self._authorised(request):
-            early = unauthorised
-        return fault, early
+        return await guard(
+            request, self.requests, self.faults, authorised=self._authorised(request),
+            rate_limited=_error(429, "Rate limit exceeded.", 429), unauthorised=_error(10, "Bad or missing Server API token.", 401),
+        )  # fmt: skip
 
     async def _email(self, request: Request):
         fault, early = await self._guard(request)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 
@@ -118,6 +119,26 @@ async def before(
     if fault.kind == "slow":
         await asyncio.sleep(fault.delay)
     return None
+
+
+async def guard(
+    request: Request,
+    requests: list[tuple[str, str]],
+    faults: Faults,
+    *,
+    authorised: bool,
+    rate_limited: JSONResponse,
+    unauthorised: JSONResponse,
+) -> tuple[Fault | None, Response | None]:
+    """What every provider sandbox does first: record the request, take the fault injected for
+    its path, and refuse it (with the provider's own error bodies) for a fault or bad credentials.
+    Returns the fault (for ``after``) and the early answer, None to carry on."""
+    requests.append((request.method, request.url.path))
+    fault = faults.take(request.url.path)
+    early = await before(fault, rate_limited, unauthorised)
+    if early is None and not authorised:
+        early = unauthorised
+    return fault, early
 
 
 async def after(fault: Fault | None) -> None:

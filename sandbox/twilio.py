@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from sandbox.server import Faults, ThreadedServer, after, before
+from sandbox.server import Faults, ThreadedServer, after, guard
 
 ACCOUNT_SID = "AC" + "0" * 32
 AUTH_TOKEN = "sandbox-twilio-token"
@@ -115,13 +115,10 @@ class TwilioSandbox:
         )
 
     async def _guard(self, request: Request):
-        self.requests.append((request.method, request.url.path))
-        fault = self.faults.take(request.url.path)
-        unauthorised = _error(20003, "Authenticate", 401)
-        early = await before(fault, _error(20429, "Too Many Requests", 429), unauthorised)
-        if early is None and not self._authorised(request):
-            early = unauthorised
-        return fault, early
+        return await guard(
+            request, self.requests, self.faults, authorised=self._authorised(request),
+            rate_limited=_error(20429, "Too Many Requests", 429), unauthorised=_error(20003, "Authenticate", 401),
+        )  # fmt: skip
 
     async def _create(self, request: Request):
         fault, early = await self._guard(request)

@@ -40,7 +40,7 @@ import hashlib
 import json
 import re
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -55,17 +55,7 @@ Event = Literal[
     "nth_appointment",
     "patient_created",
 ]
-APPOINTMENT_EVENTS = frozenset(
-    {
-        "appointment_booked",
-        "before_appointment",
-        "after_appointment",
-        "cancelled",
-        "did_not_arrive",
-        "first_appointment",
-        "nth_appointment",
-    }
-)
+APPOINTMENT_EVENTS = frozenset(get_args(Event)) - {"patient_created"}
 # Events whose timing may point either way from the appointment (before it starts, after it ends).
 EITHER_WAY_EVENTS = frozenset({"first_appointment", "nth_appointment"})
 

@@ -114,8 +114,8 @@ def test_every_package_says_what_it_owns():
     silent = sorted(
         str(p.relative_to(ROOT))
         for name, p in MODULES.items()
-        if p.name == "__init__.py" and name.split(".")[0] in PACKAGES and not ast.get_docstring(
-            ast.parse(p.read_text())
-        )
+        if p.name == "__init__.py"
+        and name.split(".")[0] in PACKAGES
+        and not ast.get_docstring(ast.parse(p.read_text()))
     )
     assert silent == []
