@@ -118,8 +118,9 @@ def _error_outcome(exc: TwilioException) -> Outcome:
 
 class TwilioProvider:
     name = "twilio"
-    # one HTTP call per SMS; a smaller claim keeps fewer rows in doubt if the run dies
     batch_size = 50
+    # one HTTP call per SMS: each is claimed on its own, so a dead run leaves at most one in doubt
+    request_size = 1
 
     def __init__(self, settings: TwilioSettings) -> None:
         self.settings = settings

@@ -273,3 +273,46 @@ def test_rejected_credentials_put_the_batch_back_and_say_what_to_fix(tmp_path, s
         row = ledger.get(con, key)
     assert (row.status, row.status_reason) == ("planned", "provider unavailable")
     assert any("PostmarkServer block" in p for p in result.problems)
+
+
+class Killed(BaseException):
+    """The process dies where it stands (a kill -9): nothing of the run records anything more."""
+
+
+def test_a_run_killed_mid_batch_leaves_the_sms_it_never_tried_planned_and_a_rerun_sends_each_once(
+    tmp_path, sandboxes
+):
+    postmark, twilio = sandboxes
+
+    def prepare_phones(row):
+        return Ready(to=f"+614120000{row.patient_id:02d}", context=context_for(row))
+
+    def rerun(con, at, sms):
+        return dispatch(con, providers={"sms": sms}, prepare=prepare_phones,
+                        templates=Templates(), clock=lambda: at)  # fmt: skip
+
+    with open_db(tmp_path / "c.duckdb") as con:
+        ledger.insert_planned(
+            con, [planned(p, "sms", source="reminder") for p in range(1, 7)], START
+        )
+        sms = providers(postmark, twilio)["sms"]
+        http, posted = sms.client.http_client, []
+        real_request = http.request
+
+        def dies_after_the_third_sms(method, url, *args, **kwargs):
+            response = real_request(method, url, *args, **kwargs)  # the SMS went, Twilio took it
+            posted.append(kwargs["data"]["To"])
+            if len(posted) == 3:
+                raise Killed  # ... and the run dies before recording the answer
+            return response
+
+        http.request = dies_after_the_third_sms
+        with pytest.raises(Killed):
+            rerun(con, START, sms)
+        # in doubt: only the one whose answer was never recorded; those never tried stay planned
+        assert ledger.status_counts(con) == {"sent": 2, "sending": 1, "planned": 3}
+
+        result = rerun(con, START + timedelta(minutes=10), providers(postmark, twilio)["sms"])
+        assert result.counts["reconciled_sent"] == 1 and result.counts["sent"] == 3
+        assert ledger.status_counts(con) == {"sent": 6}
+    assert sorted(twilio.body_counts().values()) == [1] * 6
