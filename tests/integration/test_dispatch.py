@@ -316,3 +316,61 @@ def test_a_run_killed_mid_batch_leaves_the_sms_it_never_tried_planned_and_a_reru
         assert result.counts["reconciled_sent"] == 1 and result.counts["sent"] == 3
         assert ledger.status_counts(con) == {"sent": 6}
     assert sorted(twilio.body_counts().values()) == [1] * 6
+
+
+def test_an_sms_in_doubt_is_listed_without_its_number_and_a_persons_resend_sends_it_once(
+    sandboxes, data_dir
+):
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+    from tasks.config import load_clinic
+
+    postmark, twilio = sandboxes
+    relay = CliRunner()
+    with open_db(load_clinic("demo").database_path) as con:
+        key = plan(con, 1, "sms")
+        sms = providers(postmark, twilio)["sms"]
+        real_request = sms.client.http_client.request
+
+        def dies_before_the_request_leaves(*args, **kwargs):
+            raise Killed
+
+        sms.client.http_client.request = dies_before_the_request_leaves
+        with pytest.raises(Killed):
+            run_with(con, sms, START)
+        sms.client.http_client.request = real_request
+        # the next run finds nothing at Twilio: it cannot tell "never arrived", so a person decides
+        run_with(con, providers(postmark, twilio)["sms"], START + timedelta(minutes=10))
+        assert ledger.get(con, key).status == "unknown"
+
+    listed = relay.invoke(app, ["ledger", "unknown", "--clinic", "demo"])
+    assert listed.exit_code == 0, listed.output
+    assert key in listed.output and "no matching message at Twilio" in listed.output
+    assert "twilio" in listed.output and ADDRESS[1][1] not in listed.output
+    assert "1 unknown messages in demo" in listed.output
+
+    undecided = relay.invoke(app, ["ledger", "resolve", key, "--clinic", "demo"])
+    assert undecided.exit_code != 0 and "--sent" in str(undecided.exception)
+    resolved = relay.invoke(app, ["ledger", "resolve", key, "--resend", "--clinic", "demo",
+                                  "--by", "alice", "--note", "not in the Twilio console"])  # fmt: skip
+    assert resolved.exit_code == 0, resolved.output
+    again = relay.invoke(app, ["ledger", "resolve", key, "--sent", "--clinic", "demo"])
+    assert "demo: message" in str(again.exception) and "is planned, not unknown" in str(
+        again.exception
+    )
+
+    with open_db(load_clinic("demo").database_path) as con:
+        run_with(con, providers(postmark, twilio)["sms"], START + timedelta(minutes=11))
+        row = ledger.get(con, key)
+        by, resolution = con.execute(
+            "SELECT resolved_by, resolution FROM state.messages WHERE send_key = ?", [key]
+        ).fetchone()
+    assert row.status == "sent" and row.provider_message_id == twilio.accepted[0]["sid"]
+    assert by == "alice" and "resend, decided by a person" in resolution
+    assert len(twilio.accepted) == 1
+
+
+def run_with(con, sms, at):
+    return dispatch(con, providers={"sms": sms}, prepare=prepare, templates=Templates(),
+                    clock=lambda: at)  # fmt: skip
