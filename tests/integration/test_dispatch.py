@@ -318,9 +318,35 @@ def test_a_run_killed_mid_batch_leaves_the_sms_it_never_tried_planned_and_a_reru
     assert sorted(twilio.body_counts().values()) == [1] * 6
 
 
-def test_an_sms_in_doubt_is_listed_without_its_number_and_a_persons_resend_sends_it_once(
+def test_a_run_killed_between_claiming_an_sms_and_sending_it_leaves_nothing_in_doubt(
+    tmp_path, sandboxes
+):
+    postmark, twilio = sandboxes
+    with open_db(tmp_path / "c.duckdb") as con:
+        key = plan(con, 1, "sms")
+        sms = providers(postmark, twilio)["sms"]
+
+        def dies_before_the_request_leaves(*args, **kwargs):
+            raise Killed
+
+        sms.client.http_client.request = dies_before_the_request_leaves
+        with pytest.raises(Killed):
+            run_with(con, sms, START)
+        assert ledger.get(con, key).status == "sending"  # the claim was committed
+        # too soon to believe "Twilio does not have it": the row waits
+        run_with(con, providers(postmark, twilio)["sms"], START + timedelta(minutes=1))
+        assert ledger.get(con, key).status == "sending"
+        result = run_with(con, providers(postmark, twilio)["sms"], START + timedelta(minutes=10))
+        row = ledger.get(con, key)
+        assert result.counts["reconciled_retry"] == 1
+        assert (row.status, row.attempts) == ("sent", 2)
+    assert len(twilio.accepted) == 1
+
+
+def test_sms_the_old_batch_claim_left_unknown_are_listed_without_numbers_and_resent_by_a_person(
     sandboxes, data_dir
 ):
+    """A database from before one claim per request: a dead run's never-tried SMS are unknown."""
     from typer.testing import CliRunner
 
     from relay.cli import app
@@ -329,46 +355,42 @@ def test_an_sms_in_doubt_is_listed_without_its_number_and_a_persons_resend_sends
     postmark, twilio = sandboxes
     relay = CliRunner()
     with open_db(load_clinic("demo").database_path) as con:
-        key = plan(con, 1, "sms")
-        sms = providers(postmark, twilio)["sms"]
-        real_request = sms.client.http_client.request
-
-        def dies_before_the_request_leaves(*args, **kwargs):
-            raise Killed
-
-        sms.client.http_client.request = dies_before_the_request_leaves
-        with pytest.raises(Killed):
-            run_with(con, sms, START)
-        sms.client.http_client.request = real_request
-        # the next run finds nothing at Twilio: it cannot tell "never arrived", so a person decides
-        run_with(con, providers(postmark, twilio)["sms"], START + timedelta(minutes=10))
-        assert ledger.get(con, key).status == "unknown"
+        went = plan(con, 1, "sms")
+        run_with(con, providers(postmark, twilio)["sms"], START)  # went: sent
+        never = plan(con, 1, "sms", purpose="marketing")
+        ids = [ledger.get(con, never).message_id]
+        ledger.transition(con, ids, "planned", "sending", START, count_attempt=True,
+                          values={"provider": ["twilio"]})  # fmt: skip
+        ledger.transition(con, ids, "sending", "unknown", START, values={
+            "status_reason": ["reconcile: no matching message at Twilio; review"]})  # fmt: skip
 
     listed = relay.invoke(app, ["ledger", "unknown", "--clinic", "demo"])
     assert listed.exit_code == 0, listed.output
-    assert key in listed.output and "no matching message at Twilio" in listed.output
-    assert "twilio" in listed.output and ADDRESS[1][1] not in listed.output
+    assert never in listed.output and went not in listed.output
+    assert "no matching message at Twilio" in listed.output and "twilio" in listed.output
+    assert ADDRESS[1][1] not in listed.output and "Pat1" not in listed.output
     assert "1 unknown messages in demo" in listed.output
 
-    undecided = relay.invoke(app, ["ledger", "resolve", key, "--clinic", "demo"])
+    undecided = relay.invoke(app, ["ledger", "resolve", never, "--clinic", "demo"])
     assert undecided.exit_code != 0 and "--sent" in str(undecided.exception)
-    resolved = relay.invoke(app, ["ledger", "resolve", key, "--resend", "--clinic", "demo",
+    not_unknown = relay.invoke(app, ["ledger", "resolve", went, "--sent", "--clinic", "demo"])
+    assert "demo: message" in str(not_unknown.exception)
+    assert "is sent, not unknown" in str(not_unknown.exception)
+    resolved = relay.invoke(app, ["ledger", "resolve", never, "--resend", "--clinic", "demo",
                                   "--by", "alice", "--note", "not in the Twilio console"])  # fmt: skip
     assert resolved.exit_code == 0, resolved.output
-    again = relay.invoke(app, ["ledger", "resolve", key, "--sent", "--clinic", "demo"])
-    assert "demo: message" in str(again.exception) and "is planned, not unknown" in str(
-        again.exception
-    )
 
     with open_db(load_clinic("demo").database_path) as con:
-        run_with(con, providers(postmark, twilio)["sms"], START + timedelta(minutes=11))
-        row = ledger.get(con, key)
+        run_with(con, providers(postmark, twilio)["sms"], START + timedelta(minutes=1))
+        row = ledger.get(con, never)
         by, resolution = con.execute(
-            "SELECT resolved_by, resolution FROM state.messages WHERE send_key = ?", [key]
+            "SELECT resolved_by, resolution FROM state.messages WHERE send_key = ?", [never]
         ).fetchone()
-    assert row.status == "sent" and row.provider_message_id == twilio.accepted[0]["sid"]
-    assert by == "alice" and "resend, decided by a person" in resolution
-    assert len(twilio.accepted) == 1
+    assert row.status == "sent" and row.provider_message_id == twilio.accepted[-1]["sid"]
+    assert by == "alice" and resolution.startswith(
+        "resend, decided by a person (alice: not in the Twilio console); was unknown: reconcile"
+    )
+    assert sorted(twilio.body_counts().values()) == [1, 1]
 
 
 def run_with(con, sms, at):
