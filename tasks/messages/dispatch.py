@@ -9,10 +9,13 @@ One run, per channel, batch by batch:
    returns ``Ready`` (address + template context) or ``Skip`` (tasks/messages/prepare.py). Then
    dispatch itself skips what is past its grace window, has an unusable address, is suppressed (marketing:
    suppressed for marketing or for all; transactional: for all) or fails to render.
-3. **Commit ``sending``** for what is left, in its own transaction, before any provider call.
-   The update only moves rows that are still ``planned``, so two runs cannot both claim a row.
+3. **Commit ``sending``** for one request's messages (``Provider.request_size``: a Postmark
+   batch, a single Twilio SMS), in its own transaction, just before that request. The update only
+   moves rows that are still ``planned``, so two runs cannot both claim a row, and a run that
+   dies leaves ``sending`` only on the request it was making: the rest are still ``planned``.
 4. **Send**, then **record** each outcome in one transaction: sent, failed (+ a suppression when
-   the address is dead or opted out), retry later (planned again, with backoff), or unknown.
+   the address is dead or opted out), retry later (planned again, with backoff), or unknown;
+   then the next request (3), until the batch is done or the provider takes nothing.
 
 Processes are serialised by the database lock (tasks/warehouse.py); within a process, claims by
 concurrent runs are told apart by ``claim_id``, so a live run's rows are never "reconciled".
