@@ -2,9 +2,9 @@
 
 The commands live by group, one module each: ``pipeline`` (clinics, sync, models, feedback: the
 tick's steps by hand), ``demo`` (the sandbox and the demo), ``preview`` (see before switching on:
-preview, render), ``messages`` (outbox, campaigns, unsubscribes, the report) and ``server`` (the
-Prefect server and its alerts). A module imports ``tasks``, ``flows`` and ``sandbox`` inside each
-command so ``relay --help`` is instant; none imports this one.
+preview, render), ``messages`` (outbox, campaigns, the ledger's unknown messages, unsubscribes,
+the report) and ``server`` (the Prefect server and its alerts). A module imports ``tasks``,
+``flows`` and ``sandbox`` inside each command so ``relay --help`` is instant; none imports this one.
 Errors meant for a person (bad config, bad key, busy database) are printed without a traceback.
 """
 
@@ -45,6 +45,7 @@ app.command("report")(messages.report_command)
 app.command("render")(preview.render_command)
 app.add_typer(server.alerts_app, name="alerts")
 app.add_typer(messages.campaign_app, name="campaign")
+app.add_typer(messages.ledger_app, name="ledger")
 app.add_typer(preview.preview_app, name="preview")
 app.add_typer(pipeline.models_app, name="models")
 

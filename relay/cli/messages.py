@@ -1,4 +1,5 @@
-"""What was sent and what came back: the local outbox, campaigns, unsubscribes and the report."""
+"""What was sent and what came back: the local outbox, campaigns, messages in doubt (the
+ledger), unsubscribes and the report."""
 
 from __future__ import annotations
 
@@ -146,6 +147,84 @@ def campaign_cancel_command(
     with open_db(config.database_path) as con:
         cancelled = campaigns.cancel(con, name, datetime.now(UTC))
     typer.echo(f"Cancelled {name}: {cancelled} planned messages will not be sent.")
+
+
+ledger_app = typer.Typer(
+    help="Messages in doubt: list the unknown ones, and settle each by hand.",
+    no_args_is_help=True,
+)
+
+
+@ledger_app.command("unknown")
+def ledger_unknown_command(
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<clinic>/clinic.yaml)."),
+) -> None:
+    """Messages whose request may have reached the provider but whose outcome nobody knows
+    (a timeout after sending, or a run that died mid-request, not found at the provider). Check
+    each in the provider's account, then `relay ledger resolve`. No names or addresses shown."""
+    from tasks.config import load_clinic
+    from tasks.messages import ledger
+    from tasks.warehouse import open_db
+
+    config = load_clinic(clinic)
+    with open_db(config.database_path, read_only=True) as con:
+        rows = ledger.in_status(con, "unknown")
+    for r in rows:
+        when = f"{r.sending_at:%Y-%m-%d %H:%M:%S} UTC" if r.sending_at else "?"
+        why = r.status_reason or "no reason recorded"
+        code = f" (error {r.error_code})" if r.error_code else ""
+        typer.echo(f"{r.send_key}  {r.channel:5}  {r.provider or '?':8}  tried {when}, "
+                   f"attempt {r.attempts}: {why}{code}")  # fmt: skip
+    typer.echo(
+        f"{len(rows)} unknown messages in {config.clinic}."
+        + (
+            f" Settle each: relay ledger resolve SEND_KEY --sent|--resend --clinic {config.clinic}"
+            if rows
+            else ""
+        )
+    )
+
+
+@ledger_app.command("resolve")
+def ledger_resolve_command(
+    send_key: str = typer.Argument(..., help="The message's send key (`relay ledger unknown`)."),
+    sent: bool = typer.Option(False, "--sent", help="It went: the provider's account shows it."),
+    resend: bool = typer.Option(
+        False, "--resend", help="It did not go: send it again (re-checked first, like any send)."
+    ),
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<clinic>/clinic.yaml)."),
+    by: str = typer.Option(None, help="Who decides (default: your login name)."),
+    note: str = typer.Option(None, help="Why, in a few words (no patient details)."),
+) -> None:
+    """Settle one unknown message by hand, recorded in the ledger: who, when, what and why."""
+    import getpass
+    from datetime import UTC, datetime
+
+    from tasks.config import load_clinic
+    from tasks.errors import UserFacingError
+    from tasks.messages import ledger
+    from tasks.warehouse import open_db, transaction
+
+    if sent == resend:
+        raise UserFacingError(
+            f"Say what happened to {send_key}: --sent (the provider's account shows it) or "
+            "--resend (it did not go), one of the two."
+        )
+    config = load_clinic(clinic)
+    now = datetime.now(UTC)
+    with open_db(config.database_path) as con, transaction(con):
+        try:
+            row = ledger.resolve(con, send_key, "sent" if sent else "resend",
+                                 by or getpass.getuser(), now, note)  # fmt: skip
+        except (LookupError, ledger.IllegalTransition) as exc:
+            raise UserFacingError(f"{config.clinic}: {exc}") from None
+    typer.echo(f"{send_key}: {row.status} ({row.status_reason})")
+    if resend and row.expires_at is not None and row.expires_at < now:
+        typer.secho(
+            f"  its grace window ended at {row.expires_at:%Y-%m-%d %H:%M} UTC: dispatch will skip "
+            "it rather than send it late.",
+            fg=typer.colors.YELLOW,
+        )
 
 
 def serve_unsubscribe_command(

@@ -9,10 +9,13 @@ One run, per channel, batch by batch:
    returns ``Ready`` (address + template context) or ``Skip`` (tasks/messages/prepare.py). Then
    dispatch itself skips what is past its grace window, has an unusable address, is suppressed (marketing:
    suppressed for marketing or for all; transactional: for all) or fails to render.
-3. **Commit ``sending``** for what is left, in its own transaction, before any provider call.
-   The update only moves rows that are still ``planned``, so two runs cannot both claim a row.
+3. **Commit ``sending``** for one request's messages (``Provider.request_size``: a Postmark
+   batch, a single Twilio SMS), in its own transaction, just before that request. The update only
+   moves rows that are still ``planned``, so two runs cannot both claim a row, and a run that
+   dies leaves ``sending`` only on the request it was making: the rest are still ``planned``.
 4. **Send**, then **record** each outcome in one transaction: sent, failed (+ a suppression when
-   the address is dead or opted out), retry later (planned again, with backoff), or unknown.
+   the address is dead or opted out), retry later (planned again, with backoff), or unknown;
+   then the next request (3), until the batch is done or the provider takes nothing.
 
 Processes are serialised by the database lock (tasks/warehouse.py); within a process, claims by
 concurrent runs are told apart by ``claim_id``, so a live run's rows are never "reconciled".
@@ -340,51 +343,76 @@ def _dispatch_channel(
                             values={"status_reason": [r for _, r in items]},
                         )  # fmt: skip
                         result.counts[status] += len(items)
-                claimed = set(
-                    ledger.transition(
-                        con,
-                        [m.message_id for _, m in messages],
-                        "planned",
-                        "sending",
-                        now,
-                        values={
-                            "to_address": [m.to for _, m in messages],
-                            "content_hash": [content_hash(m.content) for _, m in messages],
-                            "provider": [provider.name] * len(messages),
-                            "claim_id": [claim_id] * len(messages),
-                            "status_reason": [None] * len(messages),
-                            "next_attempt_at": [None] * len(messages),
-                        },
-                        strict=False,
-                        count_attempt=True,
-                    )
-                )
         except (duckdb.TransactionException, ledger.IllegalTransition):
-            # another run in this process moved these rows first: leave them to it
             result.problems.append(f"{channel}: a concurrent run claimed the same messages")
             return
-        batch = [(r, m) for r, m in messages if m.message_id in claimed]
-        if not batch:
-            continue
-        try:
-            outcomes = provider.send([m for _, m in batch])
-        except ProviderUnavailable as exc:
-            outcomes = [Outcome("retry", reason="provider unavailable")] * len(batch)
-            result.problems.append(f"{channel}: {exc}")
-        sending_rows = [
-            dataclasses.replace(r, status="sending", attempts=r.attempts + 1) for r, _ in batch
-        ]
+        # One claim per request, committed just before it leaves: a crash leaves `sending` only
+        # on rows whose request may have reached the provider; the rest are still `planned`.
+        for start in range(0, len(messages), provider.request_size):
+            chunk = messages[start : start + provider.request_size]
+            if not _attempt(con, channel, provider, chunk, clock, claim_id, result):
+                return
+
+
+def _attempt(
+    con: duckdb.DuckDBPyConnection,
+    channel: str,
+    provider: Provider,
+    messages: Sequence[tuple[LedgerRow, OutgoingMessage]],
+    clock: Callable[[], datetime],
+    claim_id: str,
+    result: DispatchResult,
+) -> bool:
+    """Claim (commit ``sending``), send and record one request's messages. False: stop this
+    channel until the next run (another run took them, or the provider took nothing)."""
+    try:
         with transaction(con):
-            _record(
-                con, sending_rows, [m.to for _, m in batch], outcomes, provider.name, clock(),
-                result.counts,
-            )  # fmt: skip
-        if all(o.kind in ("retry", "unknown") for o in outcomes):
-            result.problems.append(
-                f"{channel}: {provider.name} took nothing from the last batch; stopping until "
-                "the next run"
+            claimed = set(
+                ledger.transition(
+                    con,
+                    [m.message_id for _, m in messages],
+                    "planned",
+                    "sending",
+                    clock(),
+                    values={
+                        "to_address": [m.to for _, m in messages],
+                        "content_hash": [content_hash(m.content) for _, m in messages],
+                        "provider": [provider.name] * len(messages),
+                        "claim_id": [claim_id] * len(messages),
+                        "status_reason": [None] * len(messages),
+                        "next_attempt_at": [None] * len(messages),
+                    },
+                    strict=False,
+                    count_attempt=True,
+                )
             )
-            return
+    except (duckdb.TransactionException, ledger.IllegalTransition):
+        # another run in this process moved these rows first: leave them to it
+        result.problems.append(f"{channel}: a concurrent run claimed the same messages")
+        return False
+    batch = [(r, m) for r, m in messages if m.message_id in claimed]
+    if not batch:
+        return True
+    try:
+        outcomes = provider.send([m for _, m in batch])
+    except ProviderUnavailable as exc:
+        outcomes = [Outcome("retry", reason="provider unavailable")] * len(batch)
+        result.problems.append(f"{channel}: {exc}")
+    sending_rows = [
+        dataclasses.replace(r, status="sending", attempts=r.attempts + 1) for r, _ in batch
+    ]
+    with transaction(con):
+        _record(
+            con, sending_rows, [m.to for _, m in batch], outcomes, provider.name, clock(),
+            result.counts,
+        )  # fmt: skip
+    if all(o.kind in ("retry", "unknown") for o in outcomes):
+        result.problems.append(
+            f"{channel}: {provider.name} took nothing from the last request; stopping until "
+            "the next run"
+        )
+        return False
+    return True
 
 
 def dispatch_for_clinic(

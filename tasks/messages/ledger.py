@@ -37,9 +37,12 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "planned": frozenset({"sending", "cancelled", "skipped"}),
     # back to planned only when the provider certainly did not take the message (retry later)
     "sending": frozenset({"sent", "failed", "unknown", "planned"}),
-    # a provider lookup later confirmed an uncertain send
-    "unknown": frozenset({"sent"}),
+    # sent: a provider lookup confirmed an uncertain send, or a person did; planned: a person
+    # decided to send it again (`relay ledger resolve`, :func:`resolve`), never dispatch itself
+    "unknown": frozenset({"sent", "planned"}),
 }
+# Moves only a person's decision makes: the transition must name who (``resolved_by``).
+BY_A_PERSON: frozenset[tuple[str, str]] = frozenset({("unknown", "planned")})
 FINAL: frozenset[str] = frozenset({"sent", "failed", "cancelled", "skipped"})
 
 # Columns a transition may set per row, with their SQL types (nothing else reaches the SQL text).
@@ -54,6 +57,9 @@ _ROW_COLUMNS = {
     "next_attempt_at": "TIMESTAMPTZ",
     "due_at": "TIMESTAMPTZ",
     "expires_at": "TIMESTAMPTZ",
+    "resolved_by": "VARCHAR",
+    "resolved_at": "TIMESTAMPTZ",
+    "resolution": "VARCHAR",
 }
 
 
@@ -182,9 +188,13 @@ def transition(
     """
     if to_status not in TRANSITIONS.get(from_status, ()):
         raise IllegalTransition(f"a message cannot go from {from_status} to {to_status}")
+    values = values or {}
+    if (from_status, to_status) in BY_A_PERSON and not values.get("resolved_by"):
+        raise IllegalTransition(
+            f"only a person moves a message from {from_status} to {to_status} (relay ledger resolve)"
+        )
     if not ids:
         return []
-    values = values or {}
     unknown = set(values) - set(_ROW_COLUMNS)
     if unknown:
         raise ValueError(f"not columns a transition may set: {sorted(unknown)}")
@@ -366,6 +376,37 @@ def in_status(
             {"status": status, "channel": channel},
         )
     )
+
+
+def resolve(
+    con: duckdb.DuckDBPyConnection,
+    send_key: str,
+    decision: Literal["sent", "resend"],
+    by: str,
+    now: datetime,
+    note: str | None = None,
+) -> LedgerRow:
+    """A person settles an ``unknown`` message: it went (``sent``), or it is to go again
+    (``resend``: planned, due at once; the re-check before sending still applies). Who, when and
+    what, with the reason it was unknown, stay on the row (``resolution``) after later sends."""
+    row = get(con, send_key)
+    if row is None:
+        raise LookupError(
+            f"no message has send key {send_key!r} (`relay ledger unknown` lists them)"
+        )
+    if row.status != "unknown":
+        raise IllegalTransition(
+            f"message {send_key} is {row.status}, not unknown: only an unknown message is resolved"
+        )
+    what = "sent, confirmed by a person" if decision == "sent" else "resend, decided by a person"
+    words = f"{what} ({by}{': ' + note if note else ''}); was unknown: {row.status_reason}"
+    values: dict[str, list[Any]] = {"status_reason": [words], "resolution": [words],
+                                    "resolved_by": [by], "resolved_at": [now]}  # fmt: skip
+    if decision == "resend":
+        values["next_attempt_at"] = [now]
+    transition(con, [row.message_id], "unknown", "planned" if decision == "resend" else "sent",
+               now, values=values)  # fmt: skip
+    return get(con, send_key)
 
 
 def get(con: duckdb.DuckDBPyConnection, send_key: str) -> LedgerRow | None:

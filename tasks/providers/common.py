@@ -132,7 +132,10 @@ def request_never_sent(exc: BaseException) -> bool:
 
 class Provider(Protocol):
     name: str
-    batch_size: int
+    batch_size: int  # rows dispatch takes, re-checks and renders at a time
+    # Messages one request carries. Dispatch commits `sending` for exactly these just before the
+    # request, so a crash leaves `sending` (in doubt) only on rows whose request may have left.
+    request_size: int
 
     def send(self, messages: Sequence[OutgoingMessage]) -> list[Outcome]:
         """Send and report one outcome per message, in order."""

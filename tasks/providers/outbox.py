@@ -89,6 +89,8 @@ class OutboxProvider:
     """Delivers by writing files; idempotent per send key."""
 
     batch_size = 500
+    # one claim for the batch: the files are the truth on reconcile, so none is left in doubt
+    request_size = 500
 
     def __init__(self, folder: Path, *, email_from: str, sms_from: str) -> None:
         self.folder = folder

@@ -91,6 +91,7 @@ def _item_outcome(item: dict, marketing: bool) -> Outcome:
 class PostmarkProvider:
     name = "postmark"
     batch_size = 500
+    request_size = 500  # the batch API: one request, one attempt for all its messages
 
     def __init__(self, settings: PostmarkSettings) -> None:
         self.settings = settings

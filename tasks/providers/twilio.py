@@ -5,7 +5,8 @@ Odd things about this API and client, and what we do about them:
   (the sandbox, a proxy), after the client has built its edge/region host.
 - No idempotency for message creation: a timeout after the request went may or may not have
   created the SMS, so it is recorded ``unknown`` and never resent automatically. Reconciliation
-  lists messages to that number since the attempt and matches the body's digest.
+  lists messages to that number since the attempt and matches the body's digest; an SMS a dead
+  run left ``sending`` that the list does not hold is planned again (``reconcile`` says why).
 - Errors: ``TwilioRestException`` (and the RFC 9457 ``TwilioServiceException``, not a subclass)
   carry ``.code`` and ``.status``. 21610 = the number replied STOP; 21211 invalid number;
   21614 not a mobile; 20429 / 429 / 5xx = come back later; 20003 = bad credentials.
@@ -118,8 +119,9 @@ def _error_outcome(exc: TwilioException) -> Outcome:
 
 class TwilioProvider:
     name = "twilio"
-    # one HTTP call per SMS; a smaller claim keeps fewer rows in doubt if the run dies
     batch_size = 50
+    # one HTTP call per SMS: each is claimed on its own, so a dead run leaves at most one in doubt
+    request_size = 1
 
     def __init__(self, settings: TwilioSettings) -> None:
         self.settings = settings
@@ -166,8 +168,14 @@ class TwilioProvider:
         self, rows: Sequence[LedgerRow], now: datetime, settle: timedelta
     ) -> list[Outcome]:
         """Match each row to a message Twilio holds: same number, same body, created since the
-        attempt. Found → sent. Not found → ``unknown`` for a person (Twilio cannot say "never
-        received" reliably enough to resend); within ``settle`` of the attempt → ``pending``.
+        attempt. Found → sent. Not found → planned again once ``settle`` has passed.
+
+        Why resending then is sound (at most once), as for Postmark's search: Twilio creates the
+        Message resource before it answers the POST and the Messages list reads those resources,
+        so an SMS it took is found; ``settle`` covers a list that lags. A row is ``sending`` only
+        for the one request of a run that died (one claim per request), and without this a kill
+        between the claim and the request would leave an SMS that never left for a person.
+        Rows already ``unknown`` (a timeout after sending) are only ever confirmed, never resent.
         """
         used: set[str] = set()
         by_number: dict[str, list] = {}
@@ -198,9 +206,7 @@ class TwilioProvider:
                 used.add(match.sid)
                 outcomes.append(Outcome("sent", provider_message_id=match.sid, reason="reconciled"))
             elif row.status == "sending" and now - row.sending_at >= settle:
-                outcomes.append(
-                    Outcome("unknown", reason="reconcile: no matching message at Twilio; review")
-                )
+                outcomes.append(Outcome("retry", reason="reconciled: Twilio never received it"))
             else:
                 outcomes.append(Outcome("pending"))
         return outcomes

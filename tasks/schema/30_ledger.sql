@@ -3,10 +3,12 @@
 --
 --   planned -> sending -> sent | failed | unknown        planned -> cancelled | skipped
 --   sending -> planned   (retry later: the provider certainly did not take it)
---   unknown -> sent      (a provider lookup later confirmed it went)
+--   unknown -> sent      (a provider lookup later confirmed it went, or a person did)
+--   unknown -> planned   (a person decided to send it again: `relay ledger resolve --resend`)
 --
--- `sending` is committed before the provider is called, so a crash leaves evidence, never a
--- silent resend. Timestamps are UTC; the address is filled at send time for audit and stays here.
+-- `sending` is committed just before each request (one claim per request), so a crash leaves
+-- evidence on the rows that may have gone, never a silent resend, and the rest stay `planned`.
+-- Timestamps are UTC; the address is filled at send time for audit and stays here.
 
 CREATE SEQUENCE IF NOT EXISTS state.message_seq;
 
@@ -42,3 +44,9 @@ CREATE TABLE IF NOT EXISTS state.messages (
     skipped_at          TIMESTAMPTZ,
     updated_at          TIMESTAMPTZ NOT NULL
 );
+
+-- A person's decision on an `unknown` message (tasks/messages/ledger.py, resolve): who, when, and
+-- what in words; kept when a resent message is later sent.
+ALTER TABLE state.messages ADD COLUMN IF NOT EXISTS resolved_by VARCHAR;
+ALTER TABLE state.messages ADD COLUMN IF NOT EXISTS resolved_at TIMESTAMPTZ;
+ALTER TABLE state.messages ADD COLUMN IF NOT EXISTS resolution VARCHAR;

@@ -273,3 +273,126 @@ def test_rejected_credentials_put_the_batch_back_and_say_what_to_fix(tmp_path, s
         row = ledger.get(con, key)
     assert (row.status, row.status_reason) == ("planned", "provider unavailable")
     assert any("PostmarkServer block" in p for p in result.problems)
+
+
+class Killed(BaseException):
+    """The process dies where it stands (a kill -9): nothing of the run records anything more."""
+
+
+def test_a_run_killed_mid_batch_leaves_the_sms_it_never_tried_planned_and_a_rerun_sends_each_once(
+    tmp_path, sandboxes
+):
+    postmark, twilio = sandboxes
+
+    def prepare_phones(row):
+        return Ready(to=f"+614120000{row.patient_id:02d}", context=context_for(row))
+
+    def rerun(con, at, sms):
+        return dispatch(con, providers={"sms": sms}, prepare=prepare_phones,
+                        templates=Templates(), clock=lambda: at)  # fmt: skip
+
+    with open_db(tmp_path / "c.duckdb") as con:
+        ledger.insert_planned(
+            con, [planned(p, "sms", source="reminder") for p in range(1, 7)], START
+        )
+        sms = providers(postmark, twilio)["sms"]
+        http, posted = sms.client.http_client, []
+        real_request = http.request
+
+        def dies_after_the_third_sms(method, url, *args, **kwargs):
+            response = real_request(method, url, *args, **kwargs)  # the SMS went, Twilio took it
+            posted.append(kwargs["data"]["To"])
+            if len(posted) == 3:
+                raise Killed  # ... and the run dies before recording the answer
+            return response
+
+        http.request = dies_after_the_third_sms
+        with pytest.raises(Killed):
+            rerun(con, START, sms)
+        # in doubt: only the one whose answer was never recorded; those never tried stay planned
+        assert ledger.status_counts(con) == {"sent": 2, "sending": 1, "planned": 3}
+
+        result = rerun(con, START + timedelta(minutes=10), providers(postmark, twilio)["sms"])
+        assert result.counts["reconciled_sent"] == 1 and result.counts["sent"] == 3
+        assert ledger.status_counts(con) == {"sent": 6}
+    assert sorted(twilio.body_counts().values()) == [1] * 6
+
+
+def test_a_run_killed_between_claiming_an_sms_and_sending_it_leaves_nothing_in_doubt(
+    tmp_path, sandboxes
+):
+    postmark, twilio = sandboxes
+    with open_db(tmp_path / "c.duckdb") as con:
+        key = plan(con, 1, "sms")
+        sms = providers(postmark, twilio)["sms"]
+
+        def dies_before_the_request_leaves(*args, **kwargs):
+            raise Killed
+
+        sms.client.http_client.request = dies_before_the_request_leaves
+        with pytest.raises(Killed):
+            run_with(con, sms, START)
+        assert ledger.get(con, key).status == "sending"  # the claim was committed
+        # too soon to believe "Twilio does not have it": the row waits
+        run_with(con, providers(postmark, twilio)["sms"], START + timedelta(minutes=1))
+        assert ledger.get(con, key).status == "sending"
+        result = run_with(con, providers(postmark, twilio)["sms"], START + timedelta(minutes=10))
+        row = ledger.get(con, key)
+        assert result.counts["reconciled_retry"] == 1
+        assert (row.status, row.attempts) == ("sent", 2)
+    assert len(twilio.accepted) == 1
+
+
+def test_sms_the_old_batch_claim_left_unknown_are_listed_without_numbers_and_resent_by_a_person(
+    sandboxes, data_dir
+):
+    """A database from before one claim per request: a dead run's never-tried SMS are unknown."""
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+    from tasks.config import load_clinic
+
+    postmark, twilio = sandboxes
+    relay = CliRunner()
+    with open_db(load_clinic("demo").database_path) as con:
+        went = plan(con, 1, "sms")
+        run_with(con, providers(postmark, twilio)["sms"], START)  # went: sent
+        never = plan(con, 1, "sms", purpose="marketing")
+        ids = [ledger.get(con, never).message_id]
+        ledger.transition(con, ids, "planned", "sending", START, count_attempt=True,
+                          values={"provider": ["twilio"]})  # fmt: skip
+        ledger.transition(con, ids, "sending", "unknown", START, values={
+            "status_reason": ["reconcile: no matching message at Twilio; review"]})  # fmt: skip
+
+    listed = relay.invoke(app, ["ledger", "unknown", "--clinic", "demo"])
+    assert listed.exit_code == 0, listed.output
+    assert never in listed.output and went not in listed.output
+    assert "no matching message at Twilio" in listed.output and "twilio" in listed.output
+    assert ADDRESS[1][1] not in listed.output and "Pat1" not in listed.output
+    assert "1 unknown messages in demo" in listed.output
+
+    undecided = relay.invoke(app, ["ledger", "resolve", never, "--clinic", "demo"])
+    assert undecided.exit_code != 0 and "--sent" in str(undecided.exception)
+    not_unknown = relay.invoke(app, ["ledger", "resolve", went, "--sent", "--clinic", "demo"])
+    assert "demo: message" in str(not_unknown.exception)
+    assert "is sent, not unknown" in str(not_unknown.exception)
+    resolved = relay.invoke(app, ["ledger", "resolve", never, "--resend", "--clinic", "demo",
+                                  "--by", "alice", "--note", "not in the Twilio console"])  # fmt: skip
+    assert resolved.exit_code == 0, resolved.output
+
+    with open_db(load_clinic("demo").database_path) as con:
+        run_with(con, providers(postmark, twilio)["sms"], START + timedelta(minutes=1))
+        row = ledger.get(con, never)
+        by, resolution = con.execute(
+            "SELECT resolved_by, resolution FROM state.messages WHERE send_key = ?", [never]
+        ).fetchone()
+    assert row.status == "sent" and row.provider_message_id == twilio.accepted[-1]["sid"]
+    assert by == "alice" and resolution.startswith(
+        "resend, decided by a person (alice: not in the Twilio console); was unknown: reconcile"
+    )
+    assert sorted(twilio.body_counts().values()) == [1, 1]
+
+
+def run_with(con, sms, at):
+    return dispatch(con, providers={"sms": sms}, prepare=prepare, templates=Templates(),
+                    clock=lambda: at)  # fmt: skip

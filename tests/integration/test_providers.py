@@ -255,7 +255,7 @@ def test_wrong_twilio_credentials_stop_the_run_with_what_to_fix(twilio):
         tw_provider(twilio, auth_token="wrong").send([sms(1, "+61412345678")])
 
 
-def test_twilio_reconciliation_matches_number_and_body_else_asks_a_person(twilio):
+def test_twilio_reconciliation_matches_number_and_body_else_sends_again_after_settling(twilio):
     provider = tw_provider(twilio)
     went, lost = sms(1, "+61412345678"), sms(2, "+61412345678")
     sending_at = NOW - timedelta(minutes=10)
@@ -265,7 +265,7 @@ def test_twilio_reconciliation_matches_number_and_body_else_asks_a_person(twilio
          as_row(lost, "sending", "twilio", NOW)],
         NOW, timedelta(minutes=5),
     )  # fmt: skip
-    assert [o.kind for o in outcomes] == ["sent", "unknown", "pending"]
+    assert [o.kind for o in outcomes] == ["sent", "retry", "pending"]
     assert outcomes[0].provider_message_id == twilio.accepted[0]["sid"]
 
 

@@ -208,3 +208,47 @@ def test_two_runs_claiming_the_same_rows_at_once_never_both_get_one(tmp_path):
             t.join()
         assert sorted(claimed[0] + claimed[1]) == sorted(ids)
         assert not set(claimed[0]) & set(claimed[1])
+
+
+def _unknown(con, patient_id: int) -> str:
+    message = planned(patient_id)
+    ledger.insert_planned(con, [message], NOW)
+    (row,) = [r for r in ledger.in_status(con, "planned") if r.send_key == message.send_key]
+    ledger.transition(con, [row.message_id], "planned", "sending", NOW, count_attempt=True)
+    ledger.transition(con, [row.message_id], "sending", "unknown", NOW,
+                      values={"status_reason": ["twilio: ReadTimeout after sending"]})  # fmt: skip
+    return message.send_key
+
+
+def test_a_person_resolving_an_unknown_message_is_recorded_with_who_when_and_why(con):
+    went, again = _unknown(con, 1), _unknown(con, 2)
+    later = NOW + timedelta(hours=3)
+    row = ledger.resolve(con, went, "sent", "alice", later, "seen in the Twilio console")
+    assert (row.status, row.sent_at) == ("sent", later)
+    assert row.status_reason == ("sent, confirmed by a person (alice: seen in the Twilio "
+                                 "console); was unknown: twilio: ReadTimeout after sending")  # fmt: skip
+    row = ledger.resolve(con, again, "resend", "bob", later)
+    assert (row.status, row.next_attempt_at, row.attempts) == ("planned", later, 1)
+    # the decision stays on the row after the message is sent again
+    ledger.transition(con, [row.message_id], "planned", "sending", later)
+    ledger.transition(
+        con, [row.message_id], "sending", "sent", later, values={"status_reason": [None]}
+    )
+    recorded = con.execute(
+        "SELECT send_key, resolved_by, resolved_at, resolution FROM state.messages "
+        "WHERE resolved_by IS NOT NULL ORDER BY 1"
+    ).fetchall()
+    assert [(k, by, at) for k, by, at, _ in recorded] == [
+        (went, "alice", later),
+        (again, "bob", later),
+    ]
+    assert recorded[1][3].startswith("resend, decided by a person (bob)")
+
+
+def test_only_an_unknown_message_is_resolved_by_a_person(con):
+    ledger.insert_planned(con, [planned(1)], NOW)
+    with pytest.raises(IllegalTransition, match="is planned, not unknown"):
+        ledger.resolve(con, planned(1).send_key, "sent", "alice", NOW)
+    with pytest.raises(LookupError, match="no message has send key 'trigger:nope'"):
+        ledger.resolve(con, "trigger:nope", "resend", "alice", NOW)
+    assert ledger.status_counts(con) == {"planned": 1}
