@@ -37,6 +37,7 @@ from tasks.triggers.definition import Trigger, parse_triggers
 
 CLINICS_DIR = clinics_dir()
 SEGMENTS_DIR = PROJECT_ROOT / "sql" / "segments"
+DEFAULT_TAG_CATEGORIES = ("Admin Only",)  # seed 000's category for admin "dummy" appointments
 
 
 class ConfigError(UserFacingError, ValueError):
@@ -311,6 +312,12 @@ def _unique_names(items: list) -> list:
     return items
 
 
+def _category_name(value: str) -> str:
+    if not value.strip():
+        raise ValueError("blank: write an appointment category as Cliniko names it (Admin Only)")
+    return value
+
+
 class ClinicConfig(_Section):
     clinic: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     name: str
@@ -324,6 +331,14 @@ class ClinicConfig(_Section):
     journeys: Annotated[list[Journey], AfterValidator(_unique_names)] = []
     campaigns: Annotated[list[Campaign], AfterValidator(_unique_names)] = []
     marketing: MarketingSettings = MarketingSettings()
+    # Appointment categories that tag a patient (seed 000's admin-only "dummy" types), matched
+    # like trigger category names (case and surrounding spaces ignored). Their appointments never
+    # count as visits: not for the active-patient limit, recalls, visit-based segments,
+    # appointment counts, Nth appointment or "no future appointment" (marts.appointments.is_tag).
+    # Triggers and segments still target them by type or category. [] = no tags.
+    tag_categories: tuple[Annotated[str, AfterValidator(_category_name)], ...] = (
+        DEFAULT_TAG_CATEGORIES
+    )
     # tasks/triggers/definition.py: validated there, so errors name the trigger and the field.
     triggers: Annotated[tuple[Trigger, ...], BeforeValidator(parse_triggers)] = ()
 

@@ -22,13 +22,21 @@
 --                         or was never synced) > archived > cancelled >
 --                         did_not_arrive > arrived > upcoming (starts after the build) >
 --                         unmarked (past, neither arrived nor did-not-arrive)
---   is_visit              status is arrived or unmarked: the patient (presumably) came
+--   is_tag                its category is one of clinic.yaml's tag_categories (default
+--                         'Admin Only', case and spaces ignored): an admin "dummy" appointment
+--                         that tags the patient (seed 000), not care
+--   is_attended           status is arrived or unmarked: the patient (presumably) came, or a
+--                         tag's moment has passed ("appointment type attended")
 --   is_kept               status is arrived, unmarked or upcoming: a kept appointment (what
---                         triggers count and fire on; the one definition of "kept")
---   sequence_number       1, 2, 3... over the patient's kept appointments (arrived, unmarked,
---                         upcoming) by start time; NULL for the others. Admin "dummy" types
---                         count too (seed 000): filter on category to leave them out.
---   type_sequence_number  the same, per appointment type
+--                         triggers fire on, tags included; the one definition of "kept")
+--   is_visit              attended and not a tag: a visit (visit counts, first/last visit, the
+--                         active-patient limit, recalls; the one definition of "visit")
+--   is_care               kept and not a tag: an appointment that counts (appointment counts,
+--                         sequence numbers, the next appointment, "no future appointment")
+--   sequence_number       1, 2, 3... over the patient's appointments that count (is_care) by
+--                         start time; NULL for the others (tags included)
+--   type_sequence_number  1, 2, 3... over the patient's kept appointments of this type (a tag
+--                         type numbers its own tags)
 --   booked_online         Cliniko recorded a booking IP address
 --   refreshed_by          the build that last recomputed the row (state.model_builds.build_id)
 with
@@ -66,7 +74,7 @@ practitioners as (
 ),
 
 build_context as (
-    select build_id, built_at, clinic_time_zone from state.build_context
+    select build_id, built_at, clinic_time_zone, tag_categories from state.build_context
 ),
 
 -- Which patients to recompute: everyone on a full build (changes_since is NULL) or when a
@@ -220,20 +228,37 @@ with_status as (
     cross join build_context
 ),
 
+-- A tag's category names it (clinic.yaml tag_categories), compared trimmed and lower-case as
+-- trigger filters compare category names.
+with_kind as (
+    select
+        with_status.*,
+        coalesce(
+            list_contains(build_context.tag_categories, lower(trim(appointment_types.category))),
+            false
+        ) as is_tag,
+        status in ('arrived', 'unmarked') as is_attended,
+        status in ('arrived', 'unmarked', 'upcoming') as is_kept
+    from with_status
+    cross join build_context
+    left join appointment_types
+        on appointment_types.appointment_type_id = with_status.appointment_type_id
+),
+
 numbered as (
     select
         *,
-        status in ('arrived', 'unmarked') as is_visit,
-        status in ('arrived', 'unmarked', 'upcoming') as is_kept,
+        is_attended and not is_tag as is_visit,
+        is_kept and not is_tag as is_care,
         row_number() over (
-            partition by patient_id, is_kept
+            partition by patient_id, is_care
             order by starts_at, appointment_kind, appointment_id
-        ) as kept_position,
+        ) as care_position,
         row_number() over (
             partition by patient_id, appointment_type_id, is_kept
             order by starts_at, appointment_kind, appointment_id
         ) as kept_type_position
-    from with_status
+    from with_kind
 ),
 
 final as (
@@ -262,9 +287,12 @@ final as (
         numbered.archived_at,
         numbered.deleted_at,
         numbered.status,
-        numbered.is_visit,
+        numbered.is_tag,
+        numbered.is_attended,
         numbered.is_kept,
-        case when numbered.is_kept then numbered.kept_position end as sequence_number,
+        numbered.is_visit,
+        numbered.is_care,
+        case when numbered.is_care then numbered.care_position end as sequence_number,
         case when numbered.is_kept then numbered.kept_type_position end as type_sequence_number,
         numbered.booked_online,
         build_context.build_id as refreshed_by

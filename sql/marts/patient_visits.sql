@@ -4,15 +4,19 @@
 -- Incremental: recomputes the patients whose appointments this build refreshed, or whose
 -- patient record the sync changed (e.g. merged away: their appointments moved to another).
 --
+-- Visits, appointments and the next booking read marts.appointments' is_visit and is_care:
+-- a tag (clinic.yaml tag_categories, seed 000) is none of them. The two maps count what the
+-- patient attended per type and category, tags included, so a segment can still target a tag.
+--
 -- Columns:
 --   patient_id
---   visit_count                 arrived or past unmarked appointments, every type
---   appointment_count           kept appointments: visits + upcoming
---   first_visit_at, last_visit_at (UTC)
---   visits_by_appointment_type  MAP(appointment_type_id -> visits)
---   visits_by_category          MAP(category -> visits), e.g. visits_by_category['Admin Only']
+--   visit_count                 visits (is_visit: arrived or past unmarked, not a tag)
+--   appointment_count           appointments that count (is_care): visits + upcoming, not tags
+--   first_visit_at, last_visit_at (UTC)   first/last visit
+--   visits_by_appointment_type  MAP(appointment_type_id -> attended), tag types included
+--   visits_by_category          MAP(category -> attended), e.g. visits_by_category['Admin Only']
 --   next_appointment_id, next_appointment_kind, next_appointment_at (UTC),
---   next_appointment_type_id
+--   next_appointment_type_id    the next upcoming appointment that counts (not a tag)
 with
 
 -- Import CTEs of large tables are NOT MATERIALIZED: read more than once, DuckDB would
@@ -51,7 +55,7 @@ per_type as (
         patient_id,
         appointment_type_id,
         any_value(category) as category,
-        count(*) filter (where is_visit) as visits
+        count(*) filter (where is_attended) as visits
     from scoped_appointments
     group by patient_id, appointment_type_id
 ),
@@ -83,15 +87,15 @@ totals as (
     select
         patient_id,
         count(*) filter (where is_visit) as visit_count,
-        count(*) filter (where status in ('arrived', 'unmarked', 'upcoming')) as appointment_count,
+        count(*) filter (where is_care) as appointment_count,
         min(starts_at) filter (where is_visit) as first_visit_at,
         max(starts_at) filter (where is_visit) as last_visit_at,
-        arg_min(appointment_id, starts_at) filter (where status = 'upcoming')
+        arg_min(appointment_id, starts_at) filter (where is_care and status = 'upcoming')
             as next_appointment_id,
-        arg_min(appointment_kind, starts_at) filter (where status = 'upcoming')
+        arg_min(appointment_kind, starts_at) filter (where is_care and status = 'upcoming')
             as next_appointment_kind,
-        min(starts_at) filter (where status = 'upcoming') as next_appointment_at,
-        arg_min(appointment_type_id, starts_at) filter (where status = 'upcoming')
+        min(starts_at) filter (where is_care and status = 'upcoming') as next_appointment_at,
+        arg_min(appointment_type_id, starts_at) filter (where is_care and status = 'upcoming')
             as next_appointment_type_id
     from scoped_appointments
     group by patient_id

@@ -14,15 +14,16 @@
 --   date_of_birth, age    (whole years at the build)
 --   created_at, updated_at, archived_at, merged_at, merged_into_patient_id (UTC)
 --   is_archived           archived or merged away in Cliniko
---   first_visit_at, last_visit_at   first/last arrived-or-unmarked past appointment (UTC)
+--   first_visit_at, last_visit_at   first/last visit (marts.appointments.is_visit: arrived or
+--                         past unmarked, never a tag of clinic.yaml's tag_categories) (UTC)
 --   last_seen_at          last visit, else when the patient was created: the active-patient
---                         limit of the marketing list measures from here
---   visit_count           visits (every type, admin "dummy" ones too: see visits_by_category)
---   appointment_count     kept appointments (visits + upcoming)
---   visits_by_appointment_type  MAP(appointment_type_id -> visits)
---   visits_by_category          MAP(category -> visits), e.g. visits_by_category['Admin Only']
+--                         limit of the marketing list measures from here (a tag does not)
+--   visit_count           visits (tags are not visits)
+--   appointment_count     appointments that count (is_care: visits + upcoming, not tags)
+--   visits_by_appointment_type  MAP(appointment_type_id -> attended), tag types included
+--   visits_by_category          MAP(category -> attended), e.g. visits_by_category['Admin Only']
 --   next_appointment_id, next_appointment_kind, next_appointment_at (UTC),
---   next_appointment_type_id
+--   next_appointment_type_id    the next upcoming appointment that counts (not a tag)
 --
 -- A view over marts.patient_rows, which a build keeps up to date incrementally: deleted
 -- patients are left out here.

@@ -1,6 +1,7 @@
 -- Who a recall can reach: live (not archived) patients with a past visit and nothing booked since
 -- (no upcoming appointment), with the whole days since that visit as of this build. The six
--- segments/recall_* files each pick one band of it.
+-- segments/recall_* files each pick one band of it. A tag (clinic.yaml tag_categories) is neither
+-- a visit nor a booking here (marts.patients reads marts.appointments.is_visit and is_care).
 -- Columns: patient_id, last_visit_at, days_since_last_visit.
 with
 

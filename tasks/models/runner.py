@@ -11,8 +11,9 @@ since then changed status). Variables are constants to DuckDB, so a filter on ``
 unchanged storage without reading the JSON (a one-row table in a join would not). The runner
 deletes the existing rows whose key appears in that selection and inserts it, so a tick's cost
 follows the changes, not the history. When a model must be built in full (first build,
-``--full-refresh``, its SQL, an upstream model's SQL or the country changed) both are NULL while
-it runs and the same SELECT returns everything.
+``--full-refresh``, its SQL, an upstream model's SQL or a setting that SQL reads from
+state.build_context changed, e.g. the country or the tag categories) both are NULL while it runs
+and the same SELECT returns everything.
 
 A build is atomic: every model, every data test and the membership history run inside one DuckDB
 transaction. Anything failing rolls it all back, so the last good version of every model stays in
@@ -26,14 +27,14 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 
 from tasks.cliniko.resources import RESOURCES
-from tasks.config import MarketingListSettings
+from tasks.config import DEFAULT_TAG_CATEGORIES, MarketingListSettings
 from tasks.errors import UserFacingError
 from tasks.messages.channels import MARKETING_LISTS
 from tasks.models import functions as models_functions
@@ -41,6 +42,7 @@ from tasks.models import tables
 from tasks.models.membership import record_membership
 from tasks.models.project import MODEL_SCHEMAS, DataTest, Model, ModelError, Project, discover
 from tasks.models.project import SQL_DIR as SQL_DIR  # callers pass runner.SQL_DIR as sql_dir
+from tasks.triggers.definition import reference_lists
 
 
 class BuildFailed(UserFacingError):
@@ -67,6 +69,8 @@ class ListSettings:
     honour_email_opt_in: bool = False
     cap_order: str = "most_recent_visit"
     soft_bounce_limit: int = MarketingListSettings().soft_bounce_limit  # its one home: config
+    # trimmed, lower-case: matched as trigger category names are (reference_lists)
+    tag_categories: tuple[str, ...] = tuple(reference_lists(DEFAULT_TAG_CATEGORIES)[1])
 
     @classmethod
     def from_config(cls, cfg) -> ListSettings:  # cfg: tasks.config.ClinicConfig
@@ -79,6 +83,7 @@ class ListSettings:
             honour_email_opt_in=ml.honour_cliniko_email_opt_in,
             cap_order=ml.cap_keeps,
             soft_bounce_limit=ml.soft_bounce_limit,
+            tag_categories=tuple(reference_lists(cfg.tag_categories)[1]),
         )
 
 
@@ -159,19 +164,12 @@ class ModelBuild:
         self.data_high_water = _data_high_water(con)
         self._set_changes(self.changes_since, self.previous_built_at)
         con.execute("DELETE FROM state.build_context")
+        # by name: state.build_context's columns are the build's id and clock, then the settings
+        row = {"build_id": self.build_id, "built_at": self.result.built_at, **asdict(s)}
+        row["tag_categories"] = list(s.tag_categories)
         con.execute(
-            "INSERT INTO state.build_context VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                self.build_id,
-                self.result.built_at,
-                s.country,
-                s.clinic_time_zone,
-                s.active_patient_months,
-                s.list_size_cap,
-                s.honour_email_opt_in,
-                s.cap_order,
-                s.soft_bounce_limit,
-            ],
+            f"INSERT INTO state.build_context ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+            list(row.values()),
         )
         self.memo.start(con, None if self.full_refresh else self.changes_since)
         # Tables and views in place before this build (one catalog read, not one per model).
@@ -237,7 +235,7 @@ class ModelBuild:
             con.execute(f"DROP VIEW {rel}")
             existing = None
         if model.materialized == "incremental":
-            fingerprint = tables.fingerprint(model, self.project, self.settings.country)
+            fingerprint = tables.fingerprint(model, self.project, asdict(self.settings))
             previous = con.execute(
                 "SELECT fingerprint FROM state.model_fingerprints WHERE model = ?",
                 [model.relation],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 
 import duckdb
 
@@ -21,10 +22,12 @@ from tasks.models.project import Model, Project
 _NESTED = re.compile(r"MAP\(|STRUCT\(|UNION\(|\[|\]")
 
 
-def fingerprint(model: Model, project: Project, country: str) -> str:
+def fingerprint(model: Model, project: Project, settings: Mapping[str, object]) -> str:
     """What an incremental model's rows were computed from: its SQL, the SQL of every model
-    upstream of it (a fixed staging model must not leave old rows in a mart) and the country
-    (how phones are read). A different fingerprint rebuilds the model in full."""
+    upstream of it (a fixed staging model must not leave old rows in a mart) and the value of
+    each clinic setting (state.build_context's columns: ``settings``) that SQL names, e.g. the
+    country (how phones are read) or the tag categories. A different fingerprint rebuilds the
+    model in full."""
     models = {m.relation: m for m in project.models}
     seen, todo = set(), [model.relation]
     while todo:
@@ -34,7 +37,8 @@ def fingerprint(model: Model, project: Project, country: str) -> str:
         seen.add(relation)
         todo.extend(d for d in models[relation].depends_on if d in models)
     text = "\n".join(models[r].sql for r in sorted(seen))
-    return hashlib.sha256(f"{text}\n{country}".encode()).hexdigest()
+    named = {k: v for k, v in sorted(settings.items()) if re.search(rf"\b{k}\b", text)}
+    return hashlib.sha256(f"{text}\n{named!r}".encode()).hexdigest()
 
 
 def merge(con: duckdb.DuckDBPyConnection, model: Model, rel: str) -> None:

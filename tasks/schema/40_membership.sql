@@ -31,10 +31,12 @@ CREATE TABLE IF NOT EXISTS state.build_context (
     list_size_cap            INTEGER,            -- NULL = no cap
     honour_email_opt_in      BOOLEAN NOT NULL,   -- honour Cliniko's accepted_email_marketing
     cap_order                VARCHAR NOT NULL,   -- which people a cap keeps first
-    soft_bounce_limit        INTEGER             -- this many soft bounces take an address off
+    soft_bounce_limit        INTEGER,            -- this many soft bounces take an address off
+    tag_categories           VARCHAR[]           -- trimmed, lower-case: appointments that tag, not visit
 );
--- Files made before soft_bounce_limit existed get it (NULL until their next build).
+-- Files made before soft_bounce_limit / tag_categories existed get them (NULL until their next build).
 ALTER TABLE state.build_context ADD COLUMN IF NOT EXISTS soft_bounce_limit INTEGER;
+ALTER TABLE state.build_context ADD COLUMN IF NOT EXISTS tag_categories VARCHAR[];
 
 -- Every audience the runner has recorded: the two marketing lists and each segment.
 CREATE TABLE IF NOT EXISTS state.audiences (
@@ -69,8 +71,9 @@ CREATE TABLE IF NOT EXISTS state.membership_events (
     occurred_at  TIMESTAMPTZ NOT NULL
 );
 
--- Incremental models remember what they were built from: a changed SQL file (or country, which
--- changes how phones are read) rebuilds them in full instead of merging onto stale rows.
+-- Incremental models remember what they were built from: a changed SQL file (or a setting of
+-- state.build_context its SQL reads, e.g. the country, which changes how phones are read, or the
+-- tag categories) rebuilds them in full instead of merging onto stale rows.
 CREATE TABLE IF NOT EXISTS state.model_fingerprints (
     model        VARCHAR PRIMARY KEY,
     fingerprint  VARCHAR NOT NULL

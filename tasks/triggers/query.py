@@ -178,7 +178,7 @@ counts AS (
 FUTURE_APPOINTMENT = """\
 WHEN EXISTS (
             SELECT 1 FROM marts.appointments f
-            WHERE f.patient_id = w.patient_id AND f.is_kept AND f.starts_at > $now
+            WHERE f.patient_id = w.patient_id AND f.is_care AND f.starts_at > $now
               AND f.patient_id IN (SELECT patient_id FROM windowed)
               AND f.appointment_id IS DISTINCT FROM w.appointment_id AND {exclusions})
             THEN 'a future appointment is booked'"""
@@ -186,7 +186,7 @@ WHEN EXISTS (
 REBOOKED = """\
 WHEN EXISTS (
             SELECT 1 FROM marts.appointments f
-            WHERE f.patient_id = w.patient_id AND f.is_kept
+            WHERE f.patient_id = w.patient_id AND f.is_care
               AND f.patient_id IN (SELECT patient_id FROM windowed)
               AND f.created_at > coalesce(w.cancelled_at, w.starts_at) AND {exclusions})
             THEN 'rebooked since cancelling'"""
@@ -339,8 +339,10 @@ def _bind_refs(params: dict[str, Any], param: str, values: tuple) -> None:
 
 
 def appointment_filters(trigger: Trigger, alias: str, params: dict[str, Any]) -> list[str]:
-    """Predicates on one appointment (alias) for the trigger's filters and exclusions."""
-    predicates = []
+    """Predicates on one appointment (alias) for the trigger's filters and exclusions. A tag
+    (is_tag: clinic.yaml tag_categories) is no first or nth appointment unless named (seed 000)."""
+    named = trigger.filters.appointment_types or trigger.filters.categories
+    predicates = [] if named or trigger.position is None else [f"NOT {alias}.is_tag"]
     for kind in APPOINTMENT_REFERENCES:
         values = getattr(trigger.filters, kind)
         if values:
@@ -376,7 +378,7 @@ def _position_and_count(
         conditions.append("positions.position = $position")
     count = trigger.filters.appointment_count
     if count is not None:
-        types = "true"
+        types = "NOT x.is_tag"  # a tag counts only where count.types names its type
         if count.types:
             _bind_refs(params, "count_types", count.types)
             types = _match("x", "appointment_types", "count_types")

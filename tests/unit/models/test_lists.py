@@ -374,7 +374,8 @@ def test_appointment_status_follows_the_precedence_and_kept_ones_are_numbered(cl
 
 
 def test_a_patient_booked_into_the_dummy_admin_type_lands_in_its_segment(clinic):
-    """Seed 000: the admin-only type is a tag; segment authors can still see and exclude it."""
+    """Seed 000: the admin-only type is a tag; segment authors can still see and target it, and
+    it numbers only among its own type."""
     clinic.patient(1)
     clinic.patient(2)
     clinic.appointment(10, 1, NOW - timedelta(hours=2), type_id=12)
@@ -382,9 +383,10 @@ def test_a_patient_booked_into_the_dummy_admin_type_lands_in_its_segment(clinic)
     clinic.build()
     assert clinic.members("attended_admin_insurance_patient") == {1}
     dummy = clinic.con.execute(
-        "SELECT category, sequence_number FROM marts.appointments WHERE appointment_id = 10"
+        "SELECT category, is_tag, sequence_number, type_sequence_number FROM marts.appointments "
+        "WHERE appointment_id = 10"
     ).fetchone()
-    assert dummy == ("Admin Only", 1)
+    assert dummy == ("Admin Only", True, None, 1)
     by_category = clinic.con.execute(
         "SELECT visits_by_category['Admin Only'] FROM marts.patients WHERE patient_id = 1"
     ).fetchone()[0]
@@ -500,3 +502,74 @@ def test_an_incremental_build_ages_a_patient_on_their_birthday_without_a_sync(cl
     assert clinic.con.execute(ages).fetchall() == [(1, 45), (2, 46)]
     clinic.build(now=NOW + timedelta(days=1))
     assert clinic.con.execute(ages).fetchall() == [(1, 46), (2, 46)]
+
+
+# --- seed 000: tags are not visits (clinic.yaml tag_categories) --------------------------------
+
+TAG = 12  # "Admin - Insurance Patient", category "Admin Only": a tag by default
+
+
+def test_a_patient_lapsed_three_years_and_tagged_yesterday_stays_off_the_marketing_list(clinic):
+    clinic.patient(1, "lapsed@example.com", created=NOW - timedelta(days=5 * 365))
+    clinic.visit(100, 1, days_ago=3 * 365)
+    clinic.appointment(101, 1, NOW - timedelta(days=1), type_id=TAG, arrived=True)
+    clinic.build()
+    row = clinic.email_row("lapsed@example.com")
+    assert row["status"] == "inactive"
+    assert row["last_seen_at"] == NOW - timedelta(days=3 * 365)
+    assert clinic.members("recall_180_plus") == {1}  # still due a recall: the tag is no visit
+    assert clinic.members("active_last_90_days") == set()
+    assert clinic.members("attended_admin_insurance_patient") == {1}  # and still tagged
+
+
+def test_a_tag_counts_toward_no_visit_segment_and_is_no_booking(clinic):
+    clinic.patient(1)  # ten visits and a tag: not loyal (more than ten visits)
+    for i in range(10):
+        clinic.visit(100 + i, 1, days_ago=10 + i)
+    clinic.appointment(110, 1, NOW - timedelta(days=5), type_id=TAG, arrived=True)
+    clinic.patient(2)  # only a tag: no first appointment, not new, not awaiting a recall
+    clinic.appointment(200, 2, NOW - timedelta(days=5), type_id=TAG)
+    clinic.patient(3)  # tagged long ago, first visit last month: new, and on a first appointment
+    clinic.appointment(300, 3, NOW - timedelta(days=300), type_id=TAG, arrived=True)
+    clinic.visit(301, 3, days_ago=30)
+    clinic.patient(4)  # a visit 60 days ago and a tag booked for next week: due a recall
+    clinic.visit(400, 4, days_ago=60)
+    clinic.appointment(401, 4, NOW + timedelta(days=7), type_id=TAG)
+    clinic.build()
+    assert 1 not in clinic.members("loyal")
+    assert clinic.members("first_appointment") == {3, 4}
+    assert clinic.members("new_patients") == {1, 3, 4}  # first visits within 6 months
+    assert clinic.members("recall_60_89") == {4}
+    assert 4 in clinic.members("no_upcoming_appointment")
+    assert clinic.members("upcoming_appointment") == set()
+    assert 2 not in clinic.members("no_upcoming_appointment")
+    counts = clinic.con.execute(
+        "SELECT patient_id, visit_count, appointment_count, first_visit_at, next_appointment_id "
+        "FROM marts.patients ORDER BY patient_id"
+    ).fetchall()
+    assert [c[:3] for c in counts] == [(1, 10, 10), (2, 0, 0), (3, 1, 1), (4, 1, 1)]
+    assert counts[2][3] == NOW - timedelta(days=30) and counts[3][4] is None
+    assert clinic.members("attended_admin_insurance_patient") == {1, 2, 3, 4}
+
+
+def test_the_tag_categories_are_matched_like_category_names_and_a_change_rebuilds(clinic):
+    """clinic.yaml's tag_categories ignore case and spaces, as trigger category names do; a
+    changed setting recomputes what the incremental marts had computed with the old one."""
+    from dataclasses import replace
+
+    from tasks.config import ClinicConfig
+
+    clinic.patient(1, "lapsed@example.com", created=NOW - timedelta(days=5 * 365))
+    clinic.visit(100, 1, days_ago=3 * 365)
+    clinic.appointment(101, 1, NOW - timedelta(days=1), type_id=TAG, arrived=True)
+    config = ClinicConfig(clinic="x", name="X", tag_categories=["  admin ONLY "])
+    settings = replace(models.ListSettings.from_config(config), active_patient_months=12)
+    models.build(clinic.con, settings, now=NOW)
+    assert clinic.email_row("lapsed@example.com")["status"] == "inactive"
+
+    untagged = replace(settings, tag_categories=())  # a clinic that declares no tags
+    models.build(clinic.con, untagged, now=NOW + timedelta(minutes=5))
+    assert clinic.email_row("lapsed@example.com")["status"] == "subscribed"
+    incremental = _snapshot(clinic.con, "marts.patients", "patient_id")
+    models.build(clinic.con, untagged, now=NOW + timedelta(minutes=5), full_refresh=True)
+    assert _snapshot(clinic.con, "marts.patients", "patient_id") == incremental

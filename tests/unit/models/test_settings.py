@@ -53,6 +53,22 @@ def test_a_bad_list_setting_names_the_file_and_the_field(tmp_path, text, problem
     assert problem in str(err.value)
 
 
+def test_the_tag_categories_reach_the_models_trimmed_and_lower_case(tmp_path):
+    config = load_clinic(write(tmp_path, "tag_categories: [' Admin Only', Internal ADMIN]\n"))
+    assert models.ListSettings.from_config(config).tag_categories == (
+        "admin only",
+        "internal admin",
+    )
+    assert models.ListSettings.from_config(load_clinic("demo")).tag_categories == ("admin only",)
+
+
+def test_a_blank_tag_category_names_the_file_and_the_field(tmp_path):
+    path = write(tmp_path, "tag_categories: ['  ']\n")
+    with pytest.raises(ConfigError) as err:
+        load_clinic(path)
+    assert str(path) in str(err.value) and "tag_categories.0" in str(err.value)
+
+
 def test_a_quote_in_a_setting_cannot_reach_the_sql(tmp_path):
     """Settings travel as bound parameters into state.build_context, so text is only text."""
     from datetime import UTC, datetime

@@ -12,6 +12,7 @@ import email.policy
 import json
 import shutil
 import tempfile
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -70,6 +71,7 @@ class Clinic:
         self._appointments: dict[int, dict] = {}
         self._patients: dict[int, dict] = {}
         self.triggers: list[dict] = []
+        self.settings: dict = {}  # other clinic.yaml settings, e.g. tag_categories
         self._write("businesses", MAIN, {"id": str(MAIN), "business_name": "Richmond",
                     "time_zone_identifier": "Australia/Melbourne"})  # fmt: skip
         self._write("businesses", ADMIN_BUSINESS, {"id": str(ADMIN_BUSINESS),
@@ -155,11 +157,15 @@ class Clinic:
 
     @property
     def config(self) -> ClinicConfig:
-        return ClinicConfig(clinic="test", name="Test Physio", triggers=self.triggers)
+        return ClinicConfig(
+            clinic="test", name="Test Physio", triggers=self.triggers, **self.settings
+        )
 
     def build(self, now: datetime, **settings) -> None:
-        settings = {"active_patient_months": 24, **settings}
-        models.build(self.con, models.ListSettings(**settings), sql_dir=MODELS_DIR, now=now)
+        """As the tick builds: the clinic.yaml settings (``settings`` overrides some)."""
+        listed = models.ListSettings.from_config(self.config)
+        listed = replace(listed, **{"active_patient_months": 24, **settings})
+        models.build(self.con, listed, sql_dir=MODELS_DIR, now=now)
 
     def plan(self, now: datetime, *, build: bool = True) -> planning.PlanResult:
         if build:
@@ -227,6 +233,85 @@ def test_the_welcome_email_goes_5_minutes_after_the_insurance_tag_appointment_is
     assert (row.patient_id, row.appointment_id, row.channel) == (1, 10, "email")
     assert row.due_at == booked + 5 * MIN
     assert row.send_key == "trigger:welcome:1:appointment:10"
+
+
+def test_the_welcome_on_the_tag_goes_whatever_categories_tag(clinic):
+    """Declaring the admin category a tag (clinic.yaml tag_categories, the default) keeps the
+    trigger that targets it by type; so does declaring no tags at all."""
+    clinic.trigger("welcome", **WELCOME)
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW, type_id=ADMIN_TAG, created=NOW - 2 * MIN)
+    for tags in (["admin only"], []):
+        clinic.settings = {"tag_categories": tags}
+        clinic.plan(NOW)
+        assert clinic.one("welcome").appointment_id == 10
+
+
+def test_a_tag_is_never_the_first_or_nth_appointment(clinic):
+    clinic.trigger("first", event="first_appointment", timing="2 days before", channel="email",
+                   template="welcome", purpose="transactional")  # fmt: skip
+    clinic.trigger("second", event="nth_appointment", n=2, timing="1 hour after",
+                   channel="email", template="welcome", purpose="transactional")  # fmt: skip
+    live(clinic)
+    clinic.patient(1)  # tagged last week, first real appointment in 36 hours
+    clinic.appointment(9, 1, NOW - 7 * DAY, type_id=ADMIN_TAG, arrived=True)
+    clinic.appointment(10, 1, NOW + 36 * HOUR, type_id=INITIAL)
+    clinic.patient(2)  # a tag booked in 36 hours: no appointment at all
+    clinic.appointment(20, 2, NOW + 36 * HOUR, type_id=ADMIN_TAG)
+    clinic.patient(3)  # a visit, a tag, and the second visit two hours ago
+    clinic.appointment(30, 3, NOW - 20 * DAY, type_id=INITIAL, arrived=True)
+    clinic.appointment(31, 3, NOW - 10 * DAY, type_id=ADMIN_TAG, arrived=True)
+    clinic.appointment(32, 3, NOW - 2 * HOUR, arrived=True)
+    clinic.plan(NOW)
+    sent = {(r.source_name, r.patient_id, r.appointment_id) for r in clinic.messages()}
+    assert sent == {("first", 1, 10), ("second", 3, 32)}
+
+
+def test_a_trigger_naming_the_tag_type_still_counts_tags(clinic):
+    """Named by type or category, a tag is targeted: the first insurance tag of a patient."""
+    clinic.trigger("first-tag", event="first_appointment", timing="5 minutes after",
+                   channel="email", template="welcome", purpose="transactional",
+                   filters={"categories": ["Admin Only"]})  # fmt: skip
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(9, 1, NOW - 30 * DAY, type_id=INITIAL, arrived=True)
+    clinic.appointment(10, 1, NOW - 2 * MIN, type_id=ADMIN_TAG, arrived=True)
+    clinic.plan(NOW)
+    assert clinic.one("first-tag").appointment_id == 10
+
+
+@pytest.mark.parametrize(
+    ("count", "patients"),
+    [
+        ({"max": 1}, {1}),  # "new patients": the tag is not a prior appointment
+        ({"min": 1, "types": ["Admin - Insurance Patient"]}, {1}),  # named: counted
+    ],
+)
+def test_a_tag_counts_in_an_appointment_count_only_where_its_type_is_named(clinic, count, patients):
+    clinic.trigger("reminder", **{**REMINDER, "filters": {"appointment_count": count}})
+    live(clinic)
+    clinic.patient(1)  # tagged, then a first appointment
+    clinic.appointment(9, 1, NOW - 7 * DAY, type_id=ADMIN_TAG, arrived=True)
+    clinic.appointment(10, 1, NOW + 30 * HOUR, type_id=INITIAL)
+    clinic.patient(2)  # a visit, then a second appointment
+    clinic.appointment(19, 2, NOW - 7 * DAY, type_id=INITIAL, arrived=True)
+    clinic.appointment(20, 2, NOW + 30 * HOUR)
+    clinic.plan(NOW)
+    assert clinic.patients_messaged() == patients
+
+
+def test_a_tag_booked_ahead_is_not_a_future_appointment_for_a_recall(clinic):
+    clinic.trigger("recall", **{**RECALL, "grace": "2 days"})
+    live(clinic, NOW - 90 * DAY)
+    clinic.patient(1)
+    ended = NOW - 42 * DAY + 30 * MIN
+    clinic.appointment(10, 1, ended - 30 * MIN, type_id=INITIAL, arrived=True)
+    clinic.appointment(11, 1, NOW + 5 * DAY, type_id=ADMIN_TAG)
+    clinic.plan(NOW - 10 * HOUR)
+    clinic.plan(NOW + HOUR)
+    row = clinic.one("recall")
+    assert (row.status, row.status_reason) == ("planned", None)
 
 
 def test_a_broad_reminder_leaves_out_the_admin_only_category(clinic):
