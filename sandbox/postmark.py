@@ -2,11 +2,25 @@
 joins endpoint paths to the root, so a path prefix would be dropped).
 
 - ``POST /email`` and ``POST /email/batch`` (per-item ``ErrorCode``; HTTP 200 even when items fail)
-- ``GET /messages/outbound`` with ``count``/``offset``/``recipient``/``tag``/``metadata_<key>``
-  filters, and ``/messages/outbound/{id}/details``
-- ``GET /bounces`` (and ``/bounces/``) with ``type``/``emailFilter``/``fromdate``/``todate``
-  filters, ``GET /message-streams/{stream}/suppressions/dump`` with ``fromdate``/``todate``/
-  ``EmailAddress``/``SuppressionReason`` filters
+- ``GET /messages/outbound`` with ``count``/``offset``/``recipient``/``tag``/``metadata_<key>``/
+  ``messagestream`` filters, and ``/messages/outbound/{id}/details``
+- ``GET /bounces`` (and ``/bounces/``) with ``type``/``emailFilter``/``fromdate``/``todate``/
+  ``messagestream`` filters, ``GET /message-streams/{stream}/suppressions/dump`` with ``fromdate``/
+  ``todate``/``EmailAddress``/``SuppressionReason`` filters
+- ``GET /message-streams/{stream}``: the stream, with its
+  ``SubscriptionManagementConfiguration.UnsubscribeHandlingType``
+
+As in Postmark, the outbound search and the bounce list read one stream: the one named by
+``messagestream``, else the transactional stream ``outbound``
+(https://postmarkapp.com/developer/api/messages-api, .../bounce-api).
+
+Streams (``streams``): ``outbound`` (Transactional, unsubscribes ``None``) and ``broadcast``
+(Broadcasts, unsubscribes ``Postmark``, Postmark's default). On a stream whose unsubscribes Postmark
+manages, what a recipient gets (``delivered(message_id)``) carries Postmark's own unsubscribe link
+(in place of a ``{{{ pm:unsubscribe }}}`` placeholder, else appended as a footer) and its own RFC
+8058 headers, replacing any the sender set (they cannot be edited); a one-click POST to that link
+suppresses the address on the stream (``ManualSuppression``, origin ``Recipient``), as Postmark's
+page does. ``Custom`` (or ``None``): the mail goes as sent.
 
 Recipients trigger errors, like Twilio's magic numbers: anything in ``inactive`` gets 406 (and is
 listed as a hard bounce and a suppression), anything in ``invalid`` or without an ``@`` gets 300.
@@ -37,6 +51,9 @@ from starlette.routing import Route
 from sandbox.server import Faults, ThreadedServer, after, guard
 
 INACTIVE = frozenset({"inactive@sandbox.example.com"})
+DEFAULT_STREAM = "outbound"  # what search and bounces read when no messagestream is named
+UNSUBSCRIBE_PLACEHOLDER = "{{{ pm:unsubscribe }}}"
+UNSUBSCRIBE_HANDLING = ("None", "Postmark", "Custom")
 INVALID = frozenset({"invalid@sandbox.example.com"})
 
 
@@ -89,6 +106,13 @@ class PostmarkSandbox:
         self.bounces: list[dict] = []  # recorded with bounce(), as GET /bounces returns them
         self.suppressions: list[dict] = []  # recorded with suppress(), each with its stream
         self._bounce_ids = itertools.count(1_000_000)
+        # stream id -> (MessageStreamType, UnsubscribeHandlingType), as a new Postmark server has
+        self.streams: dict[str, tuple[str, str]] = {
+            "outbound": ("Transactional", "None"),
+            "broadcast": ("Broadcasts", "Postmark"),
+        }
+        self.url = ""  # set by the test once served: Postmark's unsubscribe links point here
+        self.clock = lambda: datetime.now(UTC)  # when bounces, suppressions and sends happen
         self._lock = threading.Lock()
         self.app = Starlette(
             routes=[
@@ -98,6 +122,8 @@ class PostmarkSandbox:
                 Route("/messages/outbound/{id}/details", self._details, methods=["GET"]),
                 Route("/bounces", self._bounces, methods=["GET"]),
                 Route("/bounces/", self._bounces, methods=["GET"]),
+                Route("/message-streams/{stream}", self._stream, methods=["GET"]),
+                Route("/unsubscribe/{message_id}", self._one_click, methods=["GET", "POST"]),
                 Route(
                     "/message-streams/{stream}/suppressions/dump",
                     self._suppressions,
@@ -114,6 +140,32 @@ class PostmarkSandbox:
     def serve(self) -> ThreadedServer:
         return ThreadedServer(self.app)
 
+    def set_unsubscribe_handling(self, stream: str, handling: str) -> None:
+        """What the stream's Settings → Subscription Management says (Custom needs Postmark
+        support to allow it)."""
+        assert handling in UNSUBSCRIBE_HANDLING, handling
+        self.streams[stream] = (self.streams[stream][0], handling)
+
+    def delivered(self, message_id: str) -> dict:
+        """The message as its recipient gets it: on a stream whose unsubscribes Postmark manages,
+        with Postmark's link (in place of the placeholder, else appended) and its own headers."""
+        m = next(m for m in self.accepted if m["MessageID"] == message_id)
+        headers = {h["Name"]: h["Value"] for h in m.get("Headers") or []}
+        html, text = m.get("HtmlBody") or "", m.get("TextBody") or ""
+        if self._managed_by_postmark(m.get("MessageStream")):
+            link = f"{self.url}/unsubscribe/{message_id}"
+            html = (html.replace(UNSUBSCRIBE_PLACEHOLDER, link) if UNSUBSCRIBE_PLACEHOLDER in html
+                    else html + f'<p><a href="{link}">Unsubscribe</a></p>')  # fmt: skip
+            text = (text.replace(UNSUBSCRIBE_PLACEHOLDER, link) if UNSUBSCRIBE_PLACEHOLDER in text
+                    else text + f"\n\nUnsubscribe: {link}")  # fmt: skip
+            headers = {k: v for k, v in headers.items() if not k.lower().startswith("list-unsub")}
+            headers |= {"List-Unsubscribe": f"<{link}>",
+                        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}  # fmt: skip
+        return {"To": m["To"], "HtmlBody": html, "TextBody": text, "Headers": headers}
+
+    def _managed_by_postmark(self, stream: str | None) -> bool:
+        return self.streams.get(stream or DEFAULT_STREAM, ("", "None"))[1] == "Postmark"
+
     # -- feedback to report -----------------------------------------------------------------
 
     def bounce(
@@ -126,7 +178,7 @@ class PostmarkSandbox:
         message_id: str | None = None,
     ) -> int:
         """Record a bounce of a Postmark type; returns its ID."""
-        at = at or datetime.now(UTC)
+        at = at or self.clock()
         deactivates = type in ("HardBounce", "SpamComplaint")
         with self._lock:
             bounce_id = next(self._bounce_ids)
@@ -154,7 +206,7 @@ class PostmarkSandbox:
         with self._lock:
             self.suppressions.append(
                 {"EmailAddress": email, "SuppressionReason": reason, "Origin": origin,
-                 "CreatedAt": _stamp(at or datetime.now(UTC)), "_stream": stream}
+                 "CreatedAt": _stamp(at or self.clock()), "_stream": stream}
             )  # fmt: skip
 
     # -- the API ----------------------------------------------------------------------------
@@ -166,7 +218,7 @@ class PostmarkSandbox:
         """Postmark's verdict on one message: the per-item result of /email/batch."""
         to = str(item.get("To") or "").strip().lower()
         send_key = (item.get("Metadata") or {}).get("send_key")
-        now = datetime.now(UTC)
+        now = self.clock()
         if not to or "@" not in to or to in self.invalid:
             code, message = 300, f"Invalid 'To' address: '{to}'."
         elif not (item.get("HtmlBody") or item.get("TextBody")):
@@ -245,11 +297,13 @@ class PostmarkSandbox:
         if not 1 <= count <= 500:
             return _error(300, "count must be between 1 and 500.")
         wanted_meta = {k[len("metadata_") :]: v for k, v in q.items() if k.startswith("metadata_")}
+        stream = q.get("messagestream") or DEFAULT_STREAM
         with self._lock:
             found = [
                 m
                 for m in reversed(self.accepted)
-                if (not q.get("recipient") or m["To"].lower() == q["recipient"].lower())
+                if (m.get("MessageStream") or DEFAULT_STREAM) == stream
+                and (not q.get("recipient") or m["To"].lower() == q["recipient"].lower())
                 and (not q.get("tag") or m.get("Tag") == q["tag"])
                 and all((m.get("Metadata") or {}).get(k) == v for k, v in wanted_meta.items())
             ]
@@ -293,12 +347,14 @@ class PostmarkSandbox:
             }
             for email in sorted(self.inactive - explicit)
         ]
+        stream = q.get("messagestream") or DEFAULT_STREAM
         bounces = [
             b
             for b in sorted(
                 legacy + recorded, key=lambda b: (b["BouncedAt"], b["ID"]), reverse=True
             )
-            if (not q.get("emailFilter") or q["emailFilter"].lower() in b["Email"].lower())
+            if b["MessageStream"] == stream
+            and (not q.get("emailFilter") or q["emailFilter"].lower() in b["Email"].lower())
             and (not q.get("type") or b["Type"] == q["type"])
             and _in_dates(b["BouncedAt"], q, "fromdate", "todate")
         ]
@@ -332,3 +388,32 @@ class PostmarkSandbox:
             and _in_dates(s["CreatedAt"], q, "fromdate", "todate")
         ]
         return JSONResponse({"Suppressions": found})
+
+    async def _stream(self, request: Request):
+        _, early = await self._guard(request)
+        if early is not None:
+            return early
+        stream = request.path_params["stream"]
+        if stream not in self.streams:
+            return _error(
+                1226, f"The message stream for the provided 'ID' ({stream}) was not found.", 404
+            )
+        kind, handling = self.streams[stream]
+        return JSONResponse(
+            {"ID": stream, "ServerID": 1, "Name": stream.title(), "Description": None,
+             "MessageStreamType": kind, "CreatedAt": "2026-01-01T00:00:00-05:00",
+             "UpdatedAt": None, "ArchivedAt": None, "ExpectedPurgeDate": None,
+             "SubscriptionManagementConfiguration": {"UnsubscribeHandlingType": handling}}
+        )  # fmt: skip
+
+    async def _one_click(self, request: Request):
+        """Postmark's unsubscribe link (no token: it is Postmark's page, not its API). A GET shows
+        the page; a POST (the page's button, or RFC 8058 one-click) suppresses the address."""
+        m = next(
+            (m for m in self.accepted if m["MessageID"] == request.path_params["message_id"]), None
+        )
+        if m is None or not self._managed_by_postmark(m.get("MessageStream")):
+            return JSONResponse({"Message": "Not found."}, status_code=404)
+        if request.method == "POST":
+            self.suppress(m["To"], m.get("MessageStream") or DEFAULT_STREAM)
+        return JSONResponse({"Message": "OK"})

@@ -247,9 +247,11 @@ def record_bounces(
     now: datetime,
     *,
     soft_bounce_limit: int,
+    feed: str = "bounces",
 ) -> Counter:
     """New bounces (oldest first) into state.email_bounces, with the suppressions they call for,
-    in one transaction with the ``bounces`` cursor (moved to the newest bounce read)."""
+    in one transaction with the feed's cursor (e.g. one per Postmark stream; moved to the newest
+    bounce read)."""
     known = {
         k
         for (k,) in con.execute(
@@ -294,7 +296,7 @@ def record_bounces(
             )
             book.write(con)
         newest = max((b.at for b in bounces), default=None)
-        advance(con, source, "bounces", newest, len(new), now)
+        advance(con, source, feed, newest, len(new), now)
     return +counts
 
 

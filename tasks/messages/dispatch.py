@@ -210,8 +210,11 @@ def _prepare_batch(
     templates: Templates,
     unsubscribe: Unsubscribe | None,
     now: datetime,
+    managed_unsubscribe: str | None = None,
 ) -> tuple[list[tuple[LedgerRow, OutgoingMessage]], dict[str, list[tuple[int, str]]]]:
-    """Decide each row: a message to send, or a reason not to (cancelled / skipped)."""
+    """Decide each row: a message to send, or a reason not to (cancelled / skipped).
+    ``managed_unsubscribe``: the provider's placeholder for its own unsubscribe link, when it
+    manages unsubscribes (then it adds the one-click headers too, and ours would be a second)."""
     decided: dict[str, list[tuple[int, str]]] = {"cancelled": [], "skipped": []}
     ready: list[tuple[LedgerRow, Ready]] = []
     for row in rows:
@@ -250,7 +253,9 @@ def _prepare_batch(
             continue
         marketing = row.purpose == "marketing"
         context = dict(decision.context)
-        if marketing and row.channel == "email":
+        if marketing and row.channel == "email" and managed_unsubscribe:
+            context["unsubscribe_url"] = managed_unsubscribe
+        elif marketing and row.channel == "email":
             if unsubscribe is None:
                 decided["skipped"].append(
                     (row.message_id, "marketing email but no unsubscribe URL is configured")
@@ -258,7 +263,10 @@ def _prepare_batch(
                 continue
             context["unsubscribe_url"] = unsubscribe.url(row)
         try:
-            content = templates.render(row.template, row.channel, context, marketing=marketing)
+            content = templates.render(
+                row.template, row.channel, context, marketing=marketing,
+                one_click_headers=not managed_unsubscribe,
+            )  # fmt: skip
         except TemplateError as exc:
             decided["skipped"].append((row.message_id, f"not rendered: {exc}"[:500]))
             continue
@@ -324,7 +332,7 @@ def _dispatch_channel(
     max_batches: int | None,
     gate: Gate | None = None,
 ) -> None:
-    batches = 0
+    batches, managed, asked = 0, None, False
     while max_batches is None or batches < max_batches:
         batches += 1
         now = clock()
@@ -333,7 +341,13 @@ def _dispatch_channel(
             return
         if gate is not None:
             rows = gate(con, rows, now)
-        messages, decided = _prepare_batch(con, rows, prepare, templates, unsubscribe, now)
+        if not asked and any(r.purpose == "marketing" for r in rows):
+            try:  # who handles unsubscribes: asked once a run, before any marketing is claimed
+                managed, asked = provider.managed_unsubscribe(), True
+            except ProviderUnavailable as exc:
+                result.problems.append(f"{channel}: {exc}")
+                return
+        messages, decided = _prepare_batch(con, rows, prepare, templates, unsubscribe, now, managed)
         try:
             with transaction(con):
                 for status, items in decided.items():
@@ -350,7 +364,7 @@ def _dispatch_channel(
         # on rows whose request may have reached the provider; the rest are still `planned`.
         for start in range(0, len(messages), provider.request_size):
             chunk = messages[start : start + provider.request_size]
-            if not _attempt(con, channel, provider, chunk, clock, claim_id, result):
+            if not _attempt(con, channel, provider, chunk, clock, claim_id, result, managed):
                 return
 
 
@@ -362,9 +376,11 @@ def _attempt(
     clock: Callable[[], datetime],
     claim_id: str,
     result: DispatchResult,
+    managed: str | None = None,
 ) -> bool:
     """Claim (commit ``sending``), send and record one request's messages. False: stop this
-    channel until the next run (another run took them, or the provider took nothing)."""
+    channel until the next run (another run took them, or the provider took nothing).
+    ``managed``: the provider's own unsubscribe link is in force (counted, so the run says so)."""
     try:
         with transaction(con):
             claimed = set(
@@ -393,6 +409,10 @@ def _attempt(
     batch = [(r, m) for r, m in messages if m.message_id in claimed]
     if not batch:
         return True
+    if managed:  # says in the run's counts whose unsubscribe link marketing email carries
+        result.counts[f"unsubscribe_link_by_{provider.name}"] += sum(
+            m.purpose == "marketing" for _, m in batch
+        )
     try:
         outcomes = provider.send([m for _, m in batch])
     except ProviderUnavailable as exc:

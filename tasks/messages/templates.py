@@ -17,7 +17,8 @@ and again on every real render:
 - a missing variable is an error (StrictUndefined), never a blank in a patient's message;
 - HTML is autoescaped (a patient called ``<b>`` stays text);
 - marketing email must carry ``{{ unsubscribe_url }}`` in both bodies; it also gets RFC 8058
-  one-click ``List-Unsubscribe`` headers;
+  one-click ``List-Unsubscribe`` headers, unless the provider manages unsubscribes and adds its
+  own (then ``unsubscribe_url`` is its placeholder: tasks/providers/postmark.py);
 - marketing SMS must tell the patient how to opt out ("Reply STOP to opt out");
 - an SMS longer than one segment is a warning (GSM-7 vs UCS-2 counting).
 """
@@ -137,8 +138,9 @@ class Templates:
             raise TemplateError(f"template {name!r} ({part}): {type(exc).__name__}") from None
 
     def render_email(
-        self, name: str, context: Mapping[str, Any], *, marketing: bool
-    ) -> RenderedEmail:
+        self, name: str, context: Mapping[str, Any], *, marketing: bool,
+        one_click_headers: bool = True,
+    ) -> RenderedEmail:  # fmt: skip
         subject = " ".join(self._render(name, "subject.txt", context).split())
         if not subject:
             raise TemplateError(f"template {name!r}: subject.txt renders to an empty subject")
@@ -152,7 +154,7 @@ class Templates:
                     f"template {name!r} is used for marketing, so body.html and body.txt must "
                     "both include {{ unsubscribe_url }} (a working unsubscribe link is the law)."
                 )
-            headers = unsubscribe_headers(url)
+            headers = unsubscribe_headers(url) if one_click_headers else {}
         return RenderedEmail(subject=subject, html=html, text=text, headers=headers)
 
     def render_sms(self, name: str, context: Mapping[str, Any], *, marketing: bool) -> RenderedSms:
@@ -167,10 +169,13 @@ class Templates:
         return RenderedSms(text=text, size=sms_size(text))
 
     def render(
-        self, name: str, channel: str, context: Mapping[str, Any], *, marketing: bool
-    ) -> Rendered:
+        self, name: str, channel: str, context: Mapping[str, Any], *, marketing: bool,
+        one_click_headers: bool = True,
+    ) -> Rendered:  # fmt: skip
         if channel == "email":
-            return self.render_email(name, context, marketing=marketing)
+            return self.render_email(
+                name, context, marketing=marketing, one_click_headers=one_click_headers
+            )
         return self.render_sms(name, context, marketing=marketing)
 
     def validate(self, name: str, channel: str, *, marketing: bool) -> list[str]:

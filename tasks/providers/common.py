@@ -151,6 +151,13 @@ class Provider(Protocol):
         """
         ...
 
+    def managed_unsubscribe(self) -> str | None:
+        """When the provider manages unsubscribes of marketing email itself (its own link and
+        one-click headers, its own suppression list, which its feeds bring back): the
+        placeholder it replaces with its link, used where ours would go. None: ours are used.
+        Raises ProviderUnavailable when it cannot tell."""
+        ...
+
     def feedback_feeds(self, soft_bounce_limit: int) -> list[Feed]:
         """What this provider reports back after sending (bounces, suppressions, replies), as
         feeds the feedback step pulls every tick; none for a provider that reports nothing.

@@ -125,6 +125,9 @@ class OutboxProvider:
                 outcomes.append(Outcome("retry", reason="not in the outbox: the run stopped first"))
         return outcomes
 
+    def managed_unsubscribe(self) -> None:
+        return None  # our link and headers, in the files
+
     def feedback_feeds(self, soft_bounce_limit: int) -> list[Feed]:
         return []  # nothing comes back from files
 

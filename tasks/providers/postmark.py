@@ -8,11 +8,19 @@ Odd things about this API and client, and what we do about them:
   stream: a mix-up is a compliance problem, so the stream comes from the message's purpose only.
 - ``TrackLinks`` is passed explicitly (postmarker would otherwise send "None" for single sends).
 - No idempotency key exists. The send key travels in ``Metadata.send_key``, and reconciliation
-  searches outbound messages by it (``GET /messages/outbound?metadata_send_key=``).
-- Feedback comes back two ways: ``GET /bounces`` (filtered by whole days in US Eastern time, at
-  most 10,000 deep) and each stream's suppression dump (how Postmark-managed unsubscribes and
-  manual suppressions come back). Both are read from a day before the cursor and recorded by
+  searches outbound messages by it (``GET /messages/outbound?metadata_send_key=``) on the
+  message's own stream: the search reads only the transactional stream unless ``messagestream``
+  names another, so a marketing email searched without it is "not found" and sent twice.
+- Feedback comes back two ways, per stream: ``GET /bounces`` (again the transactional stream
+  unless ``messagestream`` says otherwise; filtered by whole days in US Eastern time, at most
+  10,000 deep) and each stream's suppression dump (how Postmark-managed unsubscribes and manual
+  suppressions come back). Both are read from a day before their cursor and recorded by
   tasks/feedback.py.
+- Unsubscribes on the marketing stream: its ``UnsubscribeHandlingType`` (``GET
+  /message-streams/{id}``) says who handles them. ``Postmark`` (Postmark's default for broadcast
+  streams): Postmark adds its own link and RFC 8058 headers, which cannot be edited, so our mail
+  carries its placeholder ``{{{ pm:unsubscribe }}}`` where our link would be and no headers, and
+  its unsubscribes come back in the stream's dump. ``Custom`` (or ``None``): ours.
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ from tasks.providers.common import (
 from tasks.warehouse import transaction
 
 DEFAULT_API = "https://api.postmarkapp.com/"
+# Where Postmark puts its own unsubscribe link, in the HTML and the text body alike.
+POSTMARK_UNSUBSCRIBE = "{{{ pm:unsubscribe }}}"
 # Whole-request codes meaning our settings are wrong, not the message: stop, put the batch back.
 _SETTINGS_CODES = {10: "the server token was rejected", 11: "the server token lacks rights",
                    400: "the From address is not a confirmed sender signature",
@@ -102,11 +112,11 @@ class PostmarkProvider:
             root_api_url=(settings.base_url or DEFAULT_API).rstrip("/") + "/",
             verbosity=0,  # postmarker's debug log would print message bodies and addresses
         )
+        self._handling: str | None = None  # the marketing stream's UnsubscribeHandlingType
 
     def _as_dict(self, msg: OutgoingMessage) -> dict:
         content = msg.content
         assert isinstance(content, RenderedEmail)
-        marketing = msg.purpose == "marketing"
         return {
             "From": self.settings.from_address,
             **({"ReplyTo": self.settings.reply_to} if self.settings.reply_to else {}),
@@ -119,10 +129,35 @@ class PostmarkProvider:
             "Headers": dict(content.headers),
             "TrackLinks": self.settings.track_links,
             "TrackOpens": self.settings.track_opens,
-            "MessageStream": (
-                self.settings.marketing_stream if marketing else self.settings.transactional_stream
-            ),
+            "MessageStream": self.stream_for(msg.purpose),
         }
+
+    def stream_for(self, purpose: str) -> str:
+        """The stream a message goes on, from its purpose only (a mix-up is a compliance problem)."""
+        if purpose == "marketing":
+            return self.settings.marketing_stream
+        return self.settings.transactional_stream
+
+    def unsubscribe_handling(self) -> str:
+        """The marketing stream's ``UnsubscribeHandlingType``: None, Postmark or Custom."""
+        stream = self.settings.marketing_stream
+        try:
+            reply = self.client.call("GET", f"/message-streams/{stream}")
+            return reply["SubscriptionManagementConfiguration"]["UnsubscribeHandlingType"]
+        except (ClientError, requests.RequestException, KeyError, TypeError, ValueError) as exc:
+            code = f" ({exc.error_code})" if isinstance(exc, ClientError) else ""
+            raise ProviderUnavailable(
+                f"Postmark could not say how stream {stream!r} handles unsubscribes "
+                f"({type(exc).__name__}{code}); no email was sent this run. Check that the "
+                "PostmarkServer block's marketing_stream names a stream of this server."
+            ) from None
+
+    def managed_unsubscribe(self) -> str | None:
+        """Postmark's placeholder when it manages the marketing stream's unsubscribes (its link,
+        its headers), else None: ours. Read once per provider, i.e. once per dispatch run."""
+        if self._handling is None:
+            self._handling = self.unsubscribe_handling()
+        return POSTMARK_UNSUBSCRIBE if self._handling == "Postmark" else None
 
     def send(self, messages: Sequence[OutgoingMessage]) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -181,13 +216,15 @@ class PostmarkProvider:
             for item, m in zip(results, chunk, strict=True)
         ]
 
-    def find_by_send_key(self, send_key: str) -> str | None:
-        """The MessageID Postmark holds for this send key, if any (outbound search by metadata)."""
+    def find_by_send_key(self, send_key: str, stream: str) -> str | None:
+        """The MessageID Postmark holds for this send key on this stream, if any (outbound search
+        by metadata; without ``messagestream`` Postmark searches the transactional stream only)."""
         reply = self.client.call(
             "GET",
             "/messages/outbound",
             count=10,
             offset=0,
+            messagestream=stream,
             metadata_send_key=metadata_key(send_key),
         )
         messages = reply.get("Messages") or []
@@ -206,7 +243,7 @@ class PostmarkProvider:
         outcomes = []
         for row in rows:
             try:
-                found = self.find_by_send_key(row.send_key)
+                found = self.find_by_send_key(row.send_key, self.stream_for(row.purpose))
             except (ClientError, requests.RequestException, KeyError, ValueError):
                 outcomes.append(Outcome("pending", reason="postmark: search unavailable"))
                 continue
@@ -224,17 +261,21 @@ class PostmarkProvider:
     # --- feedback ---------------------------------------------------------------------------
 
     def feedback_feeds(self, soft_bounce_limit: int) -> list[Feed]:
-        """Bounces (``GET /bounces``), then each stream's suppression dump: how Postmark-managed
-        unsubscribes and manual suppressions come back."""
+        """Each stream's bounces (``GET /bounces?messagestream=``), then each stream's
+        suppression dump: how Postmark-managed unsubscribes and manual suppressions come back."""
+        streams = list(
+            dict.fromkeys((self.settings.transactional_stream, self.settings.marketing_stream))
+        )
         feeds = [
             Feed(
-                "postmark-bounces",
-                lambda con, now: self.pull_bounces(con, now, soft_bounce_limit=soft_bounce_limit),
+                f"postmark-bounces-{stream}",
+                lambda con, now, stream=stream: self.pull_bounces(
+                    con, now, stream, soft_bounce_limit=soft_bounce_limit
+                ),
             )
+            for stream in streams
         ]
-        for stream in dict.fromkeys(
-            (self.settings.transactional_stream, self.settings.marketing_stream)
-        ):
+        for stream in streams:
             feeds.append(
                 Feed(
                     f"postmark-suppressions-{stream}",
@@ -249,19 +290,33 @@ class PostmarkProvider:
         return "all" if stream == self.settings.transactional_stream else "marketing"
 
     def pull_bounces(
-        self, con: duckdb.DuckDBPyConnection, now: datetime, *, soft_bounce_limit: int
+        self, con: duckdb.DuckDBPyConnection, now: datetime, stream: str, *, soft_bounce_limit: int
     ) -> Counter:
-        """Bounces from the day before the cursor (Postmark filters by day, in US Eastern time; a
-        window too big for one query is read day by day), recorded by tasks.feedback."""
-        days = feedback.pull_days(feedback.cursor(con, "postmark", "bounces"), now)
+        """A stream's bounces from the day before its cursor (Postmark filters by day, in US
+        Eastern time; a window too big for one query is read day by day), recorded by
+        tasks.feedback."""
+        feed = f"bounces:{stream}"
+        days = feedback.pull_days(feedback.cursor(con, "postmark", feed), now)
+        bounces_api = self.client.bounces  # its all() (postmarker 1.0) has no messagestream
         found = _read_window(
             lambda first, last: [
                 b.as_dict()
-                for b in self.client.bounces.all(count=MAX_ITEMS, fromdate=first, todate=last)
+                for b in bounces_api.expand_responses(
+                    bounces_api.call_many(
+                        "GET",
+                        "/bounces/",
+                        count=MAX_ITEMS,
+                        offset=0,
+                        fromdate=first,
+                        todate=last,
+                        messagestream=stream,
+                    ),
+                    "Bounces",
+                )  # fmt: skip
             ],
             days,
             MAX_ITEMS,
-            "bounces",
+            f"bounces of stream {stream!r}",
         )
         found.sort(key=lambda b: (feedback.parse_time(b["BouncedAt"]), int(b["ID"])))
         bounces = [
@@ -278,7 +333,7 @@ class PostmarkProvider:
             for b in found
         ]
         return feedback.record_bounces(
-            con, "postmark", bounces, now, soft_bounce_limit=soft_bounce_limit
+            con, "postmark", bounces, now, soft_bounce_limit=soft_bounce_limit, feed=feed
         )
 
     def pull_suppressions(

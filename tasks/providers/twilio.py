@@ -227,6 +227,9 @@ class TwilioProvider:
 
     # --- feedback ---------------------------------------------------------------------------
 
+    def managed_unsubscribe(self) -> None:
+        return None  # SMS carries its own opt-out words
+
     def feedback_feeds(self, soft_bounce_limit: int) -> list[Feed]:
         """Replies: inbound messages from the Messages list (STOP and START words)."""
         return [Feed("twilio-replies", self.pull_replies)]

@@ -143,6 +143,7 @@ def test_each_provider_answer_ends_in_the_right_state_with_suppressions(tmp_path
 
 def test_marketing_goes_on_the_broadcast_stream_and_transactional_on_outbound(tmp_path, sandboxes):
     postmark, twilio = sandboxes
+    postmark.set_unsubscribe_handling("broadcast", "Custom")  # our link and headers
     with open_db(tmp_path / "c.duckdb") as con:
         plan(con, 1, "email", purpose="marketing")
         plan(con, 1, "email")

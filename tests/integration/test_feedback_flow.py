@@ -57,7 +57,8 @@ def test_the_flow_pulls_every_feed_and_its_artifacts_carry_counts_only(tmp_path,
     with open_db(db, read_only=True) as con:
         feeds = con.execute("SELECT provider, feed FROM state.feedback_cursors ORDER BY 1, 2")
         assert feeds.fetchall() == [
-            ("postmark", "bounces"), ("postmark", "suppressions:broadcast"),
+            ("postmark", "bounces:broadcast"), ("postmark", "bounces:outbound"),
+            ("postmark", "suppressions:broadcast"),
             ("postmark", "suppressions:outbound"), ("twilio", "inbound"),
             ("unsubscribe_link", "clicks"),
         ]  # fmt: skip

@@ -294,7 +294,7 @@ def test_a_send_key_longer_than_postmark_metadata_allows_is_sent_and_found_by_it
     (outcome,) = provider.send([message])
     assert outcome.kind == "sent"
     assert len(postmark.accepted[0]["Metadata"]["send_key"]) <= 80
-    assert provider.find_by_send_key(long_key) == outcome.provider_message_id
+    assert provider.find_by_send_key(long_key, "outbound") == outcome.provider_message_id
 
 
 def test_the_blocks_build_providers_that_reach_the_sandboxes_and_hide_their_secrets(

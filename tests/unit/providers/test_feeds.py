@@ -12,16 +12,17 @@ def test_the_outbox_reports_nothing_back(tmp_path):
     assert outbox.feedback_feeds(5) == []
 
 
-def test_postmark_reports_bounces_and_each_streams_suppressions_once():
+def test_postmark_reports_each_streams_bounces_and_suppressions_once():
     postmark = PostmarkProvider(PostmarkSettings("token", "d@demo.example"))
     assert [f.name for f in postmark.feedback_feeds(5)] == [
-        "postmark-bounces", "postmark-suppressions-outbound", "postmark-suppressions-broadcast"
+        "postmark-bounces-outbound", "postmark-bounces-broadcast",
+        "postmark-suppressions-outbound", "postmark-suppressions-broadcast",
     ]  # fmt: skip
     same = PostmarkProvider(
         PostmarkSettings("token", "d@demo.example", marketing_stream="outbound")
     )
     assert [f.name for f in same.feedback_feeds(5)] == [
-        "postmark-bounces", "postmark-suppressions-outbound"
+        "postmark-bounces-outbound", "postmark-suppressions-outbound"
     ]  # fmt: skip
 
 
