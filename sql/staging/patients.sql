@@ -2,8 +2,11 @@
 -- One row per Cliniko patient ever synced (archived, merged and deleted ones too), typed.
 -- Parsing phones and emails is the costly part of a build, so this model is incremental: each
 -- build re-reads only patients the sync wrote since the last build (loaded_at).
--- mobile_e164: the first "Mobile" number, read in the clinic's country (clinic.yaml `country`),
--- NULL when missing or not a valid mobile (numbers read before come from state.phone_numbers).
+-- mobile_e164: the SMS number (PRODUCT.md §2), read in the clinic's country (clinic.yaml
+-- `country`): the first phone entry that is a valid mobile, Mobile-typed entries first, then any
+-- other entry, each in Cliniko's order; NULL when none is (numbers read before come from
+-- state.phone_numbers). mobile_number: that entry's number as typed; when no entry is a valid
+-- mobile, the first Mobile-typed entry's, if any (what the front desk should fix).
 -- email_is_valid: syntax only (no DNS lookups).
 with
 
@@ -58,9 +61,7 @@ renamed as (
         cliniko_text(p.sex) as sex,
         cliniko_text(p.gender_identity) as gender_identity,
         cliniko_text(p.pronouns) as pronouns,
-        cliniko_text(
-            list_filter(p.patient_phone_numbers, lambda n: lower(trim(n.phone_type)) = 'mobile')[1].number
-        ) as mobile_number,
+        p.patient_phone_numbers as phone_entries,
         p.accepted_email_marketing as accepted_email_marketing,
         p.accepted_sms_marketing as accepted_sms_marketing,
         p.accepted_privacy_policy as accepted_privacy_policy,
@@ -79,6 +80,23 @@ renamed as (
     from parsed
 ),
 
+-- Every phone entry with a number: its place in Cliniko's list, and whether it is typed Mobile.
+phones as (
+    select
+        patient_id,
+        cliniko_text(entry.number) as number,
+        coalesce(lower(trim(entry.phone_type)) = 'mobile', false) as mobile_typed,
+        listed
+    from (
+        select
+            patient_id,
+            unnest(phone_entries) as entry,
+            generate_subscripts(phone_entries, 1) as listed
+        from renamed
+    )
+    where cliniko_text(entry.number) is not null
+),
+
 -- Numbers an earlier build already read in this country (state.phone_numbers, kept by the
 -- runner): looked up instead of parsed again, which is most of a full rebuild's Python time.
 phone_memo as (
@@ -86,18 +104,74 @@ phone_memo as (
     where country = (select country from build_context)
 ),
 
-contacts_checked as (
+-- The Mobile-typed entries, read as mobiles. Each phone-reading CTE is materialized: inlined,
+-- DuckDB may copy the function call into a filter above it and parse each number twice.
+mobile_typed_read as materialized (
     select
-        renamed.*,
-        lower(email) as email_normalised,
-        relay_email_is_valid(email) as email_is_valid,
+        phones.*,
         case
             when phone_memo.number is not null then phone_memo.mobile_e164
-            else relay_mobile_e164(renamed.mobile_number, build_context.country)
+            else relay_mobile_e164(phones.number, build_context.country)
         end as mobile_e164
-    from renamed
+    from phones
     cross join build_context
-    left join phone_memo on phone_memo.number = renamed.mobile_number
+    left join phone_memo on phone_memo.number = phones.number
+    where phones.mobile_typed
+),
+
+-- The other entries, only of patients none of whose Mobile-typed entries is a valid mobile:
+-- for most patients a Mobile entry settles it, and the landline beside it is never parsed.
+-- (Materialized, so that this choice is made before the phone function is called.)
+other_entries as materialized (
+    select * from phones
+    where not mobile_typed
+        and patient_id not in (
+            select patient_id from mobile_typed_read where mobile_e164 is not null
+        )
+),
+
+other_read as materialized (
+    select
+        other_entries.*,
+        case
+            when phone_memo.number is not null then phone_memo.mobile_e164
+            else relay_mobile_e164(other_entries.number, build_context.country)
+        end as mobile_e164
+    from other_entries
+    cross join build_context
+    left join phone_memo on phone_memo.number = other_entries.number
+),
+
+sms_numbers as (
+    select
+        patient_id,
+        first(number order by not mobile_typed, listed) as mobile_number,
+        first(mobile_e164 order by not mobile_typed, listed) as mobile_e164
+    from (
+        select * from mobile_typed_read
+        union all
+        select * from other_read
+    )
+    where mobile_e164 is not null
+    group by patient_id
+),
+
+first_mobile_typed as (
+    select patient_id, first(number order by listed) as number
+    from mobile_typed_read
+    group by patient_id
+),
+
+contacts_checked as (
+    select
+        renamed.* exclude (phone_entries),
+        lower(email) as email_normalised,
+        relay_email_is_valid(email) as email_is_valid,
+        coalesce(sms_numbers.mobile_number, first_mobile_typed.number) as mobile_number,
+        sms_numbers.mobile_e164
+    from renamed
+    left join sms_numbers on sms_numbers.patient_id = renamed.patient_id
+    left join first_mobile_typed on first_mobile_typed.patient_id = renamed.patient_id
 )
 
 select * from contacts_checked

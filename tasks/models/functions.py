@@ -123,22 +123,29 @@ def remember_mobiles(
 # the models run, on every core (a Python function called by DuckDB runs one call at a time).
 PREFILL_MIN_NUMBERS = 5000
 
-# The numbers staging.patients reads (its first "Mobile" phone, as cliniko_text gives it), from
-# patients the sync wrote since ``since`` (all when NULL) and not yet in the memo. Reading them
-# here is only a head start: staging.patients still decides which number is a patient's, and
-# parses any it does not find in the memo, so if this query and the model ever disagree the
-# cost is a slower build, never a different answer (a memo row is phonenumbers' answer for that
-# number, whoever asked).
+# The numbers staging.patients reads, from patients the sync wrote since ``since`` (all when
+# NULL) and not yet in the memo: every Mobile-typed entry, and every entry of a patient with no
+# Mobile-typed entry. (The model also reads the other entries of a patient whose Mobile entries
+# are all invalid; which those are needs the answers, so the model parses them itself: few.)
+# Reading them here is only a head start: staging.patients still decides which number is a
+# patient's, and parses any it does not find in the memo, so if this query and the model ever
+# disagree the cost is a slower build, never a different answer (a memo row is phonenumbers'
+# answer for that number, whoever asked).
 _UNREAD_MOBILES = """
 SELECT DISTINCT number FROM (
-    SELECT cliniko_text(list_filter(
-        json_transform(payload, '{"patient_phone_numbers":
-            [{"phone_type": "VARCHAR", "number": "VARCHAR"}]}').patient_phone_numbers,
-        lambda n: lower(trim(n.phone_type)) = 'mobile')[1].number) AS number
-    FROM raw.patients
-    WHERE $since IS NULL OR synced_at > $since
+    SELECT
+        cliniko_text(entry.number) AS number,
+        coalesce(lower(trim(entry.phone_type)) = 'mobile', false) AS mobile_typed,
+        bool_or(mobile_typed AND number IS NOT NULL) OVER (PARTITION BY id) AS has_mobile_typed
+    FROM (
+        SELECT id, unnest(json_transform(payload, '{"patient_phone_numbers":
+            [{"phone_type": "VARCHAR", "number": "VARCHAR"}]}').patient_phone_numbers) AS entry
+        FROM raw.patients
+        WHERE $since IS NULL OR synced_at > $since
+    )
 )
 WHERE number IS NOT NULL
+    AND (mobile_typed OR NOT has_mobile_typed)
     AND number NOT IN (SELECT number FROM state.phone_numbers WHERE country = $country)
 """
 

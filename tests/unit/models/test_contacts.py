@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tasks.messages.prepare import Ready
+from tasks.triggers.prepare import Preparer
+
 # The planning tests' hand-made clinic (raw rows -> the real models -> the planner).
 _spec = importlib.util.spec_from_file_location(
     "plan_clinic", Path(__file__).parents[1] / "triggers" / "test_plan.py"
@@ -62,6 +65,19 @@ class Clinic(plan_clinic.Clinic):
             [kind, appointment_id],
         ).fetchone()[0]
 
+    def phones(self, patient: int, *entries: tuple[str, str]) -> None:
+        self.update_patient(patient, patient_phone_numbers=[
+            {"phone_type": kind, "number": number} for kind, number in entries
+        ])  # fmt: skip
+
+    def sms_list(self) -> dict[int, str]:
+        return dict(
+            self.con.execute(
+                "SELECT patient_id, mobile_e164 FROM marts.sms_marketing_list "
+                "WHERE status = 'subscribed'"
+            ).fetchall()
+        )
+
 
 @pytest.fixture
 def clinic():
@@ -108,3 +124,55 @@ def test_an_attendee_of_a_past_class_not_marked_arrived_is_still_a_miss(clinic):
     clinic.attendee(900, 1, 500, arrived=False)
     clinic.build(NOW)
     assert clinic.status("group", 900) == "did_not_arrive"
+
+
+# --- every phone entry is read ---------------------------------------------------------------
+
+# (entries as Cliniko lists them, the SMS number)
+PHONE_CASES = {
+    "a landline typed Mobile, then the mobile": (
+        [("Mobile", "03 9000 1111"), ("Mobile", "0412 345 678")], "+61412345678"),
+    "a mobile typed Home": ([("Home", "0412 345 678")], "+61412345678"),
+    "a Mobile entry before an earlier listed other entry": (
+        [("Home", "0499 000 111"), ("Mobile", "0412 345 678")], "+61412345678"),
+    "an invalid Mobile entry, a landline, then a mobile typed Work": (
+        [("Mobile", "12345"), ("Home", "03 9000 1111"), ("Work", "0412 345 678")],
+        "+61412345678"),
+    "no entry is a mobile": ([("Mobile", "03 9000 1111"), ("Home", "03 9000 2222")], None),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("entries, sms_number", PHONE_CASES.values(), ids=PHONE_CASES)
+def test_the_reminder_goes_to_the_first_entry_that_is_a_valid_mobile(clinic, entries, sms_number):
+    clinic.trigger("reminder", **REMINDER)
+    plan_clinic.live(clinic)
+    clinic.patient(1)
+    clinic.phones(1, *entries)
+    clinic.appointment(10, 1, NOW + 30 * HOUR)
+    clinic.plan(NOW)
+    row = clinic.one("reminder")
+    if sms_number is None:
+        assert (row.status, row.status_reason) == ("skipped", "no valid mobile number on file")
+        return
+    assert row.status == "planned"
+    decision = Preparer(clinic.con, clinic.config, clock=lambda: NOW + 6 * HOUR)(row)
+    assert isinstance(decision, Ready) and decision.to == sms_number
+
+
+def test_the_sms_marketing_list_reads_the_same_number_as_reminders(clinic):
+    clinic.patient(1, sms_opt_in=True)
+    clinic.phones(1, ("Mobile", "03 9000 1111"), ("Mobile", "0412 345 678"))
+    clinic.patient(2, sms_opt_in=True)
+    clinic.phones(2, ("Home", "0499 000 111"))
+    clinic.build(NOW)
+    assert clinic.sms_list() == {1: "+61412345678", 2: "+61499000111"}
+
+
+def test_a_mobile_added_as_a_second_entry_reaches_the_list_on_the_next_build(clinic):
+    clinic.patient(1, sms_opt_in=True)
+    clinic.phones(1, ("Mobile", "03 9000 1111"))
+    clinic.build(NOW)
+    assert clinic.sms_list() == {}
+    clinic.phones(1, ("Mobile", "03 9000 1111"), ("Mobile", "0412 345 678"))
+    clinic.build(NOW + 5 * MIN)
+    assert clinic.sms_list() == {1: "+61412345678"}
