@@ -42,7 +42,8 @@ parsed as (
     from source
 ),
 
-renamed as (
+-- Materialized: the phone CTEs below read it again, and inlined, each would parse the JSON again.
+renamed as materialized (
     select
         id as patient_id,
         p.created_at as created_at,
@@ -61,6 +62,9 @@ renamed as (
         cliniko_text(p.sex) as sex,
         cliniko_text(p.gender_identity) as gender_identity,
         cliniko_text(p.pronouns) as pronouns,
+        cliniko_text(
+            list_filter(p.patient_phone_numbers, lambda n: lower(trim(n.phone_type)) = 'mobile')[1].number
+        ) as first_mobile_entry,
         p.patient_phone_numbers as phone_entries,
         p.accepted_email_marketing as accepted_email_marketing,
         p.accepted_sms_marketing as accepted_sms_marketing,
@@ -80,8 +84,33 @@ renamed as (
     from parsed
 ),
 
--- Every phone entry with a number: its place in Cliniko's list, and whether it is typed Mobile.
-phones as (
+-- Numbers an earlier build already read in this country (state.phone_numbers, kept by the
+-- runner): looked up instead of parsed again, which is most of a full rebuild's Python time.
+phone_memo as (
+    select number, mobile_e164 from state.phone_numbers
+    where country = (select country from build_context)
+),
+
+-- Most patients' SMS number is their first Mobile-typed entry: that one is read for everyone.
+-- Each phone-reading CTE is materialized: inlined, DuckDB may copy the function call into a
+-- filter above it and parse each number twice.
+first_mobile_read as materialized (
+    select
+        renamed.patient_id,
+        renamed.first_mobile_entry as number,
+        case
+            when phone_memo.number is not null then phone_memo.mobile_e164
+            else relay_mobile_e164(renamed.first_mobile_entry, build_context.country)
+        end as mobile_e164
+    from renamed
+    cross join build_context
+    left join phone_memo on phone_memo.number = renamed.first_mobile_entry
+),
+
+-- Every other entry, only of patients whose first Mobile entry is not a valid mobile (or who
+-- have none): few, so a landline beside a valid mobile is never parsed. Materialized, so that
+-- this choice is made before the phone function is called.
+other_entries as materialized (
     select
         patient_id,
         cliniko_text(entry.number) as number,
@@ -90,44 +119,14 @@ phones as (
     from (
         select
             patient_id,
+            first_mobile_entry,
             unnest(phone_entries) as entry,
             generate_subscripts(phone_entries, 1) as listed
         from renamed
+        where patient_id in (select patient_id from first_mobile_read where mobile_e164 is null)
     )
     where cliniko_text(entry.number) is not null
-),
-
--- Numbers an earlier build already read in this country (state.phone_numbers, kept by the
--- runner): looked up instead of parsed again, which is most of a full rebuild's Python time.
-phone_memo as (
-    select number, mobile_e164 from state.phone_numbers
-    where country = (select country from build_context)
-),
-
--- The Mobile-typed entries, read as mobiles. Each phone-reading CTE is materialized: inlined,
--- DuckDB may copy the function call into a filter above it and parse each number twice.
-mobile_typed_read as materialized (
-    select
-        phones.*,
-        case
-            when phone_memo.number is not null then phone_memo.mobile_e164
-            else relay_mobile_e164(phones.number, build_context.country)
-        end as mobile_e164
-    from phones
-    cross join build_context
-    left join phone_memo on phone_memo.number = phones.number
-    where phones.mobile_typed
-),
-
--- The other entries, only of patients none of whose Mobile-typed entries is a valid mobile:
--- for most patients a Mobile entry settles it, and the landline beside it is never parsed.
--- (Materialized, so that this choice is made before the phone function is called.)
-other_entries as materialized (
-    select * from phones
-    where not mobile_typed
-        and patient_id not in (
-            select patient_id from mobile_typed_read where mobile_e164 is not null
-        )
+        and cliniko_text(entry.number) is distinct from first_mobile_entry
 ),
 
 other_read as materialized (
@@ -142,36 +141,30 @@ other_read as materialized (
     left join phone_memo on phone_memo.number = other_entries.number
 ),
 
-sms_numbers as (
+-- Of those, the first valid mobile: Mobile-typed entries first, then the others, as listed.
+other_choice as (
     select
         patient_id,
-        first(number order by not mobile_typed, listed) as mobile_number,
+        first(number order by not mobile_typed, listed) as number,
         first(mobile_e164 order by not mobile_typed, listed) as mobile_e164
-    from (
-        select * from mobile_typed_read
-        union all
-        select * from other_read
-    )
+    from other_read
     where mobile_e164 is not null
-    group by patient_id
-),
-
-first_mobile_typed as (
-    select patient_id, first(number order by listed) as number
-    from mobile_typed_read
     group by patient_id
 ),
 
 contacts_checked as (
     select
-        renamed.* exclude (phone_entries),
+        renamed.* exclude (first_mobile_entry, phone_entries),
         lower(email) as email_normalised,
         relay_email_is_valid(email) as email_is_valid,
-        coalesce(sms_numbers.mobile_number, first_mobile_typed.number) as mobile_number,
-        sms_numbers.mobile_e164
+        case
+            when first_mobile_read.mobile_e164 is not null then first_mobile_read.number
+            else coalesce(other_choice.number, renamed.first_mobile_entry)
+        end as mobile_number,
+        coalesce(first_mobile_read.mobile_e164, other_choice.mobile_e164) as mobile_e164
     from renamed
-    left join sms_numbers on sms_numbers.patient_id = renamed.patient_id
-    left join first_mobile_typed on first_mobile_typed.patient_id = renamed.patient_id
+    left join first_mobile_read on first_mobile_read.patient_id = renamed.patient_id
+    left join other_choice on other_choice.patient_id = renamed.patient_id
 )
 
 select * from contacts_checked

@@ -124,28 +124,30 @@ def remember_mobiles(
 PREFILL_MIN_NUMBERS = 5000
 
 # The numbers staging.patients reads, from patients the sync wrote since ``since`` (all when
-# NULL) and not yet in the memo: every Mobile-typed entry, and every entry of a patient with no
-# Mobile-typed entry. (The model also reads the other entries of a patient whose Mobile entries
-# are all invalid; which those are needs the answers, so the model parses them itself: few.)
-# Reading them here is only a head start: staging.patients still decides which number is a
-# patient's, and parses any it does not find in the memo, so if this query and the model ever
-# disagree the cost is a slower build, never a different answer (a memo row is phonenumbers'
-# answer for that number, whoever asked).
+# NULL) and not yet in the memo: each patient's first Mobile-typed entry, and every entry of a
+# patient without one. (The model also reads the other entries of a patient whose first Mobile
+# entry is not a valid mobile; which those are needs the answers, so the model parses them
+# itself: few.) Reading them here is only a head start: staging.patients still decides which
+# number is a patient's, and parses any it does not find in the memo, so if this query and the
+# model ever disagree the cost is a slower build, never a different answer (a memo row is
+# phonenumbers' answer for that number, whoever asked).
 _UNREAD_MOBILES = """
-SELECT DISTINCT number FROM (
-    SELECT
-        cliniko_text(entry.number) AS number,
-        coalesce(lower(trim(entry.phone_type)) = 'mobile', false) AS mobile_typed,
-        bool_or(mobile_typed AND number IS NOT NULL) OVER (PARTITION BY id) AS has_mobile_typed
+WITH phones AS MATERIALIZED (
+    SELECT entries, cliniko_text(list_filter(entries,
+        lambda n: lower(trim(n.phone_type)) = 'mobile')[1].number) AS first_mobile
     FROM (
-        SELECT id, unnest(json_transform(payload, '{"patient_phone_numbers":
-            [{"phone_type": "VARCHAR", "number": "VARCHAR"}]}').patient_phone_numbers) AS entry
+        SELECT json_transform(payload, '{"patient_phone_numbers":
+            [{"phone_type": "VARCHAR", "number": "VARCHAR"}]}').patient_phone_numbers AS entries
         FROM raw.patients
         WHERE $since IS NULL OR synced_at > $since
     )
 )
+SELECT DISTINCT number FROM (
+    SELECT first_mobile AS number FROM phones
+    UNION ALL
+    SELECT cliniko_text(unnest(entries).number) FROM phones WHERE first_mobile IS NULL
+)
 WHERE number IS NOT NULL
-    AND (mobile_typed OR NOT has_mobile_typed)
     AND number NOT IN (SELECT number FROM state.phone_numbers WHERE country = $country)
 """
 
