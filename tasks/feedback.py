@@ -428,6 +428,17 @@ def drain_unsubscribes(con: duckdb.DuckDBPyConnection, inbox: Path, now: datetim
     return +counts
 
 
+def click_outcome(con: duckdb.DuckDBPyConnection, click_id: str) -> str | None:
+    """What a drained click did: 'suppress', 'already' (suppressed before), 'unmatched' (no
+    such message for that patient); None while it waits in the inbox."""
+    row = con.execute(
+        "SELECT outcome FROM state.feedback_items WHERE provider = 'unsubscribe_link' "
+        "AND feed = 'clicks' AND item_key = ?",
+        [click_id],
+    ).fetchone()
+    return row[0] if row else None
+
+
 def _message_addresses(
     con: duckdb.DuckDBPyConnection, clicks: list[dict]
 ) -> dict[tuple[int, str], tuple[int, str]]:

@@ -21,7 +21,9 @@
 --   status                one of, by precedence: deleted (or its patient is deleted in Cliniko
 --                         or was never synced) > archived > cancelled >
 --                         did_not_arrive > arrived > upcoming (starts after the build) >
---                         unmarked (past, neither arrived nor did-not-arrive)
+--                         unmarked (past, neither arrived nor did-not-arrive); a class
+--                         attendee not marked arrived is did_not_arrive once the class has
+--                         started, upcoming before
 --   is_tag                its category is one of clinic.yaml's tag_categories (default
 --                         'Admin Only', case and spaces ignored): an admin "dummy" appointment
 --                         that tags the patient (seed 000), not care
@@ -185,7 +187,11 @@ group_rows as (
             attendees.deleted_at, attendees.removed_at,
             group_appointments.deleted_at, group_appointments.removed_at
         ) as deleted_at,
-        coalesce(not attendees.arrived, false) as did_not_arrive,
+        -- Cliniko sends arrived = false for every attendee until the class is marked: before
+        -- the class starts that is no miss (the attendee is upcoming and gets its reminder).
+        coalesce(not attendees.arrived, false)
+            and group_appointments.starts_at <= (select built_at from build_context)
+            as did_not_arrive,
         coalesce(attendees.arrived, false) as arrived,
         attendees.booked_online
     from attendees

@@ -7,7 +7,9 @@
 --   greeting_name         preferred first name, else first name
 --   email                 as typed;  email_normalised: trimmed, lower-case (the list key)
 --   email_is_valid        syntax check (email-validator, no DNS)
---   mobile_number         the first "Mobile" number as typed;  mobile_e164: +61..., NULL if invalid
+--   mobile_e164           the SMS number, +61...: the first phone entry that is a valid mobile
+--                         (Mobile-typed entries first, then the others); NULL when none is
+--   mobile_number         that entry as typed (else the first Mobile-typed entry, if any)
 --   accepted_email_marketing, accepted_sms_marketing, accepted_privacy_policy (NULL = no answer)
 --   reminder_type         Cliniko's 'SMS & Email' | 'SMS' | 'Email' | 'None'
 --   receives_confirmation_emails, time_zone, country_code, concession_type_id

@@ -1,7 +1,8 @@
 -- config: materialized=incremental, key=attendee_id
 -- One row per Cliniko attendee: a patient's place in a booking. Cliniko lists attendees of
 -- individual appointments here too; marts.appointments keeps only those of group appointments.
--- arrived: true = arrived, false = did not arrive, NULL = not marked.
+-- arrived: true = arrived, NULL = not marked; false = not arrived, which is also what a class's
+-- attendees carry before it starts (marts.appointments reads it as a miss only after the start).
 with
 
 -- On an incremental build, only what the sync wrote since the last good build (sql/README.md).

@@ -2,8 +2,11 @@
 -- One row per Cliniko patient ever synced (archived, merged and deleted ones too), typed.
 -- Parsing phones and emails is the costly part of a build, so this model is incremental: each
 -- build re-reads only patients the sync wrote since the last build (loaded_at).
--- mobile_e164: the first "Mobile" number, read in the clinic's country (clinic.yaml `country`),
--- NULL when missing or not a valid mobile (numbers read before come from state.phone_numbers).
+-- mobile_e164: the SMS number (PRODUCT.md §2), read in the clinic's country (clinic.yaml
+-- `country`): the first phone entry that is a valid mobile, Mobile-typed entries first, then any
+-- other entry, each in Cliniko's order; NULL when none is (numbers read before come from
+-- state.phone_numbers). mobile_number: that entry's number as typed; when no entry is a valid
+-- mobile, the first Mobile-typed entry's, if any (what the front desk should fix).
 -- email_is_valid: syntax only (no DNS lookups).
 with
 
@@ -39,7 +42,8 @@ parsed as (
     from source
 ),
 
-renamed as (
+-- Materialized: the phone CTEs below read it again, and inlined, each would parse the JSON again.
+renamed as materialized (
     select
         id as patient_id,
         p.created_at as created_at,
@@ -60,7 +64,8 @@ renamed as (
         cliniko_text(p.pronouns) as pronouns,
         cliniko_text(
             list_filter(p.patient_phone_numbers, lambda n: lower(trim(n.phone_type)) = 'mobile')[1].number
-        ) as mobile_number,
+        ) as first_mobile_entry,
+        p.patient_phone_numbers as phone_entries,
         p.accepted_email_marketing as accepted_email_marketing,
         p.accepted_sms_marketing as accepted_sms_marketing,
         p.accepted_privacy_policy as accepted_privacy_policy,
@@ -86,18 +91,80 @@ phone_memo as (
     where country = (select country from build_context)
 ),
 
-contacts_checked as (
+-- Most patients' SMS number is their first Mobile-typed entry: that one is read for everyone.
+-- Each phone-reading CTE is materialized: inlined, DuckDB may copy the function call into a
+-- filter above it and parse each number twice.
+first_mobile_read as materialized (
     select
-        renamed.*,
-        lower(email) as email_normalised,
-        relay_email_is_valid(email) as email_is_valid,
+        renamed.patient_id,
+        renamed.first_mobile_entry as number,
         case
             when phone_memo.number is not null then phone_memo.mobile_e164
-            else relay_mobile_e164(renamed.mobile_number, build_context.country)
+            else relay_mobile_e164(renamed.first_mobile_entry, build_context.country)
         end as mobile_e164
     from renamed
     cross join build_context
-    left join phone_memo on phone_memo.number = renamed.mobile_number
+    left join phone_memo on phone_memo.number = renamed.first_mobile_entry
+),
+
+-- Every other entry, only of patients whose first Mobile entry is not a valid mobile (or who
+-- have none): few, so a landline beside a valid mobile is never parsed. Materialized, so that
+-- this choice is made before the phone function is called.
+other_entries as materialized (
+    select
+        patient_id,
+        cliniko_text(entry.number) as number,
+        coalesce(lower(trim(entry.phone_type)) = 'mobile', false) as mobile_typed,
+        listed
+    from (
+        select
+            patient_id,
+            first_mobile_entry,
+            unnest(phone_entries) as entry,
+            generate_subscripts(phone_entries, 1) as listed
+        from renamed
+        where patient_id in (select patient_id from first_mobile_read where mobile_e164 is null)
+    )
+    where cliniko_text(entry.number) is not null
+        and cliniko_text(entry.number) is distinct from first_mobile_entry
+),
+
+other_read as materialized (
+    select
+        other_entries.*,
+        case
+            when phone_memo.number is not null then phone_memo.mobile_e164
+            else relay_mobile_e164(other_entries.number, build_context.country)
+        end as mobile_e164
+    from other_entries
+    cross join build_context
+    left join phone_memo on phone_memo.number = other_entries.number
+),
+
+-- Of those, the first valid mobile: Mobile-typed entries first, then the others, as listed.
+other_choice as (
+    select
+        patient_id,
+        first(number order by not mobile_typed, listed) as number,
+        first(mobile_e164 order by not mobile_typed, listed) as mobile_e164
+    from other_read
+    where mobile_e164 is not null
+    group by patient_id
+),
+
+contacts_checked as (
+    select
+        renamed.* exclude (first_mobile_entry, phone_entries),
+        lower(email) as email_normalised,
+        relay_email_is_valid(email) as email_is_valid,
+        case
+            when first_mobile_read.mobile_e164 is not null then first_mobile_read.number
+            else coalesce(other_choice.number, renamed.first_mobile_entry)
+        end as mobile_number,
+        coalesce(first_mobile_read.mobile_e164, other_choice.mobile_e164) as mobile_e164
+    from renamed
+    left join first_mobile_read on first_mobile_read.patient_id = renamed.patient_id
+    left join other_choice on other_choice.patient_id = renamed.patient_id
 )
 
 select * from contacts_checked

@@ -123,20 +123,29 @@ def remember_mobiles(
 # the models run, on every core (a Python function called by DuckDB runs one call at a time).
 PREFILL_MIN_NUMBERS = 5000
 
-# The numbers staging.patients reads (its first "Mobile" phone, as cliniko_text gives it), from
-# patients the sync wrote since ``since`` (all when NULL) and not yet in the memo. Reading them
-# here is only a head start: staging.patients still decides which number is a patient's, and
-# parses any it does not find in the memo, so if this query and the model ever disagree the
-# cost is a slower build, never a different answer (a memo row is phonenumbers' answer for that
-# number, whoever asked).
+# The numbers staging.patients reads, from patients the sync wrote since ``since`` (all when
+# NULL) and not yet in the memo: each patient's first Mobile-typed entry, and every entry of a
+# patient without one. (The model also reads the other entries of a patient whose first Mobile
+# entry is not a valid mobile; which those are needs the answers, so the model parses them
+# itself: few.) Reading them here is only a head start: staging.patients still decides which
+# number is a patient's, and parses any it does not find in the memo, so if this query and the
+# model ever disagree the cost is a slower build, never a different answer (a memo row is
+# phonenumbers' answer for that number, whoever asked).
 _UNREAD_MOBILES = """
+WITH phones AS MATERIALIZED (
+    SELECT entries, cliniko_text(list_filter(entries,
+        lambda n: lower(trim(n.phone_type)) = 'mobile')[1].number) AS first_mobile
+    FROM (
+        SELECT json_transform(payload, '{"patient_phone_numbers":
+            [{"phone_type": "VARCHAR", "number": "VARCHAR"}]}').patient_phone_numbers AS entries
+        FROM raw.patients
+        WHERE $since IS NULL OR synced_at > $since
+    )
+)
 SELECT DISTINCT number FROM (
-    SELECT cliniko_text(list_filter(
-        json_transform(payload, '{"patient_phone_numbers":
-            [{"phone_type": "VARCHAR", "number": "VARCHAR"}]}').patient_phone_numbers,
-        lambda n: lower(trim(n.phone_type)) = 'mobile')[1].number) AS number
-    FROM raw.patients
-    WHERE $since IS NULL OR synced_at > $since
+    SELECT first_mobile AS number FROM phones
+    UNION ALL
+    SELECT cliniko_text(unnest(entries).number) FROM phones WHERE first_mobile IS NULL
 )
 WHERE number IS NOT NULL
     AND number NOT IN (SELECT number FROM state.phone_numbers WHERE country = $country)

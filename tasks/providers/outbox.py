@@ -16,6 +16,7 @@ import json
 import os
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
@@ -24,6 +25,11 @@ from tasks.feedback import Feed
 from tasks.messages.ledger import LedgerRow
 from tasks.paths import data_dir
 from tasks.providers.common import Outcome, OutgoingMessage, Rendered, RenderedEmail
+
+# Headers as a mail client reads them: the default policy folds at 78 characters and turns a
+# header with a word longer than that (List-Unsubscribe's signed URL) into RFC 2047 encoded
+# words, which no client takes for a URL. RFC 5322 allows lines of 998, so nothing is encoded.
+_EML_POLICY = policy.default.clone(max_line_length=998)
 
 
 def outbox_dir(clinic: str) -> Path:
@@ -67,7 +73,7 @@ def write_message_files(
         mail.add_alternative(content.html, subtype="html")
         _atomic_write(folder / f"{stem}.html", content.html)
         main = folder / f"{stem}.eml"
-        _atomic_write(main, bytes(mail))
+        _atomic_write(main, mail.as_bytes(policy=_EML_POLICY))
         title = content.subject
     else:
         main = folder / f"{stem}.txt"

@@ -5,7 +5,7 @@
 -- at the start of a build (a number reads differently in another country or with newer
 -- metadata). Numbers only, with no link to a patient; staging.patients reads it.
 CREATE TABLE IF NOT EXISTS state.phone_numbers (
-    number      VARCHAR NOT NULL,   -- the first "Mobile" number as typed in Cliniko
+    number      VARCHAR NOT NULL,   -- a phone entry's number as typed in Cliniko
     country     VARCHAR NOT NULL,   -- ISO 3166 alpha-2 the number was read in (clinic.yaml)
     parser      VARCHAR NOT NULL,   -- phonenumbers version that read it
     mobile_e164 VARCHAR,            -- E.164, or NULL when it is not a valid mobile

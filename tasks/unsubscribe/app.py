@@ -6,13 +6,15 @@
                                 One-Click``) and the page's button: unsubscribes, says so
 
 The token is HMAC-signed (tasks/unsubscribe/tokens.py): a forged, altered or cut-short token gets 403
-with a plain message and nothing is recorded. The page shows no personal data, only the clinic's
-name and "you are unsubscribed".
+with a plain message and nothing is recorded. The pages show no personal data, only the clinic's
+name, and speak of the token's channel (marketing email, or marketing text messages).
 
 A valid click is first written to the clinic's unsubscribe inbox (a small file beside its
 database, fsynced), then recorded in the database at once if the database is free. During a tick
 the database belongs to the tick, so the answer cannot wait for it: the tick's feedback step
 records the click a few minutes later, before any further marketing is planned for the next tick.
+The page says "You are unsubscribed" only once the suppression is recorded; a click waiting in
+the inbox is told so (202), and a link that matches no message we sent changes nothing (404).
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(_PAGE.format(title=html.escape(title), body=body), status_code=status)
 
 
+# What a token's channel stops, in the page's words.
+_MARKETING = {"email": "marketing email", "sms": "marketing text messages (SMS)"}
+
+
 def create_app(
     clinics: Mapping[str, ClinicConfig],
     *,
@@ -86,7 +92,8 @@ def create_app(
         name = html.escape(clinics[claim.clinic].name)
         return _page(
             "Unsubscribe",
-            f"<p>Stop marketing email from {name}? Appointment reminders still arrive.</p>"
+            f"<p>Stop {_MARKETING[claim.channel]} from {name}? "
+            "Appointment reminders still arrive.</p>"
             '<form method="post"><input type="hidden" name="List-Unsubscribe" '
             'value="One-Click"><button type="submit">Unsubscribe</button></form>',
         )
@@ -98,16 +105,31 @@ def create_app(
         config = clinics[claim.clinic]
         now = clock()
         inbox = feedback.inbox_path(config.database_path)
-        feedback.spool_unsubscribe(inbox, claim, now)
+        click = feedback.spool_unsubscribe(inbox, claim, now)
         try:
             with open_db(config.database_path, wait_seconds=DB_WAIT_SECONDS) as con:
                 feedback.drain_unsubscribes(con, inbox, now)
+                outcome = feedback.click_outcome(con, click)
         except DatabaseBusy:
             log.info("%s: database busy; the click waits in the inbox", claim.clinic)
-        name = html.escape(config.name)
+            outcome = None
+        name, marketing = html.escape(config.name), _MARKETING[claim.channel]
+        if outcome in ("suppress", "already"):
+            return _page(
+                "You are unsubscribed", f"<p>You will get no more {marketing} from {name}.</p>"
+            )
+        if outcome == "unmatched":
+            return _page(
+                "Nothing was changed",
+                f"<p>This link does not match a message {name} sent, so nothing was changed. "
+                f"To stop {marketing}, contact {name}.</p>",
+                status=404,
+            )
         return _page(
-            "You are unsubscribed",
-            f"<p>You will get no more marketing email from {name}.</p>",
+            "Your request is received",
+            f"<p>It will be recorded within a few minutes: {name} then sends you no more "
+            f"{marketing}.</p>",
+            status=202,
         )
 
     # Each clinic's links carry the path of its providers.unsubscribe_url.

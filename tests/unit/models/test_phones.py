@@ -181,3 +181,59 @@ def test_a_failed_build_stores_nothing_the_helper_read(con, monkeypatch, tmp_pat
     with pytest.raises(models.BuildFailed):
         models.build(con, models.ListSettings(), sql_dir=sql_dir, now=NOW)
     assert memo(con) == {}
+
+
+# Patients with several phone entries: (entries, the SMS number in AU).
+ENTRIES = {
+    101: ([("Mobile", "0412 000 101"), ("Home", "03 9000 0101")], "+61412000101"),
+    102: ([("Mobile", "12345"), ("Home", "03 9000 0102"), ("Work", "0412 000 102")],
+          "+61412000102"),
+    103: ([("Home", "0412 000 103")], "+61412000103"),
+    104: ([("Mobile", "03 9000 0104"), ("Mobile", "0412 000 104")], "+61412000104"),
+}  # fmt: skip
+
+
+@pytest.fixture
+def entries_con():
+    c = memory_db()
+    for pid, (entries, _) in ENTRIES.items():
+        phones = [{"phone_type": kind, "number": number} for kind, number in entries]
+        payload = {"id": str(pid), "first_name": "P", "patient_phone_numbers": phones}
+        c.execute(
+            "INSERT INTO raw.patients VALUES (?, NULL, ?, ?, NULL)", [pid, json.dumps(payload), NOW]
+        )
+    yield c
+    c.close()
+
+
+def test_other_entries_are_read_only_when_no_mobile_typed_entry_is_a_mobile(entries_con, parses):
+    build(entries_con)
+    assert {pid: e164 for pid, (_, e164) in staged(entries_con).items()} == {
+        pid: e164 for pid, (_, e164) in ENTRIES.items()
+    }
+    # A landline beside a valid Mobile entry is never parsed; everything parsed is remembered,
+    # so a full rebuild parses nothing and gives the same answers.
+    numbers = [n for n, _ in parses if n is not None]
+    parsed = set(numbers)
+    assert len(numbers) == len(parsed)  # each number parsed once
+    assert "03 9000 0101" not in parsed
+    assert {"12345", "03 9000 0102", "0412 000 102", "0412 000 103"} <= parsed
+    assert set(memo(entries_con)) == parsed
+    first = staged(entries_con)
+    parses.clear()
+    build(entries_con, full_refresh=True)
+    assert [n for n, _ in parses if n is not None] == [] and staged(entries_con) == first
+
+
+def test_the_helper_reads_first_mobile_entries_and_the_entries_of_patients_without_one(
+    entries_con, parses, monkeypatch
+):
+    monkeypatch.setattr(models_functions, "PREFILL_MIN_NUMBERS", 1)
+    build(entries_con)
+    # Left to the model: the other entries of a patient whose first Mobile entry is invalid.
+    assert sorted(n for n, _ in parses if n is not None) == [
+        "03 9000 0102", "0412 000 102", "0412 000 104"
+    ]  # fmt: skip
+    assert {pid: e164 for pid, (_, e164) in staged(entries_con).items()} == {
+        pid: e164 for pid, (_, e164) in ENTRIES.items()
+    }

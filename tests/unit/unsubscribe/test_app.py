@@ -165,7 +165,9 @@ def test_during_a_tick_the_click_waits_in_the_inbox_and_the_next_pull_records_it
         release.set()
         holder.join()
 
-    assert reply.status_code == 200 and "You are unsubscribed" in reply.text
+    # Not recorded yet, so not "unsubscribed": the page says the request waits.
+    assert reply.status_code == 202 and "You are unsubscribed" not in reply.text
+    assert "request is received" in reply.text and "marketing email" in reply.text
     assert suppressions(clinic) == []
     assert inbox.read_text().count("\n") == 1
 
@@ -173,6 +175,43 @@ def test_during_a_tick_the_click_waits_in_the_inbox_and_the_next_pull_records_it
         assert feedback.drain_unsubscribes(con, inbox, NOW) == {"unsubscribe_suppress": 1}
     assert suppressions(clinic) == [
         (ADDRESS, "suppress", "unsubscribed", "marketing", "unsubscribe_link")
+    ]
+
+
+def test_a_valid_link_for_a_message_never_sent_says_nothing_changed(client, clinic, message_id):
+    """Signed, but no such message for that patient (e.g. a database restored from before the
+    send): the click records nothing, so the page must not claim an unsubscribe."""
+    token = sign("demo", 7, message_id + 1000, "email", key=KEY)
+    reply = client.post(f"/unsubscribe/{token}")
+    assert reply.status_code == 404
+    assert "You are unsubscribed" not in reply.text and "nothing was changed" in reply.text
+    assert suppressions(clinic) == []
+
+
+@pytest.fixture
+def sms_message_id(clinic):
+    """A marketing SMS that went to patient 7."""
+    key = make_send_key("campaign", "spring-sms", 7, "2026-03")
+    with open_db(clinic.database_path) as con:
+        ledger.insert_planned(
+            con, [PlannedMessage(key, "campaign", "spring-sms", 7, "sms", "marketing",
+                                 "promo-sms", NOW - timedelta(days=1))], NOW - timedelta(days=2),
+        )  # fmt: skip
+        message_id = ledger.get(con, key).message_id
+        ledger.transition(con, [message_id], "planned", "sending", NOW,
+                          values={"to_address": ["+61412345678"]})  # fmt: skip
+        ledger.transition(con, [message_id], "sending", "sent", NOW)
+    return message_id
+
+
+def test_an_sms_link_speaks_of_text_messages_not_email(client, clinic, sms_message_id):
+    token = sign("demo", 7, sms_message_id, "sms", key=KEY)
+    page, reply = client.get(f"/unsubscribe/{token}"), client.post(f"/unsubscribe/{token}")
+    assert "text messages" in page.text and "email" not in page.text.lower()
+    assert reply.status_code == 200 and "You are unsubscribed" in reply.text
+    assert "text messages" in reply.text and "email" not in reply.text.lower()
+    assert suppressions(clinic) == [
+        ("+61412345678", "suppress", "unsubscribed", "marketing", "unsubscribe_link")
     ]
 
 
