@@ -61,8 +61,4 @@ def run_journeys(clinic: str = "demo", now: datetime | None = None) -> dict:
         key=artifact_key("journeys", config.clinic),
         description=f"Journeys and campaigns of {config.clinic} this run (counts only)",
     )
-    return {
-        "journeys": advanced,
-        "campaigns": frozen,
-        "held": {f"{k} {n}": w for (k, n), w in held.items() if k != "trigger"},
-    }
+    return {"journeys": advanced, "campaigns": frozen}

@@ -28,7 +28,7 @@ def plan_triggers(con, config: ClinicConfig, now: datetime) -> dict:
         get_run_logger().info("trigger %s: %s", name, dict(counts))
     for name, why in sorted(held.items()):
         get_run_logger().warning("trigger %s held: %s", name, why)
-    return {**result.as_dict(), "held": held}
+    return result.as_dict()
 
 
 @flow(name="plan-messages", flow_run_name="plan-{clinic}")
