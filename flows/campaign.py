@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.artifacts import artifact_key
+from tasks import tick
 from tasks.config import load_clinic
 from tasks.marketing import campaigns
 from tasks.models import runner as models
@@ -28,6 +29,9 @@ def send_campaign(clinic: str, campaign: str, confirm: bool = False) -> dict:
     now = datetime.now(UTC)
     with open_db(config.database_path) as con:
         models.require_good_build(con)
+        held = tick.held_sources(con, config).get(("campaign", campaign))
+        if held and confirm:  # confirming freezes an audience: not from a segment that failed
+            raise campaigns.CampaignError(f"{config.clinic}: campaign {campaign} waits: {held}")
         preview = campaigns.preview(con, config, campaign, now, sample_size=0).counts()
         result = campaigns.confirm(con, config, campaign, now) if confirm else None
     if result is None:

@@ -18,6 +18,7 @@ from prefect.cache_policies import NONE
 
 from blocks.resolve import providers_for
 from flows.artifacts import artifact_key
+from tasks import tick
 from tasks.config import ClinicConfig, load_clinic
 from tasks.marketing import campaigns, journeys
 from tasks.messages.dispatch import dispatch_for_clinic
@@ -29,12 +30,12 @@ from tasks.warehouse import open_db
 
 
 @task(cache_policy=NONE)
-def recheck_planned(con, config: ClinicConfig, now: datetime) -> dict:
-    return planning.recheck(con, config, now).as_dict()
+def recheck_planned(con, config: ClinicConfig, now: datetime, held: dict) -> dict:
+    return planning.recheck(con, config, now, held=tick.of_kind(held, "trigger")).as_dict()
 
 
 @task(cache_policy=NONE)
-def send_due(con, config: ClinicConfig, clock: Callable[[], datetime]) -> dict:
+def send_due(con, config: ClinicConfig, clock: Callable[[], datetime], held: dict) -> dict:
     prepare = by_source_kind(
         {
             "trigger": Preparer(con, config, clock=clock),
@@ -42,7 +43,11 @@ def send_due(con, config: ClinicConfig, clock: Callable[[], datetime]) -> dict:
             "campaign": campaigns.Preparer(con, config),
         }
     )
-    gate = Gate.from_config(config)  # frequency cap and quiet hours for marketing
+    marketing = Gate.from_config(config)  # frequency cap and quiet hours for marketing
+
+    def gate(con, rows, now):  # held sources first: their rows wait for a good build
+        return marketing(con, tick.hold_rows(con, rows, now, held), now)
+
     providers = providers_for(config)
     result = dispatch_for_clinic(con, config, prepare, providers=providers, clock=clock, gate=gate)
     logger = get_run_logger()
@@ -62,8 +67,9 @@ def dispatch_messages(clinic: str = "demo", now: datetime | None = None) -> dict
         return now or datetime.now(UTC)
 
     with open_db(config.database_path) as con:
-        rechecked = recheck_planned(con, config, clock())
-        sent = send_due(con, config, clock)
+        held = tick.held_sources(con, config)
+        rechecked = recheck_planned(con, config, clock(), held)
+        sent = send_due(con, config, clock, held)
     create_table_artifact(
         [{"outcome": k, "messages": v} for k, v in sorted(sent["counts"].items())]
         or [{"outcome": "(nothing due)", "messages": 0}],

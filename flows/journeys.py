@@ -15,6 +15,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
 from flows.artifacts import artifact_key
+from tasks import tick
 from tasks.config import ClinicConfig, load_clinic
 from tasks.marketing import campaigns, journeys
 from tasks.models import runner as models
@@ -22,16 +23,22 @@ from tasks.warehouse import open_db
 
 
 @task(cache_policy=NONE)
-def advance_journeys(con, config: ClinicConfig, now: datetime) -> dict[str, dict[str, int]]:
-    results = journeys.run_journeys(con, config, now)
+def advance_journeys(
+    con, config: ClinicConfig, now: datetime, held: dict[str, str]
+) -> dict[str, dict[str, int]]:
+    results = journeys.run_journeys(con, config, now, held=held)
+    for name, why in sorted(held.items()):
+        get_run_logger().warning("journey %s held: %s", name, why)
     for name, counts in results.items():
         get_run_logger().info("journey %s: %s", name, counts or "nothing due")
     return results
 
 
 @task(cache_policy=NONE)
-def freeze_due_campaigns(con, config: ClinicConfig, now: datetime) -> dict[str, int]:
-    queued = campaigns.freeze_due(con, config, now)
+def freeze_due_campaigns(
+    con, config: ClinicConfig, now: datetime, held: dict[str, str]
+) -> dict[str, int]:
+    queued = campaigns.freeze_due(con, config, now, held=held)
     for name, n in queued.items():
         get_run_logger().info("campaign %s: audience frozen, %d messages queued", name, n)
     return queued
@@ -44,8 +51,9 @@ def run_journeys(clinic: str = "demo", now: datetime | None = None) -> dict:
     now = now or datetime.now(UTC)
     with open_db(config.database_path) as con:
         models.require_good_build(con)
-        advanced = advance_journeys(con, config, now)
-        frozen = freeze_due_campaigns(con, config, now)
+        held = tick.held_sources(con, config)
+        advanced = advance_journeys(con, config, now, tick.of_kind(held, "journey"))
+        frozen = freeze_due_campaigns(con, config, now, tick.of_kind(held, "campaign"))
     create_table_artifact(
         [{"journey": name, **counts} for name, counts in advanced.items()]
         + [{"campaign": name, "queued": n} for name, n in frozen.items()]

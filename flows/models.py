@@ -2,8 +2,9 @@
 
 Each model is its own Prefect task, waiting on the models its SQL reads, so a run shows the DAG.
 The build itself is ``tasks.models.runner.build``, the same function the CLI calls: one
-transaction, so a failing model or data test rolls everything back, the last good tables stay,
-and the failure is recorded for the planner, whoever started the build.
+transaction; a failing model or data test keeps its last good table and those of the models
+reading it, the rest commits, and what was held is recorded for the planner (the flow then
+fails, naming the file), whoever started the build.
 Tasks return counts only; the artifact holds row counts and audience sizes, never patient data.
 """
 

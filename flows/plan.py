@@ -14,6 +14,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
 from flows.artifacts import artifact_key
+from tasks import tick
 from tasks.config import ClinicConfig, load_clinic
 from tasks.triggers import plan as planning
 from tasks.warehouse import open_db
@@ -21,9 +22,12 @@ from tasks.warehouse import open_db
 
 @task(cache_policy=NONE)
 def plan_triggers(con, config: ClinicConfig, now: datetime) -> dict:
-    result = planning.plan(con, config, now)
+    held = tick.of_kind(tick.held_sources(con, config), "trigger")
+    result = planning.plan(con, config, now, held=held)
     for name, counts in sorted(result.counts.items()):
         get_run_logger().info("trigger %s: %s", name, dict(counts))
+    for name, why in sorted(held.items()):
+        get_run_logger().warning("trigger %s held: %s", name, why)
     return result.as_dict()
 
 

@@ -3,10 +3,14 @@
     sync -> models -> plan -> journeys -> dispatch -> feedback -> summary
 
 A failed step stops the steps that depend on it. The circuit breaker (tasks/tick.py) holds
-planning, journeys and dispatch when the sync failed or the data is older than the clinic's
-``sync.stale_after_minutes``. The clinic's database stays with this run from the first step to
-the summary (tasks.warehouse.hold), so no other run of the clinic slips in between steps; the
-deployment's concurrency limit of 1 keeps a second tick queued rather than blocked on the lock.
+planning, journeys and dispatch when the sync failed, the data is older than the clinic's
+``sync.stale_after_minutes`` or the model build failed without recording what it held. A build
+that held some models (a broken file) holds only the triggers, journeys and campaigns reading
+them (tasks.tick.held_sources, named in the summary and in the failure the alert shows); plan,
+journeys and dispatch run for the rest. The clinic's database stays with this run from the
+first step to the summary (tasks.warehouse.hold), so no other run of the clinic slips in between
+steps; the deployment's concurrency limit of 1 keeps a second tick queued rather than blocked
+on the lock.
 """
 
 from __future__ import annotations
@@ -107,12 +111,19 @@ def run_step(
 
 
 @task(cache_policy=NONE)
-def check_breaker(config: ClinicConfig, sync: Step) -> tuple[str, str | None]:
-    """How fresh the data is, and why planning and sending must wait (None: they may go ahead).
+def check_breaker(
+    config: ClinicConfig, sync: Step, models: Step, started_at: datetime
+) -> tuple[str, str | None, dict[str, str]]:
+    """How fresh the data is, why planning and sending must wait (None: they may go ahead),
+    and which triggers, journeys and campaigns wait for a good build ("kind name" -> why).
     An open breaker is also an event (relay.sync.stale) that alerts match."""
     with open_db(config.database_path) as con:
         fresh = tick.freshness(con, datetime.now(UTC))
+        recorded = tick.build_recorded(con, started_at)
+        held = {f"{k} {n}": why for (k, n), why in tick.held_sources(con, config).items()}
     reason = tick.breaker(sync, fresh, config.sync.stale_after_minutes)
+    if models.status == FAILED and not recorded:
+        reason = "; ".join(filter(None, [reason, "the model build failed"]))
     if reason:
         get_run_logger().warning("Planning and sending held for %s: %s", config.clinic, reason)
         emit_event(
@@ -120,7 +131,7 @@ def check_breaker(config: ClinicConfig, sync: Step) -> tuple[str, str | None]:
             resource={"prefect.resource.id": f"relay.clinic.{config.clinic}"},
             payload={"clinic": config.clinic, "reason": reason},
         )
-    return fresh.describe(), reason
+    return fresh.describe(), reason, held
 
 
 @task(cache_policy=NONE)
@@ -190,9 +201,11 @@ def clinic_tick(clinic: str = "demo", reconcile: bool = False, max_lateness_minu
         sync, synced = run_step(summary, "sync", clinic=clinic, reconcile=reconcile)
         summary.rows_synced = tick.rows_synced(synced)
         models, _ = run_step(summary, "models", clinic=clinic, needs=(sync,))
-        summary.freshness, summary.held = check_breaker(config, sync)
-        plan, _ = run_step(summary, "plan", clinic=clinic, needs=(models,), held=summary.held)
-        run_step(summary, "journeys", clinic=clinic, needs=(models,), held=summary.held)
+        summary.freshness, summary.held, summary.held_sources = check_breaker(
+            config, sync, models, summary.started_at
+        )
+        plan, _ = run_step(summary, "plan", clinic=clinic, held=summary.held)
+        run_step(summary, "journeys", clinic=clinic, held=summary.held)
         run_step(summary, "dispatch", clinic=clinic, needs=(plan,), held=summary.held)
         run_step(summary, "feedback", clinic=clinic)
         result = publish_summary(config, summary)
@@ -201,7 +214,12 @@ def clinic_tick(clinic: str = "demo", reconcile: bool = False, max_lateness_minu
         raise TickFailed(
             f"{config.clinic}: "
             + "; ".join(f"{s.name} failed ({s.reason[:300]})" for s in summary.failed)
-            + (f". Planning and sending held: {summary.held}" if summary.held else ""),
+            + (f". Planning and sending held: {summary.held}" if summary.held else "")
+            + "".join(
+                f". Held: {name} ({why[:200]})"
+                for name, why in summary.held_sources.items()
+                if not summary.held  # the breaker holds everything already
+            ),
             result["report"],
         )
     return result

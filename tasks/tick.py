@@ -1,10 +1,12 @@
 """The tick's own rules: when is a tick too late to bother, when is the data too old to act on, and
 what one tick did, in counts.
 
-A tick (flows/tick.py) runs the step flows in order. Two things are decided here rather than in a
-step: the circuit breaker (no planning or sending from data a failed or stale sync left behind:
-a cancelled appointment we have not seen yet must not get its reminder), and the summary, read
-from the clinic's database after the steps, so it does not depend on what each step returns.
+A tick (flows/tick.py) runs the step flows in order. Three things are decided here rather than in
+a step: the circuit breaker (no planning or sending from data a failed or stale sync left behind:
+a cancelled appointment we have not seen yet must not get its reminder), what a model that did
+not build holds (:func:`held_sources`: each trigger, journey and campaign reading a model the
+latest build left as it was; the rest go on), and the summary, read from the clinic's database
+after the steps, so it does not depend on what each step returns.
 Everything here is counts and reasons: the summary is published in the Prefect UI.
 """
 
@@ -15,6 +17,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import duckdb
+
+from tasks.config import ClinicConfig, Journey
+from tasks.messages import ledger
+from tasks.messages.channels import MARKETING_LISTS
+from tasks.messages.ledger import LedgerRow
+from tasks.models.holds import holds
+from tasks.models.project import tables_read
+from tasks.triggers.query import candidate_query
 
 # Step outcomes, as the summary shows them.
 COMPLETED, FAILED, HELD = "completed", "failed", "held"
@@ -48,6 +58,17 @@ class Freshness:
         return f"as of {self.as_of:%Y-%m-%d %H:%M:%S} UTC ({minutes:.1f} min old)"
 
 
+def build_recorded(con: duckdb.DuckDBPyConnection, since: datetime) -> bool:
+    """Whether a model build finished since ``since`` and recorded what it held: a failed build
+    step without such a record (a crash, a lost connection) leaves nothing to go by."""
+    return bool(
+        con.execute(
+            "SELECT count(*) FROM state.model_builds WHERE started_at >= ? AND status = 'succeeded'",
+            [since],
+        ).fetchone()[0]
+    )
+
+
 def freshness(con: duckdb.DuckDBPyConnection, now: datetime) -> Freshness:
     as_of = con.execute(
         "SELECT max(started_at) FROM state.sync_runs WHERE status = 'completed'"
@@ -68,6 +89,68 @@ def breaker(sync: Step, fresh: Freshness, stale_after_minutes: int) -> str | Non
             f"(sync.stale_after_minutes is {stale_after_minutes})"
         )
     return "; ".join(reasons) or None
+
+
+def _journey_reads(journey: Journey) -> set[str]:
+    segments = {journey.entry.enters_segment, journey.entry.exits_segment}
+    segments |= {getattr(step, "segment", None) for step in journey.steps}
+    lists = {*journey.channels, journey.entry.joins_list} - {None}
+    return {f"segments.{s}" for s in segments if s} | {MARKETING_LISTS[c].table for c in lists}
+
+
+def reads(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig) -> dict[tuple[str, str], set[str]]:
+    """(source kind, name) -> the models it reads: a trigger's from its own query (the tables
+    the SQL names, read as the runner reads a model's), a journey's and a campaign's from their
+    segments and the marketing lists they send on; all of them read marts.patients."""
+    found = {
+        ("trigger", t.name): set(
+            tables_read(con, f"trigger {t.name}", candidate_query(t, "window")[0])
+        )
+        for t in cfg.triggers
+    }
+    found |= {("journey", j.name): _journey_reads(j) for j in cfg.journeys}
+    found |= {
+        ("campaign", c.name): {f"segments.{c.segment}", MARKETING_LISTS[c.channel].table}
+        for c in cfg.campaigns
+    }
+    return {source: tables | {"marts.patients"} for source, tables in found.items()}
+
+
+def held_sources(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig) -> dict[tuple[str, str], str]:
+    """(source kind, name) -> why it waits this tick: it reads a model the latest build did not
+    rebuild (or no build is usable at all). Sources missing here go on."""
+    state = holds(con)
+    found = {source: state.why(tables) for source, tables in reads(con, cfg).items()}
+    return {source: why for source, why in found.items() if why}
+
+
+def of_kind(held: dict[tuple[str, str], str], kind: str) -> dict[str, str]:
+    """The ``kind`` sources (trigger, journey, campaign) of :func:`held_sources`: name -> why."""
+    return {name: why for (k, name), why in held.items() if k == kind}
+
+
+# How long dispatch leaves a held source's due message before looking again: about a tick.
+HOLD_RETRY = timedelta(minutes=1)
+
+
+def hold_rows(
+    con: duckdb.DuckDBPyConnection,
+    rows: list[LedgerRow],
+    now: datetime,
+    held: dict[tuple[str, str], str],
+) -> list[LedgerRow]:
+    """Dispatch's first gate: due messages of a held source stay planned (deferred a little,
+    with the reason) instead of going out from tables the latest build did not rebuild."""
+    waiting = [r for r in rows if (r.source_kind, r.source_name) in held]
+    if waiting:
+        ledger.defer(
+            con,
+            [r.message_id for r in waiting],
+            [now + HOLD_RETRY] * len(waiting),
+            [f"held: {held[(r.source_kind, r.source_name)]}"[:500] for r in waiting],
+            now,
+        )
+    return [r for r in rows if (r.source_kind, r.source_name) not in held]
 
 
 def too_late(
@@ -96,6 +179,7 @@ class Summary:
     started_at: datetime
     steps: list[Step] = field(default_factory=list)
     held: str | None = None
+    held_sources: dict[str, str] = field(default_factory=dict)  # "kind name" -> why it waits
     freshness: str = ""
     rows_synced: dict[str, int] = field(default_factory=dict)
     model_build: dict = field(default_factory=dict)
@@ -190,6 +274,9 @@ def markdown(s: Summary) -> str:
     ]
     if s.held:
         lines += ["", f"**Planning and sending held:** {s.held}."]
+    if s.held_sources and not s.held:
+        lines += ["", "**Held until the models build** (everything else went on):"]
+        lines += [f"- {source}: {why}" for source, why in sorted(s.held_sources.items())]
     lines += ["", "| step | outcome | seconds | why |", "|---|---|---:|---|"]
     for step in s.steps:
         why = step.reason.replace("|", "/").replace("\n", " ")[:200]

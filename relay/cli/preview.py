@@ -107,13 +107,20 @@ def preview_segment_command(
     """A segment's size, who would join or leave it compared with the last build, and a sample,
     from its file as it stands now. Nothing is written; names and emails stay on this terminal."""
     from tasks.config import load_clinic
-    from tasks.models import runner as models
+    from tasks.errors import UserFacingError
+    from tasks.models.holds import holds, latest_build
+    from tasks.models.preview import preview_segment
     from tasks.warehouse import open_db
 
     config = load_clinic(clinic)
     with open_db(config.database_path, read_only=True) as con:
-        models.require_good_build(con)
-        p = models.preview_segment(con, name, sample_size=sample)
+        # Any build will do, a failed one too: the preview reads the last good tables.
+        if latest_build(con) is None:
+            raise UserFacingError("The models have never been built. Run `relay models build`.")
+        p = preview_segment(con, name, sample_size=sample)
+        stale = holds(con).why(p.reads)
+    if stale:
+        typer.secho(f"  compared with the last good tables: {stale}", fg=typer.colors.YELLOW)
     typer.secho(f"{p.relation}: {p.size} patients", bold=True)
     typer.echo(f"  on the email marketing list {p.on_email_list}; on the SMS list {p.on_sms_list}")
     if p.recorded:

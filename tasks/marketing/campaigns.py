@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -286,8 +287,11 @@ def _freeze(
     return ledger.insert_planned(con, messages, now)
 
 
-def freeze_due(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig, now: datetime) -> dict[str, int]:
-    """Freeze every confirmed campaign whose moment has come: campaign -> messages queued."""
+def freeze_due(
+    con: duckdb.DuckDBPyConnection, cfg: ClinicConfig, now: datetime, held: Collection[str] = ()
+) -> dict[str, int]:
+    """Freeze every confirmed campaign whose moment has come: campaign -> messages queued.
+    A ``held`` one (its segment was not rebuilt) waits for a good build, unfrozen."""
     due = con.execute(
         "SELECT campaign, send_at FROM state.campaigns WHERE audience_frozen_at IS NULL "
         "AND cancelled_at IS NULL AND send_at <= ? ORDER BY send_at",
@@ -297,7 +301,7 @@ def freeze_due(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig, now: datetime)
     configured = {c.name for c in cfg.campaigns}
     missing = [name for name, _ in due if name not in configured]
     for name, send_at in due:
-        if name in missing:
+        if name in missing or name in held:
             continue
         campaign = find(cfg, name)
         with transaction(con):

@@ -19,6 +19,7 @@ quiet hours. Results are counts; nothing here logs personal data.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -110,10 +111,12 @@ def _date_column_checked(
     return field
 
 
-def check_segments_built(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig) -> None:
-    """Every segment a journey or campaign names must have been built (state.audiences)."""
+def check_segments_built(
+    con: duckdb.DuckDBPyConnection, cfg: ClinicConfig, held: Collection[str] = ()
+) -> None:
+    """Every segment a journey (not ``held``) names must have been built (state.audiences)."""
     built = {r[0] for r in con.execute("SELECT audience FROM state.audiences").fetchall()}
-    for journey in cfg.journeys:
+    for journey in (j for j in cfg.journeys if j.name not in held):
         names = [journey.entry.enters_segment, journey.entry.exits_segment] + [
             s.segment for s in journey.steps if isinstance(s, ConditionStep)
         ]
@@ -152,14 +155,16 @@ def run_journey(
 
 
 def run_journeys(
-    con: duckdb.DuckDBPyConnection, cfg: ClinicConfig, now: datetime
+    con: duckdb.DuckDBPyConnection, cfg: ClinicConfig, now: datetime, held: Collection[str] = ()
 ) -> dict[str, dict[str, int]]:
-    """Every configured journey once (each in its own transaction); counts per journey."""
-    check_segments_built(con, cfg)
+    """Every configured journey once (each in its own transaction); counts per journey.
+    ``held`` journeys (they read a model the latest build did not rebuild) wait this tick."""
+    check_segments_built(con, cfg, held)
     results = {}
     removed = retire_removed(con, cfg, now)
     for journey in cfg.journeys:
-        results[journey.name] = run_journey(con, cfg, journey, now)
+        if journey.name not in held:
+            results[journey.name] = run_journey(con, cfg, journey, now)
     if removed:
         results["(removed journeys)"] = {"exited": removed}
     return results

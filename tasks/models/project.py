@@ -58,9 +58,20 @@ class DataTest:
 
 
 @dataclass(frozen=True)
+class Broken:
+    """A file the runner cannot use as it stands (read with ``keep_going``): ``relation`` is
+    the model it would build (None when the file is not where a model can be)."""
+
+    file: str
+    relation: str | None
+    message: str
+
+
+@dataclass(frozen=True)
 class Project:
     models: tuple[Model, ...]  # in dependency order
     tests: tuple[DataTest, ...]
+    broken: tuple[Broken, ...] = ()  # files discover(keep_going=True) could not use
 
     def model(self, relation: str) -> Model:
         for m in self.models:
@@ -73,6 +84,15 @@ class Project:
     @property
     def segments(self) -> tuple[Model, ...]:
         return tuple(m for m in self.models if m.schema == "segments")
+
+    def readers(self, relations: Iterable[str]) -> set[str]:
+        """``relations`` and every model that reads one of them, directly or through others:
+        what a failure of ``relations`` leaves as it was (the dependency graph of the SQL)."""
+        found = set(relations)
+        for model in self.models:  # dependency order: a reader comes after what it reads
+            if found.intersection(model.depends_on):
+                found.add(model.relation)
+        return found
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -138,7 +158,7 @@ def _walk(node: object) -> Iterable[dict]:
             yield from _walk(value)
 
 
-def _tables_read(con: duckdb.DuckDBPyConnection, file: str, sql: str) -> tuple[str, ...]:
+def tables_read(con: duckdb.DuckDBPyConnection, file: str, sql: str) -> tuple[str, ...]:
     """The tables ``sql`` reads, as schema.table, from DuckDB's parse tree (json_serialize_sql).
 
     Parsing alone, no binding: a model's upstream tables need not exist yet (DuckDB's
@@ -215,53 +235,82 @@ def _order(models: dict[str, Model]) -> tuple[Model, ...]:
     return tuple(ordered)
 
 
-def discover(con: duckdb.DuckDBPyConnection, sql_dir: Path | None = None) -> Project:
+def discover(
+    con: duckdb.DuckDBPyConnection, sql_dir: Path | None = None, *, keep_going: bool = False
+) -> Project:
     """Read every model and data test under ``sql_dir`` (the project's sql/ unless given) and
-    check their references."""
+    check their references. A file the runner cannot use raises ModelError naming it; with
+    ``keep_going`` it is listed in ``Project.broken`` instead (with every model and test that
+    reads it through an unusable file), and the rest of the project is read. A cycle always
+    raises: no order exists to build anything in."""
     sql_dir = sql_dir or SQL_DIR
-    files = sorted(sql_dir.glob("**/*.sql"))
     models: dict[str, Model] = {}
     tests: list[DataTest] = []
-    for path in files:
+    broken: list[Broken] = []
+    for path in sorted(sql_dir.glob("**/*.sql")):
         file = _relative(path, sql_dir)
         folder = path.parent.relative_to(sql_dir).parts
         kind = folder[0] if len(folder) == 1 else None
-        if kind not in (*MODEL_SCHEMAS, TESTS_FOLDER):
-            raise ModelError(
-                f"{file}: models live directly in sql/staging, sql/marts or sql/segments, and "
-                "data tests in sql/tests. Move the file."
-            )
-        name = path.stem.lower()
-        if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
-            raise ModelError(
-                f"{file}: a model's file name becomes its table name: use lower-case letters, "
-                "digits and underscores."
-            )
-        text = path.read_text(encoding="utf-8")
-        sql = _single_select(con, file, text)
-        depends_on = _tables_read(con, file, sql)
-        if kind == TESTS_FOLDER:
-            tests.append(DataTest(name=name, file=file, sql=sql, depends_on=depends_on))
+        relation = f"{kind}.{path.stem.lower()}" if kind in MODEL_SCHEMAS else None
+        try:
+            item = _read_file(con, path, file, kind)
+        except ModelError as exc:
+            if not keep_going:
+                raise
+            broken.append(Broken(file, relation, str(exc).removeprefix(f"{file}: ")))
             continue
-        config = _parse_config(file, text)
-        models[f"{kind}.{name}"] = Model(
-            schema=kind,
-            name=name,
-            file=file,
-            sql=sql,
-            materialized=config["materialized"],
-            key=tuple(c.strip() for c in config.get("key", "").split("+") if c.strip()),
-            depends_on=depends_on,
-        )
+        if isinstance(item, DataTest):
+            tests.append(item)
+        else:
+            models[item.relation] = item
     sources = _source_tables(con)  # raw.* and state.*
+    unusable = {b.relation for b in broken if b.relation}
     for item in [*models.values(), *tests]:
         for dep in item.depends_on:
-            if dep not in models and dep not in sources:
+            if dep not in models and dep not in sources and dep not in unusable:
                 schema = dep.split(".", 1)[0]
                 hint = (
                     f"there is no file sql/{schema}/{dep.split('.', 1)[1]}.sql"
                     if schema in MODEL_SCHEMAS
                     else "sources are the raw.* and state.* tables"
                 )
-                raise ModelError(f"{item.file}: reads {dep}, which does not exist ({hint}).")
-    return Project(models=_order(models), tests=tuple(tests))
+                message = f"reads {dep}, which does not exist ({hint})."
+                if not keep_going:
+                    raise ModelError(f"{item.file}: {message}")
+                relation = item.relation if isinstance(item, Model) else None
+                broken.append(Broken(item.file, relation, message))
+                models.pop(relation, None)
+                tests = [t for t in tests if t is not item]
+                break
+    return Project(models=_order(models), tests=tuple(tests), broken=tuple(broken))
+
+
+def _read_file(
+    con: duckdb.DuckDBPyConnection, path: Path, file: str, kind: str | None
+) -> Model | DataTest:
+    if kind not in (*MODEL_SCHEMAS, TESTS_FOLDER):
+        raise ModelError(
+            f"{file}: models live directly in sql/staging, sql/marts or sql/segments, and "
+            "data tests in sql/tests. Move the file."
+        )
+    name = path.stem.lower()
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+        raise ModelError(
+            f"{file}: a model's file name becomes its table name: use lower-case letters, "
+            "digits and underscores."
+        )
+    text = path.read_text(encoding="utf-8")
+    sql = _single_select(con, file, text)
+    depends_on = tables_read(con, file, sql)
+    if kind == TESTS_FOLDER:
+        return DataTest(name=name, file=file, sql=sql, depends_on=depends_on)
+    config = _parse_config(file, text)
+    return Model(
+        schema=kind,
+        name=name,
+        file=file,
+        sql=sql,
+        materialized=config["materialized"],
+        key=tuple(c.strip() for c in config.get("key", "").split("+") if c.strip()),
+        depends_on=depends_on,
+    )

@@ -15,11 +15,16 @@ follows the changes, not the history. When a model must be built in full (first 
 state.build_context changed, e.g. the country or the tag categories) both are NULL while it runs
 and the same SELECT returns everything.
 
-A build is atomic: every model, every data test and the membership history run inside one DuckDB
-transaction. Anything failing rolls it all back, so the last good version of every model stays in
-place, and the failure is recorded in ``state.model_builds`` for the planner to see. ``build`` is
-the one way to run a build, whoever asks (the CLI, the flow, the tick through the flow): the flow
-only passes ``Steps`` that run each step as a Prefect task.
+A build is atomic: every model, data test and the membership history run in one DuckDB
+transaction, committed once. A failing model (or data test) holds only what depends on it: the
+pass is rolled back and run again, in a new transaction (DuckDB has no savepoints), without it
+and every model reading it (``Project.readers``, the graph read from the SQL); those keep their
+last good tables, the tests reading them are skipped, the rest commits together and
+``PartialBuild`` names the file. The record (``summary.held``) is what tasks/models/holds.py
+reads for the planner, journeys and dispatch. A held incremental model loses its fingerprint,
+so it is rebuilt in full (the changes it missed) when it builds again. Unreadable files hold
+what reads them the same way; only a cycle fails everything. ``build`` is the one way to run a
+build (CLI, flow, tick): the flow only passes ``Steps`` that run each step as a Prefect task.
 """
 
 from __future__ import annotations
@@ -36,19 +41,31 @@ import duckdb
 from tasks.cliniko.resources import RESOURCES
 from tasks.config import DEFAULT_TAG_CATEGORIES, MarketingListSettings
 from tasks.errors import UserFacingError
-from tasks.messages.channels import MARKETING_LISTS
 from tasks.models import functions as models_functions
 from tasks.models import tables
+from tasks.models.holds import latest_build, require_good_build  # noqa: F401 (callers' path)
 from tasks.models.membership import record_membership
-from tasks.models.project import MODEL_SCHEMAS, DataTest, Model, ModelError, Project, discover
+from tasks.models.project import (
+    MODEL_SCHEMAS,
+    TESTS_FOLDER,
+    Broken,
+    DataTest,
+    Model,
+    ModelError,
+    Project,
+    discover,
+)
 from tasks.models.project import SQL_DIR as SQL_DIR  # callers pass runner.SQL_DIR as sql_dir
 from tasks.triggers.definition import reference_lists
 
 
 class BuildFailed(UserFacingError):
-    """A build stopped; every model is as it was before it started."""
+    """A build stopped; every model is as it was before it started. ``holds``: the models a
+    failure of ``file`` leaves as they were while the rest builds (None: the whole build)."""
 
-    def __init__(self, build_id: str, file: str, message: str):
+    def __init__(
+        self, build_id: str, file: str, message: str, holds: tuple[str, ...] | None = None
+    ):
         super().__init__(
             f"{file}: {message}\nThe build ({build_id}) was rolled back: every model is still "
             "the last good version, and planning/sending will wait for a good build."
@@ -56,6 +73,25 @@ class BuildFailed(UserFacingError):
         self.build_id = build_id
         self.file = file
         self.detail = message
+        self.holds = holds
+
+
+class PartialBuild(BuildFailed):
+    """A build committed without the models a broken file holds (they keep their last good
+    tables); what reads none of them is rebuilt, planned and sent as usual."""
+
+    def __init__(self, result: BuildResult, broken: dict[str, str], held: dict[str, str]):
+        UserFacingError.__init__(
+            self,
+            "\n".join(f"{file}: {message}" for file, message in broken.items())
+            + f"\nThe build ({result.build_id}) kept the last good tables of "
+            f"{', '.join(sorted(held)) or 'no model'} (the broken file and what reads it) and "
+            f"rebuilt the other {len(result.rows)} models. Journeys, campaigns and triggers that "
+            "read a held model wait; the rest go on. Fix the file and run `relay models build`.",
+        )
+        self.build_id, self.result, self.broken, self.held = result.build_id, result, broken, held
+        self.file, self.detail = next(iter(broken.items()))
+        self.holds = tuple(held)
 
 
 @dataclass(frozen=True)
@@ -133,11 +169,21 @@ class ModelBuild:
         *,
         now: datetime | None = None,
         full_refresh: bool = False,
+        failures: tuple[Broken, ...] | list[Broken] = (),
     ):
         self.con = con
         self.project = project
         self.settings = settings
         self.full_refresh = full_refresh
+        # What this build leaves as it was: file -> why it broke, and each model it holds (the
+        # file's own model and every model reading it) -> that file.
+        broken = [*project.broken, *failures]
+        self.broken = {b.file: b.message for b in broken}
+        self.held: dict[str, str] = {}
+        for b in broken:
+            roots = [b.relation] if b.relation else []
+            for relation in sorted(project.readers(roots)):
+                self.held.setdefault(relation, b.file)
         # What the SQL functions keep between builds (the phone memo): told when the build
         # starts, before each model, and whether it committed or rolled back.
         self.memo = models_functions.BuildMemo(settings.country)
@@ -192,7 +238,7 @@ class ModelBuild:
     def _drop_orphans(self) -> None:
         """Tables and views whose file was deleted go too: nothing downstream may read a model
         nobody maintains. A deleted segment's audience is retired without leave events."""
-        known = {m.relation for m in self.project.models}
+        known = {m.relation for m in self.project.models} | set(self.held)
         for relation, kind in list(self.existing.items()):
             if relation not in known:
                 schema, name = relation.split(".", 1)
@@ -219,7 +265,7 @@ class ModelBuild:
             self.memo.before_model(self.con, model.depends_on)
             rows = self._materialise(model)
         except duckdb.Error as exc:
-            raise BuildFailed(self.build_id, model.file, _message(exc)) from None
+            raise BuildFailed(self.build_id, model.file, _message(exc), (model.relation,)) from None
         self.result.rows[model.relation] = rows
         return rows
 
@@ -265,35 +311,55 @@ class ModelBuild:
         return con.execute(f"SELECT count(*) FROM {rel}").fetchone()[0]
 
     def run_tests(self) -> int:
-        for test in self.project.tests:
-            failures = count_failures(self.con, test)
+        """Run the data tests of what this build rebuilt (a test reading a held model tested
+        its table when it was built). A failing test holds the models it reads; one that cannot
+        run holds nothing but itself."""
+        built = {m.relation for m in self.project.models} - set(self.held)
+        tests = [
+            t
+            for t in self.project.tests
+            if t.file not in self.broken and not set(t.depends_on) & set(self.held)
+        ]
+        for test in tests:
+            try:
+                failures = count_failures(self.con, test)
+            except ModelError as exc:
+                raise BuildFailed(self.build_id, test.file, _detail(exc), ()) from None
             if failures:
                 raise BuildFailed(
                     self.build_id,
                     test.file,
                     f"data test failed: {failures} offending row(s). Run `relay models test` "
                     "after fixing the models, or query the test's SELECT to see them.",
+                    tuple(d for d in test.depends_on if d in built) or None,
                 )
-        self.result.tests_passed = len(self.project.tests)
-        return len(self.project.tests)
+        self.result.tests_passed = len(tests)
+        return len(tests)
 
     def finish(self) -> BuildResult:
         """Record membership and the build, then commit: the new models become visible at once."""
+        rebuilt = tuple(m for m in self.project.models if m.relation not in self.held)
         try:
             self.result.audiences = record_membership(
-                self.con, self.project, self.build_id, self.result.built_at
+                self.con, Project(rebuilt, ()), self.build_id, self.result.built_at
             )
         except duckdb.Error as exc:
             raise BuildFailed(self.build_id, "tasks/models/membership.py", _message(exc)) from None
         self.memo.keep(self.con)
+        # A held incremental model missed the changes this build read: built in full next time.
         self.con.execute(
-            "INSERT INTO state.model_builds VALUES (?, ?, now(), 'succeeded', ?, ?, NULL, NULL, ?)",
+            "DELETE FROM state.model_fingerprints WHERE model IN ?", [list(self.held) or [""]]
+        )
+        first = next(iter(self.broken.items()), (None, None))
+        self.con.execute(
+            "INSERT INTO state.model_builds VALUES (?, ?, now(), 'succeeded', ?, ?, ?, ?, ?)",
             [
                 self.build_id,
                 self.started_at,
                 self.result.built_at,
                 self.data_high_water,
-                json.dumps(self.result.summary()),
+                *first,
+                json.dumps({**self.result.summary(), "held": self.held, "broken": self.broken}),
             ],
         )
         self.con.execute("COMMIT")
@@ -308,19 +374,20 @@ class ModelBuild:
         sql_dir: Path | None = None,
         now: datetime | None = None,
         full_refresh: bool = False,
+        failures: tuple[Broken, ...] | list[Broken] = (),
     ) -> ModelBuild:
-        """Read the project and start a build. Files the runner cannot use (unknown table, cycle,
-        two statements...) fail the build before it touches anything, and that is recorded too:
-        planning waits for a good build either way."""
+        """Read the project and start a build, holding ``failures`` (what broke in an earlier
+        pass) and the files the runner cannot use (unknown table, two statements...).
+        A cycle fails the build before it touches anything, and that is recorded too."""
         try:
-            project = discover(con, sql_dir)
+            project = discover(con, sql_dir, keep_going=True)
         except ModelError as exc:
             named = re.search(r"sql/\S+?\.sql", str(exc))
             cls(con, Project((), ()), settings, now=now)._record_failure(
                 named.group(0) if named else None, str(exc)
             )
             raise
-        run = cls(con, project, settings, now=now, full_refresh=full_refresh)
+        run = cls(con, project, settings, now=now, full_refresh=full_refresh, failures=failures)
         run.start()
         return run
 
@@ -371,126 +438,57 @@ def build(
     full_refresh: bool = False,
     steps: Steps | None = None,
 ) -> BuildResult:
-    """Build every model, test it and record membership, all or nothing.
+    """Build every model, test it and record membership, in one transaction.
 
-    Raises ModelError when the files cannot be used (nothing is touched) and BuildFailed when a
-    model or test fails (rolled back); both are recorded in state.model_builds, whichever
-    ``steps`` ran them.
+    A model or data test that fails holds what depends on it: the pass is rolled back and the
+    build runs again without them, committing the rest and raising PartialBuild. Raises
+    ModelError on a cycle (nothing is touched) and BuildFailed when a failure holds everything
+    (rolled back); all are recorded in state.model_builds, whichever ``steps`` ran them.
     """
     steps = steps or Steps()
-    run = ModelBuild.prepare(con, settings, sql_dir=sql_dir, now=now, full_refresh=full_refresh)
-    try:
-        done: dict[str, object] = {}
-        for model in run.project.models:
-            upstream = [done[d] for d in model.depends_on if d in done]
-            done[model.relation] = steps.model(run, model, upstream)
-        steps.tests(run)
-        steps.finish(run)
+    failures: list[Broken] = []
+    while True:
+        run = ModelBuild.prepare(
+            con, settings, sql_dir=sql_dir, now=now, full_refresh=full_refresh, failures=failures
+        )
+        try:
+            done: dict[str, object] = {}
+            for model in run.project.models:
+                if model.relation in run.held:
+                    continue
+                upstream = [done[d] for d in model.depends_on if d in done]
+                done[model.relation] = steps.model(run, model, upstream)
+            steps.tests(run)
+            steps.finish(run)
+        except BuildFailed as failure:
+            if failure.holds is None or failure.file in run.broken:
+                run.abort(failure)
+                raise
+            run.abort(None)  # this pass only: the next one holds what the failure reaches
+            failures += [Broken(failure.file, r, failure.detail) for r in failure.holds or [None]]
+            continue
+        except ModelError as exc:
+            failure = BuildFailed(run.build_id, str(exc).split(":", 1)[0], _detail(exc))
+            run.abort(failure)
+            raise failure from None
+        except BaseException:
+            run.abort(None)
+            raise
+        if run.broken:
+            raise PartialBuild(run.result, run.broken, run.held)
         return run.result
-    except BuildFailed as failure:
-        run.abort(failure)
-        raise
-    except ModelError as exc:
-        failure = BuildFailed(run.build_id, str(exc).split(":", 1)[0], str(exc).split(": ", 1)[-1])
-        run.abort(failure)
-        raise failure from None
-    except BaseException:
-        run.abort(None)
-        raise
+
+
+def _detail(exc: ModelError) -> str:
+    return str(exc).split(": ", 1)[-1]
 
 
 def run_tests(con: duckdb.DuckDBPyConnection, sql_dir: Path | None = None) -> dict[str, int]:
-    """Run the data tests against the models as built: test file -> offending row count."""
-    project = discover(con, sql_dir)
+    """Run the data tests against the models as built (the last good tables, after a failed
+    build too): test file -> offending row count. A file that cannot be read raises."""
+    project = discover(con, sql_dir, keep_going=True)
+    for broken in project.broken:
+        if broken.file.startswith(f"sql/{TESTS_FOLDER}/"):
+            raise ModelError(f"{broken.file}: {broken.message}")
     models_functions.register(con)
     return {test.file: count_failures(con, test) for test in project.tests}
-
-
-# --- reading results ---------------------------------------------------------------------------
-
-
-def latest_build(con: duckdb.DuckDBPyConnection) -> dict | None:
-    """The most recent build attempt (status, when, which file failed), or None."""
-    row = con.execute(
-        "SELECT build_id, started_at, finished_at, status, failed_file, error "
-        "FROM state.model_builds ORDER BY finished_at DESC, started_at DESC LIMIT 1"
-    ).fetchone()
-    if row is None:
-        return None
-    keys = ("build_id", "started_at", "finished_at", "status", "failed_file", "error")
-    return dict(zip(keys, row, strict=True))
-
-
-def require_good_build(con: duckdb.DuckDBPyConnection) -> dict:
-    """For planning and sending: refuse to work from models whose latest build failed."""
-    latest = latest_build(con)
-    if latest is None:
-        raise UserFacingError("The models have never been built. Run `relay models build`.")
-    if latest["status"] != "succeeded":
-        raise UserFacingError(
-            f"The latest model build ({latest['build_id']}) failed in {latest['failed_file']}; "
-            "planning waits for a good build. Fix the file and run `relay models build`."
-        )
-    return latest
-
-
-@dataclass
-class SegmentPreview:
-    """A segment as its file stands now, against the models of the last build. ``sample`` holds
-    names and emails: for the analyst's terminal only, never logs or artifacts."""
-
-    relation: str
-    size: int
-    on_email_list: int
-    on_sms_list: int
-    recorded: bool  # the audience has a membership history (built before)
-    joined: int  # would join, compared with the members recorded at the last build
-    left: int
-    sample: list[tuple[int, str | None, str | None]]
-
-
-def preview_segment(
-    con: duckdb.DuckDBPyConnection, name: str, *, sample_size: int = 10, sql_dir: Path | None = None
-) -> SegmentPreview:
-    """Run ``sql/segments/<name>.sql`` without writing anything and compare with its members."""
-    project = discover(con, sql_dir)
-    relation = f"segments.{name.removeprefix('segments.')}"
-    if relation not in {m.relation for m in project.segments}:
-        known = ", ".join(m.name for m in project.segments) or "none"
-        raise ModelError(f"No segment '{name}' (sql/segments/{name}.sql). Segments: {known}.")
-    segment = project.model(relation)
-    try:
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE relay_preview AS "
-            f"SELECT DISTINCT patient_id FROM ({segment.sql})"
-        )
-    except duckdb.Error as exc:
-        raise ModelError(f"{segment.file}: {_message(exc)}") from None
-    (size,) = con.execute("SELECT count(*) FROM relay_preview").fetchone()
-    on_email, on_sms = (
-        con.execute(
-            f"SELECT count(*) FROM {MARKETING_LISTS[channel].table} WHERE status = 'subscribed' "
-            "AND patient_id IN (SELECT patient_id FROM relay_preview)"
-        ).fetchone()[0]
-        for channel in ("email", "sms")
-    )
-    recorded, joined, left = con.execute(
-        """
-        WITH members AS (
-            SELECT CAST(member_key AS BIGINT) AS patient_id FROM state.audience_members
-            WHERE audience = ?
-        )
-        SELECT
-            EXISTS (SELECT 1 FROM state.audiences WHERE audience = ? AND retired_at IS NULL),
-            (SELECT count(*) FROM relay_preview ANTI JOIN members USING (patient_id)),
-            (SELECT count(*) FROM members ANTI JOIN relay_preview USING (patient_id))
-        """,
-        [relation, relation],
-    ).fetchone()
-    sample = con.execute(
-        "SELECT p.patient_id, p.greeting_name, p.email FROM relay_preview s "
-        "JOIN marts.patients p USING (patient_id) ORDER BY p.patient_id LIMIT ?",
-        [sample_size],
-    ).fetchall()
-    con.execute("DROP TABLE relay_preview")
-    return SegmentPreview(relation, size, on_email, on_sms, recorded, joined, left, sample)

@@ -29,7 +29,7 @@ re-check, plus the template context. The SQL is :mod:`tasks.triggers.query`'s.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -146,10 +146,12 @@ def plan(
     now: datetime,
     *,
     ahead: timedelta = PLAN_AHEAD,
+    held: Collection[str] = (),
 ) -> PlanResult:
     """One planning tick: activate, plan new messages, re-check planned ones; all or nothing.
 
-    Refuses to run on models whose latest build failed (they may be half-built or stale).
+    Refuses to run when no build is usable; ``held`` triggers (they read a model the latest
+    build did not rebuild: tasks.tick.held_sources) neither plan nor re-check this tick.
     """
     require_good_build(con)
     result = PlanResult()
@@ -163,21 +165,23 @@ def plan(
         stage(con, config.triggers, windows)
         candidates = {}
         for trigger in config.triggers:
-            if trigger.name in live:
+            if trigger.name in live and trigger.name not in held:
                 candidates[trigger.name], planned = _plan_new(con, trigger, windows[trigger.name])
                 result.add(trigger.name, "planned", planned)
-        _recheck(con, config, now, result, appointments=STAGED, candidates=candidates)
+        _recheck(con, config, now, result, appointments=STAGED, candidates=candidates, held=held)
         unstage(con)
     return result
 
 
-def recheck(con: duckdb.DuckDBPyConnection, config: ClinicConfig, now: datetime) -> PlanResult:
+def recheck(
+    con: duckdb.DuckDBPyConnection, config: ClinicConfig, now: datetime, held: Collection[str] = ()
+) -> PlanResult:
     """Re-check planned messages on their own (dispatch runs this first): all or nothing."""
     require_good_build(con)
     result = PlanResult()
     with transaction(con):
         stage(con, config.triggers, {})
-        _recheck(con, config, now, result, appointments=STAGED)
+        _recheck(con, config, now, result, appointments=STAGED, held=held)
         unstage(con)
     return result
 
@@ -385,6 +389,7 @@ def _recheck(
     *,
     appointments: str = APPOINTMENTS,
     candidates: dict[str, dict[str, dict[str, Any]]] | None = None,
+    held: Collection[str] = (),
 ) -> None:
     enabled = {t.name: t for t in config.triggers if t.enabled}
     configured = {t.name for t in config.triggers}
@@ -399,7 +404,7 @@ def _recheck(
             ids = [r.message_id for r in rows]
             result.add(name, "cancelled", len(ledger.cancel(con, ids, reason, now)))
 
-    for trigger in enabled.values():
+    for trigger in (t for t in enabled.values() if t.name not in held):
         by_reason: dict[tuple[str, str], list[int]] = {}
         known = (candidates or {}).get(trigger.name)
         for message_id, (row, decision) in decide(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import UTC, datetime, timedelta
 
 from typer.testing import CliRunner
@@ -63,3 +64,28 @@ def test_previewing_an_unknown_segment_lists_the_segments(tmp_path):
     missing = runner.invoke(app, ["preview", "segment", "loyl", "--clinic", clinic])
     assert missing.exit_code != 0
     assert "No segment 'loyl'" in str(missing.exception) and "loyal" in str(missing.exception)
+
+
+def test_after_a_failed_build_preview_and_test_still_work_on_the_last_good_tables(
+    tmp_path, monkeypatch
+):
+    from tasks.models import project
+
+    clinic = make_clinic(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(app, ["models", "build", "--clinic", clinic]).exit_code == 0
+    sql = tmp_path / "sql"
+    shutil.copytree(project.SQL_DIR, sql)
+    monkeypatch.setattr(project, "SQL_DIR", sql)
+    (sql / "marts" / "patients.sql").write_text("select patinet_id from marts.patient_rows")
+
+    built = runner.invoke(app, ["models", "build", "--clinic", clinic])
+    assert built.exit_code != 0 and "sql/marts/patients.sql" in str(built.exception)
+    assert "segments.upcoming_appointment" in str(built.exception)  # held with what it reads
+
+    tested = runner.invoke(app, ["models", "test", "--clinic", clinic])
+    assert tested.exit_code == 0 and "ok   sql/tests/" in tested.output, tested.output
+    preview = runner.invoke(app, ["preview", "segment", "upcoming_appointment", "--clinic", clinic])
+    assert preview.exit_code == 0, preview.output
+    assert "segments.upcoming_appointment: 1 patients" in preview.output
+    assert "compared with the last good tables: marts.patients not rebuilt" in preview.output

@@ -135,11 +135,12 @@ def test_a_new_phonenumbers_version_reads_every_number_again(con, parses, monkey
 def test_a_failed_build_remembers_no_number(con, parses, tmp_path):
     sql_dir = tmp_path / "sql"
     shutil.copytree(SQL_DIR, sql_dir)
-    (sql_dir / "marts" / "zz_broken.sql").write_text("select error('boom') as x")
+    broken = sql_dir / "tests" / "zz_broken.sql"  # blames no model: the build rolls back
+    broken.write_text("select id from raw.patients")
     with pytest.raises(models.BuildFailed):
         models.build(con, models.ListSettings(), sql_dir=sql_dir, now=NOW)
     assert memo(con) == {}
-    (sql_dir / "marts" / "zz_broken.sql").unlink()
+    broken.unlink()
     parses.clear()
     models.build(con, models.ListSettings(), sql_dir=sql_dir, now=NOW)
     assert {n for n, _ in parses if n is not None} == set(memo(con)) != set()
@@ -177,7 +178,8 @@ def test_a_failed_build_stores_nothing_the_helper_read(con, monkeypatch, tmp_pat
     monkeypatch.setattr(models_functions, "PREFILL_MIN_NUMBERS", 1)
     sql_dir = tmp_path / "sql"
     shutil.copytree(SQL_DIR, sql_dir)
-    (sql_dir / "marts" / "zz_broken.sql").write_text("select error('boom') as x")
+    broken = sql_dir / "tests" / "zz_broken.sql"  # blames no model: the build rolls back
+    broken.write_text("select id from raw.patients")
     with pytest.raises(models.BuildFailed):
         models.build(con, models.ListSettings(), sql_dir=sql_dir, now=NOW)
     assert memo(con) == {}

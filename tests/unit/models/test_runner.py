@@ -107,14 +107,20 @@ def test_a_broken_model_fails_the_build_naming_its_file_and_keeps_every_last_goo
         build(con, sql_dir)
     message = str(failed.value)
     assert "sql/marts/people.sql" in message and "no_such_column" in message
-    # Upstream staging, the broken mart and the downstream segment are all as before.
-    assert count(con, "staging.people") == 2
+    # Upstream staging is rebuilt; the broken mart and the segment reading it stay as they were.
+    assert count(con, "staging.people") == 3
     assert count(con, "marts.people") == 2
     assert count(con, "segments.everyone") == 2
     latest = models.latest_build(con)
-    assert (latest["status"], latest["failed_file"]) == ("failed", "sql/marts/people.sql")
-    with pytest.raises(Exception, match="failed in sql/marts/people.sql"):
-        models.require_good_build(con)
+    assert (latest["status"], latest["failed_file"]) == ("succeeded", "sql/marts/people.sql")
+    assert latest["held"] == {
+        "marts.people": "sql/marts/people.sql",
+        "segments.everyone": "sql/marts/people.sql",
+    }
+    # Whoever reads the held models waits; whoever reads only staging goes on.
+    with pytest.raises(Exception, match=r"segments.everyone not rebuilt \(sql/marts/people.sql"):
+        models.require_good_build(con, ["segments.everyone"])
+    models.require_good_build(con, ["staging.people"])
 
 
 def test_a_data_error_is_reported_without_the_value_that_caused_it(con, tmp_path):
@@ -150,13 +156,14 @@ def test_a_reference_to_an_unknown_table_names_the_file_and_the_table(con, tmp_p
     build(con, sql_dir)
     write(tmp_path, {"segments/typo.sql": "select patient_id from marts.peple"})
     with pytest.raises(
-        models.ModelError,
+        models.BuildFailed,
         match=r"sql/segments/typo.sql: reads marts.peple, which does not exist \(there is no file sql/marts/peple.sql\)",
     ):
         build(con, sql_dir)
-    latest = models.latest_build(con)  # recorded as a failed build: planning waits
-    assert (latest["status"], latest["failed_file"]) == ("failed", "sql/segments/typo.sql")
-    assert count(con, "segments.everyone") == 2  # nothing was touched
+    latest = models.latest_build(con)  # recorded: what reads the segment waits
+    assert (latest["status"], latest["failed_file"]) == ("succeeded", "sql/segments/typo.sql")
+    assert latest["held"] == {"segments.typo": "sql/segments/typo.sql"}
+    assert count(con, "segments.everyone") == 2
 
 
 def test_a_model_reading_raw_changes_depends_on_the_raw_table_it_names(con, tmp_path):
@@ -212,7 +219,9 @@ def test_a_failing_data_test_fails_the_build_with_its_count_and_file(con, tmp_pa
         match=r"sql/tests/people_have_email.sql: data test failed: 2 offending row",
     ):
         build(con, sql_dir)
+    # The model the test reads keeps its last good table (and so does what reads it).
     assert con.execute("SELECT count(email) FROM marts.people").fetchone()[0] == 2
+    assert set(models.latest_build(con)["held"]) == {"marts.people", "segments.everyone"}
     # The last good models are still in place, and they pass the new test.
     assert models.run_tests(con, sql_dir) == {"sql/tests/people_have_email.sql": 0}
 
@@ -228,9 +237,9 @@ def test_a_broken_data_test_file_is_recorded_as_a_failed_build(con, tmp_path):
     write(tmp_path, {**GOOD, **BROKEN_TEST})
     with pytest.raises(models.BuildFailed, match=r"sql/tests/people_broken.sql: .*no_such_col"):
         build(con, sql_dir)
-    latest = models.latest_build(con)
-    assert (latest["status"], latest["failed_file"]) == ("failed", "sql/tests/people_broken.sql")
-    assert count(con, "segments.everyone") == 2  # the last good models stay
+    latest = models.latest_build(con)  # a test that cannot run holds nothing but itself
+    assert (latest["status"], latest["failed_file"]) == ("succeeded", "sql/tests/people_broken.sql")
+    assert latest["held"] == {}
 
 
 def test_a_segment_must_return_each_patient_once(con, tmp_path):
@@ -384,10 +393,11 @@ def test_a_rebuilt_table_holds_exactly_the_models_new_rows(con, tmp_path, first,
 
 
 def test_a_failed_build_leaves_a_rebuilt_table_as_it_was(con, tmp_path):
-    sql_dir = write(tmp_path, {**GOOD, "marts/z_broken.sql": "select 1 as x"})
+    sql_dir = write(tmp_path, GOOD)
     build(con, sql_dir)
     con.execute('UPDATE raw.patients SET payload = \'{"email": "ann2@example.com"}\' WHERE id = 1')
-    write(tmp_path, {"marts/z_broken.sql": "select 1 / 0 as x, error('boom') as y"})
+    # A data test over raw rows blames no model: the whole build is rolled back.
+    write(tmp_path, {"tests/z_broken.sql": "select id from raw.patients"})
     with pytest.raises(models.BuildFailed):
         build(con, sql_dir)
     assert rows(con, "marts.people") == [(1, "ANN@EXAMPLE.COM"), (2, "BOB@EXAMPLE.COM")]

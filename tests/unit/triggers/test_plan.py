@@ -778,7 +778,10 @@ def test_planning_refuses_to_run_on_a_failed_model_build(clinic, tmp_path):
     clinic.build(NOW)
     broken = tmp_path / "sql"
     shutil.copytree(MODELS_DIR, broken, symlinks=True)
-    (broken / "marts" / "broken.sql").write_text("select error('a typo') as oops")
+    # A failure that blames no model (a data test over no model) fails the whole build; a
+    # broken model holds only what reads it (tests/unit/models/test_holds.py).
+    (broken / "tests").mkdir()
+    (broken / "tests" / "broken.sql").write_text("select 1 as oops")
     with pytest.raises(models.BuildFailed):
         models.build(clinic.con, models.ListSettings(), sql_dir=broken, now=NOW + MIN)
     with pytest.raises(UserFacingError, match="broken.sql"):

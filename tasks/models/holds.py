@@ -1,0 +1,78 @@
+"""What the latest model build left as it was, for whoever reads the models (the planner,
+journeys, campaigns, dispatch, previews).
+
+A build that failed in one file keeps the last good table of that model and of every model that
+reads it (tasks/models/runner.py), and records them in ``state.model_builds``. Here that record
+is read back: :func:`holds` says which models were not rebuilt and why, and
+:meth:`Holds.why` answers "may I work from these tables?" for any list of tables read, so a
+broken segment holds the journey on it and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import duckdb
+
+from tasks.errors import UserFacingError
+
+
+def latest_build(con: duckdb.DuckDBPyConnection) -> dict | None:
+    """The most recent build attempt (status, when, which file failed), or None."""
+    row = con.execute(
+        "SELECT build_id, started_at, finished_at, status, failed_file, error, summary "
+        "FROM state.model_builds ORDER BY finished_at DESC, started_at DESC LIMIT 1"
+    ).fetchone()
+    if row is None:
+        return None
+    keys = ("build_id", "started_at", "finished_at", "status", "failed_file", "error")
+    latest = dict(zip(keys, row[:-1], strict=True))
+    summary = json.loads(row[-1]) if isinstance(row[-1], str) else (row[-1] or {})
+    latest["held"] = summary.get("held") or {}
+    return latest
+
+
+@dataclass(frozen=True)
+class Holds:
+    """``everything``: why no model may be read (never built, or a build that held it all);
+    ``models``: each model the latest build did not rebuild -> the file that broke."""
+
+    everything: str | None = None
+    models: dict[str, str] = field(default_factory=dict)
+
+    def why(self, reads: Iterable[str]) -> str | None:
+        """Why work reading ``reads`` (schema.table) must wait, or None when it may go on."""
+        if self.everything:
+            return self.everything
+        held = sorted({r for r in reads if r in self.models})
+        if not held:
+            return None
+        files = sorted({self.models[r] for r in held})
+        return f"{', '.join(held)} not rebuilt ({', '.join(files)} failed to build)"
+
+
+def holds(con: duckdb.DuckDBPyConnection) -> Holds:
+    latest = latest_build(con)
+    if latest is None:
+        return Holds("the models have never been built (run `relay models build`)")
+    if latest["status"] != "succeeded":
+        return Holds(
+            f"the latest model build ({latest['build_id']}) failed in {latest['failed_file']}"
+        )
+    return Holds(None, latest["held"])
+
+
+def require_good_build(con: duckdb.DuckDBPyConnection, reads: Iterable[str] = ()) -> dict:
+    """Refuse to work from models that are not there, or (``reads``) that the latest build
+    held: a broken file holds what reads it, and only that."""
+    latest = latest_build(con)
+    why = holds(con).why(reads)
+    if latest is None:
+        raise UserFacingError("The models have never been built. Run `relay models build`.")
+    if why:
+        raise UserFacingError(
+            f"Waiting for a good build: {why}. Fix the file and run `relay models build`."
+        )
+    return latest

@@ -1,0 +1,83 @@
+"""A segment as its file stands now, against the last good tables: ``relay preview segment``.
+
+Reads only (a temporary table), and works after a failed build: the tables it compares with are
+the last good ones, whichever models the latest build left as they were."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from tasks.messages.channels import MARKETING_LISTS
+from tasks.models.project import ModelError, discover
+from tasks.models.runner import _message
+
+
+@dataclass
+class SegmentPreview:
+    """A segment as its file stands now, against the models of the last build. ``sample`` holds
+    names and emails: for the analyst's terminal only, never logs or artifacts."""
+
+    relation: str
+    size: int
+    on_email_list: int
+    on_sms_list: int
+    reads: tuple[str, ...]  # the models its SQL reads (the last good tables, if held)
+    recorded: bool  # the audience has a membership history (built before)
+    joined: int  # would join, compared with the members recorded at the last build
+    left: int
+    sample: list[tuple[int, str | None, str | None]]
+
+
+def preview_segment(
+    con: duckdb.DuckDBPyConnection, name: str, *, sample_size: int = 10, sql_dir: Path | None = None
+) -> SegmentPreview:
+    """Run ``sql/segments/<name>.sql`` without writing anything and compare with its members."""
+    project = discover(con, sql_dir, keep_going=True)
+    relation = f"segments.{name.removeprefix('segments.')}"
+    broken = next((b for b in project.broken if b.relation == relation), None)
+    if broken is not None:
+        raise ModelError(f"{broken.file}: {broken.message}")
+    if relation not in {m.relation for m in project.segments}:
+        known = ", ".join(m.name for m in project.segments) or "none"
+        raise ModelError(f"No segment '{name}' (sql/segments/{name}.sql). Segments: {known}.")
+    segment = project.model(relation)
+    try:
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE relay_preview AS "
+            f"SELECT DISTINCT patient_id FROM ({segment.sql})"
+        )
+    except duckdb.Error as exc:
+        raise ModelError(f"{segment.file}: {_message(exc)}") from None
+    (size,) = con.execute("SELECT count(*) FROM relay_preview").fetchone()
+    on_email, on_sms = (
+        con.execute(
+            f"SELECT count(*) FROM {MARKETING_LISTS[channel].table} WHERE status = 'subscribed' "
+            "AND patient_id IN (SELECT patient_id FROM relay_preview)"
+        ).fetchone()[0]
+        for channel in ("email", "sms")
+    )
+    recorded, joined, left = con.execute(
+        """
+        WITH members AS (
+            SELECT CAST(member_key AS BIGINT) AS patient_id FROM state.audience_members
+            WHERE audience = ?
+        )
+        SELECT
+            EXISTS (SELECT 1 FROM state.audiences WHERE audience = ? AND retired_at IS NULL),
+            (SELECT count(*) FROM relay_preview ANTI JOIN members USING (patient_id)),
+            (SELECT count(*) FROM members ANTI JOIN relay_preview USING (patient_id))
+        """,
+        [relation, relation],
+    ).fetchone()
+    sample = con.execute(
+        "SELECT p.patient_id, p.greeting_name, p.email FROM relay_preview s "
+        "JOIN marts.patients p USING (patient_id) ORDER BY p.patient_id LIMIT ?",
+        [sample_size],
+    ).fetchall()
+    con.execute("DROP TABLE relay_preview")
+    return SegmentPreview(
+        relation, size, on_email, on_sms, segment.depends_on, recorded, joined, left, sample
+    )
