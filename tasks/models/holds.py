@@ -54,7 +54,10 @@ class Holds:
 
 
 def holds(con: duckdb.DuckDBPyConnection) -> Holds:
-    latest = latest_build(con)
+    return _holds_of(latest_build(con))
+
+
+def _holds_of(latest: dict | None) -> Holds:
     if latest is None:
         return Holds("the models have never been built (run `relay models build`)")
     if latest["status"] != "succeeded":
@@ -68,9 +71,9 @@ def require_good_build(con: duckdb.DuckDBPyConnection, reads: Iterable[str] = ()
     """Refuse to work from models that are not there, or (``reads``) that the latest build
     held: a broken file holds what reads it, and only that."""
     latest = latest_build(con)
-    why = holds(con).why(reads)
     if latest is None:
         raise UserFacingError("The models have never been built. Run `relay models build`.")
+    why = _holds_of(latest).why(reads)
     if why:
         raise UserFacingError(
             f"Waiting for a good build: {why}. Fix the file and run `relay models build`."
