@@ -332,7 +332,7 @@ def _dispatch_channel(
     max_batches: int | None,
     gate: Gate | None = None,
 ) -> None:
-    batches, managed, asked = 0, None, False
+    batches, managed, asked, unsure = 0, None, False, None
     while max_batches is None or batches < max_batches:
         batches += 1
         now = clock()
@@ -342,11 +342,19 @@ def _dispatch_channel(
         if gate is not None:
             rows = gate(con, rows, now)
         if not asked and any(r.purpose == "marketing" for r in rows):
+            asked = True
             try:  # who handles unsubscribes: asked once a run, before any marketing is claimed
-                managed, asked = provider.managed_unsubscribe(), True
+                managed = provider.managed_unsubscribe()
             except ProviderUnavailable as exc:
+                unsure = f"whose unsubscribe link to use is unknown: {exc}"[:500]
                 result.problems.append(f"{channel}: {exc}")
-                return
+        if unsure:  # holds marketing only: reminders and other transactional mail still go
+            marketing = [r.message_id for r in rows if r.purpose == "marketing"]
+            ledger.defer(con, marketing, [now + backoff(1)] * len(marketing),
+                         [unsure] * len(marketing), now)  # fmt: skip
+            rows = [r for r in rows if r.purpose != "marketing"]
+            if not rows:
+                continue
         messages, decided = _prepare_batch(con, rows, prepare, templates, unsubscribe, now, managed)
         try:
             with transaction(con):

@@ -235,3 +235,15 @@ def test_a_marketing_stream_postmark_does_not_know_holds_email_and_says_which_se
     assert postmark.accepted == []
     (problem,) = result.problems
     assert "'news'" in problem and "marketing_stream" in problem and PATIENT not in problem
+
+
+def test_a_marketing_stream_postmark_does_not_know_holds_marketing_only(postmark, clinic):
+    """A failure holds only what depends on it: the reminder beside the campaign still goes."""
+    with open_db(clinic.database_path) as con:
+        campaign = plan(con, "spring")
+        reminder = plan(con, "reminder-24h", purpose="transactional")
+        result = run_dispatch(con, clinic, provider(postmark, marketing_stream="news"), NOW)
+        assert ledger.get(con, campaign).status == "planned"
+        assert ledger.get(con, reminder).status == "sent"
+    assert len(postmark.accepted) == 1
+    assert result.counts["sent"] == 1
