@@ -3,8 +3,9 @@
 The commands live by group, one module each: ``pipeline`` (clinics, sync, models, feedback: the
 tick's steps by hand), ``demo`` (the sandbox and the demo), ``preview`` (see before switching on:
 preview, render), ``messages`` (outbox, campaigns, the ledger's unknown messages, unsubscribes,
-the report) and ``server`` (the Prefect server and its alerts). A module imports ``tasks``,
-``flows`` and ``sandbox`` inside each command so ``relay --help`` is instant; none imports this one.
+the report), ``analyst`` (read-only SQL, finding a patient's id) and ``server`` (the Prefect
+server and its alerts). A module imports ``tasks``, ``flows`` and ``sandbox`` inside each
+command so ``relay --help`` is instant; none imports this one.
 Errors meant for a person (bad config, bad key, busy database) are printed without a traceback.
 """
 
@@ -15,7 +16,7 @@ import sys
 import typer
 
 import relay  # noqa: F401  (applies the offline Prefect defaults first)
-from relay.cli import demo, messages, pipeline, preview, server
+from relay.cli import analyst, demo, messages, pipeline, preview, server
 
 app = typer.Typer(
     name="relay",
@@ -43,11 +44,13 @@ app.command("serve-unsubscribe")(messages.serve_unsubscribe_command)
 app.command("import-unsubscribes")(messages.import_unsubscribes_command)
 app.command("report")(messages.report_command)
 app.command("render")(preview.render_command)
+app.command("sql")(analyst.sql_command)
 app.add_typer(server.alerts_app, name="alerts")
 app.add_typer(messages.campaign_app, name="campaign")
 app.add_typer(messages.ledger_app, name="ledger")
 app.add_typer(preview.preview_app, name="preview")
 app.add_typer(pipeline.models_app, name="models")
+app.add_typer(analyst.patients_app, name="patients")
 
 
 def main() -> None:

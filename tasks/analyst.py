@@ -1,0 +1,112 @@
+"""An analyst's read-only look at a clinic's database: ad-hoc SQL and finding a patient's id.
+
+Both open the database read-only through :func:`tasks.warehouse.open_db` (the file's shared lock):
+a tick that holds the database is waited for, up to ``wait_seconds``, and then the caller hears
+clearly that a tick is running. Nothing here can write: DuckDB refuses any statement that would,
+and the error says the connection is read-only.
+
+Finding a patient prints ids and which field matched, never the other fields: the analyst typed
+the text, so echoing it back adds nothing, and the patient's other details stay in the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from tasks.errors import UserFacingError
+from tasks.warehouse import open_db
+
+
+class NoDatabase(UserFacingError):
+    """The clinic has no database yet (no sync has run)."""
+
+
+class QueryError(UserFacingError):
+    """DuckDB refused the analyst's SQL; its own message is kept, framed with the file."""
+
+
+def _open(db_path: Path, wait_seconds: float):
+    if not Path(db_path).exists():
+        raise NoDatabase(
+            f"No database yet at {db_path}: run `relay sync --clinic <clinic>` (or `make demo`) first."
+        )
+    return open_db(db_path, read_only=True, wait_seconds=wait_seconds)
+
+
+@dataclass(frozen=True)
+class Table:
+    columns: list[str]
+    rows: list[tuple]
+    truncated: bool
+
+
+def query(db_path: Path, sql: str, *, limit: int = 50, wait_seconds: float = 30.0) -> Table:
+    """Run one read-only statement; at most ``limit`` rows come back (``truncated`` says more exist)."""
+    with _open(db_path, wait_seconds) as con:
+        try:
+            rel = con.sql(sql)
+        except duckdb.Error as exc:
+            raise QueryError(f"{db_path.name}: {_first_line(exc)}") from None
+        if rel is None:  # a statement with no result (e.g. SET): nothing to show
+            return Table([], [], False)
+        try:
+            rows = rel.limit(limit + 1).fetchall()
+        except duckdb.Error as exc:
+            raise QueryError(f"{db_path.name}: {_first_line(exc)}") from None
+        return Table(list(rel.columns), rows[:limit], len(rows) > limit)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text if len(text) < 2000 else text[:2000] + " ..."
+
+
+@dataclass(frozen=True)
+class Match:
+    patient_id: int
+    fields: tuple[str, ...]  # which of the searched fields matched
+    archived: bool
+
+
+# What `relay patients find` searches, as marts.patients names it.
+SEARCHED = ("first_name", "last_name", "preferred_first_name", "email_normalised", "mobile_e164")
+
+
+def find_patients(
+    db_path: Path, text: str, *, limit: int = 20, wait_seconds: float = 30.0
+) -> list[Match]:
+    """Patients whose name, email or SMS number contains ``text`` (case-insensitive; digits of a
+    phone number match ignoring spaces and a national leading 0). Returns ids and the matching fields only."""
+    needle = text.strip().lower()
+    if len(needle) < 2:
+        raise UserFacingError("Give at least 2 characters to search for.")
+    # a number as typed locally (0412 345 678) is found in its +61412345678 form: the leading
+    # zero of a national number is not in the E.164 form
+    digits = "".join(ch for ch in needle if ch.isdigit()).lstrip("0")
+    checks = [f"contains(lower(coalesce({f}, '')), $needle)" for f in SEARCHED[:-1]]
+    phone = (
+        "len($digits) >= 4 AND "
+        "contains(regexp_replace(coalesce(mobile_e164, ''), '[^0-9]', '', 'g'), $digits)"
+    )
+    matched = ", ".join(
+        f"CASE WHEN {c} THEN '{f}' END" for c, f in zip(checks, SEARCHED[:-1], strict=True)
+    )
+    sql = f"""
+        SELECT patient_id, list_filter([{matched}, CASE WHEN {phone} THEN 'mobile_e164' END],
+                                       lambda x: x IS NOT NULL) AS fields, is_archived
+        FROM marts.patients
+        WHERE {" OR ".join(checks)} OR ({phone})
+        ORDER BY is_archived, patient_id
+        LIMIT $limit
+    """
+    with _open(db_path, wait_seconds) as con:
+        try:
+            rows = con.execute(sql, {"needle": needle, "digits": digits, "limit": limit}).fetchall()
+        except duckdb.CatalogException:
+            raise NoDatabase(
+                f"{db_path.name} has no marts.patients yet: run `relay models build` first."
+            ) from None
+    return [Match(pid, tuple(fields), bool(archived)) for pid, fields, archived in rows]

@@ -1,0 +1,142 @@
+"""relay sql and relay patients find: read-only, clear when there is nothing to read, no more
+personal data than asked for."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+import duckdb
+import pytest
+from typer.testing import CliRunner
+
+from relay.cli import app
+from relay.cli.analyst import format_table
+from tasks.analyst import NoDatabase, QueryError, find_patients, query
+from tasks.config import load_clinic
+from tasks.warehouse import DatabaseBusy, open_db
+
+PATIENTS = [
+    # patient_id, first, last, preferred, email, mobile, archived
+    (1, "Ada", "Lovelace", None, "ada@example.org", "+61412345678", False),
+    (2, "Grace", "Hopper", "Amazing", "grace@example.org", None, False),
+    (3, "Adam", "Smith", None, None, "+61498765432", True),
+]
+
+
+@pytest.fixture
+def db(data_dir):
+    path = load_clinic("demo").database_path
+    with open_db(path) as con:
+        con.execute(
+            "CREATE TABLE marts.patients (patient_id BIGINT, first_name VARCHAR, last_name VARCHAR,"
+            " preferred_first_name VARCHAR, email_normalised VARCHAR, mobile_e164 VARCHAR,"
+            " is_archived BOOLEAN)"
+        )
+        con.executemany("INSERT INTO marts.patients VALUES (?, ?, ?, ?, ?, ?, ?)", PATIENTS)
+    return path
+
+
+def test_query_reads_and_cuts_at_the_limit(db):
+    table = query(db, "SELECT patient_id FROM marts.patients ORDER BY 1", limit=2)
+    assert table.columns == ["patient_id"]
+    assert table.rows == [(1,), (2,)] and table.truncated
+
+
+def test_query_cannot_write(db):
+    with pytest.raises(QueryError, match="read-only") as err:
+        query(db, "DELETE FROM marts.patients")
+    assert db.name in str(err.value)
+    assert query(db, "SELECT count(*) FROM marts.patients").rows == [(3,)]
+
+
+def test_query_keeps_duckdb_message_framed_with_the_file(db):
+    with pytest.raises(QueryError) as err:
+        query(db, "SELECT nope FROM marts.patients")
+    assert str(err.value).startswith(f"{db.name}: ") and "nope" in str(err.value)
+
+
+def test_no_database_says_what_to_run(data_dir):
+    path = load_clinic("demo").database_path
+    with pytest.raises(NoDatabase, match="relay sync"):
+        query(path, "SELECT 1")
+    assert not path.exists()  # a read never creates the file
+
+
+def test_find_returns_ids_and_fields_only(db):
+    found = find_patients(db, "ADA")
+    assert [(m.patient_id, m.fields, m.archived) for m in found] == [
+        (1, ("first_name", "email_normalised"), False),
+        (3, ("first_name",), True),
+    ]
+    assert [m.patient_id for m in find_patients(db, "0412 345")] == [1]  # as typed locally
+    assert [m.patient_id for m in find_patients(db, "+61 498")] == [3]
+    assert find_patients(db, "04") == []  # too few digits to mean a number
+    assert [m.patient_id for m in find_patients(db, "amazing")] == [2]
+
+
+def test_find_before_models_built_says_so(data_dir):
+    path = load_clinic("demo").database_path
+    with open_db(path):
+        pass
+    with pytest.raises(NoDatabase, match="relay models build"):
+        find_patients(path, "ada")
+
+
+def _hold_for(path, seconds, ready):
+    with open_db(path):
+        ready.set()
+        time.sleep(seconds)
+
+
+def test_a_tick_holding_the_database_is_waited_for_then_named(db):
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    holder = ctx.Process(target=_hold_for, args=(db, 30, ready))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        with pytest.raises(DatabaseBusy, match="in use by another run"):
+            query(db, "SELECT 1", wait_seconds=0.5)
+    finally:
+        holder.terminate()
+        holder.join()
+    assert query(db, "SELECT 1 AS one").rows == [(1,)]
+
+
+def test_cli_prints_a_table_and_patients_without_details(db):
+    runner = CliRunner()
+    out = runner.invoke(app, ["sql", "SELECT patient_id, last_name FROM marts.patients ORDER BY 1"])
+    assert out.exit_code == 0, out.output
+    assert "patient_id  last_name" in out.output and "3 rows" in out.output
+    found = runner.invoke(app, ["patients", "find", "hopper"])
+    assert found.exit_code == 0, found.output
+    assert "patient 2" in found.output and "last_name" in found.output
+    for detail in ("Grace", "grace@example.org", "Amazing"):
+        assert detail not in found.output
+
+
+def test_cli_interactive_prompt_runs_statements_and_survives_errors(db):
+    runner = CliRunner()
+    script = "SELECT count(*) AS n\nFROM marts.patients;\nSELECT nope;\n.quit\n"
+    out = runner.invoke(app, ["sql"], input=script)
+    assert out.exit_code == 0, out.output
+    assert "n\n-" in out.output and "3" in out.output
+    assert "nope" in out.output  # the error, and the prompt went on to .quit
+
+
+def test_format_table_fits_the_width():
+    columns = [f"column_{i}" for i in range(20)]
+    rows = [tuple("x" * 60 for _ in columns)]
+    text = format_table(columns, rows, width=100)
+    assert all(len(line) <= 100 for line in text.splitlines()[:-1])
+    assert "more columns not shown" in text.splitlines()[-1]
+    assert "…" in text
+
+
+def test_duckdb_error_class_is_kept_out_of_tracebacks(db):
+    runner = CliRunner()
+    out = runner.invoke(app, ["sql", "SELEC 1"])
+    assert out.exit_code != 0
+    assert isinstance(out.exception, QueryError)
+    assert not isinstance(out.exception, duckdb.Error)
