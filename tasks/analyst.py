@@ -20,19 +20,11 @@ from tasks.errors import UserFacingError
 from tasks.warehouse import open_db
 
 
-class NoDatabase(UserFacingError):
-    """The clinic has no database yet (no sync has run)."""
-
-
 class QueryError(UserFacingError):
     """DuckDB refused the analyst's SQL; its own message is kept, framed with the file."""
 
 
 def _open(db_path: Path, wait_seconds: float):
-    if not Path(db_path).exists():
-        raise NoDatabase(
-            f"No database yet at {db_path}: run `relay sync --clinic <clinic>` (or `make demo`) first."
-        )
     return open_db(db_path, read_only=True, wait_seconds=wait_seconds)
 
 
@@ -106,7 +98,7 @@ def find_patients(
         try:
             rows = con.execute(sql, {"needle": needle, "digits": digits, "limit": limit}).fetchall()
         except duckdb.CatalogException:
-            raise NoDatabase(
+            raise UserFacingError(
                 f"{db_path.name} has no marts.patients yet: run `relay models build` first."
             ) from None
     return [Match(pid, tuple(fields), bool(archived)) for pid, fields, archived in rows]

@@ -32,6 +32,16 @@ class DatabaseBusy(UserFacingError):
     """Another process holds the clinic's database for writing."""
 
 
+class NoDatabase(UserFacingError, FileNotFoundError):
+    """A read of a clinic whose database does not exist yet: one line saying what to run."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            f"No database yet at {path}: run a sync for this clinic first "
+            "(`relay sync --clinic CLINIC`, or `make demo` for the demo clinic)."
+        )
+
+
 def raw_table_ddl(table: str) -> str:
     # id is Cliniko's 64-bit id; payload is exactly what Cliniko sent (never lose a field);
     # removed_at is set by the id reconciliation when Cliniko stops returning the row (hard delete).
@@ -98,9 +108,7 @@ def open_db(
     """Open a clinic database (creating it and its tables when writable), holding the lock."""
     path = Path(db_path)
     if read_only and not path.exists():
-        raise FileNotFoundError(
-            f"No database at {path}. Run a sync first (relay sync --clinic <clinic>)."
-        )
+        raise NoDatabase(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _held_guard:
         held = _held.get(path.resolve())

@@ -14,8 +14,8 @@ _WIDTH = 100  # what a terminal shows without wrapping
 
 
 def sql_command(
-    statement: str = typer.Argument(
-        None, metavar="SQL", help="One SQL statement; without it, an interactive prompt."
+    words: list[str] = typer.Argument(
+        None, metavar="SQL", help="One SQL statement (quoted or not); without it, a prompt."
     ),
     clinic: str = typer.Option("demo", help="Clinic name (clinics/<name>/clinic.yaml)."),
     limit: int = typer.Option(50, help="At most this many rows are printed."),
@@ -30,6 +30,7 @@ def sql_command(
     from tasks.config import load_clinic
 
     config = load_clinic(clinic)
+    statement = " ".join(words or ())
     if statement:
         _run(config.database_path, statement, limit, wait)
         return

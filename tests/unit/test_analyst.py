@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 
 from relay.cli import app
 from relay.cli.analyst import format_table
-from tasks.analyst import NoDatabase, QueryError, find_patients, query
+from tasks.analyst import QueryError, find_patients, query
 from tasks.config import load_clinic
-from tasks.warehouse import DatabaseBusy, open_db
+from tasks.errors import UserFacingError
+from tasks.warehouse import DatabaseBusy, NoDatabase, open_db
 
 PATIENTS = [
     # patient_id, first, last, preferred, email, mobile, archived
@@ -79,7 +80,7 @@ def test_find_before_models_built_says_so(data_dir):
     path = load_clinic("demo").database_path
     with open_db(path):
         pass
-    with pytest.raises(NoDatabase, match="relay models build"):
+    with pytest.raises(UserFacingError, match="relay models build"):
         find_patients(path, "ada")
 
 
@@ -140,3 +141,22 @@ def test_duckdb_error_class_is_kept_out_of_tracebacks(db):
     assert out.exit_code != 0
     assert isinstance(out.exception, QueryError)
     assert not isinstance(out.exception, duckdb.Error)
+
+
+@pytest.mark.parametrize(
+    "command", [["models", "test"], ["preview", "segment", "loyal"], ["ledger", "unknown"]]
+)
+def test_no_database_yet_is_one_line_not_a_traceback(data_dir, command):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "relay", *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: No database yet"), lines
+    assert "relay sync --clinic" in lines[0]

@@ -60,7 +60,7 @@ def test_a_failed_transaction_leaves_nothing_behind():
 
 
 def test_read_only_open_of_a_missing_database_says_to_sync_first(tmp_path):
-    with pytest.raises(FileNotFoundError, match="Run a sync first"):
+    with pytest.raises(warehouse.NoDatabase, match="run a sync for this clinic first"):
         with warehouse.open_db(tmp_path / "missing.duckdb", read_only=True):
             pass
 
