@@ -1,6 +1,7 @@
 """`relay connect`'s checks against the sandboxes, over real HTTP through the real clients (httpx
 for Cliniko, postmarker for Postmark, the twilio client for Twilio): every failure it explains,
-and the run that passes them all (checks only; saving blocks is in test_connect_save.py)."""
+and the run that passes them all, with --check-only and saving its blocks to a throwaway Prefect
+API (the test harness)."""
 
 from __future__ import annotations
 
@@ -254,3 +255,79 @@ def test_connect_stops_at_the_first_failed_check_and_writes_nothing(cliniko, pos
     assert isinstance(result.exception, ConnectFailed)
     assert result.exception.problem == "sender_not_owned"
     assert list(tmp_path.iterdir()) == []
+
+
+# -- The command, saving (a throwaway Prefect API: the test harness) ------------------------------
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.mark.prefect
+def test_connect_saves_blocks_and_writes_a_clinic_yaml_that_loads(
+    cliniko, postmark, twilio, tmp_path, monkeypatch, prefect_api
+):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from blocks.cliniko import ClinikoAccount
+    from blocks.postmark import PostmarkServer
+    from blocks.twilio import TwilioAccount
+    from relay.cli import app
+    from tasks.config import load_clinic
+
+    monkeypatch.setenv("RELAY_CLINICS_DIR", str(tmp_path))
+    result = CliRunner().invoke(app, _args(cliniko, postmark, twilio))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+
+    path = tmp_path / "acme" / "clinic.yaml"
+    text = path.read_text(encoding="utf-8")
+    for secret in (cliniko[0].api_key, postmark.server_token, AUTH_TOKEN):
+        assert secret not in text and secret not in result.output
+    cfg = load_clinic(path)
+    business = verify_cliniko(cliniko[0].api_key, CONTACT, urls=cliniko[1]).businesses[0]
+    assert (cfg.time_zone, cfg.country) == (business.time_zone, business.country)
+    assert cfg.triggers and not any(t.enabled for t in cfg.triggers)
+    assert cfg.journeys == [] and cfg.campaigns == []
+    assert (cfg.cliniko.account, cfg.providers.email, cfg.providers.sms) == (
+        "acme-cliniko", "acme-postmark", "acme-twilio"
+    )  # fmt: skip
+    raw = yaml.safe_load(text)
+    assert raw["providers"]["sender"]["email"] == "hello@acme-physio.com.au"
+    assert "# Appointment types in Cliniko" in text
+
+    account = ClinikoAccount.load("acme-cliniko")
+    assert account.api_key.get_secret_value() == cliniko[0].api_key
+    assert account.contact_email == CONTACT
+    server = PostmarkServer.load("acme-postmark")
+    assert (server.transactional_stream, server.marketing_stream) == ("outbound", "broadcast")
+    assert server.server_token.get_secret_value() == postmark.server_token
+    sms = TwilioAccount.load("acme-twilio")
+    assert (sms.from_number, sms.messaging_service_sid) == ("+61400000000", None)
+
+    # `relay clinics` (a fresh process, as an operator runs it) loads the written file cleanly
+    relay = Path(sys.executable).with_name("relay")
+    env = {**os.environ, "RELAY_CLINICS_DIR": str(tmp_path)}
+    listed = subprocess.run([str(relay), "clinics"], capture_output=True, text=True, timeout=120,
+                            env=env)  # fmt: skip
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert "acme:" in listed.stdout
+
+    # a second connect does not replace the clinic's file or blocks unless told to
+    again = CliRunner().invoke(app, _args(cliniko, postmark, twilio))
+    assert isinstance(again.exception, ConnectFailed) and again.exception.problem == "exists"
+    args = _args(cliniko, postmark, twilio, "--force")
+    args[args.index("--sender") + 1] = SERVICE_SID
+    forced = CliRunner().invoke(app, args)
+    assert forced.exit_code == 0, forced.output + repr(forced.exception)
+    assert TwilioAccount.load("acme-twilio").messaging_service_sid == SERVICE_SID
