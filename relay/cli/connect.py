@@ -17,12 +17,16 @@ from pathlib import Path
 import typer
 
 
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
 def _ask(
     value: str | None, prompt: str, *, secret: bool = False, default: str | None = None
 ) -> str:
     if value:
         return value
-    if not sys.stdin.isatty():
+    if not _interactive():
         raise typer.BadParameter(f"{prompt}: not given (pass its flag; no terminal to ask on)")
     return typer.prompt(prompt, default=default, hide_input=secret)
 
@@ -107,7 +111,7 @@ def connect_command(
     typer.echo("Checking Cliniko ...")
     urls = (lambda _shard: cliniko_base_url) if cliniko_base_url else None
     facts = verify_cliniko(cliniko_key, contact_email, **({"urls": urls} if urls else {}))
-    if business is None and len(facts.businesses) > 1 and sys.stdin.isatty():
+    if business is None and len(facts.businesses) > 1 and _interactive():
         for b in facts.businesses:
             typer.echo(f"  business {b.id}: {b.name} ({b.time_zone}, {b.country})")
         business = typer.prompt("Which business (id or name) sets the time zone and country")

@@ -257,6 +257,44 @@ def test_connect_stops_at_the_first_failed_check_and_writes_nothing(cliniko, pos
     assert list(tmp_path.iterdir()) == []
 
 
+def test_connect_asks_for_what_is_not_given_and_echoes_no_secret(cliniko, postmark, twilio,
+                                                                 tmp_path, monkeypatch):  # fmt: skip
+    from typer.testing import CliRunner
+
+    import relay.cli.connect as connect
+    from relay.cli import app
+
+    clinic, urls = cliniko
+    monkeypatch.setenv("RELAY_CLINICS_DIR", str(tmp_path))
+    for name in ("CLINIKO_API_KEY", "POSTMARK_SERVER_TOKEN", "TWILIO_ACCOUNT_SID",
+                 "TWILIO_AUTH_TOKEN"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(connect, "_interactive", lambda: True)
+    answers = [clinic.api_key, CONTACT, postmark.server_token, "Acme <hello@acme-physio.com.au>",
+               ACCOUNT_SID, AUTH_TOKEN, "+61400000000", clinic_business(clinic)]  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        ["connect", "acme", "--check-only", "--cliniko-base-url", urls("uk1"),
+         "--postmark-base-url", postmark.url, "--twilio-base-url", twilio.url],
+        input="\n".join(answers) + "\n",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "Cliniko API key" in result.output and "Which business" in result.output
+    for secret in (clinic.api_key, postmark.server_token, AUTH_TOKEN):
+        assert secret not in result.output
+
+
+def test_connect_without_a_terminal_names_the_missing_flag(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+
+    monkeypatch.setenv("RELAY_CLINICS_DIR", str(tmp_path))
+    monkeypatch.delenv("CLINIKO_API_KEY", raising=False)
+    result = CliRunner().invoke(app, ["connect", "acme", "--no-email", "--no-sms"])
+    assert result.exit_code == 2 and "Cliniko API key" in result.output
+
+
 # -- The command, saving (a throwaway Prefect API: the test harness) ------------------------------
 
 
