@@ -81,7 +81,9 @@ def connect_command(
 ) -> None:
     """Check a clinic's Cliniko, Postmark and Twilio accounts (read-only), save them as Prefect
     blocks, and write clinics/CLINIC/clinic.yaml with every trigger off."""
-    from tasks.config import ConfigError, load_clinic
+    from pydantic import ValidationError
+
+    from tasks.config import ClinicConfig, ConfigError, load_clinic
     from tasks.connect import ConnectFailed
     from tasks.connect.clinic_file import Accounts, pick_business, render_clinic_yaml
     from tasks.connect.cliniko import verify_cliniko
@@ -89,6 +91,12 @@ def connect_command(
     from tasks.connect.twilio import verify_twilio
     from tasks.paths import clinics_dir
 
+    try:  # the clinic's name, by the rule clinic.yaml's `clinic:` is held to
+        ClinicConfig(clinic=clinic, name=clinic)
+    except ValidationError:
+        raise typer.BadParameter(
+            f"'{clinic}': a clinic's name is lowercase letters, digits, '-' and '_' (e.g. acme)"
+        ) from None
     folder = clinics_dir() / clinic
     target = folder / "clinic.yaml"
     if target.exists() and not (force or check_only):
@@ -109,8 +117,10 @@ def connect_command(
         sender = _ask(sender, "SMS sender (+number, MG... service, or alphanumeric ID)")
 
     typer.echo("Checking Cliniko ...")
-    urls = (lambda _shard: cliniko_base_url) if cliniko_base_url else None
-    facts = verify_cliniko(cliniko_key, contact_email, **({"urls": urls} if urls else {}))
+    if cliniko_base_url:  # one host for every shard: the sandbox, a proxy
+        facts = verify_cliniko(cliniko_key, contact_email, urls=lambda _shard: cliniko_base_url)
+    else:
+        facts = verify_cliniko(cliniko_key, contact_email)
     if business is None and len(facts.businesses) > 1 and _interactive():
         for b in facts.businesses:
             typer.echo(f"  business {b.id}: {b.name} ({b.time_zone}, {b.country})")

@@ -293,6 +293,8 @@ def test_connect_without_a_terminal_names_the_missing_flag(tmp_path, monkeypatch
     monkeypatch.delenv("CLINIKO_API_KEY", raising=False)
     result = CliRunner().invoke(app, ["connect", "acme", "--no-email", "--no-sms"])
     assert result.exit_code == 2 and "Cliniko API key" in result.output
+    result = CliRunner().invoke(app, ["connect", "Acme Physio", "--no-email", "--no-sms"])
+    assert result.exit_code == 2 and "lowercase letters" in result.output
 
 
 # -- The command, saving (a throwaway Prefect API: the test harness) ------------------------------
