@@ -116,6 +116,20 @@ def connect_command(
         twilio_token = _ask(twilio_token, "Twilio auth token", secret=True)
         sender = _ask(sender, "SMS sender (+number, MG... service, or alphanumeric ID)")
 
+    accounts = Accounts(
+        cliniko=f"{block}-cliniko",
+        email=f"{block}-postmark" if email else "outbox",
+        sms=f"{block}-twilio" if sms else "outbox",
+        from_address=from_address if email else None,
+    )
+    # the blocks as they will be saved: a value they refuse is reported before any request
+    blocks = _build_blocks(accounts, cliniko_key=cliniko_key, contact_email=contact_email,
+                           cliniko_base_url=cliniko_base_url, postmark_token=postmark_token,
+                           from_address=from_address, transactional_stream=transactional_stream,
+                           marketing_stream=marketing_stream, postmark_base_url=postmark_base_url,
+                           twilio_sid=twilio_sid, twilio_token=twilio_token, sender=sender,
+                           twilio_base_url=twilio_base_url)  # fmt: skip
+
     typer.echo("Checking Cliniko ...")
     if cliniko_base_url:  # one host for every shard: the sandbox, a proxy
         facts = verify_cliniko(cliniko_key, contact_email, urls=lambda _shard: cliniko_base_url)
@@ -145,12 +159,6 @@ def connect_command(
         for note in tw.notes:
             typer.secho(f"  note: {note}", fg=typer.colors.YELLOW)
 
-    accounts = Accounts(
-        cliniko=f"{block}-cliniko",
-        email=f"{block}-postmark" if email else "outbox",
-        sms=f"{block}-twilio" if sms else "outbox",
-        from_address=from_address if email else None,
-    )
     text = render_clinic_yaml(clinic, name, chosen, facts, accounts)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
@@ -167,19 +175,12 @@ def connect_command(
         return
 
     try:
-        _save_blocks(accounts, force, cliniko_key=cliniko_key, contact_email=contact_email,
-                 cliniko_base_url=cliniko_base_url, postmark_token=postmark_token,
-                 from_address=from_address, transactional_stream=transactional_stream,
-                 marketing_stream=marketing_stream, postmark_base_url=postmark_base_url,
-                 twilio_sid=twilio_sid, twilio_token=twilio_token, sender=sender,
-                 twilio_base_url=twilio_base_url)  # fmt: skip
+        _save_blocks(blocks, force)
     except BaseException:
         _discard(draft, created)
         raise
     os.replace(draft, target)
-    typer.echo(
-        f"Saved blocks {', '.join(b for b in (accounts.cliniko, accounts.email, accounts.sms) if b != 'outbox')}."
-    )
+    typer.echo(f"Saved blocks {', '.join(name for name, _ in blocks)}.")
     typer.echo(f"Wrote {target}: every trigger is off. Next: relay sync --clinic {clinic}, then "
                f"relay preview trigger NAME --days 7 --clinic {clinic} (docs/connect.md).")  # fmt: skip
 
@@ -190,35 +191,60 @@ def _discard(draft: Path, created: bool) -> None:
         draft.parent.rmdir()
 
 
-def _save_blocks(accounts, force: bool, **v) -> None:
-    """Save what passed; an existing block is replaced only with --force."""
-    from pydantic import SecretStr
+def _build_blocks(accounts, **v) -> list:
+    """(name, block) for each connected account, validated as the blocks validate them; the
+    error names the setting and the rule, never the value (it may be a secret)."""
+    from pydantic import SecretStr, ValidationError
 
     from blocks.cliniko import ClinikoAccount
     from blocks.postmark import PostmarkServer
     from blocks.twilio import TwilioAccount
-    from tasks.connect import ConnectFailed
 
-    blocks = [(accounts.cliniko, ClinikoAccount(
-        api_key=SecretStr(v["cliniko_key"].strip()), contact_email=v["contact_email"],
+    def build(name: str, make) -> tuple:
+        try:
+            return name, make()
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()
+            )
+            raise typer.BadParameter(f"{name}: {problems}") from None
+
+    blocks = [build(accounts.cliniko, lambda: ClinikoAccount(
+        api_key=SecretStr(v["cliniko_key"].strip()), contact_email=v["contact_email"].strip(),
         base_url=v["cliniko_base_url"]))]  # fmt: skip
     if accounts.email != "outbox":
-        blocks.append((accounts.email, PostmarkServer(
+        blocks.append(build(accounts.email, lambda: PostmarkServer(
             server_token=SecretStr(v["postmark_token"].strip()), from_address=v["from_address"],
             transactional_stream=v["transactional_stream"], marketing_stream=v["marketing_stream"],
             base_url=v["postmark_base_url"])))  # fmt: skip
     if accounts.sms != "outbox":
         sender = v["sender"].strip()
         service = sender if sender.startswith("MG") else None
-        blocks.append((accounts.sms, TwilioAccount(
+        blocks.append(build(accounts.sms, lambda: TwilioAccount(
             account_sid=v["twilio_sid"].strip(), auth_token=SecretStr(v["twilio_token"].strip()),
             from_number=None if service else sender, messaging_service_sid=service,
             base_url=v["twilio_base_url"])))  # fmt: skip
-    for name, block in blocks:
-        try:
-            block.save(name, overwrite=force)
-        except ValueError as exc:
+    return blocks
+
+
+def _save_blocks(blocks: list, force: bool) -> None:
+    """Save every block, or none when one already exists and --force was not given."""
+    from tasks.connect import ConnectFailed
+
+    if not force:
+        taken = [name for name, block in blocks if _saved(type(block), name)]
+        if taken:
             raise ConnectFailed(
-                "Prefect", "block_exists", f"a block named '{name}' is already saved ({exc}). "
-                "Pass --force to replace it, or delete it first (prefect block delete).",
-            ) from None  # fmt: skip
+                "Prefect", "block_exists", f"blocks named {', '.join(taken)} are already saved. "
+                "Pass --force to replace them, or delete them first (prefect block delete).",
+            )  # fmt: skip
+    for name, block in blocks:
+        block.save(name, overwrite=True)
+
+
+def _saved(block_type, name: str) -> bool:
+    try:
+        block_type.load(name)
+    except ValueError:  # not saved (or its type never registered)
+        return False
+    return True

@@ -297,6 +297,20 @@ def test_connect_without_a_terminal_names_the_missing_flag(tmp_path, monkeypatch
     assert result.exit_code == 2 and "lowercase letters" in result.output
 
 
+def test_connect_refuses_a_value_the_blocks_refuse_before_any_request(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+
+    monkeypatch.setenv("RELAY_CLINICS_DIR", str(tmp_path))
+    args = ["connect", "acme", "--no-email", "--cliniko-key", "k-au1", "--contact-email", CONTACT,
+            "--cliniko-base-url", NOWHERE, "--twilio-sid", "SK" + "0" * 32, "--twilio-token",
+            "secret-token", "--sender", "+61400000000"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "acme-twilio: account_sid" in result.output
+    assert "secret-token" not in result.output and "Checking" not in result.output
+
+
 # -- The command, saving (a throwaway Prefect API: the test harness) ------------------------------
 
 
@@ -366,6 +380,13 @@ def test_connect_saves_blocks_and_writes_a_clinic_yaml_that_loads(
     # a second connect does not replace the clinic's file or blocks unless told to
     again = CliRunner().invoke(app, _args(cliniko, postmark, twilio))
     assert isinstance(again.exception, ConnectFailed) and again.exception.problem == "exists"
+    kept = path.read_text(encoding="utf-8")
+    path.unlink()  # the file gone, the blocks still saved: none is replaced, no file written
+    again = CliRunner().invoke(app, _args(cliniko, postmark, twilio))
+    assert isinstance(again.exception, ConnectFailed) and again.exception.problem == "block_exists"
+    assert "acme-cliniko, acme-postmark, acme-twilio" in str(again.exception)
+    assert not path.exists() and list(path.parent.iterdir()) == []
+    path.write_text(kept, encoding="utf-8")
     args = _args(cliniko, postmark, twilio, "--force")
     args[args.index("--sender") + 1] = SERVICE_SID
     forced = CliRunner().invoke(app, args)
