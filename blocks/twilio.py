@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
+from tasks.connect.twilio import ALPHANUMERIC, E164
 from tasks.providers.twilio import TwilioProvider, TwilioSettings
 
 
@@ -23,7 +24,11 @@ class TwilioAccount(Block):
     account_sid: str = Field(pattern=r"^AC[0-9a-fA-F]{32}$", description="Starts with AC.")
     auth_token: SecretStr = Field(description="The account's auth token.")
     from_number: str | None = Field(
-        None, pattern=r"^\+[1-9]\d{6,14}$", description="Sender number in E.164, e.g. +61400000000."
+        None,
+        description=(
+            "Sender: a number of this account in E.164 (+61400000000), or an alphanumeric "
+            "sender ID registered for the clinic's country (1-11 letters, digits, spaces)."
+        ),
     )
     messaging_service_sid: str | None = Field(
         None, pattern=r"^MG[0-9a-fA-F]{32}$", description="Or a messaging service (MG...)."
@@ -32,6 +37,16 @@ class TwilioAccount(Block):
         None, description="Send every request here instead (the sandbox, a proxy)."
     )
     timeout_seconds: float = Field(15.0, gt=0)
+
+    @field_validator("from_number")
+    @classmethod
+    def _sender_form(cls, value: str | None) -> str | None:
+        if value is not None and not (E164.match(value) or ALPHANUMERIC.match(value)):
+            raise ValueError(
+                "from_number is a number in E.164 (+61400000000) or an alphanumeric sender ID "
+                "(1-11 letters, digits or spaces, at least one letter)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one_sender(self) -> TwilioAccount:

@@ -9,6 +9,9 @@ joins endpoint paths to the root, so a path prefix would be dropped).
   ``todate``/``EmailAddress``/``SuppressionReason`` filters
 - ``GET /message-streams/{stream}``: the stream, with its
   ``SubscriptionManagementConfiguration.UnsubscribeHandlingType``
+- read-only settings (last block of the class): ``GET /server`` (``server_name``) and
+  ``GET /message-streams`` (``MessageStreamType``, ``IncludeArchivedStreams``; streams in
+  ``archived_streams`` carry their ``ArchivedAt``)
 
 As in Postmark, the outbound search and the bounce list read one stream: the one named by
 ``messagestream``, else the transactional stream ``outbound``
@@ -111,6 +114,8 @@ class PostmarkSandbox:
             "outbound": ("Transactional", "None"),
             "broadcast": ("Broadcasts", "Postmark"),
         }
+        self.server_name = "Sandbox Clinic"  # GET /server's Name
+        self.archived_streams: dict[str, str] = {}  # stream id -> ArchivedAt
         self.url = ""  # set by the test once served: Postmark's unsubscribe links point here
         self.clock = lambda: datetime.now(UTC)  # when bounces, suppressions and sends happen
         self._lock = threading.Lock()
@@ -123,6 +128,8 @@ class PostmarkSandbox:
                 Route("/bounces", self._bounces, methods=["GET"]),
                 Route("/bounces/", self._bounces, methods=["GET"]),
                 Route("/message-streams/{stream}", self._stream, methods=["GET"]),
+                Route("/server", self._server, methods=["GET"]),
+                Route("/message-streams", self._stream_list, methods=["GET"]),
                 Route("/unsubscribe/{message_id}", self._one_click, methods=["GET", "POST"]),
                 Route(
                     "/message-streams/{stream}/suppressions/dump",
@@ -398,13 +405,7 @@ class PostmarkSandbox:
             return _error(
                 1226, f"The message stream for the provided 'ID' ({stream}) was not found.", 404
             )
-        kind, handling = self.streams[stream]
-        return JSONResponse(
-            {"ID": stream, "ServerID": 1, "Name": stream.title(), "Description": None,
-             "MessageStreamType": kind, "CreatedAt": "2026-01-01T00:00:00-05:00",
-             "UpdatedAt": None, "ArchivedAt": None, "ExpectedPurgeDate": None,
-             "SubscriptionManagementConfiguration": {"UnsubscribeHandlingType": handling}}
-        )  # fmt: skip
+        return JSONResponse(self._stream_body(stream))
 
     async def _one_click(self, request: Request):
         """Postmark's unsubscribe link (no token: it is Postmark's page, not its API). A GET shows
@@ -417,3 +418,48 @@ class PostmarkSandbox:
         if request.method == "POST":
             self.suppress(m["To"], m.get("MessageStream") or DEFAULT_STREAM)
         return JSONResponse({"Message": "OK"})
+
+    # -- Read-only server settings (what `relay connect` checks before saving a token) ---------
+    # https://postmarkapp.com/developer/api/server-api (GET /server) and
+    # https://postmarkapp.com/developer/api/message-streams-api (GET /message-streams): both
+    # with the server token; a bad token is ErrorCode 10 like every other server endpoint.
+
+    def _stream_body(self, stream: str) -> dict:
+        kind, handling = self.streams[stream]
+        return {"ID": stream, "ServerID": 1, "Name": stream.title(), "Description": None,
+                "MessageStreamType": kind, "CreatedAt": "2026-01-01T00:00:00-05:00",
+                "UpdatedAt": None, "ArchivedAt": self.archived_streams.get(stream),
+                "ExpectedPurgeDate": None,
+                "SubscriptionManagementConfiguration": {"UnsubscribeHandlingType": handling}}  # fmt: skip
+
+    async def _server(self, request: Request):
+        _, early = await self._guard(request)
+        if early is not None:
+            return early
+        return JSONResponse(
+            {"ID": 1, "Name": self.server_name, "ApiTokens": [self.server_token],
+             "Color": "Blue", "SmtpApiActivated": True, "RawEmailEnabled": False,
+             "DeliveryType": "Live", "ServerLink": "https://account.postmarkapp.com/servers/1/streams",
+             "InboundAddress": "", "InboundHookUrl": "", "BounceHookUrl": "", "OpenHookUrl": "",
+             "DeliveryHookUrl": "", "PostFirstOpenOnly": False, "InboundDomain": "",
+             "InboundHash": "", "InboundSpamThreshold": 0, "TrackOpens": False,
+             "TrackLinks": "None", "IncludeBounceContentInHook": False, "ClickHookUrl": "",
+             "EnableSmtpApiErrorHooks": False}
+        )  # fmt: skip
+
+    async def _stream_list(self, request: Request):
+        """MessageStreamType: All (default), Transactional, Inbound or Broadcasts;
+        IncludeArchivedStreams: false by default."""
+        _, early = await self._guard(request)
+        if early is not None:
+            return early
+        q = request.query_params
+        kind = q.get("MessageStreamType") or "All"
+        archived = (q.get("IncludeArchivedStreams") or "false").lower() == "true"
+        streams = [
+            self._stream_body(s)
+            for s in self.streams
+            if (kind == "All" or self.streams[s][0] == kind)
+            and (archived or s not in self.archived_streams)
+        ]
+        return JSONResponse({"MessageStreams": streams, "TotalCount": len(streams)})

@@ -10,6 +10,10 @@ Replies: ``receive(from_, "STOP")`` records an inbound message (direction ``inbo
 Messages list returns with the rest, newest first, filtered by To, From and DateSent (``DateSent>``
 and ``DateSent<`` take a day or a full UTC time). As at Twilio, a STOP blocks later sends to that
 number (21610) and a START lifts the block.
+
+Read-only account settings (last block of the class): the account (``account_status``,
+``account_type``), its phone numbers (``numbers``: number -> SMS capable) and its messaging
+services (``services``, served at ``/v1/Services/{sid}`` as on messaging.twilio.com).
 """
 
 from __future__ import annotations
@@ -67,12 +71,19 @@ class TwilioSandbox:
         self.inbound: list[dict] = []  # replies from patients, recorded with receive()
         self.rejected: list[dict] = []
         self.requests: list[tuple[str, str]] = []
+        # read-only account settings (see the last block of the class)
+        self.account_status, self.account_type = "active", "Full"
+        self.numbers: dict[str, bool] = {"+61400000000": True}  # owned number -> SMS capable
+        self.services: dict[str, str] = {}  # messaging service SID -> friendly name
         self._lock = threading.Lock()
         self.app = Starlette(
             routes=[
                 Route(BASE + "/Messages.json", self._create, methods=["POST"]),
                 Route(BASE + "/Messages.json", self._list, methods=["GET"]),
                 Route(BASE + "/Messages/{msid}.json", self._fetch, methods=["GET"]),
+                Route(BASE + ".json", self._account, methods=["GET"]),
+                Route(BASE + "/IncomingPhoneNumbers.json", self._numbers, methods=["GET"]),
+                Route("/v1/Services/{service}", self._service, methods=["GET"]),
             ]
         )
 
@@ -213,6 +224,72 @@ class TwilioSandbox:
             if m["sid"] == request.path_params["msid"]:
                 return JSONResponse(_public(m))
         return _error(20404, "The requested resource was not found", 404)
+
+    # -- Read-only account settings (what `relay connect` checks before saving credentials) -----
+    # https://www.twilio.com/docs/iam/api/account (fetch), .../phone-numbers/api/incomingphonenumber-
+    # resource (read, PhoneNumber filter) and .../messaging/api/service-resource (fetch, on
+    # messaging.twilio.com/v1; the redirecting client sends it here). Credentials as for Messages:
+    # 401/20003; an unknown service is 404/20404.
+
+    async def _account(self, request: Request):
+        _, early = await self._guard(request)
+        if early is not None:
+            return early
+        sid, stamp = self.account_sid, "Mon, 01 Jan 2024 00:00:00 +0000"
+        base = f"/2010-04-01/Accounts/{sid}"
+        return JSONResponse(
+            {"sid": sid, "owner_account_sid": sid, "friendly_name": "Sandbox clinic",
+             "status": self.account_status, "type": self.account_type,
+             "auth_token": self.auth_token, "date_created": stamp, "date_updated": stamp,
+             "uri": f"{base}.json",
+             "subresource_uris": {"messages": f"{base}/Messages.json",
+                                  "incoming_phone_numbers": f"{base}/IncomingPhoneNumbers.json"}}
+        )  # fmt: skip
+
+    async def _numbers(self, request: Request):
+        _, early = await self._guard(request)
+        if early is not None:
+            return early
+        q = request.query_params
+        size = min(int(q.get("PageSize", 50)), 1000)
+        wanted = (q.get("PhoneNumber") or "").replace("*", "")  # partial match, '*' any digit
+        found = [n for n in sorted(self.numbers) if wanted in n]
+        path = request.url.path
+        base = f"/2010-04-01/Accounts/{self.account_sid}/IncomingPhoneNumbers"
+        return JSONResponse(
+            {"incoming_phone_numbers": [
+                {"sid": "PN" + uuid.uuid5(uuid.NAMESPACE_URL, n).hex, "account_sid": self.account_sid,
+                 "phone_number": n, "friendly_name": n, "status": "in-use",
+                 "capabilities": {"voice": True, "sms": self.numbers[n], "mms": False, "fax": False},
+                 "uri": f"{base}/PN{uuid.uuid5(uuid.NAMESPACE_URL, n).hex}.json"}
+                for n in found[:size]],
+             "page": 0, "page_size": size, "start": 0, "end": max(len(found[:size]) - 1, 0),
+             "first_page_uri": f"{path}?PageSize={size}&Page=0", "next_page_uri": None,
+             "previous_page_uri": None, "uri": f"{path}?PageSize={size}&Page=0"}
+        )  # fmt: skip
+
+    async def _service(self, request: Request):
+        expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
+        authorised = request.headers.get("Authorization") == f"Basic {expected}"
+        _, early = await guard(
+            request, self.requests, self.faults, authorised=authorised,
+            rate_limited=_error(20429, "Too Many Requests", 429), unauthorised=_error(20003, "Authenticate", 401),
+        )  # fmt: skip
+        if early is not None:
+            return early
+        sid = request.path_params["service"]
+        if sid not in self.services:
+            return _error(20404, f"The requested resource /Services/{sid} was not found", 404)
+        return JSONResponse(
+            {"sid": sid, "account_sid": self.account_sid, "friendly_name": self.services[sid],
+             "date_created": "2024-01-01T00:00:00Z", "date_updated": "2024-01-01T00:00:00Z",
+             "inbound_request_url": None, "use_inbound_webhook_on_number": True,
+             "sticky_sender": True, "mms_converter": True, "smart_encoding": True,
+             "area_code_geomatch": True, "validity_period": 14400, "usecase": "notifications",
+             "url": f"https://messaging.twilio.com/v1/Services/{sid}",
+             "links": {"phone_numbers": f"https://messaging.twilio.com/v1/Services/{sid}/PhoneNumbers",
+                       "alpha_senders": f"https://messaging.twilio.com/v1/Services/{sid}/AlphaSenders"}}
+        )  # fmt: skip
 
 
 def _day_or_time(text: str | None) -> datetime | None:

@@ -266,6 +266,35 @@ class ClinikoClient:
         except RetryError as exc:
             raise self._gave_up(exc.last_attempt.exception(), path) from None
 
+    def get_object(self, path: str, params: Iterable[tuple[str, str]] = ()) -> dict:
+        """One GET answered with a JSON object (``/user``, or a list page as sent), tried once:
+        for interactive checks such as ``relay connect``. Refusals are worded as for pages."""
+        if self.limiter:
+            self.stats.paced_seconds += self.limiter.acquire()
+        try:
+            response = self._http.get(self.url(path), params=list(params) or None)
+        except httpx.TransportError as exc:
+            raise ClinikoUnavailable(
+                f"Cliniko did not answer {path} at {self.host} ({type(exc).__name__}). Check "
+                "the network and the base URL."
+            ) from None
+        self.stats.requests += 1
+        status = response.status_code
+        if status == 200:
+            try:
+                body = orjson.loads(response.content)
+            except orjson.JSONDecodeError:
+                body = None
+            if isinstance(body, dict):
+                return body
+            raise GarbagePage(f"Cliniko answered {path} at {self.host} with something not JSON.")
+        if status == 429 or status >= 500:
+            raise ClinikoUnavailable(
+                f"Cliniko answered {status} for {path} at {self.host}: busy or unavailable; "
+                "try again in a minute."
+            )
+        raise self._refusal(response, path)
+
     def _count_retry(self, _state: object) -> None:
         self.stats.retried += 1
 

@@ -1,0 +1,72 @@
+"""The first clinic.yaml `relay connect` writes: loads cleanly, everything off, no secrets."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.config import load_clinic
+from tasks.connect import ConnectFailed
+from tasks.connect.clinic_file import Accounts, pick_business, render_clinic_yaml
+from tasks.connect.cliniko import Business, ClinikoFacts
+
+SYDNEY = Business(id="11", name="Acme Physio: Bondi", time_zone="Australia/Sydney",
+                  country="au", reply_to="desk@acme.com.au", website="https://acme.com.au",
+                  address="1 Campbell Pde, Bondi")  # fmt: skip
+LONDON = Business(id="12", name="Acme London", time_zone="Europe/London", country="GB")
+FACTS = ClinikoFacts(
+    shard="au2", user_id="7", businesses=[SYDNEY, LONDON],
+    appointment_types=[("Initial Consult #1", "Physio"), ("Dummy\nTag", "Admin Only"),
+                       ("Phone call", None)],
+)  # fmt: skip
+
+
+def write(tmp_path, accounts: Accounts, business: Business = SYDNEY):
+    path = tmp_path / "acme" / "clinic.yaml"
+    path.parent.mkdir()
+    path.write_text(render_clinic_yaml("acme", None, business, FACTS, accounts), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "accounts",
+    [
+        Accounts("acme-cliniko", "acme-postmark", "acme-twilio", "Acme <hi@acme.com.au>"),
+        Accounts("acme-cliniko", "acme-postmark", "outbox", "hi@acme.com.au"),
+        Accounts("acme-cliniko", "outbox", "acme-twilio"),
+        Accounts("acme-cliniko"),
+    ],
+)
+def test_written_file_loads_with_every_trigger_off(tmp_path, accounts):
+    cfg = load_clinic(write(tmp_path, accounts))
+    assert (cfg.time_zone, cfg.country, cfg.name) == ("Australia/Sydney", "AU", SYDNEY.name)
+    assert cfg.triggers and not any(t.enabled for t in cfg.triggers)
+    assert cfg.journeys == [] and cfg.campaigns == []
+    assert cfg.cliniko.account == "acme-cliniko"
+    assert (cfg.providers.email, cfg.providers.sms) == (accounts.email, accounts.sms)
+    channels = {t.channel for t in cfg.triggers}
+    assert "sms" not in channels or accounts.sms != "outbox" or accounts.email == "outbox"
+
+
+def test_appointment_types_and_categories_are_listed_one_per_line(tmp_path):
+    text = write(tmp_path, Accounts("acme-cliniko")).read_text(encoding="utf-8")
+    assert "#   Initial Consult #1: Physio" in text
+    assert "#   Dummy Tag: Admin Only" in text  # a newline in a name stays inside the comment
+    assert "#   Phone call: (no category)" in text
+    assert "# Categories: Admin Only, Physio" in text
+
+
+def test_business_without_time_zone_is_explained():
+    bare = Business(id="13", name="No TZ", time_zone=None, country="AU")
+    with pytest.raises(ConnectFailed) as caught:
+        render_clinic_yaml("acme", None, bare, FACTS, Accounts("acme-cliniko"))
+    assert caught.value.problem == "incomplete_business" and "time zone" in str(caught.value)
+
+
+def test_pick_business_by_id_or_name_or_asks():
+    assert pick_business(FACTS, "12") is LONDON
+    assert pick_business(FACTS, "acme physio: bondi") is SYDNEY
+    with pytest.raises(ConnectFailed) as caught:
+        pick_business(FACTS, None)
+    assert "--business" in str(caught.value) and "12 (Acme London)" in str(caught.value)
+    one = ClinikoFacts(shard="au1", user_id="1", businesses=[LONDON])
+    assert pick_business(one, None) is LONDON
