@@ -38,6 +38,7 @@ import duckdb
 import requests
 from twilio.base.exceptions import TwilioException
 from twilio.http.http_client import TwilioHttpClient
+from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
 from tasks import feedback, feedback_delivery
@@ -148,6 +149,31 @@ def _error_outcome(exc: TwilioException) -> Outcome:
     return Outcome(
         "failed", error_code=str(code or status), reason=f"twilio: error {code or status}"
     )
+
+
+def delivery_of(
+    sid: str, status: str, error_code: int | str | None, at: datetime
+) -> feedback_delivery.Delivery:
+    """A status Twilio reported (fetched or called back), with what its code calls for: only an
+    undelivered or failed message's code can suppress the number."""
+    meaning, suppress = error_meaning(error_code) if error_code else ("", None)
+    failed = status in ("undelivered", "failed")
+    return feedback_delivery.Delivery(
+        provider_message_id=sid, status=status,
+        error_code=str(error_code) if error_code else None, at=at,
+        suppress=(suppress.scope, suppress.reason) if suppress and failed else None,
+        meaning=meaning,
+    )  # fmt: skip
+
+
+def status_callback_valid(settings: TwilioSettings, params: dict[str, str], signature: str) -> bool:
+    """Whether a status callback comes from Twilio: its X-Twilio-Signature is the HMAC-SHA1 of
+    the URL Twilio was given (``status_callback_url``, exactly) and the POSTed parameters,
+    keyed by the auth token (twilio's RequestValidator computes and compares it)."""
+    if not settings.status_callback_url or not signature:
+        return False
+    validator = RequestValidator(settings.auth_token)
+    return bool(validator.validate(settings.status_callback_url, params, signature))
 
 
 class TwilioProvider:
@@ -272,19 +298,6 @@ class TwilioProvider:
             Feed("twilio-delivery", self.pull_deliveries),
         ]
 
-    def delivery(
-        self, sid: str, status: str, error_code: int | str | None, at: datetime
-    ) -> feedback_delivery.Delivery:
-        """A status Twilio reported (fetched or called back), with what its code calls for."""
-        meaning, suppress = error_meaning(error_code) if error_code else ("", None)
-        failed = status in ("undelivered", "failed")
-        return feedback_delivery.Delivery(
-            provider_message_id=sid, status=status,
-            error_code=str(error_code) if error_code else None, at=at,
-            suppress=(suppress.scope, suppress.reason) if suppress and failed else None,
-            meaning=meaning,
-        )  # fmt: skip
-
     def pull_deliveries(self, con: duckdb.DuckDBPyConnection, now: datetime) -> Counter:
         """Fetch each recent message whose status is not final (bounded: tasks/
         feedback_delivery.py) and record what it became. Read first, then one transaction: a
@@ -297,14 +310,14 @@ class TwilioProvider:
                 m = self.client.messages(sid).fetch()
             except TwilioException as exc:
                 if getattr(exc, "status", None) == 404:
-                    found.append(self.delivery(sid, "missing", None, now))
+                    found.append(delivery_of(sid, "missing", None, now))
                     continue
                 problem = exc
                 break
             except requests.RequestException as exc:
                 problem = exc
                 break
-            found.append(self.delivery(sid, m.status, m.error_code, m.date_updated or now))
+            found.append(delivery_of(sid, m.status, m.error_code, m.date_updated or now))
         counts = feedback_delivery.record(con, "twilio", found, now, source="poll")
         if problem is not None:
             raise FeedbackUnavailable(

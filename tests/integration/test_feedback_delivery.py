@@ -2,16 +2,25 @@
 sandbox moves each message along its clock (queued, sending, sent, then delivered, undelivered or
 failed with Twilio's error code), and the delivery feed records what became of it: a number that
 can never receive is suppressed for every SMS, with the message and code as evidence.
+
+Status callbacks (at the end): with a public URL configured, each SMS carries a StatusCallback,
+the sandbox POSTs every status change there signed as Twilio signs it, and relay's endpoint
+(beside the unsubscribe page) records a final status at once; a forged one changes nothing. The
+poll stays the safety net.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 
+from sandbox.server import ThreadedServer
 from sandbox.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioSandbox
 from tasks import feedback_delivery
+from tasks.config import ClinicConfig
 from tasks.feedback import FeedbackUnavailable
 from tasks.messages import ledger
 from tasks.messages.dispatch import dispatch
@@ -19,6 +28,7 @@ from tasks.messages.ledger import PlannedMessage, make_send_key
 from tasks.messages.prepare import Ready
 from tasks.messages.templates import Templates
 from tasks.providers.twilio import TwilioProvider, TwilioSettings
+from tasks.unsubscribe.app import create_app
 from tasks.warehouse import memory_db, open_db
 
 pytestmark = pytest.mark.integration
@@ -251,3 +261,92 @@ def test_a_pull_that_dies_before_its_commit_records_nothing_and_the_next_records
         }  # fmt: skip
         assert pull(con, twilio, clock) == {}
         assert len(sms_suppressions(con)) == 1
+
+
+# --- status callbacks ------------------------------------------------------------------------
+
+
+class LateApp:
+    """The endpoint's URL must be known before the app that checks it is built."""
+
+    app = None
+
+    async def __call__(self, scope, receive, send):
+        await self.app(scope, receive, send)
+
+
+@pytest.fixture
+def endpoint(tmp_path, twilio, clock):
+    """relay's endpoint for clinic 'demo', and the Twilio settings that point Twilio at it."""
+    late = LateApp()
+    with ThreadedServer(late) as server:
+        url = f"{server.url}/twilio/status/demo"
+        twilio.settings = dataclasses.replace(twilio.settings, status_callback_url=url)
+        config = ClinicConfig(clinic="demo", name="Demo", database=tmp_path / "demo.duckdb")
+        late.app = create_app(
+            {"demo": config}, clock=clock, sms_providers={"demo": TwilioProvider(twilio.settings)}
+        )
+        yield config, url
+
+
+def test_a_final_status_called_back_is_recorded_at_once_and_suppresses_a_landline(
+    twilio, clock, templates, endpoint
+):
+    config, url = endpoint
+    with open_db(config.database_path) as con:
+        (key,) = send(con, twilio, clock, templates, [LANDLINE])
+    assert twilio.accepted[0]["_callback"] == url  # Twilio was asked to call back
+
+    clock.advance(minutes=1)
+    assert twilio.deliver_callbacks() == 3  # each change after queued, in order
+    assert [c["params"]["MessageStatus"] for c in twilio.callbacks] == [
+        "sending", "sent", "undelivered",
+    ]  # fmt: skip
+    assert twilio.callbacks[-1]["params"]["ErrorCode"] == "30006"
+    assert {c["answer"] for c in twilio.callbacks} == {204}
+
+    with open_db(config.database_path) as con:
+        assert delivery(con, key) == ("undelivered", "30006", True)
+        assert [(a, r) for a, r, *_ in sms_suppressions(con)] == [(LANDLINE, "undeliverable")]
+        assert pull(con, twilio, clock) == {}  # final already: the poll asks nothing
+        sid = ledger.get(con, key).provider_message_id
+    assert not [r for r in twilio.requests if r[0] == "GET" and sid in r[1]]
+
+
+def test_a_callback_with_a_wrong_signature_changes_nothing(twilio, clock, templates, endpoint):
+    config, url = endpoint
+    with open_db(config.database_path) as con:
+        (key,) = send(con, twilio, clock, templates, [LANDLINE])
+        sid = ledger.get(con, key).provider_message_id
+    params = {"MessageSid": sid, "MessageStatus": "undelivered", "ErrorCode": "30006",
+              "AccountSid": twilio.account_sid}  # fmt: skip
+    forged = httpx.post(url, data=params, headers={"X-Twilio-Signature": "bm90IGl0"})
+    unsigned = httpx.post(url, data=params)
+    signed_for_another_url = httpx.post(
+        url, data=params,
+        headers={"X-Twilio-Signature": twilio.signature(url + "/other", params)},
+    )  # fmt: skip
+
+    assert [r.status_code for r in (forged, unsigned, signed_for_another_url)] == [403] * 3
+    with open_db(config.database_path) as con:
+        assert delivery(con, key) is None and sms_suppressions(con) == []
+    genuine = httpx.post(
+        url, data=params, headers={"X-Twilio-Signature": twilio.signature(url, params)}
+    )
+    assert genuine.status_code == 204
+    with open_db(config.database_path) as con:
+        assert delivery(con, key) == ("undelivered", "30006", True)
+
+
+def test_a_callback_while_the_tick_holds_the_database_is_left_to_the_poll(
+    twilio, clock, templates, endpoint
+):
+    config, _ = endpoint
+    with open_db(config.database_path) as con:
+        (key,) = send(con, twilio, clock, templates, [MOBILE])
+        clock.advance(minutes=1)
+        assert twilio.deliver_callbacks() >= 1  # answered while the database is held here
+        assert {c["answer"] for c in twilio.callbacks} == {204}
+        assert delivery(con, key) is None
+        assert pull(con, twilio, clock) == {"sms_delivered": 1}
+        assert delivery(con, key) == ("delivered", None, True)
