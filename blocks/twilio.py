@@ -37,6 +37,13 @@ class TwilioAccount(Block):
         None, description="Send every request here instead (the sandbox, a proxy)."
     )
     timeout_seconds: float = Field(15.0, gt=0)
+    status_callback_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="Public URL of relay's status endpoint (relay serve-unsubscribe), e.g. "
+        "https://relay.example/twilio/status/acme: Twilio reports each SMS's delivery there at "
+        "once. Without it, delivery is polled every tick.",
+    )
 
     @field_validator("from_number")
     @classmethod
@@ -57,7 +64,7 @@ class TwilioAccount(Block):
     @classmethod
     def from_env(cls) -> TwilioAccount:
         """For the demo and one-off runs: TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, TWILIO_FROM or
-        TWILIO_MESSAGING_SERVICE_SID, TWILIO_BASE_URL."""
+        TWILIO_MESSAGING_SERVICE_SID, TWILIO_BASE_URL, TWILIO_STATUS_CALLBACK_URL."""
         sid, token = os.environ.get("TWILIO_ACCOUNT_SID"), os.environ.get("TWILIO_AUTH_TOKEN")
         if not (sid and token):
             raise RuntimeError(
@@ -70,6 +77,7 @@ class TwilioAccount(Block):
             from_number=os.environ.get("TWILIO_FROM") or None,
             messaging_service_sid=os.environ.get("TWILIO_MESSAGING_SERVICE_SID") or None,
             base_url=os.environ.get("TWILIO_BASE_URL") or None,
+            status_callback_url=os.environ.get("TWILIO_STATUS_CALLBACK_URL") or None,
         )
 
     def provider(self) -> TwilioProvider:
@@ -81,5 +89,6 @@ class TwilioAccount(Block):
                 messaging_service_sid=self.messaging_service_sid,
                 base_url=self.base_url,
                 timeout=self.timeout_seconds,
+                status_callback_url=self.status_callback_url,
             )
         )

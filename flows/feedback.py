@@ -1,6 +1,6 @@
-"""The feedback flow: bounces, provider suppressions, STOP/START replies and unsubscribe clicks
-into state.suppressions, then the report tables as artifacts. One step of the tick; also runs
-alone (``relay feedback``).
+"""The feedback flow: bounces, provider suppressions, STOP/START replies, SMS delivery statuses
+and unsubscribe clicks into state.suppressions, then the report tables as artifacts. One step
+of the tick; also runs alone (``relay feedback``).
 
 Thin wiring around ``tasks.feedback``, the providers' own feeds (``feedback_feeds``: the outbox
 has none) and ``tasks.reports``. Each feed is a task that takes the open connection
@@ -53,6 +53,8 @@ def publish_reports(con, config: ClinicConfig, pulled: dict[str, int]) -> None:
         ("feedback", [{"feed item": k, "count": n} for k, n in sorted(pulled.items())],
          "what this pull recorded"),
         ("messages", reports.message_rows(report), "messages per day per trigger/journey/campaign"),
+        ("deliveries", reports.delivery_rows(report),
+         "SMS delivered vs sent per trigger/journey/campaign"),
         ("lists", reports.list_rows(report), "list and segment joins and leaves per day"),
         ("suppressions", reports.suppression_rows(report), "suppressions and opt-ins per day"),
     ]  # fmt: skip

@@ -6,6 +6,20 @@ STOP (21610), ``+15005550001`` is invalid (21211), ``+15005550009`` is not a mob
 does anything in the sets you pass; a To that is not E.164 is 21211. ``faults`` injects 5xx, 429
 (code 20429), slowness and "timeout after receipt". ``accepted`` records every message created.
 
+Delivery, as Twilio reports it (Message resource ``status`` and ``error_code``): an accepted
+message moves over the sandbox's ``clock`` from ``queued`` to ``sending`` to ``sent`` (handed to
+the carrier) to ``delivered``, each after ``progression`` from its creation. A To in
+``delivery_errors`` (number -> Twilio error code) ends ``undelivered`` with that code instead, as
+the carrier reports it (30003 unreachable handset, 30005 unknown handset, 30006 landline or
+unreachable carrier, 30007 filtered, 30008 unknown), or ``failed`` for the codes Twilio gives
+before the carrier is reached (30001 queue overflow, 30002 account suspended, 30500 and up). A To
+in ``no_receipt`` stays ``sent`` for ever: carriers that send no delivery receipt. The defaults
+are a few magic numbers (``DELIVERY_ERRORS``), Australian landlines among them: Twilio attempts
+delivery to landlines in the US, Canada and the UK and reports 30006 afterwards. When a message
+was created with a ``StatusCallback``, ``deliver_callbacks()`` POSTs each status change to it,
+form-encoded and signed with ``X-Twilio-Signature`` (HMAC-SHA1 of the URL and the sorted
+parameters, keyed by the auth token), as Twilio does.
+
 Replies: ``receive(from_, "STOP")`` records an inbound message (direction ``inbound``) that the
 Messages list returns with the rest, newest first, filtered by To, From and DateSent (``DateSent>``
 and ``DateSent<`` take a day or a full UTC time). As at Twilio, a STOP blocks later sends to that
@@ -19,14 +33,18 @@ services (``services``, served at ``/v1/Services/{sid}`` as on messaging.twilio.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import re
 import threading
 import uuid
 from collections import Counter
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from urllib.parse import parse_qs, urlencode
 
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -41,6 +59,21 @@ INVALID = frozenset({"+15005550001"})
 LANDLINE = frozenset({"+15005550009"})
 OPT_OUT = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
 OPT_IN = frozenset({"START", "YES", "UNSTOP"})
+# Accepted, then reported by the carrier (error codes: https://www.twilio.com/docs/api/errors).
+DELIVERY_ERRORS: Mapping[str, int] = {
+    "+15005550030": 30003,  # unreachable handset (switched off, no signal)
+    "+15005550031": 30005,  # unknown handset: the number is no longer in service
+    "+15005550032": 30006,  # landline (Twilio tries US/CA/UK landlines, then reports 30006)
+    "+15005550033": 30007,  # filtered by the carrier
+    "+15005550034": 30008,  # unknown error
+    "+15005550035": 30001,  # queue overflow: failed before reaching the carrier
+    "+61255550006": 30006,  # an Australian landline
+}
+NO_RECEIPT: frozenset[str] = frozenset({"+15005550036"})
+# Codes Twilio reports as ``failed`` (the message never reached a carrier); the rest undelivered.
+FAILED_CODES = frozenset({30001, 30002, 30500, 30501, 30502, 30503})
+# queued -> sending -> sent -> final, each this long after creation.
+PROGRESSION = (timedelta(seconds=1), timedelta(seconds=2), timedelta(seconds=5))
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 BASE = "/2010-04-01/Accounts/{sid}"
 
@@ -62,10 +95,17 @@ class TwilioSandbox:
         stopped: set[str] | frozenset[str] = STOPPED,
         invalid: set[str] | frozenset[str] = INVALID,
         landline: set[str] | frozenset[str] = LANDLINE,
+        delivery_errors: Mapping[str, int] = DELIVERY_ERRORS,
+        no_receipt: set[str] | frozenset[str] = NO_RECEIPT,
+        progression: tuple[timedelta, timedelta, timedelta] = PROGRESSION,
     ) -> None:
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.stopped, self.invalid, self.landline = set(stopped), set(invalid), set(landline)
+        self.delivery_errors, self.no_receipt = dict(delivery_errors), set(no_receipt)
+        self.progression = progression
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self.callbacks: list[dict] = []  # status callbacks POSTed: url, params, signature, answer
         self.faults = Faults()
         self.accepted: list[dict] = []
         self.inbound: list[dict] = []  # replies from patients, recorded with receive()
@@ -98,7 +138,7 @@ class TwilioSandbox:
         self, from_: str, body: str, *, to: str = "+61400000000", at: datetime | None = None
     ) -> str:
         """A patient's SMS to our number; returns its SID."""
-        at = at or datetime.now(UTC)
+        at = at or self.clock()
         stamp = format_datetime(at.astimezone(UTC), usegmt=True)
         sid = "SM" + uuid.uuid4().hex
         message = {
@@ -151,7 +191,7 @@ class TwilioSandbox:
                 with self._lock:
                     self.rejected.append({"to": to, "code": code})
                 return _error(code, what)
-        now = datetime.now(UTC)
+        now = self.clock()
         message = {
             "sid": "SM" + uuid.uuid4().hex,
             "account_sid": self.account_sid,
@@ -170,12 +210,14 @@ class TwilioSandbox:
             "price": None,
             "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/SM.json",
             "_created": now,
+            "_callback": form.get("StatusCallback"),
+            "_reported": "queued",  # the last status a callback told
         }
         message["uri"] = message["uri"].replace("SM.json", f"{message['sid']}.json")
         with self._lock:
             self.accepted.append(message)
         await after(fault)
-        return JSONResponse(_public(message), status_code=201)
+        return JSONResponse(_public(self._now(message, now)), status_code=201)
 
     async def _list(self, request: Request):
         _, early = await self._guard(request)
@@ -185,10 +227,14 @@ class TwilioSandbox:
         size = min(int(q.get("PageSize", 50)), 1000)
         page = int(q.get("Page", 0))
         after, before = _day_or_time(q.get("DateSent>")), _day_or_time(q.get("DateSent<"))
+        now = self.clock()
         with self._lock:
             found = [
                 m
-                for m in sorted(self.accepted + self.inbound, key=lambda m: m["_created"])[::-1]
+                for m in (
+                    self._now(m, now)
+                    for m in sorted(self.accepted + self.inbound, key=lambda m: m["_created"])[::-1]
+                )
                 if (not q.get("To") or m["to"] == q["To"])
                 and (not q.get("From") or m["from"] == q["From"])
                 and (after is None or (m["date_sent"] and m["_created"] >= after))
@@ -220,9 +266,10 @@ class TwilioSandbox:
         _, early = await self._guard(request)
         if early is not None:
             return early
-        for m in self.accepted:
+        now = self.clock()
+        for m in self.accepted + self.inbound:
             if m["sid"] == request.path_params["msid"]:
-                return JSONResponse(_public(m))
+                return JSONResponse(_public(self._now(m, now)))
         return _error(20404, "The requested resource was not found", 404)
 
     # -- Read-only account settings (what `relay connect` checks before saving credentials) -----
@@ -290,6 +337,90 @@ class TwilioSandbox:
              "links": {"phone_numbers": f"https://messaging.twilio.com/v1/Services/{sid}/PhoneNumbers",
                        "alpha_senders": f"https://messaging.twilio.com/v1/Services/{sid}/AlphaSenders"}}
         )  # fmt: skip
+
+    # --- delivery ----------------------------------------------------------------------------
+
+    def _now(self, message: dict, now: datetime) -> dict:
+        """The message as Twilio would show it at ``now``: status, error code, dates."""
+        if message["direction"] != "outbound-api":
+            return message
+        age = now - message["_created"]
+        to_sending, to_sent, to_final = self.progression
+        code = self.delivery_errors.get(message["to"])
+        steps = [("queued", message["_created"])]
+        if code in FAILED_CODES:
+            if age >= to_sent:
+                steps.append(("failed", message["_created"] + to_sent))
+        else:
+            if age >= to_sending:
+                steps.append(("sending", message["_created"] + to_sending))
+            if age >= to_sent:
+                steps.append(("sent", message["_created"] + to_sent))
+            if age >= to_final and message["to"] not in self.no_receipt:
+                final = "undelivered" if code else "delivered"
+                steps.append((final, message["_created"] + to_final))
+        status, at = steps[-1]
+        final = status in ("delivered", "undelivered", "failed")
+        view = {**message, "status": status, "date_updated": format_datetime(at, usegmt=True),
+                "_status_at": at}  # fmt: skip
+        if any(s == "sent" for s, _ in steps):
+            view["date_sent"] = format_datetime(message["_created"] + to_sent, usegmt=True)
+        if final and code:
+            view["error_code"] = code
+            view["error_message"] = None  # Twilio leaves it empty; the code says it
+        view["_steps"] = steps
+        return view
+
+    def status_of(self, sid: str) -> tuple[str, int | None]:
+        """(status, error_code) of an accepted message now, by the sandbox's clock."""
+        now = self.clock()
+        with self._lock:
+            message = next(m for m in self.accepted if m["sid"] == sid)
+        view = self._now(message, now)
+        return view["status"], view["error_code"]
+
+    def signature(self, url: str, params: Mapping[str, str]) -> str:
+        """X-Twilio-Signature: base64 HMAC-SHA1 of the URL followed by each parameter's name and
+        value, sorted by name, keyed by the auth token (Twilio's webhook security)."""
+        data = url + "".join(f"{k}{params[k]}" for k in sorted(params))
+        mac = hmac.new(self.auth_token.encode(), data.encode("utf-8"), hashlib.sha1)
+        return base64.b64encode(mac.digest()).decode()
+
+    def deliver_callbacks(self, timeout: float = 5.0) -> int:
+        """POST every status change not yet told to its message's StatusCallback, in order, as
+        Twilio does (MessageSid, MessageStatus, ErrorCode when there is one...); how many.
+        An answer that is not 2xx is not retried (Twilio does not retry status callbacks)."""
+        now = self.clock()
+        with self._lock:
+            pending = [m for m in self.accepted if m["_callback"]]
+        posted = 0
+        for message in pending:
+            view = self._now(message, now)
+            names = [s for s, _ in view["_steps"]]
+            start = names.index(message["_reported"]) + 1 if message["_reported"] in names else 0
+            for status in names[start:]:
+                params = {
+                    "AccountSid": self.account_sid, "ApiVersion": "2010-04-01",
+                    "From": view["from"], "To": view["to"], "MessageSid": view["sid"],
+                    "SmsSid": view["sid"], "MessageStatus": status, "SmsStatus": status,
+                }  # fmt: skip
+                if status in ("undelivered", "failed") and view["error_code"]:
+                    params["ErrorCode"] = str(view["error_code"])
+                signature = self.signature(message["_callback"], params)
+                try:
+                    answer = httpx.post(
+                        message["_callback"],
+                        data=params,
+                        timeout=timeout,
+                        headers={"X-Twilio-Signature": signature},
+                    ).status_code
+                except httpx.HTTPError:
+                    answer = None
+                message["_reported"] = status
+                self.callbacks.append({"url": message["_callback"], "params": params,
+                                       "signature": signature, "answer": answer})  # fmt: skip
+                posted += 1
+        return posted
 
 
 def _day_or_time(text: str | None) -> datetime | None:

@@ -1,7 +1,8 @@
 """Reports: what went out, what came back, how the lists grew. Counts only, never a person.
 
 Read from the ledger (state.messages), the bounces feedback recorded (state.email_bounces and
-state.email_bounce_messages), suppressions, and the membership history the model runner writes
+state.email_bounce_messages), what became of each SMS Twilio accepted (state.sms_deliveries:
+delivered vs sent per source), suppressions, and the membership history the model runner writes
 (state.membership_events, state.audience_members). Days are the clinic's local days.
 
 Two outputs: table rows for Prefect artifacts (each tick), and one self-contained HTML file with
@@ -24,6 +25,10 @@ COLOURS = {"sent": "#2e7d32", "bounced": "#ad1457", "failed": "#c62828", "skippe
            "cancelled": "#9e9e9e", "unknown": "#6a1b9a", "sending": "#1565c0",
            "planned": "#90caf9", "joined": "#2e7d32", "left": "#c62828"}  # fmt: skip
 
+# What became of the SMS a provider accepted ("sent"), per source. "no_receipt": no final word
+# yet (or ever: some carriers send no receipt).
+DELIVERY = ("sent", "delivered", "undelivered", "failed", "no_receipt")
+
 # When each status happened: a message is counted on the day of its latest move.
 _MOMENT = """coalesce(CASE status WHEN 'sent' THEN sent_at WHEN 'failed' THEN failed_at
     WHEN 'skipped' THEN skipped_at WHEN 'cancelled' THEN cancelled_at
@@ -45,6 +50,8 @@ class Report:
     list_sizes: dict[str, int] = field(default_factory=dict)
     # (day, channel, action, reason, source) -> count
     suppressions: dict[tuple[date, str, str, str, str], int] = field(default_factory=dict)
+    # (source_kind, source_name) -> DELIVERY counts, for SMS accepted in the period
+    deliveries: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
 
     @property
     def days(self) -> list[date]:
@@ -140,6 +147,25 @@ def build_report(
         window,
     ).fetchall():
         report.suppressions[(day, channel, action, reason, source)] = n
+
+    for kind, name, *counts in con.execute(
+        f"""
+        SELECT m.source_kind, m.source_name, count(*),
+               count(*) FILTER (WHERE d.final AND d.status = 'delivered'),
+               count(*) FILTER (WHERE d.final AND d.status = 'undelivered'),
+               count(*) FILTER (WHERE d.final AND d.status = 'failed')
+        FROM state.messages m LEFT JOIN state.sms_deliveries d USING (message_id)
+        WHERE m.channel = 'sms' AND m.status = 'sent' AND m.provider = 'twilio'
+          AND {local_day.format("m.sent_at")} BETWEEN $first AND $last
+        GROUP BY ALL ORDER BY 1, 2
+        """,
+        window,
+    ).fetchall():
+        sent, delivered, undelivered, failed = counts
+        report.deliveries[(kind, name)] = {
+            "sent": sent, "delivered": delivered, "undelivered": undelivered, "failed": failed,
+            "no_receipt": sent - delivered - undelivered - failed,
+        }  # fmt: skip
     return report
 
 
@@ -166,6 +192,15 @@ def list_rows(report: Report) -> list[dict]:
         )
         row[event] += n
     return list(rows.values())
+
+
+def delivery_rows(report: Report) -> list[dict]:
+    """Delivered vs sent (accepted by Twilio) per source, SMS only."""
+    return [
+        {"source": f"{kind}:{name}", **counts,
+         "delivered_pct": round(100 * counts["delivered"] / counts["sent"], 1)}
+        for (kind, name), counts in sorted(report.deliveries.items())
+    ]  # fmt: skip
 
 
 def suppression_rows(report: Report) -> list[dict]:
@@ -291,6 +326,10 @@ def render_html(report: Report, clinic_name: str, generated_at: datetime) -> str
     source_rows = [[f"{k}:{n}", *(t[o] for o in OUTCOMES)] for (k, n), t in totals.items()]
     daily_rows = [[r["day"], r["source"], *(r[o] for o in OUTCOMES)] for r in message_rows(report)]
     reason_rows = [[f"{k}:{n}", s, r, c] for (k, n, s, r), c in report.reasons.items()]
+    delivery_table = [
+        [r["source"], *(r[o] for o in DELIVERY), f"{r['delivered_pct']}%"]
+        for r in delivery_rows(report)
+    ]
     growth = defaultdict(lambda: [0, 0])
     for (_, audience, event), n in report.lists.items():
         growth[audience][0 if event == "joined" else 1] += n
@@ -311,6 +350,10 @@ def render_html(report: Report, clinic_name: str, generated_at: datetime) -> str
         *(f"<figure>{c}</figure>" for c in charts),
         "<h2>Per trigger, journey and campaign</h2>",
         _table(["source", *OUTCOMES], source_rows, "No messages in this period."),
+        "<h2>SMS: delivered vs sent</h2>",
+        "<p class='meta'>Sent: accepted by Twilio. Delivered, undelivered, failed: what the "
+        "carrier reported afterwards; no receipt: nothing final (yet).</p>",
+        _table(["source", *DELIVERY, "delivered"], delivery_table, "No SMS sent in this period."),
         "<h2>Why messages were skipped, failed or cancelled</h2>",
         _table(["source", "status", "reason", "messages"], reason_rows, "None."),
         "<h2>Lists and segments: growth and churn</h2>",

@@ -233,17 +233,29 @@ def serve_unsubscribe_command(
     clinic: list[str] = typer.Option(None, help="Clinics to serve (repeat); default: all."),
 ) -> None:
     """The unsubscribe endpoint marketing email links to: a confirmation page (GET) and RFC 8058
-    one-click unsubscribe (POST). Ctrl-C stops it."""
+    one-click unsubscribe (POST); and Twilio's status callbacks for clinics whose TwilioAccount
+    sets status_callback_url. Ctrl-C stops it."""
     import uvicorn
 
-    from tasks.config import list_clinics, load_clinic
+    from blocks.resolve import providers_for
+    from tasks.config import ConfigError, list_clinics, load_clinic
     from tasks.unsubscribe.app import create_app
 
     configs = {c.clinic: c for c in (load_clinic(name) for name in clinic or list_clinics())}
+    sms = {}
     for config in configs.values():
         typer.echo(f"  {config.clinic}: links {config.providers.unsubscribe_url}/<token>")
+        try:
+            sms[config.clinic] = providers_for(config)["sms"]
+        except ConfigError as exc:  # the links still work; delivery is polled by the tick
+            typer.echo(f"  {config.clinic}: no Twilio status callbacks ({exc})")
+            continue
+        callback = getattr(getattr(sms[config.clinic], "settings", None), "status_callback_url", "")
+        if callback:
+            typer.echo(f"  {config.clinic}: Twilio status callbacks {callback}")
     typer.echo(f"Serving unsubscribes on http://{host}:{port}")
-    uvicorn.run(create_app(configs), host=host, port=port, log_level="warning", access_log=False)
+    app = create_app(configs, sms_providers=sms)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
 def import_unsubscribes_command(

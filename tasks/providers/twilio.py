@@ -8,8 +8,15 @@ Odd things about this API and client, and what we do about them:
   lists messages to that number since the attempt and matches the body's digest; an SMS a dead
   run left ``sending`` that the list does not hold is planned again (``reconcile`` says why).
 - Errors: ``TwilioRestException`` (and the RFC 9457 ``TwilioServiceException``, not a subclass)
-  carry ``.code`` and ``.status``. 21610 = the number replied STOP; 21211 invalid number;
-  21614 not a mobile; 20429 / 429 / 5xx = come back later; 20003 = bad credentials.
+  carry ``.code`` and ``.status``. What each code means for the number is ``ERROR_CODES``, the
+  one table both sending and delivery read; 20429 / 429 / 5xx = come back later; 20003 = bad
+  credentials.
+- Accepted is not delivered: a Message goes queued -> sending -> sent -> delivered, or ends
+  ``undelivered`` / ``failed`` with an error code (30006 landline, 30005 not in service...). The
+  delivery feed fetches each recent message whose status is not final (``GET
+  /Messages/{Sid}.json``, a bounded number a pull) and tasks/feedback_delivery.py records it;
+  with ``status_callback_url`` set, each message also carries a ``StatusCallback`` and Twilio
+  POSTs every status change there (tasks/unsubscribe/app.py checks its X-Twilio-Signature).
 - Only E.164 numbers are sent (dispatch checks before anything is claimed).
 - Replies come back as inbound messages in the same Messages list: a reply that is just an
   opt-out word (Twilio's defaults) suppresses the number, an opt-in word lifts it (recorded by
@@ -31,9 +38,10 @@ import duckdb
 import requests
 from twilio.base.exceptions import TwilioException
 from twilio.http.http_client import TwilioHttpClient
+from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from tasks import feedback
+from tasks import feedback, feedback_delivery
 from tasks.feedback import Feed, FeedbackUnavailable
 from tasks.messages.ledger import LedgerRow, normalise_address
 from tasks.providers.common import (
@@ -61,6 +69,37 @@ def reply_keyword(body: str | None) -> Literal["stop", "start"] | None:
     return None
 
 
+# What a Twilio error code means for the number, in one place: sending (a refusal at create) and
+# delivery (a Message's final ``error_code``) both read it. A Suppress: the number can never
+# receive our SMS, so it is suppressed for every SMS with the message and code as evidence.
+# None: temporary, or about the content or our account, not the number; recorded, nothing more.
+# Sources: https://www.twilio.com/docs/api/errors/<code> (and docs/reference.md).
+ERROR_CODES: dict[int, tuple[str, Suppress | None]] = {
+    21211: ("not a valid number", Suppress("all", "invalid_address")),
+    21614: ("not a mobile number", Suppress("all", "invalid_address")),
+    21635: ("a landline (refused at send)", Suppress("all", "invalid_address")),
+    21610: ("recipient replied STOP", Suppress("all", "stop")),
+    # "unknown, inactive or no longer in service"
+    30005: ("unknown handset: not in service", Suppress("all", "undeliverable")),
+    # "cannot receive your message... a landline"; Twilio: do not retry that destination
+    30006: ("landline or unreachable carrier", Suppress("all", "undeliverable")),
+    # switched off, no signal, roaming: Twilio calls it usually temporary
+    30003: ("handset unreachable, usually for a while", None),
+    30004: ("message blocked", None),  # by the carrier or a blocklist: not proven permanent
+    30007: ("filtered by the carrier", None),  # about the content, not the number
+    30008: ("unknown error", None),
+    30001: ("queue overflow", None),  # about our sending rate
+    30002: ("account suspended", None),  # about our account
+}
+
+
+def error_meaning(code: int | str | None) -> tuple[str, Suppress | None]:
+    try:
+        return ERROR_CODES.get(int(code), (f"error {code}", None))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return (f"error {code}", None)
+
+
 # Allowance for clock difference between us and Twilio when matching a message to an attempt.
 CLOCK_SKEW = timedelta(minutes=2)
 
@@ -86,6 +125,9 @@ class TwilioSettings:
     messaging_service_sid: str | None = None
     base_url: str | None = None
     timeout: float = 15.0
+    # Where Twilio POSTs each status change (the public URL of relay's status endpoint); None:
+    # statuses come from the delivery poll alone.
+    status_callback_url: str | None = None
 
     def __post_init__(self) -> None:
         if not (self.from_number or self.messaging_service_sid):
@@ -95,17 +137,9 @@ class TwilioSettings:
 def _error_outcome(exc: TwilioException) -> Outcome:
     code = getattr(exc, "code", None)
     status = getattr(exc, "status", 0) or 0
-    if code == 21610:
-        return Outcome(
-            "failed", error_code="21610", reason="twilio: recipient replied STOP",
-            suppress=Suppress("all", "stop"),
-        )  # fmt: skip
-    if code in (21211, 21614):
-        what = "not a valid number" if code == 21211 else "not a mobile number"
-        return Outcome(
-            "failed", error_code=str(code), reason=f"twilio: {what}",
-            suppress=Suppress("all", "invalid_address"),
-        )  # fmt: skip
+    what, suppress = error_meaning(code)
+    if suppress is not None:
+        return Outcome("failed", error_code=str(code), reason=f"twilio: {what}", suppress=suppress)
     if code == 20429 or status == 429 or status >= 500:
         return Outcome("retry", error_code=str(code or status), reason="twilio: busy")
     if code == 20003 or status == 401:
@@ -115,6 +149,31 @@ def _error_outcome(exc: TwilioException) -> Outcome:
     return Outcome(
         "failed", error_code=str(code or status), reason=f"twilio: error {code or status}"
     )
+
+
+def delivery_of(
+    sid: str, status: str, error_code: int | str | None, at: datetime
+) -> feedback_delivery.Delivery:
+    """A status Twilio reported (fetched or called back), with what its code calls for: only an
+    undelivered or failed message's code can suppress the number."""
+    meaning, suppress = error_meaning(error_code) if error_code else ("", None)
+    failed = status in ("undelivered", "failed")
+    return feedback_delivery.Delivery(
+        provider_message_id=sid, status=status,
+        error_code=str(error_code) if error_code else None, at=at,
+        suppress=(suppress.scope, suppress.reason) if suppress and failed else None,
+        meaning=meaning,
+    )  # fmt: skip
+
+
+def status_callback_valid(settings: TwilioSettings, params: dict[str, str], signature: str) -> bool:
+    """Whether a status callback comes from Twilio: its X-Twilio-Signature is the HMAC-SHA1 of
+    the URL Twilio was given (``status_callback_url``, exactly) and the POSTed parameters,
+    keyed by the auth token (twilio's RequestValidator computes and compares it)."""
+    if not settings.status_callback_url or not signature:
+        return False
+    validator = RequestValidator(settings.auth_token)
+    return bool(validator.validate(settings.status_callback_url, params, signature))
 
 
 class TwilioProvider:
@@ -135,6 +194,8 @@ class TwilioProvider:
             self._sender = {"messaging_service_sid": settings.messaging_service_sid}
         else:
             self._sender = {"from_": settings.from_number}
+        if settings.status_callback_url:
+            self._sender["status_callback"] = settings.status_callback_url
 
     def send(self, messages: Sequence[OutgoingMessage]) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -231,8 +292,39 @@ class TwilioProvider:
         return None  # SMS carries its own opt-out words
 
     def feedback_feeds(self, soft_bounce_limit: int) -> list[Feed]:
-        """Replies: inbound messages from the Messages list (STOP and START words)."""
-        return [Feed("twilio-replies", self.pull_replies)]
+        """Replies (STOP and START words) and the delivery of what we sent."""
+        return [
+            Feed("twilio-replies", self.pull_replies),
+            Feed("twilio-delivery", self.pull_deliveries),
+        ]
+
+    def pull_deliveries(self, con: duckdb.DuckDBPyConnection, now: datetime) -> Counter:
+        """Fetch each recent message whose status is not final (bounded: tasks/
+        feedback_delivery.py) and record what it became. Read first, then one transaction: a
+        pull killed while reading records nothing, the next asks again. If Twilio stops
+        answering partway, what was read is recorded and the rest waits for the next pull."""
+        found: list[feedback_delivery.Delivery] = []
+        problem = None
+        for sid in feedback_delivery.awaiting(con, "twilio", now):
+            try:
+                m = self.client.messages(sid).fetch()
+            except TwilioException as exc:
+                if getattr(exc, "status", None) == 404:
+                    found.append(delivery_of(sid, "missing", None, now))
+                    continue
+                problem = exc
+                break
+            except requests.RequestException as exc:
+                problem = exc
+                break
+            found.append(delivery_of(sid, m.status, m.error_code, m.date_updated or now))
+        counts = feedback_delivery.record(con, "twilio", found, now, source="poll")
+        if problem is not None:
+            raise FeedbackUnavailable(
+                f"Twilio's messages could not be read ({type(problem).__name__}) after "
+                f"{len(found)}; those were recorded, the next pull asks about the rest."
+            )
+        return counts
 
     def pull_replies(self, con: duckdb.DuckDBPyConnection, now: datetime) -> Counter:
         """Inbound STOP/START words since the cursor, as suppress/lift rows for the sender's

@@ -53,3 +53,24 @@ FROM state.email_bounces b
 LEFT JOIN last_lift l ON l.email = b.email
 WHERE b.bounced_at > coalesce(l.lifted_at, '-infinity'::TIMESTAMPTZ)
 GROUP BY b.email;
+
+-- What became of each SMS the provider accepted (the ledger's `sent` means accepted, no more):
+-- Twilio's own status and error code, one row per ledger message, written only by
+-- tasks/feedback_delivery.py from the delivery poll or a status callback. A final row (delivered,
+-- undelivered, failed, or missing at the provider) never changes again; the rest are polled
+-- again, least recently checked first, while they are recent (tasks/feedback_delivery.py says
+-- how recent and how many a pull).
+CREATE TABLE IF NOT EXISTS state.sms_deliveries (
+    message_id           BIGINT PRIMARY KEY,    -- state.messages.message_id
+    provider             VARCHAR NOT NULL,      -- twilio
+    provider_message_id  VARCHAR NOT NULL,      -- the Message SID
+    -- the provider's status: queued | sending | sent | delivered | undelivered | failed
+    -- (| missing: the provider no longer has the message)
+    status               VARCHAR NOT NULL,
+    error_code           VARCHAR,               -- e.g. 30006; its meaning: tasks/providers/twilio.py
+    final                BOOLEAN NOT NULL,
+    status_at            TIMESTAMPTZ,           -- when the provider says the status was reached
+    checked_at           TIMESTAMPTZ NOT NULL,  -- our latest poll or callback about it
+    checks               INTEGER NOT NULL DEFAULT 0,
+    source               VARCHAR NOT NULL       -- poll | callback: what told us the status
+);

@@ -15,6 +15,18 @@ the database belongs to the tick, so the answer cannot wait for it: the tick's f
 records the click a few minutes later, before any further marketing is planned for the next tick.
 The page says "You are unsubscribed" only once the suppression is recorded; a click waiting in
 the inbox is told so (202), and a link that matches no message we sent changes nothing (404).
+
+Beside it, Twilio's status callbacks for the clinics whose TwilioAccount sets
+``status_callback_url`` (its path is the route):
+
+    POST <path of status_callback_url>   MessageSid, MessageStatus, ErrorCode... (form-encoded)
+
+A request whose X-Twilio-Signature does not match that URL, its parameters and the clinic's auth
+token gets 403 and changes nothing. A final status (delivered, undelivered, failed) is recorded
+at once through tasks/feedback_delivery.py, with the suppression its error code calls for; the
+others are acknowledged and left. Twilio does not retry a status callback, so the answer is 204
+even when the database is busy: the delivery poll of the next tick asks about that message
+anyway (it stays the default, and the safety net, for every clinic).
 """
 
 from __future__ import annotations
@@ -24,16 +36,19 @@ import html
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from tasks import feedback
+from tasks import feedback, feedback_delivery
 from tasks.config import ClinicConfig
 from tasks.errors import UserFacingError
+from tasks.providers.twilio import TwilioProvider, delivery_of, status_callback_valid
 from tasks.unsubscribe.tokens import InvalidToken, UnsubscribeClaim, verify
 from tasks.warehouse import DatabaseBusy, open_db
 
@@ -69,9 +84,11 @@ def create_app(
     *,
     key: bytes | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    sms_providers: Mapping[str, Any] | None = None,
 ) -> Starlette:
     """The endpoint for these clinics (a token names its clinic). ``key``: the HMAC key, by
-    default the installation's (tasks/unsubscribe/tokens.py)."""
+    default the installation's (tasks/unsubscribe/tokens.py). ``sms_providers``: each clinic's
+    SMS provider; a Twilio one with ``status_callback_url`` gets its status callback route."""
 
     def claim_of(request: Request) -> UnsubscribeClaim | Response:
         try:
@@ -132,6 +149,30 @@ def create_app(
             status=202,
         )
 
+    callbacks = {
+        urlsplit(p.settings.status_callback_url).path: (clinic, p.settings)
+        for clinic, p in (sms_providers or {}).items()
+        if isinstance(p, TwilioProvider) and p.settings.status_callback_url and clinic in clinics
+    }
+
+    async def sms_status(request: Request) -> Response:
+        clinic, settings = callbacks[request.url.path]
+        body = (await request.body()).decode("utf-8", "replace")
+        params = {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
+        signature = request.headers.get("X-Twilio-Signature", "")
+        if not status_callback_valid(settings, params, signature):
+            return PlainTextResponse(
+                "X-Twilio-Signature does not match this URL, the parameters and the account's "
+                "auth token: nothing was recorded.\n",
+                status_code=403,
+            )
+        sid, status = params.get("MessageSid", ""), params.get("MessageStatus", "")
+        if sid and status in feedback_delivery.FINAL:
+            now = clock()
+            found = delivery_of(sid, status, params.get("ErrorCode") or None, now)
+            await run_in_threadpool(_record_status, clinics[clinic], found, now)
+        return Response(status_code=204)
+
     # Each clinic's links carry the path of its providers.unsubscribe_url.
     paths = sorted(
         {urlsplit(c.providers.unsubscribe_url).path.rstrip("/") for c in clinics.values()}
@@ -142,17 +183,32 @@ def create_app(
             Route(path + "/{token}", confirm, methods=["GET"]),
             Route(path + "/{token}", unsubscribe, methods=["POST"]),
         ]
+    routes += [Route(path, sms_status, methods=["POST"]) for path in sorted(callbacks)]
     return Starlette(routes=routes)
 
 
+def _record_status(config: ClinicConfig, found: feedback_delivery.Delivery, now: datetime) -> None:
+    try:
+        with open_db(config.database_path, wait_seconds=DB_WAIT_SECONDS) as con:
+            feedback_delivery.record(con, "twilio", [found], now, source="callback")
+    except DatabaseBusy:
+        log.info("%s: database busy; the delivery poll records this status", config.clinic)
+
+
 @contextlib.contextmanager
-def serving(clinics: Mapping[str, ClinicConfig], host: str, port: int) -> Iterator[str]:
+def serving(
+    clinics: Mapping[str, ClinicConfig],
+    host: str,
+    port: int,
+    sms_providers: Mapping[str, Any] | None = None,
+) -> Iterator[str]:
     """The endpoint on a background thread for the length of the block (``relay serve``);
     yields its base URL."""
     from sandbox.server import ThreadedServer
 
     try:
-        server = ThreadedServer(create_app(clinics), host=host, port=port)
+        app = create_app(clinics, sms_providers=sms_providers)
+        server = ThreadedServer(app, host=host, port=port)
     except OSError as exc:
         raise UserFacingError(
             f"The unsubscribe endpoint cannot listen on {host}:{port} ({exc.strerror}). Stop "

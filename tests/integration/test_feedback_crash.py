@@ -1,5 +1,6 @@
 """kill -9 a feedback pull at random moments, pull again: every bounce, complaint, provider
-suppression and STOP is recorded exactly once, and the fifth soft bounce suppresses once.
+suppression, STOP and SMS delivery status is recorded exactly once, the fifth soft bounce
+suppresses once, and each landline once.
 
 The sandboxes run in the test process; the pull runs in a subprocess (this file, run as a script)
 against a real DuckDB file, so a SIGKILL can land anywhere: mid-request, mid-transaction, between
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime.now(UTC).replace(microsecond=0)
 ROUNDS = 6  # each round: new feedback at the providers, then a pull killed at a random moment
 HARD, SOFT, SOFT_FEW, COMPLAINTS, UNSUBSCRIBES, STOPS = 60, 60, 40, 10, 30, 60
+LANDLINES, MOBILES = 5, 5  # SMS sent each round: Twilio accepts them, the carrier reports later
 OUR_NUMBER = "+61400000000"
 
 
@@ -45,6 +47,39 @@ def more_feedback(postmark, twilio, r: int) -> None:
         twilio.receive(f"+614{r}{i:06d}", "STOP", to=OUR_NUMBER, at=at + timedelta(seconds=i))
     for i in range(0, STOPS if r else 0, 4):  # a quarter of last round's came back
         twilio.receive(f"+614{r - 1}{i:06d}", "START", to=OUR_NUMBER, at=at + timedelta(minutes=1))
+
+
+def more_sms(db: Path, twilio, r: int) -> None:
+    """Round r's SMS: sent through the real client to the sandbox and recorded in the ledger as
+    dispatch records them; the landlines among them come back undelivered (30006)."""
+    from sandbox.twilio import ACCOUNT_SID, AUTH_TOKEN
+    from tasks.messages import ledger
+    from tasks.messages.ledger import PlannedMessage, make_send_key
+    from tasks.providers.common import OutgoingMessage, RenderedSms
+    from tasks.providers.twilio import TwilioProvider, TwilioSettings
+    from tasks.warehouse import open_db
+
+    numbers = [f"+612555{r}{i:04d}" for i in range(LANDLINES)]
+    numbers += [f"+614555{r}{i:04d}" for i in range(MOBILES)]
+    twilio.delivery_errors.update({n: 30006 for n in numbers[:LANDLINES]})
+    provider = TwilioProvider(
+        TwilioSettings(ACCOUNT_SID, AUTH_TOKEN, from_number=OUR_NUMBER, base_url=twilio.url)
+    )
+    now = datetime.now(UTC)
+    with open_db(db) as con:
+        for i, number in enumerate(numbers):
+            key = make_send_key("trigger", "reminder", 1000 * r + i, "crash")
+            ledger.insert_planned(con, [PlannedMessage(key, "trigger", "reminder", 1000 * r + i,
+                                                       "sms", "transactional", "t", now)], now)  # fmt: skip
+            (mid,) = [ledger.get(con, key).message_id]
+            message = OutgoingMessage(mid, key, "sms", "transactional", "reminder", number,
+                                      RenderedSms("Your appointment is tomorrow."))  # fmt: skip
+            (outcome,) = provider.send([message])
+            ledger.transition(con, [mid], "planned", "sending", now,
+                              values={"to_address": [number], "provider": ["twilio"]})  # fmt: skip
+            ledger.transition(con, [mid], "sending", "sent", now,
+                              values={"provider_message_id": [outcome.provider_message_id]})  # fmt: skip
+    provider.close()
 
 
 def worker(db: str, postmark_url: str, twilio_url: str) -> None:
@@ -81,6 +116,7 @@ def sandboxes():
     # every answer a little late, so a pull spends time both waiting and writing
     postmark.faults.add("slow", times=10**6, delay=0.1)
     twilio.faults.add("slow", times=10**6, delay=0.1)
+    twilio.progression = (timedelta(0), timedelta(0), timedelta(0))  # final by the next pull
     with postmark.serve() as pm_server, twilio.serve() as tw_server:
         postmark.url, twilio.url = pm_server.url, tw_server.url
         yield postmark, twilio
@@ -107,9 +143,11 @@ def test_kill_9_during_feedback_pulls_then_pull_again_records_everything_once(tm
     killed_mid_pull = 0
     for r in range(ROUNDS):
         more_feedback(postmark, twilio, r)
+        more_sms(db, twilio, r)
         proc = spawn(db, postmark, twilio)
         feed = rng.choice(["postmark-bounces", "postmark-suppressions-outbound",
-                           "postmark-suppressions-broadcast", "twilio-replies"])  # fmt: skip
+                           "postmark-suppressions-broadcast", "twilio-replies",
+                           "twilio-delivery"])  # fmt: skip
         target = f"pulling {feed}"
         for line in proc.stdout:
             if line.decode().strip() in (target, "done"):
@@ -137,6 +175,17 @@ def test_kill_9_during_feedback_pulls_then_pull_again_records_everything_once(tm
             "SELECT count(*) FROM (SELECT address, action, reason, count(*) AS n "
             "FROM state.suppressions GROUP BY ALL HAVING n > 1)"
         ).fetchone()
+        deliveries = dict(
+            con.execute(
+                "SELECT status || coalesce(' ' || error_code, ''), count(*) "
+                "FROM state.sms_deliveries WHERE final GROUP BY 1"
+            ).fetchall()
+        )
+        delivery_items = con.execute(
+            "SELECT count(*) FROM state.feedback_items WHERE feed = 'delivery'"
+        ).fetchone()
+    assert deliveries == {"undelivered 30006": ROUNDS * LANDLINES, "delivered": ROUNDS * MOBILES}
+    assert delivery_items == (ROUNDS * (LANDLINES + MOBILES),)
     assert rows == {
         "email suppress hard_bounce": ROUNDS * HARD,
         "email suppress soft_bounce_limit": SOFT,
@@ -144,6 +193,7 @@ def test_kill_9_during_feedback_pulls_then_pull_again_records_everything_once(tm
         "email suppress unsubscribed": ROUNDS * UNSUBSCRIBES,
         "sms suppress stop": ROUNDS * STOPS,
         "sms lift opt_in": (ROUNDS - 1) * len(range(0, STOPS, 4)),
+        "sms suppress undeliverable": ROUNDS * LANDLINES,
     }
     assert duplicates == (0,)
 

@@ -70,7 +70,8 @@ def test_the_flow_pulls_every_feed_and_its_artifacts_carry_counts_only(tmp_path,
             )
         )
     assert {a.key for a in artifacts} == {
-        "feedback-flowtest", "messages-flowtest", "lists-flowtest", "suppressions-flowtest"
+        "feedback-flowtest", "messages-flowtest", "deliveries-flowtest", "lists-flowtest",
+        "suppressions-flowtest",
     }  # fmt: skip
     published = " ".join(str(a.data) for a in artifacts)  # each table is a JSON text
     assert '"reason": "stop"' in published

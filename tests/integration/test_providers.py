@@ -321,3 +321,19 @@ def test_the_blocks_build_providers_that_reach_the_sandboxes_and_hide_their_secr
     assert tw.send([sms(1, "+61412345678")])[0].kind == "sent"
     with pytest.raises(ValidationError, match="from_number or messaging_service_sid"):
         TwilioAccount(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN)
+
+
+def test_a_twilio_account_with_a_status_callback_url_asks_twilio_to_call_back(twilio):
+    from blocks.twilio import TwilioAccount
+
+    url = "https://relay.example/twilio/status/acme"
+    account = TwilioAccount(
+        account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, from_number="+61400000000",
+        base_url=twilio.url, status_callback_url=url,
+    )  # fmt: skip
+    assert account.provider().send([sms(1, "+61412345678")])[0].kind == "sent"
+    assert twilio.accepted[0]["_callback"] == url
+    plain = TwilioAccount(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN,
+                          from_number="+61400000000", base_url=twilio.url)  # fmt: skip
+    plain.provider().send([sms(2, "+61412345678")])
+    assert twilio.accepted[1]["_callback"] is None  # without it: polled, nothing asked of Twilio

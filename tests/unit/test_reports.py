@@ -41,6 +41,7 @@ def message(con, patient_id, *, source=("trigger", "reminder-24h"), channel="ema
     values = {"status_reason": [reason]}
     if status == "sent":
         values["provider_message_id"] = [provider_id or f"pm-{patient_id}"]
+        values["provider"] = ["twilio" if channel == "sms" else "postmark"]
     ledger.transition(con, [mid], "sending", status, at, values=values)
     return mid
 
@@ -147,6 +148,38 @@ def test_suppressions_are_counted_by_reason_and_source(con):
         {"day": "2026-03-10", "channel": "sms", "action": "suppress", "reason": "stop",
          "source": "twilio", "count": 3}
     ]  # fmt: skip
+
+
+def delivered(con, message_id, status, code=None):
+    """What the delivery feed records (tasks/feedback_delivery.py) for an SMS Twilio accepted."""
+    con.execute(
+        "INSERT INTO state.sms_deliveries VALUES (?, 'twilio', ?, ?, ?, ?, ?, ?, 1, 'poll')",
+        [message_id, f"SM{message_id}", status, code,
+         status in ("delivered", "undelivered", "failed"), NOW, NOW],
+    )  # fmt: skip
+
+
+def test_sms_delivered_vs_sent_per_trigger(con):
+    reminder, welcome = ("trigger", "sms-reminder-24h"), ("trigger", "sms-welcome")
+    for i in range(1, 5):
+        delivered(con, message(con, i, source=reminder, channel="sms"), "delivered")
+    delivered(con, message(con, 5, source=reminder, channel="sms"), "undelivered", "30006")
+    delivered(con, message(con, 6, source=reminder, channel="sms"), "sent")  # no receipt yet
+    message(con, 7, source=reminder, channel="sms")  # not asked about yet
+    delivered(con, message(con, 8, source=welcome, channel="sms"), "failed", "30001")
+    message(con, 9, source=reminder)  # email: not an SMS delivery
+    message(con, 10, source=reminder, channel="sms", status="failed")  # never accepted
+
+    rows = reports.delivery_rows(build(con))
+
+    assert rows == [
+        {"source": "trigger:sms-reminder-24h", "sent": 7, "delivered": 4, "undelivered": 1,
+         "failed": 0, "no_receipt": 2, "delivered_pct": 57.1},
+        {"source": "trigger:sms-welcome", "sent": 1, "delivered": 0, "undelivered": 0,
+         "failed": 1, "no_receipt": 0, "delivered_pct": 0.0},
+    ]  # fmt: skip
+    page = reports.render_html(build(con), "Demo", NOW)
+    assert "SMS: delivered vs sent" in page and "57.1%" in page
 
 
 def test_the_html_report_has_charts_tables_and_no_personal_data(con):

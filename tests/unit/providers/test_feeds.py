@@ -26,6 +26,6 @@ def test_postmark_reports_each_streams_bounces_and_suppressions_once():
     ]  # fmt: skip
 
 
-def test_twilio_reports_replies():
+def test_twilio_reports_replies_and_what_became_of_each_sms():
     twilio = TwilioProvider(TwilioSettings("AC" + "0" * 32, "token", from_number="+61400000000"))
-    assert [f.name for f in twilio.feedback_feeds(5)] == ["twilio-replies"]
+    assert [f.name for f in twilio.feedback_feeds(5)] == ["twilio-replies", "twilio-delivery"]
