@@ -191,6 +191,26 @@ class SandboxClinic:
                 done[kind] += getattr(changes, kind)(t)
             return done
 
+    def cancel_attendance(self, attendee_id: int) -> dict:
+        """Cancel one attendee now, as the front desk does (``PATCH /attendees/{id}/cancel``):
+        it keeps its row with ``cancelled_at`` and a reason, leaves its class's ``patient_ids``,
+        and plain ``/attendees`` lists stop showing it. Returns the attendee as stored."""
+        with self.lock:
+            _Changes(self).cancel_place(attendee_id, math.floor(self._now))
+            return self.tables["attendees"].record(attendee_id)
+
+    def bulk_edit(self, resource: str, ids: list[int], changes: dict) -> str:
+        """Apply ``changes`` to many rows in one second, as a bulk action in Cliniko does: every
+        row gets the same ``updated_at`` (now). Returns that timestamp."""
+        with self.lock:
+            stamp = fmt_ts(math.floor(self._now))
+            table = self.tables[resource]
+            for row_id in ids:
+                rec = {**table.record(row_id), **changes, "updated_at": stamp}
+                self.heal(resource, rec)
+                table.put(rec)
+            return stamp
+
     def add_key(
         self, key: str, denied: tuple[str, ...] = (), not_found: tuple[str, ...] = ()
     ) -> str:
@@ -1188,19 +1208,25 @@ class _Changes:
             if not attendees:
                 continue
             att_id = self.rng.choice(attendees)
-            att = self._rec("attendees", att_id)
-            if att.get("cancelled_at"):
+            if self._rec("attendees", att_id).get("cancelled_at"):
                 continue
-            patient = str(link_id(att["patient"]))
+            self.cancel_place(att_id, t)
+            return 1
+        return 0
+
+    def cancel_place(self, att_id: int, t: int) -> None:
+        att = self._rec("attendees", att_id)
+        patient = str(link_id(att["patient"]))
+        classes = self.c.tables["group_appointments"]
+        class_id = link_id(att["booking"])
+        if class_id in classes.rows:
             group = classes.record(class_id)
             if patient in group["patient_ids"]:
                 group["patient_ids"].remove(patient)
             group["updated_at"] = fmt_ts(t)
             self._put("group_appointments", group)
-            cancel(att, None, self.rng, t)
-            self._put("attendees", att)
-            return 1
-        return 0
+        cancel(att, None, self.rng, t)
+        self._put("attendees", att)
 
     def _delete(self, resource: str, row_id: int) -> None:
         if self.c.tables[resource].remove(row_id):
