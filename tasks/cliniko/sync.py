@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
 
     client = ClinikoClient(
         os.environ.get("CLINIKO_API_KEY", ""),
-        os.environ.get("CLINIKO_CONTACT", "ops@localhost"),
+        os.environ.get("CLINIKO_CONTACT", ""),  # a placeholder is refused: see check_contact
         os.environ.get("CLINIKO_BASE_URL") or None,
         pace=None if args.no_rate_limit else Pace(args.requests, args.per_seconds),
         retry=Retry(initial_seconds=args.retry_initial),
