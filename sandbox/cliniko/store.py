@@ -35,7 +35,14 @@ from sandbox.cliniko.spec import ARRAY, BOOLEAN, DATE, DATETIME, NUMBER, STRING,
 BASE = "~B~"  # stands for the server's base URL (".../v1") inside stored bodies
 BASE_BYTES = BASE.encode()
 
-_SLOT_FIELDS = ("created_at", "updated_at", "archived_at", "cancelled_at", "starts_at", "deleted_at")
+_SLOT_FIELDS = (
+    "created_at",
+    "updated_at",
+    "archived_at",
+    "cancelled_at",
+    "starts_at",
+    "deleted_at",
+)
 _ID_BITS = 64
 ID_MASK = (1 << _ID_BITS) - 1  # index keys are (ts << 64) | id
 _TS_FORMAT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
