@@ -1,8 +1,13 @@
 """The ClinikoAccount block: a clinic's Cliniko API key (secret) and how to reach the API.
 
 Register once: ``prefect block register -m blocks.cliniko``; save one per clinic, e.g.
-``ClinikoAccount(api_key="...-au2", contact_email="ops@clinic.example").save("acme-cliniko")``,
+``ClinikoAccount(api_key="...-au2", contact_email="it@acmephysio.com.au").save("acme-cliniko")``,
 and name it in the clinic's config (``cliniko.account: acme-cliniko``).
+
+``contact_email`` goes into every request's User-Agent, which Cliniko requires to name a contact
+it can reach before blocking a key: a placeholder (``ops@localhost``, anything at example.com or
+under .test/.invalid/.local...) is refused when the block is made or loaded, unless ``base_url``
+is the sandbox on this machine (``tasks.cliniko.client.check_contact``, the one rule).
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ import os
 from typing import TYPE_CHECKING
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
+from tasks.cliniko.client import check_contact
 from tasks.errors import UserFacingError
 
 if TYPE_CHECKING:
@@ -40,6 +46,15 @@ class ClinikoAccount(Block):
         description="Cliniko's per-user rate limit; shared by every integration of the user.",
     )
 
+    @model_validator(mode="after")
+    def _real_contact(self) -> ClinikoAccount:
+        # ValueError (not UserFacingError) so pydantic reports it as this field's problem.
+        try:
+            check_contact(self.contact_email, self.base_url)
+        except UserFacingError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
     @classmethod
     def from_env(cls) -> ClinikoAccount:
         """For the demo and one-off runs: CLINIKO_API_KEY, CLINIKO_CONTACT, CLINIKO_BASE_URL."""
@@ -49,10 +64,13 @@ class ClinikoAccount(Block):
                 "CLINIKO_API_KEY is not set. Set it (and CLINIKO_CONTACT), or save a ClinikoAccount "
                 "block and name it in the clinic's config under cliniko.account."
             )
+        base_url = os.environ.get("CLINIKO_BASE_URL") or None
+        contact = os.environ.get("CLINIKO_CONTACT", "")
+        check_contact(contact, base_url)  # the error names CLINIKO_CONTACT, not a block field
         return cls(
             api_key=SecretStr(key),
-            contact_email=os.environ.get("CLINIKO_CONTACT", "ops@localhost"),
-            base_url=os.environ.get("CLINIKO_BASE_URL") or None,
+            contact_email=contact or "sandbox@localhost",
+            base_url=base_url,
             requests_per_minute=int(os.environ.get("CLINIKO_REQUESTS_PER_MINUTE", "200")),
         )
 

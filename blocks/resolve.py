@@ -10,6 +10,8 @@ from __future__ import annotations
 from email.utils import formataddr
 from typing import Any
 
+from pydantic import ValidationError
+
 from blocks.cliniko import ClinikoAccount
 from blocks.postmark import PostmarkServer
 from blocks.twilio import TwilioAccount
@@ -24,6 +26,12 @@ def cliniko_account(config: ClinicConfig) -> ClinikoAccount:
         return ClinikoAccount.from_env()
     try:
         return ClinikoAccount.load(config.cliniko.account)
+    except ValidationError as exc:  # saved before the contact rule, say: name the problem
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        raise ConfigError(
+            f"clinic '{config.clinic}': the ClinikoAccount block '{config.cliniko.account}' "
+            f"cannot be used: {problems} Save the block again with the corrected value."
+        ) from None
     except ValueError:
         raise ConfigError(
             f"clinic '{config.clinic}': cliniko.account names the ClinikoAccount block "

@@ -8,8 +8,10 @@ appointments and classes, and eight weeks of future bookings.
 
 ``advance`` moves the clock and makes the changes an incremental sync must find, at rates per
 simulated minute that scale with the clinic's size; every changed row gets an ``updated_at``
-inside the interval. Merges re-point the merged patient's appointments to the survivor; hard
-deletes remove a row from every endpoint. ``lock`` guards all state: the server answers from its
+inside the interval. Merges archive the merged-away patient with ``merged_at`` and a
+``merged_with_patient`` link and re-point its appointments to the survivor; cancelled class
+places keep their attendee row with ``cancelled_at``; hard deletes remove a row from every
+endpoint. ``lock`` guards all state: the server answers from its
 own thread while tests call ``advance``.
 """
 
@@ -189,6 +191,26 @@ class SandboxClinic:
                 done[kind] += getattr(changes, kind)(t)
             return done
 
+    def cancel_attendance(self, attendee_id: int) -> dict:
+        """Cancel one attendee now, as the front desk does (``PATCH /attendees/{id}/cancel``):
+        it keeps its row with ``cancelled_at`` and a reason, leaves its class's ``patient_ids``,
+        and plain ``/attendees`` lists stop showing it. Returns the attendee as stored."""
+        with self.lock:
+            _Changes(self).cancel_place(attendee_id, math.floor(self._now))
+            return self.tables["attendees"].record(attendee_id)
+
+    def bulk_edit(self, resource: str, ids: list[int], changes: dict) -> str:
+        """Apply ``changes`` to many rows in one second, as a bulk action in Cliniko does: every
+        row gets the same ``updated_at`` (now). Returns that timestamp."""
+        with self.lock:
+            stamp = fmt_ts(math.floor(self._now))
+            table = self.tables[resource]
+            for row_id in ids:
+                rec = {**table.record(row_id), **changes, "updated_at": stamp}
+                self.heal(resource, rec)
+                table.put(rec)
+            return stamp
+
     def add_key(
         self, key: str, denied: tuple[str, ...] = (), not_found: tuple[str, ...] = ()
     ) -> str:
@@ -208,12 +230,15 @@ class SandboxClinic:
     def snapshot(self, resource: str, base_url: str) -> dict[int, dict]:
         """Every row the API returns when all hidden rows are asked for, by id, as served.
 
-        Rows made malformed by ``inject_malformed`` (see ``malformed``) are left out."""
+        Rows made malformed by ``inject_malformed`` (see ``malformed``) are left out, and so are
+        deleted ones (``deleted_at`` set), which no list shows."""
         base = base_url.rstrip("/").encode()
         with self.lock:
             bad = self._malformed[resource]
             out = {}
             for row in self.tables[resource].rows.values():
+                if row.deleted_at is not None:
+                    continue
                 rec = orjson.loads(row.body.replace(BASE_BYTES, base))
                 if str(rec.get("id")) in bad:
                     continue
@@ -1155,8 +1180,8 @@ class _Changes:
                     self._delete("patients", pid)
                     return 1
             return 0
-        if roll < 0.3:
-            return self._remove_from_class(t)
+        if roll < 0.3:  # counted here for a stable random stream, but a cancellation
+            return self._cancel_class_place(t)
         appt = self._future_appointment(t)
         if appt is None:
             return 0
@@ -1166,8 +1191,11 @@ class _Changes:
         self._delete("individual_appointments", aid)
         return 1
 
-    def _remove_from_class(self, t: int) -> int:
-        """Someone taken off a future class: their attendance is deleted outright."""
+    def _cancel_class_place(self, t: int) -> int:
+        """Someone's place in a future class is cancelled, as Cliniko does it
+        (``PATCH /attendees/{id}/cancel``; attendee DELETE is deprecated): the attendee gets
+        ``cancelled_at`` and a reason, drops out of the class's ``patient_ids`` and out of plain
+        ``/attendees`` lists, and comes back with ``q[]=cancelled_at:*``."""
         c = self.c
         classes = c.tables["group_appointments"]
         index = classes.indexes["starts_at"]
@@ -1180,16 +1208,25 @@ class _Changes:
             if not attendees:
                 continue
             att_id = self.rng.choice(attendees)
-            patient = str(link_id(self._rec("attendees", att_id)["patient"]))
+            if self._rec("attendees", att_id).get("cancelled_at"):
+                continue
+            self.cancel_place(att_id, t)
+            return 1
+        return 0
+
+    def cancel_place(self, att_id: int, t: int) -> None:
+        att = self._rec("attendees", att_id)
+        patient = str(link_id(att["patient"]))
+        classes = self.c.tables["group_appointments"]
+        class_id = link_id(att["booking"])
+        if class_id in classes.rows:
             group = classes.record(class_id)
             if patient in group["patient_ids"]:
                 group["patient_ids"].remove(patient)
             group["updated_at"] = fmt_ts(t)
             self._put("group_appointments", group)
-            c._attendees_at[class_id].remove(att_id)
-            self._delete("attendees", att_id)
-            return 1
-        return 0
+        cancel(att, None, self.rng, t)
+        self._put("attendees", att)
 
     def _delete(self, resource: str, row_id: int) -> None:
         if self.c.tables[resource].remove(row_id):

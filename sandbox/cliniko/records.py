@@ -1,9 +1,12 @@
 """Payloads shaped like Cliniko's official examples (tests/fixtures/cliniko-examples/).
 
 Same field names and nesting; ids are strings; foreign keys are ``{"links": {"self": ...}}``
-written against the ``BASE`` placeholder. A few current-API fields the 2022 examples lack are
-added (``archived_at`` on appointments and attendees, ``label``, ``country_code``,
-``time_zone_identifier``, ``active``, ``id`` on referral sources). Empty timestamps are ``""`` on
+written against the ``BASE`` placeholder. Each carries exactly the fields of the current
+reference's table for its resource (tests/fixtures/cliniko-reference.json; checked by
+tests/sandbox/test_conformance.py), so fields the 2022 examples lack are here too (``archived_at``
+and the cancellation fields on attendees, ``merged_at``/``merged_with_patient`` on every patient,
+``label``, ``country_code``, ``time_zone_identifier``, ``active``, ``display_name``, ``id`` on
+referral sources). Empty timestamps are ``""`` on
 patients from the clinic's first year (as in the patients example) and ``null`` everywhere else,
 so a client meets both. All people are fake.
 """
@@ -215,8 +218,11 @@ def business(
 ) -> dict:
     slug = "".join(c for c in name.lower() if c.isalnum())
     return {
+        "additional_information": None,
+        "additional_invoice_information": None,
         "address_1": f"{12 + id % 80} {STREETS[id % len(STREETS)]} Street",
         "address_2": None,
+        "appointment_reminders_enabled": True,
         "appointment_type_ids": [str(i) for i in appointment_type_ids],
         "archived_at": None,
         "business_name": name,
@@ -278,6 +284,7 @@ def practitioner(
             f"practitioners/{id}/practitioner_reference_numbers?page=1"
         ),
         "user": link(f"users/{user_id}"),
+        "appointment_types": link(f"practitioners/{id}/appointment_types"),
         "appointments": link(f"practitioners/{id}/appointments?page=1"),
         "invoices": link(f"practitioners/{id}/invoices?page=1"),
         "links": link(f"practitioners/{id}")["links"],
@@ -298,6 +305,11 @@ def appointment_type(
     archived: int | None,
 ) -> dict:
     return {
+        "add_deposit_to_account_credit": False,
+        "appointment_confirmation_template_ids": [],
+        "appointment_reminder_template_ids": [],
+        "appointment_type_billable_items": link(f"appointment_types/{id}/billable_items"),
+        "appointment_type_products": link(f"appointment_types/{id}/products"),
         "archived_at": _ts(archived),
         "category": category,
         "color": color,
@@ -308,6 +320,7 @@ def appointment_type(
         "id": str(id),
         "max_attendees": max_attendees,
         "name": name,
+        "online_bookings_lead_time_hours": None,
         "online_payments_enabled": False,
         "online_payments_mode": "no_payment",
         "show_in_online_bookings": online,
@@ -427,6 +440,8 @@ def patient(
         "last_name": last,
         "medicare": "",
         "medicare_reference_number": "",
+        "merged_at": None,
+        "merged_with_patient": None,
         "notes": "",
         "appointment_notes": "",
         "occupation": "",
@@ -435,6 +450,7 @@ def patient(
         "post_code": place["post_code"],
         "preferred_first_name": preferred or "",
         "pronouns": None,
+        "receives_cancellation_emails": reminder_type != "None",
         "receives_confirmation_emails": reminder_type != "None",
         "referral_source": "",
         "reminder_type": reminder_type,
@@ -450,6 +466,10 @@ def patient(
         "medical_alerts": link(f"patients/{id}/medical_alerts?page=1"),
         "invoices": link(f"patients/{id}/invoices?page=1"),
         "appointments": link(f"patients/{id}/appointments?page=1"),
+        "attendees": link(f"patients/{id}/attendees?page=1"),
+        "latest_booking": None,
+        "patient_attachments": link(f"patients/{id}/patient_attachments?page=1"),
+        "relationships": link(f"patients/{id}/relationships?page=1"),
         "links": link(f"patients/{id}")["links"],
     }
 
@@ -482,10 +502,12 @@ def individual_appointment(
         "conflicts": link(f"individual_appointments/{id}/conflicts"),
         "did_not_arrive": o.arrived is False,
         "email_reminder_sent": reminders[0],
+        "has_patient_appointment_notes": False,
         "invoice_status": None,
         "notes": None,
         "online_booking_policy_accepted": True if online else None,
         "patient_arrived": o.arrived is True,
+        "patient_case": None,
         "patient_name": patient_name,
         "repeat_rule": {},
         "repeats": None,
@@ -532,6 +554,7 @@ def group_appointment(
         "deleted_at": None,
         "starts_at": fmt_ts(starts),
         "ends_at": fmt_ts(starts + minutes * 60),
+        "telehealth_url": f"https://sandbox.cliniko.test/telehealth/g{id}",
         "appointment_type": link(f"appointment_types/{type_id}"),
         "business": link(f"businesses/{business_id}"),
         "practitioner": link(f"practitioners/{practitioner_id}"),
@@ -560,6 +583,7 @@ def attendee(
         "cancellation_note": o.note,
         "cancellation_reason": o.reason,
         "cancellation_reason_description": CANCELLATION_REASONS.get(o.reason, ""),
+        "cancellation_url": f"https://sandbox.cliniko.test/bookings/cancel/{id}",
         "email_reminder_sent": False,
         "invoice_status": None,
         "notes": None,
@@ -567,11 +591,14 @@ def attendee(
         "sent_email_reminders_count": 0,
         "sent_sms_reminders_count": 0,
         "sms_reminder_sent": False,
+        "telehealth_url": f"https://sandbox.cliniko.test/telehealth/a{id}",
         "treatment_note_status": None,
         "deleted_at": None,
         "cancelled_at": _ts(o.cancelled),
         "booking": link(f"bookings/{booking_id}"),
         "patient": link(f"patients/{patient_id}"),
+        "patient_case": None,
+        "patient_forms": link(f"attendees/{id}/patient_forms"),
         "invoices": link(f"attendees/{id}/invoices"),
         "links": link(f"attendees/{id}")["links"],
     }

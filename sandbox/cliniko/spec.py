@@ -1,11 +1,14 @@
-"""What each simulated Cliniko list endpoint accepts, as data (cliniko-api.md §4).
+"""What each simulated Cliniko list endpoint accepts, as data (the current OpenAPI reference;
+its per-resource tables are copied in tests/fixtures/cliniko-reference.json, which
+tests/sandbox/test_conformance.py holds these specs to).
 
 Each endpoint only accepts filters on its documented fields; anything else is the real API's 400
 "This column is not searchable.". Hidden rows are the real API's default exclusions: archived rows
 come back only when the request filters on ``archived_at`` (``*`` = any value), cancelled
-individual appointments only with a ``cancelled_at`` filter. ``/attendees`` documents neither
-filter, so it lists every attendance. Practitioners are one table split over two paths by
-``active``.
+individual appointments and cancelled attendees only with a ``cancelled_at`` filter. Deleted rows
+never appear in lists. Practitioners are one table split over two paths by ``active``.
+Where the reference did not capture a resource's filter list (patients, businesses,
+practitioners, concession types), the 2022 list stands, plus ``archived_at`` on patients.
 """
 
 from __future__ import annotations
@@ -54,8 +57,11 @@ SPECS: dict[str, ResourceSpec] = {
             "appointment_types",
             {
                 **_COMMON,
+                "appointment_confirmation_template_ids": ARRAY,
+                "appointment_reminder_template_ids": ARRAY,
                 "archived_at": DATETIME,
                 "category": STRING,
+                "online_payments_mode": STRING,
                 "show_in_online_bookings": BOOLEAN,
             },
             hidden=("archived_at",),
@@ -89,13 +95,23 @@ SPECS: dict[str, ResourceSpec] = {
         ),
         ResourceSpec(
             "group_appointments",
-            {**_APPOINTMENT, "patient_ids": ARRAY},
+            {**_APPOINTMENT, "patient_ids": ARRAY},  # no patient_id: the class has many
             hidden=("archived_at",),
             indexed=("created_at", "updated_at", "starts_at"),
         ),
         ResourceSpec(
             "attendees",
-            {**_COMMON, "booking_id": NUMBER, "patient_id": NUMBER},
+            {
+                **_COMMON,
+                "appointment_id": NUMBER,
+                "archived_at": DATETIME,
+                "booking_id": NUMBER,
+                "cancelled_at": DATETIME,
+                "deleted_at": DATETIME,
+                "patient_case_id": NUMBER,
+                "patient_id": NUMBER,
+            },
+            hidden=("cancelled_at", "archived_at"),
         ),
     )
 }

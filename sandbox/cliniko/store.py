@@ -3,12 +3,19 @@
 Speed is the point: a benchmark pages 300,000 appointments at thousands of rows a second. So each
 row is stored once as the exact JSON bytes the API sends (links hold a base-URL placeholder that
 a page swaps for the server's URL in one pass) with its timestamps unpacked, and each sortable
-timestamp has a sorted index of ``(ts << 64) | id`` integers (ties broken by id) kept with
-bisect. The change-feed request ``sort=updated_at&q[]=updated_at:>=X`` with every hidden kind
-asked for (``archived_at:*``...) is answered from that index by bisection: the fast path. A query
-sorted on one indexed timestamp that leaves some rows hidden walks that index slice, checking the
-unpacked fields (no decoding). Any other query takes the general path (filter and sort in
-Python): correct, but it decodes and sorts the table.
+timestamp has a sorted index of ``(ts << 64) | id`` integers kept with bisect. The change-feed
+request ``sort=updated_at,id&q[]=updated_at:>=X`` with every hidden kind asked for
+(``archived_at:*``...) is answered from that index by bisection: the fast path. A query sorted on
+one indexed timestamp that leaves some rows hidden walks that index slice, checking the unpacked
+fields (no decoding). Any other query takes the general path (filter and sort in Python): correct,
+but it decodes and sorts the table.
+
+Ties: Cliniko promises no order among rows equal on every sort field, so unless the sort ends
+in a tie-break (``id``) the sandbox orders ties arbitrarily, and differently from one request to
+the next (a per-table request counter salts the order: deterministic for a given sequence of
+requests, never stable across them). A client that pages by offset through rows sharing one
+``updated_at`` second under ``sort=updated_at`` alone meets what it would meet in production:
+rows read twice and rows never read.
 
 Timestamps are whole UTC seconds (the API has 1-second resolution); empty ones are ``""`` in some
 rows and ``null`` in others, as in the official examples, and both mean "not set".
@@ -28,7 +35,14 @@ from sandbox.cliniko.spec import ARRAY, BOOLEAN, DATE, DATETIME, NUMBER, STRING,
 BASE = "~B~"  # stands for the server's base URL (".../v1") inside stored bodies
 BASE_BYTES = BASE.encode()
 
-_SLOT_FIELDS = ("created_at", "updated_at", "archived_at", "cancelled_at", "starts_at")
+_SLOT_FIELDS = (
+    "created_at",
+    "updated_at",
+    "archived_at",
+    "cancelled_at",
+    "starts_at",
+    "deleted_at",
+)
 _ID_BITS = 64
 ID_MASK = (1 << _ID_BITS) - 1  # index keys are (ts << 64) | id
 _TS_FORMAT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
@@ -103,6 +117,7 @@ class Row:
         self.archived_at = parse_ts(rec.get("archived_at"))
         self.cancelled_at = parse_ts(rec.get("cancelled_at"))
         self.starts_at = parse_ts(rec.get("starts_at"))
+        self.deleted_at = parse_ts(rec.get("deleted_at"))
 
     @classmethod
     def of(
@@ -120,6 +135,7 @@ class Row:
         row.id, row.body = int(rec["id"]), dump(rec)
         row.created_at, row.updated_at = created, updated
         row.archived_at, row.cancelled_at, row.starts_at = archived, cancelled, starts
+        row.deleted_at = parse_ts(rec.get("deleted_at"))
         return row
 
     def record(self) -> dict:
@@ -130,12 +146,16 @@ class Row:
 
 
 class Table:
-    """One resource's rows by id, with a sorted index per indexed timestamp."""
+    """One resource's rows by id, with a sorted index per indexed timestamp.
+
+    A row with ``deleted_at`` set stays readable by id but is in no index and no list: Cliniko's
+    lists never show deleted rows, whatever the filters (``deleted_at:*`` included)."""
 
     def __init__(self, spec: ResourceSpec) -> None:
         self.spec = spec
         self.rows: dict[int, Row] = {}
         self.indexes: dict[str, list[int]] = {f: [] for f in spec.indexed}
+        self.queries = 0  # salts the order of ties (see the module docstring)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -145,8 +165,9 @@ class Table:
         for item in items:
             row = item if isinstance(item, Row) else Row(item)
             self.rows[row.id] = row
+        listed = [r for r in self.rows.values() if r.deleted_at is None]
         for name, index in self.indexes.items():
-            index.extend(_key(getattr(r, name), r.id) for r in self.rows.values())
+            index.extend(_key(getattr(r, name), r.id) for r in listed)
             index.sort()
 
     def put(self, rec: dict, body: bytes | None = None) -> Row:
@@ -154,15 +175,16 @@ class Table:
         row = Row(rec, body)
         self.remove(row.id)
         self.rows[row.id] = row
-        for name, index in self.indexes.items():
-            insort(index, _key(getattr(row, name), row.id))
+        if row.deleted_at is None:
+            for name, index in self.indexes.items():
+                insort(index, _key(getattr(row, name), row.id))
         return row
 
     def remove(self, row_id: int) -> bool:
         row = self.rows.pop(row_id, None)
         if row is None:
             return False
-        for name, index in self.indexes.items():
+        for name, index in self.indexes.items() if row.deleted_at is None else ():
             key = _key(getattr(row, name), row_id)
             pos = bisect_left(index, key)
             del index[pos]
@@ -174,6 +196,26 @@ class Table:
 
 def _key(ts: int | None, row_id: int) -> int:
     return ((ts or 0) << _ID_BITS) | row_id
+
+
+def _shuffled(row_id: int, salt: int) -> int:
+    """A per-request arbitrary rank of a row among its ties (a multiplicative hash)."""
+    return ((row_id ^ salt) * 0x9E3779B97F4A7C15) & ID_MASK
+
+
+def _ordered_slice(keys: list[int], lo: int, hi: int, start: int, stop: int, salt: int | None):
+    """``keys[start:stop]`` of the sorted ``keys[lo:hi]``, with each run of equal timestamps
+    reordered arbitrarily when ``salt`` is given (no tie-break asked for). Only the runs that the
+    page touches are reordered, so a page costs its size plus the ties at its two edges."""
+    if start >= stop:
+        return []
+    if salt is None:
+        return keys[start:stop]
+    first, last = keys[start] >> _ID_BITS, keys[stop - 1] >> _ID_BITS
+    g_lo = max(lo, bisect_left(keys, first << _ID_BITS, lo, hi))
+    g_hi = min(hi, bisect_right(keys, (last << _ID_BITS) | ID_MASK, lo, hi))
+    run = sorted(keys[g_lo:g_hi], key=lambda k: (k >> _ID_BITS, _shuffled(k & ID_MASK, salt)))
+    return run[start - g_lo : stop - g_lo]
 
 
 # ---- q[] filters ---------------------------------------------------------------------------
@@ -316,28 +358,32 @@ def query(
     """Total matching rows and the bodies of one page, as the API would list them."""
     offset = (page - 1) * per_page
     rows = table.rows
+    table.queries += 1
+    tie_broken = any(name == "id" for name, _desc in sort)
+    salt = None if tie_broken else _shuffled(table.queries, 0x5EED)
     in_range = _index_range(table, filters, sort)
     if in_range is not None:
         index, lo, hi = in_range
         filtered = {f.field for f in filters}
         hiding = [h for h in table.spec.hidden if h not in filtered]
         if not hiding and partition is None:  # the fast path: pure bisection
-            keys = index[lo + offset : min(hi, lo + offset + per_page)]
+            start = lo + offset
+            keys = _ordered_slice(index, lo, hi, start, min(hi, start + per_page), salt)
             return hi - lo, [rows[k & ID_MASK].body for k in keys]
-        total, page_rows = 0, []
+        kept = []
         for key in index[lo:hi]:  # walk the index, skipping hidden rows: no sort, no decode
             row = rows[key & ID_MASK]
             if any(getattr(row, h) is not None for h in hiding):
                 continue
             if partition is not None and row.record().get(partition[0]) != partition[1]:
                 continue
-            if offset <= total < offset + per_page:
-                page_rows.append(row.body)
-            total += 1
-        return total, page_rows
+            kept.append(key)
+        stop = min(len(kept), offset + per_page)
+        keys = _ordered_slice(kept, 0, len(kept), offset, stop, salt)
+        return len(kept), [rows[k & ID_MASK].body for k in keys]
     matched = _scan(table, filters, partition)
     cache: dict = {}
-    matched.sort(key=lambda r: r.id)
+    matched.sort(key=lambda r: r.id if salt is None else _shuffled(r.id, salt))
     for name, desc in reversed(sort):
         kind = table.spec.filters[name]
         matched.sort(
@@ -355,8 +401,9 @@ def _index_range(
     table: Table, filters: list[Filter], sort: list[tuple[str, bool]]
 ) -> tuple[list[int], int, int] | None:
     """The slice of a sorted index a query reads, when it sorts ascending on one indexed field
-    and filters only on that field's range (plus ``*`` filters, which only unhide rows)."""
-    if len(sort) != 1 or sort[0][1]:
+    (optionally then ascending on ``id``, the index's own tie order) and filters only on that
+    field's range (plus ``*`` filters, which only unhide rows)."""
+    if not 1 <= len(sort) <= 2 or sort[0][1] or (len(sort) == 2 and sort[1] != ("id", False)):
         return None
     name = sort[0][0]
     index = table.indexes.get(name)
@@ -386,7 +433,7 @@ def _scan(table: Table, filters: list[Filter], partition: tuple[str, object] | N
     cache: dict = {}
     out = []
     for row in table.rows.values():
-        if any(getattr(row, h) is not None for h in hiding):
+        if row.deleted_at is not None or any(getattr(row, h) is not None for h in hiding):
             continue
         if partition is not None and row.record().get(partition[0]) != partition[1]:
             continue

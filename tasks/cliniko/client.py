@@ -57,6 +57,10 @@ class ResourceNotFound(ClinikoError):
     """404: a low role cannot see the resource, or the base URL points somewhere else."""
 
 
+class BadContact(ClinikoError):
+    """The User-Agent contact is missing, not an email address, or a placeholder."""
+
+
 class ClinikoUnavailable(ClinikoError):
     """Server errors, timeouts or dropped connections outlasted every retry."""
 
@@ -84,6 +88,67 @@ def shard_of(api_key: str) -> str:
 
 def api_base_url(api_key: str) -> str:
     return f"https://api.{shard_of(api_key)}.cliniko.com/v1"
+
+
+# --- The User-Agent contact ---------------------------------------------------------------------
+
+# Domains that never reach a person: reserved for documentation and tests (RFC 2606, RFC 6761:
+# example.com/.net/.org and the .example, .test, .invalid and .localhost names), local-only
+# names (.local, .internal, .lan, .home.arpa) and any name without a dot (no public mail host).
+PLACEHOLDER_DOMAINS = ("example.com", "example.net", "example.org")
+PLACEHOLDER_SUFFIXES = (".example", ".test", ".invalid", ".localhost", ".local", ".internal",
+                        ".lan", ".home.arpa")  # fmt: skip
+_EMAIL = re.compile(r"^[^@\s()<>]+@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)$")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+def is_loopback(base_url: str | None) -> bool:
+    """True for a base URL on this machine (the sandbox): no Cliniko operator reads its log."""
+    if not base_url:
+        return False
+    host = (urlsplit(base_url).hostname or "").lower()
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def placeholder_reason(contact: str) -> str | None:
+    """Why ``contact`` cannot be the User-Agent's contact, or None when it can."""
+    match = _EMAIL.match((contact or "").strip())
+    if not match:
+        return "is not an email address"
+    domain = match.group(1).lower().rstrip(".")
+    if "." not in domain:
+        return f"ends in '@{domain}', which is no public mail domain"
+    if domain in PLACEHOLDER_DOMAINS or domain.endswith(
+        tuple("." + d for d in PLACEHOLDER_DOMAINS) + PLACEHOLDER_SUFFIXES
+    ):
+        return f"uses '{domain}', a name reserved for examples and tests that never receives mail"
+    return None
+
+
+def check_contact(contact: str, base_url: str | None = None) -> str:
+    """The contact for Cliniko's User-Agent, refused when it is a placeholder (the one rule).
+
+    Cliniko asks every integration to send ``User-Agent: APP (EMAIL)`` and warns that requests
+    without a name and a valid email "may be automatically blocked": the address is how Cliniko
+    reaches the clinic's operator about its integration (a misbehaving sync, a change of API)
+    before blocking the key. A placeholder passes every check of ours and then reaches nobody, so
+    it is refused here, before any request. A loopback base URL (the sandbox) is exempt: nobody
+    there reads it, which is why the demo runs with ``demo@localhost``.
+    """
+    if is_loopback(base_url):
+        return contact or "sandbox@localhost"
+    reason = placeholder_reason(contact)
+    if reason is not None:
+        shown = (contact or "").strip()
+        what = f"The Cliniko contact '{shown}'" if shown else "The Cliniko contact is empty: it"
+        raise BadContact(
+            f"{what} {reason}. Cliniko asks every integration to name a contact email in its "
+            "User-Agent and may block the requests of one without a valid address: it is how "
+            "Cliniko reaches whoever runs this sync before blocking its key. Set contact_email in "
+            "the ClinikoAccount block (or CLINIKO_CONTACT) to an address someone at the clinic "
+            "reads, e.g. it@yourclinic.com.au."
+        )
+    return contact.strip()
 
 
 # --- Pacing -------------------------------------------------------------------------------------
@@ -209,6 +274,7 @@ class ClinikoClient:
     ) -> None:
         if not api_key or not api_key.strip():
             raise BadApiKey("The Cliniko API key is empty. Set it in the ClinikoAccount block.")
+        contact = check_contact(contact, base_url)
         self.shard = shard_of(api_key)
         self.base_url = (base_url or api_base_url(api_key)).rstrip("/")
         base = urlsplit(self.base_url)

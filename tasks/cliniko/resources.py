@@ -1,7 +1,7 @@
 """The Cliniko resources we sync, as data: one row per resource, not a function each.
 
-API facts (docs/reference.md, Cliniko): list endpoints hide archived rows (and appointments
-hide cancelled ones) unless asked with ``q[]=<field>:*``; inactive practitioners live on their own
+API facts (docs/reference.md, Cliniko): list endpoints hide archived rows (and appointments and
+attendees hide cancelled ones) unless asked with ``q[]=<field>:*``; inactive practitioners live on their own
 path; ids are 64-bit integers sent as strings; foreign keys are links. Dimensions come before facts
 so an appointment never points at a type or practitioner we have not loaded.
 
@@ -40,9 +40,9 @@ RESOURCES: tuple[Resource, ...] = (
         "individual_appointments", ("/individual_appointments",), ("cancelled_at", "archived_at")
     ),
     Resource("group_appointments", ("/group_appointments",), ("archived_at",)),
-    # /attendees documents no archived_at/cancelled_at filter (asking would be a 400); it lists
-    # every attendance, cancelled ones with cancelled_at set.
-    Resource("attendees", ("/attendees",)),
+    # /attendees hides cancelled and archived attendances like the appointments do: a cancelled
+    # class place exists only with cancelled_at:* (else it would look deleted at reconcile).
+    Resource("attendees", ("/attendees",), ("cancelled_at", "archived_at")),
 )
 
 BY_NAME = {r.name: r for r in RESOURCES}

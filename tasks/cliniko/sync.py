@@ -1,11 +1,12 @@
 """Incremental sync of Cliniko into ``raw.*``: one paging mechanism and one cursor for every
 resource in ``tasks.cliniko.resources``, resumable after a kill at any moment.
 
-How a path is read (cliniko-api.md §5): ``sort=updated_at&q[]=updated_at:>=<cursor>`` plus the
-resource's hidden-row filters. After each page the cursor moves to the page's largest
+How a path is read (cliniko-api.md §5): ``sort=updated_at,id&q[]=updated_at:>=<cursor>`` plus
+the resource's hidden-row filters (the ``id`` tie-break: see ``SORT``). After each page the cursor moves to the page's largest
 ``updated_at`` and page 1 is asked again, keyset-style, so a row updated mid-run (which jumps to
 the end of the order) can never shift an unread row onto a page already read. Only when a whole
-page shares the cursor's second do we follow ``links.next`` within it. A run starts at the
+page shares the cursor's second do we follow ``links.next`` within it, which the total order
+makes safe. A run starts at the
 watermark minus the overlap; rows seen twice are recognised (same ``updated_at`` and payload) and
 left alone.
 
@@ -53,8 +54,15 @@ def format_cursor(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# Cliniko orders rows that tie on every sort field however it likes, and may order them
+# differently on the next request: ``id`` after ``updated_at`` makes the order total, so the
+# pages of one second (a bulk edit gives thousands of rows the same updated_at) never overlap
+# or skip a row.
+SORT = "updated_at,id"
+
+
 def list_params(resource: Resource, cursor: datetime | None) -> list[tuple[str, str]]:
-    params = [("sort", "updated_at")]
+    params = [("sort", SORT)]
     params += [("q[]", f"{hidden}:*") for hidden in resource.include_hidden]
     if cursor is not None:
         params.append(("q[]", f"updated_at:>={format_cursor(cursor)}"))
@@ -335,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
 
     client = ClinikoClient(
         os.environ.get("CLINIKO_API_KEY", ""),
-        os.environ.get("CLINIKO_CONTACT", "ops@localhost"),
+        os.environ.get("CLINIKO_CONTACT", ""),  # a placeholder is refused: see check_contact
         os.environ.get("CLINIKO_BASE_URL") or None,
         pace=None if args.no_rate_limit else Pace(args.requests, args.per_seconds),
         retry=Retry(initial_seconds=args.retry_initial),

@@ -19,12 +19,13 @@ from sandbox.cliniko.store import link_id
 pytestmark = pytest.mark.integration
 
 UA = {"User-Agent": "clinic-relay tests (tests@example.com)"}
-FEED = [("sort", "updated_at"), ("q[]", "updated_at:>=2000-01-01T00:00:00Z")]
+FEED = [("sort", "updated_at,id"), ("q[]", "updated_at:>=2000-01-01T00:00:00Z")]
 EVERYTHING = {
     "patients": [("q[]", "archived_at:*")],
     "individual_appointments": [("q[]", "archived_at:*"), ("q[]", "cancelled_at:*")],
     "group_appointments": [("q[]", "archived_at:*")],
     "appointment_types": [("q[]", "archived_at:*")],
+    "attendees": [("q[]", "archived_at:*"), ("q[]", "cancelled_at:*")],
 }
 
 
@@ -111,7 +112,7 @@ def test_pages_link_to_each_other_keeping_filters_and_sort(api, server):
     second_url = first["links"]["next"]
     assert second_url.startswith(server.base_url + "/patients?")
     second = httpx.URL(second_url)
-    assert second.params["page"] == "2" and second.params["sort"] == "updated_at"
+    assert second.params["page"] == "2" and second.params["sort"] == "updated_at,id"
     assert second.params.get_list("q[]") == ["updated_at:>=2000-01-01T00:00:00Z", "archived_at:*"]
     body = api.get(second_url).json()
     assert httpx.URL(body["links"]["previous"]).params["page"] == "1"
@@ -179,10 +180,15 @@ def test_hidden_rows_come_back_only_when_asked_for(api):
     assert not any(a["archived_at"] for a in with_cancelled)
 
 
-def test_attendees_list_every_attendance_and_refuse_hidden_row_filters(api):
-    attendees = page_all(api, "attendees")
-    assert any(a["cancelled_at"] for a in attendees)
-    assert api.get("attendees", params={"q[]": "archived_at:*"}).status_code == 400
+def test_attendees_hide_cancelled_and_archived_attendances_unless_asked_for(api):
+    plain = page_all(api, "attendees")
+    assert not any(a["cancelled_at"] or a["archived_at"] for a in plain)
+    everything = page_all(api, "attendees", EVERYTHING["attendees"])
+    assert any(a["cancelled_at"] for a in everything)
+    assert {a["id"] for a in plain} < {a["id"] for a in everything}
+    cancelled = page_all(api, "attendees", [("q[]", "cancelled_at:?")])
+    assert cancelled and all(a["cancelled_at"] for a in cancelled)
+    assert not any(a["archived_at"] for a in cancelled)  # archived ones still need archived_at
 
 
 def test_inactive_practitioners_have_their_own_path(api):
@@ -253,7 +259,7 @@ def test_merged_and_hard_deleted_records_as_a_sync_sees_them(make_clinic):
         )
         since = clinic.now.strftime("%Y-%m-%dT%H:%M:%SZ")
         clinic.advance(timedelta(hours=6))
-        feed = [("sort", "updated_at"), ("q[]", f"updated_at:>{since}")]
+        feed = [("sort", "updated_at,id"), ("q[]", f"updated_at:>{since}")]
         patients = page_all(client, "patients", [*feed, *EVERYTHING["patients"]])
         merged = [p for p in patients if p.get("merged_at")]
         assert merged and all(p["archived_at"] for p in merged)

@@ -7,12 +7,15 @@ sandbox in tests/integration/test_sync*.py.
 import pytest
 
 from tasks.cliniko.client import (
+    BadContact,
     ClinikoClient,
     ClinikoError,
     Pace,
     RateLimiter,
     api_base_url,
+    check_contact,
     limiter_for,
+    placeholder_reason,
     shard_of,
 )
 
@@ -95,3 +98,46 @@ def test_every_client_of_a_key_shares_one_limiter():
     a = limiter_for("key-one-au1", Pace(200, 60))
     assert limiter_for("key-one-au1", Pace(200, 60)) is a
     assert limiter_for("key-two-au1", Pace(200, 60)) is not a
+
+
+# --- The User-Agent contact: Cliniko needs a real address ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "contact", ["it@acmephysio.com.au", "Front.Desk+cliniko@clinic.co.nz", "ops@clinic-relay.org"]
+)
+def test_a_real_looking_contact_goes_into_the_user_agent(contact):
+    assert placeholder_reason(contact) is None
+    with ClinikoClient("k-au2", contact) as client:
+        assert client._http.headers["User-Agent"] == f"clinic-relay ({contact})"
+
+
+@pytest.mark.parametrize(
+    ("contact", "why"),
+    [
+        ("ops@localhost", "no public mail domain"),
+        ("ops@example.com", "reserved for examples"),
+        ("ops@mail.example.org", "reserved for examples"),
+        ("ops@clinic.example", "reserved for examples"),
+        ("me@relay.test", "reserved for examples"),
+        ("admin@nas.local", "reserved for examples"),
+        ("", "empty"),
+        ("ops", "not an email address"),
+        ("Ops Team <ops@clinic.com>", "not an email address"),
+    ],
+)
+def test_a_placeholder_contact_is_refused_before_any_request_saying_why_cliniko_needs_it(
+    contact, why
+):
+    with pytest.raises(BadContact, match=why) as refused:
+        ClinikoClient("k-au2", contact)
+    message = str(refused.value)
+    assert "User-Agent" in message and "block" in message.lower()
+    assert "CLINIKO_CONTACT" in message and "contact_email" in message
+
+
+def test_the_sandbox_on_this_machine_takes_any_contact():
+    for base in ("http://127.0.0.1:8765/v1", "http://localhost:1/v1", "http://[::1]:2/v1"):
+        check_contact("demo@localhost", base)
+    with pytest.raises(BadContact):
+        check_contact("demo@localhost", "https://proxy.clinic.com.au/v1")

@@ -22,12 +22,12 @@ def con():
 def test_the_list_query_asks_for_hidden_rows_and_changes_since_the_cursor():
     appointments = resources.get("individual_appointments")
     assert extract.list_params(appointments, datetime(2026, 3, 1, 9, 59, 59, 500, tzinfo=UTC)) == [
-        ("sort", "updated_at"),
+        ("sort", "updated_at,id"),
         ("q[]", "cancelled_at:*"),
         ("q[]", "archived_at:*"),
         ("q[]", "updated_at:>=2026-03-01T09:59:59Z"),
     ]
-    assert extract.list_params(resources.get("businesses"), None) == [("sort", "updated_at")]
+    assert extract.list_params(resources.get("businesses"), None) == [("sort", "updated_at,id")]
 
 
 def test_reconciliation_is_due_when_none_completed_recently(con):
