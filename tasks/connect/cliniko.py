@@ -15,7 +15,6 @@ Nothing read is kept beyond names, ids, time zones and countries; no patient fie
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,6 +25,7 @@ from tasks.cliniko.client import (
     ClinikoUnavailable,
     PermissionDenied,
     ResourceNotFound,
+    placeholder_reason,
     shard_of,
 )
 from tasks.cliniko.resources import RESOURCES
@@ -33,7 +33,6 @@ from tasks.connect import ConnectFailed
 
 # The shards Cliniko documents (MD22 readme: au1-3, ca1, uk1, eu1; docs/reference.md).
 SHARDS = ("au1", "au2", "au3", "ca1", "uk1", "eu1")
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
 SERVICE = "Cliniko"
 
 
@@ -77,13 +76,15 @@ def verify_cliniko(
     key = (api_key or "").strip()
     if not key:
         raise ConnectFailed(SERVICE, "bad_key", "the API key is empty. " + _WHERE_KEYS)
-    if not EMAIL.match(contact_email or ""):
+    # the client's one rule, without its sandbox exemption: connect is for a real clinic
+    reason = placeholder_reason(contact_email)
+    if reason is not None:
         raise ConnectFailed(
             SERVICE,
             "bad_contact",
-            f"'{contact_email}' is not a contact email Cliniko can use. Cliniko asks every "
-            "integration to name a real address in its User-Agent and may block requests "
-            "without one: give the address of whoever looks after this integration.",
+            f"'{contact_email}' {reason}, so it is not a contact email Cliniko can use. Cliniko "
+            "asks every integration to name a real address in its User-Agent and may block "
+            "requests without one: give the address of whoever looks after this integration.",
         )
     shard = shard_of(key)
     with _client(key, contact_email, urls(shard), timeout) as client:
