@@ -117,6 +117,7 @@ def test_campaign_commands_say_when_the_audience_is_frozen_and_keep_what_was_con
     clinic_file,
 ):
     from relay.cli import app
+    from tasks.errors import UserFacingError
 
     path, db, now = clinic_file
     runner = CliRunner()
@@ -129,7 +130,8 @@ def test_campaign_commands_say_when_the_audience_is_frozen_and_keep_what_was_con
     assert "frozen      not yet: the audience is counted again at send_at" in shown.output
     assert "has passed, so confirming now sends it at once" in shown.output
     refused = runner.invoke(app, ["campaign", "send", "recall", "--clinic", str(path), "--confirm"])
-    assert refused.exit_code != 0 and "--force" in refused.output
+    assert isinstance(refused.exception, UserFacingError)  # `relay` prints it, exits 2
+    assert "has passed" in str(refused.exception) and "--force" in str(refused.exception)
     forced = runner.invoke(
         app, ["campaign", "send", "recall", "--clinic", str(path), "--confirm", "--force"]
     )
