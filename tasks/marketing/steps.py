@@ -142,8 +142,12 @@ def _send(
 
 # A queued message is settled in these states: it went (or may have: unknown) or never will.
 SETTLED = ("sent", "unknown", "failed", "cancelled", "skipped")
-# When it was settled: sent (or tried, for unknown and failed), else decided against.
-_SETTLED_AT = "coalesce(m.sent_at, m.sending_at, m.cancelled_at, m.skipped_at, m.updated_at)"
+# When it was settled: sent (or, unknown, maybe sent), refused, or decided against.
+_SETTLED_AT = (
+    "coalesce(CASE m.status WHEN 'sent' THEN m.sent_at WHEN 'unknown' THEN m.sending_at "
+    "WHEN 'failed' THEN m.failed_at WHEN 'cancelled' THEN m.cancelled_at "
+    "WHEN 'skipped' THEN m.skipped_at END, m.updated_at)"
+)
 
 
 def _sent_since(
