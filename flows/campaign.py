@@ -23,8 +23,9 @@ from tasks.warehouse import open_db
 
 
 @flow(name="campaign", flow_run_name="campaign-{clinic}-{campaign}")
-def send_campaign(clinic: str, campaign: str, confirm: bool = False) -> dict:
-    """Count the campaign's audience; with ``confirm=True``, confirm it (once) and queue it."""
+def send_campaign(clinic: str, campaign: str, confirm: bool = False, force: bool = False) -> dict:
+    """Count the campaign's audience; with ``confirm=True``, confirm it (once) and queue it.
+    ``force``: confirm although its send_at has passed (refused otherwise)."""
     config = load_clinic(clinic)
     now = datetime.now(UTC)
     with open_db(config.database_path) as con:
@@ -33,7 +34,7 @@ def send_campaign(clinic: str, campaign: str, confirm: bool = False) -> dict:
         if held and confirm:  # confirming freezes an audience: not from a segment that failed
             raise campaigns.CampaignError(f"{config.clinic}: campaign {campaign} waits: {held}")
         preview = campaigns.preview(con, config, campaign, now, sample_size=0).counts()
-        result = campaigns.confirm(con, config, campaign, now) if confirm else None
+        result = campaigns.confirm(con, config, campaign, now, force=force) if confirm else None
     if result is None:
         get_run_logger().info("campaign %s not confirmed: counted only", campaign)
         return {"preview": preview, "confirmed": False}

@@ -43,7 +43,8 @@ def send_due(con, config: ClinicConfig, clock: Callable[[], datetime], held: dic
             "campaign": campaigns.Preparer(con, config),
         }
     )
-    marketing = Gate.from_config(config)  # frequency cap and quiet hours for marketing
+    # frequency cap and quiet hours for marketing; the cap's slots only for rows that will go
+    marketing = Gate.from_config(config, recheck=prepare)
 
     def gate(con, rows, now):  # held sources first: their rows wait for a good build
         return marketing(con, tick.hold_rows(con, rows, now, held), now)

@@ -67,23 +67,35 @@ def campaign_preview_command(
     from tasks.warehouse import open_db
 
     config = load_clinic(clinic)
-    campaign = campaigns.find(config, name)
+    now = datetime.now(UTC)
     with open_db(config.database_path) as con:
         models.require_good_build(con)
-        p = campaigns.preview(con, config, name, datetime.now(UTC), sample_size=sample)
+        p = campaigns.preview(con, config, name, now, sample_size=sample)
     local = p.send_at.astimezone(ZoneInfo(config.time_zone))
-    minutes = -(-p.audience // campaign.per_minute)
+    minutes = -(-p.audience // p.per_minute)
     typer.secho(f"Campaign {p.campaign}: {p.channel} '{p.template}' to segment {p.segment}", bold=True)  # fmt: skip
     typer.echo(f"  send at     {local:%Y-%m-%d %H:%M} {config.time_zone} ({p.send_at:%H:%M} UTC)")
     typer.echo(f"  segment     {p.segment_size} patients")
     typer.echo(f"  not on the {p.channel} marketing list: {p.not_on_list}; suppressed since: {p.suppressed}")  # fmt: skip
-    typer.echo(f"  audience    {p.audience} messages, at most {campaign.per_minute} a minute "
+    typer.echo(f"  audience    {p.audience} messages, at most {p.per_minute} a minute "
                f"(about {minutes} min); the frequency cap may hold some back")  # fmt: skip
     typer.echo(f"  status      {p.status}" + (f"; messages: {p.ledger}" if p.ledger else ""))
+    if p.frozen_at is not None:
+        typer.echo(f"  frozen      at {p.frozen_at:%Y-%m-%d %H:%M} UTC: the audience is fixed; "
+                   "leavers since are skipped at send time, joiners are not added")  # fmt: skip
+    else:
+        typer.echo(f"  frozen      not yet: the audience is counted again at send_at "
+                   f"({local:%Y-%m-%d %H:%M}); the numbers above are as of now")  # fmt: skip
+    for change in p.changed_since_confirm:
+        typer.secho(f"  changed in clinic.yaml since confirmation (not sent): {change}",
+                    fg=typer.colors.YELLOW)  # fmt: skip
+    late = campaigns.past_send_at(config, campaigns.find(config, name), now)
+    if p.status == "draft" and late:
+        typer.secho(f"  {late}: `send` needs --force for that.", fg=typer.colors.YELLOW)
     if p.channel == "sms" and Gate.from_config(config).is_quiet(p.send_at):
         typer.secho(
-            "  send_at is in the quiet hours: every message waits for their end and then goes "
-            "at once; schedule an SMS campaign in the day to keep its throttle.",
+            "  send_at is in the quiet hours: the messages wait for their end and then go at "
+            f"the same pace ({p.per_minute} a minute).",
             fg=typer.colors.YELLOW,
         )
     if p.sample:
@@ -107,9 +119,14 @@ def campaign_send_command(
     confirm: bool = typer.Option(
         False, "--confirm", help="Required: yes, send this campaign (once; it cannot be undone)."
     ),
+    force: bool = typer.Option(
+        False, "--force", help="Send now although the campaign's send_at has already passed."
+    ),
 ) -> None:
-    """Confirm a campaign: its audience is frozen into the ledger at its send time (now if that
-    has passed) and dispatch sends it, throttled. A campaign is confirmed once."""
+    """Confirm a campaign: its segment, channel, template and throttle are recorded as they are
+    now (later edits to clinic.yaml change nothing of it), its audience is frozen into the ledger
+    at its send time, and dispatch sends it, throttled. A campaign is confirmed once; a send_at
+    already past is refused without --force."""
     if not confirm:
         typer.secho(
             f"Nothing sent. Check it with `relay campaign preview {name} --clinic {clinic}`, "
@@ -119,7 +136,7 @@ def campaign_send_command(
         raise typer.Exit(1)
     from flows.campaign import send_campaign
 
-    result = send_campaign(clinic=clinic, campaign=name, confirm=True)
+    result = send_campaign(clinic=clinic, campaign=name, confirm=True, force=force)
     typer.echo(
         f"Confirmed {name} ({result['confirmation_id']}): {result['audience']} recipients; "
         + (

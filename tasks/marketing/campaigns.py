@@ -5,16 +5,19 @@ The life of a campaign (``campaigns:`` in clinic.yaml):
 1. **Preview** (``relay campaign preview NAME``): the segment's size, how many of them are on the
    channel's marketing list and not suppressed (the audience), and a sample; nothing is written.
 2. **Confirm** (``relay campaign send NAME --confirm``): the operator's explicit go-ahead is
-   recorded in ``state.campaigns`` with an id and the audience size they saw. A campaign is
-   confirmed once: a second confirmation is refused, however it is asked for.
+   recorded in ``state.campaigns`` with an id, the audience size they saw and what is sent:
+   segment, channel, template, throttle and audience rule (:data:`AUDIENCE_RULE`). From then on
+   only the record counts: editing the campaign in clinic.yaml changes nothing of what goes
+   (the preview says what differs). A campaign is confirmed once: a second confirmation is
+   refused, however it is asked for. A ``send_at`` already past is refused unless forced.
 3. **Freeze** at ``send_at`` (at once when that has passed; otherwise by the tick's journeys step):
    the audience as it is then goes into the ledger, one row per patient with the key
    ``campaign:<name>:<patient>:once``, in the same transaction that marks the campaign frozen.
    Rows are spread over time (``per_minute``), which is how sending is throttled; dispatch sends
    whatever is due each tick, so a stopped run resumes where the ledger says.
 4. Just before each message goes, the re-check (:class:`Preparer`) drops it if the campaign was
-   cancelled or the patient left the segment since the freeze; dispatch adds the suppression
-   check and the marketing gate the frequency cap and quiet hours.
+   cancelled or the patient left the confirmed segment since the freeze; dispatch adds the
+   suppression check and the marketing gate the frequency cap and quiet hours.
 
 Nothing here logs personal data. The preview's sample is for the operator's terminal only.
 """
@@ -53,6 +56,14 @@ def find(cfg: ClinicConfig, name: str) -> Campaign:
     raise CampaignError(
         f"{cfg.source or cfg.clinic}: no campaign '{name}' under campaigns: (known: {known})."
     )
+
+
+# Who a campaign goes to, recorded at confirmation: a campaign is frozen only under the rule its
+# operator confirmed (a confirmation recorded before the rule was, has this one).
+AUDIENCE_RULE = (
+    "in the segment at send_at, subscribed to the channel's marketing list, not suppressed "
+    "for marketing"
+)
 
 
 def send_key(campaign: str, patient_id: int) -> str:
@@ -124,6 +135,10 @@ class Preview:
     audience: int
     status: str  # draft | confirmed | frozen | cancelled
     ledger: dict[str, int]  # message statuses once frozen
+    per_minute: int = 100
+    frozen_at: datetime | None = None  # when the audience went into the ledger (None: not yet)
+    # once confirmed: how clinic.yaml now differs from what was confirmed (which is what goes)
+    changed_since_confirm: tuple[str, ...] = ()
     # personal data: the operator's terminal only, never logs or Prefect results
     sample: tuple[tuple[int, str, str], ...] = dataclasses.field(repr=False, default=())
     rendered: Rendered | None = dataclasses.field(repr=False, default=None)
@@ -142,7 +157,40 @@ class Preview:
             "audience": self.audience,
             "status": self.status,
             "ledger": self.ledger,
+            "changed_since_confirm": list(self.changed_since_confirm),
         }
+
+
+def confirmed(
+    con: duckdb.DuckDBPyConnection, configured: Campaign
+) -> tuple[Campaign, list[str]] | None:
+    """The campaign as its operator confirmed it (what is sent), and how clinic.yaml now
+    differs from that in words; None before confirmation."""
+    row = con.execute(
+        "SELECT segment, channel, template, coalesce(per_minute, ?), send_at, "
+        "coalesce(audience_rule, ?) FROM state.campaigns WHERE campaign = ?",
+        [configured.per_minute, AUDIENCE_RULE, configured.name],
+    ).fetchone()
+    if row is None:
+        return None
+    segment, channel, template, per_minute, send_at, rule = row
+    if rule != AUDIENCE_RULE:
+        raise CampaignError(
+            f"campaign '{configured.name}' was confirmed for an audience rule this version no "
+            f"longer applies ({rule}); cancel it (`relay campaign cancel {configured.name}`) and "
+            "confirm it again under a new name."
+        )
+    record = configured.model_copy(
+        update={"segment": segment, "channel": channel, "template": template,
+                "per_minute": per_minute}
+    )  # fmt: skip
+    changed = [
+        f"{field}: confirmed {getattr(record, field)}, clinic.yaml now says "
+        f"{getattr(configured, field)}"
+        for field in ("segment", "channel", "template", "per_minute")
+        if getattr(record, field) != getattr(configured, field)
+    ]
+    return record, changed
 
 
 def _state(con: duckdb.DuckDBPyConnection, name: str) -> tuple | None:
@@ -179,8 +227,12 @@ def preview(
     *,
     sample_size: int = 5,
 ) -> Preview:
-    """Who would get it, and how it reads for one of them. Writes nothing."""
-    campaign = find(cfg, name)
+    """Who would get it, and how it reads for one of them. Writes nothing. Once confirmed, the
+    campaign as confirmed (what goes), with what clinic.yaml changed since."""
+    campaign, changed = find(cfg, name), []
+    record = confirmed(con, campaign)
+    if record is not None:
+        campaign, changed = record
     size, kept, suppressed = audience(con, cfg, campaign)
     # a spread-out sample, the same each time: every k-th patient
     step = max(1, len(kept) // max(1, sample_size))
@@ -208,6 +260,9 @@ def preview(
         audience=len(kept),
         status=_status(row),
         ledger=ledger_counts(con, name),
+        per_minute=campaign.per_minute,
+        frozen_at=row[2] if row else None,
+        changed_since_confirm=tuple(changed),
         sample=tuple(sample),
         rendered=rendered,
         template_problem=problem,
@@ -234,9 +289,34 @@ def render_for(
     return templates.render(campaign.template, campaign.channel, context, marketing=True)
 
 
-def confirm(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig, name: str, now: datetime) -> dict:
-    """Record the operator's go-ahead (once), and freeze at once when send_at has come."""
+def past_send_at(cfg: ClinicConfig, campaign: Campaign, now: datetime) -> str | None:
+    """Why confirming now would send at once although ``send_at`` named a moment (it has
+    passed), in words; None when send_at is unset or still to come."""
+    if campaign.send_at is None or scheduled_at(cfg, campaign, now) >= now:
+        return None
+    at = scheduled_at(cfg, campaign, now).astimezone(ZoneInfo(cfg.time_zone))
+    return (
+        f"campaign '{campaign.name}': send_at {at:%Y-%m-%d %H:%M} {cfg.time_zone} has passed, so "
+        "confirming now sends it at once"
+    )
+
+
+def confirm(
+    con: duckdb.DuckDBPyConnection,
+    cfg: ClinicConfig,
+    name: str,
+    now: datetime,
+    *,
+    force: bool = False,
+) -> dict:
+    """Record the operator's go-ahead (once) with what is sent, and freeze at once when send_at
+    has come. A send_at already past is refused unless ``force`` (it may be a stale date)."""
     campaign = find(cfg, name)
+    late = past_send_at(cfg, campaign, now)
+    if late and not force:
+        raise CampaignError(
+            f"{late}. Set a new send_at in clinic.yaml, or confirm with --force to send now."
+        )
     size, kept, _ = audience(con, cfg, campaign)
     try:
         render_for(con, cfg, campaign, kept[0][0] if kept else None)
@@ -253,9 +333,10 @@ def confirm(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig, name: str, now: d
             )
         con.execute(
             "INSERT INTO state.campaigns (campaign, segment, channel, template, confirmation_id, "
-            "confirmed_at, confirmed_audience, send_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "confirmed_at, confirmed_audience, send_at, per_minute, audience_rule) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [name, campaign.segment, campaign.channel, campaign.template, confirmation_id, now,
-             len(kept), scheduled_at(cfg, campaign, now)],
+             len(kept), scheduled_at(cfg, campaign, now), campaign.per_minute, AUDIENCE_RULE],
         )  # fmt: skip
     frozen = freeze_due(con, cfg, now).get(name)
     return {"campaign": name, "confirmation_id": confirmation_id, "audience": len(kept),
@@ -269,7 +350,8 @@ def _freeze(
     start: datetime,
     now: datetime,
 ) -> int:
-    """The audience as it is now into the ledger, spread at ``per_minute`` from ``start``."""
+    """The audience as it is now into the ledger, spread at ``per_minute`` from ``start``.
+    ``campaign`` is the confirmed record (:func:`confirmed`), never clinic.yaml's current one."""
     _, kept, _ = audience(con, cfg, campaign)
     messages = [
         PlannedMessage(
@@ -303,7 +385,7 @@ def freeze_due(
     for name, send_at in due:
         if name in missing or name in held:
             continue
-        campaign = find(cfg, name)
+        campaign, _ = confirmed(con, find(cfg, name))
         with transaction(con):
             queued[name] = _freeze(con, cfg, campaign, max(send_at, now), now)
             con.execute(

@@ -5,6 +5,12 @@ completes. A send step puts a marketing message into the ledger with the key
 ``journey:<name>:<patient>:e<enrolment>:s<step>``; the step's record (``state.journey_steps``) and
 the enrolment's progress commit with it, in the journey's transaction (tasks/marketing/journeys.py),
 so a crash or a rerun never repeats a step or skips one.
+
+Promises kept at send time, not at queue time: an enrolment goes no further while a message it
+queued is still to go (planned or sending: held by the frequency cap or quiet hours, say), so its
+steps arrive in order; and a ``wait`` counts from when the send steps before it went (or were
+settled otherwise: skipped, cancelled, failed), so "3 days later" is 3 days after the patient
+got the previous message.
 """
 
 from __future__ import annotations
@@ -65,13 +71,16 @@ def _move(
     now: datetime,
     *,
     next_step: int,
-    next_at: datetime | None = None,
+    next_at: list[datetime] | None = None,
 ) -> None:
+    """Move enrolments to ``next_step``; ``next_at``: when it is due, one per enrolment."""
+    at = next_at if next_at is not None else [None] * len(ids)
     con.execute(
-        "UPDATE state.journey_enrolments SET next_step = $step, "
-        "next_at = coalesce($at, next_at), updated_at = $now "
-        "WHERE enrolment_id IN (SELECT unnest($ids::BIGINT[]))",
-        {"step": next_step, "at": next_at, "now": now, "ids": ids},
+        "UPDATE state.journey_enrolments AS e SET next_step = $step, "
+        "next_at = coalesce(v.at, e.next_at), updated_at = $now "
+        "FROM (SELECT unnest($ids::BIGINT[]) AS id, unnest($at::TIMESTAMPTZ[]) AS at) AS v "
+        "WHERE e.enrolment_id = v.id",
+        {"step": next_step, "at": at, "now": now, "ids": ids},
     )
 
 
@@ -131,6 +140,34 @@ def _send(
     return counts
 
 
+# A queued message is settled in these states: it went (or may have: unknown) or never will.
+SETTLED = ("sent", "unknown", "failed", "cancelled", "skipped")
+# When it was settled: sent (or, unknown, maybe sent), refused, or decided against.
+_SETTLED_AT = (
+    "coalesce(CASE m.status WHEN 'sent' THEN m.sent_at WHEN 'unknown' THEN m.sending_at "
+    "WHEN 'failed' THEN m.failed_at WHEN 'cancelled' THEN m.cancelled_at "
+    "WHEN 'skipped' THEN m.skipped_at END, m.updated_at)"
+)
+
+
+def _sent_since(
+    con: duckdb.DuckDBPyConnection, ids: list[int], first: int, index: int
+) -> dict[int, datetime]:
+    """enrolment -> when the last message queued by steps ``first`` .. ``index - 1`` went."""
+    return dict(
+        con.execute(
+            f"""
+            SELECT s.enrolment_id, max({_SETTLED_AT})
+            FROM state.journey_steps s JOIN state.messages m ON m.message_id = s.message_id
+            WHERE s.enrolment_id IN (SELECT unnest($ids::BIGINT[]))
+              AND s.step >= $first AND s.step < $index
+            GROUP BY 1
+            """,
+            {"ids": ids, "first": first, "index": index},
+        ).fetchall()
+    )
+
+
 def wait_until(start: datetime, wait: timedelta, zone: ZoneInfo) -> datetime:
     """When a wait that starts now ends. Whole days (24 hours, 2 weeks...) are calendar days in
     the clinic's time zone, so "wait 1 day" after a 09:00 email is 09:00 the next day across a
@@ -148,10 +185,19 @@ def advance(
     counts: Counter = Counter()
     last = len(journey.steps)
     for _ in range(last + 1):
+        # due, and not waiting for a message it queued to go (steps arrive in order)
         due_rows = con.execute(
-            "SELECT next_step, enrolment_id, patient_id FROM state.journey_enrolments "
-            "WHERE journey = ? AND status = 'active' AND next_at <= ? ORDER BY enrolment_id",
-            [journey.name, now],
+            """
+            SELECT e.next_step, e.enrolment_id, e.patient_id FROM state.journey_enrolments e
+            WHERE e.journey = $journey AND e.status = 'active' AND e.next_at <= $now
+              AND NOT EXISTS (
+                  SELECT 1 FROM state.journey_steps s
+                  JOIN state.messages m ON m.message_id = s.message_id
+                  WHERE s.enrolment_id = e.enrolment_id
+                    AND m.status NOT IN (SELECT unnest($settled::VARCHAR[])))
+            ORDER BY e.enrolment_id
+            """,
+            {"journey": journey.name, "now": now, "settled": list(SETTLED)},
         ).fetchall()
         if not due_rows:
             break
@@ -170,7 +216,12 @@ def advance(
                 _move(con, ids, now, next_step=index + 1)
             elif isinstance(step, WaitStep):
                 _record_steps(con, index, "wait", [(e, "waited", None, None) for e in ids], now)
-                _move(con, ids, now, next_step=index + 1, next_at=wait_until(now, step.wait, zone))
+                # from when the sends since the previous wait went (else from now)
+                first = max((i + 1 for i, s in enumerate(journey.steps[:index])
+                             if isinstance(s, WaitStep)), default=0)  # fmt: skip
+                went = _sent_since(con, ids, first, index)
+                ends = [wait_until(went.get(e, now), step.wait, zone) for e in ids]
+                _move(con, ids, now, next_step=index + 1, next_at=ends)
             else:
                 counts += _condition(con, journey, index, step, due, now)
         done = con.execute(

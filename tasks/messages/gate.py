@@ -6,12 +6,16 @@ campaigns and marketing triggers alike); reminders and other transactional messa
 
 - **Quiet hours** (marketing SMS only, the clinic's time zone, default 20:00-09:00): a message due
   in them waits for the end of the quiet hours, computed with zoneinfo on the local calendar, so
-  "09:00 tomorrow" stays 09:00 across a daylight-saving change.
+  "09:00 tomorrow" stays 09:00 across a daylight-saving change. A campaign's messages keep their
+  throttle: each goes as long after the end as it was due after the start of the quiet hours
+  (or of the campaign, when it started in them), so they leave at ``per_minute`` as planned.
 - **Frequency cap** (default: 2 marketing messages per 7 days per patient, any channel): messages
   sent, being sent or of unknown outcome in the last N days count. When more are due than the
   cap allows, the configured priority decides who goes (source kind, then the earlier due, then
   the older row); the rest wait until the oldest counted message leaves the window, and are
-  weighed again then.
+  weighed again then. Slots go only to rows that will really be sent: with the re-check
+  (``recheck``, dispatch's ``prepare``), a row it will cancel or skip, one past its grace window
+  or to a suppressed address takes none.
 
 Held rows are deferred, not dropped (``ledger.defer``: their ``due_at`` stays as planned); a row
 that could only go after its grace window (``expires_at``) is skipped instead, with the reason.
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -31,6 +35,7 @@ import duckdb
 from tasks.config import ClinicConfig, FrequencyCap, QuietHours
 from tasks.messages import ledger
 from tasks.messages.ledger import LedgerRow
+from tasks.messages.prepare import Prepare, Ready
 from tasks.warehouse import transaction
 
 QUIET_HOURS_CHANNELS = frozenset({"sms"})
@@ -49,11 +54,13 @@ class Gate:
     cap: FrequencyCap | None
     priority: tuple[str, ...]
     quiet_hours: QuietHours | None
+    # dispatch's re-check (the same ``prepare``): the cap's slots go only to rows it lets go
+    recheck: Prepare | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def from_config(cls, cfg: ClinicConfig) -> Gate:
+    def from_config(cls, cfg: ClinicConfig, recheck: Prepare | None = None) -> Gate:
         m = cfg.marketing
-        return cls(cfg.time_zone, m.frequency_cap, m.priority, m.quiet_hours)
+        return cls(cfg.time_zone, m.frequency_cap, m.priority, m.quiet_hours, recheck)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -78,6 +85,37 @@ class Gate:
         end = self.quiet_hours.end
         day = local.date() + timedelta(days=1) if local.time() >= end else local.date()
         return local_moment(day, end, self.zone)
+
+    def quiet_since(self, at: datetime) -> datetime:
+        """The start of the quiet hours ``at`` falls in (``at`` must be quiet)."""
+        end = self.quiet_until(at).astimezone(self.zone).date()
+        overnight = self.quiet_hours.start > self.quiet_hours.end
+        return local_moment(end - timedelta(days=overnight), self.quiet_hours.start, self.zone)
+
+    def _released(
+        self, con: duckdb.DuckDBPyConnection, rows: Sequence[LedgerRow], now: datetime
+    ) -> dict[int, datetime]:
+        """message_id -> when each row the quiet hours hold goes: their end; a campaign's row as
+        long after it as it was due after the quiet hours (or the campaign) started."""
+        if not rows:
+            return {}
+        end = self.quiet_until(now)
+        names = sorted({r.source_name for r in rows if r.source_kind == "campaign"})
+        first = dict(
+            con.execute(
+                "SELECT source_name, min(due_at) FROM state.messages WHERE source_kind = "
+                "'campaign' AND source_name IN (SELECT unnest(?::VARCHAR[])) GROUP BY 1",
+                [names],
+            ).fetchall()
+        )
+        since = self.quiet_since(now)
+        released = {}
+        for row in rows:
+            late = timedelta(0)
+            if row.source_kind == "campaign":
+                late = max(timedelta(0), row.due_at - max(since, first[row.source_name]))
+            released[row.message_id] = end + late
+        return released
 
     def held_by_quiet_hours(self, row: LedgerRow, now: datetime) -> bool:
         return (
@@ -115,12 +153,33 @@ class Gate:
     def _waiting(
         self, con: duckdb.DuckDBPyConnection, patients: Sequence[int], now: datetime
     ) -> list[LedgerRow]:
-        """Every marketing row of these patients that could go now, in any channel or batch."""
-        return [
+        """Every marketing row of these patients that could go now, in any channel or batch,
+        and would really be sent: not past its grace window, let go by the re-check, to an
+        address not suppressed (what dispatch checks before claiming)."""
+        rows = [
             r
             for r in ledger.due_marketing(con, now, patients)
             if not self.held_by_quiet_hours(r, now)
+            and (r.expires_at is None or now <= r.expires_at)
         ]
+        if self.recheck is None:
+            return rows
+        going: list[tuple[LedgerRow, str]] = []
+        for row in rows:
+            try:
+                decision = self.recheck(row)
+            except Exception:  # dispatch skips a row whose re-check fails: it takes no slot
+                continue
+            if isinstance(decision, Ready):
+                going.append((row, ledger.normalise_address(row.channel, decision.to)))
+        suppressed = {
+            (channel, address)
+            for channel in {r.channel for r, _ in going}
+            for address in ledger.suppressed_addresses(
+                con, channel, [a for r, a in going if r.channel == channel], "marketing"
+            )
+        }
+        return [r for r, a in going if (r.channel, a) not in suppressed]
 
     def cap_holds(
         self, con: duckdb.DuckDBPyConnection, rows: Sequence[LedgerRow], now: datetime
@@ -155,10 +214,11 @@ class Gate:
         marketing = [r for r in rows if r.purpose == "marketing"]
         if not marketing:
             return rows
-        held: dict[int, tuple[datetime, str]] = {}
-        for row in marketing:
-            if self.held_by_quiet_hours(row, now):
-                held[row.message_id] = (self.quiet_until(now), "quiet hours")
+        quiet = [r for r in marketing if self.held_by_quiet_hours(r, now)]
+        held: dict[int, tuple[datetime, str]] = {
+            message_id: (until, "quiet hours")
+            for message_id, until in self._released(con, quiet, now).items()
+        }
         open_rows = [r for r in marketing if r.message_id not in held]
         for message_id, until in self.cap_holds(con, open_rows, now).items():
             held[message_id] = (until, "frequency cap")

@@ -63,3 +63,8 @@ CREATE TABLE IF NOT EXISTS state.campaigns (
     audience_size       INTEGER,                   -- messages queued at the freeze
     cancelled_at        TIMESTAMPTZ
 );
+
+-- What the operator confirmed is what goes, whatever clinic.yaml says later: the throttle and the
+-- audience rule are recorded with the segment, channel and template (tasks/marketing/campaigns.py).
+ALTER TABLE state.campaigns ADD COLUMN IF NOT EXISTS per_minute INTEGER;
+ALTER TABLE state.campaigns ADD COLUMN IF NOT EXISTS audience_rule VARCHAR;

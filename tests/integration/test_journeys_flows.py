@@ -111,3 +111,40 @@ def test_campaign_preview_shows_the_operator_a_sample_and_send_needs_confirm(cli
     assert refused.exit_code == 1 and "add --confirm" in refused.output
     with open_db(db, read_only=True) as con:
         assert con.execute("SELECT count(*) FROM state.messages").fetchone()[0] == 0
+
+
+def test_campaign_commands_say_when_the_audience_is_frozen_and_keep_what_was_confirmed(
+    clinic_file,
+):
+    from relay.cli import app
+    from tasks.errors import UserFacingError
+
+    path, db, now = clinic_file
+    runner = CliRunner()
+    settings = yaml.safe_load(path.read_text(encoding="utf-8"))
+    past = {**CAMPAIGN, "send_at": (now - timedelta(days=1)).isoformat()}
+    path.write_text(yaml.safe_dump({**settings, "campaigns": [past]}), encoding="utf-8")
+
+    shown = runner.invoke(app, ["campaign", "preview", "recall", "--clinic", str(path)])
+    assert shown.exit_code == 0, shown.output
+    assert "frozen      not yet: the audience is counted again at send_at" in shown.output
+    assert "has passed, so confirming now sends it at once" in shown.output
+    refused = runner.invoke(app, ["campaign", "send", "recall", "--clinic", str(path), "--confirm"])
+    assert isinstance(refused.exception, UserFacingError)  # `relay` prints it, exits 2
+    assert "has passed" in str(refused.exception) and "--force" in str(refused.exception)
+    forced = runner.invoke(
+        app, ["campaign", "send", "recall", "--clinic", str(path), "--confirm", "--force"]
+    )
+    assert forced.exit_code == 0, forced.output
+    assert "3 messages queued" in forced.output
+
+    edited = {**past, "channel": "sms", "template": "promo-sms"}
+    path.write_text(yaml.safe_dump({**settings, "campaigns": [edited]}), encoding="utf-8")
+    shown = runner.invoke(app, ["campaign", "preview", "recall", "--clinic", str(path)])
+    assert shown.exit_code == 0, shown.output
+    assert "Campaign recall: email 'recall-checkin'" in shown.output
+    assert "frozen      at " in shown.output
+    assert (
+        "changed in clinic.yaml since confirmation (not sent): channel: confirmed email, "
+        "clinic.yaml now says sms" in shown.output
+    )

@@ -63,6 +63,7 @@ class Clinic:
         self.con = con if con is not None else memory_db()
         self.now = START
         self.time_zone = time_zone
+        self.outbox = Path(tempfile.mkdtemp(prefix="journey-outbox-"))
         self.config = config
         self._next_appointment = 1000
         self.payloads: dict[tuple[str, int], dict] = {}
@@ -147,13 +148,21 @@ class Clinic:
         self.now += timedelta(**delta)
         return self.now
 
-    def tick(self, cfg: ClinicConfig | None = None, *, build: bool = True, **delta) -> dict:
-        """Advance the clock, rebuild the models and run the journeys, as a scheduled tick.
-        ``build=False`` skips the rebuild where nothing a journey reads would change (faster)."""
+    def tick(
+        self, cfg: ClinicConfig | None = None, *, build: bool = True, send: bool = True, **delta
+    ) -> dict:
+        """Advance the clock, rebuild the models, run the journeys and campaigns, then dispatch
+        through the local outbox, as a scheduled tick. ``build=False`` skips the rebuild where
+        nothing a journey reads would change (faster); ``send=False`` leaves what was queued."""
         self.advance(**delta)
         if build:
             self.build()
-        return journeys.run_journeys(self.con, cfg or self.cfg(), self.now)
+        cfg = cfg or self.cfg()
+        result = journeys.run_journeys(self.con, cfg, self.now)
+        campaigns.freeze_due(self.con, cfg, self.now)
+        if send:
+            self.send(self.outbox, cfg)
+        return result
 
     def send(self, outbox_dir: Path, cfg: ClinicConfig | None = None):
         """Dispatch what is due through the local outbox, with the marketing gate."""
@@ -161,20 +170,21 @@ class Clinic:
         from tasks.messages.dispatch import Unsubscribe
 
         provider = OutboxProvider(outbox_dir, email_from="Test <t@example.com>", sms_from="Test")
+        prepare = by_source_kind(
+            {
+                "trigger": no_triggers,
+                "journey": journeys.Preparer(self.con, cfg),
+                "campaign": campaigns.Preparer(self.con, cfg),
+            }
+        )
         return dispatch(
             self.con,
             providers={"email": provider, "sms": provider},
-            prepare=by_source_kind(
-                {
-                    "trigger": no_triggers,
-                    "journey": journeys.Preparer(self.con, cfg),
-                    "campaign": campaigns.Preparer(self.con, cfg),
-                }
-            ),
+            prepare=prepare,
             templates=Templates(None),
             unsubscribe=Unsubscribe("test", "http://127.0.0.1:8765/unsubscribe", KEY),
             clock=lambda: self.now,
-            gate=Gate.from_config(cfg),
+            gate=Gate.from_config(cfg, recheck=prepare),  # as flows/dispatch.py wires it
         )
 
     def messages(self, **where) -> list[ledger.LedgerRow]:
