@@ -711,17 +711,22 @@ def test_a_reminder_respects_the_patients_cliniko_reminder_preference(
     clinic.patient(1, reminder_type=reminder_type)
     clinic.appointment(10, 1, NOW + 30 * HOUR)
     clinic.plan(NOW)
-    assert clinic.one().status == ("skipped" if reason else "planned")
-    assert clinic.one().status_reason == reason
+    # a preference can change before the reminder is due: it waits with the reason
+    assert clinic.one().status == "planned"
+    assert (clinic.one().waiting_reason, clinic.one().status_reason) == (reason, reason)
 
 
-def test_no_mobile_on_file_is_skipped_with_the_reason(clinic):
+def test_no_mobile_on_file_waits_then_is_skipped_with_the_reason_after_its_grace(clinic):
     clinic.trigger("reminder", **REMINDER)
     live(clinic)
     clinic.patient(1, mobile=None)
     clinic.appointment(10, 1, NOW + 30 * HOUR)
     clinic.plan(NOW)
-    assert clinic.one().status_reason == "no valid mobile number on file"
+    assert (clinic.one().status, clinic.one().waiting_reason) == (
+        "planned", "no valid mobile number on file")  # fmt: skip
+    clinic.plan(NOW + 8 * HOUR + MIN)  # due NOW + 6 h, grace 2 h
+    row = clinic.one()
+    assert (row.status, row.status_reason) == ("skipped", "no valid mobile number on file")
 
 
 def test_a_recall_is_skipped_when_a_future_appointment_is_booked_by_the_time_it_is_due(clinic):
@@ -751,6 +756,9 @@ def test_marketing_is_skipped_for_a_patient_who_unsubscribed_after_it_was_planne
                            scope="marketing", reason="unsubscribed", source="unsubscribe_link",
                            evidence="test", occurred_at=NOW)  # fmt: skip
     clinic.plan(NOW + 5 * MIN)
+    assert clinic.one().status == "planned"  # waits: a re-subscription before it is due sends it
+    assert clinic.one().waiting_reason.startswith("not subscribed to the email marketing list")
+    clinic.plan(NOW + 2 * DAY)  # past its grace window: final, with the reason
     assert clinic.one().status == "skipped"
     assert clinic.one().status_reason.startswith("not subscribed to the email marketing list")
 
@@ -766,8 +774,8 @@ def test_a_transactional_message_ignores_the_marketing_lists_but_not_a_hard_boun
     clinic.appointment(10, 1, NOW + DAY, type_id=ADMIN_TAG, created=NOW)
     clinic.appointment(11, 2, NOW + DAY, type_id=ADMIN_TAG, created=NOW)
     clinic.plan(NOW)
-    statuses = {r.patient_id: (r.status, r.status_reason) for r in clinic.messages()}
-    assert statuses == {1: ("planned", None), 2: ("skipped", "address suppressed (hard_bounce)")}
+    statuses = {r.patient_id: (r.status, r.waiting_reason) for r in clinic.messages()}
+    assert statuses == {1: ("planned", None), 2: ("planned", "address suppressed (hard_bounce)")}
 
 
 # --- the model build guard -------------------------------------------------------------------
@@ -1068,7 +1076,8 @@ def test_a_recall_reaches_a_subscriber_with_an_unsubscribe_link_and_nobody_else(
     assert result.counts["sent"] == 1
     statuses = {r.patient_id: (r.status, r.status_reason) for r in clinic.messages()}
     assert statuses[1] == ("sent", None)
-    assert statuses[2][0] == "skipped"
+    assert statuses[2] == ("planned", "not subscribed to the email marketing list (unsubscribed)")
+    assert not ledger.due(clinic.con, NOW), "a waiting message is not dispatch's to send"
     (eml,) = tmp_path.glob("*.eml")
     mail = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
     assert mail["To"] == "patient1@example.com"
