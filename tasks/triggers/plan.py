@@ -361,18 +361,19 @@ def _why_gone(
     con: duckdb.DuckDBPyConnection, trigger: Trigger, rows: list[LedgerRow], now: datetime
 ) -> dict[int, str]:
     """In words, why a planned message's occasion no longer matches its trigger."""
-    if not trigger.is_appointment_event:
-        found = dict(
-            con.execute(
-                "SELECT patient_id, is_archived FROM marts.patients WHERE patient_id IN "
+    if not trigger.is_appointment_event:  # archived is an audience problem: it waits
+        found = {
+            r[0]
+            for r in con.execute(
+                "SELECT patient_id FROM marts.patients WHERE patient_id IN "
                 "(SELECT unnest(?::BIGINT[]))",
                 [[r.patient_id for r in rows]],
             ).fetchall()
-        )
+        }
         return {
             r.message_id: "patient deleted in Cliniko"
             if r.patient_id not in found
-            else "patient archived in Cliniko"
+            else "no longer matches the trigger's filters (patient changed)"
             for r in rows
         }
     kinds = ["group" if ":attendance:" in r.send_key else "individual" for r in rows]
