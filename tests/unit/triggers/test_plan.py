@@ -1289,3 +1289,33 @@ def test_a_late_move_is_dated_once_and_a_move_back_out_replans_as_before(clinic,
         NOW + 3 * DAY,
         NOW + 3 * DAY + 2 * HOUR,
     )
+
+
+def test_the_ledger_and_the_preview_say_which_messages_wait_and_why(clinic_on_disk):
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+    from tasks.warehouse import open_db
+
+    db = clinic_on_disk.parent / "clinic.duckdb"
+    now = datetime.now(UTC)
+    with open_db(db) as con:
+        c = Clinic(con)
+        c._synced = now  # synced after the fixture's build
+        c.patient(1, first_name="Robin", reminder_type="None")
+        c.appointment(10, 1, now + 3 * DAY)
+        c.trigger("reminder", **REMINDER)
+        live(c, now - DAY)
+        c.plan(now + DAY + HOUR)  # the reminder of the appointment in 3 days is due in a day
+        assert c.one().waiting_reason == "Cliniko reminder preference is None"
+    out = CliRunner().invoke(app, ["ledger", "waiting", "--clinic", str(clinic_on_disk)])
+    assert out.exit_code == 0, out.output
+    assert "trigger:reminder:1:appointment:10  sms" in out.output
+    assert ": Cliniko reminder preference is None" in out.output
+    assert "1 waiting messages in disk. By state: 1 waiting" in out.output
+    assert "Robin" not in out.output and "+61" not in out.output  # no personal data
+    out = CliRunner().invoke(app, ["preview", "trigger", "reminder", "--days", "7",
+                                   "--clinic", str(clinic_on_disk)])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert "(1 waiting)" in out.output
+    assert "waiting: Cliniko reminder preference is None" in out.output
