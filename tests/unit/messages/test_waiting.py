@@ -127,3 +127,14 @@ def test_dispatch_holds_a_row_its_preparer_says_waits_instead_of_skipping_it(con
                       clock=lambda: late)  # fmt: skip
     row = ledger.get(con, planned(1).send_key)
     assert (row.status, row.status_reason) == ("skipped", "no valid mobile number on file")
+
+
+def test_off_the_marketing_list_at_send_time_is_a_wait_for_journeys_and_campaigns(con):
+    from tasks.config import ClinicConfig
+    from tasks.marketing.recheck import Planned, SourcePreparer
+
+    preparer = SourcePreparer(con, ClinicConfig(clinic="test", name="Test Physio"))
+    off = Planned(message_id=1, channel="email", enrolment_status=None, exit_reason=None,
+                  in_segment=True, address=None, first_name="Sam", preferred_first_name=None,
+                  last_name="Tester")  # fmt: skip
+    assert preparer.to_list_address(off) == Wait("not on the email marketing list")
