@@ -6,7 +6,7 @@
 --     change before the message's moment + grace (`waiting_reason`: no address, archived,
 --     reminder preference, off the marketing list...), or one that ends at `next_attempt_at`
 --     (frequency cap, quiet hours, a busy provider). It goes when the reason clears before
---     `expires_at`, and is skipped with the reason after (tasks/messages/ledger.py, hold).
+--     `expires_at`, and is skipped with the reason after (tasks/messages/waiting.py, hold).
 --   sending -> planned   (retry later: the provider certainly did not take it)
 --   unknown -> sent      (a provider lookup later confirmed it went, or a person did)
 --   unknown -> planned   (a person decided to send it again: `relay ledger resolve --resend`)
