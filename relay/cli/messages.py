@@ -167,9 +167,38 @@ def campaign_cancel_command(
 
 
 ledger_app = typer.Typer(
-    help="Messages in doubt: list the unknown ones, and settle each by hand.",
+    help="The message ledger: what is waiting and why; messages in doubt, settled by hand.",
     no_args_is_help=True,
 )
+
+
+@ledger_app.command("waiting")
+def ledger_waiting_command(
+    clinic: str = typer.Option("demo", help="Clinic name (clinics/<clinic>/clinic.yaml)."),
+) -> None:
+    """Messages planned but not sent yet for a reason that can change (no address, archived,
+    reminder preference, off the marketing list, frequency cap, quiet hours): each goes if its
+    reason clears before its grace window ends, else it is skipped with the reason. Then how
+    many messages are in each state. No names or addresses shown."""
+    from datetime import UTC, datetime
+
+    from tasks.config import load_clinic
+    from tasks.messages import waiting
+    from tasks.warehouse import open_db
+
+    config = load_clinic(clinic)
+    now = datetime.now(UTC)
+    with open_db(config.database_path, read_only=True) as con:
+        rows = waiting.rows_waiting(con, now)
+        states = waiting.state_counts(con, now)
+    for r, why in rows:
+        until = f"{r.expires_at:%Y-%m-%d %H:%M} UTC" if r.expires_at else "no grace window"
+        typer.echo(f"{r.send_key}  {r.channel:5}  due {r.due_at:%Y-%m-%d %H:%M} UTC, "
+                   f"until {until}: {why}")  # fmt: skip
+    typer.echo(
+        f"{len(rows)} waiting messages in {config.clinic}. By state: "
+        + (", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none")
+    )
 
 
 @ledger_app.command("unknown")

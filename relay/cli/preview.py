@@ -77,6 +77,11 @@ def _print_calendar(config, trigger, days: float, limit: int) -> None:
         f"  next {days:g} days: {len(rows)} messages"
         + (f" ({', '.join(f'{n} {d}' for d, n in decisions.most_common())})" if rows else "")
     )
+    if decisions["waiting"]:
+        typer.echo(
+            "  waiting: not sent now for a reason that can change; sent if it clears before "
+            "its grace window ends, else skipped with the reason"
+        )
     for r in rows[: limit or None]:
         c = r.candidate
         who = (

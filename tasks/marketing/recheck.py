@@ -21,7 +21,7 @@ import duckdb
 from tasks.config import ClinicConfig
 from tasks.messages.channels import MARKETING_LISTS
 from tasks.messages.ledger import LedgerRow
-from tasks.messages.prepare import Ready, Skip, clinic_details
+from tasks.messages.prepare import Ready, Skip, Wait, clinic_details
 from tasks.messages.templates import build_context
 
 # Every channel's subscribed addresses, one row per list entry (tasks/messages/channels.py).
@@ -99,9 +99,12 @@ class SourcePreparer:
         return [Planned(*r) for r in self.con.execute(_PLANNED, params).fetchall()]
 
     def to_list_address(self, message: Planned) -> Ready | Skip:
-        """Send to the address on the channel's marketing list, if the patient is still on it."""
+        """Send to the address on the channel's marketing list, if the patient is still on it.
+        Off it (or unsubscribed) can change before the message's grace window ends (they
+        re-subscribe): it waits, judged again at send time, and is skipped with the reason after
+        (tasks/messages/waiting.py; no grace window: skipped at once)."""
         if message.address is None:
-            return Skip(f"not on the {message.channel} marketing list")
+            return Wait(f"not on the {message.channel} marketing list")
         return Ready(
             to=message.address,
             context=marketing_context(

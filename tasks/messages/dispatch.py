@@ -6,7 +6,8 @@ One run, per channel, batch by batch:
    whether it has them (tasks/providers/common.py, ``Provider.reconcile``). Never a blind resend.
 2. **Claim** due rows (``due_at`` and ``next_attempt_at`` passed). For each, the planner's
    ``prepare(row)`` re-checks it just before sending (appointment cancelled? unsubscribed?) and
-   returns ``Ready`` (address + template context) or ``Skip`` (tasks/messages/prepare.py). Then
+   returns ``Ready`` (address + template context), ``Skip`` or ``Wait`` (a reason that can
+   change: tasks/messages/waiting.py; tasks/messages/prepare.py). Then
    dispatch itself skips what is past its grace window, has an unusable address, is suppressed (marketing:
    suppressed for marketing or for all; transactional: for all) or fails to render.
 3. **Commit ``sending``** for one request's messages (``Provider.request_size``: a Postmark
@@ -37,9 +38,9 @@ from typing import Any
 import duckdb
 
 from tasks.config import ClinicConfig
-from tasks.messages import ledger
+from tasks.messages import ledger, waiting
 from tasks.messages.ledger import Channel, LedgerRow
-from tasks.messages.prepare import Prepare, Ready, Skip
+from tasks.messages.prepare import Prepare, Ready, Skip, Wait
 from tasks.messages.templates import TemplateError, Templates
 from tasks.providers.common import (
     Outcome,
@@ -215,7 +216,7 @@ def _prepare_batch(
     """Decide each row: a message to send, or a reason not to (cancelled / skipped).
     ``managed_unsubscribe``: the provider's placeholder for its own unsubscribe link, when it
     manages unsubscribes (then it adds the one-click headers too, and ours would be a second)."""
-    decided: dict[str, list[tuple[int, str]]] = {"cancelled": [], "skipped": []}
+    decided: dict[str, list[tuple[int, str]]] = {"cancelled": [], "skipped": [], "waiting": []}
     ready: list[tuple[LedgerRow, Ready]] = []
     for row in rows:
         if row.expires_at is not None and now > row.expires_at:
@@ -228,7 +229,8 @@ def _prepare_batch(
             # repeating data that may be in the message.
             decision = Skip(f"the re-check before sending failed ({type(exc).__name__})")
         if isinstance(decision, Skip):
-            decided["cancelled" if decision.cancel else "skipped"].append(
+            outcome = "waiting" if isinstance(decision, Wait) else None
+            decided[outcome or ("cancelled" if decision.cancel else "skipped")].append(
                 (row.message_id, decision.reason)
             )
             continue
@@ -359,7 +361,10 @@ def _dispatch_channel(
         try:
             with transaction(con):
                 for status, items in decided.items():
-                    if items:
+                    if items and status == "waiting":  # waits, or skipped once past its grace
+                        held, late = waiting.hold(con, *zip(*items, strict=True), now)
+                        result.counts.update(waiting=len(held), skipped=len(late))
+                    elif items:
                         ledger.transition(
                             con, [i for i, _ in items], "planned", status, now,
                             values={"status_reason": [r for _, r in items]},

@@ -5,6 +5,11 @@ no-op, so re-planning can never reset a message that went. Every state change go
 :func:`transition`, which refuses moves the state machine does not allow and moves only rows that
 are in the expected state (a row another run already took is left alone, never overwritten).
 
+**Waiting** is a planned row dispatch does not take yet, for a reason that can change before its
+moment + grace (``waiting_reason``) or until ``next_attempt_at`` (:func:`defer`): not a status of
+its own (a planned row, so everything that guards planned rows guards it), but a state operators
+see. tasks/messages/waiting.py holds it: ``hold``, ``release`` and how a row's state reads.
+
 Callers own the transaction: the functions here issue statements on the connection they are given,
 so dispatch can commit `sending` on its own before calling a provider.
 """
@@ -60,6 +65,7 @@ _ROW_COLUMNS = {
     "resolved_by": "VARCHAR",
     "resolved_at": "TIMESTAMPTZ",
     "resolution": "VARCHAR",
+    "waiting_reason": "VARCHAR",
 }
 
 
@@ -124,6 +130,7 @@ class LedgerRow:
     content_hash: str | None
     sending_at: datetime | None
     sent_at: datetime | None
+    waiting_reason: str | None = None  # why a planned row waits (:func:`hold`); None: it does not
 
 
 _ROW_FIELDS = [f.name for f in dataclasses.fields(LedgerRow)]

@@ -1,8 +1,9 @@
 """The re-check before sending: what a planner answers when dispatch asks about one of its rows.
 
 Just before a due row is claimed, dispatch calls ``prepare(row)``. The answer is :class:`Ready`
-(the address and the template context, looked up now) or :class:`Skip` (the occasion is gone, or
-the patient may no longer get it). Each planner answers for its own rows, and
+(the address and the template context, looked up now), :class:`Skip` (the occasion is gone, or
+it may not go for a reason that will not change) or :class:`Wait` (a reason that can change
+before its grace window ends stops it now: tasks/messages/waiting.py). Each planner answers for its own rows, and
 :func:`by_source_kind` is the one router that hands a row to its planner:
 
     prepare = by_source_kind({
@@ -39,6 +40,13 @@ class Skip:
 
     reason: str
     cancel: bool = False
+
+
+@dataclass(frozen=True)
+class Wait(Skip):
+    """Not now, for a reason that can change (no address, archived, off the marketing list...):
+    the row waits with it while its grace window lasts and is judged again, and is skipped with
+    it after (``waiting.hold``). A Skip, so a caller that knows no waiting still never sends it."""
 
 
 Prepare = Callable[[LedgerRow], Ready | Skip]

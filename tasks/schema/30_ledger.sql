@@ -2,6 +2,11 @@
 -- keyed by a deterministic send key so planning twice plans once. Written only by tasks/messages/ledger.py.
 --
 --   planned -> sending -> sent | failed | unknown        planned -> cancelled | skipped
+--   planned, waiting: a planned row dispatch does not take yet, with its reason: one that can
+--     change before the message's moment + grace (`waiting_reason`: no address, archived,
+--     reminder preference, off the marketing list...), or one that ends at `next_attempt_at`
+--     (frequency cap, quiet hours, a busy provider). It goes when the reason clears before
+--     `expires_at`, and is skipped with the reason after (tasks/messages/waiting.py, hold).
 --   sending -> planned   (retry later: the provider certainly did not take it)
 --   unknown -> sent      (a provider lookup later confirmed it went, or a person did)
 --   unknown -> planned   (a person decided to send it again: `relay ledger resolve --resend`)
@@ -50,3 +55,7 @@ CREATE TABLE IF NOT EXISTS state.messages (
 ALTER TABLE state.messages ADD COLUMN IF NOT EXISTS resolved_by VARCHAR;
 ALTER TABLE state.messages ADD COLUMN IF NOT EXISTS resolved_at TIMESTAMPTZ;
 ALTER TABLE state.messages ADD COLUMN IF NOT EXISTS resolution VARCHAR;
+
+-- Why a planned message waits (a reason that can change before its moment + grace); NULL: it
+-- does not. Kept on a row that was skipped after waiting, as the record of what it waited for.
+ALTER TABLE state.messages ADD COLUMN IF NOT EXISTS waiting_reason VARCHAR;

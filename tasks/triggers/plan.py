@@ -15,10 +15,15 @@ Each tick, in one transaction (a crash leaves the ledger as the last tick left i
 2. **Plan**: candidates whose send moment falls between now (minus what the grace window still
    allows) and ``PLAN_AHEAD`` go into the ledger; keys already there are left alone.
 3. **Re-check** every planned message of every trigger: occasion gone (appointment cancelled,
-   deleted, type changed...) -> cancelled; audience gone (unsubscribed, suppressed, consent or
-   reminder preference withdrawn, no address) -> skipped; past its grace window -> skipped;
-   appointment moved -> the message moves with it (the occasion is the appointment, so a
-   reschedule keeps one row; once a reminder went, moving the appointment sends no second one).
+   deleted, type changed...) -> cancelled at once, a reason that cannot change; audience problem
+   (unsubscribed, off the marketing list, suppressed, archived, reminder preference, no address:
+   tasks/triggers/audience.py) -> the message *waits* with the reason, judged again every tick
+   and at send time, sent if it clears before its moment + grace and skipped with the reason
+   after (tasks/messages/waiting.py); past its grace window -> skipped; appointment moved -> the
+   message moves with it (the occasion is the appointment, so a reschedule keeps one row; once a
+   reminder went, moving the appointment sends no second one). An appointment moved so close
+   that its reminder's moment has passed is a late booking seen at the tick that sees the move:
+   the trigger's ``last_minute`` rule sends it at once or skips it (:func:`late_move`).
    Conditions about "now" (no future appointment, not rebooked) are judged when the message is
    due, since they can change either way before then.
 
@@ -37,7 +42,7 @@ from typing import Any, Literal
 import duckdb
 
 from tasks.config import ClinicConfig
-from tasks.messages import ledger
+from tasks.messages import ledger, waiting
 from tasks.messages.ledger import LedgerRow, PlannedMessage
 from tasks.models.runner import require_good_build
 from tasks.triggers.definition import Trigger
@@ -273,7 +278,7 @@ def _plan_new(
 class Decision:
     """What the re-check concluded for one planned message."""
 
-    action: Literal["keep", "move", "cancel", "skip"]
+    action: Literal["keep", "move", "cancel", "skip", "wait"]
     reason: str | None = None
     due_at: datetime | None = None
     expires_at: datetime | None = None
@@ -312,38 +317,63 @@ def decide(
     decisions: dict[int, tuple[LedgerRow, Decision]] = {}
     for row in planned:
         c = candidates.get(row.send_key)
+        timing = None if c is None else late_move(trigger, row, c, now)
         if c is None:
             decision = Decision("cancel", why_gone[row.message_id])
-        elif c["audience_problem"]:
-            decision = Decision("skip", c["audience_problem"], candidate=c)
-        elif c["expires_at"] is not None and now > c["expires_at"]:
+        elif timing is None:
+            decision = Decision("skip", _moved_too_late(trigger), candidate=c)
+        elif c["audience_problem"]:  # can change: waits (skipped with it past its grace window)
+            decision = Decision("wait", c["audience_problem"], *timing, candidate=c)
+        elif timing[1] is not None and now > timing[1]:
             decision = Decision("skip", "past its grace window", candidate=c)
-        elif c["due_at"] <= now and c["due_problem"]:
+        elif timing[0] <= now and c["due_problem"]:
             decision = Decision("skip", c["due_problem"], candidate=c)
-        elif (c["due_at"], c["expires_at"]) != (row.due_at, row.expires_at):
-            decision = Decision("move", None, c["due_at"], c["expires_at"], candidate=c)
+        elif timing != (row.due_at, row.expires_at):
+            decision = Decision("move", None, *timing, candidate=c)
         else:
             decision = Decision("keep", None, row.due_at, row.expires_at, candidate=c)
         decisions[row.message_id] = (row, decision)
     return decisions
 
 
+def late_move(
+    trigger: Trigger, row: LedgerRow, c: dict[str, Any], now: datetime
+) -> tuple[datetime, datetime | None] | None:
+    """(due, expires) of a planned message as its candidate says now, except when the appointment
+    moved so close that the message's moment has passed (it was still ahead as planned): that is
+    a booking made when the move was seen, and the trigger's ``last_minute`` rule applies exactly
+    as to one (tasks/triggers/query.py, _timing): at once from then, or None (skip). A move out
+    of the window, or one whose moment is still ahead, is the candidate's timing as it is."""
+    due, expires = c["due_at"], c["expires_at"]
+    if trigger.direction != "before" or due >= row.due_at or due >= now:
+        return due, expires
+    if trigger.last_minute == "skip":
+        return None
+    seen = min(row.due_at, now)  # the tick that saw the move (a row due already keeps its moment)
+    return seen, min(seen + trigger.grace_window, c["starts_at"])
+
+
+def _moved_too_late(trigger: Trigger) -> str:
+    return f"appointment moved to less than {trigger.timing} it (last_minute: skip)"
+
+
 def _why_gone(
     con: duckdb.DuckDBPyConnection, trigger: Trigger, rows: list[LedgerRow], now: datetime
 ) -> dict[int, str]:
     """In words, why a planned message's occasion no longer matches its trigger."""
-    if not trigger.is_appointment_event:
-        found = dict(
-            con.execute(
-                "SELECT patient_id, is_archived FROM marts.patients WHERE patient_id IN "
+    if not trigger.is_appointment_event:  # archived is an audience problem: it waits
+        found = {
+            r[0]
+            for r in con.execute(
+                "SELECT patient_id FROM marts.patients WHERE patient_id IN "
                 "(SELECT unnest(?::BIGINT[]))",
                 [[r.patient_id for r in rows]],
             ).fetchall()
-        )
+        }
         return {
             r.message_id: "patient deleted in Cliniko"
             if r.patient_id not in found
-            else "patient archived in Cliniko"
+            else "no longer matches the trigger's filters (patient changed)"
             for r in rows
         }
     kinds = ["group" if ":attendance:" in r.send_key else "individual" for r in rows]
@@ -406,6 +436,8 @@ def _recheck(
 
     for trigger in (t for t in enabled.values() if t.name not in held):
         by_reason: dict[tuple[str, str], list[int]] = {}
+        hold: list[tuple[int, str]] = []  # to wait, newly or for another reason, or now final
+        released: list[int] = []
         known = (candidates or {}).get(trigger.name)
         for message_id, (row, decision) in decide(
             con,
@@ -418,9 +450,15 @@ def _recheck(
             if decision.action in ("cancel", "skip"):
                 by_reason.setdefault((decision.action, decision.reason), []).append(message_id)
                 continue
-            if decision.action == "move":
+            if (decision.due_at, decision.expires_at) != (row.due_at, row.expires_at):
                 ledger.reschedule(con, message_id, decision.due_at, decision.expires_at, now)
                 result.add(trigger.name, "rescheduled")
+            if decision.action == "wait":
+                ends = decision.expires_at
+                if row.waiting_reason != decision.reason or ends is None or now >= ends:
+                    hold.append((message_id, decision.reason))
+            elif row.waiting_reason is not None:
+                released.append(message_id)
             if (row.channel, row.purpose, row.template) != (
                 trigger.channel,
                 trigger.purpose,
@@ -435,3 +473,8 @@ def _recheck(
             finish = ledger.cancel if action == "cancel" else ledger.skip
             moved = finish(con, ids, reason, now)
             result.add(trigger.name, "cancelled" if action == "cancel" else "skipped", len(moved))
+        if hold:
+            waits, late = waiting.hold(con, *zip(*hold, strict=True), now)
+            result.add(trigger.name, "waiting", len(waits))
+            result.add(trigger.name, "skipped", len(late))
+        result.add(trigger.name, "released", len(waiting.release(con, released, now)))

@@ -14,7 +14,7 @@ import duckdb
 
 from tasks.config import ClinicConfig
 from tasks.messages.ledger import LedgerRow
-from tasks.messages.prepare import Ready, Skip, clinic_details
+from tasks.messages.prepare import Ready, Skip, Wait, clinic_details
 from tasks.messages.templates import build_context
 from tasks.triggers.definition import Trigger
 from tasks.triggers.plan import Decision, decide, planned_by_trigger
@@ -42,7 +42,7 @@ class Preparer:
         self._decisions: dict[int, Decision] = {}
         self._loaded: set[str] = set()
 
-    def __call__(self, row: LedgerRow) -> Ready | Skip:
+    def __call__(self, row: LedgerRow) -> Ready | Skip | Wait:
         trigger = self.triggers.get(row.source_name)
         if trigger is None:
             gone = (
@@ -61,6 +61,8 @@ class Preparer:
             return Skip(decision.reason or "occasion gone", cancel=True)
         if decision.action == "skip":
             return Skip(decision.reason or "not sendable")
+        if decision.action == "wait":  # a reason that can change: waits, or is final past grace
+            return Wait(decision.reason or "not sendable now")
         c = decision.candidate
         if decision.due_at is not None and decision.due_at > now:
             return Skip("appointment moved after planning; not sent early")

@@ -13,6 +13,7 @@ import duckdb
 
 from tasks.config import ClinicConfig
 from tasks.errors import UserFacingError
+from tasks.messages import waiting
 from tasks.messages.prepare import clinic_details
 from tasks.triggers.definition import Trigger
 from tasks.triggers.plan import went_live
@@ -63,7 +64,9 @@ class PreviewRow:
     due_at: datetime
     patient_id: int
     appointment_id: int | None
-    decision: str  # 'send' | 'skip: <reason>' | ledger status
+    # 'send' | 'waiting: <reason that can change>' | 'skip if still so when due: <reason>' |
+    # 'already <status> (<reason>)'
+    decision: str
     candidate: dict[str, Any] = field(repr=False)
 
 
@@ -84,16 +87,19 @@ def preview(
     rows = []
     for c in records(
         con,
-        f"SELECT c.*, m.status AS ledger_status, m.status_reason AS ledger_reason FROM ({sql}) c "
-        "LEFT JOIN state.messages m ON m.send_key = c.send_key ORDER BY c.due_at, c.patient_id",
+        f"SELECT c.*, m.ledger_state, m.ledger_reason FROM ({sql}) c LEFT JOIN ("
+        f"  SELECT send_key, {waiting.STATE} AS ledger_state, {waiting.WHY} AS ledger_reason"
+        "   FROM state.messages) m ON m.send_key = c.send_key ORDER BY c.due_at, c.patient_id",
         params,
     ):
-        if c["ledger_status"] and c["ledger_status"] != "planned":
-            decision = f"already {c['ledger_status']}" + (
+        if c["ledger_state"] and c["ledger_state"] not in ("planned", "waiting"):
+            decision = f"already {c['ledger_state']}" + (
                 f" ({c['ledger_reason']})" if c["ledger_reason"] else ""
             )
-        elif c["audience_problem"]:
-            decision = f"skip: {c['audience_problem']}"
+        elif c["audience_problem"]:  # can change: goes if it clears in time, else skipped
+            decision = f"waiting: {c['audience_problem']}"
+        elif c["ledger_state"] == "waiting":  # held by the gate (frequency cap, quiet hours)
+            decision = f"waiting: {c['ledger_reason']}"
         elif c["due_problem"]:
             decision = f"skip if still so when due: {c['due_problem']}"
         else:

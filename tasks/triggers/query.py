@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import duckdb
 
-from tasks.messages.channels import MARKETING_LISTS
+from tasks.triggers.audience import PATIENT_ADDRESS, audience_problem, list_join
 from tasks.triggers.definition import Trigger, reference_lists
 
 # Filter kind -> (id column, name column) of marts.appointments. The only columns filters touch.
@@ -36,12 +36,6 @@ APPOINTMENT_REFERENCES: dict[str, tuple[str | None, str]] = {
     "businesses": ("business_id", "business_name"),
     "practitioners": ("practitioner_id", "practitioner_name"),
 }
-
-# Cliniko's reminder_type -> the channels a patient accepts reminders on (NULL: Cliniko's default).
-REMINDER_CHANNELS = {"email": ["SMS & Email", "Email"], "sms": ["SMS & Email", "SMS"]}
-
-# The patient's address on each channel, as suppressions and marketing lists hold it.
-PATIENT_ADDRESS = {"email": "p.email_normalised", "sms": "p.mobile_e164"}
 
 APPOINTMENTS = "marts.appointments"
 
@@ -145,8 +139,7 @@ PATIENT_OCCASIONS = """\
            epoch_us(a.created_at) AS created_us,
            NULL::BIGINT AS starts_us
     FROM marts.patients a
-    WHERE NOT a.is_archived
-      AND {reach}"""
+    WHERE {reach}"""
 
 POSITIONS = """,
 
@@ -226,12 +219,12 @@ def candidate_query(
         scope_filter={"window": IN_WINDOW, "planned": "true",
                       "tick": f"({IN_WINDOW}) OR {in_planned}"}[scope],
         extra_ctes=extra_ctes,
-        audience_problem=_audience_problem(trigger, params),
+        audience_problem=audience_problem(trigger, params),
         due_problem=_due_problem(trigger, params),
         send_address="p.email" if trigger.channel == "email" else "p.mobile_e164",
         joins="".join(f"\n{j}" for j in joins),
         address=address,
-        list_join=_list_join(trigger, address),
+        list_join=list_join(trigger, address),
         conditions=and_all(conditions),
     )  # fmt: skip
     return sql, params
@@ -399,54 +392,7 @@ def _within(column: str, param: str, limits: Any, params: dict[str, Any]) -> lis
     return conditions
 
 
-# --- the audience and the moment of sending ---------------------------------------------------
-
-
-def _audience_problem(trigger: Trigger, params: dict[str, Any]) -> str:
-    """The WHEN lines of: why the patient cannot get this message (NULL: they can)."""
-    params["channel"] = trigger.channel
-    params["suppression_scopes"] = (
-        ["all", "marketing"] if trigger.purpose == "marketing" else ["all"]
-    )
-    cases = ["WHEN p.is_archived THEN 'patient archived in Cliniko'"]
-    if trigger.channel == "email":
-        cases.append(
-            "WHEN p.email_normalised IS NULL OR NOT p.email_is_valid "
-            "THEN 'no valid email address on file'"
-        )
-    else:
-        cases.append("WHEN p.mobile_e164 IS NULL THEN 'no valid mobile number on file'")
-    cases.append(
-        "WHEN coalesce(p.preferred_first_name, p.first_name) IS NULL "
-        "THEN 'no first name on file to greet the patient by'"
-    )
-    if trigger.honours_reminder_preference:
-        params["reminder_types"] = REMINDER_CHANNELS[trigger.channel]
-        cases.append(
-            "WHEN p.reminder_type IS NOT NULL AND NOT list_contains($reminder_types, p.reminder_type) "
-            "THEN 'Cliniko reminder preference is ' || p.reminder_type"
-        )
-    if trigger.purpose == "marketing":
-        listed = MARKETING_LISTS[trigger.channel].label
-        cases.append(
-            "WHEN list.status IS DISTINCT FROM 'subscribed' "
-            f"THEN 'not subscribed to {listed} (' || coalesce(list.status, 'not on it') || ')'"
-        )
-    cases.append(
-        "WHEN suppressed.address IS NOT NULL THEN 'address suppressed (' || suppressed.reason || ')'"
-    )
-    return "\n".join(f"        {case}" for case in cases)
-
-
-def _list_join(trigger: Trigger, address: str) -> str:
-    """Marketing reaches only its channel's marketing list."""
-    if trigger.purpose != "marketing":
-        return ""
-    listed = MARKETING_LISTS[trigger.channel]
-    return (
-        f"\nLEFT JOIN {listed.table} list\n"
-        f"  ON list.patient_id = w.patient_id AND list.{listed.address_column} = {address}"
-    )
+# --- the moment of sending (the audience: tasks/triggers/audience.py) ---------------------------------------------------
 
 
 def _due_problem(trigger: Trigger, params: dict[str, Any]) -> str:

@@ -711,17 +711,22 @@ def test_a_reminder_respects_the_patients_cliniko_reminder_preference(
     clinic.patient(1, reminder_type=reminder_type)
     clinic.appointment(10, 1, NOW + 30 * HOUR)
     clinic.plan(NOW)
-    assert clinic.one().status == ("skipped" if reason else "planned")
-    assert clinic.one().status_reason == reason
+    # a preference can change before the reminder is due: it waits with the reason
+    assert clinic.one().status == "planned"
+    assert (clinic.one().waiting_reason, clinic.one().status_reason) == (reason, reason)
 
 
-def test_no_mobile_on_file_is_skipped_with_the_reason(clinic):
+def test_no_mobile_on_file_waits_then_is_skipped_with_the_reason_after_its_grace(clinic):
     clinic.trigger("reminder", **REMINDER)
     live(clinic)
     clinic.patient(1, mobile=None)
     clinic.appointment(10, 1, NOW + 30 * HOUR)
     clinic.plan(NOW)
-    assert clinic.one().status_reason == "no valid mobile number on file"
+    assert (clinic.one().status, clinic.one().waiting_reason) == (
+        "planned", "no valid mobile number on file")  # fmt: skip
+    clinic.plan(NOW + 8 * HOUR + MIN)  # due NOW + 6 h, grace 2 h
+    row = clinic.one()
+    assert (row.status, row.status_reason) == ("skipped", "no valid mobile number on file")
 
 
 def test_a_recall_is_skipped_when_a_future_appointment_is_booked_by_the_time_it_is_due(clinic):
@@ -751,6 +756,9 @@ def test_marketing_is_skipped_for_a_patient_who_unsubscribed_after_it_was_planne
                            scope="marketing", reason="unsubscribed", source="unsubscribe_link",
                            evidence="test", occurred_at=NOW)  # fmt: skip
     clinic.plan(NOW + 5 * MIN)
+    assert clinic.one().status == "planned"  # waits: a re-subscription before it is due sends it
+    assert clinic.one().waiting_reason.startswith("not subscribed to the email marketing list")
+    clinic.plan(NOW + 2 * DAY)  # past its grace window: final, with the reason
     assert clinic.one().status == "skipped"
     assert clinic.one().status_reason.startswith("not subscribed to the email marketing list")
 
@@ -766,8 +774,8 @@ def test_a_transactional_message_ignores_the_marketing_lists_but_not_a_hard_boun
     clinic.appointment(10, 1, NOW + DAY, type_id=ADMIN_TAG, created=NOW)
     clinic.appointment(11, 2, NOW + DAY, type_id=ADMIN_TAG, created=NOW)
     clinic.plan(NOW)
-    statuses = {r.patient_id: (r.status, r.status_reason) for r in clinic.messages()}
-    assert statuses == {1: ("planned", None), 2: ("skipped", "address suppressed (hard_bounce)")}
+    statuses = {r.patient_id: (r.status, r.waiting_reason) for r in clinic.messages()}
+    assert statuses == {1: ("planned", None), 2: ("planned", "address suppressed (hard_bounce)")}
 
 
 # --- the model build guard -------------------------------------------------------------------
@@ -864,7 +872,7 @@ def test_preview_shows_who_would_get_what_and_writes_nothing(clinic):
     assert went_live == NOW
     assert [(r.appointment_id, r.decision) for r in rows] == [
         (10, "send"),
-        (11, "skip: Cliniko reminder preference is Email"),
+        (11, "waiting: Cliniko reminder preference is Email"),
     ]
     assert rows[0].due_at == NOW + 2 * DAY
     after = clinic.con.execute(
@@ -1068,8 +1076,246 @@ def test_a_recall_reaches_a_subscriber_with_an_unsubscribe_link_and_nobody_else(
     assert result.counts["sent"] == 1
     statuses = {r.patient_id: (r.status, r.status_reason) for r in clinic.messages()}
     assert statuses[1] == ("sent", None)
-    assert statuses[2][0] == "skipped"
+    assert statuses[2] == ("planned", "not subscribed to the email marketing list (unsubscribed)")
+    assert not ledger.due(clinic.con, NOW), "a waiting message is not dispatch's to send"
     (eml,) = tmp_path.glob("*.eml")
     mail = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
     assert mail["To"] == "patient1@example.com"
     assert mail["List-Unsubscribe"].startswith("<https://relay.example/unsubscribe/")
+
+
+# --- send-time truth: a skip is final only when its moment has passed (issue 11 §1, §2) -------
+#
+# Each observed case as the tick runs it: build the models, plan, re-check, then dispatch through
+# the trigger preparer and the marketing gate into the local outbox, at a fixed clock.
+
+
+def tick_and_send(clinic: Clinic, now: datetime, outbox: Path) -> dict:
+    """What the tick does: build, plan; then the dispatch flow: re-check, send what is due."""
+    from tasks.messages.dispatch import Unsubscribe, dispatch
+    from tasks.messages.gate import Gate
+    from tasks.messages.prepare import by_source_kind
+    from tasks.messages.templates import Templates
+    from tasks.providers.outbox import OutboxProvider
+
+    clinic.plan(now)
+    planning.recheck(clinic.con, clinic.config, now)
+    provider = OutboxProvider(outbox, email_from="clinic@example.com", sms_from="Clinic")
+    return dispatch(
+        clinic.con,
+        providers={"email": provider, "sms": provider},
+        prepare=by_source_kind({"trigger": Preparer(clinic.con, clinic.config, clock=lambda: now)}),
+        templates=Templates(),
+        unsubscribe=Unsubscribe("test", "https://relay.example/unsubscribe", key=b"k" * 32),
+        clock=lambda: now,
+        gate=Gate.from_config(clinic.config),
+    ).counts
+
+
+def waiting_state(clinic: Clinic, now: datetime) -> dict[str, str]:
+    """send key -> why, for the messages `relay ledger waiting` lists."""
+    from tasks.messages import waiting
+
+    return {row.send_key: why for row, why in waiting.rows_waiting(clinic.con, now)}
+
+
+DUE = NOW + 6 * HOUR  # the reminder of an appointment at NOW + 30 h (24 hours before, 2 h grace)
+
+
+@pytest.mark.parametrize(
+    ("channel", "before", "fix", "reason"),
+    [
+        ("sms", {"mobile": None},
+         {"patient_phone_numbers": [{"phone_type": "Mobile", "number": "0412 345 678"}]},
+         "no valid mobile number on file"),
+        ("email", {"email": None}, {"email": "patient1@example.com"},
+         "no valid email address on file"),
+        ("sms", {"archived": True}, {"archived_at": ""}, "patient archived in Cliniko"),
+        ("sms", {"reminder_type": "None"}, {"reminder_type": "SMS"},
+         "Cliniko reminder preference is None"),
+    ],
+    ids=["mobile-added", "email-added", "unarchived", "preference-none-to-sms"],
+)  # fmt: skip
+def test_a_reminder_waits_for_a_reason_that_clears_before_its_moment_and_then_goes(
+    clinic, tmp_path, channel, before, fix, reason
+):
+    template = "reminder-24h" if channel == "sms" else "welcome"
+    clinic.trigger("reminder", **{**REMINDER, "channel": channel, "template": template})
+    live(clinic)
+    clinic.patient(1, **before)
+    clinic.appointment(10, 1, NOW + 30 * HOUR)
+
+    tick_and_send(clinic, NOW, tmp_path)
+    row = clinic.one()
+    assert (row.status, row.waiting_reason) == ("planned", reason)
+    assert waiting_state(clinic, NOW) == {row.send_key: reason}
+
+    clinic.update_patient(1, **fix)  # the front desk fixes it before the reminder is due
+    counts = tick_and_send(clinic, DUE + 30 * MIN, tmp_path)
+    row = clinic.one()
+    assert (row.status, counts["sent"]) == ("sent", 1)
+    assert waiting_state(clinic, DUE + 30 * MIN) == {}
+
+
+def test_a_reminder_whose_reason_never_clears_is_skipped_with_it_after_its_grace_window(
+    clinic, tmp_path
+):
+    clinic.trigger("reminder", **REMINDER)
+    live(clinic)
+    clinic.patient(1, mobile=None)
+    clinic.appointment(10, 1, NOW + 30 * HOUR)
+    tick_and_send(clinic, NOW, tmp_path)
+    tick_and_send(clinic, DUE + HOUR, tmp_path)  # due, within grace: still waiting, not sent
+    assert (clinic.one().status, clinic.one().waiting_reason) == (
+        "planned", "no valid mobile number on file")  # fmt: skip
+    tick_and_send(clinic, DUE + 2 * HOUR + MIN, tmp_path)
+    row = clinic.one()
+    assert (row.status, row.status_reason) == ("skipped", "no valid mobile number on file")
+    clinic.update_patient(
+        1, patient_phone_numbers=[{"phone_type": "Mobile", "number": "0412 345 678"}]
+    )
+    tick_and_send(clinic, DUE + 3 * HOUR, tmp_path)
+    assert clinic.one().status == "skipped", "after its moment + grace a skip is final"
+
+
+def test_a_cancelled_appointment_still_cancels_its_reminder_at_once(clinic, tmp_path):
+    clinic.trigger("reminder", **REMINDER)
+    live(clinic)
+    clinic.patient(1, mobile=None)
+    clinic.appointment(10, 1, NOW + 30 * HOUR)
+    tick_and_send(clinic, NOW, tmp_path)
+    clinic.update_appointment(10, cancelled_at=NOW + MIN)
+    tick_and_send(clinic, NOW + 5 * MIN, tmp_path)
+    row = clinic.one()
+    assert (row.status, row.status_reason) == ("cancelled", "appointment cancelled")
+
+
+def test_marketing_for_someone_who_resubscribed_before_it_was_due_goes(clinic, tmp_path):
+    clinic.trigger("recall", **{**RECALL, "grace": "2 days"})
+    live(clinic, NOW - 90 * DAY)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW - 42 * DAY + 5 * HOUR, type_id=INITIAL, arrived=True)
+    ledger.add_suppression(clinic.con, channel="email", address="patient1@example.com",
+                           scope="marketing", reason="unsubscribed", source="unsubscribe_link",
+                           evidence="test", occurred_at=NOW - DAY)  # fmt: skip
+    tick_and_send(clinic, NOW, tmp_path)
+    row = clinic.one()
+    assert row.status == "planned"
+    assert row.waiting_reason.startswith("not subscribed to the email marketing list")
+
+    clinic.con.execute(  # a fresh opt-in lifts the unsubscribe (tasks/feedback.py, lift)
+        "INSERT INTO state.suppressions (channel, address, action, reason, scope, source, "
+        "evidence, occurred_at, recorded_at) VALUES ('email', 'patient1@example.com', 'lift', "
+        "'opt_in', 'marketing', 'operator', 'test', ?, ?)",
+        [NOW + HOUR, NOW + HOUR],
+    )
+    counts = tick_and_send(clinic, NOW + 6 * HOUR, tmp_path)
+    assert (clinic.one().status, counts["sent"]) == ("sent", 1)
+
+
+def test_the_send_time_check_holds_a_message_whose_reason_appeared_after_the_tick(clinic, tmp_path):
+    from tasks.messages.dispatch import dispatch
+    from tasks.messages.templates import Templates
+    from tasks.providers.outbox import OutboxProvider
+
+    clinic.trigger("reminder", **REMINDER)
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + 30 * HOUR)
+    clinic.plan(NOW)
+    assert clinic.one().waiting_reason is None
+    clinic.update_patient(1, reminder_type="None")
+    clinic.build(DUE)  # a sync and build after the tick; dispatch asks the preparer at once
+
+    def send(at: datetime) -> dict:
+        provider = OutboxProvider(tmp_path, email_from="c@example.com", sms_from="Clinic")
+        return dispatch(clinic.con, providers={"sms": provider}, templates=Templates(),
+                        prepare=Preparer(clinic.con, clinic.config, clock=lambda: at),
+                        clock=lambda: at).counts  # fmt: skip
+
+    assert send(DUE)["waiting"] == 1
+    row = clinic.one()
+    assert (row.status, row.waiting_reason) == ("planned", "Cliniko reminder preference is None")
+    assert not ledger.due(clinic.con, DUE + MIN), "dispatch looks again later, not in a loop"
+    clinic.update_patient(1, reminder_type="SMS & Email")
+    clinic.build(DUE + 30 * MIN)
+    assert send(DUE + 30 * MIN)["sent"] == 1
+    assert clinic.one().status == "sent"
+
+
+@pytest.mark.parametrize("last_minute", ["send", "skip"])
+def test_an_appointment_moved_into_the_reminder_window_is_a_late_booking(
+    clinic, tmp_path, last_minute
+):
+    clinic.trigger("reminder", **{**REMINDER, "last_minute": last_minute})
+    live(clinic)
+    clinic.patient(1)
+    clinic.patient(2)
+    clinic.appointment(10, 1, NOW + 3 * DAY, created=NOW - 10 * DAY)
+    tick_and_send(clinic, NOW, tmp_path)
+    assert clinic.one().due_at == NOW + 2 * DAY
+
+    moved_at = NOW + HOUR
+    clinic.update_appointment(10, starts_at=moved_at + 4 * HOUR,
+                              ends_at=moved_at + 4 * HOUR + 30 * MIN)  # fmt: skip
+    # the same moment, a new booking: the rule a move must follow
+    clinic.appointment(11, 2, moved_at + 4 * HOUR, created=moved_at - 5 * MIN)
+    tick_and_send(clinic, moved_at, tmp_path)
+    statuses = {r.appointment_id: (r.status, r.status_reason) for r in clinic.messages()}
+    if last_minute == "send":
+        assert statuses == {10: ("sent", None), 11: ("sent", None)}
+    else:
+        assert statuses == {10: ("skipped", "appointment moved to less than 24 hours before it "
+                                            "(last_minute: skip)")}  # fmt: skip
+
+
+def test_a_late_move_is_dated_once_and_a_move_back_out_replans_as_before(clinic, tmp_path):
+    clinic.trigger("reminder", **REMINDER)
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + 3 * DAY, created=NOW - 10 * DAY)
+    clinic.plan(NOW)
+    clinic.update_appointment(10, starts_at=NOW + 5 * HOUR, ends_at=NOW + 5 * HOUR + 30 * MIN)
+    clinic.plan(NOW + HOUR)
+    row = clinic.one()
+    assert (row.status, row.due_at, row.expires_at) == ("planned", NOW + HOUR, NOW + 3 * HOUR)
+    clinic.plan(NOW + 90 * MIN)  # a later tick keeps the moment the move was seen
+    assert (clinic.one().due_at, clinic.one().expires_at) == (NOW + HOUR, NOW + 3 * HOUR)
+    clinic.update_appointment(10, starts_at=NOW + 4 * DAY, ends_at=NOW + 4 * DAY + 30 * MIN)
+    clinic.plan(NOW + 2 * HOUR)
+    row = clinic.one()
+    assert (row.status, row.due_at, row.expires_at) == (
+        "planned",
+        NOW + 3 * DAY,
+        NOW + 3 * DAY + 2 * HOUR,
+    )
+
+
+def test_the_ledger_and_the_preview_say_which_messages_wait_and_why(clinic_on_disk):
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+    from tasks.warehouse import open_db
+
+    db = clinic_on_disk.parent / "clinic.duckdb"
+    now = datetime.now(UTC)
+    with open_db(db) as con:
+        c = Clinic(con)
+        c._synced = now  # synced after the fixture's build
+        c.patient(1, first_name="Robin", reminder_type="None")
+        c.appointment(10, 1, now + 3 * DAY)
+        c.trigger("reminder", **REMINDER)
+        live(c, now - DAY)
+        c.plan(now + DAY + HOUR)  # the reminder of the appointment in 3 days is due in a day
+        assert c.one().waiting_reason == "Cliniko reminder preference is None"
+    out = CliRunner().invoke(app, ["ledger", "waiting", "--clinic", str(clinic_on_disk)])
+    assert out.exit_code == 0, out.output
+    assert "trigger:reminder:1:appointment:10  sms" in out.output
+    assert ": Cliniko reminder preference is None" in out.output
+    assert "1 waiting messages in disk. By state: 1 waiting" in out.output
+    assert "Robin" not in out.output and "+61" not in out.output  # no personal data
+    out = CliRunner().invoke(app, ["preview", "trigger", "reminder", "--days", "7",
+                                   "--clinic", str(clinic_on_disk)])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert "(1 waiting)" in out.output
+    assert "waiting: Cliniko reminder preference is None" in out.output
