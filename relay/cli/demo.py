@@ -14,7 +14,7 @@ def demo_command(
 ) -> None:
     """The whole pipeline against the built-in Cliniko sandbox (no accounts needed).
 
-    Nothing leaves this machine; the demo database starts afresh each time."""
+    Nothing leaves this machine; the demo database and its outbox start afresh each time."""
     import os
     from datetime import UTC, datetime, timedelta
 
@@ -22,12 +22,19 @@ def demo_command(
     from sandbox.cliniko import RateLimit, SandboxClinic, SandboxServer
     from tasks.cliniko.resources import RESOURCES
     from tasks.config import load_clinic
+    from tasks.providers.outbox import outbox_dir, start_run
     from tasks.warehouse import open_db
 
     demo_rate = 1200  # requests/min: Cliniko allows 200; the demo need not wait that long
     config = load_clinic("demo")
     for stale in (config.database_path, config.database_path.with_suffix(".duckdb.wal")):
         stale.unlink(missing_ok=True)
+    # The outbox goes with the database: its messages are this run's (the index says which run).
+    start_run(
+        outbox_dir(config.clinic),
+        f"relay demo --seed {seed} --patients {patients}",
+        time_zone=config.time_zone,
+    )
 
     typer.secho(f"1. Generating a sandbox Cliniko clinic ({patients} patients)", bold=True)
     clinic = SandboxClinic.generate(
