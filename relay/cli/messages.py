@@ -42,7 +42,9 @@ def outbox_command(
         return
     index = write_index(folder, time_zone=config.time_zone)
     if run := read_run(folder):
-        typer.echo(f"Run: {run['label']}, started {local_time(run['started_at'], config.time_zone)}")
+        typer.echo(
+            f"Run: {run['label']}, started {local_time(run['started_at'], config.time_zone)}"
+        )
     # Times in the clinic's zone, the sender (trigger, journey or campaign), send keys and file
     # names only: subjects and addresses stay in the files.
     for m in messages[:limit]:

@@ -222,7 +222,11 @@ def write_index(folder: Path, time_zone: str = "UTC") -> Path:
         if r["channel"] == "email":
             links.insert(0, f'<a href="{html.escape(r["stem"])}.html">view</a>')
         cells = (
-            local_time(r["written_at"], time_zone), r["source"], r["channel"], r["to"], r["title"]
+            local_time(r["written_at"], time_zone),
+            r["source"],
+            r["channel"],
+            r["to"],
+            r["title"],
         )
         rows.append(
             "<tr>"

@@ -96,7 +96,14 @@ def test_the_index_adds_no_personal_data_beyond_the_recipient_the_files_already_
     for m in list_messages(sent):
         assert m["send_key"] not in page  # patient ids stay in the files, not the listing
     assert set(list_messages(sent)[0]) == {
-        "send_key", "to", "title", "channel", "source", "file", "written_at", "stem"
+        "send_key",
+        "to",
+        "title",
+        "channel",
+        "source",
+        "file",
+        "written_at",
+        "stem",
     }
 
 
@@ -106,7 +113,9 @@ def test_a_new_run_starts_an_empty_outbox_that_says_which_run_it_is(sent):
     assert list_messages(sent) == []
     page = (sent / "index.html").read_text(encoding="utf-8")
     assert "Outbox: 0 messages" in page
-    assert html.escape("Run: relay demo --seed 7 --patients 50, started 2026-03-01 22:30:00") in page
+    assert (
+        html.escape("Run: relay demo --seed 7 --patients 50, started 2026-03-01 22:30:00") in page
+    )
     # the same send key in the new run is written again, not taken for the old run's file
     result = _send(sent, [_planned("trigger", "welcome-insurance", 1, "welcome", "transactional")])
     assert result.counts["sent"] == 1
