@@ -16,7 +16,7 @@ def demo_command(
 
     Nothing leaves this machine; the demo database and its outbox start afresh each time."""
     import os
-    from datetime import UTC, datetime, timedelta
+    from datetime import timedelta
 
     from flows.sync import cliniko_sync
     from sandbox.cliniko import RateLimit, SandboxClinic, SandboxServer
@@ -37,9 +37,9 @@ def demo_command(
     )
 
     typer.secho(f"1. Generating a sandbox Cliniko clinic ({patients} patients)", bold=True)
-    clinic = SandboxClinic.generate(
-        seed=seed, patients=patients, start=datetime.now(UTC).replace(second=0, microsecond=0)
-    )
+    # No start: the same seed gives the same clinic all day (generated as of 00:00 UTC, its
+    # clock at now), so the first sync brings in the same rows run after run.
+    clinic = SandboxClinic.generate(seed=seed, patients=patients)
     limit = RateLimit(per_window=demo_rate, window_seconds=60.0)
     with SandboxServer(clinic, rate_limit=limit, auto_advance_speed=60) as server:
         typer.echo(f"   serving it at {server.base_url} (its clock runs 60x real time)")
@@ -113,8 +113,12 @@ def _demo_sending(clinic) -> None:
 
 def sandbox_command(
     port: int = typer.Option(8765, help="Port on 127.0.0.1 (0 picks a free one)."),
-    seed: int = typer.Option(1, help="Same seed and size, same clinic."),
+    seed: int = typer.Option(1, help="Same seed and size, same clinic (all day; --start: always)."),
     patients: int = typer.Option(500, help="Size of the generated clinic."),
+    start: str = typer.Option(
+        None,
+        help="The clinic's clock start, ISO UTC (default: as of 00:00 UTC today, clock at now).",
+    ),
     speed: float = typer.Option(None, help="Run the clinic's clock at this many times real time."),
     rate_limit: int = typer.Option(None, help="Requests per minute per key (Cliniko: 200)."),
 ) -> None:
@@ -127,4 +131,19 @@ def sandbox_command(
         typer.echo(f"Admin:           {server.admin_url}/stats, /advance?seconds=N, /faults (POST)")
         typer.echo("Ctrl-C stops it.")
 
-    serve(announce, port=port, seed=seed, patients=patients, speed=speed, rate_limit=rate_limit)
+    from datetime import datetime
+
+    from tasks.errors import UserFacingError
+
+    try:
+        begin = datetime.fromisoformat(start) if start else None
+    except ValueError:
+        raise UserFacingError(
+            f"--start {start!r} is not an ISO time, e.g. 2026-03-02T09:00:00Z"
+        ) from None
+    if begin is not None and begin.tzinfo is None:
+        raise UserFacingError(f"--start {start!r} needs an offset, e.g. 2026-03-02T09:00:00Z")
+    serve(
+        announce, port=port, seed=seed, patients=patients, start=begin, speed=speed,
+        rate_limit=rate_limit,
+    )  # fmt: skip
