@@ -122,3 +122,27 @@ def test_a_new_run_starts_an_empty_outbox_that_says_which_run_it_is(sent):
     (again,) = list_messages(sent)
     assert again["source"] == "trigger welcome-insurance"
     assert (sent / again["file"]).exists()
+
+
+def test_relay_outbox_lists_who_sent_each_message_in_the_clinics_time_and_which_run(data_dir):
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+    from tasks.providers.outbox import outbox_dir
+
+    folder = outbox_dir("demo")  # the demo clinic's zone: Australia/Melbourne, as ZONE
+    start_run(folder, "relay demo --seed 1 --patients 500", now=NOW)
+    _send(folder, [_planned("journey", "birthday", 4, "birthday", "marketing")])
+    (listed,) = list_messages(folder)
+    record = folder / f"{listed['stem']}.json"
+    record.write_text(record.read_text().replace(listed["written_at"], NOW.isoformat()))
+
+    out = CliRunner().invoke(app, ["outbox", "--clinic", "demo"])
+    assert out.exit_code == 0, out.output
+    assert "Run: relay demo --seed 1 --patients 500, started 2026-03-02 09:30:00" in out.output
+    (line,) = [ln for ln in out.output.splitlines() if listed["send_key"] in ln]
+    assert line.startswith("2026-03-02 09:30:00  email  journey birthday")
+    assert "(times in Australia/Melbourne)" in out.output
+    assert "pat4@" not in out.output and "Pat4" not in out.output
+    page = (folder / "index.html").read_text(encoding="utf-8")
+    assert "<td>2026-03-02 09:30:00</td><td>journey birthday</td>" in page
