@@ -19,7 +19,6 @@ def demo_command(
     from datetime import timedelta
 
     from flows.sync import cliniko_sync
-    from sandbox.cliniko import RateLimit, SandboxClinic, SandboxServer
     from tasks.cliniko.resources import RESOURCES
     from tasks.config import load_clinic
     from tasks.providers.outbox import outbox_dir, start_run
@@ -37,12 +36,9 @@ def demo_command(
     )
 
     typer.secho(f"1. Generating a sandbox Cliniko clinic ({patients} patients)", bold=True)
-    # No start: the same seed gives the same clinic all day (generated as of 00:00 UTC, its
-    # clock at now), so the first sync brings in the same rows run after run.
-    clinic = SandboxClinic.generate(seed=seed, patients=patients)
-    limit = RateLimit(per_window=demo_rate, window_seconds=60.0)
-    with SandboxServer(clinic, rate_limit=limit, auto_advance_speed=60) as server:
-        typer.echo(f"   serving it at {server.base_url} (its clock runs 60x real time)")
+    clinic, server = demo_sandbox(seed, patients, demo_rate)
+    with server:
+        typer.echo(f"   serving it at {server.base_url} (its clock moves when the demo says)")
         os.environ.update(
             CLINIKO_API_KEY=clinic.api_key,
             CLINIKO_BASE_URL=server.base_url,
@@ -73,6 +69,19 @@ def demo_command(
         }
     typer.secho(f"Done. {config.database_path} now holds:", bold=True)
     typer.echo("  " + ", ".join(f"{n} {name}" for name, n in held.items()))
+
+
+def demo_sandbox(seed: int, patients: int, requests_per_minute: int):
+    """The demo's Cliniko: the same seed gives the same clinic (and first sync) run after run.
+
+    No start: the clinic is generated as of 00:00 UTC today with its clock at now, the same all
+    day. No auto-advance: its clock moves only where the demo says (5 minutes, an hour); a clock
+    following real time would change rows while the first sync reads them."""
+    from sandbox.cliniko import RateLimit, SandboxClinic, SandboxServer
+
+    clinic = SandboxClinic.generate(seed=seed, patients=patients)
+    limit = RateLimit(per_window=requests_per_minute, window_seconds=60.0)
+    return clinic, SandboxServer(clinic, rate_limit=limit)
 
 
 def _demo_sending(clinic) -> None:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -96,3 +97,40 @@ def test_relay_sandbox_serves_the_same_clinic_for_the_same_seed():
     assert first[0] == second[0]
     assert first[1] == second[1]
     assert len(first[1]["patients"]) >= 1 and "first_name" in first[1]["patients"][0]
+
+
+def _first_sync(monkeypatch, tmp_path, at: datetime, name: str) -> dict[str, list]:
+    """The demo's Cliniko made at ``at`` and synced once into a fresh DuckDB file: raw.* rows."""
+    from relay.cli.demo import demo_sandbox
+    from tasks.cliniko.sync import main as sync
+    from tasks.warehouse import open_db
+
+    _clock_at(monkeypatch, at)
+    clinic, server = demo_sandbox(seed=4, patients=40, requests_per_minute=100_000)
+    db = tmp_path / f"{name}.duckdb"
+    with server:
+        monkeypatch.setenv("CLINIKO_API_KEY", clinic.api_key)
+        monkeypatch.setenv("CLINIKO_BASE_URL", server.base_url)
+        monkeypatch.setenv("CLINIKO_CONTACT", "tests@example.com")
+        time.sleep(1.5)  # a clock following real time would have moved (and changed rows) by now
+        assert sync(["--db", str(db), "--no-rate-limit"]) == 0
+    with open_db(db, read_only=True) as con:
+        tables = [t for (t,) in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'raw'"
+        ).fetchall()]  # fmt: skip
+        return {  # the links name the server's port, which is any free one
+            t: [
+                (row_id, payload.replace(server.base_url, "BASE"))
+                for row_id, payload in con.execute(
+                    f"SELECT id, payload FROM raw.{t} ORDER BY id"
+                ).fetchall()
+            ]
+            for t in tables
+        }
+
+
+def test_the_demos_first_sync_brings_in_the_same_rows_for_the_same_seed(monkeypatch, tmp_path):
+    first = _first_sync(monkeypatch, tmp_path, datetime(2026, 12, 1, 2, 0, tzinfo=UTC), "a")
+    second = _first_sync(monkeypatch, tmp_path, datetime(2026, 12, 1, 21, 30, tzinfo=UTC), "b")
+    assert sum(map(len, first.values())) > 100
+    assert first == second
