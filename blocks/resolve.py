@@ -47,6 +47,7 @@ def providers_for(cfg: ClinicConfig) -> dict[str, Provider]:
         outbox_dir(cfg.clinic),
         email_from=formataddr((sender.name or cfg.name, sender.email)),
         sms_from=sender.name or cfg.name,
+        time_zone=cfg.time_zone,
     )
 
     def load(block_type: Any, name: str, setting: str) -> Provider:

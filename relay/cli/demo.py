@@ -14,28 +14,31 @@ def demo_command(
 ) -> None:
     """The whole pipeline against the built-in Cliniko sandbox (no accounts needed).
 
-    Nothing leaves this machine; the demo database starts afresh each time."""
+    Nothing leaves this machine; the demo database and its outbox start afresh each time."""
     import os
-    from datetime import UTC, datetime, timedelta
+    from datetime import timedelta
 
     from flows.sync import cliniko_sync
-    from sandbox.cliniko import RateLimit, SandboxClinic, SandboxServer
     from tasks.cliniko.resources import RESOURCES
     from tasks.config import load_clinic
+    from tasks.providers.outbox import outbox_dir, start_run
     from tasks.warehouse import open_db
 
     demo_rate = 1200  # requests/min: Cliniko allows 200; the demo need not wait that long
     config = load_clinic("demo")
     for stale in (config.database_path, config.database_path.with_suffix(".duckdb.wal")):
         stale.unlink(missing_ok=True)
+    # The outbox goes with the database: its messages are this run's (the index says which run).
+    start_run(
+        outbox_dir(config.clinic),
+        f"relay demo --seed {seed} --patients {patients}",
+        time_zone=config.time_zone,
+    )
 
     typer.secho(f"1. Generating a sandbox Cliniko clinic ({patients} patients)", bold=True)
-    clinic = SandboxClinic.generate(
-        seed=seed, patients=patients, start=datetime.now(UTC).replace(second=0, microsecond=0)
-    )
-    limit = RateLimit(per_window=demo_rate, window_seconds=60.0)
-    with SandboxServer(clinic, rate_limit=limit, auto_advance_speed=60) as server:
-        typer.echo(f"   serving it at {server.base_url} (its clock runs 60x real time)")
+    clinic, server = demo_sandbox(seed, patients, demo_rate)
+    with server:
+        typer.echo(f"   serving it at {server.base_url} (its clock moves when the demo says)")
         os.environ.update(
             CLINIKO_API_KEY=clinic.api_key,
             CLINIKO_BASE_URL=server.base_url,
@@ -66,6 +69,19 @@ def demo_command(
         }
     typer.secho(f"Done. {config.database_path} now holds:", bold=True)
     typer.echo("  " + ", ".join(f"{n} {name}" for name, n in held.items()))
+
+
+def demo_sandbox(seed: int, patients: int, requests_per_minute: int):
+    """The demo's Cliniko: the same seed gives the same clinic (and first sync) run after run.
+
+    No start: the clinic is generated as of 00:00 UTC today with its clock at now, the same all
+    day. No auto-advance: its clock moves only where the demo says (5 minutes, an hour); a clock
+    following real time would change rows while the first sync reads them."""
+    from sandbox.cliniko import RateLimit, SandboxClinic, SandboxServer
+
+    clinic = SandboxClinic.generate(seed=seed, patients=patients)
+    limit = RateLimit(per_window=requests_per_minute, window_seconds=60.0)
+    return clinic, SandboxServer(clinic, rate_limit=limit)
 
 
 def _demo_sending(clinic) -> None:
@@ -106,8 +122,12 @@ def _demo_sending(clinic) -> None:
 
 def sandbox_command(
     port: int = typer.Option(8765, help="Port on 127.0.0.1 (0 picks a free one)."),
-    seed: int = typer.Option(1, help="Same seed and size, same clinic."),
+    seed: int = typer.Option(1, help="Same seed and size, same clinic (all day; --start: always)."),
     patients: int = typer.Option(500, help="Size of the generated clinic."),
+    start: str = typer.Option(
+        None,
+        help="The clinic's clock start, ISO UTC (default: as of 00:00 UTC today, clock at now).",
+    ),
     speed: float = typer.Option(None, help="Run the clinic's clock at this many times real time."),
     rate_limit: int = typer.Option(None, help="Requests per minute per key (Cliniko: 200)."),
 ) -> None:
@@ -120,4 +140,19 @@ def sandbox_command(
         typer.echo(f"Admin:           {server.admin_url}/stats, /advance?seconds=N, /faults (POST)")
         typer.echo("Ctrl-C stops it.")
 
-    serve(announce, port=port, seed=seed, patients=patients, speed=speed, rate_limit=rate_limit)
+    from datetime import datetime
+
+    from tasks.errors import UserFacingError
+
+    try:
+        begin = datetime.fromisoformat(start) if start else None
+    except ValueError:
+        raise UserFacingError(
+            f"--start {start!r} is not an ISO time, e.g. 2026-03-02T09:00:00Z"
+        ) from None
+    if begin is not None and begin.tzinfo is None:
+        raise UserFacingError(f"--start {start!r} needs an offset, e.g. 2026-03-02T09:00:00Z")
+    serve(
+        announce, port=port, seed=seed, patients=patients, start=begin, speed=speed,
+        rate_limit=rate_limit,
+    )  # fmt: skip

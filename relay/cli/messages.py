@@ -18,9 +18,16 @@ def outbox_command(
 
     from tasks.config import load_clinic
     from tasks.errors import UserFacingError
-    from tasks.providers.outbox import list_messages, outbox_dir, write_index
+    from tasks.providers.outbox import (
+        list_messages,
+        local_time,
+        outbox_dir,
+        read_run,
+        write_index,
+    )
 
-    folder = outbox_dir(load_clinic(clinic).clinic)
+    config = load_clinic(clinic)
+    folder = outbox_dir(config.clinic)
     messages = list_messages(folder)
     if open_:
         match = [m for m in messages if m["send_key"] == open_ or m["stem"].startswith(open_)]
@@ -33,13 +40,21 @@ def outbox_command(
         typer.echo(str(path))
         webbrowser.open(path.as_uri())
         return
-    index = write_index(folder)
-    # Send keys and file names only: subjects and addresses stay in the files.
+    index = write_index(folder, time_zone=config.time_zone)
+    if run := read_run(folder):
+        typer.echo(
+            f"Run: {run['label']}, started {local_time(run['started_at'], config.time_zone)}"
+        )
+    # Times in the clinic's zone, the sender (trigger, journey or campaign), send keys and file
+    # names only: subjects and addresses stay in the files.
     for m in messages[:limit]:
         typer.echo(
-            f"{m['written_at'][:19]}  {m['channel']:5}  {m['send_key']}  {folder / m['file']}"
+            f"{local_time(m['written_at'], config.time_zone)}  {m['channel']:5}  "
+            f"{m['source']:<34}  {m['send_key']}  {folder / m['file']}"
         )
-    typer.echo(f"{len(messages)} messages in {folder}; all of them: {index}")
+    typer.echo(
+        f"{len(messages)} messages in {folder} (times in {config.time_zone}); all of them: {index}"
+    )
 
 
 campaign_app = typer.Typer(

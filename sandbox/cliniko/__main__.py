@@ -25,7 +25,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--patients", type=int, default=500)
     parser.add_argument("--appointments-per-patient", type=float, default=15.0)
-    parser.add_argument("--start", help="clock start, ISO UTC (default: now)")
+    parser.add_argument(
+        "--start", help="clock start, ISO UTC (default: as of 00:00 UTC today, clock at now)"
+    )
     parser.add_argument("--shard", default="au1")
     parser.add_argument("--rate-limit", type=int, default=None, help="requests per window per key")
     parser.add_argument("--window-seconds", type=float, default=60.0)
@@ -54,7 +56,7 @@ def serve(
     clinic = SandboxClinic.generate(
         seed=seed,
         patients=patients,
-        start=(start or datetime.now(UTC).replace(microsecond=0)).astimezone(UTC),
+        start=start.astimezone(UTC) if start else None,  # None: the same clinic all day
         appointments_per_patient=appointments_per_patient,
         shard=shard,
     )

@@ -151,14 +151,22 @@ class SandboxClinic:
         shard: str = "au1",
     ) -> SandboxClinic:
         """A clinic with ``patients`` patients and about ``appointments_per_patient`` visits each
-        (individual appointments plus class attendances), deterministic for the arguments."""
+        (individual appointments plus class attendances), deterministic for the arguments.
+
+        Without ``start`` the same seed gives the same clinic all day (the generation depends
+        on its start, so "now" would make a new one each run): generated as of 00:00 UTC
+        today, then its clock is set to now with nothing changed."""
+        now = None
         if start is None:
-            start = datetime.now(UTC).replace(microsecond=0)
+            now = datetime.now(UTC).replace(microsecond=0)
+            start = now.replace(hour=0, minute=0, second=0)
         clinic = cls(seed=seed, start=start, patients=patients, shard=shard)
         with clinic.lock:
             _Generator(clinic, random.Random(f"{seed}:{patients}:{appointments_per_patient}")).run(
                 patients, appointments_per_patient
             )
+            if now is not None:
+                clinic._now = now.timestamp()
         return clinic
 
     @property

@@ -39,6 +39,7 @@ def test_the_demo_clinic_has_a_birthday_a_new_patient_series_and_a_recall_campai
     assert series.entry.enters_segment == "new_patients"
     assert [type(s) for s in series.steps].count(SendStep) == 3
     assert [s.wait for s in series.steps if isinstance(s, WaitStep)] == [
+        timedelta(days=1),  # after welcome-insurance, never seconds apart (test_demo_clinic.py)
         timedelta(days=3),
         timedelta(weeks=2),
     ]
