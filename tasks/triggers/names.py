@@ -65,7 +65,7 @@ DIMENSIONS = {
 }
 WHAT = {
     "appointment_types": "appointment type",
-    "categories": "appointment type in that category",
+    "categories": "appointment type",
     "businesses": "business",
     "practitioners": "practitioner",
 }
@@ -339,7 +339,8 @@ def drift(
 
 
 def _tag_drift(con: duckdb.DuckDBPyConnection, tag_categories: Iterable[str]) -> list[str]:
-    categories = reference_lists(tuple(tag_categories))[1]
+    written = {reference_lists((c,))[1][0]: c.strip() for c in tag_categories}
+    categories = sorted(written)
     if not categories or not _exists(con, "staging.appointment_types"):
         return []
     rows = con.execute(
@@ -350,7 +351,7 @@ def _tag_drift(con: duckdb.DuckDBPyConnection, tag_categories: Iterable[str]) ->
         [categories],
     ).fetchall()
     return [
-        f"tag_categories '{category}' no longer names {_ids(ids, 'categories')} (renamed in "
+        f"tag_categories '{written[category]}' no longer names {_ids(ids, 'categories')} (renamed in "
         "Cliniko?): they stay tags; to let them go, take the name out of tag_categories"
         for category, ids in rows
     ]
