@@ -132,7 +132,9 @@ def warnings(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig) -> list[str]:
     """What the summary and its alert warn of, every tick until it is put right: a trigger held
     because a name matches nothing in Cliniko, and names that drifted in Cliniko since they were
     recorded (the trigger goes on with its ids; tasks/triggers/names.py)."""
-    held = [f"trigger '{name}' held: {why}" for name, why in names.unmatched(con, cfg.triggers).items()]
+    held = [
+        f"trigger '{name}' held: {why}" for name, why in names.unmatched(con, cfg.triggers).items()
+    ]
     return held + names.drift(con, cfg.triggers, cfg.tag_categories)
 
 
@@ -291,7 +293,10 @@ def markdown(s: Summary) -> str:
         lines += ["", "**Held** (everything else went on):"]
         lines += [f"- {source}: {why}" for source, why in sorted(s.held_sources.items())]
     if s.warnings:
-        lines += ["", "**Warnings** (names in clinic.yaml that changed in Cliniko):"]
+        lines += [
+            "",
+            "**Warnings** (names in clinic.yaml that match nothing or changed in Cliniko):",
+        ]
         lines += [f"- {warning}" for warning in s.warnings]
     lines += ["", "| step | outcome | seconds | why |", "|---|---|---:|---|"]
     for step in s.steps:

@@ -58,7 +58,11 @@ RECORDED_ID = {
     "practitioners": "practitioner_id",
 }
 DIMENSIONS = {
-    "appointment_types": ("staging.appointment_types", "appointment_type_id", "appointment_type_name"),
+    "appointment_types": (
+        "staging.appointment_types",
+        "appointment_type_id",
+        "appointment_type_name",
+    ),
     "categories": ("staging.appointment_types", "appointment_type_id", "category"),
     "businesses": ("staging.businesses", "business_id", "display_name"),
     "practitioners": ("staging.practitioners", "practitioner_id", "display_name"),
@@ -197,7 +201,10 @@ def matches_now(
     found: dict[str, dict[str, list[int]]] = {}
     for kind in set(kinds):
         table, id_col, name_col = DIMENSIONS[kind]
-        if not _exists(con, table) or not con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]:
+        if (
+            not _exists(con, table)
+            or not con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        ):
             return None
         found[kind] = dict(
             con.execute(
@@ -222,7 +229,9 @@ def _recorded(con: duckdb.DuckDBPyConnection) -> dict[str, dict[tuple[str, str],
 
 def _ids(ids: Iterable[int], kind: str) -> str:
     ids = sorted(ids)
-    shown = ", ".join(str(i) for i in ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+    shown = ", ".join(str(i) for i in ids[:5]) + (
+        f" and {len(ids) - 5} more" if len(ids) > 5 else ""
+    )
     return f"{WHAT[kind]}{'s' if len(ids) != 1 else ''} {shown}"
 
 
@@ -237,7 +246,11 @@ def unmatched(
     for trigger in triggers:
         if enabled_only and not trigger.enabled:
             continue
-        names = [n for n in names_of(trigger) if (n.reference, n.name) not in recorded.get(trigger.name, {})]
+        names = [
+            n
+            for n in names_of(trigger)
+            if (n.reference, n.name) not in recorded.get(trigger.name, {})
+        ]
         if not names:
             continue
         now = matches_now(con, (n.kind for n in names))
@@ -280,7 +293,14 @@ def record(
             "INSERT INTO state.trigger_names (trigger_name, went_live_at, reference, name, ids, "
             "recorded_at) VALUES (?, ?, ?, ?, ?, ?)",
             [
-                [trigger.name, live[trigger.name], n.reference, n.name, now_ids[n.kind][n.name], now]
+                [
+                    trigger.name,
+                    live[trigger.name],
+                    n.reference,
+                    n.name,
+                    now_ids[n.kind][n.name],
+                    now,
+                ]
                 for n in names
             ],
         )
@@ -314,10 +334,15 @@ def drift(
     warnings = []
     recorded = _recorded(con)
     for trigger in triggers:
-        names = [n for n in names_of(trigger) if (n.reference, n.name) in recorded.get(trigger.name, {})]
+        names = [
+            n for n in names_of(trigger) if (n.reference, n.name) in recorded.get(trigger.name, {})
+        ]
         now = matches_now(con, (n.kind for n in names)) if names else None
         for n in names if now is not None else ():
-            was, is_ = set(recorded[trigger.name][(n.reference, n.name)]), set(now[n.kind].get(n.name, ()))
+            was, is_ = (
+                set(recorded[trigger.name][(n.reference, n.name)]),
+                set(now[n.kind].get(n.name, ())),
+            )
             gone, new = was - is_, is_ - was
             if not gone and not new:
                 continue
@@ -355,3 +380,21 @@ def _tag_drift(con: duckdb.DuckDBPyConnection, tag_categories: Iterable[str]) ->
         "Cliniko?): they stay tags; to let them go, take the name out of tag_categories"
         for category, ids in rows
     ]
+
+
+def check(
+    con: duckdb.DuckDBPyConnection, triggers: Iterable[Trigger], tag_categories: Iterable[str]
+) -> tuple[list[str], list[str]] | None:
+    """``relay clinics``: (errors, warnings) about the configuration's names against the synced
+    data; None when nothing is synced and built yet (the first tick checks them). An error is a
+    name matching nothing where no ids are recorded for it (an enabled trigger: held; a disabled
+    one would be held when switched on); a warning, drift (:func:`drift`)."""
+    triggers = list(triggers)
+    if matches_now(con, DIMENSIONS) is None:
+        return None
+    errors = [
+        f"trigger '{name}'{'' if enabled else ' (disabled)'}: {why}"
+        for name, why in unmatched(con, triggers, enabled_only=False).items()
+        for enabled in [next(t.enabled for t in triggers if t.name == name)]
+    ]
+    return errors, drift(con, triggers, tag_categories)

@@ -198,3 +198,54 @@ def test_names_are_not_held_before_anything_is_synced_and_built():
     assert names.unmatched(clinic.con, clinic.config.triggers) == {}  # the breaker holds it all
     clinic.con.close()
 
+
+# --- relay clinics: the configuration error at load -----------------------------------------------
+
+
+def _clinics(tmp_path, monkeypatch, exclude: list[str], *, synced: bool):
+    """A clinics folder with one clinic whose reminder excludes ``exclude``; its database
+    synced and built when ``synced``. Returns `relay clinics`' result."""
+    import yaml
+    from typer.testing import CliRunner
+
+    import tasks.config
+    from relay.cli import app
+    from tasks.warehouse import open_db
+
+    folder = tmp_path / "clinics" / "disk"
+    folder.mkdir(parents=True)
+    db = tmp_path / "disk.duckdb"
+    reminder = {**REMINDER, "name": "reminder", "enabled": True, "exclude": {"categories": exclude}}
+    (folder / "clinic.yaml").write_text(
+        yaml.safe_dump(
+            {"clinic": "disk", "name": "Disk Physio", "database": str(db), "triggers": [reminder]}
+        )  # fmt: skip
+    )
+    if synced:
+        with open_db(db) as con:
+            c = Clinic(con)
+            c.patient(1)
+            c.build(NOW)
+    monkeypatch.setattr(tasks.config, "CLINICS_DIR", tmp_path / "clinics")
+    return CliRunner().invoke(app, ["clinics"])
+
+
+def test_relay_clinics_reports_a_name_that_matches_nothing_as_an_error(tmp_path, monkeypatch):
+    out = _clinics(tmp_path, monkeypatch, ["Admin Onyl"], synced=True)
+    assert out.exit_code == 2, out.output
+    assert (
+        "error: trigger 'reminder': exclude.categories 'Admin Onyl' matches no category in "
+        "Cliniko" in out.output
+    )
+
+
+def test_relay_clinics_passes_names_that_match(tmp_path, monkeypatch):
+    out = _clinics(tmp_path, monkeypatch, ["admin only "], synced=True)
+    assert out.exit_code == 0, out.output
+    assert "error" not in out.output and "not checked" not in out.output
+
+
+def test_relay_clinics_before_the_first_sync_says_the_names_are_not_checked(tmp_path, monkeypatch):
+    out = _clinics(tmp_path, monkeypatch, ["Admin Onyl"], synced=False)
+    assert out.exit_code == 0, out.output
+    assert "names not checked: nothing synced and built yet" in out.output
