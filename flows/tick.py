@@ -7,7 +7,9 @@ planning, journeys and dispatch when the sync failed, the data is older than the
 ``sync.stale_after_minutes`` or the model build failed without recording what it held. A build
 that held some models (a broken file) holds only the triggers, journeys and campaigns reading
 them (tasks.tick.held_sources, named in the summary and in the failure the alert shows); plan,
-journeys and dispatch run for the rest. The clinic's database stays with this run from the
+journeys and dispatch run for the rest. So does a trigger whose filter names something Cliniko
+has not got (tasks/triggers/names.py): that and names renamed in Cliniko since a trigger went live
+are warnings in the summary and a relay.clinic.warning event, which an alert matches. The clinic's database stays with this run from the
 first step to the summary (tasks.warehouse.hold), so no other run of the clinic slips in between
 steps; the deployment's concurrency limit of 1 keeps a second tick queued rather than blocked
 on the lock.
