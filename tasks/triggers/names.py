@@ -91,24 +91,36 @@ def _reference(param: str) -> tuple[str, bool]:
 
 
 def _match(alias: str, kind: str, param: str) -> str:
-    """The row matches ``$param_ids`` (ids written in clinic.yaml), the ids recorded for the
-    names when the trigger went live, or, where none are recorded (not live: previews), the
-    names as they are now. Every value is a bound parameter or a whitelisted column."""
+    """The row matches ``$param_ids`` (ids written in clinic.yaml), ``$param_recorded`` (the ids
+    its names matched when the trigger went live) or ``$param_names_now`` (names followed as
+    they are now: an exclusion's, and any not recorded, as in a preview of a trigger not live).
+    :func:`bind_recorded` fills the last two when the query runs. Every value is a bound
+    parameter, every column a whitelisted one."""
     id_col, name_col = APPOINTMENT_REFERENCES[kind]
-    reference, follow_names = _reference(param)
-    name = f"lower(trim({alias}.{name_col}))"
-    recorded = (
-        f"SELECT {{}} FROM {LIVE_NAMES} WHERE trigger_name = $trigger AND reference = '{reference}'"
-    )
     parts = [] if id_col is None else [f"list_contains(${param}_ids::BIGINT[], {alias}.{id_col})"]
-    parts.append(f"{alias}.{RECORDED_ID[kind]} IN ({recorded.format('unnest(ids)')})")
-    if follow_names:
-        parts.append(f"list_contains(${param}_names::VARCHAR[], {name})")
-    else:
-        parts.append(
-            f"{name} IN (SELECT unnest(${param}_names::VARCHAR[]) EXCEPT {recorded.format('name')})"
-        )
+    parts.append(f"list_contains(${param}_recorded::BIGINT[], {alias}.{RECORDED_ID[kind]})")
+    parts.append(f"list_contains(${param}_names_now::VARCHAR[], lower(trim({alias}.{name_col})))")
     return f"coalesce({' OR '.join(parts)}, false)"
+
+
+def bind_recorded(
+    con: duckdb.DuckDBPyConnection, used: Iterable[str], params: dict[str, Any]
+) -> None:
+    """Fill ``$x_recorded`` and ``$x_names_now`` for the filter parameters ``used`` (of
+    :func:`_match`) from the names recorded for ``$trigger``'s current go-live: constants, so the
+    query plans as one with ids written in clinic.yaml would."""
+    wanted = [u.removesuffix("_recorded") for u in used if u.endswith("_recorded")]
+    if not wanted:
+        return
+    recorded = _recorded(con).get(params["trigger"], {})
+    for param in wanted:
+        reference, follow_names = _reference(param)
+        names = params[f"{param}_names"]
+        mine = {name: ids for (ref, name), ids in recorded.items() if ref == reference}
+        params[f"{param}_recorded"] = sorted({i for ids in mine.values() for i in ids})
+        params[f"{param}_names_now"] = (
+            names if follow_names else [n for n in names if n not in mine]
+        )
 
 
 def _bind_refs(params: dict[str, Any], param: str, values: tuple) -> None:

@@ -33,6 +33,7 @@ from tasks.triggers.names import (  # noqa: F401 (APPOINTMENT_REFERENCES: plan.p
     _bind_refs,
     _match,
     appointment_filters,
+    bind_recorded,
     exclusions,
 )
 
@@ -443,6 +444,7 @@ def run(
     ``$x`` (a datetime or timedelta) in microseconds (since the epoch)."""
     used = set(_PARAM.findall(sql))
     params = dict(params)
+    bind_recorded(con, used, params)  # a live trigger's names: the ids recorded at go-live
     for name in used:
         base = params.get(name.removesuffix("_us"))
         if name.endswith("_us") and name not in params and base is not None:
