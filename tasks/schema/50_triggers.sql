@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS state.trigger_names (
     PRIMARY KEY (trigger_name, went_live_at, reference, name)
 );
 
--- The names of the triggers' current activations: what the candidate SQL reads.
+-- The names of the triggers' current activations: the ids the candidate SQL is bound with.
 CREATE OR REPLACE VIEW state.live_trigger_names AS
 SELECT n.trigger_name, n.reference, n.name, n.ids
 FROM state.trigger_names n

@@ -16,8 +16,10 @@ appointments would start getting SMS reminders. So a name is read once, then hel
 - **Drift** (a recorded name no longer names its ids, or names others) is a warning in every
   tick's summary and its alert (:func:`drift`); the trigger carries on with its recorded ids.
 - **A name that matches nothing** where no ids are recorded for it (a typo, a row not in Cliniko
-  yet) holds that trigger alone (:func:`unmatched`): it neither goes live nor plans nor sends,
-  and each tick's summary says why, until the name matches or clinic.yaml changes. ``relay
+  yet) holds that trigger alone (:func:`unmatched`, through tasks.tick.held_sources): it plans,
+  re-checks and sends nothing, and each tick's summary says why, until the name matches or
+  clinic.yaml changes (its go-live is recorded as usual; once the name matches it plans what is
+  still due since then, within each message's grace window, as any held trigger does). ``relay
   clinics`` reports it as an error. Before the first sync and model build nothing can be matched:
   then nothing is held here (the tick's circuit breaker holds everything anyway) and ``relay
   clinics`` says the names are not checked yet.
