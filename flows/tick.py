@@ -7,7 +7,9 @@ planning, journeys and dispatch when the sync failed, the data is older than the
 ``sync.stale_after_minutes`` or the model build failed without recording what it held. A build
 that held some models (a broken file) holds only the triggers, journeys and campaigns reading
 them (tasks.tick.held_sources, named in the summary and in the failure the alert shows); plan,
-journeys and dispatch run for the rest. The clinic's database stays with this run from the
+journeys and dispatch run for the rest. So does a trigger whose filter names something Cliniko
+has not got (tasks/triggers/names.py): that and names renamed in Cliniko since a trigger went live
+are warnings in the summary and a relay.clinic.warning event, which an alert matches. The clinic's database stays with this run from the
 first step to the summary (tasks.warehouse.hold), so no other run of the clinic slips in between
 steps; the deployment's concurrency limit of 1 keeps a second tick queued rather than blocked
 on the lock.
@@ -113,14 +115,25 @@ def run_step(
 @task(cache_policy=NONE)
 def check_breaker(
     config: ClinicConfig, sync: Step, models: Step, started_at: datetime
-) -> tuple[str, str | None, dict[str, str]]:
+) -> tuple[str, str | None, dict[str, str], list[str]]:
     """How fresh the data is, why planning and sending must wait (None: they may go ahead),
-    and which triggers, journeys and campaigns wait for a good build ("kind name" -> why).
-    An open breaker is also an event (relay.sync.stale) that alerts match."""
+    which triggers, journeys and campaigns wait ("kind name" -> why: a model not rebuilt, a
+    name matching nothing in Cliniko), and warnings (names that match nothing or drifted in
+    Cliniko). An open breaker is an event (relay.sync.stale) that alerts match; so are
+    warnings (relay.clinic.warning)."""
     with open_db(config.database_path) as con:
         fresh = tick.freshness(con, datetime.now(UTC))
         recorded = tick.build_recorded(con, started_at)
         held = {f"{k} {n}": why for (k, n), why in tick.held_sources(con, config).items()}
+        warnings = tick.warnings(con, config)
+    for warning in warnings:
+        get_run_logger().warning("%s: %s", config.clinic, warning)
+    if warnings:
+        emit_event(
+            event="relay.clinic.warning",
+            resource={"prefect.resource.id": f"relay.clinic.{config.clinic}"},
+            payload={"clinic": config.clinic, "warnings": "\n".join(warnings)[:4000]},
+        )
     reason = tick.breaker(sync, fresh, config.sync.stale_after_minutes)
     if models.status == FAILED and not recorded:
         reason = "; ".join(filter(None, [reason, "the model build failed"]))
@@ -131,7 +144,7 @@ def check_breaker(
             resource={"prefect.resource.id": f"relay.clinic.{config.clinic}"},
             payload={"clinic": config.clinic, "reason": reason},
         )
-    return fresh.describe(), reason, held
+    return fresh.describe(), reason, held, warnings
 
 
 @task(cache_policy=NONE)
@@ -201,7 +214,7 @@ def clinic_tick(clinic: str = "demo", reconcile: bool = False, max_lateness_minu
         sync, synced = run_step(summary, "sync", clinic=clinic, reconcile=reconcile)
         summary.rows_synced = tick.rows_synced(synced)
         models, _ = run_step(summary, "models", clinic=clinic, needs=(sync,))
-        summary.freshness, summary.held, summary.held_sources = check_breaker(
+        summary.freshness, summary.held, summary.held_sources, summary.warnings = check_breaker(
             config, sync, models, summary.started_at
         )
         plan, _ = run_step(summary, "plan", clinic=clinic, held=summary.held)

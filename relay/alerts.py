@@ -1,10 +1,12 @@
 """``relay alerts create``: Prefect automations that tell a person when the pipeline needs them.
 
-Three automations, all notifying through one CustomWebhookNotificationBlock (a Slack or Teams
+Four automations, all notifying through one CustomWebhookNotificationBlock (a Slack or Teams
 incoming webhook, a Postmark or ntfy endpoint, anything that takes a JSON POST):
 
 - a flow run failed or crashed (any clinic, any step: its message names the step and why);
 - the circuit breaker held planning and sending (the ``relay.sync.stale`` event of flows/tick.py);
+- a tick warned about clinic.yaml's names (``relay.clinic.warning``: a trigger held because a
+  name matches nothing in Cliniko, or a name renamed in Cliniko since it was recorded);
 - no tick completed for a while: ticks are not running at all (worker or server down, schedule
   paused), which no run can report by itself.
 
@@ -62,6 +64,25 @@ def automations(block_id, quiet_minutes: int) -> list[Automation]:
                     subject="clinic-relay: sending held for {{ event.payload.clinic }}",
                     body="Planning and sending are held for {{ event.payload.clinic }}: "
                     "{{ event.payload.reason }}.",
+                )
+            ],
+        ),
+        Automation(
+            name=PREFIX + "clinic.yaml names drifted",
+            description="A tick warned about names in clinic.yaml: a trigger held because a "
+            "name matches nothing in Cliniko, or a name renamed in Cliniko since it was recorded.",
+            trigger=EventTrigger(
+                match={"prefect.resource.id": "relay.clinic.*"},
+                expect={"relay.clinic.warning"},
+                posture=Posture.Reactive,
+                threshold=1,
+                within=timedelta(0),
+            ),
+            actions=[
+                SendNotification(
+                    **notify,
+                    subject="clinic-relay: check clinic.yaml of {{ event.payload.clinic }}",
+                    body="{{ event.payload.clinic }}: {{ event.payload.warnings }}",
                 )
             ],
         ),

@@ -335,7 +335,9 @@ class ClinicConfig(_Section):
     # like trigger category names (case and surrounding spaces ignored). Their appointments never
     # count as visits: not for the active-patient limit, recalls, visit-based segments,
     # appointment counts, Nth appointment or "no future appointment" (marts.appointments.is_tag).
-    # Triggers and segments still target them by type or category. [] = no tags.
+    # Triggers and segments still target them by type or category. [] = no tags. An appointment
+    # type once in a tag category stays a tag after a rename in Cliniko (state.tag_types, with a
+    # warning each tick); taking the name out of this list lets its types go.
     tag_categories: tuple[Annotated[str, AfterValidator(_category_name)], ...] = (
         DEFAULT_TAG_CATEGORIES
     )

@@ -24,6 +24,7 @@ from tasks.messages.channels import MARKETING_LISTS
 from tasks.messages.ledger import LedgerRow
 from tasks.models.holds import holds
 from tasks.models.project import tables_read
+from tasks.triggers import names
 from tasks.triggers.query import candidate_query
 
 # Step outcomes, as the summary shows them.
@@ -121,7 +122,20 @@ def held_sources(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig) -> dict[tupl
     rebuild (or no build is usable at all). Sources missing here go on."""
     state = holds(con)
     found = {source: state.why(tables) for source, tables in reads(con, cfg).items()}
+    # a trigger whose name matches nothing in Cliniko (tasks/triggers/names.py) waits too
+    for name, why in names.unmatched(con, cfg.triggers).items():
+        found[("trigger", name)] = "; ".join(filter(None, [found.get(("trigger", name)), why]))
     return {source: why for source, why in found.items() if why}
+
+
+def warnings(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig) -> list[str]:
+    """What the summary and its alert warn of, every tick until it is put right: a trigger held
+    because a name matches nothing in Cliniko, and names that drifted in Cliniko since they were
+    recorded (the trigger goes on with its ids; tasks/triggers/names.py)."""
+    held = [
+        f"trigger '{name}' held: {why}" for name, why in names.unmatched(con, cfg.triggers).items()
+    ]
+    return held + names.drift(con, cfg.triggers, cfg.tag_categories)
 
 
 def of_kind(held: dict[tuple[str, str], str], kind: str) -> dict[str, str]:
@@ -180,6 +194,7 @@ class Summary:
     steps: list[Step] = field(default_factory=list)
     held: str | None = None
     held_sources: dict[str, str] = field(default_factory=dict)  # "kind name" -> why it waits
+    warnings: list[str] = field(default_factory=list)  # names that drifted in Cliniko
     freshness: str = ""
     rows_synced: dict[str, int] = field(default_factory=dict)
     model_build: dict = field(default_factory=dict)
@@ -275,8 +290,14 @@ def markdown(s: Summary) -> str:
     if s.held:
         lines += ["", f"**Planning and sending held:** {s.held}."]
     if s.held_sources and not s.held:
-        lines += ["", "**Held until the models build** (everything else went on):"]
+        lines += ["", "**Held** (everything else went on):"]
         lines += [f"- {source}: {why}" for source, why in sorted(s.held_sources.items())]
+    if s.warnings:
+        lines += [
+            "",
+            "**Warnings** (names in clinic.yaml that match nothing or changed in Cliniko):",
+        ]
+        lines += [f"- {warning}" for warning in s.warnings]
     lines += ["", "| step | outcome | seconds | why |", "|---|---|---:|---|"]
     for step in s.steps:
         why = step.reason.replace("|", "/").replace("\n", " ")[:200]

@@ -6,7 +6,8 @@ import typer
 
 
 def clinics_command() -> None:
-    """List the configured clinics and check each configuration file."""
+    """List the configured clinics and check each configuration file, and the names its
+    triggers' filters give against the clinic's synced data (tasks/triggers/names.py)."""
     from tasks.config import ConfigError, list_clinics, load_clinic
 
     failed = False
@@ -18,8 +19,38 @@ def clinics_command() -> None:
             typer.secho(f"{name}: {exc}", fg=typer.colors.RED)
             continue
         typer.echo(f"{cfg.clinic}: {cfg.name} ({cfg.time_zone}) -> {cfg.database_path}")
+        failed = _check_names(cfg) or failed
     if failed:
         raise typer.Exit(2)
+
+
+def _check_names(cfg) -> bool:  # cfg: tasks.config.ClinicConfig
+    """Print what the names in the clinic's triggers match in its synced data; True on an error.
+    Before the first sync and build nothing can be matched: said so, not an error."""
+    import duckdb
+
+    from tasks.triggers import names
+    from tasks.warehouse import DatabaseBusy, open_db
+
+    not_yet = "  names not checked: nothing synced and built yet (each tick checks them)"
+    if not cfg.database_path.exists():
+        typer.echo(not_yet)
+        return False
+    try:
+        with open_db(cfg.database_path, read_only=True, wait_seconds=5) as con:
+            found = names.check(con, cfg.triggers, cfg.tag_categories)
+    except (DatabaseBusy, duckdb.Error) as exc:
+        typer.echo(f"  names not checked: {str(exc).splitlines()[0]}")
+        return False
+    if found is None:
+        typer.echo(not_yet)
+        return False
+    errors, warnings = found
+    for error in errors:
+        typer.secho(f"  error: {error}", fg=typer.colors.RED)
+    for warning in warnings:
+        typer.secho(f"  warning: {warning}", fg=typer.colors.YELLOW)
+    return bool(errors)
 
 
 def sync_command(

@@ -25,8 +25,9 @@
 --                         attendee not marked arrived is did_not_arrive once the class has
 --                         started, upcoming before
 --   is_tag                its category is one of clinic.yaml's tag_categories (default
---                         'Admin Only', case and spaces ignored): an admin "dummy" appointment
---                         that tags the patient (seed 000), not care
+--                         'Admin Only', case and spaces ignored), or was when recorded
+--                         (state.tag_types): an admin "dummy" appointment that tags the
+--                         patient (seed 000), not care
 --   is_attended           status is arrived or unmarked: the patient (presumably) came, or a
 --                         tag's moment has passed ("appointment type attended")
 --   is_kept               status is arrived, unmarked or upcoming: a kept appointment (what
@@ -77,6 +78,13 @@ practitioners as (
 
 build_context as (
     select build_id, built_at, clinic_time_zone, tag_categories from state.build_context
+),
+
+-- Appointment types a tag category named when the planner recorded it: still tags after their
+-- category is renamed in Cliniko (tasks/triggers/names.py).
+tag_types as (
+    select appointment_type_id from state.tag_types
+    where list_contains((select tag_categories from build_context), tag_category)
 ),
 
 -- Which patients to recompute: everyone on a full build (changes_since is NULL) or when a
@@ -235,12 +243,13 @@ with_status as (
 ),
 
 -- A tag's category names it (clinic.yaml tag_categories), compared trimmed and lower-case as
--- trigger filters compare category names.
+-- trigger filters compare category names; or named it once (state.tag_types: renamed since).
 with_kind as (
     select
         with_status.*,
         coalesce(
-            list_contains(build_context.tag_categories, lower(trim(appointment_types.category))),
+            list_contains(build_context.tag_categories, lower(trim(appointment_types.category)))
+            or with_status.appointment_type_id in (select appointment_type_id from tag_types),
             false
         ) as is_tag,
         status in ('arrived', 'unmarked') as is_attended,

@@ -30,8 +30,10 @@ patient_created        the patient was created             patient not archived
 =====================  ==================================  =====================================
 
 Filters are OR within a kind and AND across kinds. Names are matched without regard to case or
-surrounding spaces; a number is a Cliniko id. Nothing here reaches SQL as text: the planner
-(tasks/triggers/query.py) binds every value as a parameter.
+surrounding spaces; a number is a Cliniko id. A live trigger stays on the ids its names matched
+when it went live, whatever Cliniko renames later; a name that matches nothing holds the trigger
+(tasks/triggers/names.py). Nothing here reaches SQL as text: the planner (tasks/triggers/query.py)
+binds every value as a parameter.
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ from tasks.config import ClinicConfig
 from tasks.messages import ledger, waiting
 from tasks.messages.ledger import LedgerRow, PlannedMessage
 from tasks.models.runner import require_good_build
+from tasks.triggers import names
 from tasks.triggers.definition import Trigger
 from tasks.triggers.query import (
     APPOINTMENT_REFERENCES,
@@ -162,6 +163,8 @@ def plan(
     result = PlanResult()
     with transaction(con):
         live = activate(con, config.triggers, now)
+        # the ids its names match, recorded at go-live; a name matching nothing holds it
+        held = {*held, *names.record(con, config.triggers, config.tag_categories, live, now)}
         windows = {
             t.name: {"now": now, "went_live": live[t.name], "until": now + ahead}
             for t in config.triggers

@@ -27,15 +27,15 @@ from typing import Any, Literal
 import duckdb
 
 from tasks.triggers.audience import PATIENT_ADDRESS, audience_problem, list_join
-from tasks.triggers.definition import Trigger, reference_lists
-
-# Filter kind -> (id column, name column) of marts.appointments. The only columns filters touch.
-APPOINTMENT_REFERENCES: dict[str, tuple[str | None, str]] = {
-    "appointment_types": ("appointment_type_id", "appointment_type_name"),
-    "categories": (None, "category"),
-    "businesses": ("business_id", "business_name"),
-    "practitioners": ("practitioner_id", "practitioner_name"),
-}
+from tasks.triggers.definition import Trigger
+from tasks.triggers.names import (  # noqa: F401 (APPOINTMENT_REFERENCES: plan.py, preview.py)
+    APPOINTMENT_REFERENCES,
+    _bind_refs,
+    _match,
+    appointment_filters,
+    bind_recorded,
+    exclusions,
+)
 
 APPOINTMENTS = "marts.appointments"
 
@@ -317,43 +317,6 @@ def bind_window(
 # --- filters --------------------------------------------------------------------------------
 
 
-def _match(alias: str, kind: str, param: str) -> str:
-    id_col, name_col = APPOINTMENT_REFERENCES[kind]
-    by_name = f"list_contains(${param}_names::VARCHAR[], lower(trim({alias}.{name_col})))"
-    if id_col is None:
-        return f"coalesce({by_name}, false)"
-    return f"coalesce(list_contains(${param}_ids::BIGINT[], {alias}.{id_col}) OR {by_name}, false)"
-
-
-def _bind_refs(params: dict[str, Any], param: str, values: tuple) -> None:
-    ids, names = reference_lists(values)
-    params[f"{param}_ids"] = ids
-    params[f"{param}_names"] = names
-
-
-def appointment_filters(trigger: Trigger, alias: str, params: dict[str, Any]) -> list[str]:
-    """Predicates on one appointment (alias) for the trigger's filters and exclusions. A tag
-    (is_tag: clinic.yaml tag_categories) is no first or nth appointment unless named (seed 000)."""
-    named = trigger.filters.appointment_types or trigger.filters.categories
-    predicates = [] if named or trigger.position is None else [f"NOT {alias}.is_tag"]
-    for kind in APPOINTMENT_REFERENCES:
-        values = getattr(trigger.filters, kind)
-        if values:
-            _bind_refs(params, f"include_{kind}", values)
-            predicates.append(_match(alias, kind, f"include_{kind}"))
-    return predicates + exclusions(trigger, alias, params)
-
-
-def exclusions(trigger: Trigger, alias: str, params: dict[str, Any]) -> list[str]:
-    predicates = []
-    for kind in ("appointment_types", "categories", "businesses"):
-        values = getattr(trigger.exclude, kind)
-        if values:
-            _bind_refs(params, f"exclude_{kind}", values)
-            predicates.append(f"NOT {_match(alias, kind, f'exclude_{kind}')}")
-    return predicates
-
-
 def and_all(predicates: Iterable[str]) -> str:
     predicates = list(predicates)
     return " AND ".join(f"({p})" for p in predicates) if predicates else "true"
@@ -427,6 +390,7 @@ def run(
     ``$x`` (a datetime or timedelta) in microseconds (since the epoch)."""
     used = set(_PARAM.findall(sql))
     params = dict(params)
+    bind_recorded(con, used, params)  # a live trigger's names: the ids recorded at go-live
     for name in used:
         base = params.get(name.removesuffix("_us"))
         if name.endswith("_us") and name not in params and base is not None:

@@ -107,6 +107,19 @@ def test_markdown_says_why_a_step_did_not_run():
     assert "| sync | failed | 0.0 | ClinikoAuthError: 401 |" in text
 
 
+def test_markdown_lists_the_names_that_drifted_and_the_triggers_they_hold():
+    why = "exclude.categories 'Admin Onyl' matches no category in Cliniko"
+    summary = Summary(
+        "demo", NOW, held_sources={"trigger reminder": why},
+        warnings=[f"trigger 'reminder' held: {why}",
+                  "trigger 'recall': filters.appointment_types 'Initial' no longer names ..."],
+    )  # fmt: skip
+    text = tick.markdown(summary)
+    assert f"**Held** (everything else went on):\n- trigger reminder: {why}" in text
+    assert "**Warnings** (names in clinic.yaml that match nothing or changed in Cliniko):" in text
+    assert f"- trigger 'reminder' held: {why}\n- trigger 'recall': filters." in text
+
+
 def test_a_completed_step_prefect_returns_without_its_counts_still_counts_as_completed(
     monkeypatch,
 ):
