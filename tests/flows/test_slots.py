@@ -7,6 +7,7 @@ next tick runs to Completed. No wall-clock assertions: states are polled with ge
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -86,6 +87,11 @@ def next_tick_runs(client, env: dict, killed, waiting):
     finally:
         proc.wait(timeout=120)
     assert run.state.type.value == "COMPLETED", run.state.message
+    # Its logs reach the UI (INFO and up), though the terminal shows warnings only (relay.env).
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[waiting])))
+    assert any(log.level == logging.INFO for log in logs), [log.message for log in logs]
 
 
 def test_start_up_releases_a_killed_runs_slot(prefect_server, client, slot_tick):
