@@ -162,7 +162,9 @@ def explain_waits(
         waiting = [
             r
             for r in _runs(client, deployment_id, ["SCHEDULED"])
-            if r.state_name == WAITING and r.created and now - r.created > longer_than
+            if r.state_name == WAITING
+            and r.expected_start_time  # when it was due, not when the scheduler made it
+            and now - r.expected_start_time > longer_than
         ]
         if not waiting:
             continue
@@ -179,7 +181,7 @@ def explain_waits(
         for run in waiting:
             if run.id in told and now - told[run.id] < longer_than:
                 continue
-            minutes = (now - run.created).total_seconds() / 60
+            minutes = (now - run.expected_start_time).total_seconds() / 60
             logs.append(
                 LogCreate(
                     name="relay.slots",
