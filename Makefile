@@ -14,13 +14,19 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 60
 
 install: $(STAMP)
 
+# The install takes 3-4 minutes on a small machine: each step says what it is doing.
 $(STAMP): requirements.lock pyproject.toml
+	@echo "[1/3] Creating the virtualenv in $(VENV)"
 	$(PYTHON) -m venv $(VENV)
+	@echo "[2/3] Installing $$(grep -c '==' requirements.lock) pinned packages from requirements.lock (3-4 minutes; Prefect is the big one)"
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	@echo "[3/3] Installing clinic-relay itself (the relay command)"
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+	@echo "Installed: $(VENV)/bin/relay"
 
 demo: $(STAMP)  ## sandbox Cliniko -> sync -> DuckDB, then print what was synced
+	@echo "Starting the demo: the sandbox Cliniko, a sync into DuckDB, then what came in"
 	$(VENV)/bin/relay demo
 
 serve: $(STAMP)  ## Prefect server + UI on 127.0.0.1:4200, sandbox Cliniko, the demo clinic ticking (Ctrl-C stops)

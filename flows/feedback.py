@@ -66,7 +66,7 @@ def publish_reports(con, config: ClinicConfig, pulled: dict[str, int]) -> None:
         )
 
 
-@flow(name="feedback")
+@flow(name="feedback", flow_run_name="feedback-{clinic}")
 def pull_feedback(clinic: str = "demo") -> dict[str, int]:
     """Pull what came back from the providers and the unsubscribe link; publish the reports."""
     config = load_clinic(clinic)

@@ -57,7 +57,7 @@ class AsTasks(models.Steps):
         record_membership_and_commit(run)
 
 
-@flow(name="build-models")
+@flow(name="build-models", flow_run_name="models-{clinic}")
 def build_models(clinic: str = "demo", full_refresh: bool = False) -> dict:
     """Build, test and record membership for every model of ``clinic``, all or nothing."""
     config = load_clinic(clinic)

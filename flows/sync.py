@@ -161,7 +161,7 @@ def summary_markdown(clinic: str, kind: str, counts: dict[str, extract.ResourceC
     return "\n".join(lines)
 
 
-@flow(name="cliniko-sync")
+@flow(name="cliniko-sync", flow_run_name="sync-{clinic}")
 def cliniko_sync(clinic: str = "demo", reconcile: bool = False) -> dict[str, dict]:
     """Bring the clinic's DuckDB copy of Cliniko up to date; reconcile ids when asked or due."""
     config = load_clinic(clinic)

@@ -20,6 +20,11 @@ DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
     # The CLI prints its own summaries; Prefect's state chatter belongs in the UI.
     "PREFECT_LOGGING_LEVEL": "WARNING",
+    # ...so the runs' own loggers still send INFO and up to the API (the run's Logs tab; counts
+    # and names of triggers, never a patient's details), while the terminal shows warnings only.
+    "PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL": "INFO",
+    "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": "INFO",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
 }
 
 

@@ -1,10 +1,18 @@
 """``relay serve``: watch the pipeline run in the Prefect UI, with no accounts and no setup.
 
-One process holds everything and stops it all on Ctrl-C: a local Prefect server (its UI on
+One process holds everything: a local Prefect server (its UI on
 127.0.0.1), the sandbox Cliniko with its clock running (so the clinic keeps booking, cancelling
 and arriving), and the demo clinic's deployments served from here with ``prefect.serve`` (each
 run in its own subprocess, no work pool or worker needed). The prefect.yaml deployments are the
 same flows for a real install with a worker (docs/scaling.md).
+
+Ctrl-C stops it all within seconds and quietly (``supervise``): that process runs in a session of
+its own, so the terminal's Ctrl-C reaches none of it (the server, the runner and each run would
+each print their own traceback and shut down at their own pace); ``relay serve`` itself takes the
+Ctrl-C, sends SIGTERM to every process of the tree at once and SIGKILL to any still there after
+``STOP_GRACE`` seconds. Their output past start-up goes to ``.prefect/serve.log``. A run killed
+mid-step resumes at the next tick, like any crash (the ledger, the sync's watermarks), and the
+next ``relay serve`` marks it Crashed and gives its slot back (relay/slots.py).
 
 The server is also what tests and benchmarks start (``prefect_server``): the real thing, as an
 operator runs it, on a port of its own.
@@ -55,7 +63,10 @@ def prefect_server(
             f"Port {port} on 127.0.0.1 is already in use (another Prefect server?). "
             "Stop it, or pick another port with --port."
         )
-    env = {**os.environ, "PREFECT_UI_ENABLED": "true" if ui else "false"}
+    from relay.slots import LEASE_STORAGE
+
+    # Leases on disk: a restarted server still takes back the slot of a run killed before.
+    env = {**LEASE_STORAGE, **os.environ, "PREFECT_UI_ENABLED": "true" if ui else "false"}
     if home is not None:
         env["PREFECT_HOME"] = str(home)
     env.pop("PREFECT_API_URL", None)
@@ -134,10 +145,14 @@ def on_demand_deployments() -> list:
     return [send_campaign.to_deployment(name="demo-campaign", parameters={"clinic": "demo"})]
 
 
+STOPPED = "relay serve stopped while this run was going; its process is gone"
+
+
 def serve_demo(
     port: int, every_minutes: float, patients: int, seed: int, speed: float, echo
 ) -> None:
     """Start everything, trigger the first tick at once, and serve until Ctrl-C."""
+    from relay.slots import Housekeeper, release_stopped_runs
     from sandbox.cliniko import SandboxClinic, SandboxServer
     from tasks.config import load_clinic
     from tasks.providers.outbox import outbox_dir
@@ -165,7 +180,10 @@ def serve_demo(
             deployments = [tick, *on_demand_deployments()]
             tick_id = tick.apply()
             with get_client(sync_client=True) as client:
+                stopped = release_stopped_runs(client, [tick_id], STOPPED)
                 client.create_flow_run_from_deployment(tick_id)
+            if stopped:
+                echo(f"Marked Crashed (a stopped session's, their slot given back): {stopped}")
             echo(
                 f"Prefect UI:   {api.removesuffix('/api')}  (Deployments, Runs, Artifacts)\n"
                 f"Sandbox:      {sandbox.base_url}  ({patients} patients, clock {speed:g}x)\n"
@@ -176,5 +194,108 @@ def serve_demo(
             )
             link = urlsplit(config.providers.unsubscribe_url)
             with serving({"demo": config}, link.hostname or "127.0.0.1", link.port or 80):
-                serve(*deployments, limit=4, print_starting_message=False)
+                every = timedelta(minutes=every_minutes)
+                with Housekeeper([tick_id], every):
+                    serve(*deployments, limit=4, print_starting_message=False)
     echo("Stopped: server, sandbox and runs.")
+
+
+STOP_GRACE = 3.0
+
+
+def supervise(args: list[str], echo, log: Path) -> int:
+    """Run ``python -m relay.serve ARGS`` in a session of its own until it ends or Ctrl-C; on
+    Ctrl-C stop its whole process tree (SIGTERM, then SIGKILL after STOP_GRACE). Its stderr goes
+    to ``log``. Returns its exit code (0 after a Ctrl-C)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "relay.serve", *args], stderr=err, start_new_session=True
+        )
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C changes nothing
+            started = time.monotonic()
+            stop_tree(proc)
+            echo(f"Stopped: server, sandbox and runs ({time.monotonic() - started:.1f} s).")
+            return 0
+    if code:
+        echo(f"relay serve stopped with an error; see {log}")
+    return code
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (Linux /proc), found by walking parent links."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is running (a zombie, dead but not yet reaped, is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def stop_tree(proc: subprocess.Popen, grace: float = STOP_GRACE) -> None:
+    """SIGTERM to ``proc`` and every process below it at once; SIGKILL to those left after
+    ``grace`` seconds. Returns when all are gone."""
+    tree = descendants(proc.pid) | {proc.pid}
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        proc.poll()  # reap our own child
+        tree |= descendants(proc.pid) if proc.returncode is None else set()
+        if not any(alive(pid) for pid in tree):
+            break
+        time.sleep(0.1)
+    for pid in tree:
+        if alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    while any(alive(pid) for pid in tree):  # orphans are reaped by init
+        time.sleep(0.05)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The process ``supervise`` starts: ``serve_demo`` with the options of ``relay serve``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m relay.serve")
+    for name, kind in (("port", int), ("every", float), ("patients", int), ("seed", int)):
+        parser.add_argument(f"--{name}", type=kind, required=True)
+    parser.add_argument("--speed", type=float, required=True)
+    a = parser.parse_args(argv)
+
+    def echo(text: str) -> None:
+        print(text, flush=True)
+
+    try:
+        serve_demo(a.port, a.every, a.patients, a.seed, a.speed, echo)
+    except UserFacingError as exc:
+        print(exc, flush=True)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    import relay  # noqa: F401  (the offline Prefect defaults, before Prefect is imported)
+
+    main()

@@ -3,6 +3,9 @@ need them."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import typer
 
 
@@ -15,10 +18,15 @@ def serve_command(
 ) -> None:
     """Prefect server + UI, the sandbox Cliniko with its clock running, and the demo clinic's
     ticks on a schedule: open the UI and watch. Starts from a fresh demo database; Ctrl-C stops
-    everything."""
-    from relay.serve import serve_demo
+    everything within seconds (its output past start-up: .prefect/serve.log)."""
+    from relay.env import PROJECT_ROOT
+    from relay.serve import supervise
 
-    serve_demo(port, every, patients, seed, speed, typer.echo)
+    args = ["--port", port, "--every", every, "--patients", patients, "--seed", seed]
+    log = Path(os.environ.get("PREFECT_HOME", PROJECT_ROOT / ".prefect")) / "serve.log"
+    code = supervise([str(a) for a in [*args, "--speed", speed]], typer.echo, log)
+    if code:
+        raise typer.Exit(code)
 
 
 alerts_app = typer.Typer(help="Notifications when runs fail or the data goes stale.")
@@ -34,8 +42,6 @@ def alerts_create_command(
 ) -> None:
     """Create (or replace) the Prefect automations that notify on failed or crashed runs, on a
     stale or failed sync, and when ticks stop. Needs PREFECT_API_URL (a running server)."""
-    import os
-
     if not os.environ.get("PREFECT_API_URL"):
         raise typer.BadParameter(
             "set PREFECT_API_URL to your Prefect server (e.g. http://127.0.0.1:4200/api); "
