@@ -198,7 +198,7 @@ STAGED = "planning_tick_events"
 # fewer column segments decompressed.
 _STAGED_COLUMNS = ", ".join(
     ["appointment_kind", "appointment_id", "patient_id", "status", "is_kept", "is_tag", "starts_at",
-     "ends_at", "created_at", "cancelled_at", "business_time_zone"]
+     "ends_at", "created_at", "updated_at", "cancelled_at", "business_time_zone"]
     + [c for pair in APPOINTMENT_REFERENCES.values() for c in pair if c]
 )  # fmt: skip
 
