@@ -298,8 +298,9 @@ def _timing(trigger: Trigger, scope: Scope, in_planned: str) -> tuple[str, str, 
     (``skip``). With no planned message yet, an appointment last edited after that moment counts
     as booked when edited (the mart's only sign of a move into the window: a move is a late
     booking, tasks/triggers/plan.py ``late_move`` for one already planned); only if that moment
-    is at or after go-live, so that switching a trigger on never reminds for history. A message
-    already planned keeps the timing it was planned with (an edit does not re-date it)."""
+    is at or after go-live, so that switching a trigger on never reminds for history, and only
+    for an edit before the appointment starts (a booking is). A message already planned keeps
+    the timing it was planned with (an edit does not re-date it)."""
     if trigger.direction == "after":
         return "moment_us + $offset_us", "true", "due_us + $grace_us"
     expires = "least(due_us + $grace_us, starts_us)"  # never after the appointment started
@@ -307,8 +308,8 @@ def _timing(trigger: Trigger, scope: Scope, in_planned: str) -> tuple[str, str, 
     booked = "created_us"
     if scope != "planned":  # 'planned' reads only occasions already planned
         booked = (
-            f"CASE WHEN updated_us > {planned_moment} AND {planned_moment} >= $went_live_us "
-            f"AND NOT coalesce({in_planned}, false) "
+            f"CASE WHEN updated_us > {planned_moment} AND updated_us < starts_us "
+            f"AND {planned_moment} >= $went_live_us AND NOT coalesce({in_planned}, false) "
             "THEN greatest(created_us, updated_us) ELSE created_us END"
         )
     if trigger.last_minute == "skip":  # booked after the planned moment: never
