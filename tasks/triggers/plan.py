@@ -23,7 +23,9 @@ Each tick, in one transaction (a crash leaves the ledger as the last tick left i
    message moves with it (the occasion is the appointment, so a reschedule keeps one row; once a
    reminder went, moving the appointment sends no second one). An appointment moved so close
    that its reminder's moment has passed is a late booking seen at the tick that sees the move:
-   the trigger's ``last_minute`` rule sends it at once or skips it (:func:`late_move`).
+   the trigger's ``last_minute`` rule sends it at once or skips it (:func:`late_move`). One
+   with no message planned yet (it was beyond ``PLAN_AHEAD``) is planned as booked at its last
+   edit (tasks/triggers/query.py, ``_timing``).
    Conditions about "now" (no future appointment, not rebooked) are judged when the message is
    due, since they can change either way before then.
 
