@@ -1381,3 +1381,13 @@ def test_a_planned_reminder_keeps_its_timing_when_its_appointment_is_edited_with
     row = clinic.one()
     assert (row.status, row.due_at, row.expires_at) == ("planned", NOW + 6 * HOUR, NOW + 8 * HOUR)
     assert result.totals["rescheduled"] == 0
+
+
+def test_an_edit_stamped_after_the_appointment_started_is_no_late_booking(clinic):
+    clinic.trigger("reminder", **REMINDER)
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + 3 * HOUR, created=NOW - 10 * DAY)
+    clinic.update_appointment(10, updated_at=NOW + 4 * HOUR)  # a clock ahead: no booking
+    clinic.plan(NOW)
+    assert clinic.messages() == []
