@@ -135,6 +135,13 @@ class Trigger(_Strict):
     event: Event
     n: int | None = Field(None, ge=1, le=1000)  # nth_appointment only
     timing: str = "immediately"
+    # 'before' triggers: a message whose planned moment had passed when its appointment was
+    # booked goes at once (send) or never (skip). A move into the window is such a booking, seen
+    # when made: for a message already planned, at the tick that sees the move; for one not yet
+    # planned (the appointment was further off than the planner looks ahead), at the
+    # appointment's last edit (Cliniko's updated_at, the only sign of a move). So an unplanned
+    # appointment edited for any reason after its reminder's moment (and before it starts) counts
+    # as booked then; never for a moment before the trigger went live.
     last_minute: Literal["send", "skip"] | None = None
     grace: str = "1 day"
     channel: Literal["email", "sms"]

@@ -23,7 +23,9 @@ Each tick, in one transaction (a crash leaves the ledger as the last tick left i
    message moves with it (the occasion is the appointment, so a reschedule keeps one row; once a
    reminder went, moving the appointment sends no second one). An appointment moved so close
    that its reminder's moment has passed is a late booking seen at the tick that sees the move:
-   the trigger's ``last_minute`` rule sends it at once or skips it (:func:`late_move`).
+   the trigger's ``last_minute`` rule sends it at once or skips it (:func:`late_move`). One
+   with no message planned yet (it was beyond ``PLAN_AHEAD``) is planned as booked at its last
+   edit (tasks/triggers/query.py, ``_timing``).
    Conditions about "now" (no future appointment, not rebooked) are judged when the message is
    due, since they can change either way before then.
 
@@ -201,7 +203,7 @@ STAGED = "planning_tick_events"
 # fewer column segments decompressed.
 _STAGED_COLUMNS = ", ".join(
     ["appointment_kind", "appointment_id", "patient_id", "status", "is_kept", "is_tag", "starts_at",
-     "ends_at", "created_at", "cancelled_at", "business_time_zone"]
+     "ends_at", "created_at", "updated_at", "cancelled_at", "business_time_zone"]
     + [c for pair in APPOINTMENT_REFERENCES.values() for c in pair if c]
 )  # fmt: skip
 

@@ -123,6 +123,7 @@ APPOINTMENT_OCCASIONS = """\
            a.created_at, a.cancelled_at, a.status,
            epoch_us({moment}) AS moment_us,
            epoch_us(a.created_at) AS created_us,
+           epoch_us(a.updated_at) AS updated_us,
            epoch_us(a.starts_at) AS starts_us
     FROM {appointments} a
     WHERE {reach}
@@ -137,6 +138,7 @@ PATIENT_OCCASIONS = """\
            NULL::VARCHAR AS status,
            epoch_us(a.created_at) AS moment_us,
            epoch_us(a.created_at) AS created_us,
+           NULL::BIGINT AS updated_us,
            NULL::BIGINT AS starts_us
     FROM marts.patients a
     WHERE {reach}"""
@@ -207,7 +209,7 @@ def candidate_query(
         params.update(went_live=None, until=None)
     occasion = "appointment_id" if trigger.is_appointment_event else "patient_id"
     in_planned = f"{occasion} IN (SELECT {occasion} FROM planned)"
-    due, timing_filter, expires = _timing(trigger)
+    due, timing_filter, expires = _timing(trigger, scope, in_planned)
     conditions, extra_ctes, joins = _position_and_count(trigger, params)
     conditions += _within("p.age", "age", trigger.filters.age, params)
     address = PATIENT_ADDRESS[trigger.channel]
@@ -288,16 +290,32 @@ def fires_on(trigger: Trigger) -> tuple[str, str]:
     return moment, ARRIVED if trigger.require_arrived else condition
 
 
-def _timing(trigger: Trigger) -> tuple[str, str, str]:
-    """(when due, which occasions are timed at all, when it expires), in epoch microseconds."""
+def _timing(trigger: Trigger, scope: Scope, in_planned: str) -> tuple[str, str, str]:
+    """(when due, which occasions are timed at all, when it expires), in epoch microseconds.
+
+    A 'before' message is due at its planned moment (``moment - offset``), except for a late
+    booking: booked after that moment, it is due at once (``last_minute: send``) or never
+    (``skip``). With no planned message yet, an appointment last edited after that moment counts
+    as booked when edited (the mart's only sign of a move into the window: a move is a late
+    booking, tasks/triggers/plan.py ``late_move`` for one already planned); only if that moment
+    is at or after go-live, so that switching a trigger on never reminds for history, and only
+    for an edit before the appointment starts (a booking is). A message already planned keeps
+    the timing it was planned with (an edit does not re-date it)."""
     if trigger.direction == "after":
         return "moment_us + $offset_us", "true", "due_us + $grace_us"
     expires = "least(due_us + $grace_us, starts_us)"  # never after the appointment started
     planned_moment = "moment_us - $offset_us"
+    booked = "created_us"
+    if scope != "planned":  # 'planned' reads only occasions already planned
+        booked = (
+            f"CASE WHEN updated_us > {planned_moment} AND updated_us < starts_us "
+            f"AND {planned_moment} >= $went_live_us AND NOT coalesce({in_planned}, false) "
+            "THEN greatest(created_us, updated_us) ELSE created_us END"
+        )
     if trigger.last_minute == "skip":  # booked after the planned moment: never
-        return planned_moment, f"coalesce(created_us <= {planned_moment}, true)", expires
+        return planned_moment, f"coalesce({booked} <= {planned_moment}, true)", expires
     # booked after the planned moment: at once
-    return f"greatest(coalesce(created_us, {planned_moment}), {planned_moment})", "true", expires
+    return f"greatest(coalesce({booked}, {planned_moment}), {planned_moment})", "true", expires
 
 
 def bind_window(

@@ -129,6 +129,7 @@ class Clinic:
         payload = {
             "id": str(id_),
             "created_at": _ts(created or starts - 14 * DAY),
+            "updated_at": _ts(created or starts - 14 * DAY),
             "starts_at": _ts(starts),
             "ends_at": _ts(starts + minutes * MIN),
             "cancelled_at": _ts(cancelled),
@@ -145,6 +146,8 @@ class Clinic:
         return id_
 
     def update_appointment(self, id_: int, **changes) -> None:
+        """Cliniko's payload as edited; pass ``updated_at`` (when the edit was made) where the
+        edit's moment matters."""
         payload = self._appointments[id_]
         for key, value in changes.items():
             payload[key] = _ts(value) if isinstance(value, datetime) else value
@@ -1319,3 +1322,72 @@ def test_the_ledger_and_the_preview_say_which_messages_wait_and_why(clinic_on_di
     assert out.exit_code == 0, out.output
     assert "(1 waiting)" in out.output
     assert "waiting: Cliniko reminder preference is None" in out.output
+
+
+# --- an unplanned appointment moved into the window: a late booking ------------------------------
+
+
+def _move(clinic: Clinic, id_: int, starts: datetime, at: datetime) -> None:
+    """The front desk moves the appointment to ``starts``, at ``at`` (Cliniko's updated_at)."""
+    clinic.update_appointment(id_, starts_at=starts, ends_at=starts + 30 * MIN, updated_at=at)
+
+
+@pytest.mark.parametrize("last_minute", ["send", "skip"])
+def test_an_appointment_a_week_away_moved_into_the_window_is_a_late_booking(
+    clinic, tmp_path, last_minute
+):
+    clinic.trigger("reminder", **{**REMINDER, "last_minute": last_minute})
+    live(clinic)
+    clinic.patient(1)
+    clinic.patient(2)
+    clinic.appointment(10, 1, NOW + 7 * DAY, created=NOW - 10 * DAY)
+    tick_and_send(clinic, NOW, tmp_path)
+    assert clinic.messages() == [], "a week away: beyond the planning horizon"
+
+    moved_at = NOW + HOUR
+    _move(clinic, 10, moved_at + 4 * HOUR, at=moved_at - 5 * MIN)
+    # the same moment, a new booking: the rule a move must follow
+    clinic.appointment(11, 2, moved_at + 4 * HOUR, created=moved_at - 5 * MIN)
+    tick_and_send(clinic, moved_at, tmp_path)
+    rows = {r.appointment_id: (r.status, r.due_at) for r in clinic.messages()}
+    if last_minute == "send":
+        assert rows == {10: ("sent", moved_at - 5 * MIN), 11: ("sent", moved_at - 5 * MIN)}
+        assert clinic.messages()[0].expires_at == moved_at - 5 * MIN + 2 * HOUR
+    else:
+        assert rows == {}
+
+
+def test_a_trigger_switched_on_after_the_reminder_moment_ignores_edits_made_after_go_live(
+    clinic, tmp_path
+):
+    clinic.trigger("reminder", **{**REMINDER, "grace": "30 days"})
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + 3 * HOUR, created=NOW - 10 * DAY)  # its moment: NOW - 21 h
+    clinic.plan(NOW)  # goes live now: the reminder's moment came before that
+    clinic.update_appointment(10, updated_at=NOW + MIN)  # a note edited, nothing moved
+    tick_and_send(clinic, NOW + 10 * MIN, tmp_path)
+    assert clinic.messages() == []
+
+
+def test_a_planned_reminder_keeps_its_timing_when_its_appointment_is_edited_without_moving(clinic):
+    clinic.trigger("reminder", **REMINDER)
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + 30 * HOUR, created=NOW - 10 * DAY)
+    clinic.plan(NOW)
+    assert (clinic.one().due_at, clinic.one().expires_at) == (NOW + 6 * HOUR, NOW + 8 * HOUR)
+    clinic.update_appointment(10, updated_at=NOW + 7 * HOUR)  # after its moment, within grace
+    result = clinic.plan(NOW + 7 * HOUR)
+    row = clinic.one()
+    assert (row.status, row.due_at, row.expires_at) == ("planned", NOW + 6 * HOUR, NOW + 8 * HOUR)
+    assert result.totals["rescheduled"] == 0
+
+
+def test_an_edit_stamped_after_the_appointment_started_is_no_late_booking(clinic):
+    clinic.trigger("reminder", **REMINDER)
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + 3 * HOUR, created=NOW - 10 * DAY)
+    clinic.update_appointment(10, updated_at=NOW + 4 * HOUR)  # a clock ahead: no booking
+    clinic.plan(NOW)
+    assert clinic.messages() == []
