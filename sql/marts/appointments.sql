@@ -17,7 +17,8 @@
 --   business_id, business_name, business_time_zone (IANA; the clinic's when Cliniko sent none)
 --   practitioner_id, practitioner_name
 --   starts_at, ends_at    UTC (TIMESTAMPTZ);  starts_at_local: wall-clock time at the business
---   created_at, updated_at, cancelled_at, cancellation_reason, archived_at, deleted_at (UTC)
+--   created_at, updated_at, cancelled_at, cancellation_reason, archived_at, deleted_at (UTC);
+--                         a class attendee's updated_at is the later of its own and its class's
 --   status                one of, by precedence: deleted (or its patient is deleted in Cliniko
 --                         or was never synced) > archived > cancelled >
 --                         did_not_arrive > arrived > upcoming (starts after the build) >
@@ -187,7 +188,9 @@ group_rows as (
         group_appointments.starts_at,
         group_appointments.ends_at,
         attendees.created_at,
-        attendees.updated_at,
+        -- a class moved in Cliniko changes the class, not its attendees: its last edit counts
+        -- (the planner reads a late edit as a move into a reminder's window)
+        greatest(attendees.updated_at, group_appointments.updated_at) as updated_at,
         attendees.cancelled_at,
         attendees.cancellation_reason,
         coalesce(attendees.archived_at, group_appointments.archived_at) as archived_at,

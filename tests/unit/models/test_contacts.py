@@ -39,10 +39,11 @@ class Clinic(plan_clinic.Clinic):
         self._write("appointment_types", PILATES_CLASS,
                     {"id": str(PILATES_CLASS), "name": "Pilates Class", "category": "Pilates"})  # fmt: skip
 
-    def group_class(self, id_: int, starts, minutes: int = 60) -> int:
+    def group_class(self, id_: int, starts, minutes: int = 60, updated=None) -> int:
         link = plan_clinic._link
         self._write("group_appointments", id_, {
             "id": str(id_), "created_at": plan_clinic._ts(starts - 20 * DAY),
+            "updated_at": plan_clinic._ts(updated or starts - 20 * DAY),
             "starts_at": plan_clinic._ts(starts), "ends_at": plan_clinic._ts(starts + minutes * MIN),
             "max_attendees": 8, "appointment_type": link("appointment_types", PILATES_CLASS),
             "business": link("businesses", plan_clinic.MAIN),
@@ -99,6 +100,22 @@ def test_a_class_attendee_not_yet_marked_arrived_gets_the_reminder(clinic):
     assert clinic.status("group", 900) == "upcoming"
     row = clinic.one("reminder")
     assert (row.patient_id, row.status, row.due_at) == (1, "planned", NOW + 6 * HOUR)
+
+
+def test_a_class_moved_into_the_reminder_window_is_a_late_booking_for_its_attendees(clinic):
+    """Moving a class edits the class, not its attendees: the class's edit is the move."""
+    clinic.trigger("reminder", **{**REMINDER, "last_minute": "send"})
+    plan_clinic.live(clinic)
+    clinic.patient(1)
+    clinic.group_class(500, NOW + 7 * DAY)
+    clinic.attendee(900, 1, 500, arrived=False)
+    clinic.plan(NOW)
+    assert clinic.messages("reminder") == [], "a week away: beyond the planning horizon"
+    moved_at = NOW + HOUR
+    clinic.group_class(500, moved_at + 4 * HOUR, updated=moved_at - 5 * MIN)
+    clinic.plan(moved_at)
+    row = clinic.one("reminder")
+    assert (row.patient_id, row.status, row.due_at) == (1, "planned", moved_at - 5 * MIN)
 
 
 def test_no_missed_you_message_is_planned_for_a_class_that_has_not_happened(clinic):
