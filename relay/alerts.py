@@ -47,44 +47,24 @@ def automations(block_id, quiet_minutes: int) -> list[Automation]:
                 )
             ],
         ),
-        Automation(
-            name=PREFIX + "sending held: stale or failed sync",
+        _on_clinic_event(
+            notify,
+            name="sending held: stale or failed sync",
             description="A tick held planning and sending (circuit breaker): the sync failed "
             "or the data is older than the clinic's sync.stale_after_minutes.",
-            trigger=EventTrigger(
-                match={"prefect.resource.id": "relay.clinic.*"},
-                expect={"relay.sync.stale"},
-                posture=Posture.Reactive,
-                threshold=1,
-                within=timedelta(0),
-            ),
-            actions=[
-                SendNotification(
-                    **notify,
-                    subject="clinic-relay: sending held for {{ event.payload.clinic }}",
-                    body="Planning and sending are held for {{ event.payload.clinic }}: "
-                    "{{ event.payload.reason }}.",
-                )
-            ],
+            event="relay.sync.stale",
+            subject="clinic-relay: sending held for {{ event.payload.clinic }}",
+            body="Planning and sending are held for {{ event.payload.clinic }}: "
+            "{{ event.payload.reason }}.",
         ),
-        Automation(
-            name=PREFIX + "clinic.yaml names drifted",
+        _on_clinic_event(
+            notify,
+            name="clinic.yaml names drifted",
             description="A tick warned about names in clinic.yaml: a trigger held because a "
             "name matches nothing in Cliniko, or a name renamed in Cliniko since it was recorded.",
-            trigger=EventTrigger(
-                match={"prefect.resource.id": "relay.clinic.*"},
-                expect={"relay.clinic.warning"},
-                posture=Posture.Reactive,
-                threshold=1,
-                within=timedelta(0),
-            ),
-            actions=[
-                SendNotification(
-                    **notify,
-                    subject="clinic-relay: check clinic.yaml of {{ event.payload.clinic }}",
-                    body="{{ event.payload.clinic }}: {{ event.payload.warnings }}",
-                )
-            ],
+            event="relay.clinic.warning",
+            subject="clinic-relay: check clinic.yaml of {{ event.payload.clinic }}",
+            body="{{ event.payload.clinic }}: {{ event.payload.warnings }}",
         ),
         Automation(
             name=PREFIX + "no tick completed",
@@ -111,6 +91,24 @@ def automations(block_id, quiet_minutes: int) -> list[Automation]:
             ],
         ),
     ]
+
+
+def _on_clinic_event(
+    notify: dict, *, name: str, description: str, event: str, subject: str, body: str
+) -> Automation:
+    """A notification each time a tick emits ``event`` about a clinic (relay.clinic.<name>)."""
+    return Automation(
+        name=PREFIX + name,
+        description=description,
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "relay.clinic.*"},
+            expect={event},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[SendNotification(**notify, subject=subject, body=body)],
+    )
 
 
 def create_alerts(webhook_url: str, block_name: str, quiet_minutes: int) -> list[str]:
