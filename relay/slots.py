@@ -88,14 +88,9 @@ def release_stopped_runs(client, deployment_ids: list[UUID], why: str) -> list[s
 def database_free(clinic: str) -> bool:
     """Whether no process holds the clinic's database (a live tick always does)."""
     from tasks.config import load_clinic
-    from tasks.warehouse import DatabaseBusy, _file_lock
+    from tasks.warehouse import in_use
 
-    path = load_clinic(clinic).database_path
-    try:
-        with _file_lock(path, exclusive=False, wait_seconds=0):
-            return True
-    except DatabaseBusy:
-        return False
+    return not in_use(load_clinic(clinic).database_path)
 
 
 def crash_dead_ticks(client, deployment_ids: list[UUID], seen_free: dict[UUID, int]) -> list[str]:

@@ -101,6 +101,18 @@ def _file_lock(db_path: Path, exclusive: bool, wait_seconds: float) -> Iterator[
         os.close(fd)  # closing the descriptor releases the lock
 
 
+def in_use(db_path: str | Path) -> bool:
+    """Whether a process holds the clinic's database now (a tick holds it from its first step to
+    its summary): asks the lock without waiting and opens nothing."""
+    if not Path(db_path).parent.exists():
+        return False
+    try:
+        with _file_lock(Path(db_path), exclusive=False, wait_seconds=0):
+            return False
+    except DatabaseBusy:
+        return True
+
+
 @contextlib.contextmanager
 def open_db(
     db_path: str | Path, *, read_only: bool = False, wait_seconds: float = 600.0

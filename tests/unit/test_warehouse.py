@@ -81,3 +81,15 @@ def test_opens_inside_a_hold_share_one_database_and_start_from_its_settings(tmp_
                 pass
     with warehouse.open_db(db, read_only=True) as con:  # released: opens on its own again
         assert con.execute("SELECT x FROM state.probe").fetchall() == [(1,)]
+
+
+def test_in_use_says_whether_a_process_holds_the_database(tmp_path):
+    path = tmp_path / "clinic.duckdb"
+    assert not warehouse.in_use(path) and not warehouse.in_use(tmp_path / "none" / "x.duckdb")
+    with warehouse.hold(path):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(1) as pool:  # another process asks, as serve's housekeeping does
+            assert pool.apply(warehouse.in_use, (path,)) is True
+    assert not warehouse.in_use(path)
