@@ -86,8 +86,13 @@ def shard_of(api_key: str) -> str:
     return match.group(1) if match else DEFAULT_SHARD
 
 
+def shard_url(shard: str) -> str:
+    """The API root of a shard (``au1`` -> ``https://api.au1.cliniko.com/v1``)."""
+    return f"https://api.{shard}.cliniko.com/v1"
+
+
 def api_base_url(api_key: str) -> str:
-    return f"https://api.{shard_of(api_key)}.cliniko.com/v1"
+    return shard_url(shard_of(api_key))
 
 
 # --- The User-Agent contact ---------------------------------------------------------------------

@@ -27,6 +27,7 @@ from tasks.cliniko.client import (
     ResourceNotFound,
     placeholder_reason,
     shard_of,
+    shard_url,
 )
 from tasks.cliniko.resources import RESOURCES
 from tasks.connect import ConnectFailed
@@ -34,10 +35,6 @@ from tasks.connect import ConnectFailed
 # The shards Cliniko documents (MD22 readme: au1-3, ca1, uk1, eu1; docs/reference.md).
 SHARDS = ("au1", "au2", "au3", "ca1", "uk1", "eu1")
 SERVICE = "Cliniko"
-
-
-def shard_url(shard: str) -> str:
-    return f"https://api.{shard}.cliniko.com/v1"
 
 
 @dataclass(frozen=True)
