@@ -197,19 +197,25 @@ def serve_demo(
                 CLINIKO_REQUESTS_PER_MINUTE="1200",
             )
             tick = tick_deployment("demo", timedelta(minutes=every_minutes))
-            deployments = [tick, report_deployment("demo"), *on_demand_deployments()]
+            weekly = [report_deployment("demo")] if config.report else []
+            deployments = [tick, *weekly, *on_demand_deployments()]
             tick_id = tick.apply()
             with get_client(sync_client=True) as client:
                 stopped = release_stopped_runs(client, [tick_id], STOPPED)
                 client.create_flow_run_from_deployment(tick_id)
+            report_line = (
+                f"Report:       the owner's week, {config.report.weekday}s at "
+                f"{config.report.at:%H:%M} (demo-report; run it now from the UI)\n"
+                if config.report
+                else ""
+            )
             if stopped:
                 echo(f"Marked Crashed (a stopped session's, their slot given back): {stopped}")
             echo(
                 f"Prefect UI:   {api.removesuffix('/api')}  (Deployments, Runs, Artifacts)\n"
                 f"Sandbox:      {sandbox.base_url}  ({patients} patients, clock {speed:g}x)\n"
                 f"Ticks:        demo every {every_minutes:g} min; the first one starts now\n"
-                f"Report:       the owner's week, {config.report.weekday}s at "
-                f"{config.report.at:%H:%M} (demo-report; run it now from the UI)\n"
+                f"{report_line}"
                 f"Outbox:       {outbox_dir('demo') / 'index.html'}\n"
                 f"Unsubscribe:  {config.providers.unsubscribe_url}/<token> (links in marketing)\n"
                 "Ctrl-C stops everything."

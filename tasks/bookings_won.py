@@ -38,15 +38,15 @@ import duckdb
 UNRELATED_SKIPS = ("frequency cap:%", "quiet hours:%", "past its grace window")
 
 EXPLANATION = (
-    "Recipients: people a trigger, journey or campaign sent a message to in the weeks shown "
+    "Recipients: people a trigger, journey or campaign sent a message to in the week shown "
     "(counted once, from their first message). Booked: they booked an appointment (the day it "
     "was made, not the day it is for) after that message and within {days} days of it; admin "
     "tag appointments ({tags}) and appointments since deleted or archived do not count, one "
     "cancelled afterwards does. Baseline: people the same trigger, journey or campaign chose at "
     "the same time but did not message for a reason that has nothing to do with them (the "
-    "weekly limit on marketing messages or quiet hours held the message too long, or the system "
-    "ran too late), counted the same way from when their message was due. Where there are none, "
-    "the report says so instead of comparing with other people. The difference is in "
+    "limit on marketing messages per person or quiet hours held the message too long, or the "
+    "system ran too late), counted the same way from when their message was due. Where there "
+    "are none, the report says so instead of comparing with other people. The difference is in "
     "percentage points; with few people (small n) it can be chance."
 )
 

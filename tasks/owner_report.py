@@ -184,8 +184,9 @@ def _text(title, won, totals, cohort_label, days, tags) -> str:
         )
     if not totals:
         lines.append("- no messages")
-    lines += ["", "How bookings won is counted: " + bookings_won.EXPLANATION.format(days=days, tags=tags),
-              "", ABOUT, "", "The HTML version of this email has the charts."]  # fmt: skip
+    how = bookings_won.EXPLANATION.format(days=days, tags=tags)
+    lines += ["", f"How bookings won is counted: {how}", "", ABOUT, "",
+              "The HTML version of this email has the charts."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
