@@ -156,6 +156,8 @@ def test_a_second_run_in_the_week_sends_nothing(clinic, tmp_path):
     later = owner_report.week_for("test", config().report, TZ, NOW + timedelta(days=7))
     assert _send(clinic.con, later, provider, NOW + timedelta(days=7)) == "sent"
     assert len(list_messages(tmp_path / "outbox")) == 2
+    newest = owner_report.latest(clinic.con)  # what the tick summary links
+    assert (newest["week_start"], newest["status"]) == (later.start, "sent")
 
 
 def test_a_crash_after_sending_is_settled_by_asking_the_provider_not_sent_twice(clinic, tmp_path):
