@@ -16,8 +16,11 @@ How it is counted (the report prints ``EXPLANATION`` so the owner reads the same
   came too late (``past its grace window``). Their clock starts at the moment the message was
   due. Anyone that source did message within N days either side of that moment is left out.
   Reasons tied to the patient (no address, unsubscribed, archived, cancelled or already
-  rebooked) make a different kind of person and are not a baseline. Where no such patient
-  exists, the report says "no baseline" rather than compare with anyone else.
+  rebooked) make a different kind of person and are not a baseline; so do a journey's people
+  who left before a step (they left its segment, often by booking, or unsubscribed), and a
+  campaign's who left the segment after the freeze. Where no such patient exists, the report
+  says "no baseline" rather than compare with anyone else. Not done (yet): a trigger's
+  would-be recipients before it went live (the candidate query is not replayed over history).
 - Every count is a number of people, never a name, and comes with its n.
 
 The cohort window is chosen by the caller so that every recipient has had the full N days
