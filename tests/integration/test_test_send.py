@@ -148,3 +148,22 @@ def test_a_patients_address_is_refused_and_nothing_is_sent(built, sandboxes):
                        allow_patient_address=True)  # fmt: skip
     assert result.outcome == "sent" and [m["To"] for m in postmark.accepted] == [other_email]
     assert other != patient
+
+
+def test_a_marketing_test_goes_on_the_marketing_stream_with_postmarks_unsubscribe_link(
+    built, sandboxes
+):
+    postmark, _, providers = sandboxes
+    with open_db(built.database_path, read_only=True) as con:
+        (patient,) = con.execute(
+            "SELECT a.patient_id FROM marts.appointments a JOIN marts.patients p USING "
+            "(patient_id) WHERE a.appointment_type_name = 'Initial Physiotherapy Consultation' "
+            "AND p.email IS NOT NULL ORDER BY a.patient_id LIMIT 1"
+        ).fetchone()
+
+    result = send_test(built, "recall-initial-consult", STAFF_EMAIL, providers, patient_id=patient)
+
+    assert result.outcome == "sent"
+    (message,) = postmark.accepted
+    assert message["MessageStream"] == "broadcast" and message["To"] == STAFF_EMAIL
+    assert "{{{ pm:unsubscribe }}}" in message["HtmlBody"], "Postmark manages the stream's link"
