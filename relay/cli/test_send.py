@@ -151,7 +151,9 @@ def test_send_command(
         None, "--patient", help="Whose message (default: the first the trigger would go to)."
     ),
     allow_patient_address: bool = typer.Option(
-        False, help="--to is also a patient's address (a staff member who is a patient)."
+        False,
+        "--allow-patient-address",
+        help="--to is also a patient's address (a staff member who is a patient).",
     ),
     clinic: str = typer.Option("demo", help="Clinic name (clinics/<name>/clinic.yaml)."),
 ) -> None:
