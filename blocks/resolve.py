@@ -62,7 +62,7 @@ def providers_for(cfg: ClinicConfig) -> dict[str, Provider]:
             ) from None
         return block.provider()
 
-    return {
-        "email": load(PostmarkServer, cfg.providers.email, "email"),
-        "sms": load(TwilioAccount, cfg.providers.sms, "sms"),
-    }
+    email = load(PostmarkServer, cfg.providers.email, "email")
+    if hasattr(email, "track_marketing"):  # Postmark: the clinic's providers.tracking
+        email.track_marketing(cfg.providers.tracking.opens, cfg.providers.tracking.links)
+    return {"email": email, "sms": load(TwilioAccount, cfg.providers.sms, "sms")}

@@ -1,5 +1,6 @@
 """The feedback flow: bounces, provider suppressions, STOP/START replies, SMS delivery statuses
-and unsubscribe clicks into state.suppressions, then the report tables as artifacts. One step
+and unsubscribe clicks into state.suppressions, Postmark's opens and clicks into
+state.email_engagement (``engagement_feeds``, counts only), then the report tables as artifacts. One step
 of the tick; also runs alone (``relay feedback``).
 
 Thin wiring around ``tasks.feedback``, the providers' own feeds (``feedback_feeds``: the outbox
@@ -79,6 +80,9 @@ def pull_feedback(clinic: str = "demo") -> dict[str, int]:
             pulled.update(record_unsubscribe_clicks(con, config))
             limit = config.marketing_list.soft_bounce_limit
             feeds = [f for p in providers.values() for f in p.feedback_feeds(limit)]
+            # opens and clicks (tasks/engagement.py): only Postmark reports them
+            feeds += [f for p in providers.values()
+                      for f in getattr(p, "engagement_feeds", list)()]  # fmt: skip
             for feed in feeds:
                 try:
                     pulled.update(pull_feed(con, feed))

@@ -41,12 +41,6 @@ def report_key(clinic: str) -> str:
     return artifact_key("relay", "report", clinic)
 
 
-def engagement_rows(con, config, week) -> list[dict]:
-    """Opened and clicked per template per week (tasks.owner_report.ENGAGEMENT_COLUMNS). Empty
-    until Postmark's open and click tracking is pulled; the report then says so."""
-    return []
-
-
 def summary_line(latest: dict | None, clinic: str) -> str:
     """The tick summary's line about the newest owner report, with a link to its artifact."""
     if latest is None:
@@ -86,7 +80,7 @@ def owner_report(clinic: str = "demo", resend: bool = False, now: datetime | Non
                 return {**done, "status": status, "sent_now": False}
             if status is not None:
                 raise ReportNotSent(_why_not(config.clinic, week, status, "an earlier run"))
-            composed = weekly.compose(con, config, week, now, engagement_rows(con, config, week))
+            composed = weekly.compose(con, config, week, now)
             message = weekly.outgoing(week, config.report.to, composed.email)
             weekly.claim(con, week, provider.name, message.content_hash, now)
         # Nothing held while the provider is asked. Anything but an outcome or

@@ -7,6 +7,9 @@ joins endpoint paths to the root, so a path prefix would be dropped).
 - ``GET /bounces`` (and ``/bounces/``) with ``type``/``emailFilter``/``fromdate``/``todate``/
   ``messagestream`` filters, ``GET /message-streams/{stream}/suppressions/dump`` with ``fromdate``/
   ``todate``/``EmailAddress``/``SuppressionReason`` filters
+- ``GET /messages/outbound/opens`` and ``/messages/outbound/clicks``: open and link tracking
+  (sandbox/postmark_tracking.py: off unless switched on, no open for plain text, repeated opens,
+  ``count + offset`` at most 10,000)
 - ``GET /message-streams/{stream}``: the stream, with its
   ``SubscriptionManagementConfiguration.UnsubscribeHandlingType``
 - read-only settings (last block of the class): ``GET /server`` (``server_name``) and
@@ -51,6 +54,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from sandbox.postmark_tracking import TrackingMixin
 from sandbox.server import Faults, ThreadedServer, after, guard
 
 INACTIVE = frozenset({"inactive@sandbox.example.com"})
@@ -91,7 +95,10 @@ def _in_dates(at: str, q, low: str, high: str) -> bool:
     return True
 
 
-class PostmarkSandbox:
+class PostmarkSandbox(TrackingMixin):
+    DEFAULT_STREAM = DEFAULT_STREAM
+    _error = staticmethod(_error)
+
     def __init__(
         self,
         *,
@@ -119,8 +126,11 @@ class PostmarkSandbox:
         self.url = ""  # set by the test once served: Postmark's unsubscribe links point here
         self.clock = lambda: datetime.now(UTC)  # when bounces, suppressions and sends happen
         self._lock = threading.Lock()
+        self._init_tracking()
         self.app = Starlette(
             routes=[
+                Route("/messages/outbound/opens", self._opens, methods=["GET"]),
+                Route("/messages/outbound/clicks", self._clicks, methods=["GET"]),
                 Route("/email", self._email, methods=["POST"]),
                 Route("/email/batch", self._batch, methods=["POST"]),
                 Route("/messages/outbound", self._search, methods=["GET"]),
@@ -241,8 +251,11 @@ class PostmarkSandbox:
             )
         else:
             message_id = str(uuid.uuid4())
+            message = {**item, "MessageID": message_id, "ReceivedAt": now}
             with self._lock:
-                self.accepted.append({**item, "MessageID": message_id, "ReceivedAt": now})
+                self.accepted.append(message)
+                ordinal = len(self.accepted)
+            self._plan_activity(message, ordinal)
             return {
                 "To": item.get("To"),
                 "SubmittedAt": now.isoformat(),
@@ -442,8 +455,8 @@ class PostmarkSandbox:
              "DeliveryType": "Live", "ServerLink": "https://account.postmarkapp.com/servers/1/streams",
              "InboundAddress": "", "InboundHookUrl": "", "BounceHookUrl": "", "OpenHookUrl": "",
              "DeliveryHookUrl": "", "PostFirstOpenOnly": False, "InboundDomain": "",
-             "InboundHash": "", "InboundSpamThreshold": 0, "TrackOpens": False,
-             "TrackLinks": "None", "IncludeBounceContentInHook": False, "ClickHookUrl": "",
+             "InboundHash": "", "InboundSpamThreshold": 0, "TrackOpens": self.track_opens,
+             "TrackLinks": self.track_links, "IncludeBounceContentInHook": False, "ClickHookUrl": "",
              "EnableSmtpApiErrorHooks": False}
         )  # fmt: skip
 

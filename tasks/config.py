@@ -96,6 +96,14 @@ class SenderSettings(_Section):
     address: str = ""
 
 
+class TrackingSettings(_Section):
+    """Postmark open and link tracking of marketing email (reminders and other transactional
+    mail stay untracked); counts come back per template and week (tasks/engagement.py)."""
+
+    opens: bool = False
+    links: bool = False
+
+
 class ProvidersSettings(_Section):
     """Where messages go. Credentials live in Prefect blocks (or env vars), never here."""
 
@@ -116,6 +124,7 @@ class ProvidersSettings(_Section):
     sender: SenderSettings = SenderSettings()
     # Marketing email links here (plus RFC 8058 one-click headers); the token is appended.
     unsubscribe_url: str = Field("http://127.0.0.1:8765/unsubscribe", pattern=r"^https?://")
+    tracking: TrackingSettings = TrackingSettings()
 
 
 # --- marketing: journeys, campaigns, frequency cap and quiet hours (PRODUCT.md §5, §6) ---------

@@ -34,14 +34,6 @@ from tasks.warehouse import transaction
 # How long after an attempt before "the provider does not have it" is believed (as dispatch).
 SETTLE = timedelta(minutes=5)
 
-# The engagement section's columns (opened/clicked per template per week, Postmark tracking).
-ENGAGEMENT_COLUMNS = ("template", "week", "sent", "delivered", "bounced", "unsubscribed",
-                      "opened", "clicked")  # fmt: skip
-NO_ENGAGEMENT = (
-    "Opens and clicks are not counted yet: open and click tracking is not connected for this "
-    "clinic."
-)
-
 
 @dataclass(frozen=True)
 class Week:
@@ -97,22 +89,11 @@ def _sources(config: ClinicConfig) -> list[tuple[str, str]]:
     )
 
 
-def engagement_section(rows: list[dict]) -> str:
-    """Opens and clicks per template per week (rows with ENGAGEMENT_COLUMNS), or why there are
-    none yet."""
-    return "<h2>Engagement: opened and clicked</h2>" + reports.html_table(
-        list(ENGAGEMENT_COLUMNS),
-        [[r.get(c, "") for c in ENGAGEMENT_COLUMNS] for r in rows],
-        NO_ENGAGEMENT,
-    )
-
-
 def compose(
     con: duckdb.DuckDBPyConnection,
     config: ClinicConfig,
     week: Week,
     now: datetime,
-    engagement: list[dict] = (),
 ) -> Composed:
     """The week's report as an email (HTML with inline charts, and text) and as markdown."""
     settings = config.report
@@ -136,7 +117,6 @@ def compose(
         bookings_won.html_section(
             won, cohort_label, settings.booked_within_days, tags, reports.html_table
         ),
-        engagement_section(list(engagement)),
         "<h2>What went out this week</h2>",
         *reports.report_sections(report),
         "<h2>About this report</h2>",

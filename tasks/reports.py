@@ -19,6 +19,8 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 
+from tasks import engagement
+
 # Ledger statuses in the order reports show them; "sent" is what the provider accepted.
 OUTCOMES = ("sent", "bounced", "failed", "skipped", "cancelled", "unknown", "sending", "planned")
 COLOURS = {"sent": "#2e7d32", "bounced": "#ad1457", "failed": "#c62828", "skipped": "#f9a825",
@@ -52,6 +54,8 @@ class Report:
     suppressions: dict[tuple[date, str, str, str, str], int] = field(default_factory=dict)
     # (source_kind, source_name) -> DELIVERY counts, for SMS accepted in the period
     deliveries: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    # per template and week: tasks/engagement.py weekly_rows
+    engagement: list[dict] = field(default_factory=list)
 
     @property
     def days(self) -> list[date]:
@@ -166,6 +170,7 @@ def build_report(
             "sent": sent, "delivered": delivered, "undelivered": undelivered, "failed": failed,
             "no_receipt": sent - delivered - undelivered - failed,
         }  # fmt: skip
+    report.engagement = engagement.weekly_rows(con, time_zone, -(-days // 7), now)
     return report
 
 
@@ -354,6 +359,7 @@ def report_sections(report: Report) -> list[str]:
         html_table(
             ["source", *DELIVERY, "delivered"], delivery_table, "No SMS sent in this period."
         ),
+        engagement.html_section(report.engagement),
         "<h2>Why messages were skipped, failed or cancelled</h2>",
         html_table(["source", "status", "reason", "messages"], reason_rows, "None."),
         "<h2>Lists and segments: growth and churn</h2>",

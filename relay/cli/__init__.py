@@ -4,7 +4,8 @@ The commands live by group, one module each: ``pipeline`` (clinics, sync, models
 tick's steps by hand), ``demo`` (the sandbox and the demo), ``preview`` (see before switching on:
 preview, render), ``messages`` (outbox, campaigns, the ledger's unknown messages, unsubscribes,
 the report), ``analyst`` (read-only SQL, finding a patient's id), ``server`` (the Prefect server
-and its alerts) and ``connect`` (a real clinic's accounts, checked and saved). A module imports
+and its alerts) and ``connect`` (a real clinic's accounts, checked and saved), ``test_send`` (a trigger's message for
+a real patient, to a staff address only). A module imports
 ``tasks``, ``flows`` and ``sandbox`` inside each command so ``relay --help`` is instant; none
 imports this one.
 Errors meant for a person (bad config, bad key, busy database) are printed without a traceback.
@@ -17,7 +18,7 @@ import sys
 import typer
 
 import relay  # noqa: F401  (applies the offline Prefect defaults first)
-from relay.cli import analyst, connect, demo, messages, pipeline, preview, server
+from relay.cli import analyst, connect, demo, messages, pipeline, preview, server, test_send
 
 app = typer.Typer(
     name="relay",
@@ -46,6 +47,7 @@ app.command("serve-unsubscribe")(messages.serve_unsubscribe_command)
 app.command("import-unsubscribes")(messages.import_unsubscribes_command)
 app.command("report")(messages.report_command)
 app.command("render")(preview.render_command)
+app.command("test-send")(test_send.test_send_command)
 app.command("sql")(analyst.sql_command)
 app.add_typer(server.alerts_app, name="alerts")
 app.add_typer(messages.campaign_app, name="campaign")

@@ -7,6 +7,9 @@ Odd things about this API and client, and what we do about them:
 - Transactional mail goes on the transactional stream ("outbound"), marketing on the broadcast
   stream: a mix-up is a compliance problem, so the stream comes from the message's purpose only.
 - ``TrackLinks`` is passed explicitly (postmarker would otherwise send "None" for single sends).
+  The clinic's ``providers.tracking`` turns opens and links on for marketing email only
+  (``track_marketing``); the server's own "Open tracking" setting, if on, tracks everything.
+  What comes back (``engagement_feeds``): tasks/engagement.py.
 - No idempotency key exists. The send key travels in ``Metadata.send_key``, and reconciliation
   searches outbound messages by it (``GET /messages/outbound?metadata_send_key=``) on the
   message's own stream: the search reads only the transactional stream unless ``messagestream``
@@ -35,7 +38,7 @@ import requests
 from postmarker.core import PostmarkClient
 from postmarker.exceptions import ClientError
 
-from tasks import feedback
+from tasks import engagement, feedback
 from tasks.feedback import Feed, FeedbackUnavailable, Scope
 from tasks.messages.ledger import LedgerRow, normalise_address
 from tasks.providers.common import (
@@ -113,6 +116,11 @@ class PostmarkProvider:
             verbosity=0,  # postmarker's debug log would print message bodies and addresses
         )
         self._handling: str | None = None  # the marketing stream's UnsubscribeHandlingType
+        self._marketing_opens, self._marketing_links = False, False
+
+    def track_marketing(self, opens: bool, links: bool) -> None:
+        """Track opens and/or links of marketing email (the clinic's providers.tracking)."""
+        self._marketing_opens, self._marketing_links = opens, links
 
     def _as_dict(self, msg: OutgoingMessage) -> dict:
         content = msg.content
@@ -127,10 +135,14 @@ class PostmarkProvider:
             "Tag": msg.tag,
             "Metadata": {"send_key": metadata_key(msg.send_key)},
             "Headers": dict(content.headers),
-            "TrackLinks": self.settings.track_links,
-            "TrackOpens": self.settings.track_opens,
+            **self._tracking(msg.purpose == "marketing"),
             "MessageStream": self.stream_for(msg.purpose),
         }
+
+    def _tracking(self, marketing: bool) -> dict:
+        links = "HtmlAndText" if marketing and self._marketing_links else self.settings.track_links
+        opens = self.settings.track_opens or (marketing and self._marketing_opens)
+        return {"TrackLinks": links, "TrackOpens": opens}
 
     def stream_for(self, purpose: str) -> str:
         """The stream a message goes on, from its purpose only (a mix-up is a compliance problem)."""
@@ -283,6 +295,18 @@ class PostmarkProvider:
                 )
             )
         return feeds
+
+    def engagement_feeds(self) -> list[Feed]:
+        """Each stream's opens and clicks (tasks/engagement.py): counts per message only."""
+        streams = dict.fromkeys(
+            (self.settings.transactional_stream, self.settings.marketing_stream)
+        )
+        return [
+            Feed(f"postmark-{kind}s-{stream}",
+                 lambda con, now, kind=kind, stream=stream: engagement.pull_postmark(
+                     con, self.client, kind, stream, now))
+            for stream in streams for kind in ("open", "click")
+        ]  # fmt: skip
 
     def _scope(self, stream: str | None) -> Scope:
         """What a complaint or suppression on this stream stops: mail on the transactional

@@ -58,6 +58,9 @@ def test_the_flow_pulls_every_feed_and_its_artifacts_carry_counts_only(tmp_path,
         feeds = con.execute("SELECT provider, feed FROM state.feedback_cursors ORDER BY 1, 2")
         assert feeds.fetchall() == [
             ("postmark", "bounces:broadcast"), ("postmark", "bounces:outbound"),
+            # opens and clicks (tasks/engagement.py): read even with nothing tracked yet
+            ("postmark", "clicks:broadcast"), ("postmark", "clicks:outbound"),
+            ("postmark", "opens:broadcast"), ("postmark", "opens:outbound"),
             ("postmark", "suppressions:broadcast"),
             ("postmark", "suppressions:outbound"), ("twilio", "inbound"),
             ("unsubscribe_link", "clicks"),

@@ -193,7 +193,8 @@ def test_the_html_report_has_charts_tables_and_no_personal_data(con):
 
     page = reports.render_html(build(con), "Demo <Physio>", NOW)
 
-    assert page.count("<svg") == 3  # outcomes, bounces, the email list's joins and leaves
+    # outcomes, bounces, the email list's joins and leaves, email per week (tasks/engagement.py)
+    assert page.count("<svg") == 4
     assert "Demo &lt;Physio&gt;" in page and "<Physio>" not in page
     assert "trigger:reminder-24h" in page and "twilio: not a mobile number" in page
     assert not re.search(r"[\w.]+@example\.com", page), "an address reached the report"

@@ -34,3 +34,24 @@ def test_cliniko_from_an_empty_environment_says_what_to_set(monkeypatch):
     monkeypatch.delenv("CLINIKO_API_KEY", raising=False)
     with pytest.raises(UserFacingError, match="CLINIKO_API_KEY is not set.*cliniko.account"):
         cliniko_account(ClinicConfig(clinic="t", name="T", cliniko={"account": "env"}))
+
+
+def test_the_clinics_tracking_setting_reaches_postmark_for_marketing_email_only(monkeypatch):
+    from tasks.providers.common import OutgoingMessage, RenderedEmail
+
+    monkeypatch.setenv("POSTMARK_SERVER_TOKEN", "token")
+    monkeypatch.setenv("POSTMARK_FROM", "d@clinic.example")
+    cfg = ClinicConfig(
+        clinic="t", name="T", providers={"email": "env", "tracking": {"opens": True, "links": True}}
+    )
+    email = providers_for(cfg)["email"]
+
+    def flags(purpose):
+        body = email._as_dict(OutgoingMessage(1, "k", "email", purpose, "t", "a@b.example",
+                                              RenderedEmail("s", "<p>h</p>", "h")))  # fmt: skip
+        return body["TrackOpens"], body["TrackLinks"]
+
+    assert flags("marketing") == (True, "HtmlAndText")
+    assert flags("transactional") == (False, "None")
+    off = providers_for(ClinicConfig(clinic="t", name="T", providers={"email": "env"}))["email"]
+    assert off._tracking(True) == {"TrackLinks": "None", "TrackOpens": False}

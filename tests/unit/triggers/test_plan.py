@@ -1023,6 +1023,31 @@ def test_render_writes_a_triggers_message_for_a_patient_to_a_file(clinic_on_disk
     assert "Hi Robin, a reminder of your Standard Consultation with Sam Example" in text
 
 
+def test_test_send_sends_the_patients_message_to_staff_only_through_the_outbox(
+    clinic_on_disk, data_dir
+):
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+    from tasks.warehouse import open_db
+
+    def test_send(to):
+        return CliRunner().invoke(app, ["test-send", "reminder", "--to", to, "--clinic",
+                                        str(clinic_on_disk)])  # fmt: skip
+
+    refused = test_send("+61412345678")  # Robin's own mobile
+    assert isinstance(refused.exception, UserFacingError)  # relay's main prints it, exit 2
+    assert "never goes to the patient" in str(refused.exception)
+    out = test_send("+61499999999")
+    assert out.exit_code == 0, out.output
+    assert "Test of reminder for patient 1" in out.output and "outbox: sent" in out.output
+    (sms,) = (data_dir / "outbox" / "disk").glob("*.txt")
+    assert sms.read_text().count("[TEST] Hi Robin") == 1 and "+61499999999" in sms.read_text()
+    with open_db(clinic_on_disk.parent / "clinic.duckdb", read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM state.messages").fetchone() == (0,)
+        assert con.execute("SELECT count(*) FROM state.test_sends").fetchone() == (1,)
+
+
 # --- all or nothing, and the marketing path through dispatch ------------------------------------------
 
 
