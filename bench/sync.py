@@ -4,7 +4,8 @@ Three processes, so the sync's memory is measured alone: this one (the conductor
 Cliniko (``python -m bench.sync serve``, driven over stdin) and the sync itself
 (``python -m tasks.cliniko.sync``, exactly what tests kill with -9), which reports its own peak RSS.
 
-Size: ``BENCH_SYNC_PATIENTS`` (default 20,000 patients, ~15 appointments each = ~300,000).
+Size: ``BENCH_SYNC_PATIENTS`` (default 20,000 patients, ~15 appointments each = ~300,000; with
+attendees, ~200,000 invoices and ~6,000 medical alerts, ~780,000 rows on 13 paths).
 Compressed rate limit: ``BENCH_SYNC_WINDOW`` requests per ``BENCH_SYNC_WINDOW_SECONDS``
 (default 200 per 10 s, i.e. Cliniko's 200/min sped up 6x).
 """
