@@ -4,7 +4,8 @@ Three processes, so the sync's memory is measured alone: this one (the conductor
 Cliniko (``python -m bench.sync serve``, driven over stdin) and the sync itself
 (``python -m tasks.cliniko.sync``, exactly what tests kill with -9), which reports its own peak RSS.
 
-Size: ``BENCH_SYNC_PATIENTS`` (default 20,000 patients, ~15 appointments each = ~300,000).
+Size: ``BENCH_SYNC_PATIENTS`` (default 20,000 patients, ~15 appointments each = ~300,000; with
+attendees, ~200,000 invoices and ~6,000 medical alerts, ~780,000 rows on 13 paths).
 Compressed rate limit: ``BENCH_SYNC_WINDOW`` requests per ``BENCH_SYNC_WINDOW_SECONDS``
 (default 200 per 10 s, i.e. Cliniko's 200/min sped up 6x).
 """
@@ -179,6 +180,13 @@ def main() -> None:
         line("records/s, no rate limit", f"{speed:,.0f}", ">= 5,000", speed >= 5000)
         peak = max(paced["peak_rss_mb"], free["peak_rss_mb"])
         line("peak RSS of the sync process (MB)", f"{peak:.0f}", "<= 300", peak <= 300)
+
+        # Per resource (medical alerts and invoices are the newest): rows, requests, seconds.
+        print(f"  {'resource':<24} {'rows':>8} {'requests':>9} {'paced s':>8} {'free s':>7}")
+        for resource in RESOURCES:
+            p, f = paced["resources"][resource.name], free["resources"][resource.name]
+            print(f"  {resource.name:<24} {p['new'] + p['updated'] + p['unchanged']:>8} "
+                  f"{p['requests']:>9} {p['seconds']:>8.1f} {f['seconds']:>7.1f}")  # fmt: skip
 
         # 3. Nothing changed: one request per path, unless the 5-minute overlap window itself
         # holds more than a page of rows (it must be re-read: late commits, clock skew).
