@@ -37,11 +37,11 @@ deploy: $(STAMP)
 	$(VENV)/bin/prefect work-pool inspect local >/dev/null 2>&1 || $(VENV)/bin/prefect work-pool create local --type process
 	$(VENV)/bin/prefect --no-prompt deploy --all
 
-# Unit, sandbox and integration tests run on every core (each test has its own files, ports and
-# sandboxes); the Prefect-server tests share one server per session, so they run in one process.
+# Every core at once (each test has its own files, ports and sandboxes). The Prefect-server tests
+# share one server, so they run as one group on one worker (tests/conftest.py), beside the rest;
+# listed first, they start first.
 test: $(STAMP)  ## the whole suite: unit, integration (real HTTP), Prefect server tests
-	$(PY) -m pytest -n auto tests/unit tests/sandbox tests/integration
-	$(PY) -m pytest tests/flows
+	$(PY) -m pytest -n auto --dist loadgroup tests/flows tests/unit tests/sandbox tests/integration
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit
