@@ -35,9 +35,10 @@ from flows.feedback import pull_feedback
 from flows.journeys import run_journeys
 from flows.models import build_models
 from flows.plan import plan_messages
+from flows.report import summary_line
 from flows.settle import settle
 from flows.sync import cliniko_sync
-from tasks import tick
+from tasks import owner_report, tick
 from tasks.config import ClinicConfig, load_clinic
 from tasks.tick import COMPLETED, FAILED, HELD, Step, Summary
 from tasks.warehouse import hold, open_db
@@ -151,7 +152,8 @@ def check_breaker(
 def publish_summary(config: ClinicConfig, summary: Summary) -> dict:
     with open_db(config.database_path) as con:
         tick.collect(con, summary)
-    text = tick.markdown(summary)
+        latest_report = owner_report.latest(con)
+    text = tick.markdown(summary) + summary_line(latest_report, config.clinic)
     create_markdown_artifact(
         text,
         key=artifact_key("tick", config.clinic),

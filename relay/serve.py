@@ -138,6 +138,26 @@ def tick_deployment(clinic: str, every: timedelta, name: str | None = None):
     )
 
 
+def report_deployment(clinic: str):
+    """The clinic's weekly owner report (flows/report.py:owner_report, parameter ``clinic``),
+    on clinic.yaml's ``report.weekday`` at ``report.at`` in the clinic's time zone."""
+    from prefect.schedules import Cron
+
+    from flows.report import owner_report
+    from tasks.config import load_clinic
+
+    config = load_clinic(clinic)
+    if config.report is None:
+        raise UserFacingError(f"{config.source}: no report: section; the report has no owner.")
+    return owner_report.to_deployment(
+        name=f"{clinic}-report",
+        schedule=Cron(config.report.cron, timezone=config.time_zone),
+        parameters={"clinic": clinic},
+        description=f"{clinic}: the owner's weekly report, {config.report.weekday}s at "
+        f"{config.report.at:%H:%M} ({config.time_zone})",
+    )
+
+
 def on_demand_deployments() -> list:
     """Flows run by a person with parameters (the campaign)."""
     from flows.campaign import send_campaign
@@ -177,17 +197,25 @@ def serve_demo(
                 CLINIKO_REQUESTS_PER_MINUTE="1200",
             )
             tick = tick_deployment("demo", timedelta(minutes=every_minutes))
-            deployments = [tick, *on_demand_deployments()]
+            weekly = [report_deployment("demo")] if config.report else []
+            deployments = [tick, *weekly, *on_demand_deployments()]
             tick_id = tick.apply()
             with get_client(sync_client=True) as client:
                 stopped = release_stopped_runs(client, [tick_id], STOPPED)
                 client.create_flow_run_from_deployment(tick_id)
+            report_line = (
+                f"Report:       the owner's week, {config.report.weekday}s at "
+                f"{config.report.at:%H:%M} (demo-report; run it now from the UI)\n"
+                if config.report
+                else ""
+            )
             if stopped:
                 echo(f"Marked Crashed (a stopped session's, their slot given back): {stopped}")
             echo(
                 f"Prefect UI:   {api.removesuffix('/api')}  (Deployments, Runs, Artifacts)\n"
                 f"Sandbox:      {sandbox.base_url}  ({patients} patients, clock {speed:g}x)\n"
                 f"Ticks:        demo every {every_minutes:g} min; the first one starts now\n"
+                f"{report_line}"
                 f"Outbox:       {outbox_dir('demo') / 'index.html'}\n"
                 f"Unsubscribe:  {config.providers.unsubscribe_url}/<token> (links in marketing)\n"
                 "Ctrl-C stops everything."

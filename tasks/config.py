@@ -33,6 +33,7 @@ from pydantic_core import PydanticCustomError
 
 from tasks.errors import UserFacingError
 from tasks.paths import PROJECT_ROOT, clinics_dir, data_dir
+from tasks.report_settings import ReportSettings
 from tasks.triggers.definition import Trigger, parse_triggers
 
 CLINICS_DIR = clinics_dir()
@@ -331,6 +332,8 @@ class ClinicConfig(_Section):
     journeys: Annotated[list[Journey], AfterValidator(_unique_names)] = []
     campaigns: Annotated[list[Campaign], AfterValidator(_unique_names)] = []
     marketing: MarketingSettings = MarketingSettings()
+    # The owner's weekly report (tasks/report_settings.py); None: no report for this clinic.
+    report: ReportSettings | None = None
     # Appointment categories that tag a patient (seed 000's admin-only "dummy" types), matched
     # like trigger category names (case and surrounding spaces ignored). Their appointments never
     # count as visits: not for the active-patient limit, recalls, visit-based segments,

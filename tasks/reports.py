@@ -280,7 +280,8 @@ def svg_bars(
     return "".join(parts)
 
 
-def _table(header: list[str], rows: list[list], empty: str) -> str:
+def html_table(header: list[str], rows: list[list], empty: str) -> str:
+    """A table of counts, or ``empty`` in words when there are no rows."""
     if not rows:
         return f"<p class='empty'>{html.escape(empty)}</p>"
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
@@ -290,7 +291,9 @@ def _table(header: list[str], rows: list[list], empty: str) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def render_html(report: Report, clinic_name: str, generated_at: datetime) -> str:
+def report_sections(report: Report) -> list[str]:
+    """The charts and tables of a report, as HTML fragments (``render_html`` and the owner's
+    weekly email put their own heading above them)."""
     days = report.days
     per_day = report.per_day()
     charts = [
@@ -341,32 +344,53 @@ def render_html(report: Report, clinic_name: str, generated_at: datetime) -> str
         [r["day"], r["channel"], r["action"], r["reason"], r["source"], r["count"]]
         for r in suppression_rows(report)
     ]
-    period = f"{report.first_day} to {report.last_day} ({report.time_zone})"
-    sections = [
-        f"<h1>{html.escape(clinic_name)}: messaging report</h1>",
-        f"<p class='meta'>{html.escape(period)}; generated {generated_at:%Y-%m-%d %H:%M} UTC. "
-        "Counts only. A message is counted on the day of its latest status; bounces on the day "
-        "they came back.</p>",
+    return [
         *(f"<figure>{c}</figure>" for c in charts),
         "<h2>Per trigger, journey and campaign</h2>",
-        _table(["source", *OUTCOMES], source_rows, "No messages in this period."),
+        html_table(["source", *OUTCOMES], source_rows, "No messages in this period."),
         "<h2>SMS: delivered vs sent</h2>",
         "<p class='meta'>Sent: accepted by Twilio. Delivered, undelivered, failed: what the "
         "carrier reported afterwards; no receipt: nothing final (yet).</p>",
-        _table(["source", *DELIVERY, "delivered"], delivery_table, "No SMS sent in this period."),
+        html_table(
+            ["source", *DELIVERY, "delivered"], delivery_table, "No SMS sent in this period."
+        ),
         "<h2>Why messages were skipped, failed or cancelled</h2>",
-        _table(["source", "status", "reason", "messages"], reason_rows, "None."),
+        html_table(["source", "status", "reason", "messages"], reason_rows, "None."),
         "<h2>Lists and segments: growth and churn</h2>",
-        _table(
+        html_table(
             ["audience", "size now", "joined", "left", "net"],
             list_table,
             "No membership history yet (the models have not been built).",
         ),  # fmt: skip
         "<h2>Suppressions and opt-ins</h2>",
-        _table(["day", "channel", "action", "reason", "source", "count"], supp_rows, "None."),
+        html_table(["day", "channel", "action", "reason", "source", "count"], supp_rows, "None."),
         "<h2>Per day</h2>",
-        _table(["day", "source", *OUTCOMES], daily_rows, "No messages in this period."),
+        html_table(["day", "source", *OUTCOMES], daily_rows, "No messages in this period."),
     ]
+
+
+def render_html(report: Report, clinic_name: str, generated_at: datetime) -> str:
+    period = f"{report.first_day} to {report.last_day} ({report.time_zone})"
+    return page(
+        f"{clinic_name}: messaging report",
+        [
+            f"<h1>{html.escape(clinic_name)}: messaging report</h1>",
+            f"<p class='meta'>{html.escape(period)}; generated {generated_at:%Y-%m-%d %H:%M} UTC. "
+            f"{COUNTING}</p>",
+            *report_sections(report),
+        ],
+    )
+
+
+COUNTING = (
+    "Counts only. A message is counted on the day of its latest status; bounces on the day "
+    "they came back."
+)
+
+
+def page(title: str, sections: list[str]) -> str:
+    """One self-contained HTML page (styles inline, charts as inline SVG): a browser or a mail
+    client shows it without fetching anything."""
     style = (
         "body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:960px}"
         "table{border-collapse:collapse;margin:.5rem 0 1.5rem}th,td{border:1px solid #ddd;"
@@ -375,6 +399,6 @@ def render_html(report: Report, clinic_name: str, generated_at: datetime) -> str
     )
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(clinic_name)}: messaging report</title>"
+        f"<title>{html.escape(title)}</title>"
         f"<style>{style}</style></head><body>" + "".join(sections) + "</body></html>\n"
     )
