@@ -138,12 +138,17 @@ def main() -> None:
                 DOCS / "ui-tick-summary.png",
                 height=1400,
             )
-            # the Logs tab, tall: the tick's own INFO lines below Prefect's
+            # the Logs tab of the tick's planning step: its INFO lines, a count per trigger
+            plan = httpx.post(
+                f"{ui}/api/flow_runs/filter",
+                json={"flow_runs": {"name": {"any_": ["plan-demo"]}}, "limit": 1},
+                timeout=10,
+            ).json()
             shoot(
                 browser,
-                f"{ui}/runs/flow-run/{run['id']}?tab=Logs",
+                f"{ui}/runs/flow-run/{(plan[0] if plan else run)['id']}?tab=Logs",
                 DOCS / "ui-tick-logs.png",
-                height=2200,
+                height=1000,
             )
             report = run_report(f"{ui}/api")
             time.sleep(3)
