@@ -25,7 +25,8 @@ def cliniko_account(config: ClinicConfig) -> ClinikoAccount:
     if config.cliniko.account == "env":
         return ClinikoAccount.from_env()
     try:
-        return ClinikoAccount.load(config.cliniko.account)
+        # Prefect's sync_compatible load: the block itself when called outside async code
+        return ClinikoAccount.load(config.cliniko.account)  # type: ignore[return-value]
     except ValidationError as exc:  # saved before the contact rule, say: name the problem
         problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
         raise ConfigError(

@@ -47,7 +47,7 @@ class AsTasks(models.Steps):
             run, model.relation, wait_for=upstream, return_state=True
         )
         if not state.is_completed():
-            raise state.result(raise_on_failure=False)
+            raise state.result(raise_on_failure=False)  # type: ignore[misc]  # a failed state's result is its exception
         return state
 
     def tests(self, run: models.ModelBuild) -> None:

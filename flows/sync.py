@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -72,8 +73,8 @@ class SyncProgress:
     def __init__(self, sync: extract.Sync) -> None:
         self.sync = sync
         self.expected = 0
-        self.artifact = None
-        self.bar = None
+        self.artifact: Any = None  # the progress artifact's id, once created
+        self.bar: Any = None  # a rich Progress on a terminal
         self._last = 0.0
 
     def start(self, expected: dict[str, int]) -> None:

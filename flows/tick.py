@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -44,7 +45,7 @@ from tasks.tick import COMPLETED, FAILED, HELD, Step, Summary
 from tasks.warehouse import hold, open_db
 
 # step -> its flow, each also deployable and runnable on its own.
-STEP_FLOWS = {
+STEP_FLOWS: dict[str, Any] = {
     "sync": cliniko_sync,
     "models": build_models,
     "plan": plan_messages,
@@ -87,7 +88,7 @@ def _counts(state) -> object:
 
 def run_step(
     summary: Summary, step: str, *, needs: tuple[Step, ...] = (), held: str | None = None, **params
-) -> tuple[Step, object]:
+) -> tuple[Step, Any]:
     """Run one step as a subflow unless a step it needs did not complete or the breaker is open.
     Returns what became of it, and its result (counts) when it completed."""
     blocked = next((s for s in needs if s.status in (FAILED, HELD)), None)
@@ -166,7 +167,7 @@ def late_reason(max_lateness_minutes: float) -> str | None:
     """Why this run should not bother: it is a late scheduled tick and a newer one is already
     due (that one catches up on everything). The newest due tick always runs, so an overloaded
     machine still does one tick per clinic at a time instead of skipping them all."""
-    run = FlowRunContext.get().flow_run
+    run: Any = FlowRunContext.get().flow_run  # type: ignore[union-attr]  # inside the tick's run
     now = datetime.now(UTC)
     late = tick.too_late(
         run.expected_start_time,

@@ -2,7 +2,10 @@
 
 Starts ``relay serve`` (its own Prefect home and data folder in a temp directory, so nothing of
 yours is touched), waits for a demo tick to complete with its summary artifact, then has headless
-Chromium photograph the deployments page, the tick's run and its summary artifact into docs/.
+Chromium photograph the deployments page, the tick's run, its Logs tab and its summary artifact,
+the owner's weekly report (its deployment run once, then its artifact) and the local outbox's
+index into docs/. Only the sandbox's generated patients exist there; the pages shot show counts,
+send keys and file names.
 
     .venv/bin/python scripts/screenshot.py        # needs chromium (Debian: apt-get install chromium)
 """
@@ -81,6 +84,26 @@ def wait_for_tick(api: str, timeout: float = 600) -> tuple[dict, dict]:
     sys.exit("No tick completed in time; run `relay serve` by hand and look at its output.")
 
 
+def run_report(api: str, timeout: float = 300) -> dict:
+    """Run the demo's owner-report deployment once and return its artifact when it is written."""
+    deployment = httpx.get(f"{api}/deployments/name/owner-report/demo-report", timeout=10)
+    deployment.raise_for_status()
+    httpx.post(
+        f"{api}/deployments/{deployment.json()['id']}/create_flow_run", json={}, timeout=10
+    ).raise_for_status()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = httpx.post(
+            f"{api}/artifacts/filter",
+            json={"artifacts": {"key": {"any_": ["relay-report-demo"]}}},
+            timeout=10,
+        ).json()
+        if found:
+            return found[0]
+        time.sleep(3)
+    sys.exit("The owner report did not complete in time; look at its run in the UI.")
+
+
 def main() -> None:
     browser = chromium()
     port = free_port()
@@ -115,6 +138,28 @@ def main() -> None:
                 DOCS / "ui-tick-summary.png",
                 height=1400,
             )
+            # the Logs tab of the tick's planning step: its INFO lines, a count per trigger
+            plan = httpx.post(
+                f"{ui}/api/flow_runs/filter",
+                json={"flow_runs": {"name": {"any_": ["plan-demo"]}}, "limit": 1},
+                timeout=10,
+            ).json()
+            shoot(
+                browser,
+                f"{ui}/runs/flow-run/{(plan[0] if plan else run)['id']}?tab=Logs",
+                DOCS / "ui-tick-logs.png",
+                height=1000,
+            )
+            report = run_report(f"{ui}/api")
+            time.sleep(3)
+            shoot(
+                browser,
+                f"{ui}/artifacts/artifact/{report['id']}",
+                DOCS / "ui-owner-report.png",
+                height=1400,
+            )
+            index = Path(tmp) / "data" / "outbox" / "demo" / "index.html"
+            shoot(browser, index.as_uri(), DOCS / "outbox-index.png", height=800)
         finally:
             serve.send_signal(signal.SIGINT)
             try:

@@ -115,11 +115,17 @@ def in_use(db_path: str | Path) -> bool:
 
 @contextlib.contextmanager
 def open_db(
-    db_path: str | Path, *, read_only: bool = False, wait_seconds: float = 600.0
+    db_path: str | Path,
+    *,
+    read_only: bool = False,
+    wait_seconds: float = 600.0,
+    create: bool = True,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open a clinic database (creating it and its tables when writable), holding the lock."""
+    """Open a clinic database (creating it and its tables when writable), holding the lock.
+    A read, or a write with ``create=False`` (a step that means nothing before the first sync),
+    of a database that does not exist yet raises :class:`NoDatabase`."""
     path = Path(db_path)
-    if read_only and not path.exists():
+    if (read_only or not create) and not path.exists():
         raise NoDatabase(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _held_guard:

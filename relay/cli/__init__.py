@@ -64,7 +64,26 @@ def main() -> None:
         app()
     except UserFacingError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        _let_go(exc)
         sys.exit(2)
+
+
+def _let_go(exc: BaseException) -> None:
+    """After an error has been said: nothing more from Prefect on the console, and the frames the
+    traceback keeps are cleared. Prefect keeps a flow's exception in the run's final state, and
+    its traceback's frames hold the step's DuckDB connection and results; alive at interpreter
+    exit, DuckDB's bindings print dozens of `nanobind: leaked ...` lines."""
+    import traceback
+
+    from relay.cli import flowrun
+
+    flowrun.silence()
+    seen: set[int] = set()
+    chained: BaseException | None = exc
+    while chained is not None and id(chained) not in seen:
+        seen.add(id(chained))
+        traceback.clear_frames(chained.__traceback__)
+        chained = chained.__cause__ or chained.__context__
 
 
 if __name__ == "__main__":

@@ -19,11 +19,13 @@ def demo_command(
     from datetime import timedelta
 
     from flows.sync import cliniko_sync
+    from relay.cli import flowrun
     from tasks.cliniko.resources import RESOURCES
     from tasks.config import load_clinic
     from tasks.providers.outbox import outbox_dir, start_run
     from tasks.warehouse import open_db
 
+    flowrun.prepare()
     demo_rate = 1200  # requests/min: Cliniko allows 200; the demo need not wait that long
     config = load_clinic("demo")
     for stale in (config.database_path, config.database_path.with_suffix(".duckdb.wal")):

@@ -83,7 +83,7 @@ def campaign_preview_command(
 
     config = load_clinic(clinic)
     now = datetime.now(UTC)
-    with open_db(config.database_path) as con:
+    with open_db(config.database_path, create=False) as con:
         models.require_good_build(con)
         p = campaigns.preview(con, config, name, now, sample_size=sample)
     local = p.send_at.astimezone(ZoneInfo(config.time_zone))
@@ -150,7 +150,9 @@ def campaign_send_command(
         )
         raise typer.Exit(1)
     from flows.campaign import send_campaign
+    from relay.cli import flowrun
 
+    flowrun.prepare()
     result = send_campaign(clinic=clinic, campaign=name, confirm=True, force=force)
     typer.echo(
         f"Confirmed {name} ({result['confirmation_id']}): {result['audience']} recipients; "
@@ -176,7 +178,7 @@ def campaign_cancel_command(
     from tasks.warehouse import open_db
 
     config = load_clinic(clinic)
-    with open_db(config.database_path) as con:
+    with open_db(config.database_path, create=False) as con:
         cancelled = campaigns.cancel(con, name, datetime.now(UTC))
     typer.echo(f"Cancelled {name}: {cancelled} planned messages will not be sent.")
 

@@ -61,7 +61,9 @@ def sync_command(
 ) -> None:
     """Bring the clinic's DuckDB copy of Cliniko up to date (the cliniko-sync flow)."""
     from flows.sync import cliniko_sync
+    from relay.cli import flowrun
 
+    flowrun.prepare()
     print_sync(cliniko_sync(clinic=clinic, reconcile=reconcile))
 
 
@@ -83,7 +85,9 @@ def feedback_command(
     """Pull bounces, provider suppressions, STOP/START replies and unsubscribe clicks now (the
     feedback flow; the tick runs it every time)."""
     from flows.feedback import pull_feedback
+    from relay.cli import flowrun
 
+    flowrun.prepare()
     counts = pull_feedback(clinic=clinic)
     for name, n in sorted(counts.items()):
         typer.echo(f"  {name:<36}{n:>8}")
@@ -110,7 +114,7 @@ def models_build_command(
     from tasks.warehouse import open_db
 
     config = load_clinic(clinic)
-    with open_db(config.database_path) as con:
+    with open_db(config.database_path, create=False) as con:
         result = models.build(
             con, models.ListSettings.from_config(config), full_refresh=full_refresh
         )

@@ -64,24 +64,38 @@ def _print_calendar(config, trigger, days: float, limit: int) -> None:
         state = "enabled: goes live at the next tick (shown as if now)"
     else:
         state = "not enabled: shown as if switched on now"
+    width = _width()
     typer.secho(
-        f"Trigger {trigger.name}: {trigger.channel} '{trigger.template}' ({trigger.purpose}), "
-        f"{trigger.event}, {trigger.timing}; {state}",
+        _wrap(
+            f"Trigger {trigger.name}: {trigger.channel} '{trigger.template}' ({trigger.purpose}), "
+            f"{trigger.event}, {trigger.timing}; {state}",
+            width,
+        ),
         bold=True,
     )
     typer.echo(f"  went live   {went_live.astimezone(zone):%Y-%m-%d %H:%M} {config.time_zone}")
     for typo in typos:
-        typer.secho(f"  warning: {typo}", fg=typer.colors.YELLOW)
+        typer.secho(_wrap(f"  warning: {typo}", width, 4), fg=typer.colors.YELLOW)
     decisions = Counter(r.decision.split(":")[0].split(" (")[0] for r in rows)
     typer.echo(
-        f"  next {days:g} days: {len(rows)} messages"
-        + (f" ({', '.join(f'{n} {d}' for d, n in decisions.most_common())})" if rows else "")
+        _wrap(
+            f"  next {days:g} days: {len(rows)} messages"
+            + (f" ({', '.join(f'{n} {d}' for d, n in decisions.most_common())})" if rows else ""),
+            width,
+            4,
+        )
     )
     if decisions["waiting"]:
         typer.echo(
-            "  waiting: not sent now for a reason that can change; sent if it clears before "
-            "its grace window ends, else skipped with the reason"
+            _wrap(
+                "  waiting: not sent now for a reason that can change; sent if it clears before "
+                "its grace window ends, else skipped with the reason",
+                width,
+                4,
+            )
         )
+    # Two lines a message: when, who and where first (a long name or address cut with '…'),
+    # then what about and the decision, wrapped under it (a reason is never cut).
     for r in rows[: limit or None]:
         c = r.candidate
         who = (
@@ -90,16 +104,49 @@ def _print_calendar(config, trigger, days: float, limit: int) -> None:
         about = (
             f"{c['appointment_type_name']} {c['starts_at'].astimezone(zone):%a %d %b %H:%M}"
             if c["starts_at"] is not None
-            else "-"
+            else "no appointment"
         )
+        head = f"  {r.due_at.astimezone(zone):%a %d %b %H:%M}  patient {r.patient_id:<19}  "
+        rest = max(width - len(head), 20)
         typer.echo(
-            f"  {r.due_at.astimezone(zone):%a %d %b %H:%M}  patient {r.patient_id:<19} "
-            f"{who[:22]:<22} {str(c['address'] or '-')[:28]:<28} {about[:44]:<44} {r.decision}"
+            head
+            + f"{_cut(who, rest // 2 - 1):<{rest // 2 - 1}} "
+            + _cut(str(c["address"] or "-"), rest - rest // 2)
         )
+        typer.echo(_wrap(f"{' ' * _INDENT}{about}: {r.decision}", width, _INDENT + 2))
     if limit and len(rows) > limit:
         typer.echo(f"  ... {len(rows) - limit} more (--limit 0 shows all)")
     typer.echo(
         "Nothing was written." + ("" if trigger.enabled else " Switch it on with enabled: true.")
+    )
+
+
+_INDENT = 20  # a message's second line starts under "patient"
+
+
+def _width() -> int:
+    """The terminal's width (COLUMNS when set), never under 80: what the calendar is fitted to."""
+    import shutil
+
+    return max(shutil.get_terminal_size((100, 24)).columns, 80)
+
+
+def _cut(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, a cut marked with '…'."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _wrap(text: str, width: int, indent: int = 2) -> str:
+    """``text`` wrapped at ``width``, continuation lines indented by ``indent``."""
+    import textwrap
+
+    lead = len(text) - len(text.lstrip(" "))
+    return textwrap.fill(
+        text.strip(),
+        width,
+        initial_indent=" " * lead,
+        subsequent_indent=" " * indent,
+        break_on_hyphens=False,
     )
 
 

@@ -13,6 +13,7 @@ import duckdb
 from tasks.messages.channels import MARKETING_LISTS
 from tasks.models.project import ModelError, discover
 from tasks.models.runner import _message
+from tasks.models.tables import check_shape
 
 
 @dataclass
@@ -45,9 +46,12 @@ def preview_segment(
         raise ModelError(f"No segment '{name}' (sql/segments/{name}.sql). Segments: {known}.")
     segment = project.model(relation)
     try:
+        # the shape the build requires (a patient_id column, one row per patient), said the same
+        con.execute(f"CREATE OR REPLACE TEMP TABLE relay_preview_rows AS {segment.sql}")
+        check_shape(con, segment, "relay_preview_rows")
         con.execute(
-            f"CREATE OR REPLACE TEMP TABLE relay_preview AS "
-            f"SELECT DISTINCT patient_id FROM ({segment.sql})"
+            "CREATE OR REPLACE TEMP TABLE relay_preview AS "
+            "SELECT DISTINCT patient_id FROM relay_preview_rows"
         )
     except duckdb.Error as exc:
         raise ModelError(f"{segment.file}: {_message(exc)}") from None

@@ -1011,6 +1011,28 @@ def test_the_preview_command_prints_the_calendar_and_writes_nothing(clinic_on_di
     assert db.stat().st_mtime_ns == before
 
 
+def test_the_calendar_fits_a_100_column_terminal(clinic_on_disk):
+    """Each message on two lines: a long name is cut with '…', the decision wraps under it."""
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+    from tasks.warehouse import open_db
+
+    with open_db(clinic_on_disk.parent / "clinic.duckdb") as con:
+        c = Clinic(con)
+        c._synced = datetime.now(UTC)  # synced after the fixture's build
+        c.patient(2, first_name="Wolfeschlegelsteinhausenbergerdorff-Maximiliana" * 2)
+        c.appointment(20, 2, datetime.now(UTC) + 4 * DAY)
+        c.build(datetime.now(UTC))
+    out = CliRunner().invoke(app, ["preview", "trigger", "reminder", "--days", "7", "--clinic",
+                                   str(clinic_on_disk)], env={"COLUMNS": "100"})  # fmt: skip
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert max(len(line) for line in lines) <= 100, "\n".join(lines)
+    assert any("Wolfeschlegel" in line and "… +61412345678" in line for line in lines), lines
+    assert sum(line.strip().endswith(": send") for line in lines) == 2  # the decision, whole
+
+
 def test_render_writes_a_triggers_message_for_a_patient_to_a_file(clinic_on_disk, tmp_path):
     from typer.testing import CliRunner
 

@@ -1,0 +1,71 @@
+"""Running a Prefect flow from the terminal so that a problem a person must fix ends in one clear
+line (``main`` prints it), not in Prefect's traceback and log chatter.
+
+``prepare()`` is called by a command after it imports its flow (so Prefect's logging is set up):
+it checks that the server PREFECT_API_URL names answers (else: what to start), and keeps a
+``UserFacingError`` raised inside a flow out of the console (the run's own log in the UI still has
+it). ``silence()`` is called by ``main`` when it prints such an error: what Prefect says while it
+shuts down after that (its events worker draining) adds nothing for the person reading.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from tasks.errors import UserFacingError
+
+
+class PrefectUnreachable(UserFacingError):
+    """PREFECT_API_URL names a server that does not answer."""
+
+
+class _ConsoleFilter(logging.Filter):
+    silenced = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.silenced:
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, UserFacingError)
+
+
+_FILTER = _ConsoleFilter()
+
+
+def _console_handlers() -> list[logging.Handler]:
+    if "prefect" not in sys.modules:
+        return []
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *map(logging.getLogger, ("prefect", "prefect.flow_runs"))]
+    return [h for lg in loggers for h in lg.handlers if isinstance(h, PrefectConsoleHandler)]
+
+
+def prepare() -> None:
+    """Before running a flow from the terminal: the server must answer, and errors meant for a
+    person are printed once by ``main``, not logged with a traceback on the console too."""
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        import httpx
+
+        try:
+            httpx.get(f"{url.rstrip('/')}/health", timeout=10).raise_for_status()
+        except httpx.HTTPError as exc:
+            raise PrefectUnreachable(
+                f"No Prefect server answers at {url} (PREFECT_API_URL: {type(exc).__name__}). "
+                "Start it (`relay serve`, or `prefect server start`), or unset PREFECT_API_URL "
+                "to run this once without a server."
+            ) from None
+    for handler in _console_handlers():
+        if _FILTER not in handler.filters:
+            handler.addFilter(_FILTER)
+
+
+def silence() -> None:
+    """Nothing more from Prefect on the console: the error has been said."""
+    _FILTER.silenced = True
+    for handler in _console_handlers():
+        if _FILTER not in handler.filters:
+            handler.addFilter(_FILTER)

@@ -1,0 +1,142 @@
+"""The analyst's loop, as a person at a terminal sees it: the real ``relay`` command in a
+subprocess, from a fresh state and with broken input. Each problem ends in one or a few clear
+lines and a non-zero exit: no traceback, no Prefect log chatter, no ``nanobind: leaked`` lines.
+
+Scenarios that change sql/ or clinics/ run a copy of the project (its code finds sql/ and
+clinics/ beside itself), so the repository's files are never touched while other tests run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tasks.paths import PROJECT_ROOT
+from tasks.warehouse import open_db
+
+COPIED = ("relay", "tasks", "flows", "blocks", "sandbox", "sql", "clinics", "templates")
+
+
+def relay(*args: str, cwd: Path = PROJECT_ROOT, env: dict | None = None, timeout: float = 300):
+    out = subprocess.run(
+        [sys.executable, "-m", "relay", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "100", **(env or {})},
+    )
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+    return out.returncode, lines
+
+
+def assert_clean(lines: list[str]) -> None:
+    text = "\n".join(lines)
+    assert "Traceback" not in text, text
+    assert "nanobind" not in text and "leaked" not in text, text
+    assert " | ERROR " not in text and " | WARNING " not in text, text  # Prefect's console
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of the project's code, SQL models, clinics and templates."""
+    root = tmp_path / "project"
+    for name in COPIED:
+        shutil.copytree(
+            PROJECT_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    return root
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["preview", "trigger", "sms-reminder-24h"],
+        ["render", "sms-reminder-24h", "--patient", "1"],
+        ["ledger", "waiting"],
+        ["sql", "SELECT 1"],
+        ["patients", "find", "hopper"],
+        ["models", "build"],
+        ["campaign", "preview", "recall-90-179"],
+        ["campaign", "cancel", "recall-90-179"],
+    ],
+)
+def test_no_database_yet_says_what_to_run_first(data_dir, command):
+    code, lines = relay(*command)
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("error: No database yet"), lines
+    assert "relay sync --clinic" in lines[0]
+    assert not (data_dir / "demo.duckdb").exists()  # a read made no empty database
+
+
+@pytest.fixture
+def built(project, data_dir) -> Path:
+    """A database the models were built into once (empty data: the shape is what matters)."""
+    with open_db(data_dir / "demo.duckdb"):
+        pass
+    code, lines = relay("models", "build", cwd=project)
+    assert code == 0, lines
+    return project
+
+
+def test_a_segment_without_patient_id_says_exactly_that(built):
+    (built / "sql" / "segments" / "no_id.sql").write_text(
+        "SELECT patient_id AS pid FROM marts.patients\n"
+    )
+    for command in (["preview", "segment", "no_id"], ["models", "build"]):
+        code, lines = relay(*command, cwd=built)
+        assert code == 2, lines
+        assert_clean(lines)
+        assert lines[0] == (
+            "error: sql/segments/no_id.sql: the model must return a column named patient_id "
+            "(one row per patient in the segment)"
+        ), lines
+
+
+def test_a_broken_model_keeps_duckdbs_message_framed_with_the_file(built):
+    (built / "sql" / "segments" / "typo.sql").write_text("SELEC patient_id FROM marts.patients\n")
+    code, lines = relay("models", "build", cwd=built)
+    assert code == 2
+    assert_clean(lines)
+    assert lines[0].startswith("error: sql/segments/typo.sql: Parser Error: syntax error"), lines
+    assert len(lines) <= 6, lines
+
+
+def test_a_bad_clinic_yaml_ends_in_a_few_lines_also_from_a_flow(project, data_dir):
+    config = project / "clinics" / "demo" / "clinic.yaml"
+    text = config.read_text(encoding="utf-8")
+    config.write_text(
+        "\n".join(
+            "time_zone: Mars/Olympus" if line.startswith("time_zone:") else line
+            for line in text.splitlines()
+        ),
+        encoding="utf-8",
+    )
+    for command in (["sql", "SELECT 1"], ["sync"]):  # sync runs the cliniko-sync flow
+        code, lines = relay(*command, cwd=project)
+        assert code == 2, lines
+        assert_clean(lines)
+        assert lines[0].endswith("clinic.yaml: invalid configuration:"), lines
+        assert "Mars/Olympus" in lines[1] and len(lines) == 2, lines
+
+
+def test_an_error_inside_a_flow_leaves_no_traceback_or_leaked_lines(data_dir):
+    # the campaign flow opens the database and refuses inside the connection (never built)
+    with open_db(data_dir / "demo.duckdb"):
+        pass
+    code, lines = relay("campaign", "send", "recall-90-179", "--confirm")
+    assert code == 2
+    assert_clean(lines)
+    assert lines == ["error: The models have never been built. Run `relay models build`."]
+
+
+def test_a_prefect_server_that_does_not_answer_is_one_line(data_dir):
+    code, lines = relay("sync", env={"PREFECT_API_URL": "http://127.0.0.1:9/api"})
+    assert code == 2
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: No Prefect server answers at http://127.0.0.1:9/api")
+    assert "relay serve" in lines[0]
