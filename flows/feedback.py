@@ -18,10 +18,11 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
+from prefect.client.orchestration import get_client
 
 from blocks.resolve import providers_for
 from flows.artifacts import artifact_key
-from tasks import feedback, reports
+from tasks import feedback, feedback_events, reports
 from tasks.config import ClinicConfig, load_clinic
 from tasks.warehouse import open_db
 
@@ -34,9 +35,23 @@ class FeedbackFailed(RuntimeError):
 
 
 @task(cache_policy=NONE)
-def record_unsubscribe_clicks(con, config: ClinicConfig) -> dict[str, int]:
-    inbox = feedback.inbox_path(config.database_path)
-    return dict(feedback.drain_unsubscribes(con, inbox, datetime.now(UTC)))
+def record_unsubscribe_clicks(con, config: ClinicConfig) -> tuple[dict[str, int], str | None]:
+    """The clicks of the endpoint on this machine (its inbox) and of any machine (Prefect
+    events, tasks/feedback_events.py), in one task: (counts, why the events could not be read)."""
+    now = datetime.now(UTC)
+    counts = feedback.drain_unsubscribes(con, feedback.inbox_path(config.database_path), now)
+    try:
+        with get_client(sync_client=True) as client:
+            counts.update(
+                feedback_events.pull_unsubscribe_events(
+                    con, config.clinic, now,
+                    post=lambda path, body: client.request("POST", path, json=body).json(),
+                    get=lambda url: client.request("GET", url).json(),
+                )
+            )  # fmt: skip
+    except feedback.FeedbackUnavailable as exc:
+        return dict(counts), str(exc)
+    return dict(counts), None
 
 
 @task(cache_policy=NONE, task_run_name="pull-{feed.name}")
@@ -77,7 +92,11 @@ def pull_feedback(clinic: str = "demo") -> dict[str, int]:
     problems: list[str] = []
     try:
         with open_db(config.database_path) as con:
-            pulled.update(record_unsubscribe_clicks(con, config))
+            clicks, unavailable = record_unsubscribe_clicks(con, config)
+            pulled.update(clicks)
+            if unavailable:
+                problems.append(unavailable)
+                logger.warning("%s", unavailable)
             limit = config.marketing_list.soft_bounce_limit
             feeds = [f for p in providers.values() for f in p.feedback_feeds(limit)]
             # opens and clicks (tasks/engagement.py): only Postmark reports them
