@@ -6,8 +6,8 @@ For each clinic folder (the demo only with ``--demo``):
   the nightly tick with ``reconcile: true`` at ``schedule.nightly_reconcile`` (03:00) in the
   clinic's own ``time_zone``; one run at a time (limit 1, ENQUEUE: DuckDB has one writer);
 - ``campaign/<clinic>-campaign``: a one-off campaign, on demand;
-- ``<owner report flow>/<clinic>-report``: weekly, Monday 08:00 clinic time, when
-  ``flows/report.py`` defines ``owner_report``.
+- ``owner-report/<clinic>-report``: weekly, on clinic.yaml's ``report.weekday`` at ``report.at``
+  in the clinic's time zone, when clinic.yaml has a ``report:`` section (the owner's address).
 
 All of them go on the clinic's home machine's work queue (``machine-<name>``): the home record
 (Prefect Variable ``relay_home_<clinic>``), or, for a clinic without one, ``--home`` or this
@@ -26,7 +26,6 @@ no setup on the worker.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 from dataclasses import dataclass
@@ -114,26 +113,19 @@ def plan_clinic(config) -> list[Planned]:
             f"{config.name}: a one-off campaign, run by a person (campaign, confirm=true)",
         ),
     ]  # fmt: skip
-    report = owner_report_flow()
-    if report is not None:
+    if config.report is not None:  # the owner's weekly report, when clinic.yaml names an owner
+        from flows.report import owner_report
+
+        rep = config.report
         planned.append(
             Planned(
-                report, f"{clinic}-report", {"clinic": clinic},
-                [DeploymentScheduleCreate(schedule=CronSchedule(cron="0 8 * * 1", timezone=tz),
+                owner_report, f"{clinic}-report", {"clinic": clinic},
+                [DeploymentScheduleCreate(schedule=CronSchedule(cron=rep.cron, timezone=tz),
                                           slug="weekly")],
-                f"{config.name}: the owner's weekly report, Monday 08:00 {tz}",
+                f"{config.name}: the owner's weekly report, {rep.weekday}s at {rep.at:%H:%M} {tz}",
             )
         )  # fmt: skip
     return planned
-
-
-def owner_report_flow():
-    """flows/report.py's ``owner_report`` when that module exists (another change adds it)."""
-    if importlib.util.find_spec("flows.report") is None:
-        return None
-    import flows.report
-
-    return getattr(flows.report, "owner_report", None)
 
 
 def apply(client, planned: Planned, pool: str, queue: str) -> None:
