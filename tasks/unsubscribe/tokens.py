@@ -81,7 +81,9 @@ def _from_server(api: str) -> tuple[bytes | None, int]:
 
     try:
         try:
-            shared = Secret.load(SECRET_BLOCK, _sync=True).get()
+            # _sync: Prefect's sync/async dispatch, which its type hints do not describe.
+            block: Secret = Secret.load(SECRET_BLOCK, _sync=True)  # type: ignore[call-arg,assignment]
+            shared = block.get()
         except ValueError:  # no such block
             shared = None
         with get_client(sync_client=True) as client:
