@@ -151,7 +151,7 @@ def webhook(deployed):
             timeout=60,
         )
         assert created.returncode == 0, created.stderr
-        assert created.stdout.count("created automation") == 4
+        assert created.stdout.count("created automation") == 5  # relay/alerts.py
         yield hook
 
 
