@@ -4,10 +4,11 @@ The commands live by group, one module each: ``pipeline`` (clinics, sync, models
 tick's steps by hand), ``demo`` (the sandbox and the demo), ``preview`` (see before switching on:
 preview, render), ``messages`` (outbox, campaigns, the ledger's unknown messages, unsubscribes,
 the report), ``analyst`` (read-only SQL, finding a patient's id), ``server`` (the Prefect server
-and its alerts), ``deploy`` (every clinic's deployments, from clinics/), ``connect`` (a real
-clinic's accounts, checked and saved) and ``test_send`` (a trigger's message for a real patient,
-to a staff address only). A module imports ``tasks``, ``flows`` and ``sandbox`` inside each
-command so ``relay --help`` is instant; none imports this one.
+and its alerts), ``deploy`` (every clinic's deployments, from clinics/), ``clinic`` (where a
+clinic's state lives: its home machine, and moving it), ``connect`` (a real clinic's accounts,
+checked and saved) and ``test_send`` (a trigger's message for a real patient, to a staff
+address only). A module imports ``tasks``, ``flows`` and ``sandbox`` inside each command so
+``relay --help`` is instant; none imports this one.
 Errors meant for a person (bad config, bad key, busy database) are printed without a traceback.
 """
 
@@ -20,6 +21,7 @@ import typer
 import relay  # noqa: F401  (applies the offline Prefect defaults first)
 from relay.cli import (
     analyst,
+    clinic,
     connect,
     demo,
     deploy,
@@ -66,6 +68,7 @@ app.add_typer(messages.ledger_app, name="ledger")
 app.add_typer(preview.preview_app, name="preview")
 app.add_typer(pipeline.models_app, name="models")
 app.add_typer(analyst.patients_app, name="patients")
+app.add_typer(clinic.clinic_app, name="clinic")
 
 
 def main() -> None:

@@ -27,30 +27,18 @@ no setup on the worker.
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 
 
-def this_machine() -> str:
-    """This machine's name: RELAY_MACHINE, or the host name. (tasks/home.py's, once it lands.)"""
-    return os.environ.get("RELAY_MACHINE") or socket.gethostname()
+def home_of(clinic: str) -> str | None:
+    """The machine the clinic's home record names (tasks/home.py), or None without one."""
+    from tasks.home import read_home
 
-
-def queue_for(machine: str) -> str:
-    """The work queue of a machine's worker. (tasks/home.py's ``queue_for``, once it lands.)"""
-    return f"machine-{machine}"
-
-
-def home_of(client, clinic: str) -> str | None:
-    """The machine the clinic's home record names, or None without one. (tasks/home.py's
-    ``read_home``, once it lands.)"""
-    variable = client.read_variable_by_name(f"relay_home_{clinic}")
-    if variable is None or not isinstance(variable.value, dict):
-        return None
-    return variable.value.get("machine") or None
+    home = read_home(clinic)
+    return home.machine if home is not None else None
 
 
 @dataclass(frozen=True)
@@ -207,12 +195,14 @@ def deploy_command(
             + (" (the demo is deployed only with --demo)." if paths else ".")
             + " Add clinics/<clinic>/clinic.yaml (relay connect <clinic>)."
         )
+    from tasks.home import queue_for, this_machine
+
     fallback = home or this_machine()
     with get_client(sync_client=True) as client:
         if ensure_pool(client, pool):
             typer.echo(f"created the process work pool '{pool}'")
         for config in configs:
-            machine = home_of(client, config.clinic)
+            machine = home_of(config.clinic)
             where = f"home {machine}"
             if machine is None:
                 machine = fallback
