@@ -7,9 +7,10 @@ Tokens do not expire: an unsubscribe link must keep working long after the mail 
 The key is the same on every machine (a link signed by one clinic's home is checked by whichever
 machine runs the endpoint): ``RELAY_UNSUBSCRIBE_SECRET``, else the Prefect ``Secret`` block
 ``relay-unsubscribe-secret`` on the server ``PREFECT_API_URL`` names. Only a single-machine
-install (no server, or one with no clinic home records, such as the demo's) falls back to a key
-generated once into ``data/secrets/unsubscribe.key`` (owner-only), so the demo needs no setup;
-once a server keeps home records, a missing shared key is an error that says how to save it.
+install (no server, or one whose clinic home records all name this machine, such as the demo's
+``relay serve``) falls back to a key generated once into ``data/secrets/unsubscribe.key``
+(owner-only), so the demo needs no setup; once a server records a clinic at home on another
+machine, a missing shared key is an error that says how to save it.
 Rotating the key breaks every link already sent. The key is never logged or printed.
 """
 
@@ -63,8 +64,8 @@ def secret_key() -> bytes:
             return shared
         if homes:
             raise MissingSharedSecret(
-                f"This Prefect server keeps clinic home records ({homes} clinics), so several "
-                "machines sign and check unsubscribe links, but no key is shared: save one in "
+                f"This Prefect server records clinics at home on other machines ({homes}), so "
+                "several machines sign and check unsubscribe links, but no key is shared: save one in "
                 f"a Secret block named '{SECRET_BLOCK}' (if a machine already sent links, save "
                 "its data/secrets/unsubscribe.key so they keep working), or set "
                 "RELAY_UNSUBSCRIBE_SECRET to the same value on every machine."
@@ -93,7 +94,17 @@ def _from_server(api: str) -> tuple[bytes | None, int]:
             f"Cannot read the unsubscribe key from the Prefect server at {api} "
             f"({type(exc).__name__}); is it running? Set RELAY_UNSUBSCRIBE_SECRET to go without."
         ) from None
-    count = sum(1 for v in homes if v.name.startswith(HOME_PREFIX))
+    # Homes on other machines: links signed here are then checked there, and the other way round.
+    # Homes on this machine alone (the demo's `relay serve`, one machine) keep the local key.
+    from tasks.home import this_machine
+
+    here = this_machine()
+    count = sum(
+        1
+        for v in homes
+        if v.name.startswith(HOME_PREFIX)
+        and not (isinstance(v.value, dict) and v.value.get("machine") == here)
+    )
     return (str(shared).encode("utf-8") if shared else None), count
 
 
