@@ -43,6 +43,10 @@ RESOURCES: tuple[Resource, ...] = (
     # /attendees hides cancelled and archived attendances like the appointments do: a cancelled
     # class place exists only with cancelled_at:* (else it would look deleted at reconcile).
     Resource("attendees", ("/attendees",), ("cancelled_at", "archived_at")),
+    # A removed medical alert is archived (hidden unless archived_at:*); deleted invoices are in
+    # no list (reconcile sees them go).
+    Resource("medical_alerts", ("/medical_alerts",), ("archived_at",)),
+    Resource("invoices", ("/invoices",)),
 )
 
 BY_NAME = {r.name: r for r in RESOURCES}
