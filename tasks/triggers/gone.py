@@ -2,7 +2,7 @@
 
 The re-check (tasks/triggers/plan.py) finds planned messages its trigger's query no longer
 returns; these are reasons that cannot change back by themselves (the appointment was cancelled,
-the patient deleted), unlike the audience's (tasks/triggers/audience.py),
+the invoice deleted, the medical alert removed), unlike the audience's (tasks/triggers/audience.py),
 which make a message wait.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import duckdb
 
 from tasks.messages.ledger import LedgerRow
+from tasks.triggers import patient_records
 from tasks.triggers.definition import Trigger
 
 
@@ -18,6 +19,8 @@ def why_gone(
     con: duckdb.DuckDBPyConnection, trigger: Trigger, rows: list[LedgerRow]
 ) -> dict[int, str]:
     """In words, why a planned message's occasion no longer matches its trigger."""
+    if trigger.is_record_event:  # an alert removed, an invoice deleted or no longer paid
+        return patient_records.why_gone(con, trigger, rows)
     if not trigger.is_appointment_event:  # archived is an audience problem: it waits
         found = {
             r[0]
