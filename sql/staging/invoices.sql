@@ -1,8 +1,8 @@
 -- One row per Cliniko invoice that stands now (GET /invoices; deleted, archived and hard-deleted
 -- ones drop out). Amounts come as strings ("50.0") and are read as decimals.
 -- status: Cliniko's code, status_description its words: 10 Open, 20 Paid, 30 Closed,
--- 40 Open credit (Cliniko's invoice_status codes). closed_at: when it stopped being open (for a paid invoice,
--- when the payment settled it).
+-- 40 Open credit (Cliniko's invoice_status codes). closed_at: when it stopped being open (for a
+-- paid invoice, when the payment settled it).
 -- is_paid: status 20 (Paid) now. paid_at: when it was paid, closed_at (updated_at if Cliniko
 -- sent no closed_at); NULL unless paid. An invoice reopened and paid again gets a later paid_at;
 -- triggers key their message on the invoice, so it is thanked once (tasks/triggers/patient_records.py).

@@ -163,7 +163,9 @@ def why_gone(con: duckdb.DuckDBPyConnection, trigger: Trigger, rows: list) -> di
             ).fetchall()
         }
         return {
-            r.message_id: generic if r.patient_id in carrying else "medical alert removed in Cliniko"
+            r.message_id: generic
+            if r.patient_id in carrying
+            else "medical alert removed in Cliniko"
             for r in rows
         }
     ids = {r.message_id: int(r.send_key.rsplit(":", 1)[1]) for r in rows}

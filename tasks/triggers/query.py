@@ -26,8 +26,8 @@ from typing import Any, Literal
 
 import duckdb
 
-from tasks.triggers.audience import PATIENT_ADDRESS, audience_problem, list_join
 from tasks.triggers import patient_records
+from tasks.triggers.audience import PATIENT_ADDRESS, audience_problem, list_join
 from tasks.triggers.definition import Trigger
 from tasks.triggers.names import (  # noqa: F401 (APPOINTMENT_REFERENCES: plan.py, preview.py)
     APPOINTMENT_REFERENCES,

@@ -12,7 +12,6 @@ import logging
 
 import pytest
 
-from tasks.messages import ledger
 from tasks.triggers import names
 from tasks.triggers import plan as planning
 from tests.unit.triggers.test_plan import DAY, HOUR, MIN, NOW, Clinic, _link, _ts, live
@@ -300,8 +299,19 @@ def test_custom_field_conditions_and_across_or_within_and_a_change_is_rechecked(
          "values": ["Super Insurance", "Mega Insurance"]},
         {"field": "Policy number", "values": ["ABC-12345"]},
     ]})  # fmt: skip
-    clinic.trigger("not-great", **{**THANKS, "timing": "1 day after"}, exclude={"custom_fields": [
-        {"section": "Insurance coverage", "field": "Provider", "values": ["Great Insurance"]}]})
+    clinic.trigger(
+        "not-great",
+        **{**THANKS, "timing": "1 day after"},
+        exclude={
+            "custom_fields": [
+                {
+                    "section": "Insurance coverage",
+                    "field": "Provider",
+                    "values": ["Great Insurance"],
+                }
+            ]
+        },
+    )
     live(clinic, NOW - DAY)
     for p, provider, policy in ((1, "Super Insurance", "ABC-12345"), (2, "Super Insurance", "X"),
                                 (3, "Great Insurance", "ABC-12345"), (4, None, "")):  # fmt: skip
