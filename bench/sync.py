@@ -180,6 +180,13 @@ def main() -> None:
         peak = max(paced["peak_rss_mb"], free["peak_rss_mb"])
         line("peak RSS of the sync process (MB)", f"{peak:.0f}", "<= 300", peak <= 300)
 
+        # Per resource (medical alerts and invoices are the newest): rows, requests, seconds.
+        print(f"  {'resource':<24} {'rows':>8} {'requests':>9} {'paced s':>8} {'free s':>7}")
+        for resource in RESOURCES:
+            p, f = paced["resources"][resource.name], free["resources"][resource.name]
+            print(f"  {resource.name:<24} {p['new'] + p['updated'] + p['unchanged']:>8} "
+                  f"{p['requests']:>9} {p['seconds']:>8.1f} {f['seconds']:>7.1f}")  # fmt: skip
+
         # 3. Nothing changed: one request per path, unless the 5-minute overlap window itself
         # holds more than a page of rows (it must be re-read: late commits, clock skew).
         idle = run_sync(sandbox, db, "--no-rate-limit")

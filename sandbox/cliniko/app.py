@@ -41,6 +41,7 @@ NO_USER_AGENT = "A User-Agent header is required: name your application and a co
 UNAUTHORIZED = "Unauthorized: unknown API key, or a key for another shard."
 FORBIDDEN = "You do not have permission to access this resource."
 NOT_FOUND = "Not found."
+PATIENT_LISTS = ("medical_alerts", "invoices")
 
 
 def _json(status: int, payload: object, headers: dict[str, str] | None = None) -> Response:
@@ -143,6 +144,14 @@ class ClinikoApp:
             return self._list(
                 request, route, base, booking=int(parts[1]) if parts[1].isdigit() else -1
             )
+        # A patient's alerts and invoices (deprecated nested lists, still served).
+        if len(parts) == 3 and parts[0] == "patients" and parts[2] in PATIENT_LISTS:
+            return self._list(
+                request,
+                route,
+                base,
+                of_patient=(parts[2], int(parts[1]) if parts[1].isdigit() else -1),
+            )
         if (
             len(parts) == 3
             and parts[0] == "patients"
@@ -156,12 +165,20 @@ class ClinikoApp:
         return _json(404, {"message": NOT_FOUND})
 
     def _list(
-        self, request: Request, route: str, base: bytes, booking: int | None = None
+        self,
+        request: Request,
+        route: str,
+        base: bytes,
+        booking: int | None = None,
+        of_patient: tuple[str, int] | None = None,
     ) -> Response:
-        """A list page; ``booking`` lists the attendees of one appointment or class."""
+        """A list page; ``booking`` lists the attendees of one appointment or class,
+        ``of_patient`` (resource, patient id) one patient's medical alerts or invoices."""
         resource, field, value = PARTITIONS.get(route, (route, None, None))
         if booking is not None:
             resource = "attendees"
+        if of_patient is not None:
+            resource = of_patient[0]
         spec = SPECS[resource]
         params = request.query_params
         try:
@@ -172,6 +189,8 @@ class ClinikoApp:
             filters = [parse_filter(spec, q) for q in params.getlist("q[]")]
             if booking is not None:
                 filters.append(parse_filter(spec, f"booking_id:={booking}"))
+            if of_patient is not None:
+                filters.append(parse_filter(spec, f"patient_id:={of_patient[1]}"))
             sort = parse_sort(spec, params.get("sort"))
         except QueryError as exc:
             return _json(exc.status, {"message": exc.message})

@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from sandbox.cliniko import records
+from sandbox.cliniko.patient_extras import EXTRA_RATES, PatientExtras
 from sandbox.cliniko.spec import SPECS
 from sandbox.cliniko.store import BASE_BYTES, ID_MASK, Row, Table, dump, fmt_ts, link, link_id
 from sandbox.cliniko.world import (
@@ -137,6 +138,8 @@ class SandboxClinic:
         self.referral_types: list[tuple[int, str | None, list[str] | None]] = []
         self.api_key = f"sbx{random.Random(f'{seed}:key').getrandbits(128):032x}-{shard}"
         self._keys[split_key(self.api_key)[0]] = KeyAccess()
+        # Medical alerts, invoices, custom fields: their own random streams (patient_extras.py).
+        self.extras = PatientExtras(self, seed)
 
     # ---- public API ---------------------------------------------------------------------------
 
@@ -184,7 +187,7 @@ class SandboxClinic:
             old, new = self._now, self._now + seconds
             first, last = math.floor(old) + 1, math.floor(new)
             self._now = new
-            done = dict.fromkeys(CHANGE_RATES, 0)
+            done = dict.fromkeys((*CHANGE_RATES, *EXTRA_RATES, "invoices_raised"), 0)
             if last < first:
                 return done
             scale = self.size / 1000 * seconds / MINUTE
@@ -197,6 +200,8 @@ class SandboxClinic:
             changes = _Changes(self)
             for t, kind in events:
                 done[kind] += getattr(changes, kind)(t)
+            done["invoices_raised"] = changes.invoices_raised
+            done.update(self.extras.advance(first, last, scale))
             return done
 
     def cancel_attendance(self, attendee_id: int) -> dict:
@@ -335,6 +340,8 @@ class _Generator:
                 group["archived_at"] = fmt_ts(archived)
                 group["updated_at"] = fmt_ts(max(archived, parse_int(group["updated_at"])))
         self.out["group_appointments"] = list(self.group_recs.values())
+        seed_text = f"{self.c.seed}:{n_patients}:{per_patient}"
+        self.c.extras.generate(self.out, self.now, seed_text)
         for name, recs in self.out.items():
             self.c.tables[name].load(recs)
 
@@ -571,6 +578,11 @@ class _Generator:
         self.out["individual_appointments"].append(Row.of(appt, starts=starts, **times))
         if outcome.arrived is not None:
             c._marked.add(int(appt["id"]))
+            if not tag:
+                ends = starts + type_.minutes * MINUTE
+                c.extras.note_visit(
+                    ends, pid, business, prac.id, int(appt["id"]), outcome.arrived, type_.minutes
+                )
         self.out["attendees"].append(Row.of(att, **times))
 
     def _booked_by_now(self, booked: int, created: int) -> int:
@@ -591,6 +603,17 @@ class _Generator:
         att = join_class(c, rng, p, group, self._booked_by_now(booked, created))
         settle_attendance(c, rng, att, group, self.now)
         self.out["attendees"].append(Row(att))
+        if att["arrived"] is not None:
+            c.extras.note_visit(
+                parse_int(group["ends_at"]),
+                int(p["id"]),
+                business.id,
+                link_id(group["practitioner"]),
+                int(group["id"]),
+                att["arrived"],
+                (parse_int(group["ends_at"]) - parse_int(group["starts_at"])) // MINUTE,
+                is_class=True,
+            )
 
     def _statuses(self, people: list[dict]) -> None:
         """Archive, merge and delete some patients, as years of real use do."""
@@ -935,6 +958,7 @@ class _Changes:
     def __init__(self, clinic: SandboxClinic) -> None:
         self.c = clinic
         self.rng = clinic._rng
+        self.invoices_raised = 0
 
     def _put(self, resource: str, rec: dict) -> None:
         self.c.heal(resource, rec)
@@ -1106,6 +1130,7 @@ class _Changes:
         self.c._marked.add(int(appt["id"]))
         appt["updated_at"] = fmt_ts(t)
         self._put("individual_appointments", appt)
+        self.invoices_raised += self.c.extras.invoice_visit(appt, arrived, t)
         if att is not None:
             att["arrived"] = arrived
             att["updated_at"] = fmt_ts(t)

@@ -618,3 +618,80 @@ def user(*, id: int, created: int, first: str, last: str) -> dict:
         "updated_at": fmt_ts(created),
         "links": link(f"users/{id}")["links"],
     }
+
+
+INVOICE_STATUSES = {10: "Open", 20: "Paid", 30: "Closed", 40: "Open (credit)"}
+
+
+def medical_alert(
+    *,
+    id: int,
+    created: int,
+    updated: int,
+    patient_id: int,
+    name: str,
+    archived: int | None = None,
+) -> dict:
+    """Medical Alert (2022 example: name, patient link, deleted_at; the current API archives an
+    alert with ``POST /medical_alerts/{id}/archive``, so it carries ``archived_at`` too)."""
+    return {
+        "archived_at": _ts(archived),
+        "created_at": fmt_ts(created),
+        "deleted_at": None,
+        "id": str(id),
+        "name": name,
+        "updated_at": fmt_ts(updated),
+        "patient": link(f"patients/{patient_id}"),
+        "links": link(f"medical_alerts/{id}")["links"],
+    }
+
+
+def money(amount: float) -> str:
+    """Amounts as Cliniko's invoice examples write them: decimal strings ("50.0", "2367.18")."""
+    return repr(round(amount, 2))
+
+
+def invoice(
+    *,
+    id: int,
+    created: int,
+    updated: int,
+    number: int,
+    issue_date: str,
+    status: int,
+    closed: int | None,
+    net: float,
+    discount: float,
+    invoice_to: str | None,
+    patient_id: int,
+    business_id: int,
+    practitioner_id: int | None,
+    appointment_id: int | None,
+    deleted: int | None = None,
+) -> dict:
+    """Invoice, field for field as the 2022 examples (amounts as strings, ``status`` 10 Open,
+    20 Paid, 30 Closed, 40 Open (credit) with its ``status_description``; an invoice not raised
+    from an appointment has no appointment or practitioner link)."""
+    return {
+        "id": str(id),
+        "issue_date": issue_date,
+        "total_amount": money(net),
+        "tax_amount": "0.0",
+        "net_amount": money(net),
+        "notes": None if id % 3 else "",
+        "status": status,
+        "invoice_to": invoice_to,
+        "patient_extra_information": None if id % 3 else "",
+        "number": number,
+        "discounted_amount": money(discount),
+        "status_description": INVOICE_STATUSES[status],
+        "created_at": fmt_ts(created),
+        "updated_at": fmt_ts(updated),
+        "deleted_at": _ts(deleted),
+        "closed_at": _ts(closed),
+        "appointment": link(f"appointments/{appointment_id}") if appointment_id else None,
+        "business": link(f"businesses/{business_id}"),
+        "practitioner": link(f"practitioners/{practitioner_id}") if practitioner_id else None,
+        "patient": link(f"patients/{patient_id}"),
+        "links": link(f"invoices/{id}")["links"],
+    }

@@ -8,7 +8,11 @@ come back only when the request filters on ``archived_at`` (``*`` = any value), 
 individual appointments and cancelled attendees only with a ``cancelled_at`` filter. Deleted rows
 never appear in lists. Practitioners are one table split over two paths by ``active``.
 Where the reference did not capture a resource's filter list (patients, businesses,
-practitioners, concession types), the 2022 list stands, plus ``archived_at`` on patients.
+practitioners, concession types, medical alerts, invoices), the 2022 list stands, plus
+``archived_at`` on patients and on medical alerts (the current API archives an alert with
+``POST /medical_alerts/{id}/archive``; plain lists leave archived alerts out like every archived
+row) and ``deleted_at`` on medical alerts (their 2022 payload has it). Invoices have no archive:
+none is hidden, and a deleted invoice is in no list.
 """
 
 from __future__ import annotations
@@ -82,6 +86,24 @@ SPECS: dict[str, ResourceSpec] = {
             hidden=("archived_at",),
         ),
         ResourceSpec("referral_sources", dict(_COMMON)),
+        ResourceSpec(
+            "medical_alerts",
+            {**_COMMON, "archived_at": DATETIME, "deleted_at": DATETIME, "patient_id": NUMBER},
+            hidden=("archived_at",),
+        ),
+        ResourceSpec(
+            "invoices",
+            {
+                **_COMMON,
+                "appointment_id": NUMBER,
+                "business_id": NUMBER,
+                "issue_date": DATE,
+                "number": NUMBER,
+                "patient_id": NUMBER,
+                "practitioner_id": NUMBER,
+                "status": NUMBER,
+            },
+        ),
         ResourceSpec(
             "individual_appointments",
             {

@@ -339,8 +339,8 @@ def field_value(row: Row, name: str, kind: str, cache: dict) -> object:
         rec = cache[row.id] = row.record()
     if kind == DATETIME:
         return parse_ts(rec.get(name))
-    if kind == NUMBER:
-        return link_id(rec.get(name[:-3]))
+    if kind == NUMBER:  # a foreign key (``patient_id`` is the ``patient`` link) or a number
+        return link_id(rec.get(name[:-3])) if name.endswith("_id") else rec.get(name)
     if kind == ARRAY:
         return [int(v) for v in rec.get(name) or ()]
     value = rec.get(name)

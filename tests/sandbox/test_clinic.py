@@ -27,6 +27,8 @@ RESOURCES = (
     "individual_appointments",
     "group_appointments",
     "attendees",
+    "medical_alerts",
+    "invoices",
 )
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 T_START = int(START.timestamp())
@@ -62,6 +64,8 @@ def data(shared_clinic) -> dict[str, dict[int, dict]]:
         ("concession_types", "concession_types"),
         ("referral_sources", "referral_sources"),
         ("referral_source_types", "referral_source_types"),
+        ("medical_alerts", "medical_alerts"),
+        ("invoices", "invoices"),
     ],
 )
 def test_records_carry_every_field_of_the_official_example(data, resource, example):
@@ -84,6 +88,24 @@ def test_ids_are_64_bit_strings_and_foreign_keys_are_links_that_resolve(data):
     for attendee in data["attendees"].values():
         assert link_id(attendee["booking"]) in bookings
         assert link_id(attendee["patient"]) in data["patients"]
+
+
+def test_alerts_and_invoices_belong_to_patients_and_invoices_to_visits(data):
+    patients = data["patients"]
+    assert all(link_id(a["patient"]) in patients for a in data["medical_alerts"].values())
+    bookings = data["individual_appointments"].keys() | data["group_appointments"].keys()
+    invoices = sorted(data["invoices"].values(), key=lambda i: (i["created_at"], int(i["id"])))
+    for invoice in invoices:
+        assert link_id(invoice["patient"]) in patients
+        assert link_id(invoice["business"]) in data["businesses"]
+        if invoice["appointment"]:
+            assert link_id(invoice["appointment"]) in bookings
+            assert link_id(invoice["practitioner"]) in data["practitioners"]
+    assert [i["number"] for i in invoices] == list(range(1, len(invoices) + 1))
+    # Alerts tag about three patients in ten; most visits are invoiced.
+    tagged = {link_id(a["patient"]) for a in data["medical_alerts"].values()}
+    assert 0.15 < len(tagged) / len(patients) < 0.45
+    assert len(invoices) > 0.5 * len(data["individual_appointments"])
 
 
 def test_businesses_span_time_zones_and_countries(data):
@@ -247,6 +269,28 @@ def test_advance_makes_every_kind_of_change_inside_the_interval(busy_day):
             assert interval[0] < ts(record["updated_at"]) <= interval[1]
             if row_id not in before:  # new rows were created in the interval too
                 assert interval[0] < ts(record["created_at"]) <= interval[1]
+
+
+def test_alerts_come_and_go_invoices_get_paid_and_custom_fields_change(busy_day):
+    before, after = busy_day.before, busy_day.after
+    alerts = changed_rows(before["medical_alerts"], after["medical_alerts"])
+    assert any(i not in before["medical_alerts"] for i in alerts), "alerts added"
+    removed = [a for i, a in alerts.items() if i in before["medical_alerts"] and a["archived_at"]]
+    assert removed, "alerts removed (archived: listed only with archived_at:*)"
+    assert busy_day.clinic.hard_deleted("medical_alerts") <= before["medical_alerts"].keys()
+    invoices = changed_rows(before["invoices"], after["invoices"])
+    paid = [
+        i for i, inv in invoices.items()
+        if i in before["invoices"] and before["invoices"][i]["status"] == 10 and inv["status"] == 20
+    ]  # fmt: skip
+    assert paid and all(invoices[i]["closed_at"] == invoices[i]["updated_at"] for i in paid)
+    raised = [inv for i, inv in invoices.items() if i not in before["invoices"]]
+    assert {bool(inv["appointment"]) for inv in raised} == {True, False}  # visits and sales
+    edited = [
+        p for i, p in changed_rows(before["patients"], after["patients"]).items()
+        if i in before["patients"] and p["custom_fields"] != before["patients"][i]["custom_fields"]
+    ]  # fmt: skip
+    assert edited, "custom fields edited (the patient's updated_at moves with them)"
 
 
 def test_a_minute_of_a_500_patient_clinic_usually_books_someone(make_clinic):

@@ -54,9 +54,11 @@ def api(shared_clinic):
             print(f"  {name:<24} " + "  ".join(f"{k}={v}" for k, v in sorted(counts.items())))
 
 
-def page_all(client: httpx.Client, path: str, params=()) -> tuple[list[dict], list[dict]]:
+def page_all(
+    client: httpx.Client, path: str, params=(), key: str | None = None
+) -> tuple[list[dict], list[dict]]:
     """Every row of a list, following links.next, and every page body."""
-    resource = path.split("/")[0]
+    resource = key or path.split("/")[0]
     rows, bodies = [], []
     response = client.get(path, params=[("per_page", 100), *params])
     while True:
@@ -184,6 +186,8 @@ def staging_fields(name: str) -> set[str]:
 
 @pytest.mark.parametrize("name", sorted(DOCUMENTED))
 def test_every_field_the_staging_sql_reads_is_documented_for_its_resource(name):
+    if not (ROOT / "sql/staging" / f"{name}.sql").exists():
+        pytest.skip(f"no sql/staging/{name}.sql yet (its raw table is synced; no model reads it)")
     read = staging_fields(name)
     assert read, f"found no payload field in sql/staging/{name}.sql"
     assert read <= set(DOCUMENTED[name]["fields"]), read - set(DOCUMENTED[name]["fields"])
@@ -207,3 +211,71 @@ def test_the_sync_asks_for_every_hidden_kind_with_a_query_the_api_accepts(resour
             if key == "q[]":
                 parse_filter(spec, value)
     assert {p.strip("/") for p in resource.paths} == set(paths_of(resource.name))
+
+
+def test_invoices_come_in_every_documented_status_with_its_description(api):
+    invoices, _ = page_all(api, "invoices")
+    statuses = {(i["status"], i["status_description"]) for i in invoices}
+    assert statuses == {(10, "Open"), (20, "Paid"), (30, "Closed"), (40, "Open (credit)")}
+    for i in invoices:
+        assert isinstance(i["number"], int) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", i["issue_date"])
+        for amount in ("total_amount", "net_amount", "tax_amount", "discounted_amount"):
+            assert isinstance(i[amount], str) and float(i[amount]) >= 0, (amount, i[amount])
+        assert bool(i["closed_at"]) == (i["status"] in (20, 30)), i
+    assert len({i["number"] for i in invoices}) == len(invoices), "invoice numbers are unique"
+    # Raised for a visit (appointment and practitioner links) or for a sale (neither).
+    assert any(i["appointment"] for i in invoices) and any(not i["appointment"] for i in invoices)
+    checked("invoices", "statuses", len(statuses))
+
+
+INVOICE_FILTERS = {
+    "status:=20": lambda i: i["status"] == 20,
+    "status:=10,40": lambda i: i["status"] in (10, 40),
+    "number:>=5": lambda i: i["number"] >= 5,
+    "issue_date:>=2025-01-01": lambda i: i["issue_date"] >= "2025-01-01",
+}
+
+
+@pytest.mark.parametrize("q", sorted(INVOICE_FILTERS))
+def test_invoices_filter_on_their_documented_plain_fields(api, q):
+    invoices, _ = page_all(api, "invoices")
+    kept, _ = page_all(api, "invoices", [("q[]", q)])
+    expected = {i["id"] for i in invoices if INVOICE_FILTERS[q](i)}
+    assert kept and {i["id"] for i in kept} == expected
+
+
+def test_a_patients_alerts_and_invoices_are_also_listed_under_the_patient(api):
+    alerts, _ = page_all(api, "medical_alerts", asking_everything("medical_alerts"))
+    patient = alerts[0]["patient"]["links"]["self"].rsplit("/", 1)[1]
+    for name in ("medical_alerts", "invoices"):
+        everything, _ = page_all(api, name, asking_everything(name))
+        own = {r["id"] for r in everything if r["patient"]["links"]["self"].endswith(f"/{patient}")}
+        nested, _ = page_all(api, f"patients/{patient}/{name}", asking_everything(name), key=name)
+        assert {r["id"] for r in nested} == own
+        assert own or name == "invoices", "the patient has the alert it was picked for"
+
+
+def test_patients_custom_fields_have_the_documented_shape(api):
+    patients, _ = page_all(api, "patients", asking_everything("patients"))
+    filled = [p["custom_fields"] for p in patients if p["custom_fields"]]
+    assert filled and len(filled) < len(patients), "some patients have custom fields, not all"
+    types = set()
+    for custom in filled:
+        for section in custom["sections"]:
+            assert set(section) == {"name", "token", "fields"}
+            for field in section["fields"]:
+                types.add(field["type"])
+                assert {"name", "type", "token"} <= set(field)
+                if field["type"] == "text":
+                    assert set(field) <= {"name", "type", "token", "value"}
+                else:
+                    assert all(set(o) <= {"name", "token", "selected"} for o in field["options"])
+                    selected = [o for o in field["options"] if o.get("selected")]
+                    if field["type"] == "radiobuttons":
+                        assert len(selected) <= 1
+    assert types == {"text", "radiobuttons", "checkboxes"}
+    several = [
+        f for c in filled for s in c["sections"] for f in s["fields"]
+        if f["type"] == "checkboxes" and sum(bool(o.get("selected")) for o in f["options"]) > 1
+    ]  # fmt: skip
+    assert several, "some patients tick several check boxes"
