@@ -198,7 +198,9 @@ def _exists(con: duckdb.DuckDBPyConnection, relation: str) -> bool:
     schema, table = relation.split(".")
     return bool(
         con.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?",
+            "SELECT count(*) FROM (SELECT schema_name, table_name FROM duckdb_tables() UNION ALL "
+            "SELECT schema_name, view_name FROM duckdb_views()) WHERE schema_name = ? "
+            "AND table_name = ?",
             [schema, table],
         ).fetchone()[0]
     )
