@@ -100,6 +100,7 @@ def _demo_sending(clinic) -> None:
     from tasks.providers.outbox import outbox_dir
     from tasks.warehouse import open_db
 
+    _front_desk_tags_a_patient(clinic)
     clinic.advance(timedelta(hours=1))
     later = clinic.now
     typer.secho("5. An hour later in the clinic: sync, models, plan, send what is due", bold=True)
@@ -120,6 +121,22 @@ def _demo_sending(clinic) -> None:
     for name, status, n in counts:
         typer.echo(f"   {name:<26} {status:<10} {n:>5}")
     typer.echo(f"   the outbox: {outbox_dir(config.clinic) / 'index.html'} (relay outbox lists it)")
+
+
+def _front_desk_tags_a_patient(clinic) -> None:
+    """The front desk adds the medical alert "Insurance patient" (what the demo's
+    welcome-insurance-alert trigger fires on) to one patient with an email who has none yet."""
+    from tasks.config import load_clinic
+    from tasks.warehouse import open_db
+
+    with open_db(load_clinic("demo").database_path, read_only=True) as con:
+        row = con.execute(
+            "SELECT patient_id FROM marts.patients WHERE NOT is_archived AND email_is_valid "
+            "AND patient_id NOT IN (SELECT patient_id FROM staging.medical_alerts "
+            "WHERE name_normalised = 'insurance patient') ORDER BY patient_id LIMIT 1"
+        ).fetchone()
+    if row is not None:
+        clinic.add_medical_alert(row[0], "Insurance patient")
 
 
 def sandbox_command(

@@ -212,6 +212,17 @@ class SandboxClinic:
             _Changes(self).cancel_place(attendee_id, math.floor(self._now))
             return self.tables["attendees"].record(attendee_id)
 
+    def add_medical_alert(self, patient_id: int, name: str) -> dict:
+        """Add a medical alert to a patient now, as the front desk does (``POST /medical_alerts``
+        with ``name`` and ``patient_id``). Returns the alert as stored."""
+        with self.lock:
+            t = math.floor(self._now)
+            alert = records.medical_alert(
+                id=self.extras.new_id(t), created=t, updated=t, patient_id=patient_id, name=name
+            )
+            self.tables["medical_alerts"].put(alert)
+            return alert
+
     def bulk_edit(self, resource: str, ids: list[int], changes: dict) -> str:
         """Apply ``changes`` to many rows in one second, as a bulk action in Cliniko does: every
         row gets the same ``updated_at`` (now). Returns that timestamp."""

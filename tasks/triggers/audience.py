@@ -7,7 +7,7 @@ message with one of them *waits* with it (tasks/messages/waiting.py): every tick
 send-time check judge it again, it goes if the reason clears before its moment + grace, and is
 skipped with the reason after. This module is the one list of a trigger's changeable reasons;
 a reason that cannot change (the trigger's own event no longer holds: the appointment was
-cancelled) is not here but in tasks/triggers/plan.py (``_why_gone``), and cancels at once.
+cancelled) is not here but in tasks/triggers/gone.py, and cancels at once.
 """
 
 from __future__ import annotations

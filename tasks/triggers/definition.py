@@ -27,7 +27,41 @@ did_not_arrive         the missed appointment ends         still marked did-not-
 first_appointment      the patient's 1st appointment:      as before/after_appointment; counts
 nth_appointment (n)    starts (before) or ends (after)     kept appointments the filters accept
 patient_created        the patient was created             patient not archived
+medical_alert_added    the patient's first current alert   the alert still on the patient
+                       named in filters.medical_alerts
+                       was created in Cliniko
+invoice_created        the invoice was created             invoice not deleted
+invoice_paid           the invoice was paid (closed_at of  still paid (status 20)
+                       a status-20 invoice)
 =====================  ==================================  =====================================
+
+Medical alerts and invoices (tasks/triggers/patient_records.py), seed 000's most common tag and
+Peptalkr's three events:
+
+    - name: insurance-welcome
+      event: medical_alert_added      # any of these alerts newly on a patient
+      filters: {medical_alerts: [Insurance patient]}
+      timing: 5 minutes after
+      ...
+    - name: thank-you
+      event: invoice_paid             # or invoice_created
+      exclude: {custom_fields: [{section: Insurance coverage, field: Provider,
+                                 values: [Super Insurance]}]}
+
+Like patient_created, each messages a patient once per trigger: ``medical_alert_added`` once per
+patient (an alert removed and added again, which in Cliniko is a new alert, sends nothing more;
+nor does a second alert the trigger names), the invoice events once per invoice (an invoice paid,
+reopened or credited and paid again is thanked once). Only an alert or invoice whose moment is at
+or after go-live messages: switching one on never reaches back, whatever its timing. An alert
+removed (or an invoice deleted, or no longer paid) before its message goes cancels it.
+
+Patient filters, on any event: ``medical_alerts: [names]`` (has any of them now) and
+``exclude: {medical_alerts: [names]}`` (has none of them now); ``custom_fields: [conditions]``
+(every condition holds) and ``exclude: {custom_fields: [...]}`` (none holds), each condition a
+field of the patient's Cliniko custom fields, ``{section: ..., field: ..., values: [...]}``
+(section optional), holding when a value of that field is one of ``values`` (a selected option
+or the text typed; staging.patient_custom_fields). They are read as they are at planning and
+again when the message is due.
 
 Filters are OR within a kind and AND across kinds. Names are matched without regard to case or
 surrounding spaces; a number is a Cliniko id. A live trigger stays on the ids its names matched
@@ -56,8 +90,14 @@ Event = Literal[
     "first_appointment",
     "nth_appointment",
     "patient_created",
+    "medical_alert_added",
+    "invoice_created",
+    "invoice_paid",
 ]
-APPOINTMENT_EVENTS = frozenset(get_args(Event)) - {"patient_created"}
+# Events about a patient's medical alerts and invoices (tasks/triggers/patient_records.py).
+RECORD_EVENTS = frozenset({"medical_alert_added", "invoice_created", "invoice_paid"})
+PATIENT_EVENTS = RECORD_EVENTS | {"patient_created"}  # no appointment to filter on
+APPOINTMENT_EVENTS = frozenset(get_args(Event)) - PATIENT_EVENTS
 # Events whose timing may point either way from the appointment (before it starts, after it ends).
 EITHER_WAY_EVENTS = frozenset({"first_appointment", "nth_appointment"})
 
@@ -109,6 +149,19 @@ class AppointmentCount(Range):
     types: tuple[Ref, ...] = ()
 
 
+class CustomField(_Strict):
+    """One condition on the patient's Cliniko custom fields: a value of ``field`` (in
+    ``section``, if given) is one of ``values`` (OR within). Compared trimmed, case ignored."""
+
+    section: str | None = None
+    field: str = Field(min_length=1)
+    values: tuple[str, ...] = Field(min_length=1)
+
+    def describe(self) -> str:
+        where = f"{self.section.strip()} / " if self.section else ""
+        return f"'{where}{self.field.strip()}' in {[v.strip() for v in self.values]}"
+
+
 class Filters(_Strict):
     appointment_types: tuple[Ref, ...] = ()
     categories: tuple[str, ...] = ()
@@ -120,12 +173,22 @@ class Filters(_Strict):
     no_future_appointment: bool = False
     # cancelled / did_not_arrive only: no appointment booked after the cancellation (or miss).
     not_rebooked_since_cancelling: bool = False
+    # The patient carries any of these medical alerts now (names; medical_alert_added: the
+    # alerts it fires on).
+    medical_alerts: tuple[str, ...] = ()
+    custom_fields: tuple[CustomField, ...] = ()  # every condition holds (AND across)
+
+
+# Filter and exclusion kinds that pick appointments (the rest are about the patient).
+APPOINTMENT_KINDS = ("appointment_types", "categories", "businesses", "practitioners")
 
 
 class Exclusions(_Strict):
     appointment_types: tuple[Ref, ...] = ()
     categories: tuple[str, ...] = ()
     businesses: tuple[Ref, ...] = ()
+    medical_alerts: tuple[str, ...] = ()  # the patient carries none of these now
+    custom_fields: tuple[CustomField, ...] = ()  # no condition holds
 
 
 class Trigger(_Strict):
@@ -185,7 +248,7 @@ class Trigger(_Strict):
         event, direction = self.event, self.direction
         if event == "before_appointment" and direction != "before":
             raise _field_error("timing", "before_appointment needs a timing 'N ... before'")
-        if event not in APPOINTMENT_EVENTS | {"patient_created"}:  # pragma: no cover (Literal)
+        if event not in APPOINTMENT_EVENTS | PATIENT_EVENTS:  # pragma: no cover (Literal)
             raise _field_error("event", f"unknown event {event}")
         if event not in EITHER_WAY_EVENTS | {"before_appointment"} and direction == "before":
             raise _field_error(
@@ -199,14 +262,20 @@ class Trigger(_Strict):
             event == "after_appointment" or (event in EITHER_WAY_EVENTS and direction != "before")
         ):
             raise _field_error("require_arrived", "applies only to 'after' appointment triggers")
-        if event == "patient_created":
-            for field in ("appointment_types", "categories", "businesses", "practitioners"):
+        if event in PATIENT_EVENTS:
+            for field in APPOINTMENT_KINDS:
                 if getattr(self.filters, field):
                     raise _field_error(
-                        f"filters.{field}", "patient_created has no appointment to filter on"
+                        f"filters.{field}", f"{event} has no appointment to filter on"
                     )
-            if any(getattr(self.exclude, f) for f in Exclusions.model_fields):
-                raise _field_error("exclude", "patient_created has no appointment to exclude")
+            if any(getattr(self.exclude, f, ()) for f in APPOINTMENT_KINDS):
+                raise _field_error("exclude", f"{event} has no appointment to exclude")
+        if event == "medical_alert_added" and not self.filters.medical_alerts:
+            raise _field_error(
+                "filters.medical_alerts",
+                "medical_alert_added needs the alerts it fires on, e.g. "
+                "filters: {medical_alerts: [Insurance patient]}",
+            )
         if self.filters.not_rebooked_since_cancelling and event not in (
             "cancelled",
             "did_not_arrive",
@@ -237,6 +306,11 @@ class Trigger(_Strict):
     @property
     def is_appointment_event(self) -> bool:
         return self.event in APPOINTMENT_EVENTS
+
+    @property
+    def is_record_event(self) -> bool:
+        """Fires on a medical alert or an invoice (tasks/triggers/patient_records.py)."""
+        return self.event in RECORD_EVENTS
 
     @property
     def position(self) -> int | None:

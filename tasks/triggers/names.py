@@ -41,6 +41,7 @@ from typing import Any
 
 import duckdb
 
+from tasks.triggers import patient_records
 from tasks.triggers.definition import Trigger, reference_lists
 
 # Filter kind -> (id column, name column) of marts.appointments. The only columns filters touch.
@@ -347,6 +348,7 @@ def drift(
     that no longer name their ids in Cliniko, or name others now; tag categories likewise."""
     warnings = []
     recorded = _recorded(con)
+    triggers = list(triggers)
     for trigger in triggers:
         names = [
             n for n in names_of(trigger) if (n.reference, n.name) in recorded.get(trigger.name, {})
@@ -374,7 +376,8 @@ def drift(
                 )  # fmt: skip
             warnings.append(f"trigger '{trigger.name}': {n.describe()} " + "; ".join(parts))
     warnings += _tag_drift(con, tag_categories)
-    return warnings
+    # medical-alert names and custom fields are matched as written: only a warning (patient_records)
+    return warnings + patient_records.warnings(con, triggers)
 
 
 def _tag_drift(con: duckdb.DuckDBPyConnection, tag_categories: Iterable[str]) -> list[str]:

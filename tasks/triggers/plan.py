@@ -47,7 +47,7 @@ from tasks.config import ClinicConfig
 from tasks.messages import ledger, waiting
 from tasks.messages.ledger import LedgerRow, PlannedMessage
 from tasks.models.runner import require_good_build
-from tasks.triggers import names
+from tasks.triggers import gone, names
 from tasks.triggers.definition import Trigger
 from tasks.triggers.query import (
     APPOINTMENT_REFERENCES,
@@ -317,7 +317,7 @@ def decide(
         params["now"] = now
         candidates = {c["send_key"]: c for c in records(con, sql, params)}
     missing = [r for r in planned if r.send_key not in candidates]
-    why_gone = _why_gone(con, trigger, missing, now) if missing else {}
+    why_gone = gone.why_gone(con, trigger, missing) if missing else {}
 
     decisions: dict[int, tuple[LedgerRow, Decision]] = {}
     for row in planned:
@@ -360,60 +360,6 @@ def late_move(
 
 def _moved_too_late(trigger: Trigger) -> str:
     return f"appointment moved to less than {trigger.timing} it (last_minute: skip)"
-
-
-def _why_gone(
-    con: duckdb.DuckDBPyConnection, trigger: Trigger, rows: list[LedgerRow], now: datetime
-) -> dict[int, str]:
-    """In words, why a planned message's occasion no longer matches its trigger."""
-    if not trigger.is_appointment_event:  # archived is an audience problem: it waits
-        found = {
-            r[0]
-            for r in con.execute(
-                "SELECT patient_id FROM marts.patients WHERE patient_id IN "
-                "(SELECT unnest(?::BIGINT[]))",
-                [[r.patient_id for r in rows]],
-            ).fetchall()
-        }
-        return {
-            r.message_id: "patient deleted in Cliniko"
-            if r.patient_id not in found
-            else "no longer matches the trigger's filters (patient changed)"
-            for r in rows
-        }
-    kinds = ["group" if ":attendance:" in r.send_key else "individual" for r in rows]
-    status = {
-        (kind, appointment_id): (state, patient_id)
-        for kind, appointment_id, state, patient_id in con.execute(
-            "SELECT appointment_kind, appointment_id, status, patient_id FROM marts.appointments "
-            "WHERE appointment_id IN (SELECT unnest(?::BIGINT[]))",
-            [[r.appointment_id for r in rows]],
-        ).fetchall()
-    }
-    reasons = {}
-    for row, kind in zip(rows, kinds, strict=True):
-        state, patient_id = status.get((kind, row.appointment_id), (None, None))
-        if state is None:
-            reason = "appointment no longer in Cliniko"
-        elif patient_id != row.patient_id:
-            reason = "appointment now belongs to another patient record (merged)"
-        elif trigger.event == "cancelled" and state != "cancelled":
-            reason = "appointment no longer cancelled"
-        elif trigger.event == "did_not_arrive" and state != "did_not_arrive":
-            reason = "appointment no longer marked did-not-arrive"
-        elif state in ("cancelled", "deleted", "archived", "did_not_arrive"):
-            reason = {
-                "cancelled": "appointment cancelled",
-                "deleted": "appointment deleted in Cliniko",
-                "archived": "appointment archived in Cliniko",
-                "did_not_arrive": "patient did not arrive",
-            }[state]
-        elif trigger.require_arrived and state != "arrived":
-            reason = "appointment not marked as arrived"
-        else:
-            reason = "no longer matches the trigger's filters (appointment or patient changed)"
-        reasons[row.message_id] = reason
-    return reasons
 
 
 def _recheck(

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import duckdb
 
+from tasks.triggers import patient_records
 from tasks.triggers.audience import PATIENT_ADDRESS, audience_problem, list_join
 from tasks.triggers.definition import Trigger
 from tasks.triggers.names import (  # noqa: F401 (APPOINTMENT_REFERENCES: plan.py, preview.py)
@@ -99,6 +100,8 @@ SELECT
     'trigger:' || $trigger || ':' || w.patient_id || ':' || CASE w.appointment_kind
         WHEN 'group' THEN 'attendance:' || w.appointment_id
         WHEN 'individual' THEN 'appointment:' || w.appointment_id
+        WHEN 'invoice' THEN 'invoice:' || w.occasion_id
+        WHEN 'medical_alert' THEN 'medical_alert'
         ELSE 'patient' END AS send_key,
     w.patient_id, w.appointment_id, w.appointment_kind, w.in_window,
     make_timestamp(w.due_us)::TIMESTAMPTZ AS due_at,
@@ -118,7 +121,8 @@ WHERE {conditions}
 """
 
 APPOINTMENT_OCCASIONS = """\
-    SELECT a.appointment_kind, a.appointment_id, a.patient_id, a.appointment_type_name,
+    SELECT a.appointment_kind, a.appointment_id, a.patient_id, NULL::BIGINT AS occasion_id,
+           a.appointment_type_name,
            a.business_name, a.business_time_zone, a.practitioner_name, a.starts_at,
            a.created_at, a.cancelled_at, a.status,
            epoch_us({moment}) AS moment_us,
@@ -132,7 +136,7 @@ APPOINTMENT_OCCASIONS = """\
 
 PATIENT_OCCASIONS = """\
     SELECT NULL::VARCHAR AS appointment_kind, NULL::BIGINT AS appointment_id, a.patient_id,
-           NULL::VARCHAR AS appointment_type_name, NULL::VARCHAR AS business_name,
+           NULL::BIGINT AS occasion_id, NULL::VARCHAR AS appointment_type_name, NULL::VARCHAR AS business_name,
            NULL::VARCHAR AS business_time_zone, NULL::VARCHAR AS practitioner_name,
            NULL::TIMESTAMPTZ AS starts_at, a.created_at, NULL::TIMESTAMPTZ AS cancelled_at,
            NULL::VARCHAR AS status,
@@ -208,13 +212,20 @@ def candidate_query(
     if scope != "planned":
         params.update(went_live=None, until=None)
     occasion = "appointment_id" if trigger.is_appointment_event else "patient_id"
+    planned_occasion = occasion
+    if trigger.is_record_event:  # an invoice: its id is in the send key
+        occasion = patient_records.occasion_column(trigger)
+        planned_occasion = patient_records.PLANNED_OCCASION[
+            patient_records.SOURCES[trigger.event][0]
+        ]
     in_planned = f"{occasion} IN (SELECT {occasion} FROM planned)"
     due, timing_filter, expires = _timing(trigger, scope, in_planned)
     conditions, extra_ctes, joins = _position_and_count(trigger, params)
     conditions += _within("p.age", "age", trigger.filters.age, params)
+    conditions += patient_records.patient_filters(trigger, "w", params)
     address = PATIENT_ADDRESS[trigger.channel]
     sql = QUERY.format(
-        occasion=occasion,
+        occasion=planned_occasion,
         occasions=_occasions(trigger, scope, appointments, params, f"a.{in_planned}"),
         due=due, timing_filter=timing_filter, expires=expires,
         in_window_column={"planned": "false"}.get(scope, IN_WINDOW),
@@ -238,6 +249,8 @@ def candidate_query(
 def _occasions(
     trigger: Trigger, scope: Scope, appointments: str, params: dict[str, Any], in_planned: str
 ) -> str:
+    if trigger.is_record_event:
+        return patient_records.occasions(trigger, scope, params, in_planned)
     if not trigger.is_appointment_event:
         created = "a.created_at BETWEEN $hint_lo AND $hint_hi"
         reach = {"window": created, "planned": in_planned, "tick": f"({created} OR {in_planned})"}

@@ -36,9 +36,16 @@ def load_error(folder: Path, triggers: list[dict]) -> str:
     return str(err.value)
 
 
-def test_the_demo_clinic_has_the_three_example_triggers():
+def test_the_demo_clinic_has_the_example_triggers():
     triggers = {t.name: t for t in load_clinic("demo").triggers}
-    assert set(triggers) == {"welcome-insurance", "sms-reminder-24h", "recall-initial-consult"}
+    assert set(triggers) == {"welcome-insurance", "sms-reminder-24h", "recall-initial-consult",
+                             "welcome-insurance-alert", "invoice-thanks"}  # fmt: skip
+    alert = triggers["welcome-insurance-alert"]
+    assert (alert.event, alert.filters.medical_alerts, alert.purpose) == (
+        "medical_alert_added", ("Insurance patient",), "transactional")  # fmt: skip
+    thanks = triggers["invoice-thanks"]
+    assert (thanks.event, thanks.channel, thanks.purpose) == (
+        "invoice_paid", "email", "transactional")  # fmt: skip
     welcome = triggers["welcome-insurance"]
     assert (welcome.event, welcome.offset) == ("appointment_booked", timedelta(minutes=5))
     assert welcome.filters.appointment_types == ("Admin - Insurance Patient",)

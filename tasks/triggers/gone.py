@@ -1,0 +1,71 @@
+"""Why a planned trigger message's occasion is gone: the reasons that cancel it at once.
+
+The re-check (tasks/triggers/plan.py) finds planned messages its trigger's query no longer
+returns; these are reasons that cannot change back by themselves (the appointment was cancelled,
+the invoice deleted, the medical alert removed), unlike the audience's (tasks/triggers/audience.py),
+which make a message wait.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from tasks.messages.ledger import LedgerRow
+from tasks.triggers import patient_records
+from tasks.triggers.definition import Trigger
+
+
+def why_gone(
+    con: duckdb.DuckDBPyConnection, trigger: Trigger, rows: list[LedgerRow]
+) -> dict[int, str]:
+    """In words, why a planned message's occasion no longer matches its trigger."""
+    if trigger.is_record_event:  # an alert removed, an invoice deleted or no longer paid
+        return patient_records.why_gone(con, trigger, rows)
+    if not trigger.is_appointment_event:  # archived is an audience problem: it waits
+        found = {
+            r[0]
+            for r in con.execute(
+                "SELECT patient_id FROM marts.patients WHERE patient_id IN "
+                "(SELECT unnest(?::BIGINT[]))",
+                [[r.patient_id for r in rows]],
+            ).fetchall()
+        }
+        return {
+            r.message_id: "patient deleted in Cliniko"
+            if r.patient_id not in found
+            else "no longer matches the trigger's filters (patient changed)"
+            for r in rows
+        }
+    kinds = ["group" if ":attendance:" in r.send_key else "individual" for r in rows]
+    status = {
+        (kind, appointment_id): (state, patient_id)
+        for kind, appointment_id, state, patient_id in con.execute(
+            "SELECT appointment_kind, appointment_id, status, patient_id FROM marts.appointments "
+            "WHERE appointment_id IN (SELECT unnest(?::BIGINT[]))",
+            [[r.appointment_id for r in rows]],
+        ).fetchall()
+    }
+    reasons = {}
+    for row, kind in zip(rows, kinds, strict=True):
+        state, patient_id = status.get((kind, row.appointment_id), (None, None))
+        if state is None:
+            reason = "appointment no longer in Cliniko"
+        elif patient_id != row.patient_id:
+            reason = "appointment now belongs to another patient record (merged)"
+        elif trigger.event == "cancelled" and state != "cancelled":
+            reason = "appointment no longer cancelled"
+        elif trigger.event == "did_not_arrive" and state != "did_not_arrive":
+            reason = "appointment no longer marked did-not-arrive"
+        elif state in ("cancelled", "deleted", "archived", "did_not_arrive"):
+            reason = {
+                "cancelled": "appointment cancelled",
+                "deleted": "appointment deleted in Cliniko",
+                "archived": "appointment archived in Cliniko",
+                "did_not_arrive": "patient did not arrive",
+            }[state]
+        elif trigger.require_arrived and state != "arrived":
+            reason = "appointment not marked as arrived"
+        else:
+            reason = "no longer matches the trigger's filters (appointment or patient changed)"
+        reasons[row.message_id] = reason
+    return reasons
