@@ -43,7 +43,7 @@ def pytest_collection_modifyitems(config, items):
     suffix into the old ``_nodeid`` field, so ``xdist_group`` alone groups nothing
     (pytest-dev/pytest-xdist#1386; fix pending in #1388). Until a release carries it, the suffix
     goes into the structured id here, which is what that fix does."""
-    loadgroup = config.getvalue("loadgroup")
+    loadgroup = getattr(config.option, "loadgroup", False)  # set in xdist workers only
     for item in items:
         area = os.path.relpath(item.path, TESTS_ROOT).split(os.sep)[0]
         if area in SHARED_SESSION_AREAS:

@@ -196,14 +196,13 @@ def why_gone(con: duckdb.DuckDBPyConnection, trigger: Trigger, rows: list) -> di
 
 def _exists(con: duckdb.DuckDBPyConnection, relation: str) -> bool:
     schema, table = relation.split(".")
-    return bool(
-        con.execute(
-            "SELECT count(*) FROM (SELECT schema_name, table_name FROM duckdb_tables() UNION ALL "
-            "SELECT schema_name, view_name FROM duckdb_views()) WHERE schema_name = ? "
-            "AND table_name = ?",
-            [schema, table],
-        ).fetchone()[0]
-    )
+    row = con.execute(
+        "SELECT count(*) FROM (SELECT schema_name, table_name FROM duckdb_tables() UNION ALL "
+        "SELECT schema_name, view_name FROM duckdb_views()) WHERE schema_name = ? "
+        "AND table_name = ?",
+        [schema, table],
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def warnings(con: duckdb.DuckDBPyConnection, triggers: Iterable[Trigger]) -> list[str]:
