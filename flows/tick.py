@@ -12,7 +12,9 @@ has not got (tasks/triggers/names.py): that and names renamed in Cliniko since a
 are warnings in the summary and a relay.clinic.warning event, which an alert matches. The clinic's database stays with this run from the
 first step to the summary (tasks.warehouse.hold), so no other run of the clinic slips in between
 steps; the deployment's concurrency limit of 1 keeps a second tick queued rather than blocked
-on the lock.
+on the lock. Before any step, the clinic's home is checked (tasks/home.py): a tick on a machine
+that is not the clinic's home, or against a database that is not its current copy, does nothing
+and fails saying why (relay.clinic.misrouted).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from flows.models import build_models
 from flows.plan import plan_messages
 from flows.settle import settle
 from flows.sync import cliniko_sync
-from tasks import tick
+from tasks import home, tick
 from tasks.config import ClinicConfig, load_clinic
 from tasks.tick import COMPLETED, FAILED, HELD, Step, Summary
 from tasks.warehouse import hold, open_db
@@ -148,6 +150,23 @@ def check_breaker(
 
 
 @task(cache_policy=NONE)
+def check_home(config: ClinicConfig) -> None:
+    """First in every tick: is this machine the clinic's home, and this database its current
+    copy (tasks/home.py)? If not, nothing is planned or sent: the run fails saying why and what
+    to do, and a relay.clinic.misrouted event (clinic and reason, no personal data) alerts."""
+    with open_db(config.database_path) as con:
+        try:
+            home.guard(con, config.clinic)
+        except home.HomeRefused as refused:
+            emit_event(
+                event="relay.clinic.misrouted",
+                resource={"prefect.resource.id": f"relay.clinic.{config.clinic}"},
+                payload={"clinic": config.clinic, "reason": str(refused)[:4000]},
+            )
+            raise
+
+
+@task(cache_policy=NONE)
 def publish_summary(config: ClinicConfig, summary: Summary) -> dict:
     with open_db(config.database_path) as con:
         tick.collect(con, summary)
@@ -211,6 +230,7 @@ def clinic_tick(clinic: str = "demo", reconcile: bool = False, max_lateness_minu
     # the process is alive, and each subflow's heartbeat thread costs up to a second to stop
     # (Prefect joins it in 1 s sleeps), which was a third of an idle tick.
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), hold(config.database_path):
+        check_home(config)  # not the clinic's home, or not its database: nothing else runs
         sync, synced = run_step(summary, "sync", clinic=clinic, reconcile=reconcile)
         summary.rows_synced = tick.rows_synced(synced)
         models, _ = run_step(summary, "models", clinic=clinic, needs=(sync,))

@@ -1,12 +1,14 @@
 """``relay alerts create``: Prefect automations that tell a person when the pipeline needs them.
 
-Four automations, all notifying through one CustomWebhookNotificationBlock (a Slack or Teams
+Five automations, all notifying through one CustomWebhookNotificationBlock (a Slack or Teams
 incoming webhook, a Postmark or ntfy endpoint, anything that takes a JSON POST):
 
 - a flow run failed or crashed (any clinic, any step: its message names the step and why);
 - the circuit breaker held planning and sending (the ``relay.sync.stale`` event of flows/tick.py);
 - a tick warned about clinic.yaml's names (``relay.clinic.warning``: a trigger held because a
   name matches nothing in Cliniko, or a name renamed in Cliniko since it was recorded);
+- a tick refused to run off the clinic's home (``relay.clinic.misrouted``: tasks/home.py; a
+  machine that is not the home, a clinic being moved, a database that is not its current copy);
 - no tick completed for a while: ticks are not running at all (worker or server down, schedule
   paused), which no run can report by itself.
 
@@ -65,6 +67,15 @@ def automations(block_id, quiet_minutes: int) -> list[Automation]:
             event="relay.clinic.warning",
             subject="clinic-relay: check clinic.yaml of {{ event.payload.clinic }}",
             body="{{ event.payload.clinic }}: {{ event.payload.warnings }}",
+        ),
+        _on_clinic_event(
+            notify,
+            name="tick refused: not the clinic's home",
+            description="A tick planned and sent nothing: it ran on a machine that is not the "
+            "clinic's home, or against a database that is not the clinic's current copy.",
+            event="relay.clinic.misrouted",
+            subject="clinic-relay: {{ event.payload.clinic }} ran off its home",
+            body="{{ event.payload.reason }}",
         ),
         Automation(
             name=PREFIX + "no tick completed",

@@ -166,6 +166,9 @@ def serve_demo(
 
         for stale in (config.database_path, config.database_path.with_suffix(".duckdb.wal")):
             stale.unlink(missing_ok=True)
+        from tasks.home import forget_home
+
+        forget_home("demo")  # a new database on purpose: the old one's home would refuse it
         clinic = SandboxClinic.generate(
             seed=seed, patients=patients, start=datetime.now(UTC).replace(second=0, microsecond=0)
         )

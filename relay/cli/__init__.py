@@ -4,7 +4,8 @@ The commands live by group, one module each: ``pipeline`` (clinics, sync, models
 tick's steps by hand), ``demo`` (the sandbox and the demo), ``preview`` (see before switching on:
 preview, render), ``messages`` (outbox, campaigns, the ledger's unknown messages, unsubscribes,
 the report), ``analyst`` (read-only SQL, finding a patient's id), ``server`` (the Prefect server
-and its alerts) and ``connect`` (a real clinic's accounts, checked and saved). A module imports
+and its alerts), ``connect`` (a real clinic's accounts, checked and saved) and ``clinic``
+(where a clinic's state lives: its home machine, and moving it). A module imports
 ``tasks``, ``flows`` and ``sandbox`` inside each command so ``relay --help`` is instant; none
 imports this one.
 Errors meant for a person (bad config, bad key, busy database) are printed without a traceback.
@@ -17,7 +18,7 @@ import sys
 import typer
 
 import relay  # noqa: F401  (applies the offline Prefect defaults first)
-from relay.cli import analyst, connect, demo, messages, pipeline, preview, server
+from relay.cli import analyst, clinic, connect, demo, messages, pipeline, preview, server
 
 app = typer.Typer(
     name="relay",
@@ -53,6 +54,7 @@ app.add_typer(messages.ledger_app, name="ledger")
 app.add_typer(preview.preview_app, name="preview")
 app.add_typer(pipeline.models_app, name="models")
 app.add_typer(analyst.patients_app, name="patients")
+app.add_typer(clinic.clinic_app, name="clinic")
 
 
 def main() -> None:

@@ -117,9 +117,14 @@ def enrol(
         f"""
         INSERT INTO state.journey_enrolments
             (journey, patient_id, occasion, entered_at, enrolled_at, status, next_step, next_at,
-             updated_at)
+             updated_at, entry_key)
         SELECT $journey, c.patient_id, c.occasion, c.entered_at, $now, 'active', 0,
-               c.entered_at, $now
+               c.entered_at, $now,
+               -- its name in send keys: what it is, not this database's enrolment counter
+               CASE WHEN c.occasion LIKE 'date:%' THEN 'y' || substr(c.occasion, 6)
+                    ELSE 'n' || (1 + (SELECT count(*) FROM state.journey_enrolments p
+                                      WHERE p.journey = $journey
+                                        AND p.patient_id = c.patient_id)) END
         FROM (SELECT unnest($patients::BIGINT[]) AS patient_id,
                      unnest($occasions::VARCHAR[]) AS occasion,
                      unnest($entered::TIMESTAMPTZ[]) AS entered_at) AS c

@@ -31,8 +31,9 @@ _SUBSCRIBED = "\n    UNION ALL\n    ".join(
     for channel, marketing_list in MARKETING_LISTS.items()
 )
 
-# A journey step's key ends ``:e<enrolment>:s<step>`` (tasks/marketing/steps.py, send_key).
-_PLANNED = rf"""
+# A journey step's message is found from the step that queued it (state.journey_steps), not
+# read out of its send key (which names the entry, not the enrolment: tasks/marketing/steps.py).
+_PLANNED = f"""
 WITH subscribed AS (
     {_SUBSCRIBED}
 )
@@ -41,8 +42,8 @@ SELECT m.message_id, m.channel, e.status, e.exit_reason,
        sub.address,
        p.first_name, p.preferred_first_name, p.last_name
 FROM state.messages m
-LEFT JOIN state.journey_enrolments e
-    ON e.enrolment_id = TRY_CAST(regexp_extract(m.send_key, ':e(\d+):s\d+$', 1) AS BIGINT)
+LEFT JOIN state.journey_steps s ON s.message_id = m.message_id
+LEFT JOIN state.journey_enrolments e ON e.enrolment_id = s.enrolment_id
 LEFT JOIN (SELECT DISTINCT patient_id FROM state.audience_members WHERE audience = $audience) seg
     ON seg.patient_id = m.patient_id
 LEFT JOIN subscribed sub ON sub.channel = m.channel AND sub.patient_id = m.patient_id

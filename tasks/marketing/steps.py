@@ -2,7 +2,10 @@
 
 Every enrolment whose next step is due advances step by step until it waits, fails a condition or
 completes. A send step puts a marketing message into the ledger with the key
-``journey:<name>:<patient>:e<enrolment>:s<step>``; the step's record (``state.journey_steps``) and
+``journey:<name>:<patient>:<entry>:s<step>``, where the entry is named by what it is (the
+patient's k-th entry into the journey ``n<k>``, a date entry's year ``y<year>``; enrolments made
+before that keep ``e<enrolment id>``: tasks/schema/70_journeys.sql), never by a counter of the
+database, so the clinic's messages keep their keys on any copy of it; the step's record (``state.journey_steps``) and
 the enrolment's progress commit with it, in the journey's transaction (tasks/marketing/journeys.py),
 so a crash or a rerun never repeats a step or skips one.
 
@@ -28,8 +31,9 @@ from tasks.messages.channels import MARKETING_LISTS
 from tasks.messages.ledger import PlannedMessage, make_send_key
 
 
-def send_key(journey: str, patient_id: int, enrolment_id: int, step: int) -> str:
-    return make_send_key("journey", journey, patient_id, f"e{enrolment_id}:s{step}")
+def send_key(journey: str, patient_id: int, entry_key: str, step: int) -> str:
+    """``entry_key``: the enrolment's ``state.journey_enrolments.entry_key``."""
+    return make_send_key("journey", journey, patient_id, f"{entry_key}:s{step}")
 
 
 def _members(con: duckdb.DuckDBPyConnection, audience: str, patients: Iterable[int]) -> set[int]:
@@ -101,12 +105,13 @@ def _send(
     step: SendStep,
     due: list[tuple[int, int]],
     now: datetime,
+    entry_keys: dict[int, str],
 ) -> Counter:
     counts: Counter = Counter()
     on_list = _members(con, MARKETING_LISTS[step.send].audience, [p for _, p in due])
     messages = [
         PlannedMessage(
-            send_key=send_key(journey.name, patient_id, enrolment_id, index),
+            send_key=send_key(journey.name, patient_id, entry_keys[enrolment_id], index),
             source_kind="journey",
             source_name=journey.name,
             patient_id=patient_id,
@@ -130,7 +135,7 @@ def _send(
     records = []
     for enrolment_id, patient_id in due:
         if patient_id in on_list:
-            key = send_key(journey.name, patient_id, enrolment_id, index)
+            key = send_key(journey.name, patient_id, entry_keys[enrolment_id], index)
             records.append((enrolment_id, "queued", None, ids[key]))
         else:
             records.append((enrolment_id, "skipped", f"not on the {step.send} list", None))
@@ -188,7 +193,8 @@ def advance(
         # due, and not waiting for a message it queued to go (steps arrive in order)
         due_rows = con.execute(
             """
-            SELECT e.next_step, e.enrolment_id, e.patient_id FROM state.journey_enrolments e
+            SELECT e.next_step, e.enrolment_id, e.patient_id, e.entry_key
+            FROM state.journey_enrolments e
             WHERE e.journey = $journey AND e.status = 'active' AND e.next_at <= $now
               AND NOT EXISTS (
                   SELECT 1 FROM state.journey_steps s
@@ -202,8 +208,10 @@ def advance(
         if not due_rows:
             break
         by_step: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        for index, enrolment_id, patient_id in due_rows:
+        entry_keys = {}
+        for index, enrolment_id, patient_id, entry_key in due_rows:
             by_step[index].append((enrolment_id, patient_id))
+            entry_keys[enrolment_id] = entry_key
         for index, due in sorted(by_step.items()):
             ids = [e for e, _ in due]
             if index >= last:  # steps were removed from clinic.yaml under this enrolment
@@ -212,7 +220,7 @@ def advance(
                 continue
             step = journey.steps[index]
             if isinstance(step, SendStep):
-                counts += _send(con, journey, index, step, due, now)
+                counts += _send(con, journey, index, step, due, now, entry_keys)
                 _move(con, ids, now, next_step=index + 1)
             elif isinstance(step, WaitStep):
                 _record_steps(con, index, "wait", [(e, "waited", None, None) for e in ids], now)

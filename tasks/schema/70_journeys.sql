@@ -68,3 +68,12 @@ CREATE TABLE IF NOT EXISTS state.campaigns (
 -- audience rule are recorded with the segment, channel and template (tasks/marketing/campaigns.py).
 ALTER TABLE state.campaigns ADD COLUMN IF NOT EXISTS per_minute INTEGER;
 ALTER TABLE state.campaigns ADD COLUMN IF NOT EXISTS audience_rule VARCHAR;
+
+-- The enrolment's name in its send keys (journey:<name>:<patient>:<entry_key>:s<step>), from
+-- what it is, never from a counter of this file: 'n<k>' for the patient's k-th entry into the
+-- journey, 'y<year>' for a date entry's anniversary. The same clinic planned on another
+-- database (a restored backup, a second machine) names the same message the same way.
+-- Enrolments made before this column keep the key they were made with ('e<enrolment_id>'), so
+-- a message already queued or sent under it is recognised as the same message after the upgrade.
+ALTER TABLE state.journey_enrolments ADD COLUMN IF NOT EXISTS entry_key VARCHAR;
+UPDATE state.journey_enrolments SET entry_key = 'e' || enrolment_id WHERE entry_key IS NULL;

@@ -1,0 +1,297 @@
+"""``relay clinic``: where a clinic's state lives (its home, tasks/home.py) and moving it.
+
+    relay clinic home CLINIC                  # the home the server records, and this database's identity
+    relay clinic claim CLINIC [--fresh]       # make this machine the home (first time, or start over)
+    relay clinic move CLINIC --to MACHINE     # on the old home: pause, wait, back up, re-queue
+    relay clinic restore CLINIC               # on the new home: restore, generation + 1, resume
+
+A move is a small state machine kept in the home record on the Prefect server, so each step is
+idempotent and a crash anywhere resumes by running the same command again:
+
+1. ``move`` records ``moving_to`` (from then on every tick of the clinic, anywhere, refuses) and
+   which deployments it pauses, pauses them, and waits for a running tick to end (or gives the
+   clinic back to its home, resumed, and says so);
+2. it backs the database up under its lock, CHECKPOINTed, through a temporary name, to
+   ``<backup dir>/<clinic>/<clinic>-generation-<n>.duckdb`` and records the file and its sha256;
+3. it puts the clinic's deployments on the new machine's work queue (``machine-<name>``);
+4. ``restore`` on the new machine checks the copy, puts it in place as generation n + 1 (a
+   database already restored as n + 1 is kept; a different file there is set aside, never
+   deleted), records the new home, then resumes the deployments it paused.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+
+clinic_app = typer.Typer(help="A clinic's home machine: show it, claim it, move it.")
+
+RUNNING = ["RUNNING", "PENDING", "CANCELLING"]
+
+
+def _need_server() -> None:
+    from tasks.home import shared_server
+
+    if not shared_server():
+        raise typer.BadParameter(
+            "set PREFECT_API_URL to the Prefect server every machine uses: a clinic's home "
+            "is recorded there"
+        )
+
+
+def clinic_deployments(client, clinic: str) -> list:
+    """The clinic's deployments: those whose parameters name it."""
+    return [d for d in client.read_deployments() if (d.parameters or {}).get("clinic") == clinic]
+
+
+def _running(client, deployments: list) -> list:
+    from prefect.client.schemas import filters
+
+    if not deployments:
+        return []
+    return client.read_flow_runs(
+        flow_run_filter=filters.FlowRunFilter(
+            deployment_id=filters.FlowRunFilterDeploymentId(any_=[d.id for d in deployments]),
+            state=filters.FlowRunFilterState(
+                type=filters.FlowRunFilterStateType(any_=RUNNING)
+            ),
+        )
+    )
+
+
+def _ensure_queue(client, pool: str, queue: str) -> None:
+    from prefect.exceptions import ObjectAlreadyExists
+
+    try:
+        client.create_work_queue(name=queue, work_pool_name=pool)
+    except ObjectAlreadyExists:
+        pass
+
+
+def move(clinic: str, to: str, *, backup_root: Path, wait_seconds: float, echo) -> None:
+    """Steps 1-3 of a move, on the clinic's home machine (see the module's docstring)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    from tasks.config import load_clinic
+    from tasks.errors import UserFacingError
+    from tasks.home import PrefectHomes, backup_database, queue_for, sha256, this_machine
+
+    config = load_clinic(clinic)
+    store, machine = PrefectHomes(), this_machine()
+    home = store.read(config.clinic)
+    if home is None:
+        raise UserFacingError(
+            f"{clinic} has no home yet: its first tick claims one (or run `relay clinic claim "
+            f"{clinic}` where its database is); then move it."
+        )
+    if home.moving_to is None and home.machine == to:
+        echo(f"{clinic} already lives on '{to}' (generation {home.generation}).")
+        return
+    if home.moving_to not in (None, to):
+        raise UserFacingError(
+            f"{clinic} is already being moved to '{home.moving_to}': finish that move "
+            f"(`relay clinic restore {clinic}` there) before moving it again."
+        )
+    if home.machine != machine:
+        raise UserFacingError(
+            f"{clinic}'s database is on '{home.machine}', and this is '{machine}': run "
+            f"`relay clinic move {clinic} --to {to}` on '{home.machine}' (set RELAY_MACHINE "
+            "if its host name is not its machine name)."
+        )
+    with get_client(sync_client=True) as client:
+        deployments = clinic_deployments(client, config.clinic)
+        if home.moving_to is None:
+            paused = [str(d.id) for d in deployments if not d.paused]
+            home = replace(home, moving_to=to, paused=paused, backup=None, backup_sha256=None)
+            store.write(config.clinic, home)  # from here on every tick of the clinic refuses
+        for deployment_id in home.paused or []:
+            client.pause_deployment(deployment_id)
+        echo(f"1/3 paused {len(home.paused or [])} deployment(s) of {clinic}")
+        deadline = time.monotonic() + wait_seconds
+        while (running := _running(client, deployments)) and time.monotonic() < deadline:
+            time.sleep(1)
+        if running:
+            store.write(config.clinic, replace(home, moving_to=None, paused=None))
+            for deployment_id in home.paused or []:
+                client.resume_deployment(deployment_id)
+            raise UserFacingError(
+                f"{clinic}: a run is still going after {wait_seconds:.0f} s "
+                f"({', '.join(r.name for r in running)}): the clinic stays on '{machine}', "
+                "resumed. Try again when it has ended, or give --wait more seconds."
+            )
+        name = f"{config.clinic}/{config.clinic}-generation-{home.generation}.duckdb"
+        dest = backup_root / name
+        if not (home.backup == name and dest.exists() and sha256(dest) == home.backup_sha256):
+            checksum = backup_database(config.database_path, dest)
+            home = replace(home, backup=name, backup_sha256=checksum)
+            store.write(config.clinic, home)
+        echo(f"2/3 backed up {config.database_path} to {dest}")
+        queue = queue_for(to)
+        for deployment in deployments:
+            if deployment.work_pool_name:
+                _ensure_queue(client, deployment.work_pool_name, queue)
+                client.update_deployment(deployment.id, DeploymentUpdate(work_queue_name=queue))
+        echo(f"3/3 {clinic}'s deployments are on work queue '{queue}', paused")
+    echo(
+        f"Now on '{to}' run `relay clinic restore {clinic}` (with RELAY_BACKUP_DIR, or "
+        "--backup-dir, where this backup directory is mounted there)."
+    )
+
+
+def restore(clinic: str, *, backup_root: Path, echo) -> None:
+    """Step 4 of a move, on the new home machine."""
+    from prefect.client.orchestration import get_client
+
+    from tasks.config import load_clinic
+    from tasks.errors import UserFacingError
+    from tasks.home import Home, PrefectHomes, restore_database, this_machine
+
+    config = load_clinic(clinic)
+    store, machine = PrefectHomes(), this_machine()
+    home = store.read(config.clinic)
+    if home is None:
+        raise UserFacingError(f"{clinic} has no home yet: nothing to restore.")
+    if home.moving_to is None:
+        if home.machine != machine:
+            raise UserFacingError(
+                f"{clinic} is not being moved: it lives on '{home.machine}'. Run "
+                f"`relay clinic move {clinic} --to {machine}` there first."
+            )
+        new = home  # restored already; perhaps not resumed yet
+    elif home.moving_to != machine:
+        raise UserFacingError(
+            f"{clinic} is being moved to '{home.moving_to}', not to this machine ('{machine}')."
+        )
+    elif not home.backup:
+        raise UserFacingError(
+            f"{clinic}: the move has not backed the database up yet: run `relay clinic move "
+            f"{clinic} --to {machine}` again on '{home.machine}'."
+        )
+    else:
+        generation = home.generation + 1
+        identity = restore_database(
+            backup_root / home.backup,
+            config.database_path,
+            config.clinic,
+            generation=generation,
+            machine=machine,
+            checksum=home.backup_sha256,
+        )
+        new = Home(
+            machine=machine,
+            generation=generation,
+            moved_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            database=identity.database_id,
+            paused=home.paused,
+        )
+        store.write(config.clinic, new)  # from here on ticks run here, and only here
+        echo(f"restored {config.database_path} as generation {generation} of {clinic}")
+    if new.paused:
+        with get_client(sync_client=True) as client:
+            for deployment_id in new.paused:
+                client.resume_deployment(deployment_id)
+        store.write(config.clinic, replace(new, paused=None))
+        echo(f"resumed {len(new.paused)} deployment(s)")
+    echo(f"{clinic} lives on '{machine}', generation {new.generation}.")
+
+
+def _backup_root(backup_dir: Path | None) -> Path:
+    from tasks.home import backup_dir as default
+
+    return backup_dir or default()
+
+
+BACKUP_DIR = typer.Option(
+    None, help="The backup directory both machines read (default RELAY_BACKUP_DIR, else "
+    "<data>/backups)."
+)  # fmt: skip
+
+
+@clinic_app.command("move")
+def move_command(
+    clinic: str = typer.Argument(..., help="Clinic name (clinics/<name>/clinic.yaml)."),
+    to: str = typer.Option(..., "--to", help="The machine (its RELAY_MACHINE) to move it to."),
+    backup_dir: Path | None = BACKUP_DIR,
+    wait: float = typer.Option(600, help="Seconds to wait for a running tick to end."),
+) -> None:
+    """On the clinic's home: pause it, wait for its tick, back its database up, and put its
+    deployments on the new machine's queue; then run `relay clinic restore` there."""
+    _need_server()
+    move(clinic, to, backup_root=_backup_root(backup_dir), wait_seconds=wait, echo=typer.echo)
+
+
+@clinic_app.command("restore")
+def restore_command(
+    clinic: str = typer.Argument(..., help="Clinic name (clinics/<name>/clinic.yaml)."),
+    backup_dir: Path | None = BACKUP_DIR,
+) -> None:
+    """On the machine a move goes to: restore the backup, bump the generation, resume."""
+    _need_server()
+    restore(clinic, backup_root=_backup_root(backup_dir), echo=typer.echo)
+
+
+@clinic_app.command("home")
+def home_command(
+    clinic: str = typer.Argument(..., help="Clinic name (clinics/<name>/clinic.yaml)."),
+) -> None:
+    """The clinic's home as the server records it, and what this machine's database says."""
+    from tasks.config import load_clinic
+    from tasks.home import read_home, read_identity, this_machine
+    from tasks.warehouse import open_db
+
+    _need_server()
+    config = load_clinic(clinic)
+    typer.echo(f"this machine: {this_machine()}")
+    typer.echo(f"home: {read_home(config.clinic) or 'none yet (the first tick claims it)'}")
+    if config.database_path.exists():
+        with open_db(config.database_path, read_only=True, wait_seconds=30) as con:
+            typer.echo(f"database {config.database_path}: {read_identity(con) or 'no identity'}")
+    else:
+        typer.echo(f"database {config.database_path}: none here")
+
+
+@clinic_app.command("claim")
+def claim_command(
+    clinic: str = typer.Argument(..., help="Clinic name (clinics/<name>/clinic.yaml)."),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="Start over on purpose: this machine's database becomes the "
+        "clinic's (a new generation), whatever the home says; every other copy is refused."
+    ),
+) -> None:
+    """Make this machine the clinic's home: when it has none, or (--fresh) to start over."""
+    import uuid
+
+    from tasks.config import load_clinic
+    from tasks.errors import UserFacingError
+    from tasks.home import Home, Identity, PrefectHomes, read_identity, this_machine
+    from tasks.home import write_identity
+    from tasks.warehouse import open_db
+
+    _need_server()
+    config = load_clinic(clinic)
+    store, machine = PrefectHomes(), this_machine()
+    home = store.read(config.clinic)
+    if home is not None and not fresh:
+        raise UserFacingError(
+            f"{clinic} already lives on '{home.machine}' (generation {home.generation}): move "
+            f"it with `relay clinic move`, or start over on purpose with --fresh."
+        )
+    with open_db(config.database_path) as con:
+        identity = read_identity(con)
+        generation = (home.generation + 1) if home else (identity.generation if identity else 1)
+        if identity is None or home is not None:
+            lineage = identity.database_id if identity and home is None else uuid.uuid4().hex
+            identity = Identity(config.clinic, lineage, generation, machine)
+            write_identity(con, identity)
+    new = Home(machine=machine, generation=generation, database=identity.database_id,
+               moved_at=datetime.now(UTC).isoformat(timespec="seconds"))  # fmt: skip
+    if home is None:
+        new = store.create(config.clinic, new)
+    else:
+        store.write(config.clinic, new)
+    typer.echo(f"{clinic} lives on '{new.machine}', generation {new.generation}.")

@@ -1,0 +1,358 @@
+"""A clinic's home: the one machine whose DuckDB file is the clinic's state, enforced by the tick.
+
+Each machine has a name (``RELAY_MACHINE``, default the host name) and a Prefect work queue,
+``machine-<name>``, in the clinic's work pool; a clinic's tick deployment sits on its home's
+queue, so only that machine's worker picks its ticks up. The code does not trust the routing:
+
+- **The home record** is a Prefect Variable every worker reads, ``relay_home_<clinic>``:
+  ``{"machine", "generation", "moved_at", "database"}`` (plus ``moving_to`` and ``backup``
+  while ``relay clinic move`` is under way). The first tick of a clinic with no record claims it
+  for its machine, generation 1 (creating a variable is atomic on the server: two machines
+  cannot both win).
+- **The database's identity** is one row of ``state.clinic_identity`` (tasks/schema/80_home.sql):
+  the clinic, its lineage (``database_id``, carried by every backup) and its generation.
+
+:func:`guard` runs first in every tick. It refuses (:class:`HomeRefused`) when the tick runs on
+a machine that is not the home, when the clinic is being moved, when the database is of another
+generation or lineage than the home's, or when it is a fresh database (no identity) while the
+home says the clinic has history: sending from it would repeat what the home's ledger already
+sent. Without a Prefect server (a temporary one per run: one machine, nothing shared) there is
+no record to compare with, and the guard only gives the database its identity.
+
+Nothing here holds personal data: clinic and machine names, generations, paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import uuid
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+import duckdb
+
+from tasks.errors import UserFacingError
+from tasks.paths import data_dir
+from tasks.warehouse import in_use, open_db, transaction
+
+VARIABLE_PREFIX = "relay_home_"
+QUEUE_PREFIX = "machine-"
+
+
+def this_machine() -> str:
+    """This machine's name: ``RELAY_MACHINE``, or the host name."""
+    return os.environ.get("RELAY_MACHINE") or socket.gethostname()
+
+
+def queue_for(machine: str) -> str:
+    """The work queue of a machine's worker: ``machine-<name>``."""
+    return f"{QUEUE_PREFIX}{machine}"
+
+
+def variable_name(clinic: str) -> str:
+    """The Prefect Variable holding the clinic's home: lower case, other than [a-z0-9_] -> _."""
+    return VARIABLE_PREFIX + re.sub(r"[^a-z0-9_]", "_", clinic.lower())
+
+
+def backup_dir() -> Path:
+    """Where moves put databases for the other machine: ``RELAY_BACKUP_DIR`` (a share both
+    machines read), else ``<data>/backups`` (one machine, or a folder you copy yourself)."""
+    return Path(os.environ.get("RELAY_BACKUP_DIR") or data_dir() / "backups")
+
+
+@dataclass(frozen=True)
+class Home:
+    """Where the clinic's state lives, as the Prefect server records it."""
+
+    machine: str
+    generation: int
+    moved_at: str | None = None
+    database: str | None = None  # the lineage (state.clinic_identity.database_id)
+    moving_to: str | None = None  # a move under way: nothing runs until it is restored there
+    backup: str | None = None  # the move's copy, relative to the backup directory
+    backup_sha256: str | None = None
+    paused: list[str] | None = None  # deployments the move paused, resumed when it ends
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, value) -> Home:
+        data = json.loads(value) if isinstance(value, str) else dict(value)
+        fields = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What the database says it is (state.clinic_identity)."""
+
+    clinic: str
+    database_id: str
+    generation: int
+    machine: str
+
+
+class HomeRefused(UserFacingError):
+    """This run must not plan or send for the clinic here; says why and what to do."""
+
+
+# --- the record on the Prefect server -------------------------------------------------------
+
+
+class HomeStore(Protocol):
+    def read(self, clinic: str) -> Home | None: ...
+    def create(self, clinic: str, home: Home) -> Home: ...  # the existing one if any
+    def write(self, clinic: str, home: Home) -> None: ...
+
+
+class PrefectHomes:
+    """Home records as Prefect Variables on the configured server."""
+
+    def _client(self):
+        from prefect.client.orchestration import get_client
+
+        return get_client(sync_client=True)
+
+    def read(self, clinic: str) -> Home | None:
+        with self._client() as client:
+            found = client.read_variable_by_name(variable_name(clinic))
+        return Home.from_json(found.value) if found is not None else None
+
+    def create(self, clinic: str, home: Home) -> Home:
+        from prefect.client.schemas.actions import VariableCreate
+        from prefect.exceptions import ObjectAlreadyExists
+
+        with self._client() as client:
+            try:
+                client.create_variable(
+                    VariableCreate(name=variable_name(clinic), value=home.to_json())
+                )
+            except ObjectAlreadyExists:  # another machine claimed it first: theirs stands
+                return self.read(clinic) or home
+        return home
+
+    def write(self, clinic: str, home: Home) -> None:
+        from prefect.client.schemas.actions import VariableCreate, VariableUpdate
+
+        with self._client() as client:
+            if client.read_variable_by_name(variable_name(clinic)) is None:
+                client.create_variable(
+                    VariableCreate(name=variable_name(clinic), value=home.to_json())
+                )
+            else:
+                client.update_variable(
+                    VariableUpdate(name=variable_name(clinic), value=home.to_json())
+                )
+
+    def forget(self, clinic: str) -> None:
+        with self._client() as client:
+            if client.read_variable_by_name(variable_name(clinic)) is not None:
+                client.delete_variable_by_name(variable_name(clinic))
+
+
+def shared_server() -> bool:
+    """Whether runs talk to a Prefect server other machines can share (PREFECT_API_URL set);
+    without one each run starts a temporary server of its own and nothing is shared."""
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.url)
+
+
+def read_home(clinic: str) -> Home | None:
+    """The clinic's home as the server records it (None: none yet)."""
+    return PrefectHomes().read(clinic)
+
+
+def claim_home(clinic: str, machine: str | None = None, *, database: str | None = None) -> Home:
+    """Record ``machine`` (default this one) as the clinic's home, generation 1, only when the
+    clinic has no home yet; returns the home that stands (someone else's if they were first)."""
+    return PrefectHomes().create(
+        clinic, Home(machine=machine or this_machine(), generation=1, database=database)
+    )
+
+
+def forget_home(clinic: str) -> None:
+    """Delete the clinic's home record: for a database thrown away on purpose (the demo's)."""
+    PrefectHomes().forget(clinic)
+
+
+# --- the database's identity ------------------------------------------------------------------
+
+
+def read_identity(con: duckdb.DuckDBPyConnection) -> Identity | None:
+    row = con.execute(
+        "SELECT clinic, database_id, generation, machine FROM state.clinic_identity"
+    ).fetchone()
+    return Identity(row[0], row[1], int(row[2]), row[3]) if row else None
+
+
+def write_identity(con: duckdb.DuckDBPyConnection, identity: Identity) -> None:
+    now = datetime.now(UTC)
+    with transaction(con):
+        con.execute("DELETE FROM state.clinic_identity WHERE clinic <> ?", [identity.clinic])
+        con.execute(
+            "INSERT INTO state.clinic_identity VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (clinic) "
+            "DO UPDATE SET database_id = excluded.database_id, generation = excluded.generation,"
+            " machine = excluded.machine, updated_at = excluded.updated_at",
+            [identity.clinic, identity.database_id, identity.generation, identity.machine,
+             now, now],
+        )  # fmt: skip
+
+
+# --- the guard ----------------------------------------------------------------------------------
+
+
+def refusal(clinic: str, machine: str, identity: Identity | None, home: Home) -> str | None:
+    """Why a tick of ``clinic`` on ``machine`` with this database must not plan or send (None:
+    it may). Each reason says what to do."""
+    if home.moving_to:
+        return (
+            f"{clinic} is being moved from '{home.machine}' to '{home.moving_to}' "
+            f"(relay clinic move): nothing runs until `relay clinic restore {clinic}` on "
+            f"'{home.moving_to}' finishes the move."
+        )
+    if machine != home.machine:
+        return (
+            f"this tick ran on machine '{machine}', but {clinic}'s home is '{home.machine}' "
+            f"(generation {home.generation}): its database and ledger are there. Put the "
+            f"clinic's deployments on work queue '{queue_for(home.machine)}', or move the "
+            f"clinic here with `relay clinic move {clinic} --to {machine}`."
+        )
+    if identity is None:
+        return (
+            f"this database is new, but {clinic}'s home on '{home.machine}' has history "
+            f"(generation {home.generation}): a fresh database would send again what its "
+            "ledger already sent. Put the clinic's database back (its last backup), or, to start "
+            f"over on purpose, run `relay clinic claim {clinic} --fresh` on this machine."
+        )
+    if home.database and identity.database_id != home.database:
+        return (
+            f"this database is not {clinic}'s: it was started on its own (lineage "
+            f"{identity.database_id[:8]}), not from the home's (lineage {home.database[:8]}). "
+            "Put the clinic's database back (its last backup), or run "
+            f"`relay clinic claim {clinic} --fresh` to make this one the clinic's on purpose."
+        )
+    if identity.generation != home.generation:
+        return (
+            f"this database is generation {identity.generation} of {clinic}, the home's is "
+            f"generation {home.generation}"
+            + (f" (moved {home.moved_at})" if home.moved_at else "")
+            + ": it is not the clinic's current copy. If a move stopped half-way, run "
+            f"`relay clinic restore {clinic}` again on '{home.machine}'."
+        )
+    return None
+
+
+def guard(
+    con: duckdb.DuckDBPyConnection,
+    clinic: str,
+    *,
+    machine: str | None = None,
+    store: HomeStore | None = None,
+) -> Home | None:
+    """Before a tick plans or sends: check (or claim) the clinic's home, and raise HomeRefused
+    if this run is not the clinic's. Gives a database without an identity its identity when it
+    becomes the clinic's (first claim; or no shared server). Returns the home (None without a
+    shared server)."""
+    machine = machine or this_machine()
+    identity = read_identity(con)
+    if identity is not None and identity.clinic != clinic:
+        raise HomeRefused(
+            f"this database holds clinic '{identity.clinic}', not '{clinic}': check "
+            f"`database:` in clinics/{clinic}/clinic.yaml."
+        )
+    if store is None:
+        if not shared_server():
+            if identity is None:
+                write_identity(con, Identity(clinic, uuid.uuid4().hex, 1, machine))
+            return None
+        store = PrefectHomes()
+    home = store.read(clinic)
+    if home is None:  # the clinic's first tick anywhere: this machine becomes its home
+        mine = identity or Identity(clinic, uuid.uuid4().hex, 1, machine)
+        wanted = Home(machine=machine, generation=mine.generation, database=mine.database_id)
+        home = store.create(clinic, wanted)
+        if home == wanted and identity is None:
+            write_identity(con, mine)
+            identity = mine
+    reason = refusal(clinic, machine, identity, home)
+    if reason:
+        raise HomeRefused(f"{clinic}: nothing planned or sent: {reason}")
+    return home
+
+
+# --- moving: back up, restore, claim afresh ----------------------------------------------------
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def backup_database(db_path: Path, dest: Path, *, wait_seconds: float = 600.0) -> str:
+    """Copy the clinic's database to ``dest`` whole: under its lock (a tick waits), after a
+    CHECKPOINT (everything in the one file), through a temporary name and a rename (a crash
+    leaves no half file under ``dest``). Returns the copy's sha256."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".partial")
+    with open_db(db_path, wait_seconds=wait_seconds) as con:
+        con.execute("CHECKPOINT")
+        shutil.copyfile(db_path, partial)
+    with partial.open("rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(partial, dest)
+    return sha256(dest)
+
+
+def restore_database(
+    source: Path, db_path: Path, clinic: str, *, generation: int, machine: str, checksum: str | None
+) -> Identity:
+    """Put the backup ``source`` at ``db_path`` as ``generation`` on ``machine``. Idempotent: a
+    database already restored as that generation (a restore stopped after this step) is kept.
+    A different file at ``db_path`` is kept aside (``.before-g<generation>``), never deleted."""
+    db_path = Path(db_path)
+    if db_path.exists():
+        try:
+            with open_db(db_path) as con:
+                current = read_identity(con)
+        except duckdb.Error:  # not a database at all: set aside below
+            current = None
+        if current and current.clinic == clinic and current.generation == generation:
+            return current  # restored already
+    if not source.exists():
+        raise UserFacingError(
+            f"{clinic}: the move's backup is not at {source}: mount the backup directory the "
+            "other machine wrote to and set RELAY_BACKUP_DIR (or --backup-dir) to it."
+        )
+    if checksum and sha256(source) != checksum:
+        raise UserFacingError(
+            f"{clinic}: the backup at {source} is not the one the move wrote (checksum differs): "
+            "is the copy complete? Run `relay clinic move` again on the old home."
+        )
+    if in_use(db_path):
+        raise UserFacingError(f"{clinic}: {db_path} is in use by a run here; stop it first.")
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    for old in (db_path, db_path.with_name(db_path.name + ".wal")):
+        if old.exists():
+            os.replace(old, old.with_name(f"{old.name}.before-g{generation}"))
+    partial = db_path.with_name(db_path.name + ".partial")
+    shutil.copyfile(source, partial)
+    os.replace(partial, db_path)
+    with open_db(db_path) as con:
+        identity = read_identity(con)
+        if identity is None or identity.clinic != clinic:
+            raise UserFacingError(f"{clinic}: the backup at {source} is not this clinic's.")
+        identity = replace(identity, generation=generation, machine=machine)
+        write_identity(con, identity)
+    return identity

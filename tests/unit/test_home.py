@@ -1,0 +1,140 @@
+"""The home guard (tasks/home.py) on real DuckDB files, with the home record kept in a dict where
+the Prefect server would keep it (tests/flows/test_home.py runs it against a real server): the
+first tick claims the home, and a tick off the home, during a move, or against a database that is
+not the clinic's current copy refuses, saying why and what to do."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks import home
+from tasks.home import Home, HomeRefused, guard, read_identity
+from tasks.warehouse import open_db
+
+
+class Store:
+    """Home records as the server keeps them: create only when none exists."""
+
+    def __init__(self):
+        self.homes: dict[str, Home] = {}
+
+    def read(self, clinic):
+        return self.homes.get(clinic)
+
+    def create(self, clinic, wanted):
+        return self.homes.setdefault(clinic, wanted)
+
+    def write(self, clinic, value):
+        self.homes[clinic] = value
+
+
+def tick(path, store, machine, clinic="acme"):
+    with open_db(path) as con:
+        return guard(con, clinic, machine=machine, store=store)
+
+
+def test_the_first_tick_claims_the_home_and_names_the_database(tmp_path):
+    store = Store()
+    claimed = tick(tmp_path / "a.duckdb", store, "one")
+    with open_db(tmp_path / "a.duckdb") as con:
+        identity = read_identity(con)
+    assert claimed == Home(machine="one", generation=1, database=identity.database_id)
+    assert (identity.clinic, identity.generation, identity.machine) == ("acme", 1, "one")
+    assert tick(tmp_path / "a.duckdb", store, "one") == claimed  # and goes on ticking
+
+
+def test_a_tick_on_another_machine_refuses_and_says_where_home_is(tmp_path):
+    store = Store()
+    tick(tmp_path / "a.duckdb", store, "one")
+    with pytest.raises(HomeRefused) as refused:
+        tick(tmp_path / "b.duckdb", store, "two")
+    message = str(refused.value)
+    assert "ran on machine 'two'" in message and "home is 'one'" in message
+    assert "machine-one" in message and "relay clinic move acme --to two" in message
+
+
+def test_a_fresh_database_on_the_home_machine_refuses_when_the_clinic_has_history(tmp_path):
+    store = Store()
+    tick(tmp_path / "a.duckdb", store, "one")
+    with pytest.raises(HomeRefused, match="this database is new, but acme's home on 'one'"):
+        tick(tmp_path / "lost-and-recreated.duckdb", store, "one")
+
+
+def test_an_old_copy_and_a_copy_of_another_lineage_refuse(tmp_path):
+    store = Store()
+    tick(tmp_path / "a.duckdb", store, "one")
+    current = store.homes["acme"]
+    store.homes["acme"] = Home("one", 2, database=current.database)  # moved since
+    with pytest.raises(HomeRefused, match="generation 1 of acme, the home's is generation 2"):
+        tick(tmp_path / "a.duckdb", store, "one")
+    store.homes["acme"] = Home("one", 1, database="f" * 32)
+    with pytest.raises(HomeRefused, match="not acme's: it was started on its own"):
+        tick(tmp_path / "a.duckdb", store, "one")
+
+
+def test_nothing_runs_anywhere_while_the_clinic_is_being_moved(tmp_path):
+    store = Store()
+    tick(tmp_path / "a.duckdb", store, "one")
+    store.homes["acme"] = Home("one", 1, database=store.homes["acme"].database, moving_to="two")
+    for machine in ("one", "two"):
+        with pytest.raises(HomeRefused, match="being moved from 'one' to 'two'"):
+            tick(tmp_path / "a.duckdb", store, machine)
+
+
+def test_a_database_of_another_clinic_refuses(tmp_path):
+    store = Store()
+    tick(tmp_path / "a.duckdb", store, "one", clinic="acme")
+    with pytest.raises(HomeRefused, match="holds clinic 'acme', not 'beta'"):
+        tick(tmp_path / "a.duckdb", store, "one", clinic="beta")
+
+
+def test_two_machines_claiming_at_once_leave_one_home(tmp_path):
+    store = Store()
+    store.create("acme", Home("two", 1, database="b" * 32))  # two won the race
+    with pytest.raises(HomeRefused, match="home is 'two'"):
+        tick(tmp_path / "a.duckdb", store, "one")
+    with open_db(tmp_path / "a.duckdb") as con:
+        assert read_identity(con) is None  # the loser's database was not made the clinic's
+
+
+def test_without_a_shared_server_the_database_gets_its_identity_and_nothing_is_refused(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(home, "shared_server", lambda: False)
+    with open_db(tmp_path / "a.duckdb") as con:
+        assert guard(con, "acme", machine="one") is None
+        assert read_identity(con).generation == 1
+    with open_db(tmp_path / "b.duckdb") as con:
+        assert guard(con, "acme", machine="two") is None
+
+
+def test_names_of_queues_and_variables():
+    assert home.queue_for("box-2") == "machine-box-2"
+    assert home.variable_name("Acme-Physio.2") == "relay_home_acme_physio_2"
+    assert Home.from_json(Home("one", 3, moved_at="2026-12-01T00:00:00+00:00").to_json()) == Home(
+        "one", 3, moved_at="2026-12-01T00:00:00+00:00"
+    )
+
+
+def test_a_backup_restored_elsewhere_is_the_next_generation_and_a_rerun_keeps_it(tmp_path):
+    store = Store()
+    source = tmp_path / "one" / "acme.duckdb"
+    tick(source, store, "one")
+    checksum = home.backup_database(source, tmp_path / "backups" / "acme-g1.duckdb")
+    target = tmp_path / "two" / "acme.duckdb"
+    target.parent.mkdir()
+    target.write_bytes(b"something else")  # set aside, never deleted
+    restored = home.restore_database(
+        tmp_path / "backups" / "acme-g1.duckdb", target, "acme",
+        generation=2, machine="two", checksum=checksum,
+    )  # fmt: skip
+    assert (restored.generation, restored.machine) == (2, "two")
+    assert (tmp_path / "two" / "acme.duckdb.before-g2").read_bytes() == b"something else"
+    again = home.restore_database(
+        tmp_path / "missing.duckdb", target, "acme", generation=2, machine="two", checksum=None
+    )
+    assert again == restored  # already restored: nothing copied, nothing asked of the backup
+    store.homes["acme"] = Home("two", 2, database=restored.database_id)
+    assert tick(target, store, "two").machine == "two"
+    with pytest.raises(HomeRefused, match="home is 'two'"):
+        tick(source, store, "one")
