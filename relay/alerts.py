@@ -1,7 +1,8 @@
-"""``relay alerts create``: Prefect automations that tell a person when the pipeline needs them.
+"""``relay alerts create``: Prefect automations that tell a person when the pipeline needs them,
+and the one that marks a lost machine's runs Crashed.
 
-Five automations, all notifying through one CustomWebhookNotificationBlock (a Slack or Teams
-incoming webhook, a Postmark or ntfy endpoint, anything that takes a JSON POST):
+Five automations notify through one CustomWebhookNotificationBlock (a Slack or Teams incoming
+webhook, a Postmark or ntfy endpoint, anything that takes a JSON POST):
 
 - a flow run failed or crashed (any clinic, any step: its message names the step and why);
 - the circuit breaker held planning and sending (the ``relay.sync.stale`` event of flows/tick.py);
@@ -9,8 +10,17 @@ incoming webhook, a Postmark or ntfy endpoint, anything that takes a JSON POST):
   name matches nothing in Cliniko, or a name renamed in Cliniko since it was recorded);
 - a tick refused to run off the clinic's home (``relay.clinic.misrouted``: tasks/home.py; a
   machine that is not the home, a clinic being moved, a database that is not its current copy);
-- no tick completed for a while: ticks are not running at all (worker or server down, schedule
-  paused), which no run can report by itself.
+- no tick of a clinic completed for a while, per clinic (one automation, a bucket per tick
+  deployment: ``for_each`` on the run's deployment), naming the clinic: its machine or worker is
+  down, or its schedule paused, which no run can report by itself.
+
+A fifth acts instead of notifying: a run that sent a heartbeat and then nothing for
+``crash_after`` seconds (its process or machine died) is set Crashed (Prefect's documented
+"detect zombie flows" automation). Crashed gives the deployment's concurrency slot back at once
+(the server's ReleaseFlowConcurrencySlots rule), so the clinic's next tick runs; the Crashed state
+then fires the "a run failed or crashed" alert. Runs heartbeat every ``HEARTBEAT_SECONDS``
+(``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``: set for deployed runs by ``relay deploy``, for served and
+CLI runs by relay/env.py); Prefect's own default, 180 s, is longer than ``crash_after``.
 
 Creating them again replaces them (matched by name), so the command is safe to repeat.
 """
@@ -22,11 +32,20 @@ from datetime import timedelta
 from prefect.automations import Automation, EventTrigger, Posture, SendNotification
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
+from prefect.events.actions import ChangeFlowRunState
 
 PREFIX = "relay: "
+# Seconds between a run's heartbeats (Prefect's minimum is 30), and how long without one before
+# a Running run counts as lost: three missed heartbeats, so a busy machine is not a dead one.
+HEARTBEAT_SECONDS = 30
+CRASH_AFTER_SECONDS = 90
+ZOMBIE_NAME = PREFIX + "a run stopped sending heartbeats"
 
 
-def automations(block_id, quiet_minutes: int) -> list[Automation]:
+def automations(
+    block_id, quiet_minutes: int, crash_after: int = CRASH_AFTER_SECONDS
+) -> list[Automation]:
     notify = dict(block_document_id=block_id)
     return [
         Automation(
@@ -79,15 +98,19 @@ def automations(block_id, quiet_minutes: int) -> list[Automation]:
         ),
         Automation(
             name=PREFIX + "no tick completed",
-            description=f"No clinic-tick run completed in {quiet_minutes} minutes: are the "
-            "worker and the schedules running?",
+            description=f"A clinic's clinic-tick runs stopped completing for {quiet_minutes} "
+            "minutes: is its machine's worker running, and its schedule?",
             trigger=EventTrigger(
                 match={"prefect.resource.id": "prefect.flow-run.*"},
                 match_related={
                     "prefect.resource.role": "flow",
                     "prefect.resource.name": "clinic-tick",
                 },
+                # One bucket per tick deployment (one per clinic), opened by its last
+                # completed tick: a clinic that stops is named, the others stay quiet.
+                after={"prefect.flow-run.Completed"},
                 expect={"prefect.flow-run.Completed"},
+                for_each={"related:deployment:prefect.resource.id"},
                 posture=Posture.Proactive,
                 threshold=1,
                 within=timedelta(minutes=quiet_minutes),
@@ -95,12 +118,18 @@ def automations(block_id, quiet_minutes: int) -> list[Automation]:
             actions=[
                 SendNotification(
                     **notify,
-                    subject=f"clinic-relay: no tick completed in {quiet_minutes} minutes",
-                    body=f"No clinic-tick run has completed in the last {quiet_minutes} minutes. "
-                    "Check the worker (or `relay serve`) and the deployments' schedules.",
+                    # The last completed tick of that deployment: its parameters name the clinic.
+                    subject="clinic-relay: no tick of {{ flow_run.parameters.clinic }} "
+                    f"completed in {quiet_minutes} minutes",
+                    body="No tick of clinic {{ flow_run.parameters.clinic }} "
+                    "({{ deployment.name }}) has completed in the last "
+                    f"{quiet_minutes} minutes; the last one was {{{{ flow_run.name }}}}. "
+                    "Check the worker on its machine (its work queue: "
+                    "{{ deployment.work_queue_name }}) and the deployment's schedules.",
                 )
             ],
         ),
+        zombie_runs(crash_after),
     ]
 
 
@@ -122,7 +151,41 @@ def _on_clinic_event(
     )
 
 
-def create_alerts(webhook_url: str, block_name: str, quiet_minutes: int) -> list[str]:
+def zombie_runs(crash_after: int = CRASH_AFTER_SECONDS) -> Automation:
+    """Prefect's "detect zombie flows" automation: a run whose heartbeats stop (after at least
+    one) without a final state is set Crashed, which releases its deployment's slot."""
+    return Automation(
+        name=ZOMBIE_NAME,
+        description=f"A run sent no heartbeat for {crash_after} s and did not finish: its "
+        "process or machine died. It is marked Crashed, giving its clinic's tick slot back.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            },
+            match={"prefect.resource.id": ["prefect.flow-run.*"]},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=crash_after),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"No heartbeat for {crash_after} s: its process or machine was lost "
+                "(marked by the relay automation; the next tick catches up).",
+            )
+        ],
+    )
+
+
+def create_alerts(
+    webhook_url: str, block_name: str, quiet_minutes: int, crash_after: int = CRASH_AFTER_SECONDS
+) -> list[str]:
     """Save the notification block and (re)create the automations; returns their names."""
     block = CustomWebhookNotificationBlock(
         name="clinic-relay",
@@ -131,7 +194,7 @@ def create_alerts(webhook_url: str, block_name: str, quiet_minutes: int) -> list
         json_data={"subject": "{{subject}}", "body": "{{body}}"},
     )
     block_id = block.save(block_name, overwrite=True)
-    wanted = automations(block_id, quiet_minutes)
+    wanted = automations(block_id, quiet_minutes, crash_after)
     with get_client(sync_client=True) as client:
         for automation in wanted:
             for old in client.read_automations_by_name(automation.name):

@@ -25,6 +25,9 @@ DEFAULTS = {
     "PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL": "INFO",
     "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": "INFO",
     "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+    # A run's heartbeat every 30 s (Prefect's minimum; its default is 180), so the lost-run
+    # automation of relay/alerts.py (90 s) never takes a live run for a dead one.
+    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
 }
 
 

@@ -38,10 +38,19 @@ def alerts_create_command(
         ..., help="Where notifications are POSTed as JSON {subject, body} (Slack, ntfy, ...)."
     ),
     block: str = typer.Option("relay-alerts", help="Name of the notification block to save."),
-    quiet_minutes: int = typer.Option(30, help="Alert when no tick completed for this long."),
+    quiet_minutes: int = typer.Option(
+        30, help="Alert when no tick of a clinic completed for this long (one alert per clinic)."
+    ),
+    crash_after: int = typer.Option(
+        90,
+        "--crash-after-seconds",
+        help="Mark a run Crashed (its slot given back) after this long without a heartbeat "
+        "(runs heartbeat every 30 s).",
+    ),
 ) -> None:
     """Create (or replace) the Prefect automations that notify on failed or crashed runs, on a
-    stale or failed sync, and when ticks stop. Needs PREFECT_API_URL (a running server)."""
+    stale or failed sync, and when a clinic's ticks stop; and the one that marks Crashed a run
+    whose machine was lost. Needs PREFECT_API_URL (a running server)."""
     if not os.environ.get("PREFECT_API_URL"):
         raise typer.BadParameter(
             "set PREFECT_API_URL to your Prefect server (e.g. http://127.0.0.1:4200/api); "
@@ -49,6 +58,6 @@ def alerts_create_command(
         )
     from relay.alerts import create_alerts
 
-    for name in create_alerts(webhook_url, block, quiet_minutes):
+    for name in create_alerts(webhook_url, block, quiet_minutes, crash_after):
         typer.echo(f"created automation: {name}")
     typer.echo(f"notifications go through the CustomWebhookNotificationBlock '{block}'")
