@@ -14,7 +14,7 @@ webhook, a Postmark or ntfy endpoint, anything that takes a JSON POST):
   deployment: ``for_each`` on the run's deployment), naming the clinic: its machine or worker is
   down, or its schedule paused, which no run can report by itself.
 
-A fifth acts instead of notifying: a run that sent a heartbeat and then nothing for
+Another acts instead of notifying: a run that sent a heartbeat and then nothing for
 ``crash_after`` seconds (its process or machine died) is set Crashed (Prefect's documented
 "detect zombie flows" automation). Crashed gives the deployment's concurrency slot back at once
 (the server's ReleaseFlowConcurrencySlots rule), so the clinic's next tick runs; the Crashed state
