@@ -21,6 +21,7 @@ idempotent and a crash anywhere resumes by running the same command again:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -56,9 +57,7 @@ def _running(client, deployments: list) -> list:
     return client.read_flow_runs(
         flow_run_filter=filters.FlowRunFilter(
             deployment_id=filters.FlowRunFilterDeploymentId(any_=[d.id for d in deployments]),
-            state=filters.FlowRunFilterState(
-                type=filters.FlowRunFilterStateType(any_=RUNNING)
-            ),
+            state=filters.FlowRunFilterState(type=filters.FlowRunFilterStateType(any_=RUNNING)),
         )
     )
 
@@ -66,10 +65,8 @@ def _running(client, deployments: list) -> list:
 def _ensure_queue(client, pool: str, queue: str) -> None:
     from prefect.exceptions import ObjectAlreadyExists
 
-    try:
+    with contextlib.suppress(ObjectAlreadyExists):
         client.create_work_queue(name=queue, work_pool_name=pool)
-    except ObjectAlreadyExists:
-        pass
 
 
 def move(clinic: str, to: str, *, backup_root: Path, wait_seconds: float, echo) -> None:
@@ -259,8 +256,10 @@ def home_command(
 def claim_command(
     clinic: str = typer.Argument(..., help="Clinic name (clinics/<name>/clinic.yaml)."),
     fresh: bool = typer.Option(
-        False, "--fresh", help="Start over on purpose: this machine's database becomes the "
-        "clinic's (a new generation), whatever the home says; every other copy is refused."
+        False,
+        "--fresh",
+        help="Start over on purpose: this machine's database becomes the "
+        "clinic's (a new generation), whatever the home says; every other copy is refused.",
     ),
 ) -> None:
     """Make this machine the clinic's home: when it has none, or (--fresh) to start over."""
@@ -268,8 +267,7 @@ def claim_command(
 
     from tasks.config import load_clinic
     from tasks.errors import UserFacingError
-    from tasks.home import Home, Identity, PrefectHomes, read_identity, this_machine
-    from tasks.home import write_identity
+    from tasks.home import Home, Identity, PrefectHomes, read_identity, this_machine, write_identity
     from tasks.warehouse import open_db
 
     _need_server()
