@@ -32,10 +32,10 @@ demo: $(STAMP)  ## sandbox Cliniko -> sync -> DuckDB, then print what was synced
 serve: $(STAMP)  ## Prefect server + UI on 127.0.0.1:4200, sandbox Cliniko, the demo clinic ticking (Ctrl-C stops)
 	$(VENV)/bin/relay serve
 
-# Every deployment in prefect.yaml onto the 'local' process pool (needs PREFECT_API_URL; docs/scaling.md).
+# Every clinic's deployments, generated from clinics/ (needs PREFECT_API_URL; docs/scaling.md).
+# The demo only when asked: make deploy DEPLOY_ARGS=--demo
 deploy: $(STAMP)
-	$(VENV)/bin/prefect work-pool inspect local >/dev/null 2>&1 || $(VENV)/bin/prefect work-pool create local --type process
-	$(VENV)/bin/prefect --no-prompt deploy --all
+	$(VENV)/bin/relay deploy $(DEPLOY_ARGS)
 
 # Unit, sandbox and integration tests run on every core (each test has its own files, ports and
 # sandboxes); the Prefect-server tests share one server per session, so they run in one process.

@@ -17,10 +17,11 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
+from prefect.client.orchestration import get_client
 
 from blocks.resolve import providers_for
 from flows.artifacts import artifact_key
-from tasks import feedback, reports
+from tasks import feedback, feedback_events, reports
 from tasks.config import ClinicConfig, load_clinic
 from tasks.warehouse import open_db
 
@@ -36,6 +37,19 @@ class FeedbackFailed(RuntimeError):
 def record_unsubscribe_clicks(con, config: ClinicConfig) -> dict[str, int]:
     inbox = feedback.inbox_path(config.database_path)
     return dict(feedback.drain_unsubscribes(con, inbox, datetime.now(UTC)))
+
+
+@task(cache_policy=NONE)
+def record_unsubscribe_events(con, config: ClinicConfig) -> dict[str, int]:
+    """Clicks an endpoint on any machine sent as Prefect events (tasks/feedback_events.py)."""
+    with get_client(sync_client=True) as client:
+        return dict(
+            feedback_events.pull_unsubscribe_events(
+                con, config.clinic, datetime.now(UTC),
+                post=lambda path, body: client.request("POST", path, json=body).json(),
+                get=lambda url: client.request("GET", url).json(),
+            )
+        )  # fmt: skip
 
 
 @task(cache_policy=NONE, task_run_name="pull-{feed.name}")
@@ -77,6 +91,11 @@ def pull_feedback(clinic: str = "demo") -> dict[str, int]:
     try:
         with open_db(config.database_path) as con:
             pulled.update(record_unsubscribe_clicks(con, config))
+            try:
+                pulled.update(record_unsubscribe_events(con, config))
+            except feedback.FeedbackUnavailable as exc:
+                problems.append(str(exc))
+                logger.warning("%s", exc)
             limit = config.marketing_list.soft_bounce_limit
             feeds = [f for p in providers.values() for f in p.feedback_feeds(limit)]
             for feed in feeds:

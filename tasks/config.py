@@ -64,6 +64,15 @@ class SyncSettings(_Section):
     stale_after_minutes: int = Field(20, ge=1)
 
 
+class ScheduleSettings(_Section):
+    """When ``relay deploy`` schedules the clinic's runs (relay/cli/deploy.py)."""
+
+    tick_every_minutes: float = Field(5, ge=1)
+    # The nightly tick with reconcile (hard deletes), HH:MM in the clinic's time_zone; null: none.
+    nightly_reconcile: str | None = Field("03:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    max_lateness_minutes: float = Field(10, ge=1)
+
+
 class MarketingListSettings(_Section):
     """Who is on the email and SMS marketing lists (PRODUCT.md §2; read by sql/marts)."""
 
@@ -326,6 +335,7 @@ class ClinicConfig(_Section):
     database: Path | None = None
     cliniko: ClinikoSettings = ClinikoSettings()
     sync: SyncSettings = SyncSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
     marketing_list: MarketingListSettings = MarketingListSettings()
     providers: ProvidersSettings = ProvidersSettings()
     journeys: Annotated[list[Journey], AfterValidator(_unique_names)] = []

@@ -16,7 +16,9 @@ next pull re-reads from the old cursor and the keys drop what is already in.
   and counted, nothing more.
 - **Unsubscribe clicks**: the unsubscribe endpoint appends each verified click to an inbox file
   beside the clinic's database (it must answer even while a tick holds the database), then
-  records it at once if it can; whatever it could not is recorded by the next pull.
+  records it at once if it can; whatever it could not is recorded by the next pull. With a
+  Prefect server the clicks come as events instead (tasks/feedback_events.py); both go through
+  ``record_clicks``, keyed on the click id.
 - **Lifts**: an opt-in lifts every scope an address is suppressed in.
 (CSV imports of unsubscribe lists: tasks/feedback_import.py.)
 
@@ -399,33 +401,50 @@ def drain_unsubscribes(con: duckdb.DuckDBPyConnection, inbox: Path, now: datetim
                 counts["clicks_unreadable"] += 1  # a line cut short by a crash mid-write
         if not clicks:
             return counts
-        fresh = new_keys(con, "unsubscribe_link", "clicks", [c["click"] for c in clicks])
-        new = [c for c in clicks if c["click"] in fresh]
-        with transaction(con):
-            addresses = _message_addresses(con, new)
-            books = {ch: Book(con, ch, {a for (_, c), (_, a) in addresses.items() if c == ch})
-                     for ch in ("email", "sms")}  # fmt: skip
-            items = []
-            for click in new:
-                at = parse_time(click["at"])
-                address = addresses.get((click["message_id"], click["channel"]))
-                if address is None or address[0] != click["patient_id"]:
-                    outcome = "unmatched"  # no such message for that patient: nothing to do
-                else:
-                    added = books[click["channel"]].suppress(
-                        address[1], "marketing", "unsubscribed", "unsubscribe_link",
-                        f"unsubscribe link, message {click['message_id']}", at,
-                    )  # fmt: skip
-                    outcome = "suppress" if added else "already"
-                items.append((click["click"], outcome, at))
-                counts[f"unsubscribe_{outcome}"] += 1
-            for book in books.values():
-                book.write(con)
-            record_items(con, "unsubscribe_link", "clicks", items, now)
-            newest = max((parse_time(c["at"]) for c in clicks), default=None)
-            advance(con, "unsubscribe_link", "clicks", newest, len(new), now)
+        counts.update(record_clicks(con, clicks, now))
         os.truncate(inbox, 0)
     return +counts
+
+
+def record_clicks(
+    con: duckdb.DuckDBPyConnection,
+    clicks: list[dict],
+    now: datetime,
+    *,
+    cursor_feed: str = "clicks",
+    cursor_at: datetime | None = None,
+) -> Counter:
+    """Record verified clicks ({click, patient_id, message_id, channel, at}: ids only) as
+    marketing suppressions of the address each message went to, in one transaction with the
+    cursor of ``cursor_feed`` (moved to ``cursor_at``, by default the newest click). A click id
+    already taken (by the inbox or an event) records nothing again."""
+    counts: Counter = Counter()
+    fresh = new_keys(con, "unsubscribe_link", "clicks", [c["click"] for c in clicks])
+    new = [c for c in clicks if c["click"] in fresh]
+    with transaction(con):
+        addresses = _message_addresses(con, new)
+        books = {ch: Book(con, ch, {a for (_, c), (_, a) in addresses.items() if c == ch})
+                 for ch in ("email", "sms")}  # fmt: skip
+        items = []
+        for click in new:
+            at = parse_time(click["at"])
+            address = addresses.get((int(click["message_id"]), click["channel"]))
+            if address is None or address[0] != int(click["patient_id"]):
+                outcome = "unmatched"  # no such message for that patient: nothing to do
+            else:
+                added = books[click["channel"]].suppress(
+                    address[1], "marketing", "unsubscribed", "unsubscribe_link",
+                    f"unsubscribe link, message {click['message_id']}", at,
+                )  # fmt: skip
+                outcome = "suppress" if added else "already"
+            items.append((click["click"], outcome, at))
+            counts[f"unsubscribe_{outcome}"] += 1
+        for book in books.values():
+            book.write(con)
+        record_items(con, "unsubscribe_link", "clicks", items, now)
+        newest = cursor_at or max((parse_time(c["at"]) for c in clicks), default=None)
+        advance(con, "unsubscribe_link", cursor_feed, newest, len(new), now)
+    return counts
 
 
 def click_outcome(con: duckdb.DuckDBPyConnection, click_id: str) -> str | None:

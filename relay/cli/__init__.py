@@ -4,10 +4,10 @@ The commands live by group, one module each: ``pipeline`` (clinics, sync, models
 tick's steps by hand), ``demo`` (the sandbox and the demo), ``preview`` (see before switching on:
 preview, render), ``messages`` (outbox, campaigns, the ledger's unknown messages, unsubscribes,
 the report), ``analyst`` (read-only SQL, finding a patient's id), ``server`` (the Prefect server
-and its alerts), ``connect`` (a real clinic's accounts, checked and saved) and ``clinic``
-(where a clinic's state lives: its home machine, and moving it). A module imports
-``tasks``, ``flows`` and ``sandbox`` inside each command so ``relay --help`` is instant; none
-imports this one.
+and its alerts), ``deploy`` (every clinic's deployments, from clinics/), ``connect`` (a real
+clinic's accounts, checked and saved) and ``clinic`` (where a clinic's state lives: its home
+machine, and moving it). A module imports ``tasks``, ``flows`` and ``sandbox`` inside each
+command so ``relay --help`` is instant; none imports this one.
 Errors meant for a person (bad config, bad key, busy database) are printed without a traceback.
 """
 
@@ -18,7 +18,7 @@ import sys
 import typer
 
 import relay  # noqa: F401  (applies the offline Prefect defaults first)
-from relay.cli import analyst, clinic, connect, demo, messages, pipeline, preview, server
+from relay.cli import analyst, clinic, connect, demo, deploy, messages, pipeline, preview, server
 
 app = typer.Typer(
     name="relay",
@@ -39,6 +39,7 @@ app.command("clinics")(pipeline.clinics_command)
 app.command("connect")(connect.connect_command)
 app.command("sync")(pipeline.sync_command)
 app.command("serve")(server.serve_command)
+app.command("deploy")(deploy.deploy_command)
 app.command("demo")(demo.demo_command)
 app.command("outbox")(messages.outbox_command)
 app.command("sandbox")(demo.sandbox_command)

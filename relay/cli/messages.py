@@ -300,7 +300,7 @@ def serve_unsubscribe_command(
 
     from blocks.resolve import providers_for
     from tasks.config import ConfigError, list_clinics, load_clinic
-    from tasks.unsubscribe.app import create_app
+    from tasks.unsubscribe.app import create_app, endpoint_events
 
     configs = {c.clinic: c for c in (load_clinic(name) for name in clinic or list_clinics())}
     sms = {}
@@ -314,9 +314,20 @@ def serve_unsubscribe_command(
         callback = getattr(getattr(sms[config.clinic], "settings", None), "status_callback_url", "")
         if callback:
             typer.echo(f"  {config.clinic}: Twilio status callbacks {callback}")
+    events = endpoint_events()
+    typer.echo(
+        "Clicks go to the Prefect server as relay.unsubscribe events (each clinic's tick records "
+        "them; spooled here while the server is unreachable)"
+        if events
+        else "Clicks are recorded in each clinic's database on this machine (no PREFECT_API_URL)"
+    )
     typer.echo(f"Serving unsubscribes on http://{host}:{port}")
-    app = create_app(configs, sms_providers=sms)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    app = create_app(configs, sms_providers=sms, events=events)
+    if events is None:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        return
+    with events.retrying():
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
 def import_unsubscribes_command(

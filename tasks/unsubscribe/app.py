@@ -9,12 +9,20 @@ The token is HMAC-signed (tasks/unsubscribe/tokens.py): a forged, altered or cut
 with a plain message and nothing is recorded. The pages show no personal data, only the clinic's
 name, and speak of the token's channel (marketing email, or marketing text messages).
 
-A valid click is first written to the clinic's unsubscribe inbox (a small file beside its
-database, fsynced), then recorded in the database at once if the database is free. During a tick
-the database belongs to the tick, so the answer cannot wait for it: the tick's feedback step
-records the click a few minutes later, before any further marketing is planned for the next tick.
-The page says "You are unsubscribed" only once the suppression is recorded; a click waiting in
-the inbox is told so (202), and a link that matches no message we sent changes nothing (404).
+Where a valid click goes depends on where the endpoint runs:
+
+- With a Prefect server (``events``: PREFECT_API_URL is set, as on every machine of a fleet and
+  under ``relay serve``), the endpoint holds no clinic database: it emits a ``relay.unsubscribe``
+  event about the clinic (tasks/unsubscribe/events.py; spooled locally and retried while the
+  server is unreachable, so no click is lost) and answers "received" (202); the clinic's next
+  tick, on its home machine, records it (tasks/feedback_events.py).
+- Alone on the clinic's machine (no server), the click is first written to the clinic's
+  unsubscribe inbox (a small file beside its database, fsynced), then recorded in the database
+  at once if the database is free. During a tick the database belongs to the tick, so the answer
+  cannot wait for it: the tick's feedback step records the click a few minutes later, before any
+  further marketing is planned for the next tick. The page says "You are unsubscribed" only once
+  the suppression is recorded; a click waiting in the inbox is told so (202), and a link that
+  matches no message we sent changes nothing (404).
 
 Beside it, Twilio's status callbacks for the clinics whose TwilioAccount sets
 ``status_callback_url`` (its path is the route):
@@ -26,7 +34,8 @@ token gets 403 and changes nothing. A final status (delivered, undelivered, fail
 at once through tasks/feedback_delivery.py, with the suppression its error code calls for; the
 others are acknowledged and left. Twilio does not retry a status callback, so the answer is 204
 even when the database is busy: the delivery poll of the next tick asks about that message
-anyway (it stays the default, and the safety net, for every clinic).
+anyway (it stays the default, and the safety net, for every clinic). On a machine that does not
+hold the clinic's database (not its home), the status is left to that poll.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import html
 import logging
+import os
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -48,7 +58,9 @@ from starlette.routing import Route
 from tasks import feedback, feedback_delivery
 from tasks.config import ClinicConfig
 from tasks.errors import UserFacingError
+from tasks.paths import data_dir
 from tasks.providers.twilio import TwilioProvider, delivery_of, status_callback_valid
+from tasks.unsubscribe.events import PrefectEvents, server_events
 from tasks.unsubscribe.tokens import InvalidToken, UnsubscribeClaim, verify
 from tasks.warehouse import DatabaseBusy, open_db
 
@@ -85,10 +97,13 @@ def create_app(
     key: bytes | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     sms_providers: Mapping[str, Any] | None = None,
+    events: PrefectEvents | None = None,
 ) -> Starlette:
     """The endpoint for these clinics (a token names its clinic). ``key``: the HMAC key, by
     default the installation's (tasks/unsubscribe/tokens.py). ``sms_providers``: each clinic's
-    SMS provider; a Twilio one with ``status_callback_url`` gets its status callback route."""
+    SMS provider; a Twilio one with ``status_callback_url`` gets its status callback route.
+    ``events``: send clicks as Prefect events (the clinic's tick records them) instead of
+    writing the clinic's database here."""
 
     def claim_of(request: Request) -> UnsubscribeClaim | Response:
         try:
@@ -121,6 +136,10 @@ def create_app(
             return claim
         config = clinics[claim.clinic]
         now = clock()
+        name, marketing = html.escape(config.name), _MARKETING[claim.channel]
+        if events is not None:
+            events.send(claim, now)  # sent, or spooled until the server answers again
+            return _received(name, marketing)
         inbox = feedback.inbox_path(config.database_path)
         click = feedback.spool_unsubscribe(inbox, claim, now)
         try:
@@ -130,7 +149,6 @@ def create_app(
         except DatabaseBusy:
             log.info("%s: database busy; the click waits in the inbox", claim.clinic)
             outcome = None
-        name, marketing = html.escape(config.name), _MARKETING[claim.channel]
         if outcome in ("suppress", "already"):
             return _page(
                 "You are unsubscribed", f"<p>You will get no more {marketing} from {name}.</p>"
@@ -142,12 +160,7 @@ def create_app(
                 f"To stop {marketing}, contact {name}.</p>",
                 status=404,
             )
-        return _page(
-            "Your request is received",
-            f"<p>It will be recorded within a few minutes: {name} then sends you no more "
-            f"{marketing}.</p>",
-            status=202,
-        )
+        return _received(name, marketing)
 
     callbacks = {
         urlsplit(p.settings.status_callback_url).path: (clinic, p.settings)
@@ -187,7 +200,19 @@ def create_app(
     return Starlette(routes=routes)
 
 
+def _received(name: str, marketing: str) -> HTMLResponse:
+    return _page(
+        "Your request is received",
+        f"<p>It will be recorded within a few minutes: {name} then sends you no more "
+        f"{marketing}.</p>",
+        status=202,
+    )
+
+
 def _record_status(config: ClinicConfig, found: feedback_delivery.Delivery, now: datetime) -> None:
+    if not config.database_path.exists():  # not this clinic's home: the poll records it
+        log.info("%s: no database here; the delivery poll records this status", config.clinic)
+        return
     try:
         with open_db(config.database_path, wait_seconds=DB_WAIT_SECONDS) as con:
             feedback_delivery.record(con, "twilio", [found], now, source="callback")
@@ -203,16 +228,24 @@ def serving(
     sms_providers: Mapping[str, Any] | None = None,
 ) -> Iterator[str]:
     """The endpoint on a background thread for the length of the block (``relay serve``);
-    yields its base URL."""
+    yields its base URL. With PREFECT_API_URL set, clicks go as events (``endpoint_events``)."""
     from sandbox.server import ThreadedServer
 
+    events = endpoint_events()
     try:
-        app = create_app(clinics, sms_providers=sms_providers)
+        app = create_app(clinics, sms_providers=sms_providers, events=events)
         server = ThreadedServer(app, host=host, port=port)
     except OSError as exc:
         raise UserFacingError(
             f"The unsubscribe endpoint cannot listen on {host}:{port} ({exc.strerror}). Stop "
             "whatever uses it (another relay serve?) or change providers.unsubscribe_url."
         ) from None
-    with server:
+    with server, events.retrying() if events else contextlib.nullcontext():
         yield server.url
+
+
+def endpoint_events() -> PrefectEvents | None:
+    """Clicks as events to the server PREFECT_API_URL names (spooled in
+    ``data/unsubscribe-events.jsonl`` while it is unreachable); None without a server."""
+    api = os.environ.get("PREFECT_API_URL")
+    return server_events(api, data_dir() / "unsubscribe-events.jsonl") if api else None

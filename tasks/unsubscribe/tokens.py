@@ -4,19 +4,26 @@ A token names the clinic, patient, message and channel; never an address (links 
 logged). The endpoint (a later issue) verifies it and looks the address up in the ledger row.
 Tokens do not expire: an unsubscribe link must keep working long after the mail was sent.
 
-The key comes from ``RELAY_UNSUBSCRIBE_SECRET``, or is generated once into
-``data/secrets/unsubscribe.key`` (owner-only), so the demo needs no setup. Rotating it breaks every
-link already sent.
+The key is the same on every machine (a link signed by one clinic's home is checked by whichever
+machine runs the endpoint): ``RELAY_UNSUBSCRIBE_SECRET``, else the Prefect ``Secret`` block
+``relay-unsubscribe-secret`` on the server ``PREFECT_API_URL`` names. Only a single-machine
+install (no server, or one with no clinic home records, such as the demo's) falls back to a key
+generated once into ``data/secrets/unsubscribe.key`` (owner-only), so the demo needs no setup;
+once a server keeps home records, a missing shared key is an error that says how to save it.
+Rotating the key breaks every link already sent. The key is never logged or printed.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
 import re
 from dataclasses import dataclass
+
+import httpx
 
 from tasks.errors import UserFacingError
 from tasks.paths import data_dir
@@ -37,10 +44,58 @@ class UnsubscribeClaim:
     channel: str
 
 
+SECRET_BLOCK = "relay-unsubscribe-secret"
+HOME_PREFIX = "relay_home_"  # the Prefect Variables that say where each clinic lives
+
+
+class MissingSharedSecret(UserFacingError):
+    """Several machines, and no unsubscribe key they all share."""
+
+
 def secret_key() -> bytes:
     env = os.environ.get("RELAY_UNSUBSCRIBE_SECRET")
     if env:
         return env.encode("utf-8")
+    api = os.environ.get("PREFECT_API_URL")
+    if api:
+        shared, homes = _from_server(api)
+        if shared:
+            return shared
+        if homes:
+            raise MissingSharedSecret(
+                f"This Prefect server keeps clinic home records ({homes} clinics), so several "
+                "machines sign and check unsubscribe links, but no key is shared: save one in "
+                f"a Secret block named '{SECRET_BLOCK}' (if a machine already sent links, save "
+                "its data/secrets/unsubscribe.key so they keep working), or set "
+                "RELAY_UNSUBSCRIBE_SECRET to the same value on every machine."
+            )
+    return _local_key()
+
+
+@functools.cache
+def _from_server(api: str) -> tuple[bytes | None, int]:
+    """The shared key saved on the server (None if none), and how many home records it keeps.
+    Asked once per process and server; an unreachable server is an error, never a local key."""
+    from prefect.blocks.system import Secret
+    from prefect.client.orchestration import get_client
+
+    try:
+        try:
+            shared = Secret.load(SECRET_BLOCK, _sync=True).get()
+        except ValueError:  # no such block
+            shared = None
+        with get_client(sync_client=True) as client:
+            homes = client.read_variables()
+    except (httpx.HTTPError, OSError, RuntimeError) as exc:
+        raise MissingSharedSecret(
+            f"Cannot read the unsubscribe key from the Prefect server at {api} "
+            f"({type(exc).__name__}); is it running? Set RELAY_UNSUBSCRIBE_SECRET to go without."
+        ) from None
+    count = sum(1 for v in homes if v.name.startswith(HOME_PREFIX))
+    return (str(shared).encode("utf-8") if shared else None), count
+
+
+def _local_key() -> bytes:
     path = data_dir() / "secrets" / "unsubscribe.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

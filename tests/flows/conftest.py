@@ -2,16 +2,15 @@
 
 Started once per session on a free loopback port with its own PREFECT_HOME, as an operator would
 run it (`prefect server start`), not the in-process test harness: what we test is how our
-prefect.yaml and flows behave on a server. Deployments are made with `prefect deploy` from the
-project's prefect.yaml (plus copies of its tick entry for the test clinics, as docs/scaling.md
-tells an operator to add a clinic), and runs are executed by a real process worker.
+deployments and flows behave on a server. Deployments are made with `relay deploy` from the test
+clinics' folder, as docs/scaling.md tells an operator, and runs are executed by a real process
+worker on the test machine's queue (``machine-test``).
 
 The sandbox Cliniko servers run in this process (threads); the flow runs reach them over HTTP.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import signal
 import subprocess
@@ -20,7 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -154,31 +152,45 @@ WELCOME = """triggers:
 """
 
 
+MACHINE = "test"  # the machine the test clinics are deployed to (relay deploy --home)
+RELAY = str(Path(sys.executable).with_name("relay"))
+
+
 @pytest.fixture(scope="session")
-def deployed(prefect_server, clinics, tmp_path_factory):
-    """prefect.yaml deployed as documented (`prefect deploy --all`), with a copy of its demo-tick
-    entry per test clinic, as docs/scaling.md tells an operator to add a clinic. One deploy
-    command for all of it: each costs seconds of Prefect start-up."""
+def deployed(prefect_server, clinics, client):
+    """`relay deploy` of the test clinics, as documented; their schedules then switched off (and
+    any run they already scheduled deleted) so that the tests' runs are the only ones."""
     env = prefect_server
-    _prefect_cli(
-        env, "work-pool", "create", "local", "--type", "process", "--overwrite", timeout=60
-    )
-    project = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text(encoding="utf-8"))
-    tick = next(d for d in project["deployments"] if d["name"] == "demo-tick")
-    copies = []
-    for name in clinics:
-        entry = copy.deepcopy(tick)
-        entry["name"] = f"{name}-tick"
-        entry["parameters"] = {"clinic": name}
-        entry.pop("schedules")  # run on demand in tests
-        copies.append(entry)
-    combined = tmp_path_factory.mktemp("deploy") / "prefect.yaml"
-    combined.write_text(
-        yaml.safe_dump({**project, "deployments": project["deployments"] + copies}),
-        encoding="utf-8",
-    )
-    _prefect_cli(env, "deploy", "--all", "--prefect-file", str(combined), timeout=120)
+    result = subprocess.run(
+        [RELAY, "deploy", "--home", MACHINE],
+        env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, f"relay deploy failed:\n{result.stdout}\n{result.stderr}"
+    unschedule(client)
     return env
+
+
+def unschedule(client) -> None:
+    """Every deployment's schedules inactive, and the runs they scheduled deleted."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    for deployment in client.read_deployments():
+        for schedule in deployment.schedules:
+            client.update_deployment_schedule(  # (parameters again: the server resets them)
+                deployment.id, schedule.id, active=False, parameters=schedule.parameters
+            )
+    scheduled = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+        )
+    )
+    for run in scheduled:  # made by the scheduler before the schedules went off
+        client.delete_flow_run(run.id)
 
 
 @pytest.fixture(scope="session")
@@ -187,7 +199,17 @@ def worker(deployed, tmp_path_factory):
     log = tmp_path_factory.mktemp("worker") / "worker.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [PREFECT, "worker", "start", "--pool", "local", "--limit", "6"],
+            [
+                PREFECT,
+                "worker",
+                "start",
+                "--pool",
+                "local",
+                "--limit",
+                "6",
+                "--work-queue",
+                f"machine-{MACHINE}",
+            ],  # fmt: skip
             env=deployed,
             cwd=PROJECT_ROOT,
             stdout=out,

@@ -1,4 +1,4 @@
-"""The deployments on a real Prefect server, run by a real process worker: prefect.yaml deploys
+"""The deployments on a real Prefect server, run by a real process worker: `relay deploy` deploys
 what it promises, a tick runs the pipeline and publishes its summary, ticks of one clinic never
 overlap, a broken clinic fails alone (and an alert goes out), and stale data holds sending."""
 
@@ -94,20 +94,27 @@ def states(client, run_id) -> list[str]:
     return [s.name for s in client.read_flow_run_states(run_id)]
 
 
-def test_prefect_yaml_deploys_the_tick_every_five_minutes_one_at_a_time(deployed):
-    tick = deployment(deployed, "demo-tick")
+def test_relay_deploy_makes_each_clinics_tick_and_nightly_reconcile_on_its_machine(deployed):
+    tick = deployment(deployed, "alpha-tick")
 
-    assert tick["parameters"]["clinic"] == "demo"
+    assert tick["parameters"]["clinic"] == "alpha"
     assert tick["global_concurrency_limit"]["limit"] == 1
     assert tick["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+    assert tick["work_queue_name"] == "machine-test"
     by_slug = {s["slug"]: s for s in tick["schedules"]}
     assert by_slug["every-5-minutes"]["schedule"]["interval"] == 300.0
     nightly = by_slug["nightly-reconcile"]
     assert nightly["schedule"]["cron"] == "0 3 * * *"
-    assert nightly["parameters"]["reconcile"] is True
-    # The sync alone stays deployable, but only the tick runs on a schedule.
-    sync = deployment(deployed, "demo-sync")
-    assert [s["active"] for s in sync["schedules"]] == [False]
+    assert nightly["schedule"]["timezone"] == "Australia/Melbourne"  # the clinic's time_zone
+    assert nightly["parameters"] == {"clinic": "alpha", "reconcile": True,
+                                     "max_lateness_minutes": 120}  # fmt: skip
+    # Nothing of the machine that deployed it: the worker runs its own checkout's code.
+    assert tick["entrypoint"] == "flows.tick.clinic_tick"
+    assert not tick["path"] and not tick["pull_steps"]
+    assert tick["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"
+    names = {d["name"] for d in httpx.post(f"{api(deployed)}/deployments/filter", json={}).json()}
+    assert {"beta-tick", "alpha-campaign"} <= names
+    assert not any(n.startswith("demo-") for n in names)  # the demo only with --demo
 
 
 class Webhook:
@@ -151,7 +158,7 @@ def webhook(deployed):
             timeout=60,
         )
         assert created.returncode == 0, created.stderr
-        assert created.stdout.count("created automation") == 4
+        assert created.stdout.count("created automation") == 5
         yield hook
 
 

@@ -1,0 +1,238 @@
+"""``relay deploy``: every clinic's deployments, generated from ``clinics/``, onto a work pool.
+
+For each clinic folder (the demo only with ``--demo``):
+
+- ``clinic-tick/<clinic>-tick``: the whole pipeline every ``schedule.tick_every_minutes`` (5), and
+  the nightly tick with ``reconcile: true`` at ``schedule.nightly_reconcile`` (03:00) in the
+  clinic's own ``time_zone``; one run at a time (limit 1, ENQUEUE: DuckDB has one writer);
+- ``campaign/<clinic>-campaign``: a one-off campaign, on demand;
+- ``<owner report flow>/<clinic>-report``: weekly, Monday 08:00 clinic time, when
+  ``flows/report.py`` defines ``owner_report``.
+
+All of them go on the clinic's home machine's work queue (``machine-<name>``): the home record
+(Prefect Variable ``relay_home_<clinic>``), or, for a clinic without one, ``--home`` or this
+machine (said in the output). Running it again updates them in place.
+
+No deploy-time path is baked in. The entrypoints are module paths (``flows.tick.clinic_tick``)
+and there are no pull steps: Prefect 3.8.8's process worker starts each run in a fresh temporary
+directory (``working_dir`` unset) and the engine imports a module-path entrypoint from the
+worker's own Python, i.e. the checkout the worker's ``.venv`` was installed from (``make install``
+installs this project editable). ``tasks/paths.py`` finds clinics and data from that checkout
+(or ``RELAY_CLINICS_DIR`` / ``RELAY_DATA_DIR`` in the worker's environment), never from the
+directory the run starts in. Each run's environment sets its heartbeat
+(``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``) so the lost-run automation of relay/alerts.py works with
+no setup on the worker.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+
+def this_machine() -> str:
+    """This machine's name: RELAY_MACHINE, or the host name. (tasks/home.py's, once it lands.)"""
+    return os.environ.get("RELAY_MACHINE") or socket.gethostname()
+
+
+def queue_for(machine: str) -> str:
+    """The work queue of a machine's worker. (tasks/home.py's ``queue_for``, once it lands.)"""
+    return f"machine-{machine}"
+
+
+def home_of(client, clinic: str) -> str | None:
+    """The machine the clinic's home record names, or None without one. (tasks/home.py's
+    ``read_home``, once it lands.)"""
+    variable = client.read_variable_by_name(f"relay_home_{clinic}")
+    if variable is None or not isinstance(variable.value, dict):
+        return None
+    return variable.value.get("machine") or None
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One deployment to create: which flow, its name, parameters and schedules."""
+
+    flow: object
+    name: str
+    parameters: dict
+    schedules: list  # DeploymentScheduleCreate
+    description: str
+    one_at_a_time: bool = False
+
+
+def heartbeat_env() -> dict[str, str]:
+    from relay.alerts import HEARTBEAT_SECONDS
+
+    return {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS)}
+
+
+def plan_clinic(config) -> list[Planned]:
+    """The deployments of one clinic, from its clinic.yaml."""
+    from datetime import timedelta
+
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+
+    from flows.campaign import send_campaign
+    from flows.tick import clinic_tick
+
+    clinic, tz, sched = config.clinic, config.time_zone, config.schedule
+    every = sched.tick_every_minutes
+    schedules = [
+        DeploymentScheduleCreate(
+            schedule=IntervalSchedule(interval=timedelta(minutes=every)),
+            slug=f"every-{every:g}-minutes",
+        )
+    ]
+    if sched.nightly_reconcile:
+        hour, minute = (int(x) for x in sched.nightly_reconcile.split(":"))
+        schedules.append(
+            DeploymentScheduleCreate(
+                schedule=CronSchedule(cron=f"{minute} {hour} * * *", timezone=tz),
+                slug="nightly-reconcile",
+                # A reconcile tick may start late (a long tick before it) and still run.
+                parameters={"clinic": clinic, "reconcile": True, "max_lateness_minutes": 120},
+            )
+        )
+    planned = [
+        Planned(
+            clinic_tick, f"{clinic}-tick",
+            {"clinic": clinic, "max_lateness_minutes": sched.max_lateness_minutes}, schedules,
+            f"{config.name}: the whole pipeline every {every:g} minutes"
+            + (f"; the nightly reconcile at {sched.nightly_reconcile} {tz}"
+               if sched.nightly_reconcile else ""),
+            one_at_a_time=True,
+        ),
+        Planned(
+            send_campaign, f"{clinic}-campaign", {"clinic": clinic, "confirm": False}, [],
+            f"{config.name}: a one-off campaign, run by a person (campaign, confirm=true)",
+        ),
+    ]  # fmt: skip
+    report = owner_report_flow()
+    if report is not None:
+        planned.append(
+            Planned(
+                report, f"{clinic}-report", {"clinic": clinic},
+                [DeploymentScheduleCreate(schedule=CronSchedule(cron="0 8 * * 1", timezone=tz),
+                                          slug="weekly")],
+                f"{config.name}: the owner's weekly report, Monday 08:00 {tz}",
+            )
+        )  # fmt: skip
+    return planned
+
+
+def owner_report_flow():
+    """flows/report.py's ``owner_report`` when that module exists (another change adds it)."""
+    if importlib.util.find_spec("flows.report") is None:
+        return None
+    import flows.report
+
+    return getattr(flows.report, "owner_report", None)
+
+
+def apply(client, planned: Planned, pool: str, queue: str) -> None:
+    """Create or update the deployment (matched by flow and name), schedules replaced."""
+    from prefect.client.schemas.objects import ConcurrencyLimitStrategy, ConcurrencyOptions
+    from prefect.utilities.callables import parameter_schema
+
+    flow = planned.flow
+    limit = {}
+    if planned.one_at_a_time:
+        limit = dict(
+            concurrency_limit=1,
+            concurrency_options=ConcurrencyOptions(
+                collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+            ),
+        )
+    fn = flow.fn
+    client.create_deployment(
+        flow_id=client.create_flow(flow),
+        name=planned.name,
+        entrypoint=f"{fn.__module__}.{fn.__name__}",  # a module path: no file path baked in
+        path=None,
+        pull_steps=[],
+        work_pool_name=pool,
+        work_queue_name=queue,
+        parameters=planned.parameters,
+        parameter_openapi_schema=parameter_schema(flow).model_dump_for_openapi(),
+        enforce_parameter_schema=True,
+        schedules=planned.schedules,
+        description=planned.description,
+        job_variables={"env": heartbeat_env()},
+        paused=False,
+        **limit,
+    )
+
+
+def ensure_pool(client, pool: str) -> bool:
+    """Create a process work pool of that name if there is none; True when created."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        client.read_work_pool(pool)
+        return False
+    except ObjectNotFound:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        return True
+
+
+def deploy_command(
+    clinics: Path = typer.Option(
+        None, "--clinics", help="Folder of clinic folders (default: RELAY_CLINICS_DIR or clinics/)."
+    ),
+    pool: str = typer.Option("local", help="Work pool (a process pool is created if missing)."),
+    home: str = typer.Option(
+        None, help="Machine for clinics without a home record (default: this machine)."
+    ),
+    demo: bool = typer.Option(False, "--demo", help="Deploy the demo clinic too."),
+) -> None:
+    """Deploy every clinic in clinics/: its tick (clinic.yaml's schedule:), its nightly reconcile
+    in its own time zone, a campaign on demand and the weekly owner's report, on its home
+    machine's work queue. Needs PREFECT_API_URL (a running server). Safe to repeat."""
+    if not os.environ.get("PREFECT_API_URL"):
+        raise typer.BadParameter(
+            "set PREFECT_API_URL to your Prefect server (e.g. http://127.0.0.1:4200/api); "
+            "deployments live on the server"
+        )
+    from prefect.client.orchestration import get_client
+
+    from relay.env import clinics_dir
+    from tasks.config import ConfigError, load_clinic
+
+    folder = Path(clinics or clinics_dir())
+    paths = sorted(folder.glob("*/clinic.yaml"))
+    configs = [load_clinic(p) for p in paths if demo or p.parent.name != "demo"]
+    if not configs:
+        raise ConfigError(
+            f"No clinic to deploy in {folder}"
+            + (" (the demo is deployed only with --demo)." if paths else ".")
+            + " Add clinics/<clinic>/clinic.yaml (relay connect <clinic>)."
+        )
+    fallback = home or this_machine()
+    with get_client(sync_client=True) as client:
+        if ensure_pool(client, pool):
+            typer.echo(f"created the process work pool '{pool}'")
+        for config in configs:
+            machine = home_of(client, config.clinic)
+            where = f"home {machine}"
+            if machine is None:
+                machine = fallback
+                where = f"no home recorded: assigned to {machine}" + (
+                    "" if home else " (this machine; --home to choose)"
+                )
+            queue = queue_for(machine)
+            for planned in plan_clinic(config):
+                apply(client, planned, pool, queue)
+                typer.echo(f"{config.clinic}: {planned.flow.name}/{planned.name}")
+            typer.echo(f"{config.clinic}: on {pool}/{queue} ({where})")
+    typer.echo(
+        f"Start a worker on each machine: prefect worker start --pool {pool} "
+        f"--work-queue {queue_for('<machine>')} (from its own checkout; RELAY_MACHINE names it)"
+    )
