@@ -66,8 +66,7 @@ MACHINES = ("a", "b")
 # Three clinics: two at home on a (one of them is killed with it and moved), one on b.
 HOMES = {"north": "a", "south": "a", "east": "b"}
 MOVED = "north"  # the clinic moved to b after a is killed
-TICK_SECONDS = 60  # a tick takes 5 s on a quiet 2-core machine, minutes on a loaded one
-HEARTBEAT_SECONDS = 30  # Prefect refuses less
+TICK_SECONDS = 60  # relay deploy's least; a tick takes 5 s on a quiet 2-core machine
 QUIET_MINUTES = 2  # the per-clinic "no tick completed" alert
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -85,6 +84,10 @@ triggers:
     channel: email
     template: welcome
     purpose: transactional
+schedule:
+  tick_every_minutes: {tick_minutes}
+  nightly_reconcile: null
+  max_lateness_minutes: 2
 """
 
 
@@ -328,16 +331,6 @@ class Fleet:
         return None if limit is None else limit.active_slots
 
 
-def _prefect(env: dict, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [PREFECT, "--no-prompt", *args], env=env, cwd=PROJECT_ROOT, capture_output=True,
-        text=True, timeout=timeout,
-    )  # fmt: skip
-    if result.returncode != 0:
-        raise RuntimeError(f"prefect {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
 def write_clinics(folder: Path, sandboxes: dict) -> None:
     from pydantic import SecretStr
 
@@ -350,40 +343,26 @@ def write_clinics(folder: Path, sandboxes: dict) -> None:
         ).save(f"{name}-cliniko", overwrite=True)  # fmt: skip
         path = folder / name / "clinic.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(CLINIC_YAML.format(name=name), encoding="utf-8")
+        path.write_text(
+            CLINIC_YAML.format(name=name, tick_minutes=TICK_SECONDS / 60), encoding="utf-8"
+        )
 
 
 def deploy(fleet: Fleet) -> None:
-    """Each clinic's tick deployment on its home machine's queue, every TICK_SECONDS."""
-    import yaml
-
-    entries = [
-        {
-            "name": f"{clinic}-tick",
-            "entrypoint": "flows/tick.py:clinic_tick",
-            "work_pool": {"name": POOL, "work_queue_name": f"machine-{home}"},
-            "parameters": {"clinic": clinic, "max_lateness_minutes": 2},
-            "schedules": [{"interval": TICK_SECONDS}],
-            "concurrency_limit": {"limit": 1, "collision_strategy": "ENQUEUE"},
-            # As relay deploy sets it: runs heartbeat, so a lost machine's runs go Crashed.
-            "job_variables": {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS)}},
-        }
-        for clinic, home in HOMES.items()
-    ]
-    project = {
-        "name": "relay-machines",
-        "prefect-version": "3.8.8",
-        "build": None,
-        "push": None,
-        "pull": [
-            {"prefect.deployments.steps.set_working_directory": {"directory": str(PROJECT_ROOT)}}
-        ],
-        "deployments": entries,
-    }
-    path = fleet.root / "prefect.yaml"
-    path.write_text(yaml.safe_dump(project), encoding="utf-8")
-    _prefect(fleet.env, "deploy", "--all", "--prefect-file", str(path))
-    fleet.notes.append("deployments: the harness's own prefect.yaml (relay deploy not available)")
+    """As an operator would: each clinic claimed on its home machine (`relay clinic claim`, there),
+    then `relay deploy`, which puts each clinic's deployments on its home's queue."""
+    for clinic, home in HOMES.items():
+        claimed = fleet.machines[home].relay("clinic", "claim", clinic)
+        if claimed.returncode != 0:
+            raise RuntimeError(
+                f"relay clinic claim {clinic} failed:\n{claimed.stdout}\n{claimed.stderr}"
+            )
+    deployed = subprocess.run(
+        [RELAY, "deploy", "--pool", POOL], env=fleet.env, cwd=PROJECT_ROOT, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    if deployed.returncode != 0:
+        raise RuntimeError(f"relay deploy failed:\n{deployed.stdout}\n{deployed.stderr}")
 
 
 def find_deployments(fleet: Fleet) -> None:
@@ -469,7 +448,6 @@ def started(root: Path, use_postgres: bool | None = None) -> Iterator[Fleet]:
             root, "postgresql" if use_postgres else "sqlite", api, env, machines, clinics_dir,
             backups, webhook, sandboxes,
         )  # fmt: skip
-        _prefect(env, "work-pool", "create", POOL, "--type", "process", "--overwrite")
         deploy(fleet)
         find_deployments(fleet)
         alerts = subprocess.run(
