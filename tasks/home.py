@@ -8,7 +8,8 @@ queue, so only that machine's worker picks its ticks up. The code does not trust
   ``{"machine", "generation", "moved_at", "database"}`` (plus ``moving_to`` and ``backup``
   while ``relay clinic move`` is under way). The first tick of a clinic with no record claims it
   for its machine, generation 1 (creating a variable is atomic on the server: two machines
-  cannot both win).
+  cannot both win). A home claimed before any tick (``claim_home``, e.g. when deploying) has no
+  ``database`` yet: the first tick on that machine binds its database to it.
 - **The database's identity** is one row of ``state.clinic_identity`` (tasks/schema/80_home.sql):
   the clinic, its lineage (``database_id``, carried by every backup) and its generation.
 
@@ -283,6 +284,14 @@ def guard(
         if home == wanted and identity is None:
             write_identity(con, mine)
             identity = mine
+    elif home.database is None and home.machine == machine and not home.moving_to:
+        # claimed before any database was bound to it (`claim_home` by a deploy): the first
+        # tick at home binds this one, at the home's generation
+        mine = replace(identity, generation=home.generation) if identity else None
+        mine = mine or Identity(clinic, uuid.uuid4().hex, home.generation, machine)
+        write_identity(con, mine)
+        identity, home = mine, replace(home, database=mine.database_id)
+        store.write(clinic, home)
     reason = refusal(clinic, machine, identity, home)
     if reason:
         raise HomeRefused(f"{clinic}: nothing planned or sent: {reason}")

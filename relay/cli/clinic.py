@@ -100,6 +100,11 @@ def move(clinic: str, to: str, *, backup_root: Path, wait_seconds: float, echo) 
             f"`relay clinic move {clinic} --to {to}` on '{home.machine}' (set RELAY_MACHINE "
             "if its host name is not its machine name)."
         )
+    if not config.database_path.exists():
+        raise UserFacingError(
+            f"{clinic}'s home is this machine, but its database is not at "
+            f"{config.database_path}: check `database:` in its clinic.yaml and RELAY_DATA_DIR."
+        )
     with get_client(sync_client=True) as client:
         deployments = clinic_deployments(client, config.clinic)
         if home.moving_to is None:

@@ -108,6 +108,19 @@ def test_without_a_shared_server_the_database_gets_its_identity_and_nothing_is_r
         assert guard(con, "acme", machine="two") is None
 
 
+def test_a_home_claimed_before_any_tick_takes_the_first_database_that_ticks_there(tmp_path):
+    store = Store()
+    store.create("acme", Home("one", 1))  # claim_home when deploying: no database bound yet
+    with pytest.raises(HomeRefused, match="home is 'one'"):
+        tick(tmp_path / "b.duckdb", store, "two")
+    bound = tick(tmp_path / "a.duckdb", store, "one")
+    with open_db(tmp_path / "a.duckdb") as con:
+        assert bound == Home("one", 1, database=read_identity(con).database_id)
+    assert store.homes["acme"] == bound
+    with pytest.raises(HomeRefused, match="this database is new"):
+        tick(tmp_path / "c.duckdb", store, "one")
+
+
 def test_names_of_queues_and_variables():
     assert home.queue_for("box-2") == "machine-box-2"
     assert home.variable_name("Acme-Physio.2") == "relay_home_acme_physio_2"
