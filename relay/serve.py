@@ -3,7 +3,7 @@
 One process holds everything: a local Prefect server (its UI on
 127.0.0.1), the sandbox Cliniko with its clock running (so the clinic keeps booking, cancelling
 and arriving), and the demo clinic's deployments served from here with ``prefect.serve`` (each
-run in its own subprocess, no work pool or worker needed). The prefect.yaml deployments are the
+run in its own subprocess, no work pool or worker needed). `relay deploy`'s deployments are the
 same flows for a real install with a worker (docs/scaling.md).
 
 Ctrl-C stops it all within seconds and quietly (``supervise``): that process runs in a session of
@@ -122,7 +122,7 @@ def use_server(api: str) -> None:
 
 
 def tick_deployment(clinic: str, every: timedelta, name: str | None = None):
-    """The clinic's tick as a served deployment, with the same limits as prefect.yaml's."""
+    """The clinic's tick as a served deployment, with the same limits as relay deploy's."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
     from flows.tick import clinic_tick

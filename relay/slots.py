@@ -1,6 +1,6 @@
 """A tick's slot never stays taken by a run that is gone, and a tick that waits says why.
 
-Each tick deployment has a concurrency limit of 1 (prefect.yaml, ``relay.serve.tick_deployment``):
+Each tick deployment has a concurrency limit of 1 (relay deploy, ``relay.serve.tick_deployment``):
 Prefect gives a run the deployment's one slot when it goes Pending, under a lease its process
 renews, and takes the slot back when the run ends. A run whose process was killed (a
 force-stopped ``relay serve``, a crashed worker) never ends by itself: the slot stays taken until
