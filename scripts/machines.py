@@ -302,7 +302,11 @@ class Fleet:
         """Poll ``check`` until it returns something truthy; None after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            found = check()
+            try:
+                found = check()
+            except (httpx.HTTPError, OSError) as exc:  # a busy server times out: ask again
+                log(f"while waiting for {what}: {type(exc).__name__}: {exc}")
+                found = None
             if found:
                 return found
             time.sleep(every)
@@ -321,7 +325,7 @@ class Fleet:
             },
             "limit": 50,
         }
-        response = httpx.post(f"{self.api}/events/filter", json=body, timeout=30)
+        response = httpx.post(f"{self.api}/events/filter", json=body, timeout=120)
         response.raise_for_status()
         return response.json().get("events", [])
 
