@@ -34,22 +34,23 @@ class FeedbackFailed(RuntimeError):
 
 
 @task(cache_policy=NONE)
-def record_unsubscribe_clicks(con, config: ClinicConfig) -> dict[str, int]:
-    inbox = feedback.inbox_path(config.database_path)
-    return dict(feedback.drain_unsubscribes(con, inbox, datetime.now(UTC)))
-
-
-@task(cache_policy=NONE)
-def record_unsubscribe_events(con, config: ClinicConfig) -> dict[str, int]:
-    """Clicks an endpoint on any machine sent as Prefect events (tasks/feedback_events.py)."""
-    with get_client(sync_client=True) as client:
-        return dict(
-            feedback_events.pull_unsubscribe_events(
-                con, config.clinic, datetime.now(UTC),
-                post=lambda path, body: client.request("POST", path, json=body).json(),
-                get=lambda url: client.request("GET", url).json(),
-            )
-        )  # fmt: skip
+def record_unsubscribe_clicks(con, config: ClinicConfig) -> tuple[dict[str, int], str | None]:
+    """The clicks of the endpoint on this machine (its inbox) and of any machine (Prefect
+    events, tasks/feedback_events.py), in one task: (counts, why the events could not be read)."""
+    now = datetime.now(UTC)
+    counts = feedback.drain_unsubscribes(con, feedback.inbox_path(config.database_path), now)
+    try:
+        with get_client(sync_client=True) as client:
+            counts.update(
+                feedback_events.pull_unsubscribe_events(
+                    con, config.clinic, now,
+                    post=lambda path, body: client.request("POST", path, json=body).json(),
+                    get=lambda url: client.request("GET", url).json(),
+                )
+            )  # fmt: skip
+    except feedback.FeedbackUnavailable as exc:
+        return dict(counts), str(exc)
+    return dict(counts), None
 
 
 @task(cache_policy=NONE, task_run_name="pull-{feed.name}")
@@ -90,12 +91,11 @@ def pull_feedback(clinic: str = "demo") -> dict[str, int]:
     problems: list[str] = []
     try:
         with open_db(config.database_path) as con:
-            pulled.update(record_unsubscribe_clicks(con, config))
-            try:
-                pulled.update(record_unsubscribe_events(con, config))
-            except feedback.FeedbackUnavailable as exc:
-                problems.append(str(exc))
-                logger.warning("%s", exc)
+            clicks, unavailable = record_unsubscribe_clicks(con, config)
+            pulled.update(clicks)
+            if unavailable:
+                problems.append(unavailable)
+                logger.warning("%s", unavailable)
             limit = config.marketing_list.soft_bounce_limit
             feeds = [f for p in providers.values() for f in p.feedback_feeds(limit)]
             for feed in feeds:
