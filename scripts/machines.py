@@ -697,6 +697,16 @@ def run(root: Path, use_postgres: bool | None = None) -> dict:
                 figures[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:600]}
             log(f"scenario {name}: {json.dumps(figures[name])[:400]}")
         figures["ticks_per_machine"] = {c: dict(fleet.completed_on(c)) for c in HOMES}
+        # Every tick run's end state per clinic: a server that cannot keep up (SQLite answering
+        # 503 under load) shows as Failed ticks and runs Crashed before they started.
+        figures["tick_states"] = {
+            c: dict(
+                Counter(
+                    r.state_name for r in fleet.runs(c) if r.state and r.state.type.value in FINAL
+                )
+            )
+            for c in HOMES
+        }
         figures["notes"] = fleet.notes
         for machine in fleet.machines.values():
             machine.stop()  # the databases are read after every tick has ended
