@@ -13,7 +13,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -35,12 +37,17 @@ def _harness():
 
 
 @pytest.fixture(scope="module")
-def proof(tmp_path_factory):
+def proof():
     harness = _harness()
-    root = tmp_path_factory.mktemp("machines")
-    root.chmod(0o755)  # PostgreSQL runs as its own user when the tests run as root
+    # Not pytest's temp folder: its parents are private to this user, and PostgreSQL runs as
+    # its own user when the tests run as root.
+    root = Path(tempfile.mkdtemp(prefix="relay-machines-"))
+    root.chmod(0o755)
     sqlite = os.environ.get("RELAY_MACHINES_SQLITE") == "1"
-    figures = harness.run(root, use_postgres=False if sqlite else None)
+    try:
+        figures = harness.run(root, use_postgres=False if sqlite else None)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(figures, indent=2))
     return figures
 
