@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 60
 
-.PHONY: install demo serve deploy test test-unit lint format bench lock clean
+.PHONY: install demo serve deploy test test-unit lint format bench machines lock clean
 
 install: $(STAMP)
 
@@ -57,6 +57,12 @@ format: $(STAMP)
 
 bench: $(STAMP)  ## benchmarks; each prints its figures
 	$(PY) -m bench $(BENCH)
+
+# Two machines against one Prefect server (PostgreSQL when initdb is found; PG=1 insists, PG=0
+# forces SQLite): the home rule, a misrouted tick, a killed machine, a move, no duplicates.
+# Prints the figures and appends them to bench/results/machines.jsonl (docs/scaling.md).
+machines: $(STAMP)
+	$(PY) scripts/machines.py $(if $(filter 1,$(PG)),--postgres,$(if $(filter 0,$(PG)),--sqlite,))
 
 # Re-resolve the lock from pyproject.toml (needs the package registry).
 lock:
