@@ -370,7 +370,14 @@ def restore_database(
     return identity
 
 
-def restore_home(clinic: str, *, backup_root: Path, echo, machine: str | None = None) -> Home:
+def restore_home(
+    clinic: str | Path,
+    *,
+    backup_root: Path,
+    echo,
+    machine: str | None = None,
+    store: HomeStore | None = None,
+) -> Home:
     """The last step of a move, on the machine it goes to (``relay clinic restore``, or the
     ``clinic-restore`` flow that ``relay clinic move`` starts on that machine's queue): check the
     move's copy, put it in place as generation n + 1, record this machine as the home, resume the
@@ -381,8 +388,9 @@ def restore_home(clinic: str, *, backup_root: Path, echo, machine: str | None = 
     from tasks.config import load_clinic
 
     config = load_clinic(clinic)
-    store, machine = PrefectHomes(), machine or this_machine()
-    home = store.read(config.clinic)
+    clinic, machine = config.clinic, machine or this_machine()
+    store = store or PrefectHomes()
+    home = store.read(clinic)
     if home is None:
         raise UserFacingError(f"{clinic} has no home yet: nothing to restore.")
     if home.moving_to is None:
