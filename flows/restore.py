@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from tasks.config import load_clinic
 from tasks.home import backup_dir, restore_home
 
 
@@ -19,5 +20,5 @@ def clinic_restore(clinic: str) -> dict:
     """Restore the moved clinic's backup on this machine (generation + 1), make it the home,
     resume the clinic's deployments. Fails, saying why, on any machine but the move's target."""
     logger = get_run_logger()
-    home = restore_home(clinic, backup_root=backup_dir(), echo=logger.info)
+    home = restore_home(load_clinic(clinic), backup_root=backup_dir(), echo=logger.info)
     return {"clinic": clinic, "machine": home.machine, "generation": home.generation}

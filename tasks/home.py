@@ -371,7 +371,7 @@ def restore_database(
 
 
 def restore_home(
-    clinic: str | Path,
+    config,
     *,
     backup_root: Path,
     echo,
@@ -382,12 +382,10 @@ def restore_home(
     ``clinic-restore`` flow that ``relay clinic move`` starts on that machine's queue): check the
     move's copy, put it in place as generation n + 1, record this machine as the home, resume the
     deployments the move paused. Refuses on any machine but the move's ``moving_to``. Idempotent:
-    after a crash the same call resumes where it stopped; once done it changes nothing."""
+    after a crash the same call resumes where it stopped; once done it changes nothing.
+    ``config``: the clinic's ClinicConfig (its name and database path)."""
     from prefect.client.orchestration import get_client
 
-    from tasks.config import load_clinic
-
-    config = load_clinic(clinic)
     clinic, machine = config.clinic, machine or this_machine()
     store = store or PrefectHomes()
     home = store.read(clinic)

@@ -250,9 +250,10 @@ def wait_for_restore(client, clinic: str, run, to: str, pool: str, seconds: floa
 def restore(clinic: str, *, backup_root: Path, echo) -> None:
     """Step 4 of a move, by hand on the new home machine: the same code as the clinic-restore
     flow the move starts there (tasks.home.restore_home)."""
+    from tasks.config import load_clinic
     from tasks.home import restore_home
 
-    restore_home(clinic, backup_root=backup_root, echo=echo)
+    restore_home(load_clinic(clinic), backup_root=backup_root, echo=echo)
 
 
 def _backup_root(backup_dir: Path | None) -> Path:

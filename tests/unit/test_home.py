@@ -157,6 +157,7 @@ def test_the_restore_runs_only_on_the_machine_the_clinic_moves_to(tmp_path):
     """restore_home (relay clinic restore and the clinic-restore flow a move starts): anywhere
     but the move's target it refuses, saying where it must run, and changes nothing; there it
     restores generation n + 1 and makes that machine the home; again, it changes nothing."""
+    from tasks.config import load_clinic
     from tasks.errors import UserFacingError
 
     store = Store()
@@ -177,7 +178,11 @@ def test_the_restore_runs_only_on_the_machine_the_clinic_moves_to(tmp_path):
 
     def restore(machine):
         return home.restore_home(
-            yaml, backup_root=tmp_path / "backups", echo=said.append, machine=machine, store=store
+            load_clinic(yaml),
+            backup_root=tmp_path / "backups",
+            echo=said.append,
+            machine=machine,
+            store=store,
         )
 
     for wrong in ("one", "three"):
