@@ -217,8 +217,8 @@ def refusal(clinic: str, machine: str, identity: Identity | None, home: Home) ->
     if home.moving_to:
         return (
             f"{clinic} is being moved from '{home.machine}' to '{home.moving_to}' "
-            f"(relay clinic move): nothing runs until `relay clinic restore {clinic}` on "
-            f"'{home.moving_to}' finishes the move."
+            f"(relay clinic move): nothing runs until its restore on '{home.moving_to}' finishes "
+            f"the move (the move starts it there; or run `relay clinic restore {clinic}` there)."
         )
     if machine != home.machine:
         return (
@@ -368,3 +368,72 @@ def restore_database(
         identity = replace(identity, generation=generation, machine=machine)
         write_identity(con, identity)
     return identity
+
+
+def restore_home(
+    config,
+    *,
+    backup_root: Path,
+    echo,
+    machine: str | None = None,
+    store: HomeStore | None = None,
+) -> Home:
+    """The last step of a move, on the machine it goes to (``relay clinic restore``, or the
+    ``clinic-restore`` flow that ``relay clinic move`` starts on that machine's queue): check the
+    move's copy, put it in place as generation n + 1, record this machine as the home, resume the
+    deployments the move paused. Refuses on any machine but the move's ``moving_to``. Idempotent:
+    after a crash the same call resumes where it stopped; once done it changes nothing.
+    ``config``: the clinic's ClinicConfig (its name and database path)."""
+    from prefect.client.orchestration import get_client
+
+    clinic, machine = config.clinic, machine or this_machine()
+    store = store or PrefectHomes()
+    home = store.read(clinic)
+    if home is None:
+        raise UserFacingError(f"{clinic} has no home yet: nothing to restore.")
+    if home.moving_to is None:
+        if home.machine != machine:
+            raise UserFacingError(
+                f"{clinic} is not being moved: it lives on '{home.machine}'. Run "
+                f"`relay clinic move {clinic} --to {machine}` there first."
+            )
+        new = home  # restored already; perhaps not resumed yet
+    elif home.moving_to != machine:
+        raise UserFacingError(
+            f"{clinic} is being moved to '{home.moving_to}', not to this machine ('{machine}'): "
+            f"its restore must run there (a worker serving '{queue_for(home.moving_to)}', or "
+            f"`relay clinic restore {clinic}` on '{home.moving_to}')."
+        )
+    elif not home.backup:
+        raise UserFacingError(
+            f"{clinic}: the move has not backed the database up yet: run `relay clinic move "
+            f"{clinic} --to {machine}` again on '{home.machine}'."
+        )
+    else:
+        generation = home.generation + 1
+        identity = restore_database(
+            backup_root / home.backup,
+            config.database_path,
+            config.clinic,
+            generation=generation,
+            machine=machine,
+            checksum=home.backup_sha256,
+        )
+        new = Home(
+            machine=machine,
+            generation=generation,
+            moved_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            database=identity.database_id,
+            paused=home.paused,
+        )
+        store.write(config.clinic, new)  # from here on ticks run here, and only here
+        echo(f"restored {config.database_path} as generation {generation} of {clinic}")
+    if new.paused:
+        with get_client(sync_client=True) as client:
+            for deployment_id in new.paused:
+                client.resume_deployment(deployment_id)
+        echo(f"resumed {len(new.paused)} deployment(s)")
+        new = replace(new, paused=None)
+        store.write(config.clinic, new)
+    echo(f"{clinic} lives on '{machine}', generation {new.generation}.")
+    return new

@@ -2,8 +2,8 @@
 
     relay clinic home CLINIC                  # the home the server records, and this database's identity
     relay clinic claim CLINIC [--fresh]       # make this machine the home (first time, or start over)
-    relay clinic move CLINIC --to MACHINE     # on the old home: pause, wait, back up, re-queue
-    relay clinic restore CLINIC               # on the new home: restore, generation + 1, resume
+    relay clinic move CLINIC --to MACHINE     # on the old home: the whole move, restore included
+    relay clinic restore CLINIC               # by hand on the new home, if the move could not
 
 A move is a small state machine kept in the home record on the Prefect server, so each step is
 idempotent and a crash anywhere resumes by running the same command again:
@@ -14,9 +14,13 @@ idempotent and a crash anywhere resumes by running the same command again:
 2. it backs the database up under its lock, CHECKPOINTed, through a temporary name, to
    ``<backup dir>/<clinic>/<clinic>-generation-<n>.duckdb`` and records the file and its sha256;
 3. it puts the clinic's deployments on the new machine's work queue (``machine-<name>``);
-4. ``restore`` on the new machine checks the copy, puts it in place as generation n + 1 (a
-   database already restored as n + 1 is kept; a different file there is set aside, never
-   deleted), records the new home, then resumes the deployments it paused.
+4. it starts a run of the pool's ``clinic-restore/<pool>`` deployment (flows/restore.py) on that
+   queue, once per backup, and waits for it (``--no-wait``: not). That run, on the new machine,
+   does what ``relay clinic restore`` does (tasks.home.restore_home): checks the copy, puts it
+   in place as generation n + 1 (a database already restored as n + 1 is kept; a different file
+   there is set aside, never deleted), records the new home, then resumes the deployments it
+   paused. If no worker takes the run up in time, the command says so: the clinic stays paused
+   and the run queued, and it completes when the worker starts.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import typer
 clinic_app = typer.Typer(help="A clinic's home machine: show it, claim it, move it.")
 
 RUNNING = ["RUNNING", "PENDING", "CANCELLING"]
+RESTORE_WAIT = 300.0  # seconds `relay clinic move` waits for the restore on the new machine
 
 
 def _need_server() -> None:
@@ -69,8 +74,18 @@ def _ensure_queue(client, pool: str, queue: str) -> None:
         client.create_work_queue(name=queue, work_pool_name=pool)
 
 
-def move(clinic: str, to: str, *, backup_root: Path, wait_seconds: float, echo) -> None:
-    """Steps 1-3 of a move, on the clinic's home machine (see the module's docstring)."""
+def move(
+    clinic: str,
+    to: str,
+    *,
+    backup_root: Path,
+    wait_seconds: float,
+    echo,
+    restore_wait: float | None = RESTORE_WAIT,
+) -> None:
+    """A whole move, from the clinic's home machine (see the module's docstring): steps 1-3
+    here, then step 4 started on ``to``'s work queue, waited for up to ``restore_wait`` seconds
+    (None: not waited for)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import DeploymentUpdate
 
@@ -138,68 +153,107 @@ def move(clinic: str, to: str, *, backup_root: Path, wait_seconds: float, echo) 
             if deployment.work_pool_name:
                 _ensure_queue(client, deployment.work_pool_name, queue)
                 client.update_deployment(deployment.id, DeploymentUpdate(work_queue_name=queue))
-        echo(f"3/3 {clinic}'s deployments are on work queue '{queue}', paused")
-    echo(
-        f"Now on '{to}' run `relay clinic restore {clinic}` (with RELAY_BACKUP_DIR, or "
-        "--backup-dir, where this backup directory is mounted there)."
+        echo(f"3/4 {clinic}'s deployments are on work queue '{queue}', paused")
+        pools = [d.work_pool_name for d in deployments if d.work_pool_name]
+        run = start_restore(client, config.clinic, home, pools[0], to) if pools else None
+        if run is None:
+            echo(
+                f"{clinic} has no deployment in a work pool to start its restore from: on "
+                f"'{to}' run `relay clinic restore {clinic}` (with RELAY_BACKUP_DIR, or "
+                "--backup-dir, where this backup directory is mounted there)."
+            )
+            return
+        echo(f"4/4 started the restore on '{to}': flow run '{run.name}' on '{queue}'")
+        if restore_wait is None:
+            echo(
+                f"Not waiting: {clinic} stays paused until that run ends (`prefect flow-run "
+                f"inspect {run.id}`); `relay clinic home {clinic}` shows where it lives."
+            )
+            return
+        wait_for_restore(client, clinic, run, to, pools[0], restore_wait, echo)
+
+
+RESTORE_FLOW = "clinic-restore"  # flows/restore.py; one deployment per pool, named after it
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def start_restore(client, clinic: str, home, pool: str, to: str):
+    """A run of the pool's ``clinic-restore`` deployment on ``to``'s work queue (the server
+    puts a run on another queue of the deployment's pool when asked). Once per backup: a move run
+    again gets the same run back (an idempotency key of the backup), or a new one if that run
+    failed or was cancelled."""
+    from prefect.exceptions import ObjectNotFound
+
+    from tasks.errors import UserFacingError
+    from tasks.home import queue_for
+
+    try:
+        deployment = client.read_deployment_by_name(f"{RESTORE_FLOW}/{pool}")
+    except ObjectNotFound:
+        raise UserFacingError(
+            f"{clinic} is paused and backed up, but work pool '{pool}' has no "
+            f"'{RESTORE_FLOW}/{pool}' deployment to restore it with: run `relay deploy --pool "
+            f"{pool}` and this move again, or run `relay clinic restore {clinic}` on '{to}'."
+        ) from None
+    key = f"{RESTORE_FLOW}:{clinic}:g{home.generation}:{home.backup_sha256}"
+    for attempt in range(100):
+        run = client.create_flow_run_from_deployment(
+            deployment.id,
+            parameters={"clinic": clinic},
+            work_queue_name=queue_for(to),
+            idempotency_key=key if attempt == 0 else f"{key}:{attempt}",
+        )
+        state = run.state.type.value if run.state else "SCHEDULED"
+        if state not in FINAL or state == "COMPLETED":
+            return run
+    raise UserFacingError(f"{clinic}: too many failed restore runs; see them in Prefect.")
+
+
+def wait_for_restore(client, clinic: str, run, to: str, pool: str, seconds: float, echo) -> None:
+    """Wait for the restore run and say how it ended; if no worker took it up in time, say so,
+    leaving it queued (it runs when a worker serves the queue) and the clinic paused."""
+    from tasks.errors import UserFacingError
+    from tasks.home import queue_for
+
+    deadline = time.monotonic() + seconds
+    while True:
+        run = client.read_flow_run(run.id)
+        state = run.state.type.value if run.state else "SCHEDULED"
+        if state in FINAL or time.monotonic() >= deadline:
+            break
+        time.sleep(1)
+    if state == "COMPLETED":
+        echo(f"{clinic} lives on '{to}' now, its deployments resumed (run '{run.name}').")
+        return
+    queue = queue_for(to)
+    if state in FINAL:
+        raise UserFacingError(
+            f"{clinic}: the restore on '{to}' ended {state.lower()} (run '{run.name}'): "
+            f"{run.state.message if run.state else ''} The clinic stays paused; fix that and run "
+            f"this move again, or `relay clinic restore {clinic}` on '{to}'."
+        )
+    if state in ("SCHEDULED", "LATE"):
+        raise UserFacingError(
+            f"{clinic}: no worker on '{to}' took up its restore in {seconds:.0f} s: is one "
+            f"serving work queue '{queue}' (`prefect worker start --pool {pool} --work-queue "
+            f"{queue}`, RELAY_MACHINE={to})? The clinic stays paused and the restore run "
+            f"'{run.name}' waits on that queue: it completes when the worker starts. Running this "
+            "move again is safe."
+        )
+    raise UserFacingError(
+        f"{clinic}: the restore on '{to}' is still {state.lower()} after {seconds:.0f} s (run "
+        f"'{run.name}'): the clinic stays paused until it ends; `relay clinic home {clinic}` "
+        "shows where it lives, and running this move again is safe."
     )
 
 
 def restore(clinic: str, *, backup_root: Path, echo) -> None:
-    """Step 4 of a move, on the new home machine."""
-    from prefect.client.orchestration import get_client
-
+    """Step 4 of a move, by hand on the new home machine: the same code as the clinic-restore
+    flow the move starts there (tasks.home.restore_home)."""
     from tasks.config import load_clinic
-    from tasks.errors import UserFacingError
-    from tasks.home import Home, PrefectHomes, restore_database, this_machine
+    from tasks.home import restore_home
 
-    config = load_clinic(clinic)
-    store, machine = PrefectHomes(), this_machine()
-    home = store.read(config.clinic)
-    if home is None:
-        raise UserFacingError(f"{clinic} has no home yet: nothing to restore.")
-    if home.moving_to is None:
-        if home.machine != machine:
-            raise UserFacingError(
-                f"{clinic} is not being moved: it lives on '{home.machine}'. Run "
-                f"`relay clinic move {clinic} --to {machine}` there first."
-            )
-        new = home  # restored already; perhaps not resumed yet
-    elif home.moving_to != machine:
-        raise UserFacingError(
-            f"{clinic} is being moved to '{home.moving_to}', not to this machine ('{machine}')."
-        )
-    elif not home.backup:
-        raise UserFacingError(
-            f"{clinic}: the move has not backed the database up yet: run `relay clinic move "
-            f"{clinic} --to {machine}` again on '{home.machine}'."
-        )
-    else:
-        generation = home.generation + 1
-        identity = restore_database(
-            backup_root / home.backup,
-            config.database_path,
-            config.clinic,
-            generation=generation,
-            machine=machine,
-            checksum=home.backup_sha256,
-        )
-        new = Home(
-            machine=machine,
-            generation=generation,
-            moved_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            database=identity.database_id,
-            paused=home.paused,
-        )
-        store.write(config.clinic, new)  # from here on ticks run here, and only here
-        echo(f"restored {config.database_path} as generation {generation} of {clinic}")
-    if new.paused:
-        with get_client(sync_client=True) as client:
-            for deployment_id in new.paused:
-                client.resume_deployment(deployment_id)
-        store.write(config.clinic, replace(new, paused=None))
-        echo(f"resumed {len(new.paused)} deployment(s)")
-    echo(f"{clinic} lives on '{machine}', generation {new.generation}.")
+    restore_home(load_clinic(clinic), backup_root=backup_root, echo=echo)
 
 
 def _backup_root(backup_dir: Path | None) -> Path:
@@ -219,12 +273,27 @@ def move_command(
     clinic: str = typer.Argument(..., help="Clinic name (clinics/<name>/clinic.yaml)."),
     to: str = typer.Option(..., "--to", help="The machine (its RELAY_MACHINE) to move it to."),
     backup_dir: Path | None = BACKUP_DIR,
-    wait: float = typer.Option(600, help="Seconds to wait for a running tick to end."),
+    wait: bool = typer.Option(
+        True,
+        "--wait/--no-wait",
+        help="Wait for the restore on the new machine and say how it "
+        "ended (--no-wait: return once it is started; the clinic stays paused until it ends).",
+    ),
+    timeout: float = typer.Option(
+        RESTORE_WAIT,
+        help="Seconds to wait for the restore (with --wait) before saying no "
+        "worker took it up; it stays queued.",
+    ),
+    tick_wait: float = typer.Option(600, help="Seconds to wait for a running tick to end."),
 ) -> None:
-    """On the clinic's home: pause it, wait for its tick, back its database up, and put its
-    deployments on the new machine's queue; then run `relay clinic restore` there."""
+    """On the clinic's home: pause it, wait for its tick, back its database up, put its
+    deployments on the new machine's queue, and start the restore there (a clinic-restore run
+    on that queue): one command moves the clinic."""
     _need_server()
-    move(clinic, to, backup_root=_backup_root(backup_dir), wait_seconds=wait, echo=typer.echo)
+    move(
+        clinic, to, backup_root=_backup_root(backup_dir), wait_seconds=tick_wait,
+        echo=typer.echo, restore_wait=timeout if wait else None,
+    )  # fmt: skip
 
 
 @clinic_app.command("restore")
@@ -232,7 +301,8 @@ def restore_command(
     clinic: str = typer.Argument(..., help="Clinic name (clinics/<name>/clinic.yaml)."),
     backup_dir: Path | None = BACKUP_DIR,
 ) -> None:
-    """On the machine a move goes to: restore the backup, bump the generation, resume."""
+    """On the machine a move goes to, by hand (the move starts this there itself): restore the
+    backup, bump the generation, resume."""
     _need_server()
     restore(clinic, backup_root=_backup_root(backup_dir), echo=typer.echo)
 

@@ -9,6 +9,9 @@ For each clinic folder (the demo only with ``--demo``):
 - ``owner-report/<clinic>-report``: weekly, on clinic.yaml's ``report.weekday`` at ``report.at``
   in the clinic's time zone, when clinic.yaml has a ``report:`` section (the owner's address).
 
+and once per pool ``clinic-restore/<pool>`` (flows/restore.py), on demand: ``relay clinic move``
+starts its runs on the work queue of the machine a clinic moves to.
+
 All of them go on the clinic's home machine's work queue (``machine-<name>``): the home record
 (Prefect Variable ``relay_home_<clinic>``), or, for a clinic without one, ``--home`` or this
 machine (said in the output). Running it again updates them in place.
@@ -116,6 +119,17 @@ def plan_clinic(config) -> list[Planned]:
     return planned
 
 
+def plan_restore(pool: str) -> Planned:
+    """The pool's one ``clinic-restore/<pool>`` deployment (flows/restore.py): on demand, no
+    schedule; ``relay clinic move`` starts its runs on the target machine's queue."""
+    from flows.restore import clinic_restore
+
+    return Planned(
+        clinic_restore, pool, {}, [],
+        "The last step of `relay clinic move`, started by it on the machine the clinic moves to",
+    )  # fmt: skip
+
+
 def apply(client, planned: Planned, pool: str, queue: str) -> None:
     """Create or update the deployment (matched by flow and name), schedules replaced."""
     from prefect.client.schemas.objects import ConcurrencyLimitStrategy, ConcurrencyOptions
@@ -214,6 +228,9 @@ def deploy_command(
                 apply(client, planned, pool, queue)
                 typer.echo(f"{config.clinic}: {planned.flow.name}/{planned.name}")
             typer.echo(f"{config.clinic}: on {pool}/{queue} ({where})")
+        restore = plan_restore(pool)  # its runs go to a move's target queue, never this one
+        apply(client, restore, pool, "default")
+        typer.echo(f"{pool}: {restore.flow.name}/{restore.name} (run by relay clinic move)")
     typer.echo(
         f"Start a worker on each machine: prefect worker start --pool {pool} "
         f"--work-queue {queue_for('<machine>')} (from its own checkout; RELAY_MACHINE names it)"

@@ -1,12 +1,17 @@
 """One home per clinic on a real Prefect server, two machines on this one (each its own
 RELAY_MACHINE and data directory): a tick off the clinic's home plans and sends nothing, fails
-saying where home is and emits relay.clinic.misrouted; `relay clinic move` then `relay clinic
-restore` carry the clinic, its ledger and its deployment to the other machine, where it ticks
-on without sending anything twice, and the old machine is refused from then on."""
+saying where home is and emits relay.clinic.misrouted; one `relay clinic move`, run on the old
+home, carries the clinic, its ledger and its deployment to the other machine (its restore runs
+there, started by the move on that machine's work queue and run by that machine's own worker),
+where it ticks on without sending anything twice, and the old machine is refused from then on."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import subprocess
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +22,9 @@ from tasks.home import queue_for, read_home
 from tasks.warehouse import open_db
 
 pytestmark = [pytest.mark.prefect]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+POOL = "home-test"
 
 CLINIC = "homebody"
 WELCOME = """triggers:
@@ -67,22 +75,67 @@ def machines(prefect_server, clinics, monkeypatch, tmp_path):
 
 @pytest.fixture
 def deployment(client):
-    """The clinic's tick deployment on machine one's queue, scheduled, in a pool of its own."""
+    """The clinic's tick deployment on machine one's queue, scheduled, in a pool of its own, and
+    the pool's clinic-restore deployment as `relay deploy` makes it."""
     from prefect.client.schemas.actions import DeploymentScheduleCreate, WorkPoolCreate
     from prefect.client.schemas.schedules import IntervalSchedule
 
-    client.create_work_pool(WorkPoolCreate(name="home-test", type="process"), overwrite=True)
+    from relay.cli.deploy import apply, plan_restore
+
+    client.create_work_pool(WorkPoolCreate(name=POOL, type="process"), overwrite=True)
+    apply(client, plan_restore(POOL), POOL, "default")
     flow_id = client.create_flow_from_name("clinic-tick")
     return client.create_deployment(
         flow_id,
         f"{CLINIC}-tick",
-        work_pool_name="home-test",
+        work_pool_name=POOL,
         work_queue_name=queue_for("one"),
         parameters={"clinic": CLINIC},
         entrypoint="flows/tick.py:clinic_tick",
         schedules=[
             DeploymentScheduleCreate(schedule=IntervalSchedule(interval=timedelta(hours=1)))
         ],
+    )
+
+
+@contextlib.contextmanager
+def worker_of(machine: str, env: dict, tmp_path: Path):
+    """Machine ``machine``'s own process worker on its queue, with its RELAY_MACHINE and data
+    directory (this checkout's code: PYTHONPATH, as its own `make install` would give it)."""
+    log = tmp_path / f"worker-{machine}.log"
+    own = {
+        **env,
+        "RELAY_MACHINE": machine,
+        "RELAY_DATA_DIR": str(tmp_path / machine),
+        "RELAY_BACKUP_DIR": str(tmp_path / "share"),
+        "RELAY_CLINICS_DIR": str(tmp_path / "clinics"),
+        "PYTHONPATH": str(PROJECT_ROOT),
+    }
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [prefect, "worker", "start", "--pool", POOL, "--work-queue", queue_for(machine)],
+            env=own, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            yield log
+        finally:
+            proc.send_signal(signal.SIGINT)  # the worker ignores SIGTERM for long (prefect.md)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def restore_runs(client) -> list:
+    from prefect.client.schemas import filters
+
+    restore = client.read_deployment_by_name(f"clinic-restore/{POOL}")
+    return client.read_flow_runs(
+        flow_run_filter=filters.FlowRunFilter(
+            deployment_id=filters.FlowRunFilterDeploymentId(any_=[restore.id])
+        )
     )
 
 
@@ -111,9 +164,10 @@ def misrouted(env: dict) -> list[dict]:
 
 
 def test_a_clinic_ticks_only_at_home_and_moves_with_its_ledger(
-    prefect_server, client, sandboxes, machines, deployment
+    prefect_server, client, sandboxes, machines, deployment, tmp_path
 ):
-    from relay.cli.clinic import move, restore
+    from relay.cli.clinic import move
+    from tasks.errors import UserFacingError
 
     one = machines("one")
     assert tick().is_completed()  # the first tick anywhere: one becomes the home, generation 1
@@ -134,27 +188,42 @@ def test_a_clinic_ticks_only_at_home_and_moves_with_its_ledger(
         time.sleep(1)
     assert "home is 'one'" in misrouted(prefect_server)[0]["payload"]["reason"]
 
-    # The move, on the old home; run twice, as after a crash: the same state.
+    # The move, from the old home, while no worker serves 'two': it says so after its timeout,
+    # leaving the clinic paused and its restore queued there; every tick refuses meanwhile.
     machines("one")
     said: list[str] = []
-    for _ in range(2):
-        move(CLINIC, "two", backup_root=Path(_backup()), wait_seconds=30, echo=said.append)
+    with pytest.raises(UserFacingError, match="no worker on 'two' took up its restore"):
+        move(CLINIC, "two", backup_root=Path(_backup()), wait_seconds=30, echo=said.append,
+             restore_wait=2)  # fmt: skip
     moved = client.read_deployment(deployment)
     assert moved.paused and moved.work_queue_name == "machine-two"
+    (queued,) = restore_runs(client)
+    assert queued.work_queue_name == "machine-two" and queued.state.is_scheduled()
     backups = list(Path(_backup()).rglob("*.duckdb"))
     assert [b.name for b in backups] == [f"{CLINIC}-generation-1.duckdb"]
     in_transit = tick()
     assert in_transit.is_failed() and "being moved from 'one' to 'two'" in in_transit.message
+    from flows.restore import clinic_restore
 
-    # The restore, on the new home; again twice.
-    machines("two")
-    for _ in range(2):
-        restore(CLINIC, backup_root=Path(_backup()), echo=said.append)
+    elsewhere = clinic_restore(clinic=CLINIC, return_state=True)  # the restore, on 'one'
+    assert elsewhere.is_failed() and "not to this machine ('one')" in elsewhere.message
+    assert read_home(CLINIC).moving_to == "two"
+
+    # Machine two's worker starts; the same command again (safe) waits for the same run, which
+    # restores the clinic there. Once more: it lives there already, nothing changes.
+    with worker_of("two", prefect_server, tmp_path) as log:
+        for _ in range(2):
+            move(CLINIC, "two", backup_root=Path(_backup()), wait_seconds=30,
+                 echo=said.append, restore_wait=120)  # fmt: skip
+    (done,) = restore_runs(client)
+    assert done.id == queued.id and done.state.is_completed(), log.read_text()[-3000:]
+    assert f"{CLINIC} lives on 'two' now" in "\n".join(said)
     home = read_home(CLINIC)
     assert (home.machine, home.generation, home.moving_to) == ("two", 2, None)
     assert not client.read_deployment(deployment).paused
     assert ledger(two) == sent_on_one  # the ledger moved with the clinic
 
+    machines("two")
     assert tick().is_completed()
     after = ledger(two)
     assert {k: after[k] for k in sent_on_one} == sent_on_one

@@ -151,3 +151,49 @@ def test_a_backup_restored_elsewhere_is_the_next_generation_and_a_rerun_keeps_it
     assert tick(target, store, "two").machine == "two"
     with pytest.raises(HomeRefused, match="home is 'two'"):
         tick(source, store, "one")
+
+
+def test_the_restore_runs_only_on_the_machine_the_clinic_moves_to(tmp_path):
+    """restore_home (relay clinic restore and the clinic-restore flow a move starts): anywhere
+    but the move's target it refuses, saying where it must run, and changes nothing; there it
+    restores generation n + 1 and makes that machine the home; again, it changes nothing."""
+    from tasks.config import load_clinic
+    from tasks.errors import UserFacingError
+
+    store = Store()
+    source = tmp_path / "one" / "acme.duckdb"
+    tick(source, store, "one")
+    checksum = home.backup_database(source, tmp_path / "backups" / "acme" / "g1.duckdb")
+    target = tmp_path / "two" / "acme.duckdb"
+    yaml = tmp_path / "acme" / "clinic.yaml"
+    yaml.parent.mkdir()
+    yaml.write_text(
+        f"clinic: acme\nname: Acme\ndatabase: {target}\ncliniko:\n  account: acme\n",
+        encoding="utf-8",
+    )
+    moving = Home("one", 1, database=store.homes["acme"].database, moving_to="two",
+                  backup="acme/g1.duckdb", backup_sha256=checksum)  # fmt: skip
+    store.homes["acme"] = moving
+    said: list[str] = []
+
+    def restore(machine):
+        return home.restore_home(
+            load_clinic(yaml),
+            backup_root=tmp_path / "backups",
+            echo=said.append,
+            machine=machine,
+            store=store,
+        )
+
+    for wrong in ("one", "three"):
+        with pytest.raises(UserFacingError, match="not to this machine") as refused:
+            restore(wrong)
+        assert "machine-two" in str(refused.value)
+    assert store.homes["acme"] == moving and not target.exists()
+
+    done = restore("two")
+    assert (done.machine, done.generation, done.moving_to) == ("two", 2, None)
+    assert store.homes["acme"] == done and tick(target, store, "two") == done
+    assert restore("two") == done  # again: nothing changes
+    with pytest.raises(HomeRefused, match="home is 'two'"):
+        tick(source, store, "one")
