@@ -156,16 +156,17 @@ def check_home(config: ClinicConfig) -> None:
     """First in every tick: is this machine the clinic's home, and this database its current
     copy (tasks/home.py)? If not, nothing is planned or sent: the run fails saying why and what
     to do, and a relay.clinic.misrouted event (clinic and reason, no personal data) alerts."""
-    with open_db(config.database_path) as con:
-        try:
+    try:
+        home.refuse_elsewhere(config.clinic)  # before the database: none is made where it is not
+        with open_db(config.database_path) as con:
             home.guard(con, config.clinic)
-        except home.HomeRefused as refused:
-            emit_event(
-                event="relay.clinic.misrouted",
-                resource={"prefect.resource.id": f"relay.clinic.{config.clinic}"},
-                payload={"clinic": config.clinic, "reason": str(refused)[:4000]},
-            )
-            raise
+    except home.HomeRefused as refused:
+        emit_event(
+            event="relay.clinic.misrouted",
+            resource={"prefect.resource.id": f"relay.clinic.{config.clinic}"},
+            payload={"clinic": config.clinic, "reason": str(refused)[:4000]},
+        )
+        raise
 
 
 @task(cache_policy=NONE)

@@ -252,6 +252,24 @@ def refusal(clinic: str, machine: str, identity: Identity | None, home: Home) ->
     return None
 
 
+def refuse_elsewhere(
+    clinic: str, *, machine: str | None = None, store: HomeStore | None = None
+) -> None:
+    """Before the tick opens the clinic's database: on a machine that is not the clinic's home,
+    or during a move, raise HomeRefused here, so a misrouted tick does not even create an empty
+    database file where the clinic does not live. :func:`guard` checks the rest, with the
+    database open."""
+    if store is None:
+        if not shared_server():
+            return
+        store = PrefectHomes()
+    home = store.read(clinic)
+    machine = machine or this_machine()
+    if home is not None and (home.moving_to or home.machine != machine):
+        reason = refusal(clinic, machine, None, home)
+        raise HomeRefused(f"{clinic}: nothing planned or sent: {reason}")
+
+
 def guard(
     con: duckdb.DuckDBPyConnection,
     clinic: str,

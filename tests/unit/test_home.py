@@ -53,6 +53,17 @@ def test_a_tick_on_another_machine_refuses_and_says_where_home_is(tmp_path):
     assert "machine-one" in message and "relay clinic move acme --to two" in message
 
 
+def test_a_tick_off_its_home_refuses_before_it_makes_a_database_there(tmp_path):
+    store = Store()
+    tick(tmp_path / "a.duckdb", store, "one")
+    elsewhere = tmp_path / "machine-two" / "acme.duckdb"
+    with pytest.raises(HomeRefused, match="home is 'one'"):
+        home.refuse_elsewhere("acme", machine="two", store=store)
+    assert not elsewhere.exists() and not elsewhere.parent.exists()
+    home.refuse_elsewhere("acme", machine="one", store=store)  # at home: on to the guard
+    home.refuse_elsewhere("never-ticked", machine="two", store=store)  # no home yet: claims
+
+
 def test_a_fresh_database_on_the_home_machine_refuses_when_the_clinic_has_history(tmp_path):
     store = Store()
     tick(tmp_path / "a.duckdb", store, "one")
