@@ -129,7 +129,7 @@ def automations(
                 )
             ],
         ),
-        zombie_runs(crash_after),
+        zombie_runs(crash_after, notify),
     ]
 
 
@@ -151,9 +151,12 @@ def _on_clinic_event(
     )
 
 
-def zombie_runs(crash_after: int = CRASH_AFTER_SECONDS) -> Automation:
+def zombie_runs(crash_after: int = CRASH_AFTER_SECONDS, notify: dict | None = None) -> Automation:
     """Prefect's "detect zombie flows" automation: a run whose heartbeats stop (after at least
-    one) without a final state is set Crashed, which releases its deployment's slot."""
+    one) without a final state is set Crashed, which releases its deployment's slot, and a
+    person is told (with ``notify``) by this automation itself: a state set by an automation's
+    action did not reach the "a run failed or crashed" alert in the two-machine run
+    (scripts/machines.py), so the lost machine's alert does not depend on it."""
     return Automation(
         name=ZOMBIE_NAME,
         description=f"A run sent no heartbeat for {crash_after} s and did not finish: its "
@@ -178,7 +181,21 @@ def zombie_runs(crash_after: int = CRASH_AFTER_SECONDS) -> Automation:
                 state=StateType.CRASHED,
                 message=f"No heartbeat for {crash_after} s: its process or machine was lost "
                 "(marked by the relay automation; the next tick catches up).",
-            )
+            ),
+            *(
+                [
+                    SendNotification(
+                        **notify,
+                        subject="clinic-relay: a run was lost and marked Crashed",
+                        body=f"A run sent no heartbeat for {crash_after} s and did not finish: "
+                        "its process or machine died. It is marked Crashed and its clinic's "
+                        "tick slot is free again. Check the machine and its worker. "
+                        "{{ flow_run.name }} {{ flow_run|ui_url }}",
+                    )
+                ]
+                if notify
+                else []
+            ),
         ],
     )
 

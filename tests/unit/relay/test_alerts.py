@@ -29,8 +29,10 @@ def test_a_run_whose_heartbeats_stop_is_marked_crashed():
     assert trigger.within == timedelta(seconds=CRASH_AFTER_SECONDS)
     # Several heartbeats may be missed before a live run is taken for a dead one.
     assert CRASH_AFTER_SECONDS >= 3 * HEARTBEAT_SECONDS
-    [action] = zombie.actions
-    assert action.type == "change-flow-run-state" and action.state == StateType.CRASHED
+    crash, tell = zombie.actions
+    assert crash.type == "change-flow-run-state" and crash.state == StateType.CRASHED
+    # the lost machine's alert comes from this automation itself, not from the Crashed state
+    assert tell.type == "send-notification" and "marked Crashed" in tell.subject
 
 
 def test_no_tick_completed_is_counted_per_clinic_and_names_it():
