@@ -16,6 +16,7 @@ from blocks.cliniko import ClinikoAccount
 from blocks.postmark import PostmarkServer
 from blocks.twilio import TwilioAccount
 from tasks.config import ClinicConfig, ConfigError
+from tasks.messages.ledger import Channel
 from tasks.providers.common import Provider
 from tasks.providers.outbox import OutboxProvider, outbox_dir
 
@@ -41,7 +42,7 @@ def cliniko_account(config: ClinicConfig) -> ClinikoAccount:
         ) from None
 
 
-def providers_for(cfg: ClinicConfig) -> dict[str, Provider]:
+def providers_for(cfg: ClinicConfig) -> dict[Channel, Provider]:
     """The provider for each channel, as the clinic's ``providers:`` section says."""
     sender = cfg.providers.sender
     outbox = OutboxProvider(

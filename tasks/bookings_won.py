@@ -30,10 +30,13 @@ The cohort window is chosen by the caller so that every recipient has had the fu
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import duckdb
+
+from tasks.warehouse import one
 
 # Skip reasons (state.messages.status_reason) that say nothing about the patient: the marketing
 # gate's "frequency cap: ..." / "quiet hours: ..." (tasks/messages/gate.py) and dispatch's
@@ -105,11 +108,12 @@ def _pct(rate: float | None) -> str:
 def _exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
     schema, name = table.split(".")
     return bool(
-        con.execute(
+        one(
+            con,
             "SELECT count(*) FROM information_schema.tables "
             "WHERE table_schema = ? AND table_name = ?",
             [schema, name],
-        ).fetchone()[0]
+        )[0]
     )
 
 
@@ -118,7 +122,7 @@ def bookings_won(
     first: datetime,
     last: datetime,
     within_days: int,
-    sources: list[tuple[str, str]] = (),
+    sources: Sequence[tuple[str, str]] = (),
 ) -> list[Won]:
     """Per source, messages sent (or due, for the baseline) in ``[first, last)``: recipients and
     baseline, and how many of each booked within ``within_days``. ``sources`` (kind, name) are
@@ -126,7 +130,7 @@ def bookings_won(
     marts.appointments (a clinic never built has no bookings to count: ``[]`` of counts)."""
     if within_days < 1:
         raise ValueError("bookings are counted within at least one day of the message")
-    found: dict[tuple[str, str], dict] = {tuple(s): {} for s in sources}
+    found: dict[tuple[str, str], dict] = {(kind, name): {} for kind, name in sources}
     if not _exists(con, "marts.appointments"):
         return [Won(k, n) for k, n in found]
     survivor = (

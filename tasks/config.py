@@ -29,7 +29,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from tasks.errors import UserFacingError
 from tasks.paths import PROJECT_ROOT, clinics_dir, data_dir
@@ -224,7 +224,8 @@ class ConditionStep(_Section):
 def _step_kind(value: object) -> str | None:
     if isinstance(value, dict):
         return next((k for k in ("send", "wait", "only_if") if k in value), None)
-    return {SendStep: "send", WaitStep: "wait", ConditionStep: "only_if"}.get(type(value))
+    kinds: dict[type, str] = {SendStep: "send", WaitStep: "wait", ConditionStep: "only_if"}
+    return kinds.get(type(value))
 
 
 JourneyStep = Annotated[
@@ -438,7 +439,7 @@ class ClinicConfig(_Section):
         return self.database if self.database.is_absolute() else self.folder / self.database
 
 
-def _describe(err: dict, raw: dict | None = None) -> str:
+def _describe(err: ErrorDetails, raw: dict | None = None) -> str:
     where = ".".join(str(p) for p in err["loc"]) or "(top level)"
     loc = err["loc"]
     if raw and len(loc) > 1 and loc[0] in ("journeys", "campaigns") and isinstance(loc[1], int):

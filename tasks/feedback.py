@@ -282,6 +282,7 @@ def record_bounces(
                  "streams": [b.stream for b in new], "types": [b.type for b in new]},
             )  # fmt: skip
             book = Book(con, "email", {b.email for b in new})
+            scope: Scope
             for b in new:
                 if b.kind == "hard":
                     reason, scope = "hard_bounce", "all"

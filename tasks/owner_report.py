@@ -253,6 +253,7 @@ def settle(
         ) == "planned":
             return None  # certainly never received: send it again
         row = current(con, week)
+        assert row is not None  # still there: record() removes it only on a retry, returned above
     if resend and row["status"] in ("failed", "unknown"):
         _forget(con, week)
         return None

@@ -338,7 +338,7 @@ def report_sections(report: Report) -> list[str]:
         [r["source"], *(r[o] for o in DELIVERY), f"{r['delivered_pct']}%"]
         for r in delivery_rows(report)
     ]
-    growth = defaultdict(lambda: [0, 0])
+    growth: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
     for (_, audience, event), n in report.lists.items():
         growth[audience][0 if event == "joined" else 1] += n
     list_table = [

@@ -26,6 +26,7 @@ from tasks.models.holds import holds
 from tasks.models.project import tables_read
 from tasks.triggers import names
 from tasks.triggers.query import candidate_query
+from tasks.warehouse import one
 
 # Step outcomes, as the summary shows them.
 COMPLETED, FAILED, HELD = "completed", "failed", "held"
@@ -53,9 +54,10 @@ class Freshness:
         return None if self.as_of is None else self.now - self.as_of
 
     def describe(self) -> str:
-        if self.as_of is None:
+        age = self.age
+        if age is None:  # no as_of
             return "never synced"
-        minutes = self.age.total_seconds() / 60
+        minutes = age.total_seconds() / 60
         return f"as of {self.as_of:%Y-%m-%d %H:%M:%S} UTC ({minutes:.1f} min old)"
 
 
@@ -63,17 +65,16 @@ def build_recorded(con: duckdb.DuckDBPyConnection, since: datetime) -> bool:
     """Whether a model build finished since ``since`` and recorded what it held: a failed build
     step without such a record (a crash, a lost connection) leaves nothing to go by."""
     return bool(
-        con.execute(
+        one(
+            con,
             "SELECT count(*) FROM state.model_builds WHERE started_at >= ? AND status = 'succeeded'",
             [since],
-        ).fetchone()[0]
+        )[0]
     )
 
 
 def freshness(con: duckdb.DuckDBPyConnection, now: datetime) -> Freshness:
-    as_of = con.execute(
-        "SELECT max(started_at) FROM state.sync_runs WHERE status = 'completed'"
-    ).fetchone()[0]
+    as_of = one(con, "SELECT max(started_at) FROM state.sync_runs WHERE status = 'completed'")[0]
     return Freshness(as_of, now)
 
 
@@ -95,7 +96,7 @@ def breaker(sync: Step, fresh: Freshness, stale_after_minutes: int) -> str | Non
 def _journey_reads(journey: Journey) -> set[str]:
     segments = {journey.entry.enters_segment, journey.entry.exits_segment}
     segments |= {getattr(step, "segment", None) for step in journey.steps}
-    lists = {*journey.channels, journey.entry.joins_list} - {None}
+    lists = {c for c in (*journey.channels, journey.entry.joins_list) if c is not None}
     return {f"segments.{s}" for s in segments if s} | {MARKETING_LISTS[c].table for c in lists}
 
 

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -203,3 +204,14 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
         raise
     else:
         con.execute("COMMIT")
+
+
+def one(con: duckdb.DuckDBPyConnection, sql: str, params: object = None) -> tuple[Any, ...]:
+    """The row of a query that always returns exactly one (an aggregate without GROUP BY, a SELECT
+    of expressions, an UPDATE's count): DuckDB's ``fetchone()`` is typed as maybe None, and here
+    None would be a bug, said plainly rather than as "'NoneType' is not subscriptable"."""
+    row = con.execute(sql, params).fetchone()
+    if row is None:
+        query = " ".join(sql.split())
+        raise RuntimeError(f"no row from a query that always returns one (a bug): {query[:120]}")
+    return row

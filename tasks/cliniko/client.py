@@ -373,7 +373,9 @@ class ClinikoClient:
         for _ in range(self.retry.max_rate_limited):
             if self.limiter:
                 self.stats.paced_seconds += self.limiter.acquire()
-            response = self._http.get(url, params=query or None)
+            # httpx types params as list[tuple[str, PrimitiveData]]: list is invariant, so its
+            # hint refuses the list of (str, str) it documents and accepts.
+            response = self._http.get(url, params=query or None)  # type: ignore[arg-type]
             self.stats.requests += 1
             status = response.status_code
             self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
@@ -409,7 +411,7 @@ class ClinikoClient:
                 raise _Transient("not JSON", garbage=True) from None
             if not isinstance(body, dict) or not isinstance(body.get(key), list):
                 raise _Transient(f"no '{key}' list", garbage=True)
-            links = body.get("links") if isinstance(body.get("links"), dict) else {}
+            links = body["links"] if isinstance(body.get("links"), dict) else {}
             total = body.get("total_entries")
             return Page(
                 records=body[key],

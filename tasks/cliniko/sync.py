@@ -45,7 +45,7 @@ from tasks.cliniko import resources as _resources
 from tasks.cliniko.client import ClinikoClient, Pace, Page
 from tasks.cliniko.resources import RESOURCES, Resource
 from tasks.cliniko.writer import Batch, ResourceWriter, mark_removed, parse_records, watermark
-from tasks.warehouse import open_db
+from tasks.warehouse import one, open_db
 
 # --- Reading: the one paging mechanism ----------------------------------------------------------
 
@@ -220,6 +220,7 @@ class Sync:
                 counts = self.counts[resource.name]
                 for path in resource.paths:
                     cursor, page = self._first.pop(path)
+                    ask: tuple[str, str] | tuple[str, str, list[tuple[str, str]]]
                     while True:
                         batch = parse_records(resource, page.records)
                         if not self._hand_over((path, batch)):
@@ -264,9 +265,10 @@ def bound_memory(con: duckdb.DuckDBPyConnection, limit: str = "64MB") -> None:
 
 def reconcile_due(con: duckdb.DuckDBPyConnection, every_hours: float, now: datetime) -> bool:
     """True when no reconciliation has completed in the last ``every_hours`` (or ever)."""
-    last = con.execute(
-        "SELECT max(started_at) FROM state.sync_runs WHERE kind = 'reconcile' AND status = 'completed'"
-    ).fetchone()[0]
+    last = one(
+        con,
+        "SELECT max(started_at) FROM state.sync_runs WHERE kind = 'reconcile' AND status = 'completed'",
+    )[0]
     return last is None or now - last >= timedelta(hours=every_hours)
 
 

@@ -203,8 +203,9 @@ class ResourceWriter:
     def add(self, path: str, batch: Batch, now: datetime) -> PageResult:
         """Take a page; commits when enough is buffered. Counts are final once committed."""
         result = PageResult(quarantined=len(batch.quarantined))
-        unsure = []
+        unsure: list[Row] = []
         held = self._held_for(batch.rows)
+        ours_payload: str | None
         for row in batch.rows:
             row_id, updated = row[0], _micros(row[1])
             pending = self._pending.get(row_id)
@@ -228,7 +229,7 @@ class ResourceWriter:
                 self._pending[row_id] = row
                 result.updated += 1
         if unsure:
-            ours = dict(
+            ours: dict[int, str] = dict(
                 self.con.execute(
                     f"SELECT id, payload FROM {self.resource.table} "
                     f"WHERE id IN ({','.join(str(r[0]) for r in unsure)})"

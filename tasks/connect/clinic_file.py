@@ -68,6 +68,7 @@ def render_clinic_yaml(
             f"the business '{business.name}' has no {' and no '.join(missing)} in Cliniko "
             "(Settings → Businesses → the business): set them there and run connect again.",
         )
+    assert business.country is not None  # a business without one is refused just above
     display, address = parseaddr(accounts.from_address or "")
     sender = {
         "name": display or name or business.name,

@@ -78,11 +78,12 @@ def verify_twilio(
         )
     kind = sender_kind(sender or "")
     sender = sender.strip()
-    if kind == "alphanumeric" and (country or "").upper() in NO_ALPHANUMERIC:
+    country_code = (country or "").upper()
+    if kind == "alphanumeric" and country_code in NO_ALPHANUMERIC:
         raise ConnectFailed(
             SERVICE,
             "bad_sender",
-            f"alphanumeric sender IDs cannot send to {country.upper()} numbers: use a Twilio "
+            f"alphanumeric sender IDs cannot send to {country_code} numbers: use a Twilio "
             "number or a messaging service instead.",
         )
     http = RedirectingHttpClient(base_url, timeout=timeout) if base_url else None

@@ -41,7 +41,7 @@ from tasks.messages.channels import MARKETING_LISTS
 from tasks.messages.ledger import PlannedMessage, make_send_key
 from tasks.messages.prepare import Ready, Skip, clinic_details
 from tasks.messages.templates import Rendered, TemplateError, Templates
-from tasks.warehouse import transaction
+from tasks.warehouse import one, transaction
 
 
 class CampaignError(UserFacingError):
@@ -102,7 +102,7 @@ def audience(
     _segment_built(con, cfg, campaign)
     marketing_list = MARKETING_LISTS[campaign.channel]
     segment = f'segments."{campaign.segment}"'  # the name was checked against sql/segments/
-    size = con.execute(f"SELECT count(*) FROM {segment}").fetchone()[0]
+    size = one(con, f"SELECT count(*) FROM {segment}")[0]
     rows = con.execute(
         f"""
         SELECT s.patient_id, l.{marketing_list.address_column}
@@ -229,6 +229,7 @@ def preview(
 ) -> Preview:
     """Who would get it, and how it reads for one of them. Writes nothing. Once confirmed, the
     campaign as confirmed (what goes), with what clinic.yaml changed since."""
+    changed: list[str]
     campaign, changed = find(cfg, name), []
     record = confirmed(con, campaign)
     if record is not None:
@@ -385,7 +386,9 @@ def freeze_due(
     for name, send_at in due:
         if name in missing or name in held:
             continue
-        campaign, _ = confirmed(con, find(cfg, name))
+        record = confirmed(con, find(cfg, name))
+        assert record is not None  # its state.campaigns row was read just above
+        campaign, _ = record
         with transaction(con):
             queued[name] = _freeze(con, cfg, campaign, max(send_at, now), now)
             con.execute(
@@ -442,6 +445,7 @@ class Preparer(SourcePreparer):
         ).fetchone()
         segment, cancelled = found if found else (None, True)
         decisions: dict[int, Ready | Skip] = {}
+        decision: Ready | Skip
         for message in self.planned(name, segment):
             if cancelled:
                 decision = Skip("campaign cancelled", cancel=True)

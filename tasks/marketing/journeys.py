@@ -30,7 +30,7 @@ from tasks.errors import UserFacingError
 from tasks.marketing import enrolment, steps
 from tasks.marketing.recheck import SourcePreparer
 from tasks.messages.prepare import Ready, Skip
-from tasks.warehouse import transaction
+from tasks.warehouse import one, transaction
 
 
 class JourneyError(UserFacingError):
@@ -52,9 +52,7 @@ def _go_live(con: duckdb.DuckDBPyConnection, journey: Journey, now: datetime) ->
         [journey.name],
     ).fetchone()
     if row is None or row[3] is not None:
-        newest = con.execute(
-            "SELECT coalesce(max(event_id), 0) FROM state.membership_events"
-        ).fetchone()[0]
+        newest = one(con, "SELECT coalesce(max(event_id), 0) FROM state.membership_events")[0]
         con.execute(
             "INSERT OR REPLACE INTO state.journeys VALUES (?, ?, ?, ?, NULL, ?)",
             [journey.name, now, newest, now, now],
@@ -108,6 +106,7 @@ def _date_column_checked(
             f"{_where(cfg, journey)}: entry.date_field '{field}' is not a DATE column of "
             "marts.patients (e.g. date_of_birth). Fix the journey in clinic.yaml."
         )
+    assert field is not None  # a NULL column_name matches no column: refused just above
     return field
 
 
@@ -134,9 +133,7 @@ def run_journey(
     """One tick of one journey, all or nothing. Returns counts."""
     with transaction(con):
         live_from, event_cursor, moment_cursor = _go_live(con, journey, now)
-        upto = con.execute(
-            "SELECT coalesce(max(event_id), 0) FROM state.membership_events"
-        ).fetchone()[0]
+        upto = one(con, "SELECT coalesce(max(event_id), 0) FROM state.membership_events")[0]
         zone = ZoneInfo(cfg.time_zone)
         if journey.entry.date_field:
             field = _date_column_checked(con, cfg, journey)
@@ -190,6 +187,7 @@ class Preparer(SourcePreparer):
         journey = self.journeys.get(name)
         segment = journey.entry.enters_segment if journey and journey.exit.leaves_segment else None
         decisions: dict[int, Ready | Skip] = {}
+        decision: Ready | Skip
         for message in self.planned(name, segment):
             if journey is None:
                 decision = Skip("journey removed from the configuration", cancel=True)

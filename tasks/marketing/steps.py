@@ -132,7 +132,7 @@ def _send(
             [[m.send_key for m in messages]],
         ).fetchall()
     )
-    records = []
+    records: list[tuple[int, str, str | None, int | None]] = []
     for enrolment_id, patient_id in due:
         if patient_id in on_list:
             key = send_key(journey.name, patient_id, entry_keys[enrolment_id], index)

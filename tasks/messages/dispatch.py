@@ -33,13 +33,13 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import duckdb
 
 from tasks.config import ClinicConfig
 from tasks.messages import ledger, waiting
-from tasks.messages.ledger import Channel, LedgerRow
+from tasks.messages.ledger import Channel, LedgerRow, Status
 from tasks.messages.prepare import Prepare, Ready, Skip, Wait
 from tasks.messages.templates import TemplateError, Templates
 from tasks.providers.common import (
@@ -58,6 +58,8 @@ EMAIL = re.compile(r"^[^@\s\"<>,;]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-
 UNKNOWN_RECHECK = timedelta(days=2)
 # How long after an attempt before "the provider does not have it" is believed.
 DEFAULT_SETTLE = timedelta(minutes=5)
+# What a batch decides for a row it will not send now (a ledger move, or a wait).
+Decided = Literal["cancelled", "skipped", "waiting"]
 
 _live_claims: set[str] = set()
 _live_lock = threading.Lock()
@@ -116,7 +118,7 @@ def _record(
     retry_at_once: bool = False,
 ) -> None:
     """Write outcomes for rows now ``sending`` (or ``unknown``) in the caller's transaction."""
-    groups: dict[tuple[str, str], list[int]] = {}
+    groups: dict[tuple[Status, str], list[int]] = {}
     for i, (row, outcome) in enumerate(zip(rows, outcomes, strict=True)):
         if outcome.kind == "pending" or (row.status == "unknown" and outcome.kind != "sent"):
             continue  # undecided, or an unknown row that only a confirmation may change
@@ -127,6 +129,7 @@ def _record(
         reasons = [outcomes[i].reason for i in idx]
         codes = [outcomes[i].error_code for i in idx]
         if kind == "sent":
+            values: dict[str, Sequence[Any]]
             values = {"provider_message_id": [outcomes[i].provider_message_id for i in idx],
                       "status_reason": reasons, "error_code": [None] * len(idx)}  # fmt: skip
             ledger.transition(con, ids, from_status, "sent", now, values=values)
@@ -161,7 +164,7 @@ def _record(
 
 def reconcile(
     con: duckdb.DuckDBPyConnection,
-    providers: Mapping[str, Provider],
+    providers: Mapping[Channel, Provider],
     now: datetime,
     *,
     settle: timedelta = DEFAULT_SETTLE,
@@ -212,11 +215,11 @@ def _prepare_batch(
     unsubscribe: Unsubscribe | None,
     now: datetime,
     managed_unsubscribe: str | None = None,
-) -> tuple[list[tuple[LedgerRow, OutgoingMessage]], dict[str, list[tuple[int, str]]]]:
+) -> tuple[list[tuple[LedgerRow, OutgoingMessage]], dict[Decided, list[tuple[int, str]]]]:
     """Decide each row: a message to send, or a reason not to (cancelled / skipped).
     ``managed_unsubscribe``: the provider's placeholder for its own unsubscribe link, when it
     manages unsubscribes (then it adds the one-click headers too, and ours would be a second)."""
-    decided: dict[str, list[tuple[int, str]]] = {"cancelled": [], "skipped": [], "waiting": []}
+    decided: dict[Decided, list[tuple[int, str]]] = {"cancelled": [], "skipped": [], "waiting": []}
     ready: list[tuple[LedgerRow, Ready]] = []
     for row in rows:
         if row.expires_at is not None and now > row.expires_at:
@@ -229,7 +232,7 @@ def _prepare_batch(
             # repeating data that may be in the message.
             decision = Skip(f"the re-check before sending failed ({type(exc).__name__})")
         if isinstance(decision, Skip):
-            outcome = "waiting" if isinstance(decision, Wait) else None
+            outcome: Literal["waiting"] | None = "waiting" if isinstance(decision, Wait) else None
             decided[outcome or ("cancelled" if decision.cancel else "skipped")].append(
                 (row.message_id, decision.reason)
             )
@@ -292,7 +295,7 @@ def _prepare_batch(
 def dispatch(
     con: duckdb.DuckDBPyConnection,
     *,
-    providers: Mapping[str, Provider],
+    providers: Mapping[Channel, Provider],
     prepare: Prepare,
     templates: Templates,
     unsubscribe: Unsubscribe | None = None,
@@ -323,7 +326,7 @@ def dispatch(
 
 def _dispatch_channel(
     con: duckdb.DuckDBPyConnection,
-    channel: str,
+    channel: Channel,
     provider: Provider,
     prepare: Prepare,
     templates: Templates,
@@ -362,9 +365,11 @@ def _dispatch_channel(
             with transaction(con):
                 for status, items in decided.items():
                     if items and status == "waiting":  # waits, or skipped once past its grace
-                        held, late = waiting.hold(con, *zip(*items, strict=True), now)
+                        ids, reasons = zip(*items, strict=True)
+                        held, late = waiting.hold(con, ids, reasons, now)
                         result.counts.update(waiting=len(held), skipped=len(late))
                     elif items:
+                        assert status != "waiting"  # the branch above took the waiting ones
                         ledger.transition(
                             con, [i for i, _ in items], "planned", status, now,
                             values={"status_reason": [r for _, r in items]},
@@ -383,7 +388,7 @@ def _dispatch_channel(
 
 def _attempt(
     con: duckdb.DuckDBPyConnection,
-    channel: str,
+    channel: Channel,
     provider: Provider,
     messages: Sequence[tuple[LedgerRow, OutgoingMessage]],
     clock: Callable[[], datetime],
@@ -453,7 +458,7 @@ def dispatch_for_clinic(
     cfg: ClinicConfig,
     prepare: Prepare,
     *,
-    providers: Mapping[str, Provider],
+    providers: Mapping[Channel, Provider],
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     gate: Gate | None = None,
 ) -> DispatchResult:

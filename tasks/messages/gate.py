@@ -81,6 +81,7 @@ class Gate:
         """The end of the quiet hours ``at`` falls in (``at`` itself when it is not quiet)."""
         if not self.is_quiet(at):
             return at
+        assert self.quiet_hours is not None  # is_quiet is False without quiet hours
         local = at.astimezone(self.zone)
         end = self.quiet_hours.end
         day = local.date() + timedelta(days=1) if local.time() >= end else local.date()
@@ -88,6 +89,7 @@ class Gate:
 
     def quiet_since(self, at: datetime) -> datetime:
         """The start of the quiet hours ``at`` falls in (``at`` must be quiet)."""
+        assert self.quiet_hours is not None  # ``at`` is quiet: there are quiet hours
         end = self.quiet_until(at).astimezone(self.zone).date()
         overnight = self.quiet_hours.start > self.quiet_hours.end
         return local_moment(end - timedelta(days=overnight), self.quiet_hours.start, self.zone)
@@ -130,10 +132,14 @@ class Gate:
         return (self.priority.index(row.source_kind), row.due_at, row.message_id)
 
     def _counted(
-        self, con: duckdb.DuckDBPyConnection, patients: Sequence[int], now: datetime
+        self,
+        con: duckdb.DuckDBPyConnection,
+        patients: Sequence[int],
+        now: datetime,
+        cap: FrequencyCap,
     ) -> dict[int, list[datetime]]:
         """Per patient, when each marketing message in the cap's window went (or started to)."""
-        window = timedelta(days=self.cap.days)
+        window = timedelta(days=cap.days)
         rows = con.execute(
             """
             SELECT patient_id, coalesce(sent_at, sending_at) AS went
@@ -188,7 +194,7 @@ class Gate:
         if self.cap is None:
             return {}
         patients = sorted({r.patient_id for r in rows})
-        counted = self._counted(con, patients, now)
+        counted = self._counted(con, patients, now, self.cap)
         by_patient: dict[int, list[LedgerRow]] = defaultdict(list)
         for row in self._waiting(con, patients, now):
             by_patient[row.patient_id].append(row)
@@ -238,6 +244,6 @@ class Gate:
                 if deferred:
                     ids, untils, reasons = zip(*deferred, strict=True)
                     ledger.defer(con, ids, untils, reasons, now)
-                for reason, ids in skipped.items():
-                    ledger.skip(con, ids, reason, now)
+                for reason, skip_ids in skipped.items():
+                    ledger.skip(con, skip_ids, reason, now)
         return [r for r in rows if r.message_id not in held]

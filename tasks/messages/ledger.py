@@ -17,12 +17,14 @@ so dispatch can commit `sending` on its own before calling a provider.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 import duckdb
+
+from tasks.warehouse import one
 
 Channel = Literal["email", "sms"]
 Purpose = Literal["transactional", "marketing"]
@@ -183,7 +185,7 @@ def transition(
     to_status: Status,
     now: datetime,
     *,
-    values: dict[str, Sequence[Any]] | None = None,
+    values: Mapping[str, Sequence[Any]] | None = None,
     strict: bool = True,
     count_attempt: bool = False,
 ) -> list[int]:
@@ -227,19 +229,16 @@ def transition(
     }
     # A strict move only needs the count (RETURNING doubles the cost of a 500-row update);
     # a lenient one must say which rows it took.
-    cursor = con.execute(
-        f"""
+    update = f"""
         UPDATE state.messages AS m SET {", ".join(sets)}
         FROM (SELECT {unnests}) AS v
         WHERE m.message_id = v.message_id AND m.status = $from_status
         {"" if strict else "RETURNING m.message_id"}
-        """,
-        params,
-    )
+        """
     if not strict:
-        return [r[0] for r in cursor.fetchall()]
+        return [r[0] for r in con.execute(update, params).fetchall()]
     wanted = list(dict.fromkeys(ids))
-    if cursor.fetchone()[0] != len(wanted):
+    if one(con, update, params)[0] != len(wanted):
         stray = [
             r[0]
             for r in con.execute(
@@ -413,7 +412,9 @@ def resolve(
         values["next_attempt_at"] = [now]
     transition(con, [row.message_id], "unknown", "planned" if decision == "resend" else "sent",
                now, values=values)  # fmt: skip
-    return get(con, send_key)
+    resolved = get(con, send_key)
+    assert resolved is not None  # read above; a transition changes a row, never removes it
+    return resolved
 
 
 def get(con: duckdb.DuckDBPyConnection, send_key: str) -> LedgerRow | None:

@@ -19,6 +19,7 @@ from datetime import datetime
 
 import duckdb
 import phonenumbers
+from duckdb.func import FunctionNullHandling
 from duckdb.sqltypes import BOOLEAN, VARCHAR
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
@@ -90,7 +91,7 @@ def mobile_e164(number: str | None, country: str | None) -> str | None:
 # Numbers read by relay_mobile_e164 since a build last took them: (number, country) -> E.164.
 # A build stores them in state.phone_numbers when it commits (BuildMemo.keep).
 PHONE_PARSER = phonenumbers.__version__
-_parsed_mobiles: dict[tuple[str, str | None], str | None] = {}
+_parsed_mobiles: dict[tuple[str, str], str | None] = {}
 
 
 def _relay_mobile_e164(number: str | None, country: str | None) -> str | None:
@@ -302,7 +303,7 @@ def register(con: duckdb.DuckDBPyConnection) -> None:
             _relay_mobile_e164,
             [VARCHAR, VARCHAR],
             VARCHAR,
-            null_handling="special",
+            null_handling=FunctionNullHandling.SPECIAL,
         )
     if "relay_email_validator" not in registered:
         con.create_function("relay_email_validator", email_is_valid, [VARCHAR], BOOLEAN)

@@ -14,6 +14,7 @@ from tasks.messages.channels import MARKETING_LISTS
 from tasks.models.project import ModelError, discover
 from tasks.models.runner import _message
 from tasks.models.tables import check_shape
+from tasks.warehouse import one
 
 
 @dataclass
@@ -55,15 +56,17 @@ def preview_segment(
         )
     except duckdb.Error as exc:
         raise ModelError(f"{segment.file}: {_message(exc)}") from None
-    (size,) = con.execute("SELECT count(*) FROM relay_preview").fetchone()
+    (size,) = one(con, "SELECT count(*) FROM relay_preview")
     on_email, on_sms = (
-        con.execute(
+        one(
+            con,
             f"SELECT count(*) FROM {MARKETING_LISTS[channel].table} WHERE status = 'subscribed' "
-            "AND patient_id IN (SELECT patient_id FROM relay_preview)"
-        ).fetchone()[0]
+            "AND patient_id IN (SELECT patient_id FROM relay_preview)",
+        )[0]
         for channel in ("email", "sms")
     )
-    recorded, joined, left = con.execute(
+    recorded, joined, left = one(
+        con,
         """
         WITH members AS (
             SELECT CAST(member_key AS BIGINT) AS patient_id FROM state.audience_members
@@ -75,7 +78,7 @@ def preview_segment(
             (SELECT count(*) FROM members ANTI JOIN relay_preview USING (patient_id))
         """,
         [relation, relation],
-    ).fetchone()
+    )
     sample = con.execute(
         "SELECT p.patient_id, p.greeting_name, p.email FROM relay_preview s "
         "JOIN marts.patients p USING (patient_id) ORDER BY p.patient_id LIMIT ?",

@@ -21,6 +21,7 @@ import duckdb
 
 from tasks.errors import UserFacingError
 from tasks.paths import PROJECT_ROOT
+from tasks.warehouse import one
 
 SQL_DIR = PROJECT_ROOT / "sql"
 MODEL_SCHEMAS = ("staging", "marts", "segments")
@@ -165,7 +166,7 @@ def tables_read(con: duckdb.DuckDBPyConnection, file: str, sql: str) -> tuple[st
     get_table_names binds the query and fails on a JOIN ... USING over tables not yet built).
     Unqualified names must be CTEs of the query; every table is named with its schema.
     """
-    tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+    tree = json.loads(one(con, "SELECT json_serialize_sql(?)", [sql])[0])
     if tree.get("error"):
         raise ModelError(f"{file}: {tree.get('error_message', 'cannot parse the SQL')}")
     nodes = list(_walk(tree))
@@ -265,7 +266,8 @@ def discover(
             models[item.relation] = item
     sources = _source_tables(con)  # raw.* and state.*
     unusable = {b.relation for b in broken if b.relation}
-    for item in [*models.values(), *tests]:
+    everything: list[Model | DataTest] = [*models.values(), *tests]
+    for item in everything:
         for dep in item.depends_on:
             if dep not in models and dep not in sources and dep not in unusable:
                 schema = dep.split(".", 1)[0]
@@ -279,7 +281,8 @@ def discover(
                     raise ModelError(f"{item.file}: {message}")
                 relation = item.relation if isinstance(item, Model) else None
                 broken.append(Broken(item.file, relation, message))
-                models.pop(relation, None)
+                if relation is not None:
+                    models.pop(relation, None)
                 tests = [t for t in tests if t is not item]
                 break
     return Project(models=_order(models), tests=tuple(tests), broken=tuple(broken))

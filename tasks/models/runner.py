@@ -57,6 +57,7 @@ from tasks.models.project import (
 )
 from tasks.models.project import SQL_DIR as SQL_DIR  # callers pass runner.SQL_DIR as sql_dir
 from tasks.triggers.definition import reference_lists
+from tasks.warehouse import one
 
 
 class BuildFailed(UserFacingError):
@@ -152,7 +153,7 @@ def _data_high_water(con: duckdb.DuckDBPyConnection) -> datetime | None:
         f"SELECT max(synced_at) AS t FROM {r.table} UNION ALL SELECT max(removed_at) FROM {r.table}"
         for r in RESOURCES
     )
-    return con.execute(f"SELECT max(t) FROM ({union})").fetchone()[0]
+    return one(con, f"SELECT max(t) FROM ({union})")[0]
 
 
 class ModelBuild:
@@ -308,7 +309,7 @@ class ModelBuild:
         else:
             con.execute(f"CREATE OR REPLACE TABLE {rel} AS {model.sql}")
         tables.check_shape(con, model, rel)
-        return con.execute(f"SELECT count(*) FROM {rel}").fetchone()[0]
+        return one(con, f"SELECT count(*) FROM {rel}")[0]
 
     def run_tests(self) -> int:
         """Run the data tests of what this build rebuilt (a test reading a held model tested
@@ -408,7 +409,7 @@ class ModelBuild:
 
 def count_failures(con: duckdb.DuckDBPyConnection, test: DataTest) -> int:
     try:
-        return con.execute(f"SELECT count(*) FROM ({test.sql})").fetchone()[0]
+        return one(con, f"SELECT count(*) FROM ({test.sql})")[0]
     except duckdb.Error as exc:
         raise ModelError(f"{test.file}: {_message(exc)}") from None
 
@@ -468,9 +469,9 @@ def build(
             failures += [Broken(failure.file, r, failure.detail) for r in failure.holds or [None]]
             continue
         except ModelError as exc:
-            failure = BuildFailed(run.build_id, str(exc).split(":", 1)[0], _detail(exc))
-            run.abort(failure)
-            raise failure from None
+            failed = BuildFailed(run.build_id, str(exc).split(":", 1)[0], _detail(exc))
+            run.abort(failed)
+            raise failed from None
         except BaseException:
             run.abort(None)
             raise

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import duckdb
 
 from tasks.models.project import Model, Project
+from tasks.warehouse import one
 
 # Column types a row-by-row comparison leaves to a full rewrite.
 _NESTED = re.compile(r"MAP\(|STRUCT\(|UNION\(|\[|\]")
@@ -87,10 +88,11 @@ def replace_changed_rows(con: duckdb.DuckDBPyConnection, model: Model, rel: str)
 
 
 def _has_duplicate_rows(con: duckdb.DuckDBPyConnection, rel: str) -> bool:
-    return con.execute(
+    return one(
+        con,
         f"SELECT (SELECT count(*) FROM {rel}) <> (SELECT count(*) FROM "
-        f"(SELECT DISTINCT * FROM {rel}))"
-    ).fetchone()[0]
+        f"(SELECT DISTINCT * FROM {rel}))",
+    )[0]
 
 
 def _columns(con: duckdb.DuckDBPyConnection, rel: str) -> list[tuple[str, str]]:
@@ -121,9 +123,9 @@ def check_unique(
     con: duckdb.DuckDBPyConnection, rel: str, key: tuple[str, ...], why: str = ""
 ) -> None:
     columns = ", ".join(f'"{c}"' for c in key)
-    duplicates = con.execute(
-        f"SELECT count(*) FROM (SELECT {columns} FROM {rel} GROUP BY ALL HAVING count(*) > 1)"
-    ).fetchone()[0]
+    duplicates = one(
+        con, f"SELECT count(*) FROM (SELECT {columns} FROM {rel} GROUP BY ALL HAVING count(*) > 1)"
+    )[0]
     if duplicates:
         raise duckdb.ConstraintException(
             f"{duplicates} value(s) of {'+'.join(key)} appear on more than one row; "

@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import Literal
 
 import duckdb
 import requests
@@ -278,35 +279,39 @@ class PostmarkProvider:
         streams = list(
             dict.fromkeys((self.settings.transactional_stream, self.settings.marketing_stream))
         )
-        feeds = [
-            Feed(
+
+        # a feed per stream, each pull closing over its own stream (mypy infers no lambda that
+        # binds it as a default argument)
+        def bounces(stream: str) -> Feed:
+            return Feed(
                 f"postmark-bounces-{stream}",
-                lambda con, now, stream=stream: self.pull_bounces(
+                lambda con, now: self.pull_bounces(
                     con, now, stream, soft_bounce_limit=soft_bounce_limit
                 ),
             )
-            for stream in streams
-        ]
-        for stream in streams:
-            feeds.append(
-                Feed(
-                    f"postmark-suppressions-{stream}",
-                    lambda con, now, stream=stream: self.pull_suppressions(con, stream, now),
-                )
+
+        def suppressions(stream: str) -> Feed:
+            return Feed(
+                f"postmark-suppressions-{stream}",
+                lambda con, now: self.pull_suppressions(con, stream, now),
             )
-        return feeds
+
+        return [bounces(s) for s in streams] + [suppressions(s) for s in streams]
 
     def engagement_feeds(self) -> list[Feed]:
         """Each stream's opens and clicks (tasks/engagement.py): counts per message only."""
         streams = dict.fromkeys(
             (self.settings.transactional_stream, self.settings.marketing_stream)
         )
-        return [
-            Feed(f"postmark-{kind}s-{stream}",
-                 lambda con, now, kind=kind, stream=stream: engagement.pull_postmark(
-                     con, self.client, kind, stream, now))
-            for stream in streams for kind in ("open", "click")
-        ]  # fmt: skip
+
+        def feed(kind: engagement.Kind, stream: str) -> Feed:  # closes over its own kind, stream
+            return Feed(
+                f"postmark-{kind}s-{stream}",
+                lambda con, now: engagement.pull_postmark(con, self.client, kind, stream, now),
+            )
+
+        kinds: tuple[engagement.Kind, ...] = ("open", "click")
+        return [feed(kind, stream) for stream in streams for kind in kinds]
 
     def _scope(self, stream: str | None) -> Scope:
         """What a complaint or suppression on this stream stops: mail on the transactional
@@ -411,8 +416,16 @@ class PostmarkProvider:
 # one that returns this many may have been cut short (the window is then read day by day).
 MAX_ITEMS = 10_000
 DUMP_LIMIT = 500
-BOUNCE_KINDS = {"HardBounce": "hard", "SoftBounce": "soft", "SpamComplaint": "spam_complaint"}
-DUMP_REASONS = {"HardBounce": "hard_bounce", "SpamComplaint": "spam_complaint"}
+BOUNCE_KINDS: dict[str, Literal["hard", "soft", "spam_complaint"]] = {
+    "HardBounce": "hard",
+    "SoftBounce": "soft",
+    "SpamComplaint": "spam_complaint",
+}
+# keyed by a dump entry's SuppressionReason, which an entry may lack (None: no reason of ours)
+DUMP_REASONS: dict[str | None, str] = {
+    "HardBounce": "hard_bounce",
+    "SpamComplaint": "spam_complaint",
+}
 
 
 def _read_window(fetch, days: list[date], limit: int, what: str) -> list[dict]:

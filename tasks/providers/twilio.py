@@ -190,6 +190,7 @@ class TwilioProvider:
             else TwilioHttpClient(timeout=settings.timeout)
         )
         self.client = Client(settings.account_sid, settings.auth_token, http_client=http)
+        self._sender: dict[str, str | None]
         if settings.messaging_service_sid:
             self._sender = {"messaging_service_sid": settings.messaging_service_sid}
         else:

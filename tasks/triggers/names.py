@@ -43,6 +43,7 @@ import duckdb
 
 from tasks.triggers import patient_records
 from tasks.triggers.definition import Trigger, reference_lists
+from tasks.warehouse import one
 
 # Filter kind -> (id column, name column) of marts.appointments. The only columns filters touch.
 APPOINTMENT_REFERENCES: dict[str, tuple[str | None, str]] = {
@@ -199,12 +200,13 @@ def names_of(trigger: Trigger) -> list[Name]:
 def _exists(con: duckdb.DuckDBPyConnection, relation: str) -> bool:
     schema, table = relation.split(".")
     return bool(
-        con.execute(
+        one(
+            con,
             "SELECT count(*) FROM (SELECT schema_name, table_name FROM duckdb_tables() UNION ALL "
             "SELECT schema_name, view_name FROM duckdb_views()) WHERE schema_name = ? "
             "AND table_name = ?",
             [schema, table],
-        ).fetchone()[0]
+        )[0]
     )
 
 
@@ -216,10 +218,7 @@ def matches_now(
     found: dict[str, dict[str, list[int]]] = {}
     for kind in set(kinds):
         table, id_col, name_col = DIMENSIONS[kind]
-        if (
-            not _exists(con, table)
-            or not con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-        ):
+        if not _exists(con, table) or not one(con, f"SELECT count(*) FROM {table}")[0]:
             return None
         found[kind] = dict(
             con.execute(
@@ -355,6 +354,7 @@ def drift(
         ]
         now = matches_now(con, (n.kind for n in names)) if names else None
         for n in names if now is not None else ():
+            assert now is not None  # no names to go through without it
             was, is_ = (
                 set(recorded[trigger.name][(n.reference, n.name)]),
                 set(now[n.kind].get(n.name, ())),

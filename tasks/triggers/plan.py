@@ -399,12 +399,15 @@ def _recheck(
             candidates=known,
         ).items():
             if decision.action in ("cancel", "skip"):
+                assert decision.reason is not None  # decide() gives each cancel and skip one
                 by_reason.setdefault((decision.action, decision.reason), []).append(message_id)
                 continue
+            assert decision.due_at is not None  # keep, move and wait carry their timing
             if (decision.due_at, decision.expires_at) != (row.due_at, row.expires_at):
                 ledger.reschedule(con, message_id, decision.due_at, decision.expires_at, now)
                 result.add(trigger.name, "rescheduled")
             if decision.action == "wait":
+                assert decision.reason is not None  # decide() waits for a reason
                 ends = decision.expires_at
                 if row.waiting_reason != decision.reason or ends is None or now >= ends:
                     hold.append((message_id, decision.reason))
@@ -425,7 +428,8 @@ def _recheck(
             moved = finish(con, ids, reason, now)
             result.add(trigger.name, "cancelled" if action == "cancel" else "skipped", len(moved))
         if hold:
-            waits, late = waiting.hold(con, *zip(*hold, strict=True), now)
+            hold_ids, hold_reasons = zip(*hold, strict=True)
+            waits, late = waiting.hold(con, hold_ids, hold_reasons, now)
             result.add(trigger.name, "waiting", len(waits))
             result.add(trigger.name, "skipped", len(late))
         result.add(trigger.name, "released", len(waiting.release(con, released, now)))

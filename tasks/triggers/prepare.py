@@ -64,6 +64,7 @@ class Preparer:
         if decision.action == "wait":  # a reason that can change: waits, or is final past grace
             return Wait(decision.reason or "not sendable now")
         c = decision.candidate
+        assert c is not None  # past cancel, skip and wait: a keep or move, which has its candidate
         if decision.due_at is not None and decision.due_at > now:
             return Skip("appointment moved after planning; not sent early")
         if c["due_problem"]:

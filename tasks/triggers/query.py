@@ -296,7 +296,7 @@ ARRIVED = (
 
 def fires_on(trigger: Trigger) -> tuple[str, str]:
     """(the moment its timing counts from, what must be true of the appointment), alias a."""
-    event = trigger.event
+    event: str = trigger.event
     if event in ("first_appointment", "nth_appointment"):
         event = f"{trigger.direction}_appointment"
     moment, condition = EVENTS[event]

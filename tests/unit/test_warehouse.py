@@ -93,3 +93,10 @@ def test_in_use_says_whether_a_process_holds_the_database(tmp_path):
         with ctx.Pool(1) as pool:  # another process asks, as serve's housekeeping does
             assert pool.apply(warehouse.in_use, (path,)) is True
     assert not warehouse.in_use(path)
+
+
+def test_one_returns_the_row_of_an_aggregate_and_names_the_query_when_there_is_none():
+    con = warehouse.memory_db()
+    assert warehouse.one(con, "SELECT count(*), ? FROM state.messages", ["x"]) == (0, "x")
+    with pytest.raises(RuntimeError, match="always returns one.*SELECT 1 WHERE false"):
+        warehouse.one(con, "SELECT 1\n   WHERE false")
