@@ -36,7 +36,6 @@ from tasks.paths import PROJECT_ROOT, clinics_dir, data_dir
 from tasks.report_settings import ReportSettings
 from tasks.triggers.definition import Trigger, parse_triggers
 
-CLINICS_DIR = clinics_dir()
 SEGMENTS_DIR = PROJECT_ROOT / "sql" / "segments"
 DEFAULT_TAG_CATEGORIES = ("Admin Only",)  # seed 000's category for admin "dummy" appointments
 
@@ -430,7 +429,7 @@ class ClinicConfig(_Section):
 
     @property
     def folder(self) -> Path:
-        return self.source.parent if self.source else CLINICS_DIR / self.clinic
+        return self.source.parent if self.source else clinics_dir() / self.clinic
 
     @property
     def database_path(self) -> Path:
@@ -465,9 +464,9 @@ def load_clinic(path_or_name: str | Path) -> ClinicConfig:
     """Load ``clinics/<name>/clinic.yaml`` (or an explicit path) and validate it."""
     path = Path(path_or_name)
     if path.suffix not in (".yaml", ".yml"):
-        path = CLINICS_DIR / str(path_or_name) / "clinic.yaml"
+        path = clinics_dir() / str(path_or_name) / "clinic.yaml"
     if not path.is_file():
-        known = sorted(p.parent.name for p in CLINICS_DIR.glob("*/clinic.yaml"))
+        known = sorted(p.parent.name for p in clinics_dir().glob("*/clinic.yaml"))
         raise ConfigError(
             f"No clinic configuration at {path}. Known clinics: {', '.join(known) or 'none'}. "
             "Create clinics/<clinic>/clinic.yaml (copy clinics/demo/clinic.yaml)."
@@ -488,4 +487,4 @@ def load_clinic(path_or_name: str | Path) -> ClinicConfig:
 
 
 def list_clinics() -> list[str]:
-    return sorted(p.parent.name for p in CLINICS_DIR.glob("*/clinic.yaml"))
+    return sorted(p.parent.name for p in clinics_dir().glob("*/clinic.yaml"))

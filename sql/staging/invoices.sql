@@ -1,5 +1,6 @@
--- One row per Cliniko invoice that stands now (GET /invoices; deleted, archived and hard-deleted
--- ones drop out). Amounts come as strings ("50.0") and are read as decimals.
+-- One row per Cliniko invoice that stands now (GET /invoices; deleted and hard-deleted ones
+-- drop out: Cliniko documents no archived_at for invoices). Amounts come as strings ("50.0") and
+-- are read as decimals.
 -- status: Cliniko's code, status_description its words: 10 Open, 20 Paid, 30 Closed,
 -- 40 Open credit (Cliniko's invoice_status codes). closed_at: when it stopped being open (for a
 -- paid invoice, when the payment settled it).
@@ -24,7 +25,7 @@ parsed as (
             "status_description": "VARCHAR", "total_amount": "VARCHAR", "tax_amount": "VARCHAR",
             "net_amount": "VARCHAR", "discounted_amount": "VARCHAR",
             "created_at": "TIMESTAMPTZ", "updated_at": "TIMESTAMPTZ", "closed_at": "TIMESTAMPTZ",
-            "archived_at": "TIMESTAMPTZ", "deleted_at": "TIMESTAMPTZ",
+            "deleted_at": "TIMESTAMPTZ",
             "patient": {"links": {"self": "VARCHAR"}},
             "appointment": {"links": {"self": "VARCHAR"}},
             "business": {"links": {"self": "VARCHAR"}},
@@ -53,7 +54,6 @@ renamed as (
         p.closed_at as closed_at,
         p.status = 20 as is_paid,
         case when p.status = 20 then coalesce(p.closed_at, p.updated_at) end as paid_at,
-        p.archived_at as archived_at,
         p.deleted_at as deleted_at,
         removed_at,
         greatest(synced_at, removed_at) as loaded_at
@@ -61,9 +61,9 @@ renamed as (
 ),
 
 standing as (
-    select * exclude (archived_at, deleted_at, removed_at)
+    select * exclude (deleted_at, removed_at)
     from renamed
-    where archived_at is null and deleted_at is null and removed_at is null
+    where deleted_at is null and removed_at is null
 )
 
 select * from standing

@@ -21,7 +21,6 @@ def test_the_weekly_report_emails_the_owner_once_and_publishes_its_artifact(
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    import tasks.config
     from flows.report import owner_report
     from relay.serve import report_deployment
     from tasks.providers.outbox import list_messages, outbox_dir
@@ -34,7 +33,7 @@ def test_the_weekly_report_emails_the_owner_once_and_publishes_its_artifact(
     (clinics / "owned" / "clinic.yaml").write_text(
         f"clinic: owned\nname: Owned Physio\ndatabase: {db}\n{REPORT}", encoding="utf-8"
     )
-    monkeypatch.setattr(tasks.config, "CLINICS_DIR", clinics)
+    monkeypatch.setenv("RELAY_CLINICS_DIR", str(clinics))
     monkeypatch.setenv("RELAY_DATA_DIR", str(tmp_path / "data"))
     with open_db(db) as con:  # a hand-made clinic: two patients, a welcome in the week reported
         clinic = Clinic(con)

@@ -17,8 +17,9 @@ import yaml
 
 from tasks.cliniko import sync as extract
 from tasks.cliniko.client import ClinikoClient, Retry
-from tasks.config import CLINICS_DIR, ClinicConfig
+from tasks.config import ClinicConfig
 from tasks.models import runner as models
+from tasks.paths import clinics_dir
 from tasks.triggers import plan as planning
 from tasks.warehouse import open_db
 
@@ -56,7 +57,7 @@ def server(clinic):
 @pytest.fixture
 def config() -> ClinicConfig:
     """The demo clinic's settings and triggers, plus a trigger on cancellations."""
-    source = CLINICS_DIR / "demo" / "clinic.yaml"
+    source = clinics_dir() / "demo" / "clinic.yaml"
     raw = yaml.safe_load(source.read_text(encoding="utf-8"))
     raw["triggers"] = [*raw["triggers"], CANCELLED_TRIGGER]
     return ClinicConfig(**raw, source=source.resolve())

@@ -208,7 +208,6 @@ def _clinics(tmp_path, monkeypatch, exclude: list[str], *, synced: bool):
     import yaml
     from typer.testing import CliRunner
 
-    import tasks.config
     from relay.cli import app
     from tasks.warehouse import open_db
 
@@ -226,7 +225,7 @@ def _clinics(tmp_path, monkeypatch, exclude: list[str], *, synced: bool):
             c = Clinic(con)
             c.patient(1)
             c.build(NOW)
-    monkeypatch.setattr(tasks.config, "CLINICS_DIR", tmp_path / "clinics")
+    monkeypatch.setenv("RELAY_CLINICS_DIR", str(tmp_path / "clinics"))
     return CliRunner().invoke(app, ["clinics"])
 
 
