@@ -152,21 +152,37 @@ def check_breaker(
 
 
 @task(cache_policy=NONE)
-def check_home(config: ClinicConfig) -> None:
-    """First in every tick: is this machine the clinic's home, and this database its current
-    copy (tasks/home.py)? If not, nothing is planned or sent: the run fails saying why and what
-    to do, and a relay.clinic.misrouted event (clinic and reason, no personal data) alerts."""
+def check_machine(config: ClinicConfig) -> None:
+    """Before the tick takes the clinic's database: on a machine that is not the clinic's home
+    (or during a move) it stops here, so not even an empty database file is made where the
+    clinic does not live (tasks/home.py refuse_elsewhere)."""
     try:
-        home.refuse_elsewhere(config.clinic)  # before the database: none is made where it is not
+        home.refuse_elsewhere(config.clinic)
+    except home.HomeRefused as refused:
+        _misrouted(config, refused)
+        raise
+
+
+@task(cache_policy=NONE)
+def check_home(config: ClinicConfig) -> None:
+    """First with the database held: is this machine the clinic's home, and this database its
+    current copy (tasks/home.py)? If not, nothing is planned or sent: the run fails saying why
+    and what to do, and a relay.clinic.misrouted event (clinic and reason, no personal data)
+    alerts."""
+    try:
         with open_db(config.database_path) as con:
             home.guard(con, config.clinic)
     except home.HomeRefused as refused:
-        emit_event(
-            event="relay.clinic.misrouted",
-            resource={"prefect.resource.id": f"relay.clinic.{config.clinic}"},
-            payload={"clinic": config.clinic, "reason": str(refused)[:4000]},
-        )
+        _misrouted(config, refused)
         raise
+
+
+def _misrouted(config: ClinicConfig, refused: Exception) -> None:
+    emit_event(
+        event="relay.clinic.misrouted",
+        resource={"prefect.resource.id": f"relay.clinic.{config.clinic}"},
+        payload={"clinic": config.clinic, "reason": str(refused)[:4000]},
+    )
 
 
 @task(cache_policy=NONE)
@@ -233,6 +249,8 @@ def clinic_tick(clinic: str = "demo", reconcile: bool = False, max_lateness_minu
     # The steps are subflows in this process: the tick's own heartbeat (already running) says
     # the process is alive, and each subflow's heartbeat thread costs up to a second to stop
     # (Prefect joins it in 1 s sleeps), which was a third of an idle tick.
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        check_machine(config)  # off its home: stop before the database is even made here
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), hold(config.database_path):
         check_home(config)  # not the clinic's home, or not its database: nothing else runs
         sync, synced = run_step(summary, "sync", clinic=clinic, reconcile=reconcile)
