@@ -41,6 +41,9 @@ def prefect_server(tmp_path_factory):
         "RELAY_DATA_DIR": str(data),
         "RELAY_CLINICS_DIR": str(clinics),  # the test clinics, by name, as an operator's own
         "PREFECT_WORKER_QUERY_SECONDS": "1",  # pick runs up within a second, not ten
+        # A busy SQLite server answers 503 "database is locked" for a while: wait it out longer
+        # than the default 5 retries before a run fails on it.
+        "PREFECT_CLIENT_MAX_RETRIES": "10",
     }
     with prefect_server(free_port(), home=home, ui=False) as api:
         env["PREFECT_API_URL"] = api
