@@ -37,9 +37,9 @@ serve: $(STAMP)  ## Prefect server + UI on 127.0.0.1:4200, sandbox Cliniko, the 
 deploy: $(STAMP)
 	$(VENV)/bin/relay deploy $(DEPLOY_ARGS)
 
-# Every core at once (each test has its own files, ports and sandboxes). The Prefect-server tests
-# share one server, so they run as one group on one worker (tests/conftest.py), beside the rest;
-# listed first, they start first.
+# Every core at once (each test has its own files, ports and sandboxes). Each Prefect-server test
+# module runs whole on one worker, against that worker's own server (tests/conftest.py), beside
+# the rest; listed first, they start first.
 test: $(STAMP)  ## the whole suite: unit, integration (real HTTP), Prefect server tests
 	$(PY) -m pytest -n auto --dist loadgroup tests/flows tests/unit tests/sandbox tests/integration
 

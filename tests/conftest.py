@@ -34,10 +34,12 @@ TESTS_ROOT = os.path.dirname(os.path.abspath(__file__))
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (``make test``), the tests of a shared-session area (one Prefect server
-    per worker process) go to one worker as a group (``--dist loadgroup``) while the other workers
-    take the unit, sandbox and integration tests: the server tests mostly wait on subprocesses,
-    so running them beside the rest rather than after it saves minutes of CI.
+    """Under pytest-xdist (``make test``), each module of a shared-session area goes to one
+    worker as a group (``--dist loadgroup``): its module fixtures (deployments, a worker, the
+    first ticks) are made once, and a worker's session fixtures (its own Prefect server) serve
+    every module it is given. The server modules, listed first, start first on every worker, and
+    the unit, sandbox and integration tests fill the cores around them: the server tests mostly
+    wait on subprocesses, and one worker running all of them in a row was CI's critical path.
 
     pytest 9.2 keeps node ids as structured ids, and pytest-xdist 3.8.0 still writes the group
     suffix into the old ``_nodeid`` field, so ``xdist_group`` alone groups nothing
@@ -47,11 +49,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         area = os.path.relpath(item.path, TESTS_ROOT).split(os.sep)[0]
         if area in SHARED_SESSION_AREAS:
-            item.add_marker(pytest.mark.xdist_group(area))
-            if loadgroup and not item.nodeid.endswith("@" + area):
+            group = f"{area}-{item.path.stem}"
+            item.add_marker(pytest.mark.xdist_group(group))
+            if loadgroup and not item.nodeid.endswith("@" + group):
                 from _pytest.nodeid import coerce_node_id
 
-                item._id = coerce_node_id(f"{item.nodeid}@{area}")
+                item._id = coerce_node_id(f"{item.nodeid}@{group}")
 
 
 _NICED = False
