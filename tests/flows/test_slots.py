@@ -116,7 +116,7 @@ def test_housekeeping_releases_a_killed_runs_slot_and_says_why_a_tick_waits(
     killed, waiting = killed_tick(client, prefect_server, slot_tick)
     keeper = Housekeeper([slot_tick], interval=timedelta(0))
     # The housekeeper reads the clinic's configuration for its database lock, as serve does.
-    monkeypatch.setattr("tasks.config.CLINICS_DIR", Path(prefect_server["RELAY_CLINICS_DIR"]))
+    monkeypatch.setenv("RELAY_CLINICS_DIR", prefect_server["RELAY_CLINICS_DIR"])
 
     keeper.run_once()  # the killed run still counts as alive: the waiting tick is told why
     logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[waiting])))
