@@ -36,7 +36,7 @@ from datetime import datetime
 
 import duckdb
 
-from tasks.warehouse import one
+from tasks.warehouse import relation_exists
 
 # Skip reasons (state.messages.status_reason) that say nothing about the patient: the marketing
 # gate's "frequency cap: ..." / "quiet hours: ..." (tasks/messages/gate.py) and dispatch's
@@ -105,18 +105,6 @@ def _pct(rate: float | None) -> str:
     return "" if rate is None else f"{100 * rate:.1f}%"
 
 
-def _exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    schema, name = table.split(".")
-    return bool(
-        one(
-            con,
-            "SELECT count(*) FROM information_schema.tables "
-            "WHERE table_schema = ? AND table_name = ?",
-            [schema, name],
-        )[0]
-    )
-
-
 def bookings_won(
     con: duckdb.DuckDBPyConnection,
     first: datetime,
@@ -131,11 +119,11 @@ def bookings_won(
     if within_days < 1:
         raise ValueError("bookings are counted within at least one day of the message")
     found: dict[tuple[str, str], dict] = {(kind, name): {} for kind, name in sources}
-    if not _exists(con, "marts.appointments"):
+    if not relation_exists(con, "marts.appointments"):
         return [Won(k, n) for k, n in found]
     survivor = (
         "LEFT JOIN staging.patients sp ON sp.patient_id = x.patient_id"
-        if _exists(con, "staging.patients")
+        if relation_exists(con, "staging.patients")
         else "LEFT JOIN (SELECT NULL::BIGINT AS patient_id, NULL::BIGINT AS merged_into_patient_id)"
         " sp ON false"
     )

@@ -215,3 +215,18 @@ def one(con: duckdb.DuckDBPyConnection, sql: str, params: object = None) -> tupl
         query = " ".join(sql.split())
         raise RuntimeError(f"no row from a query that always returns one (a bug): {query[:120]}")
     return row
+
+
+def relation_exists(con: duckdb.DuckDBPyConnection, relation: str) -> bool:
+    """Whether ``schema.name`` is a table or view in this database yet (models not built, a
+    resource not synced): one home for the question the planners and reports ask."""
+    schema, name = relation.split(".")
+    return bool(
+        one(
+            con,
+            "SELECT count(*) FROM (SELECT schema_name, table_name FROM duckdb_tables() UNION ALL "
+            "SELECT schema_name, view_name FROM duckdb_views()) WHERE schema_name = ? "
+            "AND table_name = ?",
+            [schema, name],
+        )[0]
+    )

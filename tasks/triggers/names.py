@@ -43,7 +43,7 @@ import duckdb
 
 from tasks.triggers import patient_records
 from tasks.triggers.definition import Trigger, reference_lists
-from tasks.warehouse import one
+from tasks.warehouse import one, relation_exists
 
 # Filter kind -> (id column, name column) of marts.appointments. The only columns filters touch.
 APPOINTMENT_REFERENCES: dict[str, tuple[str | None, str]] = {
@@ -197,19 +197,6 @@ def names_of(trigger: Trigger) -> list[Name]:
     return list(found.values())
 
 
-def _exists(con: duckdb.DuckDBPyConnection, relation: str) -> bool:
-    schema, table = relation.split(".")
-    return bool(
-        one(
-            con,
-            "SELECT count(*) FROM (SELECT schema_name, table_name FROM duckdb_tables() UNION ALL "
-            "SELECT schema_name, view_name FROM duckdb_views()) WHERE schema_name = ? "
-            "AND table_name = ?",
-            [schema, table],
-        )[0]
-    )
-
-
 def matches_now(
     con: duckdb.DuckDBPyConnection, kinds: Iterable[str]
 ) -> dict[str, dict[str, list[int]]] | None:
@@ -218,7 +205,7 @@ def matches_now(
     found: dict[str, dict[str, list[int]]] = {}
     for kind in set(kinds):
         table, id_col, name_col = DIMENSIONS[kind]
-        if not _exists(con, table) or not one(con, f"SELECT count(*) FROM {table}")[0]:
+        if not relation_exists(con, table) or not one(con, f"SELECT count(*) FROM {table}")[0]:
             return None
         found[kind] = dict(
             con.execute(
@@ -231,7 +218,7 @@ def matches_now(
 
 def _recorded(con: duckdb.DuckDBPyConnection) -> dict[str, dict[tuple[str, str], list[int]]]:
     """Live trigger -> (reference, name) -> the ids recorded when it went live."""
-    if not _exists(con, LIVE_NAMES):
+    if not relation_exists(con, LIVE_NAMES):
         return {}
     recorded: dict[str, dict[tuple[str, str], list[int]]] = {}
     for trigger, reference, name, ids in con.execute(
@@ -329,7 +316,7 @@ def _record_tag_types(
         "DELETE FROM state.tag_types WHERE NOT list_contains(?::VARCHAR[], tag_category)",
         [categories],
     )
-    if categories and _exists(con, "staging.appointment_types"):
+    if categories and relation_exists(con, "staging.appointment_types"):
         con.execute(
             "INSERT INTO state.tag_types (tag_category, appointment_type_id, recorded_at) "
             "SELECT DISTINCT lower(trim(category)), appointment_type_id, ? "
@@ -383,7 +370,7 @@ def drift(
 def _tag_drift(con: duckdb.DuckDBPyConnection, tag_categories: Iterable[str]) -> list[str]:
     written = {reference_lists((c,))[1][0]: c.strip() for c in tag_categories}
     categories = sorted(written)
-    if not categories or not _exists(con, "staging.appointment_types"):
+    if not categories or not relation_exists(con, "staging.appointment_types"):
         return []
     rows = con.execute(
         "SELECT t.tag_category, list(t.appointment_type_id ORDER BY t.appointment_type_id) "

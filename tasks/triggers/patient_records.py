@@ -41,6 +41,7 @@ from typing import Any
 import duckdb
 
 from tasks.triggers.definition import CustomField, Trigger
+from tasks.warehouse import relation_exists
 
 MEDICAL_ALERTS = "staging.medical_alerts"
 CUSTOM_FIELDS = "staging.patient_custom_fields"
@@ -194,17 +195,6 @@ def why_gone(con: duckdb.DuckDBPyConnection, trigger: Trigger, rows: list) -> di
 # --- names that match nothing --------------------------------------------------------------------
 
 
-def _exists(con: duckdb.DuckDBPyConnection, relation: str) -> bool:
-    schema, table = relation.split(".")
-    row = con.execute(
-        "SELECT count(*) FROM (SELECT schema_name, table_name FROM duckdb_tables() UNION ALL "
-        "SELECT schema_name, view_name FROM duckdb_views()) WHERE schema_name = ? "
-        "AND table_name = ?",
-        [schema, table],
-    ).fetchone()
-    return bool(row and row[0])
-
-
 def warnings(con: duckdb.DuckDBPyConnection, triggers: Iterable[Trigger]) -> list[str]:
     """One line per alert name or custom-field condition in clinic.yaml that no patient's current
     row carries (words of clinic.yaml only). Nothing before the models are first built."""
@@ -212,7 +202,7 @@ def warnings(con: duckdb.DuckDBPyConnection, triggers: Iterable[Trigger]) -> lis
     alerts = fields = None
     for trigger in triggers:
         for section, values in (("filters", trigger.filters), ("exclude", trigger.exclude)):
-            if values.medical_alerts and _exists(con, MEDICAL_ALERTS):
+            if values.medical_alerts and relation_exists(con, MEDICAL_ALERTS):
                 if alerts is None:
                     alerts = {
                         r[0]
@@ -228,7 +218,7 @@ def warnings(con: duckdb.DuckDBPyConnection, triggers: Iterable[Trigger]) -> lis
                     if name.strip().lower() not in alerts
                 ]
             for condition in values.custom_fields:
-                if not _exists(con, CUSTOM_FIELDS):
+                if not relation_exists(con, CUSTOM_FIELDS):
                     continue
                 if fields is None:
                     fields = con.execute(
