@@ -13,9 +13,11 @@ goes. Errors carry the resource path and host, never the key or anything from a 
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from hashlib import sha256
@@ -168,20 +170,29 @@ class Pace:
 
 
 class RateLimiter:
-    """A token bucket shared by every client of one API key in this process.
+    """The pace shared by every client of one API key in this process.
 
-    Hand-written rather than a library because what matters is specific to Cliniko's fixed window:
-    the bucket refills at 95% of the allowed rate and holds a burst of at most 3% of a window, so
-    no window of the server can ever see more than ~98% of its allowance; after a 429 every client
-    of the key waits until the window resets (``hold_until``), which generic limiters (pyrate-limiter,
-    aiolimiter, limits) have no notion of. Blocking, thread-safe, and ~30 lines.
+    Hand-written rather than a library because what matters is specific to Cliniko's fixed window
+    of ``requests`` per ``per_seconds``, whose edges the client cannot see. Two rules, both needed:
 
-    Tokens may go negative: a caller reserves its slot under the lock and sleeps outside it, so
-    waiting callers queue fairly in arrival order.
+    - a sliding log: no ``per_seconds`` interval ever holds more than ``budget`` slots, the
+      allowance less a ``HEADROOM`` of 1% (at least one). A server window then sees at most the
+      budget plus the one request still on its way when it began (one reader per sync), so no
+      alignment of its edges can meet a 429, however the requests bunch;
+    - a smoothing bucket (GCRA) spacing slots ``per_seconds / budget`` apart, with a burst of
+      ``BURST_SHARE`` of the allowance: a caller that fell behind (a slow page, a long commit)
+      catches up at once, as far as the log allows, instead of losing those slots for good, and
+      a tick's few requests (one per path) never wait.
+
+    Steady state is one slot every ``per_seconds / budget``: 99% of the allowance (the token
+    bucket this replaced refilled at 95%, and that was the backfill's measured rate). After a 429
+    nobody asks before the server's window resets (``hold_until``), which generic limiters
+    (pyrate-limiter, aiolimiter, limits) have no notion of. Blocking and thread-safe: a caller
+    reserves its slot under the lock and sleeps outside it, so callers queue in arrival order.
     """
 
-    RATE_SHARE = 0.95
-    BURST_SHARE = 0.03
+    HEADROOM = 0.01
+    BURST_SHARE = 0.25
 
     def __init__(
         self,
@@ -190,32 +201,39 @@ class RateLimiter:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.pace = pace
-        self.rate = self.RATE_SHARE * pace.requests / pace.per_seconds  # tokens per second
-        self.capacity = max(1.0, float(int(self.BURST_SHARE * pace.requests)))
+        allowance = math.floor(pace.requests)
+        self.budget = max(1, allowance - max(1, round(self.HEADROOM * allowance)))
+        self.interval = pace.per_seconds / self.budget  # seconds between slots, steady state
+        self._tolerance = (max(1, int(self.BURST_SHARE * allowance)) - 1) * self.interval
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
-        self._tokens = self.capacity
-        self._updated = clock()
+        self._recent: deque[float] = deque(maxlen=self.budget)  # the last ``budget`` slots
+        self._due = clock()  # GCRA's theoretical arrival time
+        self._hold = -math.inf
 
     def acquire(self) -> float:
         """Wait for a request slot; returns the seconds waited."""
         with self._lock:
             now = self._clock()
-            self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
-            self._updated = now
-            self._tokens -= 1.0
-            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+            slot = max(now, self._due - self._tolerance, self._hold)
+            if self._recent:  # in arrival order; a full log: a whole window after its oldest
+                slot = max(slot, self._recent[-1])
+            if len(self._recent) == self.budget:
+                slot = max(slot, self._recent[0] + self.pace.per_seconds)
+            self._recent.append(slot)
+            self._due = max(self._due, slot) + self.interval
+        wait = slot - now
         if wait > 0:
             self._sleep(wait)
-        return wait
+        return max(wait, 0.0)
 
     def hold_until(self, monotonic_deadline: float) -> None:
-        """After a 429: no slot for anyone before the server's window resets, then refill from empty."""
+        """After a 429: no slot for anyone before the server's window resets, then no burst."""
         with self._lock:
-            if monotonic_deadline > self._updated:
-                self._tokens = 0.0
-                self._updated = monotonic_deadline
+            if monotonic_deadline > self._hold:
+                self._hold = monotonic_deadline
+                self._due = max(self._due, monotonic_deadline + self._tolerance)
 
 
 _limiters: dict[tuple[str, Pace], RateLimiter] = {}
