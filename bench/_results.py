@@ -3,7 +3,11 @@
 date and the commit, so a quoted figure can be traced to the run (and the load) it came from.
 
 ``python -m bench`` skips this module (its name starts with "_"); every benchmark calls ``record`` once
-per run with its figures, each next to its target where it has one.
+per run with its figures, each next to its target where it has one: ``figure(0.99, ">= 0.97",
+ok=True)`` is ``{"value": 0.99, "target": ">= 0.97", "ok": true}``.
+
+``RELAY_BENCH_RESULTS`` names another folder for the lines (a run under load that is not meant to
+be committed, a test); read at each call, so it can be set after the import.
 """
 
 from __future__ import annotations
@@ -18,6 +22,12 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def results_dir() -> Path:
+    """Where the lines go: ``RELAY_BENCH_RESULTS`` when set, else ``bench/results``."""
+    chosen = os.environ.get("RELAY_BENCH_RESULTS")
+    return Path(chosen) if chosen else RESULTS
 
 
 def commit() -> str | None:
@@ -38,10 +48,16 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def figure(value: Any, target: str | None = None, *, ok: bool | None = None) -> dict[str, Any]:
+    """A figure next to its target (``"<= 2 s"``) and whether it met it: the one shape of a
+    targeted figure in every results file."""
+    return {"value": value, "target": target, "ok": ok}
+
+
 def record(
     benchmark: str, figures: dict[str, Any], *, load_at_start: list[float] | None = None
 ) -> dict:
-    """Append one line to bench/results/<benchmark>.jsonl and return it. ``load_at_start``: the
+    """Append one line to <results>/<benchmark>.jsonl and return it. ``load_at_start``: the
     load average when the measurement began (the line also carries the load at the end)."""
     line = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -54,8 +70,9 @@ def record(
         "load_average": load_average(),
         **figures,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with (RESULTS / f"{benchmark}.jsonl").open("a", encoding="utf-8") as out:
+    folder = results_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / f"{benchmark}.jsonl").open("a", encoding="utf-8") as out:
         out.write(json.dumps(line, default=str) + "\n")
-    print(f"   figures appended to bench/results/{benchmark}.jsonl")
+    print(f"   figures appended to {folder / f'{benchmark}.jsonl'}")
     return line

@@ -13,6 +13,9 @@ measures the journey engine, the campaign freeze and the gate, not the model bui
 - the marketing gate on a 500-message dispatch batch, against that sending history, with the
   re-check it gives the cap's slots by (the campaign's first decision included);
 - the re-check before sending (journey and campaign messages), in messages a second.
+
+No targets of their own (issue 5 asked for the figures): each goes, in seconds with what it did,
+to bench/results/journeys.jsonl (bench/_results.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import re
 import time
 from datetime import UTC, datetime, timedelta
 
+from bench._results import load_average, record
 from tasks.config import ClinicConfig
 from tasks.marketing import campaigns, journeys
 from tasks.messages import ledger
@@ -74,10 +78,15 @@ def _state(con) -> None:
     )
 
 
+FIGURES: dict = {}  # label -> {"seconds", "result"}, recorded at the end of main()
+
+
 def _timed(label: str, fn):
     started = time.perf_counter()
     result = fn()
-    print(f"{label:<62} {time.perf_counter() - started:7.3f} s   {result}", flush=True)
+    seconds = time.perf_counter() - started
+    print(f"{label:<62} {seconds:7.3f} s   {result}", flush=True)
+    FIGURES[label] = {"seconds": round(seconds, 3), "result": str(result)}
     return result
 
 
@@ -92,6 +101,8 @@ def prepare_rate(con, cfg, rows) -> str:
 
 
 def main() -> None:
+    load_at_start = load_average()
+    FIGURES.clear()
     con = memory_db()
     _state(con)
     cfg = ClinicConfig(
@@ -168,6 +179,8 @@ def main() -> None:
     _timed("re-check before sending: 2,000 journey messages",
            lambda: prepare_rate(con, cfg, journey_rows[:2000]))  # fmt: skip
     print(f"ledger: {ledger.status_counts(con)}")
+    record("journeys", {"patients": PATIENTS, "new": NEW, "campaign": CAMPAIGN, **FIGURES},
+           load_at_start=load_at_start)  # fmt: skip
 
 
 if __name__ == "__main__":

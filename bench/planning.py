@@ -12,7 +12,8 @@ of query the planner builds is in the tick. Measured:
 - prepare: dispatch's re-check + template context for every due message
 
 ``python -m bench planning``; BENCH_PATIENTS / BENCH_APPOINTMENTS shrink it for a quick run;
-BENCH_DB=<a copy of a database bench.models generated and built> skips generating it.
+BENCH_DB=<a copy of a database bench.models generated and built> skips generating it. The
+figures, each with its target, go to bench/results/planning.jsonl (bench/_results.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from bench import models as models_bench
+from bench._results import figure, load_average, record
 
 TARGET_SECONDS = 2.0
 TRIGGERS = [
@@ -71,11 +73,13 @@ def _prepare(db: Path, config, now) -> tuple[float, int]:
         return time.perf_counter() - started, len(due)
 
 
-def _line(label: str, seconds: float, detail: str) -> None:
-    verdict = "ok" if seconds <= TARGET_SECONDS else "OVER TARGET"
+def _line(figures: dict, name: str, label: str, seconds: float, detail: str) -> None:
+    ok = seconds <= TARGET_SECONDS
     print(
-        f"{label:<34} {seconds:6.2f} s   (target <= {TARGET_SECONDS:.0f} s, {verdict})   {detail}"
+        f"{label:<34} {seconds:6.2f} s   (target <= {TARGET_SECONDS:.0f} s, "
+        f"{'ok' if ok else 'OVER TARGET'})   {detail}"
     )
+    figures[name] = figure(round(seconds, 3), f"<= {TARGET_SECONDS:g} s", ok=ok)
 
 
 def main() -> None:
@@ -83,6 +87,12 @@ def main() -> None:
 
     config = ClinicConfig(clinic="bench", name="Bench Physio", triggers=TRIGGERS)
     now = models_bench.NOW
+    load_at_start = load_average()
+    figures: dict = {
+        "patients": models_bench.PATIENTS,
+        "appointments": models_bench.APPOINTMENTS,
+        "triggers": len(TRIGGERS),
+    }
     with tempfile.TemporaryDirectory(prefix="relay-bench-planning-") as tmp:
         db = Path(os.environ.get("BENCH_DB", Path(tmp) / "bench.duckdb"))
         print(
@@ -100,15 +110,21 @@ def main() -> None:
             )
 
         seconds, counts = _tick(db, config, now)
-        _line("first tick (go-live, plan 2 days)", seconds, str(counts))
+        _line(figures, "first_tick_seconds", "first tick (go-live, plan 2 days)", seconds,
+              str(counts))  # fmt: skip
+        figures["first_tick_planned"] = counts
         seconds, counts = _tick(db, config, now + timedelta(minutes=1))
-        _line("steady tick (re-check only)", seconds, str(counts or "no changes"))
+        _line(figures, "steady_tick_seconds", "steady tick (re-check only)", seconds,
+              str(counts or "no changes"))  # fmt: skip
         change = models_bench._child("change", db)
         seconds, counts = _tick(db, config, now + timedelta(minutes=5))
-        _line("tick after a 5-minute change set", seconds,
+        _line(figures, "tick_after_change_seconds", "tick after a 5-minute change set", seconds,
               f"{counts or 'no changes'} (incremental build {change['seconds']:.1f}s)")  # fmt: skip
         seconds, due = _prepare(db, config, now + timedelta(hours=3))
-        _line("prepare every due message", seconds, f"{due:,} messages due 3 hours later")
+        _line(figures, "prepare_seconds", "prepare every due message", seconds,
+              f"{due:,} messages due 3 hours later")  # fmt: skip
+        figures["prepared_messages"] = due
+    record("planning", figures, load_at_start=load_at_start)
 
 
 if __name__ == "__main__":

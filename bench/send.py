@@ -3,7 +3,8 @@
 Targets (issue 4 §6): 10,000 due emails rendered and sent through the sandbox Postmark batch API
 at >= 2,000 messages/s; 1,000 SMS through the sandbox Twilio, reported as messages/s.
 Everything is real: a DuckDB file for the ledger, the sandboxes over HTTP on 127.0.0.1 (served
-from a separate process, as a provider would be), postmarker and the twilio client.
+from a separate process, as a provider would be), postmarker and the twilio client. The figures
+go to bench/results/send.jsonl (bench/_results.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from bench._results import figure, load_average, record
 
 EMAILS, SMS = 10_000, 1_000
 EMAIL_TARGET = 2_000.0
@@ -115,20 +118,30 @@ def _run(kind: str, count: int, folder: Path) -> tuple[float, dict]:
 
 
 def main() -> None:
+    load_at_start = load_average()
+    figures: dict = {"emails": EMAILS, "sms": SMS}
     with tempfile.TemporaryDirectory(prefix="relay-bench-send-") as tmp:
         elapsed, counts = _run("postmark", EMAILS, Path(tmp))
         rate = counts.get("sent", 0) / elapsed
-        verdict = "OK" if rate >= EMAIL_TARGET and counts.get("sent") == EMAILS else "BELOW TARGET"
+        ok = rate >= EMAIL_TARGET and counts.get("sent") == EMAILS
         print(
             f"email via sandbox Postmark batch API: {counts.get('sent', 0):,} sent in "
-            f"{elapsed:.2f}s = {rate:,.0f} messages/s (target >= {EMAIL_TARGET:,.0f}) {verdict}"
+            f"{elapsed:.2f}s = {rate:,.0f} messages/s (target >= {EMAIL_TARGET:,.0f}) "
+            f"{'OK' if ok else 'BELOW TARGET'}"
         )
+        figures["email_per_second"] = figure(
+            round(rate), f">= {EMAIL_TARGET:,.0f}, all {EMAILS:,} sent", ok=ok
+        )
+        figures["email_counts"] = counts
         elapsed, counts = _run("twilio", SMS, Path(tmp))
         rate = counts.get("sent", 0) / elapsed
         print(
             f"SMS via sandbox Twilio: {counts.get('sent', 0):,} sent in {elapsed:.2f}s = "
             f"{rate:,.0f} messages/s (target: report only; one HTTP request per SMS)"
         )
+        figures["sms_per_second"] = figure(round(rate), "report only")
+        figures["sms_counts"] = counts
+    record("send", figures, load_at_start=load_at_start)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,66 @@
+"""Every benchmark leaves its figures on disk (issue 16): each ``bench`` module with a ``main()``
+calls ``bench._results.record``, and ``record`` writes one JSON line a reader can trace (machine,
+cores, load, date, each figure with its target)."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import _results
+
+BENCH = Path(__file__).resolve().parents[3] / "bench"
+# Recording lands with the branches that rework these two (perf-models, perf-tick): strict, so
+# the name must come off this list the moment the module records.
+PENDING = {"models", "tick"}
+
+
+def _with_main() -> list[Path]:
+    found = []
+    for path in sorted(BENCH.glob("[!_]*.py")):  # as python -m bench: "_" modules are not run
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body):
+            found.append(path)
+    return found
+
+
+def _calls_record(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+            if name == "record":
+                return True
+    return False
+
+
+def test_the_benchmarks_are_found():
+    assert {"sync", "send", "planning", "journeys"} <= {p.stem for p in _with_main()}
+
+
+@pytest.mark.parametrize("path", _with_main(), ids=lambda p: p.stem)
+def test_every_benchmark_records_its_figures(path, request):
+    if path.stem in PENDING:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="records on its own branch"))
+    assert _calls_record(path), f"bench/{path.name} has a main() but never calls record()"
+
+
+def test_record_writes_one_json_line_a_reader_can_trace(tmp_path, monkeypatch):
+    monkeypatch.setenv("RELAY_BENCH_RESULTS", str(tmp_path))
+    figures = {"patients": 10, "rebuild_seconds": _results.figure(0.8, "<= 1.0 s", ok=True)}
+    _results.record("example", figures, load_at_start=[1.5, 1.0, 0.5])
+    _results.record("example", figures)
+
+    lines = (tmp_path / "example.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2  # appended, one line per run
+    line = json.loads(lines[0])
+    assert line["machine"] and line["cores"] >= 1 and line["benchmark"] == "example"
+    assert line["load_average_at_start"] == [1.5, 1.0, 0.5]
+    assert len(line["load_average"]) == 3
+    assert line["date"].startswith("20") and "T" in line["date"]
+    assert line["rebuild_seconds"] == {"value": 0.8, "target": "<= 1.0 s", "ok": True}
+    assert line["patients"] == 10
+    assert not (_results.RESULTS / "example.jsonl").exists()  # nothing left in bench/results
