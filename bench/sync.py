@@ -11,11 +11,11 @@ Compressed rate limit: ``BENCH_SYNC_WINDOW`` requests per ``BENCH_SYNC_WINDOW_SE
 
 Targets: requests <= 1.05 x the minimum; the paced backfill's request rate >= 97% of the allowed
 (issue 16; 90% in issue 2) with no 429 after the first window; >= 5,000 records/s unpaced; peak
-RSS <= 300 MB; an unchanged clinic costs one request per path. Also printed: the most requests
-any of the sandbox's fixed windows saw (its windows are aligned on the epoch, as its 429s say)
-and the mean use of its full windows (the rate without the run's partial first and last),
-the share of the run the reader waited for its slot, and the sync process's CPU seconds (what load
-does not change). The figures go to bench/results/sync.jsonl (bench/_results.py).
+RSS <= 300 MB; an unchanged clinic costs one request per path. The rate is the mean use of the
+sandbox's full fixed windows (aligned on the epoch, as its 429s say), what its limit counts;
+also printed: the rate from the first request to the last, the most requests any window saw,
+the share of the run the reader waited for its slot, and the sync process's CPU seconds (what
+load does not change). The figures go to bench/results/sync.jsonl (bench/_results.py).
 """
 
 from __future__ import annotations
@@ -204,19 +204,23 @@ def main() -> None:
         per_server_window = window_counts(stats, window)
         check("requests_over_minimum", "requests made / minimum", ratio,
               f"{paced['requests']}/{minimum} = {ratio:.3f}", "<= 1.05", ratio <= 1.05)  # fmt: skip
-        share = achieved / allowed
-        check("request_rate_over_allowed", f"request rate vs allowed ({allowed:.0f}/s)", share,
+        # The rate against the allowed one: the mean of the sandbox's full windows (the first and
+        # last are partial), which is what its limit counts. From the first request to the last
+        # instead, a short run's opening burst (the limiter lets a quarter of a window go at
+        # once) reads as more than 100% though no window held more than its allowance.
+        full = per_server_window[1:-1]
+        span = achieved / allowed
+        share = sum(full) / (len(full) * per_window) if full else span
+        how = f"{len(full)} full windows" if full else "first to last request: run < 3 windows"
+        check("request_rate_over_allowed", f"request rate vs allowed ({how})", share,
               f"{share:.1%}", ">= 97%", share >= 0.97)  # fmt: skip
+        check("request_rate_first_to_last", "  the same, from the first request to the last",
+              span, f"{span:.1%}", "(report)", None)  # fmt: skip
         check("rate_limited_after_first_window", "429s after the first window", late_429,
               str(late_429), "0", late_429 == 0)  # fmt: skip
         most = max(per_server_window)
         check("most_in_one_server_window", "most requests in one server window", most,
               f"{most}/{per_window}", f"<= {per_window}", most <= per_window)  # fmt: skip
-        full = per_server_window[1:-1]  # the first and last windows are partial
-        if full:
-            use = sum(full) / (len(full) * per_window)
-            check("full_window_use", "mean use of the full server windows", use, f"{use:.1%}",
-                  ">= 97%", use >= 0.97)  # fmt: skip
         waited = paced["paced_seconds"] / paced["seconds"]
         check("reader_waiting_share", "share of the run waiting for a slot", waited,
               f"{waited:.0%}", "(report)", None)  # fmt: skip

@@ -224,6 +224,21 @@ def test_a_429_is_waited_out_until_the_window_resets_not_retried_blindly(clinic,
     assert all(not (a == b == 429) for a, b in pairwise(statuses)), statuses
 
 
+def test_paced_at_the_servers_own_limit_no_window_of_it_sees_a_429(db, clinic, server):
+    """The client's pace against the sandbox's fixed windows (aligned on the epoch, where the
+    client cannot see them) at the very limit the server enforces: a whole backfill, real HTTP,
+    not one 429. (Compressed to 8 requests a second: slow enough for any machine, however
+    loaded, to ask faster than that, so a limiter that let a window hold 9 would meet a 429.)"""
+    from sandbox.cliniko import RateLimit
+
+    server.rate_limit = RateLimit(per_window=8, window_seconds=1.0)
+    counts = sync(db, server, clinic, pace=Pace(8, 1.0))
+    requests = sum(c.requests for c in counts.values())
+    assert requests > 5 * 8  # more than five windows' worth
+    assert server.stats.rate_limited == 0
+    assert_mirrors(db, clinic, server)
+
+
 # --- Refusals: clear errors, nothing written --------------------------------------------------
 
 
