@@ -8,43 +8,42 @@ source as (
     select * from raw_changes('raw.individual_appointments')
 ),
 
+-- Each field as text in one parse per row (json_extract_string with a list of paths), then
+-- typed with try_cast: "" and wrong types become NULL. Half the CPU of a typed json_transform,
+-- whose TIMESTAMPTZ fields cost more than parsing the payload (2,000,000 rows on a full build).
 parsed as (
     select
         id,
         synced_at,
         removed_at,
-        json_transform(payload, '{
-            "created_at": "TIMESTAMPTZ", "updated_at": "TIMESTAMPTZ", "starts_at": "TIMESTAMPTZ",
-            "ends_at": "TIMESTAMPTZ", "cancelled_at": "TIMESTAMPTZ", "cancellation_reason": "INTEGER",
-            "archived_at": "TIMESTAMPTZ", "deleted_at": "TIMESTAMPTZ", "did_not_arrive": "BOOLEAN",
-            "patient_arrived": "BOOLEAN", "booking_ip_address": "VARCHAR",
-            "patient": {"links": {"self": "VARCHAR"}},
-            "practitioner": {"links": {"self": "VARCHAR"}},
-            "business": {"links": {"self": "VARCHAR"}},
-            "appointment_type": {"links": {"self": "VARCHAR"}}
-        }') as p
+        json_extract_string(payload, [
+            '$.created_at', '$.updated_at', '$.starts_at', '$.ends_at', '$.cancelled_at',
+            '$.cancellation_reason', '$.archived_at', '$.deleted_at', '$.did_not_arrive',
+            '$.patient_arrived', '$.booking_ip_address', '$.patient.links.self',
+            '$.practitioner.links.self', '$.business.links.self', '$.appointment_type.links.self'
+        ]) as f
     from source
 ),
 
 renamed as (
     select
         id as appointment_id,
-        cliniko_link_id(p.patient.links.self) as patient_id,
-        cliniko_link_id(p.practitioner.links.self) as practitioner_id,
-        cliniko_link_id(p.business.links.self) as business_id,
-        cliniko_link_id(p.appointment_type.links.self) as appointment_type_id,
-        p.starts_at as starts_at,
-        p.ends_at as ends_at,
-        p.created_at as created_at,
-        p.updated_at as updated_at,
-        p.cancelled_at as cancelled_at,
-        p.cancellation_reason as cancellation_reason,
-        p.archived_at as archived_at,
-        p.deleted_at as deleted_at,
+        cliniko_link_id(f[12]) as patient_id,
+        cliniko_link_id(f[13]) as practitioner_id,
+        cliniko_link_id(f[14]) as business_id,
+        cliniko_link_id(f[15]) as appointment_type_id,
+        try_cast(f[3] as timestamptz) as starts_at,
+        try_cast(f[4] as timestamptz) as ends_at,
+        try_cast(f[1] as timestamptz) as created_at,
+        try_cast(f[2] as timestamptz) as updated_at,
+        try_cast(f[5] as timestamptz) as cancelled_at,
+        try_cast(f[6] as integer) as cancellation_reason,
+        try_cast(f[7] as timestamptz) as archived_at,
+        try_cast(f[8] as timestamptz) as deleted_at,
         removed_at,
-        coalesce(p.did_not_arrive, false) as did_not_arrive,
-        coalesce(p.patient_arrived, false) as patient_arrived,
-        cliniko_text(p.booking_ip_address) is not null as booked_online,
+        coalesce(try_cast(f[9] as boolean), false) as did_not_arrive,
+        coalesce(try_cast(f[10] as boolean), false) as patient_arrived,
+        cliniko_text(f[11]) is not null as booked_online,
         synced_at,
         greatest(synced_at, removed_at) as loaded_at
     from parsed

@@ -6,6 +6,7 @@ nobody joining or leaving.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 import duckdb
@@ -32,16 +33,61 @@ def _audience_queries(project: Project) -> dict[str, str]:
 
 
 def record_membership(
-    con: duckdb.DuckDBPyConnection, project: Project, build_id: str, built_at: datetime
+    con: duckdb.DuckDBPyConnection,
+    project: Project,
+    build_id: str,
+    built_at: datetime,
+    unchanged: Collection[str] = (),
 ) -> dict[str, dict[str, int]]:
     """Compare each audience with its members at the last build and append joined/left events.
 
     An audience seen for the first time records its members as 'initial' joins, so journeys
     start from people who enter later instead of treating everyone as new.
+
+    ``unchanged``: models the build left exactly as the last commit had them. Their audiences
+    (if recorded and not retired) are not compared: state.audience_members already holds their
+    members, as recorded when those rows were written, so nobody joined or left; their size is
+    read from there. On most ticks that is most audiences, each a scan of up to every patient.
     """
     queries = _audience_queries(project)
     if not queries:
         return {}
+    same = [a for a in queries if _table_of(a) in unchanged]
+    same = [
+        r[0]
+        for r in con.execute(
+            "SELECT audience FROM state.audiences WHERE retired_at IS NULL AND audience IN ?",
+            [same or [""]],
+        ).fetchall()
+    ]
+    sizes = _sizes(con, same)
+    queries = {a: sql for a, sql in queries.items() if a not in sizes}
+    recorded = _record(con, queries, build_id, built_at) if queries else {}
+    return dict(sorted({**sizes, **recorded}.items()))
+
+
+def _table_of(audience: str) -> str:
+    """The model an audience is read from (segments are named by their relation)."""
+    lists = {lst.audience: lst.table for lst in MARKETING_LISTS.values()}
+    return lists.get(audience, audience)
+
+
+def _sizes(con: duckdb.DuckDBPyConnection, audiences: list[str]) -> dict[str, dict[str, int]]:
+    """Each unchanged audience's size as recorded, none joined or left."""
+    counts = dict(
+        con.execute(
+            "SELECT audience, count(*) FROM state.audience_members WHERE audience IN ? "
+            "GROUP BY audience",
+            [audiences or [""]],
+        ).fetchall()
+    )
+    return {a: {"size": counts.get(a, 0), "joined": 0, "left": 0} for a in audiences}
+
+
+def _record(
+    con: duckdb.DuckDBPyConnection, queries: dict[str, str], build_id: str, built_at: datetime
+) -> dict[str, dict[str, int]]:
+    """Compare the audiences of ``queries`` with their recorded members; append the events."""
     union = " UNION ALL ".join(
         f"SELECT '{audience}' AS audience, CAST(k AS VARCHAR) AS member_key, "
         f"CAST(p AS BIGINT) AS patient_id FROM ({sql}) AS t(k, p) WHERE k IS NOT NULL"

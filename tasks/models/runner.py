@@ -181,6 +181,10 @@ class ModelBuild:
         broken = [*project.broken, *failures]
         self.broken = {b.file: b.message for b in broken}
         self.held: dict[str, str] = {}
+        # Models this build left as the last commit had them (tables.tests_to_run), and the tests
+        # that ran or needed not (their fingerprints are kept).
+        self.unchanged: set[str] = set()
+        self.tests_run: list[DataTest] = []
         for b in broken:
             roots = [b.relation] if b.relation else []
             for relation in sorted(project.readers(roots)):
@@ -276,7 +280,10 @@ class ModelBuild:
         if model.materialized == "view":
             if existing == "table":
                 con.execute(f"DROP TABLE {rel}")
-            con.execute(f"CREATE OR REPLACE VIEW {rel} AS {model.sql}")
+            if tables.same_view(con, model, existing, self.unchanged):
+                self.unchanged.add(model.relation)
+            else:
+                con.execute(f"CREATE OR REPLACE VIEW {rel} AS {model.sql}")
             return None
         if existing == "view":
             con.execute(f"DROP VIEW {rel}")
@@ -294,7 +301,8 @@ class ModelBuild:
                 and previous
                 and previous[0] == fingerprint
             ):
-                tables.merge(con, model, rel)
+                if not tables.merge(con, model, rel):
+                    self.unchanged.add(model.relation)
             else:
                 self._set_changes(None, None)
                 con.execute(f"CREATE OR REPLACE TABLE {rel} AS {model.sql}")
@@ -305,7 +313,8 @@ class ModelBuild:
                 [model.relation, fingerprint],
             )
         elif existing == "table":
-            tables.replace_changed_rows(con, model, rel)
+            if not tables.replace_changed_rows(con, model, rel):
+                self.unchanged.add(model.relation)
         else:
             con.execute(f"CREATE OR REPLACE TABLE {rel} AS {model.sql}")
         tables.check_shape(con, model, rel)
@@ -321,7 +330,8 @@ class ModelBuild:
             for t in self.project.tests
             if t.file not in self.broken and not set(t.depends_on) & set(self.held)
         ]
-        for test in tests:
+        self.tests_run = tests
+        for test in tables.tests_to_run(self.con, tests, self.unchanged):
             try:
                 failures = count_failures(self.con, test)
             except ModelError as exc:
@@ -342,7 +352,7 @@ class ModelBuild:
         rebuilt = tuple(m for m in self.project.models if m.relation not in self.held)
         try:
             self.result.audiences = record_membership(
-                self.con, Project(rebuilt, ()), self.build_id, self.result.built_at
+                self.con, Project(rebuilt, ()), self.build_id, self.result.built_at, self.unchanged
             )
         except duckdb.Error as exc:
             raise BuildFailed(self.build_id, "tasks/models/membership.py", _message(exc)) from None
@@ -351,6 +361,7 @@ class ModelBuild:
         self.con.execute(
             "DELETE FROM state.model_fingerprints WHERE model IN ?", [list(self.held) or [""]]
         )
+        tables.keep_test_fingerprints(self.con, self.project.tests, self.tests_run)
         first = next(iter(self.broken.items()), (None, None))
         self.con.execute(
             "INSERT INTO state.model_builds VALUES (?, ?, now(), 'succeeded', ?, ?, ?, ?, ?)",

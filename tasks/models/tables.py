@@ -4,6 +4,8 @@ build writes what changed rather than every row again.
 - ``merge``: an incremental model's (changed-only) selection replaces the rows with its keys.
 - ``replace_changed_rows``: an existing table loses the rows that went and gains the rows that
   came (rewritten in full when a set difference cannot tell: see its docstring).
+- ``same_view`` / ``tests_to_run`` / ``keep_test_fingerprints``: what a build may leave as it
+  was because nothing it reads changed (a view's definition, a data test's verdict).
 - ``check_shape`` / ``check_unique``: what the rest of the system relies on (key columns, one row
   per patient in a segment); they raise DuckDB errors, which the runner reports with the file.
 """
@@ -16,7 +18,7 @@ from collections.abc import Mapping
 
 import duckdb
 
-from tasks.models.project import Model, Project
+from tasks.models.project import DataTest, Model, Project
 from tasks.warehouse import one
 
 # Column types a row-by-row comparison leaves to a full rewrite.
@@ -42,10 +44,14 @@ def fingerprint(model: Model, project: Project, settings: Mapping[str, object]) 
     return hashlib.sha256(f"{text}\n{named!r}".encode()).hexdigest()
 
 
-def merge(con: duckdb.DuckDBPyConnection, model: Model, rel: str) -> None:
+def merge(con: duckdb.DuckDBPyConnection, model: Model, rel: str) -> bool:
     """Replace the rows whose key the model's (changed-only) selection returns. Idempotent:
-    a crash before COMMIT leaves the previous rows, and the next build selects again."""
+    a crash before COMMIT leaves the previous rows, and the next build selects again.
+    Returns whether the selection had any row (False: the table is as it was)."""
     con.execute(f"CREATE OR REPLACE TEMP TABLE relay_delta AS {model.sql}")
+    if not one(con, "SELECT count(*) FROM relay_delta")[0]:
+        con.execute("DROP TABLE relay_delta")
+        return False
     check_unique(con, "relay_delta", model.key)
     match = " AND ".join(f't."{c}" IS NOT DISTINCT FROM d."{c}"' for c in model.key)
     columns = ", ".join(f'"{c}"' for c in model.key)
@@ -54,9 +60,10 @@ def merge(con: duckdb.DuckDBPyConnection, model: Model, rel: str) -> None:
     )
     con.execute(f"INSERT INTO {rel} BY NAME SELECT * FROM relay_delta")
     con.execute("DROP TABLE relay_delta")
+    return True
 
 
-def replace_changed_rows(con: duckdb.DuckDBPyConnection, model: Model, rel: str) -> None:
+def replace_changed_rows(con: duckdb.DuckDBPyConnection, model: Model, rel: str) -> bool:
     """Bring an existing table to the model's new rows by deleting the rows that went and
     inserting the rows that came, instead of rewriting it: most builds change a handful of
     rows in each list and segment, and rewriting ~20 tables of 100,000 rows every build made
@@ -64,7 +71,7 @@ def replace_changed_rows(con: duckdb.DuckDBPyConnection, model: Model, rel: str)
     rows either way (its physical order may differ; models have no order). The table is
     rewritten instead when the columns or their types changed, a column is nested (MAP,
     LIST, STRUCT...), or either side has duplicate rows (a set difference cannot tell
-    copies apart)."""
+    copies apart). Returns whether a row went or came (False: the table is as it was)."""
     con.execute(f"CREATE OR REPLACE TEMP TABLE relay_new AS {model.sql}")
     try:
         temp = _columns(con, "relay_new")
@@ -76,23 +83,27 @@ def replace_changed_rows(con: duckdb.DuckDBPyConnection, model: Model, rel: str)
             or _has_duplicate_rows(con, rel)
         ):
             con.execute(f"CREATE OR REPLACE TABLE {rel} AS SELECT * FROM relay_new")
-            return
+            return True
         same = " AND ".join(f'o."{c}" IS NOT DISTINCT FROM n."{c}"' for c, _ in temp)
-        con.execute(
+        went = one(
+            con,
             f"DELETE FROM {rel} WHERE rowid IN "
-            f"(SELECT o.rowid FROM {rel} o ANTI JOIN relay_new n ON {same})"
-        )
-        con.execute(f"INSERT INTO {rel} SELECT n.* FROM relay_new n ANTI JOIN {rel} o ON {same}")
+            f"(SELECT o.rowid FROM {rel} o ANTI JOIN relay_new n ON {same})",
+        )[0]
+        came = one(
+            con, f"INSERT INTO {rel} SELECT n.* FROM relay_new n ANTI JOIN {rel} o ON {same}"
+        )[0]
+        return bool(went or came)
     finally:
         con.execute("DROP TABLE relay_new")
 
 
 def _has_duplicate_rows(con: duckdb.DuckDBPyConnection, rel: str) -> bool:
-    return one(
-        con,
-        f"SELECT (SELECT count(*) FROM {rel}) <> (SELECT count(*) FROM "
-        f"(SELECT DISTINCT * FROM {rel}))",
-    )[0]
+    """Whether two rows might be copies: fewer distinct row hashes than rows. Copies always
+    share a hash, so False is certain; a collision only makes a table be rewritten (what a
+    duplicate does), never compared wrongly. A fraction of the cost of a DISTINCT * over
+    every column."""
+    return one(con, f"SELECT count(*) <> count(DISTINCT hash(t)) FROM {rel} t")[0]
 
 
 def _columns(con: duckdb.DuckDBPyConnection, rel: str) -> list[tuple[str, str]]:
@@ -130,4 +141,67 @@ def check_unique(
         raise duckdb.ConstraintException(
             f"{duplicates} value(s) of {'+'.join(key)} appear on more than one row; "
             + (why or "the key must be unique")
+        )
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _fingerprints(con: duckdb.DuckDBPyConnection, keys: list[str]) -> dict[str, str]:
+    rows = con.execute(
+        "SELECT model, fingerprint FROM state.model_fingerprints WHERE model IN ?", [keys or [""]]
+    ).fetchall()
+    return dict(rows)
+
+
+def same_view(
+    con: duckdb.DuckDBPyConnection, model: Model, existing: str | None, unchanged: set[str]
+) -> bool:
+    """Whether a view model reads as it did at the last commit: the view is there with this
+    SQL (its fingerprint, kept here) and every relation it reads is a model this build left
+    unchanged (a view over state.* or raw.* always counts as changed). Records the SQL's
+    fingerprint for the next build either way."""
+    fingerprint = _sha(model.sql)
+    previous = _fingerprints(con, [model.relation]).get(model.relation)
+    if previous != fingerprint:
+        con.execute(
+            "INSERT OR REPLACE INTO state.model_fingerprints VALUES (?, ?)",
+            [model.relation, fingerprint],
+        )
+    return (
+        existing == "view"
+        and previous == fingerprint
+        and all(d in unchanged for d in model.depends_on)
+    )
+
+
+def tests_to_run(
+    con: duckdb.DuckDBPyConnection, tests: list[DataTest], unchanged: set[str]
+) -> list[DataTest]:
+    """The data tests a build must run: a test passes again, without running, when it passed
+    on the tables of the last commit (its fingerprint is there: ``keep_test_fingerprints``)
+    with this SQL, and reads only models this build left unchanged. On a tick where nothing
+    changed, that is most tests, and they are the ones that scan whole tables."""
+    known = _fingerprints(con, [t.file for t in tests])
+    return [
+        t
+        for t in tests
+        if known.get(t.file) != _sha(t.sql) or not all(d in unchanged for d in t.depends_on)
+    ]
+
+
+def keep_test_fingerprints(
+    con: duckdb.DuckDBPyConnection, every: tuple[DataTest, ...], passed: list[DataTest]
+) -> None:
+    """At the commit: the tests that passed on this build's tables (ran, or needed not) keep a
+    fingerprint of their SQL; every other test (skipped: it reads a held model, or broken)
+    loses it, so it runs again next time whatever changed."""
+    con.execute(
+        "DELETE FROM state.model_fingerprints WHERE model IN ?", [[t.file for t in every] or [""]]
+    )
+    if passed:
+        con.execute(
+            "INSERT INTO state.model_fingerprints SELECT unnest($files), unnest($shas)",
+            {"files": [t.file for t in passed], "shas": [_sha(t.sql) for t in passed]},
         )
