@@ -38,7 +38,6 @@ from pathlib import Path
 
 import duckdb
 
-from tasks.cliniko.resources import RESOURCES
 from tasks.config import DEFAULT_TAG_CATEGORIES, MarketingListSettings
 from tasks.errors import UserFacingError
 from tasks.models import functions as models_functions
@@ -147,15 +146,6 @@ def _message(exc: BaseException) -> str:
     return text
 
 
-def _data_high_water(con: duckdb.DuckDBPyConnection) -> datetime | None:
-    """The newest write the sync made to any raw table (a row stored, or marked removed)."""
-    union = " UNION ALL ".join(
-        f"SELECT max(synced_at) AS t FROM {r.table} UNION ALL SELECT max(removed_at) FROM {r.table}"
-        for r in RESOURCES
-    )
-    return one(con, f"SELECT max(t) FROM ({union})")[0]
-
-
 class ModelBuild:
     """One build, step by step: ``prepare()`` reads the project and opens the transaction,
     ``run_model()`` materialises one model, ``run_tests()`` runs the data tests, ``finish()``
@@ -212,7 +202,7 @@ class ModelBuild:
             "WHERE status = 'succeeded' ORDER BY finished_at DESC LIMIT 1"
         ).fetchone()
         self.changes_since, self.previous_built_at = previous or (None, None)
-        self.data_high_water = _data_high_water(con)
+        self.data_high_water = tables.data_high_water(con)
         self._set_changes(self.changes_since, self.previous_built_at)
         con.execute("DELETE FROM state.build_context")
         # by name: state.build_context's columns are the build's id and clock, then the settings

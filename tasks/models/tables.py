@@ -4,6 +4,7 @@ build writes what changed rather than every row again.
 - ``merge``: an incremental model's (changed-only) selection replaces the rows with its keys.
 - ``replace_changed_rows``: an existing table loses the rows that went and gains the rows that
   came (rewritten in full when a set difference cannot tell: see its docstring).
+- ``data_high_water``: the newest raw write a build reads (the next one merges what came after).
 - ``same_view`` / ``tests_to_run`` / ``keep_test_fingerprints``: what a build may leave as it
   was because nothing it reads changed (a view's definition, a data test's verdict).
 - ``check_shape`` / ``check_unique``: what the rest of the system relies on (key columns, one row
@@ -15,9 +16,11 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
+from datetime import datetime
 
 import duckdb
 
+from tasks.cliniko.resources import RESOURCES
 from tasks.models.project import DataTest, Model, Project
 from tasks.warehouse import one
 
@@ -142,6 +145,15 @@ def check_unique(
             f"{duplicates} value(s) of {'+'.join(key)} appear on more than one row; "
             + (why or "the key must be unique")
         )
+
+
+def data_high_water(con: duckdb.DuckDBPyConnection) -> datetime | None:
+    """The newest write the sync made to any raw table (a row stored, or marked removed)."""
+    union = " UNION ALL ".join(
+        f"SELECT max(synced_at) AS t FROM {r.table} UNION ALL SELECT max(removed_at) FROM {r.table}"
+        for r in RESOURCES
+    )
+    return one(con, f"SELECT max(t) FROM ({union})")[0]
 
 
 def _sha(text: str) -> str:

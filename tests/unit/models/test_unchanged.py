@@ -1,0 +1,109 @@
+"""What a build leaves as it was when nothing it reads changed (issue 16): the members of an
+audience whose table kept every row, a data test that passed on these very tables, a view with
+the same SQL. Each skip must never leave a stale list, segment or verdict."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from tasks.models import membership
+from tasks.models import runner as models
+from tasks.warehouse import memory_db
+from tests.unit.models.test_runner import GOOD, build, write
+
+NOW = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+TEST = {"tests/people_have_email.sql": "select * from marts.people where email is null"}
+
+
+@pytest.fixture
+def con():
+    c = memory_db()
+    add_patient(c, 1, "ann@example.com")
+    add_patient(c, 2, "bob@example.com")
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def spies(monkeypatch):
+    """The audiences each build compared with their members, and the data tests it ran."""
+    seen: dict[str, list] = {"compared": [], "tested": []}
+    record, count = membership._record, models.count_failures
+
+    def _record(con, queries, *args):
+        seen["compared"].append(sorted(queries))
+        return record(con, queries, *args)
+
+    def count_failures(con, test):
+        seen["tested"].append(test.file)
+        return count(con, test)
+
+    monkeypatch.setattr(membership, "_record", _record)
+    monkeypatch.setattr(models, "count_failures", count_failures)
+    return seen
+
+
+def add_patient(con, pid: int, email: str | None) -> None:
+    con.execute(
+        "INSERT INTO raw.patients VALUES (?, NULL, ?, ?, NULL)",
+        [pid, json.dumps({"id": str(pid), "email": email}), NOW],
+    )
+
+
+def test_a_build_that_changes_no_row_compares_no_audience_and_runs_no_data_test(
+    con, tmp_path, spies
+):
+    sql_dir = write(tmp_path, {**GOOD, **TEST})
+    first = build(con, sql_dir)
+    assert spies["compared"] == [["segments.everyone"]]
+    assert spies["tested"] == ["sql/tests/people_have_email.sql"]
+
+    second = build(con, sql_dir)
+    assert spies["compared"] == [["segments.everyone"]]  # not again
+    assert spies["tested"] == ["sql/tests/people_have_email.sql"]  # not again
+    assert second.audiences == {"segments.everyone": {"size": 2, "joined": 0, "left": 0}}
+    assert first.audiences["segments.everyone"]["size"] == 2
+    assert second.tests_passed == first.tests_passed == 1
+
+
+def test_a_changed_row_is_recorded_and_tested_as_before(con, tmp_path, spies):
+    sql_dir = write(tmp_path, {**GOOD, **TEST})
+    build(con, sql_dir)
+    add_patient(con, 3, "cy@example.com")
+    result = build(con, sql_dir)
+    assert spies["compared"][-1] == ["segments.everyone"]
+    assert spies["tested"].count("sql/tests/people_have_email.sql") == 2
+    assert result.audiences["segments.everyone"] == {"size": 3, "joined": 1, "left": 0}
+    events = con.execute(
+        "SELECT patient_id, event FROM state.membership_events WHERE NOT initial"
+    ).fetchall()
+    assert events == [(3, "joined")]
+
+    add_patient(con, 4, None)  # breaks the data test: it must run, not pass from memory
+    with pytest.raises(models.PartialBuild, match="people_have_email"):
+        build(con, sql_dir)
+
+
+def test_a_new_or_edited_data_test_runs_even_when_no_model_changed(con, tmp_path, spies):
+    sql_dir = write(tmp_path, {**GOOD, **TEST})
+    build(con, sql_dir)
+    build(con, sql_dir)
+    write(tmp_path, {"tests/people_have_email.sql": "select * from marts.people where true"})
+    with pytest.raises(models.PartialBuild, match="people_have_email"):
+        build(con, sql_dir)
+    write(tmp_path, {**TEST, "tests/one_person.sql": "select * from marts.people limit 1"})
+    with pytest.raises(models.PartialBuild, match="one_person"):
+        build(con, sql_dir)
+
+
+def test_a_view_whose_sql_changed_is_replaced_although_nothing_it_reads_changed(con, tmp_path):
+    view = "-- config: materialized=view\nselect patient_id, email from marts.people"
+    sql_dir = write(tmp_path, {**GOOD, "marts/people_view.sql": view})
+    build(con, sql_dir)
+    build(con, sql_dir)
+    write(tmp_path, {"marts/people_view.sql": view + " where patient_id = 1"})
+    build(con, sql_dir)
+    assert con.execute("SELECT patient_id FROM marts.people_view").fetchall() == [(1,)]
