@@ -156,6 +156,15 @@ def data_high_water(con: duckdb.DuckDBPyConnection) -> datetime | None:
     return one(con, f"SELECT max(t) FROM ({union})")[0]
 
 
+# What a query's answer may depend on besides the tables it reads: the clock, a variable,
+# chance. A view or data test naming one is never taken as unchanged.
+_VOLATILE = re.compile(
+    r"\b(now|today|current_date|current_time|current_timestamp|localtime|localtimestamp|"
+    r"get_current_time|get_current_timestamp|getvariable|random|uuid|gen_random_uuid)\b",
+    re.IGNORECASE,
+)
+
+
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -172,7 +181,7 @@ def same_view(
 ) -> bool:
     """Whether a view model reads as it did at the last commit: the view is there with this
     SQL (its fingerprint, kept here) and every relation it reads is a model this build left
-    unchanged (a view over state.* or raw.* always counts as changed). Records the SQL's
+    unchanged (a view over state.* or raw.*, or calling the clock, always counts as changed). Records the SQL's
     fingerprint for the next build either way."""
     fingerprint = _sha(model.sql)
     previous = _fingerprints(con, [model.relation]).get(model.relation)
@@ -184,6 +193,7 @@ def same_view(
     return (
         existing == "view"
         and previous == fingerprint
+        and not _VOLATILE.search(model.sql)
         and all(d in unchanged for d in model.depends_on)
     )
 
@@ -193,13 +203,15 @@ def tests_to_run(
 ) -> list[DataTest]:
     """The data tests a build must run: a test passes again, without running, when it passed
     on the tables of the last commit (its fingerprint is there: ``keep_test_fingerprints``)
-    with this SQL, and reads only models this build left unchanged. On a tick where nothing
+    with this SQL, and reads only models this build left unchanged (and not the clock). On a tick where nothing
     changed, that is most tests, and they are the ones that scan whole tables."""
     known = _fingerprints(con, [t.file for t in tests])
     return [
         t
         for t in tests
-        if known.get(t.file) != _sha(t.sql) or not all(d in unchanged for d in t.depends_on)
+        if known.get(t.file) != _sha(t.sql)
+        or _VOLATILE.search(t.sql)
+        or not all(d in unchanged for d in t.depends_on)
     ]
 
 

@@ -107,3 +107,21 @@ def test_a_view_whose_sql_changed_is_replaced_although_nothing_it_reads_changed(
     write(tmp_path, {"marts/people_view.sql": view + " where patient_id = 1"})
     build(con, sql_dir)
     assert con.execute("SELECT patient_id FROM marts.people_view").fetchall() == [(1,)]
+
+
+def test_a_view_or_data_test_that_reads_the_clock_is_never_taken_as_unchanged(con, tmp_path, spies):
+    """Its answer moves with time although no table changed: a segment view over now() must
+    be recorded, and a test over now() run, on every build."""
+    view = "-- config: materialized=view\nselect patient_id from marts.people where now() > {}"
+    sql_dir = write(
+        tmp_path,
+        {
+            **GOOD,
+            "segments/everyone.sql": view.format("TIMESTAMPTZ '2000-01-01'"),
+            "tests/clock.sql": "select * from marts.people where now() < TIMESTAMPTZ '2000-01-01'",
+        },
+    )
+    build(con, sql_dir)
+    build(con, sql_dir)
+    assert spies["compared"] == [["segments.everyone"]] * 2
+    assert spies["tested"] == ["sql/tests/clock.sql"] * 2
