@@ -233,6 +233,8 @@ def main() -> None:
         print(f"generating {PATIENTS:,} patients and {APPOINTMENTS:,} appointments ...", flush=True)
         gen = _child("generate", db)
         print(f"  generated in {gen['seconds']:.1f}s")
+        if (PATIENTS, APPOINTMENTS) != (100_000, 2_000_000):
+            print("  (the targets are for 100,000 patients and 2,000,000 appointments)")
         load_at_start = load_average()
         print(f"load average before the builds: {load_at_start[0]:.1f} on {os.cpu_count()} cores")
         full = _child("full", db)
