@@ -1,0 +1,210 @@
+"""``relay worker``: Prefect's process worker, each run forked from a warm template (relay/warm.py).
+
+``RelayWorker`` is a ``ProcessWorker`` (type ``process``: the pools ``relay deploy`` makes, the
+same job template, job variables, ``--limit``, cancellation, crash reporting) that changes one
+thing, how a run's process starts. Prefect's process worker starts two new Pythons per run (its
+workspace supervisor, which runs the pull steps, then ``python -m prefect.engine``), each
+importing Prefect before the run does anything. ``relay deploy``'s deployments have no pull
+step, no custom command and a module-path entrypoint, so a run needs neither: it is forked
+from the template with the environment the engine would have had (the worker's, Prefect's
+settings, the job variables' env, ``PREFECT__FLOW_RUN_ID``, the control channel) in a fresh
+temporary directory, and does what ``python -m prefect.engine`` does.
+
+A worker rather than the Runner (``prefect.serve``) because a fleet's machines pick runs from
+a work pool's queue (docs/scaling.md, one home per clinic): the worker keeps the pool, queue
+and job variables an operator manages with ``relay deploy``, and only the start changes.
+
+A run of any other deployment (pull steps, a command in its job variables, a file-path
+entrypoint) starts Prefect's normal way, and so does every run where the template cannot be
+used (no fork on the platform, or the template failed to start), with a warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+from prefect.flows import load_flow_from_flow_run
+from prefect.runner._flow_run_executor import FlowRunExecutionResult, FlowRunExecutorContext
+from prefect.runner._process_manager import ProcessHandle, create_isolated_termination_scope
+from prefect.runner._starter_engine import EngineCommandStarter
+from prefect.settings import get_current_settings
+from prefect.utilities.processutils import sanitize_subprocess_env
+from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
+
+from relay import warm
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.runner._control_channel import ControlChannel
+
+
+def warm_entrypoint(deployment, configuration: ProcessJobConfiguration) -> str | None:
+    """The entrypoint a warm start may import, or None when the run needs Prefect's start: a
+    command of its own, pull steps (code placed per run), or a file path (read from the run's
+    directory) cannot be served by the code the template imported."""
+    if deployment is None or configuration._command_configured:
+        return None
+    entrypoint = deployment.entrypoint
+    if deployment.pull_steps or not entrypoint or ":" in entrypoint:
+        return None
+    return entrypoint
+
+
+class WarmStarter:
+    """A ProcessStarter (prefect/runner/_flow_run_executor.py): the run forked from the
+    template, in a session of its own (as Prefect isolates a worker's run), its handle given
+    before it ends; Prefect's ``python -m prefect.engine`` if the template fails."""
+
+    def __init__(
+        self,
+        *,
+        entrypoint: str,
+        cwd: Path,
+        env: dict[str, str | None],
+        stream_output: bool,
+        control_channel: ControlChannel | None,
+    ) -> None:
+        self._entrypoint = entrypoint
+        self._cwd = cwd
+        self._env = env
+        self._stream_output = stream_output
+        self._control_channel = control_channel
+
+    def environment(self, flow_run: FlowRun, control: dict[str, str]) -> dict[str, str]:
+        """What EngineCommandStarter gives ``python -m prefect.engine`` (job env over
+        settings, as the process worker's default start does), plus the entrypoint."""
+        env: dict[str, str | None] = dict(os.environ)
+        env.update(get_current_settings().to_environment_variables(exclude_unset=True))
+        env.update(self._env)
+        env.update(
+            {
+                "PREFECT__FLOW_RUN_ID": str(flow_run.id),
+                "PREFECT__ENABLE_CANCELLATION_AND_CRASHED_HOOKS": "false",
+                "PREFECT__FLOW_ENTRYPOINT": self._entrypoint,
+                **control,
+            }
+        )
+        return sanitize_subprocess_env(env)
+
+    async def start(
+        self,
+        flow_run: FlowRun,
+        task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        control: dict[str, str] = {}
+        if self._control_channel is not None:
+            with contextlib.suppress(RuntimeError):  # no channel: kill-only cancellation
+                port, token = self._control_channel.register(flow_run.id)
+                control = {"PREFECT__CONTROL_PORT": str(port), "PREFECT__CONTROL_TOKEN": token}
+        env = self.environment(flow_run, control)
+        try:
+            process = await anyio.to_thread.run_sync(
+                partial(warm.start_engine, env, str(self._cwd), not self._stream_output)
+            )
+        except (OSError, EOFError) as exc:
+            if control and self._control_channel is not None:
+                self._control_channel.unregister(flow_run.id)
+            warm.fallback(f"the template process failed ({type(exc).__name__}: {exc})")
+            await self._prefect_start(flow_run, task_status)
+            return
+        handle = ProcessHandle(process, termination_scope=create_isolated_termination_scope(0))
+        task_status.started(handle)
+        await anyio.to_thread.run_sync(process.join)
+
+    async def _prefect_start(self, flow_run: FlowRun, task_status) -> None:
+        await EngineCommandStarter(
+            cwd=self._cwd,
+            env={**self._env, "PREFECT__FLOW_ENTRYPOINT": self._entrypoint},
+            stream_output=self._stream_output,
+            control_channel=self._control_channel,
+            isolate_process_group=True,
+            env_overrides_settings=True,
+        ).start(flow_run, task_status=task_status)
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # "overrides the registered type 'process'": on purpose
+
+    class RelayWorker(ProcessWorker):
+        """A process worker whose runs start warm (module docstring)."""
+
+        type = "process"
+
+        def __init__(self, *args: Any, preload: list[str] | None = None, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self._preload = preload or []
+            self._warm = False
+
+        async def __aenter__(self) -> RelayWorker:
+            # The template imports while the worker registers: the first run need not wait.
+            self._warm = warm.start_template(self._preload)
+            await super().__aenter__()
+            return self
+
+        async def run(
+            self,
+            flow_run: FlowRun,
+            configuration: ProcessJobConfiguration,
+            task_status: anyio.abc.TaskStatus[int] | None = None,
+        ) -> ProcessWorkerResult:
+            entrypoint = await self._entrypoint(flow_run, configuration)
+            if entrypoint is None:
+                return await super().run(flow_run, configuration, task_status)
+            return await self._run_warm(flow_run, configuration, entrypoint, task_status)
+
+        async def _entrypoint(self, flow_run: FlowRun, configuration) -> str | None:
+            if not self._warm or flow_run.deployment_id is None:
+                return None
+            deployment = await self.client.read_deployment(flow_run.deployment_id)
+            return warm_entrypoint(deployment, configuration)
+
+        async def _run_warm(
+            self, flow_run: FlowRun, configuration, entrypoint: str, task_status
+        ) -> ProcessWorkerResult:
+            """ProcessWorker.run with the WarmStarter: a temporary directory unless the job
+            names one, Prefect's executor (Pending -> Running, crash on a bad exit, cancel)."""
+            status = task_status or anyio.TASK_STATUS_IGNORED
+            directory = (
+                contextlib.nullcontext(configuration.working_dir)
+                if configuration.working_dir
+                else tempfile.TemporaryDirectory(suffix="prefect")
+            )
+            execution: FlowRunExecutionResult | None = None
+            with directory as working_dir:
+                async with FlowRunExecutorContext() as ctx:
+                    starter = WarmStarter(
+                        entrypoint=entrypoint,
+                        cwd=Path(working_dir).resolve(),
+                        env=configuration.env,
+                        stream_output=configuration.stream_output,
+                        control_channel=ctx.control_channel,
+                    )
+                    executor = ctx.create_executor(
+                        flow_run,
+                        starter,
+                        resolve_flow=load_flow_from_flow_run,  # for crashed hooks, as Prefect
+                        propose_submitting=False,
+                    )
+
+                    async def execute(*, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+                        nonlocal execution
+                        execution = await executor.submit(task_status=task_status)
+
+                    async with anyio.create_task_group() as group:
+                        handle = await group.start(execute)
+                        if handle.pid is None:
+                            raise RuntimeError("Flow run process has no PID")
+                        status.started(handle.pid)
+            if execution is None or execution.status_code is None:
+                raise RuntimeError("Failed to start flow run process.")
+            return ProcessWorkerResult(
+                status_code=execution.status_code, identifier=str(execution.handle.pid)
+            )
