@@ -68,20 +68,27 @@ def _context(extra: list[str] | None = None):
 
 
 def start_template(extra: list[str] | None = None) -> bool:
-    """Start the template now, so that its imports are done before the first run comes.
-    ``extra`` modules are imported too. False (with a warning) where it cannot be used."""
+    """Start the template and wait until it has imported ``PRELOAD`` (and ``extra``) and forked
+    a first, empty process: runs then start at once, and a template that cannot work is found
+    here, once. False (with a warning) where runs must start Prefect's way."""
     if not available():
         fallback("this platform has no fork")
         return False
-    _context(extra)
-    from multiprocessing import forkserver
-
     try:
-        forkserver.ensure_running()
-    except OSError as exc:
-        fallback(f"the template process did not start ({exc})")
+        ready = _context(extra).Process(target=_ready, name="relay-warm-check")
+        ready.start()
+        ready.join(timeout=300)
+    except (OSError, EOFError) as exc:
+        fallback(f"the template process did not start ({type(exc).__name__}: {exc})")
+        return False
+    if ready.exitcode != 0:
+        fallback(f"the template's first process ended with {ready.exitcode}")
         return False
     return True
+
+
+def _ready() -> None:
+    """The template's first process: it exists, so the imports are done."""
 
 
 def fallback(why: str) -> None:

@@ -144,8 +144,8 @@ with warnings.catch_warnings():
             self._warm = False
 
         async def __aenter__(self) -> RelayWorker:
-            # The template imports while the worker registers: the first run need not wait.
-            self._warm = warm.start_template(self._preload)
+            # The template imports once, before the first run is taken (not during it).
+            self._warm = await anyio.to_thread.run_sync(warm.start_template, self._preload)
             await super().__aenter__()
             return self
 
