@@ -250,3 +250,62 @@ def test_code_changed_on_disk_is_picked_up_after_a_worker_restart(
     finally:
         second.stop()
         write_probe(probe_folder, 1)
+
+
+SERVE = """
+import relay
+from relay import warm
+assert warm.use_for_runner(["warm_probe"])
+from warm_probe import probe
+probe.serve(name="served", print_starting_message=False)
+"""
+
+
+def test_prefect_serve_forks_each_run_from_the_template_too(
+    client, prefect_server, probe_folder, tmp_path
+):
+    """relay serve's and the benchmarks' Runner: the same warm start, the same guarantees."""
+    from relay.serve import descendants
+
+    log = (tmp_path / "serve.log").open("w")
+    served = subprocess.Popen(
+        [sys.executable, "-c", SERVE],
+        env={
+            **prefect_server,
+            "PYTHONPATH": os.pathsep.join([str(probe_folder), str(PROJECT_ROOT)]),
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        },
+        cwd=PROJECT_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deployment = wait_for(
+            "the served deployment",
+            lambda: next((d.id for d in client.read_deployments() if d.name == "served"), None),
+        )
+        out = tmp_path / "served.json"
+        run = wait_final(client, run_probe(client, deployment, out))
+        assert run.state.is_completed()
+        first = json.loads(out.read_text())
+        assert first["ppid"] != served.pid and first["ppid"] in descendants(served.pid)
+        assert first["preloaded"]  # (the Runner passes the run in its payload, not in env)
+        assert first["api_url"] == prefect_server["PREFECT_API_URL"]
+
+        out = tmp_path / "served-killed.json"
+        killed = run_probe(client, deployment, out, sleep=600)
+        record = wait_for("the run to start", lambda: out.exists() and json.loads(out.read_text()))
+        assert record["pid"] != first["pid"] and record["runs"] == [record["pid"]]
+        os.kill(record["pid"], signal.SIGKILL)
+        assert wait_final(client, killed).state.type.value == "CRASHED"
+
+        out = tmp_path / "served-next.json"
+        assert wait_final(client, run_probe(client, deployment, out)).state.is_completed()
+    finally:
+        served.send_signal(signal.SIGINT)
+        try:
+            served.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            served.kill()
+            served.wait()
+        log.close()
