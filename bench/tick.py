@@ -147,7 +147,7 @@ def _serve(every: str, suffix: str, start: str, clinics: list[str]) -> None:
     from relay.serve import tick_deployment
 
     if start == "warm":
-        warm.use_for_runner()  # as relay serve does
+        warm.install()  # as relay serve does
     interval = timedelta(seconds=float(every))
     deployments = [tick_deployment(c, interval, name=f"{c}-{suffix}") for c in clinics]
     serve(*deployments, print_starting_message=False)

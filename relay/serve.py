@@ -230,7 +230,7 @@ def serve_demo(
             with serving({"demo": config}, link.hostname or "127.0.0.1", link.port or 80):
                 every = timedelta(minutes=every_minutes)
                 with Housekeeper([tick_id], every):
-                    warm.use_for_runner()  # each run forked from a template (relay/warm.py)
+                    warm.install()  # each run forked from a template (relay/warm.py)
                     serve(*deployments, limit=4, print_starting_message=False)
     echo("Stopped: server, sandbox and runs.")
 

@@ -18,10 +18,11 @@ channel, the heartbeat frequency, the job variables' env), the working directory
 global settings and logging set up again from that environment; at its end, the exit handlers
 a fresh interpreter would run (Prefect drains its log and event workers there).
 
-Used by (1) the Runner, through Prefect's own seam: ``DirectSubprocessStarter`` calls the
-module-level ``prefect.runner._starter_direct.run_flow_in_subprocess``, which ``use_for_runner``
-replaces with ``run_flow_in_template`` (same arguments, same result: a started process); and
-(2) ``relay worker`` (relay/worker.py), a process worker whose runs start with ``start_engine``.
+``install`` puts it in Prefect's own seams (module-level functions its starters call, "patch the
+module to override"): ``run_flow_in_subprocess`` of ``DirectSubprocessStarter`` (a Runner's
+flows) and ``run_process`` of ``EngineCommandStarter`` (``python -m prefect.engine``: the
+deployments ``prefect.serve`` serves, as ``relay serve`` and the benchmarks do, and the runs of
+``relay worker``, relay/worker.py). Same arguments, same result: a started process.
 
 The template imports the code on disk when the serving process starts it: code changed later
 is picked up by restarting the worker (or ``relay serve``), not by the next run. Where the
@@ -38,6 +39,7 @@ import os
 import sys
 import warnings
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 # What the template imports: Prefect's engine and every flow a deployment of ours runs.
@@ -136,12 +138,13 @@ def _run_serialized(env: dict[str, str], payload: bytes, startup_env: dict[str, 
         atexit._run_exitfuncs()
 
 
-def _run_engine(env: dict[str, str], cwd: str, quiet: bool) -> None:
-    """The worker's run: what ``python -m prefect.engine`` does, in this process made fresh."""
+def _run_engine(env: dict[str, str], cwd: str, quiet: bool, new_session: bool) -> None:
+    """What ``python -m prefect.engine`` does, in this process made fresh."""
     import runpy
 
     try:
-        os.setsid()  # out of the worker's process group, as Prefect starts a worker's run
+        if new_session:  # as Prefect isolates a worker's run from the worker's signals
+            os.setsid()
         _become(env, cwd, quiet)
         sys.argv = ["prefect.engine"]  # the run's id comes from PREFECT__FLOW_RUN_ID
         runpy.run_module("prefect.engine", run_name="__main__", alter_sys=False)
@@ -234,21 +237,90 @@ def run_flow_in_template(
     return process
 
 
-def use_for_runner(extra: list[str] | None = None) -> bool:
-    """Make every Runner of this process (``prefect.serve``) fork its runs from the template,
-    and start the template now. False, with a warning, where runs keep Prefect's start."""
+async def run_process_in_template(
+    command: list[str],
+    *,
+    stream_output: Any = False,
+    task_status: Any = None,
+    task_status_handler: Any = None,
+    **kwargs: Any,
+):
+    """``prefect.utilities.processutils.run_process`` as EngineCommandStarter calls it, with
+    ``python -m prefect.engine`` forked from the template (the same environment, directory,
+    output and session); any other command, or a template that fails, goes to Prefect's."""
+    import anyio
+    import anyio.to_thread
+    from prefect.utilities.processutils import get_sys_executable, run_process
+
+    # Only Prefect's own engine command (not a command of a deployment's job variables).
+    engine = list(command) == [get_sys_executable(), "-m", "prefect.engine"]
+    if (
+        not engine
+        or set(kwargs) - {"env", "cwd", "start_new_session"}
+        or stream_output
+        not in (
+            True,
+            False,
+        )
+    ):
+        return await run_process(
+            command,
+            stream_output=stream_output,
+            task_status=task_status,
+            task_status_handler=task_status_handler,
+            **kwargs,
+        )
+    env = {k: v for k, v in (kwargs.get("env") or os.environ).items() if v is not None}
+    start = partial(
+        start_engine,
+        env,
+        str(kwargs.get("cwd") or os.getcwd()),
+        quiet=not stream_output,
+        new_session=bool(kwargs.get("start_new_session")),
+    )
+    try:
+        process = await anyio.to_thread.run_sync(start)
+    except (OSError, EOFError) as exc:
+        fallback(f"the template process failed ({type(exc).__name__}: {exc})")
+        return await run_process(
+            command,
+            stream_output=stream_output,
+            task_status=task_status,
+            task_status_handler=task_status_handler,
+            **kwargs,
+        )
+    try:
+        if task_status is not None:
+            task_status.started(
+                task_status_handler(process) if task_status_handler else process.pid
+            )
+        await anyio.to_thread.run_sync(process.join, abandon_on_cancel=True)
+    finally:
+        if process.is_alive():  # cancelled: as Prefect's open_process, stop it
+            process.terminate()
+    return process
+
+
+def install(extra: list[str] | None = None) -> bool:
+    """Make the Runners and starters of this process fork their runs from the template, and
+    start the template now. Two seams Prefect documents (patch the module to override):
+    ``DirectSubprocessStarter``'s ``run_flow_in_subprocess`` (a Runner's flows) and
+    ``EngineCommandStarter``'s ``run_process`` (a Runner's deployments, as ``prefect.serve``
+    adds them, and a worker's runs). False, with a warning, where runs keep Prefect's start."""
     if not start_template(extra):
         return False
     import prefect.runner._starter_direct as direct
+    import prefect.runner._starter_engine as engine
 
-    direct.run_flow_in_subprocess = run_flow_in_template  # the seam Prefect documents there
+    direct.run_flow_in_subprocess = run_flow_in_template
+    engine.run_process = run_process_in_template  # type: ignore[assignment]
     return True
 
 
-def start_engine(env: dict[str, str], cwd: str, quiet: bool = False):
+def start_engine(env: dict[str, str], cwd: str, quiet: bool = False, new_session: bool = False):
     """Fork a run from the template that does what ``python -m prefect.engine`` does, with
     exactly ``env`` as its environment and ``cwd`` as its directory. Returns the started
     process (pid, exitcode, join); raises OSError or EOFError if the template failed."""
-    process = _context().Process(target=_run_engine, args=(env, cwd, quiet))
+    process = _context().Process(target=_run_engine, args=(env, cwd, quiet, new_session))
     process.start()
     return process

@@ -22,10 +22,8 @@ used (no fork on the platform, or the template failed to start), with a warning.
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 import warnings
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,17 +31,13 @@ import anyio
 import anyio.abc
 from prefect.flows import load_flow_from_flow_run
 from prefect.runner._flow_run_executor import FlowRunExecutionResult, FlowRunExecutorContext
-from prefect.runner._process_manager import ProcessHandle, create_isolated_termination_scope
 from prefect.runner._starter_engine import EngineCommandStarter
-from prefect.settings import get_current_settings
-from prefect.utilities.processutils import sanitize_subprocess_env
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 
 from relay import warm
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
-    from prefect.runner._control_channel import ControlChannel
 
 
 def warm_entrypoint(deployment, configuration: ProcessJobConfiguration) -> str | None:
@@ -56,78 +50,6 @@ def warm_entrypoint(deployment, configuration: ProcessJobConfiguration) -> str |
     if deployment.pull_steps or not entrypoint or ":" in entrypoint:
         return None
     return entrypoint
-
-
-class WarmStarter:
-    """A ProcessStarter (prefect/runner/_flow_run_executor.py): the run forked from the
-    template, in a session of its own (as Prefect isolates a worker's run), its handle given
-    before it ends; Prefect's ``python -m prefect.engine`` if the template fails."""
-
-    def __init__(
-        self,
-        *,
-        entrypoint: str,
-        cwd: Path,
-        env: dict[str, str | None],
-        stream_output: bool,
-        control_channel: ControlChannel | None,
-    ) -> None:
-        self._entrypoint = entrypoint
-        self._cwd = cwd
-        self._env = env
-        self._stream_output = stream_output
-        self._control_channel = control_channel
-
-    def environment(self, flow_run: FlowRun, control: dict[str, str]) -> dict[str, str]:
-        """What EngineCommandStarter gives ``python -m prefect.engine`` (job env over
-        settings, as the process worker's default start does), plus the entrypoint."""
-        env: dict[str, str | None] = dict(os.environ)
-        env.update(get_current_settings().to_environment_variables(exclude_unset=True))
-        env.update(self._env)
-        env.update(
-            {
-                "PREFECT__FLOW_RUN_ID": str(flow_run.id),
-                "PREFECT__ENABLE_CANCELLATION_AND_CRASHED_HOOKS": "false",
-                "PREFECT__FLOW_ENTRYPOINT": self._entrypoint,
-                **control,
-            }
-        )
-        return sanitize_subprocess_env(env)
-
-    async def start(
-        self,
-        flow_run: FlowRun,
-        task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
-        control: dict[str, str] = {}
-        if self._control_channel is not None:
-            with contextlib.suppress(RuntimeError):  # no channel: kill-only cancellation
-                port, token = self._control_channel.register(flow_run.id)
-                control = {"PREFECT__CONTROL_PORT": str(port), "PREFECT__CONTROL_TOKEN": token}
-        env = self.environment(flow_run, control)
-        try:
-            process = await anyio.to_thread.run_sync(
-                partial(warm.start_engine, env, str(self._cwd), not self._stream_output)
-            )
-        except (OSError, EOFError) as exc:
-            if control and self._control_channel is not None:
-                self._control_channel.unregister(flow_run.id)
-            warm.fallback(f"the template process failed ({type(exc).__name__}: {exc})")
-            await self._prefect_start(flow_run, task_status)
-            return
-        handle = ProcessHandle(process, termination_scope=create_isolated_termination_scope(0))
-        task_status.started(handle)
-        await anyio.to_thread.run_sync(process.join)
-
-    async def _prefect_start(self, flow_run: FlowRun, task_status) -> None:
-        await EngineCommandStarter(
-            cwd=self._cwd,
-            env={**self._env, "PREFECT__FLOW_ENTRYPOINT": self._entrypoint},
-            stream_output=self._stream_output,
-            control_channel=self._control_channel,
-            isolate_process_group=True,
-            env_overrides_settings=True,
-        ).start(flow_run, task_status=task_status)
 
 
 with warnings.catch_warnings():
@@ -145,7 +67,7 @@ with warnings.catch_warnings():
 
         async def __aenter__(self) -> RelayWorker:
             # The template imports once, before the first run is taken (not during it).
-            self._warm = await anyio.to_thread.run_sync(warm.start_template, self._preload)
+            self._warm = await anyio.to_thread.run_sync(warm.install, self._preload)
             await super().__aenter__()
             return self
 
@@ -169,8 +91,9 @@ with warnings.catch_warnings():
         async def _run_warm(
             self, flow_run: FlowRun, configuration, entrypoint: str, task_status
         ) -> ProcessWorkerResult:
-            """ProcessWorker.run with the WarmStarter: a temporary directory unless the job
-            names one, Prefect's executor (Pending -> Running, crash on a bad exit, cancel)."""
+            """ProcessWorker.run without the workspace supervisor: a temporary directory unless
+            the job names one, Prefect's executor (Pending -> Running, crash on a bad exit,
+            cancel) and its engine start, forked from the template."""
             status = task_status or anyio.TASK_STATUS_IGNORED
             directory = (
                 contextlib.nullcontext(configuration.working_dir)
@@ -180,12 +103,16 @@ with warnings.catch_warnings():
             execution: FlowRunExecutionResult | None = None
             with directory as working_dir:
                 async with FlowRunExecutorContext() as ctx:
-                    starter = WarmStarter(
-                        entrypoint=entrypoint,
+                    # ProcessWorker's own start of `python -m prefect.engine` (job env over
+                    # settings, a session of its own), which warm.install forks from the
+                    # template; the entrypoint as its workspace supervisor would set it.
+                    starter = EngineCommandStarter(
                         cwd=Path(working_dir).resolve(),
-                        env=configuration.env,
+                        env={**configuration.env, "PREFECT__FLOW_ENTRYPOINT": entrypoint},
                         stream_output=configuration.stream_output,
                         control_channel=ctx.control_channel,
+                        isolate_process_group=True,
+                        env_overrides_settings=True,
                     )
                     executor = ctx.create_executor(
                         flow_run,

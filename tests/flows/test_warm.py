@@ -255,7 +255,7 @@ def test_code_changed_on_disk_is_picked_up_after_a_worker_restart(
 SERVE = """
 import relay
 from relay import warm
-assert warm.use_for_runner(["warm_probe"])
+assert warm.install(["warm_probe"])
 from warm_probe import probe
 probe.serve(name="served", print_starting_message=False)
 """
