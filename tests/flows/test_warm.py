@@ -256,20 +256,25 @@ SERVE = """
 import relay
 from relay import warm
 assert warm.install(["warm_probe"])
+from prefect import serve
 from warm_probe import probe
-probe.serve(name="served", print_starting_message=False)
+if {deployments}:  # as relay serve and the benchmarks serve: python -m prefect.engine per run
+    serve(probe.to_deployment(name="served"), print_starting_message=False)
+else:  # a flow served as such: run_flow_in_subprocess per run
+    probe.serve(name="served", print_starting_message=False)
 """
 
 
+@pytest.mark.parametrize("deployments", [True, False], ids=["serve-deployments", "flow-serve"])
 def test_prefect_serve_forks_each_run_from_the_template_too(
-    client, prefect_server, probe_folder, tmp_path
+    client, prefect_server, probe_folder, tmp_path, deployments
 ):
     """relay serve's and the benchmarks' Runner: the same warm start, the same guarantees."""
     from relay.serve import descendants
 
     log = (tmp_path / "serve.log").open("w")
     served = subprocess.Popen(
-        [sys.executable, "-c", SERVE],
+        [sys.executable, "-c", SERVE.format(deployments=deployments)],
         env={
             **prefect_server,
             "PYTHONPATH": os.pathsep.join([str(probe_folder), str(PROJECT_ROOT)]),
