@@ -217,6 +217,8 @@ def test_a_killed_run_is_crashed_and_the_next_run_works(
     out = tmp_path / "killed.json"
     killed = run_probe(client, probe_deployment, out, sleep=600)
     record = wait_for("the run to start", lambda: out.exists() and json.loads(out.read_text()))
+    # Its heartbeats come from the run itself (the lost-run automation of relay/alerts.py).
+    wait_for("a heartbeat of the run", lambda: heartbeats(prefect_server, killed))
     os.kill(record["pid"], signal.SIGKILL)
     run = wait_final(client, killed)
     assert run.state.type.value == "CRASHED", run.state
@@ -226,6 +228,38 @@ def test_a_killed_run_is_crashed_and_the_next_run_works(
     run = wait_final(client, run_probe(client, probe_deployment, out))
     assert run.state.is_completed()
     assert json.loads(out.read_text())["ppid"] == record["ppid"]  # the same template
+
+
+def test_cancelling_from_the_ui_stops_the_runs_process(
+    client, prefect_server, probe_deployment, worker, tmp_path
+):
+    from prefect.states import Cancelling
+
+    from relay.serve import alive
+
+    out = tmp_path / "cancelled.json"
+    run_id = run_probe(client, probe_deployment, out, sleep=600)
+    record = wait_for("the run to start", lambda: out.exists() and json.loads(out.read_text()))
+    client.set_flow_run_state(run_id, Cancelling(), force=True)  # what the UI's Cancel does
+    assert wait_final(client, run_id).state.type.value == "CANCELLED"
+    wait_for("the run's process to end", lambda: not alive(record["pid"]), timeout=120)
+    assert worker.proc.poll() is None
+
+
+def heartbeats(env: dict, run_id) -> list[dict]:
+    import httpx
+
+    response = httpx.post(
+        f"{env['PREFECT_API_URL']}/events/filter",
+        json={"filter": {
+            "event": {"name": ["prefect.flow-run.heartbeat"]},
+            "resource": {"id": [f"prefect.flow-run.{run_id}"]},
+            "occurred": {"since": "2000-01-01T00:00:00Z"},
+        }},
+        timeout=10,
+    )  # fmt: skip
+    response.raise_for_status()
+    return response.json()["events"]
 
 
 def test_code_changed_on_disk_is_picked_up_after_a_worker_restart(
