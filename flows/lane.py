@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
@@ -26,7 +27,7 @@ from tasks.config import ClinicConfig
 from tasks.tick import Summary
 from tasks.warehouse import open_db
 
-MARGIN = timedelta(seconds=15)  # the lane's last catch-up and the run's end, before the next tick
+MARGIN = timedelta(seconds=10)  # for the last catch-up and the run's end, before the next tick
 CHECK_EVERY = 10.0  # seconds between looks at the run's and the deployment's state
 
 
@@ -100,11 +101,11 @@ class Watch:
         from prefect.exceptions import ObjectNotFound
 
         with get_client(sync_client=True) as client:
-            state = client.read_flow_run(self.run_id).state  # type: ignore[arg-type]
+            state = client.read_flow_run(UUID(self.run_id)).state
             if state is not None and state.type.value in ("CANCELLING", "CANCELLED"):
                 return "the run was cancelled"
             try:
-                if client.read_deployment(self.deployment_id).paused:  # type: ignore[arg-type]
+                if client.read_deployment(UUID(self.deployment_id)).paused:
                     return "the deployment was paused"
             except ObjectNotFound:
                 return "the deployment was deleted"

@@ -255,7 +255,8 @@ def run_lane(
     now = clock()
     for ago, n in tick_requests(con, datetime.now(UTC)):
         budget.add(n, at=now - ago)
-    inner, client.limiter = client.limiter, budget
+    inner = client.limiter
+    client.limiter = budget  # type: ignore[assignment]  # a limiter's interface: acquire, hold_until, pace
     try:
         polled = watched(con)
         synced = tuple(_resources.get(n) for n in SYNCED)
