@@ -37,9 +37,10 @@ def after_tick(config: ClinicConfig, summary: Summary, result: dict) -> dict:
     if why:
         return result
     run: Any = FlowRunContext.get().flow_run  # type: ignore[union-attr]  # inside the tick's run
-    due = next_tick_due(config, run)
-    until = time.monotonic() + (due - MARGIN - datetime.now(UTC)).total_seconds()
-    counts = fast_lane(config, until, str(run.id), str(run.deployment_id))
+    left = (next_tick_due(config, run) - MARGIN - datetime.now(UTC)).total_seconds()
+    if left <= 0:  # a long tick: the next one is due already
+        return result
+    counts = fast_lane(config, time.monotonic() + left, str(run.id), str(run.deployment_id))
     result["lane"] = counts
     result["report"] = result.get("report", "") + (
         f"\n\n**Fast lane:** {counts['polls']} polls, {counts['found']} found changes, "
