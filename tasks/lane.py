@@ -86,18 +86,13 @@ class Budget:
             self._times.extend([moment] * n)
             self._times = deque(sorted(self._times))
 
-    def used(self) -> int:
-        with self._lock:
-            self._expire(self._clock())
-            return len(self._times)
-
     def wait_for(self, n: int) -> float:
         """Seconds until ``n`` more requests fit in the window (0: now)."""
         with self._lock:
             now = self._clock()
             self._expire(now)
             over = len(self._times) + n - self.per_minute
-            if over <= 0:
+            if over <= 0 or not self._times:
                 return 0.0
             return max(0.0, self._times[min(over, len(self._times)) - 1] + WINDOW - now)
 
