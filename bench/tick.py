@@ -1,18 +1,15 @@
-"""Tick benchmark (issue 6 §5): booking-to-welcome latency, the idle tick, ticks per minute.
+"""Tick benchmark (issue 6 §5): the idle tick, ticks per minute. (Booking -> welcome latency,
+with the fast lane, is bench/latency.py.)
 
 Everything is real except Cliniko: a Prefect server started here (its own home, a free port),
 the tick deployments served by ``prefect.serve`` in a subprocess (each run its own process, as
 in production), sandbox Cliniko servers in this process over HTTP, DuckDB files in a temp folder.
 
-1. Latency: a clinic of BENCH_TICK_LATENCY_PATIENTS (1,000) with a welcome email on every
-   booking, ticking every minute. Bookings are made in the sandbox at random moments; the
-   latency is the outbox file's written_at minus the booking time, over BENCH_TICK_BOOKINGS (20)
-   welcomes or more. Target: p95 <= 90 s.
-2. Idle tick: a clinic of BENCH_TICK_IDLE_PATIENTS (20,000) with the demo clinic's triggers,
+1. Idle tick: a clinic of BENCH_TICK_IDLE_PATIENTS (20,000) with the demo clinic's triggers,
    journeys and campaigns. After its first (full) tick, BENCH_TICK_IDLE_RUNS (3) ticks with
    nothing changed, each split into process start, our work (time inside task bodies: SQL,
    HTTP, files) and Prefect (the rest of the run). Target: <= 5 s in all.
-3. Sustained: BENCH_TICK_CLINICS (5) clinics of 500 patients, their sandbox clocks running, ticking
+2. Sustained: BENCH_TICK_CLINICS (5) clinics of 500 patients, their sandbox clocks running, ticking
    every 60 s and then every 20 s, BENCH_TICK_MINUTES (3) minutes each: ticks completed per
    minute, how late they started, and how many were skipped as too late.
 
@@ -20,16 +17,14 @@ W. Warm start (``BENCH_TICK_PARTS=warm``, not run by default): the idle tick's p
    pickup -> done and CPU per tick with each run forked from the warm template (relay/warm.py,
    as relay serve and relay worker start runs) against Prefect's own start, back to back.
 
-``python -m bench tick`` (about 20 minutes on a quiet 2-core machine); shrink it with the
+``python -m bench tick`` (about 15 minutes on a quiet 2-core machine); shrink it with the
 variables above, e.g. BENCH_TICK_IDLE_PATIENTS=2000 BENCH_TICK_MINUTES=1.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import random
 import signal
 import statistics
 import subprocess
@@ -44,24 +39,10 @@ import yaml
 from relay.serve import _die_with_parent, free_port, prefect_server, use_server
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-WELCOME = {
-    "name": "welcome",
-    "enabled": True,
-    "event": "appointment_booked",
-    "timing": "immediately",
-    "channel": "email",
-    "template": "welcome",
-    "purpose": "transactional",
-}
 
 
 def setting(name: str, default: int) -> int:
     return int(os.environ.get(f"BENCH_TICK_{name}", default))
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 # --- set-up -----------------------------------------------------------------------------------
@@ -172,72 +153,6 @@ def tick_now(client, clinic: str, timeout: float = 1800) -> object:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{clinic}: tick not finished after {timeout:.0f}s")
         time.sleep(0.5)
-
-
-def book_now(clinic) -> tuple[int, float]:
-    """One appointment booked in the sandbox now; its id and the wall-clock moment."""
-    from sandbox.cliniko.clinic import _Changes
-
-    table = clinic.tables["individual_appointments"]
-    with clinic.lock:
-        before = set(table.rows)
-        moment = time.time()
-        _Changes(clinic).bookings(int(moment))
-        new = set(table.rows) - before
-    return (new.pop(), float(int(moment))) if new else (0, moment)
-
-
-# --- 1. latency -------------------------------------------------------------------------------
-
-
-def latency(client) -> None:
-    from sandbox.cliniko import SandboxClinic, SandboxServer
-
-    patients, wanted = setting("LATENCY_PATIENTS", 1000), setting("BOOKINGS", 20)
-    print(f"1. Booking -> welcome in the outbox, ticks every 60 s ({patients} patients)")
-    clinic = SandboxClinic.generate(seed=21, patients=patients, start=datetime.now(UTC))
-    with SandboxServer(clinic, rate_limit=None, auto_advance_speed=1) as sandbox:
-        add_clinic("latency", sandbox, triggers=[WELCOME])
-        served = Served(60, ["latency"])
-        try:
-            first = tick_now(client, "latency")  # the first, full tick; the trigger goes live
-            print(
-                f"   first tick (full sync and build): {_seconds(first):.1f}s, {first.state.name}"
-            )
-            samples = _measure_welcomes(clinic, wanted)
-        finally:
-            served.stop()
-    if not samples:
-        print("   no welcome arrived: see the tick runs in the Prefect UI")
-        return
-    print(
-        f"   {len(samples)} welcomes: median {statistics.median(samples):.0f}s, "
-        f"p95 {pct(samples, 0.95):.0f}s, max {max(samples):.0f}s (target p95 <= 90 s)"
-    )
-
-
-def _measure_welcomes(clinic, wanted: int, limit_minutes: float = 12) -> list[float]:
-    from tasks.providers.outbox import outbox_dir
-
-    outbox = outbox_dir("latency")
-    booked: dict[int, float] = {}
-    latencies: dict[int, float] = {}
-    rng = random.Random(6)
-    deadline = time.monotonic() + limit_minutes * 60
-    next_booking = time.monotonic()
-    while len(latencies) < wanted and time.monotonic() < deadline:
-        if time.monotonic() >= next_booking and len(booked) < 3 * wanted:
-            appointment, moment = book_now(clinic)
-            booked[appointment] = moment
-            next_booking = time.monotonic() + rng.uniform(2, 10)
-        for path in outbox.glob("*.json") if outbox.exists() else ():
-            record = json.loads(path.read_text(encoding="utf-8"))
-            appointment = int(record["send_key"].rsplit(":", 1)[1])
-            if appointment in booked and appointment not in latencies:
-                written = datetime.fromisoformat(record["written_at"]).timestamp()
-                latencies[appointment] = written - booked[appointment]
-        time.sleep(0.5)
-    return list(latencies.values())
 
 
 def _seconds(run) -> float:
@@ -496,10 +411,9 @@ def main() -> None:
             from prefect.settings import PREFECT_API_URL, temporary_settings
 
             with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
-                parts = os.environ.get("BENCH_TICK_PARTS", "latency,idle,sustained").split(",")
+                parts = os.environ.get("BENCH_TICK_PARTS", "idle,sustained").split(",")
                 for part in parts:
                     {
-                        "latency": latency,
                         "idle": idle,
                         "sustained": sustained,
                         "warm": warm_start,  # not in the default parts: a before/after

@@ -20,12 +20,8 @@ from blocks.resolve import providers_for
 from flows.artifacts import artifact_key
 from tasks import tick
 from tasks.config import ClinicConfig, load_clinic
-from tasks.marketing import campaigns, journeys
-from tasks.messages.dispatch import dispatch_for_clinic
-from tasks.messages.gate import Gate
-from tasks.messages.prepare import by_source_kind
+from tasks.messages import due
 from tasks.triggers import plan as planning
-from tasks.triggers.prepare import Preparer
 from tasks.warehouse import open_db
 
 
@@ -36,21 +32,7 @@ def recheck_planned(con, config: ClinicConfig, now: datetime, held: dict) -> dic
 
 @task(cache_policy=NONE)
 def send_due(con, config: ClinicConfig, clock: Callable[[], datetime], held: dict) -> dict:
-    prepare = by_source_kind(
-        {
-            "trigger": Preparer(con, config, clock=clock),
-            "journey": journeys.Preparer(con, config),
-            "campaign": campaigns.Preparer(con, config),
-        }
-    )
-    # frequency cap and quiet hours for marketing; the cap's slots only for rows that will go
-    marketing = Gate.from_config(config, recheck=prepare)
-
-    def gate(con, rows, now):  # held sources first: their rows wait for a good build
-        return marketing(con, tick.hold_rows(con, rows, now, held), now)
-
-    providers = providers_for(config)
-    result = dispatch_for_clinic(con, config, prepare, providers=providers, clock=clock, gate=gate)
+    result = due.send_due(con, config, providers_for(config), clock, held)
     logger = get_run_logger()
     logger.info("dispatch: %s", dict(result.counts) or "nothing due")
     for problem in result.problems:

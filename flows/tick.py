@@ -32,6 +32,7 @@ from prefect.events import emit_event
 from prefect.exceptions import MissingResult
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
+from flows import lane
 from flows.artifacts import artifact_key
 from flows.dispatch import dispatch_messages
 from flows.feedback import pull_feedback
@@ -264,6 +265,8 @@ def clinic_tick(clinic: str = "demo", reconcile: bool = False, max_lateness_minu
         run_step(summary, "dispatch", clinic=clinic, needs=(plan,), held=summary.held)
         run_step(summary, "feedback", clinic=clinic)
         result = publish_summary(config, summary)
+        # the fast lane: polls for bookings until the next tick is due (flows/lane.py)
+        lane.after_tick(config, summary, result)
 
     if summary.failed:
         raise TickFailed(

@@ -73,6 +73,14 @@ class ScheduleSettings(_Section):
     max_lateness_minutes: float = Field(10, ge=1)
 
 
+class FastLaneSettings(_Section):
+    """The tick stays on between ticks polling Cliniko for new bookings (tasks/lane.py)."""
+
+    enabled: bool = False
+    every_seconds: float | None = Field(None, ge=1, le=300)  # None: from the budget
+    requests_per_minute: int = Field(50, ge=5, le=200)  # Cliniko requests, the tick's included
+
+
 class MarketingListSettings(_Section):
     """Who is on the email and SMS marketing lists (PRODUCT.md §2; read by sql/marts)."""
 
@@ -346,6 +354,7 @@ class ClinicConfig(_Section):
     cliniko: ClinikoSettings = ClinikoSettings()
     sync: SyncSettings = SyncSettings()
     schedule: ScheduleSettings = ScheduleSettings()
+    fast_lane: FastLaneSettings = FastLaneSettings()
     marketing_list: MarketingListSettings = MarketingListSettings()
     providers: ProvidersSettings = ProvidersSettings()
     journeys: Annotated[list[Journey], AfterValidator(_unique_names)] = []

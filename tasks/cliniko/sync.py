@@ -310,12 +310,16 @@ def run_sync(
     reconcile: bool = False,
     on_page: ProgressCallback | None = None,
     sweep: Callable[[Sync], object] = Sync.run,
+    resources: tuple[Resource, ...] = RESOURCES,
 ) -> dict[str, ResourceCounts]:
     """A whole run, recorded in ``state.sync_runs`` (completed, or failed with its error),
     whoever runs it. ``sweep`` reads every resource: ``Sync.run``, or the flow's Prefect tasks
-    around the same ``Sync`` methods (flows/sync.py)."""
-    run_id = start_run(con, "reconcile" if reconcile else "incremental")
-    sync = Sync(con, client, overlap=overlap, full=reconcile, on_page=on_page)
+    around the same ``Sync`` methods (flows/sync.py). ``resources``: only these (the fast lane's
+    few, tasks/lane.py), recorded as kind 'partial'; a reconciliation reads them all."""
+    partial = not reconcile and resources != RESOURCES
+    run_id = start_run(con, "reconcile" if reconcile else "partial" if partial else "incremental")
+    chosen = resources if partial else RESOURCES
+    sync = Sync(con, client, overlap=overlap, full=reconcile, on_page=on_page, resources=chosen)
     try:
         sweep(sync)
     except BaseException as exc:

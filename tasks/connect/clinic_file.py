@@ -96,6 +96,8 @@ def render_clinic_yaml(
                     "reconcile_every_hours": 24,
                     "stale_after_minutes": 20,
                 },
+                # the tick polls for bookings until the next one (docs/scaling.md, Fast lane)
+                "fast_lane": {"enabled": True, "requests_per_minute": 50},
                 "marketing_list": {
                     "active_patient_limit": 24,
                     "size_cap": None,

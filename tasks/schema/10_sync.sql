@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS state.quarantine (
 -- One row per sync or reconciliation run: counts only, never personal data.
 CREATE TABLE IF NOT EXISTS state.sync_runs (
     run_id       VARCHAR PRIMARY KEY,
-    kind         VARCHAR NOT NULL,          -- 'incremental' | 'reconcile'
+    kind         VARCHAR NOT NULL,          -- 'incremental' | 'reconcile' | 'partial' (fast lane)
     started_at   TIMESTAMPTZ NOT NULL,
     finished_at  TIMESTAMPTZ,
     status       VARCHAR NOT NULL,          -- 'running' | 'completed' | 'failed'

@@ -1,0 +1,131 @@
+"""The fast lane in the tick (tasks/lane.py): after the summary, still holding the clinic's
+database, the tick's run polls Cliniko for bookings until its next tick is due, as one task
+(``fast-lane``) whose logs say what each poll that found something did (counts only).
+
+It runs only in a deployment's run (a next tick is due: ``relay demo`` or a test calling the
+flow does not wait), when ``fast_lane.enabled`` and the tick's steps all completed with the
+breaker closed. It stops ``MARGIN`` before the next tick is due (this run's expected start +
+``schedule.tick_every_minutes``, or the deployment's next scheduled run if sooner), when the run
+is cancelled or its deployment paused, or at its first failure (the tick then fails saying why).
+Its counts go into the tick's result (``lane``) and report.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+from prefect.context import FlowRunContext
+
+from blocks.resolve import cliniko_account, providers_for
+from tasks import lane
+from tasks.config import ClinicConfig
+from tasks.tick import Summary
+from tasks.warehouse import open_db
+
+MARGIN = timedelta(seconds=10)  # for the last catch-up and the run's end, before the next tick
+CHECK_EVERY = 10.0  # seconds between looks at the run's and the deployment's state
+
+
+def after_tick(config: ClinicConfig, summary: Summary, result: dict) -> dict:
+    """Run the lane when it should, and add its counts to the tick's ``result`` (and report)."""
+    why = _not_now(config, summary)
+    if why:
+        return result
+    run: Any = FlowRunContext.get().flow_run  # type: ignore[union-attr]  # inside the tick's run
+    left = (next_tick_due(config, run) - MARGIN - datetime.now(UTC)).total_seconds()
+    if left <= 0:  # a long tick: the next one is due already
+        return result
+    counts = fast_lane(config, time.monotonic() + left, str(run.id), str(run.deployment_id))
+    result["lane"] = counts
+    result["report"] = result.get("report", "") + (
+        f"\n\n**Fast lane:** {counts['polls']} polls, {counts['found']} found changes, "
+        f"{counts['sent']} messages sent ({counts['requests']} Cliniko requests; stopped: "
+        f"{counts['stopped']})."
+    )
+    return result
+
+
+def _not_now(config: ClinicConfig, summary: Summary) -> str | None:
+    if not config.fast_lane.enabled:
+        return "off in clinic.yaml"
+    if summary.failed or summary.held:
+        return "the tick did not complete"
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None or context.flow_run.deployment_id is None:
+        return "not a deployment's run: no next tick"
+    return None
+
+
+def next_tick_due(config: ClinicConfig, run: Any) -> datetime:
+    """This run's expected start + the clinic's tick interval, or the deployment's next
+    scheduled run if that comes sooner (a deployment served at another interval)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas import filters, sorting
+
+    expected = run.expected_start_time or datetime.now(UTC)
+    due = expected + timedelta(minutes=config.schedule.tick_every_minutes)
+    with get_client(sync_client=True) as client:
+        scheduled = client.read_flow_runs(
+            flow_run_filter=filters.FlowRunFilter(
+                id=filters.FlowRunFilterId(not_any_=[run.id]),
+                deployment_id=filters.FlowRunFilterDeploymentId(any_=[run.deployment_id]),
+                state=filters.FlowRunFilterState(
+                    type=filters.FlowRunFilterStateType(any_=["SCHEDULED", "PENDING"])
+                ),
+            ),
+            sort=sorting.FlowRunSort.EXPECTED_START_TIME_ASC,
+            limit=1,
+        )
+    if scheduled and scheduled[0].expected_start_time:
+        due = min(due, max(scheduled[0].expected_start_time, datetime.now(UTC)))
+    return due
+
+
+class Watch:
+    """``should_stop`` for the lane: the run cancelled, or its deployment paused or gone; asked
+    of the server at most every CHECK_EVERY seconds."""
+
+    def __init__(self, run_id: str, deployment_id: str) -> None:
+        self.run_id, self.deployment_id = run_id, deployment_id
+        self._next = time.monotonic() + CHECK_EVERY
+
+    def __call__(self) -> str | None:
+        if time.monotonic() < self._next:
+            return None
+        self._next = time.monotonic() + CHECK_EVERY
+        from prefect.client.orchestration import get_client
+        from prefect.exceptions import ObjectNotFound
+
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(UUID(self.run_id)).state
+            if state is not None and state.type.value in ("CANCELLING", "CANCELLED"):
+                return "the run was cancelled"
+            try:
+                if client.read_deployment(UUID(self.deployment_id)).paused:
+                    return "the deployment was paused"
+            except ObjectNotFound:
+                return "the deployment was deleted"
+        return None
+
+
+@task(cache_policy=NONE, task_run_name="fast-lane")
+def fast_lane(config: ClinicConfig, until: float, run_id: str, deployment_id: str) -> dict:
+    """Poll Cliniko for bookings and send their welcomes and late reminders until ``until``
+    (a monotonic moment); counts only."""
+    logger = get_run_logger()
+    with cliniko_account(config).get_client() as client, open_db(config.database_path) as con:
+        counts = lane.run_lane(
+            con,
+            client,
+            config,
+            providers_for(config),
+            until=until,
+            should_stop=Watch(run_id, deployment_id),
+            log=logger.info,
+        )
+    return counts.as_dict()
