@@ -41,10 +41,12 @@ PREFIX = "relay: "
 HEARTBEAT_SECONDS = 30
 CRASH_AFTER_SECONDS = 90
 ZOMBIE_NAME = PREFIX + "a run stopped sending heartbeats"
+QUIET_NAME = PREFIX + "no tick completed"
+QUIET_FLOOR_MINUTES = 15
 
 
 def automations(
-    block_id, quiet_minutes: int, crash_after: int = CRASH_AFTER_SECONDS
+    block_id, quiet_minutes: float, crash_after: int = CRASH_AFTER_SECONDS
 ) -> list[Automation]:
     notify = dict(block_document_id=block_id)
     return [
@@ -63,8 +65,8 @@ def automations(
                     **notify,
                     subject="clinic-relay: {{ flow.name }} / {{ flow_run.name }} "
                     "{{ flow_run.state.name }}",
-                    body="{{ flow.name }} / {{ flow_run.name }} ended {{ flow_run.state.name }}: "
-                    "{{ flow_run.state.message }}\n{{ flow_run|ui_url }}",
+                    body="{{ flow.name }} / {{ flow_run.name }} (run {{ flow_run.id }}) ended "
+                    "{{ flow_run.state.name }}: {{ flow_run.state.message }}\n{{ flow_run|ui_url }}",
                 )
             ],
         ),
@@ -96,41 +98,61 @@ def automations(
             subject="clinic-relay: {{ event.payload.clinic }} ran off its home",
             body="{{ event.payload.reason }}",
         ),
-        Automation(
-            name=PREFIX + "no tick completed",
-            description=f"A clinic's clinic-tick runs stopped completing for {quiet_minutes} "
-            "minutes: is its machine's worker running, and its schedule?",
-            trigger=EventTrigger(
-                match={"prefect.resource.id": "prefect.flow-run.*"},
-                match_related={
-                    "prefect.resource.role": "flow",
-                    "prefect.resource.name": "clinic-tick",
-                },
-                # One bucket per tick deployment (one per clinic), opened by its last
-                # completed tick: a clinic that stops is named, the others stay quiet.
-                after={"prefect.flow-run.Completed"},
-                expect={"prefect.flow-run.Completed"},
-                for_each={"related:deployment:prefect.resource.id"},
-                posture=Posture.Proactive,
-                threshold=1,
-                within=timedelta(minutes=quiet_minutes),
-            ),
-            actions=[
-                SendNotification(
-                    **notify,
-                    # The last completed tick of that deployment: its parameters name the clinic.
-                    subject="clinic-relay: no tick of {{ flow_run.parameters.clinic }} "
-                    f"completed in {quiet_minutes} minutes",
-                    body="No tick of clinic {{ flow_run.parameters.clinic }} "
-                    "({{ deployment.name }}) has completed in the last "
-                    f"{quiet_minutes} minutes; the last one was {{{{ flow_run.name }}}}. "
-                    "Check the worker on its machine (its work queue: "
-                    "{{ deployment.work_queue_name }}) and the deployment's schedules.",
-                )
-            ],
-        ),
+        no_tick_completed(timedelta(minutes=quiet_minutes), notify),
         zombie_runs(crash_after, notify),
     ]
+
+
+def no_tick_completed(quiet: timedelta, notify: dict) -> Automation:
+    """Per clinic: no tick of one clinic completed for ``quiet`` since its last completed tick.
+
+    One proactive automation with a bucket per tick deployment (``for_each`` on the run's
+    deployment: one per clinic), opened by each completed tick: a clinic that stops is named, the
+    others stay quiet. A proactive firing has no event of its own: Prefect (3.8.8,
+    ``prefect.server.events.triggers.evaluate``) hands the action the bucket's last event, here
+    the clinic's last completed tick, so ``flow_run`` and ``deployment`` in the templates are
+    that run and its deployment (tests/flows/test_quiet_alert.py checks the clinic is named).
+    It fires once per silence; the clinic's next completed tick watches it again."""
+    window = _span(quiet)
+    # The clinic: the last tick's parameter, else its deployment's name (<clinic>-tick).
+    clinic = "{{ flow_run.parameters.clinic or deployment.name }}"
+    return Automation(
+        name=QUIET_NAME,
+        description=f"A clinic's clinic-tick runs stopped completing for {window}: is its "
+        "machine's worker running, and its schedule?",
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={
+                "prefect.resource.role": "flow",
+                "prefect.resource.name": "clinic-tick",
+            },
+            after={"prefect.flow-run.Completed"},
+            expect={"prefect.flow-run.Completed"},
+            for_each={"related:deployment:prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=quiet,
+        ),
+        actions=[
+            SendNotification(
+                **notify,
+                subject=f"clinic-relay: no tick of {clinic} completed in {window}",
+                body=f"No tick of clinic {clinic} ({{{{ deployment.name }}}}) has completed in "
+                f"the last {window}; the last one was {{{{ flow_run.name }}}} "
+                "(run {{ flow_run.id }}). Check the worker on its machine (its work queue: "
+                "{{ deployment.work_queue_name }}) and the deployment's schedules.",
+            )
+        ],
+    )
+
+
+def _span(span: timedelta) -> str:
+    """A window as people say it: "15 minutes", "1 minute", "45 s"."""
+    seconds = span.total_seconds()
+    if seconds % 60:
+        return f"{seconds:g} s"
+    minutes = seconds / 60
+    return f"{minutes:g} minute" + ("" if minutes == 1 else "s")
 
 
 def _on_clinic_event(
@@ -190,7 +212,7 @@ def zombie_runs(crash_after: int = CRASH_AFTER_SECONDS, notify: dict | None = No
                         body=f"A run sent no heartbeat for {crash_after} s and did not finish: "
                         "its process or machine died. It is marked Crashed and its clinic's "
                         "tick slot is free again. Check the machine and its worker. "
-                        "{{ flow_run.name }} {{ flow_run|ui_url }}",
+                        "{{ flow_run.name }} (run {{ flow_run.id }}) {{ flow_run|ui_url }}",
                     )
                 ]
                 if notify
@@ -200,10 +222,32 @@ def zombie_runs(crash_after: int = CRASH_AFTER_SECONDS, notify: dict | None = No
     )
 
 
+def default_quiet_minutes(client) -> float:
+    """The "no tick completed" window when none is given: three tick intervals of the slowest
+    clinic-tick deployment on the server (three missed ticks, so one slow or late tick does
+    not alert), and never under QUIET_FLOOR_MINUTES (a tick can take minutes on a busy
+    machine)."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    intervals = [
+        schedule.schedule.interval.total_seconds() / 60
+        for deployment in client.read_deployments(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["clinic-tick"]))
+        )
+        for schedule in deployment.schedules
+        if getattr(schedule.schedule, "interval", None)
+    ]
+    return max(QUIET_FLOOR_MINUTES, 3 * max(intervals, default=0))
+
+
 def create_alerts(
-    webhook_url: str, block_name: str, quiet_minutes: int, crash_after: int = CRASH_AFTER_SECONDS
-) -> list[str]:
-    """Save the notification block and (re)create the automations; returns their names."""
+    webhook_url: str,
+    block_name: str,
+    quiet_minutes: float | None = None,
+    crash_after: int = CRASH_AFTER_SECONDS,
+) -> tuple[list[str], float]:
+    """Save the notification block and (re)create the automations; returns their names and
+    the "no tick completed" window (``quiet_minutes``, or default_quiet_minutes)."""
     block = CustomWebhookNotificationBlock(
         name="clinic-relay",
         url=webhook_url,
@@ -211,9 +255,11 @@ def create_alerts(
         json_data={"subject": "{{subject}}", "body": "{{body}}"},
     )
     block_id = block.save(block_name, overwrite=True)
-    wanted = automations(block_id, quiet_minutes, crash_after)
     with get_client(sync_client=True) as client:
+        if quiet_minutes is None:
+            quiet_minutes = default_quiet_minutes(client)
+        wanted = automations(block_id, quiet_minutes, crash_after)
         for automation in wanted:
             for old in client.read_automations_by_name(automation.name):
                 client.delete_automation(old.id)
-    return [a.create().name for a in wanted]
+    return [a.create().name for a in wanted], quiet_minutes

@@ -7,10 +7,20 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from types import SimpleNamespace
 
 from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 
-from relay.alerts import CRASH_AFTER_SECONDS, HEARTBEAT_SECONDS, ZOMBIE_NAME, automations
+from relay.alerts import (
+    CRASH_AFTER_SECONDS,
+    HEARTBEAT_SECONDS,
+    QUIET_FLOOR_MINUTES,
+    ZOMBIE_NAME,
+    automations,
+    default_quiet_minutes,
+    no_tick_completed,
+)
 
 
 def by_name(quiet_minutes: int = 30) -> dict:
@@ -43,8 +53,35 @@ def test_no_tick_completed_is_counted_per_clinic_and_names_it():
     assert trigger.after == trigger.expect == {"prefect.flow-run.Completed"}
     assert trigger.within == timedelta(minutes=45)
     [action] = quiet.actions
-    assert "{{ flow_run.parameters.clinic }}" in action.subject
+    # A proactive firing acts on the bucket's last event: the clinic's last completed tick.
+    assert "{{ flow_run.parameters.clinic or deployment.name }}" in action.subject
     assert "45 minutes" in action.subject
+    notify = {"block_document_id": uuid.uuid4()}
+    assert (
+        "completed in 30 s" in no_tick_completed(timedelta(seconds=30), notify).actions[0].subject
+    )
+
+
+def test_the_quiet_window_defaults_to_three_ticks_of_the_slowest_clinic():
+    def deployment(*minutes):
+        schedules = [SimpleNamespace(schedule=IntervalSchedule(interval=timedelta(minutes=m)))
+                     for m in minutes]  # fmt: skip
+        return SimpleNamespace(schedules=schedules)
+
+    class Client:
+        def __init__(self, *deployments):
+            self.deployments = list(deployments)
+
+        def read_deployments(self, flow_filter):
+            assert flow_filter.name.any_ == ["clinic-tick"]
+            return self.deployments
+
+    assert default_quiet_minutes(Client(deployment(5), deployment(10))) == 30
+    # a nightly cron schedule is not a tick interval; fast ticks still get the floor
+    cron = SimpleNamespace(schedule=CronSchedule(cron="0 3 * * *"))
+    fast = SimpleNamespace(schedules=[*deployment(1).schedules, cron])
+    assert default_quiet_minutes(Client(fast)) == QUIET_FLOOR_MINUTES == 15
+    assert default_quiet_minutes(Client()) == QUIET_FLOOR_MINUTES
 
 
 def test_every_clinic_event_alert_and_the_run_alerts_are_there():
