@@ -208,11 +208,16 @@ def zombie_runs(crash_after: int = CRASH_AFTER_SECONDS, notify: dict | None = No
                 [
                     SendNotification(
                         **notify,
-                        subject="clinic-relay: a run was lost and marked Crashed",
-                        body=f"A run sent no heartbeat for {crash_after} s and did not finish: "
-                        "its process or machine died. It is marked Crashed and its clinic's "
-                        "tick slot is free again. Check the machine and its worker. "
-                        "{{ flow_run.name }} (run {{ flow_run.id }}) {{ flow_run|ui_url }}",
+                        subject="clinic-relay: {{ flow_run.name }} went silent: no heartbeat "
+                        f"for {crash_after} s",
+                        body="{{ flow_run.name }} (run {{ flow_run.id }}, "
+                        "{{ deployment.name }}) sent no heartbeat for "
+                        f"{crash_after} s without finishing: its process or machine died. "
+                        "relay marks it Crashed, which frees its clinic's tick slot; check the "
+                        "machine and its worker (work queue {{ deployment.work_queue_name }}). "
+                        "Its state as this was sent: {{ flow_run.state.name }} (a run that had "
+                        "just finished when its last heartbeat arrived stays as it ended). "
+                        "{{ flow_run|ui_url }}",
                     )
                 ]
                 if notify
