@@ -10,15 +10,15 @@ webhook, a Postmark or ntfy endpoint, anything that takes a JSON POST):
   name matches nothing in Cliniko, or a name renamed in Cliniko since it was recorded);
 - a tick refused to run off the clinic's home (``relay.clinic.misrouted``: tasks/home.py; a
   machine that is not the home, a clinic being moved, a database that is not its current copy);
-- no tick of a clinic completed for a while, per clinic (one automation, a bucket per tick
-  deployment: ``for_each`` on the run's deployment), naming the clinic: its machine or worker is
-  down, or its schedule paused, which no run can report by itself.
+- no tick of a clinic completed for a while, per clinic (``no_tick_completed``), naming the
+  clinic: its machine or worker is down, or its schedule paused, which no run can report by
+  itself.
 
-A sixth acts instead of notifying: a run that sent a heartbeat and then nothing for
-``crash_after`` seconds (its process or machine died) is set Crashed (Prefect's documented
-"detect zombie flows" automation). Crashed gives the deployment's concurrency slot back at once
-(the server's ReleaseFlowConcurrencySlots rule), so the clinic's next tick runs; the Crashed state
-then fires the "a run failed or crashed" alert. Runs heartbeat every ``HEARTBEAT_SECONDS``
+A sixth acts, and says so: a run that sent a heartbeat and then nothing for ``crash_after``
+seconds (its process or machine died) is set Crashed (Prefect's documented "detect zombie flows"
+automation) and a person is told which run went silent. Crashed gives the deployment's
+concurrency slot back at once (the server's ReleaseFlowConcurrencySlots rule), so the clinic's
+next tick runs. Runs heartbeat every ``HEARTBEAT_SECONDS``
 (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``: set for deployed runs by ``relay deploy``, for served and
 CLI runs by relay/env.py); Prefect's own default, 180 s, is longer than ``crash_after``.
 
@@ -178,7 +178,12 @@ def zombie_runs(crash_after: int = CRASH_AFTER_SECONDS, notify: dict | None = No
     one) without a final state is set Crashed, which releases its deployment's slot, and a
     person is told (with ``notify``) by this automation itself: a state set by an automation's
     action did not reach the "a run failed or crashed" alert in the two-machine run
-    (scripts/machines.py), so the lost machine's alert does not depend on it."""
+    (scripts/machines.py), so the lost machine's alert does not depend on it.
+
+    Each action runs on its own: Prefect may also fire this for a run that had just finished,
+    when its last heartbeat is processed after its final state (PrefectHQ/prefect#18653,
+    #20887). The state change is then refused (a finished run stays as it ended) but the
+    notification still goes, so it names the run and its state as sent, and claims no crash."""
     return Automation(
         name=ZOMBIE_NAME,
         description=f"A run sent no heartbeat for {crash_after} s and did not finish: its "
