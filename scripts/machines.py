@@ -65,7 +65,10 @@ MACHINES = ("a", "b")
 HOMES = {"north": "a", "south": "a", "east": "b"}
 MOVED = "north"  # the clinic moved to b after a is killed
 TICK_SECONDS = 60  # relay deploy's least; a tick takes 5 s on a quiet 2-core machine
-QUIET_MINUTES = 2  # the per-clinic "no tick completed" alert (two ticks: 15 min by default)
+# The per-clinic "no tick completed" alert (15 min by default): four ticks, and longer than a
+# tick takes at load 20 (2-3 min; with 2 minutes south was named during a slow tick, before the
+# kill, and once per silence means not again after it).
+QUIET_MINUTES = 4
 CRASH_AFTER = 90  # the lost-run automation's silence (relay alerts create's default)
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -633,23 +636,35 @@ def scenario_kill(fleet: Fleet, clinic: str = MOVED, timeout: float = 600) -> di
     again = fleet.wait(f"{clinic} to complete a tick on {target.name}", ticked_there, timeout, 1)
     result["seconds_until_ticks_again"] = round(time.monotonic() - killed_at, 1) if again else None
 
-    # The clinic left on the lost machine (not moved) stops completing ticks: the per-clinic
-    # alert must name it once its window has passed since its last completed tick. Waited for
-    # up to three windows after the kill (its last tick ended before the kill).
+    # The clinic left on the lost machine (not moved) completes no tick after the kill: the
+    # per-clinic alert must name it once the window has passed since its last completed tick
+    # (which may be before the kill, if its tick then was slow). Waited for up to three windows.
     left = next(c for c, m in HOMES.items() if m == home.name and c != clinic)
     result["quiet_alert_for"] = left
+    last = last_completed(fleet, left)
+    since_last = time.monotonic() - (datetime.now(UTC) - last).total_seconds() if last else 0.0
     quiet = fleet.wait(
         f"the alert naming {left}",
-        lambda: fleet.webhook.first(f"no tick of {left} completed", after=killed_at),
+        lambda: fleet.webhook.first(f"no tick of {left} completed", after=since_last),
         max(0.0, killed_at + 3 * QUIET_MINUTES * 60 + 60 - time.monotonic()),
         every=1,
     )
     result["quiet_alert_seconds"] = round(quiet - killed_at, 1) if quiet else None
+    result["quiet_alert_after_its_last_tick_seconds"] = (
+        round(quiet - since_last, 1) if quiet else None
+    )
     with fleet.client() as c:  # every run the machine left unfinished: now Crashed?
         result["left_unfinished_now"] = {i: c.read_flow_run(i).state_name for i in lost}
     result["alerts"] = alerts_since(fleet, killed_at, lost)
+    result["notifications_before_the_kill"] = [
+        entry for entry in alerts_since(fleet, 0.0, lost, zero=killed_at) if entry["seconds"] < 0
+    ]
     result["quiet_alerts_for_clinics_elsewhere"] = sorted(
-        {a["clinic"] for a in result["alerts"] if a["alert"] == "no tick completed"}
+        {
+            a["clinic"]
+            for a in result["notifications_before_the_kill"] + result["alerts"]
+            if a["alert"] == "no tick completed"
+        }
         - {c for c, m in HOMES.items() if m == home.name}
     )
     result["lost_run_automation"] = zombie_actions(fleet, killed_wall)
@@ -657,16 +672,28 @@ def scenario_kill(fleet: Fleet, clinic: str = MOVED, timeout: float = 600) -> di
     return result
 
 
-def alerts_since(fleet: Fleet, after: float, lost: dict) -> list[dict]:
-    """Every notification after ``after``: when (seconds after it), which alert, and the run or
-    clinic it names, with what that run was at the kill (``lost``: runs the machine left
-    unfinished) and its state now. relay/alerts.py's messages carry the run's id."""
+def last_completed(fleet: Fleet, clinic: str) -> datetime | None:
+    """When the clinic's last completed tick ended (the server's clock: this machine's)."""
+    ends = [
+        r.state.timestamp
+        for r in fleet.runs(clinic)
+        if r.state and r.state.type.value == "COMPLETED" and r.state.timestamp
+    ]
+    return max(ends) if ends else None
+
+
+def alerts_since(fleet: Fleet, after: float, lost: dict, zero: float | None = None) -> list[dict]:
+    """Every notification after ``after``: when (seconds after ``zero``, by default ``after``),
+    which alert, and the run or clinic it names, with what that run was at the kill (``lost``:
+    runs the machine left unfinished) and its state now. relay/alerts.py's messages carry the
+    run's id."""
     import re
 
+    zero = after if zero is None else zero
     found = []
     for at, payload in fleet.webhook.since(after):
         subject, body = payload.get("subject", ""), payload.get("body", "")
-        entry: dict = {"seconds": round(at - after, 1), "subject": subject[:160]}
+        entry: dict = {"seconds": round(at - zero, 1), "subject": subject[:160]}
         quiet = re.search(r"no tick of (\S+) completed", subject)
         if quiet:
             entry["alert"] = "no tick completed"

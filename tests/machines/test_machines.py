@@ -80,8 +80,9 @@ def test_a_killed_machine_is_noticed_and_its_clinic_moves(proof):
 def test_the_clinic_left_on_the_lost_machine_is_named(proof):
     kill = proof["kill"]
     assert kill.get("quiet_alert_seconds") is not None, kill
-    named = {a.get("clinic") for a in kill["alerts"] if a["alert"] == "no tick completed"}
-    assert kill["quiet_alert_for"] in named, kill["alerts"]
+    notifications = kill["notifications_before_the_kill"] + kill["alerts"]
+    named = {a.get("clinic") for a in notifications if a["alert"] == "no tick completed"}
+    assert kill["quiet_alert_for"] in named, notifications
     # A clinic ticking on the other machine all along is not named.
     assert not kill["quiet_alerts_for_clinics_elsewhere"], kill["alerts"]
 
