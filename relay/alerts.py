@@ -14,11 +14,11 @@ webhook, a Postmark or ntfy endpoint, anything that takes a JSON POST):
   clinic: its machine or worker is down, or its schedule paused, which no run can report by
   itself.
 
-A sixth acts, and says so: a run that sent a heartbeat and then nothing for ``crash_after``
-seconds (its process or machine died) is set Crashed (Prefect's documented "detect zombie flows"
-automation) and a person is told which run went silent. Crashed gives the deployment's
-concurrency slot back at once (the server's ReleaseFlowConcurrencySlots rule), so the clinic's
-next tick runs. Runs heartbeat every ``HEARTBEAT_SECONDS``
+A sixth acts: a run that sent a heartbeat and then nothing for ``crash_after`` seconds (its
+process or machine died) is set Crashed (Prefect's documented "detect zombie flows" automation).
+Crashed gives the deployment's concurrency slot back at once (the server's
+ReleaseFlowConcurrencySlots rule), so the clinic's next tick runs. A seventh tells a person
+each time it did (``lost_run_crashed``). Runs heartbeat every ``HEARTBEAT_SECONDS``
 (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``: set for deployed runs by ``relay deploy``, for served and
 CLI runs by relay/env.py); Prefect's own default, 180 s, is longer than ``crash_after``.
 
@@ -42,6 +42,7 @@ HEARTBEAT_SECONDS = 30
 CRASH_AFTER_SECONDS = 90
 ZOMBIE_NAME = PREFIX + "a run stopped sending heartbeats"
 QUIET_NAME = PREFIX + "no tick completed"
+LOST_NAME = PREFIX + "a lost run was marked Crashed"
 QUIET_FLOOR_MINUTES = 15
 
 
@@ -99,7 +100,8 @@ def automations(
             body="{{ event.payload.reason }}",
         ),
         no_tick_completed(timedelta(minutes=quiet_minutes), notify),
-        zombie_runs(crash_after, notify),
+        zombie_runs(crash_after),
+        lost_run_crashed(notify, crash_after),
     ]
 
 
@@ -173,17 +175,15 @@ def _on_clinic_event(
     )
 
 
-def zombie_runs(crash_after: int = CRASH_AFTER_SECONDS, notify: dict | None = None) -> Automation:
+def zombie_runs(crash_after: int = CRASH_AFTER_SECONDS) -> Automation:
     """Prefect's "detect zombie flows" automation: a run whose heartbeats stop (after at least
-    one) without a final state is set Crashed, which releases its deployment's slot, and a
-    person is told (with ``notify``) by this automation itself: a state set by an automation's
-    action did not reach the "a run failed or crashed" alert in the two-machine run
-    (scripts/machines.py), so the lost machine's alert does not depend on it.
+    one) without a final state is set Crashed, which releases its deployment's slot.
 
-    Each action runs on its own: Prefect may also fire this for a run that had just finished,
-    when its last heartbeat is processed after its final state (PrefectHQ/prefect#18653,
-    #20887). The state change is then refused (a finished run stays as it ended) but the
-    notification still goes, so it names the run and its state as sent, and claims no crash."""
+    It tells nobody itself: Prefect also fires it for a run that had just finished, when that
+    run's last heartbeat is processed after its final state (PrefectHQ/prefect#18653, #20887; in
+    the two-machine run at load 20, 5 of its 7 firings). The state change is then refused (a
+    finished run stays as it ended), and a notification sent alongside went out anyway. A person
+    is told by ``lost_run_crashed`` instead, only when a run really was marked Crashed."""
     return Automation(
         name=ZOMBIE_NAME,
         description=f"A run sent no heartbeat for {crash_after} s and did not finish: its "
@@ -208,26 +208,43 @@ def zombie_runs(crash_after: int = CRASH_AFTER_SECONDS, notify: dict | None = No
                 state=StateType.CRASHED,
                 message=f"No heartbeat for {crash_after} s: its process or machine was lost "
                 "(marked by the relay automation; the next tick catches up).",
-            ),
-            *(
-                [
-                    SendNotification(
-                        **notify,
-                        subject="clinic-relay: {{ flow_run.name }} went silent: no heartbeat "
-                        f"for {crash_after} s",
-                        body="{{ flow_run.name }} (run {{ flow_run.id }}, "
-                        "{{ deployment.name }}) sent no heartbeat for "
-                        f"{crash_after} s without finishing: its process or machine died. "
-                        "relay marks it Crashed, which frees its clinic's tick slot; check the "
-                        "machine and its worker (work queue {{ deployment.work_queue_name }}). "
-                        "Its state as this was sent: {{ flow_run.state.name }} (a run that had "
-                        "just finished when its last heartbeat arrived stays as it ended). "
-                        "{{ flow_run|ui_url }}",
-                    )
-                ]
-                if notify
-                else []
-            ),
+            )
+        ],
+    )
+
+
+def lost_run_crashed(notify: dict, crash_after: int = CRASH_AFTER_SECONDS) -> Automation:
+    """A person is told when ``zombie_runs`` did mark a run Crashed: its state change was
+    accepted (Prefect's ``prefect.automation.action.executed`` event, whose target is the run),
+    not when it fired for a run that had already finished (its change refused:
+    ``prefect.automation.action.failed``). A state set by an automation's action did not reach
+    the "a run failed or crashed" alert in the two-machine run (scripts/machines.py), so the
+    lost machine's alert does not depend on it."""
+    return Automation(
+        name=LOST_NAME,
+        description="The lost-run automation marked a run Crashed: it sent no heartbeat for "
+        f"{crash_after} s and had not finished.",
+        trigger=EventTrigger(
+            match={
+                "prefect.resource.id": "prefect.automation.*",
+                "prefect.resource.name": ZOMBIE_NAME,
+            },
+            match_related={"prefect.resource.role": "target"},
+            expect={"prefect.automation.action.executed"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[
+            SendNotification(
+                **notify,
+                subject="clinic-relay: {{ flow_run.name }} was lost and is marked Crashed",
+                body="{{ flow_run.name }} (run {{ flow_run.id }}, clinic "
+                "{{ flow_run.parameters.clinic }}) sent no heartbeat for "
+                f"{crash_after} s without finishing: its process or machine died. It is marked "
+                "Crashed and its clinic's tick slot is free again; the next tick catches up. "
+                "Check the machine and its worker. {{ flow_run|ui_url }}",
+            )
         ],
     )
 

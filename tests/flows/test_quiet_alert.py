@@ -78,7 +78,7 @@ def quiet_alert(client, deployed):
         hook.server.shutdown()
 
 
-def complete_a_tick(client, deployment_id) -> None:
+def complete_a_tick(client, deployment_id):
     """One run of the deployment, taken where a worker and the engine take it: Pending (the
     deployment's one slot), Running, Completed. (A worker of the session that saw it Scheduled
     would find it Pending already, and leave it.)"""
@@ -88,6 +88,7 @@ def complete_a_tick(client, deployment_id) -> None:
     for state in (Pending(), Running(), Completed()):
         result = client.set_flow_run_state(run.id, state)
         assert result.status.value == "ACCEPT", (state.name, result.details)
+    return run.id
 
 
 def test_a_clinic_that_stops_ticking_is_named_and_one_that_ticks_is_not(client, quiet_alert):

@@ -15,6 +15,7 @@ from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from relay.alerts import (
     CRASH_AFTER_SECONDS,
     HEARTBEAT_SECONDS,
+    LOST_NAME,
     QUIET_FLOOR_MINUTES,
     ZOMBIE_NAME,
     automations,
@@ -39,10 +40,22 @@ def test_a_run_whose_heartbeats_stop_is_marked_crashed():
     assert trigger.within == timedelta(seconds=CRASH_AFTER_SECONDS)
     # Several heartbeats may be missed before a live run is taken for a dead one.
     assert CRASH_AFTER_SECONDS >= 3 * HEARTBEAT_SECONDS
-    crash, tell = zombie.actions
+    [crash] = zombie.actions  # it tells nobody itself: it also fires for finished runs
     assert crash.type == "change-flow-run-state" and crash.state == StateType.CRASHED
-    # the lost machine's alert comes from this automation itself, not from the Crashed state
-    assert tell.type == "send-notification" and "went silent" in tell.subject
+
+
+def test_a_person_is_told_only_when_a_run_really_was_marked_crashed():
+    told = by_name()[LOST_NAME]
+    trigger = told.trigger
+
+    assert trigger.posture.value == "Reactive"
+    # the lost-run automation's accepted state change, not its refused one on a finished run
+    assert trigger.expect == {"prefect.automation.action.executed"}
+    assert trigger.match.root == {
+        "prefect.resource.id": "prefect.automation.*", "prefect.resource.name": ZOMBIE_NAME
+    }  # fmt: skip
+    [action] = told.actions
+    assert action.type == "send-notification" and "{{ flow_run.id }}" in action.body
 
 
 def test_no_tick_completed_is_counted_per_clinic_and_names_it():
@@ -88,4 +101,4 @@ def test_every_clinic_event_alert_and_the_run_alerts_are_there():
     names = set(by_name())
     assert {"relay: a run failed or crashed", "relay: sending held: stale or failed sync",
             "relay: clinic.yaml names drifted", "relay: no tick completed",
-            ZOMBIE_NAME} <= names  # fmt: skip
+            ZOMBIE_NAME, LOST_NAME} <= names  # fmt: skip
