@@ -848,6 +848,17 @@ def run(root: Path, use_postgres: bool | None = None) -> dict:
         figures["notes"] = fleet.notes
         for machine in fleet.machines.values():
             machine.stop()  # the databases are read after every tick has ended
+        # A run the worker started while it was stopping runs on by itself (Prefect starts each
+        # run in a session of its own): its tick ends within minutes and frees the database.
+        from tasks.warehouse import in_use
+
+        databases = [m.data / f"{c}.duckdb" for m in fleet.machines.values() for c in HOMES]
+        fleet.wait(
+            "the last ticks to free their databases",
+            lambda: not any(db.exists() and in_use(db) for db in databases),
+            600,
+            every=2,
+        )
         figures["duplicates"] = count_duplicates(fleet)
     figures["total_seconds"] = round(time.monotonic() - begun, 1)
     return figures
