@@ -43,6 +43,7 @@ CRASH_AFTER_SECONDS = 90
 ZOMBIE_NAME = PREFIX + "a run stopped sending heartbeats"
 QUIET_NAME = PREFIX + "no tick completed"
 LOST_NAME = PREFIX + "a lost run was marked Crashed"
+SILENT_NAME = PREFIX + "a run never sent a heartbeat"
 QUIET_FLOOR_MINUTES = 15
 
 
@@ -101,6 +102,7 @@ def automations(
         ),
         no_tick_completed(timedelta(minutes=quiet_minutes), notify),
         zombie_runs(crash_after),
+        silent_from_the_start(crash_after),
         lost_run_crashed(notify, crash_after),
     ]
 
@@ -213,6 +215,43 @@ def zombie_runs(crash_after: int = CRASH_AFTER_SECONDS) -> Automation:
     )
 
 
+def silent_from_the_start(crash_after: int = CRASH_AFTER_SECONDS) -> Automation:
+    """``zombie_runs`` for a deployment run whose first heartbeat never reached the server: the
+    two-machine run killed a tick 3 s after it went Running, before its engine had sent one,
+    and ``zombie_runs`` (opened by a heartbeat) never watched it, so it stayed Running. Opened
+    by the run's Running state instead, for deployment runs only: the steps of a tick are
+    subflows without a deployment and send no heartbeat (flows/tick.py), so a long step must
+    not count as silent."""
+    return Automation(
+        name=SILENT_NAME,
+        description=f"A deployment's run went Running and sent no heartbeat for {crash_after} s: "
+        "its process or machine died before its first heartbeat. It is marked Crashed.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.Running"},
+            expect={
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            },
+            match={"prefect.resource.id": ["prefect.flow-run.*"]},
+            match_related={"prefect.resource.role": "deployment"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=crash_after),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"No heartbeat in {crash_after} s since it started: its process or "
+                "machine was lost (marked by the relay automation; the next tick catches up).",
+            )
+        ],
+    )
+
+
 def lost_run_crashed(notify: dict, crash_after: int = CRASH_AFTER_SECONDS) -> Automation:
     """A person is told when ``zombie_runs`` did mark a run Crashed: its state change was
     accepted (Prefect's ``prefect.automation.action.executed`` event, whose target is the run),
@@ -227,7 +266,7 @@ def lost_run_crashed(notify: dict, crash_after: int = CRASH_AFTER_SECONDS) -> Au
         trigger=EventTrigger(
             match={
                 "prefect.resource.id": "prefect.automation.*",
-                "prefect.resource.name": ZOMBIE_NAME,
+                "prefect.resource.name": [ZOMBIE_NAME, SILENT_NAME],
             },
             match_related={"prefect.resource.role": "target"},
             expect={"prefect.automation.action.executed"},

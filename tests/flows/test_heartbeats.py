@@ -35,7 +35,14 @@ def zombie_automation(client):
     person when it marked a run Crashed (notifying a local webhook); removed afterwards."""
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-    from relay.alerts import LOST_NAME, ZOMBIE_NAME, lost_run_crashed, zombie_runs
+    from relay.alerts import (
+        LOST_NAME,
+        SILENT_NAME,
+        ZOMBIE_NAME,
+        lost_run_crashed,
+        silent_from_the_start,
+        zombie_runs,
+    )
     from tests.flows.test_quiet_alert import Webhook
 
     hook = Webhook()
@@ -43,11 +50,12 @@ def zombie_automation(client):
         name="lost-test", url=hook.url, method="POST",
         json_data={"subject": "{{subject}}", "body": "{{body}}"},
     ).save("lost-test", overwrite=True)  # fmt: skip
-    for name in (ZOMBIE_NAME, LOST_NAME):
+    for name in (ZOMBIE_NAME, SILENT_NAME, LOST_NAME):
         for old in client.read_automations_by_name(name):
             client.delete_automation(old.id)
     made = [
         zombie_runs(SILENCE).create(),
+        silent_from_the_start(SILENCE).create(),
         lost_run_crashed(dict(block_document_id=block_id), SILENCE).create(),
     ]
     yield hook
@@ -180,6 +188,30 @@ def test_a_heartbeat_after_a_run_finished_crashes_nothing_and_tells_nobody(
     assert client.read_flow_run(run_id).state.name == "Completed"
     time.sleep(5)  # a notification would be sent at once by the action that was refused
     assert not [m for m in zombie_automation.received if str(run_id) in json.dumps(m)]
+
+
+def test_a_tick_lost_before_its_first_heartbeat_is_marked_crashed(
+    client, deployed, zombie_automation
+):
+    """The two-machine run killed a tick 3 s after it went Running, before any heartbeat of its
+    reached the server: it must not stay Running for good."""
+    from prefect.states import Pending, Running
+
+    tick = client.read_deployment_by_name("clinic-tick/beta-tick")
+    run_id = client.create_flow_run_from_deployment(tick.id).id
+    for state in (Pending(), Running()):  # the worker and the engine; then the machine is gone
+        assert client.set_flow_run_state(run_id, state).status.value == "ACCEPT"
+
+    crashed = wait_until(
+        "the silent tick to be marked Crashed",
+        lambda: (r := client.read_flow_run(run_id)).state.type.value == "CRASHED" and r,
+    )
+    assert "No heartbeat in" in crashed.state.message
+    told = wait_until(
+        "the notification naming it",
+        lambda: [m for m in zombie_automation.received if str(run_id) in m.get("body", "")],
+    )
+    assert "clinic beta" in told[0]["body"], told
 
 
 def automation_events(env: dict, name: str) -> list[dict]:

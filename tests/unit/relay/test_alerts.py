@@ -17,6 +17,7 @@ from relay.alerts import (
     HEARTBEAT_SECONDS,
     LOST_NAME,
     QUIET_FLOOR_MINUTES,
+    SILENT_NAME,
     ZOMBIE_NAME,
     automations,
     default_quiet_minutes,
@@ -52,8 +53,9 @@ def test_a_person_is_told_only_when_a_run_really_was_marked_crashed():
     # the lost-run automation's accepted state change, not its refused one on a finished run
     assert trigger.expect == {"prefect.automation.action.executed"}
     assert trigger.match.root == {
-        "prefect.resource.id": "prefect.automation.*", "prefect.resource.name": ZOMBIE_NAME
-    }  # fmt: skip
+        "prefect.resource.id": "prefect.automation.*",
+        "prefect.resource.name": [ZOMBIE_NAME, SILENT_NAME],
+    }
     [action] = told.actions
     assert action.type == "send-notification" and "{{ flow_run.id }}" in action.body
 
@@ -101,4 +103,12 @@ def test_every_clinic_event_alert_and_the_run_alerts_are_there():
     names = set(by_name())
     assert {"relay: a run failed or crashed", "relay: sending held: stale or failed sync",
             "relay: clinic.yaml names drifted", "relay: no tick completed",
-            ZOMBIE_NAME, LOST_NAME} <= names  # fmt: skip
+            ZOMBIE_NAME, LOST_NAME, SILENT_NAME} <= names  # fmt: skip
+
+
+def test_a_deployment_run_silent_from_its_start_is_marked_crashed_but_not_a_step():
+    silent = by_name()[SILENT_NAME].trigger
+    assert silent.after == {"prefect.flow-run.Running"}  # opened without any heartbeat
+    assert "prefect.flow-run.heartbeat" in silent.expect
+    # a tick's steps are subflows with no deployment and no heartbeat: never watched
+    assert silent.match_related.root == {"prefect.resource.role": "deployment"}
