@@ -17,8 +17,9 @@ webhook, a Postmark or ntfy endpoint, anything that takes a JSON POST):
 A sixth acts: a run that sent a heartbeat and then nothing for ``crash_after`` seconds (its
 process or machine died) is set Crashed (Prefect's documented "detect zombie flows" automation).
 Crashed gives the deployment's concurrency slot back at once (the server's
-ReleaseFlowConcurrencySlots rule), so the clinic's next tick runs. A seventh tells a person
-each time it did (``lost_run_crashed``). Runs heartbeat every ``HEARTBEAT_SECONDS``
+ReleaseFlowConcurrencySlots rule), so the clinic's next tick runs. A seventh does the same for
+a deployment's run that never sent a heartbeat (``silent_from_the_start``), and an eighth tells
+a person each time one of them did (``lost_run_crashed``). Runs heartbeat every ``HEARTBEAT_SECONDS``
 (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``: set for deployed runs by ``relay deploy``, for served and
 CLI runs by relay/env.py); Prefect's own default, 180 s, is longer than ``crash_after``.
 
