@@ -699,7 +699,7 @@ def alerts_since(fleet: Fleet, after: float, lost: dict, zero: float | None = No
             entry["alert"] = "no tick completed"
             entry["clinic"] = quiet.group(1)
         elif "was lost" in subject or "went silent" in subject:
-            entry["alert"] = "a run stopped sending heartbeats"
+            entry["alert"] = "a lost run was marked Crashed"
         elif "ran off its home" in subject:
             entry["alert"] = "tick refused"
         else:
