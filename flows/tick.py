@@ -39,7 +39,7 @@ from prefect.exceptions import MissingResult
 
 from flows.artifacts import StepOutput, artifact_key
 from flows.dispatch import dispatch_clinic, dispatch_messages
-from flows.feedback import feedback_clinic, pull_feedback
+from flows.feedback import feedback_clinic, pull_feedback, report_artifacts
 from flows.journeys import journeys_clinic, run_journeys
 from flows.models import build_clinic, build_models
 from flows.plan import plan_clinic, plan_messages
@@ -231,11 +231,16 @@ def _misrouted(config: ClinicConfig, refused: Exception) -> None:
 
 
 @task(cache_policy=NONE)
-def publish_summary(config: ClinicConfig, summary: Summary, tables: list) -> dict:
-    """The tick's one artifact: steps, freshness, counts, then each step's table."""
+def publish_summary(config: ClinicConfig, summary: Summary, tables: list, pulled: object) -> dict:
+    """The tick's one artifact: steps, freshness, counts, then each step's table. The feedback
+    step's report tables (the last days, each its own artifact) are published again only when
+    this tick moved something they count (tasks.tick.moved): an idle tick writes one artifact."""
     with open_db(config.database_path) as con:
         tick.collect(con, summary)
         latest_report = owner_report.latest(con)
+        reports = report_artifacts.fn(con, config, {}) if tick.moved(summary, pulled) else []
+    for artifact in reports:
+        artifact.publish()
     text = tick.markdown(summary) + summary_line(latest_report, config.clinic)
     if tables:
         text += "\n\n## Each step\n\n" + "\n\n".join(t.section() for t in tables)
@@ -309,8 +314,8 @@ def clinic_tick(clinic: str = "demo", reconcile: bool = False, max_lateness_minu
         run_step(
             summary, "dispatch", needs=(plan,), held=summary.held, tables=tables, clinic=clinic
         )
-        run_step(summary, "feedback", tables=tables, clinic=clinic)
-        result = publish_summary(config, summary, tables)
+        _, pulled = run_step(summary, "feedback", tables=tables, clinic=clinic, with_reports=False)
+        result = publish_summary(config, summary, tables, pulled)
 
     if summary.failed:
         raise TickFailed(
