@@ -28,12 +28,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -377,11 +379,15 @@ def _count_calls(clinic: str) -> dict[str, int]:
         PrefectEventsClient._emit,
     )
 
+    paths: Counter = Counter()
+
     def count(request) -> None:
         if str(request.url).startswith(api):
             counts["requests"] += 1
             write = request.method != "GET" and not request.url.path.endswith("/filter")
             counts["writes"] += write
+            path = re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}", "{id}", request.url.path.split("/api")[-1])
+            paths[f"{request.method} {path}"] += 1
 
     def counted_sync(self, request, *args, **kwargs):
         count(request)
@@ -405,6 +411,7 @@ def _count_calls(clinic: str) -> dict[str, int]:
     finally:
         httpx.Client.send, httpx.AsyncClient.send = sync_send, async_send  # type: ignore[method-assign]
         PrefectEventsClient._emit = emit  # type: ignore[method-assign]
+    print("   requests: " + ", ".join(f"{p} {n}" for p, n in paths.most_common()))
     return counts
 
 

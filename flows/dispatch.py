@@ -58,17 +58,18 @@ def send_due(con, config: ClinicConfig, clock: Callable[[], datetime], held: dic
 
 
 def dispatch_clinic(
-    clinic: str, now: datetime | None = None, *, as_tasks: bool = True
+    clinic: str, now: datetime | None = None, *, as_tasks: bool = True, held: dict | None = None
 ) -> StepOutput:
     """Re-check the planned messages, then send every due one: the flow below and the tick's
-    dispatch task (``as_tasks=False``: no tasks of its own inside it) both run this."""
+    dispatch task (``as_tasks=False``: no tasks of its own inside it; ``held``: the sources the
+    tick's breaker check found waiting, read once a tick) both run this."""
     config = load_clinic(clinic)
 
     def clock() -> datetime:
         return now or datetime.now(UTC)
 
     with open_db(config.database_path) as con:
-        held = tick.held_sources(con, config)
+        held = tick.held_sources(con, config) if held is None else held
         rechecked = call(recheck_planned, as_tasks)(con, config, clock(), held)
         sent = call(send_due, as_tasks)(con, config, clock, held)
     artifact = Artifact(

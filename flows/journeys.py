@@ -44,15 +44,16 @@ def freeze_due_campaigns(
 
 
 def journeys_clinic(
-    clinic: str, now: datetime | None = None, *, as_tasks: bool = True
+    clinic: str, now: datetime | None = None, *, as_tasks: bool = True, held: dict | None = None
 ) -> StepOutput:
     """Advance the clinic's journeys and start its due campaigns: the flow below and the tick's
-    journeys task (``as_tasks=False``: no tasks of its own inside it) both run this."""
+    journeys task (``as_tasks=False``: no tasks of its own inside it; ``held``: the sources the
+    tick's breaker check found waiting, read once a tick) both run this."""
     config = load_clinic(clinic)
     now = now or datetime.now(UTC)
     with open_db(config.database_path) as con:
         models.require_good_build(con)
-        held = tick.held_sources(con, config)
+        held = tick.held_sources(con, config) if held is None else held
         advanced = call(advance_journeys, as_tasks)(con, config, now, tick.of_kind(held, "journey"))
         frozen = call(freeze_due_campaigns, as_tasks)(
             con, config, now, tick.of_kind(held, "campaign")

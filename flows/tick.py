@@ -128,7 +128,7 @@ def run_step(
     step: str,
     *,
     needs: tuple[Step, ...] = (),
-    held: str | None = None,
+    breaker: str | None = None,
     tables: list | None = None,
     **params,
 ) -> tuple[Step, Any]:
@@ -139,7 +139,7 @@ def run_step(
     result, output = None, None
     if blocked:
         outcome = Step(step, HELD, f"{blocked.name} {blocked.status}")
-    elif held:
+    elif breaker:
         outcome = Step(step, HELD, "circuit breaker")
     else:
         started = time.monotonic()
@@ -164,7 +164,7 @@ def run_step(
 @task(cache_policy=NONE)
 def check_breaker(
     config: ClinicConfig, sync: Step, models: Step, started_at: datetime
-) -> tuple[str, str | None, dict[str, str], list[str]]:
+) -> tuple[str, str | None, dict[tuple[str, str], str], list[str]]:
     """How fresh the data is, why planning and sending must wait (None: they may go ahead),
     which triggers, journeys and campaigns wait ("kind name" -> why: a model not rebuilt, a
     name matching nothing in Cliniko), and warnings (names that match nothing or drifted in
@@ -173,7 +173,7 @@ def check_breaker(
     with open_db(config.database_path) as con:
         fresh = tick.freshness(con, datetime.now(UTC))
         recorded = tick.build_recorded(con, started_at)
-        held = {f"{k} {n}": why for (k, n), why in tick.held_sources(con, config).items()}
+        held = tick.held_sources(con, config)  # the plan, journeys and dispatch steps' too
         warnings = tick.warnings(con, config)
     for warning in warnings:
         get_run_logger().warning("%s: %s", config.clinic, warning)
@@ -306,14 +306,19 @@ def clinic_tick(clinic: str = "demo", reconcile: bool = False, max_lateness_minu
         sync, synced = run_step(summary, "sync", tables=tables, clinic=clinic, reconcile=reconcile)
         summary.rows_synced = tick.rows_synced(synced)
         models, _ = run_step(summary, "models", needs=(sync,), tables=tables, clinic=clinic)
-        summary.freshness, summary.held, summary.held_sources, summary.warnings = check_breaker(
+        summary.freshness, summary.held, waiting, summary.warnings = check_breaker(
             config, sync, models, summary.started_at
         )
-        plan, _ = run_step(summary, "plan", held=summary.held, tables=tables, clinic=clinic)
-        run_step(summary, "journeys", held=summary.held, tables=tables, clinic=clinic)
-        run_step(
-            summary, "dispatch", needs=(plan,), held=summary.held, tables=tables, clinic=clinic
-        )
+        summary.held_sources = {f"{k} {n}": why for (k, n), why in waiting.items()}
+        after: dict[str, Any] = {
+            "breaker": summary.held,
+            "tables": tables,
+            "clinic": clinic,
+            "held": waiting,
+        }
+        plan, _ = run_step(summary, "plan", **after)
+        run_step(summary, "journeys", **after)
+        run_step(summary, "dispatch", needs=(plan,), **after)
         _, pulled = run_step(summary, "feedback", tables=tables, clinic=clinic, with_reports=False)
         result = publish_summary(config, summary, tables, pulled)
 

@@ -82,9 +82,10 @@ def artifact(client, run_id) -> str:
 STEPS = {"sync", "models", "plan", "journeys", "dispatch", "feedback"}
 
 
-def steps(client, run_id, timeout: float = 30.0) -> dict[str, str]:
+def steps(client, run_id, timeout: float = 60.0) -> dict[str, str]:
     """Step -> final state name, for the tasks of a tick named after its steps. The server
-    records task runs from events, just after the tick's own end: wait until they are final."""
+    records task runs from events, in the background and possibly after the tick's own end:
+    wait until it has the tick's last task (publish_summary) and every task run is final."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     deadline = time.monotonic() + timeout
@@ -92,9 +93,10 @@ def steps(client, run_id, timeout: float = 30.0) -> dict[str, str]:
         runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
         )
-        found = {t.name: t.state for t in runs if t.name in STEPS}
-        if all(s and s.type.value in FINAL for s in found.values()) or time.monotonic() > deadline:
-            return {name: state.name for name, state in found.items()}
+        final = all(t.state and t.state.type.value in FINAL for t in runs)
+        last = any(t.name.startswith("publish_summary") for t in runs)
+        if (final and last) or time.monotonic() > deadline:
+            return {t.name: t.state.name for t in runs if t.name in STEPS}
         time.sleep(0.5)
 
 
