@@ -13,11 +13,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
 from blocks.resolve import providers_for
-from flows.artifacts import artifact_key
+from flows.artifacts import Artifact, StepOutput, artifact_key, call
 from tasks import tick
 from tasks.config import ClinicConfig, load_clinic
 from tasks.messages import due
@@ -40,23 +39,32 @@ def send_due(con, config: ClinicConfig, clock: Callable[[], datetime], held: dic
     return result.as_dict()
 
 
-@flow(name="dispatch-messages", flow_run_name="dispatch-{clinic}")
-def dispatch_messages(clinic: str = "demo", now: datetime | None = None) -> dict:
-    """Re-check the planned messages, then send every due one through its channel's provider.
-    ``now`` fixes the clock (the demo's sandbox clinic runs ahead of real time; replays)."""
+def dispatch_clinic(
+    clinic: str, now: datetime | None = None, *, as_tasks: bool = True, held: dict | None = None
+) -> StepOutput:
+    """Re-check the planned messages, then send every due one: the flow below and the tick's
+    dispatch task (``as_tasks=False``: no tasks of its own inside it; ``held``: the sources the
+    tick's breaker check found waiting, read once a tick) both run this."""
     config = load_clinic(clinic)
 
     def clock() -> datetime:
         return now or datetime.now(UTC)
 
     with open_db(config.database_path) as con:
-        held = tick.held_sources(con, config)
-        rechecked = recheck_planned(con, config, clock(), held)
-        sent = send_due(con, config, clock, held)
-    create_table_artifact(
-        [{"outcome": k, "messages": v} for k, v in sorted(sent["counts"].items())]
-        or [{"outcome": "(nothing due)", "messages": 0}],
+        held = tick.held_sources(con, config) if held is None else held
+        rechecked = call(recheck_planned, as_tasks)(con, config, clock(), held)
+        sent = call(send_due, as_tasks)(con, config, clock, held)
+    artifact = Artifact(
         key=artifact_key("dispatch", config.clinic),
+        table=[{"outcome": k, "messages": v} for k, v in sorted(sent["counts"].items())]
+        or [{"outcome": "(nothing due)", "messages": 0}],
         description=f"Messages sent, skipped and failed for {config.clinic} (counts only)",
     )
-    return {"rechecked": rechecked["totals"], **sent}
+    return StepOutput({"rechecked": rechecked["totals"], **sent}, [artifact], 2 * as_tasks)
+
+
+@flow(name="dispatch-messages", flow_run_name="dispatch-{clinic}")
+def dispatch_messages(clinic: str = "demo", now: datetime | None = None) -> dict:
+    """Re-check the planned messages, then send every due one through its channel's provider.
+    ``now`` fixes the clock (the demo's sandbox clinic runs ahead of real time; replays)."""
+    return dispatch_clinic(clinic, now).publish()

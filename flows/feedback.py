@@ -16,12 +16,11 @@ from collections import Counter
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.client.orchestration import get_client
 
 from blocks.resolve import providers_for
-from flows.artifacts import artifact_key
+from flows.artifacts import Artifact, StepOutput, artifact_key, call
 from tasks import feedback, feedback_events, reports
 from tasks.config import ClinicConfig, load_clinic
 from tasks.warehouse import open_db
@@ -31,7 +30,12 @@ ARTIFACT_DAYS = 14
 
 
 class FeedbackFailed(RuntimeError):
-    """One or more feeds could not be read this time (the message says which, and why)."""
+    """One or more feeds could not be read this time (the message says which, and why);
+    ``output``: what the step did all the same (counts and report tables)."""
+
+    def __init__(self, message: str, output: StepOutput | None = None) -> None:
+        super().__init__(message)
+        self.output = output
 
 
 @task(cache_policy=NONE)
@@ -61,39 +65,42 @@ def pull_feed(con, feed: feedback.Feed) -> dict[str, int]:
 
 
 @task(cache_policy=NONE)
-def publish_reports(con, config: ClinicConfig, pulled: dict[str, int]) -> None:
-    """Counts only: source names, days, statuses and numbers, never a person."""
+def report_artifacts(con, config: ClinicConfig, pulled: dict[str, int]) -> list[Artifact]:
+    """What this pull recorded, then the report tables of the last ``ARTIFACT_DAYS`` days.
+    Counts only: source names, days, statuses and numbers, never a person."""
     report = reports.build_report(
         con, config.clinic, config.time_zone, ARTIFACT_DAYS, datetime.now(UTC)
     )
     tables = [
-        ("feedback", [{"feed item": k, "count": n} for k, n in sorted(pulled.items())],
-         "what this pull recorded"),
         ("messages", reports.message_rows(report), "messages per day per trigger/journey/campaign"),
         ("deliveries", reports.delivery_rows(report),
          "SMS delivered vs sent per trigger/journey/campaign"),
         ("lists", reports.list_rows(report), "list and segment joins and leaves per day"),
         ("suppressions", reports.suppression_rows(report), "suppressions and opt-ins per day"),
     ]  # fmt: skip
-    for name, rows, what in tables:
-        create_table_artifact(
-            rows or [{"none": f"nothing in the last {ARTIFACT_DAYS} days"}],
+    return [
+        Artifact(
             key=artifact_key(name, config.clinic),
+            table=rows or [{"none": f"nothing in the last {ARTIFACT_DAYS} days"}],
             description=f"{config.clinic}: {what} (last {ARTIFACT_DAYS} days)",
         )
+        for name, rows, what in tables
+    ]
 
 
-@flow(name="feedback", flow_run_name="feedback-{clinic}")
-def pull_feedback(clinic: str = "demo") -> dict[str, int]:
-    """Pull what came back from the providers and the unsubscribe link; publish the reports."""
+def feedback_clinic(clinic: str, *, as_tasks: bool = True, with_reports: bool = True) -> StepOutput:
+    """Pull what came back from the providers and the unsubscribe link, and the report tables
+    (``with_reports``). The flow below and the tick's feedback task (``as_tasks=False``) both run
+    this. A feed that could not be read raises FeedbackFailed at the end, with what was done."""
     config = load_clinic(clinic)
     logger = get_run_logger()
     providers = providers_for(config)
     pulled: Counter = Counter()
     problems: list[str] = []
+    feeds: list[feedback.Feed] = []
     try:
         with open_db(config.database_path) as con:
-            clicks, unavailable = record_unsubscribe_clicks(con, config)
+            clicks, unavailable = call(record_unsubscribe_clicks, as_tasks)(con, config)
             pulled.update(clicks)
             if unavailable:
                 problems.append(unavailable)
@@ -105,15 +112,37 @@ def pull_feedback(clinic: str = "demo") -> dict[str, int]:
                       for f in getattr(p, "engagement_feeds", list)()]  # fmt: skip
             for feed in feeds:
                 try:
-                    pulled.update(pull_feed(con, feed))
+                    pulled.update(call(pull_feed, as_tasks)(con, feed))
                 except feedback.FeedbackUnavailable as exc:
                     problems.append(str(exc))
                     logger.warning("%s", exc)
-            publish_reports(con, config, dict(pulled))
+            artifacts = [
+                Artifact(
+                    key=artifact_key("feedback", config.clinic),
+                    table=[{"feed item": k, "count": n} for k, n in sorted(pulled.items())]
+                    or [{"none": f"nothing in the last {ARTIFACT_DAYS} days"}],
+                    description=f"{config.clinic}: what this pull recorded",
+                )
+            ]
+            if with_reports:
+                artifacts += call(report_artifacts, as_tasks)(con, config, dict(pulled))
     finally:
         for provider in providers.values():
             provider.close()
     logger.info("feedback for %s: %s", config.clinic, dict(pulled) or "nothing new")
+    made = (1 + len(feeds) + with_reports) * as_tasks
+    output = StepOutput(dict(pulled), artifacts, made)
     if problems:
-        raise FeedbackFailed(f"{config.clinic}: " + " ".join(problems))
-    return dict(pulled)
+        raise FeedbackFailed(f"{config.clinic}: " + " ".join(problems), output)
+    return output
+
+
+@flow(name="feedback", flow_run_name="feedback-{clinic}")
+def pull_feedback(clinic: str = "demo") -> dict[str, int]:
+    """Pull what came back from the providers and the unsubscribe link; publish the reports."""
+    try:
+        return feedback_clinic(clinic).publish()
+    except FeedbackFailed as failed:
+        if failed.output:
+            failed.output.publish()  # what could be read still shows
+        raise

@@ -11,10 +11,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
-from flows.artifacts import artifact_key
+from flows.artifacts import Artifact, StepOutput, artifact_key, call
 from tasks import tick
 from tasks.config import ClinicConfig, load_clinic
 from tasks.marketing import campaigns, journeys
@@ -44,21 +43,32 @@ def freeze_due_campaigns(
     return queued
 
 
-@flow(name="journeys", flow_run_name="journeys-{clinic}")
-def run_journeys(clinic: str = "demo", now: datetime | None = None) -> dict:
-    """Advance the clinic's journeys and start its due campaigns. ``now`` is for replays/tests."""
+def journeys_clinic(
+    clinic: str, now: datetime | None = None, *, as_tasks: bool = True, held: dict | None = None
+) -> StepOutput:
+    """Advance the clinic's journeys and start its due campaigns: the flow below and the tick's
+    journeys task (``as_tasks=False``: no tasks of its own inside it; ``held``: the sources the
+    tick's breaker check found waiting, read once a tick) both run this."""
     config = load_clinic(clinic)
     now = now or datetime.now(UTC)
     with open_db(config.database_path) as con:
         models.require_good_build(con)
-        held = tick.held_sources(con, config)
-        advanced = advance_journeys(con, config, now, tick.of_kind(held, "journey"))
-        frozen = freeze_due_campaigns(con, config, now, tick.of_kind(held, "campaign"))
-    create_table_artifact(
-        [{"journey": name, **counts} for name, counts in advanced.items()]
+        held = tick.held_sources(con, config) if held is None else held
+        advanced = call(advance_journeys, as_tasks)(con, config, now, tick.of_kind(held, "journey"))
+        frozen = call(freeze_due_campaigns, as_tasks)(
+            con, config, now, tick.of_kind(held, "campaign")
+        )
+    artifact = Artifact(
+        key=artifact_key("journeys", config.clinic),
+        table=[{"journey": name, **counts} for name, counts in advanced.items()]
         + [{"campaign": name, "queued": n} for name, n in frozen.items()]
         or [{"journey": "(none configured)"}],
-        key=artifact_key("journeys", config.clinic),
         description=f"Journeys and campaigns of {config.clinic} this run (counts only)",
     )
-    return {"journeys": advanced, "campaigns": frozen}
+    return StepOutput({"journeys": advanced, "campaigns": frozen}, [artifact], 2 * as_tasks)
+
+
+@flow(name="journeys", flow_run_name="journeys-{clinic}")
+def run_journeys(clinic: str = "demo", now: datetime | None = None) -> dict:
+    """Advance the clinic's journeys and start its due campaigns. ``now`` is for replays/tests."""
+    return journeys_clinic(clinic, now).publish()

@@ -1,6 +1,7 @@
 """The model build flow: sql/ -> staging, marts and segments in the clinic's DuckDB.
 
-Each model is its own Prefect task, waiting on the models its SQL reads, so a run shows the DAG.
+Run alone, each model is its own Prefect task, waiting on the models its SQL reads, so a run
+shows the DAG; in the tick the whole build is one task (flows/tick.py), each model timed.
 The build itself is ``tasks.models.runner.build``, the same function the CLI calls: one
 transaction; a failing model or data test keeps its last good table and those of the models
 reading it, the rest commits, and what was held is recorded for the planner (the flow then
@@ -10,11 +11,12 @@ Tasks return counts only; the artifact holds row counts and audience sizes, neve
 
 from __future__ import annotations
 
+import time
+
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
-from flows.artifacts import artifact_key
+from flows.artifacts import Artifact, StepOutput, artifact_key
 from tasks.config import load_clinic
 from tasks.models import runner as models
 from tasks.warehouse import open_db
@@ -57,17 +59,34 @@ class AsTasks(models.Steps):
         record_membership_and_commit(run)
 
 
-@flow(name="build-models", flow_run_name="models-{clinic}")
-def build_models(clinic: str = "demo", full_refresh: bool = False) -> dict:
-    """Build, test and record membership for every model of ``clinic``, all or nothing."""
+class Timed(models.Steps):
+    """The build's steps as plain calls (inside the tick, where the build is one task), each
+    model's seconds kept for the artifact."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def model(self, run: models.ModelBuild, model: models.Model, upstream: list) -> object:
+        started = time.perf_counter()
+        try:
+            return super().model(run, model, upstream)
+        finally:
+            self.seconds[model.relation] = time.perf_counter() - started
+
+
+def build_clinic(clinic: str, full_refresh: bool = False, *, as_tasks: bool = True) -> StepOutput:
+    """Build, test and record membership for every model of ``clinic``, all or nothing. The
+    flow below runs each model as a task (the DAG in the UI); the tick's models task runs this
+    with ``as_tasks=False``: one task, each model timed in the artifact."""
     config = load_clinic(clinic)
     logger = get_run_logger()
+    steps = AsTasks() if as_tasks else Timed()
     with open_db(config.database_path) as con:
         result = models.build(
             con,
             models.ListSettings.from_config(config),
             full_refresh=full_refresh,
-            steps=AsTasks(),
+            steps=steps,
         )
     audiences = result.audiences
     logger.info(
@@ -76,27 +95,36 @@ def build_models(clinic: str = "demo", full_refresh: bool = False) -> dict:
         result.tests_passed,
         config.clinic,
     )
-    create_table_artifact(
+    seconds = getattr(steps, "seconds", {})
+    # the tick's summary shows the audiences already: there, rows and seconds per model only
+    table = [
+        {"name": name, "rows": counts["size"], "joined": counts["joined"], "left": counts["left"]}
+        for name, counts in sorted(audiences.items())
+        if as_tasks
+    ] + [
+        {"name": relation, "rows": rows, "joined": None, "left": None}
+        if as_tasks
+        else {"name": relation, "rows": rows, "seconds": round(seconds.get(relation, 0.0), 2)}
+        for relation, rows in result.rows.items()
+    ]
+    artifact = Artifact(
         key=artifact_key("models", config.clinic),
-        table=[
-            {
-                "name": name,
-                "rows": counts["size"],
-                "joined": counts["joined"],
-                "left": counts["left"],
-            }
-            for name, counts in sorted(audiences.items())
-        ]
-        + [
-            {"name": relation, "rows": rows, "joined": None, "left": None}
-            for relation, rows in result.rows.items()
-        ],
+        table=table,
         description=f"Model build {result.build_id}: audience sizes with who joined and left, "
-        "then rows per model (counts only).",
+        "then rows per model (counts only)."
+        if as_tasks
+        else f"Model build {result.build_id}: rows and seconds per model (counts only).",
     )
-    return {
+    counts = {
         "build_id": result.build_id,
         "models": len(result.rows),
         "tests_passed": result.tests_passed,
         "audiences": audiences,
     }
+    return StepOutput(counts, [artifact], (len(result.rows) + 2) * as_tasks)
+
+
+@flow(name="build-models", flow_run_name="models-{clinic}")
+def build_models(clinic: str = "demo", full_refresh: bool = False) -> dict:
+    """Build, test and record membership for every model of ``clinic``, all or nothing."""
+    return build_clinic(clinic, full_refresh).publish()

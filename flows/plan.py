@@ -10,10 +10,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
-from flows.artifacts import artifact_key
+from flows.artifacts import Artifact, StepOutput, artifact_key, call
 from tasks import tick
 from tasks.config import ClinicConfig, load_clinic
 from tasks.triggers import plan as planning
@@ -21,8 +20,9 @@ from tasks.warehouse import open_db
 
 
 @task(cache_policy=NONE)
-def plan_triggers(con, config: ClinicConfig, now: datetime) -> dict:
-    held = tick.of_kind(tick.held_sources(con, config), "trigger")
+def plan_triggers(con, config: ClinicConfig, now: datetime, held: dict | None = None) -> dict:
+    """``held``: tasks.tick.held_sources, when the tick has read it already (the same build)."""
+    held = tick.of_kind(tick.held_sources(con, config) if held is None else held, "trigger")
     result = planning.plan(con, config, now, held=held)
     for name, counts in sorted(result.counts.items()):
         get_run_logger().info("trigger %s: %s", name, dict(counts))
@@ -31,17 +31,26 @@ def plan_triggers(con, config: ClinicConfig, now: datetime) -> dict:
     return result.as_dict()
 
 
-@flow(name="plan-messages", flow_run_name="plan-{clinic}")
-def plan_messages(clinic: str = "demo", now: datetime | None = None) -> dict:
-    """Plan the clinic's trigger messages and re-check those planned. ``now``: replays and tests."""
+def plan_clinic(
+    clinic: str, now: datetime | None = None, *, as_tasks: bool = True, held: dict | None = None
+) -> StepOutput:
+    """Plan the clinic's trigger messages and re-check those planned: the flow below and the
+    tick's plan task (``as_tasks=False``: no task of its own inside it; ``held``: the sources
+    the tick's breaker check found waiting, read once a tick) both run this."""
     config = load_clinic(clinic)
     now = now or datetime.now(UTC)
     with open_db(config.database_path) as con:
-        result = plan_triggers(con, config, now)
-    create_table_artifact(
-        [{"trigger": name, **counts} for name, counts in result["triggers"].items()]
-        or [{"trigger": "(none)", "planned": 0}],
+        result = call(plan_triggers, as_tasks)(con, config, now, held)
+    artifact = Artifact(
         key=artifact_key("plan", config.clinic),
+        table=[{"trigger": name, **counts} for name, counts in result["triggers"].items()]
+        or [{"trigger": "(none)", "planned": 0}],
         description=f"Trigger messages planned, moved, cancelled and skipped for {config.clinic}",
     )
-    return result
+    return StepOutput(result, [artifact], int(as_tasks))
+
+
+@flow(name="plan-messages", flow_run_name="plan-{clinic}")
+def plan_messages(clinic: str = "demo", now: datetime | None = None) -> dict:
+    """Plan the clinic's trigger messages and re-check those planned. ``now``: replays and tests."""
+    return plan_clinic(clinic, now).publish()

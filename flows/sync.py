@@ -17,16 +17,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
 from prefect.exceptions import MissingContextError
 
 from blocks.resolve import cliniko_account
-from flows.artifacts import artifact_key
+from flows.artifacts import Artifact, StepOutput, artifact_key, call
 from tasks.cliniko import sync as extract
 from tasks.cliniko.resources import RESOURCES
 from tasks.config import load_clinic
@@ -122,26 +118,30 @@ class SyncProgress:
             )
 
 
-def sweep_in_tasks(sync: extract.Sync) -> None:
-    """What ``Sync.run`` does, as Prefect tasks and with a progress artifact: the first page of
-    every path, then every resource (a task each when there is much to read)."""
+def sweep_in_tasks(sync: extract.Sync, as_tasks: bool = True) -> int:
+    """What ``Sync.run`` does, with a progress artifact: the first page of every path, then every
+    resource (a task each when there is much to read). ``as_tasks=False`` (inside the tick's
+    sync task) runs the little there is to read as plain calls. Returns the task runs made."""
     progress = SyncProgress(sync)
     sync.on_page = progress.page
     try:
-        expected = check_access(sync)
+        expected = call(check_access, as_tasks)(sync)
         progress.start(expected)
         names = [resource.name for resource in RESOURCES]
         if sync.full or sum(expected.values()) >= SyncProgress.MIN_ROWS:
             for name in names:  # long work: a task per resource shows where it is
                 sync_resource(sync, name)
+            made = len(names) + as_tasks
         else:
-            sync_resources(sync, names)
+            call(sync_resources, as_tasks)(sync, names)
+            made = 2 * as_tasks
     except BaseException:
         sync.close()
         progress.finish(completed=False)
         raise
     sync.close()
     progress.finish(completed=True)
+    return made
 
 
 def summary_markdown(clinic: str, kind: str, counts: dict[str, extract.ResourceCounts]) -> str:
@@ -162,11 +162,17 @@ def summary_markdown(clinic: str, kind: str, counts: dict[str, extract.ResourceC
     return "\n".join(lines)
 
 
-@flow(name="cliniko-sync", flow_run_name="sync-{clinic}")
-def cliniko_sync(clinic: str = "demo", reconcile: bool = False) -> dict[str, dict]:
-    """Bring the clinic's DuckDB copy of Cliniko up to date; reconcile ids when asked or due."""
+def sync_clinic(clinic: str, reconcile: bool = False, *, as_tasks: bool = True) -> StepOutput:
+    """Bring the clinic's DuckDB copy of Cliniko up to date; reconcile ids when asked or due.
+    The flow below and the tick's sync task both run this (``as_tasks``: see sweep_in_tasks)."""
     config = load_clinic(clinic)
     account = cliniko_account(config)
+    made = 0
+
+    def sweep(sync: extract.Sync) -> None:
+        nonlocal made
+        made = sweep_in_tasks(sync, as_tasks)
+
     with account.get_client() as client, open_db(config.database_path) as con:
         extract.bound_memory(con)
         full = reconcile or extract.reconcile_due(
@@ -177,11 +183,17 @@ def cliniko_sync(clinic: str = "demo", reconcile: bool = False) -> dict[str, dic
             client,
             overlap=timedelta(minutes=config.sync.overlap_minutes),
             reconcile=full,
-            sweep=sweep_in_tasks,
+            sweep=sweep,
         )
-    create_markdown_artifact(
-        summary_markdown(config.clinic, "reconcile" if full else "incremental", counts),
+    artifact = Artifact(
         key=artifact_key("cliniko-sync", config.clinic),
         description=f"Cliniko sync of {config.clinic}: rows and requests per resource",
+        markdown=summary_markdown(config.clinic, "reconcile" if full else "incremental", counts),
     )
-    return {name: asdict(c) for name, c in counts.items()}
+    return StepOutput({name: asdict(c) for name, c in counts.items()}, [artifact], made)
+
+
+@flow(name="cliniko-sync", flow_run_name="sync-{clinic}")
+def cliniko_sync(clinic: str = "demo", reconcile: bool = False) -> dict[str, dict]:
+    """Bring the clinic's DuckDB copy of Cliniko up to date; reconcile ids when asked or due."""
+    return sync_clinic(clinic, reconcile).publish()

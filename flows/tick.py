@@ -1,6 +1,12 @@
-"""The tick: one flow run per clinic that runs the whole pipeline, each step a subflow in the UI.
+"""The tick: one flow run per clinic that runs the whole pipeline, each step one task in the UI.
 
     sync -> models -> plan -> journeys -> dispatch -> feedback -> summary
+
+Each step is one task of the tick, named after the step (``sync``, ``models``...), running the
+same function as the step's own flow (``cliniko-sync``, ``build-models``..., each deployable and
+runnable alone): a flow run per step cost the Prefect server more than an idle tick's work
+(docs/scaling.md, "What an idle tick costs"). Each step's table goes into the tick's one summary
+artifact instead of an artifact of its own.
 
 A failed step stops the steps that depend on it. The circuit breaker (tasks/tick.py) holds
 planning, journeys and dispatch when the sync failed, the data is older than the clinic's
@@ -30,24 +36,32 @@ from prefect.cache_policies import NONE
 from prefect.context import FlowRunContext
 from prefect.events import emit_event
 from prefect.exceptions import MissingResult
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from flows import lane
-from flows.artifacts import artifact_key
-from flows.dispatch import dispatch_messages
-from flows.feedback import pull_feedback
-from flows.journeys import run_journeys
-from flows.models import build_models
-from flows.plan import plan_messages
+from flows.artifacts import StepOutput, artifact_key
+from flows.dispatch import dispatch_clinic, dispatch_messages
+from flows.feedback import feedback_clinic, pull_feedback, report_artifacts
+from flows.journeys import journeys_clinic, run_journeys
+from flows.models import build_clinic, build_models
+from flows.plan import plan_clinic, plan_messages
 from flows.report import summary_line
 from flows.settle import settle
-from flows.sync import cliniko_sync
+from flows.sync import cliniko_sync, sync_clinic
 from tasks import home, owner_report, tick
 from tasks.config import ClinicConfig, load_clinic
 from tasks.tick import COMPLETED, FAILED, HELD, Step, Summary
 from tasks.warehouse import hold, open_db
 
-# step -> its flow, each also deployable and runnable on its own.
+# step -> the function its task runs in the tick, the same one its own flow runs...
+STEPS: dict[str, Any] = {
+    "sync": sync_clinic,
+    "models": build_clinic,
+    "plan": plan_clinic,
+    "journeys": journeys_clinic,
+    "dispatch": dispatch_clinic,
+    "feedback": feedback_clinic,
+}
+# ... and that flow, deployable and runnable on its own (relay sync, relay feedback...).
 STEP_FLOWS: dict[str, Any] = {
     "sync": cliniko_sync,
     "models": build_models,
@@ -74,14 +88,10 @@ def report(state) -> str:
     return getattr(outcome, "report", None) or f"The tick failed: {outcome}"
 
 
-# Steps that run many tasks (a task per resource, a task per model).
-SETTLE_AFTER = ("sync", "models")
-
-
-def _counts(state) -> object:
-    """A completed step's result (its counts), or None when Prefect no longer has it: a state
-    a SQLite server handed back after a retried write can lack its data (MissingResult). The
-    step did its work; the tick goes on without its counts rather than failing."""
+def _output(state) -> StepOutput | None:
+    """A completed step's output (counts and tables), or None when Prefect no longer has it (a
+    state handed back without its data: MissingResult). The step did its work; the tick goes
+    on without its counts rather than failing."""
     try:
         return state.result()
     except MissingResult:
@@ -89,28 +99,63 @@ def _counts(state) -> object:
         return None
 
 
+@task(name="step", task_run_name="{step}", cache_policy=NONE)
+def step_task(step: str, params: dict) -> StepOutput:
+    """One step of the tick: the function its own flow runs, with no task or artifact of its
+    own inside (its tables go into the tick's summary). Counts only."""
+    return STEPS[step](as_tasks=False, **params)
+
+
+def run_as_task(step: str, params: dict):
+    """Run ``step`` as the tick's task named after it; its final state."""
+    return step_task(step, params, return_state=True)
+
+
+def _why(state) -> tuple[str, StepOutput | None]:
+    """Why a step failed, as its exception says it ("ClinikoAuthError: ..."), and what it did
+    all the same when the exception carries that (feedback: the feeds it could read)."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except MissingResult:
+        exc = None
+    if isinstance(exc, BaseException):
+        return f"{type(exc).__name__}: {exc}", getattr(exc, "output", None)
+    message = state.message or state.name
+    return message.removeprefix("Task run encountered an exception").strip(), None
+
+
 def run_step(
-    summary: Summary, step: str, *, needs: tuple[Step, ...] = (), held: str | None = None, **params
+    summary: Summary,
+    step: str,
+    *,
+    needs: tuple[Step, ...] = (),
+    breaker: str | None = None,
+    tables: list | None = None,
+    **params,
 ) -> tuple[Step, Any]:
-    """Run one step as a subflow unless a step it needs did not complete or the breaker is open.
-    Returns what became of it, and its result (counts) when it completed."""
+    """Run one step as a task of the tick unless a step it needs did not complete or the
+    breaker is open. Returns what became of it, and its result (counts) when it completed; its
+    tables are added to ``tables`` (the summary's)."""
     blocked = next((s for s in needs if s.status in (FAILED, HELD)), None)
-    result = None
+    result, output = None, None
     if blocked:
         outcome = Step(step, HELD, f"{blocked.name} {blocked.status}")
-    elif held:
+    elif breaker:
         outcome = Step(step, HELD, "circuit breaker")
     else:
         started = time.monotonic()
-        state = STEP_FLOWS[step](return_state=True, **params)
-        if step in SETTLE_AFTER:  # many tasks: let the server record them (flows/settle.py)
-            settle(state.state_details.flow_run_id)
-        seconds = time.monotonic() - started
+        state = run_as_task(step, params)
         if state.is_completed():
-            outcome, result = Step(step, COMPLETED, seconds=seconds), _counts(state)
+            output = _output(state)
+            outcome = Step(step, COMPLETED, seconds=time.monotonic() - started)
+            result = output.result if output else None
         else:
-            why = (state.message or state.name).removeprefix("Flow run encountered an exception: ")
-            outcome = Step(step, FAILED, why, seconds)
+            why, output = _why(state)
+            outcome = Step(step, FAILED, why, time.monotonic() - started)
+        if output and output.task_runs:  # a big sync's task per resource (flows/settle.py)
+            settle()
+    if output and tables is not None:
+        tables += output.artifacts
     summary.steps.append(outcome)
     if outcome.status != COMPLETED:
         get_run_logger().warning("%s %s: %s", step, outcome.status, outcome.reason)
@@ -120,7 +165,7 @@ def run_step(
 @task(cache_policy=NONE)
 def check_breaker(
     config: ClinicConfig, sync: Step, models: Step, started_at: datetime
-) -> tuple[str, str | None, dict[str, str], list[str]]:
+) -> tuple[str, str | None, dict[tuple[str, str], str], list[str]]:
     """How fresh the data is, why planning and sending must wait (None: they may go ahead),
     which triggers, journeys and campaigns wait ("kind name" -> why: a model not rebuilt, a
     name matching nothing in Cliniko), and warnings (names that match nothing or drifted in
@@ -129,7 +174,7 @@ def check_breaker(
     with open_db(config.database_path) as con:
         fresh = tick.freshness(con, datetime.now(UTC))
         recorded = tick.build_recorded(con, started_at)
-        held = {f"{k} {n}": why for (k, n), why in tick.held_sources(con, config).items()}
+        held = tick.held_sources(con, config)  # the plan, journeys and dispatch steps' too
         warnings = tick.warnings(con, config)
     for warning in warnings:
         get_run_logger().warning("%s: %s", config.clinic, warning)
@@ -187,11 +232,19 @@ def _misrouted(config: ClinicConfig, refused: Exception) -> None:
 
 
 @task(cache_policy=NONE)
-def publish_summary(config: ClinicConfig, summary: Summary) -> dict:
+def publish_summary(config: ClinicConfig, summary: Summary, tables: list, pulled: object) -> dict:
+    """The tick's one artifact: steps, freshness, counts, then each step's table. The feedback
+    step's report tables (the last days, each its own artifact) are published again only when
+    this tick moved something they count (tasks.tick.moved): an idle tick writes one artifact."""
     with open_db(config.database_path) as con:
         tick.collect(con, summary)
         latest_report = owner_report.latest(con)
+        reports = report_artifacts.fn(con, config, {}) if tick.moved(summary, pulled) else []
+    for artifact in reports:
+        artifact.publish()
     text = tick.markdown(summary) + summary_line(latest_report, config.clinic)
+    if tables:
+        text += "\n\n## Each step\n\n" + "\n\n".join(t.section() for t in tables)
     create_markdown_artifact(
         text,
         key=artifact_key("tick", config.clinic),
@@ -247,24 +300,28 @@ def clinic_tick(clinic: str = "demo", reconcile: bool = False, max_lateness_minu
         return {"clinic": config.clinic, "skipped": late}
 
     summary = Summary(config.clinic, datetime.now(UTC))
-    # The steps are subflows in this process: the tick's own heartbeat (already running) says
-    # the process is alive, and each subflow's heartbeat thread costs up to a second to stop
-    # (Prefect joins it in 1 s sleeps), which was a third of an idle tick.
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        check_machine(config)  # off its home: stop before the database is even made here
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), hold(config.database_path):
+    tables: list = []  # each step's table, for the summary
+    check_machine(config)  # off its home: stop before the database is even made here
+    with hold(config.database_path):
         check_home(config)  # not the clinic's home, or not its database: nothing else runs
-        sync, synced = run_step(summary, "sync", clinic=clinic, reconcile=reconcile)
+        sync, synced = run_step(summary, "sync", tables=tables, clinic=clinic, reconcile=reconcile)
         summary.rows_synced = tick.rows_synced(synced)
-        models, _ = run_step(summary, "models", clinic=clinic, needs=(sync,))
-        summary.freshness, summary.held, summary.held_sources, summary.warnings = check_breaker(
+        models, _ = run_step(summary, "models", needs=(sync,), tables=tables, clinic=clinic)
+        summary.freshness, summary.held, waiting, summary.warnings = check_breaker(
             config, sync, models, summary.started_at
         )
-        plan, _ = run_step(summary, "plan", clinic=clinic, held=summary.held)
-        run_step(summary, "journeys", clinic=clinic, held=summary.held)
-        run_step(summary, "dispatch", clinic=clinic, needs=(plan,), held=summary.held)
-        run_step(summary, "feedback", clinic=clinic)
-        result = publish_summary(config, summary)
+        summary.held_sources = {f"{k} {n}": why for (k, n), why in waiting.items()}
+        after: dict[str, Any] = {
+            "breaker": summary.held,
+            "tables": tables,
+            "clinic": clinic,
+            "held": waiting,
+        }
+        plan, _ = run_step(summary, "plan", **after)
+        run_step(summary, "journeys", **after)
+        run_step(summary, "dispatch", needs=(plan,), **after)
+        _, pulled = run_step(summary, "feedback", tables=tables, clinic=clinic, with_reports=False)
+        result = publish_summary(config, summary, tables, pulled)
         # the fast lane: polls for bookings until the next tick is due (flows/lane.py)
         lane.after_tick(config, summary, result)
 

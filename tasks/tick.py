@@ -281,6 +281,18 @@ def collect(con: duckdb.DuckDBPyConnection, summary: Summary) -> Summary:
     return summary
 
 
+def moved(s: Summary, pulled: object) -> bool:
+    """Whether this tick moved anything the feedback report tables count (tasks/reports.py:
+    messages by their latest move, list joins and leaves, suppressions and deliveries, which
+    the feedback step's counts hold): if not, the tables published last still hold. A failed
+    or held feedback step (no counts) counts as moved: the tables are rebuilt rather than
+    trusted."""
+    joined_or_left = any(a["joined"] or a["left"] for a in s.audiences.values())
+    return (
+        bool(s.messages) or joined_or_left or not isinstance(pulled, dict) or any(pulled.values())
+    )
+
+
 def markdown(s: Summary) -> str:
     """The tick's artifact: steps, freshness, the breaker, then counts."""
     lines = [

@@ -128,9 +128,49 @@ def test_a_completed_step_prefect_returns_without_its_counts_still_counts_as_com
 
     from flows import tick as tick_flow
 
-    monkeypatch.setitem(tick_flow.STEP_FLOWS, "sync", lambda **kwargs: Completed(data=None))
+    monkeypatch.setattr(tick_flow, "run_as_task", lambda step, params: Completed(data=None))
     summary = Summary("demo", NOW)
     with disable_run_logger():
         outcome, result = tick_flow.run_step(summary, "sync", clinic="demo")
     assert outcome.status == COMPLETED and result is None
     assert tick.rows_synced(result) == {}
+
+
+def test_a_failed_step_says_why_as_its_exception_does_and_keeps_what_it_did(monkeypatch):
+    """A step fails the tick with "ExceptionType: message", as a failed subflow did; feedback's
+    failure carries the tables of the feeds it could read, and they still reach the summary."""
+    from prefect.logging import disable_run_logger
+    from prefect.states import Completed, Failed
+
+    from flows import tick as tick_flow
+    from flows.artifacts import Artifact, StepOutput
+    from flows.feedback import FeedbackFailed
+
+    pulled = Artifact("feedback-demo", "demo: what this pull recorded", table=[{"bounce": 1}])
+    failure = FeedbackFailed("demo: Postmark bounces: 401", StepOutput({"bounce": 1}, [pulled]))
+    states = {
+        "sync": Completed(data=StepOutput({}, [Artifact("s", "sync", markdown="# Sync\n\nok")])),
+        "feedback": Failed(
+            data=failure, message="Task run encountered an exception FeedbackFailed"
+        ),
+    }
+    monkeypatch.setattr(tick_flow, "run_as_task", lambda step, params: states[step])
+    summary, tables = Summary("demo", NOW), []
+    with disable_run_logger():
+        tick_flow.run_step(summary, "sync", tables=tables, clinic="demo")
+        outcome, result = tick_flow.run_step(summary, "feedback", tables=tables, clinic="demo")
+    assert outcome.status == FAILED and result is None
+    assert outcome.reason == "FeedbackFailed: demo: Postmark bounces: 401"
+    assert [t.key for t in tables] == ["s", "feedback-demo"]
+    assert tables[1].section() == ("### demo: what this pull recorded\n\n| bounce |\n|---|\n| 1 |")
+
+
+def test_report_tables_are_rebuilt_only_after_a_tick_that_moved_something_they_count():
+    idle = Summary("demo", NOW, audiences={"loyal": {"size": 9, "joined": 0, "left": 0}})
+    assert not tick.moved(idle, {"unsubscribe_clicks": 0})
+    assert tick.moved(Summary("demo", NOW, messages={"sent": {"-": 1}}), {})
+    assert tick.moved(
+        Summary("demo", NOW, audiences={"loyal": {"size": 9, "joined": 1, "left": 0}}), {}
+    )
+    assert tick.moved(idle, {"hard_bounce": 2})
+    assert tick.moved(idle, None)  # the feedback step failed or was held: rebuild, not trust
