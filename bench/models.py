@@ -11,9 +11,10 @@ then:
 Each phase runs in its own process so its peak RSS is its own. ``python -m bench models``.
 Wall time depends on what else the 2 cores are doing, so CPU time is printed too (the build
 process's, all its DuckDB threads, and its phone-number helper's, which is also shown alone),
-with the load average when each phase started. Each run appends its figures to
-bench/results/models.jsonl (bench/_results.py). BENCH_PATIENTS / BENCH_APPOINTMENTS shrink the
-clinic (e.g. 20,000 / 400,000 for the idle tick of the 20,000-patient clinic).
+with the load average when each phase started, and the full build's costliest steps (each
+model's statement, the data tests, membership and the commit: wall and own CPU). Each run
+appends its figures to bench/results/models.jsonl (bench/_results.py). BENCH_PATIENTS /
+BENCH_APPOINTMENTS shrink the clinic (e.g. 20,000 / 400,000 for the idle tick of the 20,000-patient clinic).
 """
 
 from __future__ import annotations
@@ -169,6 +170,42 @@ def generate(db: Path) -> dict:
     return {"seconds": time.perf_counter() - started}
 
 
+def _own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _timed_steps():
+    """The runner's Steps, timing each model, the data tests and the finish (membership and
+    commit): wall and this process's own CPU (a helper's is counted where it is reaped, so it
+    is left out here and shown on its own)."""
+    from tasks.models import runner as models
+
+    steps: dict[str, tuple[float, float]] = {}
+
+    class Timed(models.Steps):
+        def _timed(self, name, call):
+            wall, cpu = time.perf_counter(), _own_cpu()
+            out = call()
+            steps[name] = (time.perf_counter() - wall, _own_cpu() - cpu)
+            return out
+
+        def model(self, run, model, upstream):
+            return self._timed(model.relation, lambda: run.run_model(model))
+
+        def tests(self, run):
+            self._timed("(data tests)", lambda: run.run_tests())
+
+        def finish(self, run):
+            self._timed("(membership + commit)", lambda: run.finish())
+
+    return Timed(), steps
+
+
+# How many of a full build's costliest steps bench prints and records.
+TOP_STEPS = 6
+
+
 def build_phase(db: Path, phase: str) -> dict:
     """One build, each a 5-minute tick after the last: 'full' on the generated clinic,
     'unchanged' with nothing synced since (only the clock moved), 'change' after a change set."""
@@ -193,7 +230,8 @@ def build_phase(db: Path, phase: str) -> dict:
                 con.execute(statement, _params(statement, **values))
         load = os.getloadavg()[0]
         started, (cpu, helper) = time.perf_counter(), _cpu_seconds()
-        result = models.build(con, models.ListSettings(), now=now)
+        timed, steps = _timed_steps()
+        result = models.build(con, models.ListSettings(), now=now, steps=timed)
         seconds = time.perf_counter() - started
         cpu, helper = (
             after - before for after, before in zip(_cpu_seconds(), (cpu, helper), strict=True)
@@ -206,6 +244,10 @@ def build_phase(db: Path, phase: str) -> dict:
         "peak_rss_mb": _peak_rss_mb(),
         "email_list": result.audiences["email_marketing_list"]["size"],
         "appointments": result.rows["marts.appointments"],
+        "top_steps": {
+            name: {"seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}
+            for name, (wall, cpu) in sorted(steps.items(), key=lambda s: -s[1][1])[:TOP_STEPS]
+        },
     }
 
 
@@ -252,6 +294,8 @@ def main() -> None:
             f"{full['helper_cpu_seconds']:.2f} s); {full['appointments']:,} appointments, "
             f"email list {full['email_list']:,}"
         )
+        for name, step in full["top_steps"].items():
+            print(f"    {name:<38} {step['seconds']:6.2f} s   cpu {step['cpu_seconds']:6.2f} s")
         again = _child("unchanged", db)
         print(
             f"rebuild, nothing changed:       {again['seconds']:6.2f} s  (idle tick; target "
@@ -280,6 +324,7 @@ def main() -> None:
                 "full_cpu_seconds": _figure(figure, full["cpu_seconds"], "full_cpu_seconds"),
                 "full_helper_cpu_seconds": round(full["helper_cpu_seconds"], 2),
                 "full_load_at_start": full["load_at_start"],
+                "full_top_steps": full["top_steps"],
                 "unchanged_seconds": round(again["seconds"], 2),
                 "unchanged_cpu_seconds": round(again["cpu_seconds"], 2),
                 "unchanged_load_at_start": again["load_at_start"],

@@ -63,8 +63,9 @@ per_type as (
 by_type as (
     select
         patient_id,
-        map_from_entries(
-            list((appointment_type_id, visits)) filter (where visits > 0 and appointment_type_id is not null)
+        map(
+            list(appointment_type_id) filter (where visits > 0 and appointment_type_id is not null),
+            list(visits) filter (where visits > 0 and appointment_type_id is not null)
         ) as visits_by_appointment_type
     from per_type
     group by patient_id
@@ -73,7 +74,7 @@ by_type as (
 by_category as (
     select
         patient_id,
-        map_from_entries(list((category, visits))) as visits_by_category
+        map(list(category), list(visits)) as visits_by_category
     from (
         select patient_id, category, sum(visits)::bigint as visits
         from per_type
