@@ -203,6 +203,7 @@ class ModelBuild:
         ).fetchone()
         self.changes_since, self.previous_built_at = previous or (None, None)
         self.data_high_water = tables.data_high_water(con)
+        self.unchanged |= tables.raw_unchanged(con, self.changes_since, self.full_refresh)
         self._set_changes(self.changes_since, self.previous_built_at)
         con.execute("DELETE FROM state.build_context")
         # by name: state.build_context's columns are the build's id and clock, then the settings
@@ -302,11 +303,12 @@ class ModelBuild:
                 "INSERT OR REPLACE INTO state.model_fingerprints VALUES (?, ?)",
                 [model.relation, fingerprint],
             )
-        elif existing == "table":
-            if not tables.replace_changed_rows(con, model, rel):
-                self.unchanged.add(model.relation)
         else:
-            con.execute(f"CREATE OR REPLACE TABLE {rel} AS {model.sql}")
+            same = tables.same_table(con, model, self.project, self.settings, self.unchanged)
+            if existing != "table":
+                con.execute(f"CREATE OR REPLACE TABLE {rel} AS {model.sql}")
+            elif same or not tables.replace_changed_rows(con, model, rel):
+                self.unchanged.add(model.relation)
         tables.check_shape(con, model, rel)
         return one(con, f"SELECT count(*) FROM {rel}")[0]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
+from dataclasses import asdict
 from datetime import datetime
 
 import duckdb
@@ -156,6 +157,27 @@ def data_high_water(con: duckdb.DuckDBPyConnection) -> datetime | None:
     return one(con, f"SELECT max(t) FROM ({union})")[0]
 
 
+def raw_unchanged(
+    con: duckdb.DuckDBPyConnection, since: datetime | None, full_refresh: bool = False
+) -> set[str]:
+    """The raw tables the sync has not written to (a row stored or marked removed) after
+    ``since``, the newest raw write the last good build read: a model reading only these and
+    models this build left unchanged would compute what it computed then. None on a first
+    build or a full refresh (which therefore runs every table model reading raw data)."""
+    if since is None or full_refresh:
+        return set()
+    union = " UNION ALL ".join(
+        f"SELECT '{r.table}' AS name, (SELECT max(t) FROM (SELECT max(synced_at) AS t FROM "
+        f"{r.table} UNION ALL SELECT max(removed_at) FROM {r.table})) AS written"
+        for r in RESOURCES
+    )
+    return {
+        name
+        for name, written in con.execute(union).fetchall()
+        if written is None or written <= since
+    }
+
+
 # What a query's answer may depend on besides the tables it reads: the clock, a variable,
 # chance. A view or data test naming one is never taken as unchanged.
 _VOLATILE = re.compile(
@@ -194,6 +216,34 @@ def same_view(
         existing == "view"
         and previous == fingerprint
         and not _VOLATILE.search(model.sql)
+        and all(d in unchanged for d in model.depends_on)
+    )
+
+
+def same_table(
+    con: duckdb.DuckDBPyConnection,
+    model: Model,
+    project: Project,
+    settings: object,
+    unchanged: set[str],
+) -> bool:
+    """Whether a table model would compute the rows it holds, so the build need not run it: its
+    SQL, the SQL upstream of it and the settings it names are those of the last commit (its
+    fingerprint, kept here) and everything it reads is a raw table the sync has not written to
+    or a model this build left unchanged. A table reading state.*, the clock, a variable or
+    chance is always run (an idle tick's lists still see today's date and new unsubscribes).
+    Records the fingerprint for the next build either way; a held model loses it."""
+    fingerprint_now = fingerprint(model, project, asdict(settings))  # type: ignore[call-overload]
+    previous = _fingerprints(con, [model.relation]).get(model.relation)
+    if previous != fingerprint_now:
+        con.execute(
+            "INSERT OR REPLACE INTO state.model_fingerprints VALUES (?, ?)",
+            [model.relation, fingerprint_now],
+        )
+    return (
+        previous == fingerprint_now
+        and not _VOLATILE.search(model.sql)
+        and "raw_changes" not in model.sql
         and all(d in unchanged for d in model.depends_on)
     )
 

@@ -5,7 +5,7 @@ the same SQL. Each skip must never leave a stale list, segment or verdict."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -47,9 +47,11 @@ def spies(monkeypatch):
 
 
 def add_patient(con, pid: int, email: str | None) -> None:
+    """As a sync writes it: each later write at a later moment (synced_at), after the build
+    that came before it."""
     con.execute(
         "INSERT INTO raw.patients VALUES (?, NULL, ?, ?, NULL)",
-        [pid, json.dumps({"id": str(pid), "email": email}), NOW],
+        [pid, json.dumps({"id": str(pid), "email": email}), NOW + timedelta(seconds=pid)],
     )
 
 
@@ -125,3 +127,49 @@ def test_a_view_or_data_test_that_reads_the_clock_is_never_taken_as_unchanged(co
     build(con, sql_dir)
     assert spies["compared"] == [["segments.everyone"]] * 2
     assert spies["tested"] == ["sql/tests/clock.sql"] * 2
+
+
+def test_a_table_whose_inputs_did_not_change_is_not_run_again(con, tmp_path):
+    """An idle tick's build: a table reading only raw tables the sync has not written to since
+    the last build (and models left unchanged) is not run at all; one reading the clock is; and
+    the first raw write after the build runs the table again (a tampered row shows which)."""
+    table = "-- config: materialized=table\n"
+    sql_dir = write(
+        tmp_path,
+        {
+            "staging/people.sql": table + GOOD["staging/people.sql"],
+            "marts/people.sql": table + GOOD["marts/people.sql"],
+            "marts/today.sql": table + "select patient_id, current_date as d from marts.people",
+        },
+    )
+    build(con, sql_dir)
+    con.execute("UPDATE staging.people SET email = 'kept' WHERE patient_id = 1")
+    con.execute("UPDATE marts.today SET d = DATE '2000-01-01'")
+
+    build(con, sql_dir)  # nothing written to raw.patients since the last build
+    assert con.execute("SELECT email FROM staging.people WHERE patient_id = 1").fetchone() == (
+        "kept",
+    )
+    assert con.execute(
+        "SELECT count(*) FROM marts.today WHERE d = DATE '2000-01-01'"
+    ).fetchone() == (0,)
+
+    con.execute(
+        "INSERT INTO raw.patients VALUES (3, NULL, ?, ?, NULL)",
+        [json.dumps({"id": "3", "email": "cy@example.com"}), NOW + timedelta(minutes=5)],
+    )
+    build(con, sql_dir)
+    emails = dict(con.execute("SELECT patient_id, email FROM staging.people").fetchall())
+    assert emails == {1: "ann@example.com", 2: "bob@example.com", 3: "cy@example.com"}
+    assert con.execute("SELECT count(*) FROM marts.people").fetchone() == (3,)
+
+
+def test_a_full_refresh_runs_every_table_again(con, tmp_path):
+    table = "-- config: materialized=table\n"
+    sql_dir = write(tmp_path, {"staging/people.sql": table + GOOD["staging/people.sql"]})
+    build(con, sql_dir)
+    con.execute("UPDATE staging.people SET email = 'kept' WHERE patient_id = 1")
+    build(con, sql_dir, full_refresh=True)
+    assert con.execute("SELECT email FROM staging.people WHERE patient_id = 1").fetchone() == (
+        "ann@example.com",
+    )
