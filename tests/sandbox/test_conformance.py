@@ -176,9 +176,12 @@ def test_undocumented_filters_datetime_equals_and_bad_per_page_are_refused(api, 
 
 
 def staging_fields(name: str) -> set[str]:
-    """The payload fields sql/staging/<name>.sql reads (json_transform keys and payload->>'x')."""
+    """The payload fields sql/staging/<name>.sql reads (json_transform keys, payload->>'x' and
+    the top-level field of each '$.x...' path of a json_extract_string(payload, [paths]))."""
     sql = (ROOT / "sql/staging" / f"{name}.sql").read_text()
     read = set(re.findall(r"payload\s*->>?\s*'([a-z_0-9]+)'", sql))
+    for paths in re.findall(r"json_extract_string\(\s*payload\s*,\s*\[(.*?)\]\s*\)", sql, re.S):
+        read |= set(re.findall(r"'\$\.([a-z_0-9]+)", paths))
     for shape in re.findall(r"json_transform\(\s*payload\s*,\s*'(\{.*?\})'\s*\)", sql, re.S):
         read |= set(json.loads(shape))
     return read
