@@ -198,6 +198,17 @@ def _fingerprints(con: duckdb.DuckDBPyConnection, keys: list[str]) -> dict[str, 
     return dict(rows)
 
 
+def _kept_fingerprint(con: duckdb.DuckDBPyConnection, relation: str, now: str) -> bool:
+    """Whether ``relation``'s fingerprint at the last commit was ``now``; records ``now`` for the
+    next build either way (inside the build's transaction: a rolled-back build keeps the old)."""
+    previous = _fingerprints(con, [relation]).get(relation)
+    if previous != now:
+        con.execute(
+            "INSERT OR REPLACE INTO state.model_fingerprints VALUES (?, ?)", [relation, now]
+        )
+    return previous == now
+
+
 def same_view(
     con: duckdb.DuckDBPyConnection, model: Model, existing: str | None, unchanged: set[str]
 ) -> bool:
@@ -205,16 +216,9 @@ def same_view(
     SQL (its fingerprint, kept here) and every relation it reads is a model this build left
     unchanged (a view over state.* or raw.*, or calling the clock, always counts as changed). Records the SQL's
     fingerprint for the next build either way."""
-    fingerprint = _sha(model.sql)
-    previous = _fingerprints(con, [model.relation]).get(model.relation)
-    if previous != fingerprint:
-        con.execute(
-            "INSERT OR REPLACE INTO state.model_fingerprints VALUES (?, ?)",
-            [model.relation, fingerprint],
-        )
     return (
-        existing == "view"
-        and previous == fingerprint
+        _kept_fingerprint(con, model.relation, _sha(model.sql))
+        and existing == "view"
         and not _VOLATILE.search(model.sql)
         and all(d in unchanged for d in model.depends_on)
     )
@@ -233,15 +237,9 @@ def same_table(
     or a model this build left unchanged. A table reading state.*, the clock, a variable or
     chance is always run (an idle tick's lists still see today's date and new unsubscribes).
     Records the fingerprint for the next build either way; a held model loses it."""
-    fingerprint_now = fingerprint(model, project, asdict(settings))  # type: ignore[call-overload]
-    previous = _fingerprints(con, [model.relation]).get(model.relation)
-    if previous != fingerprint_now:
-        con.execute(
-            "INSERT OR REPLACE INTO state.model_fingerprints VALUES (?, ?)",
-            [model.relation, fingerprint_now],
-        )
+    now = fingerprint(model, project, asdict(settings))  # type: ignore[call-overload]
     return (
-        previous == fingerprint_now
+        _kept_fingerprint(con, model.relation, now)
         and not _VOLATILE.search(model.sql)
         and "raw_changes" not in model.sql
         and all(d in unchanged for d in model.depends_on)
