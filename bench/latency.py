@@ -28,14 +28,11 @@ import json
 import os
 import random
 import statistics
-import tempfile
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 from bench import _results
-from bench.tick import Served, add_clinic
-from relay.serve import free_port, prefect_server, use_server
+from bench.tick import Served, add_clinic, bench_server
 
 CLINIC = "latency"
 WELCOME = {
@@ -206,21 +203,8 @@ def _idle_requests(sandbox, seconds: float) -> dict:
 
 def main() -> None:
     load = _results.load_average()
-    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
-        root = Path(tmp)
-        os.environ.update(
-            RELAY_DATA_DIR=str(root / "data"),
-            RELAY_CLINICS_DIR=str(root / "clinics"),
-            PREFECT_HOME=str(root / "prefect"),
-            PREFECT_LOGGING_LEVEL="ERROR",
-        )
-        with prefect_server(free_port(), home=root / "prefect", ui=False) as api:
-            use_server(api)
-            from prefect.client.orchestration import get_client
-            from prefect.settings import PREFECT_API_URL, temporary_settings
-
-            with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
-                figures = latency(client)
+    with bench_server("bench-latency-") as client:
+        figures = latency(client)
     _results.record("latency", {**figures, "targets": TARGETS}, load_at_start=load)
 
 

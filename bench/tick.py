@@ -22,6 +22,7 @@ variables above, e.g. BENCH_TICK_IDLE_PATIENTS=2000 BENCH_TICK_MINUTES=1.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -31,8 +32,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -481,8 +484,14 @@ def _reread(client, run_id):
         return None
 
 
-def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="bench-tick-") as tmp:
+@contextlib.contextmanager
+def bench_server(prefix: str) -> Iterator[Any]:
+    """A Prefect server of its own (a free port, a temp home) with the relay's data and clinic
+    folders in the same temp folder; yields a client of it. bench/latency.py uses it too."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         root = Path(tmp)
         os.environ.update(
             RELAY_DATA_DIR=str(root / "data"),
@@ -492,13 +501,14 @@ def main() -> None:
         )
         with prefect_server(free_port(), home=root / "prefect", ui=False) as api:
             use_server(api)
-            from prefect.client.orchestration import get_client
-            from prefect.settings import PREFECT_API_URL, temporary_settings
-
             with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
-                parts = os.environ.get("BENCH_TICK_PARTS", "idle,sustained").split(",")
-                for part in parts:
-                    {"idle": idle, "sustained": sustained}[part](client)
+                yield client
+
+
+def main() -> None:
+    with bench_server("bench-tick-") as client:
+        for part in os.environ.get("BENCH_TICK_PARTS", "idle,sustained").split(","):
+            {"idle": idle, "sustained": sustained}[part](client)
 
 
 if __name__ == "__main__":
