@@ -84,7 +84,21 @@ def test_the_tick_welcomes_a_booking_in_its_fast_lane_and_the_next_tick_sends_no
         time.sleep(1)
     time.sleep(1.1)  # bookings from the second after the trigger went live
     booked = book(server, 6)
-    (first,) = wait_for(client, [run_id], timeout=240, worker_log=worker)
+    # Once the lane has sent, pausing the deployment ends it (its watch asks every 10 s) instead
+    # of waiting out the rest of its window; resumed before the next tick.
+    deadline = time.monotonic() + 150
+    while not list_messages(outbox):
+        run = client.read_flow_run(run_id)
+        assert not run.state.is_final(), f"the tick ended before its lane sent: {run.state.name}"
+        assert time.monotonic() < deadline, "the lane sent nothing within 150 s of the bookings"
+        time.sleep(1)
+    time.sleep(5)  # the lane's next polls: any booking it was still sending
+    deployment = client.read_deployment_by_name("clinic-tick/lane-tick")
+    client.pause_deployment(deployment.id)
+    try:
+        (first,) = wait_for(client, [run_id], timeout=120, worker_log=worker)
+    finally:
+        client.resume_deployment(deployment.id)
     assert first.state.is_completed(), first.state.message
     by_lane = {m["send_key"]: m for m in list_messages(outbox)}
     assert by_lane, "the lane welcomed the bookings made after the tick's summary"

@@ -6,6 +6,7 @@ requests; the lane stops when told and fails saying which step failed."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from datetime import UTC, datetime
 
@@ -42,20 +43,37 @@ def sandbox():
         yield server
 
 
-@pytest.fixture
-def config(tmp_path):
-    folder = tmp_path / "clinics" / "lane"
+def write_config(root):
+    folder = root / "clinics" / "lane"
     folder.mkdir(parents=True)
     settings = {
         "clinic": "lane",
         "name": "Lane Physio",
-        "database": str(tmp_path / "lane.duckdb"),
+        "database": str(root / "lane.duckdb"),
         # a fresh database's first sync uses many requests: room for the lane beside it
         "fast_lane": {"enabled": True, "every_seconds": 1, "requests_per_minute": 200},
         "triggers": [WELCOME],
     }
     (folder / "clinic.yaml").write_text(yaml.safe_dump(settings), encoding="utf-8")
     return load_clinic(folder / "clinic.yaml")
+
+
+@pytest.fixture(scope="module")
+def synced(sandbox, tmp_path_factory):
+    """The sandbox clinic synced and its models built once for the module (the slow part of
+    each test's set-up); each test starts from a copy of that database file."""
+    template = write_config(tmp_path_factory.mktemp("template"))
+    with client_of(sandbox) as client, open_db(template.database_path) as con:
+        extract.run_sync(con, client)
+        models.build(con, models.ListSettings.from_config(template))
+    return template.database_path
+
+
+@pytest.fixture
+def config(tmp_path, synced):
+    config = write_config(tmp_path)
+    shutil.copyfile(synced, config.database_path)  # closed above: one file, no WAL
+    return config
 
 
 def client_of(sandbox) -> ClinikoClient:
@@ -193,8 +211,7 @@ def test_the_interval_follows_from_the_budget_unless_given():
 def test_the_lane_stops_when_the_next_tick_is_due_or_when_told(sandbox, config, tmp_path):
     providers = {"email": outbox(tmp_path), "sms": outbox(tmp_path)}
     with client_of(sandbox) as client, open_db(config.database_path) as con:
-        extract.run_sync(con, client)
-        models.build(con, models.ListSettings.from_config(config))
+        extract.run_sync(con, client)  # the copy catches up with the module's earlier bookings
         due = lane.run_lane(con, client, config, providers, until=time.monotonic())
         assert (due.polls, due.stopped) == (0, "the next tick is due")
         told = lane.run_lane(
@@ -210,7 +227,6 @@ def test_a_failure_stops_the_lane_naming_the_step(sandbox, config, tmp_path):
     providers = {"email": outbox(tmp_path), "sms": outbox(tmp_path)}
     with client_of(sandbox) as client, open_db(config.database_path) as con:
         extract.run_sync(con, client)
-        models.build(con, models.ListSettings.from_config(config))
         sandbox.faults = Faults(error_rate=1.0)
         try:
             with pytest.raises(lane.LaneFailed, match="fast lane: poll failed") as failed:
