@@ -74,7 +74,13 @@ def build_recorded(con: duckdb.DuckDBPyConnection, since: datetime) -> bool:
 
 
 def freshness(con: duckdb.DuckDBPyConnection, now: datetime) -> Freshness:
-    as_of = one(con, "SELECT max(started_at) FROM state.sync_runs WHERE status = 'completed'")[0]
+    """As of the start of the last completed sync of every resource: the fast lane's partial
+    syncs (a few resources, kind 'partial') say nothing of the others' age."""
+    as_of = one(
+        con,
+        "SELECT max(started_at) FROM state.sync_runs "
+        "WHERE status = 'completed' AND kind IS DISTINCT FROM 'partial'",
+    )[0]
     return Freshness(as_of, now)
 
 

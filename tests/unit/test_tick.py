@@ -32,6 +32,22 @@ def test_a_clinic_never_synced_holds_sending():
     assert "never been synced" in tick.breaker(SYNCED, Freshness(None, NOW), 20)
 
 
+def test_the_fast_lanes_partial_syncs_do_not_make_stale_data_look_fresh():
+    from tasks.warehouse import memory_db
+
+    con = memory_db()
+    runs = [("full", "incremental", 45), ("lane", "partial", 1), ("failed", "incremental", 2)]
+    for run_id, kind, minutes in runs:
+        con.execute(
+            "INSERT INTO state.sync_runs (run_id, kind, started_at, status) VALUES (?, ?, ?, ?)",
+            [run_id, kind, NOW - timedelta(minutes=minutes),
+             "failed" if run_id == "failed" else "completed"],
+        )  # fmt: skip
+    fresh = tick.freshness(con, NOW)
+    assert fresh.age == timedelta(minutes=45)
+    assert "45 minutes old" in tick.breaker(SYNCED, fresh, 20)
+
+
 def test_a_scheduled_tick_far_behind_its_time_does_nothing_but_a_requested_one_runs():
     late = NOW - timedelta(minutes=30)
     limit = timedelta(minutes=10)
