@@ -11,8 +11,10 @@ then:
 Each phase runs in its own process so its peak RSS is its own. ``python -m bench models``.
 Wall time depends on what else the 2 cores are doing, so CPU time is printed too (the build
 process's, all its DuckDB threads, and its phone-number helper's, which is also shown alone),
-with the load average when each phase started, and the full build's costliest steps (each
-model's statement, the data tests, membership and the commit: wall and own CPU). Each run
+with the load average when each phase started, and the costliest steps of the full build and
+of the 5-minute rebuild (each model's statement, the data tests, membership and the commit:
+wall and own CPU). The generated raw rows carry the parsed fields the sync's writer would
+have stored with them (tasks/cliniko/fields.py), so no build parses their payloads. Each run
 appends its figures to bench/results/models.jsonl (bench/_results.py). BENCH_PATIENTS /
 BENCH_APPOINTMENTS shrink the clinic (e.g. 20,000 / 400,000 for the idle tick of the 20,000-patient clinic).
 """
@@ -89,7 +91,7 @@ FROM (SELECT i, TIMESTAMPTZ '2018-01-01' + to_seconds((hash(i) % 270000000)::BIG
 """
 
 APPOINTMENTS_SQL = f"""
-INSERT INTO raw.individual_appointments
+INSERT INTO raw.individual_appointments (id, updated_at, payload, synced_at, removed_at)
 SELECT i, starts + INTERVAL 1 HOUR, json_object(
     'id', i::VARCHAR, 'created_at', strftime(starts - INTERVAL 14 DAY, '%Y-%m-%dT%H:%M:%SZ'),
     'updated_at', strftime(starts + INTERVAL 1 HOUR, '%Y-%m-%dT%H:%M:%SZ'),
@@ -122,7 +124,7 @@ WHERE id IN (SELECT 1 + hash(i * 13) % $patients FROM range($changed_patients) t
 UPDATE raw.individual_appointments SET synced_at = $later, updated_at = $later,
     payload = json_merge_patch(payload, json_object('cancelled_at', '2026-11-22T08:58:00Z'))
 WHERE id IN (SELECT 1 + hash(i * 11) % $appointments FROM range($changed_appointments) t(i));
-INSERT OR REPLACE INTO raw.individual_appointments
+INSERT OR REPLACE INTO raw.individual_appointments (id, updated_at, payload, synced_at, removed_at)
 SELECT $appointments + i, $later, json_object('id', ($appointments + i)::VARCHAR,
     'created_at', '2026-11-22T08:57:00Z', 'updated_at', '2026-11-22T08:57:00Z',
     'starts_at', '2026-12-01T01:00:00Z', 'ends_at', '2026-12-01T01:30:00Z',
@@ -157,6 +159,7 @@ def _peak_rss_mb() -> float:
 
 
 def generate(db: Path) -> dict:
+    from tasks.cliniko import fields as parsed_fields
     from tasks.warehouse import open_db
 
     started = time.perf_counter()
@@ -166,6 +169,8 @@ def generate(db: Path) -> dict:
         for sql in (DIMENSIONS_SQL, PATIENTS_SQL, APPOINTMENTS_SQL):
             for statement in filter(str.strip, sql.split(";\n")):
                 con.execute(statement, _params(statement, **values))
+        # the fields the sync's writer parses as it writes each row (tasks/cliniko/fields.py)
+        parsed_fields.fill_missing(con)
         con.execute("CHECKPOINT")
     return {"seconds": time.perf_counter() - started}
 
@@ -202,13 +207,14 @@ def _timed_steps():
     return Timed(), steps
 
 
-# How many of a full build's costliest steps bench prints and records.
+# How many of a build's costliest steps bench prints and records (full build, 5-minute rebuild).
 TOP_STEPS = 6
 
 
 def build_phase(db: Path, phase: str) -> dict:
     """One build, each a 5-minute tick after the last: 'full' on the generated clinic,
     'unchanged' with nothing synced since (only the clock moved), 'change' after a change set."""
+    from tasks.cliniko import fields as parsed_fields
     from tasks.models import runner as models
     from tasks.warehouse import open_db
 
@@ -228,6 +234,7 @@ def build_phase(db: Path, phase: str) -> dict:
             )
             for statement in filter(str.strip, CHANGE_SET_SQL.split(";\n")):
                 con.execute(statement, _params(statement, **values))
+            parsed_fields.fill_missing(con)  # as the sync's writer would have
         load = os.getloadavg()[0]
         started, (cpu, helper) = time.perf_counter(), _cpu_seconds()
         timed, steps = _timed_steps()
@@ -310,6 +317,8 @@ def main() -> None:
             f"load 2 too: {_mark(inc['seconds'], TARGETS['change_seconds'])})  "
             f"cpu {inc['cpu_seconds']:.2f} s  load {inc['load_at_start']:.1f}"
         )
+        for name, step in inc["top_steps"].items():
+            print(f"    {name:<38} {step['seconds']:6.2f} s   cpu {step['cpu_seconds']:6.2f} s")
         peak = max(full["peak_rss_mb"], again["peak_rss_mb"], inc["peak_rss_mb"])
         print(
             f"peak memory (RSS of a build process): {peak:,.0f} MB   (target <= 2,048 MB: "
@@ -331,6 +340,7 @@ def main() -> None:
                 "change_seconds": _figure(figure, inc["seconds"], "change_seconds"),
                 "change_cpu_seconds": round(inc["cpu_seconds"], 2),
                 "change_load_at_start": inc["load_at_start"],
+                "change_top_steps": inc["top_steps"],
                 "peak_rss_mb": _figure(figure, round(peak), "peak_mb"),
                 "memory_limit": MEMORY_LIMIT,
             },

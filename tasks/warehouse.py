@@ -22,6 +22,7 @@ from typing import Any
 
 import duckdb
 
+from tasks.cliniko import fields as parsed_fields
 from tasks.cliniko.resources import RESOURCES
 from tasks.errors import UserFacingError
 
@@ -41,6 +42,11 @@ class NoDatabase(UserFacingError, FileNotFoundError):
             f"No database yet at {path}: run a sync for this clinic first "
             "(`relay sync --clinic CLINIC`, or `make demo` for the demo clinic)."
         )
+
+
+# A raw row as the sync writes it, without the parsed ``fields`` some tables add (left NULL, a
+# build parses them: tasks/cliniko/fields.py): for code that writes raw rows itself (tests).
+RAW_COLUMNS = "(id, updated_at, payload, synced_at, removed_at)"
 
 
 def raw_table_ddl(table: str) -> str:
@@ -64,6 +70,8 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(raw_table_ddl(resource.table))
     for ddl in sorted(SCHEMA_DIR.glob("*.sql")):
         con.execute(ddl.read_text(encoding="utf-8"))
+    # raw tables' parsed fields column (tasks/cliniko/fields.py): added, or re-parsed, once
+    parsed_fields.migrate(con)
 
 
 def _configure(con: duckdb.DuckDBPyConnection) -> None:

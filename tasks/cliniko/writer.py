@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 import duckdb
 import orjson
 
+from tasks.cliniko import fields
 from tasks.cliniko.resources import Resource
 from tasks.warehouse import transaction
 
@@ -181,6 +182,12 @@ class ResourceWriter:
         self._cleared: set[str] = set()
         self._marks: dict[str, datetime] = {}
         self._since_commit = time.monotonic()
+        # The fields staging reads, parsed in the same INSERT as the payload (tasks/cliniko/fields.py).
+        self._parsed = (
+            f", {fields.parse_sql(resource.name)} AS fields"
+            if resource.name in fields.PARSED
+            else ""
+        )
 
     _HELD_SQL = "SELECT id, CASE WHEN removed_at IS NULL THEN epoch_us(updated_at) ELSE {removed} END FROM {table}"
 
@@ -268,8 +275,10 @@ class ResourceWriter:
             for verb, rows in (("INSERT", new), ("INSERT OR REPLACE", changed)):
                 if rows:
                     self.con.execute(
-                        f"{verb} INTO {self.resource.table} "
-                        "SELECT unnest($ids), unnest($updated), unnest($payloads), $now, NULL",
+                        f"{verb} INTO {self.resource.table} BY NAME SELECT *{self._parsed} "
+                        "FROM (SELECT unnest($ids) AS id, unnest($updated) AS updated_at, "
+                        "unnest($payloads) AS payload, $now AS synced_at, "
+                        "NULL::TIMESTAMPTZ AS removed_at)",
                         {
                             "ids": [r[0] for r in rows],
                             "updated": [r[1] for r in rows],

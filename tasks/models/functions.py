@@ -51,12 +51,14 @@ MACROS = (
     # last good build (getvariable('changes_since'); every row when it is NULL, a full build):
     # rows stored since, and rows marked removed since. Two selections, each filtering one
     # column, so DuckDB skips unchanged storage without reading the JSON (one OR over both
-    # columns reads it all). Used as `select * from raw_changes('raw.patients')`.
+    # columns reads it all). Used as `select * from raw_changes('raw.patients')`. Its columns:
+    # id, payload, synced_at, removed_at, and `fields` where the sync parses them when it
+    # writes the row (tasks/cliniko/fields.py).
     "CREATE OR REPLACE TEMP MACRO raw_changes(raw_table) AS TABLE "
-    "SELECT id, payload, synced_at, removed_at FROM query_table(raw_table) "
+    "SELECT * EXCLUDE (updated_at) FROM query_table(raw_table) "
     "WHERE getvariable('changes_since') IS NULL OR synced_at > getvariable('changes_since') "
     "UNION ALL "
-    "SELECT id, payload, synced_at, removed_at FROM query_table(raw_table) "
+    "SELECT * EXCLUDE (updated_at) FROM query_table(raw_table) "
     "WHERE removed_at > getvariable('changes_since') "
     "AND synced_at <= getvariable('changes_since')",
 )

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import duckdb
 
+from tasks.cliniko import fields as parsed_fields
 from tasks.config import DEFAULT_TAG_CATEGORIES, MarketingListSettings
 from tasks.errors import UserFacingError
 from tasks.models import functions as models_functions
@@ -196,6 +197,7 @@ class ModelBuild:
         con = self.con
         models_functions.register(con)
         con.execute("BEGIN TRANSACTION")
+        parsed_fields.fill_missing(con)  # raw rows written without their parsed fields
         s = self.settings
         previous = con.execute(
             "SELECT data_high_water, built_at FROM state.model_builds "

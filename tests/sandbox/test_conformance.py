@@ -24,6 +24,7 @@ import pytest
 from sandbox.cliniko import SandboxServer
 from sandbox.cliniko.spec import PARTITIONS, SPECS
 from sandbox.cliniko.store import _ALLOWED, parse_filter, parse_sort
+from tasks.cliniko import fields as parsed_fields
 from tasks.cliniko.resources import RESOURCES
 from tasks.cliniko.sync import list_params
 
@@ -177,9 +178,16 @@ def test_undocumented_filters_datetime_equals_and_bad_per_page_are_refused(api, 
 
 def staging_fields(name: str) -> set[str]:
     """The payload fields sql/staging/<name>.sql reads (json_transform keys, payload->>'x' and
-    the top-level field of each '$.x...' path of a json_extract_string(payload, [paths]))."""
+    the top-level field of each '$.x...' path of a json_extract_string(payload, [paths])), and
+    those the sync parsed into the raw row's ``fields`` column for it (tasks/cliniko/fields.py:
+    the path each of its members comes from)."""
     sql = (ROOT / "sql/staging" / f"{name}.sql").read_text()
     read = set(re.findall(r"payload\s*->>?\s*'([a-z_0-9]+)'", sql))
+    code = re.sub(r"--[^\n]*", "", sql)
+    members = set(re.findall(r"\bfields\.([a-z_0-9]+)", code))
+    declared = {f.name: f.payload_field for f in parsed_fields.PARSED.get(name, ())}
+    assert members <= set(declared), f"{name}: fields.{members - set(declared)} not parsed"
+    read |= {declared[m] for m in members}
     for paths in re.findall(r"json_extract_string\(\s*payload\s*,\s*\[(.*?)\]\s*\)", sql, re.S):
         read |= set(re.findall(r"'\$\.([a-z_0-9]+)", paths))
     for shape in re.findall(r"json_transform\(\s*payload\s*,\s*'(\{.*?\})'\s*\)", sql, re.S):

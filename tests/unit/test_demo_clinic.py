@@ -24,7 +24,7 @@ from tasks.models import runner as models
 from tasks.providers.outbox import OutboxProvider, list_messages
 from tasks.triggers import plan as planning
 from tasks.triggers.prepare import Preparer
-from tasks.warehouse import memory_db, transaction
+from tasks.warehouse import RAW_COLUMNS, memory_db, transaction
 
 API = "https://api.au1.cliniko.com/v1"
 T = datetime(2026, 11, 3, 1, 0, tzinfo=UTC)  # Tuesday 12:00 in Melbourne (AEDT)
@@ -71,7 +71,7 @@ class DemoClinic:
     def _write(self, table: str, id_: int, payload: dict) -> None:
         self._written = max(self.now, self._written + timedelta(milliseconds=1))
         self.con.execute(
-            f"INSERT OR REPLACE INTO raw.{table} VALUES (?, NULL, ?, ?, NULL)",
+            f"INSERT OR REPLACE INTO raw.{table} {RAW_COLUMNS} VALUES (?, NULL, ?, ?, NULL)",
             [id_, json.dumps(payload), self._written],
         )
 

@@ -20,7 +20,7 @@ from tasks.messages.prepare import by_source_kind
 from tasks.messages.templates import Templates
 from tasks.models import runner as models
 from tasks.providers.outbox import OutboxProvider
-from tasks.warehouse import memory_db
+from tasks.warehouse import RAW_COLUMNS, memory_db
 
 API = "https://api.au1.cliniko.com/v1"
 START = datetime(2026, 11, 2, 22, 0, tzinfo=UTC)  # Tuesday 09:00 in Melbourne (AEDT)
@@ -87,7 +87,7 @@ class Clinic:
         # staging reads what was written after the previous build
         self._written = max(self.now, self._written + timedelta(milliseconds=1))
         self.con.execute(
-            f"INSERT OR REPLACE INTO raw.{table} VALUES (?, NULL, ?, ?, NULL)",
+            f"INSERT OR REPLACE INTO raw.{table} {RAW_COLUMNS} VALUES (?, NULL, ?, ?, NULL)",
             [id_, json.dumps(payload), self._written],
         )
 

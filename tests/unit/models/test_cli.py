@@ -29,7 +29,7 @@ def make_clinic(tmp_path):
         booking = {"id": "10", "starts_at": soon,
                    "patient": {"links": {"self": f"{API}/patients/1"}}}  # fmt: skip
         con.execute(
-            "INSERT INTO raw.individual_appointments VALUES (10, NULL, ?, now(), NULL)",
+            "INSERT INTO raw.individual_appointments (id, updated_at, payload, synced_at, removed_at) VALUES (10, NULL, ?, now(), NULL)",
             [json.dumps(booking)],
         )
     config = tmp_path / "clinic.yaml"

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tasks.models import runner as models
-from tasks.warehouse import memory_db
+from tasks.warehouse import RAW_COLUMNS, memory_db
 
 NOW = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
 API = "https://api.au1.cliniko.com/v1"
@@ -56,7 +56,7 @@ class Clinic:
 
     def _write(self, table: str, id_: int, payload: dict) -> None:
         self.con.execute(
-            f"INSERT OR REPLACE INTO raw.{table} VALUES (?, NULL, ?, ?, NULL)",
+            f"INSERT OR REPLACE INTO raw.{table} {RAW_COLUMNS} VALUES (?, NULL, ?, ?, NULL)",
             [id_, json.dumps(payload), self._tick()],
         )
 

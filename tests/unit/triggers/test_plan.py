@@ -29,7 +29,7 @@ from tasks.models import runner as models
 from tasks.triggers import plan as planning
 from tasks.triggers import preview
 from tasks.triggers.prepare import Preparer
-from tasks.warehouse import memory_db, transaction
+from tasks.warehouse import RAW_COLUMNS, memory_db, transaction
 
 NOW = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)  # 20:00 in Melbourne
 API = "https://api.au1.cliniko.com/v1"
@@ -92,7 +92,7 @@ class Clinic:
     def _write(self, table: str, id_: int, payload: dict) -> None:
         self._synced += timedelta(seconds=1)
         self.con.execute(
-            f"INSERT OR REPLACE INTO raw.{table} VALUES (?, NULL, ?, ?, NULL)",
+            f"INSERT OR REPLACE INTO raw.{table} {RAW_COLUMNS} VALUES (?, NULL, ?, ?, NULL)",
             [id_, json.dumps(payload), self._synced],
         )
 
