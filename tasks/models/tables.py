@@ -187,6 +187,19 @@ _VOLATILE = re.compile(
 )
 
 
+def _volatile(sql: str) -> bool:
+    """Whether ``sql`` names something of ``_VOLATILE`` outside its comments: a model's header
+    saying what it holds "now" does not make its answer move with the clock (DuckDB's own
+    tokenizer tells comments from code; a string literal still counts, to be safe)."""
+    tokens = duckdb.tokenize(sql)
+    code = "".join(
+        sql[start : tokens[i + 1][0] if i + 1 < len(tokens) else len(sql)]
+        for i, (start, kind) in enumerate(tokens)
+        if kind != duckdb.token_type.comment
+    )
+    return bool(_VOLATILE.search(code))
+
+
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -219,7 +232,7 @@ def same_view(
     return (
         _kept_fingerprint(con, model.relation, _sha(model.sql))
         and existing == "view"
-        and not _VOLATILE.search(model.sql)
+        and not _volatile(model.sql)
         and all(d in unchanged for d in model.depends_on)
     )
 
@@ -240,7 +253,7 @@ def same_table(
     now = fingerprint(model, project, asdict(settings))  # type: ignore[call-overload]
     return (
         _kept_fingerprint(con, model.relation, now)
-        and not _VOLATILE.search(model.sql)
+        and not _volatile(model.sql)
         and "raw_changes" not in model.sql
         and all(d in unchanged for d in model.depends_on)
     )
@@ -258,7 +271,7 @@ def tests_to_run(
         t
         for t in tests
         if known.get(t.file) != _sha(t.sql)
-        or _VOLATILE.search(t.sql)
+        or _volatile(t.sql)
         or not all(d in unchanged for d in t.depends_on)
     ]
 
