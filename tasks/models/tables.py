@@ -13,6 +13,7 @@ build writes what changed rather than every row again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Mapping
@@ -44,8 +45,16 @@ def fingerprint(model: Model, project: Project, settings: Mapping[str, object]) 
         seen.add(relation)
         todo.extend(d for d in models[relation].depends_on if d in models)
     text = "\n".join(models[r].sql for r in sorted(seen))
-    named = {k: v for k, v in sorted(settings.items()) if re.search(rf"\b{k}\b", text)}
+    words = set().union(*(_words(models[r].sql) for r in seen))  # \bname\b, one pass a file
+    named = {k: v for k, v in sorted(settings.items()) if k in words}
     return hashlib.sha256(f"{text}\n{named!r}".encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=512)
+def _words(sql: str) -> frozenset[str]:
+    """The words (runs of \\w) of a model's SQL: a setting named in it is one of them. Each
+    model's SQL is read once a process, not once per model downstream of it."""
+    return frozenset(re.findall(r"\w+", sql))
 
 
 def merge(con: duckdb.DuckDBPyConnection, model: Model, rel: str) -> bool:
