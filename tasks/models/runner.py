@@ -279,23 +279,18 @@ class ModelBuild:
         if existing == "view":
             con.execute(f"DROP VIEW {rel}")
             existing = None
-        kept = False
+        same = False  # rows and SQL as at the last commit, which checked them: not checked again
         if model.materialized == "incremental":
             fingerprint = tables.fingerprint(model, self.project, asdict(self.settings))
-            previous = con.execute(
-                "SELECT fingerprint FROM state.model_fingerprints WHERE model = ?",
-                [model.relation],
-            ).fetchone()
+            previous = tables.recorded_fingerprints(con, [model.relation]).get(model.relation)
             if (
                 existing
                 and not self.full_refresh
                 and self.changes_since is not None
-                and previous
-                and previous[0] == fingerprint
+                and previous == fingerprint
             ):
                 if not tables.merge(con, model, rel):
                     self.unchanged.add(model.relation)
-                    kept = True
             else:
                 self._set_changes(None, None)
                 con.execute(f"CREATE OR REPLACE TABLE {rel} AS {model.sql}")
@@ -307,12 +302,12 @@ class ModelBuild:
             )
         else:
             same = tables.same_table(con, model, self.project, self.settings, self.unchanged)
+            same = same and existing == "table"
             if existing != "table":
                 con.execute(f"CREATE OR REPLACE TABLE {rel} AS {model.sql}")
             elif same or not tables.replace_changed_rows(con, model, rel):
                 self.unchanged.add(model.relation)
-                kept = same
-        if not kept:  # kept: this SQL's rows as the last commit had them, checked then
+        if not (same or model.materialized == "incremental" and model.relation in self.unchanged):
             tables.check_shape(con, model, rel)
         return one(con, f"SELECT count(*) FROM {rel}")[0]
 

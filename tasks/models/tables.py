@@ -213,7 +213,9 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _fingerprints(con: duckdb.DuckDBPyConnection, keys: list[str]) -> dict[str, str]:
+def recorded_fingerprints(con: duckdb.DuckDBPyConnection, keys: list[str]) -> dict[str, str]:
+    """Model (or test file) -> its fingerprint in state.model_fingerprints, this build's writes
+    included (they are the transaction's)."""
     rows = con.execute(
         "SELECT model, fingerprint FROM state.model_fingerprints WHERE model IN ?", [keys or [""]]
     ).fetchall()
@@ -223,7 +225,7 @@ def _fingerprints(con: duckdb.DuckDBPyConnection, keys: list[str]) -> dict[str, 
 def _kept_fingerprint(con: duckdb.DuckDBPyConnection, relation: str, now: str) -> bool:
     """Whether ``relation``'s fingerprint at the last commit was ``now``; records ``now`` for the
     next build either way (inside the build's transaction: a rolled-back build keeps the old)."""
-    previous = _fingerprints(con, [relation]).get(relation)
+    previous = recorded_fingerprints(con, [relation]).get(relation)
     if previous != now:
         con.execute(
             "INSERT OR REPLACE INTO state.model_fingerprints VALUES (?, ?)", [relation, now]
@@ -275,7 +277,7 @@ def tests_to_run(
     on the tables of the last commit (its fingerprint is there: ``keep_test_fingerprints``)
     with this SQL, and reads only models this build left unchanged (and not the clock). On a tick where nothing
     changed, that is most tests, and they are the ones that scan whole tables."""
-    known = _fingerprints(con, [t.file for t in tests])
+    known = recorded_fingerprints(con, [t.file for t in tests])
     return [
         t
         for t in tests
