@@ -149,16 +149,6 @@ def _single_select(con: duckdb.DuckDBPyConnection, file: str, text: str) -> str:
     return text.strip().rstrip(";").strip()
 
 
-def _walk(node: object) -> Iterable[dict]:
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from _walk(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _walk(value)
-
-
 def tables_read(con: duckdb.DuckDBPyConnection, file: str, sql: str) -> tuple[str, ...]:
     """The tables ``sql`` reads, as schema.table, from DuckDB's parse tree (json_serialize_sql).
 
@@ -166,10 +156,18 @@ def tables_read(con: duckdb.DuckDBPyConnection, file: str, sql: str) -> tuple[st
     get_table_names binds the query and fails on a JOIN ... USING over tables not yet built).
     Unqualified names must be CTEs of the query; every table is named with its schema.
     """
-    tree = json.loads(one(con, "SELECT json_serialize_sql(?)", [sql])[0])
+    nodes: list[dict] = []  # only the nodes read below, kept as the JSON decoder makes them
+
+    def keep(node: dict) -> dict:
+        if "cte_map" in node or node.get("type") in ("BASE_TABLE", "TABLE_FUNCTION"):
+            nodes.append(node)
+        return node
+
+    # object_hook instead of walking the decoded tree in Python: a model's tree has thousands
+    # of nodes, and walking them was most of reading the project, every tick.
+    tree = json.loads(one(con, "SELECT json_serialize_sql(?)", [sql])[0], object_hook=keep)
     if tree.get("error"):
         raise ModelError(f"{file}: {tree.get('error_message', 'cannot parse the SQL')}")
-    nodes = list(_walk(tree))
     ctes = {
         entry["key"].lower()
         for node in nodes

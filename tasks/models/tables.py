@@ -13,6 +13,7 @@ build writes what changed rather than every row again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Mapping
@@ -44,8 +45,16 @@ def fingerprint(model: Model, project: Project, settings: Mapping[str, object]) 
         seen.add(relation)
         todo.extend(d for d in models[relation].depends_on if d in models)
     text = "\n".join(models[r].sql for r in sorted(seen))
-    named = {k: v for k, v in sorted(settings.items()) if re.search(rf"\b{k}\b", text)}
+    words = set().union(*(_words(models[r].sql) for r in seen))  # \bname\b, one pass a file
+    named = {k: v for k, v in sorted(settings.items()) if k in words}
     return hashlib.sha256(f"{text}\n{named!r}".encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=512)
+def _words(sql: str) -> frozenset[str]:
+    """The words (runs of \\w) of a model's SQL: a setting named in it is one of them. Each
+    model's SQL is read once a process, not once per model downstream of it."""
+    return frozenset(re.findall(r"\w+", sql))
 
 
 def merge(con: duckdb.DuckDBPyConnection, model: Model, rel: str) -> bool:
@@ -187,11 +196,26 @@ _VOLATILE = re.compile(
 )
 
 
+def _volatile(sql: str) -> bool:
+    """Whether ``sql`` names something of ``_VOLATILE`` outside its comments: a model's header
+    saying what it holds "now" does not make its answer move with the clock (DuckDB's own
+    tokenizer tells comments from code; a string literal still counts, to be safe)."""
+    tokens = duckdb.tokenize(sql)
+    code = "".join(
+        sql[start : tokens[i + 1][0] if i + 1 < len(tokens) else len(sql)]
+        for i, (start, kind) in enumerate(tokens)
+        if kind != duckdb.token_type.comment
+    )
+    return bool(_VOLATILE.search(code))
+
+
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _fingerprints(con: duckdb.DuckDBPyConnection, keys: list[str]) -> dict[str, str]:
+def recorded_fingerprints(con: duckdb.DuckDBPyConnection, keys: list[str]) -> dict[str, str]:
+    """Model (or test file) -> its fingerprint in state.model_fingerprints, this build's writes
+    included (they are the transaction's)."""
     rows = con.execute(
         "SELECT model, fingerprint FROM state.model_fingerprints WHERE model IN ?", [keys or [""]]
     ).fetchall()
@@ -201,7 +225,7 @@ def _fingerprints(con: duckdb.DuckDBPyConnection, keys: list[str]) -> dict[str, 
 def _kept_fingerprint(con: duckdb.DuckDBPyConnection, relation: str, now: str) -> bool:
     """Whether ``relation``'s fingerprint at the last commit was ``now``; records ``now`` for the
     next build either way (inside the build's transaction: a rolled-back build keeps the old)."""
-    previous = _fingerprints(con, [relation]).get(relation)
+    previous = recorded_fingerprints(con, [relation]).get(relation)
     if previous != now:
         con.execute(
             "INSERT OR REPLACE INTO state.model_fingerprints VALUES (?, ?)", [relation, now]
@@ -219,7 +243,7 @@ def same_view(
     return (
         _kept_fingerprint(con, model.relation, _sha(model.sql))
         and existing == "view"
-        and not _VOLATILE.search(model.sql)
+        and not _volatile(model.sql)
         and all(d in unchanged for d in model.depends_on)
     )
 
@@ -240,7 +264,7 @@ def same_table(
     now = fingerprint(model, project, asdict(settings))  # type: ignore[call-overload]
     return (
         _kept_fingerprint(con, model.relation, now)
-        and not _VOLATILE.search(model.sql)
+        and not _volatile(model.sql)
         and "raw_changes" not in model.sql
         and all(d in unchanged for d in model.depends_on)
     )
@@ -253,12 +277,12 @@ def tests_to_run(
     on the tables of the last commit (its fingerprint is there: ``keep_test_fingerprints``)
     with this SQL, and reads only models this build left unchanged (and not the clock). On a tick where nothing
     changed, that is most tests, and they are the ones that scan whole tables."""
-    known = _fingerprints(con, [t.file for t in tests])
+    known = recorded_fingerprints(con, [t.file for t in tests])
     return [
         t
         for t in tests
         if known.get(t.file) != _sha(t.sql)
-        or _VOLATILE.search(t.sql)
+        or _volatile(t.sql)
         or not all(d in unchanged for d in t.depends_on)
     ]
 

@@ -173,3 +173,25 @@ def test_a_full_refresh_runs_every_table_again(con, tmp_path):
     assert con.execute("SELECT email FROM staging.people WHERE patient_id = 1").fetchone() == (
         "ann@example.com",
     )
+
+
+def test_a_comment_naming_the_clock_does_not_make_a_table_run_again(con, tmp_path):
+    """A header saying what a model holds "now" is no call to now(): the table is still left
+    as it was when nothing it reads changed (staging.invoices, 193,000 rows parsed from JSON,
+    ran on every idle tick for the word "now" in its comment); now() in the code still runs it."""
+    table = "-- config: materialized=table\n-- every patient as Cliniko has them now\n"
+    sql_dir = write(
+        tmp_path,
+        {
+            "staging/people.sql": table + GOOD["staging/people.sql"],
+            "marts/clock.sql": table + "select patient_id, now() as t from staging.people -- now",
+        },
+    )
+    build(con, sql_dir)
+    con.execute("UPDATE staging.people SET email = 'kept' WHERE patient_id = 1")
+    con.execute("UPDATE marts.clock SET t = TIMESTAMPTZ '2000-01-01'")
+    build(con, sql_dir)
+    assert con.execute("SELECT email FROM staging.people WHERE patient_id = 1").fetchone() == (
+        "kept",
+    )
+    assert con.execute("SELECT count(*) FROM marts.clock WHERE year(t) = 2000").fetchone() == (0,)
