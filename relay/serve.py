@@ -4,7 +4,9 @@ One process holds everything: a local Prefect server (its UI on
 127.0.0.1), the sandbox Cliniko with its clock running (so the clinic keeps booking, cancelling
 and arriving), and the demo clinic's deployments served from here with ``prefect.serve`` (each
 run in its own subprocess, no work pool or worker needed). `relay deploy`'s deployments are the
-same flows for a real install with a worker (docs/scaling.md).
+same flows for a real install with a worker (docs/scaling.md). Each run's process is forked from
+a template that imported Prefect and the flows once, when ``relay serve`` started
+(relay/warm.py): restart it to run code changed since.
 
 Ctrl-C stops it all within seconds and quietly (``supervise``): that process runs in a session of
 its own, so the terminal's Ctrl-C reaches none of it (the server, the runner and each run would
@@ -172,6 +174,7 @@ def serve_demo(
     port: int, every_minutes: float, patients: int, seed: int, speed: float, echo
 ) -> None:
     """Start everything, trigger the first tick at once, and serve until Ctrl-C."""
+    from relay import warm
     from relay.slots import Housekeeper, release_stopped_runs
     from sandbox.cliniko import SandboxClinic, SandboxServer
     from tasks.config import load_clinic
@@ -227,6 +230,7 @@ def serve_demo(
             with serving({"demo": config}, link.hostname or "127.0.0.1", link.port or 80):
                 every = timedelta(minutes=every_minutes)
                 with Housekeeper([tick_id], every):
+                    warm.install()  # each run forked from a template (relay/warm.py)
                     serve(*deployments, limit=4, print_starting_message=False)
     echo("Stopped: server, sandbox and runs.")
 
