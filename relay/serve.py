@@ -265,7 +265,9 @@ def supervise_command(command: list[str], echo, log: Path) -> int:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C changes nothing
             started = time.monotonic()
             killed = stop_tree(proc, root=os.getpid())
-            after = f"; {killed} killed after {STOP_GRACE:g} s" if killed else ""
+            if killed:  # which, for whoever reads the log
+                err.write(f"relay serve: killed after {STOP_GRACE:g} s: {'; '.join(killed)}\n")
+            after = f"; {len(killed)} killed after {STOP_GRACE:g} s" if killed else ""
             echo(f"Stopped: server, sandbox and runs ({time.monotonic() - started:.1f} s{after}).")
             return 0
     if code:
@@ -317,10 +319,12 @@ def started(pid: int) -> int | None:
         return None
 
 
-def stop_tree(proc: subprocess.Popen, grace: float = STOP_GRACE, root: int | None = None) -> int:
+def stop_tree(
+    proc: subprocess.Popen, grace: float = STOP_GRACE, root: int | None = None
+) -> list[str]:
     """SIGTERM to ``proc`` and every process below ``root`` (default: ``proc``) at once; SIGKILL
-    to those left after ``grace`` seconds. Returns when all are gone, with how many needed
-    the SIGKILL. Each process is known by
+    to those left after ``grace`` seconds. Returns when all are gone, with the command lines
+    of those that needed the SIGKILL. Each process is known by
     its pid and start time, so a pid the system gives to a new process meanwhile is neither
     signalled nor waited for."""
     top = proc.pid if root is None else root
@@ -346,6 +350,7 @@ def stop_tree(proc: subprocess.Popen, grace: float = STOP_GRACE, root: int | Non
         time.sleep(0.1)
     look()
     left = living()
+    names = [_command(pid) for pid in left]
     for pid in left:
         signal_one(pid, tree[pid], signal.SIGKILL)
     proc.wait()
@@ -355,7 +360,13 @@ def stop_tree(proc: subprocess.Popen, grace: float = STOP_GRACE, root: int | Non
         time.sleep(0.05)
     if root == os.getpid():
         _reap(tree)
-    return len(left)
+    return names
+
+
+def _command(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:100].decode()
+    return str(pid)
 
 
 def signal_one(pid: int, since: int | None, sig: int) -> None:
