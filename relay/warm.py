@@ -1,9 +1,10 @@
 """Warm starts: each flow run forked from a template process that has already imported Prefect
 and our flows, instead of a new Python that imports them again for every tick.
 
-Prefect 3.8.8 starts every run in a fresh interpreter: the Runner (``prefect.serve``, used by
-``relay serve`` and the benchmarks) with multiprocessing's "spawn", the process worker with
-``python -m prefect.engine`` (behind a second Python, its workspace supervisor). Each pays
+Prefect 3.8.8 starts every run in a fresh interpreter: the deployments a Runner serves
+(``prefect.serve``, used by ``relay serve`` and the benchmarks) and the process worker's runs
+with ``python -m prefect.engine`` (the worker's behind a second Python, its workspace
+supervisor). Each pays
 ``import prefect`` and our imports (about 2.5 s of CPU here) before the run does anything.
 
 Here a *template* is started once per serving process: multiprocessing's forkserver, told to
@@ -18,11 +19,15 @@ channel, the heartbeat frequency, the job variables' env), the working directory
 global settings and logging set up again from that environment; at its end, the exit handlers
 a fresh interpreter would run (Prefect drains its log and event workers there).
 
-``install`` puts it in Prefect's own seams (module-level functions its starters call, "patch the
-module to override"): ``run_flow_in_subprocess`` of ``DirectSubprocessStarter`` (a Runner's
-flows) and ``run_process`` of ``EngineCommandStarter`` (``python -m prefect.engine``: the
-deployments ``prefect.serve`` serves, as ``relay serve`` and the benchmarks do, and the runs of
-``relay worker``, relay/worker.py). Same arguments, same result: a started process.
+``install`` puts it in Prefect's own seam (a module-level function its starter calls, "patch the
+module to override"): ``run_process`` of ``EngineCommandStarter`` (``python -m prefect.engine``:
+the deployments ``prefect.serve`` serves, as ``relay serve`` and the benchmarks do, and the runs
+of ``relay worker``, relay/worker.py). Same arguments, same result: a started process.
+
+A run forked this way stops as a cold one does: a cancel (the Runner's or worker's SIGTERM to
+its pid) or ``relay serve``'s Ctrl-C (SIGTERM, then SIGKILL, to its whole tree, the template
+and its runs included) ends it in its fast lane too, and a run whose template is gone (its
+worker stopped) leaves its lane at once (flows/lane.py).
 
 The template imports the code on disk when the serving process starts it: code changed later
 is picked up by restarting the worker (or ``relay serve``), not by the next run. Where the
@@ -127,17 +132,6 @@ def _become(env: Mapping[str, str], cwd: str | None, quiet: bool = False) -> Non
     setup_logging(incremental=False)
 
 
-def _run_serialized(env: dict[str, str], payload: bytes, startup_env: dict[str, str]) -> None:
-    """The Runner's run: Prefect's own child entry point, in this process made fresh."""
-    try:
-        _become(env, None)
-        from prefect.flow_engine import _run_serialized_call_with_control_bootstrap
-
-        _run_serialized_call_with_control_bootstrap(payload, startup_env)
-    finally:
-        atexit._run_exitfuncs()
-
-
 def _run_engine(env: dict[str, str], cwd: str, quiet: bool, new_session: bool) -> None:
     """What ``python -m prefect.engine`` does, in this process made fresh."""
     import runpy
@@ -152,89 +146,7 @@ def _run_engine(env: dict[str, str], cwd: str, quiet: bool, new_session: bool) -
         atexit._run_exitfuncs()
 
 
-def _run_flow_with_env(
-    *args: Any,
-    env: dict[str, str] | None = None,
-    remove_env: set[str] | None = None,
-    flow_run_id: Any = None,
-    **kwargs: Any,
-) -> None:
-    """As prefect.flow_engine.run_flow_in_subprocess's inner ``run_flow_with_env``."""
-    import asyncio
-
-    from prefect.context import SettingsContext, get_settings_context
-    from prefect.engine import handle_engine_signals
-    from prefect.flow_engine import _runtime_subprocess_env, run_flow
-    from prefect.settings import Settings
-
-    for key in remove_env or ():
-        os.environ.pop(key, None)
-    os.environ.update(_runtime_subprocess_env(env))
-    with SettingsContext(profile=get_settings_context().profile, settings=Settings()):
-        with handle_engine_signals(flow_run_id):
-            maybe_coro = run_flow(*args, **kwargs)
-            if asyncio.iscoroutine(maybe_coro):
-                asyncio.run(maybe_coro)
-
-
 # --- in the serving process -------------------------------------------------------------------
-
-
-def _prefect_run_flow_in_subprocess():
-    from prefect.flow_engine import run_flow_in_subprocess
-
-    return run_flow_in_subprocess
-
-
-def run_flow_in_template(
-    flow,
-    flow_run=None,
-    parameters: dict[str, Any] | None = None,
-    wait_for=None,
-    context: dict[str, Any] | None = None,
-    env: dict[str, str | None] | None = None,
-):
-    """``prefect.flow_engine.run_flow_in_subprocess`` with the run forked from the template:
-    the same payload and environment, a started process back. Prefect's own if it cannot."""
-    from prefect.context import serialize_context
-    from prefect.flow_engine import _CONTROL_CHANNEL_ENV_KEYS, _runtime_subprocess_env
-    from prefect.settings import get_current_settings
-    from prefect.utilities.callables import cloudpickle_wrapped_call
-    from prefect.utilities.processutils import sanitize_subprocess_env
-
-    if not available():
-        fallback("this platform has no fork")
-        return _prefect_run_flow_in_subprocess()(flow, flow_run, parameters, wait_for, context, env)
-    context = context or serialize_context()
-    merged: dict[str, str | None] = (
-        get_current_settings().to_environment_variables(exclude_unset=True)
-        | os.environ
-        | {"PREFECT__ENABLE_CANCELLATION_AND_CRASHED_HOOKS": "false"}
-        | (env or {})
-    )
-    sanitized = sanitize_subprocess_env(merged)
-    startup_env = {k: v for k, v in sanitized.items() if k in _CONTROL_CHANNEL_ENV_KEYS}
-    wrapped = cloudpickle_wrapped_call(
-        _run_flow_with_env,
-        env=_runtime_subprocess_env(sanitized),
-        remove_env={key for key, value in merged.items() if value is None},
-        flow_run_id=getattr(flow_run, "id", None),
-        flow=flow,
-        flow_run=flow_run,
-        parameters=parameters,
-        wait_for=wait_for,
-        context=context,
-    )
-    base_env = dict(os.environ)  # what a spawned child would have started with
-    try:
-        process = _context().Process(
-            target=_run_serialized, args=(base_env, wrapped.args[0], startup_env)
-        )
-        process.start()
-    except (OSError, EOFError) as exc:
-        fallback(f"the template process failed ({type(exc).__name__}: {exc})")
-        return _prefect_run_flow_in_subprocess()(flow, flow_run, parameters, wait_for, context, env)
-    return process
 
 
 async def run_process_in_template(
@@ -302,17 +214,16 @@ async def run_process_in_template(
 
 
 def install(extra: list[str] | None = None) -> bool:
-    """Make the Runners and starters of this process fork their runs from the template, and
-    start the template now. Two seams Prefect documents (patch the module to override):
-    ``DirectSubprocessStarter``'s ``run_flow_in_subprocess`` (a Runner's flows) and
+    """Make the Runners and workers of this process fork their runs from the template, and
+    start the template now. The seam Prefect documents (patch the module to override):
     ``EngineCommandStarter``'s ``run_process`` (a Runner's deployments, as ``prefect.serve``
-    adds them, and a worker's runs). False, with a warning, where runs keep Prefect's start."""
+    adds them for ``relay serve`` and the benchmarks, and a worker's runs). A flow served as
+    such (``flow.serve``, Prefect's ``run_flow_in_subprocess``) still starts Prefect's way:
+    nothing of ours serves one. False, with a warning, where runs keep Prefect's start."""
     if not start_template(extra):
         return False
-    import prefect.runner._starter_direct as direct
     import prefect.runner._starter_engine as engine
 
-    direct.run_flow_in_subprocess = run_flow_in_template
     engine.run_process = run_process_in_template  # type: ignore[assignment]
     return True
 

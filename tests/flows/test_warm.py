@@ -2,9 +2,13 @@
 and each run is still a run of its own: a fresh process forked from the template every time,
 with the environment Prefect gives a run (API URL, run id, heartbeat, the job's env) and nothing
 of the worker's (no socket, no thread); killing it marks it Crashed and the next run works;
-code changed on disk is picked up after a worker restart, not before.
+code changed on disk is picked up after a restart (a new template), not before; a cancel ends
+its process. `prefect.serve` (relay serve's and the benchmarks' Runner) forks its runs from the
+template too.
 
-The runs are of a probe flow written here into its own folder (on the worker's PYTHONPATH and
+One worker serves the module's runs (each test checks one thing on it); runs that must be
+stopped sleep together, so the cost is one worker start and one Runner start. The runs are of a
+probe flow written here into its own folder (on the worker's PYTHONPATH and
 preloaded with --preload, as an operator's own flows would be), deployed on a pool of its own
 (``warm``) so no other test's worker takes them. Nothing is timed.
 """
@@ -133,9 +137,9 @@ class Worker:
         self.out.close()
 
 
-@pytest.fixture
-def worker(prefect_server, probe_folder, probe_deployment, tmp_path):
-    running = Worker(prefect_server, probe_folder, tmp_path / "worker.log")
+@pytest.fixture(scope="module")
+def worker(prefect_server, probe_folder, probe_deployment, tmp_path_factory):
+    running = Worker(prefect_server, probe_folder, tmp_path_factory.mktemp("worker") / "log")
     yield running
     running.stop()
 
@@ -211,39 +215,38 @@ def test_each_run_is_a_fresh_process_forked_warm_with_the_runs_environment(
     assert not shared
 
 
-def test_a_killed_run_is_crashed_and_the_next_run_works(
-    client, prefect_server, probe_deployment, worker, tmp_path
-):
-    out = tmp_path / "killed.json"
-    killed = run_probe(client, probe_deployment, out, sleep=600)
-    record = wait_for("the run to start", lambda: out.exists() and json.loads(out.read_text()))
-    # Its heartbeats come from the run itself (the lost-run automation of relay/alerts.py).
-    wait_for("a heartbeat of the run", lambda: heartbeats(prefect_server, killed))
-    os.kill(record["pid"], signal.SIGKILL)
-    run = wait_final(client, killed)
-    assert run.state.type.value == "CRASHED", run.state
-    assert worker.proc.poll() is None  # the worker lives on
-
-    out = tmp_path / "next.json"
-    run = wait_final(client, run_probe(client, probe_deployment, out))
-    assert run.state.is_completed()
-    assert json.loads(out.read_text())["ppid"] == record["ppid"]  # the same template
-
-
-def test_cancelling_from_the_ui_stops_the_runs_process(
-    client, prefect_server, probe_deployment, worker, tmp_path
+def test_a_killed_run_is_crashed_a_cancelled_one_ends_and_the_next_run_works(
+    client, prefect_server, probe_folder, probe_deployment, worker, tmp_path
 ):
     from prefect.states import Cancelling
 
     from relay.serve import alive
 
-    out = tmp_path / "cancelled.json"
-    run_id = run_probe(client, probe_deployment, out, sleep=600)
-    record = wait_for("the run to start", lambda: out.exists() and json.loads(out.read_text()))
-    client.set_flow_run_state(run_id, Cancelling(), force=True)  # what the UI's Cancel does
-    assert wait_final(client, run_id).state.type.value == "CANCELLED"
-    wait_for("the run's process to end", lambda: not alive(record["pid"]), timeout=120)
-    assert worker.proc.poll() is None
+    outs = {name: tmp_path / f"{name}.json" for name in ("killed", "cancelled")}
+    runs = {name: run_probe(client, probe_deployment, out, sleep=600) for name, out in outs.items()}
+    records = {
+        name: wait_for(
+            f"the {name} run to start", lambda o=out: o.exists() and json.loads(o.read_text())
+        )
+        for name, out in outs.items()
+    }
+    # Its heartbeats come from the run itself (the lost-run automation of relay/alerts.py).
+    wait_for("a heartbeat of the run", lambda: heartbeats(prefect_server, runs["killed"]))
+    os.kill(records["killed"]["pid"], signal.SIGKILL)
+    client.set_flow_run_state(runs["cancelled"], Cancelling(), force=True)  # the UI's Cancel
+    assert wait_final(client, runs["killed"]).state.type.value == "CRASHED"
+    assert wait_final(client, runs["cancelled"]).state.type.value == "CANCELLED"
+    wait_for("the cancelled run's process to end", lambda: not alive(records["cancelled"]["pid"]))
+    assert worker.proc.poll() is None  # the worker lives on
+
+    # The next run works, from the same template, and runs the code the template imported:
+    # code changed on disk since is picked up by a restart (the Runner's test below), not here.
+    write_probe(probe_folder, 2)
+    out = tmp_path / "next.json"
+    run = wait_final(client, run_probe(client, probe_deployment, out))
+    assert run.state.is_completed()
+    record = json.loads(out.read_text())
+    assert record["ppid"] == records["killed"]["ppid"] and record["version"] == 1
 
 
 def heartbeats(env: dict, run_id) -> list[dict]:
@@ -262,53 +265,28 @@ def heartbeats(env: dict, run_id) -> list[dict]:
     return response.json()["events"]
 
 
-def test_code_changed_on_disk_is_picked_up_after_a_worker_restart(
-    client, prefect_server, probe_folder, probe_deployment, tmp_path
-):
-    first = Worker(prefect_server, probe_folder, tmp_path / "worker.log")
-    try:
-        out = tmp_path / "before.json"
-        assert wait_final(client, run_probe(client, probe_deployment, out)).state.is_completed()
-        assert json.loads(out.read_text())["version"] == 1
-        write_probe(probe_folder, 2)
-        out = tmp_path / "same-worker.json"
-        assert wait_final(client, run_probe(client, probe_deployment, out)).state.is_completed()
-        assert json.loads(out.read_text())["version"] == 1  # the template's import, as documented
-    finally:
-        first.stop()
-    second = Worker(prefect_server, probe_folder, tmp_path / "worker.log")
-    try:
-        out = tmp_path / "restarted.json"
-        assert wait_final(client, run_probe(client, probe_deployment, out)).state.is_completed()
-        assert json.loads(out.read_text())["version"] == 2
-    finally:
-        second.stop()
-        write_probe(probe_folder, 1)
-
-
 SERVE = """
 import relay
 from relay import warm
 assert warm.install(["warm_probe"])
 from prefect import serve
 from warm_probe import probe
-if {deployments}:  # as relay serve and the benchmarks serve: python -m prefect.engine per run
-    serve(probe.to_deployment(name="served"), print_starting_message=False)
-else:  # a flow served as such: run_flow_in_subprocess per run
-    probe.serve(name="served", print_starting_message=False)
+serve(probe.to_deployment(name="served"), print_starting_message=False)  # as relay serve does
 """
 
 
-@pytest.mark.parametrize("deployments", [True, False], ids=["serve-deployments", "flow-serve"])
 def test_prefect_serve_forks_each_run_from_the_template_too(
-    client, prefect_server, probe_folder, tmp_path, deployments
+    client, prefect_server, probe_folder, tmp_path
 ):
-    """relay serve's and the benchmarks' Runner: the same warm start, the same guarantees."""
+    """relay serve's and the benchmarks' Runner: the same warm start, the same guarantees; its
+    template, started now, imports the code on disk now (version 2)."""
     from relay.serve import descendants
+
+    write_probe(probe_folder, 2)
 
     log = (tmp_path / "serve.log").open("w")
     served = subprocess.Popen(
-        [sys.executable, "-c", SERVE.format(deployments=deployments)],
+        [sys.executable, "-c", SERVE],
         env={
             **prefect_server,
             "PYTHONPATH": os.pathsep.join([str(probe_folder), str(PROJECT_ROOT)]),
@@ -330,6 +308,7 @@ def test_prefect_serve_forks_each_run_from_the_template_too(
         assert first["ppid"] != served.pid and first["ppid"] in descendants(served.pid)
         assert first["preloaded"]  # (the Runner passes the run in its payload, not in env)
         assert first["api_url"] == prefect_server["PREFECT_API_URL"]
+        assert first["version"] == 2  # a restarted serving process runs the code on disk
 
         out = tmp_path / "served-killed.json"
         killed = run_probe(client, deployment, out, sleep=600)
@@ -337,10 +316,8 @@ def test_prefect_serve_forks_each_run_from_the_template_too(
         assert record["pid"] != first["pid"] and record["runs"] == [record["pid"]]
         os.kill(record["pid"], signal.SIGKILL)
         assert wait_final(client, killed).state.type.value == "CRASHED"
-
-        out = tmp_path / "served-next.json"
-        assert wait_final(client, run_probe(client, deployment, out)).state.is_completed()
     finally:
+        write_probe(probe_folder, 1)
         served.send_signal(signal.SIGINT)
         try:
             served.wait(timeout=60)

@@ -9,17 +9,16 @@ import pytest
 
 
 def test_without_fork_runs_start_prefects_way_with_a_warning(monkeypatch):
-    import prefect.runner._starter_direct as direct
     import prefect.runner._starter_engine as engine
 
     from relay import warm
 
     monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
     monkeypatch.setattr(warm, "_warned", set())
-    before = (direct.run_flow_in_subprocess, engine.run_process)
+    before = engine.run_process
     with pytest.warns(RuntimeWarning, match="no fork"):
         assert warm.install() is False
-    assert (direct.run_flow_in_subprocess, engine.run_process) == before
+    assert engine.run_process == before
 
 
 def test_the_template_imports_only_and_forks_fresh_processes(tmp_path):
