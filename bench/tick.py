@@ -16,6 +16,10 @@ in production), sandbox Cliniko servers in this process over HTTP, DuckDB files 
    completed per minute (target >= 20), how late they started, and how many were skipped as
    too late.
 
+W. Warm start (``BENCH_TICK_PARTS=warm``, not run by default): the idle tick's process start,
+   pickup -> done and CPU per tick with each run forked from the warm template (relay/warm.py,
+   as relay serve and relay worker start runs) against Prefect's own start, back to back.
+
 ``python -m bench tick`` (about 15 minutes on a quiet 2-core machine); shrink it with the
 variables above, e.g. BENCH_TICK_IDLE_PATIENTS=2000 BENCH_TICK_MINUTES=1.
 """
@@ -77,19 +81,36 @@ def demo_sections() -> dict:
 
 
 class Served:
-    """``prefect.serve`` of the named clinics' ticks every ``every`` seconds, in a subprocess."""
+    """``prefect.serve`` of the named clinics' ticks every ``every`` seconds, in a subprocess;
+    each run forked from the warm template (relay/warm.py), or with ``warm=False`` started
+    Prefect's own way (a new Python per run), for a before/after."""
 
-    def __init__(self, every: float, clinics: list[str], suffix: str = "tick") -> None:
+    def __init__(
+        self, every: float, clinics: list[str], suffix: str = "tick", warm: bool = True
+    ) -> None:
         log = Path(os.environ["RELAY_DATA_DIR"]) / f"serve-{every:g}s-{time.time():.0f}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         self.log = log.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.tick", "serve", str(every), suffix, *clinics],
+            [sys.executable, "-m", "bench.tick", "serve", str(every), suffix]
+            + ["warm" if warm else "cold", *clinics],
             cwd=PROJECT_ROOT,
             stdout=self.log,
             stderr=subprocess.STDOUT,
             preexec_fn=_child,
         )
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds the served process and every process below it used so far, the runs
+        it (or its template) reaped included: before/after a tick, what the tick cost."""
+        from relay.serve import descendants
+
+        total = 0
+        for pid in {self.proc.pid} | descendants(self.proc.pid):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += sum(int(x) for x in stat[11:15])  # utime stime cutime cstime
+        return total / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGINT)  # serve stops on Ctrl-C; kill only if it hangs
@@ -108,11 +129,14 @@ def _child() -> None:
     _die_with_parent()
 
 
-def _serve(every: str, suffix: str, clinics: list[str]) -> None:
+def _serve(every: str, suffix: str, start: str, clinics: list[str]) -> None:
     from prefect import serve
 
+    from relay import warm
     from relay.serve import tick_deployment
 
+    if start == "warm":
+        warm.install()  # as relay serve does
     interval = timedelta(seconds=float(every))
     deployments = [tick_deployment(c, interval, name=f"{c}-{suffix}") for c in clinics]
     serve(*deployments, print_starting_message=False)
@@ -243,6 +267,49 @@ def _split(client, run) -> dict[str, float]:
         "our work": ours,
         "Prefect": body - ours,
     }
+
+
+# --- warm against cold process start, back to back ----------------------------------------
+
+
+def warm_start(client) -> None:
+    """The idle tick served with each run forked from the warm template and then with
+    Prefect's own start (a new Python per run), back to back on the same clinic: process start
+    (Pending -> run start), pickup -> done and CPU seconds per tick of the served process tree
+    (runner, template, runs; not the server). BENCH_TICK_PARTS=warm; sizes as the idle tick."""
+    from bench._results import load_average, record
+    from sandbox.cliniko import SandboxClinic, SandboxServer
+
+    patients, runs = setting("IDLE_PATIENTS", 20_000), setting("IDLE_RUNS", 3)
+    load = load_average()
+    print(f"W. Process start, warm against cold, idle {patients}-patient clinic (load {load})")
+    clinic = SandboxClinic.generate(seed=22, patients=patients, start=datetime.now(UTC))
+    figures: dict[str, object] = {"patients": patients, "runs": runs}
+    with SandboxServer(clinic, rate_limit=None) as sandbox:  # no clock: nothing changes
+        add_clinic("warm", sandbox, **demo_sections())
+        for mode in ("cold", "warm", "cold", "warm"):  # twice each, so drift shows
+            served = Served(3600, ["warm"], warm=mode == "warm")
+            try:
+                if "first tick" not in figures:
+                    figures["first tick"] = _seconds(tick_now(client, "warm"))
+                tick_now(client, "warm")  # not counted: the template's first run
+                for _ in range(runs):
+                    before = served.cpu_seconds()
+                    split = _split(client, tick_now(client, "warm"))
+                    split["CPU"] = served.cpu_seconds() - before
+                    for name in ("process start", "total", "CPU"):
+                        figures.setdefault(f"{mode} {name}", []).append(round(split[name], 2))
+            finally:
+                served.stop()
+    targets = {"process start": "well under 1 s", "total": "<= 3.0 s", "CPU": "-"}
+    for name, target in targets.items():
+        for mode in ("cold", "warm"):
+            values = figures[f"{mode} {name}"]
+            figures[f"{mode} {name} median"] = statistics.median(values)
+            print(f"   {mode} {name:<14} median {statistics.median(values):5.2f}s (target {target};"
+                  " runs: " + ", ".join(f"{v:.2f}" for v in values) + ")")  # fmt: skip
+    print("   process start = Pending -> run start; total = pickup -> done; CPU = served tree")
+    record("tick-warm", figures, load_at_start=load)
 
 
 def _tree_cpu(settle_from: float | None = None) -> float:
@@ -506,13 +573,14 @@ def bench_server(prefix: str) -> Iterator[Any]:
 
 
 def main() -> None:
+    parts = {"idle": idle, "sustained": sustained, "warm": warm_start}  # warm: a before/after
     with bench_server("bench-tick-") as client:
         for part in os.environ.get("BENCH_TICK_PARTS", "idle,sustained").split(","):
-            {"idle": idle, "sustained": sustained}[part](client)
+            parts[part](client)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["serve"]:
-        _serve(sys.argv[2], sys.argv[3], sys.argv[4:])
+        _serve(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])
     else:
         main()

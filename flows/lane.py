@@ -6,12 +6,16 @@ It runs only in a deployment's run (a next tick is due: ``relay demo`` or a test
 flow does not wait), when ``fast_lane.enabled`` and the tick's steps all completed with the
 breaker closed. It stops ``MARGIN`` before the next tick is due (this run's expected start +
 ``schedule.tick_every_minutes``, or the deployment's next scheduled run if sooner), when the run
-is cancelled or its deployment paused, or at its first failure (the tick then fails saying why).
+is cancelled or its deployment paused, when the process that started the run (worker, Runner,
+warm template) is gone, or at its first failure (the tick then fails saying why). A SIGTERM
+(a cancel, ``relay serve``'s Ctrl-C) ends the run at once, lane or not: Prefect's handler
+raises in the lane's sleep, and a kill mid-catch-up leaves what a kill mid-tick leaves.
 Its counts go into the tick's result (``lane``) and report.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -87,14 +91,21 @@ def next_tick_due(config: ClinicConfig, run: Any) -> datetime:
 
 
 class Watch:
-    """``should_stop`` for the lane: the run cancelled, or its deployment paused or gone; asked
-    of the server at most every CHECK_EVERY seconds."""
+    """``should_stop`` for the lane: the process that started this run is gone (its worker or
+    ``relay serve`` stopped or was killed: nobody would cancel or replace this run any more,
+    and it would hold the clinic's database until its next tick, which a restarted worker
+    would then find locked), looked at before every poll; the run cancelled, or its
+    deployment paused (a Runner pauses its deployments as it shuts down) or gone, asked of the
+    server at most every CHECK_EVERY seconds."""
 
     def __init__(self, run_id: str, deployment_id: str) -> None:
         self.run_id, self.deployment_id = run_id, deployment_id
         self._next = time.monotonic() + CHECK_EVERY
+        self._parent = os.getppid()
 
     def __call__(self) -> str | None:
+        if os.getppid() != self._parent:
+            return "the process that started this run is gone"
         if time.monotonic() < self._next:
             return None
         self._next = time.monotonic() + CHECK_EVERY

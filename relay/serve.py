@@ -4,7 +4,9 @@ One process holds everything: a local Prefect server (its UI on
 127.0.0.1), the sandbox Cliniko with its clock running (so the clinic keeps booking, cancelling
 and arriving), and the demo clinic's deployments served from here with ``prefect.serve`` (each
 run in its own subprocess, no work pool or worker needed). `relay deploy`'s deployments are the
-same flows for a real install with a worker (docs/scaling.md).
+same flows for a real install with a worker (docs/scaling.md). Each run's process is forked from
+a template that imported Prefect and the flows once, when ``relay serve`` started
+(relay/warm.py): restart it to run code changed since.
 
 Ctrl-C stops it all within seconds and quietly (``supervise``): that process runs in a session of
 its own, so the terminal's Ctrl-C reaches none of it (the server, the runner and each run would
@@ -12,7 +14,11 @@ each print their own traceback and shut down at their own pace); ``relay serve``
 Ctrl-C, sends SIGTERM to every process of the tree at once and SIGKILL to any still there after
 ``STOP_GRACE`` seconds. Their output past start-up goes to ``.prefect/serve.log``. A run killed
 mid-step resumes at the next tick, like any crash (the ledger, the sync's watermarks), and the
-next ``relay serve`` marks it Crashed and gives its slot back (relay/slots.py).
+next ``relay serve`` marks it Crashed and gives its slot back (relay/slots.py). The tree is stopped
+from outside, not left to the shutdown of a Runner with runs in progress (a tick in its fast
+lane, flows/lane.py, lasts until its next tick is due). ``relay serve`` is the subreaper of its tree, so a process orphaned while stopping
+(a run the Runner started as it stopped) is still found and stopped, and each process is known
+by pid and start time, so a reused pid is never signalled or waited for.
 
 The server is also what tests and benchmarks start (``prefect_server``): the real thing, as an
 operator runs it, on a port of its own.
@@ -172,6 +178,7 @@ def serve_demo(
     port: int, every_minutes: float, patients: int, seed: int, speed: float, echo
 ) -> None:
     """Start everything, trigger the first tick at once, and serve until Ctrl-C."""
+    from relay import warm
     from relay.slots import Housekeeper, release_stopped_runs
     from sandbox.cliniko import SandboxClinic, SandboxServer
     from tasks.config import load_clinic
@@ -227,6 +234,7 @@ def serve_demo(
             with serving({"demo": config}, link.hostname or "127.0.0.1", link.port or 80):
                 every = timedelta(minutes=every_minutes)
                 with Housekeeper([tick_id], every):
+                    warm.install()  # each run forked from a template (relay/warm.py)
                     serve(*deployments, limit=4, print_starting_message=False)
     echo("Stopped: server, sandbox and runs.")
 
@@ -238,22 +246,40 @@ def supervise(args: list[str], echo, log: Path) -> int:
     """Run ``python -m relay.serve ARGS`` in a session of its own until it ends or Ctrl-C; on
     Ctrl-C stop its whole process tree (SIGTERM, then SIGKILL after STOP_GRACE). Its stderr goes
     to ``log``. Returns its exit code (0 after a Ctrl-C)."""
+    return supervise_command([sys.executable, "-m", "relay.serve", *args], echo, log)
+
+
+def supervise_command(command: list[str], echo, log: Path) -> int:
+    """``supervise`` for any command (tests stop a tree of their own making the same way).
+
+    This process becomes the *subreaper* of everything below it (Linux): a process whose parent
+    dies (a run the Runner started while it was shutting down, a run whose template exited) is
+    re-parented here, not to init, so it is still in the tree ``stop_tree`` walks and stops."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    _become_subreaper()
     with log.open("w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "relay.serve", *args], stderr=err, start_new_session=True
-        )
+        proc = subprocess.Popen(command, stderr=err, start_new_session=True)
         try:
             code = proc.wait()
         except KeyboardInterrupt:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C changes nothing
             started = time.monotonic()
-            stop_tree(proc)
-            echo(f"Stopped: server, sandbox and runs ({time.monotonic() - started:.1f} s).")
+            killed = stop_tree(proc, root=os.getpid())
+            if killed:  # which, for whoever reads the log
+                err.write(f"relay serve: killed after {STOP_GRACE:g} s: {'; '.join(killed)}\n")
+            after = f"; {len(killed)} killed after {STOP_GRACE:g} s" if killed else ""
+            echo(f"Stopped: server, sandbox and runs ({time.monotonic() - started:.1f} s{after}).")
             return 0
     if code:
         echo(f"relay serve stopped with an error; see {log}")
     return code
+
+
+def _become_subreaper() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
 
 
 def descendants(pid: int) -> set[int]:
@@ -274,36 +300,86 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is running (a zombie, dead but not yet reaped, is not)."""
+def alive(pid: int, since: int | None = None) -> bool:
+    """Whether ``pid`` is running (a zombie, dead but not yet reaped, is not); with ``since``
+    (its ``started``), whether that same process is, not a later one given the same pid."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[0] != "Z" and (since is None or int(fields[19]) == since)
 
 
-def stop_tree(proc: subprocess.Popen, grace: float = STOP_GRACE) -> None:
-    """SIGTERM to ``proc`` and every process below it at once; SIGKILL to those left after
-    ``grace`` seconds. Returns when all are gone."""
-    tree = descendants(proc.pid) | {proc.pid}
-    for pid in tree:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+def started(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks after boot): with the pid, names one process."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def stop_tree(
+    proc: subprocess.Popen, grace: float = STOP_GRACE, root: int | None = None
+) -> list[str]:
+    """SIGTERM to ``proc`` and every process below ``root`` (default: ``proc``) at once; SIGKILL
+    to those left after ``grace`` seconds. Returns when all are gone, with the command lines
+    of those that needed the SIGKILL. Each process is known by
+    its pid and start time, so a pid the system gives to a new process meanwhile is neither
+    signalled nor waited for."""
+    top = proc.pid if root is None else root
+    tree: dict[int, int | None] = {}
+
+    def look() -> None:
+        for pid in descendants(top) | {proc.pid}:
+            if pid not in tree and (since := started(pid)) is not None:
+                tree[pid] = since
+                signal_one(pid, since, signal.SIGTERM)
+
+    def living() -> list[int]:
+        return [pid for pid, since in tree.items() if alive(pid, since)]
+
+    look()
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         proc.poll()  # reap our own child
-        tree |= descendants(proc.pid) if proc.returncode is None else set()
-        if not any(alive(pid) for pid in tree):
+        if root is not None or proc.returncode is None:
+            look()  # started since (a run the Runner was starting), or re-parented to root
+        if not living():
             break
         time.sleep(0.1)
-    for pid in tree:
-        if alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    look()
+    left = living()
+    names = [_command(pid) for pid in left]
+    for pid in left:
+        signal_one(pid, tree[pid], signal.SIGKILL)
     proc.wait()
-    while any(alive(pid) for pid in tree):  # orphans are reaped by init
+    while living():  # orphans are reaped by init, or by root, a subreaper
+        if root == os.getpid():
+            _reap(tree)
         time.sleep(0.05)
+    if root == os.getpid():
+        _reap(tree)
+    return names
+
+
+def _command(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:100].decode()
+    return str(pid)
+
+
+def signal_one(pid: int, since: int | None, sig: int) -> None:
+    if alive(pid, since):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _reap(tree: dict[int, int | None]) -> None:
+    """Collect the exit of processes re-parented to this one (a subreaper)."""
+    for pid in tree:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,8 +4,9 @@ The commands live by group, one module each: ``pipeline`` (clinics, sync, models
 tick's steps by hand), ``demo`` (the sandbox and the demo), ``preview`` (see before switching on:
 preview, render), ``messages`` (outbox, campaigns, the ledger's unknown messages, unsubscribes,
 the report), ``analyst`` (read-only SQL, finding a patient's id), ``server`` (the Prefect server
-and its alerts), ``deploy`` (every clinic's deployments, from clinics/), ``clinic`` (where a
-clinic's state lives: its home machine, and moving it), ``connect`` (a real clinic's accounts,
+and its alerts), ``deploy`` (every clinic's deployments, from clinics/), ``worker`` (a
+machine's worker, its runs started warm), ``clinic`` (where a clinic's state lives: its home
+machine, and moving it), ``connect`` (a real clinic's accounts,
 checked and saved) and ``test_send`` (a trigger's message for a real patient, to a staff
 address only). A module imports ``tasks``, ``flows`` and ``sandbox`` inside each command so
 ``relay --help`` is instant; none imports this one.
@@ -30,6 +31,7 @@ from relay.cli import (
     preview,
     server,
     test_send,
+    worker,
 )
 
 app = typer.Typer(
@@ -52,6 +54,7 @@ app.command("connect")(connect.connect_command)
 app.command("sync")(pipeline.sync_command)
 app.command("serve")(server.serve_command)
 app.command("deploy")(deploy.deploy_command)
+app.command("worker")(worker.worker_command)
 app.command("demo")(demo.demo_command)
 app.command("outbox")(messages.outbox_command)
 app.command("sandbox")(demo.sandbox_command)

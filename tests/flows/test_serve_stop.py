@@ -1,7 +1,13 @@
-"""Ctrl-C stops everything `relay serve` started, quietly: the real command in a process group of
-its own (as a terminal runs it), SIGINT to the whole group once the first tick is running (as
-Ctrl-C sends it), then every process of its tree is gone and nothing printed a traceback. The
-time it took is printed by `relay serve` ("Stopped: ... (N s)"), not asserted.
+"""Ctrl-C stops everything `relay serve` started, quietly, even while a tick is in its fast lane:
+the real command in a process group of its own (as a terminal runs it), with the demo's lane on
+and ticks a minute apart, SIGINT to the whole group once the tick's ``fast-lane`` task is running
+(as Ctrl-C sends it); then every process of its tree is gone, no process anywhere still runs
+with this session's Prefect home (a run that escaped the tree would), and nothing printed a
+traceback. The time it took is printed by `relay serve` ("Stopped: ... (N s)"), not asserted.
+
+``test_a_process_orphaned_while_stopping_is_stopped_too`` is the same stop on a tree of its own
+making: a process that starts another as it shuts down and exits at once (as a Runner may start
+a run while it stops), leaving that one re-parented; it must still be found and stopped.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -23,21 +30,21 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RELAY = str(Path(sys.executable).with_name("relay"))
 
 
-def test_ctrl_c_stops_every_process_quietly(tmp_path):
+def test_ctrl_c_stops_every_process_quietly_with_a_tick_in_its_fast_lane(tmp_path):
     from relay.serve import alive, descendants, free_port
 
     clinics = tmp_path / "clinics"
     shutil.copytree(PROJECT_ROOT / "clinics" / "demo", clinics / "demo")
     config = clinics / "demo" / "clinic.yaml"
+    text = config.read_text(encoding="utf-8")
+    assert "fast_lane:\n  enabled: true" in text  # the demo's lane is on: the case to prove
     # The demo's unsubscribe link port may be taken on a shared machine: a free one.
-    config.write_text(
-        config.read_text(encoding="utf-8").replace("127.0.0.1:8765", f"127.0.0.1:{free_port()}"),
-        encoding="utf-8",
-    )
+    config.write_text(text.replace("127.0.0.1:8765", f"127.0.0.1:{free_port()}"), encoding="utf-8")
     port = free_port()
+    home = tmp_path / "prefect"
     env = {
         **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_HOME": str(home),
         "RELAY_CLINICS_DIR": str(clinics),
         "RELAY_DATA_DIR": str(tmp_path / "data"),
         "PREFECT_RUNNER_POLL_FREQUENCY": "2",
@@ -54,7 +61,7 @@ def test_ctrl_c_stops_every_process_quietly(tmp_path):
             start_new_session=True,  # its own process group, like a terminal's foreground job
         )
         try:
-            wait_for_running_tick(f"http://127.0.0.1:{port}/api", proc, out)
+            wait_for_fast_lane(f"http://127.0.0.1:{port}/api", proc, out)
             tree = descendants(proc.pid)
             os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
             code = proc.wait(timeout=120)
@@ -62,28 +69,101 @@ def test_ctrl_c_stops_every_process_quietly(tmp_path):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            left = with_home(home)
+            for pid in left:  # never leave a run behind for the next test
+                os.kill(pid, signal.SIGKILL)
     text = out.read_text()
     assert code == 0, text
     assert len(tree) >= 3, tree  # the serving process, the Prefect server, the tick's run
     assert not [pid for pid in tree if alive(pid)], text
+    assert not left, (left, text)
     assert "Traceback" not in text, text
     assert "Stopped: server, sandbox and runs" in text, text
 
 
-def wait_for_running_tick(api: str, proc: subprocess.Popen, out: Path, timeout: float = 300):
-    """Until the served tick's first run is Running (its own process, below the runner)."""
+def wait_for_fast_lane(api: str, proc: subprocess.Popen, out: Path, timeout: float = 300):
+    """Until the served tick's run is in its fast lane (its ``fast-lane`` task running)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, out.read_text()
         try:
             runs = httpx.post(
-                f"{api}/flow_runs/filter",
-                json={"flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}},
+                f"{api}/task_runs/filter",
+                json={"task_runs": {"state": {"type": {"any_": ["RUNNING"]}}}},
                 timeout=5,
             ).json()
         except (httpx.HTTPError, ValueError):
             runs = []
-        if any(r["name"] == "tick-demo" for r in runs):
+        if any(r["name"] == "fast-lane" for r in runs):
             return
         time.sleep(0.5)
-    pytest.fail(f"no tick ran: {out.read_text()}")
+    pytest.fail(f"no tick reached its fast lane: {out.read_text()}")
+
+
+def with_home(home: Path) -> list[int]:
+    """Processes of ours, anywhere, still running with PREFECT_HOME=home (a server or a run)."""
+    wanted = f"PREFECT_HOME={home}\0".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if wanted in (entry / "environ").read_bytes() + b"\0":
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    from relay.serve import alive
+
+    return [pid for pid in found if alive(pid)]
+
+
+# A process that, told to stop, starts one more (which ignores SIGTERM) and exits at once.
+TREE = """
+import os, signal, subprocess, sys, time
+out = sys.argv[1]
+def stop(*_):
+    late = subprocess.Popen([sys.executable, "-c",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+    with open(out + ".late", "w") as f:
+        f.write(str(late.pid))
+    os._exit(0)
+signal.signal(signal.SIGTERM, stop)
+with open(out, "w") as f:
+    f.write(str(os.getpid()))
+time.sleep(600)
+"""
+
+SUPERVISOR = """
+import sys
+from pathlib import Path
+from relay.serve import supervise_command
+sys.exit(supervise_command([sys.executable, "-c", sys.argv[1], sys.argv[2]], print, Path(sys.argv[3])))
+"""
+
+
+def test_a_process_orphaned_while_stopping_is_stopped_too(tmp_path):
+    from relay.serve import alive
+
+    pids, out = tmp_path / "pids", tmp_path / "out.txt"
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR, textwrap.dedent(TREE), str(pids), str(tmp_path / "log")],
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        stdout=out.open("w"),
+        start_new_session=True,
+    )
+    late = None
+    try:
+        deadline = time.monotonic() + 60
+        while not pids.exists() or not pids.read_text():
+            assert supervisor.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        os.killpg(supervisor.pid, signal.SIGINT)
+        assert supervisor.wait(timeout=60) == 0, out.read_text()
+        late = int((tmp_path / "pids.late").read_text())
+        assert "Stopped:" in out.read_text()
+        assert not alive(late)  # found below the supervisor (re-parented there) and killed
+    finally:
+        if supervisor.poll() is None:
+            os.killpg(supervisor.pid, signal.SIGKILL)
+            supervisor.wait()
+        if late is not None and alive(late):
+            os.kill(late, signal.SIGKILL)

@@ -1,4 +1,4 @@
-"""``fast_lane:`` in clinic.yaml: off unless set (the demo sets its budget, the lane off), a bad value named with what to do."""
+"""``fast_lane:`` in clinic.yaml: off unless set, on in the demo, a bad value named with what to do."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ def clinic(tmp_path, **settings):
     return path
 
 
-def test_the_lane_is_off_unless_set_and_configured_in_the_demo(tmp_path):
+def test_the_lane_is_off_unless_set_and_on_in_the_demo(tmp_path):
     assert not load_clinic(clinic(tmp_path)).fast_lane.enabled
     demo = load_clinic("demo").fast_lane
-    assert not demo.enabled and demo.requests_per_minute == 50 and demo.every_seconds is None
+    assert demo.enabled and demo.requests_per_minute == 50 and demo.every_seconds is None
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,49 @@
+"""``relay worker``: a machine's worker, each run forked from a warm template (relay/worker.py)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def worker_command(
+    pool: str = typer.Option("local", "--pool", help="Work pool (relay deploy's: local)."),
+    queue: list[str] = typer.Option(
+        None, "--queue", help="Work queue(s) to serve: this machine's, machine-<name>."
+    ),
+    limit: int = typer.Option(None, "--limit", help="At most this many runs at once."),
+    name: str = typer.Option(None, "--name", help="The worker's name (default: Prefect's)."),
+    preload: list[str] = typer.Option(
+        None, "--preload", help="Another module the template imports (your own flows)."
+    ),
+) -> None:
+    """Serve the pool's queue like `prefect worker start --type process`, but start each run
+    by forking a template that has imported Prefect and the flows once (not a new Python per
+    run). Restart it to run code changed on disk. Needs PREFECT_API_URL; Ctrl-C or SIGTERM
+    stops it."""
+    import asyncio
+    import os
+    import signal
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise typer.BadParameter(
+            "set PREFECT_API_URL to your Prefect server (e.g. http://127.0.0.1:4200/api); "
+            "the worker takes its runs from there"
+        )
+    from prefect.settings import PREFECT_WORKER_HEARTBEAT_SECONDS
+
+    from relay.worker import RelayWorker
+
+    worker = RelayWorker(
+        name=name,
+        work_pool_name=pool,
+        work_queues=queue or None,
+        limit=limit,
+        heartbeat_interval_seconds=int(PREFECT_WORKER_HEARTBEAT_SECONDS.value()),
+        preload=preload or [],
+    )
+    # SIGTERM stops it as Ctrl-C does (Prefect's own worker ignores it for a long while).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        asyncio.run(worker.start(printer=typer.echo))
+    except KeyboardInterrupt:
+        typer.echo(f"Worker {worker.name!r} stopped.")

@@ -1,0 +1,44 @@
+"""relay/warm.py without a server: where no fork exists, nothing is patched and a warning says
+that runs start Prefect's way; the template's first process proves the imports were done."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+
+
+def test_without_fork_runs_start_prefects_way_with_a_warning(monkeypatch):
+    import prefect.runner._starter_engine as engine
+
+    from relay import warm
+
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    monkeypatch.setattr(warm, "_warned", set())
+    before = engine.run_process
+    with pytest.warns(RuntimeWarning, match="no fork"):
+        assert warm.install() is False
+    assert engine.run_process == before
+
+
+def test_the_template_imports_only_and_forks_fresh_processes(tmp_path):
+    from relay import warm
+
+    assert warm.start_template()
+    out = tmp_path / "child.txt"
+    process = warm._context().Process(target=_report, args=(str(out),))
+    process.start()
+    process.join(timeout=120)
+    assert process.exitcode == 0
+    preloaded, threads = out.read_text().split("|")
+    assert preloaded == "True"  # imported by the template, not by this process
+    assert threads == "MainThread"  # no thread of the template's (or ours) in the run
+
+
+def _report(path: str) -> None:
+    import sys
+    import threading
+
+    with open(path, "w") as out:
+        out.write(f"{'prefect.engine' in sys.modules}|")
+        out.write(",".join(t.name for t in threading.enumerate()))
