@@ -1,0 +1,116 @@
+"""A clinic whose ticks stop is named by the "no tick completed" alert; a clinic that keeps
+ticking is not (issue 14, §3: alerts are per clinic).
+
+The automation is relay/alerts.py's, with a window of QUIET seconds instead of the minutes an
+operator sets, on a real Prefect server. The ticks are runs of the deployments `relay deploy`
+made (alpha-tick, beta-tick) taken through the states a worker and the engine give them
+(Pending: the deployment's slot, Running, Completed) over the API: the server then emits the same
+``prefect.flow-run.Completed`` events, with the same related deployment and flow, that a tick's
+own engine makes, and those events are all the automation sees. (Real ticks take from 5 s to
+minutes on a loaded machine; the window must be longer than beta's gap between ticks.)
+
+Nothing is timed: the test waits, with a generous deadline, for the alert naming alpha, and then
+for one more whole window of beta ticking to show no alert names beta.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+pytestmark = [pytest.mark.prefect]
+
+QUIET = 45  # seconds without a completed tick before a clinic is named (minutes in production)
+BETA_EVERY = 3  # seconds between beta's ticks: well inside the window
+
+
+class Webhook:
+    """A notification endpoint on 127.0.0.1 keeping every JSON body it is sent."""
+
+    def __init__(self) -> None:
+        self.received: list[dict] = []
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                received.append(json.loads(body or b"{}"))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def naming(self, clinic: str) -> list[dict]:
+        return [m for m in list(self.received) if f"no tick of {clinic} " in m.get("subject", "")]
+
+
+@pytest.fixture
+def quiet_alert(client, deployed):
+    """relay/alerts.py's per-clinic quiet alert, QUIET seconds, notifying a local webhook."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    from relay.alerts import QUIET_NAME, no_tick_completed
+
+    hook = Webhook()
+    block_id = CustomWebhookNotificationBlock(
+        name="quiet-test", url=hook.url, method="POST",
+        json_data={"subject": "{{subject}}", "body": "{{body}}"},
+    ).save("quiet-test", overwrite=True)  # fmt: skip
+    for old in client.read_automations_by_name(QUIET_NAME):
+        client.delete_automation(old.id)
+    automation = no_tick_completed(
+        timedelta(seconds=QUIET), dict(block_document_id=block_id)
+    ).create()
+    try:
+        yield hook
+    finally:
+        client.delete_automation(automation.id)
+        hook.server.shutdown()
+
+
+def complete_a_tick(client, deployment_id):
+    """One run of the deployment, taken where a worker and the engine take it: Pending (the
+    deployment's one slot), Running, Completed. (A worker of the session that saw it Scheduled
+    would find it Pending already, and leave it.)"""
+    from prefect.states import Completed, Pending, Running
+
+    run = client.create_flow_run_from_deployment(deployment_id)
+    for state in (Pending(), Running(), Completed()):
+        result = client.set_flow_run_state(run.id, state)
+        assert result.status.value == "ACCEPT", (state.name, result.details)
+    return run.id
+
+
+def test_a_clinic_that_stops_ticking_is_named_and_one_that_ticks_is_not(client, quiet_alert):
+    alpha = client.read_deployment_by_name("clinic-tick/alpha-tick").id
+    beta = client.read_deployment_by_name("clinic-tick/beta-tick").id
+    complete_a_tick(client, alpha)  # alpha's last tick: then its machine is gone
+    complete_a_tick(client, beta)
+
+    deadline = time.monotonic() + 4 * QUIET + 60  # the window, evaluation every 5 s, a busy box
+    quiet_until = None  # once alpha is named: one more whole window of beta ticking
+    while True:
+        complete_a_tick(client, beta)
+        if quiet_until is None and quiet_alert.naming("alpha"):
+            quiet_until = time.monotonic() + QUIET + 10
+        if quiet_until is not None and time.monotonic() > quiet_until:
+            break
+        if quiet_until is None and time.monotonic() > deadline:
+            pytest.fail(f"no alert named alpha; the webhook got {quiet_alert.received}")
+        time.sleep(BETA_EVERY)
+
+    named = quiet_alert.naming("alpha")
+    assert len(named) == 1, named  # once per silence, not every evaluation
+    assert named[0]["subject"].endswith(f"completed in {QUIET} s"), named[0]
+    assert "alpha-tick" in named[0]["body"] and "machine-test" in named[0]["body"], named[0]
+    assert quiet_alert.naming("beta") == [], quiet_alert.received
