@@ -14,12 +14,12 @@ webhook, a Postmark or ntfy endpoint, anything that takes a JSON POST):
   clinic: its machine or worker is down, or its schedule paused, which no run can report by
   itself.
 
-A sixth acts: a run that sent a heartbeat and then nothing for ``crash_after`` seconds (its
-process or machine died) is set Crashed (Prefect's documented "detect zombie flows" automation).
-Crashed gives the deployment's concurrency slot back at once (the server's
-ReleaseFlowConcurrencySlots rule), so the clinic's next tick runs. A seventh does the same for
-a deployment's run that never sent a heartbeat (``silent_from_the_start``), and an eighth tells
-a person each time one of them did (``lost_run_crashed``). Runs heartbeat every ``HEARTBEAT_SECONDS``
+A sixth acts: a deployment's run that went Running or sent a heartbeat and then nothing for
+``crash_after`` seconds (its process or machine died) is set Crashed (Prefect's documented
+"detect zombie flows" automation, also opened by Running for a run lost before its first
+heartbeat). Crashed gives the deployment's concurrency slot back at once (the server's
+ReleaseFlowConcurrencySlots rule), so the clinic's next tick runs. A seventh tells a person each
+time it did (``lost_run_crashed``). Runs heartbeat every ``HEARTBEAT_SECONDS``
 (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``: set for deployed runs by ``relay deploy``, for served and
 CLI runs by relay/env.py); Prefect's own default, 180 s, is longer than ``crash_after``.
 
@@ -44,7 +44,6 @@ CRASH_AFTER_SECONDS = 90
 ZOMBIE_NAME = PREFIX + "a run stopped sending heartbeats"
 QUIET_NAME = PREFIX + "no tick completed"
 LOST_NAME = PREFIX + "a lost run was marked Crashed"
-SILENT_NAME = PREFIX + "a run never sent a heartbeat"
 QUIET_FLOOR_MINUTES = 15
 
 
@@ -103,7 +102,6 @@ def automations(
         ),
         no_tick_completed(timedelta(minutes=quiet_minutes), notify),
         zombie_runs(crash_after),
-        silent_from_the_start(crash_after),
         lost_run_crashed(notify, crash_after),
     ]
 
@@ -179,8 +177,17 @@ def _on_clinic_event(
 
 
 def zombie_runs(crash_after: int = CRASH_AFTER_SECONDS) -> Automation:
-    """Prefect's "detect zombie flows" automation: a run whose heartbeats stop (after at least
-    one) without a final state is set Crashed, which releases its deployment's slot.
+    """Prefect's "detect zombie flows" automation, for runs of a deployment: a run that went
+    Running, or sent a heartbeat, and then nothing for ``crash_after`` seconds without a final
+    state (its process or machine died) is set Crashed, which releases its deployment's slot.
+
+    Opened by Running as well as by a heartbeat: the two-machine run killed a tick 3 s after it
+    went Running, before its first heartbeat reached the server, and a watch opened by heartbeats
+    only never saw it. One automation for both cases, not two: each heartbeat and state of every
+    run is then one bucket write on the server, not two, and on a SQLite server every bucket
+    write is a write transaction of the triggers service (docs/scaling.md, "Alerts": two such
+    automations held the server's write lock for a minute at a time). Only runs of a deployment
+    (their events name it): they hold the clinic's slot; a tick's steps are tasks of its run.
 
     It tells nobody itself: Prefect also fires it for a run that had just finished, when that
     run's last heartbeat is processed after its final state (PrefectHQ/prefect#18653, #20887; in
@@ -189,46 +196,11 @@ def zombie_runs(crash_after: int = CRASH_AFTER_SECONDS) -> Automation:
     is told by ``lost_run_crashed`` instead, only when a run really was marked Crashed."""
     return Automation(
         name=ZOMBIE_NAME,
-        description=f"A run sent no heartbeat for {crash_after} s and did not finish: its "
-        "process or machine died. It is marked Crashed, giving its clinic's tick slot back.",
+        description=f"A deployment's run sent no heartbeat for {crash_after} s since it started "
+        "or since its last heartbeat, and did not finish: its process or machine died. It is "
+        "marked Crashed, giving its clinic's tick slot back.",
         trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
-            expect={
-                "prefect.flow-run.heartbeat",
-                "prefect.flow-run.Completed",
-                "prefect.flow-run.Failed",
-                "prefect.flow-run.Cancelled",
-                "prefect.flow-run.Crashed",
-            },
-            match={"prefect.resource.id": ["prefect.flow-run.*"]},
-            for_each={"prefect.resource.id"},
-            posture=Posture.Proactive,
-            threshold=1,
-            within=timedelta(seconds=crash_after),
-        ),
-        actions=[
-            ChangeFlowRunState(
-                state=StateType.CRASHED,
-                message=f"No heartbeat for {crash_after} s: its process or machine was lost "
-                "(marked by the relay automation; the next tick catches up).",
-            )
-        ],
-    )
-
-
-def silent_from_the_start(crash_after: int = CRASH_AFTER_SECONDS) -> Automation:
-    """``zombie_runs`` for a deployment run whose first heartbeat never reached the server: the
-    two-machine run killed a tick 3 s after it went Running, before its engine had sent one,
-    and ``zombie_runs`` (opened by a heartbeat) never watched it, so it stayed Running. Opened
-    by the run's Running state instead, for deployment runs only: the steps of a tick are
-    subflows without a deployment and send no heartbeat (flows/tick.py), so a long step must
-    not count as silent."""
-    return Automation(
-        name=SILENT_NAME,
-        description=f"A deployment's run went Running and sent no heartbeat for {crash_after} s: "
-        "its process or machine died before its first heartbeat. It is marked Crashed.",
-        trigger=EventTrigger(
-            after={"prefect.flow-run.Running"},
+            after={"prefect.flow-run.Running", "prefect.flow-run.heartbeat"},
             expect={
                 "prefect.flow-run.heartbeat",
                 "prefect.flow-run.Completed",
@@ -246,8 +218,8 @@ def silent_from_the_start(crash_after: int = CRASH_AFTER_SECONDS) -> Automation:
         actions=[
             ChangeFlowRunState(
                 state=StateType.CRASHED,
-                message=f"No heartbeat in {crash_after} s since it started: its process or "
-                "machine was lost (marked by the relay automation; the next tick catches up).",
+                message=f"No heartbeat for {crash_after} s: its process or machine was lost "
+                "(marked by the relay automation; the next tick catches up).",
             )
         ],
     )
@@ -267,7 +239,7 @@ def lost_run_crashed(notify: dict, crash_after: int = CRASH_AFTER_SECONDS) -> Au
         trigger=EventTrigger(
             match={
                 "prefect.resource.id": "prefect.automation.*",
-                "prefect.resource.name": [ZOMBIE_NAME, SILENT_NAME],
+                "prefect.resource.name": ZOMBIE_NAME,
             },
             match_related={"prefect.resource.role": "target"},
             expect={"prefect.automation.action.executed"},

@@ -35,14 +35,7 @@ def zombie_automation(client):
     person when it marked a run Crashed (notifying a local webhook); removed afterwards."""
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-    from relay.alerts import (
-        LOST_NAME,
-        SILENT_NAME,
-        ZOMBIE_NAME,
-        lost_run_crashed,
-        silent_from_the_start,
-        zombie_runs,
-    )
+    from relay.alerts import LOST_NAME, ZOMBIE_NAME, lost_run_crashed, zombie_runs
     from tests.flows.test_quiet_alert import Webhook
 
     hook = Webhook()
@@ -50,12 +43,11 @@ def zombie_automation(client):
         name="lost-test", url=hook.url, method="POST",
         json_data={"subject": "{{subject}}", "body": "{{body}}"},
     ).save("lost-test", overwrite=True)  # fmt: skip
-    for name in (ZOMBIE_NAME, SILENT_NAME, LOST_NAME):
+    for name in (ZOMBIE_NAME, LOST_NAME):
         for old in client.read_automations_by_name(name):
             client.delete_automation(old.id)
     made = [
         zombie_runs(SILENCE).create(),
-        silent_from_the_start(SILENCE).create(),
         lost_run_crashed(dict(block_document_id=block_id), SILENCE).create(),
     ]
     yield hook
@@ -168,13 +160,21 @@ def test_a_heartbeat_after_a_run_finished_crashes_nothing_and_tells_nobody(
     automation itself: 5 of 7 in the two-machine run at load 20)."""
     from tests.flows.test_quiet_alert import complete_a_tick
 
-    run_id = complete_a_tick(client, client.read_deployment_by_name("clinic-tick/beta-tick").id)
+    deployment = client.read_deployment_by_name("clinic-tick/beta-tick").id
+    run_id = complete_a_tick(client, deployment)
     late = {
         "id": str(uuid.uuid4()),
         "occurred": datetime.now(UTC).isoformat(),
         "event": "prefect.flow-run.heartbeat",
         "resource": {"prefect.resource.id": f"prefect.flow-run.{run_id}"},
-    }  # what the run's engine sent just before it ended, arriving after its Completed
+        "related": [
+            {
+                "prefect.resource.id": f"prefect.deployment.{deployment}",
+                "prefect.resource.role": "deployment",
+            }
+        ],
+    }  # what the run's engine sent just before it ended (naming its deployment, as the engine
+    # does), arriving after its Completed
     httpx.post(f"{prefect_server['PREFECT_API_URL']}/events", json=[late], timeout=30)
 
     def refused():
@@ -206,7 +206,7 @@ def test_a_tick_lost_before_its_first_heartbeat_is_marked_crashed(
         "the silent tick to be marked Crashed",
         lambda: (r := client.read_flow_run(run_id)).state.type.value == "CRASHED" and r,
     )
-    assert "No heartbeat in" in crashed.state.message
+    assert "No heartbeat for" in crashed.state.message
     told = wait_until(
         "the notification naming it",
         lambda: [m for m in zombie_automation.received if str(run_id) in m.get("body", "")],

@@ -17,7 +17,6 @@ from relay.alerts import (
     HEARTBEAT_SECONDS,
     LOST_NAME,
     QUIET_FLOOR_MINUTES,
-    SILENT_NAME,
     ZOMBIE_NAME,
     automations,
     default_quiet_minutes,
@@ -34,10 +33,14 @@ def test_a_run_whose_heartbeats_stop_is_marked_crashed():
     trigger = zombie.trigger
 
     assert trigger.posture.value == "Proactive"
-    assert trigger.after == {"prefect.flow-run.heartbeat"}
+    # opened by a heartbeat, or by Running for a run lost before its first heartbeat
+    assert trigger.after == {"prefect.flow-run.Running", "prefect.flow-run.heartbeat"}
     assert {"prefect.flow-run.heartbeat", "prefect.flow-run.Completed",
             "prefect.flow-run.Crashed"} <= trigger.expect  # fmt: skip
+    assert "prefect.flow-run.Running" not in trigger.expect  # Running opens, never closes
     assert trigger.for_each == {"prefect.resource.id"}  # one bucket per run
+    # runs of a deployment only (they hold a clinic's slot; a tick's steps are its tasks)
+    assert trigger.match_related.root == {"prefect.resource.role": "deployment"}
     assert trigger.within == timedelta(seconds=CRASH_AFTER_SECONDS)
     # Several heartbeats may be missed before a live run is taken for a dead one.
     assert CRASH_AFTER_SECONDS >= 3 * HEARTBEAT_SECONDS
@@ -54,7 +57,7 @@ def test_a_person_is_told_only_when_a_run_really_was_marked_crashed():
     assert trigger.expect == {"prefect.automation.action.executed"}
     assert trigger.match.root == {
         "prefect.resource.id": "prefect.automation.*",
-        "prefect.resource.name": [ZOMBIE_NAME, SILENT_NAME],
+        "prefect.resource.name": ZOMBIE_NAME,
     }
     [action] = told.actions
     assert action.type == "send-notification" and "{{ flow_run.id }}" in action.body
@@ -103,12 +106,7 @@ def test_every_clinic_event_alert_and_the_run_alerts_are_there():
     names = set(by_name())
     assert {"relay: a run failed or crashed", "relay: sending held: stale or failed sync",
             "relay: clinic.yaml names drifted", "relay: no tick completed",
-            ZOMBIE_NAME, LOST_NAME, SILENT_NAME} <= names  # fmt: skip
-
-
-def test_a_deployment_run_silent_from_its_start_is_marked_crashed_but_not_a_step():
-    silent = by_name()[SILENT_NAME].trigger
-    assert silent.after == {"prefect.flow-run.Running"}  # opened without any heartbeat
-    assert "prefect.flow-run.heartbeat" in silent.expect
-    # a tick's steps are subflows with no deployment and no heartbeat: never watched
-    assert silent.match_related.root == {"prefect.resource.role": "deployment"}
+            ZOMBIE_NAME, LOST_NAME} <= names  # fmt: skip
+    # and no more: each automation watching run events is bucket writes on the server (the
+    # lost-run watch is one automation for runs silent from their start and after a heartbeat)
+    assert len(names) == 7
