@@ -109,29 +109,30 @@ def automations(
 def no_tick_completed(quiet: timedelta, notify: dict) -> Automation:
     """Per clinic: no tick of one clinic completed for ``quiet`` since its last completed tick.
 
-    One proactive automation with a bucket per tick deployment (``for_each`` on the run's
-    deployment: one per clinic), opened by each completed tick: a clinic that stops is named, the
-    others stay quiet. A proactive firing has no event of its own: Prefect (3.8.8,
-    ``prefect.server.events.triggers.evaluate``) hands the action the bucket's last event, here
-    the clinic's last completed tick, so ``flow_run`` and ``deployment`` in the templates are
-    that run and its deployment (tests/flows/test_quiet_alert.py checks the clinic is named).
-    It fires once per silence; the clinic's next completed tick watches it again."""
+    One proactive automation with a bucket per clinic (``for_each`` on the resource of the
+    ``relay.tick.completed`` event a tick emits when it did all its work, ``relay.clinic.<name>``:
+    flows/tick.py), opened by each: a clinic that stops is named, the others stay quiet. Not the
+    run's ``prefect.flow-run.Completed``: a run that started within 5 minutes of being scheduled
+    (the first ticks after `relay deploy`, a resume or a move) has state events that "follow" a
+    Scheduled event the scheduler never emits, and Prefect's triggers hold them for 15 minutes
+    (PRECEDING_EVENT_LOOKBACK, prefect/server/events/ordering) before evaluating them: the
+    two-machine run on PostgreSQL kept no bucket at all for its clinics. A proactive firing has
+    no event of its own: Prefect (3.8.8, ``prefect.server.events.triggers.evaluate``) hands the
+    action the bucket's last event, the clinic's last ``relay.tick.completed``, whose payload
+    names the clinic and whose related resources (added by Prefect from the run) are that tick's
+    run and deployment (tests/flows/test_quiet_alert.py checks the clinic is named). It fires
+    once per silence; the clinic's next completed tick watches it again."""
     window = _span(quiet)
-    # The clinic: the last tick's parameter, else its deployment's name (<clinic>-tick).
-    clinic = "{{ flow_run.parameters.clinic or deployment.name }}"
+    clinic = "{{ event.payload.clinic }}"
     return Automation(
         name=QUIET_NAME,
-        description=f"A clinic's clinic-tick runs stopped completing for {window}: is its "
-        "machine's worker running, and its schedule?",
+        description=f"A clinic's ticks stopped completing for {window}: is its machine's worker "
+        "running, and its schedule?",
         trigger=EventTrigger(
-            match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related={
-                "prefect.resource.role": "flow",
-                "prefect.resource.name": "clinic-tick",
-            },
-            after={"prefect.flow-run.Completed"},
-            expect={"prefect.flow-run.Completed"},
-            for_each={"related:deployment:prefect.resource.id"},
+            match={"prefect.resource.id": "relay.clinic.*"},
+            after={"relay.tick.completed"},
+            expect={"relay.tick.completed"},
+            for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
             within=quiet,

@@ -2,12 +2,14 @@
 ticking is not (issue 14, §3: alerts are per clinic).
 
 The automation is relay/alerts.py's, with a window of QUIET seconds instead of the minutes an
-operator sets, on a real Prefect server. The ticks are runs of the deployments `relay deploy`
-made (alpha-tick, beta-tick) taken through the states a worker and the engine give them
-(Pending: the deployment's slot, Running, Completed) over the API: the server then emits the same
-``prefect.flow-run.Completed`` events, with the same related deployment and flow, that a tick's
-own engine makes, and those events are all the automation sees. (Real ticks take from 5 s to
-minutes on a loaded machine; the window must be longer than beta's gap between ticks.)
+operator sets, on a real Prefect server. It counts the ``relay.tick.completed`` event a tick
+emits once it did all its work (flows/tick.py; tests/flows/test_deployments.py checks that a real
+tick emits it, naming its clinic, run and deployment). Here each tick is a run of the
+deployment `relay deploy` made (alpha-tick, beta-tick), taken through the states a worker and the
+engine give it (Pending: the deployment's slot, Running, Completed) over the API, and then that
+event, as the tick's run sends it (its related run and deployment are what Prefect adds to an
+event emitted inside a run). (Real ticks take from 5 s to minutes on a loaded machine; the
+window must be longer than beta's gap between ticks.)
 
 Nothing is timed: the test waits, with a generous deadline, for the alert naming alpha, and then
 for one more whole window of beta ticking to show no alert names beta.
@@ -18,9 +20,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import timedelta
+import uuid
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 
 pytestmark = [pytest.mark.prefect]
@@ -91,16 +95,37 @@ def complete_a_tick(client, deployment_id):
     return run.id
 
 
-def test_a_clinic_that_stops_ticking_is_named_and_one_that_ticks_is_not(client, quiet_alert):
-    alpha = client.read_deployment_by_name("clinic-tick/alpha-tick").id
-    beta = client.read_deployment_by_name("clinic-tick/beta-tick").id
-    complete_a_tick(client, alpha)  # alpha's last tick: then its machine is gone
-    complete_a_tick(client, beta)
+def tick(env: dict, client, clinic: str):
+    """One completed tick of the clinic: its run, then the tick's relay.tick.completed event."""
+    deployment = client.read_deployment_by_name(f"clinic-tick/{clinic}-tick")
+    run_id = complete_a_tick(client, deployment.id)
+    event = {
+        "id": str(uuid.uuid4()),
+        "occurred": datetime.now(UTC).isoformat(),
+        "event": "relay.tick.completed",
+        "resource": {"prefect.resource.id": f"relay.clinic.{clinic}",
+                     "prefect.resource.name": clinic},
+        "payload": {"clinic": clinic},
+        "related": [
+            {"prefect.resource.id": f"prefect.flow-run.{run_id}",
+             "prefect.resource.role": "flow-run", "prefect.resource.name": f"tick-{clinic}"},
+            {"prefect.resource.id": f"prefect.deployment.{deployment.id}",
+             "prefect.resource.role": "deployment", "prefect.resource.name": deployment.name},
+        ],
+    }  # fmt: skip
+    httpx.post(f"{env['PREFECT_API_URL']}/events", json=[event], timeout=30).raise_for_status()
+
+
+def test_a_clinic_that_stops_ticking_is_named_and_one_that_ticks_is_not(
+    prefect_server, client, quiet_alert
+):
+    tick(prefect_server, client, "alpha")  # alpha's last tick: then its machine is gone
+    tick(prefect_server, client, "beta")
 
     deadline = time.monotonic() + 4 * QUIET + 60  # the window, evaluation every 5 s, a busy box
     quiet_until = None  # once alpha is named: one more whole window of beta ticking
     while True:
-        complete_a_tick(client, beta)
+        tick(prefect_server, client, "beta")
         if quiet_until is None and quiet_alert.naming("alpha"):
             quiet_until = time.monotonic() + QUIET + 10
         if quiet_until is not None and time.monotonic() > quiet_until:

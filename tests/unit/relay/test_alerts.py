@@ -67,12 +67,15 @@ def test_no_tick_completed_is_counted_per_clinic_and_names_it():
     quiet = by_name(45)["relay: no tick completed"]
     trigger = quiet.trigger
 
-    assert trigger.for_each == {"related:deployment:prefect.resource.id"}
-    assert trigger.after == trigger.expect == {"prefect.flow-run.Completed"}
+    # the tick's own event (flows/tick.py), one bucket per clinic; not the run's Completed
+    # state, which the server's automations may see only 15 minutes late
+    assert trigger.match.root == {"prefect.resource.id": "relay.clinic.*"}
+    assert trigger.for_each == {"prefect.resource.id"}
+    assert trigger.after == trigger.expect == {"relay.tick.completed"}
     assert trigger.within == timedelta(minutes=45)
     [action] = quiet.actions
     # A proactive firing acts on the bucket's last event: the clinic's last completed tick.
-    assert "{{ flow_run.parameters.clinic or deployment.name }}" in action.subject
+    assert "{{ event.payload.clinic }}" in action.subject
     assert "45 minutes" in action.subject
     notify = {"block_document_id": uuid.uuid4()}
     assert (
