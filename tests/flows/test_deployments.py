@@ -180,6 +180,20 @@ def webhook(deployed):
         assert created.returncode == 0, created.stderr
         assert created.stdout.count("created automation") == 7  # relay/alerts.py
         yield hook
+    # Gone with the module: each automation watching run events is writes on the session's
+    # SQLite server for every later test (docs/scaling.md, Alerts).
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from relay.alerts import PREFIX
+
+    with (
+        temporary_settings({PREFECT_API_URL: deployed["PREFECT_API_URL"]}),
+        get_client(sync_client=True) as client,
+    ):
+        for made in client.read_automations():
+            if made.name.startswith(PREFIX):
+                client.delete_automation(made.id)
 
 
 def make_stale(db: Path) -> None:
