@@ -84,11 +84,13 @@ def quiet_alert(client, deployed):
 
 def complete_a_tick(client, deployment_id):
     """One run of the deployment, taken where a worker and the engine take it: Pending (the
-    deployment's one slot), Running, Completed. (A worker of the session that saw it Scheduled
-    would find it Pending already, and leave it.)"""
-    from prefect.states import Completed, Pending, Running
+    deployment's one slot), Running, Completed. Scheduled an hour ahead, so that the session's
+    worker (which picks up runs due within seconds) leaves it to the test: a worker that took it
+    first held beta's slot with a real tick, and the test's Pending was refused."""
+    from prefect.states import Completed, Pending, Running, Scheduled
 
-    run = client.create_flow_run_from_deployment(deployment_id)
+    later = Scheduled(scheduled_time=datetime.now(UTC) + timedelta(hours=1))
+    run = client.create_flow_run_from_deployment(deployment_id, state=later)
     for state in (Pending(), Running(), Completed()):
         result = client.set_flow_run_state(run.id, state)
         assert result.status.value == "ACCEPT", (state.name, result.details)
