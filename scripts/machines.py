@@ -594,6 +594,15 @@ def scenario_kill(fleet: Fleet, clinic: str = MOVED, timeout: float = 600) -> di
         if r.state and r.state.type.value in {"RUNNING", "PENDING"}
     }
     result["runs_left_unfinished"] = lost
+    # Whether the server had a heartbeat from each: a run lost before its first heartbeat reached
+    # the server is noticed by its Running state only, which Prefect's automations may see 15
+    # minutes late (a run started within 5 minutes of being scheduled: docs/scaling.md, Alerts).
+    beats = Counter(
+        e["resource"]["prefect.resource.id"].removeprefix("prefect.flow-run.")
+        for e in fleet.events("prefect.flow-run.heartbeat", killed_wall - timedelta(hours=1))
+    )
+    for run_id, entry in lost.items():
+        entry["heartbeats_recorded_at_kill"] = beats.get(run_id, 0)
 
     def crashed():
         with fleet.client() as c:
