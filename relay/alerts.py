@@ -190,11 +190,12 @@ def zombie_runs(crash_after: int = CRASH_AFTER_SECONDS) -> Automation:
     automations held the server's write lock for a minute at a time). Only runs of a deployment
     (their events name it): they hold the clinic's slot; a tick's steps are tasks of its run.
 
-    It tells nobody itself: Prefect also fires it for a run that had just finished, when that
-    run's last heartbeat is processed after its final state (PrefectHQ/prefect#18653, #20887; in
-    the two-machine run at load 20, 5 of its 7 firings). The state change is then refused (a
-    finished run stays as it ended), and a notification sent alongside went out anyway. A person
-    is told by ``lost_run_crashed`` instead, only when a run really was marked Crashed."""
+    It fires for every run that finished too, ``crash_after`` seconds after its last heartbeat
+    (its final state does not close the watch: see ``expect``), as Prefect's own recipe does for
+    a run whose last heartbeat is processed after its final state (PrefectHQ/prefect#18653,
+    #20887). The state change is then refused (a finished run stays as it ended), so it tells
+    nobody itself: a notification sent alongside would go out for finished runs. A person is
+    told by ``lost_run_crashed`` instead, only when a run really was marked Crashed."""
     return Automation(
         name=ZOMBIE_NAME,
         description=f"A deployment's run sent no heartbeat for {crash_after} s since it started "
@@ -202,13 +203,13 @@ def zombie_runs(crash_after: int = CRASH_AFTER_SECONDS) -> Automation:
         "marked Crashed, giving its clinic's tick slot back.",
         trigger=EventTrigger(
             after={"prefect.flow-run.Running", "prefect.flow-run.heartbeat"},
-            expect={
-                "prefect.flow-run.heartbeat",
-                "prefect.flow-run.Completed",
-                "prefect.flow-run.Failed",
-                "prefect.flow-run.Cancelled",
-                "prefect.flow-run.Crashed",
-            },
+            # Heartbeats only, not the final states Prefect's recipe also expects: on a SQLite
+            # server each final state was a read and then a write of the run's bucket in one
+            # transaction, refused at once ("database is locked") whenever another write came
+            # in between, and retried; those errors' leftovers are what stalled the server
+            # (docs/scaling.md, Alerts). A finished run's watch runs out instead, and the
+            # change is refused as for a late heartbeat (below).
+            expect={"prefect.flow-run.heartbeat"},
             match={"prefect.resource.id": ["prefect.flow-run.*"]},
             match_related={"prefect.resource.role": "deployment"},
             for_each={"prefect.resource.id"},

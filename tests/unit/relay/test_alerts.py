@@ -35,9 +35,8 @@ def test_a_run_whose_heartbeats_stop_is_marked_crashed():
     assert trigger.posture.value == "Proactive"
     # opened by a heartbeat, or by Running for a run lost before its first heartbeat
     assert trigger.after == {"prefect.flow-run.Running", "prefect.flow-run.heartbeat"}
-    assert {"prefect.flow-run.heartbeat", "prefect.flow-run.Completed",
-            "prefect.flow-run.Crashed"} <= trigger.expect  # fmt: skip
-    assert "prefect.flow-run.Running" not in trigger.expect  # Running opens, never closes
+    # only a heartbeat keeps it quiet: a final state costs a SQLite server a refused write
+    assert trigger.expect == {"prefect.flow-run.heartbeat"}
     assert trigger.for_each == {"prefect.resource.id"}  # one bucket per run
     # runs of a deployment only (they hold a clinic's slot; a tick's steps are its tasks)
     assert trigger.match_related.root == {"prefect.resource.role": "deployment"}
