@@ -572,11 +572,20 @@ def scenario_kill(fleet: Fleet, clinic: str = MOVED, timeout: float = 600) -> di
     database = home.data / f"{clinic}.duckdb"
 
     def running():
-        """A Running tick holding the clinic's database: well into its work, not one giving way."""
+        """A Running tick holding the clinic's database, well into its work (not one giving
+        way), whose first heartbeat the server has recorded. A tick killed before that is
+        noticed by its Running state only, which Prefect's automations see 15 minutes late, or
+        never, when the run started within 5 minutes of being scheduled (docs/scaling.md, "A
+        lost machine"; the harness deploys minutes before the kill)."""
         run = next(
             (r for r in fleet.runs(clinic) if r.state and r.state.type.value == "RUNNING"), None
         )
-        return run if run is not None and database.exists() and in_use(database) else None
+        if run is None or not database.exists() or not in_use(database):
+            return None
+        since = datetime.now(UTC) - timedelta(hours=1)
+        beats = fleet.events("prefect.flow-run.heartbeat", since)
+        mine = f"prefect.flow-run.{run.id}"
+        return run if any(e["resource"]["prefect.resource.id"] == mine for e in beats) else None
 
     victim = fleet.wait(f"a running tick of {clinic}", running, 900, every=0.3)
     if victim is None:
