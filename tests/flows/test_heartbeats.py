@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -89,12 +89,11 @@ def heartbeats(env: dict, run_id) -> list[dict]:
     return response.json()["events"]
 
 
-def later():
-    """A run's first state, due in an hour: the session's worker (it picks up runs due within
-    seconds) leaves it to the test, which takes it Pending itself."""
-    from prefect.states import Scheduled
+def unserved(client) -> dict:
+    """Where a run the test starts itself goes: a queue no worker polls (test_quiet_alert.py)."""
+    from tests.flows.test_quiet_alert import unserved as queue
 
-    return Scheduled(scheduled_time=datetime.now(UTC) + timedelta(hours=1))
+    return {"work_queue_name": queue(client)}
 
 
 def start_engine(client, env: dict, run_id) -> subprocess.Popen:
@@ -121,14 +120,14 @@ def test_a_killed_tick_is_marked_crashed_and_the_next_tick_gets_the_slot(
     from prefect.states import Pending
 
     tick = client.read_deployment_by_name("clinic-tick/alpha-tick")
-    killed = client.create_flow_run_from_deployment(tick.id, state=later()).id
+    killed = client.create_flow_run_from_deployment(tick.id, **unserved(client)).id
     proc = start_engine(client, prefect_server, killed)
     wait_until("the first heartbeat", lambda: heartbeats(prefect_server, killed))
     proc.send_signal(signal.SIGKILL)  # the machine is gone: no worker, no engine to report it
     proc.wait()
     assert client.read_flow_run(killed).state.type.value == "RUNNING"
 
-    waiting = client.create_flow_run_from_deployment(tick.id, state=later()).id
+    waiting = client.create_flow_run_from_deployment(tick.id, **unserved(client)).id
     assert client.set_flow_run_state(waiting, Pending()).status.value == "REJECT"
     assert client.read_flow_run(waiting).state.name == "AwaitingConcurrencySlot"
 
@@ -206,7 +205,7 @@ def test_a_tick_lost_before_its_first_heartbeat_is_marked_crashed(
     from prefect.states import Pending, Running
 
     tick = client.read_deployment_by_name("clinic-tick/beta-tick")
-    run_id = client.create_flow_run_from_deployment(tick.id, state=later()).id
+    run_id = client.create_flow_run_from_deployment(tick.id, **unserved(client)).id
     for state in (Pending(), Running()):  # the worker and the engine; then the machine is gone
         assert client.set_flow_run_state(run_id, state).status.value == "ACCEPT"
 
