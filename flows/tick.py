@@ -337,4 +337,21 @@ def clinic_tick(clinic: str = "demo", reconcile: bool = False, max_lateness_minu
             ),
             result["report"],
         )
+    _completed(config)
     return result
+
+
+def _completed(config: ClinicConfig) -> None:
+    """The tick did all its work: relay.tick.completed, what the per-clinic "no tick completed"
+    alert counts (relay/alerts.py). Not the run's Completed state: the server's automations see
+    a run's state events only 15 minutes late when it started within 5 minutes of being
+    scheduled (after `relay deploy` or a move; docs/scaling.md, Alerts), and this event is
+    seen at once."""
+    emit_event(
+        event="relay.tick.completed",
+        resource={
+            "prefect.resource.id": f"relay.clinic.{config.clinic}",
+            "prefect.resource.name": config.clinic,
+        },
+        payload={"clinic": config.clinic},
+    )

@@ -10,15 +10,16 @@ webhook, a Postmark or ntfy endpoint, anything that takes a JSON POST):
   name matches nothing in Cliniko, or a name renamed in Cliniko since it was recorded);
 - a tick refused to run off the clinic's home (``relay.clinic.misrouted``: tasks/home.py; a
   machine that is not the home, a clinic being moved, a database that is not its current copy);
-- no tick of a clinic completed for a while, per clinic (one automation, a bucket per tick
-  deployment: ``for_each`` on the run's deployment), naming the clinic: its machine or worker is
-  down, or its schedule paused, which no run can report by itself.
+- no tick of a clinic completed for a while, per clinic (``no_tick_completed``), naming the
+  clinic: its machine or worker is down, or its schedule paused, which no run can report by
+  itself.
 
-A sixth acts instead of notifying: a run that sent a heartbeat and then nothing for
+A sixth acts: a deployment's run that went Running or sent a heartbeat and then nothing for
 ``crash_after`` seconds (its process or machine died) is set Crashed (Prefect's documented
-"detect zombie flows" automation). Crashed gives the deployment's concurrency slot back at once
-(the server's ReleaseFlowConcurrencySlots rule), so the clinic's next tick runs; the Crashed state
-then fires the "a run failed or crashed" alert. Runs heartbeat every ``HEARTBEAT_SECONDS``
+"detect zombie flows" automation, also opened by Running for a run lost before its first
+heartbeat). Crashed gives the deployment's concurrency slot back at once (the server's
+ReleaseFlowConcurrencySlots rule), so the clinic's next tick runs. A seventh tells a person each
+time it did (``lost_run_crashed``). Runs heartbeat every ``HEARTBEAT_SECONDS``
 (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``: set for deployed runs by ``relay deploy``, for served and
 CLI runs by relay/env.py); Prefect's own default, 180 s, is longer than ``crash_after``.
 
@@ -41,10 +42,13 @@ PREFIX = "relay: "
 HEARTBEAT_SECONDS = 30
 CRASH_AFTER_SECONDS = 90
 ZOMBIE_NAME = PREFIX + "a run stopped sending heartbeats"
+QUIET_NAME = PREFIX + "no tick completed"
+LOST_NAME = PREFIX + "a lost run was marked Crashed"
+QUIET_FLOOR_MINUTES = 15
 
 
 def automations(
-    block_id, quiet_minutes: int, crash_after: int = CRASH_AFTER_SECONDS
+    block_id, quiet_minutes: float, crash_after: int = CRASH_AFTER_SECONDS
 ) -> list[Automation]:
     notify = dict(block_document_id=block_id)
     return [
@@ -63,8 +67,8 @@ def automations(
                     **notify,
                     subject="clinic-relay: {{ flow.name }} / {{ flow_run.name }} "
                     "{{ flow_run.state.name }}",
-                    body="{{ flow.name }} / {{ flow_run.name }} ended {{ flow_run.state.name }}: "
-                    "{{ flow_run.state.message }}\n{{ flow_run|ui_url }}",
+                    body="{{ flow.name }} / {{ flow_run.name }} (run {{ flow_run.id }}) ended "
+                    "{{ flow_run.state.name }}: {{ flow_run.state.message }}\n{{ flow_run|ui_url }}",
                 )
             ],
         ),
@@ -96,41 +100,63 @@ def automations(
             subject="clinic-relay: {{ event.payload.clinic }} ran off its home",
             body="{{ event.payload.reason }}",
         ),
-        Automation(
-            name=PREFIX + "no tick completed",
-            description=f"A clinic's clinic-tick runs stopped completing for {quiet_minutes} "
-            "minutes: is its machine's worker running, and its schedule?",
-            trigger=EventTrigger(
-                match={"prefect.resource.id": "prefect.flow-run.*"},
-                match_related={
-                    "prefect.resource.role": "flow",
-                    "prefect.resource.name": "clinic-tick",
-                },
-                # One bucket per tick deployment (one per clinic), opened by its last
-                # completed tick: a clinic that stops is named, the others stay quiet.
-                after={"prefect.flow-run.Completed"},
-                expect={"prefect.flow-run.Completed"},
-                for_each={"related:deployment:prefect.resource.id"},
-                posture=Posture.Proactive,
-                threshold=1,
-                within=timedelta(minutes=quiet_minutes),
-            ),
-            actions=[
-                SendNotification(
-                    **notify,
-                    # The last completed tick of that deployment: its parameters name the clinic.
-                    subject="clinic-relay: no tick of {{ flow_run.parameters.clinic }} "
-                    f"completed in {quiet_minutes} minutes",
-                    body="No tick of clinic {{ flow_run.parameters.clinic }} "
-                    "({{ deployment.name }}) has completed in the last "
-                    f"{quiet_minutes} minutes; the last one was {{{{ flow_run.name }}}}. "
-                    "Check the worker on its machine (its work queue: "
-                    "{{ deployment.work_queue_name }}) and the deployment's schedules.",
-                )
-            ],
-        ),
-        zombie_runs(crash_after, notify),
+        no_tick_completed(timedelta(minutes=quiet_minutes), notify),
+        zombie_runs(crash_after),
+        lost_run_crashed(notify, crash_after),
     ]
+
+
+def no_tick_completed(quiet: timedelta, notify: dict) -> Automation:
+    """Per clinic: no tick of one clinic completed for ``quiet`` since its last completed tick.
+
+    One proactive automation with a bucket per clinic (``for_each`` on the resource of the
+    ``relay.tick.completed`` event a tick emits when it did all its work, ``relay.clinic.<name>``:
+    flows/tick.py), opened by each: a clinic that stops is named, the others stay quiet. Not the
+    run's ``prefect.flow-run.Completed``: a run that started within 5 minutes of being scheduled
+    (the first ticks after `relay deploy`, a resume or a move) has state events that "follow" a
+    Scheduled event the scheduler never emits, and Prefect's triggers hold them for 15 minutes
+    (PRECEDING_EVENT_LOOKBACK, prefect/server/events/ordering) before evaluating them: the
+    two-machine run on PostgreSQL kept no bucket at all for its clinics. A proactive firing has
+    no event of its own: Prefect (3.8.8, ``prefect.server.events.triggers.evaluate``) hands the
+    action the bucket's last event, the clinic's last ``relay.tick.completed``, whose payload
+    names the clinic and whose related resources (added by Prefect from the run) are that tick's
+    run and deployment (tests/flows/test_quiet_alert.py checks the clinic is named). It fires
+    once per silence; the clinic's next completed tick watches it again."""
+    window = _span(quiet)
+    clinic = "{{ event.payload.clinic }}"
+    return Automation(
+        name=QUIET_NAME,
+        description=f"A clinic's ticks stopped completing for {window}: is its machine's worker "
+        "running, and its schedule?",
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "relay.clinic.*"},
+            after={"relay.tick.completed"},
+            expect={"relay.tick.completed"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=quiet,
+        ),
+        actions=[
+            SendNotification(
+                **notify,
+                subject=f"clinic-relay: no tick of {clinic} completed in {window}",
+                body=f"No tick of clinic {clinic} ({{{{ deployment.name }}}}) has completed in "
+                f"the last {window}; the last one was {{{{ flow_run.name }}}} "
+                "(run {{ flow_run.id }}). Check the worker on its machine (its work queue: "
+                "{{ deployment.work_queue_name }}) and the deployment's schedules.",
+            )
+        ],
+    )
+
+
+def _span(span: timedelta) -> str:
+    """A window as people say it: "15 minutes", "1 minute", "45 s"."""
+    seconds = span.total_seconds()
+    if seconds % 60:
+        return f"{seconds:g} s"
+    minutes = seconds / 60
+    return f"{minutes:g} minute" + ("" if minutes == 1 else "s")
 
 
 def _on_clinic_event(
@@ -151,26 +177,41 @@ def _on_clinic_event(
     )
 
 
-def zombie_runs(crash_after: int = CRASH_AFTER_SECONDS, notify: dict | None = None) -> Automation:
-    """Prefect's "detect zombie flows" automation: a run whose heartbeats stop (after at least
-    one) without a final state is set Crashed, which releases its deployment's slot, and a
-    person is told (with ``notify``) by this automation itself: a state set by an automation's
-    action did not reach the "a run failed or crashed" alert in the two-machine run
-    (scripts/machines.py), so the lost machine's alert does not depend on it."""
+def zombie_runs(crash_after: int = CRASH_AFTER_SECONDS) -> Automation:
+    """Prefect's "detect zombie flows" automation, for runs of a deployment: a run that went
+    Running, or sent a heartbeat, and then nothing for ``crash_after`` seconds without a final
+    state (its process or machine died) is set Crashed, which releases its deployment's slot.
+
+    Opened by Running as well as by a heartbeat: the two-machine run killed a tick 3 s after it
+    went Running, before its first heartbeat reached the server, and a watch opened by heartbeats
+    only never saw it. One automation for both cases, not two: each heartbeat and state of every
+    run is then one bucket write on the server, not two, and on a SQLite server every bucket
+    write is a write transaction of the triggers service (docs/scaling.md, "Alerts": two such
+    automations held the server's write lock for a minute at a time). Only runs of a deployment
+    (their events name it): they hold the clinic's slot; a tick's steps are tasks of its run.
+
+    It fires for every run that finished too, ``crash_after`` seconds after its last heartbeat
+    (its final state does not close the watch: see ``expect``), as Prefect's own recipe does for
+    a run whose last heartbeat is processed after its final state (PrefectHQ/prefect#18653,
+    #20887). The state change is then refused (a finished run stays as it ended), so it tells
+    nobody itself: a notification sent alongside would go out for finished runs. A person is
+    told by ``lost_run_crashed`` instead, only when a run really was marked Crashed."""
     return Automation(
         name=ZOMBIE_NAME,
-        description=f"A run sent no heartbeat for {crash_after} s and did not finish: its "
-        "process or machine died. It is marked Crashed, giving its clinic's tick slot back.",
+        description=f"A deployment's run sent no heartbeat for {crash_after} s since it started "
+        "or since its last heartbeat, and did not finish: its process or machine died. It is "
+        "marked Crashed, giving its clinic's tick slot back.",
         trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
-            expect={
-                "prefect.flow-run.heartbeat",
-                "prefect.flow-run.Completed",
-                "prefect.flow-run.Failed",
-                "prefect.flow-run.Cancelled",
-                "prefect.flow-run.Crashed",
-            },
+            after={"prefect.flow-run.Running", "prefect.flow-run.heartbeat"},
+            # Heartbeats only, not the final states Prefect's recipe also expects: on a SQLite
+            # server each final state was a read and then a write of the run's bucket in one
+            # transaction, refused at once ("database is locked") whenever another write came
+            # in between, and retried; those errors' leftovers are what stalled the server
+            # (docs/scaling.md, Alerts). A finished run's watch runs out instead, and the
+            # change is refused as for a late heartbeat (below).
+            expect={"prefect.flow-run.heartbeat"},
             match={"prefect.resource.id": ["prefect.flow-run.*"]},
+            match_related={"prefect.resource.role": "deployment"},
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
@@ -181,29 +222,73 @@ def zombie_runs(crash_after: int = CRASH_AFTER_SECONDS, notify: dict | None = No
                 state=StateType.CRASHED,
                 message=f"No heartbeat for {crash_after} s: its process or machine was lost "
                 "(marked by the relay automation; the next tick catches up).",
-            ),
-            *(
-                [
-                    SendNotification(
-                        **notify,
-                        subject="clinic-relay: a run was lost and marked Crashed",
-                        body=f"A run sent no heartbeat for {crash_after} s and did not finish: "
-                        "its process or machine died. It is marked Crashed and its clinic's "
-                        "tick slot is free again. Check the machine and its worker. "
-                        "{{ flow_run.name }} {{ flow_run|ui_url }}",
-                    )
-                ]
-                if notify
-                else []
-            ),
+            )
         ],
     )
 
 
+def lost_run_crashed(notify: dict, crash_after: int = CRASH_AFTER_SECONDS) -> Automation:
+    """A person is told when ``zombie_runs`` did mark a run Crashed: its state change was
+    accepted (Prefect's ``prefect.automation.action.executed`` event, whose target is the run),
+    not when it fired for a run that had already finished (its change refused:
+    ``prefect.automation.action.failed``). A state set by an automation's action did not reach
+    the "a run failed or crashed" alert in the two-machine run (scripts/machines.py), so the
+    lost machine's alert does not depend on it."""
+    return Automation(
+        name=LOST_NAME,
+        description="The lost-run automation marked a run Crashed: it sent no heartbeat for "
+        f"{crash_after} s and had not finished.",
+        trigger=EventTrigger(
+            match={
+                "prefect.resource.id": "prefect.automation.*",
+                "prefect.resource.name": ZOMBIE_NAME,
+            },
+            match_related={"prefect.resource.role": "target"},
+            expect={"prefect.automation.action.executed"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[
+            SendNotification(
+                **notify,
+                subject="clinic-relay: {{ flow_run.name }} was lost and is marked Crashed",
+                body="{{ flow_run.name }} (run {{ flow_run.id }}, clinic "
+                "{{ flow_run.parameters.clinic }}) sent no heartbeat for "
+                f"{crash_after} s without finishing: its process or machine died. It is marked "
+                "Crashed and its clinic's tick slot is free again; the next tick catches up. "
+                "Check the machine and its worker. {{ flow_run|ui_url }}",
+            )
+        ],
+    )
+
+
+def default_quiet_minutes(client) -> float:
+    """The "no tick completed" window when none is given: three tick intervals of the slowest
+    clinic-tick deployment on the server (three missed ticks, so one slow or late tick does
+    not alert), and never under QUIET_FLOOR_MINUTES (a tick can take minutes on a busy
+    machine)."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    intervals = [
+        schedule.schedule.interval.total_seconds() / 60
+        for deployment in client.read_deployments(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["clinic-tick"]))
+        )
+        for schedule in deployment.schedules
+        if getattr(schedule.schedule, "interval", None)
+    ]
+    return max(QUIET_FLOOR_MINUTES, 3 * max(intervals, default=0))
+
+
 def create_alerts(
-    webhook_url: str, block_name: str, quiet_minutes: int, crash_after: int = CRASH_AFTER_SECONDS
-) -> list[str]:
-    """Save the notification block and (re)create the automations; returns their names."""
+    webhook_url: str,
+    block_name: str,
+    quiet_minutes: float | None = None,
+    crash_after: int = CRASH_AFTER_SECONDS,
+) -> tuple[list[str], float]:
+    """Save the notification block and (re)create the automations; returns their names and
+    the "no tick completed" window (``quiet_minutes``, or default_quiet_minutes)."""
     block = CustomWebhookNotificationBlock(
         name="clinic-relay",
         url=webhook_url,
@@ -211,9 +296,11 @@ def create_alerts(
         json_data={"subject": "{{subject}}", "body": "{{body}}"},
     )
     block_id = block.save(block_name, overwrite=True)
-    wanted = automations(block_id, quiet_minutes, crash_after)
     with get_client(sync_client=True) as client:
+        if quiet_minutes is None:
+            quiet_minutes = default_quiet_minutes(client)
+        wanted = automations(block_id, quiet_minutes, crash_after)
         for automation in wanted:
             for old in client.read_automations_by_name(automation.name):
                 client.delete_automation(old.id)
-    return [a.create().name for a in wanted]
+    return [a.create().name for a in wanted], quiet_minutes

@@ -38,8 +38,10 @@ def alerts_create_command(
         ..., help="Where notifications are POSTed as JSON {subject, body} (Slack, ntfy, ...)."
     ),
     block: str = typer.Option("relay-alerts", help="Name of the notification block to save."),
-    quiet_minutes: int = typer.Option(
-        30, help="Alert when no tick of a clinic completed for this long (one alert per clinic)."
+    quiet_minutes: float | None = typer.Option(
+        None,
+        help="Alert when no tick of a clinic completed for this long (one alert per clinic). "
+        "Default: three tick intervals of the slowest clinic deployed, at least 15.",
     ),
     crash_after: int = typer.Option(
         90,
@@ -58,6 +60,8 @@ def alerts_create_command(
         )
     from relay.alerts import create_alerts
 
-    for name in create_alerts(webhook_url, block, quiet_minutes, crash_after):
+    names, quiet = create_alerts(webhook_url, block, quiet_minutes, crash_after)
+    for name in names:
         typer.echo(f"created automation: {name}")
+    typer.echo(f"a clinic is named when none of its ticks completed for {quiet:g} minutes")
     typer.echo(f"notifications go through the CustomWebhookNotificationBlock '{block}'")

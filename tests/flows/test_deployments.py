@@ -180,8 +180,22 @@ def webhook(deployed):
             timeout=60,
         )
         assert created.returncode == 0, created.stderr
-        assert created.stdout.count("created automation") == 6  # relay/alerts.py
+        assert created.stdout.count("created automation") == 7  # relay/alerts.py
         yield hook
+    # Gone with the module: each automation watching run events is writes on the session's
+    # SQLite server for every later test (docs/scaling.md, Alerts).
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from relay.alerts import PREFIX
+
+    with (
+        temporary_settings({PREFECT_API_URL: deployed["PREFECT_API_URL"]}),
+        get_client(sync_client=True) as client,
+    ):
+        for made in client.read_automations():
+            if made.name.startswith(PREFIX):
+                client.delete_automation(made.id)
 
 
 def make_stale(db: Path) -> None:
@@ -322,3 +336,31 @@ def test_the_circuit_breaker_holds_planning_and_sending_when_the_sync_is_stale(
     assert held and "minutes old" in held[0]["payload"]["reason"]
     alerts = webhook.wait(lambda m: "sending held for stale" in m.get("subject", ""))
     assert alerts and "minutes old" in alerts[0]["body"]
+
+
+def test_a_completed_tick_tells_the_quiet_alert_and_a_failed_one_does_not(
+    first_ticks, prefect_server
+):
+    """What relay/alerts.py's per-clinic "no tick completed" counts: the tick's own
+    relay.tick.completed, naming the clinic, with the run and deployment the notification names
+    (tests/flows/test_quiet_alert.py: the alert on it)."""
+    good, broken = first_ticks["beta"], first_ticks["broken"]
+
+    def of_run(run) -> list[dict]:
+        ran = f"prefect.flow-run.{run.id}"
+        return [
+            e for e in events(prefect_server, "relay.tick.completed")
+            if any(r["prefect.resource.id"] == ran for r in e["related"])
+        ]  # fmt: skip
+
+    deadline = time.monotonic() + 60  # sent before the run ended; the server may be recording it
+    while not (told := of_run(good)):
+        assert time.monotonic() < deadline, "no relay.tick.completed from beta's tick"
+        time.sleep(1)
+    [event] = told
+    assert event["resource"]["prefect.resource.id"] == "relay.clinic.beta"
+    assert event["payload"] == {"clinic": "beta"}
+    related = {r["prefect.resource.role"]: r["prefect.resource.id"] for r in event["related"]}
+    assert related["flow-run"] == f"prefect.flow-run.{good.id}"
+    assert related["deployment"] == f"prefect.deployment.{good.deployment_id}"
+    assert broken.state.name == "Failed" and of_run(broken) == []

@@ -73,6 +73,18 @@ def test_a_killed_machine_is_noticed_and_its_clinic_moves(proof):
     assert kill.get("alert_seconds") is not None, kill
     assert kill.get("move_exit") == 0, kill
     assert kill.get("seconds_until_ticks_again") is not None, kill
+    # Every run the lost machine left unfinished is Crashed, not Running for good.
+    assert set(kill["left_unfinished_now"].values()) == {"Crashed"}, kill
+
+
+def test_the_clinic_left_on_the_lost_machine_is_named(proof):
+    kill = proof["kill"]
+    assert kill.get("quiet_alert_seconds") is not None, kill
+    notifications = kill["notifications_before_the_kill"] + kill["alerts"]
+    named = {a.get("clinic") for a in notifications if a["alert"] == "no tick completed"}
+    assert kill["quiet_alert_for"] in named, notifications
+    # A clinic ticking on the other machine all along is not named.
+    assert not kill["quiet_alerts_for_clinics_elsewhere"], kill["alerts"]
 
 
 def test_no_message_is_sent_twice(proof):

@@ -7,10 +7,21 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from types import SimpleNamespace
 
 from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 
-from relay.alerts import CRASH_AFTER_SECONDS, HEARTBEAT_SECONDS, ZOMBIE_NAME, automations
+from relay.alerts import (
+    CRASH_AFTER_SECONDS,
+    HEARTBEAT_SECONDS,
+    LOST_NAME,
+    QUIET_FLOOR_MINUTES,
+    ZOMBIE_NAME,
+    automations,
+    default_quiet_minutes,
+    no_tick_completed,
+)
 
 
 def by_name(quiet_minutes: int = 30) -> dict:
@@ -22,33 +33,82 @@ def test_a_run_whose_heartbeats_stop_is_marked_crashed():
     trigger = zombie.trigger
 
     assert trigger.posture.value == "Proactive"
-    assert trigger.after == {"prefect.flow-run.heartbeat"}
-    assert {"prefect.flow-run.heartbeat", "prefect.flow-run.Completed",
-            "prefect.flow-run.Crashed"} <= trigger.expect  # fmt: skip
+    # opened by a heartbeat, or by Running for a run lost before its first heartbeat
+    assert trigger.after == {"prefect.flow-run.Running", "prefect.flow-run.heartbeat"}
+    # only a heartbeat keeps it quiet: a final state costs a SQLite server a refused write
+    assert trigger.expect == {"prefect.flow-run.heartbeat"}
     assert trigger.for_each == {"prefect.resource.id"}  # one bucket per run
+    # runs of a deployment only (they hold a clinic's slot; a tick's steps are its tasks)
+    assert trigger.match_related.root == {"prefect.resource.role": "deployment"}
     assert trigger.within == timedelta(seconds=CRASH_AFTER_SECONDS)
     # Several heartbeats may be missed before a live run is taken for a dead one.
     assert CRASH_AFTER_SECONDS >= 3 * HEARTBEAT_SECONDS
-    crash, tell = zombie.actions
+    [crash] = zombie.actions  # it tells nobody itself: it also fires for finished runs
     assert crash.type == "change-flow-run-state" and crash.state == StateType.CRASHED
-    # the lost machine's alert comes from this automation itself, not from the Crashed state
-    assert tell.type == "send-notification" and "marked Crashed" in tell.subject
+
+
+def test_a_person_is_told_only_when_a_run_really_was_marked_crashed():
+    told = by_name()[LOST_NAME]
+    trigger = told.trigger
+
+    assert trigger.posture.value == "Reactive"
+    # the lost-run automation's accepted state change, not its refused one on a finished run
+    assert trigger.expect == {"prefect.automation.action.executed"}
+    assert trigger.match.root == {
+        "prefect.resource.id": "prefect.automation.*",
+        "prefect.resource.name": ZOMBIE_NAME,
+    }
+    [action] = told.actions
+    assert action.type == "send-notification" and "{{ flow_run.id }}" in action.body
 
 
 def test_no_tick_completed_is_counted_per_clinic_and_names_it():
     quiet = by_name(45)["relay: no tick completed"]
     trigger = quiet.trigger
 
-    assert trigger.for_each == {"related:deployment:prefect.resource.id"}
-    assert trigger.after == trigger.expect == {"prefect.flow-run.Completed"}
+    # the tick's own event (flows/tick.py), one bucket per clinic; not the run's Completed
+    # state, which the server's automations may see only 15 minutes late
+    assert trigger.match.root == {"prefect.resource.id": "relay.clinic.*"}
+    assert trigger.for_each == {"prefect.resource.id"}
+    assert trigger.after == trigger.expect == {"relay.tick.completed"}
     assert trigger.within == timedelta(minutes=45)
     [action] = quiet.actions
-    assert "{{ flow_run.parameters.clinic }}" in action.subject
+    # A proactive firing acts on the bucket's last event: the clinic's last completed tick.
+    assert "{{ event.payload.clinic }}" in action.subject
     assert "45 minutes" in action.subject
+    notify = {"block_document_id": uuid.uuid4()}
+    assert (
+        "completed in 30 s" in no_tick_completed(timedelta(seconds=30), notify).actions[0].subject
+    )
+
+
+def test_the_quiet_window_defaults_to_three_ticks_of_the_slowest_clinic():
+    def deployment(*minutes):
+        schedules = [SimpleNamespace(schedule=IntervalSchedule(interval=timedelta(minutes=m)))
+                     for m in minutes]  # fmt: skip
+        return SimpleNamespace(schedules=schedules)
+
+    class Client:
+        def __init__(self, *deployments):
+            self.deployments = list(deployments)
+
+        def read_deployments(self, flow_filter):
+            assert flow_filter.name.any_ == ["clinic-tick"]
+            return self.deployments
+
+    assert default_quiet_minutes(Client(deployment(5), deployment(10))) == 30
+    # a nightly cron schedule is not a tick interval; fast ticks still get the floor
+    cron = SimpleNamespace(schedule=CronSchedule(cron="0 3 * * *"))
+    fast = SimpleNamespace(schedules=[*deployment(1).schedules, cron])
+    assert default_quiet_minutes(Client(fast)) == QUIET_FLOOR_MINUTES == 15
+    assert default_quiet_minutes(Client()) == QUIET_FLOOR_MINUTES
 
 
 def test_every_clinic_event_alert_and_the_run_alerts_are_there():
     names = set(by_name())
     assert {"relay: a run failed or crashed", "relay: sending held: stale or failed sync",
             "relay: clinic.yaml names drifted", "relay: no tick completed",
-            ZOMBIE_NAME} <= names  # fmt: skip
+            ZOMBIE_NAME, LOST_NAME} <= names  # fmt: skip
+    # and no more: each automation watching run events is bucket writes on the server (the
+    # lost-run watch is one automation for runs silent from their start and after a heartbeat)
+    assert len(names) == 7
