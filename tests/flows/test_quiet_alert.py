@@ -159,6 +159,8 @@ def test_a_clinic_that_stops_ticking_is_named_and_one_that_ticks_is_not(
     named = quiet_alert.naming("alpha")
     assert len(named) == 1, named  # once per silence, not every evaluation
     assert named[0]["subject"].endswith(f"completed in {QUIET} s"), named[0]
-    assert "alpha-tick" in named[0]["body"] and "machine-test" in named[0]["body"], named[0]
+    # its queue as the deployment has it now (relay deploy puts a clinic on its recorded home's)
+    queue = client.read_deployment_by_name("clinic-tick/alpha-tick").work_queue_name
+    assert "alpha-tick" in named[0]["body"] and f"queue: {queue})" in named[0]["body"], named[0]
     assert str(runs["alpha"]) in named[0]["body"], named[0]  # its last tick's run
     assert quiet_alert.naming("beta") == [], quiet_alert.received
