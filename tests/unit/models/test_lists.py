@@ -573,3 +573,21 @@ def test_the_tag_categories_are_matched_like_category_names_and_a_change_rebuild
     incremental = _snapshot(clinic.con, "marts.patients", "patient_id")
     models.build(clinic.con, untagged, now=NOW + timedelta(minutes=5), full_refresh=True)
     assert _snapshot(clinic.con, "marts.patients", "patient_id") == incremental
+
+
+def test_the_next_appointment_is_one_appointment_even_when_two_start_at_the_same_moment(clinic):
+    """Two upcoming appointments at the same moment: the next appointment's id, type and time
+    all come from the one numbered first (start, kind, id), never a mix of the two."""
+    clinic.appointment_type(2, "Follow-up", "Physiotherapy")
+    moment = NOW + timedelta(days=3)
+    for pid in range(1, 41):
+        clinic.patient(pid)
+        # the higher id is written first and carries the other type
+        clinic.appointment(1000 + 2 * pid + 1, pid, moment, type_id=1 + pid % 2)
+        clinic.appointment(1000 + 2 * pid, pid, moment, type_id=2 - pid % 2)
+    clinic.build()
+    rows = clinic.con.execute(
+        "SELECT patient_id, next_appointment_id, next_appointment_kind, next_appointment_type_id "
+        "FROM marts.patients ORDER BY patient_id"
+    ).fetchall()
+    assert rows == [(pid, 1000 + 2 * pid, "individual", 2 - pid % 2) for pid in range(1, 41)]
