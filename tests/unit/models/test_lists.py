@@ -591,3 +591,37 @@ def test_the_next_appointment_is_one_appointment_even_when_two_start_at_the_same
         "FROM marts.patients ORDER BY patient_id"
     ).fetchall()
     assert rows == [(pid, 1000 + 2 * pid, "individual", 2 - pid % 2) for pid in range(1, 41)]
+
+
+def test_a_class_and_an_appointment_at_the_same_moment_are_numbered_class_first(clinic):
+    """Sequence numbers order by start, then kind (a class's attendee before an individual
+    appointment), then id: the order marts.appointments sorts by, however it sorts."""
+    moment = NOW + timedelta(days=2)
+    clinic.patient(1)
+    clinic.appointment(5, 1, moment)
+    clinic._write(
+        "group_appointments",
+        70,
+        {
+            "id": "70",
+            "starts_at": _ts(moment),
+            "ends_at": _ts(moment + timedelta(hours=1)),
+            "appointment_type": _link("appointment_types", 1),
+            "business": _link("businesses", 1),
+            "practitioner": _link("practitioners", 7),
+        },
+    )
+    clinic._write(
+        "attendees",
+        9,
+        {"id": "9", "patient": _link("patients", 1), "booking": _link("bookings", 70)},
+    )
+    clinic.build()
+    rows = clinic.con.execute(
+        "SELECT appointment_kind, appointment_id, sequence_number, type_sequence_number "
+        "FROM marts.appointments ORDER BY sequence_number"
+    ).fetchall()
+    assert rows == [("group", 9, 1, 1), ("individual", 5, 2, 2)]
+    assert clinic.con.execute(
+        "SELECT next_appointment_kind, next_appointment_id FROM marts.patients"
+    ).fetchone() == ("group", 9)
