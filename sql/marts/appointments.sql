@@ -263,6 +263,8 @@ with_kind as (
         on appointment_types.appointment_type_id = with_status.appointment_type_id
 ),
 
+-- Ordered by start, then kind ('group' before 'individual') and id. The kind is sorted as a
+-- boolean, not as text: with only fixed-size keys DuckDB sorts 2,000,000 rows faster.
 numbered as (
     select
         *,
@@ -270,11 +272,11 @@ numbered as (
         is_kept and not is_tag as is_care,
         row_number() over (
             partition by patient_id, is_care
-            order by starts_at, appointment_kind, appointment_id
+            order by starts_at, appointment_kind = 'individual', appointment_id
         ) as care_position,
         row_number() over (
             partition by patient_id, appointment_type_id, is_kept
-            order by starts_at, appointment_kind, appointment_id
+            order by starts_at, appointment_kind = 'individual', appointment_id
         ) as kept_type_position
     from with_kind
 ),

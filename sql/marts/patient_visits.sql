@@ -16,7 +16,8 @@
 --   visits_by_appointment_type  MAP(appointment_type_id -> attended), tag types included
 --   visits_by_category          MAP(category -> attended), e.g. visits_by_category['Admin Only']
 --   next_appointment_id, next_appointment_kind, next_appointment_at (UTC),
---   next_appointment_type_id    the next upcoming appointment that counts (not a tag)
+--   next_appointment_type_id    the next upcoming appointment that counts (not a tag); of two
+--                               at the same moment, the one numbered first (kind, then id)
 with
 
 -- Import CTEs of large tables are NOT MATERIALIZED: read more than once, DuckDB would
@@ -91,13 +92,16 @@ totals as (
         count(*) filter (where is_care) as appointment_count,
         min(starts_at) filter (where is_visit) as first_visit_at,
         max(starts_at) filter (where is_visit) as last_visit_at,
-        arg_min(appointment_id, starts_at) filter (where is_care and status = 'upcoming')
-            as next_appointment_id,
-        arg_min(appointment_kind, starts_at) filter (where is_care and status = 'upcoming')
-            as next_appointment_kind,
-        min(starts_at) filter (where is_care and status = 'upcoming') as next_appointment_at,
-        arg_min(appointment_type_id, starts_at) filter (where is_care and status = 'upcoming')
-            as next_appointment_type_id
+        -- one arg_min of the whole appointment: separate ones could mix two appointments that
+        -- start at the same moment; sequence_number orders them (start, kind, id) and is unique
+        -- among a patient's is_care appointments
+        arg_min(
+            {
+                'id': appointment_id, 'kind': appointment_kind, 'at': starts_at,
+                'type_id': appointment_type_id
+            },
+            sequence_number
+        ) filter (where is_care and status = 'upcoming') as next_appointment
     from scoped_appointments
     group by patient_id
 ),
@@ -111,10 +115,10 @@ final as (
         totals.last_visit_at,
         coalesce(by_type.visits_by_appointment_type, map()) as visits_by_appointment_type,
         coalesce(by_category.visits_by_category, map()) as visits_by_category,
-        totals.next_appointment_id,
-        totals.next_appointment_kind,
-        totals.next_appointment_at,
-        totals.next_appointment_type_id
+        totals.next_appointment.id as next_appointment_id,
+        totals.next_appointment.kind as next_appointment_kind,
+        totals.next_appointment.at as next_appointment_at,
+        totals.next_appointment.type_id as next_appointment_type_id
     from patients_in_scope
     left join totals on totals.patient_id = patients_in_scope.patient_id
     left join by_type on by_type.patient_id = patients_in_scope.patient_id

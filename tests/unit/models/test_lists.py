@@ -573,3 +573,55 @@ def test_the_tag_categories_are_matched_like_category_names_and_a_change_rebuild
     incremental = _snapshot(clinic.con, "marts.patients", "patient_id")
     models.build(clinic.con, untagged, now=NOW + timedelta(minutes=5), full_refresh=True)
     assert _snapshot(clinic.con, "marts.patients", "patient_id") == incremental
+
+
+def test_the_next_appointment_is_one_appointment_even_when_two_start_at_the_same_moment(clinic):
+    """Two upcoming appointments at the same moment: the next appointment's id, type and time
+    all come from the one numbered first (start, kind, id), never a mix of the two."""
+    clinic.appointment_type(2, "Follow-up", "Physiotherapy")
+    moment = NOW + timedelta(days=3)
+    for pid in range(1, 41):
+        clinic.patient(pid)
+        # the higher id is written first and carries the other type
+        clinic.appointment(1000 + 2 * pid + 1, pid, moment, type_id=1 + pid % 2)
+        clinic.appointment(1000 + 2 * pid, pid, moment, type_id=2 - pid % 2)
+    clinic.build()
+    rows = clinic.con.execute(
+        "SELECT patient_id, next_appointment_id, next_appointment_kind, next_appointment_type_id "
+        "FROM marts.patients ORDER BY patient_id"
+    ).fetchall()
+    assert rows == [(pid, 1000 + 2 * pid, "individual", 2 - pid % 2) for pid in range(1, 41)]
+
+
+def test_a_class_and_an_appointment_at_the_same_moment_are_numbered_class_first(clinic):
+    """Sequence numbers order by start, then kind (a class's attendee before an individual
+    appointment), then id: the order marts.appointments sorts by, however it sorts."""
+    moment = NOW + timedelta(days=2)
+    clinic.patient(1)
+    clinic.appointment(5, 1, moment)
+    clinic._write(
+        "group_appointments",
+        70,
+        {
+            "id": "70",
+            "starts_at": _ts(moment),
+            "ends_at": _ts(moment + timedelta(hours=1)),
+            "appointment_type": _link("appointment_types", 1),
+            "business": _link("businesses", 1),
+            "practitioner": _link("practitioners", 7),
+        },
+    )
+    clinic._write(
+        "attendees",
+        9,
+        {"id": "9", "patient": _link("patients", 1), "booking": _link("bookings", 70)},
+    )
+    clinic.build()
+    rows = clinic.con.execute(
+        "SELECT appointment_kind, appointment_id, sequence_number, type_sequence_number "
+        "FROM marts.appointments ORDER BY sequence_number"
+    ).fetchall()
+    assert rows == [("group", 9, 1, 1), ("individual", 5, 2, 2)]
+    assert clinic.con.execute(
+        "SELECT next_appointment_kind, next_appointment_id FROM marts.patients"
+    ).fetchone() == ("group", 9)
