@@ -14,7 +14,10 @@ goes. Errors carry the resource path and host, never the key or anything from a 
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import re
+import ssl
 import threading
 import time
 from collections.abc import Iterable
@@ -230,6 +233,7 @@ class ClinikoClient:
             },
             timeout=httpx.Timeout(timeout, connect=10.0),
             follow_redirects=False,
+            verify=_tls_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")),
         )
 
     def __enter__(self) -> ClinikoClient:
@@ -422,6 +426,14 @@ class ClinikoClient:
                 f"Cliniko's next-page link points to {parts.scheme}://{parts.netloc}, not the "
                 f"API host {self.host}; refusing to send the key there. Check the base URL."
             )
+
+
+@functools.cache
+def _tls_context(_cert_file: str | None, _cert_dir: str | None) -> ssl.SSLContext:
+    """httpx's own default context (certifi, or SSL_CERT_FILE / SSL_CERT_DIR, which key the
+    cache), built once per process: loading the CA bundle cost 0.03-0.06 s of CPU per client,
+    every tick. An SSLContext is safe to share between clients and threads."""
+    return httpx.create_ssl_context()
 
 
 def _server_message(response: httpx.Response) -> str:
