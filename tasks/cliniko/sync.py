@@ -144,17 +144,31 @@ class Sync:
             for path in resource.paths
         ]
 
-        def first(ask: tuple[Resource, str, datetime | None]) -> tuple[Page, float]:
+        failed = threading.Event()  # a refusal (bad key, permission): ask for nothing more
+
+        def first(ask: tuple[Resource, str, datetime | None]) -> tuple[Page, float] | None:
+            if failed.is_set():
+                return None
             resource, path, cursor = ask
             started = time.perf_counter()
             counts = self.counts[resource.name]
-            page = self._request(counts, path, resource.name, list_params(resource, cursor))
+            try:
+                page = self._request(counts, path, resource.name, list_params(resource, cursor))
+            except BaseException:
+                failed.set()
+                raise
             return page, time.perf_counter() - started
 
         workers = max(1, min(self.client.concurrency, len(asks)))
         with ThreadPoolExecutor(workers, thread_name_prefix="cliniko-first") as pool:
-            pages = list(pool.map(first, asks))  # re-raises the first failure, in order
-        for (resource, path, cursor), (page, seconds) in zip(asks, pages, strict=True):
+            futures = [pool.submit(first, ask) for ask in asks]
+        for future in futures:  # the first failure in RESOURCES order is the one raised
+            if future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
+        pages = [future.result() for future in futures]
+        for (resource, path, cursor), got in zip(asks, pages, strict=True):
+            assert got is not None  # skipped only after a failure, raised above
+            page, seconds = got
             counts = self.counts[resource.name]
             counts.seconds += seconds
             self._first[path] = (cursor, page)

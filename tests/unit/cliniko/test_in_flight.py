@@ -102,3 +102,18 @@ def test_an_idle_sync_asks_for_its_first_pages_together_and_counts_each(clinic, 
     for resource in RESOURCES:
         assert counts[resource.name].requests == len(resource.paths), resource.name
         assert counts[resource.name].new + counts[resource.name].updated == 0
+
+
+def test_a_refused_key_stops_the_first_pages_it_has_not_asked_for_yet(clinic, server, tmp_path):
+    """Asking at once must not turn a bad key into 13 refused requests: after the first refusal
+    nothing more is asked, the run fails saying why and nothing is written."""
+    from tasks.cliniko.client import BadApiKey
+
+    bad_key = "sbx0000000000000000000000000000dead-au1"
+    client = ClinikoClient(bad_key, "tests@example.com", server.base_url, pace=Pace(200, 63.0))
+    before = server.stats.requests
+    with client, open_db(tmp_path / "clinic.duckdb") as con:
+        with pytest.raises(BadApiKey, match="401"):
+            extract.run_sync(con, client)
+        assert con.execute("SELECT count(*) FROM raw.patients").fetchone() == (0,)
+    assert server.stats.requests - before <= client.concurrency == 2
