@@ -227,6 +227,53 @@ IDLE_TARGETS = {
 }
 
 
+def idle_sync_round_trips(_client=None) -> None:
+    """R. The idle sync alone (``BENCH_TICK_PARTS=roundtrips``, not run by default): one request
+    per path, asked one at a time (the order before issue 16) against at once within the key's
+    in-flight permits, with the sandbox answering at once and then after a Cliniko-like round
+    trip (BENCH_TICK_ROUND_TRIP_MS, 200; Cliniko's measured 150-300 ms). Back to back, each
+    run with a fresh limiter (ticks are minutes apart). Wall and CPU of this process, requests."""
+    import tasks.cliniko.client as cliniko
+    from sandbox.cliniko import Faults, SandboxClinic, SandboxServer
+    from tasks.cliniko import pacing
+    from tasks.cliniko.sync import run_sync
+    from tasks.warehouse import open_db
+
+    runs, round_trip = setting("IDLE_RUNS", 3) * 2, setting("ROUND_TRIP_MS", 200) / 1000
+    print(f"R. Idle sync: one request per path, one at a time vs at once ({runs} runs each)")
+    load_at_start = _results.load_average()
+    clinic = SandboxClinic.generate(seed=22, patients=300, start=datetime.now(UTC))
+    figures: dict = {"round trip ms": round_trip * 1000, "runs": runs}
+    with SandboxServer(clinic, rate_limit=None) as sandbox, tempfile.TemporaryDirectory() as tmp:
+
+        def one_sync(concurrency: int | None, pace=cliniko.Pace()) -> tuple[float, float, int]:
+            pacing._limiters.clear()  # a tick minutes after the last: the burst is whole again
+            client = cliniko.ClinikoClient(clinic.api_key, "bench@localhost", sandbox.base_url,
+                                           pace=pace)  # fmt: skip
+            if concurrency is not None:
+                client.concurrency = concurrency
+            wall, cpu = time.perf_counter(), time.process_time()
+            with client, open_db(Path(tmp) / "idle.duckdb") as con:
+                run_sync(con, client)
+            return time.perf_counter() - wall, time.process_time() - cpu, client.stats.requests
+
+        one_sync(None, pace=None)  # the first, full sync
+        one_sync(None)  # the overlap's rows: the runs below find nothing new
+        for latency in (0.0, round_trip):
+            sandbox.faults = Faults(slow_rate=1.0 if latency else 0.0, slow_seconds=latency)
+            for label, concurrency in (("one at a time", 1), ("at once", None)):
+                taken = [one_sync(concurrency) for _ in range(runs)]
+                wall = statistics.median(t[0] for t in taken)
+                cpu = statistics.median(t[1] for t in taken)
+                name = f"{label}, {latency * 1000:.0f} ms"
+                figures[name] = {"wall s": round(wall, 3), "cpu s": round(cpu, 3),
+                                 "requests": taken[0][2]}  # fmt: skip
+                print(f"   {name:<24} wall median {wall:5.2f}s  CPU {cpu:5.2f}s  "
+                      f"{taken[0][2]} requests")  # fmt: skip
+    print("   (the idle tick's run target, <= 2.0 s, covers the whole tick; this is its sync)")
+    _results.record("tick-idle-sync", figures, load_at_start=load_at_start)
+
+
 def _split(client, run) -> dict[str, float]:
     """Where an idle tick's time goes, from the server's own record of the run and its tasks.
     "Our work" is the time inside the task bodies: the tick's own tasks (a step each) and those
@@ -574,9 +621,16 @@ def bench_server(prefix: str) -> Iterator[Any]:
 
 def main() -> None:
     parts = {"idle": idle, "sustained": sustained, "warm": warm_start}  # warm: a before/after
+    chosen = os.environ.get("BENCH_TICK_PARTS", "idle,sustained").split(",")
+    if chosen == ["roundtrips"]:  # no Prefect in it: no server to start
+        idle_sync_round_trips()
+        return
     with bench_server("bench-tick-") as client:
-        for part in os.environ.get("BENCH_TICK_PARTS", "idle,sustained").split(","):
-            parts[part](client)
+        for part in chosen:
+            if part == "roundtrips":
+                idle_sync_round_trips()
+            else:
+                parts[part](client)
 
 
 if __name__ == "__main__":

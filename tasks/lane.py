@@ -98,14 +98,26 @@ class Budget:
 
     def acquire(self) -> float:
         waited = 0.0
-        while (wait := self.wait_for(1)) > 0:
+        while (wait := self._take()) > 0:
             self._sleep(wait)
             waited += wait
-        self.add(1)
         if self.inner is not None:
             waited += self.inner.acquire()
         self.waited += waited
         return waited
+
+    def _take(self) -> float:
+        """Take a place in the window now (0.0), or say how long until one is free: the check
+        and the taking under one lock, as the sync asks for its first pages from threads."""
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            over = len(self._times) + 1 - self.per_minute
+            if over <= 0 or not self._times:
+                self._times.append(now)
+                self._times = deque(sorted(self._times))
+                return 0.0
+            return max(1e-6, self._times[min(over, len(self._times)) - 1] + WINDOW - now)
 
     def hold_until(self, monotonic_deadline: float) -> None:
         if self.inner is not None:

@@ -13,14 +13,15 @@ goes. Errors carry the resource path and host, never the key or anything from a 
 
 from __future__ import annotations
 
-import math
+import contextlib
+import functools
+import os
 import re
+import ssl
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from hashlib import sha256
 from urllib.parse import urlsplit
 
 import httpx
@@ -33,11 +34,15 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from tasks.cliniko.pacing import Pace, RateLimiter, limiter_for
 from tasks.errors import UserFacingError
+
+__all__ = ["Pace", "RateLimiter", "limiter_for"]  # the pacing's home is tasks.cliniko.pacing
 
 DEFAULT_SHARD = "au1"
 SHARD_PATTERN = re.compile(r"-([a-z]{2}\d{1,2})$")
 PER_PAGE = 100  # Cliniko's maximum
+UNPACED_CONCURRENCY = 4  # requests at once without a limiter (benchmarks' --no-rate-limit only)
 
 
 # --- Errors a person acts on -------------------------------------------------------------------
@@ -158,97 +163,6 @@ def check_contact(contact: str, base_url: str | None = None) -> str:
     return contact.strip()
 
 
-# --- Pacing -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Pace:
-    """The server's allowance: ``requests`` per fixed window of ``per_seconds``."""
-
-    requests: float = 200
-    per_seconds: float = 60.0
-
-
-class RateLimiter:
-    """The pace shared by every client of one API key in this process.
-
-    Hand-written rather than a library because what matters is specific to Cliniko's fixed window
-    of ``requests`` per ``per_seconds``, whose edges the client cannot see. Two rules, both needed:
-
-    - a sliding log: no ``per_seconds`` interval ever holds more than ``budget`` slots, the
-      allowance less a ``HEADROOM`` of 1% (at least one). A server window then sees at most the
-      budget plus the one request still on its way when it began (one reader per sync), so no
-      alignment of its edges can meet a 429, however the requests bunch;
-    - a smoothing bucket (GCRA) spacing slots ``per_seconds / budget`` apart, with a burst of
-      ``BURST_SHARE`` of the allowance: a caller that fell behind (a slow page, a long commit)
-      catches up at once, as far as the log allows, instead of losing those slots for good, and
-      a tick's few requests (one per path) never wait.
-
-    Steady state is one slot every ``per_seconds / budget``: 99% of the allowance (the token
-    bucket this replaced refilled at 95%, and that was the backfill's measured rate). After a 429
-    nobody asks before the server's window resets (``hold_until``), which generic limiters
-    (pyrate-limiter, aiolimiter, limits) have no notion of. Blocking and thread-safe: a caller
-    reserves its slot under the lock and sleeps outside it, so callers queue in arrival order.
-    """
-
-    HEADROOM = 0.01
-    BURST_SHARE = 0.25
-
-    def __init__(
-        self,
-        pace: Pace,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.pace = pace
-        allowance = math.floor(pace.requests)
-        self.budget = max(1, allowance - max(1, round(self.HEADROOM * allowance)))
-        self.interval = pace.per_seconds / self.budget  # seconds between slots, steady state
-        self._tolerance = (max(1, int(self.BURST_SHARE * allowance)) - 1) * self.interval
-        self._clock = clock
-        self._sleep = sleep
-        self._lock = threading.Lock()
-        self._recent: deque[float] = deque(maxlen=self.budget)  # the last ``budget`` slots
-        self._due = clock()  # GCRA's theoretical arrival time
-        self._hold = -math.inf
-
-    def acquire(self) -> float:
-        """Wait for a request slot; returns the seconds waited."""
-        with self._lock:
-            now = self._clock()
-            slot = max(now, self._due - self._tolerance, self._hold)
-            if self._recent:  # in arrival order; a full log: a whole window after its oldest
-                slot = max(slot, self._recent[-1])
-            if len(self._recent) == self.budget:
-                slot = max(slot, self._recent[0] + self.pace.per_seconds)
-            self._recent.append(slot)
-            self._due = max(self._due, slot) + self.interval
-        wait = slot - now
-        if wait > 0:
-            self._sleep(wait)
-        return max(wait, 0.0)
-
-    def hold_until(self, monotonic_deadline: float) -> None:
-        """After a 429: no slot for anyone before the server's window resets, then no burst."""
-        with self._lock:
-            if monotonic_deadline > self._hold:
-                self._hold = monotonic_deadline
-                self._due = max(self._due, monotonic_deadline + self._tolerance)
-
-
-_limiters: dict[tuple[str, Pace], RateLimiter] = {}
-_limiters_lock = threading.Lock()
-
-
-def limiter_for(api_key: str, pace: Pace) -> RateLimiter:
-    """The process-wide limiter of a key (keyed on a digest, so the key itself is not kept here)."""
-    ident = (sha256(api_key.encode()).hexdigest(), pace)
-    with _limiters_lock:
-        if ident not in _limiters:
-            _limiters[ident] = RateLimiter(pace)
-        return _limiters[ident]
-
-
 # --- Pages --------------------------------------------------------------------------------------
 
 
@@ -304,8 +218,13 @@ class ClinikoClient:
         self._origin = (base.scheme, base.netloc)
         self.host = base.netloc
         self.limiter = limiter_for(api_key, pace) if pace else None
+        # Kept apart from ``limiter``, which the fast lane swaps for its budget (tasks/lane.py).
+        self._permits = self.limiter.permits if self.limiter else None
+        self.concurrency = self.limiter.in_flight if self.limiter else UNPACED_CONCURRENCY
         self.retry = retry or Retry()
         self.stats = Stats()
+        self._stats_lock = threading.Lock()
+        self._mine = threading.local()  # this thread's requests and 429s: see ``thread_counts``
         self._http = httpx.Client(
             auth=(api_key.strip(), ""),
             headers={
@@ -314,6 +233,7 @@ class ClinikoClient:
             },
             timeout=httpx.Timeout(timeout, connect=10.0),
             follow_redirects=False,
+            verify=_tls_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")),
         )
 
     def __enter__(self) -> ClinikoClient:
@@ -358,16 +278,13 @@ class ClinikoClient:
     def get_object(self, path: str, params: Iterable[tuple[str, str]] = ()) -> dict:
         """One GET answered with a JSON object (``/user``, or a list page as sent), tried once:
         for interactive checks such as ``relay connect``. Refusals are worded as for pages."""
-        if self.limiter:
-            self.stats.paced_seconds += self.limiter.acquire()
         try:
-            response = self._http.get(self.url(path), params=list(params) or None)
+            response = self._paced_get(self.url(path), list(params))
         except httpx.TransportError as exc:
             raise ClinikoUnavailable(
                 f"Cliniko did not answer {path} at {self.host} ({type(exc).__name__}). Check "
                 "the network and the base URL."
             ) from None
-        self.stats.requests += 1
         status = response.status_code
         if status == 200:
             try:
@@ -385,21 +302,42 @@ class ClinikoClient:
         raise self._refusal(response, path)
 
     def _count_retry(self, _state: object) -> None:
-        self.stats.retried += 1
+        with self._stats_lock:
+            self.stats.retried += 1
 
-    def _get_once(self, url: str, query: list[tuple[str, str]], key: str, path: str) -> Page:
-        for _ in range(self.retry.max_rate_limited):
-            if self.limiter:
-                self.stats.paced_seconds += self.limiter.acquire()
-            # httpx types params as list[tuple[str, PrimitiveData]]: list is invariant, so its
-            # hint refuses the list of (str, str) it documents and accepts.
-            response = self._http.get(url, params=query or None)  # type: ignore[arg-type]
+    def _paced_get(self, url: str, query: list[tuple[str, str]]) -> httpx.Response:
+        """One GET in its paced slot, holding one of the key's in-flight permits until the
+        answer (or the failure) is back. Thread-safe: ``Sync.open`` asks for pages at once."""
+        permit = self._permits if self._permits is not None else contextlib.nullcontext()
+        with permit:
+            waited = self.limiter.acquire() if self.limiter else 0.0
+            try:
+                # httpx types params as list[tuple[str, PrimitiveData]]: list is invariant, so
+                # its hint refuses the list of (str, str) it documents and accepts.
+                response = self._http.get(url, params=query or None)  # type: ignore[arg-type]
+            finally:
+                with self._stats_lock:
+                    self.stats.paced_seconds += waited
+        with self._stats_lock:
             self.stats.requests += 1
             status = response.status_code
             self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
-            if status != 429:
+            if status == 429:
+                self.stats.rate_limited += 1
+        requests, limited = self.thread_counts()
+        self._mine.counts = (requests + 1, limited + (status == 429))
+        return response
+
+    def thread_counts(self) -> tuple[int, int]:
+        """(requests, 429 answers) this thread has made with this client: a caller counting the
+        requests of one page while other threads ask for theirs (``Sync.open``) reads these."""
+        return getattr(self._mine, "counts", (0, 0))
+
+    def _get_once(self, url: str, query: list[tuple[str, str]], key: str, path: str) -> Page:
+        for _ in range(self.retry.max_rate_limited):
+            response = self._paced_get(url, query)
+            if response.status_code != 429:
                 return self._read(response, key, path)
-            self.stats.rate_limited += 1
             self._wait_for_reset(response)
         raise ClinikoUnavailable(
             f"Cliniko kept answering 429 (rate limited) for {path} on {self.host} "
@@ -488,6 +426,14 @@ class ClinikoClient:
                 f"Cliniko's next-page link points to {parts.scheme}://{parts.netloc}, not the "
                 f"API host {self.host}; refusing to send the key there. Check the base URL."
             )
+
+
+@functools.cache
+def _tls_context(_cert_file: str | None, _cert_dir: str | None) -> ssl.SSLContext:
+    """httpx's own default context (certifi, or SSL_CERT_FILE / SSL_CERT_DIR, which key the
+    cache), built once per process: loading the CA bundle cost 0.03-0.06 s of CPU per client,
+    every tick. An SSLContext is safe to share between clients and threads."""
+    return httpx.create_ssl_context()
 
 
 def _server_message(response: httpx.Response) -> str:

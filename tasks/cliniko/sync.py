@@ -34,6 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -128,18 +129,50 @@ class Sync:
         self._pages: queue.Queue = queue.Queue(maxsize=self.READ_AHEAD)
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
+        self._counts_lock = threading.Lock()
 
     def open(self) -> dict[str, ResourceCounts]:
-        """Ask for the first page of every path before writing anything, then start reading."""
-        for resource in self.resources:
+        """Ask for the first page of every path before writing anything, then start reading.
+
+        The first pages are asked for at once, as many at a time as the key's limiter lets be on
+        their way (``client.concurrency``; the pacing holds, see ``RateLimiter``): an idle sync
+        is these requests and nothing else, so it waits for a few round trips instead of one per
+        path (13). A failure is raised for the first failing path in ``RESOURCES`` order."""
+        asks = [
+            (resource, path, self._start_cursor(resource, path))
+            for resource in self.resources
+            for path in resource.paths
+        ]
+
+        failed = threading.Event()  # a refusal (bad key, permission): ask for nothing more
+
+        def first(ask: tuple[Resource, str, datetime | None]) -> tuple[Page, float] | None:
+            if failed.is_set():
+                return None
+            resource, path, cursor = ask
+            started = time.perf_counter()
             counts = self.counts[resource.name]
-            for path in resource.paths:
-                cursor = self._start_cursor(resource, path)
-                started = time.perf_counter()
+            try:
                 page = self._request(counts, path, resource.name, list_params(resource, cursor))
-                counts.seconds += time.perf_counter() - started
-                self._first[path] = (cursor, page)
-                counts.expected += page.total_entries or len(page.records)
+            except BaseException:
+                failed.set()
+                raise
+            return page, time.perf_counter() - started
+
+        workers = max(1, min(self.client.concurrency, len(asks)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="cliniko-first") as pool:
+            futures = [pool.submit(first, ask) for ask in asks]
+        for future in futures:  # the first failure in RESOURCES order is the one raised
+            if future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
+        pages = [future.result() for future in futures]
+        for (resource, path, cursor), got in zip(asks, pages, strict=True):
+            assert got is not None  # skipped only after a failure, raised above
+            page, seconds = got
+            counts = self.counts[resource.name]
+            counts.seconds += seconds
+            self._first[path] = (cursor, page)
+            counts.expected += page.total_entries or len(page.records)
         self._reader = threading.Thread(target=self._read_all, name="cliniko-reader", daemon=True)
         self._reader.start()
         return self.counts
@@ -192,13 +225,14 @@ class Sync:
         return mark - self.overlap if mark is not None else None
 
     def _request(self, counts: ResourceCounts, *ask) -> Page:
-        stats = self.client.stats
-        requests, limited = stats.requests, stats.rate_limited
+        requests, limited = self.client.thread_counts()
         try:
             return self.client.get_page(*ask)
         finally:
-            counts.requests += stats.requests - requests
-            counts.rate_limited += stats.rate_limited - limited
+            now_requests, now_limited = self.client.thread_counts()
+            with self._counts_lock:
+                counts.requests += now_requests - requests
+                counts.rate_limited += now_limited - limited
 
     def _next_page(self, path: str) -> Batch | None:
         item = self._pages.get()

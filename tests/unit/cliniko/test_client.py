@@ -198,3 +198,21 @@ def test_the_sandbox_on_this_machine_takes_any_contact():
         check_contact("demo@localhost", base)
     with pytest.raises(BadContact):
         check_contact("demo@localhost", "https://proxy.clinic.com.au/v1")
+
+
+# --- One TLS context per process ----------------------------------------------------------------
+
+
+def test_clients_share_one_tls_context_that_still_verifies_cliniko():
+    """Loading the CA bundle cost 0.03-0.06 s of CPU per client, every tick: built once per
+    process, and still httpx's default (the certificate and the host name are checked)."""
+    import ssl
+
+    a = ClinikoClient("MS0xLTEy-au1", "it@clinic.com.au")
+    b = ClinikoClient("MS0xLTEz-au2", "it@clinic.com.au")
+    contexts = [c._http._transport._pool._ssl_context for c in (a, b)]  # httpcore's pool
+    assert contexts[0] is contexts[1]
+    assert contexts[0].verify_mode == ssl.CERT_REQUIRED and contexts[0].check_hostname
+    assert contexts[0].get_ca_certs()  # certifi's roots, as httpx loads them
+    a.close()
+    b.close()

@@ -179,6 +179,40 @@ def test_an_idle_poll_is_one_request_per_watched_resource_and_writes_nothing(
         assert lane.poll(con, client, watched).get("individual_appointments") == len(booked)
 
 
+def test_the_budget_holds_when_threads_ask_at_once():
+    """The sync asks for its first pages from threads (tasks/cliniko/sync.py, Sync.open): the
+    budget's check and its taking are one step, or threads that all saw room would all go. (A
+    slow clock widens the gap between them, as a loaded machine does.)"""
+    import threading
+
+    class Full(Exception):
+        pass
+
+    def slow_clock() -> float:
+        time.sleep(0.002)
+        return 1000.0
+
+    def sleep(_seconds: float) -> None:
+        raise Full  # a thread told to wait: the window is full for it
+
+    budget = lane.Budget(5, clock=slow_clock, sleep=sleep)
+    went: list[int] = []
+
+    def ask(n: int) -> None:
+        try:
+            budget.acquire()
+            went.append(n)
+        except Full:
+            pass
+
+    threads = [threading.Thread(target=ask, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(went) == 5
+
+
 def test_the_budget_counts_the_ticks_requests_and_never_passes_its_limit_in_a_minute():
     now = [1000.0]
     slept: list[float] = []
