@@ -42,6 +42,7 @@ from flows.artifacts import StepOutput, artifact_key
 from flows.dispatch import dispatch_clinic, dispatch_messages
 from flows.feedback import feedback_clinic, pull_feedback, report_artifacts
 from flows.journeys import journeys_clinic, run_journeys
+from flows.lost import crash_lost_runs
 from flows.models import build_clinic, build_models
 from flows.plan import plan_clinic, plan_messages
 from flows.report import summary_line
@@ -299,6 +300,9 @@ def clinic_tick(clinic: str = "demo", reconcile: bool = False, max_lateness_minu
         get_run_logger().info("Skipped: %s", late)
         return {"clinic": config.clinic, "skipped": late}
 
+    run: Any = FlowRunContext.get().flow_run  # type: ignore[union-attr]  # inside the tick's run
+    if lost := crash_lost_runs(run):  # the slot is this tick's: others of its deployment are gone
+        get_run_logger().warning("Marked Crashed, their process lost: %s", ", ".join(lost))
     summary = Summary(config.clinic, datetime.now(UTC))
     tables: list = []  # each step's table, for the summary
     check_machine(config)  # off its home: stop before the database is even made here

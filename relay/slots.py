@@ -32,43 +32,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
+from flows.lost import HOLDING
+from flows.lost import crash as _crash
+from flows.lost import limit_of as _limit
+from flows.lost import runs_of as _runs
+from flows.lost import set_active as _set_active
+
 # The server keeps concurrency leases in files under PREFECT_HOME, not in memory (Prefect setting).
 LEASE_STORAGE = {
     "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem"
 }
-HOLDING = ["PENDING", "RUNNING", "CANCELLING"]
 WAITING = "AwaitingConcurrencySlot"
 # Passes in a row a Running tick's database lock must be seen free before the tick counts as gone.
 DEAD_AFTER = 3
-
-
-def _runs(client, deployment_id: UUID, states: list[str]):
-    from prefect.client.schemas import filters
-
-    return client.read_flow_runs(
-        flow_run_filter=filters.FlowRunFilter(
-            deployment_id=filters.FlowRunFilterDeploymentId(any_=[deployment_id]),
-            state=filters.FlowRunFilterState(type=filters.FlowRunFilterStateType(any_=states)),
-        ),
-        limit=200,
-    )
-
-
-def _limit(client, deployment_id: UUID):
-    """The deployment's concurrency limit as it is now (None: it has none)."""
-    return client.read_deployment(deployment_id).global_concurrency_limit
-
-
-def _crash(client, deployment_id: UUID, run_id: UUID, why: str) -> None:
-    """Mark the run Crashed, which gives its slot back (Prefect's ReleaseFlowConcurrencySlots)."""
-    from prefect.states import Crashed
-
-    limit = _limit(client, deployment_id)
-    if limit is not None and limit.active_slots == 0:
-        # Its lease is gone and the count already says free: Crashed gives a slot back, so give
-        # it one to give back rather than have the server refuse the change.
-        _set_active(client, limit.name, 1)
-    client.set_flow_run_state(run_id, Crashed(message=why), force=True)
 
 
 def release_stopped_runs(client, deployment_ids: list[UUID], why: str) -> list[str]:
@@ -135,12 +111,6 @@ def release_unheld_slots(client, deployment_ids: list[UUID]) -> list[str]:
             _set_active(client, limit.name, holders)
             released.append(f"{limit.name}: {taken - holders} slot(s) no run held")
     return released
-
-
-def _set_active(client, name: str, slots: int) -> None:
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
-
-    client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=slots))
 
 
 def explain_waits(

@@ -127,3 +127,36 @@ def test_housekeeping_releases_a_killed_runs_slot_and_says_why_a_tick_waits(
     for _ in range(DEAD_AFTER - 1):
         keeper.run_once()
     next_tick_runs(client, prefect_server, killed, waiting)
+
+
+def test_the_next_tick_marks_a_run_lost_before_any_heartbeat_crashed(
+    client, prefect_server, slot_tick
+):
+    """A run lost while Pending (its worker died before the engine started: no heartbeat for the
+    lost-run automation to watch) whose lease then ran out: the clinic's next tick, holding the
+    deployment's one slot, marks it Crashed naming itself (flows/lost.py), and the slot stays
+    its own until it ends."""
+    from prefect.states import Pending
+
+    from flows.lost import limit_of, set_active
+
+    lost = client.create_flow_run_from_deployment(slot_tick).id
+    assert client.set_flow_run_state(lost, Pending()).status.value == "ACCEPT"  # took the slot
+    limit = limit_of(client, slot_tick)
+    assert limit.active_slots == 1
+    set_active(client, limit.name, 0)  # its lease ran out: the server's repossessor does this
+
+    following = client.create_flow_run_from_deployment(slot_tick).id
+    proc = start_run(client, prefect_server, following)
+    try:
+        wait_state(client, lost, {"CRASHED"})
+        if client.read_flow_run(following).state.type.value == "RUNNING":
+            assert limit_of(client, slot_tick).active_slots == 1  # the slot still the tick's
+        run = wait_state(client, following, FINAL, timeout=300)
+    finally:
+        proc.wait(timeout=120)
+    assert run.state.type.value == "COMPLETED", run.state.message
+    marked = client.read_flow_run(lost).state
+    assert marked.type.value == "CRASHED", marked.name
+    assert "process was lost" in marked.message and str(following) in marked.message
+    assert limit_of(client, slot_tick).active_slots == 0  # the tick gave back its own slot only

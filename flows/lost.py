@@ -1,0 +1,89 @@
+"""Runs of a tick deployment whose process is gone, and how one is marked Crashed without taking
+a slot from a live run.
+
+Each tick deployment has a concurrency limit of 1 (relay deploy, ``relay.serve.tick_deployment``):
+Prefect gives a run the deployment's one slot when it goes Pending, under a lease its process
+renews, and takes the slot back when the run ends. So while a tick of a clinic runs, no other
+run of its deployment can be Pending, Running or Cancelling with a live process: Prefect gave
+this tick the slot because the other run's lease ran out. Most lost runs are marked Crashed
+within about a minute by the lost-run automation (relay/alerts.py, from their heartbeats), but
+two kinds are not watched by it: a run killed before its first heartbeat soon after a deploy
+(Prefect holds its state events while waiting for a Scheduled event the scheduler never emits),
+and a run lost while Pending or Submitting (no heartbeat yet). ``crash_lost_runs`` marks those
+Crashed at the start of the clinic's next tick, saying which tick found them, so a lost run never
+stays "Running" for good and the "a run failed or crashed" alert names it.
+
+``crash`` is the one place a run is marked Crashed by relay (also ``relay serve``'s start-up and
+housekeeping, relay/slots.py). A Crashed state gives a slot back (Prefect's
+ReleaseFlowConcurrencySlots): the run's lease's, or, when its lease has run out, one of the
+deployment's limit anyway. So that the second case takes nothing from a live run, the limit is
+first given one to give back whenever it counts fewer taken slots than runs that hold one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+HOLDING = ["PENDING", "RUNNING", "CANCELLING"]
+
+
+def runs_of(client, deployment_id: UUID, states: list[str]) -> list[Any]:
+    from prefect.client.schemas import filters
+
+    return client.read_flow_runs(
+        flow_run_filter=filters.FlowRunFilter(
+            deployment_id=filters.FlowRunFilterDeploymentId(any_=[deployment_id]),
+            state=filters.FlowRunFilterState(type=filters.FlowRunFilterStateType(any_=states)),
+        ),
+        limit=200,
+    )
+
+
+def limit_of(client, deployment_id: UUID) -> Any:
+    """The deployment's concurrency limit as it is now (None: it has none)."""
+    return client.read_deployment(deployment_id).global_concurrency_limit
+
+
+def set_active(client, name: str, slots: int) -> None:
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=slots))
+
+
+def crash(client, deployment_id: UUID, run_id: UUID, why: str) -> None:
+    """Mark the run Crashed; it gives back only the slot it held (see the module's docstring)."""
+    from prefect.states import Crashed
+
+    limit = limit_of(client, deployment_id)
+    if limit is not None and limit.active_slots < len(runs_of(client, deployment_id, HOLDING)):
+        # Its lease is gone (the count no longer includes it): Crashed gives a slot back, so
+        # give the limit one to give back rather than take a live run's or be refused.
+        set_active(client, limit.name, limit.active_slots + 1)
+    client.set_flow_run_state(run_id, Crashed(message=why), force=True)
+
+
+def crash_lost_runs(run: Any) -> list[str]:
+    """At the start of a tick (``run``: its flow run, holding its deployment's one slot): mark
+    Crashed every other run of the deployment still Pending, Running or Cancelling. Returns
+    their names. Nothing is done for a run without a deployment, or a deployment whose limit is
+    not 1 (then another run may hold a slot of its own)."""
+    if run.deployment_id is None:
+        return []
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        others = [r for r in runs_of(client, run.deployment_id, HOLDING) if r.id != run.id]
+        if not others:
+            return []
+        limit = limit_of(client, run.deployment_id)
+        if limit is None or limit.limit != 1:
+            return []
+        for other in others:
+            crash(
+                client, run.deployment_id, other.id,
+                f"Its process was lost: it was still {other.state_name} when the clinic's next "
+                f"tick, {run.name} ({run.id}), had the deployment's one slot (marked by that "
+                "tick; it catches up on what the lost run did not do).",
+            )  # fmt: skip
+        return [other.name for other in others]
