@@ -13,6 +13,14 @@ and a run lost while Pending or Submitting (no heartbeat yet). ``crash_lost_runs
 Crashed at the start of the clinic's next tick, saying which tick found them, so a lost run never
 stays "Running" for good and the "a run failed or crashed" alert names it.
 
+Outside a tick (``relay clinic move``, which must not wait for a run that will never end) the rule
+is read from the deployment's limit: ``lost_holders``. Prefect keeps a run's lease on the server
+only (in memory, in files under the server's PREFECT_HOME, or in Redis; no API reads it), and when
+a lease expires the server's repossessor takes its slot back from the limit's ``active_slots``
+(every 15 s). So a limit counting fewer taken slots than runs holding one has lost runs among
+them: all of them when it counts none, and with a limit of 1 all but the run that took the slot
+last (each run took it when no lease was left, so the earlier ones' leases had run out).
+
 ``crash`` is the one place a run is marked Crashed by relay (also ``relay serve``'s start-up and
 housekeeping, relay/slots.py). A Crashed state gives a slot back (Prefect's
 ReleaseFlowConcurrencySlots): the run's lease's, or, when its lease has run out, one of the
@@ -22,6 +30,7 @@ first given one to give back whenever it counts fewer taken slots than runs that
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -87,3 +96,48 @@ def crash_lost_runs(run: Any) -> list[str]:
                 "tick; it catches up on what the lost run did not do).",
             )  # fmt: skip
         return [other.name for other in others]
+
+
+def slot_taken_at(client, run: Any) -> datetime:
+    """When the run last took its deployment's slot: the first state of its last unbroken stretch
+    of Pending, Running or Cancelling states (Prefect secures the slot on the way into Pending and
+    releases it on the way out of the three)."""
+    states = sorted(client.read_flow_run_states(run.id), key=lambda st: st.timestamp)
+    taken = states[-1].timestamp if states else datetime.min.replace(tzinfo=UTC)
+    for state in reversed(states):
+        if state.type.value not in HOLDING:
+            break
+        taken = state.timestamp
+    return taken
+
+
+def lost_holders(client, deployment_id: UUID) -> list[Any]:
+    """The runs of the deployment still Pending, Running or Cancelling whose slot's lease ran out
+    (see the module's docstring): all of them when the limit counts no taken slot, and with a
+    limit of 1 all but the one that took the slot last. None when it cannot be told (no limit, or
+    a limit over 1 with slots taken)."""
+    holders = runs_of(client, deployment_id, HOLDING)
+    if not holders:
+        return []
+    limit = limit_of(client, deployment_id)  # read after the runs: a run found took its slot before
+    if limit is None or limit.active_slots >= len(holders):
+        return []
+    if limit.active_slots == 0:
+        return holders
+    if limit.limit != 1:
+        return []
+    last = max(holders, key=lambda run: slot_taken_at(client, run))
+    return [run for run in holders if run.id != last.id]
+
+
+def crash_lost_holders(client, deployment_id: UUID, why: str) -> list[Any]:
+    """Mark Crashed the deployment's ``lost_holders``; returns the runs marked. A run whose state
+    changed since it was read (it ended, so its slot came back) is left as it is."""
+    marked = []
+    for run in lost_holders(client, deployment_id):
+        now = client.read_flow_run(run.id)
+        if now.state is None or run.state is None or now.state.id != run.state.id:
+            continue
+        crash(client, deployment_id, run.id, why)
+        marked.append(run)
+    return marked

@@ -10,7 +10,8 @@ idempotent and a crash anywhere resumes by running the same command again:
 
 1. ``move`` records ``moving_to`` (from then on every tick of the clinic, anywhere, refuses) and
    which deployments it pauses, pauses them, and waits for a running tick to end (or gives the
-   clinic back to its home, resumed, and says so);
+   clinic back to its home, resumed, and says so); a run whose slot's lease ran out (its machine
+   was lost: flows/lost.py) is marked Crashed instead of waited for;
 2. it backs the database up under its lock, CHECKPOINTed, through a temporary name, to
    ``<backup dir>/<clinic>/<clinic>-generation-<n>.duckdb`` and records the file and its sha256;
 3. it puts the clinic's deployments on the new machine's work queue (``machine-<name>``);
@@ -65,6 +66,38 @@ def _running(client, deployments: list) -> list:
             state=filters.FlowRunFilterState(type=filters.FlowRunFilterStateType(any_=RUNNING)),
         )
     )
+
+
+def wait_for_ticks(
+    client, clinic: str, machine: str, deployments: list, seconds: float, echo, every: float = 1.0
+) -> list:
+    """Wait up to ``seconds`` for the clinic's runs still Pending, Running or Cancelling to end;
+    returns those still going then. A run that holds a slot whose lease ran out
+    (flows/lost.py, ``lost_holders``: its process is gone, it would never end) is marked Crashed
+    at once, said by name and id, and not waited for; a live one is."""
+    from flows.lost import crash_lost_holders
+
+    why = (
+        f"Its process was lost: it still held {clinic}'s slot after the slot's lease ran out "
+        f"(marked by `relay clinic move` on '{machine}'; the clinic's next tick catches up)."
+    )
+    deadline, told = time.monotonic() + seconds, False
+    while True:
+        for deployment in deployments:
+            for run in crash_lost_holders(client, deployment.id, why):
+                echo(f"marked Crashed {run.name} ({run.id}): its slot's lease ran out, its "
+                     "process is gone")  # fmt: skip
+        running = _running(client, deployments)
+        if not running or time.monotonic() >= deadline:
+            return running
+        if not told:
+            told = True
+            echo(
+                f"waiting for {', '.join(f'{r.name} ({r.state_name})' for r in running)} to end "
+                f"(up to {seconds:.0f} s; a run whose machine was lost is marked Crashed once "
+                "its slot's lease runs out, within 5 minutes)"
+            )
+        time.sleep(every)
 
 
 def _ensure_queue(client, pool: str, queue: str) -> None:
@@ -129,9 +162,7 @@ def move(
         for deployment_id in home.paused or []:
             client.pause_deployment(deployment_id)
         echo(f"1/3 paused {len(home.paused or [])} deployment(s) of {clinic}")
-        deadline = time.monotonic() + wait_seconds
-        while (running := _running(client, deployments)) and time.monotonic() < deadline:
-            time.sleep(1)
+        running = wait_for_ticks(client, clinic, machine, deployments, wait_seconds, echo)
         if running:
             store.write(config.clinic, replace(home, moving_to=None, paused=None))
             for deployment_id in home.paused or []:
