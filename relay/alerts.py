@@ -14,9 +14,10 @@ webhook, a Postmark or ntfy endpoint, anything that takes a JSON POST):
   clinic: its machine or worker is down, or its schedule paused, which no run can report by
   itself.
 
-A sixth acts: a deployment's run that went Running or sent a heartbeat and then nothing for
-``crash_after`` seconds (its process or machine died) is set Crashed (Prefect's documented
-"detect zombie flows" automation, also opened by Running for a run lost before its first
+A sixth acts: a deployment's run that went Submitting or Running, or sent a heartbeat, and then no
+heartbeat for ``crash_after`` seconds without finishing (its process or machine died, or the
+worker that took it up did before starting it) is set Crashed (Prefect's documented "detect
+zombie flows" automation, also opened by Submitting and Running for a run lost before its first
 heartbeat). Crashed gives the deployment's concurrency slot back at once (the server's
 ReleaseFlowConcurrencySlots rule), so the clinic's next tick runs. A seventh tells a person each
 time it did (``lost_run_crashed``). Runs heartbeat every ``HEARTBEAT_SECONDS``
@@ -36,11 +37,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 from prefect.events.actions import ChangeFlowRunState
 
+from relay.env import CRASH_AFTER_SECONDS
+
 PREFIX = "relay: "
-# Seconds between a run's heartbeats (Prefect's minimum is 30), and how long without one before
-# a Running run counts as lost: three missed heartbeats, so a busy machine is not a dead one.
-HEARTBEAT_SECONDS = 30
-CRASH_AFTER_SECONDS = 90
 ZOMBIE_NAME = PREFIX + "a run stopped sending heartbeats"
 QUIET_NAME = PREFIX + "no tick completed"
 LOST_NAME = PREFIX + "a lost run was marked Crashed"
@@ -179,16 +178,34 @@ def _on_clinic_event(
 
 def zombie_runs(crash_after: int = CRASH_AFTER_SECONDS) -> Automation:
     """Prefect's "detect zombie flows" automation, for runs of a deployment: a run that went
-    Running, or sent a heartbeat, and then nothing for ``crash_after`` seconds without a final
-    state (its process or machine died) is set Crashed, which releases its deployment's slot.
+    Submitting or Running, or sent a heartbeat, and then no heartbeat for ``crash_after`` seconds
+    without a final state (its process or machine died) is set Crashed, which releases its
+    deployment's slot.
 
-    Opened by Running as well as by a heartbeat: the two-machine run killed a tick 3 s after it
-    went Running, before its first heartbeat reached the server, and a watch opened by heartbeats
-    only never saw it. One automation for both cases, not two: each heartbeat and state of every
-    run is then one bucket write on the server, not two, and on a SQLite server every bucket
-    write is a write transaction of the triggers service (docs/scaling.md, "Alerts": two such
-    automations held the server's write lock for a minute at a time). Only runs of a deployment
-    (their events name it): they hold the clinic's slot; a tick's steps are tasks of its run.
+    Opened by Submitting and Running as well as by a heartbeat. Running: the two-machine run
+    killed a tick 3 s after it went Running, before its first heartbeat reached the server.
+    Submitting (a Pending state: the slot is the run's from Pending on): the worker says so just
+    before it starts the run's process, and a worker lost then left the run Submitting, holding
+    the slot until its lease ran out (up to 5 minutes), with nothing watching it. Not Pending
+    itself: a run is Pending only while its worker gets ready to start it (under a second), and an
+    engine started by hand (tests/flows/test_heartbeats.py) has no Submitting to wait through. The
+    run's first heartbeat, sent as its engine starts it (just after Running), closes that window
+    and opens the heartbeats' own; Running leaves an open window as it is (Prefect's
+    ensure_bucket), so a run has ``crash_after`` seconds from Submitting to its first heartbeat
+    (a process start took 1-4 s warm, 18-23 s cold, at load 13-18). Were it slower, the run would
+    be Crashed before it started; its engine then runs it from Crashed, but its slot's lease is
+    gone, and Prefect's lease renewal, started before the flow's body, stops it within seconds
+    ("Terminating execution to prevent over-allocation", prefect/concurrency/_leases.py): no
+    second tick of the clinic runs beside it for long, and the clinic's database lock
+    (tasks.warehouse.hold) keeps the two apart meanwhile. A run
+    whose Submitting follows a Scheduled state made less than 5 minutes before (the first ticks
+    after a deploy, a resume or a move) is seen 15 minutes late (docs/scaling.md, Alerts) and not
+    watched; the clinic's next tick (flows/lost.py) and ``relay clinic move`` catch those. One
+    automation for all three, not two: each event of every run is then one bucket write on the
+    server, not two, and on a SQLite server every bucket write is a write transaction of the
+    triggers service (docs/scaling.md, "Alerts": two such automations held the server's write
+    lock for a minute at a time). Only runs of a deployment (their events name it): they hold
+    the clinic's slot; a tick's steps are tasks of its run.
 
     It fires for every run that finished too, ``crash_after`` seconds after its last heartbeat
     (its final state does not close the watch: see ``expect``), as Prefect's own recipe does for
@@ -198,11 +215,15 @@ def zombie_runs(crash_after: int = CRASH_AFTER_SECONDS) -> Automation:
     told by ``lost_run_crashed`` instead, only when a run really was marked Crashed."""
     return Automation(
         name=ZOMBIE_NAME,
-        description=f"A deployment's run sent no heartbeat for {crash_after} s since it started "
-        "or since its last heartbeat, and did not finish: its process or machine died. It is "
+        description=f"A deployment's run sent no heartbeat for {crash_after} s since its worker "
+        "started it or since its last heartbeat, and did not finish: its process or machine died. It is "
         "marked Crashed, giving its clinic's tick slot back.",
         trigger=EventTrigger(
-            after={"prefect.flow-run.Running", "prefect.flow-run.heartbeat"},
+            after={
+                "prefect.flow-run.Submitting",
+                "prefect.flow-run.Running",
+                "prefect.flow-run.heartbeat",
+            },
             # Heartbeats only, not the final states Prefect's recipe also expects: on a SQLite
             # server each final state was a read and then a write of the run's bucket in one
             # transaction, refused at once ("database is locked") whenever another write came

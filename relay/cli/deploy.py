@@ -57,7 +57,7 @@ class Planned:
 
 
 def heartbeat_env() -> dict[str, str]:
-    from relay.alerts import HEARTBEAT_SECONDS
+    from relay.env import HEARTBEAT_SECONDS
 
     return {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS)}
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from relay.env import CRASH_AFTER_SECONDS, HEARTBEAT_SECONDS
+
 
 def serve_command(
     port: int = typer.Option(4200, help="Port of the Prefect server and its UI on 127.0.0.1."),
@@ -44,10 +46,12 @@ def alerts_create_command(
         "Default: three tick intervals of the slowest clinic deployed, at least 15.",
     ),
     crash_after: int = typer.Option(
-        90,
+        CRASH_AFTER_SECONDS,
         "--crash-after-seconds",
-        help="Mark a run Crashed (its slot given back) after this long without a heartbeat "
-        "(runs heartbeat every 30 s).",
+        min=HEARTBEAT_SECONDS + 1,
+        help=f"Mark a run Crashed (its slot given back) after this long without a heartbeat "
+        f"(runs heartbeat every {HEARTBEAT_SECONDS} s, so a live run's next heartbeat may be "
+        f"this less {HEARTBEAT_SECONDS} s late).",
     ),
 ) -> None:
     """Create (or replace) the Prefect automations that notify on failed or crashed runs, on a

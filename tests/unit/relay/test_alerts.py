@@ -13,8 +13,6 @@ from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 
 from relay.alerts import (
-    CRASH_AFTER_SECONDS,
-    HEARTBEAT_SECONDS,
     LOST_NAME,
     QUIET_FLOOR_MINUTES,
     ZOMBIE_NAME,
@@ -22,6 +20,7 @@ from relay.alerts import (
     default_quiet_minutes,
     no_tick_completed,
 )
+from relay.env import CRASH_AFTER_SECONDS, DEFAULTS, HEARTBEAT_SECONDS
 
 
 def by_name(quiet_minutes: int = 30) -> dict:
@@ -33,16 +32,24 @@ def test_a_run_whose_heartbeats_stop_is_marked_crashed():
     trigger = zombie.trigger
 
     assert trigger.posture.value == "Proactive"
-    # opened by a heartbeat, or by Running for a run lost before its first heartbeat
-    assert trigger.after == {"prefect.flow-run.Running", "prefect.flow-run.heartbeat"}
+    # opened by a heartbeat, by Running for a run lost before its first heartbeat, and by
+    # Submitting for a run lost while its worker was starting it
+    assert trigger.after == {
+        "prefect.flow-run.Submitting",
+        "prefect.flow-run.Running",
+        "prefect.flow-run.heartbeat",
+    }
     # only a heartbeat keeps it quiet: a final state costs a SQLite server a refused write
     assert trigger.expect == {"prefect.flow-run.heartbeat"}
     assert trigger.for_each == {"prefect.resource.id"}  # one bucket per run
     # runs of a deployment only (they hold a clinic's slot; a tick's steps are its tasks)
     assert trigger.match_related.root == {"prefect.resource.role": "deployment"}
     assert trigger.within == timedelta(seconds=CRASH_AFTER_SECONDS)
-    # Several heartbeats may be missed before a live run is taken for a dead one.
-    assert CRASH_AFTER_SECONDS >= 3 * HEARTBEAT_SECONDS
+    # Crashed about a minute after the kill (issue 14; it was 90 s after the last heartbeat),
+    # and a live run's next heartbeat may still be a whole interval late: Prefect's least
+    # interval, 30 s, twice.
+    assert HEARTBEAT_SECONDS == 30 and CRASH_AFTER_SECONDS == 2 * HEARTBEAT_SECONDS
+    assert DEFAULTS["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == str(HEARTBEAT_SECONDS)
     [crash] = zombie.actions  # it tells nobody itself: it also fires for finished runs
     assert crash.type == "change-flow-run-state" and crash.state == StateType.CRASHED
 
