@@ -54,6 +54,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
+from relay.env import CRASH_AFTER_SECONDS as CRASH_AFTER  # noqa: E402 (the lost-run window)
 from relay.serve import alive, descendants, free_port, prefect_server  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -69,7 +70,6 @@ TICK_SECONDS = 60  # relay deploy's least; a tick takes 5 s on a quiet 2-core ma
 # tick takes at load 20 (2-3 min; with 2 minutes south was named during a slow tick, before the
 # kill, and once per silence means not again after it).
 QUIET_MINUTES = 4
-CRASH_AFTER = 90  # the lost-run automation's silence (relay alerts create's default)
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 # A welcome email for every booking: each ledger row and outbox file is one booking's message.
@@ -279,6 +279,7 @@ class Fleet:
     webhook: Webhook
     sandboxes: dict
     deployments: dict = field(default_factory=dict)  # clinic -> deployment id
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     notes: list[str] = field(default_factory=list)
 
     # -- the Prefect API, read in this process --
@@ -613,14 +614,37 @@ def scenario_kill(fleet: Fleet, clinic: str = MOVED, timeout: float = 600) -> di
     for run_id, entry in lost.items():
         entry["heartbeats_recorded_at_kill"] = beats.get(run_id, 0)
 
+    # Each run the machine left unfinished, Running or Submitting: when it ended (seconds after
+    # the kill), watched together until the killed tick has ended and the rest have or 3 minutes
+    # have passed (a run lost while Submitting is watched from Submitting, relay/alerts.py).
+    ended_at: dict = {}
+
     def crashed():
         with fleet.client() as c:
+            for run_id in set(lost) - set(ended_at):
+                state = c.read_flow_run(run_id).state
+                if state and state.type.value in FINAL:
+                    ended_at[run_id] = round(time.monotonic() - killed_at, 1)
             r = c.read_flow_run(victim.id)
-        return r if r.state and r.state.type.value in FINAL else None
+        if not (r.state and r.state.type.value in FINAL):
+            return None
+        return r if set(lost) <= set(ended_at) or time.monotonic() - killed_at > 180 else None
 
-    ended = fleet.wait("the killed tick to go Crashed", crashed, timeout)
+    ended = fleet.wait("the killed tick (and the rest it left) to go Crashed", crashed, timeout)
     result["state"] = ended.state.type.value if ended else "STILL RUNNING"
-    result["seconds_to_crashed"] = round(time.monotonic() - killed_at, 1) if ended else None
+    result["seconds_to_crashed"] = ended_at.get(str(victim.id)) if ended else None
+    for run_id, entry in lost.items():
+        entry["seconds_to_final"] = ended_at.get(run_id)
+    if ended:
+        beats = [
+            datetime.fromisoformat(e["occurred"])
+            for e in fleet.events("prefect.flow-run.heartbeat", killed_wall - timedelta(hours=1))
+            if e["resource"]["prefect.resource.id"] == f"prefect.flow-run.{victim.id}"
+        ]
+        if beats and ended.state.timestamp:
+            result["crashed_seconds_after_its_last_heartbeat"] = round(
+                (ended.state.timestamp - max(beats)).total_seconds(), 1
+            )
     released = fleet.wait("its slot back", lambda: fleet.slots_taken(clinic) == 0, 30)
     result["slot_released"] = bool(released)
     alerted = fleet.wait(
@@ -685,7 +709,14 @@ def scenario_kill(fleet: Fleet, clinic: str = MOVED, timeout: float = 600) -> di
         }
         - {c for c, m in HOMES.items() if m == home.name}
     )
-    result["lost_run_automation"] = zombie_actions(fleet, killed_wall)
+    result["lost_run_automation"] = zombie_actions(fleet, since_deploy(fleet))
+    # A live run taken for a dead one: the automation's change accepted for a run the kill did not
+    # leave unfinished (refusals are finished runs: harmless).
+    result["live_runs_crashed"] = [
+        a["run"] for a in result["lost_run_automation"]
+        if a["outcome"] == "executed" and a["run"] not in lost
+    ]  # fmt: skip
+    result["heartbeat_gaps"] = heartbeat_gaps(fleet)
     result["ok"] = bool(result["state"] == "CRASHED" and released and alerted and again and quiet)
     return result
 
@@ -737,6 +768,33 @@ def alerts_since(fleet: Fleet, after: float, lost: dict, zero: float | None = No
             )
         found.append(entry)
     return found
+
+
+def since_deploy(fleet: Fleet) -> datetime:
+    return fleet.started_at - timedelta(minutes=1)
+
+
+def heartbeat_gaps(fleet: Fleet) -> dict:
+    """Seconds between consecutive heartbeats of each run, by their ``occurred`` (stamped in the
+    run's process), over the whole run: the margin the lost-run window leaves a live run
+    (relay/env.py, CRASH_AFTER_SECONDS) is this window less the longest gap."""
+    per_run: dict = defaultdict(list)
+    for e in fleet.events("prefect.flow-run.heartbeat", since_deploy(fleet)):
+        per_run[e["resource"]["prefect.resource.id"]].append(datetime.fromisoformat(e["occurred"]))
+    gaps = sorted(
+        (b - a).total_seconds()
+        for beats in per_run.values()
+        for a, b in zip(sorted(beats), sorted(beats)[1:], strict=False)
+    )
+    if not gaps:
+        return {"runs": len(per_run), "gaps": 0}
+    return {
+        "runs": len(per_run),
+        "gaps": len(gaps),
+        "median": round(gaps[len(gaps) // 2], 2),
+        "max": round(gaps[-1], 2),
+        "window": CRASH_AFTER,
+    }
 
 
 def zombie_actions(fleet: Fleet, since: datetime) -> list[dict]:
@@ -892,6 +950,11 @@ def targets(figures: dict) -> list[tuple[str, object, str]]:
         ("misroute alert, s after the run was made", misroute.get("alert_seconds"), "arrives"),
         ("killed tick Crashed, s after the kill", kill.get("seconds_to_crashed"),
          f"about a minute ({CRASH_AFTER} s of silence after its last heartbeat)"),
+        ("every run it left unfinished ended, s after the kill",
+         {r: e.get("seconds_to_final") for r, e in kill.get("runs_left_unfinished", {}).items()},
+         "each about a minute"),
+        ("live runs the lost-run automation crashed", kill.get("live_runs_crashed"), "[] (none)"),
+        ("heartbeat gaps of all runs, s", kill.get("heartbeat_gaps"), f"max well under {CRASH_AFTER}"),
         ("its slot released", kill.get("slot_released"), "True"),
         ("alert naming the killed tick, s", kill.get("alert_seconds"), "arrives"),
         (f"alert naming {kill.get('quiet_alert_for')} (left on the lost machine), s",
