@@ -9,7 +9,7 @@ this tick the slot because the other run's lease ran out. Most lost runs are mar
 within about a minute by the lost-run automation (relay/alerts.py, from their heartbeats), but
 two kinds are not watched by it: a run killed before its first heartbeat soon after a deploy
 (Prefect holds its state events while waiting for a Scheduled event the scheduler never emits),
-and a run lost while Pending or Submitting (no heartbeat yet). ``crash_lost_runs`` marks those
+and a run lost while Pending, before its worker said Submitting. ``crash_lost_runs`` marks those
 Crashed at the start of the clinic's next tick, saying which tick found them, so a lost run never
 stays "Running" for good and the "a run failed or crashed" alert names it.
 

@@ -192,7 +192,7 @@ def zombie_runs(crash_after: int = CRASH_AFTER_SECONDS) -> Automation:
     run's first heartbeat, sent as its engine starts it (just after Running), closes that window
     and opens the heartbeats' own; Running leaves an open window as it is (Prefect's
     ensure_bucket), so a run has ``crash_after`` seconds from Submitting to its first heartbeat
-    (a process start took 1-4 s warm, 18-23 s cold, at load 13-18). Were it slower, the run would
+    (pickup to start took 3-4 s warm, 18-23 s cold, at load 13-18). Were it slower, the run would
     be Crashed before it started; its engine then runs it from Crashed, but its slot's lease is
     gone, and Prefect's lease renewal, started before the flow's body, stops it within seconds
     ("Terminating execution to prevent over-allocation", prefect/concurrency/_leases.py): no

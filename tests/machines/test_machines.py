@@ -75,6 +75,8 @@ def test_a_killed_machine_is_noticed_and_its_clinic_moves(proof):
     assert kill.get("seconds_until_ticks_again") is not None, kill
     # Every run the lost machine left unfinished is Crashed, not Running for good.
     assert set(kill["left_unfinished_now"].values()) == {"Crashed"}, kill
+    # ...and no live run was taken for a lost one (heartbeats late beyond the window's margin).
+    assert kill["live_runs_crashed"] == [], kill
 
 
 def test_the_clinic_left_on_the_lost_machine_is_named(proof):
