@@ -41,7 +41,7 @@ deploy: $(STAMP)
 # module runs whole on one worker, against that worker's own server (tests/conftest.py), beside
 # the rest; listed first, they start first.
 test: $(STAMP)  ## the whole suite: unit, integration (real HTTP), Prefect server tests
-	$(PY) -m pytest -n auto --dist loadgroup tests/flows tests/unit tests/sandbox tests/integration
+	$(PY) -m pytest -n auto --dist loadgroup --durations=25 tests/flows tests/unit tests/sandbox tests/integration
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit

@@ -30,8 +30,8 @@ import pytest
 
 pytestmark = [pytest.mark.prefect]
 
-QUIET = 45  # seconds without a completed tick before a clinic is named (minutes in production)
-BETA_EVERY = 3  # seconds between beta's ticks: well inside the window
+QUIET = 24  # seconds without a completed tick before a clinic is named (minutes in production)
+BETA_EVERY = 2  # seconds between beta's ticks: well inside the window
 
 
 class Webhook:
