@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from datetime import datetime
 
@@ -76,7 +76,12 @@ def merge(con: duckdb.DuckDBPyConnection, model: Model, rel: str) -> bool:
     return True
 
 
-def replace_changed_rows(con: duckdb.DuckDBPyConnection, model: Model, rel: str) -> bool:
+def replace_changed_rows(
+    con: duckdb.DuckDBPyConnection,
+    model: Model,
+    rel: str,
+    note: Callable[[str, str], object] | None = None,
+) -> bool:
     """Bring an existing table to the model's new rows by deleting the rows that went and
     inserting the rows that came, instead of rewriting it: most builds change a handful of
     rows in each list and segment, and rewriting ~20 tables of 100,000 rows every build made
@@ -84,7 +89,9 @@ def replace_changed_rows(con: duckdb.DuckDBPyConnection, model: Model, rel: str)
     rows either way (its physical order may differ; models have no order). The table is
     rewritten instead when the columns or their types changed, a column is nested (MAP,
     LIST, STRUCT...), or either side has duplicate rows (a set difference cannot tell
-    copies apart). Returns whether a row went or came (False: the table is as it was)."""
+    copies apart). ``note(went, came)``: told the temporary tables holding the rows that went
+    and came (before they are dropped), when the table was brought by difference, not
+    rewritten. Returns whether a row went or came (False: the table is as it was)."""
     con.execute(f"CREATE OR REPLACE TEMP TABLE relay_new AS {model.sql}")
     try:
         temp = _columns(con, "relay_new")
@@ -98,14 +105,24 @@ def replace_changed_rows(con: duckdb.DuckDBPyConnection, model: Model, rel: str)
             con.execute(f"CREATE OR REPLACE TABLE {rel} AS SELECT * FROM relay_new")
             return True
         same = " AND ".join(f'o."{c}" IS NOT DISTINCT FROM n."{c}"' for c, _ in temp)
-        went = one(
-            con,
-            f"DELETE FROM {rel} WHERE rowid IN "
-            f"(SELECT o.rowid FROM {rel} o ANTI JOIN relay_new n ON {same})",
-        )[0]
-        came = one(
-            con, f"INSERT INTO {rel} SELECT n.* FROM relay_new n ANTI JOIN {rel} o ON {same}"
-        )[0]
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE relay_went AS SELECT o.rowid AS relay_rowid, o.* "
+            f"FROM {rel} o ANTI JOIN relay_new n ON {same}"
+        )
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE relay_came AS "
+            f"SELECT n.* FROM relay_new n ANTI JOIN {rel} o ON {same}"
+        )
+        went = one(con, "SELECT count(*) FROM relay_went")[0]
+        came = one(con, "SELECT count(*) FROM relay_came")[0]
+        if went:
+            con.execute(f"DELETE FROM {rel} WHERE rowid IN (SELECT relay_rowid FROM relay_went)")
+        if came:
+            con.execute(f"INSERT INTO {rel} SELECT * FROM relay_came")
+        if note is not None:
+            note("relay_went", "relay_came")
+        con.execute("DROP TABLE relay_went")
+        con.execute("DROP TABLE relay_came")
         return bool(went or came)
     finally:
         con.execute("DROP TABLE relay_new")
