@@ -215,6 +215,7 @@ class ModelBuild:
             list(row.values()),
         )
         self.memo.start(con, None if self.full_refresh else self.changes_since)
+        self.fingerprints = tables.Fingerprints(con)  # after fill_missing, which may clear them
         self.changes = MemberChanges(con, self.project)  # what lists and segments lost and gained
         # Tables and views in place before this build (one catalog read, not one per model).
         self.existing = {
@@ -273,7 +274,7 @@ class ModelBuild:
         if model.materialized == "view":
             if existing == "table":
                 con.execute(f"DROP TABLE {rel}")
-            if tables.same_view(con, model, existing, self.unchanged):
+            if tables.same_view(self.fingerprints, model, existing, self.unchanged):
                 self.unchanged.add(model.relation)
             else:
                 con.execute(f"CREATE OR REPLACE VIEW {rel} AS {model.sql}")
@@ -284,7 +285,7 @@ class ModelBuild:
         same = False  # rows and SQL as at the last commit, which checked them: not checked again
         if model.materialized == "incremental":
             fingerprint = tables.fingerprint(model, self.project, asdict(self.settings))
-            previous = tables.recorded_fingerprints(con, [model.relation]).get(model.relation)
+            previous = self.fingerprints.get(model.relation)
             if (
                 existing
                 and not self.full_refresh
@@ -298,17 +299,15 @@ class ModelBuild:
                 con.execute(f"CREATE OR REPLACE TABLE {rel} AS {model.sql}")
                 self._set_changes(self.changes_since, self.previous_built_at)
                 tables.check_unique(con, rel, model.key)
-            con.execute(
-                "INSERT OR REPLACE INTO state.model_fingerprints VALUES (?, ?)",
-                [model.relation, fingerprint],
-            )
+            self.fingerprints.keep(model.relation, fingerprint)
         else:
-            same = tables.same_table(con, model, self.project, self.settings, self.unchanged)
-            same, note = same and existing == "table", self.changes.note(model.relation)
+            f, note = self.fingerprints, self.changes.note(model.relation)
+            same = tables.same_table(f, model, self.project, self.settings, self.unchanged)
             if existing != "table":
                 con.execute(f"CREATE OR REPLACE TABLE {rel} AS {model.sql}")
             elif same or not tables.replace_changed_rows(con, model, rel, note):
                 self.unchanged.add(model.relation)
+            same = existing == "table"  # as it was, or its new rows checked (check_shape)
         if not (same or model.materialized == "incremental" and model.relation in self.unchanged):
             tables.check_shape(con, model, rel)
         return one(con, f"SELECT count(*) FROM {rel}")[0]
@@ -324,7 +323,7 @@ class ModelBuild:
             if t.file not in self.broken and not set(t.depends_on) & set(self.held)
         ]
         self.tests_run = tests
-        for test in tables.tests_to_run(self.con, tests, self.unchanged):
+        for test in tables.tests_to_run(self.fingerprints, tests, self.unchanged):
             try:
                 failures = count_failures(self.con, test)
             except ModelError as exc:
