@@ -64,13 +64,15 @@ class MemberChanges:
         audience, select = self.selects[relation]
 
         def note(went: str, came: str) -> None:
-            for rows, is_came in ((went, False), (came, True)):
-                self.con.execute(
-                    f"INSERT INTO relay_member_changes SELECT ?, CAST(k AS VARCHAR), "
-                    f"CAST(p AS BIGINT), ? FROM ({select.replace('{rows}', rows)}) AS t(k, p) "
-                    "WHERE k IS NOT NULL",
-                    [audience, is_came],
-                )
+            members = " UNION ALL ".join(
+                f"SELECT k, p, {is_came} FROM ({select.replace('{rows}', rows)}) AS t(k, p)"
+                for rows, is_came in ((went, False), (came, True))
+            )
+            self.con.execute(
+                "INSERT INTO relay_member_changes SELECT ?, CAST(k AS VARCHAR), CAST(p AS BIGINT), "
+                f"c FROM ({members}) AS m(k, p, c) WHERE k IS NOT NULL",
+                [audience],
+            )
             self.noted.add(relation)
 
         return note
