@@ -6,7 +6,7 @@ nobody joining or leaving.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import datetime
 
 import duckdb
@@ -15,21 +15,67 @@ from tasks.messages.channels import MARKETING_LISTS
 from tasks.models.project import Project
 
 
-def _audience_queries(project: Project) -> dict[str, str]:
-    """Each audience and its members (address or patient id as the member key, patient id): the
-    subscribed rows of each marketing list that was built, and every segment."""
+def _member_selects(project: Project) -> dict[str, tuple[str, str]]:
+    """Each audience -> (the model it is read from, its members as a SELECT of (address or
+    patient id as the member key, patient id) from ``{rows}``): the subscribed rows of each
+    marketing list that was built, and every segment. ``{rows}`` is the model's table, or the
+    rows a build took from it or put in it (``MemberChanges``)."""
     built = {m.relation for m in project.models}
-    queries = {
-        lst.audience: f"SELECT {lst.address_column}, patient_id FROM {lst.table} "
-        "WHERE status = 'subscribed'"
+    selects = {
+        lst.audience: (
+            lst.table,
+            f"SELECT {lst.address_column}, patient_id FROM {{rows}} WHERE status = 'subscribed'",
+        )
         for lst in MARKETING_LISTS.values()
         if lst.table in built
     }
     for segment in project.segments:
-        queries[segment.relation] = (
-            f'SELECT patient_id, patient_id FROM "segments"."{segment.name}"'
+        selects[segment.relation] = (segment.relation, "SELECT patient_id, patient_id FROM {rows}")
+    return selects
+
+
+def _audience_queries(project: Project) -> dict[str, str]:
+    """Each audience and its members, read from its model's table."""
+    return {
+        audience: select.replace("{rows}", ".".join(f'"{p}"' for p in table.split(".", 1)))
+        for audience, (table, select) in _member_selects(project).items()
+    }
+
+
+class MemberChanges:
+    """The member rows each audience's table lost and gained in this build, in the temporary
+    table relay_member_changes (made inside the build's transaction: a rollback drops it).
+    ``note(relation)``: what ``tables.replace_changed_rows`` tells the rows it took out of
+    ``relation``'s table and put in, when that table is an audience's; ``noted``: the models
+    whose rows were noted, whose audiences ``record_membership`` compares by those rows only (a
+    few changed rows instead of every patient of every list and segment)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, project: Project):
+        self.con, self.noted = con, set[str]()
+        self.selects = {t: (a, sql) for a, (t, sql) in _member_selects(project).items()}
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE relay_member_changes "
+            "(audience VARCHAR, member_key VARCHAR, patient_id BIGINT, came BOOLEAN)"
         )
-    return queries
+
+    def note(self, relation: str) -> Callable[[str, str], None] | None:
+        if relation not in self.selects:
+            return None
+        audience, select = self.selects[relation]
+
+        def note(went: str, came: str) -> None:
+            members = " UNION ALL ".join(
+                f"SELECT k, p, {is_came} FROM ({select.replace('{rows}', rows)}) AS t(k, p)"
+                for rows, is_came in ((went, False), (came, True))
+            )
+            self.con.execute(
+                "INSERT INTO relay_member_changes SELECT ?, CAST(k AS VARCHAR), CAST(p AS BIGINT), "
+                f"c FROM ({members}) AS m(k, p, c) WHERE k IS NOT NULL",
+                [audience],
+            )
+            self.noted.add(relation)
+
+        return note
 
 
 def record_membership(
@@ -38,6 +84,7 @@ def record_membership(
     build_id: str,
     built_at: datetime,
     unchanged: Collection[str] = (),
+    noted: Collection[str] = (),
 ) -> dict[str, dict[str, int]]:
     """Compare each audience with its members at the last build and append joined/left events.
 
@@ -48,9 +95,16 @@ def record_membership(
     (if recorded and not retired) are not compared: state.audience_members already holds their
     members, as recorded when those rows were written, so nobody joined or left; their size is
     read from there. On most ticks that is most audiences, each a scan of up to every patient.
+
+    ``noted``: models whose table this build changed by taking rows out and putting rows in,
+    each noted (``MemberChanges``). Their recorded audiences compare only those rows' members
+    with state.audience_members: the members it holds are those of the rows the table held
+    (both are written in the same transactions), so a member only the new rows have joined,
+    and one only the old rows had left: the same events as comparing every member.
     """
     queries = _audience_queries(project)
     if not queries:
+        con.execute("DROP TABLE IF EXISTS relay_member_changes")  # MemberChanges': done
         return {}
     same = [a for a in queries if _table_of(a) in unchanged]
     same = [
@@ -62,7 +116,18 @@ def record_membership(
     ]
     sizes = _sizes(con, same)
     queries = {a: sql for a, sql in queries.items() if a not in sizes}
-    recorded = _record(con, queries, build_id, built_at) if queries else {}
+    delta = [a for a in queries if _table_of(a) in noted]
+    delta = [
+        r[0]
+        for r in con.execute(
+            "SELECT audience FROM state.audiences WHERE retired_at IS NULL AND audience IN ?",
+            [delta or [""]],
+        ).fetchall()
+    ]
+    recorded = _record_noted(con, delta, build_id, built_at) if delta else {}
+    queries = {a: sql for a, sql in queries.items() if a not in recorded}
+    recorded |= _record(con, queries, build_id, built_at) if queries else {}
+    con.execute("DROP TABLE IF EXISTS relay_member_changes")  # MemberChanges': read, done
     return dict(sorted({**sizes, **recorded}.items()))
 
 
@@ -82,6 +147,43 @@ def _sizes(con: duckdb.DuckDBPyConnection, audiences: list[str]) -> dict[str, di
         ).fetchall()
     )
     return {a: {"size": counts.get(a, 0), "joined": 0, "left": 0} for a in audiences}
+
+
+def _record_noted(
+    con: duckdb.DuckDBPyConnection, audiences: list[str], build_id: str, built_at: datetime
+) -> dict[str, dict[str, int]]:
+    """Who joined and left ``audiences`` (recorded ones), from the member rows their tables
+    lost and gained this build (relay_member_changes): a member key gained and not lost joined
+    (unless a member already), one lost and not gained left (if a member)."""
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE relay_changes AS
+        WITH noted AS (
+            SELECT audience, member_key, bool_or(came) AS came, bool_or(NOT came) AS went,
+                   min(patient_id) FILTER (WHERE came) AS patient_id
+            FROM relay_member_changes WHERE audience IN $audiences GROUP BY ALL
+        ),
+        members AS (
+            SELECT m.audience, m.member_key, m.patient_id FROM state.audience_members m
+            SEMI JOIN noted n USING (audience, member_key)
+        )
+        SELECT n.audience, n.member_key, coalesce(m.patient_id, n.patient_id) AS patient_id,
+               CASE WHEN m.member_key IS NULL THEN 'joined' ELSE 'left' END AS event
+        FROM noted n LEFT JOIN members m USING (audience, member_key)
+        WHERE (n.came AND NOT n.went AND m.member_key IS NULL)
+           OR (n.went AND NOT n.came AND m.member_key IS NOT NULL)
+        """,
+        {"audiences": audiences},
+    )
+    _apply(con, audiences, build_id, built_at, new=False)
+    counts = dict(
+        con.execute(
+            "SELECT audience, count(*) FROM state.audience_members WHERE audience IN ? "
+            "GROUP BY audience",
+            [audiences],
+        ).fetchall()
+    )
+    return _counts(con, audiences, counts)
 
 
 def _record(
@@ -124,12 +226,32 @@ def _record(
         """,
         [list(queries)],
     )
+    _apply(con, list(queries), build_id, built_at, new=True)
+    sizes = dict(
+        con.execute("SELECT audience, count(*) FROM relay_current GROUP BY audience").fetchall()
+    )
+    counts = _counts(con, list(queries), sizes)
+    for temp in ("relay_current", "relay_new_audiences"):
+        con.execute(f"DROP TABLE {temp}")
+    return counts
+
+
+def _apply(
+    con: duckdb.DuckDBPyConnection,
+    audiences: list[str],
+    build_id: str,
+    built_at: datetime,
+    *,
+    new: bool,
+) -> None:
+    """Append relay_changes' events and bring state.audience_members to them. ``new``: the
+    joins of an audience in relay_new_audiences are its 'initial' members."""
+    initial = "audience IN (SELECT audience FROM relay_new_audiences)" if new else "false"
     con.execute(
-        """
+        f"""
         INSERT INTO state.membership_events
             (build_id, audience, member_key, patient_id, event, initial, occurred_at)
-        SELECT ?, audience, member_key, patient_id, event,
-               event = 'joined' AND audience IN (SELECT audience FROM relay_new_audiences), ?
+        SELECT ?, audience, member_key, patient_id, event, event = 'joined' AND {initial}, ?
         FROM relay_changes
         """,
         [build_id, built_at],
@@ -143,23 +265,24 @@ def _record(
         "FROM relay_changes WHERE event = 'joined'",
         [built_at],
     )
-    counts = con.execute(
-        """
-        WITH sizes AS (SELECT audience, count(*) AS size FROM relay_current GROUP BY audience),
-        changes AS (
-            SELECT audience,
-                   count(*) FILTER (WHERE event = 'joined') AS joined,
-                   count(*) FILTER (WHERE event = 'left') AS left_
-            FROM relay_changes GROUP BY audience
-        )
-        SELECT a.audience, coalesce(size, 0), coalesce(joined, 0), coalesce(left_, 0)
-        FROM (SELECT unnest(?) AS audience) a
-        LEFT JOIN sizes USING (audience)
-        LEFT JOIN changes USING (audience)
-        ORDER BY a.audience
-        """,
-        [list(queries)],
-    ).fetchall()
-    for temp in ("relay_current", "relay_new_audiences", "relay_changes"):
-        con.execute(f"DROP TABLE {temp}")
-    return {a: {"size": size, "joined": j, "left": left} for a, size, j, left in counts}
+
+
+def _counts(
+    con: duckdb.DuckDBPyConnection, audiences: list[str], sizes: dict[str, int]
+) -> dict[str, dict[str, int]]:
+    """Each audience's size (``sizes``), and who joined and left it (relay_changes, dropped)."""
+    changes = {
+        (a, e): n
+        for a, e, n in con.execute(
+            "SELECT audience, event, count(*) FROM relay_changes GROUP BY ALL"
+        ).fetchall()
+    }
+    con.execute("DROP TABLE relay_changes")
+    return {
+        a: {
+            "size": sizes.get(a, 0),
+            "joined": changes.get((a, "joined"), 0),
+            "left": changes.get((a, "left"), 0),
+        }
+        for a in sorted(audiences)
+    }

@@ -149,12 +149,15 @@ def _single_select(con: duckdb.DuckDBPyConnection, file: str, text: str) -> str:
     return text.strip().rstrip(";").strip()
 
 
-def tables_read(con: duckdb.DuckDBPyConnection, file: str, sql: str) -> tuple[str, ...]:
+def tables_read(
+    con: duckdb.DuckDBPyConnection, file: str, sql: str, tree: str | None = None
+) -> tuple[str, ...]:
     """The tables ``sql`` reads, as schema.table, from DuckDB's parse tree (json_serialize_sql).
 
     Parsing alone, no binding: a model's upstream tables need not exist yet (DuckDB's
     get_table_names binds the query and fails on a JOIN ... USING over tables not yet built).
     Unqualified names must be CTEs of the query; every table is named with its schema.
+    ``tree``: the SQL's json_serialize_sql when already read (``_parse_trees``).
     """
     nodes: list[dict] = []  # only the nodes read below, kept as the JSON decoder makes them
 
@@ -165,9 +168,10 @@ def tables_read(con: duckdb.DuckDBPyConnection, file: str, sql: str) -> tuple[st
 
     # object_hook instead of walking the decoded tree in Python: a model's tree has thousands
     # of nodes, and walking them was most of reading the project, every tick.
-    tree = json.loads(one(con, "SELECT json_serialize_sql(?)", [sql])[0], object_hook=keep)
-    if tree.get("error"):
-        raise ModelError(f"{file}: {tree.get('error_message', 'cannot parse the SQL')}")
+    serialized = tree if tree is not None else one(con, "SELECT json_serialize_sql(?)", [sql])[0]
+    parsed = json.loads(serialized, object_hook=keep)
+    if parsed.get("error"):
+        raise ModelError(f"{file}: {parsed.get('error_message', 'cannot parse the SQL')}")
     ctes = {
         entry["key"].lower()
         for node in nodes
@@ -246,13 +250,15 @@ def discover(
     models: dict[str, Model] = {}
     tests: list[DataTest] = []
     broken: list[Broken] = []
-    for path in sorted(sql_dir.glob("**/*.sql")):
+    paths = sorted(sql_dir.glob("**/*.sql"))
+    trees = _parse_trees(con, paths, sql_dir)
+    for path in paths:
         file = _relative(path, sql_dir)
         folder = path.parent.relative_to(sql_dir).parts
         kind = folder[0] if len(folder) == 1 else None
         relation = f"{kind}.{path.stem.lower()}" if kind in MODEL_SCHEMAS else None
         try:
-            item = _read_file(con, path, file, kind)
+            item = _read_file(con, path, file, kind, trees)
         except ModelError as exc:
             if not keep_going:
                 raise
@@ -286,8 +292,35 @@ def discover(
     return Project(models=_order(models), tests=tuple(tests), broken=tuple(broken))
 
 
+def _parse_trees(
+    con: duckdb.DuckDBPyConnection, paths: list[Path], sql_dir: Path
+) -> dict[Path, tuple[str, str]]:
+    """Each readable file's SQL (one SELECT) and its parse tree, every file's read by one query
+    instead of one query per file (a build reads the project every time). A file left out is
+    read (and its problem reported) by ``_read_file``."""
+    sqls: dict[Path, str] = {}
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+            sqls[path] = _single_select(con, _relative(path, sql_dir), text)
+        except (ModelError, OSError, UnicodeDecodeError):
+            continue
+    if not sqls:
+        return {}
+    serialized = one(
+        con,
+        "SELECT list_transform(?::VARCHAR[], lambda s: json_serialize_sql(s))",
+        [list(sqls.values())],
+    )[0]
+    return {path: (sql, tree) for (path, sql), tree in zip(sqls.items(), serialized, strict=True)}
+
+
 def _read_file(
-    con: duckdb.DuckDBPyConnection, path: Path, file: str, kind: str | None
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    file: str,
+    kind: str | None,
+    trees: dict[Path, tuple[str, str]],
 ) -> Model | DataTest:
     if kind not in (*MODEL_SCHEMAS, TESTS_FOLDER):
         raise ModelError(
@@ -301,8 +334,8 @@ def _read_file(
             "digits and underscores."
         )
     text = path.read_text(encoding="utf-8")
-    sql = _single_select(con, file, text)
-    depends_on = tables_read(con, file, sql)
+    sql, tree = trees.get(path) or (_single_select(con, file, text), None)
+    depends_on = tables_read(con, file, sql, tree)
     if kind == TESTS_FOLDER:
         return DataTest(name=name, file=file, sql=sql, depends_on=depends_on)
     config = _parse_config(file, text)

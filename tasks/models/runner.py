@@ -1,8 +1,9 @@
 """The SQL model runner: ``sql/**/*.sql`` -> tables in staging, marts and segments.
 
 Beside it: ``project`` reads the files (models, data tests, their order), ``tables`` brings a
-table to its model's new rows, ``membership`` records who joined and left each list and segment,
-``functions`` is what the SQL calls. Here: one build, its transaction and its record.
+table to its model's new rows, ``membership`` records who joined and left each list and segment
+(from the rows their tables lost and gained), ``functions`` is what the SQL calls. Here: one
+build, its transaction and its record.
 
 An incremental model selects what changed itself, with two DuckDB variables:
 ``getvariable('changes_since')`` (raw rows written after it are new: the newest raw write the
@@ -22,9 +23,8 @@ and every model reading it (``Project.readers``, the graph read from the SQL); t
 last good tables, the tests reading them are skipped, the rest commits together and
 ``PartialBuild`` names the file. The record (``summary.held``) is what tasks/models/holds.py
 reads for the planner, journeys and dispatch. A held incremental model loses its fingerprint,
-so it is rebuilt in full (the changes it missed) when it builds again. Unreadable files hold
-what reads them the same way; only a cycle fails everything. ``build`` is the one way to run a
-build (CLI, flow, tick): the flow only passes ``Steps`` that run each step as a Prefect task.
+so it is rebuilt in full when it builds again. Unreadable files hold what reads them; only a
+cycle fails everything. ``build`` is the one way to run a build (CLI, flow, tick).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from tasks.errors import UserFacingError
 from tasks.models import functions as models_functions
 from tasks.models import tables
 from tasks.models.holds import latest_build, require_good_build  # noqa: F401 (callers' path)
-from tasks.models.membership import record_membership
+from tasks.models.membership import MemberChanges, record_membership
 from tasks.models.project import (
     MODEL_SCHEMAS,
     TESTS_FOLDER,
@@ -172,8 +172,7 @@ class ModelBuild:
         broken = [*project.broken, *failures]
         self.broken = {b.file: b.message for b in broken}
         self.held: dict[str, str] = {}
-        # Models this build left as the last commit had them (tables.tests_to_run), and the tests
-        # that ran or needed not (their fingerprints are kept).
+        # Models this build left as the last commit had them, and the tests run or needed not.
         self.unchanged: set[str] = set()
         self.tests_run: list[DataTest] = []
         for b in broken:
@@ -216,6 +215,8 @@ class ModelBuild:
             list(row.values()),
         )
         self.memo.start(con, None if self.full_refresh else self.changes_since)
+        self.fingerprints = tables.Fingerprints(con)  # after fill_missing, which may clear them
+        self.changes = MemberChanges(con, self.project)  # what lists and segments lost and gained
         # Tables and views in place before this build (one catalog read, not one per model).
         self.existing = {
             f"{schema}.{name}": kind
@@ -273,7 +274,7 @@ class ModelBuild:
         if model.materialized == "view":
             if existing == "table":
                 con.execute(f"DROP TABLE {rel}")
-            if tables.same_view(con, model, existing, self.unchanged):
+            if tables.same_view(self.fingerprints, model, existing, self.unchanged):
                 self.unchanged.add(model.relation)
             else:
                 con.execute(f"CREATE OR REPLACE VIEW {rel} AS {model.sql}")
@@ -284,7 +285,7 @@ class ModelBuild:
         same = False  # rows and SQL as at the last commit, which checked them: not checked again
         if model.materialized == "incremental":
             fingerprint = tables.fingerprint(model, self.project, asdict(self.settings))
-            previous = tables.recorded_fingerprints(con, [model.relation]).get(model.relation)
+            previous = self.fingerprints.get(model.relation)
             if (
                 existing
                 and not self.full_refresh
@@ -298,17 +299,15 @@ class ModelBuild:
                 con.execute(f"CREATE OR REPLACE TABLE {rel} AS {model.sql}")
                 self._set_changes(self.changes_since, self.previous_built_at)
                 tables.check_unique(con, rel, model.key)
-            con.execute(
-                "INSERT OR REPLACE INTO state.model_fingerprints VALUES (?, ?)",
-                [model.relation, fingerprint],
-            )
+            self.fingerprints.keep(model.relation, fingerprint)
         else:
-            same = tables.same_table(con, model, self.project, self.settings, self.unchanged)
-            same = same and existing == "table"
+            f, note = self.fingerprints, self.changes.note(model.relation)
+            same = tables.same_table(f, model, self.project, self.settings, self.unchanged)
             if existing != "table":
                 con.execute(f"CREATE OR REPLACE TABLE {rel} AS {model.sql}")
-            elif same or not tables.replace_changed_rows(con, model, rel):
+            elif same or not tables.replace_changed_rows(con, model, rel, note):
                 self.unchanged.add(model.relation)
+            same = existing == "table"  # as it was, or its new rows checked (check_shape)
         if not (same or model.materialized == "incremental" and model.relation in self.unchanged):
             tables.check_shape(con, model, rel)
         return one(con, f"SELECT count(*) FROM {rel}")[0]
@@ -324,7 +323,7 @@ class ModelBuild:
             if t.file not in self.broken and not set(t.depends_on) & set(self.held)
         ]
         self.tests_run = tests
-        for test in tables.tests_to_run(self.con, tests, self.unchanged):
+        for test in tables.tests_to_run(self.fingerprints, tests, self.unchanged):
             try:
                 failures = count_failures(self.con, test)
             except ModelError as exc:
@@ -342,10 +341,11 @@ class ModelBuild:
 
     def finish(self) -> BuildResult:
         """Record membership and the build, then commit: the new models become visible at once."""
-        rebuilt = tuple(m for m in self.project.models if m.relation not in self.held)
+        rebuilt = Project(tuple(m for m in self.project.models if m.relation not in self.held), ())
+        built = (self.build_id, self.result.built_at)
         try:
             self.result.audiences = record_membership(
-                self.con, Project(rebuilt, ()), self.build_id, self.result.built_at, self.unchanged
+                self.con, rebuilt, *built, self.unchanged, self.changes.noted
             )
         except duckdb.Error as exc:
             raise BuildFailed(self.build_id, "tasks/models/membership.py", _message(exc)) from None

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from datetime import datetime
 
@@ -76,7 +76,12 @@ def merge(con: duckdb.DuckDBPyConnection, model: Model, rel: str) -> bool:
     return True
 
 
-def replace_changed_rows(con: duckdb.DuckDBPyConnection, model: Model, rel: str) -> bool:
+def replace_changed_rows(
+    con: duckdb.DuckDBPyConnection,
+    model: Model,
+    rel: str,
+    note: Callable[[str, str], object] | None = None,
+) -> bool:
     """Bring an existing table to the model's new rows by deleting the rows that went and
     inserting the rows that came, instead of rewriting it: most builds change a handful of
     rows in each list and segment, and rewriting ~20 tables of 100,000 rows every build made
@@ -84,28 +89,44 @@ def replace_changed_rows(con: duckdb.DuckDBPyConnection, model: Model, rel: str)
     rows either way (its physical order may differ; models have no order). The table is
     rewritten instead when the columns or their types changed, a column is nested (MAP,
     LIST, STRUCT...), or either side has duplicate rows (a set difference cannot tell
-    copies apart). Returns whether a row went or came (False: the table is as it was)."""
+    copies apart). ``note(went, came)``: told the temporary tables holding the rows that went
+    and came (before they are dropped), when the table was brought by difference, not
+    rewritten. The new rows pass ``check_shape`` first (a segment's one row per patient then
+    also rules out copies, on both sides: the table passed it when it was written). Returns
+    whether a row went or came (False: the table is as it was)."""
     con.execute(f"CREATE OR REPLACE TEMP TABLE relay_new AS {model.sql}")
     try:
+        check_shape(con, model, "relay_new")
         temp = _columns(con, "relay_new")
+        unique = model.schema == "segments"  # one row per patient_id: checked just now
         if (
             not temp
             or temp != _columns(con, rel)
             or any(_NESTED.search(t) for _, t in temp)
-            or _has_duplicate_rows(con, "relay_new")
-            or _has_duplicate_rows(con, rel)
+            or not unique
+            and (_has_duplicate_rows(con, "relay_new") or _has_duplicate_rows(con, rel))
         ):
             con.execute(f"CREATE OR REPLACE TABLE {rel} AS SELECT * FROM relay_new")
             return True
         same = " AND ".join(f'o."{c}" IS NOT DISTINCT FROM n."{c}"' for c, _ in temp)
-        went = one(
-            con,
-            f"DELETE FROM {rel} WHERE rowid IN "
-            f"(SELECT o.rowid FROM {rel} o ANTI JOIN relay_new n ON {same})",
-        )[0]
-        came = one(
-            con, f"INSERT INTO {rel} SELECT n.* FROM relay_new n ANTI JOIN {rel} o ON {same}"
-        )[0]
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE relay_went AS SELECT o.rowid AS relay_rowid, o.* "
+            f"FROM {rel} o ANTI JOIN relay_new n ON {same}"
+        )
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE relay_came AS "
+            f"SELECT n.* FROM relay_new n ANTI JOIN {rel} o ON {same}"
+        )
+        went = one(con, "SELECT count(*) FROM relay_went")[0]
+        came = one(con, "SELECT count(*) FROM relay_came")[0]
+        if went:
+            con.execute(f"DELETE FROM {rel} WHERE rowid IN (SELECT relay_rowid FROM relay_went)")
+        if came:
+            con.execute(f"INSERT INTO {rel} SELECT * FROM relay_came")
+        if note is not None:
+            note("relay_went", "relay_came")
+        con.execute("DROP TABLE relay_went")
+        con.execute("DROP TABLE relay_came")
         return bool(went or came)
     finally:
         con.execute("DROP TABLE relay_new")
@@ -132,7 +153,7 @@ def check_shape(con: duckdb.DuckDBPyConnection, model: Model, rel: str) -> None:
     needed = list(model.key) + (["patient_id"] if model.schema == "segments" else [])
     if not needed:
         return
-    columns = {r[0] for r in con.execute(f"SELECT name FROM pragma_table_info('{rel}')").fetchall()}
+    columns = {c for c, _ in _columns(con, rel)}
     for column in needed:
         if column not in columns:
             raise duckdb.BinderException(
@@ -213,35 +234,40 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def recorded_fingerprints(con: duckdb.DuckDBPyConnection, keys: list[str]) -> dict[str, str]:
-    """Model (or test file) -> its fingerprint in state.model_fingerprints, this build's writes
-    included (they are the transaction's)."""
-    rows = con.execute(
-        "SELECT model, fingerprint FROM state.model_fingerprints WHERE model IN ?", [keys or [""]]
-    ).fetchall()
-    return dict(rows)
+class Fingerprints:
+    """state.model_fingerprints as a build reads and writes it: model (or test file) -> its
+    fingerprint, read once when the build starts (not once per model), each write made
+    through to the table inside the build's transaction (a rolled-back build keeps the old)."""
 
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self.con = con
+        rows = con.execute("SELECT model, fingerprint FROM state.model_fingerprints").fetchall()
+        self.known: dict[str, str] = dict(rows)
 
-def _kept_fingerprint(con: duckdb.DuckDBPyConnection, relation: str, now: str) -> bool:
-    """Whether ``relation``'s fingerprint at the last commit was ``now``; records ``now`` for the
-    next build either way (inside the build's transaction: a rolled-back build keeps the old)."""
-    previous = recorded_fingerprints(con, [relation]).get(relation)
-    if previous != now:
-        con.execute(
-            "INSERT OR REPLACE INTO state.model_fingerprints VALUES (?, ?)", [relation, now]
-        )
-    return previous == now
+    def get(self, key: str) -> str | None:
+        return self.known.get(key)
+
+    def keep(self, key: str, now: str) -> bool:
+        """Whether ``key``'s fingerprint at the last commit was ``now``; records ``now`` for
+        the next build either way."""
+        previous = self.known.get(key)
+        if previous != now:
+            self.con.execute(
+                "INSERT OR REPLACE INTO state.model_fingerprints VALUES (?, ?)", [key, now]
+            )
+            self.known[key] = now
+        return previous == now
 
 
 def same_view(
-    con: duckdb.DuckDBPyConnection, model: Model, existing: str | None, unchanged: set[str]
+    fingerprints: Fingerprints, model: Model, existing: str | None, unchanged: set[str]
 ) -> bool:
     """Whether a view model reads as it did at the last commit: the view is there with this
     SQL (its fingerprint, kept here) and every relation it reads is a model this build left
     unchanged (a view over state.* or raw.*, or calling the clock, always counts as changed). Records the SQL's
     fingerprint for the next build either way."""
     return (
-        _kept_fingerprint(con, model.relation, _sha(model.sql))
+        fingerprints.keep(model.relation, _sha(model.sql))
         and existing == "view"
         and not _volatile(model.sql)
         and all(d in unchanged for d in model.depends_on)
@@ -249,7 +275,7 @@ def same_view(
 
 
 def same_table(
-    con: duckdb.DuckDBPyConnection,
+    fingerprints: Fingerprints,
     model: Model,
     project: Project,
     settings: object,
@@ -263,7 +289,7 @@ def same_table(
     Records the fingerprint for the next build either way; a held model loses it."""
     now = fingerprint(model, project, asdict(settings))  # type: ignore[call-overload]
     return (
-        _kept_fingerprint(con, model.relation, now)
+        fingerprints.keep(model.relation, now)
         and not _volatile(model.sql)
         and "raw_changes" not in model.sql
         and all(d in unchanged for d in model.depends_on)
@@ -271,17 +297,16 @@ def same_table(
 
 
 def tests_to_run(
-    con: duckdb.DuckDBPyConnection, tests: list[DataTest], unchanged: set[str]
+    fingerprints: Fingerprints, tests: list[DataTest], unchanged: set[str]
 ) -> list[DataTest]:
     """The data tests a build must run: a test passes again, without running, when it passed
     on the tables of the last commit (its fingerprint is there: ``keep_test_fingerprints``)
     with this SQL, and reads only models this build left unchanged (and not the clock). On a tick where nothing
     changed, that is most tests, and they are the ones that scan whole tables."""
-    known = recorded_fingerprints(con, [t.file for t in tests])
     return [
         t
         for t in tests
-        if known.get(t.file) != _sha(t.sql)
+        if fingerprints.get(t.file) != _sha(t.sql)
         or _volatile(t.sql)
         or not all(d in unchanged for d in t.depends_on)
     ]

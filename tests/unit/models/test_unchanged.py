@@ -89,6 +89,46 @@ def test_a_changed_row_is_recorded_and_tested_as_before(con, tmp_path, spies):
         build(con, sql_dir)
 
 
+def test_a_changed_audience_is_recorded_from_the_rows_its_table_lost_and_gained(
+    con, tmp_path, spies
+):
+    """Not by comparing every member again: the segment's table lost and gained a row each, so
+    those are the members compared (tests/integration/test_models_changes.py: the same events
+    and members as comparing everyone, through many change sets)."""
+    has_email = "select * from marts.people where email <> ''"
+    sql_dir = write(tmp_path, {**GOOD, "segments/has_email.sql": has_email})
+    build(con, sql_dir)
+    assert spies["compared"] == [["segments.everyone", "segments.has_email"]]
+    add_patient(con, 3, "cy@example.com")
+    con.execute(
+        'UPDATE raw.patients SET payload = \'{"email": ""}\', synced_at = ? WHERE id = 1',
+        [NOW + timedelta(seconds=4)],
+    )
+    result = build(con, sql_dir)
+    assert len(spies["compared"]) == 1  # nobody compared member by member
+    assert result.audiences["segments.everyone"] == {"size": 3, "joined": 1, "left": 0}
+    assert result.audiences["segments.has_email"] == {"size": 2, "joined": 1, "left": 1}
+    events = con.execute(
+        "SELECT audience, patient_id, event FROM state.membership_events WHERE NOT initial "
+        "ORDER BY ALL"
+    ).fetchall()
+    assert events == [
+        ("segments.everyone", 3, "joined"),
+        ("segments.has_email", 1, "left"),
+        ("segments.has_email", 3, "joined"),
+    ]
+    members = con.execute(
+        "SELECT audience, member_key FROM state.audience_members ORDER BY ALL"
+    ).fetchall()
+    assert members == [
+        ("segments.everyone", "1"),
+        ("segments.everyone", "2"),
+        ("segments.everyone", "3"),
+        ("segments.has_email", "2"),
+        ("segments.has_email", "3"),
+    ]
+
+
 def test_a_new_or_edited_data_test_runs_even_when_no_model_changed(con, tmp_path, spies):
     sql_dir = write(tmp_path, {**GOOD, **TEST})
     build(con, sql_dir)
