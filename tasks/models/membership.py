@@ -260,9 +260,11 @@ def _apply(
         "DELETE FROM state.audience_members m USING relay_changes c "
         "WHERE c.event = 'left' AND m.audience = c.audience AND m.member_key = c.member_key"
     )
+    # In key order: the primary key's index takes sorted keys faster than scattered ones, and
+    # a first build inserts every member of every audience (~600,000 at 100,000 patients).
     con.execute(
         "INSERT INTO state.audience_members SELECT audience, member_key, patient_id, ? "
-        "FROM relay_changes WHERE event = 'joined'",
+        "FROM relay_changes WHERE event = 'joined' ORDER BY audience, member_key",
         [built_at],
     )
 
