@@ -323,7 +323,8 @@ def clinic_tick(clinic: str = "demo", reconcile: bool = False, max_lateness_minu
         }
         plan, _ = run_step(summary, "plan", **after)
         run_step(summary, "journeys", **after)
-        run_step(summary, "dispatch", needs=(plan,), **after)
+        # planning re-checked every planned message against this build moments ago
+        run_step(summary, "dispatch", needs=(plan,), recheck=False, **after)
         _, pulled = run_step(summary, "feedback", tables=tables, clinic=clinic, with_reports=False)
         result = publish_summary(config, summary, tables, pulled)
         # the fast lane: polls for bookings until the next tick is due (flows/lane.py)
