@@ -504,6 +504,7 @@ def _steady(client, names: list[str], every: int, minutes: int) -> dict:
     # Deployments of their own per rate (clinicN-every-20s), so one phase's schedule, pause on
     # shutdown and runs never mix with another's.
     suffix = f"every-{every}s"
+    cpu_before = _tree_cpu()  # the server's and this phase's runner's, from here on
     served = Served(every, names, suffix)
     # The measured window: runs due in `minutes` minutes, from one interval after serving starts
     # (the first run is due then); one more interval afterwards to let the last ones start.
@@ -529,6 +530,7 @@ def _steady(client, names: list[str], every: int, minutes: int) -> dict:
         flow_run_filter=busy, deployment_filter=ours
     ):
         time.sleep(2)
+    cpu = _tree_cpu() - cpu_before  # before the stop: the runner's reaped ticks still count
     served.stop()
     runs = [r for r in (_reread(client, r.id) for r in due) if r is not None]
     waiting = len(due) - len(runs)  # never started: deleted with the schedule on pause
@@ -545,6 +547,8 @@ def _steady(client, names: list[str], every: int, minutes: int) -> dict:
         f"{skipped} skipped as late, {len(failed)} not completed {failed or ''}, {waiting} never "
         "started; start lateness "
         + (f"median {statistics.median(late):.0f}s, max {max(late):.0f}s" if late else "-")
+        + f"; CPU {cpu:.0f}s, {cpu / max(done, 1):.2f}s per tick done"
+        f" ({cpu / max(len(finished), 1):.2f}s per run, skipped ones included)"
     )
     return {
         "asked per minute": asked,
@@ -554,6 +558,10 @@ def _steady(client, names: list[str], every: int, minutes: int) -> dict:
         "never started": waiting,
         "start lateness median s": round(statistics.median(late), 1) if late else None,
         "start lateness max s": round(max(late), 1) if late else None,
+        # server, runner and tick processes (not the sandbox): the steadiest figure under load
+        "CPU s": round(cpu, 1),
+        "CPU s per tick done": round(cpu / max(done, 1), 2),
+        "CPU s per run": round(cpu / max(len(finished), 1), 2),
     }
 
 
