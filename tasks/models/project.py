@@ -197,6 +197,24 @@ def tables_read(con: duckdb.DuckDBPyConnection, file: str, sql: str) -> tuple[st
     return tuple(sorted(tables))
 
 
+# File text -> (its SELECT, the tables it reads), for files read before in this process: the
+# parse depends on the text alone, and a process that builds again (the fast lane after each
+# booking, a CLI build then its tests) need not parse every file again. A file that cannot be
+# used is never kept: it is parsed, and refused, each time.
+_PARSE_MEMO: dict[str, tuple[str, tuple[str, ...]]] = {}
+
+
+def _parsed(con: duckdb.DuckDBPyConnection, file: str, text: str) -> tuple[str, tuple[str, ...]]:
+    found = _PARSE_MEMO.get(text)
+    if found is None:
+        sql = _single_select(con, file, text)
+        found = sql, tables_read(con, file, sql)
+        if len(_PARSE_MEMO) >= 1024:  # edited files leave old texts behind: bound it
+            _PARSE_MEMO.clear()
+        _PARSE_MEMO[text] = found
+    return found
+
+
 def _source_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
     rows = con.execute(
         "SELECT schema_name || '.' || table_name FROM duckdb_tables() "
@@ -301,8 +319,7 @@ def _read_file(
             "digits and underscores."
         )
     text = path.read_text(encoding="utf-8")
-    sql = _single_select(con, file, text)
-    depends_on = tables_read(con, file, sql)
+    sql, depends_on = _parsed(con, file, text)
     if kind == TESTS_FOLDER:
         return DataTest(name=name, file=file, sql=sql, depends_on=depends_on)
     config = _parse_config(file, text)
