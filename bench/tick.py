@@ -504,6 +504,7 @@ def _steady(client, names: list[str], every: int, minutes: int) -> dict:
     # Deployments of their own per rate (clinicN-every-20s), so one phase's schedule, pause on
     # shutdown and runs never mix with another's.
     suffix = f"every-{every}s"
+    cpu_before = _tree_cpu()  # the server's and this phase's runner's, from here on
     served = Served(every, names, suffix)
     # The measured window: runs due in `minutes` minutes, from one interval after serving starts
     # (the first run is due then); one more interval afterwards to let the last ones start.
@@ -529,6 +530,7 @@ def _steady(client, names: list[str], every: int, minutes: int) -> dict:
         flow_run_filter=busy, deployment_filter=ours
     ):
         time.sleep(2)
+    cpu = _tree_cpu() - cpu_before  # before the stop: the runner's reaped ticks still count
     served.stop()
     runs = [r for r in (_reread(client, r.id) for r in due) if r is not None]
     waiting = len(due) - len(runs)  # never started: deleted with the schedule on pause
@@ -539,12 +541,18 @@ def _steady(client, names: list[str], every: int, minutes: int) -> dict:
     skipped = sum(1 for r in finished if r.state.is_completed() and r.id not in summarised)
     failed = sorted(r.state.name for r in finished if not r.state.is_completed())
     waiting += len(runs) - len(finished)
+    # The CPU above is every run of the phase, not only those due in the window (the first one,
+    # and those due until the pause): per run and per tick done over all of them.
+    ran = [r for r in client.read_flow_runs(deployment_filter=ours, limit=200) if r.start_time]
+    ran_done = len(_with_summary(client, [r.id for r in ran])) if ran else 0
     asked = len(names) * 60 / every
     print(
         f"   every {every:>2}s ({asked:.0f} ticks/min asked): {done / minutes:.1f} ticks/min done, "
         f"{skipped} skipped as late, {len(failed)} not completed {failed or ''}, {waiting} never "
         "started; start lateness "
         + (f"median {statistics.median(late):.0f}s, max {max(late):.0f}s" if late else "-")
+        + f"; CPU {cpu:.0f}s over {len(ran)} runs of the phase, {cpu / max(ran_done, 1):.2f}s"
+        f" per tick done ({cpu / max(len(ran), 1):.2f}s per run, skipped ones included)"
     )
     return {
         "asked per minute": asked,
@@ -554,6 +562,11 @@ def _steady(client, names: list[str], every: int, minutes: int) -> dict:
         "never started": waiting,
         "start lateness median s": round(statistics.median(late), 1) if late else None,
         "start lateness max s": round(max(late), 1) if late else None,
+        # server, runner and tick processes (not the sandbox): the steadiest figure under load
+        "CPU s": round(cpu, 1),
+        "runs of the phase": len(ran),
+        "CPU s per tick done": round(cpu / max(ran_done, 1), 2),
+        "CPU s per run": round(cpu / max(len(ran), 1), 2),
     }
 
 

@@ -198,11 +198,15 @@ def check_breaker(
     return fresh.describe(), reason, held, warnings
 
 
-@task(cache_policy=NONE)
 def check_machine(config: ClinicConfig) -> None:
     """Before the tick takes the clinic's database: on a machine that is not the clinic's home
     (or during a move) it stops here, so not even an empty database file is made where the
-    clinic does not live (tasks/home.py refuse_elsewhere)."""
+    clinic does not live (tasks/home.py refuse_elsewhere).
+
+    This and check_home are plain calls in the tick's run, not tasks: each is a read of the
+    home record on the Prefect server (and a look at the database), and a task run of its own
+    cost the server three events and a row more every tick. A refusal fails the run with its
+    reason, in its logs and the relay.clinic.misrouted event."""
     try:
         home.refuse_elsewhere(config.clinic)
     except home.HomeRefused as refused:
@@ -210,7 +214,6 @@ def check_machine(config: ClinicConfig) -> None:
         raise
 
 
-@task(cache_policy=NONE)
 def check_home(config: ClinicConfig) -> None:
     """First with the database held: is this machine the clinic's home, and this database its
     current copy (tasks/home.py)? If not, nothing is planned or sent: the run fails saying why
@@ -323,7 +326,8 @@ def clinic_tick(clinic: str = "demo", reconcile: bool = False, max_lateness_minu
         }
         plan, _ = run_step(summary, "plan", **after)
         run_step(summary, "journeys", **after)
-        run_step(summary, "dispatch", needs=(plan,), **after)
+        # planning re-checked every planned message against this build moments ago
+        run_step(summary, "dispatch", needs=(plan,), recheck=False, **after)
         _, pulled = run_step(summary, "feedback", tables=tables, clinic=clinic, with_reports=False)
         result = publish_summary(config, summary, tables, pulled)
         # the fast lane: polls for bookings until the next tick is due (flows/lane.py)

@@ -201,6 +201,27 @@ def tables_read(
     return tuple(sorted(tables))
 
 
+# File text -> (its SELECT, the tables it reads), for files read before in this process: the
+# parse depends on the text alone, and a process that builds again (the fast lane after each
+# booking, a CLI build then its tests) need not parse every file again. A file that cannot be
+# used is never kept: it is parsed, and refused, each time.
+_PARSE_MEMO: dict[str, tuple[str, tuple[str, ...]]] = {}
+
+
+def _parsed(
+    con: duckdb.DuckDBPyConnection, file: str, text: str, read: tuple[str, str] | None = None
+) -> tuple[str, tuple[str, ...]]:
+    """``read``: the file's SELECT and parse tree when ``_parse_trees`` already has them."""
+    found = _PARSE_MEMO.get(text)
+    if found is None:
+        sql, tree = read or (_single_select(con, file, text), None)
+        found = sql, tables_read(con, file, sql, tree)
+        if len(_PARSE_MEMO) >= 1024:  # edited files leave old texts behind: bound it
+            _PARSE_MEMO.clear()
+        _PARSE_MEMO[text] = found
+    return found
+
+
 def _source_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
     rows = con.execute(
         "SELECT schema_name || '.' || table_name FROM duckdb_tables() "
@@ -302,6 +323,8 @@ def _parse_trees(
     for path in paths:
         try:
             text = path.read_text(encoding="utf-8")
+            if text in _PARSE_MEMO:  # read before in this process: nothing to parse
+                continue
             sqls[path] = _single_select(con, _relative(path, sql_dir), text)
         except (ModelError, OSError, UnicodeDecodeError):
             continue
@@ -334,8 +357,7 @@ def _read_file(
             "digits and underscores."
         )
     text = path.read_text(encoding="utf-8")
-    sql, tree = trees.get(path) or (_single_select(con, file, text), None)
-    depends_on = tables_read(con, file, sql, tree)
+    sql, depends_on = _parsed(con, file, text, trees.get(path))
     if kind == TESTS_FOLDER:
         return DataTest(name=name, file=file, sql=sql, depends_on=depends_on)
     config = _parse_config(file, text)

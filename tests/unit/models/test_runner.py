@@ -402,3 +402,31 @@ def test_a_failed_build_leaves_a_rebuilt_table_as_it_was(con, tmp_path):
         build(con, sql_dir)
     assert rows(con, "marts.people") == [(1, "ANN@EXAMPLE.COM"), (2, "BOB@EXAMPLE.COM")]
     assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary").fetchone()[0] == 0
+
+
+def test_a_file_read_before_in_this_process_is_not_parsed_again_unless_its_text_changed(
+    con, tmp_path, monkeypatch
+):
+    """The fast lane builds after each booking, in the tick's process: each file's parse (its
+    one SELECT, the tables it reads) is kept by its text. An edited file is read afresh, and a
+    broken one is refused every time."""
+    from tasks.models import project
+
+    sql_dir = write(tmp_path, GOOD)
+    models.discover(con, sql_dir)
+    parsed = []
+    real = project.tables_read
+    monkeypatch.setattr(project, "tables_read", lambda *a: parsed.append(a[1]) or real(*a))
+
+    assert models.discover(con, sql_dir).model("marts.people").depends_on == ("staging.people",)
+    assert parsed == [], "unchanged files were parsed again"
+
+    write(tmp_path, {"marts/people.sql": "select patient_id from staging.people, raw.patients"})
+    people = models.discover(con, sql_dir).model("marts.people")
+    assert people.depends_on == ("raw.patients", "staging.people")
+    assert parsed == ["sql/marts/people.sql"]
+
+    write(tmp_path, {"marts/people.sql": "select patient_id from people"})
+    for _ in range(2):
+        with pytest.raises(models.ModelError, match="without a schema"):
+            models.discover(con, sql_dir)
