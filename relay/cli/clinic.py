@@ -161,7 +161,7 @@ def move(
             store.write(config.clinic, home)  # from here on every tick of the clinic refuses
         for deployment_id in home.paused or []:
             client.pause_deployment(deployment_id)
-        echo(f"1/3 paused {len(home.paused or [])} deployment(s) of {clinic}")
+        echo(f"1/4 paused {len(home.paused or [])} deployment(s) of {clinic}")
         running = wait_for_ticks(client, clinic, machine, deployments, wait_seconds, echo)
         if running:
             store.write(config.clinic, replace(home, moving_to=None, paused=None))
@@ -170,7 +170,7 @@ def move(
             raise UserFacingError(
                 f"{clinic}: a run is still going after {wait_seconds:.0f} s "
                 f"({', '.join(r.name for r in running)}): the clinic stays on '{machine}', "
-                "resumed. Try again when it has ended, or give --wait more seconds."
+                "resumed. Try again when it has ended, or give --tick-wait more seconds."
             )
         name = f"{config.clinic}/{config.clinic}-generation-{home.generation}.duckdb"
         dest = backup_root / name
@@ -178,7 +178,7 @@ def move(
             checksum = backup_database(config.database_path, dest)
             home = replace(home, backup=name, backup_sha256=checksum)
             store.write(config.clinic, home)
-        echo(f"2/3 backed up {config.database_path} to {dest}")
+        echo(f"2/4 backed up {config.database_path} to {dest}")
         queue = queue_for(to)
         for deployment in deployments:
             if deployment.work_pool_name:
