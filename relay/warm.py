@@ -134,16 +134,26 @@ def _become(env: Mapping[str, str], cwd: str | None, quiet: bool = False) -> Non
 
 def _run_engine(env: dict[str, str], cwd: str, quiet: bool, new_session: bool) -> None:
     """What ``python -m prefect.engine`` does, in this process made fresh."""
-    import runpy
-
     try:
         if new_session:  # as Prefect isolates a worker's run from the worker's signals
             os.setsid()
         _become(env, cwd, quiet)
         sys.argv = ["prefect.engine"]  # the run's id comes from PREFECT__FLOW_RUN_ID
-        runpy.run_module("prefect.engine", run_name="__main__", alter_sys=False)
+        _run_main("prefect.engine")
     finally:
         atexit._run_exitfuncs()
+
+
+def _run_main(module: str) -> None:
+    """``python -m module`` in this process. The template imported the module already, which is
+    the point; runpy's warning about it ("found in sys.modules ... unpredictable behaviour") went
+    to the worker's output once per run, so it is silenced here, in the run's own process."""
+    import runpy
+
+    warnings.filterwarnings(
+        "ignore", message=f"'{module}' found in sys.modules", category=RuntimeWarning
+    )
+    runpy.run_module(module, run_name="__main__", alter_sys=False)
 
 
 # --- in the serving process -------------------------------------------------------------------

@@ -224,8 +224,10 @@ def refusal(clinic: str, machine: str, identity: Identity | None, home: Home) ->
         return (
             f"this tick ran on machine '{machine}', but {clinic}'s home is '{home.machine}' "
             f"(generation {home.generation}): its database and ledger are there. Put the "
-            f"clinic's deployments on work queue '{queue_for(home.machine)}', or move the "
-            f"clinic here with `relay clinic move {clinic} --to {machine}`."
+            f"clinic's deployments on work queue '{queue_for(home.machine)}' (if they are, "
+            f"the worker on '{machine}' serves that queue: give it only "
+            f"'{queue_for(machine)}'), or move the clinic here with "
+            f"`relay clinic move {clinic} --to {machine}`."
         )
     if identity is None:
         return (

@@ -100,6 +100,37 @@ def wait_for_ticks(
         time.sleep(every)
 
 
+def drop_stale_schedule(client, deployments: list, queue: str) -> tuple[list, list]:
+    """The clinic's runs still waiting to start on another queue than ``queue`` (a run keeps the
+    queue it was made on: Prefect cannot move it). The scheduler's own (Scheduled, Late,
+    AwaitingConcurrencySlot) are deleted, as Prefect deletes a paused deployment's future ones:
+    left there, the old home's worker would start them (each refused, each an alert) and the
+    new home's fast lane, seeing a tick overdue, would stop at once. The deployment's schedule
+    makes new ones on ``queue`` when it is resumed. Runs a person made are kept and returned."""
+    from prefect.client.schemas import filters
+
+    if not deployments:
+        return [], []
+    waiting = client.read_flow_runs(
+        flow_run_filter=filters.FlowRunFilter(
+            deployment_id=filters.FlowRunFilterDeploymentId(any_=[d.id for d in deployments]),
+            state=filters.FlowRunFilterState(
+                type=filters.FlowRunFilterStateType(any_=["SCHEDULED"])
+            ),
+        )
+    )
+    dropped, kept = [], []
+    for run in waiting:
+        if run.work_queue_name == queue or run.state_name == "AwaitingRetry":
+            continue
+        if run.auto_scheduled:
+            client.delete_flow_run(run.id)
+            dropped.append(run)
+        else:
+            kept.append(run)
+    return dropped, kept
+
+
 def _ensure_queue(client, pool: str, queue: str) -> None:
     from prefect.exceptions import ObjectAlreadyExists
 
@@ -161,7 +192,7 @@ def move(
             store.write(config.clinic, home)  # from here on every tick of the clinic refuses
         for deployment_id in home.paused or []:
             client.pause_deployment(deployment_id)
-        echo(f"1/3 paused {len(home.paused or [])} deployment(s) of {clinic}")
+        echo(f"1/4 paused {len(home.paused or [])} deployment(s) of {clinic}")
         running = wait_for_ticks(client, clinic, machine, deployments, wait_seconds, echo)
         if running:
             store.write(config.clinic, replace(home, moving_to=None, paused=None))
@@ -170,7 +201,7 @@ def move(
             raise UserFacingError(
                 f"{clinic}: a run is still going after {wait_seconds:.0f} s "
                 f"({', '.join(r.name for r in running)}): the clinic stays on '{machine}', "
-                "resumed. Try again when it has ended, or give --wait more seconds."
+                "resumed. Try again when it has ended, or give --tick-wait more seconds."
             )
         name = f"{config.clinic}/{config.clinic}-generation-{home.generation}.duckdb"
         dest = backup_root / name
@@ -178,13 +209,26 @@ def move(
             checksum = backup_database(config.database_path, dest)
             home = replace(home, backup=name, backup_sha256=checksum)
             store.write(config.clinic, home)
-        echo(f"2/3 backed up {config.database_path} to {dest}")
+        echo(f"2/4 backed up {config.database_path} to {dest}")
         queue = queue_for(to)
         for deployment in deployments:
             if deployment.work_pool_name:
                 _ensure_queue(client, deployment.work_pool_name, queue)
                 client.update_deployment(deployment.id, DeploymentUpdate(work_queue_name=queue))
-        echo(f"3/4 {clinic}'s deployments are on work queue '{queue}', paused")
+        dropped, kept = drop_stale_schedule(client, deployments, queue)
+        echo(
+            f"3/4 {clinic}'s deployments are on work queue '{queue}', paused"
+            + (
+                f"; {len(dropped)} scheduled run(s) left on the old queue deleted"
+                if dropped
+                else ""
+            )
+        )
+        for run in kept:
+            echo(
+                f"  {run.name} ({run.id}) was started by hand and waits on "
+                f"'{run.work_queue_name}', where it will be refused: start it again"
+            )
         pools = [d.work_pool_name for d in deployments if d.work_pool_name]
         run = start_restore(client, config.clinic, home, pools[0], to) if pools else None
         if run is None:

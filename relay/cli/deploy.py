@@ -232,6 +232,6 @@ def deploy_command(
         apply(client, restore, pool, "default")
         typer.echo(f"{pool}: {restore.flow.name}/{restore.name} (run by relay clinic move)")
     typer.echo(
-        f"Start a worker on each machine: relay worker --pool {pool} "
-        f"--queue {queue_for('<machine>')} (from its own checkout; RELAY_MACHINE names it)"
+        f"Start a worker on each machine: relay worker --pool {pool} (from its own checkout; "
+        f"it serves {queue_for('<machine>')}, RELAY_MACHINE or the host name)"
     )

@@ -8,7 +8,9 @@ import typer
 def worker_command(
     pool: str = typer.Option("local", "--pool", help="Work pool (relay deploy's: local)."),
     queue: list[str] = typer.Option(
-        None, "--queue", help="Work queue(s) to serve: this machine's, machine-<name>."
+        None,
+        "--queue",
+        help="Work queue(s) to serve (default: this machine's, machine-<RELAY_MACHINE or host name>).",
     ),
     limit: int = typer.Option(None, "--limit", help="At most this many runs at once."),
     name: str = typer.Option(None, "--name", help="The worker's name (default: Prefect's)."),
@@ -32,11 +34,16 @@ def worker_command(
     from prefect.settings import PREFECT_WORKER_HEARTBEAT_SECONDS
 
     from relay.worker import RelayWorker
+    from tasks.home import queue_for, this_machine
 
+    # Never every queue of the pool: a worker serving another machine's queue takes that
+    # machine's ticks, which then refuse (not their home) instead of running there.
+    queues = queue or [queue_for(this_machine())]
+    typer.echo(f"Serving {pool}/{', '.join(queues)}")
     worker = RelayWorker(
         name=name,
         work_pool_name=pool,
-        work_queues=queue or None,
+        work_queues=queues,
         limit=limit,
         heartbeat_interval_seconds=int(PREFECT_WORKER_HEARTBEAT_SECONDS.value()),
         preload=preload or [],

@@ -51,6 +51,8 @@ def test_a_tick_on_another_machine_refuses_and_says_where_home_is(tmp_path):
     message = str(refused.value)
     assert "ran on machine 'two'" in message and "home is 'one'" in message
     assert "machine-one" in message and "relay clinic move acme --to two" in message
+    # the deployment may be on the right queue and the worker the one at fault
+    assert "the worker on 'two' serves that queue: give it only 'machine-two'" in message
 
 
 def test_a_tick_off_its_home_refuses_before_it_makes_a_database_there(tmp_path):

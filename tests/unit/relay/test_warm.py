@@ -42,3 +42,29 @@ def _report(path: str) -> None:
     with open(path, "w") as out:
         out.write(f"{'prefect.engine' in sys.modules}|")
         out.write(",".join(t.name for t in threading.enumerate()))
+
+
+def test_a_run_started_from_the_template_warns_nothing_about_its_preloaded_engine(
+    tmp_path, monkeypatch
+):
+    """runpy warns when the module it runs was imported already (the template's whole point);
+    the worker's output had that warning once per run."""
+    import sys
+    import warnings
+
+    from relay import warm
+
+    package = tmp_path / "preloaded_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from . import engine\n")
+    (package / "engine.py").write_text("RAN = __name__\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import preloaded_pkg  # noqa: F401  the template's import
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            warm._run_main("preloaded_pkg.engine")
+    finally:
+        for name in ("preloaded_pkg", "preloaded_pkg.engine"):
+            sys.modules.pop(name, None)
