@@ -9,7 +9,9 @@ or a late booking's reminder goes while the patient is still at the desk.
 
 A poll asks each watched resource (patients, individual appointments, and attendees when the
 clinic runs classes) for the rows updated at or after its sync watermark's second, and compares
-them with ``raw.*``: an idle poll finds the rows it already has. Journeys, campaigns and
+them with ``raw.*``: an idle poll finds the rows it already has. A catch-up's sync reads on
+from the poll's pages (the first pages a sync from the watermark would read), so a booking costs
+no request beyond its poll. Journeys, campaigns and
 feedback wait for the next full tick; the send keys are the tick's, so a message the lane sent
 is never sent again by a tick (the ledger's UNIQUE key and its ``sending`` rule: a kill
 mid-lane leaves what a kill mid-dispatch leaves).
