@@ -8,7 +8,8 @@ HTTP whose clock runs (its own new patients, bookings, cancellations...), DuckDB
 The clinic has BENCH_LATENCY_PATIENTS (1,000) patients, a welcome email on every booking
 (``timing: immediately``) and the fast lane on (clinic.yaml's defaults: 50 requests a minute,
 the interval from the budget), ticking every BENCH_LATENCY_TICK_MINUTES (5, the default of
-``schedule.tick_every_minutes``). After the first full tick:
+``schedule.tick_every_minutes``). After the first tick that completed its steps (its lane
+started) and a minute for that backfill's requests to leave the lane's budget:
 
 1. Bookings at random moments (2-12 s apart) for at least one whole tick interval and until
    BENCH_LATENCY_BOOKINGS (20) were welcomed (a patient without an email is never welcomed):
@@ -45,6 +46,7 @@ WELCOME = {
     "purpose": "transactional",
 }
 TARGETS = {"median_s": 10, "p95_s": 30, "idle_requests_per_minute": 50}
+BACKFILL_WINDOW = 60  # seconds: the lane's budget window (tasks/lane.py WINDOW)
 
 
 def setting(name: str, default: float) -> float:
@@ -93,17 +95,23 @@ def latency(client) -> dict:
             first_tick(client)
             print(f"   first tick's full pass (sync, build, go-live): "
                   f"{time.monotonic() - started:.0f}s; its fast lane is on")  # fmt: skip
-            samples = _measure_welcomes(clinic, wanted, minutes * 60)
+            # the first sync is a backfill (hundreds of requests): the lane's budget, which
+            # counts the tick's requests, holds it off until they leave its minute (by design)
+            time.sleep(BACKFILL_WINDOW)
+            booked: dict[int, float] = {}
+            samples = _measure_welcomes(clinic, wanted, minutes * 60, booked)
             sandbox.auto_advance_speed = 0  # the clinic's clock stops: nothing changes
             time.sleep(2)
             idle = _idle_requests(sandbox, idle_minutes * 60)
         finally:
             served.stop()
+        where = _where(client, booked)
     figures: dict = {
         "patients": patients,
         "tick_every_minutes": minutes,
         "bookings_welcomed": len(samples),
         **idle,
+        "where": where,
     }
     if samples:
         figures |= {
@@ -121,9 +129,9 @@ def latency(client) -> dict:
 
 
 def first_tick(client, timeout: float = 900) -> None:
-    """Start the clinic's tick now and wait for its summary: the full pass is done and the
-    welcome trigger live; the run goes on as the fast lane."""
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    """Start the clinic's tick now and wait until a tick's fast lane starts: its full pass
+    completed and the welcome trigger is live (a failed first tick: the next one's)."""
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
     from prefect.exceptions import ObjectNotFound
 
     for _ in range(240):  # the served process registers its deployment in a few seconds
@@ -132,27 +140,28 @@ def first_tick(client, timeout: float = 900) -> None:
             break
         except ObjectNotFound:
             time.sleep(0.5)
-    run_id = client.create_flow_run_from_deployment(deployment.id).id
+    client.create_flow_run_from_deployment(deployment.id)
     deadline = time.monotonic() + timeout
-    key = ArtifactFilter(key=ArtifactFilterKey(any_=[f"tick-{CLINIC}"]))
-    while not client.read_artifacts(artifact_filter=key, limit=1):
-        run = client.read_flow_run(run_id)
-        if run.state.is_final():
-            raise RuntimeError(f"the first tick ended {run.state.name} without a summary")
+    lanes = TaskRunFilter(name=TaskRunFilterName(any_=["fast-lane"]))
+    while not client.read_task_runs(task_run_filter=lanes, limit=1):
+        # a tick that failed (a first sync can) leaves it to the next scheduled one
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the first tick had no summary after {timeout:.0f}s")
+            raise RuntimeError(f"no tick completed its steps in {timeout:.0f}s")
         time.sleep(0.5)
 
 
 def _measure_welcomes(
-    clinic, wanted: int, at_least_seconds: float, limit_minutes: float = 20
+    clinic,
+    wanted: int,
+    at_least_seconds: float,
+    booked: dict[int, float],
+    limit_minutes: float = 20,
 ) -> list[float]:
     """Book at random moments for at least ``at_least_seconds`` (a whole tick interval: the
     moments the lane is off are in the sample) and until ``wanted`` welcomes arrived."""
     from tasks.providers.outbox import outbox_dir
 
     outbox = outbox_dir(CLINIC)
-    booked: dict[int, float] = {}
     latencies: dict[int, float] = {}
     rng = random.Random(6)
     started = time.monotonic()
@@ -178,6 +187,102 @@ def _measure_welcomes(
             break  # the last bookings had two minutes: the rest have no email on file
         time.sleep(0.5)
     return list(latencies.values())
+
+
+def _where(client, booked: dict[int, float]) -> dict:
+    """Where each welcome's time went: the phase its booking fell in (a lane polling, or the gap
+    between one run's lane and the next's: the lane's margin, the run's end, the next run's
+    start and its full pass), the sync that caught it (the lane's ``partial`` or a tick's) and
+    booking -> that sync's start -> planned -> sent. Prints the slowest and each gap's parts."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        TaskRunFilter,
+        TaskRunFilterName,
+    )
+
+    from tasks.config import load_clinic
+    from tasks.warehouse import open_db
+
+    runs = client.read_flow_runs(
+        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[f"{CLINIC}-tick"])),
+        limit=200,
+    )
+    lanes = client.read_task_runs(
+        task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=["fast-lane"])), limit=200
+    )
+
+    def ts(moment) -> float:
+        return moment.timestamp() if moment is not None else float("inf")
+
+    spans = sorted((ts(r.start_time), ts(r.end_time)) for r in runs if r.start_time is not None)
+    lane_spans = sorted(
+        (ts(t.start_time), ts(t.end_time)) for t in lanes if t.start_time is not None
+    )
+    with open_db(load_clinic(CLINIC).database_path) as con:
+        syncs = [
+            (kind, ts(started), ts(finished))
+            for kind, started, finished in con.execute(
+                "SELECT kind, started_at, finished_at FROM state.sync_runs ORDER BY started_at"
+            ).fetchall()
+        ]
+        ledger = {
+            int(appointment): (ts(planned), ts(sent))
+            for appointment, planned, sent in con.execute(
+                "SELECT appointment_id, planned_at, sent_at FROM state.messages "
+                "WHERE source_name = 'welcome' AND sent_at IS NOT NULL"
+            ).fetchall()
+        }
+    rows = []
+    for appointment, moment in booked.items():
+        if appointment not in ledger:
+            continue
+        planned, sent = ledger[appointment]
+        kind, sync_start, _ = max(
+            (s for s in syncs if s[2] <= planned), key=lambda s: s[1], default=("?", moment, 0)
+        )
+        in_lane = any(start <= moment < end for start, end in lane_spans)
+        rows.append({
+            "latency": round(sent - moment, 1),
+            "phase": "lane" if in_lane else "gap",
+            "caught_by": "lane" if kind == "partial" else "tick",
+            "to_sync": round(sync_start - moment, 1),
+            "sync_to_planned": round(planned - sync_start, 1),
+            "planned_to_sent": round(sent - planned, 1),
+        })  # fmt: skip
+    gaps = []
+    for (_, lane_end), (next_start, _) in zip(lane_spans, lane_spans[1:], strict=False):
+        run_end = min((e for s, e in spans if s <= lane_end <= e), default=lane_end)
+        next_run = max((s for s, e in spans if s <= next_start), default=next_start)
+        gaps.append({
+            "lane_end_to_run_end": round(run_end - lane_end, 1),
+            "run_end_to_next_run_start": round(next_run - run_end, 1),
+            "next_run_start_to_lane": round(next_start - next_run, 1),
+            "gap": round(next_start - lane_end, 1),
+        })  # fmt: skip
+    catch_ups = [round(f - s, 1) for k, s, f in syncs if k == "partial"]
+    print(
+        "   slowest welcomes (s): latency phase caught_by | booking->sync start, ->planned, ->sent"
+    )
+    for row in sorted(rows, key=lambda r: -r["latency"])[:8]:
+        print(f"     {row['latency']:5.1f} {row['phase']:4} {row['caught_by']:4} | "
+              f"{row['to_sync']:5.1f} {row['sync_to_planned']:5.1f} {row['planned_to_sent']:5.1f}")  # fmt: skip
+    for gap in gaps:
+        print(f"   gap between lanes: {gap}")
+    by_phase = {
+        phase: sorted(r["latency"] for r in rows if r["phase"] == phase)
+        for phase in ("lane", "gap")
+    }
+    summary = {
+        "phases": {p: {"n": len(v), "median_s": statistics.median(v) if v else None,
+                       "max_s": max(v, default=None)} for p, v in by_phase.items()},
+        "gaps": gaps,
+        "lane_sync_seconds_median": statistics.median(catch_ups) if catch_ups else None,
+    }  # fmt: skip
+    print(
+        f"   by phase: {summary['phases']}; lane sync median {summary['lane_sync_seconds_median']} s"
+    )
+    return summary
 
 
 def _idle_requests(sandbox, seconds: float) -> dict:

@@ -4,7 +4,7 @@ database, the tick's run polls Cliniko for bookings until its next tick is due, 
 
 It runs only in a deployment's run (a next tick is due: ``relay demo`` or a test calling the
 flow does not wait), when ``fast_lane.enabled`` and the tick's steps all completed with the
-breaker closed. It stops ``MARGIN`` before the next tick is due (this run's expected start +
+breaker closed. It stops ``margin()`` before the next tick is due (this run's expected start +
 ``schedule.tick_every_minutes``, or the deployment's next scheduled run if sooner), when the run
 is cancelled or its deployment paused, when the process that started the run (worker, Runner,
 warm template) is gone, or at its first failure (the tick then fails saying why). A SIGTERM
@@ -31,7 +31,12 @@ from tasks.config import ClinicConfig
 from tasks.tick import Summary
 from tasks.warehouse import open_db
 
-MARGIN = timedelta(seconds=10)  # for the last catch-up and the run's end, before the next tick
+# The lane's run must have ended before a worker or Runner can see its next tick: they ask
+# for runs due within their prefetch (10 s) and propose Pending at once, and a run that finds
+# this one still holding the deployment's one slot is put back as AwaitingConcurrencySlot for
+# the server's concurrency_slot_wait_seconds (30 s), a gap in which no lane runs. ENDING covers
+# the last catch-up and the run's end after the lane.
+ENDING = timedelta(seconds=5)
 CHECK_EVERY = 10.0  # seconds between looks at the run's and the deployment's state
 
 
@@ -41,7 +46,7 @@ def after_tick(config: ClinicConfig, summary: Summary, result: dict) -> dict:
     if why:
         return result
     run: Any = FlowRunContext.get().flow_run  # type: ignore[union-attr]  # inside the tick's run
-    left = (next_tick_due(config, run) - MARGIN - datetime.now(UTC)).total_seconds()
+    left = (next_tick_due(config, run) - margin() - datetime.now(UTC)).total_seconds()
     if left <= 0:  # a long tick: the next one is due already
         return result
     counts = fast_lane(config, time.monotonic() + left, str(run.id), str(run.deployment_id))
@@ -52,6 +57,15 @@ def after_tick(config: ClinicConfig, summary: Summary, result: dict) -> dict:
         f"{counts['stopped']})."
     )
     return result
+
+
+def margin() -> timedelta:
+    """How long before its next tick is due the lane stops: the prefetch of whatever starts
+    the runs (a Runner's 10 s, a worker's PREFECT_WORKER_PREFETCH_SECONDS) and ENDING."""
+    from prefect.settings import PREFECT_WORKER_PREFETCH_SECONDS
+
+    prefetch = max(10.0, float(PREFECT_WORKER_PREFETCH_SECONDS.value()))
+    return timedelta(seconds=prefetch) + ENDING
 
 
 def _not_now(config: ClinicConfig, summary: Summary) -> str | None:

@@ -69,10 +69,15 @@ def prefect_server(
             f"Port {port} on 127.0.0.1 is already in use (another Prefect server?). "
             "Stop it, or pick another port with --port."
         )
-    from relay.slots import LEASE_STORAGE
+    from relay.slots import LEASE_STORAGE, SLOT_WAIT
 
     # Leases on disk: a restarted server still takes back the slot of a run killed before.
-    env = {**LEASE_STORAGE, **os.environ, "PREFECT_UI_ENABLED": "true" if ui else "false"}
+    env = {
+        **LEASE_STORAGE,
+        **SLOT_WAIT,
+        **os.environ,
+        "PREFECT_UI_ENABLED": "true" if ui else "false",
+    }
     if home is not None:
         env["PREFECT_HOME"] = str(home)
     env.pop("PREFECT_API_URL", None)

@@ -42,6 +42,10 @@ from flows.lost import set_active as _set_active
 LEASE_STORAGE = {
     "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem"
 }
+# A tick put back because the previous one (in its fast lane) still held the slot tries again
+# after this many seconds, not Prefect's 30: the lane polls no more once its run has ended, and
+# until the next tick's lane starts no booking is welcomed (Prefect setting).
+SLOT_WAIT = {"PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "5"}
 WAITING = "AwaitingConcurrencySlot"
 # Passes in a row a Running tick's database lock must be seen free before the tick counts as gone.
 DEAD_AFTER = 3

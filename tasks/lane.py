@@ -9,7 +9,9 @@ or a late booking's reminder goes while the patient is still at the desk.
 
 A poll asks each watched resource (patients, individual appointments, and attendees when the
 clinic runs classes) for the rows updated at or after its sync watermark's second, and compares
-them with ``raw.*``: an idle poll finds the rows it already has. Journeys, campaigns and
+them with ``raw.*``: an idle poll finds the rows it already has. A catch-up's sync reads on
+from the poll's pages (the first pages a sync from the watermark would read), so a booking costs
+no request beyond its poll. Journeys, campaigns and
 feedback wait for the next full tick; the send keys are the tick's, so a message the lane sent
 is never sent again by a tick (the ledger's UNIQUE key and its ``sending`` rule: a kill
 mid-lane leaves what a kill mid-dispatch leaves).
@@ -35,7 +37,7 @@ import orjson
 
 from tasks import tick
 from tasks.cliniko import resources as _resources
-from tasks.cliniko.client import ClinikoClient, Pace
+from tasks.cliniko.client import ClinikoClient, Pace, Page
 from tasks.cliniko.resources import RESOURCES, Resource
 from tasks.cliniko.sync import list_params, run_sync
 from tasks.cliniko.writer import parse_records, watermark
@@ -162,15 +164,22 @@ def tick_requests(con: duckdb.DuckDBPyConnection, now: datetime) -> list[tuple[f
 
 
 def poll(
-    con: duckdb.DuckDBPyConnection, client: ClinikoClient, resources: tuple[Resource, ...]
+    con: duckdb.DuckDBPyConnection,
+    client: ClinikoClient,
+    resources: tuple[Resource, ...],
+    pages: dict[str, tuple[datetime | None, Page]] | None = None,
 ) -> dict[str, int]:
     """Rows Cliniko has that ``raw.*`` has not (new, or updated since), per watched resource:
-    one request each, from the second of its watermark. Writes nothing."""
+    one request each, from the second of its watermark. Writes nothing. ``pages`` gets each
+    path's (cursor, page): the first page a sync from that cursor would read, which the
+    catch-up reads on from instead of asking for it again."""
     changed: dict[str, int] = {}
     for resource in resources:
         for path in resource.paths:
             mark = watermark(con, resource.name, path)
             page = client.get_page(path, resource.name, list_params(resource, mark))
+            if pages is not None:
+                pages[path] = (_floor_second(mark), page)
             batch = parse_records(resource, page.records)
             held = _held(con, resource, [row[0] for row in batch.rows])
             new = sum(1 for id_, updated, _ in batch.rows if held.get(id_) != updated)
@@ -179,6 +188,62 @@ def poll(
             if new:
                 changed[resource.name] = changed.get(resource.name, 0) + new
     return changed
+
+
+def _floor_second(moment: datetime | None) -> datetime | None:
+    """The cursor a poll asked from: Cliniko's filter takes whole seconds (format_cursor)."""
+    return moment.replace(microsecond=0) if moment is not None else None
+
+
+def to_sync(
+    con: duckdb.DuckDBPyConnection,
+    polled: tuple[Resource, ...],
+    pages: Mapping[str, tuple[datetime | None, Page]],
+) -> tuple[Resource, ...]:
+    """What a catch-up syncs: the polled resources (from the pages the poll has, no request
+    unless there is more than a page), and group appointments only when a new or changed
+    attendee is booked into one (a class place: its class's row changed too). An attendee of
+    an individual appointment needs nothing more, so a booking costs no request beyond the poll."""
+    chosen = list(polled)
+    attendees = _resources.get("attendees")
+    if attendees in polled and _class_places(con, attendees, pages):
+        chosen.append(_resources.get("group_appointments"))
+    return tuple(r for r in (_resources.get(n) for n in SYNCED) if r in chosen)
+
+
+def _class_places(
+    con: duckdb.DuckDBPyConnection,
+    attendees: Resource,
+    pages: Mapping[str, tuple[datetime | None, Page]],
+) -> bool:
+    """Whether the polled attendees include one whose booking is not an individual appointment
+    we hold (or one we cannot tell: then yes)."""
+    bookings: set[int] = set()
+    for path in attendees.paths:
+        for record in pages[path][1].records if path in pages else ():
+            if not isinstance(record, dict):
+                return True
+            link = ((record.get("booking") or {}).get("links") or {}).get("self") or ""
+            tail = str(link).rstrip("/").rsplit("/", 1)[-1]
+            if not tail.isdigit():
+                return True
+            bookings.add(int(tail))
+    if not bookings:
+        return False
+    individual = {
+        int(record["id"])
+        for path in _resources.get("individual_appointments").paths
+        for record in (pages[path][1].records if path in pages else ())
+        if isinstance(record, dict) and str(record.get("id", "")).isdigit()
+    }
+    unknown = sorted(bookings - individual)
+    if not unknown:
+        return False
+    held = con.execute(
+        "SELECT count(*) FROM raw.individual_appointments WHERE id IN (SELECT unnest(?))",
+        [unknown],
+    ).fetchone()
+    return held is None or held[0] < len(unknown)
 
 
 def _held(con: duckdb.DuckDBPyConnection, resource: Resource, ids: list[int]) -> dict:
@@ -213,9 +278,11 @@ def catch_up(
     config: ClinicConfig,
     providers: Mapping,
     resources: tuple[Resource, ...],
+    pages: Mapping[str, tuple[datetime | None, Page]] | None = None,
 ) -> dict[str, int]:
-    """The tick's steps for a booking: sync ``resources``, build, plan the triggers, send what is
-    due (the tick's rules: holds, the gate). Counts; raises LaneFailed naming the step."""
+    """The tick's steps for a booking: sync ``resources`` (read on from the poll's ``pages``),
+    build, plan the triggers, send what is due (the tick's rules: holds, the gate). Counts;
+    raises LaneFailed naming the step."""
     step = "sync"
     try:
         counts = run_sync(
@@ -223,6 +290,7 @@ def catch_up(
             client,
             overlap=timedelta(minutes=config.sync.overlap_minutes),
             resources=resources,
+            first_pages=dict(pages or {}),
         )
         step = "models"
         models.build(con, models.ListSettings.from_config(config))
@@ -266,7 +334,6 @@ def run_lane(
     client.limiter = budget  # type: ignore[assignment]  # a limiter's interface: acquire, hold_until, pace
     try:
         polled = watched(con)
-        synced = tuple(_resources.get(n) for n in SYNCED)
         counts = LaneCounts(every_seconds=interval(settings.requests_per_minute, len(polled),
                                                    settings.every_seconds))  # fmt: skip
         requests_before = client.stats.requests
@@ -281,14 +348,16 @@ def run_lane(
                 continue
             next_poll = clock() + counts.every_seconds
             started = clock()
+            pages: dict[str, tuple[datetime | None, Page]] = {}
             try:
-                changed = poll(con, client, polled)
+                changed = poll(con, client, polled, pages)
+                synced = to_sync(con, polled, pages) if changed else ()
             except Exception as exc:  # noqa: BLE001 - a failed poll stops the lane, named
                 raise LaneFailed(f"fast lane: poll failed ({str(exc)[:500]})") from exc
             counts.polls += 1
             if changed:
                 counts.found += 1
-                done = catch_up(con, client, config, providers, synced)
+                done = catch_up(con, client, config, providers, synced, pages)
                 counts.rows_synced += done["rows"]
                 counts.planned += done["planned"]
                 counts.sent += done["sent"]

@@ -120,11 +120,14 @@ class Sync:
         full: bool = False,
         on_page: ProgressCallback | None = None,
         resources: tuple[Resource, ...] = RESOURCES,
+        first_pages: dict[str, tuple[datetime | None, Page]] | None = None,
     ) -> None:
         self.con, self.client = con, client
         self.overlap, self.full, self.on_page = overlap, full, on_page
         self.resources = resources
         self.counts = {r.name: ResourceCounts(r.name) for r in resources}
+        # path -> (cursor, page 1 from that cursor) already asked for (the fast lane's poll)
+        self._given = dict(first_pages or {})
         self._first: dict[str, tuple[datetime | None, Page]] = {}
         self._pages: queue.Queue = queue.Queue(maxsize=self.READ_AHEAD)
         self._stop = threading.Event()
@@ -137,11 +140,19 @@ class Sync:
         The first pages are asked for at once, as many at a time as the key's limiter lets be on
         their way (``client.concurrency``; the pacing holds, see ``RateLimiter``): an idle sync
         is these requests and nothing else, so it waits for a few round trips instead of one per
-        path (13). A failure is raised for the first failing path in ``RESOURCES`` order."""
+        path (13). A failure is raised for the first failing path in ``RESOURCES`` order.
+        A path whose first page was given (``first_pages``) is not asked for again."""
+        for resource in self.resources:
+            for path in resource.paths:
+                if path in self._given:
+                    cursor, page = self._given[path]
+                    self._first[path] = (cursor, page)
+                    self.counts[resource.name].expected += page.total_entries or len(page.records)
         asks = [
             (resource, path, self._start_cursor(resource, path))
             for resource in self.resources
             for path in resource.paths
+            if path not in self._given
         ]
 
         failed = threading.Event()  # a refusal (bad key, permission): ask for nothing more
@@ -345,15 +356,26 @@ def run_sync(
     on_page: ProgressCallback | None = None,
     sweep: Callable[[Sync], object] = Sync.run,
     resources: tuple[Resource, ...] = RESOURCES,
+    first_pages: dict[str, tuple[datetime | None, Page]] | None = None,
 ) -> dict[str, ResourceCounts]:
     """A whole run, recorded in ``state.sync_runs`` (completed, or failed with its error),
     whoever runs it. ``sweep`` reads every resource: ``Sync.run``, or the flow's Prefect tasks
     around the same ``Sync`` methods (flows/sync.py). ``resources``: only these (the fast lane's
-    few, tasks/lane.py), recorded as kind 'partial'; a reconciliation reads them all."""
+    few, tasks/lane.py), recorded as kind 'partial'; a reconciliation reads them all.
+    ``first_pages``: path -> (cursor, its page 1 from there) already asked for (the lane's poll:
+    read on from there, not asked again)."""
     partial = not reconcile and resources != RESOURCES
     run_id = start_run(con, "reconcile" if reconcile else "partial" if partial else "incremental")
     chosen = resources if partial else RESOURCES
-    sync = Sync(con, client, overlap=overlap, full=reconcile, on_page=on_page, resources=chosen)
+    sync = Sync(
+        con,
+        client,
+        overlap=overlap,
+        full=reconcile,
+        on_page=on_page,
+        resources=chosen,
+        first_pages=None if reconcile else first_pages,
+    )
     try:
         sweep(sync)
     except BaseException as exc:

@@ -179,6 +179,41 @@ def test_an_idle_poll_is_one_request_per_watched_resource_and_writes_nothing(
         assert lane.poll(con, client, watched).get("individual_appointments") == len(booked)
 
 
+def test_a_bookings_catch_up_asks_cliniko_nothing_beyond_the_poll(sandbox, config, tmp_path):
+    """The catch-up reads on from the poll's pages: a booking costs its poll and nothing more
+    (re-asking every synced resource's first page, 4+ requests a booking, starved the lane's
+    budget when bookings came every few seconds); a class place also syncs its class."""
+    from sandbox.cliniko.clinic import _Changes
+
+    providers = {"email": outbox(tmp_path), "sms": outbox(tmp_path)}
+    with client_of(sandbox) as client, open_db(config.database_path) as con:
+        full_tick(con, client, config, providers)
+        watched = lane.watched(con)
+        assert "attendees" in {r.name for r in watched}, "the clinic runs classes"
+        time.sleep(1.1)
+        booked = book(sandbox, 1)
+        pages: dict = {}
+        changed = lane.poll(con, client, watched, pages)
+        assert changed.get("individual_appointments") == 1
+        synced = lane.to_sync(con, watched, pages)
+        assert "group_appointments" not in {r.name for r in synced}, "no class place booked"
+        before = sandbox.stats.requests
+        lane.catch_up(con, client, config, providers, synced, pages)
+        assert sandbox.stats.requests == before, "no request beyond the poll"
+        held = con.execute(
+            "SELECT count(*) FROM raw.individual_appointments WHERE id = ?", booked
+        ).fetchone()
+        assert held == (1,), "the polled page was written"
+        assert lane.poll(con, client, watched) == {}, "and its watermark moved: nothing new"
+
+        with sandbox.clinic.lock:
+            assert _Changes(sandbox.clinic).class_bookings(int(time.time())) == 1
+        pages = {}
+        assert lane.poll(con, client, watched, pages).get("attendees") == 1
+        synced = lane.to_sync(con, watched, pages)
+        assert "group_appointments" in {r.name for r in synced}, "a class place: its class too"
+
+
 def test_the_budget_holds_when_threads_ask_at_once():
     """The sync asks for its first pages from threads (tasks/cliniko/sync.py, Sync.open): the
     budget's check and its taking are one step, or threads that all saw room would all go. (A

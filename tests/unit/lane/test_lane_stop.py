@@ -16,3 +16,16 @@ def test_the_lane_stops_when_the_process_that_started_its_run_is_gone(monkeypatc
     other = os.getppid() + 1
     monkeypatch.setattr(lane.os, "getppid", lambda: other)  # re-parented
     assert watch() == "the process that started this run is gone"
+
+
+def test_the_lane_ends_its_run_before_a_runner_can_see_the_next_tick():
+    """A Runner or worker proposes a run Pending up to its prefetch (10 s) before it is due;
+    finding the lane's run still holding the slot puts it back for 30 s. The lane stops that
+    long and more before the next tick."""
+    from datetime import timedelta
+
+    from prefect.settings import PREFECT_WORKER_PREFETCH_SECONDS, temporary_settings
+
+    assert lane.margin() > timedelta(seconds=10), "a Runner's prefetch and the run's end"
+    with temporary_settings({PREFECT_WORKER_PREFETCH_SECONDS: 30}):
+        assert lane.margin() > timedelta(seconds=30), "a worker asking further ahead"
