@@ -8,10 +8,20 @@ run of its deployment can be Pending, Running or Cancelling with a live process:
 this tick the slot because the other run's lease ran out. Most lost runs are marked Crashed
 within about a minute by the lost-run automation (relay/alerts.py, from their heartbeats), but
 two kinds are not watched by it: a run killed before its first heartbeat soon after a deploy
-(Prefect holds its state events while waiting for a Scheduled event the scheduler never emits),
-and a run lost while Pending, before its worker said Submitting. ``crash_lost_runs`` marks those
+and before ``announce_scheduled`` (below) ran, and a run lost while Pending, before its worker said Submitting. ``crash_lost_runs`` marks those
 Crashed at the start of the clinic's next tick, saying which tick found them, so a lost run never
 stays "Running" for good and the "a run failed or crashed" alert names it.
+
+The first kind is made rare by ``announce_scheduled``, at the start of every tick: Prefect links a
+run's state event to the one before it when the two are less than 5 minutes apart (``follows``,
+prefect.server.models.events), and its triggers hold a linked event until the one it follows has
+been seen, for up to 15 minutes. A run the scheduler makes gets a Scheduled state but no event for
+it, so a run started within 5 minutes of being made (the first ticks after a deploy, a resume or a
+move) has its Pending, Running and Submitting events held for 15 minutes, and the lost-run
+automation cannot open its watch before the run's first heartbeat. The event Prefect would have
+sent carries the state's id as its own: the tick sends it, for its own run and for its
+deployment's runs made in the last 5 minutes that are due soon, and the held events go through at
+once (an event already seen, for a run that had its Scheduled event, is ignored by id).
 
 Outside a tick (``relay clinic move``, which must not wait for a run that will never end) the rule
 is read from the deployment's limit: ``lost_holders``. Prefect keeps a run's lease on the server
@@ -30,11 +40,14 @@ first given one to give back whenever it counts fewer taken slots than runs that
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import contextlib
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 HOLDING = ["PENDING", "RUNNING", "CANCELLING"]
+# Prefect links state events less than this apart (prefect.server.models.events._timing_is_tight)
+TIGHT = timedelta(minutes=5)
 
 
 def runs_of(client, deployment_id: UUID, states: list[str]) -> list[Any]:
@@ -79,9 +92,14 @@ def crash_lost_runs(run: Any) -> list[str]:
     not 1 (then another run may hold a slot of its own)."""
     if run.deployment_id is None:
         return []
+    import httpx
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
 
     with get_client(sync_client=True) as client:
+        # best effort: refused, the runs' events are seen 15 minutes late, as before
+        with contextlib.suppress(httpx.HTTPError, PrefectHTTPStatusError):
+            announce_scheduled(client, run)
         others = [r for r in runs_of(client, run.deployment_id, HOLDING) if r.id != run.id]
         if not others:
             return []
@@ -141,3 +159,66 @@ def crash_lost_holders(client, deployment_id: UUID, why: str) -> list[Any]:
         crash(client, deployment_id, run.id, why)
         marked.append(run)
     return marked
+
+
+def announce_scheduled(client, run: Any, now: datetime | None = None) -> int:
+    """Send the ``prefect.flow-run.Scheduled`` events the scheduler did not (see the module's
+    docstring), with the state's id as the event's: for ``run`` (a tick, now Running) when it was
+    made less than two TIGHT ago, and for its deployment's Scheduled runs made less than TIGHT ago
+    and due within TIGHT. Returns how many were sent."""
+    from prefect.client.schemas import filters
+
+    now = now or datetime.now(UTC)
+    found: list[tuple[Any, Any]] = []
+    if run.created is not None and now - run.created < 2 * TIGHT:
+        found += [
+            (run, st) for st in client.read_flow_run_states(run.id)
+            if st.type.value == "SCHEDULED" and now - st.timestamp < 2 * TIGHT
+        ]  # fmt: skip
+    upcoming = client.read_flow_runs(
+        flow_run_filter=filters.FlowRunFilter(
+            deployment_id=filters.FlowRunFilterDeploymentId(any_=[run.deployment_id]),
+            state=filters.FlowRunFilterState(
+                type=filters.FlowRunFilterStateType(any_=["SCHEDULED"])
+            ),
+            expected_start_time=filters.FlowRunFilterExpectedStartTime(before_=now + TIGHT),
+        ),
+        limit=20,
+    )
+    found += [
+        (other, other.state) for other in upcoming
+        if other.state is not None and now - other.state.timestamp < TIGHT
+    ]  # fmt: skip
+    if not found:
+        return 0
+    events = [scheduled_event(flow_run, st) for flow_run, st in found]
+    client.request("POST", "/events", json=events)
+    return len(events)
+
+
+def scheduled_event(flow_run: Any, state: Any) -> dict:
+    """The event Prefect sends for a run's Scheduled state, as prefect.server.models.events
+    makes it (its id is the state's); names and ids only."""
+    return {
+        "id": str(state.id),
+        "occurred": state.timestamp.isoformat(),
+        "event": f"prefect.flow-run.{state.name}",
+        "resource": {
+            "prefect.resource.id": f"prefect.flow-run.{flow_run.id}",
+            "prefect.resource.name": flow_run.name,
+            "prefect.state-name": state.name,
+            "prefect.state-type": state.type.value,
+            "prefect.state-timestamp": state.timestamp.isoformat(),
+        },
+        "related": [
+            {
+                "prefect.resource.id": f"prefect.deployment.{flow_run.deployment_id}",
+                "prefect.resource.role": "deployment",
+            },
+            {
+                "prefect.resource.id": f"prefect.flow.{flow_run.flow_id}",
+                "prefect.resource.role": "flow",
+            },
+        ],  # fmt: skip
+        "payload": {"intended": {"from": None, "to": state.type.value}},
+    }

@@ -199,8 +199,10 @@ def zombie_runs(crash_after: int = CRASH_AFTER_SECONDS) -> Automation:
     second tick of the clinic runs beside it for long, and the clinic's database lock
     (tasks.warehouse.hold) keeps the two apart meanwhile. A run
     whose Submitting follows a Scheduled state made less than 5 minutes before (the first ticks
-    after a deploy, a resume or a move) is seen 15 minutes late (docs/scaling.md, Alerts) and not
-    watched; the clinic's next tick (flows/lost.py) and ``relay clinic move`` catch those. One
+    after a deploy, a resume or a move) would be seen 15 minutes late (docs/scaling.md, Alerts):
+    each tick sends the Scheduled event the scheduler did not, for itself and its deployment's
+    next runs (flows/lost.py, announce_scheduled), and the clinic's next tick and ``relay clinic
+    move`` catch a run lost before that. One
     automation for all three, not two: each event of every run is then one bucket write on the
     server, not two, and on a SQLite server every bucket write is a write transaction of the
     triggers service (docs/scaling.md, "Alerts": two such automations held the server's write
