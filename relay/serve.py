@@ -262,6 +262,10 @@ def supervise_command(command: list[str], echo, log: Path) -> int:
     re-parented here, not to init, so it is still in the tree ``stop_tree`` walks and stops."""
     log.parent.mkdir(parents=True, exist_ok=True)
     _become_subreaper()
+    # Ctrl-C (SIGINT) stops it even when it was started with SIGINT ignored, as a shell without
+    # job control starts a background command (`relay serve &` in a script; CI's own runner):
+    # Python then never installs its handler, and an operator's `kill -INT` did nothing.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with log.open("w") as err:
         proc = subprocess.Popen(command, stderr=err, start_new_session=True)
         try:
