@@ -301,7 +301,9 @@ def _floor_second(moment: datetime | None) -> datetime | None:
 def bound_memory(con: duckdb.DuckDBPyConnection, limit: str = "64MB") -> None:
     """DuckDB caches up to 80% of RAM by default, and the process grows by about what it may
     cache. A sync streams through its data: measured on 150,000 rows, 64 MB kept the process at
-    210 MB (128 MB: 260 MB; unbounded: 630 MB at 570,000 rows) and was no slower."""
+    210 MB (128 MB: 260 MB; unbounded: 630 MB at 570,000 rows) and was no slower. The largest
+    thing a sync asks DuckDB for at once is one of the writer's INSERTs (about 15 MB: see
+    ``ResourceWriter.STATEMENT_ROWS``); keep it well inside the bound."""
     con.execute(f"SET memory_limit = '{limit}'")
 
 

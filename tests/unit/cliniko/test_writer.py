@@ -2,6 +2,7 @@
 server."""
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import duckdb
 import orjson
@@ -9,11 +10,14 @@ import pytest
 
 from tasks import warehouse
 from tasks.cliniko import resources
+from tasks.cliniko.sync import bound_memory
 from tasks.cliniko.writer import ResourceWriter, mark_removed, parse_records, watermark
+from tasks.warehouse import one
 
 PATIENTS = resources.get("patients")
 REFERRALS = resources.get("referral_sources")
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+EXAMPLES = Path(__file__).resolve().parents[2] / "fixtures" / "cliniko-examples"
 
 
 def patient(id_, updated="2026-03-01T10:00:00Z", **extra):
@@ -192,3 +196,31 @@ def test_a_removed_row_that_comes_back_is_unmarked(con):
     result = write(con, batch)
     assert result.updated == 1
     assert rows(con)[0][3] is None
+
+
+def test_a_full_commit_of_appointments_fits_well_inside_the_syncs_memory_bound(tmp_path):
+    """A fresh clinic's first sync commits FLUSH_ROWS appointments at a time, each with its
+    parsed fields, under the sync's DuckDB memory bound (64 MB, shared with the database's own
+    blocks and indexes). In one INSERT they needed 57 MB and the first tick ran out of memory;
+    the writer's statements must stay small whatever a commit holds: here 24 MB for all."""
+    example = EXAMPLES / "individual_appointments.json"
+    record = orjson.loads(example.read_bytes())["response"]["individual_appointments"][0]
+    appointments = resources.get("individual_appointments")
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    records = [
+        {**record, "id": str(i), "updated_at": (start + timedelta(seconds=i)).isoformat()}
+        for i in range(1, ResourceWriter.FLUSH_ROWS + 1)
+    ]
+    with warehouse.open_db(tmp_path / "clinic.duckdb") as con:
+        bound_memory(con, "24MB")
+        writer = ResourceWriter(con, appointments)
+        for page in range(0, len(records), 100):
+            writer.add(
+                "/individual_appointments",
+                parse_records(appointments, records[page : page + 100]),
+                NOW,
+            )
+        writer.commit(NOW)
+        assert one(con, "SELECT count(fields.starts_at) FROM raw.individual_appointments") == (
+            ResourceWriter.FLUSH_ROWS,
+        )
