@@ -40,8 +40,11 @@ deploy: $(STAMP)
 # Every core at once (each test has its own files, ports and sandboxes). Each Prefect-server test
 # module runs whole on one worker, against that worker's own server (tests/conftest.py), beside
 # the rest; listed first, they start first.
+# Two workers a core: the suite mostly waits (servers, subprocesses, kills), and at one a core the
+# two cores were busy less than half the run.
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(2 * (os.cpu_count() or 1))")
 test: $(STAMP)  ## the whole suite: unit, integration (real HTTP), Prefect server tests
-	$(PY) -m pytest -n auto --dist loadgroup --durations=25 tests/flows tests/unit tests/sandbox tests/integration
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25 tests/flows tests/unit tests/sandbox tests/integration
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit
