@@ -106,29 +106,25 @@ def record_membership(
     if not queries:
         con.execute("DROP TABLE IF EXISTS relay_member_changes")  # MemberChanges': done
         return {}
-    same = [a for a in queries if _table_of(a) in unchanged]
-    same = [
-        r[0]
-        for r in con.execute(
-            "SELECT audience FROM state.audiences WHERE retired_at IS NULL AND audience IN ?",
-            [same or [""]],
-        ).fetchall()
-    ]
+    same = _recorded_of(con, [a for a in queries if _table_of(a) in unchanged])
     sizes = _sizes(con, same)
     queries = {a: sql for a, sql in queries.items() if a not in sizes}
-    delta = [a for a in queries if _table_of(a) in noted]
-    delta = [
-        r[0]
-        for r in con.execute(
-            "SELECT audience FROM state.audiences WHERE retired_at IS NULL AND audience IN ?",
-            [delta or [""]],
-        ).fetchall()
-    ]
+    delta = _recorded_of(con, [a for a in queries if _table_of(a) in noted])
     recorded = _record_noted(con, delta, build_id, built_at) if delta else {}
     queries = {a: sql for a, sql in queries.items() if a not in recorded}
     recorded |= _record(con, queries, build_id, built_at) if queries else {}
     con.execute("DROP TABLE IF EXISTS relay_member_changes")  # MemberChanges': read, done
     return dict(sorted({**sizes, **recorded}.items()))
+
+
+def _recorded_of(con: duckdb.DuckDBPyConnection, audiences: list[str]) -> list[str]:
+    """Those of ``audiences`` recorded before and not retired (their members are in
+    state.audience_members)."""
+    rows = con.execute(
+        "SELECT audience FROM state.audiences WHERE retired_at IS NULL AND audience IN ?",
+        [audiences or [""]],
+    ).fetchall()
+    return [r[0] for r in rows]
 
 
 def _table_of(audience: str) -> str:
