@@ -84,6 +84,21 @@ class Home:
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
+    def describe(self) -> str:
+        """One line for an operator: where, which generation, since when, a move under way."""
+        text = f"machine '{self.machine}', generation {self.generation}"
+        if self.database:
+            text += f", database {self.database}"
+        if self.moved_at:
+            text += f", since {self.moved_at}"
+        if self.moving_to:
+            text += (
+                f"; MOVING to '{self.moving_to}': nothing runs until `relay clinic restore` there"
+            )
+        if self.paused:
+            text += f" (paused: {', '.join(self.paused)})"
+        return text
+
     @classmethod
     def from_json(cls, value) -> Home:
         data = json.loads(value) if isinstance(value, str) else dict(value)
@@ -99,6 +114,12 @@ class Identity:
     database_id: str
     generation: int
     machine: str
+
+    def describe(self) -> str:
+        return (
+            f"clinic '{self.clinic}', database {self.database_id}, generation {self.generation}, "
+            f"written on '{self.machine}'"
+        )
 
 
 class HomeRefused(UserFacingError):

@@ -394,10 +394,13 @@ def home_command(
     _need_server()
     config = load_clinic(clinic)
     typer.echo(f"this machine: {this_machine()}")
-    typer.echo(f"home: {read_home(config.clinic) or 'none yet (the first tick claims it)'}")
+    home = read_home(config.clinic)
+    typer.echo(f"home: {home.describe() if home else 'none yet (the first tick claims it)'}")
     if config.database_path.exists():
         with open_db(config.database_path, read_only=True, wait_seconds=30) as con:
-            typer.echo(f"database {config.database_path}: {read_identity(con) or 'no identity'}")
+            identity = read_identity(con)
+        said = identity.describe() if identity else "no identity yet (the first tick writes it)"
+        typer.echo(f"database {config.database_path}: {said}")
     else:
         typer.echo(f"database {config.database_path}: none here")
 

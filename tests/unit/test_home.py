@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tasks import home
-from tasks.home import Home, HomeRefused, guard, read_identity
+from tasks.home import Home, HomeRefused, Identity, guard, read_identity
 from tasks.warehouse import open_db
 
 
@@ -210,3 +210,22 @@ def test_the_restore_runs_only_on_the_machine_the_clinic_moves_to(tmp_path):
     assert restore("two") == done  # again: nothing changes
     with pytest.raises(HomeRefused, match="home is 'two'"):
         tick(source, store, "one")
+
+
+def test_an_operator_reads_the_home_and_identity_in_words():
+    """`relay clinic home` prints these: no dataclass reprs, a move under way said plainly."""
+    home = Home(
+        machine="b",
+        generation=3,
+        moved_at="2026-12-01T10:00:00+00:00",
+        database="abc123",
+        moving_to="c",
+        paused=["tick/north"],
+    )
+    said = home.describe()
+    assert said.startswith("machine 'b', generation 3, database abc123, since 2026-12-01")
+    assert "MOVING to 'c'" in said and "relay clinic restore" in said and "tick/north" in said
+    assert "Home(" not in said
+    assert Home(machine="a", generation=1).describe() == "machine 'a', generation 1"
+    identity = Identity("north", "abc123", 3, "b")
+    assert identity.describe() == ("clinic 'north', database abc123, generation 3, written on 'b'")
