@@ -36,6 +36,7 @@ from prefect.cache_policies import NONE
 from prefect.context import FlowRunContext
 from prefect.events import emit_event
 from prefect.exceptions import MissingResult
+from prefect.states import Failed, State
 
 from flows import lane
 from flows.artifacts import StepOutput, artifact_key
@@ -227,6 +228,15 @@ def check_home(config: ClinicConfig) -> None:
         raise
 
 
+def _refused(refused: home.HomeRefused) -> State:
+    """A refused tick ends Failed under the name "Refused", with the reason as its message: the
+    server's event is then prefect.flow-run.Refused, so the operator hears of it once, from the
+    "tick refused: not the clinic's home" alert (relay.clinic.misrouted, with the clinic and what
+    to do), not a second time from the generic "a run failed or crashed" one."""
+    get_run_logger().error("Refused: %s", refused)
+    return Failed(name="Refused", message=str(refused))
+
+
 def _misrouted(config: ClinicConfig, refused: Exception) -> None:
     emit_event(
         event="relay.clinic.misrouted",
@@ -308,9 +318,15 @@ def clinic_tick(clinic: str = "demo", reconcile: bool = False, max_lateness_minu
         get_run_logger().warning("Marked Crashed, their process lost: %s", ", ".join(lost))
     summary = Summary(config.clinic, datetime.now(UTC))
     tables: list = []  # each step's table, for the summary
-    check_machine(config)  # off its home: stop before the database is even made here
+    try:
+        check_machine(config)  # off its home: stop before the database is even made here
+    except home.HomeRefused as refused:
+        return _refused(refused)
     with hold(config.database_path):
-        check_home(config)  # not the clinic's home, or not its database: nothing else runs
+        try:
+            check_home(config)  # not the clinic's home, or not its database: nothing else runs
+        except home.HomeRefused as refused:
+            return _refused(refused)
         sync, synced = run_step(summary, "sync", tables=tables, clinic=clinic, reconcile=reconcile)
         summary.rows_synced = tick.rows_synced(synced)
         models, _ = run_step(summary, "models", needs=(sync,), tables=tables, clinic=clinic)
