@@ -4,6 +4,7 @@
     relay clinic claim CLINIC [--fresh]       # make this machine the home (first time, or start over)
     relay clinic move CLINIC --to MACHINE     # on the old home: the whole move, restore included
     relay clinic restore CLINIC               # by hand on the new home, if the move could not
+    relay clinic backup CLINIC --to DIR       # a whole, CHECKPOINTed copy of the database, any time
 
 A move is a small state machine kept in the home record on the Prefect server, so each step is
 idempotent and a crash anywhere resumes by running the same command again:
@@ -380,6 +381,30 @@ def restore_command(
     backup, bump the generation, resume."""
     _need_server()
     restore(clinic, backup_root=_backup_root(backup_dir), echo=typer.echo)
+
+
+@clinic_app.command("backup")
+def backup_command(
+    clinic: str = typer.Argument(..., help="Clinic name (clinics/<name>/clinic.yaml)."),
+    to: Path = typer.Option(..., "--to", help="The folder the copy goes in."),
+    wait: float = typer.Option(600, help="Seconds to wait for a running tick to let go."),
+) -> None:
+    """Copy the clinic's database (its ledger cannot be synced again from Cliniko) into a folder,
+    whole: under the lock the ticks take (a tick that comes due waits), after a CHECKPOINT, as
+    <clinic>-<UTC time>.duckdb; prints the copy and its sha256. No server needed."""
+    from tasks.config import load_clinic
+    from tasks.errors import UserFacingError
+    from tasks.home import backup_database
+
+    config = load_clinic(clinic)
+    if not config.database_path.exists():
+        raise UserFacingError(
+            f"{clinic} has no database on this machine ({config.database_path}): back it up on "
+            f"its home (`relay clinic home {clinic}` says which machine that is)."
+        )
+    dest = to / f"{config.clinic}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.duckdb"
+    checksum = backup_database(config.database_path, dest, wait_seconds=wait)
+    typer.echo(f"{dest} (sha256 {checksum})")
 
 
 @clinic_app.command("home")

@@ -229,3 +229,25 @@ def test_an_operator_reads_the_home_and_identity_in_words():
     assert Home(machine="a", generation=1).describe() == "machine 'a', generation 1"
     identity = Identity("north", "abc123", 3, "b")
     assert identity.describe() == ("clinic 'north', database abc123, generation 3, written on 'b'")
+
+
+def test_relay_clinic_backup_copies_the_database_whole_and_says_where(data_dir, tmp_path):
+    """`relay clinic backup`: a copy under the lock, CHECKPOINTed (nothing left in a .wal), named
+    by the time, with its sha256; a clinic with no database here is a clear error."""
+    from typer.testing import CliRunner
+
+    from relay.cli.clinic import clinic_app
+    from tasks.config import load_clinic
+
+    runner = CliRunner()
+    missing = runner.invoke(clinic_app, ["backup", "demo", "--to", str(tmp_path / "b")])
+    assert missing.exit_code != 0 and "no database on this machine" in str(missing.exception)
+    path = load_clinic("demo").database_path
+    with open_db(path) as con:
+        con.execute("CREATE TABLE state.kept AS SELECT 42 AS answer")
+    out = runner.invoke(clinic_app, ["backup", "demo", "--to", str(tmp_path / "b")])
+    assert out.exit_code == 0, out.output
+    (copy,) = (tmp_path / "b").glob("demo-*.duckdb")
+    assert str(copy) in out.output and home.sha256(copy) in out.output
+    with open_db(copy, read_only=True) as con:
+        assert con.execute("SELECT answer FROM state.kept").fetchall() == [(42,)]
