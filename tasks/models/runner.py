@@ -348,7 +348,7 @@ class ModelBuild:
             "DELETE FROM state.model_fingerprints WHERE model IN ?", [list(self.held) or [""]]
         )
         tables.keep_test_fingerprints(self.con, self.project.tests, self.tests_run)
-        self.tables.keep(self.con)
+        self.tables.finish(self.con)
         first = next(iter(self.broken.items()), (None, None))
         self.con.execute(
             "INSERT INTO state.model_builds VALUES (?, ?, now(), 'succeeded', ?, ?, ?, ?, ?)",

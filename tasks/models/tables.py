@@ -62,7 +62,6 @@ def merge(con: duckdb.DuckDBPyConnection, model: Model, rel: str, known: ModelTa
     a crash before COMMIT leaves the previous rows, and the next build selects again.
     Returns whether the selection had any row (False: the table is as it was)."""
     if not one(con, f"CREATE OR REPLACE TEMP TABLE relay_delta AS {model.sql}")[0]:
-        con.execute("DROP TABLE relay_delta")
         return False
     check_unique(con, "relay_delta", model.key)
     match = " AND ".join(f't."{c}" IS NOT DISTINCT FROM d."{c}"' for c in model.key)
@@ -72,7 +71,6 @@ def merge(con: duckdb.DuckDBPyConnection, model: Model, rel: str, known: ModelTa
         f"DELETE FROM {rel} t USING (SELECT DISTINCT {columns} FROM relay_delta) d WHERE {match}",
     )[0]
     came = one(con, f"INSERT INTO {rel} BY NAME SELECT * FROM relay_delta")[0]
-    con.execute("DROP TABLE relay_delta")
     known.wrote(
         model.relation, known.columns.get(model.relation), known.rows[model.relation] - went + came
     )
@@ -108,47 +106,40 @@ def replace_changed_rows(
     rows that went and came (relations, before the temporary table holding them is dropped),
     when the table was brought by difference, not rewritten. The new rows pass
     ``check_shape`` first. Returns whether a row went or came (False: the table is as it
-    was)."""
+    was). The temporary tables stay until the next model replaces them and the build's end
+    (``ModelTables.finish``) drops them: a statement each instead of three a model."""
     relation = model.relation
     rows = one(con, f"CREATE OR REPLACE TEMP TABLE relay_new AS {model.sql}")[0]
-    try:
-        temp = _columns(con, "relay_new")
-        check_shape(con, model, "relay_new", temp)
-        if (
-            not temp
-            or temp != known.columns.get(relation)
-            or any(_NESTED.search(t) for _, t in temp)
-            or not known.is_distinct(con, model, rel)
-        ):
-            return _rewrite(con, rel, relation, known, temp, rows)
-        same = " AND ".join(f'o."{c}" IS NOT DISTINCT FROM n."{c}"' for c, _ in temp)
-        values = ", ".join(f'coalesce(o."{c}", n."{c}") AS "{c}"' for c, _ in temp)
-        changed = one(
-            con,
-            f"CREATE OR REPLACE TEMP TABLE relay_diff AS SELECT o.rowid AS relay_rowid, {values} "
-            f"FROM {rel} o FULL JOIN relay_new n ON {same} WHERE o.rowid IS NULL OR n.rowid IS NULL",
-        )[0]
-        try:
-            went = one(con, "SELECT count(relay_rowid) FROM relay_diff")[0] if changed else 0
-            came = changed - went
-            if known.rows[relation] - went != rows - came or (
-                came > 1 and model.schema != "segments" and _has_duplicate_rows(con, _CAME)
-            ):  # a new row has a copy (a segment's cannot: one row per patient_id)
-                return _rewrite(con, rel, relation, known, temp, rows)
-            if went:
-                con.execute(
-                    f"DELETE FROM {rel} WHERE rowid IN (SELECT relay_rowid FROM relay_diff)"
-                )
-            if came:
-                con.execute(f"INSERT INTO {rel} SELECT * FROM {_CAME}")
-            if changed and note is not None:
-                note(_WENT, _CAME)
-            known.wrote(relation, temp, rows, distinct=True)
-            return bool(changed)
-        finally:
-            con.execute("DROP TABLE relay_diff")
-    finally:
-        con.execute("DROP TABLE relay_new")
+    temp = _columns(con, "relay_new")
+    check_shape(con, model, "relay_new", temp)
+    if (
+        not temp
+        or temp != known.columns.get(relation)
+        or any(_NESTED.search(t) for _, t in temp)
+        or not known.is_distinct(con, model, rel)
+    ):
+        return _rewrite(con, rel, relation, known, temp, rows)
+    same = " AND ".join(f'o."{c}" IS NOT DISTINCT FROM n."{c}"' for c, _ in temp)
+    values = ", ".join(f'coalesce(o."{c}", n."{c}") AS "{c}"' for c, _ in temp)
+    changed = one(
+        con,
+        f"CREATE OR REPLACE TEMP TABLE relay_diff AS SELECT o.rowid AS relay_rowid, {values} "
+        f"FROM {rel} o FULL JOIN relay_new n ON {same} WHERE o.rowid IS NULL OR n.rowid IS NULL",
+    )[0]
+    # The rows that came are inserted first: what that returns tells how many went. (Rows
+    # inserted in a transaction take rowids no committed row has: the delete is by old rowid.)
+    came = one(con, f"INSERT INTO {rel} SELECT * FROM {_CAME}")[0] if changed else 0
+    went = changed - came
+    if went:
+        con.execute(f"DELETE FROM {rel} WHERE rowid IN (SELECT relay_rowid FROM relay_diff)")
+    if known.rows[relation] - went != rows - came or (
+        came > 1 and model.schema != "segments" and _has_duplicate_rows(con, _CAME)
+    ):  # a new row has a copy (a segment's cannot: one row per patient_id)
+        return _rewrite(con, rel, relation, known, temp, rows)
+    if changed and note is not None:
+        note(_WENT, _CAME)
+    known.wrote(relation, temp, rows, distinct=True)
+    return bool(changed)
 
 
 def _rewrite(
@@ -253,7 +244,7 @@ class ModelTables:
     rather than asked once per model: what is there (one catalog query), each table's columns
     and types (one more), its row count (one query counting every table) and whether its rows are all distinct
     (state.distinct_model_tables: what the build that wrote them proved; only builds write
-    model tables). Kept up to date as the build writes them; ``keep`` stores the distinct
+    model tables). Kept up to date as the build writes them; ``finish`` stores the distinct
     ones with the build (a rolled-back build changes nothing)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection):
@@ -319,8 +310,11 @@ class ModelTables:
         self.rows.pop(relation, None)
         self.distinct.discard(relation)
 
-    def keep(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Store the tables proven distinct, when they changed (inside the build's transaction)."""
+    def finish(self, con: duckdb.DuckDBPyConnection) -> None:
+        """At the commit: drop the temporary tables the models left; store the tables proven
+        distinct, when they changed (inside the build's transaction)."""
+        for temp in ("relay_new", "relay_diff", "relay_delta"):
+            con.execute(f"DROP TABLE IF EXISTS {temp}")
         if self.distinct != self.stored:
             con.execute("DELETE FROM state.distinct_model_tables")
             con.execute(

@@ -69,6 +69,10 @@ def test_a_table_holds_exactly_the_models_rows_copies_included(con, tmp_path, bu
         assert result.rows["marts.t"] == len(rows)
         if len(set(rows)) < len(rows):
             assert not distinct(con)
+        # the temporary tables a model leaves for the next to replace are gone at the commit
+        assert (
+            con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary").fetchone()[0] == 0
+        )
 
 
 def test_a_table_proven_distinct_is_not_asked_again(con, tmp_path, monkeypatch):
