@@ -344,10 +344,8 @@ class ModelBuild:
             raise BuildFailed(self.build_id, "tasks/models/membership.py", _message(exc)) from None
         self.memo.keep(self.con)
         # A held incremental model missed the changes this build read: built in full next time.
-        self.con.execute(
-            "DELETE FROM state.model_fingerprints WHERE model IN ?", [list(self.held) or [""]]
-        )
-        tables.keep_test_fingerprints(self.con, self.project.tests, self.tests_run)
+        self.fingerprints.forget(self.held)
+        tables.keep_test_fingerprints(self.fingerprints, self.project.tests, self.tests_run)
         self.tables.finish(self.con)
         first = next(iter(self.broken.items()), (None, None))
         self.con.execute(

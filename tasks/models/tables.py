@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from datetime import datetime
 
@@ -376,6 +376,14 @@ class Fingerprints:
             self.known[key] = now
         return previous == now
 
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop the fingerprints of ``keys`` (those it has: none, no statement)."""
+        gone = [k for k in keys if k in self.known]
+        if gone:
+            self.con.execute("DELETE FROM state.model_fingerprints WHERE model IN ?", [gone])
+            for key in gone:
+                del self.known[key]
+
 
 def same_view(
     fingerprints: Fingerprints, model: Model, existing: str | None, unchanged: set[str]
@@ -431,16 +439,13 @@ def tests_to_run(
 
 
 def keep_test_fingerprints(
-    con: duckdb.DuckDBPyConnection, every: tuple[DataTest, ...], passed: list[DataTest]
+    fingerprints: Fingerprints, every: tuple[DataTest, ...], passed: list[DataTest]
 ) -> None:
     """At the commit: the tests that passed on this build's tables (ran, or needed not) keep a
     fingerprint of their SQL; every other test (skipped: it reads a held model, or broken)
-    loses it, so it runs again next time whatever changed."""
-    con.execute(
-        "DELETE FROM state.model_fingerprints WHERE model IN ?", [[t.file for t in every] or [""]]
-    )
-    if passed:
-        con.execute(
-            "INSERT INTO state.model_fingerprints SELECT unnest($files), unnest($shas)",
-            {"files": [t.file for t in passed], "shas": [_sha(t.sql) for t in passed]},
-        )
+    loses it, so it runs again next time whatever changed. Only what changed is written (on
+    most builds, nothing)."""
+    kept = {t.file for t in passed}
+    fingerprints.forget(t.file for t in every if t.file not in kept)
+    for test in passed:
+        fingerprints.keep(test.file, _sha(test.sql))

@@ -90,3 +90,35 @@ def test_a_table_proven_distinct_is_not_asked_again(con, tmp_path, monkeypatch):
     build_rows(con, tmp_path, values("v", "x", "y"))
     build_rows(con, tmp_path, values("x", "y"))
     assert asked == [] and table(con) == ["x", "y"] and distinct(con)
+
+
+def test_what_a_partial_build_holds_loses_its_fingerprint_and_the_rest_keep_theirs(con, tmp_path):
+    """A held incremental model missed the changes the build read (rebuilt in full next time);
+    a data test reading a held model did not run (it runs next time); the rest keep theirs."""
+    incremental = (
+        "-- config: materialized=incremental, key=x\n"
+        "select x from staging.base where getvariable('changes_since') is null or true"
+    )
+    files = {
+        "staging/base.sql": values("v", "w"),
+        "marts/inc.sql": incremental,
+        "marts/other.sql": values("a"),
+        "tests/base_has_rows.sql": "select 1 from marts.inc where false",
+        "tests/other_has_rows.sql": "select 1 from marts.other where false",
+    }
+    for name, sql in files.items():
+        path = tmp_path / "sql" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(sql)
+    models.build(con, models.ListSettings(), sql_dir=tmp_path / "sql", now=NOW)
+    kept = "SELECT model FROM state.model_fingerprints ORDER BY 1"
+    before = [r[0] for r in con.execute(kept).fetchall()]
+    assert {"marts.inc", "sql/tests/base_has_rows.sql", "sql/tests/other_has_rows.sql"} <= set(
+        before
+    )
+    (tmp_path / "sql" / "staging" / "base.sql").write_text("select error('broken') as x")
+    with pytest.raises(models.PartialBuild):
+        models.build(con, models.ListSettings(), sql_dir=tmp_path / "sql", now=NOW)
+    after = [r[0] for r in con.execute(kept).fetchall()]
+    gone = {"marts.inc", "sql/tests/base_has_rows.sql", "staging.base"}
+    assert after == [m for m in before if m not in gone]
