@@ -85,6 +85,9 @@ def test_rebuilds_by_difference_end_where_full_rebuilds_do(tmp_path, server, cli
         for relation, rows in result.rows.items():  # from what the statements returned
             counted = None if rows is None else one(con, f"SELECT count(*) FROM {relation}")[0]
             assert rows == counted, relation
+        for audience, count in result.audiences.items():  # sizes: recorded, or before +- events
+            members = "SELECT count(*) FROM state.audience_members WHERE audience = ?"
+            assert count["size"] == one(con, members, [audience])[0], audience
 
     finish = models.ModelBuild.finish
 
