@@ -4,6 +4,8 @@ build writes what changed rather than every row again.
 - ``merge``: an incremental model's (changed-only) selection replaces the rows with its keys.
 - ``replace_changed_rows``: an existing table loses the rows that went and gains the rows that
   came (rewritten in full when a set difference cannot tell: see its docstring).
+- ``ModelTables``: what the build knows of each model table (columns, rows, whether its rows
+  are all distinct), read once when it starts and kept as it writes them.
 - ``data_high_water``: the newest raw write a build reads (the next one merges what came after).
 - ``same_view`` / ``tests_to_run`` / ``keep_test_fingerprints``: what a build may leave as it
   was because nothing it reads changed (a view's definition, a data test's verdict).
@@ -242,10 +244,12 @@ def raw_unchanged(
 class ModelTables:
     """The model tables (and views) as a build finds and leaves them, read when it starts
     rather than asked once per model: what is there (one catalog query), each table's columns
-    and types (one more), its row count (one query counting every table) and whether its rows are all distinct
-    (state.distinct_model_tables: what the build that wrote them proved; only builds write
-    model tables). Kept up to date as the build writes them; ``finish`` stores the distinct
-    ones with the build (a rolled-back build changes nothing)."""
+    and types (one more), its row count (one query counting every table) and whether its rows
+    are all distinct (state.distinct_model_tables: what the build that wrote them proved; only
+    builds write model tables). Kept up to date as the build writes them (``wrote``,
+    ``create``, ``dropped``: every write to a model table goes through one of them, or the
+    counts and columns it gives are wrong); ``finish`` stores the distinct ones with the build
+    (a rolled-back build changes nothing)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection):
         # Tables and views of the model schemas: relation -> 'table' or 'view'.
