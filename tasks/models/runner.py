@@ -218,7 +218,7 @@ class ModelBuild:
         self.fingerprints = tables.Fingerprints(con)  # after fill_missing, which may clear them
         self.changes = MemberChanges(con, self.project)  # what lists and segments lost and gained
         # Tables and views in place before this build (read once, not once per model).
-        self.tables = tables.ModelTables(con)
+        self.tables = tables.ModelTables(con, self.full_refresh)
         self.existing = self.tables.existing
         self._drop_orphans()
 

@@ -251,7 +251,7 @@ class ModelTables:
     counts and columns it gives are wrong); ``finish`` stores the distinct ones with the build
     (a rolled-back build changes nothing)."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection):
+    def __init__(self, con: duckdb.DuckDBPyConnection, full_refresh: bool = False):
         # Tables and views of the model schemas: relation -> 'table' or 'view'.
         self.existing: dict[str, str] = {
             f"{schema}.{name}": kind
@@ -280,7 +280,8 @@ class ModelTables:
         self.stored = {
             r[0] for r in con.execute("SELECT model FROM state.distinct_model_tables").fetchall()
         }
-        self.distinct = self.stored & set(relations)
+        # A full refresh trusts nothing remembered: a table changed by hand is compared right.
+        self.distinct = set() if full_refresh else self.stored & set(relations)
 
     def is_distinct(self, con: duckdb.DuckDBPyConnection, model: Model, rel: str) -> bool:
         """Whether the table's rows are all distinct: a segment's (one row per patient_id,

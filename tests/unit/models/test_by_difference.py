@@ -122,3 +122,16 @@ def test_what_a_partial_build_holds_loses_its_fingerprint_and_the_rest_keep_thei
     after = [r[0] for r in con.execute(kept).fetchall()]
     gone = {"marts.inc", "sql/tests/base_has_rows.sql", "staging.base"}
     assert after == [m for m in before if m not in gone]
+
+
+def test_a_full_refresh_asks_again_what_a_table_changed_by_hand_holds(con, tmp_path):
+    """Only builds write model tables; after a table is changed by hand, ``--full-refresh``
+    brings it to the model's rows (the remembered 'no copies' is not trusted)."""
+    build_rows(con, tmp_path, values("v", "w"))
+    build_rows(con, tmp_path, values("v", "x"))
+    assert distinct(con)
+    con.execute("INSERT INTO marts.t VALUES ('v')")  # by hand: v twice
+    path = tmp_path / "sql" / "marts" / "t.sql"
+    path.write_text(values("v", "x", "x"))
+    models.build(con, models.ListSettings(), sql_dir=tmp_path / "sql", now=NOW, full_refresh=True)
+    assert table(con) == ["v", "x", "x"]
