@@ -106,11 +106,13 @@ def record_membership(
     if not queries:
         con.execute("DROP TABLE IF EXISTS relay_member_changes")  # MemberChanges': done
         return {}
-    same = _recorded_of(con, [a for a in queries if _table_of(a) in unchanged])
-    sizes = _sizes(con, same)
+    live = set(_recorded_of(con, [a for a in queries if _table_of(a) in {*unchanged, *noted}]))
+    same = [a for a in queries if a in live and _table_of(a) in unchanged]
+    delta = [a for a in queries if a in live and a not in same]  # their tables were noted
+    before = _sizes(con, same + delta)  # one count for both
+    sizes = {a: {"size": before.get(a, 0), "joined": 0, "left": 0} for a in same}
     queries = {a: sql for a, sql in queries.items() if a not in sizes}
-    delta = _recorded_of(con, [a for a in queries if _table_of(a) in noted])
-    recorded = _record_noted(con, delta, build_id, built_at) if delta else {}
+    recorded = _record_noted(con, delta, build_id, built_at, before) if delta else {}
     queries = {a: sql for a, sql in queries.items() if a not in recorded}
     recorded |= _record(con, queries, build_id, built_at) if queries else {}
     con.execute("DROP TABLE IF EXISTS relay_member_changes")  # MemberChanges': read, done
@@ -133,24 +135,31 @@ def _table_of(audience: str) -> str:
     return lists.get(audience, audience)
 
 
-def _sizes(con: duckdb.DuckDBPyConnection, audiences: list[str]) -> dict[str, dict[str, int]]:
-    """Each unchanged audience's size as recorded, none joined or left."""
-    counts = dict(
+def _sizes(con: duckdb.DuckDBPyConnection, audiences: list[str]) -> dict[str, int]:
+    """Each of ``audiences``' size as recorded (in state.audience_members)."""
+    if not audiences:
+        return {}
+    return dict(
         con.execute(
             "SELECT audience, count(*) FROM state.audience_members WHERE audience IN ? "
             "GROUP BY audience",
-            [audiences or [""]],
+            [audiences],
         ).fetchall()
     )
-    return {a: {"size": counts.get(a, 0), "joined": 0, "left": 0} for a in audiences}
 
 
 def _record_noted(
-    con: duckdb.DuckDBPyConnection, audiences: list[str], build_id: str, built_at: datetime
+    con: duckdb.DuckDBPyConnection,
+    audiences: list[str],
+    build_id: str,
+    built_at: datetime,
+    before: dict[str, int],
 ) -> dict[str, dict[str, int]]:
-    """Who joined and left ``audiences`` (recorded ones), from the member rows their tables
-    lost and gained this build (relay_member_changes): a member key gained and not lost joined
-    (unless a member already), one lost and not gained left (if a member)."""
+    """Who joined and left ``audiences`` (recorded ones, ``before``: their sizes as recorded),
+    from the member rows their tables lost and gained this build (relay_member_changes): a
+    member key gained and not lost joined (unless a member already), one lost and not gained
+    left (if a member). Each joined is a member added and each left one removed, so a size is
+    before + joined - left."""
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE relay_changes AS
@@ -172,14 +181,10 @@ def _record_noted(
         {"audiences": audiences},
     )
     _apply(con, audiences, build_id, built_at, new=False)
-    counts = dict(
-        con.execute(
-            "SELECT audience, count(*) FROM state.audience_members WHERE audience IN ? "
-            "GROUP BY audience",
-            [audiences],
-        ).fetchall()
-    )
-    return _counts(con, audiences, counts)
+    counts = _counts(con, audiences, before)
+    for count in counts.values():
+        count["size"] += count["joined"] - count["left"]
+    return counts
 
 
 def _record(

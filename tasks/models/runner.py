@@ -45,8 +45,8 @@ from tasks.models import functions as models_functions
 from tasks.models import tables
 from tasks.models.holds import latest_build, require_good_build  # noqa: F401 (callers' path)
 from tasks.models.membership import MemberChanges, record_membership
+from tasks.models.project import SQL_DIR as SQL_DIR  # callers pass runner.SQL_DIR as sql_dir
 from tasks.models.project import (
-    MODEL_SCHEMAS,
     TESTS_FOLDER,
     Broken,
     DataTest,
@@ -55,7 +55,6 @@ from tasks.models.project import (
     Project,
     discover,
 )
-from tasks.models.project import SQL_DIR as SQL_DIR  # callers pass runner.SQL_DIR as sql_dir
 from tasks.triggers.definition import reference_lists
 from tasks.warehouse import one
 
@@ -203,8 +202,9 @@ class ModelBuild:
             "WHERE status = 'succeeded' ORDER BY finished_at DESC LIMIT 1"
         ).fetchone()
         self.changes_since, self.previous_built_at = previous or (None, None)
-        self.data_high_water = tables.data_high_water(con)
-        self.unchanged |= tables.raw_unchanged(con, self.changes_since, self.full_refresh)
+        writes = tables.raw_writes(con)  # one query for both
+        self.data_high_water = tables.data_high_water(con, writes)
+        self.unchanged |= tables.raw_unchanged(writes, self.changes_since, self.full_refresh)
         self._set_changes(self.changes_since, self.previous_built_at)
         con.execute("DELETE FROM state.build_context")
         # by name: state.build_context's columns are the build's id and clock, then the settings
@@ -217,17 +217,9 @@ class ModelBuild:
         self.memo.start(con, None if self.full_refresh else self.changes_since)
         self.fingerprints = tables.Fingerprints(con)  # after fill_missing, which may clear them
         self.changes = MemberChanges(con, self.project)  # what lists and segments lost and gained
-        # Tables and views in place before this build (one catalog read, not one per model).
-        self.existing = {
-            f"{schema}.{name}": kind
-            for schema, name, kind in con.execute(
-                "SELECT schema_name, table_name, 'table' FROM duckdb_tables() "
-                "WHERE database_name = current_database() AND schema_name IN ? "
-                "UNION ALL SELECT schema_name, view_name, 'view' FROM duckdb_views() "
-                "WHERE database_name = current_database() AND schema_name IN ? AND NOT internal",
-                [list(MODEL_SCHEMAS), list(MODEL_SCHEMAS)],
-            ).fetchall()
-        }
+        # Tables and views in place before this build (read once, not once per model).
+        self.tables = tables.ModelTables(con, self.full_refresh)
+        self.existing = self.tables.existing
         self._drop_orphans()
 
     def _set_changes(self, since: datetime | None, previous: datetime | None) -> None:
@@ -242,7 +234,7 @@ class ModelBuild:
             if relation not in known:
                 schema, name = relation.split(".", 1)
                 self.con.execute(f'DROP {kind.upper()} "{schema}"."{name}"')
-                del self.existing[relation]
+                self.tables.dropped(relation)
         retired = [
             r[0]
             for r in self.con.execute(
@@ -269,11 +261,12 @@ class ModelBuild:
         return rows
 
     def _materialise(self, model: Model) -> int | None:
-        con, rel = self.con, f'"{model.schema}"."{model.name}"'
+        con, rel, known = self.con, f'"{model.schema}"."{model.name}"', self.tables
         existing = self.existing.get(model.relation)
         if model.materialized == "view":
             if existing == "table":
                 con.execute(f"DROP TABLE {rel}")
+                known.dropped(model.relation)
             if tables.same_view(self.fingerprints, model, existing, self.unchanged):
                 self.unchanged.add(model.relation)
             else:
@@ -292,11 +285,11 @@ class ModelBuild:
                 and self.changes_since is not None
                 and previous == fingerprint
             ):
-                if not tables.merge(con, model, rel):
+                if not tables.merge(con, model, rel, known):
                     self.unchanged.add(model.relation)
             else:
                 self._set_changes(None, None)
-                con.execute(f"CREATE OR REPLACE TABLE {rel} AS {model.sql}")
+                known.create(con, model.relation, rel, model.sql)
                 self._set_changes(self.changes_since, self.previous_built_at)
                 tables.check_unique(con, rel, model.key)
             self.fingerprints.keep(model.relation, fingerprint)
@@ -304,13 +297,13 @@ class ModelBuild:
             f, note = self.fingerprints, self.changes.note(model.relation)
             same = tables.same_table(f, model, self.project, self.settings, self.unchanged)
             if existing != "table":
-                con.execute(f"CREATE OR REPLACE TABLE {rel} AS {model.sql}")
-            elif same or not tables.replace_changed_rows(con, model, rel, note):
+                known.create(con, model.relation, rel, model.sql)
+            elif same or not tables.replace_changed_rows(con, model, rel, known, note):
                 self.unchanged.add(model.relation)
             same = existing == "table"  # as it was, or its new rows checked (check_shape)
         if not (same or model.materialized == "incremental" and model.relation in self.unchanged):
-            tables.check_shape(con, model, rel)
-        return one(con, f"SELECT count(*) FROM {rel}")[0]
+            tables.check_shape(con, model, rel, known.columns.get(model.relation))
+        return known.rows[model.relation]
 
     def run_tests(self) -> int:
         """Run the data tests of what this build rebuilt (a test reading a held model tested
@@ -351,10 +344,9 @@ class ModelBuild:
             raise BuildFailed(self.build_id, "tasks/models/membership.py", _message(exc)) from None
         self.memo.keep(self.con)
         # A held incremental model missed the changes this build read: built in full next time.
-        self.con.execute(
-            "DELETE FROM state.model_fingerprints WHERE model IN ?", [list(self.held) or [""]]
-        )
-        tables.keep_test_fingerprints(self.con, self.project.tests, self.tests_run)
+        self.fingerprints.forget(self.held)
+        tables.keep_test_fingerprints(self.fingerprints, self.project.tests, self.tests_run)
+        self.tables.finish(self.con)
         first = next(iter(self.broken.items()), (None, None))
         self.con.execute(
             "INSERT INTO state.model_builds VALUES (?, ?, now(), 'succeeded', ?, ?, ?, ?, ?)",

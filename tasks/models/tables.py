@@ -4,6 +4,8 @@ build writes what changed rather than every row again.
 - ``merge``: an incremental model's (changed-only) selection replaces the rows with its keys.
 - ``replace_changed_rows``: an existing table loses the rows that went and gains the rows that
   came (rewritten in full when a set difference cannot tell: see its docstring).
+- ``ModelTables``: what the build knows of each model table (columns, rows, whether its rows
+  are all distinct), read once when it starts and kept as it writes them.
 - ``data_high_water``: the newest raw write a build reads (the next one merges what came after).
 - ``same_view`` / ``tests_to_run`` / ``keep_test_fingerprints``: what a build may leave as it
   was because nothing it reads changed (a view's definition, a data test's verdict).
@@ -16,14 +18,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from datetime import datetime
 
 import duckdb
 
 from tasks.cliniko.resources import RESOURCES
-from tasks.models.project import DataTest, Model, Project
+from tasks.models.project import MODEL_SCHEMAS, DataTest, Model, Project
 from tasks.warehouse import one
 
 # Column types a row-by-row comparison leaves to a full rewrite.
@@ -57,79 +59,103 @@ def _words(sql: str) -> frozenset[str]:
     return frozenset(re.findall(r"\w+", sql))
 
 
-def merge(con: duckdb.DuckDBPyConnection, model: Model, rel: str) -> bool:
+def merge(con: duckdb.DuckDBPyConnection, model: Model, rel: str, known: ModelTables) -> bool:
     """Replace the rows whose key the model's (changed-only) selection returns. Idempotent:
     a crash before COMMIT leaves the previous rows, and the next build selects again.
     Returns whether the selection had any row (False: the table is as it was)."""
-    con.execute(f"CREATE OR REPLACE TEMP TABLE relay_delta AS {model.sql}")
-    if not one(con, "SELECT count(*) FROM relay_delta")[0]:
-        con.execute("DROP TABLE relay_delta")
+    if not one(con, f"CREATE OR REPLACE TEMP TABLE relay_delta AS {model.sql}")[0]:
         return False
     check_unique(con, "relay_delta", model.key)
     match = " AND ".join(f't."{c}" IS NOT DISTINCT FROM d."{c}"' for c in model.key)
     columns = ", ".join(f'"{c}"' for c in model.key)
-    con.execute(
-        f"DELETE FROM {rel} t USING (SELECT DISTINCT {columns} FROM relay_delta) d WHERE {match}"
+    went = one(
+        con,
+        f"DELETE FROM {rel} t USING (SELECT DISTINCT {columns} FROM relay_delta) d WHERE {match}",
+    )[0]
+    came = one(con, f"INSERT INTO {rel} BY NAME SELECT * FROM relay_delta")[0]
+    known.wrote(
+        model.relation, known.columns.get(model.relation), known.rows[model.relation] - went + came
     )
-    con.execute(f"INSERT INTO {rel} BY NAME SELECT * FROM relay_delta")
-    con.execute("DROP TABLE relay_delta")
     return True
+
+
+# relay_diff's rows (replace_changed_rows): those the table lost carry their rowid in it.
+_WENT = "(SELECT * EXCLUDE (relay_rowid) FROM relay_diff WHERE relay_rowid IS NOT NULL)"
+_CAME = "(SELECT * EXCLUDE (relay_rowid) FROM relay_diff WHERE relay_rowid IS NULL)"
 
 
 def replace_changed_rows(
     con: duckdb.DuckDBPyConnection,
     model: Model,
     rel: str,
+    known: ModelTables,
     note: Callable[[str, str], object] | None = None,
 ) -> bool:
     """Bring an existing table to the model's new rows by deleting the rows that went and
     inserting the rows that came, instead of rewriting it: most builds change a handful of
     rows in each list and segment, and rewriting ~20 tables of 100,000 rows every build made
     the commit's checkpoint the largest part of a small rebuild. The table holds the same
-    rows either way (its physical order may differ; models have no order). The table is
-    rewritten instead when the columns or their types changed, a column is nested (MAP,
-    LIST, STRUCT...), or either side has duplicate rows (a set difference cannot tell
-    copies apart). ``note(went, came)``: told the temporary tables holding the rows that went
-    and came (before they are dropped), when the table was brought by difference, not
-    rewritten. The new rows pass ``check_shape`` first (a segment's one row per patient then
-    also rules out copies, on both sides: the table passed it when it was written). Returns
-    whether a row went or came (False: the table is as it was)."""
-    con.execute(f"CREATE OR REPLACE TEMP TABLE relay_new AS {model.sql}")
-    try:
-        check_shape(con, model, "relay_new")
-        temp = _columns(con, "relay_new")
-        unique = model.schema == "segments"  # one row per patient_id: checked just now
-        if (
-            not temp
-            or temp != _columns(con, rel)
-            or any(_NESTED.search(t) for _, t in temp)
-            or not unique
-            and (_has_duplicate_rows(con, "relay_new") or _has_duplicate_rows(con, rel))
-        ):
-            con.execute(f"CREATE OR REPLACE TABLE {rel} AS SELECT * FROM relay_new")
-            return True
-        same = " AND ".join(f'o."{c}" IS NOT DISTINCT FROM n."{c}"' for c, _ in temp)
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE relay_went AS SELECT o.rowid AS relay_rowid, o.* "
-            f"FROM {rel} o ANTI JOIN relay_new n ON {same}"
-        )
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE relay_came AS "
-            f"SELECT n.* FROM relay_new n ANTI JOIN {rel} o ON {same}"
-        )
-        went = one(con, "SELECT count(*) FROM relay_went")[0]
-        came = one(con, "SELECT count(*) FROM relay_came")[0]
-        if went:
-            con.execute(f"DELETE FROM {rel} WHERE rowid IN (SELECT relay_rowid FROM relay_went)")
-        if came:
-            con.execute(f"INSERT INTO {rel} SELECT * FROM relay_came")
-        if note is not None:
-            note("relay_went", "relay_came")
-        con.execute("DROP TABLE relay_went")
-        con.execute("DROP TABLE relay_came")
-        return bool(went or came)
-    finally:
-        con.execute("DROP TABLE relay_new")
+    rows either way (its physical order may differ; models have no order).
+
+    One pass finds both (a full outer join on every column: half the cost of one anti join
+    each way). A set difference cannot tell copies apart, so it needs the table's rows all
+    distinct (``ModelTables.distinct``: proven when they were written) and no row that stays
+    with a copy among the new rows: with distinct old rows, that is exactly "the rows that
+    stay are as many on both sides" (old - went == new - came), arithmetic on counts the
+    statements return; the new rows are then distinct when the rows that came are. The table
+    is rewritten instead when that fails, the columns or their types changed, a column is
+    nested (MAP, LIST, STRUCT...) or the old rows have copies. ``note(went, came)``: told the
+    rows that went and came (relations, before the temporary table holding them is dropped),
+    when the table was brought by difference, not rewritten. The new rows pass
+    ``check_shape`` first. Returns whether a row went or came (False: the table is as it
+    was). The temporary tables stay until the next model replaces them and the build's end
+    (``ModelTables.finish``) drops them: a statement each instead of three a model."""
+    relation = model.relation
+    rows = one(con, f"CREATE OR REPLACE TEMP TABLE relay_new AS {model.sql}")[0]
+    temp = _columns(con, "relay_new")
+    check_shape(con, model, "relay_new", temp)
+    if (
+        not temp
+        or temp != known.columns.get(relation)
+        or any(_NESTED.search(t) for _, t in temp)
+        or not known.is_distinct(con, model, rel)
+    ):
+        return _rewrite(con, rel, relation, known, temp, rows)
+    same = " AND ".join(f'o."{c}" IS NOT DISTINCT FROM n."{c}"' for c, _ in temp)
+    values = ", ".join(f'coalesce(o."{c}", n."{c}") AS "{c}"' for c, _ in temp)
+    changed = one(
+        con,
+        f"CREATE OR REPLACE TEMP TABLE relay_diff AS SELECT o.rowid AS relay_rowid, {values} "
+        f"FROM {rel} o FULL JOIN relay_new n ON {same} WHERE o.rowid IS NULL OR n.rowid IS NULL",
+    )[0]
+    # The rows that came are inserted first: what that returns tells how many went. (Rows
+    # inserted in a transaction take rowids no committed row has: the delete is by old rowid.)
+    came = one(con, f"INSERT INTO {rel} SELECT * FROM {_CAME}")[0] if changed else 0
+    went = changed - came
+    if went:
+        con.execute(f"DELETE FROM {rel} WHERE rowid IN (SELECT relay_rowid FROM relay_diff)")
+    if known.rows[relation] - went != rows - came or (
+        came > 1 and model.schema != "segments" and _has_duplicate_rows(con, _CAME)
+    ):  # a new row has a copy (a segment's cannot: one row per patient_id)
+        return _rewrite(con, rel, relation, known, temp, rows)
+    if changed and note is not None:
+        note(_WENT, _CAME)
+    known.wrote(relation, temp, rows, distinct=True)
+    return bool(changed)
+
+
+def _rewrite(
+    con: duckdb.DuckDBPyConnection,
+    rel: str,
+    relation: str,
+    known: ModelTables,
+    columns: list[tuple[str, str]],
+    rows: int,
+) -> bool:
+    """The table rewritten from relay_new (whether its rows are distinct is not known)."""
+    con.execute(f"CREATE OR REPLACE TABLE {rel} AS SELECT * FROM relay_new")
+    known.wrote(relation, columns, rows)
+    return True
 
 
 def _has_duplicate_rows(con: duckdb.DuckDBPyConnection, rel: str) -> bool:
@@ -142,20 +168,25 @@ def _has_duplicate_rows(con: duckdb.DuckDBPyConnection, rel: str) -> bool:
 
 def _columns(con: duckdb.DuckDBPyConnection, rel: str) -> list[tuple[str, str]]:
     """A table's columns and their types, in order (from a query's description: a fraction
-    of the cost of information_schema)."""
+    of the cost of information_schema; the same type names as duckdb_columns())."""
     description = con.execute(f"SELECT * FROM {rel} LIMIT 0").description
     return [(d[0], str(d[1])) for d in description]
 
 
-def check_shape(con: duckdb.DuckDBPyConnection, model: Model, rel: str) -> None:
+def check_shape(
+    con: duckdb.DuckDBPyConnection,
+    model: Model,
+    rel: str,
+    columns: list[tuple[str, str]] | None = None,
+) -> None:
     """What the rest of the system relies on: key columns exist; a segment has one row per
-    patient_id."""
+    patient_id. ``columns``: ``rel``'s, when known (else read)."""
     needed = list(model.key) + (["patient_id"] if model.schema == "segments" else [])
     if not needed:
         return
-    columns = {c for c, _ in _columns(con, rel)}
+    names = {c for c, _ in (_columns(con, rel) if columns is None else columns)}
     for column in needed:
-        if column not in columns:
+        if column not in names:
             raise duckdb.BinderException(
                 f"the model must return a column named {column}"
                 + (" (one row per patient in the segment)" if model.schema == "segments" else "")
@@ -178,34 +209,126 @@ def check_unique(
         )
 
 
-def data_high_water(con: duckdb.DuckDBPyConnection) -> datetime | None:
-    """The newest write the sync made to any raw table (a row stored, or marked removed)."""
-    union = " UNION ALL ".join(
-        f"SELECT max(synced_at) AS t FROM {r.table} UNION ALL SELECT max(removed_at) FROM {r.table}"
-        for r in RESOURCES
-    )
-    return one(con, f"SELECT max(t) FROM ({union})")[0]
-
-
-def raw_unchanged(
-    con: duckdb.DuckDBPyConnection, since: datetime | None, full_refresh: bool = False
-) -> set[str]:
-    """The raw tables the sync has not written to (a row stored or marked removed) after
-    ``since``, the newest raw write the last good build read: a model reading only these and
-    models this build left unchanged would compute what it computed then. None on a first
-    build or a full refresh (which therefore runs every table model reading raw data)."""
-    if since is None or full_refresh:
-        return set()
+def raw_writes(con: duckdb.DuckDBPyConnection) -> dict[str, datetime | None]:
+    """Each raw table's newest write by the sync (a row stored, or marked removed; None when
+    it has none), in one query: what ``data_high_water`` and ``raw_unchanged`` read."""
     union = " UNION ALL ".join(
         f"SELECT '{r.table}' AS name, (SELECT max(t) FROM (SELECT max(synced_at) AS t FROM "
         f"{r.table} UNION ALL SELECT max(removed_at) FROM {r.table})) AS written"
         for r in RESOURCES
     )
-    return {
-        name
-        for name, written in con.execute(union).fetchall()
-        if written is None or written <= since
-    }
+    return dict(con.execute(union).fetchall())
+
+
+def data_high_water(
+    con: duckdb.DuckDBPyConnection, writes: Mapping[str, datetime | None] | None = None
+) -> datetime | None:
+    """The newest write the sync made to any raw table (a row stored, or marked removed);
+    ``writes``: ``raw_writes``, when read already."""
+    written = raw_writes(con) if writes is None else writes
+    return max((w for w in written.values() if w is not None), default=None)
+
+
+def raw_unchanged(
+    writes: Mapping[str, datetime | None], since: datetime | None, full_refresh: bool = False
+) -> set[str]:
+    """The raw tables the sync has not written to (a row stored or marked removed: ``writes``)
+    after ``since``, the newest raw write the last good build read: a model reading only these
+    and models this build left unchanged would compute what it computed then. None on a first
+    build or a full refresh (which therefore runs every table model reading raw data)."""
+    if since is None or full_refresh:
+        return set()
+    return {name for name, written in writes.items() if written is None or written <= since}
+
+
+class ModelTables:
+    """The model tables (and views) as a build finds and leaves them, read when it starts
+    rather than asked once per model: what is there (one catalog query), each table's columns
+    and types (one more), its row count (one query counting every table) and whether its rows
+    are all distinct (state.distinct_model_tables: what the build that wrote them proved; only
+    builds write model tables). Kept up to date as the build writes them (``wrote``,
+    ``create``, ``dropped``: every write to a model table goes through one of them, or the
+    counts and columns it gives are wrong); ``finish`` stores the distinct ones with the build
+    (a rolled-back build changes nothing)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, full_refresh: bool = False):
+        # Tables and views of the model schemas: relation -> 'table' or 'view'.
+        self.existing: dict[str, str] = {
+            f"{schema}.{name}": kind
+            for schema, name, kind in con.execute(
+                "SELECT schema_name, table_name, 'table' FROM duckdb_tables() "
+                "WHERE database_name = current_database() AND schema_name IN $schemas "
+                "UNION ALL SELECT schema_name, view_name, 'view' FROM duckdb_views() "
+                "WHERE database_name = current_database() AND schema_name IN $schemas "
+                "AND NOT internal",
+                {"schemas": list(MODEL_SCHEMAS)},
+            ).fetchall()
+        }
+        relations = sorted(r for r, kind in self.existing.items() if kind == "table")
+        self.columns: dict[str, list[tuple[str, str]] | None] = {r: [] for r in relations}
+        self.rows: dict[str, int] = {}
+        if relations:
+            for relation, column, kind in con.execute(
+                "SELECT schema_name || '.' || table_name, column_name, data_type "
+                "FROM duckdb_columns() WHERE database_name = current_database() "
+                "AND schema_name || '.' || table_name IN ? ORDER BY 1, column_index",
+                [relations],
+            ).fetchall():
+                self.columns[relation].append((column, kind))  # type: ignore[union-attr]
+            counts = " UNION ALL ".join(f"SELECT ?, count(*) FROM {_quoted(r)}" for r in relations)
+            self.rows = dict(con.execute(counts, relations).fetchall())
+        self.stored = {
+            r[0] for r in con.execute("SELECT model FROM state.distinct_model_tables").fetchall()
+        }
+        # A full refresh trusts nothing remembered: a table changed by hand is compared right.
+        self.distinct = set() if full_refresh else self.stored & set(relations)
+
+    def is_distinct(self, con: duckdb.DuckDBPyConnection, model: Model, rel: str) -> bool:
+        """Whether the table's rows are all distinct: a segment's (one row per patient_id,
+        checked when written), one proven so when written, else asked now."""
+        return (
+            model.schema == "segments"
+            or model.relation in self.distinct
+            or not _has_duplicate_rows(con, rel)
+        )
+
+    def wrote(
+        self,
+        relation: str,
+        columns: list[tuple[str, str]] | None,
+        rows: int,
+        distinct: bool = False,
+    ) -> None:
+        """``relation``'s table now has ``columns`` (None: not known) and ``rows``;
+        ``distinct``: proven to hold no two identical rows."""
+        self.columns[relation], self.rows[relation] = columns, rows
+        (self.distinct.add if distinct else self.distinct.discard)(relation)
+
+    def create(self, con: duckdb.DuckDBPyConnection, relation: str, rel: str, sql: str) -> None:
+        """``rel`` (re)made from ``sql`` in full: its columns are read when asked."""
+        self.wrote(relation, None, one(con, f"CREATE OR REPLACE TABLE {rel} AS {sql}")[0])
+
+    def dropped(self, relation: str) -> None:
+        """``relation``'s table or view was dropped."""
+        self.existing.pop(relation, None)
+        self.columns.pop(relation, None)
+        self.rows.pop(relation, None)
+        self.distinct.discard(relation)
+
+    def finish(self, con: duckdb.DuckDBPyConnection) -> None:
+        """At the commit: drop the temporary tables the models left; store the tables proven
+        distinct, when they changed (inside the build's transaction)."""
+        for temp in ("relay_new", "relay_diff", "relay_delta"):
+            con.execute(f"DROP TABLE IF EXISTS {temp}")
+        if self.distinct != self.stored:
+            con.execute("DELETE FROM state.distinct_model_tables")
+            con.execute(
+                "INSERT INTO state.distinct_model_tables SELECT unnest(?)", [sorted(self.distinct)]
+            )
+
+
+def _quoted(relation: str) -> str:
+    return ".".join(f'"{p}"' for p in relation.split(".", 1))
 
 
 # What a query's answer may depend on besides the tables it reads: the clock, a variable,
@@ -257,6 +380,14 @@ class Fingerprints:
             )
             self.known[key] = now
         return previous == now
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop the fingerprints of ``keys`` (those it has: none, no statement)."""
+        gone = [k for k in keys if k in self.known]
+        if gone:
+            self.con.execute("DELETE FROM state.model_fingerprints WHERE model IN ?", [gone])
+            for key in gone:
+                del self.known[key]
 
 
 def same_view(
@@ -313,16 +444,13 @@ def tests_to_run(
 
 
 def keep_test_fingerprints(
-    con: duckdb.DuckDBPyConnection, every: tuple[DataTest, ...], passed: list[DataTest]
+    fingerprints: Fingerprints, every: tuple[DataTest, ...], passed: list[DataTest]
 ) -> None:
     """At the commit: the tests that passed on this build's tables (ran, or needed not) keep a
     fingerprint of their SQL; every other test (skipped: it reads a held model, or broken)
-    loses it, so it runs again next time whatever changed."""
-    con.execute(
-        "DELETE FROM state.model_fingerprints WHERE model IN ?", [[t.file for t in every] or [""]]
-    )
-    if passed:
-        con.execute(
-            "INSERT INTO state.model_fingerprints SELECT unnest($files), unnest($shas)",
-            {"files": [t.file for t in passed], "shas": [_sha(t.sql) for t in passed]},
-        )
+    loses it, so it runs again next time whatever changed. Only what changed is written (on
+    most builds, nothing)."""
+    kept = {t.file for t in passed}
+    fingerprints.forget(t.file for t in every if t.file not in kept)
+    for test in passed:
+        fingerprints.keep(test.file, _sha(test.sql))

@@ -78,3 +78,10 @@ CREATE TABLE IF NOT EXISTS state.model_fingerprints (
     model        VARCHAR PRIMARY KEY,
     fingerprint  VARCHAR NOT NULL
 );
+
+-- The model tables whose rows the build that wrote them proved all distinct (no two rows alike):
+-- the next build brings them to their new rows by difference without asking again
+-- (tasks/models/tables.py ModelTables). Only builds write model tables.
+CREATE TABLE IF NOT EXISTS state.distinct_model_tables (
+    model        VARCHAR PRIMARY KEY
+);

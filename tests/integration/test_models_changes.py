@@ -14,7 +14,7 @@ import pytest
 from tasks.config import load_clinic
 from tasks.models import membership
 from tasks.models import runner as models
-from tasks.warehouse import open_db
+from tasks.warehouse import one, open_db
 from tests.integration.test_models_sandbox import sync, table
 
 pytestmark = pytest.mark.integration
@@ -79,9 +79,15 @@ def test_rebuilds_by_difference_end_where_full_rebuilds_do(tmp_path, server, cli
         if full:  # the reference: every model in full, every audience compared member by member
             monkeypatch.setattr(membership.MemberChanges, "note", lambda self, relation: None)
         try:
-            models.build(con, settings, now=now, full_refresh=full)
+            result = models.build(con, settings, now=now, full_refresh=full)
         finally:
             monkeypatch.setattr(membership.MemberChanges, "note", full_compare)
+        for relation, rows in result.rows.items():  # from what the statements returned
+            counted = None if rows is None else one(con, f"SELECT count(*) FROM {relation}")[0]
+            assert rows == counted, relation
+        for audience, count in result.audiences.items():  # sizes: recorded, or before +- events
+            members = "SELECT count(*) FROM state.audience_members WHERE audience = ?"
+            assert count["size"] == one(con, members, [audience])[0], audience
 
     finish = models.ModelBuild.finish
 
