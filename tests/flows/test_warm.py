@@ -60,12 +60,14 @@ def probe(out: str, sleep: float = 0) -> None:
         "api_url": settings.api.url, "heartbeat": settings.flows.heartbeat_frequency,
         "flow_run_id": os.environ.get("PREFECT__FLOW_RUN_ID"),
         "job_env": os.environ.get("RELAY_PROBE_JOB"), "cwd": os.getcwd(),
-        "preloaded": "flows.tick" in sys.modules,
+        "preloaded": "flows.tick" in sys.modules, "numpy": "numpy" in sys.modules,
+        "os_threads_at_import": OS_THREADS_AT_IMPORT,
     }}))
     time.sleep(sleep)
 
 
 THREADS_AT_IMPORT = [t.name for t in threading.enumerate()]
+OS_THREADS_AT_IMPORT = len(os.listdir("/proc/self/task"))  # OpenBLAS's would show here
 """
 
 
@@ -202,6 +204,7 @@ def test_each_run_is_a_fresh_process_forked_warm_with_the_runs_environment(
     assert first["runs"] == [first["pid"]] and second["runs"] == [second["pid"]]
     assert first["preloaded"]  # warm: the template had imported the flows
     assert first["threads_at_import"] == ["MainThread"]
+    assert first["numpy"] and first["os_threads_at_import"] == 1  # preloaded, its BLAS idle
 
     # What Prefect gives a run: the server, the run's id, the job's env (heartbeat included).
     assert first["api_url"] == prefect_server["PREFECT_API_URL"]
