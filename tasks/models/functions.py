@@ -293,7 +293,7 @@ class _Helper:
 
 class BuildMemo:
     """What the functions remember from build to build (the phone memo, state.phone_numbers),
-    as one build sees it. The runner calls it at fixed points without knowing what it keeps:
+    as one build sees it, and what it tells raw_changes (the ids of the raw rows written since). The runner calls it at fixed points without knowing what it keeps:
     ``start`` inside the build's transaction, ``before_model`` before each model, ``keep`` just
     before the commit, ``drop`` when the build is rolled back."""
 
