@@ -33,13 +33,15 @@ patients_in_scope as (
     where getvariable('changes_since') is null
         or loaded_at > getvariable('changes_since')
     union
-    -- birthdays: whose age in whole years differs from the previous build's. Only on a build
-    -- of another date than the previous one (the same date gives every patient the same age):
-    -- a build on the same day computes no one's age twice.
+    -- birthdays: whose age in whole years differs from the previous build's. Only on an
+    -- incremental build (a full one takes everyone above) of another date than the previous
+    -- one (the same date gives every patient the same age): a build on the same day computes
+    -- no one's age twice.
     select patients.patient_id
     from patients
     cross join build_context
-    where build_context.built_at::date
+    where getvariable('changes_since') is not null
+        and build_context.built_at::date
             is distinct from getvariable('previous_built_at')::date
         and date_part('year', age(build_context.built_at::date, patients.date_of_birth))
             is distinct from
