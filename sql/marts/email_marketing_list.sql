@@ -40,12 +40,6 @@ email_suppressions as (
     where channel = 'email'
 ),
 
-previous_members as (
-    select distinct member_key as email
-    from state.membership_events
-    where audience = 'email_marketing_list' and event = 'joined'
-),
-
 -- one row per suppressed address (any scope stops marketing): a bounce suppression names it
 -- before any other, then the newest
 address_suppression as (
@@ -80,21 +74,40 @@ patient_rules as (
     cross join settings
 ),
 
-one_per_email as (
+-- The patient kept for each address: who qualifies best (by the rules above), then was seen
+-- most recently, then has the oldest record, then the lowest patient_id. One sort key a patient,
+-- the smallest kept (arg_min compares a struct field by field, a NULL after any value: so
+-- `-epoch_us(last_seen_at)` is "most recent first, never seen last"); one aggregate over the
+-- addresses instead of numbering every patient with a window, about a third of the list's cost.
+best_per_email as (
     select
-        *,
-        count(*) over (partition by email_normalised) as patients_sharing
-    from patient_rules
-    qualify row_number() over (
-        partition by email_normalised
-        order by
-            list_position(
+        email_normalised,
+        count(*) as patients_sharing,
+        arg_min(patient_id, {
+            'rule': list_position(
                 ['eligible', 'lapsed', 'not_opted_in', 'archived', 'invalid'], patient_rule
             ),
-            last_seen_at desc nulls last,
-            created_at nulls last,
-            patient_id
-    ) = 1
+            'seen': -epoch_us(last_seen_at),
+            'created': epoch_us(created_at),
+            'patient_id': patient_id
+        }) as patient_id
+    from patient_rules
+    group by email_normalised
+),
+
+one_per_email as (
+    select patient_rules.*, best_per_email.patients_sharing
+    from patient_rules
+    inner join best_per_email on best_per_email.patient_id = patient_rules.patient_id
+),
+
+-- Whether a lapsed address was ever on the list ('removed', not 'inactive'): only lapsed
+-- addresses are looked up, not every address that ever joined.
+previous_members as (
+    select distinct member_key as email
+    from state.membership_events
+    where audience = 'email_marketing_list' and event = 'joined'
+        and member_key in (select email_normalised from one_per_email where patient_rule = 'lapsed')
 ),
 
 with_address as (

@@ -32,9 +32,20 @@ patients_in_scope as (
     select patient_id from patients
     where getvariable('changes_since') is null
         or loaded_at > getvariable('changes_since')
-        or date_part('year', age((select built_at from build_context)::date, date_of_birth))
+    union
+    -- birthdays: whose age in whole years differs from the previous build's. Only on an
+    -- incremental build (a full one takes everyone above) of another date than the previous
+    -- one (the same date gives every patient the same age): a build on the same day computes
+    -- no one's age twice.
+    select patients.patient_id
+    from patients
+    cross join build_context
+    where getvariable('changes_since') is not null
+        and build_context.built_at::date
+            is distinct from getvariable('previous_built_at')::date
+        and date_part('year', age(build_context.built_at::date, patients.date_of_birth))
             is distinct from
-            date_part('year', age(getvariable('previous_built_at')::date, date_of_birth))
+            date_part('year', age(getvariable('previous_built_at')::date, patients.date_of_birth))
     union
     select patient_id from appointments
     where refreshed_by = (select build_id from build_context)

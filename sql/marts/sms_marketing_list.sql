@@ -39,19 +39,27 @@ patient_rules as (
     from patients
 ),
 
-one_per_mobile as (
+-- The patient kept for each number: who qualifies best, then was seen most recently, then has
+-- the oldest record, then the lowest patient_id (one aggregate, as marts.email_marketing_list
+-- keeps one patient per address: its comment says how the key sorts).
+best_per_mobile as (
     select
-        *,
-        count(*) over (partition by mobile_e164) as patients_sharing
+        mobile_e164,
+        count(*) as patients_sharing,
+        arg_min(patient_id, {
+            'rule': list_position(['consented', 'no_consent', 'archived'], patient_rule),
+            'seen': -epoch_us(last_seen_at),
+            'created': epoch_us(created_at),
+            'patient_id': patient_id
+        }) as patient_id
     from patient_rules
-    qualify row_number() over (
-        partition by mobile_e164
-        order by
-            list_position(['consented', 'no_consent', 'archived'], patient_rule),
-            last_seen_at desc nulls last,
-            created_at nulls last,
-            patient_id
-    ) = 1
+    group by mobile_e164
+),
+
+one_per_mobile as (
+    select patient_rules.*, best_per_mobile.patients_sharing
+    from patient_rules
+    inner join best_per_mobile on best_per_mobile.patient_id = patient_rules.patient_id
 ),
 
 final as (

@@ -86,9 +86,16 @@ renamed as materialized (
 
 -- Numbers an earlier build already read in this country (state.phone_numbers, kept by the
 -- runner): looked up instead of parsed again, which is most of a full rebuild's Python time.
+-- On an incremental build, only the numbers these patients carry (every number looked up
+-- below is one of them): a 5-minute build's few patients then join a few memo rows, not a
+-- table of all 100,000 (a full build reads them all, and picking them would cost more).
 phone_memo as (
     select number, mobile_e164 from state.phone_numbers
     where country = (select country from build_context)
+        and (
+            getvariable('changes_since') is null
+            or number in (select cliniko_text(unnest(phone_entries).number) from renamed)
+        )
 ),
 
 -- Most patients' SMS number is their first Mobile-typed entry: that one is read for everyone.

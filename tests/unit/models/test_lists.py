@@ -196,6 +196,34 @@ def test_a_shared_email_is_kept_once_for_the_patient_seen_most_recently(clinic):
     assert clinic.con.execute("SELECT count(*) FROM marts.email_marketing_list").fetchone()[0] == 1
 
 
+def test_a_shared_address_and_number_go_to_the_latest_seen_then_oldest_record_then_lowest_id(
+    clinic,
+):
+    """Each tie-break of the one patient kept per email address and per mobile number, on both
+    lists: seen most recently (never seen last), then the oldest record, then the lowest id."""
+    old, young = NOW - timedelta(days=200), NOW - timedelta(days=50)
+    pairs = {  # address: (kept, other), each pair sharing an address and a mobile
+        "seen@example.com": (41, 40),  # 41 seen 5 days ago, 40 50 days ago
+        "never@example.com": (10, 11),  # 11 never seen: no visit, no record date
+        "oldest@example.com": (21, 20),  # seen at the same moment: 21's record is older
+        "lowest@example.com": (30, 31),  # the same in everything but the id
+    }
+    for n, (email, (kept, other)) in enumerate(pairs.items()):
+        mobile = f"0412 000 00{n}"
+        for patient in sorted((kept, other), reverse=True):
+            created = {11: None, 21: old, 20: young}.get(patient, NOW - timedelta(days=100))
+            clinic.patient(patient, email, created=created, mobile=mobile, sms_opt_in=True)
+    clinic.visit(400, 41, days_ago=5)
+    clinic.visit(401, 40, days_ago=50)
+    clinic.visit(200, 21, days_ago=10)
+    clinic.visit(201, 20, days_ago=10)
+    clinic.build()
+    for n, (email, (kept, _)) in enumerate(pairs.items()):
+        email_row, sms_row = clinic.email_row(email), clinic.sms_row(f"+6141200000{n}")
+        assert (email, email_row["patient_id"], email_row["patients_sharing"]) == (email, kept, 2)
+        assert (email, sms_row["patient_id"], sms_row["patients_sharing"]) == (email, kept, 2)
+
+
 def test_an_archived_patient_is_out_but_a_live_patient_sharing_the_email_keeps_it(clinic):
     clinic.patient(1, "alone@example.com", archived=True)
     clinic.patient(2, "shared@example.com", archived=True)
