@@ -57,6 +57,7 @@ PRELOAD = [
     "flows.report",
     "flows.restore",
     "relay.warm",
+    "relay._numpy",  # DuckDB imports it at every build's first create_function: once, here
 ]
 
 logger = logging.getLogger("relay.warm")
