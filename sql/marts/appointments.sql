@@ -128,6 +128,12 @@ changed_patients as (
         or (group_appointments.starts_at > getvariable('previous_built_at')
             and group_appointments.starts_at <= (select built_at from build_context))
     union
+    -- an appointment or attendance moved to another patient (booked under the wrong one):
+    -- the patient it left is numbered again too
+    select patient_id from replaced_patients('staging.individual_appointments')
+    union
+    select patient_id from replaced_patients('staging.attendees')
+    union
     select patient_id from patients
     where loaded_at > getvariable('changes_since')
     union

@@ -49,6 +49,9 @@ patients_in_scope as (
     union
     select patient_id from appointments
     where refreshed_by = (select build_id from build_context)
+    union
+    -- an appointment moved to another patient: the patient it left (marts.patient_visits)
+    select patient_id from replaced_patients('marts.appointments')
 ),
 
 final as (

@@ -44,6 +44,9 @@ patients_in_scope as (
     select patient_id from patients
     where getvariable('changes_since') is null
         or loaded_at > getvariable('changes_since')
+    union
+    -- an appointment moved to another patient: the patient it left has one visit fewer
+    select patient_id from replaced_patients('marts.appointments')
 ),
 
 scoped_appointments as (

@@ -81,6 +81,16 @@ MACROS = (
     "SELECT * EXCLUDE (updated_at) FROM query_table(raw_table) "
     "WHERE relay_changed_ids(raw_table) IS NULL AND removed_at > getvariable('changes_since') "
     "AND synced_at <= getvariable('changes_since')",
+    # The patients an incremental model's merge took rows from in this build (each row as it
+    # was, before the model's new rows replaced it: tables.merge), for a model with a
+    # patient_id column keyed by something else: an appointment moved from patient A to B
+    # names A, whose visits and numbering must be computed again though nothing of A's changed.
+    # Used as `select patient_id from replaced_patients('marts.appointments')`; no rows on a
+    # full build (which computes everyone).
+    # (The table is a default parameter so that it is looked up when the macro is used: a build
+    # makes it when it starts, ModelBuild.start, and drops it at its end.)
+    "CREATE OR REPLACE TEMP MACRO replaced_patients(model, replaced := 'relay_replaced') AS "
+    "TABLE SELECT patient_id FROM query_table(replaced) WHERE relation = model",
 )
 
 # At most this many changed rows of a raw table are listed by id for raw_changes (DuckDB's own

@@ -181,11 +181,13 @@ def tables_read(
     tables = set()
     for node in nodes:
         if node.get("type") == "TABLE_FUNCTION":
-            # raw_changes('raw.patients') (tasks.models.functions) reads the table it names.
+            # raw_changes('raw.patients') and replaced_patients('marts.appointments')
+            # (tasks.models.functions) read the table they name.
             function = node.get("function") or {}
             arguments = function.get("arguments") or [{}]
             literal = (arguments[0].get("expression") or {}).get("literal") or {}
-            if function.get("function_name") == "raw_changes" and literal.get("kind") == "STRING":
+            named = function.get("function_name") in ("raw_changes", "replaced_patients")
+            if named and literal.get("kind") == "STRING":
                 tables.add(literal["text"].lower())
             continue
         if node.get("type") != "BASE_TABLE":

@@ -195,6 +195,9 @@ class ModelBuild:
         con = self.con
         models_functions.register(con)
         con.execute("BEGIN TRANSACTION")
+        con.execute(  # replaced_patients (tasks/models/functions.py): this build's merges
+            "CREATE OR REPLACE TEMP TABLE relay_replaced (relation VARCHAR, patient_id BIGINT)"
+        )
         parsed_fields.fill_missing(con)  # raw rows written without their parsed fields
         s = self.settings
         previous = con.execute(

@@ -68,10 +68,21 @@ def merge(con: duckdb.DuckDBPyConnection, model: Model, rel: str, known: ModelTa
     check_unique(con, "relay_delta", model.key)
     match = " AND ".join(f't."{c}" IS NOT DISTINCT FROM d."{c}"' for c in model.key)
     columns = ", ".join(f'"{c}"' for c in model.key)
-    went = one(
-        con,
-        f"DELETE FROM {rel} t USING (SELECT DISTINCT {columns} FROM relay_delta) d WHERE {match}",
-    )[0]
+    delete = (
+        f"DELETE FROM {rel} t USING (SELECT DISTINCT {columns} FROM relay_delta) d WHERE {match}"
+    )
+    table_columns = known.columns.get(model.relation) or _columns(con, rel)
+    if model.key != ("patient_id",) and "patient_id" in {c for c, _ in table_columns}:
+        # whose rows these were (replaced_patients, tasks/models/functions.py): the DELETE says
+        replaced = [r[0] for r in con.execute(f"{delete} RETURNING t.patient_id").fetchall()]
+        went = len(replaced)
+        if patients := sorted({p for p in replaced if p is not None}):
+            con.execute(
+                "INSERT INTO relay_replaced SELECT ?, unnest(?::BIGINT[])",
+                [model.relation, patients],
+            )
+    else:
+        went = one(con, delete)[0]
     came = one(con, f"INSERT INTO {rel} BY NAME SELECT * FROM relay_delta")[0]
     known.wrote(
         model.relation, known.columns.get(model.relation), known.rows[model.relation] - went + came
@@ -318,7 +329,7 @@ class ModelTables:
     def finish(self, con: duckdb.DuckDBPyConnection) -> None:
         """At the commit: drop the temporary tables the models left; store the tables proven
         distinct, when they changed (inside the build's transaction)."""
-        for temp in ("relay_new", "relay_diff", "relay_delta"):
+        for temp in ("relay_new", "relay_diff", "relay_delta", "relay_replaced"):
             con.execute(f"DROP TABLE IF EXISTS {temp}")
         if self.distinct != self.stored:
             con.execute("DELETE FROM state.distinct_model_tables")

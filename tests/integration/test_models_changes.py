@@ -123,3 +123,33 @@ def test_rebuilds_by_difference_end_where_full_rebuilds_do(tmp_path, server, cli
     # the ticks recorded membership from the rows their tables lost and gained
     assert any("marts.email_marketing_list" in n for n in noted)
     assert any(any(r.startswith("segments.") for r in n) for n in noted)
+
+
+def test_an_appointment_moved_to_another_patient_recomputes_the_patient_it_left(
+    tmp_path, server, clinic
+):
+    """A front-desk correction: a visit booked under the wrong patient is moved to the right one
+    in Cliniko, and nothing else of the first patient changes. Incremental models keyed by
+    appointment see only the new patient in the new row; the patient it left (their visit
+    count, last visit, numbering, segments) must be computed again too (replaced_patients)."""
+    from sandbox.cliniko.store import link
+
+    settings = models.ListSettings.from_config(load_clinic("demo"))
+    with open_db(tmp_path / "ticks.duckdb") as fast, open_db(tmp_path / "full.duckdb") as full:
+        for con in (fast, full):
+            sync(con, server, clinic)
+            models.build(con, settings, now=clinic.now, full_refresh=con is full)
+        clinic.advance(timedelta(minutes=5))
+        aid, old = fast.execute(
+            "SELECT appointment_id, patient_id FROM marts.appointments "
+            "JOIN segments.first_appointment USING (patient_id) "
+            "WHERE appointment_kind = 'individual' AND is_visit ORDER BY 1 LIMIT 1"
+        ).fetchone()
+        (new,) = fast.execute("SELECT min(patient_id) FROM segments.loyal").fetchone()
+        clinic.bulk_edit("individual_appointments", [aid], {"patient": link(f"patients/{new}")})
+        for con in (fast, full):
+            sync(con, server, clinic)
+            models.build(con, settings, now=clinic.now, full_refresh=con is full)
+        visits = "SELECT visit_count FROM marts.patients WHERE patient_id = ?"
+        assert fast.execute(visits, [old]).fetchone() == full.execute(visits, [old]).fetchone()
+        assert audiences(fast) == audiences(full)
