@@ -81,10 +81,10 @@ MACROS = (
     "SELECT * EXCLUDE (updated_at) FROM query_table(raw_table) "
     "WHERE relay_changed_ids(raw_table) IS NULL AND removed_at > getvariable('changes_since') "
     "AND synced_at <= getvariable('changes_since')",
-    # The patients an incremental model's merge took rows from in this build (each row as it
-    # was, before the model's new rows replaced it: tables.merge), for a model with a
-    # patient_id column keyed by something else: an appointment moved from patient A to B
-    # names A, whose visits and numbering must be computed again though nothing of A's changed.
+    # The patients an incremental model's merge took rows away from in this build: a row whose
+    # patient_id its new version changed (tables.merge), for a model with a patient_id column
+    # keyed by something else. An appointment moved from patient A to B names A, whose visits
+    # and numbering must be computed again though nothing of A's changed.
     # Used as `select patient_id from replaced_patients('marts.appointments')`; no rows on a
     # full build (which computes everyone).
     # (The table is a default parameter so that it is looked up when the macro is used: a build

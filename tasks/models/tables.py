@@ -73,16 +73,15 @@ def merge(con: duckdb.DuckDBPyConnection, model: Model, rel: str, known: ModelTa
     )
     table_columns = known.columns.get(model.relation) or _columns(con, rel)
     if model.key != ("patient_id",) and "patient_id" in {c for c, _ in table_columns}:
-        # whose rows these were (replaced_patients, tasks/models/functions.py): the DELETE says
-        replaced = [r[0] for r in con.execute(f"{delete} RETURNING t.patient_id").fetchall()]
-        went = len(replaced)
-        if patients := sorted({p for p in replaced if p is not None}):
-            con.execute(
-                "INSERT INTO relay_replaced SELECT ?, unnest(?::BIGINT[])",
-                [model.relation, patients],
-            )
-    else:
-        went = one(con, delete)[0]
+        # the patients rows move away from (replaced_patients, tasks/models/functions.py), asked
+        # before the DELETE: a DELETE ... RETURNING cost 4-5 times the DELETE on 2M appointments
+        con.execute(
+            f"INSERT INTO relay_replaced SELECT DISTINCT ?, t.patient_id FROM {rel} t "
+            f"JOIN relay_delta d ON {match} "
+            "WHERE t.patient_id IS NOT NULL AND t.patient_id IS DISTINCT FROM d.patient_id",
+            [model.relation],
+        )
+    went = one(con, delete)[0]
     came = one(con, f"INSERT INTO {rel} BY NAME SELECT * FROM relay_delta")[0]
     known.wrote(
         model.relation, known.columns.get(model.relation), known.rows[model.relation] - went + came
