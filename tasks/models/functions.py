@@ -385,6 +385,9 @@ def _create_once(create: Callable[[], object]) -> None:
     except duckdb.NotImplementedException as exc:  # created on this connection before: kept
         if "already created" not in str(exc):
             raise
+    except duckdb.CatalogException as exc:  # by another connection to the same database (the
+        if "already exists" not in str(exc):  # fast lane's, a cursor): in its catalog, usable
+            raise
 
 
 if __name__ == "__main__":  # a parse_mobiles helper: {"country", "numbers"} in, results out

@@ -239,3 +239,20 @@ def test_the_helper_reads_first_mobile_entries_and_the_entries_of_patients_witho
     assert {pid: e164 for pid, (_, e164) in staged(entries_con).items()} == {
         pid: e164 for pid, (_, e164) in ENTRIES.items()
     }
+
+
+def test_the_sql_helpers_register_again_on_a_second_connection_to_the_same_database():
+    """The fast lane builds on its own cursor of a database a build registered the UDFs on:
+    DuckDB then says they already exist (in the catalog both share), which is not an error."""
+    import duckdb
+
+    from tasks.models import functions
+
+    first = duckdb.connect()
+    functions.register(first)
+    functions.register(first)  # the same connection again
+    second = first.cursor()
+    functions.register(second)
+    assert second.execute("SELECT relay_mobile_e164('0412 345 678', 'AU')").fetchone() == (
+        "+61412345678",
+    )
