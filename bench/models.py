@@ -225,6 +225,9 @@ TOP_STEPS = 6
 def build_phase(db: Path, phase: str) -> dict:
     """One build, each a 5-minute tick after the last: 'full' on the generated clinic,
     'unchanged' with nothing synced since (only the clock moved), 'change' after a change set."""
+    # A build runs in a tick, forked from the worker's warm template, which has numpy loaded
+    # (relay/warm.py PRELOAD): measured here as it runs there, not paying the import.
+    import relay._numpy  # noqa: F401
     from tasks.cliniko import fields as parsed_fields
     from tasks.models import runner as models
     from tasks.warehouse import open_db

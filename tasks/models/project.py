@@ -5,12 +5,13 @@ An analyst's contract (sql/README.md): one SELECT per file; model name = file na
 folder; dependencies are read from the SQL itself (DuckDB's parse tree, json_serialize_sql:
 every table named with its schema, CTE names left out); ``raw.*`` and ``state.*`` are sources.
 A ``-- config:`` header line picks the materialisation: ``table`` (default), ``view``, or
-``incremental`` with a ``key``. Nothing here writes: a file the runner cannot use is refused
-before a build touches anything.
+``incremental`` with a ``key``. Nothing here writes but ``remember_parses``, which the runner
+calls inside its build: a file the runner cannot use is refused before a build touches anything.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable
@@ -73,6 +74,10 @@ class Project:
     models: tuple[Model, ...]  # in dependency order
     tests: tuple[DataTest, ...]
     broken: tuple[Broken, ...] = ()  # files discover(keep_going=True) could not use
+    # each usable file's parse (key: ``_parse_key``) -> the tables it reads, and whether this
+    # process parsed any of them (neither remembered in it nor stored: ``remember_parses``)
+    parses: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    parsed_now: bool = False
 
     def model(self, relation: str) -> Model:
         for m in self.models:
@@ -146,6 +151,10 @@ def _single_select(con: duckdb.DuckDBPyConnection, file: str, text: str) -> str:
             f"{file}: must hold exactly one SELECT statement (found {len(statements)} "
             "statement(s)); a model is one query: import CTEs, logical CTEs, a final select."
         )
+    return _stripped(text)
+
+
+def _stripped(text: str) -> str:
     return text.strip().rstrip(";").strip()
 
 
@@ -210,6 +219,50 @@ def tables_read(
 _PARSE_MEMO: dict[str, tuple[str, tuple[str, ...]]] = {}
 
 
+# The same, across processes: every tick is a new process (forked from the worker's template),
+# and parsing the project was ~50 ms of each build. Keyed by the text and DuckDB's version (which
+# parses it); only files that parsed as one SELECT are stored, and only by a build
+# (``remember_parses``), so a stored parse is what ``_parsed`` would compute again.
+STORED_PARSES = "state.parsed_sql"
+
+
+# Keys of parses this process made and no build of it has stored yet (``remember_parses``).
+_UNSTORED: set[str] = set()
+
+
+def _parse_key(text: str) -> str:
+    return hashlib.sha256(f"{duckdb.__version__}\0{text}".encode()).hexdigest()
+
+
+def _load_stored_parses(
+    con: duckdb.DuckDBPyConnection, texts: Iterable[str], sources: set[str]
+) -> None:
+    """Put the stored parses of ``texts`` not yet in ``_PARSE_MEMO`` there (one query)."""
+    missing = {_parse_key(t): t for t in texts if t not in _PARSE_MEMO}
+    if not missing or STORED_PARSES not in sources:
+        return
+    for key, depends_on in con.execute(
+        f"SELECT key, depends_on FROM {STORED_PARSES} WHERE key IN ?", [list(missing)]
+    ).fetchall():
+        _PARSE_MEMO[missing[key]] = (_stripped(missing[key]), tuple(depends_on))
+
+
+def remember_parses(con: duckdb.DuckDBPyConnection, project: Project) -> None:
+    """Store the project's parses for the next process, when this one had to parse a file (an
+    edited file, a new DuckDB, the first build); replaces what was stored, so parses of texts
+    no longer in the project go. Called inside the build's transaction: rolled back with it."""
+    if not project.parsed_now:
+        return
+    con.execute(f"DELETE FROM {STORED_PARSES}")
+    if project.parses:
+        keys, depends_on = zip(*project.parses, strict=True)
+        con.execute(
+            f"INSERT INTO {STORED_PARSES} SELECT DISTINCT unnest(?::VARCHAR[]), unnest(?::VARCHAR[][])",
+            [list(keys), [list(d) for d in depends_on]],
+        )
+        _UNSTORED.difference_update(keys)  # a rolled-back build loses them: parsed once more
+
+
 def _parsed(
     con: duckdb.DuckDBPyConnection, file: str, text: str, read: tuple[str, str] | None = None
 ) -> tuple[str, tuple[str, ...]]:
@@ -220,7 +273,9 @@ def _parsed(
         found = sql, tables_read(con, file, sql, tree)
         if len(_PARSE_MEMO) >= 1024:  # edited files leave old texts behind: bound it
             _PARSE_MEMO.clear()
+            _UNSTORED.clear()
         _PARSE_MEMO[text] = found
+        _UNSTORED.add(_parse_key(text))
     return found
 
 
@@ -274,6 +329,9 @@ def discover(
     tests: list[DataTest] = []
     broken: list[Broken] = []
     paths = sorted(sql_dir.glob("**/*.sql"))
+    sources = _source_tables(con)  # raw.* and state.*
+    texts = _texts(paths)
+    _load_stored_parses(con, texts.values(), sources)
     trees = _parse_trees(con, paths, sql_dir)
     for path in paths:
         file = _relative(path, sql_dir)
@@ -291,7 +349,6 @@ def discover(
             tests.append(item)
         else:
             models[item.relation] = item
-    sources = _source_tables(con)  # raw.* and state.*
     unusable = {b.relation for b in broken if b.relation}
     everything: list[Model | DataTest] = [*models.values(), *tests]
     for item in everything:
@@ -312,7 +369,25 @@ def discover(
                     models.pop(relation, None)
                 tests = [t for t in tests if t is not item]
                 break
-    return Project(models=_order(models), tests=tuple(tests), broken=tuple(broken))
+    parses = tuple((_parse_key(t), _PARSE_MEMO[t][1]) for t in texts.values() if t in _PARSE_MEMO)
+    return Project(
+        models=_order(models),
+        tests=tuple(tests),
+        broken=tuple(broken),
+        parses=parses,
+        parsed_now=any(key in _UNSTORED for key, _ in parses),
+    )
+
+
+def _texts(paths: list[Path]) -> dict[Path, str]:
+    """Each readable file's text (one that cannot be read is reported by ``_read_file``)."""
+    texts = {}
+    for path in paths:
+        try:
+            texts[path] = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+    return texts
 
 
 def _parse_trees(

@@ -54,6 +54,7 @@ from tasks.models.project import (
     ModelError,
     Project,
     discover,
+    remember_parses,
 )
 from tasks.triggers.definition import reference_lists
 from tasks.warehouse import one
@@ -199,6 +200,7 @@ class ModelBuild:
             "CREATE OR REPLACE TEMP TABLE relay_replaced (relation VARCHAR, patient_id BIGINT)"
         )
         parsed_fields.fill_missing(con)  # raw rows written without their parsed fields
+        remember_parses(con, self.project)  # for the next build's process
         s = self.settings
         previous = con.execute(
             "SELECT data_high_water, built_at FROM state.model_builds "

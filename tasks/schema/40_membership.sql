@@ -85,3 +85,11 @@ CREATE TABLE IF NOT EXISTS state.model_fingerprints (
 CREATE TABLE IF NOT EXISTS state.distinct_model_tables (
     model        VARCHAR PRIMARY KEY
 );
+
+-- The tables each model and data test file reads, as DuckDB parsed them (key: the file's text and
+-- DuckDB's version): the next build's process reads them back instead of parsing every file
+-- again (tasks/models/project.py remember_parses). A cache: deleting its rows costs one parse.
+CREATE TABLE IF NOT EXISTS state.parsed_sql (
+    key          VARCHAR NOT NULL,
+    depends_on   VARCHAR[] NOT NULL
+);

@@ -1,0 +1,83 @@
+"""A build's process reads the project's parses back from the clinic database (state.parsed_sql)
+instead of parsing every file again (issue 16: every tick is a new process). A stored parse is
+only ever used for the very text it was made from."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.models import project
+from tasks.warehouse import memory_db
+from tests.unit.models.test_runner import GOOD, build, write
+
+
+@pytest.fixture
+def con():
+    c = memory_db()
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def parsed(monkeypatch):
+    """The SQL each discover() had DuckDB parse, as a new process starts (nothing in memory)."""
+    seen: list[str] = []
+    parse = project.tables_read
+
+    def tables_read(con, file, sql, tree=None):
+        seen.append(file)
+        return parse(con, file, sql, tree)
+
+    monkeypatch.setattr(project, "tables_read", tables_read)
+    new_process(monkeypatch, seen)
+    return seen
+
+
+def new_process(monkeypatch, seen: list[str]) -> None:
+    monkeypatch.setattr(project, "_PARSE_MEMO", {})
+    monkeypatch.setattr(project, "_UNSTORED", set())
+    seen.clear()
+
+
+def test_the_next_process_reads_the_parses_a_build_stored(con, tmp_path, parsed, monkeypatch):
+    sql_dir = write(tmp_path, GOOD)
+    build(con, sql_dir)
+    assert sorted(parsed) == sorted(f"sql/{name}" for name in GOOD)
+    first = project.discover(con, sql_dir)
+
+    new_process(monkeypatch, parsed)
+    again = project.discover(con, sql_dir)
+    assert parsed == []
+    assert again.models == first.models
+    assert not again.parsed_now
+    build(con, sql_dir)  # nothing new parsed: nothing written
+    assert con.execute("SELECT count(*) FROM state.parsed_sql").fetchone()[0] == len(GOOD)
+
+
+def test_an_edited_file_is_parsed_again_and_its_new_tables_are_read(
+    con, tmp_path, parsed, monkeypatch
+):
+    sql_dir = write(tmp_path, GOOD)
+    build(con, sql_dir)
+    edited = {"segments/everyone.sql": "select patient_id from staging.people"}
+    write(tmp_path, edited)
+
+    new_process(monkeypatch, parsed)
+    found = project.discover(con, sql_dir)
+    assert parsed == ["sql/segments/everyone.sql"]
+    assert found.model("segments.everyone").depends_on == ("staging.people",)
+    build(con, sql_dir)  # stores the edited file's parse, and drops the old one's
+    keys = {r[0] for r in con.execute("SELECT key FROM state.parsed_sql").fetchall()}
+    texts = {**GOOD, **edited}
+    assert keys == {project._parse_key(t) for t in texts.values()}
+
+
+def test_a_rolled_back_build_stores_nothing_and_reading_stores_nothing(
+    con, tmp_path, parsed, monkeypatch
+):
+    sql_dir = write(tmp_path, {**GOOD, "marts/broken.sql": "select 1 / 'x' as patient_id"})
+    project.discover(con, sql_dir, keep_going=True)  # reading the project writes nothing
+    assert con.execute("SELECT count(*) FROM state.parsed_sql").fetchone()[0] == 0
+    with pytest.raises(Exception):
+        build(con, write(tmp_path, {"marts/people.sql": "select 1 / 'x' as patient_id"}))
+    assert con.execute("SELECT count(*) FROM state.parsed_sql").fetchone()[0] == 0
