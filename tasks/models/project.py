@@ -247,6 +247,14 @@ def _load_stored_parses(
         _PARSE_MEMO[missing[key]] = (_stripped(missing[key]), tuple(depends_on))
 
 
+def _forget_stored(con: duckdb.DuckDBPyConnection, keys: list[str], sources: set[str]) -> None:
+    """Take from ``_UNSTORED`` the ``keys`` a committed build stored (asked only after this
+    process parsed something: a build that stored them may have been rolled back)."""
+    if keys and STORED_PARSES in sources:
+        rows = con.execute(f"SELECT key FROM {STORED_PARSES} WHERE key IN ?", [keys]).fetchall()
+        _UNSTORED.difference_update(r[0] for r in rows)
+
+
 def remember_parses(con: duckdb.DuckDBPyConnection, project: Project) -> None:
     """Store the project's parses for the next process, when this one had to parse a file (an
     edited file, a new DuckDB, the first build); replaces what was stored, so parses of texts
@@ -260,7 +268,6 @@ def remember_parses(con: duckdb.DuckDBPyConnection, project: Project) -> None:
             f"INSERT INTO {STORED_PARSES} SELECT DISTINCT unnest(?::VARCHAR[]), unnest(?::VARCHAR[][])",
             [list(keys), [list(d) for d in depends_on]],
         )
-        _UNSTORED.difference_update(keys)  # a rolled-back build loses them: parsed once more
 
 
 def _parsed(
@@ -370,6 +377,7 @@ def discover(
                 tests = [t for t in tests if t is not item]
                 break
     parses = tuple((_parse_key(t), _PARSE_MEMO[t][1]) for t in texts.values() if t in _PARSE_MEMO)
+    _forget_stored(con, [key for key, _ in parses if key in _UNSTORED], sources)
     return Project(
         models=_order(models),
         tests=tuple(tests),

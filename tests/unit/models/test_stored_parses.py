@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tasks.models import project
+from tasks.models import runner as models
 from tasks.warehouse import memory_db
 from tests.unit.models.test_runner import GOOD, build, write
 
@@ -72,12 +73,25 @@ def test_an_edited_file_is_parsed_again_and_its_new_tables_are_read(
     assert keys == {project._parse_key(t) for t in texts.values()}
 
 
-def test_a_rolled_back_build_stores_nothing_and_reading_stores_nothing(
+def test_a_rolled_back_build_stores_nothing_and_the_next_build_stores_them(
     con, tmp_path, parsed, monkeypatch
 ):
-    sql_dir = write(tmp_path, {**GOOD, "marts/broken.sql": "select 1 / 'x' as patient_id"})
-    project.discover(con, sql_dir, keep_going=True)  # reading the project writes nothing
-    assert con.execute("SELECT count(*) FROM state.parsed_sql").fetchone()[0] == 0
-    with pytest.raises(Exception):
-        build(con, write(tmp_path, {"marts/people.sql": "select 1 / 'x' as patient_id"}))
-    assert con.execute("SELECT count(*) FROM state.parsed_sql").fetchone()[0] == 0
+    sql_dir = write(tmp_path, GOOD)
+    project.discover(con, sql_dir)  # reading the project writes nothing
+    assert stored(con) == 0
+
+    def interrupted(self, run):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(models.Steps, "finish", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            build(con, sql_dir)
+    assert stored(con) == 0
+    build(con, sql_dir)  # the same process: what it parsed is stored now
+    assert stored(con) == len(GOOD)
+    assert not project.discover(con, sql_dir).parsed_now  # not written again by every build
+
+
+def stored(con) -> int:
+    return con.execute("SELECT count(*) FROM state.parsed_sql").fetchone()[0]
