@@ -123,14 +123,14 @@ def replace_changed_rows(
     relation = model.relation
     rows = one(con, f"CREATE OR REPLACE TEMP TABLE relay_new AS {model.sql}")[0]
     temp = _columns(con, "relay_new")
-    check_shape(con, model, "relay_new", temp)
+    check_shape(con, model, "relay_new", temp, unique=False)  # unique: below
     if (
         not temp
         or temp != known.columns.get(relation)
         or any(_NESTED.search(t) for _, t in temp)
         or not known.is_distinct(con, model, rel)
     ):
-        return _rewrite(con, rel, relation, known, temp, rows)
+        return _rewrite(con, model, rel, known, temp, rows)
     same = " AND ".join(f'o."{c}" IS NOT DISTINCT FROM n."{c}"' for c, _ in temp)
     values = ", ".join(f'coalesce(o."{c}", n."{c}") AS "{c}"' for c, _ in temp)
     changed = one(
@@ -147,7 +147,17 @@ def replace_changed_rows(
     if known.rows[relation] - went != rows - came or (
         came > 1 and model.schema != "segments" and _has_duplicate_rows(con, _CAME)
     ):  # a new row has a copy (a segment's cannot: one row per patient_id)
-        return _rewrite(con, rel, relation, known, temp, rows)
+        return _rewrite(con, model, rel, known, temp, rows)
+    if came and model.schema == "segments":
+        # The old rows had one per patient (checked when written): a patient on two rows now
+        # is on a row that came. Asked of those patients only, not of the whole segment.
+        check_unique(
+            con,
+            f"(SELECT patient_id FROM {rel} WHERE patient_id IS NULL OR patient_id IN "
+            "(SELECT patient_id FROM relay_diff WHERE relay_rowid IS NULL))",
+            ("patient_id",),
+            SEGMENT_ROWS,
+        )
     if changed and note is not None:
         note(_WENT, _CAME)
     known.wrote(relation, temp, rows, distinct=True)
@@ -156,15 +166,16 @@ def replace_changed_rows(
 
 def _rewrite(
     con: duckdb.DuckDBPyConnection,
+    model: Model,
     rel: str,
-    relation: str,
     known: ModelTables,
     columns: list[tuple[str, str]],
     rows: int,
 ) -> bool:
     """The table rewritten from relay_new (whether its rows are distinct is not known)."""
+    check_shape(con, model, "relay_new", columns)
     con.execute(f"CREATE OR REPLACE TABLE {rel} AS SELECT * FROM relay_new")
-    known.wrote(relation, columns, rows)
+    known.wrote(model.relation, columns, rows)
     return True
 
 
@@ -188,9 +199,10 @@ def check_shape(
     model: Model,
     rel: str,
     columns: list[tuple[str, str]] | None = None,
+    unique: bool = True,
 ) -> None:
     """What the rest of the system relies on: key columns exist; a segment has one row per
-    patient_id. ``columns``: ``rel``'s, when known (else read)."""
+    patient_id (``unique``: checked here). ``columns``: ``rel``'s, when known (else read)."""
     needed = list(model.key) + (["patient_id"] if model.schema == "segments" else [])
     if not needed:
         return
@@ -201,8 +213,11 @@ def check_shape(
                 f"the model must return a column named {column}"
                 + (" (one row per patient in the segment)" if model.schema == "segments" else "")
             )
-    if model.schema == "segments":
-        check_unique(con, rel, ("patient_id",), "a segment has one row per patient")
+    if model.schema == "segments" and unique:
+        check_unique(con, rel, ("patient_id",), SEGMENT_ROWS)
+
+
+SEGMENT_ROWS = "a segment has one row per patient"
 
 
 def check_unique(

@@ -257,6 +257,34 @@ def test_a_segment_must_return_each_patient_once(con, tmp_path):
         build(con, sql_dir)
 
 
+def test_a_segment_that_repeats_a_patient_on_a_later_build_fails_it(con, tmp_path):
+    """A segment brought to its new rows by difference is checked too: a patient on a row that
+    came beside a row it kept, or on two rows that came."""
+    twice = {
+        "segments/twice.sql": "select patient_id, email from marts.people "
+        "union all select patient_id, 'again' from marts.people where email like '%TWICE%'"
+    }
+    sql_dir = write(tmp_path, {**GOOD, **twice})
+    build(con, sql_dir)
+    con.execute(
+        'INSERT INTO raw.patients VALUES (3, NULL, \'{"email": "cy@example.com"}\', now(), NULL)'
+    )
+    build(con, sql_dir)  # a row came, the segment by difference: still one row a patient
+    con.execute(  # patient 1's row goes, and two come
+        "UPDATE raw.patients SET payload = '{\"email\": \"ann.twice@example.com\"}', "
+        "synced_at = now() WHERE id = 1"
+    )
+    with pytest.raises(
+        models.BuildFailed, match="sql/segments/twice.sql: 1 value.*a segment has one row per"
+    ):
+        build(con, sql_dir)
+    assert sorted(con.execute("SELECT * FROM segments.twice").fetchall()) == [
+        (1, "ANN@EXAMPLE.COM"),
+        (2, "BOB@EXAMPLE.COM"),
+        (3, "CY@EXAMPLE.COM"),
+    ]
+
+
 def test_deleting_a_model_file_drops_its_table_and_retires_its_segment(con, tmp_path):
     sql_dir = write(tmp_path, GOOD)
     build(con, sql_dir)
