@@ -169,11 +169,12 @@ def _record_noted(
             FROM relay_member_changes WHERE audience IN $audiences GROUP BY ALL
         ),
         members AS (
-            SELECT m.audience, m.member_key, m.patient_id FROM state.audience_members m
-            SEMI JOIN noted n USING (audience, member_key)
+            SELECT m.audience, m.member_key, m.patient_id, m.rowid AS member_rowid
+            FROM state.audience_members m SEMI JOIN noted n USING (audience, member_key)
         )
         SELECT n.audience, n.member_key, coalesce(m.patient_id, n.patient_id) AS patient_id,
-               CASE WHEN m.member_key IS NULL THEN 'joined' ELSE 'left' END AS event
+               CASE WHEN m.member_key IS NULL THEN 'joined' ELSE 'left' END AS event,
+               m.member_rowid
         FROM noted n LEFT JOIN members m USING (audience, member_key)
         WHERE (n.came AND NOT n.went AND m.member_key IS NULL)
            OR (n.went AND NOT n.came AND m.member_key IS NOT NULL)
@@ -219,10 +220,12 @@ def _record(
         SELECT coalesce(c.audience, m.audience) AS audience,
                coalesce(c.member_key, m.member_key) AS member_key,
                coalesce(c.patient_id, m.patient_id) AS patient_id,
-               CASE WHEN m.member_key IS NULL THEN 'joined' ELSE 'left' END AS event
+               CASE WHEN m.member_key IS NULL THEN 'joined' ELSE 'left' END AS event,
+               m.member_rowid
         FROM relay_current c
-        FULL OUTER JOIN (SELECT * FROM state.audience_members WHERE audience IN ?) m
-            USING (audience, member_key)
+        FULL OUTER JOIN (
+            SELECT *, rowid AS member_rowid FROM state.audience_members WHERE audience IN ?
+        ) m USING (audience, member_key)
         WHERE c.member_key IS NULL OR m.member_key IS NULL
         """,
         [list(queries)],
@@ -246,7 +249,9 @@ def _apply(
     new: bool,
 ) -> None:
     """Append relay_changes' events and bring state.audience_members to them. ``new``: the
-    joins of an audience in relay_new_audiences are its 'initial' members."""
+    joins of an audience in relay_new_audiences are its 'initial' members. A member who left
+    is deleted by the rowid relay_changes found it at (a join on the key read every member of
+    every audience again)."""
     initial = "audience IN (SELECT audience FROM relay_new_audiences)" if new else "false"
     con.execute(
         f"""
@@ -258,8 +263,8 @@ def _apply(
         [build_id, built_at],
     )
     con.execute(
-        "DELETE FROM state.audience_members m USING relay_changes c "
-        "WHERE c.event = 'left' AND m.audience = c.audience AND m.member_key = c.member_key"
+        "DELETE FROM state.audience_members WHERE rowid IN "
+        "(SELECT member_rowid FROM relay_changes WHERE event = 'left')"
     )
     # In key order: the primary key's index takes sorted keys faster than scattered ones, and
     # a first build inserts every member of every audience (~600,000 at 100,000 patients).
