@@ -41,8 +41,8 @@ import duckdb
 from tasks.cliniko import fields as parsed_fields
 from tasks.config import DEFAULT_TAG_CATEGORIES, MarketingListSettings
 from tasks.errors import UserFacingError
+from tasks.models import checks, tables
 from tasks.models import functions as models_functions
-from tasks.models import tables
 from tasks.models.holds import latest_build, require_good_build  # noqa: F401 (callers' path)
 from tasks.models.membership import MemberChanges, record_membership
 from tasks.models.project import SQL_DIR as SQL_DIR  # callers pass runner.SQL_DIR as sql_dir
@@ -57,7 +57,6 @@ from tasks.models.project import (
     remember_parses,
 )
 from tasks.triggers.definition import reference_lists
-from tasks.warehouse import one
 
 
 class BuildFailed(UserFacingError):
@@ -223,7 +222,7 @@ class ModelBuild:
         self.fingerprints = tables.Fingerprints(con)  # after fill_missing, which may clear them
         self.changes = MemberChanges(con, self.project)  # what lists and segments lost and gained
         # Tables and views in place before this build (read once, not once per model).
-        self.tables = tables.ModelTables(con, self.full_refresh)
+        self.tables = tables.ModelTables(con, self.full_refresh, self.project.tests)
         self.existing = self.tables.existing
         self._drop_orphans()
 
@@ -323,7 +322,7 @@ class ModelBuild:
         self.tests_run = tests
         for test in tables.tests_to_run(self.fingerprints, tests, self.unchanged):
             try:
-                failures = count_failures(self.con, test)
+                failures = count_failures(self.con, test, self.fingerprints, self.tables)
             except ModelError as exc:
                 raise BuildFailed(self.build_id, test.file, _detail(exc), ()) from None
             if failures:
@@ -408,9 +407,9 @@ class ModelBuild:
         )
 
 
-def count_failures(con: duckdb.DuckDBPyConnection, test: DataTest) -> int:
-    try:
-        return one(con, f"SELECT count(*) FROM ({test.sql})")[0]
+def count_failures(con: duckdb.DuckDBPyConnection, test: DataTest, *build: object) -> int:
+    try:  # build: the build's fingerprints and tables (tasks/models/checks.py)
+        return checks.count_failures(con, test, *build)  # type: ignore[arg-type]
     except duckdb.Error as exc:
         raise ModelError(f"{test.file}: {_message(exc)}") from None
 

@@ -67,25 +67,28 @@ def merge(con: duckdb.DuckDBPyConnection, model: Model, rel: str, known: ModelTa
         return False
     check_unique(con, "relay_delta", model.key)
     match = " AND ".join(f't."{c}" IS NOT DISTINCT FROM d."{c}"' for c in model.key)
-    columns = ", ".join(f'"{c}"' for c in model.key)
-    delete = (
-        f"DELETE FROM {rel} t USING (SELECT DISTINCT {columns} FROM relay_delta) d WHERE {match}"
-    )
     table_columns = known.columns.get(model.relation) or _columns(con, rel)
-    if model.key != ("patient_id",) and "patient_id" in {c for c, _ in table_columns}:
-        # the patients rows move away from (replaced_patients, tasks/models/functions.py), asked
-        # before the DELETE: a DELETE ... RETURNING cost 4-5 times the DELETE on 2M appointments
+    # The rows to replace, found in one pass over the table (by rowid), with the patients they
+    # move away from (replaced_patients, tasks/models/functions.py): a DELETE ... USING and a
+    # join for those patients read every row of a 2M-row table twice; a DELETE ... RETURNING
+    # cost 4-5 times the DELETE.
+    moved = model.key != ("patient_id",) and "patient_id" in {c for c, _ in table_columns}
+    patients = ", t.patient_id AS old, d.patient_id AS new" if moved else ""
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE relay_went AS SELECT t.rowid AS relay_rowid{patients} "
+        f"FROM {rel} t JOIN relay_delta d ON {match}"
+    )
+    if moved:
         con.execute(
-            f"INSERT INTO relay_replaced SELECT DISTINCT ?, t.patient_id FROM {rel} t "
-            f"JOIN relay_delta d ON {match} "
-            "WHERE t.patient_id IS NOT NULL AND t.patient_id IS DISTINCT FROM d.patient_id",
+            "INSERT INTO relay_replaced SELECT DISTINCT ?, old FROM relay_went "
+            "WHERE old IS NOT NULL AND old IS DISTINCT FROM new",
             [model.relation],
         )
-    went = one(con, delete)[0]
+    went = one(con, f"DELETE FROM {rel} WHERE rowid IN (SELECT relay_rowid FROM relay_went)")[0]
     came = one(con, f"INSERT INTO {rel} BY NAME SELECT * FROM relay_delta")[0]
-    known.wrote(
-        model.relation, known.columns.get(model.relation), known.rows[model.relation] - went + came
-    )
+    rows = known.rows[model.relation] - went + came
+    known.wrote(model.relation, known.columns.get(model.relation), rows)
+    known.keep_came(con, model.relation, came, table_columns)
     return True
 
 
@@ -276,7 +279,12 @@ class ModelTables:
     counts and columns it gives are wrong); ``finish`` stores the distinct ones with the build
     (a rolled-back build changes nothing)."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, full_refresh: bool = False):
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        full_refresh: bool = False,
+        tests: Iterable[DataTest] = (),
+    ):
         # Tables and views of the model schemas: relation -> 'table' or 'view'.
         self.existing: dict[str, str] = {
             f"{schema}.{name}": kind
@@ -307,6 +315,12 @@ class ModelTables:
         }
         # A full refresh trusts nothing remembered: a table changed by hand is compared right.
         self.distinct = set() if full_refresh else self.stored & set(relations)
+        # The rows a merge put in a table a data test reads alone: relation -> a temporary
+        # table of them (``keep_came``; what tasks/models/checks.py may test instead).
+        self.came: dict[str, str] = {}
+        self._came_tables: list[str] = []
+        alone = {t.depends_on[0] for t in tests if len(t.depends_on) == 1}
+        self._alone = set() if full_refresh else alone
 
     def is_distinct(self, con: duckdb.DuckDBPyConnection, model: Model, rel: str) -> bool:
         """Whether the table's rows are all distinct: a segment's (one row per patient_id,
@@ -328,6 +342,20 @@ class ModelTables:
         ``distinct``: proven to hold no two identical rows."""
         self.columns[relation], self.rows[relation] = columns, rows
         (self.distinct.add if distinct else self.distinct.discard)(relation)
+        self.came.pop(relation, None)
+
+    def keep_came(
+        self, con: duckdb.DuckDBPyConnection, relation: str, came: int, columns: object
+    ) -> None:
+        """relay_delta holds the ``came`` rows a merge just put in ``relation``'s table: kept
+        till the build ends, renamed, when a data test reads that table alone, they are at most
+        half of it and they have its ``columns`` (tasks/models/checks.py tests them)."""
+        small = relation in self._alone and came * 2 <= self.rows[relation]
+        if small and _columns(con, "relay_delta") == columns:
+            name = f"relay_came_{len(self._came_tables)}"
+            con.execute(f"ALTER TABLE relay_delta RENAME TO {name}")
+            self._came_tables.append(name)
+            self.came[relation] = name
 
     def create(self, con: duckdb.DuckDBPyConnection, relation: str, rel: str, sql: str) -> None:
         """``rel`` (re)made from ``sql`` in full: its columns are read when asked."""
@@ -335,6 +363,7 @@ class ModelTables:
 
     def dropped(self, relation: str) -> None:
         """``relation``'s table or view was dropped."""
+        self.came.pop(relation, None)
         self.existing.pop(relation, None)
         self.columns.pop(relation, None)
         self.rows.pop(relation, None)
@@ -343,8 +372,10 @@ class ModelTables:
     def finish(self, con: duckdb.DuckDBPyConnection) -> None:
         """At the commit: drop the temporary tables the models left; store the tables proven
         distinct, when they changed (inside the build's transaction)."""
-        for temp in ("relay_new", "relay_diff", "relay_delta", "relay_replaced"):
+        for temp in ("relay_new", "relay_diff", "relay_delta", "relay_went", "relay_replaced"):
             con.execute(f"DROP TABLE IF EXISTS {temp}")
+        for temp in self._came_tables:
+            con.execute(f"DROP TABLE {temp}")
         if self.distinct != self.stored:
             con.execute("DELETE FROM state.distinct_model_tables")
             con.execute(

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tasks.config import load_clinic
-from tasks.models import membership
+from tasks.models import checks, membership
 from tasks.models import runner as models
 from tasks.warehouse import one, open_db
 from tests.integration.test_models_sandbox import sync, table
@@ -88,6 +88,20 @@ def test_rebuilds_by_difference_end_where_full_rebuilds_do(tmp_path, server, cli
         for audience, count in result.audiences.items():  # sizes: recorded, or before +- events
             members = "SELECT count(*) FROM state.audience_members WHERE audience = ?"
             assert count["size"] == one(con, members, [audience])[0], audience
+        # data tests run over the rows the build wrote (tasks/models/checks.py) passed: so does
+        # every data test over every row
+        assert set(models.run_tests(con).values()) == {0}
+
+    over_new_rows = checks._over_new_rows
+    tested_new_rows: list[str] = []
+
+    def spying_over_new_rows(con, test, *args):
+        sql = over_new_rows(con, test, *args)
+        if sql is not None:
+            tested_new_rows.append(test.file)
+        return sql
+
+    monkeypatch.setattr(checks, "_over_new_rows", spying_over_new_rows)
 
     finish = models.ModelBuild.finish
 
@@ -123,6 +137,8 @@ def test_rebuilds_by_difference_end_where_full_rebuilds_do(tmp_path, server, cli
     # the ticks recorded membership from the rows their tables lost and gained
     assert any("marts.email_marketing_list" in n for n in noted)
     assert any(any(r.startswith("segments.") for r in n) for n in noted)
+    # and ran data tests over the rows they wrote
+    assert "sql/tests/appointments_have_a_known_status.sql" in tested_new_rows
 
 
 def test_an_appointment_moved_to_another_patient_recomputes_the_patient_it_left(

@@ -37,9 +37,9 @@ def spies(monkeypatch):
         seen["compared"].append(sorted(queries))
         return record(con, queries, *args)
 
-    def count_failures(con, test):
+    def count_failures(con, test, *build):
         seen["tested"].append(test.file)
-        return count(con, test)
+        return count(con, test, *build)
 
     monkeypatch.setattr(membership, "_record", _record)
     monkeypatch.setattr(models, "count_failures", count_failures)
