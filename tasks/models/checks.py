@@ -1,16 +1,18 @@
-"""Running a data test over the rows a build wrote, when that gives the test's verdict.
+"""The data tests a build runs, and over which rows.
 
-A data test that passed on the tables of the last commit, with this SQL (its fingerprint:
-``tables.keep_test_fingerprints``; not reading the clock), and reads one model table alone, row
-by row (its plan is a scan of that table, filters and projections: each row it returns comes
-from one row of the table, whatever the others hold), returns now only rows of the rows this
-build put in that table: every other row was there at the last commit, where it returned
-none. An incremental merge knows those rows (``tables.ModelTables.came``), so the test runs
-over them instead of the whole table: the few thousand appointments a 5-minute build
-recomputed instead of 2,000,000. When they hold an offending row, the test runs over the whole
-table again, so a failing test counts and says what it always did. Anything else (a join, a
-GROUP BY, a subquery, a test that failed or changed, a full refresh, a table rewritten in full)
-runs over every row, as before.
+``tests_to_run``: a test that passed on the tables of the last commit with this SQL (its
+fingerprint: ``keep_test_fingerprints``) and does not read the clock passes again, without
+running, when everything it reads is a model this build left unchanged.
+
+``count_failures``: such a test that reads one model table alone, row by row (DuckDB's plan is
+a scan of that table, filters and projections: each row it returns comes from one row of the
+table, whatever the others hold), can now return only rows this build put in the table: every
+other row was there at the last commit, where it returned none. An incremental merge keeps
+those rows (``tables.ModelTables.came``), so the test runs over them instead of the table: the
+ten thousand appointments a 5-minute build recomputed instead of 2,000,000. When they hold an
+offending row, the test runs over the whole table again, so a failing test counts and says
+what it always did. Anything else (a join, a GROUP BY, a subquery, a test that failed or is
+new or edited, a full refresh, a table rewritten in full) runs over every row.
 """
 
 from __future__ import annotations
@@ -52,12 +54,9 @@ def _over_new_rows(
 ) -> str | None:
     """``test``'s SQL reading the rows this build put in the one table it reads, instead of
     the table, when its verdict over them is its verdict over the table; else None."""
-    if (
-        len(test.depends_on) != 1
-        or test.depends_on[0] not in known.came
-        or fingerprints.get(test.file) != tables._sha(test.sql)
-        or tables._volatile(test.sql)
-    ):
+    if len(test.depends_on) != 1 or test.depends_on[0] not in known.came:
+        return None
+    if not _passed_last(fingerprints, test):
         return None
     relation, temp = test.depends_on[0], known.came[test.depends_on[0]]
     try:
@@ -136,3 +135,37 @@ def _operators(plan: object) -> Iterator[dict]:
         if isinstance(node, dict):
             yield node
             yield from _operators(node.get("children", []))
+
+
+def tests_to_run(
+    fingerprints: tables.Fingerprints, tests: list[DataTest], unchanged: set[str]
+) -> list[DataTest]:
+    """The data tests a build must run: a test passes again, without running, when it passed
+    on the tables of the last commit (its fingerprint is there: ``keep_test_fingerprints``)
+    with this SQL, and reads only models this build left unchanged (and not the clock). On a
+    tick where nothing changed, that is most tests, and they are the ones that scan whole
+    tables."""
+    return [
+        t
+        for t in tests
+        if not _passed_last(fingerprints, t) or not all(d in unchanged for d in t.depends_on)
+    ]
+
+
+def keep_test_fingerprints(
+    fingerprints: tables.Fingerprints, every: tuple[DataTest, ...], passed: list[DataTest]
+) -> None:
+    """At the commit: the tests that passed on this build's tables (ran, or needed not) keep a
+    fingerprint of their SQL; every other test (skipped: it reads a held model, or broken)
+    loses it, so it runs again next time whatever changed. Only what changed is written (on
+    most builds, nothing)."""
+    kept = {t.file for t in passed}
+    fingerprints.forget(t.file for t in every if t.file not in kept)
+    for test in passed:
+        fingerprints.keep(test.file, tables._sha(test.sql))
+
+
+def _passed_last(fingerprints: tables.Fingerprints, test: DataTest) -> bool:
+    """Whether ``test`` passed on the tables of the last commit with this SQL, and its verdict
+    does not move with the clock, a variable or chance."""
+    return fingerprints.get(test.file) == tables._sha(test.sql) and not tables._volatile(test.sql)

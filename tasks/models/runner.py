@@ -320,7 +320,7 @@ class ModelBuild:
             if t.file not in self.broken and not set(t.depends_on) & set(self.held)
         ]
         self.tests_run = tests
-        for test in tables.tests_to_run(self.fingerprints, tests, self.unchanged):
+        for test in checks.tests_to_run(self.fingerprints, tests, self.unchanged):
             try:
                 failures = count_failures(self.con, test, self.fingerprints, self.tables)
             except ModelError as exc:
@@ -349,7 +349,7 @@ class ModelBuild:
         self.memo.keep(self.con)
         # A held incremental model missed the changes this build read: built in full next time.
         self.fingerprints.forget(self.held)
-        tables.keep_test_fingerprints(self.fingerprints, self.project.tests, self.tests_run)
+        checks.keep_test_fingerprints(self.fingerprints, self.project.tests, self.tests_run)
         self.tables.finish(self.con)
         first = next(iter(self.broken.items()), (None, None))
         self.con.execute(

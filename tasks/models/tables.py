@@ -7,8 +7,8 @@ build writes what changed rather than every row again.
 - ``ModelTables``: what the build knows of each model table (columns, rows, whether its rows
   are all distinct), read once when it starts and kept as it writes them.
 - ``data_high_water``: the newest raw write a build reads (the next one merges what came after).
-- ``same_view`` / ``tests_to_run`` / ``keep_test_fingerprints``: what a build may leave as it
-  was because nothing it reads changed (a view's definition, a data test's verdict).
+- ``same_view`` / ``same_table``: what a build may leave as it was because nothing it reads
+  changed (a view's definition, a table's rows; a data test's verdict: tasks/models/checks.py).
 - ``check_shape`` / ``check_unique``: what the rest of the system relies on (key columns, one row
   per patient in a segment); they raise DuckDB errors, which the runner reports with the file.
 """
@@ -481,32 +481,3 @@ def same_table(
         and "raw_changes" not in model.sql
         and all(d in unchanged for d in model.depends_on)
     )
-
-
-def tests_to_run(
-    fingerprints: Fingerprints, tests: list[DataTest], unchanged: set[str]
-) -> list[DataTest]:
-    """The data tests a build must run: a test passes again, without running, when it passed
-    on the tables of the last commit (its fingerprint is there: ``keep_test_fingerprints``)
-    with this SQL, and reads only models this build left unchanged (and not the clock). On a tick where nothing
-    changed, that is most tests, and they are the ones that scan whole tables."""
-    return [
-        t
-        for t in tests
-        if fingerprints.get(t.file) != _sha(t.sql)
-        or _volatile(t.sql)
-        or not all(d in unchanged for d in t.depends_on)
-    ]
-
-
-def keep_test_fingerprints(
-    fingerprints: Fingerprints, every: tuple[DataTest, ...], passed: list[DataTest]
-) -> None:
-    """At the commit: the tests that passed on this build's tables (ran, or needed not) keep a
-    fingerprint of their SQL; every other test (skipped: it reads a held model, or broken)
-    loses it, so it runs again next time whatever changed. Only what changed is written (on
-    most builds, nothing)."""
-    kept = {t.file for t in passed}
-    fingerprints.forget(t.file for t in every if t.file not in kept)
-    for test in passed:
-        fingerprints.keep(test.file, _sha(test.sql))

@@ -271,7 +271,7 @@ def test_a_segment_that_repeats_a_patient_on_a_later_build_fails_it(con, tmp_pat
     )
     build(con, sql_dir)  # a row came, the segment by difference: still one row a patient
     con.execute(  # patient 1's row goes, and two come
-        "UPDATE raw.patients SET payload = '{\"email\": \"ann.twice@example.com\"}', "
+        'UPDATE raw.patients SET payload = \'{"email": "ann.twice@example.com"}\', '
         "synced_at = now() WHERE id = 1"
     )
     with pytest.raises(
