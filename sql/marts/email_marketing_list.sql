@@ -23,7 +23,8 @@
 -- Incremental: a build recomputes only the addresses whose row may have changed since the
 -- previous build (addresses_in_scope); the other rows stay as they are. Everything is
 -- recomputed on a full build, and when clinic.yaml sets a size_cap (the cap ranks the whole
--- list). An address no patient has any more comes out with no patient_id, which removes its row.
+-- list: then the addresses near the cap come out too). An address no patient has any more comes
+-- out with no patient_id, which removes its row.
 with
 
 settings as (
@@ -201,6 +202,18 @@ capped as (
     cross join settings
 ),
 
+-- With a size cap every address is computed (the cap ranks the whole list), yet only those in
+-- scope and those ranked near the cap can have changed: each address in scope moves another
+-- address's place by one at most.
+changed as (
+    select *
+    from capped
+    where getvariable('changes_since') is null
+        or email_normalised in (select email from addresses_in_scope)
+        or cap_position > list_size_cap - (select count(*) from addresses_in_scope)
+        and cap_position <= list_size_cap + (select count(*) from addresses_in_scope)
+),
+
 final as (
     select
         email_normalised as email,
@@ -244,7 +257,7 @@ final as (
                     else 'seen within the last ' || active_patient_months || ' months'
                 end
         end as reason
-    from capped
+    from changed
 ),
 
 -- an address in scope that no patient has any more: no patient_id, so its row goes
