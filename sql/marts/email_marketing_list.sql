@@ -210,8 +210,8 @@ changed as (
     from capped
     where getvariable('changes_since') is null
         or email_normalised in (select email from addresses_in_scope)
-        or cap_position > list_size_cap - (select count(*) from addresses_in_scope)
-        and cap_position <= list_size_cap + (select count(*) from addresses_in_scope)
+        or (cap_position > list_size_cap - (select count(*) from addresses_in_scope)
+            and cap_position <= list_size_cap + (select count(*) from addresses_in_scope))
 ),
 
 final as (

@@ -21,7 +21,8 @@ numbers_in_scope as (
     -- they had (it may now belong to another patient, or be shared by one fewer)
     select value as mobile_e164 from changed_values('marts.patient_rows', 'mobile_e164')
     union
-    -- every number ever opted out or back in (few): one may have come since
+    -- every number ever opted out or back in (a small part of the list): a new STOP or START
+    -- may have come since, and the history's times cannot say which
     select address from state.suppressions where channel = 'sms'
 ),
 
