@@ -1,3 +1,4 @@
+-- config: materialized=incremental, key=email, delete_if_null=patient_id
 -- The email marketing list (PRODUCT.md §2, seed 002): one row per distinct email address
 -- (trimmed, lower-case) with its status and the reason, by these rules in this order:
 --   invalid       the address fails a syntax check
@@ -18,15 +19,48 @@
 -- or earliest_created (oldest patient records first); ties go to the lower patient_id.
 -- Columns: email, patient_id, greeting_name, first_name, last_seen_at, patients_sharing,
 --   soft_bounces, status, reason.
+--
+-- Incremental: a build recomputes only the addresses whose row may have changed since the
+-- previous build (addresses_in_scope); the other rows stay as they are. Everything is
+-- recomputed on a full build, and when clinic.yaml sets a size_cap (the cap ranks the whole
+-- list: then the addresses near the cap come out too). An address no patient has any more comes
+-- out with no patient_id, which removes its row.
 with
+
+settings as (
+    select * from state.build_context
+),
+
+addresses_in_scope as (
+    -- patients whose row marts.patient_rows replaced: the address they have now and the
+    -- one they had (it may now belong to another patient, or be shared by one fewer)
+    select value as email from changed_values('marts.patient_rows', 'email_normalised')
+    union
+    -- every address ever suppressed, lifted or bounced (a small part of the list): a new
+    -- suppression, lift or bounce may have come since, and the history's times cannot say which
+    select address from state.suppressions where channel = 'email'
+    union
+    select email from state.email_bounces
+    union
+    -- the clock: patients who crossed the active-patient limit between the previous build and
+    -- this one (its time moves nothing else here)
+    select marts.patients.email_normalised
+    from marts.patients
+    cross join settings
+    where last_seen_at
+        >= least(getvariable('previous_built_at'), settings.built_at)
+            - to_months(settings.active_patient_months)
+        and last_seen_at
+            < greatest(getvariable('previous_built_at'), settings.built_at)
+                - to_months(settings.active_patient_months)
+),
 
 patients as (
     select * from marts.patients
     where email_normalised is not null
-),
-
-settings as (
-    select * from state.build_context
+        and (getvariable('changes_since') is null
+            or (select list_size_cap from settings) is not null
+            or email_normalised in (select email from addresses_in_scope))
 ),
 
 -- what is suppressed now, per address and scope (the one reading: tasks/schema/20_suppressions.sql)
@@ -102,7 +136,8 @@ one_per_email as (
 ),
 
 -- Whether a lapsed address was ever on the list ('removed', not 'inactive'): only lapsed
--- addresses are looked up, not every address that ever joined.
+-- addresses are looked up, not every address that ever joined. (An address joins only while
+-- subscribed, in a build that computed its row: a lapsed row's history never changes unseen.)
 previous_members as (
     select distinct member_key as email
     from state.membership_events
@@ -167,6 +202,18 @@ capped as (
     cross join settings
 ),
 
+-- With a size cap every address is computed (the cap ranks the whole list), yet only those in
+-- scope and those ranked near the cap can have changed: each address in scope moves another
+-- address's place by one at most.
+changed as (
+    select *
+    from capped
+    where getvariable('changes_since') is null
+        or email_normalised in (select email from addresses_in_scope)
+        or (cap_position > list_size_cap - (select count(*) from addresses_in_scope)
+            and cap_position <= list_size_cap + (select count(*) from addresses_in_scope))
+),
+
 final as (
     select
         email_normalised as email,
@@ -210,7 +257,15 @@ final as (
                     else 'seen within the last ' || active_patient_months || ' months'
                 end
         end as reason
-    from capped
+    from changed
+),
+
+-- an address in scope that no patient has any more: no patient_id, so its row goes
+gone as (
+    select email from addresses_in_scope
+    where email is not null and email not in (select email from final)
 )
 
 select * from final
+union all by name
+select * from gone

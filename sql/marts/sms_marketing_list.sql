@@ -1,3 +1,4 @@
+-- config: materialized=incremental, key=mobile_e164, delete_if_null=patient_id
 -- The SMS marketing list (PRODUCT.md §2, seed 003): one row per distinct valid mobile number
 -- (E.164). Reminders and one-off SMS ignore it; marketing SMS go only to 'subscribed' rows.
 -- Statuses, in this order:
@@ -8,11 +9,28 @@
 -- A shared number appears once, for the patient who qualifies best, then seen most recently.
 -- Patients whose mobile cannot be read are not here: see marts.patients (mobile_e164 NULL).
 -- Columns: mobile_e164, patient_id, greeting_name, first_name, patients_sharing, status, reason.
+--
+-- Incremental: a build recomputes only the numbers whose row may have changed since the
+-- previous build (numbers_in_scope); the other rows stay as they are. Everything is recomputed
+-- on a full build. A number no patient has any more comes out with no patient_id, which
+-- removes its row.
 with
+
+numbers_in_scope as (
+    -- patients whose row marts.patient_rows replaced: the number they have now and the one
+    -- they had (it may now belong to another patient, or be shared by one fewer)
+    select value as mobile_e164 from changed_values('marts.patient_rows', 'mobile_e164')
+    union
+    -- every number ever opted out or back in (a small part of the list): a new STOP or START
+    -- may have come since, and the history's times cannot say which
+    select address from state.suppressions where channel = 'sms'
+),
 
 patients as (
     select * from marts.patients
     where mobile_e164 is not null
+        and (getvariable('changes_since') is null
+            or mobile_e164 in (select mobile_e164 from numbers_in_scope))
 ),
 
 -- what is suppressed now, per address and scope (the one reading: tasks/schema/20_suppressions.sql)
@@ -85,6 +103,14 @@ final as (
     from one_per_mobile
     left join number_suppression
         on number_suppression.mobile_e164 = one_per_mobile.mobile_e164
+),
+
+-- a number in scope that no patient has any more: no patient_id, so its row goes
+gone as (
+    select mobile_e164 from numbers_in_scope
+    where mobile_e164 is not null and mobile_e164 not in (select mobile_e164 from final)
 )
 
 select * from final
+union all by name
+select * from gone

@@ -5,8 +5,9 @@ An analyst's contract (sql/README.md): one SELECT per file; model name = file na
 folder; dependencies are read from the SQL itself (DuckDB's parse tree, json_serialize_sql:
 every table named with its schema, CTE names left out); ``raw.*`` and ``state.*`` are sources.
 A ``-- config:`` header line picks the materialisation: ``table`` (default), ``view``, or
-``incremental`` with a ``key``. Nothing here writes but ``remember_parses``, which the runner
-calls inside its build: a file the runner cannot use is refused before a build touches anything.
+``incremental`` with a ``key`` (and ``delete_if_null``: a selected row with that column NULL
+removes its key's row). Nothing here writes but ``remember_parses``, which the runner calls
+inside its build: a file the runner cannot use is refused before a build touches anything.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ MODEL_SCHEMAS = ("staging", "marts", "segments")
 TESTS_FOLDER = "tests"
 MATERIALIZATIONS = ("table", "view", "incremental")
 
+# Table functions (tasks/models/functions.py) whose first argument names the table they read.
+CHANGE_FUNCTIONS = ("raw_changes", "replaced_patients", "changed_values")
+
 _CONFIG_LINE = re.compile(r"^--\s*config:(.*)$", re.IGNORECASE)
 
 
@@ -44,11 +48,35 @@ class Model:
     sql: str
     materialized: str = "table"
     key: tuple[str, ...] = ()  # incremental: new rows replace existing rows with the same key
+    # incremental: a selected row with this column NULL removes its key's row and is not kept
+    delete_if_null: str | None = None
     depends_on: tuple[str, ...] = ()  # qualified models and sources this model reads
 
     @property
     def relation(self) -> str:
         return f"{self.schema}.{self.name}"
+
+    @property
+    def full_sql(self) -> str:
+        """The model's rows when built in full: its SELECT, less the rows that only delete
+        (``delete_if_null``)."""
+        if not self.delete_if_null:
+            return self.sql
+        return f'SELECT * FROM ({self.sql}) WHERE "{self.delete_if_null}" IS NOT NULL'
+
+
+# changed_values('<model>', '<column>') (tasks/models/functions.py) in a model's SQL
+_CHANGED_VALUES = re.compile(r"\bchanged_values\(\s*'([\w.]+)'\s*,\s*'(\w+)'\s*\)", re.I)
+
+
+def changed_values_read(models: Iterable[Model]) -> dict[str, set[str]]:
+    """Each model whose changed_values another model reads -> the columns it reads (a merge
+    keeps those: tasks/models/tables.py)."""
+    out: dict[str, set[str]] = {}
+    for model in models:
+        for relation, column in _CHANGED_VALUES.findall(model.sql):
+            out.setdefault(relation.lower(), set()).add(column)
+    return out
 
 
 @dataclass(frozen=True)
@@ -121,7 +149,7 @@ def _parse_config(file: str, text: str) -> dict[str, str]:
             continue
         for item in filter(None, (p.strip() for p in match.group(1).split(","))):
             key, sep, value = (s.strip() for s in item.partition("="))
-            if not sep or not value or key not in ("materialized", "key"):
+            if not sep or not value or key not in ("materialized", "key", "delete_if_null"):
                 raise ModelError(
                     f"{file}: cannot read '-- config:' item '{item}'. Write e.g. "
                     "'-- config: materialized=view' or "
@@ -138,6 +166,8 @@ def _parse_config(file: str, text: str) -> dict[str, str]:
             f"{file}: an incremental model needs key= in its '-- config:' line (the column, or "
             "columns joined by '+', whose rows a new selection replaces)."
         )
+    if "delete_if_null" in config and materialized != "incremental":
+        raise ModelError(f"{file}: delete_if_null= is for an incremental model (with its key=).")
     return config
 
 
@@ -190,12 +220,13 @@ def tables_read(
     tables = set()
     for node in nodes:
         if node.get("type") == "TABLE_FUNCTION":
-            # raw_changes('raw.patients') and replaced_patients('marts.appointments')
-            # (tasks.models.functions) read the table they name.
+            # raw_changes('raw.patients'), replaced_patients('marts.appointments') and
+            # changed_values('marts.patient_rows', ...) (tasks.models.functions) read the table
+            # they name.
             function = node.get("function") or {}
             arguments = function.get("arguments") or [{}]
             literal = (arguments[0].get("expression") or {}).get("literal") or {}
-            named = function.get("function_name") in ("raw_changes", "replaced_patients")
+            named = function.get("function_name") in CHANGE_FUNCTIONS
             if named and literal.get("kind") == "STRING":
                 tables.add(literal["text"].lower())
             continue
@@ -453,5 +484,6 @@ def _read_file(
         sql=sql,
         materialized=config["materialized"],
         key=tuple(c.strip() for c in config.get("key", "").split("+") if c.strip()),
+        delete_if_null=config.get("delete_if_null"),
         depends_on=depends_on,
     )

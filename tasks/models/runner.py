@@ -222,7 +222,8 @@ class ModelBuild:
         self.fingerprints = tables.Fingerprints(con)  # after fill_missing, which may clear them
         self.changes = MemberChanges(con, self.project)  # what lists and segments lost and gained
         # Tables and views in place before this build (read once, not once per model).
-        self.tables = tables.ModelTables(con, self.full_refresh, self.project.tests)
+        p = self.project  # its tests and models (tasks/models/tables.py: what each reads)
+        self.tables = tables.ModelTables(con, self.full_refresh, p.tests, p.models)
         self.existing = self.tables.existing
         self._drop_orphans()
 
@@ -289,11 +290,11 @@ class ModelBuild:
                 and self.changes_since is not None
                 and previous == fingerprint
             ):
-                if not tables.merge(con, model, rel, known):
+                if not tables.merge(con, model, rel, known, self.changes.note(model.relation)):
                     self.unchanged.add(model.relation)
             else:
                 self._set_changes(None, None)
-                known.create(con, model.relation, rel, model.sql)
+                known.create(con, model.relation, rel, model.full_sql)
                 self._set_changes(self.changes_since, self.previous_built_at)
                 tables.check_unique(con, rel, model.key)
             self.fingerprints.keep(model.relation, fingerprint)

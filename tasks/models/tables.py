@@ -25,7 +25,8 @@ from datetime import datetime
 import duckdb
 
 from tasks.cliniko.resources import RESOURCES
-from tasks.models.project import MODEL_SCHEMAS, DataTest, Model, Project
+from tasks.models import functions as models_functions
+from tasks.models.project import MODEL_SCHEMAS, DataTest, Model, Project, changed_values_read
 from tasks.warehouse import one
 
 # Column types a row-by-row comparison leaves to a full rewrite.
@@ -59,10 +60,17 @@ def _words(sql: str) -> frozenset[str]:
     return frozenset(re.findall(r"\w+", sql))
 
 
-def merge(con: duckdb.DuckDBPyConnection, model: Model, rel: str, known: ModelTables) -> bool:
-    """Replace the rows whose key the model's (changed-only) selection returns. Idempotent:
-    a crash before COMMIT leaves the previous rows, and the next build selects again.
-    Returns whether the selection had any row (False: the table is as it was)."""
+def merge(
+    con: duckdb.DuckDBPyConnection,
+    model: Model,
+    rel: str,
+    known: ModelTables,
+    note: Callable[[str, str], object] | None = None,
+) -> bool:
+    """Replace the rows whose key the model's (changed-only) selection returns (a row whose
+    ``delete_if_null`` column is NULL only removes); the rows replaced are read before the DELETE
+    for changed_values and ``note`` (an audience's: tasks/models/membership.py). Idempotent: a
+    crash before COMMIT leaves the previous rows. Returns whether the selection had any row."""
     if not one(con, f"CREATE OR REPLACE TEMP TABLE relay_delta AS {model.sql}")[0]:
         return False
     check_unique(con, "relay_delta", model.key)
@@ -84,6 +92,12 @@ def merge(con: duckdb.DuckDBPyConnection, model: Model, rel: str, known: ModelTa
             "WHERE old IS NOT NULL AND old IS DISTINCT FROM new",
             [model.relation],
         )
+    old = f"(SELECT * FROM {rel} WHERE rowid IN (SELECT relay_rowid FROM relay_went))"
+    models_functions.keep_changed_values(con, model.relation, known.asked, old, "relay_delta")
+    if model.delete_if_null:  # a row that only deletes its key's row is not put in
+        con.execute(f'DELETE FROM relay_delta WHERE "{model.delete_if_null}" IS NULL')
+    if note is not None:
+        note(old, "relay_delta")
     went = one(con, f"DELETE FROM {rel} WHERE rowid IN (SELECT relay_rowid FROM relay_went)")[0]
     came = one(con, f"INSERT INTO {rel} BY NAME SELECT * FROM relay_delta")[0]
     rows = known.rows[model.relation] - went + came
@@ -284,7 +298,9 @@ class ModelTables:
         con: duckdb.DuckDBPyConnection,
         full_refresh: bool = False,
         tests: Iterable[DataTest] = (),
+        models: Iterable[Model] = (),
     ):
+        self.asked = changed_values_read(models)  # relation -> columns (``merge``)
         # Tables and views of the model schemas: relation -> 'table' or 'view'.
         self.existing: dict[str, str] = {
             f"{schema}.{name}": kind

@@ -169,3 +169,139 @@ def test_an_appointment_moved_to_another_patient_recomputes_the_patient_it_left(
         visits = "SELECT visit_count FROM marts.patients WHERE patient_id = ?"
         assert fast.execute(visits, [old]).fetchone() == full.execute(visits, [old]).fetchone()
         assert audiences(fast) == audiences(full)
+
+
+LISTS = ("marts.email_marketing_list", "marts.sms_marketing_list")
+
+
+def test_the_lists_recompute_what_changed_and_end_where_full_rebuilds_do(
+    tmp_path, server, clinic, monkeypatch
+):
+    """The marketing lists recompute only the addresses and numbers a build's changes reach
+    (changed_values of marts.patient_rows, suppressions and bounces, the clock), yet every row
+    and every membership event is what a full rebuild gives: a patient moving to a shared
+    address and out of it (the kept patient, and another), a number moving, a bounce, an
+    unsubscribe, a STOP and a lift arriving, a subscribed patient lapsing past the
+    active-patient limit while nothing of theirs changes, and a size cap (issue 16)."""
+    from dataclasses import replace
+
+    from tasks.models import tables
+
+    settings = models.ListSettings.from_config(load_clinic("demo"))
+    assert settings.active_patient_months and settings.list_size_cap is None
+    selected: dict[str, int] = {}
+    merge = tables.merge
+
+    def counting_merge(con, model, *args, **kwargs):
+        if model.relation in LISTS:
+            selected[model.relation] = one(con, f"SELECT count(*) FROM ({model.sql})")[0]
+        return merge(con, model, *args, **kwargs)
+
+    monkeypatch.setattr(tables, "merge", counting_merge)
+
+    def build_both(fast, full, now, list_settings=settings, edit=None) -> None:
+        clinic.advance(timedelta(minutes=5))
+        if edit:
+            edit()
+        for con in (fast, full):
+            sync(con, server, clinic)
+        selected.clear()  # what the ticks' merges select (a full rebuild merges nothing)
+        for con in (fast, full):
+            models.build(con, list_settings, now=now, full_refresh=con is full)
+        assert audiences(fast) == audiences(full)
+
+    def rows(con, sql: str, *args) -> list[tuple]:
+        return con.execute(sql, list(args)).fetchall()
+
+    def moved(patient_ids, changes):
+        return lambda: clinic.bulk_edit("patients", patient_ids, changes)
+
+    with open_db(tmp_path / "ticks.duckdb") as fast, open_db(tmp_path / "full.duckdb") as full:
+        for con in (fast, full):
+            sync(con, server, clinic)
+            models.build(con, settings, now=clinic.now, full_refresh=con is full)
+        email = "SELECT email, patient_id FROM marts.email_marketing_list "
+        (a, ea), (b, eb), (c, ec) = [
+            (p, e)
+            for e, p in rows(
+                fast,
+                email + "WHERE status = 'subscribed' AND patients_sharing = 1 ORDER BY 2 LIMIT 3",
+            )
+        ]
+        sms = "SELECT mobile_e164, patient_id FROM marts.sms_marketing_list "
+        (n1, p1), (n2, p2) = rows(
+            fast, sms + "WHERE status = 'subscribed' AND patients_sharing = 1 ORDER BY 2 LIMIT 2"
+        )
+
+        # b and c move to a's address (b's and c's addresses are nobody's any more); p2 takes
+        # p1's number
+        def share():
+            clinic.bulk_edit("patients", [b, c], {"email": f" {ea.upper()}"})
+            mobile = [{"phone_type": "Mobile", "number": n1}]
+            clinic.bulk_edit("patients", [p2], {"patient_phone_numbers": mobile})
+
+        build_both(fast, full, clinic.now, edit=share)
+        assert rows(fast, email + "WHERE email IN (?, ?)", eb, ec) == []
+        shared = "SELECT patients_sharing, patient_id FROM marts.email_marketing_list "
+        ((sharing, kept),) = rows(fast, shared + "WHERE email = ?", ea)
+        assert sharing == 3
+        assert set(selected) == set(LISTS)  # the lists were recomputed in part only
+        for table, count in selected.items():
+            assert 0 < count < one(fast, f"SELECT count(*) FROM {table}")[0], table
+
+        # a patient who shares the address but is not the one kept leaves it; then the kept one
+        other = max({a, b, c} - {kept})
+        build_both(fast, full, clinic.now, edit=moved([other], {"email": f"x{other}@example.org"}))
+        assert rows(fast, shared + "WHERE email = ?", ea) == [(2, kept)]
+        build_both(fast, full, clinic.now, edit=moved([kept], {"email": f"x{kept}@example.org"}))
+        assert rows(fast, shared + "WHERE email = ?", ea)[0][0] == 1
+
+        # a hard bounce, an unsubscribe and a STOP arrive; then the unsubscribe is lifted
+        def feedback(action):
+            for con in (fast, full):
+                if action == "suppress":
+                    con.execute(
+                        "INSERT INTO state.email_bounces VALUES ('b1', ?, 'hard', ?, 'postmark')",
+                        [ea, clinic.now],
+                    )
+                con.execute(
+                    "INSERT INTO state.suppressions (channel, address, action, reason, source, "
+                    "occurred_at) VALUES ('email', ?, ?, 'unsubscribed', 'operator', ?), "
+                    "('sms', ?, ?, 'stop', 'twilio', ?)",
+                    [f"x{other}@example.org", action, clinic.now, n1, action, clinic.now],
+                )
+
+        for action in ("suppress", "lift"):
+            feedback(action)
+            build_both(fast, full, clinic.now)
+        status = "SELECT status FROM marts.email_marketing_list WHERE email = ?"
+        assert rows(fast, status, ea) == [("bounced",)]
+
+        # the clock: the subscribed patient seen longest ago lapses; nothing of theirs changed
+        lapsing, limit = one(
+            fast,
+            "SELECT l.patient_id, l.last_seen_at + to_months(?) + INTERVAL 1 HOUR "
+            "FROM marts.email_marketing_list l JOIN marts.patients p USING (patient_id) "
+            "WHERE l.status = 'subscribed' AND (p.date_of_birth IS NULL OR "
+            "date_part('year', age(?::DATE, p.date_of_birth)) = date_part('year', age("
+            "(l.last_seen_at + to_months(?) + INTERVAL 1 HOUR)::DATE, p.date_of_birth))) "
+            "ORDER BY l.last_seen_at, 1 LIMIT 1",
+            [settings.active_patient_months, clinic.now, settings.active_patient_months],
+        )
+        later = max(limit, clinic.now + timedelta(minutes=5))
+        build_both(fast, full, later)
+        assert rows(
+            fast, "SELECT status FROM marts.email_marketing_list WHERE patient_id = ?", lapsing
+        ) == [("removed",)]
+
+        # a size cap: the build after it takes effect moves people across it
+        subscribed = "SELECT count(*) FROM marts.email_marketing_list WHERE status = 'subscribed'"
+        capped = replace(settings, list_size_cap=one(fast, subscribed)[0] - 3)
+        build_both(fast, full, later, capped)
+        (first,) = one(
+            fast,
+            "SELECT min(patient_id) FROM marts.email_marketing_list WHERE status = 'subscribed'",
+        )
+        archived = {"archived_at": clinic.now.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        build_both(fast, full, later, capped, edit=moved([first], archived))
+        assert one(fast, subscribed)[0] == capped.list_size_cap

@@ -326,6 +326,44 @@ def test_an_incremental_model_merges_new_rows_and_rebuilds_when_its_sql_changes(
     assert emails == {1: "ann2@example.com", 2: "unseen@example.com"}
 
 
+def test_a_model_follows_the_values_another_merge_changed_and_deletes_what_nobody_has(
+    con, tmp_path
+):
+    """marts.by_email counts the patients at each address incrementally: it recomputes the
+    addresses staging.people's merge changed, as they were and as they are (changed_values),
+    and a row selected with no count removes its address (delete_if_null)."""
+    people = (
+        "-- config: materialized=incremental, key=patient_id\n"
+        "select id as patient_id, payload->>'email' as email from raw.patients "
+        "where getvariable('changes_since') is null or synced_at > getvariable('changes_since')"
+    )
+    by_email = (
+        "-- config: materialized=incremental, key=email, delete_if_null=patients\n"
+        "with scope as (select value as email from changed_values('staging.people', 'email')), "
+        "counted as (select email, count(*) as patients from staging.people "
+        "where getvariable('changes_since') is null or email in (select email from scope) "
+        "group by email) "
+        "select * from counted union all by name "
+        "select email from scope where email not in (select email from counted)"
+    )
+    sql_dir = write(tmp_path, {"staging/people.sql": people, "marts/by_email.sql": by_email})
+    assert models.discover(con, sql_dir).model("marts.by_email").depends_on == ("staging.people",)
+    build(con, sql_dir)
+    assert rows(con, "marts.by_email") == [("ann@example.com", 1), ("bob@example.com", 1)]
+    con.execute(
+        'UPDATE raw.patients SET payload = \'{"email": "bob@example.com"}\', '
+        "synced_at = synced_at + INTERVAL 1 MINUTE WHERE id = 1"
+    )
+    build(con, sql_dir)
+    assert rows(con, "marts.by_email") == [("bob@example.com", 2)]
+    write(
+        tmp_path,
+        {"marts/by_email.sql": by_email.replace("materialized=incremental, key=email, ", "")},
+    )
+    with pytest.raises(models.ModelError, match="delete_if_null= is for an incremental model"):
+        models.discover(con, sql_dir)
+
+
 def test_a_successful_build_records_counts_only(con, tmp_path):
     sql_dir = write(tmp_path, GOOD)
     result = build(con, sql_dir)
