@@ -251,8 +251,8 @@ _PARSE_MEMO: dict[str, tuple[str, tuple[str, ...]]] = {}
 
 
 # The same, across processes: every tick is a new process (forked from the worker's template),
-# and parsing the project was ~50 ms of each build. Keyed by the text and DuckDB's version (which
-# parses it); only files that parsed as one SELECT are stored, and only by a build
+# and parsing the project was ~50 ms of each build. Keyed by the text, DuckDB's version (which
+# parses it) and this file's code (which reads the parse: ``_PARSER``); only files that parsed as one SELECT are stored, and only by a build
 # (``remember_parses``), so a stored parse is what ``_parsed`` would compute again.
 STORED_PARSES = "state.parsed_sql"
 
@@ -261,8 +261,13 @@ STORED_PARSES = "state.parsed_sql"
 _UNSTORED: set[str] = set()
 
 
+# What reads the parse (``tables_read``) lives in this file: a new version of it reads stored
+# parses of none of the old texts.
+_PARSER = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
 def _parse_key(text: str) -> str:
-    return hashlib.sha256(f"{duckdb.__version__}\0{text}".encode()).hexdigest()
+    return hashlib.sha256(f"{duckdb.__version__}\0{_PARSER}\0{text}".encode()).hexdigest()
 
 
 def _load_stored_parses(

@@ -95,3 +95,12 @@ def test_a_rolled_back_build_stores_nothing_and_the_next_build_stores_them(
 
 def stored(con) -> int:
     return con.execute("SELECT count(*) FROM state.parsed_sql").fetchone()[0]
+
+
+def test_a_new_version_of_the_parser_reads_no_stored_parse(con, tmp_path, parsed, monkeypatch):
+    sql_dir = write(tmp_path, GOOD)
+    build(con, sql_dir)
+    new_process(monkeypatch, parsed)
+    monkeypatch.setattr(project, "_PARSER", "another version of tables_read")
+    project.discover(con, sql_dir)
+    assert sorted(parsed) == sorted(f"sql/{name}" for name in GOOD)
