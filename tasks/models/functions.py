@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -189,7 +190,8 @@ def remember_mobiles(
 
 
 # A build with at least this many mobile numbers not in state.phone_numbers reads them before
-# the models run, on every core (a Python function called by DuckDB runs one call at a time).
+# the models run, on every core (a Python function called by DuckDB runs one call at a time):
+# a helper process for each such share of them, one per core at most.
 PREFILL_MIN_NUMBERS = 5000
 
 # The numbers staging.patients reads, from patients the sync wrote since ``since`` (all when
@@ -226,16 +228,23 @@ class PhonePrefill:
 
     A build's largest single-threaded step was staging.patients calling phonenumbers for every
     new number (100,000 on a first build): one core busy, the other idle. ``start`` lists the
-    numbers and hands them to a helper process; ``store`` (called before the first model that
-    reads state.phone_numbers) waits for it and writes the answers to the memo, so the numbers
-    are read on the other core while DuckDB builds the models before. Too few numbers (an
-    ordinary tick) start nothing: the model's function reads those. If the helper fails, nothing
-    is stored and the function reads them too: never a different answer, only a slower build.
+    numbers and shares them out to helper processes, one per core (at most one per
+    PREFILL_MIN_NUMBERS numbers); ``store`` (called before the first model that reads
+    state.phone_numbers) waits for them and writes the answers to the memo, so the numbers are
+    read on every core while DuckDB builds the models before (a single helper was the build's
+    longest wait: staging.patients waited seconds for it, on a machine with a core to spare).
+    Too few numbers (an ordinary tick) start nothing: the model's function reads those. If a
+    helper fails, its share is not stored and the function reads those numbers too: never a
+    different answer, only a slower build.
     """
 
     def __init__(self, numbers: list[str], country: str):
         self.numbers, self.country = numbers, country
-        self._helper = _Helper(numbers, country) if numbers else None
+        shares = max(1, min(os.cpu_count() or 1, len(numbers) // PREFILL_MIN_NUMBERS))
+        size = max(1, -(-len(numbers) // shares))  # ceiling: every number in a share
+        self._helpers = [
+            _Helper(numbers[i : i + size], country) for i in range(0, len(numbers), size)
+        ]
 
     @classmethod
     def start(
@@ -248,17 +257,23 @@ class PhonePrefill:
         return cls(numbers if len(numbers) >= PREFILL_MIN_NUMBERS else [], country)
 
     def store(self, con: duckdb.DuckDBPyConnection) -> int:
-        """Wait for the helper and write what it read; returns how many numbers (0 if none)."""
-        helper, self._helper = self._helper, None
-        results = helper.result() if helper else None
-        if not results:
-            return 0
-        remember_mobiles(con, self.country, self.numbers, results)
+        """Wait for the helpers and write what they read; returns how many numbers (0 if
+        none)."""
+        helpers, self._helpers = self._helpers, []
+        numbers: list[str] = []
+        results: list[str | None] = []
+        for helper in helpers:
+            read = helper.result()
+            if read:
+                numbers += helper.numbers
+                results += read
+        if results:
+            remember_mobiles(con, self.country, numbers, results)
         return len(results)
 
     def cancel(self) -> None:
-        helper, self._helper = self._helper, None
-        if helper:
+        helpers, self._helpers = self._helpers, []
+        for helper in helpers:
             helper.cancel()
 
 
@@ -267,6 +282,7 @@ class _Helper:
     tasks.models.functions``), fed and read through pipes, so numbers never reach a log."""
 
     def __init__(self, numbers: list[str], country: str):
+        self.numbers = numbers
         self._out: list[str | None] | None = None
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
