@@ -20,13 +20,13 @@ from collections.abc import Callable
 from datetime import datetime
 
 import duckdb
-import phonenumbers
 from duckdb.func import FunctionNullHandling
 from duckdb.sqltypes import BOOLEAN, VARCHAR
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
 from tasks.cliniko import fields as parsed_fields
 from tasks.cliniko.resources import RESOURCES
+from tasks.models.phones import PHONE_PARSER, mobile_e164
 from tasks.paths import PROJECT_ROOT
 
 _PLAIN_EMAIL = r"^[A-Za-z0-9]+([._+-][A-Za-z0-9]+)*@([A-Za-z0-9]+(-[A-Za-z0-9]+)*\.)+[A-Za-z]{2,}$"
@@ -125,41 +125,8 @@ def note_changed_ids(con: duckdb.DuckDBPyConnection, since: datetime | None) -> 
     )
 
 
-# Keep phonenumbers' compiled metadata patterns (its documented switch) instead of asking re's
-# bounded cache for each of the ~20 patterns a number is matched against: the same answers,
-# about a tenth less CPU for every number a build reads (100,000 on a first build).
-phonenumbers.enable_pattern_cache()
-
-_MOBILE_TYPES = {
-    phonenumbers.PhoneNumberType.MOBILE,
-    phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE,
-}
-
-
-@functools.lru_cache(maxsize=65536)
-def mobile_e164(number: str | None, country: str | None) -> str | None:
-    """A mobile number as typed in Cliniko -> E.164, or None when it is not a valid mobile.
-
-    Numbers without a country prefix are read in ``country``; Cliniko often stores Australian
-    mobiles as "61444444444" (country code without "+"), so that form is tried too.
-    """
-    if number is None:
-        return None
-    for candidate in (number, "+" + number.strip()):
-        try:
-            parsed = phonenumbers.parse(candidate, country)
-        except phonenumbers.NumberParseException:
-            continue
-        # number_type() is UNKNOWN for every number is_valid_number() rejects (it runs the same
-        # metadata match), so asking it alone gives the same answer at two thirds of the cost.
-        if phonenumbers.number_type(parsed) in _MOBILE_TYPES:
-            return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    return None
-
-
 # Numbers read by relay_mobile_e164 since a build last took them: (number, country) -> E.164.
 # A build stores them in state.phone_numbers when it commits (BuildMemo.keep).
-PHONE_PARSER = phonenumbers.__version__
 _parsed_mobiles: dict[tuple[str, str], str | None] = {}
 
 
@@ -279,7 +246,8 @@ class PhonePrefill:
 
 class _Helper:
     """mobile_e164 of each number in another Python process (``python -m
-    tasks.models.functions``), fed and read through pipes, so numbers never reach a log."""
+    tasks.models.phones``, which imports phonenumbers only), fed and read through pipes, so
+    numbers never reach a log."""
 
     def __init__(self, numbers: list[str], country: str):
         self.numbers = numbers
@@ -296,7 +264,7 @@ class _Helper:
                 if self._cancelled:
                     return
                 self._proc = subprocess.Popen(
-                    [sys.executable, "-m", "tasks.models.functions"],
+                    [sys.executable, "-m", "tasks.models.phones"],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL,
@@ -404,8 +372,3 @@ def _create_once(create: Callable[[], object]) -> None:
     except duckdb.CatalogException as exc:  # by another connection to the same database (the
         if "already exists" not in str(exc):  # fast lane's, a cursor): in its catalog, usable
             raise
-
-
-if __name__ == "__main__":  # a parse_mobiles helper: {"country", "numbers"} in, results out
-    request = json.load(sys.stdin)
-    json.dump([mobile_e164(n, request["country"]) for n in request["numbers"]], sys.stdout)
