@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -19,13 +20,13 @@ from collections.abc import Callable
 from datetime import datetime
 
 import duckdb
-import phonenumbers
 from duckdb.func import FunctionNullHandling
 from duckdb.sqltypes import BOOLEAN, VARCHAR
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
 from tasks.cliniko import fields as parsed_fields
 from tasks.cliniko.resources import RESOURCES
+from tasks.models.phones import PHONE_PARSER, mobile_e164
 from tasks.paths import PROJECT_ROOT
 
 _PLAIN_EMAIL = r"^[A-Za-z0-9]+([._+-][A-Za-z0-9]+)*@([A-Za-z0-9]+(-[A-Za-z0-9]+)*\.)+[A-Za-z]{2,}$"
@@ -156,41 +157,8 @@ def note_changed_ids(con: duckdb.DuckDBPyConnection, since: datetime | None) -> 
     )
 
 
-# Keep phonenumbers' compiled metadata patterns (its documented switch) instead of asking re's
-# bounded cache for each of the ~20 patterns a number is matched against: the same answers,
-# about a tenth less CPU for every number a build reads (100,000 on a first build).
-phonenumbers.enable_pattern_cache()
-
-_MOBILE_TYPES = {
-    phonenumbers.PhoneNumberType.MOBILE,
-    phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE,
-}
-
-
-@functools.lru_cache(maxsize=65536)
-def mobile_e164(number: str | None, country: str | None) -> str | None:
-    """A mobile number as typed in Cliniko -> E.164, or None when it is not a valid mobile.
-
-    Numbers without a country prefix are read in ``country``; Cliniko often stores Australian
-    mobiles as "61444444444" (country code without "+"), so that form is tried too.
-    """
-    if number is None:
-        return None
-    for candidate in (number, "+" + number.strip()):
-        try:
-            parsed = phonenumbers.parse(candidate, country)
-        except phonenumbers.NumberParseException:
-            continue
-        # number_type() is UNKNOWN for every number is_valid_number() rejects (it runs the same
-        # metadata match), so asking it alone gives the same answer at two thirds of the cost.
-        if phonenumbers.number_type(parsed) in _MOBILE_TYPES:
-            return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    return None
-
-
 # Numbers read by relay_mobile_e164 since a build last took them: (number, country) -> E.164.
 # A build stores them in state.phone_numbers when it commits (BuildMemo.keep).
-PHONE_PARSER = phonenumbers.__version__
 _parsed_mobiles: dict[tuple[str, str], str | None] = {}
 
 
@@ -221,7 +189,8 @@ def remember_mobiles(
 
 
 # A build with at least this many mobile numbers not in state.phone_numbers reads them before
-# the models run, on every core (a Python function called by DuckDB runs one call at a time).
+# the models run, on every core (a Python function called by DuckDB runs one call at a time):
+# a helper process for each such share of them, one per core at most.
 PREFILL_MIN_NUMBERS = 5000
 
 # The numbers staging.patients reads, from patients the sync wrote since ``since`` (all when
@@ -258,16 +227,23 @@ class PhonePrefill:
 
     A build's largest single-threaded step was staging.patients calling phonenumbers for every
     new number (100,000 on a first build): one core busy, the other idle. ``start`` lists the
-    numbers and hands them to a helper process; ``store`` (called before the first model that
-    reads state.phone_numbers) waits for it and writes the answers to the memo, so the numbers
-    are read on the other core while DuckDB builds the models before. Too few numbers (an
-    ordinary tick) start nothing: the model's function reads those. If the helper fails, nothing
-    is stored and the function reads them too: never a different answer, only a slower build.
+    numbers and shares them out to helper processes, one per core (at most one per
+    PREFILL_MIN_NUMBERS numbers); ``store`` (called before the first model that reads
+    state.phone_numbers) waits for them and writes the answers to the memo, so the numbers are
+    read on every core while DuckDB builds the models before (a single helper was the build's
+    longest wait: staging.patients waited seconds for it, on a machine with a core to spare).
+    Too few numbers (an ordinary tick) start nothing: the model's function reads those. If a
+    helper fails, its share is not stored and the function reads those numbers too: never a
+    different answer, only a slower build.
     """
 
     def __init__(self, numbers: list[str], country: str):
         self.numbers, self.country = numbers, country
-        self._helper = _Helper(numbers, country) if numbers else None
+        shares = max(1, min(os.cpu_count() or 1, len(numbers) // PREFILL_MIN_NUMBERS))
+        size = max(1, -(-len(numbers) // shares))  # ceiling: every number in a share
+        self._helpers = [
+            _Helper(numbers[i : i + size], country) for i in range(0, len(numbers), size)
+        ]
 
     @classmethod
     def start(
@@ -280,25 +256,33 @@ class PhonePrefill:
         return cls(numbers if len(numbers) >= PREFILL_MIN_NUMBERS else [], country)
 
     def store(self, con: duckdb.DuckDBPyConnection) -> int:
-        """Wait for the helper and write what it read; returns how many numbers (0 if none)."""
-        helper, self._helper = self._helper, None
-        results = helper.result() if helper else None
-        if not results:
-            return 0
-        remember_mobiles(con, self.country, self.numbers, results)
+        """Wait for the helpers and write what they read; returns how many numbers (0 if
+        none)."""
+        helpers, self._helpers = self._helpers, []
+        numbers: list[str] = []
+        results: list[str | None] = []
+        for helper in helpers:
+            read = helper.result()
+            if read:
+                numbers += helper.numbers
+                results += read
+        if results:
+            remember_mobiles(con, self.country, numbers, results)
         return len(results)
 
     def cancel(self) -> None:
-        helper, self._helper = self._helper, None
-        if helper:
+        helpers, self._helpers = self._helpers, []
+        for helper in helpers:
             helper.cancel()
 
 
 class _Helper:
     """mobile_e164 of each number in another Python process (``python -m
-    tasks.models.functions``), fed and read through pipes, so numbers never reach a log."""
+    tasks.models.phones``, which imports phonenumbers only), fed and read through pipes, so
+    numbers never reach a log."""
 
     def __init__(self, numbers: list[str], country: str):
+        self.numbers = numbers
         self._out: list[str | None] | None = None
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
@@ -312,7 +296,7 @@ class _Helper:
                 if self._cancelled:
                     return
                 self._proc = subprocess.Popen(
-                    [sys.executable, "-m", "tasks.models.functions"],
+                    [sys.executable, "-m", "tasks.models.phones"],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL,
@@ -426,8 +410,3 @@ def _create_once(create: Callable[[], object]) -> None:
     except duckdb.CatalogException as exc:  # by another connection to the same database (the
         if "already exists" not in str(exc):  # fast lane's, a cursor): in its catalog, usable
             raise
-
-
-if __name__ == "__main__":  # a parse_mobiles helper: {"country", "numbers"} in, results out
-    request = json.load(sys.stdin)
-    json.dump([mobile_e164(n, request["country"]) for n in request["numbers"]], sys.stdout)

@@ -164,6 +164,31 @@ def test_many_new_numbers_are_read_by_a_helper_process_with_the_same_answers(
     }
 
 
+def test_the_numbers_are_shared_out_to_a_helper_per_core_and_all_stored(con, monkeypatch):
+    """One helper was the first build's longest wait (staging.patients waited for it with a core
+    to spare): each core reads a share; every share's answers reach the memo, in its order."""
+    monkeypatch.setattr(models_functions, "PREFILL_MIN_NUMBERS", 2)
+    monkeypatch.setattr(models_functions.os, "cpu_count", lambda: 3)
+    started: list[list[str]] = []
+    helper = models_functions._Helper
+
+    class Counted(helper):
+        def __init__(self, numbers, country):
+            started.append(numbers)
+            super().__init__(numbers, country)
+
+    monkeypatch.setattr(models_functions, "_Helper", Counted)
+    numbers = [f"0412 000 {i:03}" for i in range(7)] + ["12345", "03 9999 1234"]
+    prefill = models_functions.PhonePrefill(numbers, "AU")
+    assert len(started) == 3 and sorted(sum(started, [])) == sorted(numbers)
+    assert prefill.store(con) == len(numbers)
+    assert memo(con) == {
+        n: ("AU", models_functions.PHONE_PARSER, PHONENUMBERS(n, "AU")) for n in numbers
+    }
+    few = models_functions.PhonePrefill(numbers[:3], "AU")  # one share per PREFILL_MIN_NUMBERS
+    assert len(started) == 4 and few.store(con) == 3
+
+
 def test_a_helper_that_cannot_run_leaves_the_numbers_to_the_model(con, parses, monkeypatch):
     monkeypatch.setattr(models_functions, "PREFILL_MIN_NUMBERS", 1)
     monkeypatch.setattr(models_functions.sys, "executable", "/nonexistent/python")
