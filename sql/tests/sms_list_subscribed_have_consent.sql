@@ -1,5 +1,5 @@
 -- Everyone subscribed to SMS marketing accepted it in Cliniko, is not archived, and has not
--- opted out since; one row per number.
+-- opted out since. (One row per number is the list's key: the runner checks it.)
 with
 
 sms_list as (
@@ -26,8 +26,3 @@ where sms_list.status = 'subscribed'
         or patients.is_archived
         or patients.mobile_e164 is distinct from sms_list.mobile_e164
         or current_suppression.address is not null)
-union all
-select min(patient_id)
-from sms_list
-group by mobile_e164
-having count(*) > 1
