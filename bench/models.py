@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -41,6 +40,8 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from tasks.peak_memory import peak_rss_mb
 
 PATIENTS = int(os.environ.get("BENCH_PATIENTS", 100_000))
 APPOINTMENTS = int(os.environ.get("BENCH_APPOINTMENTS", 2_000_000))
@@ -165,10 +166,6 @@ def _cpu_seconds() -> tuple[float, float]:
     )
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def generate(db: Path) -> dict:
     from tasks.cliniko import fields as parsed_fields
     from tasks.warehouse import open_db
@@ -262,7 +259,7 @@ def build_phase(db: Path, phase: str) -> dict:
         "cpu_seconds": cpu,
         "helper_cpu_seconds": helper,
         "load_at_start": load,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "email_list": result.audiences["email_marketing_list"]["size"],
         "appointments": result.rows["marts.appointments"],
         "top_steps": {

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import queue
-import resource as _rusage
 import sys
 import threading
 import time
@@ -46,6 +45,7 @@ from tasks.cliniko import resources as _resources
 from tasks.cliniko.client import ClinikoClient, Pace, Page
 from tasks.cliniko.resources import RESOURCES, Resource
 from tasks.cliniko.writer import Batch, ResourceWriter, mark_removed, parse_records, watermark
+from tasks.peak_memory import peak_rss_mb
 from tasks.warehouse import one, open_db
 
 # --- Reading: the one paging mechanism ----------------------------------------------------------
@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         "rate_limited": client.stats.rate_limited,
         "retried": client.stats.retried,
         "paced_seconds": client.stats.paced_seconds,
-        "peak_rss_mb": _rusage.getrusage(_rusage.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "resources": {name: asdict(c) for name, c in counts.items()},
     }
     sys.stdout.write(orjson.dumps(report).decode() + "\n")
