@@ -193,10 +193,11 @@ def remember_mobiles(
 # a helper process for each such share of them, one per core at most.
 PREFILL_MIN_NUMBERS = 5000
 
-# The numbers staging.patients reads, from patients the sync wrote since ``since`` (all when
-# NULL) and not yet in the memo: each patient's first Mobile-typed entry, and every entry of a
-# patient without one. (The model also reads the other entries of a patient whose first Mobile
-# entry is not a valid mobile; which those are needs the answers, so the model parses them
+# The numbers staging.patients reads, from the patients it reads ({source}: all of them, or on
+# an incremental build those the sync wrote since, as raw_changes finds them) and not yet in
+# the memo: each patient's first Mobile-typed entry, and every entry of a patient without one.
+# (The model also reads the other entries of a patient whose first Mobile entry is not a
+# valid mobile; which those are needs the answers, so the model parses them
 # itself: few.) Reading them here is only a head start: staging.patients still decides which
 # number is a patient's, and parses any it does not find in the memo, so if this query and the
 # model ever disagree the cost is a slower build, never a different answer (a memo row is
@@ -208,8 +209,7 @@ WITH phones AS MATERIALIZED (
     FROM (
         SELECT json_transform(payload, '{"patient_phone_numbers":
             [{"phone_type": "VARCHAR", "number": "VARCHAR"}]}').patient_phone_numbers AS entries
-        FROM raw.patients
-        WHERE $since IS NULL OR synced_at > $since
+        FROM {source}
     )
 )
 SELECT DISTINCT number FROM (
@@ -249,9 +249,16 @@ class PhonePrefill:
     def start(
         cls, con: duckdb.DuckDBPyConnection, country: str, since: datetime | None
     ) -> PhonePrefill:
+        # An incremental build reads the patients raw_changes gives staging.patients (the
+        # build has set changes_since to ``since``): by the ids the build listed, when it did.
+        # A filter on synced_at read the JSON of every vector holding a change (~20 ms for the
+        # 150 patients of a 5-minute change, every build, to find the few numbers not read).
+        source = "raw.patients" if since is None else "raw_changes('raw.patients')"
         numbers = [
             r[0]
-            for r in con.execute(_UNREAD_MOBILES, {"since": since, "country": country}).fetchall()
+            for r in con.execute(
+                _UNREAD_MOBILES.replace("{source}", source), {"country": country}
+            ).fetchall()
         ]
         return cls(numbers if len(numbers) >= PREFILL_MIN_NUMBERS else [], country)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -281,3 +281,41 @@ def test_the_sql_helpers_register_again_on_a_second_connection_to_the_same_datab
     assert second.execute("SELECT relay_mobile_e164('0412 345 678', 'AU')").fetchone() == (
         "+61412345678",
     )
+
+
+def test_an_incremental_build_reads_ahead_only_the_numbers_of_patients_written_since(
+    con, monkeypatch
+):
+    """On an incremental build the head start reads the patients staging.patients reads
+    (raw_changes: by the ids the build listed), not every payload holding a change."""
+    build(con)
+    asked: list[list[str]] = []
+
+    class Helper:  # what the head start would give a helper process; it reads nothing
+        def __init__(self, numbers, country):
+            asked.append(sorted(numbers))
+            self.numbers = numbers
+
+        def result(self):
+            return None
+
+        def cancel(self):
+            pass
+
+    monkeypatch.setattr(models_functions, "PREFILL_MIN_NUMBERS", 1)
+    monkeypatch.setattr(models_functions, "_Helper", Helper)
+    later = NOW + timedelta(minutes=1)
+    for pid, number in ((20, "0412 000 001"), (21, "0412 000 002"), (1, "0412 000 003")):
+        phones = [{"phone_type": "Mobile", "number": number}]
+        payload = {"id": str(pid), "patient_phone_numbers": phones}
+        con.execute(
+            "INSERT OR REPLACE INTO raw.patients VALUES (?, NULL, ?, ?, NULL)",
+            [pid, json.dumps(payload), later],
+        )
+    models.build(con, models.ListSettings(country="AU"), now=NOW + timedelta(minutes=5))
+    assert sorted(sum(asked, [])) == ["0412 000 001", "0412 000 002", "0412 000 003"]
+    assert {pid: e164 for pid, (_, e164) in staged(con).items() if pid in (1, 20, 21)} == {
+        1: "+61412000003",
+        20: "+61412000001",
+        21: "+61412000002",
+    }
