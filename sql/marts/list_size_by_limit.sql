@@ -1,8 +1,11 @@
+-- config: materialized=view
 -- How large the email marketing list would be under each active-patient limit (Peptalkr shows
 -- this next to each option). Counts addresses that pass every other rule (valid, not bounced or
 -- unsubscribed, not archived, opted in when that is honoured), before and after the size cap.
 -- Columns: active_patient_limit ('6'|'12'|'18'|'24'|'all'), months (NULL = all), list_size,
 --   list_size_after_cap, is_current_setting.
+-- A view: five rows over the list, counted when read (`relay models build` prints them)
+-- instead of stored again by every 5-minute build.
 with
 
 email_marketing_list as (
