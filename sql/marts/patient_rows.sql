@@ -25,7 +25,7 @@ appointments as not materialized (
 ),
 
 build_context as (
-    select build_id, built_at from state.build_context
+    select built_at from state.build_context
 ),
 
 patients_in_scope as (
@@ -48,7 +48,7 @@ patients_in_scope as (
             date_part('year', age(getvariable('previous_built_at')::date, patients.date_of_birth))
     union
     select patient_id from appointments
-    where refreshed_by = (select build_id from build_context)
+    where refreshed_by = getvariable('build_id')
     union
     -- an appointment moved to another patient: the patient it left (marts.patient_visits)
     select patient_id from replaced_patients('marts.appointments')

@@ -32,14 +32,10 @@ appointments as not materialized (
     select * from marts.appointments
 ),
 
-build_context as (
-    select build_id from state.build_context
-),
-
 patients_in_scope as (
     select patient_id from appointments
     where getvariable('changes_since') is null
-        or refreshed_by = (select build_id from build_context)
+        or refreshed_by = getvariable('build_id')
     union
     select patient_id from patients
     where getvariable('changes_since') is null

@@ -210,6 +210,9 @@ class ModelBuild:
         self.data_high_water = tables.data_high_water(con, writes)
         self.unchanged |= tables.raw_unchanged(writes, self.changes_since, self.full_refresh)
         self._set_changes(self.changes_since, self.previous_built_at)
+        # a constant DuckDB pushes into scans: refreshed_by = getvariable('build_id') skips
+        # storage older builds wrote (a subquery on state.build_context read all of it)
+        con.execute("SET VARIABLE build_id = ?", [self.build_id])
         con.execute("DELETE FROM state.build_context")
         # by name: state.build_context's columns are the build's id and clock, then the settings
         row = {"build_id": self.build_id, "built_at": self.result.built_at, **asdict(s)}
