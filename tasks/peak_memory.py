@@ -1,10 +1,10 @@
 """A process's own peak memory (resident set), for the figures the sync and the benchmarks print.
 
 ``getrusage(RUSAGE_SELF).ru_maxrss`` is not it for a process another one started: Linux keeps
-the high-water mark across ``execve``, and Python's ``subprocess`` starts a child with vfork,
-whose pre-exec memory is the parent's. A sync started by a 2 GB process reported 2 GB of its
-own (bench.sync, its conductor at ~2 GB; the sync itself peaked at ~250 MB). VmHWM in
-/proc/self/status is the high-water mark of this process's own memory since its exec.
+the high-water mark across ``execve``, and before it the child's memory is the parent's (Python's
+``subprocess`` starts children with vfork where it can; a fork copies the parent). bench.sync's
+sync reported 2,028 MB, the peak of the process that started it; its own peak was 221 MB. VmHWM
+in /proc/self/status is the high-water mark of this process's own memory since its exec.
 Elsewhere (no /proc: macOS, where ru_maxrss is in bytes, not KiB) the rusage figure stands.
 """
 
