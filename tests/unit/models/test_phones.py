@@ -320,3 +320,40 @@ def test_an_incremental_build_reads_ahead_only_the_numbers_of_patients_written_s
         20: "+61412000001",
         21: "+61412000002",
     }
+
+
+@pytest.mark.parametrize("threshold, looked", [(7, False), (6, True)])
+def test_a_few_listed_patients_are_not_searched_for_numbers_ahead(
+    con, monkeypatch, threshold, looked
+):
+    """Three patients written since the last build, listed by id: at two numbers each, fewer
+    than the head start's threshold of 7 cannot fill a helper, so their JSON is not read ahead
+    (the model reads their numbers, with the same answers); at 6 they might, and it is."""
+    build(con)
+    searched: list[str] = []
+    real = models_functions._UNREAD_MOBILES
+
+    class Spy(str):
+        def replace(self, old, new, *args):
+            searched.append(new)
+            return real.replace(old, new, *args)
+
+    monkeypatch.setattr(models_functions, "_UNREAD_MOBILES", Spy(real))
+    monkeypatch.setattr(models_functions, "PREFILL_MIN_NUMBERS", threshold)
+    later = NOW + timedelta(minutes=1)
+    for pid, number in ((20, "0412 000 001"), (21, "0412 000 002"), (1, "0412 000 003")):
+        payload = {
+            "id": str(pid),
+            "patient_phone_numbers": [{"phone_type": "Mobile", "number": number}],
+        }
+        con.execute(
+            "INSERT OR REPLACE INTO raw.patients VALUES (?, NULL, ?, ?, NULL)",
+            [pid, json.dumps(payload), later],
+        )
+    models.build(con, models.ListSettings(country="AU"), now=NOW + timedelta(minutes=5))
+    assert searched == (["raw_changes('raw.patients')"] if looked else [])
+    assert {pid: e164 for pid, (_, e164) in staged(con).items() if pid in (1, 20, 21)} == {
+        1: "+61412000003",
+        20: "+61412000001",
+        21: "+61412000002",
+    }
