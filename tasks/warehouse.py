@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -212,6 +213,15 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
         raise
     else:
         con.execute("COMMIT")
+
+
+def duckdb_message(exc: BaseException) -> str:
+    """DuckDB's message, with quoted values removed when the error is about data (they may be a
+    patient's email or name), so it can go to logs and state tables."""
+    text = str(exc).strip()
+    if isinstance(exc, duckdb.DataError | duckdb.ConstraintException):
+        text = re.sub(r"'[^']*'", "'…'", text)
+    return text
 
 
 def one(con: duckdb.DuckDBPyConnection, sql: str, params: object = None) -> tuple[Any, ...]:

@@ -23,8 +23,8 @@ from collections.abc import Iterator
 import duckdb
 
 from tasks.models import tables
-from tasks.models.project import DataTest
-from tasks.warehouse import one
+from tasks.models.project import DataTest, ModelError
+from tasks.warehouse import duckdb_message, one
 
 # Plan operators that return rows of their input one by one (a subset, each at most once).
 _ROW_BY_ROW = {"PROJECTION", "FILTER"}
@@ -39,11 +39,51 @@ def count_failures(
 ) -> int:
     """How many rows ``test`` returns (its offending rows): over the rows this build wrote when
     that tells (none), else over every row. ``fingerprints`` and ``known``: the build's
-    (None: outside a build, every row)."""
-    sql = _over_new_rows(con, test, fingerprints, known) if fingerprints and known else None
-    if sql is not None and not one(con, f"SELECT count(*) FROM ({sql})")[0]:
-        return 0
-    return one(con, f"SELECT count(*) FROM ({test.sql})")[0]
+    (None: outside a build, every row). A test that cannot run raises ModelError naming it."""
+    try:
+        sql = _over_new_rows(con, test, fingerprints, known) if fingerprints and known else None
+        if sql is not None and not one(con, f"SELECT count(*) FROM ({sql}\n)")[0]:
+            return 0
+        return one(con, f"SELECT count(*) FROM ({test.sql}\n)")[0]
+    except duckdb.Error as exc:
+        raise ModelError(f"{test.file}: {duckdb_message(exc)}") from None
+
+
+class TogetherFailed(Exception):
+    """The data tests run in one statement (``count_together``) met an error, which does not
+    say whose and leaves the transaction unusable: the build runs again, testing one at a time,
+    which names the test."""
+
+
+def count_together(
+    con: duckdb.DuckDBPyConnection,
+    tests: list[DataTest],
+    fingerprints: tables.Fingerprints,
+    known: tables.ModelTables,
+) -> dict[str, int]:
+    """``count_failures`` of each of ``tests`` (test file -> count), in one statement: DuckDB
+    runs its independent subqueries side by side, so tests that each scan a table on one thread
+    (a list, marts.patients) share the cores, where one at a time left one idle (a 5-minute
+    build's tests, ~60 ms: ~15 ms less, bench models). A test counted over the rows this build
+    wrote and failing there is counted again over every row, as count_failures does. Any error
+    raises TogetherFailed. Fewer than two tests: nothing to share ({})."""
+    if len(tests) < 2:
+        return {}
+    new = [_over_new_rows(con, test, fingerprints, known) for test in tests]
+    counts = ", ".join(
+        f"(SELECT count(*) FROM ({sql or test.sql}\n))"
+        for sql, test in zip(new, tests, strict=True)
+    )
+    try:
+        together = one(con, f"SELECT {counts}")
+        return {
+            test.file: one(con, f"SELECT count(*) FROM ({test.sql}\n)")[0]
+            if count and sql is not None
+            else count
+            for count, sql, test in zip(together, new, tests, strict=True)
+        }
+    except duckdb.Error:
+        raise TogetherFailed from None
 
 
 def _over_new_rows(

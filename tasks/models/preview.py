@@ -12,9 +12,8 @@ import duckdb
 
 from tasks.messages.channels import MARKETING_LISTS
 from tasks.models.project import ModelError, discover
-from tasks.models.runner import _message
 from tasks.models.tables import check_shape
-from tasks.warehouse import one
+from tasks.warehouse import duckdb_message, one
 
 
 @dataclass
@@ -55,7 +54,7 @@ def preview_segment(
             "SELECT DISTINCT patient_id FROM relay_preview_rows"
         )
     except duckdb.Error as exc:
-        raise ModelError(f"{segment.file}: {_message(exc)}") from None
+        raise ModelError(f"{segment.file}: {duckdb_message(exc)}") from None
     (size,) = one(con, "SELECT count(*) FROM relay_preview")
     on_email, on_sms = (
         one(

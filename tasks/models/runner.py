@@ -57,6 +57,7 @@ from tasks.models.project import (
     remember_parses,
 )
 from tasks.triggers.definition import reference_lists
+from tasks.warehouse import duckdb_message
 
 
 class BuildFailed(UserFacingError):
@@ -137,15 +138,6 @@ class BuildResult:
         return {"rows": self.rows, "tests_passed": self.tests_passed, "audiences": self.audiences}
 
 
-def _message(exc: BaseException) -> str:
-    """DuckDB's message, with quoted values removed when the error is about data (they may be a
-    patient's email or name), so it can go to logs and state tables."""
-    text = str(exc).strip()
-    if isinstance(exc, duckdb.DataError | duckdb.ConstraintException):
-        text = re.sub(r"'[^']*'", "'…'", text)
-    return text
-
-
 class ModelBuild:
     """One build, step by step: ``prepare()`` reads the project and opens the transaction,
     ``run_model()`` materialises one model, ``run_tests()`` runs the data tests, ``finish()``
@@ -174,6 +166,7 @@ class ModelBuild:
         # Models this build left as the last commit had them, and the tests run or needed not.
         self.unchanged: set[str] = set()
         self.tests_run: list[DataTest] = []
+        self.together = True  # the data tests in one statement (checks.count_together)
         for b in broken:
             roots = [b.relation] if b.relation else []
             for relation in sorted(project.readers(roots)):
@@ -210,8 +203,7 @@ class ModelBuild:
         self.data_high_water = tables.data_high_water(con, writes)
         self.unchanged |= tables.raw_unchanged(writes, self.changes_since, self.full_refresh)
         self._set_changes(self.changes_since, self.previous_built_at)
-        # a constant DuckDB pushes into scans: refreshed_by = getvariable('build_id') skips
-        # storage older builds wrote (a subquery on state.build_context read all of it)
+        # a constant: refreshed_by = getvariable('build_id') skips older storage (sql/README.md)
         con.execute("SET VARIABLE build_id = ?", [self.build_id])
         con.execute("DELETE FROM state.build_context")
         # by name: state.build_context's columns are the build's id and clock, then the settings
@@ -264,7 +256,9 @@ class ModelBuild:
             self.memo.before_model(self.con, model.depends_on)
             rows = self._materialise(model)
         except duckdb.Error as exc:
-            raise BuildFailed(self.build_id, model.file, _message(exc), (model.relation,)) from None
+            raise BuildFailed(
+                self.build_id, model.file, duckdb_message(exc), (model.relation,)
+            ) from None
         self.result.rows[model.relation] = rows
         return rows
 
@@ -324,9 +318,14 @@ class ModelBuild:
             if t.file not in self.broken and not set(t.depends_on) & set(self.held)
         ]
         self.tests_run = tests
-        for test in checks.tests_to_run(self.fingerprints, tests, self.unchanged):
+        run = checks.tests_to_run(self.fingerprints, tests, self.unchanged)
+        f, known = self.fingerprints, self.tables
+        counted = checks.count_together(self.con, run, f, known) if self.together else {}
+        for test in run:
             try:
-                failures = count_failures(self.con, test, self.fingerprints, self.tables)
+                failures = counted.get(test.file)
+                if failures is None:
+                    failures = checks.count_failures(self.con, test, f, known)
             except ModelError as exc:
                 raise BuildFailed(self.build_id, test.file, _detail(exc), ()) from None
             if failures:
@@ -349,7 +348,9 @@ class ModelBuild:
                 self.con, rebuilt, *built, self.unchanged, self.changes.noted
             )
         except duckdb.Error as exc:
-            raise BuildFailed(self.build_id, "tasks/models/membership.py", _message(exc)) from None
+            raise BuildFailed(
+                self.build_id, "tasks/models/membership.py", duckdb_message(exc)
+            ) from None
         self.memo.keep(self.con)
         # A held incremental model missed the changes this build read: built in full next time.
         self.fingerprints.forget(self.held)
@@ -411,13 +412,6 @@ class ModelBuild:
         )
 
 
-def count_failures(con: duckdb.DuckDBPyConnection, test: DataTest, *build: object) -> int:
-    try:  # build: the build's fingerprints and tables (tasks/models/checks.py)
-        return checks.count_failures(con, test, *build)  # type: ignore[arg-type]
-    except duckdb.Error as exc:
-        raise ModelError(f"{test.file}: {_message(exc)}") from None
-
-
 class Steps:
     """How ``build`` runs each step: here, plain calls. flows/models.py runs each as a Prefect
     task instead (a model's task waits on the tasks of the models it reads: the DAG in the UI).
@@ -452,10 +446,12 @@ def build(
     """
     steps = steps or Steps()
     failures: list[Broken] = []
+    together = True
     while True:
         run = ModelBuild.prepare(
             con, settings, sql_dir=sql_dir, now=now, full_refresh=full_refresh, failures=failures
         )
+        run.together = together
         try:
             done: dict[str, object] = {}
             for model in run.project.models:
@@ -471,6 +467,10 @@ def build(
                 raise
             run.abort(None)  # this pass only: the next one holds what the failure reaches
             failures += [Broken(failure.file, r, failure.detail) for r in failure.holds or [None]]
+            continue
+        except checks.TogetherFailed:
+            run.abort(None)  # again, one test at a time: that names the test that cannot run
+            together = False
             continue
         except ModelError as exc:
             failed = BuildFailed(run.build_id, str(exc).split(":", 1)[0], _detail(exc))
@@ -496,4 +496,4 @@ def run_tests(con: duckdb.DuckDBPyConnection, sql_dir: Path | None = None) -> di
         if broken.file.startswith(f"sql/{TESTS_FOLDER}/"):
             raise ModelError(f"{broken.file}: {broken.message}")
     models_functions.register(con)
-    return {test.file: count_failures(con, test) for test in project.tests}
+    return {test.file: checks.count_failures(con, test) for test in project.tests}

@@ -125,3 +125,67 @@ def test_a_test_that_did_not_pass_on_the_last_tables_reads_every_row(con, tmp_pa
     write(tmp_path, {"tests/no_email.sql": edited})
     with pytest.raises(models.PartialBuild, match=r"data test failed: 1 offending row\(s\)"):
         build(con, sql_dir)
+
+
+# A second model and a test of it: independent of staging.people and its test.
+MAILS = "select patient_id, email from staging.people where email like '%@%'"
+ONE_A_MAIL = (
+    "-- one row per address\nselect email from marts.mails group by email having count(*) > 1"
+)
+
+
+def together(logged: Logged) -> list[str]:
+    """The statements that counted several data tests at once."""
+    return [s for s in logged.statements if s.startswith("SELECT (SELECT count(*) FROM (")]
+
+
+def test_the_data_tests_are_counted_together_in_one_statement(con, tmp_path):
+    """DuckDB runs a statement's independent subqueries side by side: tests that each scan a
+    table on one thread share the cores (tasks/models/checks.py count_together)."""
+    files = {"staging/people.sql": PEOPLE, "marts/mails.sql": MAILS}
+    sql_dir = write(
+        tmp_path, {**files, "tests/no_email.sql": NO_EMAIL, "tests/one.sql": ONE_A_MAIL}
+    )
+    build(con, sql_dir)
+    add_patient(con, 5, "p5@example.com", later=1)
+    logged = Logged(con)
+    assert build(logged, sql_dir).tests_passed == 2
+    [statement] = together(logged)
+    assert "not like '%@%'" in statement and "having count(*) > 1" in statement
+    assert counted(logged, "not like") == counted(logged, "per address") == []  # not alone
+
+
+def test_a_test_failing_among_others_counts_and_holds_as_alone(con, tmp_path):
+    files = {"staging/people.sql": PEOPLE, "marts/mails.sql": MAILS}
+    sql_dir = write(
+        tmp_path, {**files, "tests/no_email.sql": NO_EMAIL, "tests/one.sql": ONE_A_MAIL}
+    )
+    build(con, sql_dir)
+    add_patient(con, 5, "p1@example.com", later=1)  # a second row of an address
+    logged = Logged(con)
+    with pytest.raises(models.PartialBuild, match=r"sql/tests/one.sql: data test failed: 1 off"):
+        build(logged, sql_dir)
+    assert len(together(logged)) == 1
+    # held: marts.mails (the table the test reads) keeps its last good rows; staging.people,
+    # which its test passed, has the new patient
+    assert con.execute("SELECT count(*) FROM marts.mails").fetchone()[0] == 4
+    assert con.execute("SELECT count(*) FROM staging.people").fetchone()[0] == 5
+
+
+def test_a_test_that_cannot_run_among_others_is_named_by_testing_one_at_a_time(con, tmp_path):
+    """An error in the statement counting them together does not say whose (and leaves the
+    transaction unusable): the build runs again, one test at a time, which names it; the other
+    test runs, and the models build."""
+    broken = "select patient_id from staging.people where email::INTEGER > 0"  # a cast: at run
+    files = {"staging/people.sql": PEOPLE, "marts/mails.sql": MAILS, "tests/one.sql": ONE_A_MAIL}
+    sql_dir = write(tmp_path, {**files, "tests/no_email.sql": NO_EMAIL})
+    build(con, sql_dir)
+    write(tmp_path, {"tests/no_email.sql": broken})
+    add_patient(con, 5, "p5@example.com", later=1)
+    logged = Logged(con)
+    with pytest.raises(models.PartialBuild, match=r"sql/tests/no_email.sql: Conversion Error"):
+        build(logged, sql_dir)
+    assert len(together(logged)) == 1  # the first pass; then one at a time
+    assert len(counted(logged, "per address")) == 1  # the other test, alone
+    assert "'p5@example.com'" not in str(models.latest_build(con))  # no data in the record
+    assert con.execute("SELECT count(*) FROM marts.mails").fetchone()[0] == 5

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tasks.models import membership
+from tasks.models import checks, membership
 from tasks.models import runner as models
 from tasks.warehouse import memory_db
 from tests.unit.models.test_runner import GOOD, build, write
@@ -31,7 +31,7 @@ def con():
 def spies(monkeypatch):
     """The audiences each build compared with their members, and the data tests it ran."""
     seen: dict[str, list] = {"compared": [], "tested": []}
-    record, count = membership._record, models.count_failures
+    record, alone, together = membership._record, checks.count_failures, checks.count_together
 
     def _record(con, queries, *args):
         seen["compared"].append(sorted(queries))
@@ -39,10 +39,16 @@ def spies(monkeypatch):
 
     def count_failures(con, test, *build):
         seen["tested"].append(test.file)
-        return count(con, test, *build)
+        return alone(con, test, *build)
+
+    def count_together(con, tests, *build):
+        counts = together(con, tests, *build)
+        seen["tested"] += list(counts)
+        return counts
 
     monkeypatch.setattr(membership, "_record", _record)
-    monkeypatch.setattr(models, "count_failures", count_failures)
+    monkeypatch.setattr(checks, "count_failures", count_failures)
+    monkeypatch.setattr(checks, "count_together", count_together)
     return seen
 
 
