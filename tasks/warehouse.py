@@ -73,6 +73,34 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(ddl.read_text(encoding="utf-8"))
     # raw tables' parsed fields column (tasks/cliniko/fields.py): added, or re-parsed, once
     parsed_fields.migrate(con)
+    _unkeyed_members(con)
+
+
+def _unkeyed_members(con: duckdb.DuckDBPyConnection) -> None:
+    """An older database's state.audience_members has a primary key (tasks/schema/
+    40_membership.sql says why no longer): the table is made again without it, with the same
+    rows, in one transaction (DuckDB cannot drop a constraint; a kill rolls it back and the
+    next open does it again). One catalog read when there is nothing to do."""
+    row = con.execute(
+        "SELECT sql FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND schema_name = 'state' AND table_name = 'audience_members'"
+    ).fetchone()
+    if row is None or "PRIMARY KEY" not in row[0]:
+        return
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("CREATE TABLE state.relay_members AS FROM state.audience_members")
+        con.execute("DROP TABLE state.audience_members")
+        con.execute((SCHEMA_DIR / "40_membership.sql").read_text(encoding="utf-8"))
+        con.execute(
+            "INSERT INTO state.audience_members "
+            "FROM state.relay_members ORDER BY audience, member_key"
+        )
+        con.execute("DROP TABLE state.relay_members")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
 
 
 def _configure(con: duckdb.DuckDBPyConnection) -> None:

@@ -46,13 +46,15 @@ CREATE TABLE IF NOT EXISTS state.audiences (
     retired_at      TIMESTAMPTZ            -- its model was deleted; members dropped without events
 );
 
--- Who is in each audience after the latest successful build.
+-- Who is in each audience after the latest successful build: one row per (audience,
+-- member_key), which the runner keeps (it adds only members the table does not hold:
+-- tasks/models/membership.py). No primary key: keeping its index of every member up to date
+-- cost a 5-minute build ~25 ms (bench models); tasks/warehouse.py drops it from older databases.
 CREATE TABLE IF NOT EXISTS state.audience_members (
     audience    VARCHAR NOT NULL,
     member_key  VARCHAR NOT NULL,      -- email (email list), E.164 mobile (SMS list), patient_id (segments)
     patient_id  BIGINT,
-    joined_at   TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (audience, member_key)
+    joined_at   TIMESTAMPTZ NOT NULL
 );
 
 -- Append-only: who joined or left each audience, and when. Journeys start from these events.

@@ -65,9 +65,10 @@ def membership(con, audience, event, at, n, *, initial=False):
             [audience, f"m{event}{i}@example.com", i, event, initial, at],
         )
         if event == "joined":
-            con.execute(
-                "INSERT INTO state.audience_members VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [audience, f"m{event}{i}@example.com", i, at],
+            con.execute(  # one row per (audience, member_key), as the runner keeps it
+                "INSERT INTO state.audience_members SELECT $a, $k, $p, $at WHERE NOT EXISTS "
+                "(FROM state.audience_members WHERE audience = $a AND member_key = $k)",
+                {"a": audience, "k": f"m{event}{i}@example.com", "p": i, "at": at},
             )
 
 

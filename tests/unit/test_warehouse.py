@@ -100,3 +100,39 @@ def test_one_returns_the_row_of_an_aggregate_and_names_the_query_when_there_is_n
     assert warehouse.one(con, "SELECT count(*), ? FROM state.messages", ["x"]) == (0, "x")
     with pytest.raises(RuntimeError, match="always returns one.*SELECT 1 WHERE false"):
         warehouse.one(con, "SELECT 1\n   WHERE false")
+
+
+def test_an_older_databases_member_key_is_dropped_keeping_every_member(tmp_path):
+    """state.audience_members had a primary key (its index cost a 5-minute build ~25 ms): an
+    older database opens without it, with the same members and NOT NULL columns, once."""
+    import duckdb
+
+    db = tmp_path / "c.duckdb"
+    with warehouse.open_db(db):
+        pass
+    con = duckdb.connect(str(db))
+    con.execute("DROP TABLE state.audience_members")
+    con.execute(  # as tasks/schema/40_membership.sql created it before
+        "CREATE TABLE state.audience_members (audience VARCHAR NOT NULL, member_key VARCHAR "
+        "NOT NULL, patient_id BIGINT, joined_at TIMESTAMPTZ NOT NULL, "
+        "PRIMARY KEY (audience, member_key))"
+    )
+    con.execute(
+        "INSERT INTO state.audience_members VALUES ('loyal', '2', 2, now()), "
+        "('email_marketing_list', 'a@example.com', 1, now()), ('loyal', '1', 1, now())"
+    )
+    con.close()
+    keys = "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'audience_members' "
+    members = "SELECT audience, member_key, patient_id FROM state.audience_members ORDER BY ALL"
+    for _ in range(2):  # the second open has nothing to do
+        with warehouse.open_db(db) as con:
+            assert con.execute(keys + "AND constraint_type = 'PRIMARY KEY'").fetchone() == (0,)
+            assert con.execute(keys + "AND constraint_type = 'NOT NULL'").fetchone() == (3,)
+            assert con.execute(members).fetchall() == [
+                ("email_marketing_list", "a@example.com", 1),
+                ("loyal", "1", 1),
+                ("loyal", "2", 2),
+            ]
+            assert warehouse.one(
+                con, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'relay_members'"
+            ) == (0,)
