@@ -256,10 +256,10 @@ class PhonePrefill:
         # 150 patients of a 5-minute change, every build, to find the few numbers not read).
         source = "raw.patients" if since is None else "raw_changes('raw.patients')"
         if since is not None:
-            # The build listed the patients the sync wrote (at most CHANGED_IDS_MAX): too few
-            # to carry PREFILL_MIN_NUMBERS numbers (a first Mobile entry each, or a patient's
-            # every entry when none is Mobile-typed). Not looked for (~13 ms of JSON every
-            # 5-minute build); the model reads any it needs itself, as it does below the
+            # The build listed the patients the sync wrote (at most CHANGED_IDS_MAX): at two
+            # numbers a patient (most give one: their first Mobile entry; one without a Mobile
+            # entry gives every entry), too few for a helper. Not looked for (~13 ms of JSON
+            # every 5-minute build); the model reads any it needs itself, as it does below the
             # threshold: the same answers, at worst a slower build.
             listed = one(con, "SELECT len(relay_changed_ids('raw.patients'))")[0]
             if listed is not None and listed * 2 < PREFILL_MIN_NUMBERS:
