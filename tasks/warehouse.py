@@ -87,8 +87,7 @@ def _unkeyed_members(con: duckdb.DuckDBPyConnection) -> None:
     ).fetchone()
     if row is None or "PRIMARY KEY" not in row[0]:
         return
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute("CREATE TABLE state.relay_members AS FROM state.audience_members")
         con.execute("DROP TABLE state.audience_members")
         con.execute((SCHEMA_DIR / "40_membership.sql").read_text(encoding="utf-8"))
@@ -97,10 +96,6 @@ def _unkeyed_members(con: duckdb.DuckDBPyConnection) -> None:
             "FROM state.relay_members ORDER BY audience, member_key"
         )
         con.execute("DROP TABLE state.relay_members")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    con.execute("COMMIT")
 
 
 def _configure(con: duckdb.DuckDBPyConnection) -> None:
