@@ -73,29 +73,41 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(ddl.read_text(encoding="utf-8"))
     # raw tables' parsed fields column (tasks/cliniko/fields.py): added, or re-parsed, once
     parsed_fields.migrate(con)
-    _unkeyed_members(con)
+    _unkeyed(con)
 
 
-def _unkeyed_members(con: duckdb.DuckDBPyConnection) -> None:
-    """An older database's state.audience_members has a primary key (tasks/schema/
-    40_membership.sql says why no longer): the table is made again without it, with the same
-    rows, in one transaction (DuckDB cannot drop a constraint; a kill rolls it back and the
-    next open does it again). One catalog read when there is nothing to do."""
-    row = con.execute(
-        "SELECT sql FROM duckdb_tables() WHERE database_name = current_database() "
-        "AND schema_name = 'state' AND table_name = 'audience_members'"
-    ).fetchone()
-    if row is None or "PRIMARY KEY" not in row[0]:
+# Tables an older database made with a primary key they no longer have (tasks/schema/
+# 40_membership.sql says why), and the order their rows go back in.
+_UNKEYED = {"audience_members": "audience, member_key", "membership_events": "event_id"}
+
+
+def _unkeyed(con: duckdb.DuckDBPyConnection) -> None:
+    """An older database's tables of ``_UNKEYED`` that still have their primary key are made
+    again without it, with the same rows, in one transaction (DuckDB cannot drop a
+    constraint; a kill rolls it back and the next open does it again). One catalog read when
+    there is nothing to do."""
+    keyed = [
+        r[0]
+        for r in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+            "AND schema_name = 'state' AND table_name IN ? AND contains(sql, 'PRIMARY KEY') "
+            "ORDER BY table_name",
+            [list(_UNKEYED)],
+        ).fetchall()
+    ]
+    if not keyed:
         return
     with transaction(con):
-        con.execute("CREATE TABLE state.relay_members AS FROM state.audience_members")
-        con.execute("DROP TABLE state.audience_members")
+        for table in keyed:
+            con.execute(f"CREATE TABLE state.relay_unkeyed_{table} AS FROM state.{table}")
+            con.execute(f"DROP TABLE state.{table}")
         con.execute((SCHEMA_DIR / "40_membership.sql").read_text(encoding="utf-8"))
-        con.execute(
-            "INSERT INTO state.audience_members "
-            "FROM state.relay_members ORDER BY audience, member_key"
-        )
-        con.execute("DROP TABLE state.relay_members")
+        for table in keyed:
+            con.execute(
+                f"INSERT INTO state.{table} "
+                f"FROM state.relay_unkeyed_{table} ORDER BY {_UNKEYED[table]}"
+            )
+            con.execute(f"DROP TABLE state.relay_unkeyed_{table}")
 
 
 def _configure(con: duckdb.DuckDBPyConnection) -> None:

@@ -134,5 +134,48 @@ def test_an_older_databases_member_key_is_dropped_keeping_every_member(tmp_path)
                 ("loyal", "2", 2),
             ]
             assert warehouse.one(
-                con, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'relay_members'"
+                con, "SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE 'relay_unkeyed%'"
             ) == (0,)
+
+
+def test_an_older_databases_event_key_is_dropped_keeping_every_event_and_its_id(tmp_path):
+    """state.membership_events had a primary key on its sequence-made event_id (an index of
+    every event ever): an older database opens without it, with the same events and ids, and
+    the next event still takes the sequence's next id."""
+    import duckdb
+
+    db = tmp_path / "c.duckdb"
+    with warehouse.open_db(db):
+        pass
+    con = duckdb.connect(str(db))
+    con.execute("DROP TABLE state.membership_events")
+    con.execute(  # as tasks/schema/40_membership.sql created it before
+        "CREATE TABLE state.membership_events (event_id BIGINT PRIMARY KEY DEFAULT "
+        "nextval('state.membership_event_seq'), build_id VARCHAR NOT NULL, audience VARCHAR "
+        "NOT NULL, member_key VARCHAR NOT NULL, patient_id BIGINT, event VARCHAR NOT NULL "
+        "CHECK (event IN ('joined', 'left')), initial BOOLEAN NOT NULL DEFAULT false, "
+        "occurred_at TIMESTAMPTZ NOT NULL)"
+    )
+    for member in ("2", "1"):
+        con.execute(
+            "INSERT INTO state.membership_events (build_id, audience, member_key, patient_id, "
+            "event, occurred_at) VALUES ('b1', 'segments.loyal', ?, 1, 'joined', now())",
+            [member],
+        )
+    con.close()
+    keys = "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'membership_events' "
+    events = "SELECT event_id, member_key, event FROM state.membership_events ORDER BY ALL"
+    for _ in range(2):  # the second open has nothing to do
+        with warehouse.open_db(db) as con:
+            assert con.execute(keys + "AND constraint_type = 'PRIMARY KEY'").fetchone() == (0,)
+            assert con.execute(keys + "AND constraint_type = 'NOT NULL'").fetchone() == (7,)
+            assert con.execute(events).fetchall() == [(1, "2", "joined"), (2, "1", "joined")]
+    with warehouse.open_db(db) as con:
+        con.execute(
+            "INSERT INTO state.membership_events (build_id, audience, member_key, patient_id, "
+            "event, occurred_at) VALUES ('b2', 'segments.loyal', '1', 1, 'left', now())"
+        )
+        assert con.execute("SELECT max(event_id) FROM state.membership_events").fetchone() == (3,)
+        assert warehouse.one(
+            con, "SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE 'relay_unkeyed%'"
+        ) == (0,)
