@@ -171,8 +171,7 @@ class ModelBuild:
             roots = [b.relation] if b.relation else []
             for relation in sorted(project.readers(roots)):
                 self.held.setdefault(relation, b.file)
-        # What the SQL functions keep between builds (the phone memo): told when the build
-        # starts, before each model, and whether it committed or rolled back.
+        # The phone memo: told when the build starts, before each model, and how it ended.
         self.memo = models_functions.BuildMemo(settings.country)
         self.started_at = datetime.now(UTC)
         self.result = BuildResult(
@@ -287,7 +286,8 @@ class ModelBuild:
                 and self.changes_since is not None
                 and previous == fingerprint
             ):
-                if not tables.merge(con, model, rel, known, self.changes.note(model.relation)):
+                note = self.changes.note(model.relation)
+                if not tables.merge(con, model, rel, known, note, self.unchanged):
                     self.unchanged.add(model.relation)
             else:
                 self._set_changes(None, None)

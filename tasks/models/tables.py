@@ -7,8 +7,8 @@ build writes what changed rather than every row again.
 - ``ModelTables``: what the build knows of each model table (columns, rows, whether its rows
   are all distinct), read once when it starts and kept as it writes them.
 - ``data_high_water``: the newest raw write a build reads (the next one merges what came after).
-- ``same_view`` / ``same_table``: what a build may leave as it was because nothing it reads
-  changed (a view's definition, a table's rows; a data test's verdict: tasks/models/checks.py).
+- ``same_view`` / ``same_table`` (and ``merge``): what a build leaves as it was, as nothing it
+  reads changed (a view, a table's rows, a merge; a test's verdict: tasks/models/checks.py).
 - ``check_shape`` / ``check_unique``: what the rest of the system relies on (key columns, one row
   per patient in a segment); they raise DuckDB errors, which the runner reports with the file.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import asdict
 from datetime import datetime
 
@@ -65,12 +65,17 @@ def merge(
     model: Model,
     rel: str,
     known: ModelTables,
-    note: Callable[[str, str], object] | None = None,
+    note: Callable[[str, str], object] | None,
+    unchanged: Collection[str],
 ) -> bool:
     """Replace the rows whose key the model's (changed-only) selection returns (a row whose
     ``delete_if_null`` column is NULL only removes); the rows replaced are read before the DELETE
     for changed_values and ``note`` (an audience's: tasks/models/membership.py). Idempotent: a
-    crash before COMMIT leaves the previous rows. Returns whether the selection had any row."""
+    crash before COMMIT leaves the previous rows. Returns whether the selection had any row.
+    Not run when its SQL reads no clock, variable or chance, and all it reads is ``unchanged``
+    (raw tables and models, as same_table asks): no changes (each was 3-17 ms of planning)."""
+    if not _volatile(model.sql) and all(d in unchanged for d in model.depends_on):
+        return False
     if not one(con, f"CREATE OR REPLACE TEMP TABLE relay_delta AS {model.sql}")[0]:
         return False
     check_unique(con, "relay_delta", model.key)
@@ -119,10 +124,9 @@ def replace_changed_rows(
     note: Callable[[str, str], object] | None = None,
 ) -> bool:
     """Bring an existing table to the model's new rows by deleting the rows that went and
-    inserting the rows that came, instead of rewriting it: most builds change a handful of
-    rows in each list and segment, and rewriting ~20 tables of 100,000 rows every build made
-    the commit's checkpoint the largest part of a small rebuild. The table holds the same
-    rows either way (its physical order may differ; models have no order).
+    inserting the rows that came, instead of rewriting it: most builds change a handful of rows
+    in each list and segment, and rewriting ~20 tables of 100,000 rows every build made the
+    commit's checkpoint most of a small rebuild. The same rows either way (models have no order).
 
     One pass finds both (a full outer join on every column: half the cost of one anti join
     each way). A set difference cannot tell copies apart, so it needs the table's rows all
@@ -199,8 +203,7 @@ def _rewrite(
 def _has_duplicate_rows(con: duckdb.DuckDBPyConnection, rel: str) -> bool:
     """Whether two rows might be copies: fewer distinct row hashes than rows. Copies always
     share a hash, so False is certain; a collision only makes a table be rewritten (what a
-    duplicate does), never compared wrongly. A fraction of the cost of a DISTINCT * over
-    every column."""
+    duplicate does), never compared wrongly. A fraction of a DISTINCT * over every column."""
     return one(con, f"SELECT count(*) <> count(DISTINCT hash(t)) FROM {rel} t")[0]
 
 
@@ -276,22 +279,19 @@ def raw_unchanged(
 ) -> set[str]:
     """The raw tables the sync has not written to (a row stored or marked removed: ``writes``)
     after ``since``, the newest raw write the last good build read: a model reading only these
-    and models this build left unchanged would compute what it computed then. None on a first
-    build or a full refresh (which therefore runs every table model reading raw data)."""
+    and unchanged models computes what it did then. None on a first build or full refresh."""
     if since is None or full_refresh:
         return set()
     return {name for name, written in writes.items() if written is None or written <= since}
 
 
 class ModelTables:
-    """The model tables (and views) as a build finds and leaves them, read when it starts
-    rather than asked once per model: what is there (one catalog query), each table's columns
-    and types (one more), its row count (one query counting every table) and whether its rows
-    are all distinct (state.distinct_model_tables: what the build that wrote them proved; only
-    builds write model tables). Kept up to date as the build writes them (``wrote``,
-    ``create``, ``dropped``: every write to a model table goes through one of them, or the
-    counts and columns it gives are wrong); ``finish`` stores the distinct ones with the build
-    (a rolled-back build changes nothing)."""
+    """The model tables (and views) as a build finds and leaves them, read when it starts, not
+    once per model: what is there, each table's columns and types, its row count (a query
+    each) and whether its rows are all distinct (state.distinct_model_tables: proven by the
+    build that wrote them; only builds write model tables). Kept up to date as the build
+    writes them (``wrote``, ``create``, ``dropped``: every write to a model table goes through
+    one, or its counts and columns are wrong); ``finish`` stores the distinct ones."""
 
     def __init__(
         self,
@@ -407,7 +407,8 @@ def _quoted(relation: str) -> str:
 # chance. A view or data test naming one is never taken as unchanged.
 _VOLATILE = re.compile(
     r"\b(now|today|current_date|current_time|current_timestamp|localtime|localtimestamp|"
-    r"get_current_time|get_current_timestamp|getvariable|random|uuid|gen_random_uuid)\b",
+    r"get_current_time|get_current_timestamp|getvariable|relay_changed_ids|random|uuid|"
+    r"gen_random_uuid)\b",
     re.IGNORECASE,
 )
 
@@ -430,9 +431,8 @@ def _sha(text: str) -> str:
 
 
 class Fingerprints:
-    """state.model_fingerprints as a build reads and writes it: model (or test file) -> its
-    fingerprint, read once when the build starts (not once per model), each write made
-    through to the table inside the build's transaction (a rolled-back build keeps the old)."""
+    """state.model_fingerprints as a build reads (once) and writes it: model (or test file) ->
+    its fingerprint, each write made inside the build's transaction (a rollback keeps the old)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection):
         self.con = con
@@ -467,8 +467,8 @@ def same_view(
 ) -> bool:
     """Whether a view model reads as it did at the last commit: the view is there with this
     SQL (its fingerprint, kept here) and every relation it reads is a model this build left
-    unchanged (a view over state.* or raw.*, or calling the clock, always counts as changed). Records the SQL's
-    fingerprint for the next build either way."""
+    unchanged (a view over state.* or raw.*, or calling the clock, always counts as changed).
+    Records the SQL's fingerprint for the next build either way."""
     return (
         fingerprints.keep(model.relation, _sha(model.sql))
         and existing == "view"
