@@ -7,8 +7,8 @@ build writes what changed rather than every row again.
 - ``ModelTables``: what the build knows of each model table (columns, rows, whether its rows
   are all distinct), read once when it starts and kept as it writes them.
 - ``data_high_water``: the newest raw write a build reads (the next one merges what came after).
-- ``same_view`` / ``same_table`` (and ``merge``): what a build leaves as it was, as nothing it
-  reads changed (a view, a table's rows, a merge; a test's verdict: tasks/models/checks.py).
+- ``reads_no_change``: what a build leaves as it was (``same_view``, ``same_table``, ``merge``;
+  a data test's verdict: tasks/models/checks.py).
 - ``check_shape`` / ``check_unique``: what the rest of the system relies on (key columns, one row
   per patient in a segment); they raise DuckDB errors, which the runner reports with the file.
 """
@@ -72,9 +72,8 @@ def merge(
     ``delete_if_null`` column is NULL only removes); the rows replaced are read before the DELETE
     for changed_values and ``note`` (an audience's: tasks/models/membership.py). Idempotent: a
     crash before COMMIT leaves the previous rows. Returns whether the selection had any row.
-    Not run when its SQL reads no clock, variable or chance, and all it reads is ``unchanged``
-    (raw tables and models, as same_table asks): no changes (each was 3-17 ms of planning)."""
-    if not _volatile(model.sql) and all(d in unchanged for d in model.depends_on):
+    Not run when it ``reads_no_change``: no changes (each was 3-17 ms of planning)."""
+    if reads_no_change(model, unchanged):
         return False
     if not one(con, f"CREATE OR REPLACE TEMP TABLE relay_delta AS {model.sql}")[0]:
         return False
@@ -462,18 +461,22 @@ class Fingerprints:
                 del self.known[key]
 
 
+def reads_no_change(model: Model, unchanged: Collection[str]) -> bool:
+    """Whether ``model``'s SQL reads no clock, variable or chance and only what is
+    ``unchanged`` (raw tables the sync has not written to since the last build, models this
+    build left as they were; never state.*): the one rule of what a build may leave as it was."""
+    return not _volatile(model.sql) and all(d in unchanged for d in model.depends_on)
+
+
 def same_view(
     fingerprints: Fingerprints, model: Model, existing: str | None, unchanged: set[str]
 ) -> bool:
     """Whether a view model reads as it did at the last commit: the view is there with this
-    SQL (its fingerprint, kept here) and every relation it reads is a model this build left
-    unchanged (a view over state.* or raw.*, or calling the clock, always counts as changed).
-    Records the SQL's fingerprint for the next build either way."""
+    SQL (its fingerprint, kept here; recorded either way) and it ``reads_no_change``."""
     return (
         fingerprints.keep(model.relation, _sha(model.sql))
         and existing == "view"
-        and not _volatile(model.sql)
-        and all(d in unchanged for d in model.depends_on)
+        and reads_no_change(model, unchanged)
     )
 
 
@@ -486,14 +489,11 @@ def same_table(
 ) -> bool:
     """Whether a table model would compute the rows it holds, so the build need not run it: its
     SQL, the SQL upstream of it and the settings it names are those of the last commit (its
-    fingerprint, kept here) and everything it reads is a raw table the sync has not written to
-    or a model this build left unchanged. A table reading state.*, the clock, a variable or
-    chance is always run (an idle tick's lists still see today's date and new unsubscribes).
-    Records the fingerprint for the next build either way; a held model loses it."""
+    fingerprint, kept here; recorded either way, a held model loses it) and it
+    ``reads_no_change`` (an idle tick's lists, reading state.*, still see new unsubscribes)."""
     now = fingerprint(model, project, asdict(settings))  # type: ignore[call-overload]
     return (
         fingerprints.keep(model.relation, now)
-        and not _volatile(model.sql)
         and "raw_changes" not in model.sql
-        and all(d in unchanged for d in model.depends_on)
+        and reads_no_change(model, unchanged)
     )

@@ -102,80 +102,88 @@ def test_one_returns_the_row_of_an_aggregate_and_names_the_query_when_there_is_n
         warehouse.one(con, "SELECT 1\n   WHERE false")
 
 
-def test_an_older_databases_member_key_is_dropped_keeping_every_member(tmp_path):
-    """state.audience_members had a primary key (its index cost a 5-minute build ~25 ms): an
-    older database opens without it, with the same members and NOT NULL columns, once."""
+def _older_database(tmp_path, table: str, ddl: str, *inserts: str):
+    """A database whose state.<table> is as tasks/schema/40_membership.sql created it before
+    (``ddl``), holding the rows ``inserts`` add."""
     import duckdb
 
     db = tmp_path / "c.duckdb"
     with warehouse.open_db(db):
         pass
     con = duckdb.connect(str(db))
-    con.execute("DROP TABLE state.audience_members")
-    con.execute(  # as tasks/schema/40_membership.sql created it before
+    con.execute(f"DROP TABLE state.{table}")
+    con.execute(ddl)
+    for insert in inserts:
+        con.execute(insert)
+    con.close()
+    return db
+
+
+def _constraints(con, table: str, kind: str) -> int:
+    return warehouse.one(
+        con,
+        "SELECT count(*) FROM duckdb_constraints() WHERE table_name = ? AND constraint_type = ?",
+        [table, kind],
+    )[0]
+
+
+def _no_copies_left(con) -> bool:
+    return warehouse.one(
+        con, "SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE 'relay_unkeyed%'"
+    ) == (0,)
+
+
+def test_an_older_databases_member_key_is_dropped_keeping_every_member(tmp_path):
+    """state.audience_members had a primary key (its index cost a 5-minute build ~25 ms): an
+    older database opens without it, with the same members and NOT NULL columns, once."""
+    db = _older_database(
+        tmp_path,
+        "audience_members",
         "CREATE TABLE state.audience_members (audience VARCHAR NOT NULL, member_key VARCHAR "
         "NOT NULL, patient_id BIGINT, joined_at TIMESTAMPTZ NOT NULL, "
-        "PRIMARY KEY (audience, member_key))"
-    )
-    con.execute(
+        "PRIMARY KEY (audience, member_key))",
         "INSERT INTO state.audience_members VALUES ('loyal', '2', 2, now()), "
-        "('email_marketing_list', 'a@example.com', 1, now()), ('loyal', '1', 1, now())"
+        "('email_marketing_list', 'a@example.com', 1, now()), ('loyal', '1', 1, now())",
     )
-    con.close()
-    keys = "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'audience_members' "
     members = "SELECT audience, member_key, patient_id FROM state.audience_members ORDER BY ALL"
     for _ in range(2):  # the second open has nothing to do
         with warehouse.open_db(db) as con:
-            assert con.execute(keys + "AND constraint_type = 'PRIMARY KEY'").fetchone() == (0,)
-            assert con.execute(keys + "AND constraint_type = 'NOT NULL'").fetchone() == (3,)
+            assert _constraints(con, "audience_members", "PRIMARY KEY") == 0
+            assert _constraints(con, "audience_members", "NOT NULL") == 3
             assert con.execute(members).fetchall() == [
                 ("email_marketing_list", "a@example.com", 1),
                 ("loyal", "1", 1),
                 ("loyal", "2", 2),
             ]
-            assert warehouse.one(
-                con, "SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE 'relay_unkeyed%'"
-            ) == (0,)
+            assert _no_copies_left(con)
 
 
 def test_an_older_databases_event_key_is_dropped_keeping_every_event_and_its_id(tmp_path):
     """state.membership_events had a primary key on its sequence-made event_id (an index of
     every event ever): an older database opens without it, with the same events and ids, and
     the next event still takes the sequence's next id."""
-    import duckdb
-
-    db = tmp_path / "c.duckdb"
-    with warehouse.open_db(db):
-        pass
-    con = duckdb.connect(str(db))
-    con.execute("DROP TABLE state.membership_events")
-    con.execute(  # as tasks/schema/40_membership.sql created it before
+    event = (
+        "INSERT INTO state.membership_events (build_id, audience, member_key, patient_id, "
+        "event, occurred_at) VALUES ('b1', 'segments.loyal', '{}', 1, '{}', now())"
+    )
+    db = _older_database(
+        tmp_path,
+        "membership_events",
         "CREATE TABLE state.membership_events (event_id BIGINT PRIMARY KEY DEFAULT "
         "nextval('state.membership_event_seq'), build_id VARCHAR NOT NULL, audience VARCHAR "
         "NOT NULL, member_key VARCHAR NOT NULL, patient_id BIGINT, event VARCHAR NOT NULL "
         "CHECK (event IN ('joined', 'left')), initial BOOLEAN NOT NULL DEFAULT false, "
-        "occurred_at TIMESTAMPTZ NOT NULL)"
+        "occurred_at TIMESTAMPTZ NOT NULL)",
+        event.format("2", "joined"),
+        event.format("1", "joined"),
     )
-    for member in ("2", "1"):
-        con.execute(
-            "INSERT INTO state.membership_events (build_id, audience, member_key, patient_id, "
-            "event, occurred_at) VALUES ('b1', 'segments.loyal', ?, 1, 'joined', now())",
-            [member],
-        )
-    con.close()
-    keys = "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'membership_events' "
     events = "SELECT event_id, member_key, event FROM state.membership_events ORDER BY ALL"
     for _ in range(2):  # the second open has nothing to do
         with warehouse.open_db(db) as con:
-            assert con.execute(keys + "AND constraint_type = 'PRIMARY KEY'").fetchone() == (0,)
-            assert con.execute(keys + "AND constraint_type = 'NOT NULL'").fetchone() == (7,)
+            assert _constraints(con, "membership_events", "PRIMARY KEY") == 0
+            assert _constraints(con, "membership_events", "NOT NULL") == 7
             assert con.execute(events).fetchall() == [(1, "2", "joined"), (2, "1", "joined")]
     with warehouse.open_db(db) as con:
-        con.execute(
-            "INSERT INTO state.membership_events (build_id, audience, member_key, patient_id, "
-            "event, occurred_at) VALUES ('b2', 'segments.loyal', '1', 1, 'left', now())"
-        )
+        con.execute(event.format("1", "left"))
         assert con.execute("SELECT max(event_id) FROM state.membership_events").fetchone() == (3,)
-        assert warehouse.one(
-            con, "SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE 'relay_unkeyed%'"
-        ) == (0,)
+        assert _no_copies_left(con)

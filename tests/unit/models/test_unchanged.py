@@ -243,9 +243,7 @@ def test_a_comment_naming_the_clock_does_not_make_a_table_run_again(con, tmp_pat
     assert con.execute("SELECT count(*) FROM marts.clock WHERE year(t) = 2000").fetchone() == (0,)
 
 
-def test_an_incremental_model_whose_inputs_did_not_change_is_not_merged(
-    con, tmp_path, monkeypatch
-):
+def test_an_incremental_model_whose_inputs_did_not_change_is_not_merged(con, tmp_path, monkeypatch):
     """An idle tick's build: an incremental model reading only raw tables the sync has not
     written to since (through raw_changes) and models left unchanged runs no statement (its
     changes are none; each was 3-17 ms of DuckDB planning); one reading a variable runs; the
