@@ -275,24 +275,32 @@ class ResourceWriter:
 
     def commit(self, now: datetime) -> None:
         """Write everything buffered, and the watermarks it justifies, in one transaction."""
-        new = [r for i, r in self._pending.items() if i in self._new]
-        changed = [r for i, r in self._pending.items() if i not in self._new]
+        changed = [i for i in self._pending if i not in self._new]
+        all_rows = list(self._pending.values())
         with transaction(self.con):
-            for verb, all_rows in (("INSERT", new), ("INSERT OR REPLACE", changed)):
-                for start in range(0, len(all_rows), self.STATEMENT_ROWS):
-                    rows = all_rows[start : start + self.STATEMENT_ROWS]
-                    self.con.execute(
-                        f"{verb} INTO {self.resource.table} BY NAME SELECT *{self._parsed} "
-                        "FROM (SELECT unnest($ids) AS id, unnest($updated) AS updated_at, "
-                        "unnest($payloads) AS payload, $now AS synced_at, "
-                        "NULL::TIMESTAMPTZ AS removed_at)",
-                        {
-                            "ids": [r[0] for r in rows],
-                            "updated": [r[1] for r in rows],
-                            "payloads": [r[2] for r in rows],
-                            "now": now,
-                        },
-                    )
+            # A changed row's old copy is deleted and the new one appended, not replaced in
+            # place: DuckDB rewrites a whole column of every row group an in-place update
+            # touched at the next checkpoint, and the payload is the widest column there is
+            # (250 edited appointments of 2,000,000: a 10 s checkpoint, against 0.03 s).
+            for start in range(0, len(changed), self.STATEMENT_ROWS):
+                self.con.execute(
+                    f"DELETE FROM {self.resource.table} WHERE id IN (SELECT unnest($ids))",
+                    {"ids": changed[start : start + self.STATEMENT_ROWS]},
+                )
+            for start in range(0, len(all_rows), self.STATEMENT_ROWS):
+                rows = all_rows[start : start + self.STATEMENT_ROWS]
+                self.con.execute(
+                    f"INSERT INTO {self.resource.table} BY NAME SELECT *{self._parsed} "
+                    "FROM (SELECT unnest($ids) AS id, unnest($updated) AS updated_at, "
+                    "unnest($payloads) AS payload, $now AS synced_at, "
+                    "NULL::TIMESTAMPTZ AS removed_at)",
+                    {
+                        "ids": [r[0] for r in rows],
+                        "updated": [r[1] for r in rows],
+                        "payloads": [r[2] for r in rows],
+                        "now": now,
+                    },
+                )
             if self._quarantined:
                 self.con.executemany(
                     "INSERT INTO state.quarantine VALUES (?, ?, ?, ?, ?, ?) "
