@@ -131,11 +131,12 @@ FROM (SELECT i, hash(i) AS h, 1 + hash(i * 31) % $patients AS patient,
 """
 
 
-def write_change_set(con, later: datetime, offset: int = 0) -> None:
+def write_change_set(con, later: datetime, offset: int = 0) -> float:
     """A 5-minute change set, written as the sync writes it (tasks/cliniko/writer.py, its
     parsed fields and all): CHANGED_PATIENTS patients with a new email and SMS consent,
     CHANGED_APPOINTMENTS appointments cancelled (both spread over the whole clinic, old rows
-    and new), NEW_APPOINTMENTS new bookings. ``offset`` picks other rows (a later change set)."""
+    and new), NEW_APPOINTMENTS new bookings. ``offset`` picks other rows (a later change set).
+    Returns the seconds the writer took (reading the picked rows back is the bench's own)."""
     import orjson
 
     from tasks.cliniko import resources
@@ -176,11 +177,13 @@ def write_change_set(con, later: datetime, offset: int = 0) -> None:
         }
         for i in range(1, NEW_APPOINTMENTS + 1)
     ]
+    started = time.perf_counter()
     for name, records in (("patients", patients), ("individual_appointments", cancelled + booked)):
         resource = resources.get(name)
         writer = ResourceWriter(con, resource)
         writer.add(f"/{name}", parse_records(resource, records), later)
         writer.commit(later)
+    return time.perf_counter() - started
 
 
 def _params(sql: str, **values) -> dict:
@@ -268,9 +271,7 @@ def build_phase(db: Path, phase: str) -> dict:
         now = NOW + timedelta(minutes=5 * ("full", "unchanged", "change").index(phase))
         written = 0.0
         if phase == "change":
-            began = time.perf_counter()
-            write_change_set(con, now - timedelta(minutes=1))
-            written = time.perf_counter() - began
+            written = write_change_set(con, now - timedelta(minutes=1))
         load = os.getloadavg()[0]
         started, (cpu, helper) = time.perf_counter(), _cpu_seconds()
         timed, steps = _timed_steps()
