@@ -131,12 +131,12 @@ FROM (SELECT i, hash(i) AS h, 1 + hash(i * 31) % $patients AS patient,
 """
 
 
-def write_change_set(con, later: datetime, offset: int = 0) -> float:
+def write_change_set(con, later: datetime) -> float:
     """A 5-minute change set, written as the sync writes it (tasks/cliniko/writer.py, its
     parsed fields and all): CHANGED_PATIENTS patients with a new email and SMS consent,
     CHANGED_APPOINTMENTS appointments cancelled (both spread over the whole clinic, old rows
-    and new), NEW_APPOINTMENTS new bookings. ``offset`` picks other rows (a later change set).
-    Returns the seconds the writer took (reading the picked rows back is the bench's own)."""
+    and new), NEW_APPOINTMENTS new bookings. Returns the seconds the writer took (reading the
+    picked rows back is the bench's own)."""
     import orjson
 
     from tasks.cliniko import resources
@@ -147,7 +147,7 @@ def write_change_set(con, later: datetime, offset: int = 0) -> float:
     def picked(table: str, step: int, count: int, total: int) -> list[dict]:
         payloads = con.execute(
             f"SELECT payload FROM raw.{table} WHERE id IN "
-            f"(SELECT 1 + hash(i * {step} + {offset}) % {total} FROM range({count}) t(i))"
+            f"(SELECT 1 + hash(i * {step}) % {total} FROM range({count}) t(i))"
         ).fetchall()
         return [orjson.loads(p) | {"updated_at": stamp} for (p,) in payloads]
 
@@ -161,7 +161,7 @@ def write_change_set(con, later: datetime, offset: int = 0) -> float:
     ]
     booked = [
         {
-            "id": str(APPOINTMENTS + offset + i),
+            "id": str(APPOINTMENTS + i),
             "created_at": stamp,
             "updated_at": stamp,
             "starts_at": "2026-12-01T01:00:00Z",
