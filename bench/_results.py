@@ -6,6 +6,12 @@ date and the commit, so a quoted figure can be traced to the run (and the load) 
 per run with its figures, each next to its target where it has one: ``figure(0.99, ">= 0.97",
 ok=True)`` is ``{"value": 0.99, "target": ">= 0.97", "ok": true}``.
 
+Each line also carries ``reference_seconds``: a fixed piece of DuckDB work (``REFERENCE_SQL``,
+one thread, the best of three) timed as the line is written. Machines of the same kind differ in
+speed, and so does one machine from hour to hour, not only with its load (the same model code's
+full build: 8.79 s at load 0.4 on one of this project's 2-core machines, 13.25 s at load 0.7 on
+another an hour later): a figure is read beside it.
+
 ``RELAY_BENCH_RESULTS`` names another folder for the lines (a run under load that is not meant to
 be committed, a test); read at each call, so it can be set after the import.
 """
@@ -17,6 +23,7 @@ import os
 import platform
 import socket
 import subprocess
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,6 +55,30 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+# Hashing and grouping ten million numbers on one thread: ~0.2 s on this project's 2-core machine.
+REFERENCE_SQL = (
+    "SELECT count(*), sum(n) FROM (SELECT hash(i) % 100003 AS k, count(*) AS n "
+    "FROM range(10000000) t(i) GROUP BY k)"
+)
+
+
+def reference_seconds() -> float:
+    """How long REFERENCE_SQL takes now (the best of three runs, one thread)."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.execute("SET threads = 1")
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            con.execute(REFERENCE_SQL).fetchall()
+            best = min(best, time.perf_counter() - started)
+    finally:
+        con.close()
+    return round(best, 3)
+
+
 def figure(value: Any, target: str | None = None, *, ok: bool | None = None) -> dict[str, Any]:
     """A figure next to its target (``"<= 2 s"``) and whether it met it: the one shape of a
     targeted figure in every results file."""
@@ -68,6 +99,7 @@ def record(
         "commit": commit(),
         "load_average_at_start": load_at_start,
         "load_average": load_average(),
+        "reference_seconds": reference_seconds(),
         **figures,
     }
     folder = results_dir()

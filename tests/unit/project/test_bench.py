@@ -60,6 +60,7 @@ def test_record_writes_one_json_line_a_reader_can_trace(tmp_path, monkeypatch):
     assert line["machine"] and line["cores"] >= 1 and line["benchmark"] == "example"
     assert line["load_average_at_start"] == [1.5, 1.0, 0.5]
     assert len(line["load_average"]) == 3
+    assert 0 < line["reference_seconds"] < 60  # the machine's speed when the line was written
     assert line["date"].startswith("20") and "T" in line["date"]
     assert line["rebuild_seconds"] == {"value": 0.8, "target": "<= 1.0 s", "ok": True}
     assert line["patients"] == 10
