@@ -172,8 +172,13 @@ def webhook(deployed):
     hook = Webhook()
     with hook.server:
         relay = str(Path(sys.executable).with_name("relay"))
+        # A lost-run window of 10 minutes, not 60 s: under the whole suite on a 2-core machine a
+        # live tick here missed its heartbeats (a heartbeat event failed to send, "EventsWorker
+        # failed to process item"), was marked Crashed and lost its concurrency lease mid-tick.
+        # The lost-run automation is tested with its own window (test_heartbeats.py).
         created = subprocess.run(
-            [relay, "alerts", "create", "--webhook-url", f"{hook.server.url}/hook"],
+            [relay, "alerts", "create", "--webhook-url", f"{hook.server.url}/hook"]
+            + ["--crash-after-seconds", "600"],
             env=deployed,
             capture_output=True,
             text=True,
