@@ -7,8 +7,8 @@ queue, so only that machine's worker picks its ticks up. The code does not trust
 - **The home record** is a Prefect Variable every worker reads, ``relay_home_<clinic>``:
   ``{"machine", "generation", "moved_at", "database"}`` (plus ``moving_to`` and ``backup``
   while ``relay clinic move`` is under way). The first tick of a clinic with no record claims it
-  for its machine, generation 1 (creating a variable is atomic on the server: two machines
-  cannot both win). A home claimed before any tick (``claim_home``, e.g. when deploying) has no
+  for its machine, generation 1, naming its database first (creating a variable is atomic on
+  the server: two machines cannot both win; the loser's database is unnamed again). A home claimed before any tick (``claim_home``, e.g. when deploying) has no
   ``database`` yet: the first tick on that machine binds its database to it.
 - **The database's identity** is one row of ``state.clinic_identity`` (tasks/schema/80_home.sql):
   the clinic, its lineage (``database_id``, carried by every backup) and its generation.
@@ -229,6 +229,10 @@ def write_identity(con: duckdb.DuckDBPyConnection, identity: Identity) -> None:
         )  # fmt: skip
 
 
+def forget_identity(con: duckdb.DuckDBPyConnection, clinic: str) -> None:
+    con.execute("DELETE FROM state.clinic_identity WHERE clinic = ?", [clinic])
+
+
 # --- the guard ----------------------------------------------------------------------------------
 
 
@@ -320,11 +324,17 @@ def guard(
     home = store.read(clinic)
     if home is None:  # the clinic's first tick anywhere: this machine becomes its home
         mine = identity or Identity(clinic, uuid.uuid4().hex, 1, machine)
+        # The database named before the record naming it, as `relay clinic claim` does: a run
+        # killed between the two leaves a named database that claims the home at the next
+        # tick, never a home whose database is unnamed (refused as a fresh one ever after).
+        if identity is None:
+            write_identity(con, mine)
         wanted = Home(machine=machine, generation=mine.generation, database=mine.database_id)
         home = store.create(clinic, wanted)
-        if home == wanted and identity is None:
-            write_identity(con, mine)
+        if home == wanted:
             identity = mine
+        elif identity is None:  # another machine was first: this database is not the clinic's
+            forget_identity(con, clinic)
     elif home.database is None and home.machine == machine and not home.moving_to:
         # claimed before any database was bound to it (`claim_home` by a deploy): the first
         # tick at home binds this one, at the home's generation

@@ -110,6 +110,40 @@ def test_two_machines_claiming_at_once_leave_one_home(tmp_path):
         assert read_identity(con) is None  # the loser's database was not made the clinic's
 
 
+class Killed(BaseException):
+    """SIGKILL's effect on the tick: nothing after this point runs."""
+
+
+class KilledAtTheClaim(Store):
+    """The server takes the claim (``lands``) or not, and the run is killed there."""
+
+    def __init__(self, lands: bool):
+        super().__init__()
+        self.lands = lands
+
+    def create(self, clinic, wanted):
+        if self.lands:
+            super().create(clinic, wanted)
+        raise Killed
+
+
+@pytest.mark.parametrize("lands", [True, False], ids=["after-the-server-took-it", "before"])
+def test_a_first_tick_killed_at_its_claim_leaves_a_clinic_the_next_tick_runs(tmp_path, lands):
+    """A kill at any moment of the first tick: the next tick at home goes on (it was refused as
+    a fresh database with history when the record was made before the database was named)."""
+    store = KilledAtTheClaim(lands)
+    with pytest.raises(Killed):
+        tick(tmp_path / "a.duckdb", store, "one")
+    assert ("acme" in store.homes) is lands
+    later = Store()
+    later.homes = store.homes
+    claimed = tick(tmp_path / "a.duckdb", later, "one")
+    with open_db(tmp_path / "a.duckdb") as con:
+        identity = read_identity(con)
+    assert claimed == Home(machine="one", generation=1, database=identity.database_id)
+    assert later.homes["acme"] == claimed
+
+
 def test_without_a_shared_server_the_database_gets_its_identity_and_nothing_is_refused(
     tmp_path, monkeypatch
 ):
