@@ -8,8 +8,9 @@ queue, so only that machine's worker picks its ticks up. The code does not trust
   ``{"machine", "generation", "moved_at", "database"}`` (plus ``moving_to`` and ``backup``
   while ``relay clinic move`` is under way). The first tick of a clinic with no record claims it
   for its machine, generation 1, naming its database first (creating a variable is atomic on
-  the server: two machines cannot both win; the loser's database is unnamed again). A home claimed before any tick (``claim_home``, e.g. when deploying) has no
-  ``database`` yet: the first tick on that machine binds its database to it.
+  the server: two machines cannot both win; the loser's database is unnamed again). A home
+  claimed before any tick (``claim_home``, e.g. when deploying) has no ``database`` yet: the
+  first tick on that machine binds its database to it.
 - **The database's identity** is one row of ``state.clinic_identity`` (tasks/schema/80_home.sql):
   the clinic, its lineage (``database_id``, carried by every backup) and its generation.
 
