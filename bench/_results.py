@@ -8,9 +8,8 @@ ok=True)`` is ``{"value": 0.99, "target": ">= 0.97", "ok": true}``.
 
 Each line also carries ``reference_seconds``: a fixed piece of DuckDB work (``REFERENCE_SQL``,
 one thread, the best of three) timed as the line is written. Machines of the same kind differ in
-speed, and so does one machine from hour to hour, not only with its load (the same model code's
-full build: 8.79 s at load 0.4 on one of this project's 2-core machines, 13.25 s at load 0.7 on
-another an hour later): a figure is read beside it.
+speed, and so does one machine from hour to hour, not only with its load (docs/scaling.md,
+"Measured", has an example): a figure is read beside it.
 
 ``RELAY_BENCH_RESULTS`` names another folder for the lines (a run under load that is not meant to
 be committed, a test); read at each call, so it can be set after the import.
