@@ -3,11 +3,15 @@ inside the fixtures that need them, so pure unit tests start in well under a sec
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
-# Before anything imports Prefect: a throwaway PREFECT_HOME, offline, quiet.
+# Before anything imports Prefect: a throwaway PREFECT_HOME, offline, quiet. Removed when the
+# process exits: registered before Prefect's own exit handlers, it runs after them.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="relay-prefect-home-")
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")

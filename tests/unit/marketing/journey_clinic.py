@@ -27,6 +27,16 @@ START = datetime(2026, 11, 2, 22, 0, tzinfo=UTC)  # Tuesday 09:00 in Melbourne (
 KEY = b"journey-tests-unsubscribe-key"
 
 
+# Folders this module makes live until the test process exits, then go (TemporaryDirectory's
+# finalizer), instead of piling up in the system's temp folder run after run.
+_FOLDERS: list[tempfile.TemporaryDirectory] = []
+
+
+def _folder(prefix: str) -> Path:
+    _FOLDERS.append(tempfile.TemporaryDirectory(prefix=prefix))
+    return Path(_FOLDERS[-1].name)
+
+
 # The segments these tests use: building only them (with every staging and mart model they read)
 # takes a fifth of the time of the whole project.
 SEGMENTS = ("new_patients", "recall_90_179", "upcoming_appointment")
@@ -35,7 +45,7 @@ SEGMENTS = ("new_patients", "recall_90_179", "upcoming_appointment")
 @cache
 def sql_dir() -> Path:
     """The project's staging and marts models and the segments above, copied unchanged."""
-    folder = Path(tempfile.mkdtemp(prefix="journey-sql-"))
+    folder = _folder("journey-sql-")
     for layer in ("staging", "marts"):
         shutil.copytree(models.SQL_DIR / layer, folder / layer)
     (folder / "segments").mkdir()
@@ -63,7 +73,7 @@ class Clinic:
         self.con = con if con is not None else memory_db()
         self.now = START
         self.time_zone = time_zone
-        self.outbox = Path(tempfile.mkdtemp(prefix="journey-outbox-"))
+        self.outbox = _folder("journey-outbox-")
         self.config = config
         self._next_appointment = 1000
         self.payloads: dict[tuple[str, int], dict] = {}

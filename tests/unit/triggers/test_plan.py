@@ -40,10 +40,14 @@ MAIN, ADMIN_BUSINESS = 1, 2
 SAM, ALEX = 7, 8
 
 
+# Removed when the test process exits (TemporaryDirectory's finalizer).
+_FOLDER = tempfile.TemporaryDirectory(prefix="relay-planning-sql-")
+
+
 def _models_for_planning() -> Path:
     """The real staging and marts files (linked, not copied): segments and data tests are other
     tests' business, and leaving them out halves the time of each build."""
-    root = Path(tempfile.mkdtemp(prefix="relay-planning-sql-")) / "sql"
+    root = Path(_FOLDER.name) / "sql"
     for folder in ("staging", "marts"):
         (root / folder).mkdir(parents=True)
         for path in (models.SQL_DIR / folder).glob("*.sql"):
