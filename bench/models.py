@@ -16,7 +16,9 @@ process's, all its DuckDB threads, and its phone-number helper's, which is also 
 with the load average when each phase started, and the costliest steps of the full build and
 of the 5-minute rebuild (each model's statement, the data tests, membership and the commit:
 wall and own CPU). The generated raw rows carry the parsed fields the sync's writer would
-have stored with them (tasks/cliniko/fields.py), so no build parses their payloads. Each run
+have stored with them (tasks/cliniko/fields.py), so no build parses their payloads, and the
+mobile numbers it would have read as it wrote the patients are in the phone memo
+(tasks/models/functions.py read_new_mobiles, timed and printed as the sync's share). Each run
 appends its figures to bench/results/models.jsonl (bench/_results.py). BENCH_PATIENTS /
 BENCH_APPOINTMENTS shrink the clinic (e.g. 20,000 / 400,000 for the idle tick of the 20,000-patient clinic).
 
@@ -141,6 +143,7 @@ def write_change_set(con, later: datetime) -> float:
 
     from tasks.cliniko import resources
     from tasks.cliniko.writer import ResourceWriter, parse_records
+    from tasks.models.runner import ListSettings
 
     stamp = later.strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -180,7 +183,7 @@ def write_change_set(con, later: datetime) -> float:
     started = time.perf_counter()
     for name, records in (("patients", patients), ("individual_appointments", cancelled + booked)):
         resource = resources.get(name)
-        writer = ResourceWriter(con, resource)
+        writer = ResourceWriter(con, resource, country=ListSettings().country)
         writer.add(f"/{name}", parse_records(resource, records), later)
         writer.commit(later)
     return time.perf_counter() - started
@@ -204,6 +207,8 @@ def _cpu_seconds() -> tuple[float, float]:
 
 def generate(db: Path) -> dict:
     from tasks.cliniko import fields as parsed_fields
+    from tasks.models.functions import read_new_mobiles, register
+    from tasks.models.runner import ListSettings
     from tasks.warehouse import open_db
 
     started = time.perf_counter()
@@ -215,8 +220,20 @@ def generate(db: Path) -> dict:
                 con.execute(statement, _params(statement, **values))
         # the fields the sync's writer parses as it writes each row (tasks/cliniko/fields.py)
         parsed_fields.fill_missing(con)
+        # and the mobile numbers it reads as it writes the patients (ResourceWriter): timed, as
+        # the sync's share of the work a build no longer does
+        phones_started, phones_cpu = time.perf_counter(), _own_cpu()
+        register(con)
+        phones = read_new_mobiles(con, ListSettings().country, "raw.patients")
+        phones_seconds = time.perf_counter() - phones_started
+        phones_cpu = _own_cpu() - phones_cpu
         con.execute("CHECKPOINT")
-    return {"seconds": time.perf_counter() - started}
+    return {
+        "seconds": time.perf_counter() - started,
+        "phones": phones,
+        "phones_seconds": phones_seconds,
+        "phones_cpu_seconds": phones_cpu,
+    }
 
 
 def _own_cpu() -> float:
@@ -403,7 +420,11 @@ def main() -> None:
         db = Path(os.environ.get("BENCH_DB", Path(tmp) / "bench.duckdb"))
         print(f"generating {PATIENTS:,} patients and {APPOINTMENTS:,} appointments ...", flush=True)
         gen = _child("generate", db)
-        print(f"  generated in {gen['seconds']:.1f}s")
+        print(
+            f"  generated in {gen['seconds']:.1f}s, with the {gen['phones']:,} mobile numbers the "
+            f"sync reads as it writes the patients: {gen['phones_seconds']:.2f} s, cpu "
+            f"{gen['phones_cpu_seconds']:.2f} s (the sync's, not the build's)"
+        )
         if (PATIENTS, APPOINTMENTS) != (100_000, 2_000_000):
             print("  (the targets are for 100,000 patients and 2,000,000 appointments)")
         load_at_start = load_average()
@@ -449,6 +470,9 @@ def main() -> None:
             {
                 "patients": PATIENTS,
                 "appointments": APPOINTMENTS,
+                # the mobile numbers the sync read as it wrote the patients (generate)
+                "sync_phones": gen["phones"],
+                "sync_phones_cpu_seconds": round(gen["phones_cpu_seconds"], 2),
                 "full_seconds": _figure(figure, full["seconds"], "full_seconds"),
                 "full_cpu_seconds": _figure(figure, full["cpu_seconds"], "full_cpu_seconds"),
                 "full_helper_cpu_seconds": round(full["helper_cpu_seconds"], 2),

@@ -184,6 +184,7 @@ def sync_clinic(clinic: str, reconcile: bool = False, *, as_tasks: bool = True) 
             overlap=timedelta(minutes=config.sync.overlap_minutes),
             reconcile=full,
             sweep=sweep,
+            country=config.country,
         )
     artifact = Artifact(
         key=artifact_key("cliniko-sync", config.clinic),

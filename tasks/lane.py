@@ -291,6 +291,7 @@ def catch_up(
             overlap=timedelta(minutes=config.sync.overlap_minutes),
             resources=resources,
             first_pages=dict(pages or {}),
+            country=config.country,
         )
         step = "models"
         models.build(con, models.ListSettings.from_config(config))

@@ -84,8 +84,8 @@ renamed as materialized (
     from parsed
 ),
 
--- Numbers an earlier build already read in this country (state.phone_numbers, kept by the
--- runner): looked up instead of parsed again, which is most of a full rebuild's Python time.
+-- Numbers already read in this country (state.phone_numbers: by the sync as it wrote the
+-- patients, or by an earlier build): looked up instead of parsed again, which is most of a full rebuild's Python time.
 -- On an incremental build, only the numbers these patients carry (every number looked up
 -- below is one of them): a 5-minute build's few patients then join a few memo rows, not a
 -- table of all 100,000 (a full build reads them all, and picking them would cost more).

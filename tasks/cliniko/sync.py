@@ -121,8 +121,10 @@ class Sync:
         on_page: ProgressCallback | None = None,
         resources: tuple[Resource, ...] = RESOURCES,
         first_pages: dict[str, tuple[datetime | None, Page]] | None = None,
+        country: str | None = None,
     ) -> None:
         self.con, self.client = con, client
+        self.country = country  # the clinic's: patients' mobile numbers read as written
         self.overlap, self.full, self.on_page = overlap, full, on_page
         self.resources = resources
         self.counts = {r.name: ResourceCounts(r.name) for r in resources}
@@ -193,7 +195,7 @@ class Sync:
         counts = self.counts[name]
         started = time.perf_counter()
         seen: set[int] = set()
-        writer = ResourceWriter(self.con, resource)
+        writer = ResourceWriter(self.con, resource, country=self.country)
         for path in resource.paths:
             while (batch := self._next_page(path)) is not None:
                 done = writer.add(path, batch, datetime.now(UTC))
@@ -359,13 +361,15 @@ def run_sync(
     sweep: Callable[[Sync], object] = Sync.run,
     resources: tuple[Resource, ...] = RESOURCES,
     first_pages: dict[str, tuple[datetime | None, Page]] | None = None,
+    country: str | None = None,
 ) -> dict[str, ResourceCounts]:
     """A whole run, recorded in ``state.sync_runs`` (completed, or failed with its error),
     whoever runs it. ``sweep`` reads every resource: ``Sync.run``, or the flow's Prefect tasks
     around the same ``Sync`` methods (flows/sync.py). ``resources``: only these (the fast lane's
     few, tasks/lane.py), recorded as kind 'partial'; a reconciliation reads them all.
     ``first_pages``: path -> (cursor, its page 1 from there) already asked for (the lane's poll:
-    read on from there, not asked again)."""
+    read on from there, not asked again). ``country``: the clinic's (clinic.yaml): the mobile
+    numbers of the patients written are read as they are written (ResourceWriter)."""
     partial = not reconcile and resources != RESOURCES
     run_id = start_run(con, "reconcile" if reconcile else "partial" if partial else "incremental")
     chosen = resources if partial else RESOURCES
@@ -377,6 +381,7 @@ def run_sync(
         on_page=on_page,
         resources=chosen,
         first_pages=None if reconcile else first_pages,
+        country=country,
     )
     try:
         sweep(sync)
@@ -401,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-seconds", type=float, default=60.0, help="... per window")
     parser.add_argument("--no-rate-limit", action="store_true")
     parser.add_argument("--retry-initial", type=float, default=0.5)
+    parser.add_argument(
+        "--country", default="AU", help="the clinic's, as clinic.yaml's country (phones)"
+    )
     args = parser.parse_args(argv)
 
     from tasks.cliniko.client import Retry
@@ -420,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             client,
             overlap=timedelta(minutes=args.overlap_minutes),
             reconcile=args.reconcile,
+            country=args.country or None,
         )
     report = {
         "seconds": time.perf_counter() - started,

@@ -26,6 +26,11 @@ from tasks.warehouse import transaction
 
 MAX_BIGINT = 2**63 - 1
 
+# The resource whose records carry phone numbers, and the rows one commit of it wrote (every row
+# of a commit has its ``synced_at``).
+MOBILES_RESOURCE = "patients"
+_WRITTEN_NOW = "(SELECT payload FROM raw.patients WHERE synced_at = $written)"
+
 Row = tuple[int, datetime | None, str]  # id, updated_at, payload exactly as sent (JSON text)
 
 
@@ -173,8 +178,14 @@ class ResourceWriter:
     STATEMENT_ROWS = 500
     LOOKUP_ROWS = 2000  # measured: reading 580k ids takes 0.5 s, one page's ids about 1 ms
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, resource: Resource) -> None:
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, resource: Resource, *, country: str | None = None
+    ) -> None:
         self.con, self.resource = con, resource
+        # The clinic's country: the patients' mobile numbers are read as they are written
+        # (tasks.models.functions.read_new_mobiles), not at the next build. None: not read.
+        self.country = country if resource.name == MOBILES_RESOURCE else None
+        self._registered = False  # the models' SQL functions, on ``con`` (read_new_mobiles)
         # id -> updated_at of the rows we hold, read whole once a sync has seen LOOKUP_ROWS rows;
         # until then each page looks up its own ids, so an incremental sync (a few pages in the
         # overlap window) never reads the whole table.
@@ -301,6 +312,13 @@ class ResourceWriter:
                         "now": now,
                     },
                 )
+            if self.country and all_rows:
+                from tasks.models import functions  # phonenumbers, its macros: only here
+
+                if not self._registered:
+                    functions.register(self.con)
+                    self._registered = True
+                functions.read_new_mobiles(self.con, self.country, _WRITTEN_NOW, {"written": now})
             if self._quarantined:
                 self.con.executemany(
                     "INSERT INTO state.quarantine VALUES (?, ?, ?, ?, ?, ?) "

@@ -34,12 +34,12 @@ def server(clinic):
         yield running
 
 
-def sync(con, server, clinic) -> None:
+def sync(con, server, clinic, country: str | None = None) -> None:
     retry = Retry(initial_seconds=0.01, max_seconds=0.2)
     with ClinikoClient(
         clinic.api_key, "t@example.com", server.base_url, pace=None, retry=retry
     ) as client:
-        extract.run_sync(con, client)
+        extract.run_sync(con, client, country=country)
 
 
 def table(con, relation: str, order: str, exclude: str = "") -> list[tuple]:
@@ -132,3 +132,28 @@ def test_models_over_a_synced_sandbox_clinic(tmp_path, server, clinic):
         assert after["marts.sms_marketing_list"] == table(
             con, "marts.sms_marketing_list", "mobile_e164"
         )
+
+
+def test_numbers_read_by_the_sync_are_the_numbers_a_build_reads(tmp_path, server, clinic):
+    """The sync, given the clinic's country (as the flows give it), reads the patients' mobile
+    numbers as it writes them; the build then finds them read, and its patients, lists and
+    segments are those of a build that read every number itself."""
+    settings = models.ListSettings.from_config(load_clinic("demo"))
+    built = {}
+    for country in (settings.country, None):
+        with open_db(tmp_path / f"clinic-{country}.duckdb") as con:
+            sync(con, server, clinic, country)
+            memo = "SELECT count(*) FROM state.phone_numbers"
+            read = con.execute(memo).fetchone()[0]
+            models.build(con, settings, now=clinic.now)
+            by_build = con.execute(memo).fetchone()[0] - read
+            if country:  # all but the other entries of patients whose Mobile entry is not one
+                assert read > 10 * by_build
+            else:
+                assert read == 0 and by_build > 0
+            built[country] = {
+                "marts.patients": table(con, "marts.patients", "patient_id"),
+                "marts.sms_marketing_list": table(con, "marts.sms_marketing_list", "mobile_e164"),
+                "memo": table(con, "state.phone_numbers", "number"),
+            }
+    assert built[settings.country] == built[None]

@@ -53,6 +53,9 @@ def test_the_flow_syncs_and_its_artifacts_carry_no_personal_data(tmp_path, monke
     assert counts["patients"]["new"] == len(patients)
     with open_db(db, read_only=True) as con:
         assert con.execute("SELECT count(*) FROM raw.patients").fetchone()[0] == len(patients)
+        # the patients' mobile numbers read as they were written, in the clinic's country
+        memo = con.execute("SELECT DISTINCT country FROM state.phone_numbers").fetchall()
+        assert memo == [("AU",)]
         runs = con.execute("SELECT kind, status FROM state.sync_runs ORDER BY started_at")
         assert runs.fetchall() == [
             ("reconcile", "completed"),  # the first run of a clinic is a full sweep

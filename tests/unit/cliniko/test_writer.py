@@ -12,6 +12,7 @@ from tasks import warehouse
 from tasks.cliniko import resources
 from tasks.cliniko.sync import bound_memory
 from tasks.cliniko.writer import ResourceWriter, mark_removed, parse_records, watermark
+from tasks.models import phones
 from tasks.warehouse import one
 
 PATIENTS = resources.get("patients")
@@ -242,3 +243,60 @@ def test_a_full_commit_of_appointments_fits_well_inside_the_syncs_memory_bound(t
         assert one(con, "SELECT count(fields.starts_at) FROM raw.individual_appointments") == (
             ResourceWriter.FLUSH_ROWS,
         )
+
+
+def _phones(*entries: tuple[str, str]) -> list[dict]:
+    return [{"phone_type": kind, "number": number} for kind, number in entries]
+
+
+def _memo(con) -> dict:
+    return dict(
+        con.execute(
+            "SELECT number, mobile_e164 FROM state.phone_numbers WHERE country = 'AU'"
+        ).fetchall()
+    )
+
+
+def test_the_patients_mobile_numbers_are_read_as_they_are_written(con):
+    """With the clinic's country the writer reads the numbers a build would (a patient's first
+    Mobile entry; every entry of a patient without one) into the phone memo, in the commit that
+    writes the patients; a landline beside a mobile is not read, nor a number read before."""
+    first = [
+        patient(
+            "1", patient_phone_numbers=_phones(("Mobile", "0412 345 678"), ("Home", "03 9999 0000"))
+        ),
+        patient(
+            "2", patient_phone_numbers=_phones(("Home", "03 9999 0001"), ("Work", "0423 456 789"))
+        ),
+        patient("3", patient_phone_numbers=[]),
+        patient("4", patient_phone_numbers=_phones(("mobile ", "12345"))),
+    ]
+    writer = ResourceWriter(con, PATIENTS, country="AU")
+    writer.add("/patients", parse_records(PATIENTS, first), NOW)
+    assert _memo(con) == {}  # nothing before the rows themselves are committed
+    writer.commit(NOW)
+    assert _memo(con) == {
+        "0412 345 678": "+61412345678",
+        "03 9999 0001": None,
+        "0423 456 789": "+61423456789",
+        "12345": None,
+    }
+    parser = con.execute("SELECT DISTINCT parser FROM state.phone_numbers").fetchall()
+    assert parser == [(phones.PHONE_PARSER,)]
+
+    moved = patient(
+        "1", "2026-03-01T11:00:00Z", patient_phone_numbers=_phones(("Mobile", "0498 765 432"))
+    )
+    later = NOW + timedelta(minutes=5)
+    writer = ResourceWriter(con, PATIENTS, country="AU")
+    writer.add("/patients", parse_records(PATIENTS, [moved]), later)
+    writer.commit(later)
+    assert _memo(con)["0498 765 432"] == "+61498765432"
+    assert len(_memo(con)) == 5
+
+
+def test_without_a_country_or_for_other_resources_no_number_is_read(con):
+    page = [patient("1", patient_phone_numbers=_phones(("Mobile", "0412 345 678")))]
+    write(con, parse_records(PATIENTS, page))  # no country: a tool's or a test's writer
+    assert _memo(con) == {}
+    assert ResourceWriter(con, REFERRALS, country="AU").country is None
