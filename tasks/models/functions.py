@@ -196,10 +196,10 @@ PREFILL_MIN_NUMBERS = 5000
 
 # The numbers staging.patients reads, from the patients it reads ({source}: all of them, or on
 # an incremental build those the sync wrote since, as raw_changes finds them) and not yet in
-# the memo: each patient's first Mobile-typed entry, and every entry of a patient without one.
-# (The model also reads the other entries of a patient whose first Mobile entry is not a
-# valid mobile; which those are needs the answers, so the model parses them
-# itself: few.) Reading them here is only a head start: staging.patients still decides which
+# the memo: each patient's first Mobile-typed entry, and every entry of a patient without one
+# or whose first is known (in the memo) not to be a valid mobile. (Which those are needs the
+# answers: a build starting without them parses the rest itself, few; read_new_mobiles asks
+# again once it has them.) Reading them here is only a head start: staging.patients still decides which
 # number is a patient's, and parses any it does not find in the memo, so if this query and the
 # model ever disagree the cost is a slower build, never a different answer (a memo row is
 # phonenumbers' answer for that number, whoever asked).
@@ -216,7 +216,10 @@ WITH phones AS MATERIALIZED (
 SELECT DISTINCT number FROM (
     SELECT first_mobile AS number FROM phones
     UNION ALL
-    SELECT cliniko_text(unnest(entries).number) FROM phones WHERE first_mobile IS NULL
+    SELECT cliniko_text(unnest(entries).number) FROM phones
+    WHERE first_mobile IS NULL OR first_mobile IN (
+        SELECT number FROM state.phone_numbers WHERE country = $country AND mobile_e164 IS NULL
+    )
 )
 WHERE number IS NOT NULL
     AND number NOT IN (SELECT number FROM state.phone_numbers WHERE country = $country)
@@ -234,12 +237,17 @@ def read_new_mobiles(
     page while it waits on Cliniko's rate limit, so a build finds the numbers read: a first
     build after a backfill read 100,000 of them, about 3.5 s of CPU and the other core's
     time, with the models waiting for the last. The same numbers a build would read
-    (``_UNREAD_MOBILES``), the same answers (``mobile_e164``)."""
-    query = _UNREAD_MOBILES.replace("{source}", source)
-    numbers = [r[0] for r in con.execute(query, {"country": country, **(params or {})}).fetchall()]
-    if numbers:
+    (``_UNREAD_MOBILES``), the same answers (``mobile_e164``): asked twice, the second time
+    for the other entries of the patients whose first Mobile entry the first found no mobile."""
+    query, read = _UNREAD_MOBILES.replace("{source}", source), 0
+    for _ in range(2):
+        found = con.execute(query, {"country": country, **(params or {})}).fetchall()
+        numbers = [r[0] for r in found]
+        if not numbers:
+            break
         remember_mobiles(con, country, numbers, [mobile_e164(n, country) for n in numbers])
-    return len(numbers)
+        read += len(numbers)
+    return read
 
 
 class PhonePrefill:

@@ -259,8 +259,9 @@ def _memo(con) -> dict:
 
 def test_the_patients_mobile_numbers_are_read_as_they_are_written(con):
     """With the clinic's country the writer reads the numbers a build would (a patient's first
-    Mobile entry; every entry of a patient without one) into the phone memo, in the commit that
-    writes the patients; a landline beside a mobile is not read, nor a number read before."""
+    Mobile entry; every entry of a patient without a valid one) into the phone memo, in the
+    commit that writes the patients; a landline beside a mobile is not read, nor a number read
+    before."""
     first = [
         patient(
             "1", patient_phone_numbers=_phones(("Mobile", "0412 345 678"), ("Home", "03 9999 0000"))
@@ -270,6 +271,7 @@ def test_the_patients_mobile_numbers_are_read_as_they_are_written(con):
         ),
         patient("3", patient_phone_numbers=[]),
         patient("4", patient_phone_numbers=_phones(("mobile ", "12345"))),
+        patient("5", patient_phone_numbers=_phones(("Mobile", "123"), ("Work", "0411 111 111"))),
     ]
     writer = ResourceWriter(con, PATIENTS, country="AU")
     writer.add("/patients", parse_records(PATIENTS, first), NOW)
@@ -280,6 +282,8 @@ def test_the_patients_mobile_numbers_are_read_as_they_are_written(con):
         "03 9999 0001": None,
         "0423 456 789": "+61423456789",
         "12345": None,
+        "123": None,
+        "0411 111 111": "+61411111111",  # read once the first was found no mobile
     }
     parser = con.execute("SELECT DISTINCT parser FROM state.phone_numbers").fetchall()
     assert parser == [(phones.PHONE_PARSER,)]
@@ -292,7 +296,7 @@ def test_the_patients_mobile_numbers_are_read_as_they_are_written(con):
     writer.add("/patients", parse_records(PATIENTS, [moved]), later)
     writer.commit(later)
     assert _memo(con)["0498 765 432"] == "+61498765432"
-    assert len(_memo(con)) == 5
+    assert len(_memo(con)) == 7
 
 
 def test_without_a_country_or_for_other_resources_no_number_is_read(con):
