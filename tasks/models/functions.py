@@ -233,20 +233,22 @@ def read_new_mobiles(
     parentheses, with ``params``) that the memo lacks, here, and remember them; how many.
     ``con`` has the functions (``register``).
 
-    The sync calls it as it writes patients (tasks/cliniko/writer.py), a few milliseconds a
-    page while it waits on Cliniko's rate limit, so a build finds the numbers read: a first
+    The sync calls it as it writes patients (tasks/cliniko/writer.py), about 90 µs a new
+    patient while it waits on Cliniko's rate limit, so a build finds the numbers read: a first
     build after a backfill read 100,000 of them, about 3.5 s of CPU and the other core's
     time, with the models waiting for the last. The same numbers a build would read
-    (``_UNREAD_MOBILES``), the same answers (``mobile_e164``): asked twice, the second time
-    for the other entries of the patients whose first Mobile entry the first found no mobile."""
+    (``_UNREAD_MOBILES``), the same answers (``mobile_e164``): asked again when a number it
+    read was no mobile, for the other entries of the patients whose first Mobile entry it was."""
     query, read = _UNREAD_MOBILES.replace("{source}", source), 0
     for _ in range(2):
         found = con.execute(query, {"country": country, **(params or {})}).fetchall()
         numbers = [r[0] for r in found]
-        if not numbers:
-            break
-        remember_mobiles(con, country, numbers, [mobile_e164(n, country) for n in numbers])
+        answers = [mobile_e164(n, country) for n in numbers]
+        if numbers:
+            remember_mobiles(con, country, numbers, answers)
         read += len(numbers)
+        if None not in answers:
+            break
     return read
 
 

@@ -245,6 +245,31 @@ def test_a_full_commit_of_appointments_fits_well_inside_the_syncs_memory_bound(t
         )
 
 
+def test_a_full_commit_of_patients_reads_their_numbers_inside_the_same_bound(tmp_path):
+    """The numbers a commit of patients carries are read within the same memory bound: listed
+    from the patients in the writer's statements' slices, not from the table (listing them
+    from a whole commit ran a first sync of 20,000 patients out of its 64 MB)."""
+    example = EXAMPLES / "patients.json"
+    record = orjson.loads(example.read_bytes())["response"]["patients"][0]
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    records = [
+        {
+            **record,
+            "id": str(i),
+            "updated_at": (start + timedelta(seconds=i)).isoformat(),
+            "patient_phone_numbers": _phones(("Mobile", f"04{i:08d}"), ("Home", "03 9999 0000")),
+        }
+        for i in range(1, ResourceWriter.FLUSH_ROWS + 1)
+    ]
+    with warehouse.open_db(tmp_path / "clinic.duckdb") as con:
+        bound_memory(con, "24MB")
+        writer = ResourceWriter(con, PATIENTS, country="AU")
+        for page in range(0, len(records), 100):
+            writer.add("/patients", parse_records(PATIENTS, records[page : page + 100]), NOW)
+        writer.commit(NOW)
+        assert len(_memo(con)) == ResourceWriter.FLUSH_ROWS
+
+
 def _phones(*entries: tuple[str, str]) -> list[dict]:
     return [{"phone_type": kind, "number": number} for kind, number in entries]
 
