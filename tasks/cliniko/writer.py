@@ -184,7 +184,7 @@ class ResourceWriter:
         # The clinic's country: the patients' mobile numbers are read as they are written
         # (tasks.models.functions.read_new_mobiles), not at the next build. None: not read.
         self.country = country if resource.name == MOBILES_RESOURCE else None
-        self._registered = False  # the models' SQL functions, on ``con`` (read_new_mobiles)
+        self._registered = False  # the models' macros, on ``con`` (read_new_mobiles)
         # id -> updated_at of the rows we hold, read whole once a sync has seen LOOKUP_ROWS rows;
         # until then each page looks up its own ids, so an incremental sync (a few pages in the
         # overlap window) never reads the whole table.
@@ -290,7 +290,7 @@ class ResourceWriter:
         from tasks.models import functions  # phonenumbers, the models' macros: only here
 
         if not self._registered:
-            functions.register(self.con)
+            functions.register_macros(self.con)
             self._registered = True
         functions.read_new_mobiles(self.con, country, _PAYLOADS, {"payloads": payloads})
 

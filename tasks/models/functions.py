@@ -231,7 +231,7 @@ def read_new_mobiles(
 ) -> int:
     """Read the numbers of ``source``'s patients (raw.patients, or a query of its rows in
     parentheses, with ``params``) that the memo lacks, here, and remember them; how many.
-    ``con`` has the functions (``register``).
+    ``con`` has the macros (``register_macros``).
 
     The sync calls it as it writes patients (tasks/cliniko/writer.py), about 90 µs a new
     patient while it waits on Cliniko's rate limit, so a build finds the numbers read: a first
@@ -446,6 +446,12 @@ def register(con: duckdb.DuckDBPyConnection) -> None:
     _create_once(
         lambda: con.create_function("relay_email_validator", email_is_valid, [VARCHAR], BOOLEAN)
     )
+    register_macros(con)
+
+
+def register_macros(con: duckdb.DuckDBPyConnection) -> None:
+    """The macros only (``register`` makes them too): what the sync needs to list numbers
+    (``read_new_mobiles``), without the UDFs, whose first registration imports numpy."""
     for macro in MACROS:
         con.execute(macro)
 

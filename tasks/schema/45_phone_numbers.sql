@@ -1,6 +1,7 @@
 -- Mobile numbers already read with phonenumbers, so a build parses only numbers it has not seen
 -- (a full rebuild after a SQL change re-reads 100,000 patients but parses none of them again).
--- Written by the model runner inside the build's transaction, so a failed build adds nothing.
+-- Written by the sync as it writes the patients (in the same commit: tasks/cliniko/writer.py),
+-- and by the model runner inside the build's transaction, so a failed build adds nothing.
 -- Holds only the clinic's current country and phonenumbers version: the runner deletes the rest
 -- at the start of a build (a number reads differently in another country or with newer
 -- metadata). Numbers only, with no link to a patient; staging.patients reads it.
