@@ -207,7 +207,7 @@ def _cpu_seconds() -> tuple[float, float]:
 
 def generate(db: Path) -> dict:
     from tasks.cliniko import fields as parsed_fields
-    from tasks.models.functions import read_new_mobiles, register
+    from tasks.models.functions import read_new_mobiles, register_macros
     from tasks.models.runner import ListSettings
     from tasks.warehouse import open_db
 
@@ -223,7 +223,7 @@ def generate(db: Path) -> dict:
         # and the mobile numbers it reads as it writes the patients (ResourceWriter): timed, as
         # the sync's share of the work a build no longer does
         phones_started, phones_cpu = time.perf_counter(), _own_cpu()
-        register(con)
+        register_macros(con)
         phones = read_new_mobiles(con, ListSettings().country, "raw.patients")
         phones_seconds = time.perf_counter() - phones_started
         phones_cpu = _own_cpu() - phones_cpu

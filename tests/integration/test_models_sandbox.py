@@ -136,8 +136,8 @@ def test_models_over_a_synced_sandbox_clinic(tmp_path, server, clinic):
 
 def test_numbers_read_by_the_sync_are_the_numbers_a_build_reads(tmp_path, server, clinic):
     """The sync, given the clinic's country (as the flows give it), reads the patients' mobile
-    numbers as it writes them; the build then finds them read, and its patients, lists and
-    segments are those of a build that read every number itself."""
+    numbers as it writes them; the build then finds them read, and its patients, SMS list and
+    memo are those of a build that read every number itself."""
     settings = models.ListSettings.from_config(load_clinic("demo"))
     built = {}
     for country in (settings.country, None):
