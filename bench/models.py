@@ -133,12 +133,19 @@ FROM (SELECT i, hash(i) AS h, 1 + hash(i * 31) % $patients AS patient,
 """
 
 
-def write_change_set(con, later: datetime) -> float:
+def write_change_set(
+    con, later: datetime, tick: int = 0, patients: int = PATIENTS, appointments: int = APPOINTMENTS
+) -> float:
     """A 5-minute change set, written as the sync writes it (tasks/cliniko/writer.py, its
     parsed fields and all): CHANGED_PATIENTS patients with a new email and SMS consent,
     CHANGED_APPOINTMENTS appointments cancelled (both spread over the whole clinic, old rows
     and new), NEW_APPOINTMENTS new bookings. Returns the seconds the writer took (reading the
-    picked rows back is the bench's own)."""
+    picked rows back is the bench's own).
+
+    ``tick``: the how-manyth change set in a row (bench/aging.py), each picking other rows: an
+    odd one restores the appointments the one before cancelled, and the new bookings take new
+    ids; tick 0 is the models benchmark's own. ``patients`` / ``appointments``: the clinic's
+    size as generated."""
     import orjson
 
     from tasks.cliniko import resources
@@ -147,24 +154,29 @@ def write_change_set(con, later: datetime) -> float:
 
     stamp = later.strftime("%Y-%m-%dT%H:%M:%SZ")
 
-    def picked(table: str, step: int, count: int, total: int) -> list[dict]:
+    def picked(table: str, step: int, count: int, total: int, nth: int) -> list[dict]:
         payloads = con.execute(
             f"SELECT payload FROM raw.{table} WHERE id IN "
-            f"(SELECT 1 + hash(i * {step}) % {total} FROM range({count}) t(i))"
+            f"(SELECT 1 + hash(i * {step}) % {total} FROM range({nth * count}, "
+            f"{(nth + 1) * count}) t(i))"
         ).fetchall()
         return [orjson.loads(p) | {"updated_at": stamp} for (p,) in payloads]
 
-    patients = [
+    edited = [
         record | {"email": f"changed{record['id']}@example.com", "accepted_sms_marketing": True}
-        for record in picked("patients", 13, CHANGED_PATIENTS, PATIENTS)
+        for record in picked("patients", 13, CHANGED_PATIENTS, patients, tick)
     ]
+    restore = tick % 2 == 1  # the appointments the tick before cancelled
     cancelled = [
-        record | {"cancelled_at": "2026-11-22T08:58:00Z"}
-        for record in picked("individual_appointments", 11, CHANGED_APPOINTMENTS, APPOINTMENTS)
+        record | {"cancelled_at": None if restore else "2026-11-22T08:58:00Z"}
+        for record in picked(
+            "individual_appointments", 11, CHANGED_APPOINTMENTS, appointments, tick - int(restore)
+        )
     ]
+    new_ids, nth_new = appointments + tick * NEW_APPOINTMENTS, tick * NEW_APPOINTMENTS
     booked = [
         {
-            "id": str(APPOINTMENTS + i),
+            "id": str(new_ids + i),
             "created_at": stamp,
             "updated_at": stamp,
             "starts_at": "2026-12-01T01:00:00Z",
@@ -173,7 +185,7 @@ def write_change_set(con, later: datetime) -> float:
             "did_not_arrive": False,
             "patient_arrived": False,
             "archived_at": "",
-            "patient": {"links": {"self": f"{API}/patients/{1 + i * 37}"}},
+            "patient": {"links": {"self": f"{API}/patients/{1 + (nth_new + i) * 37 % patients}"}},
             "practitioner": {"links": {"self": f"{API}/practitioners/1"}},
             "business": {"links": {"self": f"{API}/businesses/1"}},
             "appointment_type": {"links": {"self": f"{API}/appointment_types/2"}},
@@ -181,7 +193,7 @@ def write_change_set(con, later: datetime) -> float:
         for i in range(1, NEW_APPOINTMENTS + 1)
     ]
     started = time.perf_counter()
-    for name, records in (("patients", patients), ("individual_appointments", cancelled + booked)):
+    for name, records in (("patients", edited), ("individual_appointments", cancelled + booked)):
         resource = resources.get(name)
         writer = ResourceWriter(con, resource, country=ListSettings().country)
         writer.add(f"/{name}", parse_records(resource, records), later)
