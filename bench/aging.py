@@ -7,11 +7,11 @@ other rows each tick), building the models and closing the file as a tick does (
 checkpoints the write-ahead log into the file). ``python -m bench aging``.
 
 Prints, for each 50 builds, the median build and close, the slowest close and how many took
-over half a second; the three slowest closes and after which build; the file's size and its free blocks (which later writes reuse), and the row groups of
-the individual-appointment tables, before the first tick and after the last. No target: it
-shows whether a build slows down as the history grows, what a tick pays now and then for
-DuckDB's checkpoint, and how large the file grows. BENCH_AGING_PATIENTS /
-BENCH_AGING_APPOINTMENTS: another clinic size.
+over half a second; the three slowest closes and after which build; the file's size, its free
+blocks (which later writes reuse) and the row groups of the individual-appointment tables,
+before the first tick and after the last. No target: it shows whether a build slows down as
+the history grows, what a tick pays now and then for DuckDB's checkpoint, and how large the
+file grows. BENCH_AGING_PATIENTS / BENCH_AGING_APPOINTMENTS: another clinic size.
 """
 
 from __future__ import annotations
