@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import timedelta
@@ -39,17 +37,11 @@ APPOINTMENT_TABLES = (
 
 def _prepare(db: Path) -> None:
     """The generated clinic, built in full (bench/models.py's own phases, in their processes)."""
+    from bench.models import _child
+
     env = os.environ | {"BENCH_PATIENTS": str(PATIENTS), "BENCH_APPOINTMENTS": str(APPOINTMENTS)}
     for phase in ("generate", "full"):
-        out = subprocess.run(
-            [sys.executable, "-m", "bench.models", phase, str(db)],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"bench.models {phase} failed:\n{out.stderr[-3000:]}")
+        _child(phase, db, env)
 
 
 def _file(db: Path) -> dict:
@@ -80,9 +72,8 @@ def main() -> None:
     # A build runs in a tick forked from the worker's warm template, numpy loaded (bench.models).
     import relay._numpy  # noqa: F401
     from bench._results import load_average, record
-    from bench.models import NOW, write_change_set
+    from bench.models import NOW, build_db, write_change_set
     from tasks.models import runner as models
-    from tasks.warehouse import open_db
 
     with tempfile.TemporaryDirectory(prefix="relay-bench-aging-") as tmp:
         db = Path(tmp) / "aging.duckdb"
@@ -100,9 +91,7 @@ def main() -> None:
         builds, closes = [], []
         for tick in range(BUILDS):
             now = NOW + timedelta(minutes=5 * (tick + 1))
-            with open_db(db) as con:
-                con.execute("SET memory_limit = '1GB'")
-                con.execute("SET enable_progress_bar = false")
+            with build_db(db) as con:
                 write_change_set(con, now - timedelta(minutes=1), tick, PATIENTS, APPOINTMENTS)
                 started = time.perf_counter()
                 models.build(con, models.ListSettings(), now=now)

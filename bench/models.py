@@ -291,12 +291,8 @@ def build_phase(db: Path, phase: str) -> dict:
     # (relay/warm.py PRELOAD): measured here as it runs there, not paying the import.
     import relay._numpy  # noqa: F401
     from tasks.models import runner as models
-    from tasks.warehouse import open_db
 
-    with open_db(db) as con:
-        if MEMORY_LIMIT != "none":
-            con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
-        con.execute("SET enable_progress_bar = false")
+    with build_db(db) as con:
         now = NOW + timedelta(minutes=5 * ("full", "unchanged", "change").index(phase))
         written = 0.0
         if phase == "change":
@@ -328,12 +324,27 @@ def build_phase(db: Path, phase: str) -> dict:
     }
 
 
-def _child(phase: str, db: Path) -> dict:
+@contextlib.contextmanager
+def build_db(db: Path):
+    """The clinic's database opened as a tick opens it for a build, DuckDB's memory bounded to
+    MEMORY_LIMIT (bench/aging.py builds in it too); closing it checkpoints the file."""
+    from tasks.warehouse import open_db
+
+    with open_db(db) as con:
+        if MEMORY_LIMIT != "none":
+            con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+        con.execute("SET enable_progress_bar = false")
+        yield con
+
+
+def _child(phase: str, db: Path, env: dict[str, str] | None = None) -> dict:
+    """One phase in its own process (``env``: its environment, e.g. another BENCH_PATIENTS)."""
     out = subprocess.run(
         [sys.executable, "-m", "bench.models", phase, str(db)],
         capture_output=True,
         text=True,
         cwd=Path(__file__).resolve().parent.parent,
+        env=env,
     )
     if out.returncode != 0:
         raise RuntimeError(f"bench phase '{phase}' failed:\n{out.stderr[-3000:]}")

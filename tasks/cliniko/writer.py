@@ -310,6 +310,7 @@ class ResourceWriter:
                 )
             for start in range(0, len(all_rows), self.STATEMENT_ROWS):
                 rows = all_rows[start : start + self.STATEMENT_ROWS]
+                payloads = [r[2] for r in rows]
                 self.con.execute(
                     f"INSERT INTO {self.resource.table} BY NAME SELECT *{self._parsed} "
                     "FROM (SELECT unnest($ids) AS id, unnest($updated) AS updated_at, "
@@ -318,12 +319,12 @@ class ResourceWriter:
                     {
                         "ids": [r[0] for r in rows],
                         "updated": [r[1] for r in rows],
-                        "payloads": [r[2] for r in rows],
+                        "payloads": payloads,
                         "now": now,
                     },
                 )
                 if self.country:
-                    self._read_mobiles(self.country, [r[2] for r in rows])
+                    self._read_mobiles(self.country, payloads)
             if self._quarantined:
                 self.con.executemany(
                     "INSERT INTO state.quarantine VALUES (?, ?, ?, ?, ?, ?) "

@@ -200,9 +200,9 @@ PREFILL_MIN_NUMBERS = 5000
 # or whose first is known (in the memo) not to be a valid mobile. (Which those are needs the
 # answers: a build starting without them parses the rest itself, few; read_new_mobiles asks
 # again once it has them.) Reading them here is only a head start: staging.patients still
-# decides which number is a patient's, and parses any it does not find in the memo, so if this query and the
-# model ever disagree the cost is a slower build, never a different answer (a memo row is
-# phonenumbers' answer for that number, whoever asked).
+# decides which number is a patient's, and parses any it does not find in the memo, so if this
+# query and the model ever disagree the cost is a slower build, never a different answer (a
+# memo row is phonenumbers' answer for that number, whoever asked).
 _UNREAD_MOBILES = """
 WITH phones AS MATERIALIZED (
     SELECT entries, cliniko_text(list_filter(entries,
@@ -263,8 +263,9 @@ class PhonePrefill:
     ``start`` lists the numbers and shares them out to helper processes, one per core (at
     most one per PREFILL_MIN_NUMBERS numbers); ``store`` (called before the first model that
     reads state.phone_numbers) waits for them and writes the answers to the memo, so the
-    numbers are read on every core while DuckDB builds the models before (a single helper was the build's
-    longest wait: staging.patients waited seconds for it, on a machine with a core to spare).
+    numbers are read on every core while DuckDB builds the models before (a single helper was
+    the build's longest wait: staging.patients waited seconds for it, on a machine with a core
+    to spare).
     Too few numbers (an ordinary tick) start nothing: the model's function reads those. If a
     helper fails, its share is not stored and the function reads those numbers too: never a
     different answer, only a slower build.
