@@ -46,7 +46,7 @@ from tasks.cliniko.client import ClinikoClient, Pace, Page
 from tasks.cliniko.resources import RESOURCES, Resource
 from tasks.cliniko.writer import Batch, ResourceWriter, mark_removed, parse_records, watermark
 from tasks.peak_memory import peak_rss_mb
-from tasks.warehouse import one, open_db
+from tasks.warehouse import duckdb_message, one, open_db
 
 # --- Reading: the one paging mechanism ----------------------------------------------------------
 
@@ -336,7 +336,9 @@ def finish_run(
     counts: dict[str, ResourceCounts],
     error: BaseException | None = None,
 ) -> None:
-    """Close the run record. ``error`` is stored by message: ours never carry personal data."""
+    """Close the run record. ``error`` is stored by message: ours never carry personal data,
+    and a DuckDB error about data (the writer's statements read the payloads, and the patients'
+    phone numbers as it writes them) loses its quoted values (``duckdb_message``)."""
     summary = orjson.dumps({name: asdict(c) for name, c in counts.items()}).decode()
     con.execute(
         "UPDATE state.sync_runs SET finished_at = ?, status = ?, summary = ?, error = ? "
@@ -345,7 +347,7 @@ def finish_run(
             datetime.now(UTC),
             "failed" if error else "completed",
             summary,
-            f"{type(error).__name__}: {error}"[:2000] if error else None,
+            f"{type(error).__name__}: {duckdb_message(error)}"[:2000] if error else None,
             run_id,
         ],
     )

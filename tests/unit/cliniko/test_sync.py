@@ -2,6 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
+import duckdb
 import orjson
 import pytest
 
@@ -48,6 +49,16 @@ def test_a_failed_run_is_recorded_with_its_error(con):
     ).fetchone()
     assert status == "failed" and error == "ValueError: page 3 unreadable"
     assert orjson.loads(summary)["patients"]["new"] == 3
+
+
+def test_a_duckdb_error_about_data_is_recorded_without_the_value_it_quotes(con):
+    run = extract.start_run(con, "incremental")
+    try:
+        con.execute("SELECT '0412 345 678'::BIGINT")
+    except duckdb.ConversionException as exc:
+        extract.finish_run(con, run, {}, exc)
+    (error,) = con.execute("SELECT error FROM state.sync_runs WHERE run_id = ?", [run]).fetchone()
+    assert error.startswith("ConversionException: ") and "0412" not in error
 
 
 def test_run_sync_records_a_failed_sweep_whoever_runs_it(con):
