@@ -19,34 +19,35 @@ from tasks import tick
 from tasks.config import load_clinic
 from tasks.marketing import campaigns
 from tasks.models import runner as models
-from tasks.warehouse import open_db
+from tasks.warehouse import data_out_of_errors, open_db
 
 
 @flow(name="campaign", flow_run_name="campaign-{clinic}-{campaign}")
 def send_campaign(clinic: str, campaign: str, confirm: bool = False, force: bool = False) -> dict:
     """Count the campaign's audience; with ``confirm=True``, confirm it (once) and queue it.
     ``force``: confirm although its send_at has passed (refused otherwise)."""
-    config = load_clinic(clinic)
-    now = datetime.now(UTC)
-    with open_db(config.database_path) as con:
-        models.require_good_build(con)
-        held = tick.held_sources(con, config).get(("campaign", campaign))
-        if held and confirm:  # confirming freezes an audience: not from a segment that failed
-            raise campaigns.CampaignError(f"{config.clinic}: campaign {campaign} waits: {held}")
-        preview = campaigns.preview(con, config, campaign, now, sample_size=0).counts()
-        result = campaigns.confirm(con, config, campaign, now, force=force) if confirm else None
-    if result is None:
-        get_run_logger().info("campaign %s not confirmed: counted only", campaign)
-        return {"preview": preview, "confirmed": False}
-    create_markdown_artifact(
-        f"# Campaign {campaign}\n\nConfirmed ({result['confirmation_id']}) for "
-        f"{result['audience']} of {result['segment_size']} in segment {preview['segment']}; "
-        + (
-            f"{result['queued']} messages queued."
-            if result["queued"] is not None
-            else f"the audience is frozen and sent from {preview['send_at']}."
-        ),
-        key=artifact_key("campaign", config.clinic, campaign),
-        description="Campaign confirmation (counts only)",
-    )
-    return {"preview": preview, "confirmed": True, **result}
+    with data_out_of_errors():
+        config = load_clinic(clinic)
+        now = datetime.now(UTC)
+        with open_db(config.database_path) as con:
+            models.require_good_build(con)
+            held = tick.held_sources(con, config).get(("campaign", campaign))
+            if held and confirm:  # confirming freezes an audience: not from a segment that failed
+                raise campaigns.CampaignError(f"{config.clinic}: campaign {campaign} waits: {held}")
+            preview = campaigns.preview(con, config, campaign, now, sample_size=0).counts()
+            result = campaigns.confirm(con, config, campaign, now, force=force) if confirm else None
+        if result is None:
+            get_run_logger().info("campaign %s not confirmed: counted only", campaign)
+            return {"preview": preview, "confirmed": False}
+        create_markdown_artifact(
+            f"# Campaign {campaign}\n\nConfirmed ({result['confirmation_id']}) for "
+            f"{result['audience']} of {result['segment_size']} in segment {preview['segment']}; "
+            + (
+                f"{result['queued']} messages queued."
+                if result["queued"] is not None
+                else f"the audience is frozen and sent from {preview['send_at']}."
+            ),
+            key=artifact_key("campaign", config.clinic, campaign),
+            description="Campaign confirmation (counts only)",
+        )
+        return {"preview": preview, "confirmed": True, **result}

@@ -23,7 +23,7 @@ from blocks.resolve import providers_for
 from flows.artifacts import Artifact, StepOutput, artifact_key, call
 from tasks import feedback, feedback_events, reports
 from tasks.config import ClinicConfig, load_clinic
-from tasks.warehouse import open_db
+from tasks.warehouse import data_out_of_errors, open_db
 
 # How many days of history the per-tick report artifacts show.
 ARTIFACT_DAYS = 14
@@ -39,6 +39,7 @@ class FeedbackFailed(RuntimeError):
 
 
 @task(cache_policy=NONE)
+@data_out_of_errors()
 def record_unsubscribe_clicks(con, config: ClinicConfig) -> tuple[dict[str, int], str | None]:
     """The clicks of the endpoint on this machine (its inbox) and of any machine (Prefect
     events, tasks/feedback_events.py), in one task: (counts, why the events could not be read)."""
@@ -60,11 +61,13 @@ def record_unsubscribe_clicks(con, config: ClinicConfig) -> tuple[dict[str, int]
 
 
 @task(cache_policy=NONE, task_run_name="pull-{feed.name}")
+@data_out_of_errors()
 def pull_feed(con, feed: feedback.Feed) -> dict[str, int]:
     return dict(feed.pull(con, datetime.now(UTC)))
 
 
 @task(cache_policy=NONE)
+@data_out_of_errors()
 def report_artifacts(con, config: ClinicConfig, pulled: dict[str, int]) -> list[Artifact]:
     """What this pull recorded, then the report tables of the last ``ARTIFACT_DAYS`` days.
     Counts only: source names, days, statuses and numbers, never a person."""
@@ -140,9 +143,10 @@ def feedback_clinic(clinic: str, *, as_tasks: bool = True, with_reports: bool = 
 @flow(name="feedback", flow_run_name="feedback-{clinic}")
 def pull_feedback(clinic: str = "demo") -> dict[str, int]:
     """Pull what came back from the providers and the unsubscribe link; publish the reports."""
-    try:
-        return feedback_clinic(clinic).publish()
-    except FeedbackFailed as failed:
-        if failed.output:
-            failed.output.publish()  # what could be read still shows
-        raise
+    with data_out_of_errors():
+        try:
+            return feedback_clinic(clinic).publish()
+        except FeedbackFailed as failed:
+            if failed.output:
+                failed.output.publish()  # what could be read still shows
+            raise

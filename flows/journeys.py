@@ -18,10 +18,11 @@ from tasks import tick
 from tasks.config import ClinicConfig, load_clinic
 from tasks.marketing import campaigns, journeys
 from tasks.models import runner as models
-from tasks.warehouse import open_db
+from tasks.warehouse import data_out_of_errors, open_db
 
 
 @task(cache_policy=NONE)
+@data_out_of_errors()
 def advance_journeys(
     con, config: ClinicConfig, now: datetime, held: dict[str, str]
 ) -> dict[str, dict[str, int]]:
@@ -34,6 +35,7 @@ def advance_journeys(
 
 
 @task(cache_policy=NONE)
+@data_out_of_errors()
 def freeze_due_campaigns(
     con, config: ClinicConfig, now: datetime, held: dict[str, str]
 ) -> dict[str, int]:
@@ -71,4 +73,5 @@ def journeys_clinic(
 @flow(name="journeys", flow_run_name="journeys-{clinic}")
 def run_journeys(clinic: str = "demo", now: datetime | None = None) -> dict:
     """Advance the clinic's journeys and start its due campaigns. ``now`` is for replays/tests."""
-    return journeys_clinic(clinic, now).publish()
+    with data_out_of_errors():
+        return journeys_clinic(clinic, now).publish()

@@ -29,7 +29,7 @@ from blocks.resolve import cliniko_account, providers_for
 from tasks import lane
 from tasks.config import ClinicConfig
 from tasks.tick import Summary
-from tasks.warehouse import open_db
+from tasks.warehouse import data_out_of_errors, open_db
 
 # The lane's run must have ended before a worker or Runner can see its next tick: they ask
 # for runs due within their prefetch (10 s) and propose Pending at once, and a run that finds
@@ -139,6 +139,7 @@ class Watch:
 
 
 @task(cache_policy=NONE, task_run_name="fast-lane")
+@data_out_of_errors()
 def fast_lane(config: ClinicConfig, until: float, run_id: str, deployment_id: str) -> dict:
     """Poll Cliniko for bookings and send their welcomes and late reminders until ``until``
     (a monotonic moment); counts only."""

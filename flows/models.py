@@ -19,22 +19,25 @@ from prefect.cache_policies import NONE
 from flows.artifacts import Artifact, StepOutput, artifact_key
 from tasks.config import load_clinic
 from tasks.models import runner as models
-from tasks.warehouse import open_db
+from tasks.warehouse import data_out_of_errors, open_db
 
 
 @task(cache_policy=NONE)
+@data_out_of_errors()
 def build_model(run: models.ModelBuild, relation: str) -> int | None:
     """Materialise one model; its row count (None for a view)."""
     return run.run_model(run.project.model(relation))
 
 
 @task(cache_policy=NONE)
+@data_out_of_errors()
 def run_data_tests(run: models.ModelBuild) -> int:
     """Every sql/tests/*.sql must return no rows."""
     return run.run_tests()
 
 
 @task(cache_policy=NONE)
+@data_out_of_errors()
 def record_membership_and_commit(run: models.ModelBuild) -> dict[str, dict[str, int]]:
     """Who joined and left each list and segment; then the new models become visible at once."""
     return run.finish().audiences
@@ -127,4 +130,5 @@ def build_clinic(clinic: str, full_refresh: bool = False, *, as_tasks: bool = Tr
 @flow(name="build-models", flow_run_name="models-{clinic}")
 def build_models(clinic: str = "demo", full_refresh: bool = False) -> dict:
     """Build, test and record membership for every model of ``clinic``, all or nothing."""
-    return build_clinic(clinic, full_refresh).publish()
+    with data_out_of_errors():
+        return build_clinic(clinic, full_refresh).publish()

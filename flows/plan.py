@@ -16,10 +16,11 @@ from flows.artifacts import Artifact, StepOutput, artifact_key, call
 from tasks import tick
 from tasks.config import ClinicConfig, load_clinic
 from tasks.triggers import plan as planning
-from tasks.warehouse import open_db
+from tasks.warehouse import data_out_of_errors, open_db
 
 
 @task(cache_policy=NONE)
+@data_out_of_errors()
 def plan_triggers(con, config: ClinicConfig, now: datetime, held: dict | None = None) -> dict:
     """``held``: tasks.tick.held_sources, when the tick has read it already (the same build)."""
     held = tick.of_kind(tick.held_sources(con, config) if held is None else held, "trigger")
@@ -53,4 +54,5 @@ def plan_clinic(
 @flow(name="plan-messages", flow_run_name="plan-{clinic}")
 def plan_messages(clinic: str = "demo", now: datetime | None = None) -> dict:
     """Plan the clinic's trigger messages and re-check those planned. ``now``: replays and tests."""
-    return plan_clinic(clinic, now).publish()
+    with data_out_of_errors():
+        return plan_clinic(clinic, now).publish()

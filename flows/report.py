@@ -27,7 +27,7 @@ from tasks.config import ConfigError, load_clinic
 from tasks.errors import UserFacingError
 from tasks.messages.dispatch import address_problem
 from tasks.providers.common import Outcome, ProviderUnavailable
-from tasks.warehouse import open_db
+from tasks.warehouse import data_out_of_errors, open_db
 
 # A tick can run for minutes (a first sync, a big build): the weekly report waits for it.
 WAIT_SECONDS = 30 * 60
@@ -59,50 +59,53 @@ def summary_line(latest: dict | None, clinic: str) -> str:
 def owner_report(clinic: str = "demo", resend: bool = False, now: datetime | None = None) -> dict:
     """Email this week's report to the clinic's owner, once. ``resend``: after checking the
     provider, send again a report recorded failed or unknown. ``now`` fixes the clock."""
-    config = load_clinic(clinic)
-    if config.report is None:
-        raise ConfigError(
-            f"{config.source}: no report: section, so there is no owner to send to. Add "
-            'report: {to: owner@your-clinic.example, weekday: monday, at: "08:00"}.'
-        )
-    if problem := address_problem("email", config.report.to):
-        raise ConfigError(f"{config.source}: report.to: {problem.replace('on file ', '')}")
-    logger = get_run_logger()
-    now = now or datetime.now(UTC)
-    week = weekly.week_for(config.clinic, config.report, config.time_zone, now)
-    done = {"clinic": config.clinic, "week": week.start.isoformat()}
-    provider = providers_for(config)["email"]
-    try:
-        with open_db(config.database_path, wait_seconds=WAIT_SECONDS) as con:
-            status = weekly.settle(con, week, provider, now, resend=resend)
-            if status == "sent":
-                logger.info("The report of the week of %s is already sent.", week.start)
-                return {**done, "status": status, "sent_now": False}
-            if status is not None:
-                raise ReportNotSent(_why_not(config.clinic, week, status, "an earlier run"))
-            composed = weekly.compose(con, config, week, now)
-            message = weekly.outgoing(week, config.report.to, composed.email)
-            weekly.claim(con, week, provider.name, message.content_hash, now)
-        # Nothing held while the provider is asked. Anything but an outcome or
-        # ProviderUnavailable leaves the claim `sending`: the next run asks the provider.
+    with data_out_of_errors():
+        config = load_clinic(clinic)
+        if config.report is None:
+            raise ConfigError(
+                f"{config.source}: no report: section, so there is no owner to send to. Add "
+                'report: {to: owner@your-clinic.example, weekday: monday, at: "08:00"}.'
+            )
+        if problem := address_problem("email", config.report.to):
+            raise ConfigError(f"{config.source}: report.to: {problem.replace('on file ', '')}")
+        logger = get_run_logger()
+        now = now or datetime.now(UTC)
+        week = weekly.week_for(config.clinic, config.report, config.time_zone, now)
+        done = {"clinic": config.clinic, "week": week.start.isoformat()}
+        provider = providers_for(config)["email"]
         try:
-            (outcome,) = provider.send([message])
-        except ProviderUnavailable:
-            _record(config, week, Outcome("retry"))
-            raise
-        status = _record(config, week, outcome)
-    finally:
-        provider.close()
-    create_markdown_artifact(
-        composed.markdown,
-        key=report_key(config.clinic),
-        description=f"{config.clinic}: the owner's weekly report (counts only)",
-    )
-    if status != "sent":
-        raise ReportNotSent(_why_not(config.clinic, week, status, outcome.reason or outcome.kind))
-    logger.info("Sent the report of the week of %s to the owner through %s.", week.start,
-                provider.name)  # fmt: skip
-    return {**done, "status": status, "sent_now": True}
+            with open_db(config.database_path, wait_seconds=WAIT_SECONDS) as con:
+                status = weekly.settle(con, week, provider, now, resend=resend)
+                if status == "sent":
+                    logger.info("The report of the week of %s is already sent.", week.start)
+                    return {**done, "status": status, "sent_now": False}
+                if status is not None:
+                    raise ReportNotSent(_why_not(config.clinic, week, status, "an earlier run"))
+                composed = weekly.compose(con, config, week, now)
+                message = weekly.outgoing(week, config.report.to, composed.email)
+                weekly.claim(con, week, provider.name, message.content_hash, now)
+            # Nothing held while the provider is asked. Anything but an outcome or
+            # ProviderUnavailable leaves the claim `sending`: the next run asks the provider.
+            try:
+                (outcome,) = provider.send([message])
+            except ProviderUnavailable:
+                _record(config, week, Outcome("retry"))
+                raise
+            status = _record(config, week, outcome)
+        finally:
+            provider.close()
+        create_markdown_artifact(
+            composed.markdown,
+            key=report_key(config.clinic),
+            description=f"{config.clinic}: the owner's weekly report (counts only)",
+        )
+        if status != "sent":
+            raise ReportNotSent(
+                _why_not(config.clinic, week, status, outcome.reason or outcome.kind)
+            )
+        logger.info("Sent the report of the week of %s to the owner through %s.", week.start,
+                    provider.name)  # fmt: skip
+        return {**done, "status": status, "sent_now": True}
 
 
 def _record(config, week, outcome: Outcome) -> str:

@@ -26,16 +26,18 @@ from flows.artifacts import Artifact, StepOutput, artifact_key, call
 from tasks.cliniko import sync as extract
 from tasks.cliniko.resources import RESOURCES
 from tasks.config import load_clinic
-from tasks.warehouse import open_db
+from tasks.warehouse import data_out_of_errors, open_db
 
 
 @task(cache_policy=NONE)
+@data_out_of_errors()
 def check_access(sync: extract.Sync) -> dict[str, int]:
     """First page of every resource before any write: a bad key or permission stops us here."""
     return {name: counts.expected for name, counts in sync.open().items()}
 
 
 @task(cache_policy=NONE, task_run_name="sync-{resource}")
+@data_out_of_errors()
 def sync_resource(sync: extract.Sync, resource: str) -> dict:
     counts = sync.sync_resource(resource)
     get_run_logger().info(
@@ -52,6 +54,7 @@ def sync_resource(sync: extract.Sync, resource: str) -> dict:
 
 
 @task(cache_policy=NONE, task_run_name="sync-all-resources")
+@data_out_of_errors()
 def sync_resources(sync: extract.Sync, resources: list[str]) -> dict:
     """Every resource in one task, for a sync with little to read (an ordinary tick's): a task
     per resource would cost the Prefect server more than the reading (docs/scaling.md)."""
@@ -197,4 +200,5 @@ def sync_clinic(clinic: str, reconcile: bool = False, *, as_tasks: bool = True) 
 @flow(name="cliniko-sync", flow_run_name="sync-{clinic}")
 def cliniko_sync(clinic: str = "demo", reconcile: bool = False) -> dict[str, dict]:
     """Bring the clinic's DuckDB copy of Cliniko up to date; reconcile ids when asked or due."""
-    return sync_clinic(clinic, reconcile).publish()
+    with data_out_of_errors():
+        return sync_clinic(clinic, reconcile).publish()

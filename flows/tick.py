@@ -52,7 +52,7 @@ from flows.sync import cliniko_sync, sync_clinic
 from tasks import home, owner_report, tick
 from tasks.config import ClinicConfig, load_clinic
 from tasks.tick import COMPLETED, FAILED, HELD, Step, Summary
-from tasks.warehouse import hold, open_db
+from tasks.warehouse import data_out_of_errors, hold, open_db
 
 # step -> the function its task runs in the tick, the same one its own flow runs...
 STEPS: dict[str, Any] = {
@@ -102,6 +102,7 @@ def _output(state) -> StepOutput | None:
 
 
 @task(name="step", task_run_name="{step}", cache_policy=NONE)
+@data_out_of_errors()
 def step_task(step: str, params: dict) -> StepOutput:
     """One step of the tick: the function its own flow runs, with no task or artifact of its
     own inside (its tables go into the tick's summary). Counts only."""
@@ -165,6 +166,7 @@ def run_step(
 
 
 @task(cache_policy=NONE)
+@data_out_of_errors()
 def check_breaker(
     config: ClinicConfig, sync: Step, models: Step, started_at: datetime
 ) -> tuple[str, str | None, dict[tuple[str, str], str], list[str]]:
@@ -246,6 +248,7 @@ def _misrouted(config: ClinicConfig, refused: Exception) -> None:
 
 
 @task(cache_policy=NONE)
+@data_out_of_errors()
 def publish_summary(config: ClinicConfig, summary: Summary, tables: list, pulled: object) -> dict:
     """The tick's one artifact: steps, freshness, counts, then each step's table. The feedback
     step's report tables (the last days, each its own artifact) are published again only when
@@ -308,61 +311,68 @@ def clinic_tick(clinic: str = "demo", reconcile: bool = False, max_lateness_minu
     ``reconcile`` makes the sync list every id (hard deletes); ``max_lateness_minutes``: a
     scheduled tick starting later than this does nothing, as the next one is already due.
     """
-    config = load_clinic(clinic)
-    if late := late_reason(max_lateness_minutes):
-        get_run_logger().info("Skipped: %s", late)
-        return {"clinic": config.clinic, "skipped": late}
+    with data_out_of_errors():
+        config = load_clinic(clinic)
+        if late := late_reason(max_lateness_minutes):
+            get_run_logger().info("Skipped: %s", late)
+            return {"clinic": config.clinic, "skipped": late}
 
-    run: Any = FlowRunContext.get().flow_run  # type: ignore[union-attr]  # inside the tick's run
-    if lost := crash_lost_runs(run):  # the slot is this tick's: others of its deployment are gone
-        get_run_logger().warning("Marked Crashed, their process lost: %s", ", ".join(lost))
-    summary = Summary(config.clinic, datetime.now(UTC))
-    tables: list = []  # each step's table, for the summary
-    try:
-        check_machine(config)  # off its home: stop before the database is even made here
-    except home.HomeRefused as refused:
-        return _refused(refused)
-    with hold(config.database_path):
+        run: Any = FlowRunContext.get().flow_run  # type: ignore[union-attr]  # inside the tick's run
+        if lost := crash_lost_runs(
+            run
+        ):  # the slot is this tick's: others of its deployment are gone
+            get_run_logger().warning("Marked Crashed, their process lost: %s", ", ".join(lost))
+        summary = Summary(config.clinic, datetime.now(UTC))
+        tables: list = []  # each step's table, for the summary
         try:
-            check_home(config)  # not the clinic's home, or not its database: nothing else runs
+            check_machine(config)  # off its home: stop before the database is even made here
         except home.HomeRefused as refused:
             return _refused(refused)
-        sync, synced = run_step(summary, "sync", tables=tables, clinic=clinic, reconcile=reconcile)
-        summary.rows_synced = tick.rows_synced(synced)
-        models, _ = run_step(summary, "models", needs=(sync,), tables=tables, clinic=clinic)
-        summary.freshness, summary.held, waiting, summary.warnings = check_breaker(
-            config, sync, models, summary.started_at
-        )
-        summary.held_sources = {f"{k} {n}": why for (k, n), why in waiting.items()}
-        after: dict[str, Any] = {
-            "breaker": summary.held,
-            "tables": tables,
-            "clinic": clinic,
-            "held": waiting,
-        }
-        plan, _ = run_step(summary, "plan", **after)
-        run_step(summary, "journeys", **after)
-        # planning re-checked every planned message against this build moments ago
-        run_step(summary, "dispatch", needs=(plan,), recheck=False, **after)
-        _, pulled = run_step(summary, "feedback", tables=tables, clinic=clinic, with_reports=False)
-        result = publish_summary(config, summary, tables, pulled)
-        # the fast lane: polls for bookings until the next tick is due (flows/lane.py)
-        lane.after_tick(config, summary, result)
+        with hold(config.database_path):
+            try:
+                check_home(config)  # not the clinic's home, or not its database: nothing else runs
+            except home.HomeRefused as refused:
+                return _refused(refused)
+            sync, synced = run_step(
+                summary, "sync", tables=tables, clinic=clinic, reconcile=reconcile
+            )
+            summary.rows_synced = tick.rows_synced(synced)
+            models, _ = run_step(summary, "models", needs=(sync,), tables=tables, clinic=clinic)
+            summary.freshness, summary.held, waiting, summary.warnings = check_breaker(
+                config, sync, models, summary.started_at
+            )
+            summary.held_sources = {f"{k} {n}": why for (k, n), why in waiting.items()}
+            after: dict[str, Any] = {
+                "breaker": summary.held,
+                "tables": tables,
+                "clinic": clinic,
+                "held": waiting,
+            }
+            plan, _ = run_step(summary, "plan", **after)
+            run_step(summary, "journeys", **after)
+            # planning re-checked every planned message against this build moments ago
+            run_step(summary, "dispatch", needs=(plan,), recheck=False, **after)
+            _, pulled = run_step(
+                summary, "feedback", tables=tables, clinic=clinic, with_reports=False
+            )
+            result = publish_summary(config, summary, tables, pulled)
+            # the fast lane: polls for bookings until the next tick is due (flows/lane.py)
+            lane.after_tick(config, summary, result)
 
-    if summary.failed:
-        raise TickFailed(
-            f"{config.clinic}: "
-            + "; ".join(f"{s.name} failed ({s.reason[:300]})" for s in summary.failed)
-            + (f". Planning and sending held: {summary.held}" if summary.held else "")
-            + "".join(
-                f". Held: {name} ({why[:200]})"
-                for name, why in summary.held_sources.items()
-                if not summary.held  # the breaker holds everything already
-            ),
-            result["report"],
-        )
-    _completed(config)
-    return result
+        if summary.failed:
+            raise TickFailed(
+                f"{config.clinic}: "
+                + "; ".join(f"{s.name} failed ({s.reason[:300]})" for s in summary.failed)
+                + (f". Planning and sending held: {summary.held}" if summary.held else "")
+                + "".join(
+                    f". Held: {name} ({why[:200]})"
+                    for name, why in summary.held_sources.items()
+                    if not summary.held  # the breaker holds everything already
+                ),
+                result["report"],
+            )
+        _completed(config)
+        return result
 
 
 def _completed(config: ClinicConfig) -> None:

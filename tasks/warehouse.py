@@ -250,13 +250,51 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
         con.execute("COMMIT")
 
 
+# DuckDB errors whose message may quote a value a statement read: a conversion or a value out
+# of range (DataError), a duplicate key (IntegrityError: 'Duplicate key "email: ..."'), a string
+# a function could not read (InvalidInputException: strptime, JSON, which quotes its whole input).
+DATA_ERRORS = (duckdb.DataError, duckdb.IntegrityError, duckdb.InvalidInputException)
+
+# A quoted span, from a line's first quote to its last of the same kind: a value holding a
+# quote of its own (O'Brien, a JSON document) goes whole, not in pieces. Unquoted, an email
+# address or a phone-like number (from an analyst's error(), a value out of range) goes too.
+_QUOTED = (re.compile(r"'.*'"), re.compile(r'".*"'))
+_UNQUOTED = re.compile(r"\S+@\S+|\+?\d[\d ().-]{4,}\d")
+_APOSTROPHE = re.compile(r"(?<=[A-Za-z])'(?=[A-Za-z])")  # can't, isn't: no quote
+
+
 def duckdb_message(exc: BaseException) -> str:
-    """DuckDB's message, with quoted values removed when the error is about data (they may be a
-    patient's email or name), so it can go to logs and state tables."""
+    """DuckDB's message, fit for logs, Prefect and state tables. An error about data
+    (``DATA_ERRORS``) keeps its first line only (the lines after it echo the input or the
+    statement), without what it quotes (``'…'``), an ``Input:`` it shows, an address or a long
+    number, and is cut at a quote left over. Errors about the SQL (a column not found, a syntax
+    error) are kept whole: they name the analyst's own words, and what to fix."""
     text = str(exc).strip()
-    if isinstance(exc, duckdb.DataError | duckdb.ConstraintException):
-        text = re.sub(r"'[^']*'", "'…'", text)
-    return text
+    if not isinstance(exc, DATA_ERRORS):
+        return text
+    line = _APOSTROPHE.sub("\x01", text.split("\n", 1)[0].split(" Input:", 1)[0])
+    for quoted in _QUOTED:
+        line = quoted.sub("\x00", line)
+    line = _UNQUOTED.sub("…", re.split("['\"]", line, maxsplit=1)[0])
+    return line.replace("\x00", "'…'").replace("\x01", "'").strip()
+
+
+@contextlib.contextmanager
+def data_out_of_errors() -> Iterator[None]:
+    """Around the code whose exceptions reach Prefect (logged with their traceback, kept as a
+    task's or flow's state message, put in the tick's summary): a DuckDB error about data
+    (``DATA_ERRORS``) leaves as the same error with the message ``duckdb_message`` makes of it,
+    the original suppressed, so a value a statement read (a patient's phone number, an email in
+    a duplicate key) never does. A decorator too (``@data_out_of_errors()``): Prefect's task
+    decorator goes outside it; a flow's body is a ``with`` block instead (Prefect versions a
+    flow by the file its function's code is in)."""
+    try:
+        yield
+    except DATA_ERRORS as exc:
+        safe = type(exc)(duckdb_message(exc))
+    else:
+        return
+    raise safe from None
 
 
 def one(con: duckdb.DuckDBPyConnection, sql: str, params: object = None) -> tuple[Any, ...]:

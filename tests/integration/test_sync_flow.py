@@ -104,3 +104,70 @@ def test_the_flow_syncs_and_its_artifacts_carry_no_personal_data(tmp_path, monke
         personal |= {phone["number"] for phone in p["patient_phone_numbers"] or []}
     words = set(re.split(r"[^\w@.+-]+", summary))
     assert not (words & {value for value in personal if value}), "personal data in the artifact"
+
+
+def test_a_duckdb_error_quoting_a_patients_number_reaches_prefect_without_it(tmp_path, monkeypatch):
+    """A DuckDB error about data raised in the sync (here: the writer's phone reading, made to
+    cast a patient's number as a date) fails the flow with its kind and without the number: not
+    in the task's or the flow's state message, not in their logs (with the traceback)."""
+    import time
+
+    import orjson
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    from flows.sync import cliniko_sync
+    from sandbox.cliniko import SandboxClinic, SandboxServer
+    from tasks.models import functions
+
+    read: list[str] = []
+
+    def cast_a_number(con, country, source, params=None):
+        payloads = [orjson.loads(p) for p in params["payloads"]]
+        numbers = [n["number"] for p in payloads for n in p["patient_phone_numbers"] or []]
+        read.append(numbers[0])
+        con.execute("SELECT ?::DATE", [numbers[0]])  # DuckDB quotes what it could not read
+
+    monkeypatch.setattr(functions, "read_new_mobiles", cast_a_number)
+    db = tmp_path / "errors.duckdb"
+    config = tmp_path / "clinic.yaml"
+    config.write_text(
+        f"clinic: errors\nname: Errors\ndatabase: {db}\ncliniko:\n  account: env\n",
+        encoding="utf-8",
+    )
+    clinic = SandboxClinic.generate(
+        seed=5, patients=20, start=datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    )
+    with SandboxServer(clinic, rate_limit=None) as server:
+        monkeypatch.setenv("CLINIKO_API_KEY", clinic.api_key)
+        monkeypatch.setenv("CLINIKO_BASE_URL", server.base_url)
+        monkeypatch.setenv("CLINIKO_CONTACT", "tests@example.com")
+        monkeypatch.setenv("CLINIKO_REQUESTS_PER_MINUTE", "100000")
+        state = cliniko_sync(clinic=str(config), return_state=True)
+
+    assert state.is_failed() and read
+    number = read[0]
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+        for _ in range(50):  # the logs reach the server in the background
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            if any("Conversion Error" in log.message for log in logs):
+                break
+            time.sleep(0.2)
+        flow_message = client.read_flow_run(flow_run_id).state.message
+    messages = [flow_message] + [t.state.message or "" for t in task_runs]
+    messages += [log.message for log in logs]
+    assert any("Conversion Error: invalid date field format" in m for m in messages), messages
+    assert any("Conversion Error" in log.message for log in logs)  # the traceback, logged
+    assert not [m for m in messages if number in m or number.replace(" ", "") in m]
+    with open_db(db, read_only=True) as con:
+        (error,) = con.execute("SELECT error FROM state.sync_runs").fetchone()
+    assert error.startswith("ConversionException: ") and number not in error

@@ -1,7 +1,9 @@
 """The clinic database: every table exists on open, one writer at a time, transactions are atomic."""
 
 import threading
+import traceback
 
+import duckdb
 import pytest
 
 from tasks import warehouse
@@ -187,3 +189,52 @@ def test_an_older_databases_event_key_is_dropped_keeping_every_event_and_its_id(
         con.execute(event.format("1", "left"))
         assert con.execute("SELECT max(event_id) FROM state.membership_events").fetchone() == (3,)
         assert _no_copies_left(con)
+
+
+# Statements whose DuckDB error quotes a patient's value, and the value it quotes.
+DATA_ERRORS = [
+    ("SELECT '0412 345 678'::BIGINT", "0412"),  # a phone number cast (single quotes)
+    ("INSERT INTO t VALUES ('jane@example.com')", "jane"),  # a duplicate key (double quotes)
+    ("SELECT 'jane@example.com'::DATE", "jane"),  # conversion, double quotes
+    ("SELECT json_extract('{\"email\": \"jane@example.com\"', '$.a')", "jane"),  # its Input:
+    ("SELECT strptime('O''Brien', '%Y')", "Brien"),  # the echo under the first line
+    ("SELECT error('jane@example.com')", "jane"),  # an analyst's error(), unquoted
+    ("SELECT error('call +61 412 345 678')", "412"),
+    ("SELECT 412345678::SMALLINT", "412345678"),  # a value out of range, unquoted
+]
+
+
+@pytest.mark.parametrize(("sql", "value"), DATA_ERRORS)
+def test_a_duckdb_error_about_data_keeps_its_kind_and_loses_what_it_quotes(sql, value):
+    con = warehouse.memory_db()
+    con.execute("CREATE TEMP TABLE t (email VARCHAR PRIMARY KEY)")
+    con.execute("INSERT INTO t VALUES ('jane@example.com')")
+    with pytest.raises(warehouse.DATA_ERRORS) as raised:
+        con.execute(sql)
+    assert value in str(raised.value)  # DuckDB's own message has it
+    message = warehouse.duckdb_message(raised.value)
+    assert value not in message and "\n" not in message
+    assert message.split(":")[0].endswith("Error")  # what kind of error, still said
+
+
+def test_a_duckdb_error_about_the_sql_is_kept_whole():
+    con = warehouse.memory_db()
+    with pytest.raises(duckdb.BinderException) as raised:
+        con.execute("SELECT email_adress FROM (SELECT 1 AS email)")
+    assert warehouse.duckdb_message(raised.value) == str(raised.value).strip()
+    assert "email_adress" in warehouse.duckdb_message(raised.value)
+
+
+def test_data_out_of_errors_raises_the_same_error_without_the_value_and_shows_no_original():
+    con = warehouse.memory_db()
+
+    @warehouse.data_out_of_errors()
+    def read():
+        con.execute("SELECT ?::BIGINT", ["0412 345 678"])
+
+    with pytest.raises(duckdb.ConversionException) as raised:
+        read()
+    shown = "".join(traceback.format_exception(raised.value))
+    assert "Could not convert string '…' to INT64" in shown and "0412" not in shown
+    with pytest.raises(duckdb.BinderException, match="nope"), warehouse.data_out_of_errors():
+        con.execute("SELECT nope")  # about the SQL: as it was
