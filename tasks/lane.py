@@ -45,7 +45,7 @@ from tasks.config import ClinicConfig
 from tasks.messages.due import send_due
 from tasks.models import runner as models
 from tasks.triggers import plan as planning
-from tasks.warehouse import one
+from tasks.warehouse import data_out_of_errors, one
 
 WINDOW = 60.0  # seconds: Cliniko's rate limit is per minute
 # What a welcome or a late booking's reminder needs: a booking touches these.
@@ -285,23 +285,24 @@ def catch_up(
     raises LaneFailed naming the step."""
     step = "sync"
     try:
-        counts = run_sync(
-            con,
-            client,
-            overlap=timedelta(minutes=config.sync.overlap_minutes),
-            resources=resources,
-            first_pages=dict(pages or {}),
-            country=config.country,
-        )
-        step = "models"
-        models.build(con, models.ListSettings.from_config(config))
-        step = "plan"
-        held = tick.held_sources(con, config)
-        now = datetime.now(UTC)
-        plan = planning.plan(con, config, now, held=tick.of_kind(held, "trigger"))
-        step = "dispatch"
-        planning.recheck(con, config, datetime.now(UTC), held=tick.of_kind(held, "trigger"))
-        sent = send_due(con, config, providers, lambda: datetime.now(UTC), held)
+        with data_out_of_errors():  # what LaneFailed says and chains: no value it read
+            counts = run_sync(
+                con,
+                client,
+                overlap=timedelta(minutes=config.sync.overlap_minutes),
+                resources=resources,
+                first_pages=dict(pages or {}),
+                country=config.country,
+            )
+            step = "models"
+            models.build(con, models.ListSettings.from_config(config))
+            step = "plan"
+            held = tick.held_sources(con, config)
+            now = datetime.now(UTC)
+            plan = planning.plan(con, config, now, held=tick.of_kind(held, "trigger"))
+            step = "dispatch"
+            planning.recheck(con, config, datetime.now(UTC), held=tick.of_kind(held, "trigger"))
+            sent = send_due(con, config, providers, lambda: datetime.now(UTC), held)
     except Exception as exc:  # noqa: BLE001 - any failure stops the lane, named
         raise LaneFailed(f"fast lane: {step} failed ({str(exc)[:500]})") from exc
     return {
@@ -351,8 +352,9 @@ def run_lane(
             started = clock()
             pages: dict[str, tuple[datetime | None, Page]] = {}
             try:
-                changed = poll(con, client, polled, pages)
-                synced = to_sync(con, polled, pages) if changed else ()
+                with data_out_of_errors():  # what LaneFailed says and chains: no value it read
+                    changed = poll(con, client, polled, pages)
+                    synced = to_sync(con, polled, pages) if changed else ()
             except Exception as exc:  # noqa: BLE001 - a failed poll stops the lane, named
                 raise LaneFailed(f"fast lane: poll failed ({str(exc)[:500]})") from exc
             counts.polls += 1

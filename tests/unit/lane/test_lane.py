@@ -303,3 +303,23 @@ def test_a_failure_stops_the_lane_naming_the_step(sandbox, config, tmp_path):
             assert "Cliniko" in str(failed.value)
         finally:
             sandbox.faults = None
+
+
+def test_a_failure_about_data_names_the_step_without_the_value(
+    sandbox, config, tmp_path, monkeypatch
+):
+    """LaneFailed reaches Prefect (the lane's task): a DuckDB error about data it wraps (here the
+    build, made to read a phone number as a date) says its kind, not the value, in its message
+    and in the traceback it chains."""
+    import traceback
+
+    def build(con, settings):
+        con.execute("SELECT ?::DATE", ["0412 345 678"])
+
+    monkeypatch.setattr(lane.models, "build", build)
+    providers = {"email": outbox(tmp_path), "sms": outbox(tmp_path)}
+    with client_of(sandbox) as client, open_db(config.database_path) as con:
+        with pytest.raises(lane.LaneFailed, match=r"models failed \(Conversion Error") as failed:
+            lane.catch_up(con, client, config, providers, ())
+    shown = "".join(traceback.format_exception(failed.value))
+    assert "invalid date field format" in shown and "0412" not in shown
