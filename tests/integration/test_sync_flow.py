@@ -3,6 +3,7 @@ a summary and a progress artifact that carry counts and no personal data."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from datetime import UTC, datetime
 
@@ -12,6 +13,29 @@ from tasks.cliniko.resources import RESOURCES
 from tasks.warehouse import open_db
 
 pytestmark = pytest.mark.integration
+
+
+@contextlib.contextmanager
+def sandbox_clinic(tmp_path, monkeypatch, *, seed: int, patients: int):
+    """A clinic.yaml in ``tmp_path`` (its database beside it, clinic.duckdb) whose Cliniko is a
+    sandbox clinic served here: (config path, sandbox clinic, server), the credentials set."""
+    from sandbox.cliniko import SandboxClinic, SandboxServer
+
+    config = tmp_path / "clinic.yaml"
+    config.write_text(
+        f"clinic: flowtest\nname: Flow test\ndatabase: {tmp_path / 'clinic.duckdb'}\n"
+        "cliniko:\n  account: env\n",
+        encoding="utf-8",
+    )
+    clinic = SandboxClinic.generate(
+        seed=seed, patients=patients, start=datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    )
+    with SandboxServer(clinic, rate_limit=None) as server:
+        monkeypatch.setenv("CLINIKO_API_KEY", clinic.api_key)
+        monkeypatch.setenv("CLINIKO_BASE_URL", server.base_url)
+        monkeypatch.setenv("CLINIKO_CONTACT", "tests@example.com")
+        monkeypatch.setenv("CLINIKO_REQUESTS_PER_MINUTE", "100000")
+        yield config, clinic, server
 
 
 def test_the_flow_syncs_and_its_artifacts_carry_no_personal_data(tmp_path, monkeypatch):
@@ -24,29 +48,16 @@ def test_the_flow_syncs_and_its_artifacts_carry_no_personal_data(tmp_path, monke
     )
 
     from flows.sync import SyncProgress, cliniko_sync
-    from sandbox.cliniko import SandboxClinic, SandboxServer
 
     # A small clinic: its backfill reads more than 100 rows, an idle sync only the few in the
     # overlap window (a real clinic's backfill is far above SyncProgress.MIN_ROWS).
     monkeypatch.setattr(SyncProgress, "MIN_ROWS", 100)
 
-    db = tmp_path / "flowtest.duckdb"
-    config = tmp_path / "clinic.yaml"
-    config.write_text(
-        f"clinic: flowtest\nname: Flow test\ndatabase: {db}\ncliniko:\n  account: env\n",
-        encoding="utf-8",
-    )
-    clinic = SandboxClinic.generate(
-        seed=3, patients=60, start=datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-    )
-    with SandboxServer(clinic, rate_limit=None) as server:
-        monkeypatch.setenv("CLINIKO_API_KEY", clinic.api_key)
-        monkeypatch.setenv("CLINIKO_BASE_URL", server.base_url)
-        monkeypatch.setenv("CLINIKO_CONTACT", "tests@example.com")
-        monkeypatch.setenv("CLINIKO_REQUESTS_PER_MINUTE", "100000")
+    with sandbox_clinic(tmp_path, monkeypatch, seed=3, patients=60) as (config, clinic, server):
         state = cliniko_sync(clinic=str(config), return_state=True)
         patients = clinic.snapshot("patients", server.base_url).values()
         idle = cliniko_sync(clinic=str(config), return_state=True)  # nothing changed since
+    db = config.parent / "clinic.duckdb"
 
     assert state.is_completed()
     counts = state.result()
@@ -122,7 +133,6 @@ def test_a_duckdb_error_quoting_a_patients_number_reaches_prefect_without_it(tmp
     )
 
     from flows.sync import cliniko_sync
-    from sandbox.cliniko import SandboxClinic, SandboxServer
     from tasks.models import functions
 
     read: list[str] = []
@@ -134,23 +144,11 @@ def test_a_duckdb_error_quoting_a_patients_number_reaches_prefect_without_it(tmp
         con.execute("SELECT ?::DATE", [numbers[0]])  # DuckDB quotes what it could not read
 
     monkeypatch.setattr(functions, "read_new_mobiles", cast_a_number)
-    db = tmp_path / "errors.duckdb"
-    config = tmp_path / "clinic.yaml"
-    config.write_text(
-        f"clinic: errors\nname: Errors\ndatabase: {db}\ncliniko:\n  account: env\n",
-        encoding="utf-8",
-    )
-    clinic = SandboxClinic.generate(
-        seed=5, patients=20, start=datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-    )
-    with SandboxServer(clinic, rate_limit=None) as server:
-        monkeypatch.setenv("CLINIKO_API_KEY", clinic.api_key)
-        monkeypatch.setenv("CLINIKO_BASE_URL", server.base_url)
-        monkeypatch.setenv("CLINIKO_CONTACT", "tests@example.com")
-        monkeypatch.setenv("CLINIKO_REQUESTS_PER_MINUTE", "100000")
+    with sandbox_clinic(tmp_path, monkeypatch, seed=5, patients=20) as (config, _, _):
         state = cliniko_sync(clinic=str(config), return_state=True)
 
     assert state.is_failed() and read
+    db = config.parent / "clinic.duckdb"
     number = read[0]
     flow_run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
