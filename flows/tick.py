@@ -318,9 +318,8 @@ def clinic_tick(clinic: str = "demo", reconcile: bool = False, max_lateness_minu
             return {"clinic": config.clinic, "skipped": late}
 
         run: Any = FlowRunContext.get().flow_run  # type: ignore[union-attr]  # inside the tick's run
-        if lost := crash_lost_runs(
-            run
-        ):  # the slot is this tick's: others of its deployment are gone
+        # the slot is this tick's: others of its deployment are gone
+        if lost := crash_lost_runs(run):
             get_run_logger().warning("Marked Crashed, their process lost: %s", ", ".join(lost))
         summary = Summary(config.clinic, datetime.now(UTC))
         tables: list = []  # each step's table, for the summary

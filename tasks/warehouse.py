@@ -267,7 +267,7 @@ def duckdb_message(exc: BaseException) -> str:
     """DuckDB's message, fit for logs, Prefect and state tables. An error about data
     (``DATA_ERRORS``) keeps its first line only (the lines after it echo the input or the
     statement), without what it quotes (``'…'``), an ``Input:`` it shows, an address or a long
-    number, and is cut at a quote left over. Errors about the SQL (a column not found, a syntax
+    number, and is cut at a quote left over; when anything went, the message says so. Errors about the SQL (a column not found, a syntax
     error) are kept whole: they name the analyst's own words, and what to fix."""
     text = str(exc).strip()
     if not isinstance(exc, DATA_ERRORS):
@@ -276,7 +276,10 @@ def duckdb_message(exc: BaseException) -> str:
     for quoted in _QUOTED:
         line = quoted.sub("\x00", line)
     line = _UNQUOTED.sub("…", re.split("['\"]", line, maxsplit=1)[0])
-    return line.replace("\x00", "'…'").replace("\x01", "'").strip()
+    line = line.replace("\x00", "'…'").replace("\x01", "'").strip()
+    if line != text.split("\n", 1)[0].strip():  # said, so that '…' is not read as the value
+        line += " (values left out: they may be a patient's)"
+    return line
 
 
 @contextlib.contextmanager

@@ -18,13 +18,13 @@ pytestmark = pytest.mark.integration
 @contextlib.contextmanager
 def sandbox_clinic(tmp_path, monkeypatch, *, seed: int, patients: int):
     """A clinic.yaml in ``tmp_path`` (its database beside it, clinic.duckdb) whose Cliniko is a
-    sandbox clinic served here: (config path, sandbox clinic, server), the credentials set."""
+    sandbox clinic served here: (config path, database path, sandbox clinic, server), the
+    credentials set."""
     from sandbox.cliniko import SandboxClinic, SandboxServer
 
-    config = tmp_path / "clinic.yaml"
+    config, db = tmp_path / "clinic.yaml", tmp_path / "clinic.duckdb"
     config.write_text(
-        f"clinic: flowtest\nname: Flow test\ndatabase: {tmp_path / 'clinic.duckdb'}\n"
-        "cliniko:\n  account: env\n",
+        f"clinic: flowtest\nname: Flow test\ndatabase: {db}\ncliniko:\n  account: env\n",
         encoding="utf-8",
     )
     clinic = SandboxClinic.generate(
@@ -35,7 +35,7 @@ def sandbox_clinic(tmp_path, monkeypatch, *, seed: int, patients: int):
         monkeypatch.setenv("CLINIKO_BASE_URL", server.base_url)
         monkeypatch.setenv("CLINIKO_CONTACT", "tests@example.com")
         monkeypatch.setenv("CLINIKO_REQUESTS_PER_MINUTE", "100000")
-        yield config, clinic, server
+        yield config, db, clinic, server
 
 
 def test_the_flow_syncs_and_its_artifacts_carry_no_personal_data(tmp_path, monkeypatch):
@@ -53,11 +53,10 @@ def test_the_flow_syncs_and_its_artifacts_carry_no_personal_data(tmp_path, monke
     # overlap window (a real clinic's backfill is far above SyncProgress.MIN_ROWS).
     monkeypatch.setattr(SyncProgress, "MIN_ROWS", 100)
 
-    with sandbox_clinic(tmp_path, monkeypatch, seed=3, patients=60) as (config, clinic, server):
+    with sandbox_clinic(tmp_path, monkeypatch, seed=3, patients=60) as (config, db, clinic, server):
         state = cliniko_sync(clinic=str(config), return_state=True)
         patients = clinic.snapshot("patients", server.base_url).values()
         idle = cliniko_sync(clinic=str(config), return_state=True)  # nothing changed since
-    db = config.parent / "clinic.duckdb"
 
     assert state.is_completed()
     counts = state.result()
@@ -144,11 +143,10 @@ def test_a_duckdb_error_quoting_a_patients_number_reaches_prefect_without_it(tmp
         con.execute("SELECT ?::DATE", [numbers[0]])  # DuckDB quotes what it could not read
 
     monkeypatch.setattr(functions, "read_new_mobiles", cast_a_number)
-    with sandbox_clinic(tmp_path, monkeypatch, seed=5, patients=20) as (config, _, _):
+    with sandbox_clinic(tmp_path, monkeypatch, seed=5, patients=20) as (config, db, _, _):
         state = cliniko_sync(clinic=str(config), return_state=True)
 
     assert state.is_failed() and read
-    db = config.parent / "clinic.duckdb"
     number = read[0]
     flow_run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
