@@ -4,6 +4,8 @@ write does not meet "database is locked" and Prefect's 2-second retry."""
 
 from __future__ import annotations
 
+from uuid import UUID
+
 import pytest
 
 pytestmark = pytest.mark.prefect
@@ -23,14 +25,15 @@ def test_settle_returns_once_the_server_has_recorded_every_task_run(prefect_serv
         return i
 
     @flow
-    def many(n: int) -> None:
+    def many(n: int) -> UUID | None:
         for i in range(n):
-            one(i)
+            state = one(i, return_state=True)
+        return state.state_details.task_run_id
 
     with temporary_settings({PREFECT_API_URL: prefect_server["PREFECT_API_URL"]}):
         state = many(40, return_state=True)
-        run = state.state_details.flow_run_id
-        settle(run, timeout=30)
+        run, last = state.state_details.flow_run_id, state.result()
+        settle(run, last=last, timeout=30)
         with get_client(sync_client=True) as client:
             recorded = client.read_task_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run]))
