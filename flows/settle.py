@@ -25,36 +25,34 @@ FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 def settle(
+    last: UUID | None,
     flow_run_id: UUID | None = None,
-    last: UUID | None = None,
     timeout: float = 3.0,
     every: float = 0.05,
 ) -> float:
-    """Read (at most ``timeout`` seconds) until every task run of the flow run (default: the
-    current one) the server knows is final, the ``last`` one the caller ran among them (without
-    it: until their number holds still between two reads). Returns the seconds waited. Never
-    raises: it is only a wait."""
+    """Read (at most ``timeout`` seconds) until the server knows the ``last`` task run the
+    caller ran and every task run it knows of the flow run (default: the current one) is
+    final. Returns the seconds waited (none without a task run or a flow run). Never raises:
+    it is only a wait."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.context import FlowRunContext
 
     started = time.monotonic()
+    if last is None:
+        return 0.0
     if flow_run_id is None:
         context = FlowRunContext.get()
         if context is None or context.flow_run is None:
             return 0.0
         flow_run_id = context.flow_run.id
     runs = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-    seen = None
     try:
         with get_client(sync_client=True) as client:
             while time.monotonic() - started < timeout:
                 known = {t.id: t.state_type for t in client.read_task_runs(flow_run_filter=runs)}
-                final = all(s is not None and s.value in FINAL for s in known.values())
-                now = (len(known), final)
-                if final and (last in known if last is not None else now == seen):
+                if last in known and all(s and s.value in FINAL for s in known.values()):
                     break
-                seen = now
                 time.sleep(every)
     except Exception as exc:  # noqa: BLE001 - a failed read only means no wait
         logging.getLogger(__name__).debug("settle: %s", type(exc).__name__)

@@ -156,7 +156,7 @@ def run_step(
             why, output = _why(state)
             outcome = Step(step, FAILED, why, time.monotonic() - started)
         if output and output.task_runs:  # a big sync's task per resource (flows/settle.py)
-            settle(last=state.state_details.task_run_id)
+            settle(state.state_details.task_run_id)
     if output and tables is not None:
         tables += output.artifacts
     summary.steps.append(outcome)

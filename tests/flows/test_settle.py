@@ -33,7 +33,7 @@ def test_settle_returns_once_the_server_has_recorded_every_task_run(prefect_serv
     with temporary_settings({PREFECT_API_URL: prefect_server["PREFECT_API_URL"]}):
         state = many(40, return_state=True)
         run, last = state.state_details.flow_run_id, state.result()
-        settle(run, last=last, timeout=30)
+        settle(last, run, timeout=30)
         with get_client(sync_client=True) as client:
             recorded = client.read_task_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run]))
@@ -42,7 +42,10 @@ def test_settle_returns_once_the_server_has_recorded_every_task_run(prefect_serv
     assert {r.state_type.value for r in recorded} == {"COMPLETED"}
 
 
-def test_settle_outside_a_flow_run_or_without_a_server_does_not_wait():
+def test_settle_outside_a_flow_run_or_without_a_task_run_does_not_wait():
+    from uuid import uuid4
+
     from flows.settle import settle
 
-    assert settle() == 0.0
+    assert settle(uuid4()) == 0.0
+    assert settle(None, uuid4()) == 0.0
