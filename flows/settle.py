@@ -51,7 +51,9 @@ def settle(
         with get_client(sync_client=True) as client:
             while time.monotonic() - started < timeout:
                 known = {t.id: t.state_type for t in client.read_task_runs(flow_run_filter=runs)}
-                if last in known and all(s and s.value in FINAL for s in known.values()):
+                if last in known and all(
+                    s is not None and s.value in FINAL for s in known.values()
+                ):
                     break
                 time.sleep(every)
     except Exception as exc:  # noqa: BLE001 - a failed read only means no wait

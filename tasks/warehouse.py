@@ -267,8 +267,9 @@ def duckdb_message(exc: BaseException) -> str:
     """DuckDB's message, fit for logs, Prefect and state tables. An error about data
     (``DATA_ERRORS``) keeps its first line only (the lines after it echo the input or the
     statement), without what it quotes (``'…'``), an ``Input:`` it shows, an address or a long
-    number, and is cut at a quote left over; when anything went, the message says so. Errors about the SQL (a column not found, a syntax
-    error) are kept whole: they name the analyst's own words, and what to fix."""
+    number, and is cut at a quote left over; when anything went, the message says so. Errors
+    about the SQL (a column not found, a syntax error) are kept whole: they name the analyst's
+    own words, and what to fix."""
     text = str(exc).strip()
     if not isinstance(exc, DATA_ERRORS):
         return text
