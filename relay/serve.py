@@ -42,7 +42,8 @@ import httpx
 
 from tasks.errors import UserFacingError
 
-PREFECT = str(Path(sys.executable).with_name("prefect"))
+# `prefect` with Python's cycle collector off the server's event loop (relay/prefect_server.py)
+PREFECT_SERVER = [sys.executable, "-m", "relay.prefect_server"]
 
 
 def free_port() -> int:
@@ -61,6 +62,7 @@ def prefect_server(
     port: int, *, home: Path | None = None, ui: bool = True, log: Path | None = None
 ) -> Iterator[str]:
     """Run ``prefect server start`` on 127.0.0.1:port until the block ends; yields the API URL.
+    Through relay/prefect_server.py: on SQLite it would otherwise wedge under load.
 
     Stopped with SIGTERM (the server exits in a few seconds; docs/reference.md, Prefect).
     """
@@ -88,7 +90,7 @@ def prefect_server(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as out:
         proc = subprocess.Popen(
-            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            [*PREFECT_SERVER, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

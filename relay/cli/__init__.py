@@ -3,8 +3,8 @@
 The commands live by group, one module each: ``pipeline`` (clinics, sync, models, feedback: the
 tick's steps by hand), ``demo`` (the sandbox and the demo), ``preview`` (see before switching on:
 preview, render), ``messages`` (outbox, campaigns, the ledger's unknown messages, unsubscribes,
-the report), ``analyst`` (read-only SQL, finding a patient's id), ``server`` (the Prefect server
-and its alerts), ``deploy`` (every clinic's deployments, from clinics/), ``worker`` (a
+the report), ``analyst`` (read-only SQL, finding a patient's id), ``server`` (the Prefect server,
+the demo on it, and its alerts), ``deploy`` (every clinic's deployments, from clinics/), ``worker`` (a
 machine's worker, its runs started warm), ``clinic`` (where a clinic's state lives: its home
 machine, and moving it), ``connect`` (a real clinic's accounts,
 checked and saved) and ``test_send`` (a trigger's message for a real patient, to a staff
@@ -53,6 +53,10 @@ app.command("clinics")(pipeline.clinics_command)
 app.command("connect")(connect.connect_command)
 app.command("sync")(pipeline.sync_command)
 app.command("serve")(server.serve_command)
+app.command(
+    "prefect-server",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)(server.prefect_server_command)
 app.command("deploy")(deploy.deploy_command)
 app.command("worker")(worker.worker_command)
 app.command("demo")(demo.demo_command)
