@@ -57,6 +57,15 @@ def port_in_use(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def server_env() -> dict[str, str]:
+    """The environment of a Prefect server relay starts: relay's server settings under the
+    operator's own (relay/slots.py: leases on disk, so a restarted server still takes back the
+    slot of a run killed before; a put-back tick tries again within seconds)."""
+    from relay.slots import LEASE_STORAGE, SLOT_WAIT
+
+    return {**LEASE_STORAGE, **SLOT_WAIT, **os.environ}
+
+
 @contextlib.contextmanager
 def prefect_server(
     port: int, *, home: Path | None = None, ui: bool = True, log: Path | None = None
@@ -71,15 +80,7 @@ def prefect_server(
             f"Port {port} on 127.0.0.1 is already in use (another Prefect server?). "
             "Stop it, or pick another port with --port."
         )
-    from relay.slots import LEASE_STORAGE, SLOT_WAIT
-
-    # Leases on disk: a restarted server still takes back the slot of a run killed before.
-    env = {
-        **LEASE_STORAGE,
-        **SLOT_WAIT,
-        **os.environ,
-        "PREFECT_UI_ENABLED": "true" if ui else "false",
-    }
+    env = {**server_env(), "PREFECT_UI_ENABLED": "true" if ui else "false"}
     if home is not None:
         env["PREFECT_HOME"] = str(home)
     env.pop("PREFECT_API_URL", None)

@@ -4,10 +4,10 @@ The commands live by group, one module each: ``pipeline`` (clinics, sync, models
 tick's steps by hand), ``demo`` (the sandbox and the demo), ``preview`` (see before switching on:
 preview, render), ``messages`` (outbox, campaigns, the ledger's unknown messages, unsubscribes,
 the report), ``analyst`` (read-only SQL, finding a patient's id), ``server`` (the Prefect server,
-the demo on it, and its alerts), ``deploy`` (every clinic's deployments, from clinics/), ``worker`` (a
-machine's worker, its runs started warm), ``clinic`` (where a clinic's state lives: its home
-machine, and moving it), ``connect`` (a real clinic's accounts,
-checked and saved) and ``test_send`` (a trigger's message for a real patient, to a staff
+the demo on it, and its alerts), ``deploy`` (every clinic's deployments, from clinics/),
+``worker`` (a machine's worker, its runs started warm), ``clinic`` (where a clinic's state
+lives: its home machine, and moving it), ``connect`` (a real clinic's accounts, checked and
+saved) and ``test_send`` (a trigger's message for a real patient, to a staff
 address only). A module imports ``tasks``, ``flows`` and ``sandbox`` inside each command so
 ``relay --help`` is instant; none imports this one.
 Errors meant for a person (bad config, bad key, busy database) are printed without a traceback.

@@ -33,12 +33,13 @@ def serve_command(
 
 def prefect_server_command(ctx: typer.Context) -> None:
     """`prefect server start` (its options as they are, e.g. --host 10.0.0.5 --port 4200) with
-    Python's cycle collector off the server's event loop: on SQLite, Prefect's default database,
-    the server otherwise wedges under load (relay/prefect_server.py). Run the server this way."""
-    import sys
+    Python's cycle collector off the server's event loop (on SQLite, Prefect's default database,
+    the server otherwise wedges under load: relay/prefect_server.py) and relay's server
+    settings under your own (relay/slots.py). Run the server this way."""
+    from relay.serve import PREFECT_SERVER, server_env
 
-    args = [sys.executable, "-m", "relay.prefect_server", "server", "start", *ctx.args]
-    os.execv(sys.executable, args)  # the server itself in this process: signals reach it as sent
+    args = [*PREFECT_SERVER, "server", "start", *ctx.args]
+    os.execve(args[0], args, server_env())  # the server in this process: signals reach it as sent
 
 
 alerts_app = typer.Typer(help="Notifications when runs fail or the data goes stale.")

@@ -37,3 +37,29 @@ def test_a_put_back_tick_tries_again_within_seconds(monkeypatch, tmp_path):
 def test_the_operators_own_value_wins(monkeypatch, tmp_path):
     monkeypatch.setenv(SETTING, "12")
     assert server_env(monkeypatch, tmp_path)[SETTING] == "12"
+
+
+def test_relay_prefect_server_is_prefects_with_the_collector_moved_and_the_same_settings(
+    monkeypatch,
+):
+    """`relay prefect-server` (an operator's server) becomes `prefect server start` with its
+    options as given, through relay/prefect_server.py, with the settings above."""
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+
+    seen: dict = {}
+
+    def execve(path, args, env):
+        seen.update(path=path, args=args, env=env)
+        raise Started
+
+    monkeypatch.setattr("os.execve", execve)
+    monkeypatch.setenv(SETTING, "12")
+    result = CliRunner().invoke(app, ["prefect-server", "--host", "10.0.0.5", "--port", "4300"])
+    assert isinstance(result.exception, Started)
+    assert seen["args"][1:] == [
+        "-m", "relay.prefect_server", "server", "start", "--host", "10.0.0.5", "--port", "4300"
+    ]  # fmt: skip
+    assert seen["env"]["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"].endswith(".filesystem")
+    assert seen["env"][SETTING] == "12"
