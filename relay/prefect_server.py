@@ -41,8 +41,8 @@ class Collector:
     collection back to Python (tests)."""
 
     every: float = 0.1
-    started: int = 0  # collections begun, and ended
-    collections: int = 0
+    started: int = 0  # collections begun
+    collections: int = 0  # and ended
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
