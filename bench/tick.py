@@ -13,8 +13,11 @@ in production), sandbox Cliniko servers in this process over HTTP, DuckDB files 
    Targets: run <= 2.0 s, Prefect's share <= 40%.
 2. Sustained: BENCH_TICK_CLINICS (5) clinics of 500 patients, their sandbox clocks running, ticking
    every 60 s and then every 12 s (25 asked a minute), BENCH_TICK_MINUTES (3) minutes each: ticks
-   completed per minute (target >= 20), how late they started, and how many were skipped as
-   too late.
+   completed per minute (target >= 20), how late they started, how many were skipped as too
+   late, and what the Prefect server logged going wrong meanwhile (errors, "database is
+   locked", tracebacks: a server that stalls under the load shows there). The server's log
+   goes with the temp folder at the end; a copy is kept in the system's temp folder (and
+   named) when it holds a traceback.
 
 W. Warm start (``BENCH_TICK_PARTS=warm``, not run by default): the idle tick's process start,
    pickup -> done and CPU per tick with each run forked from the warm template (relay/warm.py,
@@ -29,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -505,6 +509,7 @@ def _steady(client, names: list[str], every: int, minutes: int) -> dict:
     # shutdown and runs never mix with another's.
     suffix = f"every-{every}s"
     cpu_before = _tree_cpu()  # the server's and this phase's runner's, from here on
+    logged_before = server_log_problems()
     served = Served(every, names, suffix)
     # The measured window: runs due in `minutes` minutes, from one interval after serving starts
     # (the first run is due then); one more interval afterwards to let the last ones start.
@@ -531,6 +536,7 @@ def _steady(client, names: list[str], every: int, minutes: int) -> dict:
     ):
         time.sleep(2)
     cpu = _tree_cpu() - cpu_before  # before the stop: the runner's reaped ticks still count
+    logged = {k: n - logged_before[k] for k, n in server_log_problems().items()}
     served.stop()
     runs = [r for r in (_reread(client, r.id) for r in due) if r is not None]
     waiting = len(due) - len(runs)  # never started: deleted with the schedule on pause
@@ -552,7 +558,9 @@ def _steady(client, names: list[str], every: int, minutes: int) -> dict:
         "started; start lateness "
         + (f"median {statistics.median(late):.0f}s, max {max(late):.0f}s" if late else "-")
         + f"; CPU {cpu:.0f}s over {len(ran)} runs of the phase, {cpu / max(ran_done, 1):.2f}s"
-        f" per tick done ({cpu / max(len(ran), 1):.2f}s per run, skipped ones included)"
+        f" per tick done ({cpu / max(len(ran), 1):.2f}s per run, skipped ones included); the "
+        f"server logged {logged['errors']} errors ({logged['database is locked']} 'database is "
+        f"locked'), {logged['tracebacks']} tracebacks"
     )
     return {
         "asked per minute": asked,
@@ -567,7 +575,43 @@ def _steady(client, names: list[str], every: int, minutes: int) -> dict:
         "runs of the phase": len(ran),
         "CPU s per tick done": round(cpu / max(ran_done, 1), 2),
         "CPU s per run": round(cpu / max(len(ran), 1), 2),
+        # what the Prefect server's log says went wrong during the phase (server_log_problems)
+        "server log": logged,
     }
+
+
+def server_log_problems() -> dict[str, int]:
+    """What the benchmark's Prefect server has logged going wrong so far: its ERROR records, those
+    of them where SQLite refused a write ("database is locked"; a stalled server logs that for
+    minutes) and tracebacks (a chained exception counted once). Figures, because the log itself
+    goes with the temp folder (bench_server keeps a copy when it holds a traceback)."""
+    log = Path(os.environ["PREFECT_HOME"]) / "server.log"
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    records: list[list[str]] = []  # [level, text]: a record's header line and what follows it
+    for line in lines:
+        header = _LOG_RECORD.match(line)
+        if header:
+            records.append([header.group(1) or header.group(2), line])
+        elif records:
+            records[-1][1] += "\n" + line
+    errors = [text for level, text in records if level in ("ERROR", "CRITICAL")]
+    chained = ("The above exception was the direct cause", "During handling of the above")
+    tracebacks, previous = 0, ""
+    for line in lines:
+        if line.startswith("Traceback (most recent call last)"):
+            tracebacks += not previous.startswith(chained)
+        if line.strip():
+            previous = line
+    return {
+        "errors": len(errors),
+        "database is locked": sum("database is locked" in text for text in errors),
+        "tracebacks": tracebacks,
+    }
+
+
+# A record's first line in the server's log: Prefect's "12:17:45.626 | ERROR   | ..." or
+# uvicorn's "ERROR:    ...".
+_LOG_RECORD = re.compile(r"^(?:\d\d:\d\d:\d\d\.\d+ \| (\w+)|([A-Z]+):\s)")
 
 
 def _pause(client, deployment: str, attempts: int = 5) -> None:
@@ -626,10 +670,23 @@ def bench_server(prefix: str) -> Iterator[Any]:
             PREFECT_HOME=str(root / "prefect"),
             PREFECT_LOGGING_LEVEL="ERROR",
         )
-        with prefect_server(free_port(), home=root / "prefect", ui=False) as api:
-            use_server(api)
-            with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
-                yield client
+        try:
+            with prefect_server(free_port(), home=root / "prefect", ui=False) as api:
+                use_server(api)
+                settings = temporary_settings({PREFECT_API_URL: api})
+                with settings, get_client(sync_client=True) as client:
+                    yield client
+        finally:
+            _keep_server_log(root / "prefect" / "server.log", prefix)
+
+
+def _keep_server_log(log: Path, prefix: str) -> None:
+    """The temp folder goes at the end, the server's log with it: a copy is kept (and named)
+    when the server logged a traceback, so a stall or error in a finished run can be read."""
+    if log.exists() and "Traceback (most recent call last)" in log.read_text(errors="replace"):
+        kept = Path(tempfile.gettempdir()) / f"{prefix}server-{datetime.now(UTC):%Y%m%dT%H%M%S}.log"
+        shutil.copyfile(log, kept)
+        print(f"the Prefect server logged errors; its log is kept at {kept}")
 
 
 def main() -> None:

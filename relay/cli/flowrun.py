@@ -55,7 +55,7 @@ def prepare() -> None:
         except httpx.HTTPError as exc:
             raise PrefectUnreachable(
                 f"No Prefect server answers at {url} (PREFECT_API_URL: {type(exc).__name__}). "
-                "Start it (`relay serve`, or `prefect server start`), or unset PREFECT_API_URL "
+                "Start it (`relay serve`, or `relay prefect-server`), or unset PREFECT_API_URL "
                 "to run this once without a server."
             ) from None
     for handler in _console_handlers():

@@ -65,3 +65,53 @@ def test_record_writes_one_json_line_a_reader_can_trace(tmp_path, monkeypatch):
     assert line["rebuild_seconds"] == {"value": 0.8, "target": "<= 1.0 s", "ok": True}
     assert line["patients"] == 10
     assert not (_results.RESULTS / "example.jsonl").exists()  # nothing left in bench/results
+
+
+LOCKED_LOG = (
+    Path(__file__).resolve().parents[2] / "fixtures" / "prefect" / "server-database-locked.log"
+)
+
+
+def _server_home(tmp_path, monkeypatch, log_text: str) -> Path:
+    home = tmp_path / "prefect"
+    home.mkdir(parents=True)
+    (home / "server.log").write_text(log_text, encoding="utf-8")
+    monkeypatch.setenv("PREFECT_HOME", str(home))
+    return home
+
+
+def test_the_tick_benchmark_counts_what_its_server_logged_going_wrong(tmp_path, monkeypatch):
+    from bench.tick import server_log_problems
+
+    # A real server log (a test session's, 2026-12-04): one write SQLite refused, logged as one
+    # ERROR record with a chained traceback (two "database is locked" lines, two tracebacks).
+    real = LOCKED_LOG.read_text(encoding="utf-8")
+    _server_home(tmp_path, monkeypatch, real)
+    assert server_log_problems() == {"errors": 1, "database is locked": 1, "tracebacks": 1}
+
+    # The same again, and one of uvicorn's own records that is not about SQLite.
+    uvicorn = "ERROR:    Exception in ASGI application\nTraceback (most recent call last):\n"
+    _server_home(tmp_path / "more", monkeypatch, real + real + uvicorn + "ValueError: x\n")
+    assert server_log_problems() == {"errors": 3, "database is locked": 2, "tracebacks": 3}
+
+    banner = real.split("\n12:17:45")[0]  # what a server that had no trouble logs
+    _server_home(tmp_path / "clean", monkeypatch, banner)
+    assert server_log_problems() == {"errors": 0, "database is locked": 0, "tracebacks": 0}
+
+
+def test_the_tick_benchmark_keeps_its_server_log_only_when_it_holds_a_traceback(
+    tmp_path, monkeypatch, capsys
+):
+    from bench import tick
+
+    monkeypatch.setattr(tick.tempfile, "gettempdir", lambda: str(tmp_path / "kept"))
+    (tmp_path / "kept").mkdir()
+    clean = _server_home(tmp_path / "a", monkeypatch, "Configure Prefect to communicate\n")
+    tick._keep_server_log(clean / "server.log", "bench-tick-")
+    assert list((tmp_path / "kept").iterdir()) == []
+
+    locked = _server_home(tmp_path / "b", monkeypatch, LOCKED_LOG.read_text(encoding="utf-8"))
+    tick._keep_server_log(locked / "server.log", "bench-tick-")
+    [kept] = (tmp_path / "kept").iterdir()
+    assert kept.name.startswith("bench-tick-server-") and "database is locked" in kept.read_text()
+    assert str(kept) in capsys.readouterr().out
