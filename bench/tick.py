@@ -580,12 +580,12 @@ def _steady(client, names: list[str], every: int, minutes: int) -> dict:
     }
 
 
-def server_log_problems() -> dict[str, int]:
+def server_log_problems(log: Path | None = None) -> dict[str, int]:
     """What the benchmark's Prefect server has logged going wrong so far: its ERROR records, those
     of them where SQLite refused a write ("database is locked"; a stalled server logs that for
     minutes) and tracebacks (a chained exception counted once). Figures, because the log itself
     goes with the temp folder (bench_server keeps a copy when it holds a traceback)."""
-    log = Path(os.environ["PREFECT_HOME"]) / "server.log"
+    log = log or Path(os.environ["PREFECT_HOME"]) / "server.log"  # where prefect_server writes it
     lines = log.read_text(errors="replace").splitlines() if log.exists() else []
     records: list[list[str]] = []  # [level, text]: a record's header line and what follows it
     for line in lines:
@@ -683,7 +683,7 @@ def bench_server(prefix: str) -> Iterator[Any]:
 def _keep_server_log(log: Path, prefix: str) -> None:
     """The temp folder goes at the end, the server's log with it: a copy is kept (and named)
     when the server logged a traceback, so a stall or error in a finished run can be read."""
-    if log.exists() and "Traceback (most recent call last)" in log.read_text(errors="replace"):
+    if server_log_problems(log)["tracebacks"]:
         kept = Path(tempfile.gettempdir()) / f"{prefix}server-{datetime.now(UTC):%Y%m%dT%H%M%S}.log"
         shutil.copyfile(log, kept)
         print(f"the Prefect server logged errors; its log is kept at {kept}")
