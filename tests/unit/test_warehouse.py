@@ -23,6 +23,38 @@ def test_opening_creates_every_raw_and_state_table(tmp_path):
     assert {"state.sync_watermarks", "state.quarantine", "state.sync_runs"} <= tables
 
 
+def _row_groups(con, table: str) -> int:
+    return warehouse.one(
+        con, f"SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('{table}')"
+    )[0]
+
+
+@pytest.mark.parametrize("name", ["demo", "memory"])
+def test_a_clinics_file_is_written_in_smaller_row_groups_and_reads_as_before(tmp_path, name):
+    db = tmp_path / f"{name}.duckdb"
+    rows = 3 * warehouse.ROW_GROUP_SIZE + 1  # four row groups; one at DuckDB's default
+    with warehouse.open_db(db) as con:
+        con.execute(f"CREATE TABLE marts.wide AS SELECT range AS patient_id FROM range({rows})")
+        assert _row_groups(con, "marts.wide") == 4
+        # the file is the default database, under its usual name, for cursors too
+        expected = name if name != "memory" else "clinic"
+        assert warehouse.one(con, "SELECT current_database()")[0] == expected
+        cursor = con.cursor()
+        assert warehouse.one(cursor, "SELECT count(*) FROM marts.wide")[0] == rows
+        cursor.close()
+    assert not db.with_name(db.name + ".wal").exists()  # the close checkpointed the file
+    with warehouse.open_db(db, read_only=True) as con:
+        assert warehouse.one(con, "SELECT count(*) FROM marts.wide")[0] == rows
+    plain = duckdb.connect(str(db), read_only=True)  # any DuckDB reads it
+    try:
+        assert warehouse.one(plain, "SELECT count(*) FROM marts.wide")[0] == rows
+        assert _row_groups(plain, "marts.wide") == 4
+    finally:
+        plain.close()
+    with warehouse.hold(db), warehouse.open_db(db) as con:  # a tick's cursor
+        assert warehouse.one(con, "SELECT count(*) FROM marts.wide")[0] == rows
+
+
 def test_a_second_writer_waits_then_fails_clearly(tmp_path):
     db = tmp_path / "c.duckdb"
     with (
