@@ -133,7 +133,8 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     ``duckdb.connect(path)`` names it); the empty in-memory database it was attached from is
     detached, so a cursor of the connection opens on the clinic's file too. Closing the
     connection checkpoints the file as before."""
-    con = duckdb.connect(":memory:")
+    # Spills beside the file, where duckdb.connect(path) puts them (not the working directory).
+    con = duckdb.connect(":memory:", config={"temp_directory": f"{path}.tmp"})
     try:
         name = path.stem if path.stem.lower() not in _RESERVED_NAMES else "clinic"
         quoted_name = '"' + name.replace('"', '""') + '"'

@@ -39,6 +39,8 @@ def test_a_clinics_file_is_written_in_smaller_row_groups_and_reads_as_before(tmp
         # the file is the default database, under its usual name, for cursors too
         expected = name if name != "memory" else "clinic"
         assert warehouse.one(con, "SELECT current_database()")[0] == expected
+        spills = warehouse.one(con, "SELECT current_setting('temp_directory')")[0]
+        assert spills == f"{db}.tmp"  # beside the file, as duckdb.connect(path) has it
         cursor = con.cursor()
         assert warehouse.one(cursor, "SELECT count(*) FROM marts.wide")[0] == rows
         cursor.close()
