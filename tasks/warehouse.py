@@ -118,10 +118,10 @@ def _configure(con: duckdb.DuckDBPyConnection) -> None:
 # scans and writes a table one row group per thread, so at the default a table of a clinic's
 # patients (a list, a segment, marts.patient_rows: 100,000 rows) ran on one core and, too small
 # to be written as its statement runs, was compressed by the commit's checkpoint, on one core
-# too. At 32,768 they take every core: the 100,000-patient full build 8.3-8.5 s instead of
-# 10.0-11.2 s back to back, its commit 0.06 s of CPU instead of 1.2 s (docs/scaling.md, which
-# has 16,384 and 61,440 too). A setting of the open, not of the file: rows written before keep
-# their row groups until their table is rewritten, and any DuckDB reads the file as before.
+# too. At 32,768 they take every core (the full build a fifth faster, its commit nearly free;
+# docs/scaling.md has the figures and the other sizes tried). A setting of the open, not of the
+# file: rows written before keep their row groups until their table is rewritten, and any
+# DuckDB reads the file as before.
 ROW_GROUP_SIZE = 32_768
 # Names DuckDB keeps for itself: a file named so is attached as "clinic" instead.
 _RESERVED_NAMES = {"memory", "temp", "system", "main"}
