@@ -18,7 +18,8 @@ from datetime import datetime, timedelta
 
 import duckdb
 
-from tasks.config import ClinicConfig, Journey
+from tasks.config import Campaign, ClinicConfig, Journey
+from tasks.marketing import campaigns
 from tasks.messages import ledger
 from tasks.messages.channels import MARKETING_LISTS
 from tasks.messages.ledger import LedgerRow
@@ -109,7 +110,8 @@ def _journey_reads(journey: Journey) -> set[str]:
 def reads(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig) -> dict[tuple[str, str], set[str]]:
     """(source kind, name) -> the models it reads: a trigger's from its own query (the tables
     the SQL names, read as the runner reads a model's), a journey's and a campaign's from their
-    segments and the marketing lists they send on; all of them read marts.patients."""
+    segments and the marketing lists they send on (a confirmed campaign's as confirmed); all of
+    them read marts.patients."""
     found = {
         ("trigger", t.name): set(
             tables_read(con, f"trigger {t.name}", candidate_query(t, "window")[0])
@@ -117,11 +119,20 @@ def reads(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig) -> dict[tuple[str, 
         for t in cfg.triggers
     }
     found |= {("journey", j.name): _journey_reads(j) for j in cfg.journeys}
-    found |= {
-        ("campaign", c.name): {f"segments.{c.segment}", MARKETING_LISTS[c.channel].table}
-        for c in cfg.campaigns
-    }
+    found |= {("campaign", c.name): _campaign_reads(con, c) for c in cfg.campaigns}
     return {source: tables | {"marts.patients"} for source, tables in found.items()}
+
+
+def _campaign_reads(con: duckdb.DuckDBPyConnection, configured: Campaign) -> set[str]:
+    """A campaign reads the segment and list it sends from: as its operator confirmed them
+    (campaigns.confirmed), whatever clinic.yaml says since; as clinic.yaml says before that. A
+    confirmation this version cannot honour falls back to clinic.yaml here: freeze_due says why."""
+    try:
+        record = campaigns.confirmed(con, configured)
+    except campaigns.CampaignError:
+        record = None
+    sent = record[0] if record else configured
+    return {f"segments.{sent.segment}", MARKETING_LISTS[sent.channel].table}
 
 
 def held_sources(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig) -> dict[tuple[str, str], str]:

@@ -82,13 +82,17 @@ def scheduled_at(cfg: ClinicConfig, campaign: Campaign, now: datetime) -> dateti
 
 def _segment_built(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig, campaign: Campaign) -> None:
     built = con.execute(
-        "SELECT 1 FROM state.audiences WHERE audience = ? AND retired_at IS NULL",
+        "SELECT retired_at FROM state.audiences WHERE audience = ?",
         [f"segments.{campaign.segment}"],
     ).fetchone()
-    if not built:
+    where = f"{cfg.source or cfg.clinic}: campaign '{campaign.name}': segment '{campaign.segment}'"
+    if built is None:
+        raise CampaignError(f"{where} has not been built yet. Run `relay models build` first.")
+    if built[0] is not None:  # its file left sql/segments/ (tasks/models/runner.py retires it)
         raise CampaignError(
-            f"{cfg.source or cfg.clinic}: campaign '{campaign.name}': segment "
-            f"'{campaign.segment}' has not been built yet. Run `relay models build` first."
+            f"{where} is no longer built: sql/segments/{campaign.segment}.sql was removed. "
+            f"Restore it and run `relay models build`, or run `relay campaign cancel "
+            f"{campaign.name}`."
         )
 
 
@@ -374,7 +378,9 @@ def freeze_due(
     con: duckdb.DuckDBPyConnection, cfg: ClinicConfig, now: datetime, held: Collection[str] = ()
 ) -> dict[str, int]:
     """Freeze every confirmed campaign whose moment has come: campaign -> messages queued.
-    A ``held`` one (its segment was not rebuilt) waits for a good build, unfrozen."""
+    A ``held`` one (its segment was not rebuilt) waits for a good build, unfrozen. One that
+    cannot be frozen (its segment gone, its entry gone from clinic.yaml) waits too, and the
+    others are frozen before a CampaignError names every one that waits and what to do."""
     due = con.execute(
         "SELECT campaign, send_at FROM state.campaigns WHERE audience_frozen_at IS NULL "
         "AND cancelled_at IS NULL AND send_at <= ? ORDER BY send_at",
@@ -383,25 +389,31 @@ def freeze_due(
     queued = {}
     configured = {c.name for c in cfg.campaigns}
     missing = [name for name, _ in due if name not in configured]
+    problems = []
     for name, send_at in due:
         if name in missing or name in held:
             continue
-        record = confirmed(con, find(cfg, name))
-        assert record is not None  # its state.campaigns row was read just above
-        campaign, _ = record
-        with transaction(con):
-            queued[name] = _freeze(con, cfg, campaign, max(send_at, now), now)
-            con.execute(
-                "UPDATE state.campaigns SET audience_frozen_at = ?, audience_size = ? "
-                "WHERE campaign = ? AND audience_frozen_at IS NULL",
-                [now, queued[name], name],
-            )
+        try:
+            record = confirmed(con, find(cfg, name))
+            assert record is not None  # its state.campaigns row was read just above
+            campaign, _ = record
+            with transaction(con):
+                queued[name] = _freeze(con, cfg, campaign, max(send_at, now), now)
+                con.execute(
+                    "UPDATE state.campaigns SET audience_frozen_at = ?, audience_size = ? "
+                    "WHERE campaign = ? AND audience_frozen_at IS NULL",
+                    [now, queued[name], name],
+                )
+        except CampaignError as exc:  # this campaign waits, unfrozen; the others go on
+            problems.append(str(exc))
     if missing:
-        raise CampaignError(
+        problems.append(
             f"{cfg.source or cfg.clinic}: campaign(s) {', '.join(missing)} were confirmed but are "
             "no longer under campaigns:, so they cannot be sent. Put them back, or run "
             "`relay campaign cancel NAME`."
         )
+    if problems:
+        raise CampaignError(" ".join(problems))
     return queued
 
 

@@ -5,6 +5,7 @@ and the re-check drops people who left the segment or a cancelled campaign."""
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from tasks.marketing import campaigns
 from tasks.marketing.campaigns import CampaignError
+from tasks.models import runner as models
 
 _spec = importlib.util.spec_from_file_location(
     "journey_clinic", Path(__file__).with_name("journey_clinic.py")
@@ -159,3 +161,37 @@ def test_an_unknown_campaign_or_a_segment_never_built_is_a_clear_error(clinic):
     clinic.con.execute("DELETE FROM state.audiences WHERE audience = 'segments.recall_90_179'")
     with pytest.raises(CampaignError, match="segment 'recall_90_179' has not been built yet"):
         campaigns.preview(clinic.con, clinic.cfg(), "autumn-recall", clinic.now)
+
+
+def test_a_confirmed_segment_whose_file_was_removed_waits_and_the_other_campaigns_go(
+    clinic, tmp_path
+):
+    """clinic.yaml may move on after a confirmation (here to another segment); what is sent is
+    what was confirmed. Its segment's file removed, that campaign cannot be frozen: it waits,
+    with an error saying what to do, and another campaign due the same tick is frozen."""
+    later = {"send_at": (clinic.now + timedelta(days=1)).isoformat()}
+    other = {**RECALL, **later, "name": "welcome-offer", "segment": "new_patients"}
+    cfg = clinic.cfg(campaigns=[{**RECALL, **later}, other])
+    campaigns.confirm(clinic.con, cfg, "autumn-recall", clinic.now)
+    campaigns.confirm(clinic.con, cfg, "welcome-offer", clinic.now)
+    sql = tmp_path / "sql"
+    shutil.copytree(journey_clinic.sql_dir(), sql)
+    (sql / "segments" / "recall_90_179.sql").unlink()
+    edited = clinic.cfg(campaigns=[{**RECALL, **later, "segment": "upcoming_appointment"}, other])
+    clinic.advance(days=1, minutes=1)
+    models.build(clinic.con, models.ListSettings(active_patient_months=24), sql_dir=sql,
+                 now=clinic.now)  # fmt: skip
+
+    with pytest.raises(CampaignError) as raised:
+        campaigns.freeze_due(clinic.con, edited, clinic.now)
+    assert str(raised.value) == (
+        "test: campaign 'autumn-recall': segment 'recall_90_179' is no longer built: "
+        "sql/segments/recall_90_179.sql was removed. Restore it and run `relay models build`, "
+        "or run `relay campaign cancel autumn-recall`."
+    )
+    assert clinic.con.execute(
+        "SELECT source_name, status, count(*) FROM state.messages GROUP BY ALL"
+    ).fetchall() == [("welcome-offer", "planned", 5)]
+    assert clinic.con.execute(
+        "SELECT campaign FROM state.campaigns WHERE audience_frozen_at IS NULL"
+    ).fetchall() == [("autumn-recall",)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import shutil
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,30 @@ def test_a_broken_mart_the_reminders_read_holds_the_reminders(clinic):
     assert clinic.sent("sms-reminder-24h") == []
     (waiting,) = ledger.in_status(clinic.con, "planned")
     assert waiting.status_reason.startswith("held: ")
+
+
+def test_a_confirmed_campaign_is_held_by_the_segment_it_was_confirmed_on(clinic):
+    """clinic.yaml may name another segment since the confirmation; the campaign sends from the
+    one confirmed, so that one breaking holds it (and clinic.yaml's breaking does not)."""
+    recall = {"name": "autumn-recall", "segment": "new_patients", "channel": "email",
+              "template": "recall-checkin", "send_at": (clinic.now + timedelta(days=1)).isoformat()}  # fmt: skip
+    campaigns.confirm(clinic.con, clinic.cfg(campaigns=[recall]), "autumn-recall", clinic.now)
+    edited = clinic.cfg(campaigns=[{**recall, "segment": "upcoming_appointment"}])
+    (clinic.sql / "segments" / "new_patients.sql").write_text(TYPO)
+    with pytest.raises(models.BuildFailed):
+        clinic.build()
+
+    why = "segments.new_patients not rebuilt (sql/segments/new_patients.sql failed to build)"
+    assert tick.held_sources(clinic.con, edited)[("campaign", "autumn-recall")] == why
+    clinic.advance(days=1, minutes=1)
+    held = tick.of_kind(tick.held_sources(clinic.con, edited), "campaign")
+    assert campaigns.freeze_due(clinic.con, edited, clinic.now, held=held) == {}
+
+    shutil.copy(models.SQL_DIR / "segments" / "new_patients.sql", clinic.sql / "segments")
+    (clinic.sql / "segments" / "upcoming_appointment.sql").write_text(TYPO)
+    with pytest.raises(models.BuildFailed):
+        clinic.build()
+    assert ("campaign", "autumn-recall") not in tick.held_sources(clinic.con, edited)
 
 
 def test_preview_segment_and_models_test_work_after_a_failed_build(clinic):
