@@ -2,8 +2,9 @@
 endpoints under ``/_sandbox/``.
 
 Order of checks, as a client meets them: a missing User-Agent is refused (403) before anything
-else; then Basic auth (the API key as username; a key whose shard suffix is not this server's
-shard is as unknown as a wrong key: 401); then the per-key fixed-window rate limit (429 with
+else; then Basic auth (the API key as username, with or without its shard suffix, as Cliniko
+allows; a key of another shard's account, or whose suffix names another shard, is as unknown as
+a wrong key: 401); then the per-key fixed-window rate limit (429 with
 ``X-RateLimit-Reset`` = epoch seconds of the window's end, a decimal when windows are shorter than
 a minute); then the key's permissions (403 denied, 404 not found); then injected faults; then the
 answer. Refused requests do not count against the limit.

@@ -81,12 +81,13 @@ class KeyAccess:
     not_found: frozenset[str] = frozenset()
 
 
-def split_key(key: str) -> tuple[str, str]:
-    """An API key's body and shard: the suffix after the last '-' (no suffix means au1)."""
+def split_key(key: str) -> tuple[str, str | None]:
+    """An API key's body and shard: the suffix after the last '-' (None: sent without it, which
+    Cliniko allows, the key then being its account's on whichever shard holds it)."""
     body, sep, shard = key.rpartition("-")
     if sep and shard[:2].isalpha() and shard[2:].isdigit() and len(shard) in (3, 4):
         return body, shard
-    return key, "au1"
+    return key, None
 
 
 def _weighted(rng: random.Random, options: tuple) -> object:
@@ -121,7 +122,7 @@ class SandboxClinic:
         self._now = start.timestamp()
         self._rng = random.Random(f"{seed}:clinic")
         self._id_counter = 0
-        self._keys: dict[str, KeyAccess] = {}
+        self._keys: dict[str, tuple[KeyAccess, str]] = {}  # key body -> (access, home shard)
         self._hard_deleted: dict[str, set[int]] = {name: set() for name in SPECS}
         self._malformed: dict[str, set[str]] = {name: set() for name in SPECS}
         # Relationships the change engine follows (all ids).
@@ -137,7 +138,7 @@ class SandboxClinic:
         self.concession_ids: list[int] = []
         self.referral_types: list[tuple[int, str | None, list[str] | None]] = []
         self.api_key = f"sbx{random.Random(f'{seed}:key').getrandbits(128):032x}-{shard}"
-        self._keys[split_key(self.api_key)[0]] = KeyAccess()
+        self._keys[split_key(self.api_key)[0]] = (KeyAccess(), shard)
         # Medical alerts, invoices, custom fields: their own random streams (patient_extras.py).
         self.extras = PatientExtras(self, seed)
 
@@ -239,17 +240,21 @@ class SandboxClinic:
         self, key: str, denied: tuple[str, ...] = (), not_found: tuple[str, ...] = ()
     ) -> str:
         """Register another key (restricted keys answer 403/404 on the named resources)."""
+        body, home = split_key(key)
         with self.lock:
-            self._keys[split_key(key)[0]] = KeyAccess(frozenset(denied), frozenset(not_found))
+            access = KeyAccess(frozenset(denied), frozenset(not_found))
+            self._keys[body] = (access, home or self.shard)
         return key
 
     def key_access(self, key: str, shard: str) -> KeyAccess | None:
-        """The access of a key presented to a server of ``shard`` (None: 401)."""
-        body, key_shard = split_key(key)
-        if key_shard != shard:
-            return None
+        """The access of a key presented to a server of ``shard`` (None: 401): its account's
+        shard, named by the key's suffix or, sent without one, known from the key itself."""
+        body, named = split_key(key)
         with self.lock:
-            return self._keys.get(body)
+            found = self._keys.get(body)
+        if found is None or found[1] != shard or named not in (None, shard):
+            return None
+        return found[0]
 
     def snapshot(self, resource: str, base_url: str) -> dict[int, dict]:
         """Every row the API returns when all hidden rows are asked for, by id, as served.

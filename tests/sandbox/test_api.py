@@ -81,6 +81,20 @@ def test_a_valid_key_for_another_shard_is_401(server, shared_clinic):
     assert refused.status_code == 401
 
 
+def test_a_key_sent_without_its_shard_suffix_works_on_its_own_shard_only(make_clinic):
+    """Cliniko: "the key may be sent with or without the shard suffix"; without it, it is still
+    its account's key, so it works on that shard's server and no other (a uk1 clinic here)."""
+    clinic = make_clinic(shard="uk1")
+    body = clinic.api_key.rsplit("-", 1)[0]
+    with SandboxServer(clinic, rate_limit=None, shard="uk1") as home:
+        for key in (clinic.api_key, body):
+            answer = httpx.get(home.base_url + "/patients", auth=(key, ""), headers=UA)
+            assert answer.status_code == 200
+    with SandboxServer(clinic, rate_limit=None, shard="au1") as elsewhere:
+        answer = httpx.get(elsewhere.base_url + "/patients", auth=(body, ""), headers=UA)
+        assert answer.status_code == 401
+
+
 def test_a_request_without_user_agent_is_403_and_says_why(server, shared_clinic):
     response = httpx.get(
         server.base_url + "/patients", auth=(shared_clinic.api_key, ""), headers={"User-Agent": ""}
