@@ -28,6 +28,12 @@ number (21610) and a START lifts the block.
 Read-only account settings (last block of the class): the account (``account_status``,
 ``account_type``), its phone numbers (``numbers``: number -> SMS capable) and its messaging
 services (``services``, served at ``/v1/Services/{sid}`` as on messaging.twilio.com).
+
+Senders are checked against them as Twilio checks them (``_refuse_sender``): a ``From`` number the
+account does not own is 21606 (owned but not SMS capable: 21661), a ``From`` that is neither a
+number nor an alphanumeric ID is 21212, an unknown ``MessagingServiceSid`` is 21701 (21705 if it
+is not even an MG SID). A Trial account sends only to its ``verified`` numbers (21608 otherwise).
+Each is a 400 with Twilio's JSON error body, and no Message is created.
 """
 
 from __future__ import annotations
@@ -75,6 +81,8 @@ FAILED_CODES = frozenset({30001, 30002, 30500, 30501, 30502, 30503})
 # queued -> sending -> sent -> final, each this long after creation.
 PROGRESSION = (timedelta(seconds=1), timedelta(seconds=2), timedelta(seconds=5))
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+SERVICE_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
+ALPHANUMERIC = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}$")
 BASE = "/2010-04-01/Accounts/{sid}"
 
 
@@ -115,6 +123,7 @@ class TwilioSandbox:
         self.account_status, self.account_type = "active", "Full"
         self.numbers: dict[str, bool] = {"+61400000000": True}  # owned number -> SMS capable
         self.services: dict[str, str] = {}  # messaging service SID -> friendly name
+        self.verified: set[str] = set()  # a Trial account's verified numbers (the only To)
         self._lock = threading.Lock()
         self.app = Starlette(
             routes=[
@@ -182,6 +191,12 @@ class TwilioSandbox:
             return _error(21603, "A 'From' phone number is required.")
         if not body:
             return _error(21602, "Message body is required.")
+        refused = self._refuse_sender(sender, service) or self._refuse_trial(to)
+        if refused is not None:
+            code, what = refused
+            with self._lock:
+                self.rejected.append({"to": to, "code": code})
+            return _error(code, what)
         for numbers, code, what in (
             (self.stopped, 21610, "Attempt to send to unsubscribed recipient"),
             (self.landline, 21614, f"'To' number {to} is not a valid mobile number"),
@@ -218,6 +233,51 @@ class TwilioSandbox:
             self.accepted.append(message)
         await after(fault)
         return JSONResponse(_public(self._now(message, now)), status_code=201)
+
+    def _refuse_sender(self, sender: str | None, service: str | None) -> tuple[int, str] | None:
+        """Twilio's answer to a sender this account cannot send from, else None. Twilio creates
+        no Message for a refused request: nothing is queued, nothing appears in the list.
+
+        - ``MessagingServiceSid`` not of the MG pattern: 21705; not a service of this account
+          (deleted, another account's, a typo): 21701 (https://www.twilio.com/docs/api/errors/
+          21701, "does not exist or does not match the Account SID").
+        - ``From`` a number this account does not own (released, ported away, another
+          account's, a typo): 21606, "not a valid message-capable Twilio phone number for this
+          destination/account"; owned but not SMS capable: 21661.
+        - ``From`` neither a number nor an alphanumeric sender ID: 21212 (invalid From).
+        """
+        if service:
+            if not SERVICE_SID.match(service):
+                return 21705, "The Messaging Service is invalid"
+            if service not in self.services:
+                return 21701, "The Messaging Service does not exist"
+        if not sender:
+            return None
+        if E164.match(sender):
+            if sender not in self.numbers:
+                return 21606, (
+                    f"The From phone number {sender} is not a valid, SMS-capable inbound phone "
+                    "number or short code for your account."
+                )
+            if not self.numbers[sender]:
+                return 21661, "'From' number is not SMS-capable"
+            return None
+        if ALPHANUMERIC.match(sender):
+            return None  # an alphanumeric sender ID (registration per country not modelled)
+        return 21212, (
+            f"The 'From' number {sender} is not a valid phone number, shortcode, or "
+            "alphanumeric sender ID."
+        )
+
+    def _refuse_trial(self, to: str) -> tuple[int, str] | None:
+        """A Trial account sends only to its verified numbers (``verified``): 21608."""
+        if self.account_type == "Trial" and to not in self.verified:
+            return 21608, (
+                f"The number {to} is unverified. Trial accounts cannot send messages to "
+                "unverified numbers; verify it at twilio.com/user/account/phone-numbers/"
+                "verified, or purchase a Twilio number to send messages to unverified numbers."
+            )
+        return None
 
     async def _list(self, request: Request):
         _, early = await self._guard(request)

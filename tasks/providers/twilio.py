@@ -10,7 +10,9 @@ Odd things about this API and client, and what we do about them:
 - Errors: ``TwilioRestException`` (and the RFC 9457 ``TwilioServiceException``, not a subclass)
   carry ``.code`` and ``.status``. What each code means for the number is ``ERROR_CODES``, the
   one table both sending and delivery read; 20429 / 429 / 5xx = come back later; 20003 = bad
-  credentials.
+  credentials; ``SETTINGS_CODES`` (a sender the account does not own, an unknown messaging
+  service, a Trial or inactive account) = nothing can go: the run stops and the message is put
+  back planned, with what to fix.
 - Accepted is not delivered: a Message goes queued -> sending -> sent -> delivered, or ends
   ``undelivered`` / ``failed`` with an error code (30006 landline, 30005 not in service...). The
   delivery feed fetches each recent message whose status is not final (``GET
@@ -93,6 +95,36 @@ ERROR_CODES: dict[int, tuple[str, Suppress | None]] = {
 }
 
 
+# Codes about our sender, messaging service or account, never the recipient: Twilio answers every
+# message of the run the same and creates no Message for any of them. Each stops the run and puts
+# the message back planned (ProviderUnavailable), as Postmark's _SETTINGS_CODES do; failing them
+# would fail every due SMS for good over a released number or a typo in the block. Each says what
+# is wrong and where to fix it. Sources: https://www.twilio.com/docs/api/errors/<code>.
+SETTINGS_CODES: dict[int, str] = {
+    # the From: "not a valid message-capable Twilio phone number for this destination/account"
+    # (not owned, released, ported away, still porting, mistyped), not a Twilio number, another
+    # account's number, not SMS capable, not a number or alphanumeric ID at all
+    21606: "the sender number is not an SMS-capable number of this account (released, ported "
+    "away or mistyped?)",
+    21601: "the sender number is not an SMS-capable number of this account",
+    21659: "the sender number is not a Twilio number (still porting, or mistyped?)",
+    21660: "the sender number belongs to another Twilio account",
+    21661: "the sender number cannot send SMS",
+    21212: "the sender is neither a phone number nor a valid alphanumeric sender ID",
+    21603: "no sender was given",
+    # the messaging service: "does not exist or does not match the Account SID"; a bad SID
+    21701: "the messaging service does not exist on this account",
+    21705: "the messaging service SID is not valid",
+    # the account: Trial (or no approved compliance profile) reaches verified numbers only;
+    # suspended or closed accounts send nothing
+    21608: "the account is a Trial account, which sends only to numbers verified in the Twilio "
+    "Console: upgrade it",
+    20005: "the account is not active (suspended or out of funds)",
+    10001: "the account is not active (suspended or out of funds)",
+    20404: "the account was not found",
+}
+
+
 def error_meaning(code: int | str | None) -> tuple[str, Suppress | None]:
     try:
         return ERROR_CODES.get(int(code), (f"error {code}", None))  # type: ignore[arg-type]
@@ -135,16 +167,29 @@ class TwilioSettings:
 
 
 def _error_outcome(exc: TwilioException) -> Outcome:
+    """What a refused create means. About the recipient (21211, 21610, 21614...): that message
+    fails. About our credentials, sender, service or account (20003, SETTINGS_CODES): nothing
+    of the run can go and Twilio created nothing, so ProviderUnavailable stops it. Busy: retry.
+    Never Twilio's own text: it quotes the numbers."""
     code = getattr(exc, "code", None)
     status = getattr(exc, "status", 0) or 0
     what, suppress = error_meaning(code)
     if suppress is not None:
         return Outcome("failed", error_code=str(code), reason=f"twilio: {what}", suppress=suppress)
-    if code == 20429 or status == 429 or status >= 500:
+    # 21702: the messaging service "is not available to send new messages. Retry"
+    if code in (20429, 21702) or status == 429 or status >= 500:
         return Outcome("retry", error_code=str(code or status), reason="twilio: busy")
     if code == 20003 or status == 401:
         raise ProviderUnavailable(
             "Twilio rejected the account SID or auth token (20003). Check the TwilioAccount block."
+        )
+    if code in SETTINGS_CODES or status == 404:
+        wrong = SETTINGS_CODES[code] if code in SETTINGS_CODES else SETTINGS_CODES[20404]
+        raise ProviderUnavailable(
+            f"Twilio refused the sender or account ({code or status}): {wrong}. No SMS went; "
+            "they stay planned and go once it is fixed. Check the TwilioAccount block "
+            "(from_number or messaging_service_sid) against the Twilio Console, or run relay "
+            "connect --check-only."
         )
     return Outcome(
         "failed", error_code=str(code or status), reason=f"twilio: error {code or status}"
@@ -212,7 +257,7 @@ class TwilioProvider:
             if outcome.kind in ("retry", "unknown"):
                 break  # the provider is struggling: leave the rest untouched for later
         rest = len(messages) - len(outcomes)
-        outcomes.extend([Outcome("retry", reason="twilio: not attempted (provider busy)")] * rest)
+        outcomes.extend([Outcome("retry", reason="twilio: not attempted")] * rest)
         return outcomes
 
     def _send_one(self, to: str, body: str) -> Outcome:

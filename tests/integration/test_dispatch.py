@@ -276,6 +276,46 @@ def test_rejected_credentials_put_the_batch_back_and_say_what_to_fix(tmp_path, s
     assert any("PostmarkServer block" in p for p in result.problems)
 
 
+@pytest.mark.parametrize(
+    ("refusal", "code"),
+    [
+        ("released", "21606"),  # the block's number was released, ported away or mistyped
+        ("trial", "21608"),  # a Trial account: verified numbers only
+    ],
+)
+def test_a_sender_twilio_refuses_stops_the_run_and_leaves_every_sms_planned(
+    tmp_path, sandboxes, refusal, code
+):
+    postmark, twilio = sandboxes
+    with open_db(tmp_path / "c.duckdb") as con:
+        keys = [plan(con, 1, "sms", source=s) for s in ("reminder-24h", "reminder-2h")]
+        if refusal == "released":
+            del twilio.numbers["+61400000000"]
+        else:
+            twilio.account_type = "Trial"
+        result = run(con, postmark, twilio)
+        rows = [ledger.get(con, k) for k in keys]
+        # the first was claimed, refused and put back; the second was never tried
+        assert [(r.status, r.status_reason, r.error_code) for r in rows] == [
+            ("planned", "provider unavailable", None), ("planned", None, None),
+        ]  # fmt: skip
+        assert ledger.status_counts(con) == {"planned": 2}  # nothing failed, sent or in doubt
+        assert result.counts["failed"] == result.counts["sent"] == 0
+        (problem, stopped) = [p for p in result.problems if p.startswith("sms:")]
+        assert f"({code})" in problem and "TwilioAccount block" in problem
+        assert "took nothing" in stopped
+        assert not any(ADDRESS[p][1] in " ".join(result.problems) for p in ADDRESS)
+        assert twilio.accepted == [] and len(twilio.requests) == 1  # the run stopped at once
+        assert suppressions(con) == []
+
+        # fixed in the Console: the next run after the back-off sends each SMS once
+        twilio.numbers["+61400000000"], twilio.account_type = True, "Full"
+        run(con, postmark, twilio, at=START + timedelta(minutes=5))
+        sent = [ledger.get(con, k) for k in keys]
+        assert [r.status for r in sent] == ["sent", "sent"]
+    assert sorted(r.provider_message_id for r in sent) == sorted(m["sid"] for m in twilio.accepted)
+
+
 class Killed(BaseException):
     """The process dies where it stands (a kill -9): nothing of the run records anything more."""
 

@@ -204,6 +204,7 @@ def test_twilio_sends_from_the_number_and_returns_the_sid(twilio):
 
 def test_twilio_can_send_through_a_messaging_service(twilio):
     service = "MG" + "1" * 32
+    twilio.services[service] = "Demo reminders"  # the account's service, as Twilio requires
     tw_provider(twilio, from_number=None, messaging_service_sid=service).send(
         [sms(1, "+61412345678")]
     )
@@ -253,6 +254,114 @@ def test_no_twilio_server_listening_is_a_retry():
 def test_wrong_twilio_credentials_stop_the_run_with_what_to_fix(twilio):
     with pytest.raises(ProviderUnavailable, match="TwilioAccount block"):
         tw_provider(twilio, auth_token="wrong").send([sms(1, "+61412345678")])
+
+
+# -- Twilio refusing our sender or account (the sandbox, as Twilio documents it) --------------
+
+SERVICE = "MG" + "a" * 32
+
+
+def create_directly(twilio, **sender):
+    """messages.create through the real client over HTTP, as the provider makes it."""
+    from twilio.rest import Client
+
+    from tasks.providers.twilio import RedirectingHttpClient
+
+    client = Client(ACCOUNT_SID, AUTH_TOKEN, http_client=RedirectingHttpClient(twilio.url))
+    return client.messages.create(to="+61412345678", body="hi", **sender)
+
+
+@pytest.mark.parametrize(
+    ("sender", "code"),
+    [
+        ({"from_": "+61499999999"}, 21606),  # a number this account does not own (released...)
+        ({"from_": "+61300000000"}, 21661),  # owned, voice only
+        ({"from_": "0400 000 000"}, 21212),  # neither E.164 nor an alphanumeric ID
+        ({"messaging_service_sid": "MG" + "b" * 32}, 21701),  # not a service of this account
+        ({"messaging_service_sid": "MGPhysio"}, 21705),  # not even a service SID
+    ],
+)
+def test_the_twilio_sandbox_refuses_a_sender_the_account_cannot_use(twilio, sender, code):
+    from twilio.base.exceptions import TwilioRestException
+
+    twilio.numbers["+61300000000"] = False
+    twilio.services[SERVICE] = "Acme reminders"
+    with pytest.raises(TwilioRestException) as refused:
+        create_directly(twilio, **sender)
+    assert (refused.value.status, refused.value.code) == (400, code)
+    assert twilio.accepted == [] and twilio.rejected == [{"to": "+61412345678", "code": code}]
+
+
+def test_the_twilio_sandbox_answers_a_refused_sender_with_twilios_error_body(twilio):
+    import httpx
+
+    reply = httpx.post(
+        f"{twilio.url}/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json",
+        data={"To": "+61412345678", "From": "+61499999999", "Body": "hi"},
+        auth=(ACCOUNT_SID, AUTH_TOKEN),
+    )
+    assert reply.status_code == 400
+    assert reply.json() == {
+        "code": 21606, "message": reply.json()["message"], "status": 400,
+        "more_info": "https://www.twilio.com/docs/errors/21606",
+    }  # fmt: skip
+    assert twilio.accepted == []
+
+
+def test_the_twilio_sandbox_sends_from_what_the_account_has(twilio):
+    twilio.services[SERVICE] = "Acme reminders"
+    assert create_directly(twilio, from_="+61400000000").status == "queued"
+    assert create_directly(twilio, messaging_service_sid=SERVICE).status == "queued"
+    assert create_directly(twilio, from_="MGPhysio").status == "queued"  # alphanumeric ID
+    assert len(twilio.accepted) == 3
+
+
+def test_a_twilio_trial_account_sends_only_to_verified_numbers(twilio):
+    from twilio.base.exceptions import TwilioRestException
+
+    twilio.account_type, twilio.verified = "Trial", {"+61412345678"}
+    assert create_directly(twilio, from_="+61400000000").status == "queued"
+    twilio.verified = set()
+    with pytest.raises(TwilioRestException) as refused:
+        create_directly(twilio, from_="+61400000000")
+    assert (refused.value.status, refused.value.code) == (400, 21608)
+    assert len(twilio.accepted) == 1
+
+
+@pytest.mark.parametrize(
+    ("settings", "code"),
+    [
+        ({"from_number": "+61499999999"}, "21606"),
+        ({"from_number": None, "messaging_service_sid": "MG" + "b" * 32}, "21701"),
+    ],
+)
+def test_a_sender_twilio_refuses_stops_the_run_and_sends_nothing(twilio, settings, code):
+    """Every message would be refused the same: none is failed, the run stops with what to fix
+    (dispatch then puts the message back planned: tests/integration/test_dispatch.py)."""
+    provider = tw_provider(twilio, **settings)
+    with pytest.raises(ProviderUnavailable, match="TwilioAccount block") as stopped:
+        provider.send([sms(1, "+61412345678"), sms(2, "+61412345679")])
+    assert f"({code})" in str(stopped.value)
+    assert "+614123456" not in str(stopped.value)  # no patient's number
+    assert twilio.accepted == [] and len(twilio.requests) == 1  # the second was never asked
+
+
+def test_a_trial_account_stops_the_run_rather_than_failing_each_patient(twilio):
+    twilio.account_type = "Trial"
+    with pytest.raises(ProviderUnavailable, match=r"\(21608\).*Trial") as stopped:
+        tw_provider(twilio).send([sms(1, "+61412345678")])
+    assert "+61412345678" not in str(stopped.value)
+    assert twilio.accepted == []
+
+
+def test_a_recipients_own_refusal_still_fails_only_that_message(twilio):
+    outcomes = tw_provider(twilio).send(
+        [sms(1, "+61412345678"), sms(2, "+15005550004"), sms(3, "+61412345679")]
+    )
+    assert [(o.kind, o.error_code) for o in outcomes] == [
+        ("sent", None), ("failed", "21610"), ("sent", None),
+    ]  # fmt: skip
+    assert len(twilio.accepted) == 2
 
 
 def test_twilio_reconciliation_matches_number_and_body_else_sends_again_after_settling(twilio):
