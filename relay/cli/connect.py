@@ -199,6 +199,8 @@ def _build_blocks(accounts, **v) -> list:
     from blocks.cliniko import ClinikoAccount
     from blocks.postmark import PostmarkServer
     from blocks.twilio import TwilioAccount
+    from tasks.connect import ConnectFailed
+    from tasks.connect.twilio import sender_kind
 
     def build(name: str, make) -> tuple:
         try:
@@ -219,7 +221,10 @@ def _build_blocks(accounts, **v) -> list:
             base_url=v["postmark_base_url"])))  # fmt: skip
     if accounts.sms != "outbox":
         sender = v["sender"].strip()
-        service = sender if sender.startswith("MG") else None
+        try:  # one rule for what a sender is: "MGPhysio" is an alphanumeric ID, not a service
+            service = sender if sender_kind(sender) == "messaging_service" else None
+        except ConnectFailed:  # not a sender at all: the block's own check below says so
+            service = None
         blocks.append(build(accounts.sms, lambda: TwilioAccount(
             account_sid=v["twilio_sid"].strip(), auth_token=SecretStr(v["twilio_token"].strip()),
             from_number=None if service else sender, messaging_service_sid=service,

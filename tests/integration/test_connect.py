@@ -242,6 +242,22 @@ def test_connect_check_only_passes_and_writes_nothing(cliniko, postmark, twilio,
         assert secret not in result.output
 
 
+@pytest.mark.parametrize("sender", ["MGPhysio", "AcmePhysio"])
+def test_connect_takes_an_alphanumeric_sender_id_even_one_starting_with_mg(
+    cliniko, postmark, twilio, tmp_path, monkeypatch, sender
+):
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+
+    monkeypatch.setenv("RELAY_CLINICS_DIR", str(tmp_path))
+    args = _args(cliniko, postmark, twilio, "--check-only")
+    args[args.index("--sender") + 1] = sender
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "sender: alphanumeric" in result.output and "Every check passed" in result.output
+
+
 def test_connect_stops_at_the_first_failed_check_and_writes_nothing(cliniko, postmark, twilio,
                                                                     tmp_path, monkeypatch):  # fmt: skip
     from typer.testing import CliRunner

@@ -14,7 +14,7 @@ SID = "AC" + "0" * 32
 @pytest.mark.parametrize(
     "sender, kind",
     [("+61400000000", "number"), ("MG" + "a" * 32, "messaging_service"),
-     ("AcmePhysio", "alphanumeric"), ("Acme 2", "alphanumeric")],
+     ("AcmePhysio", "alphanumeric"), ("Acme 2", "alphanumeric"), ("MGPhysio", "alphanumeric")],
 )  # fmt: skip
 def test_sender_kinds(sender, kind):
     assert sender_kind(sender) == kind
@@ -34,3 +34,25 @@ def test_block_keeps_a_number_or_an_alphanumeric_id_only():
         assert TwilioAccount(account_sid=SID, auth_token=SecretStr("t"), from_number=sender)
     with pytest.raises(ValidationError):
         TwilioAccount(account_sid=SID, auth_token=SecretStr("t"), from_number="0400 000 000")
+
+
+@pytest.mark.parametrize(
+    ("sender", "from_number", "service"),
+    [("+61400000000", "+61400000000", None), ("AcmePhysio", "AcmePhysio", None),
+     ("MGPhysio", "MGPhysio", None), ("MG" + "a" * 32, None, "MG" + "a" * 32)],
+)  # fmt: skip
+def test_connect_builds_the_block_by_what_the_sender_is_not_by_its_first_letters(
+    sender, from_number, service
+):
+    """An alphanumeric ID may start with MG: only an MG SID is a messaging service."""
+    from relay.cli.connect import _build_blocks
+    from tasks.connect.clinic_file import Accounts
+
+    accounts = Accounts(cliniko="acme-cliniko", email="outbox", sms="acme-twilio")
+    blocks = dict(_build_blocks(
+        accounts, cliniko_key="k-au1", contact_email="owner@acme-physio.com.au",
+        cliniko_base_url=None, twilio_sid=SID, twilio_token="t", sender=sender,
+        twilio_base_url=None,
+    ))  # fmt: skip
+    block = blocks["acme-twilio"]
+    assert (block.from_number, block.messaging_service_sid) == (from_number, service)
