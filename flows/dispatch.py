@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
+from prefect.events import emit_event
 
 from blocks.resolve import providers_for
 from flows.artifacts import Artifact, StepOutput, artifact_key, call
@@ -38,6 +39,12 @@ def send_due(con, config: ClinicConfig, clock: Callable[[], datetime], held: dic
     logger.info("dispatch: %s", dict(result.counts) or "nothing due")
     for problem in result.problems:
         logger.warning("dispatch: %s", problem)
+    if result.stopped:  # no later run gets past it alone: the "sending stopped" alert matches it
+        emit_event(
+            event="relay.dispatch.stopped",
+            resource={"prefect.resource.id": f"relay.clinic.{config.clinic}"},
+            payload={"clinic": config.clinic, "why": "\n".join(result.stopped)[:4000]},
+        )
     return result.as_dict()
 
 

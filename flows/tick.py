@@ -350,7 +350,11 @@ def clinic_tick(clinic: str = "demo", reconcile: bool = False, max_lateness_minu
             plan, _ = run_step(summary, "plan", **after)
             run_step(summary, "journeys", **after)
             # planning re-checked every planned message against this build moments ago
-            run_step(summary, "dispatch", needs=(plan,), recheck=False, **after)
+            _, sent = run_step(summary, "dispatch", needs=(plan,), recheck=False, **after)
+            # a provider refused the account's settings: nothing waiting goes until they are fixed
+            summary.warnings += [
+                f"sending stopped: {why}" for why in (sent or {}).get("stopped", [])
+            ]
             _, pulled = run_step(
                 summary, "feedback", tables=tables, clinic=clinic, with_reports=False
             )

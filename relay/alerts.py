@@ -1,25 +1,28 @@
 """``relay alerts create``: Prefect automations that tell a person when the pipeline needs them,
 and the one that marks a lost machine's runs Crashed.
 
-Five automations notify through one CustomWebhookNotificationBlock (a Slack or Teams incoming
+Six automations notify through one CustomWebhookNotificationBlock (a Slack or Teams incoming
 webhook, a Postmark or ntfy endpoint, anything that takes a JSON POST):
 
 - a flow run failed or crashed (any clinic, any step: its message names the step and why);
 - the circuit breaker held planning and sending (the ``relay.sync.stale`` event of flows/tick.py);
 - a tick warned about clinic.yaml's names (``relay.clinic.warning``: a trigger held because a
   name matches nothing in Cliniko, or a name renamed in Cliniko since it was recorded);
+- a dispatch run stopped a channel because Postmark or Twilio refused the account's settings
+  (``relay.dispatch.stopped``: credentials, sender, stream; flows/dispatch.py): what is due
+  waits, planned, until a person fixes them, and no run gets past it alone;
 - a tick refused to run off the clinic's home (``relay.clinic.misrouted``: tasks/home.py; a
   machine that is not the home, a clinic being moved, a database that is not its current copy);
 - no tick of a clinic completed for a while, per clinic (``no_tick_completed``), naming the
   clinic: its machine or worker is down, or its schedule paused, which no run can report by
   itself.
 
-A sixth acts: a deployment's run that went Submitting or Running, or sent a heartbeat, and then no
+A seventh acts: a deployment's run that went Submitting or Running, or sent a heartbeat, and then no
 heartbeat for ``crash_after`` seconds without finishing (its process or machine died, or the
 worker that took it up did before starting it) is set Crashed (Prefect's documented "detect
 zombie flows" automation, also opened by Submitting and Running for a run lost before its first
 heartbeat). Crashed gives the deployment's concurrency slot back at once (the server's
-ReleaseFlowConcurrencySlots rule), so the clinic's next tick runs. A seventh tells a person each
+ReleaseFlowConcurrencySlots rule), so the clinic's next tick runs. An eighth tells a person each
 time it did (``lost_run_crashed``). Runs heartbeat every ``HEARTBEAT_SECONDS``
 (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``: set for deployed runs by ``relay deploy``, for served and
 CLI runs by relay/env.py); Prefect's own default, 180 s, is longer than ``crash_after``.
@@ -89,6 +92,16 @@ def automations(
             event="relay.clinic.warning",
             subject="clinic-relay: check clinic.yaml of {{ event.payload.clinic }}",
             body="{{ event.payload.clinic }}: {{ event.payload.warnings }}",
+        ),
+        _on_clinic_event(
+            notify,
+            name="sending stopped: a provider refused its settings",
+            description="A dispatch run sent nothing on a channel: Postmark or Twilio refused "
+            "the account's settings (credentials, sender, stream). What is due waits, planned, "
+            "until a person fixes them.",
+            event="relay.dispatch.stopped",
+            subject="clinic-relay: sending stopped for {{ event.payload.clinic }}",
+            body="{{ event.payload.clinic }}: {{ event.payload.why }}",
         ),
         _on_clinic_event(
             notify,

@@ -76,9 +76,17 @@ class DispatchResult:
 
     counts: Counter = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)  # worded for the operator, no personal data
+    # the problems no later run gets past by itself: a provider refused the account's settings
+    # (credentials, sender, stream: ProviderUnavailable), so what is due waits until a person
+    # fixes them (flows/dispatch.py emits relay.dispatch.stopped, which an alert matches)
+    stopped: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"counts": dict(self.counts), "problems": list(self.problems)}
+        return {
+            "counts": dict(self.counts),
+            "problems": list(self.problems),
+            "stopped": list(self.stopped),
+        }
 
 
 def backoff(attempts: int) -> timedelta:
@@ -353,6 +361,7 @@ def _dispatch_channel(
             except ProviderUnavailable as exc:
                 unsure = f"whose unsubscribe link to use is unknown: {exc}"[:500]
                 result.problems.append(f"{channel}: {exc}")
+                result.stopped.append(f"{channel}: {exc}")
         if unsure:  # holds marketing only: reminders and other transactional mail still go
             marketing = [r.message_id for r in rows if r.purpose == "marketing"]
             ledger.defer(con, marketing, [now + backoff(1)] * len(marketing),
@@ -436,6 +445,7 @@ def _attempt(
     except ProviderUnavailable as exc:
         outcomes = [Outcome("retry", reason="provider unavailable")] * len(batch)
         result.problems.append(f"{channel}: {exc}")
+        result.stopped.append(f"{channel}: {exc}")
     sending_rows = [
         dataclasses.replace(r, status="sending", attempts=r.attempts + 1) for r, _ in batch
     ]

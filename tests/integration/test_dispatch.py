@@ -163,6 +163,7 @@ def test_a_busy_provider_is_tried_again_on_a_later_run_and_sends_once(tmp_path, 
         email, sms = plan(con, 1, "email"), plan(con, 1, "sms")
         first = run(con, postmark, twilio)
         assert first.counts["retry"] == 2
+        assert first.problems and first.stopped == []  # busy: the next run gets past it, no alert
         for key in (email, sms):
             row = ledger.get(con, key)
             assert (row.status, row.attempts) == ("planned", 1)
@@ -304,6 +305,7 @@ def test_a_sender_twilio_refuses_stops_the_run_and_leaves_every_sms_planned(
         (problem, stopped) = [p for p in result.problems if p.startswith("sms:")]
         assert f"({code})" in problem and "TwilioAccount block" in problem
         assert "took nothing" in stopped
+        assert result.stopped == [problem]  # what the "sending stopped" alert says
         assert not any(ADDRESS[p][1] in " ".join(result.problems) for p in ADDRESS)
         assert twilio.accepted == [] and len(twilio.requests) == 1  # the run stopped at once
         assert suppressions(con) == []

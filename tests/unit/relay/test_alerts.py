@@ -115,7 +115,8 @@ def test_every_clinic_event_alert_and_the_run_alerts_are_there():
     names = set(by_name())
     assert {"relay: a run failed or crashed", "relay: sending held: stale or failed sync",
             "relay: clinic.yaml names drifted", "relay: no tick completed",
+            "relay: sending stopped: a provider refused its settings",
             ZOMBIE_NAME, LOST_NAME} <= names  # fmt: skip
     # and no more: each automation watching run events is bucket writes on the server (the
     # lost-run watch is one automation for runs silent from their start and after a heartbeat)
-    assert len(names) == 7
+    assert len(names) == 8
