@@ -28,14 +28,25 @@ manages, what a recipient gets (``delivered(message_id)``) carries Postmark's ow
 suppresses the address on the stream (``ManualSuppression``, origin ``Recipient``), as Postmark's
 page does. ``Custom`` (or ``None``): the mail goes as sent.
 
-Recipients trigger errors, like Twilio's magic numbers: anything in ``inactive`` gets 406 (and is
-listed as a hard bounce and a suppression), anything in ``invalid`` or without an ``@`` gets 300.
+Suppressions are kept per message stream, as Postmark keeps them ("manage view, create, and delete
+suppressions in your Message Stream. If an address is suppressed it means it's not currently
+active for sending to": https://postmarkapp.com/developer/api/suppressions-api; an unsubscribe
+"will unsubscribe their email address from your Message Stream":
+https://postmarkapp.com/support/article/1208-how-to-add-an-unsubscribe-link). A send to an
+address suppressed on the message's own stream (``MessageStream``, else ``outbound``) gets 406
+"inactive recipient", whatever the reason (hard bounce, spam complaint, manual suppression or
+unsubscribe: the 406 does not say which); the same address on another stream goes through.
+
+Recipients trigger errors, like Twilio's magic numbers: anything in ``inactive`` is suppressed on
+every stream (a HardBounce in each stream's dump, one hard bounce listed on ``outbound``) and gets
+406 on all of them; anything in ``invalid`` or without an ``@`` gets 300.
 ``faults`` injects 5xx, 429, slowness and "timeout after receipt". ``accepted`` records every
 message accepted, so tests can assert each send key arrived at most once.
 
 Feedback: ``bounce(email, "SoftBounce")`` records a bounce of any Postmark type (a hard bounce or
 spam complaint also deactivates the address and suppresses it on its stream, as Postmark does);
-``suppress(email, stream)`` records a suppression such as a recipient's own unsubscribe.
+``suppress(email, stream)`` records a suppression such as a recipient's own unsubscribe. Either
+makes the address inactive on that stream only.
 Addresses in ``inactive`` are listed as hard bounces with ids derived from the address (stable).
 """
 
@@ -205,8 +216,7 @@ class PostmarkSandbox(TrackingMixin):
                  "BouncedAt": _stamp(at), "MessageStream": stream,
                  "MessageID": message_id or str(uuid.uuid4()), "DumpAvailable": False}
             )  # fmt: skip
-        if deactivates:
-            self.inactive.add(email.lower())
+        if deactivates:  # inactive on this stream only: its suppression is the stream's
             self.suppress(email, stream, reason=type, at=at)
         return bounce_id
 
@@ -226,6 +236,13 @@ class PostmarkSandbox(TrackingMixin):
                  "CreatedAt": _stamp(at or self.clock()), "_stream": stream}
             )  # fmt: skip
 
+    def inactive_on(self, stream: str | None) -> set[str]:
+        """The addresses a send on this stream is refused for (406): its suppressions."""
+        stream = stream or DEFAULT_STREAM
+        with self._lock:
+            own = {s["EmailAddress"].lower() for s in self.suppressions if s["_stream"] == stream}
+        return own | self.inactive
+
     # -- the API ----------------------------------------------------------------------------
 
     def _authorised(self, request: Request) -> bool:
@@ -242,7 +259,7 @@ class PostmarkSandbox(TrackingMixin):
             code, message = 300, "Provide either email TextBody or HtmlBody or both."
         elif any(len(str(v)) > 80 for v in (item.get("Metadata") or {}).values()):
             code, message = 300, "Metadata values are limited to 80 characters."
-        elif to in self.inactive:
+        elif to in self.inactive_on(item.get("MessageStream")):
             code = 406
             message = (
                 "You tried to send to recipient(s) that have been marked as inactive. Found "
@@ -389,8 +406,8 @@ class PostmarkSandbox(TrackingMixin):
         q, stream = request.query_params, request.path_params["stream"]
         with self._lock:
             # an address deactivated by bounce() is suppressed on its own stream only
-            explicit = {s["EmailAddress"].lower() for s in self.suppressions}
             recorded = [s for s in self.suppressions if s["_stream"] == stream]
+            explicit = {s["EmailAddress"].lower() for s in recorded}
         legacy = [
             {
                 "EmailAddress": email,
