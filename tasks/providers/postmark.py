@@ -14,6 +14,9 @@ Odd things about this API and client, and what we do about them:
   searches outbound messages by it (``GET /messages/outbound?metadata_send_key=``) on the
   message's own stream: the search reads only the transactional stream unless ``messagestream``
   names another, so a marketing email searched without it is "not found" and sent twice.
+- Suppressions are per stream: a 406 ("inactive recipient") means the address is suppressed on
+  the message's stream, without saying why; ``_inactive_reason`` asks that stream's dump, so an
+  unsubscribe is recorded as one (marketing only), not as a hard bounce.
 - Feedback comes back two ways, per stream: ``GET /bounces`` (again the transactional stream
   unless ``messagestream`` says otherwise; filtered by whole days in US Eastern time, at most
   10,000 deep) and each stream's suppression dump (how Postmark-managed unsubscribes and manual
@@ -77,17 +80,21 @@ class PostmarkSettings:
     timeout: float = 30.0
 
 
-def _item_outcome(item: dict, marketing: bool) -> Outcome:
+def _item_outcome(item: dict, inactive: Suppress | None = None) -> Outcome:
+    """One item of a batch reply. ``inactive``: for a 406, what the stream's suppression dump
+    says of the address (``_inactive_reason``)."""
     code = int(item.get("ErrorCode", -1))
     if code == 0:
         return Outcome("sent", provider_message_id=item["MessageID"])
     if code == 406:
-        # Postmark has deactivated the address (hard bounce, complaint or manual) on this stream.
+        # Postmark holds a suppression of the address on this message's stream. The 406 does not
+        # say why (hard bounce, complaint, unsubscribe or manual): the stream's dump does.
+        assert inactive is not None, "a 406 is classified with what its stream's dump says"
         return Outcome(
             "failed",
             error_code="406",
-            reason="postmark: inactive recipient",
-            suppress=Suppress("marketing" if marketing else "all", "hard_bounce"),
+            reason=f"postmark: inactive recipient ({inactive.reason})",
+            suppress=inactive,
         )
     if code == 300:
         about_recipient = "'To'" in str(item.get("Message", ""))
@@ -224,10 +231,43 @@ class PostmarkProvider:
             return [Outcome("unknown", reason="postmark: unreadable reply")] * n
         if len(results) != n:
             return [Outcome("unknown", reason="postmark: reply did not match the batch")] * n
+        inactive: dict[tuple[str, str], Suppress] = {}
+        for item, m in zip(results, chunk, strict=True):
+            stream = self.stream_for(m.purpose)
+            if int(item.get("ErrorCode", -1)) == 406 and (stream, m.to) not in inactive:
+                inactive[stream, m.to] = self._inactive_reason(stream, m.to)
         return [
-            _item_outcome(item, m.purpose == "marketing")
+            _item_outcome(item, inactive.get((self.stream_for(m.purpose), m.to)))
             for item, m in zip(results, chunk, strict=True)
         ]
+
+    def _inactive_reason(self, stream: str, address: str) -> Suppress:
+        """Why Postmark refused ``address`` on ``stream`` (406), read from the stream's own
+        suppression dump, as the suppression sync would record it: a recipient's unsubscribe
+        stops marketing only, never a reminder; a hard bounce stops everything. When the dump
+        cannot say (not listed yet, or unreadable), the address is still never sent to again on
+        that stream: suppressed for what the stream carries, as ``inactive_recipient`` (not
+        counted as a bounce); the dump's own entry, once pulled, adds a hard bounce if it was one.
+        """
+        try:
+            found = (
+                self.client.call(
+                    "GET", f"/message-streams/{stream}/suppressions/dump", EmailAddress=address
+                ).get("Suppressions")
+                or []
+            )
+        except (ClientError, requests.RequestException, KeyError, ValueError, AttributeError):
+            found = []
+        entry = next(
+            (e for e in found
+             if normalise_address("email", str(e.get("EmailAddress") or ""))
+             == normalise_address("email", address)),
+            None,
+        )  # fmt: skip
+        if entry is None:
+            return Suppress(self._scope(stream), "inactive_recipient")
+        reason = dump_reason(entry)
+        return Suppress("all" if reason == "hard_bounce" else self._scope(stream), reason)
 
     def find_by_send_key(self, send_key: str, stream: str) -> str | None:
         """The MessageID Postmark holds for this send key on this stream, if any (outbound search
@@ -394,9 +434,7 @@ class PostmarkProvider:
             items = []
             for e in new:
                 at = feedback.parse_time(e["CreatedAt"])
-                reason = DUMP_REASONS.get(e.get("SuppressionReason"))
-                if reason is None:  # ManualSuppression: the recipient's own unsubscribe, or ours
-                    reason = "unsubscribed" if e.get("Origin") == "Recipient" else "manual"
+                reason = dump_reason(e)
                 evidence = (f"postmark suppression on stream {stream} "
                             f"({e.get('SuppressionReason')}, origin {e.get('Origin')})")  # fmt: skip
                 this_scope: Scope = "all" if reason == "hard_bounce" else scope
@@ -426,6 +464,14 @@ DUMP_REASONS: dict[str | None, str] = {
     "HardBounce": "hard_bounce",
     "SpamComplaint": "spam_complaint",
 }
+
+
+def dump_reason(entry: dict) -> str:
+    """Our suppression reason for an entry of a stream's suppression dump."""
+    reason = DUMP_REASONS.get(entry.get("SuppressionReason"))
+    if reason is None:  # ManualSuppression: the recipient's own unsubscribe, or ours
+        reason = "unsubscribed" if entry.get("Origin") == "Recipient" else "manual"
+    return reason
 
 
 def _read_window(fetch, days: list[date], limit: int, what: str) -> list[dict]:

@@ -120,8 +120,9 @@ def test_each_provider_answer_ends_in_the_right_state_with_suppressions(tmp_path
         assert row(1, "email").provider_message_id == postmark.accepted[0]["MessageID"]
         assert row(1, "sms").provider_message_id == twilio.accepted[0]["sid"]
         assert suppressions(con) == [
+            # a hard bounce in each stream's dump: dead for every kind of mail, once per message
             ("email", "inactive@sandbox.example.com", "all", "hard_bounce", "postmark"),
-            ("email", "inactive@sandbox.example.com", "marketing", "hard_bounce", "postmark"),
+            ("email", "inactive@sandbox.example.com", "all", "hard_bounce", "postmark"),
             ("email", "invalid@sandbox.example.com", "all", "invalid_address", "postmark"),
             ("sms", "+15005550001", "all", "invalid_address", "twilio"),
             ("sms", "+15005550004", "all", "stop", "twilio"),
@@ -139,6 +140,35 @@ def test_each_provider_answer_ends_in_the_right_state_with_suppressions(tmp_path
         run(con, postmark, twilio, at=START + timedelta(minutes=1))
         assert ledger.get(con, again).status_reason == "address suppressed (transactional)"
         assert len(twilio.requests) == requests_before
+
+
+def test_a_marketing_send_racing_a_postmark_unsubscribe_is_an_unsubscribe_not_a_bounce(
+    tmp_path, sandboxes
+):
+    """The patient unsubscribed through Postmark's link after the last suppression sync: the
+    recall gets 406. It is recorded as the unsubscribe the broadcast dump says it is (marketing
+    only), not a hard bounce, and the patient's reminders still go."""
+    postmark, twilio = sandboxes
+    postmark.suppress("ok@example.com", "broadcast")  # ManualSuppression, origin Recipient
+    with open_db(tmp_path / "c.duckdb") as con:
+        recall = plan(con, 1, "email", purpose="marketing")
+        run(con, postmark, twilio)
+        row = ledger.get(con, recall)
+        assert (row.status, row.error_code) == ("failed", "406")
+        assert row.status_reason == "postmark: inactive recipient (unsubscribed)"
+        assert suppressions(con) == [
+            ("email", "ok@example.com", "marketing", "unsubscribed", "postmark")
+        ]
+        assert con.execute("SELECT count(*) FROM state.email_bounces").fetchone() == (0,)
+
+        reminder = plan(con, 1, "email")
+        another_recall = plan(con, 1, "email", purpose="marketing", source="recall-2")
+        sent_before = len(postmark.accepted)
+        run(con, postmark, twilio, at=START + timedelta(minutes=1))
+        assert ledger.get(con, reminder).status == "sent"
+        assert ledger.get(con, another_recall).status_reason == "address suppressed (marketing)"
+    assert len(postmark.accepted) == sent_before + 1
+    assert postmark.accepted[-1]["MessageStream"] == "outbound"
 
 
 def test_marketing_goes_on_the_broadcast_stream_and_transactional_on_outbound(tmp_path, sandboxes):

@@ -109,6 +109,7 @@ def test_postmark_batches_hold_at_most_500_messages(postmark):
 
 
 def test_a_406_from_postmark_fails_the_message_and_suppresses_the_address(postmark):
+    # the sandbox's inactive@ hard-bounced on every stream: each stream's dump says HardBounce
     outcomes = pm_provider(postmark).send(
         [
             email(1, "inactive@sandbox.example.com"),
@@ -118,9 +119,49 @@ def test_a_406_from_postmark_fails_the_message_and_suppresses_the_address(postma
     )
     transactional, marketing, fine = outcomes
     assert (transactional.kind, transactional.error_code) == ("failed", "406")
-    assert transactional.suppress == Suppress("all", "hard_bounce")
-    assert marketing.suppress == Suppress("marketing", "hard_bounce")
+    assert transactional.suppress == marketing.suppress == Suppress("all", "hard_bounce")
+    assert transactional.reason == "postmark: inactive recipient (hard_bounce)"
     assert fine.kind == "sent"
+
+
+# What a 406 is depends on the suppression Postmark holds on the message's stream, which the 406
+# itself does not name: the stream's dump does (SuppressionReason, Origin).
+@pytest.mark.parametrize(
+    ("stream", "reason", "origin", "expected"),
+    [
+        # the patient unsubscribed through Postmark's link: marketing stops, reminders do not
+        ("broadcast", "ManualSuppression", "Recipient", Suppress("marketing", "unsubscribed")),
+        ("broadcast", "SpamComplaint", "Recipient", Suppress("marketing", "spam_complaint")),
+        ("broadcast", "ManualSuppression", "Customer", Suppress("marketing", "manual")),
+        # an address that hard-bounced is dead for every kind of mail (as the suppression sync)
+        ("broadcast", "HardBounce", "Recipient", Suppress("all", "hard_bounce")),
+        ("outbound", "ManualSuppression", "Customer", Suppress("all", "manual")),
+    ],
+)
+def test_a_406_is_classified_by_the_streams_own_suppression(
+    postmark, stream, reason, origin, expected
+):
+    postmark.suppress("pat@example.com", stream, reason=reason, origin=origin)
+    marketing = stream == "broadcast"
+    before = len(postmark.accepted)
+    refused, other = pm_provider(postmark).send(
+        [email(1, "pat@example.com", marketing=marketing),
+         email(2, "pat@example.com", marketing=not marketing)]
+    )  # fmt: skip
+    assert (refused.kind, refused.error_code, refused.suppress) == ("failed", "406", expected)
+    assert refused.reason == f"postmark: inactive recipient ({expected.reason})"
+    assert "pat@" not in refused.reason
+    # Postmark keeps suppressions per stream: the same address on the other stream went
+    assert other.kind == "sent" and len(postmark.accepted) == before + 1
+
+
+def test_a_406_whose_reason_the_dump_cannot_give_is_still_never_sent_again_on_its_stream(postmark):
+    postmark.suppress("pat@example.com", "broadcast")
+    postmark.faults.add("5xx", path_prefix="/message-streams/broadcast/suppressions")
+    (marketing,) = pm_provider(postmark).send([email(1, "pat@example.com", marketing=True)])
+    assert (marketing.kind, marketing.error_code) == ("failed", "406")
+    # not a bounce (nothing says it was one), but marketing to it stops
+    assert marketing.suppress == Suppress("marketing", "inactive_recipient")
 
 
 def test_a_300_invalid_recipient_fails_the_message_and_marks_the_address_invalid(postmark):
