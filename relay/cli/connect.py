@@ -149,6 +149,7 @@ def connect_command(
         pm = verify_postmark(postmark_token, transactional_stream, marketing_stream,
                              base_url=postmark_base_url)  # fmt: skip
         typer.echo(f"  ok: server '{pm.server_name}', streams {', '.join(pm.streams)}")
+        typer.echo(_unsubscribes_line(pm.marketing_unsubscribes, marketing_stream))
     if sms:
         typer.echo("Checking Twilio ...")
         tw = verify_twilio(twilio_sid, twilio_token, sender, country=chosen.country,
@@ -159,7 +160,10 @@ def connect_command(
         for note in tw.notes:
             typer.secho(f"  note: {note}", fg=typer.colors.YELLOW)
 
-    text = render_clinic_yaml(clinic, name, chosen, facts, accounts)
+    text = render_clinic_yaml(
+        clinic, name, chosen, facts, accounts, marketing_stream=marketing_stream,
+        unsubscribes=pm.marketing_unsubscribes if email else None,
+    )  # fmt: skip
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     draft = folder / ".connect-draft.yaml"  # loaded exactly as `relay clinics` loads clinic.yaml
@@ -183,6 +187,23 @@ def connect_command(
     typer.echo(f"Saved blocks {', '.join(name for name, _ in blocks)}.")
     typer.echo(f"Wrote {target}: every trigger is off. Next: relay sync --clinic {clinic}, then "
                f"relay preview trigger NAME --days 7 --clinic {clinic} (docs/connect.md).")  # fmt: skip
+
+
+def _unsubscribes_line(handling: str | None, stream: str) -> str:
+    """Who handles marketing email's unsubscribes, as dispatch will act on it."""
+    from tasks.connect.clinic_file import postmark_handles_unsubscribes
+
+    said = f"UnsubscribeHandlingType {handling or 'not given'}"
+    if postmark_handles_unsubscribes(handling):
+        return (
+            f"  unsubscribes on '{stream}': Postmark handles them ({said}).\n"
+            "    Its link and headers go in marketing email; providers.unsubscribe_url is unused."
+        )
+    return (
+        f"  unsubscribes on '{stream}': relay handles them ({said}).\n"
+        "    Marketing email carries providers.unsubscribe_url: make `relay serve-unsubscribe`\n"
+        "    public and set it there before any marketing email goes out."
+    )
 
 
 def _discard(draft: Path, created: bool) -> None:

@@ -54,9 +54,50 @@ def _comment(text: str) -> str:
     return " ".join(str(text).split())  # one line, whatever Cliniko's names contain
 
 
+def postmark_handles_unsubscribes(handling: str | None) -> bool:
+    """What dispatch does with the marketing stream's ``UnsubscribeHandlingType``
+    (tasks/providers/postmark.py ``managed_unsubscribe``): ``Postmark`` is Postmark's link and
+    headers; anything else (``Custom``, ``None``, not said) is ours."""
+    return handling == "Postmark"
+
+
+def _unsubscribe_comment(accounts: Accounts, handling: str | None, stream: str) -> list[str]:
+    """Who handles marketing email's unsubscribes, so the advice on ``unsubscribe_url`` fits."""
+    serve = "`relay serve-unsubscribe`"
+    if accounts.email == "outbox":
+        return [
+            f"# ^ unsubscribe_url: set the public address of {serve} before any",
+            "#   marketing email goes out.",
+        ]
+    if postmark_handles_unsubscribes(handling):
+        return [
+            "# ^ unsubscribe_url: not used by marketing email. Postmark handles unsubscribes on",
+            f"#   stream '{stream}' (UnsubscribeHandlingType: Postmark, Postmark's default): it",
+            "#   puts its own link and List-Unsubscribe headers in every marketing email, and each",
+            "#   tick imports who unsubscribed from the stream's suppressions. If Postmark support",
+            f"#   switches the stream to Custom, set this to the public address of {serve}",
+            "#   first: relay then puts this link in marketing email.",
+        ]
+    return [
+        f"# ^ unsubscribe_url: relay handles unsubscribes on stream '{stream}'",
+        f"#   (UnsubscribeHandlingType: {handling or 'not given'}): every marketing email carries",
+        "#   this link and its List-Unsubscribe headers. Set it to the public address of",
+        f"#   {serve} before any marketing email goes out.",
+    ]
+
+
 def render_clinic_yaml(
-    clinic: str, name: str | None, business: Business, facts: ClinikoFacts, accounts: Accounts
+    clinic: str,
+    name: str | None,
+    business: Business,
+    facts: ClinikoFacts,
+    accounts: Accounts,
+    *,
+    unsubscribes: str | None = None,
+    marketing_stream: str = "broadcast",
 ) -> str:
+    """The file's text. ``unsubscribes``: the Postmark marketing stream's
+    ``UnsubscribeHandlingType`` as ``relay connect`` read it (unused with the outbox)."""
     missing = [f for f, v in (("time zone", business.time_zone), ("country", business.country))
                if not v]  # fmt: skip
     if missing:
@@ -126,8 +167,7 @@ def render_clinic_yaml(
                 }
             }
         ).rstrip(),
-        "# ^ unsubscribe_url: set the public address of `relay serve-unsubscribe` before any",
-        "#   marketing email goes out.",
+        *_unsubscribe_comment(accounts, unsubscribes, marketing_stream),
         "",
         "# Triggers (tasks/triggers/definition.py documents every setting): all off.",
         _dump({"triggers": _triggers(accounts)}).rstrip(),

@@ -258,6 +258,40 @@ def test_connect_takes_an_alphanumeric_sender_id_even_one_starting_with_mg(
     assert "sender: alphanumeric" in result.output and "Every check passed" in result.output
 
 
+@pytest.mark.parametrize("handling", ["Postmark", "Custom"])
+def test_connect_says_who_handles_unsubscribes_and_the_file_advises_by_it(
+    cliniko, postmark, twilio, tmp_path, monkeypatch, handling
+):
+    """The marketing stream's UnsubscribeHandlingType, read over HTTP, is printed and decides
+    what the written clinic.yaml says of providers.unsubscribe_url (blocks not saved here: the
+    Prefect test below saves them)."""
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+    from tasks.config import load_clinic
+
+    postmark.set_unsubscribe_handling("broadcast", handling)
+    monkeypatch.setenv("RELAY_CLINICS_DIR", str(tmp_path))
+    monkeypatch.setattr("relay.cli.connect._save_blocks", lambda blocks, force: None)
+    result = CliRunner().invoke(app, _args(cliniko, postmark, twilio))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    path = tmp_path / "acme" / "clinic.yaml"
+    text = path.read_text(encoding="utf-8")
+    load_clinic(path)
+    said = f"(UnsubscribeHandlingType {handling})"
+    if handling == "Postmark":
+        assert f"unsubscribes on 'broadcast': Postmark handles them {said}" in result.output
+        assert "providers.unsubscribe_url is unused" in result.output
+        assert "# ^ unsubscribe_url: not used by marketing email. Postmark handles" in text
+        assert "before any" not in text.split("# ^ unsubscribe_url")[1].split("\n\n")[0]
+    else:
+        assert f"unsubscribes on 'broadcast': relay handles them {said}" in result.output
+        assert "make `relay serve-unsubscribe`" in result.output
+        assert "# ^ unsubscribe_url: relay handles unsubscribes on stream 'broadcast'" in text
+        assert "before any marketing email goes out" in text
+    assert all(len(line) <= 100 for line in result.output.splitlines() if "unsub" in line)
+
+
 def test_connect_stops_at_the_first_failed_check_and_writes_nothing(cliniko, postmark, twilio,
                                                                     tmp_path, monkeypatch):  # fmt: skip
     from typer.testing import CliRunner

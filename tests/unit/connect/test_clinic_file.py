@@ -70,3 +70,40 @@ def test_pick_business_by_id_or_name_or_asks():
     assert "--business" in str(caught.value) and "12 (Acme London)" in str(caught.value)
     one = ClinikoFacts(shard="au1", user_id="1", businesses=[LONDON])
     assert pick_business(one, None) is LONDON
+
+
+def _unsubscribe_note(text: str) -> str:
+    """The comment under providers.unsubscribe_url, as one line."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("# ^ unsubscribe_url"))
+    note = [lines[start]]
+    note += [line for line in lines[start + 1 :] if line.startswith("#   ")][:6]
+    return " ".join(" ".join(line.lstrip("#^ ").split()) for line in note)
+
+
+POSTMARK = Accounts("acme-cliniko", "acme-postmark", "acme-twilio", "Acme <hi@acme.com.au>")
+
+
+def test_with_postmark_handling_unsubscribes_the_file_says_our_link_is_not_used():
+    text = render_clinic_yaml("acme", None, SYDNEY, FACTS, POSTMARK, unsubscribes="Postmark",
+                              marketing_stream="news")  # fmt: skip
+    note = _unsubscribe_note(text)
+    assert "not used by marketing email" in note
+    assert "Postmark handles unsubscribes on stream 'news'" in note
+    assert "before any marketing email goes out" not in note
+    assert "switches the stream to Custom" in note  # when our link would start being used
+
+
+@pytest.mark.parametrize("handling", ["Custom", "None", None])
+def test_with_our_own_unsubscribes_the_file_says_to_make_the_link_public(handling):
+    text = render_clinic_yaml("acme", None, SYDNEY, FACTS, POSTMARK, unsubscribes=handling)
+    note = _unsubscribe_note(text)
+    assert "relay handles unsubscribes on stream 'broadcast'" in note
+    assert f"UnsubscribeHandlingType: {handling or 'not given'}" in note
+    assert "public address of `relay serve-unsubscribe` before any marketing email" in note
+
+
+def test_with_email_in_the_outbox_the_link_is_ours():
+    text = render_clinic_yaml("acme", None, SYDNEY, FACTS, Accounts("acme-cliniko"))
+    assert "public address of `relay serve-unsubscribe` before any" in _unsubscribe_note(text)
+    assert "Postmark" not in _unsubscribe_note(text)
