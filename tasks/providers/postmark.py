@@ -242,28 +242,18 @@ class PostmarkProvider:
         ]
 
     def _inactive_reason(self, stream: str, address: str) -> Suppress:
-        """Why Postmark refused ``address`` on ``stream`` (406), read from the stream's own
-        suppression dump, as the suppression sync would record it: a recipient's unsubscribe
-        stops marketing only, never a reminder; a hard bounce stops everything. When the dump
-        cannot say (not listed yet, or unreadable), the address is still never sent to again on
-        that stream: suppressed for what the stream carries, as ``inactive_recipient`` (not
-        counted as a bounce); the dump's own entry, once pulled, adds a hard bounce if it was one.
-        """
+        """Why Postmark refused ``address`` on ``stream`` (406): the stream's own dump, read as
+        the suppression sync reads it (an unsubscribe stops marketing only, a hard bounce all).
+        If the dump cannot say, the address still never gets that stream's mail again:
+        ``inactive_recipient``, not a bounce (the dump's entry, once pulled, adds one if so)."""
+        path = f"/message-streams/{stream}/suppressions/dump"
         try:
-            found = (
-                self.client.call(
-                    "GET", f"/message-streams/{stream}/suppressions/dump", EmailAddress=address
-                ).get("Suppressions")
-                or []
-            )
+            found = self.client.call("GET", path, EmailAddress=address).get("Suppressions") or []
         except (ClientError, requests.RequestException, KeyError, ValueError, AttributeError):
             found = []
-        entry = next(
-            (e for e in found
-             if normalise_address("email", str(e.get("EmailAddress") or ""))
-             == normalise_address("email", address)),
-            None,
-        )  # fmt: skip
+        wanted = normalise_address("email", address)
+        entry = next((e for e in found if normalise_address("email", str(
+            e.get("EmailAddress") or "")) == wanted), None)  # fmt: skip
         if entry is None:
             return Suppress(self._scope(stream), "inactive_recipient")
         reason = dump_reason(entry)
