@@ -231,7 +231,7 @@ def _prepare_batch(
     ready: list[tuple[LedgerRow, Ready]] = []
     for row in rows:
         if row.expires_at is not None and now > row.expires_at:
-            decided["skipped"].append((row.message_id, "past its grace window"))
+            decided["skipped"].append((row.message_id, waiting.PAST_GRACE))
             continue
         try:
             decision = prepare(row)

@@ -39,6 +39,9 @@ from tasks.messages.prepare import Prepare, Ready
 from tasks.warehouse import transaction
 
 QUIET_HOURS_CHANNELS = frozenset({"sms"})
+# After the hold's name ("frequency cap", "quiet hours"): the skip of a row it held past its grace
+# window (tasks/triggers/reopen.py reads it as a skip about time).
+GRACE_ENDED = ": could not go before its grace window ended"
 
 
 def local_moment(day: date, at: time, zone: ZoneInfo) -> datetime:
@@ -236,7 +239,7 @@ class Gate:
             if row is None:
                 continue  # another batch or channel: decided when dispatch gets there
             if row.expires_at is not None and until > row.expires_at:
-                skipped[f"{why}: could not go before its grace window ended"].append(message_id)
+                skipped[f"{why}{GRACE_ENDED}"].append(message_id)
             else:
                 deferred.append((message_id, until, f"deferred: {why}"))
         if deferred or skipped:

@@ -1,7 +1,9 @@
 """The message ledger (``state.messages``): planned rows in, one state machine, nothing sent twice.
 
 Planning inserts rows keyed by a deterministic send key; inserting a key that is already there is a
-no-op, so re-planning can never reset a message that went. Every state change goes through
+no-op, so re-planning can never reset a message that went (the one way back from a final state
+is a trigger's skip about time, reopened when its appointment moves: tasks/triggers/reopen.py,
+and only for a row never claimed, :data:`ONLY_IF`). Every state change goes through
 :func:`transition`, which refuses moves the state machine does not allow and moves only rows that
 are in the expected state (a row another run already took is left alone, never overwritten).
 
@@ -20,7 +22,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import duckdb
 
@@ -31,15 +33,7 @@ Purpose = Literal["transactional", "marketing"]
 SourceKind = Literal["trigger", "journey", "campaign"]
 Status = Literal["planned", "sending", "sent", "failed", "unknown", "cancelled", "skipped"]
 
-STATUSES: tuple[Status, ...] = (
-    "planned",
-    "sending",
-    "sent",
-    "failed",
-    "unknown",
-    "cancelled",
-    "skipped",
-)
+STATUSES: tuple[Status, ...] = get_args(Status)
 TRANSITIONS: dict[str, frozenset[str]] = {
     "planned": frozenset({"sending", "cancelled", "skipped"}),
     # back to planned only when the provider certainly did not take the message (retry later)
@@ -47,9 +41,16 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     # sent: a provider lookup confirmed an uncertain send, or a person did; planned: a person
     # decided to send it again (`relay ledger resolve`, :func:`resolve`), never dispatch itself
     "unknown": frozenset({"sent", "planned"}),
+    # planned again: a skip about time whose appointment moved (tasks/triggers/reopen.py)
+    "skipped": frozenset({"planned"}),
 }
 # Moves only a person's decision makes: the transition must name who (``resolved_by``).
 BY_A_PERSON: frozenset[tuple[str, str]] = frozenset({("unknown", "planned")})
+# Moves only rows that also meet a condition take, checked in the same UPDATE as the status: a
+# row any run ever claimed (sending, whatever came after) is never planned again from a skip.
+ONLY_IF: dict[tuple[str, str], str] = {
+    ("skipped", "planned"): "m.sending_at IS NULL AND m.attempts = 0 AND m.claim_id IS NULL"
+}
 FINAL: frozenset[str] = frozenset({"sent", "failed", "cancelled", "skipped"})
 
 # Columns a transition may set per row, with their SQL types (nothing else reaches the SQL text).
@@ -68,6 +69,7 @@ _ROW_COLUMNS = {
     "resolved_at": "TIMESTAMPTZ",
     "resolution": "VARCHAR",
     "waiting_reason": "VARCHAR",
+    "reopened": "VARCHAR",
 }
 
 
@@ -204,6 +206,7 @@ def transition(
         )
     if not ids:
         return []
+    guarded = (from_status, to_status) in ONLY_IF
     unknown = set(values) - set(_ROW_COLUMNS)
     if unknown:
         raise ValueError(f"not columns a transition may set: {sorted(unknown)}")
@@ -233,6 +236,7 @@ def transition(
         UPDATE state.messages AS m SET {", ".join(sets)}
         FROM (SELECT {unnests}) AS v
         WHERE m.message_id = v.message_id AND m.status = $from_status
+          AND {ONLY_IF.get((from_status, to_status), "true")}
         {"" if strict else "RETURNING m.message_id"}
         """
     if not strict:
@@ -249,7 +253,8 @@ def transition(
             ).fetchall()
         ]
         raise IllegalTransition(
-            f"messages {stray} are not {from_status}, so they cannot become {to_status}"
+            f"messages {stray} are not {from_status}{' (never attempted)' * guarded}, "
+            f"so they cannot become {to_status}"
         )
     return wanted
 

@@ -7,7 +7,8 @@ tasks/marketing/recheck.py for journeys and campaigns); or, for marketing, the f
 quiet hours hold it (tasks/messages/gate.py defers it to ``next_attempt_at``). Every planning
 tick and the send-time check judge a waiting row again: it goes when the reason clears before
 ``expires_at`` (its moment + grace), and after that it is skipped with the reason
-(:func:`hold`, the one home of that rule). A reason that cannot change (the appointment was
+(:func:`hold`, the one home of that rule; a trigger's such skip comes back only if its
+appointment moves: tasks/triggers/reopen.py). A reason that cannot change (the appointment was
 cancelled: the trigger's own event no longer holds) cancels at once, never waits.
 
 It is not a status of its own: a waiting row is ``planned`` with a ``waiting_reason`` or a
@@ -25,6 +26,10 @@ import duckdb
 
 from tasks.messages import ledger
 from tasks.messages.ledger import LedgerRow
+
+# The skip of a message not sent by its moment + grace (a tick or dispatch came too late);
+# tasks/triggers/reopen.py reads it as a skip about time.
+PAST_GRACE = "past its grace window"
 
 # How often the send-time check judges a waiting row again (its planner may release it sooner:
 # a trigger's rows are judged every planning tick).

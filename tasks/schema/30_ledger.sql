@@ -10,6 +10,8 @@
 --   sending -> planned   (retry later: the provider certainly did not take it)
 --   unknown -> sent      (a provider lookup later confirmed it went, or a person did)
 --   unknown -> planned   (a person decided to send it again: `relay ledger resolve --resend`)
+--   skipped -> planned   (a trigger's skip about time, its appointment moved so that its moment
+--     is ahead again: tasks/triggers/reopen.py; never a row once claimed, see `reopened`)
 --
 -- `sending` is committed just before each request (one claim per request), so a crash leaves
 -- evidence on the rows that may have gone, never a silent resend, and the rest stay `planned`.
@@ -59,3 +61,7 @@ ALTER TABLE state.messages ADD COLUMN IF NOT EXISTS resolution VARCHAR;
 -- Why a planned message waits (a reason that can change before its moment + grace); NULL: it
 -- does not. Kept on a row that was skipped after waiting, as the record of what it waited for.
 ALTER TABLE state.messages ADD COLUMN IF NOT EXISTS waiting_reason VARCHAR;
+
+-- Why a skipped message was planned again (tasks/triggers/reopen.py): when, and the skip it
+-- undid, in words without personal data; kept after it is sent or skipped again.
+ALTER TABLE state.messages ADD COLUMN IF NOT EXISTS reopened VARCHAR;
