@@ -13,7 +13,9 @@ Each tick, in one transaction (a crash leaves the ledger as the last tick left i
    new definition (moved, re-channelled, or cancelled when they no longer match). To start afresh
    under new keys, give the trigger a new name.
 2. **Plan**: candidates whose send moment falls between now (minus what the grace window still
-   allows) and ``PLAN_AHEAD`` go into the ledger; keys already there are left alone.
+   allows) and ``PLAN_AHEAD`` go into the ledger; keys already there are left alone, except a
+   skip about time (last_minute, grace, a wait that ran out) whose appointment moved so that its
+   moment is ahead again: planned again as a new booking (tasks/triggers/reopen.py).
 3. **Re-check** every planned message of every trigger: occasion gone (appointment cancelled,
    deleted, type changed...) -> cancelled at once, a reason that cannot change; audience problem
    (unsubscribed, off the marketing list, suppressed, archived, reminder preference, no address:
@@ -47,7 +49,7 @@ from tasks.config import ClinicConfig
 from tasks.messages import ledger, waiting
 from tasks.messages.ledger import LedgerRow, PlannedMessage
 from tasks.models.runner import require_good_build
-from tasks.triggers import gone, names
+from tasks.triggers import gone, names, reopen
 from tasks.triggers.definition import Trigger
 from tasks.triggers.query import (
     APPOINTMENT_REFERENCES,
@@ -178,6 +180,10 @@ def plan(
             if trigger.name in live and trigger.name not in held:
                 candidates[trigger.name], planned = _plan_new(con, trigger, windows[trigger.name])
                 result.add(trigger.name, "planned", planned)
+                again = reopen.reopen(
+                    con, trigger, candidates[trigger.name], live[trigger.name], now
+                )
+                result.add(trigger.name, "reopened", again)
         _recheck(con, config, now, result, appointments=STAGED, candidates=candidates, held=held)
         unstage(con)
     return result
@@ -242,13 +248,15 @@ def unstage(con: duckdb.DuckDBPyConnection) -> None:
 def _plan_new(
     con: duckdb.DuckDBPyConnection, trigger: Trigger, window: dict[str, Any]
 ) -> tuple[dict[str, dict[str, Any]], int]:
-    """Insert the trigger's new messages; returns every candidate (new and already planned, by
-    send key, for the re-check that follows) and how many rows were new."""
+    """Insert the trigger's new messages; returns every candidate (new and already in the ledger,
+    by send key, with its row's ``ledger_status`` and ``ledger_skipped_at``, for the reopening
+    and the re-check that follow) and how many rows were new."""
     sql, params = candidate_query(trigger, "tick", appointments=STAGED)
     bind_window(params, trigger, **window)
     found = records(
         con,
-        f"SELECT c.*, m.send_key IS NOT NULL AS in_ledger FROM ({sql}) c "
+        f"SELECT c.*, m.send_key IS NOT NULL AS in_ledger, m.status AS ledger_status, "
+        f"m.skipped_at AS ledger_skipped_at FROM ({sql}) c "
         "LEFT JOIN state.messages m ON m.send_key = c.send_key",
         params,
     )
@@ -326,11 +334,11 @@ def decide(
         if c is None:
             decision = Decision("cancel", why_gone[row.message_id])
         elif timing is None:
-            decision = Decision("skip", _moved_too_late(trigger), candidate=c)
+            decision = Decision("skip", reopen.moved_too_late(trigger), candidate=c)
         elif c["audience_problem"]:  # can change: waits (skipped with it past its grace window)
             decision = Decision("wait", c["audience_problem"], *timing, candidate=c)
         elif timing[1] is not None and now > timing[1]:
-            decision = Decision("skip", "past its grace window", candidate=c)
+            decision = Decision("skip", waiting.PAST_GRACE, candidate=c)
         elif timing[0] <= now and c["due_problem"]:
             decision = Decision("skip", c["due_problem"], candidate=c)
         elif timing != (row.due_at, row.expires_at):
@@ -356,10 +364,6 @@ def late_move(
         return None
     seen = min(row.due_at, now)  # the tick that saw the move (a row due already keeps its moment)
     return seen, min(seen + trigger.grace_window, c["starts_at"])
-
-
-def _moved_too_late(trigger: Trigger) -> str:
-    return f"appointment moved to less than {trigger.timing} it (last_minute: skip)"
 
 
 def _recheck(

@@ -18,6 +18,7 @@ from tasks.messages.prepare import Ready, Skip, Wait, clinic_details
 from tasks.messages.templates import build_context
 from tasks.triggers.definition import Trigger
 from tasks.triggers.plan import Decision, decide, planned_by_trigger
+from tasks.triggers.reopen import NOT_SENT_EARLY
 
 
 class Preparer:
@@ -66,7 +67,7 @@ class Preparer:
         c = decision.candidate
         assert c is not None  # past cancel, skip and wait: a keep or move, which has its candidate
         if decision.due_at is not None and decision.due_at > now:
-            return Skip("appointment moved after planning; not sent early")
+            return Skip(NOT_SENT_EARLY)
         if c["due_problem"]:
             return Skip(c["due_problem"])
         return Ready(to=c["address"], context=template_context(self.clinic, c))

@@ -1,0 +1,124 @@
+"""Reopening: a trigger's message skipped for a reason about *time* is planned again when its
+appointment moves so that the message's moment is ahead again. The one home of that rule.
+
+A skip is final (tasks/messages/ledger.py) but for this. Some skips say *when* a message was
+judged, not *whether* it should go (:func:`about_time`):
+
+- ``last_minute: skip``: the appointment moved so close that the moment had passed
+  (:func:`moved_too_late`, tasks/triggers/plan.py ``late_move``);
+- past its grace window, at a tick or at send time (:data:`PAST_GRACE`);
+- the send-time check saw the appointment move later (:data:`NOT_SENT_EARLY`);
+- a wait that ran out its grace: skipped with the reason it waited for (``waiting_reason``,
+  tasks/messages/waiting.py ``hold``), or held by the marketing gate (frequency cap, quiet hours)
+  past the end of its grace window (:data:`GRACE_ENDED`).
+
+Such a row is planned again (``skipped -> planned``) at a planning tick when all of these hold:
+
+- its trigger is live, fires on an appointment, and skipped the row since it went live: a trigger
+  switched on, or redefined, later reopens nothing;
+- the trigger's query, reading the appointment as for a new booking, has the message in the
+  tick's window at its regular moment (its ``timing`` from the appointment), and that moment is
+  after the skip: the appointment moved, since unmoved its moment is the one that passed. A late
+  booking's "at once" (``last_minute: send``) reopens nothing: the mart cannot tell an edit made
+  after the moment (a note) from a move, so a skip stays final rather than send late;
+- after a wait that ran out, the reason it waited for has cleared: while it holds, the rule that
+  skipped the row would decide the same, so the skip stays final;
+- no dispatch ever claimed the row (the ledger's guard on the move, ``ONLY_IF``, checked in the
+  same UPDATE as the status: a row another run took meanwhile is left alone).
+
+It is then planned as the new booking would be: due at the new moment with its grace, and judged
+by the re-check that follows in the same tick like any planned message (it waits, moves, follows
+``last_minute``). ``status_reason`` says it was reopened and which skip it undid; ``reopened``
+keeps that after it is sent or skipped again. Every other skip is final: a template error, a
+suppressed address, a failed send-time check, a condition judged when due ("a future appointment
+is booked"); a cancelled message (the appointment cancelled or gone) is never reopened either.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import duckdb
+
+from tasks.messages import ledger
+from tasks.messages.gate import GRACE_ENDED
+from tasks.messages.waiting import PAST_GRACE
+from tasks.triggers.definition import Trigger
+
+# The send-time check's skip of a due message whose appointment moved later (prepare.py).
+NOT_SENT_EARLY = "appointment moved after planning; not sent early"
+
+
+def moved_too_late(trigger: Trigger) -> str:
+    """The reason of a ``last_minute: skip`` after a move into the window."""
+    return f"appointment moved to less than {trigger.timing} it (last_minute: skip)"
+
+
+def about_time(
+    trigger: Trigger, reason: str | None, waiting_reason: str | None
+) -> Literal["time", "wait"] | None:
+    """Whether a skip (its ``status_reason``, ``waiting_reason``) was about time: ``time`` (the
+    moment or its grace passed), ``wait`` (a wait for this reason ran out), or None (final)."""
+    if reason in (PAST_GRACE, NOT_SENT_EARLY, moved_too_late(trigger)):
+        return "time"
+    if reason is not None and reason.endswith(GRACE_ENDED):
+        return "time"
+    if reason is not None and reason == waiting_reason:
+        return "wait"
+    return None
+
+
+def _regular(trigger: Trigger, c: dict[str, Any]) -> bool:
+    """Due at the moment its timing gives, not at once as a late booking."""
+    return trigger.direction != "before" or c["due_at"] == c["starts_at"] - trigger.offset
+
+
+def reopen(
+    con: duckdb.DuckDBPyConnection,
+    trigger: Trigger,
+    candidates: dict[str, dict[str, Any]],
+    went_live: datetime,
+    now: datetime,
+) -> int:
+    """Plan again the trigger's skipped messages this rule reopens, among the tick's candidates
+    (``ledger_status``, ``ledger_skipped_at``: their row's); returns how many moved."""
+    if not trigger.is_appointment_event:
+        return 0
+    ahead = {
+        key: c
+        for key, c in candidates.items()
+        if c["in_window"]
+        and c["ledger_status"] == "skipped"
+        and c["ledger_skipped_at"] is not None
+        and went_live <= c["ledger_skipped_at"] < c["due_at"]
+        and _regular(trigger, c)
+    }
+    if not ahead:
+        return 0
+    rows = con.execute(
+        "SELECT message_id, send_key, status_reason, waiting_reason, skipped_at, reopened "
+        "FROM state.messages WHERE send_key IN (SELECT unnest(?::VARCHAR[])) "
+        "AND status = 'skipped' AND source_kind = 'trigger'",
+        [list(ahead)],
+    ).fetchall()
+    ids, due, expires, notes, history = [], [], [], [], []
+    for message_id, key, reason, waiting_reason, skipped_at, reopened in rows:
+        kind = about_time(trigger, reason, waiting_reason)
+        c = ahead[key]
+        if kind is None or (kind == "wait" and c["audience_problem"]):
+            continue
+        note = (
+            f"reopened {now.astimezone(UTC):%Y-%m-%d %H:%M} UTC, the appointment moved: "
+            f"was skipped {skipped_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC ({reason})"
+        )
+        ids.append(message_id)
+        due.append(c["due_at"])
+        expires.append(c["expires_at"])
+        notes.append(note)
+        history.append(f"{reopened}; {note}" if reopened else note)
+    nothing = [None] * len(ids)
+    values = {"due_at": due, "expires_at": expires, "status_reason": notes,
+              "waiting_reason": nothing, "next_attempt_at": nothing,
+              "reopened": history}  # fmt: skip
+    return len(ledger.transition(con, ids, "skipped", "planned", now, values=values, strict=False))
