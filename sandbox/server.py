@@ -67,7 +67,9 @@ class Fault:
     as after a rotation), ``slow`` (wait ``delay``
     seconds, then process), ``slow_reply`` (process, then wait ``delay`` before answering: the
     provider has acted while the client still waits), ``timeout_after_receipt`` (the same with a
-    delay longer than the client's timeout: the client gives up although the provider acted).
+    delay longer than the client's timeout: the client gives up although the provider acted),
+    ``500_after_receipt`` (process, then answer a 500: the provider acted, and said it failed;
+    Twilio documents this for its 20500, "a timeout in the API": a retried SMS can go twice).
     """
 
     kind: str
@@ -84,7 +86,15 @@ class Faults:
         self._faults: list[Fault] = []
 
     def add(self, kind: str, times: int = 1, delay: float = 0.0, path_prefix: str = "/") -> None:
-        if kind not in ("5xx", "429", "401", "slow", "slow_reply", "timeout_after_receipt"):
+        if kind not in (
+            "5xx",
+            "429",
+            "401",
+            "slow",
+            "slow_reply",
+            "timeout_after_receipt",
+            "500_after_receipt",
+        ):
             raise ValueError(f"unknown fault kind {kind!r}")
         with self._lock:
             self._faults.append(Fault(kind, times, delay, path_prefix))

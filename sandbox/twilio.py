@@ -4,7 +4,8 @@ The real client reaches it through a redirecting http client (tasks/providers/tw
 Recipients trigger errors like Twilio's test-credential magic numbers: ``+15005550004`` replied
 STOP (21610), ``+15005550001`` is invalid (21211), ``+15005550009`` is not a mobile (21614), and so
 does anything in the sets you pass; a To that is not E.164 is 21211. ``faults`` injects 5xx, 429
-(code 20429), slowness and "timeout after receipt". ``accepted`` records every message created.
+(code 20429), slowness, "timeout after receipt" and "500 after receipt" (the message created,
+the answer Twilio's 20500). ``accepted`` records every message created.
 
 Delivery, as Twilio reports it (Message resource ``status`` and ``error_code``): an accepted
 message moves over the sandbox's ``clock`` from ``queued`` to ``sending`` to ``sent`` (handed to
@@ -232,6 +233,8 @@ class TwilioSandbox:
         with self._lock:
             self.accepted.append(message)
         await after(fault)
+        if fault is not None and fault.kind == "500_after_receipt":  # created, yet answered 500
+            return _error(20500, "Internal Server Error", status=500)
         return JSONResponse(_public(self._now(message, now)), status_code=201)
 
     def _refuse_sender(self, sender: str | None, service: str | None) -> tuple[int, str] | None:

@@ -9,8 +9,10 @@ Odd things about this API and client, and what we do about them:
   run left ``sending`` that the list does not hold is planned again (``reconcile`` says why).
 - Errors: ``TwilioRestException`` (and the RFC 9457 ``TwilioServiceException``, not a subclass)
   carry ``.code`` and ``.status``. What each code means for the number is ``ERROR_CODES``, the
-  one table both sending and delivery read; 20429 / 429 / 5xx = come back later; 20003 = bad
-  credentials; ``SETTINGS_CODES`` (a sender the account does not own, an unknown messaging
+  one table both sending and delivery read; 20429 / 429 / 503 = come back later; any other 5xx
+  = ``unknown``, as a timeout after sending (Twilio, error 20500: "sending an SMS ... not
+  idempotent. If you get a 500 ... and you retry the request, it is possible for a customer to
+  receive multiple messages"); 20003 = bad credentials; ``SETTINGS_CODES`` (a sender the account does not own, an unknown messaging
   service, a Trial or inactive account) = nothing can go: the run stops and the message is put
   back planned, with what to fix.
 - Accepted is not delivered: a Message goes queued -> sending -> sent -> delivered, or ends
@@ -134,6 +136,10 @@ def error_meaning(code: int | str | None) -> tuple[str, Suppress | None]:
 
 # Allowance for clock difference between us and Twilio when matching a message to an attempt.
 CLOCK_SKEW = timedelta(minutes=2)
+AMBIGUOUS = (
+    "reconcile: Twilio holds an SMS to this number from the attempt's moment whose text differs "
+    "from ours (a messaging service's Smart Encoding?): check it in the Twilio Console"
+)
 
 
 class RedirectingHttpClient(TwilioHttpClient):
@@ -176,9 +182,15 @@ def _error_outcome(exc: TwilioException) -> Outcome:
     what, suppress = error_meaning(code)
     if suppress is not None:
         return Outcome("failed", error_code=str(code), reason=f"twilio: {what}", suppress=suppress)
-    # 21702: the messaging service "is not available to send new messages. Retry"
-    if code in (20429, 21702) or status == 429 or status >= 500:
+    # 21702: the messaging service "is not available to send new messages. Retry"; 503: Service
+    # Unavailable, the request refused before it was processed
+    if code in (20429, 21702) or status in (429, 503):
         return Outcome("retry", error_code=str(code or status), reason="twilio: busy")
+    if status >= 500:  # Twilio (20500): an SMS POST that failed so "may" have gone: never resent
+        return Outcome(
+            "unknown", error_code=str(code or status),
+            reason=f"twilio: server error {code or status} after the request (it may have gone)",
+        )  # fmt: skip
     if code == 20003 or status == 401:
         raise ProviderUnavailable(
             "Twilio rejected the account SID or auth token (20003). Check the TwilioAccount block."
@@ -283,6 +295,12 @@ class TwilioProvider:
         for the one request of a run that died (one claim per request), and without this a kill
         between the claim and the request would leave an SMS that never left for a person.
         Rows already ``unknown`` (a timeout after sending) are only ever confirmed, never resent.
+
+        Only a message created while the attempt's request lasted (its timeout, give or take the
+        clocks' skew) can be the attempt's. One there whose text is not ours as we sent it (a
+        messaging service's Smart Encoding rewrites some characters; another sender on the
+        account) leaves the row ``unknown`` for a person (``AMBIGUOUS``), never resent: only an
+        empty list for that moment says Twilio never received it.
         """
         used: set[str] = set()
         by_number: dict[str, list] = {}
@@ -297,14 +315,20 @@ class TwilioProvider:
             except (TwilioException, requests.RequestException):
                 outcomes.append(Outcome("pending", reason="twilio: message list unavailable"))
                 continue
+            # what Twilio created from this attempt was created while its request lasted
+            last = row.sending_at + timedelta(seconds=self.settings.timeout) + CLOCK_SKEW
+            near = [
+                m
+                for m in by_number[row.to_address]
+                if m.sid not in used
+                and m.date_created is not None
+                and row.sending_at - CLOCK_SKEW <= m.date_created <= last
+            ]
             match = next(
                 (
                     m
-                    for m in by_number[row.to_address]
-                    if m.sid not in used
-                    and m.date_created is not None
-                    and m.date_created >= row.sending_at - CLOCK_SKEW
-                    and hashlib.sha256((m.body or "").encode("utf-8")).hexdigest()
+                    for m in near
+                    if hashlib.sha256((m.body or "").encode("utf-8")).hexdigest()
                     == row.content_hash
                 ),
                 None,
@@ -312,6 +336,8 @@ class TwilioProvider:
             if match is not None:
                 used.add(match.sid)
                 outcomes.append(Outcome("sent", provider_message_id=match.sid, reason="reconciled"))
+            elif near:  # an SMS to this number from that moment, its text not ours as we sent it
+                outcomes.append(Outcome("unknown", reason=AMBIGUOUS))
             elif row.status == "sending" and now - row.sending_at >= settle:
                 outcomes.append(Outcome("retry", reason="reconciled: Twilio never received it"))
             else:

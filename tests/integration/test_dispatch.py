@@ -224,6 +224,21 @@ def test_a_timeout_after_sending_is_unknown_and_a_rerun_does_not_resend(tmp_path
     assert len(postmark.accepted) == len(twilio.accepted) == 1
 
 
+def test_a_twilio_500_after_it_took_the_sms_is_unknown_and_a_rerun_confirms_not_resends(
+    tmp_path, sandboxes
+):
+    postmark, twilio = sandboxes
+    twilio.faults.add("500_after_receipt")  # Twilio's 20500: created, yet answered 500
+    with open_db(tmp_path / "c.duckdb") as con:
+        sms = plan(con, 1, "sms")
+        first = run(con, postmark, twilio)
+        assert ledger.get(con, sms).status == "unknown" and first.counts["retry"] == 0
+        result = run(con, postmark, twilio, at=START + timedelta(minutes=10))
+        assert result.counts["reconciled_sent"] == 1
+        assert ledger.get(con, sms).provider_message_id == twilio.accepted[0]["sid"]
+    assert len(twilio.accepted) == 1
+
+
 def test_the_clinic_config_can_point_both_channels_at_the_sandboxes(
     tmp_path, sandboxes, monkeypatch, data_dir
 ):

@@ -16,7 +16,7 @@ from tasks.messages.ledger import LedgerRow
 from tasks.messages.templates import RenderedEmail, RenderedSms, sms_size, unsubscribe_headers
 from tasks.providers.common import OutgoingMessage, ProviderUnavailable, Suppress, content_hash
 from tasks.providers.postmark import PostmarkProvider, PostmarkSettings
-from tasks.providers.twilio import TwilioProvider, TwilioSettings
+from tasks.providers.twilio import AMBIGUOUS, TwilioProvider, TwilioSettings
 
 pytestmark = pytest.mark.integration
 
@@ -282,6 +282,18 @@ def test_a_twilio_timeout_after_sending_is_unknown_and_not_resent(twilio):
     assert len(twilio.accepted) == 1
 
 
+def test_a_twilio_500_is_unknown_and_not_retried_and_the_rest_of_the_batch_waits(twilio):
+    """Twilio, error 20500: a 500 to an SMS POST may come after the SMS was created ("a timeout
+    in the API"), and retrying it "may" send it twice. So it is unknown, never a retry, and the
+    rest of the batch waits (tests/integration/test_dispatch.py: a later run finds it)."""
+    twilio.faults.add("500_after_receipt")
+    provider = tw_provider(twilio)
+    outcomes = provider.send([sms(1, "+61412345678"), sms(2, "+61412345679")])
+    assert [(o.kind, o.error_code) for o in outcomes] == [("unknown", "20500"), ("retry", None)]
+    assert "may have gone" in outcomes[0].reason
+    assert len(twilio.accepted) == 1  # Twilio created it: a retry would have sent it twice
+
+
 def test_no_twilio_server_listening_is_a_retry():
     provider = TwilioProvider(
         TwilioSettings(
@@ -408,15 +420,38 @@ def test_a_recipients_own_refusal_still_fails_only_that_message(twilio):
 def test_twilio_reconciliation_matches_number_and_body_else_sends_again_after_settling(twilio):
     provider = tw_provider(twilio)
     went, lost = sms(1, "+61412345678"), sms(2, "+61412345678")
-    sending_at = NOW - timedelta(minutes=10)
+    sending_at = datetime.now(UTC)  # the sandbox dates what it creates by the real clock
     provider.send([went])
+    later = sending_at + timedelta(minutes=10)
     outcomes = provider.reconcile(
         [as_row(went, "sending", "twilio", sending_at), as_row(lost, "sending", "twilio", sending_at),
-         as_row(lost, "sending", "twilio", NOW)],
-        NOW, timedelta(minutes=5),
+         as_row(lost, "sending", "twilio", later)],
+        later, timedelta(minutes=5),
     )  # fmt: skip
     assert [o.kind for o in outcomes] == ["sent", "retry", "pending"]
     assert outcomes[0].provider_message_id == twilio.accepted[0]["sid"]
+    # only what was created while the attempt's request lasted can be the attempt's: the same
+    # SMS sent again an hour later is not this attempt, which Twilio never received
+    (again,) = provider.reconcile(
+        [as_row(went, "sending", "twilio", sending_at - timedelta(hours=1))],
+        later, timedelta(minutes=5),
+    )  # fmt: skip
+    assert again.kind == "retry"
+
+
+def test_an_sms_to_the_number_from_the_attempts_moment_with_other_text_is_never_resent(twilio):
+    """A messaging service's Smart Encoding stores the text it rewrote (curly quotes, dashes),
+    so the SMS we sent can be in the list under another digest: an SMS to that number created
+    while the attempt's request lasted leaves the row for a person (unknown), never resent."""
+    provider = tw_provider(twilio)
+    ours, rewritten = sms(1, "+61412345678"), sms(2, "+61412345678")
+    sending_at = datetime.now(UTC)
+    provider.send([rewritten])  # what Twilio holds: the same number, other text
+    later = sending_at + timedelta(minutes=10)
+    (outcome,) = provider.reconcile(
+        [as_row(ours, "sending", "twilio", sending_at)], later, timedelta(minutes=5)
+    )
+    assert (outcome.kind, outcome.reason) == ("unknown", AMBIGUOUS)
 
 
 def test_credentials_rejected_midway_still_report_what_already_went(twilio):
