@@ -9,7 +9,7 @@ How it is counted (the report prints ``EXPLANATION`` so the owner reads the same
   default). Tag appointments (``marts.appointments.is_tag``: clinic.yaml ``tag_categories``)
   never count, nor do appointments since deleted or archived; one booked and later cancelled
   does (it was booked). A merged-away patient's bookings are found under the patient they were
-  merged into.
+  merged into, and someone messaged under both ids is one person, from the first message.
 - **Baseline**, like-for-like: patients the *same* trigger, journey or campaign chose at the
   same time, who were not messaged for a reason that says nothing about whether they would
   book: the frequency cap or quiet hours held the message past its grace window, or the tick
@@ -153,12 +153,14 @@ def bookings_won(
                       BETWEEN h.anchor - to_days(?::INTEGER) AND h.anchor + to_days(?::INTEGER)
             )
         ),
-        people AS (
-            SELECT x.grp, x.source_kind, x.source_name, x.anchor,
+        people AS (  -- a person messaged under two ids merged since: once, from the first
+            SELECT x.grp, x.source_kind, x.source_name, min(x.anchor) AS anchor,
                    coalesce(sp.merged_into_patient_id, x.patient_id) AS patient_id
             FROM (SELECT 'messaged' AS grp, * FROM sent
                   UNION ALL SELECT 'baseline' AS grp, * FROM baseline) x
             {survivor}
+            GROUP BY x.grp, x.source_kind, x.source_name,
+                     coalesce(sp.merged_into_patient_id, x.patient_id)
         ),
         flagged AS (
             SELECT p.grp, p.source_kind, p.source_name, p.patient_id, p.anchor,

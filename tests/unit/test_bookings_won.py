@@ -62,6 +62,7 @@ def won():
     message(c.con, *recall, 9, T0 + 2 * DAY)  # 9: messaged (after a cap skip, below): not won
     message(c.con, *recall, 12, T0)  # 12: merged into 13 since; 13's booking counts: WON
     c.update_patient(12, merged_with_patient={"links": {"self": f"{API}/patients/13"}})
+    message(c.con, *recall, 13, T0 + DAY)  # ... and 13 messaged too: one person, counted once
     booking(13, T0 + 3 * DAY)
     # --- the recall's baseline: chosen, not sent for a reason unrelated to the patient ---
     cap = "frequency cap: could not go before its grace window ended"
@@ -91,7 +92,7 @@ def won():
 
 def test_recipients_and_bookings_within_the_window_are_counted_person_by_person(won):
     recall = won["trigger:recall"]
-    # recipients 1, 2, 3, 4, 5, 9, 12; booked 1, 5 and 12 (through 13)
+    # recipients 1, 2, 3, 4, 5, 9, 12 (and 13, the same person); booked 1, 5 and 12/13
     assert (recall.recipients, recall.booked) == (7, 3)
     assert recall.as_row()["booked_rate"] == "42.9%"
 
