@@ -185,7 +185,7 @@ def webhook(deployed):
             timeout=60,
         )
         assert created.returncode == 0, created.stderr
-        assert created.stdout.count("created automation") == 7  # relay/alerts.py
+        assert created.stdout.count("created automation") == 8  # relay/alerts.py
         yield hook
     # Gone with the module: each automation watching run events is writes on the session's
     # SQLite server for every later test (docs/scaling.md, Alerts).
