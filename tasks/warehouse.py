@@ -2,8 +2,11 @@
 
 DuckDB lets one process write a file, and a read-only open fails while a writer holds it. So every
 open goes through an advisory lock file beside the database: writers take it exclusively (a second
-tick for the same clinic waits, then fails clearly), readers share it. Tables in ``raw`` and
-``state`` are created here; ``staging``/``marts``/``segments`` belong to the SQL model runner.
+tick for the same clinic waits, then fails clearly), readers share it. A reader that finds the
+database held asks the holder to step aside (a marker in ``<db>.readers``): the fast lane, which
+holds it between its polls until the next tick, does (``step_aside``); a tick's steps and other
+writers are waited for. Tables in ``raw`` and ``state`` are created here;
+``staging``/``marts``/``segments`` belong to the SQL model runner.
 
 Timestamps are TIMESTAMPTZ and every connection runs in UTC, so comparisons never depend on the
 machine's time zone.
@@ -17,7 +20,9 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -151,16 +156,46 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
 
 # Databases a ``hold`` in this process has locked, with the connection it keeps open: opens of
 # them pass through the lock and get a cursor of that connection.
-_held: dict[Path, duckdb.DuckDBPyConnection] = {}
+@dataclass
+class _Hold:
+    con: duckdb.DuckDBPyConnection | None  # None while stepped aside for readers
+    lock: int | None  # the lock file's descriptor, holding it exclusively (None: stepped aside)
+    presence: int  # the ``.hold`` file's descriptor, locked (shared) for the whole hold
+    holder: str  # what holds it, as a waiting open is told
+
+
+_held: dict[Path, _Hold] = {}
 _held_guard = threading.Lock()
 # Database-wide settings a step may change (DuckDB has no per-cursor value for these).
 _DATABASE_SETTINGS = ("memory_limit", "threads")
 
+# What holds a database, written into its lock file by the process holding it exclusively (and
+# cleared when it lets go), so an open that waits in vain can say who it waited for.
+TICK = "a tick"
+FAST_LANE = "a tick's fast lane"
+OTHER = "another run"
+# How long a hold that steps aside for readers (the fast lane) waits for them to finish before
+# taking the database back: a reader reading longer waits no longer for the lane to step aside
+# again, and the lane waits on the lock itself, until its next tick is due at the latest.
+READERS_CAP = 60.0
 
-@contextlib.contextmanager
-def _file_lock(db_path: Path, exclusive: bool, wait_seconds: float) -> Iterator[None]:
-    lock_path = db_path.with_name(db_path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+
+def _sidecar(db_path: Path, suffix: str) -> Path:
+    return db_path.with_name(db_path.name + suffix)
+
+
+def _acquire(
+    db_path: Path,
+    exclusive: bool,
+    wait_seconds: float,
+    *,
+    holder: str = OTHER,
+    on_wait: Callable[[], None] | None = None,
+) -> int:
+    """The lock file's descriptor, locked (exclusively for a writer, shared for a reader), or
+    DatabaseBusy after ``wait_seconds``. ``on_wait`` runs once, when the lock is first found
+    taken. A writer notes ``holder`` (and its pid) in the lock file for those who wait."""
+    fd = os.open(_sidecar(db_path, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
     deadline = time.monotonic() + wait_seconds
     try:
@@ -169,28 +204,191 @@ def _file_lock(db_path: Path, exclusive: bool, wait_seconds: float) -> Iterator[
                 fcntl.flock(fd, mode | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                    on_wait = None
                 if time.monotonic() >= deadline:
-                    raise DatabaseBusy(
-                        f"{db_path} is in use by another run (waited {wait_seconds:.0f}s). "
-                        "A tick or sync for this clinic is still going; wait for it to finish "
-                        "or stop it, then try again."
-                    ) from None
+                    raise DatabaseBusy(_busy(db_path, fd, exclusive, wait_seconds)) from None
                 time.sleep(0.2)
-        yield
+        if exclusive:
+            _note(fd, holder)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _release(fd: int, exclusive: bool) -> None:
+    try:
+        if exclusive:
+            os.ftruncate(fd, 0)  # nobody holds it now: no note left for a later wait to read
+    except OSError:
+        pass
     finally:
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def in_use(db_path: str | Path) -> bool:
-    """Whether a process holds the clinic's database now (a tick holds it from its first step to
-    its summary): asks the lock without waiting and opens nothing."""
-    if not Path(db_path).parent.exists():
+def _note(fd: int, holder: str) -> None:
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {holder}".encode(), 0)
+    except OSError:  # a note is a courtesy: the lock is what counts
+        pass
+
+
+def _holder(fd: int) -> str:
+    """What the lock file says holds the database, if its writer is alive ('' otherwise: a
+    reader holds it, or a writer older than the note, or one killed before clearing it)."""
+    try:
+        pid, _, holder = os.pread(fd, 200, 0).decode("utf-8", "replace").partition(" ")
+        if pid.isdigit() and holder:
+            os.kill(int(pid), 0)
+            return f"{holder} (pid {pid})"
+    except ProcessLookupError:
+        pass
+    except (OSError, ValueError):
+        pass
+    return ""
+
+
+def _busy(db_path: Path, fd: int, exclusive: bool, waited: float) -> str:
+    """What an open that waited in vain is told: what holds the database, how long it waited,
+    and what to do."""
+    holder = _holder(fd)
+    said = f"{db_path} is in use by {holder or 'another run or a reader'} (waited {waited:.0f}s)"
+    if holder.startswith(FAST_LANE):
+        if exclusive:
+            return (
+                f"{said}. The lane keeps it until the clinic's next tick is due (at most a tick "
+                "interval): try again after that tick, or pause the tick's deployment."
+            )
+        return (
+            f"{said}. The lane lets readers in between its polls; it did not in time (a "
+            "booking it was catching up on takes longer): try again, or wait longer."
+        )
+    if holder.startswith(TICK):
+        return (
+            f"{said}, running its steps. Try again when they are done (usually a minute or "
+            "two), or wait longer."
+        )
+    return (
+        f"{said}: a sync, a send or another command for this clinic. Try again when it is "
+        "done, or stop it."
+    )
+
+
+@contextlib.contextmanager
+def _file_lock(
+    db_path: Path, exclusive: bool, wait_seconds: float, *, ask: bool = False
+) -> Iterator[None]:
+    """The lock for one open. ``ask``: a read that finds the database held asks the holder to
+    step aside (a marker in ``<db>.readers``, while it waits and reads; ``readers_waiting``)."""
+    asking: list[tuple[int, Path]] = []
+    try:
+        fd = _acquire(
+            db_path,
+            exclusive,
+            wait_seconds,
+            on_wait=(lambda: asking.append(_ask(db_path))) if ask else None,
+        )
+        try:
+            yield
+        finally:
+            _release(fd, exclusive)
+    finally:
+        for marker_fd, marker in asking:  # after the read's connection closed
+            with contextlib.suppress(OSError):
+                marker.unlink()
+            os.close(marker_fd)
+
+
+def _ask(db_path: Path) -> tuple[int, Path]:
+    """A marker saying a reader waits for the database: ``<db>.readers/<pid>-<uuid>``, locked
+    by this process for as long as it exists (a dead reader's lock is gone with it, so its
+    marker is known to be stale). Made under a hidden name, locked, then renamed: a marker
+    seen by its name is always locked while its reader lives."""
+    folder = _sidecar(db_path, ".readers")
+    folder.mkdir(exist_ok=True)
+    name = f"{os.getpid()}-{uuid.uuid4().hex}"
+    fresh = folder / f".{name}"
+    fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.replace(fresh, folder / name)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            fresh.unlink()
+        raise
+    return fd, folder / name
+
+
+def readers_waiting(db_path: str | Path) -> bool:
+    """Whether a live reader asks for the database (a marker of ``_ask`` whose process still
+    locks it). A stale marker (its reader gone) is removed, not counted. Without readers: one
+    failed look at a folder."""
+    try:
+        entries = os.scandir(_sidecar(Path(db_path), ".readers"))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    with entries:
+        markers = [e.path for e in entries if not e.name.startswith(".")]
+    return any(_live(marker) for marker in markers)
+
+
+def _live(marker: str) -> bool:
+    try:
+        fd = os.open(marker, os.O_RDONLY)
+    except OSError:  # gone already (its reader is done), or not ours to read: not waited for
         return False
     try:
-        with _file_lock(Path(db_path), exclusive=False, wait_seconds=0):
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True  # its reader holds it: alive and waiting or reading
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(marker)  # its reader is gone: a stale marker
+        return False
+    finally:
+        os.close(fd)
+
+
+def in_use(db_path: str | Path) -> bool:
+    """Whether a process holds the clinic's database now (a tick holds it from its first step to
+    its summary, and through its fast lane, even while the lane has stepped aside for readers):
+    asks the locks without waiting and opens nothing."""
+    path = Path(db_path)
+    if not path.parent.exists():
+        return False
+    presence = _sidecar(path, ".hold")
+    if presence.exists():
+        try:
+            fd = os.open(presence, os.O_RDONLY)
+        except OSError:
+            pass
+        else:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a hold keeps it shared
+            except BlockingIOError:
+                return True
+            finally:
+                os.close(fd)
+    try:
+        with _file_lock(path, exclusive=False, wait_seconds=0):
             return False
     except DatabaseBusy:
         return True
+
+
+def _open_writer(path: Path) -> duckdb.DuckDBPyConnection:
+    con = _connect(path, read_only=False)
+    try:
+        _configure(con)
+        ensure_schema(con)
+    except BaseException:
+        con.close()
+        raise
+    return con
 
 
 @contextlib.contextmanager
@@ -203,7 +401,11 @@ def open_db(
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open a clinic database (creating it and its tables when writable), holding the lock.
     A read, or a write with ``create=False`` (a step that means nothing before the first sync),
-    of a database that does not exist yet raises :class:`NoDatabase`."""
+    of a database that does not exist yet raises :class:`NoDatabase`.
+
+    A read that finds the database held asks the holder to step aside while it waits and
+    reads (``readers_waiting``): the fast lane does, between its polls; a tick's steps and
+    other writers do not, and are waited for."""
     path = Path(db_path)
     if (read_only or not create) and not path.exists():
         raise NoDatabase(path)
@@ -211,9 +413,12 @@ def open_db(
     with _held_guard:
         held = _held.get(path.resolve())
     if held is not None:
+        if held.con is None:
+            raise RuntimeError(f"{path} is held by this process but stepped aside for readers")
         # Inside a hold: a cursor of the held connection (its own transactions and settings;
         # one database instance, so no reopening and no second schema check per step).
-        cursor = held.cursor()
+        connection = held.con
+        cursor = connection.cursor()
         try:
             _configure(cursor)
             yield cursor
@@ -222,14 +427,13 @@ def open_db(
             # Some settings are the database's, not the cursor's (a sync bounds memory_limit):
             # reset them so the next step starts as it would on a fresh open.
             for setting in _DATABASE_SETTINGS:
-                held.execute(f"RESET GLOBAL {setting}")
+                connection.execute(f"RESET GLOBAL {setting}")
         return
-    with _file_lock(path, exclusive=not read_only, wait_seconds=wait_seconds):
-        con = _connect(path, read_only)
+    with _file_lock(path, exclusive=not read_only, wait_seconds=wait_seconds, ask=read_only):
+        con = _connect(path, read_only) if read_only else _open_writer(path)
         try:
-            _configure(con)
-            if not read_only:
-                ensure_schema(con)
+            if read_only:
+                _configure(con)
             yield con
         finally:
             con.close()
@@ -242,26 +446,103 @@ def hold(db_path: str | Path, *, wait_seconds: float = 600.0) -> Iterator[None]:
     processes wait (or get DatabaseBusy), as they would for one long open.
 
     The database stays open for the whole hold (created and its tables checked once), and each
-    open inside it is a cursor of that connection: a tick's dozen opens cost one."""
+    open inside it is a cursor of that connection: a tick's dozen opens cost one. Only
+    :func:`step_aside` lets go of it inside a hold (for readers, between the fast lane's polls);
+    ``in_use`` sees the hold throughout."""
     path = Path(db_path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     with _held_guard:
         if path in _held:
             raise RuntimeError(f"{path} is already held by this process")
-    with _file_lock(path, exclusive=True, wait_seconds=wait_seconds):
-        con = _connect(path, read_only=False)
+    presence = os.open(_sidecar(path, ".hold"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        lock = _acquire(path, True, wait_seconds, holder=TICK)
+        held = _Hold(None, lock, presence, TICK)
         try:
-            _configure(con)
-            ensure_schema(con)
+            # shared: another process's hold stepped aside for readers keeps its own
+            fcntl.flock(presence, fcntl.LOCK_SH)
+            held.con = _open_writer(path)
             with _held_guard:
-                _held[path] = con
+                _held[path] = held
             try:
                 yield
             finally:
                 with _held_guard:
                     del _held[path]
         finally:
-            con.close()
+            if held.con is not None:
+                held.con.close()
+            if held.lock is not None:
+                _release(held.lock, exclusive=True)
+    finally:
+        os.close(presence)
+
+
+def _held_here(db_path: str | Path) -> tuple[Path, _Hold]:
+    path = Path(db_path).resolve()
+    with _held_guard:
+        held = _held.get(path)
+    if held is None:
+        raise RuntimeError(f"{path} is not held by this process")
+    return path, held
+
+
+def describe_hold(db_path: str | Path, holder: str) -> None:
+    """Say what holds this process's hold of the database now (``FAST_LANE`` after a tick's
+    steps): what an open waiting for it is told."""
+    _, held = _held_here(db_path)
+    held.holder = holder
+    if held.lock is not None:
+        _note(held.lock, holder)
+
+
+def step_aside(db_path: str | Path, *, until: float, cap: float = READERS_CAP) -> str | None:
+    """Inside a hold, between pieces of work, with every cursor of it closed: let readers in.
+    Closes the held connection, lets go of the lock, waits while live readers ask for the
+    database (``readers_waiting``; at most ``cap`` seconds, not past the monotonic moment
+    ``until``), then takes the lock back (waiting as an open does, until ``until`` at the
+    latest) and reopens. Returns None when the database is held again, or why not (the hold
+    then holds nothing; ending it is safe)."""
+    path, held = _held_here(db_path)
+    if held.con is None or held.lock is None:
+        raise RuntimeError(f"{path} is stepped aside already")
+    held.con.close()  # DuckDB's file lock first, then ours
+    held.con = None
+    _release(held.lock, exclusive=True)
+    held.lock = None
+    end = min(time.monotonic() + cap, until)
+    while time.monotonic() < end and readers_waiting(path):
+        time.sleep(0.2)
+    try:
+        held.lock = _acquire(path, True, max(0.0, until - time.monotonic()), holder=held.holder)
+    except DatabaseBusy:
+        return "the database was still in use when the next tick was due (readers, or a writer)"
+    try:
+        held.con = _open_writer(path)
+    except BaseException:
+        _release(held.lock, exclusive=True)
+        held.lock = None
+        raise
+    return None
+
+
+class HandOver:
+    """This process's hold of a database, handed over to readers on request: for a holder
+    that waits between pieces of work (the fast lane, tasks/lane.py). ``asked`` is a look at
+    the readers' folder (nothing when none waits); ``step_aside`` is :func:`step_aside`.
+    Made inside the hold, it notes ``holder`` in the lock file for those who wait."""
+
+    def __init__(
+        self, db_path: str | Path, holder: str = FAST_LANE, cap: float = READERS_CAP
+    ) -> None:
+        self.path, self.cap = Path(db_path).resolve(), cap
+        describe_hold(self.path, holder)
+
+    def asked(self) -> bool:
+        return readers_waiting(self.path)
+
+    def step_aside(self, until: float) -> str | None:
+        return step_aside(self.path, until=until, cap=self.cap)
 
 
 def memory_db() -> duckdb.DuckDBPyConnection:
