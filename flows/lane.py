@@ -10,6 +10,9 @@ is cancelled or its deployment paused, when the process that started the run (wo
 warm template) is gone, or at its first failure (the tick then fails saying why). A SIGTERM
 (a cancel, ``relay serve``'s Ctrl-C) ends the run at once, lane or not: Prefect's handler
 raises in the lane's sleep, and a kill mid-catch-up leaves what a kill mid-tick leaves.
+Between polls it steps aside for readers that ask for the database (``relay sql``, ``relay
+preview`` ...: tasks/warehouse.py ``HandOver``), then opens it again and polls on; a kill while
+it has stepped aside leaves what a kill between polls leaves (nothing open, nothing half done).
 Its counts go into the tick's result (``lane``) and report.
 """
 
@@ -29,7 +32,7 @@ from blocks.resolve import cliniko_account, providers_for
 from tasks import lane
 from tasks.config import ClinicConfig
 from tasks.tick import Summary
-from tasks.warehouse import data_out_of_errors, open_db
+from tasks.warehouse import HandOver, data_out_of_errors, open_db
 
 # The lane's run must have ended before a worker or Runner can see its next tick: they ask
 # for runs due within their prefetch (10 s) and propose Pending at once, and a run that finds
@@ -55,6 +58,11 @@ def after_tick(config: ClinicConfig, summary: Summary, result: dict) -> dict:
         f"\n\n**Fast lane:** {counts['polls']} polls, {counts['found']} found changes, "
         f"{counts['sent']} messages sent ({counts['requests']} Cliniko requests; stopped: "
         f"{counts['stopped']})."
+        + (
+            f" It stepped aside for readers {counts['stepped_aside']} times."
+            if counts.get("stepped_aside")
+            else ""
+        )
     )
     return result
 
@@ -144,14 +152,16 @@ def fast_lane(config: ClinicConfig, until: float, run_id: str, deployment_id: st
     """Poll Cliniko for bookings and send their welcomes and late reminders until ``until``
     (a monotonic moment); counts only."""
     logger = get_run_logger()
-    with cliniko_account(config).get_client() as client, open_db(config.database_path) as con:
+    path = config.database_path
+    with cliniko_account(config).get_client() as client:
         counts = lane.run_lane(
-            con,
+            lambda: open_db(path),  # a cursor of the tick's hold, opened again after a reader
             client,
             config,
             providers_for(config),
             until=until,
             should_stop=Watch(run_id, deployment_id),
             log=logger.info,
+            hand_over=HandOver(path),  # readers (relay sql ...) get in between polls
         )
     return counts.as_dict()

@@ -24,10 +24,12 @@ into the tick (the stop signal, the providers, the logger).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -45,7 +47,7 @@ from tasks.config import ClinicConfig
 from tasks.messages.due import send_due
 from tasks.models import runner as models
 from tasks.triggers import plan as planning
-from tasks.warehouse import data_out_of_errors, one
+from tasks.warehouse import HandOver, data_out_of_errors, one
 
 WINDOW = 60.0  # seconds: Cliniko's rate limit is per minute
 # What a welcome or a late booking's reminder needs: a booking touches these.
@@ -266,6 +268,7 @@ class LaneCounts:
     sent: int = 0
     requests: int = 0
     every_seconds: float = 0.0
+    stepped_aside: int = 0  # times it let readers in (relay sql ...) between polls
     stopped: str = ""
 
     def as_dict(self) -> dict:
@@ -313,7 +316,8 @@ def catch_up(
 
 
 def run_lane(
-    con: duckdb.DuckDBPyConnection,
+    database: duckdb.DuckDBPyConnection
+    | Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]],
     client: ClinikoClient,
     config: ClinicConfig,
     providers: Mapping,
@@ -323,18 +327,31 @@ def run_lane(
     log: Callable[[str], None] = lambda line: None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    hand_over: HandOver | None = None,
 ) -> LaneCounts:
     """Poll and catch up until the monotonic moment ``until`` or until ``should_stop`` gives a
     reason; raises LaneFailed at the first failure. The client's limiter becomes the lane's
-    :class:`Budget` (the tick's requests of the last minute already in it)."""
+    :class:`Budget` (the tick's requests of the last minute already in it).
+
+    ``database`` is a connection, or what opens one (a cursor of the tick's hold). With one
+    to open, and a ``hand_over``, a reader asking for the database between polls gets it:
+    the lane closes its connection, the hold steps aside until the readers are done
+    (tasks/warehouse.py ``step_aside``), and the lane opens it again and polls on, or stops
+    saying why when it could not have it back before ``until``."""
     settings = config.fast_lane
     budget = Budget(settings.requests_per_minute, client.limiter, clock=clock, sleep=sleep)
-    now = clock()
-    for ago, n in tick_requests(con, datetime.now(UTC)):
-        budget.add(n, at=now - ago)
+    if isinstance(database, duckdb.DuckDBPyConnection):
+        given = database
+        database = lambda: contextlib.nullcontext(given)  # noqa: E731 - the caller's, kept open
+        hand_over = None  # a connection given cannot be closed and opened again
+    opened = contextlib.ExitStack()
     inner = client.limiter
-    client.limiter = budget  # type: ignore[assignment]  # a limiter's interface: acquire, hold_until, pace
     try:
+        con = opened.enter_context(database())
+        now = clock()
+        for ago, n in tick_requests(con, datetime.now(UTC)):
+            budget.add(n, at=now - ago)
+        client.limiter = budget  # type: ignore[assignment]  # a limiter's interface: acquire, hold_until, pace
         polled = watched(con)
         counts = LaneCounts(every_seconds=interval(settings.requests_per_minute, len(polled),
                                                    settings.every_seconds))  # fmt: skip
@@ -344,6 +361,17 @@ def run_lane(
             if (why := _stop(clock, until, should_stop, budget, len(polled))) is not None:
                 counts.stopped = why
                 break
+            if hand_over is not None and hand_over.asked():  # between polls: nothing half done
+                opened.close()  # the lane's cursor first: the hold's connection closes next
+                started = clock()
+                back = hand_over.step_aside(until)
+                counts.stepped_aside += 1
+                log(f"fast lane: stepped aside for readers ({clock() - started:.1f} s)")
+                if back is not None:
+                    counts.stopped = back
+                    break
+                con = opened.enter_context(database())
+                continue
             next_poll = max(next_poll, clock() + budget.wait_for(len(polled)))  # room in the budget
             if clock() < next_poll:
                 sleep(min(1.0, next_poll - clock()))
@@ -372,11 +400,13 @@ def run_lane(
                 )
     finally:
         client.limiter = inner  # the client is the caller's again
+        opened.close()
     counts.requests = client.stats.requests - requests_before
+    aside = f", stepped aside for readers {counts.stepped_aside}x" if counts.stepped_aside else ""
     log(
         f"fast lane: {counts.polls} polls, {counts.found} found changes, {counts.sent} messages "
         f"sent, {counts.requests} Cliniko requests (every {counts.every_seconds:.1f} s, "
-        f"{settings.requests_per_minute}/min with the tick's); stopped: {counts.stopped}"
+        f"{settings.requests_per_minute}/min with the tick's){aside}; stopped: {counts.stopped}"
     )
     return counts
 
