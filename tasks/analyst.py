@@ -1,9 +1,10 @@
 """An analyst's read-only look at a clinic's database: ad-hoc SQL and finding a patient's id.
 
-Both open the database read-only through :func:`tasks.warehouse.open_db` (the file's shared lock):
-a tick that holds the database is waited for, up to ``wait_seconds``, and then the caller hears
-clearly that a tick is running. Nothing here can write: DuckDB refuses any statement that would,
-and the error says the connection is read-only.
+Both open the database read-only through :func:`tasks.warehouse.open_db` (the file's shared lock),
+as every read-only command does: a tick's fast lane that holds the database steps aside for the
+read between its polls; a tick's steps or another writer are waited for, up to ``wait_seconds``,
+and then the caller hears what holds it. Nothing here can write: DuckDB refuses any statement
+that would, and the error says the connection is read-only.
 
 Finding a patient prints ids and which field matched, never the other fields: the analyst typed
 the text, so echoing it back adds nothing, and the patient's other details stay in the database.

@@ -20,7 +20,9 @@ def sql_command(
     clinic: str = typer.Option("demo", help="Clinic name (clinics/<name>/clinic.yaml)."),
     limit: int = typer.Option(50, help="At most this many rows are printed."),
     wait: float = typer.Option(
-        30.0, help="Seconds to wait for a running tick to let go of the database."
+        30.0,
+        help="Seconds to wait for a tick's steps or a sync to let go of the database "
+        "(a tick's fast lane lets the read in between its polls).",
     ),
 ) -> None:
     """Read the clinic's database with SQL, read-only (nothing can be changed from here).
