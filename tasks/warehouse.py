@@ -20,8 +20,7 @@ import os
 import re
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,14 +29,23 @@ import duckdb
 
 from tasks.cliniko import fields as parsed_fields
 from tasks.cliniko.resources import RESOURCES
+from tasks.dblock import (
+    FAST_LANE,
+    READERS_CAP,
+    TICK,
+    DatabaseBusy,
+    acquire,
+    file_lock,
+    note,
+    release,
+    sidecar,
+)
+from tasks.dblock import in_use as in_use  # re-exported: callers ask the warehouse
+from tasks.dblock import readers_waiting as readers_waiting
 from tasks.errors import UserFacingError
 
 SCHEMA_DIR = Path(__file__).parent / "schema"
 SCHEMAS = ("raw", "state", "staging", "marts", "segments")
-
-
-class DatabaseBusy(UserFacingError):
-    """Another process holds the clinic's database for writing."""
 
 
 class NoDatabase(UserFacingError, FileNotFoundError):
@@ -169,216 +177,6 @@ _held_guard = threading.Lock()
 # Database-wide settings a step may change (DuckDB has no per-cursor value for these).
 _DATABASE_SETTINGS = ("memory_limit", "threads")
 
-# What holds a database, written into its lock file by the process holding it exclusively (and
-# cleared when it lets go), so an open that waits in vain can say who it waited for.
-TICK = "a tick"
-FAST_LANE = "a tick's fast lane"
-OTHER = "another run"
-# How long a hold that steps aside for readers (the fast lane) waits for them to finish before
-# taking the database back: a reader reading longer waits no longer for the lane to step aside
-# again, and the lane waits on the lock itself, until its next tick is due at the latest.
-READERS_CAP = 60.0
-
-
-def _sidecar(db_path: Path, suffix: str) -> Path:
-    return db_path.with_name(db_path.name + suffix)
-
-
-def _acquire(
-    db_path: Path,
-    exclusive: bool,
-    wait_seconds: float,
-    *,
-    holder: str = OTHER,
-    on_wait: Callable[[], None] | None = None,
-) -> int:
-    """The lock file's descriptor, locked (exclusively for a writer, shared for a reader), or
-    DatabaseBusy after ``wait_seconds``. ``on_wait`` runs once, when the lock is first found
-    taken. A writer notes ``holder`` (and its pid) in the lock file for those who wait."""
-    fd = os.open(_sidecar(db_path, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-    deadline = time.monotonic() + wait_seconds
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if on_wait is not None:
-                    on_wait()
-                    on_wait = None
-                if time.monotonic() >= deadline:
-                    raise DatabaseBusy(_busy(db_path, fd, exclusive, wait_seconds)) from None
-                time.sleep(0.2)
-        if exclusive:
-            _note(fd, holder)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _release(fd: int, exclusive: bool) -> None:
-    try:
-        if exclusive:
-            os.ftruncate(fd, 0)  # nobody holds it now: no note left for a later wait to read
-    except OSError:
-        pass
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
-
-
-def _note(fd: int, holder: str) -> None:
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {holder}".encode(), 0)
-    except OSError:  # a note is a courtesy: the lock is what counts
-        pass
-
-
-def _holder(fd: int) -> str:
-    """What the lock file says holds the database, if its writer is alive ('' otherwise: a
-    reader holds it, or a writer older than the note, or one killed before clearing it)."""
-    try:
-        pid, _, holder = os.pread(fd, 200, 0).decode("utf-8", "replace").partition(" ")
-        if pid.isdigit() and holder:
-            os.kill(int(pid), 0)
-            return f"{holder} (pid {pid})"
-    except ProcessLookupError:
-        pass
-    except (OSError, ValueError):
-        pass
-    return ""
-
-
-def _busy(db_path: Path, fd: int, exclusive: bool, waited: float) -> str:
-    """What an open that waited in vain is told: what holds the database, how long it waited,
-    and what to do."""
-    holder = _holder(fd)
-    said = f"{db_path} is in use by {holder or 'another run or a reader'} (waited {waited:.0f}s)"
-    if holder.startswith(FAST_LANE):
-        if exclusive:
-            return (
-                f"{said}. The lane keeps it until the clinic's next tick is due (at most a tick "
-                "interval): try again after that tick, or pause the tick's deployment."
-            )
-        return (
-            f"{said}. The lane lets readers in between its polls; it did not in time (a "
-            "booking it was catching up on takes longer): try again, or wait longer."
-        )
-    if holder.startswith(TICK):
-        return (
-            f"{said}, running its steps. Try again when they are done (usually a minute or "
-            "two), or wait longer."
-        )
-    return (
-        f"{said}: a sync, a send or another command for this clinic. Try again when it is "
-        "done, or stop it."
-    )
-
-
-@contextlib.contextmanager
-def _file_lock(
-    db_path: Path, exclusive: bool, wait_seconds: float, *, ask: bool = False
-) -> Iterator[None]:
-    """The lock for one open. ``ask``: a read that finds the database held asks the holder to
-    step aside (a marker in ``<db>.readers``, while it waits and reads; ``readers_waiting``)."""
-    asking: list[tuple[int, Path]] = []
-    try:
-        fd = _acquire(
-            db_path,
-            exclusive,
-            wait_seconds,
-            on_wait=(lambda: asking.append(_ask(db_path))) if ask else None,
-        )
-        try:
-            yield
-        finally:
-            _release(fd, exclusive)
-    finally:
-        for marker_fd, marker in asking:  # after the read's connection closed
-            with contextlib.suppress(OSError):
-                marker.unlink()
-            os.close(marker_fd)
-
-
-def _ask(db_path: Path) -> tuple[int, Path]:
-    """A marker saying a reader waits for the database: ``<db>.readers/<pid>-<uuid>``, locked
-    by this process for as long as it exists (a dead reader's lock is gone with it, so its
-    marker is known to be stale). Made under a hidden name, locked, then renamed: a marker
-    seen by its name is always locked while its reader lives."""
-    folder = _sidecar(db_path, ".readers")
-    folder.mkdir(exist_ok=True)
-    name = f"{os.getpid()}-{uuid.uuid4().hex}"
-    fresh = folder / f".{name}"
-    fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.replace(fresh, folder / name)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            fresh.unlink()
-        raise
-    return fd, folder / name
-
-
-def readers_waiting(db_path: str | Path) -> bool:
-    """Whether a live reader asks for the database (a marker of ``_ask`` whose process still
-    locks it). A stale marker (its reader gone) is removed, not counted. Without readers: one
-    failed look at a folder."""
-    try:
-        entries = os.scandir(_sidecar(Path(db_path), ".readers"))
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    with entries:
-        markers = [e.path for e in entries if not e.name.startswith(".")]
-    return any(_live(marker) for marker in markers)
-
-
-def _live(marker: str) -> bool:
-    try:
-        fd = os.open(marker, os.O_RDONLY)
-    except OSError:  # gone already (its reader is done), or not ours to read: not waited for
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True  # its reader holds it: alive and waiting or reading
-    else:
-        with contextlib.suppress(OSError):
-            os.unlink(marker)  # its reader is gone: a stale marker
-        return False
-    finally:
-        os.close(fd)
-
-
-def in_use(db_path: str | Path) -> bool:
-    """Whether a process holds the clinic's database now (a tick holds it from its first step to
-    its summary, and through its fast lane, even while the lane has stepped aside for readers):
-    asks the locks without waiting and opens nothing."""
-    path = Path(db_path)
-    if not path.parent.exists():
-        return False
-    presence = _sidecar(path, ".hold")
-    if presence.exists():
-        try:
-            fd = os.open(presence, os.O_RDONLY)
-        except OSError:
-            pass
-        else:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a hold keeps it shared
-            except BlockingIOError:
-                return True
-            finally:
-                os.close(fd)
-    try:
-        with _file_lock(path, exclusive=False, wait_seconds=0):
-            return False
-    except DatabaseBusy:
-        return True
-
 
 def _open_writer(path: Path) -> duckdb.DuckDBPyConnection:
     con = _connect(path, read_only=False)
@@ -429,7 +227,7 @@ def open_db(
             for setting in _DATABASE_SETTINGS:
                 connection.execute(f"RESET GLOBAL {setting}")
         return
-    with _file_lock(path, exclusive=not read_only, wait_seconds=wait_seconds, ask=read_only):
+    with file_lock(path, exclusive=not read_only, wait_seconds=wait_seconds, asks=read_only):
         con = _connect(path, read_only) if read_only else _open_writer(path)
         try:
             if read_only:
@@ -454,9 +252,9 @@ def hold(db_path: str | Path, *, wait_seconds: float = 600.0) -> Iterator[None]:
     with _held_guard:
         if path in _held:
             raise RuntimeError(f"{path} is already held by this process")
-    presence = os.open(_sidecar(path, ".hold"), os.O_RDWR | os.O_CREAT, 0o644)
+    presence = os.open(sidecar(path, ".hold"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        lock = _acquire(path, True, wait_seconds, holder=TICK)
+        lock = acquire(path, True, wait_seconds, holder=TICK)
         held = _Hold(None, lock, presence, TICK)
         try:
             # shared: another process's hold stepped aside for readers keeps its own
@@ -473,7 +271,7 @@ def hold(db_path: str | Path, *, wait_seconds: float = 600.0) -> Iterator[None]:
             if held.con is not None:
                 held.con.close()
             if held.lock is not None:
-                _release(held.lock, exclusive=True)
+                release(held.lock, exclusive=True)
     finally:
         os.close(presence)
 
@@ -493,7 +291,7 @@ def describe_hold(db_path: str | Path, holder: str) -> None:
     _, held = _held_here(db_path)
     held.holder = holder
     if held.lock is not None:
-        _note(held.lock, holder)
+        note(held.lock, holder)
 
 
 def step_aside(db_path: str | Path, *, until: float, cap: float = READERS_CAP) -> str | None:
@@ -508,19 +306,19 @@ def step_aside(db_path: str | Path, *, until: float, cap: float = READERS_CAP) -
         raise RuntimeError(f"{path} is stepped aside already")
     held.con.close()  # DuckDB's file lock first, then ours
     held.con = None
-    _release(held.lock, exclusive=True)
+    release(held.lock, exclusive=True)
     held.lock = None
     end = min(time.monotonic() + cap, until)
     while time.monotonic() < end and readers_waiting(path):
         time.sleep(0.2)
     try:
-        held.lock = _acquire(path, True, max(0.0, until - time.monotonic()), holder=held.holder)
+        held.lock = acquire(path, True, max(0.0, until - time.monotonic()), holder=held.holder)
     except DatabaseBusy:
         return "the database was still in use when the next tick was due (readers, or a writer)"
     try:
         held.con = _open_writer(path)
     except BaseException:
-        _release(held.lock, exclusive=True)
+        release(held.lock, exclusive=True)
         held.lock = None
         raise
     return None

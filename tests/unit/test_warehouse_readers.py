@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tasks import warehouse
+from tasks import dblock, warehouse
 
 
 def _read_for(path, seconds, opened, wait_seconds=60.0):
@@ -27,7 +27,7 @@ def _read_for(path, seconds, opened, wait_seconds=60.0):
 
 def _leave_a_marker(path):
     """A reader killed while it waited: its marker stays behind, nobody locks it any more."""
-    warehouse._ask(path)
+    dblock.ask(path)
     os._exit(0)
 
 

@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from tasks import analyst, lane, warehouse
+from tasks import analyst, dblock, lane, warehouse
 from tasks.config import load_clinic
 from tasks.providers.outbox import list_messages
 from tests.unit.lane import test_lane as _lane
@@ -113,7 +113,7 @@ def _readable_at_once(db) -> bool:
 
 
 def _leave_a_marker(path):
-    warehouse._ask(Path(path))
+    dblock.ask(Path(path))
     os._exit(0)  # killed as it waited: the marker stays, nobody locks it
 
 
