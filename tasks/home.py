@@ -26,6 +26,7 @@ Nothing here holds personal data: clinic and machine names, generations, paths.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -367,15 +368,30 @@ def sha256(path: Path) -> str:
 def backup_database(db_path: Path, dest: Path, *, wait_seconds: float = 600.0) -> str:
     """Copy the clinic's database to ``dest`` whole: under its lock (a tick waits), after a
     CHECKPOINT (everything in the one file), through a temporary name and a rename (a crash
-    leaves no half file under ``dest``). Returns the copy's sha256."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    leaves no half file under ``dest``). Returns the copy's sha256.
+
+    A folder it cannot make or write (a full disk, no permission, a read-only or special file
+    system) is a :class:`UserFacingError` naming the folder and the reason, and the partial copy
+    is removed: nothing half-written is left behind."""
     partial = dest.with_name(dest.name + ".partial")
-    with open_db(db_path, wait_seconds=wait_seconds) as con:
-        con.execute("CHECKPOINT")
-        shutil.copyfile(db_path, partial)
-    with partial.open("rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(partial, dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open_db(db_path, wait_seconds=wait_seconds) as con:
+            con.execute("CHECKPOINT")
+            shutil.copyfile(db_path, partial)
+        with partial.open("rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(partial, dest)
+    except UserFacingError:
+        raise  # open_db's own (no database yet, a lock not let go): already one clear line
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        reason = exc.strerror or type(exc).__name__
+        raise UserFacingError(
+            f"The backup could not be written to {dest.parent}: {reason}. Nothing was left "
+            "there; pick a folder this machine can write, with room for the database."
+        ) from None
     return sha256(dest)
 
 

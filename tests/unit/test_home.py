@@ -5,6 +5,9 @@ not the clinic's current copy refuses, saying why and what to do."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from tasks import home
@@ -285,3 +288,35 @@ def test_relay_clinic_backup_copies_the_database_whole_and_says_where(data_dir, 
     assert str(copy) in out.output and home.sha256(copy) in out.output
     with open_db(copy, read_only=True) as con:
         assert con.execute("SELECT answer FROM state.kept").fetchall() == [(42,)]
+
+
+def test_a_backup_folder_it_cannot_make_is_one_clear_error_naming_it(tmp_path):
+    """docs/scaling.md, Backups: any error fails the command, saying so; not a traceback of
+    FileNotFoundError from mkdir (/proc takes no folders)."""
+    from tasks.errors import UserFacingError
+
+    source = tmp_path / "acme.duckdb"
+    tick(source, Store(), "one")
+    with pytest.raises(UserFacingError, match=r"could not be written to /proc/bk: No such file"):
+        home.backup_database(source, Path("/proc/bk/acme.duckdb"))
+
+
+def test_a_copy_that_fails_halfway_leaves_nothing_half_written(tmp_path, monkeypatch):
+    """A disk that fills during the copy: the partial file is removed, and the error names the
+    folder and the reason."""
+    import errno
+
+    from tasks.errors import UserFacingError
+
+    source = tmp_path / "acme.duckdb"
+    tick(source, Store(), "one")
+
+    def half_then_full(src, dst):
+        Path(dst).write_bytes(b"half a database")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(home.shutil, "copyfile", half_then_full)
+    backups = tmp_path / "backups"
+    with pytest.raises(UserFacingError, match=f"written to {backups}: No space left on device"):
+        home.backup_database(source, backups / "acme-g1.duckdb")
+    assert list(backups.iterdir()) == []  # no .partial, no copy
