@@ -29,7 +29,7 @@ def send_campaign(clinic: str, campaign: str, confirm: bool = False, force: bool
     with data_out_of_errors():
         config = load_clinic(clinic)
         now = datetime.now(UTC)
-        with open_db(config.database_path) as con:
+        with open_db(config.database_path, create=False) as con:
             models.require_good_build(con)
             held = tick.held_sources(con, config).get(("campaign", campaign))
             if held and confirm:  # confirming freezes an audience: not from a segment that failed

@@ -102,7 +102,7 @@ def feedback_clinic(clinic: str, *, as_tasks: bool = True, with_reports: bool = 
     problems: list[str] = []
     feeds: list[feedback.Feed] = []
     try:
-        with open_db(config.database_path) as con:
+        with open_db(config.database_path, create=False) as con:
             clicks, unavailable = call(record_unsubscribe_clicks, as_tasks)(con, config)
             pulled.update(clicks)
             if unavailable:

@@ -74,7 +74,7 @@ def owner_report(clinic: str = "demo", resend: bool = False, now: datetime | Non
         done = {"clinic": config.clinic, "week": week.start.isoformat()}
         provider = providers_for(config)["email"]
         try:
-            with open_db(config.database_path, wait_seconds=WAIT_SECONDS) as con:
+            with open_db(config.database_path, wait_seconds=WAIT_SECONDS, create=False) as con:
                 status = weekly.settle(con, week, provider, now, resend=resend)
                 if status == "sent":
                     logger.info("The report of the week of %s is already sent.", week.start)

@@ -275,7 +275,7 @@ def ledger_resolve_command(
         )
     config = load_clinic(clinic)
     now = datetime.now(UTC)
-    with open_db(config.database_path) as con, transaction(con):
+    with open_db(config.database_path, create=False) as con, transaction(con):
         try:
             row = ledger.resolve(con, send_key, "sent" if sent else "resend",
                                  by or getpass.getuser(), now, note)  # fmt: skip

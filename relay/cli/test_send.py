@@ -104,7 +104,7 @@ def send_test(
     if address_problem(channel, to):
         wanted = "an email address" if channel == "email" else "a mobile number in E.164 (+61...)"
         raise UserFacingError(f"--to: trigger '{trigger.name}' sends {channel}; give {wanted}.")
-    with open_db(config.database_path, wait_seconds=30) as con:
+    with open_db(config.database_path, wait_seconds=30, create=False) as con:
         models.require_good_build(con)
         patient_id = patient_id if patient_id is not None else _first_patient(con, trigger, now)
         address, context, used = context_for_patient(con, config, trigger, patient_id, now)

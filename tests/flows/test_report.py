@@ -72,3 +72,28 @@ def test_the_weekly_report_emails_the_owner_once_and_publishes_its_artifact(
     assert "| trigger:welcome | 1 |" in artifact.data
     for personal in ("Pat1", "Tester", "patient1@", "owner@owned"):
         assert personal not in artifact.data
+
+
+def test_a_report_before_the_first_sync_says_what_to_run_and_makes_no_database(
+    prefect_server, tmp_path, monkeypatch
+):
+    """Run from the UI before the clinic's first tick: the one line of every "no database yet"
+    path, and no empty database left behind (nor a report of nothing emailed to the owner)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.report import owner_report
+    from tasks.providers.outbox import list_messages, outbox_dir
+    from tasks.warehouse import NoDatabase
+
+    clinics, db = tmp_path / "clinics", tmp_path / "owned.duckdb"
+    (clinics / "owned").mkdir(parents=True)
+    (clinics / "owned" / "clinic.yaml").write_text(
+        f"clinic: owned\nname: Owned Physio\ndatabase: {db}\n{REPORT}", encoding="utf-8"
+    )
+    monkeypatch.setenv("RELAY_CLINICS_DIR", str(clinics))
+    monkeypatch.setenv("RELAY_DATA_DIR", str(tmp_path / "data"))
+    with temporary_settings({PREFECT_API_URL: prefect_server["PREFECT_API_URL"]}):
+        with pytest.raises(NoDatabase, match="No database yet"):
+            owner_report.with_options(retries=0)("owned")  # the deployment's retry: 5 min on
+    assert not db.exists()
+    assert not list_messages(outbox_dir("owned"))

@@ -63,6 +63,10 @@ def project(tmp_path: Path) -> Path:
         ["models", "build"],
         ["campaign", "preview", "recall-90-179"],
         ["campaign", "cancel", "recall-90-179"],
+        ["campaign", "send", "recall-90-179", "--confirm"],
+        ["test-send", "welcome-insurance", "--to", "staff@clinic.example"],
+        ["feedback"],
+        ["ledger", "resolve", "trigger:x:1:2", "--sent"],
     ],
 )
 def test_no_database_yet_says_what_to_run_first(data_dir, command):
@@ -140,3 +144,14 @@ def test_a_prefect_server_that_does_not_answer_is_one_line(data_dir):
     assert len(lines) == 1, lines
     assert lines[0].startswith("error: No Prefect server answers at http://127.0.0.1:9/api")
     assert "relay serve" in lines[0]
+
+
+def test_a_backup_to_a_folder_it_cannot_make_is_one_line(data_dir):
+    """docs/scaling.md, Backups: "any error ... fails the command, saying so": one line naming
+    the folder and the reason, not 52 lines of FileNotFoundError."""
+    with open_db(data_dir / "demo.duckdb"):
+        pass
+    code, lines = relay("clinic", "backup", "demo", "--to", "/proc/bk")
+    assert_clean(lines)
+    assert code != 0 and len(lines) == 1, lines
+    assert "could not be written to /proc/bk: No such file or directory" in lines[0], lines
