@@ -190,7 +190,7 @@ def serve_demo(
     from relay.slots import Housekeeper, release_stopped_runs
     from sandbox.cliniko import SandboxClinic, SandboxServer
     from tasks.config import load_clinic
-    from tasks.providers.outbox import outbox_dir
+    from tasks.providers.outbox import outbox_dir, start_run
     from tasks.unsubscribe.app import serving
 
     config = load_clinic("demo")
@@ -201,6 +201,14 @@ def serve_demo(
 
         for stale in (config.database_path, config.database_path.with_suffix(".duckdb.wal")):
             stale.unlink(missing_ok=True)
+        # The outbox goes with the database, as in `relay demo`: a message file of an earlier
+        # session would stand for this session's message with the same key (never written), and
+        # the index says which run it holds.
+        start_run(
+            outbox_dir("demo"),
+            f"relay serve --seed {seed} --patients {patients}",
+            time_zone=config.time_zone,
+        )
         from tasks.home import forget_home
 
         forget_home("demo")  # a new database on purpose: the old one's home would refuse it
