@@ -31,6 +31,8 @@ def test_the_flow_pulls_every_feed_and_its_artifacts_carry_counts_only(tmp_path,
         "providers:\n  email: env\n  sms: env\n",
         encoding="utf-8",
     )
+    with open_db(db):  # synced once: before that, feedback says to run a sync first
+        pass
     now = datetime.now(UTC)
     postmark, twilio = PostmarkSandbox(), TwilioSandbox()
     postmark.bounce(ADDRESSES[0], "HardBounce", at=now - timedelta(hours=1))
