@@ -367,12 +367,8 @@ def sha256(path: Path) -> str:
 
 def backup_database(db_path: Path, dest: Path, *, wait_seconds: float = 600.0) -> str:
     """Copy the clinic's database to ``dest`` whole: under its lock (a tick waits), after a
-    CHECKPOINT (everything in the one file), through a temporary name and a rename (a crash
-    leaves no half file under ``dest``). Returns the copy's sha256.
-
-    A folder it cannot make or write (a full disk, no permission, a read-only or special file
-    system) is a :class:`UserFacingError` naming the folder and the reason, and the partial copy
-    is removed: nothing half-written is left behind."""
+    CHECKPOINT, through a temporary name and a rename (no half file under ``dest``, ever: a folder
+    it cannot make or write is a UserFacingError naming it and why). Returns the copy's sha256."""
     partial = dest.with_name(dest.name + ".partial")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -382,16 +378,13 @@ def backup_database(db_path: Path, dest: Path, *, wait_seconds: float = 600.0) -
         with partial.open("rb+") as f:
             os.fsync(f.fileno())
         os.replace(partial, dest)
-    except UserFacingError:
-        raise  # open_db's own (no database yet, a lock not let go): already one clear line
     except OSError as exc:
+        if isinstance(exc, UserFacingError):  # open_db's NoDatabase: one clear line already
+            raise
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
-        reason = exc.strerror or type(exc).__name__
-        raise UserFacingError(
-            f"The backup could not be written to {dest.parent}: {reason}. Nothing was left "
-            "there; pick a folder this machine can write, with room for the database."
-        ) from None
+        why = f"{dest.parent}: {exc.strerror or exc}; nothing was left there"
+        raise UserFacingError(f"The backup could not be written to {why}.") from None
     return sha256(dest)
 
 
