@@ -12,11 +12,16 @@ Ctrl-C stops it all within seconds and quietly (``supervise``): that process run
 its own, so the terminal's Ctrl-C reaches none of it (the server, the runner and each run would
 each print their own traceback and shut down at their own pace); ``relay serve`` itself takes the
 Ctrl-C, sends SIGTERM to every process of the tree at once and SIGKILL to any still there after
-``STOP_GRACE`` seconds. Their output past start-up goes to ``.prefect/serve.log``. A run killed
+``STOP_GRACE`` seconds. SIGTERM (systemd, ``kill``) and SIGHUP (the terminal closed, SSH dropped)
+stop it the same way. The serving process cannot outlive ``relay serve`` (it gets SIGTERM when
+``relay serve`` dies, even by SIGKILL), and on its own SIGTERM it stops its tree the same way at
+once (``_stop_self``), not after Prefect's Runner has waited for the runs in progress.
+Their output past start-up goes to ``.prefect/serve.log``. A run killed
 mid-step resumes at the next tick, like any crash (the ledger, the sync's watermarks), and the
 next ``relay serve`` marks it Crashed and gives its slot back (relay/slots.py). The tree is stopped
 from outside, not left to the shutdown of a Runner with runs in progress (a tick in its fast
-lane, flows/lane.py, lasts until its next tick is due). ``relay serve`` is the subreaper of its tree, so a process orphaned while stopping
+lane, flows/lane.py, lasts until its next tick is due). ``relay serve`` is the subreaper of its
+tree, so a process orphaned while stopping
 (a run the Runner started as it stopped) is still found and stopped, and each process is known
 by pid and start time, so a reused pid is never signalled or waited for.
 
@@ -40,6 +45,18 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from relay.tree import (  # noqa: F401  (relay.serve's names of old: scripts, bench, tests)
+    STOP_GRACE,
+    STOP_SIGNALS,
+    _become_subreaper,
+    _die_with_parent,
+    _take_stop_signals,
+    alive,
+    descendants,
+    started,
+    stop_tree,
+    supervise_command,
+)
 from tasks.errors import UserFacingError
 
 # `prefect` with Python's cycle collector off the server's event loop (relay/prefect_server.py)
@@ -111,15 +128,6 @@ def prefect_server(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-def _die_with_parent() -> None:
-    """In the server's process: stop when the process that started it dies, even by kill -9,
-    so no server is left running behind a crashed `relay serve`, test or benchmark (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _healthy(api: str) -> bool:
@@ -196,7 +204,6 @@ def serve_demo(
     config = load_clinic("demo")
     with prefect_server(port) as api:
         use_server(api)
-        from prefect import serve
         from prefect.client.orchestration import get_client
 
         for stale in (config.database_path, config.database_path.with_suffix(".duckdb.wal")):
@@ -251,155 +258,62 @@ def serve_demo(
                 every = timedelta(minutes=every_minutes)
                 with Housekeeper([tick_id], every):
                     warm.install()  # each run forked from a template (relay/warm.py)
-                    serve(*deployments, limit=4, print_starting_message=False)
+                    _serve(deployments, limit=4)
     echo("Stopped: server, sandbox and runs.")
 
 
-STOP_GRACE = 3.0
+def _serve(deployments: list, limit: int) -> None:
+    """``prefect.serve(*deployments, limit=limit)``, except on SIGTERM: Prefect's Runner takes
+    SIGTERM for a graceful shutdown that waits for the runs in progress (a tick in its fast lane
+    lasts until its next tick is due: 40 s and more), and installs that handler as it starts,
+    over any of ours. Here SIGTERM goes to the handler that was in place before it started
+    (``main``'s ``_stop_self``: the tree stopped at once), as it would without the Runner."""
+    import asyncio
+
+    from prefect.runner import Runner
+
+    ours = signal.getsignal(signal.SIGTERM)
+
+    class Serving(Runner):
+        def handle_sigterm(self, *args: object, **kwargs: object) -> None:
+            if callable(ours):
+                ours(signal.SIGTERM, None)
+            else:
+                super().handle_sigterm(*args, **kwargs)
+
+    runner = Serving(limit=limit, pause_on_shutdown=True)
+    for deployment in deployments:
+        runner.add_deployment(deployment)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(runner.start())
+
+
+def _stop_self(signum: int, frame: object) -> None:
+    """In the serving process (``main``), on a stop signal: stop everything below it (the Prefect
+    server, the run template and its runs) as ``supervise`` does, SIGTERM then SIGKILL after
+    ``STOP_GRACE``, and exit; its own threads (the sandbox, the unsubscribe endpoint) end with
+    it. So it stops promptly whoever signals it: ``supervise`` stopping the tree, a ``kill`` of
+    this pid alone, or the SIGTERM it gets when ``supervise`` dies (``_die_with``)."""
+    for each in STOP_SIGNALS:
+        signal.signal(each, signal.SIG_IGN)
+    begun = time.monotonic()
+    killed = stop_tree(None, root=os.getpid())
+    after = f"; killed after {STOP_GRACE:g} s: {'; '.join(killed)}" if killed else ""
+    with contextlib.suppress(OSError):
+        print(
+            f"relay.serve: stopped on {signal.Signals(signum).name} "
+            f"({time.monotonic() - begun:.1f} s{after})",
+            file=sys.stderr,
+            flush=True,
+        )
+    os._exit(0)
 
 
 def supervise(args: list[str], echo, log: Path) -> int:
-    """Run ``python -m relay.serve ARGS`` in a session of its own until it ends or Ctrl-C; on
-    Ctrl-C stop its whole process tree (SIGTERM, then SIGKILL after STOP_GRACE). Its stderr goes
-    to ``log``. Returns its exit code (0 after a Ctrl-C)."""
+    """Run ``python -m relay.serve ARGS`` in a session of its own until it ends or a stop signal
+    (Ctrl-C, SIGTERM, SIGHUP); on one, stop its whole process tree (SIGTERM, then SIGKILL after
+    STOP_GRACE). Its stderr goes to ``log``. Returns its exit code (0 after a stop signal)."""
     return supervise_command([sys.executable, "-m", "relay.serve", *args], echo, log)
-
-
-def supervise_command(command: list[str], echo, log: Path) -> int:
-    """``supervise`` for any command (tests stop a tree of their own making the same way).
-
-    This process becomes the *subreaper* of everything below it (Linux): a process whose parent
-    dies (a run the Runner started while it was shutting down, a run whose template exited) is
-    re-parented here, not to init, so it is still in the tree ``stop_tree`` walks and stops."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    _become_subreaper()
-    # Ctrl-C (SIGINT) stops it even when it was started with SIGINT ignored, as a shell without
-    # job control starts a background command (`relay serve &` in a script; CI's own runner):
-    # Python then never installs its handler, and an operator's `kill -INT` did nothing.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    with log.open("w") as err:
-        proc = subprocess.Popen(command, stderr=err, start_new_session=True)
-        try:
-            code = proc.wait()
-        except KeyboardInterrupt:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C changes nothing
-            started = time.monotonic()
-            killed = stop_tree(proc, root=os.getpid())
-            if killed:  # which, for whoever reads the log
-                err.write(f"relay serve: killed after {STOP_GRACE:g} s: {'; '.join(killed)}\n")
-            after = f"; {len(killed)} killed after {STOP_GRACE:g} s" if killed else ""
-            echo(f"Stopped: server, sandbox and runs ({time.monotonic() - started:.1f} s{after}).")
-            return 0
-    if code:
-        echo(f"relay serve stopped with an error; see {log}")
-    return code
-
-
-def _become_subreaper() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` (Linux /proc), found by walking parent links."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = (entry / "stat").read_text()
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def alive(pid: int, since: int | None = None) -> bool:
-    """Whether ``pid`` is running (a zombie, dead but not yet reaped, is not); with ``since``
-    (its ``started``), whether that same process is, not a later one given the same pid."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    fields = stat.rsplit(")", 1)[1].split()
-    return fields[0] != "Z" and (since is None or int(fields[19]) == since)
-
-
-def started(pid: int) -> int | None:
-    """When ``pid`` started (clock ticks after boot): with the pid, names one process."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def stop_tree(
-    proc: subprocess.Popen, grace: float = STOP_GRACE, root: int | None = None
-) -> list[str]:
-    """SIGTERM to ``proc`` and every process below ``root`` (default: ``proc``) at once; SIGKILL
-    to those left after ``grace`` seconds. Returns when all are gone, with the command lines
-    of those that needed the SIGKILL. Each process is known by
-    its pid and start time, so a pid the system gives to a new process meanwhile is neither
-    signalled nor waited for."""
-    top = proc.pid if root is None else root
-    tree: dict[int, int | None] = {}
-
-    def look() -> None:
-        for pid in descendants(top) | {proc.pid}:
-            if pid not in tree and (since := started(pid)) is not None:
-                tree[pid] = since
-                signal_one(pid, since, signal.SIGTERM)
-
-    def living() -> list[int]:
-        return [pid for pid, since in tree.items() if alive(pid, since)]
-
-    look()
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        proc.poll()  # reap our own child
-        if root is not None or proc.returncode is None:
-            look()  # started since (a run the Runner was starting), or re-parented to root
-        if not living():
-            break
-        time.sleep(0.1)
-    look()
-    left = living()
-    names = [_command(pid) for pid in left]
-    for pid in left:
-        signal_one(pid, tree[pid], signal.SIGKILL)
-    proc.wait()
-    while living():  # orphans are reaped by init, or by root, a subreaper
-        if root == os.getpid():
-            _reap(tree)
-        time.sleep(0.05)
-    if root == os.getpid():
-        _reap(tree)
-    return names
-
-
-def _command(pid: int) -> str:
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:100].decode()
-    return str(pid)
-
-
-def signal_one(pid: int, since: int | None, sig: int) -> None:
-    if alive(pid, since):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
-def _reap(tree: dict[int, int | None]) -> None:
-    """Collect the exit of processes re-parented to this one (a subreaper)."""
-    for pid in tree:
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -415,6 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     def echo(text: str) -> None:
         print(text, flush=True)
 
+    _become_subreaper()  # a run orphaned below this process is still in the tree it stops
+    _take_stop_signals(_stop_self)
     try:
         serve_demo(a.port, a.every, a.patients, a.seed, a.speed, echo)
     except UserFacingError as exc:

@@ -12,6 +12,7 @@ a run while it stops), leaving that one re-parented; it must still be found and 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -30,7 +31,24 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RELAY = str(Path(sys.executable).with_name("relay"))
 
 
-def test_ctrl_c_stops_every_process_quietly_with_a_tick_in_its_fast_lane(tmp_path):
+STOPS = {
+    # what Ctrl-C does: SIGINT to the whole foreground group
+    "ctrl-c": lambda relay, serving: os.killpg(relay, signal.SIGINT),
+    # systemd's stop, `kill PID`: SIGTERM to relay's pid alone
+    "sigterm": lambda relay, serving: os.kill(relay, signal.SIGTERM),
+    # the terminal closed, the SSH connection dropped: SIGHUP to relay
+    "sighup": lambda relay, serving: os.kill(relay, signal.SIGHUP),
+    # the serving process (python -m relay.serve) told to stop on its own
+    "serving-sigterm": lambda relay, serving: os.kill(serving, signal.SIGTERM),
+}
+
+
+@pytest.mark.parametrize("stop", list(STOPS))
+def test_every_stop_stops_every_process_quietly_with_a_tick_in_its_fast_lane(tmp_path, stop):
+    """Ctrl-C, SIGTERM or SIGHUP to `relay serve`, or SIGTERM to its serving process alone: the
+    same stop, every process gone, within seconds (the serving process does not wait for the tick
+    in its fast lane: before, it ignored its SIGTERM for 40 s and more). Its outbox is a new run:
+    an earlier session's files are gone and the index says which run it holds."""
     from relay.serve import alive, descendants, free_port
 
     clinics = tmp_path / "clinics"
@@ -50,6 +68,12 @@ def test_ctrl_c_stops_every_process_quietly_with_a_tick_in_its_fast_lane(tmp_pat
         "PREFECT_RUNNER_POLL_FREQUENCY": "2",
     }
     env.pop("PREFECT_API_URL", None)
+    # An earlier session's outbox (`make demo`): a message stored under a send key this session
+    # may use again, and the run it was.
+    outbox = tmp_path / "data" / "outbox" / "demo"
+    outbox.mkdir(parents=True)
+    (outbox / "run.json").write_text('{"label": "relay demo --seed 1", "started_at": "x"}')
+    (outbox / "0123456789abcdef01234567.json").write_text("{}")
     out = tmp_path / "terminal.txt"
     with out.open("w") as terminal:
         proc = subprocess.Popen(
@@ -63,8 +87,15 @@ def test_ctrl_c_stops_every_process_quietly_with_a_tick_in_its_fast_lane(tmp_pat
         try:
             wait_for_fast_lane(f"http://127.0.0.1:{port}/api", proc, out)
             tree = descendants(proc.pid)
-            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+            (serving,) = [pid for pid in tree if b"\0-m\0relay.serve\0" in cmdline(pid)]
+            run = json.loads((outbox / "run.json").read_text())
+            stopped_at = time.monotonic()
+            STOPS[stop](proc.pid, serving)
             code = proc.wait(timeout=120)
+            took = time.monotonic() - stopped_at
+            while [pid for pid in tree if alive(pid)] and time.monotonic() - stopped_at < 60:
+                time.sleep(0.1)  # the serving process alone: relay sees it end as it ends
+            took_all = time.monotonic() - stopped_at
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -78,7 +109,20 @@ def test_ctrl_c_stops_every_process_quietly_with_a_tick_in_its_fast_lane(tmp_pat
     assert not [pid for pid in tree if alive(pid)], text
     assert not left, (left, text)
     assert "Traceback" not in text, text
-    assert "Stopped: server, sandbox and runs" in text, text
+    if stop != "serving-sigterm":  # relay itself was told: it says so, in one line
+        assert "Stopped: server, sandbox and runs" in text, text
+    # Bounded, not waiting on the tick in its fast lane (a minute apart here). The grace is 3 s;
+    # the rest is a shared machine's slack.
+    assert took < 30 and took_all < 30, (took, took_all, text)
+    assert run["label"].startswith("relay serve "), run
+    assert not (outbox / "0123456789abcdef01234567.json").exists()
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def wait_for_fast_lane(api: str, proc: subprocess.Popen, out: Path, timeout: float = 300):
@@ -140,26 +184,42 @@ sys.exit(supervise_command([sys.executable, "-c", sys.argv[1], sys.argv[2]], pri
 """
 
 
-def test_a_process_orphaned_while_stopping_is_stopped_too(tmp_path):
-    from relay.serve import alive
-
+def start_supervisor(tmp_path: Path, tree: str, **popen) -> subprocess.Popen:
     pids, out = tmp_path / "pids", tmp_path / "out.txt"
     supervisor = subprocess.Popen(
-        [sys.executable, "-c", SUPERVISOR, textwrap.dedent(TREE), str(pids), str(tmp_path / "log")],
+        [sys.executable, "-c", SUPERVISOR, textwrap.dedent(tree), str(pids), str(tmp_path / "log")],
         env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
         stdout=out.open("w"),
         start_new_session=True,
+        **popen,
     )
+    deadline = time.monotonic() + 60
+    while not pids.exists() or not pids.read_text():
+        assert supervisor.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    return supervisor
+
+
+SUPERVISOR_STOPS = {
+    "ctrl-c": lambda pid: os.killpg(pid, signal.SIGINT),
+    "sigterm": lambda pid: os.kill(pid, signal.SIGTERM),
+    "sighup": lambda pid: os.kill(pid, signal.SIGHUP),
+}
+
+
+@pytest.mark.parametrize("stop", list(SUPERVISOR_STOPS))
+def test_a_process_orphaned_while_stopping_is_stopped_too(tmp_path, stop):
+    """Every stop signal to the supervisor alone (not its group, as `kill` sends it) stops the
+    tree the way Ctrl-C does, with the same line."""
+    from relay.serve import alive
+
     late = None
+    supervisor = start_supervisor(tmp_path, TREE)
     try:
-        deadline = time.monotonic() + 60
-        while not pids.exists() or not pids.read_text():
-            assert supervisor.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        os.killpg(supervisor.pid, signal.SIGINT)
-        assert supervisor.wait(timeout=60) == 0, out.read_text()
+        SUPERVISOR_STOPS[stop](supervisor.pid)
+        assert supervisor.wait(timeout=60) == 0, (tmp_path / "out.txt").read_text()
         late = int((tmp_path / "pids.late").read_text())
-        assert "Stopped:" in out.read_text()
+        assert "Stopped: server, sandbox and runs (" in (tmp_path / "out.txt").read_text()
         assert not alive(late)  # found below the supervisor (re-parented there) and killed
     finally:
         if supervisor.poll() is None:
@@ -167,3 +227,58 @@ def test_a_process_orphaned_while_stopping_is_stopped_too(tmp_path):
             supervisor.wait()
         if late is not None and alive(late):
             os.kill(late, signal.SIGKILL)
+        first = int((tmp_path / "pids").read_text())
+        if alive(first):  # a supervisor that left it running (the failure this test is for)
+            os.kill(first, signal.SIGKILL)
+
+
+# A process that stops at once on SIGTERM.
+SLEEPER = """
+import sys, time
+with open(sys.argv[1], "w") as f:
+    f.write(__import__("os").getpid().__str__())
+time.sleep(600)
+"""
+
+
+def test_the_command_does_not_outlive_its_supervisor_killed(tmp_path):
+    """The supervisor SIGKILLed (nothing of it runs to stop anything): its command, in a session
+    of its own, is told to stop all the same (PR_SET_PDEATHSIG)."""
+    from relay.serve import alive
+
+    supervisor = start_supervisor(tmp_path, SLEEPER)
+    child = int((tmp_path / "pids").read_text())
+    try:
+        supervisor.kill()
+        supervisor.wait()
+        deadline = time.monotonic() + 10
+        while alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(child)
+    finally:
+        if alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_nohup_keeps_it_running_when_the_terminal_goes(tmp_path):
+    """Started with SIGHUP ignored (`nohup relay serve`): a hangup changes nothing; SIGTERM
+    still stops it."""
+    from relay.serve import alive
+
+    supervisor = start_supervisor(
+        tmp_path, SLEEPER, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    )
+    child = int((tmp_path / "pids").read_text())
+    try:
+        os.kill(supervisor.pid, signal.SIGHUP)
+        time.sleep(1)
+        assert supervisor.poll() is None and alive(child)
+        os.kill(supervisor.pid, signal.SIGTERM)
+        assert supervisor.wait(timeout=60) == 0
+        assert not alive(child)
+    finally:
+        if supervisor.poll() is None:
+            os.killpg(supervisor.pid, signal.SIGKILL)
+            supervisor.wait()
+        if alive(child):
+            os.kill(child, signal.SIGKILL)
