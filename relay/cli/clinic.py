@@ -247,6 +247,10 @@ def move(
             )
             return
         wait_for_restore(client, clinic, run, to, pools[0], restore_wait, echo)
+        # The restore resumes what the move paused; a move run again pauses them (1/4) and may
+        # do so just after a restore that had already ended: resumed here too (it is idempotent)
+        for deployment_id in home.paused or []:
+            client.resume_deployment(deployment_id)
 
 
 RESTORE_FLOW = "clinic-restore"  # flows/restore.py; one deployment per pool, named after it
