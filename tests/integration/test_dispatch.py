@@ -37,6 +37,7 @@ ADDRESS = {
 @pytest.fixture
 def sandboxes():
     postmark, twilio = PostmarkSandbox(), TwilioSandbox()
+    twilio.clock = lambda: START  # the runs' clock (``run`` moves it with theirs)
     with postmark.serve() as pm, twilio.serve() as tw:
         postmark.url, twilio.url = pm.url, tw.url
         yield postmark, twilio
@@ -379,6 +380,7 @@ def test_a_run_killed_mid_batch_leaves_the_sms_it_never_tried_planned_and_a_reru
         return Ready(to=f"+614120000{row.patient_id:02d}", context=context_for(row))
 
     def rerun(con, at, sms):
+        twilio.clock = lambda: at
         return dispatch(con, providers={"sms": sms}, prepare=prepare_phones,
                         templates=Templates(), clock=lambda: at)  # fmt: skip
 
