@@ -36,12 +36,13 @@ from datetime import datetime
 
 import duckdb
 
+from tasks.messages.waiting import PAST_GRACE
 from tasks.warehouse import relation_exists
 
 # Skip reasons (state.messages.status_reason) that say nothing about the patient: the marketing
 # gate's "frequency cap: ..." / "quiet hours: ..." (tasks/messages/gate.py) and dispatch's
 # "past its grace window" (tasks/messages/dispatch.py). A LIKE pattern each.
-UNRELATED_SKIPS = ("frequency cap:%", "quiet hours:%", "past its grace window")
+UNRELATED_SKIPS = ("frequency cap:%", "quiet hours:%", PAST_GRACE)
 
 EXPLANATION = (
     "Recipients: people a trigger, journey or campaign sent a message to in the week shown "

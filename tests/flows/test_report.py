@@ -14,6 +14,18 @@ REPORT = """report:
 """
 
 
+def _owned_clinic(tmp_path, monkeypatch):
+    """Clinic 'owned' (its clinic.yaml with REPORT) in this test's folders: its database path."""
+    clinics, db = tmp_path / "clinics", tmp_path / "owned.duckdb"
+    (clinics / "owned").mkdir(parents=True)
+    (clinics / "owned" / "clinic.yaml").write_text(
+        f"clinic: owned\nname: Owned Physio\ndatabase: {db}\n{REPORT}", encoding="utf-8"
+    )
+    monkeypatch.setenv("RELAY_CLINICS_DIR", str(clinics))
+    monkeypatch.setenv("RELAY_DATA_DIR", str(tmp_path / "data"))
+    return db
+
+
 def test_the_weekly_report_emails_the_owner_once_and_publishes_its_artifact(
     prefect_server, tmp_path, monkeypatch
 ):
@@ -28,13 +40,7 @@ def test_the_weekly_report_emails_the_owner_once_and_publishes_its_artifact(
     from tests.unit.test_bookings_won import message
     from tests.unit.triggers.test_plan import DAY, NOW, Clinic
 
-    clinics, db = tmp_path / "clinics", tmp_path / "owned.duckdb"
-    (clinics / "owned").mkdir(parents=True)
-    (clinics / "owned" / "clinic.yaml").write_text(
-        f"clinic: owned\nname: Owned Physio\ndatabase: {db}\n{REPORT}", encoding="utf-8"
-    )
-    monkeypatch.setenv("RELAY_CLINICS_DIR", str(clinics))
-    monkeypatch.setenv("RELAY_DATA_DIR", str(tmp_path / "data"))
+    db = _owned_clinic(tmp_path, monkeypatch)
     with open_db(db) as con:  # a hand-made clinic: two patients, a welcome in the week reported
         clinic = Clinic(con)
         clinic.patient(1)
@@ -85,13 +91,7 @@ def test_a_report_before_the_first_sync_says_what_to_run_and_makes_no_database(
     from tasks.providers.outbox import list_messages, outbox_dir
     from tasks.warehouse import NoDatabase
 
-    clinics, db = tmp_path / "clinics", tmp_path / "owned.duckdb"
-    (clinics / "owned").mkdir(parents=True)
-    (clinics / "owned" / "clinic.yaml").write_text(
-        f"clinic: owned\nname: Owned Physio\ndatabase: {db}\n{REPORT}", encoding="utf-8"
-    )
-    monkeypatch.setenv("RELAY_CLINICS_DIR", str(clinics))
-    monkeypatch.setenv("RELAY_DATA_DIR", str(tmp_path / "data"))
+    db = _owned_clinic(tmp_path, monkeypatch)
     with temporary_settings({PREFECT_API_URL: prefect_server["PREFECT_API_URL"]}):
         with pytest.raises(NoDatabase, match="No database yet"):
             owner_report.with_options(retries=0)("owned")  # the deployment's retry: 5 min on

@@ -236,7 +236,8 @@ def test_the_ledger_plans_a_skip_again_only_if_it_was_never_claimed(clinic):
     assert (moved, again) == ([never], []), "at most once: a second run finds it planned"
 
 
-def test_a_trigger_switched_on_again_reopens_nothing_it_skipped_before(clinic, tmp_path):
+def _skipped_by_a_late_move(clinic: Clinic) -> None:
+    """A ``last_minute: skip`` reminder, skipped when its appointment moved to 5 hours away."""
     clinic.trigger("reminder", **{**REMINDER, "last_minute": "skip"})
     live(clinic)
     clinic.patient(1)
@@ -244,6 +245,10 @@ def test_a_trigger_switched_on_again_reopens_nothing_it_skipped_before(clinic, t
     clinic.plan(NOW)
     _move(clinic, 10, NOW + 5 * HOUR, at=NOW + HOUR - MIN)
     clinic.plan(NOW + HOUR)
+
+
+def test_a_trigger_switched_on_again_reopens_nothing_it_skipped_before(clinic, tmp_path):
+    _skipped_by_a_late_move(clinic)
     assert clinic.one().status == "skipped"
     clinic.triggers[0]["enabled"] = False
     clinic.plan(NOW + 2 * HOUR)
@@ -256,13 +261,7 @@ def test_a_trigger_switched_on_again_reopens_nothing_it_skipped_before(clinic, t
 
 
 def test_the_tick_counts_what_it_reopened(clinic):
-    clinic.trigger("reminder", **{**REMINDER, "last_minute": "skip"})
-    live(clinic)
-    clinic.patient(1)
-    clinic.appointment(10, 1, NOW + 3 * DAY, created=NOW - 10 * DAY)
-    clinic.plan(NOW)
-    _move(clinic, 10, NOW + 5 * HOUR, at=NOW + HOUR - MIN)
-    clinic.plan(NOW + HOUR)
+    _skipped_by_a_late_move(clinic)
     _move(clinic, 10, NOW + 30 * HOUR, at=NOW + 2 * HOUR)
     result: planning.PlanResult = clinic.plan(NOW + 2 * HOUR)
     assert (result.totals["reopened"], result.totals["planned"]) == (1, 0)
