@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tasks.warehouse import open_db
+from tests.flows.conftest import MACHINE
 
 pytestmark = [pytest.mark.prefect]
 
@@ -277,8 +278,16 @@ def test_two_ticks_requested_together_run_one_after_the_other_and_send_each_welc
     client, worker, first_ticks, clinics, sandboxes, prefect_server
 ):
     booked = book_now(sandboxes["a"].clinic, 6)
-    first = run_deployment(client, "clinic-tick/alpha-tick")
-    second = run_deployment(client, "clinic-tick/alpha-tick")
+    # Both runs are on the server before the worker can see either: under load its poll could
+    # otherwise fall between the two requests, run the first to its end and only then find the
+    # second, which then never has to wait for the slot this test is about.
+    queue = client.read_work_queue_by_name(f"machine-{MACHINE}", work_pool_name="local")
+    client.update_work_queue(queue.id, is_paused=True)
+    try:
+        first = run_deployment(client, "clinic-tick/alpha-tick")
+        second = run_deployment(client, "clinic-tick/alpha-tick")
+    finally:
+        client.update_work_queue(queue.id, is_paused=False)
     runs = wait_for(client, [first, second], worker_log=worker)
 
     assert [r.state.name for r in runs] == ["Completed", "Completed"]
