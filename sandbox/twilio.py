@@ -64,7 +64,9 @@ AUTH_TOKEN = "sandbox-twilio-token"
 STOPPED = frozenset({"+15005550004"})
 INVALID = frozenset({"+15005550001"})
 LANDLINE = frozenset({"+15005550009"})
-OPT_OUT = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
+# Twilio's default opt-out words, REVOKE and OPTOUT included since 2025
+# (https://www.twilio.com/docs/messaging/tutorials/advanced-opt-out)
+OPT_OUT = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"})
 OPT_IN = frozenset({"START", "YES", "UNSTOP"})
 # Accepted, then reported by the carrier (error codes: https://www.twilio.com/docs/api/errors).
 DELIVERY_ERRORS: Mapping[str, int] = {

@@ -58,8 +58,14 @@ from tasks.providers.common import (
 )
 from tasks.warehouse import transaction
 
-# Twilio's default opt-out and opt-in words (a reply that is exactly one of them).
-OPT_OUT_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
+# Twilio's default opt-out and opt-in words (a reply that is exactly one of them). REVOKE and
+# OPTOUT joined the defaults in 2025 (https://www.twilio.com/docs/messaging/tutorials/
+# advanced-opt-out: "STOP, UNSUBSCRIBE, END, QUIT, STOPALL, REVOKE, OPTOUT, and CANCEL"); Twilio
+# blocks the number on them as on STOP, and a marketing SMS may say "Reply OPTOUT"
+# (tasks/messages/templates.py), so a reply that does as it says must stop marketing here too.
+OPT_OUT_WORDS = frozenset(
+    {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
+)
 OPT_IN_WORDS = frozenset({"START", "YES", "UNSTOP"})
 
 

@@ -288,8 +288,11 @@ def test_stop_suppresses_the_number_for_every_sms_and_start_lifts_it(con, twilio
     assert suppressions(con, "sms") == [("suppress", "stop", "all"), ("lift", "opt_in", "all")]
 
 
-@pytest.mark.parametrize("word", ["STOPALL", "unsubscribe", "CANCEL", "end", "Quit"])
+@pytest.mark.parametrize("word", ["STOPALL", "unsubscribe", "CANCEL", "end", "Quit", "REVOKE",
+                                  "optout"])  # fmt: skip
 def test_every_opt_out_word_stops_sms(con, twilio, word):
+    """Twilio's default words, REVOKE and OPTOUT among them since 2025: Twilio blocks the number
+    on each (21610 at the next send), and we stop it too."""
     twilio.receive(MOBILE, word, to=OUR_NUMBER, at=NOW - timedelta(hours=1))
     pull_replies(con, twilio)
     assert blocked(con, MOBILE, "marketing", "sms")

@@ -417,6 +417,17 @@ def test_a_recipients_own_refusal_still_fails_only_that_message(twilio):
     assert len(twilio.accepted) == 2
 
 
+@pytest.mark.parametrize("word", ["STOP", "revoke", "OPTOUT"])
+def test_a_number_that_replied_an_opt_out_word_is_refused_until_it_opts_in(twilio, word):
+    """Twilio's default opt-out words (REVOKE and OPTOUT since 2025) block the number: 21610."""
+    twilio.receive("+61412345678", word)
+    assert [(o.kind, o.error_code) for o in tw_provider(twilio).send([sms(1, "+61412345678")])] == [
+        ("failed", "21610")
+    ]
+    twilio.receive("+61412345678", "UNSTOP")
+    assert [o.kind for o in tw_provider(twilio).send([sms(2, "+61412345678")])] == ["sent"]
+
+
 def test_twilio_reconciliation_matches_number_and_body_else_sends_again_after_settling(twilio):
     provider = tw_provider(twilio)
     went, lost = sms(1, "+61412345678"), sms(2, "+61412345678")

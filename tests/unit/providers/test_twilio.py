@@ -11,7 +11,7 @@ from tasks.providers.twilio import ERROR_CODES, error_meaning, reply_keyword
 
 
 @pytest.mark.parametrize("body", ["STOP", "stop", " Stop. ", "STOPALL", "unsubscribe", "Cancel",
-                                  "END", "quit!"])  # fmt: skip
+                                  "END", "quit!", "REVOKE", "OptOut"])  # fmt: skip
 def test_opt_out_words_in_any_case_stop_sms(body):
     assert reply_keyword(body) == "stop"
 
