@@ -1,7 +1,10 @@
 """Sending what is due, as the tick's dispatch step and the fast lane (tasks/lane.py) both do it:
-each row re-checked by its own planner (trigger, journey, campaign), held sources' rows left
-waiting first (tasks.tick.hold_rows), then the marketing gate (frequency cap, quiet hours), then
-``tasks.messages.dispatch``. One home, so the lane can never send by other rules than the tick.
+first the unsubscribe clicks waiting in the clinic's inbox are recorded (the endpoint took them
+while a tick or the lane held the database; an unsubscribe stops marketing at once, not after
+the feedback step that follows dispatch), then each row is re-checked by its own planner
+(trigger, journey, campaign), held sources' rows left waiting first (tasks.tick.hold_rows), then
+the marketing gate (frequency cap, quiet hours), then ``tasks.messages.dispatch``. One home, so
+the lane can never send by other rules than the tick.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from datetime import datetime
 
 import duckdb
 
-from tasks import tick
+from tasks import feedback, tick
 from tasks.config import ClinicConfig
 from tasks.marketing import campaigns, journeys
 from tasks.messages.dispatch import DispatchResult, dispatch_for_clinic
@@ -28,6 +31,7 @@ def send_due(
     held: dict[tuple[str, str], str],
 ) -> DispatchResult:
     """Send every due message of the clinic (``held``: tasks.tick.held_sources)."""
+    feedback.drain_unsubscribes(con, feedback.inbox_path(config.database_path), clock())
     prepare = by_source_kind(
         {
             "trigger": Preparer(con, config, clock=clock),
