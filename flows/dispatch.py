@@ -1,8 +1,11 @@
 """The dispatch flow: due messages out through the outbox, Postmark or Twilio, each at most once;
 one step of the tick (after planning and journeys), and runnable alone.
 
-Planned trigger messages are re-checked first, in the same database session, so what goes out
-matches the models as they are now; then ``tasks.messages.dispatch`` claims, sends and records. Each
+Unsubscribe clicks not yet recorded (the endpoint's inbox, and the ``relay.unsubscribe`` events
+of a Prefect server) are recorded first: the feedback step comes after dispatch in the tick, and
+an unsubscribe stops marketing at once. Planned trigger messages are re-checked next, in the same
+database session, so what goes out matches the models as they are now; then
+``tasks.messages.dispatch`` claims, sends and records. Each
 row is re-checked by its own planner (trigger, journey or campaign: tasks/messages/prepare.py routes
 it). Counts only.
 """
@@ -18,6 +21,7 @@ from prefect.events import emit_event
 
 from blocks.resolve import providers_for
 from flows.artifacts import Artifact, StepOutput, artifact_key, call
+from flows.feedback import record_unsubscribe_clicks
 from tasks import tick
 from tasks.config import ClinicConfig, load_clinic
 from tasks.messages import due
@@ -70,6 +74,10 @@ def dispatch_clinic(
         return now or datetime.now(UTC)
 
     with open_db(config.database_path) as con:
+        # before anything goes: a click the feedback step would record only after this dispatch
+        _, unavailable = call(record_unsubscribe_clicks, as_tasks)(con, config)
+        if unavailable:  # the feedback step reports it too, and fails the tick
+            get_run_logger().warning("dispatch: %s", unavailable)
         held = tick.held_sources(con, config) if held is None else held
         rechecked = (
             call(recheck_planned, as_tasks)(con, config, clock(), held)
