@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import duckdb
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.context import FlowRunContext
 
 from blocks.resolve import cliniko_account, providers_for
+from flows.feedback import record_unsubscribe_clicks
 from tasks import lane
 from tasks.config import ClinicConfig
 from tasks.tick import Summary
@@ -146,6 +149,20 @@ class Watch:
         return None
 
 
+def _record_clicks(config: ClinicConfig, warn: Callable[[str], None]):
+    """The unsubscribe clicks the endpoint left as events on the Prefect server (another
+    machine's, or this one's while the tick held the database), recorded before the lane sends:
+    an unsubscribe stops marketing at once, as in the tick's dispatch step (flows/dispatch.py).
+    A server that cannot be read is logged and sending goes on, as there."""
+
+    def record(con: duckdb.DuckDBPyConnection) -> None:
+        _, unavailable = record_unsubscribe_clicks.fn(con, config)
+        if unavailable:
+            warn(f"fast lane: {unavailable}")
+
+    return record
+
+
 @task(cache_policy=NONE, task_run_name="fast-lane")
 @data_out_of_errors()
 def fast_lane(config: ClinicConfig, until: float, run_id: str, deployment_id: str) -> dict:
@@ -163,5 +180,6 @@ def fast_lane(config: ClinicConfig, until: float, run_id: str, deployment_id: st
             should_stop=Watch(run_id, deployment_id),
             log=logger.info,
             hand_over=HandOver(path),  # readers (relay sql ...) get in between polls
+            before_send=_record_clicks(config, logger.warning),
         )
     return counts.as_dict()

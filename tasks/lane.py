@@ -282,10 +282,14 @@ def catch_up(
     providers: Mapping,
     resources: tuple[Resource, ...],
     pages: Mapping[str, tuple[datetime | None, Page]] | None = None,
+    before_send: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
 ) -> dict[str, int]:
     """The tick's steps for a booking: sync ``resources`` (read on from the poll's ``pages``),
     build, plan the triggers, send what is due (the tick's rules: holds, the gate). Counts;
-    raises LaneFailed naming the step."""
+    raises LaneFailed naming the step.
+
+    ``before_send``: what else must be recorded before anything goes (flows/lane.py: the
+    unsubscribe clicks a Prefect server holds as events; ``send_due`` records the inbox's)."""
     step = "sync"
     try:
         with data_out_of_errors():  # what LaneFailed says and chains: no value it read
@@ -305,6 +309,8 @@ def catch_up(
             plan = planning.plan(con, config, now, held=tick.of_kind(held, "trigger"))
             step = "dispatch"
             planning.recheck(con, config, datetime.now(UTC), held=tick.of_kind(held, "trigger"))
+            if before_send is not None:
+                before_send(con)
             sent = send_due(con, config, providers, lambda: datetime.now(UTC), held)
     except Exception as exc:  # noqa: BLE001 - any failure stops the lane, named
         raise LaneFailed(f"fast lane: {step} failed ({str(exc)[:500]})") from exc
@@ -328,6 +334,7 @@ def run_lane(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     hand_over: HandOver | None = None,
+    before_send: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
 ) -> LaneCounts:
     """Poll and catch up until the monotonic moment ``until`` or until ``should_stop`` gives a
     reason; raises LaneFailed at the first failure. The client's limiter becomes the lane's
@@ -337,7 +344,8 @@ def run_lane(
     to open, and a ``hand_over``, a reader asking for the database between polls gets it:
     the lane closes its connection, the hold steps aside until the readers are done
     (tasks/warehouse.py ``step_aside``), and the lane opens it again and polls on, or stops
-    saying why when it could not have it back before ``until``."""
+    saying why when it could not have it back before ``until``. ``before_send``: see
+    ``catch_up``."""
     settings = config.fast_lane
     budget = Budget(settings.requests_per_minute, client.limiter, clock=clock, sleep=sleep)
     if isinstance(database, duckdb.DuckDBPyConnection):
@@ -388,7 +396,7 @@ def run_lane(
             counts.polls += 1
             if changed:
                 counts.found += 1
-                done = catch_up(con, client, config, providers, synced, pages)
+                done = catch_up(con, client, config, providers, synced, pages, before_send)
                 counts.rows_synced += done["rows"]
                 counts.planned += done["planned"]
                 counts.sent += done["sent"]

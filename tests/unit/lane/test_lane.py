@@ -151,6 +151,31 @@ def test_a_booking_is_welcomed_by_the_lane_and_the_next_tick_does_not_send_it_ag
         assert len(keys) == counts.sent + again.get("sent", 0)
 
 
+def test_what_else_must_be_recorded_is_recorded_before_the_catch_up_sends(
+    sandbox, config, tmp_path
+):
+    """flows/lane.py records the unsubscribe clicks a Prefect server holds as events there,
+    so a click is in before the lane's dispatch decides whom marketing may reach."""
+    providers = {"email": outbox(tmp_path), "sms": outbox(tmp_path)}
+    with client_of(sandbox) as client, open_db(config.database_path) as con:
+        full_tick(con, client, config, providers)
+        time.sleep(1.1)
+        booked = book(sandbox, 6)  # some patients have no email on file
+        seen: list[list[int]] = []
+
+        def before_send(given) -> None:
+            assert given is con
+            seen.append(welcomed(tmp_path))
+
+        pages: dict = {}
+        watched = lane.watched(con)
+        assert lane.poll(con, client, watched, pages)
+        synced = lane.to_sync(con, watched, pages)
+        done = lane.catch_up(con, client, config, providers, synced, pages, before_send)
+        assert done["sent"] >= 1 and set(welcomed(tmp_path)) <= set(booked)
+        assert seen == [[]], "called once, before the catch-up's first message went"
+
+
 def written(con) -> list:
     """What a sync writes: watermarks, run records, raw rows."""
     return [
