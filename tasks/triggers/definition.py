@@ -61,7 +61,8 @@ Patient filters, on any event: ``medical_alerts: [names]`` (has any of them now)
 field of the patient's Cliniko custom fields, ``{section: ..., field: ..., values: [...]}``
 (section optional), holding when a value of that field is one of ``values`` (a selected option
 or the text typed; staging.patient_custom_fields). They are read as they are at planning and
-again when the message is due.
+again when the message is due. Alert names and values are text: quote a Yes, No or number
+(``values: ['Yes']``), which YAML would otherwise read as true/false or a number.
 
 Filters are OR within a kind and AND across kinds. Names are matched without regard to case or
 surrounding spaces; a number is a Cliniko id. A live trigger stays on the ids its names matched
@@ -76,9 +77,17 @@ import hashlib
 import json
 import re
 from datetime import timedelta
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 Event = Literal[
@@ -149,13 +158,33 @@ class AppointmentCount(Range):
     types: tuple[Ref, ...] = ()
 
 
+def _written_as_text(value: Any) -> Any:
+    """A list of names or values compared as text (alert names, custom-field values): YAML reads
+    an unquoted Yes, No, On or Off as true/false and 0 or 2024 as a number, which are not what
+    the front desk typed in Cliniko (and cannot be turned back: True was Yes, yes, On or true).
+    One error for the list, saying to quote them, instead of pydantic's type errors per item."""
+    if isinstance(value, list | tuple):
+        for kind, types in (("true/false", bool), ("a number", int | float)):
+            if any(isinstance(v, types) for v in value):
+                raise PydanticCustomError(
+                    "yaml_text",
+                    f"YAML read an unquoted value as {kind}: put each value in quotes as it is "
+                    "written in Cliniko, e.g. ['Yes', 'No'] or ['0']",
+                )
+    return value
+
+
+# Names and values compared as written in Cliniko (trimmed, case ignored), never ids.
+Texts = Annotated[tuple[str, ...], BeforeValidator(_written_as_text)]
+
+
 class CustomField(_Strict):
     """One condition on the patient's Cliniko custom fields: a value of ``field`` (in
     ``section``, if given) is one of ``values`` (OR within). Compared trimmed, case ignored."""
 
     section: str | None = None
     field: str = Field(min_length=1)
-    values: tuple[str, ...] = Field(min_length=1)
+    values: Texts = Field(min_length=1)
 
     def describe(self) -> str:
         where = f"{self.section.strip()} / " if self.section else ""
@@ -175,7 +204,7 @@ class Filters(_Strict):
     not_rebooked_since_cancelling: bool = False
     # The patient carries any of these medical alerts now (names; medical_alert_added: the
     # alerts it fires on).
-    medical_alerts: tuple[str, ...] = ()
+    medical_alerts: Texts = ()
     custom_fields: tuple[CustomField, ...] = ()  # every condition holds (AND across)
 
 
@@ -187,7 +216,7 @@ class Exclusions(_Strict):
     appointment_types: tuple[Ref, ...] = ()
     categories: tuple[str, ...] = ()
     businesses: tuple[Ref, ...] = ()
-    medical_alerts: tuple[str, ...] = ()  # the patient carries none of these now
+    medical_alerts: Texts = ()  # the patient carries none of these now
     custom_fields: tuple[CustomField, ...] = ()  # no condition holds
 
 

@@ -407,3 +407,36 @@ def test_the_preview_lists_the_thank_you_without_reaching_back(clinic):
     _, rows = preview.preview(clinic.con, clinic.config.triggers[0], NOW, days=1)
     assert [(r.patient_id, r.due_at) for r in rows] == [(1, NOW + HOUR)]
     assert planning.went_live(clinic.con, clinic.config.triggers[0]) is None
+
+
+def test_yes_no_and_numbers_unquoted_in_yaml_are_explained_not_type_errors(tmp_path):
+    """A Yes/No custom field ("Private health insurance?") is common in Cliniko, and YAML reads an
+    unquoted Yes, No, On or Off as true/false and 0 as a number: the analyst is told to quote
+    it, once per list, not "Input should be a valid string" plus a tuple-length complaint."""
+    from tasks.config import ConfigError, load_clinic
+
+    path = tmp_path / "clinic.yaml"
+    path.write_text(
+        "clinic: x\nname: X\ntriggers:\n"
+        "  - name: thanks\n    event: invoice_paid\n    channel: email\n    template: welcome\n"
+        "    purpose: transactional\n"
+        "    filters:\n"
+        "      medical_alerts: [2024 intake, 2025]\n"
+        "      custom_fields: [{section: Insurance, field: Private health insurance, values: [Yes]}]\n"
+        "    exclude:\n"
+        "      custom_fields: [{field: Children, values: [0, '1']}]\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_clinic(path)
+    message = str(err.value)
+    assert "filters.custom_fields.0.values: YAML read an unquoted value as true/false" in message
+    assert "put each value in quotes" in message
+    assert "exclude.custom_fields.0.values: YAML read an unquoted value as a number" in message
+    assert "filters.medical_alerts: YAML read an unquoted value as a number" in message
+    assert "valid string" not in message and "Tuple should" not in message
+
+    quoted = path.read_text().replace("[Yes]", "['Yes']").replace("[0, '1']", "['0', '1']")
+    path.write_text(quoted.replace(", 2025]", ", '2025']"))
+    (trigger,) = load_clinic(path).triggers
+    assert trigger.filters.custom_fields[0].values == ("Yes",)
+    assert trigger.exclude.custom_fields[0].values == ("0", "1")
