@@ -9,10 +9,12 @@ module gives the candidate query (tasks/triggers/query.py) its fragments for the
 - **Events** (:func:`occasions`). ``medical_alert_added``: the patient's earliest current alert
   among those named in ``filters.medical_alerts``; its moment is that alert's ``created_at``.
   One message per patient and trigger (send key ``...:medical_alert``): a patient who already
-  carried the alert when the trigger went live gets nothing; an alert removed and added again (a
-  new alert in Cliniko) sends nothing more, as re-entering a journey does not; a message planned
-  for an alert removed before it goes is cancelled and not planned again when the alert comes
-  back. ``invoice_created`` (moment: ``created_at``) and ``invoice_paid`` (moment: ``paid_at``,
+  carried one of the alerts when the trigger went live gets nothing, even once that alert is
+  removed and added again or another named alert added (``staging.medical_alert_history`` keeps
+  the removed alerts and when they went); an alert removed and added again (a new alert in
+  Cliniko) sends nothing more, as re-entering a journey does not; a message planned for an alert
+  removed before it goes is cancelled and not planned again when the alert comes back. A patient
+  whose alert was removed before go-live is newly tagged when it is added again. ``invoice_created`` (moment: ``created_at``) and ``invoice_paid`` (moment: ``paid_at``,
   when a status-20 invoice closed): one message per invoice (send key ``...:invoice:<id>``), so
   an invoice paid, reopened or credited and paid again is thanked once. For all three, only a
   moment at or after go-live messages, whatever the trigger's timing (an alert or invoice from
@@ -44,6 +46,7 @@ from tasks.triggers.definition import CustomField, Trigger
 from tasks.warehouse import relation_exists
 
 MEDICAL_ALERTS = "staging.medical_alerts"
+ALERT_HISTORY = "staging.medical_alert_history"  # with the removed ones, and when
 CUSTOM_FIELDS = "staging.patient_custom_fields"
 INVOICES = "staging.invoices"
 
@@ -82,6 +85,14 @@ SOURCES = {
     ),
 }
 
+# medical_alert_added: the patient carried a named alert when the trigger went live that has been
+# removed since (a current one from before go-live already puts the moment before it).
+CARRIED_AT_GO_LIVE = (
+    f"EXISTS (SELECT 1 FROM {ALERT_HISTORY} h WHERE h.patient_id = a.patient_id "
+    "AND list_contains($event_medical_alerts::VARCHAR[], h.name_normalised) "
+    "AND h.created_at < $went_live AND h.removed_at >= $went_live)"
+)
+
 # What the ledger's planned rows say the occasion was (the invoice id is the send key's last part).
 PLANNED_OCCASION = {
     "medical_alert": "patient_id",
@@ -98,9 +109,10 @@ def occasions(trigger: Trigger, scope: str, params: dict[str, Any], in_planned: 
     """The occasions CTE's body for a record event. Window: moments from go-live (never before,
     whatever the timing) within the hints of :func:`tasks.triggers.query.bind_window`."""
     kind, source = SOURCES[trigger.event]
+    window = "a.moment >= $went_live AND a.moment BETWEEN $hint_lo AND $hint_hi"
     if trigger.event == "medical_alert_added":
         params["event_medical_alerts"] = _normalised(trigger.filters.medical_alerts)
-    window = "a.moment >= $went_live AND a.moment BETWEEN $hint_lo AND $hint_hi"
+        window += f" AND NOT {CARRIED_AT_GO_LIVE}"
     reach = {"window": window, "planned": in_planned, "tick": f"(({window}) OR {in_planned})"}
     return RECORD_OCCASIONS.format(kind=kind, source=source, reach=reach[scope])
 

@@ -205,6 +205,30 @@ def test_an_alert_re_added_after_the_welcome_went_sends_nothing_more(clinic):
     assert [r.send_key for r in clinic.messages("welcome")] == ["trigger:welcome:1:medical_alert"]
 
 
+def test_a_patient_tagged_at_go_live_is_not_welcomed_when_the_alert_is_re_added(clinic):
+    """Carrying the alert when the trigger went live, the patient is not newly tagged when the
+    desk removes it and adds it again (a new alert in Cliniko), nor when a second alert the
+    trigger names outlives the first. One who had it removed before go-live and gets it again
+    after is newly tagged."""
+    clinic.trigger("welcome", **{**WELCOME, "filters": {"medical_alerts": [ALERT, "VIP"]}})
+    for p in (1, 2, 3):
+        clinic.patient(p)
+    clinic.alert(30, 1, created=NOW - 30 * DAY)  # 1 carries it at go-live
+    clinic.alert(31, 2, created=NOW - 30 * DAY)  # so does 2
+    clinic.alert(32, 3, created=NOW - 90 * DAY)  # 3 had it, removed before go-live
+    clinic.remove_alert(32, at=NOW - 60 * DAY)
+    clinic.plan(NOW)  # goes live now
+    clinic.remove_alert(30, at=NOW + HOUR)
+    clinic.alert(33, 1, created=NOW + HOUR + MIN)  # 1: removed and re-added
+    clinic.alert(34, 2, "VIP", created=NOW + HOUR)  # 2: a second named alert...
+    clinic.remove_alert(31, at=NOW + 2 * HOUR)  # ... and the first removed
+    clinic.alert(35, 3, created=NOW + HOUR)  # 3: newly tagged again
+    clinic.plan(NOW + 2 * HOUR + MIN)
+    clinic.plan(NOW + 3 * HOUR)
+    assert clinic.patients_messaged("welcome") == {3}
+    assert [r.send_key for r in clinic.messages("welcome")] == ["trigger:welcome:3:medical_alert"]
+
+
 # --- invoice_created / invoice_paid -----------------------------------------------------------
 
 
