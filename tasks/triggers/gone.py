@@ -19,8 +19,6 @@ def why_gone(
     con: duckdb.DuckDBPyConnection, trigger: Trigger, rows: list[LedgerRow]
 ) -> dict[int, str]:
     """In words, why a planned message's occasion no longer matches its trigger."""
-    if trigger.is_record_event:  # an alert removed, an invoice deleted or no longer paid
-        return patient_records.why_gone(con, trigger, rows)
     if not trigger.is_appointment_event:  # archived is an audience problem: it waits
         found = {
             r[0]
@@ -30,11 +28,14 @@ def why_gone(
                 [[r.patient_id for r in rows]],
             ).fetchall()
         }
-        return {
-            r.message_id: "patient deleted in Cliniko"
-            if r.patient_id not in found
-            else "no longer matches the trigger's filters (patient changed)"
-            for r in rows
+        reasons = {
+            r.message_id: "patient deleted in Cliniko" for r in rows if r.patient_id not in found
+        }
+        rest = [r for r in rows if r.message_id not in reasons]
+        if trigger.is_record_event and rest:  # an alert removed, an invoice deleted or unpaid
+            return reasons | patient_records.why_gone(con, trigger, rest)
+        return reasons | {
+            r.message_id: "no longer matches the trigger's filters (patient changed)" for r in rest
         }
     kinds = ["group" if ":attendance:" in r.send_key else "individual" for r in rows]
     status = {

@@ -296,6 +296,20 @@ def test_a_deleted_invoice_cancels_its_thank_you(clinic):
     assert statuses(clinic, "thanks") == [(1, "cancelled", "invoice deleted in Cliniko")]
 
 
+def test_a_deleted_patient_cancels_their_welcome_and_thank_you_saying_so(clinic):
+    clinic.trigger("welcome", **{**WELCOME, "timing": "1 day after"})
+    clinic.trigger("thanks", **{**THANKS, "timing": "1 day after"})
+    live(clinic, NOW - DAY)
+    clinic.patient(1)
+    clinic.alert(30, 1, created=NOW - HOUR)
+    clinic.invoice(40, 1, status=PAID, closed=NOW - MIN)
+    clinic.plan(NOW)
+    clinic.update_patient(1, deleted_at=_ts(NOW + MIN))
+    clinic.plan(NOW + HOUR)
+    for trigger in ("welcome", "thanks"):
+        assert statuses(clinic, trigger) == [(1, "cancelled", "patient deleted in Cliniko")]
+
+
 # --- filters and exclusions --------------------------------------------------------------------
 
 PATIENT_WELCOME = dict(event="patient_created", timing="10 minutes after", channel="email",
