@@ -328,10 +328,16 @@ def _record_tag_types(
 
 
 def drift(
-    con: duckdb.DuckDBPyConnection, triggers: Iterable[Trigger], tag_categories: Iterable[str]
+    con: duckdb.DuckDBPyConnection,
+    triggers: Iterable[Trigger],
+    tag_categories: Iterable[str],
+    *,
+    enabled_only: bool = True,
 ) -> list[str]:
     """Warnings, one line each (ids and names of clinic.yaml, never a patient's): recorded names
-    that no longer name their ids in Cliniko, or name others now; tag categories likewise."""
+    that no longer name their ids in Cliniko, or name others now; tag categories likewise; alert
+    names and custom fields that match nothing (of switched-off triggers too with
+    ``enabled_only=False``, as ``relay clinics`` asks)."""
     warnings = []
     recorded = _recorded(con)
     triggers = list(triggers)
@@ -364,7 +370,7 @@ def drift(
             warnings.append(f"trigger '{trigger.name}': {n.describe()} " + "; ".join(parts))
     warnings += _tag_drift(con, tag_categories)
     # medical-alert names and custom fields are matched as written: only a warning (patient_records)
-    return warnings + patient_records.warnings(con, triggers)
+    return warnings + patient_records.warnings(con, triggers, enabled_only=enabled_only)
 
 
 def _tag_drift(con: duckdb.DuckDBPyConnection, tag_categories: Iterable[str]) -> list[str]:
@@ -401,4 +407,4 @@ def check(
         for name, why in unmatched(con, triggers, enabled_only=False).items()
         for enabled in [next(t.enabled for t in triggers if t.name == name)]
     ]
-    return errors, drift(con, triggers, tag_categories)
+    return errors, drift(con, triggers, tag_categories, enabled_only=False)

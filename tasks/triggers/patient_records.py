@@ -207,12 +207,20 @@ def why_gone(con: duckdb.DuckDBPyConnection, trigger: Trigger, rows: list) -> di
 # --- names that match nothing --------------------------------------------------------------------
 
 
-def warnings(con: duckdb.DuckDBPyConnection, triggers: Iterable[Trigger]) -> list[str]:
+def warnings(
+    con: duckdb.DuckDBPyConnection, triggers: Iterable[Trigger], *, enabled_only: bool = True
+) -> list[str]:
     """One line per alert name or custom-field condition in clinic.yaml that no patient's current
-    row carries (words of clinic.yaml only). Nothing before the models are first built."""
+    row carries (words of clinic.yaml only). Nothing before the models are first built. Switched
+    off triggers only with ``enabled_only=False`` (``relay clinics``), marked so: as for names of
+    appointment rows (names.unmatched), ticks do not warn of a trigger that is off."""
     found = []
     alerts = fields = None
     for trigger in triggers:
+        if enabled_only and not trigger.enabled:
+            continue
+        who = f"trigger '{trigger.name}'" + ("" if trigger.enabled else " (disabled)")
+        goes_on = "the trigger goes on" if trigger.enabled else "checked again when switched on"
         for section, values in (("filters", trigger.filters), ("exclude", trigger.exclude)):
             if values.medical_alerts and relation_exists(con, MEDICAL_ALERTS):
                 if alerts is None:
@@ -223,9 +231,8 @@ def warnings(con: duckdb.DuckDBPyConnection, triggers: Iterable[Trigger]) -> lis
                         ).fetchall()
                     }
                 found += [
-                    f"trigger '{trigger.name}': {section}.medical_alerts '{name.strip()}' is on "
-                    "no patient in Cliniko now (check the spelling in clinic.yaml; the trigger "
-                    "goes on)"
+                    f"{who}: {section}.medical_alerts '{name.strip()}' is on no patient in "
+                    f"Cliniko now (check the spelling in clinic.yaml; {goes_on})"
                     for name in values.medical_alerts
                     if name.strip().lower() not in alerts
                 ]
@@ -239,10 +246,9 @@ def warnings(con: duckdb.DuckDBPyConnection, triggers: Iterable[Trigger]) -> lis
                     ).fetchall()
                 if not _matches(condition, fields):
                     found.append(
-                        f"trigger '{trigger.name}': {section}.custom_fields "
-                        f"{condition.describe()} matches no patient's custom field in Cliniko "
-                        "now (check the section, field and value in clinic.yaml; the trigger "
-                        "goes on)"
+                        f"{who}: {section}.custom_fields {condition.describe()} matches no "
+                        "patient's custom field in Cliniko now (check the section, field and "
+                        f"value in clinic.yaml; {goes_on})"
                     )
     return found
 

@@ -403,6 +403,32 @@ def test_a_name_no_patient_carries_is_a_warning_not_a_hold(clinic):
     assert "Insurance patient" not in " ".join(warned)  # a patient's alert is never shown
 
 
+def test_a_switched_off_trigger_s_unmatched_names_warn_in_relay_clinics_not_every_tick(clinic):
+    """A trigger written ahead, switched off ("preview first, then switch on"), naming an alert
+    nobody carries yet: as for its appointment names, ticks (their summary and the
+    relay.clinic.warning alert) say nothing of it; relay clinics shows it, marked disabled."""
+    from tasks import tick
+
+    clinic.trigger(
+        "dnc",
+        **{**PATIENT_WELCOME, "enabled": False},
+        exclude={"medical_alerts": ["Do not contact"],
+                 "custom_fields": [{"field": "Provider", "values": ["Nobody"]}]},
+    )  # fmt: skip
+    clinic.patient(1)
+    clinic.build(NOW)
+    config = clinic.config
+    assert tick.warnings(clinic.con, config) == []
+    _errors, warned = names.check(clinic.con, config.triggers, [])
+    assert [w.split(":")[0] for w in warned] == ["trigger 'dnc' (disabled)"] * 2
+    clinic.trigger("dnc", **{**PATIENT_WELCOME, "enabled": True},
+                   exclude={"medical_alerts": ["Do not contact"]})  # fmt: skip
+    assert tick.warnings(clinic.con, clinic.config) == [
+        "trigger 'dnc': exclude.medical_alerts 'Do not contact' is on no patient in Cliniko now "
+        "(check the spelling in clinic.yaml; the trigger goes on)"
+    ]
+
+
 def test_no_alert_name_or_invoice_detail_reaches_the_plan_result_or_logs(clinic, caplog):
     clinic.trigger("welcome", **WELCOME)
     clinic.trigger("thanks", **THANKS)
