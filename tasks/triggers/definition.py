@@ -51,10 +51,11 @@ Peptalkr's three events:
 Like patient_created, each messages a patient once per trigger: ``medical_alert_added`` once per
 patient (an alert removed and added again, which in Cliniko is a new alert, sends nothing more;
 nor does a second alert the trigger names; a patient carrying one when the trigger went live
-gets nothing, even after it is removed and added again), the invoice events once per invoice (an invoice paid,
-reopened or credited and paid again is thanked once). Only an alert or invoice whose moment is at
-or after go-live messages: switching one on never reaches back, whatever its timing. An alert
-removed (or an invoice deleted, or no longer paid) before its message goes cancels it.
+gets nothing, even after it is removed and added again), the invoice events once per invoice
+(an invoice paid, reopened or credited and paid again is thanked once). Only an alert or invoice
+whose moment is at or after go-live messages: switching one on never reaches back, whatever its
+timing. An alert removed (or an invoice deleted, or no longer paid) before its message goes
+cancels it.
 
 Patient filters, on any event: ``medical_alerts: [names]`` (has any of them now) and
 ``exclude: {medical_alerts: [names]}`` (has none of them now); ``custom_fields: [conditions]``

@@ -14,9 +14,10 @@ module gives the candidate query (tasks/triggers/query.py) its fragments for the
   the removed alerts and when they went); an alert removed and added again (a new alert in
   Cliniko) sends nothing more, as re-entering a journey does not; a message planned for an alert
   removed before it goes is cancelled and not planned again when the alert comes back. A patient
-  whose alert was removed before go-live is newly tagged when it is added again. ``invoice_created`` (moment: ``created_at``) and ``invoice_paid`` (moment: ``paid_at``,
-  when a status-20 invoice closed): one message per invoice (send key ``...:invoice:<id>``), so
-  an invoice paid, reopened or credited and paid again is thanked once. For all three, only a
+  whose alert was removed before go-live is newly tagged when it is added again.
+  ``invoice_created`` (moment: ``created_at``) and ``invoice_paid`` (moment: ``paid_at``, when a
+  status-20 invoice closed): one message per invoice (send key ``...:invoice:<id>``), so an
+  invoice paid, reopened or credited and paid again is thanked once. For all three, only a
   moment at or after go-live messages, whatever the trigger's timing (an alert or invoice from
   before go-live is history).
 - **Patient filters** (:func:`patient_filters`): ``medical_alerts`` (has any, OR within) and
