@@ -695,8 +695,11 @@ def scenario_kill(fleet: Fleet, clinic: str = MOVED, timeout: float = 600) -> di
     result["quiet_alert_after_its_last_tick_seconds"] = (
         round(quiet - since_last, 1) if quiet else None
     )
-    with fleet.client() as c:  # every run the machine left unfinished: now Crashed?
-        result["left_unfinished_now"] = {i: c.read_flow_run(i).state_name for i in lost}
+    with fleet.client() as c:  # every run the machine left unfinished: now Crashed (its type:
+        # the lost-run automation names it Lost, a tick that found it Crashed)?
+        result["left_unfinished_now"] = {
+            i: c.read_flow_run(i).state_type.value for i in lost
+        }
     result["alerts"] = alerts_since(fleet, killed_at, lost)
     result["notifications_before_the_kill"] = [
         entry for entry in alerts_since(fleet, 0.0, lost, zero=killed_at) if entry["seconds"] < 0

@@ -31,11 +31,19 @@ SILENCE = 15  # seconds without a heartbeat before a run counts as lost (60 in p
 
 @pytest.fixture
 def zombie_automation(client):
-    """relay/alerts.py's lost-run automation on the test server, and the one that tells a
-    person when it marked a run Crashed (notifying a local webhook); removed afterwards."""
+    """relay/alerts.py's lost-run automation on the test server, the one that tells a person
+    when it marked a run Crashed, and "a run failed or crashed" (which must not tell them again),
+    notifying a local webhook; removed afterwards."""
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-    from relay.alerts import LOST_NAME, ZOMBIE_NAME, lost_run_crashed, zombie_runs
+    from relay.alerts import (
+        FAILED_NAME,
+        LOST_NAME,
+        ZOMBIE_NAME,
+        automations,
+        lost_run_crashed,
+        zombie_runs,
+    )
     from tests.flows.test_quiet_alert import Webhook
 
     hook = Webhook()
@@ -43,12 +51,14 @@ def zombie_automation(client):
         name="lost-test", url=hook.url, method="POST",
         json_data={"subject": "{{subject}}", "body": "{{body}}"},
     ).save("lost-test", overwrite=True)  # fmt: skip
-    for name in (ZOMBIE_NAME, LOST_NAME):
+    for name in (ZOMBIE_NAME, LOST_NAME, FAILED_NAME):
         for old in client.read_automations_by_name(name):
             client.delete_automation(old.id)
+    [failed] = [a for a in automations(block_id, 15, SILENCE) if a.name == FAILED_NAME]
     made = [
         zombie_runs(SILENCE).create(),
         lost_run_crashed(dict(block_document_id=block_id), SILENCE).create(),
+        failed.create(),
     ]
     yield hook
     for automation in made:
@@ -142,6 +152,7 @@ def test_a_killed_tick_is_marked_crashed_and_the_next_tick_gets_the_slot(
     )
     assert "was lost and is marked Crashed" in told[0]["subject"], told
     assert "clinic alpha" in told[0]["body"], told
+    told_once(zombie_automation, killed)
 
     # Its slot is free: the next tick is let in at once (no 5-minute lease to wait out).
     next_tick = start_engine(client, prefect_server, waiting)
@@ -232,6 +243,16 @@ def test_a_tick_lost_before_its_first_heartbeat_is_marked_crashed(
             ],
         )
         assert f"clinic {clinic}" in told[0]["body"], told
+    for run_id in lost.values():
+        told_once(zombie_automation, run_id)
+
+
+def told_once(hook, run_id) -> None:
+    """A lost run is told of once, by "a lost run was marked Crashed": its Crashed state (named
+    Lost) is not "a run failed or crashed" as well, which answers within seconds when it fires."""
+    time.sleep(5)
+    told = [m for m in hook.received if str(run_id) in m.get("body", "")]
+    assert len(told) == 1, told
 
 
 def automation_events(env: dict, name: str) -> list[dict]:

@@ -74,7 +74,7 @@ def test_a_killed_machine_is_noticed_and_its_clinic_moves(proof):
     assert kill.get("move_exit") == 0, kill
     assert kill.get("seconds_until_ticks_again") is not None, kill
     # Every run the lost machine left unfinished is Crashed, not Running for good.
-    assert set(kill["left_unfinished_now"].values()) == {"Crashed"}, kill
+    assert set(kill["left_unfinished_now"].values()) == {"CRASHED"}, kill
     # ...and no live run was taken for a lost one (heartbeats late beyond the window's margin).
     assert kill["live_runs_crashed"] == [], kill
 

@@ -13,7 +13,9 @@ from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 
 from relay.alerts import (
+    FAILED_NAME,
     LOST_NAME,
+    LOST_STATE,
     QUIET_FLOOR_MINUTES,
     ZOMBIE_NAME,
     automations,
@@ -52,6 +54,20 @@ def test_a_run_whose_heartbeats_stop_is_marked_crashed():
     assert DEFAULTS["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == str(HEARTBEAT_SECONDS)
     [crash] = zombie.actions  # it tells nobody itself: it also fires for finished runs
     assert crash.type == "change-flow-run-state" and crash.state == StateType.CRASHED
+
+
+def test_a_run_marked_lost_is_not_told_again_as_failed_or_crashed():
+    """Issue 14's operator walk on PostgreSQL: each killed tick was told twice, "tick-north was
+    lost and is marked Crashed" and "clinic-tick / tick-north Crashed", once its Scheduled event
+    was announced (flows/lost.py). A state's event is named after the state, so the lost-run
+    automation's Crashed state carries a name of its own, which "a run failed or crashed" does
+    not expect (as a refused tick's Failed is named "Refused": flows/tick.py)."""
+    alerts = by_name()
+    [crash] = alerts[ZOMBIE_NAME].actions
+    assert crash.state == StateType.CRASHED and crash.name == LOST_STATE
+    assert f"prefect.flow-run.{crash.name or 'Crashed'}" not in alerts[FAILED_NAME].trigger.expect
+    # while a run another way crashed (flows/lost.py, a worker's report) is still told of
+    assert "prefect.flow-run.Crashed" in alerts[FAILED_NAME].trigger.expect
 
 
 def test_a_person_is_told_only_when_a_run_really_was_marked_crashed():
