@@ -697,9 +697,7 @@ def scenario_kill(fleet: Fleet, clinic: str = MOVED, timeout: float = 600) -> di
     )
     with fleet.client() as c:  # every run the machine left unfinished: now Crashed (its type:
         # the lost-run automation names it Lost, a tick that found it Crashed)?
-        result["left_unfinished_now"] = {
-            i: c.read_flow_run(i).state_type.value for i in lost
-        }
+        result["left_unfinished_now"] = {i: c.read_flow_run(i).state_type.value for i in lost}
     result["alerts"] = alerts_since(fleet, killed_at, lost)
     result["notifications_before_the_kill"] = [
         entry for entry in alerts_since(fleet, 0.0, lost, zero=killed_at) if entry["seconds"] < 0
