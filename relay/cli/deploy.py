@@ -14,7 +14,8 @@ starts its runs on the work queue of the machine a clinic moves to.
 
 All of them go on the clinic's home machine's work queue (``machine-<name>``): the home record
 (Prefect Variable ``relay_home_<clinic>``), or, for a clinic without one, ``--home`` or this
-machine (said in the output). Running it again updates them in place.
+machine (said in the output). Running it again updates them in place. A clinic being moved
+(``relay clinic move``) is skipped, saying so, and the command exits 1 after deploying the others.
 
 No deploy-time path is baked in. The entrypoints are module paths (``flows.tick.clinic_tick``)
 and there are no pull steps: Prefect 3.8.8's process worker starts each run in a fresh temporary
@@ -36,12 +37,30 @@ from pathlib import Path
 import typer
 
 
-def home_of(clinic: str) -> str | None:
-    """The machine the clinic's home record names (tasks/home.py), or None without one."""
-    from tasks.home import read_home
+class BeingMoved(Exception):
+    """The clinic is in the middle of ``relay clinic move``: its deployments are the move's."""
 
-    home = read_home(clinic)
-    return home.machine if home is not None else None
+
+def machine_for(clinic: str, home, fallback: str, chosen: bool) -> tuple[str, str]:
+    """The machine whose queue the clinic's deployments go on, and why (for the output): the
+    home record's machine (tasks/home.py), or ``fallback`` for a clinic without one. A clinic
+    being moved is left to the move (BeingMoved): the move paused its deployments and put them
+    on the new machine's queue, and its restore resumes them there; deploying them would resume
+    them on the old home's queue, where every tick is refused until the move is done, and after
+    it the new home would never see a tick."""
+    if home is None:
+        return fallback, f"no home recorded: assigned to {fallback}" + (
+            "" if chosen else " (this machine; --home to choose)"
+        )
+    if home.moving_to is not None:
+        raise BeingMoved(
+            f"{clinic}: being moved from '{home.machine}' to '{home.moving_to}': its deployments "
+            "were left as the move set them (paused until the restore there resumes them). "
+            f"Finish the move (`relay clinic move {clinic} --to {home.moving_to}` again on "
+            f"'{home.machine}'; `relay clinic home {clinic}` shows where it stands), then run "
+            "relay deploy again."
+        )
+    return home.machine, f"home {home.machine}"
 
 
 @dataclass(frozen=True)
@@ -209,20 +228,22 @@ def deploy_command(
             + (" (the demo is deployed only with --demo)." if paths else ".")
             + " Add clinics/<clinic>/clinic.yaml (relay connect <clinic>)."
         )
-    from tasks.home import queue_for, this_machine
+    from tasks.home import queue_for, read_home, this_machine
 
     fallback = home or this_machine()
+    moving = []
     with get_client(sync_client=True) as client:
         if ensure_pool(client, pool):
             typer.echo(f"created the process work pool '{pool}'")
         for config in configs:
-            machine = home_of(config.clinic)
-            where = f"home {machine}"
-            if machine is None:
-                machine = fallback
-                where = f"no home recorded: assigned to {machine}" + (
-                    "" if home else " (this machine; --home to choose)"
+            try:
+                machine, where = machine_for(
+                    config.clinic, read_home(config.clinic), fallback, home is not None
                 )
+            except BeingMoved as skipped:
+                typer.echo(f"skipped {skipped}", err=True)
+                moving.append(config.clinic)
+                continue
             queue = queue_for(machine)
             for planned in plan_clinic(config):
                 apply(client, planned, pool, queue)
@@ -235,3 +256,6 @@ def deploy_command(
         f"Start a worker on each machine: relay worker --pool {pool} (from its own checkout; "
         f"it serves {queue_for('<machine>')}, RELAY_MACHINE or the host name)"
     )
+    if moving:  # the others are deployed; a script must not take this run for a complete one
+        typer.echo(f"not deployed (being moved): {', '.join(moving)}", err=True)
+        raise typer.Exit(1)
