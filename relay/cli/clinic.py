@@ -169,11 +169,6 @@ def move(
     if home.moving_to is None and home.machine == to:
         echo(f"{clinic} already lives on '{to}' (generation {home.generation}).")
         return
-    if home.moving_to not in (None, to):
-        raise UserFacingError(
-            f"{clinic} is already being moved to '{home.moving_to}': finish that move "
-            f"(`relay clinic restore {clinic}` there) before moving it again."
-        )
     if home.machine != machine:
         raise UserFacingError(
             f"{clinic}'s database is on '{home.machine}', and this is '{machine}': run "
@@ -187,6 +182,19 @@ def move(
         )
     with get_client(sync_client=True) as client:
         deployments = clinic_deployments(client, config.clinic)
+        if home.moving_to not in (None, to):  # another target (a mistyped --to): withdrawn
+            withdrawn = withdraw_restore(client, config.clinic, home)
+            echo(
+                f"0/4 the move to '{home.moving_to}' is withdrawn"
+                + (
+                    f" (its restore run {', '.join(r.name for r in withdrawn)} deleted)"
+                    if withdrawn
+                    else ""
+                )
+                + f"; moving to '{to}' instead"
+            )
+            home = replace(home, moving_to=to)
+            store.write(config.clinic, home)  # a restore on the old target now refuses
         if home.moving_to is None:
             paused = [str(d.id) for d in deployments if not d.paused]
             home = replace(home, moving_to=to, paused=paused, backup=None, backup_sha256=None)
@@ -257,6 +265,42 @@ RESTORE_FLOW = "clinic-restore"  # flows/restore.py; one deployment per pool, na
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
+def withdraw_restore(client, clinic: str, home) -> list:
+    """A move sent elsewhere before its restore began (``--to`` mistyped, or that machine is
+    gone): its restore runs still waiting on the old target's queue are deleted and returned, so
+    no worker there ever starts one, and the same backup's restore can be started on the new
+    target (its idempotency key names the backup, not the machine). A restore that has begun is
+    let finish: the clinic then lives there, and moves on from there."""
+    from prefect.client.schemas import filters
+
+    from tasks.errors import UserFacingError
+    from tasks.home import queue_for
+
+    waiting = [
+        run
+        for run in client.read_flow_runs(
+            flow_filter=filters.FlowFilter(name=filters.FlowFilterName(any_=[RESTORE_FLOW])),
+            flow_run_filter=filters.FlowRunFilter(
+                work_queue_name=filters.FlowRunFilterWorkQueueName(
+                    any_=[queue_for(home.moving_to)]
+                ),
+            ),
+        )
+        if (run.parameters or {}).get("clinic") == clinic
+        and (run.state.type.value if run.state else "SCHEDULED") not in FINAL
+    ]
+    started = [r for r in waiting if r.state and r.state.type.value != "SCHEDULED"]
+    if started:
+        raise UserFacingError(
+            f"{clinic} is already being moved to '{home.moving_to}', and its restore there has "
+            f"begun (run '{started[0].name}', {started[0].state.name}): let it finish, then "
+            f"move {clinic} on from '{home.moving_to}'."
+        )
+    for run in waiting:
+        client.delete_flow_run(run.id)
+    return waiting
+
+
 def start_restore(client, clinic: str, home, pool: str, to: str):
     """A run of the pool's ``clinic-restore`` deployment on ``to``'s work queue (the server
     puts a run on another queue of the deployment's pool when asked). Once per backup: a move run
@@ -315,10 +359,10 @@ def wait_for_restore(client, clinic: str, run, to: str, pool: str, seconds: floa
     if state in ("SCHEDULED", "LATE"):
         raise UserFacingError(
             f"{clinic}: no worker on '{to}' took up its restore in {seconds:.0f} s: is one "
-            f"serving work queue '{queue}' (`prefect worker start --pool {pool} --work-queue "
-            f"{queue}`, RELAY_MACHINE={to})? The clinic stays paused and the restore run "
-            f"'{run.name}' waits on that queue: it completes when the worker starts. Running this "
-            "move again is safe."
+            f"serving work queue '{queue}' (`relay worker --pool {pool}` with "
+            f"RELAY_MACHINE={to})? The clinic stays paused and the restore run '{run.name}' "
+            "waits on that queue: it completes when the worker starts. Running this move again "
+            f"is safe, and so is running it with another --to (a mistyped '{to}')."
         )
     raise UserFacingError(
         f"{clinic}: the restore on '{to}' is still {state.lower()} after {seconds:.0f} s (run "
