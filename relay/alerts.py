@@ -326,6 +326,20 @@ def default_quiet_minutes(client) -> float:
     return max(QUIET_FLOOR_MINUTES, 3 * max(intervals, default=0))
 
 
+def notification_block(webhook_url: str) -> CustomWebhookNotificationBlock:
+    """The block the notifications go through: a JSON POST of subject and body to the webhook.
+    The address is kept among the block's secret values, not in its URL field: a Slack or Teams
+    incoming webhook's address is its credential (anyone who has it can post to the channel),
+    and the URL field is shown in clear in the UI, by `prefect block inspect` and by the API."""
+    return CustomWebhookNotificationBlock(
+        name="clinic-relay",
+        url="{{webhook_url}}",
+        method="POST",
+        json_data={"subject": "{{subject}}", "body": "{{body}}"},
+        secrets={"webhook_url": webhook_url},
+    )
+
+
 def create_alerts(
     webhook_url: str,
     block_name: str,
@@ -334,13 +348,7 @@ def create_alerts(
 ) -> tuple[list[str], float]:
     """Save the notification block and (re)create the automations; returns their names and
     the "no tick completed" window (``quiet_minutes``, or default_quiet_minutes)."""
-    block = CustomWebhookNotificationBlock(
-        name="clinic-relay",
-        url=webhook_url,
-        method="POST",
-        json_data={"subject": "{{subject}}", "body": "{{body}}"},
-    )
-    block_id = block.save(block_name, overwrite=True)
+    block_id = notification_block(webhook_url).save(block_name, overwrite=True)
     with get_client(sync_client=True) as client:
         if quiet_minutes is None:
             quiet_minutes = default_quiet_minutes(client)

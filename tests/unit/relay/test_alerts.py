@@ -21,6 +21,7 @@ from relay.alerts import (
     automations,
     default_quiet_minutes,
     no_tick_completed,
+    notification_block,
 )
 from relay.env import CRASH_AFTER_SECONDS, DEFAULTS, HEARTBEAT_SECONDS
 
@@ -136,3 +137,18 @@ def test_every_clinic_event_alert_and_the_run_alerts_are_there():
     # and no more: each automation watching run events is bucket writes on the server (the
     # lost-run watch is one automation for runs silent from their start and after a heartbeat)
     assert len(names) == 8
+
+
+def test_the_webhook_address_is_a_secret_of_the_block():
+    """A Slack or Teams incoming webhook's address is its credential: it was the block's URL
+    field, shown in clear on the UI's block page, by `prefect block inspect` and by the API
+    (issue 14's operator walk). It is now one of the block's secret values, which the URL field
+    names; the request still goes to it."""
+    hook = "https://hooks.slack.com/services/T0000/B0000/s3cr3tt0ken"
+    block = notification_block(hook)
+
+    shown = block.model_dump_json()  # what the API and UI show without include_secrets
+    assert "s3cr3tt0ken" not in shown, shown
+    sent = block._build_request_args(body="a body", subject="a subject")
+    assert sent["url"] == hook
+    assert sent["json"] == {"subject": "a subject", "body": "a body"}
