@@ -154,6 +154,7 @@ def move(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import DeploymentUpdate
 
+    from relay.cli.restore_run import start_restore, wait_for_restore, withdraw_restore
     from tasks.config import load_clinic
     from tasks.errors import UserFacingError
     from tasks.home import PrefectHomes, backup_database, queue_for, sha256, this_machine
@@ -259,116 +260,6 @@ def move(
         # do so just after a restore that had already ended: resumed here too (it is idempotent)
         for deployment_id in home.paused or []:
             client.resume_deployment(deployment_id)
-
-
-RESTORE_FLOW = "clinic-restore"  # flows/restore.py; one deployment per pool, named after it
-FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-def withdraw_restore(client, clinic: str, home) -> list:
-    """A move sent elsewhere before its restore began (``--to`` mistyped, or that machine is
-    gone): its restore runs still waiting on the old target's queue are deleted and returned, so
-    no worker there ever starts one, and the same backup's restore can be started on the new
-    target (its idempotency key names the backup, not the machine). A restore that has begun is
-    let finish: the clinic then lives there, and moves on from there."""
-    from prefect.client.schemas import filters
-
-    from tasks.errors import UserFacingError
-    from tasks.home import queue_for
-
-    waiting = [
-        run
-        for run in client.read_flow_runs(
-            flow_filter=filters.FlowFilter(name=filters.FlowFilterName(any_=[RESTORE_FLOW])),
-            flow_run_filter=filters.FlowRunFilter(
-                work_queue_name=filters.FlowRunFilterWorkQueueName(
-                    any_=[queue_for(home.moving_to)]
-                ),
-            ),
-        )
-        if (run.parameters or {}).get("clinic") == clinic
-        and (run.state.type.value if run.state else "SCHEDULED") not in FINAL
-    ]
-    started = [r for r in waiting if r.state and r.state.type.value != "SCHEDULED"]
-    if started:
-        raise UserFacingError(
-            f"{clinic} is already being moved to '{home.moving_to}', and its restore there has "
-            f"begun (run '{started[0].name}', {started[0].state.name}): let it finish, then "
-            f"move {clinic} on from '{home.moving_to}'."
-        )
-    for run in waiting:
-        client.delete_flow_run(run.id)
-    return waiting
-
-
-def start_restore(client, clinic: str, home, pool: str, to: str):
-    """A run of the pool's ``clinic-restore`` deployment on ``to``'s work queue (the server
-    puts a run on another queue of the deployment's pool when asked). Once per backup: a move run
-    again gets the same run back (an idempotency key of the backup), or a new one if that run
-    failed or was cancelled."""
-    from prefect.exceptions import ObjectNotFound
-
-    from tasks.errors import UserFacingError
-    from tasks.home import queue_for
-
-    try:
-        deployment = client.read_deployment_by_name(f"{RESTORE_FLOW}/{pool}")
-    except ObjectNotFound:
-        raise UserFacingError(
-            f"{clinic} is paused and backed up, but work pool '{pool}' has no "
-            f"'{RESTORE_FLOW}/{pool}' deployment to restore it with: run `relay deploy --pool "
-            f"{pool}` and this move again, or run `relay clinic restore {clinic}` on '{to}'."
-        ) from None
-    key = f"{RESTORE_FLOW}:{clinic}:g{home.generation}:{home.backup_sha256}"
-    for attempt in range(100):
-        run = client.create_flow_run_from_deployment(
-            deployment.id,
-            parameters={"clinic": clinic},
-            work_queue_name=queue_for(to),
-            idempotency_key=key if attempt == 0 else f"{key}:{attempt}",
-        )
-        state = run.state.type.value if run.state else "SCHEDULED"
-        if state not in FINAL or state == "COMPLETED":
-            return run
-    raise UserFacingError(f"{clinic}: too many failed restore runs; see them in Prefect.")
-
-
-def wait_for_restore(client, clinic: str, run, to: str, pool: str, seconds: float, echo) -> None:
-    """Wait for the restore run and say how it ended; if no worker took it up in time, say so,
-    leaving it queued (it runs when a worker serves the queue) and the clinic paused."""
-    from tasks.errors import UserFacingError
-    from tasks.home import queue_for
-
-    deadline = time.monotonic() + seconds
-    while True:
-        run = client.read_flow_run(run.id)
-        state = run.state.type.value if run.state else "SCHEDULED"
-        if state in FINAL or time.monotonic() >= deadline:
-            break
-        time.sleep(1)
-    if state == "COMPLETED":
-        echo(f"{clinic} lives on '{to}' now, its deployments resumed (run '{run.name}').")
-        return
-    queue = queue_for(to)
-    if state in FINAL:
-        raise UserFacingError(
-            f"{clinic}: the restore on '{to}' ended {state.lower()} (run '{run.name}'): "
-            f"{run.state.message if run.state else ''} The clinic stays paused; fix that and run "
-            f"this move again, or `relay clinic restore {clinic}` on '{to}'."
-        )
-    if state in ("SCHEDULED", "LATE"):
-        raise UserFacingError(
-            f"{clinic}: no worker on '{to}' took up its restore in {seconds:.0f} s: is one "
-            f"serving work queue '{queue}' (`relay worker --pool {pool}` with "
-            f"RELAY_MACHINE={to})? The clinic stays paused and the restore run '{run.name}' "
-            "waits on that queue: it completes when the worker starts. Running this move again "
-            f"is safe, and so is running it with another --to (a mistyped '{to}')."
-        )
-    raise UserFacingError(
-        f"{clinic}: the restore on '{to}' is still {state.lower()} after {seconds:.0f} s (run "
-        f"'{run.name}'): the clinic stays paused until it ends; `relay clinic home {clinic}` "
-        "shows where it lives, and running this move again is safe."
-    )
 
 
 def restore(clinic: str, *, backup_root: Path, echo) -> None:

@@ -59,6 +59,7 @@ def moving(monkeypatch, tmp_path):
     import prefect.client.orchestration
 
     import relay.cli.clinic as cli
+    import relay.cli.restore_run as restoring
     import tasks.config
     import tasks.home
 
@@ -80,7 +81,7 @@ def moving(monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "clinic_deployments", lambda client, clinic: [])
     monkeypatch.setattr(cli, "wait_for_ticks", lambda *args: [])
     monkeypatch.setattr(
-        cli, "start_restore",
+        restoring, "start_restore",
         lambda client, clinic, home, pool, to: started.append(to) or None,
     )  # fmt: skip
 
