@@ -132,6 +132,20 @@ def drop_stale_schedule(client, deployments: list, queue: str) -> tuple[list, li
     return dropped, kept
 
 
+def put_on_queue(client, deployments: list, queue: str) -> tuple[list, list]:
+    """The clinic's deployments on ``queue`` (its home's, ``machine-<name>``), and the scheduled
+    runs they left on other queues dropped (``drop_stale_schedule``): what a clinic's deployments
+    need whenever its home changes machine (``relay clinic move``, ``relay clinic claim``).
+    Returns the runs dropped and those a person made, kept."""
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    for deployment in deployments:
+        if deployment.work_pool_name:
+            _ensure_queue(client, deployment.work_pool_name, queue)
+            client.update_deployment(deployment.id, DeploymentUpdate(work_queue_name=queue))
+    return drop_stale_schedule(client, deployments, queue)
+
+
 def _ensure_queue(client, pool: str, queue: str) -> None:
     from prefect.exceptions import ObjectAlreadyExists
 
@@ -152,7 +166,6 @@ def move(
     here, then step 4 started on ``to``'s work queue, waited for up to ``restore_wait`` seconds
     (None: not waited for)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import DeploymentUpdate
 
     from relay.cli.restore_run import start_restore, wait_for_restore, withdraw_restore
     from tasks.config import load_clinic
@@ -221,11 +234,7 @@ def move(
             store.write(config.clinic, home)
         echo(f"2/4 backed up {config.database_path} to {dest}")
         queue = queue_for(to)
-        for deployment in deployments:
-            if deployment.work_pool_name:
-                _ensure_queue(client, deployment.work_pool_name, queue)
-                client.update_deployment(deployment.id, DeploymentUpdate(work_queue_name=queue))
-        dropped, kept = drop_stale_schedule(client, deployments, queue)
+        dropped, kept = put_on_queue(client, deployments, queue)
         echo(
             f"3/4 {clinic}'s deployments are on work queue '{queue}', paused"
             + (
@@ -410,3 +419,36 @@ def claim_command(
     else:
         store.write(config.clinic, new)
     typer.echo(f"{clinic} lives on '{new.machine}', generation {new.generation}.")
+    follow_home(config.clinic, new.machine, home, typer.echo)
+
+
+def follow_home(clinic: str, machine: str, before, echo) -> None:
+    """After a claim: the clinic's deployments (if deployed) go on its home's queue, where its
+    ticks run and nowhere else, and those a move had paused (``before.paused``: a claim --fresh
+    in the middle of one) are resumed. Without this, a clinic claimed afresh on a new machine
+    after its old one was lost (docs/scaling.md, A lost machine) kept its deployments on the
+    lost machine's queue and never ticked again."""
+    from prefect.client.orchestration import get_client
+
+    from tasks.home import queue_for
+
+    queue = queue_for(machine)
+    with get_client(sync_client=True) as client:
+        deployments = clinic_deployments(client, clinic)
+        elsewhere = [d for d in deployments if d.work_queue_name != queue]
+        if elsewhere:
+            dropped, kept = put_on_queue(client, deployments, queue)
+            echo(
+                f"its deployments are on work queue '{queue}' now (were on "
+                f"{', '.join(sorted({str(d.work_queue_name) for d in elsewhere}))})"
+                + (f"; {len(dropped)} scheduled run(s) left there deleted" if dropped else "")
+            )
+            for run in kept:
+                echo(
+                    f"  {run.name} ({run.id}) was started by hand and waits on "
+                    f"'{run.work_queue_name}', where it will be refused: start it again"
+                )
+        for deployment_id in (before.paused or []) if before else []:
+            client.resume_deployment(deployment_id)
+        if before and before.paused:
+            echo(f"resumed {len(before.paused)} deployment(s) the move had paused")
