@@ -392,15 +392,17 @@ class ClinicConfig(_Section):
     @model_validator(mode="after")
     def _trigger_templates(self) -> ClinicConfig:
         """Render every trigger's template against the sample context: a missing variable or
-        file fails the load, so nothing is ever sent with a blank in it."""
+        file fails the load, so nothing is ever sent with a blank in it. A trigger on a patient,
+        alert or invoice renders with no appointment, as its messages will."""
         from tasks.messages.templates import TemplateError, Templates
 
         templates = Templates(self.folder)
         for i, trigger in enumerate(self.triggers):
             try:
                 templates.validate(
-                    trigger.template, trigger.channel, marketing=trigger.purpose == "marketing"
-                )
+                    trigger.template, trigger.channel, marketing=trigger.purpose == "marketing",
+                    appointment=trigger.is_appointment_event,
+                )  # fmt: skip
             except TemplateError as exc:
                 raise PydanticCustomError(
                     "trigger_template",

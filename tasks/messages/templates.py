@@ -178,11 +178,14 @@ class Templates:
             )
         return self.render_sms(name, context, marketing=marketing)
 
-    def validate(self, name: str, channel: str, *, marketing: bool) -> list[str]:
-        """Render against the sample context; raise TemplateError, or return warnings to show."""
-        rendered = self.render(
-            name, channel, sample_context(marketing=marketing), marketing=marketing
-        )
+    def validate(
+        self, name: str, channel: str, *, marketing: bool, appointment: bool = True
+    ) -> list[str]:
+        """Render against the sample context; raise TemplateError, or return warnings to show.
+        ``appointment``: whether its messages are about an appointment (False: a trigger on a
+        patient, alert or invoice, whose messages have ``appointment`` empty)."""
+        context = sample_context(marketing=marketing, appointment=appointment)
+        rendered = self.render(name, channel, context, marketing=marketing)
         if isinstance(rendered, RenderedSms) and rendered.size.segments > 1:
             size = rendered.size
             return [
@@ -256,9 +259,12 @@ SAMPLE_CLINIC = {
 }
 
 
-def sample_context(*, marketing: bool, clinic: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A context with every variable set: what templates are checked against at load time."""
-    return build_context(
+def sample_context(
+    *, marketing: bool, clinic: Mapping[str, Any] | None = None, appointment: bool = True
+) -> dict[str, Any]:
+    """A context with every variable set: what templates are checked against at load time.
+    ``appointment=False``: as a message about no appointment gets it (``appointment`` empty)."""
+    context = build_context(
         clinic=clinic or SAMPLE_CLINIC,
         first_name="Alexandra",
         preferred_first_name="Alex",
@@ -270,6 +276,9 @@ def sample_context(*, marketing: bool, clinic: Mapping[str, Any] | None = None) 
         business="Sample Physio Richmond",
         unsubscribe_url="https://relay.example/unsubscribe/SAMPLE-TOKEN" if marketing else None,
     )
+    if not appointment:
+        context["appointment"] = None
+    return context
 
 
 def render_to_file(

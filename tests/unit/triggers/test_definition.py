@@ -142,6 +142,26 @@ def test_a_template_with_a_missing_variable_fails_the_load_so_nothing_is_sent(tm
     assert "frist_name" in message
 
 
+@pytest.mark.parametrize("event", ["patient_created", "invoice_paid", "medical_alert_added"])
+def test_an_appointment_variable_in_a_trigger_with_no_appointment_fails_the_load(tmp_path, event):
+    # these events are about the patient, not an appointment: at send time `appointment` is
+    # empty, so a template reading it would be skipped for every patient ("not rendered")
+    (tmp_path / "templates" / "thanks").mkdir(parents=True)
+    (tmp_path / "templates" / "thanks" / "sms.txt").write_text(
+        "Hi {{ patient.first_name }}, thanks for coming in on {{ appointment.date }}"
+    )
+    trigger = {**REMINDER, "event": event, "timing": "5 minutes after", "template": "thanks"}
+    if event == "medical_alert_added":
+        trigger["filters"] = {"medical_alerts": ["Insurance patient"]}
+    message = load_error(tmp_path, [trigger])
+    assert "trigger 'sms-reminder' (entry 1): template:" in message
+    assert "'None' has no attribute 'date'" in message
+    (tmp_path / "templates" / "thanks" / "sms.txt").write_text(
+        "Hi {{ patient.first_name }}{% if appointment %}, see you {{ appointment.date }}{% endif %}"
+    )
+    assert load_clinic(write_clinic(tmp_path, [trigger])).triggers
+
+
 def test_a_template_that_does_not_exist_fails_the_load(tmp_path):
     message = load_error(tmp_path, [{**REMINDER, "template": "nowhere"}])
     assert "trigger 'sms-reminder' (entry 1): template: template 'nowhere': no file" in message
