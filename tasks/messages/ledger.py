@@ -1,9 +1,10 @@
 """The message ledger (``state.messages``): planned rows in, one state machine, nothing sent twice.
 
 Planning inserts rows keyed by a deterministic send key; inserting a key that is already there is a
-no-op, so re-planning can never reset a message that went (the one way back from a final state
-is a trigger's skip about time, reopened when its appointment moves: tasks/triggers/reopen.py,
-and only for a row never claimed, :data:`ONLY_IF`). Every state change goes through
+no-op, so re-planning can never reset a message that went (the ways back from a final state, both
+in tasks/triggers/reopen.py and only for a row never claimed, :data:`ONLY_IF`: a trigger's skip
+about time, reopened when its appointment moves; a cancel by its trigger switched off, whose
+moment comes after the trigger is on again). Every state change goes through
 :func:`transition`, which refuses moves the state machine does not allow and moves only rows that
 are in the expected state (a row another run already took is left alone, never overwritten).
 
@@ -43,13 +44,18 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "unknown": frozenset({"sent", "planned"}),
     # planned again: a skip about time whose appointment moved (tasks/triggers/reopen.py)
     "skipped": frozenset({"planned"}),
+    # planned again: cancelled when its trigger was switched off, whose moment comes after the
+    # trigger went live again (tasks/triggers/reopen.py, ``resume``)
+    "cancelled": frozenset({"planned"}),
 }
 # Moves only a person's decision makes: the transition must name who (``resolved_by``).
 BY_A_PERSON: frozenset[tuple[str, str]] = frozenset({("unknown", "planned")})
 # Moves only rows that also meet a condition take, checked in the same UPDATE as the status: a
 # row any run ever claimed (sending, whatever came after) is never planned again from a skip.
+_NEVER_CLAIMED = "m.sending_at IS NULL AND m.attempts = 0 AND m.claim_id IS NULL"
 ONLY_IF: dict[tuple[str, str], str] = {
-    ("skipped", "planned"): "m.sending_at IS NULL AND m.attempts = 0 AND m.claim_id IS NULL"
+    ("skipped", "planned"): _NEVER_CLAIMED,
+    ("cancelled", "planned"): _NEVER_CLAIMED,
 }
 FINAL: frozenset[str] = frozenset({"sent", "failed", "cancelled", "skipped"})
 

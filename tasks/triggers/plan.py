@@ -5,7 +5,8 @@ Each tick, in one transaction (a crash leaves the ledger as the last tick left i
 1. **Activate**: the first tick that sees a trigger enabled records when it went live
    (``state.trigger_activations``). Only messages whose send moment is at or after that fire, so
    switching a trigger on never sends for history; an "after" trigger thereby looks back exactly
-   its own offset. Switching it off (or removing it) cancels its planned messages.
+   its own offset. Switching it off (or removing it) cancels its planned messages; switched on
+   again, those whose moment is at or after its new go-live are planned again (reopen.resume).
    *A material change* to a trigger (event, timing, filters, channel, purpose; not its wording or
    template) re-dates its go-live to the change: the new definition does not reach back either.
    Send keys are (trigger name, patient, occasion) whatever the definition, so an edit never sends
@@ -180,8 +181,9 @@ def plan(
             if trigger.name in live and trigger.name not in held:
                 candidates[trigger.name], planned = _plan_new(con, trigger, windows[trigger.name])
                 result.add(trigger.name, "planned", planned)
-                again = reopen.reopen(
-                    con, trigger, candidates[trigger.name], live[trigger.name], now
+                again = sum(
+                    step(con, trigger, candidates[trigger.name], live[trigger.name], now)
+                    for step in (reopen.reopen, reopen.resume)
                 )
                 result.add(trigger.name, "reopened", again)
         _recheck(con, config, now, result, appointments=STAGED, candidates=candidates, held=held)
@@ -256,7 +258,7 @@ def _plan_new(
     found = records(
         con,
         f"SELECT c.*, m.send_key IS NOT NULL AS in_ledger, m.status AS ledger_status, "
-        f"m.skipped_at AS ledger_skipped_at FROM ({sql}) c "
+        f"m.skipped_at AS ledger_skipped_at, m.cancelled_at AS ledger_cancelled_at FROM ({sql}) c "
         "LEFT JOIN state.messages m ON m.send_key = c.send_key",
         params,
     )
@@ -381,11 +383,7 @@ def _recheck(
     planned = planned_by_trigger(con)
     for name, rows in planned.items():
         if name not in enabled:
-            reason = (
-                "trigger switched off"
-                if name in configured
-                else "trigger removed from the configuration"
-            )
+            reason = reopen.switched_off(name in configured)
             ids = [r.message_id for r in rows]
             result.add(name, "cancelled", len(ledger.cancel(con, ids, reason, now)))
 

@@ -18,7 +18,7 @@ from tasks.messages.prepare import Ready, Skip, Wait, clinic_details
 from tasks.messages.templates import build_context
 from tasks.triggers.definition import Trigger
 from tasks.triggers.plan import Decision, decide, planned_by_trigger
-from tasks.triggers.reopen import NOT_SENT_EARLY
+from tasks.triggers.reopen import NOT_SENT_EARLY, switched_off
 
 
 class Preparer:
@@ -46,12 +46,7 @@ class Preparer:
     def __call__(self, row: LedgerRow) -> Ready | Skip | Wait:
         trigger = self.triggers.get(row.source_name)
         if trigger is None:
-            gone = (
-                "switched off"
-                if row.source_name in self.configured
-                else "removed from the configuration"
-            )
-            return Skip(f"trigger {gone}", cancel=True)
+            return Skip(switched_off(row.source_name in self.configured), cancel=True)
         if row.message_id not in self._decisions and trigger.name not in self._loaded:
             self._load(trigger)
         decision = self._decisions.get(row.message_id)

@@ -31,7 +31,9 @@ by the re-check that follows in the same tick like any planned message (it waits
 ``last_minute``). ``status_reason`` says it was reopened and which skip it undid; ``reopened``
 keeps that after it is sent or skipped again. Every other skip is final: a template error, a
 suppressed address, a failed send-time check, a condition judged when due ("a future appointment
-is booked"); a cancelled message (the appointment cancelled or gone) is never reopened either.
+is booked"); a cancelled message (the appointment cancelled or gone) is never reopened either,
+but for one cancelled because its trigger was switched off, whose moment comes after the trigger
+is on again (:func:`resume`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,15 @@ from tasks.triggers.definition import Trigger
 
 # The send-time check's skip of a due message whose appointment moved later (prepare.py).
 NOT_SENT_EARLY = "appointment moved after planning; not sent early"
+
+
+def switched_off(configured: bool) -> str:
+    """Why a trigger's planned message was cancelled when the trigger went off: switched off
+    (still in clinic.yaml) or removed from it. :func:`resume` undoes either once it is back."""
+    return "trigger switched off" if configured else "trigger removed from the configuration"
+
+
+SWITCHED_OFF = (switched_off(True), switched_off(False))
 
 
 def moved_too_late(trigger: Trigger) -> str:
@@ -122,3 +133,55 @@ def reopen(
               "waiting_reason": nothing, "next_attempt_at": nothing,
               "reopened": history}  # fmt: skip
     return len(ledger.transition(con, ids, "skipped", "planned", now, values=values, strict=False))
+
+
+def resume(
+    con: duckdb.DuckDBPyConnection,
+    trigger: Trigger,
+    candidates: dict[str, dict[str, Any]],
+    went_live: datetime,
+    now: datetime,
+) -> int:
+    """Plan again the trigger's messages cancelled because it was switched off (or removed)
+    before it went live again, whose moment is in the tick's window: at or after the new go-live,
+    as for any message of a trigger switched on (one due while it was off stays cancelled).
+    Without this, a trigger off for a minute would lose every message it had planned ahead
+    (reminders of the next two days), while the same appointments booked later got theirs.
+    Only a row never claimed moves (the ledger's guard, ``ONLY_IF``); returns how many moved."""
+    ahead = {
+        key: c
+        for key, c in candidates.items()
+        if c["in_window"]
+        and c["ledger_status"] == "cancelled"
+        and c["ledger_cancelled_at"] is not None
+        and c["ledger_cancelled_at"] <= went_live <= c["due_at"]
+        and _regular(trigger, c)
+    }
+    if not ahead:
+        return 0
+    rows = con.execute(
+        "SELECT message_id, send_key, status_reason, cancelled_at, reopened "
+        "FROM state.messages WHERE send_key IN (SELECT unnest(?::VARCHAR[])) "
+        "AND status = 'cancelled' AND source_kind = 'trigger' "
+        "AND status_reason IN (SELECT unnest(?::VARCHAR[]))",
+        [list(ahead), list(SWITCHED_OFF)],
+    ).fetchall()
+    ids, due, expires, notes, history = [], [], [], [], []
+    for message_id, key, reason, cancelled_at, reopened in rows:
+        c = ahead[key]
+        note = (
+            f"reopened {now.astimezone(UTC):%Y-%m-%d %H:%M} UTC, the trigger is on again: "
+            f"was cancelled {cancelled_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC ({reason})"
+        )
+        ids.append(message_id)
+        due.append(c["due_at"])
+        expires.append(c["expires_at"])
+        notes.append(note)
+        history.append(f"{reopened}; {note}" if reopened else note)
+    nothing = [None] * len(ids)
+    values = {"due_at": due, "expires_at": expires, "status_reason": notes,
+              "waiting_reason": nothing, "next_attempt_at": nothing,
+              "reopened": history}  # fmt: skip
+    return len(
+        ledger.transition(con, ids, "cancelled", "planned", now, values=values, strict=False)
+    )

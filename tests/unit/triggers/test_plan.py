@@ -405,14 +405,41 @@ def test_switching_a_trigger_off_cancels_its_planned_messages_and_on_again_start
     clinic.appointment(11, 1, NOW + 40 * HOUR, created=NOW - DAY)  # booked while it was off
     clinic.triggers[0]["enabled"] = True
     clinic.plan(NOW + 2 * MIN)
+    # 10's reminder (cancelled when it went off, its moment still ahead) goes after all
     assert {r.appointment_id: r.status for r in clinic.messages()} == {
-        10: "cancelled",
+        10: "planned",
         11: "planned",
     }
     went_live = clinic.con.execute(
         "SELECT went_live_at FROM state.trigger_activations WHERE ended_at IS NULL"
     ).fetchall()
     assert went_live == [(NOW + 2 * MIN,)]
+
+
+def test_a_trigger_switched_off_and_on_again_sends_what_falls_due_after_it_is_back(clinic):
+    # Off for an hour (a template fixed, a toggle by mistake): the reminders planned before were
+    # cancelled, and those whose moment comes after it is back on go as if it never was off;
+    # one whose moment passed while it was off stays cancelled (switching on blasts nothing).
+    clinic.trigger("reminder", **REMINDER)
+    live(clinic)
+    clinic.patient(1)
+    clinic.patient(2)
+    clinic.appointment(10, 1, NOW + 30 * HOUR)  # reminder at NOW + 6 h: after it is back
+    clinic.appointment(12, 2, NOW + 24 * HOUR + 30 * MIN)  # at NOW + 30 min: while it is off
+    clinic.plan(NOW)
+    clinic.triggers[0]["enabled"] = False
+    clinic.plan(NOW + MIN)
+    assert {r.status for r in clinic.messages()} == {"cancelled"}
+    clinic.triggers[0]["enabled"] = True
+    result = clinic.plan(NOW + HOUR)
+    rows = {r.appointment_id: r for r in clinic.messages()}
+    assert (rows[10].status, rows[10].due_at) == ("planned", NOW + 6 * HOUR)
+    assert "trigger switched off" in rows[10].status_reason
+    assert (rows[12].status, rows[12].status_reason) == ("cancelled", "trigger switched off")
+    assert result.totals["reopened"] == 1
+    clinic.plan(NOW + HOUR + MIN, build=False)  # once: the next tick leaves it as it is
+    again = {r.appointment_id: (r.status, r.due_at) for r in clinic.messages()}
+    assert again == {10: ("planned", NOW + 6 * HOUR), 12: ("cancelled", rows[12].due_at)}
 
 
 def test_redefining_a_trigger_re_dates_its_go_live_and_re_checks_what_it_planned(clinic):
