@@ -178,6 +178,7 @@ def replace_changed_rows(
             ("patient_id",),
             SEGMENT_ROWS,
         )
+        check_patients(con, "(SELECT patient_id FROM relay_diff WHERE relay_rowid IS NULL)")
     if changed and note is not None:
         note(_WENT, _CAME)
     known.wrote(relation, temp, rows, distinct=True)
@@ -220,23 +221,65 @@ def check_shape(
     columns: list[tuple[str, str]] | None = None,
     unique: bool = True,
 ) -> None:
-    """What the rest of the system relies on: key columns exist; a segment has one row per
-    patient_id (``unique``: checked here). ``columns``: ``rel``'s, when known (else read)."""
+    """What the rest of the system relies on: key columns exist; a segment's patient_id is a
+    whole number, and it has one row per patient, each a patient of the whole database
+    (``unique``: the rows are checked here). ``columns``: ``rel``'s, when known (else read)."""
     needed = list(model.key) + (["patient_id"] if model.schema == "segments" else [])
     if not needed:
         return
-    names = {c for c, _ in (_columns(con, rel) if columns is None else columns)}
+    types = dict(_columns(con, rel) if columns is None else columns)
     for column in needed:
-        if column not in names:
+        if column not in types:
             raise duckdb.BinderException(
                 f"the model must return a column named {column}"
                 + (" (one row per patient in the segment)" if model.schema == "segments" else "")
             )
-    if model.schema == "segments" and unique:
+    if model.schema != "segments":
+        return
+    if types["patient_id"] not in PATIENT_ID_TYPES:
+        # membership, the planner and the lists compare it with BIGINT patient ids: text there
+        # failed the whole build, in membership.py, with the rows' values left out
+        raise duckdb.BinderException(
+            f"patient_id is {types['patient_id']}; a segment's patient_id is a patient's id "
+            "(marts.patients.patient_id, a BIGINT)"
+        )
+    if unique:
         check_unique(con, rel, ("patient_id",), SEGMENT_ROWS)
+        check_patients(con, f"(SELECT patient_id FROM {rel})")
 
 
 SEGMENT_ROWS = "a segment has one row per patient"
+
+# Whole-number types every value of which is a BIGINT (a patient id).
+PATIENT_ID_TYPES = {
+    "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"
+}  # fmt: skip
+
+
+def check_patients(con: duckdb.DuckDBPyConnection, patient_ids: str) -> None:
+    """Each of ``patient_ids`` (a query of one column, ``patient_id``) names a patient of the
+    whole database (marts.patients: not deleted; archived ones are patients). A segment of
+    appointment ids or NULLs would otherwise be built, previewed and sent to by id. Asked only
+    where the project has marts.patients (it is built before every segment)."""
+    if not one(
+        con,
+        "SELECT EXISTS (SELECT 1 FROM duckdb_views() WHERE database_name = current_database() "
+        "AND schema_name = 'marts' AND view_name = 'patients') OR EXISTS (SELECT 1 FROM "
+        "duckdb_tables() WHERE database_name = current_database() AND schema_name = 'marts' "
+        "AND table_name = 'patients')",
+    )[0]:
+        return
+    unknown = one(
+        con,
+        f"SELECT count(*) FROM {patient_ids} AS s WHERE s.patient_id IS NULL OR NOT EXISTS "
+        "(SELECT 1 FROM marts.patients p WHERE p.patient_id = s.patient_id)",
+    )[0]
+    if unknown:
+        raise duckdb.ConstraintException(
+            f"{unknown} row(s) with a patient_id that is not a patient (NULL, or not in "
+            "marts.patients: an appointment's id, a deleted patient); a segment is a set of "
+            "patients"
+        )
 
 
 def check_unique(

@@ -198,3 +198,25 @@ def test_preview_segment_and_models_test_work_after_a_failed_build(clinic):
     assert models.run_tests(clinic.con, clinic.sql) == {}  # no tests in this copy; it runs
     with pytest.raises(Exception, match="sql/marts/patients.sql"):  # the planner would wait
         models.require_good_build(clinic.con, ["segments.new_patients"])
+
+
+def test_a_segment_keyed_by_email_holds_its_journey_only_and_preview_names_the_file(clinic):
+    """Before, a text patient_id passed the shape check: preview crashed with a traceback, and
+    the build failed as a whole in membership.py (every reminder waited on one segment)."""
+    from tasks.models.preview import preview_segment
+
+    by_email = "select email_normalised as patient_id from marts.patients"
+    (clinic.sql / "segments" / "new_patients.sql").write_text(by_email)
+    with pytest.raises(models.ModelError, match="sql/segments/new_patients.sql: patient_id is"):
+        preview_segment(clinic.con, "new_patients", sql_dir=clinic.sql)
+    clinic.book(1, days_ahead=1.05)
+    clinic.advance(minutes=5)
+
+    held = clinic.run_tick()
+
+    why = "segments.new_patients not rebuilt (sql/segments/new_patients.sql failed to build)"
+    assert held == {("journey", "new-patient"): why}
+    assert models.latest_build(clinic.con)["status"] == "succeeded"
+    clinic.advance(hours=1, minutes=30)
+    clinic.run_tick()
+    assert clinic.sent("sms-reminder-24h") == [1]

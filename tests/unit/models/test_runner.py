@@ -257,6 +257,72 @@ def test_a_segment_must_return_each_patient_once(con, tmp_path):
         build(con, sql_dir)
 
 
+# The whole database as the real project names it (sql/marts/patients.sql): a segment's
+# patient_id values must be patients there.
+PATIENTS = {"marts/patients.sql": "select patient_id from staging.people"}
+
+
+def test_a_segment_of_ids_that_are_not_patients_is_held(con, tmp_path):
+    """An appointment id, a NULL or a made-up number is not a patient: the segment is held with
+    its file named, the rest of the build goes on."""
+    sql_dir = write(tmp_path, {**GOOD, **PATIENTS})
+    build(con, sql_dir)
+    for sql in (
+        "select patient_id + 100 as patient_id from marts.people",
+        "select patient_id from marts.people union all select null",
+    ):
+        write(tmp_path, {"segments/odd.sql": sql})
+        with pytest.raises(
+            models.BuildFailed,
+            match=r"sql/segments/odd.sql: \d row\(s\) with a patient_id that is not a patient",
+        ):
+            build(con, sql_dir)
+        latest = models.latest_build(con)
+        assert (latest["status"], latest["held"]) == (
+            "succeeded",
+            {"segments.odd": "sql/segments/odd.sql"},
+        )
+        assert count(con, "segments.everyone") == 2
+
+
+def test_a_segment_that_names_a_non_patient_on_a_later_build_keeps_its_last_good_rows(
+    con, tmp_path
+):
+    """Brought to its new rows by difference, only the rows that came are asked."""
+    odd = {
+        "segments/odd.sql": "select case when email like '%ODD%' then patient_id + 100 "
+        "else patient_id end as patient_id from marts.people"
+    }
+    sql_dir = write(tmp_path, {**GOOD, **PATIENTS, **odd})
+    build(con, sql_dir)
+    con.execute(
+        'UPDATE raw.patients SET payload = \'{"email": "ann.odd@example.com"}\', '
+        "synced_at = now() WHERE id = 1"
+    )
+    with pytest.raises(models.BuildFailed, match="sql/segments/odd.sql: 1 row.*not a patient"):
+        build(con, sql_dir)
+    assert sorted(con.execute("SELECT * FROM segments.odd").fetchall()) == [(1,), (2,)]
+
+
+def test_a_segment_whose_patient_id_is_not_a_number_holds_itself_only(con, tmp_path):
+    """A segment keyed by email (text) failed the whole build inside membership.py before."""
+    sql_dir = write(tmp_path, GOOD)
+    build(con, sql_dir)
+    write(tmp_path, {"segments/by_email.sql": "select email as patient_id from marts.people"})
+    with pytest.raises(
+        models.BuildFailed,
+        match=r"sql/segments/by_email.sql: patient_id is VARCHAR; a segment's patient_id is",
+    ) as failed:
+        build(con, sql_dir)
+    assert "@" not in str(failed.value)
+    latest = models.latest_build(con)
+    assert (latest["status"], latest["held"]) == (
+        "succeeded",
+        {"segments.by_email": "sql/segments/by_email.sql"},
+    )
+    assert count(con, "segments.everyone") == 2
+
+
 def test_a_segment_that_repeats_a_patient_on_a_later_build_fails_it(con, tmp_path):
     """A segment brought to its new rows by difference is checked too: a patient on a row that
     came beside a row it kept, or on two rows that came."""
