@@ -272,6 +272,7 @@ class ModelBuild:
                 self.unchanged.add(model.relation)
             else:
                 con.execute(f"CREATE OR REPLACE VIEW {rel} AS {model.sql}")
+                tables.check_shape(con, model, rel)  # a segment made a view, as a table's
             return None
         if existing == "view":
             con.execute(f"DROP VIEW {rel}")

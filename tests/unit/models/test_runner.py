@@ -323,6 +323,31 @@ def test_a_segment_whose_patient_id_is_not_a_number_holds_itself_only(con, tmp_p
     assert count(con, "segments.everyone") == 2
 
 
+def test_a_segment_made_a_view_is_checked_like_a_table(con, tmp_path):
+    """`-- config: materialized=view` skipped the segment's checks: a patient on two rows was
+    built, and no patient_id column failed the whole build in membership.py."""
+    view = "-- config: materialized=view\n"
+    sql_dir = write(tmp_path, {**GOOD, **PATIENTS})
+    build(con, sql_dir)
+    for sql, error in (
+        ("select patient_id from marts.people union all select 1", "1 value.*one row per"),
+        ("select email from marts.people", "must return a column named patient_id"),
+        ("select patient_id + 100 as patient_id from marts.people", "2 row.*not a patient"),
+    ):
+        write(tmp_path, {"segments/as_view.sql": view + sql})
+        with pytest.raises(models.BuildFailed, match=f"sql/segments/as_view.sql: .*{error}"):
+            build(con, sql_dir)
+        latest = models.latest_build(con)
+        assert (latest["status"], latest["held"]) == (
+            "succeeded",
+            {"segments.as_view": "sql/segments/as_view.sql"},
+        )
+        assert count(con, "segments.everyone") == 2
+    write(tmp_path, {"segments/as_view.sql": view + "select patient_id from marts.people"})
+    build(con, sql_dir)
+    assert count(con, "segments.as_view") == 2
+
+
 def test_a_segment_that_repeats_a_patient_on_a_later_build_fails_it(con, tmp_path):
     """A segment brought to its new rows by difference is checked too: a patient on a row that
     came beside a row it kept, or on two rows that came."""
