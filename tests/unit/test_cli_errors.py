@@ -101,6 +101,23 @@ def test_a_segment_without_patient_id_says_exactly_that(built):
         ), lines
 
 
+def test_a_segment_keyed_by_email_says_so_without_an_address(built):
+    """It crashed `relay preview segment` with a traceback, and the build failed as a whole in
+    tasks/models/membership.py."""
+    (built / "sql" / "segments" / "by_email.sql").write_text(
+        "SELECT email_normalised AS patient_id FROM marts.patients\n"
+    )
+    for command in (["preview", "segment", "by_email"], ["models", "build"]):
+        code, lines = relay(*command, cwd=built)
+        assert code == 2, lines
+        assert_clean(lines)
+        assert lines[0] == (
+            "error: sql/segments/by_email.sql: patient_id is VARCHAR; a segment's patient_id is "
+            "a patient's id (marts.patients.patient_id, a BIGINT)"
+        ), lines
+        assert not any("@" in line for line in lines), lines
+
+
 def test_a_broken_model_keeps_duckdbs_message_framed_with_the_file(built):
     (built / "sql" / "segments" / "typo.sql").write_text("SELEC patient_id FROM marts.patients\n")
     code, lines = relay("models", "build", cwd=built)
