@@ -178,7 +178,13 @@ def replace_changed_rows(
             ("patient_id",),
             SEGMENT_ROWS,
         )
-        check_patients(con, "(SELECT patient_id FROM relay_diff WHERE relay_rowid IS NULL)")
+        check_patients(
+            con,
+            "(SELECT patient_id FROM relay_diff WHERE relay_rowid IS NULL)",
+            # the build's own record of what is there (no catalog query): read at its start,
+            # or written by it since
+            "marts.patients" in known.existing or "marts.patients" in known.columns,
+        )
     if changed and note is not None:
         note(_WENT, _CAME)
     known.wrote(relation, temp, rows, distinct=True)
@@ -256,18 +262,23 @@ PATIENT_ID_TYPES = {
 }  # fmt: skip
 
 
-def check_patients(con: duckdb.DuckDBPyConnection, patient_ids: str) -> None:
+def check_patients(
+    con: duckdb.DuckDBPyConnection, patient_ids: str, has_patients: bool | None = None
+) -> None:
     """Each of ``patient_ids`` (a query of one column, ``patient_id``) names a patient of the
     whole database (marts.patients: not deleted; archived ones are patients). A segment of
     appointment ids or NULLs would otherwise be built, previewed and sent to by id. Asked only
-    where the project has marts.patients (it is built before every segment)."""
-    if not one(
-        con,
-        "SELECT EXISTS (SELECT 1 FROM duckdb_views() WHERE database_name = current_database() "
-        "AND schema_name = 'marts' AND view_name = 'patients') OR EXISTS (SELECT 1 FROM "
-        "duckdb_tables() WHERE database_name = current_database() AND schema_name = 'marts' "
-        "AND table_name = 'patients')",
-    )[0]:
+    where the project has marts.patients (it is built before every segment); ``has_patients``:
+    whether it has, when the caller knows (else the catalog is asked: a statement a call)."""
+    if has_patients is None:
+        has_patients = one(
+            con,
+            "SELECT EXISTS (SELECT 1 FROM duckdb_views() WHERE database_name = current_database() "
+            "AND schema_name = 'marts' AND view_name = 'patients') OR EXISTS (SELECT 1 FROM "
+            "duckdb_tables() WHERE database_name = current_database() AND schema_name = 'marts' "
+            "AND table_name = 'patients')",
+        )[0]
+    if not has_patients:
         return
     unknown = one(
         con,
