@@ -2,13 +2,15 @@
 resource in ``tasks.cliniko.resources``, resumable after a kill at any moment.
 
 How a path is read (cliniko-api.md §5): ``sort=updated_at,id&q[]=updated_at:>=<cursor>`` plus
-the resource's hidden-row filters (the ``id`` tie-break: see ``SORT``). After each page the cursor moves to the page's largest
-``updated_at`` and page 1 is asked again, keyset-style, so a row updated mid-run (which jumps to
-the end of the order) can never shift an unread row onto a page already read. Only when a whole
-page shares the cursor's second do we follow ``links.next`` within it, which the total order
-makes safe. A run starts at the
-watermark minus the overlap; rows seen twice are recognised (same ``updated_at`` and payload) and
-left alone.
+the resource's hidden-row filters (the ``id`` tie-break: see ``SORT``). After each page the cursor
+moves to the page's largest ``updated_at`` and page 1 is asked again, keyset-style, so a row
+updated mid-run (which jumps to the end of the order) can never shift an unread row onto a page
+already read. When a whole page shares the cursor's second (a bulk edit), the second is walked
+the same way on ``id``: page 1 of that one second after the largest id read
+(``updated_at:>=S&updated_at:<S+1s&id:>N``), never by offset (``links.next``), since a row of the
+second edited meanwhile leaves it and would shift an unread one onto the page just read. A run
+starts at the watermark minus the overlap; rows seen twice are recognised (same ``updated_at``
+and payload) and left alone.
 
 Pages are parsed and written by ``tasks.cliniko.writer`` (rows, quarantine and the watermark in
 one transaction, a few pages per commit). A reconciliation is the same sweep from the beginning,
@@ -62,11 +64,19 @@ def format_cursor(moment: datetime) -> str:
 SORT = "updated_at,id"
 
 
-def list_params(resource: Resource, cursor: datetime | None) -> list[tuple[str, str]]:
+def list_params(
+    resource: Resource, cursor: datetime | None, after_id: int | None = None
+) -> list[tuple[str, str]]:
+    """The list query from ``cursor`` on; with ``after_id``, only the rest of the cursor's own
+    second: its rows of a larger id (the walk through a second's rows, see the module doc)."""
     params = [("sort", SORT)]
     params += [("q[]", f"{hidden}:*") for hidden in resource.include_hidden]
     if cursor is not None:
         params.append(("q[]", f"updated_at:>={format_cursor(cursor)}"))
+        if after_id is not None:
+            second_after = cursor.replace(microsecond=0) + timedelta(seconds=1)
+            params.append(("q[]", f"updated_at:<{format_cursor(second_after)}"))
+            params.append(("q[]", f"id:>{after_id}"))
     return params
 
 
@@ -259,27 +269,29 @@ class Sync:
         return batch
 
     def _read_all(self) -> None:
-        """The one paging mechanism, for every path in turn: keyset on updated_at, next links
-        only within one second. Hands (path, page) to the writer, (path, None) at a path's end;
+        """The one paging mechanism, for every path in turn: keyset on updated_at, and on id
+        within one second (``_next_step``). Hands (path, page) to the writer, (path, None) at a path's end;
         or the exception that stopped it."""
         try:
             for resource in self.resources:
                 counts = self.counts[resource.name]
                 for path in resource.paths:
                     cursor, page = self._first.pop(path)
+                    after_id: int | None = None  # walking the cursor's second from this id
                     ask: tuple[str, str] | tuple[str, str, list[tuple[str, str]]]
                     while True:
                         batch = parse_records(resource, page.records)
                         if not self._hand_over((path, batch)):
                             return
-                        if not page.next_url:
+                        step = _next_step(cursor, after_id, batch, page.next_url)
+                        if step is None:
                             break
-                        moved = _floor_second(batch.max_updated_at)
-                        if moved is not None and (cursor is None or moved > cursor):
-                            cursor = moved  # page 1 again, from the furthest row read
-                            ask = (path, resource.name, list_params(resource, cursor))
-                        else:  # the whole page shares the cursor's second: go on within it
-                            ask = (page.next_url, resource.name)
+                        cursor, after_id, by_offset = step
+                        ask = (
+                            (page.next_url, resource.name)
+                            if by_offset and page.next_url
+                            else (path, resource.name, list_params(resource, cursor, after_id))
+                        )
                         page = self._request(counts, *ask)
                     if not self._hand_over((path, None)):
                         return
@@ -298,6 +310,32 @@ class Sync:
 
 def _floor_second(moment: datetime | None) -> datetime | None:
     return moment.replace(microsecond=0) if moment is not None else None
+
+
+def _next_step(
+    cursor: datetime | None, after_id: int | None, batch: Batch, next_url: str | None
+) -> tuple[datetime | None, int | None, bool] | None:
+    """Where the walk goes after a page: (cursor, after_id, by_offset), or None at the end.
+
+    Page 1 again from the page's largest ``updated_at``; when the whole page shares the
+    cursor's second, page 1 of that second after the page's largest id, until the second is
+    read, then on from the next second. Following ``next_url`` (by offset) is the last resort,
+    for pages that give nothing to key on (no ``updated_at`` or no ids)."""
+    if after_id is not None:  # a page of the cursor's second alone
+        assert cursor is not None
+        if not next_url:  # the second is read: on from the next one
+            return cursor + timedelta(seconds=1), None, False
+        if batch.max_id is not None and batch.max_id > after_id:
+            return cursor, batch.max_id, False
+        return cursor, after_id, True
+    if not next_url:
+        return None
+    moved = _floor_second(batch.max_updated_at)
+    if moved is not None and (cursor is None or moved > cursor):
+        return moved, None, False
+    if cursor is not None and batch.max_id is not None:
+        return cursor, batch.max_id, False
+    return cursor, None, True
 
 
 def bound_memory(con: duckdb.DuckDBPyConnection, limit: str = "64MB") -> None:

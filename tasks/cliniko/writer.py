@@ -44,6 +44,9 @@ class Batch:
     quarantined: list[tuple[str, str, str]]  # record key as sent, reason (no values), payload
     seen_ids: list[int]  # every id Cliniko returned, loadable or not (for reconciliation)
     max_updated_at: datetime | None
+    # The largest ``id`` the records carry themselves (not a fallback key): where the pager goes
+    # on from within one second (tasks.cliniko.sync). None when no record has one.
+    max_id: int | None = None
 
 
 class _Malformed(Exception):
@@ -106,6 +109,7 @@ def parse_records(resource: Resource, records: list) -> Batch:
     quarantined: list[tuple[str, str, str]] = []
     seen: list[int] = []
     newest: datetime | None = None
+    top_id: int | None = None
     for record in records:
         payload = orjson.dumps(record).decode()
         record_id: int | None = None
@@ -116,6 +120,7 @@ def parse_records(resource: Resource, records: list) -> Batch:
                 record_id = _link_id(record, resource.fallback_key_link)
             else:
                 record_id = _as_id(record.get("id"))
+                top_id = record_id if top_id is None else max(top_id, record_id)
             seen.append(record_id)
             updated_at = parse_timestamp(record.get("updated_at"))
         except _Malformed as problem:
@@ -125,7 +130,7 @@ def parse_records(resource: Resource, records: list) -> Batch:
             by_id[record_id] = (record_id, updated_at, payload)
         if updated_at is not None and (newest is None or updated_at > newest):
             newest = updated_at
-    return Batch(list(by_id.values()), quarantined, seen, newest)
+    return Batch(list(by_id.values()), quarantined, seen, newest, top_id)
 
 
 def _parseable_updated_at(record: object) -> datetime | None:

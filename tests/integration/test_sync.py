@@ -190,6 +190,37 @@ def test_a_bulk_edit_of_1000_rows_in_one_second_is_read_in_full_in_one_run(db, c
     assert_mirrors(db, clinic, server)
 
 
+def test_a_row_of_a_bulk_edit_edited_again_mid_run_shifts_no_other_row_out_of_reach(
+    db, clinic, server
+):
+    """The offset-drift pitfall inside one second: while the sync walks a 1,000-row burst, one
+    row it has read is edited again and leaves the burst's second. Walked by offset
+    (``links.next``), every later row of the burst moves up one place and the first row of the
+    next page lands on the page already read: never read, and an hour behind the watermark, so
+    the next run's overlap does not reach it either."""
+    sync(db, server, clinic)
+    clinic.advance(timedelta(hours=1))
+    ids = sorted(clinic.snapshot("attendees", server.base_url))[:1000]
+    clinic.bulk_edit("attendees", ids, {"notes": "Moved to the new room"})
+    pages = 0
+    with client_for(server, clinic.api_key) as client, open_db(db) as con:
+        get_page = client.get_page
+
+        def edit_a_row_already_read(path_or_url, key, params=()):
+            nonlocal pages
+            page = get_page(path_or_url, key, params)
+            pages += key == "attendees"
+            if key == "attendees" and pages == 2:
+                clinic.advance(timedelta(hours=1))
+                clinic.bulk_edit("attendees", [int(page.records[0]["id"])], {"notes": "Later"})
+            return page
+
+        client.get_page = edit_a_row_already_read  # type: ignore[method-assign]
+        extract.run_sync(con, client)
+    sync(db, server, clinic)  # the overlap (5 minutes) re-reads only the last minutes
+    assert_mirrors(db, clinic, server)
+
+
 def test_reconciliation_marks_hard_deleted_rows_and_keeps_them(db, clinic, server, lookups):
     sync(db, server, clinic)
     for _ in range(3):

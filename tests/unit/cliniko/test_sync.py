@@ -31,6 +31,18 @@ def test_the_list_query_asks_for_hidden_rows_and_changes_since_the_cursor():
     assert extract.list_params(resources.get("businesses"), None) == [("sort", "updated_at,id")]
 
 
+def test_the_rest_of_one_second_is_asked_for_by_id_not_by_offset():
+    attendees = resources.get("attendees")
+    assert extract.list_params(attendees, datetime(2026, 3, 1, 9, 59, 59, tzinfo=UTC), 42) == [
+        ("sort", "updated_at,id"),
+        ("q[]", "cancelled_at:*"),
+        ("q[]", "archived_at:*"),
+        ("q[]", "updated_at:>=2026-03-01T09:59:59Z"),
+        ("q[]", "updated_at:<2026-03-01T10:00:00Z"),
+        ("q[]", "id:>42"),
+    ]
+
+
 def test_reconciliation_is_due_when_none_completed_recently(con):
     assert extract.reconcile_due(con, 24, NOW)
     run = extract.start_run(con, "reconcile")
