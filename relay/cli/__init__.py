@@ -104,6 +104,10 @@ def _let_go(exc: BaseException) -> None:
     while chained is not None and id(chained) not in seen:
         seen.add(id(chained))
         traceback.clear_frames(chained.__traceback__)
+        # A frame's locals go with clear_frames, not the function it runs: a closure's cells
+        # (``Sync.open``'s worker holds the Sync, and so its connection) live while the frame
+        # does, and the traceback keeps the frame.
+        chained.__traceback__ = None
         chained = chained.__cause__ or chained.__context__
 
 

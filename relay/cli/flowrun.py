@@ -3,7 +3,7 @@ line (``main`` prints it), not in Prefect's traceback and log chatter.
 
 ``prepare()`` is called by a command after it imports its flow (so Prefect's logging is set up):
 it checks that the server PREFECT_API_URL names answers (else: what to start), and keeps a
-``UserFacingError`` raised inside a flow out of the console (the run's own log in the UI still has
+``UserFacingError`` raised inside a flow or one of its tasks out of the console (the run's own log in the UI still has
 it). ``silence()`` is called by ``main`` when it prints such an error: what Prefect says while it
 shuts down after that (its events worker draining) adds nothing for the person reading.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 
 from tasks.errors import UserFacingError
@@ -21,6 +22,20 @@ class PrefectUnreachable(UserFacingError):
     """PREFECT_API_URL names a server that does not answer."""
 
 
+# A task run that failed says so once more, as a state with no exception attached: the name of
+# the exception's class is all the record holds.
+_TASK_FAILED = re.compile(r"Finished in state Failed\(.Task run encountered an exception (\w+): ")
+
+
+def _user_facing_names() -> set[str]:
+    names, todo = set(), [UserFacingError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return names
+
+
 class _ConsoleFilter(logging.Filter):
     silenced = False
 
@@ -28,7 +43,10 @@ class _ConsoleFilter(logging.Filter):
         if self.silenced:
             return False
         exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, UserFacingError)
+        if isinstance(exc, UserFacingError):
+            return False
+        failed = _TASK_FAILED.match(record.getMessage())
+        return failed is None or failed.group(1) not in _user_facing_names()
 
 
 _FILTER = _ConsoleFilter()

@@ -155,6 +155,26 @@ def test_an_error_inside_a_flow_leaves_no_traceback_or_leaked_lines(data_dir):
     assert lines == ["error: The models have never been built. Run `relay models build`."]
 
 
+def test_a_refusal_inside_a_flows_task_is_one_line(data_dir):
+    """A wrong key fails the sync's first task (check_access): the error is said once, without
+    the task's "Finished in state Failed" log line or the DuckDB connection its frames held."""
+    from sandbox.cliniko import SandboxClinic, SandboxServer
+
+    clinic = SandboxClinic.generate(seed=7, patients=20)
+    with SandboxServer(clinic, rate_limit=None) as server:
+        code, lines = relay(
+            "sync",
+            env={
+                "CLINIKO_API_KEY": "not-the-key-au1",
+                "CLINIKO_BASE_URL": server.base_url,
+                "CLINIKO_CONTACT": "it@clinic.com.au",
+            },
+        )
+    assert code == 2
+    assert_clean(lines)
+    assert len(lines) == 1 and lines[0].startswith("error: Cliniko rejected the API key (401)")
+
+
 def test_a_prefect_server_that_does_not_answer_is_one_line(data_dir):
     code, lines = relay("sync", env={"PREFECT_API_URL": "http://127.0.0.1:9/api"})
     assert code == 2
