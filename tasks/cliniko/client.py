@@ -214,6 +214,7 @@ class ClinikoClient:
         contact = check_contact(contact, base_url)
         self.shard = shard_of(api_key)
         self.base_url = (base_url or api_base_url(api_key)).rstrip("/")
+        self._host_from_key = not base_url  # the shard suffix chose the host: see _unreachable
         base = urlsplit(self.base_url)
         self._origin = (base.scheme, base.netloc)
         self.host = base.netloc
@@ -282,8 +283,8 @@ class ClinikoClient:
             response = self._paced_get(self.url(path), list(params))
         except httpx.TransportError as exc:
             raise ClinikoUnavailable(
-                f"Cliniko did not answer {path} at {self.host} ({type(exc).__name__}). Check "
-                "the network and the base URL."
+                f"Cliniko did not answer {path} at {self.host} ({type(exc).__name__}). "
+                + self._no_answer_hint(exc)
             ) from None
         status = response.status_code
         if status == 200:
@@ -414,10 +415,25 @@ class ClinikoClient:
                 "run retries it. If it persists, check the base URL and Cliniko's status page."
             )
         what = str(last) if isinstance(last, _Transient) else type(last).__name__
+        hint = f" {self._no_answer_hint(last)}" if isinstance(last, httpx.ConnectError) else ""
         return ClinikoUnavailable(
             f"Cliniko did not answer {path} at {self.host} after {tries} tries (last: {what}). "
             "Nothing from that page was written; the next run resumes where this one stopped."
+            + hint
         )
+
+    def _no_answer_hint(self, exc: BaseException | None) -> str:
+        """What to check when Cliniko did not answer. No connection at all may mean no such host,
+        and the key's suffix chooses the host: a mistyped or unknown shard looks exactly like a
+        network outage, so say both."""
+        if isinstance(exc, httpx.ConnectError) and self._host_from_key:
+            return (
+                f"The host comes from the API key's suffix, which names shard '{self.shard}' "
+                "(no suffix means au1): check that it matches the account's region as in the "
+                "key Cliniko gave (e.g. ...-au2, ...-uk1), and that this machine can reach "
+                f"{self.host}."
+            )
+        return f"Check the network and the base URL ({self.base_url})."
 
     def _check_on_api_host(self, url: str) -> None:
         parts = urlsplit(url)

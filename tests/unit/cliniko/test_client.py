@@ -7,14 +7,17 @@ sandbox in tests/integration/test_sync*.py.
 import bisect
 import random
 
+import httpx
 import pytest
 
 from tasks.cliniko.client import (
     BadContact,
     ClinikoClient,
     ClinikoError,
+    ClinikoUnavailable,
     Pace,
     RateLimiter,
+    Retry,
     api_base_url,
     check_contact,
     limiter_for,
@@ -49,6 +52,34 @@ def test_a_next_link_off_the_api_host_is_refused_before_any_request():
         with pytest.raises(ClinikoError, match="not the API host"):
             client.get_page("http://evil.example/v1/patients?page=2", "patients")
         assert client.stats.requests == 0
+
+
+def no_connection(_request):
+    raise httpx.ConnectError("[Errno -2] Name or service not known")
+
+
+def test_a_host_that_cannot_be_reached_points_at_the_keys_shard_suffix():
+    """A mistyped suffix (``-zz9``) names a host that does not exist: the error says which shard
+    the key names, not only that Cliniko did not answer."""
+    retry = Retry(attempts=2, initial_seconds=0.001, max_seconds=0.001)
+    with ClinikoClient("MS0xLTEy-zz9", "ops@clinic.com.au", pace=None, retry=retry) as client:
+        client._http = httpx.Client(transport=httpx.MockTransport(no_connection))
+        with pytest.raises(ClinikoUnavailable) as raised:
+            client.get_page("/patients", "patients")
+        with pytest.raises(ClinikoUnavailable) as checked:
+            client.get_object("/user")
+    for exc in (raised.value, checked.value):
+        assert "api.zz9.cliniko.com" in str(exc)
+        assert "suffix, which names shard 'zz9'" in str(exc)
+        assert "MS0xLTEy" not in str(exc)  # never the key
+
+
+def test_a_base_url_that_cannot_be_reached_is_named():
+    retry = Retry(attempts=2, initial_seconds=0.001, max_seconds=0.001)
+    with ClinikoClient("k-au1", "ops@clinic.com.au", "http://10.9.9.9/v1", None, retry) as client:
+        client._http = httpx.Client(transport=httpx.MockTransport(no_connection))
+        with pytest.raises(ClinikoUnavailable, match=r"base URL \(http://10.9.9.9/v1\)"):
+            client.get_page("/patients", "patients")
 
 
 class FakeTime:
