@@ -402,7 +402,8 @@ def _index_range(
 ) -> tuple[list[int], int, int] | None:
     """The slice of a sorted index a query reads, when it sorts ascending on one indexed field
     (optionally then ascending on ``id``, the index's own tie order) and filters only on that
-    field's range (plus ``*`` filters, which only unhide rows)."""
+    field's range (plus ``*`` filters, which only unhide rows, and, sorted on ``id`` too, an
+    ``id`` range when the field's range holds one second)."""
     if not 1 <= len(sort) <= 2 or sort[0][1] or (len(sort) == 2 and sort[1] != ("id", False)):
         return None
     name = sort[0][0]
@@ -410,8 +411,9 @@ def _index_range(
     if index is None:
         return None
     lo, hi = 0, len(index)
+    by_id = [f for f in filters if f.field == "id" and f.op in _RANGE_OPS and len(sort) == 2]
     for f in filters:
-        if f.op == "*":
+        if f.op == "*" or f in by_id:
             continue
         if f.field != name or f.op not in _RANGE_OPS:
             return None
@@ -423,6 +425,21 @@ def _index_range(
             hi = min(hi, bisect_left(index, _key(f.value, 0)))
         else:
             hi = min(hi, bisect_right(index, _key(f.value, ID_MASK)))
+    if by_id and lo < hi:
+        # An id range is a slice of the index only within one second (keys are (ts, id)): the
+        # rest of a bulk edit's second, as a client walks it by id.
+        second = index[lo] >> _ID_BITS
+        if index[hi - 1] >> _ID_BITS != second:
+            return None
+        for f in by_id:
+            if f.op == ">":
+                lo = max(lo, bisect_right(index, _key(second, f.value)))
+            elif f.op == ">=":
+                lo = max(lo, bisect_left(index, _key(second, f.value)))
+            elif f.op == "<":
+                hi = min(hi, bisect_left(index, _key(second, f.value)))
+            else:
+                hi = min(hi, bisect_right(index, _key(second, f.value)))
     return index, lo, max(lo, hi)
 
 
