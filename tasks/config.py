@@ -391,9 +391,8 @@ class ClinicConfig(_Section):
 
     @model_validator(mode="after")
     def _trigger_templates(self) -> ClinicConfig:
-        """Render every trigger's template against the sample context: a missing variable or
-        file fails the load, so nothing is ever sent with a blank in it. A trigger on a patient,
-        alert or invoice renders with no appointment, as its messages will."""
+        """Every trigger's template rendered as its messages will be (with no appointment for a
+        patient, alert or invoice): a missing variable or file fails the load, not a send."""
         from tasks.messages.templates import TemplateError, Templates
 
         templates = Templates(self.folder)

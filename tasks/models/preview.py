@@ -12,7 +12,7 @@ import duckdb
 
 from tasks.messages.channels import MARKETING_LISTS
 from tasks.models.project import ModelError, discover
-from tasks.models.tables import check_shape
+from tasks.models.shape import check_shape
 from tasks.warehouse import duckdb_message, one
 
 

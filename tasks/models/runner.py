@@ -41,7 +41,7 @@ import duckdb
 from tasks.cliniko import fields as parsed_fields
 from tasks.config import DEFAULT_TAG_CATEGORIES, MarketingListSettings
 from tasks.errors import UserFacingError
-from tasks.models import checks, tables
+from tasks.models import checks, shape, tables
 from tasks.models import functions as models_functions
 from tasks.models.holds import latest_build, require_good_build  # noqa: F401 (callers' path)
 from tasks.models.membership import MemberChanges, record_membership
@@ -272,7 +272,7 @@ class ModelBuild:
                 self.unchanged.add(model.relation)
             else:
                 con.execute(f"CREATE OR REPLACE VIEW {rel} AS {model.sql}")
-                tables.check_shape(con, model, rel)  # a segment made a view, as a table's
+                shape.check_shape(con, model, rel)  # a segment made a view, as a table's
             return None
         if existing == "view":
             con.execute(f"DROP VIEW {rel}")
@@ -294,7 +294,7 @@ class ModelBuild:
                 self._set_changes(None, None)
                 known.create(con, model.relation, rel, model.full_sql)
                 self._set_changes(self.changes_since, self.previous_built_at)
-                tables.check_unique(con, rel, model.key)
+                shape.check_unique(con, rel, model.key)
             self.fingerprints.keep(model.relation, fingerprint)
         else:
             f, note = self.fingerprints, self.changes.note(model.relation)
@@ -305,7 +305,7 @@ class ModelBuild:
                 self.unchanged.add(model.relation)
             same = existing == "table"  # as it was, or its new rows checked (check_shape)
         if not (same or model.materialized == "incremental" and model.relation in self.unchanged):
-            tables.check_shape(con, model, rel, known.columns.get(model.relation))
+            shape.check_shape(con, model, rel, known.columns.get(model.relation))
         return known.rows[model.relation]
 
     def run_tests(self) -> int:

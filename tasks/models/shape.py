@@ -1,0 +1,106 @@
+"""What the rest of the system relies on of a model's rows, checked as the build writes them
+(tasks/models/tables.py) and when a segment is previewed (tasks/models/preview.py): key columns
+exist; a segment's ``patient_id`` is a whole number, one row per patient, each a patient of
+``marts.patients``. Each check raises a DuckDB error, which the runner reports with the model's
+file, holding that model and what reads it."""
+
+from __future__ import annotations
+
+import duckdb
+
+from tasks.models.project import Model
+from tasks.warehouse import one
+
+
+def read_columns(con: duckdb.DuckDBPyConnection, rel: str) -> list[tuple[str, str]]:
+    """A table's columns and their types, in order (from a query's description: a fraction
+    of the cost of information_schema; the same type names as duckdb_columns())."""
+    description = con.execute(f"SELECT * FROM {rel} LIMIT 0").description
+    return [(d[0], str(d[1])) for d in description]
+
+
+def check_shape(
+    con: duckdb.DuckDBPyConnection,
+    model: Model,
+    rel: str,
+    columns: list[tuple[str, str]] | None = None,
+    unique: bool = True,
+) -> None:
+    """What the rest of the system relies on: key columns exist; a segment's patient_id is a
+    whole number, and it has one row per patient, each a patient of the whole database
+    (``unique``: the rows are checked here). ``columns``: ``rel``'s, when known (else read)."""
+    needed = list(model.key) + (["patient_id"] if model.schema == "segments" else [])
+    if not needed:
+        return
+    types = dict(read_columns(con, rel) if columns is None else columns)
+    for column in needed:
+        if column not in types:
+            raise duckdb.BinderException(
+                f"the model must return a column named {column}"
+                + (" (one row per patient in the segment)" if model.schema == "segments" else "")
+            )
+    if model.schema != "segments":
+        return
+    if types["patient_id"] not in PATIENT_ID_TYPES:
+        # membership, the planner and the lists compare it with BIGINT patient ids: text there
+        # failed the whole build, in membership.py, with the rows' values left out
+        raise duckdb.BinderException(
+            f"patient_id is {types['patient_id']}; a segment's patient_id is a patient's id "
+            "(marts.patients.patient_id, a BIGINT)"
+        )
+    if unique:
+        check_unique(con, rel, ("patient_id",), SEGMENT_ROWS)
+        check_patients(con, f"(SELECT patient_id FROM {rel})")
+
+
+SEGMENT_ROWS = "a segment has one row per patient"
+
+# Whole-number types every value of which is a BIGINT (a patient id).
+PATIENT_ID_TYPES = {
+    "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"
+}  # fmt: skip
+
+
+def check_patients(
+    con: duckdb.DuckDBPyConnection, patient_ids: str, has_patients: bool | None = None
+) -> None:
+    """Each of ``patient_ids`` (a query of one column, ``patient_id``) names a patient of the
+    whole database (marts.patients: not deleted; archived ones are patients). A segment of
+    appointment ids or NULLs would otherwise be built, previewed and sent to by id. Asked only
+    where the project has marts.patients (it is built before every segment); ``has_patients``:
+    whether it has, when the caller knows (else the catalog is asked: a statement a call)."""
+    if has_patients is None:
+        has_patients = one(
+            con,
+            "SELECT EXISTS (SELECT 1 FROM duckdb_views() WHERE database_name = current_database() "
+            "AND schema_name = 'marts' AND view_name = 'patients') OR EXISTS (SELECT 1 FROM "
+            "duckdb_tables() WHERE database_name = current_database() AND schema_name = 'marts' "
+            "AND table_name = 'patients')",
+        )[0]
+    if not has_patients:
+        return
+    unknown = one(
+        con,
+        f"SELECT count(*) FROM {patient_ids} AS s WHERE s.patient_id IS NULL OR NOT EXISTS "
+        "(SELECT 1 FROM marts.patients p WHERE p.patient_id = s.patient_id)",
+    )[0]
+    if unknown:
+        raise duckdb.ConstraintException(
+            f"{unknown} row(s) with a patient_id that is not a patient (NULL, or not in "
+            "marts.patients: an appointment's id, a deleted patient); a segment is a set of "
+            "patients"
+        )
+
+
+def check_unique(
+    con: duckdb.DuckDBPyConnection, rel: str, key: tuple[str, ...], why: str = ""
+) -> None:
+    columns = ", ".join(f'"{c}"' for c in key)
+    duplicates = one(
+        con, f"SELECT count(*) FROM (SELECT {columns} FROM {rel} GROUP BY ALL HAVING count(*) > 1)"
+    )[0]
+    if duplicates:
+        raise duckdb.ConstraintException(
+            f"{duplicates} value(s) of {'+'.join(key)} appear on more than one row; "
+            + (why or "the key must be unique")
+        )
