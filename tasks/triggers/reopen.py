@@ -113,26 +113,15 @@ def reopen(
         "AND status = 'skipped' AND source_kind = 'trigger'",
         [list(ahead)],
     ).fetchall()
-    ids, due, expires, notes, history = [], [], [], [], []
+    again = []
     for message_id, key, reason, waiting_reason, skipped_at, reopened in rows:
         kind = about_time(trigger, reason, waiting_reason)
         c = ahead[key]
         if kind is None or (kind == "wait" and c["audience_problem"]):
             continue
-        note = (
-            f"reopened {now.astimezone(UTC):%Y-%m-%d %H:%M} UTC, the appointment moved: "
-            f"was skipped {skipped_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC ({reason})"
-        )
-        ids.append(message_id)
-        due.append(c["due_at"])
-        expires.append(c["expires_at"])
-        notes.append(note)
-        history.append(f"{reopened}; {note}" if reopened else note)
-    nothing = [None] * len(ids)
-    values = {"due_at": due, "expires_at": expires, "status_reason": notes,
-              "waiting_reason": nothing, "next_attempt_at": nothing,
-              "reopened": history}  # fmt: skip
-    return len(ledger.transition(con, ids, "skipped", "planned", now, values=values, strict=False))
+        why = "the appointment moved"
+        again.append((message_id, c, _note(now, why, "skipped", skipped_at, reason), reopened))
+    return _plan_again(con, "skipped", now, again)
 
 
 def resume(
@@ -166,22 +155,37 @@ def resume(
         "AND status_reason IN (SELECT unnest(?::VARCHAR[]))",
         [list(ahead), list(SWITCHED_OFF)],
     ).fetchall()
-    ids, due, expires, notes, history = [], [], [], [], []
-    for message_id, key, reason, cancelled_at, reopened in rows:
-        c = ahead[key]
-        note = (
-            f"reopened {now.astimezone(UTC):%Y-%m-%d %H:%M} UTC, the trigger is on again: "
-            f"was cancelled {cancelled_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC ({reason})"
-        )
-        ids.append(message_id)
-        due.append(c["due_at"])
-        expires.append(c["expires_at"])
-        notes.append(note)
-        history.append(f"{reopened}; {note}" if reopened else note)
-    nothing = [None] * len(ids)
-    values = {"due_at": due, "expires_at": expires, "status_reason": notes,
+    why = "the trigger is on again"
+    again = [
+        (message_id, ahead[key], _note(now, why, "cancelled", cancelled_at, reason), reopened)
+        for message_id, key, reason, cancelled_at, reopened in rows
+    ]
+    return _plan_again(con, "cancelled", now, again)
+
+
+def _note(now: datetime, why: str, was: str, at: datetime, reason: str) -> str:
+    """What a reopened row's ``status_reason`` says (and its ``reopened`` history keeps)."""
+    return (
+        f"reopened {now.astimezone(UTC):%Y-%m-%d %H:%M} UTC, {why}: "
+        f"was {was} {at.astimezone(UTC):%Y-%m-%d %H:%M} UTC ({reason})"
+    )
+
+
+def _plan_again(
+    con: duckdb.DuckDBPyConnection,
+    status: ledger.Status,
+    now: datetime,
+    again: list[tuple[int, dict[str, Any], str, str | None]],
+) -> int:
+    """Rows in ``status`` planned again at their candidate's moment: (message id, candidate,
+    note, earlier ``reopened`` history). Only a row never claimed moves (the ledger's guard,
+    ``ONLY_IF``, in the same UPDATE); returns how many moved."""
+    nothing = [None] * len(again)
+    history = [f"{old}; {note}" if old else note for _, _, note, old in again]
+    values = {"due_at": [c["due_at"] for _, c, _, _ in again],
+              "expires_at": [c["expires_at"] for _, c, _, _ in again],
+              "status_reason": [note for _, _, note, _ in again],
               "waiting_reason": nothing, "next_attempt_at": nothing,
               "reopened": history}  # fmt: skip
-    return len(
-        ledger.transition(con, ids, "cancelled", "planned", now, values=values, strict=False)
-    )
+    ids = [message_id for message_id, _, _, _ in again]
+    return len(ledger.transition(con, ids, status, "planned", now, values=values, strict=False))
