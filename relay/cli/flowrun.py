@@ -3,9 +3,10 @@ line (``main`` prints it), not in Prefect's traceback and log chatter.
 
 ``prepare()`` is called by a command after it imports its flow (so Prefect's logging is set up):
 it checks that the server PREFECT_API_URL names answers (else: what to start), and keeps a
-``UserFacingError`` raised inside a flow or one of its tasks out of the console (the run's own log in the UI still has
-it). ``silence()`` is called by ``main`` when it prints such an error: what Prefect says while it
-shuts down after that (its events worker draining) adds nothing for the person reading.
+``UserFacingError`` raised inside a flow or one of its tasks out of the console (the run's own
+log in the UI still has it). ``silence()`` is called by ``main`` when it prints such an error:
+what Prefect says while it shuts down after that (its events worker draining) adds nothing for
+the person reading.
 """
 
 from __future__ import annotations
