@@ -359,8 +359,22 @@ def reconcile_due(con: duckdb.DuckDBPyConnection, every_hours: float, now: datet
     return last is None or now - last >= timedelta(hours=every_hours)
 
 
+# What a run left 'running' says once the next starts: its process stopped before it finished.
+INTERRUPTED = (
+    "stopped before it finished (its process was killed or crashed); the next sync resumed "
+    "from the watermarks it had committed"
+)
+
+
 def start_run(con: duckdb.DuckDBPyConnection, kind: str) -> str:
+    """Record a run as 'running'. A run still 'running' is one whose process stopped before it
+    finished (only one process writes a clinic's database, so no other sync is under way): it
+    becomes 'interrupted', its end unknown, instead of looking under way for ever."""
     run_id = uuid.uuid4().hex
+    con.execute(
+        "UPDATE state.sync_runs SET status = 'interrupted', error = ? WHERE status = 'running'",
+        [INTERRUPTED],
+    )
     con.execute(
         "INSERT INTO state.sync_runs (run_id, kind, started_at, status) VALUES (?, ?, ?, 'running')",
         [run_id, kind, datetime.now(UTC)],

@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS state.sync_runs (
     kind         VARCHAR NOT NULL,          -- 'incremental' | 'reconcile' | 'partial' (fast lane)
     started_at   TIMESTAMPTZ NOT NULL,
     finished_at  TIMESTAMPTZ,
-    status       VARCHAR NOT NULL,          -- 'running' | 'completed' | 'failed'
+    status       VARCHAR NOT NULL,          -- 'running' | 'completed' | 'failed' | 'interrupted'
+                                            -- (its process stopped: set when the next starts)
     summary      JSON,
     error        VARCHAR
 );

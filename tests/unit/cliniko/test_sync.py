@@ -52,6 +52,18 @@ def test_reconciliation_is_due_when_none_completed_recently(con):
     assert extract.reconcile_due(con, 24, datetime.now(UTC) + timedelta(hours=25))
 
 
+def test_a_run_whose_process_stopped_is_marked_interrupted_when_the_next_starts(con):
+    killed = extract.start_run(con, "incremental")  # never finished: its process was killed
+    done = extract.start_run(con, "incremental")
+    extract.finish_run(con, done, {})
+    rows = dict(con.execute("SELECT run_id, status FROM state.sync_runs").fetchall())
+    assert rows == {killed: "interrupted", done: "completed"}
+    (error,) = con.execute(
+        "SELECT error FROM state.sync_runs WHERE run_id = ?", [killed]
+    ).fetchone()
+    assert error == extract.INTERRUPTED
+
+
 def test_a_failed_run_is_recorded_with_its_error(con):
     run = extract.start_run(con, "incremental")
     counts = {"patients": extract.ResourceCounts("patients", new=3)}
