@@ -79,8 +79,11 @@ def _error(code: int, message: str, status: int = 422) -> JSONResponse:
     return JSONResponse({"ErrorCode": code, "Message": message}, status_code=status)
 
 
-BOUNCE_TYPE_CODES = {"HardBounce": 1, "Transient": 2, "Unsubscribe": 16, "SoftBounce": 4096,
-                     "SpamComplaint": 512, "ManuallyDeactivated": 1024, "DnsError": 8192}  # fmt: skip
+# Postmark's bounce types and their TypeCodes (its Bounce API documentation, "Bounce types").
+BOUNCE_TYPE_CODES = {"HardBounce": 1, "Transient": 2, "Unsubscribe": 16, "AutoResponder": 64,
+                     "DnsError": 256, "SpamNotification": 512, "SoftBounce": 4096,
+                     "BadEmailAddress": 100000, "SpamComplaint": 100001,
+                     "ManuallyDeactivated": 100002, "Blocked": 100006}  # fmt: skip
 
 
 def _stamp(at: datetime) -> str:

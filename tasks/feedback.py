@@ -240,6 +240,9 @@ class Bounce:
     stream: str | None
     type: str  # the provider's name for it, e.g. HardBounce, Transient
     complaint_scope: Scope  # what a spam complaint about this message stops
+    # the recipient asked to be taken off (e.g. Postmark's "Unsubscribe" type, stored as
+    # "other"): marketing stops, as after an unsubscribe click
+    unsubscribe: bool = False
 
 
 def record_bounces(
@@ -288,6 +291,8 @@ def record_bounces(
                     reason, scope = "hard_bounce", "all"
                 elif b.kind == "spam_complaint":
                     reason, scope = "spam_complaint", b.complaint_scope
+                elif b.unsubscribe:
+                    reason, scope = "unsubscribed", "marketing"
                 else:
                     continue
                 evidence = f"{source} bounce {b.bounce_id} ({b.type}, stream {b.stream})"

@@ -388,6 +388,7 @@ class PostmarkProvider:
                 stream=b.get("MessageStream"),
                 type=b["Type"],
                 complaint_scope=self._scope(b.get("MessageStream")),
+                unsubscribe=b["Type"] in UNSUBSCRIBE_TYPES,
             )
             for b in found
         ]
@@ -444,11 +445,17 @@ class PostmarkProvider:
 # one that returns this many may have been cut short (the window is then read day by day).
 MAX_ITEMS = 10_000
 DUMP_LIMIT = 500
+# Postmark's bounce types (its Bounce API's ``Type``) as we record them; the rest (Transient,
+# AutoResponder, DnsError...) are "other".
 BOUNCE_KINDS: dict[str, Literal["hard", "soft", "spam_complaint"]] = {
     "HardBounce": "hard",
+    "BadEmailAddress": "hard",  # "Address is invalid": no mail can reach it
     "SoftBounce": "soft",
     "SpamComplaint": "spam_complaint",
 }
+# "Unsubscribe or Remove request": the recipient replied asking to be taken off. Postmark leaves
+# the address active, so only we can honour it (marketing only, as an unsubscribe click).
+UNSUBSCRIBE_TYPES = frozenset({"Unsubscribe"})
 # keyed by a dump entry's SuppressionReason, which an entry may lack (None: no reason of ours)
 DUMP_REASONS: dict[str | None, str] = {
     "HardBounce": "hard_bounce",

@@ -123,6 +123,26 @@ def test_a_hard_bounce_stops_every_email_to_the_address(con, postmark):
     ]
 
 
+def test_an_unsubscribe_request_bounce_takes_the_address_off_marketing_only(con, postmark):
+    """Postmark's "Unsubscribe" bounce type (a reply asking to be taken off): Postmark leaves the
+    address active, so it is ours to honour, as an unsubscribe click is."""
+    postmark.bounce(PATIENT, "Unsubscribe", stream="broadcast", at=NOW - timedelta(hours=2))
+
+    counts = pull_bounces(con, postmark)
+
+    assert counts == {"bounces_other": 1, "suppressed_unsubscribed": 1}
+    assert blocked(con, PATIENT, "marketing")
+    assert not blocked(con, PATIENT, "transactional"), "reminders still go"
+    assert suppressions(con) == [("suppress", "unsubscribed", "marketing")]
+
+
+def test_a_bad_email_address_bounce_stops_every_email_to_it(con, postmark):
+    postmark.bounce(PATIENT, "BadEmailAddress", at=NOW - timedelta(hours=2))
+
+    assert pull_bounces(con, postmark) == {"bounces_hard": 1, "suppressed_hard_bounce": 1}
+    assert blocked(con, PATIENT, "transactional") and blocked(con, PATIENT, "marketing")
+
+
 def test_four_soft_bounces_keep_an_address_and_the_fifth_takes_it_off_marketing(con, postmark):
     soft_bounces(postmark, 4)
     pull_bounces(con, postmark)
