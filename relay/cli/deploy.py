@@ -14,8 +14,10 @@ starts its runs on the work queue of the machine a clinic moves to.
 
 All of them go on the clinic's home machine's work queue (``machine-<name>``): the home record
 (Prefect Variable ``relay_home_<clinic>``), or, for a clinic without one, ``--home`` or this
-machine (said in the output). Running it again updates them in place. A clinic being moved
-(``relay clinic move``) is skipped, saying so, and the command exits 1 after deploying the others.
+machine (said in the output). Running it again updates them in place, and leaves what someone
+paused in Prefect (a deployment, or one of its schedules) paused, saying so on one line each with
+how to resume it; ``--resume-paused`` resumes them instead. A clinic being moved (``relay clinic
+move``) is skipped, saying so, and the command exits 1 after deploying the others.
 
 No deploy-time path is baked in. The entrypoints are module paths (``flows.tick.clinic_tick``)
 and there are no pull steps: Prefect 3.8.8's process worker starts each run in a fresh temporary
@@ -45,9 +47,9 @@ def machine_for(clinic: str, home, fallback: str, chosen: bool) -> tuple[str, st
     """The machine whose queue the clinic's deployments go on, and why (for the output): the
     home record's machine (tasks/home.py), or ``fallback`` for a clinic without one. A clinic
     being moved is left to the move (BeingMoved): the move paused its deployments and put them
-    on the new machine's queue, and its restore resumes them there; deploying them would resume
-    them on the old home's queue, where every tick is refused until the move is done, and after
-    it the new home would never see a tick."""
+    on the new machine's queue, and its restore resumes them there; deploying them would put
+    them back on the old home's queue (and ``--resume-paused`` resume them there), where every
+    tick is refused until the move is done, and after it the new home would never see a tick."""
     if home is None:
         return fallback, f"no home recorded: assigned to {fallback}" + (
             "" if chosen else " (this machine; --home to choose)"
@@ -149,12 +151,65 @@ def plan_restore(pool: str) -> Planned:
     )  # fmt: skip
 
 
-def apply(client, planned: Planned, pool: str, queue: str) -> None:
-    """Create or update the deployment (matched by flow and name), schedules replaced."""
+@dataclass(frozen=True)
+class Paused:
+    """What a person had paused on a deployment this deploy updated: the whole deployment (the
+    Prefect UI's toggle, ``pause_deployment``) and/or some of its schedules (a schedule's toggle,
+    ``prefect deployment schedule pause``: slug -> its id now). Left so, or ``resumed``."""
+
+    name: str  # flow/deployment
+    deployment: bool
+    schedules: dict[str, str]
+    resumed: bool = False
+
+    def line(self, label: str) -> str:
+        """The one line ``relay deploy`` says about it."""
+        slugs = ", ".join(self.schedules)
+        noun = "schedules" if len(self.schedules) > 1 else "schedule"
+        what = (
+            self.name if not slugs
+            else f"{self.name} and its {noun} {slugs}" if self.deployment
+            else f"{self.name}'s {noun} {slugs}"
+        )  # fmt: skip
+        if self.resumed:
+            return f"{label}: resumed {what} (paused before this deploy; --resume-paused)"
+        how = (["its toggle on the Prefect UI's Deployments page"] if self.deployment else []) + [
+            f"`prefect deployment schedule resume {self.name} {sid}`"
+            for sid in self.schedules.values()
+        ]
+        return (
+            f"{label}: left {what} paused, as before this deploy; to resume: "
+            f"{' and '.join(how)}; or `relay deploy --resume-paused` (resumes all that is paused)"
+        )
+
+
+def current(client, name: str):
+    """The deployment ``flow/name`` as the server has it, or None."""
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        return client.read_deployment_by_name(name)
+    except ObjectNotFound:
+        return None
+
+
+def apply(client, planned: Planned, pool: str, queue: str, resume: bool = False) -> Paused | None:
+    """Create or update the deployment (matched by flow and name), schedules replaced. A new one
+    is active. An existing one keeps what a person paused (docs/scaling.md, Deploying): the
+    deployment's ``paused`` (not sent: the server keeps it, as Prefect's own deploy does) and
+    each schedule switched off (by its slug); with ``resume`` both are resumed. Returns what was
+    paused, for the output, or None."""
     from prefect.client.schemas.objects import ConcurrencyLimitStrategy, ConcurrencyOptions
     from prefect.utilities.callables import parameter_schema
 
     flow = planned.flow
+    name = f"{flow.name}/{planned.name}"
+    before = current(client, name)
+    off = {s.slug for s in before.schedules if s.slug and not s.active} if before else set()
+    schedules = [
+        s.model_copy(update={"active": False}) if s.slug in off and not resume else s
+        for s in planned.schedules
+    ]
     limit = {}
     if planned.one_at_a_time:
         limit = dict(
@@ -164,7 +219,7 @@ def apply(client, planned: Planned, pool: str, queue: str) -> None:
             ),
         )
     fn = flow.fn
-    client.create_deployment(
+    deployment_id = client.create_deployment(
         flow_id=client.create_flow(flow),
         name=planned.name,
         entrypoint=f"{fn.__module__}.{fn.__name__}",  # a module path: no file path baked in
@@ -175,12 +230,19 @@ def apply(client, planned: Planned, pool: str, queue: str) -> None:
         parameters=planned.parameters,
         parameter_openapi_schema=parameter_schema(flow).model_dump_for_openapi(),
         enforce_parameter_schema=True,
-        schedules=planned.schedules,
+        schedules=schedules,
         description=planned.description,
         job_variables={"env": heartbeat_env()},
-        paused=False,
+        paused=None if before is not None and not resume else False,
         **limit,
     )
+    held = [s.slug for s in planned.schedules if s.slug in off]
+    if before is None or not (before.paused or held):
+        return None
+    ids = {}
+    if held and not resume:  # the schedules are new: their ids now, for the resume command
+        ids = {s.slug: str(s.id) for s in client.read_deployment(deployment_id).schedules}
+    return Paused(name, before.paused, {slug: ids.get(slug, "") for slug in held}, resume)
 
 
 def ensure_pool(client, pool: str) -> bool:
@@ -205,10 +267,17 @@ def deploy_command(
         None, help="Machine for clinics without a home record (default: this machine)."
     ),
     demo: bool = typer.Option(False, "--demo", help="Deploy the demo clinic too."),
+    resume_paused: bool = typer.Option(
+        False,
+        "--resume-paused",
+        help="Resume the deployments and schedules someone paused in "
+        "Prefect (by default they are left paused, each said in the output).",
+    ),
 ) -> None:
     """Deploy every clinic in clinics/: its tick (clinic.yaml's schedule:), its nightly reconcile
     in its own time zone, a campaign on demand and the weekly owner's report, on its home
-    machine's work queue. Needs PREFECT_API_URL (a running server). Safe to repeat."""
+    machine's work queue. Needs PREFECT_API_URL (a running server). Safe to repeat: what someone
+    paused in Prefect stays paused (unless --resume-paused), saying so."""
     if not os.environ.get("PREFECT_API_URL"):
         raise typer.BadParameter(
             "set PREFECT_API_URL to your Prefect server (e.g. http://127.0.0.1:4200/api); "
@@ -246,12 +315,16 @@ def deploy_command(
                 continue
             queue = queue_for(machine)
             for planned in plan_clinic(config):
-                apply(client, planned, pool, queue)
+                paused = apply(client, planned, pool, queue, resume_paused)
                 typer.echo(f"{config.clinic}: {planned.flow.name}/{planned.name}")
+                if paused:
+                    typer.echo(paused.line(config.clinic))
             typer.echo(f"{config.clinic}: on {pool}/{queue} ({where})")
         restore = plan_restore(pool)  # its runs go to a move's target queue, never this one
-        apply(client, restore, pool, "default")
+        paused = apply(client, restore, pool, "default", resume_paused)
         typer.echo(f"{pool}: {restore.flow.name}/{restore.name} (run by relay clinic move)")
+        if paused:
+            typer.echo(paused.line(pool))
     typer.echo(
         f"Start a worker on each machine: relay worker --pool {pool} (from its own checkout; "
         f"it serves {queue_for('<machine>')}, RELAY_MACHINE or the host name)"

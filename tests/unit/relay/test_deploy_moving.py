@@ -38,7 +38,9 @@ def deploy(monkeypatch, tmp_path):
     monkeypatch.setattr(tasks.home, "read_home", homes.get)
     monkeypatch.setattr(deploy, "ensure_pool", lambda client, pool: False)
     monkeypatch.setattr(
-        deploy, "apply", lambda client, planned, pool, queue: applied.append((planned.name, queue))
+        deploy,
+        "apply",
+        lambda client, planned, pool, queue, *_: applied.append((planned.name, queue)),
     )
     monkeypatch.setattr(
         prefect.client.orchestration,
