@@ -7,9 +7,12 @@ flow does not wait), when ``fast_lane.enabled`` and the tick's steps all complet
 breaker closed. It stops ``margin()`` before the next tick is due (this run's expected start +
 ``schedule.tick_every_minutes``, or the deployment's next scheduled run if sooner), when the run
 is cancelled or its deployment paused, when the process that started the run (worker, Runner,
-warm template) is gone, or at its first failure (the tick then fails saying why). A SIGTERM
-(a cancel, ``relay serve``'s Ctrl-C) ends the run at once, lane or not: Prefect's handler
-raises in the lane's sleep, and a kill mid-catch-up leaves what a kill mid-tick leaves.
+warm template) is gone, or at its first failure (the tick then fails saying why). A
+``relay worker`` that stops (a restart for new code) tells its runs in their lane so through
+``WORKER_STOP`` (``Watch``): the lane stops at its next look, after a catch-up under way, and
+the run ends Completed, its work done. A SIGTERM (a cancel, ``relay serve``'s Ctrl-C, a worker
+whose grace ran out) ends the run at once, lane or not: Prefect's handler raises in the lane's
+sleep, and a kill mid-catch-up leaves what a kill mid-tick leaves.
 Between polls it steps aside for readers that ask for the database (``relay sql``, ``relay
 preview`` ...: tasks/warehouse.py ``HandOver``), then opens it again and polls on; a kill while
 it has stepped aside leaves what a kill between polls leaves (nothing open, nothing half done).
@@ -18,10 +21,12 @@ Its counts go into the tick's result (``lane``) and report.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -44,6 +49,13 @@ from tasks.warehouse import HandOver, data_out_of_errors, open_db
 # the last catch-up and the run's end after the lane.
 ENDING = timedelta(seconds=5)
 CHECK_EVERY = 10.0  # seconds between looks at the run's and the deployment's state
+# `relay worker` names a file per warm run in WORKER_STOP (relay/worker.py). The lane creates
+# `<file>.lane` as it starts (this run's steps are done: it can end cleanly); a worker that
+# stops creates `<file>` and gives such a run WORKER_GRACE seconds to end by itself
+# (relay/warm.py) before it is stopped as any run is (SIGTERM: Crashed).
+WORKER_STOP = "RELAY_WORKER_STOP"
+WORKER_STOPPING = "its worker is stopping"
+WORKER_GRACE = 20.0
 
 
 def after_tick(config: ClinicConfig, summary: Summary, result: dict) -> dict:
@@ -116,10 +128,12 @@ def next_tick_due(config: ClinicConfig, run: Any) -> datetime:
 
 
 class Watch:
-    """``should_stop`` for the lane: the process that started this run is gone (its worker or
-    ``relay serve`` stopped or was killed: nobody would cancel or replace this run any more,
-    and it would hold the clinic's database until its next tick, which a restarted worker
-    would then find locked), looked at before every poll; the run cancelled, or its
+    """``should_stop`` for the lane: its worker is stopping (``WORKER_STOP``: a restart, as
+    for new code; the run then ends Completed, its work done) or the process that started this
+    run is gone (its worker or ``relay serve`` stopped or was killed: nobody would cancel or
+    replace this run any more, and it would hold the clinic's database until its next tick,
+    which a restarted worker would then find locked), both looked at before every poll (a
+    catch-up under way ends first); the run cancelled, or its
     deployment paused (a Runner pauses its deployments as it shuts down) or gone, asked of the
     server at most every CHECK_EVERY seconds."""
 
@@ -127,8 +141,14 @@ class Watch:
         self.run_id, self.deployment_id = run_id, deployment_id
         self._next = time.monotonic() + CHECK_EVERY
         self._parent = os.getppid()
+        self._stop = os.environ.get(WORKER_STOP) or None
+        if self._stop is not None:  # its worker may let it end cleanly when it stops
+            with contextlib.suppress(OSError):
+                Path(self._stop + ".lane").touch()
 
     def __call__(self) -> str | None:
+        if self._stop is not None and os.path.exists(self._stop):
+            return WORKER_STOPPING
         if os.getppid() != self._parent:
             return "the process that started this run is gone"
         if time.monotonic() < self._next:

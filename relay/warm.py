@@ -27,7 +27,9 @@ of ``relay worker``, relay/worker.py). Same arguments, same result: a started pr
 A run forked this way stops as a cold one does: a cancel (the Runner's or worker's SIGTERM to
 its pid) or ``relay serve``'s Ctrl-C (SIGTERM, then SIGKILL, to its whole tree, the template
 and its runs included) ends it in its fast lane too, and a run whose template is gone (its
-worker stopped) leaves its lane at once (flows/lane.py).
+worker killed) leaves its lane at once (flows/lane.py). One difference: a ``relay worker``
+that stops first lets its runs in their fast lane end by themselves, Completed
+(``_let_its_lane_end``), and stops only what is left.
 
 The template imports the code on disk when the serving process starts it: code changed later
 is picked up by restarting the worker (or ``relay serve``), not by the next run. Where the
@@ -219,9 +221,36 @@ async def run_process_in_template(
             )
         await anyio.to_thread.run_sync(process.join, abandon_on_cancel=True)
     finally:
-        if process.is_alive():  # cancelled: as Prefect's open_process, stop it
+        if process.is_alive():  # cancelled: its worker is stopping
+            await _let_its_lane_end(process, env)
+        if process.is_alive():  # as Prefect's open_process, stop it
             process.terminate()
     return process
+
+
+async def _let_its_lane_end(process: Any, env: Mapping[str, str]) -> None:
+    """A run in its fast lane (its steps done), of a worker that names its stop file: told that
+    its worker is stopping, and given ``WORKER_GRACE`` seconds to end by itself (flows/lane.py),
+    shielded from the worker's own shutdown. Any other run is stopped at once, as before."""
+    import multiprocessing.connection
+
+    import anyio
+    import anyio.to_thread
+
+    from flows.lane import WORKER_GRACE, WORKER_STOP
+
+    stop = env.get(WORKER_STOP)
+    if not stop or not os.path.exists(stop + ".lane"):
+        return
+    try:
+        open(stop, "a").close()
+    except OSError:
+        return
+    with anyio.CancelScope(shield=True):
+        # its sentinel, not join: the cancelled join's thread still waits on the process
+        await anyio.to_thread.run_sync(
+            multiprocessing.connection.wait, [process.sentinel], WORKER_GRACE
+        )
 
 
 def install(extra: list[str] | None = None) -> bool:

@@ -14,6 +14,11 @@ A worker rather than the Runner (``prefect.serve``) because a fleet's machines p
 a work pool's queue (docs/scaling.md, one home per clinic): the worker keeps the pool, queue
 and job variables an operator manages with ``relay deploy``, and only the start changes.
 
+Stopped (SIGTERM, Ctrl-C), it lets each warm run in its fast lane end by itself, Completed, for
+up to ``flows.lane.WORKER_GRACE`` seconds (relay/warm.py ``_let_its_lane_end``): a restart for
+new code then crashes no tick that had done its work. Each run is told through a file of its
+own in the worker's temporary directory (``flows.lane.WORKER_STOP`` in its environment).
+
 A run of any other deployment (pull steps, a command in its job variables, a file-path
 entrypoint) starts Prefect's normal way, and so does every run where the template cannot be
 used (no fork on the platform, or the template failed to start), with a warning.
@@ -22,8 +27,11 @@ used (no fork on the platform, or the template failed to start), with a warning.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,10 +42,22 @@ from prefect.runner._flow_run_executor import FlowRunExecutionResult, FlowRunExe
 from prefect.runner._starter_engine import EngineCommandStarter
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 
+from flows.lane import WORKER_STOP
 from relay import warm
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
+
+
+@contextlib.contextmanager
+def _removed(*paths: str) -> Iterator[None]:
+    """The files gone when the block ends (a run's stop files)."""
+    try:
+        yield
+    finally:
+        for path in paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 def warm_entrypoint(deployment, configuration: ProcessJobConfiguration) -> str | None:
@@ -64,12 +84,21 @@ with warnings.catch_warnings():
             super().__init__(*args, **kwargs)
             self._preload = preload or []
             self._warm = False
+            self._stops: Path | None = None  # each warm run's stop file (flows/lane.py)
 
         async def __aenter__(self) -> RelayWorker:
             # The template imports once, before the first run is taken (not during it).
             self._warm = await anyio.to_thread.run_sync(warm.install, self._preload)
+            self._stops = Path(tempfile.mkdtemp(prefix="relay-worker-"))
             await super().__aenter__()
             return self
+
+        async def __aexit__(self, *exc_info: Any) -> None:
+            try:
+                await super().__aexit__(*exc_info)
+            finally:
+                if self._stops is not None:
+                    shutil.rmtree(self._stops, ignore_errors=True)
 
         async def run(
             self,
@@ -101,14 +130,20 @@ with warnings.catch_warnings():
                 else tempfile.TemporaryDirectory(suffix="prefect")
             )
             execution: FlowRunExecutionResult | None = None
-            with directory as working_dir:
+            # A run in its fast lane is let end by itself when this worker stops (relay/warm.py)
+            stop = str((self._stops or Path(tempfile.gettempdir())) / str(flow_run.id))
+            with directory as working_dir, _removed(stop, stop + ".lane"):
                 async with FlowRunExecutorContext() as ctx:
                     # ProcessWorker's own start of `python -m prefect.engine` (job env over
                     # settings, a session of its own), which warm.install forks from the
                     # template; the entrypoint as its workspace supervisor would set it.
                     starter = EngineCommandStarter(
                         cwd=Path(working_dir).resolve(),
-                        env={**configuration.env, "PREFECT__FLOW_ENTRYPOINT": entrypoint},
+                        env={
+                            **configuration.env,
+                            "PREFECT__FLOW_ENTRYPOINT": entrypoint,
+                            WORKER_STOP: stop,
+                        },
                         stream_output=configuration.stream_output,
                         control_channel=ctx.control_channel,
                         isolate_process_group=True,

@@ -29,3 +29,19 @@ def test_the_lane_ends_its_run_before_a_runner_can_see_the_next_tick():
     assert lane.margin() > timedelta(seconds=10), "a Runner's prefetch and the run's end"
     with temporary_settings({PREFECT_WORKER_PREFETCH_SECONDS: 30}):
         assert lane.margin() > timedelta(seconds=30), "a worker asking further ahead"
+
+
+def test_the_lane_says_it_is_in_its_lane_and_stops_when_its_worker_is_stopping(
+    tmp_path, monkeypatch
+):
+    """relay worker names a stop file (relay/worker.py): the lane marks `<file>.lane` as it
+    starts, and stops at its next look once the worker, stopping, has made the file."""
+    stop = tmp_path / "run"
+    monkeypatch.setenv(lane.WORKER_STOP, str(stop))
+    watch = lane.Watch(
+        "00000000-0000-0000-0000-000000000000", "00000000-0000-0000-0000-000000000001"
+    )
+    assert (tmp_path / "run.lane").exists()
+    assert watch() is None
+    stop.touch()
+    assert watch() == "its worker is stopping"

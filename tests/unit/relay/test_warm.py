@@ -68,3 +68,65 @@ def test_a_run_started_from_the_template_warns_nothing_about_its_preloaded_engin
     finally:
         for name in ("preloaded_pkg", "preloaded_pkg.engine"):
             sys.modules.pop(name, None)
+
+
+class _Run:
+    """A run's process as run_process_in_template has it: a sentinel that becomes readable
+    when it ends (here a pipe, ended by ``end``)."""
+
+    def __init__(self) -> None:
+        import os
+
+        self.sentinel, self._w = os.pipe()
+
+    def end(self) -> None:
+        import os
+
+        os.write(self._w, b"0")
+
+
+def test_a_stopping_worker_tells_a_run_in_its_lane_and_waits_for_it_shielded(tmp_path):
+    """Cancelled (its worker stopping), the wait for a run in its fast lane goes on: the stop
+    file is made and the run's end awaited, not cut short by the worker's shutdown."""
+    import multiprocessing.connection
+    import threading
+
+    import anyio
+
+    from flows.lane import WORKER_STOP
+    from relay import warm
+
+    stop = tmp_path / "run-1"
+    (tmp_path / "run-1.lane").touch()  # the lane started (flows/lane.py Watch)
+    run = _Run()
+
+    def the_lane() -> None:  # stops at its next look, a moment after the stop file appears
+        while not stop.exists():
+            threading.Event().wait(0.01)
+        threading.Event().wait(0.5)
+        run.end()
+
+    async def stopping() -> bool:
+        ended = False
+        threading.Thread(target=the_lane, daemon=True).start()
+        with anyio.CancelScope() as scope:
+            scope.cancel()  # the worker's shutdown
+            await warm._let_its_lane_end(run, {WORKER_STOP: str(stop)})
+            ended = bool(multiprocessing.connection.wait([run.sentinel], 0))
+        return ended
+
+    assert anyio.run(stopping)  # told, and its end awaited before the run is stopped
+
+
+def test_a_run_not_in_its_lane_is_not_told_nor_waited_for(tmp_path):
+    """Mid-step (no lane marker) or not a worker's warm run (no stop file named): stopped at
+    once, as before."""
+    import anyio
+
+    from flows.lane import WORKER_STOP
+    from relay import warm
+
+    stop = tmp_path / "run-2"
+    for env in ({WORKER_STOP: str(stop)}, {}):
+        anyio.run(warm._let_its_lane_end, _Run(), env)  # would wait 20 s if it waited
+    assert not stop.exists()
