@@ -359,22 +359,15 @@ def reconcile_due(con: duckdb.DuckDBPyConnection, every_hours: float, now: datet
     return last is None or now - last >= timedelta(hours=every_hours)
 
 
-# What a run left 'running' says once the next starts: its process stopped before it finished.
-INTERRUPTED = (
-    "stopped before it finished (its process was killed or crashed); the next sync resumed "
-    "from the watermarks it had committed"
-)
+INTERRUPTED = "its process stopped before it finished; the next sync resumed from its watermarks"
 
 
 def start_run(con: duckdb.DuckDBPyConnection, kind: str) -> str:
-    """Record a run as 'running'. A run still 'running' is one whose process stopped before it
-    finished (only one process writes a clinic's database, so no other sync is under way): it
-    becomes 'interrupted', its end unknown, instead of looking under way for ever."""
+    """Record a run as 'running'; one still 'running' had its process stop (one process writes
+    a clinic's database: no other sync is under way) and becomes 'interrupted', end unknown."""
     run_id = uuid.uuid4().hex
-    con.execute(
-        "UPDATE state.sync_runs SET status = 'interrupted', error = ? WHERE status = 'running'",
-        [INTERRUPTED],
-    )
+    sql = "UPDATE state.sync_runs SET status = 'interrupted', error = ? WHERE status = 'running'"
+    con.execute(sql, [INTERRUPTED])
     con.execute(
         "INSERT INTO state.sync_runs (run_id, kind, started_at, status) VALUES (?, ?, ?, 'running')",
         [run_id, kind, datetime.now(UTC)],

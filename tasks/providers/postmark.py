@@ -445,8 +445,7 @@ class PostmarkProvider:
 # one that returns this many may have been cut short (the window is then read day by day).
 MAX_ITEMS = 10_000
 DUMP_LIMIT = 500
-# Postmark's bounce types (its Bounce API's ``Type``) as we record them; the rest (Transient,
-# AutoResponder, DnsError...) are "other".
+# Postmark's bounce types (``Type``) as we record them; the rest (Transient, DnsError...): other
 BOUNCE_KINDS: dict[str, Literal["hard", "soft", "spam_complaint"]] = {
     "HardBounce": "hard",
     "BadEmailAddress": "hard",  # "Address is invalid": no mail can reach it
