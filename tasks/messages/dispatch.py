@@ -200,7 +200,13 @@ def reconcile(
         rows = [r for r in rows if r.provider == provider.name]
         if not rows:
             continue
-        outcomes = provider.reconcile(rows, now, settle)
+        # what the provider holds as other messages of ours is none of these rows' attempts
+        taken = con.execute(
+            "SELECT provider_message_id FROM state.messages WHERE channel = ? AND "
+            "provider_message_id IS NOT NULL AND to_address IN (SELECT unnest(?::VARCHAR[]))",
+            [channel, sorted({r.to_address for r in rows if r.to_address})],
+        ).fetchall()
+        outcomes = provider.reconcile(rows, now, settle, taken={t for (t,) in taken})
         before = Counter(result.counts)
         with transaction(con):
             _record(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -142,12 +142,18 @@ class Provider(Protocol):
         ...
 
     def reconcile(
-        self, rows: Sequence[LedgerRow], now: datetime, settle: timedelta
+        self,
+        rows: Sequence[LedgerRow],
+        now: datetime,
+        settle: timedelta,
+        taken: Collection[str] = (),
     ) -> list[Outcome]:
         """For rows a dead run left ``sending`` (or marked ``unknown``): did they go?
 
         ``sent`` when the provider has the message; ``retry`` only when it certainly does not;
         ``unknown`` when nobody can tell; ``pending`` when it is too early to say (``settle``).
+        ``taken``: provider message ids the ledger already holds as other messages' (so none
+        of these rows' attempts).
         """
         ...
 

@@ -162,7 +162,7 @@ class OutboxProvider:
         return outcomes
 
     def reconcile(
-        self, rows: Sequence[LedgerRow], now: datetime, settle: timedelta
+        self, rows: Sequence[LedgerRow], now: datetime, settle: timedelta, taken: object = ()
     ) -> list[Outcome]:
         # The outbox is ours and writing is idempotent: the file is the truth.
         outcomes = []

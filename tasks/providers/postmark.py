@@ -274,7 +274,7 @@ class PostmarkProvider:
         return messages[0]["MessageID"] if messages else None
 
     def reconcile(
-        self, rows: Sequence[LedgerRow], now: datetime, settle: timedelta
+        self, rows: Sequence[LedgerRow], now: datetime, settle: timedelta, taken: object = ()
     ) -> list[Outcome]:
         """Found by send key → sent. Not found → planned again once ``settle`` has passed.
 

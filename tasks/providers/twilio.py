@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
@@ -290,7 +290,11 @@ class TwilioProvider:
         return Outcome("sent", provider_message_id=created.sid)
 
     def reconcile(
-        self, rows: Sequence[LedgerRow], now: datetime, settle: timedelta
+        self,
+        rows: Sequence[LedgerRow],
+        now: datetime,
+        settle: timedelta,
+        taken: Collection[str] = (),
     ) -> list[Outcome]:
         """Match each row to a message Twilio holds: same number, same body, created since the
         attempt. Found → sent. Not found → planned again once ``settle`` has passed.
@@ -306,9 +310,11 @@ class TwilioProvider:
         clocks' skew) can be the attempt's. One there whose text is not ours as we sent it (a
         messaging service's Smart Encoding rewrites some characters; another sender on the
         account) leaves the row ``unknown`` for a person (``AMBIGUOUS``), never resent: only an
-        empty list for that moment says Twilio never received it.
+        empty list for that moment says Twilio never received it. An SMS the ledger already
+        holds as another message's (``taken``: a reminder to the same shared mobile sent just
+        before the run died) is not this attempt, and is passed over.
         """
-        used: set[str] = set()
+        used: set[str] = set(taken)
         by_number: dict[str, list] = {}
         outcomes = []
         for row in rows:

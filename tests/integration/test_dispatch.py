@@ -491,3 +491,42 @@ def test_sms_the_old_batch_claim_left_unknown_are_listed_without_numbers_and_res
 def run_with(con, sms, at):
     return dispatch(con, providers={"sms": sms}, prepare=prepare, templates=Templates(),
                     clock=lambda: at)  # fmt: skip
+
+
+def test_a_run_killed_before_its_second_sms_to_a_shared_number_leaves_nothing_in_doubt(
+    tmp_path, sandboxes
+):
+    """Two children on a parent's mobile: the first reminder went, the run died before the second
+    one's request left. The SMS Twilio holds for that number from that minute is the first
+    reminder's, already in the ledger as its own: the second is resent, not left for a person."""
+    postmark, twilio = sandboxes
+    shared = "+61412000077"
+
+    def prepare_shared(row):
+        return Ready(to=shared, context=context_for(row))
+
+    def rerun(con, at, sms):
+        twilio.clock = lambda: at
+        return dispatch(con, providers={"sms": sms}, prepare=prepare_shared,
+                        templates=Templates(), clock=lambda: at)  # fmt: skip
+
+    with open_db(tmp_path / "c.duckdb") as con:
+        first, second = plan(con, 1, "sms"), plan(con, 2, "sms")
+        sms = providers(postmark, twilio)["sms"]
+        real_request, requests = sms.client.http_client.request, []
+
+        def dies_before_the_second_request_leaves(*args, **kwargs):
+            requests.append(1)
+            if len(requests) == 2:
+                raise Killed
+            return real_request(*args, **kwargs)
+
+        sms.client.http_client.request = dies_before_the_second_request_leaves
+        with pytest.raises(Killed):
+            rerun(con, START, sms)
+        assert [ledger.get(con, k).status for k in (first, second)] == ["sent", "sending"]
+        result = rerun(con, START + timedelta(minutes=10), providers(postmark, twilio)["sms"])
+        assert result.counts["reconciled_retry"] == 1, result.counts
+        assert [ledger.get(con, k).status for k in (first, second)] == ["sent", "sent"]
+        assert ledger.in_status(con, "unknown") == []
+    assert sorted(twilio.body_counts().values()) == [1, 1]

@@ -465,6 +465,22 @@ def test_an_sms_to_the_number_from_the_attempts_moment_with_other_text_is_never_
     assert (outcome.kind, outcome.reason) == ("unknown", AMBIGUOUS)
 
 
+def test_an_sms_the_ledger_holds_as_another_messages_is_never_taken_for_this_attempt(twilio):
+    """The same text to the same number minutes apart (one reminder, then the same one for a
+    second patient on a shared mobile): what went first, recorded as its own message, neither
+    confirms the second attempt (it never left: sent again) nor leaves it in doubt."""
+    provider = tw_provider(twilio)
+    went, never_left = sms(1, "+61412345678"), sms(1, "+61412345678")
+    sending_at = datetime.now(UTC)
+    provider.send([went])
+    later = sending_at + timedelta(minutes=10)
+    (outcome,) = provider.reconcile(
+        [as_row(never_left, "sending", "twilio", sending_at)], later, timedelta(minutes=5),
+        taken={twilio.accepted[0]["sid"]},
+    )  # fmt: skip
+    assert outcome.kind == "retry"
+
+
 def test_credentials_rejected_midway_still_report_what_already_went(twilio):
     """Raising would make dispatch put the whole batch back, and resend the first message."""
     provider = tw_provider(twilio)
