@@ -124,7 +124,8 @@ def campaign_preview_command(
     elif p.rendered is not None:
         typer.echo(f"  text        {p.rendered.text}")
     if p.status == "draft":
-        typer.echo(f"To send it: relay campaign send {name} --clinic {clinic} --confirm")
+        force = " --force" if late else ""  # past send_at: send refuses without it
+        typer.echo(f"To send it: relay campaign send {name} --clinic {clinic} --confirm{force}")
 
 
 @campaign_app.command("send")

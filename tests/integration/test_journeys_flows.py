@@ -129,6 +129,10 @@ def test_campaign_commands_say_when_the_audience_is_frozen_and_keep_what_was_con
     assert shown.exit_code == 0, shown.output
     assert "frozen      not yet: the audience is counted again at send_at" in shown.output
     assert "has passed, so confirming now sends it at once" in shown.output
+    # the command the preview ends with is one that will do it
+    assert f"To send it: relay campaign send recall --clinic {path} --confirm --force" in (
+        shown.output
+    )
     refused = runner.invoke(app, ["campaign", "send", "recall", "--clinic", str(path), "--confirm"])
     assert isinstance(refused.exception, UserFacingError)  # `relay` prints it, exits 2
     assert "has passed" in str(refused.exception) and "--force" in str(refused.exception)
