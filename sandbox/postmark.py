@@ -37,6 +37,12 @@ address suppressed on the message's own stream (``MessageStream``, else ``outbou
 "inactive recipient", whatever the reason (hard bounce, spam complaint, manual suppression or
 unsubscribe: the 406 does not say which); the same address on another stream goes through.
 
+The sender is checked before the recipient, item by item (a batch still answers 200): a From that
+is no address is 300 "Invalid 'From' address"; with ``sender_signatures`` set (confirmed addresses,
+or ``@domain`` for a verified domain; None, the default, confirms every sender), a From outside
+them is 400 "not a Sender Signature on your account" (postmark.js issue #47: the batch endpoint
+reports it per message); a ``MessageStream`` the server lacks is 1235.
+
 Recipients trigger errors, like Twilio's magic numbers: anything in ``inactive`` is suppressed on
 every stream (a HardBounce in each stream's dump, one hard bounce listed on ``outbound``) and gets
 406 on all of them; anything in ``invalid`` or without an ``@`` gets 300.
@@ -59,6 +65,7 @@ import threading
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from email.utils import parseaddr
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -119,8 +126,11 @@ class PostmarkSandbox(TrackingMixin):
         server_token: str = "sandbox-postmark-token",
         inactive: set[str] | frozenset[str] = INACTIVE,
         invalid: set[str] | frozenset[str] = INVALID,
+        sender_signatures: set[str] | None = None,
     ) -> None:
         self.server_token = server_token
+        # confirmed sender signatures: addresses, or "@domain" for a verified domain; None: any
+        self.sender_signatures = sender_signatures
         self.inactive = {a.lower() for a in inactive}
         self.invalid = {a.lower() for a in invalid}
         self.faults = Faults()
@@ -256,7 +266,23 @@ class PostmarkSandbox(TrackingMixin):
         to = str(item.get("To") or "").strip().lower()
         send_key = (item.get("Metadata") or {}).get("send_key")
         now = self.clock()
-        if not to or "@" not in to or to in self.invalid:
+        sender = parseaddr(str(item.get("From") or ""))[1].lower()
+        if "@" not in sender:
+            code, message = 300, f"Invalid 'From' address: '{item.get('From') or ''}'."
+        elif self.sender_signatures is not None and not (
+            {sender, "@" + sender.rpartition("@")[2]} & {s.lower() for s in self.sender_signatures}
+        ):
+            code = 400
+            message = (
+                f"The 'From' address you supplied ({sender}) is not a Sender Signature on your "
+                "account. Please add and confirm this address in order to be able to use it in "
+                "the 'From' field of your messages."
+            )
+        elif (item.get("MessageStream") or DEFAULT_STREAM) not in self.streams:
+            code = 1235
+            stream = item["MessageStream"]
+            message = f"The message stream for the provided 'ID' ({stream}) was not found."
+        elif not to or "@" not in to or to in self.invalid:
             code, message = 300, f"Invalid 'To' address: '{to}'."
         elif not (item.get("HtmlBody") or item.get("TextBody")):
             code, message = 300, "Provide either email TextBody or HtmlBody or both."

@@ -54,17 +54,12 @@ from tasks.providers.common import (
     metadata_key,
     request_never_sent,
 )
+from tasks.providers.postmark_codes import settings_refusal, stopped
 from tasks.warehouse import transaction
 
 DEFAULT_API = "https://api.postmarkapp.com/"
 # Where Postmark puts its own unsubscribe link, in the HTML and the text body alike.
 POSTMARK_UNSUBSCRIBE = "{{{ pm:unsubscribe }}}"
-# Whole-request codes meaning our settings are wrong, not the message: stop, put the batch back.
-_SETTINGS_CODES = {10: "the server token was rejected", 11: "the server token lacks rights",
-                   400: "the From address is not a confirmed sender signature",
-                   401: "the From address's sender signature is not confirmed",
-                   412: "the account is pending approval (only own-domain mail allowed)",
-                   1235: "the message stream does not exist"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -86,6 +81,9 @@ def _item_outcome(item: dict, inactive: Suppress | None = None) -> Outcome:
     code = int(item.get("ErrorCode", -1))
     if code == 0:
         return Outcome("sent", provider_message_id=item["MessageID"])
+    refused = settings_refusal(code, str(item.get("Message", "")))
+    if refused:  # other items went; this one is tried again (no one fixes it by failing it)
+        return Outcome("retry", error_code=str(code), reason="postmark: " + stopped(code, refused))
     if code == 406:
         # Postmark holds a suppression of the address on this message's stream. The 406 does not
         # say why (hard bounce, complaint, unsubscribe or manual): the stream's dump does.
@@ -207,11 +205,9 @@ class PostmarkProvider:
                 return [
                     Outcome("retry", error_code=str(exc.error_code), reason="postmark: busy")
                 ] * n
-            if exc.error_code in _SETTINGS_CODES:
-                raise ProviderUnavailable(
-                    f"Postmark refused the batch ({exc.error_code}): "
-                    f"{_SETTINGS_CODES[exc.error_code]}. Check the PostmarkServer block."
-                ) from None
+            refused = settings_refusal(exc.error_code, str(exc))
+            if refused:
+                raise ProviderUnavailable(stopped(exc.error_code, refused)) from None
             # the whole request was refused, so nothing in it went; a person must look
             return [
                 Outcome("failed", error_code=str(exc.error_code), reason="postmark: batch refused")
@@ -231,6 +227,10 @@ class PostmarkProvider:
             return [Outcome("unknown", reason="postmark: unreadable reply")] * n
         if len(results) != n:
             return [Outcome("unknown", reason="postmark: reply did not match the batch")] * n
+        codes = [(int(i.get("ErrorCode", -1)), str(i.get("Message", ""))) for i in results]
+        declined = [(c, what) for c, m in codes if (what := settings_refusal(c, m))]
+        if declined and all(c != 0 for c, _ in codes):  # nothing went: a whole-request refusal
+            raise ProviderUnavailable(stopped(*declined[0]))
         inactive: dict[tuple[str, str], Suppress] = {}
         for item, m in zip(results, chunk, strict=True):
             stream = self.stream_for(m.purpose)

@@ -105,7 +105,7 @@ ERROR_CODES: dict[int, tuple[str, Suppress | None]] = {
 
 # Codes about our sender, messaging service or account, never the recipient: Twilio answers every
 # message of the run the same and creates no Message for any of them. Each stops the run and puts
-# the message back planned (ProviderUnavailable), as Postmark's _SETTINGS_CODES do; failing them
+# the message back planned (ProviderUnavailable), as Postmark's SETTINGS_CODES do; failing them
 # would fail every due SMS for good over a released number or a typo in the block. Each says what
 # is wrong and where to fix it. Sources: https://www.twilio.com/docs/api/errors/<code>.
 SETTINGS_CODES: dict[int, str] = {

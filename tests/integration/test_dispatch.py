@@ -326,6 +326,27 @@ def test_rejected_credentials_put_the_batch_back_and_say_what_to_fix(tmp_path, s
     assert any("PostmarkServer block" in p for p in result.problems)
 
 
+def test_a_from_postmark_has_no_signature_for_fails_no_email_and_goes_once_verified(
+    tmp_path, sandboxes
+):
+    """Day one with the sending domain not yet verified: Postmark's batch answers 200 with
+    ErrorCode 400 on every item. No reminder is failed for it: the run stops, says what to fix,
+    and once the domain is verified the next run sends each once."""
+    postmark, twilio = sandboxes
+    postmark.sender_signatures = {"@acme-physio.com.au"}  # not demo.example: not verified yet
+    with open_db(tmp_path / "c.duckdb") as con:
+        keys = [plan(con, p, "email") for p in (1, 4)]
+        result = run(con, postmark, twilio)
+        assert ledger.status_counts(con) == {"planned": 2}  # nothing failed, sent or in doubt
+        assert any("(400)" in p and "PostmarkServer block" in p for p in result.stopped)
+        assert postmark.accepted == [] and suppressions(con) == []
+
+        postmark.sender_signatures.add("@demo.example")  # DKIM and Return-Path now verified
+        run(con, postmark, twilio, at=START + timedelta(minutes=5))
+        assert [ledger.get(con, k).status for k in keys] == ["sent", "sent"]
+    assert sorted(postmark.send_key_counts().values()) == [1, 1]
+
+
 @pytest.mark.parametrize(
     ("refusal", "code"),
     [

@@ -209,6 +209,38 @@ def test_a_rejected_postmark_token_stops_the_run_with_what_to_fix(postmark):
         pm_provider(postmark, server_token="wrong").send([email(1, "a@example.com")])
 
 
+@pytest.mark.parametrize(
+    "settings, code",
+    [
+        ({"from_address": "Acme <hello@acme-physio.com.au>"}, "400"),  # domain not verified
+        ({"from_address": "hello"}, "300"),  # not an address: Postmark's "Invalid 'From'"
+        ({"transactional_stream": "reminders"}, "1235"),  # no such stream on the server
+    ],
+)
+def test_a_batch_postmark_refuses_for_our_settings_item_by_item_fails_nothing(
+    postmark, settings, code
+):
+    """The batch endpoint answers 200 and refuses each item for a From that is no confirmed
+    sender signature (or a stream the server lacks): every message would get the same answer,
+    so the run stops with what to fix and nothing is failed, as for a whole-request refusal."""
+    postmark.sender_signatures = {"@demo.example"}
+    with pytest.raises(ProviderUnavailable, match=rf"\({code}\).*PostmarkServer block") as stopped:
+        pm_provider(postmark, **settings).send(
+            [email(1, "a@example.com"), email(2, "b@example.com")]
+        )
+    assert "a@example.com" not in str(stopped.value)  # no recipient in the words
+    assert postmark.accepted == []
+
+
+def test_a_settings_refusal_of_some_items_keeps_what_went_and_retries_the_rest(postmark):
+    """Reminders accepted on their stream, marketing refused for a missing stream: the accepted
+    are sent, the refused go back to be tried again (never failed, never sent twice)."""
+    provider = pm_provider(postmark, marketing_stream="newsletters")
+    outcomes = provider.send([email(1, "a@example.com"), email(2, "b@example.com", marketing=True)])
+    assert [o.kind for o in outcomes] == ["sent", "retry"]
+    assert "1235" in (outcomes[1].reason or "") and "PostmarkServer block" in outcomes[1].reason
+
+
 def test_postmark_reconciliation_finds_what_went_and_resends_only_what_never_arrived(postmark):
     provider = pm_provider(postmark)
     went, lost = email(1, "a@example.com"), email(2, "b@example.com")
