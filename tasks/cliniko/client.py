@@ -106,10 +106,11 @@ def api_base_url(api_key: str) -> str:
 
 # Domains that never reach a person: reserved for documentation and tests (RFC 2606, RFC 6761:
 # example.com/.net/.org and the .example, .test, .invalid and .localhost names), local-only
-# names (.local, .internal, .lan, .home.arpa) and any name without a dot (no public mail host).
+# names (.local, .localdomain, .internal, .lan, .home.arpa), any name without a dot (no public
+# mail host) and an IP address (ops@127.0.0.1 is ops@localhost by another name).
 PLACEHOLDER_DOMAINS = ("example.com", "example.net", "example.org")
-PLACEHOLDER_SUFFIXES = (".example", ".test", ".invalid", ".localhost", ".local", ".internal",
-                        ".lan", ".home.arpa")  # fmt: skip
+PLACEHOLDER_SUFFIXES = (".example", ".test", ".invalid", ".localhost", ".local", ".localdomain",
+                        ".internal", ".lan", ".home.arpa")  # fmt: skip
 _EMAIL = re.compile(r"^[^@\s()<>]+@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)$")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 
@@ -130,6 +131,8 @@ def placeholder_reason(contact: str) -> str | None:
     domain = match.group(1).lower().rstrip(".")
     if "." not in domain:
         return f"ends in '@{domain}', which is no public mail domain"
+    if all(label.isdigit() for label in domain.split(".")):
+        return f"ends in '@{domain}', an IP address, not a public mail domain"
     if domain in PLACEHOLDER_DOMAINS or domain.endswith(
         tuple("." + d for d in PLACEHOLDER_DOMAINS) + PLACEHOLDER_SUFFIXES
     ):

@@ -209,6 +209,9 @@ def test_a_real_looking_contact_goes_into_the_user_agent(contact):
         ("ops@clinic.example", "reserved for examples"),
         ("me@relay.test", "reserved for examples"),
         ("admin@nas.local", "reserved for examples"),
+        ("ops@localhost.localdomain", "reserved for examples"),  # a fresh host's default name
+        ("ops@127.0.0.1", "an IP address"),  # ops@localhost by another name
+        ("root@10.0.0.5", "an IP address"),
         ("", "empty"),
         ("ops", "not an email address"),
         ("Ops Team <ops@clinic.com>", "not an email address"),
