@@ -221,6 +221,7 @@ def _build_blocks(accounts, **v) -> list:
     from blocks.postmark import PostmarkServer
     from blocks.twilio import TwilioAccount
     from tasks.connect import ConnectFailed
+    from tasks.connect.postmark import from_address_problem
     from tasks.connect.twilio import sender_kind
 
     def build(name: str, make) -> tuple:
@@ -236,6 +237,9 @@ def _build_blocks(accounts, **v) -> list:
         api_key=SecretStr(v["cliniko_key"].strip()), contact_email=v["contact_email"].strip(),
         base_url=v["cliniko_base_url"]))]  # fmt: skip
     if accounts.email != "outbox":
+        problem = from_address_problem(v["from_address"])
+        if problem:
+            raise typer.BadParameter(f"{accounts.email}: from_address: {problem}")
         blocks.append(build(accounts.email, lambda: PostmarkServer(
             server_token=SecretStr(v["postmark_token"].strip()), from_address=v["from_address"],
             transactional_stream=v["transactional_stream"], marketing_stream=v["marketing_stream"],

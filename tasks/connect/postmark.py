@@ -12,7 +12,9 @@ cannot read them, so docs/connect.md shows where to check them in Postmark's UI.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from email.utils import parseaddr
 
 import requests
 from postmarker.core import PostmarkClient
@@ -23,6 +25,20 @@ from tasks.providers.postmark import DEFAULT_API
 
 SERVICE = "Postmark"
 BAD_TOKEN = 10  # "Bad or missing Server API token"
+
+
+_ADDRESS = re.compile(r"[^@\s<>]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
+
+
+def from_address_problem(value: str | None) -> str | None:
+    """Why Postmark would refuse every email from ``value`` ("Invalid 'From' address"), or None.
+    Checked before any request: whether its domain is verified only Postmark's UI shows."""
+    if _ADDRESS.fullmatch(parseaddr(value or "")[1]):
+        return None
+    return (
+        f"'{value}' is not an email address. Give the address mail goes from, on the sending "
+        "domain verified in Postmark, e.g. 'Acme Physio <hello@acmephysio.com.au>'"
+    )
 
 
 @dataclass(frozen=True)

@@ -361,6 +361,25 @@ def test_connect_refuses_a_value_the_blocks_refuse_before_any_request(tmp_path, 
     assert "secret-token" not in result.output and "Checking" not in result.output
 
 
+@pytest.mark.parametrize("sender", ["hello", "Acme Physio", "hello@acme", "Acme <hello@>"])
+def test_connect_refuses_a_from_that_is_no_address_before_any_request(
+    tmp_path, monkeypatch, sender
+):
+    """Postmark refuses every email from such a From: connect says so, not 'every check passed'."""
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+
+    monkeypatch.setenv("RELAY_CLINICS_DIR", str(tmp_path))
+    args = ["connect", "acme", "--no-sms", "--cliniko-key", "k-au1", "--contact-email", CONTACT,
+            "--cliniko-base-url", NOWHERE, "--postmark-token", "pm-secret", "--from-address",
+            sender, "--check-only"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "acme-postmark: from_address" in result.output and "Checking" not in result.output
+    assert "pm-secret" not in result.output
+
+
 # -- The command, saving (a throwaway Prefect API: the test harness) ------------------------------
 
 
