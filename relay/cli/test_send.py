@@ -76,6 +76,18 @@ def _marked(content: Any, trigger: str, patient_id: int) -> Any:
     )
 
 
+def _asking(call):
+    """A provider call; its refusal of the clinic's settings (ProviderUnavailable: a rejected
+    token, a From with no confirmed sender signature, a sender Twilio refuses) in plain words."""
+    from tasks.errors import UserFacingError
+    from tasks.providers.common import ProviderUnavailable
+
+    try:
+        return call()
+    except ProviderUnavailable as exc:
+        raise UserFacingError(f"nothing was sent: {exc}") from None
+
+
 def send_test(
     config: Any,
     trigger_name: str,
@@ -121,7 +133,7 @@ def send_test(
             )
         provider, managed = providers[channel], None
         if marketing and channel == "email":
-            managed = provider.managed_unsubscribe()
+            managed = _asking(provider.managed_unsubscribe)
             # Postmark's own link, else ours with a token that unsubscribes nobody
             context["unsubscribe_url"] = managed or (
                 config.providers.unsubscribe_url.rstrip("/") + "/TEST"
@@ -135,7 +147,7 @@ def send_test(
             channel=channel, purpose=trigger.purpose, tag="test-send", to=to,
             content=_marked(content, trigger.name, patient_id),
         )  # fmt: skip
-        (outcome,) = provider.send([message])
+        (outcome,) = _asking(lambda: provider.send([message]))
         con.execute(
             "INSERT INTO state.test_sends VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [now, trigger.name, patient_id, channel, digest(channel, to), provider.name,

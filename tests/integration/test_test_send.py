@@ -167,3 +167,22 @@ def test_a_marketing_test_goes_on_the_marketing_stream_with_postmarks_unsubscrib
     (message,) = postmark.accepted
     assert message["MessageStream"] == "broadcast" and message["To"] == STAFF_EMAIL
     assert "{{{ pm:unsubscribe }}}" in message["HtmlBody"], "Postmark manages the stream's link"
+
+
+def test_a_from_postmark_refuses_is_said_plainly_and_nothing_is_logged(built, sandboxes):
+    """Day one, the sending domain not verified yet: the test send says what to fix (exit 2 in
+    the CLI), no traceback, and records no test."""
+    postmark, _, providers = sandboxes
+    postmark.sender_signatures = {"@acmephysio.com.au"}
+    patient, _, _ = patient_with(
+        built,
+        "p.email IS NOT NULL AND p.patient_id IN (SELECT patient_id FROM marts.appointments "
+        "WHERE appointment_type_name = 'Admin - Insurance Patient')",
+    )
+    with open_db(built.database_path, read_only=True) as con:
+        (before,) = con.execute("SELECT count(*) FROM state.test_sends").fetchone()
+    with pytest.raises(UserFacingError, match=r"nothing was sent.*\(400\).*PostmarkServer block"):
+        send_test(built, "welcome-insurance", STAFF_EMAIL, providers, patient_id=patient)
+    assert postmark.accepted == []
+    with open_db(built.database_path, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM state.test_sends").fetchone() == (before,)
