@@ -22,6 +22,8 @@ own in the worker's temporary directory (``flows.lane.WORKER_STOP`` in its envir
 A run of any other deployment (pull steps, a command in its job variables, a file-path
 entrypoint) starts Prefect's normal way, and so does every run where the template cannot be
 used (no fork on the platform, or the template failed to start), with a warning.
+
+``Stopping`` bounds the worker's stop (SIGTERM, Ctrl-C) whatever the Prefect server does.
 """
 
 from __future__ import annotations
@@ -29,9 +31,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
+import sys
 import tempfile
+import threading
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,8 +48,9 @@ from prefect.runner._flow_run_executor import FlowRunExecutionResult, FlowRunExe
 from prefect.runner._starter_engine import EngineCommandStarter
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 
-from flows.lane import WORKER_STOP
+from flows.lane import WORKER_GRACE, WORKER_STOP
 from relay import warm
+from relay.tree import alive, descendants, signal_one, started
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
@@ -85,6 +92,8 @@ with warnings.catch_warnings():
             self._preload = preload or []
             self._warm = False
             self._stops: Path | None = None  # each warm run's stop file (flows/lane.py)
+            # pid -> "name (id)" and its lane's file (flows/lane.py), for Stopping
+            self.running: dict[int, tuple[str, str]] = {}
 
         async def __aenter__(self) -> RelayWorker:
             # The template imports once, before the first run is taken (not during it).
@@ -106,10 +115,22 @@ with warnings.catch_warnings():
             configuration: ProcessJobConfiguration,
             task_status: anyio.abc.TaskStatus[int] | None = None,
         ) -> ProcessWorkerResult:
-            entrypoint = await self._entrypoint(flow_run, configuration)
-            if entrypoint is None:
-                return await super().run(flow_run, configuration, task_status)
-            return await self._run_warm(flow_run, configuration, entrypoint, task_status)
+            status = _Recorded(
+                task_status or anyio.TASK_STATUS_IGNORED,
+                self.running,
+                (f"{flow_run.name} ({flow_run.id})", self._stop_file(flow_run) + ".lane"),
+            )
+            try:
+                entrypoint = await self._entrypoint(flow_run, configuration)
+                if entrypoint is None:
+                    return await super().run(flow_run, configuration, status)
+                return await self._run_warm(flow_run, configuration, entrypoint, status)
+            finally:
+                if status.pid is not None:
+                    self.running.pop(status.pid, None)
+
+        def _stop_file(self, flow_run: FlowRun) -> str:
+            return str((self._stops or Path(tempfile.gettempdir())) / str(flow_run.id))
 
         async def _entrypoint(self, flow_run: FlowRun, configuration) -> str | None:
             if not self._warm or flow_run.deployment_id is None:
@@ -131,7 +152,7 @@ with warnings.catch_warnings():
             )
             execution: FlowRunExecutionResult | None = None
             # A run in its fast lane is let end by itself when this worker stops (relay/warm.py)
-            stop = str((self._stops or Path(tempfile.gettempdir())) / str(flow_run.id))
+            stop = self._stop_file(flow_run)
             with directory as working_dir, _removed(stop, stop + ".lane"):
                 async with FlowRunExecutorContext() as ctx:
                     # ProcessWorker's own start of `python -m prefect.engine` (job env over
@@ -170,3 +191,160 @@ with warnings.catch_warnings():
             return ProcessWorkerResult(
                 status_code=execution.status_code, identifier=str(execution.handle.pid)
             )
+
+
+class _Recorded:
+    """A run's task status that also notes the run's pid in ``running`` when it starts."""
+
+    def __init__(self, status, running: dict[int, tuple[str, str]], run: tuple[str, str]):
+        self.status, self.running, self.run = status, running, run
+        self.pid: int | None = None
+
+    def started(self, value: int | None = None) -> None:
+        if value is not None:
+            self.pid = value
+            self.running[value] = self.run
+        self.status.started(value)
+
+
+# How long a stopping worker's run, told to stop (SIGTERM), has to end before it is killed. Told
+# so, a run reports Crashed to the server and exits: in a second when the server answers.
+STOP_GRACE_SECONDS = 10.0
+# How long after the stop signal (and the lane's grace, flows.lane.WORKER_GRACE, when a run was
+# in its lane) the worker exits at the latest, whatever it waits for: Prefect's own grace for a
+# stopping worker's runs.
+STOP_DEADLINE_SECONDS = 30.0
+
+
+class Stopping:
+    """The stop of `relay worker` on SIGTERM or Ctrl-C, bounded whatever the server does.
+
+    The first signal cancels the worker's task: Prefect's teardown then sends each run it
+    started SIGTERM (a run in its fast lane first given ``WORKER_GRACE`` seconds to end by
+    itself, relay/warm.py) and waits for it to end. A run so told reports Crashed to the server
+    as it exits, and with the server gone (stopped, restarting, unreachable) it retries that
+    report for a minute or more (``PREFECT_CLIENT_MAX_RETRIES``): the worker waited for it all
+    that time, as Prefect's own kill after its grace never came (its stop had been cancelled).
+    So from the signal on, a thread gives each run ``grace`` seconds after its SIGTERM, then
+    SIGKILLs what is left of it: what a killed tick leaves, which the lost-run automation and
+    the slot's lease already handle (docs/scaling.md). The worker's own teardown and Prefect's
+    last sends at exit wait on the server too, without end for one that does not answer (a
+    network gone): ``deadline`` seconds after the signal (after the lane's grace too, if a run
+    was in its lane) the process exits whatever it waits for. A second signal kills the runs
+    and exits at once.
+
+    A run is a process the worker started one on (``running``), or one below the worker in a
+    session of its own (Prefect starts each so, and relay/warm.py's runs do the same), with
+    everything below it; the template is not one."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(
+        self,
+        say: Callable[[str], object],
+        running: Mapping[int, tuple[str, str]] | None = None,
+        grace: float = STOP_GRACE_SECONDS,
+        deadline: float = STOP_DEADLINE_SECONDS,
+    ):
+        self.say = say
+        self.running = running if running is not None else {}  # RelayWorker.running
+        self.grace = grace
+        self.deadline = deadline
+        self._names: dict[int, str] = {}
+        self._lanes: set[int] = set()  # runs in their fast lane as the stop began
+        self.signal_name: str | None = None
+        self.at: float | None = None
+        self._now = threading.Event()
+        self._runs_done = threading.Event()
+        self._watch: threading.Thread | None = None
+
+    def take_signals(self, loop, task) -> None:
+        """In the worker's loop: each stop signal stops ``task`` (the worker) and its runs."""
+        for signum in self.SIGNALS:
+            loop.add_signal_handler(signum, self._signalled, signum, task)
+
+    def _signalled(self, signum: int, task) -> None:
+        if self._watch is not None:
+            self._now.set()  # a second signal: no more grace
+            return
+        self.signal_name = signal.Signals(signum).name
+        self.at = time.monotonic()
+        # As the stop began (a cancelled run forgets its pid), before warm.py looks at the lanes
+        self._names = {pid: name for pid, (name, _) in self.running.items()}
+        self._lanes = {pid for pid, (_, lane) in self.running.items() if os.path.exists(lane)}
+        self._watch = threading.Thread(target=self._stop_runs, name="relay-stop", daemon=True)
+        self._watch.start()
+        task.cancel()
+
+    def finish(self) -> None:
+        """After the worker's loop has ended (and with it its signal handlers): if stopping,
+        wait for the runs to end or be killed; a signal meanwhile, or later, is the second."""
+        if self._watch is None:
+            return
+        for signum in self.SIGNALS:
+            signal.signal(signum, lambda *_: self._now.set())
+        self._runs_done.wait()
+
+    def _stop_runs(self) -> None:  # in its own thread, from the first signal on
+        assert self.at is not None
+        lane = WORKER_GRACE if self._lanes else 0.0
+        self.say(
+            f"Stopping on {self.signal_name}: runs in progress are told to stop"
+            + (f" (in their fast lane, {lane:g} s to end first)" if lane else "")
+            + f", and killed if still running {self.grace:g} s later."
+        )
+        # The runs the worker started, by pid (a run orphaned, its template stopped by the same
+        # stop, as systemd stops every process of the service, is no longer below the worker),
+        # and every process below it in a session of its own.
+        seen = {pid: since for pid in self._names if (since := started(pid)) is not None}
+        killed: list[int] = []
+        while True:
+            for pid in runs_below(os.getpid()):
+                if (since := started(pid)) is not None:
+                    seen.setdefault(pid, since)
+            left = [pid for pid, since in seen.items() if pid not in killed and alive(pid, since)]
+            for pid in left:
+                # Told to stop at once, or after the lane's grace (a process not known by pid,
+                # a run's child, as late as any); then ``grace`` seconds.
+                told = lane if pid in self._lanes or pid not in self._names else 0.0
+                if self._now.is_set() or time.monotonic() >= self.at + told + self.grace:
+                    signal_one(pid, seen[pid], signal.SIGKILL)
+                    killed.append(pid)
+            if len(left) == len([pid for pid in left if pid in killed]):
+                break
+            self._now.wait(0.2)
+        names = sorted({self._names[pid] for pid in killed if pid in self._names})
+        if killed:
+            self.say(
+                f"Killed what was left of {len(names) or 'the'} run(s) "
+                f"{time.monotonic() - self.at:.0f} s after the stop (a stopping run reports to "
+                f"the Prefect server: is it down?): {', '.join(names) or 'unnamed'}. Each stays "
+                "Running until the lost-run automation marks it Crashed; the next tick catches up."
+            )
+        self._runs_done.set()
+        deadline = self.at + lane + self.deadline
+        if self._now.wait(max(0.0, deadline - time.monotonic())):
+            self.say("Stopped at once on a second stop signal.")
+        else:
+            self.say(
+                f"Still stopping {lane + self.deadline:g} s after {self.signal_name} (Prefect waiting "
+                "on a server that does not answer): exiting now; its last logs and events for "
+                "the server are not sent."
+            )
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(0)
+
+
+def runs_below(pid: int) -> set[int]:
+    """The runs below ``pid``: processes in a session other than its own, and theirs."""
+    own = _session(pid)
+    return {child for child in descendants(pid) if (s := _session(child)) is not None and s != own}
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
+    except (OSError, IndexError, ValueError):
+        return None

@@ -24,7 +24,6 @@ def worker_command(
     stops it."""
     import asyncio
     import os
-    import signal
 
     if not os.environ.get("PREFECT_API_URL"):
         raise typer.BadParameter(
@@ -33,7 +32,7 @@ def worker_command(
         )
     from prefect.settings import PREFECT_WORKER_HEARTBEAT_SECONDS
 
-    from relay.worker import RelayWorker
+    from relay.worker import RelayWorker, Stopping
     from tasks.home import queue_for, this_machine
 
     # Never every queue of the pool: a worker serving another machine's queue takes that
@@ -48,9 +47,20 @@ def worker_command(
         heartbeat_interval_seconds=int(PREFECT_WORKER_HEARTBEAT_SECONDS.value()),
         preload=preload or [],
     )
-    # SIGTERM stops it as Ctrl-C does (Prefect's own worker ignores it for a long while).
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # SIGTERM stops it as Ctrl-C does (Prefect's own worker ignores it for a long while), and
+    # runs that outstay the grace are killed (relay/worker.py, Stopping).
+    stopping = Stopping(typer.echo, running=worker.running)
+
+    async def serve() -> None:
+        stopping.take_signals(asyncio.get_running_loop(), asyncio.current_task())
+        await worker.start(printer=typer.echo)
+
     try:
-        asyncio.run(worker.start(printer=typer.echo))
-    except KeyboardInterrupt:
-        typer.echo(f"Worker {worker.name!r} stopped.")
+        asyncio.run(serve())
+    except asyncio.CancelledError:
+        if stopping.at is None:
+            raise
+    finally:
+        stopping.finish()
+    if stopping.at is not None:
+        typer.echo(f"Worker {worker.name!r} stopped on {stopping.signal_name}.")

@@ -19,6 +19,7 @@ def made(monkeypatch):
 
     class Fake:
         name = "fake"
+        running: dict = {}
 
         def __init__(self, **kwargs):
             seen.update(kwargs)
