@@ -153,7 +153,18 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         quoted_name = '"' + name.replace('"', '""') + '"'
         quoted_path = "'" + str(path).replace("'", "''") + "'"
         options = f"ROW_GROUP_SIZE {ROW_GROUP_SIZE}" + (", READ_ONLY" if read_only else "")
-        con.execute(f"ATTACH {quoted_path} AS {quoted_name} ({options})")
+        try:
+            con.execute(f"ATTACH {quoted_path} AS {quoted_name} ({options})")
+        except duckdb.IOException as exc:
+            if "Could not set lock" not in str(exc):
+                raise
+            # Relay's own runs never get here (they wait on the lock file): another program
+            # opened the file itself, a DuckDB shell or a notebook. Said at once, in one line.
+            raise DatabaseBusy(
+                f"{path} is open in another program, outside relay (a DuckDB shell, a notebook, "
+                "a BI tool): close it there and try again (relay's runs need the file to "
+                f"themselves; `relay sql` reads it in turn with them). {exc}"
+            ) from None
         con.execute(f"USE {quoted_name}")
         con.execute("DETACH memory")
     except BaseException:

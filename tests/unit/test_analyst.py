@@ -160,3 +160,34 @@ def test_no_database_yet_is_one_line_not_a_traceback(data_dir, command):
     lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: No database yet"), lines
     assert "relay sync --clinic" in lines[0]
+
+
+def _open_outside_relay(path, seconds, ready):
+    # A DuckDB shell, a notebook or a BI tool (read-write, their default): DuckDB's own lock,
+    # not relay's lock file.
+    con = duckdb.connect(str(path))
+    ready.set()
+    time.sleep(seconds)
+    con.close()
+
+
+def test_a_database_open_in_another_program_is_one_line_naming_the_file(db):
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    holder = ctx.Process(target=_open_outside_relay, args=(db, 30, ready))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        # A reader fails at once, not after its wait: relay cannot ask that program to let go.
+        with pytest.raises(DatabaseBusy) as err:
+            query(db, "SELECT 1", wait_seconds=0.5)
+        said = str(err.value)
+        assert said.startswith(f"{db} is open in another program")
+        assert "Could not set lock" in said  # DuckDB's own words, framed with the file
+        # relay's main prints a UserFacingError as one line, without a traceback
+        out = CliRunner().invoke(app, ["sql", "SELECT 1"])
+        assert isinstance(out.exception, UserFacingError), out.exception
+    finally:
+        holder.terminate()
+        holder.join()
+    assert query(db, "SELECT 1 AS one").rows == [(1,)]
