@@ -171,6 +171,13 @@ def sandbox_command(
         ) from None
     if begin is not None and begin.tzinfo is None:
         raise UserFacingError(f"--start {start!r} needs an offset, e.g. 2026-03-02T09:00:00Z")
+    from relay.serve import port_in_use
+
+    if port and port_in_use(port):  # 8765 is also `relay serve`'s unsubscribe endpoint
+        raise UserFacingError(
+            f"Port {port} on 127.0.0.1 is in use (another sandbox, or `relay serve`'s "
+            "unsubscribe endpoint): pick another with --port N, or --port 0 for a free one."
+        )
     serve(
         announce, port=port, seed=seed, patients=patients, start=begin, speed=speed,
         rate_limit=rate_limit,

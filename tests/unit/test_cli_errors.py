@@ -192,3 +192,19 @@ def test_a_backup_to_a_folder_it_cannot_make_is_one_line(data_dir):
     assert_clean(lines)
     assert code != 0 and len(lines) == 1, lines
     assert "could not be written to /proc/bk: No such file or directory" in lines[0], lines
+
+
+def test_a_sandbox_on_a_port_in_use_is_one_line(data_dir):
+    """8765 is also `relay serve`'s unsubscribe endpoint: `relay sandbox` beside it said so
+    with uvicorn's error and a traceback."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, lines = relay("sandbox", "--port", str(port), "--patients", "20", timeout=120)
+    assert code == 2
+    assert_clean(lines)
+    assert len(lines) == 1 and lines[0].startswith(f"error: Port {port} on 127.0.0.1 is in use")
+    assert "--port 0" in lines[0]
