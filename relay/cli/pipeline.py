@@ -9,6 +9,7 @@ def clinics_command() -> None:
     """List the configured clinics and check each configuration file, and the names its
     triggers' filters give against the clinic's synced data (tasks/triggers/names.py)."""
     from tasks.config import ConfigError, list_clinics, load_clinic
+    from tasks.messages.templates import template_warnings
 
     failed = False
     for name in list_clinics():
@@ -19,6 +20,11 @@ def clinics_command() -> None:
             typer.secho(f"{name}: {exc}", fg=typer.colors.RED)
             continue
         typer.echo(f"{cfg.clinic}: {cfg.name} ({cfg.time_zone}) -> {cfg.database_path}")
+        for trigger in cfg.triggers:
+            for warning in template_warnings(cfg, trigger):
+                typer.secho(
+                    f"  warning: trigger '{trigger.name}': {warning}", fg=typer.colors.YELLOW
+                )
         failed = _check_names(cfg) or failed
     if failed:
         raise typer.Exit(2)

@@ -48,6 +48,7 @@ def _print_calendar(config, trigger, days: float, limit: int) -> None:
     from datetime import UTC, datetime
     from zoneinfo import ZoneInfo
 
+    from tasks.messages.templates import template_warnings
     from tasks.models import runner as models
     from tasks.triggers import preview as planning
     from tasks.warehouse import open_db
@@ -76,6 +77,8 @@ def _print_calendar(config, trigger, days: float, limit: int) -> None:
     typer.echo(f"  went live   {went_live.astimezone(zone):%Y-%m-%d %H:%M} {config.time_zone}")
     for typo in typos:
         typer.secho(_wrap(f"  warning: {typo}", width, 4), fg=typer.colors.YELLOW)
+    for warning in template_warnings(config, trigger):
+        typer.secho(_wrap(f"  warning: {warning}", width, 4), fg=typer.colors.YELLOW)
     decisions = Counter(r.decision.split(":")[0].split(" (")[0] for r in rows)
     typer.echo(
         _wrap(
@@ -204,7 +207,7 @@ def render_command(
     from pathlib import Path
 
     from relay.env import data_dir
-    from tasks.messages.templates import Templates, render_to_file
+    from tasks.messages.templates import Templates, render_to_file, size_note
     from tasks.models import runner as models
     from tasks.triggers import preview as planning
     from tasks.warehouse import open_db
@@ -233,3 +236,9 @@ def render_command(
     )
     typer.echo(f"Rendered {trigger.name} for patient {patient}, {used}:")
     typer.echo(f"  {path.resolve()}")
+    if trigger.channel == "sms":
+        size = Templates(config.folder).render_sms(trigger.template, context, marketing=marketing)
+        typer.secho(
+            f"  SMS: {size_note(size.size)}",
+            fg=typer.colors.YELLOW if size.size.segments > 1 else None,
+        )

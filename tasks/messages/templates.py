@@ -201,6 +201,23 @@ class Templates:
         return []
 
 
+def template_warnings(config: Any, trigger: Any) -> list[str]:
+    """What a trigger's template warns of against the sample context (an SMS over one segment):
+    the configuration loads with these, so the commands that check a clinic or a trigger
+    (``relay clinics``, ``relay preview trigger``) show them."""
+    return Templates(config.folder).validate(
+        trigger.template, trigger.channel, marketing=trigger.purpose == "marketing",
+        appointment=trigger.is_appointment_event,
+    )  # fmt: skip
+
+
+def size_note(size: SmsSize) -> str:
+    """One line on what an SMS costs: its units, encoding and segments."""
+    return f"{size.units} {size.encoding} units, {size.segments} segment" + (
+        "" if size.segments == 1 else "s (each segment is billed)"
+    )
+
+
 def _html_attr(url: str) -> str:
     # the URL as it appears in autoescaped HTML (& becomes &amp;)
     return str(jinja2.utils.markupsafe.escape(url))

@@ -14,6 +14,7 @@ from tasks.messages.templates import (
     build_context,
     render_to_file,
     sample_context,
+    size_note,
     sms_size,
 )
 from tasks.unsubscribe import tokens as unsubscribe
@@ -219,3 +220,32 @@ def test_without_a_configured_secret_one_is_generated_once_and_kept(data_dir, mo
     assert path.stat().st_mode & 0o077 == 0
     token = unsubscribe.sign("demo", 1, 2, "sms")
     assert unsubscribe.verify(token).patient_id == 1
+
+
+def test_an_sms_trigger_over_one_segment_is_warned_of_by_relay_clinics(tmp_path, monkeypatch):
+    # The load-time segment warning was computed and dropped: nothing showed it to anyone.
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+
+    folder = tmp_path / "clinics" / "x"
+    (folder / "templates" / "long").mkdir(parents=True)
+    (folder / "templates" / "long" / "sms.txt").write_text(
+        "Hi {{ patient.first_name }}, see you {{ appointment.date }} 😊 " + "x" * 40
+    )
+    (folder / "clinic.yaml").write_text(
+        "clinic: x\nname: X\ntriggers:\n  - name: remind\n    event: before_appointment\n"
+        "    timing: 24 hours before\n    channel: sms\n    template: long\n"
+        "    purpose: transactional\n"
+    )
+    monkeypatch.setenv("RELAY_CLINICS_DIR", str(tmp_path / "clinics"))
+    monkeypatch.setenv("RELAY_DATA_DIR", str(tmp_path / "data"))
+    out = CliRunner().invoke(app, ["clinics"])
+    assert out.exit_code == 0, out.output
+    assert "warning: trigger 'remind': template 'long': the sample SMS is 2 segments" in out.output
+    assert "UCS-2" in out.output
+
+
+def test_an_sms_size_note_says_its_segments():
+    assert size_note(sms_size("Hi")) == "2 GSM-7 units, 1 segment"
+    assert size_note(sms_size("😀" * 36)) == "72 UCS-2 units, 2 segments (each segment is billed)"
