@@ -63,6 +63,10 @@ def import_unsubscribes(
         raise ImportRefused(f"{path}: no such file.") from None
     except UnicodeDecodeError:
         raise ImportRefused(f"{path}: not UTF-8 text; export the list as CSV (UTF-8).") from None
+    except OSError as exc:  # a folder, no permission...
+        raise ImportRefused(
+            f"{path}: cannot be read ({exc.strerror}); give the CSV file."
+        ) from None
     try:
         dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
     except csv.Error:

@@ -362,7 +362,9 @@ def import_unsubscribes_command(
 def report_command(
     clinic: str = typer.Option("demo", help="Clinic name (clinics/<clinic>/clinic.yaml)."),
     days: int = typer.Option(30, min=1, max=3650, help="Days up to and including today."),
-    out: str = typer.Option("report.html", help="HTML file to write (open it in a browser)."),
+    out: str = typer.Option(
+        "report.html", help="HTML file to write, its folder made (open it in a browser)."
+    ),
 ) -> None:
     """Messages per trigger, journey and campaign per day; sent, bounced, failed, skipped and
     why; list growth and churn; suppressions. Counts only, with charts."""
@@ -376,6 +378,12 @@ def report_command(
     from tasks.reports import build_report, render_html
     from tasks.warehouse import open_db
 
+    path = Path(out)
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise UserFacingError(
+            f"--out {out}: the report is an HTML page (its charts included); name the file "
+            ".html, e.g. --out report.html, and open it in a browser."
+        )
     config = load_clinic(clinic)
     now = datetime.now(UTC)
     if not config.database_path.exists():
@@ -388,8 +396,11 @@ def report_command(
                 f"{config.database_path} lacks the feedback tables (it predates them): run "
                 f"`relay feedback --clinic {config.clinic}` once, then the report."
             ) from None
-    path = Path(out)
-    path.write_text(render_html(report, config.name, now), encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render_html(report, config.name, now), encoding="utf-8")
+    except OSError as exc:
+        raise UserFacingError(f"Cannot write the report to {path}: {exc.strerror}.") from None
     totals = report.per_day()
     sent = sum(d["sent"] for d in totals.values())
     typer.echo(f"  {report.first_day} to {report.last_day}: {sent} sent, "

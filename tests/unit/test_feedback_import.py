@@ -106,3 +106,9 @@ def test_an_import_that_fails_before_its_commit_writes_nothing(con, tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         import_unsubscribes(con, path, NOW)
     assert suppression_rows(con) == []
+
+
+def test_a_folder_or_unreadable_file_is_refused_in_one_line(con, tmp_path):
+    with pytest.raises(ImportRefused, match="cannot be read"):
+        import_unsubscribes(con, tmp_path, NOW)
+    assert suppression_rows(con) == []

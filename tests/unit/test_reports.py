@@ -214,3 +214,36 @@ def test_the_chart_draws_one_bar_per_day_and_outcome_with_a_height_for_its_count
     # plot height 136 - 28 - 36 = 72 for a top of 4: 18 per message
     assert bars == [("72.0", "2026-03-01: 4 sent"), ("36.0", "2026-03-02: 2 sent"),
                     ("18.0", "2026-03-02: 1 failed")]  # fmt: skip
+
+
+@pytest.fixture
+def report_clinic(tmp_path):
+    """A clinic folder with clinic.yaml and its (empty) DuckDB file, as `relay report` finds it."""
+    import yaml
+
+    from tasks.warehouse import open_db
+
+    (tmp_path / "clinic.yaml").write_text(yaml.safe_dump(
+        {"clinic": "disk", "name": "Disk Physio", "database": "clinic.duckdb"}))  # fmt: skip
+    with open_db(tmp_path / "clinic.duckdb"):
+        pass
+    return tmp_path / "clinic.yaml"
+
+
+def test_report_command_makes_the_out_folder_and_refuses_a_name_that_is_not_html(
+    report_clinic, tmp_path
+):
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+    from tasks.errors import UserFacingError
+
+    def report(out):
+        return CliRunner().invoke(app, ["report", "--clinic", str(report_clinic), "--out", out])
+
+    done = report(str(tmp_path / "reports" / "march.html"))
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "reports" / "march.html").read_text().startswith("<!doctype html>")
+    png = report(str(tmp_path / "chart.png"))  # HTML under a picture's name: refused, one line
+    assert isinstance(png.exception, UserFacingError) and ".html" in str(png.exception)
+    assert not (tmp_path / "chart.png").exists()
