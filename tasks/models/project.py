@@ -423,12 +423,18 @@ def discover(
     )
 
 
+def _read_text(path: Path) -> str:
+    """A file's text, less the byte order mark a Windows editor may begin it with (which hid
+    the ``-- config:`` header)."""
+    return path.read_text(encoding="utf-8-sig")
+
+
 def _texts(paths: list[Path]) -> dict[Path, str]:
     """Each readable file's text (one that cannot be read is reported by ``_read_file``)."""
     texts = {}
     for path in paths:
         try:
-            texts[path] = path.read_text(encoding="utf-8")
+            texts[path] = _read_text(path)
         except (OSError, UnicodeDecodeError):
             continue
     return texts
@@ -443,7 +449,7 @@ def _parse_trees(
     sqls: dict[Path, str] = {}
     for path in paths:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = _read_text(path)
             if text in _PARSE_MEMO:  # read before in this process: nothing to parse
                 continue
             sqls[path] = _single_select(con, _relative(path, sql_dir), text)
@@ -477,7 +483,7 @@ def _read_file(
             f"{file}: a model's file name becomes its table name: use lower-case letters, "
             "digits and underscores."
         )
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     sql, depends_on = _parsed(con, file, text, trees.get(path))
     if kind == TESTS_FOLDER:
         return DataTest(name=name, file=file, sql=sql, depends_on=depends_on)

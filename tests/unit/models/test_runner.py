@@ -204,6 +204,17 @@ def test_an_unreadable_config_line_is_refused_with_an_example(con, tmp_path):
         models.discover(con, sql_dir)
 
 
+def test_a_file_saved_with_a_byte_order_mark_keeps_its_config_line(con, tmp_path):
+    """Windows editors (Notepad, VS Code's "UTF-8 with BOM") start a file with U+FEFF: the
+    header was then not seen as a comment, so `materialized=view` was silently a table."""
+    view = "\ufeff-- config: materialized=view\r\n" + GOOD["marts/people.sql"] + "\r\n"
+    sql_dir = write(tmp_path, {**GOOD, "marts/people.sql": view})
+    assert models.discover(con, sql_dir).model("marts.people").materialized == "view"
+    write(tmp_path, {"marts/people.sql": "\ufeff-- config: materialised=view\nselect 1 as a"})
+    with pytest.raises(models.ModelError, match="cannot read '-- config:' item"):
+        models.discover(con, sql_dir)
+
+
 def test_a_failing_data_test_fails_the_build_with_its_count_and_file(con, tmp_path):
     sql_dir = write(tmp_path, GOOD)
     build(con, sql_dir)
