@@ -138,13 +138,15 @@ def _relative(path: Path, root: Path) -> str:
 
 def _parse_config(file: str, text: str) -> dict[str, str]:
     config: dict[str, str] = {}
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not stripped:
-            continue
-        if not stripped.startswith("--"):
-            break  # the header ends at the first line of SQL
-        match = _CONFIG_LINE.match(stripped)
+    in_header = True  # the header ends at the first line of SQL
+    for number, line in enumerate(map(str.strip, text.splitlines()), 1):
+        in_header = in_header and (not line or line.startswith("--"))
+        match = _CONFIG_LINE.match(line)
+        if match and not in_header:
+            raise ModelError(
+                f"{file}: line {number}: a '-- config:' line is read only in the '--' comment "
+                "lines at the top of the file, before any SQL (or /* */ comment). Move it there."
+            )
         if not match:
             continue
         for item in filter(None, (p.strip() for p in match.group(1).split(","))):
@@ -423,9 +425,7 @@ def discover(
     )
 
 
-def _read_text(path: Path) -> str:
-    """A file's text, less the byte order mark a Windows editor may begin it with (which hid
-    the ``-- config:`` header)."""
+def _read_text(path: Path) -> str:  # less a Windows editor's byte order mark
     return path.read_text(encoding="utf-8-sig")
 
 

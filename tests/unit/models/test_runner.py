@@ -215,6 +215,18 @@ def test_a_file_saved_with_a_byte_order_mark_keeps_its_config_line(con, tmp_path
         models.discover(con, sql_dir)
 
 
+def test_a_config_line_below_the_sql_is_refused_not_ignored(con, tmp_path):
+    """Only the header's `--` lines are read: a `-- config:` line after the first line of SQL
+    (or after a /* */ description) built the default table without a word."""
+    for text in (
+        "select patient_id\n-- config: materialized=view\nfrom marts.people",
+        "/* adults */\n-- config: materialized=view\nselect patient_id from marts.people",
+    ):
+        sql_dir = write(tmp_path, {**GOOD, "segments/everyone.sql": text})
+        with pytest.raises(models.ModelError, match="line 2: a '-- config:' line is read only"):
+            models.discover(con, sql_dir)
+
+
 def test_a_failing_data_test_fails_the_build_with_its_count_and_file(con, tmp_path):
     sql_dir = write(tmp_path, GOOD)
     build(con, sql_dir)
