@@ -24,8 +24,13 @@ appointments as not materialized (
     select patient_id, refreshed_by from marts.appointments
 ),
 
+-- ages count in whole years at the build's date in the clinic's time zone (the birthday
+-- journey's), not UTC's: a Melbourne patient turned a year older at 11:00 on the day
 build_context as (
-    select built_at from state.build_context
+    select
+        timezone(clinic_time_zone, built_at)::date as today,
+        timezone(clinic_time_zone, getvariable('previous_built_at'))::date as previous_day
+    from state.build_context
 ),
 
 patients_in_scope as (
@@ -41,11 +46,10 @@ patients_in_scope as (
     from patients
     cross join build_context
     where getvariable('changes_since') is not null
-        and build_context.built_at::date
-            is distinct from getvariable('previous_built_at')::date
-        and date_part('year', age(build_context.built_at::date, patients.date_of_birth))
+        and build_context.today is distinct from build_context.previous_day
+        and date_part('year', age(build_context.today, patients.date_of_birth))
             is distinct from
-            date_part('year', age(getvariable('previous_built_at')::date, patients.date_of_birth))
+            date_part('year', age(build_context.previous_day, patients.date_of_birth))
     union
     select patient_id from appointments
     where refreshed_by = getvariable('build_id')
@@ -76,8 +80,7 @@ final as (
         patients.country_code,
         patients.concession_type_id,
         patients.date_of_birth,
-        date_part('year', age(build_context.built_at::date, patients.date_of_birth))::integer
-            as age,
+        date_part('year', age(build_context.today, patients.date_of_birth))::integer as age,
         patients.created_at,
         patients.updated_at,
         patients.archived_at,

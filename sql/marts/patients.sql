@@ -13,7 +13,7 @@
 --   accepted_email_marketing, accepted_sms_marketing, accepted_privacy_policy (NULL = no answer)
 --   reminder_type         Cliniko's 'SMS & Email' | 'SMS' | 'Email' | 'None'
 --   receives_confirmation_emails, time_zone, country_code, concession_type_id
---   date_of_birth, age    (whole years at the build)
+--   date_of_birth, age    (whole years at the build's date in the clinic's time zone)
 --   created_at, updated_at, archived_at, merged_at, merged_into_patient_id (UTC)
 --   is_archived           archived or merged away in Cliniko
 --   first_visit_at, last_visit_at   first/last visit (marts.appointments.is_visit: arrived or

@@ -145,9 +145,14 @@ class Clinic:
             [channel, address, action, reason, self._tick()],
         )
 
-    def build(self, now: datetime = NOW, **settings) -> models.BuildResult:
+    def build(
+        self, now: datetime = NOW, full_refresh: bool = False, **settings
+    ) -> models.BuildResult:
         return models.build(
-            self.con, models.ListSettings(**{"active_patient_months": 12, **settings}), now=now
+            self.con,
+            models.ListSettings(**{"active_patient_months": 12, **settings}),
+            now=now,
+            full_refresh=full_refresh,
         )
 
     def email_row(self, email: str) -> dict:
@@ -530,6 +535,22 @@ def test_an_incremental_build_ages_a_patient_on_their_birthday_without_a_sync(cl
     assert clinic.con.execute(ages).fetchall() == [(1, 45), (2, 46)]
     clinic.build(now=NOW + timedelta(days=1))
     assert clinic.con.execute(ages).fetchall() == [(1, 46), (2, 46)]
+
+
+def test_age_turns_at_midnight_in_the_clinics_time_zone_not_in_utc(clinic):
+    """Ages were counted at the UTC date: a Melbourne patient turned 46 at 11:00 on their
+    birthday, a New York one a day early, at 19:00 (age segments, a campaign for adults)."""
+    clinic.patient(1, born="1980-11-23")
+    ages = "SELECT age FROM marts.patients"
+    clinic.build()  # 2026-11-22 20:00 in Melbourne
+    assert clinic.con.execute(ages).fetchall() == [(45,)]
+    clinic.build(now=NOW + timedelta(hours=5))  # 2026-11-23 01:00 in Melbourne, still 22nd UTC
+    assert clinic.con.execute(ages).fetchall() == [(46,)]
+    new_york = {"clinic_time_zone": "America/New_York"}
+    clinic.build(now=NOW + timedelta(hours=17), full_refresh=True, **new_york)  # 22nd, 21:00
+    assert clinic.con.execute(ages).fetchall() == [(45,)]
+    clinic.build(now=NOW + timedelta(hours=20), **new_york)  # 23rd, 00:00 in New York
+    assert clinic.con.execute(ages).fetchall() == [(46,)]
 
 
 # --- seed 000: tags are not visits (clinic.yaml tag_categories) --------------------------------
