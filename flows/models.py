@@ -78,7 +78,8 @@ class Timed(models.Steps):
 
 
 def build_clinic(clinic: str, full_refresh: bool = False, *, as_tasks: bool = True) -> StepOutput:
-    """Build, test and record membership for every model of ``clinic``, all or nothing. The
+    """Build, test and record membership for every model of ``clinic`` in one commit (a failing
+    model and its readers keep their last good tables). The
     flow below runs each model as a task (the DAG in the UI); the tick's models task runs this
     with ``as_tasks=False``: one task, each model timed in the artifact."""
     config = load_clinic(clinic)
@@ -129,6 +130,6 @@ def build_clinic(clinic: str, full_refresh: bool = False, *, as_tasks: bool = Tr
 
 @flow(name="build-models", flow_run_name="models-{clinic}")
 def build_models(clinic: str = "demo", full_refresh: bool = False) -> dict:
-    """Build, test and record membership for every model of ``clinic``, all or nothing."""
+    """Build, test and record membership for every model of ``clinic`` (``build_clinic``)."""
     with data_out_of_errors():
         return build_clinic(clinic, full_refresh).publish()

@@ -114,7 +114,8 @@ def models_build_command(
     ),
 ) -> None:
     """Build every model, run the data tests and record who joined or left each list and
-    segment: all or nothing. A failure names the file and keeps the last good models."""
+    segment, in one commit. A model that fails (or fails a data test) is named with its file
+    and keeps its last good table, as does every model reading it; the rest is built."""
     from tasks.config import load_clinic
     from tasks.models import runner as models
     from tasks.warehouse import open_db
