@@ -392,6 +392,10 @@ def discover(
             continue
         if isinstance(item, DataTest):
             tests.append(item)
+        elif item.relation in models:  # Loyal.sql beside loyal.sql: neither may win unsaid
+            raise ModelError(
+                f"{file} and {models[item.relation].file} both build {item.relation}: rename one."
+            )
         else:
             models[item.relation] = item
     unusable = {b.relation for b in broken if b.relation}
@@ -425,16 +429,12 @@ def discover(
     )
 
 
-def _read_text(path: Path) -> str:  # less a Windows editor's byte order mark
-    return path.read_text(encoding="utf-8-sig")
-
-
 def _texts(paths: list[Path]) -> dict[Path, str]:
     """Each readable file's text (one that cannot be read is reported by ``_read_file``)."""
     texts = {}
     for path in paths:
         try:
-            texts[path] = _read_text(path)
+            texts[path] = path.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError):
             continue
     return texts
@@ -449,7 +449,7 @@ def _parse_trees(
     sqls: dict[Path, str] = {}
     for path in paths:
         try:
-            text = _read_text(path)
+            text = path.read_text(encoding="utf-8-sig")
             if text in _PARSE_MEMO:  # read before in this process: nothing to parse
                 continue
             sqls[path] = _single_select(con, _relative(path, sql_dir), text)
@@ -483,7 +483,7 @@ def _read_file(
             f"{file}: a model's file name becomes its table name: use lower-case letters, "
             "digits and underscores."
         )
-    text = _read_text(path)
+    text = path.read_text(encoding="utf-8-sig")  # -sig: no BOM (Windows editors)
     sql, depends_on = _parsed(con, file, text, trees.get(path))
     if kind == TESTS_FOLDER:
         return DataTest(name=name, file=file, sql=sql, depends_on=depends_on)

@@ -227,6 +227,18 @@ def test_a_config_line_below_the_sql_is_refused_not_ignored(con, tmp_path):
             models.discover(con, sql_dir)
 
 
+def test_two_files_building_one_table_are_refused_naming_both(con, tmp_path):
+    """`Loyal.sql` beside `loyal.sql` both build segments.loyal: one was silently ignored."""
+    other = "select patient_id from marts.people where patient_id = 1"
+    sql_dir = write(tmp_path, {**GOOD, "segments/Everyone.sql": other})
+    with pytest.raises(models.ModelError) as refused:
+        models.discover(con, sql_dir)
+    assert str(refused.value) == (
+        "sql/segments/everyone.sql and sql/segments/Everyone.sql both build segments.everyone: "
+        "rename one."
+    )
+
+
 def test_a_failing_data_test_fails_the_build_with_its_count_and_file(con, tmp_path):
     sql_dir = write(tmp_path, GOOD)
     build(con, sql_dir)
