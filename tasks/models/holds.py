@@ -79,3 +79,14 @@ def require_good_build(con: duckdb.DuckDBPyConnection, reads: Iterable[str] = ()
             f"Waiting for a good build: {why}. Fix the file and run `relay models build`."
         )
     return latest
+
+
+def what_was_held(held: Iterable[str], rebuilt: int) -> str:
+    """The sentence a partial build's error gives about the models it held (``PartialBuild``)."""
+    if not held:  # a data test that cannot run, a file outside sql/'s folders
+        return f"held no model and rebuilt all {rebuilt} models."
+    return (
+        f"kept the last good tables of {', '.join(sorted(held))} (the broken file and what reads "
+        f"it) and rebuilt the other {rebuilt} models. Journeys, campaigns and triggers that read "
+        "a held model wait; the rest go on."
+    )

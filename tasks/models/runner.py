@@ -43,7 +43,7 @@ from tasks.config import DEFAULT_TAG_CATEGORIES, MarketingListSettings
 from tasks.errors import UserFacingError
 from tasks.models import checks, shape, tables
 from tasks.models import functions as models_functions
-from tasks.models.holds import latest_build, require_good_build  # noqa: F401 (callers' path)
+from tasks.models.holds import latest_build, require_good_build, what_was_held  # noqa: F401 (callers' path)
 from tasks.models.membership import MemberChanges, record_membership
 from tasks.models.project import SQL_DIR as SQL_DIR  # callers pass runner.SQL_DIR as sql_dir
 from tasks.models.project import (
@@ -85,10 +85,8 @@ class PartialBuild(BuildFailed):
         UserFacingError.__init__(
             self,
             "\n".join(f"{file}: {message}" for file, message in broken.items())
-            + f"\nThe build ({result.build_id}) kept the last good tables of "
-            f"{', '.join(sorted(held)) or 'no model'} (the broken file and what reads it) and "
-            f"rebuilt the other {len(result.rows)} models. Journeys, campaigns and triggers that "
-            "read a held model wait; the rest go on. Fix the file and run `relay models build`.",
+            + f"\nThe build ({result.build_id}) {what_was_held(held, len(result.rows))} Fix the "
+            "file and run `relay models build`.",
         )
         self.build_id, self.result, self.broken, self.held = result.build_id, result, broken, held
         self.file, self.detail = next(iter(broken.items()))

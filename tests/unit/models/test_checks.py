@@ -183,8 +183,11 @@ def test_a_test_that_cannot_run_among_others_is_named_by_testing_one_at_a_time(c
     write(tmp_path, {"tests/no_email.sql": broken})
     add_patient(con, 5, "p5@example.com", later=1)
     logged = Logged(con)
-    with pytest.raises(models.PartialBuild, match=r"sql/tests/no_email.sql: Conversion Error"):
+    with pytest.raises(models.PartialBuild, match=r"sql/tests/no_email.sql: Conversion Error") as e:
         build(logged, sql_dir)
+    # it holds no model: said so, not "kept the last good tables of no model (... what reads it)"
+    assert "held no model and rebuilt all 2 models" in str(e.value)
+    assert "last good tables of no model" not in str(e.value)
     assert len(together(logged)) == 1  # the first pass; then one at a time
     assert len(counted(logged, "per address")) == 1  # the other test, alone
     assert "'p5@example.com'" not in str(models.latest_build(con))  # no data in the record
