@@ -345,6 +345,6 @@ def runs_below(pid: int) -> set[int]:
 
 def _session(pid: int) -> int | None:
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
-    except (OSError, IndexError, ValueError):
+        return os.getsid(pid)
+    except OSError:  # gone
         return None

@@ -12,7 +12,6 @@ cannot read them, so docs/connect.md shows where to check them in Postmark's UI.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from email.utils import parseaddr
 
@@ -27,13 +26,14 @@ SERVICE = "Postmark"
 BAD_TOKEN = 10  # "Bad or missing Server API token"
 
 
-_ADDRESS = re.compile(r"[^@\s<>]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
-
-
 def from_address_problem(value: str | None) -> str | None:
-    """Why Postmark would refuse every email from ``value`` ("Invalid 'From' address"), or None.
-    Checked before any request: whether its domain is verified only Postmark's UI shows."""
-    if _ADDRESS.fullmatch(parseaddr(value or "")[1]):
+    """Why Postmark would refuse every email from ``value`` ("Invalid 'From' address"), or None:
+    its address (``Name <address>`` or the address alone) shaped as dispatch wants a
+    recipient's. Checked before any request: whether its domain is verified only Postmark's UI
+    shows."""
+    from tasks.messages.dispatch import EMAIL
+
+    if EMAIL.match(parseaddr(value or "")[1]):
         return None
     return (
         f"'{value}' is not an email address. Give the address mail goes from, on the sending "
