@@ -13,10 +13,11 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 import duckdb
@@ -102,6 +103,20 @@ MACROS = (
     "CREATE OR REPLACE TEMP MACRO changed_values(model, col, changed := 'relay_changed') AS "
     "TABLE SELECT value FROM query_table(changed) WHERE relation = model AND name = col",
 )
+
+
+# changed_values('<model>', '<column>') in a model's SQL
+_CHANGED_VALUES = re.compile(r"\bchanged_values\(\s*'([\w.]+)'\s*,\s*'(\w+)'\s*\)", re.I)
+
+
+def changed_values_read(sqls: Iterable[str]) -> dict[str, set[str]]:
+    """Each model whose changed_values the models' SQL ``sqls`` reads -> the columns it
+    reads (a merge keeps those: keep_changed_values)."""
+    out: dict[str, set[str]] = {}
+    for sql in sqls:
+        for relation, column in _CHANGED_VALUES.findall(sql):
+            out.setdefault(relation.lower(), set()).add(column)
+    return out
 
 
 def keep_changed_values(

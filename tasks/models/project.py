@@ -65,20 +65,6 @@ class Model:
         return f'SELECT * FROM ({self.sql}) WHERE "{self.delete_if_null}" IS NOT NULL'
 
 
-# changed_values('<model>', '<column>') (tasks/models/functions.py) in a model's SQL
-_CHANGED_VALUES = re.compile(r"\bchanged_values\(\s*'([\w.]+)'\s*,\s*'(\w+)'\s*\)", re.I)
-
-
-def changed_values_read(models: Iterable[Model]) -> dict[str, set[str]]:
-    """Each model whose changed_values another model reads -> the columns it reads (a merge
-    keeps those: tasks/models/tables.py)."""
-    out: dict[str, set[str]] = {}
-    for model in models:
-        for relation, column in _CHANGED_VALUES.findall(model.sql):
-            out.setdefault(relation.lower(), set()).add(column)
-    return out
-
-
 @dataclass(frozen=True)
 class DataTest:
     name: str
@@ -170,6 +156,13 @@ def _parse_config(file: str, text: str) -> dict[str, str]:
         )
     if "delete_if_null" in config and materialized != "incremental":
         raise ModelError(f"{file}: delete_if_null= is for an incremental model (with its key=).")
+    if "key" in config and materialized != "incremental":
+        # a table or view is built whole each time: its key= was read and silently ignored
+        raise ModelError(
+            f"{file}: key= is for an incremental model (materialized=incremental); a "
+            f"{materialized} has no key. To require one row per value, write a data test "
+            "(sql/tests/)."
+        )
     return config
 
 

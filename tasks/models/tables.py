@@ -27,7 +27,7 @@ import duckdb
 
 from tasks.cliniko.resources import RESOURCES
 from tasks.models import functions as models_functions
-from tasks.models.project import MODEL_SCHEMAS, DataTest, Model, Project, changed_values_read
+from tasks.models.project import MODEL_SCHEMAS, DataTest, Model, Project
 from tasks.models.shape import SEGMENT_ROWS, check_patients, check_shape, check_unique
 from tasks.models.shape import read_columns as _columns
 from tasks.warehouse import one
@@ -262,7 +262,8 @@ class ModelTables:
         tests: Iterable[DataTest] = (),
         models: Iterable[Model] = (),
     ):
-        self.asked = changed_values_read(models)  # relation -> columns (``merge``)
+        # relation -> columns (``merge``)
+        self.asked = models_functions.changed_values_read(m.sql for m in models)
         # Tables and views of the model schemas: relation -> 'table' or 'view'.
         self.existing: dict[str, str] = {
             f"{schema}.{name}": kind

@@ -204,6 +204,21 @@ def test_an_unreadable_config_line_is_refused_with_an_example(con, tmp_path):
         models.discover(con, sql_dir)
 
 
+def test_a_key_on_a_table_or_view_is_refused_not_ignored(con, tmp_path):
+    """key= on a table or view was read and then ignored: duplicates were built silently."""
+    for materialized in ("table", "view"):
+        body = f"-- config: materialized={materialized}, key=a\nselect 1 as a"
+        sql_dir = write(tmp_path, {"marts/x.sql": body})
+        with pytest.raises(
+            models.ModelError,
+            match=f"key= is for an incremental model.*a {materialized} has no key",
+        ):
+            models.discover(con, sql_dir)
+    sql_dir = write(tmp_path, {"marts/x.sql": "-- config: key=a\nselect 1 as a"})
+    with pytest.raises(models.ModelError, match="a table has no key"):
+        models.discover(con, sql_dir)
+
+
 def test_a_file_saved_with_a_byte_order_mark_keeps_its_config_line(con, tmp_path):
     """Windows editors (Notepad, VS Code's "UTF-8 with BOM") start a file with U+FEFF: the
     header was then not seen as a comment, so `materialized=view` was silently a table."""
