@@ -81,12 +81,20 @@ def require_good_build(con: duckdb.DuckDBPyConnection, reads: Iterable[str] = ()
     return latest
 
 
-def what_was_held(held: Iterable[str], rebuilt: int) -> str:
-    """The sentence a partial build's error gives about the models it held (``PartialBuild``)."""
+def what_was_held(held: Iterable[str], rebuilt: int, new: Iterable[str] = ()) -> str:
+    """The sentence a partial build's error gives about the models it held (``PartialBuild``);
+    ``new``: those of them no build has made yet (a new segment broken from its first build
+    has no last good table to keep)."""
+    held, new = sorted(held), set(new)
     if not held:  # a data test that cannot run, a file outside sql/'s folders
         return f"held no model and rebuilt all {rebuilt} models."
+    kept = [r for r in held if r not in new]
+    parts = [f"kept the last good tables of {', '.join(kept)}"] if kept else []
+    if len(kept) < len(held):
+        made = ", ".join(r for r in held if r in new)
+        parts.append(f"did not create {made} (new: no good build of it yet)")
     return (
-        f"kept the last good tables of {', '.join(sorted(held))} (the broken file and what reads "
-        f"it) and rebuilt the other {rebuilt} models. Journeys, campaigns and triggers that read "
-        "a held model wait; the rest go on."
+        f"{' and '.join(parts)} (the broken file and what reads it) and rebuilt the other "
+        f"{rebuilt} models. Journeys, campaigns and triggers that read a held model wait; the "
+        "rest go on."
     )

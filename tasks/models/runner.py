@@ -81,12 +81,12 @@ class PartialBuild(BuildFailed):
     """A build committed without the models a broken file holds (they keep their last good
     tables); what reads none of them is rebuilt, planned and sent as usual."""
 
-    def __init__(self, result: BuildResult, broken: dict[str, str], held: dict[str, str]):
-        UserFacingError.__init__(
+    def __init__(self, result: BuildResult, broken: dict, held: dict, new: list[str]):
+        UserFacingError.__init__(  # new: held models no build has made yet
             self,
             "\n".join(f"{file}: {message}" for file, message in broken.items())
-            + f"\nThe build ({result.build_id}) {what_was_held(held, len(result.rows))} Fix the "
-            "file and run `relay models build`.",
+            + f"\nThe build ({result.build_id}) {what_was_held(held, len(result.rows), new)} "
+            "Fix the file and run `relay models build`.",
         )
         self.build_id, self.result, self.broken, self.held = result.build_id, result, broken, held
         self.file, self.detail = next(iter(broken.items()))
@@ -479,7 +479,8 @@ def build(
             run.abort(None)
             raise
         if run.broken:
-            raise PartialBuild(run.result, run.broken, run.held)
+            new = [r for r in run.held if r not in run.existing]  # nothing last good to keep
+            raise PartialBuild(run.result, run.broken, run.held, new)
         return run.result
 
 

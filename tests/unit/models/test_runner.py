@@ -166,6 +166,26 @@ def test_a_reference_to_an_unknown_table_names_the_file_and_the_table(con, tmp_p
     assert count(con, "segments.everyone") == 2
 
 
+def test_a_new_segment_broken_from_its_first_build_is_not_said_to_keep_a_last_good_table(
+    con, tmp_path
+):
+    """A segment no build has made has no last good table: the error said it "kept the last
+    good tables of segments.typo". An existing model held beside it still is kept."""
+    sql_dir = write(tmp_path, GOOD)
+    build(con, sql_dir)
+    write(tmp_path, {"segments/typo.sql": "select patient_id // 0 as patient_id from marts.people"})
+    write(
+        tmp_path,
+        {"segments/everyone.sql": "select patient_id::INT // 0 as patient_id from marts.people"},
+    )
+    with pytest.raises(models.PartialBuild) as e:
+        build(con, sql_dir)
+    said = str(e.value)
+    assert "did not create segments.typo (new: no good build of it yet)" in said
+    assert "kept the last good tables of segments.everyone and did not create" in said
+    assert "last good tables of segments.everyone, segments.typo" not in said
+
+
 def test_a_model_reading_raw_changes_depends_on_the_raw_table_it_names(con, tmp_path):
     sql_dir = write(
         tmp_path,
