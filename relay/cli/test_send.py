@@ -105,6 +105,7 @@ def send_test(
     from tasks.messages.ledger import normalise_address
     from tasks.messages.templates import Templates
     from tasks.models import runner as models
+    from tasks.models.phones import mobile_e164
     from tasks.providers.common import OutgoingMessage
     from tasks.triggers.preview import context_for_patient, trigger_named
     from tasks.warehouse import open_db
@@ -113,8 +114,10 @@ def send_test(
     trigger = trigger_named(config, trigger_name)
     channel, marketing = trigger.channel, trigger.purpose == "marketing"
     to = normalise_address(channel, to)
+    if channel == "sms":  # as staff type it ("0412 345 678"), read in the clinic's country
+        to = mobile_e164(to, config.country) or to
     if address_problem(channel, to):
-        wanted = "an email address" if channel == "email" else "a mobile number in E.164 (+61...)"
+        wanted = "an email address" if channel == "email" else "a mobile number (+61...)"
         raise UserFacingError(f"--to: trigger '{trigger.name}' sends {channel}; give {wanted}.")
     with open_db(config.database_path, wait_seconds=30, create=False) as con:
         models.require_good_build(con)
@@ -158,7 +161,9 @@ def send_test(
 
 def test_send_command(
     trigger_name: str = typer.Argument(..., metavar="TRIGGER", help="A trigger in clinic.yaml."),
-    to: str = typer.Option(..., "--to", help="The staff email (email trigger) or mobile (SMS)."),
+    to: str = typer.Option(
+        ..., "--to", help="The staff email (email trigger) or mobile (SMS; local or +61...)."
+    ),
     patient: int = typer.Option(
         None, "--patient", help="Whose message (default: the first the trigger would go to)."
     ),

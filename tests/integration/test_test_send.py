@@ -101,6 +101,14 @@ def test_an_sms_test_goes_to_the_staff_mobile_only_marked_and_outside_the_ledger
     assert STAFF_MOBILE not in str(logged)
 
 
+def test_an_sms_test_takes_the_mobile_as_staff_type_it_in_the_clinics_country(built, sandboxes):
+    """--to "0499 999 999" was refused as not E.164 though the clinic's country is known."""
+    _, twilio, providers = sandboxes
+    result = send_test(built, "sms-reminder-24h", "0499 999 999", providers, now=START)
+    assert result.outcome == "sent"
+    assert [m["to"] for m in twilio.accepted] == [STAFF_MOBILE]
+
+
 def test_an_email_test_renders_a_real_patients_message_and_sends_it_to_staff(built, sandboxes):
     postmark, _, providers = sandboxes
     patient, email, _ = patient_with(
@@ -137,8 +145,10 @@ def test_a_patients_address_is_refused_and_nothing_is_sent(built, sandboxes):
                   allow_patient_address=True)  # fmt: skip
     with pytest.raises(UserFacingError, match="belongs to a patient"):
         send_test(built, "welcome-insurance", other_email, providers, patient_id=patient)
-    with pytest.raises(UserFacingError, match="E.164"):
+    with pytest.raises(UserFacingError, match=r"give a mobile number \(\+61"):
         send_test(built, "sms-reminder-24h", STAFF_EMAIL, providers)
+    with pytest.raises(UserFacingError, match=r"give a mobile number \(\+61"):
+        send_test(built, "sms-reminder-24h", "03 9123 4567", providers)  # a landline
     with pytest.raises(UserFacingError, match="an email address"):
         send_test(built, "welcome-insurance", STAFF_MOBILE, providers, patient_id=patient)
     assert postmark.accepted == [] and twilio.accepted == []
