@@ -162,11 +162,17 @@ def create_app(
             )
         return _received(name, marketing)
 
-    callbacks = {
-        urlsplit(p.settings.status_callback_url).path: (clinic, p.settings)
-        for clinic, p in (sms_providers or {}).items()
-        if isinstance(p, TwilioProvider) and p.settings.status_callback_url and clinic in clinics
-    }
+    callbacks: dict[str, tuple[str, Any]] = {}
+    for clinic, p in (sms_providers or {}).items():
+        if isinstance(p, TwilioProvider) and p.settings.status_callback_url and clinic in clinics:
+            route = urlsplit(p.settings.status_callback_url).path
+            if route in callbacks:  # one would take the other's callbacks (its token refuses them)
+                raise UserFacingError(
+                    f"Clinics '{callbacks[route][0]}' and '{clinic}' both set a Twilio "
+                    f"status_callback_url with the path {route}: give each clinic its own path "
+                    f"(e.g. /twilio/status/{clinic}) in its TwilioAccount block."
+                )
+            callbacks[route] = (clinic, p.settings)
 
     async def sms_status(request: Request) -> Response:
         clinic, settings = callbacks[request.url.path]

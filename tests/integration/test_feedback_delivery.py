@@ -21,6 +21,7 @@ from sandbox.server import ThreadedServer
 from sandbox.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioSandbox
 from tasks import feedback_delivery
 from tasks.config import ClinicConfig
+from tasks.errors import UserFacingError
 from tasks.feedback import FeedbackUnavailable
 from tasks.messages import ledger
 from tasks.messages.dispatch import dispatch
@@ -287,6 +288,23 @@ def endpoint(tmp_path, twilio, clock):
             {"demo": config}, clock=clock, sms_providers={"demo": TwilioProvider(twilio.settings)}
         )
         yield config, url
+
+
+def test_two_clinics_with_one_status_callback_path_are_refused_naming_both(tmp_path, twilio):
+    """The second clinic's route silently replaced the first's: its callbacks were checked
+    with the other account's token and refused (its deliveries waited for the poll)."""
+    url = "https://relay.example/twilio/status"
+    settings = dataclasses.replace(twilio.settings, status_callback_url=url)
+    configs = {
+        name: ClinicConfig(clinic=name, name=name, database=tmp_path / f"{name}.duckdb")
+        for name in ("north", "south")
+    }
+    sms = {name: TwilioProvider(settings) for name in configs}
+    with pytest.raises(UserFacingError, match=r"Clinics 'north' and 'south' both set a Twilio "
+                       r"status_callback_url with the path /twilio/status: give each"):  # fmt: skip
+        create_app(configs, sms_providers=sms)
+    sms["south"] = TwilioProvider(dataclasses.replace(settings, status_callback_url=url + "/s"))
+    create_app(configs, sms_providers=sms)  # each its own path: fine
 
 
 def test_a_final_status_called_back_is_recorded_at_once_and_suppresses_a_landline(
