@@ -452,6 +452,9 @@ def _attempt(
         outcomes = [Outcome("retry", reason="provider unavailable")] * len(batch)
         result.problems.append(f"{channel}: {exc}")
         result.stopped.append(f"{channel}: {exc}")
+    for why in dict.fromkeys(o.stop for o in outcomes if o.stop):  # the rest of the batch went
+        result.problems.append(f"{channel}: {why}")
+        result.stopped.append(f"{channel}: {why}")
     sending_rows = [
         dataclasses.replace(r, status="sending", attempts=r.attempts + 1) for r, _ in batch
     ]

@@ -81,6 +81,9 @@ class Outcome:
     error_code: str | None = None
     reason: str | None = None  # words for the ledger; never personal data
     suppress: Suppress | None = None
+    # our settings refused for this message while others went (a stream that does not exist):
+    # the run reports sending stopped with these words, as for a whole batch refused
+    stop: str | None = None
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ from tasks.providers.common import (
     metadata_key,
     request_never_sent,
 )
-from tasks.providers.postmark_codes import settings_refusal, stopped
+from tasks.providers.postmark_codes import item_outcome, settings_refusal, stopped
 from tasks.warehouse import transaction
 
 DEFAULT_API = "https://api.postmarkapp.com/"
@@ -73,38 +73,6 @@ class PostmarkSettings:
     track_links: str = "None"  # None | HtmlAndText | HtmlOnly | TextOnly
     track_opens: bool = False
     timeout: float = 30.0
-
-
-def _item_outcome(item: dict, inactive: Suppress | None = None) -> Outcome:
-    """One item of a batch reply. ``inactive``: for a 406, what the stream's suppression dump
-    says of the address (``_inactive_reason``)."""
-    code = int(item.get("ErrorCode", -1))
-    if code == 0:
-        return Outcome("sent", provider_message_id=item["MessageID"])
-    refused = settings_refusal(code, str(item.get("Message", "")))
-    if refused:  # other items went; this one is tried again (no one fixes it by failing it)
-        return Outcome("retry", error_code=str(code), reason="postmark: " + stopped(code, refused))
-    if code == 406:
-        # Postmark holds a suppression of the address on this message's stream. The 406 does not
-        # say why (hard bounce, complaint, unsubscribe or manual): the stream's dump does.
-        assert inactive is not None, "a 406 is classified with what its stream's dump says"
-        return Outcome(
-            "failed",
-            error_code="406",
-            reason=f"postmark: inactive recipient ({inactive.reason})",
-            suppress=inactive,
-        )
-    if code == 300:
-        about_recipient = "'To'" in str(item.get("Message", ""))
-        return Outcome(
-            "failed",
-            error_code="300",
-            reason="postmark: invalid " + ("recipient address" if about_recipient else "request"),
-            suppress=Suppress("all", "invalid_address") if about_recipient else None,
-        )
-    if code == 429:
-        return Outcome("retry", error_code="429", reason="postmark: rate limited")
-    return Outcome("failed", error_code=str(code), reason=f"postmark: error {code}")
 
 
 class PostmarkProvider:
@@ -237,7 +205,7 @@ class PostmarkProvider:
             if int(item.get("ErrorCode", -1)) == 406 and (stream, m.to) not in inactive:
                 inactive[stream, m.to] = self._inactive_reason(stream, m.to)
         return [
-            _item_outcome(item, inactive.get((self.stream_for(m.purpose), m.to)))
+            item_outcome(item, inactive.get((self.stream_for(m.purpose), m.to)))
             for item, m in zip(results, chunk, strict=True)
         ]
 

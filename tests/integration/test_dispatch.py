@@ -347,6 +347,31 @@ def test_a_from_postmark_has_no_signature_for_fails_no_email_and_goes_once_verif
     assert sorted(postmark.send_key_counts().values()) == [1, 1]
 
 
+def test_a_batch_postmark_takes_in_part_refusing_our_stream_still_says_sending_stopped(
+    tmp_path, sandboxes
+):
+    """Marketing accepted on its stream, reminders refused for a transactional stream the
+    server lacks (ErrorCode 1235): the refused were tried again later, but the run raised no
+    "sending stopped" (only a batch refused whole did), so reminders waited unannounced."""
+    postmark, twilio = sandboxes
+    pm = providers(postmark, twilio)
+    pm["email"] = PostmarkProvider(PostmarkSettings(
+        postmark.server_token, "Demo <hello@demo.example>", transactional_stream="reminders",
+        base_url=postmark.url, timeout=5))  # fmt: skip
+    with open_db(tmp_path / "c.duckdb") as con:
+        reminder = plan(con, 1, "email")
+        newsletter = plan(con, 4, "email", purpose="marketing")
+        result = dispatch(
+            con, providers=pm, prepare=prepare, templates=Templates(),
+            unsubscribe=Unsubscribe("demo", "https://relay.example/u", b"k"), clock=lambda: START,
+        )  # fmt: skip
+        assert ledger.get(con, newsletter).status == "sent"
+        assert ledger.get(con, reminder).status == "planned"  # tried again later, not failed
+        assert result.stopped and all("(1235)" in s and "PostmarkServer block" in s
+                                      for s in result.stopped)  # fmt: skip
+        assert len(result.stopped) == 1
+
+
 @pytest.mark.parametrize(
     ("refusal", "code"),
     [

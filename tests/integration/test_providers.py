@@ -239,6 +239,7 @@ def test_a_settings_refusal_of_some_items_keeps_what_went_and_retries_the_rest(p
     outcomes = provider.send([email(1, "a@example.com"), email(2, "b@example.com", marketing=True)])
     assert [o.kind for o in outcomes] == ["sent", "retry"]
     assert "1235" in (outcomes[1].reason or "") and "PostmarkServer block" in outcomes[1].reason
+    assert outcomes[0].stop is None and "PostmarkServer block" in (outcomes[1].stop or "")
 
 
 def test_postmark_reconciliation_finds_what_went_and_resends_only_what_never_arrived(postmark):
