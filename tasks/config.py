@@ -34,7 +34,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from tasks.errors import UserFacingError
 from tasks.paths import PROJECT_ROOT, clinics_dir, data_dir
 from tasks.report_settings import ReportSettings
-from tasks.triggers.definition import Trigger, parse_triggers
+from tasks.triggers.definition import Trigger, explain, parse_triggers
 
 SEGMENTS_DIR = PROJECT_ROOT / "sql" / "segments"
 DEFAULT_TAG_CATEGORIES = ("Admin Only",)  # seed 000's category for admin "dummy" appointments
@@ -463,7 +463,7 @@ def _describe(err: ErrorDetails, raw: dict | None = None) -> str:
         return f"{where}: required but missing"
     if kind == "extra_forbidden":
         return f"{where}: unknown setting (check the spelling; see clinics/demo/clinic.yaml)"
-    return f"{where}: {err['msg']}"
+    return f"{where}: {explain(err)}"
 
 
 # libyaml's safe loader when PyYAML has it (every tick step loads the file: 7x faster).

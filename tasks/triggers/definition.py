@@ -90,7 +90,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 Event = Literal[
     "appointment_booked",
@@ -376,6 +376,17 @@ def _field_error(field: str, message: str) -> PydanticCustomError:
     )
 
 
+def explain(err: ErrorDetails) -> str:
+    """pydantic's words for a problem in clinic.yaml, except where they are a programmer's: one
+    value where a list goes ("medical_alerts: Insurance patient") is not "a valid tuple"."""
+    if err["type"] in ("tuple_type", "list_type"):
+        given = err.get("input")
+        if isinstance(given, str) and given.strip():
+            return f"expected a list: write [{given.strip()}], in brackets even for one"
+        return "expected a list: put it in brackets, [...], even for one"
+    return err["msg"]
+
+
 def describe_error(index: int, raw: Any, exc: ValidationError) -> str:
     """One line per problem: which trigger (by name and position) and which field."""
     name = raw.get("name") if isinstance(raw, dict) else None
@@ -390,7 +401,7 @@ def describe_error(index: int, raw: Any, exc: ValidationError) -> str:
         elif err["type"] == "extra_forbidden":
             lines.append(f"{who}: {loc}: unknown setting (check the spelling)")
         else:
-            lines.append(f"{who}: {loc or '(entry)'}: {err['msg']}")
+            lines.append(f"{who}: {loc or '(entry)'}: {explain(err)}")
     return "\n  ".join(lines)
 
 

@@ -504,3 +504,26 @@ def test_yes_no_and_numbers_unquoted_in_yaml_are_explained_not_type_errors(tmp_p
     (trigger,) = load_clinic(path).triggers
     assert trigger.filters.custom_fields[0].values == ("Yes",)
     assert trigger.exclude.custom_fields[0].values == ("0", "1")
+
+
+def test_one_name_written_without_brackets_is_explained_not_a_tuple_error(tmp_path):
+    """`medical_alerts: Insurance patient` (one alert, no brackets) is the first thing a clinic
+    owner writes: they are told to put it in brackets, not "Input should be a valid tuple"."""
+    from tasks.config import ConfigError, load_clinic
+
+    path = tmp_path / "clinic.yaml"
+    path.write_text(
+        "clinic: x\nname: X\ntag_categories: Admin Only\ntriggers:\n"
+        "  - name: welcome\n    event: medical_alert_added\n    channel: email\n"
+        "    template: welcome\n    purpose: transactional\n"
+        "    filters:\n      medical_alerts: Insurance patient\n"
+        "    exclude:\n"
+        "      custom_fields: {section: Insurance coverage, field: Provider, values: [Medibank]}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_clinic(path)
+    message = str(err.value)
+    assert "filters.medical_alerts: expected a list: write [Insurance patient]" in message
+    assert "exclude.custom_fields: expected a list: put it in brackets, [...]" in message
+    assert "tag_categories: expected a list: write [Admin Only]" in message
+    assert "tuple" not in message
