@@ -54,8 +54,9 @@ nor does a second alert the trigger names; a patient carrying one when the trigg
 gets nothing, even after it is removed and added again), the invoice events once per invoice
 (an invoice paid, reopened or credited and paid again is thanked once). Only an alert or invoice
 whose moment is at or after go-live messages: switching one on never reaches back, whatever its
-timing. An alert removed (or an invoice deleted, or no longer paid) before its message goes
-cancels it.
+timing. An alert removed (or an invoice deleted) before its message goes cancels it; an invoice
+no longer paid (reopened, payment reversed) waits to be paid again, to the end of its grace
+window (tasks/triggers/gone.py).
 
 Patient filters, on any event: ``medical_alerts: [names]`` (has any of them now) and
 ``exclude: {medical_alerts: [names]}`` (has none of them now); ``custom_fields: [conditions]``

@@ -3,7 +3,9 @@
 The re-check (tasks/triggers/plan.py) finds planned messages its trigger's query no longer
 returns; these are reasons that cannot change back by themselves (the appointment was cancelled,
 the invoice deleted, the medical alert removed), unlike the audience's (tasks/triggers/audience.py),
-which make a message wait.
+which make a message wait. One can (:func:`waits`): an invoice no longer paid may be paid
+again, and its thank-you waits for that, as for an audience reason, to the end of its grace
+window.
 """
 
 from __future__ import annotations
@@ -70,3 +72,8 @@ def why_gone(
             reason = "no longer matches the trigger's filters (appointment or patient changed)"
         reasons[row.message_id] = reason
     return reasons
+
+
+def waits(reason: str) -> bool:
+    """Whether a reason ``why_gone`` gives can change back by itself (the message waits)."""
+    return reason.startswith(patient_records.NOT_PAID)

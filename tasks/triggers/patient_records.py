@@ -163,6 +163,11 @@ def patient_filters(trigger: Trigger, alias: str, params: dict[str, Any]) -> lis
 
 # --- why a planned message's alert or invoice is gone ----------------------------------------------
 
+# The one reason here that can change back by itself: an invoice reopened or its payment
+# reversed may be paid again. Its thank-you waits for that, to the end of its grace window
+# (tasks/triggers/gone.py ``waits``); the other reasons cancel.
+NOT_PAID = "invoice no longer paid"
+
 
 def why_gone(con: duckdb.DuckDBPyConnection, trigger: Trigger, rows: list) -> dict[int, str]:
     """In words, why planned messages (ledger rows) of a record event no longer match."""
@@ -199,7 +204,7 @@ def why_gone(con: duckdb.DuckDBPyConnection, trigger: Trigger, rows: list) -> di
         elif patient_id != row.patient_id:
             reasons[row.message_id] = "invoice now belongs to another patient record"
         elif trigger.event == "invoice_paid" and not is_paid:
-            reasons[row.message_id] = f"invoice no longer paid (now {status or 'not paid'})"
+            reasons[row.message_id] = f"{NOT_PAID} (now {status or 'not paid'})"
         else:
             reasons[row.message_id] = generic
     return reasons

@@ -333,7 +333,9 @@ def decide(
     for row in planned:
         c = candidates.get(row.send_key)
         timing = None if c is None else late_move(trigger, row, c, now)
-        if c is None:
+        if c is None and gone.waits(why_gone[row.message_id]):  # e.g. paid again: waits for it
+            decision = Decision("wait", why_gone[row.message_id], row.due_at, row.expires_at)
+        elif c is None:
             decision = Decision("cancel", why_gone[row.message_id])
         elif timing is None:
             decision = Decision("skip", reopen.moved_too_late(trigger), candidate=c)

@@ -269,20 +269,37 @@ def test_an_invoice_paid_twice_or_credited_then_paid_is_thanked_once(clinic):
     clinic.invoice(41, 2, status=OPEN_CREDIT, created=NOW - 2 * HOUR)
     clinic.plan(NOW)
     assert statuses(clinic, "thanks") == [(1, "planned", None)]
-    # paid, reopened (payment reversed) before the thank-you went: cancelled, with the reason
+    # paid, reopened (payment reversed) before the thank-you went: it waits, saying why (it
+    # was cancelled, and the invoice paid again was never thanked at all)
     clinic.update_invoice(40, status=OPEN, at=NOW + MIN)
     clinic.plan(NOW + 2 * MIN)
-    assert statuses(clinic, "thanks") == [(1, "cancelled", "invoice no longer paid (now Open)")]
-    # paid again; the credited one is paid too: one message per invoice, never a second
+    assert statuses(clinic, "thanks") == [(1, "planned", "invoice no longer paid (now Open)")]
+    (waiting,) = clinic.messages("thanks")
+    assert waiting.waiting_reason == "invoice no longer paid (now Open)"
+    # paid again; the credited one is paid too: one message per invoice, never a second, the
+    # first due an hour after its new payment
     clinic.update_invoice(40, status=PAID, at=NOW + 3 * MIN, closed=NOW + 3 * MIN)
     clinic.update_invoice(41, status=PAID, at=NOW + 3 * MIN, closed=NOW + 3 * MIN)
     clinic.plan(NOW + 5 * MIN)
     clinic.plan(NOW + 2 * HOUR)
-    keys = sorted((r.send_key, r.status) for r in clinic.messages("thanks"))
-    assert keys == [
-        ("trigger:thanks:1:invoice:40", "cancelled"),
-        ("trigger:thanks:2:invoice:41", "planned"),
+    rows = sorted(clinic.messages("thanks"), key=lambda r: r.send_key)
+    assert [(r.send_key, r.status, r.waiting_reason) for r in rows] == [
+        ("trigger:thanks:1:invoice:40", "planned", None),
+        ("trigger:thanks:2:invoice:41", "planned", None),
     ]
+    assert rows[0].due_at == NOW + 3 * MIN + HOUR
+
+
+def test_an_invoice_still_unpaid_when_its_grace_window_ends_is_skipped_saying_why(clinic):
+    clinic.trigger("thanks", **{**THANKS, "timing": "1 hour after", "grace": "1 hour"})
+    live(clinic, NOW - DAY)
+    clinic.patient(1)
+    clinic.invoice(40, 1, status=PAID, created=NOW - 2 * HOUR, closed=NOW - 90 * MIN)
+    clinic.plan(NOW)
+    clinic.update_invoice(40, status=OPEN, at=NOW + MIN)
+    clinic.plan(NOW + 2 * MIN)
+    clinic.plan(NOW + 3 * HOUR)  # past its moment + grace, still not paid: final
+    assert statuses(clinic, "thanks") == [(1, "skipped", "invoice no longer paid (now Open)")]
 
 
 def test_a_deleted_invoice_cancels_its_thank_you(clinic):
