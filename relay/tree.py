@@ -44,6 +44,11 @@ def _raise_stop(signum: int, frame: object) -> None:
     raise Stop(signum)
 
 
+def hup_ignored() -> bool:
+    """Whether this process was started to outlive its terminal (`nohup`: SIGHUP ignored)."""
+    return signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+
+
 def _take_stop_signals(handler) -> list[int]:
     """Install ``handler`` for the stop signals; returns those installed. SIGINT always, even
     when started with it ignored, as a shell without job control starts a background command
@@ -51,7 +56,7 @@ def _take_stop_signals(handler) -> list[int]:
     SIGHUP not when ignored on purpose (`nohup relay serve`: it is to outlive the terminal)."""
     taken = []
     for signum in STOP_SIGNALS:
-        if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
+        if signum == signal.SIGHUP and hup_ignored():
             continue
         signal.signal(signum, handler)
         taken.append(signum)

@@ -50,7 +50,7 @@ from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, Proc
 
 from flows.lane import WORKER_GRACE, WORKER_STOP
 from relay import warm
-from relay.tree import alive, descendants, signal_one, started
+from relay.tree import STOP_SIGNALS, alive, descendants, hup_ignored, signal_one, started
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
@@ -237,7 +237,8 @@ class Stopping:
     session of its own (Prefect starts each so, and relay/warm.py's runs do the same), with
     everything below it; the template is not one."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    # relay serve's: Ctrl-C, SIGTERM, and SIGHUP (the terminal closed) unless ignored (nohup)
+    SIGNALS = STOP_SIGNALS
 
     def __init__(
         self,
@@ -246,7 +247,7 @@ class Stopping:
         grace: float = STOP_GRACE_SECONDS,
         deadline: float = STOP_DEADLINE_SECONDS,
     ):
-        self.say = say
+        self._say = say
         self.running = running if running is not None else {}  # RelayWorker.running
         self.grace = grace
         self.deadline = deadline
@@ -258,10 +259,17 @@ class Stopping:
         self._runs_done = threading.Event()
         self._watch: threading.Thread | None = None
 
+    def say(self, text: str) -> None:
+        with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
+            self._say(text)
+
     def take_signals(self, loop, task) -> None:
         """In the worker's loop: each stop signal stops ``task`` (the worker) and its runs."""
-        for signum in self.SIGNALS:
+        for signum in self._taken():
             loop.add_signal_handler(signum, self._signalled, signum, task)
+
+    def _taken(self) -> list[int]:
+        return [s for s in self.SIGNALS if s != signal.SIGHUP or not hup_ignored()]
 
     def _signalled(self, signum: int, task) -> None:
         if self._watch is not None:
@@ -281,7 +289,7 @@ class Stopping:
         wait for the runs to end or be killed; a signal meanwhile, or later, is the second."""
         if self._watch is None:
             return
-        for signum in self.SIGNALS:
+        for signum in self._taken():
             signal.signal(signum, lambda *_: self._now.set())
         self._runs_done.wait()
 

@@ -63,4 +63,4 @@ def worker_command(
     finally:
         stopping.finish()
     if stopping.at is not None:
-        typer.echo(f"Worker {worker.name!r} stopped on {stopping.signal_name}.")
+        stopping.say(f"Worker {worker.name!r} stopped on {stopping.signal_name}.")

@@ -44,7 +44,9 @@ def probe(out: str) -> None:
 STOPS = {
     "sigterm": lambda pid: os.kill(pid, signal.SIGTERM),  # systemd's stop, `kill PID`
     "ctrl-c": lambda pid: os.killpg(pid, signal.SIGINT),  # the terminal's foreground group
+    "sighup": lambda pid: os.kill(pid, signal.SIGHUP),  # the terminal closed, SSH dropped
 }
+SIGNAL_NAMES = {"sigterm": "SIGTERM", "ctrl-c": "SIGINT", "sighup": "SIGHUP"}
 
 
 def wait_for(what: str, check, proc: subprocess.Popen, log: Path, timeout: float = 300):
@@ -59,7 +61,13 @@ def wait_for(what: str, check, proc: subprocess.Popen, log: Path, timeout: float
 
 @pytest.mark.parametrize(
     "stop, server",
-    [("sigterm", "stopped"), ("ctrl-c", "stopped"), ("sigterm", "frozen"), ("sigterm", "up")],
+    [
+        ("sigterm", "stopped"),
+        ("ctrl-c", "stopped"),
+        ("sigterm", "frozen"),
+        ("sigterm", "up"),
+        ("sighup", "up"),
+    ],  # fmt: skip
 )
 def test_the_worker_stops_within_seconds_with_its_server_gone(tmp_path, stop, server):
     from prefect.client.orchestration import get_client
@@ -137,7 +145,7 @@ def test_the_worker_stops_within_seconds_with_its_server_gone(tmp_path, stop, se
         while alive(run_pid) and time.monotonic() < deadline:
             time.sleep(0.1)  # the run's parent, the template, reaps it as it ends
         assert not alive(run_pid), text
-        signal_name = "SIGTERM" if stop == "sigterm" else "SIGINT"
+        signal_name = SIGNAL_NAMES[stop]
         assert f"Stopping on {signal_name}: runs in progress are told to stop" in text, text
         if server != "up":  # it says which run it killed, and why
             assert "Killed what was left of 1 run(s)" in text, text
