@@ -12,7 +12,8 @@ import os
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from tasks.connect.twilio import ALPHANUMERIC, E164
+from tasks.connect.twilio import ALPHANUMERIC
+from tasks.messages.addresses import E164
 from tasks.providers.twilio import TwilioProvider, TwilioSettings
 
 

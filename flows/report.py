@@ -25,7 +25,7 @@ from flows.artifacts import artifact_key
 from tasks import owner_report as weekly
 from tasks.config import ConfigError, load_clinic
 from tasks.errors import UserFacingError
-from tasks.messages.dispatch import address_problem
+from tasks.messages.addresses import address_problem
 from tasks.providers.common import Outcome, ProviderUnavailable
 from tasks.warehouse import data_out_of_errors, open_db
 

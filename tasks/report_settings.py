@@ -13,11 +13,12 @@ time zone to schedule the report.
 
 from __future__ import annotations
 
-import re
 from datetime import time
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tasks.messages.addresses import EMAIL
 
 
 class ReportSettings(BaseModel):
@@ -43,7 +44,7 @@ class ReportSettings(BaseModel):
     @field_validator("to")
     @classmethod
     def _one_address(cls, value: str) -> str:
-        if not re.fullmatch(r"[^@\s\"<>,;]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+", value.strip()):
+        if not EMAIL.match(value.strip()):  # the rule the report flow checks before sending
             raise ValueError(f"'{value}' is not one email address; write e.g. owner@clinic.com.au")
         return value.strip()
 

@@ -101,7 +101,7 @@ def send_test(
     """Render and send one test; the providers are the clinic's (``blocks.resolve``)."""
     from tasks.errors import UserFacingError
     from tasks.feedback import digest
-    from tasks.messages.dispatch import address_problem
+    from tasks.messages.addresses import address_problem
     from tasks.messages.ledger import normalise_address
     from tasks.messages.templates import Templates
     from tasks.models import runner as models

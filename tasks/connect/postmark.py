@@ -20,6 +20,7 @@ from postmarker.core import PostmarkClient
 from postmarker.exceptions import ClientError
 
 from tasks.connect import ConnectFailed
+from tasks.messages.addresses import EMAIL
 from tasks.providers.postmark import DEFAULT_API
 
 SERVICE = "Postmark"
@@ -31,8 +32,6 @@ def from_address_problem(value: str | None) -> str | None:
     its address (``Name <address>`` or the address alone) shaped as dispatch wants a
     recipient's. Checked before any request: whether its domain is verified only Postmark's UI
     shows."""
-    from tasks.messages.dispatch import EMAIL
-
     if EMAIL.match(parseaddr(value or "")[1]):
         return None
     return (

@@ -22,12 +22,12 @@ from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.rest import Client
 
 from tasks.connect import ConnectFailed
+from tasks.messages.addresses import E164
 from tasks.providers.twilio import RedirectingHttpClient
 
 SERVICE = "Twilio"
 ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
 SERVICE_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
-E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 ALPHANUMERIC = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}$")
 NO_ALPHANUMERIC = frozenset({"US", "CA"})  # countries where Twilio supports no alphanumeric IDs
 

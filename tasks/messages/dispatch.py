@@ -26,7 +26,6 @@ Nothing here logs or returns personal data: results are counts.
 from __future__ import annotations
 
 import dataclasses
-import re
 import threading
 import uuid
 from collections import Counter
@@ -39,6 +38,7 @@ import duckdb
 
 from tasks.config import ClinicConfig
 from tasks.messages import ledger, waiting
+from tasks.messages.addresses import address_problem
 from tasks.messages.ledger import Channel, LedgerRow, Status
 from tasks.messages.prepare import Prepare, Ready, Skip, Wait
 from tasks.messages.templates import TemplateError, Templates
@@ -52,8 +52,6 @@ from tasks.providers.common import (
 from tasks.unsubscribe.tokens import sign, unsubscribe_url
 from tasks.warehouse import transaction
 
-E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-EMAIL = re.compile(r"^[^@\s\"<>,;]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,63}$")
 # Unknown rows are re-checked with the provider for this long (then they wait for a person).
 UNKNOWN_RECHECK = timedelta(days=2)
 # How long after an attempt before "the provider does not have it" is believed.
@@ -92,13 +90,6 @@ class DispatchResult:
 def backoff(attempts: int) -> timedelta:
     """1, 2, 4 ... minutes after each busy answer, at most an hour."""
     return timedelta(minutes=min(60, 2 ** max(0, attempts - 1)))
-
-
-def address_problem(channel: Channel, address: str) -> str | None:
-    """A cheap shape check; the provider has the final word (Postmark answers 300 otherwise)."""
-    if channel == "sms":
-        return None if E164.match(address) else "the phone number on file is not E.164"
-    return None if EMAIL.match(address.strip()) else "the email address on file is not valid"
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,19 @@ def test_a_bad_report_section_is_a_clear_error_naming_the_field(tmp_path, sectio
     assert says in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "to",
+    ["owner@192.168.0.1", "owner@clinic.c0m", "o" * 65 + "@clinic.com.au", "owner@localhost"],
+)
+def test_an_address_the_report_cannot_go_to_is_refused_when_the_clinic_loads(tmp_path, to):
+    # One rule for an email address: the one the report flow checks before sending. An address
+    # loading accepted was refused only on the Monday morning, a week after the edit.
+    path = tmp_path / "clinic.yaml"
+    path.write_text(f"clinic: x\nname: X\nreport:\n  to: {to}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="is not one email address"):
+        load_clinic(path)
+
+
 # --- the content and once a week ---------------------------------------------------------------
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)  # Monday 19:00 in Melbourne
