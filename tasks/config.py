@@ -34,7 +34,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from tasks.errors import UserFacingError
 from tasks.paths import PROJECT_ROOT, clinics_dir, data_dir
 from tasks.report_settings import ReportSettings
-from tasks.triggers.definition import Trigger, explain, parse_triggers
+from tasks.triggers.definition import Trigger, explain, parse_duration, parse_triggers
 
 SEGMENTS_DIR = PROJECT_ROOT / "sql" / "segments"
 DEFAULT_TAG_CATEGORIES = ("Admin Only",)  # seed 000's category for admin "dummy" appointments
@@ -145,19 +145,12 @@ class ProvidersSettings(_Section):
 
 # --- marketing: journeys, campaigns, frequency cap and quiet hours (PRODUCT.md §5, §6) ---------
 
-_DURATION = re.compile(r"^\s*(\d+)\s*(minute|hour|day|week)s?\s*$", re.IGNORECASE)
-_UNITS = {"minute": 60, "hour": 3600, "day": 86400, "week": 7 * 86400}
 _SOURCE_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"  # part of every send key: no ':' and no spaces
 
 
 def _duration(value: object) -> object:
     """'3 days', '12 hours', '90 minutes', '2 weeks' (a number of seconds also works)."""
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if not match:
-            raise ValueError(f"'{value}' is not a duration; write e.g. '3 days' or '12 hours'")
-        return timedelta(seconds=int(match[1]) * _UNITS[match[2].lower()])
-    return value
+    return parse_duration(value) if isinstance(value, str) else value
 
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]

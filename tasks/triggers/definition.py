@@ -120,9 +120,13 @@ MAX_OFFSET = timedelta(days=366)
 
 
 def parse_duration(text: str) -> timedelta:
+    """'30 minutes', '12 hours', '3 days', '2 weeks': every duration clinic.yaml writes (a
+    trigger's grace, a journey's wait and within) is read here."""
     match = _DURATION.match(str(text))
     if not match:
-        raise ValueError(f"'{text}' is not a duration: write e.g. '30 minutes', '2 hours', '1 day'")
+        raise ValueError(
+            f"'{text}' is not a duration; write e.g. '3 days', '12 hours', '30 minutes'"
+        )
     return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
