@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 import duckdb
 
 from tasks import engagement
+from tasks.messages.channels import MARKETING_LISTS
 
 # Ledger statuses in the order reports show them; "sent" is what the provider accepted.
 OUTCOMES = ("sent", "bounced", "failed", "skipped", "cancelled", "unknown", "sending", "planned")
@@ -314,7 +315,7 @@ def report_sections(report: Report) -> list[str]:
             height=160,
         ),  # fmt: skip
     ]
-    for audience in ("email_marketing_list", "sms_marketing_list"):
+    for audience in (m.audience for m in MARKETING_LISTS.values()):
         if audience not in report.list_sizes:
             continue
         charts.append(
