@@ -27,12 +27,9 @@ import duckdb
 from tasks import bookings_won, reports
 from tasks.config import ClinicConfig
 from tasks.messages.ledger import LedgerRow
-from tasks.providers.common import Outcome, OutgoingMessage, Provider, RenderedEmail
+from tasks.providers.common import SETTLE, Outcome, OutgoingMessage, Provider, RenderedEmail
 from tasks.report_settings import WEEKDAYS, ReportSettings
 from tasks.warehouse import transaction
-
-# How long after an attempt before "the provider does not have it" is believed (as dispatch).
-SETTLE = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)

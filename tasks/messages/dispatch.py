@@ -43,6 +43,7 @@ from tasks.messages.ledger import Channel, LedgerRow, Status
 from tasks.messages.prepare import Prepare, Ready, Skip, Wait
 from tasks.messages.templates import TemplateError, Templates
 from tasks.providers.common import (
+    SETTLE,
     Outcome,
     OutgoingMessage,
     Provider,
@@ -54,8 +55,6 @@ from tasks.warehouse import transaction
 
 # Unknown rows are re-checked with the provider for this long (then they wait for a person).
 UNKNOWN_RECHECK = timedelta(days=2)
-# How long after an attempt before "the provider does not have it" is believed.
-DEFAULT_SETTLE = timedelta(minutes=5)
 # What a batch decides for a row it will not send now (a ledger move, or a wait).
 Decided = Literal["cancelled", "skipped", "waiting"]
 
@@ -166,7 +165,7 @@ def reconcile(
     providers: Mapping[Channel, Provider],
     now: datetime,
     *,
-    settle: timedelta = DEFAULT_SETTLE,
+    settle: timedelta = SETTLE,
     result: DispatchResult | None = None,
 ) -> DispatchResult:
     """Settle rows left ``sending`` by a run that is no longer alive, and recheck recent unknowns."""
@@ -305,7 +304,7 @@ def dispatch(
     templates: Templates,
     unsubscribe: Unsubscribe | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    settle: timedelta = DEFAULT_SETTLE,
+    settle: timedelta = SETTLE,
     max_batches: int | None = None,
     gate: Gate | None = None,
 ) -> DispatchResult:

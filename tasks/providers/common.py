@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from tasks.feedback import Feed
 
 OutcomeKind = Literal["sent", "failed", "retry", "unknown", "pending"]
+# How long after an attempt before "the provider does not have it" is believed (``reconcile``'s
+# ``settle``): dispatch and the owner's report both wait this long.
+SETTLE = timedelta(minutes=5)
 
 
 # What templates render (tasks/messages/templates.py) and providers send.
