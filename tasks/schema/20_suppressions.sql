@@ -21,7 +21,7 @@ CREATE TABLE IF NOT EXISTS state.suppressions (
 );
 
 -- Every bounce pulled from the provider, once (keyed on the provider's id): the marketing list
--- counts soft bounces per address from here (the fifth one removes it).
+-- counts soft bounces per address from here (marketing_list.soft_bounce_limit of them remove it).
 CREATE TABLE IF NOT EXISTS state.email_bounces (
     bounce_id   VARCHAR PRIMARY KEY,
     email       VARCHAR NOT NULL,      -- lower-cased and trimmed
