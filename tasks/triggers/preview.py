@@ -16,10 +16,11 @@ from tasks.errors import UserFacingError
 from tasks.messages import waiting
 from tasks.messages.prepare import clinic_details
 from tasks.triggers.definition import Trigger
-from tasks.triggers.plan import went_live
+from tasks.triggers.plan import PLAN_AHEAD, went_live
 from tasks.triggers.prepare import template_context
 from tasks.triggers.query import (
     APPOINTMENT_REFERENCES,
+    PARAM,
     and_all,
     appointment_filters,
     bind_window,
@@ -38,11 +39,36 @@ def trigger_named(config: ClinicConfig, name: str) -> Trigger:
     return trigger
 
 
+# What the parameters bound when the query runs stand for (query.bind_window, names.bind_recorded).
+AT_RUN = {
+    "now": "the moment the query runs",
+    "went_live": "when the trigger went live (one not live yet: as if switched on now)",
+    "until": f"the end of the window: a tick plans {PLAN_AHEAD.days} days ahead, the preview --days",
+    "hint_lo": "the window's start, moved onto the column the event fires on",
+    "hint_hi": "the window's end, moved onto the column the event fires on",
+}
+
+
+def _at_run(name: str) -> str:
+    if name in AT_RUN:
+        return AT_RUN[name]
+    if name.endswith("_us"):
+        return f"${name.removesuffix('_us')} in microseconds (since the epoch, for a moment)"
+    if name.endswith("_recorded"):
+        return f"the Cliniko ids ${name.removesuffix('_recorded')}_names matched at go-live"
+    if name.endswith("_names_now"):
+        base = name.removesuffix("_names_now")
+        return (
+            f"the names of ${base}_names, matched as they are now (an exclusion's all; a "
+            "filter's, those not recorded at go-live)"
+        )
+    return "bound when the query runs"
+
+
 def trigger_sql(config: ClinicConfig, trigger_name: str) -> str:
     """The query ``relay preview trigger NAME`` runs, as text to read (``--sql``): a header saying
-    what each configuration parameter is bound to, then the SQL with its ``$parameters``. The
-    window's parameters ($now, $went_live, $until and the hints on the event's column) are bound
-    when it runs; ``$x_us`` is ``$x`` in epoch microseconds."""
+    what each configuration parameter is bound to and what the rest stand for (the window's,
+    bound when it runs: ``AT_RUN``), then the SQL with its ``$parameters``."""
     trigger = trigger_named(config, trigger_name)
     sql, params = candidate_query(trigger, "window")
     bound = "\n".join(
@@ -50,10 +76,16 @@ def trigger_sql(config: ClinicConfig, trigger_name: str) -> str:
         for name, value in params.items()
         if value is not None
     )
+    later = "\n".join(
+        f"--   ${name}: {_at_run(name)}"
+        for name in sorted(set(PARAM.findall(sql)))
+        if params.get(name) is None
+    )
     return (
         f"-- Trigger '{trigger.name}' of clinic '{config.clinic}' ({config.source}): "
         "the messages it would send, as `relay preview trigger` lists them.\n"
-        f"-- Parameters bound from the configuration:\n{bound}\n{sql}"
+        f"-- Parameters bound from the configuration:\n{bound}\n"
+        f"-- Parameters bound when it runs:\n{later}\n{sql}"
     )
 
 

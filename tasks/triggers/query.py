@@ -405,7 +405,7 @@ def _due_problem(trigger: Trigger, params: dict[str, Any]) -> str:
 
 # --- running a query --------------------------------------------------------------------------
 
-_PARAM = re.compile(r"\$([a-z_][a-z0-9_]*)")
+PARAM = re.compile(r"\$([a-z_][a-z0-9_]*)")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
 
@@ -419,7 +419,7 @@ def run(
 ) -> duckdb.DuckDBPyConnection:
     """Execute with exactly the parameters the SQL names (DuckDB refuses extras). ``$x_us`` is
     ``$x`` (a datetime or timedelta) in microseconds (since the epoch)."""
-    used = set(_PARAM.findall(sql))
+    used = set(PARAM.findall(sql))
     params = dict(params)
     bind_recorded(con, used, params)  # a live trigger's names: the ids recorded at go-live
     for name in used:

@@ -3,6 +3,7 @@ what it prints is SQL DuckDB accepts against the built models, with every value 
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -79,6 +80,17 @@ def test_the_printed_query_reads_top_to_bottom_with_values_as_parameters():
     assert "Admin Only" not in query and "admin only" not in query
     assert "$exclude_categories_names" in query
     assert "--   $exclude_categories_names = ['admin only']" in sql
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[s["name"] for s in SHAPES])
+def test_the_header_says_what_every_parameter_of_the_query_is(shape):
+    # A newcomer reads the header, then the query: each $name the query uses is there, with its
+    # value (the configuration's) or what it is bound to when the query runs ($now, $until...).
+    config = ClinicConfig(clinic="test", name="Test Physio", triggers=[shape])
+    header, _, query = trigger_sql(config, shape["name"]).partition("\nWITH\n")
+    said = set(re.findall(r"^--   \$([a-z0-9_]+)\b", header, re.MULTILINE))
+    used = set(re.findall(r"\$([a-z_][a-z0-9_]*)", query))
+    assert sorted(used - said) == []
 
 
 def test_an_unknown_trigger_name_lists_the_clinics_triggers():
