@@ -31,6 +31,9 @@ from tasks.warehouse import one
 
 Channel = Literal["email", "sms"]
 Purpose = Literal["transactional", "marketing"]
+# The suppression scopes that stop a message of each purpose: 'all' (undeliverable) stops every
+# message, 'marketing' marketing only (tasks/schema/20_suppressions.sql).
+STOPPED_BY = {"transactional": ("all",), "marketing": ("all", "marketing")}
 SourceKind = Literal["trigger", "journey", "campaign"]
 Status = Literal["planned", "sending", "sent", "failed", "unknown", "cancelled", "skipped"]
 
@@ -450,22 +453,18 @@ def suppressed_addresses(
     addresses: Iterable[str],
     purpose: Purpose,
 ) -> set[str]:
-    """Which of these addresses must not get a message of this purpose right now.
-
-    What is suppressed now is ``state.current_suppressions`` (tasks/schema/20_suppressions.sql).
-    Scope 'all' stops everything; 'marketing' stops marketing only.
-    """
+    """Which of these addresses must not get a message of this purpose right now: those
+    ``state.current_suppressions`` holds in a scope that stops it (``STOPPED_BY``)."""
     wanted = sorted({normalise_address(channel, a) for a in addresses})
     if not wanted:
         return set()
-    scopes = ["all", "marketing"] if purpose == "marketing" else ["all"]
     rows = con.execute(
         """
         SELECT DISTINCT address FROM state.current_suppressions
         WHERE channel = $channel AND address IN (SELECT unnest($addresses::VARCHAR[]))
           AND scope IN (SELECT unnest($scopes::VARCHAR[]))
         """,
-        {"channel": channel, "addresses": wanted, "scopes": scopes},
+        {"channel": channel, "addresses": wanted, "scopes": list(STOPPED_BY[purpose])},
     ).fetchall()
     return {r[0] for r in rows}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.messages.channels import MARKETING_LISTS
+from tasks.messages.ledger import STOPPED_BY
 from tasks.triggers.definition import Trigger
 
 # Cliniko's reminder_type -> the channels a patient accepts reminders on (NULL: Cliniko's default).
@@ -27,9 +28,7 @@ PATIENT_ADDRESS = {"email": "p.email_normalised", "sms": "p.mobile_e164"}
 def audience_problem(trigger: Trigger, params: dict[str, Any]) -> str:
     """The WHEN lines of: why the patient cannot get this message (NULL: they can)."""
     params["channel"] = trigger.channel
-    params["suppression_scopes"] = (
-        ["all", "marketing"] if trigger.purpose == "marketing" else ["all"]
-    )
+    params["suppression_scopes"] = list(STOPPED_BY[trigger.purpose])
     cases = ["WHEN p.is_archived THEN 'patient archived in Cliniko'"]
     if trigger.channel == "email":
         cases.append(
