@@ -22,9 +22,8 @@ from prefect.events import emit_event
 from blocks.resolve import providers_for
 from flows.artifacts import Artifact, StepOutput, artifact_key, call
 from flows.feedback import record_unsubscribe_clicks
-from tasks import tick
+from tasks import due, tick
 from tasks.config import ClinicConfig, load_clinic
-from tasks.messages import due
 from tasks.triggers import plan as planning
 from tasks.warehouse import data_out_of_errors, open_db
 

@@ -5,7 +5,7 @@ or a late booking's reminder goes while the patient is still at the desk.
 
     poll (one request per watched resource, nothing written)
       -> changed? sync the booking's resources (tasks.cliniko.sync, kind 'partial')
-                  -> tasks.models.runner.build -> tasks.triggers.plan -> tasks.messages.due
+                  -> tasks.models.runner.build -> tasks.triggers.plan -> tasks.due
 
 A poll asks each watched resource (patients, individual appointments, and attendees when the
 clinic runs classes) for the rows updated at or after its sync watermark's second, and compares
@@ -44,7 +44,7 @@ from tasks.cliniko.resources import RESOURCES, Resource
 from tasks.cliniko.sync import list_params, run_sync
 from tasks.cliniko.writer import parse_records, watermark
 from tasks.config import ClinicConfig
-from tasks.messages.due import send_due
+from tasks.due import send_due
 from tasks.models import runner as models
 from tasks.triggers import plan as planning
 from tasks.warehouse import HandOver, data_out_of_errors, one

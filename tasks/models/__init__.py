@@ -6,5 +6,7 @@ and left each list and segment (``membership``), the Python functions the SQL ca
 phone helper process) and the runner that ties one build together (``runner``: one
 transaction, data tests, build records; the one run path for CLI and flow).
 
-May import: ``tasks.errors``, ``tasks.paths``, ``tasks.config``, ``tasks.cliniko.resources``,
-``tasks.messages.channels``. Never imports ``sql/`` as Python: the models are read as text."""
+May import: ``tasks.errors``, ``tasks.paths``, ``tasks.config``, ``tasks.warehouse``,
+``tasks.cliniko.resources`` and ``tasks.cliniko.fields`` (the columns the sync parses),
+``tasks.messages.channels``, ``tasks.triggers.definition`` (the names a filter refers to). Never
+imports ``sql/`` as Python: the models are read as text."""

@@ -1,7 +1,7 @@
 """An unsubscribe stops marketing at once, even when the endpoint took the click while a tick
 held the clinic's database (it waits in the inbox beside the database, tasks/feedback.py): the
 dispatch that comes next (the tick's, the dispatch flow's, the fast lane's: all send through
-tasks.messages.due) records the waiting clicks before anything goes."""
+tasks.due) records the waiting clicks before anything goes."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import duckdb
 import pytest
 
 from tasks import feedback
+from tasks.due import send_due
 from tasks.marketing import journeys
-from tasks.messages.due import send_due
 from tasks.providers.outbox import OutboxProvider
 from tasks.unsubscribe.tokens import UnsubscribeClaim
 from tasks.warehouse import ensure_schema

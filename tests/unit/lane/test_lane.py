@@ -17,7 +17,7 @@ from tasks import lane, tick
 from tasks.cliniko import sync as extract
 from tasks.cliniko.client import ClinikoClient, Retry
 from tasks.config import load_clinic
-from tasks.messages.due import send_due
+from tasks.due import send_due
 from tasks.models import runner as models
 from tasks.providers.outbox import OutboxProvider, list_messages
 from tasks.triggers import plan as planning

@@ -7,6 +7,7 @@ it exists. The rules are README's "How it fits together".
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,29 @@ def test_every_package_says_what_it_owns():
         and not ast.get_docstring(ast.parse(p.read_text()))
     )
     assert silent == []
+
+
+def _may_import(path: Path) -> set[str] | None:
+    """The modules and packages a package's docstring says it may import (None: it says none)."""
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    said = re.search(r"May import:(.*?)(?:\.\s|\.$)", doc, re.DOTALL)
+    return set(re.findall(r"``([a-z_.]+)``", said.group(1))) if said else None
+
+
+def test_each_package_imports_only_what_its_docstring_says_it_may():
+    wrong = []
+    for package, path in MODULES.items():
+        allowed = _may_import(path) if path.name == "__init__.py" else None
+        if allowed is None:
+            continue
+        for module, targets in GRAPH.items():
+            if module != package and not _is_package_of(package, module):
+                continue
+            wrong += [
+                f"{module} imports {target} ({package}: 'May import' does not name it)"
+                for target in sorted(targets)
+                if target != package
+                and not _is_package_of(package, target)
+                and not any(target == a or _is_package_of(a, target) for a in allowed)
+            ]
+    assert wrong == []
