@@ -6,7 +6,7 @@
 --   patient_id, title, first_name, last_name, preferred_first_name,
 --   greeting_name         preferred first name, else first name
 --   email                 as typed;  email_normalised: trimmed, lower-case (the list key)
---   email_is_valid        syntax check (email-validator, no DNS)
+--   email_is_valid        syntax check (email-validator, no DNS), in the shape dispatch sends to
 --   mobile_e164           the SMS number, +61...: the first phone entry that is a valid mobile
 --                         (Mobile-typed entries first, then the others); NULL when none is
 --   mobile_number         that entry as typed (else the first Mobile-typed entry, if any)

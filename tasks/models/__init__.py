@@ -8,5 +8,6 @@ transaction, data tests, build records; the one run path for CLI and flow).
 
 May import: ``tasks.errors``, ``tasks.paths``, ``tasks.config``, ``tasks.warehouse``,
 ``tasks.cliniko.resources`` and ``tasks.cliniko.fields`` (the columns the sync parses),
-``tasks.messages.channels``, ``tasks.triggers.definition`` (the names a filter refers to). Never
+``tasks.messages.channels``, ``tasks.messages.addresses`` (the email shape dispatch sends to:
+the list asks it too), ``tasks.triggers.definition`` (the names a filter refers to). Never
 imports ``sql/`` as Python: the models are read as text."""

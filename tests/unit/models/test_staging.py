@@ -121,6 +121,8 @@ def test_appointments_of_patients_never_synced_are_kept_as_deleted(con):
         "name@" + "a" * 64 + ".com",
         "ünïcode@example.com",
         "a@exämple.com",
+        "a@münchen.de",
+        "a@example.c",
         "",
         None,
     ],
@@ -135,3 +137,14 @@ def test_the_sql_email_check_agrees_with_email_validator(email):
     got = con.execute("SELECT relay_email_is_valid(?::VARCHAR)", [email]).fetchone()[0]
     expected = None if email is None else models_functions.email_is_valid(email)
     assert got is expected
+
+
+@pytest.mark.parametrize("email", ["a@münchen.de", "a@example.c"])
+def test_an_address_dispatch_would_not_send_to_is_not_valid_for_the_list(email):
+    """email-validator accepts these; dispatch's shape (addresses.EMAIL) refuses them: they
+    were subscribed, counted in the list's size, and skipped at every send."""
+    from tasks.messages.addresses import address_problem
+    from tasks.models import functions as models_functions
+
+    assert address_problem("email", email)
+    assert models_functions.email_is_valid(email) is False
