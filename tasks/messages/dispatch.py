@@ -50,7 +50,7 @@ from tasks.providers.common import (
     ProviderUnavailable,
     content_hash,
 )
-from tasks.unsubscribe.tokens import sign, unsubscribe_url
+from tasks.unsubscribe.tokens import link_problem, sign, unsubscribe_url
 from tasks.warehouse import transaction
 
 # Unknown rows are re-checked with the provider for this long (then they wait for a person).
@@ -354,10 +354,13 @@ def _dispatch_channel(
             asked = True
             try:  # who handles unsubscribes: asked once a run, before any marketing is claimed
                 managed = provider.managed_unsubscribe()
+                if managed is None and unsubscribe and getattr(provider, "reaches_people", False):
+                    unsure = link_problem(unsubscribe.base_url)  # ours: it must work for patients
             except ProviderUnavailable as exc:
                 unsure = f"whose unsubscribe link to use is unknown: {exc}"[:500]
-                result.problems.append(f"{channel}: {exc}")
-                result.stopped.append(f"{channel}: {exc}")
+            if unsure:
+                result.problems.append(f"{channel}: {unsure}")
+                result.stopped.append(f"{channel}: {unsure}")
         if unsure:  # holds marketing only: reminders and other transactional mail still go
             marketing = [r.message_id for r in rows if r.purpose == "marketing"]
             ledger.defer(con, marketing, [now + backoff(1)] * len(marketing),

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Literal
+from urllib.parse import urlsplit
 
 import duckdb
 import requests
@@ -91,6 +92,12 @@ class PostmarkProvider:
         )
         self._handling: str | None = None  # the marketing stream's UnsubscribeHandlingType
         self._marketing_opens, self._marketing_links = False, False
+
+    @property
+    def reaches_people(self) -> bool:
+        """False for a stand-in on this machine (the sandbox): its mail reaches nobody."""
+        host = (urlsplit(self.settings.base_url or DEFAULT_API).hostname or "").lower()
+        return not (host in ("localhost", "::1") or host.startswith("127."))
 
     def track_marketing(self, opens: bool, links: bool) -> None:
         """Track opens and/or links of marketing email (the clinic's providers.tracking)."""

@@ -20,9 +20,11 @@ import base64
 import functools
 import hashlib
 import hmac
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -164,3 +166,30 @@ def verify(token: str, *, key: bytes | None = None) -> UnsubscribeClaim:
 
 def unsubscribe_url(base_url: str, token: str) -> str:
     return f"{base_url.rstrip('/')}/{token}"
+
+
+# Names no patient's mail client can reach: this machine, a private network, reserved for tests.
+_UNREACHABLE_SUFFIXES = (".local", ".localhost", ".localdomain", ".internal", ".lan", ".home.arpa",
+                         ".test", ".example", ".invalid")  # fmt: skip
+
+
+def link_problem(base_url: str) -> str | None:
+    """Why links under ``base_url`` (providers.unsubscribe_url) would not work for patients, or
+    None. RFC 8058 one-click needs an HTTPS URI, and the host must be one the public can reach
+    (not this machine, a private address or a reserved name)."""
+    parts = urlsplit(base_url)
+    host = (parts.hostname or "").lower().rstrip(".")
+    try:
+        ip = ipaddress.ip_address(host)
+        private = ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_unspecified
+    except ValueError:
+        private = host == "localhost" or "." not in host or host.endswith(_UNREACHABLE_SUFFIXES)
+    if parts.scheme == "https" and not private:
+        return None
+    return (
+        f"marketing email waits: providers.unsubscribe_url ({base_url}) is not a public HTTPS "
+        "address, so the unsubscribe link and one-click header of each marketing email would "
+        "not work for patients (RFC 8058 needs HTTPS). Set it in clinic.yaml to where `relay "
+        "serve-unsubscribe` is reachable over HTTPS (or let Postmark handle the marketing "
+        "stream's unsubscribes); reminders still go."
+    )

@@ -210,6 +210,41 @@ def test_marketing_email_carries_a_signed_unsubscribe_link_and_one_click_headers
     assert (claim.patient_id, claim.message_id, claim.channel) == (3, row.message_id, "email")
 
 
+class Delivering(OutboxProvider):
+    """A provider whose mail reaches patients (Postmark on a stream relay handles, say)."""
+
+    reaches_people = True
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    ["http://127.0.0.1:8765/unsubscribe", "http://relay.acme-physio.com.au/unsubscribe",
+     "https://localhost/unsubscribe", "https://10.0.0.5/unsubscribe"],
+)  # fmt: skip
+def test_marketing_email_waits_while_its_unsubscribe_link_could_not_work_for_patients(
+    con, tmp_path, patients, base_url
+):
+    """clinic.yaml's unsubscribe_url left at 127.0.0.1 (or plain http) with a real provider:
+    every marketing email would carry a dead link. It waits, said once as a stop; reminders go."""
+    provider = Delivering(tmp_path / "out", email_from="D <d@demo.example>", sms_from="D")
+    marketing = plan(con, 1, purpose="marketing", template="recall", source="recall")
+    reminder = plan(con, 2, source="welcome")
+    result = dispatch(
+        con, providers={"email": provider}, prepare=patients.prepare, templates=Templates(),
+        unsubscribe=Unsubscribe("demo", base_url, KEY), clock=lambda: NOW,
+    )  # fmt: skip
+    assert (status(con, marketing), status(con, reminder)) == ("planned", "sent")
+    assert "unsubscribe_url" in ledger.get(con, marketing).status_reason
+    assert len(result.stopped) == 1 and "not a public HTTPS address" in result.stopped[0]
+
+    fixed = Unsubscribe("demo", "https://relay.acme-physio.com.au/unsubscribe", KEY)
+    dispatch(
+        con, providers={"email": provider}, prepare=patients.prepare, templates=Templates(),
+        unsubscribe=fixed, clock=lambda: NOW + timedelta(minutes=5),
+    )  # fmt: skip
+    assert status(con, marketing) == "sent"
+
+
 def test_a_row_left_sending_by_a_dead_run_is_resent_only_if_the_outbox_never_got_it(
     con, outbox, patients
 ):
