@@ -3,7 +3,19 @@ ledger), unsubscribes and the report."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import typer
+
+
+def clinic_time(at: datetime | str, time_zone: str) -> str:
+    """A moment as the clinic reads it, then in UTC with its date (which may be the day before)."""
+    from datetime import UTC
+    from zoneinfo import ZoneInfo
+
+    moment = datetime.fromisoformat(at) if isinstance(at, str) else at
+    local, utc = moment.astimezone(ZoneInfo(time_zone)), moment.astimezone(UTC)
+    return f"{local:%Y-%m-%d %H:%M} {time_zone} ({utc:%Y-%m-%d %H:%M} UTC)"
 
 
 def outbox_command(
@@ -89,7 +101,7 @@ def campaign_preview_command(
     local = p.send_at.astimezone(ZoneInfo(config.time_zone))
     minutes = -(-p.audience // p.per_minute)
     typer.secho(f"Campaign {p.campaign}: {p.channel} '{p.template}' to segment {p.segment}", bold=True)  # fmt: skip
-    typer.echo(f"  send at     {local:%Y-%m-%d %H:%M} {config.time_zone} ({p.send_at:%H:%M} UTC)")
+    typer.echo(f"  send at     {clinic_time(p.send_at, config.time_zone)}")
     typer.echo(f"  segment     {p.segment_size} patients")
     typer.echo(f"  not on the {p.channel} marketing list: {p.not_on_list}; suppressed since: {p.suppressed}")  # fmt: skip
     typer.echo(f"  audience    {p.audience} messages, at most {p.per_minute} a minute "
@@ -152,16 +164,18 @@ def campaign_send_command(
         raise typer.Exit(1)
     from flows.campaign import send_campaign
     from relay.cli import flowrun
+    from tasks.config import load_clinic
 
     flowrun.prepare()
     result = send_campaign(clinic=clinic, campaign=name, confirm=True, force=force)
+    send_at = clinic_time(result["preview"]["send_at"], load_clinic(clinic).time_zone)
     typer.echo(
         f"Confirmed {name} ({result['confirmation_id']}): {result['audience']} recipients; "
         + (
             f"{result['queued']} messages queued; dispatch sends them, "
             f"throttled, from the next tick."
             if result["queued"] is not None
-            else f"the audience is frozen and sent from {result['preview']['send_at']}."
+            else f"the audience is frozen and sent from {send_at}."
         )
     )
 

@@ -152,3 +152,22 @@ def test_campaign_commands_say_when_the_audience_is_frozen_and_keep_what_was_con
         "changed in clinic.yaml since confirmation (not sent): channel: confirmed email, "
         "clinic.yaml now says sms" in shown.output
     )
+
+
+def test_campaign_commands_give_send_at_in_the_clinics_time_with_the_utc_date(clinic_file):
+    """09:00 on 24 December in Melbourne is 22:00 UTC on the 23rd: the confirmation said
+    '2026-12-23T22:00:00+00:00', which reads as the day before the owner's choice."""
+    from relay.cli import app
+
+    path, _, now = clinic_file
+    settings = yaml.safe_load(path.read_text(encoding="utf-8"))
+    later = {**CAMPAIGN, "send_at": f"{now.year + 1}-12-24T09:00:00"}
+    path.write_text(yaml.safe_dump({**settings, "campaigns": [later]}), encoding="utf-8")
+    when = f"{now.year + 1}-12-24 09:00 Australia/Melbourne ({now.year + 1}-12-23 22:00 UTC)"
+    runner = CliRunner()
+    shown = runner.invoke(app, ["campaign", "preview", "recall", "--clinic", str(path)])
+    assert shown.exit_code == 0, shown.output
+    assert f"send at     {when}" in shown.output
+    sent = runner.invoke(app, ["campaign", "send", "recall", "--clinic", str(path), "--confirm"])
+    assert sent.exit_code == 0, sent.output
+    assert f"the audience is frozen and sent from {when}." in sent.output
