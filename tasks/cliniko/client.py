@@ -73,7 +73,8 @@ class ClinikoUnavailable(ClinikoError):
 
 
 class GarbagePage(ClinikoError):
-    """Cliniko kept answering 200 with a body that is not a list page (not JSON, no records)."""
+    """Cliniko kept answering 200 with a body that is not a list page (not JSON, no records, or
+    a compressed body that does not decode)."""
 
 
 class _Transient(Exception):
@@ -284,6 +285,10 @@ class ClinikoClient:
         for interactive checks such as ``relay connect``. Refusals are worded as for pages."""
         try:
             response = self._paced_get(self.url(path), list(params))
+        except httpx.DecodingError:
+            raise GarbagePage(
+                f"Cliniko answered {path} at {self.host} with a body that could not be decoded."
+            ) from None
         except httpx.TransportError as exc:
             raise ClinikoUnavailable(
                 f"Cliniko did not answer {path} at {self.host} ({type(exc).__name__}). "
@@ -339,7 +344,10 @@ class ClinikoClient:
 
     def _get_once(self, url: str, query: list[tuple[str, str]], key: str, path: str) -> Page:
         for _ in range(self.retry.max_rate_limited):
-            response = self._paced_get(url, query)
+            try:
+                response = self._paced_get(url, query)
+            except httpx.DecodingError:  # a 200 whose compressed body is corrupt: garbage
+                raise _Transient("a body that could not be decoded", garbage=True) from None
             if response.status_code != 429:
                 return self._read(response, key, path)
             self._wait_for_reset(response)
@@ -389,8 +397,9 @@ class ClinikoClient:
             return BadApiKey(
                 f"Cliniko rejected the API key (401) at {self.host}. The key names shard "
                 f"'{self.shard}' (by its suffix; no suffix means au1) and this run asked "
-                f"{self.base_url}. Check the key in the ClinikoAccount block: it may be "
-                "mistyped or revoked, or its shard suffix may not match the account's region."
+                f"{self.base_url}. Check the key in the ClinikoAccount block (or CLINIKO_API_KEY): "
+                "it may be mistyped or revoked, or its shard suffix may not match the account's "
+                "region."
             )
         if status == 403:
             return PermissionDenied(

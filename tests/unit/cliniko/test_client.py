@@ -11,10 +11,12 @@ import httpx
 import pytest
 
 from tasks.cliniko.client import (
+    BadApiKey,
     BadContact,
     ClinikoClient,
     ClinikoError,
     ClinikoUnavailable,
+    GarbagePage,
     Pace,
     RateLimiter,
     Retry,
@@ -80,6 +82,46 @@ def test_a_base_url_that_cannot_be_reached_is_named():
         client._http = httpx.Client(transport=httpx.MockTransport(no_connection))
         with pytest.raises(ClinikoUnavailable, match=r"base URL \(http://10.9.9.9/v1\)"):
             client.get_page("/patients", "patients")
+
+
+def undecodable(_request=None) -> httpx.Response:
+    """A 200 whose gzip body cannot be decoded: a proxy or a middlebox mangled it."""
+    headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    return httpx.Response(200, headers=headers, stream=httpx.ByteStream(b"\x1f\x8bnot gzip"))
+
+
+EMPTY_PAGE = {"patients": [], "total_entries": 0, "links": {}}
+
+
+def test_a_body_that_cannot_be_decoded_is_retried_like_a_garbage_page():
+    answers = [undecodable(), httpx.Response(200, json=EMPTY_PAGE)]
+    retry = Retry(attempts=3, initial_seconds=0.001, max_seconds=0.001)
+    with ClinikoClient("k-au1", "ops@clinic.com.au", "http://10.9.9.9/v1", None, retry) as client:
+        client._http = httpx.Client(transport=httpx.MockTransport(lambda _r: answers.pop(0)))
+        assert client.get_page("/patients", "patients").records == []
+    assert answers == []
+
+
+def test_a_body_that_never_decodes_fails_as_a_garbage_page_not_an_httpx_error():
+    retry = Retry(attempts=2, initial_seconds=0.001, max_seconds=0.001)
+    with ClinikoClient("k-au1", "ops@clinic.com.au", "http://10.9.9.9/v1", None, retry) as client:
+        client._http = httpx.Client(transport=httpx.MockTransport(undecodable))
+        with pytest.raises(GarbagePage, match="unreadable page for /v1/patients"):
+            client.get_page("/patients", "patients")
+        with pytest.raises(GarbagePage, match="/user"):
+            client.get_object("/user")
+
+
+def test_a_refused_key_points_at_the_block_or_the_environment_it_came_from():
+    def refuse(_request):
+        return httpx.Response(401, json={"message": "Unauthorized"})
+
+    with ClinikoClient("k-au2", "ops@clinic.com.au", "http://10.9.9.9/v1", None) as client:
+        client._http = httpx.Client(transport=httpx.MockTransport(refuse))
+        with pytest.raises(BadApiKey) as refused:
+            client.get_page("/patients", "patients")
+    assert "ClinikoAccount block" in str(refused.value)
+    assert "CLINIKO_API_KEY" in str(refused.value)
 
 
 class FakeTime:
