@@ -403,7 +403,17 @@ def _index_range(
     """The slice of a sorted index a query reads, when it sorts ascending on one indexed field
     (optionally then ascending on ``id``, the index's own tie order) and filters only on that
     field's range (plus ``*`` filters, which only unhide rows, and, sorted on ``id`` too, an
-    ``id`` range when the field's range holds one second)."""
+    ``id`` range when the field's range holds one second). Sorted on ``id`` alone, a range of
+    one indexed field within one second is the same slice: there, the index is in id order."""
+    if sort == [("id", False)]:
+        ranged = {f.field for f in filters if f.op in _RANGE_OPS and f.field != "id"}
+        if len(ranged) != 1 or (name := ranged.pop()) not in table.indexes:
+            return None
+        found = _index_range(table, filters, [(name, False), ("id", False)])
+        if found is None:
+            return None
+        index, lo, hi = found
+        return found if lo >= hi or index[lo] >> _ID_BITS == index[hi - 1] >> _ID_BITS else None
     if not 1 <= len(sort) <= 2 or sort[0][1] or (len(sort) == 2 and sort[1] != ("id", False)):
         return None
     name = sort[0][0]

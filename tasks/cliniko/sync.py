@@ -6,11 +6,10 @@ the resource's hidden-row filters (the ``id`` tie-break: see ``SORT``). After ea
 moves to the page's largest ``updated_at`` and page 1 is asked again, keyset-style, so a row
 updated mid-run (which jumps to the end of the order) can never shift an unread row onto a page
 already read. When a whole page shares the cursor's second (a bulk edit), the second is walked
-the same way on ``id``: page 1 of that one second after the largest id read
-(``updated_at:>=S&updated_at:<S+1s&id:>N``), never by offset (``links.next``), since a row of the
-second edited meanwhile leaves it and would shift an unread one onto the page just read. A run
-starts at the watermark minus the overlap; rows seen twice are recognised (same ``updated_at``
-and payload) and left alone.
+from its start by ``id`` (``SECOND_SORT``): page 1 of that second after the largest id read
+(``updated_at:>=S&updated_at:<S+1s&id:>N``), never by offset (``links.next``): a row of the
+second edited meanwhile leaves it and would shift an unread one onto a read page. A run starts
+at the watermark minus the overlap; rows seen twice (same ``updated_at`` and payload) are left.
 
 Pages are parsed and written by ``tasks.cliniko.writer`` (rows, quarantine and the watermark in
 one transaction, a few pages per commit). A reconciliation is the same sweep from the beginning,
@@ -58,18 +57,19 @@ def format_cursor(moment: datetime) -> str:
 
 
 # Cliniko orders rows that tie on every sort field however it likes, and may order them
-# differently on the next request: ``id`` after ``updated_at`` makes the order total, so the
-# pages of one second (a bulk edit gives thousands of rows the same updated_at) never overlap
-# or skip a row.
-SORT = "updated_at,id"
+# differently on the next request: ``id`` after ``updated_at`` makes the order total. Within one
+# second (a bulk edit gives thousands of rows one updated_at) ``id`` alone: Cliniko shows
+# updated_at to the second but may sort on the finer time it keeps (Rails on Postgres: micro-
+# seconds), so by ``updated_at,id`` a second's rows would come in that hidden order, not by id.
+SORT, SECOND_SORT = "updated_at,id", "id"
 
 
 def list_params(
     resource: Resource, cursor: datetime | None, after_id: int | None = None
 ) -> list[tuple[str, str]]:
     """The list query from ``cursor`` on; with ``after_id``, only the rest of the cursor's own
-    second: its rows of a larger id (the walk through a second's rows, see the module doc)."""
-    params = [("sort", SORT)]
+    second: its rows of a larger id, by id (the walk through a second's rows, see the module doc)."""
+    params = [("sort", SORT if after_id is None else SECOND_SORT)]
     params += [("q[]", f"{hidden}:*") for hidden in resource.include_hidden]
     if cursor is not None:
         params.append(("q[]", f"updated_at:>={format_cursor(cursor)}"))
@@ -308,19 +308,15 @@ class Sync:
         return False  # closed (the writer failed or finished): stop reading
 
 
-def _floor_second(moment: datetime | None) -> datetime | None:
-    return moment.replace(microsecond=0) if moment is not None else None
-
-
 def _next_step(
     cursor: datetime | None, after_id: int | None, batch: Batch, next_url: str | None
 ) -> tuple[datetime | None, int | None, bool] | None:
     """Where the walk goes after a page: (cursor, after_id, by_offset), or None at the end.
 
     Page 1 again from the page's largest ``updated_at``; when the whole page shares the
-    cursor's second, page 1 of that second after the page's largest id, until the second is
-    read, then on from the next second. Following ``next_url`` (by offset) is the last resort,
-    for pages that give nothing to key on (no ``updated_at`` or no ids)."""
+    cursor's second, that second from its start by id (the page came in Cliniko's order, maybe
+    a finer time's: SECOND_SORT), each page after the largest id read, then on from the next
+    second. ``next_url`` (by offset) is the last resort, for pages with nothing to key on."""
     if after_id is not None:  # a page of the cursor's second alone
         assert cursor is not None
         if not next_url:  # the second is read: on from the next one
@@ -330,11 +326,11 @@ def _next_step(
         return cursor, after_id, True
     if not next_url:
         return None
-    moved = _floor_second(batch.max_updated_at)
+    moved = batch.max_updated_at and batch.max_updated_at.replace(microsecond=0)
     if moved is not None and (cursor is None or moved > cursor):
         return moved, None, False
     if cursor is not None and batch.max_id is not None:
-        return cursor, batch.max_id, False
+        return cursor, 0, False  # the whole second, by id
     return cursor, None, True
 
 

@@ -182,14 +182,16 @@ def burst(n: int = 250) -> Table:
 
 
 @pytest.mark.parametrize("hidden", [ALL, ()], ids=["index slice", "index walk"])
-def test_the_rest_of_one_second_by_id_is_served_from_the_index_as_by_a_scan(hidden):
-    """A client walking a bulk edit's second by id (``updated_at`` in that second, ``id:>N``)
-    gets what a scan gives, from the index: no decoding of the table per page."""
+@pytest.mark.parametrize("sort", ["updated_at,id", "id"])
+def test_the_rest_of_one_second_by_id_is_served_from_the_index_as_by_a_scan(hidden, sort):
+    """A client walking a bulk edit's second by id (``updated_at`` in that second, ``id:>N``,
+    sorted on id alone as the sync asks, or after updated_at) gets what a scan gives, from the
+    index: no decoding of the table per page."""
     table, spec = burst(), SPECS["individual_appointments"]
     within = [f"updated_at:>={fmt_ts(T0)}", f"updated_at:<{fmt_ts(T0 + 1)}", "id:>1100"]
     fast = [parse_filter(spec, q) for q in (*within, *hidden)]
     slow = [*fast, parse_filter(spec, "created_at:?")]  # only the general path serves this
-    total_order = [("updated_at", False), ("id", False)]
+    total_order = parse_sort(spec, sort)
     assert _index_range(table, fast, total_order) is not None
     assert _index_range(table, slow, total_order) is None
     for page in (1, 2):
@@ -197,6 +199,8 @@ def test_the_rest_of_one_second_by_id_is_served_from_the_index_as_by_a_scan(hidd
             table, slow, total_order, page, 100
         )
     assert query(table, fast, total_order, 1, 100)[0] == 149
+    wider = [parse_filter(spec, q) for q in (f"updated_at:>={fmt_ts(T0 - 5)}", "id:>0", *hidden)]
+    assert _index_range(table, wider, parse_sort(spec, "id")) is None  # not one second: a scan
 
 
 @pytest.mark.parametrize("hidden", [ALL, ()], ids=["index slice", "index walk"])

@@ -34,7 +34,7 @@ def test_the_list_query_asks_for_hidden_rows_and_changes_since_the_cursor():
 def test_the_rest_of_one_second_is_asked_for_by_id_not_by_offset():
     attendees = resources.get("attendees")
     assert extract.list_params(attendees, datetime(2026, 3, 1, 9, 59, 59, tzinfo=UTC), 42) == [
-        ("sort", "updated_at,id"),
+        ("sort", "id"),  # within one second: Cliniko's order there may follow a finer time
         ("q[]", "cancelled_at:*"),
         ("q[]", "archived_at:*"),
         ("q[]", "updated_at:>=2026-03-01T09:59:59Z"),
