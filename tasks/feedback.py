@@ -19,7 +19,9 @@ next pull re-reads from the old cursor and the keys drop what is already in.
   records it at once if it can; whatever it could not is recorded by the next pull. With a
   Prefect server the clicks come as events instead (tasks/feedback_events.py); both go through
   ``record_clicks``, keyed on the click id.
-- **Lifts**: an opt-in lifts every scope an address is suppressed in.
+- **Lifts**: an opt-in (Twilio's START; an operator's, tasks/feedback_optin.py) lifts every
+  scope an address is suppressed in. An event from before a lift of its scope, read after it
+  (pulls re-read from a day before their cursor), suppresses nothing again.
 (CSV imports of unsubscribe lists: tasks/feedback_import.py.)
 
 Nothing here logs or returns an address: results are counts.
@@ -184,20 +186,35 @@ class Book:
     def suppress(
         self, address: str, scope: Scope, reason: str, source: str, evidence: str, at: datetime
     ) -> bool:
-        """Suppress unless something already covers it; True when a row was added."""
+        """Suppress unless something already covers it, or a lift of this scope came after the
+        event (an opt-in after it: a pull re-reading older events changes nothing); True when
+        a row was added."""
         if self.suppressed(address, scope):
+            return False
+        action, lifted_at = self.latest.get((address, scope), ("suppress", None))
+        if action == "lift" and lifted_at is not None and at <= lifted_at:
             return False
         self._add(address, "suppress", scope, reason, source, evidence, at)
         return True
 
-    def lift(self, address: str, reason: str, source: str, evidence: str, at: datetime) -> int:
-        """Lift every scope the address is suppressed in; how many."""
-        scopes = sorted(
+    def lift(
+        self,
+        address: str,
+        reason: str,
+        source: str,
+        evidence: str,
+        at: datetime,
+        *,
+        also: tuple[Scope, ...] = (),
+    ) -> int:
+        """Lift every scope the address is suppressed in, and the scopes ``also`` names; how
+        many were suppressed."""
+        scopes = {
             s
             for (a, s), (action, _) in self.latest.items()
             if a == address and action == "suppress"
-        )
-        for scope in scopes:
+        }
+        for scope in sorted(scopes | set(also)):
             self._add(address, "lift", scope, reason, source, evidence, at)
         return len(scopes)
 
