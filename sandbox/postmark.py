@@ -6,7 +6,8 @@ joins endpoint paths to the root, so a path prefix would be dropped).
   ``messagestream`` filters, and ``/messages/outbound/{id}/details``
 - ``GET /bounces`` (and ``/bounces/``) with ``type``/``emailFilter``/``fromdate``/``todate``/
   ``messagestream`` filters, ``GET /message-streams/{stream}/suppressions/dump`` with ``fromdate``/
-  ``todate``/``EmailAddress``/``SuppressionReason`` filters
+  ``todate``/``EmailAddress``/``SuppressionReason`` filters, and ``POST .../suppressions/delete``
+  (reactivation: a ``SpamComplaint`` is refused, as Postmark's API refuses it)
 - ``GET /messages/outbound/opens`` and ``/messages/outbound/clicks``: open and link tracking
   (sandbox/postmark_tracking.py: off unless switched on, no open for plain text, repeated opens,
   ``count + offset`` at most 10,000)
@@ -169,6 +170,11 @@ class PostmarkSandbox(TrackingMixin):
                     "/message-streams/{stream}/suppressions/dump",
                     self._suppressions,
                     methods=["GET"],
+                ),
+                Route(
+                    "/message-streams/{stream}/suppressions/delete",
+                    self._delete_suppressions,
+                    methods=["POST"],
                 ),
             ]
         )
@@ -454,6 +460,39 @@ class PostmarkSandbox(TrackingMixin):
             and _in_dates(s["CreatedAt"], q, "fromdate", "todate")
         ]
         return JSONResponse({"Suppressions": found})
+
+    async def _delete_suppressions(self, request: Request):
+        """Reactivate addresses on a stream: each answered Deleted, or Failed for a spam
+        complaint, which Postmark's API does not delete (addresses in ``inactive`` stay too)."""
+        _, early = await self._guard(request)
+        if early is not None:
+            return early
+        stream = request.path_params["stream"]
+        body = json.loads(await request.body())
+        answers = []
+        for item in body.get("Suppressions") or []:
+            email = str(item.get("EmailAddress") or "")
+            with self._lock:
+                own = [
+                    s
+                    for s in self.suppressions
+                    if s["_stream"] == stream and s["EmailAddress"].lower() == email.lower()
+                ]
+                if any(s["SuppressionReason"] == "SpamComplaint" for s in own) or (
+                    email.lower() in self.inactive
+                ):
+                    answers.append(
+                        {
+                            "EmailAddress": email,
+                            "Status": "Failed",
+                            "Message": "You do not have the required authority to change this "
+                            "suppression.",
+                        }
+                    )
+                    continue
+                self.suppressions = [s for s in self.suppressions if not any(s is o for o in own)]
+            answers.append({"EmailAddress": email, "Status": "Deleted", "Message": None})
+        return JSONResponse({"Suppressions": answers})
 
     async def _stream(self, request: Request):
         _, early = await self._guard(request)

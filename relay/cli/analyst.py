@@ -1,12 +1,15 @@
 """The analyst's commands: ``relay sql`` (read-only SQL, one statement or a prompt) and
-``relay patients find`` (a patient's id for ``relay render``, without their other details)."""
+``relay patients find`` (a patient's id for ``relay render``, without their other details); and
+``relay patients opt-in``, the one write here: an operator records that a patient opted in again
+after an unsubscribe, a bounce or a complaint (tasks/feedback_optin.py)."""
 
 from __future__ import annotations
 
 import typer
 
 patients_app = typer.Typer(
-    help="Find patients' ids (for relay render) without printing their details.",
+    help="Find patients' ids (for relay render) without printing their details; record a "
+    "patient's fresh opt-in.",
     no_args_is_help=True,
 )
 
@@ -122,3 +125,140 @@ def patients_find_command(
         typer.echo(f"patient {m.patient_id:<10} matched on {', '.join(m.fields)}{note}")
     if len(found) == limit:
         typer.echo(f"(first {limit}; narrow the text or raise --limit)")
+
+
+@patients_app.command("opt-in")
+def patients_opt_in_command(
+    address: str = typer.Argument(
+        ..., help="The email address, or the mobile number in E.164, the patient opted in with."
+    ),
+    channel: str = typer.Option(..., help="email or sms."),
+    clinic: str = typer.Option(..., help="Clinic name (clinics/<clinic>/clinic.yaml)."),
+    evidence: str = typer.Option(
+        ..., help="What the patient said, how and when (stored with the lift; nothing more)."
+    ),
+    deliverable: bool = typer.Option(
+        False,
+        "--deliverable",
+        help="Also lift a bounce or invalid-address suppression: the patient confirmed the "
+        "address receives messages again.",
+    ),
+    despite_complaint: bool = typer.Option(
+        False,
+        "--despite-complaint",
+        help="Also lift a spam complaint: the patient asked in writing for our email again.",
+    ),
+    by: str = typer.Option(None, help="Who records it (default: your login name)."),
+) -> None:
+    """Record that a patient opted in again to marketing on ADDRESS after an unsubscribe (our
+    link, Postmark's, a CSV import) or a suppression: what stops marketing to it is lifted, with
+    the evidence. A bounce or a spam complaint needs its flag; an SMS STOP only ends when the
+    patient texts START. With Postmark, its own suppressions of the address are reactivated
+    first. Marketing still needs the patient's consent in Cliniko (accepted_email_marketing or
+    accepted_sms_marketing, as the clinic's lists require): the output says if it is missing."""
+    import getpass
+    from datetime import UTC, datetime
+
+    from tasks import feedback_optin as optin
+    from tasks.config import load_clinic
+    from tasks.errors import UserFacingError
+    from tasks.messages.ledger import Channel
+    from tasks.warehouse import open_db
+
+    config = load_clinic(clinic)
+    if channel not in ("email", "sms"):
+        raise UserFacingError("--channel is email or sms.")
+    ch: Channel = "email" if channel == "email" else "sms"
+    wanted = optin.check_address(ch, address)
+    optin.check_evidence(evidence)
+    flags = {"deliverable": deliverable, "despite_complaint": despite_complaint}
+    with open_db(config.database_path, read_only=True) as con:
+        held = optin.held(con, ch, wanted)
+    why = optin.refusal(ch, [h.reason for h in held], **flags)
+    if why:
+        raise optin.OptInRefused(why)
+    reactivated = _reactivate_at_postmark(config, wanted, flags) if ch == "email" else []
+    with open_db(config.database_path, create=False) as con:
+        lifted, recorded = optin.record(
+            con, ch, wanted, evidence=evidence, by=by or getpass.getuser(), now=datetime.now(UTC),
+            provider_scopes=frozenset(h.scope for h in reactivated), **flags,
+        )  # fmt: skip
+        consent = optin.consent(con, ch, wanted)
+    if lifted:
+        typer.echo(f"Opt-in recorded in {config.clinic}; lifted for this {channel} address:")
+        for h in lifted:
+            typer.echo(f"  {h.describe()}")
+    else:
+        typer.echo(f"This {channel} address had no suppression in {config.clinic}"
+                   + (": the opt-in is recorded." if recorded else ": nothing recorded."))  # fmt: skip
+    for hold in reactivated:
+        typer.echo(
+            f"  Postmark: reactivated on stream {hold.stream!r} (was {hold.postmark_reason})"
+        )
+    _say_consent(channel, consent, config.marketing_list.honour_cliniko_email_opt_in)
+    if recorded:
+        typer.echo("The marketing list takes it at the next model build (every tick).")
+
+
+def _reactivate_at_postmark(config, address: str, flags: dict) -> list:
+    """When the clinic sends email through Postmark: its suppressions of the address
+    (``postmark_suppressions.StreamHold``), each deleted. Refused (nothing recorded here) when
+    Postmark keeps one or cannot be asked."""
+    from blocks.resolve import providers_for
+    from tasks import feedback_optin as optin
+    from tasks.providers import postmark_suppressions as pm
+    from tasks.providers.postmark import PostmarkProvider
+
+    provider = providers_for(config)["email"]
+    if not isinstance(provider, PostmarkProvider):
+        return []
+    try:
+        holds = pm.holds(provider, address)
+        why = optin.refusal("email", [h.reason for h in holds], **flags)
+        if why:
+            raise optin.OptInRefused(f"Postmark: {why}")
+        kept = sorted({h.stream for h in holds if not h.deletable})
+        if kept:
+            raise optin.OptInRefused(
+                f"Postmark keeps a spam complaint for this address on stream {', '.join(kept)}, "
+                "which its API cannot remove: ask Postmark support to, then run this again. "
+                "Nothing recorded."
+            )
+        done: list[str] = []
+        for stream in sorted({h.stream for h in holds}):
+            problem = pm.reactivate(provider, stream, address)
+            if problem:
+                raise pm.PostmarkUnreachable(
+                    f"Postmark did not reactivate this address on stream {stream!r}: {problem}. "
+                    "Nothing recorded here: run this again, or reactivate it in Postmark (the "
+                    "stream's Suppressions) first."
+                    + (f" Reactivated: {', '.join(done)}." if done else "")
+                )
+            done.append(stream)
+        return holds
+    finally:
+        provider.close()
+
+
+def _say_consent(channel: str, consent, honour_email_opt_in: bool) -> None:
+    field = "accepted_email_marketing" if channel == "email" else "accepted_sms_marketing"
+    required = channel == "sms" or honour_email_opt_in
+    if consent is None:
+        typer.echo(f"Cliniko consent ({field}) not checked: no model build yet.")
+        return
+    if not consent:
+        typer.echo("No patient has this address in the last model build: marketing goes only to "
+                   "a patient's address.")  # fmt: skip
+    for c in consent:
+        note = "  (archived in Cliniko: no marketing)" if c.archived else ""
+        if c.accepted:
+            typer.echo(f"patient {c.patient_id}: {field} is true in Cliniko{note}")
+        elif required:
+            typer.secho(
+                f"patient {c.patient_id}: {field} is not true in Cliniko: no marketing goes to "
+                f"them until it is ticked in Cliniko{note}",
+                fg=typer.colors.YELLOW,
+            )
+        else:
+            typer.echo(f"patient {c.patient_id}: {field} is not true in Cliniko (this clinic's "
+                       f"email list does not require it){note}")  # fmt: skip

@@ -208,3 +208,20 @@ def test_a_sandbox_on_a_port_in_use_is_one_line(data_dir):
     assert_clean(lines)
     assert len(lines) == 1 and lines[0].startswith(f"error: Port {port} on 127.0.0.1 is in use")
     assert "--port 0" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--clinic", "nowhere", "--channel", "email", "pat@example.com"], "No clinic config"),
+        (["--clinic", "demo", "--channel", "email", "pat@example"], "not a valid email address"),
+        (["--clinic", "demo", "--channel", "sms", "0411 111 111"], "E.164"),
+        (["--clinic", "demo", "--channel", "fax", "pat@example.com"], "email or sms"),
+    ],
+)
+def test_an_opt_in_refused_is_one_line_and_records_nothing(data_dir, args, says):
+    code, lines = relay("patients", "opt-in", *args, "--evidence", "phoned 9 March")
+    assert code == 2 and len(lines) == 1 and says in lines[0], lines
+    assert_clean(lines)
+    assert "pat@example" not in lines[0] and "0411" not in lines[0]
+    assert not (data_dir / "demo.duckdb").exists()
