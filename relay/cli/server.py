@@ -39,7 +39,45 @@ def prefect_server_command(ctx: typer.Context) -> None:
     from relay.serve import PREFECT_SERVER, server_env
 
     args = [*PREFECT_SERVER, "server", "start", *ctx.args]
-    os.execve(args[0], args, server_env())  # the server in this process: signals reach it as sent
+    env = server_env()
+    env.update(ui_addresses(ctx.args))
+    os.execve(args[0], args, env)  # the server in this process: signals reach it as sent
+
+
+WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
+
+
+def _option(args: list[str], name: str) -> str | None:
+    """The value of ``--name V`` or ``--name=V`` among `prefect server start`'s options."""
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def ui_addresses(args: list[str]) -> dict[str, str]:
+    """Where the UI calls the API (PREFECT_UI_API_URL) and the address the links in alerts use
+    (PREFECT_UI_URL), from the server's own --host and --port. Prefect derives both from
+    PREFECT_API_URL or its settings only, not from the options of `prefect server start`: with
+    neither, the UI called port 4200 whatever --port said, and every alert's link to its run
+    read "None". What the operator set (environment or Prefect profile) wins; a wildcard host
+    (0.0.0.0) is not an address a browser can open, so it is left to them (docs/scaling.md)."""
+    from prefect.settings import Settings
+
+    settings = Settings()  # the environment and the Prefect profile, as the server reads them
+    host = _option(args, "--host") or settings.server.api.host
+    port = _option(args, "--port") or str(settings.server.api.port)
+    if host in WILDCARD_HOSTS:
+        return {}
+    base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    found: dict[str, str] = {}
+    if settings.ui_url is None:
+        found["PREFECT_UI_URL"] = base
+    if settings.api.url is None and "api_url" not in settings.server.ui.model_fields_set:
+        found["PREFECT_UI_API_URL"] = f"{base}/api"
+    return found
 
 
 alerts_app = typer.Typer(help="Notifications when runs fail or the data goes stale.")

@@ -63,3 +63,53 @@ def test_relay_prefect_server_is_prefects_with_the_collector_moved_and_the_same_
     ]  # fmt: skip
     assert seen["env"]["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"].endswith(".filesystem")
     assert seen["env"][SETTING] == "12"
+
+
+def _prefect_server_env(monkeypatch, *args: str, **own: str) -> dict:
+    """The environment `relay prefect-server ARGS` hands `prefect server start`, with the
+    operator's own settings ``own``."""
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+
+    seen: dict = {}
+
+    def execve(path, argv, env):
+        seen.update(env)
+        raise Started
+
+    monkeypatch.setattr("os.execve", execve)
+    for name in ("PREFECT_API_URL", "PREFECT_UI_URL", "PREFECT_UI_API_URL",
+                 "PREFECT_SERVER_UI_API_URL", "PREFECT_SERVER_API_HOST",
+                 "PREFECT_SERVER_API_PORT"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    for name, value in own.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(app, ["prefect-server", *args])
+    assert isinstance(result.exception, Started), result.output
+    return seen
+
+
+def test_the_ui_and_the_links_in_alerts_follow_the_servers_host_and_port(monkeypatch):
+    """Started as the docs say (`relay prefect-server --host H --port P`, no PREFECT_API_URL on
+    the server's machine), Prefect's UI called the API on port 4200 whatever --port said, and
+    every alert's link to its run read "None" (the server's ui_url filter had no UI address)."""
+    env = _prefect_server_env(monkeypatch, "--host", "10.0.0.5", "--port", "4300")
+    assert env["PREFECT_UI_URL"] == "http://10.0.0.5:4300"
+    assert env["PREFECT_UI_API_URL"] == "http://10.0.0.5:4300/api"
+    env = _prefect_server_env(monkeypatch, "--port=4301")
+    assert env["PREFECT_UI_URL"] == "http://127.0.0.1:4301"
+    assert env["PREFECT_UI_API_URL"] == "http://127.0.0.1:4301/api"
+
+
+def test_the_operators_own_ui_addresses_win_and_a_wildcard_host_is_not_guessed(monkeypatch):
+    own = {"PREFECT_UI_URL": "https://prefect.clinic.example",
+           "PREFECT_UI_API_URL": "https://prefect.clinic.example/api"}  # fmt: skip
+    env = _prefect_server_env(monkeypatch, "--port", "4300", **own)
+    assert {name: env[name] for name in own} == own
+    env = _prefect_server_env(
+        monkeypatch, "--port", "4300", PREFECT_API_URL="http://10.0.0.5:4300/api"
+    )  # Prefect derives both from it
+    assert "PREFECT_UI_URL" not in env and "PREFECT_UI_API_URL" not in env
+    env = _prefect_server_env(monkeypatch, "--host", "0.0.0.0")
+    assert "PREFECT_UI_URL" not in env and "PREFECT_UI_API_URL" not in env
