@@ -36,8 +36,15 @@ def send_campaign(clinic: str, campaign: str, confirm: bool = False, force: bool
                 raise campaigns.CampaignError(f"{config.clinic}: campaign {campaign} waits: {held}")
             preview = campaigns.preview(con, config, campaign, now, sample_size=0).counts()
             result = campaigns.confirm(con, config, campaign, now, force=force) if confirm else None
-        if result is None:
-            get_run_logger().info("campaign %s not confirmed: counted only", campaign)
+        if result is None:  # what a person who ran it from the UI came to see: counts only
+            get_run_logger().info(
+                "campaign %s (%s) not confirmed, counted only: segment %s: %s patients; not on "
+                "the %s marketing list: %s; suppressed: %s; audience %s messages, send at %s. "
+                "To send it: run it again with confirm=true.",
+                campaign, preview["status"], preview["segment"], preview["segment_size"],
+                preview["channel"], preview["not_on_list"], preview["suppressed"],
+                preview["audience"], preview["send_at"],
+            )  # fmt: skip
             return {"preview": preview, "confirmed": False}
         create_markdown_artifact(
             f"# Campaign {campaign}\n\nConfirmed ({result['confirmation_id']}) for "

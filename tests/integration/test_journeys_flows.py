@@ -171,3 +171,25 @@ def test_campaign_commands_give_send_at_in_the_clinics_time_with_the_utc_date(cl
     sent = runner.invoke(app, ["campaign", "send", "recall", "--clinic", str(path), "--confirm"])
     assert sent.exit_code == 0, sent.output
     assert f"the audience is frozen and sent from {when}." in sent.output
+
+
+def test_a_campaign_run_without_confirm_logs_its_counts(clinic_file, caplog, monkeypatch):
+    """Run from the Prefect UI (the campaign deployment) without confirm, the campaign flow
+    counted the audience and logged only "counted only": the person who ran it to see the size
+    saw no number. Its log line now carries the counts (never a patient)."""
+    import logging
+
+    from prefect.logging.configuration import setup_logging
+
+    from flows.campaign import send_campaign
+
+    path, _db, _now = clinic_file
+    setup_logging()  # Prefect's own set-up first: it replaces the root logger's handlers
+    run_logs = logging.getLogger("prefect.flow_runs")
+    monkeypatch.setattr(run_logs, "level", logging.INFO)
+    monkeypatch.setattr(run_logs, "handlers", [*run_logs.handlers, caplog.handler])
+    send_campaign(clinic=str(path), campaign="recall")
+    said = [r.getMessage() for r in caplog.records if "recall" in r.getMessage()]
+    assert any("audience 3" in line and "segment recall_90_179: 3" in line for line in said), said
+    assert any("confirm=true" in line for line in said), said
+    assert not any("@example.com" in line or "Name" in line for line in said)
