@@ -363,17 +363,7 @@ def clinic_tick(clinic: str = "demo", reconcile: bool = False, max_lateness_minu
             lane.after_tick(config, summary, result)
 
         if summary.failed:
-            raise TickFailed(
-                f"{config.clinic}: "
-                + "; ".join(f"{s.name} failed ({s.reason[:300]})" for s in summary.failed)
-                + (f". Planning and sending held: {summary.held}" if summary.held else "")
-                + "".join(
-                    f". Held: {name} ({why[:200]})"
-                    for name, why in summary.held_sources.items()
-                    if not summary.held  # the breaker holds everything already
-                ),
-                result["report"],
-            )
+            raise TickFailed(tick.failure(summary), result["report"])
         _completed(config)
         return result
 

@@ -225,6 +225,30 @@ class Summary:
         return [s for s in self.steps if s.status == FAILED]
 
 
+def clip(text: str, limit: int) -> str:
+    """``text`` whole when it fits in ``limit`` characters, else cut between words and marked
+    " …": a reason cut mid-word reads as another word ("the account's reg")."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 2].rsplit(" ", 1)[0] + " …"
+
+
+def failure(s: Summary) -> str:
+    """What a tick with a failed step fails with, which the "a run failed or crashed" alert
+    shows: each failed step and why (its advice whole: a bad key's is about 300 characters),
+    then what the breaker held, or else what it held of the rest."""
+    return (
+        f"{s.clinic}: "
+        + "; ".join(f"{step.name} failed ({clip(step.reason, 600)})" for step in s.failed)
+        + (f". Planning and sending held: {s.held}" if s.held else "")
+        + "".join(
+            f". Held: {name} ({clip(why, 200)})"
+            for name, why in s.held_sources.items()
+            if not s.held  # the breaker holds everything already
+        )
+    )
+
+
 def rows_synced(sync_result: dict[str, dict] | None) -> dict[str, int]:
     """Per resource, rows new + updated + removed in this tick's sync."""
     if not sync_result:
@@ -330,7 +354,7 @@ def markdown(s: Summary) -> str:
         lines += [f"- {warning}" for warning in s.warnings]
     lines += ["", "| step | outcome | seconds | why |", "|---|---|---:|---|"]
     for step in s.steps:
-        why = step.reason.replace("|", "/").replace("\n", " ")[:200]
+        why = clip(step.reason.replace("|", "/").replace("\n", " "), 500)
         lines.append(f"| {step.name} | {step.status} | {step.seconds:.1f} | {why} |")
     if s.rows_synced:
         changed = ", ".join(f"{k} {v}" for k, v in s.rows_synced.items() if v) or "no changes"

@@ -123,6 +123,39 @@ def test_markdown_says_why_a_step_did_not_run():
     assert "| sync | failed | 0.0 | ClinikoAuthError: 401 |" in text
 
 
+# What a bad key's sync failure says (tasks/cliniko/client.py), as a tick's step records it.
+BAD_KEY = (
+    "BadApiKey: Cliniko rejected the API key (401) at 127.0.0.1:18771. The key names shard "
+    "'au1' (by its suffix; no suffix means au1) and this run asked http://127.0.0.1:18771/v1. "
+    "Check the key in the ClinikoAccount block: it may be mistyped or revoked, or its shard "
+    "suffix may not match the account's region."
+)
+
+
+def test_a_failed_steps_advice_reaches_the_summary_and_the_alert_whole():
+    """The tick's summary cut each reason at 200 characters and its failure (what the "a run
+    failed" alert shows) at 300, mid-word and unmarked: a bad key's advice ended "Check the key
+    in the Clin" and "...may not match the account's reg"."""
+    summary = Summary(
+        "acme", NOW, steps=[Step("sync", FAILED, BAD_KEY), Step("models", "held", "sync failed")],
+        held="the sync failed",
+    )  # fmt: skip
+    assert f"| sync | failed | 0.0 | {BAD_KEY} |" in tick.markdown(summary)
+    assert tick.failure(summary) == (
+        f"acme: sync failed ({BAD_KEY}). Planning and sending held: the sync failed"
+    )
+
+
+def test_a_reason_too_long_for_the_alert_is_cut_between_words_and_says_so():
+    endless = "Cliniko said " + " ".join(["nothing"] * 400)
+    summary = Summary("acme", NOW, steps=[Step("sync", FAILED, endless)])
+    said = tick.failure(summary)
+    cut = said.removeprefix("acme: sync failed (").removesuffix(")")
+    assert cut.endswith("nothing …") and len(cut) < len(endless)
+    row = next(line for line in tick.markdown(summary).splitlines() if line.startswith("| sync"))
+    assert row.endswith("nothing … |")
+
+
 def test_markdown_lists_the_names_that_drifted_and_the_triggers_they_hold():
     why = "exclude.categories 'Admin Onyl' matches no category in Cliniko"
     summary = Summary(
