@@ -83,16 +83,34 @@ def ui_addresses(args: list[str]) -> dict[str, str]:
 alerts_app = typer.Typer(help="Notifications when runs fail or the data goes stale.")
 
 
+def _webhook_url(url: str) -> str:
+    """The webhook's address, refused when no POST could reach it (a scheme left off, a space):
+    the server would fail every notification where nobody looks. Never echoed: a Slack or Teams
+    webhook's address is its credential."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+        raise typer.BadParameter(
+            "not an address a notification can be POSTed to: it needs http:// or https://, a "
+            "host, and no spaces (e.g. https://hooks.slack.com/services/...)"
+        )
+    return url
+
+
 @alerts_app.command("create")
 def alerts_create_command(
     webhook_url: str = typer.Option(
-        ..., help="Where notifications are POSTed as JSON {subject, body} (Slack, ntfy, ...)."
+        ...,
+        callback=_webhook_url,
+        help="Where notifications are POSTed as JSON {subject, body} (Slack, ntfy, ...).",
     ),
     block: str = typer.Option("relay-alerts", help="Name of the notification block to save."),
     quiet_minutes: float | None = typer.Option(
         None,
-        help="Alert when no tick of a clinic completed for this long (one alert per clinic). "
-        "Default: three tick intervals of the slowest clinic deployed, at least 15.",
+        min=1,  # ticks are a minute apart at least; Prefect watches no window under 10 s
+        help="Alert when no tick of a clinic completed for this long (one alert per clinic; "
+        "at least 1). Default: three tick intervals of the slowest clinic deployed, at least 15.",
     ),
     crash_after: int = typer.Option(
         CRASH_AFTER_SECONDS,

@@ -152,3 +152,42 @@ def test_the_webhook_address_is_a_secret_of_the_block():
     sent = block._build_request_args(body="a body", subject="a subject")
     assert sent["url"] == hook
     assert sent["json"] == {"subject": "a subject", "body": "a body"}
+
+
+def _alerts_create(monkeypatch, *args: str):
+    """`relay alerts create ARGS` with a server named but never reached: nothing is saved."""
+    from typer.testing import CliRunner
+
+    import relay.alerts
+    from relay.cli import app
+
+    def create_alerts(*_args, **_kwargs):
+        raise AssertionError("saved a block and automations the command should have refused")
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    monkeypatch.setattr(relay.alerts, "create_alerts", create_alerts)
+    return CliRunner().invoke(app, ["alerts", "create", *args])
+
+
+def test_a_webhook_address_no_request_can_reach_is_refused_before_anything_is_saved(monkeypatch):
+    """`--webhook-url hooks.slack.com/services/...` (the scheme left off) said "created" eight
+    times, and every notification then failed on the server, where nobody looks: no alert ever
+    came."""
+    for wrong in ("hooks.slack.com/services/T0/B0/X", "ftp://hooks.example/x", "https://",
+                  "https://hooks.slack.com/services/T0 B0"):  # fmt: skip
+        result = _alerts_create(monkeypatch, "--webhook-url", wrong)
+        assert result.exit_code == 2, (wrong, result.output)
+        assert "--webhook-url" in result.output and "http" in result.output, result.output
+        assert "Traceback" not in result.output
+
+
+def test_a_quiet_window_prefect_cannot_watch_is_refused_in_words(monkeypatch):
+    """`--quiet-minutes -5` (or 0.1) ended in pydantic's ValidationError traceback from Prefect
+    ("`within` for Proactive triggers must be greater than or equal to 10 seconds"), after the
+    notification block had already been saved."""
+    for wrong in ("-5", "0", "0.1"):
+        result = _alerts_create(
+            monkeypatch, "--webhook-url", "https://hooks.example/x", "--quiet-minutes", wrong
+        )
+        assert result.exit_code == 2, (wrong, result.output)
+        assert "--quiet-minutes" in result.output and "Traceback" not in result.output
