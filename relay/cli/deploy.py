@@ -7,7 +7,8 @@ For each clinic folder (the demo only with ``--demo``):
   clinic's own ``time_zone``; one run at a time (limit 1, ENQUEUE: DuckDB has one writer);
 - ``campaign/<clinic>-campaign``: a one-off campaign, on demand;
 - ``owner-report/<clinic>-report``: weekly, on clinic.yaml's ``report.weekday`` at ``report.at``
-  in the clinic's time zone, when clinic.yaml has a ``report:`` section (the owner's address).
+  in the clinic's time zone, when clinic.yaml has a ``report:`` section (the owner's address);
+  deleted by the next deploy once the section is gone.
 
 and once per pool ``clinic-restore/<pool>`` (flows/restore.py), on demand: ``relay clinic move``
 starts its runs on the work queue of the machine a clinic moves to.
@@ -245,6 +246,20 @@ def apply(client, planned: Planned, pool: str, queue: str, resume: bool = False)
     return Paused(name, before.paused, {slug: ids.get(slug, "") for slug in held}, resume)
 
 
+def drop_report(client, clinic: str) -> str | None:
+    """The clinic's report deployment, deleted when its clinic.yaml has no ``report:`` section
+    (any more): left from an earlier deploy, it would fail every week asking for the section
+    back. Its name, when there was one."""
+    from flows.report import owner_report
+
+    name = f"{owner_report.name}/{clinic}-report"
+    before = current(client, name)
+    if before is None:
+        return None
+    client.delete_deployment(before.id)
+    return name
+
+
 def ensure_pool(client, pool: str) -> bool:
     """Create a process work pool of that name if there is none; True when created."""
     from prefect.client.schemas.actions import WorkPoolCreate
@@ -319,6 +334,10 @@ def deploy_command(
                 typer.echo(f"{config.clinic}: {planned.flow.name}/{planned.name}")
                 if paused:
                     typer.echo(paused.line(config.clinic))
+            if config.report is None and (dropped := drop_report(client, config.clinic)):
+                typer.echo(
+                    f"{config.clinic}: deleted {dropped} (clinic.yaml has no report: section)"
+                )
             typer.echo(f"{config.clinic}: on {pool}/{queue} ({where})")
         restore = plan_restore(pool)  # its runs go to a move's target queue, never this one
         paused = apply(client, restore, pool, "default", resume_paused)

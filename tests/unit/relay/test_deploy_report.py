@@ -1,0 +1,94 @@
+"""`relay deploy` and the owner's weekly report: the report deployment exists only while
+clinic.yaml has a `report:` section (docs/scaling.md, Deploying). With the section taken out, a
+re-deploy left the deployment of an earlier deploy in place, and it failed every week asking
+for the section back."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from typer.testing import CliRunner
+
+DEMO = Path(__file__).resolve().parents[3] / "clinics" / "demo" / "clinic.yaml"
+
+
+class Server:
+    """The deployments on a faked server: names, and which were deleted."""
+
+    def __init__(self, *names: str) -> None:
+        self.deployments = {name: uuid.uuid4() for name in names}
+        self.deleted: list[str] = []
+
+    def read_deployment_by_name(self, name: str):
+        from prefect.exceptions import ObjectNotFound
+
+        if name not in self.deployments:
+            raise ObjectNotFound(http_exc=Exception(name))
+        return SimpleNamespace(id=self.deployments[name])
+
+    def delete_deployment(self, deployment_id) -> None:
+        name = next(n for n, i in self.deployments.items() if i == deployment_id)
+        self.deleted.append(name)
+        del self.deployments[name]
+
+
+@pytest.fixture
+def deploy(monkeypatch, tmp_path):
+    """`relay deploy` of two clinics: `owned` with a report: section, `plain` without one."""
+    import prefect.client.orchestration
+
+    import relay.cli.deploy as deploy
+    import tasks.home
+
+    text = DEMO.read_text(encoding="utf-8")
+    without = re.sub(r"\nreport:\n(  .*\n)+", "\n", text)
+    assert "report:" not in without.replace("# ", "")
+    for clinic, body in (("owned", text), ("plain", without)):
+        (tmp_path / clinic).mkdir()
+        (tmp_path / clinic / "clinic.yaml").write_text(
+            body.replace("clinic: demo", f"clinic: {clinic}", 1), encoding="utf-8"
+        )
+    applied: list[str] = []
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    monkeypatch.setattr(tasks.home, "read_home", lambda clinic: None)
+    monkeypatch.setattr(deploy, "ensure_pool", lambda client, pool: False)
+    monkeypatch.setattr(deploy, "apply", lambda client, planned, *_: applied.append(planned.name))
+
+    def run(server: Server):
+        monkeypatch.setattr(
+            prefect.client.orchestration,
+            "get_client",
+            lambda sync_client=False: contextlib.nullcontext(server),
+        )
+        from relay.cli import app
+
+        result = CliRunner().invoke(app, ["deploy", "--clinics", str(tmp_path), "--home", "a"])
+        return result, applied
+
+    return run
+
+
+def test_the_report_deployment_goes_with_the_report_section(deploy):
+    server = Server("owner-report/owned-report", "owner-report/plain-report")
+    result, applied = deploy(server)
+
+    assert result.exit_code == 0, result.output
+    assert "owned-report" in applied and "plain-report" not in applied
+    assert server.deleted == ["owner-report/plain-report"]
+    assert (
+        "plain: deleted owner-report/plain-report (clinic.yaml has no report: section)"
+        in result.output
+    ), result.output
+
+
+def test_a_clinic_that_never_had_a_report_deletes_nothing(deploy):
+    server = Server()
+    result, _ = deploy(server)
+
+    assert result.exit_code == 0, result.output
+    assert server.deleted == [] and "deleted" not in result.output
