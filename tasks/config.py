@@ -1,11 +1,9 @@
 """The clinic's versioned configuration: one YAML file per clinic, validated by typed models.
 
-A clinic lives in ``clinics/<clinic>/clinic.yaml`` (templates and other clinic files sit beside it).
-Credentials never live here: the file names a Prefect block, or ``env`` for environment variables.
-Every error names the file, the entry and the field, and says what to do.
-
-Later features add their own section (marketing list, triggers, journeys, campaigns, providers) as
-another model below; unknown keys are refused so a typo is an error, not a silently ignored setting.
+A clinic lives in ``clinics/<clinic>/clinic.yaml`` (``clinic:`` is its folder's name; templates
+and other clinic files sit beside it). Credentials never live here: the file names a Prefect block,
+or ``env``. Every error names the file, the entry and the field, and says what to do; unknown keys
+are refused, so a typo is an error, not a silently ignored setting.
 """
 
 from __future__ import annotations
@@ -32,7 +30,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from tasks.errors import UserFacingError
-from tasks.paths import PROJECT_ROOT, clinics_dir, data_dir
+from tasks.paths import PROJECT_ROOT, clinics_dir, data_dir, misnamed
 from tasks.report_settings import ReportSettings
 from tasks.triggers.definition import Trigger, explain, parse_duration, parse_triggers
 
@@ -482,6 +480,8 @@ def load_clinic(path_or_name: str | Path) -> ClinicConfig:
         raise ConfigError(f"{path}{at}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    if problem := misnamed(path, raw.get("clinic")):
+        raise ConfigError(problem)
     try:
         return ClinicConfig(**raw, source=path.resolve())
     except ValidationError as exc:

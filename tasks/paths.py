@@ -18,6 +18,22 @@ def clinics_dir() -> Path:
     return Path(os.environ.get("RELAY_CLINICS_DIR") or PROJECT_ROOT / "clinics")
 
 
+def misnamed(source: Path, clinic: object, clinics: Path | None = None) -> str | None:
+    """Why a clinic folder's clinic.yaml is refused, or None: its ``clinic:`` is not the folder's
+    name. A clinic is found by its folder (its ticks and deployments load
+    ``clinics/<clinic>/clinic.yaml``; its database defaults to ``<data>/<clinic>.duckdb``), so a
+    copy of ``clinics/demo/`` still saying ``clinic: demo`` would deploy and tick the demo's
+    folder, never its own. Only a file in a clinics folder (``clinics``, default clinics_dir())."""
+    folder = source.resolve().parent
+    if folder.parent != (clinics or clinics_dir()).resolve() or folder.name == clinic:
+        return None
+    return (
+        f"{source}: clinic: {clinic} is not its folder's name ({folder.name}): a clinic is found "
+        "by its folder (its ticks, deployments and database go by that name), so this file would "
+        f"run as another clinic or not at all. Set clinic: {folder.name}, or rename the folder."
+    )
+
+
 def data_dir() -> Path:
     """Where clinic databases and the outbox live unless a clinic's config says otherwise."""
     return Path(os.environ.get("RELAY_DATA_DIR", PROJECT_ROOT / "data"))

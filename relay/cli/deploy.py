@@ -302,10 +302,14 @@ def deploy_command(
 
     from relay.env import clinics_dir
     from tasks.config import ConfigError, load_clinic
+    from tasks.paths import misnamed
 
     folder = Path(clinics or clinics_dir())
     paths = sorted(folder.glob("*/clinic.yaml"))
     configs = [load_clinic(p) for p in paths if demo or p.parent.name != "demo"]
+    for config in configs:  # a run finds its clinic by the folder's name (tasks/paths.py)
+        if config.source and (problem := misnamed(config.source, config.clinic, folder)):
+            raise ConfigError(problem)
     if not configs:
         raise ConfigError(
             f"No clinic to deploy in {folder}"

@@ -50,3 +50,28 @@ def test_an_unknown_clinic_lists_the_known_ones():
 def test_relative_database_paths_resolve_beside_the_config(tmp_path):
     cfg = load_clinic(write(tmp_path, "clinic: x\nname: X\ndatabase: db/x.duckdb\n"))
     assert cfg.database_path == tmp_path / "db" / "x.duckdb"
+
+
+def test_a_clinic_folder_whose_clinic_line_names_another_clinic_is_refused(tmp_path, monkeypatch):
+    """docs/scaling.md: copy clinics/demo/ to clinics/<clinic>/ and edit it. A copy still saying
+    `clinic: demo` loaded as a second "demo" (`relay clinics` listed demo twice, one database),
+    and `relay deploy` made demo-tick from it, whose runs loaded clinics/demo/: the copy's own
+    settings never ran. The folder's name is the clinic's, and a file saying otherwise is refused."""
+    clinics = tmp_path / "clinics"
+    (clinics / "acme").mkdir(parents=True)
+    (clinics / "acme" / "clinic.yaml").write_text("clinic: demo\nname: Acme Physio\n")
+    (clinics / "beta").mkdir()
+    (clinics / "beta" / "clinic.yaml").write_text("clinic: beta\nname: Beta Physio\n")
+    monkeypatch.setenv("RELAY_CLINICS_DIR", str(clinics))
+    for how in ("acme", clinics / "acme" / "clinic.yaml"):
+        with pytest.raises(ConfigError) as err:
+            load_clinic(how)
+        said = str(err.value)
+        assert "clinic: demo is not its folder's name (acme)" in said, said
+        assert "Set clinic: acme" in said, said
+    assert load_clinic("beta").clinic == "beta"
+    # a file outside a clinics folder (a path given by hand, a test's) is named by its clinic: line
+    loose = tmp_path / "elsewhere" / "clinic.yaml"
+    loose.parent.mkdir()
+    loose.write_text("clinic: gamma\nname: Gamma Physio\n")
+    assert load_clinic(loose).clinic == "gamma"

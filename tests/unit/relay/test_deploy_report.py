@@ -92,3 +92,15 @@ def test_a_clinic_that_never_had_a_report_deletes_nothing(deploy):
 
     assert result.exit_code == 0, result.output
     assert server.deleted == [] and "deleted" not in result.output
+
+
+def test_a_copied_folder_still_naming_another_clinic_deploys_nothing(deploy, tmp_path):
+    """A copy of a clinic folder whose `clinic:` line was not changed deployed as the clinic it
+    names (its runs load that clinic's folder), whatever --clinics folder it was in."""
+    (tmp_path / "copy").mkdir()
+    text = (tmp_path / "owned" / "clinic.yaml").read_text(encoding="utf-8")
+    (tmp_path / "copy" / "clinic.yaml").write_text(text, encoding="utf-8")
+    result, applied = deploy(Server())
+
+    assert result.exit_code != 0 and applied == []
+    assert "clinic: owned is not its folder's name (copy)" in str(result.exception), result.output
