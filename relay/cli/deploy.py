@@ -260,6 +260,26 @@ def drop_report(client, clinic: str) -> str | None:
     return name
 
 
+def orphans(client, clinics: set[str]) -> list[str]:
+    """The deployments (flow/name) of a clinic with no folder among ``clinics`` any more: one
+    that left. Never deleted here (a mistyped --clinics would take every clinic's); their ticks
+    fail, each with an alert, until a person deletes them."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    from flows.campaign import send_campaign
+    from flows.report import owner_report
+    from flows.tick import clinic_tick
+
+    return [
+        f"{flow.name}/{deployment.name}"
+        for flow in (clinic_tick, send_campaign, owner_report)
+        for deployment in client.read_deployments(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow.name]))
+        )
+        if deployment.parameters.get("clinic") not in clinics
+    ]
+
+
 def ensure_pool(client, pool: str) -> bool:
     """Create a process work pool of that name if there is none; True when created."""
     from prefect.client.schemas.actions import WorkPoolCreate
@@ -348,6 +368,12 @@ def deploy_command(
         typer.echo(f"{pool}: {restore.flow.name}/{restore.name} (run by relay clinic move)")
         if paused:
             typer.echo(paused.line(pool))
+        if left := orphans(client, {p.parent.name for p in paths}):
+            typer.echo(
+                f"no folder in {folder} for the clinic of {', '.join(left)}: a clinic that left? "
+                "Its ticks fail until you delete them: prefect deployment delete <flow/name>",
+                err=True,
+            )
     typer.echo(
         f"Start a worker on each machine: relay worker --pool {pool} (from its own checkout; "
         f"it serves {queue_for('<machine>')}, RELAY_MACHINE or the host name)"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -45,7 +46,9 @@ def deploy(monkeypatch, tmp_path):
     monkeypatch.setattr(
         prefect.client.orchestration,
         "get_client",
-        lambda sync_client=False: contextlib.nullcontext(object()),
+        lambda sync_client=False: contextlib.nullcontext(
+            SimpleNamespace(read_deployments=lambda flow_filter: [])
+        ),
     )
 
     def run():

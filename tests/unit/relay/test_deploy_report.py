@@ -31,6 +31,16 @@ class Server:
             raise ObjectNotFound(http_exc=Exception(name))
         return SimpleNamespace(id=self.deployments[name])
 
+    def read_deployments(self, flow_filter) -> list:
+        (flow,) = flow_filter.name.any_
+        return [
+            SimpleNamespace(
+                name=name.split("/")[1], parameters={"clinic": name.split("/")[1].rsplit("-", 1)[0]}
+            )
+            for name in self.deployments
+            if name.startswith(f"{flow}/")
+        ]
+
     def delete_deployment(self, deployment_id) -> None:
         name = next(n for n, i in self.deployments.items() if i == deployment_id)
         self.deleted.append(name)
@@ -104,3 +114,18 @@ def test_a_copied_folder_still_naming_another_clinic_deploys_nothing(deploy, tmp
 
     assert result.exit_code != 0 and applied == []
     assert "clinic: owned is not its folder's name (copy)" in str(result.exception), result.output
+
+
+def test_the_deployments_of_a_clinic_whose_folder_is_gone_are_named_not_deleted(deploy):
+    """A clinic that left (its folder removed, then `relay deploy`) kept its deployments: its
+    ticks failed every 5 minutes, each with an alert saying to create its clinic.yaml, and the
+    deploy said nothing. They are named, with how to delete them; deleting is left to a person
+    (a mistyped --clinics would otherwise take every clinic's)."""
+    server = Server("clinic-tick/gone-tick", "campaign/gone-campaign", "clinic-tick/owned-tick")
+    result, _ = deploy(server)
+
+    assert result.exit_code == 0, result.output
+    said = result.output + (result.stderr if result.stderr_bytes is not None else "")
+    assert "clinic-tick/gone-tick, campaign/gone-campaign: a clinic that left?" in said, said
+    assert "prefect deployment delete" in said and "owned-tick:" not in said
+    assert "clinic-tick/gone-tick" in server.deployments  # named, not deleted
