@@ -23,6 +23,12 @@ def deploy(monkeypatch, tmp_path):
     'b' to 'c'; the server is faked: what would be deployed where is recorded."""
     import prefect.client.orchestration
 
+    # Imported before get_client is faked below: Prefect modules they import (prefect.artifacts)
+    # bind get_client when first imported, and would keep the fake for every later test.
+    import flows.campaign  # noqa: F401
+    import flows.report  # noqa: F401
+    import flows.restore  # noqa: F401
+    import flows.tick  # noqa: F401
     import relay.cli.deploy as deploy
     import tasks.home
 

@@ -52,6 +52,12 @@ def deploy(monkeypatch, tmp_path):
     """`relay deploy` of two clinics: `owned` with a report: section, `plain` without one."""
     import prefect.client.orchestration
 
+    # Imported before get_client is faked below: Prefect modules they import (prefect.artifacts)
+    # bind get_client when first imported, and would keep the fake for every later test.
+    import flows.campaign  # noqa: F401
+    import flows.report  # noqa: F401
+    import flows.restore  # noqa: F401
+    import flows.tick  # noqa: F401
     import relay.cli.deploy as deploy
     import tasks.home
 
