@@ -440,8 +440,10 @@ class ClinicConfig(_Section):
 
 
 def _describe(err: ErrorDetails, raw: dict | None = None) -> str:
-    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
     loc = err["loc"]
+    if not loc and err["type"] in ("trigger_template", "marketing_template"):
+        return err["msg"]  # it names the trigger, journey or campaign
+    where = ".".join(str(p) for p in loc) or "(top level)"
     if raw and len(loc) > 1 and loc[0] in ("journeys", "campaigns") and isinstance(loc[1], int):
         # name the entry, not just its position: "journeys[1] (birthday).steps.0.template"
         entries = raw.get(loc[0])

@@ -66,11 +66,6 @@ def by_source_kind(preparers: Mapping[str, Prepare]) -> Prepare:
 
 def clinic_details(cfg: ClinicConfig) -> dict[str, str]:
     """The ``clinic`` variables templates see, from the config's ``providers.sender``."""
-    sender = cfg.providers.sender
-    return {
-        "name": sender.name or cfg.name,
-        "email": sender.reply_to or sender.email,
-        "phone": sender.phone,
-        "website": sender.website,
-        "address": sender.address,
-    }
+    from tasks.messages.templates import clinic_variables
+
+    return {k: str(v) for k, v in clinic_variables(cfg.providers.sender, cfg.name).items()}

@@ -59,6 +59,47 @@ class TemplateError(UserFacingError):
     """A template that cannot be used: names the template, the file and what to change."""
 
 
+class Blank(str):
+    """A clinic detail clinic.yaml leaves empty (``providers.sender.phone``, ``website``,
+    ``address``) in :func:`clinic_variables`: false in ``{% if clinic.phone %}``, but printed as
+    it stands it is an error (:func:`template_warnings` checks each trigger's template with
+    these, so a message saying "To change it call ." is seen before it goes)."""
+
+    setting: str
+
+    def __new__(cls, setting: str) -> Blank:
+        blank = super().__new__(cls, "")
+        blank.setting = setting
+        return blank
+
+
+class _BlankPrinted(jinja2.TemplateRuntimeError):
+    pass
+
+
+def _no_blanks(value: Any) -> Any:
+    """Jinja's finalize: every ``{{ ... }}`` value passes here before it is written."""
+    if isinstance(value, Blank):
+        raise _BlankPrinted(
+            f"clinic.{value.setting} is empty: set providers.sender.{value.setting} in "
+            f"clinic.yaml, or print it only under {{% if clinic.{value.setting} %}}"
+        )
+    return value
+
+
+def clinic_variables(sender: Any, clinic_name: str) -> dict[str, str]:
+    """The ``clinic`` variables as clinic.yaml's ``providers.sender`` gives them, a detail left
+    empty as :class:`Blank` (the check; messages get tasks.messages.prepare.clinic_details)."""
+    details = {
+        "name": sender.name or clinic_name,
+        "email": sender.reply_to or sender.email,
+        "phone": sender.phone,
+        "website": sender.website,
+        "address": sender.address,
+    }
+    return {k: v if v.strip() else Blank(k) for k, v in details.items()}
+
+
 def sms_size(text: str) -> SmsSize:
     """How many segments a carrier bills for this text (concatenated parts lose header room)."""
     if all(c in GSM_BASIC or c in GSM_EXTENDED for c in text):
@@ -86,6 +127,7 @@ def _environment(search_path: tuple[Path, ...]) -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
         keep_trailing_newline=False,
+        finalize=_no_blanks,
         trim_blocks=True,
         lstrip_blocks=True,
     )
@@ -134,6 +176,8 @@ class Templates:
                 f"template {name!r} ({part}): {exc.message}. Use only variables the context has "
                 "(patient, appointment, clinic, unsubscribe_url), or guard with {% if ... %}."
             ) from None
+        except _BlankPrinted as exc:  # names the setting, never a value
+            raise TemplateError(f"template {name!r} ({part}): {exc}") from None
         except jinja2.TemplateError as exc:
             raise TemplateError(f"template {name!r} ({part}): {type(exc).__name__}") from None
 
@@ -179,12 +223,14 @@ class Templates:
         return self.render_sms(name, context, marketing=marketing)
 
     def validate(
-        self, name: str, channel: str, *, marketing: bool, appointment: bool = True
-    ) -> list[str]:
+        self, name: str, channel: str, *, marketing: bool, appointment: bool = True,
+        clinic: Mapping[str, Any] | None = None,
+    ) -> list[str]:  # fmt: skip
         """Render against the sample context; raise TemplateError, or return warnings to show.
         ``appointment``: whether its messages are about an appointment (False: a trigger on a
-        patient, alert or invoice, whose messages have ``appointment`` empty)."""
-        context = sample_context(marketing=marketing, appointment=appointment)
+        patient, alert or invoice, whose messages have ``appointment`` empty); ``clinic``: the
+        clinic's own details (:func:`clinic_variables`), else a sample clinic's."""
+        context = sample_context(marketing=marketing, appointment=appointment, clinic=clinic)
         rendered = self.render(name, channel, context, marketing=marketing)
         if isinstance(rendered, RenderedSms) and rendered.size.segments > 1:
             size = rendered.size
@@ -202,13 +248,21 @@ class Templates:
 
 
 def template_warnings(config: Any, trigger: Any) -> list[str]:
-    """What a trigger's template warns of against the sample context (an SMS over one segment):
-    the configuration loads with these, so the commands that check a clinic or a trigger
-    (``relay clinics``, ``relay preview trigger``) show them."""
-    return Templates(config.folder).validate(
-        trigger.template, trigger.channel, marketing=trigger.purpose == "marketing",
-        appointment=trigger.is_appointment_event,
-    )  # fmt: skip
+    """What a trigger's template warns of against the sample context (an SMS over one segment),
+    and a clinic detail it prints that clinic.yaml leaves empty ("To change it call ."): the
+    configuration loads with these, so the commands that check a clinic or a trigger (``relay
+    clinics``, ``relay preview trigger``) show them."""
+    templates = Templates(config.folder)
+    kwargs = dict(
+        marketing=trigger.purpose == "marketing", appointment=trigger.is_appointment_event
+    )
+    warnings = templates.validate(trigger.template, trigger.channel, **kwargs)
+    clinic = clinic_variables(config.providers.sender, config.name)
+    try:
+        templates.validate(trigger.template, trigger.channel, clinic=clinic, **kwargs)
+    except TemplateError as exc:
+        warnings.append(f"{exc}; as it stands its messages would say nothing there")
+    return warnings
 
 
 def size_note(size: SmsSize) -> str:

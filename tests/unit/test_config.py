@@ -26,6 +26,17 @@ def test_an_unknown_setting_names_the_file_and_the_field(tmp_path):
     assert "sync.overlap_minute: unknown setting" in str(err.value)
 
 
+def test_a_trigger_template_problem_names_the_trigger_without_a_top_level_prefix(tmp_path):
+    path = write(tmp_path, "clinic: x\nname: X\ntriggers:\n  - {name: remind, event: "
+                 "before_appointment, timing: 1 day before, channel: sms, template: nope, "
+                 "purpose: transactional}\n")  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        load_clinic(path)
+    assert "\n  triggers: trigger 'remind' (entry 1): template: template 'nope': no file" in str(
+        err.value
+    )
+
+
 def test_a_bad_time_zone_is_explained(tmp_path):
     path = write(tmp_path, "clinic: x\nname: X\ntime_zone: Melbourne\n")
     with pytest.raises(ConfigError, match="time_zone: .*not an IANA time zone"):

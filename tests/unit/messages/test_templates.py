@@ -249,3 +249,37 @@ def test_an_sms_trigger_over_one_segment_is_warned_of_by_relay_clinics(tmp_path,
 def test_an_sms_size_note_says_its_segments():
     assert size_note(sms_size("Hi")) == "2 GSM-7 units, 1 segment"
     assert size_note(sms_size("😀" * 36)) == "72 UCS-2 units, 2 segments (each segment is billed)"
+
+
+def test_a_clinic_detail_left_empty_in_clinic_yaml_is_a_warning_naming_the_setting():
+    """`relay connect` writes ``phone: ''``: a reminder switched on would say "To change it call
+    ." to every patient. `relay clinics` and `relay preview trigger` say so, naming the setting."""
+    from tasks.config import ClinicConfig
+    from tasks.messages.templates import template_warnings
+
+    reminder = {"name": "reminder", "event": "before_appointment", "timing": "24 hours before",
+                "channel": "sms", "template": "reminder-24h", "purpose": "transactional"}  # fmt: skip
+    sender = {"phone": "", "website": "https://t.example", "address": "1 T St"}
+    config = ClinicConfig(clinic="t", name="T", triggers=[reminder], providers={"sender": sender})
+    (warning,) = template_warnings(config, config.triggers[0])
+    assert "template 'reminder-24h' (sms.txt): clinic.phone is empty" in warning
+    assert "set providers.sender.phone in clinic.yaml" in warning
+    filled = config.model_copy(update={"providers": config.providers.model_copy(
+        update={"sender": config.providers.sender.model_copy(update={"phone": "03 9000 1"})})})  # fmt: skip
+    assert template_warnings(filled, filled.triggers[0]) == []
+
+
+def test_a_clinic_detail_printed_only_when_set_is_no_warning(tmp_path):
+    templates = clinic_templates(
+        tmp_path, {"note/sms.txt": "Hi{% if clinic.phone %}, call {{ clinic.phone }}{% endif %}"}
+    )
+    from types import SimpleNamespace
+
+    from tasks.messages.templates import clinic_variables
+
+    sender = SimpleNamespace(name=None, email="a@t.example", reply_to=None, phone=" ",
+                             website="", address="")  # fmt: skip
+    clinic = clinic_variables(sender, "T")
+    assert templates.validate("note", "sms", marketing=False, clinic=clinic) == []
+    assert templates.render_sms("note", sample_context(marketing=False, clinic=clinic),
+                                marketing=False).text == "Hi"  # fmt: skip
