@@ -289,11 +289,15 @@ def build_context(
     practitioner: str | None = None,
     business: str | None = None,
     unsubscribe_url: str | None = None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """The variables every template sees. ``first_name`` is the preferred name when there is one.
 
     The appointment's time is shown in ``time_zone`` (the business's, from Cliniko's
     ``time_zone_identifier``); pass the UTC start and let this do the conversion.
+    ``appointment.day`` says the day as the patient reads it when the message goes (``now``):
+    "today", "tomorrow", else "on Monday 7 December" (a reminder sent at once for a late
+    booking is not "tomorrow"); without ``now`` (a sample), the longest form.
     """
     context: dict[str, Any] = {
         "patient": {
@@ -311,6 +315,7 @@ def build_context(
         context["appointment"] = {
             "starts_at": local,
             "date": f"{local:%A} {local.day} {local:%B}",
+            "day": _day(local, now),
             "time": f"{local.hour % 12 or 12}:{local:%M} {'am' if local.hour < 12 else 'pm'}",
             "type": appointment_type or "",
             "practitioner": practitioner or "",
@@ -319,6 +324,15 @@ def build_context(
     if unsubscribe_url is not None:
         context["unsubscribe_url"] = unsubscribe_url
     return context
+
+
+def _day(local: datetime, now: datetime | None) -> str:
+    """ "today", "tomorrow" or "on Monday 7 December": ``local``'s day seen from ``now``."""
+    if now is not None:
+        ahead = (local.date() - now.astimezone(local.tzinfo).date()).days
+        if ahead in (0, 1):
+            return ("today", "tomorrow")[ahead]
+    return f"on {local:%A} {local.day} {local:%B}"
 
 
 SAMPLE_CLINIC = {

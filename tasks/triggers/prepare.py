@@ -65,7 +65,7 @@ class Preparer:
             return Skip(NOT_SENT_EARLY)
         if c["due_problem"]:
             return Skip(c["due_problem"])
-        return Ready(to=c["address"], context=template_context(self.clinic, c))
+        return Ready(to=c["address"], context=template_context(self.clinic, c, now))
 
     def _load(self, trigger: Trigger) -> None:
         self._loaded.add(trigger.name)
@@ -74,8 +74,9 @@ class Preparer:
             self._decisions[message_id] = decision
 
 
-def template_context(clinic: dict[str, str], c: dict[str, Any]) -> dict[str, Any]:
-    """Template variables for one candidate row (patient, appointment, clinic)."""
+def template_context(clinic: dict[str, str], c: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """Template variables for one candidate row (patient, appointment, clinic), for a message
+    going at ``now``."""
     return build_context(
         clinic=clinic,
         first_name=c["first_name"] or c["preferred_first_name"] or "",
@@ -86,4 +87,5 @@ def template_context(clinic: dict[str, str], c: dict[str, Any]) -> dict[str, Any
         appointment_type=c["appointment_type_name"],
         practitioner=c["practitioner_name"],
         business=c["business_name"],
+        now=now,
     )

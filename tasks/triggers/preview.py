@@ -239,4 +239,4 @@ def context_for_patient(
         candidate.update(zip(keys, row[1:], strict=True))
         used = f"appointment {row[0]} ({row[3]})"
     address = email if trigger.channel == "email" else mobile
-    return address, template_context(clinic_details(config), candidate), used
+    return address, template_context(clinic_details(config), candidate, now), used

@@ -110,6 +110,25 @@ def test_the_appointment_is_shown_in_the_business_time_zone_across_daylight_savi
     assert local("2026-07-14T05:00:00+00:00", "Australia/Perth") == ("Tuesday 14 July", "1:00 pm")
 
 
+def test_the_appointment_day_is_said_from_when_the_message_goes_in_the_clinics_time():
+    """The example reminder said "tomorrow" whatever the day: a late booking's reminder sent
+    at once (last_minute: send) told a patient booked for 2 pm today to come tomorrow."""
+    starts = datetime.fromisoformat("2026-03-04T03:00:00+00:00")  # 2 pm Wed 4 March, Melbourne
+
+    def day(now: str | None) -> str:
+        context = build_context(
+            clinic={}, first_name="A", appointment_starts_at=starts,
+            time_zone="Australia/Melbourne", now=now and datetime.fromisoformat(now),
+        )  # fmt: skip
+        return context["appointment"]["day"]
+
+    assert day("2026-03-03T23:00:00+00:00") == "today"  # 10 am the same day, Melbourne
+    assert day("2026-03-03T03:00:00+00:00") == "tomorrow"  # 2 pm the day before
+    assert day("2026-03-03T13:30:00+00:00") == "today"  # 00:30 local: UTC still says the 3rd
+    assert day("2026-03-02T03:00:00+00:00") == "on Wednesday 4 March"
+    assert day(None) == "on Wednesday 4 March"  # a sample: the longest form
+
+
 def test_marketing_email_without_the_unsubscribe_link_is_refused(tmp_path):
     templates = clinic_templates(
         tmp_path,
