@@ -50,6 +50,7 @@ def providers_for(cfg: ClinicConfig) -> dict[Channel, Provider]:
         email_from=formataddr((sender.name or cfg.name, sender.email)),
         sms_from=sender.name or cfg.name,
         time_zone=cfg.time_zone,
+        reply_to=sender.reply_to,
     )
 
     def load(block_type: Any, name: str, setting: str) -> Provider:
@@ -65,6 +66,7 @@ def providers_for(cfg: ClinicConfig) -> dict[Channel, Provider]:
         return block.provider()
 
     email = load(PostmarkServer, cfg.providers.email, "email")
-    if hasattr(email, "track_marketing"):  # Postmark: the clinic's providers.tracking
+    if hasattr(email, "track_marketing"):  # Postmark: the clinic's tracking and reply-to
         email.track_marketing(cfg.providers.tracking.opens, cfg.providers.tracking.links)
+        email.reply_to_by_default(sender.reply_to)
     return {"email": email, "sms": load(TwilioAccount, cfg.providers.sms, "sms")}

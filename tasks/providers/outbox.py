@@ -137,11 +137,18 @@ class OutboxProvider:
     request_size = 500
 
     def __init__(
-        self, folder: Path, *, email_from: str, sms_from: str, time_zone: str = "UTC"
+        self,
+        folder: Path,
+        *,
+        email_from: str,
+        sms_from: str,
+        time_zone: str = "UTC",
+        reply_to: str | None = None,
     ) -> None:
         self.folder = folder
         self.time_zone = time_zone  # the index shows times in the clinic's zone
         self.email_from = email_from
+        self.reply_to = reply_to  # the clinic's providers.sender.reply_to: a patient's reply
         self.sms_from = sms_from
         self.name = "outbox"
         self._wrote = False
@@ -153,9 +160,10 @@ class OutboxProvider:
             if not (self.folder / f"{stem}.json").exists():
                 sender = self.email_from if msg.channel == "email" else self.sms_from
                 kind, _ = source_of(msg.send_key)
+                reply = {"Reply-To": self.reply_to} if self.reply_to else {}
                 write_message_files(
                     self.folder, stem, msg.content, to=msg.to, sender=sender,
-                    send_key=msg.send_key, source=f"{kind} {msg.tag}".strip(),
+                    send_key=msg.send_key, source=f"{kind} {msg.tag}".strip(), headers=reply,
                 )  # fmt: skip
                 self._wrote = True
             outcomes.append(Outcome("sent", provider_message_id=f"outbox-{stem}"))

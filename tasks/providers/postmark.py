@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Literal
 from urllib.parse import urlsplit
@@ -98,6 +98,12 @@ class PostmarkProvider:
         """False for a stand-in on this machine (the sandbox): its mail reaches nobody."""
         host = (urlsplit(self.settings.base_url or DEFAULT_API).hostname or "").lower()
         return not (host in ("localhost", "::1") or host.startswith("127."))
+
+    def reply_to_by_default(self, address: str | None) -> None:
+        """Replies go to ``address`` (the clinic's providers.sender.reply_to) unless the
+        PostmarkServer block names its own ``reply_to``."""
+        if address and not self.settings.reply_to:
+            self.settings = replace(self.settings, reply_to=address)
 
     def track_marketing(self, opens: bool, links: bool) -> None:
         """Track opens and/or links of marketing email (the clinic's providers.tracking)."""

@@ -55,3 +55,34 @@ def test_the_clinics_tracking_setting_reaches_postmark_for_marketing_email_only(
     assert flags("transactional") == (False, "None")
     off = providers_for(ClinicConfig(clinic="t", name="T", providers={"email": "env"}))["email"]
     assert off._tracking(True) == {"TrackLinks": "None", "TrackOpens": False}
+
+
+def test_replies_go_to_the_clinics_reply_to_unless_the_postmark_block_names_its_own(
+    monkeypatch, data_dir
+):
+    """providers.sender.reply_to (relay connect writes Cliniko's email_reply_to there) went
+    only into templates' clinic.email: replies to a reminder went to the From address."""
+    from tasks.providers.common import OutgoingMessage, RenderedEmail
+    from tasks.providers.postmark import PostmarkProvider, PostmarkSettings
+
+    monkeypatch.setenv("POSTMARK_SERVER_TOKEN", "token")
+    monkeypatch.setenv("POSTMARK_FROM", "noreply@clinic.example")
+    sender = {"email": "noreply@clinic.example", "reply_to": "frontdesk@clinic.example"}
+    msg = OutgoingMessage(1, "k", "email", "transactional", "t", "a@b.example",
+                          RenderedEmail("s", "<p>h</p>", "h"))  # fmt: skip
+
+    def reply_to(providers: dict) -> ClinicConfig:
+        return ClinicConfig(clinic="t", name="T", providers={"sender": sender, **providers})
+
+    email = providers_for(reply_to({"email": "env"}))["email"]
+    assert email._as_dict(msg)["ReplyTo"] == "frontdesk@clinic.example"
+    own = PostmarkProvider(
+        PostmarkSettings("token", "noreply@clinic.example", "accounts@x.example")
+    )
+    own.reply_to_by_default("frontdesk@clinic.example")
+    assert own._as_dict(msg)["ReplyTo"] == "accounts@x.example"  # the block's own wins
+
+    outbox = providers_for(reply_to({}))["email"]
+    outbox.send([msg])
+    (eml,) = (data_dir / "outbox" / "t").glob("*.eml")
+    assert "Reply-To: frontdesk@clinic.example" in eml.read_text()
