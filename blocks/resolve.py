@@ -19,6 +19,7 @@ from tasks.config import ClinicConfig, ConfigError
 from tasks.messages.ledger import Channel
 from tasks.providers.common import Provider
 from tasks.providers.outbox import OutboxProvider, outbox_dir
+from tasks.providers.postmark import PostmarkProvider
 
 
 def cliniko_account(config: ClinicConfig) -> ClinikoAccount:
@@ -66,7 +67,7 @@ def providers_for(cfg: ClinicConfig) -> dict[Channel, Provider]:
         return block.provider()
 
     email = load(PostmarkServer, cfg.providers.email, "email")
-    if hasattr(email, "track_marketing"):  # Postmark: the clinic's tracking and reply-to
+    if isinstance(email, PostmarkProvider):  # the clinic's tracking and reply-to
         email.track_marketing(cfg.providers.tracking.opens, cfg.providers.tracking.links)
         email.reply_to_by_default(sender.reply_to)
     return {"email": email, "sms": load(TwilioAccount, cfg.providers.sms, "sms")}
