@@ -6,7 +6,8 @@ A clinic writes them under ``triggers:`` in its clinic.yaml (PRODUCT.md §3; see
       enabled: true                   # off by default: preview first, then switch on
       event: before_appointment
       timing: 24 hours before         # 'immediately' or 'N minutes|hours|days|weeks before|after'
-      last_minute: send               # booked after the planned moment: send at once, or skip
+      last_minute: send               # booked after the planned moment: send at once (the
+                                      # default for 'before' triggers), or skip
       grace: 2 hours                  # later than this past its moment: skipped, not sent late
       channel: sms
       template: reminder-24h
