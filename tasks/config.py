@@ -82,7 +82,8 @@ class FastLaneSettings(_Section):
 class MarketingListSettings(_Section):
     """Who is on the email and SMS marketing lists (PRODUCT.md §2; read by sql/marts)."""
 
-    # Patients seen (or created) within this many months; 'all' keeps everyone.
+    # Patients seen (or created) within this many months; 'all' keeps everyone. Quoted or in
+    # capitals ("24", All) it means the same: refused, "24" was told it "should be ... 24".
     active_patient_limit: Literal[6, 12, 18, 24, "all"] = 24
     # At most this many subscribed emails (a trial account's 250); none = no cap.
     size_cap: int | None = Field(None, ge=1)
@@ -93,6 +94,12 @@ class MarketingListSettings(_Section):
     # This many soft bounces since an address was last lifted take it off the email list (the
     # list model) and stop marketing to it at once (the feedback pull).
     soft_bounce_limit: int = Field(5, ge=1)
+
+    @field_validator("active_patient_limit", mode="before")
+    @classmethod
+    def _limit_as_written(cls, value: object) -> object:
+        text = value.strip().lower() if isinstance(value, str) else value
+        return int(text) if isinstance(text, str) and text.isdigit() else text
 
     @property
     def active_patient_months(self) -> int | None:

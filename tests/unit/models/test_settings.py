@@ -80,3 +80,14 @@ def test_a_quote_in_a_setting_cannot_reach_the_sql(tmp_path):
     models.build(con, settings, now=datetime(2026, 11, 22, tzinfo=UTC))
     assert con.execute("SELECT country FROM state.build_context").fetchone()[0] == settings.country
     assert con.execute("SELECT count(*) FROM raw.patients").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize(
+    "written, months",
+    [('"24"', 24), ("'6'", 6), ("All", None), ('"ALL"', None), (" 12", 12)],
+)
+def test_a_limit_written_as_text_or_in_capitals_means_the_same_limit(tmp_path, written, months):
+    """`active_patient_limit: "24"` was refused with "Input should be 6, 12, 18, 24 or 'all'":
+    the owner wrote 24 and was told to write 24."""
+    config = load_clinic(write(tmp_path, f"marketing_list:\n  active_patient_limit: {written}\n"))
+    assert models.ListSettings.from_config(config).active_patient_months == months
