@@ -183,6 +183,9 @@ def _stripped(text: str) -> str:
     return text.strip().rstrip(";").strip()
 
 
+_WRITES = ("INSERT_QUERY_NODE", "UPDATE_QUERY_NODE", "DELETE_QUERY_NODE")  # run in a CTE
+
+
 def tables_read(
     con: duckdb.DuckDBPyConnection, file: str, sql: str, tree: str | None = None
 ) -> tuple[str, ...]:
@@ -196,7 +199,7 @@ def tables_read(
     nodes: list[dict] = []  # only the nodes read below, kept as the JSON decoder makes them
 
     def keep(node: dict) -> dict:
-        if "cte_map" in node or node.get("type") in ("BASE_TABLE", "TABLE_FUNCTION"):
+        if "cte_map" in node or node.get("type") in ("BASE_TABLE", "TABLE_FUNCTION") + _WRITES:
             nodes.append(node)
         return node
 
@@ -206,6 +209,10 @@ def tables_read(
     parsed = json.loads(serialized, object_hook=keep)
     if parsed.get("error"):
         raise ModelError(f"{file}: {parsed.get('error_message', 'cannot parse the SQL')}")
+    for node in nodes:
+        if node.get("type") in _WRITES:  # DuckDB runs it: a segment deleted every unsubscribe
+            kind = node["type"].split("_")[0]
+            raise ModelError(f"{file}: writes ({kind} in a WITH clause); a model only reads.")
     ctes = {
         entry["key"].lower()
         for node in nodes

@@ -213,6 +213,45 @@ def test_a_file_with_two_statements_is_refused(con, tmp_path):
         models.discover(con, sql_dir)
 
 
+@pytest.mark.parametrize(
+    "file, sql",
+    [
+        (
+            "segments/unsubscribes_gone.sql",
+            "with gone as (delete from state.suppressions returning 1) "
+            "select patient_id from marts.people",
+        ),
+        ("tests/no_rows.sql", "with x as (delete from raw.patients returning id) select * from x"),
+        (
+            "marts/x.sql",
+            "select * from (with y as (update raw.patients set payload = '{}' returning id) "
+            "select id from y)",
+        ),
+        (
+            "marts/y.sql",
+            "with y as (insert into state.suppressions (channel, address, action, reason, "
+            "source, occurred_at) values ('sms', '+61400000000', 'lift', 'opt_in', 'x', now()) "
+            "returning 1 as n) select * from y",
+        ),
+    ],
+)
+def test_a_file_that_writes_in_a_cte_is_refused_and_writes_nothing(con, tmp_path, file, sql):
+    """DuckDB runs INSERT/UPDATE/DELETE in a CTE of a SELECT: such a segment passed as 'one
+    SELECT', and its build deleted every unsubscribe (the unsubscribed went back on the list)."""
+    sql_dir = write(tmp_path, GOOD)
+    build(con, sql_dir)
+    con.execute(
+        "INSERT INTO state.suppressions (channel, address, action, reason, source, occurred_at) "
+        "VALUES ('email', 'ann@example.com', 'suppress', 'unsubscribed', 'csv_import', ?)",
+        [NOW],
+    )
+    write(tmp_path, {file: sql})
+    with pytest.raises(models.BuildFailed, match=f"sql/{file}: writes"):
+        build(con, sql_dir)
+    assert count(con, "state.suppressions") == 1 and count(con, "raw.patients") == 2
+    assert con.execute("SELECT count(*) FROM raw.patients WHERE payload = '{}'").fetchone()[0] == 0
+
+
 def test_an_unreadable_config_line_is_refused_with_an_example(con, tmp_path):
     sql_dir = write(tmp_path, {"marts/x.sql": "-- config: materialized=incremental\nselect 1 as a"})
     with pytest.raises(models.ModelError, match="needs key= in its '-- config:' line"):
