@@ -1,9 +1,8 @@
 """The clinic's versioned configuration: one YAML file per clinic, validated by typed models.
 
 A clinic lives in ``clinics/<clinic>/clinic.yaml`` (``clinic:`` is its folder's name; templates
-and other clinic files sit beside it). Credentials never live here: the file names a Prefect block,
-or ``env``. Every error names the file, the entry and the field, and says what to do; unknown keys
-are refused, so a typo is an error, not a silently ignored setting.
+sit beside it). Credentials never live here: the file names a Prefect block, or ``env``. Every
+error names the file, entry and field and what to do; an unknown key (a typo) is refused.
 """
 
 from __future__ import annotations
@@ -82,8 +81,7 @@ class FastLaneSettings(_Section):
 class MarketingListSettings(_Section):
     """Who is on the email and SMS marketing lists (PRODUCT.md §2; read by sql/marts)."""
 
-    # Patients seen (or created) within this many months; 'all' keeps everyone. Quoted or in
-    # capitals ("24", All) it means the same: refused, "24" was told it "should be ... 24".
+    # Patients seen (or created) within this many months; 'all' keeps everyone ("24", All too).
     active_patient_limit: Literal[6, 12, 18, 24, "all"] = 24
     # At most this many subscribed emails (a trial account's 250); none = no cap.
     size_cap: int | None = Field(None, ge=1)
