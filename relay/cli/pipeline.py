@@ -128,8 +128,8 @@ def models_build_command(
         statuses = con.execute(
             "SELECT status, count(*) FROM marts.email_marketing_list GROUP BY ALL ORDER BY 2 DESC"
         ).fetchall()
-        by_limit = con.execute(
-            "SELECT active_patient_limit, list_size, is_current_setting "
+        by_limit = con.execute(  # as the list would be: a size cap applies under every limit
+            "SELECT active_patient_limit, list_size_after_cap, is_current_setting "
             "FROM marts.list_size_by_limit"
         ).fetchall()
     typer.echo(
@@ -140,7 +140,12 @@ def models_build_command(
     typer.echo(
         "  size under each active-patient limit (months): "
         + ", ".join(f"{limit}{'*' if current else ''} {size}" for limit, size, current in by_limit)
-        + "   (* = clinic.yaml)"
+        + "   (* = clinic.yaml"
+        + (
+            f"; at most {config.marketing_list.size_cap}, its size_cap)"
+            if config.marketing_list.size_cap
+            else ")"
+        )
     )
     typer.echo("Audience sizes, joined and left since the last build:")
     for audience, counts in result.audiences.items():

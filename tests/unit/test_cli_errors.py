@@ -225,3 +225,14 @@ def test_an_opt_in_refused_is_one_line_and_records_nothing(data_dir, args, says)
     assert_clean(lines)
     assert "pat@example" not in lines[0] and "0411" not in lines[0]
     assert not (data_dir / "demo.duckdb").exists()
+
+
+def test_the_list_sizes_by_limit_are_after_the_clinics_size_cap(built):
+    """`relay models build` printed each limit's size before the cap: '24* 364' on a list
+    capped at 250 (an owner reading it thought 364 would get their email)."""
+    yaml = built / "clinics" / "demo" / "clinic.yaml"
+    yaml.write_text(yaml.read_text().replace("size_cap: null ", "size_cap: 250  "))
+    code, lines = relay("models", "build", cwd=built)
+    assert code == 0, lines
+    (sizes,) = [line for line in lines if "size under each active-patient limit" in line]
+    assert sizes.endswith("(* = clinic.yaml; at most 250, its size_cap)"), sizes
