@@ -32,8 +32,9 @@ from tasks.cliniko.client import (
 from tasks.cliniko.resources import RESOURCES
 from tasks.connect import ConnectFailed
 
-# The shards Cliniko documents (MD22 readme: au1-3, ca1, uk1, eu1; docs/reference.md).
-SHARDS = ("au1", "au2", "au3", "ca1", "uk1", "eu1")
+# The shards Cliniko documents: docs.api.cliniko.com lists au1-au4, ca1, uk1, uk2 and eu1 (the
+# 2022 readme only au1-3, ca1, uk1, eu1); docs/reference.md.
+SHARDS = ("au1", "au2", "au3", "au4", "ca1", "uk1", "uk2", "eu1")
 SERVICE = "Cliniko"
 
 

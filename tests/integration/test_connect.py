@@ -86,6 +86,23 @@ def test_cliniko_key_without_its_suffix_is_the_wrong_shard_and_names_the_right_o
         assert body not in str(err)  # the key itself is never in a message
 
 
+@pytest.mark.parametrize("home", ["au4", "uk2"])
+def test_cliniko_wrong_shard_is_found_on_every_shard_cliniko_lists(home):
+    """docs.api.cliniko.com lists au1-au4, ca1, uk1, uk2 and eu1: a key without its suffix (sent
+    to au1) whose account lives on au4 or uk2 is the wrong shard, not a bad key."""
+    clinic = SandboxClinic.generate(seed=7, patients=3, appointments_per_patient=1, shard=home)
+    other = SandboxClinic.generate(seed=8, patients=3, appointments_per_patient=1)
+    with (
+        SandboxServer(clinic, rate_limit=None) as there,
+        SandboxServer(other, rate_limit=None) as au1,
+    ):
+        urls = {s: NOWHERE for s in (*SHARDS, home)} | {"au1": au1.base_url, home: there.base_url}
+        body = clinic.api_key.rsplit("-", 1)[0]
+        err = failure(verify_cliniko, body, CONTACT, urls=urls.__getitem__)
+    assert err.problem == "wrong_shard", str(err)
+    assert f"-{home}" in str(err)
+
+
 @pytest.mark.parametrize(
     "access, named",
     [
