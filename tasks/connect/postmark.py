@@ -13,7 +13,8 @@ cannot read them, so docs/connect.md shows where to check them in Postmark's UI.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from email.utils import parseaddr
+from email.errors import InvalidHeaderDefect
+from email.headerregistry import HeaderRegistry
 
 import requests
 from postmarker.core import PostmarkClient
@@ -29,14 +30,29 @@ BAD_TOKEN = 10  # "Bad or missing Server API token"
 
 def from_address_problem(value: str | None) -> str | None:
     """Why Postmark would refuse every email from ``value`` ("Invalid 'From' address"), or None:
-    its address (``Name <address>`` or the address alone) shaped as dispatch wants a
-    recipient's. Checked before any request: whether its domain is verified only Postmark's UI
-    shows."""
-    if EMAIL.match(parseaddr(value or "")[1]):
+    one address (``Name <address>`` or the address alone, a name with a comma in double quotes),
+    shaped as dispatch wants a recipient's. Checked before any request: whether its domain is
+    verified only Postmark's UI shows."""
+    text = (value or "").strip()
+    try:
+        header = HeaderRegistry()("from", text)
+        addresses = [a.addr_spec for a in header.addresses]
+        broken = any(isinstance(d, InvalidHeaderDefect) for d in header.defects)
+    except (ValueError, IndexError, TypeError):  # the parser gave up: not an address
+        addresses, broken = [], True
+    example = "e.g. 'Acme Physio <hello@acmephysio.com.au>'"
+    if len(addresses) > 1 and "<" in text and text.count(",") == 1 and '"' not in text:
+        return (
+            f"'{value}' reads as two addresses: a name with a comma goes in double quotes, "
+            f"e.g. '\"Acme Physio, Bondi\" <hello@acmephysio.com.au>'"
+        )
+    if len(addresses) > 1:
+        return f"'{value}' is {len(addresses)} addresses: a From is one address, {example}"
+    if not broken and len(addresses) == 1 and EMAIL.match(addresses[0]):
         return None
     return (
         f"'{value}' is not an email address. Give the address mail goes from, on the sending "
-        "domain verified in Postmark, e.g. 'Acme Physio <hello@acmephysio.com.au>'"
+        f"domain verified in Postmark, {example}"
     )
 
 

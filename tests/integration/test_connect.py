@@ -378,7 +378,12 @@ def test_connect_refuses_a_value_the_blocks_refuse_before_any_request(tmp_path, 
     assert "secret-token" not in result.output and "Checking" not in result.output
 
 
-@pytest.mark.parametrize("sender", ["hello", "Acme Physio", "hello@acme", "Acme <hello@>"])
+@pytest.mark.parametrize(
+    "sender",
+    ["hello", "Acme Physio", "hello@acme", "Acme <hello@>",
+     "hello@acme.com.au, info@acme.com.au", "Acme <hello@acme.com.au",
+     "Acme Physio, Bondi <hello@acme.com.au>"],
+)  # fmt: skip
 def test_connect_refuses_a_from_that_is_no_address_before_any_request(
     tmp_path, monkeypatch, sender
 ):

@@ -56,3 +56,27 @@ def test_connect_builds_the_block_by_what_the_sender_is_not_by_its_first_letters
     ))  # fmt: skip
     block = blocks["acme-twilio"]
     assert (block.from_number, block.messaging_service_sid) == (from_number, service)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["hello@acme.com.au", "Acme Physio <hello@acme.com.au>", "<hello@acme.com.au>",
+     '"Acme Physio, Bondi" <hello@acme.com.au>', "Dr. Lee's Physio <hello@acme.com.au>",
+     "Ácme Físio <hello@acme.com.au>", "Acme Physio & Pilates <hello@acme.com.au>"],
+)  # fmt: skip
+def test_a_from_of_one_address_passes(value):
+    from tasks.connect.postmark import from_address_problem
+
+    assert from_address_problem(value) is None
+
+
+@pytest.mark.parametrize(
+    "value, said",
+    [("hello@acme.com.au, info@acme.com.au", "one address"),
+     ("Acme Physio, Bondi <hello@acme.com.au>", "double quotes"),
+     ("Acme <hello@acme.com.au", "not an email address")],
+)  # fmt: skip
+def test_a_from_postmark_would_refuse_is_explained(value, said):
+    from tasks.connect.postmark import from_address_problem
+
+    assert said in (from_address_problem(value) or "")
