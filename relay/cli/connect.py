@@ -222,7 +222,7 @@ def _build_blocks(accounts, **v) -> list:
     from blocks.twilio import TwilioAccount
     from tasks.connect import ConnectFailed
     from tasks.connect.postmark import from_address_problem
-    from tasks.connect.twilio import sender_kind
+    from tasks.connect.twilio import account_sid_problem, sender_kind
 
     def build(name: str, make) -> tuple:
         try:
@@ -245,6 +245,9 @@ def _build_blocks(accounts, **v) -> list:
             transactional_stream=v["transactional_stream"], marketing_stream=v["marketing_stream"],
             base_url=v["postmark_base_url"])))  # fmt: skip
     if accounts.sms != "outbox":
+        problem = account_sid_problem(v["twilio_sid"])
+        if problem:  # the block's own refusal is a regex; this says what to copy instead
+            raise typer.BadParameter(f"{accounts.sms}: account_sid: {problem}")
         sender = v["sender"].strip()
         try:  # one rule for what a sender is: "MGPhysio" is an alphanumeric ID, not a service
             service = sender if sender_kind(sender) == "messaging_service" else None

@@ -58,6 +58,16 @@ def sender_kind(sender: str) -> str:
     )
 
 
+def account_sid_problem(account_sid: str | None) -> str | None:
+    """Why ``account_sid`` is no account SID, in plain words; None when it is one."""
+    if ACCOUNT_SID.match((account_sid or "").strip()):
+        return None
+    return (
+        "the account SID must be AC followed by 32 hex digits (Twilio Console → Account "
+        "Info). An API key SID (SK...) is not an account SID."
+    )
+
+
 def verify_twilio(
     account_sid: str,
     auth_token: str,
@@ -69,13 +79,9 @@ def verify_twilio(
 ) -> TwilioFacts:
     """Check the account and the sender; ``country`` is the clinic's (alphanumeric IDs)."""
     sid = (account_sid or "").strip()
-    if not ACCOUNT_SID.match(sid):
-        raise ConnectFailed(
-            SERVICE,
-            "bad_credentials",
-            "the account SID must be AC followed by 32 hex digits (Twilio Console → Account "
-            "Info). An API key SID (SK...) is not an account SID.",
-        )
+    problem = account_sid_problem(sid)
+    if problem:
+        raise ConnectFailed(SERVICE, "bad_credentials", problem)
     kind = sender_kind(sender or "")
     sender = sender.strip()
     country_code = (country or "").upper()

@@ -376,6 +376,8 @@ def test_connect_refuses_a_value_the_blocks_refuse_before_any_request(tmp_path, 
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "acme-twilio: account_sid" in result.output
     assert "secret-token" not in result.output and "Checking" not in result.output
+    said = " ".join(result.output.replace("│", " ").split())
+    assert "An API key SID (SK...) is not an account SID" in said  # plain words, not a regex
 
 
 @pytest.mark.parametrize(
