@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from email.errors import InvalidHeaderDefect
-from email.headerregistry import HeaderRegistry
+from email.headerregistry import AddressHeader, HeaderRegistry
+from typing import cast
 
 import requests
 from postmarker.core import PostmarkClient
@@ -36,7 +37,7 @@ def from_address_problem(value: str | None) -> str | None:
     text = (value or "").strip()
     try:
         header = HeaderRegistry()("from", text)
-        addresses = [a.addr_spec for a in header.addresses]
+        addresses = [a.addr_spec for a in cast(AddressHeader, header).addresses]
         broken = any(isinstance(d, InvalidHeaderDefect) for d in header.defects)
     except (ValueError, IndexError, TypeError):  # the parser gave up: not an address
         addresses, broken = [], True
