@@ -3,9 +3,10 @@
 The re-check (tasks/triggers/plan.py) finds planned messages its trigger's query no longer
 returns; these are reasons that cannot change back by themselves (the appointment was cancelled,
 the invoice deleted, the medical alert removed), unlike the audience's (tasks/triggers/audience.py),
-which make a message wait. One can (:func:`waits`): an invoice no longer paid may be paid
-again, and its thank-you waits for that, as for an audience reason, to the end of its grace
-window.
+which make a message wait. Two can (:func:`waits`): an invoice no longer paid may be paid
+again, and an appointment edited out of the trigger's filters (type, practitioner, business)
+may be edited back; the message waits for that, as for an audience reason, to the end of its
+grace window.
 """
 
 from __future__ import annotations
@@ -15,6 +16,14 @@ import duckdb
 from tasks.messages.ledger import LedgerRow
 from tasks.triggers import patient_records
 from tasks.triggers.definition import Trigger
+
+# An appointment that still stands but no longer matches the trigger's filters: the front desk
+# changed its type, practitioner or business (or the patient's details changed). An edit can be
+# undone: a type changed by mistake and put back before the reminder's moment must not cost the
+# patient the reminder, so the message waits for the match to come back (``waits``), to the end
+# of its grace window, and is skipped with this reason after; while it does not match, it never
+# goes.
+FILTERS_CHANGED = "no longer matches the trigger's filters (appointment or patient changed)"
 
 
 def why_gone(
@@ -69,11 +78,11 @@ def why_gone(
         elif trigger.require_arrived and state != "arrived":
             reason = "appointment not marked as arrived"
         else:
-            reason = "no longer matches the trigger's filters (appointment or patient changed)"
+            reason = FILTERS_CHANGED
         reasons[row.message_id] = reason
     return reasons
 
 
 def waits(reason: str) -> bool:
     """Whether a reason ``why_gone`` gives can change back by itself (the message waits)."""
-    return reason.startswith(patient_records.NOT_PAID)
+    return reason.startswith(patient_records.NOT_PAID) or reason == FILTERS_CHANGED

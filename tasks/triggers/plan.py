@@ -11,16 +11,19 @@ Each tick, in one transaction (a crash leaves the ledger as the last tick left i
    template) re-dates its go-live to the change: the new definition does not reach back either.
    Send keys are (trigger name, patient, occasion) whatever the definition, so an edit never sends
    a patient the same trigger twice for one occasion; planned messages are re-checked against the
-   new definition (moved, re-channelled, or cancelled when they no longer match). To start afresh
+   new definition (moved, re-channelled, or, no longer matching, cancelled; an appointment's
+   message waits instead, as for an appointment edited out of the filters, step 3). To start afresh
    under new keys, give the trigger a new name.
 2. **Plan**: candidates whose send moment falls between now (minus what the grace window still
    allows) and ``PLAN_AHEAD`` go into the ledger; keys already there are left alone, except a
    skip about time (last_minute, grace, a wait that ran out) whose appointment moved so that its
    moment is ahead again: planned again as a new booking (tasks/triggers/reopen.py).
 3. **Re-check** every planned message of every trigger: occasion gone (appointment cancelled,
-   deleted, type changed...) -> cancelled at once, a reason that cannot change; audience problem
+   deleted...) -> cancelled at once, a reason that cannot change; audience problem
    (unsubscribed, off the marketing list, suppressed, archived, reminder preference, no address:
-   tasks/triggers/audience.py) -> the message *waits* with the reason, judged again every tick
+   tasks/triggers/audience.py), or an appointment edited out of the filters (type, practitioner,
+   business: an edit may be undone, tasks/triggers/gone.py ``waits``) -> the message *waits*
+   with the reason, judged again every tick
    and at send time, sent if it clears before its moment + grace and skipped with the reason
    after (tasks/messages/waiting.py); past its grace window -> skipped; appointment moved -> the
    message moves with it (the occasion is the appointment, so a reschedule keeps one row; once a

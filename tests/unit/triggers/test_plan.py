@@ -1271,6 +1271,63 @@ def test_a_cancelled_appointment_still_cancels_its_reminder_at_once(clinic, tmp_
     assert (row.status, row.status_reason) == ("cancelled", "appointment cancelled")
 
 
+def _edit(clinic: Clinic, at: datetime, **links: tuple[str, int]) -> None:
+    """The front desk edits the appointment's type, practitioner or business at ``at``."""
+    changes = {key: _link(resource, id_) for key, (resource, id_) in links.items()}
+    clinic.update_appointment(10, updated_at=at, **changes)
+
+
+EDITS = {
+    "type": ({"appointment_types": ["Standard Consultation"]},
+             {"appointment_type": ("appointment_types", INITIAL)},
+             {"appointment_type": ("appointment_types", STANDARD)}),
+    "practitioner": ({"practitioners": ["Sam Example"]},
+                     {"practitioner": ("practitioners", ALEX)},
+                     {"practitioner": ("practitioners", SAM)}),
+    "tag-category": ({},
+                     {"appointment_type": ("appointment_types", ADMIN_TAG)},
+                     {"appointment_type": ("appointment_types", STANDARD)}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_an_appointment_edited_out_of_the_filters_and_back_before_its_moment_is_reminded(
+    clinic, tmp_path, edit
+):
+    filters, away, back = EDITS[edit]
+    clinic.trigger("reminder", **REMINDER, filters=filters)
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + 30 * HOUR)
+    tick_and_send(clinic, NOW, tmp_path)
+    _edit(clinic, NOW + HOUR, **away)  # changed by mistake...
+    tick_and_send(clinic, NOW + HOUR + 5 * MIN, tmp_path)
+    row = clinic.one()
+    assert (row.status, row.waiting_reason) == (
+        "planned", "no longer matches the trigger's filters (appointment or patient changed)"
+    )  # fmt: skip
+    assert tick_and_send(clinic, DUE + 5 * MIN, tmp_path)["sent"] == 0, "never while edited out"
+    _edit(clinic, DUE + 10 * MIN, **back)  # ... and put back within the grace window
+    counts = tick_and_send(clinic, DUE + 15 * MIN, tmp_path)
+    assert (clinic.one().status, counts["sent"]) == ("sent", 1)
+
+
+def test_an_appointment_left_edited_out_of_the_filters_never_gets_the_reminder(clinic, tmp_path):
+    filters, away, _ = EDITS["type"]
+    clinic.trigger("reminder", **REMINDER, filters=filters)
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + 30 * HOUR)
+    tick_and_send(clinic, NOW, tmp_path)
+    _edit(clinic, NOW + HOUR, **away)
+    for at in (NOW + 2 * HOUR, DUE + 5 * MIN, DUE + 2 * HOUR + MIN, DUE + 3 * HOUR):
+        assert tick_and_send(clinic, at, tmp_path)["sent"] == 0
+    row = clinic.one()
+    assert (row.status, row.status_reason) == (
+        "skipped", "no longer matches the trigger's filters (appointment or patient changed)"
+    )  # fmt: skip
+
+
 def test_marketing_for_someone_who_resubscribed_before_it_was_due_goes(clinic, tmp_path):
     clinic.trigger("recall", **{**RECALL, "grace": "2 days"})
     live(clinic, NOW - 90 * DAY)
