@@ -86,3 +86,44 @@ def why_gone(
 def waits(reason: str) -> bool:
     """Whether a reason ``why_gone`` gives can change back by itself (the message waits)."""
     return reason.startswith(patient_records.NOT_PAID) or reason == FILTERS_CHANGED
+
+
+# Rows a dispatch took for a patient record: the message may have reached the person.
+_REACHED = ("sending", "sent", "unknown")
+
+
+def reached_before_merge(
+    con: duckdb.DuckDBPyConnection, trigger: Trigger, keys: list[tuple[str, int]]
+) -> set[str]:
+    """Of these new send keys (with their patient), those whose occasion was messaged under a
+    patient record merged since into the key's patient. Send keys name the patient record; a
+    merge moves the appointment (or invoice...) to the surviving record, whose key is new, so
+    without this a reminder sent minutes before the front desk merged two records went again,
+    within its grace window, to the same person. Not planned then: one occasion, one message,
+    whichever record it was sent under."""
+    prefix = f"trigger:{trigger.name}:"
+    if not keys:
+        return set()
+    occasions = [key.removeprefix(f"{prefix}{patient_id}:") for key, patient_id in keys]
+    return {
+        r[0]
+        for r in con.execute(
+            """
+            SELECT DISTINCT k.send_key
+            FROM (SELECT unnest($keys::VARCHAR[]) AS send_key,
+                         unnest($patients::BIGINT[]) AS patient_id,
+                         unnest($occasions::VARCHAR[]) AS occasion) k
+            JOIN marts.patients p ON p.merged_into_patient_id = k.patient_id
+            JOIN state.messages m
+              ON m.send_key = $prefix || p.patient_id || ':' || k.occasion
+             AND list_contains($reached, m.status)
+            """,
+            {
+                "keys": [k for k, _ in keys],
+                "patients": [p for _, p in keys],
+                "occasions": occasions,
+                "prefix": prefix,
+                "reached": list(_REACHED),
+            },
+        ).fetchall()
+    }

@@ -10,7 +10,8 @@ Each tick, in one transaction (a crash leaves the ledger as the last tick left i
    *A material change* to a trigger (event, timing, filters, channel, purpose; not its wording or
    template) re-dates its go-live to the change: the new definition does not reach back either.
    Send keys are (trigger name, patient, occasion) whatever the definition, so an edit never sends
-   a patient the same trigger twice for one occasion; planned messages are re-checked against the
+   a patient the same trigger twice for one occasion (nor does a merge of patient records in
+   Cliniko: gone.reached_before_merge); planned messages are re-checked against the
    new definition (moved, re-channelled, or, no longer matching, cancelled; an appointment's
    message waits instead, as for an appointment edited out of the filters, step 3). To start afresh
    under new keys, give the trigger a new name.
@@ -266,10 +267,14 @@ def _plan_new(
         params,
     )
     candidates = {c["send_key"]: c for c in found}
+    new = [c for c in candidates.values() if c["in_window"] and not c["in_ledger"]]
+    merged = gone.reached_before_merge(
+        con, trigger, [(c["send_key"], c["patient_id"]) for c in new]
+    )
     rows = [
         (c["send_key"], c["patient_id"], c["appointment_id"], c["due_at"], c["expires_at"])
-        for c in candidates.values()
-        if c["in_window"] and not c["in_ledger"]
+        for c in new
+        if c["send_key"] not in merged
     ]
     return candidates, ledger.insert_planned(
         con,

@@ -1328,6 +1328,30 @@ def test_an_appointment_left_edited_out_of_the_filters_never_gets_the_reminder(c
     )  # fmt: skip
 
 
+def _merge(clinic: Clinic, away: int, into: int, at: datetime) -> None:
+    """The front desk merges patient record ``away`` into ``into`` (Cliniko archives it)."""
+    clinic.update_patient(away, archived_at=_ts(at), merged_at=_ts(at),
+                          merged_with_patient=_link("patients", into))  # fmt: skip
+
+
+@pytest.mark.parametrize("merged_at", [DUE - 4 * HOUR, DUE + 10 * MIN], ids=["before", "after"])
+def test_a_reminder_goes_once_when_the_patient_records_are_merged_around_its_moment(
+    clinic, tmp_path, merged_at
+):
+    clinic.trigger("reminder", **REMINDER)
+    live(clinic)
+    clinic.patient(1)
+    clinic.patient(2)  # the same person booked twice: a duplicate record, the same mobile
+    clinic.appointment(10, 1, NOW + 30 * HOUR)
+    tick_and_send(clinic, NOW, tmp_path)
+    sent = 0
+    for at in (DUE - 4 * HOUR + MIN, DUE + MIN, DUE + 15 * MIN, DUE + HOUR):
+        if at > merged_at and not clinic._patients[1].get("merged_at"):
+            _merge(clinic, 1, into=2, at=merged_at)
+        sent += tick_and_send(clinic, at, tmp_path)["sent"]
+    assert sent == 1, {r.send_key: r.status for r in clinic.messages()}
+
+
 def test_marketing_for_someone_who_resubscribed_before_it_was_due_goes(clinic, tmp_path):
     clinic.trigger("recall", **{**RECALL, "grace": "2 days"})
     live(clinic, NOW - 90 * DAY)
