@@ -153,8 +153,9 @@ def pull_postmark(
 # --- per template, per week -----------------------------------------------------------------
 
 
-def week_of(day: date) -> date:
-    return day - timedelta(days=day.weekday())
+def week_of(day: date, starts: int = 0) -> date:
+    """The first day of ``day``'s week, weeks starting on weekday ``starts`` (0: Monday)."""
+    return day - timedelta(days=(day.weekday() - starts) % 7)
 
 
 def weekly_rows(
@@ -162,20 +163,25 @@ def weekly_rows(
     time_zone: str,
     weeks: int = 8,
     now: datetime | None = None,
+    week_starts: int = 0,
 ) -> list[dict]:
-    """What each template did per week, over the last ``weeks`` clinic-local weeks (this one
-    included): one dict per (template, channel, week) with ``template``, ``channel``, ``week``
-    (the local Monday, a date) and the COLUMNS counts. Messages count in the week they were
-    sent; their bounces, unsubscribes, opens and clicks count with them, whenever they came.
-    Opened and clicked count messages (unique), not events. Rates are the renderer's."""
+    """What each template did per week, over the last ``weeks`` clinic-local weeks up to the
+    local day of ``now`` (that week included, nothing after that day): one dict per (template,
+    channel, week) with ``template``, ``channel``, ``week`` (the week's first local day, a date:
+    a Monday, or weekday ``week_starts``, as the owner's report's week) and the COLUMNS counts.
+    Messages count in the week they were sent; their bounces, unsubscribes, opens and clicks
+    count with them, whenever they came. Opened and clicked count messages (unique), not
+    events. Rates are the renderer's."""
     now = now or datetime.now(ZoneInfo("UTC"))
-    first_week = week_of(now.astimezone(ZoneInfo(time_zone)).date()) - timedelta(weeks=weeks - 1)
+    last_day = now.astimezone(ZoneInfo(time_zone)).date()
+    first_week = week_of(last_day, week_starts) - timedelta(weeks=weeks - 1)
     rows = con.execute(
         """
         WITH sent AS (
             SELECT message_id, provider_message_id, template, channel, sent_at,
                    if(channel = 'email', lower(trim(to_address)), trim(to_address)) AS address,
-                   CAST(date_trunc('week', timezone($tz, sent_at)) AS DATE) AS week
+                   CAST(timezone($tz, sent_at) AS DATE) AS day,
+                   day - CAST((isodow(day) - 1 - $starts + 7) % 7 AS INTEGER) AS week
             FROM state.messages WHERE status = 'sent' AND sent_at IS NOT NULL
         ),
         bounced AS (
@@ -211,10 +217,10 @@ def weekly_rows(
         LEFT JOIN engaged e ON s.channel = 'email'
                            AND e.provider_message_id = s.provider_message_id
         LEFT JOIN unsubscribed u ON u.message_id = s.message_id
-        WHERE s.week >= $first
+        WHERE s.week >= $first AND s.day <= $last
         GROUP BY ALL ORDER BY s.template, s.channel, s.week
         """,
-        {"tz": time_zone, "first": first_week},
+        {"tz": time_zone, "first": first_week, "last": last_day, "starts": week_starts},
     ).fetchall()
     return [
         {"template": t, "channel": ch, "week": w, **dict(zip(COLUMNS, counts, strict=True))}

@@ -98,7 +98,7 @@ def compose(
     tz = config.time_zone
     # the week's last day, at noon local: build_report counts the 7 local days up to that day
     week_noon = datetime.combine(week.end, time(12), ZoneInfo(tz))
-    report = reports.build_report(con, config.clinic, tz, 7, week_noon)
+    report = reports.build_report(con, config.clinic, tz, 7, week_noon, week.start.weekday())
     first, last = cohort(week, settings.booked_within_days, tz)
     won = bookings_won.bookings_won(con, first, last, settings.booked_within_days, _sources(config))
     last_day = (last - timedelta(seconds=1)).astimezone(ZoneInfo(tz)).date()

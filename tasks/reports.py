@@ -82,9 +82,16 @@ class Report:
 
 
 def build_report(
-    con: duckdb.DuckDBPyConnection, clinic: str, time_zone: str, days: int, now: datetime
+    con: duckdb.DuckDBPyConnection,
+    clinic: str,
+    time_zone: str,
+    days: int,
+    now: datetime,
+    week_starts: int = 0,
 ) -> Report:
-    """The last ``days`` local days up to and including today (in ``time_zone``)."""
+    """The last ``days`` local days up to and including today (in ``time_zone``); engagement
+    per week, weeks starting on weekday ``week_starts`` (0: Monday; the owner's report: its own
+    week's first day, so the week's table counts that week's messages and no others)."""
     if days < 1:
         raise ValueError("a report covers at least one day")
     last_day = now.astimezone(ZoneInfo(time_zone)).date()
@@ -171,7 +178,7 @@ def build_report(
             "sent": sent, "delivered": delivered, "undelivered": undelivered, "failed": failed,
             "no_receipt": sent - delivered - undelivered - failed,
         }  # fmt: skip
-    report.engagement = engagement.weekly_rows(con, time_zone, -(-days // 7), now)
+    report.engagement = engagement.weekly_rows(con, time_zone, -(-days // 7), now, week_starts)
     return report
 
 

@@ -208,3 +208,27 @@ def test_the_tick_summary_links_the_latest_report():
     )  # fmt: skip
     assert "[relay-report-north-side](/artifacts/key/relay-report-north-side)" in line
     assert "2026-11-16 to 2026-11-22, sent 2026-11-23 08:00 UTC" in line
+
+
+def test_the_weeks_engagement_table_counts_that_week_whatever_its_weekday():
+    """Per template and week, in the owner's report, is the reported week (a Wednesday report:
+    Wednesday to Tuesday), not the calendar week of its last day: the Thursday and Friday sends
+    were left out, and one sent on the report's own morning (after the week) was counted."""
+    from tasks.warehouse import memory_db
+    from tests.unit.test_engagement import sent
+
+    con = memory_db()
+    for n, (day, hour) in enumerate([(12, 10), (13, 10), (16, 10), (18, 7)], start=1):
+        sent(con, n, at=at_local(date(2026, 11, day), hour))  # the last: after the week
+    cfg = ClinicConfig(
+        clinic="test", name="Test Physio", time_zone=TZ,
+        report={"to": "owner@clinic.example", "weekday": "wednesday"},
+    )  # fmt: skip
+    now = at_local(date(2026, 11, 18), 8)
+    week = owner_report.week_for("test", cfg.report, TZ, now)
+    assert (week.start, week.end) == (date(2026, 11, 11), date(2026, 11, 17))
+    html = owner_report.compose(con, cfg, week, now).email.html
+    con.close()
+    rows = html.split("delivered, bounced, unsubscribed, opened, clicked</h2>")[1]
+    assert "<td>news</td><td>email</td><td>2026-11-11</td><td>3</td>" in rows
+    assert rows.count("<td>news</td>") == 1  # one week, the reported one
