@@ -6,9 +6,9 @@ How it is counted (the report prints ``EXPLANATION`` so the owner reads the same
   ledger, state.messages); a patient messaged twice counts once, from their first message.
 - **Booked**: the patient's first appointment *booked* (Cliniko's ``created_at``, not its start)
   after that message and within N days of it (clinic.yaml ``report.booked_within_days``, 14 by
-  default). Tag appointments (``marts.appointments.is_tag``: clinic.yaml ``tag_categories``)
-  never count, nor do appointments since deleted or archived; one booked and later cancelled
-  does (it was booked). A merged-away patient's bookings are found under the patient they were
+  default), days on the clinic's clock (across a DST change too). Tag appointments
+  (``marts.appointments.is_tag``: clinic.yaml ``tag_categories``) never count, nor do
+  appointments since deleted or archived; one booked and later cancelled does (it was booked). A merged-away patient's bookings are found under the patient they were
   merged into, and someone messaged under both ids is one person, from the first message.
 - **Baseline**, like-for-like: patients the *same* trigger, journey or campaign chose at the
   same time, who were not messaged for a reason that says nothing about whether they would
@@ -112,10 +112,12 @@ def bookings_won(
     last: datetime,
     within_days: int,
     sources: Sequence[tuple[str, str]] = (),
+    time_zone: str = "UTC",
 ) -> list[Won]:
     """Per source, messages sent (or due, for the baseline) in ``[first, last)``: recipients and
-    baseline, and how many of each booked within ``within_days``. ``sources`` (kind, name) are
-    listed even when nothing of theirs falls in the window. Needs the model build's
+    baseline, and how many of each booked within ``within_days``, days on the clinic's clock
+    (``time_zone``: 09:00 to 09:00 two weeks later across a DST change). ``sources`` (kind,
+    name) are listed even when nothing of theirs falls in the window. Needs the model build's
     marts.appointments (a clinic never built has no bookings to count: ``[]`` of counts)."""
     if within_days < 1:
         raise ValueError("bookings are counted within at least one day of the message")
@@ -128,20 +130,26 @@ def bookings_won(
         else "LEFT JOIN (SELECT NULL::BIGINT AS patient_id, NULL::BIGINT AS merged_into_patient_id)"
         " sp ON false"
     )
-    unrelated = " OR ".join("status_reason LIKE ?" for _ in UNRELATED_SKIPS)
-    params = [first, last, first, last, *UNRELATED_SKIPS, within_days, within_days, within_days]
+
+    # N days on the clinic's clock: a local wall time moved N days, as an instant again
+    def days(sign: str) -> str:
+        return f"timezone($tz, timezone($tz, {{}}) {sign} to_days($days::INTEGER))"
+
+    params = {"first": first, "last": last, "days": within_days, "tz": time_zone}
+    params |= {f"skip{i}": reason for i, reason in enumerate(UNRELATED_SKIPS)}
+    unrelated = " OR ".join(f"status_reason LIKE $skip{i}" for i in range(len(UNRELATED_SKIPS)))
     rows = con.execute(
         f"""
         WITH sent AS (
             SELECT source_kind, source_name, patient_id, min(sent_at) AS anchor
             FROM state.messages
-            WHERE status = 'sent' AND sent_at >= ? AND sent_at < ?
+            WHERE status = 'sent' AND sent_at >= $first AND sent_at < $last
             GROUP BY ALL
         ),
         held AS (
             SELECT source_kind, source_name, patient_id, min(due_at) AS anchor
             FROM state.messages
-            WHERE status = 'skipped' AND due_at >= ? AND due_at < ? AND ({unrelated})
+            WHERE status = 'skipped' AND due_at >= $first AND due_at < $last AND ({unrelated})
             GROUP BY ALL
         ),
         baseline AS (
@@ -151,7 +159,7 @@ def bookings_won(
                 WHERE m.source_kind = h.source_kind AND m.source_name = h.source_name
                   AND m.patient_id = h.patient_id AND m.status IN ('sent', 'sending', 'unknown')
                   AND coalesce(m.sent_at, m.unknown_at, m.sending_at)
-                      BETWEEN h.anchor - to_days(?::INTEGER) AND h.anchor + to_days(?::INTEGER)
+                      BETWEEN {days("-").format("h.anchor")} AND {days("+").format("h.anchor")}
             )
         ),
         people AS (  -- a person messaged under two ids merged since: once, from the first
@@ -170,7 +178,7 @@ def bookings_won(
             LEFT JOIN marts.appointments a
               ON a.patient_id = p.patient_id AND NOT a.is_tag
              AND a.status NOT IN ('deleted', 'archived')
-             AND a.created_at > p.anchor AND a.created_at <= p.anchor + to_days(?::INTEGER)
+             AND a.created_at > p.anchor AND a.created_at <= {days("+").format("p.anchor")}
             GROUP BY ALL
         )
         SELECT grp, source_kind, source_name, count(*), count(*) FILTER (WHERE booked)

@@ -100,7 +100,9 @@ def compose(
     week_noon = datetime.combine(week.end, time(12), ZoneInfo(tz))
     report = reports.build_report(con, config.clinic, tz, 7, week_noon, week.start.weekday())
     first, last = cohort(week, settings.booked_within_days, tz)
-    won = bookings_won.bookings_won(con, first, last, settings.booked_within_days, _sources(config))
+    won = bookings_won.bookings_won(
+        con, first, last, settings.booked_within_days, _sources(config), time_zone=tz
+    )
     last_day = (last - timedelta(seconds=1)).astimezone(ZoneInfo(tz)).date()
     cohort_label = f"{first.astimezone(ZoneInfo(tz)):%a %d %b} to {last_day:%a %d %b %Y}"
     tags = ", ".join(config.tag_categories) or "none"

@@ -232,3 +232,32 @@ def test_the_weeks_engagement_table_counts_that_week_whatever_its_weekday():
     rows = html.split("delivered, bounced, unsubscribed, opened, clicked</h2>")[1]
     assert "<td>news</td><td>email</td><td>2026-11-11</td><td>3</td>" in rows
     assert rows.count("<td>news</td>") == 1  # one week, the reported one
+
+
+@pytest.mark.parametrize(
+    ("sent_on", "booked_on", "minute", "won"),
+    [
+        # Melbourne's clocks go back on Sunday 5 April 2026: 09:00 Saturday to 08:30 Saturday
+        # two weeks later is within 14 days on the clinic's clock (14 days and 30 min in UTC)
+        (date(2026, 4, 4), date(2026, 4, 18), 30 - 60, 1),
+        # and forward on Sunday 4 October: 09:00 to 09:30 two weeks later is not (13 days 23:30)
+        (date(2026, 10, 3), date(2026, 10, 17), 30, 0),
+    ],
+)
+def test_booked_within_n_days_is_counted_on_the_clinics_clock_across_a_dst_change(
+    sent_on, booked_on, minute, won
+):
+    c = Clinic()
+    c.patient(1, created=at_local(sent_on, 9) - 400 * timedelta(days=1))
+    message(c.con, "trigger", "recall", 1, at_local(sent_on, 9))
+    booked = at_local(booked_on, 9) + timedelta(minutes=minute)
+    c.appointment(2001, 1, booked + timedelta(days=3), created=booked)
+    now = at_local(sent_on + timedelta(days=16), 8)  # the Monday the cohort's week is reported
+    c.build(now)
+    cfg = ClinicConfig(
+        clinic="test", name="Test Physio", time_zone=TZ, triggers=c.triggers,
+        report={"to": "owner@clinic.example"},
+    )  # fmt: skip
+    done = owner_report.compose(c.con, cfg, owner_report.week_for("test", cfg.report, TZ, now), now)
+    c.con.close()
+    assert [(w.source, w.recipients, w.booked) for w in done.won] == [("trigger:recall", 1, won)]
