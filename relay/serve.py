@@ -16,6 +16,8 @@ Ctrl-C, sends SIGTERM to every process of the tree at once and SIGKILL to any st
 stop it the same way. The serving process cannot outlive ``relay serve`` (it gets SIGTERM when
 ``relay serve`` dies, even by SIGKILL), and on its own SIGTERM it stops its tree the same way at
 once (``_stop_self``), not after Prefect's Runner has waited for the runs in progress.
+If the Prefect server dies under it (killed, out of memory), nothing can run or be seen: it
+says so in one line and stops the rest the same way, exiting 1 (``_server_gone``).
 Their output past start-up goes to ``.prefect/serve.log``. A run killed
 mid-step resumes at the next tick, like any crash (the ledger, the sync's watermarks), and the
 next ``relay serve`` marks it Crashed and gives its slot back (relay/slots.py). The tree is stopped
@@ -37,9 +39,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -85,10 +89,17 @@ def server_env() -> dict[str, str]:
 
 @contextlib.contextmanager
 def prefect_server(
-    port: int, *, home: Path | None = None, ui: bool = True, log: Path | None = None
+    port: int,
+    *,
+    home: Path | None = None,
+    ui: bool = True,
+    log: Path | None = None,
+    on_exit: Callable[[int, Path], None] | None = None,
 ) -> Iterator[str]:
     """Run ``prefect server start`` on 127.0.0.1:port until the block ends; yields the API URL.
     Through relay/prefect_server.py: on SQLite it would otherwise wedge under load.
+    ``on_exit(code, log)`` is called (from a thread of its own) if the server ends by itself
+    before the block does: killed, crashed, out of memory.
 
     Stopped with SIGTERM (the server exits in a few seconds; docs/reference.md, Prefect).
     """
@@ -114,20 +125,32 @@ def prefect_server(
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
         )
+        ending = threading.Event()  # set as the block ends: the server's exit is then ours
         try:
             deadline = time.monotonic() + 120
             while not _healthy(api):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise UserFacingError(f"The Prefect server did not start; see {log_path}")
                 time.sleep(0.3)
+            if on_exit is not None:
+                threading.Thread(
+                    target=_watch, args=(proc, ending, on_exit, log_path), daemon=True
+                ).start()
             yield api
         finally:
+            ending.set()
             proc.terminate()
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _watch(proc, ending: threading.Event, on_exit, log_path: Path) -> None:
+    code = proc.wait()
+    if not ending.is_set():
+        on_exit(code, log_path)
 
 
 def _healthy(api: str) -> bool:
@@ -202,7 +225,7 @@ def serve_demo(
     from tasks.unsubscribe.app import serving
 
     config = load_clinic("demo")
-    with prefect_server(port) as api:
+    with prefect_server(port, on_exit=partial(_server_gone, echo)) as api:
         use_server(api)
         from prefect.client.orchestration import get_client
 
@@ -288,25 +311,53 @@ def _serve(deployments: list, limit: int) -> None:
         asyncio.run(runner.start())
 
 
+def _server_gone(echo, code: int, log: Path) -> None:
+    """The Prefect server ended by itself (killed, crashed): nothing is scheduled, run or shown
+    any more, so say so and stop the rest as a stop signal does, rather than serve nothing (the
+    runner printing a traceback a minute). The next ``relay serve`` marks the runs it left
+    Crashed and gives their slots back."""
+    time.sleep(1)  # a stop signal reaches the server and this process at once: let it act
+    if _STOPPING.is_set():
+        return
+    how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+    with contextlib.suppress(OSError):
+        echo(
+            f"The Prefect server stopped by itself ({how}; its log: {log}). Without it nothing "
+            "runs: stopping everything. Start relay serve again."
+        )
+    _stop_tree_and_exit(f"as the Prefect server stopped ({how})", 1)
+
+
 def _stop_self(signum: int, frame: object) -> None:
     """In the serving process (``main``), on a stop signal: stop everything below it (the Prefect
     server, the run template and its runs) as ``supervise`` does, SIGTERM then SIGKILL after
     ``STOP_GRACE``, and exit; its own threads (the sandbox, the unsubscribe endpoint) end with
     it. So it stops promptly whoever signals it: ``supervise`` stopping the tree, a ``kill`` of
     this pid alone, or the SIGTERM it gets when ``supervise`` dies (``_die_with``)."""
-    for each in STOP_SIGNALS:
-        signal.signal(each, signal.SIG_IGN)
+    if _STOPPING.is_set():  # already stopping (the server gone: ``_server_gone``)
+        return
+    _stop_tree_and_exit(f"on {signal.Signals(signum).name}", 0)
+
+
+_STOPPING = threading.Event()  # the serving process is stopping its tree (whatever the cause)
+
+
+def _stop_tree_and_exit(why: str, code: int) -> None:
+    """Stop every process below this one (SIGTERM, then SIGKILL after STOP_GRACE) and exit."""
+    _STOPPING.set()
+    if threading.current_thread() is threading.main_thread():  # signals: the main thread's
+        for each in STOP_SIGNALS:
+            signal.signal(each, signal.SIG_IGN)
     begun = time.monotonic()
     killed = stop_tree(None, root=os.getpid())
     after = f"; killed after {STOP_GRACE:g} s: {'; '.join(killed)}" if killed else ""
     with contextlib.suppress(OSError):
         print(
-            f"relay.serve: stopped on {signal.Signals(signum).name} "
-            f"({time.monotonic() - begun:.1f} s{after})",
+            f"relay.serve: stopped {why} ({time.monotonic() - begun:.1f} s{after})",
             file=sys.stderr,
             flush=True,
         )
-    os._exit(0)
+    os._exit(code)
 
 
 def supervise(args: list[str], echo, log: Path) -> int:

@@ -49,25 +49,9 @@ def test_every_stop_stops_every_process_quietly_with_a_tick_in_its_fast_lane(tmp
     same stop, every process gone, within seconds (the serving process does not wait for the tick
     in its fast lane: before, it ignored its SIGTERM for 40 s and more). Its outbox is a new run:
     an earlier session's files are gone and the index says which run it holds."""
-    from relay.serve import alive, descendants, free_port
+    from relay.serve import alive, descendants
 
-    clinics = tmp_path / "clinics"
-    shutil.copytree(PROJECT_ROOT / "clinics" / "demo", clinics / "demo")
-    config = clinics / "demo" / "clinic.yaml"
-    text = config.read_text(encoding="utf-8")
-    assert "fast_lane:\n  enabled: true" in text  # the demo's lane is on: the case to prove
-    # The demo's unsubscribe link port may be taken on a shared machine: a free one.
-    config.write_text(text.replace("127.0.0.1:8765", f"127.0.0.1:{free_port()}"), encoding="utf-8")
-    port = free_port()
-    home = tmp_path / "prefect"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "RELAY_CLINICS_DIR": str(clinics),
-        "RELAY_DATA_DIR": str(tmp_path / "data"),
-        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
-    }
-    env.pop("PREFECT_API_URL", None)
+    port, home, env = serve_env(tmp_path)
     # An earlier session's outbox (`make demo`): a message stored under a send key this session
     # may use again, and the run it was.
     outbox = tmp_path / "data" / "outbox" / "demo"
@@ -76,14 +60,7 @@ def test_every_stop_stops_every_process_quietly_with_a_tick_in_its_fast_lane(tmp
     (outbox / "0123456789abcdef01234567.json").write_text("{}")
     out = tmp_path / "terminal.txt"
     with out.open("w") as terminal:
-        proc = subprocess.Popen(
-            [RELAY, "serve", "--port", str(port), "--every", "1", "--patients", "50"],
-            env=env,
-            cwd=PROJECT_ROOT,
-            stdout=terminal,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, like a terminal's foreground job
-        )
+        proc = start_serve(port, env, terminal)
         try:
             wait_for_fast_lane(f"http://127.0.0.1:{port}/api", proc, out)
             tree = descendants(proc.pid)
@@ -109,6 +86,7 @@ def test_every_stop_stops_every_process_quietly_with_a_tick_in_its_fast_lane(tmp
     assert not [pid for pid in tree if alive(pid)], text
     assert not left, (left, text)
     assert "Traceback" not in text, text
+    assert "stopped by itself" not in text, text  # the server stopped by us, not a crash
     if stop != "serving-sigterm":  # relay itself was told: it says so, in one line
         assert "Stopped: server, sandbox and runs" in text, text
     # Bounded, not waiting on the tick in its fast lane (a minute apart here). The grace is 3 s;
@@ -116,6 +94,77 @@ def test_every_stop_stops_every_process_quietly_with_a_tick_in_its_fast_lane(tmp
     assert took < 30 and took_all < 30, (took, took_all, text)
     assert run["label"].startswith("relay serve "), run
     assert not (outbox / "0123456789abcdef01234567.json").exists()
+
+
+def test_a_prefect_server_that_dies_stops_relay_serve_saying_so(tmp_path):
+    """The Prefect server killed under `relay serve` (the OOM killer, a stray kill -9): nothing
+    can run or be seen any more. Before, `relay serve` went on for ever serving nothing, its
+    runner printing a screenful of traceback to the terminal; now it says so in one line, stops
+    the rest (the tick in its fast lane too) and exits with an error."""
+    from relay.serve import alive, descendants
+
+    port, home, env = serve_env(tmp_path)
+    out = tmp_path / "terminal.txt"
+    with out.open("w") as terminal:
+        proc = start_serve(port, env, terminal)
+        try:
+            wait_for_fast_lane(f"http://127.0.0.1:{port}/api", proc, out)
+            tree = descendants(proc.pid)
+            (server,) = [pid for pid in tree if b"\0-m\0relay.prefect_server\0" in cmdline(pid)]
+            os.kill(server, signal.SIGKILL)
+            code = proc.wait(timeout=120)
+            deadline = time.monotonic() + 60
+            while [pid for pid in tree if alive(pid)] and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            left = with_home(home)
+            for pid in left:  # never leave a run behind for the next test
+                os.kill(pid, signal.SIGKILL)
+    text = out.read_text()
+    assert code == 1, text
+    assert "The Prefect server stopped by itself (signal SIGKILL" in text, text
+    assert "Start relay serve again." in text, text
+    assert "Traceback" not in text, text
+    assert not [pid for pid in tree if alive(pid)], text
+    assert not left, (left, text)
+
+
+def serve_env(tmp_path: Path) -> tuple[int, Path, dict[str, str]]:
+    """A port, a Prefect home and the environment of a `relay serve` of the demo in tmp_path."""
+    from relay.serve import free_port
+
+    clinics = tmp_path / "clinics"
+    shutil.copytree(PROJECT_ROOT / "clinics" / "demo", clinics / "demo")
+    config = clinics / "demo" / "clinic.yaml"
+    text = config.read_text(encoding="utf-8")
+    assert "fast_lane:\n  enabled: true" in text  # the demo's lane is on: the case to prove
+    # The demo's unsubscribe link port may be taken on a shared machine: a free one.
+    config.write_text(text.replace("127.0.0.1:8765", f"127.0.0.1:{free_port()}"), encoding="utf-8")
+    home = tmp_path / "prefect"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "RELAY_CLINICS_DIR": str(clinics),
+        "RELAY_DATA_DIR": str(tmp_path / "data"),
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+    }
+    env.pop("PREFECT_API_URL", None)
+    return free_port(), home, env
+
+
+def start_serve(port: int, env: dict[str, str], terminal) -> subprocess.Popen:
+    """`relay serve` of the demo, as a terminal runs it, a tick a minute."""
+    return subprocess.Popen(
+        [RELAY, "serve", "--port", str(port), "--every", "1", "--patients", "50"],
+        env=env,
+        cwd=PROJECT_ROOT,
+        stdout=terminal,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, like a terminal's foreground job
+    )
 
 
 def cmdline(pid: int) -> bytes:
