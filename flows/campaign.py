@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.artifacts import artifact_key
 from tasks import tick
 from tasks.config import load_clinic
+from tasks.homecopy import require_current_copy
 from tasks.marketing import campaigns
 from tasks.models import runner as models
 from tasks.warehouse import data_out_of_errors, open_db
@@ -30,6 +31,8 @@ def send_campaign(clinic: str, campaign: str, confirm: bool = False, force: bool
         config = load_clinic(clinic)
         now = datetime.now(UTC)
         with open_db(config.database_path, create=False) as con:
+            if confirm:  # confirmed on a copy the home never reads, it would never go
+                require_current_copy(con, config.clinic)
             models.require_good_build(con)
             held = tick.held_sources(con, config).get(("campaign", campaign))
             if held and confirm:  # confirming freezes an audience: not from a segment that failed

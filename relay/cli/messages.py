@@ -189,11 +189,13 @@ def campaign_cancel_command(
     from datetime import UTC, datetime
 
     from tasks.config import load_clinic
+    from tasks.homecopy import require_current_copy
     from tasks.marketing import campaigns
     from tasks.warehouse import open_db
 
     config = load_clinic(clinic)
     with open_db(config.database_path, create=False) as con:
+        require_current_copy(con, config.clinic)  # an old copy's cancel stops nothing
         cancelled = campaigns.cancel(con, name, datetime.now(UTC))
     typer.echo(f"Cancelled {name}: {cancelled} planned messages will not be sent.")
 
@@ -288,9 +290,12 @@ def ledger_resolve_command(
             f"Say what happened to {send_key}: --sent (the provider's account shows it) or "
             "--resend (it did not go), one of the two."
         )
+    from tasks.homecopy import require_current_copy
+
     config = load_clinic(clinic)
     now = datetime.now(UTC)
     with open_db(config.database_path, create=False) as con, transaction(con):
+        require_current_copy(con, config.clinic)  # settled on an old copy, the home still doubts
         try:
             row = ledger.resolve(con, send_key, "sent" if sent else "resend",
                                  by or getpass.getuser(), now, note)  # fmt: skip
@@ -361,10 +366,12 @@ def import_unsubscribes_command(
 
     from tasks.config import load_clinic
     from tasks.feedback_import import import_unsubscribes
+    from tasks.homecopy import require_current_copy
     from tasks.warehouse import open_db
 
     config = load_clinic(clinic)
     with open_db(config.database_path) as con:
+        require_current_copy(con, config.clinic)  # the home would never read them here
         result = import_unsubscribes(con, Path(file), datetime.now(UTC), skip_invalid=skip_invalid)
     typer.echo(f"  email column: {result.column}")
     for name, n in result.as_dict().items():

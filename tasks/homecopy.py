@@ -1,0 +1,44 @@
+"""A command that changes a clinic's state outside its tick does so on the clinic's current copy.
+
+``relay campaign send --confirm`` (and the campaign deployment), ``relay campaign cancel``,
+``relay import-unsubscribes`` and ``relay ledger resolve`` write the clinic's database on the
+machine they run on. Run on a machine holding an old copy (the clinic moved away: the copy stays
+behind, one generation older) or a database of its own, they used to succeed there, saying a
+campaign was queued or cancelled, while the home planned and sent as before: a campaign
+"cancelled" went out all the same, an imported unsubscribe was never honoured. The home's tick
+never reads another machine's copy, so the command now refuses, naming the home
+(tasks/home.py: the same record and the same reasons the tick's guard gives).
+
+The database's identity decides, not the machine's name: on the home, a shell without
+``RELAY_MACHINE`` is still the home's. Without a shared Prefect server, or for a clinic with no
+home yet, there is nothing to compare with and nothing is refused.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from tasks.home import HomeRefused, HomeStore, PrefectHomes, read_identity, refusal, shared_server
+
+
+def require_current_copy(
+    con: duckdb.DuckDBPyConnection, clinic: str, *, store: HomeStore | None = None
+) -> None:
+    """Raise HomeRefused unless ``con`` is the clinic's current copy (the home's lineage and
+    generation, no move under way)."""
+    if store is None:
+        if not shared_server():
+            return
+        store = PrefectHomes()
+    home = store.read(clinic)
+    if home is None:
+        return
+    identity = read_identity(con)
+    if identity is not None and identity.clinic != clinic:
+        return  # another clinic's file: the command's own checks say so
+    reason = refusal(clinic, home.machine, identity, home)  # identity decides, not the name
+    if reason:
+        raise HomeRefused(
+            f"{clinic}: nothing changed: {reason} Run this command on '{home.machine}', where "
+            f"the clinic lives (`relay clinic home {clinic}` shows it)."
+        )

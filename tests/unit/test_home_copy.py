@@ -1,0 +1,91 @@
+"""Commands that change a clinic's state outside its tick refuse an old copy (tasks/homecopy.py).
+
+On a machine the clinic moved away from, its database stays behind one generation older. `relay
+campaign cancel` there said "Cancelled ...: 2 planned messages will not be sent" while the home
+sent them; `relay import-unsubscribes` recorded suppressions the home never read. Each now
+refuses, naming the home; on the current copy it goes on, whatever RELAY_MACHINE says."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from tasks import homecopy
+from tasks.home import Home, HomeRefused, Identity, write_identity
+from tasks.warehouse import open_db
+
+
+class Store:
+    def __init__(self, home):
+        self.home = home
+
+    def read(self, clinic):
+        return self.home
+
+
+@pytest.fixture
+def demo_copy(data_dir, monkeypatch):
+    """The demo clinic's database on this machine, lineage L, generation 1; the home record is
+    set by each test (a shared server, as far as the commands can tell)."""
+    from tasks.config import load_clinic
+
+    with open_db(load_clinic("demo").database_path) as con:
+        write_identity(con, Identity("demo", "l" * 32, 1, "one"))
+    store = Store(None)
+    monkeypatch.setattr(homecopy, "shared_server", lambda: True)
+    monkeypatch.setattr(homecopy, "PrefectHomes", lambda: store)
+    monkeypatch.delenv("RELAY_MACHINE", raising=False)
+    return store
+
+
+def _run(args):
+    from relay.cli import app
+
+    return CliRunner().invoke(app, args)
+
+
+MOVED = Home("two", 2, database="l" * 32, moved_at="2026-12-05T04:10:22+00:00")
+
+
+def test_cancelling_a_campaign_on_an_old_copy_refuses_and_names_the_home(demo_copy):
+    demo_copy.home = MOVED
+    out = _run(["campaign", "cancel", "recall-90-179", "--clinic", "demo"])
+    assert out.exit_code != 0
+    message = str(out.exception)
+    assert isinstance(out.exception, HomeRefused), out.output
+    assert "nothing changed" in message and "generation 1 of demo, the home's is generation 2" in (
+        message
+    )
+    assert "Run this command on 'two'" in message
+
+
+def test_importing_unsubscribes_on_an_old_copy_records_nothing(demo_copy, tmp_path):
+    demo_copy.home = MOVED
+    csv = tmp_path / "unsubscribed.csv"
+    csv.write_text("email\nsomeone@example.com\n")
+    out = _run(["import-unsubscribes", str(csv), "--clinic", "demo"])
+    assert isinstance(out.exception, HomeRefused), out.output
+    assert "Run this command on 'two'" in str(out.exception)
+
+
+def test_resolving_a_message_during_a_move_refuses(demo_copy):
+    demo_copy.home = Home("one", 1, database="l" * 32, moving_to="two")
+    out = _run(["ledger", "resolve", "some-key", "--sent", "--clinic", "demo"])
+    assert isinstance(out.exception, HomeRefused), out.output
+    assert "being moved from 'one' to 'two'" in str(out.exception)
+
+
+def test_the_current_copy_goes_on_whatever_this_machine_is_called(demo_copy):
+    """The home is 'one'; this shell has no RELAY_MACHINE (the host name): not refused."""
+    demo_copy.home = Home("one", 1, database="l" * 32)
+    out = _run(["campaign", "cancel", "recall-90-179", "--clinic", "demo"])
+    assert not isinstance(out.exception, HomeRefused)
+    assert "was never confirmed" in str(out.exception)  # the command's own answer
+
+
+def test_a_database_of_its_own_refuses(tmp_path):
+    with open_db(tmp_path / "demo.duckdb") as con:
+        write_identity(con, Identity("demo", "m" * 32, 1, "one"))
+        store = Store(Home("one", 1, database="y" * 32))
+        with pytest.raises(HomeRefused, match="started on its own"):
+            homecopy.require_current_copy(con, "demo", store=store)
