@@ -66,6 +66,28 @@ def machine_for(clinic: str, home, fallback: str, chosen: bool) -> tuple[str, st
     return home.machine, f"home {home.machine}"
 
 
+def twins(clinics: list[str]) -> str | None:
+    """Why clinics that differ only in '-' and '_' cannot be deployed together, or None: both
+    names are valid, but their home records on the Prefect server are one Variable
+    (tasks.home.variable_name), so each would read the other's home: refused as the other's
+    copy, told it "already lives" where the other does, or moved and claimed with it."""
+    from tasks.home import variable_name
+
+    named: dict[str, list[str]] = {}
+    for clinic in clinics:
+        named.setdefault(variable_name(clinic), []).append(clinic)
+    pairs = [(var, names) for var, names in named.items() if len(names) > 1]
+    if not pairs:
+        return None
+    return "; ".join(
+        f"clinics {' and '.join(names)} would share one home record ({var})" for var, names in pairs
+    ) + (
+        ": each would take the other's home (its ticks refused as the other's, moved or claimed "
+        "with it). Rename one clinic (its folder and its clinic: line) so that the names differ "
+        "in more than '-' and '_'."
+    )
+
+
 @dataclass(frozen=True)
 class Planned:
     """One deployment to create: which flow, its name, parameters and schedules."""
@@ -330,6 +352,9 @@ def deploy_command(
     for config in configs:  # a run finds its clinic by the folder's name (tasks/paths.py)
         if config.source and (problem := misnamed(config.source, config.clinic, folder)):
             raise ConfigError(problem)
+    shared = twins([c.clinic for c in configs])
+    if shared:
+        raise ConfigError(shared)
     if not configs:
         raise ConfigError(
             f"No clinic to deploy in {folder}"

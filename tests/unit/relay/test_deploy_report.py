@@ -135,3 +135,24 @@ def test_the_deployments_of_a_clinic_whose_folder_is_gone_are_named_not_deleted(
     assert "clinic-tick/gone-tick, campaign/gone-campaign: a clinic that left?" in said, said
     assert "prefect deployment delete" in said and "owned-tick:" not in said
     assert "clinic-tick/gone-tick" in server.deployments  # named, not deleted
+
+
+def test_two_clinics_whose_names_differ_only_in_dash_and_underscore_deploy_nothing(
+    deploy, tmp_path
+):
+    """`acme-east` and `acme_east` are both valid clinic names, but their home records are one
+    Prefect Variable (relay_home_acme_east): `relay clinic claim acme_east` answered "already
+    lives on 'a'" (acme-east's home), each clinic's ticks were refused as the other's, and a
+    claim --fresh of one took the other's home. The fleet is refused before anything deploys."""
+    text = (tmp_path / "plain" / "clinic.yaml").read_text(encoding="utf-8")
+    for clinic in ("acme-east", "acme_east"):
+        (tmp_path / clinic).mkdir()
+        (tmp_path / clinic / "clinic.yaml").write_text(
+            text.replace("clinic: plain", f"clinic: {clinic}", 1), encoding="utf-8"
+        )
+    result, applied = deploy(Server())
+
+    assert result.exit_code != 0 and applied == []
+    said = str(result.exception)
+    assert "acme-east and acme_east" in said and "relay_home_acme_east" in said, result.output
+    assert "Rename one" in said
