@@ -87,6 +87,15 @@ def main() -> None:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         _let_go(exc)
         sys.exit(2)
+    except Exception as exc:
+        from relay.cli.flowrun import unreachable
+
+        said = unreachable(exc)
+        if said is None:
+            raise
+        typer.secho(f"error: {said}", fg=typer.colors.RED, err=True)
+        _let_go(exc)
+        sys.exit(2)
 
 
 def _let_go(exc: BaseException) -> None:

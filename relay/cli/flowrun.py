@@ -62,6 +62,28 @@ def _console_handlers() -> list[logging.Handler]:
     return [h for lg in loggers for h in lg.handlers if isinstance(h, PrefectConsoleHandler)]
 
 
+def unreachable(exc: BaseException) -> str | None:
+    """The one line for a command that found the Prefect server PREFECT_API_URL names gone
+    (refused, or no answer to connect): `relay clinic`, `relay deploy`, `relay alerts` and the
+    like talk to it directly, without ``prepare``. None for any other error."""
+    import httpx
+
+    url = os.environ.get("PREFECT_API_URL")
+    if not url or not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return None
+    try:
+        target = str(exc.request.url)
+    except RuntimeError:  # no request attached: not a call we can name
+        return None
+    if not target.startswith(url.rstrip("/")):
+        return None  # another service (a provider, Cliniko): its own errors say so
+    return (
+        f"No Prefect server answers at {url} (PREFECT_API_URL: {type(exc).__name__}). Start it "
+        "(`relay prefect-server`, or `relay serve`), or set PREFECT_API_URL to the server "
+        "every machine uses."
+    )
+
+
 def prepare() -> None:
     """Before running a flow from the terminal: the server must answer, and errors meant for a
     person are printed once by ``main``, not logged with a traceback on the console too."""

@@ -183,6 +183,26 @@ def test_a_prefect_server_that_does_not_answer_is_one_line(data_dir):
     assert "relay serve" in lines[0]
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["clinic", "home", "demo"],
+        ["clinic", "move", "demo", "--to", "b"],
+        ["deploy", "--demo"],
+        ["alerts", "create", "--webhook-url", "http://127.0.0.1:9/hook"],
+    ],
+    ids=["clinic-home", "clinic-move", "deploy", "alerts"],
+)
+def test_an_operators_command_whose_server_does_not_answer_is_one_line(data_dir, command):
+    """An operator's commands that need the server (a clinic's home, deployments, alerts) ended
+    in an httpx traceback of 60-odd lines ending 'Connection refused'."""
+    env = {"PREFECT_API_URL": "http://127.0.0.1:9/api", "RELAY_MACHINE": "here"}
+    code, lines = relay(*command, env=env)
+    assert code == 2
+    assert lines[:-1] in ([], ["this machine: here"]), lines  # `clinic home` says it first
+    assert lines[-1].startswith("error: No Prefect server answers at http://127.0.0.1:9/api")
+
+
 def test_a_backup_to_a_folder_it_cannot_make_is_one_line(data_dir):
     """docs/scaling.md, Backups: "any error ... fails the command, saying so": one line naming
     the folder and the reason, not 52 lines of FileNotFoundError."""
