@@ -19,9 +19,7 @@ a machine that is not the home, when the clinic is being moved, when the databas
 generation or lineage than the home's, or when it is a fresh database (no identity) while the
 home says the clinic has history: sending from it would repeat what the home's ledger already
 sent. Without a Prefect server (a temporary one per run: one machine, nothing shared) there is
-no record to compare with, and the guard only gives the database its identity.
-
-Nothing here holds personal data: clinic and machine names, generations, paths.
+no record to compare with, and the guard only gives the database its identity. No personal data.
 """
 
 from __future__ import annotations
@@ -260,8 +258,10 @@ def refusal(clinic: str, machine: str, identity: Identity | None, home: Home) ->
         return (
             f"this database is new, but {clinic}'s home on '{home.machine}' has history "
             f"(generation {home.generation}): a fresh database would send again what its "
-            "ledger already sent. Put the clinic's database back (its last backup), or, to start "
-            f"over on purpose, run `relay clinic claim {clinic} --fresh` on this machine."
+            f"ledger already sent. If another machine is also named '{machine}' (a cloned host, "
+            "a copied RELAY_MACHINE), give each its own RELAY_MACHINE and stop this one's worker. "
+            "Else put the clinic's database back (its last backup), or, to start over on "
+            f"purpose, run `relay clinic claim {clinic} --fresh` on this machine."
         )
     if home.database and identity.database_id != home.database:
         return (

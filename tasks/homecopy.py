@@ -36,7 +36,10 @@ def require_current_copy(
     identity = read_identity(con)
     if identity is not None and identity.clinic != clinic:
         return  # another clinic's file: the command's own checks say so
-    reason = refusal(clinic, home.machine, identity, home)  # identity decides, not the name
+    if identity is None and not home.moving_to:
+        reason: str | None = f"this database is new: {clinic}'s is on '{home.machine}'."
+    else:
+        reason = refusal(clinic, home.machine, identity, home)  # identity decides, not the name
     if reason:
         raise HomeRefused(
             f"{clinic}: nothing changed: {reason} Run this command on '{home.machine}', where "

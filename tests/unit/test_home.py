@@ -76,6 +76,20 @@ def test_a_fresh_database_on_the_home_machine_refuses_when_the_clinic_has_histor
         tick(tmp_path / "lost-and-recreated.duckdb", store, "one")
 
 
+def test_a_second_machine_under_the_homes_name_is_told_so_not_to_claim_afresh(tmp_path):
+    """Two hosts with the same name (a cloned VM, RELAY_MACHINE copied) serve one queue: the one
+    without the database was refused with only "run `relay clinic claim --fresh` on this
+    machine", which would take the clinic from the machine that has its ledger."""
+    store = Store()
+    tick(tmp_path / "one" / "a.duckdb", store, "one")
+    with pytest.raises(HomeRefused) as refused:
+        tick(tmp_path / "clone" / "a.duckdb", store, "one")
+    message = str(refused.value)
+    assert "If another machine is also named 'one'" in message
+    assert "give each its own RELAY_MACHINE and stop this one's worker" in message
+    assert message.index("also named") < message.index("--fresh")
+
+
 def test_an_old_copy_and_a_copy_of_another_lineage_refuse(tmp_path):
     store = Store()
     tick(tmp_path / "a.duckdb", store, "one")

@@ -89,3 +89,12 @@ def test_a_database_of_its_own_refuses(tmp_path):
         store = Store(Home("one", 1, database="y" * 32))
         with pytest.raises(HomeRefused, match="started on its own"):
             homecopy.require_current_copy(con, "demo", store=store)
+
+
+def test_a_machine_without_the_clinics_database_is_sent_to_the_home(tmp_path):
+    with open_db(tmp_path / "demo.duckdb") as con:
+        with pytest.raises(HomeRefused) as refused:
+            homecopy.require_current_copy(con, "demo", store=Store(MOVED))
+    assert "this database is new: demo's is on 'two'. Run this command on 'two'" in str(
+        refused.value
+    )
