@@ -9,8 +9,7 @@ queue, so only that machine's worker picks its ticks up. The code does not trust
   while ``relay clinic move`` is under way). The first tick of a clinic with no record claims it
   for its machine, generation 1, naming its database first (creating a variable is atomic on
   the server: two machines cannot both win; the loser's database is unnamed again). A home
-  claimed before any tick (``claim_home``, e.g. when deploying) has no ``database`` yet: the
-  first tick on that machine binds its database to it.
+  claimed before any tick (``claim_home``) has no ``database``: the first tick there binds one.
 - **The database's identity** is one row of ``state.clinic_identity`` (tasks/schema/80_home.sql):
   the clinic, its lineage (``database_id``, carried by every backup) and its generation.
 
@@ -40,6 +39,7 @@ from typing import Protocol
 import duckdb
 
 from tasks.errors import UserFacingError
+from tasks.homequeue import onto_queue
 from tasks.paths import data_dir
 from tasks.warehouse import in_use, open_db, transaction
 
@@ -63,8 +63,7 @@ def variable_name(clinic: str) -> str:
 
 
 def backup_dir() -> Path:
-    """Where moves put databases for the other machine: ``RELAY_BACKUP_DIR`` (a share both
-    machines read), else ``<data>/backups`` (one machine, or a folder you copy yourself)."""
+    """Where moves put databases: ``RELAY_BACKUP_DIR`` (a share both read), else <data>/backups."""
     return Path(os.environ.get("RELAY_BACKUP_DIR") or data_dir() / "backups")
 
 
@@ -442,9 +441,8 @@ def restore_home(
     """The last step of a move, on the machine it goes to (``relay clinic restore``, or the
     ``clinic-restore`` flow that ``relay clinic move`` starts on that machine's queue): check the
     move's copy, put it in place as generation n + 1, record this machine as the home, resume the
-    deployments the move paused. Refuses on any machine but the move's ``moving_to``. Idempotent:
-    after a crash the same call resumes where it stopped; once done it changes nothing.
-    ``config``: the clinic's ClinicConfig (its name and database path)."""
+    deployments the move paused, on its queue. Refuses on any machine but the move's
+    ``moving_to``. Idempotent: after a crash it resumes where it stopped."""
     from prefect.client.orchestration import get_client
 
     clinic, machine = config.clinic, machine or this_machine()
@@ -489,10 +487,12 @@ def restore_home(
         )
         store.write(config.clinic, new)  # from here on ticks run here, and only here
         echo(f"restored {config.database_path} as generation {generation} of {clinic}")
-    if new.paused:
-        with get_client(sync_client=True) as client:
-            for deployment_id in new.paused:
+    if new.paused or shared_server():
+        with get_client(sync_client=True) as client:  # on its queue: a move may have died before
+            onto_queue(client, clinic, queue_for(machine), echo)  # its step 3 (tasks/homequeue.py)
+            for deployment_id in new.paused or []:
                 client.resume_deployment(deployment_id)
+    if new.paused:
         echo(f"resumed {len(new.paused)} deployment(s)")
         new = replace(new, paused=None)
         store.write(config.clinic, new)
