@@ -74,12 +74,7 @@ def test_every_stop_stops_every_process_quietly_with_a_tick_in_its_fast_lane(tmp
                 time.sleep(0.1)  # the serving process alone: relay sees it end as it ends
             took_all = time.monotonic() - stopped_at
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            left = with_home(home)
-            for pid in left:  # never leave a run behind for the next test
-                os.kill(pid, signal.SIGKILL)
+            left = reap(proc, home)
     text = out.read_text()
     assert code == 0, text
     assert len(tree) >= 3, tree  # the serving process, the Prefect server, the tick's run
@@ -94,6 +89,19 @@ def test_every_stop_stops_every_process_quietly_with_a_tick_in_its_fast_lane(tmp
     assert took < 30 and took_all < 30, (took, took_all, text)
     assert run["label"].startswith("relay serve "), run
     assert not (outbox / "0123456789abcdef01234567.json").exists()
+
+
+def reap(proc: subprocess.Popen, home: Path) -> list[int]:
+    """What a test leaves: `relay serve`'s group killed if it still runs, and every process
+    still running with this session's Prefect home (a run that escaped the tree) killed, so
+    none is left for the next test; returns those."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    left = with_home(home)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    return left
 
 
 def test_a_prefect_server_that_dies_stops_relay_serve_saying_so(tmp_path):
@@ -117,12 +125,7 @@ def test_a_prefect_server_that_dies_stops_relay_serve_saying_so(tmp_path):
             while [pid for pid in tree if alive(pid)] and time.monotonic() < deadline:
                 time.sleep(0.1)
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            left = with_home(home)
-            for pid in left:  # never leave a run behind for the next test
-                os.kill(pid, signal.SIGKILL)
+            left = reap(proc, home)
     text = out.read_text()
     assert code == 1, text
     assert "The Prefect server stopped by itself (signal SIGKILL" in text, text
