@@ -1,7 +1,8 @@
 """A command that changes a clinic's state outside its tick does so on the clinic's current copy.
 
 ``relay campaign send --confirm`` (and the campaign deployment), ``relay campaign cancel``,
-``relay import-unsubscribes`` and ``relay ledger resolve`` write the clinic's database on the
+``relay import-unsubscribes``, ``relay patients opt-in`` and ``relay ledger resolve`` write the
+clinic's database on the
 machine they run on. Run on a machine holding an old copy (the clinic moved away: the copy stays
 behind, one generation older) or a database of its own, they used to succeed there, saying a
 campaign was queued or cancelled, while the home planned and sent as before: a campaign

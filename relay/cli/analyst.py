@@ -162,6 +162,7 @@ def patients_opt_in_command(
     from tasks import feedback_optin as optin
     from tasks.config import load_clinic
     from tasks.errors import UserFacingError
+    from tasks.homecopy import require_current_copy
     from tasks.messages.ledger import Channel
     from tasks.warehouse import open_db
 
@@ -173,6 +174,7 @@ def patients_opt_in_command(
     optin.check_evidence(evidence)
     flags = {"deliverable": deliverable, "despite_complaint": despite_complaint}
     with open_db(config.database_path, read_only=True) as con:
+        require_current_copy(con, config.clinic)  # the home would never read it (nor Postmark's)
         held = optin.held(con, ch, wanted)
     why = optin.refusal(ch, [h.reason for h in held], **flags)
     if why:

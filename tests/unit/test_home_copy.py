@@ -68,6 +68,14 @@ def test_importing_unsubscribes_on_an_old_copy_records_nothing(demo_copy, tmp_pa
     assert "Run this command on 'two'" in str(out.exception)
 
 
+def test_an_opt_in_on_an_old_copy_records_nothing(demo_copy):
+    demo_copy.home = MOVED
+    out = _run(["patients", "opt-in", "someone@example.com", "--channel", "email",
+                "--clinic", "demo", "--evidence", "asked at the desk"])  # fmt: skip
+    assert isinstance(out.exception, HomeRefused), out.output
+    assert "Run this command on 'two'" in str(out.exception)
+
+
 def test_resolving_a_message_during_a_move_refuses(demo_copy):
     demo_copy.home = Home("one", 1, database="l" * 32, moving_to="two")
     out = _run(["ledger", "resolve", "some-key", "--sent", "--clinic", "demo"])
