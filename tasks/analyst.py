@@ -39,8 +39,14 @@ class Table:
 def query(db_path: Path, sql: str, *, limit: int = 50, wait_seconds: float = 30.0) -> Table:
     """Run one read-only statement; at most ``limit`` rows come back (``truncated`` says more exist)."""
     with _open(db_path, wait_seconds) as con:
+        # The clinic's database and nothing else: a statement opening another file (COPY ...
+        # TO, read_csv, ATTACH, INSTALL) is refused, so patients' details leave only as printed.
+        # (Settable once: a statement cannot turn it back on.)
+        con.execute("SET enable_external_access = false")
         try:
             rel = con.sql(sql)
+        except duckdb.PermissionException as exc:
+            raise QueryError(f"{db_path.name}: {_OUTSIDE} ({_first_line(exc)})") from None
         except duckdb.Error as exc:
             raise QueryError(f"{db_path.name}: {_first_line(exc)}") from None
         if rel is None:  # a statement with no result (e.g. SET): nothing to show
@@ -50,6 +56,12 @@ def query(db_path: Path, sql: str, *, limit: int = 50, wait_seconds: float = 30.
         except duckdb.Error as exc:
             raise QueryError(f"{db_path.name}: {_first_line(exc)}") from None
         return Table(list(rel.columns), rows[:limit], len(rows) > limit)
+
+
+_OUTSIDE = (
+    "relay sql reads the clinic's database only: a file outside it (COPY ... TO, read_csv, "
+    "ATTACH, INSTALL) is not opened from here"
+)
 
 
 def _first_line(exc: Exception) -> str:

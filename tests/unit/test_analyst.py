@@ -51,6 +51,23 @@ def test_query_cannot_write(db):
     assert query(db, "SELECT count(*) FROM marts.patients").rows == [(3,)]
 
 
+def test_query_opens_no_file_outside_the_database(db, tmp_path):
+    # "read-only" held for the database, but COPY wrote the patients' emails to any file and
+    # read_csv read any file the user could
+    outside = tmp_path / "emails.csv"
+    with pytest.raises(QueryError, match="database only") as err:
+        query(db, f"COPY (SELECT email_normalised FROM marts.patients) TO '{outside}'")
+    assert str(err.value).startswith(f"{db.name}: ")
+    assert not outside.exists()
+    outside.write_text("a\n1\n")
+    for statement in (f"SELECT * FROM read_csv('{outside}')", f"ATTACH '{tmp_path / 'x.db'}'"):
+        with pytest.raises(QueryError, match="database only"):
+            query(db, statement)
+    with pytest.raises(QueryError, match="enable external access"):
+        query(db, "SET enable_external_access = true")
+    assert query(db, "SELECT count(*) FROM marts.patients").rows == [(3,)]
+
+
 def test_query_keeps_duckdb_message_framed_with_the_file(db):
     with pytest.raises(QueryError) as err:
         query(db, "SELECT nope FROM marts.patients")
