@@ -28,7 +28,9 @@ number (21610) and a START lifts the block.
 
 Read-only account settings (last block of the class): the account (``account_status``,
 ``account_type``), its phone numbers (``numbers``: number -> SMS capable) and its messaging
-services (``services``, served at ``/v1/Services/{sid}`` as on messaging.twilio.com).
+services (``services``, served at ``/v1/Services/{sid}`` as on messaging.twilio.com) with their
+Sender Pools (``service_senders``: ``/v1/Services/{sid}/PhoneNumbers``, ``ShortCodes``,
+``AlphaSenders``; empty for a new service, as in the Console).
 
 Senders are checked against them as Twilio checks them (``_refuse_sender``): a ``From`` number the
 account does not own is 21606 (owned but not SMS capable: 21661), a ``From`` that is neither a
@@ -58,6 +60,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from sandbox.server import Faults, ThreadedServer, after, guard
+from sandbox.twilio_settings import AccountSettings
+from sandbox.twilio_settings import error as _error
 
 ACCOUNT_SID = "AC" + "0" * 32
 AUTH_TOKEN = "sandbox-twilio-token"
@@ -89,15 +93,7 @@ ALPHANUMERIC = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}$")
 BASE = "/2010-04-01/Accounts/{sid}"
 
 
-def _error(code: int, message: str, status: int = 400) -> JSONResponse:
-    return JSONResponse(
-        {"code": code, "message": message, "more_info": f"https://www.twilio.com/docs/errors/{code}",
-         "status": status},
-        status_code=status,
-    )  # fmt: skip
-
-
-class TwilioSandbox:
+class TwilioSandbox(AccountSettings):
     def __init__(
         self,
         *,
@@ -126,6 +122,9 @@ class TwilioSandbox:
         self.account_status, self.account_type = "active", "Full"
         self.numbers: dict[str, bool] = {"+61400000000": True}  # owned number -> SMS capable
         self.services: dict[str, str] = {}  # messaging service SID -> friendly name
+        # a messaging service's Sender Pool: its numbers (E.164), short codes (digits) and
+        # alphanumeric sender IDs; a service made in the Console starts with none
+        self.service_senders: dict[str, list[str]] = {}
         self.verified: set[str] = set()  # a Trial account's verified numbers (the only To)
         self._lock = threading.Lock()
         self.app = Starlette(
@@ -136,6 +135,7 @@ class TwilioSandbox:
                 Route(BASE + ".json", self._account, methods=["GET"]),
                 Route(BASE + "/IncomingPhoneNumbers.json", self._numbers, methods=["GET"]),
                 Route("/v1/Services/{service}", self._service, methods=["GET"]),
+                Route("/v1/Services/{service}/{kind}", self._service_senders, methods=["GET"]),
             ]
         )
 
@@ -336,72 +336,6 @@ class TwilioSandbox:
             if m["sid"] == request.path_params["msid"]:
                 return JSONResponse(_public(self._now(m, now)))
         return _error(20404, "The requested resource was not found", 404)
-
-    # -- Read-only account settings (what `relay connect` checks before saving credentials) -----
-    # https://www.twilio.com/docs/iam/api/account (fetch), .../phone-numbers/api/incomingphonenumber-
-    # resource (read, PhoneNumber filter) and .../messaging/api/service-resource (fetch, on
-    # messaging.twilio.com/v1; the redirecting client sends it here). Credentials as for Messages:
-    # 401/20003; an unknown service is 404/20404.
-
-    async def _account(self, request: Request):
-        _, early = await self._guard(request)
-        if early is not None:
-            return early
-        sid, stamp = self.account_sid, "Mon, 01 Jan 2024 00:00:00 +0000"
-        base = f"/2010-04-01/Accounts/{sid}"
-        return JSONResponse(
-            {"sid": sid, "owner_account_sid": sid, "friendly_name": "Sandbox clinic",
-             "status": self.account_status, "type": self.account_type,
-             "auth_token": self.auth_token, "date_created": stamp, "date_updated": stamp,
-             "uri": f"{base}.json",
-             "subresource_uris": {"messages": f"{base}/Messages.json",
-                                  "incoming_phone_numbers": f"{base}/IncomingPhoneNumbers.json"}}
-        )  # fmt: skip
-
-    async def _numbers(self, request: Request):
-        _, early = await self._guard(request)
-        if early is not None:
-            return early
-        q = request.query_params
-        size = min(int(q.get("PageSize", 50)), 1000)
-        wanted = (q.get("PhoneNumber") or "").replace("*", "")  # partial match, '*' any digit
-        found = [n for n in sorted(self.numbers) if wanted in n]
-        path = request.url.path
-        base = f"/2010-04-01/Accounts/{self.account_sid}/IncomingPhoneNumbers"
-        return JSONResponse(
-            {"incoming_phone_numbers": [
-                {"sid": "PN" + uuid.uuid5(uuid.NAMESPACE_URL, n).hex, "account_sid": self.account_sid,
-                 "phone_number": n, "friendly_name": n, "status": "in-use",
-                 "capabilities": {"voice": True, "sms": self.numbers[n], "mms": False, "fax": False},
-                 "uri": f"{base}/PN{uuid.uuid5(uuid.NAMESPACE_URL, n).hex}.json"}
-                for n in found[:size]],
-             "page": 0, "page_size": size, "start": 0, "end": max(len(found[:size]) - 1, 0),
-             "first_page_uri": f"{path}?PageSize={size}&Page=0", "next_page_uri": None,
-             "previous_page_uri": None, "uri": f"{path}?PageSize={size}&Page=0"}
-        )  # fmt: skip
-
-    async def _service(self, request: Request):
-        expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
-        authorised = request.headers.get("Authorization") == f"Basic {expected}"
-        _, early = await guard(
-            request, self.requests, self.faults, authorised=authorised,
-            rate_limited=_error(20429, "Too Many Requests", 429), unauthorised=_error(20003, "Authenticate", 401),
-        )  # fmt: skip
-        if early is not None:
-            return early
-        sid = request.path_params["service"]
-        if sid not in self.services:
-            return _error(20404, f"The requested resource /Services/{sid} was not found", 404)
-        return JSONResponse(
-            {"sid": sid, "account_sid": self.account_sid, "friendly_name": self.services[sid],
-             "date_created": "2024-01-01T00:00:00Z", "date_updated": "2024-01-01T00:00:00Z",
-             "inbound_request_url": None, "use_inbound_webhook_on_number": True,
-             "sticky_sender": True, "mms_converter": True, "smart_encoding": True,
-             "area_code_geomatch": True, "validity_period": 14400, "usecase": "notifications",
-             "url": f"https://messaging.twilio.com/v1/Services/{sid}",
-             "links": {"phone_numbers": f"https://messaging.twilio.com/v1/Services/{sid}/PhoneNumbers",
-                       "alpha_senders": f"https://messaging.twilio.com/v1/Services/{sid}/AlphaSenders"}}
-        )  # fmt: skip
 
     # --- delivery ----------------------------------------------------------------------------
 

@@ -6,7 +6,9 @@
   with SMS capability; a number the account does not own cannot be a sender (Twilio would refuse
   every message with 21606).
 - A messaging service (``MG...``): ``GET https://messaging.twilio.com/v1/Services/{Sid}`` finds it
-  on this account (else 404, code 20404).
+  on this account (else 404, code 20404), and its Sender Pool (``.../PhoneNumbers``,
+  ``.../ShortCodes``, ``.../AlphaSenders``) has a sender: a new service has none, and Twilio
+  sends nothing through it until one is added.
 - An alphanumeric sender ID (1-11 letters, digits and spaces, at least one letter): checked for
   form only. Twilio has no API that says whether a country's registration of the ID is complete,
   alphanumeric IDs cannot be used in the US or Canada, and patients cannot reply to them (no
@@ -162,7 +164,21 @@ def _check_number(client: Client, sid: str, number: str) -> None:
 
 
 def _check_service(client: Client, service_sid: str) -> None:
-    client.messaging.v1.services(service_sid).fetch()
+    service = client.messaging.v1.services(service_sid).fetch()
+    pool = client.messaging.v1.services(service_sid)
+    if not (
+        pool.phone_numbers.list(limit=1)
+        or pool.short_codes.list(limit=1)
+        or pool.alpha_senders.list(limit=1)
+    ):
+        raise ConnectFailed(
+            SERVICE,
+            "service_without_senders",
+            f"the messaging service {service_sid} ('{service.friendly_name}') has no sender in "
+            "its Sender Pool, so Twilio has nothing to send its messages from. Add your SMS "
+            "number (or alphanumeric sender ID) in the Console under Messaging → Services → "
+            "Sender Pool, then connect again.",
+        )
 
 
 def _refused(exc: TwilioRestException, sender: str) -> ConnectFailed:

@@ -46,6 +46,7 @@ def postmark():
 def twilio():
     sandbox = TwilioSandbox()
     sandbox.services[SERVICE_SID] = "Acme reminders"
+    sandbox.service_senders[SERVICE_SID] = ["+61400000000"]  # its Sender Pool
     with sandbox.serve() as server:
         sandbox.url = server.url
         yield sandbox
@@ -206,6 +207,22 @@ def test_twilio_messaging_service_not_found_is_20404(twilio):
 def test_twilio_messaging_service_of_the_account(twilio):
     facts = verify_twilio(ACCOUNT_SID, AUTH_TOKEN, SERVICE_SID, base_url=twilio.url)
     assert facts.sender_kind == "messaging_service"
+
+
+@pytest.mark.parametrize("pool", [["+61400000000"], ["ACME"], ["12345"]])
+def test_twilio_messaging_service_with_any_sender_passes(twilio, pool):
+    twilio.service_senders[SERVICE_SID] = pool  # a number, an alphanumeric ID, a short code
+    facts = verify_twilio(ACCOUNT_SID, AUTH_TOKEN, SERVICE_SID, base_url=twilio.url)
+    assert facts.sender_kind == "messaging_service"
+
+
+def test_twilio_messaging_service_without_senders_is_refused(twilio):
+    # a service just made in the Console has an empty Sender Pool: connect said all was well and
+    # every SMS then failed at Twilio
+    twilio.service_senders[SERVICE_SID] = []
+    err = failure(verify_twilio, ACCOUNT_SID, AUTH_TOKEN, SERVICE_SID, base_url=twilio.url)
+    assert err.problem == "service_without_senders"
+    assert "Sender Pool" in str(err) and "Acme reminders" in str(err)
 
 
 def test_twilio_suspended_account(twilio):
