@@ -15,7 +15,8 @@ joins endpoint paths to the root, so a path prefix would be dropped).
   ``SubscriptionManagementConfiguration.UnsubscribeHandlingType``
 - read-only settings (last block of the class): ``GET /server`` (``server_name``) and
   ``GET /message-streams`` (``MessageStreamType``, ``IncludeArchivedStreams``; streams in
-  ``archived_streams`` carry their ``ArchivedAt``)
+  ``archived_streams`` carry their ``ArchivedAt``). A new server's streams: ``outbound``
+  (Transactional), ``inbound`` (Inbound: the email it receives) and ``broadcast``.
 
 As in Postmark, the outbound search and the bounce list read one stream: the one named by
 ``messagestream``, else the transactional stream ``outbound``
@@ -144,6 +145,7 @@ class PostmarkSandbox(TrackingMixin):
         # stream id -> (MessageStreamType, UnsubscribeHandlingType), as a new Postmark server has
         self.streams: dict[str, tuple[str, str]] = {
             "outbound": ("Transactional", "None"),
+            "inbound": ("Inbound", "None"),  # every server has one: email it receives
             "broadcast": ("Broadcasts", "Postmark"),
         }
         self.server_name = "Sandbox Clinic"  # GET /server's Name

@@ -143,7 +143,10 @@ def test_cliniko_unreachable_host_says_so(cliniko):
 def test_postmark_good_token_and_streams(postmark):
     facts = verify_postmark(postmark.server_token, base_url=postmark.url)
     assert facts.server_name == "Sandbox Clinic"
-    assert facts.streams == {"broadcast": "Broadcasts", "outbound": "Transactional"}
+    # a server's inbound stream (every server has one) is listed, and is no sending stream
+    assert facts.streams == {
+        "broadcast": "Broadcasts", "inbound": "Inbound", "outbound": "Transactional"
+    }  # fmt: skip
     assert facts.marketing_unsubscribes == "Postmark"
 
 
@@ -172,6 +175,12 @@ def test_postmark_marketing_on_a_transactional_stream_is_refused(postmark):
     err = failure(verify_postmark, postmark.server_token, "outbound", "promos",
                   base_url=postmark.url)  # fmt: skip
     assert err.problem == "wrong_stream_type" and "Broadcasts" in str(err)
+
+
+@pytest.mark.parametrize("streams", [("inbound", "broadcast"), ("outbound", "inbound")])
+def test_postmark_the_inbound_stream_sends_nothing(postmark, streams):
+    err = failure(verify_postmark, postmark.server_token, *streams, base_url=postmark.url)
+    assert err.problem == "wrong_stream_type" and "Inbound" in str(err)
 
 
 # -- Twilio --------------------------------------------------------------------------------------
