@@ -31,7 +31,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from tasks.errors import UserFacingError
 from tasks.paths import PROJECT_ROOT, clinics_dir, data_dir, misnamed
 from tasks.report_settings import ReportSettings
-from tasks.triggers.definition import Trigger, explain, parse_duration, parse_triggers
+from tasks.triggers.definition import ClockTime, Trigger, explain, parse_duration, parse_triggers
 
 SEGMENTS_DIR = PROJECT_ROOT / "sql" / "segments"
 DEFAULT_TAG_CATEGORIES = ("Admin Only",)  # seed 000's category for admin "dummy" appointments
@@ -179,7 +179,7 @@ class JourneyEntry(_Section):
     # A DATE column of marts.patients (e.g. date_of_birth): its anniversary each year, at `at`
     # in the clinic's time zone.
     date_field: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_]*$")
-    at: time = time(9, 0)
+    at: ClockTime = time(9, 0)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> JourneyEntry:
@@ -293,8 +293,8 @@ class FrequencyCap(_Section):
 class QuietHours(_Section):
     """No marketing SMS between start and end, in the clinic's time zone."""
 
-    start: time = time(20, 0)
-    end: time = time(9, 0)
+    start: ClockTime = time(20, 0)
+    end: ClockTime = time(9, 0)
 
     @model_validator(mode="after")
     def _not_empty(self) -> QuietHours:

@@ -80,7 +80,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import timedelta
+from datetime import time, timedelta
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -129,6 +129,36 @@ def parse_duration(text: str) -> timedelta:
             f"'{text}' is not a duration; write e.g. '3 days', '12 hours', '30 minutes'"
         )
     return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+_CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?$")
+
+
+def parse_clock_time(value: object) -> object:
+    """'08:00', '8:00', '20:30': every time of day clinic.yaml writes (quiet hours, a journey's
+    date entry, the owner's report) is read here, 24-hour, in the clinic's time zone. YAML reads
+    an unquoted 9:00 or 20:00 as a number of minutes (540, 1200), which pydantic took as seconds
+    past midnight (00:09, 00:20: quiet hours from twenty past midnight): refused, saying how to
+    write it. A ``time`` passes as it is."""
+    if isinstance(value, time):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        hours, minutes = divmod(int(value), 60)
+        if value == int(value) and 0 <= value < 24 * 60:
+            raise ValueError(
+                f'write the time in quotes, e.g. "{hours:02d}:{minutes:02d}" (unquoted, YAML '
+                f"reads {hours}:{minutes:02d} as the number {int(value)})"
+            )
+    match = _CLOCK.match(value.strip()) if isinstance(value, str) else None
+    if not match:
+        raise ValueError(
+            f"'{value}' is not a time of day; write it 24-hour and in quotes, e.g. \"08:00\" "
+            'or "20:30"'
+        )
+    return time(int(match.group(1)), int(match.group(2)), int(match.group(3) or 0))
+
+
+ClockTime = Annotated[time, BeforeValidator(parse_clock_time)]
 
 
 class _Strict(BaseModel):

@@ -86,3 +86,34 @@ def test_a_clinic_folder_whose_clinic_line_names_another_clinic_is_refused(tmp_p
     loose.parent.mkdir()
     loose.write_text("clinic: gamma\nname: Gamma Physio\n")
     assert load_clinic(loose).clinic == "gamma"
+
+
+@pytest.mark.parametrize(
+    ("section", "says"),
+    [
+        # YAML reads an unquoted 20:00 as 1200 (minutes): it became quiet hours from 00:20, and
+        # marketing SMS went out through the evening without a word
+        (
+            "marketing:\n  quiet_hours:\n    start: 20:00\n",
+            'marketing.quiet_hours.start: Value error, write the time in quotes, e.g. "20:00" '
+            "(unquoted, YAML reads 20:00 as the number 1200)",
+        ),
+        ("marketing:\n  quiet_hours:\n    end: 9:00\n", 'e.g. "09:00"'),
+        (
+            "report:\n  to: a@b.example\n  at: 8:00\n",
+            'report.at: Value error, write the time in quotes, e.g. "08:00"',
+        ),
+        ("marketing:\n  quiet_hours:\n    start: 8pm\n", "'8pm' is not a time of day"),
+    ],
+)
+def test_a_time_of_day_yaml_read_as_a_number_is_refused_saying_to_quote_it(tmp_path, section, says):
+    with pytest.raises(ConfigError) as err:
+        load_clinic(write(tmp_path, f"clinic: x\nname: X\n{section}"))
+    assert says in str(err.value)
+
+
+def test_a_quoted_time_of_day_may_leave_out_the_hours_leading_zero(tmp_path):
+    # "9:00" was refused in pydantic's words ("input is too short")
+    cfg = load_clinic(write(tmp_path, 'clinic: x\nname: X\nmarketing:\n  quiet_hours:\n'
+                                      '    start: "20:30"\n    end: "9:00"\n'))  # fmt: skip
+    assert (cfg.marketing.quiet_hours.start.hour, cfg.marketing.quiet_hours.end.hour) == (20, 9)

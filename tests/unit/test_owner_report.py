@@ -68,7 +68,7 @@ def test_the_report_settings_give_the_schedule_as_cron_in_clinic_time():
     ("section", "says"),
     [
         ("  to: owner at clinic\n", "report.to: Value error, 'owner at clinic' is not one email"),
-        ("  to: a@b.example\n  at: 8:00\n", 'write the time in quotes, e.g. at: "08:00"'),
+        ("  to: a@b.example\n  at: 8:00\n", 'write the time in quotes, e.g. "08:00"'),
         ("  to: a@b.example\n  weekday: mon\n", "report.weekday: Input should be 'monday'"),
         ("  to: a@b.example\n  booked_within_days: 0\n", "report.booked_within_days"),
         ("  too: a@b.example\n", "report.too: unknown setting"),
