@@ -62,7 +62,10 @@ class Preparer:
         c = decision.candidate
         assert c is not None  # past cancel, skip and wait: a keep or move, which has its candidate
         if decision.due_at is not None and decision.due_at > now:
-            return Skip(NOT_SENT_EARLY)
+            # the appointment moved later since the row was last re-timed (a run that died
+            # after its claim, planned again at once by reconciliation): it waits for the next
+            # planning re-check to move it; a skip would be final for a row once claimed
+            return Wait(NOT_SENT_EARLY)
         if c["due_problem"]:
             return Skip(c["due_problem"])
         return Ready(to=c["address"], context=template_context(self.clinic, c, now))

@@ -7,7 +7,9 @@ judged, not *whether* it should go (:func:`about_time`):
 - ``last_minute: skip``: the appointment moved so close that the moment had passed
   (:func:`moved_too_late`, tasks/triggers/plan.py ``late_move``);
 - past its grace window, at a tick or at send time (:data:`PAST_GRACE`);
-- the send-time check saw the appointment move later (:data:`NOT_SENT_EARLY`);
+- the send-time check saw the appointment move later (:data:`NOT_SENT_EARLY`: the row waits for
+  the next re-check to move it, tasks/triggers/prepare.py, and is skipped only if its grace
+  ran out first);
 - a wait that ran out its grace: skipped with the reason it waited for (``waiting_reason``,
   tasks/messages/waiting.py ``hold``), or held by the marketing gate (frequency cap, quiet hours)
   past the end of its grace window (:data:`GRACE_ENDED`).
@@ -48,7 +50,7 @@ from tasks.messages.gate import GRACE_ENDED
 from tasks.messages.waiting import PAST_GRACE
 from tasks.triggers.definition import Trigger
 
-# The send-time check's skip of a due message whose appointment moved later (prepare.py).
+# Why a due message whose appointment moved later waits at the send-time check (prepare.py).
 NOT_SENT_EARLY = "appointment moved after planning; not sent early"
 
 

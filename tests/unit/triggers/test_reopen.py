@@ -266,3 +266,35 @@ def test_the_tick_counts_what_it_reopened(clinic):
     result: planning.PlanResult = clinic.plan(NOW + 2 * HOUR)
     assert (result.totals["reopened"], result.totals["planned"]) == (1, 0)
     assert (clinic.one().status, clinic.one().due_at) == ("planned", NOW + 6 * HOUR)
+
+
+def test_a_reminder_whose_send_died_is_sent_at_its_new_time_when_the_appointment_moved_since(
+    clinic, tmp_path
+):
+    """A dispatch killed between its claim and its request (row left ``sending``), then the front
+    desk moves the appointment to next week before the next tick: the next run finds the
+    provider never had it (planned again, at once) and its send-time check sees the move. The
+    reminder goes at its new moment; it is not skipped "not sent early" for good (a row once
+    claimed is never reopened, so such a skip cost the patient the reminder)."""
+    clinic.trigger("reminder", **REMINDER)
+    live(clinic)
+    clinic.patient(1)
+    clinic.appointment(10, 1, NOW + 30 * HOUR, created=NOW - 10 * DAY)
+    tick_and_send(clinic, NOW, tmp_path)
+    message_id = clinic.one().message_id
+    due = NOW + 6 * HOUR
+    with transaction(clinic.con):  # the run claimed it, then died before its request left
+        ledger.transition(clinic.con, [message_id], "planned", "sending", due, count_attempt=True,
+                          values={"claim_id": ["dead-run"], "to_address": ["+61412345678"],
+                                  "content_hash": ["0" * 64],
+                                  "provider": ["outbox"]})  # fmt: skip
+    _move(clinic, 10, NOW + 4 * DAY, at=due + MIN)  # the front desk moves it to Thursday
+
+    tick_and_send(clinic, due + 10 * MIN, tmp_path)
+    row = clinic.one()
+    assert row.status == "planned", (row.status, row.status_reason)
+    for hour in range(0, 4 * 24, 6):  # the ticks of the days that follow
+        tick_and_send(clinic, due + 10 * MIN + hour * HOUR, tmp_path)
+    row = clinic.one()
+    assert (row.status, row.attempts) == ("sent", 2), (row.status, row.status_reason)
+    assert NOW + 3 * DAY <= row.sent_at <= NOW + 3 * DAY + 2 * HOUR, "24 hours before, as moved"
