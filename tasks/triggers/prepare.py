@@ -26,7 +26,9 @@ class Preparer:
 
     Decisions are computed per trigger, for all its planned messages at once, the first time one of
     them is asked about (one query per trigger, not one per message). Dispatch runs after a
-    re-check in the same database session, so a message is never due here under a stale time.
+    re-check in the same database session, so a message is rarely due here under a stale time:
+    only one a dead run had claimed, which reconciliation planned again after the re-check
+    (it then waits for the next re-check to move it).
     """
 
     def __init__(
