@@ -48,7 +48,8 @@ reports it per message); a ``MessageStream`` the server lacks is 1235.
 Recipients trigger errors, like Twilio's magic numbers: anything in ``inactive`` is suppressed on
 every stream (a HardBounce in each stream's dump, one hard bounce listed on ``outbound``) and gets
 406 on all of them; anything in ``invalid`` or without an ``@`` gets 300.
-``faults`` injects 5xx, 429, slowness and "timeout after receipt". ``accepted`` records every
+``faults`` injects 5xx (a 503 before processing), 429, slowness, "timeout after receipt" and
+"500 after receipt" (the batch taken, the answer a 500). ``accepted`` records every
 message accepted, so tests can assert each send key arrived at most once.
 
 Feedback: ``bounce(email, "SoftBounce")`` records a bounce of any Postmark type (a hard bounce or
@@ -71,7 +72,7 @@ from email.utils import parseaddr
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from sandbox.postmark_tracking import TrackingMixin
@@ -86,6 +87,12 @@ INVALID = frozenset({"invalid@sandbox.example.com"})
 
 def _error(code: int, message: str, status: int = 422) -> JSONResponse:
     return JSONResponse({"ErrorCode": code, "Message": message}, status_code=status)
+
+
+def _server_error() -> PlainTextResponse:
+    """Postmark's 500: "an issue with Postmark's servers processing your request. In most cases
+    the message is lost" (API overview, HTTP response codes): in most, not all."""
+    return PlainTextResponse("Internal Server Error", status_code=500)
 
 
 # Postmark's bounce types and their TypeCodes (its Bounce API documentation, "Bounce types").
@@ -333,6 +340,8 @@ class PostmarkSandbox(TrackingMixin):
             return early
         result = self._accept(json.loads(await request.body()))
         await after(fault)
+        if fault is not None and fault.kind == "500_after_receipt":
+            return _server_error()
         if result["ErrorCode"]:
             return _error(result["ErrorCode"], result["Message"])
         return JSONResponse(result)
@@ -346,6 +355,8 @@ class PostmarkSandbox(TrackingMixin):
             return _error(300, "A batch is a JSON array of at most 500 messages.")
         results = [self._accept(item) for item in items]
         await after(fault)
+        if fault is not None and fault.kind == "500_after_receipt":  # taken, yet answered 500
+            return _server_error()
         return JSONResponse(results)
 
     def _summary(self, m: dict) -> dict:

@@ -63,7 +63,8 @@ class ThreadedServer:
 class Fault:
     """What the next ``times`` matching requests get.
 
-    kind: ``5xx`` (a non-JSON 503 page), ``429`` (rate limited), ``401`` (credentials refused,
+    kind: ``5xx`` (a non-JSON 503 page), ``500`` (a non-JSON 500 page, the request not
+    processed: Postmark's "in most cases the message is lost"), ``429`` (rate limited), ``401`` (credentials refused,
     as after a rotation), ``slow`` (wait ``delay``
     seconds, then process), ``slow_reply`` (process, then wait ``delay`` before answering: the
     provider has acted while the client still waits), ``timeout_after_receipt`` (the same with a
@@ -88,6 +89,7 @@ class Faults:
     def add(self, kind: str, times: int = 1, delay: float = 0.0, path_prefix: str = "/") -> None:
         if kind not in (
             "5xx",
+            "500",
             "429",
             "401",
             "slow",
@@ -124,6 +126,8 @@ async def before(
         return unauthorised
     if fault.kind == "5xx":
         return PlainTextResponse("Service Unavailable", status_code=503)
+    if fault.kind == "500":
+        return PlainTextResponse("Internal Server Error", status_code=500)
     if fault.kind == "429":
         return rate_limited
     if fault.kind == "slow":

@@ -283,7 +283,7 @@ def record(con: duckdb.DuckDBPyConnection, week: Week, outcome: Outcome, now: da
     if outcome.kind == "retry":
         _forget(con, week)
         return "planned"
-    if outcome.kind == "pending":
+    if outcome.kind in ("pending", "doubt"):  # the next run asks the provider
         return "sending"
     with transaction(con):
         con.execute(

@@ -15,8 +15,9 @@ One run, per channel, batch by batch:
    moves rows that are still ``planned``, so two runs cannot both claim a row, and a run that
    dies leaves ``sending`` only on the request it was making: the rest are still ``planned``.
 4. **Send**, then **record** each outcome in one transaction: sent, failed (+ a suppression when
-   the address is dead or opted out), retry later (planned again, with backoff), or unknown;
-   then the next request (3), until the batch is done or the provider takes nothing.
+   the address is dead or opted out), retry later (planned again, with backoff), unknown, or
+   in doubt (left ``sending`` for the next run's reconcile); then the next request (3), until
+   the batch is done or the provider takes nothing.
 
 Processes are serialised by the database lock (tasks/warehouse.py); within a process, claims by
 concurrent runs are told apart by ``claim_id``, so a live run's rows are never "reconciled".
@@ -44,6 +45,7 @@ from tasks.messages.prepare import Prepare, Ready, Skip, Wait
 from tasks.messages.templates import TemplateError, Templates
 from tasks.providers.common import (
     SETTLE,
+    STRUGGLING,
     Outcome,
     OutgoingMessage,
     Provider,
@@ -149,6 +151,13 @@ def _record(
                         occurred_at=now,
                     )
                     counts["suppressed"] += 1
+        elif kind == "doubt":  # stays `sending`: the next run's reconcile asks the provider
+            con.execute(
+                "UPDATE state.messages AS m SET status_reason = v.r, error_code = v.c, "
+                "updated_at = $now FROM (SELECT unnest($ids::BIGINT[]) AS id, unnest($r::VARCHAR[])"
+                " AS r, unnest($c::VARCHAR[]) AS c) AS v WHERE m.message_id = v.id "
+                "AND m.status = 'sending'", {"ids": ids, "r": reasons, "c": codes, "now": now},
+            )  # fmt: skip
         elif kind == "retry":
             # the provider never had it: after a crash it may go at once; when busy, back off
             later = [now if retry_at_once else now + backoff(rows[i].attempts) for i in idx]
@@ -456,7 +465,9 @@ def _attempt(
             con, sending_rows, [m.to for _, m in batch], outcomes, provider.name, clock(),
             result.counts,
         )  # fmt: skip
-    if all(o.kind in ("retry", "unknown") for o in outcomes):
+    for doubt in dict.fromkeys(o.reason for o in outcomes if o.kind == "doubt"):
+        result.problems.append(f"{channel}: {doubt}")
+    if all(o.kind in STRUGGLING for o in outcomes):
         result.problems.append(
             f"{channel}: {provider.name} took nothing from the last request; stopping until "
             "the next run"

@@ -13,6 +13,8 @@ Outcome kinds, and what decides between them:
   address must also be suppressed, and for what scope;
 - ``retry``: certainly not taken (rate limit, 5xx, no connection made): planned again, later;
 - ``unknown``: it may have gone (a timeout after the request was sent): never resent automatically;
+- ``doubt``: it may have gone, and the provider can be searched by send key (Postmark's 500):
+  left ``sending`` for the next run's ``reconcile`` (found = sent; absent once settled = again);
 - ``pending`` (reconciliation only): too early to decide; leave the row as it is.
 """
 
@@ -33,7 +35,9 @@ from tasks.messages.ledger import Channel, LedgerRow, Purpose
 if TYPE_CHECKING:
     from tasks.feedback import Feed
 
-OutcomeKind = Literal["sent", "failed", "retry", "unknown", "pending"]
+OutcomeKind = Literal["sent", "failed", "retry", "unknown", "doubt", "pending"]
+# What a provider answers when it may be struggling: dispatch leaves the rest of the run for later.
+STRUGGLING = ("retry", "unknown", "doubt")
 # How long after an attempt before "the provider does not have it" is believed (``reconcile``'s
 # ``settle``): dispatch and the owner's report both wait this long.
 SETTLE = timedelta(minutes=5)

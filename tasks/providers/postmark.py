@@ -47,6 +47,7 @@ from tasks import engagement, feedback
 from tasks.feedback import Feed, FeedbackUnavailable, Scope
 from tasks.messages.ledger import LedgerRow, normalise_address
 from tasks.providers.common import (
+    STRUGGLING,
     Outcome,
     OutgoingMessage,
     ProviderUnavailable,
@@ -169,7 +170,7 @@ class PostmarkProvider:
                     raise
                 results = []  # earlier chunks went: report them; the next run meets the error
             outcomes.extend(results)
-            if len(results) < len(chunk) or any(o.kind in ("retry", "unknown") for o in results):
+            if len(results) < len(chunk) or any(o.kind in STRUGGLING for o in results):
                 # the provider is struggling: leave the rest for a later run, untouched
                 rest = len(messages) - len(outcomes)
                 outcomes.extend([Outcome("retry", reason="postmark: not attempted")] * rest)
@@ -182,7 +183,9 @@ class PostmarkProvider:
             results = self.client.emails.send_batch(*[self._as_dict(m) for m in chunk])
         except ClientError as exc:
             status = getattr(getattr(exc.__cause__, "response", None), "status_code", 0)
-            if exc.error_code == 429 or status == 429 or status >= 500:
+            if status >= 500:
+                return [_server_error(status)] * n
+            if exc.error_code == 429 or status == 429:
                 return [
                     Outcome("retry", error_code=str(exc.error_code), reason="postmark: busy")
                 ] * n
@@ -195,7 +198,9 @@ class PostmarkProvider:
             ] * n
         except requests.HTTPError as exc:  # a non-JSON error page
             status = exc.response.status_code if exc.response is not None else 0
-            if status == 429 or status >= 500:
+            if status >= 500:
+                return [_server_error(status)] * n
+            if status == 429:
                 return [Outcome("retry", error_code=str(status), reason="postmark: busy")] * n
             return [Outcome("unknown", error_code=str(status), reason="postmark: odd reply")] * n
         except requests.RequestException as exc:
@@ -418,6 +423,16 @@ class PostmarkProvider:
             newest = max((feedback.parse_time(e["CreatedAt"]) for e in entries), default=None)
             feedback.advance(con, "postmark", feed, newest, len(new), now)
         return +counts
+
+
+def _server_error(status: int) -> Outcome:
+    """A 5xx to a send. 503 is Postmark's planned outage, refused before processing: retried.
+    Any other (500: "in most cases the message is lost", so not always; a gateway's 502/504)
+    may have gone: left for reconciliation by send key, never resent blindly."""
+    if status == 503:
+        return Outcome("retry", error_code="503", reason="postmark: busy")
+    why = f"postmark: server error {status}; the next run searches for it by send key"
+    return Outcome("doubt", error_code=str(status), reason=why)
 
 
 # --- feedback: bounces and suppression dumps ----------------------------------------------------

@@ -243,6 +243,29 @@ def test_a_twilio_500_after_it_took_the_sms_is_unknown_and_a_rerun_confirms_not_
     assert len(twilio.accepted) == 1
 
 
+@pytest.mark.parametrize("kept", [True, False])
+def test_a_postmark_500_is_settled_by_send_key_so_the_email_goes_once(tmp_path, sandboxes, kept):
+    """Postmark answers 500 whether it kept the batch or lost it ("in most cases the message is
+    lost"): the email stays in doubt, the next run finds it by send key (sent) or, once settled
+    and still absent, sends it again; never blindly at once."""
+    postmark, twilio = sandboxes
+    postmark.faults.add("500_after_receipt" if kept else "500", path_prefix="/email/batch")
+    with open_db(tmp_path / "c.duckdb") as con:
+        email = plan(con, 1, "email")
+        first = run(con, postmark, twilio)
+        row = ledger.get(con, email)
+        assert (row.status, row.error_code) == ("sending", "500") and first.counts["retry"] == 0
+        assert first.counts["doubt"] == 1 and first.problems
+        # a minute later: found by its send key, or too early to believe Postmark lost it
+        soon = run(con, postmark, twilio, at=START + timedelta(minutes=1))
+        assert ledger.get(con, email).status == ("sent" if kept else "sending")
+        assert soon.counts["reconciled_sent"] == kept and soon.counts["sent"] == 0
+        later = run(con, postmark, twilio, at=START + timedelta(minutes=10))
+        assert ledger.get(con, email).status == "sent"
+        assert later.counts["reconciled_retry"] == later.counts["sent"] == (not kept)
+    assert postmark.send_key_counts() == {email: 1}
+
+
 def test_the_clinic_config_can_point_both_channels_at_the_sandboxes(
     tmp_path, sandboxes, monkeypatch, data_dir
 ):

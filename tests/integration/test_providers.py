@@ -194,6 +194,16 @@ def test_a_postmark_timeout_after_the_request_arrived_is_unknown_never_retried(p
     assert postmark.send_key_counts() == {"trigger:t:1:x": 1}
 
 
+def test_a_postmark_500_after_it_took_the_batch_is_in_doubt_not_retried_blind(postmark):
+    """Postmark's 500: "in most cases the message is lost", so not always: a retry could send it
+    twice. The send key is searchable, so the row waits for reconciliation (found = sent)."""
+    postmark.faults.add("500_after_receipt", path_prefix="/email/batch")
+    outcomes = pm_provider(postmark).send([email(1, "a@example.com"), email(2, "b@example.com")])
+    assert [o.kind for o in outcomes] == ["doubt", "doubt"]
+    assert outcomes[0].error_code == "500" and "a@example.com" not in (outcomes[0].reason or "")
+    assert postmark.send_key_counts() == {"trigger:t:1:x": 1, "trigger:t:2:x": 1}
+
+
 def test_no_postmark_server_listening_is_a_retry():
     provider = PostmarkProvider(
         PostmarkSettings(
