@@ -466,7 +466,7 @@ def _attempt(
             result.counts,
         )  # fmt: skip
     for doubt in dict.fromkeys(o.reason for o in outcomes if o.kind == "doubt"):
-        result.problems.append(f"{channel}: {doubt}")
+        result.problems.append(f"{channel}: {doubt}; the next run looks it up by send key")
     if all(o.kind in STRUGGLING for o in outcomes):
         result.problems.append(
             f"{channel}: {provider.name} took nothing from the last request; stopping until "

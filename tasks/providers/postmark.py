@@ -431,7 +431,7 @@ def _server_error(status: int) -> Outcome:
     may have gone: left for reconciliation by send key, never resent blindly."""
     if status == 503:
         return Outcome("retry", error_code="503", reason="postmark: busy")
-    why = f"postmark: server error {status}; the next run searches for it by send key"
+    why = f"postmark: server error {status}, it may have gone (Postmark's activity says)"
     return Outcome("doubt", error_code=str(status), reason=why)
 
 
