@@ -5,7 +5,8 @@ Odd things about this API and client, and what we do about them:
 - ``send_batch`` chunks by 500 itself, but an error in a later chunk would lose the results of the
   earlier ones, so we call it once per chunk of at most 500.
 - Transactional mail goes on the transactional stream ("outbound"), marketing on the broadcast
-  stream: a mix-up is a compliance problem, so the stream comes from the message's purpose only.
+  stream: a mix-up is a compliance problem, so the stream comes from the message's purpose only,
+  and marketing waits while its stream is not a Broadcasts one (``unsubscribe_handling``).
 - ``TrackLinks`` is passed explicitly (postmarker would otherwise send "None" for single sends).
   The clinic's ``providers.tracking`` turns opens and links on for marketing email only
   (``track_marketing``); the server's own "Open tracking" setting, if on, tracks everything.
@@ -17,11 +18,10 @@ Odd things about this API and client, and what we do about them:
 - Suppressions are per stream: a 406 ("inactive recipient") means the address is suppressed on
   the message's stream, without saying why; ``_inactive_reason`` asks that stream's dump, so an
   unsubscribe is recorded as one (marketing only), not as a hard bounce.
-- Feedback comes back two ways, per stream: ``GET /bounces`` (again the transactional stream
-  unless ``messagestream`` says otherwise; filtered by whole days in US Eastern time, at most
-  10,000 deep) and each stream's suppression dump (how Postmark-managed unsubscribes and manual
-  suppressions come back). Both are read from a day before their cursor and recorded by
-  tasks/feedback.py.
+- Feedback, per stream: ``GET /bounces`` (the transactional stream unless ``messagestream``
+  says otherwise; by whole days in US Eastern time, at most 10,000 deep) and the stream's
+  suppression dump (Postmark-managed unsubscribes, manual suppressions), from a day before
+  their cursor, recorded by tasks/feedback.py.
 - Unsubscribes on the marketing stream: its ``UnsubscribeHandlingType`` (``GET
   /message-streams/{id}``) says who handles them. ``Postmark`` (Postmark's default for broadcast
   streams): Postmark adds its own link and RFC 8058 headers, which cannot be edited, so our mail
@@ -56,7 +56,7 @@ from tasks.providers.common import (
     metadata_key,
     request_never_sent,
 )
-from tasks.providers.postmark_codes import item_outcome, settings_refusal, stopped
+from tasks.providers.postmark_codes import item_outcome, server_error, settings_refusal, stopped
 from tasks.warehouse import transaction
 
 DEFAULT_API = "https://api.postmarkapp.com/"
@@ -139,22 +139,30 @@ class PostmarkProvider:
         return self.settings.transactional_stream
 
     def unsubscribe_handling(self) -> str:
-        """The marketing stream's ``UnsubscribeHandlingType``: None, Postmark or Custom."""
+        """The marketing stream's ``UnsubscribeHandlingType`` (None, Postmark or Custom); a
+        stream that is not a Broadcasts stream sends no marketing (ProviderUnavailable)."""
         stream = self.settings.marketing_stream
         try:
             reply = self.client.call("GET", f"/message-streams/{stream}")
-            return reply["SubscriptionManagementConfiguration"]["UnsubscribeHandlingType"]
+            kind = reply["MessageStreamType"]
+            handling = reply["SubscriptionManagementConfiguration"]["UnsubscribeHandlingType"]
         except (ClientError, requests.RequestException, KeyError, TypeError, ValueError) as exc:
             code = f" ({exc.error_code})" if isinstance(exc, ClientError) else ""
             raise ProviderUnavailable(
                 f"Postmark could not say how stream {stream!r} handles unsubscribes "
-                f"({type(exc).__name__}{code}); no email was sent this run. Check that the "
+                f"({type(exc).__name__}{code}); no marketing email went this run. Check that the "
                 "PostmarkServer block's marketing_stream names a stream of this server."
             ) from None
+        if kind != "Broadcasts":  # Postmark's terms: no marketing on a transactional stream
+            raise ProviderUnavailable(
+                f"Postmark stream {stream!r} is a {kind} stream: marketing email goes on a "
+                "Broadcasts stream only. Name one in the PostmarkServer block's marketing_stream."
+            )
+        return handling
 
     def managed_unsubscribe(self) -> str | None:
         """Postmark's placeholder when it manages the marketing stream's unsubscribes (its link,
-        its headers), else None: ours. Read once per provider, i.e. once per dispatch run."""
+        its headers), else None: ours. Read once a provider (a dispatch run)."""
         if self._handling is None:
             self._handling = self.unsubscribe_handling()
         return POSTMARK_UNSUBSCRIBE if self._handling == "Postmark" else None
@@ -184,7 +192,7 @@ class PostmarkProvider:
         except ClientError as exc:
             status = getattr(getattr(exc.__cause__, "response", None), "status_code", 0)
             if status >= 500:
-                return [_server_error(status)] * n
+                return [server_error(status)] * n
             if exc.error_code == 429 or status == 429:
                 return [
                     Outcome("retry", error_code=str(exc.error_code), reason="postmark: busy")
@@ -199,7 +207,7 @@ class PostmarkProvider:
         except requests.HTTPError as exc:  # a non-JSON error page
             status = exc.response.status_code if exc.response is not None else 0
             if status >= 500:
-                return [_server_error(status)] * n
+                return [server_error(status)] * n
             if status == 429:
                 return [Outcome("retry", error_code=str(status), reason="postmark: busy")] * n
             return [Outcome("unknown", error_code=str(status), reason="postmark: odd reply")] * n
@@ -423,16 +431,6 @@ class PostmarkProvider:
             newest = max((feedback.parse_time(e["CreatedAt"]) for e in entries), default=None)
             feedback.advance(con, "postmark", feed, newest, len(new), now)
         return +counts
-
-
-def _server_error(status: int) -> Outcome:
-    """A 5xx to a send. 503 is Postmark's planned outage, refused before processing: retried.
-    Any other (500: "in most cases the message is lost", so not always; a gateway's 502/504)
-    may have gone: left for reconciliation by send key, never resent blindly."""
-    if status == 503:
-        return Outcome("retry", error_code="503", reason="postmark: busy")
-    why = f"postmark: server error {status}, it may have gone (Postmark's activity says)"
-    return Outcome("doubt", error_code=str(status), reason=why)
 
 
 # --- feedback: bounces and suppression dumps ----------------------------------------------------

@@ -65,3 +65,12 @@ def item_outcome(item: dict, inactive: Suppress | None = None) -> Outcome:
     if code == 429:
         return Outcome("retry", error_code="429", reason="postmark: rate limited")
     return Outcome("failed", error_code=str(code), reason=f"postmark: error {code}")
+
+
+def server_error(status: int) -> Outcome:
+    """A 5xx to a send: 503 (a planned outage, nothing processed) is retried; any other (500:
+    "in most cases the message is lost", not always) is left for reconciliation by send key."""
+    if status == 503:
+        return Outcome("retry", error_code="503", reason="postmark: busy")
+    why = f"postmark: server error {status}, it may have gone (Postmark's activity says)"
+    return Outcome("doubt", error_code=str(status), reason=why)

@@ -189,6 +189,26 @@ def test_marketing_goes_on_the_broadcast_stream_and_transactional_on_outbound(tm
     assert headers == {"List-Unsubscribe", "List-Unsubscribe-Post"}
 
 
+def test_marketing_never_goes_on_a_transactional_stream_a_block_names_for_it(tmp_path, sandboxes):
+    """A PostmarkServer block saved by hand (the Prefect UI) with marketing_stream 'outbound':
+    marketing waits, with what to fix, and reminders still go on their own stream."""
+    postmark, twilio = sandboxes
+    postmark.streams["promos"] = ("Transactional", "None")
+    with open_db(tmp_path / "c.duckdb") as con:
+        recall, welcome = plan(con, 1, "email", purpose="marketing"), plan(con, 1, "email")
+        result = dispatch(
+            con, prepare=prepare, templates=Templates(), clock=lambda: START,
+            providers={"email": PostmarkProvider(PostmarkSettings(
+                postmark.server_token, "Demo <hello@demo.example>", base_url=postmark.url,
+                marketing_stream="promos"))},
+            unsubscribe=Unsubscribe("demo", "https://relay.example/u", b"k"),
+        )  # fmt: skip
+        assert ledger.get(con, recall).status == "planned"
+        assert ledger.get(con, welcome).status == "sent"
+    assert [m["MessageStream"] for m in postmark.accepted] == ["outbound"]
+    assert any("'promos' is a Transactional stream" in s for s in result.stopped)
+
+
 def test_a_busy_provider_is_tried_again_on_a_later_run_and_sends_once(tmp_path, sandboxes):
     postmark, twilio = sandboxes
     postmark.faults.add("429")
