@@ -242,8 +242,9 @@ def _prepare_batch(
             decision = prepare(row)
         except Exception as exc:
             # One bad row must not block every later message; the type names the bug without
-            # repeating data that may be in the message.
-            decision = Skip(f"the re-check before sending failed ({type(exc).__name__})")
+            # repeating data that may be in the message. It waits, not skipped for good: tried
+            # again each run while its grace window lasts (a fix or the next sync may let it go).
+            decision = Wait(f"the re-check before sending failed ({type(exc).__name__})")
         if isinstance(decision, Skip):
             outcome: Literal["waiting"] | None = "waiting" if isinstance(decision, Wait) else None
             decided[outcome or ("cancelled" if decision.cancel else "skipped")].append(

@@ -177,7 +177,7 @@ class Gate:
         for row in rows:
             try:
                 decision = self.recheck(row)
-            except Exception:  # dispatch skips a row whose re-check fails: it takes no slot
+            except Exception:  # dispatch holds a row whose re-check fails: it takes no slot
                 continue
             if isinstance(decision, Ready):
                 going.append((row, ledger.normalise_address(row.channel, decision.to)))
