@@ -156,6 +156,9 @@ class PostmarkSandbox(TrackingMixin):
             "broadcast": ("Broadcasts", "Postmark"),
         }
         self.server_name = "Sandbox Clinic"  # GET /server's Name
+        # (ErrorCode, Message) every send is refused with (422), as Postmark answers an account
+        # that may not send: 405 "Not allowed to send" (out of credits), 413 "Account may not send"
+        self.account_refusal: tuple[int, str] | None = None
         self.archived_streams: dict[str, str] = {}  # stream id -> ArchivedAt
         self.url = ""  # set by the test once served: Postmark's unsubscribe links point here
         self.clock = lambda: datetime.now(UTC)  # when bounces, suppressions and sends happen
@@ -338,6 +341,8 @@ class PostmarkSandbox(TrackingMixin):
         fault, early = await self._guard(request)
         if early is not None:
             return early
+        if self.account_refusal is not None:
+            return _error(*self.account_refusal)
         result = self._accept(json.loads(await request.body()))
         await after(fault)
         if fault is not None and fault.kind == "500_after_receipt":
@@ -350,6 +355,8 @@ class PostmarkSandbox(TrackingMixin):
         fault, early = await self._guard(request)
         if early is not None:
             return early
+        if self.account_refusal is not None:
+            return _error(*self.account_refusal)
         items = json.loads(await request.body())
         if not isinstance(items, list) or len(items) > 500:
             return _error(300, "A batch is a JSON array of at most 500 messages.")

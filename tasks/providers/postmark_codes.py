@@ -16,7 +16,9 @@ from tasks.providers.common import Outcome, Suppress
 SETTINGS_CODES = {10: "the server token was rejected", 11: "the server token lacks rights",
                   400: "the From address is not a confirmed sender signature",
                   401: "the From address's sender signature is not confirmed",
+                  405: "the account is not allowed to send (out of credits?)",
                   412: "the account is pending approval (only own-domain mail allowed)",
+                  413: "the account may not send (suspended?)",
                   1235: "the message stream does not exist"}  # fmt: skip
 INVALID_FROM = "the From address is not a valid address or not a confirmed sender signature"
 

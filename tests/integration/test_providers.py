@@ -242,6 +242,22 @@ def test_a_batch_postmark_refuses_for_our_settings_item_by_item_fails_nothing(
     assert postmark.accepted == []
 
 
+@pytest.mark.parametrize(
+    "code, message",
+    [(405, "Not allowed to send: you have run out of credits."), (413, "Account may not send.")],
+)
+def test_a_postmark_account_that_may_not_send_stops_the_run_and_fails_nothing(
+    postmark, code, message
+):
+    # out of credits (405) or not allowed to send (413): every email of the run gets the same
+    # answer; it failed each for good (a clinic's reminders lost until someone noticed)
+    postmark.account_refusal = (code, message)
+    for batch in ([email(1, "a@example.com")], [email(1, "a@example.com"), email(2, "b@ex.com")]):
+        with pytest.raises(ProviderUnavailable, match=rf"\({code}\).*PostmarkServer block"):
+            pm_provider(postmark).send(batch)
+    assert postmark.accepted == []
+
+
 def test_a_settings_refusal_of_some_items_keeps_what_went_and_retries_the_rest(postmark):
     """Reminders accepted on their stream, marketing refused for a missing stream: the accepted
     are sent, the refused go back to be tried again (never failed, never sent twice)."""
