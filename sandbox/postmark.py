@@ -13,7 +13,8 @@ joins endpoint paths to the root, so a path prefix would be dropped).
   ``count + offset`` at most 10,000)
 - ``GET /message-streams/{stream}``: the stream, with its
   ``SubscriptionManagementConfiguration.UnsubscribeHandlingType``
-- read-only settings (last block of the class): ``GET /server`` (``server_name``) and
+- read-only settings (last block of the class): ``GET /server`` (``server_name``,
+  ``delivery_type``: ``Live``, or ``Sandbox`` for a server that delivers nothing) and
   ``GET /message-streams`` (``MessageStreamType``, ``IncludeArchivedStreams``; streams in
   ``archived_streams`` carry their ``ArchivedAt``). A new server's streams: ``outbound``
   (Transactional), ``inbound`` (Inbound: the email it receives) and ``broadcast``.
@@ -159,6 +160,7 @@ class PostmarkSandbox(TrackingMixin):
         # (ErrorCode, Message) every send is refused with (422), as Postmark answers an account
         # that may not send: 405 "Not allowed to send" (out of credits), 413 "Account may not send"
         self.account_refusal: tuple[int, str] | None = None
+        self.delivery_type = "Live"  # GET /server's DeliveryType (Live or Sandbox)
         self.archived_streams: dict[str, str] = {}  # stream id -> ArchivedAt
         self.url = ""  # set by the test once served: Postmark's unsubscribe links point here
         self.clock = lambda: datetime.now(UTC)  # when bounces, suppressions and sends happen
@@ -557,7 +559,7 @@ class PostmarkSandbox(TrackingMixin):
         return JSONResponse(
             {"ID": 1, "Name": self.server_name, "ApiTokens": [self.server_token],
              "Color": "Blue", "SmtpApiActivated": True, "RawEmailEnabled": False,
-             "DeliveryType": "Live", "ServerLink": "https://account.postmarkapp.com/servers/1/streams",
+             "DeliveryType": self.delivery_type, "ServerLink": "https://account.postmarkapp.com/servers/1/streams",
              "InboundAddress": "", "InboundHookUrl": "", "BounceHookUrl": "", "OpenHookUrl": "",
              "DeliveryHookUrl": "", "PostFirstOpenOnly": False, "InboundDomain": "",
              "InboundHash": "", "InboundSpamThreshold": 0, "TrackOpens": self.track_opens,

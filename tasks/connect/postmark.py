@@ -1,7 +1,7 @@
 """Checking a Postmark server token and its message streams before they are saved (postmarker).
 
 ``GET /server`` proves the token is a *server* token (an account token or a typo gets
-ErrorCode 10); ``GET /message-streams`` (all types, archived included) shows that the two
+ErrorCode 10) of a ``Live`` server (a ``Sandbox`` server delivers nothing); ``GET /message-streams`` (all types, archived included) shows that the two
 streams the clinic will send on exist, are live, and are of the right kind: transactional mail on
 a Transactional stream, marketing on a Broadcasts stream (Postmark's terms forbid marketing on
 transactional streams, and only a Broadcasts stream carries Postmark's unsubscribe handling).
@@ -99,6 +99,15 @@ def verify_postmark(
     live = {s["ID"]: s for s in rows if s.get("ID") and not s.get("ArchivedAt")}
     archived = {s["ID"] for s in rows if s.get("ID") and s.get("ArchivedAt")}
     name = str(getattr(server, "Name", "") or "")
+    if getattr(server, "DeliveryType", "Live") == "Sandbox":
+        raise ConnectFailed(
+            SERVICE,
+            "sandbox_server",
+            f"server '{name}' is a Sandbox server (Delivery type: Sandbox): Postmark accepts its "
+            "email and delivers none, though its activity shows them Delivered, and a server's "
+            "type cannot be changed. Create a Live server for the clinic (Servers → Create "
+            "server → Live) and give its Server API token.",
+        )
     for stream, kind, purpose in (
         (transactional_stream, "Transactional", "transactional mail (reminders, welcomes)"),
         (marketing_stream, "Broadcasts", "marketing mail (recalls, journeys, campaigns)"),

@@ -177,6 +177,16 @@ def test_postmark_marketing_on_a_transactional_stream_is_refused(postmark):
     assert err.problem == "wrong_stream_type" and "Broadcasts" in str(err)
 
 
+def test_postmark_sandbox_server_is_refused(postmark):
+    # a server created with Delivery type "Sandbox" accepts every email and delivers none (its
+    # activity even shows them Delivered), and the type cannot be changed: connect passed it and
+    # every reminder then went nowhere while the ledger said sent
+    postmark.delivery_type = "Sandbox"
+    err = failure(verify_postmark, postmark.server_token, base_url=postmark.url)
+    assert err.problem == "sandbox_server"
+    assert "Sandbox" in str(err) and "Live" in str(err) and "Sandbox Clinic" in str(err)
+
+
 @pytest.mark.parametrize("streams", [("inbound", "broadcast"), ("outbound", "inbound")])
 def test_postmark_the_inbound_stream_sends_nothing(postmark, streams):
     err = failure(verify_postmark, postmark.server_token, *streams, base_url=postmark.url)
