@@ -23,7 +23,10 @@ def error(code: int, message: str, status: int = 400) -> JSONResponse:
 
 class AccountSettings:
     """The account (``account_status``, ``account_type``), its numbers (``numbers``) and its
-    messaging services (``services``, ``service_senders``), set by tests on the sandbox."""
+    messaging services (``services``, ``service_senders``), set by tests on the sandbox.
+    ``test_credentials``: the account's Test credentials (SID, token), which Twilio lets create
+    Messages, Calls and IncomingPhoneNumbers only: every read served here answers them 403,
+    code 20008 (https://www.twilio.com/docs/iam/test-credentials)."""
 
     account_sid: str
     auth_token: str
@@ -32,6 +35,16 @@ class AccountSettings:
     numbers: dict[str, bool]
     services: dict[str, str]
     service_senders: dict[str, list[str]]
+    test_credentials: tuple[str, str] | None = None
+
+    def _test_refusal(self, request: Request) -> JSONResponse | None:
+        if self.test_credentials is None:
+            return None
+        sid, token = self.test_credentials
+        expected = base64.b64encode(f"{sid}:{token}".encode()).decode()
+        if request.headers.get("Authorization") != f"Basic {expected}":
+            return None
+        return error(20008, "Resource not accessible with Test Account Credentials", 403)
 
     # -- Read-only account settings (what `relay connect` checks before saving credentials) -----
     # https://www.twilio.com/docs/iam/api/account (fetch), .../phone-numbers/api/incomingphonenumber-
@@ -40,6 +53,8 @@ class AccountSettings:
     # 401/20003; an unknown service is 404/20404.
 
     async def _account(self, request: Request):
+        if (refused := self._test_refusal(request)) is not None:
+            return refused
         _, early = await self._guard(request)
         if early is not None:
             return early
@@ -55,6 +70,8 @@ class AccountSettings:
         )  # fmt: skip
 
     async def _numbers(self, request: Request):
+        if (refused := self._test_refusal(request)) is not None:
+            return refused
         _, early = await self._guard(request)
         if early is not None:
             return early
@@ -86,6 +103,8 @@ class AccountSettings:
         )  # fmt: skip
 
     async def _service(self, request: Request):
+        if (refused := self._test_refusal(request)) is not None:
+            return refused
         _, early = await self._messaging_guard(request)
         if early is not None:
             return early
@@ -106,6 +125,8 @@ class AccountSettings:
     async def _service_senders(self, request: Request):
         """A service's Sender Pool, one kind a list (``PhoneNumbers``, ``ShortCodes``,
         ``AlphaSenders``), paged as messaging.twilio.com's v1 lists are (``meta.key``)."""
+        if (refused := self._test_refusal(request)) is not None:
+            return refused
         _, early = await self._messaging_guard(request)
         if early is not None:
             return early

@@ -86,6 +86,8 @@ def verify_postmark(
         )
     except ClientError as exc:
         raise _refused(exc) from None
+    except requests.HTTPError as exc:  # an answer without Postmark's JSON error body
+        raise _not_json(exc, client.root_api_url) from None
     except requests.RequestException as exc:
         raise ConnectFailed(
             SERVICE,
@@ -144,6 +146,23 @@ def _refused(exc: ClientError) -> ConnectFailed:
             f"It is mistyped, was revoked, or is an account token. {_WHERE_TOKEN}",
         )
     return ConnectFailed(SERVICE, "unexpected", f"Postmark answered: {exc}")
+
+
+def _not_json(exc: requests.HTTPError, root: str) -> ConnectFailed:
+    status = exc.response.status_code if exc.response is not None else 0
+    if status >= 500:  # Postmark's 500 (its servers) or 503 (planned maintenance)
+        return ConnectFailed(
+            SERVICE,
+            "unavailable",
+            f"Postmark answered {status} at {root}: a problem on Postmark's side (503 is its "
+            "planned maintenance), not with the token. Nothing was checked; try again in a few "
+            "minutes (status.postmarkapp.com says when it is back).",
+        )
+    return ConnectFailed(
+        SERVICE,
+        "unexpected",
+        f"{root} answered {status or 'an error'} without Postmark's JSON: check the base URL.",
+    )
 
 
 def _check_stream(

@@ -31,6 +31,7 @@ SERVICE = "Twilio"
 ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
 SERVICE_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
 ALPHANUMERIC = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}$")
+TEST_CREDENTIALS = 20008  # Twilio's Test credentials reach no resource connect reads
 NO_ALPHANUMERIC = frozenset({"US", "CA"})  # countries where Twilio supports no alphanumeric IDs
 
 
@@ -182,13 +183,23 @@ def _check_service(client: Client, service_sid: str) -> None:
 
 
 def _refused(exc: TwilioRestException, sender: str) -> ConnectFailed:
+    if exc.code == TEST_CREDENTIALS:
+        return ConnectFailed(
+            SERVICE,
+            "test_credentials",
+            "these are the account's Test credentials (403, code 20008): Twilio lets them read "
+            "nothing and send no real SMS. Give the Live Account SID and Auth Token (Twilio "
+            "Console → Account Info; the Test credentials are the pair below the Live one "
+            "under API keys & tokens).",
+        )
     if exc.status == 401 or exc.code == 20003:
         return ConnectFailed(
             SERVICE,
             "bad_credentials",
             "Twilio refused the account SID and auth token (401, code 20003): the token is "
-            "mistyped, was rotated, or belongs to another account (a subaccount has its own). "
-            "Copy both from the Twilio Console → Account Info.",
+            "mistyped, was rotated, or belongs to another account (a subaccount has its own), "
+            "or the account is suspended or closed. Copy both from the Twilio Console → "
+            "Account Info.",
         )
     if exc.status == 404 and "/Services/" in (exc.uri or ""):
         return ConnectFailed(

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.integration
 CONTACT = "owner@acme-physio.com.au"
 NOWHERE = "http://127.0.0.1:9/v1"  # nothing listens: a shard host that does not answer
 SERVICE_SID = "MG" + "a" * 32
+TEST_SID = "AC" + "7" * 32  # the account's test credentials' SID (Twilio shows both pairs)
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +188,17 @@ def test_postmark_sandbox_server_is_refused(postmark):
     assert "Sandbox" in str(err) and "Live" in str(err) and "Sandbox Clinic" in str(err)
 
 
+@pytest.mark.parametrize("fault, status", [("5xx", "503"), ("500", "500")])
+def test_postmark_server_error_says_postmark_answered_it(postmark, fault, status):
+    # Postmark's documented 500 and 503 (planned maintenance) were told as "no answer from ...;
+    # check the network": the operator looked for a network fault that was not there
+    postmark.faults.add(fault, path_prefix="/server")
+    err = failure(verify_postmark, postmark.server_token, base_url=postmark.url)
+    assert err.problem == "unavailable"
+    assert f"answered {status}" in str(err) and "no answer" not in str(err)
+    assert "try again" in str(err)
+
+
 @pytest.mark.parametrize("streams", [("inbound", "broadcast"), ("outbound", "inbound")])
 def test_postmark_the_inbound_stream_sends_nothing(postmark, streams):
     err = failure(verify_postmark, postmark.server_token, *streams, base_url=postmark.url)
@@ -205,6 +217,16 @@ def test_twilio_bad_credentials_are_20003_explained(twilio):
     err = failure(verify_twilio, ACCOUNT_SID, "wrong-token", "+61400000000", base_url=twilio.url)
     assert err.problem == "bad_credentials" and "20003" in str(err)
     assert "wrong-token" not in str(err)
+
+
+def test_twilio_test_credentials_are_explained(twilio):
+    # the Console shows the Test credentials beside the Live ones; with them every read connect
+    # makes is 403, code 20008, which connect printed bare ("Twilio answered 403 (code 20008)")
+    twilio.test_credentials = (TEST_SID, "test-token")
+    err = failure(verify_twilio, TEST_SID, "test-token", "+61400000000", base_url=twilio.url)
+    assert err.problem == "test_credentials"
+    assert "20008" in str(err) and "Test credentials" in str(err) and "Live" in str(err)
+    assert "test-token" not in str(err)
 
 
 def test_twilio_number_not_owned_by_the_account(twilio):
