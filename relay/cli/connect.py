@@ -144,6 +144,14 @@ def connect_command(
         f"  ok: shard {facts.shard}, {len(facts.businesses)} business(es); using '{chosen.name}' "
         f"({chosen.time_zone}, {chosen.country}); {len(facts.appointment_types)} appointment types"
     )
+    if len(facts.businesses) > 1:
+        typer.secho(
+            f"  note: all {len(facts.businesses)} businesses are synced and every trigger covers "
+            f"them all, but the clinic's name, address and phone in messages ({{{{ clinic.* }}}}) "
+            f"are those of '{chosen.name}'. Name an appointment's own location with "
+            "{{ appointment.business }}, or limit a trigger with `businesses:` in its filters.",
+            fg=typer.colors.YELLOW,
+        )
     if email:
         typer.echo("Checking Postmark ...")
         pm = verify_postmark(postmark_token, transactional_stream, marketing_stream,

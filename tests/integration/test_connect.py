@@ -494,6 +494,11 @@ def test_connect_saves_blocks_and_writes_a_clinic_yaml_that_loads(
     monkeypatch.setenv("RELAY_CLINICS_DIR", str(tmp_path))
     result = CliRunner().invoke(app, _args(cliniko, postmark, twilio))
     assert result.exit_code == 0, result.output + repr(result.exception)
+    # the sandbox account has several businesses: reminders of the others would go out with the
+    # chosen one's name, address and phone, and connect said nothing of it
+    output = " ".join(result.output.split())
+    assert "businesses are synced" in output and "{{ appointment.business }}" in output
+    assert "those of 'Melbourne Physio & Pilates'" in output and "`businesses:`" in output
 
     path = tmp_path / "acme" / "clinic.yaml"
     text = path.read_text(encoding="utf-8")
