@@ -407,6 +407,7 @@ def claim_command(
         )
     with open_db(config.database_path) as con:
         identity = read_identity(con)
+        named = identity is None  # this claim names the database: unnamed again if it loses
         generation = (home.generation + 1) if home else (identity.generation if identity else 1)
         if identity is None or home is not None:
             lineage = identity.database_id if identity and home is None else uuid.uuid4().hex
@@ -415,11 +416,34 @@ def claim_command(
     new = Home(machine=machine, generation=generation, database=identity.database_id,
                moved_at=datetime.now(UTC).isoformat(timespec="seconds"))  # fmt: skip
     if home is None:
-        new = store.create(config.clinic, new)
+        won = store.create(config.clinic, new)
+        if won.database != new.database or won.machine != machine:  # claimed elsewhere first
+            _lost_claim(config, won, machine, named)
     else:
         store.write(config.clinic, new)
     typer.echo(f"{clinic} lives on '{new.machine}', generation {new.generation}.")
     follow_home(config.clinic, new.machine, home, typer.echo)
+
+
+def _lost_claim(config, won, machine: str, named: bool) -> None:
+    """Another machine created the clinic's home between this claim's read and its create (two
+    claims, or a first tick, at once; the server lets one win): this database is not the
+    clinic's (unnamed again if this claim named it, as a tick that loses does), the deployments
+    are the winner's to place, and the command fails, so a script does not go on as if here were
+    home."""
+    from tasks.errors import UserFacingError
+    from tasks.home import forget_identity
+    from tasks.warehouse import open_db
+
+    if named:
+        with open_db(config.database_path) as con:
+            forget_identity(con, config.clinic)
+    raise UserFacingError(
+        f"{config.clinic} was claimed by '{won.machine}' first (generation {won.generation}), "
+        "while this claim ran: it lives there, and this machine's database is not the "
+        f"clinic's. Move it here with `relay clinic move {config.clinic} --to {machine}` "
+        f"on '{won.machine}'."
+    )
 
 
 def follow_home(clinic: str, machine: str, before, echo) -> None:
