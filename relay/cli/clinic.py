@@ -171,6 +171,7 @@ def move(
     from tasks.config import load_clinic
     from tasks.errors import UserFacingError
     from tasks.home import PrefectHomes, backup_database, queue_for, sha256, this_machine
+    from tasks.homequeue import onto_queue
 
     config = load_clinic(clinic)
     store, machine = PrefectHomes(), this_machine()
@@ -181,6 +182,16 @@ def move(
             f"{clinic}` where its database is); then move it."
         )
     if home.moving_to is None and home.machine == to:
+        if home.paused:  # its restore recorded the new home, then stopped before resuming
+            with get_client(sync_client=True) as client:
+                onto_queue(client, config.clinic, queue_for(to), echo)
+                for deployment_id in home.paused:
+                    client.resume_deployment(deployment_id)
+            store.write(config.clinic, replace(home, paused=None))
+            echo(
+                f"resumed {len(home.paused)} deployment(s) of {clinic} that the move had paused "
+                f"(its restore on '{to}' stopped before resuming them)"
+            )
         echo(f"{clinic} already lives on '{to}' (generation {home.generation}).")
         return
     if home.machine != machine:
