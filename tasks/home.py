@@ -13,12 +13,10 @@ queue, so only that machine's worker picks its ticks up. The code does not trust
 - **The database's identity** is one row of ``state.clinic_identity`` (tasks/schema/80_home.sql):
   the clinic, its lineage (``database_id``, carried by every backup) and its generation.
 
-:func:`guard` runs first in every tick. It refuses (:class:`HomeRefused`) when the tick runs on
-a machine that is not the home, when the clinic is being moved, when the database is of another
-generation or lineage than the home's, or when it is a fresh database (no identity) while the
-home says the clinic has history: sending from it would repeat what the home's ledger already
-sent. Without a Prefect server (a temporary one per run: one machine, nothing shared) there is
-no record to compare with, and the guard only gives the database its identity. No personal data.
+:func:`guard` runs first in every tick and refuses (:class:`HomeRefused`) a tick off the home,
+during a move, against a database of another generation or lineage, or against a fresh one while
+the home has history (it would send again what the home's ledger sent). Without a Prefect server
+(a temporary one per run) nothing is shared: the guard only names the database. No personal data.
 """
 
 from __future__ import annotations
@@ -101,8 +99,7 @@ class Home:
     @classmethod
     def from_json(cls, value) -> Home:
         data = json.loads(value) if isinstance(value, str) else dict(value)
-        fields = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in fields})
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -382,8 +379,11 @@ def backup_database(db_path: Path, dest: Path, *, wait_seconds: float = 600.0) -
             raise
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
-        why = f"{dest.parent}: {exc.strerror or exc}; nothing was left there"
-        raise UserFacingError(f"The backup could not be written to {why}.") from None
+        why = f"be written to {dest.parent}: {exc.strerror or exc}; nothing was left there"
+        if str(exc.filename or "").startswith(str(db_path)):  # its side: a disk mounted read-only
+            why = (f"open {exc.filename}: {exc.strerror or exc} (it locks and CHECKPOINTs the "
+                   "database): its folder must be writable")  # fmt: skip
+        raise UserFacingError(f"The backup could not {why}.") from None
     return sha256(dest)
 
 

@@ -334,3 +334,23 @@ def test_a_copy_that_fails_halfway_leaves_nothing_half_written(tmp_path, monkeyp
     with pytest.raises(UserFacingError, match=f"written to {backups}: No space left on device"):
         home.backup_database(source, backups / "acme-g1.duckdb")
     assert list(backups.iterdir()) == []  # no .partial, no copy
+
+
+def test_a_database_it_cannot_open_is_named_not_the_backup_folder(tmp_path):
+    """The database's own folder refusing the backup's lock (a dead machine's disk mounted
+    read-only, as docs/scaling.md's "A lost machine" has `relay clinic move` run "with that disk
+    mounted"; here its lock file is a folder): the error said "The backup could not be written to
+    <backup folder>", a folder with nothing wrong; it names the database's side and what a backup
+    needs."""
+    from tasks.errors import UserFacingError
+
+    source = tmp_path / "data" / "acme.duckdb"
+    tick(source, Store(), "one")
+    (tmp_path / "data" / "acme.duckdb.lock").unlink()
+    (tmp_path / "data" / "acme.duckdb.lock").mkdir()
+    backups = tmp_path / "backups"
+    with pytest.raises(UserFacingError) as refused:
+        home.backup_database(source, backups / "acme-g1.duckdb")
+    said = str(refused.value)
+    assert "could not be written" not in said and f"{source}.lock: Is a directory" in said, said
+    assert "writable" in said and not list(backups.glob("*")), said
