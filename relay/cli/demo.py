@@ -148,7 +148,9 @@ def sandbox_command(
         help="The clinic's clock start, ISO UTC (default: as of 00:00 UTC today, clock at now).",
     ),
     speed: float = typer.Option(None, help="Run the clinic's clock at this many times real time."),
-    rate_limit: int = typer.Option(None, help="Requests per minute per key (Cliniko: 200)."),
+    rate_limit: int = typer.Option(
+        200, help="Requests per minute per key, 429 past it, as Cliniko (200); 0: no limit."
+    ),
 ) -> None:
     """Serve a generated Cliniko clinic (the sandbox API) until Ctrl-C."""
     from sandbox.cliniko.__main__ import serve

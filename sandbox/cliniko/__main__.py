@@ -29,7 +29,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--start", help="clock start, ISO UTC (default: as of 00:00 UTC today, clock at now)"
     )
     parser.add_argument("--shard", default="au1")
-    parser.add_argument("--rate-limit", type=int, default=None, help="requests per window per key")
+    parser.add_argument(
+        "--rate-limit",
+        type=int,
+        default=200,
+        help="requests per window per key, 429 past it (Cliniko: 200 a minute); 0: no limit",
+    )
     parser.add_argument("--window-seconds", type=float, default=60.0)
     parser.add_argument(
         "--speed", type=float, default=None, help="advance the clock at speed x real time"
@@ -46,7 +51,7 @@ def serve(
     appointments_per_patient: float = 15.0,
     start: datetime | None = None,
     shard: str = "au1",
-    rate_limit: int | None = None,
+    rate_limit: int | None = 200,
     window_seconds: float = 60.0,
     speed: float | None = None,
 ) -> None:
@@ -60,7 +65,7 @@ def serve(
         appointments_per_patient=appointments_per_patient,
         shard=shard,
     )
-    limit = None if rate_limit is None else RateLimit(rate_limit, window_seconds)
+    limit = RateLimit(rate_limit, window_seconds) if rate_limit else None  # 0/None: no limit
     with SandboxServer(clinic, rate_limit=limit, port=port, auto_advance_speed=speed) as server:
         announce(server)
         try:

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -481,3 +482,48 @@ def test_python_dash_m_serves_a_clinic_in_its_own_process_and_says_where():
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+RELAY = Path(sys.executable).parent / "relay"
+
+
+@pytest.mark.skipif(not RELAY.exists(), reason="the relay command is installed by make install")
+@pytest.mark.parametrize(
+    "command", [[str(RELAY), "sandbox"], [sys.executable, "-m", "sandbox.cliniko"]]
+)
+def test_served_from_the_command_line_it_limits_like_cliniko_unless_told_not_to(command):
+    """``relay sandbox`` and ``python -m sandbox.cliniko`` without ``--rate-limit`` answer 429
+    past Cliniko's 200 requests a minute per key, as the real API does (they served without
+    any limit: a client that never paced itself met no 429); ``--rate-limit 0`` turns it off."""
+    for limit, expect_429 in (([], True), (["--rate-limit", "0"], False)):
+        process = subprocess.Popen(
+            [*command, "--port", "0", "--patients", "20", *limit],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            base = key = None
+            while base is None or key is None:
+                line = process.stdout.readline()
+                assert line, "the sandbox stopped before saying where it serves"
+                if line.startswith("{"):
+                    ready = json.loads(line)
+                    base, key = ready["base_url"], ready["api_key"]
+                elif line.startswith("Cliniko sandbox:"):
+                    base = line.split(":", 1)[1].strip()
+                elif line.startswith("API key:"):
+                    key = line.split(":", 1)[1].strip()
+            statuses = []
+            with httpx.Client(auth=(key, ""), headers=UA) as client:
+                # 200 a fixed minute: two windows' worth and one more reach a 429 at any alignment
+                while 429 not in statuses and len(statuses) < 401:
+                    response = client.get(base + "/businesses")
+                    statuses.append(response.status_code)
+            if expect_429:
+                assert statuses[-1] == 429 and 200 <= statuses.count(200) <= 400
+                assert float(response.headers["X-RateLimit-Reset"]) > time.time()
+            else:
+                assert statuses == [200] * 401
+        finally:
+            process.terminate()
+            process.wait(timeout=20)
