@@ -1,6 +1,7 @@
 """The ClinikoAccount block: a clinic's Cliniko API key (secret) and how to reach the API.
 
-Register once: ``prefect block register -m blocks.cliniko``; save one per clinic, e.g.
+Register once: ``prefect block register -m blocks.cliniko`` (with relay's Prefect settings,
+or it lands in ~/.prefect: README, "Syncing Cliniko"); save one per clinic, e.g.
 ``ClinikoAccount(api_key="...-au2", contact_email="it@acmephysio.com.au").save("acme-cliniko")``,
 and name it in the clinic's config (``cliniko.account: acme-cliniko``).
 

@@ -1,6 +1,7 @@
 """The PostmarkServer block: a Postmark server token (secret), the sender and the two streams.
 
-Register once: ``prefect block register -m blocks.postmark``; save one per clinic, e.g.
+Register once: ``prefect block register -m blocks.postmark`` (with relay's Prefect settings,
+or it lands in ~/.prefect: README, "Syncing Cliniko"); save one per clinic, e.g.
 ``PostmarkServer(server_token="...", from_address="Acme Physio <hello@acme.example>")
 .save("acme-postmark")``, and name it in the clinic's config (``providers.email: acme-postmark``).
 """

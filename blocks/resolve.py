@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from email.utils import formataddr
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
@@ -38,9 +39,33 @@ def cliniko_account(config: ClinicConfig) -> ClinikoAccount:
     except ValueError:
         raise ConfigError(
             f"clinic '{config.clinic}': cliniko.account names the ClinikoAccount block "
-            f"'{config.cliniko.account}', which is not saved on this Prefect server. Save it "
-            "(see blocks/cliniko.py) or set cliniko.account: env."
+            f"'{config.cliniko.account}', which is not saved in {where_blocks_are()}. "
+            f"{save_hint('it')} Or set cliniko.account: env."
         ) from None
+
+
+# Run outside relay and make, ``prefect`` and ``python`` use Prefect's own ~/.prefect: a block
+# saved there by hand is not where relay (PREFECT_HOME=./.prefect, relay/env.py) looks.
+def save_hint(what: str) -> str:
+    return (
+        f"Save {what} there with relay connect (docs/connect.md), or by hand with the project's "
+        "Prefect settings (README, 'Syncing Cliniko'): plain prefect or python run outside relay "
+        "and make save blocks in Prefect's own ~/.prefect unless PREFECT_HOME or PREFECT_API_URL "
+        "says otherwise."
+    )
+
+
+def where_blocks_are() -> str:
+    """The Prefect database this process saves and loads blocks in, as an operator would look
+    for it: the server of PREFECT_API_URL, else the temporary server's SQLite under PREFECT_HOME."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url:
+        parts = urlsplit(settings.api.url)  # no user:password a URL may carry
+        shown = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        return f"the Prefect server at {shown} (PREFECT_API_URL)"
+    return f"this machine's Prefect database (PREFECT_HOME={settings.home}; no PREFECT_API_URL)"
 
 
 def providers_for(cfg: ClinicConfig) -> dict[Channel, Provider]:
@@ -60,9 +85,15 @@ def providers_for(cfg: ClinicConfig) -> dict[Channel, Provider]:
         try:
             block = block_type.from_env() if name == "env" else block_type.load(name)
         except (ValueError, RuntimeError) as exc:
+            where = "" if name == "env" else f" from {where_blocks_are()}"
+            hint = (
+                f"{save_hint(f'a {block_type.__name__} block with that name')} Or use 'outbox'."
+                if where
+                else "Or use 'outbox'."
+            )
             raise ConfigError(
-                f"{cfg.source or cfg.clinic}: providers.{setting}: cannot load {name!r}: {exc}. "
-                f"Save a {block_type.__name__} block with that name, or use 'outbox'."
+                f"{cfg.source or cfg.clinic}: providers.{setting}: cannot load {name!r}{where}: "
+                f"{exc}. {hint}"
             ) from None
         return block.provider()
 

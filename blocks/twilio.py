@@ -1,6 +1,7 @@
 """The TwilioAccount block: account SID, auth token (secret) and the sender.
 
-Register once: ``prefect block register -m blocks.twilio``; save one per clinic, e.g.
+Register once: ``prefect block register -m blocks.twilio`` (with relay's Prefect settings,
+or it lands in ~/.prefect: README, "Syncing Cliniko"); save one per clinic, e.g.
 ``TwilioAccount(account_sid="AC...", auth_token="...", from_number="+61400000000")
 .save("acme-twilio")``, and name it in the clinic's config (``providers.sms: acme-twilio``).
 """

@@ -86,3 +86,34 @@ def test_replies_go_to_the_clinics_reply_to_unless_the_postmark_block_names_its_
     outbox.send([msg])
     (eml,) = (data_dir / "outbox" / "t").glob("*.eml")
     assert "Reply-To: frontdesk@clinic.example" in eml.read_text()
+
+
+def test_a_block_not_found_says_which_prefect_database_was_asked(monkeypatch, tmp_path):
+    """A block saved by hand with ``prefect``/``python`` outside relay and make went to Prefect's
+    own ~/.prefect, and relay (PREFECT_HOME=./.prefect) said only 'not saved on this Prefect
+    server': the message names the database asked and how to save it where relay looks."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    from blocks.cliniko import ClinikoAccount
+    from blocks.postmark import PostmarkServer
+
+    def missing(name):
+        raise ValueError(f"Unable to find block document named {name}")
+
+    monkeypatch.setattr(ClinikoAccount, "load", staticmethod(missing))
+    monkeypatch.setattr(PostmarkServer, "load", staticmethod(missing))
+    home = tmp_path / "project" / ".prefect"
+    with temporary_settings(updates={PREFECT_HOME: home}, set_defaults={PREFECT_API_URL: None}):
+        with pytest.raises(UserFacingError) as cliniko:
+            cliniko_account(ClinicConfig(clinic="t", name="T", cliniko={"account": "t-cliniko"}))
+        cfg = ClinicConfig(clinic="t", name="T", providers={"email": "t-postmark"})
+        with pytest.raises(UserFacingError) as postmark:
+            providers_for(cfg)
+    for refused in (cliniko, postmark):
+        said = str(refused.value)
+        assert f"PREFECT_HOME={home}" in said and "relay connect" in said, said
+        assert "~/.prefect" in said
+    with temporary_settings(updates={PREFECT_API_URL: "http://ops:s3cret@127.0.0.1:4200/api"}):
+        with pytest.raises(UserFacingError, match=r"server at http://127\.0\.0\.1:4200/api") as on:
+            cliniko_account(ClinicConfig(clinic="t", name="T", cliniko={"account": "t-cliniko"}))
+    assert "s3cret" not in str(on.value)
