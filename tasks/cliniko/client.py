@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import httpx
@@ -359,7 +360,7 @@ class ClinikoClient:
 
     def _wait_for_reset(self, response: httpx.Response) -> None:
         try:
-            delay = float(response.headers["X-RateLimit-Reset"]) - time.time()
+            delay = float(response.headers["X-RateLimit-Reset"]) - _cliniko_now(response)
         except (KeyError, ValueError):
             delay = self.limiter.pace.per_seconds if self.limiter else 1.0
         # A skewed clock must neither spin nor stall the run: one window at most.
@@ -462,6 +463,22 @@ def _tls_context(_cert_file: str | None, _cert_dir: str | None) -> ssl.SSLContex
     cache), built once per process: loading the CA bundle cost 0.03-0.06 s of CPU per client,
     every tick. An SSLContext is safe to share between clients and threads."""
     return httpx.create_ssl_context()
+
+
+CLOCK_SKEW_SECONDS = 2.0  # more than the Date header's truncation to the second and a round trip
+
+
+def _cliniko_now(response: httpx.Response) -> float:
+    """Now by Cliniko's clock, as X-RateLimit-Reset (its epoch time) is to be read against: ours,
+    unless the answer's ``Date`` says they differ by more than ``CLOCK_SKEW_SECONDS`` (this
+    machine's clock is off: a reset that looked long past had the client ask again at once, 429
+    after 429). ``Date`` has whole seconds only, so within the margin ours is the finer one."""
+    ours = time.time()
+    try:
+        theirs = parsedate_to_datetime(response.headers["Date"]).timestamp()
+    except (KeyError, TypeError, ValueError, IndexError):
+        return ours
+    return theirs if abs(theirs - ours) > CLOCK_SKEW_SECONDS else ours
 
 
 def _server_message(response: httpx.Response) -> str:

@@ -292,3 +292,28 @@ def test_clients_share_one_tls_context_that_still_verifies_cliniko():
     assert contexts[0].get_ca_certs()  # certifi's roots, as httpx loads them
     a.close()
     b.close()
+
+
+def test_a_429_is_waited_out_by_cliniko_s_clock_when_ours_is_off():
+    """X-RateLimit-Reset is Cliniko's epoch time. With this machine's clock two minutes ahead
+    the reset looked long past, so the client asked again at once, 429 after 429 (100 in a row,
+    then it gave up): the answer's Date tells how far off the reset really is."""
+    import time
+    from email.utils import formatdate
+
+    skew = 120.0  # Cliniko's clock is this far behind ours
+    reset = int(time.time() - skew) + 2  # a window ending 1-2 s from now, by Cliniko's clock
+    refused = []
+
+    def cliniko(_request):
+        theirs = time.time() - skew
+        if theirs < reset:
+            refused.append(theirs)
+            headers = {"X-RateLimit-Reset": str(reset), "Date": formatdate(theirs, usegmt=True)}
+            return httpx.Response(429, headers=headers, json={"message": "Too many requests."})
+        return httpx.Response(200, json={"patients": [], "total_entries": 0, "links": {}})
+
+    with ClinikoClient("key-au1", "ops@clinic.com.au", pace=None) as client:
+        client._http = httpx.Client(transport=httpx.MockTransport(cliniko))
+        page = client.get_page("/patients", "patients")
+    assert page.records == [] and len(refused) <= 2
