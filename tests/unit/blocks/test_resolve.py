@@ -103,7 +103,8 @@ def test_a_block_not_found_says_which_prefect_database_was_asked(monkeypatch, tm
     monkeypatch.setattr(ClinikoAccount, "load", staticmethod(missing))
     monkeypatch.setattr(PostmarkServer, "load", staticmethod(missing))
     home = tmp_path / "project" / ".prefect"
-    with temporary_settings(updates={PREFECT_HOME: home}, set_defaults={PREFECT_API_URL: None}):
+    # no server named (the suite may run beside one: PREFECT_API_URL in its environment)
+    with temporary_settings(updates={PREFECT_HOME: home}, restore_defaults={PREFECT_API_URL}):
         with pytest.raises(UserFacingError) as cliniko:
             cliniko_account(ClinicConfig(clinic="t", name="T", cliniko={"account": "t-cliniko"}))
         cfg = ClinicConfig(clinic="t", name="T", providers={"email": "t-postmark"})
