@@ -6,7 +6,8 @@ campaigns and marketing triggers alike); reminders and other transactional messa
 
 - **Quiet hours** (marketing SMS only, the clinic's time zone, default 20:00-09:00): a message due
   in them waits for the end of the quiet hours, computed with zoneinfo on the local calendar, so
-  "09:00 tomorrow" stays 09:00 across a daylight-saving change. A campaign's messages keep their
+  "09:00 tomorrow" stays 09:00 across a daylight-saving change (an end in the hour the clocks go
+  back is the one still to come, never the hour-old first one). A campaign's messages keep their
   throttle: each goes as long after the end as it was due after the start of the quiet hours
   (or of the campaign, when it started in them), so they leave at ``per_minute`` as planned.
 - **Frequency cap** (default: 2 marketing messages per 7 days per patient, any channel): messages
@@ -46,9 +47,19 @@ GRACE_ENDED = ": could not go before its grace window ended"
 
 def local_moment(day: date, at: time, zone: ZoneInfo) -> datetime:
     """``at`` o'clock on ``day`` in ``zone``, as UTC (quiet hours here, a journey's date entries).
-    A time the clocks skip (DST gap) lands just after the gap, as zoneinfo reads it with the
-    offset in force before the change."""
+    A time the clocks skip (DST gap) is read with the offset in force before the change, as
+    zoneinfo does: 02:30 in a 02:00-03:00 gap is 03:30. One the clocks repeat is its first
+    pass (``_both_readings`` gives both)."""
     return datetime.combine(day, at, tzinfo=zone).astimezone(UTC)
+
+
+def _both_readings(day: date, at: time, zone: ZoneInfo) -> list[datetime]:
+    """``at`` o'clock on ``day`` in ``zone`` as UTC, read with the offset before and after a
+    daylight-saving change (PEP 495 ``fold``): twice in the hour the clocks go back, two
+    readings of a skipped time in the hour they go forward, one moment any other day."""
+    return sorted(
+        {datetime.combine(day, at, tzinfo=zone).replace(fold=f).astimezone(UTC) for f in (0, 1)}
+    )
 
 
 @dataclass(frozen=True)
@@ -88,14 +99,21 @@ class Gate:
         local = at.astimezone(self.zone)
         end = self.quiet_hours.end
         day = local.date() + timedelta(days=1) if local.time() >= end else local.date()
-        return local_moment(day, end, self.zone)
+        # an end in the hour the clocks go back comes twice: the first still to come (in the
+        # second pass, the first one is an hour past); one the clocks skip: the reading after
+        # the change (the other is before it, still quiet)
+        readings = _both_readings(day, end, self.zone)
+        return min((m for m in readings if m > at and not self.is_quiet(m)), default=readings[-1])
 
     def quiet_since(self, at: datetime) -> datetime:
         """The start of the quiet hours ``at`` falls in (``at`` must be quiet)."""
         assert self.quiet_hours is not None  # ``at`` is quiet: there are quiet hours
         end = self.quiet_until(at).astimezone(self.zone).date()
         overnight = self.quiet_hours.start > self.quiet_hours.end
-        return local_moment(end - timedelta(days=overnight), self.quiet_hours.start, self.zone)
+        day = end - timedelta(days=overnight)
+        # a start in the hour the clocks skip: the reading not after ``at`` (the other is later)
+        readings = _both_readings(day, self.quiet_hours.start, self.zone)
+        return max((m for m in readings if m <= at), default=min(readings))
 
     def _released(
         self, con: duckdb.DuckDBPyConnection, rows: Sequence[LedgerRow], now: datetime

@@ -229,3 +229,64 @@ def test_quiet_hours_setting_accepts_other_windows():
              QuietHours(start=time(0, 0), end=time(7, 0)))  # fmt: skip
     assert g.is_quiet(datetime(2026, 11, 3, 14, 0, tzinfo=UTC))  # 01:00 local
     assert not g.is_quiet(datetime(2026, 11, 3, 10, 0, tzinfo=UTC))  # 21:00 local
+
+
+@pytest.mark.parametrize(
+    ("zone", "start", "end", "at", "until"),
+    [
+        # Melbourne leaves daylight saving at 03:00 AEDT on 5 April 2026: 02:00-03:00 comes twice.
+        # 02:10 AEST (the second pass) is quiet until 02:30 AEST, not 02:30 AEDT an hour ago.
+        (
+            MELBOURNE,
+            "22:00",
+            "02:30",
+            datetime(2026, 4, 4, 16, 10, tzinfo=UTC),
+            datetime(2026, 4, 4, 16, 30, tzinfo=UTC),
+        ),
+        # 02:10 AEDT (the first pass) is quiet until 02:30 AEDT
+        (
+            MELBOURNE,
+            "22:00",
+            "02:30",
+            datetime(2026, 4, 4, 15, 10, tzinfo=UTC),
+            datetime(2026, 4, 4, 15, 30, tzinfo=UTC),
+        ),
+        # New York leaves daylight saving at 02:00 EDT on 1 November 2026: 01:00-02:00 twice
+        (
+            "America/New_York",
+            "21:00",
+            "01:30",
+            datetime(2026, 11, 1, 6, 5, tzinfo=UTC),
+            datetime(2026, 11, 1, 6, 30, tzinfo=UTC),
+        ),
+    ],
+)
+def test_quiet_hours_ending_in_the_hour_the_clocks_go_back_end_after_now(zone, start, end, at,
+                                                                           until):  # fmt: skip
+    g = Gate(zone, None, ("trigger", "journey", "campaign"), QuietHours(start=start, end=end))
+    assert g.is_quiet(at)
+    assert g.quiet_until(at) == until  # never a moment already past: held until it really ends
+    assert not g.is_quiet(g.quiet_until(at))
+    assert g.quiet_since(at) <= at
+
+
+def test_quiet_hours_starting_in_the_hour_the_clocks_skip_began_before_now():
+    # New York starts daylight saving at 02:00 EST on 8 March 2026 (02:00-03:00 never happens):
+    # at 03:05 EDT the quiet hours from 02:30 have begun, not 25 minutes from now
+    g = Gate("America/New_York", None, ("trigger", "journey", "campaign"),
+             QuietHours(start="02:30", end="08:00"))  # fmt: skip
+    at = datetime(2026, 3, 8, 7, 5, tzinfo=UTC)
+    assert g.is_quiet(at)
+    assert g.quiet_since(at) <= at
+    assert g.quiet_until(at) == datetime(2026, 3, 8, 12, 0, tzinfo=UTC)  # 08:00 EDT
+
+
+def test_a_message_held_in_the_repeated_hour_is_deferred_to_a_moment_to_come(con):
+    # quiet 22:00-02:30 in Melbourne; at 02:10 AEST on 5 April 2026 (the repeated hour) an SMS
+    # is held until 02:30 AEST, not to 02:30 AEDT (an hour before it was due: due again at once)
+    g = Gate(MELBOURNE, None, ("trigger", "journey", "campaign"),
+             QuietHours(start="22:00", end="02:30"))  # fmt: skip
+    at = datetime(2026, 4, 4, 16, 10, tzinfo=UTC)
+    sms = plan(con, 1, channel="sms", due=at)
+    assert gate(con, at, g) == set()
+    assert row(con, sms).next_attempt_at == datetime(2026, 4, 4, 16, 30, tzinfo=UTC)
