@@ -6,6 +6,7 @@ the feedback recorder (tasks/feedback.py). Run by ``relay import-unsubscribes``.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -71,7 +72,14 @@ def import_unsubscribes(
         dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
     except csv.Error:
         dialect = csv.excel
-    rows = list(csv.reader(text.splitlines(), dialect))
+    # (first line in the file, cells): a quoted cell may hold line breaks (a Mailchimp note), so
+    # a record's number is not its line's; the file is read as csv reads files (newline="")
+    reader = csv.reader(io.StringIO(text, newline=""), dialect)
+    rows, lines, line = [], [], 1
+    for record in reader:
+        rows.append(record)
+        lines.append(line)
+        line = reader.line_num + 1
     if not rows:
         raise ImportRefused(f"{path}: the file is empty.")
     column = _email_column(rows[0])
@@ -85,7 +93,7 @@ def import_unsubscribes(
     result = ImportResult(column=rows[0][column].strip())
     seen: set[str] = set()
     valid: list[tuple[int, str]] = []
-    for line, row in enumerate(rows[1:], start=2):
+    for line, row in zip(lines[1:], rows[1:], strict=True):
         raw = row[column].strip() if column < len(row) else ""
         if not raw and not any(cell.strip() for cell in row):
             continue  # a blank line

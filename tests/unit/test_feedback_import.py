@@ -112,3 +112,19 @@ def test_a_folder_or_unreadable_file_is_refused_in_one_line(con, tmp_path):
     with pytest.raises(ImportRefused, match="cannot be read"):
         import_unsubscribes(con, tmp_path, NOW)
     assert suppression_rows(con) == []
+
+
+def test_lines_are_the_files_own_after_a_note_written_over_two_lines(con, tmp_path):
+    # Mailchimp's free-text columns (UNSUB_REASON_OTHER, NOTES) keep a patient's line breaks in
+    # quotes: the lines named (refusal, evidence) are the file's, as an editor numbers them
+    text = (
+        '"Email Address","UNSUB_REASON_OTHER"\n'
+        '"ann@example.com","too many\nemails, sorry"\n'
+        '"not-an-address","x"\n'
+        '"bob@example.com","y"\n'
+    )
+    with pytest.raises(ImportRefused, match=r"on line\(s\) 4\. "):
+        import_unsubscribes(con, write_csv(tmp_path, text), NOW)
+    import_unsubscribes(con, write_csv(tmp_path, text), NOW, skip_invalid=True)
+    evidence = con.execute("SELECT evidence FROM state.suppressions ORDER BY 1").fetchall()
+    assert evidence == [("unsubscribed_members.csv line 2",), ("unsubscribed_members.csv line 5",)]
