@@ -182,6 +182,13 @@ def _record_noted(
         {"audiences": audiences},
     )
     _apply(con, audiences, build_id, built_at, new=False)
+    # a member kept whose row now names another patient (a shared address passed on)
+    _follow_holders(
+        con,
+        "SELECT audience, member_key, min(patient_id) FILTER (WHERE came) AS patient_id "
+        "FROM relay_member_changes GROUP BY ALL HAVING bool_or(came)",
+        audiences,
+    )
     counts = _counts(con, audiences, before)
     for count in counts.values():
         count["size"] += count["joined"] - count["left"]
@@ -231,6 +238,7 @@ def _record(
         [list(queries)],
     )
     _apply(con, list(queries), build_id, built_at, new=True)
+    _follow_holders(con, "SELECT * FROM relay_current", list(queries))
     sizes = dict(
         con.execute("SELECT audience, count(*) FROM relay_current GROUP BY audience").fetchall()
     )
@@ -272,6 +280,28 @@ def _apply(
         "INSERT INTO state.audience_members SELECT audience, member_key, patient_id, ? "
         "FROM relay_changes WHERE event = 'joined' ORDER BY audience, member_key",
         [built_at],
+    )
+
+
+def _follow_holders(con: duckdb.DuckDBPyConnection, current: str, audiences: list[str]) -> None:
+    """A marketing list's member is its address; the patient it names can change while the
+    address stays on the list (a shared address passes to the family member seen most
+    recently, a merge keeps the other record). That is no join or leave, but the member's
+    patient follows the list's row: journeys enrol, send and exit by it (tasks/marketing), and
+    kept the first holder for good, so the one the list named was refused as "not on the
+    list". ``current``: a SELECT of (audience, member_key, patient_id) as the tables have them
+    now."""
+    lists = [a for a in audiences if a in {lst.audience for lst in MARKETING_LISTS.values()}]
+    if not lists:
+        return
+    con.execute(
+        f"""
+        UPDATE state.audience_members AS m SET patient_id = c.patient_id
+        FROM ({current}) AS c
+        WHERE m.audience IN $lists AND c.audience = m.audience
+          AND c.member_key = m.member_key AND m.patient_id IS DISTINCT FROM c.patient_id
+        """,
+        {"lists": lists},
     )
 
 

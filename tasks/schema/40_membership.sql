@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS state.audiences (
 CREATE TABLE IF NOT EXISTS state.audience_members (
     audience    VARCHAR NOT NULL,
     member_key  VARCHAR NOT NULL,      -- email (email list), E.164 mobile (SMS list), patient_id (segments)
-    patient_id  BIGINT,
+    patient_id  BIGINT,                -- the patient its row names now (a shared address's holder)
     joined_at   TIMESTAMPTZ NOT NULL
 );
 

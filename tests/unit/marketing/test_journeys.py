@@ -439,3 +439,27 @@ def test_a_birthday_email_the_cap_would_hold_past_its_day_is_skipped_not_sent_la
     clinic.send(tmp_path)
     (skipped,) = clinic.messages(status="skipped", source_name="birthday")
     assert skipped.status_reason == "frequency cap: could not go before its grace window ended"
+
+
+@pytest.mark.parametrize("full_refresh", [False, True])
+def test_a_shared_address_passed_to_a_new_patient_enrols_him_as_the_list_says(full_refresh):
+    # A mother and her son share one address; the list holds it once, for whoever was seen most
+    # recently. The son's first visit passes it to him: the journey sees the list as it is (he
+    # is on it, subscribed), not as it was when the address first joined (his mother)
+    clinic = Clinic(journeys=[NEW_PATIENT])
+    clinic.patient(1, email="family@example.com")
+    clinic.visit(1, days_ago=300)
+    clinic.build()
+    clinic.tick()  # go-live
+    clinic.patient(2, email="family@example.com")
+    clinic.visit(2, days_ago=0.1)
+    clinic.advance(minutes=5)
+    journey_clinic.models.build(
+        clinic.con, journey_clinic.models.ListSettings(active_patient_months=24),
+        sql_dir=journey_clinic.sql_dir(), now=clinic.now, full_refresh=full_refresh,
+    )  # fmt: skip
+    holder = "SELECT patient_id FROM marts.email_marketing_list WHERE status = 'subscribed'"
+    assert clinic.con.execute(holder).fetchall() == [(2,)]
+    clinic.tick(build=False)
+    assert [e[:2] for e in clinic.enrolments("new-patient")] == [(2, "active")]
+    assert templates_sent(clinic, 2) == ["new-patient-welcome"]
