@@ -4,7 +4,9 @@
   them; a new audience's first members are marked ``initial`` and never count) past the journey's
   cursor, or a date field's anniversary (e.g. the birthday at 09:00 in the clinic's time zone)
   since the last run. Only patients on one of the lists the journey sends on enrol, and the
-  re-entry rule (once ever / again after the last enrolment ended) applies.
+  re-entry rule (once ever / again after the last enrolment ended) applies, counting the
+  enrolments of patient records merged into the patient's in Cliniko (the same person: the
+  record kept takes the visits and enters the segment again).
 - **Exit**: enrolments whose patient left the entry segment or every list the journey sends on.
 
 The journey's tick (tasks/marketing/journeys.py) calls these in its transaction and moves the
@@ -130,8 +132,12 @@ def enrol(
                      unnest($entered::TIMESTAMPTZ[]) AS entered_at) AS c
         WHERE c.patient_id IN (SELECT patient_id FROM state.audience_members
                                WHERE audience IN (SELECT unnest($lists::VARCHAR[])))
+          -- a record merged into this one in Cliniko is the same person: its enrolment counts
           AND NOT EXISTS (SELECT 1 FROM state.journey_enrolments e
-                          WHERE e.journey = $journey AND e.patient_id = c.patient_id {blocking})
+                          WHERE e.journey = $journey {blocking}
+                            AND (e.patient_id = c.patient_id
+                                 OR e.patient_id IN (SELECT patient_id FROM marts.patients
+                                                     WHERE merged_into_patient_id = c.patient_id)))
         ON CONFLICT DO NOTHING
         RETURNING enrolment_id
         """,

@@ -463,3 +463,29 @@ def test_a_shared_address_passed_to_a_new_patient_enrols_him_as_the_list_says(fu
     clinic.tick(build=False)
     assert [e[:2] for e in clinic.enrolments("new-patient")] == [(2, "active")]
     assert templates_sent(clinic, 2) == ["new-patient-welcome"]
+
+
+def test_a_patient_record_merged_into_another_does_not_start_the_series_again():
+    # One new patient, two records (booked online twice); the first gets the welcome, then the
+    # front desk merges it into the second, which takes its visit and so enters "new" itself:
+    # the same person, already enrolled under the record merged away (reentry: once)
+    clinic = Clinic(journeys=[NEW_PATIENT])
+    clinic.tick()  # go-live
+    clinic.patient(1, email="sam@example.com")
+    clinic.patient(2, email="sam.new@example.com")
+    visit = clinic.visit(1, days_ago=0.1)
+    clinic.tick(minutes=5)
+    assert templates_sent(clinic, 1) == ["new-patient-welcome"]
+    kept = f"{journey_clinic.API}/patients/2"
+    clinic._write("patients", 1, {**clinic.payloads[("patients", 1)], "archived_at":
+                  journey_clinic._ts(clinic.now), "merged_at": journey_clinic._ts(clinic.now),
+                  "merged_with_patient": {"links": {"self": kept}}})  # fmt: skip
+    appointment = clinic.payloads[("individual_appointments", visit)]
+    clinic._write("individual_appointments", visit,
+                  {**appointment, "patient": {"links": {"self": kept}}})  # fmt: skip
+    clinic.tick(hours=1)
+    in_new = "SELECT patient_id FROM segments.new_patients"
+    assert clinic.con.execute(in_new).fetchall() == [(2,)]
+    clinic.tick(days=4, build=False)
+    assert templates_sent(clinic, 2) == []
+    assert [e[:2] for e in clinic.enrolments("new-patient")] == [(1, "exited")]
