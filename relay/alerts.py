@@ -263,8 +263,9 @@ def zombie_runs(crash_after: int = CRASH_AFTER_SECONDS) -> Automation:
             ChangeFlowRunState(
                 state=StateType.CRASHED,
                 name=LOST_STATE,
-                message=f"No heartbeat for {crash_after} s: its process or machine was lost "
-                "(marked by the relay automation; the next tick catches up).",
+                message=f"No heartbeat for {crash_after} s: its process or machine was lost, "
+                "or the Prefect server could not hear it (down or restarting; the run then "
+                "lives on) (marked by the relay automation; the next tick catches up).",
             )
         ],
     )
@@ -302,7 +303,9 @@ def lost_run_crashed(notify: dict, crash_after: int = CRASH_AFTER_SECONDS) -> Au
                 "{{ flow_run.parameters.clinic }}) sent no heartbeat for "
                 f"{crash_after} s without finishing: its process or machine died. It is marked "
                 "Crashed and its clinic's tick slot is free again; the next tick catches up. "
-                "Check the machine and its worker. {{ flow_run|ui_url }}",
+                "Check the machine and its worker. If the Prefect server was down or restarting "
+                "meanwhile, the run may still be alive: its Logs tab then goes on after this "
+                "state (docs/scaling.md, A Prefect server restart). {{ flow_run|ui_url }}",
             )
         ],
     )

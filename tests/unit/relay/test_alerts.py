@@ -86,6 +86,21 @@ def test_a_person_is_told_only_when_a_run_really_was_marked_crashed():
     assert action.type == "send-notification" and "{{ flow_run.id }}" in action.body
 
 
+def test_a_lost_run_alert_does_not_say_the_run_died_when_the_server_could_not_hear_it():
+    """A Prefect server down or restarting for more than about 30 s hears no heartbeat from the
+    ticks running through it, and on its return the lost-run automation marks each Crashed
+    (Lost) and tells of it, though its process lives on (docs/scaling.md, "A Prefect server
+    restart"). The alert and the state said "its process or machine died" and sent the operator
+    to the machine and its worker, with nothing about the server."""
+    alerts = by_name()
+    [told] = alerts[LOST_NAME].actions
+    [crash] = alerts[ZOMBIE_NAME].actions
+
+    for text in (told.body, crash.message):
+        assert "Prefect server" in text and "restart" in text
+    assert "its Logs tab" in told.body  # how to tell a live run from a dead one
+
+
 def test_no_tick_completed_is_counted_per_clinic_and_names_it():
     quiet = by_name(45)["relay: no tick completed"]
     trigger = quiet.trigger
