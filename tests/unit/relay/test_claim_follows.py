@@ -5,7 +5,6 @@ the lost machine's queue, so the clinic never ticked again and nothing said why.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from types import SimpleNamespace
 
@@ -14,22 +13,9 @@ from typer.testing import CliRunner
 
 from tasks.home import Home
 
+from .homes import Store, as_machine
+
 D1, D2, NORTH = (uuid.uuid4() for _ in range(3))
-
-
-class Store:
-    def __init__(self, home):
-        self.home = home
-
-    def read(self, clinic):
-        return self.home
-
-    def create(self, clinic, home):
-        self.home = self.home or home
-        return self.home
-
-    def write(self, clinic, home):
-        self.home = home
 
 
 class FakeClient:
@@ -61,10 +47,6 @@ class FakeClient:
 def claim(monkeypatch, tmp_path):
     """`relay clinic claim` on machine 'a' of south, whose home record names machine `b`;
     south's two deployments on `b`'s queue, with a tick scheduled there."""
-    import prefect.client.orchestration
-
-    import tasks.config
-    import tasks.home
 
     store = Store(Home(machine="b", generation=2, database="lineage"))
     deployments = [
@@ -76,17 +58,8 @@ def claim(monkeypatch, tmp_path):
     tick = SimpleNamespace(id=uuid.uuid4(), name="late-tick", work_queue_name="machine-b",
                            state_name="Late", auto_scheduled=True)  # fmt: skip
     client = FakeClient(deployments, [tick])
-    monkeypatch.setattr(
-        tasks.config, "load_clinic",
-        lambda name: SimpleNamespace(clinic=name, database_path=tmp_path / f"{name}.duckdb"),
-    )  # fmt: skip
-    monkeypatch.setattr(tasks.home, "PrefectHomes", lambda: store)
-    monkeypatch.setattr(tasks.home, "this_machine", lambda: "a")
-    monkeypatch.setattr(tasks.home, "shared_server", lambda: True)
-    monkeypatch.setattr(
-        prefect.client.orchestration, "get_client",
-        lambda sync_client=False: contextlib.nullcontext(client),
-    )  # fmt: skip
+    as_machine(monkeypatch, "a", store, lambda name: tmp_path / f"{name}.duckdb", client=client,
+               shared=True)  # fmt: skip
 
     def run(*args):
         from relay.cli.clinic import clinic_app

@@ -7,7 +7,6 @@ and leaves its database unnamed, as a tick that loses the first claim does (task
 
 from __future__ import annotations
 
-import contextlib
 from types import SimpleNamespace
 
 import pytest
@@ -15,6 +14,8 @@ from typer.testing import CliRunner
 
 from tasks.home import Home, read_identity
 from tasks.warehouse import open_db
+
+from .homes import as_machine
 
 
 class RacedStore:
@@ -38,25 +39,12 @@ class RacedStore:
 
 @pytest.fixture
 def raced(monkeypatch, tmp_path):
-    import prefect.client.orchestration
-
-    import tasks.config
-    import tasks.home
 
     store = RacedStore()
     touched = []
     client = SimpleNamespace(read_deployments=lambda: touched.append("read") or [])
-    monkeypatch.setattr(
-        tasks.config, "load_clinic",
-        lambda name: SimpleNamespace(clinic=name, database_path=tmp_path / f"{name}.duckdb"),
-    )  # fmt: skip
-    monkeypatch.setattr(tasks.home, "PrefectHomes", lambda: store)
-    monkeypatch.setattr(tasks.home, "this_machine", lambda: "a")
-    monkeypatch.setattr(tasks.home, "shared_server", lambda: True)
-    monkeypatch.setattr(
-        prefect.client.orchestration, "get_client",
-        lambda sync_client=False: contextlib.nullcontext(client),
-    )  # fmt: skip
+    as_machine(monkeypatch, "a", store, lambda name: tmp_path / f"{name}.duckdb", client=client,
+               shared=True)  # fmt: skip
     return SimpleNamespace(store=store, touched=touched, db=tmp_path / "south.duckdb")
 
 

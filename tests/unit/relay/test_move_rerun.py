@@ -8,12 +8,13 @@ and nothing said why. The same command now resumes them, on the new home's queue
 
 from __future__ import annotations
 
-import contextlib
 from types import SimpleNamespace
 
 import pytest
 
 from tasks.home import Home
+
+from .homes import Store, as_machine
 
 
 class FakeClient:
@@ -27,38 +28,15 @@ class FakeClient:
         self.resumed.append(deployment_id)
 
 
-class Store:
-    def __init__(self, home):
-        self.home = home
-
-    def read(self, clinic):
-        return self.home
-
-    def write(self, clinic, home):
-        self.home = home
-
-
 @pytest.fixture
 def rerun(monkeypatch, tmp_path):
     """north moved from 'b' (this machine) to 'x': x's restore wrote the home and was killed."""
-    import prefect.client.orchestration
 
     import relay.cli.clinic as cli
-    import tasks.config
-    import tasks.home
 
     store = Store(Home(machine="x", generation=3, database="l" * 32, paused=["d1", "d2"]))
     client = FakeClient()
-    monkeypatch.setattr(
-        tasks.config, "load_clinic",
-        lambda name: SimpleNamespace(clinic=name, database_path=tmp_path / "north.duckdb"),
-    )  # fmt: skip
-    monkeypatch.setattr(tasks.home, "PrefectHomes", lambda: store)
-    monkeypatch.setattr(tasks.home, "this_machine", lambda: "b")
-    monkeypatch.setattr(
-        prefect.client.orchestration, "get_client",
-        lambda sync_client=False: contextlib.nullcontext(client),
-    )  # fmt: skip
+    as_machine(monkeypatch, "b", store, tmp_path / "north.duckdb", client=client)
     said: list[str] = []
 
     def move(to):

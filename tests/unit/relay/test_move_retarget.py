@@ -15,6 +15,8 @@ import pytest
 from tasks.errors import UserFacingError
 from tasks.home import Home
 
+from .homes import Store, as_machine
+
 
 def restore_run(clinic: str, queue: str, state: str = "SCHEDULED", name: str = "restore"):
     return SimpleNamespace(
@@ -42,17 +44,6 @@ class FakeClient:
         pass
 
 
-class Store:
-    def __init__(self, home):
-        self.home = home
-
-    def read(self, clinic):
-        return self.home
-
-    def write(self, clinic, home):
-        self.home = home
-
-
 @pytest.fixture
 def moving(monkeypatch, tmp_path):
     """north, at home on 'b', being moved to 'x' (its backup made); this process is 'b'."""
@@ -60,7 +51,6 @@ def moving(monkeypatch, tmp_path):
 
     import relay.cli.clinic as cli
     import relay.cli.restore_run as restoring
-    import tasks.config
     import tasks.home
 
     database = tmp_path / "north.duckdb"
@@ -70,12 +60,7 @@ def moving(monkeypatch, tmp_path):
              backup_sha256="abc", paused=["d1"])
     )  # fmt: skip
     started = []
-    monkeypatch.setattr(
-        tasks.config, "load_clinic",
-        lambda name: SimpleNamespace(clinic=name, database_path=database),
-    )  # fmt: skip
-    monkeypatch.setattr(tasks.home, "PrefectHomes", lambda: store)
-    monkeypatch.setattr(tasks.home, "this_machine", lambda: "b")
+    as_machine(monkeypatch, "b", store, database)
     monkeypatch.setattr(tasks.home, "backup_database", lambda db, dest: "abc")
     monkeypatch.setattr(tasks.home, "sha256", lambda path: "abc")
     monkeypatch.setattr(cli, "clinic_deployments", lambda client, clinic: [])

@@ -13,7 +13,8 @@ from tasks import home
 from tasks.home import Home, Identity, write_identity
 from tasks.warehouse import open_db
 
-from .test_claim_follows import FakeClient, Store
+from .homes import Store
+from .test_claim_follows import FakeClient
 
 D1, D2, NORTH = (uuid.uuid4() for _ in range(3))
 

@@ -1,0 +1,59 @@
+"""Stand-ins the claim and move tests share: a clinic's home record on the Prefect server
+(``Store``) and this process as one machine of the fleet (``as_machine``)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+
+class Store:
+    """The server's home record of one clinic (tasks.home.PrefectHomes' read, create, write)."""
+
+    def __init__(self, home):
+        self.home = home
+
+    def read(self, clinic):
+        return self.home
+
+    def create(self, clinic, home):
+        self.home = self.home or home
+        return self.home
+
+    def write(self, clinic, home):
+        self.home = home
+
+
+def as_machine(
+    monkeypatch,
+    machine: str,
+    store,
+    database: Path | Callable[[str], Path],
+    *,
+    client=None,
+    shared: bool = False,
+) -> None:
+    """This process is ``machine``, the home records are ``store``'s, a clinic's database is
+    ``database`` (a path, or one per clinic name), Prefect's client is ``client`` (when given)
+    and, with ``shared``, the Prefect server is one the machines share."""
+    import prefect.client.orchestration
+
+    import tasks.config
+    import tasks.home
+
+    path = database if callable(database) else (lambda _name: database)
+    monkeypatch.setattr(
+        tasks.config, "load_clinic",
+        lambda name: SimpleNamespace(clinic=name, database_path=path(name)),
+    )  # fmt: skip
+    monkeypatch.setattr(tasks.home, "PrefectHomes", lambda: store)
+    monkeypatch.setattr(tasks.home, "this_machine", lambda: machine)
+    if shared:
+        monkeypatch.setattr(tasks.home, "shared_server", lambda: True)
+    if client is not None:
+        monkeypatch.setattr(
+            prefect.client.orchestration, "get_client",
+            lambda sync_client=False: contextlib.nullcontext(client),
+        )  # fmt: skip
