@@ -4,9 +4,22 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+
+# south's two deployments and north's one (a clinic the tests leave alone)
+D1, D2, NORTH = (uuid.uuid4() for _ in range(3))
+
+
+def deployments_on(queue: str) -> list[SimpleNamespace]:
+    """South's two deployments and north's one, all on work queue ``queue`` of pool 'local'."""
+    return [
+        SimpleNamespace(id=d, parameters={"clinic": clinic}, work_pool_name="local",
+                        work_queue_name=queue)
+        for d, clinic in ((D1, "south"), (D2, "south"), (NORTH, "north"))
+    ]  # fmt: skip
 
 
 class Store:

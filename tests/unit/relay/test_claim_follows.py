@@ -13,9 +13,7 @@ from typer.testing import CliRunner
 
 from tasks.home import Home
 
-from .homes import Store, as_machine
-
-D1, D2, NORTH = (uuid.uuid4() for _ in range(3))
+from .homes import D1, D2, Store, as_machine, deployments_on
 
 
 class FakeClient:
@@ -49,12 +47,7 @@ def claim(monkeypatch, tmp_path):
     south's two deployments on `b`'s queue, with a tick scheduled there."""
 
     store = Store(Home(machine="b", generation=2, database="lineage"))
-    deployments = [
-        SimpleNamespace(id=d, parameters={"clinic": "south"}, work_pool_name="local",
-                        work_queue_name="machine-b")
-        for d in (D1, D2)
-    ] + [SimpleNamespace(id=NORTH, parameters={"clinic": "north"}, work_pool_name="local",
-                         work_queue_name="machine-b")]  # fmt: skip
+    deployments = deployments_on("machine-b")
     tick = SimpleNamespace(id=uuid.uuid4(), name="late-tick", work_queue_name="machine-b",
                            state_name="Late", auto_scheduled=True)  # fmt: skip
     client = FakeClient(deployments, [tick])

@@ -6,17 +6,13 @@ restore now puts the clinic's deployments on its own machine's queue (tasks/home
 from __future__ import annotations
 
 import contextlib
-import uuid
-from types import SimpleNamespace
 
 from tasks import home
 from tasks.home import Home, Identity, write_identity
 from tasks.warehouse import open_db
 
-from .homes import Store
+from .homes import D1, D2, Store, deployments_on
 from .test_claim_follows import FakeClient
-
-D1, D2, NORTH = (uuid.uuid4() for _ in range(3))
 
 
 def test_a_restore_by_hand_puts_the_deployments_on_its_own_queue(tmp_path, monkeypatch):
@@ -37,12 +33,7 @@ def test_a_restore_by_hand_puts_the_deployments_on_its_own_queue(tmp_path, monke
     )
     store = Store(Home("b", 3, database="l" * 32, moving_to="a", backup="south/g3.duckdb",
                        backup_sha256=checksum, paused=[str(D1), str(D2)]))  # fmt: skip
-    deployments = [
-        SimpleNamespace(id=d, parameters={"clinic": "south"}, work_pool_name="local",
-                        work_queue_name="machine-b")
-        for d in (D1, D2)
-    ] + [SimpleNamespace(id=NORTH, parameters={"clinic": "north"}, work_pool_name="local",
-                         work_queue_name="machine-b")]  # fmt: skip
+    deployments = deployments_on("machine-b")
     client = FakeClient(deployments, [])
     monkeypatch.setattr(
         prefect.client.orchestration,
