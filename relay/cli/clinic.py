@@ -404,7 +404,16 @@ def claim_command(
 
     from tasks.config import load_clinic
     from tasks.errors import UserFacingError
-    from tasks.home import Home, Identity, PrefectHomes, read_identity, this_machine, write_identity
+    from tasks.home import (
+        Home,
+        Identity,
+        PrefectHomes,
+        forget_identity,
+        read_identity,
+        this_machine,
+        write_identity,
+    )
+    from tasks.homeclaim import claim_lock, claimed_since, lost
     from tasks.warehouse import open_db
 
     _need_server()
@@ -416,45 +425,31 @@ def claim_command(
             f"{clinic} already lives on '{home.machine}' (generation {home.generation}): move "
             f"it with `relay clinic move`, or start over on purpose with --fresh."
         )
-    with open_db(config.database_path) as con:
-        identity = read_identity(con)
-        named = identity is None  # this claim names the database: unnamed again if it loses
-        generation = (home.generation + 1) if home else (identity.generation if identity else 1)
-        if identity is None or home is not None:
-            lineage = identity.database_id if identity and home is None else uuid.uuid4().hex
-            identity = Identity(config.clinic, lineage, generation, machine)
-            write_identity(con, identity)
-    new = Home(machine=machine, generation=generation, database=identity.database_id,
-               moved_at=datetime.now(UTC).isoformat(timespec="seconds"))  # fmt: skip
-    if home is None:
-        won = store.create(config.clinic, new)
-        if won.database != new.database or won.machine != machine:  # claimed elsewhere first
-            _lost_claim(config, won, machine, named)
-    else:
-        store.write(config.clinic, new)
-    typer.echo(f"{clinic} lives on '{new.machine}', generation {new.generation}.")
-    follow_home(config.clinic, new.machine, home, typer.echo)
-
-
-def _lost_claim(config, won, machine: str, named: bool) -> None:
-    """Another machine created the clinic's home between this claim's read and its create (two
-    claims, or a first tick, at once; the server lets one win): this database is not the
-    clinic's (unnamed again if this claim named it, as a tick that loses does), the deployments
-    are the winner's to place, and the command fails, so a script does not go on as if here were
-    home."""
-    from tasks.errors import UserFacingError
-    from tasks.home import forget_identity
-    from tasks.warehouse import open_db
-
-    if named:
+    with claim_lock(config.clinic):  # one claim of the clinic at a time (tasks/homeclaim.py)
+        now = store.read(config.clinic)
+        if claimed_since(home, now):  # another machine's claim came first: nothing written
+            raise lost(config.clinic, now, machine, fresh=fresh)
+        home = now
         with open_db(config.database_path) as con:
-            forget_identity(con, config.clinic)
-    raise UserFacingError(
-        f"{config.clinic} was claimed by '{won.machine}' first (generation {won.generation}), "
-        "while this claim ran: it lives there, and this machine's database is not the "
-        f"clinic's. Move it here with `relay clinic move {config.clinic} --to {machine}` "
-        f"on '{won.machine}'."
-    )
+            identity = read_identity(con)
+            named = identity is None  # this claim names the database: unnamed again if it loses
+            generation = (home.generation + 1) if home else (identity.generation if identity else 1)
+            if identity is None or home is not None:
+                lineage = identity.database_id if identity and home is None else uuid.uuid4().hex
+                identity = Identity(config.clinic, lineage, generation, machine)
+                write_identity(con, identity)
+            new = Home(machine=machine, generation=generation, database=identity.database_id,
+                       moved_at=datetime.now(UTC).isoformat(timespec="seconds"))  # fmt: skip
+            if home is None:
+                won = store.create(config.clinic, new)
+                if won.database != new.database or won.machine != machine:  # a first tick's
+                    if named:  # claim, elsewhere, came first (ticks take no claim lock)
+                        forget_identity(con, config.clinic)
+                    raise lost(config.clinic, won, machine, fresh=fresh)
+            else:
+                store.write(config.clinic, new)
+        typer.echo(f"{clinic} lives on '{new.machine}', generation {new.generation}.")
+        follow_home(config.clinic, new.machine, home, typer.echo)
 
 
 def follow_home(clinic: str, machine: str, before, echo) -> None:

@@ -1,5 +1,6 @@
 """Stand-ins the claim and move tests share: a clinic's home record on the Prefect server
-(``Store``) and this process as one machine of the fleet (``as_machine``)."""
+(``Store``) and this process as one machine of the fleet (``as_machine``; the server's claim
+lock, tasks/homeclaim.py, always free: tests/flows/test_claim_race.py takes the real one)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ def as_machine(
 
     import tasks.config
     import tasks.home
+    import tasks.homeclaim
 
     path = database if callable(database) else (lambda _name: database)
     monkeypatch.setattr(
@@ -63,6 +65,7 @@ def as_machine(
     )  # fmt: skip
     monkeypatch.setattr(tasks.home, "PrefectHomes", lambda: store)
     monkeypatch.setattr(tasks.home, "this_machine", lambda: machine)
+    monkeypatch.setattr(tasks.homeclaim, "claim_lock", lambda clinic, **_: contextlib.nullcontext())
     if shared:
         monkeypatch.setattr(tasks.home, "shared_server", lambda: True)
     if client is not None:
