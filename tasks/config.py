@@ -29,7 +29,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from tasks.errors import UserFacingError
-from tasks.paths import PROJECT_ROOT, clinics_dir, data_dir, misnamed
+from tasks.paths import PROJECT_ROOT, clinics_dir, data_dir, misnamed, read_edited_text
 from tasks.report_settings import ReportSettings
 from tasks.triggers.definition import ClockTime, Trigger, explain, parse_duration, parse_triggers
 
@@ -480,7 +480,7 @@ def load_clinic(path_or_name: str | Path) -> ClinicConfig:
             "Create clinics/<clinic>/clinic.yaml (copy clinics/demo/clinic.yaml)."
         )
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER) or {}
+        raw = yaml.load(read_edited_text(path, ConfigError), Loader=_SAFE_LOADER) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

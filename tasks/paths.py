@@ -1,4 +1,5 @@
-"""Where things are on disk: the project root, the clinics folder and the data folder.
+"""Where things are on disk: the project root, the clinics folder and the data folder; and
+reading the text files people edit (clinic.yaml, sql/) as UTF-8.
 
 Everything in ``tasks/`` that needs a path asks here; ``relay/`` (the CLI) re-exports these, never
 the other way round.
@@ -37,3 +38,18 @@ def misnamed(source: Path, clinic: object, clinics: Path | None = None) -> str |
 def data_dir() -> Path:
     """Where clinic databases and the outbox live unless a clinic's config says otherwise."""
     return Path(os.environ.get("RELAY_DATA_DIR", PROJECT_ROOT / "data"))
+
+
+def read_edited_text(path: Path, error: type[Exception], shown: object = None) -> str:
+    """A file a person edits (clinic.yaml, a model in sql/), as UTF-8 (a byte order mark from a
+    Windows editor dropped). One saved in another encoding (cp1252's "Caf\u00e9") or that cannot
+    be read raises ``error`` naming the file (``shown``, default ``path``), not a traceback."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise error(
+            f"{shown or path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position "
+            f"{exc.start}): save it as UTF-8 (your editor's 'Save with encoding')."
+        ) from None
+    except OSError as exc:  # a folder named *.sql, a broken link, no permission
+        raise error(f"{shown or path}: cannot be read ({exc.strerror or exc}).") from None

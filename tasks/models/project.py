@@ -22,7 +22,7 @@ from pathlib import Path
 import duckdb
 
 from tasks.errors import UserFacingError
-from tasks.paths import PROJECT_ROOT
+from tasks.paths import PROJECT_ROOT, read_edited_text
 from tasks.warehouse import one
 
 SQL_DIR = PROJECT_ROOT / "sql"
@@ -377,14 +377,14 @@ def discover(
     sources = _source_tables(con)  # raw.* and state.*
     texts = _texts(paths)
     _load_stored_parses(con, texts.values(), sources)
-    trees = _parse_trees(con, paths, sql_dir)
+    trees = _parse_trees(con, texts, sql_dir)
     for path in paths:
         file = _relative(path, sql_dir)
         folder = path.parent.relative_to(sql_dir).parts
         kind = folder[0] if len(folder) == 1 else None
         relation = f"{kind}.{path.stem.lower()}" if kind in MODEL_SCHEMAS else None
         try:
-            item = _read_file(con, path, file, kind, trees)
+            item = _read_file(con, path, file, kind, texts, trees)
         except ModelError as exc:
             if not keep_going:
                 raise
@@ -430,30 +430,29 @@ def discover(
 
 
 def _texts(paths: list[Path]) -> dict[Path, str]:
-    """Each readable file's text (one that cannot be read is reported by ``_read_file``)."""
+    """Each readable file's text (why one cannot be read is said by ``_read_file``)."""
     texts = {}
     for path in paths:
         try:
-            texts[path] = path.read_text(encoding="utf-8-sig")
+            texts[path] = path.read_text(encoding="utf-8-sig")  # -sig: no BOM (Windows editors)
         except (OSError, UnicodeDecodeError):
             continue
     return texts
 
 
 def _parse_trees(
-    con: duckdb.DuckDBPyConnection, paths: list[Path], sql_dir: Path
+    con: duckdb.DuckDBPyConnection, texts: dict[Path, str], sql_dir: Path
 ) -> dict[Path, tuple[str, str]]:
     """Each readable file's SQL (one SELECT) and its parse tree, every file's read by one query
     instead of one query per file (a build reads the project every time). A file left out is
     read (and its problem reported) by ``_read_file``."""
     sqls: dict[Path, str] = {}
-    for path in paths:
+    for path, text in texts.items():
+        if text in _PARSE_MEMO:  # read before in this process: nothing to parse
+            continue
         try:
-            text = path.read_text(encoding="utf-8-sig")
-            if text in _PARSE_MEMO:  # read before in this process: nothing to parse
-                continue
             sqls[path] = _single_select(con, _relative(path, sql_dir), text)
-        except (ModelError, OSError, UnicodeDecodeError):
+        except ModelError:
             continue
     if not sqls:
         return {}
@@ -470,6 +469,7 @@ def _read_file(
     path: Path,
     file: str,
     kind: str | None,
+    texts: dict[Path, str],
     trees: dict[Path, tuple[str, str]],
 ) -> Model | DataTest:
     if kind not in (*MODEL_SCHEMAS, TESTS_FOLDER):
@@ -483,7 +483,7 @@ def _read_file(
             f"{file}: a model's file name becomes its table name: use lower-case letters, "
             "digits and underscores."
         )
-    text = path.read_text(encoding="utf-8-sig")  # -sig: no BOM (Windows editors)
+    text = texts[path] if path in texts else read_edited_text(path, ModelError, file)
     sql, depends_on = _parsed(con, file, text, trees.get(path))
     if kind == TESTS_FOLDER:
         return DataTest(name=name, file=file, sql=sql, depends_on=depends_on)

@@ -53,6 +53,17 @@ def test_broken_yaml_says_where(tmp_path):
         load_clinic(write(tmp_path, "clinic: x\nname: [unclosed\n"))
 
 
+def test_a_file_not_saved_as_utf8_names_the_file_instead_of_a_traceback(tmp_path):
+    """A Windows editor's cp1252 ("Caf\u00e9 Physio") crashed every command and tick with a
+    UnicodeDecodeError traceback naming neither the file nor what to do."""
+    path = tmp_path / "clinic.yaml"
+    path.write_bytes("clinic: x\nname: Caf\u00e9 Physio\n".encode("cp1252"))
+    with pytest.raises(ConfigError, match=r"clinic.yaml: not UTF-8 text .*save it as UTF-8"):
+        load_clinic(path)
+    path.write_bytes("clinic: x\nname: Caf\u00e9 Physio\n".encode("utf-8-sig"))
+    assert load_clinic(path).name == "Caf\u00e9 Physio"
+
+
 def test_an_unknown_clinic_lists_the_known_ones():
     with pytest.raises(ConfigError, match="Known clinics: .*demo"):
         load_clinic("nope")

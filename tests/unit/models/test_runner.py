@@ -289,6 +289,24 @@ def test_a_file_saved_with_a_byte_order_mark_keeps_its_config_line(con, tmp_path
         models.discover(con, sql_dir)
 
 
+def test_a_file_not_saved_as_utf8_is_held_like_a_broken_model_not_a_crash(con, tmp_path):
+    """A segment saved by a Windows editor in its own encoding ("caf\xe9" in cp1252) stopped
+    every build, the tick's too, with a UnicodeDecodeError traceback: it is one broken file,
+    named with what to do, and the rest of the project builds."""
+    sql_dir = write(tmp_path, GOOD)
+    build(con, sql_dir)
+    latin = sql_dir / "segments" / "cafe.sql"
+    latin.write_bytes(
+        "-- the caf\xe9 program\nselect patient_id from marts.people\n".encode("cp1252")
+    )
+    with pytest.raises(models.ModelError, match=r"sql/segments/cafe.sql: .*UTF-8"):
+        models.discover(con, sql_dir)
+    with pytest.raises(models.PartialBuild, match=r"sql/segments/cafe.sql: .*save it as UTF-8"):
+        build(con, sql_dir)
+    assert count(con, "segments.everyone") == 2
+    assert models.latest_build(con)["failed_file"] == "sql/segments/cafe.sql"
+
+
 def test_a_config_line_below_the_sql_is_refused_not_ignored(con, tmp_path):
     """Only the header's `--` lines are read: a `-- config:` line after the first line of SQL
     (or after a /* */ description) built the default table without a word."""
