@@ -155,9 +155,9 @@ def _wrap(text: str, width: int, indent: int = 2) -> str:
 
 @preview_app.command("segment")
 def preview_segment_command(
-    name: str = typer.Argument(..., help="The segment: sql/segments/<name>.sql."),
+    name: str = typer.Argument(..., help="The segment: sql/segments/<name>.sql (or that path)."),
     clinic: str = typer.Option("demo", help="Clinic name (clinics/<clinic>/clinic.yaml)."),
-    sample: int = typer.Option(10, help="How many members to show."),
+    sample: int = typer.Option(10, min=0, help="How many members to show."),
 ) -> None:
     """A segment's size, who would join or leave it compared with the last build, and a sample,
     from its file as it stands now. Nothing is written; names and emails stay on this terminal."""

@@ -37,13 +37,15 @@ def preview_segment(
 ) -> SegmentPreview:
     """Run ``sql/segments/<name>.sql`` without writing anything and compare with its members."""
     project = discover(con, sql_dir, keep_going=True)
-    relation = f"segments.{name.removeprefix('segments.')}"
+    # the file as a terminal completes it, or as the build names it (a lower-cased file name)
+    stem = Path(name).stem if name.endswith(".sql") else name.removeprefix("segments.")
+    relation = f"segments.{stem.lower()}"
     broken = next((b for b in project.broken if b.relation == relation), None)
     if broken is not None:
         raise ModelError(f"{broken.file}: {broken.message}")
     if relation not in {m.relation for m in project.segments}:
         known = ", ".join(m.name for m in project.segments) or "none"
-        raise ModelError(f"No segment '{name}' (sql/segments/{name}.sql). Segments: {known}.")
+        raise ModelError(f"No segment '{name}' (sql/segments/{stem}.sql). Segments: {known}.")
     segment = project.model(relation)
     try:
         # the shape the build requires (a patient_id column, one row per patient), said the same

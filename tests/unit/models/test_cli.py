@@ -66,6 +66,23 @@ def test_previewing_an_unknown_segment_lists_the_segments(tmp_path):
     assert "No segment 'loyl'" in str(missing.exception) and "loyal" in str(missing.exception)
 
 
+def test_a_segment_named_by_its_file_is_previewed_and_a_negative_sample_is_refused(tmp_path):
+    """`--sample -1` ended in a DuckDB traceback; the file as a terminal completes it
+    (`sql/segments/loyal.sql`) or as the build names it (`Loyal`) was "No segment ...
+    (sql/segments/sql/segments/loyal.sql.sql)"."""
+    clinic = make_clinic(tmp_path)
+    runner = CliRunner()
+    runner.invoke(app, ["models", "build", "--clinic", clinic])
+    for name in ("sql/segments/upcoming_appointment.sql", "Upcoming_Appointment"):
+        shown = runner.invoke(app, ["preview", "segment", name, "--clinic", clinic])
+        assert shown.exit_code == 0, shown.output
+        assert "segments.upcoming_appointment: 1 patients" in shown.output
+    negative = ["preview", "segment", "upcoming_appointment", "--sample", "-1", "--clinic", clinic]
+    refused = runner.invoke(app, negative)
+    assert refused.exit_code == 2 and refused.exception is not None
+    assert "--sample" in refused.output and "Traceback" not in refused.output
+
+
 def test_after_a_failed_build_preview_and_test_still_work_on_the_last_good_tables(
     tmp_path, monkeypatch
 ):
