@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from tasks.errors import UserFacingError
+from tasks.list_settings import MarketingListSettings
 from tasks.paths import PROJECT_ROOT, clinics_dir, data_dir, misnamed, read_edited_text
 from tasks.report_settings import ReportSettings
 from tasks.triggers.definition import ClockTime, Trigger, explain, parse_duration, parse_triggers
@@ -76,32 +77,6 @@ class FastLaneSettings(_Section):
     enabled: bool = False
     every_seconds: float | None = Field(None, ge=1, le=300)  # None: from the budget
     requests_per_minute: int = Field(50, ge=5, le=200)  # Cliniko requests, the tick's included
-
-
-class MarketingListSettings(_Section):
-    """Who is on the email and SMS marketing lists (PRODUCT.md §2; read by sql/marts)."""
-
-    # Patients seen (or created) within this many months; 'all' keeps everyone ("24", All too).
-    active_patient_limit: Literal[6, 12, 18, 24, "all"] = 24
-    # At most this many subscribed emails (a trial account's 250); none = no cap.
-    size_cap: int | None = Field(None, ge=1)
-    # Which people a cap keeps first: the most recently seen, or the longest-standing patients.
-    cap_keeps: Literal["most_recent_visit", "earliest_created"] = "most_recent_visit"
-    # Only add patients whose Cliniko accepted_email_marketing is true.
-    honour_cliniko_email_opt_in: bool = False
-    # This many soft bounces since an address was last lifted take it off the email list (the
-    # list model) and stop marketing to it at once (the feedback pull).
-    soft_bounce_limit: int = Field(5, ge=1)
-
-    @field_validator("active_patient_limit", mode="before")
-    @classmethod
-    def _limit_as_written(cls, value: object) -> object:
-        text = value.strip().lower() if isinstance(value, str) else value
-        return int(text) if isinstance(text, str) and text.isdigit() else text
-
-    @property
-    def active_patient_months(self) -> int | None:
-        return None if self.active_patient_limit == "all" else int(self.active_patient_limit)
 
 
 class SenderSettings(_Section):

@@ -53,6 +53,25 @@ def test_a_bad_list_setting_names_the_file_and_the_field(tmp_path, text, problem
     assert problem in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        ("  size_cap: true\n", "size_cap"),
+        ("  size_cap: yes\n", "size_cap"),
+        ("  size_cap: false\n", "size_cap"),
+        ("  soft_bounce_limit: true\n", "soft_bounce_limit"),
+    ],
+)
+def test_true_or_false_for_a_number_is_refused_not_read_as_one(tmp_path, text, field):
+    """`size_cap: true` (the owner meaning "cap it") loaded as a cap of 1: one subscriber, the
+    whole list over_cap; `soft_bounce_limit: true` took an address off at its first bounce."""
+    path = write(tmp_path, "marketing_list:\n" + text)
+    with pytest.raises(ConfigError) as err:
+        load_clinic(path)
+    assert f"marketing_list.{field}: " in str(err.value)
+    assert "a number, not true/false" in str(err.value)
+
+
 def test_the_tag_categories_reach_the_models_trimmed_and_lower_case(tmp_path):
     config = load_clinic(write(tmp_path, "tag_categories: [' Admin Only', Internal ADMIN]\n"))
     assert models.ListSettings.from_config(config).tag_categories == (
