@@ -62,7 +62,7 @@ class Model:
         (``delete_if_null``)."""
         if not self.delete_if_null:
             return self.sql
-        return f'SELECT * FROM ({self.sql}) WHERE "{self.delete_if_null}" IS NOT NULL'
+        return f'SELECT * FROM ({self.sql}\n) WHERE "{self.delete_if_null}" IS NOT NULL'
 
 
 @dataclass(frozen=True)

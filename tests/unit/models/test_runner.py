@@ -582,6 +582,20 @@ def test_a_model_follows_the_values_another_merge_changed_and_deletes_what_nobod
         models.discover(con, sql_dir)
 
 
+def test_a_comment_on_the_last_line_of_a_model_that_deletes_by_null_is_only_a_comment(
+    con, tmp_path
+):
+    """The full build wrapped the SQL as `SELECT * FROM (<sql>) WHERE ...`: a `-- comment` ending
+    the file swallowed the closing parenthesis, and valid SQL failed with "syntax error"."""
+    incremental = (
+        "-- config: materialized=incremental, key=patient_id, delete_if_null=email\n"
+        "select patient_id, email from staging.people -- everyone with an address"
+    )
+    sql_dir = write(tmp_path, {**GOOD, "marts/addresses.sql": incremental})
+    build(con, sql_dir)
+    assert count(con, "marts.addresses") == 2
+
+
 def test_a_successful_build_records_counts_only(con, tmp_path):
     sql_dir = write(tmp_path, GOOD)
     result = build(con, sql_dir)
