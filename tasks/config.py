@@ -16,9 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -32,6 +30,7 @@ from tasks.errors import UserFacingError
 from tasks.list_settings import MarketingListSettings
 from tasks.paths import PROJECT_ROOT, clinics_dir, data_dir, misnamed, read_edited_text
 from tasks.report_settings import ReportSettings
+from tasks.settings_model import Settings
 from tasks.triggers.definition import ClockTime, Trigger, explain, parse_duration, parse_triggers
 
 SEGMENTS_DIR = PROJECT_ROOT / "sql" / "segments"
@@ -42,8 +41,9 @@ class ConfigError(UserFacingError, ValueError):
     """A clinic configuration problem, worded for the person who edits the file."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Section(Settings):
+    """A clinic.yaml section (tasks/settings_model.py: no unknown keys, no true/false for a
+    number)."""
 
 
 class ClinikoSettings(_Section):

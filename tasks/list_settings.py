@@ -7,39 +7,27 @@ Its own module so tasks/config.py stays small; ``ClinicConfig.marketing_list`` r
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic import Field, field_validator
 
-
-def _not_true_or_false(value: object) -> object:
-    """YAML reads ``true``/``yes`` as a boolean, which pydantic would take for the number 1:
-    ``size_cap: true`` was a list of one subscriber."""
-    if isinstance(value, bool):
-        raise PydanticCustomError("not_a_number", "a number, not true/false")
-    return value
+from tasks.settings_model import Settings
 
 
-Number = Annotated[int, BeforeValidator(_not_true_or_false)]
-
-
-class MarketingListSettings(BaseModel):
+class MarketingListSettings(Settings):
     """Who is on the email and SMS marketing lists (PRODUCT.md §2; read by sql/marts)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     # Patients seen (or created) within this many months; 'all' keeps everyone ("24", All too).
     active_patient_limit: Literal[6, 12, 18, 24, "all"] = 24
     # At most this many subscribed emails (a trial account's 250); none = no cap.
-    size_cap: Number | None = Field(None, ge=1)
+    size_cap: int | None = Field(None, ge=1)
     # Which people a cap keeps first: the most recently seen, or the longest-standing patients.
     cap_keeps: Literal["most_recent_visit", "earliest_created"] = "most_recent_visit"
     # Only add patients whose Cliniko accepted_email_marketing is true.
     honour_cliniko_email_opt_in: bool = False
     # This many soft bounces since an address was last lifted take it off the email list (the
     # list model) and stop marketing to it at once (the feedback pull).
-    soft_bounce_limit: Number = Field(5, ge=1)
+    soft_bounce_limit: int = Field(5, ge=1)
 
     @field_validator("active_patient_limit", mode="before")
     @classmethod

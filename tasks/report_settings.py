@@ -16,17 +16,16 @@ from __future__ import annotations
 from datetime import time
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from tasks.messages.addresses import EMAIL
+from tasks.settings_model import Settings
 from tasks.triggers.definition import ClockTime
 
 
-class ReportSettings(BaseModel):
+class ReportSettings(Settings):
     """The owner's weekly report (flows/report.py:owner_report): emailed to ``to`` through the
     transactional email provider once a week, ``weekday`` at ``at`` in the clinic's time zone."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     to: str  # the owner's one address (the send-time check is dispatch.address_problem)
     weekday: Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday",

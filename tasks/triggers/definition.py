@@ -84,15 +84,15 @@ from datetime import time, timedelta
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
+
+from tasks.settings_model import Settings
 
 Event = Literal[
     "appointment_booked",
@@ -161,8 +161,8 @@ def parse_clock_time(value: object) -> object:
 ClockTime = Annotated[time, BeforeValidator(parse_clock_time)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(Settings):
+    """tasks/settings_model.py: no unknown keys, no true/false for a number."""
 
 
 Ref = int | str  # a Cliniko id, or a name

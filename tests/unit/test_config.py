@@ -128,3 +128,39 @@ def test_a_quoted_time_of_day_may_leave_out_the_hours_leading_zero(tmp_path):
     cfg = load_clinic(write(tmp_path, 'clinic: x\nname: X\nmarketing:\n  quiet_hours:\n'
                                       '    start: "20:30"\n    end: "9:00"\n'))  # fmt: skip
     assert (cfg.marketing.quiet_hours.start.hour, cfg.marketing.quiet_hours.end.hour) == (20, 9)
+
+
+@pytest.mark.parametrize(
+    ("section", "says"),
+    [
+        # YAML reads true/yes/on as a boolean, which pydantic took for the number 1: a sync
+        # overlap of one minute, a report counting bookings won within one day, the business
+        # with id 1, a frequency cap of one message
+        ("sync:\n  overlap_minutes: yes\n", "sync.overlap_minutes: a number, not true/false"),
+        ("schedule:\n  tick_every_minutes: on\n", "schedule.tick_every_minutes: a number"),
+        (
+            "report:\n  to: a@b.example\n  booked_within_days: true\n",
+            "report.booked_within_days: a number, not true/false",
+        ),
+        (
+            "marketing:\n  frequency_cap:\n    messages: true\n    days: 7\n",
+            "marketing.frequency_cap.messages: a number, not true/false",
+        ),
+        (
+            "triggers:\n  - name: t\n    event: appointment_booked\n    timing: 1 hour after\n"
+            "    channel: email\n    template: welcome\n    purpose: transactional\n"
+            "    filters:\n      businesses: [true]\n",
+            "filters.businesses: a list of numbers or names, not true/false",
+        ),
+    ],
+)
+def test_true_or_false_where_a_number_goes_is_refused_in_every_section(tmp_path, section, says):
+    with pytest.raises(ConfigError) as err:
+        load_clinic(write(tmp_path, f"clinic: x\nname: X\n{section}"))
+    assert says in str(err.value)
+
+
+def test_true_or_false_still_reads_where_true_or_false_goes(tmp_path):
+    cfg = load_clinic(write(tmp_path, "clinic: x\nname: X\nmarketing_list:\n"
+                                      "  honour_cliniko_email_opt_in: yes\n"))  # fmt: skip
+    assert cfg.marketing_list.honour_cliniko_email_opt_in is True
