@@ -388,16 +388,34 @@ _UNQUOTED = re.compile(r"\S+@\S+|\+?\d[\d ().-]{4,}\d")
 _APOSTROPHE = re.compile(r"(?<=[A-Za-z])'(?=[A-Za-z])")  # can't, isn't: no quote
 
 
-def duckdb_message(exc: BaseException) -> str:
+# The message of SQL's error(): whatever text the statement gave it, a patient's name too
+# (error(first_name || ' ' || last_name)), unquoted and unmarked.
+_RAISED = "Invalid Input Error: "
+_ERROR_CALL = re.compile(r"\berror\s*\(", re.IGNORECASE)
+
+
+def duckdb_message(exc: BaseException, sql: str | None = None) -> str:
     """DuckDB's message, fit for logs, Prefect and state tables. An error about data
     (``DATA_ERRORS``) keeps its first line only (the lines after it echo the input or the
     statement), without what it quotes (``'…'``), an ``Input:`` it shows, an address or a long
     number, and is cut at a quote left over; when anything went, the message says so. Errors
     about the SQL (a column not found, a syntax error) are kept whole: they name the analyst's
-    own words, and what to fix."""
+    own words, and what to fix. ``sql``: the statement's text, when it is an analyst's file:
+    an error() it calls raised a message of its own, kept when it is a literal of that file,
+    else left out (it is built from the rows it read)."""
     text = str(exc).strip()
     if not isinstance(exc, DATA_ERRORS):
         return text
+    first = text.split("\n", 1)[0].strip()
+    if isinstance(exc, duckdb.InvalidInputException) and sql and _ERROR_CALL.search(sql):
+        said = first.removeprefix(_RAISED)
+        if first.startswith(_RAISED) and said and said not in sql:
+            return (
+                f"{_RAISED}(message left out: the SQL calls error(), whose message may be "
+                "built from a patient's values; read it with `relay sql` on the statement)"
+            )
+        if said in sql:
+            return first
     line = _APOSTROPHE.sub("\x01", text.split("\n", 1)[0].split(" Input:", 1)[0])
     for quoted in _QUOTED:
         line = quoted.sub("\x00", line)

@@ -46,7 +46,7 @@ def count_failures(
             return 0
         return one(con, f"SELECT count(*) FROM ({test.sql}\n)")[0]
     except duckdb.Error as exc:
-        raise ModelError(f"{test.file}: {duckdb_message(exc)}") from None
+        raise ModelError(f"{test.file}: {duckdb_message(exc, test.sql)}") from None
 
 
 class TogetherFailed(Exception):

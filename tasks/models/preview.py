@@ -56,7 +56,7 @@ def preview_segment(
             "SELECT DISTINCT patient_id FROM relay_preview_rows"
         )
     except duckdb.Error as exc:
-        raise ModelError(f"{segment.file}: {duckdb_message(exc)}") from None
+        raise ModelError(f"{segment.file}: {duckdb_message(exc, segment.sql)}") from None
     (size,) = one(con, "SELECT count(*) FROM relay_preview")
     on_email, on_sms = (
         one(

@@ -254,7 +254,7 @@ class ModelBuild:
             rows = self._materialise(model)
         except duckdb.Error as exc:
             raise BuildFailed(
-                self.build_id, model.file, duckdb_message(exc), (model.relation,)
+                self.build_id, model.file, duckdb_message(exc, model.sql), (model.relation,)
             ) from None
         self.result.rows[model.relation] = rows
         return rows

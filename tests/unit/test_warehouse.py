@@ -272,3 +272,23 @@ def test_data_out_of_errors_raises_the_same_error_without_the_value_and_shows_no
     assert "Could not convert string '…' to INT64" in shown and "0412" not in shown
     with pytest.raises(duckdb.BinderException, match="nope"), warehouse.data_out_of_errors():
         con.execute("SELECT nope")  # about the SQL: as it was
+
+
+def test_an_error_call_built_from_values_is_left_out_and_one_of_the_analysts_words_kept():
+    """error(first_name || ' ' || last_name) in a segment raised 'Invalid Input Error: Anika
+    Jackson', which the scrubber (quotes, addresses, phone numbers) kept whole: a name, stored
+    in state.model_builds and sent to Prefect. With the file's SQL at hand, a message that is
+    a literal of it is the analyst's own and stays; any other goes."""
+    con = warehouse.memory_db()
+    built = "SELECT error(name || ' Jackson') FROM (SELECT 'Anika' AS name)"
+    with pytest.raises(duckdb.InvalidInputException) as raised:
+        con.execute(built)
+    message = warehouse.duckdb_message(raised.value, built)
+    assert "Anika" not in message and "Jackson" not in message
+    assert message.startswith("Invalid Input Error: (message left out: the SQL calls error()")
+    own = "SELECT error('the Provider field is missing: add it in Cliniko')"
+    with pytest.raises(duckdb.InvalidInputException) as raised:
+        con.execute(own)
+    assert warehouse.duckdb_message(raised.value, own) == (
+        "Invalid Input Error: the Provider field is missing: add it in Cliniko"
+    )

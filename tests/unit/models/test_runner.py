@@ -307,6 +307,24 @@ def test_a_file_not_saved_as_utf8_is_held_like_a_broken_model_not_a_crash(con, t
     assert models.latest_build(con)["failed_file"] == "sql/segments/cafe.sql"
 
 
+def test_a_segment_whose_error_call_says_a_name_fails_without_the_name(con, tmp_path):
+    """An analyst's error() built from a patient's values ('ANN Jackson') was the build's error,
+    word for word, in state.model_builds and the tick's Prefect state: it is left out there."""
+    sql_dir = write(tmp_path, GOOD)
+    build(con, sql_dir)
+    write(tmp_path, {"segments/named.sql": (
+        "select patient_id from marts.people\n"
+        "where error(split_part(email, '@', 1) || ' Jackson') is null"
+    )})  # fmt: skip
+    with pytest.raises(models.PartialBuild) as held:
+        build(con, sql_dir)
+    stored = models.latest_build(con)
+    for said in (str(held.value), stored["error"]):
+        assert "sql/segments/named.sql" in str(held.value)
+        assert "Jackson" not in said and "ANN" not in said and "calls error()" in said
+    assert count(con, "segments.everyone") == 2
+
+
 def test_a_config_line_below_the_sql_is_refused_not_ignored(con, tmp_path):
     """Only the header's `--` lines are read: a `-- config:` line after the first line of SQL
     (or after a /* */ description) built the default table without a word."""
