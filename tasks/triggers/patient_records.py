@@ -28,9 +28,9 @@ module gives the candidate query (tasks/triggers/query.py) its fragments for the
   Cliniko rows with ids that a rename keeps (each patient's alert is its own row, and new ones
   come every day), so they are matched as written each time, never recorded at go-live. A name
   or field no current row carries (a typo, or nobody tagged yet) is a warning in every tick's
-  summary and alert and in ``relay clinics``; it does not hold the trigger, since an exclusion
-  that matches nobody today (a "Do not contact" alert cleared from everyone) must not stop
-  reminders.
+  summary and alert, in ``relay clinics`` and ``relay preview trigger``; it does not hold the
+  trigger, since an exclusion that matches nobody today (a "Do not contact" alert cleared from
+  everyone) must not stop reminders.
 
 Alert names can be clinical: what leaves this module for logs, summaries and artifacts names
 only clinic.yaml's own words and counts, never a patient's alerts, fields or invoices.
@@ -221,41 +221,56 @@ def warnings(
     off triggers only with ``enabled_only=False`` (``relay clinics``), marked so: as for names of
     appointment rows (names.unmatched), ticks do not warn of a trigger that is off."""
     found = []
-    alerts = fields = None
+    carried: dict[str, Any] = {}
     for trigger in triggers:
         if enabled_only and not trigger.enabled:
             continue
         who = f"trigger '{trigger.name}'" + ("" if trigger.enabled else " (disabled)")
         goes_on = "the trigger goes on" if trigger.enabled else "checked again when switched on"
-        for section, values in (("filters", trigger.filters), ("exclude", trigger.exclude)):
-            if values.medical_alerts and relation_exists(con, MEDICAL_ALERTS):
-                if alerts is None:
-                    alerts = {
-                        r[0]
-                        for r in con.execute(
-                            f"SELECT DISTINCT name_normalised FROM {MEDICAL_ALERTS}"
-                        ).fetchall()
-                    }
-                found += [
-                    f"{who}: {section}.medical_alerts '{name.strip()}' is on no patient in "
-                    f"Cliniko now (check the spelling in clinic.yaml; {goes_on})"
-                    for name in values.medical_alerts
-                    if name.strip().lower() not in alerts
-                ]
-            for condition in values.custom_fields:
-                if not relation_exists(con, CUSTOM_FIELDS):
-                    continue
-                if fields is None:
-                    fields = con.execute(
-                        f"SELECT DISTINCT section_normalised, field_normalised, value_normalised "
-                        f"FROM {CUSTOM_FIELDS}"
+        for what, kind in unmatched(con, trigger, carried):
+            check = "the spelling" if kind == "alert" else "the section, field and value"
+            found.append(f"{who}: {what} (check {check} in clinic.yaml; {goes_on})")
+    return found
+
+
+def unmatched(
+    con: duckdb.DuckDBPyConnection, trigger: Trigger, carried: dict[str, Any] | None = None
+) -> list[tuple[str, str]]:
+    """The trigger's alert names and custom-field conditions no patient's current row carries:
+    (what, in clinic.yaml's words; 'alert' or 'field'). ``carried`` caches what the rows hold
+    across triggers. :func:`warnings` words them for ticks and ``relay clinics``; ``relay
+    preview trigger`` shows them as they are (tasks/triggers/preview.py)."""
+    carried = {} if carried is None else carried
+    found = []
+    for section, values in (("filters", trigger.filters), ("exclude", trigger.exclude)):
+        if values.medical_alerts and relation_exists(con, MEDICAL_ALERTS):
+            if "alerts" not in carried:
+                carried["alerts"] = {
+                    r[0]
+                    for r in con.execute(
+                        f"SELECT DISTINCT name_normalised FROM {MEDICAL_ALERTS}"
                     ).fetchall()
-                if not _matches(condition, fields):
-                    found.append(
-                        f"{who}: {section}.custom_fields {condition.describe()} matches no "
-                        "patient's custom field in Cliniko now (check the section, field and "
-                        f"value in clinic.yaml; {goes_on})"
-                    )
+                }
+            found += [
+                (f"{section}.medical_alerts '{name.strip()}' is on no patient in Cliniko now",
+                 "alert")
+                for name in values.medical_alerts
+                if name.strip().lower() not in carried["alerts"]
+            ]  # fmt: skip
+        for condition in values.custom_fields:
+            if not relation_exists(con, CUSTOM_FIELDS):
+                continue
+            if "fields" not in carried:
+                carried["fields"] = con.execute(
+                    f"SELECT DISTINCT section_normalised, field_normalised, value_normalised "
+                    f"FROM {CUSTOM_FIELDS}"
+                ).fetchall()
+            if not _matches(condition, carried["fields"]):
+                found.append((
+                    f"{section}.custom_fields {condition.describe()} matches no patient's "
+                    "custom field in Cliniko now",
+                    "field",
+                ))  # fmt: skip
     return found
 
 

@@ -15,6 +15,7 @@ from tasks.config import ClinicConfig
 from tasks.errors import UserFacingError
 from tasks.messages import waiting
 from tasks.messages.prepare import clinic_details
+from tasks.triggers import patient_records
 from tasks.triggers.definition import Trigger
 from tasks.triggers.plan import PLAN_AHEAD, went_live
 from tasks.triggers.prepare import template_context
@@ -175,7 +176,8 @@ def unknown_references(con: duckdb.DuckDBPyConnection, trigger: Trigger) -> list
                     problems.append(
                         f"{section}.{kind}: {ref!r} matches no appointment in the synced data"
                     )
-    return problems
+    # Alert names and custom fields: the words the tick summary and relay clinics warn with.
+    return problems + [what for what, _kind in patient_records.unmatched(con, trigger)]
 
 
 def context_for_patient(

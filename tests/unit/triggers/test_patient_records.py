@@ -420,6 +420,31 @@ def test_a_name_no_patient_carries_is_a_warning_not_a_hold(clinic):
     assert "Insurance patient" not in " ".join(warned)  # a patient's alert is never shown
 
 
+def test_the_preview_warns_of_an_alert_or_field_no_patient_carries(clinic):
+    """Preview first: relay preview trigger showed 0 messages for a misspelt alert name with no
+    word why, though it warns of a misspelt appointment type. It names the same typos the tick
+    summary and relay clinics warn of (clinic.yaml's words only)."""
+    from tasks.triggers import preview
+
+    clinic.trigger("welcome", **{**WELCOME, "filters": {"medical_alerts": ["Insurence patient"],
+                   "custom_fields": [{"section": "Insurance coverage", "field": "Provider",
+                                      "values": ["Medibnk"]}]},
+                   "exclude": {"medical_alerts": ["Do not contact"]}})  # fmt: skip
+    clinic.patient(1)
+    clinic.custom_fields(1, "Super Insurance")
+    clinic.alert(30, 1)
+    clinic.build(NOW)
+    problems = preview.unknown_references(clinic.con, clinic.config.triggers[0])
+    assert problems == [
+        "filters.medical_alerts 'Insurence patient' is on no patient in Cliniko now",
+        "filters.custom_fields 'Insurance coverage / Provider' in ['Medibnk'] matches no "
+        "patient's custom field in Cliniko now",
+        "exclude.medical_alerts 'Do not contact' is on no patient in Cliniko now",
+    ]
+    clinic.trigger("welcome", **WELCOME)
+    assert preview.unknown_references(clinic.con, clinic.config.triggers[0]) == []
+
+
 def test_a_switched_off_trigger_s_unmatched_names_warn_in_relay_clinics_not_every_tick(clinic):
     """A trigger written ahead, switched off ("preview first, then switch on"), naming an alert
     nobody carries yet: as for its appointment names, ticks (their summary and the
