@@ -39,6 +39,10 @@ def sql_command(
     if statement:
         _run(config.database_path, statement, limit, wait)
         return
+    if not config.database_path.exists():  # not a prompt every statement of which fails
+        from tasks.warehouse import NoDatabase
+
+        raise NoDatabase(config.database_path)
     typer.echo(
         f"{config.database_path} (read-only). End a statement with ';'. "
         "Ctrl-D or .quit leaves. Schemas: raw, staging, marts, segments, state."

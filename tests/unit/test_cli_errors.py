@@ -77,6 +77,23 @@ def test_no_database_yet_says_what_to_run_first(data_dir, command):
     assert not (data_dir / "demo.duckdb").exists()  # a read made no empty database
 
 
+def test_the_sql_prompt_without_a_database_says_what_to_run_first(data_dir):
+    """It printed the prompt's banner naming a file that is not there, then the same error for
+    every statement typed, and exited 0."""
+    out = subprocess.run(
+        [sys.executable, "-m", "relay", "sql"],
+        input="SELECT 1;\nSELECT 2;\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "100"},
+    )
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+    assert out.returncode == 2, lines
+    assert len(lines) == 1 and lines[0].startswith("error: No database yet"), lines
+    assert not (data_dir / "demo.duckdb").exists()
+
+
 @pytest.fixture
 def built(project, data_dir) -> Path:
     """A database the models were built into once (empty data: the shape is what matters)."""
