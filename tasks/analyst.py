@@ -83,9 +83,10 @@ SEARCHED = ("first_name", "last_name", "preferred_first_name", "email_normalised
 def find_patients(
     db_path: Path, text: str, *, limit: int = 20, wait_seconds: float = 30.0
 ) -> list[Match]:
-    """Patients whose name, email or SMS number contains ``text`` (case-insensitive; digits of a
+    """Patients whose name (a first, preferred or last name, or first-or-preferred then last
+    name: "Grace Hopper"), email or SMS number contains ``text`` (case-insensitive; digits of a
     phone number match ignoring spaces and a national leading 0). Returns ids and the matching fields only."""
-    needle = text.strip().lower()
+    needle = " ".join(text.lower().split())
     if len(needle) < 2:
         raise UserFacingError("Give at least 2 characters to search for.")
     # a number as typed locally (0412 345 678) is found in its +61412345678 form: the leading
@@ -96,14 +97,19 @@ def find_patients(
         "len($digits) >= 4 AND "
         "contains(regexp_replace(coalesce(mobile_e164, ''), '[^0-9]', '', 'g'), $digits)"
     )
+    # a name as a person types it ("Grace Hopper"), first or preferred name then last name
+    full = (
+        "(contains(lower(concat_ws(' ', first_name, last_name)), $needle) OR "
+        "contains(lower(concat_ws(' ', preferred_first_name, last_name)), $needle))"
+    )
     matched = ", ".join(
         f"CASE WHEN {c} THEN '{f}' END" for c, f in zip(checks, SEARCHED[:-1], strict=True)
     )
     sql = f"""
         SELECT patient_id, list_filter([{matched}, CASE WHEN {phone} THEN 'mobile_e164' END],
-                                       lambda x: x IS NOT NULL) AS fields, is_archived
+                                       lambda x: x IS NOT NULL) AS fields, is_archived, {full}
         FROM marts.patients
-        WHERE {" OR ".join(checks)} OR ({phone})
+        WHERE {" OR ".join(checks)} OR ({phone}) OR {full}
         ORDER BY is_archived, patient_id
         LIMIT $limit
     """
@@ -114,4 +120,8 @@ def find_patients(
             raise UserFacingError(
                 f"{db_path.name} has no marts.patients yet: run `relay models build` first."
             ) from None
-    return [Match(pid, tuple(fields), bool(archived)) for pid, fields, archived in rows]
+    return [
+        Match(pid, tuple((fields or ["first_name + last_name"]) if full_name else fields),
+              bool(archived))
+        for pid, fields, archived, full_name in rows
+    ]  # fmt: skip

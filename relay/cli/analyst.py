@@ -110,7 +110,9 @@ def format_table(columns: list[str], rows: list[tuple], width: int = _WIDTH) -> 
 
 @patients_app.command("find")
 def patients_find_command(
-    text: str = typer.Argument(..., help="Part of a name, an email address or a mobile number."),
+    text: str = typer.Argument(
+        ..., help="Part of a name, or a first and last name; an email address or a mobile number."
+    ),
     clinic: str = typer.Option("demo", help="Clinic name (clinics/<name>/clinic.yaml)."),
     limit: int = typer.Option(20, help="At most this many patients."),
 ) -> None:

@@ -93,6 +93,14 @@ def test_find_returns_ids_and_fields_only(db):
     assert [m.patient_id for m in find_patients(db, "amazing")] == [2]
 
 
+def test_find_takes_a_full_name_as_typed(db):
+    """A full name ("Grace Hopper") found nobody: each field was searched for the whole text."""
+    found = find_patients(db, "grace  HOPPER")
+    assert [(m.patient_id, m.fields) for m in found] == [(2, ("first_name + last_name",))]
+    assert [m.patient_id for m in find_patients(db, "Amazing Hopper")] == [2]  # preferred name
+    assert find_patients(db, "Ada Smith") == []
+
+
 def test_find_before_models_built_says_so(data_dir):
     path = load_clinic("demo").database_path
     with open_db(path):
