@@ -5,6 +5,8 @@ after an unsubscribe, a bounce or a complaint (tasks/feedback_optin.py)."""
 
 from __future__ import annotations
 
+import textwrap
+
 import typer
 
 patients_app = typer.Typer(
@@ -102,8 +104,10 @@ def format_table(columns: list[str], rows: list[tuple], width: int = _WIDTH) -> 
     for r in cells:
         lines.append("  ".join(cut(r[i], widths[i]).ljust(widths[i]) for i in range(shown)))
     if shown < len(columns):
-        lines.append(
-            f"({len(columns) - shown} more columns not shown: {', '.join(columns[shown:])})"
+        left = len(columns) - shown
+        said = f"({left} more column{'s' if left != 1 else ''} not shown: "
+        lines += textwrap.wrap(
+            said + ", ".join(columns[shown:]) + ")", width, break_on_hyphens=False
         )
     return "\n".join(line.rstrip() for line in lines)
 

@@ -252,7 +252,7 @@ def write_index(folder: Path, time_zone: str = "UTC") -> Path:
     page = (
         "<!doctype html><meta charset='utf-8'><title>Outbox</title>"
         "<style>body{font-family:sans-serif}td{padding:2px 8px;border-bottom:1px solid #ddd}</style>"
-        f"<h1>Outbox: {len(rows)} messages</h1>{run_line}<table><tr>"
+        f"<h1>Outbox: {len(rows)} message{'' if len(rows) == 1 else 's'}</h1>{run_line}<table><tr>"
         f"<th>Written ({html.escape(time_zone)})</th><th>Sent by</th><th>Channel</th>"
         "<th>To</th><th>Subject / text</th><th>Files</th></tr>" + "\n".join(rows) + "</table>"
     )

@@ -122,6 +122,7 @@ def test_a_new_run_starts_an_empty_outbox_that_says_which_run_it_is(sent):
     (again,) = list_messages(sent)
     assert again["source"] == "trigger welcome-insurance"
     assert (sent / again["file"]).exists()
+    assert "Outbox: 1 message<" in (sent / "index.html").read_text(encoding="utf-8")
 
 
 def test_relay_outbox_lists_who_sent_each_message_in_the_clinics_time_and_which_run(data_dir):
