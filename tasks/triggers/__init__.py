@@ -4,4 +4,4 @@ send-time re-check and template context (``prepare``), and the operator's read-o
 calendar, printed SQL, typo check, render context (``preview``).
 
 May import: ``tasks.config``, ``tasks.errors``, ``tasks.messages``, ``tasks.models``,
-``tasks.warehouse``."""
+``tasks.settings_model``, ``tasks.warehouse``."""
