@@ -209,19 +209,26 @@ def _written_as_text(value: Any) -> Any:
                     f"YAML read an unquoted value as {kind}: put each value in quotes as it is "
                     "written in Cliniko, e.g. ['Yes', 'No'] or ['0']",
                 )
+        if any(isinstance(v, str) and not v.strip() for v in value):
+            # compared trimmed, a blank matches nothing: a filter on it never fires
+            raise PydanticCustomError(
+                "yaml_text", "a blank name matches nothing: remove it or write the name"
+            )
     return value
 
 
 # Names and values compared as written in Cliniko (trimmed, case ignored), never ids.
 Texts = Annotated[tuple[str, ...], BeforeValidator(_written_as_text)]
+# One such name (a custom field's section or field): not blank, or it matches nothing.
+Name = Annotated[str, BeforeValidator(lambda v: _written_as_text([v])[0] if v is not None else v)]
 
 
 class CustomField(_Strict):
     """One condition on the patient's Cliniko custom fields: a value of ``field`` (in
     ``section``, if given) is one of ``values`` (OR within). Compared trimmed, case ignored."""
 
-    section: str | None = None
-    field: str = Field(min_length=1)
+    section: Name | None = None
+    field: Name
     values: Texts = Field(min_length=1)
 
     def describe(self) -> str:

@@ -111,6 +111,12 @@ def test_an_error_names_the_file_the_trigger_and_the_field(tmp_path):
             {"filters": {"not_rebooked_since_cancelling": True}},
             "filters.not_rebooked_since_cancelling: goes with cancelled or did_not_arrive",
         ),
+        # a blank name matched nothing: the trigger never fired, with only a warning
+        ({"exclude": {"medical_alerts": ["   "]}}, "exclude.medical_alerts: a blank name"),
+        (
+            {"filters": {"custom_fields": [{"field": " ", "values": ["Yes"]}]}},
+            "filters.custom_fields.0.field: a blank name matches nothing",
+        ),
     ],
 )  # fmt: skip
 def test_invalid_triggers_are_refused_with_the_field_named(tmp_path, change, expected):
