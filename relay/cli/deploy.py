@@ -15,9 +15,10 @@ starts its runs on the work queue of the machine a clinic moves to.
 
 All of them go on the clinic's home machine's work queue (``machine-<name>``): the home record
 (Prefect Variable ``relay_home_<clinic>``), or, for a clinic without one, ``--home`` or this
-machine (said in the output). Running it again updates them in place, and leaves what someone
-paused in Prefect (a deployment, or one of its schedules) paused, saying so on one line each with
-how to resume it; ``--resume-paused`` resumes them instead. A clinic being moved (``relay clinic
+machine (said in the output). Running it again changes only what changed (relay/deployments.py:
+an unchanged deployment is not written, so its schedules and their next runs stay as they were),
+and leaves what someone paused in Prefect (a deployment, or one of its schedules) paused, saying
+so on one line each with how to resume it; ``--resume-paused`` resumes them instead. A clinic being moved (``relay clinic
 move``) is skipped, saying so, and the command exits 1 after deploying the others.
 
 No deploy-time path is baked in. The entrypoints are module paths (``flows.tick.clinic_tick``)
@@ -38,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import typer
+
+from relay.deployments import apply, current
 
 
 class BeingMoved(Exception):
@@ -98,12 +101,6 @@ class Planned:
     schedules: list  # DeploymentScheduleCreate
     description: str
     one_at_a_time: bool = False
-
-
-def heartbeat_env() -> dict[str, str]:
-    from relay.env import HEARTBEAT_SECONDS
-
-    return {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS)}
 
 
 def plan_clinic(config) -> list[Planned]:
@@ -172,100 +169,6 @@ def plan_restore(pool: str) -> Planned:
         clinic_restore, pool, {}, [],
         "The last step of `relay clinic move`, started by it on the machine the clinic moves to",
     )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Paused:
-    """What a person had paused on a deployment this deploy updated: the whole deployment (the
-    Prefect UI's toggle, ``pause_deployment``) and/or some of its schedules (a schedule's toggle,
-    ``prefect deployment schedule pause``: slug -> its id now). Left so, or ``resumed``."""
-
-    name: str  # flow/deployment
-    deployment: bool
-    schedules: dict[str, str]
-    resumed: bool = False
-
-    def line(self, label: str) -> str:
-        """The one line ``relay deploy`` says about it."""
-        slugs = ", ".join(self.schedules)
-        noun = "schedules" if len(self.schedules) > 1 else "schedule"
-        what = (
-            self.name if not slugs
-            else f"{self.name} and its {noun} {slugs}" if self.deployment
-            else f"{self.name}'s {noun} {slugs}"
-        )  # fmt: skip
-        if self.resumed:
-            return f"{label}: resumed {what} (paused before this deploy; --resume-paused)"
-        how = (["its toggle on the Prefect UI's Deployments page"] if self.deployment else []) + [
-            f"`prefect deployment schedule resume {self.name} {sid}`"
-            for sid in self.schedules.values()
-        ]
-        return (
-            f"{label}: left {what} paused, as before this deploy; to resume: "
-            f"{' and '.join(how)}; or `relay deploy --resume-paused` (resumes all that is paused)"
-        )
-
-
-def current(client, name: str):
-    """The deployment ``flow/name`` as the server has it, or None."""
-    from prefect.exceptions import ObjectNotFound
-
-    try:
-        return client.read_deployment_by_name(name)
-    except ObjectNotFound:
-        return None
-
-
-def apply(client, planned: Planned, pool: str, queue: str, resume: bool = False) -> Paused | None:
-    """Create or update the deployment (matched by flow and name), schedules replaced. A new one
-    is active. An existing one keeps what a person paused (docs/scaling.md, Deploying): the
-    deployment's ``paused`` (not sent: the server keeps it, as Prefect's own deploy does) and
-    each schedule switched off (by its slug); with ``resume`` both are resumed. Returns what was
-    paused, for the output, or None."""
-    from prefect.client.schemas.objects import ConcurrencyLimitStrategy, ConcurrencyOptions
-    from prefect.utilities.callables import parameter_schema
-
-    flow = planned.flow
-    name = f"{flow.name}/{planned.name}"
-    before = current(client, name)
-    off = {s.slug for s in before.schedules if s.slug and not s.active} if before else set()
-    schedules = [
-        s.model_copy(update={"active": False}) if s.slug in off and not resume else s
-        for s in planned.schedules
-    ]
-    limit = {}
-    if planned.one_at_a_time:
-        limit = dict(
-            concurrency_limit=1,
-            concurrency_options=ConcurrencyOptions(
-                collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
-            ),
-        )
-    fn = flow.fn
-    deployment_id = client.create_deployment(
-        flow_id=client.create_flow(flow),
-        name=planned.name,
-        entrypoint=f"{fn.__module__}.{fn.__name__}",  # a module path: no file path baked in
-        path=None,
-        pull_steps=[],
-        work_pool_name=pool,
-        work_queue_name=queue,
-        parameters=planned.parameters,
-        parameter_openapi_schema=parameter_schema(flow).model_dump_for_openapi(),
-        enforce_parameter_schema=True,
-        schedules=schedules,
-        description=planned.description,
-        job_variables={"env": heartbeat_env()},
-        paused=None if before is not None and not resume else False,
-        **limit,
-    )
-    held = [s.slug for s in planned.schedules if s.slug in off]
-    if before is None or not (before.paused or held):
-        return None
-    ids = {}
-    if held and not resume:  # the schedules are new: their ids now, for the resume command
-        ids = {s.slug: str(s.id) for s in client.read_deployment(deployment_id).schedules}
-    return Paused(name, before.paused, {slug: ids.get(slug, "") for slug in held}, resume)
 
 
 def drop_report(client, clinic: str) -> str | None:
