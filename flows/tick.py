@@ -173,8 +173,9 @@ def check_breaker(
     """How fresh the data is, why planning and sending must wait (None: they may go ahead),
     which triggers, journeys and campaigns wait ("kind name" -> why: a model not rebuilt, a
     name matching nothing in Cliniko), and warnings (names that match nothing or drifted in
-    Cliniko). An open breaker is an event (relay.sync.stale) that alerts match; so are
-    warnings (relay.clinic.warning)."""
+    Cliniko). An open breaker in a tick that goes on is an event (relay.sync.stale) that alerts
+    match (one whose sync or build failed is told by the run's failure: tasks.tick.hold_to_alert);
+    so are warnings (relay.clinic.warning)."""
     with open_db(config.database_path) as con:
         fresh = tick.freshness(con, datetime.now(UTC))
         recorded = tick.build_recorded(con, started_at)
@@ -193,10 +194,11 @@ def check_breaker(
         reason = "; ".join(filter(None, [reason, "the model build failed"]))
     if reason:
         get_run_logger().warning("Planning and sending held for %s: %s", config.clinic, reason)
+    if told := tick.hold_to_alert(reason, sync, models):  # else the run's failure tells it
         emit_event(
             event="relay.sync.stale",
             resource={"prefect.resource.id": f"relay.clinic.{config.clinic}"},
-            payload={"clinic": config.clinic, "reason": reason},
+            payload={"clinic": config.clinic, "reason": told},
         )
     return fresh.describe(), reason, held, warnings
 

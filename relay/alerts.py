@@ -5,7 +5,9 @@ Six automations notify through one CustomWebhookNotificationBlock (a Slack or Te
 webhook, a Postmark or ntfy endpoint, anything that takes a JSON POST):
 
 - a flow run failed or crashed (any clinic, any step: its message names the step and why);
-- the circuit breaker held planning and sending (the ``relay.sync.stale`` event of flows/tick.py);
+- the circuit breaker held planning and sending in a tick that did not fail (data too old though
+  the sync completed: the ``relay.sync.stale`` event of flows/tick.py; a failed sync or build is
+  told once, by the run's failure, which says what was held);
 - a tick warned about clinic.yaml's names (``relay.clinic.warning``: a trigger held because a
   name matches nothing in Cliniko, or a name renamed in Cliniko since it was recorded);
 - a dispatch run stopped a channel because Postmark or Twilio refused the account's settings
@@ -82,9 +84,10 @@ def automations(
         ),
         _on_clinic_event(
             notify,
-            name="sending held: stale or failed sync",
-            description="A tick held planning and sending (circuit breaker): the sync failed "
-            "or the data is older than the clinic's sync.stale_after_minutes.",
+            name="sending held: stale or failed sync",  # the name relay alerts create replaces
+            description="A tick held planning and sending (circuit breaker): the data is older "
+            "than the clinic's sync.stale_after_minutes though the sync completed. (A failed "
+            "sync is told by 'a run failed or crashed'.)",
             event="relay.sync.stale",
             subject="clinic-relay: sending held for {{ event.payload.clinic }}",
             body="Planning and sending are held for {{ event.payload.clinic }}: "

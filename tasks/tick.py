@@ -100,6 +100,15 @@ def breaker(sync: Step, fresh: Freshness, stale_after_minutes: int) -> str | Non
     return "; ".join(reasons) or None
 
 
+def hold_to_alert(reason: str | None, sync: Step, models: Step) -> str | None:
+    """The hold the tick's relay.sync.stale event (its "sending held" alert) tells, or None.
+    A tick whose sync or model build failed fails, and "a run failed or crashed" tells it once:
+    what failed, why and what to do, and what the breaker held (``failure``); the event, sent
+    too, made a second alert about the same failure. So it tells only a hold in a tick that goes
+    on: data older than ``sync.stale_after_minutes`` though the sync completed."""
+    return None if FAILED in (sync.status, models.status) else reason
+
+
 def _journey_reads(journey: Journey) -> set[str]:
     segments = {journey.entry.enters_segment, journey.entry.exits_segment}
     segments |= {getattr(step, "segment", None) for step in journey.steps}

@@ -121,8 +121,8 @@ def alerts_create_command(
         f"this less {HEARTBEAT_SECONDS} s late).",
     ),
 ) -> None:
-    """Create (or replace) the Prefect automations that notify on failed or crashed runs, on a
-    stale or failed sync, and when a clinic's ticks stop; and the one that marks Crashed a run
+    """Create (or replace) the Prefect automations that notify on failed or crashed runs (a
+    failed sync among them), on stale data, and when a clinic's ticks stop; and the one that marks Crashed a run
     whose machine was lost. Needs PREFECT_API_URL (a running server)."""
     if not os.environ.get("PREFECT_API_URL"):
         raise typer.BadParameter(

@@ -331,6 +331,25 @@ def test_a_clinic_with_a_broken_key_fails_alone_and_an_alert_goes_out(client, fi
     assert "sync failed" in alerts[0]["body"]
 
 
+def test_a_failed_sync_is_one_alert_saying_what_failed_and_what_to_do(first_ticks, webhook):
+    """A sync that failed was told twice in its tick: "a run failed or crashed" (the tick ended
+    Failed) and "sending held" (the circuit breaker's relay.sync.stale, "the sync failed"). The
+    first says it all: the step, Cliniko's refusal with what to do, and what was held."""
+    broken = first_ticks["broken"]
+
+    def about(message: dict) -> bool:
+        return "broken" in message.get("subject", "")
+
+    [failed] = webhook.wait(lambda m: about(m) and broken.name in m["subject"])
+    assert "sync failed (BadApiKey: Cliniko rejected the API key (401)" in failed["body"]
+    assert "Check the key in the ClinikoAccount block" in failed["body"]
+    assert "Planning and sending held: the sync failed" in failed["body"]
+    # the breaker's event is sent mid-tick, before the run ends Failed: a second alert would
+    # be here by now, or within these seconds
+    told = webhook.wait(lambda m: about(m) and m is not failed, timeout=20)
+    assert told == [], [m["subject"] for m in told]
+
+
 def test_the_circuit_breaker_holds_planning_and_sending_when_the_sync_is_stale(
     client, first_ticks, clinics, webhook, prefect_server
 ):
@@ -347,12 +366,13 @@ def test_the_circuit_breaker_holds_planning_and_sending_when_the_sync_is_stale(
     assert set(ran) <= {"sync", "feedback"}, "a held step ran"
     with open_db(db, read_only=True) as con:
         assert con.execute("SELECT status FROM state.messages").fetchall() == [("planned",)]
-    held = [
-        e for e in events(prefect_server, "relay.sync.stale") if e["payload"]["clinic"] == "stale"
-    ]
-    assert held and "minutes old" in held[0]["payload"]["reason"]
-    alerts = webhook.wait(lambda m: "sending held for stale" in m.get("subject", ""))
-    assert alerts and "minutes old" in alerts[0]["body"]
+    # its sync failed too: the tick's failure is the one alert, and it says what was held
+    [alert] = webhook.wait(lambda m: run.name in m.get("subject", ""))
+    assert "Planning and sending held: the sync failed; the data is " in alert["body"]
+    assert "minutes old (sync.stale_after_minutes is " in alert["body"]
+    held = events(prefect_server, "relay.sync.stale")
+    assert [e for e in held if e["payload"]["clinic"] == "stale"] == []
+    assert not [m for m in webhook.received if "sending held for stale" in m.get("subject", "")]
 
 
 def test_a_completed_tick_tells_the_quiet_alert_and_a_failed_one_does_not(

@@ -32,6 +32,24 @@ def test_a_clinic_never_synced_holds_sending():
     assert "never been synced" in tick.breaker(SYNCED, Freshness(None, NOW), 20)
 
 
+def test_a_hold_is_its_own_alert_only_in_a_tick_that_does_not_fail_for_it():
+    """A failed sync or build fails the tick, and its "a run failed or crashed" alert says what
+    was held: the relay.sync.stale event made it two alerts for one failure."""
+    stale = tick.breaker(SYNCED, Freshness(NOW - timedelta(minutes=45), NOW), 20)
+    built = Step("models", COMPLETED)
+    assert tick.hold_to_alert(stale, SYNCED, built) == stale
+    assert tick.hold_to_alert(None, SYNCED, built) is None
+    failed = tick.breaker(Step("sync", FAILED), Freshness(NOW - timedelta(minutes=45), NOW), 20)
+    assert tick.hold_to_alert(failed, Step("sync", FAILED), Step("models", "held")) is None
+    assert tick.hold_to_alert("the model build failed", SYNCED, Step("models", FAILED)) is None
+    summary = Summary("acme", NOW, steps=[Step("sync", FAILED, "BadApiKey: check the key")])
+    summary.held = failed
+    assert tick.failure(summary) == (
+        "acme: sync failed (BadApiKey: check the key). Planning and sending held: the sync "
+        "failed; the data is 45 minutes old (sync.stale_after_minutes is 20)"
+    )
+
+
 def test_the_fast_lanes_partial_syncs_do_not_make_stale_data_look_fresh():
     from tasks.warehouse import memory_db
 
