@@ -34,7 +34,8 @@ Each tick, in one transaction (a crash leaves the ledger as the last tick left i
    with no message planned yet (it was beyond ``PLAN_AHEAD``) is planned as booked at its last
    edit (tasks/triggers/query.py, ``_timing``).
    Conditions about "now" (no future appointment, not rebooked) are judged when the message is
-   due, since they can change either way before then.
+   due, since they can change either way before then. A patient's several places in one class
+   are one occasion: one of their messages goes, the others wait (tasks/triggers/places.py).
 
 Dispatch then calls :class:`~tasks.triggers.prepare.Preparer` just before sending: the same
 re-check, plus the template context. The SQL is :mod:`tasks.triggers.query`'s.
@@ -54,7 +55,7 @@ from tasks.config import ClinicConfig
 from tasks.messages import ledger, waiting
 from tasks.messages.ledger import LedgerRow, PlannedMessage
 from tasks.models.runner import require_good_build
-from tasks.triggers import gone, names, reopen
+from tasks.triggers import gone, names, places, reopen
 from tasks.triggers.definition import Trigger
 from tasks.triggers.query import (
     APPOINTMENT_REFERENCES,
@@ -336,6 +337,8 @@ def decide(
         candidates = {c["send_key"]: c for c in records(con, sql, params)}
     missing = [r for r in planned if r.send_key not in candidates]
     why_gone = gone.why_gone(con, trigger, missing) if missing else {}
+    # one message per patient per class: another place of the patient in it has the message
+    elsewhere = places.held_by_another_place(con, trigger, planned, candidates)
 
     decisions: dict[int, tuple[LedgerRow, Decision]] = {}
     for row in planned:
@@ -347,6 +350,8 @@ def decide(
             decision = Decision("cancel", why_gone[row.message_id])
         elif timing is None:
             decision = Decision("skip", reopen.moved_too_late(trigger), candidate=c)
+        elif row.message_id in elsewhere:  # released if that place is cancelled before it went
+            decision = Decision("wait", places.ANOTHER_PLACE, *timing, candidate=c)
         elif c["audience_problem"]:  # can change: waits (skipped with it past its grace window)
             decision = Decision("wait", c["audience_problem"], *timing, candidate=c)
         elif timing[1] is not None and now > timing[1]:
