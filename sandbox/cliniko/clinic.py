@@ -610,7 +610,9 @@ class _Generator:
 
     def _attend_class(self, p: dict, business: Business, around: int) -> None:
         rng, c = self.rng, self.c
-        class_id, group = find_class(c, rng, business, around, self.group_recs.get, self.now)
+        class_id, group = find_class(
+            c, rng, business, around, self.group_recs.get, self.now, int(p["id"])
+        )
         if class_id not in self.group_recs:
             self.group_recs[class_id] = group
         group = self.group_recs[class_id]
@@ -902,9 +904,17 @@ def archive(appt: dict, att: dict | None, at: int) -> int:
 
 
 def find_class(
-    c: SandboxClinic, rng: random.Random, business: Business, around: int, existing, now: int
+    c: SandboxClinic,
+    rng: random.Random,
+    business: Business,
+    around: int,
+    existing,
+    now: int,
+    patient_id: int,
 ) -> tuple[int, dict]:
-    """The first class at ``business`` after ``around`` with a free place (created if new)."""
+    """The first class at ``business`` after ``around`` with a free place (created if new) that
+    the patient is not booked into already: the front desk books a person into a class once (two
+    live places of one patient in one class come only from merging two records, ``merges``)."""
     tz = business.place["tz"]
     class_type = c.catalogue.types_in("Pilates", group=True)[0]
     for starts in class_slots_after(tz, around, c._timetable):
@@ -928,7 +938,11 @@ def find_class(
             )
             return class_id, group
         group = existing(class_id)
-        if group is not None and len(group["patient_ids"]) < group["max_attendees"]:
+        if (
+            group is not None
+            and len(group["patient_ids"]) < group["max_attendees"]
+            and str(patient_id) not in group["patient_ids"]
+        ):
             return class_id, group
     raise AssertionError("unreachable: class slots never run out")
 
@@ -1071,7 +1085,7 @@ class _Changes:
         def existing(class_id: int) -> dict | None:
             return groups.record(class_id) if class_id in groups.rows else None
 
-        class_id, group = find_class(c, rng, business, around, existing, t)
+        class_id, group = find_class(c, rng, business, around, existing, t, int(p["id"]))
         if class_id not in groups.rows:  # a class put on the calendar just now
             group["created_at"] = fmt_ts(t)
         group["updated_at"] = fmt_ts(t)

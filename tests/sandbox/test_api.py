@@ -45,8 +45,14 @@ def api(server, shared_clinic):
 
 
 def page_all(client: httpx.Client, path: str, params=()) -> list[dict]:
-    """Follow links.next from the first page, as a client does."""
+    """Follow links.next from the first page, as a client does: sorted to the end in ``id``,
+    since rows tied on the default sort (``created_at``, to the second) come in an order that may
+    change between pages' requests, so a tie across a page's edge was read twice or not at all."""
     resource = "attendees" if path.endswith("/attendees") else path.split("/")[0]
+    params = [
+        *params,
+        *([] if any(k == "sort" for k, _ in params) else [("sort", "created_at,id")]),
+    ]
     rows, response = [], client.get(path, params=[("per_page", 100), *params])
     while True:
         assert response.status_code == 200, response.text
