@@ -25,6 +25,9 @@ only itself, the loop commits, the waiting write goes through and the collection
 Harmless on PostgreSQL (no such mutex). ``relay prefect-server`` (an operator's server) and
 ``relay.serve.prefect_server`` (``relay serve``, the tests, the benchmarks) start the server
 through ``python -m relay.prefect_server server start ...``.
+
+The same process also counts a run's silence from the server's own start, not from before a
+restart (``relay/heartbeat_watch.py``): a restart used to mark every run it outlived Lost.
 """
 
 from __future__ import annotations
@@ -79,6 +82,9 @@ def main() -> None:
     from prefect.cli import app
     from prefect.server.api import server  # noqa: F401  (its imports, before the freeze)
 
+    from relay import heartbeat_watch
+
+    heartbeat_watch.install()  # a restart does not count against the runs it did not hear
     gc.collect()
     gc.freeze()
     Collector().start()
