@@ -350,6 +350,15 @@ class Trigger(_Strict):
                 "medical_alert_added needs the alerts it fires on, e.g. "
                 "filters: {medical_alerts: [Insurance patient]}",
             )
+        for field in ("appointment_types", "categories", "businesses", "medical_alerts"):
+            wanted, unwanted = getattr(self.filters, field), getattr(self.exclude, field)
+            both: list[Ref] = [*sorted(set(_names(wanted)) & set(_names(unwanted)))]
+            both += sorted(set(_ids(wanted)) & set(_ids(unwanted)))
+            if both:  # it could never fire, without a word
+                raise _field_error(
+                    f"exclude.{field}",
+                    f"{both[0]!r} is in filters.{field} too: the trigger would never fire",
+                )
         if self.filters.not_rebooked_since_cancelling and event not in (
             "cancelled",
             "did_not_arrive",

@@ -111,6 +111,18 @@ def test_an_error_names_the_file_the_trigger_and_the_field(tmp_path):
             {"filters": {"not_rebooked_since_cancelling": True}},
             "filters.not_rebooked_since_cancelling: goes with cancelled or did_not_arrive",
         ),
+        # named in filters and exclusions both: the trigger could never fire, and nothing said
+        (
+            {"filters": {"businesses": ["North Clinic"]},
+             "exclude": {"businesses": [" north clinic"]}},
+            "exclude.businesses: 'north clinic' is in filters.businesses too: the trigger would "
+            "never fire",
+        ),
+        (
+            {"event": "medical_alert_added", "timing": "5 minutes after",
+             "filters": {"medical_alerts": ["VIP"]}, "exclude": {"medical_alerts": ["vip"]}},
+            "exclude.medical_alerts: 'vip' is in filters.medical_alerts too",
+        ),
         # a blank name matched nothing: the trigger never fired, with only a warning
         ({"exclude": {"medical_alerts": ["   "]}}, "exclude.medical_alerts: a blank name"),
         (
