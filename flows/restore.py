@@ -3,7 +3,8 @@
 ``relay clinic move CLINIC --to MACHINE`` starts a run of this flow's deployment (one per work
 pool, ``clinic-restore/<pool>``, deployed by ``relay deploy``, on demand) on the target machine's
 work queue, ``machine-<name>``, so the worker there restores the database without anyone logging
-in to that machine. It calls the same code as ``relay clinic restore`` (``tasks.home.restore_home``):
+in to that machine. It calls the same code as ``relay clinic restore``
+(``tasks.homerestore.restore_home``):
 it refuses on any machine but the move's target, and running it twice changes nothing.
 """
 
@@ -12,7 +13,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from tasks.config import load_clinic
-from tasks.home import backup_dir, restore_home
+from tasks.home import backup_dir
+from tasks.homerestore import restore_home
 from tasks.warehouse import data_out_of_errors
 
 

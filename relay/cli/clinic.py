@@ -18,11 +18,11 @@ idempotent and a crash anywhere resumes by running the same command again:
 3. it puts the clinic's deployments on the new machine's work queue (``machine-<name>``);
 4. it starts a run of the pool's ``clinic-restore/<pool>`` deployment (flows/restore.py) on that
    queue, once per backup, and waits for it (``--no-wait``: not). That run, on the new machine,
-   does what ``relay clinic restore`` does (tasks.home.restore_home): checks the copy, puts it
-   in place as generation n + 1 (a database already restored as n + 1 is kept; a different file
-   there is set aside, never deleted), records the new home, then resumes the deployments it
-   paused. If no worker takes the run up in time, the command says so: the clinic stays paused
-   and the run queued, and it completes when the worker starts.
+   does what ``relay clinic restore`` does (tasks.homerestore.restore_home): checks the copy,
+   puts it in place as generation n + 1 (a database already restored as n + 1 is kept; a
+   different file there is set aside, never deleted), records the new home, then resumes the
+   deployments it paused. If no worker takes the run up in time, the command says so: the
+   clinic stays paused and the run queued, and it completes when the worker starts.
 """
 
 from __future__ import annotations
@@ -284,9 +284,9 @@ def move(
 
 def restore(clinic: str, *, backup_root: Path, echo) -> None:
     """Step 4 of a move, by hand on the new home machine: the same code as the clinic-restore
-    flow the move starts there (tasks.home.restore_home)."""
+    flow the move starts there (tasks.homerestore.restore_home)."""
     from tasks.config import load_clinic
-    from tasks.home import restore_home
+    from tasks.homerestore import restore_home
 
     restore_home(load_clinic(clinic), backup_root=backup_root, echo=echo)
 

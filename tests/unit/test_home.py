@@ -223,6 +223,7 @@ def test_the_restore_runs_only_on_the_machine_the_clinic_moves_to(tmp_path):
     restores generation n + 1 and makes that machine the home; again, it changes nothing."""
     from tasks.config import load_clinic
     from tasks.errors import UserFacingError
+    from tasks.homerestore import restore_home
 
     store = Store()
     source = tmp_path / "one" / "acme.duckdb"
@@ -241,7 +242,7 @@ def test_the_restore_runs_only_on_the_machine_the_clinic_moves_to(tmp_path):
     said: list[str] = []
 
     def restore(machine):
-        return home.restore_home(
+        return restore_home(
             load_clinic(yaml),
             backup_root=tmp_path / "backups",
             echo=said.append,

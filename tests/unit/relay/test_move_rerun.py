@@ -1,10 +1,10 @@
 """`relay clinic move` run again after its restore stopped half-way (issue 14, moving a clinic's
 home; docs/scaling.md: "after a crash anywhere ... the same command again resumes where it
 stopped"). The restore on the new machine records the new home and then resumes what the move
-paused (tasks.home.restore_home); a restore killed between the two (its machine lost, its worker
-killed) left the home on the new machine with the deployments still paused. The move then said
-"north already lives on 'x' (generation 3)." and resumed nothing: the clinic never ticked again
-and nothing said why. The same command now resumes them, on the new home's queue."""
+paused (tasks.homerestore.restore_home); a restore killed between the two (its machine lost, its
+worker killed) left the home on the new machine with the deployments still paused. The move then
+said "north already lives on 'x' (generation 3)." and resumed nothing: the clinic never ticked
+again and nothing said why. The same command now resumes them, on the new home's queue."""
 
 from __future__ import annotations
 

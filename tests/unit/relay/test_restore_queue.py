@@ -9,6 +9,7 @@ import contextlib
 
 from tasks import home
 from tasks.home import Home, Identity, write_identity
+from tasks.homerestore import restore_home
 from tasks.warehouse import open_db
 
 from .homes import D1, D2, Store, deployments_on
@@ -41,7 +42,7 @@ def test_a_restore_by_hand_puts_the_deployments_on_its_own_queue(tmp_path, monke
         lambda sync_client=False: contextlib.nullcontext(client),
     )
     said: list[str] = []
-    done = home.restore_home(
+    done = restore_home(
         load_clinic(yaml), backup_root=tmp_path / "backups", echo=said.append, machine="a",
         store=store,
     )  # fmt: skip
