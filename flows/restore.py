@@ -4,7 +4,7 @@
 pool, ``clinic-restore/<pool>``, deployed by ``relay deploy``, on demand) on the target machine's
 work queue, ``machine-<name>``, so the worker there restores the database without anyone logging
 in to that machine. It calls the same code as ``relay clinic restore``
-(``tasks.homerestore.restore_home``):
+(``tasks.homerestore.restore_home``, under the clinic's claim lock):
 it refuses on any machine but the move's target, and running it twice changes nothing.
 """
 

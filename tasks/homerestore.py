@@ -1,8 +1,13 @@
 """The last step of moving a clinic, on the machine it goes to: ``restore_home``.
 
 ``relay clinic restore`` by hand, or the ``clinic-restore`` flow (flows/restore.py) that
-``relay clinic move`` starts on that machine's work queue, both run it (it was in tasks/home.py,
-which is at its 500 lines). No personal data.
+``relay clinic move`` starts on that machine's work queue, both run it. It reads the home, checks
+the move's copy, puts it in place and writes the new home under the clinic's claim lock
+(tasks/homeclaim.py), whole: a claim or a move of the clinic on another machine meanwhile used to
+be overwritten by its write (a `relay clinic claim --fresh` that said the clinic lived with it,
+its database generation n + 1 live beside the restored one), or to overwrite it. Now the one that
+comes second finds the home changed and fails naming it, and a restore that finds the clinic no
+longer moving here writes nothing, not even the database. No personal data.
 """
 
 from __future__ import annotations
@@ -27,11 +32,15 @@ def restore_home(
     """The last step of a move, on the machine it goes to (``relay clinic restore``, or the
     ``clinic-restore`` flow that ``relay clinic move`` starts on that machine's queue): check the
     move's copy, put it in place as generation n + 1, record this machine as the home, resume the
-    deployments the move paused, on its queue. Refuses on any machine but the move's
-    ``moving_to``. Idempotent: after a crash it resumes where it stopped."""
+    deployments the move paused, on its queue; all of it under the clinic's claim lock. Refuses
+    on any machine but the move's ``moving_to``. Idempotent: after a crash it resumes where it
+    stopped."""
     from tasks.home import PrefectHomes, this_machine  # looked up here: tests stand in for them
+    from tasks.homeclaim import claim_lock
 
-    return _restore(config, backup_root, echo, machine or this_machine(), store or PrefectHomes())
+    machine, store = machine or this_machine(), store or PrefectHomes()
+    with claim_lock(config.clinic):
+        return _restore(config, backup_root, echo, machine, store)
 
 
 def _restore(config, backup_root: Path, echo, machine: str, store: HomeStore) -> Home:

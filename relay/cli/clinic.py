@@ -23,6 +23,10 @@ idempotent and a crash anywhere resumes by running the same command again:
    different file there is set aside, never deleted), records the new home, then resumes the
    deployments it paused. If no worker takes the run up in time, the command says so: the
    clinic stays paused and the run queued, and it completes when the worker starts.
+
+Every write of the home, a claim's, a move step's or a restore's, is made under the clinic's
+claim lock and only if the home is as the writer last saw it (tasks/homeclaim.py): a move that
+finds it changed (a claim elsewhere) stops there, naming where the clinic is now.
 """
 
 from __future__ import annotations
@@ -164,17 +168,21 @@ def move(
 ) -> None:
     """A whole move, from the clinic's home machine (see the module's docstring): steps 1-3
     here, then step 4 started on ``to``'s work queue, waited for up to ``restore_wait`` seconds
-    (None: not waited for)."""
+    (None: not waited for). Each write of the home, with what goes with it, is made under the
+    clinic's claim lock only if the home is still what the move last read or wrote
+    (tasks/homeclaim.py, ``unchanged``): a claim, move or restore elsewhere meanwhile stops it."""
     from prefect.client.orchestration import get_client
 
     from relay.cli.restore_run import start_restore, wait_for_restore, withdraw_restore
     from tasks.config import load_clinic
     from tasks.errors import UserFacingError
     from tasks.home import PrefectHomes, backup_database, queue_for, sha256, this_machine
+    from tasks.homeclaim import unchanged
     from tasks.homequeue import onto_queue
 
     config = load_clinic(clinic)
     store, machine = PrefectHomes(), this_machine()
+    again = f"relay clinic move {clinic} --to {to}"
     home = store.read(config.clinic)
     if home is None:
         raise UserFacingError(
@@ -183,11 +191,12 @@ def move(
         )
     if home.moving_to is None and home.machine == to:
         if home.paused:  # its restore recorded the new home, then stopped before resuming
-            with get_client(sync_client=True) as client:
-                onto_queue(client, config.clinic, queue_for(to), echo)
-                for deployment_id in home.paused:
-                    client.resume_deployment(deployment_id)
-            store.write(config.clinic, replace(home, paused=None))
+            with unchanged(store, config.clinic, home, again=again):
+                with get_client(sync_client=True) as client:
+                    onto_queue(client, config.clinic, queue_for(to), echo)
+                    for deployment_id in home.paused:
+                        client.resume_deployment(deployment_id)
+                store.write(config.clinic, replace(home, paused=None))
             echo(
                 f"resumed {len(home.paused)} deployment(s) of {clinic} that the move had paused "
                 f"(its restore on '{to}' stopped before resuming them)"
@@ -207,31 +216,33 @@ def move(
         )
     with get_client(sync_client=True) as client:
         deployments = clinic_deployments(client, config.clinic)
-        if home.moving_to not in (None, to):  # another target (a mistyped --to): withdrawn
-            withdrawn = withdraw_restore(client, config.clinic, home)
-            echo(
-                f"0/4 the move to '{home.moving_to}' is withdrawn"
-                + (
-                    f" (its restore run {', '.join(r.name for r in withdrawn)} deleted)"
-                    if withdrawn
-                    else ""
+        with unchanged(store, config.clinic, home, again=again):  # step 1
+            if home.moving_to not in (None, to):  # another target (a mistyped --to): withdrawn
+                withdrawn = withdraw_restore(client, config.clinic, home)
+                echo(
+                    f"0/4 the move to '{home.moving_to}' is withdrawn"
+                    + (
+                        f" (its restore run {', '.join(r.name for r in withdrawn)} deleted)"
+                        if withdrawn
+                        else ""
+                    )
+                    + f"; moving to '{to}' instead"
                 )
-                + f"; moving to '{to}' instead"
-            )
-            home = replace(home, moving_to=to)
-            store.write(config.clinic, home)  # a restore on the old target now refuses
-        if home.moving_to is None:
-            paused = [str(d.id) for d in deployments if not d.paused]
-            home = replace(home, moving_to=to, paused=paused, backup=None, backup_sha256=None)
-            store.write(config.clinic, home)  # from here on every tick of the clinic refuses
-        for deployment_id in home.paused or []:
-            client.pause_deployment(deployment_id)
+                home = replace(home, moving_to=to)
+                store.write(config.clinic, home)  # a restore on the old target now refuses
+            if home.moving_to is None:
+                paused = [str(d.id) for d in deployments if not d.paused]
+                home = replace(home, moving_to=to, paused=paused, backup=None, backup_sha256=None)
+                store.write(config.clinic, home)  # from here on every tick of the clinic refuses
+            for deployment_id in home.paused or []:
+                client.pause_deployment(deployment_id)
         echo(f"1/4 paused {len(home.paused or [])} deployment(s) of {clinic}")
         running = wait_for_ticks(client, clinic, machine, deployments, wait_seconds, echo)
         if running:
-            store.write(config.clinic, replace(home, moving_to=None, paused=None))
-            for deployment_id in home.paused or []:
-                client.resume_deployment(deployment_id)
+            with unchanged(store, config.clinic, home, again=again):
+                store.write(config.clinic, replace(home, moving_to=None, paused=None))
+                for deployment_id in home.paused or []:
+                    client.resume_deployment(deployment_id)
             raise UserFacingError(
                 f"{clinic}: a run is still going after {wait_seconds:.0f} s "
                 f"({', '.join(r.name for r in running)}): the clinic stays on '{machine}', "
@@ -239,28 +250,30 @@ def move(
             )
         name = f"{config.clinic}/{config.clinic}-generation-{home.generation}.duckdb"
         dest = backup_root / name
-        if not (home.backup == name and dest.exists() and sha256(dest) == home.backup_sha256):
-            checksum = backup_database(config.database_path, dest)
-            home = replace(home, backup=name, backup_sha256=checksum)
-            store.write(config.clinic, home)
-        echo(f"2/4 backed up {config.database_path} to {dest}")
+        backed_up = home.backup == name and dest.exists() and sha256(dest) == home.backup_sha256
+        checksum = home.backup_sha256 if backed_up else backup_database(config.database_path, dest)
         queue = queue_for(to)
-        dropped, kept = put_on_queue(client, deployments, queue)
-        echo(
-            f"3/4 {clinic}'s deployments are on work queue '{queue}', paused"
-            + (
-                f"; {len(dropped)} scheduled run(s) left on the old queue deleted"
-                if dropped
-                else ""
-            )
-        )
-        for run in kept:
-            echo(
-                f"  {run.name} ({run.id}) was started by hand and waits on "
-                f"'{run.work_queue_name}', where it will be refused: start it again"
-            )
         pools = [d.work_pool_name for d in deployments if d.work_pool_name]
-        run = start_restore(client, config.clinic, home, pools[0], to) if pools else None
+        with unchanged(store, config.clinic, home, again=again):  # steps 2-4, as recorded
+            if not backed_up:
+                home = replace(home, backup=name, backup_sha256=checksum)
+                store.write(config.clinic, home)
+            echo(f"2/4 backed up {config.database_path} to {dest}")
+            dropped, kept = put_on_queue(client, deployments, queue)
+            echo(
+                f"3/4 {clinic}'s deployments are on work queue '{queue}', paused"
+                + (
+                    f"; {len(dropped)} scheduled run(s) left on the old queue deleted"
+                    if dropped
+                    else ""
+                )
+            )
+            for run in kept:
+                echo(
+                    f"  {run.name} ({run.id}) was started by hand and waits on "
+                    f"'{run.work_queue_name}', where it will be refused: start it again"
+                )
+            run = start_restore(client, config.clinic, home, pools[0], to) if pools else None
         if run is None:
             echo(
                 f"{clinic} has no deployment in a work pool to start its restore from: on "
