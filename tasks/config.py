@@ -412,6 +412,11 @@ class ClinicConfig(_Section):
     def folder(self) -> Path:
         return self.source.parent if self.source else clinics_dir() / self.clinic
 
+    def written_tag_categories(self) -> tuple[str, ...]:
+        """The tag categories clinic.yaml writes: each is checked against Cliniko (a typo
+        makes its tag appointments visits); the default, not written, is not."""
+        return self.tag_categories if "tag_categories" in self.model_fields_set else ()
+
     @property
     def database_path(self) -> Path:
         if self.database is None:

@@ -162,7 +162,11 @@ def warnings(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig) -> list[str]:
     held = [
         f"trigger '{name}' held: {why}" for name, why in names.unmatched(con, cfg.triggers).items()
     ]
-    return held + names.drift(con, cfg.triggers, cfg.tag_categories)
+    return (
+        held
+        + names.unmatched_tags(con, cfg.written_tag_categories())
+        + names.drift(con, cfg.triggers, cfg.tag_categories)
+    )
 
 
 def of_kind(held: dict[tuple[str, str], str], kind: str) -> dict[str, str]:

@@ -44,7 +44,7 @@ def _check_names(cfg) -> bool:  # cfg: tasks.config.ClinicConfig
         return False
     try:
         with open_db(cfg.database_path, read_only=True, wait_seconds=5) as con:
-            found = names.check(con, cfg.triggers, cfg.tag_categories)
+            found = names.check(con, cfg.triggers, cfg.tag_categories, cfg.written_tag_categories())
     except (DatabaseBusy, duckdb.Error) as exc:
         typer.echo(f"  names not checked: {str(exc).splitlines()[0]}")
         return False

@@ -25,7 +25,9 @@ appointments would start getting SMS reminders. So a name is read once, then hel
   clinics`` says the names are not checked yet.
 - **Tag categories**: each planning tick records the appointment types a tag category matches
   (``state.tag_types``); ``marts.appointments.is_tag`` keeps them tags after a rename (a warning
-  says so). Taking a name out of ``tag_categories`` lets go of its recorded types.
+  says so). Taking a name out of ``tag_categories`` lets go of its recorded types. A name
+  clinic.yaml writes there that matches nothing (:func:`unmatched_tags`) holds nothing (the
+  models read it) but is a warning every tick and an error in ``relay clinics``.
 
 Names compare as everywhere: trimmed, case ignored (:func:`definition.reference_lists`). The
 filter predicates live here too (:func:`appointment_filters`); the candidate query
@@ -392,13 +394,41 @@ def _tag_drift(con: duckdb.DuckDBPyConnection, tag_categories: Iterable[str]) ->
     ]
 
 
+def unmatched_tags(con: duckdb.DuckDBPyConnection, written: Iterable[str]) -> list[str]:
+    """One line per tag category clinic.yaml writes (``written``: not the default it did not
+    write) that matches no category in Cliniko and has no types recorded (``state.tag_types``):
+    a typo, under which every tag appointment counts as a visit. Nothing before the first sync."""
+    names = {reference_lists((c,))[1][0]: c.strip() for c in written}
+    now = matches_now(con, ["categories"]) if names else None
+    if now is None:
+        return []
+    recorded = {
+        c
+        for (c,) in con.execute(
+            "SELECT DISTINCT tag_category FROM state.tag_types "
+            "WHERE list_contains(?::VARCHAR[], tag_category)",
+            [sorted(names)],
+        ).fetchall()
+    }
+    return [
+        f"tag_categories '{names[c]}' matches no category in Cliniko: its appointments count as "
+        "visits (check the spelling in clinic.yaml)"
+        for c in sorted(names)
+        if not now["categories"].get(c) and c not in recorded
+    ]
+
+
 def check(
-    con: duckdb.DuckDBPyConnection, triggers: Iterable[Trigger], tag_categories: Iterable[str]
+    con: duckdb.DuckDBPyConnection,
+    triggers: Iterable[Trigger],
+    tag_categories: Iterable[str],
+    written_tags: Iterable[str] = (),
 ) -> tuple[list[str], list[str]] | None:
     """``relay clinics``: (errors, warnings) about the configuration's names against the synced
     data; None when nothing is synced and built yet (the first tick checks them). An error is a
     name matching nothing where no ids are recorded for it (an enabled trigger: held; a disabled
-    one would be held when switched on); a warning, drift (:func:`drift`)."""
+    one would be held when switched on), or a tag category clinic.yaml writes that matches
+    nothing (:func:`unmatched_tags`); a warning, drift (:func:`drift`)."""
     triggers = list(triggers)
     if matches_now(con, DIMENSIONS) is None:
         return None
@@ -407,4 +437,5 @@ def check(
         for name, why in unmatched(con, triggers, enabled_only=False).items()
         for enabled in [next(t.enabled for t in triggers if t.name == name)]
     ]
+    errors += unmatched_tags(con, written_tags)
     return errors, drift(con, triggers, tag_categories, enabled_only=False)

@@ -191,6 +191,26 @@ def test_taking_a_category_out_of_tag_categories_lets_its_recorded_types_go(clin
     assert tags == (0,)
 
 
+def test_a_tag_category_that_matches_nothing_is_a_warning_every_tick(clinic):
+    # A typo in tag_categories makes every tag appointment a visit: a patient lapsed for years
+    # and tagged yesterday goes back onto the marketing list. Nothing in Cliniko is held, but
+    # the clinic is told, every tick, until the name matches.
+    clinic.settings = {"tag_categories": ["Admin Onyl", "Admin Only"]}
+    clinic.patient(1)
+    assert run_tick(clinic, NOW) == {}
+    assert tick.warnings(clinic.con, clinic.config) == [
+        "tag_categories 'Admin Onyl' matches no category in Cliniko: its appointments count as "
+        "visits (check the spelling in clinic.yaml)"
+    ]
+
+
+def test_the_default_tag_category_is_not_reported_where_the_clinic_has_none(clinic):
+    rename_type(clinic, ADMIN_TAG, "Admin - Insurance Patient", "Admin")  # no 'Admin Only' at all
+    clinic.patient(1)
+    run_tick(clinic, NOW)  # tag_categories not written: the default [Admin Only]
+    assert tick.warnings(clinic.con, clinic.config) == []
+
+
 def test_names_are_not_held_before_anything_is_synced_and_built():
     clinic = Clinic()
     clinic.trigger("reminder", **{**REMINDER, "exclude": {"categories": ["Admin Onyl"]}})
@@ -202,9 +222,10 @@ def test_names_are_not_held_before_anything_is_synced_and_built():
 # --- relay clinics: the configuration error at load -----------------------------------------------
 
 
-def _clinics(tmp_path, monkeypatch, exclude: list[str], *, synced: bool):
-    """A clinics folder with one clinic whose reminder excludes ``exclude``; its database
-    synced and built when ``synced``. Returns `relay clinics`' result."""
+def _clinics(tmp_path, monkeypatch, exclude: list[str], *, synced: bool, **settings):
+    """A clinics folder with one clinic whose reminder excludes ``exclude`` (and other
+    clinic.yaml ``settings``); its database synced and built when ``synced``. Returns `relay
+    clinics`' result."""
     import yaml
     from typer.testing import CliRunner
 
@@ -217,7 +238,13 @@ def _clinics(tmp_path, monkeypatch, exclude: list[str], *, synced: bool):
     reminder = {**REMINDER, "name": "reminder", "enabled": True, "exclude": {"categories": exclude}}
     (folder / "clinic.yaml").write_text(
         yaml.safe_dump(
-            {"clinic": "disk", "name": "Disk Physio", "database": str(db), "triggers": [reminder]}
+            {
+                "clinic": "disk",
+                "name": "Disk Physio",
+                "database": str(db),
+                "triggers": [reminder],
+                **settings,
+            }
         )  # fmt: skip
     )
     if synced:
@@ -248,3 +275,12 @@ def test_relay_clinics_before_the_first_sync_says_the_names_are_not_checked(tmp_
     out = _clinics(tmp_path, monkeypatch, ["Admin Onyl"], synced=False)
     assert out.exit_code == 0, out.output
     assert "names not checked: nothing synced and built yet" in out.output
+
+
+def test_relay_clinics_reports_a_tag_category_that_matches_nothing_as_an_error(
+    tmp_path, monkeypatch
+):
+    out = _clinics(tmp_path, monkeypatch, ["Admin Only"], synced=True,
+                   tag_categories=["Admin Onyl"])  # fmt: skip
+    assert out.exit_code == 2, out.output
+    assert "error: tag_categories 'Admin Onyl' matches no category in Cliniko" in out.output
