@@ -26,6 +26,7 @@ from tasks.messages.ledger import LedgerRow
 from tasks.models.holds import holds
 from tasks.models.project import tables_read
 from tasks.triggers import names
+from tasks.triggers.definition import Trigger
 from tasks.triggers.query import candidate_query
 from tasks.warehouse import one
 
@@ -121,15 +122,14 @@ def reads(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig) -> dict[tuple[str, 
     the SQL names, read as the runner reads a model's), a journey's and a campaign's from their
     segments and the marketing lists they send on (a confirmed campaign's as confirmed); all of
     them read marts.patients."""
-    found = {
-        ("trigger", t.name): set(
-            tables_read(con, f"trigger {t.name}", candidate_query(t, "window")[0])
-        )
-        for t in cfg.triggers
-    }
+    found = {("trigger", t.name): _trigger_reads(con, t) for t in cfg.triggers}
     found |= {("journey", j.name): _journey_reads(j) for j in cfg.journeys}
     found |= {("campaign", c.name): _campaign_reads(con, c) for c in cfg.campaigns}
     return {source: tables | {"marts.patients"} for source, tables in found.items()}
+
+
+def _trigger_reads(con: duckdb.DuckDBPyConnection, trigger: Trigger) -> set[str]:
+    return set(tables_read(con, f"trigger {trigger.name}", candidate_query(trigger, "window")[0]))
 
 
 def _campaign_reads(con: duckdb.DuckDBPyConnection, configured: Campaign) -> set[str]:
@@ -153,6 +153,16 @@ def held_sources(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig) -> dict[tupl
     for name, why in names.unmatched(con, cfg.triggers).items():
         found[("trigger", name)] = "; ".join(filter(None, [found.get(("trigger", name)), why]))
     return {source: why for source, why in found.items() if why}
+
+
+def trigger_held(con: duckdb.DuckDBPyConnection, trigger: Trigger) -> str | None:
+    """Why the next tick would hold ``trigger`` if it were on (as :func:`held_sources` does an
+    enabled one): ``relay preview trigger``, which shows any trigger as if switched on."""
+    why = [
+        holds(con).why(_trigger_reads(con, trigger) | {"marts.patients"}),
+        names.unmatched(con, [trigger], enabled_only=False).get(trigger.name),
+    ]
+    return "; ".join(w for w in why if w) or None
 
 
 def warnings(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig) -> list[str]:

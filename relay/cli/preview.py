@@ -48,6 +48,7 @@ def _print_calendar(config, trigger, days: float, limit: int) -> None:
     from datetime import UTC, datetime
     from zoneinfo import ZoneInfo
 
+    from tasks import tick
     from tasks.messages.templates import template_warnings
     from tasks.models import runner as models
     from tasks.triggers import preview as planning
@@ -59,6 +60,7 @@ def _print_calendar(config, trigger, days: float, limit: int) -> None:
         models.require_good_build(con)
         went_live, rows = planning.preview(con, trigger, now, days)
         typos = planning.unknown_references(con, trigger)
+        held = tick.trigger_held(con, trigger)
     if went_live < now:
         state = "live"
     elif trigger.enabled:
@@ -75,6 +77,16 @@ def _print_calendar(config, trigger, days: float, limit: int) -> None:
         bold=True,
     )
     typer.echo(f"  went live   {went_live.astimezone(zone):%Y-%m-%d %H:%M} {config.time_zone}")
+    if held:  # the calendar below would otherwise read as what the next tick sends
+        typer.secho(
+            _wrap(
+                f"  held: {held}: each tick plans and sends none of it until this is put right; "
+                "below, what it does then",
+                width,
+                4,
+            ),
+            fg=typer.colors.RED,
+        )
     for typo in typos:
         typer.secho(_wrap(f"  warning: {typo}", width, 4), fg=typer.colors.YELLOW)
     for warning in template_warnings(config, trigger):

@@ -6,7 +6,7 @@ its names matched when it went live, and says so; a name matching nothing holds 
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 
@@ -222,7 +222,9 @@ def test_names_are_not_held_before_anything_is_synced_and_built():
 # --- relay clinics: the configuration error at load -----------------------------------------------
 
 
-def _clinics(tmp_path, monkeypatch, exclude: list[str], *, synced: bool, **settings):
+def _clinics(
+    tmp_path, monkeypatch, exclude: list[str], *, synced: bool, args=("clinics",), **settings
+):
     """A clinics folder with one clinic whose reminder excludes ``exclude`` (and other
     clinic.yaml ``settings``); its database synced and built when ``synced``. Returns `relay
     clinics`' result."""
@@ -251,9 +253,10 @@ def _clinics(tmp_path, monkeypatch, exclude: list[str], *, synced: bool, **setti
         with open_db(db) as con:
             c = Clinic(con)
             c.patient(1)
-            c.build(NOW)
+            c.appointment(10, 1, datetime.now(UTC) + 30 * HOUR)
+            c.build(datetime.now(UTC))
     monkeypatch.setenv("RELAY_CLINICS_DIR", str(tmp_path / "clinics"))
-    return CliRunner().invoke(app, ["clinics"])
+    return CliRunner().invoke(app, list(args))
 
 
 def test_relay_clinics_reports_a_name_that_matches_nothing_as_an_error(tmp_path, monkeypatch):
@@ -284,3 +287,22 @@ def test_relay_clinics_reports_a_tag_category_that_matches_nothing_as_an_error(
                    tag_categories=["Admin Onyl"])  # fmt: skip
     assert out.exit_code == 2, out.output
     assert "error: tag_categories 'Admin Onyl' matches no category in Cliniko" in out.output
+
+
+def test_relay_preview_trigger_says_the_tick_holds_a_trigger_whose_name_matches_nothing(
+    tmp_path, monkeypatch
+):
+    # The preview listed the reminder as "send" under a mild warning, while every tick holds it
+    # and sends nothing: it now says so, before the calendar of what it does once put right.
+    args = ("preview", "trigger", "reminder", "--days", "3", "--clinic", "disk")
+    out = _clinics(tmp_path, monkeypatch, ["Admin Onyl"], synced=True, args=args)
+    assert out.exit_code == 0, out.output
+    text = " ".join(out.output.split())
+    assert (
+        "held: exclude.categories 'Admin Onyl' matches no category in Cliniko (check the "
+        "spelling in clinic.yaml, or write the Cliniko id): each tick plans and sends none of it "
+        "until this is put right; below, what it does then"
+    ) in text, out.output
+    out = _clinics(tmp_path / "ok", monkeypatch, ["Admin Only"], synced=True, args=args)
+    assert out.exit_code == 0, out.output
+    assert "held" not in out.output and ": send" in out.output
