@@ -404,18 +404,17 @@ def discover(
         for dep in item.depends_on:
             if dep not in models and dep not in sources and dep not in unusable:
                 schema = dep.split(".", 1)[0]
-                hint = (
-                    f"there is no file sql/{schema}/{dep.split('.', 1)[1]}.sql"
-                    if schema in MODEL_SCHEMAS
-                    else "sources are the raw.* and state.* tables"
-                )
+                hint = "sources are the raw.* and state.* tables"
+                if schema in MODEL_SCHEMAS:
+                    hint = f"there is no file sql/{schema}/{dep.split('.', 1)[1]}.sql"
                 message = f"reads {dep}, which does not exist ({hint})."
                 if not keep_going:
                     raise ModelError(f"{item.file}: {message}")
                 relation = item.relation if isinstance(item, Model) else None
                 broken.append(Broken(item.file, relation, message))
-                if relation is not None:
+                if relation is not None:  # its readers are held with it, not "missing" too
                     models.pop(relation, None)
+                    unusable.add(relation)
                 tests = [t for t in tests if t is not item]
                 break
     parses = tuple((_parse_key(t), _PARSE_MEMO[t][1]) for t in texts.values() if t in _PARSE_MEMO)

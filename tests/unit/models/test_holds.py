@@ -220,3 +220,24 @@ def test_a_segment_keyed_by_email_holds_its_journey_only_and_preview_names_the_f
     clinic.advance(hours=1, minutes=30)
     clinic.run_tick()
     assert clinic.sent("sms-reminder-24h") == [1]
+
+
+def test_a_model_reading_a_missing_table_holds_its_readers_and_models_test_still_runs(clinic):
+    """An analyst's typo in a table's name (marts.patientz): its readers were each reported as
+    reading a model "which does not exist (there is no file ...)" though the file was there, and
+    `relay models test` refused to run at all after that build."""
+    (clinic.sql / "tests").mkdir()
+    (clinic.sql / "tests" / "new_patients_have_ids.sql").write_text(
+        "select patient_id from segments.new_patients where patient_id is null"
+    )
+    clinic.build()
+    (clinic.sql / "segments" / "new_patients.sql").write_text(
+        "select patient_id from marts.patientz"
+    )
+    with pytest.raises(models.BuildFailed) as failed:
+        clinic.build()
+    assert "sql/segments/new_patients.sql: reads marts.patientz, which does not exist" in str(
+        failed.value
+    )
+    assert "sql/tests/new_patients_have_ids.sql" not in str(failed.value)
+    assert models.run_tests(clinic.con, clinic.sql) == {"sql/tests/new_patients_have_ids.sql": 0}
