@@ -3,10 +3,11 @@
 Each tick, in one transaction (a crash leaves the ledger as the last tick left it):
 
 1. **Activate**: the first tick that sees a trigger enabled records when it went live
-   (``state.trigger_activations``). Only messages whose send moment is at or after that fire, so
-   switching a trigger on never sends for history; an "after" trigger thereby looks back exactly
-   its own offset. Switching it off (or removing it) cancels its planned messages; switched on
-   again, those whose moment is at or after its new go-live are planned again (reopen.resume).
+   (``state.trigger_activations``), to the whole second as Cliniko's timestamps are. Only
+   messages whose send moment is at or after that fire, so switching a trigger on never sends
+   for history; an "after" trigger thereby looks back exactly its own offset. Switching it off
+   (or removing it) cancels its planned messages; switched on again, those whose moment is at
+   or after its new go-live are planned again (reopen.resume).
    *A material change* to a trigger (event, timing, filters, channel, purpose; not its wording or
    template) re-dates its go-live to the change: the new definition does not reach back either.
    Send keys are (trigger name, patient, occasion) whatever the definition, so an edit never sends
@@ -66,7 +67,7 @@ from tasks.triggers.query import (
     records,
     run,
 )
-from tasks.warehouse import transaction
+from tasks.warehouse import one, transaction
 
 # How far ahead a tick plans. Planning ahead shows what is coming in the ledger; the re-check
 # keeps it right. Later messages are planned by a later tick.
@@ -108,15 +109,31 @@ def activate(
             "WHERE trigger_name = ? AND ended_at IS NULL",
             [now, reason, name],
         )
+    # To the second, as Cliniko stamps what happens: a booking made just after this moment,
+    # in the same second, reads as that second and is not history. (Unless the trigger went
+    # live in this second already, then off or redefined: a go-live of its own, to the moment.)
+    second = now.replace(microsecond=0)
     for name, trigger in enabled.items():
         if name not in live:
+            at = now if _went_live_at(con, name, second) else second
             con.execute(
                 "INSERT INTO state.trigger_activations (trigger_name, went_live_at, fingerprint, "
                 "definition) VALUES (?, ?, ?, ?)",
-                [name, now, trigger.fingerprint, trigger.definition_json()],
+                [name, at, trigger.fingerprint, trigger.definition_json()],
             )
-            live[name] = now
+            live[name] = at
     return live
+
+
+def _went_live_at(con: duckdb.DuckDBPyConnection, name: str, at: datetime) -> bool:
+    return bool(
+        one(
+            con,
+            "SELECT count(*) FROM state.trigger_activations "
+            "WHERE trigger_name = ? AND went_live_at = ?",
+            [name, at],
+        )[0]
+    )
 
 
 def went_live(con: duckdb.DuckDBPyConnection, trigger: Trigger) -> datetime | None:

@@ -392,6 +392,20 @@ def test_the_go_live_moment_is_recorded_once_not_taken_from_the_config(clinic):
     assert rows == [(NOW - DAY, None)]
 
 
+def test_a_booking_made_in_the_second_a_trigger_went_live_is_not_history(clinic):
+    # Cliniko stamps a booking to the second, a tick's clock has microseconds: went live at
+    # 09:00:00.4, a booking made at 09:00:00.7 reads 09:00:00, and was never welcomed.
+    clinic.trigger("welcome", event="appointment_booked", timing="immediately", channel="email",
+                   template="welcome", purpose="transactional")  # fmt: skip
+    clinic.patient(1)
+    clinic.plan(NOW + timedelta(milliseconds=400))  # goes live; nothing booked yet
+    assert clinic.messages() == []
+    clinic.appointment(10, 1, NOW + 3 * DAY, created=NOW)  # booked at 09:00:00.7
+    clinic.plan(NOW + MIN)
+    row = clinic.one()
+    assert (row.appointment_id, row.status, row.due_at) == (10, "planned", NOW)
+
+
 def test_switching_a_trigger_off_cancels_its_planned_messages_and_on_again_starts_afresh(clinic):
     clinic.trigger("reminder", **REMINDER)
     live(clinic)
