@@ -128,7 +128,7 @@ def prefect_server(
         ending = threading.Event()  # set as the block ends: the server's exit is then ours
         try:
             deadline = time.monotonic() + 120
-            while not _healthy(api):
+            while not healthy(api):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise UserFacingError(f"The Prefect server did not start; see {log_path}")
                 time.sleep(0.3)
@@ -153,7 +153,8 @@ def _watch(proc, ending: threading.Event, on_exit, log_path: Path) -> None:
         on_exit(code, log_path)
 
 
-def _healthy(api: str) -> bool:
+def healthy(api: str) -> bool:
+    """Whether the Prefect server at ``api`` answers its health check within 2 s."""
     try:
         return httpx.get(f"{api}/health", timeout=2).json() is True
     except (httpx.HTTPError, ValueError):

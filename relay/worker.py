@@ -50,6 +50,7 @@ from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, Proc
 
 from flows.lane import WORKER_GRACE, WORKER_STOP
 from relay import warm
+from relay.serve import healthy
 from relay.tree import STOP_SIGNALS, alive, descendants, hup_ignored, signal_one, started
 
 if TYPE_CHECKING:
@@ -207,9 +208,15 @@ class _Recorded:
         self.status.started(value)
 
 
-# How long a stopping worker's run, told to stop (SIGTERM), has to end before it is killed. Told
-# so, a run reports Crashed to the server and exits: in a second when the server answers.
+# How long a stopping worker's run, told to stop (SIGTERM), has to end before it is killed if the
+# Prefect server does not answer then. Told so, a run reports Crashed to the server and exits: in
+# a second when the server answers, and it retries for minutes when it does not.
 STOP_GRACE_SECONDS = 10.0
+# How long it has while the server answers: it is reporting its end, which took over 10 s once
+# under the whole test suite's load (Prefect's own teardown waits up to 2 s for each of its
+# heartbeat and suspension-watch threads before the report). Killed, it stayed Running until the
+# lost-run automation marked it Crashed and alerted. Within the worker's own deadline, below.
+STOP_GRACE_ANSWERING_SECONDS = 25.0
 # How long after the stop signal (and the lane's grace, flows.lane.WORKER_GRACE, when a run was
 # in its lane) the worker exits at the latest, whatever it waits for: Prefect's own grace for a
 # stopping worker's runs.
@@ -225,7 +232,8 @@ class Stopping:
     as it exits, and with the server gone (stopped, restarting, unreachable) it retries that
     report for a minute or more (``PREFECT_CLIENT_MAX_RETRIES``): the worker waited for it all
     that time, as Prefect's own kill after its grace never came (its stop had been cancelled).
-    So from the signal on, a thread gives each run ``grace`` seconds after its SIGTERM, then
+    So from the signal on, a thread gives each run ``grace`` seconds after its SIGTERM
+    (``answering_grace`` while the server at ``api`` answers: the run is reporting), then
     SIGKILLs what is left of it: what a killed tick leaves, which the lost-run automation and
     the slot's lease already handle (docs/scaling.md). The worker's own teardown and Prefect's
     last sends at exit wait on the server too, without end for one that does not answer (a
@@ -246,11 +254,16 @@ class Stopping:
         running: Mapping[int, tuple[str, str]] | None = None,
         grace: float = STOP_GRACE_SECONDS,
         deadline: float = STOP_DEADLINE_SECONDS,
+        api: str | None = None,
+        answering_grace: float = STOP_GRACE_ANSWERING_SECONDS,
     ):
         self._say = say
         self.running = running if running is not None else {}  # RelayWorker.running
         self.grace = grace
         self.deadline = deadline
+        self.api = api  # the Prefect server's API URL: with none, never asked
+        self.answering_grace = answering_grace
+        self._answered: tuple[float, bool] | None = None  # (when asked, whether it answered)
         self._names: dict[int, str] = {}
         self._lanes: set[int] = set()  # runs in their fast lane as the stop began
         self.signal_name: str | None = None
@@ -299,7 +312,12 @@ class Stopping:
         self.say(
             f"Stopping on {self.signal_name}: runs in progress are told to stop"
             + (f" (in their fast lane, {lane:g} s to end first)" if lane else "")
-            + f", and killed if still running {self.grace:g} s later."
+            + f", and killed if still running {self.grace:g} s later"
+            + (
+                f" ({self.answering_grace:g} s while the Prefect server answers)."
+                if self.api
+                else "."
+            )
         )
         # The runs the worker started, by pid (a run orphaned, its template stopped by the same
         # stop, as systemd stops every process of the service, is no longer below the worker),
@@ -315,7 +333,7 @@ class Stopping:
                 # Told to stop at once, or after the lane's grace (a process not known by pid,
                 # a run's child, as late as any); then ``grace`` seconds.
                 told = lane if pid in self._lanes or pid not in self._names else 0.0
-                if self._now.is_set() or time.monotonic() >= self.at + told + self.grace:
+                if self._now.is_set() or self._outstayed(self.at + told):
                     signal_one(pid, seen[pid], signal.SIGKILL)
                     killed.append(pid)
             if len(left) == len([pid for pid in left if pid in killed]):
@@ -323,11 +341,16 @@ class Stopping:
             self._now.wait(0.2)
         names = sorted({self._names[pid] for pid in killed if pid in self._names})
         if killed:
+            why = (
+                "though the Prefect server answers"
+                if self._answered and self._answered[1]
+                else "a stopping run reports to the Prefect server: is it down?"
+            )
             self.say(
                 f"Killed what was left of {len(names) or 'the'} run(s) "
-                f"{time.monotonic() - self.at:.0f} s after the stop (a stopping run reports to "
-                f"the Prefect server: is it down?): {', '.join(names) or 'unnamed'}. Each stays "
-                "Running until the lost-run automation marks it Crashed; the next tick catches up."
+                f"{time.monotonic() - self.at:.0f} s after the stop ({why}): "
+                f"{', '.join(names) or 'unnamed'}. Each stays Running until the lost-run "
+                "automation marks it Crashed; the next tick catches up."
             )
         self._runs_done.set()
         deadline = self.at + lane + self.deadline
@@ -343,6 +366,19 @@ class Stopping:
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(0)
+
+    def _outstayed(self, told: float) -> bool:
+        """Whether a run told to stop at ``told`` (monotonic) is past its grace: ``grace`` if
+        the server does not answer (asked at most once a second), ``answering_grace`` if it
+        does."""
+        now = time.monotonic()
+        if now < told + self.grace:
+            return False
+        if now >= told + max(self.grace, self.answering_grace) or self.api is None:
+            return True
+        if self._answered is None or now - self._answered[0] >= 1.0:
+            self._answered = (now, healthy(self.api))
+        return not self._answered[1]
 
 
 def runs_below(pid: int) -> set[int]:

@@ -49,7 +49,7 @@ def worker_command(
     )
     # SIGTERM stops it as Ctrl-C does (Prefect's own worker ignores it for a long while), and
     # runs that outstay the grace are killed (relay/worker.py, Stopping).
-    stopping = Stopping(typer.echo, running=worker.running)
+    stopping = Stopping(typer.echo, running=worker.running, api=os.environ["PREFECT_API_URL"])
 
     async def serve() -> None:
         stopping.take_signals(asyncio.get_running_loop(), asyncio.current_task())
