@@ -7,8 +7,6 @@ it found it (tasks/homeclaim.py: the claim lock, a Prefect global concurrency li
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -16,35 +14,9 @@ import pytest
 
 from tasks.home import Home, Identity, PrefectHomes, read_identity, write_identity
 from tasks.warehouse import open_db
+from tests.flows.races import race
 
 pytestmark = [pytest.mark.prefect]
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-# `relay clinic claim CLINIC --fresh`, held after its first read of the home until the other
-# machine's claim has read it too: the two reads come before either write, every time.
-CLAIM = """
-import os, sys, time
-from pathlib import Path
-
-import tasks.home
-
-read, met = tasks.home.PrefectHomes.read, Path(os.environ["RACE_DIR"])
-
-def read_then_meet(self, clinic):
-    found = read(self, clinic)
-    if not (met / os.environ["RELAY_MACHINE"]).exists():
-        (met / os.environ["RELAY_MACHINE"]).touch()
-        deadline = time.monotonic() + 60
-        while len(list(met.iterdir())) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-    return found
-
-tasks.home.PrefectHomes.read = read_then_meet
-sys.argv = ["relay", "clinic", "claim", sys.argv[1], "--fresh"]
-from relay.cli import main
-main()
-"""
 
 
 def _database(root: Path, machine: str, clinic: str) -> Path:
@@ -65,27 +37,8 @@ def test_two_fresh_claims_at_once_one_wins_and_the_other_is_told(prefect_server,
     path.parent.mkdir(parents=True)
     with open_db(path) as con:
         write_identity(con, before["two"])
-    (tmp_path / "met").mkdir()
-
-    procs = {
-        machine: subprocess.Popen(
-            [sys.executable, "-c", CLAIM, clinic],
-            env={
-                **prefect_server,
-                "RELAY_MACHINE": machine,
-                "RACE_DIR": str(tmp_path / "met"),
-                "RELAY_DATA_DIR": str(tmp_path / machine),
-                "RELAY_CLINICS_DIR": str(tmp_path / "clinics"),
-                "PYTHONPATH": str(PROJECT_ROOT),
-            },
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        for machine in ("two", "three")
-    }
-    said = {m: (p.communicate(timeout=300)[0], p.returncode) for m, p in procs.items()}
+    fresh = ["clinic", "claim", clinic, "--fresh"]
+    said = race(prefect_server, tmp_path, {"two": fresh, "three": fresh}, {})
 
     won = [m for m, (_, code) in said.items() if code == 0]
     assert len(won) == 1, said

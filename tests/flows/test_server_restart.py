@@ -19,13 +19,12 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.flows.test_heartbeats import heartbeats, wait_until
+from tests.flows.test_heartbeats import heartbeats, start_engine, wait_until
 
 pytestmark = [pytest.mark.prefect]
 
@@ -138,22 +137,6 @@ def watched(restart_client):
     lost_run_crashed(dict(block_document_id=block_id), SILENCE).create()
     yield deployment, hook
     hook.server.shutdown()
-
-
-def start_engine(client, env: dict, run_id) -> subprocess.Popen:
-    """What a worker does with a run it picked up: Pending, then the engine with the
-    deployment's environment (its heartbeat setting)."""
-    from prefect.states import Pending
-
-    deployment = client.read_deployment(client.read_flow_run(run_id).deployment_id)
-    assert client.set_flow_run_state(run_id, Pending()).status.value == "ACCEPT"
-    return subprocess.Popen(
-        [sys.executable, "-m", "prefect.engine"],
-        env={**env, **deployment.job_variables["env"], "PREFECT__FLOW_RUN_ID": str(run_id)},
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def states(client, run_id) -> list[str]:
