@@ -138,7 +138,13 @@ def connect_command(
     if business is None and len(facts.businesses) > 1 and _interactive():
         for b in facts.businesses:
             typer.echo(f"  business {b.id}: {b.name} ({b.time_zone}, {b.country})")
-        business = typer.prompt("Which business (id or name) sets the time zone and country")
+        while True:  # a typo at the prompt is asked again, not the end of the run
+            business = typer.prompt("Which business (id or name) sets the time zone and country")
+            try:
+                pick_business(facts, business)
+                break
+            except ConnectFailed:
+                typer.echo(f"  no business '{business}': give an id or a whole name listed above.")
     chosen = pick_business(facts, business)
     typer.echo(
         f"  ok: shard {facts.shard}, {len(facts.businesses)} business(es); using '{chosen.name}' "

@@ -409,6 +409,32 @@ def test_connect_asks_for_what_is_not_given_and_echoes_no_secret(cliniko, postma
         assert secret not in result.output
 
 
+def test_connect_asks_again_for_a_business_it_does_not_know(cliniko, tmp_path, monkeypatch):
+    """At the prompt, a business that matches none (a typo, part of a name) is asked for again
+    with the list: it used to end the whole run, after every answer and check, telling a person
+    at a terminal to pass --business."""
+    from typer.testing import CliRunner
+
+    import relay.cli.connect as connect
+    from relay.cli import app
+
+    clinic, urls = cliniko
+    monkeypatch.setenv("RELAY_CLINICS_DIR", str(tmp_path))
+    monkeypatch.delenv("CLINIKO_API_KEY", raising=False)
+    monkeypatch.setattr(connect, "_interactive", lambda: True)
+    answers = [clinic.api_key, CONTACT, "melbourne", clinic_business(clinic)]
+    result = CliRunner().invoke(
+        app,
+        ["connect", "acme", "--check-only", "--no-email", "--no-sms",
+         "--cliniko-base-url", urls("uk1")],
+        input="\n".join(answers) + "\n",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert result.output.count("Which business") == 2
+    assert "no business 'melbourne'" in result.output and "--business" not in result.output
+    assert "Every check passed" in result.output
+
+
 def test_connect_without_a_terminal_names_the_missing_flag(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
