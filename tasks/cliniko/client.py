@@ -127,6 +127,12 @@ def is_loopback(base_url: str | None) -> bool:
 
 def placeholder_reason(contact: str) -> str | None:
     """Why ``contact`` cannot be the User-Agent's contact, or None when it can."""
+    odd = "".join(sorted({c for c in (contact or "") if not c.isascii()}))
+    if odd:  # httpx sends header values as ASCII: every request would die of UnicodeEncodeError
+        return (
+            f"has '{odd}', which the User-Agent header cannot carry (HTTP headers are plain "
+            "ASCII): give an address in ASCII letters (a domain in its xn-- form)"
+        )
     match = _EMAIL.match((contact or "").strip())
     if not match:
         return "is not an email address"
@@ -149,12 +155,13 @@ def check_contact(contact: str, base_url: str | None = None) -> str:
     without a name and a valid email "may be automatically blocked": the address is how Cliniko
     reaches the clinic's operator about its integration (a misbehaving sync, a change of API)
     before blocking the key. A placeholder passes every check of ours and then reaches nobody, so
-    it is refused here, before any request. A loopback base URL (the sandbox) is exempt: nobody
-    there reads it, which is why the demo runs with ``demo@localhost``.
+    it is refused here, before any request, as is one no header can carry (not ASCII). A loopback
+    base URL (the sandbox) is exempt from the placeholder rule: nobody there reads it, which is
+    why the demo runs with ``demo@localhost``.
     """
-    if is_loopback(base_url):
-        return contact or "sandbox@localhost"
     reason = placeholder_reason(contact)
+    if is_loopback(base_url) and (reason is None or (contact or "").isascii()):
+        return contact or "sandbox@localhost"
     if reason is not None:
         shown = (contact or "").strip()
         what = f"The Cliniko contact '{shown}'" if shown else "The Cliniko contact is empty: it"

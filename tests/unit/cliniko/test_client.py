@@ -257,6 +257,9 @@ def test_a_real_looking_contact_goes_into_the_user_agent(contact):
         ("", "empty"),
         ("ops", "not an email address"),
         ("Ops Team <ops@clinic.com>", "not an email address"),
+        # an HTTP header is ASCII: it passed, and every request then died of UnicodeEncodeError
+        ("jörg@praxis.de", "cannot carry"),
+        ("it@praxis-müller.de", "cannot carry"),
     ],
 )
 def test_a_placeholder_contact_is_refused_before_any_request_saying_why_cliniko_needs_it(
