@@ -247,6 +247,16 @@ def _build_blocks(accounts, **v) -> list:
             )
             raise typer.BadParameter(f"{name}: {problems}") from None
 
+    for setting, value in (("Cliniko API key", v["cliniko_key"]),
+                           ("Postmark server token", v["postmark_token"]),
+                           ("Twilio account SID", v["twilio_sid"]),
+                           ("Twilio auth token", v["twilio_token"])):  # fmt: skip
+        text = (value or "").strip()
+        if not (text.isascii() and text.isprintable()):  # never the value: it may be a secret
+            raise typer.BadParameter(
+                f"the {setting} has a character that is not plain ASCII (an invisible one copied "
+                "with it?): copy it again from its page and paste only the value."
+            )
     blocks = [build(accounts.cliniko, lambda: ClinikoAccount(
         api_key=SecretStr(v["cliniko_key"].strip()), contact_email=v["contact_email"].strip(),
         base_url=v["cliniko_base_url"]))]  # fmt: skip

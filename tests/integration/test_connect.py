@@ -464,6 +464,32 @@ def test_connect_refuses_a_value_the_blocks_refuse_before_any_request(tmp_path, 
     assert "An API key SID (SK...) is not an account SID" in said  # plain words, not a regex
 
 
+@pytest.mark.parametrize("flag", ["--cliniko-key", "--postmark-token", "--twilio-token"])
+def test_connect_refuses_a_secret_pasted_with_an_invisible_character_before_any_request(
+    tmp_path, monkeypatch, flag
+):
+    """A zero-width space copied with a token: Postmark's header (latin-1) died of a
+    UnicodeEncodeError traceback, and Cliniko's key was called a bad key with no suffix."""
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+
+    monkeypatch.setenv("RELAY_CLINICS_DIR", str(tmp_path))
+    values = {"--cliniko-key": "k-au1", "--postmark-token": "pm-token",
+              "--twilio-token": "tw-token"}  # fmt: skip
+    values[flag] += "\u200b"
+    args = ["connect", "acme", "--contact-email", CONTACT, "--cliniko-base-url", NOWHERE,
+            "--from-address", "Acme <hello@acme-physio.com.au>", "--twilio-sid",
+            "AC" + "0" * 32, "--sender", "+61400000000"]  # fmt: skip
+    for name, value in values.items():
+        args += [name, value]
+    result = CliRunner().invoke(app, args)
+    said = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    assert "not plain ASCII" in said and "Checking" not in result.output
+    assert values[flag] not in result.output
+
+
 @pytest.mark.parametrize(
     "sender",
     ["hello", "Acme Physio", "hello@acme", "Acme <hello@>",
