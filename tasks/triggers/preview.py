@@ -26,6 +26,7 @@ from tasks.triggers.query import (
     appointment_filters,
     bind_window,
     candidate_query,
+    fires_on,
     records,
     run,
 )
@@ -210,6 +211,7 @@ def context_for_patient(
         "practitioner_name": None, "business_name": None,
     }  # fmt: skip
     used = "no appointment (a patient trigger)"
+    goes_at = now
     if trigger.is_appointment_event:
         params: dict[str, Any] = {"patient": patient_id, "now": now, "appointment": appointment_id}
         chosen = (
@@ -220,7 +222,8 @@ def context_for_patient(
         row = run(
             con,
             f"""SELECT a.appointment_id, a.starts_at, a.business_time_zone,
-                       a.appointment_type_name, a.practitioner_name, a.business_name
+                       a.appointment_type_name, a.practitioner_name, a.business_name,
+                       {fires_on(trigger)[0]} AS moment
                 FROM marts.appointments a
                 WHERE a.patient_id = $patient AND {chosen}
                 ORDER BY a.starts_at < $now, abs(epoch(a.starts_at) - epoch($now::TIMESTAMPTZ))
@@ -238,7 +241,19 @@ def context_for_patient(
             )
         keys = ("starts_at", "business_time_zone", "appointment_type_name", "practitioner_name",
                 "business_name")  # fmt: skip
-        candidate.update(zip(keys, row[1:], strict=True))
+        candidate.update(zip(keys, row[1:6], strict=True))
         used = f"appointment {row[0]} ({row[3]})"
+        goes_at = _goes_at(trigger, row[6], now)
     address = email if trigger.channel == "email" else mobile
-    return address, template_context(clinic_details(config), candidate, now), used
+    return address, template_context(clinic_details(config), candidate, goes_at), used
+
+
+def _goes_at(trigger: Trigger, moment: datetime | None, now: datetime) -> datetime:
+    """When the trigger's message about this appointment would go: its timing from the moment
+    it fires on (tasks.triggers.query.fires_on), or now if that has passed. The message is
+    rendered as of then, so ``appointment.day`` reads as the patient will read it ("tomorrow" in
+    a reminder that goes the day before, not the date as seen today)."""
+    if moment is None:
+        return now
+    due = moment - trigger.offset if trigger.direction == "before" else moment + trigger.offset
+    return max(now, due)

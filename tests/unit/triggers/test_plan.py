@@ -1090,6 +1090,20 @@ def test_render_writes_a_triggers_message_for_a_patient_to_a_file(clinic_on_disk
     assert "Hi Robin, a reminder of your Standard Consultation with Sam Example" in text
 
 
+def test_render_says_the_day_as_the_patient_will_read_it(clinic_on_disk, tmp_path):
+    """The appointment is in 3 days; its 24-hour reminder goes 2 days from now and says
+    "tomorrow", so the rendered file says "tomorrow" too, not the date as seen today."""
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+
+    out = CliRunner().invoke(app, ["render", "reminder", "--patient", "1", "--clinic",
+                                   str(clinic_on_disk), "--out", str(tmp_path / "r")])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    text = (tmp_path / "r" / "preview-reminder-24h-sms.txt").read_text()
+    assert "with Sam Example tomorrow at " in text, text
+
+
 def test_test_send_sends_the_patients_message_to_staff_only_through_the_outbox(
     clinic_on_disk, data_dir
 ):
