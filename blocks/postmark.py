@@ -11,9 +11,12 @@ from __future__ import annotations
 import os
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from tasks.providers.postmark import PostmarkProvider, PostmarkSettings
+
+# Postmark's TrackLinks values (docs/reference.md, Postmark, Tracking).
+TRACK_LINKS = ("None", "HtmlAndText", "HtmlOnly", "TextOnly")
 
 
 class PostmarkServer(Block):
@@ -37,6 +40,15 @@ class PostmarkServer(Block):
     )
     track_links: str = Field("None", description="None, HtmlAndText, HtmlOnly or TextOnly.")
     timeout_seconds: float = Field(30.0, gt=0)
+
+    @field_validator("track_links")
+    @classmethod
+    def _track_links(cls, value: str) -> str:
+        """Postmark's values only: a misspelt one went on every email for Postmark to refuse."""
+        known = {mode.lower(): mode for mode in TRACK_LINKS}
+        if str(value).strip().lower() not in known:
+            raise ValueError(f"track_links is one of {', '.join(TRACK_LINKS)}, not {value!r}")
+        return known[str(value).strip().lower()]
 
     @classmethod
     def from_env(cls) -> PostmarkServer:
