@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 import duckdb
 
 from tasks.config import Campaign, ClinicConfig, Journey
-from tasks.marketing import campaigns
+from tasks.marketing import campaigns, journeys
 from tasks.messages import ledger
 from tasks.messages.channels import MARKETING_LISTS
 from tasks.messages.ledger import LedgerRow
@@ -146,12 +146,16 @@ def _campaign_reads(con: duckdb.DuckDBPyConnection, configured: Campaign) -> set
 
 def held_sources(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig) -> dict[tuple[str, str], str]:
     """(source kind, name) -> why it waits this tick: it reads a model the latest build did not
-    rebuild (or no build is usable at all). Sources missing here go on."""
+    rebuild (or no build is usable at all), a trigger's name matches nothing in Cliniko, or a
+    journey's entry.date_field is not a DATE column. Sources missing here go on."""
     state = holds(con)
     found = {source: state.why(tables) for source, tables in reads(con, cfg).items()}
     # a trigger whose name matches nothing in Cliniko (tasks/triggers/names.py) waits too
     for name, why in names.unmatched(con, cfg.triggers).items():
         found[("trigger", name)] = "; ".join(filter(None, [found.get(("trigger", name)), why]))
+    # so does a journey whose date entry names no DATE column (the others and campaigns go on)
+    for name, why in journeys.date_field_problems(con, cfg).items():
+        found[("journey", name)] = "; ".join(filter(None, [found.get(("journey", name)), why]))
     return {source: why for source, why in found.items() if why}
 
 
@@ -167,10 +171,14 @@ def trigger_held(con: duckdb.DuckDBPyConnection, trigger: Trigger) -> str | None
 
 def warnings(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig) -> list[str]:
     """What the summary and its alert warn of, every tick until it is put right: a trigger held
-    because a name matches nothing in Cliniko, and names that drifted in Cliniko since they were
-    recorded (the trigger goes on with its ids; tasks/triggers/names.py)."""
+    because a name matches nothing in Cliniko, a journey held because its entry.date_field is
+    not a DATE column, and names that drifted in Cliniko since they were recorded (the trigger
+    goes on with its ids; tasks/triggers/names.py)."""
     held = [
         f"trigger '{name}' held: {why}" for name, why in names.unmatched(con, cfg.triggers).items()
+    ] + [
+        f"journey '{name}' held: {why}"
+        for name, why in journeys.date_field_problems(con, cfg).items()
     ]
     return (
         held

@@ -31,10 +31,12 @@ def clinics_command() -> None:
 
 
 def _check_names(cfg) -> bool:  # cfg: tasks.config.ClinicConfig
-    """Print what the names in the clinic's triggers match in its synced data; True on an error.
+    """Print what the names in the clinic's triggers match in its synced data, and any journey's
+    entry.date_field that is not a DATE column of its marts.patients; True on an error.
     Before the first sync and build nothing can be matched: said so, not an error."""
     import duckdb
 
+    from tasks.marketing import journeys
     from tasks.triggers import names
     from tasks.warehouse import DatabaseBusy, open_db
 
@@ -45,6 +47,7 @@ def _check_names(cfg) -> bool:  # cfg: tasks.config.ClinicConfig
     try:
         with open_db(cfg.database_path, read_only=True, wait_seconds=5) as con:
             found = names.check(con, cfg.triggers, cfg.tag_categories, cfg.written_tag_categories())
+            dates = journeys.date_field_problems(con, cfg)  # the tick holds such a journey
     except (DatabaseBusy, duckdb.Error) as exc:
         typer.echo(f"  names not checked: {str(exc).splitlines()[0]}")
         return False
@@ -52,6 +55,7 @@ def _check_names(cfg) -> bool:  # cfg: tasks.config.ClinicConfig
         typer.echo(not_yet)
         return False
     errors, warnings = found
+    errors += [f"journey '{name}': {why} (each tick holds it)" for name, why in dates.items()]
     for error in errors:
         typer.secho(f"  error: {error}", fg=typer.colors.RED)
     for warning in warnings:

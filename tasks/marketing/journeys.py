@@ -92,22 +92,46 @@ def retire_removed(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig, now: datet
 # --- configuration checks and one tick -----------------------------------------------------
 
 
-def _date_column_checked(
-    con: duckdb.DuckDBPyConnection, cfg: ClinicConfig, journey: Journey
-) -> str:
+def _date_field_problem(con: duckdb.DuckDBPyConnection, journey: Journey) -> str | None:
+    """Why the journey's entry.date_field cannot be read (not a DATE column of marts.patients),
+    or None (fine, or not a date entry)."""
     field = journey.entry.date_field
+    if field is None:
+        return None
     kind = con.execute(
         "SELECT data_type FROM information_schema.columns "
         "WHERE table_schema = 'marts' AND table_name = 'patients' AND column_name = ?",
         [field],
     ).fetchone()
-    if kind is None or kind[0] != "DATE":
-        raise JourneyError(
-            f"{_where(cfg, journey)}: entry.date_field '{field}' is not a DATE column of "
-            "marts.patients (e.g. date_of_birth). Fix the journey in clinic.yaml."
-        )
-    assert field is not None  # a NULL column_name matches no column: refused just above
-    return field
+    if kind is not None and kind[0] == "DATE":
+        return None
+    return (
+        f"entry.date_field '{field}' is not a DATE column of marts.patients (e.g. "
+        "date_of_birth); fix the journey in clinic.yaml"
+    )
+
+
+def date_field_problems(con: duckdb.DuckDBPyConnection, cfg: ClinicConfig) -> dict[str, str]:
+    """Journey name -> why its date entry cannot be read: the tick holds that journey alone
+    (tasks.tick.held_sources), and ``relay clinics`` reports it. Nothing before a first build
+    (no marts.patients yet: what the build holds says it)."""
+    built = con.execute(
+        "SELECT 1 FROM information_schema.tables "
+        "WHERE table_schema = 'marts' AND table_name = 'patients'"
+    ).fetchone()
+    if built is None:
+        return {}
+    found = {j.name: _date_field_problem(con, j) for j in cfg.journeys}
+    return {name: why for name, why in found.items() if why}
+
+
+def _date_column_checked(
+    con: duckdb.DuckDBPyConnection, cfg: ClinicConfig, journey: Journey
+) -> str:
+    if why := _date_field_problem(con, journey):
+        raise JourneyError(f"{_where(cfg, journey)}: {why}.")
+    assert journey.entry.date_field is not None  # a date entry: checked just above
+    return journey.entry.date_field
 
 
 def check_segments_built(

@@ -185,6 +185,41 @@ def test_a_confirmed_campaign_is_held_by_the_segment_it_was_confirmed_on(clinic)
     assert ("campaign", "autumn-recall") not in tick.held_sources(clinic.con, edited)
 
 
+def test_a_journey_whose_date_field_is_not_a_date_column_waits_alone(clinic):
+    """A typo in one journey's entry.date_field holds that journey, named in the held sources and
+    the warnings each tick (and relay clinics); the other journeys, the campaigns and the
+    reminders go on. It used to fail the whole journeys step every tick: no journey advanced and
+    no campaign was frozen."""
+    birthday = {"name": "birthday", "entry": {"date_field": "birthday"},
+                "steps": [{"send": "email", "template": "birthday"}]}  # fmt: skip
+    recall = {"name": "autumn-recall", "segment": "new_patients", "channel": "email",
+              "template": "recall-checkin", "send_at": (clinic.now + timedelta(hours=1)).isoformat()}  # fmt: skip
+    clinic.config.update(journeys=[birthday, WELCOME_JOURNEY], campaigns=[recall])
+    campaigns.confirm(clinic.con, clinic.cfg(), "autumn-recall", clinic.now)
+    clinic.patient(2)
+    clinic.visit(2, days_ago=1)  # a new patient: enters the welcome journey and the campaign's
+    clinic.book(1, days_ahead=1.05)  # reminded 24 hours before: in about an hour
+    clinic.advance(minutes=5)
+
+    held = clinic.run_tick()
+
+    why = ("entry.date_field 'birthday' is not a DATE column of marts.patients (e.g. "
+           "date_of_birth); fix the journey in clinic.yaml")  # fmt: skip
+    assert held == {("journey", "birthday"): why}
+    assert f"journey 'birthday' held: {why}" in tick.warnings(clinic.con, clinic.cfg())
+    clinic.advance(hours=1, minutes=30)
+    # the journeys step freezes the campaigns due after advancing the journeys (flows/journeys.py)
+    held = tick.of_kind(tick.held_sources(clinic.con, clinic.cfg()), "campaign")
+    assert campaigns.freeze_due(clinic.con, clinic.cfg(), clinic.now, held=held) == {
+        "autumn-recall": 1
+    }
+    clinic.run_tick()
+    assert clinic.sent("new-patient") == [2]
+    assert clinic.sent("autumn-recall") == [2]
+    assert clinic.sent("sms-reminder-24h") == [1]
+    assert clinic.enrolments("birthday") == []
+
+
 def test_preview_segment_and_models_test_work_after_a_failed_build(clinic):
     from tasks.models.preview import preview_segment
 

@@ -289,6 +289,23 @@ def test_relay_clinics_reports_a_tag_category_that_matches_nothing_as_an_error(
     assert "error: tag_categories 'Admin Onyl' matches no category in Cliniko" in out.output
 
 
+def test_relay_clinics_reports_a_journey_date_field_that_is_not_a_date_column(
+    tmp_path, monkeypatch
+):
+    # Each tick holds such a journey; relay clinics said nothing of it (exit 0).
+    birthday = {"name": "birthday", "entry": {"date_field": "birthday"},
+                "steps": [{"send": "email", "template": "birthday"}]}  # fmt: skip
+    out = _clinics(tmp_path, monkeypatch, ["Admin Only"], synced=True, journeys=[birthday])
+    assert out.exit_code == 2, out.output
+    assert (
+        "error: journey 'birthday': entry.date_field 'birthday' is not a DATE column of "
+        "marts.patients" in " ".join(out.output.split())
+    )
+    right = {**birthday, "entry": {"date_field": "date_of_birth"}}
+    out = _clinics(tmp_path / "right", monkeypatch, ["Admin Only"], synced=True, journeys=[right])
+    assert out.exit_code == 0, out.output
+
+
 def test_relay_preview_trigger_says_the_tick_holds_a_trigger_whose_name_matches_nothing(
     tmp_path, monkeypatch
 ):
