@@ -365,7 +365,9 @@ def report_sections(report: Report) -> list[str]:
         "<p class='meta'>Sent: accepted by Twilio. Delivered, undelivered, failed: what the "
         "carrier reported afterwards; no receipt: nothing final (yet).</p>",
         html_table(
-            ["source", *DELIVERY, "delivered"], delivery_table, "No SMS sent in this period."
+            ["source", *DELIVERY, "delivered"],
+            delivery_table,
+            "No SMS sent through Twilio in this period (the outbox has no delivery reports).",
         ),
         engagement.html_section(report.engagement),
         "<h2>Why messages were skipped, failed or cancelled</h2>",

@@ -183,6 +183,16 @@ def test_sms_delivered_vs_sent_per_trigger(con):
     assert "SMS: delivered vs sent" in page and "57.1%" in page
 
 
+def test_sms_the_outbox_wrote_are_not_called_no_sms_in_the_delivery_table(con):
+    # The demo's SMS go to the outbox, which reports no delivery: the table said "No SMS sent in
+    # this period." above a per-template table counting them sent.
+    mid = message(con, 1, source=("trigger", "sms-reminder-24h"), channel="sms")
+    con.execute("UPDATE state.messages SET provider = 'outbox' WHERE message_id = ?", [mid])
+    page = reports.render_html(build(con), "Demo", NOW)
+    assert "No SMS sent in this period." not in page
+    assert "No SMS sent through Twilio in this period" in page
+
+
 def test_the_html_report_has_charts_tables_and_no_personal_data(con):
     message(con, 1, provider_id="pm-A")
     message(con, 2, status="failed", reason="twilio: not a mobile number")
