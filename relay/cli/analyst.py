@@ -23,7 +23,7 @@ def sql_command(
         None, metavar="SQL", help="One SQL statement (quoted or not); without it, a prompt."
     ),
     clinic: str = typer.Option("demo", help="Clinic name (clinics/<name>/clinic.yaml)."),
-    limit: int = typer.Option(50, help="At most this many rows are printed."),
+    limit: int = typer.Option(50, min=1, help="At most this many rows are printed."),
     wait: float = typer.Option(
         30.0,
         help="Seconds to wait for a tick's steps or a sync to let go of the database "
@@ -118,7 +118,7 @@ def patients_find_command(
         ..., help="Part of a name, or a first and last name; an email address or a mobile number."
     ),
     clinic: str = typer.Option("demo", help="Clinic name (clinics/<name>/clinic.yaml)."),
-    limit: int = typer.Option(20, help="At most this many patients."),
+    limit: int = typer.Option(20, min=1, help="At most this many patients."),
 ) -> None:
     """Patient ids whose name, email or mobile contains TEXT, and which field matched; their
     details are not printed (open one with relay render TRIGGER --patient ID)."""

@@ -20,7 +20,7 @@ def clinic_time(at: datetime | str, time_zone: str) -> str:
 
 def outbox_command(
     clinic: str = typer.Option("demo", help="Clinic name (clinics/<clinic>/clinic.yaml)."),
-    limit: int = typer.Option(20, help="How many of the newest messages to list."),
+    limit: int = typer.Option(20, min=1, help="How many of the newest messages to list."),
     open_: str = typer.Option(
         None, "--open", help="Open one message: its send key (or the start of its file name)."
     ),

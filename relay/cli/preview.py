@@ -14,9 +14,9 @@ preview_app = typer.Typer(
 @preview_app.command("trigger")
 def preview_trigger_command(
     name: str = typer.Argument(..., help="The trigger's name under triggers: in clinic.yaml."),
-    days: float = typer.Option(7, help="How many days ahead to show."),
+    days: float = typer.Option(7, min=0.1, help="How many days ahead to show (0.5: twelve hours)."),
     clinic: str = typer.Option("demo", help="Clinic name (clinics/<name>/clinic.yaml)."),
-    limit: int = typer.Option(100, help="At most this many rows of the calendar (0: all)."),
+    limit: int = typer.Option(100, min=0, help="At most this many rows of the calendar (0: all)."),
     sql: bool = typer.Option(False, "--sql", help="Print the trigger's query instead, to read."),
 ) -> None:
     """The calendar of a trigger's messages: when, to whom, about which appointment, and whether

@@ -6,6 +6,7 @@ import json
 import shutil
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from typer.testing import CliRunner
 
 from relay.cli import app
@@ -106,3 +107,22 @@ def test_after_a_failed_build_preview_and_test_still_work_on_the_last_good_table
     assert preview.exit_code == 0, preview.output
     assert "segments.upcoming_appointment: 1 patients" in preview.output
     assert "compared with the last good tables: marts.patients not rebuilt" in preview.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["preview", "trigger", "sms-reminder-24h", "--days", "-3"],
+        ["preview", "trigger", "sms-reminder-24h", "--limit", "-1"],
+        ["sql", "--limit", "0", "select 1"],
+        ["patients", "find", "Jo", "--limit", "0"],
+        ["outbox", "--limit", "-2"],
+    ],
+)
+def test_a_count_below_its_least_is_refused_as_an_option(command):
+    """`relay preview trigger x --days -3` printed "next -3 days: 0 messages" as if all were
+    well; a count below what means anything is refused naming the option, before any work."""
+    refused = CliRunner().invoke(app, command)
+    assert refused.exit_code == 2, refused.output
+    option = next(word for word in command if word.startswith("--"))
+    assert f"Invalid value for '{option}'" in refused.output
