@@ -347,12 +347,15 @@ def bound_memory(con: duckdb.DuckDBPyConnection, limit: str = "64MB") -> None:
 
 
 def reconcile_due(con: duckdb.DuckDBPyConnection, every_hours: float, now: datetime) -> bool:
-    """True when no reconciliation has completed in the last ``every_hours`` (or ever)."""
+    """True ``every_hours`` after the last completed reconciliation, or with none, after the
+    first completed sync; never before: a first sync reads every row anyway, and one cut short
+    goes on from its watermarks, where a reconciliation would begin again from the start."""
     last = one(
         con,
-        "SELECT max(started_at) FROM state.sync_runs WHERE kind = 'reconcile' AND status = 'completed'",
+        "SELECT coalesce(max(started_at) FILTER (WHERE kind = 'reconcile'), min(started_at)) "
+        "FROM state.sync_runs WHERE status = 'completed' AND kind <> 'partial'",
     )[0]
-    return last is None or now - last >= timedelta(hours=every_hours)
+    return last is not None and now - last >= timedelta(hours=every_hours)
 
 
 INTERRUPTED = "its process stopped before it finished; the next sync resumed from its watermarks"

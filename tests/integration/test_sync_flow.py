@@ -68,7 +68,9 @@ def test_the_flow_syncs_and_its_artifacts_carry_no_personal_data(tmp_path, monke
         assert memo == [("AU",)]
         runs = con.execute("SELECT kind, status FROM state.sync_runs ORDER BY started_at")
         assert runs.fetchall() == [
-            ("reconcile", "completed"),  # the first run of a clinic is a full sweep
+            # The first run reads every row from no watermark; a reconciliation waits for
+            # reconcile_every_hours after it (a first run cut short goes on from its watermarks).
+            ("incremental", "completed"),
             ("incremental", "completed"),
         ]
 
@@ -98,7 +100,7 @@ def test_the_flow_syncs_and_its_artifacts_carry_no_personal_data(tmp_path, monke
     assert idle.is_completed() and [a.type for a in idle_artifacts] == ["markdown"]
     assert len(tasks["idle"]) == 2 and tasks["idle"][0].startswith("check_access")
     assert tasks["idle"][1] == "sync-all-resources"
-    # The first sync (a reconciliation) shows each resource as its own task.
+    # The first sync (a backfill: more than MIN_ROWS) shows each resource as its own task.
     assert f"sync-{RESOURCES[0].name}" in tasks["first"] and len(tasks["first"]) == 1 + len(
         RESOURCES
     )

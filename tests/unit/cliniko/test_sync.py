@@ -44,12 +44,33 @@ def test_the_rest_of_one_second_is_asked_for_by_id_not_by_offset():
 
 
 def test_reconciliation_is_due_when_none_completed_recently(con):
-    assert extract.reconcile_due(con, 24, NOW)
+    first = extract.start_run(con, "incremental")  # a clinic's first sync reads every row
+    extract.finish_run(con, first, {})
+    assert not extract.reconcile_due(con, 24, datetime.now(UTC))
+    assert extract.reconcile_due(con, 24, datetime.now(UTC) + timedelta(hours=25))
+    two_days_ago = datetime.now(UTC) - timedelta(days=2)
+    con.execute("UPDATE state.sync_runs SET started_at = ?", [two_days_ago])
+    assert extract.reconcile_due(con, 24, datetime.now(UTC))
     run = extract.start_run(con, "reconcile")
-    assert extract.reconcile_due(con, 24, NOW)  # still running: not done
+    assert extract.reconcile_due(con, 24, datetime.now(UTC))  # still running: not done
     extract.finish_run(con, run, {})
     assert not extract.reconcile_due(con, 24, datetime.now(UTC))
     assert extract.reconcile_due(con, 24, datetime.now(UTC) + timedelta(hours=25))
+
+
+def test_a_first_sync_cut_short_is_resumed_not_read_again_from_the_start(con):
+    # Killed before it finished: nothing to reconcile yet (the database never held a whole copy),
+    # so the next run goes on from the watermarks the killed one committed, as an incremental
+    # run, instead of reading every row again as a reconciliation.
+    assert not extract.reconcile_due(con, 24, NOW)
+    extract.start_run(con, "incremental")
+    failed = extract.start_run(con, "incremental")  # the first is marked interrupted
+    extract.finish_run(con, failed, {}, RuntimeError("Cliniko did not answer"))
+    assert not extract.reconcile_due(con, 24, datetime.now(UTC) + timedelta(days=30))
+    # The fast lane's partial runs read a few resources: they are no whole copy either.
+    lane = extract.start_run(con, "partial")
+    extract.finish_run(con, lane, {})
+    assert not extract.reconcile_due(con, 24, datetime.now(UTC) + timedelta(days=30))
 
 
 def test_a_run_whose_process_stopped_is_marked_interrupted_when_the_next_starts(con):
