@@ -72,7 +72,7 @@ class ClinikoAccount(Block):
             api_key=SecretStr(key),
             contact_email=contact or "sandbox@localhost",
             base_url=base_url,
-            requests_per_minute=int(os.environ.get("CLINIKO_REQUESTS_PER_MINUTE", "200")),
+            requests_per_minute=_requests_per_minute(),
         )
 
     def get_client(self) -> ClinikoClient:
@@ -85,3 +85,19 @@ class ClinikoAccount(Block):
             self.base_url,
             pace=Pace(requests=self.requests_per_minute, per_seconds=60.0),
         )
+
+
+def _requests_per_minute() -> int:
+    """CLINIKO_REQUESTS_PER_MINUTE (unset or empty: Cliniko's 200), a whole number above 0."""
+    raw = os.environ.get("CLINIKO_REQUESTS_PER_MINUTE", "").strip() or "200"
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserFacingError(
+            f"CLINIKO_REQUESTS_PER_MINUTE is '{os.environ['CLINIKO_REQUESTS_PER_MINUTE']}': set it "
+            "to a whole number of requests a minute, 1 or more (Cliniko allows 200 per user, "
+            "shared by all its integrations), or unset it for 200."
+        )
+    return value

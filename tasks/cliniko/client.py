@@ -222,7 +222,10 @@ class ClinikoClient:
         timeout: float = 30.0,
     ) -> None:
         if not api_key or not api_key.strip():
-            raise BadApiKey("The Cliniko API key is empty. Set it in the ClinikoAccount block.")
+            raise BadApiKey(
+                "The Cliniko API key is empty. Set it in the ClinikoAccount block (or "
+                "CLINIKO_API_KEY)."
+            )
         contact = check_contact(contact, base_url)
         self.shard = shard_of(api_key)
         self.base_url = (base_url or api_base_url(api_key)).rstrip("/")

@@ -48,3 +48,18 @@ def test_the_demo_environment_against_the_sandbox_needs_no_real_contact(monkeypa
     monkeypatch.setenv("CLINIKO_BASE_URL", "http://127.0.0.1:8765/v1")
     monkeypatch.setenv("CLINIKO_CONTACT", "demo@localhost")  # what relay demo sets
     assert cliniko_account(ENV).contact_email == "demo@localhost"
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "199.5"])
+def test_the_environment_path_names_a_rate_limit_that_is_no_whole_number_above_0(
+    monkeypatch, value
+):
+    monkeypatch.setenv("CLINIKO_API_KEY", "key-au2")
+    monkeypatch.setenv("CLINIKO_CONTACT", "it@acmephysio.com.au")
+    monkeypatch.setenv("CLINIKO_REQUESTS_PER_MINUTE", value)
+    with pytest.raises(UserFacingError, match=f"CLINIKO_REQUESTS_PER_MINUTE is '{value}'"):
+        cliniko_account(ENV)
+    monkeypatch.setenv("CLINIKO_REQUESTS_PER_MINUTE", " 150 ")
+    assert cliniko_account(ENV).requests_per_minute == 150
+    monkeypatch.setenv("CLINIKO_REQUESTS_PER_MINUTE", "")  # set empty: as unset, Cliniko's 200
+    assert cliniko_account(ENV).requests_per_minute == 200

@@ -320,3 +320,11 @@ def test_a_429_is_waited_out_by_cliniko_s_clock_when_ours_is_off():
         client._http = httpx.Client(transport=httpx.MockTransport(cliniko))
         page = client.get_page("/patients", "patients")
     assert page.records == [] and len(refused) <= 2
+
+
+@pytest.mark.parametrize("key", ["", "   "])
+def test_an_empty_key_names_both_places_a_key_comes_from(key):
+    # python -m tasks.cliniko.sync reads CLINIKO_API_KEY: the block alone would send one looking
+    # for a block that does not exist.
+    with pytest.raises(BadApiKey, match=r"ClinikoAccount block \(or CLINIKO_API_KEY\)"):
+        ClinikoClient(key, "it@acmephysio.com.au")
