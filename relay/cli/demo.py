@@ -140,16 +140,20 @@ def _front_desk_tags_a_patient(clinic) -> None:
 
 
 def sandbox_command(
-    port: int = typer.Option(8765, help="Port on 127.0.0.1 (0 picks a free one)."),
+    port: int = typer.Option(
+        8765, min=0, max=65535, help="Port on 127.0.0.1 (0 picks a free one)."
+    ),
     seed: int = typer.Option(1, help="Same seed and size, same clinic (all day; --start: always)."),
-    patients: int = typer.Option(500, help="Size of the generated clinic."),
+    patients: int = typer.Option(500, min=0, help="Size of the generated clinic."),
     start: str = typer.Option(
         None,
         help="The clinic's clock start, ISO UTC (default: as of 00:00 UTC today, clock at now).",
     ),
-    speed: float = typer.Option(None, help="Run the clinic's clock at this many times real time."),
+    speed: float = typer.Option(
+        None, min=0, help="Run the clinic's clock at this many times real time."
+    ),
     rate_limit: int = typer.Option(
-        200, help="Requests per minute per key, 429 past it, as Cliniko (200); 0: no limit."
+        200, min=0, help="Requests per minute per key, 429 past it, as Cliniko (200); 0: no limit."
     ),
 ) -> None:
     """Serve a generated Cliniko clinic (the sandbox API) until Ctrl-C."""

@@ -19,25 +19,44 @@ if TYPE_CHECKING:
     from sandbox.cliniko.server import SandboxServer
 
 
+def _at_least(low: float, kind: type = int, high: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` from ``low`` (to ``high``), else a usage error."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low}" + (f" to {high}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"{text} is out of range: {bound}")
+        return value
+
+    return parse
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m sandbox.cliniko", description=__doc__)
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--port", type=_at_least(0, high=65535), default=0, help="0: a free port")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--patients", type=int, default=500)
-    parser.add_argument("--appointments-per-patient", type=float, default=15.0)
+    parser.add_argument("--patients", type=_at_least(0), default=500)
+    parser.add_argument("--appointments-per-patient", type=_at_least(0, float), default=15.0)
     parser.add_argument(
         "--start", help="clock start, ISO UTC (default: as of 00:00 UTC today, clock at now)"
     )
     parser.add_argument("--shard", default="au1")
     parser.add_argument(
         "--rate-limit",
-        type=int,
+        type=_at_least(0),
         default=200,
         help="requests per window per key, 429 past it (Cliniko: 200 a minute); 0: no limit",
     )
-    parser.add_argument("--window-seconds", type=float, default=60.0)
+    parser.add_argument("--window-seconds", type=_at_least(0.001, float), default=60.0)
     parser.add_argument(
-        "--speed", type=float, default=None, help="advance the clock at speed x real time"
+        "--speed",
+        type=_at_least(0, float),
+        default=None,
+        help="advance the clock at speed x real time",
     )
     return parser.parse_args(argv)
 

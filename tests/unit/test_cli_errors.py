@@ -248,6 +248,27 @@ def test_a_sandbox_on_a_port_in_use_is_one_line(data_dir):
 
 
 @pytest.mark.parametrize(
+    "option", [["--speed", "-1"], ["--patients", "-5"], ["--rate-limit", "-1"], ["--port", "70000"]]
+)
+@pytest.mark.parametrize("command", [["relay", "sandbox"], ["sandbox.cliniko"]])
+def test_a_sandbox_told_a_value_out_of_range_says_which_and_serves_nothing(command, option):
+    """--speed -1 served with the clock thread dead of a traceback (the clinic never changed),
+    --patients -5 an empty clinic and --rate-limit -1 a 429 for every request."""
+    port = [] if option[0] == "--port" else ["--port", "0"]
+    out = subprocess.run(
+        [sys.executable, "-m", *command, *port, *option],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "COLUMNS": "100"},
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr and "sandbox: http" not in out.stdout.lower()
+    assert option[0] in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(
     ("args", "says"),
     [
         (["--clinic", "nowhere", "--channel", "email", "pat@example.com"], "No clinic config"),
