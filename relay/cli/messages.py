@@ -322,6 +322,7 @@ def serve_unsubscribe_command(
 
     from blocks.resolve import providers_for
     from tasks.config import ConfigError, list_clinics, load_clinic
+    from tasks.unsubscribe import tokens
     from tasks.unsubscribe.app import create_app, endpoint_events
 
     configs = {c.clinic: c for c in (load_clinic(name) for name in clinic or list_clinics())}
@@ -336,6 +337,9 @@ def serve_unsubscribe_command(
         callback = getattr(getattr(sms[config.clinic], "settings", None), "status_callback_url", "")
         if callback:
             typer.echo(f"  {config.clinic}: Twilio status callbacks {callback}")
+    # The key now, not at the first click: without it (a fleet's machine missing the shared
+    # key) every click would be a 500 to the patient, the reason in a traceback here.
+    key = tokens.secret_key()
     events = endpoint_events()
     typer.echo(
         "Clicks go to the Prefect server as relay.unsubscribe events (each clinic's tick records "
@@ -344,7 +348,7 @@ def serve_unsubscribe_command(
         else "Clicks are recorded in each clinic's database on this machine (no PREFECT_API_URL)"
     )
     typer.echo(f"Serving unsubscribes on http://{host}:{port}")
-    app = create_app(configs, sms_providers=sms, events=events)
+    app = create_app(configs, key=key, sms_providers=sms, events=events)
     if events is None:
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
         return
