@@ -17,16 +17,22 @@ home yet, there is nothing to compare with and nothing is refused.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import duckdb
 
 from tasks.home import HomeRefused, HomeStore, PrefectHomes, read_identity, refusal, shared_server
 
 
 def require_current_copy(
-    con: duckdb.DuckDBPyConnection, clinic: str, *, store: HomeStore | None = None
+    con: duckdb.DuckDBPyConnection,
+    clinic: str,
+    *,
+    store: HomeStore | None = None,
+    nothing: str = "nothing changed",
 ) -> None:
     """Raise HomeRefused unless ``con`` is the clinic's current copy (the home's lineage and
-    generation, no move under way)."""
+    generation, no move under way); its message begins with the clinic and ``nothing``."""
     if store is None:
         if not shared_server():
             return
@@ -43,6 +49,27 @@ def require_current_copy(
         reason = refusal(clinic, home.machine, identity, home)  # identity decides, not the name
     if reason:
         raise HomeRefused(
-            f"{clinic}: nothing changed: {reason} Run this command on '{home.machine}', where "
+            f"{clinic}: {nothing}: {reason} Run this command on '{home.machine}', where "
             f"the clinic lives (`relay clinic home {clinic}` shows it)."
         )
+
+
+def check_backup(db_path: Path, clinic: str, *, wait_seconds: float) -> str | None:
+    """Before ``relay clinic backup``: HomeRefused unless the database is the clinic's current
+    copy. A nightly backup left on the machine the clinic moved away from copied its old copy,
+    named by the time like any backup, so the newest file of the backup folder was an old
+    generation: put in place after a lost machine, it forgot (and sent again) what the home
+    sent since. A server that does not answer does not stop a backup: the warning to print."""
+    import httpx
+
+    from tasks.warehouse import open_db
+
+    with open_db(db_path, wait_seconds=wait_seconds) as con:
+        try:
+            require_current_copy(con, clinic, nothing="nothing backed up")
+        except (httpx.HTTPError, OSError) as exc:
+            return (
+                f"warning: could not check that this is {clinic}'s current copy (the Prefect "
+                f"server did not answer: {type(exc).__name__}); backing it up all the same."
+            )
+    return None

@@ -363,10 +363,11 @@ def backup_command(
 ) -> None:
     """Copy the clinic's database (its ledger cannot be synced again from Cliniko) into a folder,
     whole: under the lock the ticks take (a tick that comes due waits), after a CHECKPOINT, as
-    <clinic>-<UTC time>.duckdb; prints the copy and its sha256. No server needed."""
+    <clinic>-<UTC time>.duckdb; prints the copy and its sha256. Refuses an old copy."""
     from tasks.config import load_clinic
     from tasks.errors import UserFacingError
     from tasks.home import backup_database
+    from tasks.homecopy import check_backup
 
     config = load_clinic(clinic)
     if not config.database_path.exists():
@@ -374,6 +375,8 @@ def backup_command(
             f"{clinic} has no database on this machine ({config.database_path}): back it up on "
             f"its home (`relay clinic home {clinic}` says which machine that is)."
         )
+    if warning := check_backup(config.database_path, config.clinic, wait_seconds=wait):
+        typer.echo(warning, err=True)
     dest = to / f"{config.clinic}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.duckdb"
     checksum = backup_database(config.database_path, dest, wait_seconds=wait)
     typer.echo(f"{dest} (sha256 {checksum})")

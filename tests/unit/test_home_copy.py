@@ -106,3 +106,41 @@ def test_a_machine_without_the_clinics_database_is_sent_to_the_home(tmp_path):
     assert "this database is new: demo's is on 'two'. Run this command on 'two'" in str(
         refused.value
     )
+
+
+def test_a_backup_of_an_old_copy_refuses_and_leaves_no_file(demo_copy, tmp_path):
+    """A nightly `relay clinic backup` left on the machine the clinic moved away from went on
+    copying its old copy, named by the time like any backup: the newest file in the backup
+    folder was then generation 1, and the doc's recovery (put the last backup in place, claim
+    it --fresh) would forget everything sent since the move, and send it again."""
+    demo_copy.home = MOVED
+    out = _run(["clinic", "backup", "demo", "--to", str(tmp_path / "nightly")])
+    assert isinstance(out.exception, HomeRefused), out.output
+    said = str(out.exception)
+    assert said.startswith("demo: nothing backed up: this database is generation 1 of demo, "
+                           "the home's is generation 2"), said  # fmt: skip
+    assert "Run this command on 'two'" in said
+    assert not list((tmp_path / "nightly").glob("*"))
+
+
+def test_a_backup_of_the_current_copy_goes_on(demo_copy, tmp_path):
+    demo_copy.home = Home("one", 1, database="l" * 32)
+    out = _run(["clinic", "backup", "demo", "--to", str(tmp_path / "nightly")])
+    assert out.exit_code == 0, out.output
+    assert len(list((tmp_path / "nightly").glob("demo-*.duckdb"))) == 1
+
+
+def test_a_backup_with_the_server_down_goes_on_saying_it_could_not_check(
+    demo_copy, tmp_path, monkeypatch
+):
+    """A backup is the safety net: the server being away does not stop it."""
+    import httpx
+
+    def down(clinic):
+        raise httpx.ConnectError("Connection refused")
+
+    monkeypatch.setattr(demo_copy, "read", down)
+    out = _run(["clinic", "backup", "demo", "--to", str(tmp_path / "nightly")])
+    assert out.exit_code == 0, out.output
+    assert "could not check" in out.output
+    assert len(list((tmp_path / "nightly").glob("demo-*.duckdb"))) == 1
