@@ -332,6 +332,29 @@ def default_quiet_minutes(client) -> float:
     return max(QUIET_FLOOR_MINUTES, 3 * max(intervals, default=0))
 
 
+def quiet_window_warnings(client, every: dict[str, float]) -> list[str]:
+    """`relay deploy`'s warning when a clinic ticks too seldom for the "no tick completed" window
+    on the server (``every``: each clinic's ``schedule.tick_every_minutes``). `relay alerts
+    create` fixes that window from the clinics deployed then (three intervals of the slowest, at
+    least 15 minutes); a clinic deployed since with slower ticks was named between ticks that
+    came on time (after each gap, when the window is under one interval), and nothing said why."""
+    found = client.read_automations_by_name(QUIET_NAME)
+    if not found:
+        return []
+    window = found[0].trigger.within.total_seconds() / 60
+    slow = {clinic: minutes for clinic, minutes in sorted(every.items()) if window < 3 * minutes}
+    if not slow:
+        return []
+    ticks = ", ".join(f"{clinic} ticks every {minutes:g}" for clinic, minutes in slow.items())
+    return [
+        f"warning: the 'no tick completed' alert names a clinic after {window:g} minutes "
+        f"without a completed tick, under three of its ticks ({ticks} minutes): it would name "
+        "them between ticks that come on time. Run `relay alerts create --webhook-url ...` "
+        "again now that they are deployed (its window: three intervals of the slowest clinic), "
+        f"or give it --quiet-minutes {3 * max(slow.values()):g} or more."
+    ]
+
+
 def notification_block(webhook_url: str) -> CustomWebhookNotificationBlock:
     """The block the notifications go through: a JSON POST of subject and body to the webhook.
     The address is kept among the block's secret values, not in its URL field: a Slack or Teams

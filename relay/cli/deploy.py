@@ -264,6 +264,7 @@ def deploy_command(
             + (" (the demo is deployed only with --demo)." if paths else ".")
             + " Add clinics/<clinic>/clinic.yaml (relay connect <clinic>)."
         )
+    from relay.alerts import quiet_window_warnings
     from tasks.home import queue_for, read_home, this_machine
 
     fallback = home or this_machine()
@@ -296,6 +297,9 @@ def deploy_command(
         typer.echo(f"{pool}: {restore.flow.name}/{restore.name} (run by relay clinic move)")
         if paused:
             typer.echo(paused.line(pool))
+        every = {c.clinic: c.schedule.tick_every_minutes for c in configs}
+        for warning in quiet_window_warnings(client, every):
+            typer.echo(warning, err=True)
         if left := orphans(client, {p.parent.name for p in paths}):
             typer.echo(
                 f"no folder in {folder} for the clinic of {', '.join(left)}: a clinic that left? "

@@ -53,7 +53,10 @@ def deploy(monkeypatch, tmp_path):
         prefect.client.orchestration,
         "get_client",
         lambda sync_client=False: contextlib.nullcontext(
-            SimpleNamespace(read_deployments=lambda flow_filter: [])
+            SimpleNamespace(
+                read_deployments=lambda flow_filter: [],
+                read_automations_by_name=lambda name: [],
+            )
         ),
     )
 

@@ -20,9 +20,21 @@ DEMO = Path(__file__).resolve().parents[3] / "clinics" / "demo" / "clinic.yaml"
 class Server:
     """The deployments on a faked server: names, and which were deleted."""
 
-    def __init__(self, *names: str) -> None:
+    def __init__(self, *names: str, quiet_minutes: float | None = None) -> None:
         self.deployments = {name: uuid.uuid4() for name in names}
         self.deleted: list[str] = []
+        self.quiet_minutes = quiet_minutes  # the "no tick completed" automation's window
+
+    def read_automations_by_name(self, name: str) -> list:
+        from datetime import timedelta
+
+        from relay.alerts import QUIET_NAME
+
+        if name != QUIET_NAME or self.quiet_minutes is None:
+            return []
+        return [
+            SimpleNamespace(trigger=SimpleNamespace(within=timedelta(minutes=self.quiet_minutes)))
+        ]
 
     def read_deployment_by_name(self, name: str):
         from prefect.exceptions import ObjectNotFound
@@ -156,3 +168,25 @@ def test_two_clinics_whose_names_differ_only_in_dash_and_underscore_deploy_nothi
     said = str(result.exception)
     assert "acme-east and acme_east" in said and "relay_home_acme_east" in said, result.output
     assert "Rename one" in said
+
+
+def test_a_clinic_ticking_too_seldom_for_the_quiet_alert_is_told_how_to_widen_it(deploy, tmp_path):
+    """`relay alerts create` made the "no tick completed" window from the clinics deployed then
+    (15 minutes for 5-minute ticks). A clinic deployed since with 30-minute ticks was named
+    "no tick completed in 15 minutes" between every two ticks that came on time, and nothing
+    said why; the deploy now says so, and how to widen the window."""
+    path = tmp_path / "plain" / "clinic.yaml"
+    path.write_text(
+        path.read_text(encoding="utf-8") + "\nschedule:\n  tick_every_minutes: 30\n",
+        encoding="utf-8",
+    )
+    result, _ = deploy(Server(quiet_minutes=15))
+    assert result.exit_code == 0, result.output
+    said = result.output + (result.stderr if result.stderr_bytes is not None else "")
+    assert "alert names a clinic after 15 minutes" in said, said
+    assert "(plain ticks every 30 minutes)" in said and "owned ticks" not in said
+    assert "--quiet-minutes 90" in said
+
+    result, _ = deploy(Server(quiet_minutes=90))  # wide enough: nothing to say
+    said = result.output + (result.stderr if result.stderr_bytes is not None else "")
+    assert result.exit_code == 0 and "warning" not in said, said
