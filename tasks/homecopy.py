@@ -17,11 +17,20 @@ home yet, there is nothing to compare with and nothing is refused.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import duckdb
 
-from tasks.home import HomeRefused, HomeStore, PrefectHomes, read_identity, refusal, shared_server
+from tasks.home import (
+    Home,
+    HomeRefused,
+    HomeStore,
+    PrefectHomes,
+    read_identity,
+    refusal,
+    shared_server,
+)
 
 
 def require_current_copy(
@@ -51,6 +60,28 @@ def require_current_copy(
         raise HomeRefused(
             f"{clinic}: {nothing}: {reason} Run this command on '{home.machine}', where "
             f"the clinic lives (`relay clinic home {clinic}` shows it)."
+        )
+
+
+def require_moved_copy(db_path: Path, clinic: str, home: Home) -> None:
+    """``relay clinic move``, before its backup (and on a run again, before the restore of a
+    backup it made): HomeRefused unless the database is the home's copy, its lineage and
+    generation (the move under way aside). The move checked the machine's name only, which a data
+    folder holding an old copy passes (RELAY_MACHINE set to the home's name where a lost
+    machine's disk is mounted, the wrong folder): that copy became the clinic's next
+    generation, forgetting (and sending again) all the home had sent since."""
+    from tasks.warehouse import open_db
+
+    with open_db(db_path) as con:
+        identity = read_identity(con)
+    reason: str | None = f"this database is new: {clinic}'s is on '{home.machine}'."
+    if identity is not None:
+        reason = refusal(clinic, home.machine, identity, replace(home, moving_to=None))
+    if reason:
+        raise HomeRefused(
+            f"{clinic}: nothing moved: {reason} The move copies the clinic's current copy "
+            "only: check RELAY_DATA_DIR (and clinic.yaml's database:) on this machine. "
+            f"{clinic} stays on '{home.machine}', resumed."
         )
 
 

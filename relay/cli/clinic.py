@@ -13,8 +13,8 @@ idempotent and a crash anywhere resumes by running the same command again:
    which deployments it pauses, pauses them, and waits for a running tick to end (or gives the
    clinic back to its home, resumed, and says so); a run whose slot's lease ran out (its machine
    was lost: flows/lost.py) is marked Crashed instead of waited for;
-2. it backs the database up under its lock, CHECKPOINTed, through a temporary name, to
-   ``<backup dir>/<clinic>/<clinic>-generation-<n>.duckdb`` and records the file and its sha256;
+2. it backs the database up (its current copy only: else as in 1) under its lock, CHECKPOINTed,
+   to ``<backup dir>/<clinic>/<clinic>-generation-<n>.duckdb`` and records the file and its sha256;
 3. it puts the clinic's deployments on the new machine's work queue (``machine-<name>``);
 4. it starts a run of the pool's ``clinic-restore/<pool>`` deployment (flows/restore.py) on that
    queue, once per backup, and waits for it (``--no-wait``: not). That run, on the new machine,
@@ -173,11 +173,13 @@ def move(
     (tasks/homeclaim.py, ``unchanged``): a claim, move or restore elsewhere meanwhile stops it."""
     from prefect.client.orchestration import get_client
 
+    from relay.cli import restore_run
     from relay.cli.restore_run import start_restore, wait_for_restore, withdraw_restore
     from tasks.config import load_clinic
     from tasks.errors import UserFacingError
     from tasks.home import PrefectHomes, backup_database, queue_for, sha256, this_machine
     from tasks.homeclaim import unchanged
+    from tasks.homecopy import HomeRefused, require_moved_copy
     from tasks.homequeue import onto_queue
 
     config = load_clinic(clinic)
@@ -238,20 +240,17 @@ def move(
                 client.pause_deployment(deployment_id)
         echo(f"1/4 paused {len(home.paused or [])} deployment(s) of {clinic}")
         running = wait_for_ticks(client, clinic, machine, deployments, wait_seconds, echo)
-        if running:
-            with unchanged(store, config.clinic, home, again=again):
-                store.write(config.clinic, replace(home, moving_to=None, paused=None))
-                for deployment_id in home.paused or []:
-                    client.resume_deployment(deployment_id)
-            raise UserFacingError(
-                f"{clinic}: a run is still going after {wait_seconds:.0f} s "
-                f"({', '.join(r.name for r in running)}): the clinic stays on '{machine}', "
-                "resumed. Try again when it has ended, or give --tick-wait more seconds."
-            )
         name = f"{config.clinic}/{config.clinic}-generation-{home.generation}.duckdb"
         dest = backup_root / name
         backed_up = home.backup == name and dest.exists() and sha256(dest) == home.backup_sha256
-        checksum = home.backup_sha256 if backed_up else backup_database(config.database_path, dest)
+        try:  # a run still going, or not the clinic's current copy here: it stays home, resumed
+            if running:
+                raise restore_run.still_going(clinic, running, wait_seconds, machine)
+            require_moved_copy(path := config.database_path, config.clinic, home)  # backed up too
+            checksum = home.backup_sha256 if backed_up else backup_database(path, dest)
+        except HomeRefused:
+            restore_run.stay_home(client, store, config.clinic, home, again, echo)
+            raise
         queue = queue_for(to)
         pools = [d.work_pool_name for d in deployments if d.work_pool_name]
         with unchanged(store, config.clinic, home, again=again):  # steps 2-4, as recorded

@@ -1,6 +1,7 @@
 """The restore run of ``relay clinic move`` (its step 4, see relay/cli/clinic.py): a run of the
 pool's ``clinic-restore`` deployment (flows/restore.py) started on the work queue of the machine
-the clinic moves to, waited for, or withdrawn when the move is sent elsewhere before it began."""
+the clinic moves to, waited for, or withdrawn when the move is sent elsewhere before it began;
+and ``stay_home``, for a move given up before its backup."""
 
 from __future__ import annotations
 
@@ -8,6 +9,40 @@ import time
 
 RESTORE_FLOW = "clinic-restore"  # flows/restore.py; one deployment per pool, named after it
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def stay_home(client, store, clinic: str, home, again: str, echo) -> None:
+    """A move given up (a run still going; this database not the clinic's current copy): the
+    home as it was, not moving, with no backup recorded (the next move makes its own), the
+    clinic's deployments on the home's queue (a move run again may have put them on the
+    target's), the restore waiting there withdrawn, and what the move paused resumed; written
+    under the claim lock only if the home is as the move left it (tasks/homeclaim.py)."""
+    from dataclasses import replace
+
+    from tasks.home import queue_for
+    from tasks.homeclaim import unchanged
+    from tasks.homequeue import onto_queue
+
+    with unchanged(store, clinic, home, again=again):
+        if home.moving_to and home.backup:  # its restore may be waiting on the target's queue
+            withdraw_restore(client, clinic, home)
+        store.write(
+            clinic, replace(home, moving_to=None, paused=None, backup=None, backup_sha256=None)
+        )
+        onto_queue(client, clinic, queue_for(home.machine), echo)
+        for deployment_id in home.paused or []:
+            client.resume_deployment(deployment_id)
+
+
+def still_going(clinic: str, running: list, seconds: float, machine: str) -> Exception:
+    """Why a move stops at its step 1: a run of the clinic's still going after ``seconds``."""
+    from tasks.home import HomeRefused
+
+    return HomeRefused(
+        f"{clinic}: a run is still going after {seconds:.0f} s "
+        f"({', '.join(r.name for r in running)}): the clinic stays on '{machine}', "
+        "resumed. Try again when it has ended, or give --tick-wait more seconds."
+    )
 
 
 def withdraw_restore(client, clinic: str, home) -> list:

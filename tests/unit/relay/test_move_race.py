@@ -57,7 +57,8 @@ def moving(monkeypatch, tmp_path):
     import tasks.home
 
     database = tmp_path / "south.duckdb"
-    database.write_bytes(b"")
+    with open_db(database) as con:  # the home's copy (the move checks it is, before its backup)
+        write_identity(con, Identity("south", "l" * 32, 2, "b"))
     deployments = [SimpleNamespace(**vars(d), paused=False) for d in deployments_on("machine-b")]
     store, client, started = WatchedStore(MOVING), MoveClient(deployments), []
     as_machine(monkeypatch, "b", store, database, client=client, shared=True)

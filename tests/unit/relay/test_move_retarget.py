@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import pytest
 
 from tasks.errors import UserFacingError
-from tasks.home import Home
+from tasks.home import Home, Identity, write_identity
+from tasks.warehouse import open_db
 
 from .homes import Store, as_machine
 
@@ -54,7 +55,8 @@ def moving(monkeypatch, tmp_path):
     import tasks.home
 
     database = tmp_path / "north.duckdb"
-    database.write_bytes(b"")
+    with open_db(database) as con:  # the home's copy (the move checks it is, before its backup)
+        write_identity(con, Identity("north", "l" * 32, 2, "b"))
     store = Store(
         Home(machine="b", generation=2, moving_to="x", backup="north/north-generation-2.duckdb",
              backup_sha256="abc", paused=["d1"])
