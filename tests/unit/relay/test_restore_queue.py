@@ -19,6 +19,7 @@ from .test_claim_follows import FakeClient
 def test_a_restore_by_hand_puts_the_deployments_on_its_own_queue(tmp_path, monkeypatch):
     import prefect.client.orchestration
 
+    import tasks.homeclaim
     from tasks.config import load_clinic
 
     source = tmp_path / "b" / "south.duckdb"
@@ -41,6 +42,9 @@ def test_a_restore_by_hand_puts_the_deployments_on_its_own_queue(tmp_path, monke
         "get_client",
         lambda sync_client=False: contextlib.nullcontext(client),
     )
+    # the claim lock is tests/flows/test_move_race.py's (it asks this fake client otherwise,
+    # whenever the environment names a shared server, as under the whole suite)
+    monkeypatch.setattr(tasks.homeclaim, "claim_lock", lambda clinic, **_: contextlib.nullcontext())
     said: list[str] = []
     done = restore_home(
         load_clinic(yaml), backup_root=tmp_path / "backups", echo=said.append, machine="a",
