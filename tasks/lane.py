@@ -218,13 +218,20 @@ def _class_places(
     attendees: Resource,
     pages: Mapping[str, tuple[datetime | None, Page]],
 ) -> bool:
-    """Whether the polled attendees include one whose booking is not an individual appointment
-    we hold (or one we cannot tell: then yes)."""
+    """Whether the polled attendees include a new or changed one whose booking is not an
+    individual appointment we hold (or one we cannot tell: then yes). A poll reads again the
+    second of its watermark: a class place synced then, unchanged, needs nothing."""
     bookings: set[int] = set()
     for path in attendees.paths:
-        for record in pages[path][1].records if path in pages else ():
+        records = pages[path][1].records if path in pages else ()
+        batch = parse_records(attendees, [r for r in records if isinstance(r, dict)])
+        kept = _held(con, attendees, [row[0] for row in batch.rows])
+        same = {id_ for id_, updated, _ in batch.rows if id_ in kept and kept[id_] == updated}
+        for record in records:
             if not isinstance(record, dict):
                 return True
+            if str(record.get("id", "")).isdigit() and int(record["id"]) in same:
+                continue
             link = ((record.get("booking") or {}).get("links") or {}).get("self") or ""
             tail = str(link).rstrip("/").rsplit("/", 1)[-1]
             if not tail.isdigit():
