@@ -348,3 +348,38 @@ def test_a_failure_about_data_names_the_step_without_the_value(
             lane.catch_up(con, client, config, providers, ())
     shown = "".join(traceback.format_exception(failed.value))
     assert "invalid date field format" in shown and "0412" not in shown
+
+
+def test_a_class_place_read_again_in_the_watermarks_second_brings_no_class_list(
+    sandbox, config, tmp_path
+):
+    """A poll reads its watermark's second again: a class place the last sync wrote in that
+    second, unchanged, made the catch-up ask for the class list too (a request more a booking;
+    the catch-up test above failed on it when the tick's last second held a class place)."""
+    from sandbox.cliniko.store import dump, fmt_ts
+
+    providers = {"email": outbox(tmp_path), "sms": outbox(tmp_path)}
+    with client_of(sandbox) as client, open_db(config.database_path) as con:
+        full_tick(con, client, config, providers)
+        watched = lane.watched(con)
+        time.sleep(1.1)
+        clinic, table = sandbox.clinic, sandbox.clinic.tables["attendees"]
+        with clinic.lock:  # the front desk edits a class place: it is the newest attendee
+            classes = clinic.tables["group_appointments"].rows
+            place = next(
+                i
+                for i in table.rows
+                if int(table.record(i)["booking"]["links"]["self"].rsplit("/", 1)[-1]) in classes
+            )
+            rec = table.record(place)
+            rec["updated_at"] = fmt_ts(int(time.time()))
+            table.put(rec, body=dump(rec))
+        pages: dict = {}
+        assert lane.poll(con, client, watched, pages).get("attendees") == 1
+        synced = lane.to_sync(con, watched, pages)
+        assert "group_appointments" in {r.name for r in synced}, "a changed class place"
+        lane.catch_up(con, client, config, providers, synced, pages)
+        pages = {}
+        assert lane.poll(con, client, watched, pages) == {}, "the same second, read again"
+        synced = lane.to_sync(con, watched, pages)
+        assert "group_appointments" not in {r.name for r in synced}, "unchanged: no class list"
