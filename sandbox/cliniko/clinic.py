@@ -47,6 +47,7 @@ from sandbox.cliniko.world import (
     appointment_slot,
     class_slots_after,
     class_timetable,
+    poisson,
 )
 
 HISTORY_DAYS = 3 * 365
@@ -93,18 +94,6 @@ def split_key(key: str) -> tuple[str, str | None]:
 def _weighted(rng: random.Random, options: tuple) -> object:
     values, weights = zip(*options, strict=True)
     return rng.choices(values, weights)[0]
-
-
-def _poisson(rng: random.Random, lam: float) -> int:
-    if lam <= 0:
-        return 0
-    if lam > 50:
-        return max(0, round(rng.gauss(lam, math.sqrt(lam))))
-    limit, k, p = math.exp(-lam), 0, rng.random()
-    while p > limit:
-        k += 1
-        p *= rng.random()
-    return k
 
 
 class SandboxClinic:
@@ -195,7 +184,7 @@ class SandboxClinic:
             events = [
                 (self._rng.randint(first, last), kind)
                 for kind, rate in CHANGE_RATES.items()
-                for _ in range(_poisson(self._rng, rate * scale))
+                for _ in range(poisson(self._rng, rate * scale))
             ]
             events.sort()
             changes = _Changes(self)

@@ -30,6 +30,7 @@ from zoneinfo import ZoneInfo
 
 from sandbox.cliniko import records
 from sandbox.cliniko.store import ID_MASK, Row, fmt_ts, parse_ts
+from sandbox.cliniko.world import poisson
 
 DAY = 86_400
 
@@ -406,7 +407,7 @@ class PatientExtras:
         events = sorted(
             (self.rng.randint(first, last), kind)
             for kind, rate in EXTRA_RATES.items()
-            for _ in range(_poisson(self.rng, rate * scale))
+            for _ in range(poisson(self.rng, rate * scale))
         )
         for t, kind in events:
             done[kind] += getattr(self, kind)(t)
@@ -521,15 +522,3 @@ class PatientExtras:
         self.c.heal("patients", p)
         self.c.tables["patients"].put(p)
         return 1
-
-
-def _poisson(rng: random.Random, lam: float) -> int:
-    if lam <= 0:
-        return 0
-    if lam > 50:
-        return max(0, round(rng.gauss(lam, math.sqrt(lam))))
-    limit, k, p = math.exp(-lam), 0, rng.random()
-    while p > limit:
-        k += 1
-        p *= rng.random()
-    return k

@@ -220,3 +220,17 @@ def class_slots_after(tz: str, ts: int, timetable: tuple[tuple[int, ...], tuple[
                 if start > ts:
                     yield start
         ordinal += 1
+
+
+def poisson(rng: random.Random, lam: float) -> int:
+    """A Poisson-distributed count with mean ``lam`` (a normal approximation above 50), drawn
+    from ``rng``: how many events of a daily rate happen on one simulated day."""
+    if lam <= 0:
+        return 0
+    if lam > 50:
+        return max(0, round(rng.gauss(lam, math.sqrt(lam))))
+    limit, k, p = math.exp(-lam), 0, rng.random()
+    while p > limit:
+        k += 1
+        p *= rng.random()
+    return k

@@ -111,6 +111,24 @@ def test_no_module_of_tasks_flows_or_relay_is_over_500_lines():
     assert long == []
 
 
+def test_no_two_functions_share_a_body():
+    # The plainest case of six lines of the same shape in two places: a function copied whole
+    # (a protocol's `...` stubs aside). One piece of code should serve both callers.
+    bodies: dict[str, list[str]] = {}
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            body = node.body[1:] if ast.get_docstring(node) else node.body
+            if (node.end_lineno or 0) - node.lineno < 5 or not body:
+                continue
+            if all(isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant) for s in body):
+                continue
+            dump = ast.dump(ast.Module(body=body, type_ignores=[]))
+            bodies.setdefault(dump, []).append(f"{name}.{node.name}")
+    assert sorted(places for places in bodies.values() if len(places) > 1) == []
+
+
 def test_every_package_says_what_it_owns():
     silent = sorted(
         str(p.relative_to(ROOT))
