@@ -55,7 +55,10 @@ def _at_run(name: str) -> str:
     if name in AT_RUN:
         return AT_RUN[name]
     if name.endswith("_us"):
-        return f"${name.removesuffix('_us')} in microseconds (since the epoch, for a moment)"
+        base = name.removesuffix("_us")
+        if base in AT_RUN:  # a moment the query's own text never names: say what it is
+            return f"{AT_RUN[base]}, in microseconds since the epoch"
+        return f"${base} in microseconds (since the epoch, for a moment)"
     if name.endswith("_recorded"):
         return f"the Cliniko ids ${name.removesuffix('_recorded')}_names matched at go-live"
     if name.endswith("_names_now"):

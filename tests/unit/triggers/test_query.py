@@ -96,3 +96,19 @@ def test_the_header_says_what_every_parameter_of_the_query_is(shape):
 def test_an_unknown_trigger_name_lists_the_clinics_triggers():
     with pytest.raises(UserFacingError, match="No trigger 'nope' in .*Triggers: welcome-insurance"):
         trigger_sql(load_clinic("demo"), "nope")
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[s["name"] for s in SHAPES])
+def test_the_header_explains_every_parameter_its_words_name(shape):
+    # "$until_us: $until in microseconds" leaves a reader asking what $until is: a name the
+    # header's explanations use is itself explained there (the window's end, go-live...).
+    config = ClinicConfig(clinic="test", name="Test Physio", triggers=[shape])
+    header = trigger_sql(config, shape["name"]).partition("\nWITH\n")[0]
+    said = set(re.findall(r"^--   \$([a-z0-9_]+)\b", header, re.MULTILINE))
+    named = {
+        name
+        for line in header.splitlines()
+        if line.startswith("--   $")
+        for name in re.findall(r"\$([a-z_][a-z0-9_]*)", line.partition(":")[2])
+    }
+    assert sorted(named - said) == []
