@@ -7,8 +7,8 @@ the report), ``analyst`` (read-only SQL, finding a patient's id), ``server`` (th
 the demo on it, and its alerts), ``deploy`` (every clinic's deployments, from clinics/),
 ``worker`` (a machine's worker, its runs started warm), ``clinic`` (where a clinic's state
 lives: its home machine, and moving it), ``connect`` (a real clinic's accounts, checked and
-saved) and ``test_send`` (a trigger's message for a real patient, to a staff
-address only). A module imports ``tasks``, ``flows`` and ``sandbox`` inside each command so
+saved) and ``test_send`` (a trigger's message for a real patient, to a staff address only).
+A module imports ``tasks``, ``flows``, ``blocks`` and ``sandbox`` inside each command so
 ``relay --help`` is instant; none imports this one.
 Errors meant for a person (bad config, bad key, busy database) are printed without a traceback.
 """
