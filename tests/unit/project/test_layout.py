@@ -171,3 +171,19 @@ def test_each_package_imports_only_what_its_docstring_says_it_may():
                 and not any(target == a or _is_package_of(a, target) for a in allowed)
             ]
     assert wrong == []
+
+
+def test_readme_names_every_part_of_tasks():
+    # README's "How it fits together" is where a newcomer learns which stage a file belongs to
+    # (issue 10): every package of tasks/, and every module at its top, is named there.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## How it fits together", 1)[1].split("\n## ", 1)[0]
+    tasks = ROOT / "tasks"
+    packages = [
+        f"`tasks/{p.name}/`" for p in sorted(tasks.iterdir()) if (p / "__init__.py").exists()
+    ]
+    modules = [p.name for p in sorted(tasks.glob("*.py")) if p.name != "__init__.py"]
+    unnamed = [p for p in packages if p not in section] + [
+        m for m in modules if f"`{m}`" not in section and f"`tasks/{m}`" not in section
+    ]
+    assert unnamed == []
