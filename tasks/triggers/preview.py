@@ -37,8 +37,23 @@ def trigger_named(config: ClinicConfig, name: str) -> Trigger:
     trigger = next((t for t in config.triggers if t.name == name), None)
     if trigger is None:
         known = ", ".join(t.name for t in config.triggers) or "none"
-        raise UserFacingError(f"No trigger '{name}' in {config.source}. Triggers: {known}.")
+        raise UserFacingError(
+            f"No trigger '{name}' in {config.source}.{_not_a_trigger(config, name)} "
+            f"Triggers: {known}."
+        )
     return trigger
+
+
+def _not_a_trigger(config: ClinicConfig, name: str) -> str:
+    """What a journey or campaign of that name is, and where its audience is seen."""
+    journey = next((j for j in config.journeys if j.name == name), None)
+    campaign = next((c for c in config.campaigns if c.name == name), None)
+    segment = campaign.segment if campaign else journey.entry.enters_segment if journey else None
+    kind = "a campaign" if campaign else "a journey" if journey else None
+    if kind is None:
+        return ""
+    seen = f" `relay preview segment {segment}` shows who it reaches." if segment else ""
+    return f" '{name}' is {kind}, not a trigger: this previews triggers.{seen}"
 
 
 # What the parameters bound when the query runs stand for (query.bind_window, names.bind_recorded).

@@ -98,6 +98,16 @@ def test_an_unknown_trigger_name_lists_the_clinics_triggers():
         trigger_sql(load_clinic("demo"), "nope")
 
 
+def test_a_journey_or_campaign_name_says_what_it_is_and_where_its_audience_is_seen():
+    # `relay preview trigger birthday` said only "No trigger 'birthday'": it is a journey.
+    with pytest.raises(UserFacingError, match="'birthday' is a journey, not a trigger"):
+        trigger_sql(load_clinic("demo"), "birthday")
+    with pytest.raises(UserFacingError) as raised:
+        trigger_sql(load_clinic("demo"), "recall-90-179")
+    assert "is a campaign, not a trigger" in str(raised.value)
+    assert "relay preview segment recall_90_179" in str(raised.value)
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=[s["name"] for s in SHAPES])
 def test_the_header_explains_every_parameter_its_words_name(shape):
     # "$until_us: $until in microseconds" leaves a reader asking what $until is: a name the
