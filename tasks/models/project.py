@@ -22,6 +22,7 @@ from pathlib import Path
 import duckdb
 
 from tasks.errors import UserFacingError
+from tasks.models.order import dependency_order
 from tasks.paths import PROJECT_ROOT, read_edited_text
 from tasks.warehouse import one
 
@@ -334,31 +335,22 @@ def _source_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
     return {r[0].lower() for r in rows}
 
 
-def _order(models: dict[str, Model]) -> tuple[Model, ...]:
-    """Dependency order; a cycle is reported with the files that form it."""
-    ordered: list[Model] = []
-    state: dict[str, str] = {}  # relation -> 'visiting' | 'done'
-
-    def visit(relation: str, path: list[str]) -> None:
-        if state.get(relation) == "done":
-            return
-        if state.get(relation) == "visiting":
-            cycle = path[path.index(relation) :] + [relation]
-            raise ModelError(
-                "Models depend on each other in a cycle: "
-                + " -> ".join(models[r].file for r in cycle)
-                + ". Remove one of these references."
-            )
-        state[relation] = "visiting"
-        for dep in models[relation].depends_on:
-            if dep in models:
-                visit(dep, path + [relation])
-        state[relation] = "done"
-        ordered.append(models[relation])
-
-    for relation in sorted(models):
-        visit(relation, [])
-    return tuple(ordered)
+def _order(models: dict[str, Model], broken: list[Broken] | None = None) -> tuple[Model, ...]:
+    """Dependency order. A cycle is reported with the files that form it; given ``broken``
+    (``keep_going``), its files go there instead, held like any broken file with their readers."""
+    while True:
+        relations, cycle = dependency_order({r: m.depends_on for r, m in models.items()})
+        if cycle is None:
+            return tuple(models[r] for r in relations)
+        message = (
+            "Models depend on each other in a cycle: "
+            + " -> ".join(models[r].file for r in cycle)
+            + ". Remove one of these references."
+        )
+        if broken is None:
+            raise ModelError(message)
+        for relation in dict.fromkeys(cycle):
+            broken.append(Broken(models.pop(relation).file, relation, message))
 
 
 def discover(
@@ -367,8 +359,7 @@ def discover(
     """Read every model and data test under ``sql_dir`` (the project's sql/ unless given) and
     check their references. A file the runner cannot use raises ModelError naming it; with
     ``keep_going`` it is listed in ``Project.broken`` instead (with every model and test that
-    reads it through an unusable file), and the rest of the project is read. A cycle always
-    raises: no order exists to build anything in."""
+    reads it through an unusable file, or forms a cycle), and the rest of the project is read."""
     sql_dir = sql_dir or SQL_DIR
     models: dict[str, Model] = {}
     tests: list[DataTest] = []
@@ -419,8 +410,9 @@ def discover(
                 break
     parses = tuple((_parse_key(t), _PARSE_MEMO[t][1]) for t in texts.values() if t in _PARSE_MEMO)
     _forget_stored(con, [key for key, _ in parses if key in _UNSTORED], sources)
+    ordered = _order(models, broken if keep_going else None)  # a cycle's files join ``broken``
     return Project(
-        models=_order(models),
+        models=ordered,
         tests=tuple(tests),
         broken=tuple(broken),
         parses=parses,

@@ -23,8 +23,9 @@ and every model reading it (``Project.readers``, the graph read from the SQL); t
 last good tables, the tests reading them are skipped, the rest commits together and
 ``PartialBuild`` names the file. The record (``summary.held``) is what tasks/models/holds.py
 reads for the planner, journeys and dispatch. A held incremental model loses its fingerprint,
-so it is rebuilt in full when it builds again. Unreadable files hold what reads them; only a
-cycle fails everything. ``build`` is the one way to run a build (CLI, flow, tick).
+so it is rebuilt in full when it builds again. Unreadable files and cycles hold what reads
+them; only two files building one table fail everything. ``build`` is the one way to run a
+build (CLI, flow, tick).
 """
 
 from __future__ import annotations
@@ -383,7 +384,7 @@ class ModelBuild:
     ) -> ModelBuild:
         """Read the project and start a build, holding ``failures`` (what broke in an earlier
         pass) and the files the runner cannot use (unknown table, two statements...).
-        A cycle fails the build before it touches anything, and that is recorded too."""
+        Two files building one table fail it before it touches anything, recorded too."""
         try:
             project = discover(con, sql_dir, keep_going=True)
         except ModelError as exc:
@@ -440,8 +441,8 @@ def build(
 
     A model or data test that fails holds what depends on it: the pass is rolled back and the
     build runs again without them, committing the rest and raising PartialBuild. Raises
-    ModelError on a cycle (nothing is touched) and BuildFailed when a failure holds everything
-    (rolled back); all are recorded in state.model_builds, whichever ``steps`` ran them.
+    ModelError on two files building one table (nothing is touched) and BuildFailed when a
+    failure holds everything (rolled back); all are recorded in state.model_builds, whichever ``steps`` ran them.
     """
     steps = steps or Steps()
     failures: list[Broken] = []

@@ -746,3 +746,38 @@ def test_a_file_read_before_in_this_process_is_not_parsed_again_unless_its_text_
     for _ in range(2):
         with pytest.raises(models.ModelError, match="without a schema"):
             models.discover(con, sql_dir)
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"segments/loop.sql": "select patient_id from segments.loop"},  # reads itself
+        {
+            "segments/loop.sql": "select patient_id from segments.back",
+            "segments/back.sql": "select patient_id from segments.loop",
+        },
+    ],
+)
+def test_a_cycle_of_segments_holds_only_them_and_their_readers(con, tmp_path, broken):
+    """A segment that read itself (an analyst's typo) failed the whole build: the tick then
+    held every trigger, reminders included, and `relay preview segment` and `relay models
+    test` refused every other segment. The files in the cycle are held like any broken file;
+    the rest of the project is built."""
+    sql_dir = write(tmp_path, GOOD)
+    build(con, sql_dir)
+    write(tmp_path, broken)
+    write(tmp_path, {"segments/after.sql": "select patient_id from segments.loop"})
+    con.execute(
+        'INSERT INTO raw.patients VALUES (3, NULL, \'{"email": "cy@example.com"}\', now(), NULL)'
+    )
+    with pytest.raises(models.PartialBuild, match="sql/segments/loop.sql: .*cycle") as held:
+        build(con, sql_dir)
+    assert "sql/segments/loop.sql -> " in str(held.value)
+    assert count(con, "segments.everyone") == 3  # built: it reads nothing in the cycle
+    latest = models.latest_build(con)
+    assert latest["status"] == "succeeded"
+    assert set(latest["held"]) == {f"segments.{Path(f).stem}" for f in broken} | {"segments.after"}
+    models.require_good_build(con, ["segments.everyone", "marts.people"])
+    with pytest.raises(Exception, match="segments.loop not rebuilt"):
+        models.require_good_build(con, ["segments.loop"])
+    assert models.run_tests(con, sql_dir) == {}
