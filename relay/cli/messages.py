@@ -196,8 +196,8 @@ def campaign_cancel_command(
     config = load_clinic(clinic)
     with open_db(config.database_path, create=False) as con:
         require_current_copy(con, config.clinic)  # an old copy's cancel stops nothing
-        cancelled = campaigns.cancel(con, name, datetime.now(UTC))
-    typer.echo(f"Cancelled {name}: {cancelled} planned messages will not be sent.")
+        said = campaigns.cancel_said(con, name, datetime.now(UTC))
+    typer.echo(said)
 
 
 ledger_app = typer.Typer(

@@ -439,6 +439,22 @@ def cancel(con: duckdb.DuckDBPyConnection, name: str, now: datetime) -> int:
         return len(ledger.cancel(con, ids, "campaign cancelled by an operator", now))
 
 
+def cancel_said(con: duckdb.DuckDBPyConnection, name: str, now: datetime) -> str:
+    """``cancel``, and what it did in a sentence for the operator: a campaign already cancelled,
+    one whose audience is not frozen yet, or one with nothing left to send says so (not
+    "0 planned messages")."""
+    before = _state(con, name)
+    cancelled = cancel(con, name, now)
+    if before is not None and before[3] is not None:
+        return f"{name} was already cancelled ({before[3]:%Y-%m-%d %H:%M} UTC): nothing more goes."
+    if before is not None and before[2] is None:
+        return f"Cancelled {name}: its audience will not be frozen, and none of it goes."
+    sent = ledger_counts(con, name).get("sent", 0)
+    if not cancelled:
+        return f"Cancelled {name}: nothing was left to send ({sent} sent before)."
+    return f"Cancelled {name}: {cancelled} planned messages will not be sent ({sent} sent before)."
+
+
 # --- the re-check before sending ---------------------------------------------------------------
 
 

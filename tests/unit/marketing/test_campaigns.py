@@ -92,6 +92,10 @@ def test_sending_is_throttled_and_resumes_where_the_ledger_says(clinic, tmp_path
     clinic.send(tmp_path)
     assert counts(clinic) == {"sent": 4}
     assert len(list(tmp_path.glob("*.json"))) == 4
+    # cancelled now, it says nothing was left (it said "0 planned messages will not be sent")
+    assert campaigns.cancel_said(clinic.con, "autumn-recall", clinic.now) == (
+        "Cancelled autumn-recall: nothing was left to send (4 sent before)."
+    )
 
 
 def test_a_scheduled_campaign_is_frozen_at_its_local_send_time_with_the_audience_of_then(clinic):
@@ -124,10 +128,15 @@ def test_someone_who_books_after_the_freeze_is_skipped_and_a_cancelled_campaign_
     assert [(r.patient_id, r.status_reason) for r in skipped] == [
         (1, "left the segment recall_90_179 after the audience was frozen")
     ]
-    assert campaigns.cancel(clinic.con, "autumn-recall", clinic.now) == 2
+    assert campaigns.cancel_said(clinic.con, "autumn-recall", clinic.now) == (
+        "Cancelled autumn-recall: 2 planned messages will not be sent (1 sent before)."
+    )
     clinic.advance(minutes=5)
     clinic.send(tmp_path)
     assert counts(clinic) == {"cancelled": 2, "sent": 1, "skipped": 1}
+    # Cancelled again, it says it was; it said "Cancelled autumn-recall: 0 planned messages".
+    said = campaigns.cancel_said(clinic.con, "autumn-recall", clinic.now)
+    assert said.startswith("autumn-recall was already cancelled (") and "nothing more" in said
     assert (
         campaigns.preview(clinic.con, clinic.cfg(), "autumn-recall", clinic.now).status
         == "cancelled"
@@ -195,3 +204,13 @@ def test_a_confirmed_segment_whose_file_was_removed_waits_and_the_other_campaign
     assert clinic.con.execute(
         "SELECT campaign FROM state.campaigns WHERE audience_frozen_at IS NULL"
     ).fetchall() == [("autumn-recall",)]
+
+
+def test_cancelling_a_campaign_not_frozen_yet_says_none_of_it_goes(clinic):
+    # It said "Cancelled NAME: 0 planned messages will not be sent", hiding that the whole
+    # campaign was stopped.
+    later = clinic.cfg(campaigns=[{**RECALL, "send_at": "2026-11-04T09:00:00"}])
+    campaigns.confirm(clinic.con, later, "autumn-recall", clinic.now)
+    assert campaigns.cancel_said(clinic.con, "autumn-recall", clinic.now) == (
+        "Cancelled autumn-recall: its audience will not be frozen, and none of it goes."
+    )
