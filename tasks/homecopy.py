@@ -3,7 +3,8 @@
 ``relay campaign send --confirm`` (and the campaign deployment), ``relay campaign cancel``,
 ``relay import-unsubscribes``, ``relay patients opt-in`` and ``relay ledger resolve`` write the
 clinic's database on the
-machine they run on. Run on a machine holding an old copy (the clinic moved away: the copy stays
+machine they run on, and so do the tick's steps run by hand (``relay sync``, ``relay feedback``,
+``relay models build``: :func:`writing_current_copy`). Run on a machine holding an old copy (the clinic moved away: the copy stays
 behind, one generation older) or a database of its own, they used to succeed there, saying a
 campaign was queued or cancelled, while the home planned and sent as before: a campaign
 "cancelled" went out all the same, an imported unsubscribe was never honoured. The home's tick
@@ -17,6 +18,8 @@ home yet, there is nothing to compare with and nothing is refused.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from tasks.home import (
     read_identity,
     refusal,
     shared_server,
+    this_machine,
 )
 
 
@@ -61,6 +65,51 @@ def require_current_copy(
             f"{clinic}: {nothing}: {reason} Run this command on '{home.machine}', where "
             f"the clinic lives (`relay clinic home {clinic}` shows it)."
         )
+
+
+@contextlib.contextmanager
+def writing_current_copy(
+    db_path: Path, clinic: str, *, nothing: str, store: HomeStore | None = None
+) -> Iterator[None]:
+    """Around one of the tick's steps run by hand (``relay sync``, ``relay feedback``, ``relay
+    models build``): HomeRefused unless this machine's database is the clinic's current copy,
+    checked as :func:`require_current_copy` does and then held (tasks.warehouse.hold) until the
+    step ends, so a move cannot back the database up in between and leave the step's writes on
+    the old copy. On a machine without the clinic's database while its home is another (or a
+    move is under way) it refuses before making one: such a sync made a second copy of the
+    clinic's patients where the clinic does not live, which no tick ever read. Without a shared
+    server, or for a clinic with no home yet, nothing is checked or held."""
+    from tasks.warehouse import hold, open_db
+
+    if store is None:
+        if not shared_server():
+            yield
+            return
+        store = PrefectHomes()
+    home = store.read(clinic)
+    if home is None:
+        yield
+        return
+    if not Path(db_path).exists():
+        machine, reason = this_machine(), None
+        if home.moving_to or (machine == home.machine and home.database):
+            reason = refusal(clinic, machine, None, home)  # a move, or the home's file is gone
+        elif machine != home.machine:
+            reason = (
+                f"this machine ('{machine}') has no database of {clinic}: it lives on "
+                f"'{home.machine}' (generation {home.generation})."
+            )
+        if reason:
+            raise HomeRefused(
+                f"{clinic}: {nothing}: {reason} Run this command on '{home.machine}', where "
+                f"the clinic lives (`relay clinic home {clinic}` shows it)."
+            )
+        yield  # the home, before any database was bound to it: the first tick binds this one
+        return
+    with hold(db_path):
+        with open_db(db_path) as con:
+            require_current_copy(con, clinic, store=store, nothing=nothing)
+        yield
 
 
 def require_moved_copy(db_path: Path, clinic: str, home: Home) -> None:

@@ -72,9 +72,14 @@ def sync_command(
     """Bring the clinic's DuckDB copy of Cliniko up to date (the cliniko-sync flow)."""
     from flows.sync import cliniko_sync
     from relay.cli import flowrun
+    from tasks.config import load_clinic
+    from tasks.homecopy import writing_current_copy
 
     flowrun.prepare()
-    print_sync(cliniko_sync(clinic=clinic, reconcile=reconcile))
+    config = load_clinic(clinic)
+    with writing_current_copy(config.database_path, config.clinic, nothing="nothing synced"):
+        counts = cliniko_sync(clinic=clinic, reconcile=reconcile)
+    print_sync(counts)
 
 
 def print_sync(counts: dict[str, dict]) -> None:
@@ -96,9 +101,13 @@ def feedback_command(
     feedback flow; the tick runs it every time)."""
     from flows.feedback import pull_feedback
     from relay.cli import flowrun
+    from tasks.config import load_clinic
+    from tasks.homecopy import writing_current_copy
 
     flowrun.prepare()
-    counts = pull_feedback(clinic=clinic)
+    config = load_clinic(clinic)
+    with writing_current_copy(config.database_path, config.clinic, nothing="nothing recorded"):
+        counts = pull_feedback(clinic=clinic)
     for name, n in sorted(counts.items()):
         typer.echo(f"  {name:<36}{n:>8}")
     typer.echo("  nothing new" if not counts else f"  {sum(counts.values())} items recorded")
@@ -121,11 +130,15 @@ def models_build_command(
     segment, in one commit. A model that fails (or fails a data test) is named with its file
     and keeps its last good table, as does every model reading it; the rest is built."""
     from tasks.config import load_clinic
+    from tasks.homecopy import writing_current_copy
     from tasks.models import runner as models
     from tasks.warehouse import open_db
 
     config = load_clinic(clinic)
-    with open_db(config.database_path, create=False) as con:
+    with (
+        writing_current_copy(config.database_path, config.clinic, nothing="nothing built"),
+        open_db(config.database_path, create=False) as con,
+    ):
         result = models.build(
             con, models.ListSettings.from_config(config), full_refresh=full_refresh
         )

@@ -144,3 +144,61 @@ def test_a_backup_with_the_server_down_goes_on_saying_it_could_not_check(
     assert out.exit_code == 0, out.output
     assert "could not check" in out.output
     assert len(list((tmp_path / "nightly").glob("demo-*.duckdb"))) == 1
+
+
+# The tick's steps run by hand write the database of the machine they run on, as the commands
+# above do: run where the clinic does not live they wrote a copy the home never reads.
+
+
+def test_a_sync_on_an_old_copy_refuses_before_reading_cliniko(demo_copy):
+    """`relay sync` on the machine the clinic moved away from synced its old copy: the run said
+    what it read while the home's copy, the one the ticks plan from, stayed as it was."""
+    demo_copy.home = MOVED
+    out = _run(["sync", "--clinic", "demo"])
+    assert isinstance(out.exception, HomeRefused), out.output
+    said = str(out.exception)
+    assert said.startswith("demo: nothing synced: this database is generation 1"), said
+    assert "Run this command on 'two'" in said
+
+
+def test_a_sync_on_a_machine_that_is_not_the_home_makes_no_database(data_dir, monkeypatch):
+    """`relay sync` on a machine without the clinic's database (its home is another) made one
+    there: a second copy of the clinic's patients, on a machine that is not its home."""
+    from tasks.config import load_clinic
+
+    monkeypatch.setattr(homecopy, "shared_server", lambda: True)
+    monkeypatch.setattr(homecopy, "PrefectHomes", lambda: Store(MOVED))
+    monkeypatch.setenv("RELAY_MACHINE", "one")
+    out = _run(["sync", "--clinic", "demo"])
+    assert isinstance(out.exception, HomeRefused), out.output
+    said = str(out.exception)
+    assert said.startswith("demo: nothing synced: this machine ('one') has no database of demo"), (
+        said
+    )
+    assert "Run this command on 'two'" in said
+    assert not load_clinic("demo").database_path.exists()
+    assert not list(data_dir.iterdir())
+
+
+def test_feedback_on_an_old_copy_refuses(demo_copy):
+    """`relay feedback` there recorded bounces and STOP replies the home never read, and said
+    "N items recorded"."""
+    demo_copy.home = MOVED
+    out = _run(["feedback", "--clinic", "demo"])
+    assert isinstance(out.exception, HomeRefused), out.output
+    assert str(out.exception).startswith("demo: nothing recorded: this database is generation 1")
+    assert "Run this command on 'two'" in str(out.exception)
+
+
+def test_a_models_build_during_a_move_refuses(demo_copy):
+    demo_copy.home = Home("one", 1, database="l" * 32, moving_to="two")
+    out = _run(["models", "build", "--clinic", "demo"])
+    assert isinstance(out.exception, HomeRefused), out.output
+    assert "being moved from 'one' to 'two'" in str(out.exception)
+
+
+def test_a_models_build_on_the_current_copy_goes_on(demo_copy):
+    demo_copy.home = Home("one", 1, database="l" * 32)
+    out = _run(["models", "build", "--clinic", "demo"])
+    assert out.exit_code == 0, out.output
+    assert "Built " in out.output
