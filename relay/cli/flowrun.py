@@ -14,7 +14,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import subprocess
 import sys
+import threading
+import types
 
 from tasks.errors import UserFacingError
 
@@ -86,8 +89,11 @@ def unreachable(exc: BaseException) -> str | None:
 
 def prepare() -> None:
     """Before running a flow from the terminal: the server must answer, and errors meant for a
-    person are printed once by ``main``, not logged with a traceback on the console too."""
+    person are printed once by ``main``, not logged with a traceback on the console too.
+    Without a server, the temporary one Prefect starts for the run dies with this process."""
     url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        tie_temporary_server()
     if url:
         import httpx
 
@@ -102,6 +108,34 @@ def prepare() -> None:
     for handler in _console_handlers():
         if _FILTER not in handler.filters:
             handler.addFilter(_FILTER)
+
+
+class _TiedSubprocess(types.ModuleType):
+    """``subprocess`` as Prefect's temporary server module sees it: a process it starts from the
+    main thread gets SIGTERM when this process dies (PR_SET_PDEATHSIG; relay/tree.py). Only from
+    the main thread: the signal follows the thread that started the child, and another thread
+    (Prefect's events worker, say) may end before the process does."""
+
+    def __getattr__(self, name: str):
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args, **kwargs):  # noqa: N802 - subprocess's own name
+        from relay.tree import _die_with
+
+        if threading.current_thread() is threading.main_thread():
+            kwargs.setdefault("preexec_fn", _die_with(os.getpid()))
+        return subprocess.Popen(*args, **kwargs)
+
+
+def tie_temporary_server() -> None:
+    """A command killed with SIGKILL (or out of memory) never ran Prefect's exit handler that
+    stops its temporary server, so the server ran on, for good. Tied, it stops with the
+    command."""
+    from prefect.server.api import server
+
+    if not isinstance(server.subprocess, _TiedSubprocess):
+        server.subprocess = _TiedSubprocess("subprocess")  # type: ignore[assignment]
 
 
 def silence() -> None:

@@ -1,0 +1,66 @@
+"""A one-shot command without PREFECT_API_URL (`relay sync`, `relay feedback`, `relay campaign
+send`, `relay demo`) runs its flow on a temporary Prefect server, a child process that Prefect
+stops at exit. Killed with SIGKILL, the command left that server running, for good, on its port
+(found by the issue 14 re-check). ``flowrun.prepare`` ties the server to the command's process:
+it gets SIGTERM when the command dies (relay/tree.py's ``_die_with``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SCRIPT = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+import relay
+from relay.cli import flowrun
+flowrun.prepare()
+from prefect.server.api.server import SubprocessASGIServer
+server = SubprocessASGIServer()
+server.start()
+print(server.server_process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl: Linux only")
+def test_a_killed_command_takes_its_temporary_server_with_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    root = str(Path(__file__).resolve().parents[3])
+    command = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT.format(root=root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    server = 0
+    try:
+        assert command.stdout is not None
+        server = int(command.stdout.readline())
+        assert _alive(server)
+        command.send_signal(signal.SIGKILL)
+        command.wait()
+        deadline = time.monotonic() + 60
+        while _alive(server) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _alive(server), "the temporary server outlived the command killed by SIGKILL"
+    finally:
+        command.kill()
+        if server and _alive(server):
+            os.kill(server, signal.SIGKILL)
