@@ -140,6 +140,24 @@ def request_never_sent(exc: BaseException) -> bool:
     )
 
 
+# Raised by requests before any connection: a base URL it cannot use (no scheme, a misspelt one,
+# no host). Nothing left this machine, and every request of the run would fail the same way.
+URL_ERRORS = (
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.InvalidURL,
+)
+
+
+def unusable_base_url(provider: str, block: str, base_url: str | None) -> ProviderUnavailable:
+    """The stop for a base URL requests refused (:data:`URL_ERRORS`): names the setting."""
+    return ProviderUnavailable(
+        f"{provider}: base_url {base_url!r} is not a URL (write it whole, e.g. "
+        f"'http://127.0.0.1:8025'); nothing was sent. Fix base_url in the {block} block, or the "
+        f"{provider.upper()}_BASE_URL variable."
+    )
+
+
 class Provider(Protocol):
     name: str
     batch_size: int  # rows dispatch takes, re-checks and renders at a time

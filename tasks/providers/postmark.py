@@ -48,6 +48,7 @@ from tasks.feedback import Feed, FeedbackUnavailable, Scope
 from tasks.messages.ledger import LedgerRow, normalise_address
 from tasks.providers.common import (
     STRUGGLING,
+    URL_ERRORS,
     Outcome,
     OutgoingMessage,
     ProviderUnavailable,
@@ -55,6 +56,7 @@ from tasks.providers.common import (
     Suppress,
     metadata_key,
     request_never_sent,
+    unusable_base_url,
 )
 from tasks.providers.postmark_codes import item_outcome, server_error, settings_refusal, stopped
 from tasks.warehouse import transaction
@@ -211,6 +213,8 @@ class PostmarkProvider:
             if status == 429:
                 return [Outcome("retry", error_code=str(status), reason="postmark: busy")] * n
             return [Outcome("unknown", error_code=str(status), reason="postmark: odd reply")] * n
+        except URL_ERRORS:
+            raise unusable_base_url("postmark", "PostmarkServer", self.settings.base_url) from None
         except requests.RequestException as exc:
             if request_never_sent(exc):
                 return [Outcome("retry", reason="postmark: could not connect")] * n

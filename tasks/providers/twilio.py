@@ -49,12 +49,14 @@ from tasks import feedback, feedback_delivery
 from tasks.feedback import Feed, FeedbackUnavailable
 from tasks.messages.ledger import LedgerRow, normalise_address
 from tasks.providers.common import (
+    URL_ERRORS,
     Outcome,
     OutgoingMessage,
     ProviderUnavailable,
     RenderedSms,
     Suppress,
     request_never_sent,
+    unusable_base_url,
 )
 from tasks.warehouse import transaction
 
@@ -283,6 +285,8 @@ class TwilioProvider:
             created = self.client.messages.create(to=to, body=body, **self._sender)
         except TwilioException as exc:
             return _error_outcome(exc)
+        except URL_ERRORS:
+            raise unusable_base_url("twilio", "TwilioAccount", self.settings.base_url) from None
         except requests.RequestException as exc:
             if request_never_sent(exc):
                 return Outcome("retry", reason="twilio: could not connect")
