@@ -12,11 +12,19 @@ from relay.env import CRASH_AFTER_SECONDS, HEARTBEAT_SECONDS
 
 
 def serve_command(
-    port: int = typer.Option(4200, help="Port of the Prefect server and its UI on 127.0.0.1."),
-    every: float = typer.Option(2.0, help="Minutes between the demo clinic's ticks."),
-    patients: int = typer.Option(500, help="Size of the generated sandbox clinic."),
+    port: int = typer.Option(
+        4200, min=1, max=65535, help="Port of the Prefect server and its UI on 127.0.0.1."
+    ),
+    every: float = typer.Option(
+        2.0,
+        min=1,  # as a clinic's schedule.tick_every_minutes: Prefect schedules no interval of 0
+        help="Minutes between the demo clinic's ticks (at least 1).",
+    ),
+    patients: int = typer.Option(500, min=0, help="Size of the generated sandbox clinic."),
     seed: int = typer.Option(1, help="Seed of the generated clinic."),
-    speed: float = typer.Option(10.0, help="How much faster than real time the sandbox runs."),
+    speed: float = typer.Option(
+        10.0, min=0, help="How much faster than real time the sandbox runs."
+    ),
 ) -> None:
     """Prefect server + UI, the sandbox Cliniko with its clock running, and the demo clinic's
     ticks on a schedule: open the UI and watch. Starts from a fresh demo database; Ctrl-C stops
