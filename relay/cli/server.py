@@ -23,7 +23,11 @@ def serve_command(
     patients: int = typer.Option(500, min=0, help="Size of the generated sandbox clinic."),
     seed: int = typer.Option(1, help="Seed of the generated clinic."),
     speed: float = typer.Option(
-        10.0, min=0, help="How much faster than real time the sandbox runs."
+        1.0,
+        min=0,
+        help="How much faster than real time the sandbox's clock runs. Messages go by the wall "
+        "clock: above 1 the clinic's bookings are stamped ahead of it, and their welcomes and "
+        "reminders come due that much later.",
     ),
 ) -> None:
     """Prefect server + UI, the sandbox Cliniko with its clock running, and the demo clinic's
