@@ -91,6 +91,25 @@ def twins(clinics: list[str]) -> str | None:
     )
 
 
+def shared_databases(configs: list) -> str | None:
+    """Why clinics naming one database file (`database:` in clinic.yaml) cannot be deployed
+    together, or None: each clinic's state is its own file. A folder copied with its
+    `database:` line had its ticks refused (the file holds the other clinic), but its
+    `relay sync` and steps run alone wrote into the other clinic's file."""
+    named: dict[str, list[str]] = {}
+    for config in configs:
+        named.setdefault(str(config.database_path.resolve()), []).append(config.clinic)
+    shared = [(path, names) for path, names in named.items() if len(names) > 1]
+    if not shared:
+        return None
+    return "; ".join(
+        f"clinics {' and '.join(names)} name one database file, {path}" for path, names in shared
+    ) + (
+        ": each clinic needs its own (its ledger, lists and Cliniko rows). Give each its own "
+        "`database:` in its clinic.yaml, or leave the line out (data/<clinic>.duckdb)."
+    )
+
+
 @dataclass(frozen=True)
 class Planned:
     """One deployment to create: which flow, its name, parameters and schedules."""
@@ -255,7 +274,7 @@ def deploy_command(
     for config in configs:  # a run finds its clinic by the folder's name (tasks/paths.py)
         if config.source and (problem := misnamed(config.source, config.clinic, folder)):
             raise ConfigError(problem)
-    shared = twins([c.clinic for c in configs])
+    shared = twins([c.clinic for c in configs]) or shared_databases(configs)
     if shared:
         raise ConfigError(shared)
     if not configs:
