@@ -86,7 +86,7 @@ def connect_command(
     from tasks.config import ClinicConfig, ConfigError, load_clinic
     from tasks.connect import ConnectFailed
     from tasks.connect.clinic_file import Accounts, pick_business, render_clinic_yaml
-    from tasks.connect.cliniko import verify_cliniko
+    from tasks.connect.cliniko import check_contact_email, verify_cliniko
     from tasks.connect.postmark import verify_postmark
     from tasks.connect.twilio import verify_twilio
     from tasks.paths import clinics_dir
@@ -122,6 +122,7 @@ def connect_command(
         sms=f"{block}-twilio" if sms else "outbox",
         from_address=from_address if email else None,
     )
+    check_contact_email(contact_email)  # in connect's words (the block's name its own field)
     # the blocks as they will be saved: a value they refuse is reported before any request
     blocks = _build_blocks(accounts, cliniko_key=cliniko_key, contact_email=contact_email,
                            cliniko_base_url=cliniko_base_url, postmark_token=postmark_token,

@@ -74,16 +74,7 @@ def verify_cliniko(
     key = (api_key or "").strip()
     if not key:
         raise ConnectFailed(SERVICE, "bad_key", "the API key is empty. " + _WHERE_KEYS)
-    # the client's one rule, without its sandbox exemption: connect is for a real clinic
-    reason = placeholder_reason(contact_email)
-    if reason is not None:
-        raise ConnectFailed(
-            SERVICE,
-            "bad_contact",
-            f"'{contact_email}' {reason}, so it is not a contact email Cliniko can use. Cliniko "
-            "asks every integration to name a real address in its User-Agent and may block "
-            "requests without one: give the address of whoever looks after this integration.",
-        )
+    check_contact_email(contact_email)
     shard = shard_of(key)
     with _client(key, contact_email, urls(shard), timeout) as client:
         try:
@@ -111,6 +102,22 @@ def verify_cliniko(
         businesses=businesses,
         appointment_types=sorted(t for t in types if t[0]),
     )
+
+
+def check_contact_email(contact_email: str) -> None:
+    """The client's one rule (``placeholder_reason``) without its sandbox exemption: connect is
+    for a real clinic. Run before the blocks are built, so the refusal names connect's flag (the
+    block's own names the block field and CLINIKO_CONTACT, which connect does not read)."""
+    reason = placeholder_reason(contact_email)
+    if reason is not None:
+        raise ConnectFailed(
+            SERVICE,
+            "bad_contact",
+            f"'{contact_email}' {reason}, so it is not a contact email Cliniko can use. Cliniko "
+            "asks every integration to name a real address in its User-Agent and may block "
+            "requests without one: give the address of whoever looks after this integration "
+            "with --contact-email.",
+        )
 
 
 _WHERE_KEYS = (

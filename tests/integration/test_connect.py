@@ -464,6 +464,27 @@ def test_connect_refuses_a_value_the_blocks_refuse_before_any_request(tmp_path, 
     assert "An API key SID (SK...) is not an account SID" in said  # plain words, not a regex
 
 
+@pytest.mark.parametrize("base", [[], ["--cliniko-base-url", "https://proxy.acme.com.au/v1"]])
+def test_connect_refuses_a_placeholder_contact_naming_its_flag(tmp_path, monkeypatch, base):
+    """A real clinic's connect (no sandbox URL): the block's own wording told the user to set
+    contact_email in the ClinikoAccount block or CLINIKO_CONTACT, neither of which connect
+    reads; connect's message names --contact-email and why Cliniko needs a real address."""
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+
+    monkeypatch.setenv("RELAY_CLINICS_DIR", str(tmp_path))
+    args = ["connect", "acme", "--no-email", "--no-sms", "--cliniko-key", "k-au1",
+            "--contact-email", "ops@localhost", "--check-only", *base]  # fmt: skip
+    result = CliRunner().invoke(app, args)  # relay's main() prints a ConnectFailed, exit 2
+    assert isinstance(result.exception, ConnectFailed), result.output
+    assert result.exception.problem == "bad_contact"
+    said = str(result.exception)
+    assert "--contact-email" in said and "User-Agent" in said and "'@localhost'" in said
+    assert "CLINIKO_CONTACT" not in said and "Checking" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("flag", ["--cliniko-key", "--postmark-token", "--twilio-token"])
 def test_connect_refuses_a_secret_pasted_with_an_invisible_character_before_any_request(
     tmp_path, monkeypatch, flag
