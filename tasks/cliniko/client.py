@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import os
 import re
 import ssl
@@ -114,15 +115,14 @@ PLACEHOLDER_DOMAINS = ("example.com", "example.net", "example.org")
 PLACEHOLDER_SUFFIXES = (".example", ".test", ".invalid", ".localhost", ".local", ".localdomain",
                         ".internal", ".lan", ".home.arpa")  # fmt: skip
 _EMAIL = re.compile(r"^[^@\s()<>]+@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)$")
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
 def is_loopback(base_url: str | None) -> bool:
-    """True for a base URL on this machine (the sandbox): no Cliniko operator reads its log."""
-    if not base_url:
-        return False
-    host = (urlsplit(base_url).hostname or "").lower()
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
+    """On this machine (the sandbox) by address or ``localhost``, not a '127.' prefix: any host."""
+    host = (urlsplit(base_url or "").hostname or "").lower()
+    with contextlib.suppress(ValueError):
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    return False
 
 
 def placeholder_reason(contact: str) -> str | None:

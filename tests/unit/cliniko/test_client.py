@@ -279,6 +279,18 @@ def test_the_sandbox_on_this_machine_takes_any_contact():
         check_contact("demo@localhost", "https://proxy.clinic.com.au/v1")
 
 
+@pytest.mark.parametrize(
+    "base",
+    ["https://127.proxy.clinic.com.au/v1", "http://127.0.0.1.nip.io/v1", "http://0.0.0.0/v1"],
+)
+def test_a_public_name_that_only_starts_like_loopback_is_not_the_sandbox(base):
+    """The exemption is for this machine: 127.0.0.0/8, ::1 or localhost, by address, never a host
+    name that starts with '127.' (any DNS name can), which took any contact."""
+    with pytest.raises(BadContact):
+        check_contact("demo@localhost", base)
+    check_contact("demo@localhost", "http://127.0.0.2:9/v1")  # all of 127.0.0.0/8 is loopback
+
+
 # --- One TLS context per process ----------------------------------------------------------------
 
 
