@@ -168,6 +168,8 @@ def render_clinic_yaml(
             }
         ).rstrip(),
         *_unsubscribe_comment(accounts, unsubscribes, marketing_stream),
+        "# ^ sender.phone: Cliniko's business has no phone field (contact_information is free",
+        "#   text), so set the clinic's number here: the reminder, welcome and recall print it.",
         "",
         "# Triggers (tasks/triggers/definition.py documents every setting): all off.",
         _dump({"triggers": _triggers(accounts)}).rstrip(),

@@ -107,3 +107,14 @@ def test_with_email_in_the_outbox_the_link_is_ours():
     text = render_clinic_yaml("acme", None, SYDNEY, FACTS, Accounts("acme-cliniko"))
     assert "public address of `relay serve-unsubscribe` before any" in _unsubscribe_note(text)
     assert "Postmark" not in _unsubscribe_note(text)
+
+
+def test_the_file_says_the_phone_is_for_the_owner_to_set(tmp_path):
+    """Cliniko's business has no phone field (contact_information is free text), so connect
+    cannot fill providers.sender.phone, which the reminder, welcome and recall print: the file
+    says so beside it, where the owner reads it, instead of leaving `phone: ''` to three
+    warnings in `relay clinics`."""
+    path = write(tmp_path, Accounts("acme-cliniko", "acme-postmark", "acme-twilio", "hi@acme.au"))
+    text = path.read_text(encoding="utf-8")
+    assert load_clinic(path).providers.sender.phone == ""
+    assert "# ^ sender.phone:" in text and "no phone field" in text
