@@ -81,6 +81,16 @@ def verify_cliniko(
             user = client.get_object("/user")
         except BadApiKey:
             raise _bad_key(key, contact_email, shard, urls, timeout) from None
+        except ClinikoUnavailable as exc:
+            if shard in SHARDS or not key.endswith(f"-{shard}"):
+                raise _unexpected(exc) from None
+            raise ConnectFailed(  # a mistyped suffix: its host need not exist
+                SERVICE,
+                "unknown_shard",
+                f"the key ends in -{shard}, which names none of Cliniko's shards "
+                f"({', '.join(SHARDS)}), and {urls(shard)} did not answer. The suffix is "
+                f"probably mistyped: {_WHERE_KEYS}",
+            ) from None
         except ClinikoError as exc:
             raise _unexpected(exc) from None
         businesses = [_business(b) for b in _list(client, "/businesses", "businesses")]

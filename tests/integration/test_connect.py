@@ -138,6 +138,17 @@ def test_cliniko_unreachable_host_says_so(cliniko):
     assert err.problem == "unreachable"
 
 
+def test_cliniko_key_with_a_suffix_naming_no_shard_says_so_not_check_the_network(cliniko):
+    """A mistyped suffix (-au5, -xx1) sends the key to a host that does not exist: connect said
+    only "did not answer ... Check the network", though the network was fine."""
+    clinic, urls = cliniko
+    body = clinic.api_key.rsplit("-", 1)[0]
+    err = failure(verify_cliniko, body + "-au5", CONTACT,
+                  urls=lambda s: urls(s) if s in SHARDS else NOWHERE)  # fmt: skip
+    assert err.problem == "unknown_shard", str(err)
+    assert "-au5" in str(err) and "uk1" in str(err) and body not in str(err)
+
+
 # -- Postmark ------------------------------------------------------------------------------------
 
 
