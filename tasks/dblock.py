@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import time
 import uuid
@@ -35,6 +36,11 @@ OTHER = "another run"
 # taking the database back: a reader reading longer waits no longer for the lane to step aside
 # again, and the lane waits on the lock itself, until its next tick is due at the latest.
 READERS_CAP = 60.0
+# An open that may wait this long says, when it starts waiting, what it waits for: a `relay sync`
+# behind a tick's fast lane waited up to ten minutes saying nothing.
+SAY_WAITING_AFTER = 10.0
+
+log = logging.getLogger(__name__)
 
 
 def sidecar(db_path: Path, suffix: str) -> Path:
@@ -54,7 +60,7 @@ def acquire(
     taken. A writer notes ``holder`` (and its pid) in the lock file for those who wait."""
     fd = os.open(sidecar(db_path, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-    deadline = time.monotonic() + wait_seconds
+    deadline, said = time.monotonic() + wait_seconds, False
     try:
         while True:
             try:
@@ -64,6 +70,14 @@ def acquire(
                 if on_wait is not None:
                     on_wait()
                     on_wait = None
+                if not said and wait_seconds >= SAY_WAITING_AFTER:
+                    said = True
+                    log.warning(
+                        "%s is in use by %s: waiting up to %.0fs for it",
+                        db_path.name,
+                        _holder(fd) or "another run or a reader",
+                        wait_seconds,
+                    )
                 if time.monotonic() >= deadline:
                     raise DatabaseBusy(_busy(db_path, fd, exclusive, wait_seconds)) from None
                 time.sleep(0.2)

@@ -1,5 +1,6 @@
 """The clinic database: every table exists on open, one writer at a time, transactions are atomic."""
 
+import os
 import threading
 import traceback
 
@@ -66,6 +67,27 @@ def test_a_second_writer_waits_then_fails_clearly(tmp_path):
         # flock is per open file description, so a second open in this process contends too.
         with warehouse.open_db(db, wait_seconds=0.3):
             pass
+
+
+def test_a_writer_that_may_wait_long_says_once_what_it_waits_for(tmp_path, caplog):
+    # `relay sync` behind a tick's fast lane waited up to ten minutes without a word.
+    from tasks.dblock import FAST_LANE, acquire, release
+
+    db = tmp_path / "c.duckdb"
+    held = acquire(db, True, 1, holder=FAST_LANE)
+    threading.Timer(1.0, release, (held, True)).start()
+    with caplog.at_level("WARNING", logger="tasks.dblock"), warehouse.open_db(db):
+        pass
+    said = [r.getMessage() for r in caplog.records if r.name == "tasks.dblock"]
+    assert said == [
+        f"c.duckdb is in use by {FAST_LANE} (pid {os.getpid()}): waiting up to 600s for it"
+    ]
+    caplog.clear()
+    held = acquire(db, True, 1, holder=FAST_LANE)
+    threading.Timer(0.5, release, (held, True)).start()
+    with caplog.at_level("WARNING", logger="tasks.dblock"), warehouse.open_db(db, wait_seconds=5):
+        pass  # a short wait (a reader's, a test's) says nothing
+    assert [r for r in caplog.records if r.name == "tasks.dblock"] == []
 
 
 def test_a_writer_gets_in_once_the_first_one_closes(tmp_path):
