@@ -257,7 +257,12 @@ class Campaign(_Section):
     # When the audience is frozen and sending starts: a time without an offset is the clinic's
     # local time. None: as soon as it is confirmed.
     send_at: datetime | None = None
-    per_minute: int = Field(100, ge=1, description="Throttle: messages a minute at most.")
+    per_minute: int = Field(
+        100,
+        ge=1,
+        description="Throttle: the audience comes due this many a minute from send_at; each "
+        "tick sends what has come due (README, campaigns).",
+    )
 
 
 class FrequencyCap(_Section):

@@ -3,6 +3,7 @@ ledger), unsubscribes and the report."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 import typer
@@ -104,8 +105,12 @@ def campaign_preview_command(
     typer.echo(f"  send at     {clinic_time(p.send_at, config.time_zone)}")
     typer.echo(f"  segment     {p.segment_size} patients")
     typer.echo(f"  not on the {p.channel} marketing list: {p.not_on_list}; suppressed since: {p.suppressed}")  # fmt: skip
-    typer.echo(f"  audience    {p.audience} messages, at most {p.per_minute} a minute "
+    typer.echo(f"  audience    {p.audience} messages, due {p.per_minute} a minute from send_at "
                f"(about {minutes} min); the frequency cap may hold some back")  # fmt: skip
+    if p.audience > p.per_minute:  # dispatch runs once a tick: what came due since goes together
+        every = config.schedule.tick_every_minutes
+        typer.echo(f"  pace        each tick (every {every:g} min) sends what has come due: up to "
+                   f"{math.ceil(p.per_minute * every)} together")  # fmt: skip
     typer.echo(f"  status      {p.status}" + (f"; messages: {p.ledger}" if p.ledger else ""))
     if p.frozen_at is not None:
         typer.echo(f"  frozen      at {p.frozen_at:%Y-%m-%d %H:%M} UTC: the audience is fixed; "

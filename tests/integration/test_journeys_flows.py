@@ -113,6 +113,25 @@ def test_campaign_preview_shows_the_operator_a_sample_and_send_needs_confirm(cli
         assert con.execute("SELECT count(*) FROM state.messages").fetchone()[0] == 0
 
 
+def test_campaign_preview_says_each_tick_sends_what_has_come_due_not_at_most_per_minute(
+    clinic_file,
+):
+    """per_minute spreads the audience's due times; dispatch runs once a tick and sends every
+    row that has come due. The preview said "at most 2 a minute" while a tick every 5 minutes
+    sent up to 10 in the same second (found by the issue 5 re-check)."""
+    from relay.cli import app
+
+    path, _, _ = clinic_file
+    settings = yaml.safe_load(path.read_text(encoding="utf-8"))
+    paced = {**CAMPAIGN, "per_minute": 2}
+    path.write_text(yaml.safe_dump({**settings, "campaigns": [paced]}), encoding="utf-8")
+    shown = CliRunner().invoke(app, ["campaign", "preview", "recall", "--clinic", str(path)])
+    assert shown.exit_code == 0, shown.output
+    assert "at most 2 a minute" not in shown.output
+    assert "audience    3 messages, due 2 a minute from send_at (about 2 min)" in shown.output
+    assert "each tick (every 5 min) sends what has come due: up to 10 together" in shown.output
+
+
 def test_campaign_commands_say_when_the_audience_is_frozen_and_keep_what_was_confirmed(
     clinic_file,
 ):

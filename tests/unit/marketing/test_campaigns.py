@@ -98,6 +98,23 @@ def test_sending_is_throttled_and_resumes_where_the_ledger_says(clinic, tmp_path
     )
 
 
+def test_a_tick_sends_every_row_of_the_campaign_that_has_come_due(tmp_path):
+    """per_minute spreads due times; each tick's dispatch sends all that have come due, so a
+    tick every 5 minutes sends up to 5 x per_minute together (README, campaigns)."""
+    c = journey_clinic.Clinic(campaigns=[RECALL], marketing={"frequency_cap": None})
+    for p in range(1, 9):
+        c.patient(p)
+        c.visit(p, days_ago=100 + p)
+    c.build()
+    campaigns.confirm(c.con, c.cfg(), "autumn-recall", c.now)
+    c.send(tmp_path)
+    assert counts(c) == {"planned": 6, "sent": 2}
+    c.advance(minutes=5)
+    c.send(tmp_path)
+    assert counts(c) == {"sent": 8}
+    c.con.close()
+
+
 def test_a_scheduled_campaign_is_frozen_at_its_local_send_time_with_the_audience_of_then(clinic):
     # 4 November 2026 09:00 in Melbourne, written without an offset = 3 November 22:00 UTC
     local = {**RECALL, "send_at": "2026-11-04T09:00:00"}
