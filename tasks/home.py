@@ -211,6 +211,16 @@ def read_identity(con: duckdb.DuckDBPyConnection) -> Identity | None:
     return Identity(row[0], row[1], int(row[2]), row[3]) if row else None
 
 
+def refuse_another_clinics(identity: Identity | None, clinic: str, nothing: str = "") -> None:
+    """HomeRefused when the database is another clinic's (two clinic.yaml naming one file)."""
+    if identity is not None and identity.clinic != clinic:
+        raise HomeRefused(
+            f"{f'{clinic}: {nothing}: ' if nothing else ''}this database holds clinic "
+            f"'{identity.clinic}', not '{clinic}': check `database:` in "
+            f"clinics/{clinic}/clinic.yaml."
+        )
+
+
 def write_identity(con: duckdb.DuckDBPyConnection, identity: Identity) -> None:
     now = datetime.now(UTC)
     with transaction(con):
@@ -307,11 +317,7 @@ def guard(
     shared server)."""
     machine = machine or this_machine()
     identity = read_identity(con)
-    if identity is not None and identity.clinic != clinic:
-        raise HomeRefused(
-            f"this database holds clinic '{identity.clinic}', not '{clinic}': check "
-            f"`database:` in clinics/{clinic}/clinic.yaml."
-        )
+    refuse_another_clinics(identity, clinic)
     if store is None:
         if not shared_server():
             if identity is None:

@@ -32,6 +32,7 @@ from tasks.home import (
     PrefectHomes,
     read_identity,
     refusal,
+    refuse_another_clinics,
     shared_server,
     this_machine,
 )
@@ -78,9 +79,12 @@ def writing_current_copy(
     the old copy. On a machine without the clinic's database while its home is another (or a
     move is under way) it refuses before making one: such a sync made a second copy of the
     clinic's patients where the clinic does not live, which no tick ever read. Without a shared
-    server, or for a clinic with no home yet, nothing is checked or held."""
+    server, or for a clinic with no home yet, nothing is checked or held but that the database
+    is not another clinic's (two clinic.yaml naming one file: a sync wrote one clinic's Cliniko
+    rows into the other's, whose next tick planned messages to them)."""
     from tasks.warehouse import hold, open_db
 
+    _not_another_clinics(Path(db_path), clinic, nothing)
     if store is None:
         if not shared_server():
             yield
@@ -110,6 +114,19 @@ def writing_current_copy(
         with open_db(db_path) as con:
             require_current_copy(con, clinic, store=store, nothing=nothing)
         yield
+
+
+def _not_another_clinics(db_path: Path, clinic: str, nothing: str) -> None:
+    from tasks.warehouse import open_db
+
+    if not db_path.exists():
+        return
+    with open_db(db_path, read_only=True) as con:
+        try:
+            identity = read_identity(con)
+        except duckdb.CatalogException:  # a file from before identities: nothing to compare
+            return
+    refuse_another_clinics(identity, clinic, nothing)
 
 
 def require_moved_copy(db_path: Path, clinic: str, home: Home) -> None:

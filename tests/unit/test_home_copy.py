@@ -202,3 +202,24 @@ def test_a_models_build_on_the_current_copy_goes_on(demo_copy):
     out = _run(["models", "build", "--clinic", "demo"])
     assert out.exit_code == 0, out.output
     assert "Built " in out.output
+
+
+def test_a_sync_into_another_clinics_database_refuses_with_or_without_a_server(
+    data_dir, monkeypatch
+):
+    """Two clinic.yaml naming one file (a folder copied with its `database:` line): `relay sync`
+    of the copy wrote its Cliniko rows into the first clinic's database, whose next tick planned
+    messages to them (only the copy's ticks were refused)."""
+    from tasks.config import load_clinic
+
+    with open_db(load_clinic("demo").database_path) as con:
+        write_identity(con, Identity("acme", "a" * 32, 1, "one"))
+    for server in (False, True):
+        monkeypatch.setattr(homecopy, "shared_server", lambda server=server: server)
+        monkeypatch.setattr(homecopy, "PrefectHomes", lambda: Store(None))
+        for command, nothing in (("sync", "nothing synced"), ("feedback", "nothing recorded")):
+            out = _run([command, "--clinic", "demo"])
+            assert isinstance(out.exception, HomeRefused), out.output
+            assert str(out.exception).startswith(
+                f"demo: {nothing}: this database holds clinic 'acme', not 'demo'"
+            ), str(out.exception)
