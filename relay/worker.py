@@ -228,10 +228,13 @@ class Stopping:
 
     The first signal cancels the worker's task: Prefect's teardown then sends each run it
     started SIGTERM (a run in its fast lane first given ``WORKER_GRACE`` seconds to end by
-    itself, relay/warm.py) and waits for it to end. A run so told reports Crashed to the server
-    as it exits, and with the server gone (stopped, restarting, unreachable) it retries that
-    report for a minute or more (``PREFECT_CLIENT_MAX_RETRIES``): the worker waited for it all
-    that time, as Prefect's own kill after its grace never came (its stop had been cancelled).
+    itself, relay/warm.py) and waits for it to end. The thread below tells each run the same
+    (its stop file, its SIGTERM) at the same moments, so a run is told even when that teardown
+    does not reach it (under the whole suite's load a run once slept on, untold, until killed
+    25 s later). A run so told reports Crashed to the server as it exits, and with the server
+    gone (stopped, restarting, unreachable) it retries that report for a minute or more
+    (``PREFECT_CLIENT_MAX_RETRIES``): the worker waited for it all that time, as Prefect's own
+    kill after its grace never came (its stop had been cancelled).
     So from the signal on, a thread gives each run ``grace`` seconds after its SIGTERM
     (``answering_grace`` while the server at ``api`` answers: the run is reporting), then
     SIGKILLs what is left of it: what a killed tick leaves, which the lost-run automation and
@@ -293,6 +296,7 @@ class Stopping:
         # As the stop began (a cancelled run forgets its pid), before warm.py looks at the lanes
         self._names = {pid: name for pid, (name, _) in self.running.items()}
         self._lanes = {pid for pid, (_, lane) in self.running.items() if os.path.exists(lane)}
+        self._stop_files = {pid: self.running[pid][1].removesuffix(".lane") for pid in self._lanes}
         self._watch = threading.Thread(target=self._stop_runs, name="relay-stop", daemon=True)
         self._watch.start()
         task.cancel()
@@ -323,6 +327,10 @@ class Stopping:
         # stop, as systemd stops every process of the service, is no longer below the worker),
         # and every process below it in a session of its own.
         seen = {pid: since for pid in self._names if (since := started(pid)) is not None}
+        for stop in self._stop_files.values():  # a run in its lane: "your worker is stopping"
+            with contextlib.suppress(OSError):
+                open(stop, "a").close()
+        told_by_us: set[int] = set()
         killed: list[int] = []
         while True:
             for pid in runs_below(os.getpid()):
@@ -333,6 +341,15 @@ class Stopping:
                 # Told to stop at once, or after the lane's grace (a process not known by pid,
                 # a run's child, as late as any); then ``grace`` seconds.
                 told = lane if pid in self._lanes or pid not in self._names else 0.0
+                if (
+                    pid in self._names
+                    and pid not in told_by_us
+                    and time.monotonic() >= self.at + told
+                ):
+                    # The SIGTERM Prefect's teardown of the worker sends (a moment later: both
+                    # pending at once, taken once), here too: that teardown may not tell it.
+                    signal_one(pid, seen[pid], signal.SIGTERM)
+                    told_by_us.add(pid)
                 if self._now.is_set() or self._outstayed(self.at + told):
                     signal_one(pid, seen[pid], signal.SIGKILL)
                     killed.append(pid)
@@ -365,7 +382,10 @@ class Stopping:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
-        os._exit(0)
+        self._exit(0)
+
+    def _exit(self, code: int) -> None:
+        os._exit(code)  # whatever Prefect still waits for (tests: not their own process)
 
     def _outstayed(self, told: float) -> bool:
         """Whether a run told to stop at ``told`` (monotonic) is past its grace: ``grace`` if
