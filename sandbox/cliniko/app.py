@@ -42,6 +42,12 @@ NO_USER_AGENT = "A User-Agent header is required: name your application and a co
 UNAUTHORIZED = "Unauthorized: unknown API key, or a key for another shard."
 FORBIDDEN = "You do not have permission to access this resource."
 NOT_FOUND = "Not found."
+# The sandbox serves the API for reading; its clinic changes by its clock and in Python.
+READ_ONLY = (
+    "The sandbox serves Cliniko's API read-only (GET): change its clinic in Python "
+    "(clinic.bulk_edit, clinic.cancel_attendance) or let its clock run (--speed, "
+    "POST /_sandbox/advance)."
+)
 PATIENT_LISTS = ("medical_alerts", "invoices")
 
 
@@ -104,6 +110,8 @@ class ClinikoApp:
             return limited, None
         if not path.startswith("/v1/"):
             return _json(404, {"message": NOT_FOUND}), None
+        if request.method not in ("GET", "HEAD"):  # never answered as a read: nothing changes
+            return _json(405, {"message": READ_ONLY}, {"Allow": "GET, HEAD"}), None
         route = path.removeprefix("/v1/").strip("/")
         resource = route.split("/", 1)[0]
         if resource in access.denied:

@@ -246,6 +246,28 @@ def test_an_appointments_attendees_link_lists_its_attendances(api):
     assert [link_id(a["patient"]) for a in mine] == [link_id(appointment["patient"])]
 
 
+def test_a_write_is_refused_as_read_only_not_answered_as_a_read(api):
+    """The sandbox serves Cliniko's API for reading. A write (the documented POST
+    /medical_alerts/{id}/archive that removes an alert, a DELETE, a POST creating a record) was
+    answered as a GET: 200 with the record or the list, nothing changed, or 404 for an alert that
+    exists. It is refused, saying how the sandbox's clinic is changed, and nothing changes."""
+    alert = page_all(api, "medical_alerts")[0]
+    for method, path in (
+        ("POST", f"medical_alerts/{alert['id']}/archive"),
+        ("DELETE", f"medical_alerts/{alert['id']}"),
+        ("PATCH", f"medical_alerts/{alert['id']}"),
+        ("POST", "medical_alerts"),
+        ("PUT", "patients"),
+    ):
+        response = api.request(method, path, json={"name": "Insurance patient"})
+        assert response.status_code == 405, (method, path, response.text)
+        assert response.headers["allow"] == "GET, HEAD"
+        assert "read-only" in response.json()["message"]
+        assert "bulk_edit" in response.json()["message"]
+    assert api.get(f"medical_alerts/{alert['id']}").json() == alert
+    assert api.head("medical_alerts").status_code == 200
+
+
 def test_snapshot_is_what_paging_everything_returns(api, server, shared_clinic):
     for resource in ("patients", "individual_appointments", "attendees", "practitioners"):
         served = page_all(api, resource, EVERYTHING.get(resource, ()))
