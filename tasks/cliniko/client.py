@@ -36,47 +36,25 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from tasks.cliniko.errors import (
+    BadApiKey,
+    BadBaseUrl,
+    BadContact,
+    ClinikoError,
+    ClinikoUnavailable,
+    GarbagePage,
+    PermissionDenied,
+    ResourceNotFound,
+)
 from tasks.cliniko.pacing import Pace, RateLimiter, limiter_for
-from tasks.errors import UserFacingError
 
-__all__ = ["Pace", "RateLimiter", "limiter_for"]  # the pacing's home is tasks.cliniko.pacing
+# Homes elsewhere: the pacing (tasks.cliniko.pacing) and the errors (tasks.cliniko.errors).
+__all__ = ["Pace", "RateLimiter", "limiter_for"]
 
 DEFAULT_SHARD = "au1"
 SHARD_PATTERN = re.compile(r"-([a-z]{2}\d{1,2})$")
 PER_PAGE = 100  # Cliniko's maximum
 UNPACED_CONCURRENCY = 4  # requests at once without a limiter (benchmarks' --no-rate-limit only)
-
-
-# --- Errors a person acts on -------------------------------------------------------------------
-
-
-class ClinikoError(UserFacingError):
-    """Cliniko refused or failed a request in a way retrying will not fix."""
-
-
-class BadApiKey(ClinikoError):
-    """401: the key is wrong, revoked, or sent to another shard's host."""
-
-
-class PermissionDenied(ClinikoError):
-    """403: the key's user may not read this resource (or the request lacked a User-Agent)."""
-
-
-class ResourceNotFound(ClinikoError):
-    """404: a low role cannot see the resource, or the base URL points somewhere else."""
-
-
-class BadContact(ClinikoError):
-    """The User-Agent contact is missing, not an email address, or a placeholder."""
-
-
-class ClinikoUnavailable(ClinikoError):
-    """Server errors, timeouts or dropped connections outlasted every retry."""
-
-
-class GarbagePage(ClinikoError):
-    """Cliniko kept answering 200 with a body that is not a list page (not JSON, no records, or
-    a compressed body that does not decode)."""
 
 
 class _Transient(Exception):
@@ -103,6 +81,24 @@ def shard_url(shard: str) -> str:
 
 def api_base_url(api_key: str) -> str:
     return shard_url(shard_of(api_key))
+
+
+def check_base_url(base_url: str) -> str:
+    """A base URL set by hand (the sandbox, a proxy), refused when no request can go there: no
+    http(s) scheme (``127.0.0.1:8765/v1``, ``htp://...``), no host, or a port out of range.
+    Checked before the contact, whose sandbox exemption reads the host from it."""
+    parts = urlsplit(base_url.strip())
+    try:
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number from 0 to 65535
+        usable = False
+    if not usable:
+        raise BadBaseUrl(
+            f"The Cliniko base_url {base_url!r} is not a URL (write it whole, with http:// or "
+            "https://, e.g. 'http://127.0.0.1:8765/v1' for the sandbox); nothing was sent. Fix "
+            "base_url in the ClinikoAccount block, or the CLINIKO_BASE_URL variable."
+        )
+    return base_url
 
 
 # --- The User-Agent contact ---------------------------------------------------------------------
@@ -159,6 +155,8 @@ def check_contact(contact: str, base_url: str | None = None) -> str:
     base URL (the sandbox) is exempt from the placeholder rule: nobody there reads it, which is
     why the demo runs with ``demo@localhost``.
     """
+    if base_url:
+        check_base_url(base_url)
     reason = placeholder_reason(contact)
     if is_loopback(base_url) and (reason is None or (contact or "").isascii()):
         return contact or "sandbox@localhost"

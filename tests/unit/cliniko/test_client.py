@@ -340,3 +340,41 @@ def test_an_empty_key_names_both_places_a_key_comes_from(key):
     # for a block that does not exist.
     with pytest.raises(BadApiKey, match=r"ClinikoAccount block \(or CLINIKO_API_KEY\)"):
         ClinikoClient(key, "it@acmephysio.com.au")
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        "127.0.0.1:8765/v1",  # the sandbox's address without its scheme
+        "localhost:8765/v1",
+        "api.au2.cliniko.com/v1",
+        "htp://127.0.0.1:8765/v1",  # a misspelt scheme
+        "https:///v1",  # no host
+        "http://127.0.0.1:99999/v1",  # no such port
+    ],
+)
+def test_a_base_url_requests_cannot_use_is_named_before_any_request(base):
+    """Without its scheme the sandbox's URL was not on this machine, so the run stopped on the
+    demo's contact ('ops@localhost ... no public mail domain'); with a public contact, or a
+    misspelt scheme, every page was retried for about a minute and the run ended 'Cliniko did
+    not answer ... at  (last: UnsupportedProtocol)'. Nothing can be sent to such a URL: say so,
+    naming the setting, before any request."""
+    for contact in ("ops@localhost", "it@acmephysio.com.au"):
+        with pytest.raises(ClinikoError) as refused:
+            ClinikoClient("k-au1", contact, base_url=base, pace=None)
+        message = str(refused.value)
+        assert repr(base) in message and "base_url" in message and "CLINIKO_BASE_URL" in message
+        assert "contact" not in message.lower()
+
+
+def test_a_base_url_requests_cannot_use_is_named_by_the_block_and_the_environment(monkeypatch):
+    from blocks.cliniko import ClinikoAccount
+    from tasks.errors import UserFacingError
+
+    monkeypatch.setenv("CLINIKO_API_KEY", "k-au1")
+    monkeypatch.setenv("CLINIKO_CONTACT", "ops@localhost")
+    monkeypatch.setenv("CLINIKO_BASE_URL", "127.0.0.1:8765/v1")
+    with pytest.raises(UserFacingError, match="base_url '127.0.0.1:8765/v1' is not a URL"):
+        ClinikoAccount.from_env()
+    with pytest.raises(ValueError, match="base_url '127.0.0.1:8765/v1' is not a URL"):
+        ClinikoAccount(api_key="k-au1", contact_email="ops@localhost", base_url="127.0.0.1:8765/v1")
