@@ -13,7 +13,8 @@ Choices where the real API is undocumented: ``per_page`` outside 1..100 or a ``p
 400, as is a sort on a field the endpoint cannot filter on; unknown parameters are ignored, like
 the real API does. Admin endpoints (``/_sandbox/stats``, ``/_sandbox/advance?seconds=N``,
 ``/_sandbox/faults``, ``/_sandbox/rate_limit``, ``/_sandbox/reset_stats``) answer loopback
-clients only, without auth, and are not counted in the stats.
+clients only, without auth, and are not counted in the stats; settings no request could be
+answered under (``controls.py`` says which) are a 400 naming the setting.
 """
 
 from __future__ import annotations
@@ -287,7 +288,7 @@ class ClinikoApp:
                 changes = server.clinic.advance(
                     timedelta(seconds=float(request.query_params.get("seconds", "60")))
                 )
-            except ValueError as exc:  # not a number, or backwards
+            except (ValueError, OverflowError) as exc:  # not a number, backwards, infinite
                 return _json(400, {"message": f"Bad seconds: {exc}"})
             return _json(200, {"now": server.clinic.now.isoformat(), "changes": changes})
         if action in ("faults", "rate_limit") and request.method == "POST":
@@ -297,7 +298,7 @@ class ClinikoApp:
                     server.faults = Faults(**(settings or {}))
                 else:
                     server.rate_limit = None if settings is None else RateLimit(**settings)
-            except (orjson.JSONDecodeError, TypeError) as exc:
+            except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
                 return _json(400, {"message": f"Bad {action} settings: {exc}"})
             return _json(200, {"ok": True})
         return _json(404, {"message": "Unknown sandbox admin action."})

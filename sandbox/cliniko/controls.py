@@ -6,8 +6,16 @@ and records them and lets the admin endpoints swap them.
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+
+
+def _number(name: str, value: object, low: float, high: float = math.inf) -> None:
+    """Refuse what no request could be answered under (the admin answers 400 with the message)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        limits = f"from {low:g} to {high:g}" if high != math.inf else f"of {low:g} or more"
+        raise ValueError(f"{name} must be a number {limits}, not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -18,6 +26,12 @@ class RateLimit:
 
     per_window: int = 200
     window_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.per_window, bool) or not isinstance(self.per_window, int):
+            raise ValueError(f"per_window must be a whole number, not {self.per_window!r}")
+        _number("per_window", self.per_window, 1)  # no limit at all is None (JSON null)
+        _number("window_seconds", self.window_seconds, 0.001, 1e9)
 
 
 @dataclass(frozen=True)
@@ -30,6 +44,13 @@ class Faults:
     drop_rate: float = 0.0
     malformed_rate: float = 0.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.name.endswith("_rate"):
+                _number(f.name, getattr(self, f.name), 0.0, 1.0)
+        _number("slow_seconds", self.slow_seconds, 0.0, 3600.0)
+        _number("seed", self.seed, -math.inf)
 
 
 @dataclass

@@ -486,6 +486,41 @@ def test_admin_endpoints_advance_report_and_reconfigure(make_clinic):
         assert admin.get("stats").json()["requests"] == 0
 
 
+@pytest.mark.parametrize(
+    ("action", "settings"),
+    [
+        ("faults", {"error_rate": "0.1"}),  # a string: every request after it was a 500
+        ("faults", {"drop_rate": -0.5}),
+        ("faults", {"slow_rate": 1.0, "slow_seconds": -1}),
+        ("faults", {"malformed_rate": 2}),
+        ("rate_limit", {"per_window": 10, "window_seconds": 0}),  # every request a 500
+        ("rate_limit", {"per_window": -1}),  # every request a 429
+        ("rate_limit", {"per_window": 0}),  # the same; null is no limit
+        ("rate_limit", {"per_window": 2.5}),
+    ],
+)
+def test_admin_refuses_settings_that_would_break_every_answer(faulty, action, settings):
+    """A setting no request can be answered under was taken ('ok') and every API request after
+    it was a 500 (a traceback in the sandbox's log) or a 429: the admin says what is wrong,
+    400, and the sandbox keeps answering as before."""
+    running, client = faulty
+    admin = httpx.Client(base_url=running.admin_url + "/")
+    answer = admin.post(action, json=settings)
+    assert answer.status_code == 400, answer.text
+    assert list(settings)[-1] in answer.json()["message"]  # the setting at fault
+    assert client.get(running.base_url + "/businesses").status_code == 200
+
+
+@pytest.mark.parametrize("seconds", ["inf", "nan", "1e400"])
+def test_admin_advance_refuses_a_clock_that_cannot_move_there(make_clinic, seconds):
+    clinic = make_clinic(seed=2, patients=20)
+    with SandboxServer(clinic, rate_limit=None) as running:
+        before = clinic.now
+        answer = httpx.post(running.admin_url + "/advance", params={"seconds": seconds})
+        assert answer.status_code == 400 and "seconds" in answer.json()["message"].lower()
+        assert clinic.now == before
+
+
 def test_auto_advance_moves_the_clock_with_real_time(make_clinic):
     clinic = make_clinic(seed=2, patients=50)
     start = clinic.now
