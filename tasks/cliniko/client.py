@@ -226,7 +226,7 @@ class ClinikoClient:
             )
         contact = check_contact(contact, base_url)
         self.shard = shard_of(api_key)
-        self.base_url = (base_url or api_base_url(api_key)).rstrip("/")
+        self.base_url = (base_url.strip() if base_url else api_base_url(api_key)).rstrip("/")
         self._host_from_key = not base_url  # the shard suffix chose the host: see _unreachable
         base = urlsplit(self.base_url)
         self._origin = (base.scheme, base.netloc)

@@ -378,3 +378,11 @@ def test_a_base_url_requests_cannot_use_is_named_by_the_block_and_the_environmen
         ClinikoAccount.from_env()
     with pytest.raises(ValueError, match="base_url '127.0.0.1:8765/v1' is not a URL"):
         ClinikoAccount(api_key="k-au1", contact_email="ops@localhost", base_url="127.0.0.1:8765/v1")
+
+
+def test_a_base_url_pasted_with_spaces_around_it_is_used_without_them():
+    """'http://127.0.0.1:8765/v1 ' (a space pasted into CLINIKO_BASE_URL) asked for '/v1 /patients'
+    and the run stopped on a 404 telling to give the key's user another role."""
+    with ClinikoClient("k-au1", "ops@localhost", base_url=" http://127.0.0.1:9/v1/ \n") as client:
+        assert client.base_url == "http://127.0.0.1:9/v1"
+        assert client.url("/patients") == "http://127.0.0.1:9/v1/patients"
