@@ -16,6 +16,26 @@ from tasks.models.shape import check_shape
 from tasks.warehouse import duckdb_message, one
 
 
+def _require_built(con: duckdb.DuckDBPyConnection, project, segment) -> None:
+    """A model the segment reads that has a file but no table yet (added since the last build)
+    is named with its file, and what to run: not DuckDB's 'does not exist! Did you mean ...'."""
+    files = {m.relation: m.file for m in project.models}
+    existing = {
+        f"{schema}.{name}"
+        for schema, name in con.execute(
+            "SELECT schema_name, table_name FROM duckdb_tables() UNION ALL "
+            "SELECT schema_name, view_name FROM duckdb_views()"
+        ).fetchall()
+    }
+    unbuilt = [r for r in segment.depends_on if r in files and r not in existing]
+    if unbuilt:
+        names = ", ".join(f"{r} ({files[r]})" for r in unbuilt)
+        raise ModelError(
+            f"{segment.file}: reads {names}, not built yet: a preview reads the last build's "
+            "tables. Run `relay models build`, then preview again."
+        )
+
+
 @dataclass
 class SegmentPreview:
     """A segment as its file stands now, against the models of the last build. ``sample`` holds
@@ -37,8 +57,9 @@ def preview_segment(
 ) -> SegmentPreview:
     """Run ``sql/segments/<name>.sql`` without writing anything and compare with its members."""
     project = discover(con, sql_dir, keep_going=True)
-    # the file as a terminal completes it, or as the build names it (a lower-cased file name)
-    stem = Path(name).stem if name.endswith(".sql") else name.removeprefix("segments.")
+    # the file as a terminal completes it (a path, with or without .sql), or as the build
+    # names it (segments.<name>, a lower-cased file name)
+    stem = Path(name).name.removesuffix(".sql").removeprefix("segments.")
     relation = f"segments.{stem.lower()}"
     broken = next((b for b in project.broken if b.relation == relation), None)
     if broken is not None:
@@ -47,6 +68,7 @@ def preview_segment(
         known = ", ".join(m.name for m in project.segments) or "none"
         raise ModelError(f"No segment '{name}' (sql/segments/{stem}.sql). Segments: {known}.")
     segment = project.model(relation)
+    _require_built(con, project, segment)
     try:
         # the shape the build requires (a patient_id column, one row per patient), said the same
         con.execute(f"CREATE OR REPLACE TEMP TABLE relay_preview_rows AS {segment.sql}")

@@ -74,7 +74,12 @@ def test_a_segment_named_by_its_file_is_previewed_and_a_negative_sample_is_refus
     clinic = make_clinic(tmp_path)
     runner = CliRunner()
     runner.invoke(app, ["models", "build", "--clinic", clinic])
-    for name in ("sql/segments/upcoming_appointment.sql", "Upcoming_Appointment"):
+    for name in (
+        "sql/segments/upcoming_appointment.sql",
+        "Upcoming_Appointment",
+        "sql/segments/upcoming_appointment",  # was "(sql/segments/sql/segments/...)"
+        "segments/upcoming_appointment",
+    ):
         shown = runner.invoke(app, ["preview", "segment", name, "--clinic", clinic])
         assert shown.exit_code == 0, shown.output
         assert "segments.upcoming_appointment: 1 patients" in shown.output
@@ -107,6 +112,35 @@ def test_after_a_failed_build_preview_and_test_still_work_on_the_last_good_table
     assert preview.exit_code == 0, preview.output
     assert "segments.upcoming_appointment: 1 patients" in preview.output
     assert "compared with the last good tables: marts.patients not rebuilt" in preview.output
+
+
+def test_previewing_a_segment_that_reads_a_model_not_built_yet_says_to_build_first(
+    tmp_path, monkeypatch
+):
+    """An analyst adds a mart and a segment reading it, then previews before building: it was
+    DuckDB's 'Table with name heavy does not exist! Did you mean "recall_candidates"?', about a
+    table whose file they had just saved, and the preview's own CREATE TABLE wrapper."""
+    from tasks.models import project
+
+    clinic = make_clinic(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(app, ["models", "build", "--clinic", clinic]).exit_code == 0
+    sql = tmp_path / "sql"
+    shutil.copytree(project.SQL_DIR, sql)
+    monkeypatch.setattr(project, "SQL_DIR", sql)
+    (sql / "marts" / "heavy.sql").write_text("select patient_id from marts.patients")
+    (sql / "segments" / "heavy_users.sql").write_text("select patient_id from marts.heavy\n")
+
+    preview = runner.invoke(app, ["preview", "segment", "heavy_users", "--clinic", clinic])
+    assert preview.exit_code != 0, preview.output
+    said = str(preview.exception)
+    assert "sql/segments/heavy_users.sql" in said and "marts.heavy" in said, said
+    assert "sql/marts/heavy.sql" in said and "relay models build" in said, said
+    assert "recall_candidates" not in said and "relay_preview" not in said, said
+
+    assert runner.invoke(app, ["models", "build", "--clinic", clinic]).exit_code == 0
+    shown = runner.invoke(app, ["preview", "segment", "heavy_users", "--clinic", clinic])
+    assert shown.exit_code == 0 and "segments.heavy_users: 2 patients" in shown.output
 
 
 @pytest.mark.parametrize(
