@@ -388,6 +388,16 @@ _UNQUOTED = re.compile(r"\S+@\S+|\+?\d[\d ().-]{4,}\d")
 _APOSTROPHE = re.compile(r"(?<=[A-Za-z])'(?=[A-Za-z])")  # can't, isn't: no quote
 
 
+# Messages that show a value without quoting it: RE2's "<what>: <the pattern, or a piece>" (a
+# pattern built from a column: regexp_matches(x, first_name)), a strftime format built from one.
+_UNQUOTED_VALUES = (
+    re.compile(
+        r"Invalid Input Error: (?:missing [)\]]|unexpected \)|invalid [A-Za-z0-9 -]+"
+        r"|no argument for repetition operator|bad repetition operator): (.+)"
+    ),
+    re.compile(r"Invalid Input Error: Failed to parse format specifier (.+?)(?:: .*)?"),
+)
+
 # The message of SQL's error(): whatever text the statement gave it, a patient's name too
 # (error(first_name || ' ' || last_name)), unquoted and unmarked.
 _RAISED = "Invalid Input Error: "
@@ -398,11 +408,12 @@ def duckdb_message(exc: BaseException, sql: str | None = None) -> str:
     """DuckDB's message, fit for logs, Prefect and state tables. An error about data
     (``DATA_ERRORS``) keeps its first line only (the lines after it echo the input or the
     statement), without what it quotes (``'…'``), an ``Input:`` it shows, an address or a long
-    number, and is cut at a quote left over; when anything went, the message says so. Errors
+    number, RE2's piece of a pattern and a strftime format (``_UNQUOTED_VALUES``), and is cut
+    at a quote left over; when anything went, the message says so. Errors
     about the SQL (a column not found, a syntax error) are kept whole: they name the analyst's
     own words, and what to fix. ``sql``: the statement's text, when it is an analyst's file:
     an error() it calls raised a message of its own, kept when it is a literal of that file,
-    else left out (it is built from the rows it read)."""
+    else left out (it is built from the rows it read); so is a pattern or format."""
     text = str(exc).strip()
     if not isinstance(exc, DATA_ERRORS):
         return text
@@ -416,6 +427,11 @@ def duckdb_message(exc: BaseException, sql: str | None = None) -> str:
             )
         if said in sql:
             return first
+    for unquoted in _UNQUOTED_VALUES:
+        found = unquoted.fullmatch(first)
+        if found and not (sql and found[1] in sql):  # in the file: the analyst's own words
+            cut = f"{first[: found.start(1)]}…{first[found.end(1) :]}"
+            return f"{cut} (values left out: they may be a patient's)"
     line = _APOSTROPHE.sub("\x01", text.split("\n", 1)[0].split(" Input:", 1)[0])
     for quoted in _QUOTED:
         line = quoted.sub("\x00", line)
