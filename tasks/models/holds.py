@@ -98,3 +98,19 @@ def what_was_held(held: Iterable[str], rebuilt: int, new: Iterable[str] = ()) ->
         f"{rebuilt} models. Journeys, campaigns and triggers that read a held model wait; the "
         "rest go on."
     )
+
+
+def rolled_back(build_id: str, file: str, holds: tuple[str, ...] | None) -> str:
+    """What a build's failure says happened (``BuildFailed``). ``holds`` None: the whole build
+    was rolled back. Otherwise only this pass was: the build runs again holding what ``file``
+    reaches (a broken model's Prefect task says so, not that everything waits)."""
+    if holds is None:
+        return (
+            f"The build ({build_id}) was rolled back: every model is still the last good "
+            "version, and planning/sending will wait for a good build."
+        )
+    held = ", ".join(holds) or file
+    return (
+        f"This pass of the build ({build_id}) was rolled back; the build runs again, keeping "
+        f"the last good tables of {held} and of what reads them, and commits the rest."
+    )

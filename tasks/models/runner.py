@@ -44,7 +44,7 @@ from tasks.config import DEFAULT_TAG_CATEGORIES, MarketingListSettings
 from tasks.errors import UserFacingError
 from tasks.models import checks, shape, tables
 from tasks.models import functions as models_functions
-from tasks.models.holds import latest_build, require_good_build, what_was_held  # noqa: F401 (callers' path)
+from tasks.models.holds import latest_build, require_good_build, rolled_back, what_was_held  # noqa: F401 (callers' path)
 from tasks.models.membership import MemberChanges, record_membership
 from tasks.models.project import SQL_DIR as SQL_DIR  # callers pass runner.SQL_DIR as sql_dir
 from tasks.models.project import (
@@ -68,10 +68,7 @@ class BuildFailed(UserFacingError):
     def __init__(
         self, build_id: str, file: str, message: str, holds: tuple[str, ...] | None = None
     ):
-        super().__init__(
-            f"{file}: {message}\nThe build ({build_id}) was rolled back: every model is still "
-            "the last good version, and planning/sending will wait for a good build."
-        )
+        super().__init__(f"{file}: {message}\n{rolled_back(build_id, file, holds)}")
         self.build_id = build_id
         self.file = file
         self.detail = message
@@ -463,8 +460,8 @@ def build(
             steps.finish(run)
         except BuildFailed as failure:
             if failure.holds is None or failure.file in run.broken:
-                run.abort(failure)
-                raise
+                run.abort(failure)  # the whole build, said so (holds=None)
+                raise BuildFailed(run.build_id, failure.file, failure.detail) from None
             run.abort(None)  # this pass only: the next one holds what the failure reaches
             failures += [Broken(failure.file, r, failure.detail) for r in failure.holds or [None]]
             continue

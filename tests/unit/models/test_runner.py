@@ -781,3 +781,28 @@ def test_a_cycle_of_segments_holds_only_them_and_their_readers(con, tmp_path, br
     with pytest.raises(Exception, match="segments.loop not rebuilt"):
         models.require_good_build(con, ["segments.loop"])
     assert models.run_tests(con, sql_dir) == {}
+
+
+def test_a_failing_models_first_pass_does_not_say_the_whole_build_waits(con, tmp_path):
+    """Run as Prefect tasks (flows/models.py), a broken segment's task failed with 'The build
+    (...) was rolled back: every model is still the last good version, and planning/sending
+    will wait for a good build', then the build ran again without it and committed the rest:
+    the red task in the UI said the opposite of what happened."""
+
+    class Recorded(models.Steps):  # what a model's task run shows when it fails
+        said: list[str] = []
+
+        def model(self, run, model, upstream):
+            try:
+                return super().model(run, model, upstream)
+            except models.BuildFailed as exc:
+                self.said.append(str(exc))
+                raise
+
+    sql_dir = write(tmp_path, {**GOOD, "segments/broken.sql": "select nope from marts.people"})
+    with pytest.raises(models.PartialBuild):
+        build(con, sql_dir, steps=Recorded())
+    assert len(Recorded.said) == 1 and "sql/segments/broken.sql" in Recorded.said[0]
+    assert "planning/sending will wait" not in Recorded.said[0]
+    assert "runs again" in Recorded.said[0] and "segments.broken" in Recorded.said[0]
+    assert count(con, "segments.everyone") == 2  # the rest was built and committed
