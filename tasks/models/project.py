@@ -241,7 +241,7 @@ def tables_read(
         elif table not in ctes:
             raise ModelError(
                 f"{file}: reads '{table}' without a schema. Name it in full, e.g. "
-                f"staging.{table}, marts.{table} or raw.{table}."
+                f"staging.{table}, marts.{table}, segments.{table} or raw.{table}."
             )
     return tuple(sorted(tables))
 

@@ -205,6 +205,10 @@ def test_a_table_without_its_schema_is_refused(con, tmp_path):
     sql_dir = write(tmp_path, {"marts/x.sql": "with p as (select 1) select * from p, patients"})
     with pytest.raises(models.ModelError, match="reads 'patients' without a schema"):
         models.discover(con, sql_dir)
+    # a segment reading another by its bare name is shown the schema it needs among the examples
+    sql_dir = write(tmp_path, {"marts/x.sql": None, "segments/x.sql": "select * from loyal"})
+    with pytest.raises(models.ModelError, match=r"segments\.loyal"):
+        models.discover(con, sql_dir)
 
 
 def test_a_file_with_two_statements_is_refused(con, tmp_path):
