@@ -23,15 +23,17 @@ from blocks.resolve import providers_for
 from flows.artifacts import Artifact, StepOutput, artifact_key, call
 from tasks import feedback, feedback_events, reports
 from tasks.config import ClinicConfig, load_clinic
+from tasks.errors import SAID_IN_THE_ERROR, UserFacingError
 from tasks.warehouse import data_out_of_errors, open_db
 
 # How many days of history the per-tick report artifacts show.
 ARTIFACT_DAYS = 14
 
 
-class FeedbackFailed(RuntimeError):
-    """One or more feeds could not be read this time (the message says which, and why);
-    ``output``: what the step did all the same (counts and report tables)."""
+class FeedbackFailed(UserFacingError, RuntimeError):
+    """One or more feeds could not be read this time (the message says which, and why; an
+    operator checks the provider or the network); ``output``: what the step did all the same
+    (counts and report tables)."""
 
     def __init__(self, message: str, output: StepOutput | None = None) -> None:
         super().__init__(message)
@@ -107,7 +109,7 @@ def feedback_clinic(clinic: str, *, as_tasks: bool = True, with_reports: bool = 
             pulled.update(clicks)
             if unavailable:
                 problems.append(unavailable)
-                logger.warning("%s", unavailable)
+                logger.warning("%s", unavailable, extra=SAID_IN_THE_ERROR)
             limit = config.marketing_list.soft_bounce_limit
             feeds = [f for p in providers.values() for f in p.feedback_feeds(limit)]
             # opens and clicks (tasks/engagement.py): only Postmark reports them
@@ -118,7 +120,7 @@ def feedback_clinic(clinic: str, *, as_tasks: bool = True, with_reports: bool = 
                     pulled.update(call(pull_feed, as_tasks)(con, feed))
                 except feedback.FeedbackUnavailable as exc:
                     problems.append(str(exc))
-                    logger.warning("%s", exc)
+                    logger.warning("%s", exc, extra=SAID_IN_THE_ERROR)
             artifacts = [
                 Artifact(
                     key=artifact_key("feedback", config.clinic),

@@ -44,8 +44,8 @@ class _ConsoleFilter(logging.Filter):
     silenced = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.silenced:
-            return False
+        if self.silenced or getattr(record, "relay_said_in_the_error", False):
+            return False  # the error main prints says it (tasks.errors.SAID_IN_THE_ERROR)
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, UserFacingError):
             return False

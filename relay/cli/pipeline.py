@@ -99,7 +99,7 @@ def feedback_command(
 ) -> None:
     """Pull bounces, provider suppressions, STOP/START replies and unsubscribe clicks now (the
     feedback flow; the tick runs it every time)."""
-    from flows.feedback import pull_feedback
+    from flows.feedback import FeedbackFailed, pull_feedback
     from relay.cli import flowrun
     from tasks.config import load_clinic
     from tasks.homecopy import writing_current_copy
@@ -107,7 +107,16 @@ def feedback_command(
     flowrun.prepare()
     config = load_clinic(clinic)
     with writing_current_copy(config.database_path, config.clinic, nothing="nothing recorded"):
-        counts = pull_feedback(clinic=clinic)
+        try:
+            counts = pull_feedback(clinic=clinic)
+        except FeedbackFailed as failed:  # what the feeds that could be read recorded, then why
+            if failed.output and failed.output.result:
+                _feedback_counts(failed.output.result)
+            raise
+    _feedback_counts(counts)
+
+
+def _feedback_counts(counts: dict[str, int]) -> None:
     for name, n in sorted(counts.items()):
         typer.echo(f"  {name:<36}{n:>8}")
     typer.echo("  nothing new" if not counts else f"  {sum(counts.values())} items recorded")

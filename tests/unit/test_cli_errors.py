@@ -144,6 +144,28 @@ def test_a_broken_model_keeps_duckdbs_message_framed_with_the_file(built):
     assert len(lines) <= 6, lines
 
 
+def test_a_provider_feedback_cannot_reach_is_said_once_without_traceback(built):
+    """`relay feedback` with Postmark unreachable: each feed's warning, Prefect's traceback of the
+    flow, the command's own traceback and 40-odd `nanobind: leaked` lines. Now the one error
+    naming each feed that could not be read, and what the feeds that could be read recorded."""
+    config = built / "clinics" / "demo" / "clinic.yaml"
+    text = config.read_text(encoding="utf-8").replace("  email: outbox ", "  email: env ", 1)
+    config.write_text(text, encoding="utf-8")
+    env = {
+        "POSTMARK_SERVER_TOKEN": "not-a-token",
+        "POSTMARK_FROM": "hello@demo-physio.example",
+        "POSTMARK_BASE_URL": "http://127.0.0.1:9",
+    }
+    code, lines = relay("feedback", cwd=built, env=env)
+    assert code == 2, lines
+    assert_clean(lines)
+    assert lines[-1].startswith(
+        "error: demo: Postmark bounces of stream 'outbound' could not be read (ConnectionError)"
+    ), lines
+    assert "Postmark clicks of stream 'broadcast' could not be read" in lines[-1], lines
+    assert len(lines) == 1, lines  # what the feeds read recorded would come first: none here
+
+
 def test_a_bad_clinic_yaml_ends_in_a_few_lines_also_from_a_flow(project, data_dir):
     config = project / "clinics" / "demo" / "clinic.yaml"
     text = config.read_text(encoding="utf-8")
