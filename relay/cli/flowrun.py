@@ -114,7 +114,9 @@ class _TiedSubprocess(types.ModuleType):
     """``subprocess`` as Prefect's temporary server module sees it: a process it starts from the
     main thread gets SIGTERM when this process dies (PR_SET_PDEATHSIG; relay/tree.py). Only from
     the main thread: the signal follows the thread that started the child, and another thread
-    (Prefect's events worker, say) may end before the process does."""
+    (Prefect's events worker, say) may end before the process does. In a session of its own:
+    the terminal's Ctrl-C (SIGINT to its foreground group) is the command's to stop on, and it
+    killed the server at once under a command that then retried it for minutes (`make demo`)."""
 
     def __getattr__(self, name: str):
         return getattr(subprocess, name)
@@ -125,6 +127,7 @@ class _TiedSubprocess(types.ModuleType):
 
         if threading.current_thread() is threading.main_thread():
             kwargs.setdefault("preexec_fn", _die_with(os.getpid()))
+        kwargs.setdefault("start_new_session", True)
         return subprocess.Popen(*args, **kwargs)
 
 

@@ -64,3 +64,38 @@ def test_a_killed_command_takes_its_temporary_server_with_it(tmp_path, monkeypat
         command.kill()
         if server and _alive(server):
             os.kill(server, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl: Linux only")
+def test_ctrl_c_at_the_terminal_is_the_commands_not_its_temporary_servers(tmp_path, monkeypatch):
+    """The terminal's Ctrl-C goes to its whole foreground process group. The temporary server,
+    in the command's group, died of it at once while the command, interrupted in a flow, reported
+    the crash to it and retried for minutes (`make demo` stopped in step 5 ran on past 60 s, its
+    log filling with events it could not send). The server is in a session of its own: the
+    command stops, and its server with it."""
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    root = str(Path(__file__).resolve().parents[3])
+    command = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT.format(root=root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+        start_new_session=True,  # as a terminal starts a foreground command: a group of its own
+    )
+    server = 0
+    try:
+        assert command.stdout is not None
+        server = int(command.stdout.readline())
+        assert os.getpgid(server) != os.getpgid(command.pid)
+        os.killpg(command.pid, signal.SIGINT)  # Ctrl-C
+        command.wait(timeout=60)
+        deadline = time.monotonic() + 60
+        while _alive(server) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _alive(server), "the temporary server outlived its command"
+    finally:
+        command.kill()
+        if server and _alive(server):
+            os.kill(server, signal.SIGKILL)
