@@ -89,9 +89,9 @@ def test_a_segment_named_by_its_file_is_previewed_and_a_negative_sample_is_refus
     assert "--sample" in refused.output and "Traceback" not in refused.output
 
 
-def test_after_a_failed_build_preview_and_test_still_work_on_the_last_good_tables(
-    tmp_path, monkeypatch
-):
+def _built_with_own_sql(tmp_path, monkeypatch):
+    """A clinic built once, then the project's sql/ copied for the test to edit: (clinic, a
+    CliRunner, the copy)."""
     from tasks.models import project
 
     clinic = make_clinic(tmp_path)
@@ -100,6 +100,13 @@ def test_after_a_failed_build_preview_and_test_still_work_on_the_last_good_table
     sql = tmp_path / "sql"
     shutil.copytree(project.SQL_DIR, sql)
     monkeypatch.setattr(project, "SQL_DIR", sql)
+    return clinic, runner, sql
+
+
+def test_after_a_failed_build_preview_and_test_still_work_on_the_last_good_tables(
+    tmp_path, monkeypatch
+):
+    clinic, runner, sql = _built_with_own_sql(tmp_path, monkeypatch)
     (sql / "marts" / "patients.sql").write_text("select patinet_id from marts.patient_rows")
 
     built = runner.invoke(app, ["models", "build", "--clinic", clinic])
@@ -120,14 +127,7 @@ def test_previewing_a_segment_that_reads_a_model_not_built_yet_says_to_build_fir
     """An analyst adds a mart and a segment reading it, then previews before building: it was
     DuckDB's 'Table with name heavy does not exist! Did you mean "recall_candidates"?', about a
     table whose file they had just saved, and the preview's own CREATE TABLE wrapper."""
-    from tasks.models import project
-
-    clinic = make_clinic(tmp_path)
-    runner = CliRunner()
-    assert runner.invoke(app, ["models", "build", "--clinic", clinic]).exit_code == 0
-    sql = tmp_path / "sql"
-    shutil.copytree(project.SQL_DIR, sql)
-    monkeypatch.setattr(project, "SQL_DIR", sql)
+    clinic, runner, sql = _built_with_own_sql(tmp_path, monkeypatch)
     (sql / "marts" / "heavy.sql").write_text("select patient_id from marts.patients")
     (sql / "segments" / "heavy_users.sql").write_text("select patient_id from marts.heavy\n")
 
