@@ -4,8 +4,8 @@
 ``relay import-unsubscribes``, ``relay patients opt-in`` and ``relay ledger resolve`` write the
 clinic's database on the
 machine they run on, and so do the tick's steps run by hand (``relay sync``, ``relay feedback``,
-``relay models build``: :func:`writing_current_copy`). Run on a machine holding an old copy (the clinic moved away: the copy stays
-behind, one generation older) or a database of its own, they used to succeed there, saying a
+``relay models build``: :func:`writing_current_copy`). Run on a machine holding an old copy
+(the clinic moved away: the copy stays behind, one generation older) or a database of its own, they used to succeed there, saying a
 campaign was queued or cancelled, while the home planned and sent as before: a campaign
 "cancelled" went out all the same, an imported unsubscribe was never honoured. The home's tick
 never reads another machine's copy, so the command now refuses, naming the home
@@ -62,10 +62,7 @@ def require_current_copy(
     else:
         reason = refusal(clinic, home.machine, identity, home)  # identity decides, not the name
     if reason:
-        raise HomeRefused(
-            f"{clinic}: {nothing}: {reason} Run this command on '{home.machine}', where "
-            f"the clinic lives (`relay clinic home {clinic}` shows it)."
-        )
+        raise _sent_home(clinic, nothing, reason, home)
 
 
 @contextlib.contextmanager
@@ -84,14 +81,11 @@ def writing_current_copy(
     rows into the other's, whose next tick planned messages to them)."""
     from tasks.warehouse import hold, open_db
 
-    _not_another_clinics(Path(db_path), clinic, nothing)
-    if store is None:
-        if not shared_server():
-            yield
-            return
+    if store is None and shared_server():
         store = PrefectHomes()
-    home = store.read(clinic)
+    home = store.read(clinic) if store is not None else None
     if home is None:
+        _not_another_clinics(Path(db_path), clinic, nothing)
         yield
         return
     if not Path(db_path).exists():
@@ -104,19 +98,25 @@ def writing_current_copy(
                 f"'{home.machine}' (generation {home.generation})."
             )
         if reason:
-            raise HomeRefused(
-                f"{clinic}: {nothing}: {reason} Run this command on '{home.machine}', where "
-                f"the clinic lives (`relay clinic home {clinic}` shows it)."
-            )
+            raise _sent_home(clinic, nothing, reason, home)
         yield  # the home, before any database was bound to it: the first tick binds this one
         return
     with hold(db_path):
         with open_db(db_path) as con:
+            refuse_another_clinics(read_identity(con), clinic, nothing)
             require_current_copy(con, clinic, store=store, nothing=nothing)
         yield
 
 
+def _sent_home(clinic: str, nothing: str, reason: str, home: Home) -> HomeRefused:
+    return HomeRefused(
+        f"{clinic}: {nothing}: {reason} Run this command on '{home.machine}', where "
+        f"the clinic lives (`relay clinic home {clinic}` shows it)."
+    )
+
+
 def _not_another_clinics(db_path: Path, clinic: str, nothing: str) -> None:
+    """Without a home to compare with: refuse only a database holding another clinic."""
     from tasks.warehouse import open_db
 
     if not db_path.exists():

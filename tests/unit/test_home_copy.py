@@ -214,9 +214,11 @@ def test_a_sync_into_another_clinics_database_refuses_with_or_without_a_server(
 
     with open_db(load_clinic("demo").database_path) as con:
         write_identity(con, Identity("acme", "a" * 32, 1, "one"))
-    for server in (False, True):
+    home = Home("one", 1, database="d" * 32)  # demo's home on record: the held check says it
+    for server, store in ((False, Store(None)), (True, Store(None)), (True, Store(home))):
         monkeypatch.setattr(homecopy, "shared_server", lambda server=server: server)
-        monkeypatch.setattr(homecopy, "PrefectHomes", lambda: Store(None))
+        monkeypatch.setattr(homecopy, "PrefectHomes", lambda store=store: store)
+        monkeypatch.setenv("RELAY_MACHINE", "one")
         for command, nothing in (("sync", "nothing synced"), ("feedback", "nothing recorded")):
             out = _run([command, "--clinic", "demo"])
             assert isinstance(out.exception, HomeRefused), out.output
