@@ -307,7 +307,9 @@ class ModelBuild:
     def run_tests(self) -> int:
         """Run the data tests of what this build rebuilt (a test reading a held model tested
         its table when it was built). A failing test holds the models it reads; one that cannot
-        run holds nothing but itself."""
+        run holds nothing but itself. First: segments' rows that came (``check_segments``)."""
+        if failed := self.tables.check_segments(self.con, self.project):
+            raise BuildFailed(self.build_id, *failed)  # file, why, what it holds: itself
         built = {m.relation for m in self.project.models} - set(self.held)
         tests = [
             t

@@ -453,6 +453,50 @@ def test_a_segment_that_names_a_non_patient_on_a_later_build_keeps_its_last_good
     assert sorted(con.execute("SELECT * FROM segments.odd").fetchall()) == [(1,), (2,)]
 
 
+@pytest.mark.parametrize(
+    ("odd", "error"),
+    [
+        ("patient_id + 100", r"1 row\(s\) with a patient_id that is not a patient"),
+        ("null", r"1 row\(s\) with a patient_id that is not a patient"),
+        ("2", r"1 value\(s\) of patient_id appear on more than one row"),
+    ],
+)
+def test_rows_that_come_into_a_segment_are_checked_when_every_model_is_built(
+    con, tmp_path, odd, error
+):
+    """The rows that came into segments by difference are checked together after the last
+    model (one statement, not two a segment): a failing one still holds itself and the
+    segment reading it, keeps its last good rows, and the rest is built and committed."""
+    files = {
+        **GOOD,
+        **PATIENTS,
+        "segments/odd.sql": f"select case when email like '%ODD%' then {odd} "
+        "else patient_id end as patient_id from marts.people",
+        "segments/odd_reader.sql": "select patient_id from segments.odd",
+        "segments/zz_fine.sql": "select patient_id from marts.people where patient_id > 1",
+    }
+    sql_dir = write(tmp_path, files)
+    build(con, sql_dir)
+    con.execute(
+        'UPDATE raw.patients SET payload = \'{"email": "ann.odd@example.com"}\', '
+        "synced_at = now() WHERE id = 1"
+    )
+    con.execute(
+        'INSERT INTO raw.patients VALUES (3, NULL, \'{"email": "cy@example.com"}\', now(), NULL)'
+    )
+    with pytest.raises(models.BuildFailed, match=f"sql/segments/odd.sql: {error}"):
+        build(con, sql_dir)
+    latest = models.latest_build(con)
+    assert (latest["status"], latest["held"]) == (
+        "succeeded",
+        {"segments.odd": "sql/segments/odd.sql", "segments.odd_reader": "sql/segments/odd.sql"},
+    )
+    for held in ("segments.odd", "segments.odd_reader"):
+        assert sorted(con.execute(f"SELECT * FROM {held}").fetchall()) == [(1,), (2,)]
+    assert sorted(con.execute("SELECT * FROM segments.zz_fine").fetchall()) == [(2,), (3,)]
+    assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary").fetchone() == (0,)
+
+
 def test_a_segment_whose_patient_id_is_not_a_number_holds_itself_only(con, tmp_path):
     """A segment keyed by email (text) failed the whole build inside membership.py before."""
     sql_dir = write(tmp_path, GOOD)
