@@ -25,7 +25,6 @@ and again on every real render:
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -101,14 +100,23 @@ def clinic_variables(sender: Any, clinic_name: str) -> dict[str, str]:
 
 
 def sms_size(text: str) -> SmsSize:
-    """How many segments a carrier bills for this text (concatenated parts lose header room)."""
+    """How many segments a carrier bills for this text (concatenated parts lose header room).
+    A part never splits a character (an escape and its extended character, an emoji's two
+    UTF-16 units): one that would straddle a boundary goes whole to the next part."""
     if all(c in GSM_BASIC or c in GSM_EXTENDED for c in text):
-        units = sum(2 if c in GSM_EXTENDED else 1 for c in text)
+        costs = [2 if c in GSM_EXTENDED else 1 for c in text]
         single, multi, encoding = 160, 153, "GSM-7"
     else:
-        units = len(text.encode("utf-16-le")) // 2
+        costs = [2 if ord(c) > 0xFFFF else 1 for c in text]  # UTF-16 code units
         single, multi, encoding = 70, 67, "UCS-2"
-    segments = 1 if units <= single else math.ceil(units / multi)
+    units = sum(costs)
+    if units <= single:
+        return SmsSize(encoding, units, 1)
+    segments, room = 1, multi
+    for cost in costs:
+        if cost > room:
+            segments, room = segments + 1, multi
+        room -= cost
     return SmsSize(encoding, units, segments)
 
 

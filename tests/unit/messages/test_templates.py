@@ -179,6 +179,13 @@ def test_marketing_sms_without_opt_out_text_is_refused(tmp_path):
         ("ê" * 71, "UCS-2", 2),
         ("😀" * 35, "UCS-2", 1),  # an emoji is two UTF-16 units
         ("😀" * 36, "UCS-2", 2),
+        # A part never splits a character: an escape and its extended character, or an
+        # emoji's two UTF-16 units, that would straddle a part boundary go whole to the next
+        # part (Twilio's segment calculator does the same), which can cost a part more.
+        ("a" * 152 + "€" + "b" * 152, "GSM-7", 3),  # 306 septets, but 152 + 154
+        ("a" * 151 + "€" + "b" * 153, "GSM-7", 2),  # 153 + 153: the € fits whole
+        ("a" * 66 + "😀" + "b" * 66, "UCS-2", 3),  # 134 units, but 66 + 68
+        ("a" * 65 + "😀" + "b" * 67, "UCS-2", 2),  # 67 + 67
     ],
 )
 def test_sms_segments_are_counted_as_carriers_bill_them(text, encoding, segments):
