@@ -14,7 +14,8 @@ starts with a letter or digit).
 
 Rules, checked when the configuration loads (every template is rendered against a sample context)
 and again on every real render:
-- a missing variable is an error (StrictUndefined), never a blank in a patient's message;
+- a missing variable is an error (StrictUndefined), never a blank in a patient's message; so is
+  an expression Python refuses (``{{ name + 1 }}``), named by its line and class, not its text;
 - HTML is autoescaped (a patient called ``<b>`` stays text);
 - marketing email must carry ``{{ unsubscribe_url }}`` in both bodies; it also gets RFC 8058
   one-click ``List-Unsubscribe`` headers, unless the provider manages unsubscribes and adds its
@@ -26,6 +27,7 @@ and again on every real render:
 from __future__ import annotations
 
 import re
+import traceback
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
@@ -188,6 +190,17 @@ class Templates:
             raise TemplateError(f"template {name!r} ({part}): {exc}") from None
         except jinja2.TemplateError as exc:
             raise TemplateError(f"template {name!r} ({part}): {type(exc).__name__}") from None
+        except Exception as exc:  # Python refused an expression ({{ name + 1 }}: TypeError)
+            # its text can quote a value: the class and the template's line only
+            lines = [
+                f.lineno for f in traceback.extract_tb(exc.__traceback__)
+                if f.filename == template.filename
+            ]  # fmt: skip
+            where = f" line {lines[-1]}" if lines else ""
+            raise TemplateError(
+                f"template {name!r} ({part}){where}: {type(exc).__name__} (an expression "
+                "Python cannot work out)"
+            ) from None
 
     def render_email(
         self, name: str, context: Mapping[str, Any], *, marketing: bool,

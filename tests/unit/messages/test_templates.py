@@ -58,6 +58,18 @@ def test_a_syntax_error_names_the_file_and_line(tmp_path):
         templates.validate("broken", "sms", marketing=False)
 
 
+def test_an_expression_python_refuses_is_a_template_error_naming_the_line(tmp_path):
+    # {{ name + 1 }} raises Python's TypeError, not Jinja's: it ended the configuration load
+    # in a traceback instead of naming the template, its file and line (and at send time it
+    # would end the dispatch run); the error's text, which can quote a value, is left out
+    templates = clinic_templates(
+        tmp_path, {"sums/sms.txt": "Hi {{ patient.first_name }},\n{{ patient.first_name + 1 }}"}
+    )
+    with pytest.raises(TemplateError, match=r"template 'sums' \(sms.txt\) line 2: TypeError") as e:
+        templates.validate("sums", "sms", marketing=False)
+    assert "Alex" not in str(e.value)
+
+
 def test_the_clinics_own_template_wins_over_the_example(tmp_path):
     templates = clinic_templates(
         tmp_path, {"reminder-24h/sms.txt": "Ours, {{ patient.first_name }}"}
