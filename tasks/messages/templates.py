@@ -45,8 +45,12 @@ PROJECT_TEMPLATES = PROJECT_ROOT / "templates"
 EMAIL_PARTS = ("subject.txt", "body.html", "body.txt")
 SMS_PART = "sms.txt"
 
-# A marketing SMS must say how to stop, in words the carrier keyword handling understands.
-OPT_OUT = re.compile(r"\b(reply|text|txt|send|sms)\s+\"?(stop|unsubscribe|optout)\b", re.IGNORECASE)
+# A marketing SMS must say how to stop, in words the carrier keyword handling understands
+# ("Reply STOP", "Reply with 'STOP'", "Text STOPALL"; Twilio's words: tasks/providers/twilio.py).
+OPT_OUT = re.compile(
+    r"\b(reply|text|txt|send|sms)\s+(with\s+)?[\"']?(stop|stopall|unsubscribe|optout)\b",
+    re.IGNORECASE,
+)
 
 # GSM 03.38: the basic set costs one septet, the extension set two (escape + char).
 GSM_BASIC = set(

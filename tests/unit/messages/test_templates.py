@@ -178,6 +178,24 @@ def test_marketing_sms_without_opt_out_text_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "ending",
+    [
+        "Reply STOP to opt out",
+        'Reply "STOP" to opt out',
+        "Reply 'STOP' to opt out",  # refused as saying nothing of opting out
+        "Reply with STOP to opt out",
+        "Reply STOPALL to opt out",  # Twilio's opt-out words (tasks/providers/twilio.py)
+        "Text OPTOUT to opt out",
+    ],
+)
+def test_marketing_sms_opt_out_text_may_quote_the_word(tmp_path, ending):
+    templates = clinic_templates(
+        tmp_path, {"promo/sms.txt": "Hi {{ patient.first_name }}, 20% off! " + ending}
+    )
+    assert templates.validate("promo", "sms", marketing=True) == []
+
+
+@pytest.mark.parametrize(
     ("text", "encoding", "segments"),
     [
         ("a" * 160, "GSM-7", 1),
