@@ -352,6 +352,14 @@ def serve_unsubscribe_command(
         if events
         else "Clicks are recorded in each clinic's database on this machine (no PREFECT_API_URL)"
     )
+    for config in configs.values() if events is None else ():
+        if not config.database_path.exists():  # its clicks wait in the inbox, unrecorded
+            typer.secho(
+                f"  {config.clinic}: no database at {config.database_path}: its clicks wait "
+                "beside it until it is here (run this on the clinic's home machine, or set "
+                "PREFECT_API_URL)",
+                fg=typer.colors.YELLOW,
+            )
     typer.echo(f"Serving unsubscribes on http://{host}:{port}")
     app = create_app(configs, key=key, sms_providers=sms, events=events)
     if events is None:

@@ -22,7 +22,9 @@ Where a valid click goes depends on where the endpoint runs:
   cannot wait for it: the tick's feedback step records the click a few minutes later, before any
   further marketing is planned for the next tick. The page says "You are unsubscribed" only once
   the suppression is recorded; a click waiting in the inbox is told so (202), and a link that
-  matches no message we sent changes nothing (404).
+  matches no message we sent changes nothing (404). On a machine without the clinic's database
+  (not its home) the click waits in the inbox, where that database would be (202), and the
+  endpoint logs a warning: no empty database is made in its place.
 
 Beside it, Twilio's status callbacks for the clinics whose TwilioAccount sets
 ``status_callback_url`` (its path is the route):
@@ -142,6 +144,13 @@ def create_app(
             return _received(name, marketing)
         inbox = feedback.inbox_path(config.database_path)
         click = feedback.spool_unsubscribe(inbox, claim, now)
+        if not config.database_path.exists():  # not its home: opening would make an empty one
+            log.warning(
+                "%s: no database at %s on this machine; the click waits in %s for it (run the "
+                "endpoint where the clinic's database is, or with PREFECT_API_URL set)",
+                claim.clinic, config.database_path, inbox,
+            )  # fmt: skip
+            return _received(name, marketing)
         try:
             with open_db(config.database_path, wait_seconds=DB_WAIT_SECONDS) as con:
                 feedback.drain_unsubscribes(con, inbox, now)

@@ -188,6 +188,31 @@ def test_a_valid_link_for_a_message_never_sent_says_nothing_changed(client, clin
     assert suppressions(clinic) == []
 
 
+def test_a_click_for_a_clinic_whose_database_is_not_here_is_kept_not_lost(
+    client, clinic, message_id
+):
+    """The endpoint alone (no Prefect server) on a machine without the clinic's database (not
+    its home, or the file moved away): the click is kept in the inbox for the database, no empty
+    database is made in its place, and the patient is not told the link matches nothing."""
+    token = sign("demo", 7, message_id, "email", key=KEY)
+    away = clinic.database_path.with_name("away.duckdb")
+    clinic.database_path.rename(away)
+
+    reply = client.post(f"/unsubscribe/{token}")
+
+    assert reply.status_code == 202 and "request is received" in reply.text
+    assert "nothing was changed" not in reply.text and "You are unsubscribed" not in reply.text
+    assert not clinic.database_path.exists()
+    inbox = feedback.inbox_path(clinic.database_path)
+    assert inbox.read_text().count("\n") == 1
+    away.rename(clinic.database_path)  # the clinic's database, back here: its tick records it
+    with hold(clinic.database_path), open_db(clinic.database_path) as con:
+        assert feedback.drain_unsubscribes(con, inbox, NOW) == {"unsubscribe_suppress": 1}
+    assert suppressions(clinic) == [
+        (ADDRESS, "suppress", "unsubscribed", "marketing", "unsubscribe_link")
+    ]
+
+
 @pytest.fixture
 def sms_message_id(clinic):
     """A marketing SMS that went to patient 7."""
