@@ -18,8 +18,9 @@ and again on every real render:
   an expression Python refuses (``{{ name + 1 }}``), named by its line and class, not its text;
 - HTML is autoescaped (a patient called ``<b>`` stays text);
 - marketing email must carry ``{{ unsubscribe_url }}`` in both bodies; it also gets RFC 8058
-  one-click ``List-Unsubscribe`` headers, unless the provider manages unsubscribes and adds its
-  own (then ``unsubscribe_url`` is its placeholder: tasks/providers/postmark.py);
+  one-click ``List-Unsubscribe`` headers (its URL in ASCII: an internationalised host in its
+  IDNA form), unless the provider manages unsubscribes and adds its own (then
+  ``unsubscribe_url`` is its placeholder: tasks/providers/postmark.py);
 - marketing SMS must tell the patient how to opt out ("Reply STOP to opt out");
 - an SMS longer than one segment is a warning (GSM-7 vs UCS-2 counting).
 """
@@ -33,6 +34,7 @@ from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
 import jinja2
@@ -127,11 +129,39 @@ def sms_size(text: str) -> SmsSize:
 
 
 def unsubscribe_headers(unsubscribe_url: str) -> dict[str, str]:
-    """RFC 8058 one-click: mail clients POST ``List-Unsubscribe=One-Click`` to the URL."""
+    """RFC 8058 one-click: mail clients POST ``List-Unsubscribe=One-Click`` to the URL, given as
+    a URI (RFC 2369): a header with a character outside ASCII is written as RFC 2047 encoded
+    words, which no client reads as a link."""
     return {
-        "List-Unsubscribe": f"<{unsubscribe_url}>",
+        "List-Unsubscribe": f"<{_ascii_uri(unsubscribe_url)}>",
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
     }
+
+
+def _ascii_uri(url: str) -> str:
+    """``url`` with an internationalised host in its IDNA form (``praxis-müller.de`` ->
+    ``xn--praxis-mller-klb.de``) and any other character outside ASCII percent-encoded (UTF-8,
+    which the endpoint's server decodes back to the route it serves)."""
+    if url.isascii():
+        return url
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    host, colon, port = hostport.partition(":")
+    try:
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError:  # not a name IDNA can write: percent-encoded, as RFC 3986 allows
+        host = quote(host, safe="")
+    safe = "/:@!$&'()*+,;=%~"
+    netloc = quote(userinfo, safe=safe) + at + host + colon + port
+    return urlunsplit(
+        (
+            parts.scheme,
+            netloc,
+            quote(parts.path, safe=safe),
+            quote(parts.query, safe=safe + "?"),
+            quote(parts.fragment, safe=safe),
+        )
+    )
 
 
 @lru_cache(maxsize=32)

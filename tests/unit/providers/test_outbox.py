@@ -36,8 +36,15 @@ def clinic():
     c.con.close()
 
 
+# A clinic's unsubscribe address may be an internationalised domain name: the header carries
+# its ASCII (IDNA) form, the URI a mail client can POST to; the link in the body may stay as is.
+IDN_URL = "https://abmelden.praxis-müller.example/unsubscribe"
+IDN_ASCII = "https://abmelden.xn--praxis-mller-klb.example/unsubscribe"
+
+
+@pytest.mark.parametrize("base_url, in_header", [(BASE_URL, BASE_URL), (IDN_URL, IDN_ASCII)])
 def test_a_marketing_eml_carries_list_unsubscribe_as_a_plain_header_a_mail_client_reads(
-    clinic, tmp_path
+    clinic, tmp_path, base_url, in_header
 ):
     clinic.trigger("recall", **{**plan_clinic.RECALL, "grace": "2 days"})
     plan_clinic.live(clinic, NOW - 90 * DAY)
@@ -50,7 +57,7 @@ def test_a_marketing_eml_carries_list_unsubscribe_as_a_plain_header_a_mail_clien
         providers={"email": outbox},
         prepare=Preparer(clinic.con, clinic.config, clock=lambda: NOW),
         templates=Templates(),
-        unsubscribe=Unsubscribe("test", BASE_URL, key=KEY),
+        unsubscribe=Unsubscribe("test", base_url, key=KEY),
         clock=lambda: NOW,
     )
     assert result.counts["sent"] == 1
@@ -59,7 +66,7 @@ def test_a_marketing_eml_carries_list_unsubscribe_as_a_plain_header_a_mail_clien
     lines = eml.read_bytes().decode("ascii").splitlines()
     (header,) = [line for line in lines if line.startswith("List-Unsubscribe:")]
     assert "=?" not in header  # no RFC 2047 encoded words: a client reads the URL as it is
-    assert header.startswith(f"List-Unsubscribe: <{BASE_URL}/") and header.endswith(">")
+    assert header.startswith(f"List-Unsubscribe: <{in_header}/") and header.endswith(">")
     assert "List-Unsubscribe-Post: List-Unsubscribe=One-Click" in lines
 
     # A plain (RFC 5322, no RFC 2047 decoding) reader finds the signed link for this message.
