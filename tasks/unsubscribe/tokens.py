@@ -151,6 +151,10 @@ def verify(token: str, *, key: bytes | None = None) -> UnsubscribeClaim:
         payload, mac = _unb64(payload_part), _unb64(mac_part)
     except ValueError:
         raise InvalidToken("This unsubscribe link is incomplete; use the whole link.") from None
+    # base64 decoding ignores stray characters, padding and the MAC's 4 spare bits: only the
+    # token as signed is accepted, never another spelling of its bytes
+    if (_b64(payload), _b64(mac)) != (payload_part, mac_part):
+        raise InvalidToken("This unsubscribe link is not valid (altered or from elsewhere).")
     if not hmac.compare_digest(mac, _mac(payload, key or secret_key())):
         raise InvalidToken("This unsubscribe link is not valid (altered or from elsewhere).")
     match = _PAYLOAD.match(payload.decode("utf-8", "replace"))
