@@ -86,7 +86,7 @@ def connect_command(
     from tasks.config import ClinicConfig, ConfigError, load_clinic
     from tasks.connect import ConnectFailed
     from tasks.connect.clinic_file import Accounts, pick_business, render_clinic_yaml
-    from tasks.connect.cliniko import check_contact_email, verify_cliniko
+    from tasks.connect.cliniko import check_contact_email, check_database, verify_cliniko
     from tasks.connect.postmark import verify_postmark
     from tasks.connect.twilio import verify_twilio
     from tasks.paths import clinics_dir
@@ -183,9 +183,9 @@ def connect_command(
     folder.mkdir(parents=True, exist_ok=True)
     draft = folder / ".connect-draft.yaml"  # loaded exactly as `relay clinics` loads clinic.yaml
     draft.write_text(text, encoding="utf-8")
-    try:
-        load_clinic(draft)
-    except ConfigError:
+    try:  # and the database it names must hold this account's data, or none yet
+        check_database(load_clinic(draft).database_path, facts)
+    except (ConfigError, ConnectFailed):
         _discard(draft, created)
         raise
     if check_only:

@@ -10,6 +10,10 @@
    404 there is a missing permission of the key's user, named resource by resource.
 4. Every appointment type (name, category), so the owner can choose trigger filters.
 
+Then, before anything is saved, the clinic's database (if one exists) must be this account's
+(``check_database``): a database synced from another Cliniko account would be read on from that
+account's watermarks, so most of this account's rows would never be read.
+
 Nothing read is kept beyond names, ids, time zones and countries; no patient field is looked at.
 """
 
@@ -17,6 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
 
 from tasks.cliniko.client import (
     BadApiKey,
@@ -31,6 +38,7 @@ from tasks.cliniko.client import (
 )
 from tasks.cliniko.resources import RESOURCES
 from tasks.connect import ConnectFailed
+from tasks.warehouse import open_db
 
 # The shards Cliniko documents: docs.api.cliniko.com lists au1-au4, ca1, uk1, uk2 and eu1 (the
 # 2022 readme only au1-3, ca1, uk1, eu1); docs/reference.md.
@@ -128,6 +136,33 @@ def check_contact_email(contact_email: str) -> None:
             "requests without one: give the address of whoever looks after this integration "
             "with --contact-email.",
         )
+
+
+def check_database(database: Path, facts: ClinikoFacts) -> None:
+    """Refuse a clinic database synced from another Cliniko account: none of the businesses it
+    holds is one this key's user sees. The sync reads on from the database's watermarks, so it
+    would read only the new account's rows changed since the old account's last sync, beside
+    the old account's patients. A database never synced, or sharing a business (the same
+    account: a new key, another user), is this clinic's."""
+    if not database.exists():
+        return
+    try:
+        with open_db(database, read_only=True, wait_seconds=30) as con:
+            held = {str(i) for (i,) in con.execute("SELECT id FROM raw.businesses").fetchall()}
+    except duckdb.CatalogException:  # never synced: no raw tables yet
+        return
+    if not held or held & {b.id for b in facts.businesses}:
+        return
+    raise ConnectFailed(
+        SERVICE,
+        "other_account",
+        f"the clinic's database {database} holds another Cliniko account's data: none of its "
+        f"{len(held)} business(es) is among the {len(facts.businesses)} this key's user sees. "
+        "A sync would read this account only from where that one's last sync stopped (most of "
+        "its patients never) and keep the other account's patients beside them. Move that "
+        "file aside (it is the other account's copy), or connect under another clinic name, "
+        "then run connect again.",
+    )
 
 
 _WHERE_KEYS = (

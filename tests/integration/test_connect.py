@@ -25,6 +25,13 @@ SERVICE_SID = "MG" + "a" * 32
 TEST_SID = "AC" + "7" * 32  # the account's test credentials' SID (Twilio shows both pairs)
 
 
+@pytest.fixture(autouse=True)
+def _own_data_dir(tmp_path, monkeypatch):
+    """Connect checks the clinic's database, if one exists: a private data folder, not ./data
+    (where a developer's own `relay connect acme` may have left one)."""
+    monkeypatch.setenv("RELAY_DATA_DIR", str(tmp_path / "data"))
+
+
 @pytest.fixture(scope="module")
 def cliniko():
     """The clinic's account on shard uk1, and another account on au1 (a different clinic)."""
