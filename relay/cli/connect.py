@@ -83,7 +83,7 @@ def connect_command(
     blocks, and write clinics/CLINIC/clinic.yaml with every trigger off."""
     from pydantic import ValidationError
 
-    from tasks.config import ClinicConfig, ConfigError, load_clinic
+    from tasks.config import ClinicConfig, load_clinic
     from tasks.connect import ConnectFailed
     from tasks.connect.clinic_file import Accounts, pick_business, render_clinic_yaml
     from tasks.connect.cliniko import check_contact_email, check_database, verify_cliniko
@@ -185,7 +185,7 @@ def connect_command(
     draft.write_text(text, encoding="utf-8")
     try:  # and the database it names must hold this account's data, or none yet
         check_database(load_clinic(draft).database_path, facts)
-    except (ConfigError, ConnectFailed):
+    except BaseException:  # a refusal, a busy database, Ctrl-C while waiting for it
         _discard(draft, created)
         raise
     if check_only:
