@@ -16,6 +16,10 @@ from pathlib import Path
 
 import typer
 
+# How long connect waits for a run holding the clinic's database (to check whose data it holds):
+# a check only goes on without it, saying so; a save waits longer and then stops.
+CHECK_WAIT, SAVE_WAIT = 10.0, 30.0
+
 
 def _interactive() -> bool:
     return sys.stdin.isatty()
@@ -89,6 +93,7 @@ def connect_command(
     from tasks.connect.cliniko import check_contact_email, check_database, verify_cliniko
     from tasks.connect.postmark import verify_postmark
     from tasks.connect.twilio import verify_twilio
+    from tasks.dblock import DatabaseBusy
     from tasks.paths import clinics_dir
 
     try:  # the clinic's name, by the rule clinic.yaml's `clinic:` is held to
@@ -184,7 +189,14 @@ def connect_command(
     draft = folder / ".connect-draft.yaml"  # loaded exactly as `relay clinics` loads clinic.yaml
     draft.write_text(text, encoding="utf-8")
     try:  # and the database it names must hold this account's data, or none yet
-        check_database(load_clinic(draft).database_path, facts)
+        database = load_clinic(draft).database_path
+        try:
+            check_database(database, facts, wait_seconds=CHECK_WAIT if check_only else SAVE_WAIT)
+        except DatabaseBusy as busy:
+            if not check_only:  # saving: only once the database is known to be this account's
+                raise
+            typer.secho(f"  note: the clinic's database was not checked: {busy}",
+                        fg=typer.colors.YELLOW)  # fmt: skip
     except BaseException:  # a refusal, a busy database, Ctrl-C while waiting for it
         _discard(draft, created)
         raise

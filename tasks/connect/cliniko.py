@@ -138,16 +138,17 @@ def check_contact_email(contact_email: str) -> None:
         )
 
 
-def check_database(database: Path, facts: ClinikoFacts) -> None:
+def check_database(database: Path, facts: ClinikoFacts, wait_seconds: float = 30) -> None:
     """Refuse a clinic database synced from another Cliniko account: none of the businesses it
     holds is one this key's user sees. The sync reads on from the database's watermarks, so it
     would read only the new account's rows changed since the old account's last sync, beside
     the old account's patients. A database never synced, or sharing a business (the same
-    account: a new key, another user), is this clinic's."""
+    account: a new key, another user), is this clinic's. A run holding the database longer
+    than ``wait_seconds`` is ``DatabaseBusy``."""
     if not database.exists():
         return
     try:
-        with open_db(database, read_only=True, wait_seconds=30) as con:
+        with open_db(database, read_only=True, wait_seconds=wait_seconds) as con:
             held = {str(i) for (i,) in con.execute("SELECT id FROM raw.businesses").fetchall()}
     except duckdb.CatalogException:  # never synced: no raw tables yet
         return

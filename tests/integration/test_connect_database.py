@@ -6,6 +6,8 @@ would stay beside them. Over real HTTP against two sandbox clinics."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from sandbox.cliniko import SandboxClinic, SandboxServer
@@ -37,7 +39,7 @@ def _synced(database, account) -> None:
         extract.run_sync(con, c)
 
 
-def _connect(account, *extra: str):
+def _connect(account, *extra: str, check_only: bool = True):
     from typer.testing import CliRunner
 
     from relay.cli import app
@@ -46,7 +48,7 @@ def _connect(account, *extra: str):
     business = clinic.snapshot("businesses", url)
     args = ["connect", "acme", "--cliniko-key", clinic.api_key, "--contact-email", CONTACT,
             "--business", str(min(business)), "--cliniko-base-url", url, "--no-email",
-            "--no-sms", "--check-only", *extra]  # fmt: skip
+            "--no-sms", *(["--check-only"] if check_only else []), *extra]  # fmt: skip
     return CliRunner().invoke(app, args)
 
 
@@ -80,3 +82,44 @@ def test_connect_takes_a_database_never_synced(accounts, tmp_path, monkeypatch):
         pass  # created with its tables, nothing synced into it
     result = _connect(second)
     assert result.exit_code == 0, result.output + repr(result.exception)
+
+
+def _hold_for(path, seconds, ready):
+    with open_db(path):
+        ready.set()
+        time.sleep(seconds)
+
+
+def test_a_run_holding_the_database_is_named_and_a_check_only_goes_on(
+    accounts, tmp_path, monkeypatch
+):
+    """`relay connect CLINIC --check-only` re-checks a live clinic's accounts (docs/connect.md):
+    a tick holding its database does not stop that; a save waits for it, then stops."""
+    import multiprocessing
+
+    from relay.cli import connect
+    from tasks.dblock import DatabaseBusy
+
+    first, _second = accounts
+    monkeypatch.setenv("RELAY_CLINICS_DIR", str(tmp_path / "clinics"))
+    monkeypatch.setenv("RELAY_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(connect, "CHECK_WAIT", 0.5)
+    monkeypatch.setattr(connect, "SAVE_WAIT", 0.5)
+    database = tmp_path / "data" / "acme.duckdb"
+    _synced(database, first)
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    holder = ctx.Process(target=_hold_for, args=(database, 60, ready))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        checked = _connect(first)
+        assert checked.exit_code == 0, checked.output + repr(checked.exception)
+        output = " ".join(checked.output.split())
+        assert "database was not checked" in output and "in use by" in output
+        result = _connect(first, check_only=False)
+        assert isinstance(result.exception, DatabaseBusy), result.output
+        assert not (tmp_path / "clinics" / "acme").exists()
+    finally:
+        holder.terminate()
+        holder.join()
