@@ -89,7 +89,12 @@ def connect_command(
 
     from tasks.config import ClinicConfig, load_clinic
     from tasks.connect import ConnectFailed
-    from tasks.connect.clinic_file import Accounts, pick_business, render_clinic_yaml
+    from tasks.connect.clinic_file import (
+        Accounts,
+        check_blocks_free,
+        pick_business,
+        render_clinic_yaml,
+    )
     from tasks.connect.cliniko import check_contact_email, check_database, verify_cliniko
     from tasks.connect.postmark import verify_postmark
     from tasks.connect.twilio import verify_twilio
@@ -128,6 +133,7 @@ def connect_command(
         from_address=from_address if email else None,
     )
     check_contact_email(contact_email)  # in connect's words (the block's name its own field)
+    check_blocks_free(clinics_dir(), clinic, accounts)
     # the blocks as they will be saved: a value they refuse is reported before any request
     blocks = _build_blocks(accounts, cliniko_key=cliniko_key, contact_email=contact_email,
                            cliniko_base_url=cliniko_base_url, postmark_token=postmark_token,

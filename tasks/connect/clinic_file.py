@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parseaddr
+from pathlib import Path
 
 import yaml
 
@@ -26,6 +27,38 @@ class Accounts:
     email: str = "outbox"
     sms: str = "outbox"
     from_address: str | None = None  # the Postmark From address, e.g. 'Acme <hello@acme.com>'
+
+
+def check_blocks_free(clinics: Path, clinic: str, accounts: Accounts) -> None:
+    """Refuse block names another clinic's ``clinic.yaml`` names: saving them (connect saves its
+    blocks over its own with --force) would hand that clinic this account's credentials. Two
+    clinic names can share blocks (``acme_north`` and ``acme-north``), and a folder renamed
+    (``acme`` kept as ``acme-old``) keeps naming the blocks of the name it had."""
+    from tasks.connect import ConnectFailed
+
+    ours = {accounts.cliniko, accounts.email, accounts.sms} - {"outbox", "env"}
+    for path in sorted(clinics.glob("*/clinic.yaml")):
+        if path.parent.name == clinic:
+            continue
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue  # `relay clinics` reports a file it cannot read
+        if not isinstance(raw, dict):
+            continue
+        cliniko, providers = raw.get("cliniko"), raw.get("providers")
+        named = {(cliniko or {}).get("account") if isinstance(cliniko, dict) else None}
+        if isinstance(providers, dict):
+            named |= {providers.get("email"), providers.get("sms")}
+        taken = sorted(ours & {n for n in named if isinstance(n, str)})
+        if taken:
+            raise ConnectFailed(
+                "relay",
+                "block_of_another_clinic",
+                f"{path} names the block(s) {', '.join(taken)}, which connecting '{clinic}' "
+                "would save over (even with --force), giving that clinic this account's "
+                "credentials. Connect this clinic under another name.",
+            )
 
 
 def pick_business(facts: ClinikoFacts, choice: str | None) -> Business:

@@ -1,15 +1,17 @@
-"""`relay connect` against a clinic whose database already exists: a database synced from one
-Cliniko account must not be handed to another (a `--force` reconnect with another account's
-key, or a clinic folder removed and connected again). The sync would read the new account only
-from the old account's watermarks: most of its patients never, and the old account's patients
-would stay beside them. Over real HTTP against two sandbox clinics."""
+"""`relay connect` beside what already exists. A database synced from one Cliniko account must
+not be handed to another (a `--force` reconnect with another account's key, or a clinic folder
+removed and connected again): the sync would read the new account only from the old account's
+watermarks, most of its patients never, beside the old account's patients. And the blocks
+another clinic's file names are never saved over. Over real HTTP against two sandbox clinics."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
+from typer.testing import CliRunner
 
+from relay.cli import app
 from sandbox.cliniko import SandboxClinic, SandboxServer
 from tasks.cliniko import sync as extract
 from tasks.cliniko.client import ClinikoClient
@@ -40,10 +42,6 @@ def _synced(database, account) -> None:
 
 
 def _connect(account, *extra: str, check_only: bool = True):
-    from typer.testing import CliRunner
-
-    from relay.cli import app
-
     clinic, url = account
     business = clinic.snapshot("businesses", url)
     args = ["connect", "acme", "--cliniko-key", clinic.api_key, "--contact-email", CONTACT,
@@ -123,3 +121,39 @@ def test_a_run_holding_the_database_is_named_and_a_check_only_goes_on(
     finally:
         holder.terminate()
         holder.join()
+
+
+@pytest.mark.parametrize("other", ["acme-north", "acme-old"])
+def test_connect_never_saves_over_the_blocks_another_clinic_names(
+    accounts, tmp_path, monkeypatch, other
+):
+    """Block names come from the clinic's name with '_' as '-': `acme_north` gets the blocks of
+    `acme-north`; and a clinic folder renamed (`acme` kept as `acme-old`) keeps naming `acme`'s
+    blocks. Connect said "Pass --force to replace them", which gave the other clinic this
+    account's credentials: its ticks then synced this account into its database."""
+    first, _second = accounts
+    clinics = tmp_path / "clinics"
+    monkeypatch.setenv("RELAY_CLINICS_DIR", str(clinics))
+    monkeypatch.setenv("RELAY_DATA_DIR", str(tmp_path / "data"))
+    name = "acme_north" if other == "acme-north" else "acme"
+    block = name.replace("_", "-")
+    (clinics / other).mkdir(parents=True)
+    existing = clinics / other / "clinic.yaml"
+    existing.write_text(
+        f"clinic: {other.replace('-', '_')}\nname: Other\ntime_zone: Australia/Sydney\n"
+        f"cliniko:\n  account: {block}-cliniko\n",
+        encoding="utf-8",
+    )
+    clinic, url = first
+    for force in ([], ["--force"]):
+        result = CliRunner().invoke(
+            app,
+            ["connect", name, "--cliniko-key", clinic.api_key, "--contact-email", CONTACT,
+             "--cliniko-base-url", url, "--no-email", "--no-sms", *force],
+        )  # fmt: skip
+        assert isinstance(result.exception, ConnectFailed), result.output
+        assert result.exception.problem == "block_of_another_clinic"
+        message = " ".join(str(result.exception).split())
+        assert f"{block}-cliniko" in message and str(existing) in message
+        assert "--force" not in message.replace("even with --force", "")
+    assert sorted(p.name for p in clinics.iterdir()) == [other]
