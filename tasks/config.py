@@ -388,14 +388,11 @@ class ClinicConfig(_Section):
 
     @model_validator(mode="after")
     def _marketing_templates(self) -> ClinicConfig:
-        """Journey and campaign templates rendered as they will be: marketing, no appointment."""
-        from tasks.messages.templates import SAMPLE_CLINIC, TemplateError, Templates, build_context
+        """Journey and campaign templates checked as they will be sent: marketing, no
+        appointment."""
+        from tasks.messages.templates import TemplateError, Templates
 
         templates = Templates(self.folder)
-        context = build_context(
-            clinic=SAMPLE_CLINIC, first_name="Alexandra", preferred_first_name="Alex",
-            last_name="Sample", unsubscribe_url="https://relay.example/unsubscribe/SAMPLE",
-        )  # fmt: skip
         uses = [
             (f"journey '{j.name}' step {i + 1}", s.template, s.send)
             for j in self.journeys
@@ -404,7 +401,7 @@ class ClinicConfig(_Section):
         ] + [(f"campaign '{c.name}'", c.template, c.channel) for c in self.campaigns]
         for where, template, channel in uses:
             try:
-                templates.render(template, channel, context, marketing=True)
+                templates.validate(template, channel, marketing=True, appointment=False)
             except TemplateError as exc:
                 raise PydanticCustomError(
                     "marketing_template",

@@ -16,6 +16,11 @@ Rules, checked when the configuration loads (every template is rendered against 
 and again on every real render:
 - a missing variable is an error (StrictUndefined), never a blank in a patient's message; so is
   an expression Python refuses (``{{ name + 1 }}``), named by its line and class, not its text;
+- at load, also in branches the sample does not take: every ``{{ x }}`` and ``patient.x`` /
+  ``appointment.x`` / ``clinic.x`` the template's text (and a layout it extends) reads must be a
+  name messages have (the sample's, built as real ones are), else an error naming the line and
+  the names there are; one guarded by ``is defined`` or ``| default`` may be missing
+  (tasks/messages/template_names.py);
 - HTML is autoescaped (a patient called ``<b>`` stays text);
 - marketing email must carry ``{{ unsubscribe_url }}`` in both bodies; it also gets RFC 8058
   one-click ``List-Unsubscribe`` headers (its URL in ASCII: an internationalised host in its
@@ -33,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
@@ -40,6 +46,7 @@ from zoneinfo import ZoneInfo
 import jinja2
 
 from tasks.errors import UserFacingError
+from tasks.messages.template_names import unknown_name
 from tasks.paths import PROJECT_ROOT
 from tasks.providers.common import Rendered, RenderedEmail, RenderedSms, SmsSize
 
@@ -285,8 +292,16 @@ class Templates:
         ``appointment``: whether its messages are about an appointment (False: a trigger on a
         patient, alert or invoice, whose messages have ``appointment`` empty); ``clinic``: the
         clinic's own details (:func:`clinic_variables`), else a sample clinic's."""
-        context = sample_context(marketing=marketing, appointment=appointment, clinic=clinic)
+        context = sample_context(
+            marketing=marketing, channel=channel, appointment=appointment, clinic=clinic
+        )
         rendered = self.render(name, channel, context, marketing=marketing)
+        # the branches the sample did not take: every name read must be one a message has
+        every = sample_context(marketing=True, channel="email", clinic=clinic)
+        for part in EMAIL_PARTS if channel == "email" else (SMS_PART,):
+            problem = unknown_name(self.env, name, part, context, every)
+            if problem:
+                raise TemplateError(problem)
         if isinstance(rendered, RenderedSms) and rendered.size.segments > 1:
             size = rendered.size
             return [
@@ -390,19 +405,22 @@ def _day(local: datetime, now: datetime | None) -> str:
     return f"on {local:%A} {local.day} {local:%B}"
 
 
-SAMPLE_CLINIC = {
-    "name": "Sample Physio",
-    "email": "hello@sample.example",
-    "phone": "03 9000 0000",
-    "website": "https://sample.example",
-    "address": "1 Sample St, Melbourne VIC 3000",
-}
+# through clinic_variables, as a clinic's own details are: the same names
+SAMPLE_CLINIC = clinic_variables(
+    SimpleNamespace(
+        name="Sample Physio", email="hello@sample.example", reply_to=None, phone="03 9000 0000",
+        website="https://sample.example", address="1 Sample St, Melbourne VIC 3000",
+    ),
+    "Sample Physio",
+)  # fmt: skip
 
 
 def sample_context(
-    *, marketing: bool, clinic: Mapping[str, Any] | None = None, appointment: bool = True
-) -> dict[str, Any]:
-    """A context with every variable set: what templates are checked against at load time.
+    *, marketing: bool, channel: str = "email", clinic: Mapping[str, Any] | None = None,
+    appointment: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """A context with every variable set: what templates are checked against at load time, with
+    the names a real one has (dispatch gives ``unsubscribe_url`` to marketing email only).
     ``appointment=False``: as a message about no appointment gets it (``appointment`` empty)."""
     context = build_context(
         clinic=clinic or SAMPLE_CLINIC,
@@ -414,7 +432,11 @@ def sample_context(
         appointment_type="Initial Consultation",
         practitioner="Dr Sam Example",
         business="Sample Physio Richmond",
-        unsubscribe_url="https://relay.example/unsubscribe/SAMPLE-TOKEN" if marketing else None,
+        unsubscribe_url=(
+            "https://relay.example/unsubscribe/SAMPLE-TOKEN"
+            if marketing and channel == "email"
+            else None
+        ),
     )
     if not appointment:
         context["appointment"] = None

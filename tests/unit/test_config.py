@@ -37,6 +37,32 @@ def test_a_trigger_template_problem_names_the_trigger_without_a_top_level_prefix
     )
 
 
+def test_a_name_in_an_untaken_branch_names_the_trigger_or_campaign_at_load(tmp_path):
+    """The sample patient has a last name, so the else branch was never rendered: the typo
+    loaded, and each message taking the branch was skipped, "not rendered", at send."""
+    folder = tmp_path / "templates" / "note"
+    folder.mkdir(parents=True)
+    (folder / "sms.txt").write_text(
+        "Hi\n{% if patient.last_name %}{{ patient.last_name }}{% else %}"
+        "{{ patient.frist_name }}{% endif %} Reply STOP to opt out\n"
+    )
+    path = write(tmp_path, "clinic: x\nname: X\ntriggers:\n  - {name: remind, event: "
+                 "before_appointment, timing: 1 day before, channel: sms, template: note, "
+                 "purpose: transactional}\n")  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        load_clinic(path)
+    assert "trigger 'remind' (entry 1): template: template 'note' (sms.txt) line 2: " \
+        "patient.frist_name is not a variable" in str(err.value)  # fmt: skip
+    path = write(tmp_path, "clinic: x\nname: X\ncampaigns:\n  - {name: promo, segment: recall_90_179, "
+                 "channel: sms, template: note}\n")  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        load_clinic(path)
+    assert (
+        "campaign 'promo': template: template 'note' (sms.txt) line 2: patient.frist_name"
+        in str(err.value)
+    )
+
+
 def test_a_bad_time_zone_is_explained(tmp_path):
     path = write(tmp_path, "clinic: x\nname: X\ntime_zone: Melbourne\n")
     with pytest.raises(ConfigError, match="time_zone: .*not an IANA time zone"):

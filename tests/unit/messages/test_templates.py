@@ -9,6 +9,7 @@ from email import policy
 import pytest
 
 from tasks.messages.templates import (
+    PROJECT_TEMPLATES,
     TemplateError,
     Templates,
     build_context,
@@ -339,3 +340,100 @@ def test_a_clinic_detail_printed_only_when_set_is_no_warning(tmp_path):
     assert templates.validate("note", "sms", marketing=False, clinic=clinic) == []
     assert templates.render_sms("note", sample_context(marketing=False, clinic=clinic),
                                 marketing=False).text == "Hi"  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "name"),
+    [
+        # the sample appointment always has a practitioner: the else branch was never rendered
+        ("Hi\n{% if appointment.practitioner %}with {{ appointment.practitioner }}"
+         "{% else %}on {{ appointment.dya }}{% endif %}", 2, "appointment.dya"),
+        ("Hi\n\n{% if appointment.day == 'today' %}{{ patient['frist_name'] }}{% endif %}", 3,
+         "patient.frist_name"),
+        ("Hi {{ patient.first_name }}\n{% if appointment.day == 'today' %}{{ nme }}{% endif %}",
+         2, "nme"),
+    ],
+)  # fmt: skip
+def test_a_name_in_a_branch_the_sample_never_takes_is_refused_at_load(tmp_path, text, line, name):
+    """It loaded, and every message that took the branch was skipped as "not rendered"."""
+    templates = clinic_templates(tmp_path, {"typo/sms.txt": text})
+    with pytest.raises(TemplateError) as e:
+        templates.validate("typo", "sms", marketing=False)
+    message = str(e.value)
+    assert message.startswith(f"template 'typo' (sms.txt) line {line}: {name} is not a variable")
+    if name.startswith("appointment"):
+        assert "there are: business, date, day, practitioner, starts_at, time, type" in message
+    if name == "nme":
+        assert "there are: appointment, clinic, patient)" in message
+    assert "Alex" not in message  # the names, never the sample's values
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Hi{% if appointment.foo is defined %} {{ appointment.foo }}{% endif %}",
+        "Hi {{ appointment.foo | default('') }}{{ patient['nick'] | d('') }}",
+        "Hi{% if nick is undefined %} there{% else %} {{ nick }}{% endif %}",
+        "{% set greeting = 'Hi' %}{{ greeting }}{% for patient in [] %}{{ patient.whatever }}"
+        "{% endfor %}{% macro m(x) %}{{ x.y }}{% endmacro %}",
+        "Hi {% for key, value in clinic.items() %}{{ key }}{% endfor %}{{ loop_free | d }}",
+    ],
+)
+def test_a_guarded_or_own_name_still_loads(tmp_path, text):
+    templates = clinic_templates(tmp_path, {"ok/sms.txt": text})
+    assert templates.validate("ok", "sms", marketing=False) == []
+
+
+def test_a_layout_the_template_extends_is_read_too(tmp_path):
+    templates = clinic_templates(
+        tmp_path,
+        {
+            "_layout/email.txt": "{% block content %}{% endblock %}\n"
+            "{{ unsubscribe_url }}{% if clinic.phone %}{{ clinic.phone }}{% else %}"
+            "{{ clinic.phnoe }}{% endif %}",
+        },
+    )
+    with pytest.raises(TemplateError, match=r"\(_layout/email.txt\) line 2: clinic.phnoe is"):
+        templates.validate("birthday", "email", marketing=True)
+
+
+def test_every_shipped_template_loads_for_transactional_or_marketing_messages():
+    names = sorted(p.name for p in PROJECT_TEMPLATES.iterdir() if not p.name.startswith("_"))
+    assert len(names) >= 10
+    for name in names:
+        channel = "sms" if (PROJECT_TEMPLATES / name / "sms.txt").exists() else "email"
+        problems = []
+        for marketing in (False, True):
+            try:
+                Templates().validate(name, channel, marketing=marketing)
+            except TemplateError as exc:
+                problems.append(str(exc))
+        assert len(problems) < 2, problems
+
+
+def test_marketing_sms_has_no_unsubscribe_url_at_load_as_at_send(tmp_path):
+    """Dispatch gives unsubscribe_url to marketing email only: the sample gave it to SMS too."""
+    templates = clinic_templates(
+        tmp_path, {"promo/sms.txt": "20% off! {{ unsubscribe_url }} Reply STOP to opt out"}
+    )
+    with pytest.raises(TemplateError, match="unsubscribe_url"):
+        templates.validate("promo", "sms", marketing=True)
+
+
+def test_the_sample_context_has_the_names_a_real_one_has():
+    from types import SimpleNamespace
+
+    from tasks.config import SenderSettings
+    from tasks.messages.prepare import clinic_details
+    from tasks.triggers.prepare import template_context
+
+    cfg = SimpleNamespace(name="T", providers=SimpleNamespace(sender=SenderSettings()))
+    row = dict(first_name="A", preferred_first_name=None, last_name=None,
+               starts_at=datetime.fromisoformat("2026-03-03T22:30:00+00:00"),
+               business_time_zone="Australia/Perth", appointment_type_name=None,
+               practitioner_name=None, business_name=None)  # fmt: skip
+    real = template_context(clinic_details(cfg), row, datetime.now().astimezone())
+    sample = sample_context(marketing=False)
+    assert real.keys() == sample.keys()
+    for key, value in real.items():
+        assert value.keys() == sample[key].keys(), key
