@@ -205,13 +205,14 @@ def create_app(
     paths = sorted(
         {urlsplit(c.providers.unsubscribe_url).path.rstrip("/") for c in clinics.values()}
     )
-    routes = []
+    # The callbacks' exact paths first: one a segment below a links path (/u/twilio under /u)
+    # would otherwise match <path>/{token} and be refused as a forged link.
+    routes = [Route(path, sms_status, methods=["POST"]) for path in sorted(callbacks)]
     for path in paths or ["/unsubscribe"]:
         routes += [
             Route(path + "/{token}", confirm, methods=["GET"]),
             Route(path + "/{token}", unsubscribe, methods=["POST"]),
         ]
-    routes += [Route(path, sms_status, methods=["POST"]) for path in sorted(callbacks)]
     return Starlette(routes=routes)
 
 

@@ -20,7 +20,7 @@ import pytest
 from sandbox.server import ThreadedServer
 from sandbox.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioSandbox
 from tasks import feedback_delivery
-from tasks.config import ClinicConfig
+from tasks.config import ClinicConfig, ProvidersSettings
 from tasks.errors import UserFacingError
 from tasks.feedback import FeedbackUnavailable
 from tasks.messages import ledger
@@ -329,6 +329,32 @@ def test_a_final_status_called_back_is_recorded_at_once_and_suppresses_a_landlin
         assert pull(con, twilio, clock) == {}  # final already: the poll asks nothing
         sid = ledger.get(con, key).provider_message_id
     assert not [r for r in twilio.requests if r[0] == "GET" and sid in r[1]]
+
+
+def test_a_callback_path_below_the_unsubscribe_path_reaches_the_callback(
+    tmp_path, twilio, clock, templates
+):
+    """Links are <unsubscribe path>/<token>: a callback path one segment below it (/u and
+    /u/twilio) was taken for a link, and Twilio's calls refused as a forged one (403)."""
+    late = LateApp()
+    with ThreadedServer(late) as server:
+        url = f"{server.url}/u/twilio"
+        twilio.settings = dataclasses.replace(twilio.settings, status_callback_url=url)
+        config = ClinicConfig(
+            clinic="demo", name="Demo", database=tmp_path / "demo.duckdb",
+            providers=ProvidersSettings(unsubscribe_url=f"{server.url}/u"),
+        )  # fmt: skip
+        late.app = create_app(
+            {"demo": config}, clock=clock, sms_providers={"demo": TwilioProvider(twilio.settings)}
+        )
+        with open_db(config.database_path) as con:
+            (key,) = send(con, twilio, clock, templates, [LANDLINE])
+        clock.advance(minutes=1)
+        assert twilio.deliver_callbacks() == 3
+        assert {c["answer"] for c in twilio.callbacks} == {204}
+        with open_db(config.database_path) as con:
+            assert delivery(con, key) == ("undelivered", "30006", True)
+        assert httpx.get(f"{server.url}/u/not-a-token").status_code == 403  # links still served
 
 
 def test_a_callback_with_a_wrong_signature_changes_nothing(twilio, clock, templates, endpoint):
