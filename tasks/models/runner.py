@@ -182,6 +182,7 @@ class ModelBuild:
     def start(self) -> None:
         con = self.con
         models_functions.register(con)
+        self.remembered = shape.remember_patients(con)  # before the transaction: its docstring
         con.execute("BEGIN TRANSACTION")
         con.execute(  # replaced_patients (tasks/models/functions.py): this build's merges
             "CREATE OR REPLACE TEMP TABLE relay_replaced (relation VARCHAR, patient_id BIGINT)"
@@ -308,7 +309,7 @@ class ModelBuild:
         """Run the data tests of what this build rebuilt (a test reading a held model tested
         its table when it was built). A failing test holds the models it reads; one that cannot
         run holds nothing but itself. First: segments' rows that came (``check_segments``)."""
-        if failed := self.tables.check_segments(self.con, self.project):
+        if failed := self.tables.check_segments(self.con, self.project, self.held, self.remembered):
             raise BuildFailed(self.build_id, *failed)  # file, why, what it holds: itself
         built = {m.relation for m in self.project.models} - set(self.held)
         tests = [

@@ -104,36 +104,78 @@ def _not_patients(unknown: int) -> duckdb.ConstraintException:
 # The rows that came into segments' tables by difference this build (tasks/models/tables.py
 # replace_changed_rows), checked together when the models are built: ``check_came``.
 CAME = "relay_segment_came"
+# marts.patients' patient ids as the build found them (``remember_patients``).
+BEFORE = "relay_patients_before"
+
+
+def remember_patients(con: duckdb.DuckDBPyConnection) -> bool:
+    """Keep marts.patients' patient ids as the last commit left them (in ``BEFORE``), for
+    ``check_came`` to tell who left it in this build. Run before the build's transaction: a
+    marts.patients that cannot be read (none yet, a view its held file left behind) fails
+    only this statement, not the build. Whether they were kept."""
+    try:
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {BEFORE} AS SELECT patient_id FROM marts.patients"
+        )
+    except duckdb.Error:
+        con.execute(f"DROP TABLE IF EXISTS {BEFORE}")
+        return False
+    return True
 
 
 def check_came(
-    con: duckdb.DuckDBPyConnection, segments: list[tuple[str, str]], has_patients: bool
+    con: duckdb.DuckDBPyConnection,
+    segments: list[tuple[str, str]],
+    has_patients: bool,
+    every: list[tuple[str, str]] = (),  # type: ignore[assignment]
+    remembered: bool = False,
 ) -> tuple[str, duckdb.Error] | None:
     """What ``check_unique`` and ``check_patients`` ask of a segment, asked of the rows that
     came into each of ``segments`` ((relation, its table) whose old rows were checked when
     written; the patient ids that came in ``CAME``), in one statement instead of two a
     segment (~5 ms each). A patient on two rows is on a row that came; the old rows had no
-    NULL. Returns the first segment failing (in ``segments``' order) and what it fails."""
-    if not segments:
-        return None
-    rows = " UNION ALL ".join(
-        f"SELECT $r{i} AS relation, patient_id FROM {rel} WHERE patient_id IS NULL OR "
-        f"patient_id IN (SELECT patient_id FROM {CAME} WHERE relation = $r{i})"
-        for i, (_, rel) in enumerate(segments)
-    )
-    # marts.patients (a view of joins) read once for every segment's rows, not once each
-    unknown = f"SELECT relation, count(*) FROM {CAME} AS s WHERE {_UNKNOWN} GROUP BY ALL"
-    found = con.execute(
-        f"SELECT relation, count(*), 'duplicates' FROM (SELECT relation, patient_id FROM "
-        f"({rows}) GROUP BY ALL HAVING count(*) > 1) GROUP BY ALL"
-        + (f" UNION ALL SELECT *, 'unknown' FROM ({unknown})" if has_patients else ""),
-        {f"r{i}": relation for i, (relation, _) in enumerate(segments)},
-    ).fetchall()
-    failing = {(relation, kind): n for relation, n, kind in found}
-    for relation, _ in segments:
+    NULL. An old row was a patient when written: a patient who has left marts.patients since
+    the build began (``remembered``: in ``BEFORE``; deleted in Cliniko) is looked for in
+    ``every`` segment (relation, table or view) built or kept, only when someone left.
+    Returns the first segment failing (in ``segments``' then ``every``'s order) and why."""
+    failing: dict[tuple[str, str], int] = {}
+    if segments:
+        rows = " UNION ALL ".join(
+            f"SELECT $r{i} AS relation, patient_id FROM {rel} WHERE patient_id IS NULL OR "
+            f"patient_id IN (SELECT patient_id FROM {CAME} WHERE relation = $r{i})"
+            for i, (_, rel) in enumerate(segments)
+        )
+        # marts.patients (a view of joins) read once for every segment's rows, not once each
+        unknown = f"SELECT relation, count(*) FROM {CAME} AS s WHERE {_UNKNOWN} GROUP BY ALL"
+        found = con.execute(
+            f"SELECT relation, count(*), 'duplicates' FROM (SELECT relation, patient_id FROM "
+            f"({rows}) GROUP BY ALL HAVING count(*) > 1) GROUP BY ALL"
+            + (f" UNION ALL SELECT *, 'unknown' FROM ({unknown})" if has_patients else ""),
+            {f"r{i}": relation for i, (relation, _) in enumerate(segments)},
+        ).fetchall()
+        failing |= {(relation, kind): n for relation, n, kind in found}
+    gone = f"SELECT patient_id FROM {BEFORE} EXCEPT SELECT patient_id FROM marts.patients"
+    if every and remembered and has_patients and one(con, f"SELECT count(*) FROM ({gone})")[0]:
+        came = {relation for relation, _ in segments}  # their rows that came: counted above
+        kept = " UNION ALL ".join(
+            f"SELECT $r{i} AS relation, patient_id FROM {rel}"
+            + (
+                f" WHERE patient_id NOT IN (SELECT patient_id FROM {CAME} WHERE relation = "
+                f"$r{i} AND patient_id IS NOT NULL)"
+                if relation in came
+                else ""
+            )
+            for i, (relation, rel) in enumerate(every)
+        )
+        found = con.execute(
+            f"SELECT relation, count(*) FROM ({kept}) WHERE patient_id IN ({gone}) GROUP BY ALL",
+            {f"r{i}": relation for i, (relation, _) in enumerate(every)},
+        ).fetchall()
+        failing |= {(relation, "left"): n for relation, n in found}
+    for relation, _ in [*segments, *every]:
         if n := failing.get((relation, "duplicates")):
             return relation, _duplicates(n, ("patient_id",), SEGMENT_ROWS)
-        if n := failing.get((relation, "unknown")):
+        if n := failing.get((relation, "unknown"), 0) + failing.get((relation, "left"), 0):
             return relation, _not_patients(n)
     return None
 

@@ -28,7 +28,7 @@ import duckdb
 from tasks.cliniko.resources import RESOURCES
 from tasks.models import functions as models_functions
 from tasks.models.project import MODEL_SCHEMAS, DataTest, Model, Project
-from tasks.models.shape import CAME, check_came, check_shape, check_unique
+from tasks.models.shape import BEFORE, CAME, check_came, check_shape, check_unique
 from tasks.models.shape import read_columns as _columns
 from tasks.warehouse import duckdb_message, one
 
@@ -340,17 +340,26 @@ class ModelTables:
         self._segments_came.append((relation, rel))
 
     def check_segments(
-        self, con: duckdb.DuckDBPyConnection, project: Project
+        self,
+        con: duckdb.DuckDBPyConnection,
+        project: Project,
+        held: Collection[str] = (),
+        remembered: bool = False,
     ) -> tuple[str, str, tuple[str]] | None:
         """What a segment promises (one row per patient, each a patient: tasks/models/shape.py)
         asked of the rows that came into each segment brought by difference, all in one
         statement once every model is built (two statements a segment, as each was written,
-        were ~50 ms of a 5-minute build). The first failing segment: its file, what is wrong
-        (as the build reports a model's error) and the models it holds (itself)."""
+        were ~50 ms of a 5-minute build); and, when someone left marts.patients in this build
+        (``remembered``: shape.remember_patients kept who was there), every segment not
+        ``held`` is asked for them. The first failing segment: its file, what is wrong (as the
+        build reports a model's error) and the models it holds (itself)."""
         # the build's own record of what is there (no catalog query): read at its start, or
         # written by it since
         patients = "marts.patients" in self.existing or "marts.patients" in self.columns
-        failed = check_came(con, self._segments_came, patients)
+        every = [
+            (m.relation, _quoted(m.relation)) for m in project.segments if m.relation not in held
+        ]
+        failed = check_came(con, self._segments_came, patients, every, remembered)
         if failed is None:
             return None
         model = project.model(failed[0])
@@ -371,17 +380,9 @@ class ModelTables:
     def finish(self, con: duckdb.DuckDBPyConnection) -> None:
         """At the commit: drop the temporary tables the models left; store the tables proven
         distinct, when they changed (inside the build's transaction)."""
-        for temp in (
-            "relay_new",
-            "relay_diff",
-            "relay_delta",
-            "relay_went",
-            "relay_replaced",
-            CAME,
-        ):
+        temps = ("relay_new", "relay_diff", "relay_delta", "relay_went", "relay_replaced")
+        for temp in (*temps, CAME, BEFORE, *self._came_tables):
             con.execute(f"DROP TABLE IF EXISTS {temp}")
-        for temp in self._came_tables:
-            con.execute(f"DROP TABLE {temp}")
         if self.distinct != self.stored:
             con.execute("DELETE FROM state.distinct_model_tables")
             con.execute(

@@ -674,3 +674,37 @@ def test_a_class_and_an_appointment_at_the_same_moment_are_numbered_class_first(
     assert clinic.con.execute(
         "SELECT next_appointment_kind, next_appointment_id FROM marts.patients"
     ).fetchone() == ("group", 9)
+
+
+def test_a_segment_keeping_a_patient_deleted_since_the_last_build_is_held(tmp_path):
+    """A segment brought to its new rows by difference had only the rows that came checked: a
+    row kept while its patient was deleted in Cliniko went on naming a patient marts.patients no
+    longer has (a fresh build, and `relay preview segment`, refuse it). Found by the issue 3
+    re-check."""
+    import shutil
+    from pathlib import Path
+
+    sql = tmp_path / "sql"
+    shutil.copytree(Path(__file__).parents[3] / "sql", sql)
+    (sql / "segments" / "ever_booked_standard.sql").write_text(
+        "select distinct patient_id from marts.appointments where appointment_type_id = 1\n"
+    )
+    clinic = Clinic()
+    clinic.patient(1), clinic.patient(2)
+    clinic.visit(101, 1, 10), clinic.visit(102, 2, 20)
+    settings = models.ListSettings(active_patient_months=12)
+    models.build(clinic.con, settings, sql_dir=sql, now=NOW)
+    clinic.con.execute(
+        "UPDATE raw.patients SET removed_at = ?, synced_at = ? WHERE id = 2",
+        [clinic._tick(), clinic._tick()],
+    )
+    with pytest.raises(
+        models.BuildFailed,
+        match=r"segments/ever_booked_standard.sql: 1 row\(s\) with a patient_id that is not a",
+    ):
+        models.build(clinic.con, settings, sql_dir=sql, now=NOW)
+    assert clinic.members("ever_booked_standard") == {1, 2}  # its last good rows
+    latest = models.latest_build(clinic.con)
+    assert latest["status"] == "succeeded"
+    assert set(latest["held"]) == {"segments.ever_booked_standard"}  # the others went on
+    assert clinic.members("upcoming_appointment") == set()
