@@ -81,6 +81,7 @@ import hashlib
 import json
 import re
 from datetime import time, timedelta
+from itertools import product
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -235,6 +236,12 @@ class CustomField(_Strict):
         where = f"{self.section.strip()} / " if self.section else ""
         return f"'{where}{self.field.strip()}' in {[v.strip() for v in self.values]}"
 
+    def ruled_out_by(self, other: CustomField) -> list[str]:
+        """Values wanted here that the exclusion ``other`` (same field; any or same section) drops."""
+        key = [(c.field.strip().lower(), (c.section or "").strip().lower()) for c in (self, other)]
+        same = key[0][0] == key[1][0] and key[1][1] in ("", key[0][1])
+        return sorted(set(_names(self.values)) & set(_names(other.values))) if same else []
+
 
 class Filters(_Strict):
     appointment_types: tuple[Ref, ...] = ()
@@ -359,6 +366,10 @@ class Trigger(_Strict):
                     f"exclude.{field}",
                     f"{both[0]!r} is in filters.{field} too: the trigger would never fire",
                 )
+        for wanted, unwanted in product(self.filters.custom_fields, self.exclude.custom_fields):
+            if common := wanted.ruled_out_by(unwanted):  # it never fires for that value
+                what = f"'{wanted.field.strip()}' {common[0]!r} is in filters.custom_fields too"
+                raise _field_error("exclude.custom_fields", f"{what}: it would never fire for it")
         if self.filters.not_rebooked_since_cancelling and event not in (
             "cancelled",
             "did_not_arrive",

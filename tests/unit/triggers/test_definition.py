@@ -123,6 +123,13 @@ def test_an_error_names_the_file_the_trigger_and_the_field(tmp_path):
              "filters": {"medical_alerts": ["VIP"]}, "exclude": {"medical_alerts": ["vip"]}},
             "exclude.medical_alerts: 'vip' is in filters.medical_alerts too",
         ),
+        (
+            {"filters": {"custom_fields": [{"section": "Insurance coverage", "field": "Provider",
+                                            "values": ["Medibank", "Bupa"]}]},
+             "exclude": {"custom_fields": [{"field": "provider ", "values": ["MEDIBANK"]}]}},
+            "exclude.custom_fields: 'Provider' 'medibank' is in filters.custom_fields too: it "
+            "would never fire for it",
+        ),
         # a blank name matched nothing: the trigger never fired, with only a warning
         ({"exclude": {"medical_alerts": ["   "]}}, "exclude.medical_alerts: a blank name"),
         (
@@ -201,3 +208,19 @@ def test_wording_and_switching_are_not_a_new_definition_but_timing_is():
         Trigger(**{**REMINDER, "exclude": {"categories": ["Admin Only"]}}).fingerprint
         != base.fingerprint
     )
+
+
+@pytest.mark.parametrize(
+    "wanted, unwanted",
+    [
+        ({"section": "Insurance coverage"}, {"section": "Secondary insurance"}),
+        ({}, {"section": "Insurance coverage"}),  # the filter may hold in another section
+        ({}, {"values": ["Bupa"]}),
+        ({}, {"field": "Referred by"}),
+    ],
+)
+def test_a_custom_field_excluded_elsewhere_than_the_filter_still_loads(wanted, unwanted):
+    condition = {"field": "Provider", "values": ["Medibank"]}
+    trigger = Trigger(**{**REMINDER, "filters": {"custom_fields": [{**condition, **wanted}]},
+                         "exclude": {"custom_fields": [{**condition, **unwanted}]}})  # fmt: skip
+    assert trigger.exclude.custom_fields
