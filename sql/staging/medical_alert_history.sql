@@ -6,9 +6,10 @@
 -- (staging.medical_alerts, which segments read). Triggers read the removed ones to tell a
 -- patient newly tagged from one who carried the alert when the trigger went live and had it
 -- removed and added again (tasks/triggers/patient_records.py).
--- name: as the front desk typed it; name_normalised: trimmed, lower case, the way triggers and
--- segments compare names. Alert names can be clinical: read them here, never copy them into
--- logs or messages.
+-- name: as the front desk typed it; name_normalised: trimmed of any whitespace (line breaks,
+-- tabs, no-break spaces too, as in staging.patient_custom_fields), lower case, the way triggers
+-- and segments compare names. Alert names can be clinical: read them here, never copy them
+-- into logs or messages.
 with
 
 source as (
@@ -33,7 +34,8 @@ renamed as (
         id as medical_alert_id,
         cliniko_link_id(p.patient.links.self) as patient_id,
         cliniko_text(p.name) as name,
-        lower(trim(cliniko_text(p.name))) as name_normalised,
+        lower(regexp_replace(p.name, '^[[:space:]\pZ]+|[[:space:]\pZ]+$', '', 'g'))
+            as name_normalised,
         p.created_at as created_at,
         p.updated_at as updated_at,
         coalesce(p.archived_at, p.deleted_at, removed_at) as removed_at,

@@ -7,8 +7,10 @@
 -- ticked is two rows), the text of a text field, and what was typed under "Other" when that is
 -- chosen. A field left empty (no option selected, no text) has no row. Patients deleted in
 -- Cliniko (or gone at the last reconcile) drop out; archived ones stay, as in marts.patients.
--- section, field, value are as written in Cliniko; *_normalised: trimmed, lower case (how
--- triggers compare them). The tokens are Cliniko's stable ids of the section, field and option.
+-- section, field, value are as written in Cliniko; *_normalised: lower case, trimmed of any
+-- whitespace (line breaks, tabs, no-break spaces too, as triggers trim clinic.yaml's words;
+-- trim() takes off spaces only), how triggers compare them. The tokens are Cliniko's stable
+-- ids of the section, field and option.
 -- A view over staging.patient_custom_field_values (parsed once per change of the patient).
 with
 
@@ -25,13 +27,22 @@ renamed as (
         v.field as field,
         v.value as value,
         v.field_type as field_type,
-        lower(trim(v.section)) as section_normalised,
-        lower(trim(v.field)) as field_normalised,
-        lower(trim(v.value)) as value_normalised,
+        lower(regexp_replace(v.section, '^[[:space:]\pZ]+|[[:space:]\pZ]+$', '', 'g'))
+            as section_normalised,
+        lower(regexp_replace(v.field, '^[[:space:]\pZ]+|[[:space:]\pZ]+$', '', 'g'))
+            as field_normalised,
+        lower(regexp_replace(v.value, '^[[:space:]\pZ]+|[[:space:]\pZ]+$', '', 'g'))
+            as value_normalised,
         v.section_token as section_token,
         v.field_token as field_token,
         v.option_token as option_token
     from values_listed
+),
+
+-- A text field holding only whitespace (a line break: Cliniko keeps \r\n) is left empty.
+filled as (
+    select * from renamed
+    where value_normalised <> ''
 )
 
-select * from renamed
+select * from filled

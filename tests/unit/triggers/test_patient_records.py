@@ -385,6 +385,28 @@ def test_custom_field_conditions_and_across_or_within_and_a_change_is_rechecked(
     assert (1, "cancelled") in {(p, s) for p, s, _ in statuses(clinic, "not-great")}
 
 
+def test_names_and_values_typed_with_a_tab_or_a_line_break_around_them_still_match(clinic):
+    """clinic.yaml's words are compared trimmed of any whitespace (Python's strip); Cliniko's
+    were trimmed of spaces only, so an alert pasted with a tab, or a text field ending in the
+    line break Cliniko keeps as \\r\\n, matched no filter and was a "matches no patient" warning."""
+    clinic.trigger("has", **PATIENT_WELCOME, filters={
+        "medical_alerts": ["Insurance patient"],
+        "custom_fields": [{"section": "Insurance coverage", "field": "Policy number",
+                           "values": ["ABC-12345"]}]})  # fmt: skip
+    live(clinic, NOW - DAY)
+    clinic.patient(1, created=NOW - 5 * MIN)
+    clinic.custom_fields(1, "Super Insurance", policy="ABC-12345\r\n")
+    clinic.alert(30, 1, "\tInsurance patient\u00a0")
+    clinic.patient(2, created=NOW - 5 * MIN)
+    clinic.custom_fields(2, None, policy=" \r\n")  # left empty: no row
+    clinic.plan(NOW + 6 * MIN)
+    assert clinic.patients_messaged("has") == {1}
+    assert names.drift(clinic.con, clinic.config.triggers, []) == []
+    assert clinic.con.execute(
+        "SELECT patient_id, field, value_normalised FROM staging.patient_custom_fields ORDER BY ALL"
+    ).fetchall() == [(1, "Policy number", "abc-12345"), (1, "Provider", "super insurance")]
+
+
 def test_an_alert_filter_holds_on_appointment_triggers_too(clinic):
     from tests.unit.triggers.test_plan import REMINDER
 
