@@ -175,12 +175,18 @@ class PrefectHomes:
                 client.delete_variable_by_name(variable_name(clinic))
 
 
+def api_url() -> str | None:
+    """The Prefect server's API as Prefect itself reads it: PREFECT_API_URL from the environment
+    or from Prefect's profile (`prefect config set PREFECT_API_URL=...`); None without one."""
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().api.url or None
+
+
 def shared_server() -> bool:
     """Whether runs talk to a Prefect server other machines can share (PREFECT_API_URL set);
     without one each run starts a temporary server of its own and nothing is shared."""
-    from prefect.settings import get_current_settings
-
-    return bool(get_current_settings().api.url)
+    return api_url() is not None
 
 
 def read_home(clinic: str) -> Home | None:

@@ -45,7 +45,6 @@ from __future__ import annotations
 import contextlib
 import html
 import logging
-import os
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -263,5 +262,7 @@ def serving(
 def endpoint_events() -> PrefectEvents | None:
     """Clicks as events to the server PREFECT_API_URL names (spooled in
     ``data/unsubscribe-events.jsonl`` while it is unreachable); None without a server."""
-    api = os.environ.get("PREFECT_API_URL")
+    from tasks.home import api_url  # the environment's or the profile's, as Prefect reads it
+
+    api = api_url()
     return server_events(api, data_dir() / "unsubscribe-events.jsonl") if api else None

@@ -6,7 +6,8 @@ Tokens do not expire: an unsubscribe link must keep working long after the mail 
 
 The key is the same on every machine (a link signed by one clinic's home is checked by whichever
 machine runs the endpoint): ``RELAY_UNSUBSCRIBE_SECRET``, else the Prefect ``Secret`` block
-``relay-unsubscribe-secret`` on the server ``PREFECT_API_URL`` names. Only a single-machine
+``relay-unsubscribe-secret`` on the server ``PREFECT_API_URL`` names (in the environment or
+Prefect's profile). Only a single-machine
 install (no server, or one whose clinic home records all name this machine, such as the demo's
 ``relay serve``) falls back to a key generated once into ``data/secrets/unsubscribe.key``
 (owner-only), so the demo needs no setup; once a server records a clinic at home on another
@@ -59,7 +60,9 @@ def secret_key() -> bytes:
     env = os.environ.get("RELAY_UNSUBSCRIBE_SECRET")
     if env:
         return env.encode("utf-8")
-    api = os.environ.get("PREFECT_API_URL")
+    from tasks.home import api_url  # the environment's or the profile's, as Prefect reads it
+
+    api = api_url()
     if api:
         shared, homes = _from_server(api)
         if shared:
