@@ -24,10 +24,9 @@ idempotent and a crash anywhere resumes by running the same command again:
    deployments it paused. If no worker takes the run up in time, the command says so: the
    clinic stays paused and the run queued, and it completes when the worker starts.
 
-Every write of the home, a claim's, a move step's or a restore's, is made under the clinic's
-claim lock and only if the home is as the writer last saw it (tasks/homeclaim.py): a move that
-finds it changed (a claim elsewhere) stops there, naming where the clinic is now.
-"""
+Every write of the home (a claim's, a move step's, a restore's) is under the clinic's claim lock,
+only if the home is as the writer last saw it (tasks/homeclaim.py): a move that finds it changed
+(a claim elsewhere) stops there, naming where the clinic is now."""
 
 from __future__ import annotations
 
@@ -180,8 +179,10 @@ def move(
     from tasks.home import PrefectHomes, backup_database, queue_for, sha256, this_machine
     from tasks.homeclaim import unchanged
     from tasks.homecopy import HomeRefused, require_moved_copy
-    from tasks.homequeue import onto_queue
+    from tasks.homequeue import machine_problem, onto_queue
 
+    if problem := machine_problem(to):  # before anything is recorded or paused
+        raise UserFacingError(f"--to: {problem}. Nothing was moved.")
     config = load_clinic(clinic)
     store, machine = PrefectHomes(), this_machine()
     again = f"relay clinic move {clinic} --to {to}"

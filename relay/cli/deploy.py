@@ -262,6 +262,10 @@ def deploy_command(
             "set PREFECT_API_URL to your Prefect server (e.g. http://127.0.0.1:4200/api); "
             "deployments live on the server"
         )
+    from tasks.homequeue import machine_problem
+
+    if home is not None and (problem := machine_problem(home)):
+        raise typer.BadParameter(f"--home: {problem}")
     from prefect.client.orchestration import get_client
 
     from relay.env import clinics_dir
