@@ -31,7 +31,14 @@ from tasks.list_settings import MarketingListSettings
 from tasks.paths import PROJECT_ROOT, clinics_dir, data_dir, misnamed, read_edited_text
 from tasks.report_settings import ReportSettings
 from tasks.settings_model import Settings
-from tasks.triggers.definition import ClockTime, Trigger, explain, parse_duration, parse_triggers
+from tasks.triggers.definition import (
+    ClockTime,
+    Trigger,
+    explain,
+    parse_clock_time,
+    parse_duration,
+    parse_triggers,
+)
 
 SEGMENTS_DIR = PROJECT_ROOT / "sql" / "segments"
 DEFAULT_TAG_CATEGORIES = ("Admin Only",)  # seed 000's category for admin "dummy" appointments
@@ -62,12 +69,20 @@ class SyncSettings(_Section):
     stale_after_minutes: int = Field(20, ge=1)
 
 
+def _minute_of_day(value: object) -> object:
+    """HH:MM, read as clinic.yaml's other times of day are (an unquoted 23:30 refused, "3:00" ok)."""
+    read = None if value is None else parse_clock_time(value)
+    if isinstance(read, time) and read.second:
+        raise ValueError("the nightly reconcile runs on whole minutes: write it as HH:MM")
+    return None if read is None else f"{read:%H:%M}"
+
+
 class ScheduleSettings(_Section):
     """When ``relay deploy`` schedules the clinic's runs (relay/cli/deploy.py)."""
 
     tick_every_minutes: float = Field(5, ge=1)
     # The nightly tick with reconcile (hard deletes), HH:MM in the clinic's time_zone; null: none.
-    nightly_reconcile: str | None = Field("03:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    nightly_reconcile: Annotated[str | None, BeforeValidator(_minute_of_day)] = "03:00"
     max_lateness_minutes: float = Field(10, ge=1)
 
 

@@ -141,6 +141,15 @@ def test_a_clinic_folder_whose_clinic_line_names_another_clinic_is_refused(tmp_p
             'report.at: Value error, write the time in quotes, e.g. "08:00"',
         ),
         ("marketing:\n  quiet_hours:\n    start: 8pm\n", "'8pm' is not a time of day"),
+        # the nightly reconcile said only "Input should be a valid string"
+        (
+            "schedule:\n  nightly_reconcile: 23:30\n",
+            'schedule.nightly_reconcile: Value error, write the time in quotes, e.g. "23:30" '
+            "(unquoted, YAML reads 23:30 as the number 1410)",
+        ),
+        ("schedule:\n  nightly_reconcile: 3:00\n", 'e.g. "03:00"'),
+        ("schedule:\n  nightly_reconcile: 3am\n", "'3am' is not a time of day"),
+        ('schedule:\n  nightly_reconcile: "03:00:30"\n', "whole minutes"),
     ],
 )
 def test_a_time_of_day_yaml_read_as_a_number_is_refused_saying_to_quote_it(tmp_path, section, says):
@@ -154,6 +163,17 @@ def test_a_quoted_time_of_day_may_leave_out_the_hours_leading_zero(tmp_path):
     cfg = load_clinic(write(tmp_path, 'clinic: x\nname: X\nmarketing:\n  quiet_hours:\n'
                                       '    start: "20:30"\n    end: "9:00"\n'))  # fmt: skip
     assert (cfg.marketing.quiet_hours.start.hour, cfg.marketing.quiet_hours.end.hour) == (20, 9)
+
+
+@pytest.mark.parametrize(("written", "read"), [('"3:00"', "03:00"), ('"23:05"', "23:05"),
+                                               ("null", None)])  # fmt: skip
+def test_the_nightly_reconcile_reads_times_as_the_other_times_of_day(tmp_path, written, read):
+    # a quoted "3:00" was refused with pydantic's regular expression, where quiet hours and the
+    # owner's report take it
+    cfg = load_clinic(
+        write(tmp_path, f"clinic: x\nname: X\nschedule:\n  nightly_reconcile: {written}\n")
+    )
+    assert cfg.schedule.nightly_reconcile == read
 
 
 @pytest.mark.parametrize(
