@@ -7,7 +7,8 @@ flow does not wait), when ``fast_lane.enabled`` and the tick's steps all complet
 breaker closed. It stops ``margin()`` before the next tick is due (this run's expected start +
 ``schedule.tick_every_minutes``, or the deployment's next scheduled run if sooner), when the run
 is cancelled or its deployment paused, when the process that started the run (worker, Runner,
-warm template) is gone, or at its first failure (the tick then fails saying why). A
+warm template) is gone, when clinic.yaml no longer says what the tick read (an edit: the next
+tick reads it), or at its first failure (the tick then fails saying why). A
 ``relay worker`` that stops (a restart for new code) tells its runs in their lane so through
 ``WORKER_STOP`` (``Watch``): the lane stops at its next look, after a catch-up under way, and
 the run ends Completed, its work done. A SIGTERM (a cancel, ``relay serve``'s Ctrl-C, a worker
@@ -55,6 +56,7 @@ CHECK_EVERY = 10.0  # seconds between looks at the run's and the deployment's st
 # (relay/warm.py) before it is stopped as any run is (SIGTERM: Crashed).
 WORKER_STOP = "RELAY_WORKER_STOP"
 WORKER_STOPPING = "its worker is stopping"
+CONFIG_CHANGED = "clinic.yaml changed since the tick read it (the next tick reads it)"
 WORKER_GRACE = 20.0
 
 
@@ -137,8 +139,10 @@ class Watch:
     deployment paused (a Runner pauses its deployments as it shuts down) or gone, asked of the
     server at most every CHECK_EVERY seconds."""
 
-    def __init__(self, run_id: str, deployment_id: str) -> None:
+    def __init__(self, run_id: str, deployment_id: str, config: ClinicConfig | None = None) -> None:
         self.run_id, self.deployment_id = run_id, deployment_id
+        self._config = config  # clinic.yaml as the tick read it
+        self._read_as: tuple[int, int] | None = None  # its time and size when last found same
         self._next = time.monotonic() + CHECK_EVERY
         self._parent = os.getppid()
         self._stop = os.environ.get(WORKER_STOP) or None
@@ -151,6 +155,8 @@ class Watch:
             return WORKER_STOPPING
         if os.getppid() != self._parent:
             return "the process that started this run is gone"
+        if self._config_changed():
+            return CONFIG_CHANGED
         if time.monotonic() < self._next:
             return None
         self._next = time.monotonic() + CHECK_EVERY
@@ -167,6 +173,28 @@ class Watch:
             except ObjectNotFound:
                 return "the deployment was deleted"
         return None
+
+    def _config_changed(self) -> bool:
+        """Whether clinic.yaml says something else than the tick read: a trigger turned off or a
+        sender fixed while the lane sent by the old file, until the next tick. Read again only
+        when its time or size changed (a look is a stat); broken or gone counts as changed."""
+        source = self._config.source if self._config is not None else None
+        if source is None:
+            return False
+        try:
+            seen = source.stat()
+        except OSError:
+            return True
+        if (seen.st_mtime_ns, seen.st_size) == self._read_as:
+            return False
+        from tasks.config import load_clinic
+
+        try:
+            same = load_clinic(source) == self._config
+        except Exception:  # noqa: BLE001 - half saved or invalid: the next tick says what
+            return True
+        self._read_as = (seen.st_mtime_ns, seen.st_size)
+        return not same
 
 
 def _record_clicks(config: ClinicConfig, warn: Callable[[str], None]):
@@ -197,7 +225,7 @@ def fast_lane(config: ClinicConfig, until: float, run_id: str, deployment_id: st
             config,
             providers_for(config),
             until=until,
-            should_stop=Watch(run_id, deployment_id),
+            should_stop=Watch(run_id, deployment_id, config),
             log=logger.info,
             hand_over=HandOver(path),  # readers (relay sql ...) get in between polls
             before_send=_record_clicks(config, logger.warning),

@@ -4,6 +4,7 @@ next look, without asking the server (which may be gone too)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from flows import lane
 
@@ -45,3 +46,45 @@ def test_the_lane_says_it_is_in_its_lane_and_stops_when_its_worker_is_stopping(
     assert watch() is None
     stop.touch()
     assert watch() == "its worker is stopping"
+
+
+def test_the_lane_stops_when_clinic_yaml_says_something_else_than_its_tick_read(tmp_path):
+    """An operator who turns a trigger off (or fixes a sender) in clinic.yaml while the tick's
+    run is in its lane: the lane sent by what the tick had read, new bookings' welcomes too,
+    until the next tick, up to a tick interval later. It stops at its next look instead (the
+    next tick reads the file); saving the file unchanged does not stop it."""
+    from tasks.config import load_clinic
+
+    demo = (Path(__file__).parents[3] / "clinics" / "demo" / "clinic.yaml").read_text()
+    path = tmp_path / "demo" / "clinic.yaml"
+    path.parent.mkdir()
+    path.write_text(demo)
+    watch = lane.Watch(
+        "00000000-0000-0000-0000-000000000000",
+        "00000000-0000-0000-0000-000000000001",
+        config=load_clinic(path),
+    )
+    assert watch() is None
+    os.utime(path, ns=(0, 0))  # saved again as it was
+    assert watch() is None
+    turned_off = demo.replace(
+        "(once per invoice)\n    enabled: true", "(once per invoice)\n    enabled: false"
+    )
+    assert turned_off != demo
+    path.write_text(turned_off)
+    assert watch() == lane.CONFIG_CHANGED
+
+
+def test_the_lane_stops_when_clinic_yaml_is_broken_or_gone(tmp_path):
+    from tasks.config import load_clinic
+
+    path = tmp_path / "demo" / "clinic.yaml"
+    path.parent.mkdir()
+    path.write_text("clinic: demo\nname: Demo\n")
+    config = load_clinic(path)
+    watch = lane.Watch("00000000-0000-0000-0000-000000000000", "1", config=config)
+    path.write_text("clinic: demo\nname: Demo\nsync: {overlap_minutes: yes}\n")
+    assert watch() == lane.CONFIG_CHANGED
+    path.unlink()
+    again = lane.Watch("00000000-0000-0000-0000-000000000000", "1", config=config)
+    assert again() == lane.CONFIG_CHANGED
