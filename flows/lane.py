@@ -8,7 +8,8 @@ breaker closed. It stops ``margin()`` before the next tick is due (this run's ex
 ``schedule.tick_every_minutes``, or the deployment's next scheduled run if sooner), when the run
 is cancelled or its deployment paused, when the process that started the run (worker, Runner,
 warm template) is gone, when clinic.yaml no longer says what the tick read (an edit: the next
-tick reads it), or at its first failure (the tick then fails saying why). A
+tick reads it), when the last full sync's data turns older than ``sync.stale_after_minutes``
+(the breaker's rule), or at its first failure (the tick then fails saying why). A
 ``relay worker`` that stops (a restart for new code) tells its runs in their lane so through
 ``WORKER_STOP`` (``Watch``): the lane stops at its next look, after a catch-up under way, and
 the run ends Completed, its work done. A SIGTERM (a cancel, ``relay serve``'s Ctrl-C, a worker
@@ -38,7 +39,7 @@ from prefect.context import FlowRunContext
 
 from blocks.resolve import cliniko_account, providers_for
 from flows.feedback import record_unsubscribe_clicks
-from tasks import lane
+from tasks import lane, tick
 from tasks.config import ClinicConfig
 from tasks.tick import Summary
 from tasks.warehouse import HandOver, data_out_of_errors, open_db
@@ -57,6 +58,7 @@ CHECK_EVERY = 10.0  # seconds between looks at the run's and the deployment's st
 WORKER_STOP = "RELAY_WORKER_STOP"
 WORKER_STOPPING = "its worker is stopping"
 CONFIG_CHANGED = "clinic.yaml changed since the tick read it (the next tick reads it)"
+STALE = "the data is older than sync.stale_after_minutes (the next tick syncs it)"
 WORKER_GRACE = 20.0
 
 
@@ -139,8 +141,15 @@ class Watch:
     deployment paused (a Runner pauses its deployments as it shuts down) or gone, asked of the
     server at most every CHECK_EVERY seconds."""
 
-    def __init__(self, run_id: str, deployment_id: str, config: ClinicConfig | None = None) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        deployment_id: str,
+        config: ClinicConfig | None = None,
+        stale_at: datetime | None = None,
+    ) -> None:
         self.run_id, self.deployment_id = run_id, deployment_id
+        self._stale_at = stale_at  # the breaker's rule (tasks/tick.py), kept while the lane runs
         self._config = config  # clinic.yaml as the tick read it
         self._read_as: tuple[int, int] | None = None  # its time and size when last found same
         self._next = time.monotonic() + CHECK_EVERY
@@ -157,6 +166,8 @@ class Watch:
             return "the process that started this run is gone"
         if self._config_changed():
             return CONFIG_CHANGED
+        if self._stale_at is not None and datetime.now(UTC) >= self._stale_at:
+            return STALE
         if time.monotonic() < self._next:
             return None
         self._next = time.monotonic() + CHECK_EVERY
@@ -211,6 +222,15 @@ def _record_clicks(config: ClinicConfig, warn: Callable[[str], None]):
     return record
 
 
+def stale_at(config: ClinicConfig) -> datetime | None:
+    """When the data the last full sync read turns older than ``sync.stale_after_minutes``: the
+    breaker holds planning and sending from then, and the lane's partial syncs read only the
+    watched resources (an invoice deleted since, a medical alert removed, are not seen)."""
+    with open_db(config.database_path) as con:
+        as_of = tick.freshness(con, datetime.now(UTC)).as_of
+    return None if as_of is None else as_of + timedelta(minutes=config.sync.stale_after_minutes)
+
+
 @task(cache_policy=NONE, task_run_name="fast-lane")
 @data_out_of_errors()
 def fast_lane(config: ClinicConfig, until: float, run_id: str, deployment_id: str) -> dict:
@@ -225,7 +245,7 @@ def fast_lane(config: ClinicConfig, until: float, run_id: str, deployment_id: st
             config,
             providers_for(config),
             until=until,
-            should_stop=Watch(run_id, deployment_id, config),
+            should_stop=Watch(run_id, deployment_id, config, stale_at(config)),
             log=logger.info,
             hand_over=HandOver(path),  # readers (relay sql ...) get in between polls
             before_send=_record_clicks(config, logger.warning),

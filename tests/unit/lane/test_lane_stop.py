@@ -88,3 +88,36 @@ def test_the_lane_stops_when_clinic_yaml_is_broken_or_gone(tmp_path):
     path.unlink()
     again = lane.Watch("00000000-0000-0000-0000-000000000000", "1", config=config)
     assert again() == lane.CONFIG_CHANGED
+
+
+def test_the_lane_stops_when_the_full_syncs_data_turns_stale(tmp_path):
+    """The breaker's rule (tasks/tick.py) while the lane runs: with ticks further apart than
+    sync.stale_after_minutes, the lane planned and sent on data the last full sync read longer
+    ago than that (its partial syncs read only the watched resources: an invoice deleted since
+    still got its thank-you). It stops once the data turns stale; the next tick syncs it."""
+    from datetime import UTC, datetime, timedelta
+
+    from tasks.config import load_clinic
+    from tasks.warehouse import open_db
+
+    path = tmp_path / "demo" / "clinic.yaml"
+    path.parent.mkdir()
+    path.write_text(
+        f"clinic: demo\nname: Demo\ndatabase: {tmp_path / 'demo.duckdb'}\n"
+        "sync: {stale_after_minutes: 20}\n"
+    )
+    config = load_clinic(path)
+    now = datetime.now(UTC)
+    with open_db(config.database_path) as con:
+        con.execute(
+            "INSERT INTO state.sync_runs (run_id, kind, started_at, status) VALUES "
+            "('full', 'incremental', ?, 'completed'), ('lane', 'partial', ?, 'completed')",
+            [now - timedelta(minutes=25), now],
+        )
+    stale_at = lane.stale_at(config)
+    assert stale_at is not None
+    assert abs(stale_at - (now - timedelta(minutes=5))) < timedelta(seconds=1)
+    watch = lane.Watch("00000000-0000-0000-0000-000000000000", "1", stale_at=stale_at)
+    assert watch() == lane.STALE
+    fresh = lane.Watch("00000000-0000-0000-0000-000000000000", "1", stale_at=now + timedelta(1))
+    assert fresh() is None
