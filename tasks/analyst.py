@@ -34,28 +34,45 @@ class Table:
     columns: list[str]
     rows: list[tuple]
     truncated: bool
+    statement: str = ""  # the SQL that gave it, as written
 
 
 def query(db_path: Path, sql: str, *, limit: int = 50, wait_seconds: float = 30.0) -> Table:
     """Run one read-only statement; at most ``limit`` rows come back (``truncated`` says more exist)."""
+    return queries(db_path, sql, limit=limit, wait_seconds=wait_seconds)[-1]
+
+
+def queries(db_path: Path, sql: str, *, limit: int = 50, wait_seconds: float = 30.0) -> list[Table]:
+    """Each statement of ``sql`` (``SELECT ...; SELECT ...``) run in turn, read-only: a table
+    each, not only the last one's. DuckDB parses the whole text first, so a typo anywhere runs
+    none of them."""
     with _open(db_path, wait_seconds) as con:
         # The clinic's database and nothing else: a statement opening another file (COPY ...
         # TO, read_csv, ATTACH, INSTALL) is refused, so patients' details leave only as printed.
         # (Settable once: a statement cannot turn it back on.)
         con.execute("SET enable_external_access = false")
         try:
-            rel = con.sql(sql)
-        except duckdb.PermissionException as exc:
-            raise QueryError(f"{db_path.name}: {_OUTSIDE} ({_first_line(exc)})") from None
+            statements = con.extract_statements(sql)
         except duckdb.Error as exc:
             raise QueryError(f"{db_path.name}: {_first_line(exc)}") from None
-        if rel is None:  # a statement with no result (e.g. SET): nothing to show
-            return Table([], [], False)
-        try:
-            rows = rel.limit(limit + 1).fetchall()
-        except duckdb.Error as exc:
-            raise QueryError(f"{db_path.name}: {_first_line(exc)}") from None
-        return Table(list(rel.columns), rows[:limit], len(rows) > limit)
+        return [_one(con, db_path, s, limit) for s in statements] or [Table([], [], False)]
+
+
+def _one(con: duckdb.DuckDBPyConnection, db_path: Path, statement, limit: int) -> Table:
+    text = statement.query.strip().rstrip(";").strip()
+    try:
+        rel = con.sql(statement)
+    except duckdb.PermissionException as exc:
+        raise QueryError(f"{db_path.name}: {_OUTSIDE} ({_first_line(exc)})") from None
+    except duckdb.Error as exc:
+        raise QueryError(f"{db_path.name}: {_first_line(exc)}") from None
+    if rel is None:  # a statement with no result (e.g. SET): nothing to show
+        return Table([], [], False, text)
+    try:
+        rows = rel.limit(limit + 1).fetchall()
+    except duckdb.Error as exc:
+        raise QueryError(f"{db_path.name}: {_first_line(exc)}") from None
+    return Table(list(rel.columns), rows[:limit], len(rows) > limit, text)
 
 
 _OUTSIDE = (

@@ -1,4 +1,4 @@
-"""The analyst's commands: ``relay sql`` (read-only SQL, one statement or a prompt) and
+"""The analyst's commands: ``relay sql`` (read-only SQL: statements, or a prompt) and
 ``relay patients find`` (a patient's id for ``relay render``, without their other details); and
 ``relay patients opt-in``, the one write here: an operator records that a patient opted in again
 after an unsubscribe, a bounce or a complaint (tasks/feedback_optin.py)."""
@@ -20,7 +20,10 @@ _WIDTH = 100  # what a terminal shows without wrapping
 
 def sql_command(
     words: list[str] = typer.Argument(
-        None, metavar="SQL", help="One SQL statement (quoted or not); without it, a prompt."
+        None,
+        metavar="SQL",
+        help="SQL (quoted or not): one statement, or several separated by ';' (a table each); "
+        "without it, a prompt.",
     ),
     clinic: str = typer.Option("demo", help="Clinic name (clinics/<name>/clinic.yaml)."),
     limit: int = typer.Option(50, min=1, help="At most this many rows are printed."),
@@ -73,15 +76,24 @@ def sql_command(
 
 
 def _run(db_path, statement: str, limit: int, wait: float) -> None:
-    from tasks.analyst import query
+    from tasks.analyst import queries
 
-    table = query(db_path, statement, limit=limit, wait_seconds=wait)
-    if not table.columns:
-        typer.echo("(no result)")
-        return
-    typer.echo(format_table(table.columns, table.rows))
-    more = f" (first {limit}; --limit shows more)" if table.truncated else ""
-    typer.echo(f"{len(table.rows)} row{'s' if len(table.rows) != 1 else ''}{more}")
+    tables = queries(db_path, statement, limit=limit, wait_seconds=wait)
+    for n, table in enumerate(tables, 1):
+        if len(tables) > 1:  # which statement each table answers
+            said = " ".join(table.statement.split())
+            head = f"-- statement {n} of {len(tables)}: "
+            typer.echo(("\n" if n > 1 else "") + head + _cut(said, _WIDTH - len(head)))
+        if not table.columns:
+            typer.echo("(no result)")
+            continue
+        typer.echo(format_table(table.columns, table.rows))
+        more = f" (first {limit}; --limit shows more)" if table.truncated else ""
+        typer.echo(f"{len(table.rows)} row{'s' if len(table.rows) != 1 else ''}{more}")
+
+
+def _cut(text: str, w: int) -> str:
+    return text if len(text) <= w else text[: w - 1] + "…"
 
 
 def format_table(columns: list[str], rows: list[tuple], width: int = _WIDTH) -> str:
@@ -96,13 +108,10 @@ def format_table(columns: list[str], rows: list[tuple], width: int = _WIDTH) -> 
         used += w + 2
         shown += 1
 
-    def cut(text: str, w: int) -> str:
-        return text if len(text) <= w else text[: w - 1] + "…"
-
-    lines = ["  ".join(cut(c, widths[i]).ljust(widths[i]) for i, c in enumerate(columns[:shown]))]
+    lines = ["  ".join(_cut(c, widths[i]).ljust(widths[i]) for i, c in enumerate(columns[:shown]))]
     lines.append("  ".join("-" * widths[i] for i in range(shown)))
     for r in cells:
-        lines.append("  ".join(cut(r[i], widths[i]).ljust(widths[i]) for i in range(shown)))
+        lines.append("  ".join(_cut(r[i], widths[i]).ljust(widths[i]) for i in range(shown)))
     if shown < len(columns):
         left = len(columns) - shown
         said = f"({left} more column{'s' if left != 1 else ''} not shown: "

@@ -151,6 +151,24 @@ def test_cli_interactive_prompt_runs_statements_and_survives_errors(db):
     assert "nope" in out.output  # the error, and the prompt went on to .quit
 
 
+def test_several_statements_each_show_their_result_not_only_the_last(db):
+    # "SELECT ...; SELECT ..." (a pasted script) printed the last statement's table alone, with
+    # nothing saying the others ran: two counts looked like one
+    runner = CliRunner()
+    two = "SELECT count(*) AS patients FROM marts.patients; SELECT 42 AS answer"
+    out = runner.invoke(app, ["sql", two])
+    assert out.exit_code == 0, out.output
+    assert "patients\n--------\n3" in out.output and "answer\n------\n42" in out.output
+    assert "statement 1 of 2" in out.output and "statement 2 of 2" in out.output
+    prompt = runner.invoke(app, ["sql"], input="SELECT 7 AS a; SELECT 8 AS b;\n.quit\n")
+    assert "a\n-\n7" in prompt.output and "b\n-\n8" in prompt.output
+    # a typo in any of them runs none (DuckDB parses the whole text first), framed as before
+    bad = runner.invoke(app, ["sql", "SELECT 1 AS fine; SELEC 2"])
+    assert bad.exit_code != 0 and isinstance(bad.exception, QueryError)
+    assert str(bad.exception).startswith(f"{db.name}: ") and "fine" not in bad.output
+    assert query(db, "SELECT 1 AS one;").rows == [(1,)]
+
+
 def test_format_table_fits_the_width():
     columns = [f"column_{i}" for i in range(20)]
     rows = [tuple("x" * 60 for _ in columns)]
