@@ -7,7 +7,8 @@ the report), ``analyst`` (read-only SQL, finding a patient's id), ``server`` (th
 the demo on it, and its alerts), ``deploy`` (every clinic's deployments, from clinics/),
 ``worker`` (a machine's worker, its runs started warm), ``clinic`` (where a clinic's state
 lives: its home machine, and moving it), ``connect`` (a real clinic's accounts, checked and
-saved) and ``test_send`` (a trigger's message for a real patient, to a staff address only).
+saved) and ``test_send`` (a trigger's message for a real patient, to a staff address only);
+``columns`` fits their text to a terminal's columns (a wide character takes two).
 A module imports ``tasks``, ``flows``, ``blocks`` and ``sandbox`` inside each command so
 ``relay --help`` is instant; none imports this one.
 Errors meant for a person (bad config, bad key, busy database) are printed without a traceback.

@@ -76,6 +76,7 @@ def sql_command(
 
 
 def _run(db_path, statement: str, limit: int, wait: float) -> None:
+    from relay.cli.columns import cut
     from tasks.analyst import queries
 
     tables = queries(db_path, statement, limit=limit, wait_seconds=wait)
@@ -83,7 +84,7 @@ def _run(db_path, statement: str, limit: int, wait: float) -> None:
         if len(tables) > 1:  # which statement each table answers
             said = " ".join(table.statement.split())
             head = f"-- statement {n} of {len(tables)}: "
-            typer.echo(("\n" if n > 1 else "") + head + _cut(said, _WIDTH - len(head)))
+            typer.echo(("\n" if n > 1 else "") + head + cut(said, _WIDTH - len(head)))
         if not table.columns:
             typer.echo("(no result)")
             continue
@@ -92,15 +93,14 @@ def _run(db_path, statement: str, limit: int, wait: float) -> None:
         typer.echo(f"{len(table.rows)} row{'s' if len(table.rows) != 1 else ''}{more}")
 
 
-def _cut(text: str, w: int) -> str:
-    return text if len(text) <= w else text[: w - 1] + "…"
-
-
 def format_table(columns: list[str], rows: list[tuple], width: int = _WIDTH) -> str:
     """A plain table that fits ``width`` columns: long values are cut with '…', and when there
     are more columns than fit, the last ones are left out and named below the table."""
+    from relay.cli.columns import cut, pad
+    from relay.cli.columns import width as w_
+
     cells = [["" if v is None else str(v).replace("\n", " ") for v in row] for row in rows]
-    widths = [min(max([len(c)] + [len(r[i]) for r in cells]), 40) for i, c in enumerate(columns)]
+    widths = [min(max([w_(c)] + [w_(r[i]) for r in cells]), 40) for i, c in enumerate(columns)]
     shown, used = 0, 0
     for w in widths:
         if shown and used + w + 2 > width:
@@ -108,10 +108,10 @@ def format_table(columns: list[str], rows: list[tuple], width: int = _WIDTH) -> 
         used += w + 2
         shown += 1
 
-    lines = ["  ".join(_cut(c, widths[i]).ljust(widths[i]) for i, c in enumerate(columns[:shown]))]
+    lines = ["  ".join(pad(cut(c, widths[i]), widths[i]) for i, c in enumerate(columns[:shown]))]
     lines.append("  ".join("-" * widths[i] for i in range(shown)))
     for r in cells:
-        lines.append("  ".join(_cut(r[i], widths[i]).ljust(widths[i]) for i in range(shown)))
+        lines.append("  ".join(pad(cut(r[i], widths[i]), widths[i]) for i in range(shown)))
     if shown < len(columns):
         left = len(columns) - shown
         said = f"({left} more column{'s' if left != 1 else ''} not shown: "

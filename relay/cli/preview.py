@@ -48,6 +48,7 @@ def _print_calendar(config, trigger, days: float, limit: int) -> None:
     from datetime import UTC, datetime
     from zoneinfo import ZoneInfo
 
+    from relay.cli.columns import cut, pad
     from tasks import tick
     from tasks.messages.templates import template_warnings
     from tasks.models import runner as models
@@ -125,8 +126,9 @@ def _print_calendar(config, trigger, days: float, limit: int) -> None:
         rest = max(width - len(head), 20)
         typer.echo(
             head
-            + f"{_cut(who, rest // 2 - 1):<{rest // 2 - 1}} "
-            + _cut(str(c["address"] or "-"), rest - rest // 2)
+            + pad(cut(who, rest // 2 - 1), rest // 2 - 1)
+            + " "
+            + cut(str(c["address"] or "-"), rest - rest // 2)
         )
         typer.echo(_wrap(f"{' ' * _INDENT}{about}: {r.decision}", width, _INDENT + 2))
     if limit and len(rows) > limit:
@@ -144,11 +146,6 @@ def _width() -> int:
     import shutil
 
     return max(shutil.get_terminal_size((100, 24)).columns, 80)
-
-
-def _cut(text: str, width: int) -> str:
-    """``text`` in at most ``width`` characters, a cut marked with '…'."""
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _wrap(text: str, width: int, indent: int = 2) -> str:

@@ -182,6 +182,20 @@ def test_format_table_fits_the_width():
     assert one_left.splitlines()[-1] == "(1 more column not shown: c)"
 
 
+def test_format_table_counts_wide_characters_as_two_columns():
+    # a patient's name in Chinese, Japanese or Korean: cut and aligned by the columns it takes
+    import unicodedata
+
+    def columns(line: str) -> int:
+        return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in line)
+
+    text = format_table(["name", "email", "note"], [("王" * 30, "李" * 30, "x" * 40)], width=100)
+    assert all(columns(line) <= 100 for line in text.splitlines()), text
+    short = format_table(["名前", "n"], [("王小明", 1), ("Ada", 2)]).splitlines()
+    # the second column starts 8 columns in on every line: 王小明 is 6 columns wide, not 3
+    assert [columns(line[: line.rindex(" ") + 1]) for line in (short[0], *short[2:])] == [8] * 3
+
+
 def test_duckdb_error_class_is_kept_out_of_tracebacks(db):
     runner = CliRunner()
     out = runner.invoke(app, ["sql", "SELEC 1"])

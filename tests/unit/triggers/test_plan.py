@@ -1078,6 +1078,34 @@ def test_the_calendar_fits_a_100_column_terminal(clinic_on_disk):
     assert sum(line.strip().endswith(": send") for line in lines) == 2  # the decision, whole
 
 
+def test_the_calendar_fits_100_columns_with_a_name_in_wide_characters(clinic_on_disk):
+    """A name in Chinese, Japanese or Korean takes two columns a character: cut and padded by
+    the columns it takes, not its characters (it ran past 100 and wrapped)."""
+    import unicodedata
+
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+    from tasks.warehouse import open_db
+
+    with open_db(clinic_on_disk.parent / "clinic.duckdb") as con:
+        c = Clinic(con)
+        c._synced = datetime.now(UTC)
+        c.patient(2, first_name="王小明" * 10)
+        c.appointment(20, 2, datetime.now(UTC) + 4 * DAY)
+        c.build(datetime.now(UTC))
+    out = CliRunner().invoke(app, ["preview", "trigger", "reminder", "--days", "7", "--clinic",
+                                   str(clinic_on_disk)], env={"COLUMNS": "100"})  # fmt: skip
+    assert out.exit_code == 0, out.output
+
+    def columns(line: str) -> int:
+        return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in line)
+
+    lines = out.output.splitlines()
+    assert max(columns(line) for line in lines) <= 100, "\n".join(lines)
+    assert any("王小明王" in line and "… " in line and "+61412345678" in line for line in lines)
+
+
 def test_render_writes_a_triggers_message_for_a_patient_to_a_file(clinic_on_disk, tmp_path):
     from typer.testing import CliRunner
 
