@@ -6,8 +6,6 @@ another clinic's file names are never saved over. Over real HTTP against two san
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from typer.testing import CliRunner
 
@@ -17,6 +15,7 @@ from tasks.cliniko import sync as extract
 from tasks.cliniko.client import ClinikoClient
 from tasks.connect import ConnectFailed
 from tasks.warehouse import open_db
+from tests.unit.test_analyst import _hold_for  # another process holding the database
 
 pytestmark = pytest.mark.integration
 
@@ -80,12 +79,6 @@ def test_connect_takes_a_database_never_synced(accounts, tmp_path, monkeypatch):
         pass  # created with its tables, nothing synced into it
     result = _connect(second)
     assert result.exit_code == 0, result.output + repr(result.exception)
-
-
-def _hold_for(path, seconds, ready):
-    with open_db(path):
-        ready.set()
-        time.sleep(seconds)
 
 
 def test_a_run_holding_the_database_is_named_and_a_check_only_goes_on(

@@ -1056,8 +1056,9 @@ def test_the_preview_command_prints_the_calendar_and_writes_nothing(clinic_on_di
     assert db.stat().st_mtime_ns == before
 
 
-def test_the_calendar_fits_a_100_column_terminal(clinic_on_disk):
-    """Each message on two lines: a long name is cut with '…', the decision wraps under it."""
+def _calendar_with(clinic_on_disk, first_name: str) -> list[str]:
+    """`relay preview trigger reminder` in a 100-column terminal, with a patient of that first
+    name booked in four days: its lines."""
     from typer.testing import CliRunner
 
     from relay.cli import app
@@ -1066,13 +1067,18 @@ def test_the_calendar_fits_a_100_column_terminal(clinic_on_disk):
     with open_db(clinic_on_disk.parent / "clinic.duckdb") as con:
         c = Clinic(con)
         c._synced = datetime.now(UTC)  # synced after the fixture's build
-        c.patient(2, first_name="Wolfeschlegelsteinhausenbergerdorff-Maximiliana" * 2)
+        c.patient(2, first_name=first_name)
         c.appointment(20, 2, datetime.now(UTC) + 4 * DAY)
         c.build(datetime.now(UTC))
     out = CliRunner().invoke(app, ["preview", "trigger", "reminder", "--days", "7", "--clinic",
                                    str(clinic_on_disk)], env={"COLUMNS": "100"})  # fmt: skip
     assert out.exit_code == 0, out.output
-    lines = out.output.splitlines()
+    return out.output.splitlines()
+
+
+def test_the_calendar_fits_a_100_column_terminal(clinic_on_disk):
+    """Each message on two lines: a long name is cut with '…', the decision wraps under it."""
+    lines = _calendar_with(clinic_on_disk, "Wolfeschlegelsteinhausenbergerdorff-Maximiliana" * 2)
     assert max(len(line) for line in lines) <= 100, "\n".join(lines)
     assert any("Wolfeschlegel" in line and "… +61412345678" in line for line in lines), lines
     assert sum(line.strip().endswith(": send") for line in lines) == 2  # the decision, whole
@@ -1083,25 +1089,10 @@ def test_the_calendar_fits_100_columns_with_a_name_in_wide_characters(clinic_on_
     the columns it takes, not its characters (it ran past 100 and wrapped)."""
     import unicodedata
 
-    from typer.testing import CliRunner
-
-    from relay.cli import app
-    from tasks.warehouse import open_db
-
-    with open_db(clinic_on_disk.parent / "clinic.duckdb") as con:
-        c = Clinic(con)
-        c._synced = datetime.now(UTC)
-        c.patient(2, first_name="王小明" * 10)
-        c.appointment(20, 2, datetime.now(UTC) + 4 * DAY)
-        c.build(datetime.now(UTC))
-    out = CliRunner().invoke(app, ["preview", "trigger", "reminder", "--days", "7", "--clinic",
-                                   str(clinic_on_disk)], env={"COLUMNS": "100"})  # fmt: skip
-    assert out.exit_code == 0, out.output
-
     def columns(line: str) -> int:
         return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in line)
 
-    lines = out.output.splitlines()
+    lines = _calendar_with(clinic_on_disk, "王小明" * 10)
     assert max(columns(line) for line in lines) <= 100, "\n".join(lines)
     assert any("王小明王" in line and "… " in line and "+61412345678" in line for line in lines)
 
