@@ -40,7 +40,7 @@ from prefect.context import FlowRunContext
 from blocks.resolve import cliniko_account, providers_for
 from flows.feedback import record_unsubscribe_clicks
 from tasks import lane, tick
-from tasks.config import ClinicConfig
+from tasks.config import ClinicConfig, load_clinic
 from tasks.tick import Summary
 from tasks.warehouse import HandOver, data_out_of_errors, open_db
 
@@ -198,8 +198,6 @@ class Watch:
             return True
         if (seen.st_mtime_ns, seen.st_size) == self._read_as:
             return False
-        from tasks.config import load_clinic
-
         try:
             same = load_clinic(source) == self._config
         except Exception:  # noqa: BLE001 - half saved or invalid: the next tick says what

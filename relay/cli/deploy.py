@@ -35,6 +35,7 @@ no setup on the worker.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,10 +77,7 @@ def twins(clinics: list[str]) -> str | None:
     copy, told it "already lives" where the other does, or moved and claimed with it."""
     from tasks.home import variable_name
 
-    named: dict[str, list[str]] = {}
-    for clinic in clinics:
-        named.setdefault(variable_name(clinic), []).append(clinic)
-    pairs = [(var, names) for var, names in named.items() if len(names) > 1]
+    pairs = _sharing((variable_name(clinic), clinic) for clinic in clinics)
     if not pairs:
         return None
     return "; ".join(
@@ -91,15 +89,20 @@ def twins(clinics: list[str]) -> str | None:
     )
 
 
+def _sharing(keyed: Iterable[tuple[str, str]]) -> list[tuple[str, list[str]]]:
+    """Of (key, clinic) pairs, each key two or more clinics have, with those clinics."""
+    named: dict[str, list[str]] = {}
+    for key, clinic in keyed:
+        named.setdefault(key, []).append(clinic)
+    return [(key, names) for key, names in named.items() if len(names) > 1]
+
+
 def shared_databases(configs: list) -> str | None:
     """Why clinics naming one database file (`database:` in clinic.yaml) cannot be deployed
     together, or None: each clinic's state is its own file. A folder copied with its
     `database:` line had its ticks refused (the file holds the other clinic), but its
     `relay sync` and steps run alone wrote into the other clinic's file."""
-    named: dict[str, list[str]] = {}
-    for config in configs:
-        named.setdefault(str(config.database_path.resolve()), []).append(config.clinic)
-    shared = [(path, names) for path, names in named.items() if len(names) > 1]
+    shared = _sharing((str(c.database_path.resolve()), c.clinic) for c in configs)
     if not shared:
         return None
     return "; ".join(

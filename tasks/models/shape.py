@@ -8,6 +8,8 @@ file, holding that model and what reads it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import duckdb
 
 from tasks.models.project import Model
@@ -125,9 +127,9 @@ def remember_patients(con: duckdb.DuckDBPyConnection) -> bool:
 
 def check_came(
     con: duckdb.DuckDBPyConnection,
-    segments: list[tuple[str, str]],
+    segments: Sequence[tuple[str, str]],
     has_patients: bool,
-    every: list[tuple[str, str]] = (),  # type: ignore[assignment]
+    every: Sequence[tuple[str, str]] = (),
     remembered: bool = False,
 ) -> tuple[str, duckdb.Error] | None:
     """What ``check_unique`` and ``check_patients`` ask of a segment, asked of the rows that
