@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 
 import phonenumbers
@@ -25,16 +26,39 @@ _MOBILE_TYPES = {
 }
 
 
+# What splits a phone entry's text into the numbers typed in it: letters (a note, "(mum)",
+# "Dad: ..."; phonenumbers reads letters as a vanity number's digits, so "0412 345 678 (mum)"
+# was a number too long to be valid) and the separators people type between two numbers.
+_NOT_NUMBER = re.compile(r"[A-Za-z/,;&]+")
+
+
 @functools.lru_cache(maxsize=65536)
 def mobile_e164(number: str | None, country: str | None) -> str | None:
     """A mobile number as typed in Cliniko -> E.164, or None when it is not a valid mobile.
 
     Numbers without a country prefix are read in ``country``; Cliniko often stores Australian
-    mobiles as "61444444444" (country code without "+"), so that form is tried too.
+    mobiles as "61444444444" (country code without "+"), so that form is tried too, and
+    "0061 444 444 444" (the "00" most countries dial abroad with; Australia's is 0011) as
+    "+61...". An entry phonenumbers cannot read whole is read again in the parts a note or a
+    separator leaves ("0412 345 678 (mum)", "Mum 0412 345 678, Dad 0413 222 333"): the first
+    part that is a valid mobile.
     """
     if number is None:
         return None
-    for candidate in (number, "+" + number.strip()):
+    found = _mobile(number, country)
+    if found is None:
+        parts = [p for p in _NOT_NUMBER.split(number) if sum(c.isdigit() for c in p) >= 6]
+        if parts != [number]:
+            found = next(filter(None, (_mobile(p, country) for p in parts)), None)
+    return found
+
+
+def _mobile(text: str, country: str | None) -> str | None:
+    stripped = text.strip(" \t()-.:")
+    candidates = [text, "+" + stripped]
+    if stripped.startswith("00"):
+        candidates.append("+" + stripped[2:])
+    for candidate in candidates:
         try:
             parsed = phonenumbers.parse(candidate, country)
         except phonenumbers.NumberParseException:
@@ -46,8 +70,9 @@ def mobile_e164(number: str | None, country: str | None) -> str | None:
     return None
 
 
-# phonenumbers' answers are remembered (state.phone_numbers) for this version of it only.
-PHONE_PARSER = phonenumbers.__version__
+# phonenumbers' answers are remembered (state.phone_numbers) for this version of it and of the
+# rule above only: a changed rule reads every number again (its suffix, changed with the rule).
+PHONE_PARSER = f"{phonenumbers.__version__}+parts"
 
 
 if __name__ == "__main__":  # the helper: {"country", "numbers"} in, their mobile_e164 out

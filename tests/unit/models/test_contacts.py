@@ -156,6 +156,7 @@ PHONE_CASES = {
         [("Mobile", "12345"), ("Home", "03 9000 1111"), ("Work", "0412 345 678")],
         "+61412345678"),
     "no entry is a mobile": ([("Mobile", "03 9000 1111"), ("Home", "03 9000 2222")], None),
+    "a mobile typed with a note": ([("Mobile", "0412 345 678 (mum)")], "+61412345678"),
 }  # fmt: skip
 
 

@@ -357,3 +357,29 @@ def test_a_few_listed_patients_are_not_searched_for_numbers_ahead(
         20: "+61412000001",
         21: "+61412000002",
     }
+
+
+# (number as typed in Cliniko, the clinic's country, the SMS number)
+TYPED = {
+    "a note after the number": ("0412 345 678 (mum)", "AU", "+61412345678"),
+    "a word after the number": ("0412-345-678 Dad", "AU", "+61412345678"),
+    "a word before the number": ("Mum 0412 345 678", "AU", "+61412345678"),
+    "two numbers, the first a mobile": ("0412 345 678 / 0413 222 333", "AU", "+61412345678"),
+    "two numbers, the first a landline": (
+        "Mum: 03 9999 1234, Dad: 0413 222 333", "AU", "+61413222333"),
+    "00 and the country code": ("0061 412 345 678", "AU", "+61412345678"),
+    "0011, Australia's international prefix": ("0011 61 412 345 678", "AU", "+61412345678"),
+    "00 and the country code, another country's mobile": (
+        "0064 21 123 4567", "AU", "+64211234567"),
+    "the country code without +": ("61412345679", "AU", "+61412345679"),
+    "an extension": ("04 1234 5678 ext 2", "AU", "+61412345678"),
+    "a landline with a note": ("03 9999 1234 (work)", "AU", None),
+    "a note only": ("mum", "AU", None),
+    "too short": ("12345", "AU", None),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("number, country, e164", TYPED.values(), ids=TYPED)
+def test_a_mobile_is_read_as_people_type_it(number, country, e164):
+    # phonenumbers reads letters as a vanity number's digits: "(mum)" made the number too long
+    assert PHONENUMBERS(number, country) == e164
