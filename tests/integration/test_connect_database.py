@@ -15,7 +15,7 @@ from tasks.cliniko import sync as extract
 from tasks.cliniko.client import ClinikoClient
 from tasks.connect import ConnectFailed
 from tasks.warehouse import open_db
-from tests.unit.test_analyst import _hold_for  # another process holding the database
+from tests.unit.test_analyst import held_elsewhere  # another process holding the database
 
 pytestmark = pytest.mark.integration
 
@@ -86,8 +86,6 @@ def test_a_run_holding_the_database_is_named_and_a_check_only_goes_on(
 ):
     """`relay connect CLINIC --check-only` re-checks a live clinic's accounts (docs/connect.md):
     a tick holding its database does not stop that; a save waits for it, then stops."""
-    import multiprocessing
-
     from relay.cli import connect
     from tasks.dblock import DatabaseBusy
 
@@ -98,12 +96,7 @@ def test_a_run_holding_the_database_is_named_and_a_check_only_goes_on(
     monkeypatch.setattr(connect, "SAVE_WAIT", 0.5)
     database = tmp_path / "data" / "acme.duckdb"
     _synced(database, first)
-    ctx = multiprocessing.get_context("spawn")
-    ready = ctx.Event()
-    holder = ctx.Process(target=_hold_for, args=(database, 60, ready))
-    holder.start()
-    try:
-        assert ready.wait(60)
+    with held_elsewhere(database, 60):
         checked = _connect(first)
         assert checked.exit_code == 0, checked.output + repr(checked.exception)
         output = " ".join(checked.output.split())
@@ -111,9 +104,6 @@ def test_a_run_holding_the_database_is_named_and_a_check_only_goes_on(
         result = _connect(first, check_only=False)
         assert isinstance(result.exception, DatabaseBusy), result.output
         assert not (tmp_path / "clinics" / "acme").exists()
-    finally:
-        holder.terminate()
-        holder.join()
 
 
 @pytest.mark.parametrize("other", ["acme-north", "acme-old"])

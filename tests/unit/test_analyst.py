@@ -3,6 +3,7 @@ personal data than asked for."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import time
 
@@ -115,18 +116,26 @@ def _hold_for(path, seconds, ready):
         time.sleep(seconds)
 
 
-def test_a_tick_holding_the_database_is_waited_for_then_named(db):
+@contextlib.contextmanager
+def held_elsewhere(path, seconds, hold=_hold_for):
+    """``path`` held by another process (``hold``: relay's open, by default) until the block
+    ends, or ``seconds`` at most."""
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Event()
-    holder = ctx.Process(target=_hold_for, args=(db, 30, ready))
+    holder = ctx.Process(target=hold, args=(path, seconds, ready))
     holder.start()
     try:
         assert ready.wait(60)
-        with pytest.raises(DatabaseBusy, match="in use by another run"):
-            query(db, "SELECT 1", wait_seconds=0.5)
+        yield
     finally:
         holder.terminate()
         holder.join()
+
+
+def test_a_tick_holding_the_database_is_waited_for_then_named(db):
+    with held_elsewhere(db, 30):
+        with pytest.raises(DatabaseBusy, match="in use by another run"):
+            query(db, "SELECT 1", wait_seconds=0.5)
     assert query(db, "SELECT 1 AS one").rows == [(1,)]
 
 
@@ -233,12 +242,7 @@ def _open_outside_relay(path, seconds, ready):
 
 
 def test_a_database_open_in_another_program_is_one_line_naming_the_file(db):
-    ctx = multiprocessing.get_context("spawn")
-    ready = ctx.Event()
-    holder = ctx.Process(target=_open_outside_relay, args=(db, 30, ready))
-    holder.start()
-    try:
-        assert ready.wait(60)
+    with held_elsewhere(db, 30, _open_outside_relay):
         # A reader fails at once, not after its wait: relay cannot ask that program to let go.
         with pytest.raises(DatabaseBusy) as err:
             query(db, "SELECT 1", wait_seconds=0.5)
@@ -248,7 +252,4 @@ def test_a_database_open_in_another_program_is_one_line_naming_the_file(db):
         # relay's main prints a UserFacingError as one line, without a traceback
         out = CliRunner().invoke(app, ["sql", "SELECT 1"])
         assert isinstance(out.exception, UserFacingError), out.exception
-    finally:
-        holder.terminate()
-        holder.join()
     assert query(db, "SELECT 1 AS one").rows == [(1,)]
