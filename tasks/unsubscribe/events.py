@@ -69,6 +69,7 @@ class PrefectEvents:
     ) -> None:
         self.spool, self.post, self.clock = spool, post, clock
         self._stop = threading.Event()
+        self._refused: str | None = None  # why the last send failed (None: it did not)
 
     def send(self, claim: UnsubscribeClaim, at: datetime) -> str:
         """Emit the click's event (after whatever the spool holds); 'sent' or 'spooled'."""
@@ -79,8 +80,9 @@ class PrefectEvents:
                 self.post([event])
                 return "sent"
             except (httpx.HTTPError, OSError) as exc:
-                log.warning("%s: Prefect server unreachable (%s); click spooled", claim.clinic,
-                            type(exc).__name__)  # fmt: skip
+                self._refused = why_not_sent(exc)
+                log.warning("%s: %s; click spooled (sent with the next click, or within %.0f s)",
+                            claim.clinic, self._refused, RETRY_SECONDS)  # fmt: skip
                 self._append(event)
                 return "spooled"
 
@@ -89,7 +91,11 @@ class PrefectEvents:
         with self._locked():
             try:
                 return self._flush_locked()
-            except (httpx.HTTPError, OSError):
+            except (httpx.HTTPError, OSError) as exc:
+                if (why := why_not_sent(exc)) != self._refused:  # said once, not every retry
+                    self._refused = why
+                    log.warning("%d spooled unsubscribe click(s) not sent: %s", len(self._read()),
+                                why)  # fmt: skip
                 return 0
 
     def pending(self) -> int:
@@ -149,8 +155,31 @@ class PrefectEvents:
         now = self.clock().isoformat()
         self.post([{**e, "occurred": now} for e in events])
         os.truncate(self.spool, 0)
+        self._refused = None
         log.info("sent %d spooled unsubscribe clicks", len(events))
         return len(events)
+
+
+def why_not_sent(exc: BaseException) -> str:
+    """What stopped an event reaching the Prefect server, and what to check: a server that
+    answered (with an HTTP status) is not "unreachable". Names no URL, header or patient."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        status = exc.response.status_code
+        if status in (401, 403):
+            return (
+                f"the Prefect server refused the endpoint's credentials (HTTP {status}): "
+                "set PREFECT_API_KEY (Prefect Cloud) or PREFECT_API_AUTH_STRING (a server "
+                "with basic auth) where the endpoint runs, as the server expects"
+            )
+        if status == 404:
+            return (
+                "the Prefect server has no events API at PREFECT_API_URL (HTTP 404): it "
+                "should be the API's address, ending in /api"
+            )
+        if status >= 500:
+            return f"the Prefect server failed (HTTP {status})"
+        return f"the Prefect server refused the event (HTTP {status})"
+    return f"the Prefect server is unreachable ({type(exc).__name__})"
 
 
 def prefect_poster(api_url: str, headers: dict[str, str] | None = None, timeout: float = 5.0):

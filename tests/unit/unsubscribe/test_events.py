@@ -65,3 +65,36 @@ def test_the_spool_holds_no_address(tmp_path):
     PrefectEvents(spool, Server().post).send(CLAIM, CLICKED)
     line = json.loads(spool.read_text())
     assert set(line["payload"]) == {"click", "patient_id", "message_id", "channel", "at"}
+
+
+def test_a_server_that_answers_with_an_error_is_named_for_what_it_said_not_unreachable(
+    tmp_path, caplog
+):
+    """A 401 is a key to set, a 404 an address to fix: "unreachable" sent operators to look at
+    the network. The click is spooled either way (nothing lost), the background retry says a
+    new reason once, not every 30 s, and no log line names an address or a URL."""
+    url = "http://127.0.0.1:4200/api/events"
+    answer = {"status": 401}
+
+    def post(events: list[dict]) -> None:
+        response = httpx.Response(answer["status"], request=httpx.Request("POST", url))
+        response.raise_for_status()
+
+    events = PrefectEvents(tmp_path / "spool.jsonl", post)
+    with caplog.at_level("WARNING", logger="relay.unsubscribe"):
+        assert events.send(CLAIM, CLICKED) == "spooled"
+        assert events.flush() == 0 and events.flush() == 0  # same reason: not said again
+        answer["status"] = 404
+        assert events.flush() == 0
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2, said
+    assert "HTTP 401" in said[0] and "PREFECT_API_KEY" in said[0]
+    assert "HTTP 404" in said[1] and "/api" in said[1]
+    assert not any("unreachable" in line or url in line for line in said)
+    assert events.pending() == 1
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="relay.unsubscribe"):
+        events.post = Server().post  # down: refused connection
+        assert events.send(UnsubscribeClaim("acme", 8, 43, "sms"), CLICKED) == "spooled"
+    assert "unreachable (ConnectError)" in caplog.records[0].getMessage()
