@@ -69,7 +69,9 @@ app.command("import-unsubscribes")(messages.import_unsubscribes_command)
 app.command("report")(messages.report_command)
 app.command("render")(preview.render_command)
 app.command("test-send")(test_send.test_send_command)
-app.command("sql")(analyst.sql_command)
+# A quoted statement may begin with a SQL comment ("-- which patients ..."): click would read it
+# as an option; the command takes such words as SQL and refuses a lone unknown option itself.
+app.command("sql", context_settings={"ignore_unknown_options": True})(analyst.sql_command)
 app.add_typer(server.alerts_app, name="alerts")
 app.add_typer(messages.campaign_app, name="campaign")
 app.add_typer(messages.ledger_app, name="ledger")

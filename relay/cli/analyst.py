@@ -39,6 +39,13 @@ def sql_command(
     """
     from tasks.config import load_clinic
 
+    for word in words or ():  # an option click did not know, not a statement ("--limt")
+        if word.startswith("-") and not any(c.isspace() for c in word):
+            raise typer.BadParameter(
+                f"{word} is not an option of relay sql (a statement that begins with a SQL "
+                'comment is quoted whole: relay sql "-- ...")',
+                param_hint="SQL",
+            )
     config = load_clinic(clinic)
     statement = " ".join(words or ())
     if statement:

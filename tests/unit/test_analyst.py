@@ -178,6 +178,20 @@ def test_several_statements_each_show_their_result_not_only_the_last(db):
     assert query(db, "SELECT 1 AS one;").rows == [(1,)]
 
 
+def test_a_statement_that_begins_with_a_comment_runs_and_a_mistyped_option_is_named(db):
+    # "-- ..." first: click read the whole statement as an unknown option ("No such option")
+    runner = CliRunner()
+    out = runner.invoke(
+        app, ["sql", "-- how many patients\nSELECT count(*) AS n FROM marts.patients"]
+    )
+    assert out.exit_code == 0, out.output
+    assert "n\n-\n3" in out.output
+    out = runner.invoke(app, ["sql", "--limit", "1", "-- first\nSELECT 5 AS five"])
+    assert out.exit_code == 0 and "five\n----\n5" in out.output, out.output
+    typo = runner.invoke(app, ["sql", "--limt", "5", "SELECT 1"])  # not run as SQL (a comment)
+    assert typo.exit_code == 2 and "--limt is not an option" in typo.output, typo.output
+
+
 def test_format_table_fits_the_width():
     columns = [f"column_{i}" for i in range(20)]
     rows = [tuple("x" * 60 for _ in columns)]
