@@ -80,7 +80,10 @@ def owner_report(clinic: str = "demo", resend: bool = False, now: datetime | Non
                     logger.info("The report of the week of %s is already sent.", week.start)
                     return {**done, "status": status, "sent_now": False}
                 if status is not None:
-                    raise ReportNotSent(_why_not(config.clinic, week, status, "an earlier run"))
+                    earlier = (weekly.current(con, week) or {}).get("status_reason")
+                    raise ReportNotSent(
+                        _why_not(config.clinic, week, status, earlier or "an earlier run")
+                    )
                 composed = weekly.compose(con, config, week, now)
                 message = weekly.outgoing(week, config.report.to, composed.email)
                 weekly.claim(con, week, provider.name, message.content_hash, now)

@@ -244,6 +244,16 @@ def settle(
     row = current(con, week)
     if row is None:
         return None
+    if (
+        row["status"] == "sending"
+        and row["provider"] != provider.name
+        and row["sending_at"] <= now - settle_after
+    ):  # only that provider's account can tell now (as dispatch's _unknown_elsewhere)
+        old = row["provider"]
+        why = f"left sending through {old}, which this clinic no longer uses (now {provider.name})"
+        record(con, week, Outcome("unknown", reason=why), now)
+        row = current(con, week)
+        assert row is not None
     if row["status"] in ("sending", "unknown") and row["provider"] == provider.name:
         (outcome,) = provider.reconcile([_as_ledger_row(row)], now, settle_after)
         # an unknown report only a confirmation changes (as dispatch's unknown messages)

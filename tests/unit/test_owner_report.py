@@ -261,3 +261,22 @@ def test_booked_within_n_days_is_counted_on_the_clinics_clock_across_a_dst_chang
     done = owner_report.compose(c.con, cfg, owner_report.week_for("test", cfg.report, TZ, now), now)
     c.con.close()
     assert [(w.source, w.recipients, w.booked) for w in done.won] == [("trigger:recall", 1, won)]
+
+
+def test_a_report_left_sending_through_a_provider_no_longer_used_is_unknown_not_stuck(
+    clinic, tmp_path
+):
+    # A run died mid-request through Postmark, then the clinic moved to the outbox: nothing
+    # asks Postmark again, and the week stayed 'sending' ("the next run asks again") for good.
+    provider = _outbox(tmp_path)
+    week = owner_report.week_for("test", config().report, TZ, NOW)
+    owner_report.claim(clinic.con, week, "postmark", "digest", NOW)
+    soon = NOW + timedelta(minutes=1)  # too early: the request may still be in flight
+    assert owner_report.settle(clinic.con, week, provider, soon) == "sending"
+    later = NOW + timedelta(hours=1)
+    assert owner_report.settle(clinic.con, week, provider, later) == "unknown"
+    row = owner_report.current(clinic.con, week)
+    assert "left sending through postmark" in row["status_reason"]
+    assert list_messages(tmp_path / "outbox") == []  # not sent again on its own
+    assert owner_report.settle(clinic.con, week, provider, later, resend=True) is None
+    assert _send(clinic.con, week, provider, later) == "sent"

@@ -289,6 +289,31 @@ def test_a_live_runs_sending_rows_are_not_reconciled(con, outbox, patients):
     assert ledger.get(con, row.send_key).status == "sending"
 
 
+def test_a_row_left_sending_through_a_provider_no_longer_used_becomes_unknown_to_resolve(
+    con, outbox, patients
+):
+    # The clinic moved from Postmark to the outbox after a run died mid-request: only
+    # Postmark's account can say whether it went. It stayed 'sending' for good, which
+    # `relay ledger resolve` (unknowns only) could not settle.
+    key, fresh = plan(con, 1), plan(con, 2)
+    rows = {r.send_key: r for r in ledger.due(con, NOW)}
+    for send_key, at in ((key, NOW - timedelta(hours=1)), (fresh, NOW)):
+        ledger.transition(
+            con, [rows[send_key].message_id], "planned", "sending", at,
+            values={"provider": ["postmark"], "claim_id": ["dead-run"]},
+        )  # fmt: skip
+    result = reconcile(con, {"email": outbox}, NOW, settle=timedelta(minutes=2))
+    assert status(con, key) == "unknown" and status(con, fresh) == "sending"  # fresh: in flight?
+    assert "left sending through postmark" in ledger.get(con, key).status_reason
+    assert result.counts["reconciled_unknown"] == 1
+    assert "relay ledger resolve" in result.problems[0] and "pat1" not in result.problems[0]
+    assert outbox.folder.exists() is False or not list_messages(outbox.folder)  # nothing sent
+
+    ledger.resolve(con, key, "resend", by="ops", note="not in Postmark's activity", now=NOW)
+    run(con, outbox, patients, now=NOW + timedelta(minutes=5))
+    assert status(con, key) == "sent"
+
+
 def test_the_run_result_holds_counts_only(con, outbox, patients):
     plan(con, 1)
     patients.unsubscribed.add(1)
