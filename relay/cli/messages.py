@@ -53,6 +53,13 @@ def outbox_command(
         typer.echo(str(path))
         webbrowser.open(path.as_uri())
         return
+    if not folder.is_dir():  # not made here: an empty folder said an outbox was in use
+        typer.echo(
+            f"No outbox at {folder}: nothing has been sent through the local outbox for "
+            f"{config.clinic} yet (it sends there while clinic.yaml's providers are 'outbox', "
+            "the default)."
+        )
+        return
     index = write_index(folder, time_zone=config.time_zone)
     if run := read_run(folder):
         typer.echo(

@@ -147,3 +147,16 @@ def test_relay_outbox_lists_who_sent_each_message_in_the_clinics_time_and_which_
     assert "pat4@" not in out.output and "Pat4" not in out.output
     page = (folder / "index.html").read_text(encoding="utf-8")
     assert "<td>2026-03-02 09:30:00</td><td>journey birthday</td>" in page
+
+
+def test_relay_outbox_before_anything_was_sent_says_so_and_makes_no_folder(data_dir):
+    # It wrote index.html into a new, empty folder, as if an outbox were in use
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+    from tasks.providers.outbox import outbox_dir
+
+    out = CliRunner().invoke(app, ["outbox", "--clinic", "demo"])
+    assert out.exit_code == 0, out.output
+    assert "No outbox at" in out.output and "nothing has been sent" in out.output
+    assert not outbox_dir("demo").exists()
