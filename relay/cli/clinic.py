@@ -258,7 +258,7 @@ def move(
             if not backed_up:
                 home = replace(home, backup=name, backup_sha256=checksum)
                 store.write(config.clinic, home)
-            echo(f"2/4 backed up {config.database_path} to {dest}")
+            echo(f"2/4 {'kept the backup' if backed_up else f'backed up {path} to'} {dest}")
             dropped, kept = put_on_queue(client, deployments, queue)
             echo(
                 f"3/4 {clinic}'s deployments are on work queue '{queue}', paused"
@@ -276,9 +276,9 @@ def move(
             run = start_restore(client, config.clinic, home, pools[0], to) if pools else None
         if run is None:
             echo(
-                f"{clinic} has no deployment in a work pool to start its restore from: on "
-                f"'{to}' run `relay clinic restore {clinic}` (with RELAY_BACKUP_DIR, or "
-                "--backup-dir, where this backup directory is mounted there)."
+                f"{clinic} has no deployment in a work pool to start its restore from: on '{to}' "
+                f"run `relay clinic restore {clinic}` (with RELAY_BACKUP_DIR, or --backup-dir, "
+                "where this backup directory is mounted there)."
             )
             return
         echo(f"4/4 started the restore on '{to}': flow run '{run.name}' on '{queue}'")

@@ -116,6 +116,10 @@ def test_the_current_copy_is_moved(move):
     assert (move.backups / "north" / "north-generation-3.duckdb").exists()
     assert move.store.home.moving_to == "b" and move.store.home.backup_sha256
     assert any(line.startswith("2/4 backed up") for line in said), said
+    made = (move.backups / "north" / "north-generation-3.duckdb").stat().st_mtime_ns
+    again = move.run(Identity("north", LINEAGE, 3, "a"))  # the same command again: not redone
+    assert any(line.startswith("2/4 kept the backup") for line in again), again
+    assert (move.backups / "north" / "north-generation-3.duckdb").stat().st_mtime_ns == made
 
 
 def test_a_move_run_again_over_a_backup_of_an_old_copy_gives_the_clinic_back(move):
