@@ -108,11 +108,13 @@ def campaign_preview_command(
         p = campaigns.preview(con, config, name, now, sample_size=sample)
     local = p.send_at.astimezone(ZoneInfo(config.time_zone))
     minutes = -(-p.audience // p.per_minute)
+    late = campaigns.past_send_at(config, campaigns.find(config, name), now)
+    start = "the confirmation (send_at has passed)" if p.status == "draft" and late else "send_at"
     typer.secho(f"Campaign {p.campaign}: {p.channel} '{p.template}' to segment {p.segment}", bold=True)  # fmt: skip
     typer.echo(f"  send at     {clinic_time(p.send_at, config.time_zone)}")
     typer.echo(f"  segment     {p.segment_size} patients")
     typer.echo(f"  not on the {p.channel} marketing list: {p.not_on_list}; suppressed since: {p.suppressed}")  # fmt: skip
-    typer.echo(f"  audience    {p.audience} messages, due {p.per_minute} a minute from send_at "
+    typer.echo(f"  audience    {p.audience} messages, due {p.per_minute} a minute from {start} "
                f"(about {minutes} min); the frequency cap may hold some back")  # fmt: skip
     if p.audience > p.per_minute:  # dispatch runs once a tick: what came due since goes together
         every = config.schedule.tick_every_minutes
@@ -122,13 +124,13 @@ def campaign_preview_command(
     if p.frozen_at is not None:
         typer.echo(f"  frozen      at {p.frozen_at:%Y-%m-%d %H:%M} UTC: the audience is fixed; "
                    "leavers since are skipped at send time, joiners are not added")  # fmt: skip
-    else:
-        typer.echo(f"  frozen      not yet: the audience is counted again at send_at "
-                   f"({local:%Y-%m-%d %H:%M}); the numbers above are as of now")  # fmt: skip
+    else:  # a past send_at freezes it when it is confirmed
+        at = "at confirmation" if start != "send_at" else f"at send_at ({local:%Y-%m-%d %H:%M})"
+        typer.echo(f"  frozen      not yet: the audience is counted again {at}; the numbers "
+                   "above are as of now")  # fmt: skip
     for change in p.changed_since_confirm:
         typer.secho(f"  changed in clinic.yaml since confirmation (not sent): {change}",
                     fg=typer.colors.YELLOW)  # fmt: skip
-    late = campaigns.past_send_at(config, campaigns.find(config, name), now)
     if p.status == "draft" and late:
         typer.secho(f"  {late}: `send` needs --force for that.", fg=typer.colors.YELLOW)
     if p.channel == "sms" and Gate.from_config(config).is_quiet(p.send_at):

@@ -146,7 +146,9 @@ def test_campaign_commands_say_when_the_audience_is_frozen_and_keep_what_was_con
 
     shown = runner.invoke(app, ["campaign", "preview", "recall", "--clinic", str(path)])
     assert shown.exit_code == 0, shown.output
-    assert "frozen      not yet: the audience is counted again at send_at" in shown.output
+    # not "counted again at send_at (yesterday)": a past send_at freezes it when confirmed
+    assert "frozen      not yet: the audience is counted again at confirmation;" in shown.output
+    assert "due 100 a minute from the confirmation (send_at has passed)" in shown.output
     assert "has passed, so confirming now sends it at once" in shown.output
     # the command the preview ends with is one that will do it
     assert f"To send it: relay campaign send recall --clinic {path} --confirm --force" in (
