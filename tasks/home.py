@@ -45,8 +45,18 @@ QUEUE_PREFIX = "machine-"
 
 
 def this_machine() -> str:
-    """This machine's name: ``RELAY_MACHINE``, or the host name."""
-    return os.environ.get("RELAY_MACHINE") or socket.gethostname()
+    """This machine's name: ``RELAY_MACHINE``, or the host name. One that makes no work queue
+    (blank, padded, a character Prefect refuses) is refused here, where every claim, tick and
+    worker asks it: a claim recorded such a name as the home, whose worker could serve no
+    queue."""
+    from tasks.homequeue import machine_problem
+
+    name = os.environ.get("RELAY_MACHINE") or socket.gethostname()
+    if problem := machine_problem(name):
+        raise UserFacingError(
+            f"This machine's name: {problem}. Nothing was claimed, run or served."
+        )
+    return name
 
 
 def queue_for(machine: str) -> str:

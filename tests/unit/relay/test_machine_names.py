@@ -56,3 +56,20 @@ def test_ordinary_names_pass(name):
     from tasks.homequeue import machine_problem
 
     assert machine_problem(name) is None
+
+
+@pytest.mark.parametrize("name", ["   ", " b", "box/2", "a&b"])
+def test_this_machine_refuses_a_name_that_makes_no_queue(monkeypatch, name):
+    """RELAY_MACHINE=" b" (a stray space in a unit file) was taken as it was: `relay clinic
+    claim` recorded it as the clinic's home and `relay worker` asked for queue 'machine- b',
+    which no move or deploy (both refuse such a name) ever puts anything on."""
+    from relay.cli import app
+    from tasks.home import this_machine
+
+    monkeypatch.setenv("RELAY_MACHINE", name)
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # never reached
+    with pytest.raises(UserFacingError, match="This machine's name: .*Nothing was claimed"):
+        this_machine()
+    result = CliRunner().invoke(app, ["worker"])  # before it asks the server for a queue
+    assert isinstance(result.exception, UserFacingError), result.output
+    assert "This machine's name" in str(result.exception)
