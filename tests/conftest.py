@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import tempfile
 
 # Before anything imports Prefect: a throwaway PREFECT_HOME, offline, quiet. Removed when the
@@ -18,6 +19,11 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.pop("PREFECT_API_URL", None)
+# Started in the background (`make test &`, nohup, a script without job control), the tests
+# inherit SIGINT ignored, and so does every process they start: the tests of what Ctrl-C does
+# then saw it do nothing. A handler here is reset to the default in each process they start.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest  # noqa: E402
 
