@@ -71,7 +71,9 @@ def unreachable(exc: BaseException) -> str | None:
     like talk to it directly, without ``prepare``. None for any other error."""
     import httpx
 
-    url = os.environ.get("PREFECT_API_URL")
+    from tasks.home import api_url
+
+    url = api_url()
     if not url or not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return None
     try:
@@ -91,7 +93,9 @@ def prepare() -> None:
     """Before running a flow from the terminal: the server must answer, and errors meant for a
     person are printed once by ``main``, not logged with a traceback on the console too.
     Without a server, the temporary one Prefect starts for the run dies with this process."""
-    url = os.environ.get("PREFECT_API_URL")
+    from tasks.home import api_url
+
+    url = api_url()  # the environment's, or Prefect's profile's (prefect config set)
     if not url:
         tie_temporary_server()
     if url:

@@ -136,7 +136,9 @@ def alerts_create_command(
     """Create (or replace) the Prefect automations that notify on failed or crashed runs (a
     failed sync among them), on stale data, and when a clinic's ticks stop; and the one that marks Crashed a run
     whose machine was lost. Needs PREFECT_API_URL (a running server)."""
-    if not os.environ.get("PREFECT_API_URL"):
+    from tasks.home import api_url
+
+    if not api_url():  # the environment's, or Prefect's profile's (prefect config set)
         raise typer.BadParameter(
             "set PREFECT_API_URL to your Prefect server (e.g. http://127.0.0.1:4200/api); "
             "automations live on the server"

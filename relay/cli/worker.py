@@ -23,9 +23,10 @@ def worker_command(
     run). Restart it to run code changed on disk. Needs PREFECT_API_URL; Ctrl-C or SIGTERM
     stops it."""
     import asyncio
-    import os
 
-    if not os.environ.get("PREFECT_API_URL"):
+    from tasks.home import api_url
+
+    if not (api := api_url()):  # the environment's, or Prefect's profile's
         raise typer.BadParameter(
             "set PREFECT_API_URL to your Prefect server (e.g. http://127.0.0.1:4200/api); "
             "the worker takes its runs from there"
@@ -49,7 +50,7 @@ def worker_command(
     )
     # SIGTERM stops it as Ctrl-C does (Prefect's own worker ignores it for a long while), and
     # runs that outstay the grace are killed (relay/worker.py, Stopping).
-    stopping = Stopping(typer.echo, running=worker.running, api=os.environ["PREFECT_API_URL"])
+    stopping = Stopping(typer.echo, running=worker.running, api=api)
 
     async def serve() -> None:
         stopping.take_signals(asyncio.get_running_loop(), asyncio.current_task())

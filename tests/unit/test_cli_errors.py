@@ -232,10 +232,24 @@ def test_a_prefect_server_that_does_not_answer_is_one_line(data_dir):
     ],
     ids=["clinic-home", "clinic-move", "deploy", "alerts"],
 )
-def test_an_operators_command_whose_server_does_not_answer_is_one_line(data_dir, command):
+@pytest.mark.parametrize("named_in", ["environment", "profile"])
+def test_an_operators_command_whose_server_does_not_answer_is_one_line(
+    data_dir, tmp_path, command, named_in
+):
     """An operator's commands that need the server (a clinic's home, deployments, alerts) ended
-    in an httpx traceback of 60-odd lines ending 'Connection refused'."""
-    env = {"PREFECT_API_URL": "http://127.0.0.1:9/api", "RELAY_MACHINE": "here"}
+    in an httpx traceback of 60-odd lines ending 'Connection refused'. The server may be named
+    in Prefect's profile (`prefect config set PREFECT_API_URL=...`) as Prefect reads it: `relay
+    deploy` and `relay alerts create` said "set PREFECT_API_URL" then, as if none were set."""
+    env = {"RELAY_MACHINE": "here"}
+    if named_in == "environment":
+        env["PREFECT_API_URL"] = "http://127.0.0.1:9/api"
+    else:
+        home = tmp_path / "prefect-home"
+        home.mkdir()
+        (home / "profiles.toml").write_text(
+            'active = "ops"\n[profiles.ops]\nPREFECT_API_URL = "http://127.0.0.1:9/api"\n'
+        )
+        env["PREFECT_HOME"] = str(home)
     code, lines = relay(*command, env=env)
     assert code == 2
     assert lines[:-1] in ([], ["this machine: here"]), lines  # `clinic home` says it first
