@@ -19,11 +19,14 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.pop("PREFECT_API_URL", None)
-# Started in the background (`make test &`, nohup, a script without job control), the tests
-# inherit SIGINT ignored, and so does every process they start: the tests of what Ctrl-C does
-# then saw it do nothing. A handler here is reset to the default in each process they start.
+# Started in the background (`make test &`, a script without job control, nohup), the tests
+# inherit SIGINT (and under nohup SIGHUP) ignored, and so does every process they start: the
+# tests of what Ctrl-C or a hangup does then saw it do nothing. A handler here is reset to the
+# default in each process they start; the tests themselves still ignore a hangup.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+    signal.signal(signal.SIGHUP, lambda signum, frame: None)
 
 import pytest  # noqa: E402
 
