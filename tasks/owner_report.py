@@ -26,6 +26,7 @@ import duckdb
 
 from tasks import bookings_won, reports
 from tasks.config import ClinicConfig
+from tasks.messages import stranded
 from tasks.messages.ledger import LedgerRow
 from tasks.providers.common import SETTLE, Outcome, OutgoingMessage, Provider, RenderedEmail
 from tasks.report_settings import WEEKDAYS, ReportSettings
@@ -248,9 +249,8 @@ def settle(
         row["status"] == "sending"
         and row["provider"] != provider.name
         and row["sending_at"] <= now - settle_after
-    ):  # only that provider's account can tell now (as dispatch's _unknown_elsewhere)
-        old = row["provider"]
-        why = f"left sending through {old}, which this clinic no longer uses (now {provider.name})"
+    ):  # only that provider's account can tell now (tasks/messages/stranded.py)
+        why = stranded.reason(row["provider"], provider.name)
         record(con, week, Outcome("unknown", reason=why), now)
         row = current(con, week)
         assert row is not None

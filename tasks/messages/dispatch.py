@@ -38,7 +38,7 @@ from typing import Any, Literal
 import duckdb
 
 from tasks.config import ClinicConfig
-from tasks.messages import ledger, waiting
+from tasks.messages import ledger, stranded, waiting
 from tasks.messages.addresses import address_problem
 from tasks.messages.ledger import Channel, LedgerRow, Status
 from tasks.messages.prepare import Prepare, Ready, Skip, Wait
@@ -189,7 +189,11 @@ def reconcile(
             for r in ledger.in_status(con, "unknown", channel=channel)
             if r.sending_at and now - r.sending_at <= UNKNOWN_RECHECK
         ]
-        _unknown_elsewhere(con, channel, provider.name, rows, now, settle, result)
+        for old, moved in stranded.mark_unknown(
+            con, channel, provider.name, rows, now, settle
+        ).items():
+            result.counts["reconciled_unknown"] += moved
+            result.problems.append(stranded.problem(channel, moved, old, provider.name))
         rows = [r for r in rows if r.provider == provider.name]
         if not rows:
             continue
@@ -212,46 +216,6 @@ def reconcile(
                 result.counts[f"reconciled_{kind}"] += moved
                 result.counts[kind] -= moved
     return result
-
-
-def _unknown_elsewhere(
-    con: duckdb.DuckDBPyConnection,
-    channel: str,
-    current: str,
-    rows: Sequence[LedgerRow],
-    now: datetime,
-    settle: timedelta,
-    result: DispatchResult,
-) -> None:
-    """Rows left ``sending`` through a provider the clinic no longer uses for the channel: only
-    that provider's account can tell whether they went, and no run asks it again, so after the
-    settle time they are ``unknown`` (listed by ``relay ledger unknown``, settled by ``relay
-    ledger resolve``). Left ``sending`` they were held there for good: resolve takes unknowns."""
-    by_provider: dict[str, list[int]] = {}
-    for r in rows:
-        if (
-            r.status == "sending"
-            and r.provider != current
-            and (r.sending_at or now - settle) <= now - settle
-        ):
-            by_provider.setdefault(r.provider or "an earlier provider", []).append(r.message_id)
-    for old, ids in sorted(by_provider.items()):
-        why = (
-            f"left sending through {old}, which this clinic no longer uses for {channel} (now "
-            f"{current}): check {old}'s activity for the send key, then relay ledger resolve"
-        )
-        with transaction(con):
-            moved = ledger.transition(
-                con, ids, "sending", "unknown", now,
-                values={"status_reason": [why] * len(ids)}, strict=False,
-            )  # fmt: skip
-        if moved:
-            result.counts["reconciled_unknown"] += len(moved)
-            result.problems.append(
-                f"{channel}: {len(moved)} message(s) were left sending through {old}, which this "
-                f"clinic no longer uses (now {current}): they are unknown now; check them in "
-                f"{old}'s account, then `relay ledger resolve` (`relay ledger unknown` lists them)"
-            )
 
 
 def _prepare_batch(
