@@ -94,7 +94,8 @@ def in_its_lane(client, run_id, worker: Worker, timeout: float = 300) -> None:
         found = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
         )
-        if any(t.name == "fast-lane" and t.state.is_running() for t in found):
+        # a task run may be read before its first state is (state None)
+        if any(t.name == "fast-lane" and t.state and t.state.is_running() for t in found):
             break
         run = client.read_flow_run(run_id)
         assert not run.state.is_final(), (run.state.name, run.state.message)
