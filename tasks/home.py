@@ -187,10 +187,12 @@ class PrefectHomes:
 
 def api_url() -> str | None:
     """The Prefect server's API as Prefect itself reads it: PREFECT_API_URL from the environment
-    or from Prefect's profile (`prefect config set PREFECT_API_URL=...`); None without one."""
+    or from Prefect's profile (`prefect config set PREFECT_API_URL=...`); None without one. The
+    environment is read as it is now: Prefect reads it once, when its settings are first built,
+    and a process may point itself at a server after that (relay/serve.py use_server)."""
     from prefect.settings import get_current_settings
 
-    return get_current_settings().api.url or None
+    return os.environ.get("PREFECT_API_URL") or get_current_settings().api.url or None
 
 
 def shared_server() -> bool:
