@@ -245,11 +245,9 @@ def settle(
     row = current(con, week)
     if row is None:
         return None
-    if (
-        row["status"] == "sending"
-        and row["provider"] != provider.name
-        and row["sending_at"] <= now - settle_after
-    ):  # only that provider's account can tell now (tasks/messages/stranded.py)
+    if stranded.is_stranded(
+        row["status"], row["provider"], row["sending_at"], provider.name, now, settle_after
+    ):  # only that provider's account can tell now
         why = stranded.reason(row["provider"], provider.name)
         record(con, week, Outcome("unknown", reason=why), now)
         row = current(con, week)

@@ -109,7 +109,8 @@ def campaign_preview_command(
     local = p.send_at.astimezone(ZoneInfo(config.time_zone))
     minutes = -(-p.audience // p.per_minute)
     late = campaigns.past_send_at(config, campaigns.find(config, name), now)
-    start = "the confirmation (send_at has passed)" if p.status == "draft" and late else "send_at"
+    from_confirmation = p.status == "draft" and late is not None  # frozen when confirmed
+    start = "the confirmation (send_at has passed)" if from_confirmation else "send_at"
     typer.secho(f"Campaign {p.campaign}: {p.channel} '{p.template}' to segment {p.segment}", bold=True)  # fmt: skip
     typer.echo(f"  send at     {clinic_time(p.send_at, config.time_zone)}")
     typer.echo(f"  segment     {p.segment_size} patients")
@@ -124,8 +125,8 @@ def campaign_preview_command(
     if p.frozen_at is not None:
         typer.echo(f"  frozen      at {p.frozen_at:%Y-%m-%d %H:%M} UTC: the audience is fixed; "
                    "leavers since are skipped at send time, joiners are not added")  # fmt: skip
-    else:  # a past send_at freezes it when it is confirmed
-        at = "at confirmation" if start != "send_at" else f"at send_at ({local:%Y-%m-%d %H:%M})"
+    else:
+        at = "at confirmation" if from_confirmation else f"at send_at ({local:%Y-%m-%d %H:%M})"
         typer.echo(f"  frozen      not yet: the audience is counted again {at}; the numbers "
                    "above are as of now")  # fmt: skip
     for change in p.changed_since_confirm:

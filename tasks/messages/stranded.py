@@ -17,13 +17,20 @@ from tasks.messages.ledger import LedgerRow
 from tasks.warehouse import transaction
 
 
+def is_stranded(
+    status: str, provider: str | None, sending_at: datetime | None, current: str,
+    now: datetime, settle: timedelta,
+) -> bool:  # fmt: skip
+    """Left ``sending`` through another provider than ``current``, and longer ago than the
+    settle time (a younger request may still be on its way)."""
+    settled = sending_at is None or sending_at <= now - settle
+    return status == "sending" and provider != current and settled
+
+
 def reason(old: str, current: str, channel: str | None = None) -> str:
-    """Why such a message (or report) is unknown, and what to do; no address in it."""
+    """Why such a message (or report) is unknown; no address in it."""
     uses = f"uses for {channel}" if channel else "uses"
-    return (
-        f"left sending through {old}, which this clinic no longer {uses} (now {current}): "
-        f"check {old}'s activity for its send key"
-    )
+    return f"left sending through {old}, which this clinic no longer {uses} (now {current})"
 
 
 def mark_unknown(
@@ -37,13 +44,12 @@ def mark_unknown(
     """Move ``rows`` left ``sending`` through another provider than ``current`` more than
     ``settle`` ago to ``unknown``; how many moved, by the provider they were sent through."""
     stranded: dict[str, list[int]] = {}
-    for r in rows:  # a request younger than the settle time may still be on its way
-        settled = r.sending_at is None or r.sending_at <= now - settle
-        if r.status == "sending" and r.provider != current and settled:
+    for r in rows:
+        if is_stranded(r.status, r.provider, r.sending_at, current, now, settle):
             stranded.setdefault(r.provider or "an earlier provider", []).append(r.message_id)
     moved: dict[str, int] = {}
     for old, ids in sorted(stranded.items()):
-        why = f"{reason(old, current, channel)}, then relay ledger resolve"
+        why = f"{reason(old, current, channel)}: check {old}'s activity, then relay ledger resolve"
         with transaction(con):
             done = ledger.transition(
                 con, ids, "sending", "unknown", now,
