@@ -119,11 +119,20 @@ class Identity:
     database_id: str
     generation: int
     machine: str
+    # the newer generation this copy saw recorded, and where (note_superseded): an old copy
+    superseded_by: int | None = None
+    superseded_on: str | None = None
 
     def describe(self) -> str:
         return (
             f"clinic '{self.clinic}', database {self.database_id}, generation {self.generation}, "
             f"written on '{self.machine}'"
+            + (
+                f"; an old copy: generation {self.superseded_by} went live on "
+                f"'{self.superseded_on}'"
+                if self.superseded_by
+                else ""
+            )
         )
 
 
@@ -223,10 +232,17 @@ def forget_home(clinic: str) -> None:
 
 
 def read_identity(con: duckdb.DuckDBPyConnection) -> Identity | None:
-    row = con.execute(
-        "SELECT clinic, database_id, generation, machine FROM state.clinic_identity"
-    ).fetchone()
-    return Identity(row[0], row[1], int(row[2]), row[3]) if row else None
+    # by name: a database opened read-only before its schema gained a column has none of it
+    cursor = con.execute("SELECT * FROM state.clinic_identity")
+    names = [d[0] for d in cursor.description]
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    r = dict(zip(names, row, strict=True))
+    return Identity(
+        r["clinic"], r["database_id"], int(r["generation"]), r["machine"],
+        r.get("superseded_by"), r.get("superseded_on"),
+    )  # fmt: skip
 
 
 def refuse_another_clinics(identity: Identity | None, clinic: str, nothing: str = "") -> None:
@@ -244,9 +260,11 @@ def write_identity(con: duckdb.DuckDBPyConnection, identity: Identity) -> None:
     with transaction(con):
         con.execute("DELETE FROM state.clinic_identity WHERE clinic <> ?", [identity.clinic])
         con.execute(
-            "INSERT INTO state.clinic_identity VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (clinic) "
+            "INSERT INTO state.clinic_identity (clinic, database_id, generation, machine, "
+            "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (clinic) "
             "DO UPDATE SET database_id = excluded.database_id, generation = excluded.generation,"
-            " machine = excluded.machine, updated_at = excluded.updated_at",
+            " machine = excluded.machine, updated_at = excluded.updated_at,"
+            " superseded_by = NULL, superseded_on = NULL",  # a current copy again
             [identity.clinic, identity.database_id, identity.generation, identity.machine,
              now, now],
         )  # fmt: skip
@@ -292,6 +310,17 @@ def refusal(clinic: str, machine: str, identity: Identity | None, home: Home) ->
             f"{identity.database_id[:8]}), not from the home's (lineage {home.database[:8]}). "
             "Put the clinic's database back (its last backup), or run "
             f"`relay clinic claim {clinic} --fresh` to make this one the clinic's on purpose."
+        )
+    if identity.superseded_by and identity.superseded_by > home.generation:
+        return (
+            f"this is an old copy of {clinic} (generation {identity.generation}): generation "
+            f"{identity.superseded_by} went live on '{identity.superseded_on}' after it, yet the "
+            f"Prefect server's record says generation {home.generation} on '{home.machine}': the "
+            "record is older than the clinic (the server's database put back from a backup taken "
+            f"before a move?). Planning or sending here would send again what "
+            f"'{identity.superseded_on}' has sent. Record the current copy as the home again: on "
+            f"'{identity.superseded_on}' run `relay clinic claim {clinic} --fresh` (its database "
+            "and ledger are kept)."
         )
     if identity.generation != home.generation:
         return (

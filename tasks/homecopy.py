@@ -11,6 +11,10 @@ campaign was queued or cancelled, while the home planned and sent as before: a c
 never reads another machine's copy, so the command now refuses, naming the home
 (tasks/home.py: the same record and the same reasons the tick's guard gives).
 
+A copy that finds the home recorded at a newer generation than its own remembers it
+(:func:`note_superseded`; the move marks the copy it leaves, :func:`left_behind`): it stays an
+old copy even if the server's record is later put back to before the move.
+
 The database's identity decides, not the machine's name: on the home, a shell without
 ``RELAY_MACHINE`` is still the home's. Without a shared Prefect server, or for a clinic with no
 home yet, there is nothing to compare with and nothing is refused.
@@ -21,14 +25,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 
+from tasks.errors import UserFacingError
 from tasks.home import (
     Home,
     HomeRefused,
     HomeStore,
+    Identity,
     PrefectHomes,
     read_identity,
     refusal,
@@ -57,6 +64,7 @@ def require_current_copy(
     identity = read_identity(con)
     if identity is not None and identity.clinic != clinic:
         return  # another clinic's file: the command's own checks say so
+    identity = note_superseded(con, clinic, identity, home)
     if identity is None and not home.moving_to:
         reason: str | None = f"this database is new: {clinic}'s is on '{home.machine}'."
     else:
@@ -170,3 +178,58 @@ def check_backup(db_path: Path, clinic: str, *, wait_seconds: float) -> str | No
                 f"server did not answer: {type(exc).__name__}); backing it up all the same."
             )
     return None
+
+
+def note_superseded(
+    con: duckdb.DuckDBPyConnection, clinic: str, identity: Identity | None, home: Home | None
+) -> Identity | None:
+    """Remember in this copy of ``clinic`` that its home is recorded at a newer generation than
+    the copy's own (no move under way): it is an old copy for good. A record put back to an
+    older state later (the Prefect server's database restored from a backup taken before a move)
+    would name this copy's generation again, and its ticks would send again all the newer one
+    sent; the copy refuses instead (tasks.home.refusal). Records only move forward otherwise, so
+    nothing else meets the mark; writing an identity (a restore, a claim) clears it. Returns
+    the identity as it now is (a read-only connection: marked here, not stored)."""
+    if (
+        identity is None
+        or home is None
+        or identity.clinic != clinic
+        or home.moving_to
+        or home.generation <= max(identity.generation, identity.superseded_by or 0)
+    ):
+        return identity
+    with contextlib.suppress(duckdb.InvalidInputException):  # read-only: the next writer marks
+        con.execute(
+            "UPDATE state.clinic_identity SET superseded_by = ?, superseded_on = ?, "
+            "updated_at = ? WHERE clinic = ?",
+            [home.generation, home.machine, datetime.now(UTC), clinic],
+        )
+    return replace(identity, superseded_by=home.generation, superseded_on=home.machine)
+
+
+def left_behind(db_path: Path, clinic: str, store: HomeStore, echo) -> None:
+    """After a move, on the machine it left: the copy still here is marked an old one
+    (note_superseded) while the server's record is the move's. Without the mark, a server whose
+    database was put back to before the move named this machine home again, at this copy's
+    generation, and its next tick sent again what the new home had sent. A copy that cannot be
+    opened now is said, not fatal: the move is done."""
+    from tasks.warehouse import open_db
+
+    home = store.read(clinic)
+    if home is None or not Path(db_path).exists():
+        return
+    try:
+        with open_db(db_path, wait_seconds=30) as con:
+            identity = read_identity(con)
+            marked = note_superseded(con, clinic, identity, home)
+    except (duckdb.Error, UserFacingError, OSError) as exc:
+        echo(
+            f"warning: the copy of {clinic} left at {db_path} could not be marked as an old one "
+            f"({type(exc).__name__}); running this move again marks it."
+        )
+        return
+    if marked is not None and marked is not identity:
+        echo(
+            f"the copy left at {db_path} (generation {marked.generation}) is marked as an old "
+            f"one: it plans and sends nothing, whatever the server's record says later."
+        )

@@ -178,7 +178,7 @@ def move(
     from tasks.errors import UserFacingError
     from tasks.home import PrefectHomes, backup_database, queue_for, sha256, this_machine
     from tasks.homeclaim import unchanged
-    from tasks.homecopy import HomeRefused, require_moved_copy
+    from tasks.homecopy import HomeRefused, left_behind, require_moved_copy
     from tasks.homequeue import machine_problem, onto_queue
 
     if problem := machine_problem(to):  # before anything is recorded or paused
@@ -205,6 +205,7 @@ def move(
                 f"(its restore on '{to}' stopped before resuming them)"
             )
         echo(f"{clinic} already lives on '{to}' (generation {home.generation}).")
+        left_behind(config.database_path, config.clinic, store, echo)
         return
     if home.machine != machine:
         raise UserFacingError(
@@ -260,13 +261,10 @@ def move(
                 store.write(config.clinic, home)
             echo(f"2/4 {'kept the backup' if backed_up else f'backed up {path} to'} {dest}")
             dropped, kept = put_on_queue(client, deployments, queue)
+            deleted = f"; {len(dropped)} scheduled run(s) left on the old queue deleted"
             echo(
                 f"3/4 {clinic}'s deployments are on work queue '{queue}', paused"
-                + (
-                    f"; {len(dropped)} scheduled run(s) left on the old queue deleted"
-                    if dropped
-                    else ""
-                )
+                + deleted * bool(dropped)
             )
             for run in kept:
                 echo(
@@ -285,7 +283,8 @@ def move(
         if restore_wait is None:
             echo(
                 f"Not waiting: {clinic} stays paused until that run ends (`prefect flow-run "
-                f"inspect {run.id}`); `relay clinic home {clinic}` shows where it lives."
+                f"inspect {run.id}`); `relay clinic home {clinic}` shows where it lives. Then "
+                "run this move again: it marks the copy left here as an old one."
             )
             return
         wait_for_restore(client, clinic, run, to, pools[0], restore_wait, echo)
@@ -293,6 +292,7 @@ def move(
         # do so just after a restore that had already ended: resumed here too (it is idempotent)
         for deployment_id in home.paused or []:
             client.resume_deployment(deployment_id)
+    left_behind(config.database_path, config.clinic, store, echo)  # an old copy from now on
 
 
 def restore(clinic: str, *, backup_root: Path, echo) -> None:

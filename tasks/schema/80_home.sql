@@ -11,3 +11,12 @@ CREATE TABLE IF NOT EXISTS state.clinic_identity (
     created_at   TIMESTAMPTZ NOT NULL,
     updated_at   TIMESTAMPTZ NOT NULL
 );
+
+-- An old copy remembers that the clinic moved past it (tasks/home.py note_superseded): set when
+-- this machine saw the home recorded at a newer generation (the move that left this copy behind,
+-- a command run here after it). Such a copy never plans or sends again, even if the server's
+-- record is later put back to an older one (its database restored from a backup taken before the
+-- move): it would send again what the newer generation sent. Cleared when an identity is written
+-- (a restore, `relay clinic claim --fresh`).
+ALTER TABLE state.clinic_identity ADD COLUMN IF NOT EXISTS superseded_by INTEGER;
+ALTER TABLE state.clinic_identity ADD COLUMN IF NOT EXISTS superseded_on VARCHAR;

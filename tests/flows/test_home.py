@@ -176,7 +176,8 @@ def test_a_clinic_ticks_only_at_home_and_moves_with_its_ledger(
     assert tick().is_completed()
     sent_on_one = ledger(one)
     assert "sent" in sent_on_one.values()
-    assert read_home(CLINIC).machine == "one"
+    before_the_move = read_home(CLINIC)
+    assert before_the_move.machine == "one"
 
     # Ticks that wander to the other machine do nothing there, and say why.
     two = machines("two")
@@ -236,6 +237,22 @@ def test_a_clinic_ticks_only_at_home_and_moves_with_its_ledger(
     machines("one")
     stale = tick()
     assert stale.is_failed() and "home is 'two'" in stale.message
+
+    # The server's database put back from a backup taken before the move: its record names 'one'
+    # again, at the generation of the copy left there. That copy was marked when the move's
+    # restore ended: it plans and sends nothing (it would send again what 'two' sent).
+    assert "the copy left at" in "\n".join(said)
+    from tasks.home import PrefectHomes
+
+    PrefectHomes().write(CLINIC, before_the_move)
+    outbox_one = one.parent / "outbox" / CLINIC
+    sent_from_one = sorted(p.name for p in outbox_one.glob("*.json"))
+    book_now(sandboxes["b"].clinic, 2)
+    put_back = tick()
+    assert put_back.is_failed() and "this is an old copy of homebody" in put_back.message
+    assert "on 'two' run `relay clinic claim homebody --fresh`" in put_back.message
+    assert sorted(p.name for p in outbox_one.glob("*.json")) == sent_from_one
+    assert ledger(one) == sent_on_one
 
 
 def _backup() -> str:
