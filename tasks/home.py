@@ -320,7 +320,8 @@ def refusal(clinic: str, machine: str, identity: Identity | None, home: Home) ->
             f"before a move?). Planning or sending here would send again what "
             f"'{identity.superseded_on}' has sent. Record the current copy as the home again: on "
             f"'{identity.superseded_on}' run `relay clinic claim {clinic} --fresh` (its database "
-            "and ledger are kept)."
+            f"and ledger are kept), unless `relay clinic home {clinic}` there says that copy is "
+            "an old one too: then on the machine it names."
         )
     if identity.generation != home.generation:
         return (

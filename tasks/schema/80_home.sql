@@ -12,7 +12,7 @@ CREATE TABLE IF NOT EXISTS state.clinic_identity (
     updated_at   TIMESTAMPTZ NOT NULL
 );
 
--- An old copy remembers that the clinic moved past it (tasks/home.py note_superseded): set when
+-- An old copy remembers that the clinic moved past it (tasks/homecopy.py note_superseded): set when
 -- this machine saw the home recorded at a newer generation (the move that left this copy behind,
 -- a command run here after it). Such a copy never plans or sends again, even if the server's
 -- record is later put back to an older one (its database restored from a backup taken before the
