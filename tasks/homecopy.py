@@ -233,3 +233,18 @@ def left_behind(db_path: Path, clinic: str, store: HomeStore, echo) -> None:
             f"the copy left at {db_path} (generation {marked.generation}) is marked as an old "
             f"one: it plans and sends nothing, whatever the server's record says later."
         )
+
+
+def old_copy_claimed(clinic: str, identity: Identity) -> UserFacingError:
+    """``relay clinic claim`` of a copy marked old (note_superseded), without --old-copy: it
+    would make the clinic's home a copy whose ledger lacks what the newer generation sent, and
+    send it again. Said before anything is written."""
+    return UserFacingError(
+        f"{clinic}: nothing claimed: this database is an old copy (generation "
+        f"{identity.generation}): generation {identity.superseded_by} went live on "
+        f"'{identity.superseded_on}' after it, and what was sent from there is not in this "
+        f"copy's ledger, so it would be sent again. Claim the clinic on "
+        f"'{identity.superseded_on}' (`relay clinic home {clinic}` there says whether its copy "
+        "is an old one too). Only if that copy is lost for good, run this again with "
+        "--old-copy."
+    )

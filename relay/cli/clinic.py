@@ -266,11 +266,7 @@ def move(
                 f"3/4 {clinic}'s deployments are on work queue '{queue}', paused"
                 + deleted * bool(dropped)
             )
-            for run in kept:
-                echo(
-                    f"  {run.name} ({run.id}) was started by hand and waits on "
-                    f"'{run.work_queue_name}', where it will be refused: start it again"
-                )
+            restore_run.started_by_hand(kept, echo)
             run = start_restore(client, config.clinic, home, pools[0], to) if pools else None
         if run is None:
             echo(
@@ -282,9 +278,8 @@ def move(
         echo(f"4/4 started the restore on '{to}': flow run '{run.name}' on '{queue}'")
         if restore_wait is None:
             echo(
-                f"Not waiting: {clinic} stays paused until that run ends (`prefect flow-run "
-                f"inspect {run.id}`); `relay clinic home {clinic}` shows where it lives. Then "
-                "run this move again: it marks the copy left here as an old one."
+                f"Not waiting: {clinic} stays paused until that run ends (`prefect flow-run inspect "
+                f"{run.id}`); then run this move again (it marks the copy left here as an old one)."
             )
             return
         wait_for_restore(client, clinic, run, to, pools[0], restore_wait, echo)
@@ -313,6 +308,10 @@ def _backup_root(backup_dir: Path | None) -> Path:
 BACKUP_DIR = typer.Option(
     None, help="The backup directory both machines read (default RELAY_BACKUP_DIR, else "
     "<data>/backups)."
+)  # fmt: skip
+OLD_COPY = typer.Option(
+    False, "--old-copy", help="Claim this database though it is an old copy (a newer generation "
+    "went live elsewhere, `relay clinic home` says): only when that one is lost for good."
 )  # fmt: skip
 
 
@@ -414,6 +413,7 @@ def claim_command(
         help="Start over on purpose: this machine's database becomes the "
         "clinic's (a new generation), whatever the home says; every other copy is refused.",
     ),
+    old_copy: bool = OLD_COPY,
 ) -> None:
     """Make this machine the clinic's home: when it has none, or (--fresh) to start over."""
     import uuid
@@ -430,6 +430,7 @@ def claim_command(
         write_identity,
     )
     from tasks.homeclaim import claim_lock, claimed_since, lost
+    from tasks.homecopy import old_copy_claimed
     from tasks.warehouse import open_db
 
     _need_server()
@@ -448,6 +449,8 @@ def claim_command(
         home = now
         with open_db(config.database_path) as con:
             identity = read_identity(con)
+            if identity and identity.superseded_by and not old_copy:
+                raise old_copy_claimed(config.clinic, identity)  # before anything is written
             named = identity is None  # this claim names the database: unnamed again if it loses
             generation = (home.generation + 1) if home else (identity.generation if identity else 1)
             if identity is None or home is not None:
@@ -476,6 +479,7 @@ def follow_home(clinic: str, machine: str, before, echo) -> None:
     lost machine's queue and never ticked again."""
     from prefect.client.orchestration import get_client
 
+    from relay.cli.restore_run import started_by_hand
     from tasks.home import queue_for
 
     queue = queue_for(machine)
@@ -489,11 +493,7 @@ def follow_home(clinic: str, machine: str, before, echo) -> None:
                 f"{', '.join(sorted({str(d.work_queue_name) for d in elsewhere}))})"
                 + (f"; {len(dropped)} scheduled run(s) left there deleted" if dropped else "")
             )
-            for run in kept:
-                echo(
-                    f"  {run.name} ({run.id}) was started by hand and waits on "
-                    f"'{run.work_queue_name}', where it will be refused: start it again"
-                )
+            started_by_hand(kept, echo)
         for deployment_id in (before.paused or []) if before else []:
             client.resume_deployment(deployment_id)
         if before and before.paused:

@@ -149,3 +149,14 @@ def wait_for_restore(client, clinic: str, run, to: str, pool: str, seconds: floa
         f"'{run.name}'): the clinic stays paused until it ends; `relay clinic home {clinic}` "
         "shows where it lives, and running this move again is safe."
     )
+
+
+def started_by_hand(kept: list, echo) -> None:
+    """Runs started by hand that a move of the deployments left on their old queue (Prefect
+    moves scheduled runs, not those): each refused where it waits, so the operator starts it
+    again."""
+    for run in kept:
+        echo(
+            f"  {run.name} ({run.id}) was started by hand and waits on "
+            f"'{run.work_queue_name}', where it will be refused: start it again"
+        )

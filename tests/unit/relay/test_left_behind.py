@@ -153,3 +153,34 @@ def test_the_move_run_again_after_its_restore_marks_the_copy_here(monkeypatch, t
     assert said[0] == "north already lives on 'b' (generation 4)."
     assert "is marked as an old one" in said[1]
     assert identity_of(db).superseded_by == 4
+
+
+def test_claiming_a_copy_marked_old_is_refused_unless_said_so(monkeypatch, tmp_path):
+    """Two moves (a -> b -> c), then the server's record put back to before both: on 'a' the
+    refusal names 'b'; 'b''s copy is old too (marked by the move to 'c'). `relay clinic claim
+    --fresh` there would make a home whose ledger lacks what 'c' sent: refused, naming 'c', and
+    nothing written; with --old-copy (c lost for good) it claims, and the mark goes."""
+    from typer.testing import CliRunner
+
+    from relay.cli import clinic as cli
+    from tasks.errors import UserFacingError
+
+    db = tmp_path / "north.duckdb"
+    with open_db(db) as con:
+        write_identity(con, Identity("north", LINEAGE, 4, "b"))
+    left_behind(db, "north", Store(Home(machine="c", generation=5, database=LINEAGE)), print)
+    store = Store(BEFORE)
+    as_machine(monkeypatch, "b", store, db, shared=True)
+    monkeypatch.setattr(cli, "follow_home", lambda *args: None)
+
+    refused = CliRunner().invoke(cli.clinic_app, ["claim", "north", "--fresh"])
+    assert isinstance(refused.exception, UserFacingError)  # relay's CLI prints it, exit 1
+    said = str(refused.exception)
+    assert "nothing claimed: this database is an old copy (generation 4)" in said, said
+    assert "generation 5 went live on 'c'" in said and "--old-copy" in said
+    assert store.home == BEFORE and identity_of(db).superseded_by == 5  # nothing written
+
+    claimed = CliRunner().invoke(cli.clinic_app, ["claim", "north", "--fresh", "--old-copy"])
+    assert claimed.exit_code == 0, claimed.output
+    assert (store.home.machine, store.home.generation) == ("b", 4)
+    assert identity_of(db).superseded_by is None
