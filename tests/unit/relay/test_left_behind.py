@@ -73,28 +73,20 @@ def test_a_command_run_on_the_old_machine_marks_its_copy_too(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "home",
+    "clinic, home",
     [
-        BEFORE,  # the record this copy belongs to
-        Home(machine="a", generation=3, database=LINEAGE, moving_to="b"),  # a move under way
-        Home(machine="a", generation=2, database=LINEAGE),  # an older record: no newer copy seen
+        ("north", BEFORE),  # the record this copy belongs to
+        ("north", Home(machine="a", generation=3, database=LINEAGE, moving_to="b")),  # moving
+        ("north", Home(machine="a", generation=2, database=LINEAGE)),  # an older record
+        ("south", AFTER),  # another clinic's record: this file is not south's
     ],
 )
-def test_only_a_record_ahead_of_the_copy_marks_it(tmp_path, home):
+def test_only_a_record_of_the_clinic_ahead_of_the_copy_marks_it(tmp_path, clinic, home):
     db = tmp_path / "north.duckdb"
     old_copy(db)
     with open_db(db) as con:
         identity = read_identity(con)
-        assert note_superseded(con, "north", identity, home) is identity
-    assert identity_of(db).superseded_by is None
-
-
-def test_another_clinics_file_is_not_marked(tmp_path):
-    db = tmp_path / "north.duckdb"
-    old_copy(db)
-    with open_db(db) as con:
-        identity = read_identity(con)
-        assert note_superseded(con, "south", identity, AFTER) is identity
+        assert note_superseded(con, clinic, identity, home) is identity
     assert identity_of(db).superseded_by is None
 
 
