@@ -264,7 +264,7 @@ def move(
             deleted = f"; {len(dropped)} scheduled run(s) left on the old queue deleted"
             echo(
                 f"3/4 {clinic}'s deployments are on work queue '{queue}', paused"
-                + deleted * bool(dropped)
+                + (deleted if dropped else "")
             )
             restore_run.started_by_hand(kept, echo)
             run = start_restore(client, config.clinic, home, pools[0], to) if pools else None
