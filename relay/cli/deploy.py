@@ -259,13 +259,9 @@ def deploy_command(
     in its own time zone, a campaign on demand and the weekly owner's report, on its home
     machine's work queue. Needs PREFECT_API_URL (a running server). Safe to repeat: what someone
     paused in Prefect stays paused (unless --resume-paused), saying so."""
-    from tasks.home import api_url
+    from relay.cli.flowrun import need_api_url
 
-    if not api_url():  # the environment's, or Prefect's profile's (prefect config set)
-        raise typer.BadParameter(
-            "set PREFECT_API_URL to your Prefect server (e.g. http://127.0.0.1:4200/api); "
-            "deployments live on the server"
-        )
+    need_api_url("deployments live on the server")
     from tasks.homequeue import machine_problem
 
     if home is not None and (problem := machine_problem(home)):

@@ -89,13 +89,28 @@ def unreachable(exc: BaseException) -> str | None:
     )
 
 
+def need_api_url(purpose: str) -> str:
+    """The Prefect server's API (tasks.home.api_url: the environment's, else Prefect's
+    profile's), or the one line a command that needs a server prints without one; ``purpose``
+    says why it needs one ("deployments live on the server")."""
+    import typer
+
+    from tasks.home import api_url
+
+    if url := api_url():
+        return url
+    raise typer.BadParameter(
+        f"set PREFECT_API_URL to your Prefect server (e.g. http://127.0.0.1:4200/api); {purpose}"
+    )
+
+
 def prepare() -> None:
     """Before running a flow from the terminal: the server must answer, and errors meant for a
     person are printed once by ``main``, not logged with a traceback on the console too.
     Without a server, the temporary one Prefect starts for the run dies with this process."""
     from tasks.home import api_url
 
-    url = api_url()  # the environment's, or Prefect's profile's (prefect config set)
+    url = api_url()
     if not url:
         tie_temporary_server()
     if url:

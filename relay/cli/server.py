@@ -136,13 +136,9 @@ def alerts_create_command(
     """Create (or replace) the Prefect automations that notify on failed or crashed runs (a
     failed sync among them), on stale data, and when a clinic's ticks stop; and the one that marks Crashed a run
     whose machine was lost. Needs PREFECT_API_URL (a running server)."""
-    from tasks.home import api_url
+    from relay.cli.flowrun import need_api_url
 
-    if not api_url():  # the environment's, or Prefect's profile's (prefect config set)
-        raise typer.BadParameter(
-            "set PREFECT_API_URL to your Prefect server (e.g. http://127.0.0.1:4200/api); "
-            "automations live on the server"
-        )
+    need_api_url("automations live on the server")
     from relay.alerts import create_alerts
 
     names, quiet = create_alerts(webhook_url, block, quiet_minutes, crash_after)

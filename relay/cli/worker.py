@@ -24,13 +24,9 @@ def worker_command(
     stops it."""
     import asyncio
 
-    from tasks.home import api_url
+    from relay.cli.flowrun import need_api_url
 
-    if not (api := api_url()):  # the environment's, or Prefect's profile's
-        raise typer.BadParameter(
-            "set PREFECT_API_URL to your Prefect server (e.g. http://127.0.0.1:4200/api); "
-            "the worker takes its runs from there"
-        )
+    api = need_api_url("the worker takes its runs from there")
     from prefect.settings import PREFECT_WORKER_HEARTBEAT_SECONDS
 
     from relay.worker import RelayWorker, Stopping
