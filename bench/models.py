@@ -29,6 +29,16 @@ that rebuild, each time on a fresh copy, and records every run and their median 
 comparison back to back, under the same load, in a minute instead of five). The target holds
 "at load 2" too: ``BENCH_MODELS_BUSY=2`` runs it beside two busy processes (each wanting a core,
 started a minute before, so the load average shows 2 whatever the machine was doing).
+
+Each phase's process is in a session of its own, as a tick's build is under ``relay worker``:
+Prefect's process worker starts every flow run in a new session (``isolate_process_group``,
+which relay/warm.py keeps when it forks the run; tests/flows/test_warm.py). Where Linux shares
+the CPU between sessions first (autogroup: ``/proc/sys/kernel/sched_autogroup_enabled`` is 1,
+the default of a kernel built with it, as on this project's machines), the build then has its
+session's share beside the busy processes rather than one busy thread's.
+``BENCH_MODELS_SHARED_SESSION=1`` runs the phases in the benchmark's own session instead, beside
+the busy processes: how a kernel that shares by thread alone (autogroup off, or the whole worker
+in one CPU cgroup) treats a build. Each line records which (``build_session``, ``autogroup``).
 """
 
 from __future__ import annotations
@@ -337,14 +347,30 @@ def build_db(db: Path):
         yield con
 
 
+def _own_session() -> bool:
+    """Whether a phase runs in a session of its own, as a tick does (the module's docstring)."""
+    return os.environ.get("BENCH_MODELS_SHARED_SESSION") != "1"
+
+
+def _sessions() -> dict:
+    """Which session the builds ran in, and whether the kernel shares the CPU by session."""
+    try:
+        autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:  # not Linux, or a kernel built without it
+        autogroup = None
+    return {"build_session": "own" if _own_session() else "shared", "autogroup": autogroup}
+
+
 def _child(phase: str, db: Path, env: dict[str, str] | None = None) -> dict:
-    """One phase in its own process (``env``: its environment, e.g. another BENCH_PATIENTS)."""
+    """One phase in its own process (``env``: its environment, e.g. another BENCH_PATIENTS),
+    in a session of its own unless BENCH_MODELS_SHARED_SESSION=1."""
     out = subprocess.run(
         [sys.executable, "-m", "bench.models", phase, str(db)],
         capture_output=True,
         text=True,
         cwd=Path(__file__).resolve().parent.parent,
         env=env,
+        start_new_session=_own_session(),
     )
     if out.returncode != 0:
         raise RuntimeError(f"bench phase '{phase}' failed:\n{out.stderr[-3000:]}")
@@ -407,7 +433,8 @@ def _change_only(source: Path) -> None:
     cpu = statistics.median(r["cpu_seconds"] for r in runs)
     print(
         f"median of {repeat}: {seconds:.2f} s (target <= 1.0 s, at load 2 too: "
-        f"{busy} busy process(es) beside it; "
+        f"{busy} busy process(es) beside it, the build in "
+        f"{'a session of its own' if _own_session() else 'their session'}; "
         f"{_mark(seconds, TARGETS['change_seconds'])})  cpu {cpu:.2f} s"
     )
     for name, step in runs[-1]["top_steps"].items():
@@ -419,6 +446,7 @@ def _change_only(source: Path) -> None:
             "appointments": APPOINTMENTS,
             "change_only": True,
             "busy_processes": busy,
+            **_sessions(),
             "change_seconds": _figure(figure, seconds, "change_seconds"),
             "change_cpu_seconds": round(cpu, 2),
             "change_write_seconds": round(statistics.median(r["write_seconds"] for r in runs), 2),
@@ -512,6 +540,7 @@ def main() -> None:
                 "change_top_steps": inc["top_steps"],
                 "peak_rss_mb": _figure(figure, round(peak), "peak_mb"),
                 "memory_limit": MEMORY_LIMIT,
+                **_sessions(),
             },
             load_at_start=load_at_start,
         )
