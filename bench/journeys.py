@@ -43,7 +43,8 @@ def _state(con) -> None:
         """CREATE TABLE marts.patients AS SELECT i AS patient_id, false AS is_archived,
             DATE '1950-01-01' + (i * 37 % 20000)::INTEGER AS date_of_birth,
             'Name' || i AS first_name, NULL::VARCHAR AS preferred_first_name,
-            'Last' AS last_name, 'Name' || i AS greeting_name
+            'Last' AS last_name, 'Name' || i AS greeting_name,
+            NULL::BIGINT AS merged_into_patient_id
         FROM range(1, $n + 1) t(i)""",
         """CREATE TABLE marts.email_marketing_list AS SELECT 'p' || patient_id || '@example.com'
             AS email, patient_id, 'subscribed' AS status FROM marts.patients""",

@@ -202,9 +202,9 @@ def test_each_run_is_a_fresh_process_forked_warm_with_the_runs_environment(
     assert second["ppid"] == template and template != worker.proc.pid
     assert template in descendants(worker.proc.pid)
     assert first["runs"] == [first["pid"]] and second["runs"] == [second["pid"]]
-    # In a session of its own, as Prefect starts a run: where Linux shares the CPU between
-    # sessions (autogroup), a busy run elsewhere on the machine takes its session's share, not
-    # a core's worth of this run's (docs/scaling.md, bench/models.py).
+    # In a session of its own, as Prefect's worker starts a run: where Linux shares the CPU
+    # between sessions first (autogroup), busy programs elsewhere on the machine take their
+    # sessions' share, not a share per thread of the run's (docs/scaling.md, bench/models.py).
     assert first["session"] == first["pid"] and second["session"] == second["pid"]
     assert first["preloaded"]  # warm: the template had imported the flows
     assert first["threads_at_import"] == ["MainThread"]
