@@ -1,18 +1,17 @@
 """`relay worker` stopped (SIGTERM as systemd or `kill` sends it, Ctrl-C to its process group)
 while a run it started is in progress, on a real Prefect server of the test's own.
 
-With the server stopped first, or frozen (SIGSTOP: it takes connections and never answers, as
-a server behind a network gone), the worker exits within seconds all the same, saying why: the
+With the server stopped first, or frozen (SIGSTOP: it takes connections and never answers, as a
+server behind a network gone), the worker exits within seconds all the same, saying why: the
 run, told to stop, would retry its last report to the server for minutes (here
 ``PREFECT_CLIENT_MAX_RETRIES=10``, as tests/flows/conftest.py sets it), and the worker used to
 wait for it that long; now the run is killed after the grace (relay/worker.py, Stopping), its
 process gone, and the worker says which run it killed (with the server stopped the run lingers
 30 s after it is told, as one retrying would: a refused connection can also end it at once).
-With the server up, the run reports its
-own end (Crashed) and nothing is killed, also when that takes longer than the grace (a loaded
-machine; here a run that lingers 15 s): the grace is for a server that does not answer. The
-bound asserted is generous (60 s for a grace of 10 s, 25 s while the server answers, and a
-deadline of 30 s): nothing else is timed.
+With the server up, the run reports its own end (Crashed) and nothing is killed, also when that
+takes longer than the grace (a loaded machine; here a run that lingers 15 s): the grace is for a
+server that does not answer. The bound asserted is generous (60 s for a grace of 10 s, 25 s
+while the server answers, and a deadline of 30 s): nothing else is timed.
 """
 
 from __future__ import annotations
